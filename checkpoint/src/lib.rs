@@ -1,0 +1,1 @@
+//! Checkpoint/restart of real Linux processes.

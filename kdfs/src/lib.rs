@@ -1,0 +1,1 @@
+//! kDFS: one namespace over every node's local directory.

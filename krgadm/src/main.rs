@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("krgadm: not built yet");
+    std::process::exit(1);
+}

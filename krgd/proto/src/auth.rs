@@ -1,0 +1,259 @@
+//! Mutual challenge-response on the cluster key, run at the start of every TCP
+//! connection before any other message is read.
+//!
+//! ```text
+//! client -> Hello     { version, session, node, role, nonce_c }
+//! server -> Challenge { version, session, node, nonce_s, mac_s = HMAC(key, "server" | ids | nonce_c | nonce_s) }
+//! client -> Proof     { mac_c = HMAC(key, "client" | ids | nonce_s | nonce_c) }
+//! server -> Accepted | Refused { reason }
+//! ```
+//!
+//! The server proves it knows the key before the client does, and neither side
+//! ever sends the key. MACs are compared in constant time.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::frame::{read_frame, write_frame};
+use crate::{NodeId, ProtoError, SessionId, PROTOCOL_VERSION};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How long a handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Smallest accepted cluster key.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// What is connecting: another krgd, or a tool acting for an administrator
+/// (mount.kdfs, benchmarks) that holds the cluster key but is not a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Node,
+    Tool,
+}
+
+/// Who one end of a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub session: SessionId,
+    pub node: NodeId,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Handshake {
+    Hello { version: u16, who: Identity, nonce: [u8; 32] },
+    Challenge { version: u16, who: Identity, nonce: [u8; 32], mac: Vec<u8> },
+    Proof { mac: Vec<u8> },
+    Accepted,
+    Refused { reason: String },
+}
+
+/// The shared secret of a cluster.
+#[derive(Clone)]
+pub struct ClusterKey(Vec<u8>);
+
+impl ClusterKey {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, ProtoError> {
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(ProtoError::Auth(format!(
+                "cluster key is {} bytes, at least {MIN_KEY_LEN} are required",
+                bytes.len()
+            )));
+        }
+        Ok(Self(bytes))
+    }
+
+    fn mac(&self, label: &[u8], client: &Identity, server: &Identity, first: &[u8; 32], second: &[u8; 32]) -> HmacSha256 {
+        // new_from_slice only fails for fixed-size-key MACs; HMAC takes any length.
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        mac.update(b"krg-auth-v1 ");
+        mac.update(label);
+        for who in [client, server] {
+            mac.update(&who.session.to_be_bytes());
+            mac.update(&who.node.to_be_bytes());
+            mac.update(&[who.role as u8]);
+        }
+        mac.update(first);
+        mac.update(second);
+        mac
+    }
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterKey(<{} bytes>)", self.0.len())
+    }
+}
+
+fn nonce() -> [u8; 32] {
+    let mut n = [0u8; 32];
+    rand::rng().fill_bytes(&mut n);
+    n
+}
+
+async fn within<T>(fut: impl std::future::Future<Output = Result<T, ProtoError>>) -> Result<T, ProtoError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .map_err(|_| ProtoError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+/// Run the client side. Returns the authenticated identity of the server.
+pub async fn client_handshake<S>(stream: &mut S, key: &ClusterKey, me: Identity) -> Result<Identity, ProtoError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    within(async {
+        let nonce_c = nonce();
+        write_frame(stream, &Handshake::Hello { version: PROTOCOL_VERSION, who: me, nonce: nonce_c }).await?;
+        let (server, nonce_s, mac_s) = match read_frame(stream).await? {
+            Handshake::Challenge { version, who, nonce, mac } => {
+                check_version(version)?;
+                (who, nonce, mac)
+            }
+            Handshake::Refused { reason } => return Err(ProtoError::Refused(reason)),
+            other => return Err(ProtoError::Unexpected(format!("{other:?} instead of a challenge"))),
+        };
+        key.mac(b"server", &me, &server, &nonce_c, &nonce_s)
+            .verify_slice(&mac_s)
+            .map_err(|_| ProtoError::Auth(format!("node {} did not prove it holds the cluster key", server.node)))?;
+        let mac_c = key.mac(b"client", &me, &server, &nonce_s, &nonce_c).finalize().into_bytes().to_vec();
+        write_frame(stream, &Handshake::Proof { mac: mac_c }).await?;
+        match read_frame(stream).await? {
+            Handshake::Accepted => Ok(server),
+            Handshake::Refused { reason } => Err(ProtoError::Refused(reason)),
+            other => Err(ProtoError::Unexpected(format!("{other:?} instead of accepted"))),
+        }
+    })
+    .await
+}
+
+/// Run the server side. `admit` may refuse a correctly authenticated peer
+/// (for instance a second node claiming an id already connected); its error
+/// string is sent to the peer. Returns the authenticated identity of the client.
+pub async fn server_handshake<S>(
+    stream: &mut S,
+    key: &ClusterKey,
+    me: Identity,
+    admit: impl FnOnce(&Identity) -> Result<(), String>,
+) -> Result<Identity, ProtoError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    within(async {
+        let (client, nonce_c) = match read_frame(stream).await? {
+            Handshake::Hello { version, who, nonce } => {
+                if let Err(e) = check_version(version) {
+                    refuse(stream, e.to_string()).await;
+                    return Err(e);
+                }
+                (who, nonce)
+            }
+            other => return Err(ProtoError::Unexpected(format!("{other:?} instead of hello"))),
+        };
+        if client.session != me.session {
+            let reason = format!("session {} is not this cluster's session {}", client.session, me.session);
+            refuse(stream, reason.clone()).await;
+            return Err(ProtoError::Refused(reason));
+        }
+        let nonce_s = nonce();
+        let mac_s = key.mac(b"server", &client, &me, &nonce_c, &nonce_s).finalize().into_bytes().to_vec();
+        write_frame(stream, &Handshake::Challenge { version: PROTOCOL_VERSION, who: me, nonce: nonce_s, mac: mac_s })
+            .await?;
+        let mac_c = match read_frame(stream).await? {
+            Handshake::Proof { mac } => mac,
+            other => return Err(ProtoError::Unexpected(format!("{other:?} instead of proof"))),
+        };
+        if key.mac(b"client", &client, &me, &nonce_s, &nonce_c).verify_slice(&mac_c).is_err() {
+            let reason = "wrong cluster key".to_string();
+            refuse(stream, reason.clone()).await;
+            return Err(ProtoError::Auth(format!("{} node {}: {reason}", role_name(client.role), client.node)));
+        }
+        if let Err(reason) = admit(&client) {
+            refuse(stream, reason.clone()).await;
+            return Err(ProtoError::Refused(reason));
+        }
+        write_frame(stream, &Handshake::Accepted).await?;
+        Ok(client)
+    })
+    .await
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Node => "krgd",
+        Role::Tool => "tool",
+    }
+}
+
+fn check_version(version: u16) -> Result<(), ProtoError> {
+    if version == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtoError::Refused(format!("protocol version {version}, this node speaks {PROTOCOL_VERSION}")))
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, reason: String) {
+    // Best effort: the peer may already be gone.
+    let _ = write_frame(stream, &Handshake::Refused { reason }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(node: NodeId, session: SessionId) -> Identity {
+        Identity { session, node, role: Role::Node }
+    }
+
+    async fn pair(
+        ckey: &ClusterKey,
+        skey: &ClusterKey,
+        cid: Identity,
+        sid: Identity,
+    ) -> (Result<Identity, ProtoError>, Result<Identity, ProtoError>) {
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let (ckey, skey) = (ckey.clone(), skey.clone());
+        let server = tokio::spawn(async move { server_handshake(&mut s, &skey, sid, |_| Ok(())).await });
+        let client = client_handshake(&mut c, &ckey, cid).await;
+        drop(c); // a client that gave up closes its end
+        (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn same_key_authenticates_both_ways() {
+        let k = ClusterKey::new(vec![7; 32]).unwrap();
+        let (c, s) = pair(&k, &k, id(1, 9), id(2, 9)).await;
+        assert_eq!(c.unwrap().node, 2);
+        assert_eq!(s.unwrap().node, 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_refused_on_both_sides() {
+        let k1 = ClusterKey::new(vec![7; 32]).unwrap();
+        let k2 = ClusterKey::new(vec![8; 32]).unwrap();
+        let (c, s) = pair(&k1, &k2, id(1, 9), id(2, 9)).await;
+        assert!(c.is_err());
+        assert!(s.is_err());
+    }
+
+    #[tokio::test]
+    async fn other_session_is_refused() {
+        let k = ClusterKey::new(vec![7; 32]).unwrap();
+        let (c, s) = pair(&k, &k, id(1, 9), id(2, 10)).await;
+        assert!(matches!(c, Err(ProtoError::Refused(r)) if r.contains("session")));
+        assert!(s.is_err());
+    }
+
+    #[test]
+    fn short_key_is_rejected() {
+        assert!(ClusterKey::new(vec![1; 4]).is_err());
+    }
+}

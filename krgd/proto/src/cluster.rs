@@ -1,0 +1,155 @@
+//! Cluster membership messages: what krgadm asks and what krgd answers.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, SessionId};
+
+/// A 48-bit Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(format!("'{s}' is not a MAC address (expected six hex bytes like 00:04:61:aa:6e:6e)"));
+        }
+        let mut out = [0u8; 6];
+        for (slot, part) in out.iter_mut().zip(parts) {
+            if part.is_empty() || part.len() > 2 {
+                return Err(format!("'{s}' is not a MAC address (bad byte '{part}')"));
+            }
+            *slot = u8::from_str_radix(part, 16).map_err(|_| format!("'{s}' is not a MAC address (bad byte '{part}')"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+/// Where a node stands, as LinuxSSI's `krgadm nodes status` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Running krgd of this session, seen on the network, not a member.
+    Present,
+    /// A member of the cluster, answering.
+    Online,
+    /// A member that stopped answering.
+    Failed,
+    /// A member being removed.
+    Leaving,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Present => "present",
+            NodeState::Online => "online",
+            NodeState::Failed => "failed",
+            NodeState::Leaving => "leaving",
+        })
+    }
+}
+
+/// One row of `krgadm nodes status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub mac: Option<Mac>,
+    pub addr: SocketAddr,
+    pub state: NodeState,
+    /// Whether this node votes in the cluster's Raft group.
+    pub voter: bool,
+}
+
+/// Overall health of the cluster as seen by the answering node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    /// No cluster has been started in this session (or it was stopped).
+    NotStarted,
+    /// Every member online.
+    Healthy,
+    /// Some members failed, but a quorum of voters answers.
+    Degraded,
+    /// A quorum of voters is not reachable: membership cannot change.
+    NoQuorum,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::NotStarted => "not started",
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::NoQuorum => "no quorum",
+        })
+    }
+}
+
+/// Answer to `krgadm cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub session: SessionId,
+    /// The node that answered.
+    pub this_node: NodeId,
+    /// Incremented by every committed membership change.
+    pub epoch: u64,
+    pub leader: Option<NodeId>,
+    pub members: Vec<NodeId>,
+    pub online: usize,
+    pub health: Health,
+}
+
+/// How an administrator names nodes on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeSelector {
+    Ids(Vec<NodeId>),
+    Macs(Vec<Mac>),
+    /// Every node that is present and not yet a member (add) / every member
+    /// but the answering node (del).
+    AllPresent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterRequest {
+    /// Form the cluster from every present node of this session.
+    Start,
+    /// Dissolve the cluster: every member leaves.
+    Stop,
+    Status,
+    NodesStatus,
+    Add(NodeSelector),
+    Del(NodeSelector),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterReply {
+    Status(ClusterStatus),
+    Nodes(Vec<NodeInfo>),
+    /// A membership change committed cluster-wide; the new status.
+    Changed(ClusterStatus),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_roundtrip_and_errors() {
+        let m: Mac = "00:04:61:aa:6e:6E".parse().unwrap();
+        assert_eq!(m.to_string(), "00:04:61:aa:6e:6e");
+        assert!("00:04:61:aa:6e".parse::<Mac>().is_err());
+        assert!("00:04:61:aa:6e:zz".parse::<Mac>().is_err());
+        assert!("00:04:61:aa:6e:123".parse::<Mac>().is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Framing: `[len: u32 BE][crc32(payload): u32 BE][payload: len bytes]`.
+//!
+//! The payload is a postcard-encoded message. The length is checked against
+//! [`MAX_FRAME_LEN`] before any buffer is allocated, and the checksum before the
+//! payload is decoded, so garbage on a socket costs at most one bounded read.
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::ProtoError;
+
+/// Size of the frame header (length + checksum).
+pub const HEADER_LEN: usize = 8;
+
+/// Largest payload accepted: enough for a 16 MiB kDFS data block plus headers.
+pub const MAX_FRAME_LEN: usize = 17 * 1024 * 1024;
+
+/// Serialize `msg` into one complete frame (header + payload).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
+    let out = postcard::to_extend(msg, vec![0u8; HEADER_LEN])
+        .map_err(|e| ProtoError::Encode(e.to_string()))?;
+    finish_frame(out)
+}
+
+fn finish_frame(mut out: Vec<u8>) -> Result<Vec<u8>, ProtoError> {
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        return Err(ProtoError::FrameTooLarge { len, max: MAX_FRAME_LEN });
+    }
+    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out[0..4].copy_from_slice(&(len as u32).to_be_bytes());
+    out[4..8].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
+/// Parse a frame header, returning `(payload length, expected crc)`.
+pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(usize, u32), ProtoError> {
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_FRAME_LEN {
+        return Err(ProtoError::FrameTooLarge { len, max: MAX_FRAME_LEN });
+    }
+    Ok((len, crc))
+}
+
+/// Check a payload against its header checksum and decode it.
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8], expected_crc: u32) -> Result<T, ProtoError> {
+    let actual = crc32fast::hash(payload);
+    if actual != expected_crc {
+        return Err(ProtoError::BadChecksum { expected: expected_crc, actual });
+    }
+    postcard::from_bytes(payload).map_err(|e| ProtoError::Decode(e.to_string()))
+}
+
+/// Decode one frame from the start of `buf`. Returns the message and the number
+/// of bytes consumed, or `Ok(None)` if `buf` does not yet hold a whole frame.
+pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, ProtoError> {
+    let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let mut h = [0u8; HEADER_LEN];
+    h.copy_from_slice(header);
+    let (len, crc) = parse_header(&h)?;
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+    let msg = decode_payload(payload, crc)?;
+    Ok(Some((msg, HEADER_LEN + len)))
+}
+
+/// Read one frame from `r`. A clean end of stream before the header is
+/// reported as [`ProtoError::Closed`].
+pub async fn read_frame<T, R>(r: &mut R) -> Result<T, ProtoError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut header = [0u8; HEADER_LEN];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ProtoError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let (len, crc) = parse_header(&header)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    decode_payload(&payload, crc)
+}
+
+/// Write `msg` as one frame to `w` and flush it.
+pub async fn write_frame<T, W>(w: &mut W, msg: &T) -> Result<(), ProtoError>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    let bytes = encode(msg)?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Sample {
+        A(u32),
+        B { name: String, data: Vec<u8> },
+    }
+
+    #[test]
+    fn roundtrip() {
+        let msg = Sample::B { name: "node".into(), data: vec![1, 2, 3] };
+        let bytes = encode(&msg).unwrap();
+        let (back, used): (Sample, usize) = decode(&bytes).unwrap().unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(used, bytes.len());
+    }
+
+    #[test]
+    fn partial_frame_is_not_an_error() {
+        let bytes = encode(&Sample::A(7)).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(decode::<Sample>(&bytes[..cut]).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocation() {
+        let mut bytes = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        bytes.extend_from_slice(&[0u8; 16]);
+        assert!(matches!(decode::<Sample>(&bytes), Err(ProtoError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn flipped_bit_is_caught_by_crc() {
+        let mut bytes = encode(&Sample::A(7)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        assert!(matches!(decode::<Sample>(&bytes), Err(ProtoError::BadChecksum { .. })));
+    }
+
+    #[tokio::test]
+    async fn async_roundtrip_and_clean_close() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, &Sample::A(42)).await.unwrap();
+        drop(a);
+        let got: Sample = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, Sample::A(42));
+        assert!(matches!(read_frame::<Sample, _>(&mut b).await, Err(ProtoError::Closed)));
+    }
+
+    proptest! {
+        // Any byte string: decode returns Ok(None), Ok(Some) or Err, never panics.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode::<Sample>(&bytes);
+            let _ = decode::<crate::peer::PeerMessage>(&bytes);
+            let _ = decode::<crate::admin::AdminRequest>(&bytes);
+        }
+
+        // Garbage payloads with a valid header and CRC still fail cleanly.
+        #[test]
+        fn valid_crc_garbage_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut frame = vec![0u8; HEADER_LEN];
+            frame.extend_from_slice(&payload);
+            let frame = finish_frame(frame).unwrap();
+            let _ = decode::<crate::peer::PeerMessage>(&frame);
+            let _ = decode::<crate::admin::AdminRequest>(&frame);
+            let _ = decode::<crate::admin::AdminResponse>(&frame);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! `krg-proto`: everything that crosses a socket between krg programs.
+//!
+//! * [`frame`]: length-prefixed, CRC32-checked frames carrying postcard payloads.
+//! * [`auth`]: the mutual HMAC-SHA256 challenge-response every TCP link starts with.
+//! * [`admin`]: requests a local tool (krgadm, checkpoint, krgcapset, mount.kdfs)
+//!   sends to its node's krgd over the Unix socket.
+//! * [`peer`]: requests one krgd sends another over TCP.
+//! * [`cluster`], [`chkpt`], [`sched`], [`kdfs`]: the per-service message types.
+//! * [`client`]: async clients for both sockets.
+//!
+//! Decoding never panics and never allocates more than [`frame::MAX_FRAME_LEN`]
+//! for one frame, whatever the bytes on the wire.
+
+pub mod admin;
+pub mod auth;
+pub mod chkpt;
+pub mod client;
+pub mod cluster;
+pub mod error;
+pub mod frame;
+pub mod kdfs;
+pub mod peer;
+pub mod sched;
+
+pub use error::ProtoError;
+
+/// Identifier of a node in a cluster (LinuxSSI's `node_id`).
+pub type NodeId = u32;
+
+/// Identifier of a cluster session: nodes only talk to nodes of the same session.
+pub type SessionId = u32;
+
+/// Version of the message set. A peer announcing another version is refused at
+/// the handshake with a message naming both versions.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default path of the local admin socket.
+pub const DEFAULT_SOCKET: &str = "/run/krg/krgd.sock";
+
+/// Default TCP port krgd listens on for peers.
+pub const DEFAULT_PORT: u16 = 7600;
+
+/// Default UDP port used for presence broadcasts.
+pub const DEFAULT_DISCOVERY_PORT: u16 = 7601;

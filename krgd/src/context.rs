@@ -1,0 +1,92 @@
+//! What every service of a node shares: its configuration, identity, the pool
+//! of connections to other nodes, and the current view of the cluster.
+
+use krg_proto::auth::{ClusterKey, Identity};
+use krg_proto::cluster::{Mac, NodeInfo, NodeState};
+use krg_proto::NodeId;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::net::pool::PeerPool;
+
+/// The cluster as this node currently sees it. Published by the membership
+/// service; every other service reads it (or waits for changes) through
+/// [`NodeContext::view`] and [`NodeContext::watch_view`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Incremented by each committed membership change; 0 before a cluster exists.
+    pub epoch: u64,
+    pub leader: Option<NodeId>,
+    /// Members (online, failed, leaving) and present non-members, by id.
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl ClusterView {
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Members of the cluster, whatever their health.
+    pub fn members(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.iter().filter(|n| n.state != NodeState::Present)
+    }
+
+    /// Members that currently answer.
+    pub fn online_members(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.iter().filter(|n| n.state == NodeState::Online)
+    }
+
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.members().any(|n| n.id == id)
+    }
+}
+
+pub struct NodeContext {
+    pub config: Config,
+    pub key: ClusterKey,
+    /// This node's identity in handshakes.
+    pub me: Identity,
+    /// MAC address of the interface that carries the listen address, if any.
+    pub mac: Option<Mac>,
+    pub peers: PeerPool,
+    view_tx: watch::Sender<ClusterView>,
+}
+
+impl NodeContext {
+    pub fn new(config: Config, key: ClusterKey, mac: Option<Mac>) -> Self {
+        let me = Identity { session: config.session_id, node: config.node_id, role: krg_proto::auth::Role::Node };
+        let peers = PeerPool::new(key.clone(), me);
+        let (view_tx, _) = watch::channel(ClusterView::default());
+        Self { config, key, me, mac, peers, view_tx }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// A snapshot of the current cluster view.
+    pub fn view(&self) -> ClusterView {
+        self.view_tx.borrow().clone()
+    }
+
+    /// A receiver that wakes on every view change.
+    pub fn watch_view(&self) -> watch::Receiver<ClusterView> {
+        self.view_tx.subscribe()
+    }
+
+    /// Publish a new view (membership service only). Peer addresses are
+    /// refreshed so that other services can call any known node.
+    pub fn publish_view(&self, view: ClusterView) {
+        for n in &view.nodes {
+            self.peers.set_address(n.id, n.addr);
+        }
+        self.view_tx.send_if_modified(|old| {
+            if *old == view {
+                false
+            } else {
+                *old = view;
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,74 @@
+//! Start-up and shutdown of a node: resolve identity, bind sockets, start the
+//! services, serve until SIGTERM/SIGINT, then stop everything in order.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{read_cluster_key, Config};
+use crate::context::NodeContext;
+use crate::net;
+use crate::service::{chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, sched::SchedService};
+use crate::DaemonError;
+
+/// A running node: its context and its services.
+pub struct Node {
+    pub ctx: Arc<NodeContext>,
+    pub cluster: Arc<ClusterService>,
+    pub chkpt: Arc<ChkptService>,
+    pub sched: Arc<SchedService>,
+    pub kdfs: Arc<KdfsService>,
+}
+
+/// Run krgd with `config` until a termination signal arrives.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let key = read_cluster_key(&config.cluster_key_file)?;
+    let net_info = crate::identity::interface_for(config.advertise.ip()).await;
+    let mut config = config;
+    if config.broadcast.is_none() {
+        config.broadcast = net_info.broadcast;
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| DaemonError::io(format!("creating {}", config.data_dir.display()), e))?;
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| DaemonError::io(format!("listening on {}", config.listen), e))?;
+    let admin = net::admin::bind(&config.socket).await?;
+    let ctx = Arc::new(NodeContext::new(config, key, net_info.mac));
+    tracing::info!(node = ctx.node_id(), session = ctx.config.session_id, listen = %ctx.config.listen,
+        mac = ?ctx.mac.map(|m| m.to_string()), "krgd starting");
+
+    let node = Arc::new(Node {
+        cluster: ClusterService::start(ctx.clone()).await?,
+        chkpt: ChkptService::start(ctx.clone()).await?,
+        sched: SchedService::start(ctx.clone()).await?,
+        kdfs: KdfsService::start(ctx.clone()).await?,
+        ctx: ctx.clone(),
+    });
+    let tcp_task = tokio::spawn(net::peer_server::serve(tcp, node.clone()));
+    let admin_task = tokio::spawn(net::admin::serve(admin, node.clone()));
+
+    wait_for_termination().await;
+    tracing::info!(node = ctx.node_id(), "krgd stopping");
+    admin_task.abort();
+    node.kdfs.shutdown().await;
+    node.sched.shutdown().await;
+    node.chkpt.shutdown().await;
+    node.cluster.shutdown().await;
+    tcp_task.abort();
+    let _ = std::fs::remove_file(&ctx.config.socket);
+    Ok(())
+}
+
+async fn wait_for_termination() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the daemon can only be killed; keep serving.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

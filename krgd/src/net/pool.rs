@@ -1,0 +1,105 @@
+//! Outgoing connections to other krgds, one authenticated multiplexed TCP
+//! connection per peer, opened on first use and reopened when it breaks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use krg_proto::auth::{ClusterKey, Identity};
+use krg_proto::client::PeerClient;
+use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::{NodeId, ProtoError};
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Error)]
+pub enum PeerCallError {
+    #[error("node {0} is unknown (no address)")]
+    UnknownNode(NodeId),
+    #[error("node {node}: {source}")]
+    Proto { node: NodeId, source: ProtoError },
+    #[error("node {node} answered: {message}")]
+    Remote { node: NodeId, message: String },
+}
+
+type Slot = Arc<Mutex<Option<Arc<PeerClient>>>>;
+
+pub struct PeerPool {
+    key: ClusterKey,
+    me: Identity,
+    addrs: RwLock<HashMap<NodeId, SocketAddr>>,
+    slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
+}
+
+impl PeerPool {
+    pub fn new(key: ClusterKey, me: Identity) -> Self {
+        Self { key, me, addrs: RwLock::default(), slots: std::sync::Mutex::default() }
+    }
+
+    /// Record where `node` listens. A changed address drops the old connection.
+    pub fn set_address(&self, node: NodeId, addr: SocketAddr) {
+        let Ok(mut addrs) = self.addrs.write() else { return };
+        if addrs.insert(node, addr) != Some(addr) {
+            self.forget(node);
+        }
+    }
+
+    pub fn address(&self, node: NodeId) -> Option<SocketAddr> {
+        self.addrs.read().ok()?.get(&node).copied()
+    }
+
+    /// Drop the cached connection to `node` (it will be reopened on next use).
+    pub fn forget(&self, node: NodeId) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.remove(&node);
+        }
+    }
+
+    fn slot(&self, node: NodeId) -> Slot {
+        match self.slots.lock() {
+            Ok(mut slots) => slots.entry(node).or_default().clone(),
+            Err(_) => Slot::default(),
+        }
+    }
+
+    /// A live connection to `node`, opening one if needed. Concurrent callers
+    /// share one connection attempt.
+    pub async fn client(&self, node: NodeId) -> Result<Arc<PeerClient>, PeerCallError> {
+        let addr = self.address(node).ok_or(PeerCallError::UnknownNode(node))?;
+        let slot = self.slot(node);
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| c.is_alive()) {
+            return Ok(c.clone());
+        }
+        let client = PeerClient::connect(addr, &self.key, self.me, CONNECT_TIMEOUT)
+            .await
+            .map_err(|source| PeerCallError::Proto { node, source })?;
+        if client.peer().node != node {
+            return Err(PeerCallError::Remote {
+                node,
+                message: format!("{addr} answered as node {}", client.peer().node),
+            });
+        }
+        let client = Arc::new(client);
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Send `req` to `node` and wait at most `timeout` for the answer. A
+    /// connection found broken is reopened once.
+    pub async fn call(&self, node: NodeId, req: PeerRequest, timeout: Duration) -> Result<PeerResponse, PeerCallError> {
+        for attempt in 0..2 {
+            let client = self.client(node).await?;
+            match client.call(req.clone(), timeout).await {
+                Ok(PeerResponse::Error(e)) => return Err(PeerCallError::Remote { node, message: e.message }),
+                Ok(resp) => return Ok(resp),
+                Err(ProtoError::Closed) if attempt == 0 => self.forget(node),
+                Err(source) => return Err(PeerCallError::Proto { node, source }),
+            }
+        }
+        Err(PeerCallError::Proto { node, source: ProtoError::Closed })
+    }
+}

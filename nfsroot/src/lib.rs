@@ -1,0 +1,1 @@
+//! Diskless-boot configuration and images.

@@ -1,0 +1,1 @@
+//! PlugProPol: probes, filters, scheduling policies and the configfs-style tree.
