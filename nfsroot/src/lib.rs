@@ -1,1 +1,19 @@
-//! Diskless-boot configuration and images.
+//! nfsroot: describe a diskless krg cluster once, in one TOML file, and
+//! render, check and maintain everything its nodes boot from — DHCP (ISC
+//! dhcpd or dnsmasq), the TFTP tree with per-node iPXE and GRUB menus, NFS
+//! exports, the image's fstab and hosts, one krgd.toml per node — plus the
+//! images themselves: debootstrap builds, read-only versions and cheap
+//! per-node clones (btrfs snapshot, reflink copy or overlayfs).
+
+pub mod check;
+pub mod desc;
+pub mod diff;
+pub mod error;
+pub mod example;
+pub mod image;
+pub mod nodes;
+pub mod output;
+pub mod render;
+
+pub use desc::Description;
+pub use error::{NfsrootError, Result};
