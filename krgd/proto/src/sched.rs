@@ -1,5 +1,5 @@
-//! Global scheduler messages: placement queries and probe values exchanged
-//! between nodes.
+//! Global scheduler messages: placement queries (krgadm → krgd) and probe
+//! values exchanged between nodes (krgd → krgd).
 
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +8,7 @@ use crate::NodeId;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedRequest {
     /// Which node should run a new process? Answered by the placement policy
-    /// of the named scheduler (or the first one loaded).
+    /// of the named scheduler (or of the first scheduler that has one).
     Place { scheduler: Option<String> },
 }
 
@@ -23,8 +23,22 @@ pub enum SchedPeerRequest {
     ProbeValues,
 }
 
+/// The latest sample of one source of a probe loaded on the answering node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeValue {
+    /// Probe name as in `probes/<probe>`.
+    pub probe: String,
+    /// Source name as in `probes/<probe>/<source>`.
+    pub source: String,
+    /// Unit name (`bytes`, `load`, `percent`, `count`, `flag`, `text`).
+    pub unit: String,
+    /// The value as its `value` file prints it (without the newline).
+    pub value: String,
+    /// Sample counter of the probe: a new number means a new sample.
+    pub seq: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedPeerReply {
-    /// `(probe/source path, value as text)` pairs.
-    ProbeValues(Vec<(String, String)>),
+    ProbeValues(Vec<ProbeValue>),
 }
