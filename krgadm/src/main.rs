@@ -1,4 +1,152 @@
-fn main() {
-    eprintln!("krgadm: not built yet");
-    std::process::exit(1);
+//! krgadm: administer a krg cluster through the local krgd.
+
+mod nodelist;
+mod print;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use krg_proto::admin::{AdminRequest, AdminResponse};
+use krg_proto::client::AdminClient;
+use krg_proto::cluster::{ClusterReply, ClusterRequest, Mac, NodeSelector};
+
+#[derive(Parser)]
+#[command(name = "krgadm", version, about = "Administer a krg cluster", long_about = LONG_ABOUT)]
+struct Cli {
+    /// The local krgd's admin socket.
+    #[arg(long, global = true, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+const LONG_ABOUT: &str = "\
+krgadm talks to the krgd of this node (over its admin socket) to form, inspect
+and change the cluster. Membership changes are committed through the cluster's
+replicated log: a command returns once every online member has applied it, and
+fails with a clear message (and changes nothing) when the cluster has no quorum.
+
+Examples:
+  krgadm cluster start          form the cluster from every present node
+  krgadm cluster status         session, epoch, leader, members, health
+  krgadm nodes status           one row per known node
+  krgadm nodes add -n16:18      hot-add nodes 16 and 18
+  krgadm nodes add -n 3-7       hot-add nodes 3 to 7
+  krgadm nodes add -m 00:04:61:aa:6e:6e
+  krgadm nodes add -a           hot-add every present node
+  krgadm nodes del -n21:34      remove nodes 21 and 34
+  krgadm cluster stop";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start, stop or inspect the cluster.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Inspect, add or remove nodes.
+    Nodes {
+        #[command(subcommand)]
+        action: NodesAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Form the cluster from every present node of this session.
+    Start,
+    /// Dissolve the cluster: every member leaves (the daemons keep running).
+    Stop,
+    /// Session id, epoch, leader, members and health.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum NodesAction {
+    /// One row per known node: id, MAC, address, state, voter.
+    Status,
+    /// Hot-add present nodes to the cluster.
+    Add(Selection),
+    /// Remove members from the cluster.
+    Del(Selection),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Selection {
+    /// Node ids separated by ':' (e.g. -n16:18), with ranges (-n 3-7).
+    #[arg(short = 'n', long = "nodes", value_name = "LIST")]
+    nodes: Option<String>,
+    /// MAC addresses separated by ',' (e.g. -m 00:04:61:aa:6e:6e).
+    #[arg(short = 'm', long = "macs", value_name = "MACS")]
+    macs: Option<String>,
+    /// add: every present node; del: every member but the one answering.
+    #[arg(short = 'a', long = "all")]
+    all: bool,
+}
+
+impl Selection {
+    fn to_selector(&self) -> Result<NodeSelector> {
+        if let Some(list) = &self.nodes {
+            return nodelist::parse_node_list(list).map(NodeSelector::Ids).map_err(|e| anyhow!(e));
+        }
+        if let Some(macs) = &self.macs {
+            let macs: Vec<Mac> = macs.split(',').map(|m| m.trim().parse::<Mac>()).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
+            return Ok(NodeSelector::Macs(macs));
+        }
+        Ok(NodeSelector::AllPresent)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("krgadm: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("krgadm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    let request = match &cli.command {
+        Command::Cluster { action } => match action {
+            ClusterAction::Start => ClusterRequest::Start,
+            ClusterAction::Stop => ClusterRequest::Stop,
+            ClusterAction::Status => ClusterRequest::Status,
+        },
+        Command::Nodes { action } => match action {
+            NodesAction::Status => ClusterRequest::NodesStatus,
+            NodesAction::Add(sel) => ClusterRequest::Add(sel.to_selector()?),
+            NodesAction::Del(sel) => ClusterRequest::Del(sel.to_selector()?),
+        },
+    };
+    let mut client = AdminClient::connect(&cli.socket)
+        .await
+        .with_context(|| format!("cannot reach krgd at {} (is krgd running?)", cli.socket.display()))?;
+    let reply = match client.call(&AdminRequest::Cluster(request)).await.context("krgd did not answer")? {
+        AdminResponse::Cluster(r) => r,
+        AdminResponse::Error(e) => return Err(anyhow!(e.message)),
+        other => return Err(anyhow!("unexpected answer from krgd: {other:?}")),
+    };
+    match reply {
+        ClusterReply::Status(s) | ClusterReply::Changed(s) => print::status(&s, cli.json),
+        ClusterReply::Nodes(rows) => print::nodes(&rows, cli.json),
+    }
+    Ok(())
 }

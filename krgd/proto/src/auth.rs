@@ -70,9 +70,30 @@ impl ClusterKey {
         Ok(Self(bytes))
     }
 
-    fn mac(&self, label: &[u8], client: &Identity, server: &Identity, first: &[u8; 32], second: &[u8; 32]) -> HmacSha256 {
+    fn hmac(&self) -> HmacSha256 {
         // new_from_slice only fails for fixed-size-key MACs; HMAC takes any length.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    }
+
+    /// HMAC-SHA256 tag of `data`, for datagrams that cannot run a handshake
+    /// (presence broadcasts).
+    pub fn sign(&self, data: &[u8]) -> [u8; 32] {
+        let mut mac = self.hmac();
+        mac.update(b"krg-datagram-v1 ");
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Check a tag made by [`ClusterKey::sign`], in constant time.
+    pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        let mut mac = self.hmac();
+        mac.update(b"krg-datagram-v1 ");
+        mac.update(data);
+        mac.verify_slice(tag).is_ok()
+    }
+
+    fn mac(&self, label: &[u8], client: &Identity, server: &Identity, first: &[u8; 32], second: &[u8; 32]) -> HmacSha256 {
+        let mut mac = self.hmac();
         mac.update(b"krg-auth-v1 ");
         mac.update(label);
         for who in [client, server] {

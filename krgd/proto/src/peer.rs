@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterReply, ClusterRequest, Mac, NodeState};
+use crate::cluster::{ClusterReply, ClusterRequest, Mac};
 use crate::kdfs::{KdfsRequest, KdfsResponse};
 use crate::sched::{SchedPeerReply, SchedPeerRequest};
 use crate::NodeId;
@@ -25,16 +25,21 @@ pub enum PeerBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// Liveness probe of the failure detector.
-    Ping { from: NodeId },
+    /// Liveness probe of the failure detector, sent by the Raft leader of
+    /// cluster `cluster` (its random id) to every member.
+    Ping { from: NodeId, cluster: u64 },
     /// An openraft RPC, postcard-encoded by krgd (kept opaque here so that
     /// this crate does not depend on the Raft library).
     Raft(RaftRpc),
-    /// A membership request forwarded to the Raft leader.
-    Cluster(ClusterRequest),
-    /// A member reports that a node stopped answering its probes.
-    Suspect { reporter: NodeId, node: NodeId },
-    /// Who are you (used by `cluster start` to learn present nodes' details).
+    /// A membership request forwarded towards the Raft leader; `hops` counts
+    /// forwards so a request never circles while leadership moves.
+    Cluster { req: ClusterRequest, hops: u8 },
+    /// Join cluster `cluster`: start a Raft instance so the leader can
+    /// replicate to this node (sent before the node is added).
+    Welcome { cluster: u64 },
+    /// Leave cluster `cluster`: drop the Raft instance, become present.
+    Evict { cluster: u64 },
+    /// Who are you, and whom do you know (presence discovery over TCP).
     Describe,
     Sched(SchedPeerRequest),
     Kdfs(KdfsRequest),
@@ -53,18 +58,31 @@ pub struct RaftRpc {
     pub payload: Vec<u8>,
 }
 
-/// What a node says of itself.
+/// A node as seen by presence discovery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeSelf {
+pub struct Presence {
     pub node: NodeId,
     pub mac: Option<Mac>,
-    pub listen: std::net::SocketAddr,
-    pub state: NodeState,
+    /// Where its krgd accepts peer connections.
+    pub addr: std::net::SocketAddr,
+    /// The cluster it belongs to (random id), if any.
+    pub cluster: Option<u64>,
+}
+
+/// Answer to [`PeerRequest::Describe`]: the node itself and the nodes it has
+/// recently seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSelf {
+    pub me: Presence,
+    /// Other nodes seen, each with how many milliseconds ago it was last heard
+    /// of (so that relayed sightings age and a dead node is forgotten).
+    pub known: Vec<(Presence, u32)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerResponse {
-    Pong { epoch: u64 },
+    /// `cluster` is the id of the cluster the pinged node is in, if any.
+    Pong { epoch: u64, cluster: Option<u64> },
     Raft(Vec<u8>),
     Cluster(ClusterReply),
     Ack,

@@ -21,8 +21,8 @@ pub enum PeerCallError {
     UnknownNode(NodeId),
     #[error("node {node}: {source}")]
     Proto { node: NodeId, source: ProtoError },
-    #[error("node {node} answered: {message}")]
-    Remote { node: NodeId, message: String },
+    #[error("node {node}: {error}")]
+    Remote { node: NodeId, error: krg_proto::admin::AdminError },
 }
 
 type Slot = Arc<Mutex<Option<Arc<PeerClient>>>>;
@@ -78,9 +78,10 @@ impl PeerPool {
             .await
             .map_err(|source| PeerCallError::Proto { node, source })?;
         if client.peer().node != node {
+            let message = format!("{addr} answered as node {}", client.peer().node);
             return Err(PeerCallError::Remote {
                 node,
-                message: format!("{addr} answered as node {}", client.peer().node),
+                error: krg_proto::admin::AdminError::new(krg_proto::admin::ErrorKind::Conflict, message),
             });
         }
         let client = Arc::new(client);
@@ -94,7 +95,7 @@ impl PeerPool {
         for attempt in 0..2 {
             let client = self.client(node).await?;
             match client.call(req.clone(), timeout).await {
-                Ok(PeerResponse::Error(e)) => return Err(PeerCallError::Remote { node, message: e.message }),
+                Ok(PeerResponse::Error(error)) => return Err(PeerCallError::Remote { node, error }),
                 Ok(resp) => return Ok(resp),
                 Err(ProtoError::Closed) if attempt == 0 => self.forget(node),
                 Err(source) => return Err(PeerCallError::Proto { node, source }),

@@ -1,0 +1,120 @@
+//! Failure detection, run by the Raft leader only.
+//!
+//! Every `heartbeat` the leader pings every member. A member with no answer
+//! for `failure_timeout` is committed as failed (so every member sees it),
+//! and the Raft voters are rebalanced without it. A failed member that
+//! answers again, or a member that answers from a fresh krgd (it restarted),
+//! is removed from the table: it is *present* again and may be re-added.
+//!
+//! Members watch the leader through Raft itself: when it dies an election
+//! follows within the election timeout, and the new leader probes the old one
+//! at once instead of waiting a whole failure timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use krg_proto::cluster::NodeState;
+use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::NodeId;
+use openraft::ServerState;
+
+use super::state::ClusterCommand;
+use super::{ClusterService, Joined};
+
+/// What one probe round found out about one member.
+enum Probe {
+    /// Answered, and is still in this cluster.
+    Alive,
+    /// Answered, but from outside this cluster (it restarted or was evicted).
+    Outside,
+    Silent,
+}
+
+pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
+    let heartbeat = svc.ctx.config.heartbeat;
+    let timeout = svc.ctx.config.failure_timeout;
+    let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
+    let mut leading = false;
+    let mut previous_leader: Option<NodeId> = None;
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let metrics = joined.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            leading = false;
+            previous_leader = metrics.current_leader.map(|l| l as NodeId);
+            continue;
+        }
+        let state = joined.state();
+        if !leading {
+            // New leader: everyone gets a full timeout, except the previous
+            // leader, which a majority just stopped hearing from.
+            leading = true;
+            let now = Instant::now();
+            last_ok = state.members.keys().map(|id| (*id, now)).collect();
+            if let Some(prev) = previous_leader.filter(|p| *p != svc.ctx.node_id()) {
+                last_ok.insert(prev, now.checked_sub(timeout).unwrap_or(now));
+            }
+        }
+        let me = svc.ctx.node_id();
+        let targets: Vec<(NodeId, NodeState)> =
+            state.members.values().filter(|m| m.id != me).map(|m| (m.id, m.state)).collect();
+        let probes = targets.iter().map(|(id, _)| probe(&svc, *id, joined.uid, heartbeat));
+        let results = futures::future::join_all(probes).await;
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        let mut returned = Vec::new();
+        for ((id, st), result) in targets.into_iter().zip(results) {
+            match (st, result) {
+                (NodeState::Online, Probe::Alive) => {
+                    last_ok.insert(id, now);
+                }
+                (NodeState::Online, Probe::Silent) => {
+                    let since = *last_ok.entry(id).or_insert(now);
+                    if now.duration_since(since) >= timeout {
+                        failed.push(id);
+                    }
+                }
+                // Came back from a partition still holding our Raft state.
+                (NodeState::Failed, Probe::Alive) => returned.push((id, true)),
+                (_, Probe::Outside) => returned.push((id, false)),
+                _ => {}
+            }
+        }
+        if failed.is_empty() && returned.is_empty() {
+            continue;
+        }
+        // Do not interleave with an administrator's change; retry next round.
+        let Ok(_guard) = svc.change_lock.try_lock() else { continue };
+        for id in failed {
+            tracing::warn!(node = id, "member stopped answering; marking it failed");
+            if svc.commit(&joined, ClusterCommand::SetState { node: id, state: NodeState::Failed }).await.is_err() {
+                break;
+            }
+        }
+        if !returned.is_empty() {
+            let ids: Vec<NodeId> = returned.iter().map(|(id, _)| *id).collect();
+            tracing::info!(nodes = ?ids, "failed or restarted members answer again; they are present now");
+            for (id, still_joined) in &returned {
+                if *still_joined {
+                    let _ = svc.ctx.peers.call(*id, PeerRequest::Evict { cluster: joined.uid }, heartbeat).await;
+                }
+            }
+            let _ = svc.commit(&joined, ClusterCommand::Remove(ids)).await;
+        }
+        if let Err(e) = svc.rebalance_voters(&joined).await {
+            tracing::warn!(error = %e.message, "cannot rebalance Raft voters");
+        }
+    }
+}
+
+async fn probe(svc: &ClusterService, node: NodeId, uid: u64, within: Duration) -> Probe {
+    let ping = PeerRequest::Ping { from: svc.ctx.node_id(), cluster: uid };
+    match tokio::time::timeout(within, svc.ctx.peers.call(node, ping, within)).await {
+        Ok(Ok(PeerResponse::Pong { cluster, .. })) if cluster == Some(uid) => Probe::Alive,
+        Ok(Ok(PeerResponse::Pong { .. })) => Probe::Outside,
+        _ => Probe::Silent,
+    }
+}

@@ -1,0 +1,195 @@
+//! Presence: which krgds of this session are running, whether in a cluster
+//! or not. Two sources feed one table:
+//!
+//! * UDP broadcast (when no `--peer` is configured): every second each node
+//!   broadcasts a [`Presence`] signed with the cluster key; datagrams with a
+//!   bad tag or another session are dropped.
+//! * `--peer` addresses: every second each configured peer is asked to
+//!   `Describe` itself over an authenticated TCP connection; its answer also
+//!   lists the nodes it has seen, so one seed peer is enough.
+//!
+//! An entry not refreshed for [`PRESENCE_TTL`] is forgotten.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use krg_proto::auth::Role;
+use krg_proto::client::PeerClient;
+use krg_proto::peer::{NodeSelf, PeerRequest, PeerResponse, Presence};
+use krg_proto::{NodeId, SessionId};
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::context::NodeContext;
+
+/// How often presence is announced or polled.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(1000);
+/// How long a node stays present without news.
+pub const PRESENCE_TTL: Duration = Duration::from_millis(3500);
+
+#[derive(Serialize, Deserialize)]
+struct Datagram {
+    session: SessionId,
+    presence: Presence,
+}
+
+pub struct Discovery {
+    ctx: Arc<NodeContext>,
+    table: Mutex<HashMap<NodeId, (Presence, Instant)>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Discovery {
+    /// Start announcing and listening. `me` tells the current self-description
+    /// (it changes when the node joins or leaves a cluster).
+    pub async fn start(ctx: Arc<NodeContext>, me: Arc<dyn Fn() -> Presence + Send + Sync>) -> Arc<Self> {
+        let d = Arc::new(Self { ctx: ctx.clone(), table: Mutex::default(), tasks: Mutex::default() });
+        let mut tasks = Vec::new();
+        if ctx.config.peers.is_empty() {
+            match bind_broadcast(ctx.config.discovery_port).await {
+                Ok(sock) => {
+                    let sock = Arc::new(sock);
+                    tasks.push(tokio::spawn(d.clone().announce(sock.clone(), me.clone())));
+                    tasks.push(tokio::spawn(d.clone().listen(sock)));
+                }
+                Err(e) => tracing::warn!(port = ctx.config.discovery_port, error = %e,
+                    "broadcast discovery unavailable; give peers with --peer"),
+            }
+        } else {
+            tasks.push(tokio::spawn(d.clone().poll_peers()));
+        }
+        if let Ok(mut t) = d.tasks.lock() {
+            *t = tasks;
+        }
+        d
+    }
+
+    pub fn stop(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+
+    /// Record that `p` was heard of `age` ago; older news never replaces newer.
+    pub fn record(&self, p: Presence, age: Duration) {
+        if p.node == self.ctx.node_id() || age >= PRESENCE_TTL {
+            return;
+        }
+        let Some(seen) = Instant::now().checked_sub(age) else { return };
+        let Ok(mut t) = self.table.lock() else { return };
+        if t.get(&p.node).is_some_and(|(_, at)| *at >= seen) {
+            return;
+        }
+        self.ctx.peers.set_address(p.node, p.addr);
+        t.insert(p.node, (p, seen));
+    }
+
+    /// Nodes seen within the presence TTL, by id.
+    pub fn present(&self) -> Vec<Presence> {
+        self.present_with_age().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// Nodes seen within the presence TTL with the age of the last sighting.
+    pub fn present_with_age(&self) -> Vec<(Presence, u32)> {
+        let Ok(mut t) = self.table.lock() else { return Vec::new() };
+        t.retain(|_, (_, at)| at.elapsed() < PRESENCE_TTL);
+        let mut out: Vec<(Presence, u32)> =
+            t.values().map(|(p, at)| (p.clone(), at.elapsed().as_millis() as u32)).collect();
+        out.sort_by_key(|(p, _)| p.node);
+        out
+    }
+
+    async fn announce(self: Arc<Self>, sock: Arc<UdpSocket>, me: Arc<dyn Fn() -> Presence + Send + Sync>) {
+        let bcast = self.ctx.config.broadcast.unwrap_or(Ipv4Addr::BROADCAST);
+        let dest = SocketAddr::V4(SocketAddrV4::new(bcast, self.ctx.config.discovery_port));
+        let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+        loop {
+            tick.tick().await;
+            let dg = Datagram { session: self.ctx.config.session_id, presence: me() };
+            let Ok(mut bytes) = postcard::to_stdvec(&dg) else { continue };
+            let tag = self.ctx.key.sign(&bytes);
+            bytes.extend_from_slice(&tag);
+            if let Err(e) = sock.send_to(&bytes, dest).await {
+                tracing::debug!(%dest, error = %e, "presence broadcast failed");
+            }
+        }
+    }
+
+    async fn listen(self: Arc<Self>, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+            match self.parse(&buf[..n]) {
+                Some(p) => self.record(p, Duration::ZERO),
+                None => tracing::debug!(%from, "ignored a presence datagram (bad tag, session or format)"),
+            }
+        }
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Option<Presence> {
+        let split = bytes.len().checked_sub(32)?;
+        let (body, tag) = bytes.split_at(split);
+        if !self.ctx.key.verify(body, tag) {
+            return None;
+        }
+        let dg: Datagram = postcard::from_bytes(body).ok()?;
+        (dg.session == self.ctx.config.session_id).then_some(dg.presence)
+    }
+
+    async fn poll_peers(self: Arc<Self>) {
+        let mut clients: HashMap<SocketAddr, PeerClient> = HashMap::new();
+        let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+        loop {
+            tick.tick().await;
+            let polls = self.ctx.config.peers.iter().map(|addr| {
+                let client = clients.remove(addr).filter(PeerClient::is_alive);
+                let me = self.clone();
+                async move { (*addr, me.describe(*addr, client).await) }
+            });
+            for (addr, client) in futures::future::join_all(polls).await {
+                if let Some(c) = client {
+                    clients.insert(addr, c);
+                }
+            }
+        }
+    }
+
+    async fn describe(&self, addr: SocketAddr, client: Option<PeerClient>) -> Option<PeerClient> {
+        let timeout = Duration::from_millis(800);
+        let client = match client {
+            Some(c) => c,
+            None => {
+                let mut me = self.ctx.me;
+                me.role = Role::Node;
+                match PeerClient::connect(addr, &self.ctx.key, me, timeout).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "peer not reachable");
+                        return None;
+                    }
+                }
+            }
+        };
+        match client.call(PeerRequest::Describe, timeout).await {
+            Ok(PeerResponse::Describe(NodeSelf { me, known })) => {
+                self.record(me, Duration::ZERO);
+                for (p, age_ms) in known {
+                    self.record(p, Duration::from_millis(age_ms.into()));
+                }
+                Some(client)
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn bind_broadcast(port: u16) -> std::io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    sock.set_broadcast(true)?;
+    Ok(sock)
+}

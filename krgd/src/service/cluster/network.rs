@@ -1,0 +1,115 @@
+//! Raft RPCs over krgd's authenticated peer connections. openraft's request
+//! and response types are postcard-encoded into [`RaftRpc`] payloads so that
+//! krg-proto does not depend on openraft.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use krg_proto::peer::{PeerRequest, PeerResponse, RaftKind, RaftRpc};
+use krg_proto::NodeId;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::store::{Raft, RaftNodeId, TypeConfig};
+use crate::context::NodeContext;
+
+#[derive(Clone)]
+pub struct Network {
+    ctx: Arc<NodeContext>,
+}
+
+impl Network {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+}
+
+pub struct Connection {
+    ctx: Arc<NodeContext>,
+    target: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: RaftNodeId, node: &BasicNode) -> Connection {
+        let target = target as NodeId;
+        if let Ok(addr) = node.addr.parse() {
+            self.ctx.peers.set_address(target, addr);
+        }
+        Connection { ctx: self.ctx.clone(), target }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>>>;
+
+impl Connection {
+    async fn send<Req, Resp, E>(&self, kind: RaftKind, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let resp = self
+            .ctx
+            .peers
+            .call(self.target, PeerRequest::Raft(RaftRpc { kind, payload }), ttl)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let PeerResponse::Raft(bytes) = resp else {
+            let e = std::io::Error::other(format!("node {} sent a non-Raft answer", self.target));
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        };
+        let result: Result<Resp, RaftError<RaftNodeId, E>> =
+            postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target as RaftNodeId, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<RaftNodeId>, openraft::error::Infallible> {
+        self.send(RaftKind::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<RaftNodeId>, InstallSnapshotError> {
+        self.send(RaftKind::InstallSnapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<RaftNodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<RaftNodeId>, openraft::error::Infallible> {
+        self.send(RaftKind::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+/// Serve one incoming Raft RPC against the local Raft instance.
+pub async fn serve(raft: &Raft, rpc: RaftRpc) -> Result<Vec<u8>, String> {
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("malformed Raft message: {e}"))
+    }
+    fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+        postcard::to_stdvec(v).map_err(|e| format!("cannot encode Raft answer: {e}"))
+    }
+    match rpc.kind {
+        RaftKind::AppendEntries => encode(&raft.append_entries(decode(&rpc.payload)?).await),
+        RaftKind::Vote => encode(&raft.vote(decode(&rpc.payload)?).await),
+        RaftKind::InstallSnapshot => encode(&raft.install_snapshot(decode(&rpc.payload)?).await),
+    }
+}

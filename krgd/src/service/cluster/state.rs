@@ -1,0 +1,119 @@
+//! The replicated cluster state: the member table and its epoch. Every member
+//! applies the same commands in the same order (Raft), so every member sees
+//! the same table and epoch once a change is committed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use krg_proto::cluster::{Mac, NodeState};
+use krg_proto::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// One member of the cluster as recorded in the replicated table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub mac: Option<Mac>,
+    /// Online, Failed or Leaving (never Present: present nodes are not members).
+    pub state: NodeState,
+}
+
+/// Commands appended to the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// First command of a cluster: its random id and founding members.
+    Form { uid: u64, members: Vec<MemberRecord> },
+    Add(Vec<MemberRecord>),
+    Remove(Vec<NodeId>),
+    SetState { node: NodeId, state: NodeState },
+    /// `krgadm cluster stop`: every member leaves.
+    Dissolve,
+}
+
+/// Result of applying a command: the epoch after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub epoch: u64,
+}
+
+/// The state machine's data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Random id of this cluster, fixed at formation; 0 before.
+    pub uid: u64,
+    /// Number of committed changes to the member table.
+    pub epoch: u64,
+    pub members: BTreeMap<NodeId, MemberRecord>,
+    pub dissolved: bool,
+}
+
+impl ClusterState {
+    /// Apply one command. Commands are validated before being proposed, so
+    /// applying never fails; a command that changes nothing leaves the epoch.
+    pub fn apply(&mut self, cmd: &ClusterCommand) -> CommandResult {
+        let changed = match cmd {
+            ClusterCommand::Form { uid, members } => {
+                self.uid = *uid;
+                self.members = members.iter().map(|m| (m.id, m.clone())).collect();
+                true
+            }
+            ClusterCommand::Add(records) => {
+                let mut changed = false;
+                for r in records {
+                    changed |= self.members.insert(r.id, r.clone()).as_ref() != Some(r);
+                }
+                changed
+            }
+            ClusterCommand::Remove(ids) => ids.iter().fold(false, |c, id| self.members.remove(id).is_some() || c),
+            ClusterCommand::SetState { node, state } => match self.members.get_mut(node) {
+                Some(m) if m.state != *state => {
+                    m.state = *state;
+                    true
+                }
+                _ => false,
+            },
+            ClusterCommand::Dissolve => {
+                self.dissolved = true;
+                self.members.clear();
+                true
+            }
+        };
+        if changed {
+            self.epoch += 1;
+        }
+        CommandResult { epoch: self.epoch }
+    }
+
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.members.contains_key(&id)
+    }
+
+    pub fn online(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.members.values().filter(|m| m.state == NodeState::Online)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: NodeId) -> MemberRecord {
+        MemberRecord { id, addr: SocketAddr::from(([127, 0, 0, 1], 7600 + id as u16)), mac: None, state: NodeState::Online }
+    }
+
+    #[test]
+    fn epoch_counts_real_changes_only() {
+        let mut s = ClusterState::default();
+        assert_eq!(s.apply(&ClusterCommand::Form { uid: 9, members: vec![rec(1), rec(2)] }).epoch, 1);
+        assert_eq!(s.apply(&ClusterCommand::Add(vec![rec(3)])).epoch, 2);
+        assert_eq!(s.apply(&ClusterCommand::Add(vec![rec(3)])).epoch, 2, "re-adding the same record is no change");
+        assert_eq!(s.apply(&ClusterCommand::SetState { node: 2, state: NodeState::Failed }).epoch, 3);
+        assert_eq!(s.apply(&ClusterCommand::SetState { node: 2, state: NodeState::Failed }).epoch, 3);
+        assert_eq!(s.apply(&ClusterCommand::Remove(vec![2, 7])).epoch, 4);
+        assert_eq!(s.members.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(s.apply(&ClusterCommand::Remove(vec![7])).epoch, 4);
+        s.apply(&ClusterCommand::Dissolve);
+        assert!(s.dissolved && s.members.is_empty());
+    }
+}
