@@ -1,1 +1,14 @@
 //! kDFS: one namespace over every node's local directory.
+//!
+//! * [`format`]: the on-disk superblock and root meta-file (`mkfs.kdfs`).
+//! * [`store`]: the storage engine a krgd runs against its local directory.
+//! * [`client`]: the FUSE client behind `mount.kdfs`.
+//!
+//! The design (placement, consistency, faults) is written down in docs/kdfs.md.
+
+pub mod client;
+pub mod error;
+pub mod format;
+pub mod store;
+
+pub use error::KdfsError;

@@ -1,19 +1,153 @@
-//! kDFS messages: local tools asking their krgd, and the FUSE client asking
-//! the krgd that stores a file.
+//! kDFS messages: local tools (mkfs.kdfs, mount.kdfs) asking their krgd, and
+//! the FUSE client asking the krgd that stores an inode.
+//!
+//! An inode is named cluster-wide by an [`InodeId`]: the owning node's id in
+//! the top 16 bits, the inode number local to that node in the low 48 bits.
+//! Whoever holds an id knows which krgd to ask.
+
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeId;
+
+/// Cluster-wide inode id: `node << 48 | local`.
+pub type InodeId = u64;
+
+/// Bits of an [`InodeId`] holding the node-local inode number.
+pub const LOCAL_BITS: u32 = 48;
+
+/// Largest node id a kDFS can hold (16 bits; 0 is not a valid node id).
+pub const MAX_KDFS_NODE: NodeId = 0xffff;
+
+/// The node that owns inode `id`.
+pub fn inode_node(id: InodeId) -> NodeId {
+    (id >> LOCAL_BITS) as NodeId
+}
+
+/// The node-local inode number of `id`.
+pub fn inode_local(id: InodeId) -> u64 {
+    id & ((1u64 << LOCAL_BITS) - 1)
+}
+
+/// Build an id from its parts (`local` is truncated to 48 bits).
+pub fn inode_id(node: NodeId, local: u64) -> InodeId {
+    (u64::from(node) << LOCAL_BITS) | (local & ((1u64 << LOCAL_BITS) - 1))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    CharDev,
+    BlockDev,
+    Socket,
+}
+
+/// Seconds and nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Permission bits including setuid/setgid/sticky (no type bits).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(Time),
+}
+
+/// Changes of a `setattr`; `None` leaves the field alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// What a new inode is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewInode {
+    pub kind: FileKind,
+    /// Permission bits (umask already applied).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    /// Target of a symlink.
+    pub target: Option<Vec<u8>>,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub kind: FileKind,
+}
+
+/// Which kind of entry an unlink/rmdir accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoveWhat {
+    NonDir,
+    Dir,
+}
+
+/// A member as kDFS needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfsNode {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub online: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsAdminRequest {
-    /// Serve the formatted kDFS directory `dir` to the cluster.
-    Attach { dir: String },
-    /// Stop serving `dir`.
-    Detach { dir: String },
+    /// This node's id, session and address, the members the krgd knows of,
+    /// and the directory it serves.
+    Info,
+    /// Serve the formatted kDFS directory `dir` to the cluster. `fs_id` is the
+    /// file system's id learnt from the root node: a store formatted on a
+    /// non-root node is bound to it at its first attach.
+    Attach { dir: String, fs_id: Option<u128> },
+    /// Stop serving the attached directory.
+    Detach,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsAdminReply {
-    Attached,
+    Info {
+        node: NodeId,
+        session: crate::SessionId,
+        addr: SocketAddr,
+        /// False while no cluster has been started.
+        cluster_started: bool,
+        members: Vec<KdfsNode>,
+        attached: Option<String>,
+    },
+    Attached { fs_id: u128, root_node: NodeId },
     Detached,
 }
 
@@ -21,9 +155,62 @@ pub enum KdfsAdminReply {
 pub enum KdfsRequest {
     /// Is a kDFS store attached on this node, and which file system?
     Hello,
+    /// The root directory's id (root node only).
+    Root,
+    Statfs,
+    GetAttr { ino: InodeId },
+    SetAttr { ino: InodeId, set: SetAttr },
+    Readlink { ino: InodeId },
+    /// Find `name` in directory `dir` (owned here). The answer carries the
+    /// attributes too when the inode is also owned here.
+    Lookup { dir: InodeId, name: Vec<u8> },
+    /// Make an inode here with one link not yet entered in any directory.
+    MakeInode { new: NewInode },
+    /// Make an inode here and enter it as `name` in `dir` (also here).
+    Create { dir: InodeId, name: Vec<u8>, new: NewInode },
+    /// Enter `ino` as `name` in `dir`; with `replace`, an existing non-directory
+    /// (or empty-checked directory) entry is replaced and returned.
+    AddEntry { dir: InodeId, name: Vec<u8>, ino: InodeId, kind: FileKind, replace: bool },
+    /// Remove `name` from `dir`, checking its kind and (if given) its inode.
+    RemoveEntry { dir: InodeId, name: Vec<u8>, what: RemoveWhat, expect: Option<InodeId> },
+    /// Rename an entry between two directories both owned here.
+    Rename { src_dir: InodeId, src_name: Vec<u8>, dst_dir: InodeId, dst_name: Vec<u8>, flags: u32 },
+    /// Add one link to `ino` (a non-directory owned here).
+    IncLink { ino: InodeId },
+    /// Drop one link of `ino`; the inode is freed at zero links and no open handle.
+    DecLink { ino: InodeId },
+    /// Remove the directory inode `ino` if it is empty (ENOTEMPTY otherwise).
+    RemoveDir { ino: InodeId },
+    /// Whether directory `ino` is empty.
+    IsEmptyDir { ino: InodeId },
+    Open { ino: InodeId, write: bool },
+    Read { ino: InodeId, fh: u64, offset: u64, len: u32 },
+    Write { ino: InodeId, fh: u64, offset: u64, data: Vec<u8> },
+    Fsync { ino: InodeId, fh: u64, datasync: bool },
+    Release { ino: InodeId, fh: u64 },
+    Fallocate { ino: InodeId, fh: u64, offset: u64, len: u64, mode: i32 },
+    OpenDir { ino: InodeId },
+    ReadDir { fh: u64, offset: u64, max: u32 },
+    ReleaseDir { fh: u64 },
+    FsyncDir { ino: InodeId },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsResponse {
-    Hello { fs_id: Option<u128> },
+    Hello { fs_id: Option<u128>, node: crate::NodeId },
+    Root(InodeId),
+    Statfs { blocks: u64, bfree: u64, bavail: u64, files: u64, ffree: u64, bsize: u32 },
+    Attr(Attr),
+    Target(Vec<u8>),
+    Entry { ino: InodeId, kind: FileKind, attr: Option<Attr> },
+    /// An entry that was replaced or removed.
+    Removed(Option<DirEntry>),
+    Empty(bool),
+    Handle(u64),
+    Data(Vec<u8>),
+    Written(u32),
+    Entries(Vec<DirEntry>),
+    Done,
+    /// The operation failed with this errno.
+    Errno(i32),
 }

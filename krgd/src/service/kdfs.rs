@@ -1,33 +1,148 @@
 //! kDFS storage: serves this node's formatted kDFS directory to the cluster.
+//!
+//! mount.kdfs attaches the directory (KdfsAdminRequest::Attach); from then on
+//! every kDFS peer request is answered by the [`kdfs::store::Store`] on a
+//! blocking thread. The attached directory is remembered in
+//! `<data-dir>/kdfs.attach` so that a restarted krgd serves it again at once:
+//! a node's files come back with its krgd, whether or not it is mounted there.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use kdfs::store::Store;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
-use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsResponse};
+use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
+use krg_proto::cluster::NodeState;
 
 use crate::context::NodeContext;
 use crate::net::admin::Caller;
 use crate::DaemonError;
 
+const ATTACH_FILE: &str = "kdfs.attach";
+
 pub struct KdfsService {
-    _ctx: Arc<NodeContext>,
+    ctx: Arc<NodeContext>,
+    store: RwLock<Option<Arc<Store>>>,
+}
+
+fn unavailable(msg: impl Into<String>) -> AdminError {
+    AdminError::new(ErrorKind::Unavailable, msg)
 }
 
 impl KdfsService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
-        Ok(Arc::new(Self { _ctx: ctx }))
+        let svc = Arc::new(Self { ctx, store: RwLock::new(None) });
+        if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
+            let dir = PathBuf::from(dir.trim());
+            let node = svc.ctx.node_id();
+            match tokio::task::spawn_blocking(move || Store::open(&dir, node, None)).await {
+                Ok(Ok(store)) => {
+                    tracing::info!(dir = %store.dir().display(), "kdfs: serving the attached directory again");
+                    svc.set_store(Some(Arc::new(store)));
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "kdfs: cannot serve the previously attached directory"),
+                Err(e) => tracing::warn!(error = %e, "kdfs: attach task failed"),
+            }
+        }
+        Ok(svc)
     }
 
-    pub async fn handle_admin(&self, _caller: &Caller, _req: KdfsAdminRequest) -> Result<KdfsAdminReply, AdminError> {
-        Err(AdminError::new(ErrorKind::Unavailable, "kDFS storage is not part of this krgd build"))
+    fn attach_file(&self) -> PathBuf {
+        self.ctx.config.data_dir.join(ATTACH_FILE)
     }
 
-    pub async fn handle_peer(&self, _from: &Identity, req: KdfsRequest) -> Result<KdfsResponse, AdminError> {
-        match req {
-            KdfsRequest::Hello => Ok(KdfsResponse::Hello { fs_id: None }),
+    fn current(&self) -> Option<Arc<Store>> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_store(&self, s: Option<Arc<Store>>) {
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    fn info(&self) -> KdfsAdminReply {
+        let view = self.ctx.view();
+        let members: Vec<KdfsNode> =
+            view.members().map(|n| KdfsNode { id: n.id, addr: n.addr, online: n.state == NodeState::Online }).collect();
+        KdfsAdminReply::Info {
+            node: self.ctx.node_id(),
+            session: self.ctx.config.session_id,
+            addr: self.ctx.config.advertise,
+            cluster_started: view.epoch > 0 || !members.is_empty(),
+            members,
+            attached: self.current().map(|s| s.dir().display().to_string()),
         }
     }
 
-    pub async fn shutdown(&self) {}
+    async fn attach(&self, dir: String, fs_id: Option<u128>) -> Result<KdfsAdminReply, AdminError> {
+        let path = PathBuf::from(&dir);
+        if !path.is_absolute() {
+            return Err(AdminError::new(ErrorKind::InvalidArgument, format!("{dir}: the path must be absolute")));
+        }
+        if let Some(cur) = self.current() {
+            if cur.dir() == path.as_path() && fs_id.is_none_or(|id| id == cur.superblock().fs_id) {
+                let sb = cur.superblock();
+                return Ok(KdfsAdminReply::Attached { fs_id: sb.fs_id, root_node: sb.root_node });
+            }
+            return Err(AdminError::new(
+                ErrorKind::Conflict,
+                format!("this node already serves kDFS directory {}", cur.dir().display()),
+            ));
+        }
+        let node = self.ctx.node_id();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path, node, fs_id))
+            .await
+            .map_err(|e| AdminError::new(ErrorKind::Internal, e.to_string()))?
+            .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        let sb = store.superblock().clone();
+        self.remember(Some(store.dir()));
+        tracing::info!(dir = %store.dir().display(), fs_id = %format!("{:032x}", sb.fs_id), "kdfs: serving");
+        self.set_store(Some(Arc::new(store)));
+        Ok(KdfsAdminReply::Attached { fs_id: sb.fs_id, root_node: sb.root_node })
+    }
+
+    /// Persist (or forget) the attached directory for the next start.
+    fn remember(&self, dir: Option<&Path>) {
+        let file = self.attach_file();
+        let r = match dir {
+            Some(d) => std::fs::write(&file, d.display().to_string()),
+            None => std::fs::remove_file(&file).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }),
+        };
+        if let Err(e) = r {
+            tracing::warn!(file = %file.display(), error = %e, "kdfs: cannot record the attached directory");
+        }
+    }
+
+    pub async fn handle_admin(&self, caller: &Caller, req: KdfsAdminRequest) -> Result<KdfsAdminReply, AdminError> {
+        match req {
+            KdfsAdminRequest::Info => Ok(self.info()),
+            KdfsAdminRequest::Attach { .. } | KdfsAdminRequest::Detach if !caller.is_root() => {
+                Err(AdminError::new(ErrorKind::PermissionDenied, "only root may attach or detach a kDFS directory"))
+            }
+            KdfsAdminRequest::Attach { dir, fs_id } => self.attach(dir, fs_id).await,
+            KdfsAdminRequest::Detach => {
+                self.set_store(None);
+                self.remember(None);
+                Ok(KdfsAdminReply::Detached)
+            }
+        }
+    }
+
+    pub async fn handle_peer(&self, _from: &Identity, req: KdfsRequest) -> Result<KdfsResponse, AdminError> {
+        let Some(store) = self.current() else {
+            return match req {
+                KdfsRequest::Hello => Ok(KdfsResponse::Hello { fs_id: None, node: self.ctx.node_id() }),
+                _ => Err(unavailable(format!("node {} serves no kDFS directory", self.ctx.node_id()))),
+            };
+        };
+        tokio::task::spawn_blocking(move || store.handle(req))
+            .await
+            .map_err(|e| AdminError::new(ErrorKind::Internal, format!("kdfs task failed: {e}")))
+    }
+
+    pub async fn shutdown(&self) {
+        // Everything written is already in the local file system; handles
+        // die with the process like a crashed client's would.
+        self.set_store(None);
+    }
 }

@@ -1,0 +1,65 @@
+//! mkfs.kdfs DIR ROOT_NODEID: format a node's local directory for kDFS.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use kdfs::client::conn::admin_call;
+use kdfs::format::{mkfs, MkfsOptions};
+use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest};
+use krg_proto::NodeId;
+
+/// Format DIR as this node's part of a kDFS whose root directory lives on
+/// node ROOT_NODEID.
+///
+/// This node's id is asked from the local krgd, which must be running and a
+/// member of a started cluster, as must ROOT_NODEID. On the root node the
+/// root directory and its meta-file are created too. Then
+/// `mount -t kdfs DIR MOUNTPOINT` (first on the root node).
+#[derive(Parser, Debug)]
+#[command(name = "mkfs.kdfs", version)]
+struct Args {
+    /// The local directory to format (empty, unless --force).
+    dir: PathBuf,
+    /// Node holding the root directory of the file system.
+    root_node: NodeId,
+    /// Erase DIR's content (including an existing kDFS) first.
+    #[arg(long)]
+    force: bool,
+    /// Admin socket of the local krgd.
+    #[arg(long, value_name = "PATH", default_value = krg_proto::DEFAULT_SOCKET, env = "KRG_SOCKET")]
+    socket: PathBuf,
+}
+
+fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start runtime")?;
+    let reply = rt.block_on(admin_call(&args.socket, KdfsAdminRequest::Info))?;
+    let KdfsAdminReply::Info { node, cluster_started, members, .. } = reply else {
+        bail!("krgd answered out of turn")
+    };
+    if !cluster_started {
+        bail!("no cluster is running on this node (start it with `krgadm cluster start`)");
+    }
+    if !members.iter().any(|m| m.id == args.root_node) {
+        let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+        bail!("root node {} is not a cluster member (members: {})", args.root_node, ids.join(" "));
+    }
+    let sb = mkfs(&MkfsOptions { dir: args.dir.clone(), node, root_node: args.root_node, force: args.force })?;
+    if sb.root_node == node {
+        println!("{}: kDFS {:032x}, node {node}, root directory here", args.dir.display(), sb.fs_id);
+    } else {
+        println!("{}: kDFS part of node {node}, root on node {} (joins at first mount)", args.dir.display(), sb.root_node);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mkfs.kdfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

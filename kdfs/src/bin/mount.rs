@@ -1,0 +1,158 @@
+//! mount.kdfs DIR MOUNTPOINT [-o OPTIONS]: the mount(8) helper and FUSE
+//! client of kDFS. mount(8) runs it for `mount -t kdfs`; it mounts, then
+//! keeps serving in the background until `umount MOUNTPOINT`.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Parser;
+use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
+
+/// Mount the kDFS whose local part is DIR on MOUNTPOINT.
+///
+/// Options (-o, comma separated): socket=PATH (local krgd admin socket,
+/// default /run/krg/krgd.sock), keyfile=PATH (cluster key, default
+/// /etc/krg/cluster.key), attr_timeout=S and entry_timeout=S (kernel cache
+/// lifetimes, default 0: every stat sees the latest state), threads=N (FUSE
+/// threads, default 2), nodes=ID@ADDR:PORT+... (override member addresses),
+/// log=FILE, foreground (do not detach), ro. Generic options (defaults,
+/// _netdev, noauto, ...) are accepted and ignored.
+#[derive(Parser, Debug)]
+#[command(name = "mount.kdfs", version)]
+struct Args {
+    /// The formatted local kDFS directory (see mkfs.kdfs).
+    dir: PathBuf,
+    /// Where to mount the namespace.
+    mountpoint: PathBuf,
+    /// Mount options.
+    #[arg(short = 'o', value_name = "OPTIONS", default_value = "")]
+    options: String,
+    /// mount(8) helper flag: sloppy (ignored).
+    #[arg(short = 's', hide = true)]
+    sloppy: bool,
+    /// mount(8) helper flag: fake, do everything but mount.
+    #[arg(short = 'f', hide = true)]
+    fake: bool,
+    /// mount(8) helper flag: do not write /etc/mtab (ignored).
+    #[arg(short = 'n', hide = true)]
+    no_mtab: bool,
+    /// mount(8) helper flag: verbose (ignored).
+    #[arg(short = 'v', hide = true)]
+    verbose: bool,
+    /// mount(8) helper flag: type.subtype (ignored).
+    #[arg(short = 't', hide = true)]
+    fstype: Option<String>,
+}
+
+fn init_log(opts: &MountOptions) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if let Some(path) = &opts.log {
+        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = b.with_writer(std::sync::Mutex::new(f)).with_ansi(false).try_init();
+            return;
+        }
+    }
+    let _ = b.with_writer(std::io::stderr).try_init();
+}
+
+/// Set up, mount, report to `status` (if detached), then serve until unmount.
+fn serve(dir: &Path, mountpoint: &Path, opts: &MountOptions, status: &mut Option<std::fs::File>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.threads.max(2))
+        .enable_all()
+        .build()
+        .context("cannot start runtime")?;
+    let prepared = rt.block_on(prepare(dir, opts))?;
+    let config = fuse_config(&prepared.dir, opts);
+    let fs = KdfsFs::new(prepared.ops, rt.handle().clone(), opts.attr_timeout, opts.entry_timeout);
+    let session = fuser::Session::new(fs, mountpoint, &config)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    if let Some(mut f) = status.take() {
+        let _ = f.write_all(b"OK");
+        // Closing the pipe lets the waiting parent exit.
+        drop(f);
+        quiet_stdio();
+    }
+    session.run().context("FUSE session ended with an error")?;
+    Ok(())
+}
+
+/// A detached server must not hold its caller's terminal or pipes open.
+fn quiet_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; null stays open meanwhile.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Fork: the child serves the mount; the parent waits until the mount is up
+/// (or failed) and exits with that status, as mount(8) expects of a helper.
+fn detach(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a 2-element array pipe2 fills.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe");
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no thread has been started yet (the runtime is built in the child).
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no memory-safety preconditions.
+            unsafe { libc::setsid() };
+            let mut status = Some(std::fs::File::from(wr));
+            if let Err(e) = serve(dir, mountpoint, opts, &mut status) {
+                if let Some(mut f) = status {
+                    let _ = f.write_all(format!("{e:#}").as_bytes());
+                }
+                tracing::error!("mount.kdfs: {e:#}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+        _ => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            if msg.starts_with("OK") {
+                Ok(())
+            } else if msg.is_empty() {
+                Err(anyhow!("the mount process died before mounting"))
+            } else {
+                Err(anyhow!(msg))
+            }
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let opts = MountOptions::parse(&args.options)?;
+    if args.fake {
+        return Ok(());
+    }
+    init_log(&opts);
+    if opts.foreground {
+        serve(&args.dir, &args.mountpoint, &opts, &mut None)
+    } else {
+        detach(&args.dir, &args.mountpoint, &opts)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mount.kdfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

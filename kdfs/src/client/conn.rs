@@ -1,0 +1,183 @@
+//! Connections from the FUSE client to every node's krgd.
+//!
+//! One authenticated, multiplexed TCP connection per node, opened on first
+//! use. A node that cannot be reached is remembered as down for a short
+//! while, so that operations on its inodes fail at once (ENOTCONN) instead of
+//! each waiting for a connect timeout; after that the next operation tries
+//! again, which is how a returning node's files come back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use krg_proto::admin::{AdminRequest, AdminResponse};
+use krg_proto::auth::{ClusterKey, Identity};
+use krg_proto::client::{AdminClient, PeerClient};
+use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsResponse};
+use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::{NodeId, ProtoError};
+
+use crate::KdfsError;
+
+/// How long to wait for a TCP connect + handshake to a krgd.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound on any one request (a 16 MiB read on a slow link included).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an unreachable node is reported down without retrying.
+const DOWN_HOLD: Duration = Duration::from_millis(500);
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<PeerClient>>>>;
+
+pub struct Cluster {
+    key: ClusterKey,
+    me: Identity,
+    socket: PathBuf,
+    /// Addresses given with `nodes=`: they win over what krgd reports.
+    fixed: HashMap<NodeId, SocketAddr>,
+    addrs: Mutex<HashMap<NodeId, SocketAddr>>,
+    slots: Mutex<HashMap<NodeId, Slot>>,
+    down_until: Mutex<HashMap<NodeId, Instant>>,
+}
+
+/// What the local krgd says about itself and the cluster.
+pub struct LocalInfo {
+    pub node: NodeId,
+    pub session: krg_proto::SessionId,
+    pub addr: SocketAddr,
+    pub cluster_started: bool,
+    pub members: Vec<(NodeId, SocketAddr)>,
+}
+
+/// Ask the local krgd one kDFS admin request.
+pub async fn admin_call(socket: &std::path::Path, req: KdfsAdminRequest) -> Result<KdfsAdminReply, KdfsError> {
+    let unreachable = |e: ProtoError| {
+        KdfsError::Unreachable(format!("cannot talk to the local krgd at {} ({e}); is krgd running?", socket.display()))
+    };
+    let mut c = AdminClient::connect(socket).await.map_err(unreachable)?;
+    match c.call(&AdminRequest::Kdfs(req)).await.map_err(unreachable)? {
+        AdminResponse::Kdfs(r) => Ok(r),
+        AdminResponse::Error(e) => Err(KdfsError::Invalid(format!("krgd: {}", e.message))),
+        other => Err(KdfsError::Invalid(format!("krgd answered out of turn: {other:?}"))),
+    }
+}
+
+pub async fn local_info(socket: &std::path::Path) -> Result<LocalInfo, KdfsError> {
+    match admin_call(socket, KdfsAdminRequest::Info).await? {
+        KdfsAdminReply::Info { node, session, addr, cluster_started, members, .. } => Ok(LocalInfo {
+            node,
+            session,
+            addr,
+            cluster_started,
+            members: members.into_iter().map(|m| (m.id, m.addr)).collect(),
+        }),
+        other => Err(KdfsError::Invalid(format!("krgd answered out of turn: {other:?}"))),
+    }
+}
+
+impl Cluster {
+    pub fn new(key: ClusterKey, me: Identity, socket: PathBuf, fixed: HashMap<NodeId, SocketAddr>, info: &LocalInfo) -> Self {
+        let mut addrs: HashMap<NodeId, SocketAddr> = info.members.iter().copied().collect();
+        addrs.insert(info.node, info.addr);
+        addrs.extend(fixed.iter().map(|(k, v)| (*k, *v)));
+        Self {
+            key,
+            me,
+            socket,
+            fixed,
+            addrs: Mutex::new(addrs),
+            slots: Mutex::new(HashMap::new()),
+            down_until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every node with a known address.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.addrs.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    async fn refresh_addrs(&self) {
+        if let Ok(info) = local_info(&self.socket).await {
+            let mut a = self.addrs.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, addr) in info.members {
+                a.insert(id, addr);
+            }
+            a.extend(self.fixed.iter().map(|(k, v)| (*k, *v)));
+        }
+    }
+
+    fn addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.addrs.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied()
+    }
+
+    fn slot(&self, node: NodeId) -> Slot {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(node).or_default().clone()
+    }
+
+    fn is_held_down(&self, node: NodeId) -> bool {
+        let d = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        d.get(&node).is_some_and(|t| Instant::now() < *t)
+    }
+
+    fn mark_down(&self, node: NodeId) {
+        self.down_until.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now() + DOWN_HOLD);
+    }
+
+    async fn client(&self, node: NodeId) -> Result<Arc<PeerClient>, i32> {
+        let slot = self.slot(node);
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.is_alive() {
+                return Ok(c.clone());
+            }
+        }
+        *guard = None;
+        if self.is_held_down(node) {
+            return Err(libc::ENOTCONN);
+        }
+        let addr = match self.addr(node) {
+            Some(a) => a,
+            None => {
+                self.refresh_addrs().await;
+                self.addr(node).ok_or(libc::EIO)?
+            }
+        };
+        match PeerClient::connect(addr, &self.key, self.me, CONNECT_TIMEOUT).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *guard = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                tracing::warn!(node, %addr, error = %e, "kdfs: node unreachable");
+                self.mark_down(node);
+                Err(libc::ENOTCONN)
+            }
+        }
+    }
+
+    /// Send `req` to `node`'s krgd; a file-system error comes back as its errno.
+    pub async fn call(&self, node: NodeId, req: KdfsRequest) -> Result<KdfsResponse, i32> {
+        let c = self.client(node).await?;
+        match c.call(PeerRequest::Kdfs(req), CALL_TIMEOUT).await {
+            Ok(PeerResponse::Kdfs(KdfsResponse::Errno(e))) => Err(e),
+            Ok(PeerResponse::Kdfs(r)) => Ok(r),
+            Ok(PeerResponse::Error(e)) => {
+                tracing::warn!(node, error = %e.message, "kdfs: node refused");
+                Err(libc::EIO)
+            }
+            Ok(_) => Err(libc::EIO),
+            Err(ProtoError::Timeout(_)) => {
+                self.mark_down(node);
+                Err(libc::EIO)
+            }
+            Err(_) => {
+                self.mark_down(node);
+                Err(libc::ENOTCONN)
+            }
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! fuser glue: each kernel request is turned into an async [`Ops`] call run
+//! on the tokio runtime, and answered from there, so that one FUSE thread
+//! keeps many requests in flight.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr, SetTime, Time};
+
+use super::ops::Ops;
+
+/// Largest read/write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+const READDIR_BATCH: u32 = 1024;
+
+pub struct KdfsFs {
+    ops: Arc<Ops>,
+    rt: tokio::runtime::Handle,
+    attr_ttl: Duration,
+    entry_ttl: Duration,
+}
+
+fn to_time(t: Time) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn from_time(t: SystemTime) -> Time {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Time { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Time { sec, nsec }
+        }
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(s) => SetTime::At(from_time(s)),
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn kind_of_mode(mode: u32) -> Option<FileKind> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => FileKind::File,
+        libc::S_IFDIR => FileKind::Dir,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFCHR => FileKind::CharDev,
+        libc::S_IFBLK => FileKind::BlockDev,
+        libc::S_IFSOCK => FileKind::Socket,
+        _ => return None,
+    })
+}
+
+fn err(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+impl KdfsFs {
+    pub fn new(ops: Arc<Ops>, rt: tokio::runtime::Handle, attr_ttl: Duration, entry_ttl: Duration) -> Self {
+        Self { ops, rt, attr_ttl, entry_ttl }
+    }
+
+    /// Kernel inode number of a kDFS inode (the root must be 1).
+    fn fuse_ino(root: InodeId, id: InodeId) -> INodeNo {
+        INodeNo(if id == root { 1 } else { id })
+    }
+
+    fn id(&self, ino: INodeNo) -> InodeId {
+        if ino.0 == 1 {
+            self.ops.root
+        } else {
+            ino.0
+        }
+    }
+
+    fn file_attr(root: InodeId, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: Self::fuse_ino(root, a.ino),
+            size: a.size,
+            blocks: a.blocks,
+            atime: to_time(a.atime),
+            mtime: to_time(a.mtime),
+            ctime: to_time(a.ctime),
+            crtime: to_time(a.ctime),
+            kind: file_type(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: 65536,
+            flags: 0,
+        }
+    }
+
+    /// Run `f` on the runtime; it answers the kernel itself.
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f);
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static) {
+        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
+        self.spawn(async move {
+            match fut.await {
+                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &Self::file_attr(root, &a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn reply_empty(&self, reply: ReplyEmpty, fut: impl std::future::Future<Output = Result<(), i32>> + Send + 'static) {
+        self.spawn(async move {
+            match fut.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn new_inode(req: &Request, kind: FileKind, mode: u32, umask: u32) -> NewInode {
+        NewInode { kind, perm: (mode & !umask & 0o7777) as u16, uid: req.uid(), gid: req.gid(), rdev: 0, target: None }
+    }
+}
+
+impl Filesystem for KdfsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Both may be refused by an older kernel; the defaults then apply.
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        self.reply_entry(reply, async move { ops.lookup(dir, &name).await });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
+        self.spawn(async move {
+            match ops.getattr(id).await {
+                Ok(a) => reply.attr(&ttl, &Self::file_attr(root, &a)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
+        let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
+        self.spawn(async move {
+            match ops.setattr(id, set).await {
+                Ok(a) => reply.attr(&ttl, &Self::file_attr(root, &a)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.spawn(async move {
+            match ops.readlink(id).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let Some(kind) = kind_of_mode(mode) else { return reply.error(Errno::EINVAL) };
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return reply.error(Errno::EINVAL);
+        }
+        let mut new = Self::new_inode(req, kind, mode, umask);
+        new.rdev = rdev;
+        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let new = Self::new_inode(req, FileKind::Dir, mode, umask);
+        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        self.reply_empty(reply, async move { ops.unlink(dir, &name).await });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        self.reply_empty(reply, async move { ops.rmdir(dir, &name).await });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let mut new = Self::new_inode(req, FileKind::Symlink, 0o777, 0);
+        new.target = Some(target.as_os_str().as_bytes().to_vec());
+        let (ops, dir, name) = (self.ops.clone(), self.id(parent), link_name.as_bytes().to_vec());
+        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (ops, src, dst) = (self.ops.clone(), self.id(parent), self.id(newparent));
+        let (name, newname, flags) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec(), flags.bits());
+        self.reply_empty(reply, async move { ops.rename(src, &name, dst, &newname, flags).await });
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let (ops, id, dir, name) = (self.ops.clone(), self.id(ino), self.id(newparent), newname.as_bytes().to_vec());
+        self.reply_entry(reply, async move { ops.link(id, dir, &name).await });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.spawn(async move {
+            // No FOPEN_KEEP_CACHE: the kernel drops this file's cached pages
+            // at every open, which is what makes close-to-open hold.
+            match ops.open(id, write).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let new = Self::new_inode(req, FileKind::File, mode, umask);
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
+        self.spawn(async move {
+            let res = async {
+                let a = ops.make(dir, &name, new).await?;
+                let fh = ops.open(a.ino, write).await?;
+                Ok::<_, i32>((a, fh))
+            };
+            match res.await {
+                Ok((a, fh)) => {
+                    let _ = ettl;
+                    reply.created(&ttl, &Self::file_attr(root, &a), Generation(0), FileHandle(fh), FopenFlags::empty())
+                }
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.spawn(async move {
+            match ops.read(id, fh.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (ops, id, data) = (self.ops.clone(), self.id(ino), data.to_vec());
+        self.spawn(async move {
+            match ops.write(id, fh.0, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes are sent through to the owner as they happen (no client-side
+        // write-back), so close has nothing left to push.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::Release { ino: id, fh: fh.0 }).await });
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::Fsync { ino: id, fh: fh.0, datasync }).await });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.spawn(async move {
+            match ops.opendir(id).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.spawn(async move {
+            // Offsets 1 and 2 are "." and ".."; entry i of the snapshot is i + 3.
+            let mut off = offset;
+            if off == 0 {
+                if reply.add(ino, 1, FileType::Directory, ".") {
+                    return reply.ok();
+                }
+                off = 1;
+            }
+            if off == 1 {
+                if reply.add(ino, 2, FileType::Directory, "..") {
+                    return reply.ok();
+                }
+                off = 2;
+            }
+            let mut idx = off - 2;
+            loop {
+                let batch = match ops.readdir(id, fh.0, idx, READDIR_BATCH).await {
+                    Ok(b) => b,
+                    Err(e) => return reply.error(err(e)),
+                };
+                if batch.is_empty() {
+                    return reply.ok();
+                }
+                for e in batch {
+                    idx += 1;
+                    let full = reply.add(Self::fuse_ino(ops.root, e.ino), idx + 2, file_type(e.kind), OsStr::from_bytes(&e.name));
+                    if full {
+                        return reply.ok();
+                    }
+                }
+            }
+        });
+    }
+
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::ReleaseDir { fh: fh.0 }).await });
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::FsyncDir { ino: id }).await });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let ops = self.ops.clone();
+        self.spawn(async move {
+            match ops.statfs().await {
+                Ok([blocks, bfree, bavail, files, ffree]) => reply.statfs(blocks, bfree, bavail, files, ffree, 4096, 255, 4096),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        let q = Q::Fallocate { ino: id, fh: fh.0, offset, len: length, mode };
+        self.reply_empty(reply, async move { ops.simple(inode_node(id), q).await });
+    }
+}

@@ -1,0 +1,182 @@
+//! The FUSE client behind `mount.kdfs`: options, start-up (learn the cluster
+//! from the local krgd, attach the local store, find the root), then serve
+//! the kernel until the file system is unmounted.
+
+pub mod conn;
+pub mod fs;
+pub mod ops;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use krg_proto::auth::{ClusterKey, Identity, Role};
+use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsResponse};
+use krg_proto::NodeId;
+
+use crate::format;
+use crate::KdfsError;
+use conn::Cluster;
+use ops::Ops;
+
+pub const DEFAULT_KEYFILE: &str = "/etc/krg/cluster.key";
+
+/// The `-o` options mount.kdfs understands.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub socket: PathBuf,
+    pub keyfile: PathBuf,
+    /// `nodes=1@10.0.0.1:7600+2@10.0.0.2:7600`: addresses that override the
+    /// membership krgd reports.
+    pub nodes: HashMap<NodeId, SocketAddr>,
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    pub threads: usize,
+    pub foreground: bool,
+    pub read_only: bool,
+    pub log: Option<PathBuf>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(krg_proto::DEFAULT_SOCKET),
+            keyfile: PathBuf::from(DEFAULT_KEYFILE),
+            nodes: HashMap::new(),
+            attr_timeout: Duration::ZERO,
+            entry_timeout: Duration::ZERO,
+            threads: 2,
+            foreground: false,
+            read_only: false,
+            log: None,
+        }
+    }
+}
+
+fn secs(key: &str, v: &str) -> Result<Duration, KdfsError> {
+    let f: f64 = v.parse().map_err(|_| KdfsError::Invalid(format!("option {key}={v}: not a number of seconds")))?;
+    if !(0.0..=3600.0).contains(&f) {
+        return Err(KdfsError::Invalid(format!("option {key}={v}: out of range 0..3600")));
+    }
+    Ok(Duration::from_secs_f64(f))
+}
+
+fn parse_nodes(v: &str) -> Result<HashMap<NodeId, SocketAddr>, KdfsError> {
+    let bad = || KdfsError::Invalid(format!("option nodes={v}: expected ID@ADDR:PORT[+ID@ADDR:PORT...]"));
+    let mut out = HashMap::new();
+    for part in v.split('+').filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('@').ok_or_else(bad)?;
+        out.insert(id.parse().map_err(|_| bad())?, addr.parse().map_err(|_| bad())?);
+    }
+    Ok(out)
+}
+
+impl MountOptions {
+    /// Parse a comma-separated `-o` list. Generic mount(8) options that mean
+    /// nothing to a FUSE file system (defaults, auto, _netdev, ...) are accepted.
+    pub fn parse(list: &str) -> Result<Self, KdfsError> {
+        let mut o = Self::default();
+        for opt in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (k, v) {
+                ("socket", Some(v)) => o.socket = v.into(),
+                ("keyfile", Some(v)) => o.keyfile = v.into(),
+                ("nodes", Some(v)) => o.nodes = parse_nodes(v)?,
+                ("attr_timeout", Some(v)) => o.attr_timeout = secs(k, v)?,
+                ("entry_timeout", Some(v)) => o.entry_timeout = secs(k, v)?,
+                ("threads", Some(v)) => {
+                    o.threads = v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
+                        KdfsError::Invalid(format!("option threads={v}: expected 1..64"))
+                    })?
+                }
+                ("log", Some(v)) => o.log = Some(v.into()),
+                ("foreground", None) => o.foreground = true,
+                ("ro", None) => o.read_only = true,
+                ("rw" | "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "user" | "nouser" | "users" | "exec"
+                | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "relatime" | "async", None) => {}
+                _ => return Err(KdfsError::Invalid(format!("unknown mount option '{opt}'"))),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn read_key(path: &Path) -> Result<ClusterKey, KdfsError> {
+    let bytes = std::fs::read(path).map_err(|e| KdfsError::io(path, e))?;
+    ClusterKey::new(bytes.trim_ascii().to_vec()).map_err(|e| KdfsError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Everything needed to serve the mount, established before mounting so
+/// that mount.kdfs can report a clear error instead of a dead mount point.
+pub struct Prepared {
+    pub ops: Arc<Ops>,
+    pub dir: PathBuf,
+}
+
+/// Learn the cluster, attach `dir` on the local krgd, and find the root.
+pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsError> {
+    let dir = std::fs::canonicalize(dir).map_err(|e| KdfsError::io(dir, e))?;
+    let sb = format::read_superblock(&dir)?;
+    let key = read_key(&opts.keyfile)?;
+    let info = conn::local_info(&opts.socket).await?;
+    if sb.node != info.node {
+        return Err(KdfsError::Invalid(format!(
+            "{} was formatted for node {}, but the local krgd is node {}",
+            dir.display(),
+            sb.node,
+            info.node
+        )));
+    }
+    let me = Identity { session: info.session, node: info.node, role: Role::Tool };
+    let cluster = Arc::new(Cluster::new(key, me, opts.socket.clone(), opts.nodes.clone(), &info));
+    let dir_s = dir.to_str().ok_or_else(|| KdfsError::Invalid(format!("{} is not UTF-8", dir.display())))?.to_string();
+    let fs_id = if sb.root_node == info.node {
+        None
+    } else {
+        match cluster.call(sb.root_node, KdfsRequest::Hello).await {
+            Ok(KdfsResponse::Hello { fs_id: Some(id), .. }) => Some(id),
+            _ => {
+                return Err(KdfsError::Unreachable(format!(
+                    "root node {} does not serve this kDFS (is it up, and is kdfs mounted there?)",
+                    sb.root_node
+                )))
+            }
+        }
+    };
+    match conn::admin_call(&opts.socket, KdfsAdminRequest::Attach { dir: dir_s, fs_id }).await? {
+        KdfsAdminReply::Attached { .. } => {}
+        other => return Err(KdfsError::Invalid(format!("krgd answered attach with {other:?}"))),
+    }
+    let root = match cluster.call(sb.root_node, KdfsRequest::Root).await {
+        Ok(KdfsResponse::Root(r)) => r,
+        _ => return Err(KdfsError::Unreachable(format!("root node {} does not answer with the root directory", sb.root_node))),
+    };
+    Ok(Prepared { ops: Arc::new(Ops { cluster, local: info.node, root }), dir })
+}
+
+/// The fuser configuration of a kDFS mount.
+pub fn fuse_config(dir: &Path, opts: &MountOptions) -> fuser::Config {
+    use fuser::MountOption as M;
+    let mut c = fuser::Config::default();
+    c.mount_options = vec![
+        M::FSName(dir.display().to_string()),
+        M::Subtype("kdfs".into()),
+        // The kernel checks permissions against the attributes we return,
+        // for the calling user (uid, gid, supplementary groups).
+        M::DefaultPermissions,
+        M::Dev,
+        M::Suid,
+    ];
+    if opts.read_only {
+        c.mount_options.push(M::RO);
+    }
+    c.acl = fuser::SessionACL::All;
+    c.n_threads = Some(opts.threads);
+    c.clone_fd = opts.threads > 1;
+    c
+}

@@ -1,0 +1,280 @@
+//! The namespace operations of the FUSE client, as async functions over
+//! [`Cluster`]: each one knows which nodes to ask, in which order, and how to
+//! undo a half-done step.
+
+use std::sync::Arc;
+
+use krg_proto::kdfs::{
+    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode, RemoveWhat, SetAttr,
+};
+use krg_proto::NodeId;
+
+use super::conn::Cluster;
+
+pub type Res<T> = Result<T, i32>;
+
+/// Shared state of one mount.
+pub struct Ops {
+    pub cluster: Arc<Cluster>,
+    /// The node this client runs on: new inodes are made here.
+    pub local: NodeId,
+    pub root: InodeId,
+}
+
+fn unexpected<T>(what: &str, got: A) -> Res<T> {
+    tracing::warn!(?got, "kdfs: unexpected answer to {what}");
+    Err(libc::EIO)
+}
+
+impl Ops {
+    async fn call(&self, node: NodeId, q: Q) -> Res<A> {
+        self.cluster.call(node, q).await
+    }
+
+    pub async fn getattr(&self, ino: InodeId) -> Res<Attr> {
+        match self.call(inode_node(ino), Q::GetAttr { ino }).await? {
+            A::Attr(a) => Ok(a),
+            other => unexpected("getattr", other),
+        }
+    }
+
+    pub async fn lookup(&self, dir: InodeId, name: &[u8]) -> Res<Attr> {
+        match self.call(inode_node(dir), Q::Lookup { dir, name: name.to_vec() }).await? {
+            A::Entry { attr: Some(a), .. } => Ok(a),
+            A::Entry { ino, .. } => self.getattr(ino).await,
+            other => unexpected("lookup", other),
+        }
+    }
+
+    async fn entry(&self, dir: InodeId, name: &[u8]) -> Res<(InodeId, FileKind)> {
+        match self.call(inode_node(dir), Q::Lookup { dir, name: name.to_vec() }).await? {
+            A::Entry { ino, kind, .. } => Ok((ino, kind)),
+            other => unexpected("lookup", other),
+        }
+    }
+
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Res<Attr> {
+        match self.call(inode_node(ino), Q::SetAttr { ino, set }).await? {
+            A::Attr(a) => Ok(a),
+            other => unexpected("setattr", other),
+        }
+    }
+
+    pub async fn readlink(&self, ino: InodeId) -> Res<Vec<u8>> {
+        match self.call(inode_node(ino), Q::Readlink { ino }).await? {
+            A::Target(t) => Ok(t),
+            other => unexpected("readlink", other),
+        }
+    }
+
+    /// Make a new inode named `name` in `dir`. The inode is placed on this
+    /// client's node (data locality); its entry goes to the directory's owner.
+    pub async fn make(&self, dir: InodeId, name: &[u8], mut new: NewInode) -> Res<Attr> {
+        let dir_node = inode_node(dir);
+        if dir_node == self.local {
+            return match self.call(dir_node, Q::Create { dir, name: name.to_vec(), new }).await? {
+                A::Attr(a) => Ok(a),
+                other => unexpected("create", other),
+            };
+        }
+        // The entry and the inode live on different nodes. Check the name is
+        // free first (cheap, the common failure), inherit a set-group-id
+        // directory's group as local file systems do, then make the inode and
+        // enter it; a lost race on the name undoes the inode.
+        let parent = self.getattr(dir).await?;
+        if parent.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        match self.entry(dir, name).await {
+            Ok(_) => return Err(libc::EEXIST),
+            Err(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        if parent.perm & (libc::S_ISGID as u16) != 0 {
+            new.gid = parent.gid;
+            if new.kind == FileKind::Dir {
+                new.perm |= libc::S_ISGID as u16;
+            }
+        }
+        let attr = match self.call(self.local, Q::MakeInode { new }).await? {
+            A::Attr(a) => a,
+            other => return unexpected("make inode", other),
+        };
+        let add = Q::AddEntry { dir, name: name.to_vec(), ino: attr.ino, kind: attr.kind, replace: false };
+        if let Err(e) = self.call(dir_node, add).await {
+            self.drop_inode(attr.ino, attr.kind).await;
+            return Err(e);
+        }
+        Ok(attr)
+    }
+
+    /// Release an inode whose entry was removed or never made.
+    async fn drop_inode(&self, ino: InodeId, kind: FileKind) {
+        let q = if kind == FileKind::Dir { Q::RemoveDir { ino } } else { Q::DecLink { ino } };
+        if let Err(e) = self.call(inode_node(ino), q).await {
+            tracing::warn!(ino, errno = e, "kdfs: could not release an unlinked inode (it leaks until fsck)");
+        }
+    }
+
+    pub async fn unlink(&self, dir: InodeId, name: &[u8]) -> Res<()> {
+        let q = Q::RemoveEntry { dir, name: name.to_vec(), what: RemoveWhat::NonDir, expect: None };
+        match self.call(inode_node(dir), q).await? {
+            A::Removed(Some(e)) => {
+                self.drop_inode(e.ino, e.kind).await;
+                Ok(())
+            }
+            other => unexpected("unlink", other),
+        }
+    }
+
+    pub async fn rmdir(&self, dir: InodeId, name: &[u8]) -> Res<()> {
+        let (ino, kind) = self.entry(dir, name).await?;
+        if kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        // Remove the directory object first: the local rmdir(2) is the atomic
+        // emptiness check. Then its entry.
+        match self.call(inode_node(ino), Q::RemoveDir { ino }).await {
+            Ok(_) | Err(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let q = Q::RemoveEntry { dir, name: name.to_vec(), what: RemoveWhat::Dir, expect: Some(ino) };
+        self.call(inode_node(dir), q).await.map(|_| ())
+    }
+
+    pub async fn link(&self, ino: InodeId, dir: InodeId, name: &[u8]) -> Res<Attr> {
+        let attr = match self.call(inode_node(ino), Q::IncLink { ino }).await? {
+            A::Attr(a) => a,
+            other => return unexpected("link", other),
+        };
+        let add = Q::AddEntry { dir, name: name.to_vec(), ino, kind: attr.kind, replace: false };
+        if let Err(e) = self.call(inode_node(dir), add).await {
+            self.drop_inode(ino, attr.kind).await;
+            return Err(e);
+        }
+        Ok(attr)
+    }
+
+    pub async fn rename(&self, src: InodeId, name: &[u8], dst: InodeId, new_name: &[u8], flags: u32) -> Res<()> {
+        let (ino, kind) = self.entry(src, name).await?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if !exchange {
+            // A directory may only replace an empty directory; the check
+            // needs the target's owner, which may be a third node.
+            match self.entry(dst, new_name).await {
+                Ok((old, FileKind::Dir)) if old != ino && kind == FileKind::Dir => {
+                    match self.call(inode_node(old), Q::IsEmptyDir { ino: old }).await? {
+                        A::Empty(true) => {}
+                        A::Empty(false) => return Err(libc::ENOTEMPTY),
+                        other => return unexpected("rename", other),
+                    }
+                }
+                Ok(_) | Err(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let replaced = if inode_node(src) == inode_node(dst) {
+            let q = Q::Rename { src_dir: src, src_name: name.to_vec(), dst_dir: dst, dst_name: new_name.to_vec(), flags };
+            match self.call(inode_node(src), q).await? {
+                A::Removed(r) => r,
+                other => return unexpected("rename", other),
+            }
+        } else {
+            if exchange {
+                return Err(libc::EINVAL);
+            }
+            self.rename_across(ino, kind, src, name, dst, new_name, flags).await?
+        };
+        if let Some(old) = replaced {
+            self.drop_inode(old.ino, old.kind).await;
+        }
+        Ok(())
+    }
+
+    /// Rename between directories owned by two nodes: enter the new name
+    /// first, then remove the old one, so that an observer sees the file
+    /// under at least one of its names at every moment.
+    #[allow(clippy::too_many_arguments)]
+    async fn rename_across(
+        &self,
+        ino: InodeId,
+        kind: FileKind,
+        src: InodeId,
+        name: &[u8],
+        dst: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Res<Option<DirEntry>> {
+        let replace = flags & libc::RENAME_NOREPLACE == 0;
+        let add = Q::AddEntry { dir: dst, name: new_name.to_vec(), ino, kind, replace };
+        let replaced = match self.call(inode_node(dst), add).await? {
+            A::Removed(r) => r,
+            other => return unexpected("rename", other),
+        };
+        let what = if kind == FileKind::Dir { RemoveWhat::Dir } else { RemoveWhat::NonDir };
+        let rm = Q::RemoveEntry { dir: src, name: name.to_vec(), what, expect: Some(ino) };
+        if let Err(e) = self.call(inode_node(src), rm).await {
+            tracing::warn!(errno = e, "kdfs: rename could not remove the old name; the file now has both");
+            return Err(e);
+        }
+        Ok(replaced)
+    }
+
+    pub async fn open(&self, ino: InodeId, write: bool) -> Res<u64> {
+        match self.call(inode_node(ino), Q::Open { ino, write }).await? {
+            A::Handle(h) => Ok(h),
+            other => unexpected("open", other),
+        }
+    }
+
+    pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {
+        match self.call(inode_node(ino), Q::Read { ino, fh, offset, len }).await? {
+            A::Data(d) => Ok(d),
+            other => unexpected("read", other),
+        }
+    }
+
+    pub async fn write(&self, ino: InodeId, fh: u64, offset: u64, data: Vec<u8>) -> Res<u32> {
+        match self.call(inode_node(ino), Q::Write { ino, fh, offset, data }).await? {
+            A::Written(n) => Ok(n),
+            other => unexpected("write", other),
+        }
+    }
+
+    pub async fn simple(&self, node: NodeId, q: Q) -> Res<()> {
+        self.call(node, q).await.map(|_| ())
+    }
+
+    pub async fn opendir(&self, ino: InodeId) -> Res<u64> {
+        match self.call(inode_node(ino), Q::OpenDir { ino }).await? {
+            A::Handle(h) => Ok(h),
+            other => unexpected("opendir", other),
+        }
+    }
+
+    pub async fn readdir(&self, ino: InodeId, fh: u64, offset: u64, max: u32) -> Res<Vec<DirEntry>> {
+        match self.call(inode_node(ino), Q::ReadDir { fh, offset, max }).await? {
+            A::Entries(e) => Ok(e),
+            other => unexpected("readdir", other),
+        }
+    }
+
+    /// Sum of every reachable node's space.
+    pub async fn statfs(&self) -> Res<[u64; 5]> {
+        let mut sum = [0u64; 5];
+        let mut any = false;
+        for node in self.cluster.nodes() {
+            if let Ok(A::Statfs { blocks, bfree, bavail, files, ffree, .. }) = self.call(node, Q::Statfs).await {
+                any = true;
+                for (s, v) in sum.iter_mut().zip([blocks, bfree, bavail, files, ffree]) {
+                    *s = s.saturating_add(v);
+                }
+            }
+        }
+        if any {
+            Ok(sum)
+        } else {
+            Err(libc::ENOTCONN)
+        }
+    }
+}
