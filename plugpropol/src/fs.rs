@@ -309,6 +309,20 @@ impl Filesystem for SchedFs {
         reply.ok();
     }
 
+    /// No extended attributes (answered quietly: ls and SELinux-aware tools ask).
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    }
+
+    /// Permissions are checked at open/mkdir/symlink time by the model.
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let tree = self.engine.tree();
         let (children, parent) = match (tree.children(ino.0), tree.parent(ino.0)) {
