@@ -14,8 +14,8 @@ pub enum NfsrootError {
     Invalid { field: String, node: Option<String>, message: String },
 
     /// A file system operation failed.
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
 
     /// An external tool (dhcpd, dnsmasq, debootstrap, btrfs, cp, mount) failed.
     #[error("{tool} failed: {message}")]
@@ -28,7 +28,7 @@ pub enum NfsrootError {
 
 impl NfsrootError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        NfsrootError::Io { what: what.into(), source }
+        NfsrootError::Io { what: what.into(), err: source }
     }
 
     pub fn invalid(field: impl Into<String>, node: Option<&str>, message: impl Into<String>) -> Self {

@@ -322,7 +322,7 @@ fn image_cmd(c: ImageCmd) -> Result<()> {
         ImageCmd::Snapshot { name, root } => {
             let store = Store::open(&absolute(&root.root)?)?;
             let m = store.snapshot(&name)?;
-            let ro = if m.enforced_read_only { "read-only" } else { "read-only by convention (the file system has no immutable flag)" };
+            let ro = if m.enforced_read_only { "read-only" } else { "read-only by convention: this file system has no reflink, so clones are overlays, which would inherit immutable flags" };
             println!("made {} ({}, {ro})", m.name, m.mechanism);
         }
         ImageCmd::Clone { source, name, root, mechanism } => {

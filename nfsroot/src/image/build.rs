@@ -116,11 +116,7 @@ impl Store {
     }
 
     fn discard(&self, tmp: &Path) -> Result<()> {
-        if mechanism::is_subvolume(tmp) {
-            mechanism::btrfs_delete(tmp)
-        } else {
-            fs::remove_dir_all(tmp).map_err(|e| NfsrootError::io(format!("removing {}", tmp.display()), e))
-        }
+        mechanism::remove_tree(tmp)
     }
 
     fn fill(&self, tmp: &Path, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<()> {

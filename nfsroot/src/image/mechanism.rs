@@ -224,3 +224,16 @@ pub fn set_immutable_tree(root: &Path, on: bool) -> Result<bool> {
     }
     Ok(true)
 }
+
+/// Remove a tree whatever it is: a btrfs subvolume, or a directory whose
+/// files may carry the immutable flag. Missing is fine.
+pub fn remove_tree(p: &Path) -> Result<()> {
+    if fs::symlink_metadata(p).is_err() {
+        return Ok(());
+    }
+    if is_subvolume(p) {
+        return btrfs_delete(p);
+    }
+    set_immutable_tree(p, false)?;
+    fs::remove_dir_all(p).map_err(|e| NfsrootError::io(format!("removing {}", p.display()), e))
+}

@@ -182,12 +182,21 @@ impl Store {
         } else {
             // Copy under a temporary name so a failure leaves no half version.
             let reflink = mechanism::reflink_works(&self.root);
-            let _ = fs::remove_dir_all(&tmp);
+            mechanism::remove_tree(&tmp)?;
             mechanism::copy_tree(&src, &tmp, reflink).inspect_err(|_| {
-                let _ = fs::remove_dir_all(&tmp);
+                let _ = mechanism::remove_tree(&tmp);
             })?;
-            let enforced = mechanism::set_immutable_tree(&tmp, true)?;
+            // An immutable directory cannot be renamed: rename first.
             fs::rename(&tmp, &dst).map_err(|e| NfsrootError::io(format!("renaming {} into place", dst.display()), e))?;
+            // Immutable flags make the version read-only even for root, but
+            // overlayfs copies them up into a clone, which would then be
+            // read-only too. So they are only set where clones are reflink
+            // copies; where clones must be overlays the version is
+            // read-only by convention (and `image ls` says so).
+            let enforced = reflink
+                && mechanism::set_immutable_tree(&dst, true).inspect_err(|_| {
+                    let _ = mechanism::remove_tree(&dst);
+                })?;
             (if reflink { Mechanism::Reflink } else { Mechanism::Copy }, enforced)
         };
         let meta = Meta { format: 1, kind: Kind::Version, origin: Some(name.into()), mechanism: Some(mechanism), created: now(), enforced_read_only: enforced };
@@ -197,19 +206,24 @@ impl Store {
 
     /// A writable clone of `src` named `dst`, by the cheapest mechanism (or `forced`).
     pub fn clone_image(&self, src: &str, dst: &str, forced: Option<Mechanism>) -> Result<Made> {
-        self.meta(src)?;
         self.check_new_name(dst)?;
         let from = self.path(src);
         let to = self.path(dst);
         let mech = mechanism::choose(&from, &self.root, forced)?;
+        let src_meta = self.meta(src)?;
+        if mech == Mechanism::Overlay && src_meta.enforced_read_only && src_meta.mechanism != Some(Mechanism::Btrfs) {
+            return Err(NfsrootError::Image(format!(
+                "{src} carries immutable flags, which overlayfs would copy into the clone; use --mechanism reflink"
+            )));
+        }
         let mut fstab_line = None;
         match mech {
             Mechanism::Btrfs => mechanism::btrfs_snapshot(&from, &to, false)?,
             Mechanism::Reflink | Mechanism::Copy => {
                 let tmp = self.root.join(format!(".{dst}.partial"));
-                let _ = fs::remove_dir_all(&tmp);
+                mechanism::remove_tree(&tmp)?;
                 mechanism::copy_tree(&from, &tmp, mech == Mechanism::Reflink).inspect_err(|_| {
-                    let _ = fs::remove_dir_all(&tmp);
+                    let _ = mechanism::remove_tree(&tmp);
                 })?;
                 // A copy of an immutable version is itself immutable on some
                 // file systems' cp; make sure the clone is writable.
@@ -265,11 +279,8 @@ impl Store {
             let od = self.overlay_dir(name);
             fs::remove_dir_all(&od).map_err(|e| NfsrootError::io(format!("removing {}", od.display()), e))?;
             let _ = fs::remove_dir(&p);
-        } else if mechanism::is_subvolume(&p) {
-            mechanism::btrfs_delete(&p)?;
-        } else if p.exists() {
-            mechanism::set_immutable_tree(&p, false)?;
-            fs::remove_dir_all(&p).map_err(|e| NfsrootError::io(format!("removing {}", p.display()), e))?;
+        } else {
+            mechanism::remove_tree(&p)?;
         }
         fs::remove_file(self.meta_path(name)).map_err(|e| NfsrootError::io(format!("removing metadata of {name}"), e))
     }
