@@ -1,0 +1,107 @@
+//! `checkpoint PID`: save a running process tree; `checkpoint inspect DIR SN`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use checkpoint::dump::{self, DumpOptions};
+use checkpoint::{capclient, describe, store};
+use clap::{Parser, Subcommand};
+use krg_proto::chkpt::ChkptRequest;
+
+/// Save a running process and all its descendants under /var/chkpt/PID/ as
+/// the next checkpoint SN (1, 2, …). The job is frozen only while its state is
+/// read and then continues by itself. The process must be CHECKPOINTABLE
+/// (see krgcapset) and belong to you, unless you are root.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// PID of the root of the process tree to save.
+    pid: Option<i32>,
+    /// Root directory of checkpoints.
+    #[arg(long, env = "KRG_CHKPT_DIR", default_value = store::DEFAULT_ROOT)]
+    dir: PathBuf,
+    /// End the job once it is saved.
+    #[arg(long)]
+    kill: bool,
+    /// krgd admin socket (default: $KRG_SOCKET or /run/krg/krgd.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Root only: do not ask krgd whether the process is CHECKPOINTABLE (for a
+    /// node without krgd; root may ptrace any process anyway).
+    #[arg(long)]
+    no_capability_check: bool,
+    /// Node id written in the image (node_<N>_v<SN>.bin).
+    #[arg(long, default_value_t = 0)]
+    node: u32,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print every file of one checkpoint in readable form.
+    Inspect {
+        /// The application directory, e.g. /var/chkpt/4242.
+        dir: PathBuf,
+        /// The checkpoint SN.
+        sn: u32,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(Cmd::Inspect { dir, sn }) = cli.cmd {
+        print!("{}", describe::inspect(&dir, sn)?);
+        return Ok(());
+    }
+    let Some(pid) = cli.pid else { bail!("missing PID (see --help)") };
+    if cli.no_capability_check {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            bail!("--no-capability-check is for root only");
+        }
+    } else {
+        let sock = capclient::socket_path(cli.socket);
+        if !capclient::call(&sock, ChkptRequest::Query { pid })? {
+            bail!("process {pid} is not CHECKPOINTABLE (run krgcapset -d +CHECKPOINTABLE in the shell that starts it)");
+        }
+    }
+    let opts = DumpOptions { root: cli.dir, kill: cli.kill, node: cli.node };
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .context("progress style")?,
+        );
+        b.set_message(format!("checkpoint {pid}"));
+        Some(b)
+    } else {
+        None
+    };
+    let progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let rep = dump::checkpoint(pid, &opts, &progress)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "checkpoint: saved process {pid} ({} task(s)) as SN {} in {} ({:.1} MiB)",
+        rep.tasks.len(),
+        rep.sn,
+        rep.dir.display(),
+        rep.image_bytes as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("checkpoint: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,45 @@
+//! `restart PID SN`: bring a checkpointed process tree back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use checkpoint::restore::{self, RestoreOptions};
+use checkpoint::store;
+use clap::Parser;
+
+/// Recreate the process tree saved as checkpoint SN of application PID, with
+/// its recorded PIDs, parent/child relations, memory, files, pipes, signal
+/// state and credentials; it continues where it was. Must run as root. fds 0-2
+/// that led to a terminal or outside the tree are taken from this command.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Application id: the PID of the process that was checkpointed.
+    pid: i32,
+    /// Checkpoint number.
+    sn: u32,
+    /// Root directory of checkpoints.
+    #[arg(long, env = "KRG_CHKPT_DIR", default_value = store::DEFAULT_ROOT)]
+    dir: PathBuf,
+    /// Node whose tasks to restart (node_<N>_v<SN>.bin).
+    #[arg(long, default_value_t = 0)]
+    node: u32,
+    /// Seconds to wait for a recorded PID still in use (a zombie being reaped).
+    #[arg(long, default_value_t = 5.0)]
+    pid_wait: f64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let run = || -> Result<()> {
+        let opts = RestoreOptions { root: cli.dir.clone(), node: cli.node, pid_wait: Duration::from_secs_f64(cli.pid_wait.clamp(0.0, 3600.0)) };
+        let rep = restore::restart(cli.pid, cli.sn, &opts)?;
+        eprintln!("restart: application {} running again from SN {} (PIDs {:?})", cli.pid, cli.sn, rep.pids);
+        Ok(())
+    };
+    if let Err(e) = run() {
+        eprintln!("restart: {e:#}");
+        std::process::exit(1);
+    }
+}

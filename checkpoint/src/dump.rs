@@ -1,0 +1,279 @@
+//! `checkpoint PID`: freeze the tree, read its state, write one SN, let it run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ChkptError, Result};
+use crate::image::{self, FdImage, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, PipeImage, TaskEntry, TaskImage};
+use crate::inspect_task::{self, PipeRef, Scratch};
+use crate::ptrace::{self, Injector};
+use crate::{mmdump, procfs, store};
+
+pub struct DumpOptions {
+    /// Root of the checkpoint store (`/var/chkpt`).
+    pub root: PathBuf,
+    /// Kill the tree once it is saved.
+    pub kill: bool,
+    /// This node's id (names the node file).
+    pub node: u32,
+}
+
+#[derive(Debug)]
+pub struct DumpReport {
+    pub sn: u32,
+    pub dir: PathBuf,
+    pub tasks: Vec<i32>,
+    pub image_bytes: u64,
+}
+
+/// Called with (bytes done, bytes total) while pages are copied.
+pub type Progress<'a> = &'a dyn Fn(u64, u64);
+
+/// The tree rooted at `pid`, parents before children: (pid, ppid).
+pub fn tree(pid: i32) -> Result<Vec<(i32, i32)>> {
+    let stat = procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| ChkptError::NoSuchProcess(pid))?)?;
+    let mut out = vec![(pid, stat.ppid())];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].0;
+        for c in procfs::children(p)? {
+            out.push((c, p));
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Detaches (or kills) every seized task when dropped, so that an error
+/// anywhere leaves the job running.
+struct Frozen {
+    tids: Vec<i32>,
+    kill: bool,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &t in self.tids.iter().rev() {
+            if self.kill {
+                // SAFETY: plain kill of a task we froze.
+                unsafe { libc::kill(t, libc::SIGKILL) };
+            }
+            let _ = ptrace::detach(t);
+        }
+    }
+}
+
+fn check_task(pid: i32, caller: u32) -> Result<u32> {
+    let status = procfs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| ChkptError::NoSuchProcess(pid))?;
+    let uid = procfs::status_ids(&status, "Uid")?;
+    if caller != 0 && uid.iter().any(|&u| u != caller) {
+        return Err(ChkptError::Permission(format!("process {pid} belongs to uid {}; only root or its owner may checkpoint it", uid[0])));
+    }
+    let tracer = procfs::status_field(&status, "TracerPid").unwrap_or("0");
+    if tracer != "0" {
+        return Err(ChkptError::unsupported(pid, "a process already being traced", format!("by PID {tracer}")));
+    }
+    let threads = procfs::threads(pid)?;
+    if threads.len() > 1 {
+        return Err(ChkptError::unsupported(pid, "a multi-threaded process", format!("{} threads", threads.len())));
+    }
+    Ok(uid[0])
+}
+
+/// Freeze the tree, re-reading children until no new one appears.
+fn freeze(pid: i32, caller: u32, frozen: &mut Frozen) -> Result<Vec<(i32, i32)>> {
+    loop {
+        let t = tree(pid)?;
+        let mut new = false;
+        for &(p, _) in &t {
+            if !frozen.tids.contains(&p) {
+                check_task(p, caller)?;
+                ptrace::seize_and_interrupt(p)?;
+                frozen.tids.push(p);
+                new = true;
+            }
+        }
+        if !new {
+            return Ok(t);
+        }
+    }
+}
+
+/// Split pipe fds into stdio that leads outside the tree (inherited at
+/// restart) and pipes with both ends inside the tree (recreated).
+fn classify_pipes(all: &[PipeRef], fds: &mut HashMap<i32, Vec<FdImage>>, flags: &HashMap<(i32, i32), u32>) -> Result<Vec<u64>> {
+    let mut internal = Vec::new();
+    for p in all {
+        let has_r = all.iter().any(|q| q.ino == p.ino && !q.write_end);
+        let has_w = all.iter().any(|q| q.ino == p.ino && q.write_end);
+        let kind = if has_r && has_w {
+            if !internal.contains(&p.ino) {
+                internal.push(p.ino);
+            }
+            FdKind::Pipe { ino: p.ino, write_end: p.write_end }
+        } else if p.fd <= 2 {
+            FdKind::InheritedStdio { what: format!("pipe:[{}]", p.ino) }
+        } else {
+            return Err(ChkptError::unsupported(p.pid, format!("fd {} (pipe:[{}])", p.fd, p.ino), "a pipe leading outside the checkpointed tree"));
+        };
+        let flags = flags.get(&(p.pid, p.fd)).copied().unwrap_or(0);
+        let v = fds.entry(p.pid).or_default();
+        v.push(FdImage { fd: p.fd, flags, kind });
+        v.sort_by_key(|f| f.fd);
+    }
+    Ok(internal)
+}
+
+/// Bytes buffered in a pipe, copied without consuming them (tee).
+fn pipe_data(pid: i32, fd: i32) -> Result<Vec<u8>> {
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let c = std::ffi::CString::new(path.clone()).map_err(|_| ChkptError::Other("bad path".into()))?;
+    // SAFETY: c is a valid C string.
+    let src = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if src < 0 {
+        return Err(ChkptError::io(&path, std::io::Error::last_os_error()));
+    }
+    let mut p = [0i32; 2];
+    // SAFETY: p is a 2-int array.
+    unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    // SAFETY: fcntl/tee/read on fds we own; buf is valid for its length.
+    let data = unsafe {
+        libc::fcntl(p[1], libc::F_SETPIPE_SZ, 1 << 20);
+        let n = libc::tee(src, p[1], 1 << 20, libc::SPLICE_F_NONBLOCK);
+        let mut buf = vec![0u8; n.max(0) as usize];
+        let mut got = 0usize;
+        while got < buf.len() {
+            let r = libc::read(p[0], buf[got..].as_mut_ptr() as *mut libc::c_void, buf.len() - got);
+            if r <= 0 {
+                break;
+            }
+            got += r as usize;
+        }
+        buf.truncate(got);
+        libc::close(src);
+        libc::close(p[0]);
+        libc::close(p[1]);
+        buf
+    };
+    Ok(data)
+}
+
+struct TaskDump {
+    task: TaskImage,
+    mm: MmImage,
+    pages: u64,
+}
+
+fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>) -> Result<TaskDump> {
+    let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
+    let mut vmas = mmdump::vmas(pid, &maps)?;
+    let inj = Injector::new(pid, inspect_task::find_syscall_insn(pid, &maps)?)?;
+    let result = (|| {
+        let scratch = Scratch::map(&inj)?;
+        let task = inspect_task::task_image(pid, ppid, &inj, &scratch, fds)?;
+        let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
+        scratch.unmap()?;
+        let pages = mmdump::plan_pages(pid, &mut vmas)?;
+        let mm = MmImage { vmas, params: mmdump::params(pid, brk)?, shared_pending: ptrace::peek_pending(pid, true)? };
+        Ok(TaskDump { task, mm, pages })
+    })();
+    // Registers go back whatever happened, so the job resumes untouched.
+    inj.restore()?;
+    result
+}
+
+pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<DumpReport> {
+    // SAFETY: getuid has no preconditions.
+    let caller = unsafe { libc::getuid() };
+    let owner = check_task(pid, caller)?;
+    let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
+    let gid = procfs::status_ids(&status, "Gid")?.first().copied().unwrap_or(0);
+    let dir = store::prepare_dir(&opts.root, pid, owner, gid)?;
+    let _lock = store::lock(&dir)?;
+    store::cleanup(&dir);
+    let sn = store::list_sns(&dir).last().map_or(1, |s| s + 1);
+
+    let mut frozen = Frozen { tids: Vec::new(), kill: false };
+    let tree = freeze(pid, caller, &mut frozen)?;
+
+    // fd tables first: pipes are classified with the whole tree in view.
+    let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
+    let mut pipes = Vec::new();
+    let mut flags = HashMap::new();
+    for &(p, _) in &tree {
+        let (f, pr) = inspect_task::fds(p)?;
+        for r in &pr {
+            let (_, fl) = procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{p}/fdinfo/{}", r.fd))?)?;
+            flags.insert((p, r.fd), fl);
+        }
+        fds.insert(p, f);
+        pipes.extend(pr);
+    }
+    let internal = classify_pipes(&pipes, &mut fds, &flags)?;
+    let mut pipe_images = Vec::new();
+    for ino in internal {
+        let r = pipes.iter().find(|p| p.ino == ino).ok_or_else(|| ChkptError::Other("pipe vanished".into()))?;
+        pipe_images.push(PipeImage { ino, data: pipe_data(r.pid, r.fd)? });
+    }
+
+    let mut dumps = Vec::new();
+    for &(p, pp) in &tree {
+        dumps.push(dump_task(p, pp, fds.remove(&p).unwrap_or_default())?);
+    }
+
+    let names = Names { dir: dir.join(format!(".tmp-v{sn}")), sn };
+    std::fs::create_dir(&names.dir).map_err(|e| ChkptError::io(&names.dir, e))?;
+    let total: u64 = dumps.iter().map(|d| d.pages * image::PAGE).sum();
+    let done = std::cell::Cell::new(0u64);
+    let mut files = Vec::new();
+    for d in &dumps {
+        let p = d.task.pid;
+        let path = names.task_mm(p);
+        let mut f = image::create_private(&path)?;
+        mmdump::write_mm(p, &d.mm, d.pages, &mut f, &|n| {
+            done.set(done.get() + n);
+            progress(done.get(), total);
+        })?;
+        files.push(path);
+        image::write_small(&names.task(p), FileKind::Task, &d.task)?;
+        files.push(names.task(p));
+    }
+    frozen.kill = opts.kill;
+    drop(frozen); // the job runs again (or is gone with --kill)
+
+    let node = NodeImage {
+        node: opts.node,
+        tasks: dumps.iter().map(|d| TaskEntry { pid: d.task.pid, ppid: d.task.ppid, threads: vec![d.task.pid] }).collect(),
+        pipes: pipe_images,
+    };
+    image::write_small(&names.node(opts.node), FileKind::Node, &node)?;
+    files.push(names.node(opts.node));
+    let global = GlobalImage {
+        app_id: pid,
+        sn,
+        node_mask: 1u64.checked_shl(opts.node).unwrap_or(0),
+        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        uid: owner,
+        kernel: procfs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string(),
+    };
+    let gname = format!("global_v{sn}.bin");
+    image::write_small(&names.dir.join(&gname), FileKind::Global, &global)?;
+    files.push(names.dir.join(&gname));
+    let desc = crate::describe::description(&global, &node, &dumps.iter().map(|d| (&d.task, &d.mm)).collect::<Vec<_>>());
+    let dpath = names.description();
+    std::fs::write(&dpath, desc).map_err(|e| ChkptError::io(&dpath, e))?;
+    set_private(&dpath)?;
+    files.push(dpath);
+    let mut bytes = 0;
+    for f in &files {
+        store::chown(f, owner, gid)?;
+        bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    }
+    store::commit(&names.dir, &dir, &gname)?;
+    Ok(DumpReport { sn, dir, tasks: tree.iter().map(|t| t.0).collect(), image_bytes: bytes })
+}
+
+fn set_private(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(|e| ChkptError::io(p, e))
+}

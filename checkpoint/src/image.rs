@@ -1,0 +1,401 @@
+//! On-disk image format.
+//!
+//! Every binary file is `Header | metadata (postcard) | padding | raw data`.
+//! The header holds a magic, the format version, the file kind, the metadata
+//! length, where the raw data starts (page aligned, so restore can read or
+//! map pages straight from the file) and its length, and a CRC32 over the
+//! header fields and the metadata. Page data is written raw.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{ChkptError, Result};
+
+pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 48;
+pub const PAGE: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum FileKind {
+    Global = 1,
+    Node = 2,
+    Task = 3,
+    Mm = 4,
+}
+
+impl FileKind {
+    fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Global),
+            2 => Some(Self::Node),
+            3 => Some(Self::Task),
+            4 => Some(Self::Mm),
+            _ => None,
+        }
+    }
+}
+
+/// `global_v<SN>.bin`: the application as a whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GlobalImage {
+    /// Application id: the PID of the checkpointed root process.
+    pub app_id: i32,
+    pub sn: u32,
+    /// Bit N set: node N holds tasks of this checkpoint (a `node_<N>` file exists).
+    pub node_mask: u64,
+    pub created_unix: u64,
+    pub uid: u32,
+    pub kernel: String,
+}
+
+/// `node_<N>_v<SN>.bin`: the tasks node N holds, parents before children.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeImage {
+    pub node: u32,
+    pub tasks: Vec<TaskEntry>,
+    /// Pipes shared by tasks of the tree, by id.
+    pub pipes: Vec<PipeImage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskEntry {
+    pub pid: i32,
+    /// Parent PID; the root's parent is outside the checkpoint.
+    pub ppid: i32,
+    pub threads: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PipeImage {
+    /// Inode number of the pipe at checkpoint time (its identity).
+    pub ino: u64,
+    /// Bytes that were buffered in the pipe.
+    pub data: Vec<u8>,
+}
+
+/// `task_<PID>_v<SN>.bin`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskImage {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    pub exe: String,
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cwd: String,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub sigactions: Vec<SigAction>,
+    pub itimers: Vec<ITimer>,
+    /// sigaltstack: (ss_sp, ss_flags, ss_size); flags SS_DISABLE when none.
+    pub altstack: (u64, u32, u64),
+    pub fds: Vec<FdImage>,
+    pub threads: Vec<ThreadImage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// The kernel's `struct sigaction` for x86_64 (`rt_sigaction`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub struct SigAction {
+    pub sig: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// One `struct itimerval` (which: 0 real, 1 virtual, 2 prof), in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ITimer {
+    pub which: u32,
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FdImage {
+    pub fd: i32,
+    /// `flags:` of fdinfo (open flags incl. O_CLOEXEC).
+    pub flags: u32,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum FdKind {
+    /// A regular file, directory or allowed device, reopened by path at `pos`.
+    Path { path: String, pos: u64 },
+    /// fd 0-2 connected to a terminal, a pipe or a socket outside the tree:
+    /// restart gives the process its own fd of the same number.
+    InheritedStdio { what: String },
+    /// One end of a pipe of the tree (see [`PipeImage`]).
+    Pipe { ino: u64, write_end: bool },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThreadImage {
+    pub tid: i32,
+    /// `struct user_regs_struct` as the kernel returns it (NT_PRSTATUS).
+    pub regs: Vec<u8>,
+    /// NT_X86_XSTATE (FPU, SSE, AVX…) as the kernel returns it.
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    /// Pending signals of this thread (PTRACE_PEEKSIGINFO), raw siginfo.
+    pub pending: Vec<Vec<u8>>,
+    /// Registered rseq area: (address, length, signature); address 0 if none.
+    pub rseq: (u64, u32, u32),
+}
+
+/// `task_mm_<PID>_v<SN>.bin` metadata; page data follows, page aligned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MmImage {
+    pub vmas: Vec<Vma>,
+    pub params: MmParams,
+    /// Pending signals shared by the process.
+    pub shared_pending: Vec<Vec<u8>>,
+}
+
+/// What `prctl(PR_SET_MM_MAP)` needs, from /proc/PID/stat and auxv.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct MmParams {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    pub shared: bool,
+    pub kind: VmaKind,
+    /// Saved pages, in address order; `data_off` is relative to the data section.
+    pub runs: Vec<PageRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum VmaKind {
+    Anon,
+    Heap,
+    Stack,
+    File { path: String, offset: u64, size: u64 },
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Vsyscall,
+}
+
+impl VmaKind {
+    /// Kernel-provided mappings that restore moves instead of recreating.
+    pub fn is_special(&self) -> bool {
+        matches!(self, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct PageRun {
+    pub addr: u64,
+    pub pages: u64,
+    pub data_off: u64,
+}
+
+/// Round up to the page size.
+pub fn page_align(v: u64) -> u64 {
+    v.div_ceil(PAGE) * PAGE
+}
+
+/// Encode a header + metadata; the caller appends `data_len` bytes of raw data
+/// at the returned data offset (0 when there is none).
+pub fn encode<T: Serialize>(kind: FileKind, meta: &T, data_len: u64) -> Result<(Vec<u8>, u64)> {
+    let body = postcard::to_stdvec(meta).map_err(|e| ChkptError::Other(format!("encoding image: {e}")))?;
+    let meta_end = (HEADER_LEN + body.len()) as u64;
+    let data_off = if data_len > 0 { page_align(meta_end) } else { 0 };
+    let mut out = Vec::with_capacity(if data_len > 0 { data_off as usize } else { meta_end as usize });
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(kind as u32).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&data_off.to_le_bytes());
+    out.extend_from_slice(&data_len.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out);
+    h.update(&body);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&body);
+    if data_len > 0 {
+        out.resize(data_off as usize, 0);
+    }
+    Ok((out, data_off))
+}
+
+/// A decoded file: its metadata and where its raw data is.
+pub struct Decoded<T> {
+    pub meta: T,
+    pub data_off: u64,
+    pub data_len: u64,
+}
+
+/// Read and check a whole image file's header and metadata: magic, version,
+/// kind, CRC, and that the file is long enough for its raw data.
+pub fn read_file<T: DeserializeOwned>(path: &Path, kind: FileKind) -> Result<Decoded<T>> {
+    let mut f = File::open(path).map_err(|e| ChkptError::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| ChkptError::io(path, e))?.len();
+    let mut hdr = [0u8; HEADER_LEN];
+    f.read_exact(&mut hdr).map_err(|_| ChkptError::bad_image(path, "truncated header"))?;
+    let (meta_len, data_off, data_len) = check_header(path, &hdr, kind, file_len)?;
+    let mut body = vec![0u8; meta_len as usize];
+    f.read_exact(&mut body).map_err(|_| ChkptError::bad_image(path, "truncated metadata"))?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&hdr[..40]);
+    h.update(&body);
+    let crc = u32::from_le_bytes([hdr[40], hdr[41], hdr[42], hdr[43]]);
+    if h.finalize() != crc {
+        return Err(ChkptError::bad_image(path, "CRC mismatch (file corrupted)"));
+    }
+    let meta = postcard::from_bytes(&body).map_err(|e| ChkptError::bad_image(path, format!("bad metadata: {e}")))?;
+    Ok(Decoded { meta, data_off, data_len })
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn check_header(path: &Path, hdr: &[u8; HEADER_LEN], kind: FileKind, file_len: u64) -> Result<(u64, u64, u64)> {
+    if hdr[..8] != MAGIC {
+        return Err(ChkptError::bad_image(path, "not a krg checkpoint image (bad magic)"));
+    }
+    let version = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+    if version != FORMAT_VERSION {
+        return Err(ChkptError::bad_image(
+            path,
+            format!("unknown format version {version} (this build reads version {FORMAT_VERSION})"),
+        ));
+    }
+    let k = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    if FileKind::from_u32(k) != Some(kind) {
+        return Err(ChkptError::bad_image(path, format!("wrong file kind {k}, expected {}", kind as u32)));
+    }
+    let meta_len = le_u64(&hdr[16..]);
+    let data_off = le_u64(&hdr[24..]);
+    let data_len = le_u64(&hdr[32..]);
+    let meta_end = (HEADER_LEN as u64).checked_add(meta_len);
+    let need = if data_len > 0 { data_off.checked_add(data_len) } else { meta_end };
+    match (meta_end, need) {
+        (Some(me), Some(n)) if me <= file_len && n <= file_len && (data_len == 0 || data_off >= me) => {}
+        _ => return Err(ChkptError::bad_image(path, "truncated file")),
+    }
+    Ok((meta_len, data_off, data_len))
+}
+
+/// Write a small (metadata only) image file, 0600.
+pub fn write_small<T: Serialize>(path: &Path, kind: FileKind, meta: &T) -> Result<()> {
+    let (bytes, _) = encode(kind, meta, 0)?;
+    let mut f = create_private(path)?;
+    f.write_all(&bytes).map_err(|e| ChkptError::io(path, e))?;
+    Ok(())
+}
+
+/// Create a file readable and writable by its owner only.
+pub fn create_private(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ChkptError::io(path, e))
+}
+
+/// File names of one checkpoint.
+pub struct Names {
+    pub dir: PathBuf,
+    pub sn: u32,
+}
+
+impl Names {
+    pub fn global(&self) -> PathBuf {
+        self.dir.join(format!("global_v{}.bin", self.sn))
+    }
+    pub fn description(&self) -> PathBuf {
+        self.dir.join(format!("description_v{}.txt", self.sn))
+    }
+    pub fn node(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("node_{n}_v{}.bin", self.sn))
+    }
+    pub fn task(&self, pid: i32) -> PathBuf {
+        self.dir.join(format!("task_{pid}_v{}.bin", self.sn))
+    }
+    pub fn task_mm(&self, pid: i32) -> PathBuf {
+        self.dir.join(format!("task_mm_{pid}_v{}.bin", self.sn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GlobalImage {
+        GlobalImage { app_id: 42, sn: 3, node_mask: 2, created_unix: 1, uid: 0, kernel: "6.18".into() }
+    }
+
+    #[test]
+    fn roundtrip_and_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.bin");
+        write_small(&p, FileKind::Global, &sample()).unwrap();
+        let d: Decoded<GlobalImage> = read_file(&p, FileKind::Global).unwrap();
+        assert_eq!(d.meta, sample());
+        // flip one byte of metadata: CRC must catch it
+        let mut b = std::fs::read(&p).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        std::fs::write(&p, &b).unwrap();
+        let e = read_file::<GlobalImage>(&p, FileKind::Global).err().unwrap().to_string();
+        assert!(e.contains("CRC"), "{e}");
+    }
+
+    #[test]
+    fn version_kind_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.bin");
+        let (mut b, _) = encode(FileKind::Global, &sample(), 0).unwrap();
+        b[8] = 99;
+        std::fs::write(&p, &b).unwrap();
+        assert!(read_file::<GlobalImage>(&p, FileKind::Global).err().unwrap().to_string().contains("version 99"));
+        b[8] = FORMAT_VERSION as u8;
+        std::fs::write(&p, &b[..b.len() - 2]).unwrap();
+        assert!(read_file::<GlobalImage>(&p, FileKind::Global).err().unwrap().to_string().contains("truncated"));
+        std::fs::write(&p, &b).unwrap();
+        assert!(read_file::<GlobalImage>(&p, FileKind::Task).err().unwrap().to_string().contains("kind"));
+        let (b, off) = encode(FileKind::Mm, &sample(), 8192).unwrap();
+        assert_eq!(off % PAGE, 0);
+        std::fs::write(&p, &b).unwrap();
+        assert!(read_file::<GlobalImage>(&p, FileKind::Mm).err().unwrap().to_string().contains("truncated"));
+    }
+}

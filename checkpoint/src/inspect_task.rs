@@ -1,0 +1,211 @@
+//! Reading one stopped task's state (everything but memory pages).
+
+use crate::error::{ChkptError, Result};
+use crate::image::{FdImage, FdKind, ITimer, Rlimit, SigAction, TaskImage, ThreadImage};
+use crate::procfs;
+use crate::ptrace::{self, Injector};
+
+/// Devices a process may hold open and still be checkpointed: they carry no state.
+pub const ALLOWED_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+
+/// A scratch page mapped inside the tracee for injected syscalls' buffers.
+pub struct Scratch<'a> {
+    pub inj: &'a Injector,
+    pub addr: u64,
+}
+
+pub const SCRATCH_LEN: u64 = 4096;
+
+impl<'a> Scratch<'a> {
+    pub fn map(inj: &'a Injector) -> Result<Self> {
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let addr = inj.call("mmap", libc::SYS_mmap, [0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
+        Ok(Self { inj, addr })
+    }
+    pub fn unmap(self) -> Result<()> {
+        self.inj.call("munmap", libc::SYS_munmap, [self.addr, SCRATCH_LEN, 0, 0, 0, 0]).map(|_| ())
+    }
+}
+
+/// Find a `syscall` instruction (0f 05) in the task's vDSO: injection jumps there.
+pub fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
+    let vdso = maps
+        .iter()
+        .find(|m| m.path == "[vdso]")
+        .ok_or_else(|| ChkptError::unsupported(pid, "a process without [vdso]", "no place to inject system calls"))?;
+    let bytes = ptrace::read_mem(pid, vdso.start, (vdso.end - vdso.start) as usize)?;
+    bytes
+        .windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| vdso.start + i as u64)
+        .ok_or_else(|| ChkptError::unsupported(pid, "a vDSO without a syscall instruction", "cannot inject"))
+}
+
+pub fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
+    let mut out = Vec::new();
+    for sig in 1..=64u32 {
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
+            continue;
+        }
+        s.inj.call("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, 0, s.addr, 8, 0, 0])?;
+        let b = ptrace::read_mem(s.inj.tid, s.addr, 32)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let act = SigAction { sig, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) };
+        if act.handler != 0 || act.flags != 0 || act.mask != 0 {
+            out.push(act);
+        }
+    }
+    Ok(out)
+}
+
+pub fn itimers(s: &Scratch) -> Result<Vec<ITimer>> {
+    let mut out = Vec::new();
+    for which in 0..3u32 {
+        s.inj.call("getitimer", libc::SYS_getitimer, [which as u64, s.addr, 0, 0, 0, 0])?;
+        let b = ptrace::read_mem(s.inj.tid, s.addr, 32)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let t = ITimer { which, interval_us: w(0) * 1_000_000 + w(1), value_us: w(2) * 1_000_000 + w(3) };
+        if t.interval_us != 0 || t.value_us != 0 {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+pub fn altstack(s: &Scratch) -> Result<(u64, u32, u64)> {
+    s.inj.call("sigaltstack", libc::SYS_sigaltstack, [0, s.addr, 0, 0, 0, 0])?;
+    let b = ptrace::read_mem(s.inj.tid, s.addr, 24)?;
+    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    Ok((w(0), w(1) as u32, w(2)))
+}
+
+pub fn rlimits(pid: i32) -> Result<Vec<Rlimit>> {
+    let mut out = Vec::new();
+    for res in 0..16u32 {
+        let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: old is a valid out pointer; no new limit is set.
+        if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } < 0 {
+            return Err(ChkptError::sys("prlimit", pid));
+        }
+        out.push(Rlimit { resource: res, cur: old.rlim_cur, max: old.rlim_max });
+    }
+    Ok(out)
+}
+
+/// A pipe fd seen while listing fds: (pid, fd, inode, write end).
+#[derive(Debug, Clone)]
+pub struct PipeRef {
+    pub pid: i32,
+    pub fd: i32,
+    pub ino: u64,
+    pub write_end: bool,
+}
+
+/// List the fd table; pipes are returned aside and classified by the caller
+/// (a pipe whose two ends are inside the tree is restored, one that leads
+/// outside is stdio or refused).
+pub fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
+    let dir = format!("/proc/{pid}/fd");
+    let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
+    let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    nums.sort_unstable();
+    let mut out = Vec::new();
+    let mut pipes = Vec::new();
+    for fd in nums {
+        let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
+        let (pos, flags) = procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;
+        let kind = classify_fd(pid, fd, &target, pos)?;
+        if let Some(ino) = target.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok()) {
+            let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+            pipes.push(PipeRef { pid, fd, ino, write_end });
+        }
+        if let Some(kind) = kind {
+            out.push(FdImage { fd, flags, kind });
+        }
+    }
+    Ok((out, pipes))
+}
+
+/// `None` for a pipe (classified later with the whole tree in view).
+fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKind>> {
+    let refuse = |why: &str| Err(ChkptError::unsupported(pid, format!("fd {fd} ({target})"), why.to_string()));
+    if target.starts_with("pipe:[") {
+        return Ok(None);
+    }
+    let is_tty = target.starts_with("/dev/pts/") || target.starts_with("/dev/tty") || target == "/dev/console";
+    if fd <= 2 && (is_tty || target.starts_with("socket:[")) {
+        return Ok(Some(FdKind::InheritedStdio { what: target.to_string() }));
+    }
+    if target.starts_with("socket:[") {
+        return refuse("sockets (TCP, UDP, unix) cannot be checkpointed");
+    }
+    if target.contains("io_uring") {
+        return refuse("io_uring cannot be checkpointed");
+    }
+    if target.starts_with("anon_inode:") {
+        return refuse("anonymous inodes (eventfd, epoll, signalfd, timerfd, …) cannot be checkpointed");
+    }
+    if target.ends_with(" (deleted)") {
+        return refuse("the file was deleted");
+    }
+    if !target.starts_with('/') {
+        return refuse("unknown kind of file");
+    }
+    let meta = std::fs::metadata(target).map_err(|e| ChkptError::io(target, e))?;
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_char_device() || ft.is_block_device() {
+        if !ALLOWED_DEVICES.contains(&target) {
+            return refuse("devices other than /dev/null, /dev/zero, /dev/random, /dev/urandom cannot be checkpointed");
+        }
+    } else if !ft.is_file() && !ft.is_dir() {
+        return refuse("only regular files, directories and pipes inside the tree are supported");
+    }
+    Ok(Some(FdKind::Path { path: target.to_string(), pos }))
+}
+
+/// Registers, extended state, signal mask and pending signals of one thread.
+pub fn thread(tid: i32, regs: &ptrace::Regs) -> Result<ThreadImage> {
+    Ok(ThreadImage {
+        tid,
+        regs: ptrace::regs_to_bytes(regs),
+        xstate: ptrace::get_xstate(tid)?,
+        sigmask: ptrace::get_sigmask(tid)?,
+        pending: ptrace::peek_pending(tid, false)?,
+        rseq: ptrace::rseq_config(tid)?,
+    })
+}
+
+/// Everything of the task image that /proc and injection give.
+pub fn task_image(pid: i32, ppid: i32, inj: &Injector, scratch: &Scratch, fds: Vec<FdImage>) -> Result<TaskImage> {
+    let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
+    let stat = procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    let ids = |k: &str| -> Result<[u32; 4]> {
+        let v = procfs::status_ids(&status, k)?;
+        v.try_into().map_err(|_| ChkptError::Parse { what: "status".into(), detail: k.into() })
+    };
+    let umask = procfs::status_field(&status, "Umask").and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o022);
+    let groups = procfs::status_field(&status, "Groups")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    Ok(TaskImage {
+        pid,
+        ppid,
+        comm: stat.comm,
+        exe: procfs::readlink(format!("/proc/{pid}/exe"))?,
+        uids: ids("Uid")?,
+        gids: ids("Gid")?,
+        groups,
+        cwd: procfs::readlink(format!("/proc/{pid}/cwd"))?,
+        umask,
+        rlimits: rlimits(pid)?,
+        sigactions: sigactions(scratch)?,
+        itimers: itimers(scratch)?,
+        altstack: altstack(scratch)?,
+        fds,
+        threads: vec![thread(pid, inj.saved_regs())?],
+    })
+}

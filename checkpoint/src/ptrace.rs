@@ -1,0 +1,228 @@
+//! Thin, commented wrappers around ptrace and syscall injection.
+//!
+//! Injection runs one system call inside a stopped tracee: save its
+//! registers, point `rip` at a `syscall` instruction somewhere executable in
+//! its address space, load the arguments, single-step, read `rax`, put the
+//! registers back. No code of ours ever runs inside the tracee.
+
+use std::io;
+
+use crate::error::{ChkptError, Result};
+
+const NT_PRSTATUS: libc::c_int = 1;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+
+pub type Regs = libc::user_regs_struct;
+
+fn check(r: libc::c_long, op: &str, pid: i32) -> Result<libc::c_long> {
+    if r < 0 {
+        Err(ChkptError::sys(op, pid))
+    } else {
+        Ok(r)
+    }
+}
+
+/// Attach without stopping, then stop the thread with PTRACE_INTERRUPT and
+/// wait for that stop.
+pub fn seize_and_interrupt(tid: i32) -> Result<()> {
+    // SAFETY: plain ptrace requests on a tid; no memory is passed.
+    check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) }, "PTRACE_SEIZE", tid)?;
+    check(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) }, "PTRACE_INTERRUPT", tid)?;
+    wait_stop(tid).map(|_| ())
+}
+
+/// Wait until `tid` is in a ptrace stop; returns the stop signal.
+pub fn wait_stop(tid: i32) -> Result<i32> {
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid out pointer.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(ChkptError::sys("waitpid", tid));
+        }
+        if libc::WIFSTOPPED(status) {
+            return Ok(libc::WSTOPSIG(status));
+        }
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return Err(ChkptError::Other(format!("process {tid} exited while being checkpointed or restored")));
+        }
+    }
+}
+
+pub fn detach(tid: i32) -> Result<()> {
+    // SAFETY: no memory passed.
+    check(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) }, "PTRACE_DETACH", tid).map(|_| ())
+}
+
+pub fn get_regs(tid: i32) -> Result<Regs> {
+    // SAFETY: user_regs_struct is plain data; zero is a valid value.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: &mut regs as *mut Regs as *mut libc::c_void, iov_len: std::mem::size_of::<Regs>() };
+    // SAFETY: iov points at a buffer of iov_len bytes that lives across the call.
+    check(unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_PRSTATUS, &mut iov) }, "PTRACE_GETREGSET", tid)?;
+    Ok(regs)
+}
+
+pub fn set_regs(tid: i32, regs: &Regs) -> Result<()> {
+    let mut iov = libc::iovec { iov_base: regs as *const Regs as *mut libc::c_void, iov_len: std::mem::size_of::<Regs>() };
+    // SAFETY: the kernel only reads iov_len bytes from iov_base.
+    check(unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_PRSTATUS, &mut iov) }, "PTRACE_SETREGSET", tid)?;
+    Ok(())
+}
+
+pub fn regs_to_bytes(r: &Regs) -> Vec<u8> {
+    // SAFETY: Regs is plain data without padding-sensitive invariants.
+    unsafe { std::slice::from_raw_parts(r as *const Regs as *const u8, std::mem::size_of::<Regs>()) }.to_vec()
+}
+
+pub fn regs_from_bytes(b: &[u8]) -> Option<Regs> {
+    if b.len() != std::mem::size_of::<Regs>() {
+        return None;
+    }
+    // SAFETY: any bit pattern is a valid Regs; the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const Regs) })
+}
+
+pub fn get_xstate(tid: i32) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: iov covers buf; the kernel shrinks iov_len to what it wrote.
+    check(unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov) }, "GETREGSET xstate", tid)?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(tid: i32, xs: &[u8]) -> Result<()> {
+    let mut iov = libc::iovec { iov_base: xs.as_ptr() as *mut libc::c_void, iov_len: xs.len() };
+    // SAFETY: the kernel only reads from the buffer.
+    check(unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov) }, "SETREGSET xstate", tid)?;
+    Ok(())
+}
+
+pub fn get_sigmask(tid: i32) -> Result<u64> {
+    let mut m: u64 = 0;
+    // SAFETY: 8-byte out buffer, size passed as addr.
+    check(unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, tid, 8usize, &mut m) }, "PTRACE_GETSIGMASK", tid)?;
+    Ok(m)
+}
+
+pub fn set_sigmask(tid: i32, m: u64) -> Result<()> {
+    // SAFETY: 8-byte in buffer.
+    check(unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, tid, 8usize, &m) }, "PTRACE_SETSIGMASK", tid)?;
+    Ok(())
+}
+
+/// Pending signals (`shared` = the process-wide queue) as raw 128-byte siginfos.
+pub fn peek_pending(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>> {
+    #[repr(C)]
+    struct PeekArgs {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    let mut out = Vec::new();
+    loop {
+        let args = PeekArgs { off: out.len() as u64, flags: if shared { 1 } else { 0 }, nr: 1 };
+        let mut si = [0u8; 128];
+        // SAFETY: args and si are valid for the call; nr = 1 siginfo of 128 bytes.
+        let r = unsafe { libc::ptrace(0x4209 /* PTRACE_PEEKSIGINFO */, tid, &args, si.as_mut_ptr()) };
+        if r < 0 {
+            return Err(ChkptError::sys("PTRACE_PEEKSIGINFO", tid));
+        }
+        if r == 0 {
+            return Ok(out);
+        }
+        out.push(si.to_vec());
+    }
+}
+
+/// Write bytes into the tracee's memory through /proc/PID/mem (works on
+/// read-only pages too, as a debugger does).
+pub fn write_mem(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let path = format!("/proc/{pid}/mem");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| ChkptError::io(&path, e))?;
+    f.write_all_at(data, addr).map_err(|e| ChkptError::io(&path, e))
+}
+
+pub fn read_mem(pid: i32, addr: u64, len: usize) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let path = format!("/proc/{pid}/mem");
+    let f = std::fs::File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, addr).map_err(|e| ChkptError::io(&path, e))?;
+    Ok(buf)
+}
+
+/// Runs system calls inside a ptrace-stopped thread.
+pub struct Injector {
+    pub tid: i32,
+    /// Address of a `syscall` instruction (0f 05) in the tracee.
+    pub syscall_at: u64,
+    saved: Regs,
+}
+
+impl Injector {
+    pub fn new(tid: i32, syscall_at: u64) -> Result<Self> {
+        Ok(Self { tid, syscall_at, saved: get_regs(tid)? })
+    }
+
+    pub fn saved_regs(&self) -> &Regs {
+        &self.saved
+    }
+
+    /// Run `nr(args)`; returns the raw result (negative errno on failure).
+    pub fn raw(&self, nr: libc::c_long, args: [u64; 6]) -> Result<i64> {
+        let mut r = self.saved;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX; // not in a syscall: no restart logic on resume
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        r.rip = self.syscall_at;
+        set_regs(self.tid, &r)?;
+        // SAFETY: no memory passed.
+        check(unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.tid, 0, 0) }, "PTRACE_SINGLESTEP", self.tid)?;
+        let sig = wait_stop(self.tid)?;
+        if sig != libc::SIGTRAP {
+            let at = get_regs(self.tid).map(|r| r.rip).unwrap_or(0);
+            return Err(ChkptError::Other(format!(
+                "process {}: signal {sig} at {at:#x} during injected syscall {nr} at {:#x}",
+                self.tid, self.syscall_at
+            )));
+        }
+        Ok(get_regs(self.tid)?.rax as i64)
+    }
+
+    /// Like [`raw`](Self::raw) but turns a negative result into an error.
+    pub fn call(&self, name: &'static str, nr: libc::c_long, args: [u64; 6]) -> Result<u64> {
+        let r = self.raw(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(ChkptError::Injected { name, pid: self.tid, errno: io::Error::from_raw_os_error(-r as i32) });
+        }
+        Ok(r as u64)
+    }
+
+    /// Put the registers saved at creation back.
+    pub fn restore(&self) -> Result<()> {
+        set_regs(self.tid, &self.saved)
+    }
+}
+
+/// The thread's registered rseq area (PTRACE_GET_RSEQ_CONFIGURATION):
+/// (address, length, signature), address 0 when none.
+pub fn rseq_config(tid: i32) -> Result<(u64, u32, u32)> {
+    let mut conf = [0u64; 3];
+    // SAFETY: conf is 24 bytes, the size passed.
+    let r = unsafe { libc::ptrace(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */, tid, 24usize, conf.as_mut_ptr()) };
+    if r < 0 {
+        return Err(ChkptError::sys("PTRACE_GET_RSEQ_CONFIGURATION", tid));
+    }
+    Ok((conf[0], conf[1] as u32, (conf[1] >> 32) as u32))
+}

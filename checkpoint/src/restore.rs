@@ -1,0 +1,389 @@
+//! `restart PID SN`: rebuild the tree with its recorded PIDs.
+//!
+//! No code of ours runs inside a restored process. The restarter forks the
+//! root with clone3(set_tid), which stops itself for ptrace; every further
+//! step — forking children with their PIDs, unmapping the restarter's memory,
+//! mapping the recorded areas and reading the pages into them from the image
+//! with pread, fds, cwd, signals, credentials — is a system call injected
+//! over ptrace at a `syscall` instruction on a page the restarter mapped at
+//! an address no recorded mapping uses. Registers go in last, then detach.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{ChkptError, Result};
+use crate::image::{self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE};
+use crate::ptrace::{self, Injector};
+use crate::{procfs, store};
+
+/// Layout of the injection area: code page, scratch pages, a parking zone
+/// used while moving the kernel's vDSO/vvar pages.
+const AREA_CODE: u64 = 0;
+const AREA_SCRATCH: u64 = PAGE;
+const SCRATCH_LEN: u64 = 15 * PAGE;
+const AREA_PARK: u64 = 16 * PAGE;
+const PARK_LEN: u64 = 64 * PAGE;
+const AREA_LEN: u64 = AREA_PARK + PARK_LEN;
+
+pub struct RestoreOptions {
+    pub root: PathBuf,
+    pub node: u32,
+    /// How long to wait for a recorded PID still held (e.g. a zombie not yet reaped).
+    pub pid_wait: Duration,
+}
+
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub pids: Vec<i32>,
+}
+
+/// One checkpoint, fully read and checked.
+pub struct Loaded {
+    pub global: GlobalImage,
+    pub node: NodeImage,
+    pub tasks: Vec<(TaskImage, MmImage, PathBuf, u64)>,
+}
+
+/// Read every file of the checkpoint and check it (magic, version, CRC,
+/// lengths, that page runs lie inside the data, referenced files exist,
+/// credentials match the owner of the image).
+pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
+    let names = Names { dir: dir.to_path_buf(), sn };
+    if !names.global().exists() {
+        return Err(ChkptError::NoSuchCheckpoint { dir: dir.to_path_buf(), sn });
+    }
+    let global: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
+    let node: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
+    let mut tasks = Vec::new();
+    for te in &node.tasks {
+        let tpath = names.task(te.pid);
+        let task: TaskImage = image::read_file(&tpath, FileKind::Task)?.meta;
+        let mpath = names.task_mm(te.pid);
+        let d = image::read_file::<MmImage>(&mpath, FileKind::Mm)?;
+        for v in &d.meta.vmas {
+            for r in &v.runs {
+                let end = r.data_off.checked_add(r.pages * PAGE);
+                if end.is_none_or(|e| e > d.data_len) || r.addr < v.start || r.addr + r.pages * PAGE > v.end {
+                    return Err(ChkptError::bad_image(&mpath, "page run outside the data or its mapping"));
+                }
+            }
+            if let VmaKind::File { path, .. } = &v.kind {
+                if !Path::new(path).exists() {
+                    return Err(ChkptError::bad_image(&mpath, format!("mapped file {path} is missing")));
+                }
+            }
+        }
+        if task.threads.is_empty() || ptrace::regs_from_bytes(&task.threads[0].regs).is_none() {
+            return Err(ChkptError::bad_image(&tpath, "no usable registers"));
+        }
+        check_owner(&tpath, &task)?;
+        tasks.push((task, d.meta, mpath, d.data_off));
+    }
+    Ok(Loaded { global, node, tasks })
+}
+
+/// An image may only bring a process back with the credentials of the user
+/// who owns the image (or any, if root owns it).
+fn check_owner(path: &Path, t: &TaskImage) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| ChkptError::io(path, e))?;
+    if m.uid() != 0 && t.uids.iter().any(|&u| u != m.uid()) {
+        return Err(ChkptError::Permission(format!("{} records uid {} but belongs to uid {}", path.display(), t.uids[0], m.uid())));
+    }
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if me != 0 && me != m.uid() {
+        return Err(ChkptError::Permission(format!("{} belongs to uid {}", path.display(), m.uid())));
+    }
+    Ok(())
+}
+
+pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let dir = store::app_dir(&opts.root, app);
+    let loaded = load(&dir, sn, opts.node)?;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return Err(ChkptError::Permission("restart must run as root (clone3 with a chosen PID needs CAP_CHECKPOINT_RESTORE)".into()));
+    }
+    let area = map_area(&loaded)?;
+    let r = restore_tree(&loaded, area, opts);
+    // SAFETY: unmapping the area we mapped in this process.
+    unsafe { libc::munmap(area as *mut libc::c_void, AREA_LEN as usize) };
+    r
+}
+
+/// Map the injection area in the restarter (children inherit it) at an
+/// address far from every recorded mapping.
+fn map_area(l: &Loaded) -> Result<u64> {
+    let mut used: Vec<(u64, u64)> = l.tasks.iter().flat_map(|t| t.1.vmas.iter().map(|v| (v.start, v.end))).collect();
+    used.sort_unstable();
+    const MARGIN: u64 = 64 << 20;
+    let mut cand = 0x1000_0000u64;
+    let fits = |c: u64| used.iter().all(|&(s, e)| c + AREA_LEN + MARGIN <= s || c >= e + MARGIN);
+    for _ in 0..100_000 {
+        if fits(cand) {
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+            let p = unsafe {
+                libc::mmap(
+                    cand as *mut libc::c_void,
+                    AREA_LEN as usize,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p as u64 == cand {
+                // `syscall` then `jmp .`: a child forked by an injected clone3
+                // spins on the jmp until we attach to it.
+                // SAFETY: the page is ours, writable and at least 4 bytes long.
+                unsafe { std::ptr::copy_nonoverlapping([0x0fu8, 0x05, 0xeb, 0xfe].as_ptr(), p as *mut u8, 4) };
+                return Ok(cand);
+            }
+            if p != libc::MAP_FAILED {
+                // SAFETY: an old kernel ignoring NOREPLACE gave us another address.
+                unsafe { libc::munmap(p, AREA_LEN as usize) };
+            }
+        }
+        cand += MARGIN;
+    }
+    Err(ChkptError::Other("no free address range for the restore area".into()))
+}
+
+/// clone3 arguments for a fork-like child with a chosen PID.
+fn clone_args(set_tid_ptr: u64) -> [u64; 11] {
+    [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, set_tid_ptr, 1, 0]
+}
+
+/// Fork the root task from the restarter with its recorded PID; it stops
+/// itself under ptrace before touching anything.
+fn fork_root(pid: i32, wait: Duration) -> Result<i32> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let tid = [pid];
+        let args = clone_args(tid.as_ptr() as u64);
+        // SAFETY: fork-like clone3 (no CLONE_VM, no stack): the child continues
+        // here on a copy of our memory and only makes async-signal-safe calls.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), std::mem::size_of_val(&args)) };
+        if r == 0 {
+            // SAFETY: child side: become traced, stop, never return into Rust state.
+            unsafe {
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                libc::raise(libc::SIGSTOP);
+                libc::_exit(127);
+            }
+        }
+        if r > 0 {
+            ptrace::wait_stop(pid)?;
+            return Ok(pid);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(ChkptError::Sys { op: format!("clone3 with PID {pid}"), pid, err: err });
+        }
+        if Instant::now() >= deadline {
+            return Err(ChkptError::PidTaken(pid));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fork `child` inside the (not yet restored) `parent` with an injected clone3.
+fn fork_child(parent: &Injector, area: u64, child: i32, wait: Duration) -> Result<()> {
+    let scratch = area + AREA_SCRATCH;
+    let deadline = Instant::now() + wait;
+    let mut buf = Vec::new();
+    for w in clone_args(scratch + 128) {
+        buf.extend_from_slice(&w.to_le_bytes());
+    }
+    buf.resize(128, 0);
+    buf.extend_from_slice(&(child as u64).to_le_bytes());
+    ptrace::write_mem(parent.tid, scratch, &buf)?;
+    loop {
+        let r = parent.raw(libc::SYS_clone3, [scratch, 88, 0, 0, 0, 0])?;
+        if r == child as i64 {
+            return ptrace::seize_and_interrupt(child);
+        }
+        if r != -(libc::EEXIST as i64) {
+            return Err(ChkptError::Injected { name: "clone3", pid: child, errno: std::io::Error::from_raw_os_error(-r as i32) });
+        }
+        if Instant::now() >= deadline {
+            return Err(ChkptError::PidTaken(child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills every task created so far if restore fails half way.
+struct Created(Vec<i32>, bool);
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if !self.1 {
+            for &p in &self.0 {
+                // SAFETY: killing processes this restart created.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+                let _ = ptrace::detach(p);
+                let mut st = 0;
+                // SAFETY: reaping our own child; status is a valid pointer.
+                unsafe { libc::waitpid(p, &mut st, libc::__WALL) };
+            }
+        }
+    }
+}
+
+fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let root = &l.tasks[0].0;
+    let mut created = Created(Vec::new(), false);
+    fork_root(root.pid, opts.pid_wait)?;
+    created.0.push(root.pid);
+    let syscall_at = area + AREA_CODE;
+    let rinj = Injector::new(root.pid, syscall_at)?;
+    // Nothing of the restarter's fd table goes further than stdio.
+    rinj.call("close_range", libc::SYS_close_range, [3, u32::MAX as u64, 0, 0, 0, 0])?;
+    let pipe_base = l.tasks.iter().flat_map(|t| t.0.fds.iter().map(|f| f.fd)).max().unwrap_or(2).max(2) + 1;
+    let pipe_fds = crate::restore_fds::create_pipes(&rinj, area + AREA_SCRATCH, &l.node.pipes, pipe_base)?;
+
+    let mut injectors: HashMap<i32, Injector> = HashMap::new();
+    injectors.insert(root.pid, rinj);
+    for (t, _, _, _) in &l.tasks[1..] {
+        let parent = injectors.get(&t.ppid).ok_or_else(|| ChkptError::Other(format!("task {} has no parent {} in the image", t.pid, t.ppid)))?;
+        fork_child(parent, area, t.pid, opts.pid_wait)?;
+        created.0.push(t.pid);
+        injectors.insert(t.pid, Injector::new(t.pid, syscall_at)?);
+    }
+    for (t, mm, mpath, data_off) in &l.tasks {
+        let inj = injectors.get(&t.pid).ok_or_else(|| ChkptError::Other("lost a task".into()))?;
+        let ctx = TaskCtx { inj, area, task: t, mm, mm_path: mpath, data_off: *data_off, pipe_fds: &pipe_fds, pipe_base };
+        ctx.restore()?;
+    }
+    // Children are forked from the area, so it goes only once all exist.
+    for (t, mm, mpath, data_off) in &l.tasks {
+        let inj = injectors.get(&t.pid).ok_or_else(|| ChkptError::Other("lost a task".into()))?;
+        let ctx = TaskCtx { inj, area, task: t, mm, mm_path: mpath, data_off: *data_off, pipe_fds: &pipe_fds, pipe_base };
+        ctx.drop_area()?;
+    }
+    for (t, _, _, _) in l.tasks.iter().rev() {
+        ptrace::detach(t.pid)?;
+    }
+    created.1 = true;
+    Ok(RestoreReport { pids: l.tasks.iter().map(|t| t.0.pid).collect() })
+}
+
+pub struct TaskCtx<'a> {
+    pub inj: &'a Injector,
+    pub area: u64,
+    pub task: &'a TaskImage,
+    pub mm: &'a MmImage,
+    pub mm_path: &'a Path,
+    pub data_off: u64,
+    /// pipe inode → (read fd, write fd) in the restored processes.
+    pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
+    pub pipe_base: i32,
+}
+
+impl TaskCtx<'_> {
+    pub fn scratch(&self) -> u64 {
+        self.area + AREA_SCRATCH
+    }
+
+    /// Put a NUL-terminated string in scratch memory; returns its address.
+    pub fn put_str(&self, s: &str, slot: u64) -> Result<u64> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        if b.len() as u64 > SCRATCH_LEN / 2 {
+            return Err(ChkptError::Other(format!("path too long: {s}")));
+        }
+        let addr = self.scratch() + slot * (SCRATCH_LEN / 2);
+        ptrace::write_mem(self.inj.tid, addr, &b)?;
+        Ok(addr)
+    }
+
+    pub fn put_bytes(&self, b: &[u8]) -> Result<u64> {
+        if b.len() as u64 > SCRATCH_LEN {
+            return Err(ChkptError::Other("scratch buffer too small".into()));
+        }
+        ptrace::write_mem(self.inj.tid, self.scratch(), b)?;
+        Ok(self.scratch())
+    }
+
+    fn restore(&self) -> Result<()> {
+        let t = self.task;
+        let i = self.inj;
+        // File access as the job's user from here on: every file the image
+        // names is opened with that user's rights, never root's.
+        let groups: Vec<u8> = t.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let gaddr = self.put_bytes(&groups)?;
+        i.call("setgroups", libc::SYS_setgroups, [t.groups.len() as u64, gaddr, 0, 0, 0, 0])?;
+        i.raw(libc::SYS_setfsgid, [t.gids[3] as u64, 0, 0, 0, 0, 0])?;
+        i.raw(libc::SYS_setfsuid, [t.uids[3] as u64, 0, 0, 0, 0, 0])?;
+        crate::restore_mm::restore(self)?;
+        crate::restore_fds::restore(self)?;
+        let cwd = self.put_str(&t.cwd, 0)?;
+        i.call("chdir", libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        i.call("umask", libc::SYS_umask, [t.umask as u64, 0, 0, 0, 0, 0])?;
+        crate::restore_sig::restore(self)?;
+        set_rlimits(t)?;
+        crate::restore_sig::queue_pending(self)?;
+        // Credentials last: after this the process has only the job's rights.
+        i.call("setresgid", libc::SYS_setresgid, [t.gids[0] as u64, t.gids[1] as u64, t.gids[2] as u64, 0, 0, 0])?;
+        i.call("setresuid", libc::SYS_setresuid, [t.uids[0] as u64, t.uids[1] as u64, t.uids[2] as u64, 0, 0, 0])?;
+        // Changing ids clears the dumpable flag; the job's owner must keep
+        // /proc access to it (and the right to checkpoint it again).
+        i.call("prctl", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// Last injected call: remove the injection area itself. The single-step
+    /// trap comes right after the `syscall` instruction, before the next
+    /// fetch, so the vanished page is never executed again.
+    fn drop_area(&self) -> Result<()> {
+        self.inj.call("munmap", libc::SYS_munmap, [self.area, AREA_LEN, 0, 0, 0, 0])?;
+        set_registers(self.task)
+    }
+}
+
+fn set_rlimits(t: &TaskImage) -> Result<()> {
+    for r in &t.rlimits {
+        let new = libc::rlimit64 { rlim_cur: r.cur, rlim_max: r.max };
+        // SAFETY: new is a valid rlimit; old is not requested.
+        if unsafe { libc::prlimit64(t.pid, r.resource as _, &new, std::ptr::null_mut()) } < 0 {
+            return Err(ChkptError::sys(format!("restoring rlimit {} (cur {} max {})", r.resource, r.cur, r.max), t.pid));
+        }
+    }
+    Ok(())
+}
+
+/// Registers as recorded, with an interrupted system call turned into what
+/// the kernel would have done on return to user space: restarted, or EINTR
+/// where it would have needed the lost restart block.
+fn set_registers(t: &TaskImage) -> Result<()> {
+    for th in &t.threads {
+        let mut r = ptrace::regs_from_bytes(&th.regs).ok_or_else(|| ChkptError::Other("bad registers".into()))?;
+        if (r.orig_rax as i64) >= 0 {
+            match r.rax as i64 {
+                -514..=-512 => {
+                    r.rax = r.orig_rax;
+                    r.rip -= 2;
+                }
+                -516 => r.rax = (-(libc::EINTR as i64)) as u64,
+                _ => {}
+            }
+            r.orig_rax = u64::MAX;
+        }
+        ptrace::set_xstate(th.tid, &th.xstate)?;
+        ptrace::set_regs(th.tid, &r)?;
+        ptrace::set_sigmask(th.tid, th.sigmask)?;
+    }
+    Ok(())
+}
+
+/// The maps of a live process (used for what the restarter left in a child).
+pub fn current_maps(pid: i32) -> Result<Vec<procfs::MapLine>> {
+    procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)
+}
+
+pub const PARK_OFFSET: u64 = AREA_PARK;
+pub const PARK_SIZE: u64 = PARK_LEN;
+pub const AREA_SIZE: u64 = AREA_LEN;
