@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::fs::SchedFs;
 
-/// The file system type shown in /proc/mounts: `fuse.krg_scheduler`.
+/// The source shown in /proc/mounts (`krg_scheduler /config/krg_scheduler fuse ...`).
 pub const FS_NAME: &str = "krg_scheduler";
 
 /// A mounted tree; unmounted by [`Mounted::unmount`] or when dropped.
@@ -82,9 +82,14 @@ pub fn is_our_mount(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
     let want = path.to_string_lossy();
     info.lines().any(|l| {
+        // `... <mount point> <options> [optional fields] - <fstype> <source> <super options>`
         let f: Vec<&str> = l.split(' ').collect();
-        let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
-        f.get(4).is_some_and(|m| unescape(m) == want) && fstype.is_some_and(|t| t.ends_with(FS_NAME))
+        let dash = f.iter().position(|x| *x == "-");
+        let fstype = dash.and_then(|i| f.get(i + 1));
+        let source = dash.and_then(|i| f.get(i + 2));
+        f.get(4).is_some_and(|m| unescape(m) == want)
+            && fstype.is_some_and(|t| t.starts_with("fuse"))
+            && source.is_some_and(|s| *s == FS_NAME)
     })
 }
 

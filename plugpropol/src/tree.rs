@@ -572,6 +572,11 @@ impl Tree {
             return Err(Error::Exists(format!("{here} already exists (a port takes one link)")));
         }
         let target = self.resolve_target(parent, target_text)?;
+        if let DirRole::Filter(c) = role {
+            if self.feeds_from(target, c) {
+                return Err(Error::Invalid(format!("linking {here} to {target_text} would make a cycle")));
+            }
+        }
         let Some(t) = self.source_type(target) else {
             return Err(Error::Invalid(format!("{target_text} is a filter whose input is not linked yet: link it first")));
         };
@@ -579,9 +584,6 @@ impl Tree {
             DirRole::Filter(c) => {
                 if name != "input" {
                     return Err(Error::Invalid(format!("a filter's only port is `input`, not {name}")));
-                }
-                if self.feeds_from(target, c) {
-                    return Err(Error::Invalid(format!("linking {here} to {target_text} would make a cycle")));
                 }
                 let Some(Comp::Filter(f)) = self.comps.get(&c) else { return Err(Error::NotFound("filter is gone".into())) };
                 f.filter.accepts(t)?;
