@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests: build test programs, run them
+//! with a clean fd table, run the real binaries, wait for output.
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "checkpoint" => PathBuf::from(env!("CARGO_BIN_EXE_checkpoint")),
+        "restart" => PathBuf::from(env!("CARGO_BIN_EXE_restart")),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_krgcapset")),
+    }
+}
+
+/// Restored processes are orphaned when `restart` exits; make this test
+/// process their reaper so they never linger as zombies of PID 1.
+pub fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    });
+}
+
+/// Compile a C program of tests/progs with cc.
+pub fn build_c(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs").join(format!("{name}.c"));
+    let out = dir.join(name);
+    let st = Command::new("cc").args(["-O1", "-o"]).arg(&out).arg(&src).status().expect("cc runs");
+    assert!(st.success(), "cc {name}.c failed");
+    out
+}
+
+pub fn prog(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs").join(name)
+}
+
+/// Spawn with only fds 0-2 (the test harness may leak others).
+pub fn spawn(mut cmd: Command) -> Child {
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn test program")
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run binary")
+}
+
+/// Wait until `f` holds (bounded, generous: the machine may be loaded).
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parse "N ok" lines; panics on a BAD line or a gap in N.
+pub fn counter_lines(text: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(n), Some(st)) = (it.next(), it.next()) else { continue };
+        assert_eq!(st, "ok", "program reported a problem: {l:?}");
+        out.push(n.parse::<u64>().expect("counter"));
+    }
+    for w in out.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "counter skipped or reset: {:?}", &out);
+    }
+    out
+}
+
+pub fn last_count(path: &Path) -> u64 {
+    counter_lines(&std::fs::read_to_string(path).unwrap_or_default()).last().copied().unwrap_or(0)
+}
+
+/// Kill and reap `pid` (our child or, as subreaper, an adopted process).
+pub fn kill_reap(pid: i32) {
+    // SAFETY: plain kill/waitpid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+}
+
+/// Process state letter from /proc/PID/stat.
+pub fn state(pid: i32) -> char {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()).unwrap_or('?')
+}
