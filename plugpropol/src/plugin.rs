@@ -98,8 +98,12 @@ pub struct PluginProbe {
 impl PluginProbe {
     /// Start the plug-in and read its declaration.
     pub fn start(entry: &PluginEntry, node: u32) -> Result<PluginProbe> {
+        use std::os::unix::process::CommandExt;
         let mut child = Command::new(&entry.exe)
             .args(&entry.args)
+            // Its own process group, so that stopping it also stops whatever
+            // it started (a shell plug-in's `sleep`, `df`, ...).
+            .process_group(0)
             .env("KRG_NODE_ID", node.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -191,6 +195,10 @@ impl PluginProbe {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // SAFETY: kill(2) on the process group we created for this child
+        // (its pid is the group id); the child is not reaped yet, so the id
+        // cannot have been reused.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

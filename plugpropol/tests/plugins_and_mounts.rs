@@ -1,0 +1,124 @@
+//! Plug-in probes (the shipped disk_probe, a crashing one, a slow one) and
+//! the mount's life cycle (unmount on stop, stale mount after a crash).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{errno, script, wait_for, Daemon, Opts};
+
+fn shipped_disk_probe() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/disk_probe.sh").display().to_string()
+}
+
+#[test]
+fn disk_probe_plugin_is_loaded_without_restart_and_stopped_by_rmdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = tmp.path().join("plugins.conf");
+    let d = Daemon::start(tmp.path(), Opts { node: 1, port: common::free_port(), peers: vec![], registry: Some(&registry), key: None });
+    assert_eq!(errno(fs::create_dir(d.path("probes/disk_probe")).unwrap_err()), libc::ENOENT);
+
+    // Register the plug-in while krgd runs (plus a wrapper that records its PID).
+    let pidfile = tmp.path().join("disk.pid");
+    let wrapper = tmp.path().join("disk_wrapper.sh");
+    script(&wrapper, &format!("echo $$ > {}\nexec {} {}\n", pidfile.display(), shipped_disk_probe(), tmp.path().display()));
+    fs::write(&registry, format!("# test registry\ndisk_probe probe {}\n", wrapper.display())).unwrap();
+    fs::create_dir(d.path("probes/disk_probe")).unwrap();
+    let num = |rel: &str| -> f64 { fs::read_to_string(d.path(rel)).unwrap().trim().parse().unwrap() };
+    let total = num("probes/disk_probe/disk_total/value");
+    let free = num("probes/disk_probe/disk_free/value");
+    assert!(total > 0.0 && free <= total);
+    assert!((0.0..=100.0).contains(&num("probes/disk_probe/disk_used_percent/value")));
+    assert_eq!(fs::read_to_string(d.path("probes/disk_probe/probe_period")).unwrap(), "5000\n");
+    assert_eq!(fs::read_to_string(d.path("probes/disk_probe/disk_free/type")).unwrap(), "bytes (per node)\n");
+
+    // It feeds the built-in parts like any probe.
+    fs::create_dir(d.path("schedulers/s")).unwrap();
+    fs::create_dir(d.path("schedulers/s/placement_policy")).unwrap();
+    std::os::unix::fs::symlink(d.path("probes/disk_probe/disk_free"), d.path("schedulers/s/placement_policy/port_mem_free")).unwrap();
+    fs::remove_dir(d.path("schedulers/s/placement_policy")).unwrap();
+
+    let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    fs::remove_dir(d.path("probes/disk_probe")).unwrap();
+    // rmdir returns once the plug-in has exited and been reaped.
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "plug-in {pid} still running after rmdir");
+}
+
+#[test]
+fn crashing_and_slow_plugins_do_not_hurt_krgd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = tmp.path().join("plugins.conf");
+    let crash = tmp.path().join("crash.sh");
+    // Answers two samples, then dies.
+    script(&crash, "echo 'source n count'\necho 'period 50'\necho ready\ni=0\nwhile read c; do i=$((i+1)); [ $i -gt 2 ] && exit 7; echo \"n $i\"; echo end; done\n");
+    let slow = tmp.path().join("slow.sh");
+    // Answers the first sample at once, then hangs on every later one.
+    script(&slow, "echo 'source v count'\necho ready\nread c; echo 'v 42'; echo end\nwhile read c; do sleep 3600; done\n");
+    let bad = tmp.path().join("bad.sh");
+    script(&bad, "echo 'source v furlongs'\necho ready\n");
+    fs::write(&registry, format!("crash_probe probe {}\nslow_probe probe {}\nbad_probe probe {}\nnot_there probe /nonexistent/x\n",
+        crash.display(), slow.display(), bad.display())).unwrap();
+    let d = Daemon::start(tmp.path(), Opts { node: 1, port: common::free_port(), peers: vec![], registry: Some(&registry), key: None });
+
+    // A plug-in that cannot start or declares nonsense: mkdir fails with EIO, nothing is left.
+    assert_eq!(errno(fs::create_dir(d.path("probes/bad_probe")).unwrap_err()), libc::EIO);
+    assert_eq!(errno(fs::create_dir(d.path("probes/not_there")).unwrap_err()), libc::EIO);
+    assert!(!d.path("probes/bad_probe").exists());
+
+    fs::create_dir(d.path("probes/crash_probe")).unwrap();
+    let status = d.path("probes/crash_probe/status");
+    wait_for("the crash to be reported", Duration::from_secs(20), || {
+        fs::read_to_string(&status).unwrap().starts_with("failed: exited")
+    });
+    // The last value stays readable and krgd carries on.
+    let last: u64 = fs::read_to_string(d.path("probes/crash_probe/n/value")).unwrap().trim().parse().unwrap();
+    assert!(last >= 1);
+    fs::create_dir(d.path("probes/mem_probe")).unwrap();
+    fs::remove_dir(d.path("probes/crash_probe")).unwrap();
+    assert!(d.log_text().contains("plug-in probe stopped"));
+
+    // A probe stuck in a sample never blocks readers: they get the last value.
+    fs::create_dir(d.path("probes/slow_probe")).unwrap();
+    fs::write(d.path("probes/slow_probe/probe_period"), "10").unwrap();
+    wait_for("the slow plug-in to time out", Duration::from_secs(20), || {
+        fs::read_to_string(d.path("probes/slow_probe/status")).unwrap().contains("did not answer in time")
+    });
+    for _ in 0..20 {
+        let start = Instant::now();
+        assert_eq!(fs::read_to_string(d.path("probes/slow_probe/v/value")).unwrap(), "42\n");
+        // The plug-in is hung for an hour: any wait on it would show here.
+        assert!(start.elapsed() < Duration::from_millis(1500));
+    }
+    fs::remove_dir(d.path("probes/slow_probe")).unwrap();
+    fs::remove_dir(d.path("probes/mem_probe")).unwrap();
+}
+
+#[test]
+fn unmounted_on_stop_and_stale_mount_cleaned_at_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::simple(tmp.path());
+    fs::create_dir(d.path("probes/mem_probe")).unwrap();
+    d.stop();
+    assert!(!common::is_mounted(&d.mnt), "still mounted after SIGTERM");
+    drop(d);
+
+    let mut d = Daemon::simple(tmp.path());
+    assert!(d.path("probes").is_dir());
+    d.kill_hard();
+    // The kernel keeps the dead mount: it answers ENOTCONN.
+    assert!(common::is_mounted(&d.mnt));
+    assert_eq!(errno(fs::metadata(&d.mnt).unwrap_err()), libc::ENOTCONN);
+    let mnt = d.mnt.clone();
+    std::mem::forget(d); // the next daemon must clean it, not the test
+
+    let d = Daemon::simple(tmp.path());
+    assert_eq!(d.mnt, mnt);
+    fs::create_dir(d.path("probes/mem_probe")).unwrap();
+    assert!(d.log_text().contains("stale scheduler tree mount"));
+    // Exactly one live mount there.
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(info.lines().filter(|l| l.contains(&format!(" {} ", mnt.display()))).count(), 1);
+}
