@@ -20,7 +20,7 @@ pub enum ChkptError {
     BadImage { path: PathBuf, reason: String },
     #[error("no checkpoint {sn} in {dir}")]
     NoSuchCheckpoint { dir: PathBuf, sn: u32 },
-    #[error("PID {0} is in use by another process (kill it, wait for it to be reaped, or use --new-pids)")]
+    #[error("PID {0} is in use by another process (end that process, or wait until it has been reaped, and retry)")]
     PidTaken(i32),
     #[error("cannot parse {what}: {detail}")]
     Parse { what: String, detail: String },
