@@ -51,7 +51,15 @@ pub fn spawn(mut cmd: Command) -> Child {
     cmd.spawn().expect("spawn test program")
 }
 
+/// Run to completion, with only fds 0-2 and stdin from /dev/null.
 pub fn run(cmd: &mut Command) -> Output {
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
     cmd.stdin(Stdio::null()).output().expect("run binary")
 }
 
