@@ -188,6 +188,11 @@ impl Ops {
         if let Some(old) = replaced {
             self.drop_inode(old.ino, old.kind).await;
         }
+        // A rename changes the moved inode's ctime; the directory owner did
+        // it already when it also owns the inode.
+        if inode_node(ino) != inode_node(src) || inode_node(src) != inode_node(dst) {
+            let _ = self.call(inode_node(ino), Q::Touch { ino }).await;
+        }
         Ok(())
     }
 

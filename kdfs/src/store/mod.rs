@@ -471,13 +471,31 @@ impl Store {
             check_replace(kind, old_kind)?;
         }
         fs::rename(&from, &to).map_err(errno)?;
+        let replaced = self.rename_nsub(&sp, &dp, src_dir, dst_dir, kind, old)?;
+        drop(_g);
+        if inode_node(ino) == self.node() {
+            self.touch(ino)?;
+        }
+        Ok(replaced)
+    }
+
+    /// Subdirectory counts after a directory moved from `sp` to `dp`.
+    fn rename_nsub(
+        &self,
+        sp: &Path,
+        dp: &Path,
+        src_dir: InodeId,
+        dst_dir: InodeId,
+        kind: FileKind,
+        old: Option<(InodeId, FileKind)>,
+    ) -> Res<Option<DirEntry>> {
         if kind == FileKind::Dir && src_dir != dst_dir {
-            self.adjust_nsub(&sp, -1)?;
+            self.adjust_nsub(sp, -1)?;
             if !matches!(old, Some((_, FileKind::Dir))) {
-                self.adjust_nsub(&dp, 1)?;
+                self.adjust_nsub(dp, 1)?;
             }
         }
-        Ok(old.map(|(i, k)| DirEntry { name: dst_name.to_vec(), ino: i, kind: k }))
+        Ok(old.map(|(i, k)| DirEntry { name: Vec::new(), ino: i, kind: k }))
     }
 
     fn change_links(&self, ino: InodeId, delta: i64) -> Res<Option<Attr>> {
@@ -496,6 +514,16 @@ impl Store {
         }
         sys::set_u64_xattr(&p, NLINK_XATTR, next).map_err(errno)?;
         self.attr_of(ino, &p).map(Some)
+    }
+
+    /// Bump the ctime of `ino` by rewriting its link-count xattr.
+    fn touch(&self, ino: InodeId) -> Res<()> {
+        let p = self.path(ino)?;
+        let _g = lock(self.stripe(ino));
+        let is_dir = fs::symlink_metadata(&p).map_err(errno)?.is_dir();
+        let (name, default) = if is_dir { (NSUB_XATTR, 0) } else { (NLINK_XATTR, 1) };
+        let cur = sys::get_u64_xattr(&p, name).map_err(errno)?.unwrap_or(default);
+        sys::set_u64_xattr(&p, name, cur).map_err(errno)
     }
 
     fn remove_dir(&self, ino: InodeId) -> Res<()> {
@@ -679,6 +707,10 @@ impl Store {
             Q::IncLink { ino } => A::Attr(self.change_links(ino, 1)?.ok_or(libc::ENOENT)?),
             Q::DecLink { ino } => {
                 self.change_links(ino, -1)?;
+                A::Done
+            }
+            Q::Touch { ino } => {
+                self.touch(ino)?;
                 A::Done
             }
             Q::RemoveDir { ino } => {

@@ -77,7 +77,7 @@ fn reopen_checks_node_and_keeps_allocating_fresh_numbers() {
     let (d, s, root) = store();
     let a = s.create(root, b"a", &file(0o600)).unwrap();
     drop(s);
-    assert!(Store::open(d.path(), 2, None).unwrap_err().to_string().contains("formatted for node 1"));
+    assert!(Store::open(d.path(), 2, None).err().unwrap().to_string().contains("formatted for node 1"));
     let s = Store::open(d.path(), 1, None).unwrap();
     let b = s.create(root, b"b", &file(0o600)).unwrap();
     assert!(b.ino > a.ino);

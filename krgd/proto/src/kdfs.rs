@@ -179,6 +179,8 @@ pub enum KdfsRequest {
     IncLink { ino: InodeId },
     /// Drop one link of `ino`; the inode is freed at zero links and no open handle.
     DecLink { ino: InodeId },
+    /// Update the ctime of `ino` (a rename moved it).
+    Touch { ino: InodeId },
     /// Remove the directory inode `ino` if it is empty (ENOTEMPTY otherwise).
     RemoveDir { ino: InodeId },
     /// Whether directory `ino` is empty.

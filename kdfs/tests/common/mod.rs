@@ -1,0 +1,227 @@
+//! A real kDFS on loopback: N krgd processes on 127.0.0.1 ports with their own
+//! sockets and data directories, a started cluster, every node's directory
+//! formatted with mkfs.kdfs and mounted with mount.kdfs.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn bin_dir() -> PathBuf {
+    // target/debug/deps/<test> -> target/debug
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// krgd and krgadm belong to other packages: build them once.
+pub fn ensure_binaries() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile_release = bin_dir().ends_with("release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "krgd", "-p", "krgadm"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(st.success(), "building krgd and krgadm failed");
+    });
+}
+
+pub fn mkfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mkfs-kdfs"))
+}
+
+pub fn mount_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mount-kdfs"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub struct Node {
+    pub id: u32,
+    pub port: u16,
+    pub sock: PathBuf,
+    pub data: PathBuf,
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    krgd: Option<Child>,
+    peers: Vec<u16>,
+}
+
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub key: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn command");
+    out
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let s = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = p.display().to_string();
+    s.lines().any(|l| l.split(' ').nth(1) == Some(p.as_str()))
+}
+
+impl Cluster {
+    /// Start `n` krgds and form the cluster (no kDFS yet).
+    pub fn start(n: u32) -> Cluster {
+        ensure_binaries();
+        // Under /tmp and world-searchable so that other users reach the mounts.
+        let root = tempfile::Builder::new().prefix("kdfs-test").tempdir_in("/tmp").expect("tempdir");
+        std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let key = root.path().join("cluster.key");
+        std::fs::write(&key, "kdfs-test-cluster-key-0123456789").unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let d = root.path().join(format!("n{}", i + 1));
+            for sub in ["data", "store", "mnt"] {
+                std::fs::create_dir_all(d.join(sub)).unwrap();
+            }
+            nodes.push(Node {
+                id: i + 1,
+                port: ports[i as usize],
+                sock: d.join("krgd.sock"),
+                data: d.join("data"),
+                store: d.join("store"),
+                mnt: d.join("mnt"),
+                krgd: None,
+                peers: ports.iter().copied().filter(|p| *p != ports[i as usize]).collect(),
+            });
+        }
+        let mut c = Cluster { root, key, nodes };
+        for i in 0..n as usize {
+            c.start_krgd(i);
+        }
+        let sock = c.nodes[0].sock.clone();
+        let nodes_seen = |s: &Path, word: &str| {
+            let out = run(Command::new(bin_dir().join("krgadm")).arg("--socket").arg(s).args(["nodes", "status"]));
+            String::from_utf8_lossy(&out.stdout).matches(word).count()
+        };
+        wait_until("every krgd present", Duration::from_secs(30), || nodes_seen(&sock, "127.0.0.1:") >= n as usize);
+        wait_until("cluster start", Duration::from_secs(30), || {
+            let out = run(Command::new(bin_dir().join("krgadm")).arg("--socket").arg(&sock).args(["cluster", "start"]));
+            out.status.success()
+        });
+        // Every node must see every member before mkfs asks it.
+        for i in 0..n as usize {
+            let s = c.nodes[i].sock.clone();
+            wait_until("membership", Duration::from_secs(30), || nodes_seen(&s, "online") >= n as usize);
+        }
+        c
+    }
+
+    /// Start, format (root on node 1) and mount every node.
+    pub fn with_kdfs(n: u32) -> Cluster {
+        let c = Cluster::start(n);
+        for i in 0..n as usize {
+            let out = c.mkfs(i, 1, false);
+            assert!(out.status.success(), "mkfs: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for i in 0..n as usize {
+            let out = c.mount(i, "");
+            assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        c
+    }
+
+    pub fn start_krgd(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let _ = std::fs::remove_file(&n.sock);
+        let mut cmd = Command::new(bin_dir().join("krgd"));
+        cmd.args(["--node-id", &n.id.to_string(), "--session-id", "1"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", n.port))
+            .arg("--socket")
+            .arg(&n.sock)
+            .arg("--data-dir")
+            .arg(&n.data)
+            .arg("--cluster-key-file")
+            .arg(&self.key)
+            .arg("--no-scheduler-mount");
+        for p in &n.peers {
+            cmd.arg("--peer").arg(format!("127.0.0.1:{p}"));
+        }
+        let log = std::fs::File::create(n.data.join("krgd.log")).unwrap();
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        n.krgd = Some(cmd.spawn().expect("spawn krgd"));
+        let sock = n.sock.clone();
+        wait_until("krgd socket", Duration::from_secs(20), || sock.exists());
+    }
+
+    /// kill -9 the krgd of node index `i`.
+    pub fn kill_krgd(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].krgd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn mkfs(&self, i: usize, root: u32, force: bool) -> std::process::Output {
+        let n = &self.nodes[i];
+        let mut cmd = Command::new(mkfs_bin());
+        cmd.arg("--socket").arg(&n.sock).arg(&n.store).arg(root.to_string());
+        if force {
+            cmd.arg("--force");
+        }
+        run(&mut cmd)
+    }
+
+    pub fn mount_opts(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        format!("socket={},keyfile={}", n.sock.display(), self.key.display())
+    }
+
+    pub fn mount(&self, i: usize, extra: &str) -> std::process::Output {
+        let n = &self.nodes[i];
+        let mut opts = self.mount_opts(i);
+        if !extra.is_empty() {
+            opts = format!("{opts},{extra}");
+        }
+        let mut cmd = Command::new(mount_bin());
+        cmd.arg(&n.store).arg(&n.mnt).arg("-o").arg(opts);
+        run(&mut cmd)
+    }
+
+    pub fn umount(&self, i: usize) {
+        let mnt = &self.nodes[i].mnt;
+        if is_mounted(mnt) {
+            let _ = run(Command::new("umount").arg(mnt));
+            if is_mounted(mnt) {
+                let _ = run(Command::new("umount").arg("-l").arg(mnt));
+            }
+        }
+    }
+
+    pub fn mnt(&self, i: usize) -> &Path {
+        &self.nodes[i].mnt
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.umount(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.kill_krgd(i);
+        }
+    }
+}
