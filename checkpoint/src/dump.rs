@@ -73,10 +73,6 @@ fn check_task(pid: i32, caller: u32) -> Result<u32> {
     if tracer != "0" {
         return Err(ChkptError::unsupported(pid, "a process already being traced", format!("by PID {tracer}")));
     }
-    let threads = procfs::threads(pid)?;
-    if threads.len() > 1 {
-        return Err(ChkptError::unsupported(pid, "a multi-threaded process", format!("{} threads", threads.len())));
-    }
     Ok(uid[0])
 }
 
@@ -88,9 +84,13 @@ fn freeze(pid: i32, caller: u32, frozen: &mut Frozen) -> Result<Vec<(i32, i32)>>
         for &(p, _) in &t {
             if !frozen.tids.contains(&p) {
                 check_task(p, caller)?;
-                ptrace::seize_and_interrupt(p)?;
-                frozen.tids.push(p);
-                new = true;
+            }
+            for tid in procfs::threads(p)? {
+                if !frozen.tids.contains(&tid) {
+                    ptrace::seize_and_interrupt(tid)?;
+                    frozen.tids.push(tid);
+                    new = true;
+                }
             }
         }
         if !new {
@@ -243,7 +243,10 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
 
     let node = NodeImage {
         node: opts.node,
-        tasks: dumps.iter().map(|d| TaskEntry { pid: d.task.pid, ppid: d.task.ppid, threads: vec![d.task.pid] }).collect(),
+        tasks: dumps
+            .iter()
+            .map(|d| TaskEntry { pid: d.task.pid, ppid: d.task.ppid, threads: d.task.threads.iter().map(|t| t.tid).collect() })
+            .collect(),
         pipes: pipe_images,
     };
     image::write_small(&names.node(opts.node), FileKind::Node, &node)?;

@@ -155,6 +155,8 @@ pub struct ThreadImage {
     pub pending: Vec<Vec<u8>>,
     /// Registered rseq area: (address, length, signature); address 0 if none.
     pub rseq: (u64, u32, u32),
+    /// set_tid_address (CLONE_CHILD_CLEARTID) pointer: pthread_join relies on it.
+    pub clear_tid: u64,
 }
 
 /// `task_mm_<PID>_v<SN>.bin` metadata; page data follows, page aligned.

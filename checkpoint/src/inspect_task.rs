@@ -166,7 +166,7 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
 }
 
 /// Registers, extended state, signal mask and pending signals of one thread.
-pub fn thread(tid: i32, regs: &ptrace::Regs) -> Result<ThreadImage> {
+pub fn thread(tid: i32, regs: &ptrace::Regs, clear_tid: u64) -> Result<ThreadImage> {
     Ok(ThreadImage {
         tid,
         regs: ptrace::regs_to_bytes(regs),
@@ -174,7 +174,36 @@ pub fn thread(tid: i32, regs: &ptrace::Regs) -> Result<ThreadImage> {
         sigmask: ptrace::get_sigmask(tid)?,
         pending: ptrace::peek_pending(tid, false)?,
         rseq: ptrace::rseq_config(tid)?,
+        clear_tid,
     })
+}
+
+/// Every thread, the leader first. The clear_child_tid pointer is read by an
+/// injected prctl(PR_GET_TID_ADDRESS) in each thread.
+fn threads(pid: i32, leader: &Injector, scratch: &Scratch) -> Result<Vec<ThreadImage>> {
+    let mut out = Vec::new();
+    for tid in procfs::threads(pid)? {
+        let own;
+        let inj = if tid == pid {
+            leader
+        } else {
+            own = Injector::new(tid, leader.syscall_at)?;
+            &own
+        };
+        let r = inj.call("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [40 /* PR_GET_TID_ADDRESS */, scratch.addr, 0, 0, 0, 0]);
+        let restored = inj.restore();
+        r?;
+        restored?;
+        let b = ptrace::read_mem(pid, scratch.addr, 8)?;
+        let clear_tid = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+        let th = thread(tid, inj.saved_regs(), clear_tid)?;
+        if tid == pid {
+            out.insert(0, th);
+        } else {
+            out.push(th);
+        }
+    }
+    Ok(out)
 }
 
 /// Everything of the task image that /proc and injection give.
@@ -206,6 +235,6 @@ pub fn task_image(pid: i32, ppid: i32, inj: &Injector, scratch: &Scratch, fds: V
         itimers: itimers(scratch)?,
         altstack: altstack(scratch)?,
         fds,
-        threads: vec![thread(pid, inj.saved_regs())?],
+        threads: threads(pid, inj, scratch)?,
     })
 }

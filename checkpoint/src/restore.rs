@@ -215,6 +215,49 @@ fn fork_child(parent: &Injector, area: u64, child: i32, wait: Duration) -> Resul
     }
 }
 
+/// Create the non-leader threads of a restored process with their TIDs:
+/// clone3(CLONE_THREAD | …) injected in the leader; each new thread spins on
+/// the area's `jmp .` until attached. Then its clear_child_tid and rseq
+/// registration go back (its registers are set with everyone else's).
+fn create_threads(leader: &Injector, area: u64, t: &TaskImage) -> Result<()> {
+    let scratch = area + AREA_SCRATCH;
+    let flags = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
+    for (n, th) in t.threads.iter().enumerate() {
+        let inj_own;
+        let inj = if n == 0 {
+            leader
+        } else {
+            let mut args = clone_args(scratch + 128);
+            args[0] = flags;
+            args[4] = 0; // no exit signal for a thread
+            let mut buf = Vec::new();
+            for w in args {
+                buf.extend_from_slice(&w.to_le_bytes());
+            }
+            buf.resize(128, 0);
+            buf.extend_from_slice(&(th.tid as u64).to_le_bytes());
+            ptrace::write_mem(leader.tid, scratch, &buf)?;
+            let r = leader.raw(libc::SYS_clone3, [scratch, 88, 0, 0, 0, 0])?;
+            if r != th.tid as i64 {
+                return Err(if r == -(libc::EEXIST as i64) {
+                    ChkptError::PidTaken(th.tid)
+                } else {
+                    ChkptError::Injected { name: "clone3(thread)", pid: th.tid, errno: std::io::Error::from_raw_os_error(-r as i32) }
+                });
+            }
+            ptrace::seize_and_interrupt(th.tid)?;
+            inj_own = Injector::new(th.tid, leader.syscall_at)?;
+            &inj_own
+        };
+        inj.call("set_tid_address", libc::SYS_set_tid_address, [th.clear_tid, 0, 0, 0, 0, 0])?;
+        let (ptr, len, sig) = th.rseq;
+        if ptr != 0 {
+            inj.call("rseq(register)", libc::SYS_rseq, [ptr, len as u64, 0, sig as u64, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
 /// Kills every task created so far if restore fails half way.
 struct Created(Vec<i32>, bool);
 
@@ -265,7 +308,9 @@ fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreR
         ctx.drop_area()?;
     }
     for (t, _, _, _) in l.tasks.iter().rev() {
-        ptrace::detach(t.pid)?;
+        for th in t.threads.iter().rev() {
+            ptrace::detach(th.tid)?;
+        }
     }
     created.1 = true;
     Ok(RestoreReport { pids: l.tasks.iter().map(|t| t.0.pid).collect() })
@@ -319,6 +364,9 @@ impl TaskCtx<'_> {
         i.raw(libc::SYS_setfsgid, [t.gids[3] as u64, 0, 0, 0, 0, 0])?;
         i.raw(libc::SYS_setfsuid, [t.uids[3] as u64, 0, 0, 0, 0, 0])?;
         crate::restore_mm::restore(self)?;
+        // Threads need CAP_CHECKPOINT_RESTORE for their TIDs: before the
+        // credentials drop, after the memory they share is in place.
+        create_threads(i, self.area, t)?;
         crate::restore_fds::restore(self)?;
         let cwd = self.put_str(&t.cwd, 0)?;
         i.call("chdir", libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;

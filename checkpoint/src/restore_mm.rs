@@ -169,10 +169,5 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
         create_vma(c, v, mmfd)?;
     }
     c.inj.call("close", libc::SYS_close, [mmfd, 0, 0, 0, 0, 0])?;
-    set_mm_map(c)?;
-    let (ptr, len, sig) = c.task.threads[0].rseq;
-    if ptr != 0 {
-        c.inj.call("rseq(register)", libc::SYS_rseq, [ptr, len as u64, 0, sig as u64, 0, 0])?;
-    }
-    Ok(())
+    set_mm_map(c)
 }

@@ -47,20 +47,19 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
 pub fn queue_pending(c: &TaskCtx) -> Result<()> {
     let i = c.inj;
     let pid = c.task.pid;
-    let th = &c.task.threads[0];
-    if th.pending.is_empty() && c.mm.shared_pending.is_empty() {
+    if c.task.threads.iter().all(|t| t.pending.is_empty()) && c.mm.shared_pending.is_empty() {
         return Ok(());
     }
     crate::ptrace::set_sigmask(pid, u64::MAX)?;
-    for (shared, list) in [(true, &c.mm.shared_pending), (false, &th.pending)] {
-        for si in list {
-            let sig = u32::from_le_bytes([si[0], si[1], si[2], si[3]]) as u64;
+    let sig_of = |si: &[u8]| si.get(..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as u64;
+    for si in &c.mm.shared_pending {
+        let addr = c.put_bytes(si)?;
+        i.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [pid as u64, sig_of(si), addr, 0, 0, 0])?;
+    }
+    for th in &c.task.threads {
+        for si in &th.pending {
             let addr = c.put_bytes(si)?;
-            if shared {
-                i.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [pid as u64, sig, addr, 0, 0, 0])?;
-            } else {
-                i.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid as u64, th.tid as u64, sig, addr, 0, 0])?;
-            }
+            i.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid as u64, th.tid as u64, sig_of(si), addr, 0, 0])?;
         }
     }
     Ok(())
