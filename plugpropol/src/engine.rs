@@ -55,7 +55,11 @@ impl Engine {
     /// An empty tree for node `node`, to be mounted at `mount`; `registry`
     /// is the plug-in registry file (read at each `mkdir probes/...`).
     pub fn new(node: NodeId, mount: &Path, registry: Option<PathBuf>) -> Arc<Engine> {
-        Arc::new(Engine { tree: Arc::new(Mutex::new(Tree::new(node, mount))), registry, runners: Mutex::new(HashMap::new()) })
+        Arc::new(Engine {
+            tree: Arc::new(Mutex::new(Tree::new(node, mount))),
+            registry,
+            runners: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The tree, locked. Keep the guard short: sampling threads and the
@@ -72,7 +76,9 @@ impl Engine {
         for p in problems {
             tracing::warn!(problem = %p, "plug-in registry");
         }
-        let plan = self.tree().mkdir(parent, name, |n| BUILTIN_PROBES.contains(&n) || registry.contains_key(n))?;
+        let plan = self.tree().mkdir(parent, name, |n| {
+            BUILTIN_PROBES.contains(&n) || registry.contains_key(n)
+        })?;
         let kind = match plan {
             MkdirPlan::Done(ino) => return Ok(ino),
             MkdirPlan::Probe { kind } => kind,
@@ -80,14 +86,17 @@ impl Engine {
         let node = self.tree().node_id();
         // Instantiate and take the first sample without the tree lock: a
         // plug-in may take a while to start.
-        let mut probe: Box<dyn Probe> = match (probes::builtin(&kind), registry.get(&kind)) {
+        let base = crate::tree::kind_of(&kind);
+        let mut probe: Box<dyn Probe> = match (probes::builtin(base), registry.get(base)) {
             (Some(p), _) => p,
             (None, Some(entry)) => Box::new(PluginProbe::start(entry, node)?),
-            (None, None) => return Err(Error::NotFound(format!("no probe named {kind}"))),
+            (None, None) => return Err(Error::NotFound(format!("no probe named {base}"))),
         };
         let first = probe.sample()?;
         let period = probe.default_period();
-        let (ino, c) = self.tree().add_probe(parent, &kind, probe.sources(), period, first)?;
+        let (ino, c) = self
+            .tree()
+            .add_probe(parent, &kind, probe.sources(), period, first)?;
         let runner = self.spawn_runner(c, &kind, probe)?;
         lock(&self.runners).insert(c, runner);
         tracing::info!(probe = %kind, period_ms = period.as_millis() as u64, "probe loaded");
@@ -106,7 +115,10 @@ impl Engine {
                 Error::Io(format!("cannot start the sampling thread of {kind}: {e}"))
             });
         match thread {
-            Ok(t) => Ok(Runner { wake, thread: Some(t) }),
+            Ok(t) => Ok(Runner {
+                wake,
+                thread: Some(t),
+            }),
             Err(e) => {
                 let mut tree = self.tree();
                 if let Ok(probes) = tree.lookup(crate::tree::ROOT, "probes") {
@@ -164,11 +176,19 @@ impl Drop for Engine {
 /// The sampling loop of one probe: sleep until the next period (woken early
 /// when `probe_period` changes or the probe is removed), sample without the
 /// tree lock, store.
-fn run_probe(tree: Arc<Mutex<Tree>>, c: CompId, name: &str, mut probe: Box<dyn Probe>, wake: Arc<(Mutex<Wake>, Condvar)>) {
+fn run_probe(
+    tree: Arc<Mutex<Tree>>,
+    c: CompId,
+    name: &str,
+    mut probe: Box<dyn Probe>,
+    wake: Arc<(Mutex<Wake>, Condvar)>,
+) {
     let mut last = Instant::now();
     let mut failing = false;
     loop {
-        let Some(period) = lock(&tree).probe_period(c) else { return };
+        let Some(period) = lock(&tree).probe_period(c) else {
+            return;
+        };
         let next = last + period;
         let now = Instant::now();
         if now < next {
@@ -176,7 +196,10 @@ fn run_probe(tree: Arc<Mutex<Tree>>, c: CompId, name: &str, mut probe: Box<dyn P
             if g.stop {
                 return;
             }
-            let (g, _) = wake.1.wait_timeout(g, next - now).unwrap_or_else(|p| p.into_inner());
+            let (g, _) = wake
+                .1
+                .wait_timeout(g, next - now)
+                .unwrap_or_else(|p| p.into_inner());
             if g.stop {
                 return;
             }

@@ -7,7 +7,13 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::value::{NodeId, Reading, Readings, Scope, Series, ValueType, HISTORY};
 
-pub const BUILTIN_FILTERS: &[&str] = &["moving_average", "threshold", "cluster_min", "cluster_max", "cluster_sum"];
+pub const BUILTIN_FILTERS: &[&str] = &[
+    "moving_average",
+    "threshold",
+    "cluster_min",
+    "cluster_max",
+    "cluster_sum",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterKind {
@@ -39,7 +45,11 @@ impl Filter {
             "cluster_sum" => FilterKind::ClusterSum,
             _ => return None,
         };
-        Some(Filter { kind, window: 5, threshold: 0.0 })
+        Some(Filter {
+            kind,
+            window: 5,
+            threshold: 0.0,
+        })
     }
 
     /// Writable attributes of this filter kind.
@@ -67,7 +77,11 @@ impl Filter {
                     .parse()
                     .ok()
                     .filter(|w| (1..=HISTORY).contains(w))
-                    .ok_or_else(|| Error::Invalid(format!("window must be an integer from 1 to {HISTORY}, not {text:?}")))?;
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "window must be an integer from 1 to {HISTORY}, not {text:?}"
+                        ))
+                    })?;
                 self.window = w;
             }
             "threshold" => {
@@ -75,7 +89,9 @@ impl Filter {
                     .parse()
                     .ok()
                     .filter(|t: &f64| t.is_finite())
-                    .ok_or_else(|| Error::Invalid(format!("threshold must be a number, not {text:?}")))?;
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("threshold must be a number, not {text:?}"))
+                    })?;
                 self.threshold = t;
             }
             _ => return Err(Error::NotPermitted(format!("{attr} is not writable"))),
@@ -86,11 +102,18 @@ impl Filter {
     /// Whether `input` may be linked to this filter's input port.
     pub fn accepts(&self, input: ValueType) -> Result<()> {
         if !input.unit.is_numeric() {
-            return Err(Error::Invalid(format!("a filter needs numbers, the target gives {input}")));
+            return Err(Error::Invalid(format!(
+                "a filter needs numbers, the target gives {input}"
+            )));
         }
-        let cluster = matches!(self.kind, FilterKind::ClusterMin | FilterKind::ClusterMax | FilterKind::ClusterSum);
+        let cluster = matches!(
+            self.kind,
+            FilterKind::ClusterMin | FilterKind::ClusterMax | FilterKind::ClusterSum
+        );
         if cluster && input.scope == Scope::Cluster {
-            return Err(Error::Invalid(format!("a cluster-wide filter needs per-node values, the target gives {input}")));
+            return Err(Error::Invalid(format!(
+                "a cluster-wide filter needs per-node values, the target gives {input}"
+            )));
         }
         Ok(())
     }
@@ -99,8 +122,14 @@ impl Filter {
     pub fn output_type(&self, input: ValueType) -> ValueType {
         match self.kind {
             FilterKind::MovingAverage => input,
-            FilterKind::Threshold => ValueType { unit: crate::value::Unit::Flag, scope: input.scope },
-            _ => ValueType { unit: input.unit, scope: Scope::Cluster },
+            FilterKind::Threshold => ValueType {
+                unit: crate::value::Unit::Flag,
+                scope: input.scope,
+            },
+            _ => ValueType {
+                unit: input.unit,
+                scope: Scope::Cluster,
+            },
         }
     }
 
@@ -121,11 +150,20 @@ impl Filter {
     }
 
     fn average(&self, s: &Series) -> Series {
-        let nums: Vec<f64> = s.points.iter().rev().take(self.window).filter_map(Reading::num).collect();
+        let nums: Vec<f64> = s
+            .points
+            .iter()
+            .rev()
+            .take(self.window)
+            .filter_map(Reading::num)
+            .collect();
         if nums.is_empty() {
             return Series::default();
         }
-        Series { seq: s.seq, ..Series::one(Reading::Num(nums.iter().sum::<f64>() / nums.len() as f64)) }
+        Series {
+            seq: s.seq,
+            ..Series::one(Reading::Num(nums.iter().sum::<f64>() / nums.len() as f64))
+        }
     }
 
     fn flags(&self, s: &Series) -> Series {
@@ -139,7 +177,10 @@ impl Filter {
     }
 
     fn aggregate(&self, m: &BTreeMap<NodeId, Series>) -> Series {
-        let current: Vec<f64> = m.values().filter_map(|s| s.last().and_then(Reading::num)).collect();
+        let current: Vec<f64> = m
+            .values()
+            .filter_map(|s| s.last().and_then(Reading::num))
+            .collect();
         if current.is_empty() {
             return Series::default();
         }
@@ -172,29 +213,49 @@ mod tests {
         assert!(f.set("window", "0").is_err() && f.set("window", "x").is_err());
         assert_eq!(f.window, 2);
         let input = Readings::PerNode(BTreeMap::from([(1, series(&[1.0, 2.0, 4.0]))]));
-        let Readings::PerNode(out) = f.apply(&input) else { panic!() };
+        let Readings::PerNode(out) = f.apply(&input) else {
+            panic!()
+        };
         assert_eq!(out[&1].last(), Some(&Reading::Num(3.0)));
 
         let mut t = Filter::new("threshold").unwrap();
         t.set("threshold", "2.5").unwrap();
         assert!(t.set("threshold", "nan").is_err());
-        let Readings::PerNode(out) = t.apply(&input) else { panic!() };
+        let Readings::PerNode(out) = t.apply(&input) else {
+            panic!()
+        };
         assert_eq!(out[&1].last(), Some(&Reading::Num(1.0)));
     }
 
     #[test]
     fn cluster_aggregates_and_types() {
         let input = Readings::PerNode(BTreeMap::from([(1, series(&[5.0])), (2, series(&[7.0]))]));
-        for (k, want) in [("cluster_min", 5.0), ("cluster_max", 7.0), ("cluster_sum", 12.0)] {
+        for (k, want) in [
+            ("cluster_min", 5.0),
+            ("cluster_max", 7.0),
+            ("cluster_sum", 12.0),
+        ] {
             let f = Filter::new(k).unwrap();
-            assert_eq!(f.apply(&input), Readings::Cluster(Series::one(Reading::Num(want))));
-            let per = ValueType { unit: Unit::Bytes, scope: Scope::PerNode };
+            assert_eq!(
+                f.apply(&input),
+                Readings::Cluster(Series::one(Reading::Num(want)))
+            );
+            let per = ValueType {
+                unit: Unit::Bytes,
+                scope: Scope::PerNode,
+            };
             assert!(f.accepts(per).is_ok());
             assert_eq!(f.output_type(per).scope, Scope::Cluster);
             assert!(f.accepts(f.output_type(per)).is_err());
         }
-        let text = ValueType { unit: Unit::Text, scope: Scope::PerNode };
-        assert!(Filter::new("moving_average").unwrap().accepts(text).is_err());
+        let text = ValueType {
+            unit: Unit::Text,
+            scope: Scope::PerNode,
+        };
+        assert!(Filter::new("moving_average")
+            .unwrap()
+            .accepts(text)
+            .is_err());
         assert!(Filter::new("median").is_none());
     }
 }

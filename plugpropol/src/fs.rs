@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
-    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
-    Request, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
 
 use crate::engine::Engine;
@@ -36,7 +36,12 @@ pub struct SchedFs {
 
 impl SchedFs {
     pub fn new(engine: Arc<Engine>) -> SchedFs {
-        SchedFs { engine, open: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1), born: SystemTime::now() }
+        SchedFs {
+            engine,
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            born: SystemTime::now(),
+        }
     }
 
     fn attr(&self, ino: Ino) -> Result<FileAttr, Error> {
@@ -46,7 +51,12 @@ impl SchedFs {
             EntryType::Dir => (FileType::Directory, 0o755, 0, 2),
             EntryType::File { writable: true } => (FileType::RegularFile, 0o644, 4096, 1),
             EntryType::File { writable: false } => (FileType::RegularFile, 0o444, 4096, 1),
-            EntryType::Link => (FileType::Symlink, 0o777, tree.readlink(ino)?.len() as u64, 1),
+            EntryType::Link => (
+                FileType::Symlink,
+                0o777,
+                tree.readlink(ino)?.len() as u64,
+                1,
+            ),
         };
         Ok(FileAttr {
             ino: INodeNo(ino),
@@ -82,7 +92,8 @@ fn refuse(op: &str, path: &str, e: &Error) -> Errno {
 }
 
 fn utf8(name: &OsStr) -> Result<&str, Error> {
-    name.to_str().ok_or_else(|| Error::Invalid(format!("name {name:?} is not UTF-8")))
+    name.to_str()
+        .ok_or_else(|| Error::Invalid(format!("name {name:?} is not UTF-8")))
 }
 
 impl Filesystem for SchedFs {
@@ -125,9 +136,14 @@ impl Filesystem for SchedFs {
         // Truncation is what `echo x > attr` does before writing: accepted
         // (and ignored) on writable attributes. Nothing else can change.
         let path = self.engine.tree().path(ino.0);
-        let writable = matches!(self.engine.tree().entry_type(ino.0), Ok(EntryType::File { writable: true }));
+        let writable = matches!(
+            self.engine.tree().entry_type(ino.0),
+            Ok(EntryType::File { writable: true })
+        );
         if mode.is_some() || uid.is_some() || gid.is_some() || (size.is_some() && !writable) {
-            let e = Error::NotPermitted(format!("{path}: attributes of scheduler tree entries cannot be changed"));
+            let e = Error::NotPermitted(format!(
+                "{path}: attributes of scheduler tree entries cannot be changed"
+            ));
             return reply.error(refuse("setattr", &path, &e));
         }
         match self.attr(ino.0) {
@@ -143,20 +159,59 @@ impl Filesystem for SchedFs {
         }
     }
 
-    fn mknod(&self, _req: &Request, parent: INodeNo, name: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
-        let path = self.engine.tree().child_path(parent.0, &name.to_string_lossy());
-        let e = Error::NotPermitted(format!("{path}: files cannot be created in the scheduler tree (use mkdir)"));
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _m: u32,
+        _u: u32,
+        _r: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = self
+            .engine
+            .tree()
+            .child_path(parent.0, &name.to_string_lossy());
+        let e = Error::NotPermitted(format!(
+            "{path}: files cannot be created in the scheduler tree (use mkdir)"
+        ));
         reply.error(refuse("mknod", &path, &e));
     }
 
-    fn create(&self, _req: &Request, parent: INodeNo, name: &OsStr, _m: u32, _u: u32, _f: i32, reply: ReplyCreate) {
-        let path = self.engine.tree().child_path(parent.0, &name.to_string_lossy());
-        let e = Error::NotPermitted(format!("{path}: files cannot be created in the scheduler tree (use mkdir)"));
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _m: u32,
+        _u: u32,
+        _f: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = self
+            .engine
+            .tree()
+            .child_path(parent.0, &name.to_string_lossy());
+        let e = Error::NotPermitted(format!(
+            "{path}: files cannot be created in the scheduler tree (use mkdir)"
+        ));
         reply.error(refuse("create", &path, &e));
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        let path = self.engine.tree().child_path(parent.0, &name.to_string_lossy());
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = self
+            .engine
+            .tree()
+            .child_path(parent.0, &name.to_string_lossy());
         match utf8(name).and_then(|n| self.engine.mkdir(parent.0, n)) {
             Ok(ino) => {
                 tracing::info!(path, "scheduler tree: mkdir");
@@ -167,7 +222,10 @@ impl Filesystem for SchedFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = self.engine.tree().child_path(parent.0, &name.to_string_lossy());
+        let path = self
+            .engine
+            .tree()
+            .child_path(parent.0, &name.to_string_lossy());
         match utf8(name).and_then(|n| self.engine.rmdir(parent.0, n)) {
             Ok(()) => {
                 tracing::info!(path, "scheduler tree: rmdir");
@@ -177,9 +235,21 @@ impl Filesystem for SchedFs {
         }
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let path = self.engine.tree().child_path(parent.0, &link_name.to_string_lossy());
-        let target_text = target.to_str().ok_or_else(|| Error::Invalid(format!("target {target:?} is not UTF-8")));
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let path = self
+            .engine
+            .tree()
+            .child_path(parent.0, &link_name.to_string_lossy());
+        let target_text = target
+            .to_str()
+            .ok_or_else(|| Error::Invalid(format!("target {target:?} is not UTF-8")));
         let made = utf8(link_name).and_then(|n| self.engine.symlink(parent.0, n, target_text?));
         match made {
             Ok(ino) => {
@@ -191,7 +261,10 @@ impl Filesystem for SchedFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = self.engine.tree().child_path(parent.0, &name.to_string_lossy());
+        let path = self
+            .engine
+            .tree()
+            .child_path(parent.0, &name.to_string_lossy());
         match utf8(name).and_then(|n| self.engine.unlink(parent.0, n)) {
             Ok(()) => {
                 tracing::info!(path, "scheduler tree: unlinked");
@@ -211,8 +284,13 @@ impl Filesystem for SchedFs {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let path = self.engine.tree().child_path(parent.0, &name.to_string_lossy());
-        let e = Error::NotPermitted(format!("{path}: entries of the scheduler tree cannot be renamed"));
+        let path = self
+            .engine
+            .tree()
+            .child_path(parent.0, &name.to_string_lossy());
+        let e = Error::NotPermitted(format!(
+            "{path}: entries of the scheduler tree cannot be renamed"
+        ));
         reply.error(refuse("rename", &path, &e));
     }
 
@@ -239,7 +317,10 @@ impl Filesystem for SchedFs {
         };
         drop(tree);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(content));
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(content));
         // Direct I/O: reads come to us whatever the size stat reported.
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
     }
@@ -255,8 +336,15 @@ impl Filesystem for SchedFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let content = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&fh.0).cloned();
-        let Some(content) = content else { return reply.error(Errno::from_i32(libc::EBADF)) };
+        let content = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(content) = content else {
+            return reply.error(Errno::from_i32(libc::EBADF));
+        };
         let start = (offset as usize).min(content.len());
         let end = start.saturating_add(size as usize).min(content.len());
         reply.data(&content[start..end]);
@@ -278,9 +366,12 @@ impl Filesystem for SchedFs {
         // configfs attributes take one value per write; appending pieces
         // would let a half value be applied.
         let checked = if offset != 0 {
-            Err(Error::Invalid(format!("{path}: write the whole value at offset 0 in one write")))
+            Err(Error::Invalid(format!(
+                "{path}: write the whole value at offset 0 in one write"
+            )))
         } else {
-            std::str::from_utf8(data).map_err(|_| Error::Invalid(format!("{path}: value is not UTF-8")))
+            std::str::from_utf8(data)
+                .map_err(|_| Error::Invalid(format!("{path}: value is not UTF-8")))
         };
         match checked.and_then(|text| self.engine.write(ino.0, text).map(|_| text)) {
             Ok(text) => {
@@ -291,7 +382,14 @@ impl Filesystem for SchedFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -305,17 +403,31 @@ impl Filesystem for SchedFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 
     /// No extended attributes (answered quietly: ls and SELinux-aware tools ask).
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         reply.error(Errno::from_i32(libc::ENODATA));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
     }
 
     /// Permissions are checked at open/mkdir/symlink time by the model.
@@ -323,14 +435,24 @@ impl Filesystem for SchedFs {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let tree = self.engine.tree();
         let (children, parent) = match (tree.children(ino.0), tree.parent(ino.0)) {
             (Ok(c), Ok(p)) => (c, p),
             (Err(e), _) | (_, Err(e)) => return reply.error(Errno::from_i32(e.errno())),
         };
         drop(tree);
-        let mut all = vec![(".".to_string(), ino.0, FileType::Directory), ("..".to_string(), parent, FileType::Directory)];
+        let mut all = vec![
+            (".".to_string(), ino.0, FileType::Directory),
+            ("..".to_string(), parent, FileType::Directory),
+        ];
         all.extend(children.into_iter().map(|(n, i, t)| {
             let ft = match t {
                 EntryType::Dir => FileType::Directory,

@@ -23,16 +23,27 @@ pub struct Mounted {
 /// stale mount first. Refuses if a live tree is already mounted there.
 pub fn mount(engine: Arc<Engine>, path: &Path) -> Result<Mounted> {
     clean_stale(path)?;
-    std::fs::create_dir_all(path).map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
     let mut config = Config::default();
-    config.mount_options = vec![MountOption::FSName(FS_NAME.into()), MountOption::Subtype(FS_NAME.into())];
+    config.mount_options = vec![
+        MountOption::FSName(FS_NAME.into()),
+        MountOption::Subtype(FS_NAME.into()),
+    ];
     // allow_other: any user may read the tree; writes need root anyway
     // (the daemon runs as root and files are owned by root).
     config.acl = SessionACL::All;
     config.n_threads = Some(2);
-    let session = fuser::spawn_mount(SchedFs::new(engine), path, &config)
-        .map_err(|e| Error::Io(format!("mounting the scheduler tree at {}: {e}", path.display())))?;
-    Ok(Mounted { session: Some(session), path: path.to_path_buf() })
+    let session = fuser::spawn_mount(SchedFs::new(engine), path, &config).map_err(|e| {
+        Error::Io(format!(
+            "mounting the scheduler tree at {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Mounted {
+        session: Some(session),
+        path: path.to_path_buf(),
+    })
 }
 
 impl Mounted {
@@ -46,7 +57,9 @@ impl Mounted {
     }
 
     fn unmount_now(&mut self) {
-        let Some(session) = self.session.take() else { return };
+        let Some(session) = self.session.take() else {
+            return;
+        };
         if let Err(e) = session.umount_and_join() {
             tracing::warn!(path = %self.path.display(), error = %e, "unmount failed; detaching lazily");
             let _ = detach(&self.path);
@@ -79,7 +92,9 @@ pub fn clean_stale(path: &Path) -> Result<()> {
 
 /// Whether /proc/self/mountinfo lists a scheduler tree mounted at `path`.
 pub fn is_our_mount(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy();
     info.lines().any(|l| {
         // `... <mount point> <options> [optional fields] - <fstype> <source> <super options>`
@@ -95,7 +110,10 @@ pub fn is_our_mount(path: &Path) -> bool {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// `umount -l path`.
@@ -107,7 +125,10 @@ fn detach(path: &Path) -> Result<()> {
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Error::Io(format!("detaching the stale mount at {}: {e}", path.display())));
+        return Err(Error::Io(format!(
+            "detaching the stale mount at {}: {e}",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -68,17 +68,24 @@ pub fn parse_registry(text: &str, path: &Path) -> (BTreeMap<String, PluginEntry>
         let at = format!("{}:{}", path.display(), n + 1);
         match w.as_slice() {
             [name, "probe", exe, args @ ..] if Path::new(exe).is_absolute() => {
-                out.insert(name.to_string(), PluginEntry {
-                    name: name.to_string(),
-                    exe: PathBuf::from(exe),
-                    args: args.iter().map(|a| a.to_string()).collect(),
-                });
+                out.insert(
+                    name.to_string(),
+                    PluginEntry {
+                        name: name.to_string(),
+                        exe: PathBuf::from(exe),
+                        args: args.iter().map(|a| a.to_string()).collect(),
+                    },
+                );
             }
-            [_, "probe", exe, ..] => problems.push(format!("{at}: executable {exe} must be an absolute path")),
-            [_, kind @ ("filter" | "policy"), ..] => {
-                problems.push(format!("{at}: {kind} plug-ins are not supported (only probes); line ignored"))
+            [_, "probe", exe, ..] => {
+                problems.push(format!("{at}: executable {exe} must be an absolute path"))
             }
-            _ => problems.push(format!("{at}: expected `<name> probe /path/to/executable [args]`")),
+            [_, kind @ ("filter" | "policy"), ..] => problems.push(format!(
+                "{at}: {kind} plug-ins are not supported (only probes); line ignored"
+            )),
+            _ => problems.push(format!(
+                "{at}: expected `<name> probe /path/to/executable [args]`"
+            )),
         }
     }
     (out, problems)
@@ -109,7 +116,13 @@ impl PluginProbe {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| Error::Io(format!("plug-in {}: cannot start {}: {e}", entry.name, entry.exe.display())))?;
+            .map_err(|e| {
+                Error::Io(format!(
+                    "plug-in {}: cannot start {}: {e}",
+                    entry.name,
+                    entry.exe.display()
+                ))
+            })?;
         let (tx, lines) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
             // A reader thread turns the pipe into a channel so every read can
@@ -151,16 +164,22 @@ impl PluginProbe {
             match w.as_slice() {
                 ["ready"] if !self.sources.is_empty() => return Ok(()),
                 ["source", name, unit] => {
-                    let unit = Unit::parse(unit).ok_or_else(|| self.bad(&format!("unknown unit {unit}")))?;
+                    let unit = Unit::parse(unit)
+                        .ok_or_else(|| self.bad(&format!("unknown unit {unit}")))?;
                     let reserved = matches!(*name, "probe_period" | "status");
-                    let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !reserved;
+                    let valid =
+                        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !reserved;
                     if !valid || self.sources.iter().any(|s| s.name == *name) {
                         return Err(self.bad(&format!("bad or repeated source name {name}")));
                     }
                     self.sources.push(SourceSpec::new(name, unit));
                 }
                 ["period", ms] => {
-                    let ms: u64 = ms.parse().ok().filter(|ms| (10..=3_600_000).contains(ms)).ok_or_else(|| self.bad(&line))?;
+                    let ms: u64 = ms
+                        .parse()
+                        .ok()
+                        .filter(|ms| (10..=3_600_000).contains(ms))
+                        .ok_or_else(|| self.bad(&line))?;
                     self.period = Duration::from_millis(ms);
                 }
                 _ => return Err(self.bad(&format!("unexpected line {line:?} in its declaration"))),
@@ -179,7 +198,10 @@ impl PluginProbe {
             Err(RecvTimeoutError::Timeout) => Err(self.bad("did not answer in time")),
             Err(RecvTimeoutError::Disconnected) => {
                 let status = self.child.try_wait().ok().flatten().map(|s| s.to_string());
-                let why = format!("exited ({})", status.unwrap_or_else(|| "closed its output".into()));
+                let why = format!(
+                    "exited ({})",
+                    status.unwrap_or_else(|| "closed its output".into())
+                );
                 self.dead = Some(why.clone());
                 Err(self.bad(&why))
             }
@@ -224,7 +246,10 @@ impl Probe for PluginProbe {
         if let Err(e) = sent {
             // Collect the exit status if it is gone.
             let _ = self.next_line(Instant::now());
-            let why = self.dead.clone().unwrap_or_else(|| format!("stdin closed: {e}"));
+            let why = self
+                .dead
+                .clone()
+                .unwrap_or_else(|| format!("stdin closed: {e}"));
             self.dead = Some(why.clone());
             return Err(self.bad(&why));
         }
@@ -281,7 +306,14 @@ mod tests {
         let exe = dir.path().join("p.sh");
         std::fs::write(&exe, format!("#!/bin/sh\n{body}")).unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, PluginEntry { name: "p".into(), exe, args: vec![] })
+        (
+            dir,
+            PluginEntry {
+                name: "p".into(),
+                exe,
+                args: vec![],
+            },
+        )
     }
 
     #[test]
@@ -292,7 +324,10 @@ mod tests {
         );
         let mut p = PluginProbe::start(&e, 1).unwrap();
         assert_eq!(p.sources().len(), 2);
-        assert_eq!(p.sample().unwrap(), vec![Reading::Num(1.0), Reading::Text("hello world".into())]);
+        assert_eq!(
+            p.sample().unwrap(),
+            vec![Reading::Num(1.0), Reading::Text("hello world".into())]
+        );
         assert_eq!(p.sample().unwrap()[0], Reading::Num(2.0));
         let err = p.sample().unwrap_err().to_string();
         assert!(err.contains("exited"), "{err}");
@@ -302,11 +337,18 @@ mod tests {
     #[test]
     fn refuses_bad_declarations() {
         let (_d, e) = script("echo 'source a furlongs'\necho ready\n");
-        let err = PluginProbe::start(&e, 1).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = PluginProbe::start(&e, 1)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("unknown unit"), "{err}");
         let (_d, e) = script("exit 1\n");
         assert!(PluginProbe::start(&e, 1).is_err());
-        let missing = PluginEntry { name: "m".into(), exe: "/nonexistent/x".into(), args: vec![] };
+        let missing = PluginEntry {
+            name: "m".into(),
+            exe: "/nonexistent/x".into(),
+            args: vec![],
+        };
         assert!(PluginProbe::start(&missing, 1).is_err());
     }
 }

@@ -40,7 +40,9 @@ impl Policy {
     pub fn new(kind_name: &str) -> Option<Policy> {
         match kind_name {
             "echo_policy" => Some(Policy::Echo),
-            "placement_policy" => Some(Policy::Placement { mode: Mode::MostFreeMem }),
+            "placement_policy" => Some(Policy::Placement {
+                mode: Mode::MostFreeMem,
+            }),
             _ => None,
         }
     }
@@ -73,7 +75,11 @@ impl Policy {
                 *mode = match text {
                     "most_free_mem" => Mode::MostFreeMem,
                     "least_load" => Mode::LeastLoad,
-                    _ => return Err(Error::Invalid(format!("mode must be most_free_mem or least_load, not {text:?}"))),
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "mode must be most_free_mem or least_load, not {text:?}"
+                        )))
+                    }
                 };
                 Ok(())
             }
@@ -85,7 +91,9 @@ impl Policy {
     pub fn check_port(&self, port: &str, t: ValueType) -> Result<()> {
         match self {
             Policy::Echo if port.starts_with("port_") && port.len() > 5 => Ok(()),
-            Policy::Echo => Err(Error::Invalid(format!("echo_policy ports are named port_<something>, not {port}"))),
+            Policy::Echo => Err(Error::Invalid(format!(
+                "echo_policy ports are named port_<something>, not {port}"
+            ))),
             Policy::Placement { .. } => {
                 let ok = match port {
                     PORT_MEM => t.unit == Unit::Bytes,
@@ -97,8 +105,14 @@ impl Policy {
                     }
                 };
                 if !ok || t.scope != Scope::PerNode {
-                    return Err(Error::Invalid(format!("{port} needs per-node {} values, the target gives {t}",
-                        if port == PORT_MEM { "bytes" } else { "load/percent/count" })));
+                    return Err(Error::Invalid(format!(
+                        "{port} needs per-node {} values, the target gives {t}",
+                        if port == PORT_MEM {
+                            "bytes"
+                        } else {
+                            "load/percent/count"
+                        }
+                    )));
                 }
                 Ok(())
             }
@@ -116,13 +130,21 @@ fn current(r: Option<&Readings>, node: NodeId) -> Option<f64> {
 /// The node for a new process: among `eligible` nodes that have a value on
 /// the deciding port, the one with the most free memory (ties: least load,
 /// then lowest id) or the least load (ties: most memory, then lowest id).
-pub fn place(mode: Mode, mem: Option<&Readings>, load: Option<&Readings>, eligible: &BTreeSet<NodeId>) -> Result<(NodeId, String)> {
+pub fn place(
+    mode: Mode,
+    mem: Option<&Readings>,
+    load: Option<&Readings>,
+    eligible: &BTreeSet<NodeId>,
+) -> Result<(NodeId, String)> {
     let (deciding, port) = match mode {
         Mode::MostFreeMem => (mem, PORT_MEM),
         Mode::LeastLoad => (load, PORT_LOAD),
     };
     if deciding.is_none() {
-        return Err(Error::Invalid(format!("mode {} needs {port} linked", mode.name())));
+        return Err(Error::Invalid(format!(
+            "mode {} needs {port} linked",
+            mode.name()
+        )));
     }
     let mut best: Option<(NodeId, f64, f64)> = None; // (node, mem, load)
     for &n in eligible {
@@ -146,9 +168,14 @@ pub fn place(mode: Mode, mem: Option<&Readings>, load: Option<&Readings>, eligib
             best = Some((n, m, l));
         }
     }
-    let (node, m, l) = best.ok_or_else(|| Error::NotFound(format!("no online node has a value on {port} yet")))?;
+    let (node, m, l) =
+        best.ok_or_else(|| Error::NotFound(format!("no online node has a value on {port} yet")))?;
     let reason = match mode {
-        Mode::MostFreeMem => format!("most free memory ({} bytes) among {} node(s)", m as u64, eligible.len()),
+        Mode::MostFreeMem => format!(
+            "most free memory ({} bytes) among {} node(s)",
+            m as u64,
+            eligible.len()
+        ),
         Mode::LeastLoad => format!("least load ({l:.2}) among {} node(s)", eligible.len()),
     };
     Ok((node, reason))
@@ -162,7 +189,10 @@ pub fn echo_lines(ports: &BTreeMap<String, (ValueType, Readings)>) -> String {
             Readings::PerNode(m) => {
                 for (n, s) in m {
                     if let Some(v) = s.last() {
-                        out.push_str(&format!("{port} node{n} {}\n", v.render(t.unit).replace('\n', " | ")));
+                        out.push_str(&format!(
+                            "{port} node{n} {}\n",
+                            v.render(t.unit).replace('\n', " | ")
+                        ));
                     }
                 }
             }
@@ -182,7 +212,11 @@ mod tests {
     use crate::value::Series;
 
     fn per(v: &[(NodeId, f64)]) -> Readings {
-        Readings::PerNode(v.iter().map(|(n, x)| (*n, Series::one(Reading::Num(*x)))).collect())
+        Readings::PerNode(
+            v.iter()
+                .map(|(n, x)| (*n, Series::one(Reading::Num(*x))))
+                .collect(),
+        )
     }
 
     #[test]
@@ -190,10 +224,25 @@ mod tests {
         let all = BTreeSet::from([1, 2, 3]);
         let mem = per(&[(1, 100.0), (2, 300.0), (3, 300.0)]);
         let load = per(&[(1, 0.1), (2, 2.0), (3, 1.0)]);
-        assert_eq!(place(Mode::MostFreeMem, Some(&mem), Some(&load), &all).unwrap().0, 3);
-        assert_eq!(place(Mode::LeastLoad, Some(&mem), Some(&load), &all).unwrap().0, 1);
+        assert_eq!(
+            place(Mode::MostFreeMem, Some(&mem), Some(&load), &all)
+                .unwrap()
+                .0,
+            3
+        );
+        assert_eq!(
+            place(Mode::LeastLoad, Some(&mem), Some(&load), &all)
+                .unwrap()
+                .0,
+            1
+        );
         // Node 3 is not eligible (offline): node 2 wins.
-        assert_eq!(place(Mode::MostFreeMem, Some(&mem), None, &BTreeSet::from([1, 2])).unwrap().0, 2);
+        assert_eq!(
+            place(Mode::MostFreeMem, Some(&mem), None, &BTreeSet::from([1, 2]))
+                .unwrap()
+                .0,
+            2
+        );
         assert!(place(Mode::LeastLoad, Some(&mem), None, &all).is_err());
         assert!(place(Mode::MostFreeMem, Some(&per(&[])), None, &all).is_err());
     }
@@ -201,13 +250,27 @@ mod tests {
     #[test]
     fn ports_are_type_checked() {
         let p = Policy::new("placement_policy").unwrap();
-        let bytes = ValueType { unit: Unit::Bytes, scope: Scope::PerNode };
-        let load = ValueType { unit: Unit::Load, scope: Scope::PerNode };
+        let bytes = ValueType {
+            unit: Unit::Bytes,
+            scope: Scope::PerNode,
+        };
+        let load = ValueType {
+            unit: Unit::Load,
+            scope: Scope::PerNode,
+        };
         assert!(p.check_port(PORT_MEM, bytes).is_ok());
         assert!(p.check_port(PORT_MEM, load).is_err());
         assert!(p.check_port(PORT_LOAD, load).is_ok());
         assert!(p.check_port("port_x", load).is_err());
-        assert!(p.check_port(PORT_MEM, ValueType { unit: Unit::Bytes, scope: Scope::Cluster }).is_err());
+        assert!(p
+            .check_port(
+                PORT_MEM,
+                ValueType {
+                    unit: Unit::Bytes,
+                    scope: Scope::Cluster
+                }
+            )
+            .is_err());
         assert!(Policy::Echo.check_port("port_anything", bytes).is_ok());
         assert!(Policy::Echo.check_port("input", bytes).is_err());
     }

@@ -61,9 +61,14 @@ enum FileRole {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Dir { role: DirRole, children: BTreeMap<String, Ino> },
+    Dir {
+        role: DirRole,
+        children: BTreeMap<String, Ino>,
+    },
     File(FileRole),
-    Link { text: String },
+    Link {
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -118,8 +123,8 @@ enum Comp {
 /// What a successful `mkdir` asks of the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MkdirPlan {
-    /// Instantiate probe `kind` (built-in or plug-in), then call
-    /// [`Tree::add_probe`].
+    /// Instantiate the probe named `kind` (`<kind>[.<tag>]`, built-in or
+    /// plug-in), then call [`Tree::add_probe`] with that same name.
     Probe { kind: String },
     /// Already done.
     Done(Ino),
@@ -169,7 +174,14 @@ impl Tree {
             mount_canonical: mount.canonicalize().ok(),
             live: BTreeSet::from([node]),
         };
-        t.entries.insert(ROOT, Entry { parent: ROOT, name: String::new(), kind: dir(DirRole::Root) });
+        t.entries.insert(
+            ROOT,
+            Entry {
+                parent: ROOT,
+                name: String::new(),
+                kind: dir(DirRole::Root),
+            },
+        );
         t.add_dir(ROOT, "probes", DirRole::Probes);
         t.add_dir(ROOT, "filters", DirRole::Filters);
         t.add_dir(ROOT, "schedulers", DirRole::Schedulers);
@@ -189,8 +201,19 @@ impl Tree {
 
     fn insert(&mut self, parent: Ino, name: &str, kind: Kind) -> Ino {
         let ino = self.alloc();
-        self.entries.insert(ino, Entry { parent, name: name.to_string(), kind });
-        if let Some(Entry { kind: Kind::Dir { children, .. }, .. }) = self.entries.get_mut(&parent) {
+        self.entries.insert(
+            ino,
+            Entry {
+                parent,
+                name: name.to_string(),
+                kind,
+            },
+        );
+        if let Some(Entry {
+            kind: Kind::Dir { children, .. },
+            ..
+        }) = self.entries.get_mut(&parent)
+        {
             children.insert(name.to_string(), ino);
         }
         ino
@@ -206,25 +229,36 @@ impl Tree {
 
     /// Remove `ino` and everything below it.
     fn remove_subtree(&mut self, ino: Ino) {
-        let Some(e) = self.entries.remove(&ino) else { return };
+        let Some(e) = self.entries.remove(&ino) else {
+            return;
+        };
         if let Kind::Dir { children, .. } = &e.kind {
             for c in children.values() {
                 self.remove_subtree(*c);
             }
         }
-        if let Some(Entry { kind: Kind::Dir { children, .. }, .. }) = self.entries.get_mut(&e.parent) {
+        if let Some(Entry {
+            kind: Kind::Dir { children, .. },
+            ..
+        }) = self.entries.get_mut(&e.parent)
+        {
             children.remove(&e.name);
         }
     }
 
     fn entry(&self, ino: Ino) -> Result<&Entry> {
-        self.entries.get(&ino).ok_or_else(|| Error::NotFound(format!("no entry {ino}")))
+        self.entries
+            .get(&ino)
+            .ok_or_else(|| Error::NotFound(format!("no entry {ino}")))
     }
 
     fn dir_role(&self, ino: Ino) -> Result<DirRole> {
         match &self.entry(ino)?.kind {
             Kind::Dir { role, .. } => Ok(*role),
-            _ => Err(Error::Invalid(format!("{} is not a directory", self.path(ino)))),
+            _ => Err(Error::Invalid(format!(
+                "{} is not a directory",
+                self.path(ino)
+            ))),
         }
     }
 
@@ -233,7 +267,9 @@ impl Tree {
         let mut parts = Vec::new();
         let mut cur = ino;
         while cur != ROOT {
-            let Some(e) = self.entries.get(&cur) else { break };
+            let Some(e) = self.entries.get(&cur) else {
+                break;
+            };
             parts.push(e.name.as_str());
             cur = e.parent;
         }
@@ -244,18 +280,24 @@ impl Tree {
     /// Path of `name` in `parent`, for messages.
     pub fn child_path(&self, parent: Ino, name: &str) -> String {
         let p = self.path(parent);
-        if p.is_empty() { name.to_string() } else { format!("{p}/{name}") }
+        if p.is_empty() {
+            name.to_string()
+        } else {
+            format!("{p}/{name}")
+        }
     }
 
     // ----- read side --------------------------------------------------------
 
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Ino> {
         match &self.entry(parent)?.kind {
-            Kind::Dir { children, .. } => children
-                .get(name)
-                .copied()
-                .ok_or_else(|| Error::NotFound(format!("{} does not exist", self.child_path(parent, name)))),
-            _ => Err(Error::NotFound(format!("{} is not a directory", self.path(parent)))),
+            Kind::Dir { children, .. } => children.get(name).copied().ok_or_else(|| {
+                Error::NotFound(format!("{} does not exist", self.child_path(parent, name)))
+            }),
+            _ => Err(Error::NotFound(format!(
+                "{} is not a directory",
+                self.path(parent)
+            ))),
         }
     }
 
@@ -266,7 +308,9 @@ impl Tree {
     pub fn entry_type(&self, ino: Ino) -> Result<EntryType> {
         Ok(match &self.entry(ino)?.kind {
             Kind::Dir { .. } => EntryType::Dir,
-            Kind::File(role) => EntryType::File { writable: matches!(role, FileRole::Attr(..)) },
+            Kind::File(role) => EntryType::File {
+                writable: matches!(role, FileRole::Attr(..)),
+            },
             Kind::Link { .. } => EntryType::Link,
         })
     }
@@ -277,7 +321,10 @@ impl Tree {
                 .iter()
                 .map(|(n, c)| Ok((n.clone(), *c, self.entry_type(*c)?)))
                 .collect(),
-            _ => Err(Error::Invalid(format!("{} is not a directory", self.path(ino)))),
+            _ => Err(Error::Invalid(format!(
+                "{} is not a directory",
+                self.path(ino)
+            ))),
         }
     }
 
@@ -324,7 +371,10 @@ impl Tree {
     pub fn source_type(&self, src: SourceRef) -> Option<ValueType> {
         match src {
             SourceRef::Probe(c, i) => match self.comps.get(&c)? {
-                Comp::Probe(p) => Some(ValueType { unit: p.sources.get(i)?.spec.unit, scope: Scope::PerNode }),
+                Comp::Probe(p) => Some(ValueType {
+                    unit: p.sources.get(i)?.spec.unit,
+                    scope: Scope::PerNode,
+                }),
                 _ => None,
             },
             SourceRef::Filter(c) => match self.comps.get(&c)? {
@@ -352,34 +402,49 @@ impl Tree {
     }
 
     fn value_text(&self, src: SourceRef) -> String {
-        let (Some(t), Some(r)) = (self.source_type(src), self.readings(src)) else { return String::new() };
+        let (Some(t), Some(r)) = (self.source_type(src), self.readings(src)) else {
+            return String::new();
+        };
         let last = match &r {
             Readings::PerNode(m) => m.get(&self.node).and_then(Series::last),
             Readings::Cluster(s) => s.last(),
         };
-        last.map(|v| format!("{}\n", v.render(t.unit))).unwrap_or_default()
+        last.map(|v| format!("{}\n", v.render(t.unit)))
+            .unwrap_or_default()
     }
 
     fn nodes_text(&self, src: SourceRef) -> String {
-        let (Some(t), Some(r)) = (self.source_type(src), self.readings(src)) else { return String::new() };
+        let (Some(t), Some(r)) = (self.source_type(src), self.readings(src)) else {
+            return String::new();
+        };
         let one_line = |v: &Reading| v.render(t.unit).replace('\n', " | ");
         match r {
             Readings::PerNode(m) => m
                 .iter()
                 .filter_map(|(n, s)| Some(format!("{n} {}\n", one_line(s.last()?))))
                 .collect(),
-            Readings::Cluster(s) => s.last().map(|v| format!("cluster {}\n", one_line(v))).unwrap_or_default(),
+            Readings::Cluster(s) => s
+                .last()
+                .map(|v| format!("cluster {}\n", one_line(v)))
+                .unwrap_or_default(),
         }
     }
 
     fn output_text(&self, c: CompId, name: &str) -> String {
-        let Some(Comp::Policy(p)) = self.comps.get(&c) else { return String::new() };
+        let Some(Comp::Policy(p)) = self.comps.get(&c) else {
+            return String::new();
+        };
         match (&p.policy, name) {
             (Policy::Echo, "received") => {
                 let ports = p
                     .ports
                     .iter()
-                    .filter_map(|(port, (src, _))| Some((port.clone(), (self.source_type(*src)?, self.readings(*src)?))))
+                    .filter_map(|(port, (src, _))| {
+                        Some((
+                            port.clone(),
+                            (self.source_type(*src)?, self.readings(*src)?),
+                        ))
+                    })
                     .collect();
                 policies::echo_lines(&ports)
             }
@@ -397,7 +462,12 @@ impl Tree {
     pub fn write(&mut self, ino: Ino, text: &str) -> Result<Option<CompId>> {
         let (c, name) = match &self.entry(ino)?.kind {
             Kind::File(FileRole::Attr(c, name)) => (*c, *name),
-            _ => return Err(Error::NotPermitted(format!("{} is read-only", self.path(ino)))),
+            _ => {
+                return Err(Error::NotPermitted(format!(
+                    "{} is read-only",
+                    self.path(ino)
+                )))
+            }
         };
         let text = text.trim();
         match self.comps.get_mut(&c) {
@@ -420,15 +490,25 @@ impl Tree {
 
     /// First half of `mkdir parent/name`: validates, and creates everything
     /// except probes (which the caller must instantiate first).
-    pub fn mkdir(&mut self, parent: Ino, name: &str, is_probe: impl Fn(&str) -> bool) -> Result<MkdirPlan> {
+    pub fn mkdir(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        is_probe: impl Fn(&str) -> bool,
+    ) -> Result<MkdirPlan> {
         let role = self.dir_role(parent)?;
         check_name(name)?;
         if self.lookup(parent, name).is_ok() {
-            return Err(Error::Exists(format!("{} already exists", self.child_path(parent, name))));
+            return Err(Error::Exists(format!(
+                "{} already exists",
+                self.child_path(parent, name)
+            )));
         }
         match role {
-            DirRole::Probes if is_probe(name) => Ok(MkdirPlan::Probe { kind: name.to_string() }),
-            DirRole::Probes => Err(Error::NotFound(format!("no probe named {name} (built-in or in the plug-in registry)"))),
+            DirRole::Probes if is_probe(kind_of(name)) => Ok(MkdirPlan::Probe { kind: name.to_string() }),
+            DirRole::Probes => {
+                Err(Error::NotFound(format!("no probe named {} (built-in or in the plug-in registry)", kind_of(name))))
+            }
             DirRole::Filters => {
                 let filter = Filter::new(kind_of(name))
                     .ok_or_else(|| Error::NotFound(format!("no filter kind {} (known: {})", kind_of(name), BUILTIN_FILTERS.join(", "))))?;
@@ -471,9 +551,18 @@ impl Tree {
         for (i, spec) in specs.into_iter().enumerate() {
             let sdir = self.add_dir(dir, &spec.name, DirRole::Source(c, i));
             self.add_source_files(sdir, SourceRef::Probe(c, i));
-            sources.push(SourceState { spec, values: BTreeMap::new() });
+            sources.push(SourceState {
+                spec,
+                values: BTreeMap::new(),
+            });
         }
-        let comp = ProbeComp { kind: kind.to_string(), period, sources, status: "running".into(), seq: 0 };
+        let comp = ProbeComp {
+            kind: kind.to_string(),
+            period,
+            sources,
+            status: "running".into(),
+            seq: 0,
+        };
         self.comps.insert(c, Comp::Probe(comp));
         self.store_sample(c, first);
         Ok((dir, c))
@@ -492,7 +581,13 @@ impl Tree {
             self.add_file(dir, a, FileRole::Attr(c, a));
         }
         self.add_source_files(dir, SourceRef::Filter(c));
-        self.comps.insert(c, Comp::Filter(FilterComp { filter, input: None }));
+        self.comps.insert(
+            c,
+            Comp::Filter(FilterComp {
+                filter,
+                input: None,
+            }),
+        );
         dir
     }
 
@@ -505,7 +600,13 @@ impl Tree {
         for o in policy.outputs() {
             self.add_file(dir, o, FileRole::Output(c, o));
         }
-        self.comps.insert(c, Comp::Policy(PolicyComp { policy, ports: BTreeMap::new() }));
+        self.comps.insert(
+            c,
+            Comp::Policy(PolicyComp {
+                policy,
+                ports: BTreeMap::new(),
+            }),
+        );
         dir
     }
 
@@ -517,8 +618,18 @@ impl Tree {
         let mut out = Vec::new();
         for comp in self.comps.values() {
             match comp {
-                Comp::Filter(f) => out.extend(f.input.iter().filter(|(s, _)| hits(s)).map(|(_, l)| self.path(*l))),
-                Comp::Policy(p) => out.extend(p.ports.values().filter(|(s, _)| hits(s)).map(|(_, l)| self.path(*l))),
+                Comp::Filter(f) => out.extend(
+                    f.input
+                        .iter()
+                        .filter(|(s, _)| hits(s))
+                        .map(|(_, l)| self.path(*l)),
+                ),
+                Comp::Policy(p) => out.extend(
+                    p.ports
+                        .values()
+                        .filter(|(s, _)| hits(s))
+                        .map(|(_, l)| self.path(*l)),
+                ),
                 Comp::Probe(_) => {}
             }
         }
@@ -540,22 +651,36 @@ impl Tree {
             DirRole::Probe(c) | DirRole::Filter(c) => {
                 let users = self.links_into(c);
                 if !users.is_empty() {
-                    return Err(Error::Busy(format!("{path} is linked from {}: remove those links first", users.join(", "))));
+                    return Err(Error::Busy(format!(
+                        "{path} is linked from {}: remove those links first",
+                        users.join(", ")
+                    )));
                 }
                 self.comps.remove(&c);
-                if matches!(role, DirRole::Probe(_)) { Removed::Probe(c) } else { Removed::Other }
+                if matches!(role, DirRole::Probe(_)) {
+                    Removed::Probe(c)
+                } else {
+                    Removed::Other
+                }
             }
             DirRole::Policy(c) => {
                 self.comps.remove(&c);
                 Removed::Other
             }
             DirRole::Scheduler => {
-                if !matches!(&self.entry(ino)?.kind, Kind::Dir { children, .. } if children.is_empty()) {
-                    return Err(Error::NotEmpty(format!("{path} still holds policies: remove them first")));
+                if !matches!(&self.entry(ino)?.kind, Kind::Dir { children, .. } if children.is_empty())
+                {
+                    return Err(Error::NotEmpty(format!(
+                        "{path} still holds policies: remove them first"
+                    )));
                 }
                 Removed::Other
             }
-            _ => return Err(Error::NotPermitted(format!("{path} is part of the tree and cannot be removed on its own"))),
+            _ => {
+                return Err(Error::NotPermitted(format!(
+                    "{path} is part of the tree and cannot be removed on its own"
+                )))
+            }
         };
         self.remove_subtree(ino);
         Ok(removed)
@@ -569,16 +694,22 @@ impl Tree {
         check_name(name)?;
         let here = self.child_path(parent, name);
         if self.lookup(parent, name).is_ok() {
-            return Err(Error::Exists(format!("{here} already exists (a port takes one link)")));
+            return Err(Error::Exists(format!(
+                "{here} already exists (a port takes one link)"
+            )));
         }
         let target = self.resolve_target(parent, target_text)?;
         if let DirRole::Filter(c) = role {
             if self.feeds_from(target, c) {
-                return Err(Error::Invalid(format!("linking {here} to {target_text} would make a cycle")));
+                return Err(Error::Invalid(format!(
+                    "linking {here} to {target_text} would make a cycle"
+                )));
             }
         }
         let Some(t) = self.source_type(target) else {
-            return Err(Error::Invalid(format!("{target_text} is a filter whose input is not linked yet: link it first")));
+            return Err(Error::Invalid(format!(
+                "{target_text} is a filter whose input is not linked yet: link it first"
+            )));
         };
         match role {
             DirRole::Filter(c) => {
@@ -617,7 +748,10 @@ impl Tree {
                 SourceRef::Probe(..) => return false,
                 SourceRef::Filter(f) if f == c => return true,
                 SourceRef::Filter(f) => match self.comps.get(&f) {
-                    Some(Comp::Filter(FilterComp { input: Some((next, _)), .. })) => cur = *next,
+                    Some(Comp::Filter(FilterComp {
+                        input: Some((next, _)),
+                        ..
+                    })) => cur = *next,
                     _ => return false,
                 },
             }
@@ -634,13 +768,26 @@ impl Tree {
             let rel = p
                 .strip_prefix(&self.mount)
                 .ok()
-                .or_else(|| self.mount_canonical.as_deref().and_then(|m| p.strip_prefix(m).ok()))
+                .or_else(|| {
+                    self.mount_canonical
+                        .as_deref()
+                        .and_then(|m| p.strip_prefix(m).ok())
+                })
                 .ok_or_else(|| bad(format!("not inside {}", self.mount.display())))?;
             (Vec::new(), rel)
         } else {
-            (self.path(link_dir).split('/').filter(|s| !s.is_empty()).map(str::to_string).collect(), p)
+            (
+                self.path(link_dir)
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                p,
+            )
         };
-        let parts = self.normalize(base, rel).ok_or_else(|| bad("goes above the tree's root".into()))?;
+        let parts = self
+            .normalize(base, rel)
+            .ok_or_else(|| bad("goes above the tree's root".into()))?;
         self.source_at(&parts, text)
     }
 
@@ -680,13 +827,19 @@ impl Tree {
         let ino = self.lookup(parent, name)?;
         let path = self.path(ino);
         if !matches!(self.entry(ino)?.kind, Kind::Link { .. }) {
-            return Err(Error::NotPermitted(format!("{path} is not a link; only links can be removed with unlink")));
+            return Err(Error::NotPermitted(format!(
+                "{path} is not a link; only links can be removed with unlink"
+            )));
         }
         match self.dir_role(parent)? {
             DirRole::Filter(c) => {
                 let users = self.links_into(c);
                 if !users.is_empty() {
-                    return Err(Error::Busy(format!("{} feeds {}: remove those links first", self.path(parent), users.join(", "))));
+                    return Err(Error::Busy(format!(
+                        "{} feeds {}: remove those links first",
+                        self.path(parent),
+                        users.join(", ")
+                    )));
                 }
                 if let Some(Comp::Filter(f)) = self.comps.get_mut(&c) {
                     f.input = None;
@@ -773,7 +926,9 @@ impl Tree {
         for comp in self.comps.values_mut() {
             let Comp::Probe(p) = comp else { continue };
             for s in &mut p.sources {
-                let got = values.iter().find(|v| v.probe == p.kind && v.source == s.spec.name && v.unit == s.spec.unit);
+                let got = values.iter().find(|v| {
+                    v.probe == p.kind && v.source == s.spec.name && v.unit == s.spec.unit
+                });
                 match got {
                     Some(v) => {
                         let series = s.values.entry(node).or_default();
@@ -818,21 +973,33 @@ impl Tree {
             }
             for (_, pino, _) in self.children(sino)? {
                 if let Ok(DirRole::Policy(c)) = self.dir_role(pino) {
-                    if matches!(self.comps.get(&c), Some(Comp::Policy(PolicyComp { policy: Policy::Placement { .. }, .. }))) {
+                    if matches!(
+                        self.comps.get(&c),
+                        Some(Comp::Policy(PolicyComp {
+                            policy: Policy::Placement { .. },
+                            ..
+                        }))
+                    ) {
                         candidates.push(c);
                     }
                 }
             }
         }
         let c = candidates.first().ok_or_else(|| match scheduler {
-            Some(s) => Error::NotFound(format!("scheduler {s} does not exist or has no placement_policy")),
+            Some(s) => Error::NotFound(format!(
+                "scheduler {s} does not exist or has no placement_policy"
+            )),
             None => Error::NotFound("no scheduler has a placement_policy loaded".into()),
         })?;
         self.place_with(*c)
     }
 
     fn place_with(&self, c: CompId) -> Result<(NodeId, String)> {
-        let Some(Comp::Policy(PolicyComp { policy: Policy::Placement { mode }, ports })) = self.comps.get(&c) else {
+        let Some(Comp::Policy(PolicyComp {
+            policy: Policy::Placement { mode },
+            ports,
+        })) = self.comps.get(&c)
+        else {
             return Err(Error::NotFound("not a placement policy".into()));
         };
         let port = |name| ports.get(name).and_then(|(src, _)| self.readings(*src));
@@ -844,8 +1011,18 @@ impl Tree {
     pub fn echo_report(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (ino, e) in &self.entries {
-            if let Kind::Dir { role: DirRole::Policy(c), .. } = e.kind {
-                if matches!(self.comps.get(&c), Some(Comp::Policy(PolicyComp { policy: Policy::Echo, .. }))) {
+            if let Kind::Dir {
+                role: DirRole::Policy(c),
+                ..
+            } = e.kind
+            {
+                if matches!(
+                    self.comps.get(&c),
+                    Some(Comp::Policy(PolicyComp {
+                        policy: Policy::Echo,
+                        ..
+                    }))
+                ) {
                     out.push((self.path(*ino), self.output_text(c, "received")));
                 }
             }
@@ -856,11 +1033,15 @@ impl Tree {
 }
 
 fn dir(role: DirRole) -> Kind {
-    Kind::Dir { role, children: BTreeMap::new() }
+    Kind::Dir {
+        role,
+        children: BTreeMap::new(),
+    }
 }
 
-/// `moving_average.ram` → `moving_average`.
-fn kind_of(name: &str) -> &str {
+/// `moving_average.ram` → `moving_average`: the part of a directory name
+/// that names the kind of probe, filter or policy.
+pub fn kind_of(name: &str) -> &str {
     name.split_once('.').map(|(k, _)| k).unwrap_or(name)
 }
 
@@ -869,8 +1050,16 @@ fn check_name(name: &str) -> Result<()> {
         && name != "."
         && name != ".."
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok { Ok(()) } else { Err(Error::Invalid(format!("bad name {name:?}: use up to 64 of [A-Za-z0-9_.-]"))) }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "bad name {name:?}: use up to 64 of [A-Za-z0-9_.-]"
+        )))
+    }
 }
 
 #[cfg(test)]

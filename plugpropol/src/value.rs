@@ -123,7 +123,10 @@ pub struct Series {
 
 impl Series {
     pub fn one(r: Reading) -> Series {
-        Series { points: VecDeque::from([r]), seq: 0 }
+        Series {
+            points: VecDeque::from([r]),
+            seq: 0,
+        }
     }
 
     pub fn push(&mut self, r: Reading, seq: u64) {

@@ -28,7 +28,11 @@ fn concurrent_writers_see_whole_values_only() {
                     } else {
                         fs::write(&*attr, format!("{}\n", 1000 + w * 100 + i)).unwrap();
                     }
-                    let now: u64 = fs::read_to_string(&*attr).unwrap().trim().parse().expect("a whole number");
+                    let now: u64 = fs::read_to_string(&*attr)
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .expect("a whole number");
                     assert!((1000..1800).contains(&now), "{now}");
                 }
             })

@@ -10,41 +10,91 @@ use std::time::{Duration, Instant};
 use common::{errno, script, wait_for, Daemon, Opts};
 
 fn shipped_disk_probe() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/disk_probe.sh").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/disk_probe.sh")
+        .display()
+        .to_string()
 }
 
 #[test]
 fn disk_probe_plugin_is_loaded_without_restart_and_stopped_by_rmdir() {
     let tmp = tempfile::tempdir().unwrap();
     let registry = tmp.path().join("plugins.conf");
-    let d = Daemon::start(tmp.path(), Opts { node: 1, port: common::free_port(), peers: vec![], registry: Some(&registry), key: None });
-    assert_eq!(errno(fs::create_dir(d.path("probes/disk_probe")).unwrap_err()), libc::ENOENT);
+    let d = Daemon::start(
+        tmp.path(),
+        Opts {
+            node: 1,
+            port: common::free_port(),
+            peers: vec![],
+            registry: Some(&registry),
+            key: None,
+        },
+    );
+    assert_eq!(
+        errno(fs::create_dir(d.path("probes/disk_probe")).unwrap_err()),
+        libc::ENOENT
+    );
 
     // Register the plug-in while krgd runs (plus a wrapper that records its PID).
     let pidfile = tmp.path().join("disk.pid");
     let wrapper = tmp.path().join("disk_wrapper.sh");
-    script(&wrapper, &format!("echo $$ > {}\nexec {} {}\n", pidfile.display(), shipped_disk_probe(), tmp.path().display()));
-    fs::write(&registry, format!("# test registry\ndisk_probe probe {}\n", wrapper.display())).unwrap();
+    script(
+        &wrapper,
+        &format!(
+            "echo $$ > {}\nexec {} {}\n",
+            pidfile.display(),
+            shipped_disk_probe(),
+            tmp.path().display()
+        ),
+    );
+    fs::write(
+        &registry,
+        format!("# test registry\ndisk_probe probe {}\n", wrapper.display()),
+    )
+    .unwrap();
     fs::create_dir(d.path("probes/disk_probe")).unwrap();
-    let num = |rel: &str| -> f64 { fs::read_to_string(d.path(rel)).unwrap().trim().parse().unwrap() };
+    let num = |rel: &str| -> f64 {
+        fs::read_to_string(d.path(rel))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
     let total = num("probes/disk_probe/disk_total/value");
     let free = num("probes/disk_probe/disk_free/value");
     assert!(total > 0.0 && free <= total);
     assert!((0.0..=100.0).contains(&num("probes/disk_probe/disk_used_percent/value")));
-    assert_eq!(fs::read_to_string(d.path("probes/disk_probe/probe_period")).unwrap(), "5000\n");
-    assert_eq!(fs::read_to_string(d.path("probes/disk_probe/disk_free/type")).unwrap(), "bytes (per node)\n");
+    assert_eq!(
+        fs::read_to_string(d.path("probes/disk_probe/probe_period")).unwrap(),
+        "5000\n"
+    );
+    assert_eq!(
+        fs::read_to_string(d.path("probes/disk_probe/disk_free/type")).unwrap(),
+        "bytes (per node)\n"
+    );
 
     // It feeds the built-in parts like any probe.
     fs::create_dir(d.path("schedulers/s")).unwrap();
     fs::create_dir(d.path("schedulers/s/placement_policy")).unwrap();
-    std::os::unix::fs::symlink(d.path("probes/disk_probe/disk_free"), d.path("schedulers/s/placement_policy/port_mem_free")).unwrap();
+    std::os::unix::fs::symlink(
+        d.path("probes/disk_probe/disk_free"),
+        d.path("schedulers/s/placement_policy/port_mem_free"),
+    )
+    .unwrap();
     fs::remove_dir(d.path("schedulers/s/placement_policy")).unwrap();
 
-    let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     fs::remove_dir(d.path("probes/disk_probe")).unwrap();
     // rmdir returns once the plug-in has exited and been reaped.
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "plug-in {pid} still running after rmdir");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "plug-in {pid} still running after rmdir"
+    );
 }
 
 #[test]
@@ -61,20 +111,41 @@ fn crashing_and_slow_plugins_do_not_hurt_krgd() {
     script(&bad, "echo 'source v furlongs'\necho ready\n");
     fs::write(&registry, format!("crash_probe probe {}\nslow_probe probe {}\nbad_probe probe {}\nnot_there probe /nonexistent/x\n",
         crash.display(), slow.display(), bad.display())).unwrap();
-    let d = Daemon::start(tmp.path(), Opts { node: 1, port: common::free_port(), peers: vec![], registry: Some(&registry), key: None });
+    let d = Daemon::start(
+        tmp.path(),
+        Opts {
+            node: 1,
+            port: common::free_port(),
+            peers: vec![],
+            registry: Some(&registry),
+            key: None,
+        },
+    );
 
     // A plug-in that cannot start or declares nonsense: mkdir fails with EIO, nothing is left.
-    assert_eq!(errno(fs::create_dir(d.path("probes/bad_probe")).unwrap_err()), libc::EIO);
-    assert_eq!(errno(fs::create_dir(d.path("probes/not_there")).unwrap_err()), libc::EIO);
+    assert_eq!(
+        errno(fs::create_dir(d.path("probes/bad_probe")).unwrap_err()),
+        libc::EIO
+    );
+    assert_eq!(
+        errno(fs::create_dir(d.path("probes/not_there")).unwrap_err()),
+        libc::EIO
+    );
     assert!(!d.path("probes/bad_probe").exists());
 
     fs::create_dir(d.path("probes/crash_probe")).unwrap();
     let status = d.path("probes/crash_probe/status");
     wait_for("the crash to be reported", Duration::from_secs(20), || {
-        fs::read_to_string(&status).unwrap().starts_with("failed: exited")
+        fs::read_to_string(&status)
+            .unwrap()
+            .starts_with("failed: exited")
     });
     // The last value stays readable and krgd carries on.
-    let last: u64 = fs::read_to_string(d.path("probes/crash_probe/n/value")).unwrap().trim().parse().unwrap();
+    let last: u64 = fs::read_to_string(d.path("probes/crash_probe/n/value"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(last >= 1);
     fs::create_dir(d.path("probes/mem_probe")).unwrap();
     fs::remove_dir(d.path("probes/crash_probe")).unwrap();
@@ -83,12 +154,21 @@ fn crashing_and_slow_plugins_do_not_hurt_krgd() {
     // A probe stuck in a sample never blocks readers: they get the last value.
     fs::create_dir(d.path("probes/slow_probe")).unwrap();
     fs::write(d.path("probes/slow_probe/probe_period"), "10").unwrap();
-    wait_for("the slow plug-in to time out", Duration::from_secs(20), || {
-        fs::read_to_string(d.path("probes/slow_probe/status")).unwrap().contains("did not answer in time")
-    });
+    wait_for(
+        "the slow plug-in to time out",
+        Duration::from_secs(20),
+        || {
+            fs::read_to_string(d.path("probes/slow_probe/status"))
+                .unwrap()
+                .contains("did not answer in time")
+        },
+    );
     for _ in 0..20 {
         let start = Instant::now();
-        assert_eq!(fs::read_to_string(d.path("probes/slow_probe/v/value")).unwrap(), "42\n");
+        assert_eq!(
+            fs::read_to_string(d.path("probes/slow_probe/v/value")).unwrap(),
+            "42\n"
+        );
         // The plug-in is hung for an hour: any wait on it would show here.
         assert!(start.elapsed() < Duration::from_millis(1500));
     }
@@ -120,5 +200,10 @@ fn unmounted_on_stop_and_stale_mount_cleaned_at_next_start() {
     assert!(d.log_text().contains("stale scheduler tree mount"));
     // Exactly one live mount there.
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert_eq!(info.lines().filter(|l| l.contains(&format!(" {} ", mnt.display()))).count(), 1);
+    assert_eq!(
+        info.lines()
+            .filter(|l| l.contains(&format!(" {} ", mnt.display())))
+            .count(),
+        1
+    );
 }

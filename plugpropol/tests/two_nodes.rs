@@ -15,15 +15,36 @@ use krg_proto::client::AdminClient;
 use krg_proto::sched::{SchedReply, SchedRequest};
 
 fn krgadm(sock: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::bin_dir().join("krgadm")).arg("--socket").arg(sock).args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(common::bin_dir().join("krgadm"))
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn place(sock: &Path) -> (u32, String) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut c = AdminClient::connect(sock).await.unwrap();
-        match c.call(&AdminRequest::Sched(SchedRequest::Place { scheduler: Some("global".into()) })).await.unwrap() {
+        match c
+            .call(&AdminRequest::Sched(SchedRequest::Place {
+                scheduler: Some("global".into()),
+            }))
+            .await
+            .unwrap()
+        {
             AdminResponse::Sched(SchedReply::Placement { node, reason }) => (node, reason),
             other => panic!("unexpected answer {other:?}"),
         }
@@ -46,19 +67,40 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         let value = dir.join("free.txt");
         fs::write(&value, format!("{}", node as u64 * 1_000_000)).unwrap();
         let registry = dir.join("plugins.conf");
-        fs::write(&registry, format!("free_probe probe {} {}\n", probe.display(), value.display())).unwrap();
-        nodes.push(Daemon::start(&dir, Opts { node, port, peers: vec![peer], registry: Some(&registry), key: Some(&key) }));
+        fs::write(
+            &registry,
+            format!("free_probe probe {} {}\n", probe.display(), value.display()),
+        )
+        .unwrap();
+        nodes.push(Daemon::start(
+            &dir,
+            Opts {
+                node,
+                port,
+                peers: vec![peer],
+                registry: Some(&registry),
+                key: Some(&key),
+            },
+        ));
     }
     let (n1, n2) = (&nodes[0], &nodes[1]);
 
     // Form the cluster once node 1 sees node 2.
-    wait_for("node 2 to be present on node 1", Duration::from_secs(30), || {
-        krgadm(&n1.sock, &["--json", "nodes", "status"]).1.contains("\"id\":2")
-    });
+    wait_for(
+        "node 2 to be present on node 1",
+        Duration::from_secs(30),
+        || {
+            krgadm(&n1.sock, &["--json", "nodes", "status"])
+                .1
+                .contains("\"id\":2")
+        },
+    );
     let (ok, out) = krgadm(&n1.sock, &["cluster", "start"]);
     assert!(ok, "krgadm cluster start: {out}");
     wait_for("both members online", Duration::from_secs(30), || {
-        krgadm(&n1.sock, &["cluster", "status"]).1.contains("(2 online)")
+        krgadm(&n1.sock, &["cluster", "status"])
+            .1
+            .contains("(2 online)")
     });
 
     for n in [n1, n2] {
@@ -68,8 +110,16 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
     fs::create_dir(n1.path("schedulers/global")).unwrap();
     fs::create_dir(n1.path("schedulers/global/placement_policy")).unwrap();
     fs::create_dir(n1.path("schedulers/global/echo_policy")).unwrap();
-    symlink(n1.path("probes/free_probe/free"), n1.path("schedulers/global/placement_policy/port_mem_free")).unwrap();
-    symlink(n1.path("probes/mem_probe/ram_free"), n1.path("schedulers/global/echo_policy/port_ram")).unwrap();
+    symlink(
+        n1.path("probes/free_probe/free"),
+        n1.path("schedulers/global/placement_policy/port_mem_free"),
+    )
+    .unwrap();
+    symlink(
+        n1.path("probes/mem_probe/ram_free"),
+        n1.path("schedulers/global/echo_policy/port_ram"),
+    )
+    .unwrap();
 
     // Node 2's values appear on node 1 ...
     let nodes_file = n1.path("probes/free_probe/free/nodes");
@@ -77,25 +127,47 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         fs::read_to_string(&nodes_file).unwrap() == "1 1000000\n2 2000000\n"
     });
     // ... the local `value` stays node 1's own ...
-    assert_eq!(fs::read_to_string(n1.path("probes/free_probe/free/value")).unwrap(), "1000000\n");
+    assert_eq!(
+        fs::read_to_string(n1.path("probes/free_probe/free/value")).unwrap(),
+        "1000000\n"
+    );
     // ... and the policies of node 1 use them.
-    let placement = fs::read_to_string(n1.path("schedulers/global/placement_policy/placement")).unwrap();
-    assert!(placement.starts_with("2 most free memory (2000000 bytes) among 2 node(s)"), "{placement}");
+    let placement =
+        fs::read_to_string(n1.path("schedulers/global/placement_policy/placement")).unwrap();
+    assert!(
+        placement.starts_with("2 most free memory (2000000 bytes) among 2 node(s)"),
+        "{placement}"
+    );
     assert_eq!(place(&n1.sock).0, 2);
-    wait_for("echo_policy to receive node 2's ram_free", Duration::from_secs(30), || {
-        fs::read_to_string(n1.path("schedulers/global/echo_policy/received")).unwrap().contains("port_ram node2 ")
-    });
+    wait_for(
+        "echo_policy to receive node 2's ram_free",
+        Duration::from_secs(30),
+        || {
+            fs::read_to_string(n1.path("schedulers/global/echo_policy/received"))
+                .unwrap()
+                .contains("port_ram node2 ")
+        },
+    );
 
     // New samples of node 2 keep flowing: node 1 follows a change.
     fs::write(n2.dir.join("free.txt"), "500").unwrap();
-    wait_for("node 2's new value on node 1", Duration::from_secs(30), || {
-        fs::read_to_string(&nodes_file).unwrap().contains("2 500\n")
-    });
+    wait_for(
+        "node 2's new value on node 1",
+        Duration::from_secs(30),
+        || fs::read_to_string(&nodes_file).unwrap().contains("2 500\n"),
+    );
     let (node, reason) = place(&n1.sock);
     assert_eq!(node, 1, "{reason}");
 
     // A cluster-wide filter on node 1 sums both nodes.
     fs::create_dir(n1.path("filters/cluster_sum")).unwrap();
-    symlink(n1.path("probes/free_probe/free"), n1.path("filters/cluster_sum/input")).unwrap();
-    assert_eq!(fs::read_to_string(n1.path("filters/cluster_sum/value")).unwrap(), "1000500\n");
+    symlink(
+        n1.path("probes/free_probe/free"),
+        n1.path("filters/cluster_sum/input"),
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read_to_string(n1.path("filters/cluster_sum/value")).unwrap(),
+        "1000500\n"
+    );
 }

@@ -39,8 +39,14 @@ pub struct SchedService {
 impl SchedService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
         let mount_path = ctx.config.scheduler_mount.clone();
-        let link_base = mount_path.clone().unwrap_or_else(|| PathBuf::from("/config/krg_scheduler"));
-        let engine = Engine::new(ctx.node_id(), &link_base, Some(ctx.config.plugin_registry.clone()));
+        let link_base = mount_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/config/krg_scheduler"));
+        let engine = Engine::new(
+            ctx.node_id(),
+            &link_base,
+            Some(ctx.config.plugin_registry.clone()),
+        );
         let mounted = match &mount_path {
             Some(path) => {
                 let (e, p) = (engine.clone(), path.clone());
@@ -53,13 +59,22 @@ impl SchedService {
             }
             None => None,
         };
-        let svc = Arc::new(Self { ctx, engine, mounted: Mutex::new(mounted), puller: Mutex::new(None) });
+        let svc = Arc::new(Self {
+            ctx,
+            engine,
+            mounted: Mutex::new(mounted),
+            puller: Mutex::new(None),
+        });
         let task = tokio::spawn(pull_loop(svc.ctx.clone(), svc.engine.clone()));
         *svc.puller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(svc)
     }
 
-    pub async fn handle_admin(&self, _caller: &Caller, req: SchedRequest) -> Result<SchedReply, AdminError> {
+    pub async fn handle_admin(
+        &self,
+        _caller: &Caller,
+        req: SchedRequest,
+    ) -> Result<SchedReply, AdminError> {
         match req {
             SchedRequest::Place { scheduler } => {
                 let placed = self.engine.tree().place(scheduler.as_deref());
@@ -76,10 +91,20 @@ impl SchedService {
         }
     }
 
-    pub async fn handle_peer(&self, _from: &Identity, req: SchedPeerRequest) -> Result<SchedPeerReply, AdminError> {
+    pub async fn handle_peer(
+        &self,
+        _from: &Identity,
+        req: SchedPeerRequest,
+    ) -> Result<SchedPeerReply, AdminError> {
         match req {
             SchedPeerRequest::ProbeValues => {
-                let values = self.engine.tree().shared_values().into_iter().map(to_wire).collect();
+                let values = self
+                    .engine
+                    .tree()
+                    .shared_values()
+                    .into_iter()
+                    .map(to_wire)
+                    .collect();
                 Ok(SchedPeerReply::ProbeValues(values))
             }
         }
@@ -89,7 +114,11 @@ impl SchedService {
         if let Some(t) = self.puller.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
         }
-        let mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mounted = self
+            .mounted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let engine = self.engine.clone();
         // Unmounting waits for the FUSE thread and stopping plug-ins waits
         // for them to exit: both block.
@@ -106,13 +135,25 @@ impl SchedService {
 }
 
 fn to_wire(v: SharedValue) -> ProbeValue {
-    ProbeValue { value: v.value.render(v.unit), probe: v.probe, source: v.source, unit: v.unit.name().to_string(), seq: v.seq }
+    ProbeValue {
+        value: v.value.render(v.unit),
+        probe: v.probe,
+        source: v.source,
+        unit: v.unit.name().to_string(),
+        seq: v.seq,
+    }
 }
 
 fn from_wire(v: ProbeValue) -> Option<SharedValue> {
     let unit = Unit::parse(&v.unit)?;
     let value = Reading::parse(unit, &v.value)?;
-    Some(SharedValue { probe: v.probe, source: v.source, unit, value, seq: v.seq })
+    Some(SharedValue {
+        probe: v.probe,
+        source: v.source,
+        unit,
+        value,
+        seq: v.seq,
+    })
 }
 
 /// Every pull period: refresh the set of online members, then fetch each
@@ -122,7 +163,10 @@ async fn pull_loop(ctx: Arc<NodeContext>, engine: Arc<Engine>) {
     let mut view_rx = ctx.watch_view();
     let mut last_echo = Instant::now();
     loop {
-        let period = engine.tree().shortest_period().map(|p| p.clamp(MIN_PULL, MAX_PULL));
+        let period = engine
+            .tree()
+            .shortest_period()
+            .map(|p| p.clamp(MIN_PULL, MAX_PULL));
         let wait = period.unwrap_or(IDLE_PULL);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},
@@ -134,21 +178,40 @@ async fn pull_loop(ctx: Arc<NodeContext>, engine: Arc<Engine>) {
             },
         }
         let me = ctx.node_id();
-        let others: BTreeSet<NodeId> = ctx.view().online_members().map(|n| n.id).filter(|id| *id != me).collect();
+        let others: BTreeSet<NodeId> = ctx
+            .view()
+            .online_members()
+            .map(|n| n.id)
+            .filter(|id| *id != me)
+            .collect();
         engine.tree().set_live(others.clone());
         if let Some(period) = period {
             let timeout = period.max(Duration::from_millis(500));
             let calls = others.iter().map(|&node| {
                 let ctx = ctx.clone();
-                async move { (node, ctx.peers.call(node, PeerRequest::Sched(SchedPeerRequest::ProbeValues), timeout).await) }
+                async move {
+                    (
+                        node,
+                        ctx.peers
+                            .call(
+                                node,
+                                PeerRequest::Sched(SchedPeerRequest::ProbeValues),
+                                timeout,
+                            )
+                            .await,
+                    )
+                }
             });
             for (node, answer) in futures::future::join_all(calls).await {
                 match answer {
                     Ok(PeerResponse::Sched(SchedPeerReply::ProbeValues(values))) => {
-                        let values: Vec<SharedValue> = values.into_iter().filter_map(from_wire).collect();
+                        let values: Vec<SharedValue> =
+                            values.into_iter().filter_map(from_wire).collect();
                         engine.tree().store_remote(node, &values);
                     }
-                    Ok(other) => tracing::debug!(node, answer = ?other, "unexpected answer to ProbeValues"),
+                    Ok(other) => {
+                        tracing::debug!(node, answer = ?other, "unexpected answer to ProbeValues")
+                    }
                     Err(e) => tracing::debug!(node, error = %e, "could not pull probe values"),
                 }
             }

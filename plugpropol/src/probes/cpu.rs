@@ -13,18 +13,26 @@ pub struct CpuProbe {
 
 impl Probe for CpuProbe {
     fn sources(&self) -> Vec<SourceSpec> {
-        vec![SourceSpec::new("cpu_usage", Unit::Percent), SourceSpec::new("cpu_count", Unit::Count)]
+        vec![
+            SourceSpec::new("cpu_usage", Unit::Percent),
+            SourceSpec::new("cpu_count", Unit::Count),
+        ]
     }
 
     fn sample(&mut self) -> Result<Vec<Reading>> {
         let text = read_proc("/proc/stat")?;
         let (busy, total) = cpu_jiffies(&text)?;
         let usage = match self.last {
-            Some((b0, t0)) if total > t0 => (busy.saturating_sub(b0)) as f64 * 100.0 / (total - t0) as f64,
+            Some((b0, t0)) if total > t0 => {
+                (busy.saturating_sub(b0)) as f64 * 100.0 / (total - t0) as f64
+            }
             _ => 0.0,
         };
         self.last = Some((busy, total));
-        let cpus = text.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
+        let cpus = text
+            .lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count();
         Ok(vec![Reading::Num(usage), Reading::Num(cpus as f64)])
     }
 }
@@ -35,7 +43,11 @@ pub fn cpu_jiffies(stat: &str) -> Result<(u64, u64)> {
         .lines()
         .find(|l| l.starts_with("cpu "))
         .ok_or_else(|| Error::Io("/proc/stat has no cpu line".into()))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     if v.len() < 4 {
         return Err(Error::Io(format!("unexpected /proc/stat cpu line: {line}")));
     }

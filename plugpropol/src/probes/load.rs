@@ -32,7 +32,11 @@ pub fn parse_loadavg(text: &str) -> Result<Vec<Reading>> {
     for v in &f[..3] {
         out.push(Reading::Num(v.parse().map_err(|_| bad())?));
     }
-    let runnable: f64 = f[3].split('/').next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+    let runnable: f64 = f[3]
+        .split('/')
+        .next()
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(bad)?;
     out.push(Reading::Num(runnable));
     Ok(out)
 }
@@ -44,7 +48,15 @@ mod tests {
     #[test]
     fn parses_loadavg() {
         let r = parse_loadavg("0.52 0.58 1.50 3/345 12345\n").unwrap();
-        assert_eq!(r, vec![Reading::Num(0.52), Reading::Num(0.58), Reading::Num(1.5), Reading::Num(3.0)]);
+        assert_eq!(
+            r,
+            vec![
+                Reading::Num(0.52),
+                Reading::Num(0.58),
+                Reading::Num(1.5),
+                Reading::Num(3.0)
+            ]
+        );
         assert!(parse_loadavg("garbage").is_err());
         assert!(LoadProbe.sample().is_ok());
     }

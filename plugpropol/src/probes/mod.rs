@@ -28,7 +28,10 @@ pub struct SourceSpec {
 
 impl SourceSpec {
     pub fn new(name: &str, unit: Unit) -> Self {
-        Self { name: name.to_string(), unit }
+        Self {
+            name: name.to_string(),
+            unit,
+        }
     }
 }
 

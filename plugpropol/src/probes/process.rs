@@ -27,7 +27,10 @@ struct Proc {
 
 impl Probe for ProcessProbe {
     fn sources(&self) -> Vec<SourceSpec> {
-        vec![SourceSpec::new("process_count", Unit::Count), SourceSpec::new("processes", Unit::Text)]
+        vec![
+            SourceSpec::new("process_count", Unit::Count),
+            SourceSpec::new("processes", Unit::Text),
+        ]
     }
 
     fn default_period(&self) -> std::time::Duration {
@@ -37,13 +40,18 @@ impl Probe for ProcessProbe {
     fn sample(&mut self) -> Result<Vec<Reading>> {
         let now = std::time::Instant::now();
         let procs = list_processes();
-        let secs = self.last_at.map(|t| now.duration_since(t).as_secs_f64()).unwrap_or(0.0);
+        let secs = self
+            .last_at
+            .map(|t| now.duration_since(t).as_secs_f64())
+            .unwrap_or(0.0);
         let hz = clock_ticks_per_second();
         let mut rows: Vec<(f64, &Proc)> = procs
             .iter()
             .map(|p| {
                 let cpu = match self.last.get(&p.pid) {
-                    Some(&t0) if secs > 0.0 => p.ticks.saturating_sub(t0) as f64 / hz / secs * 100.0,
+                    Some(&t0) if secs > 0.0 => {
+                        p.ticks.saturating_sub(t0) as f64 / hz / secs * 100.0
+                    }
                     _ => 0.0,
                 };
                 (cpu, p)
@@ -52,7 +60,10 @@ impl Probe for ProcessProbe {
         rows.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.rss_bytes.cmp(&a.1.rss_bytes)));
         let mut table = String::from("pid comm cpu_percent rss_bytes");
         for (cpu, p) in rows.iter().take(TABLE_ROWS) {
-            table.push_str(&format!("\n{} {} {:.1} {}", p.pid, p.comm, cpu, p.rss_bytes));
+            table.push_str(&format!(
+                "\n{} {} {:.1} {}",
+                p.pid, p.comm, cpu, p.rss_bytes
+            ));
         }
         self.last = procs.iter().map(|p| (p.pid, p.ticks)).collect();
         self.last_at = Some(now);
@@ -63,18 +74,28 @@ impl Probe for ProcessProbe {
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory effects; it returns -1 on error.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
 }
 
 fn page_size() -> u64 {
     // SAFETY: as above.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 } else { 4096 }
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
 }
 
 /// Every process that could be read; processes that exit while we read are skipped.
 fn list_processes() -> Vec<Proc> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let page = page_size();
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
@@ -96,7 +117,12 @@ fn parse_stat(pid: u32, stat: &str, page: u64) -> Option<Proc> {
     let utime: u64 = rest.get(11)?.parse().ok()?;
     let stime: u64 = rest.get(12)?.parse().ok()?;
     let rss: u64 = rest.get(21)?.parse().ok()?;
-    Some(Proc { pid, comm, ticks: utime + stime, rss_bytes: rss * page })
+    Some(Proc {
+        pid,
+        comm,
+        ticks: utime + stime,
+        rss_bytes: rss * page,
+    })
 }
 
 #[cfg(test)]
@@ -107,7 +133,10 @@ mod tests {
     fn parses_stat_with_odd_comm() {
         let s = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 1000000 25 18446744073709551615";
         let p = parse_stat(42, s, 4096).unwrap();
-        assert_eq!((p.comm.as_str(), p.ticks, p.rss_bytes), ("a_(b)_c", 10, 25 * 4096));
+        assert_eq!(
+            (p.comm.as_str(), p.ticks, p.rss_bytes),
+            ("a_(b)_c", 10, 25 * 4096)
+        );
         assert!(parse_stat(1, "1 (x) S", 4096).is_none());
     }
 

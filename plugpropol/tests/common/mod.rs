@@ -23,7 +23,9 @@ pub fn build_binaries() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "krgd", "--bin", "krgd", "-p", "krgadm", "--bin", "krgadm"])
+            .args([
+                "build", "-q", "-p", "krgd", "--bin", "krgd", "-p", "krgadm", "--bin", "krgadm",
+            ])
             .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
             .status()
             .expect("running cargo build");
@@ -33,14 +35,21 @@ pub fn build_binaries() -> &'static PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Wait for `cond` with a generous bound; the bound only catches hangs.
 pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -96,7 +105,11 @@ impl Daemon {
             .arg("--scheduler-mount")
             .arg(&mnt)
             .arg("--plugin-registry")
-            .arg(o.registry.map(Path::to_path_buf).unwrap_or_else(|| dir.join("plugins.conf")))
+            .arg(
+                o.registry
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| dir.join("plugins.conf")),
+            )
             // No broadcast discovery between unrelated tests: peers are explicit.
             .args(["--discovery-port", &free_port().to_string()])
             .env("RUST_LOG", "info")
@@ -107,19 +120,43 @@ impl Daemon {
             cmd.args(["--peer", &format!("127.0.0.1:{p}")]);
         }
         let child = cmd.spawn().expect("starting krgd");
-        let mut d = Daemon { dir: dir.to_path_buf(), mnt, sock, log, port: o.port, node: o.node, child: Some(child) };
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            mnt,
+            sock,
+            log,
+            port: o.port,
+            node: o.node,
+            child: Some(child),
+        };
         let mnt = d.mnt.clone();
-        wait_for("the scheduler tree to be mounted", Duration::from_secs(30), || {
-            if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
-                panic!("krgd exited early ({status}): {}", std::fs::read_to_string(&d.log).unwrap_or_default());
-            }
-            is_mounted(&mnt) && mnt.join("probes").is_dir()
-        });
+        wait_for(
+            "the scheduler tree to be mounted",
+            Duration::from_secs(30),
+            || {
+                if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
+                    panic!(
+                        "krgd exited early ({status}): {}",
+                        std::fs::read_to_string(&d.log).unwrap_or_default()
+                    );
+                }
+                is_mounted(&mnt) && mnt.join("probes").is_dir()
+            },
+        );
         d
     }
 
     pub fn simple(dir: &Path) -> Daemon {
-        Daemon::start(dir, Opts { node: 1, port: free_port(), peers: vec![], registry: None, key: None })
+        Daemon::start(
+            dir,
+            Opts {
+                node: 1,
+                port: free_port(),
+                peers: vec![],
+                registry: None,
+                key: None,
+            },
+        )
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
