@@ -26,12 +26,14 @@ pub fn mount(engine: Arc<Engine>, path: &Path) -> Result<Mounted> {
     std::fs::create_dir_all(path)
         .map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
     let mut config = Config::default();
+    // DefaultPermissions: the kernel checks the modes we report (root-owned,
+    // dirs 0755, attributes 0644, values 0444), so other users can read the
+    // tree (allow_other) but only root can change it.
     config.mount_options = vec![
         MountOption::FSName(FS_NAME.into()),
         MountOption::Subtype(FS_NAME.into()),
+        MountOption::DefaultPermissions,
     ];
-    // allow_other: any user may read the tree; writes need root anyway
-    // (the daemon runs as root and files are owned by root).
     config.acl = SessionACL::All;
     config.n_threads = Some(2);
     let session = fuser::spawn_mount(SchedFs::new(engine), path, &config).map_err(|e| {

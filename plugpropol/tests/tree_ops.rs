@@ -350,3 +350,27 @@ fn all_builtin_parts_read_real_data() {
         .unwrap()
         .starts_with("cluster "));
 }
+
+#[test]
+fn other_users_can_read_but_not_change_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The tempdir is 0700: let `nobody` reach the mount below it.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::simple(tmp.path());
+    fs::create_dir(d.path("probes/mem_probe")).unwrap();
+    let as_nobody = |cmd: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", cmd])
+            .output()
+            .unwrap()
+    };
+    let m = d.mnt.display();
+    let out = as_nobody(&format!("cat {m}/probes/mem_probe/ram_total/value"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!as_nobody(&format!("echo 500 > {m}/probes/mem_probe/probe_period")).status.success());
+    assert!(!as_nobody(&format!("mkdir {m}/probes/load_probe")).status.success());
+    assert!(!as_nobody(&format!("rmdir {m}/probes/mem_probe")).status.success());
+    assert_eq!(fs::read_to_string(d.path("probes/mem_probe/probe_period")).unwrap(), "1000\n");
+    assert!(!d.path("probes/load_probe").exists());
+}
