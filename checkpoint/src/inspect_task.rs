@@ -166,12 +166,12 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
 }
 
 /// Registers, extended state, signal mask and pending signals of one thread.
-pub fn thread(tid: i32, regs: &ptrace::Regs, clear_tid: u64) -> Result<ThreadImage> {
+pub fn thread(tid: i32, regs: &ptrace::Regs, sigmask: u64, clear_tid: u64) -> Result<ThreadImage> {
     Ok(ThreadImage {
         tid,
         regs: ptrace::regs_to_bytes(regs),
         xstate: ptrace::get_xstate(tid)?,
-        sigmask: ptrace::get_sigmask(tid)?,
+        sigmask,
         pending: ptrace::peek_pending(tid, false)?,
         rseq: ptrace::rseq_config(tid)?,
         clear_tid,
@@ -191,12 +191,14 @@ fn threads(pid: i32, leader: &Injector, scratch: &Scratch) -> Result<Vec<ThreadI
             &own
         };
         let r = inj.call("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [40 /* PR_GET_TID_ADDRESS */, scratch.addr, 0, 0, 0, 0]);
-        let restored = inj.restore();
+        // Other threads get their state back now; the leader's stays under
+        // injection (all signals blocked) until the whole task is read.
+        let restored = if tid == pid { Ok(()) } else { inj.restore() };
         r?;
         restored?;
         let b = ptrace::read_mem(pid, scratch.addr, 8)?;
         let clear_tid = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
-        let th = thread(tid, inj.saved_regs(), clear_tid)?;
+        let th = thread(tid, inj.saved_regs(), inj.saved_mask(), clear_tid)?;
         if tid == pid {
             out.insert(0, th);
         } else {

@@ -28,11 +28,25 @@ pub fn seize_and_interrupt(tid: i32) -> Result<()> {
     // SAFETY: plain ptrace requests on a tid; no memory is passed.
     check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) }, "PTRACE_SEIZE", tid)?;
     check(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) }, "PTRACE_INTERRUPT", tid)?;
-    wait_stop(tid).map(|_| ())
+    loop {
+        let (sig, event) = wait_status(tid)?;
+        if event == libc::PTRACE_EVENT_STOP {
+            return Ok(());
+        }
+        // A signal arrived before our interrupt: let the process have it
+        // (not lose it) and wait for the interrupt stop that follows.
+        // SAFETY: no memory passed.
+        check(unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig as libc::c_long) }, "PTRACE_CONT", tid)?;
+    }
 }
 
 /// Wait until `tid` is in a ptrace stop; returns the stop signal.
 pub fn wait_stop(tid: i32) -> Result<i32> {
+    wait_status(tid).map(|(sig, _)| sig)
+}
+
+/// Wait for a ptrace stop; returns (signal, PTRACE_EVENT_* or 0).
+fn wait_status(tid: i32) -> Result<(i32, i32)> {
     loop {
         let mut status = 0;
         // SAFETY: status is a valid out pointer.
@@ -44,7 +58,7 @@ pub fn wait_stop(tid: i32) -> Result<i32> {
             return Err(ChkptError::sys("waitpid", tid));
         }
         if libc::WIFSTOPPED(status) {
-            return Ok(libc::WSTOPSIG(status));
+            return Ok((libc::WSTOPSIG(status), (status >> 16) & 0xff));
         }
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             return Err(ChkptError::Other(format!("process {tid} exited while being checkpointed or restored")));
@@ -163,11 +177,22 @@ pub struct Injector {
     /// Address of a `syscall` instruction (0f 05) in the tracee.
     pub syscall_at: u64,
     saved: Regs,
+    saved_mask: u64,
 }
 
 impl Injector {
+    /// Saves the thread's registers and signal mask and blocks every signal,
+    /// so that no signal (an itimer's, say) is delivered in the middle of an
+    /// injected call; they stay pending and are delivered after [`restore`].
     pub fn new(tid: i32, syscall_at: u64) -> Result<Self> {
-        Ok(Self { tid, syscall_at, saved: get_regs(tid)? })
+        let saved_mask = get_sigmask(tid)?;
+        set_sigmask(tid, u64::MAX)?;
+        Ok(Self { tid, syscall_at, saved: get_regs(tid)?, saved_mask })
+    }
+
+    /// The signal mask the thread had before injection.
+    pub fn saved_mask(&self) -> u64 {
+        self.saved_mask
     }
 
     pub fn saved_regs(&self) -> &Regs {
@@ -211,7 +236,8 @@ impl Injector {
 
     /// Put the registers saved at creation back.
     pub fn restore(&self) -> Result<()> {
-        set_regs(self.tid, &self.saved)
+        set_regs(self.tid, &self.saved)?;
+        set_sigmask(self.tid, self.saved_mask)
     }
 }
 

@@ -30,7 +30,12 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     i.call("sigaltstack", libc::SYS_sigaltstack, [addr, 0, 0, 0, 0, 0])?;
     for which in 0..3u32 {
         let it = t.itimers.iter().find(|x| x.which == which);
-        let (iv, val) = it.map_or((0, 0), |x| (x.interval_us, x.value_us));
+        let (iv, mut val) = it.map_or((0, 0), |x| (x.interval_us, x.value_us));
+        // An expired periodic timer whose signal is still pending reads as 0
+        // (the kernel re-arms it when the signal is taken); 0 would disarm it.
+        if val == 0 && iv != 0 {
+            val = iv;
+        }
         let mut b = Vec::new();
         for w in [iv / 1_000_000, iv % 1_000_000, val / 1_000_000, val % 1_000_000] {
             b.extend_from_slice(&w.to_le_bytes());
