@@ -369,6 +369,10 @@ impl Filesystem for SchedFs {
             Err(Error::Invalid(format!(
                 "{path}: write the whole value at offset 0 in one write"
             )))
+        } else if data.len() >= MAX_WRITE {
+            // The kernel splits larger writes; refusing the first piece
+            // keeps a long value from being applied in part.
+            Err(Error::Invalid(format!("{path}: value too long")))
         } else {
             std::str::from_utf8(data)
                 .map_err(|_| Error::Invalid(format!("{path}: value is not UTF-8")))

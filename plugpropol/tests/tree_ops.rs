@@ -100,6 +100,10 @@ fn worked_example_and_every_illegal_operation() {
         errno(fs::write(p("probes/mem_probe/ram_total/value"), "1").unwrap_err()),
         libc::EACCES
     );
+    let long = format!("1000{}", " ".repeat(5000));
+    let e = fs::write(p("probes/mem_probe/probe_period"), long).unwrap_err();
+    assert_eq!(errno(e), libc::EINVAL);
+    assert_eq!(fs::read_to_string(p("probes/mem_probe/probe_period")).unwrap(), "1000\n");
     assert_eq!(
         errno(fs::write(p("probes/new_file"), "1").unwrap_err()),
         libc::EPERM
