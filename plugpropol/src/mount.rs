@@ -84,10 +84,12 @@ pub fn clean_stale(path: &Path) -> Result<()> {
             tracing::warn!(path = %path.display(), "stale scheduler tree mount (krgd crashed?): detaching it");
             detach(path)
         }
-        Ok(_) if is_our_mount(path) => Err(Error::Busy(format!(
+        Ok(_) if is_our_mount(&path.canonicalize().unwrap_or_else(|_| path.to_path_buf())) => {
+            Err(Error::Busy(format!(
             "{} is already served by another krgd (unmount it or use --scheduler-mount elsewhere)",
             path.display()
-        ))),
+        )))
+        }
         _ => Ok(()),
     }
 }

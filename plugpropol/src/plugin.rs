@@ -239,6 +239,9 @@ impl Probe for PluginProbe {
         if let Some(why) = &self.dead {
             return Err(self.bad(why));
         }
+        // Drop what a previous, timed-out answer left behind so that this
+        // answer is not read one sample late.
+        while self.lines.try_recv().is_ok() {}
         let sent = match self.stdin.as_mut() {
             Some(s) => s.write_all(b"sample\n").and_then(|_| s.flush()),
             None => Err(std::io::ErrorKind::BrokenPipe.into()),

@@ -207,3 +207,35 @@ fn unmounted_on_stop_and_stale_mount_cleaned_at_next_start() {
         1
     );
 }
+
+#[test]
+fn a_second_krgd_refuses_a_live_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Daemon::simple(&tmp.path().join("a"));
+    // The second daemon's mount point leads to the live tree.
+    let b = tmp.path().join("b");
+    fs::create_dir_all(&b).unwrap();
+    std::os::unix::fs::symlink(&first.mnt, b.join("mnt")).unwrap();
+    let opts = Opts {
+        node: 2,
+        port: common::free_port(),
+        peers: vec![],
+        registry: None,
+        key: None,
+    };
+    let mut child = Daemon::command(&b, &opts).spawn().unwrap();
+    let mut status = None;
+    wait_for(
+        "the second krgd to give up",
+        Duration::from_secs(30),
+        || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    assert!(!status.unwrap().success());
+    let log = fs::read_to_string(b.join("krgd.log")).unwrap();
+    assert!(log.contains("already served by another krgd"), "{log}");
+    // The first tree is untouched.
+    fs::create_dir(first.path("probes/mem_probe")).unwrap();
+}

@@ -103,7 +103,10 @@ fn worked_example_and_every_illegal_operation() {
     let long = format!("1000{}", " ".repeat(5000));
     let e = fs::write(p("probes/mem_probe/probe_period"), long).unwrap_err();
     assert_eq!(errno(e), libc::EINVAL);
-    assert_eq!(fs::read_to_string(p("probes/mem_probe/probe_period")).unwrap(), "1000\n");
+    assert_eq!(
+        fs::read_to_string(p("probes/mem_probe/probe_period")).unwrap(),
+        "1000\n"
+    );
     assert_eq!(
         errno(fs::write(p("probes/new_file"), "1").unwrap_err()),
         libc::EPERM
@@ -365,16 +368,38 @@ fn other_users_can_read_but_not_change_the_tree() {
     fs::create_dir(d.path("probes/mem_probe")).unwrap();
     let as_nobody = |cmd: &str| {
         std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", cmd])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
             .output()
             .unwrap()
     };
     let m = d.mnt.display();
     let out = as_nobody(&format!("cat {m}/probes/mem_probe/ram_total/value"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!as_nobody(&format!("echo 500 > {m}/probes/mem_probe/probe_period")).status.success());
-    assert!(!as_nobody(&format!("mkdir {m}/probes/load_probe")).status.success());
-    assert!(!as_nobody(&format!("rmdir {m}/probes/mem_probe")).status.success());
-    assert_eq!(fs::read_to_string(d.path("probes/mem_probe/probe_period")).unwrap(), "1000\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !as_nobody(&format!("echo 500 > {m}/probes/mem_probe/probe_period"))
+            .status
+            .success()
+    );
+    assert!(!as_nobody(&format!("mkdir {m}/probes/load_probe"))
+        .status
+        .success());
+    assert!(!as_nobody(&format!("rmdir {m}/probes/mem_probe"))
+        .status
+        .success());
+    assert_eq!(
+        fs::read_to_string(d.path("probes/mem_probe/probe_period")).unwrap(),
+        "1000\n"
+    );
     assert!(!d.path("probes/load_probe").exists());
 }

@@ -78,8 +78,8 @@ pub struct Opts<'a> {
 }
 
 impl Daemon {
-    /// Start krgd in `dir` (mount at dir/mnt) and wait until the tree is mounted.
-    pub fn start(dir: &Path, o: Opts) -> Daemon {
+    /// The krgd command line for `dir` (mount at dir/mnt).
+    pub fn command(dir: &Path, o: &Opts) -> Command {
         let bins = build_binaries();
         std::fs::create_dir_all(dir).unwrap();
         let key = match o.key {
@@ -119,6 +119,13 @@ impl Daemon {
         for p in &o.peers {
             cmd.args(["--peer", &format!("127.0.0.1:{p}")]);
         }
+        cmd
+    }
+
+    /// Start krgd in `dir` (mount at dir/mnt) and wait until the tree is mounted.
+    pub fn start(dir: &Path, o: Opts) -> Daemon {
+        let mut cmd = Daemon::command(dir, &o);
+        let (mnt, sock, log) = (dir.join("mnt"), dir.join("krgd.sock"), dir.join("krgd.log"));
         let child = cmd.spawn().expect("starting krgd");
         let mut d = Daemon {
             dir: dir.to_path_buf(),
