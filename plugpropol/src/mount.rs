@@ -35,7 +35,8 @@ pub fn mount(engine: Arc<Engine>, path: &Path) -> Result<Mounted> {
         MountOption::DefaultPermissions,
     ];
     config.acl = SessionACL::All;
-    config.n_threads = Some(2);
+    // Several threads: a slow plug-in start in one mkdir must not stall readers.
+    config.n_threads = Some(4);
     let session = fuser::spawn_mount(SchedFs::new(engine), path, &config).map_err(|e| {
         Error::Io(format!(
             "mounting the scheduler tree at {}: {e}",
