@@ -22,11 +22,28 @@ impl LoopFs {
     fn new(fstype: &str, size_mib: u64) -> Option<LoopFs> {
         let dir = tempfile::tempdir().ok()?;
         let img = dir.path().join("fs.img");
-        std::fs::File::create(&img).ok()?.set_len(size_mib << 20).ok()?;
-        let ok = Command::new(format!("mkfs.{fstype}")).arg("-q").arg(&img).output().ok()?.status.success();
+        std::fs::File::create(&img)
+            .ok()?
+            .set_len(size_mib << 20)
+            .ok()?;
+        let ok = Command::new(format!("mkfs.{fstype}"))
+            .arg("-q")
+            .arg(&img)
+            .output()
+            .ok()?
+            .status
+            .success();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).ok()?;
-        let mounted = ok && Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt).status().ok()?.success();
+        let mounted = ok
+            && Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&img)
+                .arg(&mnt)
+                .status()
+                .ok()?
+                .success();
         if !mounted {
             println!("{fstype}: cannot make a loop file system here (mkfs.{fstype} missing or not root); skipped");
             return None;
@@ -59,14 +76,21 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Median clone time of image `name` in `store` by `mech`.
-fn time_clones(store: &Store, name: &str, mech: Mechanism, runs: usize) -> Result<Duration, String> {
+fn time_clones(
+    store: &Store,
+    name: &str,
+    mech: Mechanism,
+    runs: usize,
+) -> Result<Duration, String> {
     let mut times = Vec::new();
     for r in 0..runs {
         let dst = format!("{name}-clone{r}");
         // Flush dirty data first so one run does not pay for the previous one's writeback.
         Command::new("sync").status().map_err(|e| e.to_string())?;
         let t = Instant::now();
-        store.clone_image(name, &dst, Some(mech)).map_err(|e| e.to_string())?;
+        store
+            .clone_image(name, &dst, Some(mech))
+            .map_err(|e| e.to_string())?;
         times.push(t.elapsed());
         store.remove(&dst).map_err(|e| e.to_string())?;
     }
@@ -85,7 +109,11 @@ fn bench_fs(label: &str, base: &Path, mechs: &[Mechanism]) {
             return println!("{label}: writing the test tree: {e}");
         }
         let name = format!("img{}", size >> 20);
-        let opts = BuildOptions { source: BuildSource::Tree(tree.clone()), krg_bin_dir: None, config_tree: None };
+        let opts = BuildOptions {
+            source: BuildSource::Tree(tree.clone()),
+            krg_bin_dir: None,
+            config_tree: None,
+        };
         if let Err(e) = store.build(&name, &opts, &mut |_| {}) {
             return println!("{label}: building the image: {e}");
         }
@@ -94,7 +122,7 @@ fn bench_fs(label: &str, base: &Path, mechs: &[Mechanism]) {
             // The full copy is slow by nature: one run is enough to compare.
             let runs = if m == Mechanism::Copy { 1 } else { RUNS };
             match time_clones(&store, &name, m, runs) {
-                Ok(t) => println!("{label:<6} {:<26} {size_name:>7} {FILES:>5} files   clone {:>9.1} ms  (median of {runs})", m.to_string(), t.as_secs_f64() * 1e3),
+                Ok(t) => println!("{label:<6} {:<26} {size_name:>7} {FILES:>3} files   clone {:>9.1} ms  (median of {runs})", m.to_string(), t.as_secs_f64() * 1e3),
                 Err(e) => println!("{label:<6} {:<26} {size_name:>7}   failed: {e}", m.to_string()),
             }
         }
@@ -108,17 +136,38 @@ fn main() {
         println!("clone bench: run with `cargo bench -p nfsroot`");
         return;
     }
-    println!("nfsroot image clone time, {FILES} files per image (constant file count, growing size)");
+    println!(
+        "nfsroot image clone time, {FILES} files per image (constant file count, growing size)"
+    );
     if let Some(fs) = LoopFs::new("btrfs", 3 << 10) {
-        bench_fs("btrfs", &fs.mnt, &[Mechanism::Btrfs, Mechanism::Reflink, Mechanism::Overlay]);
+        bench_fs(
+            "btrfs",
+            &fs.mnt,
+            &[Mechanism::Btrfs, Mechanism::Reflink, Mechanism::Overlay],
+        );
     }
     if let Some(fs) = LoopFs::new("xfs", 3 << 10) {
-        bench_fs("xfs", &fs.mnt, &[Mechanism::Reflink, Mechanism::Overlay, Mechanism::Copy]);
+        bench_fs(
+            "xfs",
+            &fs.mnt,
+            &[Mechanism::Reflink, Mechanism::Overlay, Mechanism::Copy],
+        );
     }
     match tempfile::tempdir_in("/var/tmp") {
         Ok(d) => {
-            let fstype = Command::new("stat").args(["-f", "-c", "%T"]).arg(d.path()).output().ok();
-            let label = fstype.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_else(|| "tmpdir".into());
+            let fstype = Command::new("stat")
+                .args(["-f", "-c", "%T"])
+                .arg(d.path())
+                .output()
+                .ok();
+            // stat reports ext4 as "ext2/ext3" (they share a magic number).
+            let label = fstype
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .replace("ext2/ext3", "ext4")
+                })
+                .unwrap_or_else(|| "tmpdir".into());
             let mut mechs = nfsroot::image::available_mechanisms(d.path(), d.path());
             mechs.retain(|m| *m != Mechanism::Btrfs);
             mechs.push(Mechanism::Copy);

@@ -18,23 +18,46 @@ pub fn dhcp_config(kind: DhcpServer, file: &Path) -> Result<String> {
         }
         DhcpServer::Dnsmasq => {
             let mut c = Command::new(find_tool("dnsmasq")?);
-            c.arg("--test").arg(format!("--conf-file={}", file.display()));
+            c.arg("--test")
+                .arg(format!("--conf-file={}", file.display()));
             ("dnsmasq", c)
         }
     };
-    let out = cmd.output().map_err(|e| NfsrootError::Tool { tool: tool.into(), message: e.to_string() })?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd.output().map_err(|e| NfsrootError::Tool {
+        tool: tool.into(),
+        message: e.to_string(),
+    })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if out.status.success() {
         Ok(text.trim().to_string())
     } else {
-        Err(NfsrootError::Tool { tool: format!("{tool} on {}", file.display()), message: significant_lines(&text) })
+        Err(NfsrootError::Tool {
+            tool: format!("{tool} on {}", file.display()),
+            message: significant_lines(&text),
+        })
     }
 }
 
 /// dhcpd prints a banner before the error; keep the lines that matter.
 fn significant_lines(text: &str) -> String {
-    let skip = ["Internet Systems Consortium", "Copyright", "All rights reserved", "For info, please visit", "Config file:", "Database file:", "PID file:"];
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !skip.iter().any(|s| l.contains(s))).collect();
+    let skip = [
+        "Internet Systems Consortium",
+        "Copyright",
+        "All rights reserved",
+        "For info, please visit",
+        "Config file:",
+        "Database file:",
+        "PID file:",
+    ];
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !skip.iter().any(|s| l.contains(s)))
+        .collect();
     lines.join(" | ")
 }
 
@@ -42,7 +65,9 @@ fn significant_lines(text: &str) -> String {
 /// non-root PATH often lacks.
 pub fn find_tool(name: &str) -> Result<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    let dirs = path.split(':').chain(["/usr/sbin", "/sbin", "/usr/local/sbin"]);
+    let dirs = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"]);
     for d in dirs {
         let p = Path::new(d).join(name);
         if p.is_file() {
@@ -54,5 +79,8 @@ pub fn find_tool(name: &str) -> Result<std::path::PathBuf> {
         "mkfs.btrfs" | "btrfs" => "btrfs-progs",
         other => other,
     };
-    Err(NfsrootError::Tool { tool: name.into(), message: format!("not installed (apt-get install {pkg})") })
+    Err(NfsrootError::Tool {
+        tool: name.into(),
+        message: format!("not installed (apt-get install {pkg})"),
+    })
 }

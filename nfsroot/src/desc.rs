@@ -192,13 +192,20 @@ impl Subnet {
         if prefix > 32 {
             return None;
         }
-        let sub = Subnet { network: addr, prefix };
+        let sub = Subnet {
+            network: addr,
+            prefix,
+        };
         // `10.0.0.5/24` is refused: a subnet names its network address.
         (u32::from(addr) & sub.mask_bits() == u32::from(addr)).then_some(sub)
     }
 
     fn mask_bits(&self) -> u32 {
-        if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) }
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
     }
 
     pub fn netmask(&self) -> Ipv4Addr {
@@ -225,7 +232,11 @@ impl std::fmt::Display for Subnet {
 /// Normalise a MAC address to lower-case `aa:bb:cc:dd:ee:ff`; `-` separators accepted.
 pub fn normalise_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();
-    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
@@ -248,26 +259,34 @@ pub fn valid_image_name(name: &str) -> bool {
     };
     let base_ok = !base.is_empty()
         && !base.starts_with('.')
-        && base.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && base
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     base_ok && version.is_none_or(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
 }
 
 impl Description {
     pub fn parse(text: &str, path: &Path) -> Result<Description> {
-        let desc: Description = toml::from_str(text)
-            .map_err(|e| NfsrootError::Parse { path: path.to_path_buf(), message: e.to_string().trim().replace('\n', " ") })?;
+        let desc: Description = toml::from_str(text).map_err(|e| NfsrootError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
         desc.validate()?;
         Ok(desc)
     }
 
     pub fn load(path: &Path) -> Result<Description> {
-        let text = std::fs::read_to_string(path).map_err(|e| NfsrootError::io(format!("reading {}", path.display()), e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NfsrootError::io(format!("reading {}", path.display()), e))?;
         Description::parse(&text, path)
     }
 
     pub fn subnet(&self) -> Subnet {
         // validate() has checked it; this fallback is never reached on a validated description.
-        Subnet::parse(&self.network.subnet).unwrap_or(Subnet { network: Ipv4Addr::UNSPECIFIED, prefix: 0 })
+        Subnet::parse(&self.network.subnet).unwrap_or(Subnet {
+            network: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        })
     }
 
     pub fn server_address(&self) -> Ipv4Addr {
@@ -278,21 +297,44 @@ impl Description {
     /// field and, for nodes, the node.
     pub fn validate(&self) -> Result<()> {
         if self.cluster.domain.is_empty() || !self.cluster.domain.split('.').all(valid_hostname) {
-            return Err(NfsrootError::invalid("cluster.domain", None, format!("{:?} is not a DNS domain", self.cluster.domain)));
+            return Err(NfsrootError::invalid(
+                "cluster.domain",
+                None,
+                format!("{:?} is not a DNS domain", self.cluster.domain),
+            ));
         }
         if !valid_hostname(&self.server.name) {
-            return Err(NfsrootError::invalid("server.name", None, format!("{:?} is not a valid host name", self.server.name)));
+            return Err(NfsrootError::invalid(
+                "server.name",
+                None,
+                format!("{:?} is not a valid host name", self.server.name),
+            ));
         }
         let subnet = Subnet::parse(&self.network.subnet).ok_or_else(|| {
-            NfsrootError::invalid("network.subnet", None, format!("{:?} is not a subnet like 10.0.0.0/24", self.network.subnet))
+            NfsrootError::invalid(
+                "network.subnet",
+                None,
+                format!("{:?} is not a subnet like 10.0.0.0/24", self.network.subnet),
+            )
         })?;
-        let server = self.server.address.ok_or_else(|| NfsrootError::invalid("server.address", None, "is not set"))?;
+        let server = self
+            .server
+            .address
+            .ok_or_else(|| NfsrootError::invalid("server.address", None, "is not set"))?;
         if !subnet.holds_host(server) {
-            return Err(NfsrootError::invalid("server.address", None, format!("{server} is not a host address of {subnet}")));
+            return Err(NfsrootError::invalid(
+                "server.address",
+                None,
+                format!("{server} is not a host address of {subnet}"),
+            ));
         }
         if let Some(gw) = self.network.gateway {
             if !subnet.holds_host(gw) {
-                return Err(NfsrootError::invalid("network.gateway", None, format!("{gw} is not a host address of {subnet}")));
+                return Err(NfsrootError::invalid(
+                    "network.gateway",
+                    None,
+                    format!("{gw} is not a host address of {subnet}"),
+                ));
             }
         }
         self.validate_paths()?;
@@ -301,28 +343,64 @@ impl Description {
 
     fn validate_paths(&self) -> Result<()> {
         if !self.image.root.is_absolute() {
-            return Err(NfsrootError::invalid("image.root", None, "must be an absolute path"));
+            return Err(NfsrootError::invalid(
+                "image.root",
+                None,
+                "must be an absolute path",
+            ));
         }
         if !valid_image_name(&self.image.boot) {
-            return Err(NfsrootError::invalid("image.boot", None, format!("{:?} is not an image name like base@2", self.image.boot)));
+            return Err(NfsrootError::invalid(
+                "image.boot",
+                None,
+                format!("{:?} is not an image name like base@2", self.image.boot),
+            ));
         }
         if !self.server.tftp_root.is_absolute() {
-            return Err(NfsrootError::invalid("server.tftp_root", None, "must be an absolute path"));
+            return Err(NfsrootError::invalid(
+                "server.tftp_root",
+                None,
+                "must be an absolute path",
+            ));
         }
-        if self.image.root.to_string_lossy().contains(|c: char| c.is_whitespace() || c == ',' || c == '"') {
-            return Err(NfsrootError::invalid("image.root", None, "must not contain spaces, commas or quotes (it goes on the kernel command line)"));
+        if self
+            .image
+            .root
+            .to_string_lossy()
+            .contains(|c: char| c.is_whitespace() || c == ',' || c == '"')
+        {
+            return Err(NfsrootError::invalid(
+                "image.root",
+                None,
+                "must not contain spaces, commas or quotes (it goes on the kernel command line)",
+            ));
         }
         if self.image.mode == RootMode::Shared {
             for (i, d) in self.image.rw_dirs.iter().enumerate() {
                 // Plain names only: they become systemd mount unit names unescaped.
                 if d.is_empty() || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(NfsrootError::invalid(format!("image.rw_dirs[{i}]"), None, format!("{d:?} must be a top-level directory name like var")));
+                    return Err(NfsrootError::invalid(
+                        format!("image.rw_dirs[{i}]"),
+                        None,
+                        format!("{d:?} must be a top-level directory name like var"),
+                    ));
                 }
             }
         }
-        for (field, v) in [("boot.kernel", &self.boot.kernel), ("boot.initrd", &self.boot.initrd)] {
-            if v.is_empty() || v.starts_with('/') || v.split('/').any(|c| c == "..") || v.contains(char::is_whitespace) {
-                return Err(NfsrootError::invalid(field, None, format!("{v:?} must be a path relative to the TFTP root")));
+        for (field, v) in [
+            ("boot.kernel", &self.boot.kernel),
+            ("boot.initrd", &self.boot.initrd),
+        ] {
+            if v.is_empty()
+                || v.starts_with('/')
+                || v.split('/').any(|c| c == "..")
+                || v.contains(char::is_whitespace)
+            {
+                return Err(NfsrootError::invalid(
+                    field,
+                    None,
+                    format!("{v:?} must be a path relative to the TFTP root"),
+                ));
             }
         }
         if self.krgd.port == 0 {
@@ -339,27 +417,70 @@ impl Description {
         for (i, n) in self.nodes.iter().enumerate() {
             let who = Some(n.name.as_str());
             if !valid_hostname(&n.name) {
-                return Err(NfsrootError::invalid(format!("node[{i}].name"), who, "is not a valid host name (letters, digits, '-')"));
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].name"),
+                    who,
+                    "is not a valid host name (letters, digits, '-')",
+                ));
+            }
+            let image_base = self.image.boot.split('@').next().unwrap_or_default();
+            if n.name == image_base {
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].name"),
+                    who,
+                    format!(
+                        "is the name of the boot image {image_base}; clones are named after nodes"
+                    ),
+                ));
             }
             if let Some(other) = names.insert(&n.name, &n.name) {
-                return Err(NfsrootError::invalid(format!("node[{i}].name"), who, format!("name already used by node {other}")));
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].name"),
+                    who,
+                    format!("name already used by node {other}"),
+                ));
             }
-            let mac = normalise_mac(&n.mac)
-                .ok_or_else(|| NfsrootError::invalid(format!("node[{i}].mac"), who, format!("{:?} is not a MAC address like 52:54:00:12:34:56", n.mac)))?;
+            let mac = normalise_mac(&n.mac).ok_or_else(|| {
+                NfsrootError::invalid(
+                    format!("node[{i}].mac"),
+                    who,
+                    format!("{:?} is not a MAC address like 52:54:00:12:34:56", n.mac),
+                )
+            })?;
             if let Some(other) = macs.insert(mac.clone(), &n.name) {
-                return Err(NfsrootError::invalid(format!("node[{i}].mac"), who, format!("{mac} is also the MAC of node {other}")));
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].mac"),
+                    who,
+                    format!("{mac} is also the MAC of node {other}"),
+                ));
             }
             if !subnet.holds_host(n.ip) {
-                return Err(NfsrootError::invalid(format!("node[{i}].ip"), who, format!("{} is not a host address of {subnet}", n.ip)));
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].ip"),
+                    who,
+                    format!("{} is not a host address of {subnet}", n.ip),
+                ));
             }
             if n.ip == server {
-                return Err(NfsrootError::invalid(format!("node[{i}].ip"), who, format!("{} is the server's address", n.ip)));
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].ip"),
+                    who,
+                    format!("{} is the server's address", n.ip),
+                ));
             }
             if let Some(other) = ips.insert(n.ip, &n.name) {
-                return Err(NfsrootError::invalid(format!("node[{i}].ip"), who, format!("{} is also the IP of node {other}", n.ip)));
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].ip"),
+                    who,
+                    format!("{} is also the IP of node {other}", n.ip),
+                ));
             }
             if let Some(other) = ids.insert(n.node_id, &n.name) {
-                return Err(NfsrootError::invalid(format!("node[{i}].node_id"), who, format!("{} is also the node_id of node {other}", n.node_id)));
+                return Err(NfsrootError::invalid(
+                    format!("node[{i}].node_id"),
+                    who,
+                    format!("{} is also the node_id of node {other}", n.node_id),
+                ));
             }
         }
         Ok(())
@@ -394,7 +515,9 @@ node_id = 2
 "#;
 
     fn err(text: &str) -> String {
-        Description::parse(text, Path::new("c.toml")).unwrap_err().to_string()
+        Description::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -407,7 +530,10 @@ node_id = 2
     #[test]
     fn errors_name_field_and_node() {
         let e = err(&GOOD.replace("52:54:00:00:00:02", "52:54:00:00:00:01"));
-        assert_eq!(e, "node n2: node[1].mac: 52:54:00:00:00:01 is also the MAC of node n1");
+        assert_eq!(
+            e,
+            "node n2: node[1].mac: 52:54:00:00:00:01 is also the MAC of node n1"
+        );
         let e = err(&GOOD.replace("10.0.0.12", "10.0.0.11"));
         assert!(e.starts_with("node n2: node[1].ip:"), "{e}");
         let e = err(&GOOD.replace("node_id = 2", "node_id = 1"));
@@ -420,6 +546,11 @@ node_id = 2
         assert!(e.contains("node[1].mac"), "{e}");
         let e = err(&GOOD.replace("10.0.0.0/24", "10.0.0.1/24"));
         assert!(e.starts_with("network.subnet:"), "{e}");
+        let e = err(&GOOD.replace("name = \"n2\"", "name = \"base\""));
+        assert!(
+            e.starts_with("node base: node[1].name: is the name of the boot image"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("[image]", "[image]\nbogus = 1"));
         assert!(e.contains("bogus"), "{e}");
     }
@@ -430,7 +561,12 @@ node_id = 2
         assert_eq!(s.broadcast(), Ipv4Addr::new(192, 168, 7, 255));
         assert!(s.holds_host(Ipv4Addr::new(192, 168, 5, 1)));
         assert!(!s.holds_host(Ipv4Addr::new(192, 168, 4, 0)));
-        assert_eq!(normalise_mac("52-54-00-AB-cd-01").as_deref(), Some("52:54:00:ab:cd:01"));
-        assert!(valid_image_name("base@12") && !valid_image_name("base@") && !valid_image_name("../x"));
+        assert_eq!(
+            normalise_mac("52-54-00-AB-cd-01").as_deref(),
+            Some("52:54:00:ab:cd:01")
+        );
+        assert!(
+            valid_image_name("base@12") && !valid_image_name("base@") && !valid_image_name("../x")
+        );
     }
 }

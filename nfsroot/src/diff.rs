@@ -89,13 +89,22 @@ fn edit_script(a: &[&str], b: &[&str]) -> Vec<Op> {
     // Trim the common prefix and suffix first: rendered files usually change
     // in one place, which keeps the quadratic table small.
     let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let suf = a[pre..].iter().rev().zip(b[pre..].iter().rev()).take_while(|(x, y)| x == y).count();
+    let suf = a[pre..]
+        .iter()
+        .rev()
+        .zip(b[pre..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
     let (ma, mb) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
     let (n, m) = (ma.len(), mb.len());
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if ma[i] == mb[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if ma[i] == mb[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let mut ops = vec![Op::Same; pre];
@@ -105,12 +114,13 @@ fn edit_script(a: &[&str], b: &[&str]) -> Vec<Op> {
             ops.push(Op::Same);
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            ops.push(Op::Add);
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Deletions before insertions, as diff(1) prints them.
             ops.push(Op::Del);
             i += 1;
+        } else {
+            ops.push(Op::Add);
+            j += 1;
         }
     }
     ops.extend(std::iter::repeat_n(Op::Same, suf));
@@ -124,8 +134,16 @@ mod tests {
     #[test]
     fn equal_is_empty_and_changes_are_hunked() {
         assert_eq!(unified("a\nb\n", "a\nb\n", "x", "y"), "");
-        let d = unified("1\n2\n3\n4\n5\n6\n7\n8\n9\n", "1\n2\n3\n4\nFIVE\n6\n7\n8\n9\n", "a/f", "b/f");
-        assert_eq!(d, "--- a/f\n+++ b/f\n@@ -2,7 +2,7 @@\n 2\n 3\n 4\n-5\n+FIVE\n 6\n 7\n 8\n");
+        let d = unified(
+            "1\n2\n3\n4\n5\n6\n7\n8\n9\n",
+            "1\n2\n3\n4\nFIVE\n6\n7\n8\n9\n",
+            "a/f",
+            "b/f",
+        );
+        assert_eq!(
+            d,
+            "--- a/f\n+++ b/f\n@@ -2,7 +2,7 @@\n 2\n 3\n 4\n-5\n+FIVE\n 6\n 7\n 8\n"
+        );
         let d = unified("", "new\n", "/dev/null", "b/f");
         assert_eq!(d, "--- /dev/null\n+++ b/f\n@@ -0,0 +1 @@\n+new\n");
     }

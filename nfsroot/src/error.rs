@@ -11,7 +11,11 @@ pub enum NfsrootError {
     /// The description parsed but is inconsistent. `field` names the key
     /// (`node[2].ip`), `node` the node it concerns, when there is one.
     #[error("{}{field}: {message}", node.as_ref().map(|n| format!("node {n}: ")).unwrap_or_default())]
-    Invalid { field: String, node: Option<String>, message: String },
+    Invalid {
+        field: String,
+        node: Option<String>,
+        message: String,
+    },
 
     /// A file system operation failed.
     #[error("{what}: {err}")]
@@ -28,11 +32,22 @@ pub enum NfsrootError {
 
 impl NfsrootError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        NfsrootError::Io { what: what.into(), err: source }
+        NfsrootError::Io {
+            what: what.into(),
+            err: source,
+        }
     }
 
-    pub fn invalid(field: impl Into<String>, node: Option<&str>, message: impl Into<String>) -> Self {
-        NfsrootError::Invalid { field: field.into(), node: node.map(str::to_string), message: message.into() }
+    pub fn invalid(
+        field: impl Into<String>,
+        node: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        NfsrootError::Invalid {
+            field: field.into(),
+            node: node.map(str::to_string),
+            message: message.into(),
+        }
     }
 }
 

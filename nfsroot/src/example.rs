@@ -76,7 +76,8 @@ node_id = 2
 mod tests {
     #[test]
     fn example_is_a_valid_description() {
-        let d = crate::desc::Description::parse(super::EXAMPLE, std::path::Path::new("example")).unwrap();
+        let d = crate::desc::Description::parse(super::EXAMPLE, std::path::Path::new("example"))
+            .unwrap();
         assert_eq!(d.nodes.len(), 2);
     }
 }

@@ -80,7 +80,12 @@ enum DhcpFlag {
 #[derive(Args, Clone)]
 struct RootArg {
     /// Image root directory.
-    #[arg(long = "root", value_name = "DIR", env = "NFSROOT_IMAGES", default_value = "/srv/krg/images")]
+    #[arg(
+        long = "root",
+        value_name = "DIR",
+        env = "NFSROOT_IMAGES",
+        default_value = "/srv/krg/images"
+    )]
     root: PathBuf,
 }
 
@@ -101,7 +106,11 @@ enum ImageCmd {
         #[arg(long, default_value = "minbase")]
         variant: String,
         /// Extra packages, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "systemd-sysv,nfs-common,fuse3,iproute2")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "systemd-sysv,nfs-common,fuse3,iproute2"
+        )]
         include: Vec<String>,
         /// Copy this prepared root tree instead of running debootstrap.
         #[arg(long, value_name = "DIR")]
@@ -133,9 +142,9 @@ enum ImageCmd {
     Ls {
         #[command(flatten)]
         root: RootArg,
-        /// One JSON-like TOML table per entry instead of columns.
+        /// One JSON object per line instead of columns.
         #[arg(long)]
-        long: bool,
+        json: bool,
     },
     /// Mount an overlay clone again (overlays do not survive a server reboot).
     Mount {
@@ -198,7 +207,10 @@ fn main() -> ExitCode {
 }
 
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -219,7 +231,11 @@ fn init(file: &Path) -> Result<()> {
         bail!("{} exists; not overwriting it", file.display());
     }
     output::write_atomic(file, nfsroot::example::EXAMPLE.as_bytes(), 0o644)?;
-    println!("wrote {}: edit it, then `nfsroot render {} --out DIR`", file.display(), file.display());
+    println!(
+        "wrote {}: edit it, then `nfsroot render {} --out DIR`",
+        file.display(),
+        file.display()
+    );
     Ok(())
 }
 
@@ -236,7 +252,13 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 
 fn render_cmd(d: &Description, out: &Path, dhcp: DhcpFlag, diff: bool) -> Result<()> {
     let out = absolute(out)?;
-    let plan = render::plan(d, &RenderOptions { out: out.clone(), dhcp: dhcp_kind(dhcp) });
+    let plan = render::plan(
+        d,
+        &RenderOptions {
+            out: out.clone(),
+            dhcp: dhcp_kind(dhcp),
+        },
+    );
     if diff {
         let (text, o) = output::diff(&plan, &out, &d.image.root)?;
         print!("{text}");
@@ -258,7 +280,12 @@ fn report(o: &Outcome) {
         println!("nothing changed ({} files up to date)", o.unchanged);
         return;
     }
-    for (what, list) in [("created", &o.created), ("changed", &o.changed), ("removed", &o.removed), ("new directory", &o.dirs_created)] {
+    for (what, list) in [
+        ("created", &o.created),
+        ("changed", &o.changed),
+        ("removed", &o.removed),
+        ("new directory", &o.dirs_created),
+    ] {
         for p in list {
             println!("{what} {}", p.display());
         }
@@ -274,20 +301,43 @@ fn report(o: &Outcome) {
 
 fn check_cmd(a: &RenderArgs) -> Result<()> {
     let d = Description::load(&a.file)?;
-    println!("{}: description is consistent ({} nodes)", a.file.display(), d.nodes.len());
+    println!(
+        "{}: description is consistent ({} nodes)",
+        a.file.display(),
+        d.nodes.len()
+    );
     let out = absolute(&a.out)?;
     let kind = dhcp_kind(a.dhcp);
-    let plan = render::plan(&d, &RenderOptions { out: out.clone(), dhcp: kind });
+    let plan = render::plan(
+        &d,
+        &RenderOptions {
+            out: out.clone(),
+            dhcp: kind,
+        },
+    );
     let (_, o) = output::diff(&plan, &out, &d.image.root)?;
     let file = out.join(match kind {
         DhcpServer::Isc => "dhcp/dhcpd.conf",
         DhcpServer::Dnsmasq => "dhcp/dnsmasq.conf",
     });
     if !file.is_file() {
-        bail!("{} is missing: run `nfsroot render {} --out {}` first", file.display(), a.file.display(), a.out.display());
+        bail!(
+            "{} is missing: run `nfsroot render {} --out {}` first",
+            file.display(),
+            a.file.display(),
+            a.out.display()
+        );
     }
     check::dhcp_config(kind, &file)?;
-    println!("{}: accepted by {}", file.display(), if kind == DhcpServer::Isc { "dhcpd -t" } else { "dnsmasq --test" });
+    println!(
+        "{}: accepted by {}",
+        file.display(),
+        if kind == DhcpServer::Isc {
+            "dhcpd -t"
+        } else {
+            "dnsmasq --test"
+        }
+    );
     if !o.is_noop() {
         bail!(
             "{} is out of date: {} files would be created, {} changed, {} removed (see `nfsroot render --diff`)",
@@ -303,29 +353,70 @@ fn check_cmd(a: &RenderArgs) -> Result<()> {
 
 fn image_cmd(c: ImageCmd) -> Result<()> {
     match c {
-        ImageCmd::Build { name, root, suite, mirror, variant, include, from_tree, krg_bin_dir, config } => {
+        ImageCmd::Build {
+            name,
+            root,
+            suite,
+            mirror,
+            variant,
+            include,
+            from_tree,
+            krg_bin_dir,
+            config,
+        } => {
             let store = Store::open(&absolute(&root.root)?)?;
             let include = include.into_iter().filter(|s| !s.is_empty()).collect();
             let source = match from_tree {
                 Some(t) => BuildSource::Tree(t),
-                None => BuildSource::Debootstrap { suite, mirror, variant, include },
+                None => BuildSource::Debootstrap {
+                    suite,
+                    mirror,
+                    variant,
+                    include,
+                },
             };
-            let opts = BuildOptions { source, krg_bin_dir, config_tree: config };
-            let quiet = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let opts = BuildOptions {
+                source,
+                krg_bin_dir,
+                config_tree: config,
+            };
+            let spinner = spinner();
             let path = store.build(&name, &opts, &mut |m| {
-                if !quiet {
-                    eprintln!("nfsroot: {m}");
+                if let Some(pb) = &spinner {
+                    pb.println(format!("nfsroot: {m}"));
+                    pb.set_message(m.to_string());
                 }
-            })?;
+            });
+            if let Some(pb) = spinner {
+                pb.finish_and_clear();
+            }
+            let path = path?;
             println!("built image {name} at {}", path.display());
         }
         ImageCmd::Snapshot { name, root } => {
             let store = Store::open(&absolute(&root.root)?)?;
-            let m = store.snapshot(&name)?;
-            let ro = if m.enforced_read_only { "read-only" } else { "read-only by convention: this file system has no reflink, so clones are overlays, which would inherit immutable flags" };
+            let spinner = spinner();
+            if let Some(pb) = &spinner {
+                pb.set_message(format!("making the next version of {name}"));
+            }
+            let m = store.snapshot(&name);
+            if let Some(pb) = spinner {
+                pb.finish_and_clear();
+            }
+            let m = m?;
+            let ro = if m.enforced_read_only {
+                "read-only"
+            } else {
+                "read-only by convention: this file system has no reflink, so clones are overlays, which would inherit immutable flags"
+            };
             println!("made {} ({}, {ro})", m.name, m.mechanism);
         }
-        ImageCmd::Clone { source, name, root, mechanism } => {
+        ImageCmd::Clone {
+            source,
+            name,
+            root,
+            mechanism,
+        } => {
             let store = Store::open(&absolute(&root.root)?)?;
             let m = store.clone_image(&source, &name, mechanism)?;
             println!("cloned {source} to {} using {}", m.name, m.mechanism);
@@ -333,9 +424,9 @@ fn image_cmd(c: ImageCmd) -> Result<()> {
                 println!("the overlay is not remounted after a reboot: add to the server's /etc/fstab\n  {line}\nor run `nfsroot image mount {}`", m.name);
             }
         }
-        ImageCmd::Ls { root, long } => {
+        ImageCmd::Ls { root, json } => {
             let store = Store::open(&absolute(&root.root)?)?;
-            ls(&store, long)?;
+            ls(&store, json)?;
         }
         ImageCmd::Mount { name, root } => {
             let store = Store::open(&absolute(&root.root)?)?;
@@ -354,33 +445,77 @@ fn image_cmd(c: ImageCmd) -> Result<()> {
     Ok(())
 }
 
-fn ls(store: &Store, long: bool) -> Result<()> {
+/// A spinner on stderr when it is a terminal; nothing otherwise.
+fn spinner() -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(pb)
+}
+
+fn ls(store: &Store, json: bool) -> Result<()> {
     let entries = store.list()?;
-    if long {
+    if json {
         for e in &entries {
-            println!("[{}]\n{}", e.name, toml::to_string(&e.meta).context("encoding metadata")?);
+            let v = serde_json::json!({ "name": e.name, "path": store.path(&e.name), "meta": e.meta, "mounted": e.mounted });
+            println!("{v}");
         }
         return Ok(());
     }
-    println!("{:<20} {:<8} {:<16} {:<26} STATE", "NAME", "KIND", "ORIGIN", "MECHANISM");
+    println!(
+        "{:<20} {:<8} {:<16} {:<26} STATE",
+        "NAME", "KIND", "ORIGIN", "MECHANISM"
+    );
     for e in entries {
         let state = match (e.meta.kind, e.meta.mechanism) {
-            (Kind::Clone, Some(Mechanism::Overlay)) if !e.mounted => "not mounted (nfsroot image mount)",
+            (Kind::Clone, Some(Mechanism::Overlay)) if !e.mounted => {
+                "not mounted (nfsroot image mount)"
+            }
             (Kind::Version, _) if e.meta.enforced_read_only => "read-only",
             (Kind::Version, _) => "read-only by convention",
             _ => "writable",
         };
-        let mech = e.meta.mechanism.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
-        println!("{:<20} {:<8} {:<16} {:<26} {state}", e.name, e.meta.kind.to_string(), e.meta.origin.as_deref().unwrap_or("-"), mech);
+        let mech = e
+            .meta
+            .mechanism
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<8} {:<16} {:<26} {state}",
+            e.name,
+            e.meta.kind.to_string(),
+            e.meta.origin.as_deref().unwrap_or("-"),
+            mech
+        );
     }
     Ok(())
 }
 
 fn nodes_cmd(c: NodesCmd) -> Result<()> {
     let (file, r, desc) = match c {
-        NodesCmd::Add { file, name, mac, ip, node_id, render } => {
-            let (desc, id) = nfsroot::nodes::add(&file, &NewNode { name: name.clone(), mac, ip, node_id })?;
-            println!("added node {name} with node_id {id} to {} (krgadm nodes add uses the same id)", file.display());
+        NodesCmd::Add {
+            file,
+            name,
+            mac,
+            ip,
+            node_id,
+            render,
+        } => {
+            let (desc, id) = nfsroot::nodes::add(
+                &file,
+                &NewNode {
+                    name: name.clone(),
+                    mac,
+                    ip,
+                    node_id,
+                },
+            )?;
+            println!(
+                "added node {name} with node_id {id} to {} (krgadm nodes add uses the same id)",
+                file.display()
+            );
             if render.clone && desc.image.mode == nfsroot::desc::RootMode::Clone {
                 let store = Store::open(&desc.image.root)?;
                 if store.meta(&desc.image.boot).is_ok() && !store.path(&name).exists() {

@@ -20,8 +20,14 @@ pub struct NewNode {
 }
 
 fn load(path: &Path) -> Result<(String, DocumentMut)> {
-    let text = std::fs::read_to_string(path).map_err(|e| NfsrootError::io(format!("reading {}", path.display()), e))?;
-    let doc = text.parse::<DocumentMut>().map_err(|e| NfsrootError::Parse { path: path.into(), message: e.to_string().trim().replace('\n', " ") })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NfsrootError::io(format!("reading {}", path.display()), e))?;
+    let doc = text
+        .parse::<DocumentMut>()
+        .map_err(|e| NfsrootError::Parse {
+            path: path.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
     Ok((text, doc))
 }
 
@@ -35,7 +41,9 @@ fn save(path: &Path, doc: &DocumentMut) -> Result<Description> {
 
 fn file_mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644)
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644)
 }
 
 /// Add a node; returns the new description and the node id it got.
@@ -44,7 +52,9 @@ pub fn add(path: &Path, node: &NewNode) -> Result<(Description, u32)> {
     let current = Description::parse(&text, path)?;
     let id = match node.node_id {
         Some(id) => id,
-        None => (1..=u32::MAX).find(|i| !current.nodes.iter().any(|n| n.node_id == *i)).unwrap_or(0),
+        None => (1..=u32::MAX)
+            .find(|i| !current.nodes.iter().any(|n| n.node_id == *i))
+            .unwrap_or(0),
     };
     let mut t = Table::new();
     t.insert("name", value(node.name.as_str()));
@@ -58,7 +68,13 @@ pub fn add(path: &Path, node: &NewNode) -> Result<(Description, u32)> {
             doc.insert("node", Item::ArrayOfTables(arr));
         }
         Some(Item::ArrayOfTables(arr)) => arr.push(t),
-        Some(_) => return Err(NfsrootError::invalid("node", None, "must be an array of [[node]] tables")),
+        Some(_) => {
+            return Err(NfsrootError::invalid(
+                "node",
+                None,
+                "must be an array of [[node]] tables",
+            ))
+        }
     }
     // validate() in save() refuses duplicates, naming the clash.
     let desc = save(path, &doc)?;
@@ -71,17 +87,30 @@ pub fn del(path: &Path, who: &str) -> Result<(Description, u32)> {
     let (_, mut doc) = load(path)?;
     let arr = match doc.get_mut("node") {
         Some(Item::ArrayOfTables(arr)) => arr,
-        _ => return Err(NfsrootError::invalid("node", Some(who), "no such node: the description has no [[node]]")),
+        _ => {
+            return Err(NfsrootError::invalid(
+                "node",
+                Some(who),
+                "no such node: the description has no [[node]]",
+            ))
+        }
     };
     let matches = |t: &Table| {
         t.get("name").and_then(|v| v.as_str()) == Some(who)
-            || t.get("node_id").and_then(|v| v.as_integer()).map(|i| i.to_string()).as_deref() == Some(who)
+            || t.get("node_id")
+                .and_then(|v| v.as_integer())
+                .map(|i| i.to_string())
+                .as_deref()
+                == Some(who)
     };
-    let idx = arr
-        .iter()
-        .position(matches)
-        .ok_or_else(|| NfsrootError::invalid("node", Some(who), "no node has this name or node_id"))?;
-    let id = arr.get(idx).and_then(|t| t.get("node_id")).and_then(|v| v.as_integer()).unwrap_or(0);
+    let idx = arr.iter().position(matches).ok_or_else(|| {
+        NfsrootError::invalid("node", Some(who), "no node has this name or node_id")
+    })?;
+    let id = arr
+        .get(idx)
+        .and_then(|t| t.get("node_id"))
+        .and_then(|v| v.as_integer())
+        .unwrap_or(0);
     arr.remove(idx);
     if arr.is_empty() {
         doc.remove("node");

@@ -29,7 +29,10 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn is_noop(&self) -> bool {
-        self.created.is_empty() && self.changed.is_empty() && self.removed.is_empty() && self.dirs_created.is_empty()
+        self.created.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.dirs_created.is_empty()
     }
 }
 
@@ -42,8 +45,14 @@ enum State {
 fn state_of(f: &PlannedFile) -> Result<State> {
     match fs::read(&f.path) {
         Ok(old) => {
-            let mode = fs::metadata(&f.path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0);
-            Ok(if old == f.contents && mode == f.mode { State::Same } else { State::Differs(old) })
+            let mode = fs::metadata(&f.path)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0);
+            Ok(if old == f.contents && mode == f.mode {
+                State::Same
+            } else {
+                State::Differs(old)
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::Missing),
         Err(e) => Err(NfsrootError::io(format!("reading {}", f.path.display()), e)),
@@ -53,10 +62,17 @@ fn state_of(f: &PlannedFile) -> Result<State> {
 /// Refuse any destination outside the allowed roots (defence in depth: the
 /// renderers only join validated names onto them).
 fn check_confined(plan: &Plan, roots: &[&Path]) -> Result<()> {
-    let paths = plan.files.iter().map(|f| &f.path).chain(plan.dirs.iter().map(|d| &d.path));
+    let paths = plan
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(plan.dirs.iter().map(|d| &d.path));
     for p in paths {
         if !roots.iter().any(|r| is_inside(p, r)) {
-            return Err(NfsrootError::Image(format!("refusing to write {}: outside the output and image roots", p.display())));
+            return Err(NfsrootError::Image(format!(
+                "refusing to write {}: outside the output and image roots",
+                p.display()
+            )));
         }
     }
     Ok(())
@@ -64,12 +80,21 @@ fn check_confined(plan: &Plan, roots: &[&Path]) -> Result<()> {
 
 fn read_manifest(out: &Path) -> Vec<PathBuf> {
     fs::read_to_string(out.join(MANIFEST))
-        .map(|t| t.lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect())
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn manifest_text(plan: &Plan) -> Vec<u8> {
-    let mut paths: Vec<String> = plan.files.iter().map(|f| f.path.display().to_string()).collect();
+    let mut paths: Vec<String> = plan
+        .files
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .collect();
     paths.sort();
     let mut s = String::from("");
     for p in paths {
@@ -104,7 +129,12 @@ pub fn diff(plan: &Plan, out: &Path, image_root: &Path) -> Result<(String, Outco
                 o.created.push(f.path.clone());
             }
             State::Differs(old) => {
-                let d = diff::unified(&String::from_utf8_lossy(&old), &new, &format!("a{name}"), &format!("b{name}"));
+                let d = diff::unified(
+                    &String::from_utf8_lossy(&old),
+                    &new,
+                    &format!("a{name}"),
+                    &format!("b{name}"),
+                );
                 if d.is_empty() {
                     text.push_str(&format!("mode of {name}: now {:o}\n", f.mode));
                 }
@@ -115,7 +145,12 @@ pub fn diff(plan: &Plan, out: &Path, image_root: &Path) -> Result<(String, Outco
     }
     for p in stale(plan, out, &roots) {
         let old = fs::read(&p).unwrap_or_default();
-        text.push_str(&diff::unified(&String::from_utf8_lossy(&old), "", &format!("a{}", p.display()), "/dev/null"));
+        text.push_str(&diff::unified(
+            &String::from_utf8_lossy(&old),
+            "",
+            &format!("a{}", p.display()),
+            "/dev/null",
+        ));
         o.removed.push(p);
     }
     for d in &plan.dirs {
@@ -146,7 +181,8 @@ pub fn apply(plan: &Plan, out: &Path, image_root: &Path) -> Result<Outcome> {
         }
     }
     for p in stale(plan, out, &roots) {
-        fs::remove_file(&p).map_err(|e| NfsrootError::io(format!("removing {}", p.display()), e))?;
+        fs::remove_file(&p)
+            .map_err(|e| NfsrootError::io(format!("removing {}", p.display()), e))?;
         o.removed.push(p);
     }
     for d in &plan.dirs {
@@ -168,10 +204,17 @@ pub fn apply(plan: &Plan, out: &Path, image_root: &Path) -> Result<Outcome> {
 fn create_dir(path: &Path, mode: u32, seed: Option<&Path>) -> Result<()> {
     let io = |what: &str, e| NfsrootError::io(format!("{what} {}", path.display()), e);
     let parent = path.parent().unwrap_or(Path::new("/"));
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(|e| io("creating parent of", e))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(|e| io("creating parent of", e))?;
     match seed {
         None => {
-            fs::DirBuilder::new().mode(mode).create(path).map_err(|e| io("creating", e))?;
+            fs::DirBuilder::new()
+                .mode(mode)
+                .create(path)
+                .map_err(|e| io("creating", e))?;
         }
         Some(seed) => {
             let tmp = temp_name(path);
@@ -185,17 +228,28 @@ fn create_dir(path: &Path, mode: u32, seed: Option<&Path>) -> Result<()> {
                 .map_err(|e| io("running cp to fill", e))?;
             if !status.success() {
                 let _ = fs::remove_dir_all(&tmp);
-                return Err(NfsrootError::Tool { tool: "cp".into(), message: format!("copying {} to {} ({status})", seed.display(), path.display()) });
+                return Err(NfsrootError::Tool {
+                    tool: "cp".into(),
+                    message: format!(
+                        "copying {} to {} ({status})",
+                        seed.display(),
+                        path.display()
+                    ),
+                });
             }
             fs::rename(&tmp, path).map_err(|e| io("renaming into place", e))?;
         }
     }
     // DirBuilder's mode is filtered by the umask; set the intended one.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io("setting mode of", e))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io("setting mode of", e))
 }
 
 fn temp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.nfsroot-tmp.{}", std::process::id()))
 }
 
@@ -204,7 +258,11 @@ fn temp_name(path: &Path) -> PathBuf {
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let io = |what: &str, e| NfsrootError::io(format!("{what} {}", path.display()), e);
     let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| io("creating directory for", e))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| io("creating directory for", e))?;
     let tmp = temp_name(path);
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;

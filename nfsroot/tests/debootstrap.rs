@@ -13,13 +13,23 @@ fn endpoint(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let hostport = rest.split('/').next()?;
     let hostport = hostport.rsplit('@').next()?;
-    Some(if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:{}", if scheme == "https" { 443 } else { 80 }) })
+    Some(if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{}", if scheme == "https" { 443 } else { 80 })
+    })
 }
 
 fn reachable(url: &str) -> bool {
-    let Some(ep) = endpoint(url) else { return false };
-    let Ok(addrs) = ep.to_socket_addrs() else { return false };
-    addrs.into_iter().any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
+    let Some(ep) = endpoint(url) else {
+        return false;
+    };
+    let Ok(addrs) = ep.to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
 }
 
 #[test]
@@ -39,12 +49,23 @@ fn debootstrap_builds_a_bookworm_image_with_krg_installed() {
     std::fs::copy("/bin/true", bins.join("krgd")).unwrap();
     // minbase and no extra packages keeps this to a minute or two.
     let s = ok(&[
-        "image", "build", "deb", "--root", root.to_str().unwrap(), "--suite", "bookworm", "--include", "",
-        "--krg-bin-dir", bins.to_str().unwrap(),
+        "image",
+        "build",
+        "deb",
+        "--root",
+        root.to_str().unwrap(),
+        "--suite",
+        "bookworm",
+        "--include",
+        "",
+        "--krg-bin-dir",
+        bins.to_str().unwrap(),
     ]);
     assert!(s.contains("built image deb"), "{s}");
     let img = root.join("deb");
-    assert!(std::fs::read_to_string(img.join("etc/debian_version")).unwrap().starts_with("12"));
+    assert!(std::fs::read_to_string(img.join("etc/debian_version"))
+        .unwrap()
+        .starts_with("12"));
     assert!(img.join("usr/local/sbin/krgd").is_file());
     assert!(img.join("etc/systemd/system/krgd.service").is_file());
     assert!(img.join("config/krg_scheduler").is_dir());
@@ -56,6 +77,12 @@ fn debootstrap_builds_a_bookworm_image_with_krg_installed() {
 
 #[test]
 fn mirror_endpoint_parsing() {
-    assert_eq!(endpoint("http://m.example/debian").as_deref(), Some("m.example:80"));
-    assert_eq!(endpoint("https://m.example:8443/x").as_deref(), Some("m.example:8443"));
+    assert_eq!(
+        endpoint("http://m.example/debian").as_deref(),
+        Some("m.example:80")
+    );
+    assert_eq!(
+        endpoint("https://m.example:8443/x").as_deref(),
+        Some("m.example:8443")
+    );
 }

@@ -15,15 +15,41 @@ fn build_and_version(root: &Path, work: &Path) -> String {
     std::fs::copy("/bin/true", bins.join("krgd")).unwrap();
     std::fs::copy("/bin/true", bins.join("mount.kdfs")).unwrap();
     let r = root.to_str().unwrap();
-    let s = ok(&["image", "build", "base", "--root", r, "--from-tree", tree.to_str().unwrap(), "--krg-bin-dir", bins.to_str().unwrap()]);
+    let s = ok(&[
+        "image",
+        "build",
+        "base",
+        "--root",
+        r,
+        "--from-tree",
+        tree.to_str().unwrap(),
+        "--krg-bin-dir",
+        bins.to_str().unwrap(),
+    ]);
     assert!(s.contains("built image base"), "{s}");
     let img = root.join("base");
     assert!(img.join("usr/local/sbin/krgd").is_file());
     assert!(img.join("usr/sbin/mount.kdfs").is_file());
     assert!(img.join("config/krg_scheduler").is_dir());
-    assert!(img.join("etc/systemd/system/multi-user.target.wants/krgd.service").symlink_metadata().is_ok());
-    assert!(std::fs::read(img.join("etc/krg/cluster.key")).unwrap().len() >= 16);
-    let e = fails(&["image", "build", "base", "--root", r, "--from-tree", tree.to_str().unwrap()]);
+    assert!(img
+        .join("etc/systemd/system/multi-user.target.wants/krgd.service")
+        .symlink_metadata()
+        .is_ok());
+    assert!(
+        std::fs::read(img.join("etc/krg/cluster.key"))
+            .unwrap()
+            .len()
+            >= 16
+    );
+    let e = fails(&[
+        "image",
+        "build",
+        "base",
+        "--root",
+        r,
+        "--from-tree",
+        tree.to_str().unwrap(),
+    ]);
     assert!(e.contains("base already exists"), "{e}");
     let s1 = ok(&["image", "snapshot", "base", "--root", r]);
     assert!(s1.starts_with("made base@1"), "{s1}");
@@ -36,21 +62,36 @@ fn build_and_version(root: &Path, work: &Path) -> String {
 fn clone_and_use(root: &Path, work: &Path, want: &str) {
     let r = root.to_str().unwrap();
     let s = ok(&["image", "clone", "base@1", "node1", "--root", r]);
-    assert!(s.contains(&format!("cloned base@1 to node1 using {want}")), "{s}");
+    assert!(
+        s.contains(&format!("cloned base@1 to node1 using {want}")),
+        "{s}"
+    );
     std::fs::write(root.join("node1/etc/os-release"), "changed\n").unwrap();
-    assert_eq!(std::fs::read_to_string(root.join("base@1/etc/os-release")).unwrap(), "PRETTY_NAME=\"test tree\"\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("base@1/etc/os-release")).unwrap(),
+        "PRETTY_NAME=\"test tree\"\n"
+    );
     // Render writes each node's files into its clone.
     let desc = write_description(work, root, "");
     let out = work.join("out");
     let (d, o) = (desc.to_str().unwrap(), out.to_str().unwrap());
     let s = ok(&["render", d, "--out", o]);
     assert!(s.contains("node node2: its root"), "{s}");
-    let k: krgd::config::Settings = toml::from_str(&std::fs::read_to_string(root.join("node1/etc/krg/krgd.toml")).unwrap()).unwrap();
+    let k: krgd::config::Settings =
+        toml::from_str(&std::fs::read_to_string(root.join("node1/etc/krg/krgd.toml")).unwrap())
+            .unwrap();
     assert_eq!(k.node_id, Some(1));
-    assert_eq!(std::fs::read_to_string(root.join("node1/etc/hostname")).unwrap(), "node1\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("node1/etc/hostname")).unwrap(),
+        "node1\n"
+    );
     assert!(ok(&["render", d, "--out", o]).starts_with("nothing changed"));
     let ls = ok(&["image", "ls", "--root", r]);
-    assert!(ls.lines().any(|l| l.starts_with("node1 ") && l.contains("clone") && l.contains("base@1")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("node1 ") && l.contains("clone") && l.contains("base@1")),
+        "{ls}"
+    );
     let e = fails(&["image", "rm", "base@1", "--root", r]);
     assert!(e.contains("origin of node1"), "{e}");
     ok(&["image", "rm", "node1", "--root", r]);
@@ -87,7 +128,16 @@ fn xfs_clones_are_reflink_copies_and_versions_immutable() {
     let e = std::fs::write(root.join("base@1/etc/new"), "x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EPERM), "immutable: {e}");
     // Overlay clones of an immutable version are refused with the reason.
-    let e = fails(&["image", "clone", "base@1", "x", "--root", root.to_str().unwrap(), "--mechanism", "overlay"]);
+    let e = fails(&[
+        "image",
+        "clone",
+        "base@1",
+        "x",
+        "--root",
+        root.to_str().unwrap(),
+        "--mechanism",
+        "overlay",
+    ]);
     assert!(e.contains("immutable flags"), "{e}");
     clone_and_use(&root, work.path(), "reflink copy");
 }
@@ -100,11 +150,25 @@ fn ext4_clones_fall_back_to_overlayfs() {
     let root = work.path().join("images");
     let s = build_and_version(&root, work.path());
     if s.contains("reflink") {
-        eprintln!("the temp dir supports reflink; the overlay fallback is covered by --mechanism below");
+        eprintln!(
+            "the temp dir supports reflink; the overlay fallback is covered by --mechanism below"
+        );
     }
     let r = root.to_str().unwrap();
-    let e = fails(&["image", "clone", "base@1", "n", "--root", r, "--mechanism", "btrfs"]);
-    assert!(e.contains("btrfs subvolume snapshot is not available"), "{e}");
+    let e = fails(&[
+        "image",
+        "clone",
+        "base@1",
+        "n",
+        "--root",
+        r,
+        "--mechanism",
+        "btrfs",
+    ]);
+    assert!(
+        e.contains("btrfs subvolume snapshot is not available"),
+        "{e}"
+    );
     if !s.contains("reflink") {
         clone_and_use(&root, work.path(), "overlayfs");
         return;
@@ -118,14 +182,44 @@ fn overlay_clone_survives_remount() {
     let root = work.path().join("images");
     let r = root.to_str().unwrap();
     let tree = prepared_tree(work.path());
-    ok(&["image", "build", "gold", "--root", r, "--from-tree", tree.to_str().unwrap()]);
-    let s = ok(&["image", "clone", "gold", "c1", "--root", r, "--mechanism", "overlay"]);
-    assert!(s.contains("using overlayfs") && s.contains("overlay "), "{s}");
+    ok(&[
+        "image",
+        "build",
+        "gold",
+        "--root",
+        r,
+        "--from-tree",
+        tree.to_str().unwrap(),
+    ]);
+    let s = ok(&[
+        "image",
+        "clone",
+        "gold",
+        "c1",
+        "--root",
+        r,
+        "--mechanism",
+        "overlay",
+    ]);
+    assert!(
+        s.contains("using overlayfs") && s.contains("overlay "),
+        "{s}"
+    );
     std::fs::write(root.join("c1/etc/mine"), "kept\n").unwrap();
-    assert!(std::process::Command::new("umount").arg(root.join("c1")).status().unwrap().success());
+    assert!(std::process::Command::new("umount")
+        .arg(root.join("c1"))
+        .status()
+        .unwrap()
+        .success());
     assert!(ok(&["image", "ls", "--root", r]).contains("not mounted"));
-    assert_eq!(ok(&["image", "mount", "c1", "--root", r]).trim(), "mounted c1");
-    assert_eq!(std::fs::read_to_string(root.join("c1/etc/mine")).unwrap(), "kept\n");
+    assert_eq!(
+        ok(&["image", "mount", "c1", "--root", r]).trim(),
+        "mounted c1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("c1/etc/mine")).unwrap(),
+        "kept\n"
+    );
     ok(&["image", "rm", "c1", "--root", r]);
     ok(&["image", "rm", "gold", "--root", r]);
 }

@@ -14,12 +14,25 @@ use crate::output::write_atomic;
 
 /// krg programs copied into the image when found in `--krg-bin-dir`
 /// (krgd is required, the others are optional).
-pub const KRG_BINARIES: &[&str] = &["krgd", "krgadm", "checkpoint", "restart", "krgcapset", "mkfs.kdfs", "mount.kdfs"];
+pub const KRG_BINARIES: &[&str] = &[
+    "krgd",
+    "krgadm",
+    "checkpoint",
+    "restart",
+    "krgcapset",
+    "mkfs.kdfs",
+    "mount.kdfs",
+];
 
 #[derive(Debug, Clone)]
 pub enum BuildSource {
     /// debootstrap SUITE from MIRROR (None: the first matching apt source of this system).
-    Debootstrap { suite: String, mirror: Option<String>, variant: String, include: Vec<String> },
+    Debootstrap {
+        suite: String,
+        mirror: Option<String>,
+        variant: String,
+        include: Vec<String>,
+    },
     /// Copy a prepared root tree.
     Tree(PathBuf),
 }
@@ -60,13 +73,18 @@ pub fn apt_mirror(suite: &str) -> Option<String> {
         more.sort();
         files.extend(more);
     }
-    files.iter().filter_map(|f| fs::read_to_string(f).ok()).find_map(|t| mirror_in(&t, suite))
+    files
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .find_map(|t| mirror_in(&t, suite))
 }
 
 fn mirror_in(text: &str, suite: &str) -> Option<String> {
     // One-line format: deb [opts] URI SUITE COMPONENTS...
     for line in text.lines().map(str::trim) {
-        let mut words = line.split_whitespace().filter(|w| !w.starts_with('[') && !w.ends_with(']'));
+        let mut words = line
+            .split_whitespace()
+            .filter(|w| !w.starts_with('[') && !w.ends_with(']'));
         if words.next() == Some("deb") {
             if let (Some(uri), Some(s)) = (words.next(), words.next()) {
                 if s == suite {
@@ -78,7 +96,11 @@ fn mirror_in(text: &str, suite: &str) -> Option<String> {
     // deb822 format: stanzas separated by blank lines.
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
-            stanza.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
+            stanza.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            })
         };
         let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|x| x == "deb"));
         let has_suite = field("Suites").is_some_and(|s| s.split_whitespace().any(|x| x == suite));
@@ -93,7 +115,12 @@ fn mirror_in(text: &str, suite: &str) -> Option<String> {
 
 impl Store {
     /// Build image `name`. It appears under its name only when complete.
-    pub fn build(&self, name: &str, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    pub fn build(
+        &self,
+        name: &str,
+        opts: &BuildOptions,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<PathBuf> {
         self.check_new_name(name)?;
         let tmp = self.root.join(format!(".{name}.building"));
         if tmp.exists() {
@@ -110,7 +137,8 @@ impl Store {
             return Err(e);
         }
         let dst = self.path(name);
-        fs::rename(&tmp, &dst).map_err(|e| NfsrootError::io(format!("renaming {} into place", dst.display()), e))?;
+        fs::rename(&tmp, &dst)
+            .map_err(|e| NfsrootError::io(format!("renaming {} into place", dst.display()), e))?;
         self.register_image(name)?;
         Ok(dst)
     }
@@ -123,18 +151,37 @@ impl Store {
         match &opts.source {
             BuildSource::Tree(tree) => {
                 log(&format!("copying {}", tree.display()));
-                fs::create_dir_all(tmp).map_err(|e| NfsrootError::io(format!("creating {}", tmp.display()), e))?;
+                fs::create_dir_all(tmp)
+                    .map_err(|e| NfsrootError::io(format!("creating {}", tmp.display()), e))?;
                 let src = tree.join(".");
-                mechanism::run("cp", &["-a".as_ref(), "--reflink=auto".as_ref(), "--".as_ref(), src.as_os_str(), tmp.as_os_str()])?;
+                mechanism::run(
+                    "cp",
+                    &[
+                        "-a".as_ref(),
+                        "--reflink=auto".as_ref(),
+                        "--".as_ref(),
+                        src.as_os_str(),
+                        tmp.as_os_str(),
+                    ],
+                )?;
             }
-            BuildSource::Debootstrap { suite, mirror, variant, include } => {
+            BuildSource::Debootstrap {
+                suite,
+                mirror,
+                variant,
+                include,
+            } => {
                 let mirror = match mirror {
                     Some(m) => m.clone(),
                     None => apt_mirror(suite).ok_or_else(|| {
-                        NfsrootError::Image(format!("no apt source of this system carries suite {suite}; pass --mirror URL"))
+                        NfsrootError::Image(format!(
+                            "no apt source of this system carries suite {suite}; pass --mirror URL"
+                        ))
                     })?,
                 };
-                log(&format!("debootstrap {suite} from {mirror} (variant {variant})"));
+                log(&format!(
+                    "debootstrap {suite} from {mirror} (variant {variant})"
+                ));
                 debootstrap(tmp, suite, &mirror, variant, include)?;
             }
         }
@@ -142,7 +189,13 @@ impl Store {
     }
 }
 
-fn debootstrap(target: &Path, suite: &str, mirror: &str, variant: &str, include: &[String]) -> Result<()> {
+fn debootstrap(
+    target: &Path,
+    suite: &str,
+    mirror: &str,
+    variant: &str,
+    include: &[String],
+) -> Result<()> {
     let exe = find_tool("debootstrap")?;
     let mut cmd = Command::new(exe);
     cmd.arg(format!("--variant={variant}"));
@@ -150,31 +203,53 @@ fn debootstrap(target: &Path, suite: &str, mirror: &str, variant: &str, include:
         cmd.arg(format!("--include={}", include.join(",")));
     }
     cmd.arg(suite).arg(target).arg(mirror);
-    let out = cmd.output().map_err(|e| NfsrootError::Tool { tool: "debootstrap".into(), message: e.to_string() })?;
+    let out = cmd.output().map_err(|e| NfsrootError::Tool {
+        tool: "debootstrap".into(),
+        message: e.to_string(),
+    })?;
     if out.status.success() {
         return Ok(());
     }
     // debootstrap's own log has the reason; its stderr only says "see log".
     let log = fs::read_to_string(target.join("debootstrap/debootstrap.log")).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = stderr.lines().chain(log.lines()).filter(|l| !l.trim().is_empty()).collect();
+    let tail: Vec<&str> = stderr
+        .lines()
+        .chain(log.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     let tail = tail[tail.len().saturating_sub(4)..].join(" | ");
-    Err(NfsrootError::Tool { tool: "debootstrap".into(), message: tail })
+    Err(NfsrootError::Tool {
+        tool: "debootstrap".into(),
+        message: tail,
+    })
 }
 
 /// Put krg into the tree: binaries, unit, key, mount point, config.
 fn install_krg(root: &Path, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
     let mkdir = |rel: &str, mode: u32| -> Result<()> {
         let p = root.join(rel);
-        fs::create_dir_all(&p).map_err(|e| NfsrootError::io(format!("creating {}", p.display()), e))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(|e| NfsrootError::io(format!("chmod {}", p.display()), e))
+        fs::create_dir_all(&p)
+            .map_err(|e| NfsrootError::io(format!("creating {}", p.display()), e))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .map_err(|e| NfsrootError::io(format!("chmod {}", p.display()), e))
     };
-    for (d, m) in [("etc/krg", 0o755), ("config/krg_scheduler", 0o755), ("var/lib/krg", 0o700), ("var/chkpt", 0o755), ("usr/local/sbin", 0o755), ("usr/sbin", 0o755)] {
+    for (d, m) in [
+        ("etc/krg", 0o755),
+        ("config/krg_scheduler", 0o755),
+        ("var/lib/krg", 0o700),
+        ("var/chkpt", 0o755),
+        ("usr/local/sbin", 0o755),
+        ("usr/sbin", 0o755),
+    ] {
         mkdir(d, m)?;
     }
     if let Some(dir) = &opts.krg_bin_dir {
         if !dir.join("krgd").is_file() {
-            return Err(NfsrootError::Image(format!("{} has no krgd binary (build it with cargo build --release)", dir.display())));
+            return Err(NfsrootError::Image(format!(
+                "{} has no krgd binary (build it with cargo build --release)",
+                dir.display()
+            )));
         }
         for b in KRG_BINARIES {
             let src = dir.join(b);
@@ -182,18 +257,31 @@ fn install_krg(root: &Path, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> R
                 continue;
             }
             // mount(8) looks for mount.<type> helpers in /sbin (= /usr/sbin).
-            let dst = if b.starts_with("mount.") { root.join("usr/sbin").join(b) } else { root.join("usr/local/sbin").join(b) };
-            fs::copy(&src, &dst).map_err(|e| NfsrootError::io(format!("copying {} into the image", src.display()), e))?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).map_err(|e| NfsrootError::io(format!("chmod {}", dst.display()), e))?;
+            let dst = if b.starts_with("mount.") {
+                root.join("usr/sbin").join(b)
+            } else {
+                root.join("usr/local/sbin").join(b)
+            };
+            fs::copy(&src, &dst).map_err(|e| {
+                NfsrootError::io(format!("copying {} into the image", src.display()), e)
+            })?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))
+                .map_err(|e| NfsrootError::io(format!("chmod {}", dst.display()), e))?;
             log(&format!("installed {b}"));
         }
     }
-    write_atomic(&root.join("etc/systemd/system/krgd.service"), KRGD_UNIT.as_bytes(), 0o644)?;
+    write_atomic(
+        &root.join("etc/systemd/system/krgd.service"),
+        KRGD_UNIT.as_bytes(),
+        0o644,
+    )?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
-    fs::create_dir_all(&wants).map_err(|e| NfsrootError::io(format!("creating {}", wants.display()), e))?;
+    fs::create_dir_all(&wants)
+        .map_err(|e| NfsrootError::io(format!("creating {}", wants.display()), e))?;
     let link = wants.join("krgd.service");
     if fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink("/etc/systemd/system/krgd.service", &link).map_err(|e| NfsrootError::io(format!("enabling krgd in {}", link.display()), e))?;
+        std::os::unix::fs::symlink("/etc/systemd/system/krgd.service", &link)
+            .map_err(|e| NfsrootError::io(format!("enabling krgd in {}", link.display()), e))?;
     }
     let key = root.join("etc/krg/cluster.key");
     if !key.exists() {
@@ -202,8 +290,19 @@ fn install_krg(root: &Path, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> R
     }
     if let Some(tree) = &opts.config_tree {
         let src = tree.join(".");
-        mechanism::run("cp", &["-a".as_ref(), "--".as_ref(), src.as_os_str(), root.as_os_str()])?;
-        log(&format!("installed the rendered files of {}", tree.display()));
+        mechanism::run(
+            "cp",
+            &[
+                "-a".as_ref(),
+                "--".as_ref(),
+                src.as_os_str(),
+                root.as_os_str(),
+            ],
+        )?;
+        log(&format!(
+            "installed the rendered files of {}",
+            tree.display()
+        ));
     }
     Ok(())
 }
@@ -212,7 +311,9 @@ fn install_krg(root: &Path, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> R
 fn random_key() -> Result<String> {
     use std::io::Read;
     let mut buf = [0u8; 32];
-    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(|e| NfsrootError::io("reading /dev/urandom", e))?;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| NfsrootError::io("reading /dev/urandom", e))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
 }
 
@@ -222,9 +323,19 @@ mod tests {
 
     #[test]
     fn mirror_from_both_source_formats() {
-        assert_eq!(mirror_in("deb [arch=amd64] http://m.example/debian bookworm main\n", "bookworm").as_deref(), Some("http://m.example/debian"));
+        assert_eq!(
+            mirror_in(
+                "deb [arch=amd64] http://m.example/debian bookworm main\n",
+                "bookworm"
+            )
+            .as_deref(),
+            Some("http://m.example/debian")
+        );
         let deb822 = "Types: deb\nURIs: http://a.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://b.example/x\nSuites: bookworm-security\n";
-        assert_eq!(mirror_in(deb822, "bookworm").as_deref(), Some("http://a.example/debian"));
+        assert_eq!(
+            mirror_in(deb822, "bookworm").as_deref(),
+            Some("http://a.example/debian")
+        );
         assert_eq!(mirror_in(deb822, "trixie"), None);
     }
 }

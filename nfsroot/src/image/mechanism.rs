@@ -45,7 +45,8 @@ const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
 const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 
 fn cpath(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| NfsrootError::Image(format!("{}: path contains a NUL byte", p.display())))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| NfsrootError::Image(format!("{}: path contains a NUL byte", p.display())))
 }
 
 /// Is `dir` on a btrfs file system?
@@ -55,7 +56,10 @@ pub fn is_btrfs(dir: &Path) -> Result<bool> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return Err(NfsrootError::io(format!("statfs {}", dir.display()), std::io::Error::last_os_error()));
+        return Err(NfsrootError::io(
+            format!("statfs {}", dir.display()),
+            std::io::Error::last_os_error(),
+        ));
     }
     #[allow(clippy::unnecessary_cast)]
     Ok(st.f_type as i64 == BTRFS_SUPER_MAGIC)
@@ -64,7 +68,10 @@ pub fn is_btrfs(dir: &Path) -> Result<bool> {
 /// Is `dir` the top of a btrfs subvolume (and so snapshottable)?
 pub fn is_subvolume(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    is_btrfs(dir).unwrap_or(false) && fs::metadata(dir).map(|m| m.ino() == BTRFS_FIRST_FREE_OBJECTID).unwrap_or(false)
+    is_btrfs(dir).unwrap_or(false)
+        && fs::metadata(dir)
+            .map(|m| m.ino() == BTRFS_FIRST_FREE_OBJECTID)
+            .unwrap_or(false)
 }
 
 /// Can files in `dir` be reflinked? Tried on two scratch files with FICLONE.
@@ -86,9 +93,13 @@ pub fn reflink_works(dir: &Path) -> bool {
 /// FICLONE: make `dst` share all of `src`'s data blocks.
 fn ficlone(dst: &fs::File, src: &fs::File) -> std::io::Result<()> {
     const FICLONE: libc::c_ulong = 0x4004_9409; // _IOW(0x94, 9, int)
-    // SAFETY: both descriptors are open files we own for the call's duration.
+                                                // SAFETY: both descriptors are open files we own for the call's duration.
     let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Mechanisms usable to clone `src` into `parent`, cheapest first.
@@ -114,19 +125,38 @@ pub fn choose(src: &Path, parent: &Path, forced: Option<Mechanism>) -> Result<Me
         Some(m) => Err(NfsrootError::Image(format!(
             "{m} is not available for {} (available here: {})",
             src.display(),
-            avail.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")
+            avail
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
 
 pub fn run(tool: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
     let exe = find_tool(tool)?;
-    let out = Command::new(&exe).args(args).output().map_err(|e| NfsrootError::Tool { tool: tool.into(), message: e.to_string() })?;
+    let out = Command::new(&exe)
+        .args(args)
+        .output()
+        .map_err(|e| NfsrootError::Tool {
+            tool: tool.into(),
+            message: e.to_string(),
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " | ");
-        Err(NfsrootError::Tool { tool: tool.into(), message: if msg.is_empty() { out.status.to_string() } else { msg } })
+        let msg = String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .replace('\n', " | ");
+        Err(NfsrootError::Tool {
+            tool: tool.into(),
+            message: if msg.is_empty() {
+                out.status.to_string()
+            } else {
+                msg
+            },
+        })
     }
 }
 
@@ -141,37 +171,74 @@ pub fn btrfs_snapshot(src: &Path, dst: &Path, read_only: bool) -> Result<()> {
 }
 
 pub fn btrfs_create(dst: &Path) -> Result<()> {
-    run("btrfs", &["subvolume".as_ref(), "create".as_ref(), dst.as_os_str()])
+    run(
+        "btrfs",
+        &["subvolume".as_ref(), "create".as_ref(), dst.as_os_str()],
+    )
 }
 
 pub fn btrfs_delete(dst: &Path) -> Result<()> {
     // A read-only snapshot must be made writable before it can be deleted by
     // a plain user; root can delete it directly.
-    run("btrfs", &["subvolume".as_ref(), "delete".as_ref(), dst.as_os_str()])
+    run(
+        "btrfs",
+        &["subvolume".as_ref(), "delete".as_ref(), dst.as_os_str()],
+    )
 }
 
 /// `cp -a` of a whole tree; `reflink` insists on FICLONE for every file.
 pub fn copy_tree(src: &Path, dst: &Path, reflink: bool) -> Result<()> {
-    let flag = if reflink { "--reflink=always" } else { "--reflink=never" };
-    run("cp", &["-a".as_ref(), flag.as_ref(), "--".as_ref(), src.as_os_str(), dst.as_os_str()])
+    let flag = if reflink {
+        "--reflink=always"
+    } else {
+        "--reflink=never"
+    };
+    run(
+        "cp",
+        &[
+            "-a".as_ref(),
+            flag.as_ref(),
+            "--".as_ref(),
+            src.as_os_str(),
+            dst.as_os_str(),
+        ],
+    )
 }
 
 /// Mount an overlay of `lower` with `upper`/`work` on `target`. index and
 /// nfs_export make the overlay exportable by the kernel NFS server.
 pub fn overlay_mount(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
     let opts = overlay_options(lower, upper, work);
-    run("mount", &["-t".as_ref(), "overlay".as_ref(), "overlay".as_ref(), "-o".as_ref(), opts.as_ref(), target.as_os_str()])
+    run(
+        "mount",
+        &[
+            "-t".as_ref(),
+            "overlay".as_ref(),
+            "overlay".as_ref(),
+            "-o".as_ref(),
+            opts.as_ref(),
+            target.as_os_str(),
+        ],
+    )
 }
 
 pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
-    format!("lowerdir={},upperdir={},workdir={},index=on,nfs_export=on", lower.display(), upper.display(), work.display())
+    format!(
+        "lowerdir={},upperdir={},workdir={},index=on,nfs_export=on",
+        lower.display(),
+        upper.display(),
+        work.display()
+    )
 }
 
 pub fn is_mountpoint(dir: &Path) -> bool {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = dir.to_string_lossy();
     // Field 5 is the mount point, with spaces etc. octal-escaped.
-    mounts.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| m.replace("\\040", " ") == want)
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m.replace("\\040", " ") == want)
 }
 
 pub fn umount(dir: &Path) -> Result<()> {
@@ -187,13 +254,20 @@ const FS_IMMUTABLE_FL: libc::c_long = 0x10;
 /// immutable parent directory already stops them being replaced.
 fn set_immutable_one(path: &Path, on: bool) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
     let mut flags: libc::c_long = 0;
     // SAFETY: the ioctls read/write one long through a pointer to our local.
     if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let new = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
+    let new = if on {
+        flags | FS_IMMUTABLE_FL
+    } else {
+        flags & !FS_IMMUTABLE_FL
+    };
     if new != flags && unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS as _, &new) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -206,9 +280,11 @@ fn set_immutable_one(path: &Path, on: bool) -> std::io::Result<()> {
 pub fn set_immutable_tree(root: &Path, on: bool) -> Result<bool> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let meta = fs::symlink_metadata(&p).map_err(|e| NfsrootError::io(format!("reading {}", p.display()), e))?;
+        let meta = fs::symlink_metadata(&p)
+            .map_err(|e| NfsrootError::io(format!("reading {}", p.display()), e))?;
         if meta.is_dir() {
-            let rd = fs::read_dir(&p).map_err(|e| NfsrootError::io(format!("listing {}", p.display()), e))?;
+            let rd = fs::read_dir(&p)
+                .map_err(|e| NfsrootError::io(format!("listing {}", p.display()), e))?;
             for e in rd.flatten() {
                 stack.push(e.path());
             }
@@ -218,8 +294,20 @@ pub fn set_immutable_tree(root: &Path, on: bool) -> Result<bool> {
         }
         match set_immutable_one(&p, on) {
             Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => return Ok(false),
-            Err(e) => return Err(NfsrootError::io(format!("setting the immutable flag of {}", p.display()), e)),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => {
+                return Err(NfsrootError::io(
+                    format!("setting the immutable flag of {}", p.display()),
+                    e,
+                ))
+            }
         }
     }
     Ok(true)

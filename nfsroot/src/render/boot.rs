@@ -9,7 +9,10 @@ use crate::desc::Node;
 
 /// (path relative to the TFTP root, contents) of every menu file.
 pub fn files(c: &Ctx) -> Vec<(String, String)> {
-    let mut v = vec![("ipxe/boot.ipxe".to_string(), ipxe_dispatch(c)), ("grub/grub.cfg".to_string(), grub_dispatch(c))];
+    let mut v = vec![
+        ("ipxe/boot.ipxe".to_string(), ipxe_dispatch(c)),
+        ("grub/grub.cfg".to_string(), grub_dispatch(c)),
+    ];
     for n in &c.d.nodes {
         let hyph = c.mac(n).replace(':', "-");
         v.push((format!("ipxe/{hyph}.ipxe"), ipxe_node(c, n)));
@@ -20,19 +23,32 @@ pub fn files(c: &Ctx) -> Vec<(String, String)> {
 }
 
 fn title(c: &Ctx, n: &Node) -> String {
-    format!("krg node {} (node_id {}, session {})", n.name, n.node_id, c.d.cluster.session_id)
+    format!(
+        "krg node {} (node_id {}, session {})",
+        n.name, n.node_id, c.d.cluster.session_id
+    )
 }
 
 fn initrd_name<'a>(c: &Ctx<'a>) -> &'a str {
-    c.d.boot.initrd.rsplit('/').next().unwrap_or(&c.d.boot.initrd)
+    c.d.boot
+        .initrd
+        .rsplit('/')
+        .next()
+        .unwrap_or(&c.d.boot.initrd)
 }
 
 /// Loaded by every iPXE client; chains to the menu named after its MAC.
 fn ipxe_dispatch(c: &Ctx) -> String {
     let mut s = String::from("#!ipxe\n");
-    let _ = writeln!(s, "# krg session {}: rendered by nfsroot. Each node's menu is ipxe/<mac>.ipxe.", c.d.cluster.session_id);
+    let _ = writeln!(
+        s,
+        "# krg session {}: rendered by nfsroot. Each node's menu is ipxe/<mac>.ipxe.",
+        c.d.cluster.session_id
+    );
     s.push_str("chain --autofree ${mac:hexhyp}.ipxe || goto unknown\n");
-    s.push_str(":unknown\necho krg: no boot menu for ${mac}: add this node to the cluster description\n");
+    s.push_str(
+        ":unknown\necho krg: no boot menu for ${mac}: add this node to the cluster description\n",
+    );
     s.push_str("prompt --timeout 30000 Press a key to retry || reboot\nreboot\n");
     s
 }
@@ -41,15 +57,28 @@ fn ipxe_node(c: &Ctx, n: &Node) -> String {
     let b = &c.d.boot;
     let args = c.cmdline(n);
     let mut s = String::from("#!ipxe\n");
-    let _ = writeln!(s, "# {}: rendered by nfsroot; edit the description and re-render.", title(c, n));
+    let _ = writeln!(
+        s,
+        "# {}: rendered by nfsroot; edit the description and re-render.",
+        title(c, n)
+    );
     let _ = writeln!(s, "menu {}", title(c, n));
     let _ = writeln!(s, "item krg Boot {}", n.name);
     let _ = writeln!(s, "item rescue Boot {} single-user (rescue)", n.name);
     let _ = writeln!(s, "item shell iPXE shell");
-    let _ = writeln!(s, "choose --default krg --timeout {} target && goto ${{target}}", b.timeout * 1000);
+    let _ = writeln!(
+        s,
+        "choose --default krg --timeout {} target && goto ${{target}}",
+        b.timeout * 1000
+    );
     for (label, extra) in [("krg", ""), ("rescue", " single")] {
         let _ = writeln!(s, ":{label}");
-        let _ = writeln!(s, "kernel /{} initrd={} {args}{extra}", b.kernel, initrd_name(c));
+        let _ = writeln!(
+            s,
+            "kernel /{} initrd={} {args}{extra}",
+            b.kernel,
+            initrd_name(c)
+        );
         let _ = writeln!(s, "initrd /{}", b.initrd);
         let _ = writeln!(s, "boot");
     }
@@ -60,11 +89,22 @@ fn ipxe_node(c: &Ctx, n: &Node) -> String {
 /// Fallback for GRUB builds that do not look up grub.cfg-01-<mac> themselves.
 fn grub_dispatch(c: &Ctx) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# krg session {}: rendered by nfsroot. GRUB >= 2.04 loads grub.cfg-01-<mac>", c.d.cluster.session_id);
-    let _ = writeln!(s, "# before this file; older ones land here and are dispatched by MAC.");
+    let _ = writeln!(
+        s,
+        "# krg session {}: rendered by nfsroot. GRUB >= 2.04 loads grub.cfg-01-<mac>",
+        c.d.cluster.session_id
+    );
+    let _ = writeln!(
+        s,
+        "# before this file; older ones land here and are dispatched by MAC."
+    );
     for n in &c.d.nodes {
         let mac = c.mac(n);
-        let _ = writeln!(s, "if [ \"$net_default_mac\" = \"{mac}\" ]; then configfile $prefix/grub.cfg-01-{}; fi", mac.replace(':', "-"));
+        let _ = writeln!(
+            s,
+            "if [ \"$net_default_mac\" = \"{mac}\" ]; then configfile $prefix/grub.cfg-01-{}; fi",
+            mac.replace(':', "-")
+        );
     }
     let _ = writeln!(s, "set timeout={}", c.d.boot.timeout.max(30));
     let _ = writeln!(s, "menuentry \"krg: no boot menu for $net_default_mac, add it to the cluster description (reboot)\" {{\n  reboot\n}}");
@@ -75,9 +115,16 @@ fn grub_node(c: &Ctx, n: &Node) -> String {
     let b = &c.d.boot;
     let args = c.cmdline(n);
     let mut s = String::new();
-    let _ = writeln!(s, "# {}: rendered by nfsroot; edit the description and re-render.", title(c, n));
+    let _ = writeln!(
+        s,
+        "# {}: rendered by nfsroot; edit the description and re-render.",
+        title(c, n)
+    );
     let _ = writeln!(s, "set default=0\nset timeout={}", b.timeout);
-    for (name, extra) in [(title(c, n), ""), (format!("{} single-user (rescue)", title(c, n)), " single")] {
+    for (name, extra) in [
+        (title(c, n), ""),
+        (format!("{} single-user (rescue)", title(c, n)), " single"),
+    ] {
         let _ = writeln!(s, "menuentry \"{name}\" {{");
         let _ = writeln!(s, "  linux /{} {args}{extra}", b.kernel);
         let _ = writeln!(s, "  initrd /{}", b.initrd);

@@ -102,11 +102,19 @@ impl Ctx<'_> {
 
 /// Render every file of the description.
 pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
-    let ctx = Ctx { d, subnet: d.subnet(), server: d.server_address() };
+    let ctx = Ctx {
+        d,
+        subnet: d.subnet(),
+        server: d.server_address(),
+    };
     let out = &opts.out;
     let mut plan = Plan::default();
     let mut add = |rel: &str, contents: String, mode: u32| {
-        plan.files.push(PlannedFile { path: out.join(rel), contents: contents.into_bytes(), mode });
+        plan.files.push(PlannedFile {
+            path: out.join(rel),
+            contents: contents.into_bytes(),
+            mode,
+        });
     };
     match opts.dhcp {
         DhcpServer::Isc => add("dhcp/dhcpd.conf", dhcp::isc(&ctx), 0o644),
@@ -123,7 +131,11 @@ pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
         add(image::GENERATOR_PATH, image::generator(&ctx), 0o755);
     }
     for node in &d.nodes {
-        add(&format!("nodes/{}/krgd.toml", node.name), krgd::node(&ctx, node), 0o644);
+        add(
+            &format!("nodes/{}/krgd.toml", node.name),
+            krgd::node(&ctx, node),
+            0o644,
+        );
     }
     image::plan_node_roots(&ctx, &mut plan);
     plan
@@ -131,5 +143,8 @@ pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
 
 /// Is `path` inside `root` (lexically, after both are absolute)?
 pub fn is_inside(path: &Path, root: &Path) -> bool {
-    path.starts_with(root) && !path.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    path.starts_with(root)
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
 }

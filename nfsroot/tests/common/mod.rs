@@ -7,28 +7,43 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn nfsroot(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nfsroot")).args(args).env_remove("NFSROOT_IMAGES").output().expect("running nfsroot")
+    Command::new(env!("CARGO_BIN_EXE_nfsroot"))
+        .args(args)
+        .env_remove("NFSROOT_IMAGES")
+        .output()
+        .expect("running nfsroot")
 }
 
 /// Run nfsroot, assert success, return stdout.
 pub fn ok(args: &[&str]) -> String {
     let o = nfsroot(args);
-    assert!(o.status.success(), "nfsroot {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "nfsroot {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Run nfsroot, assert failure, return stderr.
 pub fn fails(args: &[&str]) -> String {
     let o = nfsroot(args);
-    assert!(!o.status.success(), "nfsroot {args:?} should have failed: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "nfsroot {args:?} should have failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 pub fn write_description(dir: &Path, images: &Path, extra_image: &str) -> PathBuf {
-    let text = nfsroot::example::EXAMPLE.replace("/srv/krg/images", &images.display().to_string()).replace(
-        "mode = \"clone\"",
-        &format!("mode = \"clone\"\n{extra_image}"),
-    );
+    let text = nfsroot::example::EXAMPLE
+        .replace("/srv/krg/images", &images.display().to_string())
+        .replace(
+            "mode = \"clone\"",
+            &format!("mode = \"clone\"\n{extra_image}"),
+        );
     let p = dir.join("cluster.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -56,7 +71,9 @@ impl LoopFs {
     /// None when the mkfs tool is not installed.
     pub fn new(fstype: &str, size_mib: u64) -> Option<LoopFs> {
         let mkfs = format!("mkfs.{fstype}");
-        let found = ["/usr/sbin", "/sbin", "/usr/bin"].iter().any(|d| Path::new(d).join(&mkfs).exists());
+        let found = ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(&mkfs).exists());
         if !found {
             eprintln!("{mkfs} not installed");
             return None;
@@ -66,11 +83,25 @@ impl LoopFs {
         let f = std::fs::File::create(&img).unwrap();
         f.set_len(size_mib << 20).unwrap();
         let st = Command::new(&mkfs).arg("-q").arg(&img).output().unwrap();
-        assert!(st.status.success(), "{mkfs}: {}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{mkfs}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let st = Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt).output().unwrap();
-        assert!(st.status.success(), "mount: {}", String::from_utf8_lossy(&st.stderr));
+        let st = Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         Some(LoopFs { mnt, _dir: dir })
     }
 }
