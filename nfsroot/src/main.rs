@@ -93,6 +93,7 @@ struct RootArg {
 enum ImageCmd {
     /// Build an image with debootstrap (or from a prepared tree), krg installed in it.
     Build {
+        /// Name of the new image (letters, digits, '-', '_', '.').
         name: String,
         #[command(flatten)]
         root: RootArg,
@@ -124,13 +125,16 @@ enum ImageCmd {
     },
     /// Make the next read-only version NAME@N of an image.
     Snapshot {
+        /// The image to version.
         name: String,
         #[command(flatten)]
         root: RootArg,
     },
     /// Make a writable clone of an image or version, by the cheapest mechanism.
     Clone {
+        /// Image or version to clone (base, base@2).
         source: String,
+        /// Name of the clone (a node's clone is named after the node).
         name: String,
         #[command(flatten)]
         root: RootArg,
@@ -148,12 +152,14 @@ enum ImageCmd {
     },
     /// Mount an overlay clone again (overlays do not survive a server reboot).
     Mount {
+        /// The overlay clone.
         name: String,
         #[command(flatten)]
         root: RootArg,
     },
     /// Remove an image, version or clone (refused while something was made from it).
     Rm {
+        /// The image, version or clone.
         name: String,
         #[command(flatten)]
         root: RootArg,
@@ -164,9 +170,13 @@ enum ImageCmd {
 enum NodesCmd {
     /// Add a node to the description and render again.
     Add {
+        /// The cluster description to edit.
         file: PathBuf,
+        /// Host name of the node.
         name: String,
+        /// MAC address of its boot interface (52:54:00:12:34:56).
         mac: String,
+        /// Its fixed IPv4 address, inside the description's subnet.
         ip: Ipv4Addr,
         /// node_id [default: the smallest unused, from 1].
         #[arg(long)]
@@ -176,7 +186,9 @@ enum NodesCmd {
     },
     /// Remove a node (by name or node_id) from the description and render again.
     Del {
+        /// The cluster description to edit.
         file: PathBuf,
+        /// Name or node_id of the node to remove.
         node: String,
         #[command(flatten)]
         render: ReRender,

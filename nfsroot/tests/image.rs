@@ -223,3 +223,49 @@ fn overlay_clone_survives_remount() {
     ok(&["image", "rm", "c1", "--root", r]);
     ok(&["image", "rm", "gold", "--root", r]);
 }
+
+#[test]
+fn nodes_add_with_clone_makes_the_new_nodes_clone_and_renders_into_it() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("images");
+    let r = root.to_str().unwrap();
+    let tree = prepared_tree(work.path());
+    ok(&[
+        "image",
+        "build",
+        "base",
+        "--root",
+        r,
+        "--from-tree",
+        tree.to_str().unwrap(),
+    ]);
+    ok(&["image", "snapshot", "base", "--root", r]);
+    let desc = write_description(work.path(), &root, "");
+    let out = work.path().join("out");
+    let (d, o) = (desc.to_str().unwrap(), out.to_str().unwrap());
+    let s = ok(&[
+        "nodes",
+        "add",
+        d,
+        "node7",
+        "52:54:00:00:00:07",
+        "10.0.0.17",
+        "--node-id",
+        "7",
+        "--clone",
+        "--out",
+        o,
+    ]);
+    assert!(s.contains("added node node7 with node_id 7"), "{s}");
+    assert!(s.contains("cloned base@1 to node7 using"), "{s}");
+    let k: krgd::config::Settings =
+        toml::from_str(&std::fs::read_to_string(root.join("node7/etc/krg/krgd.toml")).unwrap())
+            .unwrap();
+    assert_eq!(k.node_id, Some(7));
+    let exports = std::fs::read_to_string(out.join("nfs/exports")).unwrap();
+    assert!(
+        exports.contains(&format!("{r}/node7\t10.0.0.17(rw,")),
+        "{exports}"
+    );
+    ok(&["image", "rm", "node7", "--root", r]);
+}
