@@ -79,6 +79,9 @@ pub struct BootSection {
     /// Kernel and initrd, relative to the TFTP root.
     pub kernel: String,
     pub initrd: String,
+    /// Copy the newest /boot/vmlinuz-* and its initrd.img-* from the boot
+    /// image to `kernel` and `initrd` under the rendered TFTP tree.
+    pub kernel_from_image: bool,
     /// Extra kernel arguments, appended after the krg ones.
     pub append: String,
     /// Seconds the boot menu waits before booting the default entry.
@@ -96,6 +99,7 @@ impl Default for BootSection {
             loader: Loader::Ipxe,
             kernel: "krg/vmlinuz".into(),
             initrd: "krg/initrd.img".into(),
+            kernel_from_image: true,
             append: String::new(),
             timeout: 5,
             ipxe_bios: "ipxe/undionly.kpxe".into(),

@@ -33,6 +33,9 @@ loader = "ipxe"
 # root (Debian: initramfs-tools with MODULES=netboot).
 kernel = "krg/vmlinuz"
 initrd = "krg/initrd.img"
+# Copy the newest /boot/vmlinuz-* and its initrd.img-* of the boot image there
+# (build the image with --include ...,linux-image-amd64,initramfs-tools).
+kernel_from_image = true
 # Extra kernel arguments, after node_id= session_id= root=/dev/nfs nfsroot=...
 append = "quiet"
 # Seconds the boot menu waits.

@@ -122,8 +122,24 @@ pub fn diff(plan: &Plan, out: &Path, image_root: &Path) -> Result<(String, Outco
     for f in &plan.files {
         let new = String::from_utf8_lossy(&f.contents);
         let name = f.path.display();
+        let binary = std::str::from_utf8(&f.contents).is_err();
         match state_of(f)? {
             State::Same => o.unchanged += 1,
+            State::Missing if binary => {
+                text.push_str(&format!(
+                    "new binary file {name} ({} bytes)\n",
+                    f.contents.len()
+                ));
+                o.created.push(f.path.clone());
+            }
+            State::Differs(old) if binary || std::str::from_utf8(&old).is_err() => {
+                text.push_str(&format!(
+                    "binary file {name} differs ({} -> {} bytes)\n",
+                    old.len(),
+                    f.contents.len()
+                ));
+                o.changed.push(f.path.clone());
+            }
             State::Missing => {
                 text.push_str(&diff::unified("", &new, "/dev/null", &format!("b{name}")));
                 o.created.push(f.path.clone());

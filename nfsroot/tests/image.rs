@@ -269,3 +269,53 @@ fn nodes_add_with_clone_makes_the_new_nodes_clone_and_renders_into_it() {
     );
     ok(&["image", "rm", "node7", "--root", r]);
 }
+
+#[test]
+fn render_copies_the_newest_kernel_and_initrd_of_the_boot_image() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("images");
+    let r = root.to_str().unwrap();
+    let tree = prepared_tree(work.path());
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    for (v, byte) in [("6.1.0-9-amd64", 0xf9u8), ("6.1.0-10-amd64", 0xfa)] {
+        std::fs::write(
+            tree.join(format!("boot/vmlinuz-{v}")),
+            [0x4d, 0x5a, byte, 0xff],
+        )
+        .unwrap();
+        std::fs::write(
+            tree.join(format!("boot/initrd.img-{v}")),
+            [0x1f, 0x8b, byte, 0xff],
+        )
+        .unwrap();
+    }
+    std::fs::write(tree.join("boot/vmlinuz-6.2.0-orphan"), "no initrd").unwrap();
+    ok(&[
+        "image",
+        "build",
+        "base",
+        "--root",
+        r,
+        "--from-tree",
+        tree.to_str().unwrap(),
+    ]);
+    ok(&["image", "snapshot", "base", "--root", r]);
+    let desc = write_description(work.path(), &root, "");
+    let out = work.path().join("out");
+    let (d, o) = (desc.to_str().unwrap(), out.to_str().unwrap());
+    let s = ok(&["render", d, "--out", o, "--diff"]);
+    assert!(
+        s.contains("new binary file") && s.contains("tftp/krg/vmlinuz (4 bytes)"),
+        "{s}"
+    );
+    ok(&["render", d, "--out", o]);
+    assert_eq!(
+        std::fs::read(out.join("tftp/krg/vmlinuz")).unwrap(),
+        [0x4d, 0x5a, 0xfa, 0xff]
+    );
+    assert_eq!(
+        std::fs::read(out.join("tftp/krg/initrd.img")).unwrap(),
+        [0x1f, 0x8b, 0xfa, 0xff]
+    );
+    assert!(ok(&["render", d, "--out", o]).starts_with("nothing changed"));
+}

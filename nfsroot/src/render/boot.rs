@@ -132,3 +132,87 @@ fn grub_node(c: &Ctx, n: &Node) -> String {
     }
     s
 }
+
+/// The newest kernel of the boot image and its initrd, as (path under the
+/// TFTP root, bytes). Err is a note for the admin: the image has no kernel.
+pub fn kernel_from_image(c: &Ctx) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let image = c.d.image.root.join(&c.d.image.boot);
+    if !image.is_dir() {
+        return Err(format!(
+            "no kernel copied: image {} does not exist yet",
+            c.d.image.boot
+        ));
+    }
+    let boot = image.join("boot");
+    let mut versions: Vec<String> = std::fs::read_dir(&boot)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("vmlinuz-"))
+                        .map(str::to_string)
+                })
+                .filter(|v| boot.join(format!("initrd.img-{v}")).is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by(|a, b| natural_cmp(a, b));
+    let Some(v) = versions.pop() else {
+        return Err(format!(
+            "no kernel copied: {} has no vmlinuz-* with a matching initrd.img-* (build the image with --include linux-image-amd64,initramfs-tools, or place {} and {} in the TFTP root yourself)",
+            boot.display(),
+            c.d.boot.kernel,
+            c.d.boot.initrd
+        ));
+    };
+    let read = |name: String| {
+        std::fs::read(boot.join(&name)).map_err(|e| {
+            format!(
+                "no kernel copied: reading {}: {e}",
+                boot.join(&name).display()
+            )
+        })
+    };
+    Ok(vec![
+        (c.d.boot.kernel.clone(), read(format!("vmlinuz-{v}"))?),
+        (c.d.boot.initrd.clone(), read(format!("initrd.img-{v}"))?),
+    ])
+}
+
+/// Compare version strings with digit runs as numbers: 6.1.0-10 < 6.1.0-9 is wrong, this gets it right.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut v = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                v.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        v
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(&cb) {
+        let o = match (x.0 && y.0, x.1.parse::<u128>(), y.1.parse::<u128>()) {
+            (true, Ok(p), Ok(q)) => p.cmp(&q),
+            _ => x.1.cmp(y.1),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    ca.len().cmp(&cb.len())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn natural_order_of_kernel_versions() {
+        let mut v = vec!["6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-30-amd64"];
+        v.sort_by(|a, b| super::natural_cmp(a, b));
+        assert_eq!(v, ["5.10.0-30-amd64", "6.1.0-9-amd64", "6.1.0-10-amd64"]);
+    }
+}

@@ -137,6 +137,20 @@ pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
             0o644,
         );
     }
+    if d.boot.kernel_from_image {
+        match boot::kernel_from_image(&ctx) {
+            Ok(files) => {
+                for (rel, bytes) in files {
+                    plan.files.push(PlannedFile {
+                        path: out.join("tftp").join(rel),
+                        contents: bytes,
+                        mode: 0o644,
+                    });
+                }
+            }
+            Err(note) => plan.notes.push(note),
+        }
+    }
     image::plan_node_roots(&ctx, &mut plan);
     plan
 }
