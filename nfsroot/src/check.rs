@@ -84,3 +84,30 @@ pub fn find_tool(name: &str) -> Result<std::path::PathBuf> {
         message: format!("not installed (apt-get install {pkg})"),
     })
 }
+
+/// Check a GRUB menu with `grub-script-check` (Debian grub-common).
+/// Ok(false) when the checker is not installed.
+pub fn grub_menu(file: &Path) -> Result<bool> {
+    let Ok(exe) = find_tool("grub-script-check") else {
+        return Ok(false);
+    };
+    let out = Command::new(exe)
+        .arg(file)
+        .output()
+        .map_err(|e| NfsrootError::Tool {
+            tool: "grub-script-check".into(),
+            message: e.to_string(),
+        })?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Err(NfsrootError::Tool {
+        tool: format!("grub-script-check on {}", file.display()),
+        message: significant_lines(&text),
+    })
+}

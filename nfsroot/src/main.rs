@@ -350,6 +350,33 @@ fn check_cmd(a: &RenderArgs) -> Result<()> {
             "dnsmasq --test"
         }
     );
+    let grub_dir = out.join("tftp/grub");
+    let mut menus: Vec<PathBuf> = std::fs::read_dir(&grub_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("grub.cfg"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    menus.sort();
+    let mut checked = 0;
+    for m in &menus {
+        if check::grub_menu(m)? {
+            checked += 1;
+        }
+    }
+    if checked > 0 {
+        println!(
+            "{}: {checked} GRUB menus accepted by grub-script-check",
+            grub_dir.display()
+        );
+    } else if !menus.is_empty() {
+        println!("note: grub-script-check is not installed (apt-get install grub-common): GRUB menus not checked");
+    }
     if !o.is_noop() {
         bail!(
             "{} is out of date: {} files would be created, {} changed, {} removed (see `nfsroot render --diff`)",

@@ -33,6 +33,10 @@ fn rendered_dhcp_files_pass_the_real_checkers() {
     ok(&["render", d, "--out", o]);
     let s = ok(&["check", d, "--out", o]);
     assert!(s.contains("accepted by dhcpd -t"), "{s}");
+    assert!(
+        s.contains("3 GRUB menus accepted by grub-script-check"),
+        "grub-common must be installed: {s}"
+    );
     ok(&["render", d, "--out", o, "--dhcp", "dnsmasq"]);
     let s = ok(&["check", d, "--out", o, "--dhcp", "dnsmasq"]);
     assert!(s.contains("accepted by dnsmasq --test"), "{s}");
@@ -68,6 +72,13 @@ fn checkers_catch_a_broken_file_and_a_stale_tree() {
         e.contains("out of date: 0 files would be created, 1 changed"),
         "{e}"
     );
+    std::fs::write(
+        out.join("tftp/grub/grub.cfg"),
+        "menuentry \"x\" {\n linux /a\n",
+    )
+    .unwrap();
+    let e = fails(&["check", d, "--out", o]);
+    assert!(e.starts_with("nfsroot: grub-script-check on"), "{e}");
 }
 
 #[test]
