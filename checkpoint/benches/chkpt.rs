@@ -22,14 +22,22 @@ fn clean(cmd: &mut Command) -> &mut Command {
             Ok(())
         });
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped())
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
 }
 
 fn must(cmd: &mut Command, what: &str) -> Duration {
     let t = Instant::now();
-    let o = clean(cmd).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let o = clean(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let d = t.elapsed();
-    assert!(o.status.success(), "{what} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     d
 }
 
@@ -76,7 +84,21 @@ fn kill_all(all: &[i32]) {
 
 fn dir_size(p: &Path) -> u64 {
     std::fs::read_dir(p)
-        .map(|rd| rd.flatten().map(|e| e.metadata().map(|m| if m.is_dir() { dir_size(&e.path()) } else { m.len() }).unwrap_or(0)).sum())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    e.metadata()
+                        .map(|m| {
+                            if m.is_dir() {
+                                dir_size(&e.path())
+                            } else {
+                                m.len()
+                            }
+                        })
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -89,7 +111,17 @@ fn wait_for(p: &Path) {
 }
 
 fn compile(src: &Path, out: &Path) {
-    assert!(Command::new("cc").args(["-O2", "-o"]).arg(out).arg(src).status().expect("cc").success(), "cc {}", src.display());
+    assert!(
+        Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(out)
+            .arg(src)
+            .status()
+            .expect("cc")
+            .success(),
+        "cc {}",
+        src.display()
+    );
 }
 
 /// A workload: start it, return the root PID once it is ready.
@@ -122,7 +154,11 @@ impl Work {
                 Ok(())
             });
         }
-        let pid = clean(&mut cmd).stderr(Stdio::null()).spawn().expect("start workload").id() as i32;
+        let pid = clean(&mut cmd)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start workload")
+            .id() as i32;
         match self {
             Work::Hog(..) => wait_for(&ready),
             Work::Tree(..) => {
@@ -154,10 +190,23 @@ fn round_krg(work: &Work, tmp: &Path, s: &mut Samples) {
     let _ = std::fs::remove_dir_all(&store);
     let pid = work.start(tmp);
     let all = tree_pids(pid);
-    let d = must(Command::new(CHECKPOINT).args(["--no-capability-check", "--kill", "--dir"]).arg(&store).arg(pid.to_string()), "checkpoint");
+    let d = must(
+        Command::new(CHECKPOINT)
+            .args(["--no-capability-check", "--kill", "--dir"])
+            .arg(&store)
+            .arg(pid.to_string()),
+        "checkpoint",
+    );
     s.size = dir_size(&store.join(pid.to_string()));
     kill_all(&all);
-    let r = must(Command::new(RESTART).arg("--dir").arg(&store).arg(pid.to_string()).arg("1"), "restart");
+    let r = must(
+        Command::new(RESTART)
+            .arg("--dir")
+            .arg(&store)
+            .arg(pid.to_string())
+            .arg("1"),
+        "restart",
+    );
     kill_tree(pid);
     s.dump.push(d.as_secs_f64());
     s.restore.push(r.as_secs_f64());
@@ -169,10 +218,22 @@ fn round_criu(work: &Work, tmp: &Path, s: &mut Samples) {
     std::fs::create_dir_all(&dir).expect("criu dir");
     let pid = work.start(tmp);
     let all = tree_pids(pid);
-    let d = must(Command::new("criu").args(["dump", "-t", &pid.to_string(), "-D"]).arg(&dir).args(["-o", "dump.log"]), "criu dump");
+    let d = must(
+        Command::new("criu")
+            .args(["dump", "-t", &pid.to_string(), "-D"])
+            .arg(&dir)
+            .args(["-o", "dump.log"]),
+        "criu dump",
+    );
     s.size = dir_size(&dir);
     kill_all(&all);
-    let r = must(Command::new("criu").args(["restore", "-d", "-D"]).arg(&dir).args(["-o", "restore.log"]), "criu restore");
+    let r = must(
+        Command::new("criu")
+            .args(["restore", "-d", "-D"])
+            .arg(&dir)
+            .args(["-o", "restore.log"]),
+        "criu restore",
+    );
     kill_tree(pid);
     s.dump.push(d.as_secs_f64());
     s.restore.push(r.as_secs_f64());
@@ -193,17 +254,48 @@ fn main() {
     compile(&here.join("benches/hog.c"), &hog);
     let tree = tmp.path().join("tree");
     compile(&here.join("tests/progs/tree.c"), &tree);
-    let have_criu = Command::new("criu").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let have_criu = Command::new("criu")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     let sizes: Vec<u64> = std::env::var("KRG_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![64, 256, 1024]);
-    let rounds: usize = std::env::var("KRG_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
-    let mut works: Vec<(String, Work)> = sizes.iter().map(|&m| (format!("{m} MiB anon"), Work::Hog(hog.clone(), m))).collect();
+    let rounds: usize = std::env::var("KRG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let mut works: Vec<(String, Work)> = sizes
+        .iter()
+        .map(|&m| (format!("{m} MiB anon"), Work::Hog(hog.clone(), m)))
+        .collect();
     works.push(("3-process pipe tree".into(), Work::Tree(tree)));
 
-    println!("checkpoint/restart, median of {rounds} round(s){}", if have_criu { ", krg vs CRIU interleaved" } else { " (criu not on PATH: no comparison)" });
-    println!("{:<22} {:>10} {:>10} {:>11} | {:>10} {:>10} {:>11} | {:>6} {:>6} {:>6}", "workload", "dump s", "restore s", "image MiB", "criu dump", "criu rest", "criu MiB", "dump×", "rest×", "size×");
+    println!(
+        "checkpoint/restart, median of {rounds} round(s){}",
+        if have_criu {
+            ", krg vs CRIU interleaved"
+        } else {
+            " (criu not on PATH: no comparison)"
+        }
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>11} | {:>10} {:>10} {:>11} | {:>6} {:>6} {:>6}",
+        "workload",
+        "dump s",
+        "restore s",
+        "image MiB",
+        "criu dump",
+        "criu rest",
+        "criu MiB",
+        "dump×",
+        "rest×",
+        "size×"
+    );
     for (name, work) in &works {
         let wdir = tmp.path().join("w");
         std::fs::create_dir_all(&wdir).expect("work dir");
@@ -223,7 +315,13 @@ fn main() {
                 name, kd, kr, mib(k.size), cd, cr, mib(c.size), kd / cd, kr / cr, k.size as f64 / c.size as f64
             );
         } else {
-            println!("{:<22} {:>10.3} {:>10.3} {:>11.1} |", name, kd, kr, mib(k.size));
+            println!(
+                "{:<22} {:>10.3} {:>10.3} {:>11.1} |",
+                name,
+                kd,
+                kr,
+                mib(k.size)
+            );
         }
         let _ = std::fs::remove_dir_all(&wdir);
     }

@@ -12,7 +12,8 @@ pub const DEFAULT_SOCKET: &str = "/run/krg/krgd.sock";
 
 /// `--socket`, else `KRG_SOCKET`, else the default path.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("KRG_SOCKET").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    flag.or_else(|| std::env::var_os("KRG_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
 /// Send one request to krgd and return the capability it reports.
@@ -22,14 +23,22 @@ pub fn call(socket: &Path, req: ChkptRequest) -> Result<bool> {
         .build()
         .map_err(|e| ChkptError::Other(format!("tokio: {e}")))?;
     rt.block_on(async {
-        let mut c = AdminClient::connect(socket)
-            .await
-            .map_err(|e| ChkptError::Other(format!("cannot reach krgd at {} ({e}); is krgd running on this node?", socket.display())))?;
+        let mut c = AdminClient::connect(socket).await.map_err(|e| {
+            ChkptError::Other(format!(
+                "cannot reach krgd at {} ({e}); is krgd running on this node?",
+                socket.display()
+            ))
+        })?;
         match c.call(&AdminRequest::Chkpt(req)).await {
-            Ok(AdminResponse::Chkpt(ChkptReply::Capability { checkpointable, .. })) => Ok(checkpointable),
+            Ok(AdminResponse::Chkpt(ChkptReply::Capability { checkpointable, .. })) => {
+                Ok(checkpointable)
+            }
             Ok(AdminResponse::Error(e)) => Err(ChkptError::Other(format!("krgd: {}", e.message))),
             Ok(_) => Err(ChkptError::Other("krgd sent an unexpected reply".into())),
-            Err(e) => Err(ChkptError::Other(format!("talking to krgd at {}: {e}", socket.display()))),
+            Err(e) => Err(ChkptError::Other(format!(
+                "talking to krgd at {}: {e}",
+                socket.display()
+            ))),
         }
     })
 }

@@ -40,7 +40,11 @@ pub struct CapTracker {
 /// Now, in clock ticks since boot (the unit of /proc/PID/stat's starttime).
 fn now_ticks() -> u64 {
     let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-    let secs: f64 = up.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let secs: f64 = up
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (secs * hz) as u64
@@ -54,7 +58,11 @@ fn start_and_ppid(pid: i32) -> Option<(u64, i32)> {
 fn open_connector() -> Result<OwnedFd> {
     // SAFETY: socket/bind/send/setsockopt with valid, correctly sized arguments.
     unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_CONNECTOR);
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_CONNECTOR,
+        );
         if fd < 0 {
             return Err(ChkptError::sys("socket(NETLINK_CONNECTOR)", 0));
         }
@@ -63,13 +71,33 @@ fn open_connector() -> Result<OwnedFd> {
         sa.nl_family = libc::AF_NETLINK as u16;
         sa.nl_groups = CN_IDX_PROC;
         sa.nl_pid = 0;
-        if libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) < 0 {
+        if libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of_val(&sa) as u32,
+        ) < 0
+        {
             return Err(ChkptError::sys("bind(CN_IDX_PROC)", 0));
         }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of_val(&tv) as u32);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of_val(&tv) as u32,
+        );
         let big: libc::c_int = 4 << 20;
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &big as *const _ as *const libc::c_void, 4);
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &big as *const _ as *const libc::c_void,
+            4,
+        );
         let mut msg = Vec::new();
         let len = (NLMSG_HDR + CN_MSG + 4) as u32;
         msg.extend_from_slice(&len.to_le_bytes());
@@ -83,7 +111,13 @@ fn open_connector() -> Result<OwnedFd> {
         msg.extend_from_slice(&4u16.to_le_bytes());
         msg.extend_from_slice(&0u16.to_le_bytes());
         msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_le_bytes());
-        if libc::send(fd.as_raw_fd(), msg.as_ptr() as *const libc::c_void, msg.len(), 0) < 0 {
+        if libc::send(
+            fd.as_raw_fd(),
+            msg.as_ptr() as *const libc::c_void,
+            msg.len(),
+            0,
+        ) < 0
+        {
             return Err(ChkptError::sys("subscribing to the proc connector", 0));
         }
         Ok(fd)
@@ -96,11 +130,17 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 
 /// Apply one proc connector datagram to the flag table.
 fn handle_event(buf: &[u8], flags: &Flags) {
-    let Some(what) = u32_at(buf, NLMSG_HDR + CN_MSG) else { return };
+    let Some(what) = u32_at(buf, NLMSG_HDR + CN_MSG) else {
+        return;
+    };
     let Ok(mut f) = flags.lock() else { return };
     match what {
         PROC_EVENT_FORK => {
-            let (Some(ptgid), Some(cpid), Some(ctgid)) = (u32_at(buf, EV_DATA + 4), u32_at(buf, EV_DATA + 8), u32_at(buf, EV_DATA + 12)) else {
+            let (Some(ptgid), Some(cpid), Some(ctgid)) = (
+                u32_at(buf, EV_DATA + 4),
+                u32_at(buf, EV_DATA + 8),
+                u32_at(buf, EV_DATA + 12),
+            ) else {
                 return;
             };
             // threads share their process's flag; only new processes count
@@ -109,7 +149,9 @@ fn handle_event(buf: &[u8], flags: &Flags) {
             }
         }
         PROC_EVENT_EXIT => {
-            let (Some(pid), Some(tgid)) = (u32_at(buf, EV_DATA), u32_at(buf, EV_DATA + 4)) else { return };
+            let (Some(pid), Some(tgid)) = (u32_at(buf, EV_DATA), u32_at(buf, EV_DATA + 4)) else {
+                return;
+            };
             if pid == tgid {
                 f.remove(&(tgid as i32));
             }
@@ -131,16 +173,29 @@ impl CapTracker {
                 let mut buf = vec![0u8; 8192];
                 while !s2.load(Ordering::Relaxed) {
                     // SAFETY: buf is valid for its length.
-                    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+                    let n = unsafe {
+                        libc::recv(
+                            fd.as_raw_fd(),
+                            buf.as_mut_ptr() as *mut libc::c_void,
+                            buf.len(),
+                            0,
+                        )
+                    };
                     if n > 0 {
                         handle_event(&buf[..n as usize], &f2);
-                    } else if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                    } else if n < 0
+                        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS)
+                    {
                         tracing::warn!("proc connector overrun: some fork events were lost");
                     }
                 }
             })
             .map_err(|e| ChkptError::Other(format!("starting the tracker thread: {e}")))?;
-        Ok(Self { flags, stop, thread: Mutex::new(Some(thread)) })
+        Ok(Self {
+            flags,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Set or clear the flag on `pid`.
@@ -148,7 +203,10 @@ impl CapTracker {
         if start_and_ppid(pid).is_none() {
             return Err(ChkptError::NoSuchProcess(pid));
         }
-        let mut f = self.flags.lock().map_err(|_| ChkptError::Other("tracker lock poisoned".into()))?;
+        let mut f = self
+            .flags
+            .lock()
+            .map_err(|_| ChkptError::Other("tracker lock poisoned".into()))?;
         if enable {
             f.insert(pid, now_ticks());
         } else {
@@ -159,12 +217,16 @@ impl CapTracker {
 
     /// Does `pid` hold the flag (set, or inherited by a fork after it was set)?
     pub fn is_set(&self, pid: i32) -> bool {
-        let Ok(mut f) = self.flags.lock() else { return false };
+        let Ok(mut f) = self.flags.lock() else {
+            return false;
+        };
         if f.contains_key(&pid) {
             return true;
         }
         // Fork events may still be in flight: look at the ancestors.
-        let Some((start, mut p)) = start_and_ppid(pid) else { return false };
+        let Some((start, mut p)) = start_and_ppid(pid) else {
+            return false;
+        };
         for _ in 0..64 {
             if p <= 1 {
                 break;
@@ -208,22 +270,36 @@ mod tests {
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
         t.set(me, true).unwrap();
-        let mut c = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let pid = c.id() as i32;
         // wait until the tracker saw the fork (or the ancestor rule accepts it)
         assert!(t.is_set(pid));
         t.set(me, false).unwrap();
-        assert!(t.is_set(pid), "child keeps the flag after the parent drops it");
+        assert!(
+            t.is_set(pid),
+            "child keeps the flag after the parent drops it"
+        );
         c.kill().unwrap();
         c.wait().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while t.flags.lock().unwrap().contains_key(&pid) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(!t.flags.lock().unwrap().contains_key(&pid), "exit event removes the flag");
-        let other = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(
+            !t.flags.lock().unwrap().contains_key(&pid),
+            "exit event removes the flag"
+        );
+        let other = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         assert!(!t.is_set(other.id() as i32));
-        let _ = std::process::Command::new("kill").arg(other.id().to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg(other.id().to_string())
+            .status();
         t.shutdown();
     }
 }

@@ -5,20 +5,48 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::image::{self, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE};
+use crate::image::{
+    self, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE,
+};
 
 fn prot(p: u32) -> String {
     let f = |b: i32, c: char| if p & b as u32 != 0 { c } else { '-' };
-    format!("{}{}{}", f(libc::PROT_READ, 'r'), f(libc::PROT_WRITE, 'w'), f(libc::PROT_EXEC, 'x'))
+    format!(
+        "{}{}{}",
+        f(libc::PROT_READ, 'r'),
+        f(libc::PROT_WRITE, 'w'),
+        f(libc::PROT_EXEC, 'x')
+    )
 }
 
 pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImage)]) -> String {
     let mut s = String::new();
     let sn = g.sn;
-    let _ = writeln!(s, "krg checkpoint of application {} — SN {} (format version {})", g.app_id, sn, image::FORMAT_VERSION);
-    let _ = writeln!(s, "taken at unix time {} on kernel {}, owner uid {}\n", g.created_unix, g.kernel, g.uid);
-    let _ = writeln!(s, "global_v{sn}.bin       application id, SN, node mask {:#x}", g.node_mask);
-    let _ = writeln!(s, "node_{}_v{sn}.bin       {} task(s) held by node {}, {} pipe(s)", n.node, n.tasks.len(), n.node, n.pipes.len());
+    let _ = writeln!(
+        s,
+        "krg checkpoint of application {} — SN {} (format version {})",
+        g.app_id,
+        sn,
+        image::FORMAT_VERSION
+    );
+    let _ = writeln!(
+        s,
+        "taken at unix time {} on kernel {}, owner uid {}\n",
+        g.created_unix, g.kernel, g.uid
+    );
+    let _ = writeln!(
+        s,
+        "global_v{sn}.bin       application id, SN, node mask {:#x}",
+        g.node_mask
+    );
+    let _ = writeln!(
+        s,
+        "node_{}_v{sn}.bin       {} task(s) held by node {}, {} pipe(s)",
+        n.node,
+        n.tasks.len(),
+        n.node,
+        n.pipes.len()
+    );
     for (t, mm) in tasks {
         let pages: u64 = mm.vmas.iter().flat_map(|v| &v.runs).map(|r| r.pages).sum();
         let _ = writeln!(
@@ -26,18 +54,32 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
             "task_{}_v{sn}.bin      task {} ({}) parent {}: registers+xstate, {} signal handler(s), {} fd(s), cwd {}",
             t.pid, t.pid, t.comm, t.ppid, t.sigactions.len(), t.fds.len(), t.cwd
         );
-        let _ = writeln!(s, "task_mm_{}_v{sn}.bin   {} mapping(s), {} saved page(s) ({} KiB)", t.pid, mm.vmas.len(), pages, pages * PAGE / 1024);
+        let _ = writeln!(
+            s,
+            "task_mm_{}_v{sn}.bin   {} mapping(s), {} saved page(s) ({} KiB)",
+            t.pid,
+            mm.vmas.len(),
+            pages,
+            pages * PAGE / 1024
+        );
     }
     s
 }
 
 /// `checkpoint inspect DIR SN`: every file of one SN, decoded.
 pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
-    let names = Names { dir: dir.to_path_buf(), sn };
+    let names = Names {
+        dir: dir.to_path_buf(),
+        sn,
+    };
     let g: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
     let mut s = String::new();
     let _ = writeln!(s, "{}:", names.global().display());
-    let _ = writeln!(s, "  app_id {}  sn {}  node_mask {:#x}  uid {}  kernel {}  created {}", g.app_id, g.sn, g.node_mask, g.uid, g.kernel, g.created_unix);
+    let _ = writeln!(
+        s,
+        "  app_id {}  sn {}  node_mask {:#x}  uid {}  kernel {}  created {}",
+        g.app_id, g.sn, g.node_mask, g.uid, g.kernel, g.created_unix
+    );
     for node in 0..64u32 {
         if g.node_mask & (1u64 << node) == 0 {
             continue;
@@ -45,10 +87,19 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
         let n: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
         let _ = writeln!(s, "{}:", names.node(node).display());
         for p in &n.pipes {
-            let _ = writeln!(s, "  pipe ino {} with {} buffered byte(s)", p.ino, p.data.len());
+            let _ = writeln!(
+                s,
+                "  pipe ino {} with {} buffered byte(s)",
+                p.ino,
+                p.data.len()
+            );
         }
         for te in &n.tasks {
-            let _ = writeln!(s, "  task {} parent {} threads {:?}", te.pid, te.ppid, te.threads);
+            let _ = writeln!(
+                s,
+                "  task {} parent {} threads {:?}",
+                te.pid, te.ppid, te.threads
+            );
             inspect_task(&mut s, &names, te.pid)?;
         }
     }
@@ -58,8 +109,16 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
 fn inspect_task(s: &mut String, names: &Names, pid: i32) -> Result<()> {
     let t: TaskImage = image::read_file(&names.task(pid), FileKind::Task)?.meta;
     let _ = writeln!(s, "{}:", names.task(pid).display());
-    let _ = writeln!(s, "  comm {:?} exe {} cwd {} umask {:03o}", t.comm, t.exe, t.cwd, t.umask);
-    let _ = writeln!(s, "  uids {:?} gids {:?} groups {:?}", t.uids, t.gids, t.groups);
+    let _ = writeln!(
+        s,
+        "  comm {:?} exe {} cwd {} umask {:03o}",
+        t.comm, t.exe, t.cwd, t.umask
+    );
+    let _ = writeln!(
+        s,
+        "  uids {:?} gids {:?} groups {:?}",
+        t.uids, t.gids, t.groups
+    );
     for th in &t.threads {
         if let Some(r) = crate::ptrace::regs_from_bytes(&th.regs) {
             let _ = writeln!(
@@ -70,27 +129,52 @@ fn inspect_task(s: &mut String, names: &Names, pid: i32) -> Result<()> {
         }
     }
     for a in &t.sigactions {
-        let _ = writeln!(s, "  signal {}: handler {:#x} flags {:#x} mask {:#x}", a.sig, a.handler, a.flags, a.mask);
+        let _ = writeln!(
+            s,
+            "  signal {}: handler {:#x} flags {:#x} mask {:#x}",
+            a.sig, a.handler, a.flags, a.mask
+        );
     }
     for i in &t.itimers {
-        let _ = writeln!(s, "  itimer {}: value {} us interval {} us", i.which, i.value_us, i.interval_us);
+        let _ = writeln!(
+            s,
+            "  itimer {}: value {} us interval {} us",
+            i.which, i.value_us, i.interval_us
+        );
     }
     for f in &t.fds {
         let what = match &f.kind {
             FdKind::Path { path, pos } => format!("{path} at offset {pos}"),
             FdKind::InheritedStdio { what } => format!("stdio ({what}), inherited from restart"),
-            FdKind::Pipe { ino, write_end } => format!("pipe ino {ino} {} end", if *write_end { "write" } else { "read" }),
+            FdKind::Pipe { ino, write_end } => format!(
+                "pipe ino {ino} {} end",
+                if *write_end { "write" } else { "read" }
+            ),
         };
         let _ = writeln!(s, "  fd {}: flags {:o} {}", f.fd, f.flags, what);
     }
     for r in &t.rlimits {
-        let _ = writeln!(s, "  rlimit {}: cur {} max {}", r.resource, r.cur as i64, r.max as i64);
+        let _ = writeln!(
+            s,
+            "  rlimit {}: cur {} max {}",
+            r.resource, r.cur as i64, r.max as i64
+        );
     }
     let d = image::read_file::<MmImage>(&names.task_mm(pid), FileKind::Mm)?;
     let mm = d.meta;
-    let _ = writeln!(s, "{}: data at offset {} ({} bytes)", names.task_mm(pid).display(), d.data_off, d.data_len);
+    let _ = writeln!(
+        s,
+        "{}: data at offset {} ({} bytes)",
+        names.task_mm(pid).display(),
+        d.data_off,
+        d.data_len
+    );
     let p = &mm.params;
-    let _ = writeln!(s, "  code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}", p.start_code, p.end_code, p.start_data, p.end_data, p.start_brk, p.brk, p.start_stack);
+    let _ = writeln!(
+        s,
+        "  code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x}",
+        p.start_code, p.end_code, p.start_data, p.end_data, p.start_brk, p.brk, p.start_stack
+    );
     for v in &mm.vmas {
         let pages: u64 = v.runs.iter().map(|r| r.pages).sum();
         let kind = match &v.kind {

@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{self, FdImage, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, PipeImage, TaskEntry, TaskImage};
+use crate::image::{
+    self, FdImage, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, PipeImage, TaskEntry,
+    TaskImage,
+};
 use crate::inspect_task::{self, PipeRef, Scratch};
 use crate::ptrace::{self, Injector};
 use crate::{mmdump, procfs, store};
@@ -31,7 +34,10 @@ pub type Progress<'a> = &'a dyn Fn(u64, u64);
 
 /// The tree rooted at `pid`, parents before children: (pid, ppid).
 pub fn tree(pid: i32) -> Result<Vec<(i32, i32)>> {
-    let stat = procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| ChkptError::NoSuchProcess(pid))?)?;
+    let stat = procfs::parse_stat(
+        &procfs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|_| ChkptError::NoSuchProcess(pid))?,
+    )?;
     let mut out = vec![(pid, stat.ppid())];
     let mut i = 0;
     while i < out.len() {
@@ -64,14 +70,22 @@ impl Drop for Frozen {
 }
 
 fn check_task(pid: i32, caller: u32) -> Result<u32> {
-    let status = procfs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| ChkptError::NoSuchProcess(pid))?;
+    let status = procfs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| ChkptError::NoSuchProcess(pid))?;
     let uid = procfs::status_ids(&status, "Uid")?;
     if caller != 0 && uid.iter().any(|&u| u != caller) {
-        return Err(ChkptError::Permission(format!("process {pid} belongs to uid {}; only root or its owner may checkpoint it", uid[0])));
+        return Err(ChkptError::Permission(format!(
+            "process {pid} belongs to uid {}; only root or its owner may checkpoint it",
+            uid[0]
+        )));
     }
     let tracer = procfs::status_field(&status, "TracerPid").unwrap_or("0");
     if tracer != "0" {
-        return Err(ChkptError::unsupported(pid, "a process already being traced", format!("by PID {tracer}")));
+        return Err(ChkptError::unsupported(
+            pid,
+            "a process already being traced",
+            format!("by PID {tracer}"),
+        ));
     }
     Ok(uid[0])
 }
@@ -101,7 +115,11 @@ fn freeze(pid: i32, caller: u32, frozen: &mut Frozen) -> Result<Vec<(i32, i32)>>
 
 /// Split pipe fds into stdio that leads outside the tree (inherited at
 /// restart) and pipes with both ends inside the tree (recreated).
-fn classify_pipes(all: &[PipeRef], fds: &mut HashMap<i32, Vec<FdImage>>, flags: &HashMap<(i32, i32), u32>) -> Result<Vec<u64>> {
+fn classify_pipes(
+    all: &[PipeRef],
+    fds: &mut HashMap<i32, Vec<FdImage>>,
+    flags: &HashMap<(i32, i32), u32>,
+) -> Result<Vec<u64>> {
     let mut internal = Vec::new();
     for p in all {
         let has_r = all.iter().any(|q| q.ino == p.ino && !q.write_end);
@@ -110,15 +128,28 @@ fn classify_pipes(all: &[PipeRef], fds: &mut HashMap<i32, Vec<FdImage>>, flags: 
             if !internal.contains(&p.ino) {
                 internal.push(p.ino);
             }
-            FdKind::Pipe { ino: p.ino, write_end: p.write_end }
+            FdKind::Pipe {
+                ino: p.ino,
+                write_end: p.write_end,
+            }
         } else if p.fd <= 2 {
-            FdKind::InheritedStdio { what: format!("pipe:[{}]", p.ino) }
+            FdKind::InheritedStdio {
+                what: format!("pipe:[{}]", p.ino),
+            }
         } else {
-            return Err(ChkptError::unsupported(p.pid, format!("fd {} (pipe:[{}])", p.fd, p.ino), "a pipe leading outside the checkpointed tree"));
+            return Err(ChkptError::unsupported(
+                p.pid,
+                format!("fd {} (pipe:[{}])", p.fd, p.ino),
+                "a pipe leading outside the checkpointed tree",
+            ));
         };
         let flags = flags.get(&(p.pid, p.fd)).copied().unwrap_or(0);
         let v = fds.entry(p.pid).or_default();
-        v.push(FdImage { fd: p.fd, flags, kind });
+        v.push(FdImage {
+            fd: p.fd,
+            flags,
+            kind,
+        });
         v.sort_by_key(|f| f.fd);
     }
     Ok(internal)
@@ -127,9 +158,15 @@ fn classify_pipes(all: &[PipeRef], fds: &mut HashMap<i32, Vec<FdImage>>, flags: 
 /// Bytes buffered in a pipe, copied without consuming them (tee).
 fn pipe_data(pid: i32, fd: i32) -> Result<Vec<u8>> {
     let path = format!("/proc/{pid}/fd/{fd}");
-    let c = std::ffi::CString::new(path.clone()).map_err(|_| ChkptError::Other("bad path".into()))?;
+    let c =
+        std::ffi::CString::new(path.clone()).map_err(|_| ChkptError::Other("bad path".into()))?;
     // SAFETY: c is a valid C string.
-    let src = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    let src = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
     if src < 0 {
         return Err(ChkptError::io(&path, std::io::Error::last_os_error()));
     }
@@ -143,7 +180,11 @@ fn pipe_data(pid: i32, fd: i32) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; n.max(0) as usize];
         let mut got = 0usize;
         while got < buf.len() {
-            let r = libc::read(p[0], buf[got..].as_mut_ptr() as *mut libc::c_void, buf.len() - got);
+            let r = libc::read(
+                p[0],
+                buf[got..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - got,
+            );
             if r <= 0 {
                 break;
             }
@@ -174,7 +215,11 @@ fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>) -> Result<TaskDump> {
         let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
         scratch.unmap()?;
         let pages = mmdump::plan_pages(pid, &mut vmas)?;
-        let mm = MmImage { vmas, params: mmdump::params(pid, brk)?, shared_pending: ptrace::peek_pending(pid, true)? };
+        let mm = MmImage {
+            vmas,
+            params: mmdump::params(pid, brk)?,
+            shared_pending: ptrace::peek_pending(pid, true)?,
+        };
         Ok(TaskDump { task, mm, pages })
     })();
     // Registers go back whatever happened, so the job resumes untouched.
@@ -187,13 +232,19 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     let caller = unsafe { libc::getuid() };
     let owner = check_task(pid, caller)?;
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
-    let gid = procfs::status_ids(&status, "Gid")?.first().copied().unwrap_or(0);
+    let gid = procfs::status_ids(&status, "Gid")?
+        .first()
+        .copied()
+        .unwrap_or(0);
     let dir = store::prepare_dir(&opts.root, pid, owner, gid)?;
     let _lock = store::lock(&dir)?;
     store::cleanup(&dir);
     let sn = store::list_sns(&dir).last().map_or(1, |s| s + 1);
 
-    let mut frozen = Frozen { tids: Vec::new(), kill: false };
+    let mut frozen = Frozen {
+        tids: Vec::new(),
+        kill: false,
+    };
     let tree = freeze(pid, caller, &mut frozen)?;
 
     // fd tables first: pipes are classified with the whole tree in view.
@@ -203,7 +254,10 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     for &(p, _) in &tree {
         let (f, pr) = inspect_task::fds(p)?;
         for r in &pr {
-            let (_, fl) = procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{p}/fdinfo/{}", r.fd))?)?;
+            let (_, fl) = procfs::parse_fdinfo(&procfs::read_to_string(format!(
+                "/proc/{p}/fdinfo/{}",
+                r.fd
+            ))?)?;
             flags.insert((p, r.fd), fl);
         }
         fds.insert(p, f);
@@ -212,8 +266,14 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     let internal = classify_pipes(&pipes, &mut fds, &flags)?;
     let mut pipe_images = Vec::new();
     for ino in internal {
-        let r = pipes.iter().find(|p| p.ino == ino).ok_or_else(|| ChkptError::Other("pipe vanished".into()))?;
-        pipe_images.push(PipeImage { ino, data: pipe_data(r.pid, r.fd)? });
+        let r = pipes
+            .iter()
+            .find(|p| p.ino == ino)
+            .ok_or_else(|| ChkptError::Other("pipe vanished".into()))?;
+        pipe_images.push(PipeImage {
+            ino,
+            data: pipe_data(r.pid, r.fd)?,
+        });
     }
 
     let mut dumps = Vec::new();
@@ -221,7 +281,10 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         dumps.push(dump_task(p, pp, fds.remove(&p).unwrap_or_default())?);
     }
 
-    let names = Names { dir: dir.join(format!(".tmp-v{sn}")), sn };
+    let names = Names {
+        dir: dir.join(format!(".tmp-v{sn}")),
+        sn,
+    };
     std::fs::create_dir(&names.dir).map_err(|e| ChkptError::io(&names.dir, e))?;
     let total: u64 = dumps.iter().map(|d| d.pages * image::PAGE).sum();
     let done = std::cell::Cell::new(0u64);
@@ -245,7 +308,11 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         node: opts.node,
         tasks: dumps
             .iter()
-            .map(|d| TaskEntry { pid: d.task.pid, ppid: d.task.ppid, threads: d.task.threads.iter().map(|t| t.tid).collect() })
+            .map(|d| TaskEntry {
+                pid: d.task.pid,
+                ppid: d.task.ppid,
+                threads: d.task.threads.iter().map(|t| t.tid).collect(),
+            })
             .collect(),
         pipes: pipe_images,
     };
@@ -255,14 +322,23 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         app_id: pid,
         sn,
         node_mask: 1u64.checked_shl(opts.node).unwrap_or(0),
-        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         uid: owner,
-        kernel: procfs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string(),
+        kernel: procfs::read_to_string("/proc/sys/kernel/osrelease")?
+            .trim()
+            .to_string(),
     };
     let gname = format!("global_v{sn}.bin");
     image::write_small(&names.dir.join(&gname), FileKind::Global, &global)?;
     files.push(names.dir.join(&gname));
-    let desc = crate::describe::description(&global, &node, &dumps.iter().map(|d| (&d.task, &d.mm)).collect::<Vec<_>>());
+    let desc = crate::describe::description(
+        &global,
+        &node,
+        &dumps.iter().map(|d| (&d.task, &d.mm)).collect::<Vec<_>>(),
+    );
     let dpath = names.description();
     std::fs::write(&dpath, desc).map_err(|e| ChkptError::io(&dpath, e))?;
     set_private(&dpath)?;
@@ -273,10 +349,16 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
     }
     store::commit(&names.dir, &dir, &gname)?;
-    Ok(DumpReport { sn, dir, tasks: tree.iter().map(|t| t.0).collect(), image_bytes: bytes })
+    Ok(DumpReport {
+        sn,
+        dir,
+        tasks: tree.iter().map(|t| t.0).collect(),
+        image_bytes: bytes,
+    })
 }
 
 fn set_private(p: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(|e| ChkptError::io(p, e))
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ChkptError::io(p, e))
 }

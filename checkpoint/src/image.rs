@@ -202,7 +202,11 @@ pub enum VmaKind {
     Anon,
     Heap,
     Stack,
-    File { path: String, offset: u64, size: u64 },
+    File {
+        path: String,
+        offset: u64,
+        size: u64,
+    },
     Vdso,
     Vvar,
     VvarVclock,
@@ -212,7 +216,10 @@ pub enum VmaKind {
 impl VmaKind {
     /// Kernel-provided mappings that restore moves instead of recreating.
     pub fn is_special(&self) -> bool {
-        matches!(self, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall)
+        matches!(
+            self,
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+        )
     }
 }
 
@@ -231,10 +238,19 @@ pub fn page_align(v: u64) -> u64 {
 /// Encode a header + metadata; the caller appends `data_len` bytes of raw data
 /// at the returned data offset (0 when there is none).
 pub fn encode<T: Serialize>(kind: FileKind, meta: &T, data_len: u64) -> Result<(Vec<u8>, u64)> {
-    let body = postcard::to_stdvec(meta).map_err(|e| ChkptError::Other(format!("encoding image: {e}")))?;
+    let body =
+        postcard::to_stdvec(meta).map_err(|e| ChkptError::Other(format!("encoding image: {e}")))?;
     let meta_end = (HEADER_LEN + body.len()) as u64;
-    let data_off = if data_len > 0 { page_align(meta_end) } else { 0 };
-    let mut out = Vec::with_capacity(if data_len > 0 { data_off as usize } else { meta_end as usize });
+    let data_off = if data_len > 0 {
+        page_align(meta_end)
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(if data_len > 0 {
+        data_off as usize
+    } else {
+        meta_end as usize
+    });
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(kind as u32).to_le_bytes());
@@ -266,10 +282,12 @@ pub fn read_file<T: DeserializeOwned>(path: &Path, kind: FileKind) -> Result<Dec
     let mut f = File::open(path).map_err(|e| ChkptError::io(path, e))?;
     let file_len = f.metadata().map_err(|e| ChkptError::io(path, e))?.len();
     let mut hdr = [0u8; HEADER_LEN];
-    f.read_exact(&mut hdr).map_err(|_| ChkptError::bad_image(path, "truncated header"))?;
+    f.read_exact(&mut hdr)
+        .map_err(|_| ChkptError::bad_image(path, "truncated header"))?;
     let (meta_len, data_off, data_len) = check_header(path, &hdr, kind, file_len)?;
     let mut body = vec![0u8; meta_len as usize];
-    f.read_exact(&mut body).map_err(|_| ChkptError::bad_image(path, "truncated metadata"))?;
+    f.read_exact(&mut body)
+        .map_err(|_| ChkptError::bad_image(path, "truncated metadata"))?;
     let mut h = crc32fast::Hasher::new();
     h.update(&hdr[..40]);
     h.update(&body);
@@ -277,8 +295,13 @@ pub fn read_file<T: DeserializeOwned>(path: &Path, kind: FileKind) -> Result<Dec
     if h.finalize() != crc {
         return Err(ChkptError::bad_image(path, "CRC mismatch (file corrupted)"));
     }
-    let meta = postcard::from_bytes(&body).map_err(|e| ChkptError::bad_image(path, format!("bad metadata: {e}")))?;
-    Ok(Decoded { meta, data_off, data_len })
+    let meta = postcard::from_bytes(&body)
+        .map_err(|e| ChkptError::bad_image(path, format!("bad metadata: {e}")))?;
+    Ok(Decoded {
+        meta,
+        data_off,
+        data_len,
+    })
 }
 
 fn le_u64(b: &[u8]) -> u64 {
@@ -287,9 +310,17 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn check_header(path: &Path, hdr: &[u8; HEADER_LEN], kind: FileKind, file_len: u64) -> Result<(u64, u64, u64)> {
+fn check_header(
+    path: &Path,
+    hdr: &[u8; HEADER_LEN],
+    kind: FileKind,
+    file_len: u64,
+) -> Result<(u64, u64, u64)> {
     if hdr[..8] != MAGIC {
-        return Err(ChkptError::bad_image(path, "not a krg checkpoint image (bad magic)"));
+        return Err(ChkptError::bad_image(
+            path,
+            "not a krg checkpoint image (bad magic)",
+        ));
     }
     let version = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
     if version != FORMAT_VERSION {
@@ -300,15 +331,23 @@ fn check_header(path: &Path, hdr: &[u8; HEADER_LEN], kind: FileKind, file_len: u
     }
     let k = u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
     if FileKind::from_u32(k) != Some(kind) {
-        return Err(ChkptError::bad_image(path, format!("wrong file kind {k}, expected {}", kind as u32)));
+        return Err(ChkptError::bad_image(
+            path,
+            format!("wrong file kind {k}, expected {}", kind as u32),
+        ));
     }
     let meta_len = le_u64(&hdr[16..]);
     let data_off = le_u64(&hdr[24..]);
     let data_len = le_u64(&hdr[32..]);
     let meta_end = (HEADER_LEN as u64).checked_add(meta_len);
-    let need = if data_len > 0 { data_off.checked_add(data_len) } else { meta_end };
+    let need = if data_len > 0 {
+        data_off.checked_add(data_len)
+    } else {
+        meta_end
+    };
     match (meta_end, need) {
-        (Some(me), Some(n)) if me <= file_len && n <= file_len && (data_len == 0 || data_off >= me) => {}
+        (Some(me), Some(n))
+            if me <= file_len && n <= file_len && (data_len == 0 || data_off >= me) => {}
         _ => return Err(ChkptError::bad_image(path, "truncated file")),
     }
     Ok((meta_len, data_off, data_len))
@@ -363,7 +402,14 @@ mod tests {
     use super::*;
 
     fn sample() -> GlobalImage {
-        GlobalImage { app_id: 42, sn: 3, node_mask: 2, created_unix: 1, uid: 0, kernel: "6.18".into() }
+        GlobalImage {
+            app_id: 42,
+            sn: 3,
+            node_mask: 2,
+            created_unix: 1,
+            uid: 0,
+            kernel: "6.18".into(),
+        }
     }
 
     #[test]
@@ -378,7 +424,10 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 0xff;
         std::fs::write(&p, &b).unwrap();
-        let e = read_file::<GlobalImage>(&p, FileKind::Global).err().unwrap().to_string();
+        let e = read_file::<GlobalImage>(&p, FileKind::Global)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("CRC"), "{e}");
     }
 
@@ -389,15 +438,31 @@ mod tests {
         let (mut b, _) = encode(FileKind::Global, &sample(), 0).unwrap();
         b[8] = 99;
         std::fs::write(&p, &b).unwrap();
-        assert!(read_file::<GlobalImage>(&p, FileKind::Global).err().unwrap().to_string().contains("version 99"));
+        assert!(read_file::<GlobalImage>(&p, FileKind::Global)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("version 99"));
         b[8] = FORMAT_VERSION as u8;
         std::fs::write(&p, &b[..b.len() - 2]).unwrap();
-        assert!(read_file::<GlobalImage>(&p, FileKind::Global).err().unwrap().to_string().contains("truncated"));
+        assert!(read_file::<GlobalImage>(&p, FileKind::Global)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("truncated"));
         std::fs::write(&p, &b).unwrap();
-        assert!(read_file::<GlobalImage>(&p, FileKind::Task).err().unwrap().to_string().contains("kind"));
+        assert!(read_file::<GlobalImage>(&p, FileKind::Task)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("kind"));
         let (b, off) = encode(FileKind::Mm, &sample(), 8192).unwrap();
         assert_eq!(off % PAGE, 0);
         std::fs::write(&p, &b).unwrap();
-        assert!(read_file::<GlobalImage>(&p, FileKind::Mm).err().unwrap().to_string().contains("truncated"));
+        assert!(read_file::<GlobalImage>(&p, FileKind::Mm)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("truncated"));
     }
 }

@@ -20,26 +20,41 @@ impl<'a> Scratch<'a> {
     pub fn map(inj: &'a Injector) -> Result<Self> {
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let addr = inj.call("mmap", libc::SYS_mmap, [0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
+        let addr = inj.call(
+            "mmap",
+            libc::SYS_mmap,
+            [0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
+        )?;
         Ok(Self { inj, addr })
     }
     pub fn unmap(self) -> Result<()> {
-        self.inj.call("munmap", libc::SYS_munmap, [self.addr, SCRATCH_LEN, 0, 0, 0, 0]).map(|_| ())
+        self.inj
+            .call(
+                "munmap",
+                libc::SYS_munmap,
+                [self.addr, SCRATCH_LEN, 0, 0, 0, 0],
+            )
+            .map(|_| ())
     }
 }
 
 /// Find a `syscall` instruction (0f 05) in the task's vDSO: injection jumps there.
 pub fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
-    let vdso = maps
-        .iter()
-        .find(|m| m.path == "[vdso]")
-        .ok_or_else(|| ChkptError::unsupported(pid, "a process without [vdso]", "no place to inject system calls"))?;
+    let vdso = maps.iter().find(|m| m.path == "[vdso]").ok_or_else(|| {
+        ChkptError::unsupported(
+            pid,
+            "a process without [vdso]",
+            "no place to inject system calls",
+        )
+    })?;
     let bytes = ptrace::read_mem(pid, vdso.start, (vdso.end - vdso.start) as usize)?;
     bytes
         .windows(2)
         .position(|w| w == [0x0f, 0x05])
         .map(|i| vdso.start + i as u64)
-        .ok_or_else(|| ChkptError::unsupported(pid, "a vDSO without a syscall instruction", "cannot inject"))
+        .ok_or_else(|| {
+            ChkptError::unsupported(pid, "a vDSO without a syscall instruction", "cannot inject")
+        })
 }
 
 pub fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
@@ -48,10 +63,20 @@ pub fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
-        s.inj.call("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, 0, s.addr, 8, 0, 0])?;
+        s.inj.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, 0, s.addr, 8, 0, 0],
+        )?;
         let b = ptrace::read_mem(s.inj.tid, s.addr, 32)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        let act = SigAction { sig, handler: w(0), flags: w(1), restorer: w(2), mask: w(3) };
+        let act = SigAction {
+            sig,
+            handler: w(0),
+            flags: w(1),
+            restorer: w(2),
+            mask: w(3),
+        };
         if act.handler != 0 || act.flags != 0 || act.mask != 0 {
             out.push(act);
         }
@@ -62,10 +87,18 @@ pub fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
 pub fn itimers(s: &Scratch) -> Result<Vec<ITimer>> {
     let mut out = Vec::new();
     for which in 0..3u32 {
-        s.inj.call("getitimer", libc::SYS_getitimer, [which as u64, s.addr, 0, 0, 0, 0])?;
+        s.inj.call(
+            "getitimer",
+            libc::SYS_getitimer,
+            [which as u64, s.addr, 0, 0, 0, 0],
+        )?;
         let b = ptrace::read_mem(s.inj.tid, s.addr, 32)?;
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        let t = ITimer { which, interval_us: w(0) * 1_000_000 + w(1), value_us: w(2) * 1_000_000 + w(3) };
+        let t = ITimer {
+            which,
+            interval_us: w(0) * 1_000_000 + w(1),
+            value_us: w(2) * 1_000_000 + w(3),
+        };
         if t.interval_us != 0 || t.value_us != 0 {
             out.push(t);
         }
@@ -74,7 +107,11 @@ pub fn itimers(s: &Scratch) -> Result<Vec<ITimer>> {
 }
 
 pub fn altstack(s: &Scratch) -> Result<(u64, u32, u64)> {
-    s.inj.call("sigaltstack", libc::SYS_sigaltstack, [0, s.addr, 0, 0, 0, 0])?;
+    s.inj.call(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, s.addr, 0, 0, 0, 0],
+    )?;
     let b = ptrace::read_mem(s.inj.tid, s.addr, 24)?;
     let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     Ok((w(0), w(1) as u32, w(2)))
@@ -83,12 +120,19 @@ pub fn altstack(s: &Scratch) -> Result<(u64, u32, u64)> {
 pub fn rlimits(pid: i32) -> Result<Vec<Rlimit>> {
     let mut out = Vec::new();
     for res in 0..16u32 {
-        let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        let mut old = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: old is a valid out pointer; no new limit is set.
         if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } < 0 {
             return Err(ChkptError::sys("prlimit", pid));
         }
-        out.push(Rlimit { resource: res, cur: old.rlim_cur, max: old.rlim_max });
+        out.push(Rlimit {
+            resource: res,
+            cur: old.rlim_cur,
+            max: old.rlim_max,
+        });
     }
     Ok(out)
 }
@@ -108,17 +152,29 @@ pub struct PipeRef {
 pub fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
-    let mut nums: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let mut nums: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
     nums.sort_unstable();
     let mut out = Vec::new();
     let mut pipes = Vec::new();
     for fd in nums {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
-        let (pos, flags) = procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;
+        let (pos, flags) =
+            procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;
         let kind = classify_fd(pid, fd, &target, pos)?;
-        if let Some(ino) = target.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok()) {
+        if let Some(ino) = target
+            .strip_prefix("pipe:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+        {
             let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
-            pipes.push(PipeRef { pid, fd, ino, write_end });
+            pipes.push(PipeRef {
+                pid,
+                fd,
+                ino,
+                write_end,
+            });
         }
         if let Some(kind) = kind {
             out.push(FdImage { fd, flags, kind });
@@ -129,13 +185,23 @@ pub fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
 
 /// `None` for a pipe (classified later with the whole tree in view).
 fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKind>> {
-    let refuse = |why: &str| Err(ChkptError::unsupported(pid, format!("fd {fd} ({target})"), why.to_string()));
+    let refuse = |why: &str| {
+        Err(ChkptError::unsupported(
+            pid,
+            format!("fd {fd} ({target})"),
+            why.to_string(),
+        ))
+    };
     if target.starts_with("pipe:[") {
         return Ok(None);
     }
-    let is_tty = target.starts_with("/dev/pts/") || target.starts_with("/dev/tty") || target == "/dev/console";
+    let is_tty = target.starts_with("/dev/pts/")
+        || target.starts_with("/dev/tty")
+        || target == "/dev/console";
     if fd <= 2 && (is_tty || target.starts_with("socket:[")) {
-        return Ok(Some(FdKind::InheritedStdio { what: target.to_string() }));
+        return Ok(Some(FdKind::InheritedStdio {
+            what: target.to_string(),
+        }));
     }
     if target.starts_with("socket:[") {
         return refuse("sockets (TCP, UDP, unix) cannot be checkpointed");
@@ -144,7 +210,9 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
         return refuse("io_uring cannot be checkpointed");
     }
     if target.starts_with("anon_inode:") {
-        return refuse("anonymous inodes (eventfd, epoll, signalfd, timerfd, …) cannot be checkpointed");
+        return refuse(
+            "anonymous inodes (eventfd, epoll, signalfd, timerfd, …) cannot be checkpointed",
+        );
     }
     if target.ends_with(" (deleted)") {
         return refuse("the file was deleted");
@@ -162,7 +230,10 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
     } else if !ft.is_file() && !ft.is_dir() {
         return refuse("only regular files, directories and pipes inside the tree are supported");
     }
-    Ok(Some(FdKind::Path { path: target.to_string(), pos }))
+    Ok(Some(FdKind::Path {
+        path: target.to_string(),
+        pos,
+    }))
 }
 
 /// Registers, extended state, signal mask and pending signals of one thread.
@@ -190,7 +261,11 @@ fn threads(pid: i32, leader: &Injector, scratch: &Scratch) -> Result<Vec<ThreadI
             own = Injector::new(tid, leader.syscall_at)?;
             &own
         };
-        let r = inj.call("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [40 /* PR_GET_TID_ADDRESS */, scratch.addr, 0, 0, 0, 0]);
+        let r = inj.call(
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::SYS_prctl,
+            [40 /* PR_GET_TID_ADDRESS */, scratch.addr, 0, 0, 0, 0],
+        );
         // Other threads get their state back now; the leader's stays under
         // injection (all signals blocked) until the whole task is read.
         let restored = if tid == pid { Ok(()) } else { inj.restore() };
@@ -209,14 +284,25 @@ fn threads(pid: i32, leader: &Injector, scratch: &Scratch) -> Result<Vec<ThreadI
 }
 
 /// Everything of the task image that /proc and injection give.
-pub fn task_image(pid: i32, ppid: i32, inj: &Injector, scratch: &Scratch, fds: Vec<FdImage>) -> Result<TaskImage> {
+pub fn task_image(
+    pid: i32,
+    ppid: i32,
+    inj: &Injector,
+    scratch: &Scratch,
+    fds: Vec<FdImage>,
+) -> Result<TaskImage> {
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
     let stat = procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat"))?)?;
     let ids = |k: &str| -> Result<[u32; 4]> {
         let v = procfs::status_ids(&status, k)?;
-        v.try_into().map_err(|_| ChkptError::Parse { what: "status".into(), detail: k.into() })
+        v.try_into().map_err(|_| ChkptError::Parse {
+            what: "status".into(),
+            detail: k.into(),
+        })
     };
-    let umask = procfs::status_field(&status, "Umask").and_then(|u| u32::from_str_radix(u, 8).ok()).unwrap_or(0o022);
+    let umask = procfs::status_field(&status, "Umask")
+        .and_then(|u| u32::from_str_radix(u, 8).ok())
+        .unwrap_or(0o022);
     let groups = procfs::status_field(&status, "Groups")
         .unwrap_or("")
         .split_whitespace()

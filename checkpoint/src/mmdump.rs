@@ -19,7 +19,11 @@ pub fn vmas(pid: i32, maps: &[MapLine]) -> Result<Vec<Vma>> {
 
 fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
     let refuse = |why: &str| {
-        Err(ChkptError::unsupported(pid, format!("mapping {:x}-{:x} {}", m.start, m.end, m.path), why.to_string()))
+        Err(ChkptError::unsupported(
+            pid,
+            format!("mapping {:x}-{:x} {}", m.start, m.end, m.path),
+            why.to_string(),
+        ))
     };
     let kind = match m.path.as_str() {
         "[heap]" => VmaKind::Heap,
@@ -29,7 +33,9 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
         p if p.starts_with("/SYSV") => return refuse("SysV shared memory is not supported yet"),
-        p if m.shared() && (m.inode == 0 || p.starts_with("/dev/zero") || p.starts_with("[anon_shmem")) => {
+        p if m.shared()
+            && (m.inode == 0 || p.starts_with("/dev/zero") || p.starts_with("[anon_shmem")) =>
+        {
             return refuse("MAP_SHARED anonymous memory is not supported yet")
         }
         p if p.is_empty() || p.starts_with("[anon:") => VmaKind::Anon,
@@ -39,11 +45,22 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
             if !meta.is_file() {
                 return refuse("only regular files can be mapped");
             }
-            VmaKind::File { path: p.to_string(), offset: m.offset, size: meta.len() }
+            VmaKind::File {
+                path: p.to_string(),
+                offset: m.offset,
+                size: meta.len(),
+            }
         }
         _ => return refuse("unknown kind of mapping"),
     };
-    Ok(Vma { start: m.start, end: m.end, prot: m.prot(), shared: m.shared(), kind, runs: Vec::new() })
+    Ok(Vma {
+        start: m.start,
+        end: m.end,
+        prot: m.prot(),
+        shared: m.shared(),
+        kind,
+        runs: Vec::new(),
+    })
 }
 
 /// Fill every VMA's page runs from /proc/PID/pagemap, giving each run its
@@ -54,7 +71,8 @@ pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<u64> {
     let mut next_off = 0u64;
     let mut buf = vec![0u8; 8 * 65536];
     for v in vmas.iter_mut() {
-        let anon_private = !v.shared && matches!(v.kind, VmaKind::Anon | VmaKind::Heap | VmaKind::Stack);
+        let anon_private =
+            !v.shared && matches!(v.kind, VmaKind::Anon | VmaKind::Heap | VmaKind::Stack);
         let file_private = !v.shared && matches!(v.kind, VmaKind::File { .. });
         if !anon_private && !file_private {
             continue;
@@ -63,7 +81,8 @@ pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<u64> {
         while addr < v.end {
             let n = ((v.end - addr) / PAGE).min(65536) as usize;
             let chunk = &mut buf[..n * 8];
-            pm.read_exact_at(chunk, addr / PAGE * 8).map_err(|e| ChkptError::io(&path, e))?;
+            pm.read_exact_at(chunk, addr / PAGE * 8)
+                .map_err(|e| ChkptError::io(&path, e))?;
             for (i, e) in chunk.chunks_exact(8).enumerate() {
                 let e = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
                 // Anonymous areas: every page in memory or swap. Private file
@@ -78,7 +97,11 @@ pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<u64> {
                     let a = addr + i as u64 * PAGE;
                     match v.runs.last_mut() {
                         Some(r) if r.addr + r.pages * PAGE == a => r.pages += 1,
-                        _ => v.runs.push(PageRun { addr: a, pages: 1, data_off: next_off }),
+                        _ => v.runs.push(PageRun {
+                            addr: a,
+                            pages: 1,
+                            data_off: next_off,
+                        }),
                     }
                     next_off += PAGE;
                 }
@@ -92,24 +115,43 @@ pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<u64> {
 /// Read `len` bytes at `addr` of the tracee into `buf` (process_vm_readv,
 /// falling back to /proc/PID/mem for areas it cannot read, e.g. PROT_NONE).
 fn read_remote(pid: i32, addr: u64, buf: &mut [u8], mem: &File) -> Result<()> {
-    let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
     // SAFETY: local covers buf; remote memory is only read by the kernel.
     let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
     if n == buf.len() as isize {
         return Ok(());
     }
-    mem.read_exact_at(buf, addr).map_err(|e| ChkptError::Sys { op: format!("reading memory at {addr:#x}"), pid, err: e })
+    mem.read_exact_at(buf, addr).map_err(|e| ChkptError::Sys {
+        op: format!("reading memory at {addr:#x}"),
+        pid,
+        err: e,
+    })
 }
 
 /// Write `task_mm_<PID>` : header, metadata, then the raw pages.
-pub fn write_mm(pid: i32, mm: &MmImage, pages: u64, out: &mut File, progress: &dyn Fn(u64)) -> Result<u64> {
+pub fn write_mm(
+    pid: i32,
+    mm: &MmImage,
+    pages: u64,
+    out: &mut File,
+    progress: &dyn Fn(u64),
+) -> Result<u64> {
     let (head, data_off) = image::encode(FileKind::Mm, mm, pages * PAGE)?;
     let path = format!("/proc/{pid}/mem");
     let mem = File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
     let werr = |e| ChkptError::io(format!("task_mm_{pid}"), e);
     out.write_all(&head).map_err(werr)?;
-    let mut buf = vec![0u8; 8 << 20];
+    // A buffer that stays in the CPU cache: the second copy (into the page
+    // cache) then reads from cache, not DRAM. Measured here on 1 GiB: 256 KiB
+    // 0.65 s, 1 MiB 0.85 s, 8 MiB 1.7-2.0 s.
+    let mut buf = vec![0u8; 256 << 10];
     let mut written = 0u64;
     for v in &mm.vmas {
         for r in &v.runs {

@@ -12,11 +12,16 @@ pub fn read_to_string(path: impl AsRef<Path>) -> Result<String> {
 
 pub fn readlink(path: impl AsRef<Path>) -> Result<String> {
     let p = path.as_ref();
-    std::fs::read_link(p).map(|l| l.to_string_lossy().into_owned()).map_err(|e| ChkptError::io(p, e))
+    std::fs::read_link(p)
+        .map(|l| l.to_string_lossy().into_owned())
+        .map_err(|e| ChkptError::io(p, e))
 }
 
 fn parse_err(what: &str, detail: impl Into<String>) -> ChkptError {
-    ChkptError::Parse { what: what.into(), detail: detail.into() }
+    ChkptError::Parse {
+        what: what.into(),
+        detail: detail.into(),
+    }
 }
 
 /// One line of /proc/PID/maps.
@@ -51,7 +56,10 @@ impl MapLine {
 }
 
 pub fn parse_maps(text: &str) -> Result<Vec<MapLine>> {
-    text.lines().filter(|l| !l.trim().is_empty()).map(parse_map_line).collect()
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(parse_map_line)
+        .collect()
 }
 
 fn parse_map_line(line: &str) -> Result<MapLine> {
@@ -66,7 +74,14 @@ fn parse_map_line(line: &str) -> Result<MapLine> {
     let (s, e) = range.split_once('-').ok_or_else(bad)?;
     let start = u64::from_str_radix(s, 16).map_err(|_| bad())?;
     let end = u64::from_str_radix(e, 16).map_err(|_| bad())?;
-    Ok(MapLine { start, end, perms, offset, inode, path })
+    Ok(MapLine {
+        start,
+        end,
+        perms,
+        offset,
+        inode,
+        path,
+    })
 }
 
 /// Fields of /proc/PID/stat after the `(comm)` field, indexed from field 3.
@@ -97,14 +112,20 @@ pub fn parse_stat(text: &str) -> Result<Stat> {
             continue;
         }
         // negative values (priority, nice) are stored as their two's complement
-        let v = tok.parse::<u64>().or_else(|_| tok.parse::<i64>().map(|v| v as u64)).map_err(|_| parse_err("stat field", tok))?;
+        let v = tok
+            .parse::<u64>()
+            .or_else(|_| tok.parse::<i64>().map(|v| v as u64))
+            .map_err(|_| parse_err("stat field", tok))?;
         fields.push(v);
     }
     Ok(Stat { comm, fields })
 }
 
 pub fn mm_params(stat: &Stat, auxv: &[u8]) -> MmParams {
-    let auxv = auxv.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+    let auxv = auxv
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
     MmParams {
         start_code: stat.field(26),
         end_code: stat.field(27),
@@ -123,12 +144,18 @@ pub fn mm_params(stat: &Stat, auxv: &[u8]) -> MmParams {
 
 /// `Key:\tvalue` lines of /proc/PID/status.
 pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(str::trim))
+    status.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
 
 pub fn status_ids(status: &str, key: &str) -> Result<Vec<u32>> {
     let v = status_field(status, key).ok_or_else(|| parse_err("status", key))?;
-    v.split_whitespace().map(|t| t.parse().map_err(|_| parse_err("status id", t))).collect()
+    v.split_whitespace()
+        .map(|t| t.parse().map_err(|_| parse_err("status id", t)))
+        .collect()
 }
 
 pub fn status_hex(status: &str, key: &str) -> Result<u64> {
@@ -149,7 +176,8 @@ pub fn parse_fdinfo(text: &str) -> Result<(u64, u32)> {
 pub fn children(pid: i32) -> Result<Vec<i32>> {
     let mut out = Vec::new();
     for tid in threads(pid)? {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
         for t in text.split_whitespace() {
             if let Ok(c) = t.parse() {
                 out.push(c);
@@ -164,7 +192,9 @@ pub fn children(pid: i32) -> Result<Vec<i32>> {
 pub fn threads(pid: i32) -> Result<Vec<i32>> {
     let dir = format!("/proc/{pid}/task");
     let rd = std::fs::read_dir(&dir).map_err(|_| ChkptError::NoSuchProcess(pid))?;
-    let mut out: Vec<i32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let mut out: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
     out.sort_unstable();
     Ok(out)
 }
@@ -177,9 +207,19 @@ pub fn parse_limits(text: &str) -> Vec<Rlimit> {
         // columns are fixed width: name 26 chars, soft 21, hard 21
         let soft = line.get(26..47).unwrap_or("").trim();
         let hard = line.get(47..68).unwrap_or("").trim();
-        let conv = |s: &str| if s == "unlimited" { Some(u64::MAX) } else { s.parse().ok() };
+        let conv = |s: &str| {
+            if s == "unlimited" {
+                Some(u64::MAX)
+            } else {
+                s.parse().ok()
+            }
+        };
         if let (Some(cur), Some(max)) = (conv(soft), conv(hard)) {
-            out.push(Rlimit { resource: i as u32, cur, max });
+            out.push(Rlimit {
+                resource: i as u32,
+                cur,
+                max,
+            });
         }
     }
     out

@@ -26,8 +26,16 @@ fn check(r: libc::c_long, op: &str, pid: i32) -> Result<libc::c_long> {
 /// wait for that stop.
 pub fn seize_and_interrupt(tid: i32) -> Result<()> {
     // SAFETY: plain ptrace requests on a tid; no memory is passed.
-    check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) }, "PTRACE_SEIZE", tid)?;
-    check(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) }, "PTRACE_INTERRUPT", tid)?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) },
+        "PTRACE_SEIZE",
+        tid,
+    )?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) },
+        "PTRACE_INTERRUPT",
+        tid,
+    )?;
     loop {
         let (sig, event) = wait_status(tid)?;
         if event == libc::PTRACE_EVENT_STOP {
@@ -36,7 +44,11 @@ pub fn seize_and_interrupt(tid: i32) -> Result<()> {
         // A signal arrived before our interrupt: let the process have it
         // (not lose it) and wait for the interrupt stop that follows.
         // SAFETY: no memory passed.
-        check(unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig as libc::c_long) }, "PTRACE_CONT", tid)?;
+        check(
+            unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig as libc::c_long) },
+            "PTRACE_CONT",
+            tid,
+        )?;
     }
 }
 
@@ -61,35 +73,59 @@ fn wait_status(tid: i32) -> Result<(i32, i32)> {
             return Ok((libc::WSTOPSIG(status), (status >> 16) & 0xff));
         }
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            return Err(ChkptError::Other(format!("process {tid} exited while being checkpointed or restored")));
+            return Err(ChkptError::Other(format!(
+                "process {tid} exited while being checkpointed or restored"
+            )));
         }
     }
 }
 
 pub fn detach(tid: i32) -> Result<()> {
     // SAFETY: no memory passed.
-    check(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) }, "PTRACE_DETACH", tid).map(|_| ())
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) },
+        "PTRACE_DETACH",
+        tid,
+    )
+    .map(|_| ())
 }
 
 pub fn get_regs(tid: i32) -> Result<Regs> {
     // SAFETY: user_regs_struct is plain data; zero is a valid value.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec { iov_base: &mut regs as *mut Regs as *mut libc::c_void, iov_len: std::mem::size_of::<Regs>() };
+    let mut iov = libc::iovec {
+        iov_base: &mut regs as *mut Regs as *mut libc::c_void,
+        iov_len: std::mem::size_of::<Regs>(),
+    };
     // SAFETY: iov points at a buffer of iov_len bytes that lives across the call.
-    check(unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_PRSTATUS, &mut iov) }, "PTRACE_GETREGSET", tid)?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_PRSTATUS, &mut iov) },
+        "PTRACE_GETREGSET",
+        tid,
+    )?;
     Ok(regs)
 }
 
 pub fn set_regs(tid: i32, regs: &Regs) -> Result<()> {
-    let mut iov = libc::iovec { iov_base: regs as *const Regs as *mut libc::c_void, iov_len: std::mem::size_of::<Regs>() };
+    let mut iov = libc::iovec {
+        iov_base: regs as *const Regs as *mut libc::c_void,
+        iov_len: std::mem::size_of::<Regs>(),
+    };
     // SAFETY: the kernel only reads iov_len bytes from iov_base.
-    check(unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_PRSTATUS, &mut iov) }, "PTRACE_SETREGSET", tid)?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_PRSTATUS, &mut iov) },
+        "PTRACE_SETREGSET",
+        tid,
+    )?;
     Ok(())
 }
 
 pub fn regs_to_bytes(r: &Regs) -> Vec<u8> {
     // SAFETY: Regs is plain data without padding-sensitive invariants.
-    unsafe { std::slice::from_raw_parts(r as *const Regs as *const u8, std::mem::size_of::<Regs>()) }.to_vec()
+    unsafe {
+        std::slice::from_raw_parts(r as *const Regs as *const u8, std::mem::size_of::<Regs>())
+    }
+    .to_vec()
 }
 
 pub fn regs_from_bytes(b: &[u8]) -> Option<Regs> {
@@ -102,30 +138,52 @@ pub fn regs_from_bytes(b: &[u8]) -> Option<Regs> {
 
 pub fn get_xstate(tid: i32) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
     // SAFETY: iov covers buf; the kernel shrinks iov_len to what it wrote.
-    check(unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov) }, "GETREGSET xstate", tid)?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov) },
+        "GETREGSET xstate",
+        tid,
+    )?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
 
 pub fn set_xstate(tid: i32, xs: &[u8]) -> Result<()> {
-    let mut iov = libc::iovec { iov_base: xs.as_ptr() as *mut libc::c_void, iov_len: xs.len() };
+    let mut iov = libc::iovec {
+        iov_base: xs.as_ptr() as *mut libc::c_void,
+        iov_len: xs.len(),
+    };
     // SAFETY: the kernel only reads from the buffer.
-    check(unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov) }, "SETREGSET xstate", tid)?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov) },
+        "SETREGSET xstate",
+        tid,
+    )?;
     Ok(())
 }
 
 pub fn get_sigmask(tid: i32) -> Result<u64> {
     let mut m: u64 = 0;
     // SAFETY: 8-byte out buffer, size passed as addr.
-    check(unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, tid, 8usize, &mut m) }, "PTRACE_GETSIGMASK", tid)?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, tid, 8usize, &mut m) },
+        "PTRACE_GETSIGMASK",
+        tid,
+    )?;
     Ok(m)
 }
 
 pub fn set_sigmask(tid: i32, m: u64) -> Result<()> {
     // SAFETY: 8-byte in buffer.
-    check(unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, tid, 8usize, &m) }, "PTRACE_SETSIGMASK", tid)?;
+    check(
+        unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, tid, 8usize, &m) },
+        "PTRACE_SETSIGMASK",
+        tid,
+    )?;
     Ok(())
 }
 
@@ -139,10 +197,21 @@ pub fn peek_pending(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>> {
     }
     let mut out = Vec::new();
     loop {
-        let args = PeekArgs { off: out.len() as u64, flags: if shared { 1 } else { 0 }, nr: 1 };
+        let args = PeekArgs {
+            off: out.len() as u64,
+            flags: if shared { 1 } else { 0 },
+            nr: 1,
+        };
         let mut si = [0u8; 128];
         // SAFETY: args and si are valid for the call; nr = 1 siginfo of 128 bytes.
-        let r = unsafe { libc::ptrace(0x4209 /* PTRACE_PEEKSIGINFO */, tid, &args, si.as_mut_ptr()) };
+        let r = unsafe {
+            libc::ptrace(
+                0x4209, /* PTRACE_PEEKSIGINFO */
+                tid,
+                &args,
+                si.as_mut_ptr(),
+            )
+        };
         if r < 0 {
             return Err(ChkptError::sys("PTRACE_PEEKSIGINFO", tid));
         }
@@ -158,8 +227,12 @@ pub fn peek_pending(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>> {
 pub fn write_mem(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let path = format!("/proc/{pid}/mem");
-    let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| ChkptError::io(&path, e))?;
-    f.write_all_at(data, addr).map_err(|e| ChkptError::io(&path, e))
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| ChkptError::io(&path, e))?;
+    f.write_all_at(data, addr)
+        .map_err(|e| ChkptError::io(&path, e))
 }
 
 pub fn read_mem(pid: i32, addr: u64, len: usize) -> Result<Vec<u8>> {
@@ -167,7 +240,8 @@ pub fn read_mem(pid: i32, addr: u64, len: usize) -> Result<Vec<u8>> {
     let path = format!("/proc/{pid}/mem");
     let f = std::fs::File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
     let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, addr).map_err(|e| ChkptError::io(&path, e))?;
+    f.read_exact_at(&mut buf, addr)
+        .map_err(|e| ChkptError::io(&path, e))?;
     Ok(buf)
 }
 
@@ -187,7 +261,12 @@ impl Injector {
     pub fn new(tid: i32, syscall_at: u64) -> Result<Self> {
         let saved_mask = get_sigmask(tid)?;
         set_sigmask(tid, u64::MAX)?;
-        Ok(Self { tid, syscall_at, saved: get_regs(tid)?, saved_mask })
+        Ok(Self {
+            tid,
+            syscall_at,
+            saved: get_regs(tid)?,
+            saved_mask,
+        })
     }
 
     /// The signal mask the thread had before injection.
@@ -213,7 +292,11 @@ impl Injector {
         r.rip = self.syscall_at;
         set_regs(self.tid, &r)?;
         // SAFETY: no memory passed.
-        check(unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.tid, 0, 0) }, "PTRACE_SINGLESTEP", self.tid)?;
+        check(
+            unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.tid, 0, 0) },
+            "PTRACE_SINGLESTEP",
+            self.tid,
+        )?;
         let sig = wait_stop(self.tid)?;
         if sig != libc::SIGTRAP {
             let at = get_regs(self.tid).map(|r| r.rip).unwrap_or(0);
@@ -229,7 +312,11 @@ impl Injector {
     pub fn call(&self, name: &'static str, nr: libc::c_long, args: [u64; 6]) -> Result<u64> {
         let r = self.raw(nr, args)?;
         if (-4095..0).contains(&r) {
-            return Err(ChkptError::Injected { name, pid: self.tid, errno: io::Error::from_raw_os_error(-r as i32) });
+            return Err(ChkptError::Injected {
+                name,
+                pid: self.tid,
+                errno: io::Error::from_raw_os_error(-r as i32),
+            });
         }
         Ok(r as u64)
     }
@@ -246,7 +333,14 @@ impl Injector {
 pub fn rseq_config(tid: i32) -> Result<(u64, u32, u32)> {
     let mut conf = [0u64; 3];
     // SAFETY: conf is 24 bytes, the size passed.
-    let r = unsafe { libc::ptrace(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */, tid, 24usize, conf.as_mut_ptr()) };
+    let r = unsafe {
+        libc::ptrace(
+            0x420f, /* PTRACE_GET_RSEQ_CONFIGURATION */
+            tid,
+            24usize,
+            conf.as_mut_ptr(),
+        )
+    };
     if r < 0 {
         return Err(ChkptError::sys("PTRACE_GET_RSEQ_CONFIGURATION", tid));
     }

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE};
+use crate::image::{
+    self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE,
+};
 use crate::ptrace::{self, Injector};
 use crate::{procfs, store};
 
@@ -49,9 +51,15 @@ pub struct Loaded {
 /// lengths, that page runs lie inside the data, referenced files exist,
 /// credentials match the owner of the image).
 pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
-    let names = Names { dir: dir.to_path_buf(), sn };
+    let names = Names {
+        dir: dir.to_path_buf(),
+        sn,
+    };
     if !names.global().exists() {
-        return Err(ChkptError::NoSuchCheckpoint { dir: dir.to_path_buf(), sn });
+        return Err(ChkptError::NoSuchCheckpoint {
+            dir: dir.to_path_buf(),
+            sn,
+        });
     }
     let global: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
     let node: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
@@ -64,13 +72,22 @@ pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
         for v in &d.meta.vmas {
             for r in &v.runs {
                 let end = r.data_off.checked_add(r.pages * PAGE);
-                if end.is_none_or(|e| e > d.data_len) || r.addr < v.start || r.addr + r.pages * PAGE > v.end {
-                    return Err(ChkptError::bad_image(&mpath, "page run outside the data or its mapping"));
+                if end.is_none_or(|e| e > d.data_len)
+                    || r.addr < v.start
+                    || r.addr + r.pages * PAGE > v.end
+                {
+                    return Err(ChkptError::bad_image(
+                        &mpath,
+                        "page run outside the data or its mapping",
+                    ));
                 }
             }
             if let VmaKind::File { path, .. } = &v.kind {
                 if !Path::new(path).exists() {
-                    return Err(ChkptError::bad_image(&mpath, format!("mapped file {path} is missing")));
+                    return Err(ChkptError::bad_image(
+                        &mpath,
+                        format!("mapped file {path} is missing"),
+                    ));
                 }
             }
         }
@@ -80,7 +97,11 @@ pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
         check_owner(&tpath, &task)?;
         tasks.push((task, d.meta, mpath, d.data_off));
     }
-    Ok(Loaded { global, node, tasks })
+    Ok(Loaded {
+        global,
+        node,
+        tasks,
+    })
 }
 
 /// An image may only bring a process back with the credentials of the user
@@ -89,12 +110,21 @@ fn check_owner(path: &Path, t: &TaskImage) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(|e| ChkptError::io(path, e))?;
     if m.uid() != 0 && t.uids.iter().any(|&u| u != m.uid()) {
-        return Err(ChkptError::Permission(format!("{} records uid {} but belongs to uid {}", path.display(), t.uids[0], m.uid())));
+        return Err(ChkptError::Permission(format!(
+            "{} records uid {} but belongs to uid {}",
+            path.display(),
+            t.uids[0],
+            m.uid()
+        )));
     }
     // SAFETY: getuid has no preconditions.
     let me = unsafe { libc::getuid() };
     if me != 0 && me != m.uid() {
-        return Err(ChkptError::Permission(format!("{} belongs to uid {}", path.display(), m.uid())));
+        return Err(ChkptError::Permission(format!(
+            "{} belongs to uid {}",
+            path.display(),
+            m.uid()
+        )));
     }
     Ok(())
 }
@@ -104,7 +134,10 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     let loaded = load(&dir, sn, opts.node)?;
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        return Err(ChkptError::Permission("restart must run as root (clone3 with a chosen PID needs CAP_CHECKPOINT_RESTORE)".into()));
+        return Err(ChkptError::Permission(
+            "restart must run as root (clone3 with a chosen PID needs CAP_CHECKPOINT_RESTORE)"
+                .into(),
+        ));
     }
     let area = map_area(&loaded)?;
     let r = restore_tree(&loaded, area, opts);
@@ -116,11 +149,18 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
 /// Map the injection area in the restarter (children inherit it) at an
 /// address far from every recorded mapping.
 fn map_area(l: &Loaded) -> Result<u64> {
-    let mut used: Vec<(u64, u64)> = l.tasks.iter().flat_map(|t| t.1.vmas.iter().map(|v| (v.start, v.end))).collect();
+    let mut used: Vec<(u64, u64)> = l
+        .tasks
+        .iter()
+        .flat_map(|t| t.1.vmas.iter().map(|v| (v.start, v.end)))
+        .collect();
     used.sort_unstable();
     const MARGIN: u64 = 64 << 20;
     let mut cand = 0x1000_0000u64;
-    let fits = |c: u64| used.iter().all(|&(s, e)| c + AREA_LEN + MARGIN <= s || c >= e + MARGIN);
+    let fits = |c: u64| {
+        used.iter()
+            .all(|&(s, e)| c + AREA_LEN + MARGIN <= s || c >= e + MARGIN)
+    };
     for _ in 0..100_000 {
         if fits(cand) {
             // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
@@ -138,7 +178,13 @@ fn map_area(l: &Loaded) -> Result<u64> {
                 // `syscall` then `jmp .`: a child forked by an injected clone3
                 // spins on the jmp until we attach to it.
                 // SAFETY: the page is ours, writable and at least 4 bytes long.
-                unsafe { std::ptr::copy_nonoverlapping([0x0fu8, 0x05, 0xeb, 0xfe].as_ptr(), p as *mut u8, 4) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        [0x0fu8, 0x05, 0xeb, 0xfe].as_ptr(),
+                        p as *mut u8,
+                        4,
+                    )
+                };
                 return Ok(cand);
             }
             if p != libc::MAP_FAILED {
@@ -148,7 +194,9 @@ fn map_area(l: &Loaded) -> Result<u64> {
         }
         cand += MARGIN;
     }
-    Err(ChkptError::Other("no free address range for the restore area".into()))
+    Err(ChkptError::Other(
+        "no free address range for the restore area".into(),
+    ))
 }
 
 /// clone3 arguments for a fork-like child with a chosen PID.
@@ -165,7 +213,13 @@ fn fork_root(pid: i32, wait: Duration) -> Result<i32> {
         let args = clone_args(tid.as_ptr() as u64);
         // SAFETY: fork-like clone3 (no CLONE_VM, no stack): the child continues
         // here on a copy of our memory and only makes async-signal-safe calls.
-        let r = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), std::mem::size_of_val(&args)) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                args.as_ptr(),
+                std::mem::size_of_val(&args),
+            )
+        };
         if r == 0 {
             // SAFETY: child side: become traced, stop, never return into Rust state.
             unsafe {
@@ -180,7 +234,11 @@ fn fork_root(pid: i32, wait: Duration) -> Result<i32> {
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(ChkptError::Sys { op: format!("clone3 with PID {pid}"), pid, err: err });
+            return Err(ChkptError::Sys {
+                op: format!("clone3 with PID {pid}"),
+                pid,
+                err: err,
+            });
         }
         if Instant::now() >= deadline {
             return Err(ChkptError::PidTaken(pid));
@@ -206,7 +264,11 @@ fn fork_child(parent: &Injector, area: u64, child: i32, wait: Duration) -> Resul
             return ptrace::seize_and_interrupt(child);
         }
         if r != -(libc::EEXIST as i64) {
-            return Err(ChkptError::Injected { name: "clone3", pid: child, errno: std::io::Error::from_raw_os_error(-r as i32) });
+            return Err(ChkptError::Injected {
+                name: "clone3",
+                pid: child,
+                errno: std::io::Error::from_raw_os_error(-r as i32),
+            });
         }
         if Instant::now() >= deadline {
             return Err(ChkptError::PidTaken(child));
@@ -221,7 +283,12 @@ fn fork_child(parent: &Injector, area: u64, child: i32, wait: Duration) -> Resul
 /// registration go back (its registers are set with everyone else's).
 fn create_threads(leader: &Injector, area: u64, t: &TaskImage) -> Result<()> {
     let scratch = area + AREA_SCRATCH;
-    let flags = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
     for (n, th) in t.threads.iter().enumerate() {
         let inj_own;
         let inj = if n == 0 {
@@ -242,17 +309,29 @@ fn create_threads(leader: &Injector, area: u64, t: &TaskImage) -> Result<()> {
                 return Err(if r == -(libc::EEXIST as i64) {
                     ChkptError::PidTaken(th.tid)
                 } else {
-                    ChkptError::Injected { name: "clone3(thread)", pid: th.tid, errno: std::io::Error::from_raw_os_error(-r as i32) }
+                    ChkptError::Injected {
+                        name: "clone3(thread)",
+                        pid: th.tid,
+                        errno: std::io::Error::from_raw_os_error(-r as i32),
+                    }
                 });
             }
             ptrace::seize_and_interrupt(th.tid)?;
             inj_own = Injector::new(th.tid, leader.syscall_at)?;
             &inj_own
         };
-        inj.call("set_tid_address", libc::SYS_set_tid_address, [th.clear_tid, 0, 0, 0, 0, 0])?;
+        inj.call(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            [th.clear_tid, 0, 0, 0, 0, 0],
+        )?;
         let (ptr, len, sig) = th.rseq;
         if ptr != 0 {
-            inj.call("rseq(register)", libc::SYS_rseq, [ptr, len as u64, 0, sig as u64, 0, 0])?;
+            inj.call(
+                "rseq(register)",
+                libc::SYS_rseq,
+                [ptr, len as u64, 0, sig as u64, 0, 0],
+            )?;
         }
     }
     Ok(())
@@ -284,27 +363,66 @@ fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreR
     let syscall_at = area + AREA_CODE;
     let rinj = Injector::new(root.pid, syscall_at)?;
     // Nothing of the restarter's fd table goes further than stdio.
-    rinj.call("close_range", libc::SYS_close_range, [3, u32::MAX as u64, 0, 0, 0, 0])?;
-    let pipe_base = l.tasks.iter().flat_map(|t| t.0.fds.iter().map(|f| f.fd)).max().unwrap_or(2).max(2) + 1;
-    let pipe_fds = crate::restore_fds::create_pipes(&rinj, area + AREA_SCRATCH, &l.node.pipes, pipe_base)?;
+    rinj.call(
+        "close_range",
+        libc::SYS_close_range,
+        [3, u32::MAX as u64, 0, 0, 0, 0],
+    )?;
+    let pipe_base = l
+        .tasks
+        .iter()
+        .flat_map(|t| t.0.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 1;
+    let pipe_fds =
+        crate::restore_fds::create_pipes(&rinj, area + AREA_SCRATCH, &l.node.pipes, pipe_base)?;
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
     for (t, _, _, _) in &l.tasks[1..] {
-        let parent = injectors.get(&t.ppid).ok_or_else(|| ChkptError::Other(format!("task {} has no parent {} in the image", t.pid, t.ppid)))?;
+        let parent = injectors.get(&t.ppid).ok_or_else(|| {
+            ChkptError::Other(format!(
+                "task {} has no parent {} in the image",
+                t.pid, t.ppid
+            ))
+        })?;
         fork_child(parent, area, t.pid, opts.pid_wait)?;
         created.0.push(t.pid);
         injectors.insert(t.pid, Injector::new(t.pid, syscall_at)?);
     }
     for (t, mm, mpath, data_off) in &l.tasks {
-        let inj = injectors.get(&t.pid).ok_or_else(|| ChkptError::Other("lost a task".into()))?;
-        let ctx = TaskCtx { inj, area, task: t, mm, mm_path: mpath, data_off: *data_off, pipe_fds: &pipe_fds, pipe_base };
+        let inj = injectors
+            .get(&t.pid)
+            .ok_or_else(|| ChkptError::Other("lost a task".into()))?;
+        let ctx = TaskCtx {
+            inj,
+            area,
+            task: t,
+            mm,
+            mm_path: mpath,
+            data_off: *data_off,
+            pipe_fds: &pipe_fds,
+            pipe_base,
+        };
         ctx.restore()?;
     }
     // Children are forked from the area, so it goes only once all exist.
     for (t, mm, mpath, data_off) in &l.tasks {
-        let inj = injectors.get(&t.pid).ok_or_else(|| ChkptError::Other("lost a task".into()))?;
-        let ctx = TaskCtx { inj, area, task: t, mm, mm_path: mpath, data_off: *data_off, pipe_fds: &pipe_fds, pipe_base };
+        let inj = injectors
+            .get(&t.pid)
+            .ok_or_else(|| ChkptError::Other("lost a task".into()))?;
+        let ctx = TaskCtx {
+            inj,
+            area,
+            task: t,
+            mm,
+            mm_path: mpath,
+            data_off: *data_off,
+            pipe_fds: &pipe_fds,
+            pipe_base,
+        };
         ctx.drop_area()?;
     }
     for (t, _, _, _) in l.tasks.iter().rev() {
@@ -313,7 +431,9 @@ fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreR
         }
     }
     created.1 = true;
-    Ok(RestoreReport { pids: l.tasks.iter().map(|t| t.0.pid).collect() })
+    Ok(RestoreReport {
+        pids: l.tasks.iter().map(|t| t.0.pid).collect(),
+    })
 }
 
 pub struct TaskCtx<'a> {
@@ -360,7 +480,11 @@ impl TaskCtx<'_> {
         // names is opened with that user's rights, never root's.
         let groups: Vec<u8> = t.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
         let gaddr = self.put_bytes(&groups)?;
-        i.call("setgroups", libc::SYS_setgroups, [t.groups.len() as u64, gaddr, 0, 0, 0, 0])?;
+        i.call(
+            "setgroups",
+            libc::SYS_setgroups,
+            [t.groups.len() as u64, gaddr, 0, 0, 0, 0],
+        )?;
         i.raw(libc::SYS_setfsgid, [t.gids[3] as u64, 0, 0, 0, 0, 0])?;
         i.raw(libc::SYS_setfsuid, [t.uids[3] as u64, 0, 0, 0, 0, 0])?;
         crate::restore_mm::restore(self)?;
@@ -375,11 +499,37 @@ impl TaskCtx<'_> {
         set_rlimits(t)?;
         crate::restore_sig::queue_pending(self)?;
         // Credentials last: after this the process has only the job's rights.
-        i.call("setresgid", libc::SYS_setresgid, [t.gids[0] as u64, t.gids[1] as u64, t.gids[2] as u64, 0, 0, 0])?;
-        i.call("setresuid", libc::SYS_setresuid, [t.uids[0] as u64, t.uids[1] as u64, t.uids[2] as u64, 0, 0, 0])?;
+        i.call(
+            "setresgid",
+            libc::SYS_setresgid,
+            [
+                t.gids[0] as u64,
+                t.gids[1] as u64,
+                t.gids[2] as u64,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        i.call(
+            "setresuid",
+            libc::SYS_setresuid,
+            [
+                t.uids[0] as u64,
+                t.uids[1] as u64,
+                t.uids[2] as u64,
+                0,
+                0,
+                0,
+            ],
+        )?;
         // Changing ids clears the dumpable flag; the job's owner must keep
         // /proc access to it (and the right to checkpoint it again).
-        i.call("prctl", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0])?;
+        i.call(
+            "prctl",
+            libc::SYS_prctl,
+            [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0],
+        )?;
         Ok(())
     }
 
@@ -387,17 +537,30 @@ impl TaskCtx<'_> {
     /// trap comes right after the `syscall` instruction, before the next
     /// fetch, so the vanished page is never executed again.
     fn drop_area(&self) -> Result<()> {
-        self.inj.call("munmap", libc::SYS_munmap, [self.area, AREA_LEN, 0, 0, 0, 0])?;
+        self.inj.call(
+            "munmap",
+            libc::SYS_munmap,
+            [self.area, AREA_LEN, 0, 0, 0, 0],
+        )?;
         set_registers(self.task)
     }
 }
 
 fn set_rlimits(t: &TaskImage) -> Result<()> {
     for r in &t.rlimits {
-        let new = libc::rlimit64 { rlim_cur: r.cur, rlim_max: r.max };
+        let new = libc::rlimit64 {
+            rlim_cur: r.cur,
+            rlim_max: r.max,
+        };
         // SAFETY: new is a valid rlimit; old is not requested.
         if unsafe { libc::prlimit64(t.pid, r.resource as _, &new, std::ptr::null_mut()) } < 0 {
-            return Err(ChkptError::sys(format!("restoring rlimit {} (cur {} max {})", r.resource, r.cur, r.max), t.pid));
+            return Err(ChkptError::sys(
+                format!(
+                    "restoring rlimit {} (cur {} max {})",
+                    r.resource, r.cur, r.max
+                ),
+                t.pid,
+            ));
         }
     }
     Ok(())
@@ -408,7 +571,8 @@ fn set_rlimits(t: &TaskImage) -> Result<()> {
 /// where it would have needed the lost restart block.
 fn set_registers(t: &TaskImage) -> Result<()> {
     for th in &t.threads {
-        let mut r = ptrace::regs_from_bytes(&th.regs).ok_or_else(|| ChkptError::Other("bad registers".into()))?;
+        let mut r = ptrace::regs_from_bytes(&th.regs)
+            .ok_or_else(|| ChkptError::Other("bad registers".into()))?;
         if (r.orig_rax as i64) >= 0 {
             match r.rax as i64 {
                 -514..=-512 => {

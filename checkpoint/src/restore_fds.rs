@@ -10,28 +10,55 @@ use crate::restore::TaskCtx;
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 /// Status flags F_SETFL can change.
-const SETFL_MASK: u32 = (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
+const SETFL_MASK: u32 =
+    (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
 
 /// Create every pipe of the tree in the root task, at fds `base + 2i` (read)
 /// and `base + 2i + 1` (write), so that every task forked afterwards inherits
 /// them, and put back the bytes that were buffered in each.
-pub fn create_pipes(root: &Injector, scratch: u64, pipes: &[PipeImage], base: i32) -> Result<HashMap<u64, (i32, i32)>> {
+pub fn create_pipes(
+    root: &Injector,
+    scratch: u64,
+    pipes: &[PipeImage],
+    base: i32,
+) -> Result<HashMap<u64, (i32, i32)>> {
     let mut out = HashMap::new();
     for (n, p) in pipes.iter().enumerate() {
         root.call("pipe2", libc::SYS_pipe2, [scratch, 0, 0, 0, 0, 0])?;
         let b = ptrace::read_mem(root.tid, scratch, 8)?;
-        let fds = [i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])];
+        let fds = [
+            i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        ];
         let want = [base + 2 * n as i32, base + 2 * n as i32 + 1];
         for k in 0..2 {
-            root.call("dup2", libc::SYS_dup2, [fds[k] as u64, want[k] as u64, 0, 0, 0, 0])?;
+            root.call(
+                "dup2",
+                libc::SYS_dup2,
+                [fds[k] as u64, want[k] as u64, 0, 0, 0, 0],
+            )?;
             root.call("close", libc::SYS_close, [fds[k] as u64, 0, 0, 0, 0, 0])?;
         }
         if p.data.len() > 65536 {
-            root.call("fcntl", libc::SYS_fcntl, [want[1] as u64, libc::F_SETPIPE_SZ as u64, p.data.len() as u64, 0, 0, 0])?;
+            root.call(
+                "fcntl",
+                libc::SYS_fcntl,
+                [
+                    want[1] as u64,
+                    libc::F_SETPIPE_SZ as u64,
+                    p.data.len() as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
         }
         if !p.data.is_empty() {
             let path = format!("/proc/{}/fd/{}", root.tid, want[1]);
-            let mut f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| ChkptError::io(&path, e))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| ChkptError::io(&path, e))?;
             f.write_all(&p.data).map_err(|e| ChkptError::io(&path, e))?;
         }
         out.insert(p.ino, (want[0], want[1]));
@@ -45,36 +72,72 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     // stdio the image does not keep is closed; stdio it inherits stays.
     for n in 0..3 {
         if !fds.iter().any(|f| f.fd == n) {
-            i.call("close", libc::SYS_close, [n as u64, 0, 0, 0, 0, 0]).or_else(ignore_ebadf)?;
+            i.call("close", libc::SYS_close, [n as u64, 0, 0, 0, 0, 0])
+                .or_else(ignore_ebadf)?;
         }
     }
     for f in fds {
-        let cloexec = if f.flags & O_CLOEXEC != 0 { O_CLOEXEC as u64 } else { 0 };
+        let cloexec = if f.flags & O_CLOEXEC != 0 {
+            O_CLOEXEC as u64
+        } else {
+            0
+        };
         match &f.kind {
             FdKind::InheritedStdio { .. } => {}
             FdKind::Pipe { ino, write_end } => {
-                let &(r, w) = c.pipe_fds.get(ino).ok_or_else(|| ChkptError::Other(format!("pipe {ino} missing")))?;
+                let &(r, w) = c
+                    .pipe_fds
+                    .get(ino)
+                    .ok_or_else(|| ChkptError::Other(format!("pipe {ino} missing")))?;
                 let from = if *write_end { w } else { r };
-                i.call("dup3", libc::SYS_dup3, [from as u64, f.fd as u64, cloexec, 0, 0, 0])?;
-                i.call("fcntl", libc::SYS_fcntl, [f.fd as u64, libc::F_SETFL as u64, (f.flags & SETFL_MASK) as u64, 0, 0, 0])?;
+                i.call(
+                    "dup3",
+                    libc::SYS_dup3,
+                    [from as u64, f.fd as u64, cloexec, 0, 0, 0],
+                )?;
+                i.call(
+                    "fcntl",
+                    libc::SYS_fcntl,
+                    [
+                        f.fd as u64,
+                        libc::F_SETFL as u64,
+                        (f.flags & SETFL_MASK) as u64,
+                        0,
+                        0,
+                        0,
+                    ],
+                )?;
             }
             FdKind::Path { path, pos } => {
-                let flags = f.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32) | libc::O_NOCTTY as u32;
+                let flags = f.flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32)
+                    | libc::O_NOCTTY as u32;
                 let p = c.put_str(path, 0)?;
-                let tmp = i.call("openat", libc::SYS_openat, [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0])?;
+                let tmp = i.call(
+                    "openat",
+                    libc::SYS_openat,
+                    [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0],
+                )?;
                 if tmp != f.fd as u64 {
                     i.call("dup3", libc::SYS_dup3, [tmp, f.fd as u64, cloexec, 0, 0, 0])?;
                     i.call("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
                 }
                 if *pos != 0 {
-                    i.call("lseek", libc::SYS_lseek, [f.fd as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0])?;
+                    i.call(
+                        "lseek",
+                        libc::SYS_lseek,
+                        [f.fd as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0],
+                    )?;
                 }
             }
         }
     }
     if !c.pipe_fds.is_empty() {
         let last = c.pipe_base as u64 + 2 * c.pipe_fds.len() as u64 - 1;
-        i.call("close_range", libc::SYS_close_range, [c.pipe_base as u64, last, 0, 0, 0, 0])?;
+        i.call(
+            "close_range",
+            libc::SYS_close_range,
+            [c.pipe_base as u64, last, 0, 0, 0, 0],
+        )?;
     }
     Ok(())
 }

@@ -12,16 +12,32 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
-        let a = t.sigactions.iter().find(|a| a.sig == sig).copied().unwrap_or(SigAction { sig, ..Default::default() });
+        let a = t
+            .sigactions
+            .iter()
+            .find(|a| a.sig == sig)
+            .copied()
+            .unwrap_or(SigAction {
+                sig,
+                ..Default::default()
+            });
         let mut b = Vec::new();
         for w in [a.handler, a.flags, a.restorer, a.mask] {
             b.extend_from_slice(&w.to_le_bytes());
         }
         let addr = c.put_bytes(&b)?;
-        i.call("rt_sigaction", libc::SYS_rt_sigaction, [sig as u64, addr, 0, 8, 0, 0])?;
+        i.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, addr, 0, 8, 0, 0],
+        )?;
     }
     let (sp, flags, size) = t.altstack;
-    let flags = if flags & libc::SS_DISABLE as u32 != 0 { libc::SS_DISABLE as u32 } else { flags & !(libc::SS_ONSTACK as u32) };
+    let flags = if flags & libc::SS_DISABLE as u32 != 0 {
+        libc::SS_DISABLE as u32
+    } else {
+        flags & !(libc::SS_ONSTACK as u32)
+    };
     let mut b = Vec::new();
     b.extend_from_slice(&sp.to_le_bytes());
     b.extend_from_slice(&(flags as u64).to_le_bytes());
@@ -37,11 +53,20 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             val = iv;
         }
         let mut b = Vec::new();
-        for w in [iv / 1_000_000, iv % 1_000_000, val / 1_000_000, val % 1_000_000] {
+        for w in [
+            iv / 1_000_000,
+            iv % 1_000_000,
+            val / 1_000_000,
+            val % 1_000_000,
+        ] {
             b.extend_from_slice(&w.to_le_bytes());
         }
         let addr = c.put_bytes(&b)?;
-        i.call("setitimer", libc::SYS_setitimer, [which as u64, addr, 0, 0, 0, 0])?;
+        i.call(
+            "setitimer",
+            libc::SYS_setitimer,
+            [which as u64, addr, 0, 0, 0, 0],
+        )?;
     }
     Ok(())
 }
@@ -56,15 +81,26 @@ pub fn queue_pending(c: &TaskCtx) -> Result<()> {
         return Ok(());
     }
     crate::ptrace::set_sigmask(pid, u64::MAX)?;
-    let sig_of = |si: &[u8]| si.get(..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as u64;
+    let sig_of = |si: &[u8]| {
+        si.get(..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as u64
+    };
     for si in &c.mm.shared_pending {
         let addr = c.put_bytes(si)?;
-        i.call("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [pid as u64, sig_of(si), addr, 0, 0, 0])?;
+        i.call(
+            "rt_sigqueueinfo",
+            libc::SYS_rt_sigqueueinfo,
+            [pid as u64, sig_of(si), addr, 0, 0, 0],
+        )?;
     }
     for th in &c.task.threads {
         for si in &th.pending {
             let addr = c.put_bytes(si)?;
-            i.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid as u64, th.tid as u64, sig_of(si), addr, 0, 0])?;
+            i.call(
+                "rt_tgsigqueueinfo",
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid as u64, th.tid as u64, sig_of(si), addr, 0, 0],
+            )?;
         }
     }
     Ok(())

@@ -25,7 +25,10 @@ pub fn list_sns(dir: &Path) -> Vec<u32> {
         .map(|rd| {
             rd.filter_map(|e| {
                 let n = e.ok()?.file_name().into_string().ok()?;
-                n.strip_prefix("global_v")?.strip_suffix(".bin")?.parse().ok()
+                n.strip_prefix("global_v")?
+                    .strip_suffix(".bin")?
+                    .parse()
+                    .ok()
             })
             .collect()
         })
@@ -41,7 +44,12 @@ pub struct DirLock {
 
 pub fn lock(dir: &Path) -> Result<DirLock> {
     let p = dir.join(".lock");
-    let f = File::options().create(true).truncate(false).write(true).open(&p).map_err(|e| ChkptError::io(&p, e))?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| ChkptError::io(&p, e))?;
     use std::os::fd::AsRawFd;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } < 0 {
@@ -60,7 +68,8 @@ pub fn prepare_dir(root: &Path, app: i32, uid: u32, gid: u32) -> Result<PathBuf>
     if !dir.exists() {
         std::fs::create_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| ChkptError::io(&dir, e))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| ChkptError::io(&dir, e))?;
     chown(&dir, uid, gid)?;
     Ok(dir)
 }
@@ -78,14 +87,19 @@ pub fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
 /// files of SNs that never got their global file.
 pub fn cleanup(dir: &Path) {
     let committed = list_sns(dir);
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(".tmp-v") {
             let _ = std::fs::remove_dir_all(e.path());
             continue;
         }
-        let sn = name.rsplit_once("_v").and_then(|(_, r)| r.split('.').next()).and_then(|s| s.parse::<u32>().ok());
+        let sn = name
+            .rsplit_once("_v")
+            .and_then(|(_, r)| r.split('.').next())
+            .and_then(|s| s.parse::<u32>().ok());
         if let Some(sn) = sn {
             if !committed.contains(&sn) {
                 let _ = std::fs::remove_file(e.path());

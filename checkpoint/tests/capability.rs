@@ -21,37 +21,63 @@ impl Drop for Krgd {
 
 /// Build (if needed) and start a krgd of this workspace on a free port.
 fn start_krgd(dir: &Path) -> Krgd {
-    let bindir = Path::new(env!("CARGO_BIN_EXE_checkpoint")).parent().unwrap().to_path_buf();
+    let bindir = Path::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let krgd = bindir.join("krgd");
     if !krgd.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo).args(["build", "-p", "krgd", "--bin", "krgd"]).status().unwrap();
+        let st = Command::new(cargo)
+            .args(["build", "-p", "krgd", "--bin", "krgd"])
+            .status()
+            .unwrap();
         assert!(st.success(), "building krgd");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(dir.join("key"), b"0123456789abcdef0123456789abcdef").unwrap();
     let sock = dir.join("krgd.sock");
     let mut cmd = Command::new(krgd);
-    cmd.args(["--node-id", "1", "--session-id", "1", "--listen", &format!("127.0.0.1:{port}"), "--socket"])
-        .arg(&sock)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--cluster-key-file")
-        .arg(dir.join("key"))
-        .arg("--no-scheduler-mount")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--node-id",
+        "1",
+        "--session-id",
+        "1",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--socket",
+    ])
+    .arg(&sock)
+    .arg("--data-dir")
+    .arg(dir.join("data"))
+    .arg("--cluster-key-file")
+    .arg(dir.join("key"))
+    .arg("--no-scheduler-mount")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let child = spawn(cmd);
     wait_until("krgd socket", || sock.exists());
     Krgd { child, sock }
 }
 
 fn capset(sock: &Path, args: &[&str]) -> std::process::Output {
-    run(Command::new(bin("krgcapset")).arg("--socket").arg(sock).args(args))
+    run(Command::new(bin("krgcapset"))
+        .arg("--socket")
+        .arg(sock)
+        .args(args))
 }
 
 fn checkpoint(sock: &Path, store: &Path, pid: i32) -> std::process::Output {
-    run(Command::new(bin("checkpoint")).arg("--socket").arg(sock).arg("--dir").arg(store).arg(pid.to_string()))
+    run(Command::new(bin("checkpoint"))
+        .arg("--socket")
+        .arg(sock)
+        .arg("--dir")
+        .arg(store)
+        .arg(pid.to_string()))
 }
 
 #[test]
@@ -68,12 +94,18 @@ fn checkpointable_is_inherited_by_later_children_only() {
     );
     let o = run(Command::new("sh").arg("-c").arg(script));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let pids: Vec<i32> = String::from_utf8_lossy(&o.stdout).split_whitespace().map(|t| t.parse().unwrap()).collect();
+    let pids: Vec<i32> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
     let (before, after) = (pids[0], pids[1]);
 
     // started after the flag, its shell gone: still CHECKPOINTABLE
     let s = capset(&d.sock, &["--show", "-k", &after.to_string()]);
-    assert_eq!(String::from_utf8_lossy(&s.stdout).trim(), format!("{after}: CHECKPOINTABLE"));
+    assert_eq!(
+        String::from_utf8_lossy(&s.stdout).trim(),
+        format!("{after}: CHECKPOINTABLE")
+    );
     let o = checkpoint(&d.sock, &store, after);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
@@ -86,13 +118,25 @@ fn checkpointable_is_inherited_by_later_children_only() {
     );
 
     // -k PID -d -CHECKPOINTABLE takes it away again
-    assert!(capset(&d.sock, &["-k", &after.to_string(), "-d", "-CHECKPOINTABLE"]).status.success());
+    assert!(capset(
+        &d.sock,
+        &["-k", &after.to_string(), "-d", "-CHECKPOINTABLE"]
+    )
+    .status
+    .success());
     assert!(!checkpoint(&d.sock, &store, after).status.success());
-    assert!(capset(&d.sock, &["-k", &before.to_string(), "-d", "+CHECKPOINTABLE"]).status.success());
+    assert!(capset(
+        &d.sock,
+        &["-k", &before.to_string(), "-d", "+CHECKPOINTABLE"]
+    )
+    .status
+    .success());
     assert!(checkpoint(&d.sock, &store, before).status.success());
 
     let bad = capset(&d.sock, &["-k", &before.to_string(), "-d", "+FOO"]);
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).starts_with("krgcapset: "));
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).starts_with("krgcapset: ")
+    );
     for p in [before, after] {
         kill_reap(p);
     }
@@ -101,8 +145,15 @@ fn checkpointable_is_inherited_by_later_children_only() {
 #[test]
 fn no_daemon_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = checkpoint(&tmp.path().join("none.sock"), &tmp.path().join("store"), std::process::id() as i32);
+    let o = checkpoint(
+        &tmp.path().join("none.sock"),
+        &tmp.path().join("store"),
+        std::process::id() as i32,
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("cannot reach krgd"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("cannot reach krgd"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1);
 }

@@ -17,20 +17,36 @@ fn signal_state_timers_cwd_umask_rlimits_survive() {
     let out = tmp.path().join("out.txt");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
-    cmd.arg(&work).stdout(File::create(&out).unwrap()).stderr(Stdio::null()).stdin(Stdio::null());
+    cmd.arg(&work)
+        .stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
     let pid = spawn(cmd).id() as i32;
     wait_until("first lines", || last_count(&out) >= 3);
-    let o = run(Command::new(bin("checkpoint")).args(["--no-capability-check", "--kill", "--dir"]).arg(&store).arg(pid.to_string()));
+    let o = run(Command::new(bin("checkpoint"))
+        .args(["--no-capability-check", "--kill", "--dir"])
+        .arg(&store)
+        .arg(pid.to_string()));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     kill_reap(pid);
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart")).arg("--dir").arg(&store).arg(pid.to_string()).arg("1"));
+    let o = run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // every step re-checks all the state (counter_lines fails on "BAD")
     wait_until("restored steps", || last_count(&out) >= at_kill + 5);
     // the restored handler runs
     // SAFETY: plain kill.
     unsafe { libc::kill(pid, libc::SIGUSR1) };
-    wait_until("SIGUSR1 handled", || std::fs::read_to_string(&out).unwrap().lines().last().is_some_and(|l| l.ends_with("usr1=1")));
+    wait_until("SIGUSR1 handled", || {
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .last()
+            .is_some_and(|l| l.ends_with("usr1=1"))
+    });
     kill_reap(pid);
 }

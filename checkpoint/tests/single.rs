@@ -12,15 +12,27 @@ use std::sync::{Arc, Mutex};
 use common::*;
 
 fn checkpoint(store: &Path, pid: i32) -> std::process::Output {
-    run(Command::new(bin("checkpoint")).arg("--no-capability-check").arg("--dir").arg(store).arg(pid.to_string()))
+    run(Command::new(bin("checkpoint"))
+        .arg("--no-capability-check")
+        .arg("--dir")
+        .arg(store)
+        .arg(pid.to_string()))
 }
 
 fn restart(store: &Path, pid: i32, sn: u32) -> std::process::Output {
-    run(Command::new(bin("restart")).arg("--dir").arg(store).arg(pid.to_string()).arg(sn.to_string()))
+    run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(store)
+        .arg(pid.to_string())
+        .arg(sn.to_string()))
 }
 
 fn ok(o: &std::process::Output, what: &str) {
-    assert!(o.status.success(), "{what} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn specials(pid: i32) -> Vec<String> {
@@ -28,7 +40,13 @@ fn specials(pid: i32) -> Vec<String> {
         .unwrap_or_default()
         .lines()
         .filter(|l| l.ends_with("[vdso]") || l.ends_with("[vvar]") || l.ends_with("[vvar_vclock]"))
-        .map(|l| format!("{} {}", l.split(' ').next().unwrap_or(""), l.rsplit(' ').next().unwrap_or("")))
+        .map(|l| {
+            format!(
+                "{} {}",
+                l.split(' ').next().unwrap_or(""),
+                l.rsplit(' ').next().unwrap_or("")
+            )
+        })
         .collect()
 }
 
@@ -38,49 +56,84 @@ fn c_program_memory_and_files_continue_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "memcount");
     let data = tmp.path().join("data.bin");
-    std::fs::write(&data, (0..65536u32).map(|i| (i * 7) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(
+        &data,
+        (0..65536u32).map(|i| (i * 7) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
     let out = tmp.path().join("out.txt");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
-    cmd.arg(&data).stdout(File::create(&out).unwrap()).stderr(Stdio::null()).stdin(Stdio::null());
+    cmd.arg(&data)
+        .stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
     let child = spawn(cmd);
     let pid = child.id() as i32;
     wait_until("first lines", || last_count(&out) >= 5);
     let before = specials(pid);
-    assert_eq!(before.len(), 3, "expected vdso, vvar and vvar_vclock: {before:?}");
+    assert_eq!(
+        before.len(),
+        3,
+        "expected vdso, vvar and vvar_vclock: {before:?}"
+    );
 
     ok(&checkpoint(&store, pid), "checkpoint");
     let dir = store.join(pid.to_string());
-    for f in ["description_v1.txt", "global_v1.bin", "node_0_v1.bin", &format!("task_{pid}_v1.bin"), &format!("task_mm_{pid}_v1.bin")] {
+    for f in [
+        "description_v1.txt",
+        "global_v1.bin",
+        "node_0_v1.bin",
+        &format!("task_{pid}_v1.bin"),
+        &format!("task_mm_{pid}_v1.bin"),
+    ] {
         let m = std::fs::metadata(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f} must be 0600");
     }
     // the job resumed by itself
     let at_ckpt = last_count(&out);
-    wait_until("job runs on after checkpoint", || last_count(&out) >= at_ckpt + 5);
+    wait_until("job runs on after checkpoint", || {
+        last_count(&out) >= at_ckpt + 5
+    });
     let at_kill = last_count(&out);
     kill_reap(pid);
 
     ok(&restart(&store, pid, 1), "restart");
     assert!(alive(pid), "restored process has its PID");
-    assert_eq!(specials(pid), before, "vdso/vvar/vvar_vclock back at their addresses");
+    assert_eq!(
+        specials(pid),
+        before,
+        "vdso/vvar/vvar_vclock back at their addresses"
+    );
     // It continues from the checkpoint: the counter neither resets nor skips
     // (counter_lines checks), and it goes past where the killed one stopped.
-    wait_until("restored job counts on", || last_count(&out) >= at_kill + 10);
+    wait_until("restored job counts on", || {
+        last_count(&out) >= at_kill + 10
+    });
 
     // A restored process can be checkpointed again: SN 2.
     ok(&checkpoint(&store, pid), "second checkpoint");
     assert!(dir.join("global_v2.bin").exists());
-    let insp = run(Command::new(bin("checkpoint")).arg("inspect").arg(&dir).arg("2"));
+    let insp = run(Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(&dir)
+        .arg("2"));
     ok(&insp, "inspect");
     let text = String::from_utf8_lossy(&insp.stdout);
-    assert!(text.contains("Vdso") && text.contains("Heap") && text.contains("data.bin"), "{text}");
+    assert!(
+        text.contains("Vdso") && text.contains("Heap") && text.contains("data.bin"),
+        "{text}"
+    );
     let n2 = last_count(&out);
-    wait_until("runs after second checkpoint", || last_count(&out) >= n2 + 3);
+    wait_until("runs after second checkpoint", || {
+        last_count(&out) >= n2 + 3
+    });
     kill_reap(pid);
     ok(&restart(&store, pid, 2), "restart SN 2");
     let n3 = last_count(&out);
-    wait_until("restored from SN 2 counts on", || last_count(&out) >= n3 + 5);
+    wait_until("restored from SN 2 counts on", || {
+        last_count(&out) >= n3 + 5
+    });
     kill_reap(pid);
 }
 
@@ -90,7 +143,10 @@ fn python_script_with_stdio_inherited_from_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg(prog("count.py")).stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
+    cmd.arg(prog("count.py"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
     let mut child = spawn(cmd);
     let pid = child.id() as i32;
     let seen = Arc::new(Mutex::new(String::new()));
@@ -103,7 +159,12 @@ fn python_script_with_stdio_inherited_from_restart() {
             s.push('\n');
         }
     });
-    let count = |s: &Arc<Mutex<String>>| counter_lines(&s.lock().unwrap()).last().copied().unwrap_or(0);
+    let count = |s: &Arc<Mutex<String>>| {
+        counter_lines(&s.lock().unwrap())
+            .last()
+            .copied()
+            .unwrap_or(0)
+    };
     wait_until("python prints", || count(&seen) >= 5);
     ok(&checkpoint(&store, pid), "checkpoint");
     let at_ckpt = count(&seen);
@@ -123,9 +184,15 @@ fn python_script_with_stdio_inherited_from_restart() {
         .output()
         .unwrap();
     ok(&o, "restart");
-    wait_until("restored python prints", || counter_lines(&std::fs::read_to_string(&out).unwrap()).len() >= 10);
+    wait_until("restored python prints", || {
+        counter_lines(&std::fs::read_to_string(&out).unwrap()).len() >= 10
+    });
     let lines = counter_lines(&std::fs::read_to_string(&out).unwrap());
-    assert!(lines[0] >= at_ckpt && lines[0] <= last_seen + 1, "resumed at {} (checkpoint near {at_ckpt})", lines[0]);
+    assert!(
+        lines[0] >= at_ckpt && lines[0] <= last_seen + 1,
+        "resumed at {} (checkpoint near {at_ckpt})",
+        lines[0]
+    );
     kill_reap(pid);
 }
 
@@ -138,14 +205,29 @@ fn unsupported_socket_refused_and_job_keeps_running() {
     let mut child = spawn(cmd);
     let pid = child.id() as i32;
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
     let o = checkpoint(&tmp.path().join("store"), pid);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("checkpoint: ") && err.contains(&format!("process {pid}")) && err.contains("socket"), "{err}");
+    assert!(
+        err.starts_with("checkpoint: ")
+            && err.contains(&format!("process {pid}"))
+            && err.contains("socket"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(alive(pid) && state(pid) != 't', "job left running, not stopped");
-    assert!(!tmp.path().join("store").join(pid.to_string()).join("global_v1.bin").exists());
+    assert!(
+        alive(pid) && state(pid) != 't',
+        "job left running, not stopped"
+    );
+    assert!(!tmp
+        .path()
+        .join("store")
+        .join(pid.to_string())
+        .join("global_v1.bin")
+        .exists());
     kill_reap(pid);
 }
 
@@ -159,7 +241,9 @@ fn bad_images_refused_before_anything_starts() {
     let out = tmp.path().join("out.txt");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
-    cmd.arg(&data).stdout(File::create(&out).unwrap()).stdin(Stdio::null());
+    cmd.arg(&data)
+        .stdout(File::create(&out).unwrap())
+        .stdin(Stdio::null());
     let child = spawn(cmd);
     let pid = child.id() as i32;
     wait_until("first lines", || last_count(&out) >= 2);
@@ -172,20 +256,35 @@ fn bad_images_refused_before_anything_starts() {
     let good_mm = std::fs::read(&mm).unwrap();
 
     let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
-        ("CRC mismatch", Box::new(|| {
-            let mut b = good_task.clone();
-            let i = b.len() - 10;
-            b[i] ^= 0x55;
-            std::fs::write(&task, b).unwrap();
-        })),
-        ("unknown format version", Box::new(|| {
-            let mut b = good_task.clone();
-            b[8] = 77;
-            std::fs::write(&task, b).unwrap();
-        })),
-        ("truncated", Box::new(|| std::fs::write(&mm, &good_mm[..good_mm.len() - 4096]).unwrap())),
-        ("No such file", Box::new(|| std::fs::remove_file(&mm).unwrap())),
-        ("not a krg checkpoint", Box::new(|| std::fs::write(&task, &[b'x'; 100]).unwrap())),
+        (
+            "CRC mismatch",
+            Box::new(|| {
+                let mut b = good_task.clone();
+                let i = b.len() - 10;
+                b[i] ^= 0x55;
+                std::fs::write(&task, b).unwrap();
+            }),
+        ),
+        (
+            "unknown format version",
+            Box::new(|| {
+                let mut b = good_task.clone();
+                b[8] = 77;
+                std::fs::write(&task, b).unwrap();
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|| std::fs::write(&mm, &good_mm[..good_mm.len() - 4096]).unwrap()),
+        ),
+        (
+            "No such file",
+            Box::new(|| std::fs::remove_file(&mm).unwrap()),
+        ),
+        (
+            "not a krg checkpoint",
+            Box::new(|| std::fs::write(&task, &[b'x'; 100]).unwrap()),
+        ),
     ];
     for (want, mutate) in cases {
         std::fs::write(&task, &good_task).unwrap();
@@ -193,7 +292,10 @@ fn bad_images_refused_before_anything_starts() {
         mutate();
         let o = restart(&store, pid, 1);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains(want), "expected {want:?}, got {err}");
+        assert!(
+            !o.status.success() && err.contains(want),
+            "expected {want:?}, got {err}"
+        );
         assert!(!alive(pid), "nothing may start from a bad image ({want})");
     }
     let o = restart(&store, pid, 9);

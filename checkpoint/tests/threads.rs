@@ -9,7 +9,10 @@ use common::*;
 
 fn tids(pid: i32) -> Vec<i32> {
     let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort_unstable();
     v
@@ -21,22 +24,39 @@ fn threads_come_back_with_their_tids_and_state() {
     let tmp = tempfile::tempdir().unwrap();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/threads.c");
     let exe = tmp.path().join("threads");
-    assert!(Command::new("cc").args(["-O1", "-pthread", "-o"]).arg(&exe).arg(&src).status().unwrap().success());
+    assert!(Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
     let out = tmp.path().join("out.txt");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
-    cmd.stdout(File::create(&out).unwrap()).stderr(Stdio::null()).stdin(Stdio::null());
+    cmd.stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
     let pid = spawn(cmd).id() as i32;
     wait_until("threads run", || last_count(&out) >= 3);
     let before = tids(pid);
     assert_eq!(before.len(), 5);
-    let o = run(Command::new(bin("checkpoint")).args(["--no-capability-check", "--kill", "--dir"]).arg(&store).arg(pid.to_string()));
+    let o = run(Command::new(bin("checkpoint"))
+        .args(["--no-capability-check", "--kill", "--dir"])
+        .arg(&store)
+        .arg(pid.to_string()));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     kill_reap(pid);
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart")).arg("--dir").arg(&store).arg(pid.to_string()).arg("1"));
+    let o = run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(tids(pid), before, "same thread ids");
-    wait_until("restored threads all progress", || last_count(&out) >= at_kill + 5);
+    wait_until("restored threads all progress", || {
+        last_count(&out) >= at_kill + 5
+    });
     kill_reap(pid);
 }

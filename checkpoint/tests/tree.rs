@@ -9,7 +9,9 @@ use common::*;
 
 fn ppid(pid: i32) -> i32 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    s.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    s.rsplit_once(") ")
+        .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -21,7 +23,12 @@ fn children(pid: i32) -> Vec<i32> {
 }
 
 fn log_last(path: &std::path::Path) -> u64 {
-    std::fs::read_to_string(path).unwrap_or_default().lines().last().and_then(|l| l.parse().ok()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -32,13 +39,21 @@ fn three_process_tree_with_pipes_and_files() {
     let out = tmp.path().join("out.txt");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
-    cmd.arg(tmp.path()).stdout(File::create(&out).unwrap()).stderr(Stdio::null()).stdin(Stdio::null());
+    cmd.arg(tmp.path())
+        .stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
     let root = spawn(cmd).id() as i32;
     wait_until("tokens circulate", || last_count(&out) >= 5);
     let child = children(root)[0];
     let grandchild = children(child)[0];
 
-    let o = run(Command::new(bin("checkpoint")).arg("--no-capability-check").arg("--kill").arg("--dir").arg(&store).arg(root.to_string()));
+    let o = run(Command::new(bin("checkpoint"))
+        .arg("--no-capability-check")
+        .arg("--kill")
+        .arg("--dir")
+        .arg(&store)
+        .arg(root.to_string()));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("3 task(s)"));
     // --kill: the tree is gone once saved
@@ -50,7 +65,11 @@ fn three_process_tree_with_pipes_and_files() {
     let at_kill = last_count(&out);
     let child_log = log_last(&tmp.path().join("child.log"));
 
-    let o = run(Command::new(bin("restart")).arg("--dir").arg(&store).arg(root.to_string()).arg("1"));
+    let o = run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .arg(root.to_string())
+        .arg("1"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(alive(root) && alive(child) && alive(grandchild));
     assert_eq!(ppid(child), root, "child's parent restored");
@@ -58,7 +77,9 @@ fn three_process_tree_with_pipes_and_files() {
     // The tokens go around the restored pipes again (each hop checks its
     // parent), the counter goes on without gap or reset, files keep offsets.
     wait_until("restored tree runs", || last_count(&out) >= at_kill + 10);
-    wait_until("child log grows", || log_last(&tmp.path().join("child.log")) > child_log);
+    wait_until("child log grows", || {
+        log_last(&tmp.path().join("child.log")) > child_log
+    });
     for p in [grandchild, child, root] {
         kill_reap(p);
     }

@@ -54,7 +54,9 @@ fn run(cli: Cli) -> Result<()> {
         print!("{}", describe::inspect(&dir, sn)?);
         return Ok(());
     }
-    let Some(pid) = cli.pid else { bail!("missing PID (see --help)") };
+    let Some(pid) = cli.pid else {
+        bail!("missing PID (see --help)")
+    };
     if cli.no_capability_check {
         // SAFETY: getuid has no preconditions.
         if unsafe { libc::getuid() } != 0 {
@@ -66,12 +68,18 @@ fn run(cli: Cli) -> Result<()> {
             bail!("process {pid} is not CHECKPOINTABLE (run krgcapset -d +CHECKPOINTABLE in the shell that starts it)");
         }
     }
-    let opts = DumpOptions { root: cli.dir, kill: cli.kill, node: cli.node };
+    let opts = DumpOptions {
+        root: cli.dir,
+        kill: cli.kill,
+        node: cli.node,
+    };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .context("progress style")?,
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .context("progress style")?,
         );
         b.set_message(format!("checkpoint {pid}"));
         Some(b)

@@ -35,7 +35,9 @@ fn run(cli: Cli) -> Result<()> {
         let enable = match c.as_str() {
             "+CHECKPOINTABLE" => true,
             "-CHECKPOINTABLE" => false,
-            other => bail!("unknown capability change {other:?} (use +CHECKPOINTABLE or -CHECKPOINTABLE)"),
+            other => bail!(
+                "unknown capability change {other:?} (use +CHECKPOINTABLE or -CHECKPOINTABLE)"
+            ),
         };
         capclient::call(&sock, ChkptRequest::SetCheckpointable { pid, enable })?;
     } else if !cli.show {

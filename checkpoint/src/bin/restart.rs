@@ -33,9 +33,16 @@ struct Cli {
 fn main() {
     let cli = Cli::parse();
     let run = || -> Result<()> {
-        let opts = RestoreOptions { root: cli.dir.clone(), node: cli.node, pid_wait: Duration::from_secs_f64(cli.pid_wait.clamp(0.0, 3600.0)) };
+        let opts = RestoreOptions {
+            root: cli.dir.clone(),
+            node: cli.node,
+            pid_wait: Duration::from_secs_f64(cli.pid_wait.clamp(0.0, 3600.0)),
+        };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
-        eprintln!("restart: application {} running again from SN {} (PIDs {:?})", cli.pid, cli.sn, rep.pids);
+        eprintln!(
+            "restart: application {} running again from SN {} (PIDs {:?})",
+            cli.pid, cli.sn, rep.pids
+        );
         Ok(())
     };
     if let Err(e) = run() {

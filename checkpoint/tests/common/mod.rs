@@ -28,15 +28,24 @@ pub fn become_subreaper() {
 
 /// Compile a C program of tests/progs with cc.
 pub fn build_c(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/progs")
+        .join(format!("{name}.c"));
     let out = dir.join(name);
-    let st = Command::new("cc").args(["-O1", "-o"]).arg(&out).arg(&src).status().expect("cc runs");
+    let st = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc runs");
     assert!(st.success(), "cc {name}.c failed");
     out
 }
 
 pub fn prog(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/progs")
+        .join(name)
 }
 
 /// Spawn with only fds 0-2 (the test harness may leak others).
@@ -77,7 +86,9 @@ pub fn counter_lines(text: &str) -> Vec<u64> {
     let mut out = Vec::new();
     for l in text.lines() {
         let mut it = l.split_whitespace();
-        let (Some(n), Some(st)) = (it.next(), it.next()) else { continue };
+        let (Some(n), Some(st)) = (it.next(), it.next()) else {
+            continue;
+        };
         assert_eq!(st, "ok", "program reported a problem: {l:?}");
         out.push(n.parse::<u64>().expect("counter"));
     }
@@ -88,7 +99,10 @@ pub fn counter_lines(text: &str) -> Vec<u64> {
 }
 
 pub fn last_count(path: &Path) -> u64 {
-    counter_lines(&std::fs::read_to_string(path).unwrap_or_default()).last().copied().unwrap_or(0)
+    counter_lines(&std::fs::read_to_string(path).unwrap_or_default())
+        .last()
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Kill and reap `pid` (our child or, as subreaper, an adopted process).
@@ -102,11 +116,15 @@ pub fn kill_reap(pid: i32) {
 }
 
 pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
 }
 
 /// Process state letter from /proc/PID/stat.
 pub fn state(pid: i32) -> char {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()).unwrap_or('?')
+    s.rsplit_once(") ")
+        .and_then(|(_, r)| r.chars().next())
+        .unwrap_or('?')
 }
