@@ -49,6 +49,29 @@ fn rendered_dhcp_files_pass_the_real_checkers() {
     ok(&["check", d, "--out", o]);
     ok(&["render", d, "--out", o, "--dhcp", "dnsmasq"]);
     ok(&["check", d, "--out", o, "--dhcp", "dnsmasq"]);
+    // And with every optional network key set.
+    let text = std::fs::read_to_string(&desc)
+        .unwrap()
+        .replace("# interface = \"eth1\"", "interface = \"eth1\"")
+        .replace("# gateway = \"10.0.0.254\"", "gateway = \"10.0.0.254\"")
+        .replace(
+            "# dns = [\"10.0.0.1\"]",
+            "dns = [\"10.0.0.1\", \"10.0.0.2\"]",
+        );
+    std::fs::write(&desc, text).unwrap();
+    ok(&["render", d, "--out", o, "--dhcp", "dnsmasq"]);
+    let conf = std::fs::read_to_string(out.join("dhcp/dnsmasq.conf")).unwrap();
+    assert!(
+        conf.contains("interface=eth1")
+            && conf.contains("dhcp-option=option:dns-server,10.0.0.1,10.0.0.2"),
+        "{conf}"
+    );
+    ok(&["check", d, "--out", o, "--dhcp", "dnsmasq"]);
+    ok(&["render", d, "--out", o]);
+    assert!(std::fs::read_to_string(out.join("dhcp/dhcpd.conf"))
+        .unwrap()
+        .contains("option routers 10.0.0.254;"));
+    ok(&["check", d, "--out", o]);
 }
 
 #[test]
