@@ -19,7 +19,8 @@ use super::ops::Ops;
 
 /// Largest read/write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
-const READDIR_BATCH: u32 = 1024;
+/// Entries fetched per kernel readdir call (a 4 KiB reply holds about 100-200).
+const READDIR_BATCH: u32 = 192;
 
 pub struct KdfsFs {
     ops: Arc<Ops>,
@@ -291,16 +292,13 @@ impl Filesystem for KdfsFs {
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
         let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
         self.spawn(async move {
-            let res = async {
-                let a = ops.make(dir, &name, new).await?;
-                let fh = ops.open(a.ino, write).await?;
-                Ok::<_, i32>((a, fh))
-            };
-            match res.await {
-                Ok((a, fh)) => {
+            match ops.make_open(dir, &name, new, Some(write)).await {
+                Ok((a, Some(fh))) => {
+                    // created() takes one TTL for both the entry and the attributes.
                     let _ = ettl;
                     reply.created(&ttl, &Self::file_attr(root, &a), Generation(0), FileHandle(fh), FopenFlags::empty())
                 }
+                Ok((_, None)) => reply.error(Errno::EIO),
                 Err(e) => reply.error(err(e)),
             }
         });

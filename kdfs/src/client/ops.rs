@@ -69,11 +69,17 @@ impl Ops {
 
     /// Make a new inode named `name` in `dir`. The inode is placed on this
     /// client's node (data locality); its entry goes to the directory's owner.
-    pub async fn make(&self, dir: InodeId, name: &[u8], mut new: NewInode) -> Res<Attr> {
+    pub async fn make(&self, dir: InodeId, name: &[u8], new: NewInode) -> Res<Attr> {
+        self.make_open(dir, name, new, None).await.map(|(a, _)| a)
+    }
+
+    /// [`Ops::make`], also opening the new inode when `open` is given
+    /// (`Some(true)`: for writing) — one round trip less for creat(2).
+    pub async fn make_open(&self, dir: InodeId, name: &[u8], mut new: NewInode, open: Option<bool>) -> Res<(Attr, Option<u64>)> {
         let dir_node = inode_node(dir);
         if dir_node == self.local {
-            return match self.call(dir_node, Q::Create { dir, name: name.to_vec(), new }).await? {
-                A::Attr(a) => Ok(a),
+            return match self.call(dir_node, Q::Create { dir, name: name.to_vec(), new, open }).await? {
+                A::Created { attr, fh } => Ok((attr, fh)),
                 other => unexpected("create", other),
             };
         }
@@ -96,16 +102,19 @@ impl Ops {
                 new.perm |= libc::S_ISGID as u16;
             }
         }
-        let attr = match self.call(self.local, Q::MakeInode { new }).await? {
-            A::Attr(a) => a,
+        let (attr, fh) = match self.call(self.local, Q::MakeInode { new, open }).await? {
+            A::Created { attr, fh } => (attr, fh),
             other => return unexpected("make inode", other),
         };
         let add = Q::AddEntry { dir, name: name.to_vec(), ino: attr.ino, kind: attr.kind, replace: false };
         if let Err(e) = self.call(dir_node, add).await {
+            if let Some(fh) = fh {
+                let _ = self.call(self.local, Q::Release { ino: attr.ino, fh }).await;
+            }
             self.drop_inode(attr.ino, attr.kind).await;
             return Err(e);
         }
-        Ok(attr)
+        Ok((attr, fh))
     }
 
     /// Release an inode whose entry was removed or never made.

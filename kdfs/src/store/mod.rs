@@ -681,6 +681,14 @@ impl Store {
         Ok(KdfsResponse::Entry { ino, kind, attr })
     }
 
+    fn created(&self, attr: Attr, open: Option<bool>) -> Res<KdfsResponse> {
+        let fh = match open {
+            Some(write) => Some(self.open_file(attr.ino, write)?),
+            None => None,
+        };
+        Ok(KdfsResponse::Created { attr, fh })
+    }
+
     /// Serve one request. Blocking: call it from a blocking-capable thread.
     pub fn handle(&self, req: KdfsRequest) -> KdfsResponse {
         self.dispatch(req).unwrap_or_else(KdfsResponse::Errno)
@@ -697,8 +705,8 @@ impl Store {
             Q::SetAttr { ino, set } => A::Attr(self.setattr(ino, &set)?),
             Q::Readlink { ino } => A::Target(fs::read_link(self.path(ino)?).map_err(errno)?.as_os_str().as_bytes().to_vec()),
             Q::Lookup { dir, name } => self.lookup(dir, &name)?,
-            Q::MakeInode { new } => A::Attr(self.make_inode(&new)?),
-            Q::Create { dir, name, new } => A::Attr(self.create(dir, &name, &new)?),
+            Q::MakeInode { new, open } => self.created(self.make_inode(&new)?, open)?,
+            Q::Create { dir, name, new, open } => self.created(self.create(dir, &name, &new)?, open)?,
             Q::AddEntry { dir, name, ino, kind, replace } => A::Removed(self.add_entry(dir, &name, ino, kind, replace)?),
             Q::RemoveEntry { dir, name, what, expect } => A::Removed(Some(self.remove_entry(dir, &name, what, expect)?)),
             Q::Rename { src_dir, src_name, dst_dir, dst_name, flags } => {

@@ -164,10 +164,11 @@ pub enum KdfsRequest {
     /// Find `name` in directory `dir` (owned here). The answer carries the
     /// attributes too when the inode is also owned here.
     Lookup { dir: InodeId, name: Vec<u8> },
-    /// Make an inode here with one link not yet entered in any directory.
-    MakeInode { new: NewInode },
+    /// Make an inode here with one link not yet entered in any directory;
+    /// with `open`, also open it (`Some(true)`: for writing) in the same step.
+    MakeInode { new: NewInode, open: Option<bool> },
     /// Make an inode here and enter it as `name` in `dir` (also here).
-    Create { dir: InodeId, name: Vec<u8>, new: NewInode },
+    Create { dir: InodeId, name: Vec<u8>, new: NewInode, open: Option<bool> },
     /// Enter `ino` as `name` in `dir`; with `replace`, an existing non-directory
     /// (or empty-checked directory) entry is replaced and returned.
     AddEntry { dir: InodeId, name: Vec<u8>, ino: InodeId, kind: FileKind, replace: bool },
@@ -203,6 +204,8 @@ pub enum KdfsResponse {
     Root(InodeId),
     Statfs { blocks: u64, bfree: u64, bavail: u64, files: u64, ffree: u64, bsize: u32 },
     Attr(Attr),
+    /// A new inode, and its handle when it was opened too.
+    Created { attr: Attr, fh: Option<u64> },
     Target(Vec<u8>),
     Entry { ino: InodeId, kind: FileKind, attr: Option<Attr> },
     /// An entry that was replaced or removed.

@@ -1,0 +1,236 @@
+//! `cargo bench -p kdfs`: the same work on the native local directory, on a
+//! 3-node kDFS mount (loopback) and, when glusterd is installed, on a 3-brick
+//! GlusterFS distribute volume on loopback; figures and ratios printed.
+//!
+//! Sizes (environment): KDFS_BENCH_SEQ_MB (default 1024), KDFS_BENCH_FILES
+//! (default 10000), KDFS_BENCH_FIO_SECS (default 5). Must run as root.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// One row of results: a unit and a value per target.
+struct Row {
+    name: String,
+    unit: &'static str,
+    values: Vec<Option<f64>>,
+}
+
+fn seq_write(dir: &Path, mb: u64) -> f64 {
+    let p = dir.join("seq.bin");
+    let buf = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = File::create(&p).expect("create seq file");
+    for _ in 0..mb {
+        f.write_all(&buf).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    drop(f);
+    mb as f64 / t.elapsed().as_secs_f64()
+}
+
+fn seq_read(dir: &Path, mb: u64) -> f64 {
+    drop_caches();
+    let p = dir.join("seq.bin");
+    let mut buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let mut f = File::open(&p).expect("open seq file");
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    assert_eq!(total, mb << 20);
+    let r = mb as f64 / t.elapsed().as_secs_f64();
+    let _ = fs::remove_file(&p);
+    r
+}
+
+/// fio 4 KiB random I/O (O_DIRECT, psync) on a 256 MiB file: IOPS.
+fn fio(dir: &Path, rw: &str, secs: u64) -> Option<f64> {
+    let out = Command::new("fio")
+        .args(["--name=kdfsbench", "--bs=4k", "--size=256M", "--ioengine=psync", "--direct=1", "--time_based"])
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--runtime={secs}"))
+        .arg(format!("--directory={}", dir.display()))
+        .args(["--output-format=json"])
+        .output()
+        .ok()?;
+    let _ = fs::remove_file(dir.join("kdfsbench.0.0"));
+    if !out.status.success() {
+        eprintln!("fio failed on {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let job = &v["jobs"][0];
+    let key = if rw.contains("read") { "read" } else { "write" };
+    job[key]["iops"].as_f64()
+}
+
+/// create, stat, readdir, unlink of `n` files: ops/s each.
+fn metadata(dir: &Path, n: u64) -> [f64; 4] {
+    let d = dir.join("meta");
+    fs::create_dir(&d).expect("mkdir meta");
+    let names: Vec<PathBuf> = (0..n).map(|i| d.join(format!("file{i:06}"))).collect();
+    let t = Instant::now();
+    for p in &names {
+        File::create(p).expect("create");
+    }
+    let create = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for p in &names {
+        fs::symlink_metadata(p).expect("stat");
+    }
+    let stat = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let count = fs::read_dir(&d).expect("readdir").count() as u64;
+    assert_eq!(count, n);
+    let readdir = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for p in &names {
+        fs::remove_file(p).expect("unlink");
+    }
+    let unlink = n as f64 / t.elapsed().as_secs_f64();
+    fs::remove_dir(&d).expect("rmdir meta");
+    [create, stat, readdir, unlink]
+}
+
+fn run_all(dir: &Path, seq_mb: u64, files: u64, fio_secs: u64) -> Vec<Option<f64>> {
+    let w = seq_write(dir, seq_mb);
+    let r = seq_read(dir, seq_mb);
+    let rr = fio(dir, "randread", fio_secs);
+    let rw = fio(dir, "randwrite", fio_secs);
+    let m = metadata(dir, files);
+    vec![Some(w), Some(r), rr, rw, Some(m[0]), Some(m[1]), Some(m[2]), Some(m[3])]
+}
+
+/// A 3-brick distribute volume on loopback, mounted; torn down on drop.
+struct Gluster {
+    base: PathBuf,
+    mnt: PathBuf,
+    started_glusterd: Option<u32>,
+}
+
+impl Gluster {
+    fn start(base: &Path) -> Option<Gluster> {
+        if Command::new("glusterd").arg("--version").output().is_err() {
+            return None;
+        }
+        let running = Command::new("gluster").args(["--mode=script", "volume", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
+        let mut started = None;
+        if !running {
+            let out = Command::new("glusterd").args(["-p", "/run/kdfs-bench-glusterd.pid"]).output().ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            started = fs::read_to_string("/run/kdfs-bench-glusterd.pid").ok().and_then(|s| s.trim().parse().ok());
+        }
+        let g = Gluster { base: base.to_path_buf(), mnt: base.join("gmnt"), started_glusterd: started };
+        fs::create_dir_all(&g.mnt).ok()?;
+        let mut args = vec!["--mode=script".to_string(), "volume".into(), "create".into(), "kdfsbench".into()];
+        for i in 0..3 {
+            let b = base.join(format!("brick{i}"));
+            fs::create_dir_all(&b).ok()?;
+            args.push(format!("127.0.0.1:{}", b.display()));
+        }
+        args.push("force".into());
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok(Command::new("gluster").args(&args))
+            || !ok(Command::new("gluster").args(["--mode=script", "volume", "start", "kdfsbench"]))
+            || !ok(Command::new("mount").args(["-t", "glusterfs", "127.0.0.1:/kdfsbench"]).arg(&g.mnt))
+        {
+            eprintln!("GlusterFS volume could not be set up; skipping it");
+            return None;
+        }
+        Some(g)
+    }
+}
+
+impl Drop for Gluster {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).output();
+        let _ = Command::new("gluster").args(["--mode=script", "volume", "stop", "kdfsbench", "force"]).output();
+        let _ = Command::new("gluster").args(["--mode=script", "volume", "delete", "kdfsbench"]).output();
+        if let Some(pid) = self.started_glusterd {
+            // SAFETY: plain kill(2) of the glusterd this bench started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let seq_mb = env_num("KDFS_BENCH_SEQ_MB", 1024);
+    let files = env_num("KDFS_BENCH_FILES", 10_000);
+    let fio_secs = env_num("KDFS_BENCH_FIO_SECS", 5);
+    let native = tempfile::Builder::new().prefix("kdfs-bench-native").tempdir_in("/var/tmp").expect("native dir");
+    let cluster = common::Cluster::with_kdfs(3);
+    let kdir = cluster.mnt(0).join("bench");
+    fs::create_dir(&kdir).expect("mkdir on kdfs");
+    let gbase = PathBuf::from(format!("/var/tmp/kdfs-bench-gluster-{}", std::process::id()));
+    let gluster = Gluster::start(&gbase);
+
+    let names = [
+        ("seq write 1 MiB blocks + fsync", "MiB/s"),
+        ("seq read (cold cache)", "MiB/s"),
+        ("fio 4k randread O_DIRECT", "IOPS"),
+        ("fio 4k randwrite O_DIRECT", "IOPS"),
+        ("create", "ops/s"),
+        ("stat", "ops/s"),
+        ("readdir", "entries/s"),
+        ("unlink", "ops/s"),
+    ];
+    println!("kDFS bench: seq {seq_mb} MiB, {files} files, fio {fio_secs} s; 3 nodes on loopback");
+    let n = run_all(native.path(), seq_mb, files, fio_secs);
+    let k = run_all(&kdir, seq_mb, files, fio_secs);
+    let g = gluster.as_ref().map(|g| run_all(&g.mnt, seq_mb, files, fio_secs));
+    let mut rows = Vec::new();
+    for (i, (name, unit)) in names.iter().enumerate() {
+        rows.push(Row { name: name.to_string(), unit, values: vec![n[i], k[i], g.as_ref().and_then(|g| g[i])] });
+    }
+    println!(
+        "{:<32} {:>10} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "work", "unit", "native", "kdfs", "glusterfs", "kdfs/nat", "kdfs/glu"
+    );
+    let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
+    for r in rows {
+        let (nv, kv, gv) = (r.values[0], r.values[1], r.values[2]);
+        println!(
+            "{:<32} {:>10} {:>12} {:>12} {:>12} {:>10} {:>10}",
+            r.name,
+            r.unit,
+            fmt(nv),
+            fmt(kv),
+            fmt(gv),
+            ratio(kv, nv),
+            ratio(kv, gv)
+        );
+    }
+    drop(gluster);
+    drop(cluster);
+}

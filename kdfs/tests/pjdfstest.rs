@@ -1,0 +1,53 @@
+//! pjdfstest (the POSIX file system test suite, `cargo install pjdfstest
+//! --version 0.2.2 --locked`) against a 2-node kDFS mount, run the honest way
+//! (see MACHINE-NOTES): as root, allow_other, a tmpfs second file system for
+//! the EXDEV cases, Linux features on, real dummy users.
+//!
+//! Ignored by default because it needs the pjdfstest binary and a `tests`
+//! user: `cargo test -p kdfs --test pjdfstest -- --ignored --nocapture`.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+const CONFIG: &str = r#"
+[features]
+posix_fallocate = {}
+utimensat = {}
+utime_now = {}
+rename_ctime = {}
+
+[settings]
+naptime = 0.01
+allow_remount = false
+
+[dummy_auth]
+entries = [
+   ["nobody", "nogroup"],
+   ["tests", "tests"],
+]
+"#;
+
+#[test]
+#[ignore = "needs `cargo install pjdfstest` and a `tests` user"]
+fn pjdfstest_on_a_two_node_mount() {
+    let c = common::Cluster::with_kdfs(2);
+    let work = c.mnt(1).join("pjd");
+    fs::create_dir(&work).unwrap();
+    let cfg = c.root.path().join("pjdfstest.toml");
+    fs::write(&cfg, CONFIG).unwrap();
+    let sec = c.root.path().join("secondary");
+    fs::create_dir(&sec).unwrap();
+    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&sec).status().unwrap().success());
+    let out = Command::new("pjdfstest").arg("-c").arg(&cfg).arg("-p").arg(&work).arg("-s").arg(&sec).current_dir(&work).output();
+    let _ = Command::new("umount").arg(&sec).status();
+    let out = out.expect("run pjdfstest (cargo install pjdfstest --version 0.2.2 --locked)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let summary = text.lines().find(|l| l.starts_with("Summary:")).unwrap_or("no summary").to_string();
+    println!("pjdfstest on kDFS: {summary}");
+    for l in text.lines().filter(|l| l.contains("FAILED")) {
+        println!("  {l}");
+    }
+    assert!(summary.contains(" 0 failed"), "{summary}");
+}
