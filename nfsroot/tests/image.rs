@@ -195,7 +195,7 @@ fn overlay_clone_survives_remount() {
         "image",
         "clone",
         "gold",
-        "c1",
+        "node1",
         "--root",
         r,
         "--mechanism",
@@ -205,22 +205,40 @@ fn overlay_clone_survives_remount() {
         s.contains("using overlayfs") && s.contains("overlay "),
         "{s}"
     );
-    std::fs::write(root.join("c1/etc/mine"), "kept\n").unwrap();
+    std::fs::write(root.join("node1/etc/mine"), "kept\n").unwrap();
     assert!(std::process::Command::new("umount")
-        .arg(root.join("c1"))
+        .arg(root.join("node1"))
         .status()
         .unwrap()
         .success());
     assert!(ok(&["image", "ls", "--root", r]).contains("not mounted"));
+    // Render must not write into the empty mount point of an unmounted overlay.
+    let desc = write_description(work.path(), &root, "");
+    let text = std::fs::read_to_string(&desc)
+        .unwrap()
+        .replace("boot = \"base@1\"", "boot = \"gold\"");
+    std::fs::write(&desc, text).unwrap();
+    let out = work.path().join("out");
+    let s = ok(&[
+        "render",
+        desc.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        s.contains("node node1: overlay clone node1 is not mounted"),
+        "{s}"
+    );
+    assert_eq!(std::fs::read_dir(root.join("node1")).unwrap().count(), 0);
     assert_eq!(
-        ok(&["image", "mount", "c1", "--root", r]).trim(),
-        "mounted c1"
+        ok(&["image", "mount", "node1", "--root", r]).trim(),
+        "mounted node1"
     );
     assert_eq!(
-        std::fs::read_to_string(root.join("c1/etc/mine")).unwrap(),
+        std::fs::read_to_string(root.join("node1/etc/mine")).unwrap(),
         "kept\n"
     );
-    ok(&["image", "rm", "c1", "--root", r]);
+    ok(&["image", "rm", "node1", "--root", r]);
     ok(&["image", "rm", "gold", "--root", r]);
 }
 

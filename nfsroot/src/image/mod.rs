@@ -76,6 +76,29 @@ pub fn read_meta(root: &Path, name: &str) -> Option<Meta> {
     toml::from_str(&text).ok()
 }
 
+/// Is `name` a clone that can be written now? Err says why not (not a
+/// clone, or an overlay clone whose overlay is not mounted — writing into its
+/// empty mount point would be hidden once it is mounted).
+pub fn writable_clone(root: &Path, name: &str) -> std::result::Result<(), String> {
+    match read_meta(root, name) {
+        Some(m) if m.kind == Kind::Clone => {
+            if m.mechanism == Some(Mechanism::Overlay)
+                && !mechanism::is_mountpoint(&root.join(name))
+            {
+                Err(format!(
+                    "overlay clone {name} is not mounted (nfsroot image mount {name})"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(format!(
+            "{} exists but is not an nfsroot clone",
+            root.join(name).display()
+        )),
+    }
+}
+
 pub struct Store {
     root: PathBuf,
 }

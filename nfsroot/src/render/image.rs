@@ -143,15 +143,14 @@ pub fn plan_node_roots(c: &Ctx, plan: &mut Plan) {
         RootMode::Clone => {
             for n in &d.nodes {
                 let root = c.node_root(n);
-                let is_clone = crate::image::read_meta(&d.image.root, &n.name)
-                    .is_some_and(|m| m.kind == crate::image::Kind::Clone);
-                if root.exists() && !is_clone {
-                    plan.notes.push(format!(
-                        "node {}: {} exists but is not an nfsroot clone; left alone",
-                        n.name,
-                        root.display()
-                    ));
-                    continue;
+                let exists = root.symlink_metadata().is_ok()
+                    || crate::image::read_meta(&d.image.root, &n.name).is_some();
+                if exists {
+                    if let Err(why) = crate::image::writable_clone(&d.image.root, &n.name) {
+                        plan.notes
+                            .push(format!("node {}: {why}; its files are not written", n.name));
+                        continue;
+                    }
                 }
                 if !root.is_dir() {
                     plan.notes.push(format!(
