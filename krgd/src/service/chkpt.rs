@@ -31,7 +31,11 @@ impl ChkptService {
         Ok(Arc::new(Self { _ctx: ctx, tracker }))
     }
 
-    pub async fn handle_admin(&self, caller: &Caller, req: ChkptRequest) -> Result<ChkptReply, AdminError> {
+    pub async fn handle_admin(
+        &self,
+        caller: &Caller,
+        req: ChkptRequest,
+    ) -> Result<ChkptReply, AdminError> {
         let t = self.tracker.as_ref().ok_or_else(|| {
             AdminError::new(ErrorKind::Unavailable, "this krgd cannot track CHECKPOINTABLE (proc connector unavailable; run krgd as root)")
         })?;
@@ -44,13 +48,20 @@ impl ChkptService {
                         format!("process {pid} belongs to uid {owner}; only root or its owner may change its capabilities"),
                     ));
                 }
-                t.set(pid, enable).map_err(|e| AdminError::new(ErrorKind::NotFound, e.to_string()))?;
+                t.set(pid, enable)
+                    .map_err(|e| AdminError::new(ErrorKind::NotFound, e.to_string()))?;
                 tracing::info!(pid, enable, uid = caller.uid, "CHECKPOINTABLE changed");
-                Ok(ChkptReply::Capability { pid, checkpointable: enable })
+                Ok(ChkptReply::Capability {
+                    pid,
+                    checkpointable: enable,
+                })
             }
             ChkptRequest::Query { pid } => {
                 process_owner(pid)?;
-                Ok(ChkptReply::Capability { pid, checkpointable: t.is_set(pid) })
+                Ok(ChkptReply::Capability {
+                    pid,
+                    checkpointable: t.is_set(pid),
+                })
             }
         }
     }
@@ -64,10 +75,16 @@ impl ChkptService {
 
 /// Real uid of a process, from /proc.
 fn process_owner(pid: i32) -> Result<u32, AdminError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| AdminError::new(ErrorKind::NotFound, format!("process {pid} does not exist")))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| {
+        AdminError::new(ErrorKind::NotFound, format!("process {pid} does not exist"))
+    })?;
     checkpoint::procfs::status_ids(&status, "Uid")
         .ok()
         .and_then(|v| v.first().copied())
-        .ok_or_else(|| AdminError::new(ErrorKind::Internal, format!("cannot read the owner of process {pid}")))
+        .ok_or_else(|| {
+            AdminError::new(
+                ErrorKind::Internal,
+                format!("cannot read the owner of process {pid}"),
+            )
+        })
 }
