@@ -109,6 +109,7 @@ fn btrfs_versions_are_read_only_snapshots_and_clones_are_snapshots() {
     };
     let root = fs.mnt.join("images");
     let work = tempfile::tempdir().unwrap();
+    let _sweep = MountSweeper(work.path().to_path_buf());
     let s = build_and_version(&root, work.path());
     assert!(s.contains("btrfs subvolume snapshot, read-only"), "{s}");
     let e = std::fs::write(root.join("base@1/etc/new"), "x").unwrap_err();
@@ -123,6 +124,7 @@ fn xfs_clones_are_reflink_copies_and_versions_immutable() {
     };
     let root = fs.mnt.join("images");
     let work = tempfile::tempdir().unwrap();
+    let _sweep = MountSweeper(work.path().to_path_buf());
     let s = build_and_version(&root, work.path());
     assert!(s.contains("reflink copy, read-only"), "{s}");
     let e = std::fs::write(root.join("base@1/etc/new"), "x").unwrap_err();
@@ -147,6 +149,7 @@ fn ext4_clones_fall_back_to_overlayfs() {
     // The test directory's own file system: neither btrfs nor reflink-capable
     // (ext4 here). tmpfs is used if that is what the temp dir is on: no reflink either.
     let work = tempfile::tempdir().unwrap();
+    let _sweep = MountSweeper(work.path().to_path_buf());
     let root = work.path().join("images");
     let s = build_and_version(&root, work.path());
     if s.contains("reflink") {
@@ -179,6 +182,7 @@ fn ext4_clones_fall_back_to_overlayfs() {
 #[test]
 fn overlay_clone_survives_remount() {
     let work = tempfile::tempdir().unwrap();
+    let _sweep = MountSweeper(work.path().to_path_buf());
     let root = work.path().join("images");
     let r = root.to_str().unwrap();
     let tree = prepared_tree(work.path());
@@ -245,6 +249,7 @@ fn overlay_clone_survives_remount() {
 #[test]
 fn nodes_add_with_clone_makes_the_new_nodes_clone_and_renders_into_it() {
     let work = tempfile::tempdir().unwrap();
+    let _sweep = MountSweeper(work.path().to_path_buf());
     let root = work.path().join("images");
     let r = root.to_str().unwrap();
     let tree = prepared_tree(work.path());
@@ -291,6 +296,7 @@ fn nodes_add_with_clone_makes_the_new_nodes_clone_and_renders_into_it() {
 #[test]
 fn render_copies_the_newest_kernel_and_initrd_of_the_boot_image() {
     let work = tempfile::tempdir().unwrap();
+    let _sweep = MountSweeper(work.path().to_path_buf());
     let root = work.path().join("images");
     let r = root.to_str().unwrap();
     let tree = prepared_tree(work.path());

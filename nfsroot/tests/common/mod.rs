@@ -112,3 +112,23 @@ impl Drop for LoopFs {
         let _ = Command::new("umount").arg("-R").arg(&self.mnt).status();
     }
 }
+
+/// Unmounts, on drop, every mount below a directory (deepest first), so a
+/// failing test does not leave overlay clones mounted.
+pub struct MountSweeper(pub PathBuf);
+
+impl Drop for MountSweeper {
+    fn drop(&mut self) {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.0))
+            .map(str::to_string)
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").arg(&p).status();
+        }
+    }
+}
