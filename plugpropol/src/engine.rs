@@ -1,27 +1,32 @@
-//! The tree plus the running probes: each loaded probe samples on its own
+//! The tree plus the running parts: each loaded probe samples on its own
 //! thread at its `probe_period` and stores its readings in the tree, so a
 //! read of a `value` file only copies the last stored value and never waits
-//! for a probe.
+//! for a probe. Each policy plug-in likewise decides on its own thread.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::plugin::{read_registry, PluginProbe};
+use crate::plugin::{read_registry, PluginKind, PluginPolicy, PluginProbe, Registry};
 use crate::probes::{self, Probe, BUILTIN_PROBES};
-use crate::tree::{CompId, Ino, MkdirPlan, Removed, Tree};
+use crate::tree::{kind_of, CompId, Ino, MkdirPlan, Removed, Tree};
 use crate::value::NodeId;
+
+/// How often a policy plug-in is asked for a decision.
+pub const POLICY_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Wake {
     stop: bool,
 }
 
+type WakeHandle = Arc<(Mutex<Wake>, Condvar)>;
+
 struct Runner {
-    wake: Arc<(Mutex<Wake>, Condvar)>,
+    wake: WakeHandle,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -39,6 +44,21 @@ impl Runner {
     }
 }
 
+/// Sleep until `deadline`, or until poked or stopped. Returns false when
+/// the runner must stop.
+fn nap(wake: &WakeHandle, deadline: Instant) -> bool {
+    let g = lock(&wake.0);
+    if g.stop {
+        return false;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let (g, _) = wake
+        .1
+        .wait_timeout(g, left)
+        .unwrap_or_else(|p| p.into_inner());
+    !g.stop
+}
+
 pub struct Engine {
     tree: Arc<Mutex<Tree>>,
     registry: Option<PathBuf>,
@@ -53,7 +73,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     /// An empty tree for node `node`, to be mounted at `mount`; `registry`
-    /// is the plug-in registry file (read at each `mkdir probes/...`).
+    /// is the plug-in registry file (read at each `mkdir`).
     pub fn new(node: NodeId, mount: &Path, registry: Option<PathBuf>) -> Arc<Engine> {
         Arc::new(Engine {
             tree: Arc::new(Mutex::new(Tree::new(node, mount))),
@@ -68,7 +88,7 @@ impl Engine {
         lock(&self.tree)
     }
 
-    pub fn mkdir(&self, parent: Ino, name: &str) -> Result<Ino> {
+    fn registry(&self) -> Registry {
         let (registry, problems) = match &self.registry {
             Some(p) => read_registry(p),
             None => Default::default(),
@@ -76,17 +96,30 @@ impl Engine {
         for p in problems {
             tracing::warn!(problem = %p, "plug-in registry");
         }
-        let plan = self.tree().mkdir(parent, name, |n| {
-            BUILTIN_PROBES.contains(&n) || registry.contains_key(n)
-        })?;
-        let kind = match plan {
-            MkdirPlan::Done(ino) => return Ok(ino),
-            MkdirPlan::Probe { kind } => kind,
-        };
+        registry
+    }
+
+    pub fn mkdir(&self, parent: Ino, name: &str) -> Result<Ino> {
+        let registry = self.registry();
+        let is = |n: &str, kind| registry.get(n).is_some_and(|e| e.kind == kind);
+        let plan = self.tree().mkdir_with_plugins(
+            parent,
+            name,
+            |n| BUILTIN_PROBES.contains(&n) || is(n, PluginKind::Probe),
+            |n| is(n, PluginKind::Policy),
+        )?;
+        match plan {
+            MkdirPlan::Done(ino) => Ok(ino),
+            MkdirPlan::Probe { kind } => self.load_probe(parent, &kind, &registry),
+            MkdirPlan::Policy { kind } => self.load_policy(parent, &kind, &registry),
+        }
+    }
+
+    /// Instantiate a probe and take its first sample without the tree lock
+    /// (a plug-in may take a while to start), then add it and start its thread.
+    fn load_probe(&self, parent: Ino, name: &str, registry: &Registry) -> Result<Ino> {
         let node = self.tree().node_id();
-        // Instantiate and take the first sample without the tree lock: a
-        // plug-in may take a while to start.
-        let base = crate::tree::kind_of(&kind);
+        let base = kind_of(name);
         let mut probe: Box<dyn Probe> = match (probes::builtin(base), registry.get(base)) {
             (Some(p), _) => p,
             (None, Some(entry)) => Box::new(PluginProbe::start(entry, node)?),
@@ -96,47 +129,68 @@ impl Engine {
         let period = probe.default_period();
         let (ino, c) = self
             .tree()
-            .add_probe(parent, &kind, probe.sources(), period, first)?;
-        let runner = self.spawn_runner(c, &kind, probe)?;
+            .add_probe(parent, name, probe.sources(), period, first)?;
+        let runner = self.spawn(parent, name, c, move |tree, wake, label| {
+            run_probe(tree, c, &label, probe, wake)
+        })?;
         lock(&self.runners).insert(c, runner);
-        tracing::info!(probe = %kind, period_ms = period.as_millis() as u64, "probe loaded");
+        tracing::info!(probe = %name, period_ms = period.as_millis() as u64, "probe loaded");
         Ok(ino)
     }
 
-    fn spawn_runner(&self, c: CompId, kind: &str, probe: Box<dyn Probe>) -> Result<Runner> {
-        let wake: Arc<(Mutex<Wake>, Condvar)> = Arc::default();
-        let (tree, w) = (self.tree.clone(), wake.clone());
-        let name = kind.to_string();
-        let thread = std::thread::Builder::new()
-            .name(format!("probe-{kind}"))
-            .spawn(move || run_probe(tree, c, &name, probe, w))
-            .map_err(|e| {
-                // The probe is in the tree but cannot sample: take it out again.
-                Error::Io(format!("cannot start the sampling thread of {kind}: {e}"))
-            });
-        match thread {
+    fn load_policy(&self, parent: Ino, name: &str, registry: &Registry) -> Result<Ino> {
+        let node = self.tree().node_id();
+        let entry = registry
+            .get(kind_of(name))
+            .ok_or_else(|| Error::NotFound(format!("no policy plug-in named {}", kind_of(name))))?;
+        let policy = PluginPolicy::start(entry, node)?;
+        let (ino, c) = self
+            .tree()
+            .add_external_policy(parent, name, policy.ports())?;
+        let runner = self.spawn(parent, name, c, move |tree, wake, label| {
+            run_policy(tree, c, &label, policy, wake)
+        })?;
+        lock(&self.runners).insert(c, runner);
+        tracing::info!(policy = %name, "policy plug-in loaded");
+        Ok(ino)
+    }
+
+    /// Start the thread of a part just added as `parent/name`; if no thread
+    /// can be started, the part is taken out of the tree again.
+    fn spawn(
+        &self,
+        parent: Ino,
+        name: &str,
+        c: CompId,
+        body: impl FnOnce(Arc<Mutex<Tree>>, WakeHandle, String) + Send + 'static,
+    ) -> Result<Runner> {
+        let wake: WakeHandle = Arc::default();
+        let (tree, w, label) = (self.tree.clone(), wake.clone(), name.to_string());
+        match std::thread::Builder::new()
+            .name(format!("part-{name}"))
+            .spawn(move || body(tree, w, label))
+        {
             Ok(t) => Ok(Runner {
                 wake,
                 thread: Some(t),
             }),
             Err(e) => {
-                let mut tree = self.tree();
-                if let Ok(probes) = tree.lookup(crate::tree::ROOT, "probes") {
-                    let _ = tree.rmdir(probes, kind);
-                }
-                Err(e)
+                let _ = self.tree().rmdir(parent, name);
+                Err(Error::Io(format!(
+                    "cannot start the thread of {name} ({c}): {e}"
+                )))
             }
         }
     }
 
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
         let removed = self.tree().rmdir(parent, name)?;
-        if let Removed::Probe(c) = removed {
+        if let Removed::Probe(c) | Removed::Policy(c) = removed {
             let runner = lock(&self.runners).remove(&c);
             if let Some(r) = runner {
                 r.stop();
             }
-            tracing::info!(probe = %name, "probe unloaded");
+            tracing::info!(part = %name, "unloaded");
         }
         Ok(())
     }
@@ -158,7 +212,7 @@ impl Engine {
         self.tree().unlink(parent, name)
     }
 
-    /// Stop every probe (plug-ins are terminated).
+    /// Stop every probe and policy thread (plug-ins are terminated).
     pub fn shutdown(&self) {
         let runners: Vec<Runner> = lock(&self.runners).drain().map(|(_, r)| r).collect();
         for r in runners {
@@ -181,7 +235,7 @@ fn run_probe(
     c: CompId,
     name: &str,
     mut probe: Box<dyn Probe>,
-    wake: Arc<(Mutex<Wake>, Condvar)>,
+    wake: WakeHandle,
 ) {
     let mut last = Instant::now();
     let mut failing = false;
@@ -192,15 +246,7 @@ fn run_probe(
         let next = last + period;
         let now = Instant::now();
         if now < next {
-            let g = lock(&wake.0);
-            if g.stop {
-                return;
-            }
-            let (g, _) = wake
-                .1
-                .wait_timeout(g, next - now)
-                .unwrap_or_else(|p| p.into_inner());
-            if g.stop {
+            if !nap(&wake, next) {
                 return;
             }
             continue; // re-read the period: it may have changed
@@ -226,6 +272,39 @@ fn run_probe(
                 lock(&tree).set_status(c, &format!("error: {e}"));
                 failing = true;
             }
+        }
+    }
+}
+
+/// The decision loop of a policy plug-in: every [`POLICY_PERIOD`], hand it
+/// the current inputs (read under the lock, sent without it) and store its
+/// decision.
+fn run_policy(
+    tree: Arc<Mutex<Tree>>,
+    c: CompId,
+    name: &str,
+    mut policy: PluginPolicy,
+    wake: WakeHandle,
+) {
+    loop {
+        let Some(inputs) = lock(&tree).policy_inputs(c) else {
+            return;
+        };
+        let decision = match policy.decide(&inputs) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(why) = policy.failure() {
+                    tracing::error!(policy = %name, reason = %why, "policy plug-in stopped; rmdir and mkdir it to restart");
+                    lock(&tree).set_decision(c, Err(format!("failed: {why}")));
+                    return;
+                }
+                tracing::warn!(policy = %name, error = %e, "policy plug-in gave no decision");
+                Err(e.to_string())
+            }
+        };
+        lock(&tree).set_decision(c, decision);
+        if !nap(&wake, Instant::now() + POLICY_PERIOD) {
+            return;
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
+use crate::plugin::PortSpec;
 use crate::value::{NodeId, Reading, Readings, Scope, Unit, ValueType};
 
 pub const BUILTIN_POLICIES: &[&str] = &["echo_policy", "placement_policy"];
@@ -31,6 +32,9 @@ pub enum Policy {
     /// Picks the node for a new process from `port_mem_free` (bytes per
     /// node) and/or `port_load` (load or percent per node).
     Placement { mode: Mode },
+    /// A plug-in (see [`crate::plugin::PluginPolicy`]) with the ports it
+    /// declared; its decision is in the file `decision`.
+    External { ports: Vec<PortSpec> },
 }
 
 pub const PORT_MEM: &str = "port_mem_free";
@@ -49,7 +53,7 @@ impl Policy {
 
     pub fn attributes(&self) -> &'static [&'static str] {
         match self {
-            Policy::Echo => &[],
+            Policy::Echo | Policy::External { .. } => &[],
             Policy::Placement { .. } => &["mode"],
         }
     }
@@ -59,6 +63,7 @@ impl Policy {
         match self {
             Policy::Echo => &["received"],
             Policy::Placement { .. } => &["placement"],
+            Policy::External { .. } => &["decision"],
         }
     }
 
@@ -90,6 +95,22 @@ impl Policy {
     /// Whether `port` is a port of this policy that accepts `t`.
     pub fn check_port(&self, port: &str, t: ValueType) -> Result<()> {
         match self {
+            Policy::External { ports } => {
+                let spec = ports.iter().find(|p| p.name == port).ok_or_else(|| {
+                    let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+                    Error::Invalid(format!(
+                        "this policy has ports {}, not {port}",
+                        names.join(", ")
+                    ))
+                })?;
+                match spec.unit {
+                    Some(u) if u != t.unit => Err(Error::Invalid(format!(
+                        "{port} needs {} values, the target gives {t}",
+                        u.name()
+                    ))),
+                    _ => Ok(()),
+                }
+            }
             Policy::Echo if port.starts_with("port_") && port.len() > 5 => Ok(()),
             Policy::Echo => Err(Error::Invalid(format!(
                 "echo_policy ports are named port_<something>, not {port}"

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::filters::{Filter, BUILTIN_FILTERS};
+use crate::plugin::{Decision, PortSpec};
 use crate::policies::{self, Policy, BUILTIN_POLICIES};
 use crate::probes::SourceSpec;
 use crate::value::{NodeId, Reading, Readings, Scope, Series, Unit, ValueType};
@@ -111,6 +112,8 @@ struct FilterComp {
 struct PolicyComp {
     policy: Policy,
     ports: BTreeMap<String, (SourceRef, Ino)>,
+    /// The last decision of a plug-in policy.
+    decision: Option<Decision>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +129,9 @@ pub enum MkdirPlan {
     /// Instantiate the probe named `kind` (`<kind>[.<tag>]`, built-in or
     /// plug-in), then call [`Tree::add_probe`] with that same name.
     Probe { kind: String },
+    /// Start the policy plug-in named `kind`, then call
+    /// [`Tree::add_external_policy`].
+    Policy { kind: String },
     /// Already done.
     Done(Ino),
 }
@@ -135,6 +141,8 @@ pub enum MkdirPlan {
 pub enum Removed {
     /// Stop the probe's sampling task.
     Probe(CompId),
+    /// Stop the plug-in policy's task.
+    Policy(CompId),
     Other,
 }
 
@@ -448,10 +456,12 @@ impl Tree {
                     .collect();
                 policies::echo_lines(&ports)
             }
-            (Policy::Placement { .. }, "placement") => match self.place_with(c) {
-                Ok((node, reason)) => format!("{node} {reason}\n"),
-                Err(e) => format!("none: {e}\n"),
-            },
+            (Policy::Placement { .. }, "placement") | (Policy::External { .. }, "decision") => {
+                match self.place_with(c) {
+                    Ok((node, reason)) => format!("{node} {reason}\n"),
+                    Err(e) => format!("none: {e}\n"),
+                }
+            }
             _ => String::new(),
         }
     }
@@ -496,6 +506,18 @@ impl Tree {
         name: &str,
         is_probe: impl Fn(&str) -> bool,
     ) -> Result<MkdirPlan> {
+        self.mkdir_with_plugins(parent, name, is_probe, |_| false)
+    }
+
+    /// [`Tree::mkdir`], where `is_policy_plugin` names the policy plug-ins
+    /// of the registry (their start is left to the caller too).
+    pub fn mkdir_with_plugins(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        is_probe: impl Fn(&str) -> bool,
+        is_policy_plugin: impl Fn(&str) -> bool,
+    ) -> Result<MkdirPlan> {
         let role = self.dir_role(parent)?;
         check_name(name)?;
         if self.lookup(parent, name).is_ok() {
@@ -515,6 +537,9 @@ impl Tree {
                 Ok(MkdirPlan::Done(self.add_filter(parent, name, filter)))
             }
             DirRole::Schedulers => Ok(MkdirPlan::Done(self.add_dir(parent, name, DirRole::Scheduler))),
+            DirRole::Scheduler if Policy::new(kind_of(name)).is_none() && is_policy_plugin(kind_of(name)) => {
+                Ok(MkdirPlan::Policy { kind: name.to_string() })
+            }
             DirRole::Scheduler => {
                 let policy = Policy::new(kind_of(name))
                     .ok_or_else(|| Error::NotFound(format!("no policy kind {} (known: {})", kind_of(name), BUILTIN_POLICIES.join(", "))))?;
@@ -524,6 +549,32 @@ impl Tree {
                 "cannot create directories in {}: only in probes/, filters/, schedulers/ and schedulers/<name>/",
                 self.path(parent)
             ))),
+        }
+    }
+
+    /// Second half of `mkdir schedulers/<s>/<plug-in>`: the plug-in runs
+    /// and declared `ports`.
+    pub fn add_external_policy(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        ports: Vec<PortSpec>,
+    ) -> Result<(Ino, CompId)> {
+        if self.dir_role(parent)? != DirRole::Scheduler {
+            return Err(Error::NotPermitted(
+                "policies live in schedulers/<name>/".into(),
+            ));
+        }
+        if self.lookup(parent, name).is_ok() {
+            return Err(Error::Exists(format!(
+                "{} already exists",
+                self.child_path(parent, name)
+            )));
+        }
+        let dir = self.add_policy(parent, name, Policy::External { ports });
+        match self.dir_role(dir)? {
+            DirRole::Policy(c) => Ok((dir, c)),
+            _ => Err(Error::NotFound("policy directory vanished".into())),
         }
     }
 
@@ -605,6 +656,7 @@ impl Tree {
             Comp::Policy(PolicyComp {
                 policy,
                 ports: BTreeMap::new(),
+                decision: None,
             }),
         );
         dir
@@ -663,10 +715,13 @@ impl Tree {
                     Removed::Other
                 }
             }
-            DirRole::Policy(c) => {
-                self.comps.remove(&c);
-                Removed::Other
-            }
+            DirRole::Policy(c) => match self.comps.remove(&c) {
+                Some(Comp::Policy(PolicyComp {
+                    policy: Policy::External { .. },
+                    ..
+                })) => Removed::Policy(c),
+                _ => Removed::Other,
+            },
             DirRole::Scheduler => {
                 if !matches!(&self.entry(ino)?.kind, Kind::Dir { children, .. } if children.is_empty())
                 {
@@ -976,7 +1031,7 @@ impl Tree {
                     if matches!(
                         self.comps.get(&c),
                         Some(Comp::Policy(PolicyComp {
-                            policy: Policy::Placement { .. },
+                            policy: Policy::Placement { .. } | Policy::External { .. },
                             ..
                         }))
                     ) {
@@ -987,24 +1042,79 @@ impl Tree {
         }
         let c = candidates.first().ok_or_else(|| match scheduler {
             Some(s) => Error::NotFound(format!(
-                "scheduler {s} does not exist or has no placement_policy"
+                "scheduler {s} does not exist or has no placement_policy or policy plug-in"
             )),
-            None => Error::NotFound("no scheduler has a placement_policy loaded".into()),
+            None => Error::NotFound(
+                "no scheduler has a placement_policy or policy plug-in loaded".into(),
+            ),
         })?;
         self.place_with(*c)
     }
 
     fn place_with(&self, c: CompId) -> Result<(NodeId, String)> {
-        let Some(Comp::Policy(PolicyComp {
-            policy: Policy::Placement { mode },
-            ports,
-        })) = self.comps.get(&c)
-        else {
-            return Err(Error::NotFound("not a placement policy".into()));
+        let (mode, ports) = match self.comps.get(&c) {
+            Some(Comp::Policy(PolicyComp {
+                policy: Policy::Placement { mode },
+                ports,
+                ..
+            })) => (mode, ports),
+            Some(Comp::Policy(PolicyComp {
+                policy: Policy::External { .. },
+                decision,
+                ..
+            })) => {
+                return match decision {
+                    None => Err(Error::NotFound(
+                        "the policy plug-in has not decided yet".into(),
+                    )),
+                    Some(Err(why)) => Err(Error::NotFound(why.clone())),
+                    Some(Ok((node, _))) if !self.live.contains(node) => Err(Error::NotFound(
+                        format!("the policy plug-in chose node {node}, which is not online"),
+                    )),
+                    Some(Ok((node, reason))) => Ok((*node, reason.clone())),
+                };
+            }
+            _ => return Err(Error::NotFound("not a placement policy".into())),
         };
         let port = |name| ports.get(name).and_then(|(src, _)| self.readings(*src));
         let (mem, load) = (port(policies::PORT_MEM), port(policies::PORT_LOAD));
         policies::place(*mode, mem.as_ref(), load.as_ref(), &self.live)
+    }
+
+    /// The inputs of plug-in policy `c` as protocol lines
+    /// (`input <port> <node> <value>`); None once the policy is gone.
+    pub fn policy_inputs(&self, c: CompId) -> Option<Vec<String>> {
+        let Some(Comp::Policy(p)) = self.comps.get(&c) else {
+            return None;
+        };
+        let mut out = Vec::new();
+        for (port, (src, _)) in &p.ports {
+            let (Some(t), Some(r)) = (self.source_type(*src), self.readings(*src)) else {
+                continue;
+            };
+            let line = |who: String, v: &Reading| {
+                format!(
+                    "input {port} {who} {}",
+                    v.render(t.unit).replace('\n', " | ")
+                )
+            };
+            match r {
+                Readings::PerNode(m) => {
+                    out.extend(
+                        m.iter()
+                            .filter_map(|(n, s)| Some(line(n.to_string(), s.last()?))),
+                    );
+                }
+                Readings::Cluster(s) => out.extend(s.last().map(|v| line("cluster".into(), v))),
+            }
+        }
+        Some(out)
+    }
+
+    pub fn set_decision(&mut self, c: CompId, d: Decision) {
+        if let Some(Comp::Policy(p)) = self.comps.get_mut(&c) {
+            p.decision = Some(d);
+        }
     }
 
     /// What every echo policy receives, as `(policy path, lines)`.

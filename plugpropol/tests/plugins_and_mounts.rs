@@ -107,10 +107,13 @@ fn crashing_and_slow_plugins_do_not_hurt_krgd() {
     let slow = tmp.path().join("slow.sh");
     // Answers the first sample at once, then hangs on every later one.
     script(&slow, "echo 'source v count'\necho ready\nread c; echo 'v 42'; echo end\nwhile read c; do sleep 3600; done\n");
+    let crash_policy = tmp.path().join("crash_policy.sh");
+    // Decides once, then dies.
+    script(&crash_policy, "echo 'port port_a any'\necho ready\nwhile read l; do [ \"$l\" = decide ] && echo 'place 1 once' && exit 9; done\n");
     let bad = tmp.path().join("bad.sh");
     script(&bad, "echo 'source v furlongs'\necho ready\n");
-    fs::write(&registry, format!("crash_probe probe {}\nslow_probe probe {}\nbad_probe probe {}\nnot_there probe /nonexistent/x\n",
-        crash.display(), slow.display(), bad.display())).unwrap();
+    fs::write(&registry, format!("crash_probe probe {}\nslow_probe probe {}\nbad_probe probe {}\nnot_there probe /nonexistent/x\ncrash_policy policy {}\n",
+        crash.display(), slow.display(), bad.display(), crash_policy.display())).unwrap();
     let d = Daemon::start(
         tmp.path(),
         Opts {
@@ -150,6 +153,21 @@ fn crashing_and_slow_plugins_do_not_hurt_krgd() {
     fs::create_dir(d.path("probes/mem_probe")).unwrap();
     fs::remove_dir(d.path("probes/crash_probe")).unwrap();
     assert!(d.log_text().contains("plug-in probe stopped"));
+
+    // A policy plug-in that dies is reported in its decision file.
+    fs::create_dir(d.path("schedulers/s")).unwrap();
+    fs::create_dir(d.path("schedulers/s/crash_policy")).unwrap();
+    let decision = d.path("schedulers/s/crash_policy/decision");
+    wait_for(
+        "the policy crash to be reported",
+        Duration::from_secs(20),
+        || {
+            fs::read_to_string(&decision)
+                .unwrap()
+                .starts_with("none: failed: exited")
+        },
+    );
+    fs::remove_dir(d.path("schedulers/s/crash_policy")).unwrap();
 
     // A probe stuck in a sample never blocks readers: they get the last value.
     fs::create_dir(d.path("probes/slow_probe")).unwrap();

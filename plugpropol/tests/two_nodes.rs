@@ -1,5 +1,5 @@
 //! The global scheduler across two real krgd processes forming a cluster:
-//! a policy on node 1 consumes a probe of node 2.
+//! a policy on node 1 (built-in or plug-in) consumes a probe of node 2.
 
 mod common;
 
@@ -13,6 +13,17 @@ use common::{script, wait_for, Daemon, Opts};
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::client::AdminClient;
 use krg_proto::sched::{SchedReply, SchedRequest};
+
+const MIN_POLICY: &str = r#"echo 'port port_v bytes'
+echo ready
+best=''; bv=''
+while read -r kind port node value; do
+  case $kind in
+    input) if [ -z "$best" ] || [ "$value" -lt "$bv" ]; then best=$node; bv=$value; fi ;;
+    decide) if [ -n "$best" ]; then echo "place $best smallest port_v value $bv"; else echo 'none no input yet'; fi; best=''; bv='' ;;
+  esac
+done
+"#;
 
 fn krgadm(sock: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(common::bin_dir().join("krgadm"))
@@ -31,7 +42,7 @@ fn krgadm(sock: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn place(sock: &Path) -> (u32, String) {
+fn place(sock: &Path, scheduler: &str) -> (u32, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,7 +51,7 @@ fn place(sock: &Path) -> (u32, String) {
         let mut c = AdminClient::connect(sock).await.unwrap();
         match c
             .call(&AdminRequest::Sched(SchedRequest::Place {
-                scheduler: Some("global".into()),
+                scheduler: Some(scheduler.into()),
             }))
             .await
             .unwrap()
@@ -59,6 +70,9 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
     // A plug-in probe whose value each test node controls through a file.
     let probe = tmp.path().join("free_probe.sh");
     script(&probe, "echo 'source free bytes'\necho 'period 100'\necho ready\nwhile read c; do echo \"free $(cat $1)\"; echo end; done\n");
+    // A policy plug-in: the node with the smallest value on port_v.
+    let min_policy = tmp.path().join("min_policy.sh");
+    script(&min_policy, MIN_POLICY);
     let (pa, pb) = (common::free_port(), common::free_port());
     let mut nodes = Vec::new();
     for (node, port, peer) in [(1u32, pa, pb), (2, pb, pa)] {
@@ -67,11 +81,13 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         let value = dir.join("free.txt");
         fs::write(&value, format!("{}", node as u64 * 1_000_000)).unwrap();
         let registry = dir.join("plugins.conf");
-        fs::write(
-            &registry,
-            format!("free_probe probe {} {}\n", probe.display(), value.display()),
-        )
-        .unwrap();
+        let reg = format!(
+            "free_probe probe {} {}\nmin_policy policy {}\n",
+            probe.display(),
+            value.display(),
+            min_policy.display()
+        );
+        fs::write(&registry, reg).unwrap();
         nodes.push(Daemon::start(
             &dir,
             Opts {
@@ -138,7 +154,7 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         placement.starts_with("2 most free memory (2000000 bytes) among 2 node(s)"),
         "{placement}"
     );
-    assert_eq!(place(&n1.sock).0, 2);
+    assert_eq!(place(&n1.sock, "global").0, 2);
     wait_for(
         "echo_policy to receive node 2's ram_free",
         Duration::from_secs(30),
@@ -156,7 +172,7 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         Duration::from_secs(30),
         || fs::read_to_string(&nodes_file).unwrap().contains("2 500\n"),
     );
-    let (node, reason) = place(&n1.sock);
+    let (node, reason) = place(&n1.sock, "global");
     assert_eq!(node, 1, "{reason}");
 
     // A cluster-wide filter on node 1 sums both nodes.
@@ -170,4 +186,28 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         fs::read_to_string(n1.path("filters/cluster_sum/value")).unwrap(),
         "1000500\n"
     );
+
+    // The policy plug-in on node 1 decides from both nodes' values too.
+    fs::create_dir(n1.path("schedulers/plug")).unwrap();
+    fs::create_dir(n1.path("schedulers/plug/min_policy")).unwrap();
+    let e = symlink(
+        n1.path("probes/mem_probe/ram_free"),
+        n1.path("schedulers/plug/min_policy/port_x"),
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    symlink(
+        n1.path("probes/free_probe/free"),
+        n1.path("schedulers/plug/min_policy/port_v"),
+    )
+    .unwrap();
+    wait_for("the plug-in's decision", Duration::from_secs(30), || {
+        fs::read_to_string(n1.path("schedulers/plug/min_policy/decision")).unwrap()
+            == "2 smallest port_v value 500\n"
+    });
+    assert_eq!(
+        place(&n1.sock, "plug"),
+        (2, "smallest port_v value 500".to_string())
+    );
+    fs::remove_dir(n1.path("schedulers/plug/min_policy")).unwrap();
 }

@@ -1,0 +1,129 @@
+//! Plug-ins: external programs named in a registry file. A probe plug-in is
+//! started by `mkdir probes/<name>`, a policy plug-in by `mkdir
+//! schedulers/<scheduler>/<name>`; `rmdir` stops them.
+//!
+//! Registry (`/etc/krg/plugins.conf`), one plug-in a line, `#` comments:
+//!
+//! ```text
+//! <name> probe /path/to/executable [arguments...]
+//! <name> policy /path/to/executable [arguments...]
+//! ```
+//!
+//! Line protocols (UTF-8, one message a line): see [`probe`] and [`policy`].
+//! krgd closes the plug-in's stdin to stop it (then kills its process group
+//! after 1 s). A plug-in that exits or writes nonsense is reported in its
+//! `status`/`decision` file and the daemon log; krgd itself carries on.
+
+mod policy;
+mod probe;
+mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use policy::{Decision, PluginPolicy, PortSpec};
+pub use probe::PluginProbe;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    Probe,
+    Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginEntry {
+    pub name: String,
+    pub kind: PluginKind,
+    pub exe: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// The registry: plug-in name → entry.
+pub type Registry = BTreeMap<String, PluginEntry>;
+
+/// Read the registry. A missing file is an empty registry; bad lines are
+/// reported (and skipped) so that one typo does not hide the other plug-ins.
+pub fn read_registry(path: &Path) -> (Registry, Vec<String>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (BTreeMap::new(), Vec::new()),
+        Err(e) => return (BTreeMap::new(), vec![format!("{}: {e}", path.display())]),
+    };
+    parse_registry(&text, path)
+}
+
+pub fn parse_registry(text: &str, path: &Path) -> (Registry, Vec<String>) {
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let at = format!("{}:{}", path.display(), n + 1);
+        let kind = match w.get(1) {
+            Some(&"probe") => Some(PluginKind::Probe),
+            Some(&"policy") => Some(PluginKind::Policy),
+            _ => None,
+        };
+        match (w.as_slice(), kind) {
+            ([name, _, exe, args @ ..], Some(kind)) if Path::new(exe).is_absolute() => {
+                out.insert(
+                    name.to_string(),
+                    PluginEntry {
+                        name: name.to_string(),
+                        kind,
+                        exe: PathBuf::from(exe),
+                        args: args.iter().map(|a| a.to_string()).collect(),
+                    },
+                );
+            }
+            ([_, _, exe, ..], Some(_)) => {
+                problems.push(format!("{at}: executable {exe} must be an absolute path"))
+            }
+            ([_, "filter", ..], _) => problems.push(format!(
+                "{at}: filter plug-ins are not supported (only probes and policies); line ignored"
+            )),
+            _ => problems.push(format!(
+                "{at}: expected `<name> probe|policy /path/to/executable [args]`"
+            )),
+        }
+    }
+    (out, problems)
+}
+
+#[cfg(test)]
+pub(crate) fn test_script(body: &str) -> (tempfile::TempDir, PluginEntry) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("p.sh");
+    std::fs::write(&exe, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (
+        dir,
+        PluginEntry {
+            name: "p".into(),
+            kind: PluginKind::Probe,
+            exe,
+            args: vec![],
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_lines() {
+        let text = "# comment\ndisk_probe probe /usr/lib/krg/disk_probe.sh /home\n\nx filter /bin/x\ny probe rel/path\nz\np policy /bin/p\n";
+        let (map, problems) = parse_registry(text, Path::new("plugins.conf"));
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["disk_probe"].args, vec!["/home".to_string()]);
+        assert_eq!(map["disk_probe"].kind, PluginKind::Probe);
+        assert_eq!(map["p"].kind, PluginKind::Policy);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("plugins.conf:4"));
+    }
+}

@@ -1,0 +1,168 @@
+//! Policy plug-ins: a scheduling decision made by an external program from
+//! what the policy's ports carry.
+//!
+//! ```text
+//! plug-in → krgd at start:   port <name> <unit>|any    (one or more; names start with port_)
+//!                            ready
+//! krgd → plug-in, every second:
+//!                            input <port> <node> <value>   (per linked port and node with a value;
+//!                                                           node is `cluster` for a cluster-wide value)
+//!                            decide
+//! plug-in → krgd:            place <node> <reason...>   or   none <reason...>
+//! ```
+
+use std::time::Instant;
+
+use super::probe::{ANSWER_TIMEOUT, START_TIMEOUT};
+use super::process::PluginProcess;
+use super::PluginEntry;
+use crate::error::Result;
+use crate::value::{NodeId, Unit};
+
+/// A port a policy plug-in declares; `unit` None accepts any type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: String,
+    pub unit: Option<Unit>,
+}
+
+/// What a policy answers: a node and why, or why not.
+pub type Decision = std::result::Result<(NodeId, String), String>;
+
+pub struct PluginPolicy {
+    proc: PluginProcess,
+    ports: Vec<PortSpec>,
+}
+
+impl PluginPolicy {
+    pub fn start(entry: &PluginEntry, node: u32) -> Result<PluginPolicy> {
+        let proc = PluginProcess::start(entry, node)?;
+        let mut p = PluginPolicy {
+            proc,
+            ports: Vec::new(),
+        };
+        p.read_declaration()?;
+        Ok(p)
+    }
+
+    fn read_declaration(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let line = self.proc.next_line(deadline)?;
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["ready"] if !self.ports.is_empty() => return Ok(()),
+                ["port", name, unit] => {
+                    let unit = match *unit {
+                        "any" => None,
+                        u => Some(
+                            Unit::parse(u)
+                                .ok_or_else(|| self.proc.bad(&format!("unknown unit {u}")))?,
+                        ),
+                    };
+                    let valid = name.len() > 5
+                        && name.starts_with("port_")
+                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !valid || self.ports.iter().any(|p| p.name == *name) {
+                        return Err(self.proc.bad(&format!(
+                            "bad or repeated port name {name} (use port_<name>)"
+                        )));
+                    }
+                    self.ports.push(PortSpec {
+                        name: name.to_string(),
+                        unit,
+                    });
+                }
+                _ => {
+                    return Err(self
+                        .proc
+                        .bad(&format!("unexpected line {line:?} in its declaration")))
+                }
+            }
+        }
+    }
+
+    pub fn ports(&self) -> Vec<PortSpec> {
+        self.ports.clone()
+    }
+
+    /// Send the inputs (`input <port> <node> <value>` lines) and read the decision.
+    pub fn decide(&mut self, inputs: &[String]) -> Result<Decision> {
+        let mut req = String::new();
+        for i in inputs {
+            req.push_str(i);
+            req.push('\n');
+        }
+        req.push_str("decide\n");
+        self.proc.send(&req)?;
+        let line = self.proc.next_line(Instant::now() + ANSWER_TIMEOUT)?;
+        let (verb, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        match verb {
+            "place" => {
+                let (node, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                let node: NodeId = node
+                    .parse()
+                    .map_err(|_| self.proc.bad(&format!("answered a bad node {node:?}")))?;
+                Ok(Ok((node, reason.to_string())))
+            }
+            "none" => Ok(Err(rest.to_string())),
+            _ => Err(self
+                .proc
+                .bad(&format!("answered {line:?} instead of place/none"))),
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.proc.dead.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::test_script;
+
+    #[test]
+    fn picks_from_its_inputs() {
+        // Smallest value on any port wins.
+        let (_d, e) = test_script(
+            "echo 'port port_v bytes'\necho 'port port_any any'\necho ready\nbest=''; bv=''\n\
+             while read -r kind port node value; do case $kind in\n\
+             input) if [ -z \"$best\" ] || [ \"$value\" -lt \"$bv\" ]; then best=$node; bv=$value; fi ;;\n\
+             decide) if [ -n \"$best\" ]; then echo \"place $best smallest $bv\"; else echo 'none no input'; fi; best=''; bv='' ;;\n\
+             esac; done\n",
+        );
+        let mut p = PluginPolicy::start(&e, 1).unwrap();
+        assert_eq!(
+            p.ports(),
+            vec![
+                PortSpec {
+                    name: "port_v".into(),
+                    unit: Some(Unit::Bytes)
+                },
+                PortSpec {
+                    name: "port_any".into(),
+                    unit: None
+                },
+            ]
+        );
+        let inputs = vec![
+            "input port_v 1 500".to_string(),
+            "input port_v 2 300".to_string(),
+        ];
+        assert_eq!(
+            p.decide(&inputs).unwrap(),
+            Ok((2, "smallest 300".to_string()))
+        );
+        assert_eq!(p.decide(&[]).unwrap(), Err("no input".to_string()));
+    }
+
+    #[test]
+    fn bad_answers_and_declarations() {
+        let (_d, e) = test_script("echo 'port port_v bytes'\necho ready\nwhile read l; do [ \"$l\" = decide ] && echo 'place x'; done\n");
+        let mut p = PluginPolicy::start(&e, 1).unwrap();
+        assert!(p.decide(&[]).is_err());
+        let (_d, e) = test_script("echo 'port v bytes'\necho ready\n");
+        assert!(PluginPolicy::start(&e, 1).is_err());
+    }
+}
