@@ -5,7 +5,7 @@
 //! - [`engine`]: the tree plus the sampling threads of the loaded probes.
 //! - [`fs`]: the FUSE file system (fuser) that serves an [`engine::Engine`].
 //! - [`probes`], [`filters`], [`policies`]: the built-in parts.
-//! - [`plugin`]: external probes named in a registry file.
+//! - [`plugin`]: external probes and policies named in a registry file.
 
 pub mod engine;
 pub mod error;
