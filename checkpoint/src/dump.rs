@@ -205,7 +205,12 @@ struct TaskDump {
     pages: u64,
 }
 
-fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>) -> Result<TaskDump> {
+fn dump_task(
+    pid: i32,
+    ppid: i32,
+    fds: Vec<FdImage>,
+    shared: &mut mmdump::SharedSeen,
+) -> Result<TaskDump> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
     let mut vmas = mmdump::vmas(pid, &maps)?;
     let inj = Injector::new(pid, inspect_task::find_syscall_insn(pid, &maps)?)?;
@@ -214,7 +219,7 @@ fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>) -> Result<TaskDump> {
         let task = inspect_task::task_image(pid, ppid, &inj, &scratch, fds)?;
         let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
         scratch.unmap()?;
-        let pages = mmdump::plan_pages(pid, &mut vmas)?;
+        let pages = mmdump::plan_pages(pid, &mut vmas, shared)?;
         let mm = MmImage {
             vmas,
             params: mmdump::params(pid, brk)?,
@@ -277,8 +282,14 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     }
 
     let mut dumps = Vec::new();
+    let mut shared = mmdump::SharedSeen::new();
     for &(p, pp) in &tree {
-        dumps.push(dump_task(p, pp, fds.remove(&p).unwrap_or_default())?);
+        dumps.push(dump_task(
+            p,
+            pp,
+            fds.remove(&p).unwrap_or_default(),
+            &mut shared,
+        )?);
     }
 
     let names = Names {
@@ -315,6 +326,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             })
             .collect(),
         pipes: pipe_images,
+        shared_mem: mmdump::shared_sizes(&shared),
     };
     image::write_small(&names.node(opts.node), FileKind::Node, &node)?;
     files.push(names.node(opts.node));

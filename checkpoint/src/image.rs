@@ -60,6 +60,8 @@ pub struct NodeImage {
     pub tasks: Vec<TaskEntry>,
     /// Pipes shared by tasks of the tree, by id.
     pub pipes: Vec<PipeImage>,
+    /// MAP_SHARED anonymous memory objects of the tree: (id, size in bytes).
+    pub shared_mem: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -206,6 +208,14 @@ pub enum VmaKind {
         path: String,
         offset: u64,
         size: u64,
+    },
+    /// MAP_SHARED anonymous memory (also memfd): `id` is the shmem inode at
+    /// checkpoint time, `pgoff` the byte offset into the object. Pages are
+    /// saved once per object range (`runs` of one VMA); every VMA maps the
+    /// one object created at restart.
+    SharedAnon {
+        id: u64,
+        pgoff: u64,
     },
     Vdso,
     Vvar,

@@ -12,6 +12,19 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
+/// Ranges (offset, length) of each shared memory object already saved.
+pub type SharedSeen = std::collections::HashMap<u64, Vec<(u64, u64)>>;
+
+/// Size of every shared memory object seen: the end of its furthest range.
+pub fn shared_sizes(seen: &SharedSeen) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = seen
+        .iter()
+        .map(|(&id, r)| (id, r.iter().map(|x| x.0 + x.1).max().unwrap_or(0)))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// Turn /proc/PID/maps into VMAs, refusing what restore could not rebuild.
 pub fn vmas(pid: i32, maps: &[MapLine]) -> Result<Vec<Vma>> {
     maps.iter().map(|m| vma(pid, m)).collect()
@@ -34,10 +47,16 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
         "[vsyscall]" => VmaKind::Vsyscall,
         p if p.starts_with("/SYSV") => return refuse("SysV shared memory is not supported yet"),
         p if m.shared()
-            && (m.inode == 0 || p.starts_with("/dev/zero") || p.starts_with("[anon_shmem")) =>
+            && (p.starts_with("/dev/zero (deleted)")
+                || p.starts_with("[anon_shmem")
+                || (p.starts_with("/memfd:") && p.ends_with(" (deleted)"))) =>
         {
-            return refuse("MAP_SHARED anonymous memory is not supported yet")
+            VmaKind::SharedAnon {
+                id: m.inode,
+                pgoff: m.offset,
+            }
         }
+        _ if m.shared() && m.inode == 0 => return refuse("unknown kind of shared mapping"),
         p if p.is_empty() || p.starts_with("[anon:") => VmaKind::Anon,
         p if p.ends_with(" (deleted)") => return refuse("the mapped file was deleted"),
         p if p.starts_with('/') => {
@@ -65,12 +84,32 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
 
 /// Fill every VMA's page runs from /proc/PID/pagemap, giving each run its
 /// offset in the data section. Returns the number of pages to save.
-pub fn plan_pages(pid: i32, vmas: &mut [Vma]) -> Result<u64> {
+pub fn plan_pages(pid: i32, vmas: &mut [Vma], shared: &mut SharedSeen) -> Result<u64> {
     let path = format!("/proc/{pid}/pagemap");
     let pm = File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
     let mut next_off = 0u64;
     let mut buf = vec![0u8; 8 * 65536];
     for v in vmas.iter_mut() {
+        // Shared memory: its pages may be in the object without being mapped
+        // in this process (pagemap would not show them), so a range of an
+        // object is saved whole, once for the whole tree.
+        if let VmaKind::SharedAnon { id, pgoff } = v.kind {
+            let len = v.end - v.start;
+            let seen = shared.entry(id).or_default();
+            if !seen
+                .iter()
+                .any(|&(o, l)| o <= pgoff && pgoff + len <= o + l)
+            {
+                v.runs.push(PageRun {
+                    addr: v.start,
+                    pages: len / PAGE,
+                    data_off: next_off,
+                });
+                next_off += len;
+            }
+            seen.push((pgoff, len));
+            continue;
+        }
         let anon_private =
             !v.shared && matches!(v.kind, VmaKind::Anon | VmaKind::Heap | VmaKind::Stack);
         let file_private = !v.shared && matches!(v.kind, VmaKind::File { .. });

@@ -378,6 +378,9 @@ fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreR
         + 1;
     let pipe_fds =
         crate::restore_fds::create_pipes(&rinj, area + AREA_SCRATCH, &l.node.pipes, pipe_base)?;
+    let shm_base = pipe_base + 2 * pipe_fds.len() as i32;
+    let shm_fds =
+        crate::restore_mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
@@ -405,6 +408,7 @@ fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreR
             data_off: *data_off,
             pipe_fds: &pipe_fds,
             pipe_base,
+            shm_fds: &shm_fds,
         };
         ctx.restore()?;
     }
@@ -422,6 +426,7 @@ fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreR
             data_off: *data_off,
             pipe_fds: &pipe_fds,
             pipe_base,
+            shm_fds: &shm_fds,
         };
         ctx.drop_area()?;
     }
@@ -446,6 +451,9 @@ pub struct TaskCtx<'a> {
     /// pipe inode → (read fd, write fd) in the restored processes.
     pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
     pub pipe_base: i32,
+    /// shared memory object id → its memfd in the restored processes
+    /// (right after the pipes' fds).
+    pub shm_fds: &'a HashMap<u64, i32>,
 }
 
 impl TaskCtx<'_> {

@@ -31,13 +31,21 @@ pub fn create_pipes(
             i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
         ];
         let want = [base + 2 * n as i32, base + 2 * n as i32 + 1];
-        for k in 0..2 {
-            root.call(
-                "dup2",
-                libc::SYS_dup2,
-                [fds[k] as u64, want[k] as u64, 0, 0, 0, 0],
-            )?;
-            root.call("close", libc::SYS_close, [fds[k] as u64, 0, 0, 0, 0, 0])?;
+        // pipe2 may return the wanted numbers already, or (when stdio is
+        // closed) the read end low and the write end on want[0]: move the
+        // write end first then, so that no dup2 clobbers the other end.
+        let mut fds = fds;
+        let order: [usize; 2] = if fds[1] == want[0] { [1, 0] } else { [0, 1] };
+        for k in order {
+            if fds[k] != want[k] {
+                root.call(
+                    "dup2",
+                    libc::SYS_dup2,
+                    [fds[k] as u64, want[k] as u64, 0, 0, 0, 0],
+                )?;
+                root.call("close", libc::SYS_close, [fds[k] as u64, 0, 0, 0, 0, 0])?;
+                fds[k] = want[k];
+            }
         }
         if p.data.len() > 65536 {
             root.call(
@@ -131,8 +139,8 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             }
         }
     }
-    if !c.pipe_fds.is_empty() {
-        let last = c.pipe_base as u64 + 2 * c.pipe_fds.len() as u64 - 1;
+    if !c.pipe_fds.is_empty() || !c.shm_fds.is_empty() {
+        let last = c.pipe_base as u64 + 2 * c.pipe_fds.len() as u64 + c.shm_fds.len() as u64 - 1;
         i.call(
             "close_range",
             libc::SYS_close_range,

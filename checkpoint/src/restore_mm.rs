@@ -180,6 +180,20 @@ fn create_vma(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
             i.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
             r?;
         }
+        VmaKind::SharedAnon { id, pgoff } => {
+            let fd = c.shm_fds.get(id).ok_or_else(|| {
+                ChkptError::bad_image(
+                    c.mm_path,
+                    format!("shared memory {id} not in the node file"),
+                )
+            })?;
+            let flags = libc::MAP_SHARED as u64 | fixed;
+            i.call(
+                "mmap",
+                libc::SYS_mmap,
+                [v.start, len, v.prot as u64 | rw, flags, *fd as u64, *pgoff],
+            )?;
+        }
         _ => return Ok(()),
     }
     fill(c, v, mmfd)?;
@@ -245,6 +259,33 @@ fn set_mm_map(c: &TaskCtx) -> Result<()> {
     r.map(|_| ())
 }
 
+/// Create one memfd per shared memory object in the root task (fds from
+/// `base` on) before any child is forked, so every task inherits it.
+pub fn create_shared(
+    root: &Injector,
+    scratch: u64,
+    objs: &[(u64, u64)],
+    base: i32,
+) -> Result<std::collections::HashMap<u64, i32>> {
+    let mut out = std::collections::HashMap::new();
+    crate::ptrace::write_mem(root.tid, scratch, b"krg-shm\0")?;
+    for (n, &(id, size)) in objs.iter().enumerate() {
+        let fd = root.call(
+            "memfd_create",
+            libc::SYS_memfd_create,
+            [scratch, 0, 0, 0, 0, 0],
+        )?;
+        root.call("ftruncate", libc::SYS_ftruncate, [fd, size, 0, 0, 0, 0])?;
+        let want = base + n as i32;
+        if fd != want as u64 {
+            root.call("dup2", libc::SYS_dup2, [fd, want as u64, 0, 0, 0, 0])?;
+            root.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+        out.insert(id, want);
+    }
+    Ok(out)
+}
+
 pub fn restore(c: &TaskCtx) -> Result<()> {
     let p = c.put_str(&c.mm_path.to_string_lossy(), 0)?;
     let mmfd = c.inj.call(
@@ -272,7 +313,12 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     move_specials(c)?;
     unmap_restarter(c)?;
     for v in &c.mm.vmas {
-        create_vma(c, v, mmfd)?;
+        create_vma(c, v, mmfd).map_err(|e| {
+            ChkptError::Other(format!(
+                "mapping {:#x}-{:#x} ({:?}): {e}",
+                v.start, v.end, v.kind
+            ))
+        })?;
     }
     c.inj
         .call("close", libc::SYS_close, [mmfd, 0, 0, 0, 0, 0])?;

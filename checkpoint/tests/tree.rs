@@ -84,3 +84,42 @@ fn three_process_tree_with_pipes_and_files() {
         kill_reap(p);
     }
 }
+
+#[test]
+fn shared_anonymous_memory_stays_shared() {
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "shmtree");
+    let out = tmp.path().join("out.txt");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let root = spawn(cmd).id() as i32;
+    wait_until("shared counter runs", || last_count(&out) >= 3);
+    let child = children(root)[0];
+    let o = run(Command::new(bin("checkpoint"))
+        .args(["--no-capability-check", "--kill", "--dir"])
+        .arg(&store)
+        .arg(root.to_string()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    kill_reap(root);
+    wait_until("child gone", || !alive(child));
+    kill_reap(child);
+    let at_kill = last_count(&out);
+    let o = run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .arg(root.to_string())
+        .arg("1"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(ppid(child), root);
+    // the parent sees the restored child's writes: one object, mapped by both
+    wait_until("restored pair shares memory", || {
+        last_count(&out) >= at_kill + 5
+    });
+    for p in [child, root] {
+        kill_reap(p);
+    }
+}
