@@ -292,14 +292,13 @@ mod tests {
             !t.flags.lock().unwrap().contains_key(&pid),
             "exit event removes the flag"
         );
-        let other = std::process::Command::new("sleep")
+        let mut other = std::process::Command::new("sleep")
             .arg("5")
             .spawn()
             .unwrap();
         assert!(!t.is_set(other.id() as i32));
-        let _ = std::process::Command::new("kill")
-            .arg(other.id().to_string())
-            .status();
+        other.kill().unwrap();
+        other.wait().unwrap();
         t.shutdown();
     }
 }

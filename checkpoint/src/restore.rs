@@ -237,7 +237,7 @@ fn fork_root(pid: i32, wait: Duration) -> Result<i32> {
             return Err(ChkptError::Sys {
                 op: format!("clone3 with PID {pid}"),
                 pid,
-                err: err,
+                err,
             });
         }
         if Instant::now() >= deadline {
