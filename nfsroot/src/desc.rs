@@ -346,11 +346,16 @@ impl Description {
     }
 
     fn validate_paths(&self) -> Result<()> {
-        if !self.image.root.is_absolute() {
+        let dotdot = self
+            .image
+            .root
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        if !self.image.root.is_absolute() || dotdot {
             return Err(NfsrootError::invalid(
                 "image.root",
                 None,
-                "must be an absolute path",
+                "must be an absolute path without '..'",
             ));
         }
         if !valid_image_name(&self.image.boot) {

@@ -258,8 +258,22 @@ fn dhcp_kind(f: DhcpFlag) -> DhcpServer {
     }
 }
 
+/// An absolute path with `.` and `..` resolved lexically, so that the
+/// "only under --out" check compares like with like.
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+    use std::path::Component;
+    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 fn render_cmd(d: &Description, out: &Path, dhcp: DhcpFlag, diff: bool) -> Result<()> {
