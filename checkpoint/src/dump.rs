@@ -291,6 +291,8 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             &mut shared,
         )?);
     }
+    // While still frozen: a removed segment vanishes with its last user.
+    let sysv_shm = sysv_segments(&dumps)?;
 
     let names = Names {
         dir: dir.join(format!(".tmp-v{sn}")),
@@ -327,6 +329,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             .collect(),
         pipes: pipe_images,
         shared_mem: mmdump::shared_sizes(&shared),
+        sysv_shm,
     };
     image::write_small(&names.node(opts.node), FileKind::Node, &node)?;
     files.push(names.node(opts.node));
@@ -367,6 +370,21 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         tasks: tree.iter().map(|t| t.0).collect(),
         image_bytes: bytes,
     })
+}
+
+/// Every SysV segment some task attached, described once.
+fn sysv_segments(dumps: &[TaskDump]) -> Result<Vec<crate::sysvshm::SysvShmImage>> {
+    let mut ids: Vec<i32> = dumps
+        .iter()
+        .flat_map(|d| d.mm.vmas.iter())
+        .filter_map(|v| match v.kind {
+            crate::image::VmaKind::SysvShm { shmid } => Some(shmid),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter().map(crate::sysvshm::describe).collect()
 }
 
 fn set_private(p: &Path) -> Result<()> {

@@ -62,6 +62,8 @@ pub struct NodeImage {
     pub pipes: Vec<PipeImage>,
     /// MAP_SHARED anonymous memory objects of the tree: (id, size in bytes).
     pub shared_mem: Vec<(u64, u64)>,
+    /// SysV shared memory segments attached by the tree.
+    pub sysv_shm: Vec<crate::sysvshm::SysvShmImage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -216,6 +218,10 @@ pub enum VmaKind {
     SharedAnon {
         id: u64,
         pgoff: u64,
+    },
+    /// A whole SysV shm segment attached here (shmat).
+    SysvShm {
+        shmid: i32,
     },
     Vdso,
     Vvar,

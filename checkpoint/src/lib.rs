@@ -20,5 +20,6 @@ pub mod restore_fds;
 pub mod restore_mm;
 pub mod restore_sig;
 pub mod store;
+pub mod sysvshm;
 
 pub use error::{ChkptError, Result};

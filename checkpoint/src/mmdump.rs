@@ -19,6 +19,7 @@ pub type SharedSeen = std::collections::HashMap<u64, Vec<(u64, u64)>>;
 pub fn shared_sizes(seen: &SharedSeen) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = seen
         .iter()
+        .filter(|(&id, _)| id & (1u64 << 63) == 0)
         .map(|(&id, r)| (id, r.iter().map(|x| x.0 + x.1).max().unwrap_or(0)))
         .collect();
     v.sort_unstable();
@@ -45,7 +46,15 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
         "[vvar]" => VmaKind::Vvar,
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
-        p if p.starts_with("/SYSV") => return refuse("SysV shared memory is not supported yet"),
+        p if p.starts_with("/SYSV") => {
+            let seg = crate::sysvshm::describe(m.inode as i32)?;
+            if m.offset != 0 || image::page_align(seg.size) != m.end - m.start {
+                return refuse("a SysV shm segment mapped only in part");
+            }
+            VmaKind::SysvShm {
+                shmid: m.inode as i32,
+            }
+        }
         p if m.shared()
             && (p.starts_with("/dev/zero (deleted)")
                 || p.starts_with("[anon_shmem")
@@ -93,7 +102,13 @@ pub fn plan_pages(pid: i32, vmas: &mut [Vma], shared: &mut SharedSeen) -> Result
         // Shared memory: its pages may be in the object without being mapped
         // in this process (pagemap would not show them), so a range of an
         // object is saved whole, once for the whole tree.
-        if let VmaKind::SharedAnon { id, pgoff } = v.kind {
+        let shared_key = match v.kind {
+            VmaKind::SharedAnon { id, pgoff } => Some((id, pgoff)),
+            // SysV ids live in another space: keep them apart from shmem inodes
+            VmaKind::SysvShm { shmid } => Some(((1u64 << 63) | shmid as u64, 0)),
+            _ => None,
+        };
+        if let Some((id, pgoff)) = shared_key {
             let len = v.end - v.start;
             let seen = shared.entry(id).or_default();
             if !seen

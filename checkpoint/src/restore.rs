@@ -356,8 +356,33 @@ impl Drop for Created {
 }
 
 fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreReport> {
-    let root = &l.tasks[0].0;
     let mut created = Created(Vec::new(), false);
+    let segs = crate::sysvshm::create(&l.node.sysv_shm)?;
+    let r = restore_tasks(l, area, opts, &mut created);
+    if r.is_err() {
+        drop(created);
+        crate::sysvshm::remove(&segs);
+        return r;
+    }
+    created.1 = true;
+    let destroyed: Vec<i32> = l
+        .node
+        .sysv_shm
+        .iter()
+        .filter(|s| s.destroyed)
+        .map(|s| s.shmid)
+        .collect();
+    crate::sysvshm::remove(&destroyed);
+    r
+}
+
+fn restore_tasks(
+    l: &Loaded,
+    area: u64,
+    opts: &RestoreOptions,
+    created: &mut Created,
+) -> Result<RestoreReport> {
+    let root = &l.tasks[0].0;
     fork_root(root.pid, opts.pid_wait)?;
     created.0.push(root.pid);
     let syscall_at = area + AREA_CODE;

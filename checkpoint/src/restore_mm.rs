@@ -180,6 +180,19 @@ fn create_vma(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
             i.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
             r?;
         }
+        VmaKind::SysvShm { shmid } => {
+            let addr = i.call(
+                "shmat",
+                libc::SYS_shmat,
+                [*shmid as u64, v.start, 0, 0, 0, 0],
+            )?;
+            if addr != v.start {
+                return Err(ChkptError::Other(format!(
+                    "SysV shm {shmid} attached at {addr:#x}, not {:#x}",
+                    v.start
+                )));
+            }
+        }
         VmaKind::SharedAnon { id, pgoff } => {
             let fd = c.shm_fds.get(id).ok_or_else(|| {
                 ChkptError::bad_image(

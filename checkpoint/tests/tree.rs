@@ -85,14 +85,16 @@ fn three_process_tree_with_pipes_and_files() {
     }
 }
 
-#[test]
-fn shared_anonymous_memory_stays_shared() {
+fn shared_memory_case(sysv: bool) {
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "shmtree");
     let out = tmp.path().join("out.txt");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
+    if sysv {
+        cmd.arg("sysv");
+    }
     cmd.stdout(File::create(&out).unwrap())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
@@ -122,4 +124,16 @@ fn shared_anonymous_memory_stays_shared() {
     for p in [child, root] {
         kill_reap(p);
     }
+}
+
+#[test]
+fn shared_anonymous_memory_stays_shared() {
+    shared_memory_case(false);
+}
+
+/// SysV shm in the host's IPC namespace (CRIU refuses this): same shmid,
+/// same contents, attached by both processes, still marked for removal.
+#[test]
+fn sysv_shared_memory_in_host_ipc_namespace() {
+    shared_memory_case(true);
 }

@@ -1,10 +1,13 @@
 /* Test program: parent and child share a MAP_SHARED anonymous area. The child
  * bumps a counter in it; the parent checks every step that the child's
  * counter moved (so the memory is still shared) and that the 1 MiB pattern
- * both wrote is intact, and prints "N ok" or "N BAD what". */
+ * both wrote is intact, and prints "N ok" or "N BAD what". With argument
+ * "sysv" the area is a SysV segment (IPC_PRIVATE, already IPC_RMID'ed) and
+ * the parent also checks every step that its shmid still names it. */
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <unistd.h>
 
 struct shared { volatile unsigned long child, parent; unsigned char data[1 << 20]; };
@@ -15,9 +18,17 @@ static unsigned long sum(const unsigned char *p) {
     return s;
 }
 
-int main(void) {
-    struct shared *s = mmap(0, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (s == MAP_FAILED) return 2;
+int main(int argc, char **argv) {
+    struct shared *s;
+    int shmid = -1;
+    if (argc > 1) {
+        shmid = shmget(IPC_PRIVATE, sizeof *s, IPC_CREAT | 0600);
+        s = shmat(shmid, 0, 0);
+        shmctl(shmid, IPC_RMID, 0);
+    } else {
+        s = mmap(0, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    }
+    if (s == MAP_FAILED || s == (void *)-1) return 2;
     for (int i = 0; i < (1 << 19); i += 512) s->data[i] = (unsigned char)(i >> 9);
     if (fork() == 0) {
         /* the child fills the second half: only it ever maps those pages in */
@@ -35,6 +46,8 @@ int main(void) {
         const char *bad = 0;
         if (s->child <= last) bad = "child counter not seen";
         else if (sum(s->data) != expect) bad = "shared data";
+        struct shmid_ds ds;
+        if (shmid >= 0 && (shmctl(shmid, IPC_STAT, &ds) || ds.shm_segsz != sizeof *s)) bad = "shmid";
         last = s->child;
         s->parent = n;
         if (bad) printf("%lu BAD %s\n", n, bad); else printf("%lu ok\n", n);
