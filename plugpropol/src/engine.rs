@@ -10,12 +10,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::plugin::{read_registry, PluginKind, PluginPolicy, PluginProbe, Registry};
+use crate::filters::Filter;
+use crate::plugin::{read_registry, PluginFilter, PluginKind, PluginPolicy, PluginProbe, Registry};
 use crate::probes::{self, Probe, BUILTIN_PROBES};
 use crate::tree::{kind_of, CompId, Ino, MkdirPlan, Removed, Tree};
 use crate::value::NodeId;
 
-/// How often a policy plug-in is asked for a decision.
+/// How often a policy plug-in is asked for a decision and a filter plug-in
+/// for its output.
 pub const POLICY_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -106,12 +108,13 @@ impl Engine {
             parent,
             name,
             |n| BUILTIN_PROBES.contains(&n) || is(n, PluginKind::Probe),
-            |n| is(n, PluginKind::Policy),
+            |n, kind| is(n, kind),
         )?;
         match plan {
             MkdirPlan::Done(ino) => Ok(ino),
             MkdirPlan::Probe { kind } => self.load_probe(parent, &kind, &registry),
             MkdirPlan::Policy { kind } => self.load_policy(parent, &kind, &registry),
+            MkdirPlan::Filter { kind } => self.load_filter(parent, &kind, &registry),
         }
     }
 
@@ -155,6 +158,23 @@ impl Engine {
         Ok(ino)
     }
 
+    fn load_filter(&self, parent: Ino, name: &str, registry: &Registry) -> Result<Ino> {
+        let node = self.tree().node_id();
+        let entry = registry
+            .get(kind_of(name))
+            .ok_or_else(|| Error::NotFound(format!("no filter plug-in named {}", kind_of(name))))?;
+        let filter = PluginFilter::start(entry, node)?;
+        let (ino, c) =
+            self.tree()
+                .add_external_filter(parent, name, Filter::external(filter.spec()))?;
+        let runner = self.spawn(parent, name, c, move |tree, wake, label| {
+            run_filter(tree, c, &label, filter, wake)
+        })?;
+        lock(&self.runners).insert(c, runner);
+        tracing::info!(filter = %name, "filter plug-in loaded");
+        Ok(ino)
+    }
+
     /// Start the thread of a part just added as `parent/name`; if no thread
     /// can be started, the part is taken out of the tree again.
     fn spawn(
@@ -185,7 +205,7 @@ impl Engine {
 
     pub fn rmdir(&self, parent: Ino, name: &str) -> Result<()> {
         let removed = self.tree().rmdir(parent, name)?;
-        if let Removed::Probe(c) | Removed::Policy(c) = removed {
+        if let Removed::Probe(c) | Removed::Policy(c) | Removed::Filter(c) = removed {
             let runner = lock(&self.runners).remove(&c);
             if let Some(r) = runner {
                 r.stop();
@@ -303,6 +323,41 @@ fn run_policy(
             }
         };
         lock(&tree).set_decision(c, decision);
+        if !nap(&wake, Instant::now() + POLICY_PERIOD) {
+            return;
+        }
+    }
+}
+
+/// The loop of a filter plug-in: every [`POLICY_PERIOD`], while its input
+/// is linked, hand it the input values and store its output.
+fn run_filter(
+    tree: Arc<Mutex<Tree>>,
+    c: CompId,
+    name: &str,
+    mut filter: PluginFilter,
+    wake: WakeHandle,
+) {
+    loop {
+        let Some(work) = lock(&tree).filter_inputs(c) else {
+            return;
+        };
+        let output = match work {
+            None => None,
+            Some((inputs, unit)) => match filter.run(&inputs, unit) {
+                Ok(out) => Some(out),
+                Err(e) => {
+                    if let Some(why) = filter.failure() {
+                        tracing::error!(filter = %name, reason = %why, "filter plug-in stopped; rmdir and mkdir it to restart");
+                        lock(&tree).set_filter_output(c, None);
+                        return;
+                    }
+                    tracing::warn!(filter = %name, error = %e, "filter plug-in gave no output");
+                    None
+                }
+            },
+        };
+        lock(&tree).set_filter_output(c, output);
         if !nap(&wake, Instant::now() + POLICY_PERIOD) {
             return;
         }

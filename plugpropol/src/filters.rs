@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::value::{NodeId, Reading, Readings, Scope, Series, ValueType, HISTORY};
+use crate::value::{NodeId, Reading, Readings, Scope, Series, Unit, ValueType, HISTORY};
 
 pub const BUILTIN_FILTERS: &[&str] = &[
     "moving_average",
@@ -26,6 +26,21 @@ pub enum FilterKind {
     ClusterMin,
     ClusterMax,
     ClusterSum,
+    /// A filter plug-in; its declaration and last output are in
+    /// [`Filter::external`].
+    External,
+}
+
+/// What a filter plug-in declared, and its last output (computed on the
+/// plug-in's own thread; reads only copy it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalFilter {
+    /// Accepted input unit (None: any).
+    pub input: Option<Unit>,
+    /// Output unit (None: the input's).
+    pub output: Option<Unit>,
+    pub scope: Scope,
+    pub cache: Option<Readings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +48,7 @@ pub struct Filter {
     pub kind: FilterKind,
     pub window: usize,
     pub threshold: f64,
+    pub external: Option<ExternalFilter>,
 }
 
 impl Filter {
@@ -49,7 +65,18 @@ impl Filter {
             kind,
             window: 5,
             threshold: 0.0,
+            external: None,
         })
+    }
+
+    /// A filter plug-in's part of the tree.
+    pub fn external(spec: ExternalFilter) -> Filter {
+        Filter {
+            kind: FilterKind::External,
+            window: 5,
+            threshold: 0.0,
+            external: Some(spec),
+        }
     }
 
     /// Writable attributes of this filter kind.
@@ -101,6 +128,15 @@ impl Filter {
 
     /// Whether `input` may be linked to this filter's input port.
     pub fn accepts(&self, input: ValueType) -> Result<()> {
+        if let Some(ext) = &self.external {
+            return match ext.input {
+                Some(u) if u != input.unit => Err(Error::Invalid(format!(
+                    "this filter plug-in needs {} values, the target gives {input}",
+                    u.name()
+                ))),
+                _ => Ok(()),
+            };
+        }
         if !input.unit.is_numeric() {
             return Err(Error::Invalid(format!(
                 "a filter needs numbers, the target gives {input}"
@@ -120,10 +156,16 @@ impl Filter {
 
     /// The type this filter produces from `input`.
     pub fn output_type(&self, input: ValueType) -> ValueType {
+        if let Some(ext) = &self.external {
+            return ValueType {
+                unit: ext.output.unwrap_or(input.unit),
+                scope: ext.scope,
+            };
+        }
         match self.kind {
             FilterKind::MovingAverage => input,
             FilterKind::Threshold => ValueType {
-                unit: crate::value::Unit::Flag,
+                unit: Unit::Flag,
                 scope: input.scope,
             },
             _ => ValueType {
@@ -134,6 +176,13 @@ impl Filter {
     }
 
     pub fn apply(&self, input: &Readings) -> Readings {
+        if let Some(ext) = &self.external {
+            let empty = match ext.scope {
+                Scope::PerNode => Readings::PerNode(BTreeMap::new()),
+                Scope::Cluster => Readings::Cluster(Series::default()),
+            };
+            return ext.cache.clone().unwrap_or(empty);
+        }
         match (self.kind, input) {
             (FilterKind::MovingAverage, Readings::PerNode(m)) => {
                 Readings::PerNode(m.iter().map(|(n, s)| (*n, self.average(s))).collect())
@@ -196,7 +245,6 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::Unit;
 
     fn series(v: &[f64]) -> Series {
         let mut s = Series::default();
@@ -257,5 +305,37 @@ mod tests {
             .accepts(text)
             .is_err());
         assert!(Filter::new("median").is_none());
+    }
+
+    #[test]
+    fn external_filters_check_types_and_serve_their_cache() {
+        let mut f = Filter::external(ExternalFilter {
+            input: Some(Unit::Bytes),
+            output: Some(Unit::Percent),
+            scope: Scope::PerNode,
+            cache: None,
+        });
+        let bytes = ValueType {
+            unit: Unit::Bytes,
+            scope: Scope::PerNode,
+        };
+        assert!(f.accepts(bytes).is_ok());
+        assert!(f
+            .accepts(ValueType {
+                unit: Unit::Load,
+                scope: Scope::PerNode
+            })
+            .is_err());
+        assert_eq!(f.output_type(bytes).unit, Unit::Percent);
+        assert_eq!(
+            f.apply(&Readings::Cluster(Series::default())),
+            Readings::PerNode(BTreeMap::new())
+        );
+        let out = Readings::PerNode(BTreeMap::from([(1, series(&[50.0]))]));
+        if let Some(ext) = f.external.as_mut() {
+            ext.cache = Some(out.clone());
+        }
+        assert_eq!(f.apply(&Readings::Cluster(Series::default())), out);
+        assert!(f.attributes().is_empty());
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::filters::{Filter, BUILTIN_FILTERS};
-use crate::plugin::{Decision, PortSpec};
+use crate::plugin::{Decision, PluginKind, PortSpec};
 use crate::policies::{self, Policy, BUILTIN_POLICIES};
 use crate::probes::SourceSpec;
 use crate::value::{NodeId, Reading, Readings, Scope, Series, Unit, ValueType};
@@ -132,6 +132,9 @@ pub enum MkdirPlan {
     /// Start the policy plug-in named `kind`, then call
     /// [`Tree::add_external_policy`].
     Policy { kind: String },
+    /// Start the filter plug-in named `kind`, then call
+    /// [`Tree::add_external_filter`].
+    Filter { kind: String },
     /// Already done.
     Done(Ino),
 }
@@ -143,6 +146,8 @@ pub enum Removed {
     Probe(CompId),
     /// Stop the plug-in policy's task.
     Policy(CompId),
+    /// Stop the plug-in filter's task.
+    Filter(CompId),
     Other,
 }
 
@@ -506,17 +511,18 @@ impl Tree {
         name: &str,
         is_probe: impl Fn(&str) -> bool,
     ) -> Result<MkdirPlan> {
-        self.mkdir_with_plugins(parent, name, is_probe, |_| false)
+        self.mkdir_with_plugins(parent, name, is_probe, |_, _| false)
     }
 
-    /// [`Tree::mkdir`], where `is_policy_plugin` names the policy plug-ins
-    /// of the registry (their start is left to the caller too).
+    /// [`Tree::mkdir`], where `is_plugin(name, kind)` says whether the
+    /// registry has a filter or policy plug-in of that name (their start is
+    /// left to the caller too).
     pub fn mkdir_with_plugins(
         &mut self,
         parent: Ino,
         name: &str,
         is_probe: impl Fn(&str) -> bool,
-        is_policy_plugin: impl Fn(&str) -> bool,
+        is_plugin: impl Fn(&str, PluginKind) -> bool,
     ) -> Result<MkdirPlan> {
         let role = self.dir_role(parent)?;
         check_name(name)?;
@@ -531,13 +537,16 @@ impl Tree {
             DirRole::Probes => {
                 Err(Error::NotFound(format!("no probe named {} (built-in or in the plug-in registry)", kind_of(name))))
             }
+            DirRole::Filters if Filter::new(kind_of(name)).is_none() && is_plugin(kind_of(name), PluginKind::Filter) => {
+                Ok(MkdirPlan::Filter { kind: name.to_string() })
+            }
             DirRole::Filters => {
                 let filter = Filter::new(kind_of(name))
                     .ok_or_else(|| Error::NotFound(format!("no filter kind {} (known: {})", kind_of(name), BUILTIN_FILTERS.join(", "))))?;
                 Ok(MkdirPlan::Done(self.add_filter(parent, name, filter)))
             }
             DirRole::Schedulers => Ok(MkdirPlan::Done(self.add_dir(parent, name, DirRole::Scheduler))),
-            DirRole::Scheduler if Policy::new(kind_of(name)).is_none() && is_policy_plugin(kind_of(name)) => {
+            DirRole::Scheduler if Policy::new(kind_of(name)).is_none() && is_plugin(kind_of(name), PluginKind::Policy) => {
                 Ok(MkdirPlan::Policy { kind: name.to_string() })
             }
             DirRole::Scheduler => {
@@ -549,6 +558,30 @@ impl Tree {
                 "cannot create directories in {}: only in probes/, filters/, schedulers/ and schedulers/<name>/",
                 self.path(parent)
             ))),
+        }
+    }
+
+    /// Second half of `mkdir filters/<plug-in>`: the plug-in runs and
+    /// declared its types in `filter`.
+    pub fn add_external_filter(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        filter: Filter,
+    ) -> Result<(Ino, CompId)> {
+        if self.dir_role(parent)? != DirRole::Filters {
+            return Err(Error::NotPermitted("filters live in filters/".into()));
+        }
+        if self.lookup(parent, name).is_ok() {
+            return Err(Error::Exists(format!(
+                "{} already exists",
+                self.child_path(parent, name)
+            )));
+        }
+        let dir = self.add_filter(parent, name, filter);
+        match self.dir_role(dir)? {
+            DirRole::Filter(c) => Ok((dir, c)),
+            _ => Err(Error::NotFound("filter directory vanished".into())),
         }
     }
 
@@ -708,8 +741,17 @@ impl Tree {
                         users.join(", ")
                     )));
                 }
-                self.comps.remove(&c);
-                if matches!(role, DirRole::Probe(_)) {
+                let gone = self.comps.remove(&c);
+                if let Some(Comp::Filter(FilterComp {
+                    filter:
+                        Filter {
+                            external: Some(_), ..
+                        },
+                    ..
+                })) = gone
+                {
+                    Removed::Filter(c)
+                } else if matches!(role, DirRole::Probe(_)) {
                     Removed::Probe(c)
                 } else {
                     Removed::Other
@@ -1109,6 +1151,55 @@ impl Tree {
             }
         }
         Some(out)
+    }
+
+    /// The input of plug-in filter `c` as protocol lines
+    /// (`value <node> <value>`) and the unit its output has; `Some(None)`
+    /// while its input is unlinked, None once the filter is gone.
+    #[allow(clippy::type_complexity)]
+    pub fn filter_inputs(&self, c: CompId) -> Option<Option<(Vec<String>, Unit)>> {
+        let Some(Comp::Filter(f)) = self.comps.get(&c) else {
+            return None;
+        };
+        let Some((input, _)) = f.input else {
+            return Some(None);
+        };
+        let (Some(t), Some(r), Some(out)) = (
+            self.source_type(input),
+            self.readings(input),
+            self.source_type(SourceRef::Filter(c)),
+        ) else {
+            return Some(None);
+        };
+        let line = |who: String, v: &Reading| {
+            format!("value {who} {}", v.render(t.unit).replace('\n', " | "))
+        };
+        let lines = match r {
+            Readings::PerNode(m) => m
+                .iter()
+                .filter_map(|(n, s)| Some(line(n.to_string(), s.last()?)))
+                .collect(),
+            Readings::Cluster(s) => s
+                .last()
+                .map(|v| line("cluster".into(), v))
+                .into_iter()
+                .collect(),
+        };
+        Some(Some((lines, out.unit)))
+    }
+
+    /// Store what plug-in filter `c` computed (None: no output, input unlinked).
+    pub fn set_filter_output(&mut self, c: CompId, out: Option<Readings>) {
+        if let Some(Comp::Filter(FilterComp {
+            filter: Filter {
+                external: Some(ext),
+                ..
+            },
+            ..
+        })) = self.comps.get_mut(&c)
+        {
+            ext.cache = out;
+        }
     }
 
     pub fn set_decision(&mut self, c: CompId, d: Decision) {

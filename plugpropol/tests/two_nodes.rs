@@ -25,6 +25,17 @@ while read -r kind port node value; do
 done
 "#;
 
+const DOUBLE_FILTER: &str = r#"echo 'input bytes'
+echo 'output same'
+echo ready
+while read -r kind node value; do
+  case $kind in
+    value) echo "$node $((value * 2))" ;;
+    filter) echo end ;;
+  esac
+done
+"#;
+
 fn krgadm(sock: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(common::bin_dir().join("krgadm"))
         .arg("--socket")
@@ -73,6 +84,9 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
     // A policy plug-in: the node with the smallest value on port_v.
     let min_policy = tmp.path().join("min_policy.sh");
     script(&min_policy, MIN_POLICY);
+    // A filter plug-in: doubles every node's value.
+    let double = tmp.path().join("double_filter.sh");
+    script(&double, DOUBLE_FILTER);
     let (pa, pb) = (common::free_port(), common::free_port());
     let mut nodes = Vec::new();
     for (node, port, peer) in [(1u32, pa, pb), (2, pb, pa)] {
@@ -82,10 +96,11 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         fs::write(&value, format!("{}", node as u64 * 1_000_000)).unwrap();
         let registry = dir.join("plugins.conf");
         let reg = format!(
-            "free_probe probe {} {}\nmin_policy policy {}\n",
+            "free_probe probe {} {}\nmin_policy policy {}\ndouble_filter filter {}\n",
             probe.display(),
             value.display(),
-            min_policy.display()
+            min_policy.display(),
+            double.display()
         );
         fs::write(&registry, reg).unwrap();
         nodes.push(Daemon::start(
@@ -210,4 +225,30 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
         (2, "smallest port_v value 500".to_string())
     );
     fs::remove_dir(n1.path("schedulers/plug/min_policy")).unwrap();
+
+    // A filter plug-in on node 1 transforms both nodes' values.
+    fs::create_dir(n1.path("filters/double_filter")).unwrap();
+    symlink(
+        n1.path("probes/free_probe/free"),
+        n1.path("filters/double_filter/input"),
+    )
+    .unwrap();
+    wait_for(
+        "the filter plug-in's output",
+        Duration::from_secs(30),
+        || {
+            fs::read_to_string(n1.path("filters/double_filter/nodes")).unwrap()
+                == "1 2000000\n2 1000\n"
+        },
+    );
+    assert_eq!(
+        fs::read_to_string(n1.path("filters/double_filter/value")).unwrap(),
+        "2000000\n"
+    );
+    assert_eq!(
+        fs::read_to_string(n1.path("filters/double_filter/type")).unwrap(),
+        "bytes (per node)\n"
+    );
+    fs::remove_file(n1.path("filters/double_filter/input")).unwrap();
+    fs::remove_dir(n1.path("filters/double_filter")).unwrap();
 }

@@ -1,19 +1,22 @@
 //! Plug-ins: external programs named in a registry file. A probe plug-in is
-//! started by `mkdir probes/<name>`, a policy plug-in by `mkdir
-//! schedulers/<scheduler>/<name>`; `rmdir` stops them.
+//! started by `mkdir probes/<name>`, a filter plug-in by `mkdir
+//! filters/<name>`, a policy plug-in by `mkdir schedulers/<scheduler>/<name>`;
+//! `rmdir` stops them.
 //!
 //! Registry (`/etc/krg/plugins.conf`), one plug-in a line, `#` comments:
 //!
 //! ```text
 //! <name> probe /path/to/executable [arguments...]
+//! <name> filter /path/to/executable [arguments...]
 //! <name> policy /path/to/executable [arguments...]
 //! ```
 //!
-//! Line protocols (UTF-8, one message a line): see [`probe`] and [`policy`].
+//! Line protocols (UTF-8, one message a line): see [`probe`], [`filter`] and [`policy`].
 //! krgd closes the plug-in's stdin to stop it (then kills its process group
 //! after 1 s). A plug-in that exits or writes nonsense is reported in its
 //! `status`/`decision` file and the daemon log; krgd itself carries on.
 
+mod filter;
 mod policy;
 mod probe;
 mod process;
@@ -21,12 +24,14 @@ mod process;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use filter::PluginFilter;
 pub use policy::{Decision, PluginPolicy, PortSpec};
 pub use probe::PluginProbe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
     Probe,
+    Filter,
     Policy,
 }
 
@@ -64,6 +69,7 @@ pub fn parse_registry(text: &str, path: &Path) -> (Registry, Vec<String>) {
         let at = format!("{}:{}", path.display(), n + 1);
         let kind = match w.get(1) {
             Some(&"probe") => Some(PluginKind::Probe),
+            Some(&"filter") => Some(PluginKind::Filter),
             Some(&"policy") => Some(PluginKind::Policy),
             _ => None,
         };
@@ -82,11 +88,8 @@ pub fn parse_registry(text: &str, path: &Path) -> (Registry, Vec<String>) {
             ([_, _, exe, ..], Some(_)) => {
                 problems.push(format!("{at}: executable {exe} must be an absolute path"))
             }
-            ([_, "filter", ..], _) => problems.push(format!(
-                "{at}: filter plug-ins are not supported (only probes and policies); line ignored"
-            )),
             _ => problems.push(format!(
-                "{at}: expected `<name> probe|policy /path/to/executable [args]`"
+                "{at}: expected `<name> probe|filter|policy /path/to/executable [args]`"
             )),
         }
     }
@@ -119,11 +122,12 @@ mod tests {
     fn registry_lines() {
         let text = "# comment\ndisk_probe probe /usr/lib/krg/disk_probe.sh /home\n\nx filter /bin/x\ny probe rel/path\nz\np policy /bin/p\n";
         let (map, problems) = parse_registry(text, Path::new("plugins.conf"));
-        assert_eq!(map.len(), 2);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map["x"].kind, PluginKind::Filter);
         assert_eq!(map["disk_probe"].args, vec!["/home".to_string()]);
         assert_eq!(map["disk_probe"].kind, PluginKind::Probe);
         assert_eq!(map["p"].kind, PluginKind::Policy);
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].contains("plugins.conf:4"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("plugins.conf:5"));
     }
 }
