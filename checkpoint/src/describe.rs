@@ -86,6 +86,40 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
         }
         let n: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
         let _ = writeln!(s, "{}:", names.node(node).display());
+        for m in &n.shared_mem {
+            let _ = writeln!(s, "  shared memory object {} of {} bytes", m.0, m.1);
+        }
+        for m in &n.sysv_shm {
+            let _ = writeln!(
+                s,
+                "  SysV shm {} key {:#x} {} bytes mode {:o} uid {} gid {}{}",
+                m.shmid,
+                m.key,
+                m.size,
+                m.mode,
+                m.uid,
+                m.gid,
+                if m.destroyed { " (removed)" } else { "" }
+            );
+        }
+        for m in &n.sysv_sem {
+            let _ = writeln!(
+                s,
+                "  SysV semaphore set {} key {:#x} mode {:o} uid {} values {:?}",
+                m.semid, m.key, m.mode, m.uid, m.values
+            );
+        }
+        for m in &n.sysv_msg {
+            let _ = writeln!(
+                s,
+                "  SysV message queue {} key {:#x} mode {:o} uid {} with {} message(s)",
+                m.msqid,
+                m.key,
+                m.mode,
+                m.uid,
+                m.msgs.len()
+            );
+        }
         for p in &n.pipes {
             let _ = writeln!(
                 s,

@@ -19,6 +19,9 @@ pub struct DumpOptions {
     pub kill: bool,
     /// This node's id (names the node file).
     pub node: u32,
+    /// SysV semaphore sets and message queues that belong to the job.
+    pub sysv_sem: Vec<i32>,
+    pub sysv_msg: Vec<i32>,
 }
 
 #[derive(Debug)]
@@ -293,6 +296,16 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     }
     // While still frozen: a removed segment vanishes with its last user.
     let sysv_shm = sysv_segments(&dumps)?;
+    let sysv_sem = opts
+        .sysv_sem
+        .iter()
+        .map(|&id| crate::sysvipc::dump_sem(id, caller))
+        .collect::<Result<Vec<_>>>()?;
+    let sysv_msg = opts
+        .sysv_msg
+        .iter()
+        .map(|&id| crate::sysvipc::dump_msg(id, caller))
+        .collect::<Result<Vec<_>>>()?;
 
     let names = Names {
         dir: dir.join(format!(".tmp-v{sn}")),
@@ -330,6 +343,8 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         pipes: pipe_images,
         shared_mem: mmdump::shared_sizes(&shared),
         sysv_shm,
+        sysv_sem,
+        sysv_msg,
     };
     image::write_small(&names.node(opts.node), FileKind::Node, &node)?;
     files.push(names.node(opts.node));

@@ -64,6 +64,9 @@ pub struct NodeImage {
     pub shared_mem: Vec<(u64, u64)>,
     /// SysV shared memory segments attached by the tree.
     pub sysv_shm: Vec<crate::sysvshm::SysvShmImage>,
+    /// SysV semaphore sets and message queues named at checkpoint time.
+    pub sysv_sem: Vec<crate::sysvipc::SemImage>,
+    pub sysv_msg: Vec<crate::sysvipc::MsgImage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -20,6 +20,7 @@ pub mod restore_fds;
 pub mod restore_mm;
 pub mod restore_sig;
 pub mod store;
+pub mod sysvipc;
 pub mod sysvshm;
 
 pub use error::{ChkptError, Result};

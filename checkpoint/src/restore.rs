@@ -358,10 +358,18 @@ impl Drop for Created {
 fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreReport> {
     let mut created = Created(Vec::new(), false);
     let segs = crate::sysvshm::create(&l.node.sysv_shm)?;
+    let ipc = match crate::sysvipc::restore(&l.node.sysv_sem, &l.node.sysv_msg) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::sysvshm::remove(&segs);
+            return Err(e);
+        }
+    };
     let r = restore_tasks(l, area, opts, &mut created);
     if r.is_err() {
         drop(created);
         crate::sysvshm::remove(&segs);
+        ipc.remove();
         return r;
     }
     created.1 = true;

@@ -137,3 +137,62 @@ fn shared_anonymous_memory_stays_shared() {
 fn sysv_shared_memory_in_host_ipc_namespace() {
     shared_memory_case(true);
 }
+
+/// SysV semaphores and message queues named on the command line, removed
+/// between checkpoint and restart (as by a reboot) and recreated with their
+/// ids, values and queued messages.
+#[test]
+fn sysv_semaphores_and_message_queues() {
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "sysvipc");
+    let out = tmp.path().join("out.txt");
+    let ids = tmp.path().join("ids");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&ids)
+        .stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let pid = spawn(cmd).id() as i32;
+    wait_until("ipc steps", || last_count(&out) >= 3);
+    let v: Vec<i32> = std::fs::read_to_string(&ids)
+        .unwrap()
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let (sem, msq) = (v[0], v[1]);
+    let o = run(Command::new(bin("checkpoint"))
+        .args([
+            "--no-capability-check",
+            "--kill",
+            "--sysv-sem",
+            &sem.to_string(),
+            "--sysv-msg",
+            &msq.to_string(),
+            "--dir",
+        ])
+        .arg(&store)
+        .arg(pid.to_string()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    kill_reap(pid);
+    // SAFETY: removing the test's own IPC objects.
+    unsafe {
+        libc::semctl(sem, 0, libc::IPC_RMID);
+        libc::msgctl(msq, libc::IPC_RMID, std::ptr::null_mut());
+    }
+    let at_kill = last_count(&out);
+    let o = run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until("restored ipc steps", || last_count(&out) >= at_kill + 5);
+    kill_reap(pid);
+    // SAFETY: cleanup of the recreated objects.
+    unsafe {
+        libc::semctl(sem, 0, libc::IPC_RMID);
+        libc::msgctl(msq, libc::IPC_RMID, std::ptr::null_mut());
+    }
+}

@@ -34,6 +34,13 @@ struct Cli {
     /// Node id written in the image (node_<N>_v<SN>.bin).
     #[arg(long, default_value_t = 0)]
     node: u32,
+    /// A SysV semaphore set (id) that belongs to the job; repeatable.
+    /// (Shared memory segments the job attached are found by themselves.)
+    #[arg(long = "sysv-sem", value_name = "ID")]
+    sysv_sem: Vec<i32>,
+    /// A SysV message queue (id) that belongs to the job; repeatable.
+    #[arg(long = "sysv-msg", value_name = "ID")]
+    sysv_msg: Vec<i32>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -72,6 +79,8 @@ fn run(cli: Cli) -> Result<()> {
         root: cli.dir,
         kill: cli.kill,
         node: cli.node,
+        sysv_sem: cli.sysv_sem,
+        sysv_msg: cli.sysv_msg,
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
