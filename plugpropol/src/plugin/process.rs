@@ -18,10 +18,14 @@ pub(super) struct PluginProcess {
     pub dead: Option<String>,
 }
 
-impl PluginProcess {
-    pub fn start(entry: &PluginEntry, node: u32) -> Result<PluginProcess> {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new(&entry.exe)
+/// Start the executable. ETXTBSY (the file is still open for writing
+/// somewhere, e.g. being copied into place, or inherited by a process that
+/// is between fork and exec) is retried for a moment.
+fn spawn(entry: &PluginEntry, node: u32) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut attempt = 0;
+    loop {
+        let spawned = Command::new(&entry.exe)
             .args(&entry.args)
             // Its own process group, so that stopping it also stops whatever
             // it started (a shell plug-in's `sleep`, `df`, ...).
@@ -30,14 +34,27 @@ impl PluginProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                Error::Io(format!(
+            .spawn();
+        match spawned {
+            Ok(child) => return Ok(child),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(Error::Io(format!(
                     "plug-in {}: cannot start {}: {e}",
                     entry.name,
                     entry.exe.display()
-                ))
-            })?;
+                )))
+            }
+        }
+    }
+}
+
+impl PluginProcess {
+    pub fn start(entry: &PluginEntry, node: u32) -> Result<PluginProcess> {
+        let mut child = spawn(entry, node)?;
         let (tx, lines) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
             // A reader thread turns the pipe into a channel so every read can
