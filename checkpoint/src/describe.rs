@@ -178,7 +178,9 @@ fn inspect_task(s: &mut String, names: &Names, pid: i32) -> Result<()> {
     }
     for f in &t.fds {
         let what = match &f.kind {
-            FdKind::Path { path, pos } => format!("{path} at offset {pos}"),
+            FdKind::Path { path, pos, file } => {
+                format!("{path} at offset {pos} (open file #{file})")
+            }
             FdKind::InheritedStdio { what } => format!("stdio ({what}), inherited from restart"),
             FdKind::Pipe { ino, write_end } => format!(
                 "pipe ino {ino} {} end",

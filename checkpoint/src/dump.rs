@@ -158,6 +158,47 @@ fn classify_pipes(
     Ok(internal)
 }
 
+/// Same open file description? (kcmp KCMP_FILE; CONFIG_CHECKPOINT_RESTORE)
+fn same_file(a: (i32, i32), b: (i32, i32)) -> bool {
+    // SAFETY: kcmp only compares kernel objects.
+    unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a.0,
+            b.0,
+            0, /* KCMP_FILE */
+            a.1 as u64,
+            b.1 as u64,
+        ) == 0
+    }
+}
+
+/// Number the open file descriptions of the tree: fds that share one (dup,
+/// inheritance over fork) get the same number, so restart opens the file
+/// once and every fd shares its offset again.
+fn share_files(tree: &[(i32, i32)], fds: &mut HashMap<i32, Vec<FdImage>>) {
+    let mut reps: Vec<(i32, i32, String)> = Vec::new();
+    for &(pid, _) in tree {
+        let Some(list) = fds.get_mut(&pid) else {
+            continue;
+        };
+        for f in list.iter_mut() {
+            if let FdKind::Path { path, file, .. } = &mut f.kind {
+                let found = reps
+                    .iter()
+                    .position(|(p, n, rp)| rp == path && same_file((*p, *n), (pid, f.fd)));
+                *file = match found {
+                    Some(i) => i as u32,
+                    None => {
+                        reps.push((pid, f.fd, path.clone()));
+                        (reps.len() - 1) as u32
+                    }
+                };
+            }
+        }
+    }
+}
+
 /// Bytes buffered in a pipe, copied without consuming them (tee).
 fn pipe_data(pid: i32, fd: i32) -> Result<Vec<u8>> {
     let path = format!("/proc/{pid}/fd/{fd}");
@@ -272,6 +313,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         pipes.extend(pr);
     }
     let internal = classify_pipes(&pipes, &mut fds, &flags)?;
+    share_files(&tree, &mut fds);
     let mut pipe_images = Vec::new();
     for ino in internal {
         let r = pipes

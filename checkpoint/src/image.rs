@@ -142,7 +142,13 @@ pub struct FdImage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum FdKind {
     /// A regular file, directory or allowed device, reopened by path at `pos`.
-    Path { path: String, pos: u64 },
+    Path {
+        path: String,
+        pos: u64,
+        /// Open file description: fds (of any task) with the same number
+        /// share one (offset and status flags), as after dup() or fork().
+        file: u32,
+    },
     /// fd 0-2 connected to a terminal, a pipe or a socket outside the tree:
     /// restart gives the process its own fd of the same number.
     InheritedStdio { what: String },

@@ -230,9 +230,11 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
     } else if !ft.is_file() && !ft.is_dir() {
         return refuse("only regular files, directories and pipes inside the tree are supported");
     }
+    // `file` is assigned once the whole tree's fds are known (dump::share_files)
     Ok(Some(FdKind::Path {
         path: target.to_string(),
         pos,
+        file: 0,
     }))
 }
 

@@ -277,6 +277,24 @@ fn fork_child(parent: &Injector, area: u64, child: i32, wait: Duration) -> Resul
     }
 }
 
+/// Groups and file-system uid/gid of the job's user (capabilities to
+/// fork with chosen PIDs and to set credentials stay until the end).
+fn set_fs_creds(i: &Injector, scratch: u64, t: &TaskImage) -> Result<()> {
+    let groups: Vec<u8> = t.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    if groups.len() as u64 > SCRATCH_LEN {
+        return Err(ChkptError::Other("too many supplementary groups".into()));
+    }
+    ptrace::write_mem(i.tid, scratch, &groups)?;
+    i.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        [t.groups.len() as u64, scratch, 0, 0, 0, 0],
+    )?;
+    i.raw(libc::SYS_setfsgid, [t.gids[3] as u64, 0, 0, 0, 0, 0])?;
+    i.raw(libc::SYS_setfsuid, [t.uids[3] as u64, 0, 0, 0, 0, 0])?;
+    Ok(())
+}
+
 /// Create the non-leader threads of a restored process with their TIDs:
 /// clone3(CLONE_THREAD | …) injected in the leader; each new thread spins on
 /// the area's `jmp .` until attached. Then its clear_child_tid and rseq
@@ -409,11 +427,17 @@ fn restore_tasks(
         .unwrap_or(2)
         .max(2)
         + 1;
+    // Everything the root opens for the tree is opened as the job's user.
+    set_fs_creds(&rinj, area + AREA_SCRATCH, root)?;
     let pipe_fds =
         crate::restore_fds::create_pipes(&rinj, area + AREA_SCRATCH, &l.node.pipes, pipe_base)?;
     let shm_base = pipe_base + 2 * pipe_fds.len() as i32;
     let shm_fds =
         crate::restore_mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
+    let file_base = shm_base + shm_fds.len() as i32;
+    let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.0).collect();
+    let file_fds =
+        crate::restore_fds::create_files(&rinj, area + AREA_SCRATCH, &images, file_base)?;
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
@@ -442,6 +466,7 @@ fn restore_tasks(
             pipe_fds: &pipe_fds,
             pipe_base,
             shm_fds: &shm_fds,
+            file_fds: &file_fds,
         };
         ctx.restore()?;
     }
@@ -460,6 +485,7 @@ fn restore_tasks(
             pipe_fds: &pipe_fds,
             pipe_base,
             shm_fds: &shm_fds,
+            file_fds: &file_fds,
         };
         ctx.drop_area()?;
     }
@@ -487,6 +513,8 @@ pub struct TaskCtx<'a> {
     /// shared memory object id → its memfd in the restored processes
     /// (right after the pipes' fds).
     pub shm_fds: &'a HashMap<u64, i32>,
+    /// open file number → its fd in the restored processes (after the memfds).
+    pub file_fds: &'a HashMap<u32, i32>,
 }
 
 impl TaskCtx<'_> {
@@ -519,15 +547,7 @@ impl TaskCtx<'_> {
         let i = self.inj;
         // File access as the job's user from here on: every file the image
         // names is opened with that user's rights, never root's.
-        let groups: Vec<u8> = t.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let gaddr = self.put_bytes(&groups)?;
-        i.call(
-            "setgroups",
-            libc::SYS_setgroups,
-            [t.groups.len() as u64, gaddr, 0, 0, 0, 0],
-        )?;
-        i.raw(libc::SYS_setfsgid, [t.gids[3] as u64, 0, 0, 0, 0, 0])?;
-        i.raw(libc::SYS_setfsuid, [t.uids[3] as u64, 0, 0, 0, 0, 0])?;
+        set_fs_creds(i, self.scratch(), t)?;
         crate::restore_mm::restore(self)?;
         // Threads need CAP_CHECKPOINT_RESTORE for their TIDs: before the
         // credentials drop, after the memory they share is in place.

@@ -303,3 +303,28 @@ fn bad_images_refused_before_anything_starts() {
     let o = restart(&store, pid, 9);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no checkpoint 9"));
 }
+
+/// `job > log 2>&1`: fds 1 and 2 share one open file (one offset). Odd
+/// numbers go to stdout, even ones to stderr: the log only stays a clean
+/// sequence after restart if they still share it.
+#[test]
+fn dup_shared_file_offset_is_shared_again() {
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("log.txt");
+    let store = tmp.path().join("store");
+    let f = File::create(&out).unwrap();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", "import sys,time\nn=0\nwhile True:\n n+=1\n s=sys.stdout if n%2 else sys.stderr\n s.write(f'{n} ok\\n'); s.flush(); time.sleep(0.01)"]);
+    cmd.stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .stdin(Stdio::null());
+    let pid = spawn(cmd).id() as i32;
+    wait_until("log grows", || last_count(&out) >= 6);
+    ok(&checkpoint(&store, pid), "checkpoint");
+    kill_reap(pid);
+    let at_kill = last_count(&out);
+    ok(&restart(&store, pid, 1), "restart");
+    wait_until("restored job logs on", || last_count(&out) >= at_kill + 10);
+    kill_reap(pid);
+}
