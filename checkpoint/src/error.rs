@@ -32,7 +32,7 @@ pub enum ChkptError {
     BadImage { path: PathBuf, reason: String },
     #[error("no checkpoint {sn} in {dir}")]
     NoSuchCheckpoint { dir: PathBuf, sn: u32 },
-    #[error("PID {0} is in use by another process (end that process, or wait until it has been reaped, and retry)")]
+    #[error("PID {0} is in use by another process (end that process or wait until it has been reaped and retry, or use restart --new-pids)")]
     PidTaken(i32),
     #[error("cannot parse {what}: {detail}")]
     Parse { what: String, detail: String },

@@ -33,6 +33,8 @@ pub struct RestoreOptions {
     pub node: u32,
     /// How long to wait for a recorded PID still held (e.g. a zombie not yet reaped).
     pub pid_wait: Duration,
+    /// Let the kernel choose new PIDs instead of the recorded ones.
+    pub new_pids: bool,
 }
 
 #[derive(Debug)]
@@ -131,7 +133,13 @@ fn check_owner(path: &Path, t: &TaskImage) -> Result<()> {
 
 pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
     let dir = store::app_dir(&opts.root, app);
-    let loaded = load(&dir, sn, opts.node)?;
+    let mut loaded = load(&dir, sn, opts.node)?;
+    if opts.new_pids && loaded.tasks.iter().any(|t| t.0.threads.len() > 1) {
+        return Err(ChkptError::Other(
+            "--new-pids does not handle multi-threaded processes (their TIDs live in their memory)"
+                .into(),
+        ));
+    }
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
         return Err(ChkptError::Permission(
@@ -140,7 +148,7 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         ));
     }
     let area = map_area(&loaded)?;
-    let r = restore_tree(&loaded, area, opts);
+    let r = restore_tree(&mut loaded, area, opts);
     // SAFETY: unmapping the area we mapped in this process.
     unsafe { libc::munmap(area as *mut libc::c_void, AREA_LEN as usize) };
     r
@@ -206,11 +214,15 @@ fn clone_args(set_tid_ptr: u64) -> [u64; 11] {
 
 /// Fork the root task from the restarter with its recorded PID; it stops
 /// itself under ptrace before touching anything.
-fn fork_root(pid: i32, wait: Duration) -> Result<i32> {
+fn fork_root(pid: i32, wait: Duration, new_pid: bool) -> Result<i32> {
     let deadline = Instant::now() + wait;
     loop {
         let tid = [pid];
-        let args = clone_args(tid.as_ptr() as u64);
+        let mut args = clone_args(tid.as_ptr() as u64);
+        if new_pid {
+            args[8] = 0;
+            args[9] = 0;
+        }
         // SAFETY: fork-like clone3 (no CLONE_VM, no stack): the child continues
         // here on a copy of our memory and only makes async-signal-safe calls.
         let r = unsafe {
@@ -229,8 +241,8 @@ fn fork_root(pid: i32, wait: Duration) -> Result<i32> {
             }
         }
         if r > 0 {
-            ptrace::wait_stop(pid)?;
-            return Ok(pid);
+            ptrace::wait_stop(r as i32)?;
+            return Ok(r as i32);
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EEXIST) {
@@ -248,11 +260,22 @@ fn fork_root(pid: i32, wait: Duration) -> Result<i32> {
 }
 
 /// Fork `child` inside the (not yet restored) `parent` with an injected clone3.
-fn fork_child(parent: &Injector, area: u64, child: i32, wait: Duration) -> Result<()> {
+fn fork_child(
+    parent: &Injector,
+    area: u64,
+    child: i32,
+    wait: Duration,
+    new_pid: bool,
+) -> Result<i32> {
     let scratch = area + AREA_SCRATCH;
     let deadline = Instant::now() + wait;
     let mut buf = Vec::new();
-    for w in clone_args(scratch + 128) {
+    let mut args = clone_args(scratch + 128);
+    if new_pid {
+        args[8] = 0;
+        args[9] = 0;
+    }
+    for w in args {
         buf.extend_from_slice(&w.to_le_bytes());
     }
     buf.resize(128, 0);
@@ -260,8 +283,9 @@ fn fork_child(parent: &Injector, area: u64, child: i32, wait: Duration) -> Resul
     ptrace::write_mem(parent.tid, scratch, &buf)?;
     loop {
         let r = parent.raw(libc::SYS_clone3, [scratch, 88, 0, 0, 0, 0])?;
-        if r == child as i64 {
-            return ptrace::seize_and_interrupt(child);
+        if r == child as i64 || (new_pid && r > 0) {
+            ptrace::seize_and_interrupt(r as i32)?;
+            return Ok(r as i32);
         }
         if r != -(libc::EEXIST as i64) {
             return Err(ChkptError::Injected {
@@ -373,7 +397,22 @@ impl Drop for Created {
     }
 }
 
-fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreReport> {
+/// `--new-pids`: task `old` now runs as `new`.
+fn remap(l: &mut Loaded, old: i32, new: i32) {
+    for (t, _, _, _) in l.tasks.iter_mut() {
+        if t.pid == old {
+            t.pid = new;
+            if let Some(th) = t.threads.first_mut() {
+                th.tid = new;
+            }
+        }
+        if t.ppid == old {
+            t.ppid = new;
+        }
+    }
+}
+
+fn restore_tree(l: &mut Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreReport> {
     let mut created = Created(Vec::new(), false);
     let segs = crate::sysvshm::create(&l.node.sysv_shm)?;
     let ipc = match crate::sysvipc::restore(&l.node.sysv_sem, &l.node.sysv_msg) {
@@ -403,14 +442,16 @@ fn restore_tree(l: &Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreR
 }
 
 fn restore_tasks(
-    l: &Loaded,
+    l: &mut Loaded,
     area: u64,
     opts: &RestoreOptions,
     created: &mut Created,
 ) -> Result<RestoreReport> {
+    let old_root = l.tasks[0].0.pid;
+    let root_pid = fork_root(old_root, opts.pid_wait, opts.new_pids)?;
+    remap(l, old_root, root_pid);
+    created.0.push(root_pid);
     let root = &l.tasks[0].0;
-    fork_root(root.pid, opts.pid_wait)?;
-    created.0.push(root.pid);
     let syscall_at = area + AREA_CODE;
     let rinj = Injector::new(root.pid, syscall_at)?;
     // Nothing of the restarter's fd table goes further than stdio.
@@ -441,17 +482,17 @@ fn restore_tasks(
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
-    for (t, _, _, _) in &l.tasks[1..] {
-        let parent = injectors.get(&t.ppid).ok_or_else(|| {
-            ChkptError::Other(format!(
-                "task {} has no parent {} in the image",
-                t.pid, t.ppid
-            ))
+    for idx in 1..l.tasks.len() {
+        let (old, ppid) = (l.tasks[idx].0.pid, l.tasks[idx].0.ppid);
+        let parent = injectors.get(&ppid).ok_or_else(|| {
+            ChkptError::Other(format!("task {old} has no parent {ppid} in the image"))
         })?;
-        fork_child(parent, area, t.pid, opts.pid_wait)?;
-        created.0.push(t.pid);
-        injectors.insert(t.pid, Injector::new(t.pid, syscall_at)?);
+        let pid = fork_child(parent, area, old, opts.pid_wait, opts.new_pids)?;
+        remap(l, old, pid);
+        created.0.push(pid);
+        injectors.insert(pid, Injector::new(pid, syscall_at)?);
     }
+    let l = &*l;
     for (t, mm, mpath, data_off) in &l.tasks {
         let inj = injectors
             .get(&t.pid)

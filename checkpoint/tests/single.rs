@@ -328,3 +328,62 @@ fn dup_shared_file_offset_is_shared_again() {
     wait_until("restored job logs on", || last_count(&out) >= at_kill + 10);
     kill_reap(pid);
 }
+
+/// `restart --new-pids` while the original still runs (its PID is taken).
+#[test]
+fn new_pids_while_the_original_still_runs() {
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new("/usr/bin/python3");
+    // stdout a pipe (kept open, unread): the copy writes to restart's stdout
+    cmd.arg(prog("count.py"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let child = spawn(cmd);
+    let pid = child.id() as i32;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ok(&checkpoint(&store, pid), "checkpoint");
+    let o = run(Command::new(bin("restart"))
+        .args(["--pid-wait", "0"])
+        .arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(&format!("PID {pid} is in use")),
+        "{err}"
+    );
+    let out = tmp.path().join("new.txt");
+    let o = Command::new(bin("restart"))
+        .args(["--new-pids", "--dir"])
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1")
+        .stdout(File::create(&out).unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    ok(&o, "restart --new-pids");
+    let msg = String::from_utf8_lossy(&o.stderr);
+    let new: i32 = msg
+        .rsplit('[')
+        .next()
+        .and_then(|r| {
+            r.trim()
+                .trim_end_matches(')')
+                .trim_end_matches(']')
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    assert_ne!(new, pid);
+    assert!(alive(pid) && alive(new));
+    wait_until("copy counts on", || {
+        counter_lines(&std::fs::read_to_string(&out).unwrap()).len() >= 5
+    });
+    kill_reap(new);
+    kill_reap(pid);
+}

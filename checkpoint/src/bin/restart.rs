@@ -28,6 +28,11 @@ struct Cli {
     /// Seconds to wait for a recorded PID still in use (a zombie being reaped).
     #[arg(long, default_value_t = 5.0)]
     pid_wait: f64,
+    /// Do not insist on the recorded PIDs: the kernel picks new ones (printed).
+    /// For single-threaded processes; a program that kept its own PID in
+    /// memory (or its children's) sees stale values.
+    #[arg(long)]
+    new_pids: bool,
 }
 
 fn main() {
@@ -37,6 +42,7 @@ fn main() {
             root: cli.dir.clone(),
             node: cli.node,
             pid_wait: Duration::from_secs_f64(cli.pid_wait.clamp(0.0, 3600.0)),
+            new_pids: cli.new_pids,
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         eprintln!(
