@@ -133,6 +133,23 @@ fn checkpointable_is_inherited_by_later_children_only() {
     .success());
     assert!(checkpoint(&d.sock, &store, before).status.success());
 
+    // a restarted job is CHECKPOINTABLE again (restart tells krgd)
+    kill_reap(before);
+    let o = run(Command::new(bin("restart"))
+        .arg("--socket")
+        .arg(&d.sock)
+        .arg("--dir")
+        .arg(&store)
+        .arg(before.to_string())
+        .arg("1"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = capset(&d.sock, &["--show", "-k", &before.to_string()]);
+    assert_eq!(
+        String::from_utf8_lossy(&s.stdout).trim(),
+        format!("{before}: CHECKPOINTABLE")
+    );
+    assert!(checkpoint(&d.sock, &store, before).status.success());
+
     let bad = capset(&d.sock, &["-k", &before.to_string(), "-d", "+FOO"]);
     assert!(
         !bad.status.success() && String::from_utf8_lossy(&bad.stderr).starts_with("krgcapset: ")

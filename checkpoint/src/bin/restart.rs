@@ -7,6 +7,7 @@ use anyhow::Result;
 use checkpoint::restore::{self, RestoreOptions};
 use checkpoint::store;
 use clap::Parser;
+use krg_proto::chkpt::ChkptRequest;
 
 /// Recreate the process tree saved as checkpoint SN of application PID, with
 /// its recorded PIDs, parent/child relations, memory, files, pipes, signal
@@ -33,6 +34,10 @@ struct Cli {
     /// memory (or its children's) sees stale values.
     #[arg(long)]
     new_pids: bool,
+    /// krgd admin socket (default: $KRG_SOCKET or /run/krg/krgd.sock): the
+    /// restored processes are made CHECKPOINTABLE again there.
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 fn main() {
@@ -45,6 +50,20 @@ fn main() {
             new_pids: cli.new_pids,
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
+        // They were checkpointable when saved: keep them so (if krgd runs here).
+        let sock = checkpoint::capclient::socket_path(cli.socket.clone());
+        if sock.exists() {
+            for &pid in &rep.pids {
+                if let Err(e) = checkpoint::capclient::call(
+                    &sock,
+                    ChkptRequest::SetCheckpointable { pid, enable: true },
+                ) {
+                    eprintln!(
+                        "restart: warning: process {pid} is running but not CHECKPOINTABLE: {e}"
+                    );
+                }
+            }
+        }
         eprintln!(
             "restart: application {} running again from SN {} (PIDs {:?})",
             cli.pid, cli.sn, rep.pids
