@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::{ChkptError, Result};
 use crate::image::{self, FileKind, MmImage, MmParams, PageRun, Vma, VmaKind, PAGE};
@@ -189,7 +190,51 @@ fn read_remote(pid: i32, addr: u64, buf: &mut [u8], mem: &File) -> Result<()> {
     })
 }
 
+/// Shared state of the copy threads.
+struct Copy<'a> {
+    pid: i32,
+    work: &'a [(u64, u64, u64)],
+    next: &'a AtomicUsize,
+    copied: &'a AtomicU64,
+    mem: &'a File,
+    out: &'a File,
+}
+
+impl Copy<'_> {
+    /// Take pieces until none is left; `tick` after each buffer written.
+    fn run(&self, mut tick: impl FnMut()) -> Result<()> {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let k = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(addr, off, len)) = self.work.get(k) else {
+                return Ok(());
+            };
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                read_remote(self.pid, addr + done, &mut buf[..n], self.mem)?;
+                self.out
+                    .write_all_at(&buf[..n], off + done)
+                    .map_err(|e| ChkptError::io(format!("task_mm_{}", self.pid), e))?;
+                done += n as u64;
+                self.copied.fetch_add(n as u64, Ordering::Relaxed);
+                tick();
+            }
+        }
+    }
+}
+
+/// Unit of work of the copy threads.
+const CHUNK: u64 = 4 << 20;
+/// Copy threads: this machine class has 2 cores; CRIU copies with one.
+const COPIERS: usize = 2;
+
 /// Write `task_mm_<PID>` : header, metadata, then the raw pages.
+///
+/// Pages go from the (frozen) task to the file in `CHUNK`s, by `COPIERS`
+/// threads, each through a buffer that stays in the CPU cache: the second copy
+/// (into the page cache) then reads from cache, not DRAM. Measured here on
+/// 1 GiB, one thread: 256 KiB buffer 0.65 s, 1 MiB 0.85 s, 8 MiB 1.7-2.0 s.
 pub fn write_mm(
     pid: i32,
     mm: &MmImage,
@@ -198,29 +243,53 @@ pub fn write_mm(
     progress: &dyn Fn(u64),
 ) -> Result<u64> {
     let (head, data_off) = image::encode(FileKind::Mm, mm, pages * PAGE)?;
-    let path = format!("/proc/{pid}/mem");
-    let mem = File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
     let werr = |e| ChkptError::io(format!("task_mm_{pid}"), e);
     out.write_all(&head).map_err(werr)?;
-    // A buffer that stays in the CPU cache: the second copy (into the page
-    // cache) then reads from cache, not DRAM. Measured here on 1 GiB: 256 KiB
-    // 0.65 s, 1 MiB 0.85 s, 8 MiB 1.7-2.0 s.
-    let mut buf = vec![0u8; 256 << 10];
-    let mut written = 0u64;
-    for v in &mm.vmas {
-        for r in &v.runs {
-            let mut done = 0u64;
-            while done < r.pages * PAGE {
-                let n = (r.pages * PAGE - done).min(buf.len() as u64) as usize;
-                read_remote(pid, r.addr + done, &mut buf[..n], &mem)?;
-                out.write_all(&buf[..n]).map_err(werr)?;
-                done += n as u64;
-                written += n as u64;
-                progress(n as u64);
-            }
+    out.set_len(data_off + pages * PAGE).map_err(werr)?;
+    // (task address, file offset, length) pieces of at most CHUNK bytes
+    let mut work = Vec::new();
+    for r in mm.vmas.iter().flat_map(|v| &v.runs) {
+        let mut done = 0;
+        while done < r.pages * PAGE {
+            let n = (r.pages * PAGE - done).min(CHUNK);
+            work.push((r.addr + done, data_off + r.data_off + done, n));
+            done += n;
         }
     }
-    Ok(data_off + written)
+    let path = format!("/proc/{pid}/mem");
+    let mem = File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
+    let next = AtomicUsize::new(0);
+    let copied = AtomicU64::new(0);
+    let out: &File = out;
+    let job = Copy {
+        pid,
+        work: &work,
+        next: &next,
+        copied: &copied,
+        mem: &mem,
+        out,
+    };
+    std::thread::scope(|sc| -> Result<()> {
+        let helpers: Vec<_> = (1..COPIERS).map(|_| sc.spawn(|| job.run(|| {}))).collect();
+        // This thread copies too, and is the one that reports progress.
+        let mut shown = 0;
+        let mine = job.run(|| {
+            let c = copied.load(Ordering::Relaxed);
+            progress(c - shown);
+            shown = c;
+        });
+        let mut result = mine;
+        for h in helpers {
+            let r = h
+                .join()
+                .map_err(|_| ChkptError::Other("a copy thread panicked".into()))
+                .and_then(|r| r);
+            result = result.and(r);
+        }
+        progress(copied.load(Ordering::Relaxed) - shown);
+        result
+    })?;
+    Ok(data_off + pages * PAGE)
 }
 
 /// The mm parameters prctl(PR_SET_MM_MAP) needs at restore.
