@@ -82,6 +82,13 @@ fn check_task(pid: i32, caller: u32) -> Result<u32> {
             uid[0]
         )));
     }
+    if procfs::status_field(&status, "State").is_some_and(|st| st.starts_with('Z')) {
+        return Err(ChkptError::unsupported(
+            pid,
+            "a zombie process",
+            "its parent has not reaped it yet; retry",
+        ));
+    }
     let tracer = procfs::status_field(&status, "TracerPid").unwrap_or("0");
     if tracer != "0" {
         return Err(ChkptError::unsupported(
