@@ -387,3 +387,30 @@ fn new_pids_while_the_original_still_runs() {
     kill_reap(new);
     kill_reap(pid);
 }
+
+#[test]
+fn already_traced_process_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("30").stdin(Stdio::null());
+    let child = spawn(cmd);
+    let pid = child.id() as i32;
+    // SAFETY: this thread seizes (does not stop) its own child, then detaches.
+    assert_eq!(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) }, 0);
+    let o = checkpoint(&tmp.path().join("store"), pid);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("already being traced")
+            && err.contains(&pid.to_string()),
+        "{err}"
+    );
+    // SAFETY: PTRACE_INTERRUPT + wait + DETACH of our own tracee.
+    unsafe {
+        libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, libc::__WALL);
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+    }
+    kill_reap(pid);
+}
