@@ -48,7 +48,11 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
         n.pipes.len()
     );
     for (t, mm) in tasks {
-        let pages: u64 = mm.vmas.iter().flat_map(|v| &v.runs).map(|r| r.pages).sum();
+        let pages: u64 = mm
+            .vmas
+            .iter()
+            .flat_map(|v| &v.runs)
+            .fold(0u64, |a, r| a.saturating_add(r.pages));
         let _ = writeln!(
             s,
             "task_{}_v{sn}.bin      task {} ({}) parent {}: registers+xstate, {} signal handler(s), {} fd(s), cwd {}",
@@ -60,7 +64,7 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
             t.pid,
             mm.vmas.len(),
             pages,
-            pages * PAGE / 1024
+            pages.saturating_mul(PAGE) / 1024
         );
     }
     s
@@ -212,7 +216,7 @@ fn inspect_task(s: &mut String, names: &Names, pid: i32) -> Result<()> {
         p.start_code, p.end_code, p.start_data, p.end_data, p.start_brk, p.brk, p.start_stack
     );
     for v in &mm.vmas {
-        let pages: u64 = v.runs.iter().map(|r| r.pages).sum();
+        let pages: u64 = v.runs.iter().fold(0u64, |a, r| a.saturating_add(r.pages));
         let kind = match &v.kind {
             VmaKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
             k => format!("{k:?}"),

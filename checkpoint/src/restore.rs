@@ -65,6 +65,9 @@ pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
     }
     let global: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
     let node: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
+    if node.tasks.is_empty() {
+        return Err(ChkptError::bad_image(names.node(node.node), "no task"));
+    }
     let mut tasks = Vec::new();
     for te in &node.tasks {
         let tpath = names.task(te.pid);
@@ -72,11 +75,20 @@ pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
         let mpath = names.task_mm(te.pid);
         let d = image::read_file::<MmImage>(&mpath, FileKind::Mm)?;
         for v in &d.meta.vmas {
+            if v.start >= v.end || v.start % PAGE != 0 || v.end % PAGE != 0 {
+                return Err(ChkptError::bad_image(
+                    &mpath,
+                    format!("bad mapping {:#x}-{:#x}", v.start, v.end),
+                ));
+            }
             for r in &v.runs {
-                let end = r.data_off.checked_add(r.pages * PAGE);
+                let len = r.pages.checked_mul(PAGE);
+                let end = len.and_then(|l| r.data_off.checked_add(l));
+                let vend = len.and_then(|l| r.addr.checked_add(l));
                 if end.is_none_or(|e| e > d.data_len)
                     || r.addr < v.start
-                    || r.addr + r.pages * PAGE > v.end
+                    || vend.is_none_or(|e| e > v.end)
+                    || r.data_off % PAGE != 0
                 {
                     return Err(ChkptError::bad_image(
                         &mpath,
@@ -93,7 +105,11 @@ pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
                 }
             }
         }
-        if task.threads.is_empty() || ptrace::regs_from_bytes(&task.threads[0].regs).is_none() {
+        if task.pid <= 0
+            || task.threads.iter().any(|t| t.tid <= 0)
+            || task.threads.is_empty()
+            || ptrace::regs_from_bytes(&task.threads[0].regs).is_none()
+        {
             return Err(ChkptError::bad_image(&tpath, "no usable registers"));
         }
         check_owner(&tpath, &task)?;
@@ -679,7 +695,7 @@ fn set_registers(t: &TaskImage) -> Result<()> {
             match r.rax as i64 {
                 -514..=-512 => {
                     r.rax = r.orig_rax;
-                    r.rip -= 2;
+                    r.rip = r.rip.wrapping_sub(2);
                 }
                 -516 => r.rax = (-(libc::EINTR as i64)) as u64,
                 _ => {}
