@@ -143,19 +143,26 @@ impl Gluster {
             std::thread::sleep(Duration::from_secs(2));
             started = fs::read_to_string("/run/kdfs-bench-glusterd.pid").ok().and_then(|s| s.trim().parse().ok());
         }
+        // From here on, dropping `g` tears down whatever was set up.
         let g = Gluster { base: base.to_path_buf(), mnt: base.join("gmnt"), started_glusterd: started };
+        // glusterd refuses loopback brick addresses: use this host's own
+        // address (the traffic still never leaves the machine).
+        let host = String::from_utf8_lossy(&Command::new("hostname").arg("-I").output().ok()?.stdout)
+            .split_whitespace()
+            .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())?
+            .to_string();
         fs::create_dir_all(&g.mnt).ok()?;
         let mut args = vec!["--mode=script".to_string(), "volume".into(), "create".into(), "kdfsbench".into()];
         for i in 0..3 {
             let b = base.join(format!("brick{i}"));
             fs::create_dir_all(&b).ok()?;
-            args.push(format!("127.0.0.1:{}", b.display()));
+            args.push(format!("{host}:{}", b.display()));
         }
         args.push("force".into());
         let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
         if !ok(Command::new("gluster").args(&args))
             || !ok(Command::new("gluster").args(["--mode=script", "volume", "start", "kdfsbench"]))
-            || !ok(Command::new("mount").args(["-t", "glusterfs", "127.0.0.1:/kdfsbench"]).arg(&g.mnt))
+            || !ok(Command::new("mount").args(["-t", "glusterfs", &format!("{host}:/kdfsbench")]).arg(&g.mnt))
         {
             eprintln!("GlusterFS volume could not be set up; skipping it");
             return None;

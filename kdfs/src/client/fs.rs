@@ -294,9 +294,10 @@ impl Filesystem for KdfsFs {
         self.spawn(async move {
             match ops.make_open(dir, &name, new, Some(write)).await {
                 Ok((a, Some(fh))) => {
-                    // created() takes one TTL for both the entry and the attributes.
-                    let _ = ettl;
-                    reply.created(&ttl, &Self::file_attr(root, &a), Generation(0), FileHandle(fh), FopenFlags::empty())
+                    // created() takes one TTL for both the entry and the
+                    // attributes: the shorter one, so that names stay fresh.
+                    let t = ttl.min(ettl);
+                    reply.created(&t, &Self::file_attr(root, &a), Generation(0), FileHandle(fh), FopenFlags::empty())
                 }
                 Ok((_, None)) => reply.error(Errno::EIO),
                 Err(e) => reply.error(err(e)),

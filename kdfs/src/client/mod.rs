@@ -45,7 +45,7 @@ impl Default for MountOptions {
             socket: PathBuf::from(krg_proto::DEFAULT_SOCKET),
             keyfile: PathBuf::from(DEFAULT_KEYFILE),
             nodes: HashMap::new(),
-            attr_timeout: Duration::ZERO,
+            attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::ZERO,
             threads: 2,
             foreground: false,

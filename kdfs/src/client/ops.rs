@@ -243,13 +243,13 @@ impl Ops {
 
     pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {
         match self.call(inode_node(ino), Q::Read { ino, fh, offset, len }).await? {
-            A::Data(d) => Ok(d),
+            A::Data(d) => Ok(d.0),
             other => unexpected("read", other),
         }
     }
 
     pub async fn write(&self, ino: InodeId, fh: u64, offset: u64, data: Vec<u8>) -> Res<u32> {
-        match self.call(inode_node(ino), Q::Write { ino, fh, offset, data }).await? {
+        match self.call(inode_node(ino), Q::Write { ino, fh, offset, data: krg_proto::kdfs::Bytes(data) }).await? {
             A::Written(n) => Ok(n),
             other => unexpected("write", other),
         }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use krg_proto::kdfs::{
-    inode_id, inode_local, inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest, KdfsResponse, NewInode,
+    inode_id, inode_local, inode_node, Attr, Bytes, DirEntry, FileKind, InodeId, KdfsRequest, KdfsResponse, NewInode,
     RemoveWhat, SetAttr, Time,
 };
 use krg_proto::NodeId;
@@ -727,8 +727,8 @@ impl Store {
             }
             Q::IsEmptyDir { ino } => A::Empty(self.is_empty_dir(ino)?),
             Q::Open { ino, write } => A::Handle(self.open_file(ino, write)?),
-            Q::Read { fh, offset, len, .. } => A::Data(self.read(fh, offset, len.min(16 << 20))?),
-            Q::Write { fh, offset, data, .. } => A::Written(self.write(fh, offset, &data)?),
+            Q::Read { fh, offset, len, .. } => A::Data(Bytes(self.read(fh, offset, len.min(16 << 20))?)),
+            Q::Write { fh, offset, data, .. } => A::Written(self.write(fh, offset, &data.0)?),
             Q::Fsync { fh, datasync, .. } => {
                 let f = self.file(fh)?;
                 if datasync { f.sync_data() } else { f.sync_all() }.map_err(errno)?;

@@ -82,3 +82,4 @@ fn reopen_checks_node_and_keeps_allocating_fresh_numbers() {
     let b = s.create(root, b"b", &file(0o600)).unwrap();
     assert!(b.ino > a.ino);
 }
+

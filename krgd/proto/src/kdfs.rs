@@ -35,6 +35,42 @@ pub fn inode_id(node: NodeId, local: u64) -> InodeId {
     (u64::from(node) << LOCAL_BITS) | (local & ((1u64 << LOCAL_BITS) - 1))
 }
 
+/// File data on the wire: serialized as one byte string, not as a sequence
+/// of a million one-byte elements (which costs more than the copy itself).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
     File,
@@ -188,7 +224,7 @@ pub enum KdfsRequest {
     IsEmptyDir { ino: InodeId },
     Open { ino: InodeId, write: bool },
     Read { ino: InodeId, fh: u64, offset: u64, len: u32 },
-    Write { ino: InodeId, fh: u64, offset: u64, data: Vec<u8> },
+    Write { ino: InodeId, fh: u64, offset: u64, data: Bytes },
     Fsync { ino: InodeId, fh: u64, datasync: bool },
     Release { ino: InodeId, fh: u64 },
     Fallocate { ino: InodeId, fh: u64, offset: u64, len: u64, mode: i32 },
@@ -212,10 +248,31 @@ pub enum KdfsResponse {
     Removed(Option<DirEntry>),
     Empty(bool),
     Handle(u64),
-    Data(Vec<u8>),
+    Data(Bytes),
     Written(u32),
     Entries(Vec<DirEntry>),
     Done,
     /// The operation failed with this errno.
     Errno(i32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_travel_as_one_byte_string() {
+        let data = Bytes(vec![7u8; 1000]);
+        let enc = postcard::to_stdvec(&data).unwrap();
+        assert_eq!(enc.len(), 1002, "length varint + raw bytes");
+        let back: Bytes = postcard::from_bytes(&enc).unwrap();
+        assert_eq!(back, data);
+        assert!(postcard::from_bytes::<Bytes>(&[0xff, 0xff, 0x01]).is_err());
+    }
+
+    #[test]
+    fn inode_ids_split_and_join() {
+        let id = inode_id(3, 0xabc);
+        assert_eq!((inode_node(id), inode_local(id)), (3, 0xabc));
+    }
 }

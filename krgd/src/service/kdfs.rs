@@ -30,6 +30,21 @@ fn unavailable(msg: impl Into<String>) -> AdminError {
     AdminError::new(ErrorKind::Unavailable, msg)
 }
 
+/// Requests answered without leaving the runtime thread.
+fn is_quick(req: &KdfsRequest) -> bool {
+    !matches!(
+        req,
+        KdfsRequest::Read { .. }
+            | KdfsRequest::Write { .. }
+            | KdfsRequest::Fsync { .. }
+            | KdfsRequest::FsyncDir { .. }
+            | KdfsRequest::Fallocate { .. }
+            | KdfsRequest::OpenDir { .. }
+            | KdfsRequest::SetAttr { .. }
+            | KdfsRequest::Statfs
+    )
+}
+
 impl KdfsService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
         let svc = Arc::new(Self { ctx, store: RwLock::new(None) });
@@ -135,6 +150,13 @@ impl KdfsService {
                 _ => Err(unavailable(format!("node {} serves no kDFS directory", self.ctx.node_id()))),
             };
         };
+        // Metadata requests are a few fast local syscalls: answering them on
+        // the runtime thread saves a thread hand-off per request (most of a
+        // loopback round trip). Data, fsync and directory listings may wait
+        // on the disk: they go to the blocking pool.
+        if is_quick(&req) {
+            return Ok(store.handle(req));
+        }
         tokio::task::spawn_blocking(move || store.handle(req))
             .await
             .map_err(|e| AdminError::new(ErrorKind::Internal, format!("kdfs task failed: {e}")))
