@@ -490,4 +490,22 @@ mod tests {
             .to_string()
             .contains("truncated"));
     }
+
+    proptest::proptest! {
+        /// Any bytes: decoding fails cleanly or succeeds, never panics.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), flip in 0usize..600) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.bin");
+            std::fs::write(&p, &bytes).unwrap();
+            let _ = read_file::<MmImage>(&p, FileKind::Mm);
+            // a valid file with one byte changed is refused
+            let (mut good, _) = encode(FileKind::Global, &sample(), 0).unwrap();
+            let i = flip % good.len();
+            good[i] ^= 0x01;
+            std::fs::write(&p, &good).unwrap();
+            let r = read_file::<GlobalImage>(&p, FileKind::Global);
+            proptest::prop_assert!(r.is_err() || (40..48).contains(&i));
+        }
+    }
 }

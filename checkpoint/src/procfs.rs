@@ -253,4 +253,14 @@ mod tests {
         let (_, flags) = parse_fdinfo("pos:\t5\nflags:\t02100002\nmnt_id:\t1\n").unwrap();
         assert_eq!(flags, 0o2100002);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(text in ".{0,200}") {
+            let _ = parse_maps(&text);
+            let _ = parse_stat(&text);
+            let _ = parse_fdinfo(&text);
+            let _ = parse_limits(&text);
+        }
+    }
 }
