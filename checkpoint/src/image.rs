@@ -97,6 +97,10 @@ pub struct TaskImage {
     pub groups: Vec<u32>,
     pub cwd: String,
     pub umask: u32,
+    /// Process group and session ids; restored when their leader is in the
+    /// tree, else the task joins restart's.
+    pub pgid: i32,
+    pub sid: i32,
     pub rlimits: Vec<Rlimit>,
     pub sigactions: Vec<SigAction>,
     pub itimers: Vec<ITimer>,

@@ -413,6 +413,21 @@ impl Drop for Created {
     }
 }
 
+/// Session and process group, right after the fork and before the task's
+/// own children are forked (they inherit them): a session leader calls
+/// setsid, a group leader setpgid(0, 0), a member of a group whose leader was
+/// already recreated joins it; anything else stays in restart's.
+fn join_session(i: &Injector, t: &TaskImage, created: &[i32]) -> Result<()> {
+    if t.sid == t.pid {
+        i.call("setsid", libc::SYS_setsid, [0; 6])?;
+    } else if t.pgid == t.pid {
+        i.call("setpgid", libc::SYS_setpgid, [0; 6])?;
+    } else if created.contains(&t.pgid) {
+        i.call("setpgid", libc::SYS_setpgid, [0, t.pgid as u64, 0, 0, 0, 0])?;
+    }
+    Ok(())
+}
+
 /// `--new-pids`: task `old` now runs as `new`.
 fn remap(l: &mut Loaded, old: i32, new: i32) {
     for (t, _, _, _) in l.tasks.iter_mut() {
@@ -424,6 +439,12 @@ fn remap(l: &mut Loaded, old: i32, new: i32) {
         }
         if t.ppid == old {
             t.ppid = new;
+        }
+        if t.pgid == old {
+            t.pgid = new;
+        }
+        if t.sid == old {
+            t.sid = new;
         }
     }
 }
@@ -470,6 +491,7 @@ fn restore_tasks(
     let root = &l.tasks[0].0;
     let syscall_at = area + AREA_CODE;
     let rinj = Injector::new(root.pid, syscall_at)?;
+    join_session(&rinj, root, &[])?;
     // Nothing of the restarter's fd table goes further than stdio.
     rinj.call(
         "close_range",
@@ -506,7 +528,10 @@ fn restore_tasks(
         let pid = fork_child(parent, area, old, opts.pid_wait, opts.new_pids)?;
         remap(l, old, pid);
         created.0.push(pid);
-        injectors.insert(pid, Injector::new(pid, syscall_at)?);
+        let inj = Injector::new(pid, syscall_at)?;
+        let created_pids: Vec<i32> = l.tasks[..idx].iter().map(|t| t.0.pid).collect();
+        join_session(&inj, &l.tasks[idx].0, &created_pids)?;
+        injectors.insert(pid, inj);
     }
     let l = &*l;
     for (t, mm, mpath, data_off) in &l.tasks {

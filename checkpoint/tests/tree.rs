@@ -14,6 +14,14 @@ fn ppid(pid: i32) -> i32 {
         .unwrap_or(0)
 }
 
+/// Field `n` (1-based, proc(5)) of /proc/PID/stat.
+fn stat_field(pid: i32, n: usize) -> i32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit_once(") ")
+        .and_then(|(_, r)| r.split_whitespace().nth(n - 3)?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
@@ -43,6 +51,14 @@ fn three_process_tree_with_pipes_and_files() {
         .stdout(File::create(&out).unwrap())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
     let root = spawn(cmd).id() as i32;
     wait_until("tokens circulate", || last_count(&out) >= 5);
     let child = children(root)[0];
@@ -74,6 +90,11 @@ fn three_process_tree_with_pipes_and_files() {
     assert!(alive(root) && alive(child) && alive(grandchild));
     assert_eq!(ppid(child), root, "child's parent restored");
     assert_eq!(ppid(grandchild), child, "grandchild's parent restored");
+    // the root was started with setsid: session and group come back too
+    for p in [root, child, grandchild] {
+        assert_eq!(stat_field(p, 5), root, "process group of {p}");
+        assert_eq!(stat_field(p, 6), root, "session of {p}");
+    }
     // The tokens go around the restored pipes again (each hop checks its
     // parent), the counter goes on without gap or reset, files keep offsets.
     wait_until("restored tree runs", || last_count(&out) >= at_kill + 10);
