@@ -89,6 +89,7 @@ fn check_task(pid: i32, caller: u32) -> Result<u32> {
             "its parent has not reaped it yet; retry",
         ));
     }
+    refuse_unsaved_state(pid, &status)?;
     let tracer = procfs::status_field(&status, "TracerPid").unwrap_or("0");
     if tracer != "0" {
         return Err(ChkptError::unsupported(
@@ -98,6 +99,49 @@ fn check_task(pid: i32, caller: u32) -> Result<u32> {
         ));
     }
     Ok(uid[0])
+}
+
+/// State this version cannot save: refused rather than silently lost.
+fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
+    if procfs::status_field(status, "Seccomp").is_some_and(|s| s != "0") {
+        return Err(ChkptError::unsupported(
+            pid,
+            "seccomp filters",
+            "a process under seccomp cannot be checkpointed",
+        ));
+    }
+    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    if !timers.trim().is_empty() {
+        return Err(ChkptError::unsupported(
+            pid,
+            "POSIX timers (timer_create)",
+            "not saved by this version",
+        ));
+    }
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let me = pid.to_string();
+    if locks
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(me.as_str()))
+    {
+        return Err(ChkptError::unsupported(
+            pid,
+            "file locks (flock, fcntl)",
+            "not saved by this version",
+        ));
+    }
+    for ns in ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        if theirs.is_some() && ours.is_some() && theirs != ours {
+            return Err(ChkptError::unsupported(
+                pid,
+                format!("a process in another {ns} namespace"),
+                "run checkpoint (and restart) in the job's namespaces",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Freeze the tree, re-reading children until no new one appears.

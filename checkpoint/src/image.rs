@@ -101,6 +101,10 @@ pub struct TaskImage {
     /// tree, else the task joins restart's.
     pub pgid: i32,
     pub sid: i32,
+    /// personality(2) flags.
+    pub personality: u32,
+    /// PR_SET_NO_NEW_PRIVS was set.
+    pub no_new_privs: bool,
     pub rlimits: Vec<Rlimit>,
     pub sigactions: Vec<SigAction>,
     pub itimers: Vec<ITimer>,
@@ -174,6 +178,9 @@ pub struct ThreadImage {
     pub rseq: (u64, u32, u32),
     /// set_tid_address (CLONE_CHILD_CLEARTID) pointer: pthread_join relies on it.
     pub clear_tid: u64,
+    /// Thread name (/proc/PID/task/TID/comm); without it a restored task
+    /// would be called "restart".
+    pub comm: String,
 }
 
 /// `task_mm_<PID>_v<SN>.bin` metadata; page data follows, page aligned.

@@ -248,6 +248,10 @@ pub fn thread(tid: i32, regs: &ptrace::Regs, sigmask: u64, clear_tid: u64) -> Re
         pending: ptrace::peek_pending(tid, false)?,
         rseq: ptrace::rseq_config(tid)?,
         clear_tid,
+        comm: std::fs::read_to_string(format!("/proc/{tid}/task/{tid}/comm"))
+            .or_else(|_| std::fs::read_to_string(format!("/proc/{tid}/comm")))
+            .map(|c| c.trim_end_matches('\n').to_string())
+            .unwrap_or_default(),
     })
 }
 
@@ -320,6 +324,11 @@ pub fn task_image(
         groups,
         cwd: procfs::readlink(format!("/proc/{pid}/cwd"))?,
         umask,
+        personality: procfs::read_to_string(format!("/proc/{pid}/personality"))
+            .ok()
+            .and_then(|p| u32::from_str_radix(p.trim(), 16).ok())
+            .unwrap_or(0),
+        no_new_privs: procfs::status_field(&status, "NoNewPrivs") == Some("1"),
         pgid: stat.field(5) as i32,
         sid: stat.field(6) as i32,
         rlimits: rlimits(pid)?,

@@ -383,6 +383,15 @@ fn create_threads(leader: &Injector, area: u64, t: &TaskImage) -> Result<()> {
             libc::SYS_set_tid_address,
             [th.clear_tid, 0, 0, 0, 0, 0],
         )?;
+        // PR_SET_NAME takes at most 16 bytes including the NUL.
+        let mut name: Vec<u8> = th.comm.as_bytes().iter().copied().take(15).collect();
+        name.push(0);
+        ptrace::write_mem(leader.tid, scratch, &name)?;
+        inj.call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0],
+        )?;
         let (ptr, len, sig) = th.rseq;
         if ptr != 0 {
             inj.call(
@@ -673,6 +682,18 @@ impl TaskCtx<'_> {
             libc::SYS_prctl,
             [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0],
         )?;
+        i.call(
+            "personality",
+            libc::SYS_personality,
+            [t.personality as u64, 0, 0, 0, 0, 0],
+        )?;
+        if t.no_new_privs {
+            i.call(
+                "prctl(PR_SET_NO_NEW_PRIVS)",
+                libc::SYS_prctl,
+                [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+            )?;
+        }
         Ok(())
     }
 

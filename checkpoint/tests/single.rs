@@ -103,6 +103,13 @@ fn c_program_memory_and_files_continue_exactly() {
     ok(&restart(&store, pid, 1), "restart");
     assert!(alive(pid), "restored process has its PID");
     assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "memcount",
+        "its name, not restart's"
+    );
+    assert_eq!(
         specials(pid),
         before,
         "vdso/vvar/vvar_vclock back at their addresses"
