@@ -70,6 +70,28 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
     s
 }
 
+/// `checkpoint inspect --json DIR SN`: the decoded metadata of every file of
+/// one SN (page data left out), for scripts.
+pub fn inspect_json(dir: &Path, sn: u32) -> Result<serde_json::Value> {
+    let names = Names {
+        dir: dir.to_path_buf(),
+        sn,
+    };
+    let g: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
+    let mut nodes = Vec::new();
+    for node in (0..64u32).filter(|n| g.node_mask & (1u64 << n) != 0) {
+        let n: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
+        let mut tasks = Vec::new();
+        for te in &n.tasks {
+            let t: TaskImage = image::read_file(&names.task(te.pid), FileKind::Task)?.meta;
+            let d = image::read_file::<MmImage>(&names.task_mm(te.pid), FileKind::Mm)?;
+            tasks.push(serde_json::json!({ "task": t, "mm": d.meta, "data_offset": d.data_off, "data_length": d.data_len }));
+        }
+        nodes.push(serde_json::json!({ "node": n, "tasks": tasks }));
+    }
+    Ok(serde_json::json!({ "format_version": image::FORMAT_VERSION, "global": g, "nodes": nodes }))
+}
+
 /// `checkpoint inspect DIR SN`: every file of one SN, decoded.
 pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
     let names = Names {

@@ -133,6 +133,15 @@ fn c_program_memory_and_files_continue_exactly() {
         text.contains("Vdso") && text.contains("Heap") && text.contains("data.bin"),
         "{text}"
     );
+    let js = run(Command::new(bin("checkpoint"))
+        .args(["inspect", "--json"])
+        .arg(&dir)
+        .arg("2"));
+    ok(&js, "inspect --json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&js.stdout).expect("inspect --json prints JSON");
+    assert_eq!(v["global"]["sn"], 2);
+    assert_eq!(v["nodes"][0]["tasks"][0]["task"]["pid"], pid);
     let n2 = last_count(&out);
     wait_until("runs after second checkpoint", || {
         last_count(&out) >= n2 + 3

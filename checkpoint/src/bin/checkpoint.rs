@@ -49,6 +49,9 @@ struct Cli {
 enum Cmd {
     /// Print every file of one checkpoint in readable form.
     Inspect {
+        /// Print JSON (all metadata, no page data) instead of text.
+        #[arg(long)]
+        json: bool,
         /// The application directory, e.g. /var/chkpt/4242.
         dir: PathBuf,
         /// The checkpoint SN.
@@ -57,8 +60,15 @@ enum Cmd {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(Cmd::Inspect { dir, sn }) = cli.cmd {
-        print!("{}", describe::inspect(&dir, sn)?);
+    if let Some(Cmd::Inspect { json, dir, sn }) = cli.cmd {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&describe::inspect_json(&dir, sn)?)?
+            );
+        } else {
+            print!("{}", describe::inspect(&dir, sn)?);
+        }
         return Ok(());
     }
     let Some(pid) = cli.pid else {
