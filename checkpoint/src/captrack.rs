@@ -27,8 +27,8 @@ const CN_MSG: usize = 20;
 /// what, cpu, timestamp_ns precede the event data in `struct proc_event`.
 const EV_DATA: usize = NLMSG_HDR + CN_MSG + 16;
 
-/// Flagged processes: tgid → start time (clock ticks since boot) at which the
-/// flag was set or inherited.
+/// Flagged processes: tgid → CLOCK_MONOTONIC ns at which the flag was set
+/// (or the fork that inherited it happened).
 type Flags = Arc<Mutex<HashMap<i32, u64>>>;
 
 pub struct CapTracker {
@@ -37,17 +37,22 @@ pub struct CapTracker {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Now, in clock ticks since boot (the unit of /proc/PID/stat's starttime).
-fn now_ticks() -> u64 {
-    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-    let secs: f64 = up
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
+/// Now, in ns of CLOCK_MONOTONIC: the clock of the proc connector's event
+/// timestamps (ktime_get_ns).
+fn now_ns() -> u64 {
+    // SAFETY: ts is a valid out pointer.
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Length of a clock tick (the resolution of /proc/PID/stat's start time), ns.
+fn tick_ns() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (secs * hz) as u64
+    1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
 }
 
 fn start_and_ppid(pid: i32) -> Option<(u64, i32)> {
@@ -124,6 +129,10 @@ fn open_connector() -> Result<OwnedFd> {
     }
 }
 
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
@@ -143,9 +152,12 @@ fn handle_event(buf: &[u8], flags: &Flags) {
             ) else {
                 return;
             };
-            // threads share their process's flag; only new processes count
-            if cpid == ctgid && f.contains_key(&(ptgid as i32)) {
-                f.insert(ctgid as i32, 0);
+            // Threads share their process's flag; only new processes count.
+            // The event may be read after a later `set` on the parent: only a
+            // fork that happened after the flag was set inherits it.
+            let ts = u64_at(buf, NLMSG_HDR + CN_MSG + 8).unwrap_or(u64::MAX);
+            if cpid == ctgid && f.get(&(ptgid as i32)).is_some_and(|&since| ts >= since) {
+                f.insert(ctgid as i32, ts);
             }
         }
         PROC_EVENT_EXIT => {
@@ -208,7 +220,7 @@ impl CapTracker {
             .lock()
             .map_err(|_| ChkptError::Other("tracker lock poisoned".into()))?;
         if enable {
-            f.insert(pid, now_ticks());
+            f.insert(pid, now_ns());
         } else {
             f.remove(&pid);
         }
@@ -217,33 +229,44 @@ impl CapTracker {
 
     /// Does `pid` hold the flag (set, or inherited by a fork after it was set)?
     pub fn is_set(&self, pid: i32) -> bool {
-        let Ok(mut f) = self.flags.lock() else {
-            return false;
-        };
-        if f.contains_key(&pid) {
-            return true;
+        match self.check(pid) {
+            Some(v) => v,
+            // Started in the same clock tick as the flag: only the fork event
+            // can tell; it is at most a moment away.
+            None => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                self.flags.lock().is_ok_and(|f| f.contains_key(&pid))
+            }
         }
-        // Fork events may still be in flight: look at the ancestors.
-        let Some((start, mut p)) = start_and_ppid(pid) else {
-            return false;
-        };
+    }
+
+    /// Some(answer), or None when undecidable from start times alone.
+    fn check(&self, pid: i32) -> Option<bool> {
+        let mut f = self.flags.lock().ok()?;
+        if f.contains_key(&pid) {
+            return Some(true);
+        }
+        // Fork events may still be in flight: look at the ancestors, and
+        // compare the process's start time with the time the flag was set.
+        let (start_ticks, mut p) = start_and_ppid(pid)?;
+        let (start, tick) = (start_ticks * tick_ns(), tick_ns());
         for _ in 0..64 {
             if p <= 1 {
                 break;
             }
             if let Some(&since) = f.get(&p) {
-                if start >= since {
-                    f.insert(pid, 0);
-                    return true;
+                if start > since + tick {
+                    f.insert(pid, start);
+                    return Some(true);
                 }
-                return false;
+                if start + tick < since {
+                    return Some(false);
+                }
+                return None;
             }
-            match start_and_ppid(p) {
-                Some((_, pp)) => p = pp,
-                None => break,
-            }
+            p = start_and_ppid(p)?.1;
         }
-        false
+        Some(false)
     }
 
     pub fn shutdown(&self) {

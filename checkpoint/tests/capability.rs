@@ -82,6 +82,7 @@ fn checkpoint(sock: &Path, store: &Path, pid: i32) -> std::process::Output {
 
 #[test]
 fn checkpointable_is_inherited_by_later_children_only() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let d = start_krgd(tmp.path());
@@ -98,7 +99,7 @@ fn checkpointable_is_inherited_by_later_children_only() {
         .split_whitespace()
         .map(|t| t.parse().unwrap())
         .collect();
-    let (before, after) = (pids[0], pids[1]);
+    let (before, after) = (guard.add(pids[0]), guard.add(pids[1]));
 
     // started after the flag, its shell gone: still CHECKPOINTABLE
     let s = capset(&d.sock, &["--show", "-k", &after.to_string()]);

@@ -9,6 +9,7 @@ use common::*;
 
 #[test]
 fn signal_state_timers_cwd_umask_rlimits_survive() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "sigstate");
@@ -21,7 +22,7 @@ fn signal_state_timers_cwd_umask_rlimits_survive() {
         .stdout(File::create(&out).unwrap())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
-    let pid = spawn(cmd).id() as i32;
+    let pid = guard.add(spawn(cmd).id() as i32);
     wait_until("first lines", || last_count(&out) >= 3);
     let o = run(Command::new(bin("checkpoint"))
         .args(["--no-capability-check", "--kill", "--dir"])

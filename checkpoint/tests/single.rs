@@ -54,6 +54,7 @@ fn specials(pid: i32) -> Vec<String> {
 
 #[test]
 fn c_program_memory_and_files_continue_exactly() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "memcount");
@@ -71,7 +72,7 @@ fn c_program_memory_and_files_continue_exactly() {
         .stderr(Stdio::null())
         .stdin(Stdio::null());
     let child = spawn(cmd);
-    let pid = child.id() as i32;
+    let pid = guard.add(child.id() as i32);
     wait_until("first lines", || last_count(&out) >= 5);
     let before = specials(pid);
     assert_eq!(
@@ -157,6 +158,7 @@ fn c_program_memory_and_files_continue_exactly() {
 
 #[test]
 fn python_script_with_stdio_inherited_from_restart() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
@@ -166,7 +168,7 @@ fn python_script_with_stdio_inherited_from_restart() {
         .stderr(Stdio::null())
         .stdin(Stdio::null());
     let mut child = spawn(cmd);
-    let pid = child.id() as i32;
+    let pid = guard.add(child.id() as i32);
     let seen = Arc::new(Mutex::new(String::new()));
     let reader = BufReader::new(child.stdout.take().unwrap());
     let s2 = seen.clone();
@@ -216,12 +218,13 @@ fn python_script_with_stdio_inherited_from_restart() {
 
 #[test]
 fn unsupported_socket_refused_and_job_keeps_running() {
+    let guard = Guard::new();
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.args(["-c", "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint('up',flush=True)\ntime.sleep(60)"]);
     cmd.stdout(Stdio::piped()).stdin(Stdio::null());
     let mut child = spawn(cmd);
-    let pid = child.id() as i32;
+    let pid = guard.add(child.id() as i32);
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
@@ -251,6 +254,7 @@ fn unsupported_socket_refused_and_job_keeps_running() {
 
 #[test]
 fn bad_images_refused_before_anything_starts() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "memcount");
@@ -263,7 +267,7 @@ fn bad_images_refused_before_anything_starts() {
         .stdout(File::create(&out).unwrap())
         .stdin(Stdio::null());
     let child = spawn(cmd);
-    let pid = child.id() as i32;
+    let pid = guard.add(child.id() as i32);
     wait_until("first lines", || last_count(&out) >= 2);
     ok(&checkpoint(&store, pid), "checkpoint");
     kill_reap(pid);
@@ -325,6 +329,7 @@ fn bad_images_refused_before_anything_starts() {
 /// sequence after restart if they still share it.
 #[test]
 fn dup_shared_file_offset_is_shared_again() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("log.txt");
@@ -335,7 +340,7 @@ fn dup_shared_file_offset_is_shared_again() {
     cmd.stdout(f.try_clone().unwrap())
         .stderr(f)
         .stdin(Stdio::null());
-    let pid = spawn(cmd).id() as i32;
+    let pid = guard.add(spawn(cmd).id() as i32);
     wait_until("log grows", || last_count(&out) >= 6);
     ok(&checkpoint(&store, pid), "checkpoint");
     kill_reap(pid);
@@ -348,6 +353,7 @@ fn dup_shared_file_offset_is_shared_again() {
 /// `restart --new-pids` while the original still runs (its PID is taken).
 #[test]
 fn new_pids_while_the_original_still_runs() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
@@ -358,7 +364,7 @@ fn new_pids_while_the_original_still_runs() {
         .stderr(Stdio::null())
         .stdin(Stdio::null());
     let child = spawn(cmd);
-    let pid = child.id() as i32;
+    let pid = guard.add(child.id() as i32);
     std::thread::sleep(std::time::Duration::from_millis(200));
     ok(&checkpoint(&store, pid), "checkpoint");
     let o = run(Command::new(bin("restart"))
@@ -395,6 +401,7 @@ fn new_pids_while_the_original_still_runs() {
                 .ok()
         })
         .unwrap();
+    guard.add(new);
     assert_ne!(new, pid);
     assert!(alive(pid) && alive(new));
     wait_until("copy counts on", || {
@@ -406,11 +413,12 @@ fn new_pids_while_the_original_still_runs() {
 
 #[test]
 fn already_traced_process_refused() {
+    let guard = Guard::new();
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("sleep");
     cmd.arg("30").stdin(Stdio::null());
     let child = spawn(cmd);
-    let pid = child.id() as i32;
+    let pid = guard.add(child.id() as i32);
     // SAFETY: this thread seizes (does not stop) its own child, then detaches.
     assert_eq!(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) }, 0);
     let o = checkpoint(&tmp.path().join("store"), pid);

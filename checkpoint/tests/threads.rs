@@ -20,6 +20,7 @@ fn tids(pid: i32) -> Vec<i32> {
 
 #[test]
 fn threads_come_back_with_their_tids_and_state() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/threads.c");
@@ -37,7 +38,7 @@ fn threads_come_back_with_their_tids_and_state() {
     cmd.stdout(File::create(&out).unwrap())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
-    let pid = spawn(cmd).id() as i32;
+    let pid = guard.add(spawn(cmd).id() as i32);
     wait_until("threads run", || last_count(&out) >= 3);
     let before = tids(pid);
     assert_eq!(before.len(), 5);

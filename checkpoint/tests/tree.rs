@@ -41,6 +41,7 @@ fn log_last(path: &std::path::Path) -> u64 {
 
 #[test]
 fn three_process_tree_with_pipes_and_files() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "tree");
@@ -59,10 +60,10 @@ fn three_process_tree_with_pipes_and_files() {
             Ok(())
         });
     }
-    let root = spawn(cmd).id() as i32;
+    let root = guard.add(spawn(cmd).id() as i32);
     wait_until("tokens circulate", || last_count(&out) >= 5);
-    let child = children(root)[0];
-    let grandchild = children(child)[0];
+    let child = guard.add(children(root)[0]);
+    let grandchild = guard.add(children(child)[0]);
 
     let o = run(Command::new(bin("checkpoint"))
         .arg("--no-capability-check")
@@ -107,6 +108,7 @@ fn three_process_tree_with_pipes_and_files() {
 }
 
 fn shared_memory_case(sysv: bool) {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "shmtree");
@@ -119,9 +121,9 @@ fn shared_memory_case(sysv: bool) {
     cmd.stdout(File::create(&out).unwrap())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
-    let root = spawn(cmd).id() as i32;
+    let root = guard.add(spawn(cmd).id() as i32);
     wait_until("shared counter runs", || last_count(&out) >= 3);
-    let child = children(root)[0];
+    let child = guard.add(children(root)[0]);
     let o = run(Command::new(bin("checkpoint"))
         .args(["--no-capability-check", "--kill", "--dir"])
         .arg(&store)
@@ -164,6 +166,7 @@ fn sysv_shared_memory_in_host_ipc_namespace() {
 /// ids, values and queued messages.
 #[test]
 fn sysv_semaphores_and_message_queues() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "sysvipc");
@@ -175,7 +178,7 @@ fn sysv_semaphores_and_message_queues() {
         .stdout(File::create(&out).unwrap())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
-    let pid = spawn(cmd).id() as i32;
+    let pid = guard.add(spawn(cmd).id() as i32);
     wait_until("ipc steps", || last_count(&out) >= 3);
     let v: Vec<i32> = std::fs::read_to_string(&ids)
         .unwrap()
@@ -222,6 +225,7 @@ fn sysv_semaphores_and_message_queues() {
 /// size) are saved without being consumed and are there again after restart.
 #[test]
 fn buffered_pipe_data_survives() {
+    let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c(tmp.path(), "pipebuf");
@@ -231,9 +235,9 @@ fn buffered_pipe_data_survives() {
     cmd.stdout(File::create(&out).unwrap())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
-    let root = spawn(cmd).id() as i32;
+    let root = guard.add(spawn(cmd).id() as i32);
     wait_until("reader runs", || last_count(&out) >= 5);
-    let child = children(root)[0];
+    let child = guard.add(children(root)[0]);
     let o = run(Command::new(bin("checkpoint"))
         .args(["--no-capability-check", "--kill", "--dir"])
         .arg(&store)

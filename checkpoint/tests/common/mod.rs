@@ -128,3 +128,59 @@ pub fn state(pid: i32) -> char {
         .and_then(|(_, r)| r.chars().next())
         .unwrap_or('?')
 }
+
+/// Clock ticks since boot (the unit of /proc/PID/stat's start time).
+fn ticks_now() -> u64 {
+    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let secs: f64 = up
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    (secs * unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64) as u64
+}
+
+fn start_ticks(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Kills the processes of a test that fails half way, so that no job is
+/// left running. Only processes started after the guard was made are
+/// touched: a PID recycled by someone else is never hit.
+pub struct Guard {
+    pids: std::cell::RefCell<Vec<i32>>,
+    since: u64,
+}
+
+impl Guard {
+    pub fn new() -> Self {
+        Guard {
+            pids: Default::default(),
+            since: ticks_now().saturating_sub(1),
+        }
+    }
+    pub fn add(&self, pid: i32) -> i32 {
+        self.pids.borrow_mut().push(pid);
+        pid
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for &p in self.pids.borrow().iter() {
+            if start_ticks(p).is_some_and(|t| t >= self.since) {
+                kill_reap(p);
+            }
+        }
+    }
+}
