@@ -40,12 +40,22 @@ pub struct CapTracker {
 /// Now, in ns of CLOCK_MONOTONIC: the clock of the proc connector's event
 /// timestamps (ktime_get_ns).
 fn now_ns() -> u64 {
-    // SAFETY: ts is a valid out pointer.
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_BOOTTIME - CLOCK_MONOTONIC (time spent suspended): /proc/PID/stat
+/// start times are on the boot-time clock.
+fn suspended_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(now_ns())
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: ts is a valid out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -249,7 +259,11 @@ impl CapTracker {
         // Fork events may still be in flight: look at the ancestors, and
         // compare the process's start time with the time the flag was set.
         let (start_ticks, mut p) = start_and_ppid(pid)?;
-        let (start, tick) = (start_ticks * tick_ns(), tick_ns());
+        // start time on the monotonic clock, like the flag times
+        let (start, tick) = (
+            (start_ticks * tick_ns()).saturating_sub(suspended_ns()),
+            tick_ns(),
+        );
         for _ in 0..64 {
             if p <= 1 {
                 break;
