@@ -45,13 +45,16 @@ fn free_port() -> u16 {
 
 pub struct Node {
     pub id: u32,
+    /// Network namespace the node's krgd and mount.kdfs run in (None: the host's).
+    pub netns: Option<String>,
+    pub ip: String,
     pub port: u16,
     pub sock: PathBuf,
     pub data: PathBuf,
     pub store: PathBuf,
     pub mnt: PathBuf,
     krgd: Option<Child>,
-    peers: Vec<u16>,
+    peers: Vec<String>,
 }
 
 pub struct Cluster {
@@ -73,6 +76,19 @@ pub fn run(cmd: &mut Command) -> std::process::Output {
     out
 }
 
+/// A command run in network namespace `ns` (only the network: mounts made
+/// there are visible to everyone), or on the host.
+pub fn in_netns(ns: &Option<String>, prog: PathBuf) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(prog);
+            c
+        }
+        None => Command::new(prog),
+    }
+}
+
 pub fn is_mounted(p: &Path) -> bool {
     let s = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let p = p.display().to_string();
@@ -80,8 +96,14 @@ pub fn is_mounted(p: &Path) -> bool {
 }
 
 impl Cluster {
-    /// Start `n` krgds and form the cluster (no kDFS yet).
+    /// Start `n` krgds on loopback and form the cluster (no kDFS yet).
     pub fn start(n: u32) -> Cluster {
+        Cluster::start_in((0..n).map(|_| (None, "127.0.0.1".to_string())).collect())
+    }
+
+    /// Start one krgd per (network namespace, address) and form the cluster.
+    pub fn start_in(places: Vec<(Option<String>, String)>) -> Cluster {
+        let n = places.len() as u32;
         ensure_binaries();
         // Under /tmp and world-searchable so that other users reach the mounts.
         let root = tempfile::Builder::new().prefix("kdfs-test").tempdir_in("/tmp").expect("tempdir");
@@ -95,16 +117,24 @@ impl Cluster {
             for sub in ["data", "store", "mnt"] {
                 std::fs::create_dir_all(d.join(sub)).unwrap();
             }
+            let (netns, ip) = places[i as usize].clone();
             nodes.push(Node {
                 id: i + 1,
+                netns,
+                ip,
                 port: ports[i as usize],
                 sock: d.join("krgd.sock"),
                 data: d.join("data"),
                 store: d.join("store"),
                 mnt: d.join("mnt"),
                 krgd: None,
-                peers: ports.iter().copied().filter(|p| *p != ports[i as usize]).collect(),
+                peers: Vec::new(),
             });
+        }
+        let all: Vec<String> = nodes.iter().map(|n| format!("{}:{}", n.ip, n.port)).collect();
+        for n in nodes.iter_mut() {
+            let me = format!("{}:{}", n.ip, n.port);
+            n.peers = all.iter().filter(|a| **a != me).cloned().collect();
         }
         let mut c = Cluster { root, key, nodes };
         for i in 0..n as usize {
@@ -115,7 +145,7 @@ impl Cluster {
             let out = run(Command::new(bin_dir().join("krgadm")).arg("--socket").arg(s).args(["nodes", "status"]));
             String::from_utf8_lossy(&out.stdout).matches(word).count()
         };
-        wait_until("every krgd present", Duration::from_secs(30), || nodes_seen(&sock, "127.0.0.1:") >= n as usize);
+        wait_until("every krgd present", Duration::from_secs(30), || nodes_seen(&sock, "present") + nodes_seen(&sock, "online") >= n as usize);
         wait_until("cluster start", Duration::from_secs(30), || {
             let out = run(Command::new(bin_dir().join("krgadm")).arg("--socket").arg(&sock).args(["cluster", "start"]));
             out.status.success()
@@ -145,10 +175,10 @@ impl Cluster {
     pub fn start_krgd(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let _ = std::fs::remove_file(&n.sock);
-        let mut cmd = Command::new(bin_dir().join("krgd"));
+        let mut cmd = in_netns(&n.netns, bin_dir().join("krgd"));
         cmd.args(["--node-id", &n.id.to_string(), "--session-id", "1"])
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", n.port))
+            .arg(format!("{}:{}", n.ip, n.port))
             .arg("--socket")
             .arg(&n.sock)
             .arg("--data-dir")
@@ -157,7 +187,7 @@ impl Cluster {
             .arg(&self.key)
             .arg("--no-scheduler-mount");
         for p in &n.peers {
-            cmd.arg("--peer").arg(format!("127.0.0.1:{p}"));
+            cmd.arg("--peer").arg(p);
         }
         let log = std::fs::File::create(n.data.join("krgd.log")).unwrap();
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
@@ -195,7 +225,7 @@ impl Cluster {
         if !extra.is_empty() {
             opts = format!("{opts},{extra}");
         }
-        let mut cmd = Command::new(mount_bin());
+        let mut cmd = in_netns(&n.netns, mount_bin());
         cmd.arg(&n.store).arg(&n.mnt).arg("-o").arg(opts);
         run(&mut cmd)
     }
