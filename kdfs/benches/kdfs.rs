@@ -15,7 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn drop_caches() {
@@ -66,7 +69,14 @@ fn seq_read(dir: &Path, mb: u64) -> f64 {
 /// fio 4 KiB random I/O (O_DIRECT, psync) on a 256 MiB file: IOPS.
 fn fio(dir: &Path, rw: &str, secs: u64) -> Option<f64> {
     let out = Command::new("fio")
-        .args(["--name=kdfsbench", "--bs=4k", "--size=256M", "--ioengine=psync", "--direct=1", "--time_based"])
+        .args([
+            "--name=kdfsbench",
+            "--bs=4k",
+            "--size=256M",
+            "--ioengine=psync",
+            "--direct=1",
+            "--time_based",
+        ])
         .arg(format!("--rw={rw}"))
         .arg(format!("--runtime={secs}"))
         .arg(format!("--directory={}", dir.display()))
@@ -75,7 +85,11 @@ fn fio(dir: &Path, rw: &str, secs: u64) -> Option<f64> {
         .ok()?;
     let _ = fs::remove_file(dir.join("kdfsbench.0.0"));
     if !out.status.success() {
-        eprintln!("fio failed on {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "fio failed on {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -118,7 +132,16 @@ fn run_all(dir: &Path, seq_mb: u64, files: u64, fio_secs: u64) -> Vec<Option<f64
     let rr = fio(dir, "randread", fio_secs);
     let rw = fio(dir, "randwrite", fio_secs);
     let m = metadata(dir, files);
-    vec![Some(w), Some(r), rr, rw, Some(m[0]), Some(m[1]), Some(m[2]), Some(m[3])]
+    vec![
+        Some(w),
+        Some(r),
+        rr,
+        rw,
+        Some(m[0]),
+        Some(m[1]),
+        Some(m[2]),
+        Some(m[3]),
+    ]
 }
 
 /// A 3-brick distribute volume on loopback, mounted; torn down on drop.
@@ -133,26 +156,45 @@ impl Gluster {
         if Command::new("glusterd").arg("--version").output().is_err() {
             return None;
         }
-        let running = Command::new("gluster").args(["--mode=script", "volume", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
+        let running = Command::new("gluster")
+            .args(["--mode=script", "volume", "list"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         let mut started = None;
         if !running {
-            let out = Command::new("glusterd").args(["-p", "/run/kdfs-bench-glusterd.pid"]).output().ok()?;
+            let out = Command::new("glusterd")
+                .args(["-p", "/run/kdfs-bench-glusterd.pid"])
+                .output()
+                .ok()?;
             if !out.status.success() {
                 return None;
             }
             std::thread::sleep(Duration::from_secs(2));
-            started = fs::read_to_string("/run/kdfs-bench-glusterd.pid").ok().and_then(|s| s.trim().parse().ok());
+            started = fs::read_to_string("/run/kdfs-bench-glusterd.pid")
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
         }
         // From here on, dropping `g` tears down whatever was set up.
-        let g = Gluster { base: base.to_path_buf(), mnt: base.join("gmnt"), started_glusterd: started };
+        let g = Gluster {
+            base: base.to_path_buf(),
+            mnt: base.join("gmnt"),
+            started_glusterd: started,
+        };
         // glusterd refuses loopback brick addresses: use this host's own
         // address (the traffic still never leaves the machine).
-        let host = String::from_utf8_lossy(&Command::new("hostname").arg("-I").output().ok()?.stdout)
-            .split_whitespace()
-            .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())?
-            .to_string();
+        let host =
+            String::from_utf8_lossy(&Command::new("hostname").arg("-I").output().ok()?.stdout)
+                .split_whitespace()
+                .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())?
+                .to_string();
         fs::create_dir_all(&g.mnt).ok()?;
-        let mut args = vec!["--mode=script".to_string(), "volume".into(), "create".into(), "kdfsbench".into()];
+        let mut args = vec![
+            "--mode=script".to_string(),
+            "volume".into(),
+            "create".into(),
+            "kdfsbench".into(),
+        ];
         for i in 0..3 {
             let b = base.join(format!("brick{i}"));
             fs::create_dir_all(&b).ok()?;
@@ -162,7 +204,9 @@ impl Gluster {
         let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
         if !ok(Command::new("gluster").args(&args))
             || !ok(Command::new("gluster").args(["--mode=script", "volume", "start", "kdfsbench"]))
-            || !ok(Command::new("mount").args(["-t", "glusterfs", &format!("{host}:/kdfsbench")]).arg(&g.mnt))
+            || !ok(Command::new("mount")
+                .args(["-t", "glusterfs", &format!("{host}:/kdfsbench")])
+                .arg(&g.mnt))
         {
             eprintln!("GlusterFS volume could not be set up; skipping it");
             return None;
@@ -174,8 +218,12 @@ impl Gluster {
 impl Drop for Gluster {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).output();
-        let _ = Command::new("gluster").args(["--mode=script", "volume", "stop", "kdfsbench", "force"]).output();
-        let _ = Command::new("gluster").args(["--mode=script", "volume", "delete", "kdfsbench"]).output();
+        let _ = Command::new("gluster")
+            .args(["--mode=script", "volume", "stop", "kdfsbench", "force"])
+            .output();
+        let _ = Command::new("gluster")
+            .args(["--mode=script", "volume", "delete", "kdfsbench"])
+            .output();
         if let Some(pid) = self.started_glusterd {
             // SAFETY: plain kill(2) of the glusterd this bench started.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -191,11 +239,17 @@ fn main() {
     let seq_mb = env_num("KDFS_BENCH_SEQ_MB", 1024);
     let files = env_num("KDFS_BENCH_FILES", 10_000);
     let fio_secs = env_num("KDFS_BENCH_FIO_SECS", 5);
-    let native = tempfile::Builder::new().prefix("kdfs-bench-native").tempdir_in("/var/tmp").expect("native dir");
+    let native = tempfile::Builder::new()
+        .prefix("kdfs-bench-native")
+        .tempdir_in("/var/tmp")
+        .expect("native dir");
     let cluster = common::Cluster::with_kdfs(3);
     let kdir = cluster.mnt(0).join("bench");
     fs::create_dir(&kdir).expect("mkdir on kdfs");
-    let gbase = PathBuf::from(format!("/var/tmp/kdfs-bench-gluster-{}", std::process::id()));
+    let gbase = PathBuf::from(format!(
+        "/var/tmp/kdfs-bench-gluster-{}",
+        std::process::id()
+    ));
     let gluster = Gluster::start(&gbase);
 
     let names = [
@@ -211,10 +265,16 @@ fn main() {
     println!("kDFS bench: seq {seq_mb} MiB, {files} files, fio {fio_secs} s; 3 nodes on loopback");
     let n = run_all(native.path(), seq_mb, files, fio_secs);
     let k = run_all(&kdir, seq_mb, files, fio_secs);
-    let g = gluster.as_ref().map(|g| run_all(&g.mnt, seq_mb, files, fio_secs));
+    let g = gluster
+        .as_ref()
+        .map(|g| run_all(&g.mnt, seq_mb, files, fio_secs));
     let mut rows = Vec::new();
     for (i, (name, unit)) in names.iter().enumerate() {
-        rows.push(Row { name: name.to_string(), unit, values: vec![n[i], k[i], g.as_ref().and_then(|g| g[i])] });
+        rows.push(Row {
+            name: name.to_string(),
+            unit,
+            values: vec![n[i], k[i], g.as_ref().and_then(|g| g[i])],
+        });
     }
     println!(
         "{:<32} {:>10} {:>12} {:>12} {:>12} {:>10} {:>10}",

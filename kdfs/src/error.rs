@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KdfsError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The I/O error is part of the message (not a `source`), so that
+    /// `{:#}` chains do not print it twice.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -15,8 +17,8 @@ pub enum KdfsError {
 }
 
 impl KdfsError {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        KdfsError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        KdfsError::Io { path: path.into(), cause }
     }
     pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         KdfsError::Corrupt { path: path.into(), reason: reason.into() }

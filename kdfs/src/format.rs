@@ -54,7 +54,8 @@ pub struct RootMeta {
 
 /// Encode `value` as a checked meta-file image.
 fn encode<T: Serialize>(magic: &[u8; 8], value: &T) -> Result<Vec<u8>, KdfsError> {
-    let payload = postcard::to_stdvec(value).map_err(|e| KdfsError::Invalid(format!("cannot encode meta-file: {e}")))?;
+    let payload = postcard::to_stdvec(value)
+        .map_err(|e| KdfsError::Invalid(format!("cannot encode meta-file: {e}")))?;
     let mut out = Vec::with_capacity(payload.len() + 20);
     out.extend_from_slice(magic);
     out.extend_from_slice(&LAYOUT_VERSION.to_le_bytes());
@@ -81,7 +82,9 @@ fn decode<T: DeserializeOwned>(magic: &[u8; 8], bytes: &[u8], path: &Path) -> Re
     }
     let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
     if version == 0 || version > LAYOUT_VERSION {
-        return Err(bad(&format!("layout version {version}, this kdfs reads 1..={LAYOUT_VERSION}")));
+        return Err(bad(&format!(
+            "layout version {version}, this kdfs reads 1..={LAYOUT_VERSION}"
+        )));
     }
     let len = u32::from_le_bytes([body[12], body[13], body[14], body[15]]) as usize;
     if len != body.len() - 16 {
@@ -102,12 +105,16 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KdfsErro
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), KdfsError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| KdfsError::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| KdfsError::io(dir, e))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, KdfsError> {
     fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => KdfsError::corrupt(path, "missing (is the directory formatted with mkfs.kdfs?)"),
+        std::io::ErrorKind::NotFound => {
+            KdfsError::corrupt(path, "missing (is the directory formatted with mkfs.kdfs?)")
+        }
         _ => KdfsError::io(path, e),
     })
 }
@@ -157,44 +164,86 @@ pub const FIRST_INO: u64 = 1;
 pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
     let dir = &opts.dir;
     if opts.node == 0 || opts.node > krg_proto::kdfs::MAX_KDFS_NODE {
-        return Err(KdfsError::Invalid(format!("node id {} cannot hold a kDFS (ids 1..=65535)", opts.node)));
+        return Err(KdfsError::Invalid(format!(
+            "node id {} cannot hold a kDFS (ids 1..=65535)",
+            opts.node
+        )));
     }
     if opts.root_node == 0 || opts.root_node > krg_proto::kdfs::MAX_KDFS_NODE {
-        return Err(KdfsError::Invalid(format!("root node id {} is out of range 1..=65535", opts.root_node)));
+        return Err(KdfsError::Invalid(format!(
+            "root node id {} is out of range 1..=65535",
+            opts.root_node
+        )));
     }
     let meta = fs::metadata(dir).map_err(|e| KdfsError::io(dir, e))?;
     if !meta.is_dir() {
-        return Err(KdfsError::Invalid(format!("{} is not a directory", dir.display())));
+        return Err(KdfsError::Invalid(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     let entries: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| KdfsError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     if !entries.is_empty() && !opts.force {
-        let what = if dir.join(SUPERBLOCK).exists() { "is already formatted" } else { "is not empty" };
-        return Err(KdfsError::Invalid(format!("{} {what} (use --force to erase it)", dir.display())));
+        let what = if dir.join(SUPERBLOCK).exists() {
+            "is already formatted"
+        } else {
+            "is not empty"
+        };
+        return Err(KdfsError::Invalid(format!(
+            "{} {what} (use --force to erase it)",
+            dir.display()
+        )));
     }
     for p in entries {
-        let r = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        let r = if p.is_dir() && !p.is_symlink() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
         r.map_err(|e| KdfsError::io(&p, e))?;
     }
     let inodes = dir.join(INODES);
     fs::create_dir(&inodes).map_err(|e| KdfsError::io(&inodes, e))?;
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let is_root = opts.node == opts.root_node;
-    let fs_id = if is_root { loop { let id: u128 = rand::random(); if id != 0 { break id; } } } else { 0 };
+    let fs_id = if is_root {
+        loop {
+            let id: u128 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        }
+    } else {
+        0
+    };
     let mut next = FIRST_INO;
     if is_root {
         let root_path = inodes.join(format!("{next:x}"));
         fs::create_dir(&root_path).map_err(|e| KdfsError::io(&root_path, e))?;
-        fs::set_permissions(&root_path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| KdfsError::io(&root_path, e))?;
+        fs::set_permissions(
+            &root_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| KdfsError::io(&root_path, e))?;
         let root = krg_proto::kdfs::inode_id(opts.node, next);
         next += 1;
         sync_dir(&inodes)?;
         write_root_meta(dir, &RootMeta { fs_id, root })?;
     }
     write_ino_next(dir, next)?;
-    let sb = Superblock { fs_id, node: opts.node, root_node: opts.root_node, layout: LAYOUT_VERSION, created };
+    let sb = Superblock {
+        fs_id,
+        node: opts.node,
+        root_node: opts.root_node,
+        layout: LAYOUT_VERSION,
+        created,
+    };
     // The superblock goes last: a directory with a superblock is complete.
     write_superblock(dir, &sb)?;
     Ok(sb)
@@ -207,7 +256,13 @@ mod tests {
     #[test]
     fn superblock_roundtrip_and_corruption() {
         let d = tempfile::tempdir().unwrap();
-        let sb = mkfs(&MkfsOptions { dir: d.path().into(), node: 1, root_node: 1, force: false }).unwrap();
+        let sb = mkfs(&MkfsOptions {
+            dir: d.path().into(),
+            node: 1,
+            root_node: 1,
+            force: false,
+        })
+        .unwrap();
         assert_eq!(read_superblock(d.path()).unwrap(), sb);
         let meta = read_root_meta(d.path()).unwrap();
         assert_eq!(meta.fs_id, sb.fs_id);
@@ -224,12 +279,24 @@ mod tests {
     fn mkfs_refuses_non_empty_without_force() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("x"), b"x").unwrap();
-        let opts = MkfsOptions { dir: d.path().into(), node: 2, root_node: 1, force: false };
+        let opts = MkfsOptions {
+            dir: d.path().into(),
+            node: 2,
+            root_node: 1,
+            force: false,
+        };
         assert!(mkfs(&opts).unwrap_err().to_string().contains("not empty"));
-        let sb = mkfs(&MkfsOptions { force: true, ..opts.clone() }).unwrap();
+        let sb = mkfs(&MkfsOptions {
+            force: true,
+            ..opts.clone()
+        })
+        .unwrap();
         assert_eq!(sb.fs_id, 0);
         assert!(!d.path().join(ROOT_META).exists());
-        assert!(mkfs(&opts).unwrap_err().to_string().contains("already formatted"));
+        assert!(mkfs(&opts)
+            .unwrap_err()
+            .to_string()
+            .contains("already formatted"));
     }
 
     #[test]

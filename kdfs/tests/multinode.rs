@@ -14,7 +14,16 @@ use common::{run, wait_until, Cluster};
 
 fn meta_tuple(p: &std::path::Path) -> (u64, u32, u32, u32, i64, i64, i64, u64) {
     let m = fs::symlink_metadata(p).unwrap();
-    (m.size(), m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec(), m.ctime(), m.nlink())
+    (
+        m.size(),
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.nlink(),
+    )
 }
 
 #[test]
@@ -28,7 +37,13 @@ fn one_namespace_with_posix_semantics_over_two_nodes() {
     assert_eq!(meta_tuple(&m1.join("hello")), meta_tuple(&m2.join("hello")));
     // The data lives on node 2 (locality): node 2's store grew, node 1's did not get it.
     let stored = |i: usize| -> u64 {
-        fs::read_dir(c.nodes[i].store.join("inodes")).unwrap().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        fs::read_dir(c.nodes[i].store.join("inodes"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
     };
     assert_eq!(stored(1), 11);
     assert_eq!(stored(0), 0);
@@ -38,7 +53,10 @@ fn one_namespace_with_posix_semantics_over_two_nodes() {
     fs::create_dir(m2.join("d2")).unwrap();
     fs::write(m1.join("d2/in-d2-from-1"), b"x").unwrap();
     assert_eq!(fs::read_dir(m2.join("d2")).unwrap().count(), 1);
-    assert_eq!(fs::remove_dir(m1.join("d2")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::remove_dir(m1.join("d2")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
     assert_eq!(fs::metadata(m1.join(".")).unwrap().nlink(), 4);
 
     // rename within a directory, across directories, across nodes.
@@ -46,13 +64,20 @@ fn one_namespace_with_posix_semantics_over_two_nodes() {
     fs::rename(m2.join("hello2"), m2.join("d2/hello3")).unwrap();
     fs::rename(m1.join("d2/hello3"), m1.join("d1/hello4")).unwrap();
     assert_eq!(fs::read(m2.join("d1/hello4")).unwrap(), b"from node 2");
-    assert!(!m2.join("hello").exists() && !m2.join("hello2").exists() && !m1.join("d2/hello3").exists());
+    assert!(
+        !m2.join("hello").exists() && !m2.join("hello2").exists() && !m1.join("d2/hello3").exists()
+    );
     // rename over an existing file replaces it; a directory onto a non-empty one fails.
     fs::write(m2.join("victim"), b"old").unwrap();
     fs::rename(m1.join("d1/hello4"), m1.join("victim")).unwrap();
     assert_eq!(fs::read(m2.join("victim")).unwrap(), b"from node 2");
     fs::create_dir(m2.join("d3")).unwrap();
-    assert_eq!(fs::rename(m1.join("d3"), m1.join("d2")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::rename(m1.join("d3"), m1.join("d2"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
     fs::rename(m1.join("d3"), m1.join("d1/d3moved")).unwrap();
     assert!(m2.join("d1/d3moved").is_dir());
 
@@ -69,57 +94,103 @@ fn one_namespace_with_posix_semantics_over_two_nodes() {
     fs::write(m1.join("orig"), b"linked").unwrap();
     fs::hard_link(m2.join("orig"), m2.join("d2/link")).unwrap();
     assert_eq!(fs::metadata(m1.join("orig")).unwrap().nlink(), 2);
-    assert_eq!(fs::metadata(m1.join("orig")).unwrap().ino(), fs::metadata(m1.join("d2/link")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(m1.join("orig")).unwrap().ino(),
+        fs::metadata(m1.join("d2/link")).unwrap().ino()
+    );
     fs::remove_file(m1.join("orig")).unwrap();
     assert_eq!(fs::read(m2.join("d2/link")).unwrap(), b"linked");
     assert_eq!(fs::metadata(m2.join("d2/link")).unwrap().nlink(), 1);
 
     // symlinks
     symlink("d2/link", m2.join("sl")).unwrap();
-    assert_eq!(fs::read_link(m1.join("sl")).unwrap().to_str(), Some("d2/link"));
+    assert_eq!(
+        fs::read_link(m1.join("sl")).unwrap().to_str(),
+        Some("d2/link")
+    );
     assert_eq!(fs::read(m1.join("sl")).unwrap(), b"linked");
 
     // chmod / chown / utimens seen on the other node
     fs::set_permissions(m1.join("d2/link"), fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::chown(m1.join("d2/link"), Some(65534), Some(65534)).unwrap();
     let t = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789);
-    File::options().write(true).open(m1.join("d2/link")).unwrap().set_modified(t).unwrap();
+    File::options()
+        .write(true)
+        .open(m1.join("d2/link"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
     let m = fs::metadata(m2.join("d2/link")).unwrap();
-    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid(), m.mtime(), m.mtime_nsec()), (0o640, 65534, 65534, 1_000_000_000, 123_456_789));
+    assert_eq!(
+        (
+            m.mode() & 0o7777,
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+            m.mtime_nsec()
+        ),
+        (0o640, 65534, 65534, 1_000_000_000, 123_456_789)
+    );
 
     // Permissions are checked for the calling user.
     fs::write(m1.join("rootonly"), b"secret").unwrap();
     fs::set_permissions(m1.join("rootonly"), fs::Permissions::from_mode(0o600)).unwrap();
-    let out = Command::new("cat").arg(m2.join("rootonly")).uid(65534).gid(65534).output().unwrap();
+    let out = Command::new("cat")
+        .arg(m2.join("rootonly"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "nobody could read a 0600 root file");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
 
     // truncate, sparse file over 4 GiB, fsync
     let p = m1.join("sparse");
-    let mut f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     f.seek(SeekFrom::Start(5 << 30)).unwrap();
     f.write_all(b"end").unwrap();
     f.sync_all().unwrap();
     drop(f);
     let m = fs::metadata(m2.join("sparse")).unwrap();
     assert_eq!(m.len(), (5 << 30) + 3);
-    assert!(m.blocks() < 1024, "sparse file allocated {} blocks", m.blocks());
+    assert!(
+        m.blocks() < 1024,
+        "sparse file allocated {} blocks",
+        m.blocks()
+    );
     let mut f = File::open(m2.join("sparse")).unwrap();
     f.seek(SeekFrom::Start((5 << 30) - 2)).unwrap();
     let mut buf = [9u8; 5];
     f.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"\0\0end");
-    OpenOptions::new().write(true).open(m2.join("sparse")).unwrap().set_len(10).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(m2.join("sparse"))
+        .unwrap()
+        .set_len(10)
+        .unwrap();
     assert_eq!(fs::metadata(m1.join("sparse")).unwrap().len(), 10);
 
     // statfs is the sum over nodes (both stores are on the same disk here).
     let one = nix::sys::statvfs::statvfs(&c.nodes[0].store).unwrap();
     let all = nix::sys::statvfs::statvfs(&m1).unwrap();
     let bytes = |s: &nix::sys::statvfs::Statvfs| s.blocks() as u128 * s.fragment_size() as u128;
-    assert!(bytes(&all) >= 2 * bytes(&one) * 99 / 100, "statfs is not the sum over nodes");
+    assert!(
+        bytes(&all) >= 2 * bytes(&one) * 99 / 100,
+        "statfs is not the sum over nodes"
+    );
 
     // close-to-open: appended on one node, re-opened on the other.
-    let mut f = OpenOptions::new().append(true).open(m1.join("d2/link")).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(m1.join("d2/link"))
+        .unwrap();
     f.write_all(b"+more").unwrap();
     drop(f);
     assert_eq!(fs::read(m2.join("d2/link")).unwrap(), b"linked+more");
@@ -150,10 +221,16 @@ fn readdir_of_100000_entries() {
     for i in 2000..100_000u64 {
         let obj = (1u64 << 40) + i;
         File::create(inodes.join(format!("{obj:x}"))).unwrap();
-        symlink(format!("f{:x}", (1u64 << 48) | obj), dir_obj.join(format!("f{i:06}"))).unwrap();
+        symlink(
+            format!("f{:x}", (1u64 << 48) | obj),
+            dir_obj.join(format!("f{i:06}")),
+        )
+        .unwrap();
     }
-    let mut names: Vec<String> =
-        fs::read_dir(c.mnt(1).join("big")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(c.mnt(1).join("big"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names.len(), 100_000);
     assert_eq!(names[0], "f000000");
@@ -174,10 +251,20 @@ fn node_failure_is_bounded_and_recovers_and_fsynced_data_survives() {
     c.kill_krgd(2);
     let t = Instant::now();
     let e = fs::read(c.mnt(0).join("on3")).unwrap_err();
-    assert!(matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ENOTCONN)), "{e}");
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ENOTCONN)),
+        "{e}"
+    );
     let e = fs::read_dir(c.mnt(0).join("dir3")).map(|_| ()).unwrap_err();
-    assert!(matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ENOTCONN)), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(20), "failing took {:?}", t.elapsed());
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ENOTCONN)),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "failing took {:?}",
+        t.elapsed()
+    );
     // The rest of the namespace works.
     assert_eq!(fs::read(c.mnt(0).join("on2")).unwrap(), b"two");
     fs::write(c.mnt(0).join("while-3-down"), b"ok").unwrap();
@@ -186,7 +273,9 @@ fn node_failure_is_bounded_and_recovers_and_fsynced_data_survives() {
     // Node 3's krgd comes back (serving its directory again by itself).
     c.start_krgd(2);
     let p = c.mnt(0).join("on3");
-    wait_until("node 3's files back", Duration::from_secs(30), || fs::read(&p).is_ok());
+    wait_until("node 3's files back", Duration::from_secs(30), || {
+        fs::read(&p).is_ok()
+    });
     assert_eq!(fs::read(&p).unwrap(), b"three, fsynced");
     assert!(c.mnt(0).join("dir3").is_dir());
 }
@@ -204,7 +293,9 @@ fn fsynced_data_survives_kill_9_of_the_fuse_client() {
         .spawn()
         .unwrap();
     let mnt = c.mnt(1).to_path_buf();
-    wait_until("foreground mount", Duration::from_secs(20), || common::is_mounted(&mnt) && mnt.join("x").symlink_metadata().is_err());
+    wait_until("foreground mount", Duration::from_secs(20), || {
+        common::is_mounted(&mnt) && mnt.join("x").symlink_metadata().is_err()
+    });
     let mut f = File::create(mnt.join("durable")).unwrap();
     f.write_all(b"kept").unwrap();
     f.sync_all().unwrap();
@@ -215,7 +306,11 @@ fn fsynced_data_survives_kill_9_of_the_fuse_client() {
     let _ = run(Command::new("umount").arg("-l").arg(&mnt));
     assert_eq!(fs::read(c.mnt(0).join("durable")).unwrap(), b"kept");
     let out = c.mount(1, "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fs::read(c.mnt(1).join("durable")).unwrap(), b"kept");
 }
 
@@ -229,7 +324,11 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
     // Non-empty refused without --force.
     fs::write(c.nodes[0].store.join("junk"), b"x").unwrap();
     let out = c.mkfs(0, 1, false);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(c.mkfs(0, 1, true).status.success());
     let out = c.mkfs(0, 1, false);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already formatted"));
@@ -238,7 +337,11 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
     // A non-root node cannot mount before the root serves the file system.
     let out = c.mount(1, "");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("root node 1"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root node 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Corrupted superblock: refused at mount with a clear error.
     let sb = c.nodes[0].store.join("kdfs.sb");
@@ -256,7 +359,11 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
     let good_rm = fs::read(&rm).unwrap();
     fs::write(&rm, b"KDFS-RT\0garbage-garbage").unwrap();
     let out = c.mount(0, "");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("root.meta"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root.meta"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     fs::write(&rm, &good_rm).unwrap();
 
     // mount(8) helper convention: mount -t kdfs runs /sbin/mount.kdfs.
@@ -273,14 +380,22 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
     if ours {
         let _ = fs::remove_file(helper);
     }
-    assert!(out.status.success(), "mount -t kdfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mount -t kdfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(common::is_mounted(c.mnt(0)));
     assert!(c.mount(1, "").status.success());
     fs::write(c.mnt(1).join("via-helper"), b"y").unwrap();
     assert_eq!(fs::read(c.mnt(0).join("via-helper")).unwrap(), b"y");
     // umount ends it cleanly.
     let out = run(Command::new("umount").arg(c.mnt(0)));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!common::is_mounted(c.mnt(0)));
     // Node 1 keeps serving its files to the cluster after the local umount.
     assert_eq!(fs::read(c.mnt(1).join("via-helper")).unwrap(), b"y");

@@ -39,12 +39,30 @@ fn pjdfstest_on_a_two_node_mount() {
     fs::write(&cfg, CONFIG).unwrap();
     let sec = c.root.path().join("secondary");
     fs::create_dir(&sec).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&sec).status().unwrap().success());
-    let out = Command::new("pjdfstest").arg("-c").arg(&cfg).arg("-p").arg(&work).arg("-s").arg(&sec).current_dir(&work).output();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&sec)
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new("pjdfstest")
+        .arg("-c")
+        .arg(&cfg)
+        .arg("-p")
+        .arg(&work)
+        .arg("-s")
+        .arg(&sec)
+        .current_dir(&work)
+        .output();
     let _ = Command::new("umount").arg(&sec).status();
     let out = out.expect("run pjdfstest (cargo install pjdfstest --version 0.2.2 --locked)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let summary = text.lines().find(|l| l.starts_with("Summary:")).unwrap_or("no summary").to_string();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or("no summary")
+        .to_string();
     println!("pjdfstest on kDFS: {summary}");
     for l in text.lines().filter(|l| l.contains("FAILED")) {
         println!("  {l}");

@@ -18,8 +18,16 @@ const DIRS: [&str; 3] = ["d", "e", "e/d"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { path: &'static str, off: u64, len: usize, byte: u8 },
-    Truncate { path: &'static str, len: u64 },
+    Write {
+        path: &'static str,
+        off: u64,
+        len: usize,
+        byte: u8,
+    },
+    Truncate {
+        path: &'static str,
+        len: u64,
+    },
     Unlink(&'static str),
     Mkdir(&'static str),
     Rmdir(&'static str),
@@ -36,8 +44,16 @@ fn pick<T: Copy>(rng: &mut StdRng, xs: &[T]) -> T {
 fn random_op(rng: &mut StdRng) -> Op {
     let any: Vec<&'static str> = NAMES.iter().chain(DIRS.iter()).copied().collect();
     match rng.random_range(0..10) {
-        0 | 1 => Op::Write { path: pick(rng, &NAMES), off: rng.random_range(0..5000), len: rng.random_range(0..3000), byte: rng.random() },
-        2 => Op::Truncate { path: pick(rng, &NAMES), len: rng.random_range(0..6000) },
+        0 | 1 => Op::Write {
+            path: pick(rng, &NAMES),
+            off: rng.random_range(0..5000),
+            len: rng.random_range(0..3000),
+            byte: rng.random(),
+        },
+        2 => Op::Truncate {
+            path: pick(rng, &NAMES),
+            len: rng.random_range(0..6000),
+        },
         3 => Op::Unlink(pick(rng, &NAMES)),
         4 => Op::Mkdir(pick(rng, &DIRS)),
         5 => Op::Rmdir(pick(rng, &DIRS)),
@@ -53,22 +69,41 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
     let p = |s: &str| root.join(s);
     let e = |r: std::io::Error| r.raw_os_error().unwrap_or(-1);
     match op {
-        Op::Write { path, off, len, byte } => {
-            let mut f = OpenOptions::new().create(true).write(true).open(p(path)).map_err(e)?;
+        Op::Write {
+            path,
+            off,
+            len,
+            byte,
+        } => {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(p(path))
+                .map_err(e)?;
             f.seek(SeekFrom::Start(*off)).map_err(e)?;
             f.write_all(&vec![*byte; *len]).map_err(e)?;
             Ok(vec![])
         }
-        Op::Truncate { path, len } => OpenOptions::new().write(true).open(p(path)).and_then(|f| f.set_len(*len)).map(|_| vec![]).map_err(e),
+        Op::Truncate { path, len } => OpenOptions::new()
+            .write(true)
+            .open(p(path))
+            .and_then(|f| f.set_len(*len))
+            .map(|_| vec![])
+            .map_err(e),
         Op::Unlink(a) => fs::remove_file(p(a)).map(|_| vec![]).map_err(e),
         Op::Mkdir(a) => fs::create_dir(p(a)).map(|_| vec![]).map_err(e),
         Op::Rmdir(a) => fs::remove_dir(p(a)).map(|_| vec![]).map_err(e),
         Op::Rename(a, b) => fs::rename(p(a), p(b)).map(|_| vec![]).map_err(e),
         Op::Link(a, b) => fs::hard_link(p(a), p(b)).map(|_| vec![]).map_err(e),
-        Op::Chmod(a, m) => fs::set_permissions(p(a), fs::Permissions::from_mode(*m)).map(|_| vec![]).map_err(e),
+        Op::Chmod(a, m) => fs::set_permissions(p(a), fs::Permissions::from_mode(*m))
+            .map(|_| vec![])
+            .map_err(e),
         Op::Read(a) => {
             let mut v = vec![];
-            fs::File::open(p(a)).and_then(|mut f| f.read_to_end(&mut v)).map_err(e)?;
+            fs::File::open(p(a))
+                .and_then(|mut f| f.read_to_end(&mut v))
+                .map_err(e)?;
             Ok(v)
         }
     }
@@ -87,7 +122,16 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, (bool, u32, u64, u64, Vec<u8>)> {
                 stack.push(path.clone());
                 out.insert(rel, (true, m.mode(), 0, m.nlink(), vec![]));
             } else {
-                out.insert(rel, (false, m.mode(), m.len(), m.nlink(), fs::read(&path).unwrap()));
+                out.insert(
+                    rel,
+                    (
+                        false,
+                        m.mode(),
+                        m.len(),
+                        m.nlink(),
+                        fs::read(&path).unwrap(),
+                    ),
+                );
             }
         }
     }
@@ -111,7 +155,10 @@ fn random_operation_sequences_match_a_local_directory() {
             let got = apply(&k, &op);
             assert_eq!(got, want, "seed {seed} step {step}: {op:?}");
         }
-        let (a, b) = (snapshot(&local.path().join(&base)), snapshot(&c.mnt(1).join(&base)));
+        let (a, b) = (
+            snapshot(&local.path().join(&base)),
+            snapshot(&c.mnt(1).join(&base)),
+        );
         assert_eq!(a, b, "seed {seed}: final trees differ");
     }
 }

@@ -33,9 +33,18 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start runtime")?;
     let reply = rt.block_on(admin_call(&args.socket, KdfsAdminRequest::Info))?;
-    let KdfsAdminReply::Info { node, cluster_started, members, .. } = reply else {
+    let KdfsAdminReply::Info {
+        node,
+        cluster_started,
+        members,
+        ..
+    } = reply
+    else {
         bail!("krgd answered out of turn")
     };
     if !cluster_started {
@@ -43,13 +52,30 @@ fn run(args: Args) -> Result<()> {
     }
     if !members.iter().any(|m| m.id == args.root_node) {
         let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
-        bail!("root node {} is not a cluster member (members: {})", args.root_node, ids.join(" "));
+        bail!(
+            "root node {} is not a cluster member (members: {})",
+            args.root_node,
+            ids.join(" ")
+        );
     }
-    let sb = mkfs(&MkfsOptions { dir: args.dir.clone(), node, root_node: args.root_node, force: args.force })?;
+    let sb = mkfs(&MkfsOptions {
+        dir: args.dir.clone(),
+        node,
+        root_node: args.root_node,
+        force: args.force,
+    })?;
     if sb.root_node == node {
-        println!("{}: kDFS {:032x}, node {node}, root directory here", args.dir.display(), sb.fs_id);
+        println!(
+            "{}: kDFS {:032x}, node {node}, root directory here",
+            args.dir.display(),
+            sb.fs_id
+        );
     } else {
-        println!("{}: kDFS part of node {node}, root on node {} (joins at first mount)", args.dir.display(), sb.root_node);
+        println!(
+            "{}: kDFS part of node {node}, root on node {} (joins at first mount)",
+            args.dir.display(),
+            sb.root_node
+        );
     }
     Ok(())
 }

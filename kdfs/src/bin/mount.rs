@@ -15,11 +15,12 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 ///
 /// Options (-o, comma separated): socket=PATH (local krgd admin socket,
 /// default /run/krg/krgd.sock), keyfile=PATH (cluster key, default
-/// /etc/krg/cluster.key), attr_timeout=S and entry_timeout=S (kernel cache
-/// lifetimes, default 0: every stat sees the latest state), threads=N (FUSE
+/// /etc/krg/cluster.key), attr_timeout=S (kernel attribute cache for inodes
+/// reached without a lookup, default 1), entry_timeout=S (kernel name cache,
+/// default 0: every path resolution sees the latest names), threads=N (FUSE
 /// threads, default 2), nodes=ID@ADDR:PORT+... (override member addresses),
 /// log=FILE, foreground (do not detach), ro. Generic options (defaults,
-/// _netdev, noauto, ...) are accepted and ignored.
+/// _netdev, noauto, ...) are accepted and ignored. See docs/kdfs.md.
 #[derive(Parser, Debug)]
 #[command(name = "mount.kdfs", version)]
 struct Args {
@@ -48,11 +49,19 @@ struct Args {
 }
 
 fn init_log(opts: &MountOptions) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let b = tracing_subscriber::fmt().with_env_filter(filter);
     if let Some(path) = &opts.log {
-        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = b.with_writer(std::sync::Mutex::new(f)).with_ansi(false).try_init();
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = b
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+                .try_init();
             return;
         }
     }
@@ -60,7 +69,12 @@ fn init_log(opts: &MountOptions) {
 }
 
 /// Set up, mount, report to `status` (if detached), then serve until unmount.
-fn serve(dir: &Path, mountpoint: &Path, opts: &MountOptions, status: &mut Option<std::fs::File>) -> Result<()> {
+fn serve(
+    dir: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    status: &mut Option<std::fs::File>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.threads.max(2))
         .enable_all()
@@ -68,7 +82,12 @@ fn serve(dir: &Path, mountpoint: &Path, opts: &MountOptions, status: &mut Option
         .context("cannot start runtime")?;
     let prepared = rt.block_on(prepare(dir, opts))?;
     let config = fuse_config(&prepared.dir, opts);
-    let fs = KdfsFs::new(prepared.ops, rt.handle().clone(), opts.attr_timeout, opts.entry_timeout);
+    let fs = KdfsFs::new(
+        prepared.ops,
+        rt.handle().clone(),
+        opts.attr_timeout,
+        opts.entry_timeout,
+    );
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     if let Some(mut f) = status.take() {
@@ -83,7 +102,11 @@ fn serve(dir: &Path, mountpoint: &Path, opts: &MountOptions, status: &mut Option
 
 /// A detached server must not hold its caller's terminal or pipes open.
 fn quiet_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         use std::os::fd::AsRawFd;
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors; null stays open meanwhile.
@@ -114,7 +137,6 @@ fn detach(dir: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
                 if let Some(mut f) = status {
                     let _ = f.write_all(format!("{e:#}").as_bytes());
                 }
-                tracing::error!("mount.kdfs: {e:#}");
                 std::process::exit(1);
             }
             std::process::exit(0);

@@ -51,33 +51,60 @@ pub struct LocalInfo {
 }
 
 /// Ask the local krgd one kDFS admin request.
-pub async fn admin_call(socket: &std::path::Path, req: KdfsAdminRequest) -> Result<KdfsAdminReply, KdfsError> {
+pub async fn admin_call(
+    socket: &std::path::Path,
+    req: KdfsAdminRequest,
+) -> Result<KdfsAdminReply, KdfsError> {
     let unreachable = |e: ProtoError| {
-        KdfsError::Unreachable(format!("cannot talk to the local krgd at {} ({e}); is krgd running?", socket.display()))
+        KdfsError::Unreachable(format!(
+            "cannot talk to the local krgd at {} ({e}); is krgd running?",
+            socket.display()
+        ))
     };
     let mut c = AdminClient::connect(socket).await.map_err(unreachable)?;
-    match c.call(&AdminRequest::Kdfs(req)).await.map_err(unreachable)? {
+    match c
+        .call(&AdminRequest::Kdfs(req))
+        .await
+        .map_err(unreachable)?
+    {
         AdminResponse::Kdfs(r) => Ok(r),
         AdminResponse::Error(e) => Err(KdfsError::Invalid(format!("krgd: {}", e.message))),
-        other => Err(KdfsError::Invalid(format!("krgd answered out of turn: {other:?}"))),
+        other => Err(KdfsError::Invalid(format!(
+            "krgd answered out of turn: {other:?}"
+        ))),
     }
 }
 
 pub async fn local_info(socket: &std::path::Path) -> Result<LocalInfo, KdfsError> {
     match admin_call(socket, KdfsAdminRequest::Info).await? {
-        KdfsAdminReply::Info { node, session, addr, cluster_started, members, .. } => Ok(LocalInfo {
+        KdfsAdminReply::Info {
+            node,
+            session,
+            addr,
+            cluster_started,
+            members,
+            ..
+        } => Ok(LocalInfo {
             node,
             session,
             addr,
             cluster_started,
             members: members.into_iter().map(|m| (m.id, m.addr)).collect(),
         }),
-        other => Err(KdfsError::Invalid(format!("krgd answered out of turn: {other:?}"))),
+        other => Err(KdfsError::Invalid(format!(
+            "krgd answered out of turn: {other:?}"
+        ))),
     }
 }
 
 impl Cluster {
-    pub fn new(key: ClusterKey, me: Identity, socket: PathBuf, fixed: HashMap<NodeId, SocketAddr>, info: &LocalInfo) -> Self {
+    pub fn new(
+        key: ClusterKey,
+        me: Identity,
+        socket: PathBuf,
+        fixed: HashMap<NodeId, SocketAddr>,
+        info: &LocalInfo,
+    ) -> Self {
         let mut addrs: HashMap<NodeId, SocketAddr> = info.members.iter().copied().collect();
         addrs.insert(info.node, info.addr);
         addrs.extend(fixed.iter().map(|(k, v)| (*k, *v)));
@@ -94,7 +121,13 @@ impl Cluster {
 
     /// Every node with a known address.
     pub fn nodes(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.addrs.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let mut v: Vec<NodeId> = self
+            .addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
         v.sort_unstable();
         v
     }
@@ -110,11 +143,20 @@ impl Cluster {
     }
 
     fn addr(&self, node: NodeId) -> Option<SocketAddr> {
-        self.addrs.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied()
+        self.addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .copied()
     }
 
     fn slot(&self, node: NodeId) -> Slot {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(node).or_default().clone()
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node)
+            .or_default()
+            .clone()
     }
 
     fn is_held_down(&self, node: NodeId) -> bool {
@@ -123,7 +165,10 @@ impl Cluster {
     }
 
     fn mark_down(&self, node: NodeId) {
-        self.down_until.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now() + DOWN_HOLD);
+        self.down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, Instant::now() + DOWN_HOLD);
     }
 
     async fn client(&self, node: NodeId) -> Result<Arc<PeerClient>, i32> {

@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
-use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr, SetTime, Time};
+use krg_proto::kdfs::{
+    inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr, SetTime, Time,
+};
 
 use super::ops::Ops;
 
@@ -33,13 +36,17 @@ fn to_time(t: Time) -> SystemTime {
     if t.sec >= 0 {
         UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
     } else {
-        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(u64::from(t.nsec))
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nsec))
     }
 }
 
 fn from_time(t: SystemTime) -> Time {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Ok(d) => Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
         Err(e) => {
             let d = e.duration();
             let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
@@ -89,8 +96,18 @@ fn err(e: i32) -> Errno {
 }
 
 impl KdfsFs {
-    pub fn new(ops: Arc<Ops>, rt: tokio::runtime::Handle, attr_ttl: Duration, entry_ttl: Duration) -> Self {
-        Self { ops, rt, attr_ttl, entry_ttl }
+    pub fn new(
+        ops: Arc<Ops>,
+        rt: tokio::runtime::Handle,
+        attr_ttl: Duration,
+        entry_ttl: Duration,
+    ) -> Self {
+        Self {
+            ops,
+            rt,
+            attr_ttl,
+            entry_ttl,
+        }
     }
 
     /// Kernel inode number of a kDFS inode (the root must be 1).
@@ -134,17 +151,27 @@ impl KdfsFs {
         self.rt.spawn(f);
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static) {
+    fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+        fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
+    ) {
         let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
         self.spawn(async move {
             match fut.await {
-                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &Self::file_attr(root, &a), Generation(0)),
+                Ok(a) => {
+                    reply.entry_with_ttls(&ttl, &ettl, &Self::file_attr(root, &a), Generation(0))
+                }
                 Err(e) => reply.error(err(e)),
             }
         });
     }
 
-    fn reply_empty(&self, reply: ReplyEmpty, fut: impl std::future::Future<Output = Result<(), i32>> + Send + 'static) {
+    fn reply_empty(
+        &self,
+        reply: ReplyEmpty,
+        fut: impl std::future::Future<Output = Result<(), i32>> + Send + 'static,
+    ) {
         self.spawn(async move {
             match fut.await {
                 Ok(()) => reply.ok(),
@@ -154,7 +181,14 @@ impl KdfsFs {
     }
 
     fn new_inode(req: &Request, kind: FileKind, mode: u32, umask: u32) -> NewInode {
-        NewInode { kind, perm: (mode & !umask & 0o7777) as u16, uid: req.uid(), gid: req.gid(), rdev: 0, target: None }
+        NewInode {
+            kind,
+            perm: (mode & !umask & 0o7777) as u16,
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev: 0,
+            target: None,
+        }
     }
 }
 
@@ -199,7 +233,14 @@ impl Filesystem for KdfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
         let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
         self.spawn(async move {
             match ops.setattr(id, set).await {
@@ -219,8 +260,19 @@ impl Filesystem for KdfsFs {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let Some(kind) = kind_of_mode(mode) else { return reply.error(Errno::EINVAL) };
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = kind_of_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return reply.error(Errno::EINVAL);
         }
@@ -230,7 +282,15 @@ impl Filesystem for KdfsFs {
         self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let new = Self::new_inode(req, FileKind::Dir, mode, umask);
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
         self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
@@ -246,10 +306,21 @@ impl Filesystem for KdfsFs {
         self.reply_empty(reply, async move { ops.rmdir(dir, &name).await });
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let mut new = Self::new_inode(req, FileKind::Symlink, 0o777, 0);
         new.target = Some(target.as_os_str().as_bytes().to_vec());
-        let (ops, dir, name) = (self.ops.clone(), self.id(parent), link_name.as_bytes().to_vec());
+        let (ops, dir, name) = (
+            self.ops.clone(),
+            self.id(parent),
+            link_name.as_bytes().to_vec(),
+        );
         self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
     }
 
@@ -264,12 +335,30 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, src, dst) = (self.ops.clone(), self.id(parent), self.id(newparent));
-        let (name, newname, flags) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec(), flags.bits());
-        self.reply_empty(reply, async move { ops.rename(src, &name, dst, &newname, flags).await });
+        let (name, newname, flags) = (
+            name.as_bytes().to_vec(),
+            newname.as_bytes().to_vec(),
+            flags.bits(),
+        );
+        self.reply_empty(reply, async move {
+            ops.rename(src, &name, dst, &newname, flags).await
+        });
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let (ops, id, dir, name) = (self.ops.clone(), self.id(ino), self.id(newparent), newname.as_bytes().to_vec());
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (ops, id, dir, name) = (
+            self.ops.clone(),
+            self.id(ino),
+            self.id(newparent),
+            newname.as_bytes().to_vec(),
+        );
         self.reply_entry(reply, async move { ops.link(id, dir, &name).await });
     }
 
@@ -286,7 +375,16 @@ impl Filesystem for KdfsFs {
         });
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let new = Self::new_inode(req, FileKind::File, mode, umask);
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
@@ -297,7 +395,13 @@ impl Filesystem for KdfsFs {
                     // created() takes one TTL for both the entry and the
                     // attributes: the shorter one, so that names stay fresh.
                     let t = ttl.min(ettl);
-                    reply.created(&t, &Self::file_attr(root, &a), Generation(0), FileHandle(fh), FopenFlags::empty())
+                    reply.created(
+                        &t,
+                        &Self::file_attr(root, &a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
                 }
                 Ok((_, None)) => reply.error(Errno::EIO),
                 Err(e) => reply.error(err(e)),
@@ -346,7 +450,14 @@ impl Filesystem for KdfsFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Writes are sent through to the owner as they happen (no client-side
         // write-back), so close has nothing left to push.
         reply.ok();
@@ -363,12 +474,32 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::Release { ino: id, fh: fh.0 }).await });
+        self.reply_empty(reply, async move {
+            ops.simple(inode_node(id), Q::Release { ino: id, fh: fh.0 })
+                .await
+        });
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::Fsync { ino: id, fh: fh.0, datasync }).await });
+        self.reply_empty(reply, async move {
+            ops.simple(
+                inode_node(id),
+                Q::Fsync {
+                    ino: id,
+                    fh: fh.0,
+                    datasync,
+                },
+            )
+            .await
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -381,7 +512,14 @@ impl Filesystem for KdfsFs {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
         self.spawn(async move {
             // Offsets 1 and 2 are "." and ".."; entry i of the snapshot is i + 3.
@@ -409,7 +547,12 @@ impl Filesystem for KdfsFs {
                 }
                 for e in batch {
                     idx += 1;
-                    let full = reply.add(Self::fuse_ino(ops.root, e.ino), idx + 2, file_type(e.kind), OsStr::from_bytes(&e.name));
+                    let full = reply.add(
+                        Self::fuse_ino(ops.root, e.ino),
+                        idx + 2,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    );
                     if full {
                         return reply.ok();
                     }
@@ -418,29 +561,64 @@ impl Filesystem for KdfsFs {
         });
     }
 
-    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::ReleaseDir { fh: fh.0 }).await });
+        self.reply_empty(reply, async move {
+            ops.simple(inode_node(id), Q::ReleaseDir { fh: fh.0 }).await
+        });
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.reply_empty(reply, async move { ops.simple(inode_node(id), Q::FsyncDir { ino: id }).await });
+        self.reply_empty(reply, async move {
+            ops.simple(inode_node(id), Q::FsyncDir { ino: id }).await
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let ops = self.ops.clone();
         self.spawn(async move {
             match ops.statfs().await {
-                Ok([blocks, bfree, bavail, files, ffree]) => reply.statfs(blocks, bfree, bavail, files, ffree, 4096, 255, 4096),
+                Ok([blocks, bfree, bavail, files, ffree]) => {
+                    reply.statfs(blocks, bfree, bavail, files, ffree, 4096, 255, 4096)
+                }
                 Err(e) => reply.error(err(e)),
             }
         });
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        let q = Q::Fallocate { ino: id, fh: fh.0, offset, len: length, mode };
+        let q = Q::Fallocate {
+            ino: id,
+            fh: fh.0,
+            offset,
+            len: length,
+            mode,
+        };
         self.reply_empty(reply, async move { ops.simple(inode_node(id), q).await });
     }
 }

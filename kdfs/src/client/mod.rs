@@ -56,19 +56,30 @@ impl Default for MountOptions {
 }
 
 fn secs(key: &str, v: &str) -> Result<Duration, KdfsError> {
-    let f: f64 = v.parse().map_err(|_| KdfsError::Invalid(format!("option {key}={v}: not a number of seconds")))?;
+    let f: f64 = v
+        .parse()
+        .map_err(|_| KdfsError::Invalid(format!("option {key}={v}: not a number of seconds")))?;
     if !(0.0..=3600.0).contains(&f) {
-        return Err(KdfsError::Invalid(format!("option {key}={v}: out of range 0..3600")));
+        return Err(KdfsError::Invalid(format!(
+            "option {key}={v}: out of range 0..3600"
+        )));
     }
     Ok(Duration::from_secs_f64(f))
 }
 
 fn parse_nodes(v: &str) -> Result<HashMap<NodeId, SocketAddr>, KdfsError> {
-    let bad = || KdfsError::Invalid(format!("option nodes={v}: expected ID@ADDR:PORT[+ID@ADDR:PORT...]"));
+    let bad = || {
+        KdfsError::Invalid(format!(
+            "option nodes={v}: expected ID@ADDR:PORT[+ID@ADDR:PORT...]"
+        ))
+    };
     let mut out = HashMap::new();
     for part in v.split('+').filter(|p| !p.is_empty()) {
         let (id, addr) = part.split_once('@').ok_or_else(bad)?;
-        out.insert(id.parse().map_err(|_| bad())?, addr.parse().map_err(|_| bad())?);
+        out.insert(
+            id.parse().map_err(|_| bad())?,
+            addr.parse().map_err(|_| bad())?,
+        );
     }
     Ok(out)
 }
@@ -90,15 +101,23 @@ impl MountOptions {
                 ("attr_timeout", Some(v)) => o.attr_timeout = secs(k, v)?,
                 ("entry_timeout", Some(v)) => o.entry_timeout = secs(k, v)?,
                 ("threads", Some(v)) => {
-                    o.threads = v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
-                        KdfsError::Invalid(format!("option threads={v}: expected 1..64"))
-                    })?
+                    o.threads =
+                        v.parse()
+                            .ok()
+                            .filter(|n| (1..=64).contains(n))
+                            .ok_or_else(|| {
+                                KdfsError::Invalid(format!("option threads={v}: expected 1..64"))
+                            })?
                 }
                 ("log", Some(v)) => o.log = Some(v.into()),
                 ("foreground", None) => o.foreground = true,
                 ("ro", None) => o.read_only = true,
-                ("rw" | "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "user" | "nouser" | "users" | "exec"
-                | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "relatime" | "async", None) => {}
+                (
+                    "rw" | "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "user"
+                    | "nouser" | "users" | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev"
+                    | "atime" | "noatime" | "relatime" | "async",
+                    None,
+                ) => {}
                 _ => return Err(KdfsError::Invalid(format!("unknown mount option '{opt}'"))),
             }
         }
@@ -108,7 +127,8 @@ impl MountOptions {
 
 fn read_key(path: &Path) -> Result<ClusterKey, KdfsError> {
     let bytes = std::fs::read(path).map_err(|e| KdfsError::io(path, e))?;
-    ClusterKey::new(bytes.trim_ascii().to_vec()).map_err(|e| KdfsError::Invalid(format!("{}: {e}", path.display())))
+    ClusterKey::new(bytes.trim_ascii().to_vec())
+        .map_err(|e| KdfsError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Everything needed to serve the mount, established before mounting so
@@ -132,14 +152,29 @@ pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsEr
             info.node
         )));
     }
-    let me = Identity { session: info.session, node: info.node, role: Role::Tool };
-    let cluster = Arc::new(Cluster::new(key, me, opts.socket.clone(), opts.nodes.clone(), &info));
-    let dir_s = dir.to_str().ok_or_else(|| KdfsError::Invalid(format!("{} is not UTF-8", dir.display())))?.to_string();
+    let me = Identity {
+        session: info.session,
+        node: info.node,
+        role: Role::Tool,
+    };
+    let cluster = Arc::new(Cluster::new(
+        key,
+        me,
+        opts.socket.clone(),
+        opts.nodes.clone(),
+        &info,
+    ));
+    let dir_s = dir
+        .to_str()
+        .ok_or_else(|| KdfsError::Invalid(format!("{} is not UTF-8", dir.display())))?
+        .to_string();
     let fs_id = if sb.root_node == info.node {
         None
     } else {
         match cluster.call(sb.root_node, KdfsRequest::Hello).await {
-            Ok(KdfsResponse::Hello { fs_id: Some(id), .. }) => Some(id),
+            Ok(KdfsResponse::Hello {
+                fs_id: Some(id), ..
+            }) => Some(id),
             _ => {
                 return Err(KdfsError::Unreachable(format!(
                     "root node {} does not serve this kDFS (is it up, and is kdfs mounted there?)",
@@ -150,13 +185,29 @@ pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsEr
     };
     match conn::admin_call(&opts.socket, KdfsAdminRequest::Attach { dir: dir_s, fs_id }).await? {
         KdfsAdminReply::Attached { .. } => {}
-        other => return Err(KdfsError::Invalid(format!("krgd answered attach with {other:?}"))),
+        other => {
+            return Err(KdfsError::Invalid(format!(
+                "krgd answered attach with {other:?}"
+            )))
+        }
     }
     let root = match cluster.call(sb.root_node, KdfsRequest::Root).await {
         Ok(KdfsResponse::Root(r)) => r,
-        _ => return Err(KdfsError::Unreachable(format!("root node {} does not answer with the root directory", sb.root_node))),
+        _ => {
+            return Err(KdfsError::Unreachable(format!(
+                "root node {} does not answer with the root directory",
+                sb.root_node
+            )))
+        }
     };
-    Ok(Prepared { ops: Arc::new(Ops { cluster, local: info.node, root }), dir })
+    Ok(Prepared {
+        ops: Arc::new(Ops {
+            cluster,
+            local: info.node,
+            root,
+        }),
+        dir,
+    })
 }
 
 /// The fuser configuration of a kDFS mount.

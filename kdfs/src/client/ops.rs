@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use krg_proto::kdfs::{
-    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode, RemoveWhat, SetAttr,
+    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode,
+    RemoveWhat, SetAttr,
 };
 use krg_proto::NodeId;
 
@@ -39,7 +40,16 @@ impl Ops {
     }
 
     pub async fn lookup(&self, dir: InodeId, name: &[u8]) -> Res<Attr> {
-        match self.call(inode_node(dir), Q::Lookup { dir, name: name.to_vec() }).await? {
+        match self
+            .call(
+                inode_node(dir),
+                Q::Lookup {
+                    dir,
+                    name: name.to_vec(),
+                },
+            )
+            .await?
+        {
             A::Entry { attr: Some(a), .. } => Ok(a),
             A::Entry { ino, .. } => self.getattr(ino).await,
             other => unexpected("lookup", other),
@@ -47,7 +57,16 @@ impl Ops {
     }
 
     async fn entry(&self, dir: InodeId, name: &[u8]) -> Res<(InodeId, FileKind)> {
-        match self.call(inode_node(dir), Q::Lookup { dir, name: name.to_vec() }).await? {
+        match self
+            .call(
+                inode_node(dir),
+                Q::Lookup {
+                    dir,
+                    name: name.to_vec(),
+                },
+            )
+            .await?
+        {
             A::Entry { ino, kind, .. } => Ok((ino, kind)),
             other => unexpected("lookup", other),
         }
@@ -75,10 +94,27 @@ impl Ops {
 
     /// [`Ops::make`], also opening the new inode when `open` is given
     /// (`Some(true)`: for writing) — one round trip less for creat(2).
-    pub async fn make_open(&self, dir: InodeId, name: &[u8], mut new: NewInode, open: Option<bool>) -> Res<(Attr, Option<u64>)> {
+    pub async fn make_open(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        mut new: NewInode,
+        open: Option<bool>,
+    ) -> Res<(Attr, Option<u64>)> {
         let dir_node = inode_node(dir);
         if dir_node == self.local {
-            return match self.call(dir_node, Q::Create { dir, name: name.to_vec(), new, open }).await? {
+            return match self
+                .call(
+                    dir_node,
+                    Q::Create {
+                        dir,
+                        name: name.to_vec(),
+                        new,
+                        open,
+                    },
+                )
+                .await?
+            {
                 A::Created { attr, fh } => Ok((attr, fh)),
                 other => unexpected("create", other),
             };
@@ -106,10 +142,18 @@ impl Ops {
             A::Created { attr, fh } => (attr, fh),
             other => return unexpected("make inode", other),
         };
-        let add = Q::AddEntry { dir, name: name.to_vec(), ino: attr.ino, kind: attr.kind, replace: false };
+        let add = Q::AddEntry {
+            dir,
+            name: name.to_vec(),
+            ino: attr.ino,
+            kind: attr.kind,
+            replace: false,
+        };
         if let Err(e) = self.call(dir_node, add).await {
             if let Some(fh) = fh {
-                let _ = self.call(self.local, Q::Release { ino: attr.ino, fh }).await;
+                let _ = self
+                    .call(self.local, Q::Release { ino: attr.ino, fh })
+                    .await;
             }
             self.drop_inode(attr.ino, attr.kind).await;
             return Err(e);
@@ -119,14 +163,27 @@ impl Ops {
 
     /// Release an inode whose entry was removed or never made.
     async fn drop_inode(&self, ino: InodeId, kind: FileKind) {
-        let q = if kind == FileKind::Dir { Q::RemoveDir { ino } } else { Q::DecLink { ino } };
+        let q = if kind == FileKind::Dir {
+            Q::RemoveDir { ino }
+        } else {
+            Q::DecLink { ino }
+        };
         if let Err(e) = self.call(inode_node(ino), q).await {
-            tracing::warn!(ino, errno = e, "kdfs: could not release an unlinked inode (it leaks until fsck)");
+            tracing::warn!(
+                ino,
+                errno = e,
+                "kdfs: could not release an unlinked inode (it leaks until fsck)"
+            );
         }
     }
 
     pub async fn unlink(&self, dir: InodeId, name: &[u8]) -> Res<()> {
-        let q = Q::RemoveEntry { dir, name: name.to_vec(), what: RemoveWhat::NonDir, expect: None };
+        let q = Q::RemoveEntry {
+            dir,
+            name: name.to_vec(),
+            what: RemoveWhat::NonDir,
+            expect: None,
+        };
         match self.call(inode_node(dir), q).await? {
             A::Removed(Some(e)) => {
                 self.drop_inode(e.ino, e.kind).await;
@@ -147,7 +204,12 @@ impl Ops {
             Ok(_) | Err(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        let q = Q::RemoveEntry { dir, name: name.to_vec(), what: RemoveWhat::Dir, expect: Some(ino) };
+        let q = Q::RemoveEntry {
+            dir,
+            name: name.to_vec(),
+            what: RemoveWhat::Dir,
+            expect: Some(ino),
+        };
         self.call(inode_node(dir), q).await.map(|_| ())
     }
 
@@ -156,7 +218,13 @@ impl Ops {
             A::Attr(a) => a,
             other => return unexpected("link", other),
         };
-        let add = Q::AddEntry { dir, name: name.to_vec(), ino, kind: attr.kind, replace: false };
+        let add = Q::AddEntry {
+            dir,
+            name: name.to_vec(),
+            ino,
+            kind: attr.kind,
+            replace: false,
+        };
         if let Err(e) = self.call(inode_node(dir), add).await {
             self.drop_inode(ino, attr.kind).await;
             return Err(e);
@@ -164,7 +232,14 @@ impl Ops {
         Ok(attr)
     }
 
-    pub async fn rename(&self, src: InodeId, name: &[u8], dst: InodeId, new_name: &[u8], flags: u32) -> Res<()> {
+    pub async fn rename(
+        &self,
+        src: InodeId,
+        name: &[u8],
+        dst: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Res<()> {
         let (ino, kind) = self.entry(src, name).await?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if !exchange {
@@ -172,7 +247,10 @@ impl Ops {
             // needs the target's owner, which may be a third node.
             match self.entry(dst, new_name).await {
                 Ok((old, FileKind::Dir)) if old != ino && kind == FileKind::Dir => {
-                    match self.call(inode_node(old), Q::IsEmptyDir { ino: old }).await? {
+                    match self
+                        .call(inode_node(old), Q::IsEmptyDir { ino: old })
+                        .await?
+                    {
                         A::Empty(true) => {}
                         A::Empty(false) => return Err(libc::ENOTEMPTY),
                         other => return unexpected("rename", other),
@@ -183,7 +261,13 @@ impl Ops {
             }
         }
         let replaced = if inode_node(src) == inode_node(dst) {
-            let q = Q::Rename { src_dir: src, src_name: name.to_vec(), dst_dir: dst, dst_name: new_name.to_vec(), flags };
+            let q = Q::Rename {
+                src_dir: src,
+                src_name: name.to_vec(),
+                dst_dir: dst,
+                dst_name: new_name.to_vec(),
+                flags,
+            };
             match self.call(inode_node(src), q).await? {
                 A::Removed(r) => r,
                 other => return unexpected("rename", other),
@@ -192,7 +276,8 @@ impl Ops {
             if exchange {
                 return Err(libc::EINVAL);
             }
-            self.rename_across(ino, kind, src, name, dst, new_name, flags).await?
+            self.rename_across(ino, kind, src, name, dst, new_name, flags)
+                .await?
         };
         if let Some(old) = replaced {
             self.drop_inode(old.ino, old.kind).await;
@@ -220,15 +305,33 @@ impl Ops {
         flags: u32,
     ) -> Res<Option<DirEntry>> {
         let replace = flags & libc::RENAME_NOREPLACE == 0;
-        let add = Q::AddEntry { dir: dst, name: new_name.to_vec(), ino, kind, replace };
+        let add = Q::AddEntry {
+            dir: dst,
+            name: new_name.to_vec(),
+            ino,
+            kind,
+            replace,
+        };
         let replaced = match self.call(inode_node(dst), add).await? {
             A::Removed(r) => r,
             other => return unexpected("rename", other),
         };
-        let what = if kind == FileKind::Dir { RemoveWhat::Dir } else { RemoveWhat::NonDir };
-        let rm = Q::RemoveEntry { dir: src, name: name.to_vec(), what, expect: Some(ino) };
+        let what = if kind == FileKind::Dir {
+            RemoveWhat::Dir
+        } else {
+            RemoveWhat::NonDir
+        };
+        let rm = Q::RemoveEntry {
+            dir: src,
+            name: name.to_vec(),
+            what,
+            expect: Some(ino),
+        };
         if let Err(e) = self.call(inode_node(src), rm).await {
-            tracing::warn!(errno = e, "kdfs: rename could not remove the old name; the file now has both");
+            tracing::warn!(
+                errno = e,
+                "kdfs: rename could not remove the old name; the file now has both"
+            );
             return Err(e);
         }
         Ok(replaced)
@@ -242,14 +345,36 @@ impl Ops {
     }
 
     pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {
-        match self.call(inode_node(ino), Q::Read { ino, fh, offset, len }).await? {
+        match self
+            .call(
+                inode_node(ino),
+                Q::Read {
+                    ino,
+                    fh,
+                    offset,
+                    len,
+                },
+            )
+            .await?
+        {
             A::Data(d) => Ok(d.0),
             other => unexpected("read", other),
         }
     }
 
     pub async fn write(&self, ino: InodeId, fh: u64, offset: u64, data: Vec<u8>) -> Res<u32> {
-        match self.call(inode_node(ino), Q::Write { ino, fh, offset, data: krg_proto::kdfs::Bytes(data) }).await? {
+        match self
+            .call(
+                inode_node(ino),
+                Q::Write {
+                    ino,
+                    fh,
+                    offset,
+                    data: krg_proto::kdfs::Bytes(data),
+                },
+            )
+            .await?
+        {
             A::Written(n) => Ok(n),
             other => unexpected("write", other),
         }
@@ -266,8 +391,17 @@ impl Ops {
         }
     }
 
-    pub async fn readdir(&self, ino: InodeId, fh: u64, offset: u64, max: u32) -> Res<Vec<DirEntry>> {
-        match self.call(inode_node(ino), Q::ReadDir { fh, offset, max }).await? {
+    pub async fn readdir(
+        &self,
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        max: u32,
+    ) -> Res<Vec<DirEntry>> {
+        match self
+            .call(inode_node(ino), Q::ReadDir { fh, offset, max })
+            .await?
+        {
             A::Entries(e) => Ok(e),
             other => unexpected("readdir", other),
         }
@@ -278,7 +412,15 @@ impl Ops {
         let mut sum = [0u64; 5];
         let mut any = false;
         for node in self.cluster.nodes() {
-            if let Ok(A::Statfs { blocks, bfree, bavail, files, ffree, .. }) = self.call(node, Q::Statfs).await {
+            if let Ok(A::Statfs {
+                blocks,
+                bfree,
+                bavail,
+                files,
+                ffree,
+                ..
+            }) = self.call(node, Q::Statfs).await
+            {
                 any = true;
                 for (s, v) in sum.iter_mut().zip([blocks, bfree, bavail, files, ffree]) {
                     *s = s.saturating_add(v);

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use krg_proto::kdfs::{
-    inode_id, inode_local, inode_node, Attr, Bytes, DirEntry, FileKind, InodeId, KdfsRequest, KdfsResponse, NewInode,
-    RemoveWhat, SetAttr, Time,
+    inode_id, inode_local, inode_node, Attr, Bytes, DirEntry, FileKind, InodeId, KdfsRequest,
+    KdfsResponse, NewInode, RemoveWhat, SetAttr, Time,
 };
 use krg_proto::NodeId;
 
@@ -102,7 +102,8 @@ fn kind_of(ft: fs::FileType) -> FileKind {
 }
 
 fn check_name(name: &[u8]) -> Res<&OsStr> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(libc::EINVAL);
     }
     if name.len() > 255 {
@@ -152,11 +153,19 @@ impl Store {
         let root = if sb.root_node == node {
             let meta = format::read_root_meta(dir)?;
             if meta.fs_id != sb.fs_id {
-                return Err(KdfsError::corrupt(dir.join(format::ROOT_META), "file system id differs from the superblock's"));
+                return Err(KdfsError::corrupt(
+                    dir.join(format::ROOT_META),
+                    "file system id differs from the superblock's",
+                ));
             }
-            let root_path = dir.join(INODES).join(format!("{:x}", inode_local(meta.root)));
+            let root_path = dir
+                .join(INODES)
+                .join(format!("{:x}", inode_local(meta.root)));
             if inode_node(meta.root) != node || !root_path.is_dir() {
-                return Err(KdfsError::corrupt(dir.join(format::ROOT_META), "names a root directory that does not exist"));
+                return Err(KdfsError::corrupt(
+                    dir.join(format::ROOT_META),
+                    "names a root directory that does not exist",
+                ));
             }
             Some(meta.root)
         } else {
@@ -211,7 +220,9 @@ impl Store {
 
     /// Remove inodes that lost their last link while open before a crash.
     fn sweep_orphans(&self) {
-        let Ok(rd) = fs::read_dir(&self.inodes) else { return };
+        let Ok(rd) = fs::read_dir(&self.inodes) else {
+            return;
+        };
         for e in rd.flatten() {
             let path = e.path();
             if e.file_name().as_bytes().starts_with(b".tmp-") {
@@ -244,7 +255,10 @@ impl Store {
 
     /// Lock the stripes of several inodes in a fixed order (no deadlock).
     fn lock_many(&self, inos: &[InodeId]) -> Vec<MutexGuard<'_, ()>> {
-        let mut idx: Vec<usize> = inos.iter().map(|i| (inode_local(*i) as usize) % LOCK_STRIPES).collect();
+        let mut idx: Vec<usize> = inos
+            .iter()
+            .map(|i| (inode_local(*i) as usize) % LOCK_STRIPES)
+            .collect();
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter().map(|i| lock(&self.stripes[i])).collect()
@@ -266,9 +280,13 @@ impl Store {
         let m = fs::symlink_metadata(path).map_err(errno)?;
         let kind = kind_of(m.file_type());
         let nlink = if kind == FileKind::Dir {
-            2 + sys::get_u64_xattr(path, NSUB_XATTR).map_err(errno)?.unwrap_or(0)
+            2 + sys::get_u64_xattr(path, NSUB_XATTR)
+                .map_err(errno)?
+                .unwrap_or(0)
         } else {
-            sys::get_u64_xattr(path, NLINK_XATTR).map_err(errno)?.unwrap_or(1)
+            sys::get_u64_xattr(path, NLINK_XATTR)
+                .map_err(errno)?
+                .unwrap_or(1)
         };
         Ok(Attr {
             ino,
@@ -280,9 +298,18 @@ impl Store {
             rdev: m.rdev() as u32,
             size: m.size(),
             blocks: m.blocks(),
-            atime: Time { sec: m.atime(), nsec: m.atime_nsec() as u32 },
-            mtime: Time { sec: m.mtime(), nsec: m.mtime_nsec() as u32 },
-            ctime: Time { sec: m.ctime(), nsec: m.ctime_nsec() as u32 },
+            atime: Time {
+                sec: m.atime(),
+                nsec: m.atime_nsec() as u32,
+            },
+            mtime: Time {
+                sec: m.mtime(),
+                nsec: m.mtime_nsec() as u32,
+            },
+            ctime: Time {
+                sec: m.ctime(),
+                nsec: m.ctime_nsec() as u32,
+            },
         })
     }
 
@@ -302,14 +329,18 @@ impl Store {
 
     fn read_entry(&self, dir_path: &Path, name: &OsStr) -> Res<Option<(InodeId, FileKind)>> {
         match fs::read_link(dir_path.join(name)) {
-            Ok(t) => decode_entry(t.as_os_str().as_bytes()).map(Some).ok_or(libc::EIO),
+            Ok(t) => decode_entry(t.as_os_str().as_bytes())
+                .map(Some)
+                .ok_or(libc::EIO),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(errno(e)),
         }
     }
 
     fn adjust_nsub(&self, dir_path: &Path, delta: i64) -> Res<()> {
-        let cur = sys::get_u64_xattr(dir_path, NSUB_XATTR).map_err(errno)?.unwrap_or(0) as i64;
+        let cur = sys::get_u64_xattr(dir_path, NSUB_XATTR)
+            .map_err(errno)?
+            .unwrap_or(0) as i64;
         sys::set_u64_xattr(dir_path, NSUB_XATTR, (cur + delta).max(0) as u64).map_err(errno)
     }
 
@@ -320,18 +351,30 @@ impl Store {
         let perm = u32::from(new.perm) & 0o7777;
         match new.kind {
             FileKind::File => {
-                let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(errno)?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(errno)?;
                 drop(f);
             }
-            FileKind::Dir => fs::DirBuilder::new().mode(0o700).create(&path).map_err(errno)?,
+            FileKind::Dir => fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&path)
+                .map_err(errno)?,
             FileKind::Symlink => {
                 let target = new.target.as_deref().ok_or(libc::EINVAL)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), &path).map_err(errno)?;
             }
             FileKind::Fifo => sys::mknod(&path, libc::S_IFIFO | 0o600, 0).map_err(errno)?,
             FileKind::Socket => sys::mknod(&path, libc::S_IFSOCK | 0o600, 0).map_err(errno)?,
-            FileKind::CharDev => sys::mknod(&path, libc::S_IFCHR | 0o600, new.rdev).map_err(errno)?,
-            FileKind::BlockDev => sys::mknod(&path, libc::S_IFBLK | 0o600, new.rdev).map_err(errno)?,
+            FileKind::CharDev => {
+                sys::mknod(&path, libc::S_IFCHR | 0o600, new.rdev).map_err(errno)?
+            }
+            FileKind::BlockDev => {
+                sys::mknod(&path, libc::S_IFBLK | 0o600, new.rdev).map_err(errno)?
+            }
         }
         let finish = || -> Res<()> {
             sys::lchown(&path, Some(new.uid), Some(new.gid)).map_err(errno)?;
@@ -358,7 +401,9 @@ impl Store {
     /// A symlink standing for a new entry, made outside any directory so that
     /// it can be renamed into place atomically.
     fn temp_entry(&self, ino: InodeId, kind: FileKind) -> Res<PathBuf> {
-        let tmp = self.inodes.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+        let tmp = self
+            .inodes
+            .join(format!(".tmp-{:016x}", rand::random::<u64>()));
         std::os::unix::fs::symlink(encode_entry(ino, kind), &tmp).map_err(errno)?;
         Ok(tmp)
     }
@@ -390,7 +435,14 @@ impl Store {
         Ok(attr)
     }
 
-    fn add_entry(&self, dir: InodeId, name: &[u8], ino: InodeId, kind: FileKind, replace: bool) -> Res<Option<DirEntry>> {
+    fn add_entry(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        ino: InodeId,
+        kind: FileKind,
+        replace: bool,
+    ) -> Res<Option<DirEntry>> {
         let name = check_name(name)?;
         let dp = self.dir_path(dir)?;
         let _g = lock(self.stripe(dir));
@@ -417,10 +469,20 @@ impl Store {
         if kind == FileKind::Dir && !replaced_dir {
             self.adjust_nsub(&dp, 1)?;
         }
-        Ok(old.map(|(i, k)| DirEntry { name: name.as_bytes().to_vec(), ino: i, kind: k }))
+        Ok(old.map(|(i, k)| DirEntry {
+            name: name.as_bytes().to_vec(),
+            ino: i,
+            kind: k,
+        }))
     }
 
-    fn remove_entry(&self, dir: InodeId, name: &[u8], what: RemoveWhat, expect: Option<InodeId>) -> Res<DirEntry> {
+    fn remove_entry(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        what: RemoveWhat,
+        expect: Option<InodeId>,
+    ) -> Res<DirEntry> {
         let name = check_name(name)?;
         let dp = self.dir_path(dir)?;
         let _g = lock(self.stripe(dir));
@@ -437,10 +499,21 @@ impl Store {
         if kind == FileKind::Dir {
             self.adjust_nsub(&dp, -1)?;
         }
-        Ok(DirEntry { name: name.as_bytes().to_vec(), ino, kind })
+        Ok(DirEntry {
+            name: name.as_bytes().to_vec(),
+            ino,
+            kind,
+        })
     }
 
-    fn rename(&self, src_dir: InodeId, src_name: &[u8], dst_dir: InodeId, dst_name: &[u8], flags: u32) -> Res<Option<DirEntry>> {
+    fn rename(
+        &self,
+        src_dir: InodeId,
+        src_name: &[u8],
+        dst_dir: InodeId,
+        dst_name: &[u8],
+        flags: u32,
+    ) -> Res<Option<DirEntry>> {
         let sn = check_name(src_name)?;
         let dn = check_name(dst_name)?;
         let sp = self.dir_path(src_dir)?;
@@ -495,7 +568,11 @@ impl Store {
                 self.adjust_nsub(dp, 1)?;
             }
         }
-        Ok(old.map(|(i, k)| DirEntry { name: Vec::new(), ino: i, kind: k }))
+        Ok(old.map(|(i, k)| DirEntry {
+            name: Vec::new(),
+            ino: i,
+            kind: k,
+        }))
     }
 
     fn change_links(&self, ino: InodeId, delta: i64) -> Res<Option<Attr>> {
@@ -505,9 +582,17 @@ impl Store {
         if m.is_dir() {
             return Err(libc::EPERM);
         }
-        let cur = sys::get_u64_xattr(&p, NLINK_XATTR).map_err(errno)?.unwrap_or(1) as i64;
+        let cur = sys::get_u64_xattr(&p, NLINK_XATTR)
+            .map_err(errno)?
+            .unwrap_or(1) as i64;
         let next = (cur + delta).max(0) as u64;
-        let open = self.open_count.lock().unwrap_or_else(|p| p.into_inner()).get(&inode_local(ino)).copied().unwrap_or(0);
+        let open = self
+            .open_count
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&inode_local(ino))
+            .copied()
+            .unwrap_or(0);
         if next == 0 && open == 0 {
             fs::remove_file(&p).map_err(errno)?;
             return Ok(None);
@@ -521,8 +606,14 @@ impl Store {
         let p = self.path(ino)?;
         let _g = lock(self.stripe(ino));
         let is_dir = fs::symlink_metadata(&p).map_err(errno)?.is_dir();
-        let (name, default) = if is_dir { (NSUB_XATTR, 0) } else { (NLINK_XATTR, 1) };
-        let cur = sys::get_u64_xattr(&p, name).map_err(errno)?.unwrap_or(default);
+        let (name, default) = if is_dir {
+            (NSUB_XATTR, 0)
+        } else {
+            (NLINK_XATTR, 1)
+        };
+        let cur = sys::get_u64_xattr(&p, name)
+            .map_err(errno)?
+            .unwrap_or(default);
         sys::set_u64_xattr(&p, name, cur).map_err(errno)
     }
 
@@ -574,13 +665,32 @@ impl Store {
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let local = inode_local(ino);
-        *self.open_count.lock().unwrap_or_else(|p| p.into_inner()).entry(local).or_insert(0) += 1;
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Handle::File { local, file: Arc::new(file) });
+        *self
+            .open_count
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(local)
+            .or_insert(0) += 1;
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                Handle::File {
+                    local,
+                    file: Arc::new(file),
+                },
+            );
         Ok(fh)
     }
 
     fn file(&self, fh: u64) -> Res<Arc<File>> {
-        match self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh) {
+        match self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+        {
             Some(Handle::File { file, .. }) => Ok(file.clone()),
             _ => Err(libc::EBADF),
         }
@@ -609,8 +719,14 @@ impl Store {
     }
 
     fn release(&self, fh: u64) -> Res<()> {
-        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
-        let Some(Handle::File { local, file }) = h else { return Ok(()) };
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        let Some(Handle::File { local, file }) = h else {
+            return Ok(());
+        };
         drop(file);
         let ino = inode_id(self.node(), local);
         let _g = lock(self.stripe(ino));
@@ -642,16 +758,33 @@ impl Store {
             let name = e.file_name();
             // An entry removed since readdir saw it is simply skipped.
             if let Ok(Some((ino, kind))) = self.read_entry(&p, &name) {
-                entries.push(DirEntry { name: name.as_bytes().to_vec(), ino, kind });
+                entries.push(DirEntry {
+                    name: name.as_bytes().to_vec(),
+                    ino,
+                    kind,
+                });
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Handle::Dir { entries: Arc::new(entries) });
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                fh,
+                Handle::Dir {
+                    entries: Arc::new(entries),
+                },
+            );
         Ok(fh)
     }
 
     fn read_dir(&self, fh: u64, offset: u64, max: u32) -> Res<Vec<DirEntry>> {
-        let entries = match self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh) {
+        let entries = match self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+        {
             Some(Handle::Dir { entries }) => entries.clone(),
             _ => return Err(libc::EBADF),
         };
@@ -662,7 +795,11 @@ impl Store {
 
     fn statfs(&self) -> Res<KdfsResponse> {
         let st = sys::statvfs(&self.dir).map_err(errno)?;
-        let frsize = if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize };
+        let frsize = if st.f_frsize > 0 {
+            st.f_frsize
+        } else {
+            st.f_bsize
+        };
         Ok(KdfsResponse::Statfs {
             blocks: st.f_blocks * frsize / 4096,
             bfree: st.f_bfree * frsize / 4096,
@@ -674,10 +811,15 @@ impl Store {
     }
 
     fn lookup(&self, dir: InodeId, name: &[u8]) -> Res<KdfsResponse> {
-        let name = check_name(name).map_err(|e| if e == libc::EINVAL { libc::ENOENT } else { e })?;
+        let name =
+            check_name(name).map_err(|e| if e == libc::EINVAL { libc::ENOENT } else { e })?;
         let dp = self.dir_path(dir)?;
         let (ino, kind) = self.read_entry(&dp, name)?.ok_or(libc::ENOENT)?;
-        let attr = if inode_node(ino) == self.node() { self.getattr(ino).ok() } else { None };
+        let attr = if inode_node(ino) == self.node() {
+            self.getattr(ino).ok()
+        } else {
+            None
+        };
         Ok(KdfsResponse::Entry { ino, kind, attr })
     }
 
@@ -698,20 +840,49 @@ impl Store {
         use KdfsRequest as Q;
         use KdfsResponse as A;
         Ok(match req {
-            Q::Hello => A::Hello { fs_id: Some(self.sb.fs_id), node: self.node() },
+            Q::Hello => A::Hello {
+                fs_id: Some(self.sb.fs_id),
+                node: self.node(),
+            },
             Q::Root => A::Root(self.root.ok_or(libc::ENOENT)?),
             Q::Statfs => self.statfs()?,
             Q::GetAttr { ino } => A::Attr(self.getattr(ino)?),
             Q::SetAttr { ino, set } => A::Attr(self.setattr(ino, &set)?),
-            Q::Readlink { ino } => A::Target(fs::read_link(self.path(ino)?).map_err(errno)?.as_os_str().as_bytes().to_vec()),
+            Q::Readlink { ino } => A::Target(
+                fs::read_link(self.path(ino)?)
+                    .map_err(errno)?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            ),
             Q::Lookup { dir, name } => self.lookup(dir, &name)?,
             Q::MakeInode { new, open } => self.created(self.make_inode(&new)?, open)?,
-            Q::Create { dir, name, new, open } => self.created(self.create(dir, &name, &new)?, open)?,
-            Q::AddEntry { dir, name, ino, kind, replace } => A::Removed(self.add_entry(dir, &name, ino, kind, replace)?),
-            Q::RemoveEntry { dir, name, what, expect } => A::Removed(Some(self.remove_entry(dir, &name, what, expect)?)),
-            Q::Rename { src_dir, src_name, dst_dir, dst_name, flags } => {
-                A::Removed(self.rename(src_dir, &src_name, dst_dir, &dst_name, flags)?)
-            }
+            Q::Create {
+                dir,
+                name,
+                new,
+                open,
+            } => self.created(self.create(dir, &name, &new)?, open)?,
+            Q::AddEntry {
+                dir,
+                name,
+                ino,
+                kind,
+                replace,
+            } => A::Removed(self.add_entry(dir, &name, ino, kind, replace)?),
+            Q::RemoveEntry {
+                dir,
+                name,
+                what,
+                expect,
+            } => A::Removed(Some(self.remove_entry(dir, &name, what, expect)?)),
+            Q::Rename {
+                src_dir,
+                src_name,
+                dst_dir,
+                dst_name,
+                flags,
+            } => A::Removed(self.rename(src_dir, &src_name, dst_dir, &dst_name, flags)?),
             Q::IncLink { ino } => A::Attr(self.change_links(ino, 1)?.ok_or(libc::ENOENT)?),
             Q::DecLink { ino } => {
                 self.change_links(ino, -1)?;
@@ -727,18 +898,33 @@ impl Store {
             }
             Q::IsEmptyDir { ino } => A::Empty(self.is_empty_dir(ino)?),
             Q::Open { ino, write } => A::Handle(self.open_file(ino, write)?),
-            Q::Read { fh, offset, len, .. } => A::Data(Bytes(self.read(fh, offset, len.min(16 << 20))?)),
-            Q::Write { fh, offset, data, .. } => A::Written(self.write(fh, offset, &data.0)?),
+            Q::Read {
+                fh, offset, len, ..
+            } => A::Data(Bytes(self.read(fh, offset, len.min(16 << 20))?)),
+            Q::Write {
+                fh, offset, data, ..
+            } => A::Written(self.write(fh, offset, &data.0)?),
             Q::Fsync { fh, datasync, .. } => {
                 let f = self.file(fh)?;
-                if datasync { f.sync_data() } else { f.sync_all() }.map_err(errno)?;
+                if datasync {
+                    f.sync_data()
+                } else {
+                    f.sync_all()
+                }
+                .map_err(errno)?;
                 A::Done
             }
             Q::Release { fh, .. } | Q::ReleaseDir { fh } => {
                 self.release(fh)?;
                 A::Done
             }
-            Q::Fallocate { fh, offset, len, mode, .. } => {
+            Q::Fallocate {
+                fh,
+                offset,
+                len,
+                mode,
+                ..
+            } => {
                 sys::fallocate(&*self.file(fh)?, mode, offset, len).map_err(errno)?;
                 A::Done
             }
@@ -747,7 +933,9 @@ impl Store {
             Q::FsyncDir { ino } => {
                 let p = self.dir_path(ino)?;
                 File::open(&p).and_then(|d| d.sync_all()).map_err(errno)?;
-                File::open(&self.inodes).and_then(|d| d.sync_all()).map_err(errno)?;
+                File::open(&self.inodes)
+                    .and_then(|d| d.sync_all())
+                    .map_err(errno)?;
                 A::Done
             }
         })

@@ -30,7 +30,11 @@ pub fn get_u64_xattr(path: &Path, name: &str) -> io::Result<Option<u64>> {
     let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if r < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENODATA) { Ok(None) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ENODATA) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     if r != 8 {
         return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -53,7 +57,15 @@ pub fn rename2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     let f = cpath(from)?;
     let t = cpath(to)?;
     // SAFETY: both paths are NUL-terminated; AT_FDCWD is ignored for absolute paths.
-    check(unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags) })
+    check(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    })
 }
 
 /// lchown(2): change owner and/or group (`u32::MAX` leaves one alone).
@@ -65,9 +77,18 @@ pub fn lchown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()>
 
 fn timespec(t: Option<SetTime>) -> libc::timespec {
     match t {
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        Some(SetTime::At(Time { sec, nsec })) => libc::timespec { tv_sec: sec, tv_nsec: i64::from(nsec.min(999_999_999)) },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(SetTime::At(Time { sec, nsec })) => libc::timespec {
+            tv_sec: sec,
+            tv_nsec: i64::from(nsec.min(999_999_999)),
+        },
     }
 }
 
@@ -76,7 +97,14 @@ pub fn set_times(path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) ->
     let p = cpath(path)?;
     let ts = [timespec(atime), timespec(mtime)];
     // SAFETY: p is NUL-terminated and ts holds the two timespecs utimensat reads.
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
 }
 
 /// mknod(2) for fifos, sockets and device nodes.
@@ -90,7 +118,9 @@ pub fn mknod(path: &Path, mode: u32, rdev: u32) -> io::Result<()> {
 pub fn fallocate(fd: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let (off, len) = (i64::try_from(offset), i64::try_from(len));
-    let (Ok(off), Ok(len)) = (off, len) else { return Err(io::Error::from_raw_os_error(libc::EFBIG)) };
+    let (Ok(off), Ok(len)) = (off, len) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
     // SAFETY: the fd is open for the lifetime of `fd`; the ranges are plain integers.
     check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off, len) })
 }

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     // target/debug/deps/<test> -> target/debug
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// krgd and krgadm belong to other packages: build them once.
@@ -40,7 +43,10 @@ pub fn mount_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub struct Node {
@@ -106,8 +112,15 @@ impl Cluster {
         let n = places.len() as u32;
         ensure_binaries();
         // Under /tmp and world-searchable so that other users reach the mounts.
-        let root = tempfile::Builder::new().prefix("kdfs-test").tempdir_in("/tmp").expect("tempdir");
-        std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let root = tempfile::Builder::new()
+            .prefix("kdfs-test")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let key = root.path().join("cluster.key");
         std::fs::write(&key, "kdfs-test-cluster-key-0123456789").unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -131,7 +144,10 @@ impl Cluster {
                 peers: Vec::new(),
             });
         }
-        let all: Vec<String> = nodes.iter().map(|n| format!("{}:{}", n.ip, n.port)).collect();
+        let all: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.ip, n.port))
+            .collect();
         for n in nodes.iter_mut() {
             let me = format!("{}:{}", n.ip, n.port);
             n.peers = all.iter().filter(|a| **a != me).cloned().collect();
@@ -142,18 +158,28 @@ impl Cluster {
         }
         let sock = c.nodes[0].sock.clone();
         let nodes_seen = |s: &Path, word: &str| {
-            let out = run(Command::new(bin_dir().join("krgadm")).arg("--socket").arg(s).args(["nodes", "status"]));
+            let out = run(Command::new(bin_dir().join("krgadm"))
+                .arg("--socket")
+                .arg(s)
+                .args(["nodes", "status"]));
             String::from_utf8_lossy(&out.stdout).matches(word).count()
         };
-        wait_until("every krgd present", Duration::from_secs(30), || nodes_seen(&sock, "present") + nodes_seen(&sock, "online") >= n as usize);
+        wait_until("every krgd present", Duration::from_secs(30), || {
+            nodes_seen(&sock, "present") + nodes_seen(&sock, "online") >= n as usize
+        });
         wait_until("cluster start", Duration::from_secs(30), || {
-            let out = run(Command::new(bin_dir().join("krgadm")).arg("--socket").arg(&sock).args(["cluster", "start"]));
+            let out = run(Command::new(bin_dir().join("krgadm"))
+                .arg("--socket")
+                .arg(&sock)
+                .args(["cluster", "start"]));
             out.status.success()
         });
         // Every node must see every member before mkfs asks it.
         for i in 0..n as usize {
             let s = c.nodes[i].sock.clone();
-            wait_until("membership", Duration::from_secs(30), || nodes_seen(&s, "online") >= n as usize);
+            wait_until("membership", Duration::from_secs(30), || {
+                nodes_seen(&s, "online") >= n as usize
+            });
         }
         c
     }
@@ -163,11 +189,19 @@ impl Cluster {
         let c = Cluster::start(n);
         for i in 0..n as usize {
             let out = c.mkfs(i, 1, false);
-            assert!(out.status.success(), "mkfs: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "mkfs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         for i in 0..n as usize {
             let out = c.mount(i, "");
-            assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "mount: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         c
     }
@@ -207,7 +241,10 @@ impl Cluster {
     pub fn mkfs(&self, i: usize, root: u32, force: bool) -> std::process::Output {
         let n = &self.nodes[i];
         let mut cmd = Command::new(mkfs_bin());
-        cmd.arg("--socket").arg(&n.sock).arg(&n.store).arg(root.to_string());
+        cmd.arg("--socket")
+            .arg(&n.sock)
+            .arg(&n.store)
+            .arg(root.to_string());
         if force {
             cmd.arg("--force");
         }
