@@ -95,10 +95,16 @@ struct Selection {
 impl Selection {
     fn to_selector(&self) -> Result<NodeSelector> {
         if let Some(list) = &self.nodes {
-            return nodelist::parse_node_list(list).map(NodeSelector::Ids).map_err(|e| anyhow!(e));
+            return nodelist::parse_node_list(list)
+                .map(NodeSelector::Ids)
+                .map_err(|e| anyhow!(e));
         }
         if let Some(macs) = &self.macs {
-            let macs: Vec<Mac> = macs.split(',').map(|m| m.trim().parse::<Mac>()).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
+            let macs: Vec<Mac> = macs
+                .split(',')
+                .map(|m| m.trim().parse::<Mac>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow!(e))?;
             return Ok(NodeSelector::Macs(macs));
         }
         Ok(NodeSelector::AllPresent)
@@ -107,7 +113,10 @@ impl Selection {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("krgadm: cannot start: {e}");
@@ -136,10 +145,17 @@ async fn run(cli: &Cli) -> Result<()> {
             NodesAction::Del(sel) => ClusterRequest::Del(sel.to_selector()?),
         },
     };
-    let mut client = AdminClient::connect(&cli.socket)
+    let mut client = AdminClient::connect(&cli.socket).await.with_context(|| {
+        format!(
+            "cannot reach krgd at {} (is krgd running?)",
+            cli.socket.display()
+        )
+    })?;
+    let reply = match client
+        .call(&AdminRequest::Cluster(request))
         .await
-        .with_context(|| format!("cannot reach krgd at {} (is krgd running?)", cli.socket.display()))?;
-    let reply = match client.call(&AdminRequest::Cluster(request)).await.context("krgd did not answer")? {
+        .context("krgd did not answer")?
+    {
         AdminResponse::Cluster(r) => r,
         AdminResponse::Error(e) => return Err(anyhow!(e.message)),
         other => return Err(anyhow!("unexpected answer from krgd: {other:?}")),

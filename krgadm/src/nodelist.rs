@@ -36,7 +36,12 @@ pub fn parse_node_list(text: &str) -> Result<Vec<NodeId>, String> {
 }
 
 fn parse_id(s: &str) -> Result<NodeId, String> {
-    s.trim().parse::<NodeId>().map_err(|_| format!("'{s}' is not a node id (a number from 0 to {})", NodeId::MAX))
+    s.trim().parse::<NodeId>().map_err(|_| {
+        format!(
+            "'{s}' is not a node id (a number from 0 to {})",
+            NodeId::MAX
+        )
+    })
 }
 
 #[cfg(test)]
@@ -53,7 +58,18 @@ mod tests {
 
     #[test]
     fn malformed_lists_are_refused_with_the_reason() {
-        for bad in ["", ":", "1::2", "a", "3-", "-3", "7-3", "1-99999", "-1", "5000000000"] {
+        for bad in [
+            "",
+            ":",
+            "1::2",
+            "a",
+            "3-",
+            "-3",
+            "7-3",
+            "1-99999",
+            "-1",
+            "5000000000",
+        ] {
             let e = parse_node_list(bad).unwrap_err();
             assert!(e.starts_with("bad node list"), "{bad}: {e}");
         }

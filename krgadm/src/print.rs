@@ -21,8 +21,18 @@ pub fn status(s: &ClusterStatus, as_json: bool) {
     println!("session:  {}", s.session);
     println!("node:     {} (answering)", s.this_node);
     println!("epoch:    {}", s.epoch);
-    println!("leader:   {}", s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()));
-    println!("members:  {} ({} online): {}", s.members.len(), s.online, members.join(" "));
+    println!(
+        "leader:   {}",
+        s.leader
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+    println!(
+        "members:  {} ({} online): {}",
+        s.members.len(),
+        s.online,
+        members.join(" ")
+    );
     println!("health:   {}", s.health);
 }
 
@@ -43,10 +53,19 @@ pub fn nodes(rows: &[NodeInfo], as_json: bool) {
         println!("{}", serde_json::Value::Array(v));
         return;
     }
-    println!("{:>5}  {:<17}  {:<21}  {:<8}  VOTER", "NODE", "MAC", "ADDRESS", "STATE");
+    println!(
+        "{:>5}  {:<17}  {:<21}  {:<8}  VOTER",
+        "NODE", "MAC", "ADDRESS", "STATE"
+    );
     for r in rows {
         let mac = r.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
         let voter = if r.voter { "yes" } else { "" };
-        println!("{:>5}  {:<17}  {:<21}  {:<8}  {voter}", r.id, mac, r.addr.to_string(), r.state.to_string());
+        println!(
+            "{:>5}  {:<17}  {:<21}  {:<8}  {voter}",
+            r.id,
+            mac,
+            r.addr.to_string(),
+            r.state.to_string()
+        );
     }
 }

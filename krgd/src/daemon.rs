@@ -9,7 +9,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{read_cluster_key, Config};
 use crate::context::NodeContext;
 use crate::net;
-use crate::service::{chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, sched::SchedService};
+use crate::service::{
+    chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, sched::SchedService,
+};
 use crate::DaemonError;
 
 /// A running node: its context and its services.
@@ -28,6 +30,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut config = config;
     if config.broadcast.is_none() {
         config.broadcast = net_info.broadcast;
+    }
+    if config.advertise.ip().is_unspecified() {
+        // Listening on every address: tell peers the address of the interface found.
+        let ip = net_info.addr.ok_or_else(|| {
+            DaemonError::Config("listening on an unspecified address and no interface address found: pass --advertise".into())
+        })?;
+        config.advertise.set_ip(ip);
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| DaemonError::io(format!("creating {}", config.data_dir.display()), e))?;
@@ -49,7 +58,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let tcp_task = tokio::spawn(net::peer_server::serve(tcp, node.clone()));
     let admin_task = tokio::spawn(net::admin::serve(admin, node.clone()));
 
-    wait_for_termination().await;
+    // A krgd that finds its node id already in use at start-up yields.
+    let outcome = tokio::select! {
+        _ = wait_for_termination() => Ok(()),
+        addr = node.cluster.identity_conflict() => Err(DaemonError::Config(format!(
+            "node id {} is already taken by the krgd at {addr}", ctx.node_id()
+        ))),
+    };
     tracing::info!(node = ctx.node_id(), "krgd stopping");
     admin_task.abort();
     node.kdfs.shutdown().await;
@@ -58,11 +73,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     node.cluster.shutdown().await;
     tcp_task.abort();
     let _ = std::fs::remove_file(&ctx.config.socket);
-    Ok(())
+    outcome
 }
 
 async fn wait_for_termination() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the daemon can only be killed; keep serving.
         std::future::pending::<()>().await;
         return;

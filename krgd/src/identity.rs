@@ -11,6 +11,8 @@ use netlink_packet_route::link::LinkAttribute;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct InterfaceInfo {
     pub index: Option<u32>,
+    /// The interface's address (useful when listening on 0.0.0.0).
+    pub addr: Option<IpAddr>,
     pub mac: Option<Mac>,
     pub broadcast: Option<Ipv4Addr>,
 }
@@ -45,9 +47,14 @@ async fn query(ip: IpAddr) -> Result<InterfaceInfo, String> {
             }
         }
         let Some(local) = local else { continue };
-        let matches = if ip.is_unspecified() { local.is_ipv4() && !local.is_loopback() } else { local == ip };
+        let matches = if ip.is_unspecified() {
+            local.is_ipv4() && !local.is_loopback()
+        } else {
+            local == ip
+        };
         if matches {
             info.index = Some(msg.header.index);
+            info.addr = Some(local);
             info.broadcast = broadcast;
             break;
         }

@@ -1,1 +1,409 @@
-//! Shared helpers for the cluster integration tests.
+//! Harness for cluster-level tests and benchmarks: starts real `krgd`
+//! processes (on loopback ports, or inside network namespaces joined by a
+//! bridge), drives them with the real `krgadm`, and tears everything down —
+//! processes by PID, namespaces by name — when dropped.
+
+pub mod netlab;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+pub use netlab::NetLab;
+
+/// Directory holding the workspace's built binaries (target/debug or target/release).
+pub fn bin_dir() -> PathBuf {
+    // Test and bench executables live in target/<profile>/deps.
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
+
+/// Path of a workspace binary, building krgd and krgadm first if this test
+/// run did not (e.g. `cargo test -p krg-tests` alone).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        BUILD.call_once(|| {
+            let release = bin_dir().ends_with("release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-p", "krgd", "-p", "krgadm"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let _ = cmd.status();
+        });
+    }
+    path
+}
+
+/// Cluster tests take this lock so that only one cluster runs at a time:
+/// failure detection is about timing, and the machine has two cores.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel picks; the listener is closed
+/// again, so a rare race with another process is possible).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Poll `f` every 20 ms until it returns Some, or fail after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One krgd process under test.
+pub struct Node {
+    pub id: u32,
+    pub listen: SocketAddr,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub netns: Option<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL the daemon and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the daemon and wait (bounded) for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling a child we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// How nodes find each other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// 127.0.0.1 ports; every node gets `--peer` for the seed nodes.
+    Loopback,
+    /// One network namespace per node on a shared bridge; UDP broadcast discovery.
+    Namespaces,
+}
+
+/// A set of krgd processes of one session, with their files in a temp dir.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub session: u32,
+    pub topology: Topology,
+    pub nodes: BTreeMap<u32, Node>,
+    /// Loopback: node id → port, fixed up front so peers can be listed.
+    ports: BTreeMap<u32, u16>,
+    /// Loopback: how many low ids act as seeds in every node's `--peer` list.
+    seeds: u32,
+    pub lab: Option<NetLab>,
+    /// Extra flags for every krgd (e.g. failure timeouts).
+    pub extra_args: Vec<String>,
+    pub binary: PathBuf,
+}
+
+impl TestCluster {
+    /// A loopback cluster with room for node ids 1..=max_id; seed peers are
+    /// every id (small clusters) or the first three (large ones).
+    pub fn loopback(max_id: u32) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("krg-test-").tempdir()?;
+        let key = dir.path().join("cluster.key");
+        std::fs::write(&key, random_key())?;
+        let ports = (1..=max_id).map(|id| (id, free_port())).collect();
+        Ok(Self {
+            dir,
+            key,
+            session: 1,
+            topology: Topology::Loopback,
+            nodes: BTreeMap::new(),
+            ports,
+            seeds: if max_id <= 8 { max_id } else { 3 },
+            lab: None,
+            extra_args: Vec::new(),
+            binary: bin("krgd"),
+        })
+    }
+
+    /// A cluster in network namespaces (root only): nodes 1..=count.
+    pub fn namespaces(count: u32) -> Result<Self> {
+        let lab = NetLab::new(count)?;
+        let mut c = Self::loopback(0)?;
+        c.topology = Topology::Namespaces;
+        c.lab = Some(lab);
+        Ok(c)
+    }
+
+    fn listen_of(&self, id: u32) -> Result<SocketAddr> {
+        match (&self.topology, &self.lab) {
+            (Topology::Namespaces, Some(lab)) => Ok(SocketAddr::new(lab.addr(id)?.into(), 7600)),
+            _ => {
+                let port = self
+                    .ports
+                    .get(&id)
+                    .ok_or_else(|| anyhow!("node {id} has no port reserved"))?;
+                Ok(SocketAddr::from(([127, 0, 0, 1], *port)))
+            }
+        }
+    }
+
+    /// Start krgd for node `id` with the cluster's key.
+    pub fn start(&mut self, id: u32) -> Result<()> {
+        let key = self.key.clone();
+        self.start_with(id, &key, &[])
+    }
+
+    /// Start krgd for node `id` with a chosen key file and extra flags.
+    pub fn start_with(&mut self, id: u32, key: &Path, extra: &[&str]) -> Result<()> {
+        let listen = self.listen_of(id)?;
+        let socket = self.dir.path().join(format!("krgd{id}.sock"));
+        let log = self.dir.path().join(format!("krgd{id}.log"));
+        let data = self.dir.path().join(format!("data{id}"));
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--session-id".into(),
+            self.session.to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--cluster-key-file".into(),
+            key.display().to_string(),
+            "--no-scheduler-mount".into(),
+        ];
+        if self.topology == Topology::Loopback {
+            for seed in 1..=self.seeds {
+                if seed != id {
+                    args.push("--peer".into());
+                    args.push(self.listen_of(seed)?.to_string());
+                }
+            }
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let netns = self.lab.as_ref().map(|l| l.ns(id));
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let logfile = std::fs::File::create(&log)?;
+        cmd.args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("KRG_TEST_LOG").unwrap_or_else(|_| "info,openraft=off".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone()?)
+            .stderr(logfile);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let mut node = Node {
+            id,
+            listen,
+            socket: socket.clone(),
+            log,
+            netns,
+            child: Some(child),
+        };
+        wait_for(
+            Duration::from_secs(10),
+            &format!("krgd {id} socket"),
+            || {
+                if !node.is_running() {
+                    return Some(());
+                }
+                socket.exists().then_some(())
+            },
+        )?;
+        if !node.is_running() {
+            bail!("krgd {id} exited at start: {}", node.log_text());
+        }
+        if let Some(old) = self.nodes.insert(id, node) {
+            drop(old);
+        }
+        Ok(())
+    }
+
+    pub fn node(&mut self, id: u32) -> Result<&mut Node> {
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))
+    }
+
+    /// Run krgadm against node `via`'s socket.
+    pub fn krgadm(&self, via: u32, args: &[&str]) -> Result<Output> {
+        let node = self
+            .nodes
+            .get(&via)
+            .ok_or_else(|| anyhow!("no node {via}"))?;
+        Ok(Command::new(bin("krgadm"))
+            .arg("--socket")
+            .arg(&node.socket)
+            .args(args)
+            .output()?)
+    }
+
+    /// Run krgadm and require success; returns stdout.
+    pub fn krgadm_ok(&self, via: u32, args: &[&str]) -> Result<String> {
+        let out = self.krgadm(via, args)?;
+        if !out.status.success() {
+            bail!(
+                "krgadm {args:?} via node {via} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn status(&self, via: u32) -> Result<Value> {
+        Ok(serde_json::from_str(
+            &self.krgadm_ok(via, &["--json", "cluster", "status"])?,
+        )?)
+    }
+
+    /// `nodes status` as node id → state string.
+    pub fn node_states(&self, via: u32) -> Result<BTreeMap<u32, String>> {
+        let rows: Value =
+            serde_json::from_str(&self.krgadm_ok(via, &["--json", "nodes", "status"])?)?;
+        let mut out = BTreeMap::new();
+        for r in rows
+            .as_array()
+            .ok_or_else(|| anyhow!("nodes status is not a list"))?
+        {
+            let id = r["id"].as_u64().ok_or_else(|| anyhow!("row without id"))? as u32;
+            out.insert(id, r["state"].as_str().unwrap_or_default().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Wait until node `via` sees every id in `ids` as present or better.
+    pub fn wait_present(&self, via: u32, ids: &[u32], timeout: Duration) -> Result<()> {
+        wait_for(
+            timeout,
+            &format!("nodes {ids:?} visible from node {via}"),
+            || {
+                let states = self.node_states(via).ok()?;
+                ids.iter().all(|id| states.contains_key(id)).then_some(())
+            },
+        )
+    }
+
+    /// (sorted members, epoch) as node `via` reports them.
+    pub fn view(&self, via: u32) -> Result<(Vec<u64>, u64)> {
+        let s = self.status(via)?;
+        let mut members: Vec<u64> = s["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        members.sort_unstable();
+        Ok((members, s["epoch"].as_u64().unwrap_or(0)))
+    }
+
+    /// Wait until every node in `via` reports the same members and epoch,
+    /// and return that view.
+    pub fn wait_agreement(&self, via: &[u32], timeout: Duration) -> Result<(Vec<u64>, u64)> {
+        wait_for(timeout, &format!("nodes {via:?} to agree"), || {
+            let views: Vec<_> = via
+                .iter()
+                .map(|id| self.view(*id).ok())
+                .collect::<Option<_>>()?;
+            let first = views.first()?.clone();
+            views.iter().all(|v| *v == first).then_some(first)
+        })
+    }
+
+    pub fn leader(&self, via: u32) -> Option<u32> {
+        self.status(via).ok()?["leader"].as_u64().map(|l| l as u32)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // Processes first (they live in the namespaces), then the namespaces.
+        self.nodes.clear();
+        self.lab.take();
+    }
+}
+
+/// 32 random bytes, base64-free hex, as a key file body.
+pub fn random_key() -> String {
+    let mut bytes = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resident set size of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -48,11 +48,24 @@ pub struct Identity {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Handshake {
-    Hello { version: u16, who: Identity, nonce: [u8; 32] },
-    Challenge { version: u16, who: Identity, nonce: [u8; 32], mac: Vec<u8> },
-    Proof { mac: Vec<u8> },
+    Hello {
+        version: u16,
+        who: Identity,
+        nonce: [u8; 32],
+    },
+    Challenge {
+        version: u16,
+        who: Identity,
+        nonce: [u8; 32],
+        mac: Vec<u8>,
+    },
+    Proof {
+        mac: Vec<u8>,
+    },
     Accepted,
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// The shared secret of a cluster.
@@ -72,7 +85,8 @@ impl ClusterKey {
 
     fn hmac(&self) -> HmacSha256 {
         // new_from_slice only fails for fixed-size-key MACs; HMAC takes any length.
-        <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+        <HmacSha256 as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
     }
 
     /// HMAC-SHA256 tag of `data`, for datagrams that cannot run a handshake
@@ -92,7 +106,14 @@ impl ClusterKey {
         mac.verify_slice(tag).is_ok()
     }
 
-    fn mac(&self, label: &[u8], client: &Identity, server: &Identity, first: &[u8; 32], second: &[u8; 32]) -> HmacSha256 {
+    fn mac(
+        &self,
+        label: &[u8],
+        client: &Identity,
+        server: &Identity,
+        first: &[u8; 32],
+        second: &[u8; 32],
+    ) -> HmacSha256 {
         let mut mac = self.hmac();
         mac.update(b"krg-auth-v1 ");
         mac.update(label);
@@ -119,37 +140,75 @@ fn nonce() -> [u8; 32] {
     n
 }
 
-async fn within<T>(fut: impl std::future::Future<Output = Result<T, ProtoError>>) -> Result<T, ProtoError> {
+async fn within<T>(
+    fut: impl std::future::Future<Output = Result<T, ProtoError>>,
+) -> Result<T, ProtoError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| ProtoError::Timeout(HANDSHAKE_TIMEOUT))?
 }
 
 /// Run the client side. Returns the authenticated identity of the server.
-pub async fn client_handshake<S>(stream: &mut S, key: &ClusterKey, me: Identity) -> Result<Identity, ProtoError>
+pub async fn client_handshake<S>(
+    stream: &mut S,
+    key: &ClusterKey,
+    me: Identity,
+) -> Result<Identity, ProtoError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     within(async {
         let nonce_c = nonce();
-        write_frame(stream, &Handshake::Hello { version: PROTOCOL_VERSION, who: me, nonce: nonce_c }).await?;
+        write_frame(
+            stream,
+            &Handshake::Hello {
+                version: PROTOCOL_VERSION,
+                who: me,
+                nonce: nonce_c,
+            },
+        )
+        .await?;
         let (server, nonce_s, mac_s) = match read_frame(stream).await? {
-            Handshake::Challenge { version, who, nonce, mac } => {
+            Handshake::Challenge {
+                version,
+                who,
+                nonce,
+                mac,
+            } => {
                 check_version(version)?;
                 (who, nonce, mac)
             }
             Handshake::Refused { reason } => return Err(ProtoError::Refused(reason)),
-            other => return Err(ProtoError::Unexpected(format!("{other:?} instead of a challenge"))),
+            other => {
+                return Err(ProtoError::Unexpected(format!(
+                    "{other:?} instead of a challenge"
+                )))
+            }
         };
-        key.mac(b"server", &me, &server, &nonce_c, &nonce_s)
+        if key
+            .mac(b"server", &me, &server, &nonce_c, &nonce_s)
             .verify_slice(&mac_s)
-            .map_err(|_| ProtoError::Auth(format!("node {} did not prove it holds the cluster key", server.node)))?;
-        let mac_c = key.mac(b"client", &me, &server, &nonce_s, &nonce_c).finalize().into_bytes().to_vec();
+            .is_err()
+        {
+            // Tell the server why, so both logs name the cause.
+            refuse(stream, "wrong cluster key".into()).await;
+            return Err(ProtoError::Auth(format!(
+                "node {} does not hold this cluster key",
+                server.node
+            )));
+        }
+        let mac_c = key
+            .mac(b"client", &me, &server, &nonce_s, &nonce_c)
+            .finalize()
+            .into_bytes()
+            .to_vec();
         write_frame(stream, &Handshake::Proof { mac: mac_c }).await?;
         match read_frame(stream).await? {
             Handshake::Accepted => Ok(server),
             Handshake::Refused { reason } => Err(ProtoError::Refused(reason)),
-            other => Err(ProtoError::Unexpected(format!("{other:?} instead of accepted"))),
+            other => Err(ProtoError::Unexpected(format!(
+                "{other:?} instead of accepted"
+            ))),
         }
     })
     .await
@@ -169,32 +228,74 @@ where
 {
     within(async {
         let (client, nonce_c) = match read_frame(stream).await? {
-            Handshake::Hello { version, who, nonce } => {
+            Handshake::Hello {
+                version,
+                who,
+                nonce,
+            } => {
                 if let Err(e) = check_version(version) {
                     refuse(stream, e.to_string()).await;
                     return Err(e);
                 }
                 (who, nonce)
             }
-            other => return Err(ProtoError::Unexpected(format!("{other:?} instead of hello"))),
+            other => {
+                return Err(ProtoError::Unexpected(format!(
+                    "{other:?} instead of hello"
+                )))
+            }
         };
         if client.session != me.session {
-            let reason = format!("session {} is not this cluster's session {}", client.session, me.session);
+            let reason = format!(
+                "session {} is not this cluster's session {}",
+                client.session, me.session
+            );
             refuse(stream, reason.clone()).await;
             return Err(ProtoError::Refused(reason));
         }
         let nonce_s = nonce();
-        let mac_s = key.mac(b"server", &client, &me, &nonce_c, &nonce_s).finalize().into_bytes().to_vec();
-        write_frame(stream, &Handshake::Challenge { version: PROTOCOL_VERSION, who: me, nonce: nonce_s, mac: mac_s })
-            .await?;
+        let mac_s = key
+            .mac(b"server", &client, &me, &nonce_c, &nonce_s)
+            .finalize()
+            .into_bytes()
+            .to_vec();
+        write_frame(
+            stream,
+            &Handshake::Challenge {
+                version: PROTOCOL_VERSION,
+                who: me,
+                nonce: nonce_s,
+                mac: mac_s,
+            },
+        )
+        .await?;
         let mac_c = match read_frame(stream).await? {
             Handshake::Proof { mac } => mac,
-            other => return Err(ProtoError::Unexpected(format!("{other:?} instead of proof"))),
+            Handshake::Refused { reason } => {
+                return Err(ProtoError::Auth(format!(
+                    "{} node {}: {reason}",
+                    role_name(client.role),
+                    client.node
+                )))
+            }
+            other => {
+                return Err(ProtoError::Unexpected(format!(
+                    "{other:?} instead of proof"
+                )))
+            }
         };
-        if key.mac(b"client", &client, &me, &nonce_s, &nonce_c).verify_slice(&mac_c).is_err() {
+        if key
+            .mac(b"client", &client, &me, &nonce_s, &nonce_c)
+            .verify_slice(&mac_c)
+            .is_err()
+        {
             let reason = "wrong cluster key".to_string();
             refuse(stream, reason.clone()).await;
-            return Err(ProtoError::Auth(format!("{} node {}: {reason}", role_name(client.role), client.node)));
+            return Err(ProtoError::Auth(format!(
+                "{} node {}: {reason}",
+                role_name(client.role),
+                client.node
+            )));
         }
         if let Err(reason) = admit(&client) {
             refuse(stream, reason.clone()).await;
@@ -217,7 +318,9 @@ fn check_version(version: u16) -> Result<(), ProtoError> {
     if version == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(ProtoError::Refused(format!("protocol version {version}, this node speaks {PROTOCOL_VERSION}")))
+        Err(ProtoError::Refused(format!(
+            "protocol version {version}, this node speaks {PROTOCOL_VERSION}"
+        )))
     }
 }
 
@@ -231,7 +334,11 @@ mod tests {
     use super::*;
 
     fn id(node: NodeId, session: SessionId) -> Identity {
-        Identity { session, node, role: Role::Node }
+        Identity {
+            session,
+            node,
+            role: Role::Node,
+        }
     }
 
     async fn pair(
@@ -242,7 +349,8 @@ mod tests {
     ) -> (Result<Identity, ProtoError>, Result<Identity, ProtoError>) {
         let (mut c, mut s) = tokio::io::duplex(4096);
         let (ckey, skey) = (ckey.clone(), skey.clone());
-        let server = tokio::spawn(async move { server_handshake(&mut s, &skey, sid, |_| Ok(())).await });
+        let server =
+            tokio::spawn(async move { server_handshake(&mut s, &skey, sid, |_| Ok(())).await });
         let client = client_handshake(&mut c, &ckey, cid).await;
         drop(c); // a client that gave up closes its end
         (client, server.await.unwrap())

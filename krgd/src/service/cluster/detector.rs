@@ -59,9 +59,15 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             }
         }
         let me = svc.ctx.node_id();
-        let targets: Vec<(NodeId, NodeState)> =
-            state.members.values().filter(|m| m.id != me).map(|m| (m.id, m.state)).collect();
-        let probes = targets.iter().map(|(id, _)| probe(&svc, *id, joined.uid, heartbeat));
+        let targets: Vec<(NodeId, NodeState)> = state
+            .members
+            .values()
+            .filter(|m| m.id != me)
+            .map(|m| (m.id, m.state))
+            .collect();
+        let probes = targets
+            .iter()
+            .map(|(id, _)| probe(&svc, *id, joined.uid, heartbeat));
         let results = futures::future::join_all(probes).await;
         let now = Instant::now();
         let mut failed = Vec::new();
@@ -87,10 +93,22 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             continue;
         }
         // Do not interleave with an administrator's change; retry next round.
-        let Ok(_guard) = svc.change_lock.try_lock() else { continue };
+        let Ok(_guard) = svc.change_lock.try_lock() else {
+            continue;
+        };
         for id in failed {
             tracing::warn!(node = id, "member stopped answering; marking it failed");
-            if svc.commit(&joined, ClusterCommand::SetState { node: id, state: NodeState::Failed }).await.is_err() {
+            if svc
+                .commit(
+                    &joined,
+                    ClusterCommand::SetState {
+                        node: id,
+                        state: NodeState::Failed,
+                    },
+                )
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -99,7 +117,17 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             tracing::info!(nodes = ?ids, "failed or restarted members answer again; they are present now");
             for (id, still_joined) in &returned {
                 if *still_joined {
-                    let _ = svc.ctx.peers.call(*id, PeerRequest::Evict { cluster: joined.uid }, heartbeat).await;
+                    let _ = svc
+                        .ctx
+                        .peers
+                        .call(
+                            *id,
+                            PeerRequest::Evict {
+                                cluster: joined.uid,
+                            },
+                            heartbeat,
+                        )
+                        .await;
                 }
             }
             let _ = svc.commit(&joined, ClusterCommand::Remove(ids)).await;
@@ -111,7 +139,10 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
 }
 
 async fn probe(svc: &ClusterService, node: NodeId, uid: u64, within: Duration) -> Probe {
-    let ping = PeerRequest::Ping { from: svc.ctx.node_id(), cluster: uid };
+    let ping = PeerRequest::Ping {
+        from: svc.ctx.node_id(),
+        cluster: uid,
+    };
     match tokio::time::timeout(within, svc.ctx.peers.call(node, ping, within)).await {
         Ok(Ok(PeerResponse::Pong { cluster, .. })) if cluster == Some(uid) => Probe::Alive,
         Ok(Ok(PeerResponse::Pong { .. })) => Probe::Outside,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use krg_proto::auth::Role;
 use krg_proto::client::PeerClient;
 use krg_proto::peer::{NodeSelf, PeerRequest, PeerResponse, Presence};
-use krg_proto::{NodeId, SessionId};
+use krg_proto::{NodeId, ProtoError, SessionId};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -36,17 +36,35 @@ struct Datagram {
     presence: Presence,
 }
 
+/// A node that sees its own id at another address within this long of its
+/// start is the newcomer and stops; later it only warns.
+const YIELD_WINDOW: Duration = Duration::from_secs(5);
+
 pub struct Discovery {
     ctx: Arc<NodeContext>,
     table: Mutex<HashMap<NodeId, (Presence, Instant)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    started: Instant,
+    /// Another krgd claiming this node's id, once seen.
+    conflict: Mutex<Option<SocketAddr>>,
+    conflict_seen: tokio::sync::Notify,
 }
 
 impl Discovery {
     /// Start announcing and listening. `me` tells the current self-description
     /// (it changes when the node joins or leaves a cluster).
-    pub async fn start(ctx: Arc<NodeContext>, me: Arc<dyn Fn() -> Presence + Send + Sync>) -> Arc<Self> {
-        let d = Arc::new(Self { ctx: ctx.clone(), table: Mutex::default(), tasks: Mutex::default() });
+    pub async fn start(
+        ctx: Arc<NodeContext>,
+        me: Arc<dyn Fn() -> Presence + Send + Sync>,
+    ) -> Arc<Self> {
+        let d = Arc::new(Self {
+            ctx: ctx.clone(),
+            table: Mutex::default(),
+            tasks: Mutex::default(),
+            started: Instant::now(),
+            conflict: Mutex::default(),
+            conflict_seen: tokio::sync::Notify::new(),
+        });
         let mut tasks = Vec::new();
         if ctx.config.peers.is_empty() {
             match bind_broadcast(ctx.config.discovery_port).await {
@@ -75,12 +93,46 @@ impl Discovery {
         }
     }
 
-    /// Record that `p` was heard of `age` ago; older news never replaces newer.
-    pub fn record(&self, p: Presence, age: Duration) {
-        if p.node == self.ctx.node_id() || age >= PRESENCE_TTL {
+    /// Resolves when another krgd with this node's id is seen during the
+    /// first seconds of this one's life: the newcomer must stop.
+    pub async fn identity_conflict(&self) -> SocketAddr {
+        loop {
+            let notified = self.conflict_seen.notified();
+            if let Some(addr) = self.conflict.lock().ok().and_then(|c| *c) {
+                return addr;
+            }
+            notified.await;
+        }
+    }
+
+    fn note_own_id_at(&self, addr: SocketAddr) {
+        if addr == self.ctx.config.advertise {
             return;
         }
-        let Some(seen) = Instant::now().checked_sub(age) else { return };
+        if self.started.elapsed() < YIELD_WINDOW {
+            if let Ok(mut c) = self.conflict.lock() {
+                *c = Some(addr);
+            }
+            self.conflict_seen.notify_waiters();
+        } else {
+            tracing::warn!(node = self.ctx.node_id(), other = %addr, "another krgd claims this node's id; it should stop");
+        }
+    }
+
+    /// Record that `p` was heard of `age` ago; older news never replaces newer.
+    pub fn record(&self, p: Presence, age: Duration) {
+        if p.node == self.ctx.node_id() {
+            if age < PRESENCE_TTL {
+                self.note_own_id_at(p.addr);
+            }
+            return;
+        }
+        if age >= PRESENCE_TTL {
+            return;
+        }
+        let Some(seen) = Instant::now().checked_sub(age) else {
+            return;
+        };
         let Ok(mut t) = self.table.lock() else { return };
         if t.get(&p.node).is_some_and(|(_, at)| *at >= seen) {
             return;
@@ -91,27 +143,43 @@ impl Discovery {
 
     /// Nodes seen within the presence TTL, by id.
     pub fn present(&self) -> Vec<Presence> {
-        self.present_with_age().into_iter().map(|(p, _)| p).collect()
+        self.present_with_age()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
     }
 
     /// Nodes seen within the presence TTL with the age of the last sighting.
     pub fn present_with_age(&self) -> Vec<(Presence, u32)> {
-        let Ok(mut t) = self.table.lock() else { return Vec::new() };
+        let Ok(mut t) = self.table.lock() else {
+            return Vec::new();
+        };
         t.retain(|_, (_, at)| at.elapsed() < PRESENCE_TTL);
-        let mut out: Vec<(Presence, u32)> =
-            t.values().map(|(p, at)| (p.clone(), at.elapsed().as_millis() as u32)).collect();
+        let mut out: Vec<(Presence, u32)> = t
+            .values()
+            .map(|(p, at)| (p.clone(), at.elapsed().as_millis() as u32))
+            .collect();
         out.sort_by_key(|(p, _)| p.node);
         out
     }
 
-    async fn announce(self: Arc<Self>, sock: Arc<UdpSocket>, me: Arc<dyn Fn() -> Presence + Send + Sync>) {
+    async fn announce(
+        self: Arc<Self>,
+        sock: Arc<UdpSocket>,
+        me: Arc<dyn Fn() -> Presence + Send + Sync>,
+    ) {
         let bcast = self.ctx.config.broadcast.unwrap_or(Ipv4Addr::BROADCAST);
         let dest = SocketAddr::V4(SocketAddrV4::new(bcast, self.ctx.config.discovery_port));
         let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
         loop {
             tick.tick().await;
-            let dg = Datagram { session: self.ctx.config.session_id, presence: me() };
-            let Ok(mut bytes) = postcard::to_stdvec(&dg) else { continue };
+            let dg = Datagram {
+                session: self.ctx.config.session_id,
+                presence: me(),
+            };
+            let Ok(mut bytes) = postcard::to_stdvec(&dg) else {
+                continue;
+            };
             let tag = self.ctx.key.sign(&bytes);
             bytes.extend_from_slice(&tag);
             if let Err(e) = sock.send_to(&bytes, dest).await {
@@ -123,10 +191,14 @@ impl Discovery {
     async fn listen(self: Arc<Self>, sock: Arc<UdpSocket>) {
         let mut buf = vec![0u8; 2048];
         loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
             match self.parse(&buf[..n]) {
                 Some(p) => self.record(p, Duration::ZERO),
-                None => tracing::debug!(%from, "ignored a presence datagram (bad tag, session or format)"),
+                None => {
+                    tracing::debug!(%from, "ignored a presence datagram (bad tag, session or format)")
+                }
             }
         }
     }
@@ -168,6 +240,10 @@ impl Discovery {
                 me.role = Role::Node;
                 match PeerClient::connect(addr, &self.ctx.key, me, timeout).await {
                     Ok(c) => c,
+                    Err(e @ (ProtoError::Auth(_) | ProtoError::Refused(_))) => {
+                        tracing::warn!(%addr, error = %e, "peer refused");
+                        return None;
+                    }
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "peer not reachable");
                         return None;

@@ -31,25 +31,37 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> AdminError {
 
 fn raft_error<E: std::fmt::Display>(e: RaftError<RaftNodeId, E>) -> AdminError {
     match e {
-        RaftError::APIError(e) => {
-            err(ErrorKind::Unavailable, format!("leadership changed during the operation ({e}); run it again"))
-        }
+        RaftError::APIError(e) => err(
+            ErrorKind::Unavailable,
+            format!("leadership changed during the operation ({e}); run it again"),
+        ),
         RaftError::Fatal(e) => err(ErrorKind::Internal, format!("Raft stopped: {e}")),
     }
 }
 
 fn record(p: &Presence) -> MemberRecord {
-    MemberRecord { id: p.node, addr: p.addr, mac: p.mac, state: NodeState::Online }
+    MemberRecord {
+        id: p.node,
+        addr: p.addr,
+        mac: p.mac,
+        state: NodeState::Online,
+    }
 }
 
 fn basic(addr: std::net::SocketAddr) -> BasicNode {
-    BasicNode { addr: addr.to_string() }
+    BasicNode {
+        addr: addr.to_string(),
+    }
 }
 
 /// The voters to use among `candidates` (sorted ids): at most `max`, and an
 /// odd number when there are three or more, since an even count tolerates no
 /// more failures than the odd count below it.
-fn pick_voters(candidates: &BTreeSet<RaftNodeId>, keep: &BTreeSet<RaftNodeId>, max: usize) -> BTreeSet<RaftNodeId> {
+fn pick_voters(
+    candidates: &BTreeSet<RaftNodeId>,
+    keep: &BTreeSet<RaftNodeId>,
+    max: usize,
+) -> BTreeSet<RaftNodeId> {
     let mut out: BTreeSet<RaftNodeId> = keep.intersection(candidates).copied().take(max).collect();
     for id in candidates {
         if out.len() >= max {
@@ -58,7 +70,13 @@ fn pick_voters(candidates: &BTreeSet<RaftNodeId>, keep: &BTreeSet<RaftNodeId>, m
         out.insert(*id);
     }
     if out.len() >= 3 && out.len() % 2 == 0 {
-        if let Some(extra) = out.iter().rev().find(|id| !keep.contains(id)).or(out.iter().next_back()).copied() {
+        if let Some(extra) = out
+            .iter()
+            .rev()
+            .find(|id| !keep.contains(id))
+            .or(out.iter().next_back())
+            .copied()
+        {
             out.remove(&extra);
         }
     }
@@ -80,9 +98,13 @@ impl ClusterService {
             ));
         }
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
-        let (free, busy): (Vec<Presence>, Vec<Presence>) = present.into_iter().partition(|p| p.cluster.is_none());
+        let (free, busy): (Vec<Presence>, Vec<Presence>) =
+            present.into_iter().partition(|p| p.cluster.is_none());
         for p in &busy {
-            tracing::info!(node = p.node, "present node is already in another cluster; not included");
+            tracing::info!(
+                node = p.node,
+                "present node is already in another cluster; not included"
+            );
         }
         let uid = loop {
             let u: u64 = rand::random();
@@ -98,7 +120,11 @@ impl ClusterService {
 
         let joined = self.join(uid).await?;
         let ids: BTreeSet<RaftNodeId> = founders.iter().map(|p| p.node as RaftNodeId).collect();
-        let mut voters = pick_voters(&ids, &BTreeSet::from([me.node as RaftNodeId]), self.ctx.config.max_voters);
+        let mut voters = pick_voters(
+            &ids,
+            &BTreeSet::from([me.node as RaftNodeId]),
+            self.ctx.config.max_voters,
+        );
         voters.insert(me.node as RaftNodeId);
         let voter_nodes: BTreeMap<RaftNodeId, BasicNode> = founders
             .iter()
@@ -109,7 +135,15 @@ impl ClusterService {
         if result.is_err() {
             self.leave(Some(uid)).await;
             for p in founders.iter().filter(|p| p.node != me.node) {
-                let _ = self.ctx.peers.call(p.node, PeerRequest::Evict { cluster: uid }, Duration::from_secs(1)).await;
+                let _ = self
+                    .ctx
+                    .peers
+                    .call(
+                        p.node,
+                        PeerRequest::Evict { cluster: uid },
+                        Duration::from_secs(1),
+                    )
+                    .await;
             }
         }
         result.map(ClusterReply::Changed)
@@ -122,18 +156,45 @@ impl ClusterService {
         voters: BTreeMap<RaftNodeId, BasicNode>,
         founders: &[Presence],
     ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
-        joined.raft.initialize(voters.clone()).await.map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        joined
+            .raft
+            .initialize(voters.clone())
+            .await
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         joined
             .raft
             .wait(Some(COMMIT_TIMEOUT))
             .state(ServerState::Leader, "become leader of the new cluster")
             .await
-            .map_err(|_| err(ErrorKind::Unavailable, "the new cluster elected no leader in time (are the voters reachable?)"))?;
-        for p in founders.iter().filter(|p| !voters.contains_key(&(p.node as RaftNodeId))) {
+            .map_err(|_| {
+                err(
+                    ErrorKind::Unavailable,
+                    "the new cluster elected no leader in time (are the voters reachable?)",
+                )
+            })?;
+        // The leader's first (blank) entry commits the initial membership;
+        // until then no other membership change is accepted.
+        joined
+            .raft
+            .wait(Some(COMMIT_TIMEOUT))
+            .applied_index_at_least(Some(1), "initial membership committed")
+            .await
+            .map_err(|_| {
+                err(
+                    ErrorKind::Unavailable,
+                    "the new cluster could not commit its first entry in time",
+                )
+            })?;
+        for p in founders
+            .iter()
+            .filter(|p| !voters.contains_key(&(p.node as RaftNodeId)))
+        {
             self.add_learner(joined, p).await?;
         }
         let members = founders.iter().map(record).collect();
-        let result = self.commit(joined, ClusterCommand::Form { uid, members }).await?;
+        let result = self
+            .commit(joined, ClusterCommand::Form { uid, members })
+            .await?;
         self.wait_everywhere(joined, result.epoch).await;
         Ok(self.status().await)
     }
@@ -141,20 +202,42 @@ impl ClusterService {
     /// Welcome each node into cluster `uid` (they start Raft instances).
     async fn welcome_all(&self, nodes: &[Presence], uid: u64) -> Vec<Result<Presence, AdminError>> {
         let calls = nodes.iter().map(|p| async move {
-            match self.ctx.peers.call(p.node, PeerRequest::Welcome { cluster: uid }, Duration::from_secs(3)).await {
+            match self
+                .ctx
+                .peers
+                .call(
+                    p.node,
+                    PeerRequest::Welcome { cluster: uid },
+                    Duration::from_secs(3),
+                )
+                .await
+            {
                 Ok(PeerResponse::Ack) => Ok(p.clone()),
-                Ok(other) => Err(err(ErrorKind::Internal, format!("node {} answered {other:?}", p.node))),
-                Err(e) => Err(err(ErrorKind::Unavailable, format!("node {} cannot join: {e}", p.node))),
+                Ok(other) => Err(err(
+                    ErrorKind::Internal,
+                    format!("node {} answered {other:?}", p.node),
+                )),
+                Err(e) => Err(err(
+                    ErrorKind::Unavailable,
+                    format!("node {} cannot join: {e}", p.node),
+                )),
             }
         });
         futures::future::join_all(calls).await
     }
 
     /// Run a forwarded or local change on this node, which must be leader.
-    pub(super) async fn lead(self: &Arc<Self>, joined: &Joined, req: ClusterRequest) -> Result<ClusterReply, AdminError> {
+    pub(super) async fn lead(
+        self: &Arc<Self>,
+        joined: &Joined,
+        req: ClusterRequest,
+    ) -> Result<ClusterReply, AdminError> {
         let _guard = self.change_lock.lock().await;
         if joined.raft.metrics().borrow().state != ServerState::Leader {
-            return Err(err(ErrorKind::Unavailable, "leadership moved to another node; run the command again"));
+            return Err(err(
+                ErrorKind::Unavailable,
+                "leadership moved to another node; run the command again",
+            ));
         }
         // A leader cut off from its majority must not pretend: check quorum first.
         tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.ensure_linearizable())
@@ -165,12 +248,19 @@ impl ClusterService {
             ClusterRequest::Add(sel) => self.add(joined, sel).await,
             ClusterRequest::Del(sel) => self.del(joined, sel).await,
             ClusterRequest::Stop => self.stop(joined).await,
-            other => Err(err(ErrorKind::InvalidArgument, format!("{other:?} is not a membership change"))),
+            other => Err(err(
+                ErrorKind::InvalidArgument,
+                format!("{other:?} is not a membership change"),
+            )),
         }
         .map(ClusterReply::Changed)
     }
 
-    async fn add(self: &Arc<Self>, joined: &Joined, sel: NodeSelector) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
+    async fn add(
+        self: &Arc<Self>,
+        joined: &Joined,
+        sel: NodeSelector,
+    ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
         let state = joined.state();
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
         let nodes = resolve_for_add(&sel, &state, &present)?;
@@ -180,27 +270,58 @@ impl ClusterService {
         for p in &nodes {
             self.add_learner(joined, p).await?;
         }
-        let result = self.commit(joined, ClusterCommand::Add(nodes.iter().map(record).collect())).await?;
+        let result = self
+            .commit(
+                joined,
+                ClusterCommand::Add(nodes.iter().map(record).collect()),
+            )
+            .await?;
         self.rebalance_voters(joined).await?;
         self.wait_everywhere(joined, result.epoch).await;
         Ok(self.status().await)
     }
 
-    async fn del(self: &Arc<Self>, joined: &Joined, sel: NodeSelector) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
+    async fn del(
+        self: &Arc<Self>,
+        joined: &Joined,
+        sel: NodeSelector,
+    ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
         let state = joined.state();
         let ids = resolve_for_del(&sel, &state, self.ctx.node_id())?;
-        let remaining: Vec<&MemberRecord> = state.members.values().filter(|m| !ids.contains(&m.id)).collect();
+        let remaining: Vec<&MemberRecord> = state
+            .members
+            .values()
+            .filter(|m| !ids.contains(&m.id))
+            .collect();
         if remaining.is_empty() {
-            return Err(err(ErrorKind::Conflict, "cannot remove every member of the cluster; use `krgadm cluster stop`"));
+            return Err(err(
+                ErrorKind::Conflict,
+                "cannot remove every member of the cluster; use `krgadm cluster stop`",
+            ));
         }
         if !remaining.iter().any(|m| m.state == NodeState::Online) {
-            return Err(err(ErrorKind::Conflict, "this change would leave no online member"));
+            return Err(err(
+                ErrorKind::Conflict,
+                "this change would leave no online member",
+            ));
         }
-        let result = self.commit(joined, ClusterCommand::Remove(ids.clone())).await?;
+        let result = self
+            .commit(joined, ClusterCommand::Remove(ids.clone()))
+            .await?;
         self.rebalance_voters(joined).await?;
         let me = self.ctx.node_id();
         for id in ids.iter().filter(|id| **id != me) {
-            let _ = self.ctx.peers.call(*id, PeerRequest::Evict { cluster: joined.uid }, Duration::from_secs(1)).await;
+            let _ = self
+                .ctx
+                .peers
+                .call(
+                    *id,
+                    PeerRequest::Evict {
+                        cluster: joined.uid,
+                    },
+                    Duration::from_secs(1),
+                )
+                .await;
         }
         self.wait_everywhere(joined, result.epoch).await;
         let status = self.status().await;
@@ -210,25 +331,46 @@ impl ClusterService {
         Ok(status)
     }
 
-    async fn stop(self: &Arc<Self>, joined: &Joined) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
+    async fn stop(
+        self: &Arc<Self>,
+        joined: &Joined,
+    ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
         let result = self.commit(joined, ClusterCommand::Dissolve).await?;
         self.wait_everywhere(joined, result.epoch).await;
         let status = self.status().await;
         self.leave(Some(joined.uid)).await;
-        Ok(krg_proto::cluster::ClusterStatus { members: Vec::new(), online: 0, ..status })
+        Ok(krg_proto::cluster::ClusterStatus {
+            members: Vec::new(),
+            online: 0,
+            ..status
+        })
     }
 
     /// Add `p` as a Raft learner and wait until it has caught up.
     async fn add_learner(&self, joined: &Joined, p: &Presence) -> Result<(), AdminError> {
-        tokio::time::timeout(CATCH_UP_TIMEOUT, joined.raft.add_learner(p.node as RaftNodeId, basic(p.addr), true))
-            .await
-            .map_err(|_| err(ErrorKind::Unavailable, format!("node {} did not catch up with the cluster in time", p.node)))?
-            .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
+        tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            joined
+                .raft
+                .add_learner(p.node as RaftNodeId, basic(p.addr), true),
+        )
+        .await
+        .map_err(|_| {
+            err(
+                ErrorKind::Unavailable,
+                format!("node {} did not catch up with the cluster in time", p.node),
+            )
+        })?
+        .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
         Ok(())
     }
 
     /// Append `cmd` to the replicated log and wait for it to be committed.
-    pub(super) async fn commit(&self, joined: &Joined, cmd: ClusterCommand) -> Result<CommandResult, AdminError> {
+    pub(super) async fn commit(
+        &self,
+        joined: &Joined,
+        cmd: ClusterCommand,
+    ) -> Result<CommandResult, AdminError> {
         let resp = tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.client_write(cmd))
             .await
             .map_err(|_| no_quorum())?
@@ -243,19 +385,28 @@ impl ClusterService {
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
         let nodes: BTreeSet<RaftNodeId> = membership.nodes().map(|(id, _)| *id).collect();
-        let online: BTreeSet<RaftNodeId> =
-            joined.state().online().map(|m| m.id as RaftNodeId).filter(|id| nodes.contains(id)).collect();
+        let online: BTreeSet<RaftNodeId> = joined
+            .state()
+            .online()
+            .map(|m| m.id as RaftNodeId)
+            .filter(|id| nodes.contains(id))
+            .collect();
         if online.is_empty() {
             return Ok(());
         }
         let target = pick_voters(&online, &voters, self.ctx.config.max_voters);
-        let stale_learners: BTreeSet<RaftNodeId> =
-            nodes.iter().filter(|id| !online.contains(id) && !voters.contains(id)).copied().collect();
+        let stale_learners: BTreeSet<RaftNodeId> = nodes
+            .iter()
+            .filter(|id| !online.contains(id) && !voters.contains(id))
+            .copied()
+            .collect();
         if !stale_learners.is_empty() {
-            self.change_membership(joined, ChangeMembers::RemoveNodes(stale_learners)).await?;
+            self.change_membership(joined, ChangeMembers::RemoveNodes(stale_learners))
+                .await?;
         }
         if target != voters {
-            self.change_membership(joined, ChangeMembers::ReplaceAllVoters(target)).await?;
+            self.change_membership(joined, ChangeMembers::ReplaceAllVoters(target))
+                .await?;
         }
         Ok(())
     }
@@ -278,9 +429,16 @@ impl ClusterService {
         let me = self.ctx.node_id();
         loop {
             let state = joined.state();
-            let others: Vec<NodeId> = state.online().map(|m| m.id).filter(|id| *id != me).collect();
+            let others: Vec<NodeId> = state
+                .online()
+                .map(|m| m.id)
+                .filter(|id| *id != me)
+                .collect();
             let pings = others.iter().map(|id| {
-                let ping = PeerRequest::Ping { from: me, cluster: joined.uid };
+                let ping = PeerRequest::Ping {
+                    from: me,
+                    cluster: joined.uid,
+                };
                 self.ctx.peers.call(*id, ping, Duration::from_millis(500))
             });
             let lagging = futures::future::join_all(pings)
@@ -290,7 +448,11 @@ impl ClusterService {
                 .count();
             if lagging == 0 || tokio::time::Instant::now() >= deadline {
                 if lagging > 0 {
-                    tracing::warn!(lagging, epoch, "some members have not applied the change yet");
+                    tracing::warn!(
+                        lagging,
+                        epoch,
+                        "some members have not applied the change yet"
+                    );
                 }
                 return;
             }
@@ -300,17 +462,28 @@ impl ClusterService {
 }
 
 /// The present nodes an `add` names. Errors name the first offending node.
-fn resolve_for_add(sel: &NodeSelector, state: &ClusterState, present: &[Presence]) -> Result<Vec<Presence>, AdminError> {
+fn resolve_for_add(
+    sel: &NodeSelector,
+    state: &ClusterState,
+    present: &[Presence],
+) -> Result<Vec<Presence>, AdminError> {
     let check = |id: NodeId| -> Result<Presence, AdminError> {
         if let Some(m) = state.members.get(&id) {
-            return Err(err(ErrorKind::Conflict, format!("node {id} is already a member ({})", m.state)));
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("node {id} is already a member ({})", m.state),
+            ));
         }
         match present.iter().find(|p| p.node == id) {
-            Some(p) if p.cluster.is_some() => {
-                Err(err(ErrorKind::Conflict, format!("node {id} is in another cluster; stop that one first")))
-            }
+            Some(p) if p.cluster.is_some() => Err(err(
+                ErrorKind::Conflict,
+                format!("node {id} is in another cluster; stop that one first"),
+            )),
             Some(p) => Ok(p.clone()),
-            None => Err(err(ErrorKind::NotFound, format!("node {id} is not present (is krgd running there?)"))),
+            None => Err(err(
+                ErrorKind::NotFound,
+                format!("node {id} is not present (is krgd running there?)"),
+            )),
         }
     };
     let ids: Vec<NodeId> = match sel {
@@ -322,25 +495,49 @@ fn resolve_for_add(sel: &NodeSelector, state: &ClusterState, present: &[Presence
                     .iter()
                     .find(|p| p.mac == Some(*mac))
                     .map(|p| p.node)
-                    .or_else(|| state.members.values().find(|m| m.mac == Some(*mac)).map(|m| m.id))
-                    .ok_or_else(|| err(ErrorKind::NotFound, format!("no present node has MAC {mac}")))
+                    .or_else(|| {
+                        state
+                            .members
+                            .values()
+                            .find(|m| m.mac == Some(*mac))
+                            .map(|m| m.id)
+                    })
+                    .ok_or_else(|| {
+                        err(
+                            ErrorKind::NotFound,
+                            format!("no present node has MAC {mac}"),
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?,
         NodeSelector::AllPresent => {
-            let free: Vec<NodeId> =
-                present.iter().filter(|p| p.cluster.is_none() && !state.is_member(p.node)).map(|p| p.node).collect();
+            let free: Vec<NodeId> = present
+                .iter()
+                .filter(|p| p.cluster.is_none() && !state.is_member(p.node))
+                .map(|p| p.node)
+                .collect();
             if free.is_empty() {
-                return Err(err(ErrorKind::NotFound, "no present node is waiting to be added"));
+                return Err(err(
+                    ErrorKind::NotFound,
+                    "no present node is waiting to be added",
+                ));
             }
             free
         }
     };
     let mut seen = BTreeSet::new();
-    ids.into_iter().filter(|id| seen.insert(*id)).map(check).collect()
+    ids.into_iter()
+        .filter(|id| seen.insert(*id))
+        .map(check)
+        .collect()
 }
 
 /// The members a `del` names.
-fn resolve_for_del(sel: &NodeSelector, state: &ClusterState, me: NodeId) -> Result<Vec<NodeId>, AdminError> {
+fn resolve_for_del(
+    sel: &NodeSelector,
+    state: &ClusterState,
+    me: NodeId,
+) -> Result<Vec<NodeId>, AdminError> {
     let ids: Vec<NodeId> = match sel {
         NodeSelector::Ids(ids) => ids.clone(),
         NodeSelector::Macs(macs) => macs
@@ -355,12 +552,20 @@ fn resolve_for_del(sel: &NodeSelector, state: &ClusterState, me: NodeId) -> Resu
             })
             .collect::<Result<_, _>>()?,
         // Every member but the one running the change.
-        NodeSelector::AllPresent => state.members.keys().copied().filter(|id| *id != me).collect(),
+        NodeSelector::AllPresent => state
+            .members
+            .keys()
+            .copied()
+            .filter(|id| *id != me)
+            .collect(),
     };
     let mut seen = BTreeSet::new();
     let ids: Vec<NodeId> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
     if let Some(id) = ids.iter().find(|id| !state.is_member(**id)) {
-        return Err(err(ErrorKind::NotFound, format!("node {id} is not a member of the cluster")));
+        return Err(err(
+            ErrorKind::NotFound,
+            format!("node {id} is not a member of the cluster"),
+        ));
     }
     if ids.is_empty() {
         return Err(err(ErrorKind::InvalidArgument, "no node to remove"));
@@ -378,11 +583,20 @@ mod tests {
 
     #[test]
     fn voters_are_capped_odd_and_sticky() {
-        assert_eq!(pick_voters(&set(&[1, 2, 3, 4, 5, 6, 7]), &set(&[]), 5), set(&[1, 2, 3, 4, 5]));
-        assert_eq!(pick_voters(&set(&[1, 2, 3, 4]), &set(&[]), 5), set(&[1, 2, 3]));
+        assert_eq!(
+            pick_voters(&set(&[1, 2, 3, 4, 5, 6, 7]), &set(&[]), 5),
+            set(&[1, 2, 3, 4, 5])
+        );
+        assert_eq!(
+            pick_voters(&set(&[1, 2, 3, 4]), &set(&[]), 5),
+            set(&[1, 2, 3])
+        );
         assert_eq!(pick_voters(&set(&[1, 2]), &set(&[]), 5), set(&[1, 2]));
         // Existing voters are kept when still candidates.
-        assert_eq!(pick_voters(&set(&[2, 3, 4, 5, 6]), &set(&[4, 5, 6]), 3), set(&[4, 5, 6]));
+        assert_eq!(
+            pick_voters(&set(&[2, 3, 4, 5, 6]), &set(&[4, 5, 6]), 3),
+            set(&[4, 5, 6])
+        );
     }
 
     #[test]
@@ -394,7 +608,10 @@ mod tests {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7600 + n as u16)),
             cluster,
         };
-        state.apply(&ClusterCommand::Form { uid: 1, members: vec![record(&p(1, None))] });
+        state.apply(&ClusterCommand::Form {
+            uid: 1,
+            members: vec![record(&p(1, None))],
+        });
         let present = vec![p(2, None), p(3, Some(9))];
         let e = resolve_for_add(&NodeSelector::Ids(vec![7]), &state, &present).unwrap_err();
         assert!(e.message.contains("node 7 is not present"), "{}", e.message);
@@ -402,10 +619,24 @@ mod tests {
         assert!(e.message.contains("already a member"), "{}", e.message);
         let e = resolve_for_add(&NodeSelector::Ids(vec![3]), &state, &present).unwrap_err();
         assert!(e.message.contains("another cluster"), "{}", e.message);
-        let ok = resolve_for_add(&NodeSelector::Macs(vec![p(2, None).mac.unwrap()]), &state, &present).unwrap();
+        let ok = resolve_for_add(
+            &NodeSelector::Macs(vec![p(2, None).mac.unwrap()]),
+            &state,
+            &present,
+        )
+        .unwrap();
         assert_eq!(ok[0].node, 2);
-        assert_eq!(resolve_for_add(&NodeSelector::AllPresent, &state, &present).unwrap().len(), 1);
+        assert_eq!(
+            resolve_for_add(&NodeSelector::AllPresent, &state, &present)
+                .unwrap()
+                .len(),
+            1
+        );
         let e = resolve_for_del(&NodeSelector::Ids(vec![2]), &state, 1).unwrap_err();
-        assert!(e.message.contains("node 2 is not a member"), "{}", e.message);
+        assert!(
+            e.message.contains("node 2 is not a member"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -109,6 +109,15 @@ impl ClusterService {
         self.discovery.get()
     }
 
+    /// Resolves if another krgd with this node's id shows up while this one
+    /// is starting (see [`Discovery::identity_conflict`]).
+    pub async fn identity_conflict(&self) -> std::net::SocketAddr {
+        match self.discovery() {
+            Some(d) => d.identity_conflict().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// The cluster this node is in, if any.
     pub fn cluster_uid(&self) -> Option<u64> {
         Some(self.joined_uid.load(Ordering::SeqCst)).filter(|u| *u != 0)
@@ -118,7 +127,11 @@ impl ClusterService {
         self.joined.read().await.clone()
     }
 
-    pub async fn handle_admin(self: &Arc<Self>, caller: &Caller, req: ClusterRequest) -> Result<ClusterReply, AdminError> {
+    pub async fn handle_admin(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: ClusterRequest,
+    ) -> Result<ClusterReply, AdminError> {
         match req {
             ClusterRequest::Status => Ok(ClusterReply::Status(self.status().await)),
             ClusterRequest::NodesStatus => Ok(ClusterReply::Nodes(self.nodes().await)),
@@ -126,7 +139,10 @@ impl ClusterService {
                 if !caller.is_root() {
                     return Err(AdminError::new(
                         ErrorKind::PermissionDenied,
-                        format!("permission denied: changing the cluster needs root (uid {})", caller.uid),
+                        format!(
+                            "permission denied: changing the cluster needs root (uid {})",
+                            caller.uid
+                        ),
                     ));
                 }
                 self.change(change, 0).await
@@ -136,7 +152,11 @@ impl ClusterService {
 
     /// Run a membership change here if this node leads, else forward it to
     /// the leader (or, from a node outside the cluster, to a member).
-    async fn change(self: &Arc<Self>, req: ClusterRequest, hops: u8) -> Result<ClusterReply, AdminError> {
+    async fn change(
+        self: &Arc<Self>,
+        req: ClusterRequest,
+        hops: u8,
+    ) -> Result<ClusterReply, AdminError> {
         if req == ClusterRequest::Start {
             return self.start_cluster().await;
         }
@@ -151,23 +171,41 @@ impl ClusterService {
             None => self.member_to_ask()?,
         };
         if hops >= MAX_HOPS {
-            return Err(AdminError::new(ErrorKind::Unavailable, "leadership is moving; run the command again"));
+            return Err(AdminError::new(
+                ErrorKind::Unavailable,
+                "leadership is moving; run the command again",
+            ));
         }
-        let forward = PeerRequest::Cluster { req, hops: hops + 1 };
+        let forward = PeerRequest::Cluster {
+            req,
+            hops: hops + 1,
+        };
         match self.ctx.peers.call(target, forward, FORWARD_TIMEOUT).await {
             Ok(PeerResponse::Cluster(reply)) => Ok(reply),
-            Ok(other) => Err(AdminError::new(ErrorKind::Internal, format!("node {target} sent {other:?}"))),
+            Ok(other) => Err(AdminError::new(
+                ErrorKind::Internal,
+                format!("node {target} sent {other:?}"),
+            )),
             Err(crate::net::pool::PeerCallError::Remote { error, .. }) => Err(error),
             Err(e) => Err(AdminError::new(
                 ErrorKind::Unavailable,
-                format!("node {target} did not complete the change: {e}; check `krgadm cluster status`"),
+                format!(
+                    "node {target} did not complete the change: {e}; check `krgadm cluster status`"
+                ),
             )),
         }
     }
 
-    pub async fn handle_peer(self: &Arc<Self>, from: &Identity, req: PeerRequest) -> Result<PeerResponse, AdminError> {
+    pub async fn handle_peer(
+        self: &Arc<Self>,
+        from: &Identity,
+        req: PeerRequest,
+    ) -> Result<PeerResponse, AdminError> {
         match req {
-            PeerRequest::Ping { from: leader, cluster } => {
+            PeerRequest::Ping {
+                from: leader,
+                cluster,
+            } => {
                 let mine = self.cluster_uid();
                 if mine == Some(cluster) {
                     if let Ok(mut c) = self.leader_contact.lock() {
@@ -179,7 +217,10 @@ impl ClusterService {
                     Some(j) => j.state.borrow().epoch,
                     None => 0,
                 };
-                Ok(PeerResponse::Pong { epoch, cluster: mine })
+                Ok(PeerResponse::Pong {
+                    epoch,
+                    cluster: mine,
+                })
             }
             PeerRequest::Raft(rpc) => {
                 let joined = self.joined().await.ok_or_else(not_in_cluster)?;
@@ -191,7 +232,10 @@ impl ClusterService {
             PeerRequest::Cluster { req, hops } => {
                 // Forwarded by a krgd that authorised its caller already.
                 if from.role != krg_proto::auth::Role::Node || req == ClusterRequest::Start {
-                    return Err(AdminError::new(ErrorKind::PermissionDenied, "only krgd nodes may forward changes"));
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only krgd nodes may forward changes",
+                    ));
                 }
                 if self.joined().await.is_none() {
                     return Err(not_in_cluster());
@@ -204,9 +248,10 @@ impl ClusterService {
                 Ok(PeerResponse::Ack)
             }
             PeerRequest::Describe => Ok(PeerResponse::Describe(self.describe())),
-            PeerRequest::Sched(_) | PeerRequest::Kdfs(_) => {
-                Err(AdminError::new(ErrorKind::Internal, "request routed to the wrong service"))
-            }
+            PeerRequest::Sched(_) | PeerRequest::Kdfs(_) => Err(AdminError::new(
+                ErrorKind::Internal,
+                "request routed to the wrong service",
+            )),
         }
     }
 
@@ -214,7 +259,8 @@ impl ClusterService {
     /// node can see, to carry an administrator's change.
     fn member_to_ask(&self) -> Result<krg_proto::NodeId, AdminError> {
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
-        let clusters: std::collections::BTreeSet<u64> = present.iter().filter_map(|p| p.cluster).collect();
+        let clusters: std::collections::BTreeSet<u64> =
+            present.iter().filter_map(|p| p.cluster).collect();
         match clusters.len() {
             0 => Err(not_in_cluster()),
             1 => Ok(present.iter().find(|p| p.cluster.is_some()).map(|p| p.node).ok_or_else(not_in_cluster)?),
@@ -235,8 +281,14 @@ impl ClusterService {
     }
 
     fn describe(&self) -> NodeSelf {
-        let known = self.discovery().map(|d| d.present_with_age()).unwrap_or_default();
-        NodeSelf { me: self.self_presence(), known }
+        let known = self
+            .discovery()
+            .map(|d| d.present_with_age())
+            .unwrap_or_default();
+        NodeSelf {
+            me: self.self_presence(),
+            known,
+        }
     }
 
     /// Start a Raft instance for cluster `uid` (idempotent for the same uid).
@@ -246,7 +298,10 @@ impl ClusterService {
             return if j.uid == uid {
                 Ok(j.clone())
             } else {
-                Err(AdminError::new(ErrorKind::Conflict, format!("node {} is already in another cluster", self.ctx.node_id())))
+                Err(AdminError::new(
+                    ErrorKind::Conflict,
+                    format!("node {} is already in another cluster", self.ctx.node_id()),
+                ))
             };
         }
         let config = raft_config(&self.ctx).map_err(|e| AdminError::new(ErrorKind::Internal, e))?;
@@ -260,7 +315,12 @@ impl ClusterService {
         )
         .await
         .map_err(|e| AdminError::new(ErrorKind::Internal, format!("cannot start Raft: {e}")))?;
-        let joined = Arc::new(Joined { uid, raft, state: state_rx, tasks: Mutex::default() });
+        let joined = Arc::new(Joined {
+            uid,
+            raft,
+            state: state_rx,
+            tasks: Mutex::default(),
+        });
         let tasks = vec![
             tokio::spawn(self.clone().follow_state(joined.clone())),
             tokio::spawn(detector::run(self.clone(), joined.clone())),
@@ -273,17 +333,31 @@ impl ClusterService {
             *c = Some(Instant::now());
         }
         *slot = Some(joined.clone());
-        tracing::info!(node = self.ctx.node_id(), cluster = format!("{uid:016x}"), "joined cluster");
+        tracing::info!(
+            node = self.ctx.node_id(),
+            cluster = format!("{uid:016x}"),
+            "joined cluster"
+        );
         Ok(joined)
     }
 
     /// Drop this node's Raft instance (only if it belongs to cluster `uid`,
     /// when given) and become a present node again.
     async fn leave(&self, uid: Option<u64>) {
+        self.leave_if(|j| uid.is_none_or(|u| u == j.uid)).await
+    }
+
+    /// Leave only if `instance` is still the current Raft instance (a delayed
+    /// leave must not end a membership that began after it was scheduled).
+    async fn leave_instance(&self, instance: &Arc<Joined>) {
+        self.leave_if(|j| Arc::ptr_eq(j, instance)).await
+    }
+
+    async fn leave_if(&self, pred: impl FnOnce(&Arc<Joined>) -> bool) {
         let joined = {
             let mut slot = self.joined.write().await;
             match slot.as_ref() {
-                Some(j) if uid.is_none_or(|u| u == j.uid) => slot.take(),
+                Some(j) if pred(j) => slot.take(),
                 _ => None,
             }
         };
@@ -295,7 +369,11 @@ impl ClusterService {
         if let Err(e) = j.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft shutdown");
         }
-        tracing::info!(node = self.ctx.node_id(), cluster = format!("{:016x}", j.uid), "left cluster");
+        tracing::info!(
+            node = self.ctx.node_id(),
+            cluster = format!("{:016x}", j.uid),
+            "left cluster"
+        );
         self.publish_view().await;
     }
 
@@ -310,13 +388,22 @@ impl ClusterService {
             if state.dissolved || removed {
                 // Leave from another task (leave aborts this one). A removed
                 // node waits for the leader's Evict, so that its vote still
-                // counts while the leader commits the new Raft membership.
+                // counts while the leader commits the new Raft membership;
+                // if it was re-added meanwhile, it stays.
                 let svc = self.clone();
-                let uid = joined.uid;
-                let grace = if state.dissolved { Duration::from_millis(300) } else { Duration::from_secs(5) };
+                let me = self.ctx.node_id();
+                let joined = joined.clone();
+                let grace = if state.dissolved {
+                    Duration::from_millis(300)
+                } else {
+                    Duration::from_secs(5)
+                };
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
-                    svc.leave(Some(uid)).await;
+                    let state = joined.state();
+                    if state.dissolved || !state.is_member(me) {
+                        svc.leave_instance(&joined).await;
+                    }
                 });
                 return;
             }
@@ -326,12 +413,18 @@ impl ClusterService {
     /// The leader this node can currently reach, or a no-quorum error.
     fn reachable_leader(&self, joined: &Joined) -> Result<krg_proto::NodeId, AdminError> {
         let metrics = joined.raft.metrics().borrow().clone();
-        let Some(leader) = metrics.current_leader else { return Err(no_quorum()) };
+        let Some(leader) = metrics.current_leader else {
+            return Err(no_quorum());
+        };
         if leader == self.ctx.node_id() as u64 {
             let fresh = metrics
                 .millis_since_quorum_ack
                 .is_some_and(|ms| Duration::from_millis(ms) < self.ctx.config.failure_timeout);
-            return if fresh { Ok(leader as krg_proto::NodeId) } else { Err(no_quorum()) };
+            return if fresh {
+                Ok(leader as krg_proto::NodeId)
+            } else {
+                Err(no_quorum())
+            };
         }
         if self.leader_heard_recently() {
             Ok(leader as krg_proto::NodeId)
@@ -374,7 +467,10 @@ fn raft_config(ctx: &NodeContext) -> Result<openraft::Config, String> {
 }
 
 fn not_in_cluster() -> AdminError {
-    AdminError::new(ErrorKind::NotFound, "this node is not a member of a cluster (start one with `krgadm cluster start`)")
+    AdminError::new(
+        ErrorKind::NotFound,
+        "this node is not a member of a cluster (start one with `krgadm cluster start`)",
+    )
 }
 
 fn no_quorum() -> AdminError {

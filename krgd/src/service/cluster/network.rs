@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use krg_proto::peer::{PeerRequest, PeerResponse, RaftKind, RaftRpc};
 use krg_proto::NodeId;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Serialize};
@@ -43,24 +45,37 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         if let Ok(addr) = node.addr.parse() {
             self.ctx.peers.set_address(target, addr);
         }
-        Connection { ctx: self.ctx.clone(), target }
+        Connection {
+            ctx: self.ctx.clone(),
+            target,
+        }
     }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId, E>>>;
 
 impl Connection {
-    async fn send<Req, Resp, E>(&self, kind: RaftKind, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
+    async fn send<Req, Resp, E>(
+        &self,
+        kind: RaftKind,
+        req: &Req,
+        ttl: Duration,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let resp = self
             .ctx
             .peers
-            .call(self.target, PeerRequest::Raft(RaftRpc { kind, payload }), ttl)
+            .call(
+                self.target,
+                PeerRequest::Raft(RaftRpc { kind, payload }),
+                ttl,
+            )
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let PeerResponse::Raft(bytes) = resp else {
@@ -79,7 +94,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<RaftNodeId>, openraft::error::Infallible> {
-        self.send(RaftKind::AppendEntries, &rpc, option.hard_ttl()).await
+        self.send(RaftKind::AppendEntries, &rpc, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -87,7 +103,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<RaftNodeId>, InstallSnapshotError> {
-        self.send(RaftKind::InstallSnapshot, &rpc, option.hard_ttl()).await
+        self.send(RaftKind::InstallSnapshot, &rpc, option.hard_ttl())
+            .await
     }
 
     async fn vote(

@@ -20,9 +20,16 @@ impl ClusterService {
             online: 0,
             health: Health::NotStarted,
         };
-        let Some(joined) = self.joined().await else { return base };
+        let Some(joined) = self.joined().await else {
+            return base;
+        };
         let state = joined.state();
-        let leader = joined.raft.metrics().borrow().current_leader.map(|l| l as krg_proto::NodeId);
+        let leader = joined
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(|l| l as krg_proto::NodeId);
         let online = state.online().count();
         let health = if self.reachable_leader(&joined).is_err() {
             Health::NoQuorum
@@ -31,7 +38,14 @@ impl ClusterService {
         } else {
             Health::Healthy
         };
-        ClusterStatus { epoch: state.epoch, leader, members: state.members.keys().copied().collect(), online, health, ..base }
+        ClusterStatus {
+            epoch: state.epoch,
+            leader,
+            members: state.members.keys().copied().collect(),
+            online,
+            health,
+            ..base
+        }
     }
 
     /// Members from the replicated table, then present non-members.
@@ -43,7 +57,13 @@ impl ClusterService {
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
         for p in std::iter::once(me).chain(present) {
             if !listed.contains(&p.node) && !rows.iter().any(|r| r.id == p.node) {
-                rows.push(NodeInfo { id: p.node, mac: p.mac, addr: p.addr, state: NodeState::Present, voter: false });
+                rows.push(NodeInfo {
+                    id: p.node,
+                    mac: p.mac,
+                    addr: p.addr,
+                    state: NodeState::Present,
+                    voter: false,
+                });
             }
         }
         rows.sort_by_key(|r| r.id);
@@ -53,20 +73,40 @@ impl ClusterService {
     pub(crate) async fn publish_view(&self) {
         let joined = self.joined().await;
         let (epoch, leader) = match &joined {
-            Some(j) => (j.state.borrow().epoch, j.raft.metrics().borrow().current_leader.map(|l| l as u32)),
+            Some(j) => (
+                j.state.borrow().epoch,
+                j.raft.metrics().borrow().current_leader.map(|l| l as u32),
+            ),
             None => (0, None),
         };
         let nodes = self.nodes().await;
-        self.ctx.publish_view(ClusterView { epoch, leader, nodes });
+        self.ctx.publish_view(ClusterView {
+            epoch,
+            leader,
+            nodes,
+        });
     }
 }
 
 fn member_rows(joined: &Joined) -> Vec<NodeInfo> {
-    let voters: BTreeSet<u64> = joined.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    let voters: BTreeSet<u64> = joined
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
     joined
         .state()
         .members
         .values()
-        .map(|m| NodeInfo { id: m.id, mac: m.mac, addr: m.addr, state: m.state, voter: voters.contains(&(m.id as u64)) })
+        .map(|m| NodeInfo {
+            id: m.id,
+            mac: m.mac,
+            addr: m.addr,
+            state: m.state,
+            voter: voters.contains(&(m.id as u64)),
+        })
         .collect()
 }

@@ -23,10 +23,16 @@ pub struct MemberRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterCommand {
     /// First command of a cluster: its random id and founding members.
-    Form { uid: u64, members: Vec<MemberRecord> },
+    Form {
+        uid: u64,
+        members: Vec<MemberRecord>,
+    },
     Add(Vec<MemberRecord>),
     Remove(Vec<NodeId>),
-    SetState { node: NodeId, state: NodeState },
+    SetState {
+        node: NodeId,
+        state: NodeState,
+    },
     /// `krgadm cluster stop`: every member leaves.
     Dissolve,
 }
@@ -65,7 +71,9 @@ impl ClusterState {
                 }
                 changed
             }
-            ClusterCommand::Remove(ids) => ids.iter().fold(false, |c, id| self.members.remove(id).is_some() || c),
+            ClusterCommand::Remove(ids) => ids
+                .iter()
+                .fold(false, |c, id| self.members.remove(id).is_some() || c),
             ClusterCommand::SetState { node, state } => match self.members.get_mut(node) {
                 Some(m) if m.state != *state => {
                     m.state = *state;
@@ -90,7 +98,9 @@ impl ClusterState {
     }
 
     pub fn online(&self) -> impl Iterator<Item = &MemberRecord> {
-        self.members.values().filter(|m| m.state == NodeState::Online)
+        self.members
+            .values()
+            .filter(|m| m.state == NodeState::Online)
     }
 }
 
@@ -99,17 +109,47 @@ mod tests {
     use super::*;
 
     fn rec(id: NodeId) -> MemberRecord {
-        MemberRecord { id, addr: SocketAddr::from(([127, 0, 0, 1], 7600 + id as u16)), mac: None, state: NodeState::Online }
+        MemberRecord {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], 7600 + id as u16)),
+            mac: None,
+            state: NodeState::Online,
+        }
     }
 
     #[test]
     fn epoch_counts_real_changes_only() {
         let mut s = ClusterState::default();
-        assert_eq!(s.apply(&ClusterCommand::Form { uid: 9, members: vec![rec(1), rec(2)] }).epoch, 1);
+        assert_eq!(
+            s.apply(&ClusterCommand::Form {
+                uid: 9,
+                members: vec![rec(1), rec(2)]
+            })
+            .epoch,
+            1
+        );
         assert_eq!(s.apply(&ClusterCommand::Add(vec![rec(3)])).epoch, 2);
-        assert_eq!(s.apply(&ClusterCommand::Add(vec![rec(3)])).epoch, 2, "re-adding the same record is no change");
-        assert_eq!(s.apply(&ClusterCommand::SetState { node: 2, state: NodeState::Failed }).epoch, 3);
-        assert_eq!(s.apply(&ClusterCommand::SetState { node: 2, state: NodeState::Failed }).epoch, 3);
+        assert_eq!(
+            s.apply(&ClusterCommand::Add(vec![rec(3)])).epoch,
+            2,
+            "re-adding the same record is no change"
+        );
+        assert_eq!(
+            s.apply(&ClusterCommand::SetState {
+                node: 2,
+                state: NodeState::Failed
+            })
+            .epoch,
+            3
+        );
+        assert_eq!(
+            s.apply(&ClusterCommand::SetState {
+                node: 2,
+                state: NodeState::Failed
+            })
+            .epoch,
+            3
+        );
         assert_eq!(s.apply(&ClusterCommand::Remove(vec![2, 7])).epoch, 4);
         assert_eq!(s.members.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(s.apply(&ClusterCommand::Remove(vec![7])).epoch, 4);

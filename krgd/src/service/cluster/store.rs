@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership, Vote,
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -67,8 +67,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let data = self.inner.lock().map_err(poisoned)?;
-        let last = data.entries.values().next_back().map(|e| e.log_id).or(data.last_purged);
-        Ok(LogState { last_purged_log_id: data.last_purged, last_log_id: last })
+        let last = data
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(data.last_purged);
+        Ok(LogState {
+            last_purged_log_id: data.last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -148,7 +156,13 @@ pub struct StateMachine {
 impl StateMachine {
     pub fn new() -> (Self, watch::Receiver<ClusterState>) {
         let (tx, rx) = watch::channel(ClusterState::default());
-        (Self { inner: Arc::default(), published: tx }, rx)
+        (
+            Self {
+                inner: Arc::default(),
+                published: tx,
+            },
+            rx,
+        )
     }
 
     fn publish(&self, state: &ClusterState) {
@@ -159,8 +173,10 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let mut data = self.inner.lock().map_err(poisoned)?;
-        let body = postcard::to_stdvec(&SnapshotBody { state: data.state.clone() })
-            .map_err(|e| StorageIOError::write_snapshot(None, openraft::AnyError::error(e)))?;
+        let body = postcard::to_stdvec(&SnapshotBody {
+            state: data.state.clone(),
+        })
+        .map_err(|e| StorageIOError::write_snapshot(None, openraft::AnyError::error(e)))?;
         data.snapshot_seq += 1;
         let snapshot_id = format!(
             "{}-{}",
@@ -173,7 +189,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot_id,
         };
         data.snapshot = Some((meta.clone(), body.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(body)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(body)),
+        })
     }
 }
 
@@ -182,7 +201,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<RaftNodeId>>, StoredMembership<RaftNodeId, openraft::BasicNode>)> {
+    ) -> StorageResult<(
+        Option<LogId<RaftNodeId>>,
+        StoredMembership<RaftNodeId, openraft::BasicNode>,
+    )> {
         let data = self.inner.lock().map_err(poisoned)?;
         Ok((data.last_applied, data.membership.clone()))
     }
@@ -197,11 +219,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 data.last_applied = Some(entry.log_id);
                 let result = match &entry.payload {
-                    EntryPayload::Blank => CommandResult { epoch: data.state.epoch },
+                    EntryPayload::Blank => CommandResult {
+                        epoch: data.state.epoch,
+                    },
                     EntryPayload::Normal(cmd) => data.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         data.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        CommandResult { epoch: data.state.epoch }
+                        CommandResult {
+                            epoch: data.state.epoch,
+                        }
                     }
                 };
                 results.push(result);
@@ -226,8 +252,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let body: SnapshotBody = postcard::from_bytes(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e)))?;
+        let body: SnapshotBody = postcard::from_bytes(&bytes).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
+        })?;
         let state = {
             let mut data = self.inner.lock().map_err(poisoned)?;
             data.last_applied = meta.last_log_id;
@@ -242,9 +269,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let data = self.inner.lock().map_err(poisoned)?;
-        Ok(data
-            .snapshot
-            .as_ref()
-            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) }))
+        Ok(data.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes.clone())),
+        }))
     }
 }
