@@ -150,7 +150,11 @@ impl Settings {
             session_id: self.session_id.or(file.session_id),
             listen: self.listen.or(file.listen),
             advertise: self.advertise.or(file.advertise),
-            peers: if self.peers.is_empty() { file.peers } else { self.peers },
+            peers: if self.peers.is_empty() {
+                file.peers
+            } else {
+                self.peers
+            },
             discovery_port: self.discovery_port.or(file.discovery_port),
             broadcast: self.broadcast.or(file.broadcast),
             data_dir: self.data_dir.or(file.data_dir),
@@ -175,7 +179,9 @@ impl Settings {
             .session_id
             .or(cmdline_value(cmdline, "session_id")?)
             .ok_or_else(|| DaemonError::Config("no session id: pass --session-id, set session_id in the config file, or boot with session_id=S".into()))?;
-        let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
         let advertise = self.advertise.unwrap_or(listen);
         let heartbeat = Duration::from_millis(self.heartbeat_ms.unwrap_or(200));
         let failure_timeout = Duration::from_millis(self.failure_timeout_ms.unwrap_or(1000));
@@ -193,7 +199,10 @@ impl Settings {
         let scheduler_mount = if self.no_scheduler_mount {
             None
         } else {
-            Some(self.scheduler_mount.unwrap_or_else(|| PathBuf::from("/config/krg_scheduler")))
+            Some(
+                self.scheduler_mount
+                    .unwrap_or_else(|| PathBuf::from("/config/krg_scheduler")),
+            )
         };
         Ok(Config {
             node_id,
@@ -203,14 +212,20 @@ impl Settings {
             peers: self.peers,
             discovery_port: self.discovery_port.unwrap_or(DEFAULT_DISCOVERY_PORT),
             broadcast: self.broadcast,
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/krg")),
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/krg")),
             socket: self.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
-            cluster_key_file: self.cluster_key_file.unwrap_or_else(|| PathBuf::from("/etc/krg/cluster.key")),
+            cluster_key_file: self
+                .cluster_key_file
+                .unwrap_or_else(|| PathBuf::from("/etc/krg/cluster.key")),
             heartbeat,
             failure_timeout,
             max_voters,
             scheduler_mount,
-            plugin_registry: self.plugin_registry.unwrap_or_else(|| PathBuf::from("/etc/krg/plugins.conf")),
+            plugin_registry: self
+                .plugin_registry
+                .unwrap_or_else(|| PathBuf::from("/etc/krg/plugins.conf")),
         })
     }
 }
@@ -218,11 +233,15 @@ impl Settings {
 /// Find `key=value` on a kernel command line and parse the value.
 fn cmdline_value<T: std::str::FromStr>(cmdline: &str, key: &str) -> Result<Option<T>, DaemonError> {
     for word in cmdline.split_whitespace() {
-        if let Some(v) = word.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')) {
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|_| DaemonError::Config(format!("kernel command line has {key}={v}, which is not a number")));
+        if let Some(v) = word
+            .strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+        {
+            return v.parse().map(Some).map_err(|_| {
+                DaemonError::Config(format!(
+                    "kernel command line has {key}={v}, which is not a number"
+                ))
+            });
         }
     }
     Ok(None)
@@ -232,10 +251,16 @@ fn cmdline_value<T: std::str::FromStr>(cmdline: &str, key: &str) -> Result<Optio
 /// surrounding whitespace is ignored so that `head -c 32 /dev/urandom | base64`
 /// and `echo secret... >` both make usable keys.
 pub fn read_cluster_key(path: &Path) -> Result<krg_proto::auth::ClusterKey, DaemonError> {
-    let err = |reason: String| DaemonError::Key { path: path.display().to_string(), reason };
+    let err = |reason: String| DaemonError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let trimmed = bytes.trim_ascii().to_vec();
-    krg_proto::auth::ClusterKey::new(trimmed).map_err(|e| err(e.to_string()))
+    krg_proto::auth::ClusterKey::new(trimmed).map_err(|e| match e {
+        krg_proto::ProtoError::Auth(reason) => err(reason),
+        other => err(other.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -244,14 +269,20 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_cmdline_fills_ids() {
-        let file: Settings = toml::from_str("node_id = 3\nsession_id = 5\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-        let flags = Settings { node_id: Some(4), ..Default::default() };
+        let file: Settings =
+            toml::from_str("node_id = 3\nsession_id = 5\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let flags = Settings {
+            node_id: Some(4),
+            ..Default::default()
+        };
         let cfg = flags.over(file).resolve("").unwrap();
         assert_eq!(cfg.node_id, 4);
         assert_eq!(cfg.session_id, 5);
         assert_eq!(cfg.listen, "127.0.0.1:9000".parse().unwrap());
 
-        let cfg = Settings::default().resolve("quiet node_id=12 session_id=7 root=/dev/nfs").unwrap();
+        let cfg = Settings::default()
+            .resolve("quiet node_id=12 session_id=7 root=/dev/nfs")
+            .unwrap();
         assert_eq!((cfg.node_id, cfg.session_id), (12, 7));
     }
 
@@ -259,7 +290,10 @@ mod tests {
     fn missing_ids_and_bad_values_are_clear_errors() {
         let e = Settings::default().resolve("").unwrap_err().to_string();
         assert!(e.contains("no node id"), "{e}");
-        let e = Settings::default().resolve("node_id=x").unwrap_err().to_string();
+        let e = Settings::default()
+            .resolve("node_id=x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node_id=x"), "{e}");
         assert!(toml::from_str::<Settings>("nodeid = 3").is_err());
     }

@@ -54,10 +54,21 @@ pub struct NodeContext {
 
 impl NodeContext {
     pub fn new(config: Config, key: ClusterKey, mac: Option<Mac>) -> Self {
-        let me = Identity { session: config.session_id, node: config.node_id, role: krg_proto::auth::Role::Node };
+        let me = Identity {
+            session: config.session_id,
+            node: config.node_id,
+            role: krg_proto::auth::Role::Node,
+        };
         let peers = PeerPool::new(key.clone(), me);
         let (view_tx, _) = watch::channel(ClusterView::default());
-        Self { config, key, me, mac, peers, view_tx }
+        Self {
+            config,
+            key,
+            me,
+            mac,
+            peers,
+            view_tx,
+        }
     }
 
     pub fn node_id(&self) -> NodeId {

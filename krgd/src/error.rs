@@ -8,7 +8,10 @@ pub enum DaemonError {
     #[error("cluster key file {path}: {reason}")]
     Key { path: String, reason: String },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Proto(#[from] krg_proto::ProtoError),
     #[error("{0}")]
@@ -17,6 +20,9 @@ pub enum DaemonError {
 
 impl DaemonError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        DaemonError::Io { what: what.into(), source }
+        DaemonError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

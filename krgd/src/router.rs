@@ -9,10 +9,26 @@ use crate::net::admin::Caller;
 
 pub async fn admin(node: &Node, caller: &Caller, req: AdminRequest) -> AdminResponse {
     let result = match req {
-        AdminRequest::Cluster(r) => node.cluster.handle_admin(caller, r).await.map(AdminResponse::Cluster),
-        AdminRequest::Chkpt(r) => node.chkpt.handle_admin(caller, r).await.map(AdminResponse::Chkpt),
-        AdminRequest::Sched(r) => node.sched.handle_admin(caller, r).await.map(AdminResponse::Sched),
-        AdminRequest::Kdfs(r) => node.kdfs.handle_admin(caller, r).await.map(AdminResponse::Kdfs),
+        AdminRequest::Cluster(r) => node
+            .cluster
+            .handle_admin(caller, r)
+            .await
+            .map(AdminResponse::Cluster),
+        AdminRequest::Chkpt(r) => node
+            .chkpt
+            .handle_admin(caller, r)
+            .await
+            .map(AdminResponse::Chkpt),
+        AdminRequest::Sched(r) => node
+            .sched
+            .handle_admin(caller, r)
+            .await
+            .map(AdminResponse::Sched),
+        AdminRequest::Kdfs(r) => node
+            .kdfs
+            .handle_admin(caller, r)
+            .await
+            .map(AdminResponse::Kdfs),
     };
     result.unwrap_or_else(|e: AdminError| {
         tracing::info!(uid = caller.uid, error = %e.message, "admin request refused");
@@ -22,7 +38,11 @@ pub async fn admin(node: &Node, caller: &Caller, req: AdminRequest) -> AdminResp
 
 pub async fn peer(node: &Node, from: &Identity, req: PeerRequest) -> PeerResponse {
     let result = match req {
-        PeerRequest::Sched(r) => node.sched.handle_peer(from, r).await.map(PeerResponse::Sched),
+        PeerRequest::Sched(r) => node
+            .sched
+            .handle_peer(from, r)
+            .await
+            .map(PeerResponse::Sched),
         PeerRequest::Kdfs(r) => node.kdfs.handle_peer(from, r).await.map(PeerResponse::Kdfs),
         other => node.cluster.handle_peer(from, other).await,
     };

@@ -27,23 +27,21 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/debug"))
 }
 
-/// Path of a workspace binary, building krgd and krgadm first if this test
-/// run did not (e.g. `cargo test -p krg-tests` alone).
+/// Path of a workspace binary. The first call of a test process runs
+/// `cargo build` for krgd and krgadm (a no-op when they are up to date), so
+/// `cargo test -p krg-tests` never tests a stale daemon.
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
-    let path = bin_dir().join(name);
-    if !path.exists() {
-        BUILD.call_once(|| {
-            let release = bin_dir().ends_with("release");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-p", "krgd", "-p", "krgadm"]);
-            if release {
-                cmd.arg("--release");
-            }
-            let _ = cmd.status();
-        });
-    }
-    path
+    BUILD.call_once(|| {
+        let release = bin_dir().ends_with("release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "krgd", "-p", "krgadm"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let _ = cmd.status();
+    });
+    bin_dir().join(name)
 }
 
 /// Cluster tests take this lock so that only one cluster runs at a time:
@@ -386,6 +384,13 @@ impl Drop for TestCluster {
         // Processes first (they live in the namespaces), then the namespaces.
         self.nodes.clear();
         self.lab.take();
+        if std::env::var_os("KRG_TEST_KEEP").is_some() {
+            let kept = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap_or_else(|_| unreachable!()),
+            );
+            eprintln!("keeping test files in {}", kept.keep().display());
+        }
     }
 }
 

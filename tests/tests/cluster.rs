@@ -85,7 +85,7 @@ fn start_status_add_del_with_ranges() -> Result<()> {
     wait_for(SETTLE, "every node to leave", || {
         [1, 2, 3, 4, 5]
             .iter()
-            .all(|id| c.view(*id).map(|v| v.0.is_empty()).unwrap_or(false))
+            .all(|id| c.status(*id).is_ok_and(|s| s["health"] == "not started"))
             .then_some(())
     })?;
     Ok(())
@@ -155,7 +155,10 @@ fn daemon_refuses_bad_configuration_and_duplicate_ids() -> Result<()> {
     let short = c.dir.path().join("short.key");
     std::fs::write(&short, "tiny")?;
     let err = c.start_with(1, &short, &[]).unwrap_err().to_string();
-    assert!(err.contains("at least 16 bytes"), "{err}");
+    assert!(
+        err.contains("is 4 bytes, at least 16 are required"),
+        "{err}"
+    );
 
     c.start(1)?;
     c.start(2)?;

@@ -50,6 +50,9 @@ pub enum ErrorKind {
 
 impl AdminError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }

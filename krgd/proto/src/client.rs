@@ -86,7 +86,14 @@ impl PeerClient {
                 }
             })
         };
-        Ok(Self { peer, writer: tokio::sync::Mutex::new(wr), pending, next_id: AtomicU64::new(1), alive, reader })
+        Ok(Self {
+            peer,
+            writer: tokio::sync::Mutex::new(wr),
+            pending,
+            next_id: AtomicU64::new(1),
+            alive,
+            reader,
+        })
     }
 
     /// The authenticated identity of the other end.
@@ -100,14 +107,24 @@ impl PeerClient {
     }
 
     /// Send `req` and wait at most `timeout` for its answer.
-    pub async fn call(&self, req: PeerRequest, timeout: Duration) -> Result<PeerResponse, ProtoError> {
+    pub async fn call(
+        &self,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, ProtoError> {
         if !self.is_alive() {
             return Err(ProtoError::Closed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().map_err(|_| ProtoError::Closed)?.insert(id, tx);
-        let bytes = encode(&PeerMessage { id, body: PeerBody::Request(req) });
+        self.pending
+            .lock()
+            .map_err(|_| ProtoError::Closed)?
+            .insert(id, tx);
+        let bytes = encode(&PeerMessage {
+            id,
+            body: PeerBody::Request(req),
+        });
         let sent = match bytes {
             Ok(bytes) => {
                 let mut w = self.writer.lock().await;

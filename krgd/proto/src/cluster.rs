@@ -15,7 +15,11 @@ pub struct Mac(pub [u8; 6]);
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -24,14 +28,17 @@ impl FromStr for Mac {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split([':', '-']).collect();
         if parts.len() != 6 {
-            return Err(format!("'{s}' is not a MAC address (expected six hex bytes like 00:04:61:aa:6e:6e)"));
+            return Err(format!(
+                "'{s}' is not a MAC address (expected six hex bytes like 00:04:61:aa:6e:6e)"
+            ));
         }
         let mut out = [0u8; 6];
         for (slot, part) in out.iter_mut().zip(parts) {
             if part.is_empty() || part.len() > 2 {
                 return Err(format!("'{s}' is not a MAC address (bad byte '{part}')"));
             }
-            *slot = u8::from_str_radix(part, 16).map_err(|_| format!("'{s}' is not a MAC address (bad byte '{part}')"))?;
+            *slot = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("'{s}' is not a MAC address (bad byte '{part}')"))?;
         }
         Ok(Mac(out))
     }

@@ -25,7 +25,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
 fn finish_frame(mut out: Vec<u8>) -> Result<Vec<u8>, ProtoError> {
     let len = out.len() - HEADER_LEN;
     if len > MAX_FRAME_LEN {
-        return Err(ProtoError::FrameTooLarge { len, max: MAX_FRAME_LEN });
+        return Err(ProtoError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     let crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[0..4].copy_from_slice(&(len as u32).to_be_bytes());
@@ -38,16 +41,25 @@ pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(usize, u32), ProtoErro
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
     if len > MAX_FRAME_LEN {
-        return Err(ProtoError::FrameTooLarge { len, max: MAX_FRAME_LEN });
+        return Err(ProtoError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     Ok((len, crc))
 }
 
 /// Check a payload against its header checksum and decode it.
-pub fn decode_payload<T: DeserializeOwned>(payload: &[u8], expected_crc: u32) -> Result<T, ProtoError> {
+pub fn decode_payload<T: DeserializeOwned>(
+    payload: &[u8],
+    expected_crc: u32,
+) -> Result<T, ProtoError> {
     let actual = crc32fast::hash(payload);
     if actual != expected_crc {
-        return Err(ProtoError::BadChecksum { expected: expected_crc, actual });
+        return Err(ProtoError::BadChecksum {
+            expected: expected_crc,
+            actual,
+        });
     }
     postcard::from_bytes(payload).map_err(|e| ProtoError::Decode(e.to_string()))
 }
@@ -55,11 +67,15 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8], expected_crc: u32) ->
 /// Decode one frame from the start of `buf`. Returns the message and the number
 /// of bytes consumed, or `Ok(None)` if `buf` does not yet hold a whole frame.
 pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, ProtoError> {
-    let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let mut h = [0u8; HEADER_LEN];
     h.copy_from_slice(header);
     let (len, crc) = parse_header(&h)?;
-    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else { return Ok(None) };
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
+    };
     let msg = decode_payload(payload, crc)?;
     Ok(Some((msg, HEADER_LEN + len)))
 }
@@ -108,7 +124,10 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let msg = Sample::B { name: "node".into(), data: vec![1, 2, 3] };
+        let msg = Sample::B {
+            name: "node".into(),
+            data: vec![1, 2, 3],
+        };
         let bytes = encode(&msg).unwrap();
         let (back, used): (Sample, usize) = decode(&bytes).unwrap().unwrap();
         assert_eq!(back, msg);
@@ -127,7 +146,10 @@ mod tests {
     fn oversized_length_is_refused_before_allocation() {
         let mut bytes = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
         bytes.extend_from_slice(&[0u8; 16]);
-        assert!(matches!(decode::<Sample>(&bytes), Err(ProtoError::FrameTooLarge { .. })));
+        assert!(matches!(
+            decode::<Sample>(&bytes),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -135,7 +157,10 @@ mod tests {
         let mut bytes = encode(&Sample::A(7)).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
-        assert!(matches!(decode::<Sample>(&bytes), Err(ProtoError::BadChecksum { .. })));
+        assert!(matches!(
+            decode::<Sample>(&bytes),
+            Err(ProtoError::BadChecksum { .. })
+        ));
     }
 
     #[tokio::test]
@@ -145,7 +170,10 @@ mod tests {
         drop(a);
         let got: Sample = read_frame(&mut b).await.unwrap();
         assert_eq!(got, Sample::A(42));
-        assert!(matches!(read_frame::<Sample, _>(&mut b).await, Err(ProtoError::Closed)));
+        assert!(matches!(
+            read_frame::<Sample, _>(&mut b).await,
+            Err(ProtoError::Closed)
+        ));
     }
 
     proptest! {

@@ -183,7 +183,10 @@ pub enum KdfsAdminReply {
         members: Vec<KdfsNode>,
         attached: Option<String>,
     },
-    Attached { fs_id: u128, root_node: NodeId },
+    Attached {
+        fs_id: u128,
+        root_node: NodeId,
+    },
     Detached,
 }
 
@@ -194,56 +197,154 @@ pub enum KdfsRequest {
     /// The root directory's id (root node only).
     Root,
     Statfs,
-    GetAttr { ino: InodeId },
-    SetAttr { ino: InodeId, set: SetAttr },
-    Readlink { ino: InodeId },
+    GetAttr {
+        ino: InodeId,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+    },
+    Readlink {
+        ino: InodeId,
+    },
     /// Find `name` in directory `dir` (owned here). The answer carries the
     /// attributes too when the inode is also owned here.
-    Lookup { dir: InodeId, name: Vec<u8> },
+    Lookup {
+        dir: InodeId,
+        name: Vec<u8>,
+    },
     /// Make an inode here with one link not yet entered in any directory;
     /// with `open`, also open it (`Some(true)`: for writing) in the same step.
-    MakeInode { new: NewInode, open: Option<bool> },
+    MakeInode {
+        new: NewInode,
+        open: Option<bool>,
+    },
     /// Make an inode here and enter it as `name` in `dir` (also here).
-    Create { dir: InodeId, name: Vec<u8>, new: NewInode, open: Option<bool> },
+    Create {
+        dir: InodeId,
+        name: Vec<u8>,
+        new: NewInode,
+        open: Option<bool>,
+    },
     /// Enter `ino` as `name` in `dir`; with `replace`, an existing non-directory
     /// (or empty-checked directory) entry is replaced and returned.
-    AddEntry { dir: InodeId, name: Vec<u8>, ino: InodeId, kind: FileKind, replace: bool },
+    AddEntry {
+        dir: InodeId,
+        name: Vec<u8>,
+        ino: InodeId,
+        kind: FileKind,
+        replace: bool,
+    },
     /// Remove `name` from `dir`, checking its kind and (if given) its inode.
-    RemoveEntry { dir: InodeId, name: Vec<u8>, what: RemoveWhat, expect: Option<InodeId> },
+    RemoveEntry {
+        dir: InodeId,
+        name: Vec<u8>,
+        what: RemoveWhat,
+        expect: Option<InodeId>,
+    },
     /// Rename an entry between two directories both owned here.
-    Rename { src_dir: InodeId, src_name: Vec<u8>, dst_dir: InodeId, dst_name: Vec<u8>, flags: u32 },
+    Rename {
+        src_dir: InodeId,
+        src_name: Vec<u8>,
+        dst_dir: InodeId,
+        dst_name: Vec<u8>,
+        flags: u32,
+    },
     /// Add one link to `ino` (a non-directory owned here).
-    IncLink { ino: InodeId },
+    IncLink {
+        ino: InodeId,
+    },
     /// Drop one link of `ino`; the inode is freed at zero links and no open handle.
-    DecLink { ino: InodeId },
+    DecLink {
+        ino: InodeId,
+    },
     /// Update the ctime of `ino` (a rename moved it).
-    Touch { ino: InodeId },
+    Touch {
+        ino: InodeId,
+    },
     /// Remove the directory inode `ino` if it is empty (ENOTEMPTY otherwise).
-    RemoveDir { ino: InodeId },
+    RemoveDir {
+        ino: InodeId,
+    },
     /// Whether directory `ino` is empty.
-    IsEmptyDir { ino: InodeId },
-    Open { ino: InodeId, write: bool },
-    Read { ino: InodeId, fh: u64, offset: u64, len: u32 },
-    Write { ino: InodeId, fh: u64, offset: u64, data: Bytes },
-    Fsync { ino: InodeId, fh: u64, datasync: bool },
-    Release { ino: InodeId, fh: u64 },
-    Fallocate { ino: InodeId, fh: u64, offset: u64, len: u64, mode: i32 },
-    OpenDir { ino: InodeId },
-    ReadDir { fh: u64, offset: u64, max: u32 },
-    ReleaseDir { fh: u64 },
-    FsyncDir { ino: InodeId },
+    IsEmptyDir {
+        ino: InodeId,
+    },
+    Open {
+        ino: InodeId,
+        write: bool,
+    },
+    Read {
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    Fsync {
+        ino: InodeId,
+        fh: u64,
+        datasync: bool,
+    },
+    Release {
+        ino: InodeId,
+        fh: u64,
+    },
+    Fallocate {
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    },
+    OpenDir {
+        ino: InodeId,
+    },
+    ReadDir {
+        fh: u64,
+        offset: u64,
+        max: u32,
+    },
+    ReleaseDir {
+        fh: u64,
+    },
+    FsyncDir {
+        ino: InodeId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsResponse {
-    Hello { fs_id: Option<u128>, node: crate::NodeId },
+    Hello {
+        fs_id: Option<u128>,
+        node: crate::NodeId,
+    },
     Root(InodeId),
-    Statfs { blocks: u64, bfree: u64, bavail: u64, files: u64, ffree: u64, bsize: u32 },
+    Statfs {
+        blocks: u64,
+        bfree: u64,
+        bavail: u64,
+        files: u64,
+        ffree: u64,
+        bsize: u32,
+    },
     Attr(Attr),
     /// A new inode, and its handle when it was opened too.
-    Created { attr: Attr, fh: Option<u64> },
+    Created {
+        attr: Attr,
+        fh: Option<u64>,
+    },
     Target(Vec<u8>),
-    Entry { ino: InodeId, kind: FileKind, attr: Option<Attr> },
+    Entry {
+        ino: InodeId,
+        kind: FileKind,
+        attr: Option<Attr>,
+    },
     /// An entry that was replaced or removed.
     Removed(Option<DirEntry>),
     Empty(bool),

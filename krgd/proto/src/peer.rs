@@ -27,18 +27,28 @@ pub enum PeerBody {
 pub enum PeerRequest {
     /// Liveness probe of the failure detector, sent by the Raft leader of
     /// cluster `cluster` (its random id) to every member.
-    Ping { from: NodeId, cluster: u64 },
+    Ping {
+        from: NodeId,
+        cluster: u64,
+    },
     /// An openraft RPC, postcard-encoded by krgd (kept opaque here so that
     /// this crate does not depend on the Raft library).
     Raft(RaftRpc),
     /// A membership request forwarded towards the Raft leader; `hops` counts
     /// forwards so a request never circles while leadership moves.
-    Cluster { req: ClusterRequest, hops: u8 },
+    Cluster {
+        req: ClusterRequest,
+        hops: u8,
+    },
     /// Join cluster `cluster`: start a Raft instance so the leader can
     /// replicate to this node (sent before the node is added).
-    Welcome { cluster: u64 },
+    Welcome {
+        cluster: u64,
+    },
     /// Leave cluster `cluster`: drop the Raft instance, become present.
-    Evict { cluster: u64 },
+    Evict {
+        cluster: u64,
+    },
     /// Who are you, and whom do you know (presence discovery over TCP).
     Describe,
     Sched(SchedPeerRequest),
@@ -82,7 +92,10 @@ pub struct NodeSelf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// `cluster` is the id of the cluster the pinged node is in, if any.
-    Pong { epoch: u64, cluster: Option<u64> },
+    Pong {
+        epoch: u64,
+        cluster: Option<u64>,
+    },
     Raft(Vec<u8>),
     Cluster(ClusterReply),
     Ack,

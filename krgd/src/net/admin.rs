@@ -32,7 +32,8 @@ impl Caller {
 /// refusing to steal the socket of a krgd that still answers.
 pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -41,9 +42,11 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
                 path.display()
             )));
         }
-        std::fs::remove_file(path).map_err(|e| DaemonError::io(format!("removing stale {}", path.display()), e))?;
+        std::fs::remove_file(path)
+            .map_err(|e| DaemonError::io(format!("removing stale {}", path.display()), e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| DaemonError::io(format!("binding {}", path.display()), e))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| DaemonError::io(format!("binding {}", path.display()), e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| DaemonError::io(format!("chmod {}", path.display()), e))?;
     Ok(listener)
@@ -67,7 +70,11 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
 
 async fn serve_connection(mut stream: UnixStream, node: Arc<Node>) {
     let caller = match stream.peer_cred() {
-        Ok(c) => Caller { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+        Ok(c) => Caller {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "cannot read admin peer credentials; closing");
             return;

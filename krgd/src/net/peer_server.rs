@@ -35,7 +35,10 @@ async fn serve_connection(mut stream: TcpStream, addr: SocketAddr, node: Arc<Nod
     let me = node.ctx.me;
     let admit = |who: &Identity| {
         if who.role == Role::Node && who.node == me.node {
-            Err(format!("node id {} is already taken by the krgd at {}", who.node, node.ctx.config.advertise))
+            Err(format!(
+                "node id {} is already taken by the krgd at {}",
+                who.node, node.ctx.config.advertise
+            ))
         } else {
             Ok(())
         }
@@ -67,12 +70,17 @@ async fn serve_connection(mut stream: TcpStream, addr: SocketAddr, node: Arc<Nod
                 break;
             }
         };
-        let PeerBody::Request(req) = msg.body else { continue };
+        let PeerBody::Request(req) = msg.body else {
+            continue;
+        };
         let node = node.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let resp = crate::router::peer(&node, &peer, req).await;
-            match encode(&PeerMessage { id: msg.id, body: PeerBody::Response(resp) }) {
+            match encode(&PeerMessage {
+                id: msg.id,
+                body: PeerBody::Response(resp),
+            }) {
                 Ok(bytes) => {
                     let _ = tx.send(bytes).await;
                 }

@@ -22,7 +22,10 @@ pub enum PeerCallError {
     #[error("node {node}: {source}")]
     Proto { node: NodeId, source: ProtoError },
     #[error("node {node}: {error}")]
-    Remote { node: NodeId, error: krg_proto::admin::AdminError },
+    Remote {
+        node: NodeId,
+        error: krg_proto::admin::AdminError,
+    },
 }
 
 type Slot = Arc<Mutex<Option<Arc<PeerClient>>>>;
@@ -36,12 +39,19 @@ pub struct PeerPool {
 
 impl PeerPool {
     pub fn new(key: ClusterKey, me: Identity) -> Self {
-        Self { key, me, addrs: RwLock::default(), slots: std::sync::Mutex::default() }
+        Self {
+            key,
+            me,
+            addrs: RwLock::default(),
+            slots: std::sync::Mutex::default(),
+        }
     }
 
     /// Record where `node` listens. A changed address drops the old connection.
     pub fn set_address(&self, node: NodeId, addr: SocketAddr) {
-        let Ok(mut addrs) = self.addrs.write() else { return };
+        let Ok(mut addrs) = self.addrs.write() else {
+            return;
+        };
         if addrs.insert(node, addr) != Some(addr) {
             self.forget(node);
         }
@@ -81,7 +91,10 @@ impl PeerPool {
             let message = format!("{addr} answered as node {}", client.peer().node);
             return Err(PeerCallError::Remote {
                 node,
-                error: krg_proto::admin::AdminError::new(krg_proto::admin::ErrorKind::Conflict, message),
+                error: krg_proto::admin::AdminError::new(
+                    krg_proto::admin::ErrorKind::Conflict,
+                    message,
+                ),
             });
         }
         let client = Arc::new(client);
@@ -91,16 +104,26 @@ impl PeerPool {
 
     /// Send `req` to `node` and wait at most `timeout` for the answer. A
     /// connection found broken is reopened once.
-    pub async fn call(&self, node: NodeId, req: PeerRequest, timeout: Duration) -> Result<PeerResponse, PeerCallError> {
+    pub async fn call(
+        &self,
+        node: NodeId,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerCallError> {
         for attempt in 0..2 {
             let client = self.client(node).await?;
             match client.call(req.clone(), timeout).await {
-                Ok(PeerResponse::Error(error)) => return Err(PeerCallError::Remote { node, error }),
+                Ok(PeerResponse::Error(error)) => {
+                    return Err(PeerCallError::Remote { node, error })
+                }
                 Ok(resp) => return Ok(resp),
                 Err(ProtoError::Closed) if attempt == 0 => self.forget(node),
                 Err(source) => return Err(PeerCallError::Proto { node, source }),
             }
         }
-        Err(PeerCallError::Proto { node, source: ProtoError::Closed })
+        Err(PeerCallError::Proto {
+            node,
+            source: ProtoError::Closed,
+        })
     }
 }

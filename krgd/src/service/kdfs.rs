@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock};
 use kdfs::store::Store;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
-use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 use krg_proto::cluster::NodeState;
+use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 
 use crate::context::NodeContext;
 use crate::net::admin::Caller;
@@ -47,7 +47,10 @@ fn is_quick(req: &KdfsRequest) -> bool {
 
 impl KdfsService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
-        let svc = Arc::new(Self { ctx, store: RwLock::new(None) });
+        let svc = Arc::new(Self {
+            ctx,
+            store: RwLock::new(None),
+        });
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
             let dir = PathBuf::from(dir.trim());
             let node = svc.ctx.node_id();
@@ -56,7 +59,9 @@ impl KdfsService {
                     tracing::info!(dir = %store.dir().display(), "kdfs: serving the attached directory again");
                     svc.set_store(Some(Arc::new(store)));
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "kdfs: cannot serve the previously attached directory"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kdfs: cannot serve the previously attached directory")
+                }
                 Err(e) => tracing::warn!(error = %e, "kdfs: attach task failed"),
             }
         }
@@ -77,8 +82,14 @@ impl KdfsService {
 
     fn info(&self) -> KdfsAdminReply {
         let view = self.ctx.view();
-        let members: Vec<KdfsNode> =
-            view.members().map(|n| KdfsNode { id: n.id, addr: n.addr, online: n.state == NodeState::Online }).collect();
+        let members: Vec<KdfsNode> = view
+            .members()
+            .map(|n| KdfsNode {
+                id: n.id,
+                addr: n.addr,
+                online: n.state == NodeState::Online,
+            })
+            .collect();
         KdfsAdminReply::Info {
             node: self.ctx.node_id(),
             session: self.ctx.config.session_id,
@@ -92,16 +103,25 @@ impl KdfsService {
     async fn attach(&self, dir: String, fs_id: Option<u128>) -> Result<KdfsAdminReply, AdminError> {
         let path = PathBuf::from(&dir);
         if !path.is_absolute() {
-            return Err(AdminError::new(ErrorKind::InvalidArgument, format!("{dir}: the path must be absolute")));
+            return Err(AdminError::new(
+                ErrorKind::InvalidArgument,
+                format!("{dir}: the path must be absolute"),
+            ));
         }
         if let Some(cur) = self.current() {
             if cur.dir() == path.as_path() && fs_id.is_none_or(|id| id == cur.superblock().fs_id) {
                 let sb = cur.superblock();
-                return Ok(KdfsAdminReply::Attached { fs_id: sb.fs_id, root_node: sb.root_node });
+                return Ok(KdfsAdminReply::Attached {
+                    fs_id: sb.fs_id,
+                    root_node: sb.root_node,
+                });
             }
             return Err(AdminError::new(
                 ErrorKind::Conflict,
-                format!("this node already serves kDFS directory {}", cur.dir().display()),
+                format!(
+                    "this node already serves kDFS directory {}",
+                    cur.dir().display()
+                ),
             ));
         }
         let node = self.ctx.node_id();
@@ -113,7 +133,10 @@ impl KdfsService {
         self.remember(Some(store.dir()));
         tracing::info!(dir = %store.dir().display(), fs_id = %format!("{:032x}", sb.fs_id), "kdfs: serving");
         self.set_store(Some(Arc::new(store)));
-        Ok(KdfsAdminReply::Attached { fs_id: sb.fs_id, root_node: sb.root_node })
+        Ok(KdfsAdminReply::Attached {
+            fs_id: sb.fs_id,
+            root_node: sb.root_node,
+        })
     }
 
     /// Persist (or forget) the attached directory for the next start.
@@ -121,18 +144,31 @@ impl KdfsService {
         let file = self.attach_file();
         let r = match dir {
             Some(d) => std::fs::write(&file, d.display().to_string()),
-            None => std::fs::remove_file(&file).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }),
+            None => std::fs::remove_file(&file).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }),
         };
         if let Err(e) = r {
             tracing::warn!(file = %file.display(), error = %e, "kdfs: cannot record the attached directory");
         }
     }
 
-    pub async fn handle_admin(&self, caller: &Caller, req: KdfsAdminRequest) -> Result<KdfsAdminReply, AdminError> {
+    pub async fn handle_admin(
+        &self,
+        caller: &Caller,
+        req: KdfsAdminRequest,
+    ) -> Result<KdfsAdminReply, AdminError> {
         match req {
             KdfsAdminRequest::Info => Ok(self.info()),
             KdfsAdminRequest::Attach { .. } | KdfsAdminRequest::Detach if !caller.is_root() => {
-                Err(AdminError::new(ErrorKind::PermissionDenied, "only root may attach or detach a kDFS directory"))
+                Err(AdminError::new(
+                    ErrorKind::PermissionDenied,
+                    "only root may attach or detach a kDFS directory",
+                ))
             }
             KdfsAdminRequest::Attach { dir, fs_id } => self.attach(dir, fs_id).await,
             KdfsAdminRequest::Detach => {
@@ -143,11 +179,21 @@ impl KdfsService {
         }
     }
 
-    pub async fn handle_peer(&self, _from: &Identity, req: KdfsRequest) -> Result<KdfsResponse, AdminError> {
+    pub async fn handle_peer(
+        &self,
+        _from: &Identity,
+        req: KdfsRequest,
+    ) -> Result<KdfsResponse, AdminError> {
         let Some(store) = self.current() else {
             return match req {
-                KdfsRequest::Hello => Ok(KdfsResponse::Hello { fs_id: None, node: self.ctx.node_id() }),
-                _ => Err(unavailable(format!("node {} serves no kDFS directory", self.ctx.node_id()))),
+                KdfsRequest::Hello => Ok(KdfsResponse::Hello {
+                    fs_id: None,
+                    node: self.ctx.node_id(),
+                }),
+                _ => Err(unavailable(format!(
+                    "node {} serves no kDFS directory",
+                    self.ctx.node_id()
+                ))),
             };
         };
         // Metadata requests are a few fast local syscalls: answering them on

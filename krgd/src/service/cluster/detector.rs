@@ -57,6 +57,13 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             if let Some(prev) = previous_leader.filter(|p| *p != svc.ctx.node_id()) {
                 last_ok.insert(prev, now.checked_sub(timeout).unwrap_or(now));
             }
+            // Finish what the previous leader could not (e.g. it removed
+            // itself and could not drop itself from Raft).
+            if let Ok(_guard) = svc.change_lock.try_lock() {
+                if let Err(e) = svc.rebalance_voters(&joined).await {
+                    tracing::debug!(error = %e.message, "rebalance after election");
+                }
+            }
         }
         let me = svc.ctx.node_id();
         let targets: Vec<(NodeId, NodeState)> = state

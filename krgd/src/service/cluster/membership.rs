@@ -335,8 +335,18 @@ impl ClusterService {
         self: &Arc<Self>,
         joined: &Joined,
     ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
-        let result = self.commit(joined, ClusterCommand::Dissolve).await?;
-        self.wait_everywhere(joined, result.epoch).await;
+        let members: Vec<NodeId> = joined.state().members.keys().copied().collect();
+        self.commit(joined, ClusterCommand::Dissolve).await?;
+        // The table is empty now, so waiting on it proves nothing: tell every
+        // former member to leave, so that none stays behind in a dead cluster.
+        let me = self.ctx.node_id();
+        let evictions = members.iter().filter(|id| **id != me).map(|id| {
+            let evict = PeerRequest::Evict {
+                cluster: joined.uid,
+            };
+            self.ctx.peers.call(*id, evict, Duration::from_secs(1))
+        });
+        futures::future::join_all(evictions).await;
         let status = self.status().await;
         self.leave(Some(joined.uid)).await;
         Ok(krg_proto::cluster::ClusterStatus {
@@ -395,17 +405,20 @@ impl ClusterService {
             return Ok(());
         }
         let target = pick_voters(&online, &voters, self.ctx.config.max_voters);
-        let stale_learners: BTreeSet<RaftNodeId> = nodes
-            .iter()
-            .filter(|id| !online.contains(id) && !voters.contains(id))
-            .copied()
-            .collect();
-        if !stale_learners.is_empty() {
-            self.change_membership(joined, ChangeMembers::RemoveNodes(stale_learners))
+        if target != voters {
+            // Demoted voters stay learners (online members must keep
+            // receiving the log); the non-members among them go next.
+            self.change_membership(joined, ChangeMembers::ReplaceAllVoters(target.clone()))
                 .await?;
         }
-        if target != voters {
-            self.change_membership(joined, ChangeMembers::ReplaceAllVoters(target))
+        let stale: BTreeSet<RaftNodeId> = nodes
+            .iter()
+            .filter(|id| !online.contains(id) && !target.contains(id))
+            .copied()
+            .collect();
+        let leading = joined.raft.metrics().borrow().state == ServerState::Leader;
+        if !stale.is_empty() && leading {
+            self.change_membership(joined, ChangeMembers::RemoveNodes(stale))
                 .await?;
         }
         Ok(())
@@ -416,7 +429,7 @@ impl ClusterService {
         joined: &Joined,
         change: ChangeMembers<RaftNodeId, BasicNode>,
     ) -> Result<(), AdminError> {
-        tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.change_membership(change, false))
+        tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.change_membership(change, true))
             .await
             .map_err(|_| no_quorum())?
             .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
@@ -475,7 +488,9 @@ fn resolve_for_add(
             ));
         }
         match present.iter().find(|p| p.node == id) {
-            Some(p) if p.cluster.is_some() => Err(err(
+            // A sighting naming our own cluster is stale news of a node that
+            // has left it; Welcome below finds out the truth.
+            Some(p) if p.cluster.is_some_and(|c| c != state.uid) => Err(err(
                 ErrorKind::Conflict,
                 format!("node {id} is in another cluster; stop that one first"),
             )),
@@ -513,7 +528,7 @@ fn resolve_for_add(
         NodeSelector::AllPresent => {
             let free: Vec<NodeId> = present
                 .iter()
-                .filter(|p| p.cluster.is_none() && !state.is_member(p.node))
+                .filter(|p| p.cluster.is_none_or(|c| c == state.uid) && !state.is_member(p.node))
                 .map(|p| p.node)
                 .collect();
             if free.is_empty() {
