@@ -65,6 +65,11 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
                 }
             }
         }
+        // Not while a change runs: a node being added is welcomed (and so
+        // claims the cluster) before the table lists it.
+        if let Ok(_guard) = svc.change_lock.try_lock() {
+            evict_strays(&svc, &joined, &joined.state()).await;
+        }
         let me = svc.ctx.node_id();
         let targets: Vec<(NodeId, NodeState)> = state
             .members
@@ -141,6 +146,19 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
         }
         if let Err(e) = svc.rebalance_voters(&joined).await {
             tracing::warn!(error = %e.message, "cannot rebalance Raft voters");
+        }
+    }
+}
+
+/// A node removed while it was cut off still believes it is a member: its
+/// presence names this cluster. Tell it to leave, so it becomes present.
+async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::state::ClusterState) {
+    let Some(discovery) = svc.discovery() else { return };
+    for p in discovery.present() {
+        if p.cluster == Some(joined.uid) && !state.is_member(p.node) {
+            tracing::info!(node = p.node, "a former member still claims this cluster; evicting it");
+            let evict = PeerRequest::Evict { cluster: joined.uid };
+            let _ = svc.ctx.peers.call(p.node, evict, svc.ctx.config.heartbeat).await;
         }
     }
 }
