@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::client::AdminClient;
 use krg_proto::cluster::{ClusterReply, ClusterRequest, Mac, NodeSelector};
+use krg_proto::sched::{SchedReply, SchedRequest};
 
 #[derive(Parser)]
 #[command(name = "krgadm", version, about = "Administer a krg cluster", long_about = LONG_ABOUT)]
@@ -42,6 +43,7 @@ Examples:
   krgadm nodes add -m 00:04:61:aa:6e:6e
   krgadm nodes add -a           hot-add every present node
   krgadm nodes del -n21:34      remove nodes 21 and 34
+  krgadm sched place            which node should run a new process
   krgadm cluster stop";
 
 #[derive(Subcommand)]
@@ -55,6 +57,22 @@ enum Command {
     Nodes {
         #[command(subcommand)]
         action: NodesAction,
+    },
+    /// Ask the global scheduler.
+    Sched {
+        #[command(subcommand)]
+        action: SchedAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchedAction {
+    /// Which node should run a new process, as the placement policy decides.
+    Place {
+        /// Scheduler (directory under /config/krg_scheduler/schedulers) to ask;
+        /// by default the first one with a placement policy.
+        #[arg(long, value_name = "NAME")]
+        scheduler: Option<String>,
     },
 }
 
@@ -132,8 +150,41 @@ fn main() -> ExitCode {
     }
 }
 
+async fn call(cli: &Cli, request: AdminRequest) -> Result<AdminResponse> {
+    let mut client = AdminClient::connect(&cli.socket).await.with_context(|| {
+        format!(
+            "cannot reach krgd at {} (is krgd running?)",
+            cli.socket.display()
+        )
+    })?;
+    match client.call(&request).await.context("krgd did not answer")? {
+        AdminResponse::Error(e) => Err(anyhow!(e.message)),
+        other => Ok(other),
+    }
+}
+
+async fn place(cli: &Cli, scheduler: Option<String>) -> Result<()> {
+    let request = AdminRequest::Sched(SchedRequest::Place { scheduler });
+    match call(cli, request).await? {
+        AdminResponse::Sched(SchedReply::Placement { node, reason }) => {
+            if cli.json {
+                println!("{}", serde_json::json!({ "node": node, "reason": reason }));
+            } else {
+                println!("node {node}: {reason}");
+            }
+            Ok(())
+        }
+        other => Err(anyhow!("unexpected answer from krgd: {other:?}")),
+    }
+}
+
 async fn run(cli: &Cli) -> Result<()> {
     let request = match &cli.command {
+        Command::Sched {
+            action: SchedAction::Place { scheduler },
+        } => {
+            return place(cli, scheduler.clone()).await;
+        }
         Command::Cluster { action } => match action {
             ClusterAction::Start => ClusterRequest::Start,
             ClusterAction::Stop => ClusterRequest::Stop,
@@ -145,19 +196,8 @@ async fn run(cli: &Cli) -> Result<()> {
             NodesAction::Del(sel) => ClusterRequest::Del(sel.to_selector()?),
         },
     };
-    let mut client = AdminClient::connect(&cli.socket).await.with_context(|| {
-        format!(
-            "cannot reach krgd at {} (is krgd running?)",
-            cli.socket.display()
-        )
-    })?;
-    let reply = match client
-        .call(&AdminRequest::Cluster(request))
-        .await
-        .context("krgd did not answer")?
-    {
+    let reply = match call(cli, AdminRequest::Cluster(request)).await? {
         AdminResponse::Cluster(r) => r,
-        AdminResponse::Error(e) => return Err(anyhow!(e.message)),
         other => return Err(anyhow!("unexpected answer from krgd: {other:?}")),
     };
     match reply {

@@ -218,7 +218,9 @@ impl Discovery {
         let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
         loop {
             tick.tick().await;
-            let polls = self.ctx.config.peers.iter().map(|addr| {
+            // A shared config may list this node itself among the peers.
+            let me = self.ctx.config.advertise;
+            let polls = self.ctx.config.peers.iter().filter(|a| **a != me).map(|addr| {
                 let client = clients.remove(addr).filter(PeerClient::is_alive);
                 let me = self.clone();
                 async move { (*addr, me.describe(*addr, client).await) }
