@@ -1,0 +1,487 @@
+#!/usr/bin/env bash
+# krg: build and run a local 4-node cluster on this machine, with every
+# feature live, for trying krg out.
+#
+#   sudo tests/local-cluster.sh up       build, install, start, print how to use it
+#   sudo tests/local-cluster.sh status   what is running
+#   sudo tests/local-cluster.sh down     stop everything `up` started (idempotent)
+#
+# As root (the real thing):
+#   * installs the binaries in /usr/local/sbin, plus /sbin/mkfs.kdfs and
+#     /sbin/mount.kdfs (so `mount -t kdfs` works);
+#   * a bridge krgl0 in the root network namespace carries node 1
+#     (10.77.0.1); nodes 2-4 each get a network namespace krgl-n<N> with a
+#     veth on that bridge (10.77.0.<N>/24, MAC 02:6b:72:67:00:0<N>). Nothing
+#     is routed off the machine. Node 1 stays in the root namespace because
+#     the kernel delivers proc-connector events (which krgd needs to track
+#     CHECKPOINTABLE processes) only to the initial network namespace;
+#   * 4 krgd find each other by UDP broadcast, `krgadm cluster start` forms
+#     the cluster; admin sockets /run/krg/node<N>.sock, and
+#     /run/krg/krgd.sock -> node1.sock so a plain `krgadm` works;
+#   * the scheduler tree of node 1 at /config/krg_scheduler (nodes 2-4 at
+#     /run/krg-local/sched/node<N>), mem_probe loaded on every node and wired
+#     to an echo_policy on node 1;
+#   * kDFS formatted under /var/lib/krg-local/kdfs<N> and mounted at
+#     /mnt/kdfs/node<N> on every node (node 1, the root node, first);
+#   * a CHECKPOINTABLE demo job counting into /run/krg-local/demo.count.
+# `up` starts from empty state every time (it wipes /var/lib/krg-local).
+#
+# Not root: 4 krgd on 127.0.0.1:7611-7614 with --peer lists and the cluster
+# formed; no scheduler tree, kDFS or checkpoint demo (FUSE mounts, the proc
+# connector and restart all need root).
+#
+# Every process, mount, namespace and link `up` creates is recorded in the
+# state file; `down` undoes exactly those (processes by PID, after checking
+# that the PID still runs the program that was started).
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+NODES=4
+SESSION=7
+PORT=7600
+BRIDGE=krgl0
+NS_PREFIX=krgl-n
+
+if [ "$(id -u)" = 0 ]; then
+    ROOT=1
+    STATE_DIR=/run/krg-local
+    DATA_DIR=/var/lib/krg-local
+    SOCK_DIR=/run/krg
+    BIN=/usr/local/sbin
+else
+    ROOT=0
+    STATE_DIR=${XDG_RUNTIME_DIR:-/tmp}/krg-local-$(id -u)
+    DATA_DIR=$STATE_DIR/data
+    SOCK_DIR=$STATE_DIR
+    BIN=$REPO/target/release
+fi
+STATE=$STATE_DIR/state
+KEY=$DATA_DIR/cluster.key
+SCHED=/config/krg_scheduler
+
+say() { printf '%s\n' "local-cluster: $*"; }
+die() { printf '%s\n' "local-cluster: $*" >&2; exit 1; }
+record() { printf '%s\n' "$*" >>"$STATE"; }
+
+addr_of() { if [ "$ROOT" = 1 ]; then echo "10.77.0.$1:$PORT"; else echo "127.0.0.1:$((7610 + $1))"; fi; }
+sock_of() { echo "$SOCK_DIR/node$1.sock"; }
+mac_of() { printf '02:6b:72:67:00:%02x' "$1"; }
+ns_of() { echo "$NS_PREFIX$1"; }
+# Run a command in node N's network namespace (only the network: mounts made
+# there stay visible to the whole machine, which `ip netns exec` would hide).
+in_node() {
+    local n=$1
+    shift
+    if [ "$ROOT" = 1 ] && [ "$n" != 1 ]; then
+        nsenter --net="/run/netns/$(ns_of "$n")" -- "$@"
+    else
+        "$@"
+    fi
+}
+# Close every inherited descriptor above 2 (the caller's terminal tooling may
+# leave pipes open): a long-lived process must not hold them, and checkpoint
+# refuses a job with a pipe leading out of it. 255 is bash's own script fd
+# (close-on-exec).
+close_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-"; fi
+    done
+}
+krgadm1() { "$BIN/krgadm" --socket "$(sock_of 1)" "$@"; }
+
+# Poll CMD until it succeeds, for at most SECS seconds.
+wait_for() {
+    local secs=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || die "timed out after ${secs}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------- build
+
+build() {
+    if [ "${KRG_LOCAL_NO_BUILD:-0}" = 1 ]; then
+        say "KRG_LOCAL_NO_BUILD=1: using the binaries in $REPO/target/release"
+        return
+    fi
+    say "building (cargo build --release --workspace; the first build takes a few minutes)"
+    # Build as the user who ran sudo when they own the tree, so that target/
+    # does not become root's; cargo usually lives in ~/.cargo/bin, which
+    # sudo's PATH lacks.
+    if [ "$ROOT" = 1 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] &&
+        [ "$(stat -c %U "$REPO")" = "$SUDO_USER" ] &&
+        { [ ! -e "$REPO/target" ] || [ "$(stat -c %U "$REPO/target")" = "$SUDO_USER" ]; }; then
+        sudo -u "$SUDO_USER" -H bash -c 'PATH="$HOME/.cargo/bin:$PATH"; cd "$1" && cargo build --release --workspace' _ "$REPO"
+    else
+        PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
+        command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+        (cd "$REPO" && cargo build --release --workspace)
+    fi
+}
+
+install_bins() {
+    local t=$REPO/target/release b
+    for b in krgd krgadm checkpoint restart krgcapset nfsroot mkfs-kdfs mount-kdfs; do
+        [ -x "$t/$b" ] || die "$t/$b is missing (did the build fail?)"
+    done
+    for b in krgd krgadm checkpoint restart krgcapset nfsroot; do
+        install -m 755 "$t/$b" "$BIN/$b"
+    done
+    # cargo forbids '.' in binary names; mount(8) and mkfs(8) look for these.
+    install -m 755 "$t/mkfs-kdfs" /sbin/mkfs.kdfs
+    install -m 755 "$t/mount-kdfs" /sbin/mount.kdfs
+    say "installed krgd krgadm checkpoint restart krgcapset nfsroot in $BIN, /sbin/mkfs.kdfs, /sbin/mount.kdfs"
+}
+
+# ---------------------------------------------------------------- network
+
+make_network() {
+    # Leftovers of a run whose state file was lost would make `ip` fail.
+    ! ip link show "$BRIDGE" >/dev/null 2>&1 ||
+        die "interface $BRIDGE already exists (not created by this run: delete it with 'ip link del $BRIDGE')"
+    ip link add "$BRIDGE" type bridge
+    record "link $BRIDGE"
+    ip link set "$BRIDGE" address "$(mac_of 1)"
+    ip addr add 10.77.0.1/24 brd + dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    local n ns
+    for n in $(seq 2 $NODES); do
+        ns=$(ns_of "$n")
+        ! ip netns list | grep -qw "$ns" || die "network namespace $ns already exists (delete it with 'ip netns del $ns')"
+        ip netns add "$ns"
+        record "netns $ns"
+        ip link add "krgl-v$n" type veth peer name eth0 netns "$ns"
+        ip link set "krgl-v$n" master "$BRIDGE" up
+        ip -n "$ns" link set eth0 address "$(mac_of "$n")"
+        ip -n "$ns" addr add "10.77.0.$n/24" brd + dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+    done
+    say "network: bridge $BRIDGE (node 1, 10.77.0.1), namespaces $(ns_of 2)..$(ns_of $NODES) (10.77.0.2-$NODES)"
+}
+
+# ---------------------------------------------------------------- daemons
+
+start_krgd() {
+    local n=$1 args
+    args=(--node-id "$n" --session-id "$SESSION" --listen "$(addr_of "$n")"
+        --socket "$(sock_of "$n")" --data-dir "$DATA_DIR/node$n"
+        --cluster-key-file "$KEY")
+    if [ "$ROOT" = 1 ]; then
+        if [ "$n" = 1 ]; then
+            args+=(--scheduler-mount "$SCHED")
+        else
+            args+=(--scheduler-mount "$STATE_DIR/sched/node$n")
+        fi
+    else
+        args+=(--no-scheduler-mount)
+        local p
+        for p in $(seq 1 $NODES); do [ "$p" = "$n" ] || args+=(--peer "$(addr_of "$p")"); done
+    fi
+    local pre=()
+    if [ "$ROOT" = 1 ] && [ "$n" != 1 ]; then pre=(nsenter --net="/run/netns/$(ns_of "$n")" --); fi
+    # The subshell execs nsenter (which, without a PID namespace, execs) and
+    # setsid (not a group leader: it execs too), so $! is krgd itself.
+    (
+        close_fds
+        RUST_LOG=${RUST_LOG:-info} exec "${pre[@]}" setsid "$BIN/krgd" "${args[@]}" \
+            </dev/null >"$STATE_DIR/krgd$n.log" 2>&1
+    ) &
+    record "pid $! krgd"
+}
+
+krgd_up() { [ -S "$(sock_of "$1")" ] && "$BIN/krgadm" --socket "$(sock_of "$1")" cluster status; }
+all_present() {
+    local out
+    out=$(krgadm1 --json nodes status) || return 1
+    [ "$(grep -o '"state":"\(present\|online\)"' <<<"$out" | wc -l)" -ge $NODES ]
+}
+all_online() {
+    local out
+    out=$(krgadm1 --json nodes status) || return 1
+    [ "$(grep -o '"state":"online"' <<<"$out" | wc -l)" -ge $NODES ]
+}
+
+start_cluster() {
+    local n
+    for n in $(seq 1 $NODES); do start_krgd "$n"; done
+    for n in $(seq 1 $NODES); do
+        wait_for 30 "krgd of node $n (log: $STATE_DIR/krgd$n.log)" krgd_up "$n"
+    done
+    if [ "$ROOT" = 1 ] && [ ! -e "$SOCK_DIR/krgd.sock" ]; then
+        ln -s node1.sock "$SOCK_DIR/krgd.sock"
+        record "symlink $SOCK_DIR/krgd.sock"
+    fi
+    wait_for 30 "node 1 to see all $NODES nodes present" all_present
+    say "krgadm cluster start"
+    if [ "$ROOT" = 1 ]; then
+        krgadm1 cluster start
+        wait_for 30 "all $NODES nodes online" all_online
+    elif ! krgadm1 cluster start; then
+        # krgd accepts membership changes from root only (SO_PEERCRED).
+        say "cluster start was refused (above): the $NODES daemons run and see each other as present, but forming the cluster needs root"
+        FORMED=0
+    else
+        wait_for 30 "all $NODES nodes online" all_online
+    fi
+    echo
+    krgadm1 nodes status
+    echo
+}
+
+# ---------------------------------------------------------------- scheduler
+
+sched_of() { if [ "$1" = 1 ]; then echo "$SCHED"; else echo "$STATE_DIR/sched/node$1"; fi; }
+
+wire_scheduler() {
+    local n
+    for n in $(seq 1 $NODES); do
+        wait_for 15 "the scheduler tree of node $n" test -d "$(sched_of "$n")/probes"
+        # Every node loads mem_probe: node 1's policy then sees all 4 nodes.
+        mkdir "$(sched_of "$n")/probes/mem_probe"
+    done
+    mkdir "$SCHED/schedulers/test-scheduler"
+    mkdir "$SCHED/schedulers/test-scheduler/echo_policy"
+    ln -s "$SCHED/probes/mem_probe/ram_total" "$SCHED/schedulers/test-scheduler/echo_policy/port_mem_total"
+    say "scheduler: mem_probe on every node, wired to $SCHED/schedulers/test-scheduler/echo_policy"
+}
+
+# ---------------------------------------------------------------- kDFS
+
+# PID of the detached mount.kdfs serving MNT.
+kdfs_server_pid() {
+    local mnt=$1 p
+    for p in /proc/[0-9]*; do
+        if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q "kdfs.* $mnt\( \|$\)"; then
+            echo "${p#/proc/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+mount_kdfs() {
+    local n dir mnt
+    for n in $(seq 1 $NODES); do
+        dir=$DATA_DIR/kdfs$n
+        mkdir -p "$dir"
+        mkfs.kdfs --socket "$(sock_of "$n")" "$dir" 1 >/dev/null
+    done
+    for n in $(seq 1 $NODES); do # node 1, the root node, first
+        dir=$DATA_DIR/kdfs$n
+        mnt=/mnt/kdfs/node$n
+        mkdir -p "$mnt"
+        (close_fds && in_node "$n" mount -t kdfs "$dir" "$mnt" \
+            -o "socket=$(sock_of "$n"),keyfile=$KEY,log=$STATE_DIR/kdfs$n.log")
+        record "mount $mnt"
+        local pid
+        pid=$(kdfs_server_pid "$mnt") && record "pid $pid $(cat "/proc/$pid/comm")"
+    done
+    say "kDFS: $DATA_DIR/kdfs1..$NODES mounted at /mnt/kdfs/node1..$NODES"
+}
+
+# ---------------------------------------------------------------- demo job
+
+start_demo() {
+    install -d -m 1777 /var/chkpt
+    rm -f "$STATE_DIR/demo.count"
+    # krgcapset marks its parent, the outer sh, which then becomes the job
+    # (exec keeps the PID): the job and the `sleep`s it forks are CHECKPOINTABLE.
+    (
+        cd /
+        close_fds
+        KRG_SOCKET=$(sock_of 1) setsid sh -c 'krgcapset -d +CHECKPOINTABLE || exit 1
+exec sh -c "i=0; while :; do i=\$((i+1)); echo \$i > $1; sleep 1; done"' _ "$STATE_DIR/demo.count" \
+            </dev/null >/dev/null 2>"$STATE_DIR/demo.log" &
+        echo $! >"$STATE_DIR/demo.pid"
+    )
+    local pid
+    pid=$(cat "$STATE_DIR/demo.pid")
+    record "pid $pid sh"
+    wait_for 10 "the demo job to count" test -s "$STATE_DIR/demo.count"
+    PATH=$BIN:$PATH krgcapset --socket "$(sock_of 1)" --show -k "$pid" | grep -q CHECKPOINTABLE ||
+        die "the demo job $pid is not CHECKPOINTABLE"
+    say "demo job: PID $pid (CHECKPOINTABLE), counting into $STATE_DIR/demo.count"
+}
+
+# ---------------------------------------------------------------- up / down
+
+usage_root() {
+    local pid
+    pid=$(cat "$STATE_DIR/demo.pid")
+    cat <<EOF
+
+krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
+
+  Cluster (krgadm talks to node 1 via /run/krg/krgd.sock; --socket /run/krg/nodeN.sock for another node):
+    krgadm cluster status
+    krgadm nodes status
+    krgadm nodes del -n 4          # hot-remove node 4 ...
+    krgadm nodes add -n 4          # ... and add it back (or: -m $(mac_of 4), or -a)
+
+  Scheduler tree (node 1; nodes 2-4 have theirs under $STATE_DIR/sched/nodeN):
+    cat $SCHED/probes/mem_probe/ram_free/value
+    cat $SCHED/probes/mem_probe/ram_free/nodes
+    cat $SCHED/schedulers/test-scheduler/echo_policy/received
+
+  kDFS (one namespace; each node's mount in /mnt/kdfs/nodeN):
+    cp /etc/services /mnt/kdfs/node2/
+    cat /mnt/kdfs/node1/services | head -3
+    ls -l /mnt/kdfs/node3/
+
+  Checkpoint / restart (demo job PID $pid counts in $STATE_DIR/demo.count):
+    krgcapset --show -k $pid
+    checkpoint $pid
+    cat /var/chkpt/$pid/description_v1.txt
+    kill $pid; restart $pid 1
+    cat $STATE_DIR/demo.count       # counting on from the checkpointed value
+
+  Logs: $STATE_DIR/krgd<N>.log, $STATE_DIR/kdfs<N>.log
+  Stop everything: sudo $REPO/tests/local-cluster.sh down
+EOF
+}
+
+usage_user() {
+    cat <<EOF
+
+krg local cluster is up: $NODES nodes on 127.0.0.1:7611-7614, session $SESSION$(
+        [ "${FORMED:-1}" = 1 ] || printf '%s' ' (not formed: krgd lets only root run cluster start, nodes add/del)').
+  $BIN/krgadm --socket $(sock_of 1) cluster status
+  $BIN/krgadm --socket $(sock_of 1) nodes status
+  $BIN/krgadm --socket $(sock_of 1) nodes del -n 4
+  $BIN/krgadm --socket $(sock_of 1) nodes add -n 4
+Skipped because this is not root: the scheduler tree and kDFS (FUSE mounts
+need root), the checkpoint demo (krgd follows forks with the proc connector,
+which needs root; restart needs CAP_CHECKPOINT_RESTORE). Run with sudo for them.
+  Logs: $STATE_DIR/krgd<N>.log
+  Stop: $REPO/tests/local-cluster.sh down
+EOF
+}
+
+do_up() {
+    if [ -s "$STATE" ]; then
+        say "a local cluster is already recorded in $STATE: stopping it first"
+        do_down
+    fi
+    build
+    mkdir -p "$STATE_DIR" "$SOCK_DIR"
+    : >"$STATE"
+    UP_DONE=0
+    trap 'if [ "$UP_DONE" = 0 ]; then say "up failed; cleaning up (logs were in $STATE_DIR)" >&2; do_down >&2; fi' EXIT
+    rm -rf "$DATA_DIR"
+    mkdir -p "$DATA_DIR"
+    (umask 077 && head -c 32 /dev/urandom | base64 >"$KEY")
+    if [ "$ROOT" = 1 ]; then
+        install_bins
+        export PATH=$BIN:/sbin:$PATH
+        make_network
+    else
+        say "not root: loopback only; skipping the scheduler tree, kDFS and the checkpoint demo (they need root)"
+    fi
+    start_cluster
+    if [ "$ROOT" = 1 ]; then
+        wire_scheduler
+        mount_kdfs
+        start_demo
+        usage_root
+    else
+        usage_user
+    fi
+    UP_DONE=1
+}
+
+# Does PID still run the program recorded for it?
+pid_is() {
+    local pid=$1 comm=$2
+    [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
+}
+
+stop_pid() {
+    local pid=$1 comm=$2 i
+    pid_is "$pid" "$comm" || return 0
+    # The demo job leads its own process group (with its `sleep`).
+    if [ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ]; then
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    else
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    for i in $(seq 50); do
+        pid_is "$pid" "$comm" || return 0
+        sleep 0.2
+    done
+    say "PID $pid ($comm) did not stop on SIGTERM: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+do_down() {
+    if [ ! -e "$STATE" ]; then
+        say "nothing recorded in $STATE: nothing to stop"
+        return 0
+    fi
+    local kind a b line
+    # kDFS mounts first, while the krgds still serve them.
+    while read -r kind a b; do
+        [ "$kind" = mount ] || continue
+        if mountpoint -q "$a"; then
+            umount "$a" 2>/dev/null || umount -l "$a" || say "could not unmount $a"
+        fi
+    done <"$STATE"
+    # Processes, newest first (demo job, mount.kdfs servers, then the krgds;
+    # krgd unmounts its scheduler tree on SIGTERM).
+    tac "$STATE" | while read -r kind a b; do
+        if [ "$kind" = pid ]; then stop_pid "$a" "$b"; fi
+    done
+    # A krgd that had to be SIGKILLed leaves its scheduler tree mounted.
+    for line in "$SCHED" "$STATE_DIR"/sched/node*; do
+        if grep -q " $line fuse" /proc/mounts; then
+            umount -l "$line" || true
+        fi
+    done
+    tac "$STATE" | while read -r kind a b; do
+        case $kind in
+        netns) ip netns del "$a" 2>/dev/null || true ;;
+        link) ip link del "$a" 2>/dev/null || true ;;
+        symlink) if [ -L "$a" ]; then rm -f "$a"; fi ;;
+        esac
+    done
+    rm -rf "$STATE_DIR/sched"
+    rm -f "$STATE" "$STATE_DIR/demo.pid"
+    say "stopped: processes, mounts, namespaces and links of the local cluster are gone (data stays in $DATA_DIR until the next up)"
+}
+
+do_status() {
+    if [ ! -s "$STATE" ]; then
+        say "not running (no $STATE)"
+        return 0
+    fi
+    local kind a b
+    while read -r kind a b; do
+        case $kind in
+        pid) if pid_is "$a" "$b"; then echo "process $a ($b): running"; else echo "process $a ($b): gone"; fi ;;
+        mount) if mountpoint -q "$a"; then echo "mount $a: mounted"; else echo "mount $a: not mounted"; fi ;;
+        netns) if ip netns list | grep -qw "$a"; then echo "netns $a: present"; else echo "netns $a: gone"; fi ;;
+        link) if ip link show "$a" >/dev/null 2>&1; then echo "link $a: present"; else echo "link $a: gone"; fi ;;
+        symlink) echo "symlink $a -> $(readlink "$a" 2>/dev/null || echo '(gone)')" ;;
+        esac
+    done <"$STATE"
+    echo
+    krgadm1 cluster status || true
+    echo
+    krgadm1 nodes status || true
+}
+
+case ${1:-} in
+up) do_up ;;
+down) do_down ;;
+status) do_status ;;
+*)
+    echo "usage: $0 up|down|status   (as root for the full cluster; see the top of this file)" >&2
+    exit 2
+    ;;
+esac
