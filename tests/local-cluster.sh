@@ -119,7 +119,16 @@ build() {
         { [ ! -e "$REPO/target" ] || [ "$(stat -c %U "$REPO/target")" = "$SUDO_USER" ]; }; then
         sudo -u "$SUDO_USER" -H bash -c 'PATH="$HOME/.cargo/bin:$PATH"; cd "$1" && cargo build --release --workspace' _ "$REPO"
     else
-        PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
+        local h
+        if ! command -v cargo >/dev/null; then
+            for h in "$HOME" /root ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)"}; do
+                if [ -x "$h/.cargo/bin/cargo" ]; then
+                    PATH="$h/.cargo/bin:$PATH"
+                    if [ -d "$h/.rustup" ]; then export RUSTUP_HOME="$h/.rustup" CARGO_HOME="$h/.cargo"; fi
+                    break
+                fi
+            done
+        fi
         command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
         (cd "$REPO" && cargo build --release --workspace)
     fi
