@@ -166,6 +166,9 @@ make_network() {
         ip netns add "$ns"
         record "netns $ns"
         ip link add "krgl-v$n" type veth peer name eth0 netns "$ns"
+        # Deleted explicitly by `down`: a namespace is freed asynchronously,
+        # and its veth peer would linger for a moment after `ip netns del`.
+        record "link krgl-v$n"
         ip link set "krgl-v$n" master "$BRIDGE" up
         ip -n "$ns" link set eth0 address "$(mac_of "$n")"
         ip -n "$ns" addr add "10.77.0.$n/24" brd + dev eth0
