@@ -239,15 +239,17 @@ fn print_table(rows: &[(u32, Figures, Option<Figures>)]) {
     }
 }
 
-/// Poll `check(i)` for every index in `0..count` with a few threads until
+/// Poll `check(i)` for every node `names[i]` with a few threads until
 /// each has returned true once; returns the time since `t0` at which the
 /// last one did. Fails after PHASE_TIMEOUT, naming the ones still pending.
+/// With KRG_BENCH_VERBOSE set, prints how the times spread over the nodes.
 fn until_all(
-    count: usize,
+    names: &[String],
     t0: Instant,
     what: &str,
     check: impl Fn(usize) -> bool + Sync,
 ) -> Result<Duration> {
+    let count = names.len();
     let seen: Mutex<Vec<Option<Duration>>> = Mutex::new(vec![None; count]);
     let gave_up = AtomicBool::new(false);
     let threads = POLL_THREADS.min(count).max(1);
@@ -276,13 +278,40 @@ fn until_all(
     });
     let seen = seen.into_inner().unwrap_or_else(|p| p.into_inner());
     if gave_up.load(Ordering::Relaxed) {
-        let pending: Vec<usize> = (0..count).filter(|i| seen[*i].is_none()).collect();
-        bail!("{what}: still waiting after {PHASE_TIMEOUT:?} on indexes {pending:?}");
+        let pending: Vec<&str> = (0..count)
+            .filter(|i| seen[*i].is_none())
+            .map(|i| names[i].as_str())
+            .collect();
+        bail!("{what}: still waiting after {PHASE_TIMEOUT:?} on {pending:?}");
     }
-    seen.into_iter()
-        .flatten()
-        .max()
+    let mut times: Vec<(Duration, &str)> = seen
+        .iter()
+        .zip(names)
+        .filter_map(|(t, n)| Some(((*t)?, n.as_str())))
+        .collect();
+    times.sort();
+    if std::env::var_os("KRG_BENCH_VERBOSE").is_some() && !times.is_empty() {
+        let slowest: Vec<String> = times
+            .iter()
+            .rev()
+            .take(3)
+            .map(|(t, n)| format!("{n} {:.3} s", t.as_secs_f64()))
+            .collect();
+        println!(
+            "  {what}: first {:.3} s, median {:.3} s, slowest {}",
+            times[0].0.as_secs_f64(),
+            times[times.len() / 2].0.as_secs_f64(),
+            slowest.join(", ")
+        );
+    }
+    times
+        .last()
+        .map(|(t, _)| *t)
         .ok_or_else(|| anyhow!("{what}: nothing to wait for"))
+}
+
+fn labels<T: std::fmt::Display>(items: &[T]) -> Vec<String> {
+    items.iter().map(|i| format!("node {i}")).collect()
 }
 
 fn median_max(mut v: Vec<u64>) -> (Option<u64>, Option<u64>) {
@@ -402,7 +431,7 @@ fn run_krg(n: u32, f: &mut Figures) -> Result<()> {
     let socks = sockets(&c, &ids);
     let t0 = Instant::now();
     c.krgadm_ok(1, &["cluster", "start"])?;
-    f.formation = Some(until_all(socks.len(), t0, "krg formation", |i| {
+    f.formation = Some(until_all(&labels(&ids), t0, "krg formation", |i| {
         krg_formed(&socks[i], n as u64)
     })?);
 
@@ -424,7 +453,7 @@ fn run_krg(n: u32, f: &mut Figures) -> Result<()> {
     let t0 = Instant::now();
     c.krgadm_ok(1, &["nodes", "add", "-n", &extra.to_string()])?;
     f.join_returned = Some(t0.elapsed());
-    f.join_all = Some(until_all(socks.len(), t0, "krg join", |i| {
+    f.join_all = Some(until_all(&labels(&all), t0, "krg join", |i| {
         krg_formed(&socks[i], extra as u64)
     })?);
 
@@ -438,7 +467,7 @@ fn run_krg(n: u32, f: &mut Figures) -> Result<()> {
     let socks = sockets(&c, &survivors);
     let t0 = Instant::now();
     c.node(victim)?.kill9();
-    let detected = until_all(socks.len(), t0, "krg failure detection", |i| {
+    let detected = until_all(&labels(&survivors), t0, "krg failure detection", |i| {
         let Some(states) = krg_states(&socks[i]) else {
             return false;
         };
@@ -585,7 +614,8 @@ fn run_serf(n: u32, f: &mut Figures) -> Result<()> {
     let t0 = Instant::now();
     serf_join(&agents[0].rpc, &others)?;
     let rpcs: Vec<String> = agents.iter().map(|a| a.rpc.clone()).collect();
-    f.formation = Some(until_all(rpcs.len(), t0, "serf formation", |i| {
+    let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+    f.formation = Some(until_all(&names, t0, "serf formation", |i| {
         serf_alive_count(&rpcs[i]) == Some(n as usize)
     })?);
 
@@ -602,7 +632,8 @@ fn run_serf(n: u32, f: &mut Figures) -> Result<()> {
     let t0 = Instant::now();
     serf_join(&agents[n as usize].rpc, &[agents[0].bind.as_str()])?;
     f.join_returned = Some(t0.elapsed());
-    f.join_all = Some(until_all(rpcs.len(), t0, "serf join", |i| {
+    let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+    f.join_all = Some(until_all(&names, t0, "serf join", |i| {
         serf_alive_count(&rpcs[i]) == Some(n as usize + 1)
     })?);
 
@@ -624,7 +655,7 @@ fn run_serf(n: u32, f: &mut Figures) -> Result<()> {
     let fp = Mutex::new(Vec::new());
     let t0 = Instant::now();
     agents[victim].kill9();
-    let detected = until_all(survivors.len(), t0, "serf failure detection", |i| {
+    let detected = until_all(&names, t0, "serf failure detection", |i| {
         let Some(members) = serf_members(&survivors[i]) else {
             return false;
         };
