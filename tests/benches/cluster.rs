@@ -437,12 +437,23 @@ fn run_krg(n: u32, f: &mut Figures) -> Result<()> {
 
     // 4. Memory at rest after formation.
     std::thread::sleep(REST);
-    let rss: Vec<u64> = c
+    let mut by_node: Vec<(u64, u32)> = c
         .nodes
         .values()
-        .filter_map(|node| node.pid().and_then(rss_kib))
+        .filter_map(|node| Some((node.pid().and_then(rss_kib)?, node.id)))
         .collect();
-    (f.rss_median_kib, f.rss_max_kib) = median_max(rss);
+    by_node.sort_unstable();
+    if std::env::var_os("KRG_BENCH_VERBOSE").is_some() {
+        let leader = c.leader(1);
+        let top: Vec<String> = by_node
+            .iter()
+            .rev()
+            .take(3)
+            .map(|(k, id)| format!("node {id} {:.1} MiB", *k as f64 / 1024.0))
+            .collect();
+        println!("  krg RSS largest: {} (leader {leader:?})", top.join(", "));
+    }
+    (f.rss_median_kib, f.rss_max_kib) = median_max(by_node.iter().map(|(k, _)| *k).collect());
 
     // 2. Join of one more node, started beforehand and present.
     let key = c.key.clone();
