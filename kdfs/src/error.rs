@@ -7,7 +7,10 @@ pub enum KdfsError {
     /// The I/O error is part of the message (not a `source`), so that
     /// `{:#}` chains do not print it twice.
     #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -18,9 +21,15 @@ pub enum KdfsError {
 
 impl KdfsError {
     pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
-        KdfsError::Io { path: path.into(), cause }
+        KdfsError::Io {
+            path: path.into(),
+            cause,
+        }
     }
     pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        KdfsError::Corrupt { path: path.into(), reason: reason.into() }
+        KdfsError::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -357,40 +357,12 @@ fn krg_formed(socket: &Path, n: u64) -> bool {
         .unwrap_or(false)
 }
 
-/// Seed ids the harness gives every node as `--peer` when max_id > 8.
-const SEEDS: u32 = 3;
-
-/// Start nodes 1..=n; node n+1 is left stopped for the join phase.
-///
-/// With more than 8 ids the harness gives every node only the three seeds
-/// as `--peer`. krgd's `Describe` request does not carry the caller, so a
-/// seed never learns of a node that only calls it, and non-seed nodes stay
-/// invisible to each other. To measure anyway, the seeds are started last
-/// with `--peer` for every other id (n+1 included): they then know the
-/// whole roster and relay it. Node n+1 is started once, only to learn the
-/// port the harness reserved for it, and stopped again before anyone saw
-/// it (its port stays reserved for its id).
+/// Start nodes 1..=n; node n+1 is left stopped for the join phase. With more
+/// than 8 ids the harness gives every node only the first three as `--peer`:
+/// the seeds learn of the others from their `Describe` calls and relay them.
 fn start_all(c: &mut TestCluster, n: u32) -> Result<()> {
-    let extra = n + 1;
     let key = c.key.clone();
-    if extra <= 8 {
-        return (1..=n).try_for_each(|id| start_retry(c, id, &key, &[]));
-    }
-    start_retry(c, extra, &key, &[])?;
-    c.node(extra)?.stop();
-    for id in SEEDS + 1..=n {
-        start_retry(c, id, &key, &[])?;
-    }
-    let mut peers: Vec<String> = Vec::new();
-    for id in SEEDS + 1..=extra {
-        peers.push("--peer".into());
-        peers.push(c.nodes[&id].listen.to_string());
-    }
-    let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
-    for id in 1..=SEEDS {
-        start_retry(c, id, &key, &peers)?;
-    }
-    Ok(())
+    (1..=n).try_for_each(|id| start_retry(c, id, &key, &[]))
 }
 
 /// Start a node, retrying while its reserved port is busy: the harness

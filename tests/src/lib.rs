@@ -74,6 +74,17 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// A process started by a test outside the harness, killed and reaped when
+/// dropped, so that a failing assertion leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One krgd process under test.
 pub struct Node {
     pub id: u32,

@@ -167,7 +167,7 @@ fn daemon_refuses_bad_configuration_and_duplicate_ids() -> Result<()> {
     let port = krg_tests::free_port().to_string();
     let dup_sock = c.dir.path().join("dup.sock");
     let dup_log = std::fs::File::create(c.dir.path().join("dup.log"))?;
-    let mut dup = std::process::Command::new(krg_tests::bin("krgd"))
+    let dup = std::process::Command::new(krg_tests::bin("krgd"))
         .args([
             "--node-id",
             "2",
@@ -186,8 +186,9 @@ fn daemon_refuses_bad_configuration_and_duplicate_ids() -> Result<()> {
         .arg("--no-scheduler-mount")
         .stderr(dup_log)
         .spawn()?;
+    let mut dup = krg_tests::KillOnDrop(dup);
     let status = wait_for(SETTLE, "duplicate krgd to exit", || {
-        dup.try_wait().ok().flatten()
+        dup.0.try_wait().ok().flatten()
     })?;
     assert!(!status.success());
     let log = std::fs::read_to_string(c.dir.path().join("dup.log"))?;

@@ -3,7 +3,7 @@ use thiserror::Error;
 /// Everything that can go wrong reading or writing krg messages.
 #[derive(Debug, Error)]
 pub enum ProtoError {
-    #[error("i/o error: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
     FrameTooLarge { len: usize, max: usize },

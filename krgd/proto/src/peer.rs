@@ -50,7 +50,9 @@ pub enum PeerRequest {
         cluster: u64,
     },
     /// Who are you, and whom do you know (presence discovery over TCP).
-    Describe,
+    Describe {
+        from: Presence,
+    },
     Sched(SchedPeerRequest),
     Kdfs(KdfsRequest),
 }

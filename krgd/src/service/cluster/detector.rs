@@ -153,12 +153,23 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
 /// A node removed while it was cut off still believes it is a member: its
 /// presence names this cluster. Tell it to leave, so it becomes present.
 async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::state::ClusterState) {
-    let Some(discovery) = svc.discovery() else { return };
+    let Some(discovery) = svc.discovery() else {
+        return;
+    };
     for p in discovery.present() {
         if p.cluster == Some(joined.uid) && !state.is_member(p.node) {
-            tracing::info!(node = p.node, "a former member still claims this cluster; evicting it");
-            let evict = PeerRequest::Evict { cluster: joined.uid };
-            let _ = svc.ctx.peers.call(p.node, evict, svc.ctx.config.heartbeat).await;
+            tracing::info!(
+                node = p.node,
+                "a former member still claims this cluster; evicting it"
+            );
+            let evict = PeerRequest::Evict {
+                cluster: joined.uid,
+            };
+            let _ = svc
+                .ctx
+                .peers
+                .call(p.node, evict, svc.ctx.config.heartbeat)
+                .await;
         }
     }
 }

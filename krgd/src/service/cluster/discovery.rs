@@ -48,6 +48,8 @@ pub struct Discovery {
     /// Another krgd claiming this node's id, once seen.
     conflict: Mutex<Option<SocketAddr>>,
     conflict_seen: tokio::sync::Notify,
+    /// This node's current self-description.
+    me: Arc<dyn Fn() -> Presence + Send + Sync>,
 }
 
 impl Discovery {
@@ -64,13 +66,14 @@ impl Discovery {
             started: Instant::now(),
             conflict: Mutex::default(),
             conflict_seen: tokio::sync::Notify::new(),
+            me,
         });
         let mut tasks = Vec::new();
         if ctx.config.peers.is_empty() {
             match bind_broadcast(ctx.config.discovery_port).await {
                 Ok(sock) => {
                     let sock = Arc::new(sock);
-                    tasks.push(tokio::spawn(d.clone().announce(sock.clone(), me.clone())));
+                    tasks.push(tokio::spawn(d.clone().announce(sock.clone())));
                     tasks.push(tokio::spawn(d.clone().listen(sock)));
                 }
                 Err(e) => tracing::warn!(port = ctx.config.discovery_port, error = %e,
@@ -134,8 +137,18 @@ impl Discovery {
             return;
         };
         let Ok(mut t) = self.table.lock() else { return };
-        if t.get(&p.node).is_some_and(|(_, at)| *at >= seen) {
-            return;
+        if let Some((known, at)) = t.get(&p.node) {
+            if *at >= seen {
+                return;
+            }
+            // Two krgds claiming one id: the one known first keeps it while
+            // it stays fresh, so the newcomer hears of it and stops (see
+            // `note_own_id_at`) instead of both taking turns in the table.
+            if known.addr != p.addr && at.elapsed() < PRESENCE_TTL {
+                tracing::debug!(node = p.node, known = %known.addr, other = %p.addr,
+                    "ignored a second krgd claiming a known node id");
+                return;
+            }
         }
         self.ctx.peers.set_address(p.node, p.addr);
         t.insert(p.node, (p, seen));
@@ -163,11 +176,11 @@ impl Discovery {
         out
     }
 
-    async fn announce(
-        self: Arc<Self>,
-        sock: Arc<UdpSocket>,
-        me: Arc<dyn Fn() -> Presence + Send + Sync>,
-    ) {
+    fn me(&self) -> Presence {
+        (self.me)()
+    }
+
+    async fn announce(self: Arc<Self>, sock: Arc<UdpSocket>) {
         let bcast = self.ctx.config.broadcast.unwrap_or(Ipv4Addr::BROADCAST);
         let dest = SocketAddr::V4(SocketAddrV4::new(bcast, self.ctx.config.discovery_port));
         let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
@@ -175,7 +188,7 @@ impl Discovery {
             tick.tick().await;
             let dg = Datagram {
                 session: self.ctx.config.session_id,
-                presence: me(),
+                presence: self.me(),
             };
             let Ok(mut bytes) = postcard::to_stdvec(&dg) else {
                 continue;
@@ -220,11 +233,17 @@ impl Discovery {
             tick.tick().await;
             // A shared config may list this node itself among the peers.
             let me = self.ctx.config.advertise;
-            let polls = self.ctx.config.peers.iter().filter(|a| **a != me).map(|addr| {
-                let client = clients.remove(addr).filter(PeerClient::is_alive);
-                let me = self.clone();
-                async move { (*addr, me.describe(*addr, client).await) }
-            });
+            let polls = self
+                .ctx
+                .config
+                .peers
+                .iter()
+                .filter(|a| **a != me)
+                .map(|addr| {
+                    let client = clients.remove(addr).filter(PeerClient::is_alive);
+                    let me = self.clone();
+                    async move { (*addr, me.describe(*addr, client).await) }
+                });
             for (addr, client) in futures::future::join_all(polls).await {
                 if let Some(c) = client {
                     clients.insert(addr, c);
@@ -253,7 +272,10 @@ impl Discovery {
                 }
             }
         };
-        match client.call(PeerRequest::Describe, timeout).await {
+        match client
+            .call(PeerRequest::Describe { from: self.me() }, timeout)
+            .await
+        {
             Ok(PeerResponse::Describe(NodeSelf { me, known })) => {
                 self.record(me, Duration::ZERO);
                 for (p, age_ms) in known {

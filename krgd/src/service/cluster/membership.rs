@@ -98,21 +98,19 @@ impl ClusterService {
             ));
         }
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
-        let (free, busy): (Vec<Presence>, Vec<Presence>) =
-            present.into_iter().partition(|p| p.cluster.is_none());
-        for p in &busy {
-            tracing::info!(
-                node = p.node,
-                "present node is already in another cluster; not included"
-            );
-        }
         let uid = loop {
             let u: u64 = rand::random();
             if u != 0 {
                 break u;
             }
         };
-        let welcomed = self.welcome_all(&free, uid).await;
+        // Presence may lag a second behind (a node that just left a stopped
+        // cluster still looks busy), so ask everyone: a node really in another
+        // cluster refuses the welcome and is left out.
+        let welcomed = self.welcome_all(&present, uid).await;
+        for refusal in welcomed.iter().filter_map(|r| r.as_ref().err()) {
+            tracing::info!(reason = %refusal.message, "present node not included");
+        }
         let me = self.self_presence();
         let mut founders: Vec<Presence> = welcomed.into_iter().filter_map(Result::ok).collect();
         founders.push(me.clone());
