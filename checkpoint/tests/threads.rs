@@ -61,3 +61,69 @@ fn threads_come_back_with_their_tids_and_state() {
     });
     kill_reap(pid);
 }
+
+#[test]
+fn rust_program_with_a_worker_thread_continues() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_rust(tmp.path(), "rustcount");
+    let out = tmp.path().join("out.txt");
+    let log = tmp.path().join("steps.log");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&log)
+        .stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("rust program counts", || last_count(&out) >= 5);
+    let before = tids(pid);
+    assert_eq!(before.len(), 2, "main thread and worker");
+    let o = run(Command::new(bin("checkpoint"))
+        .args(["--no-capability-check", "--dir"])
+        .arg(&store)
+        .arg(pid.to_string()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let at_ckpt = last_count(&out);
+    wait_until("runs on after checkpoint", || {
+        last_count(&out) >= at_ckpt + 5
+    });
+    kill_reap(pid);
+    let at_kill = last_count(&out);
+    let o = run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tids(pid), before, "same PID and TIDs");
+    // Every restored step checks heap, map, TLS, the worker and the log
+    // offset ("N BAD …" fails counter_lines); the counter goes on past the kill
+    // without a reset. The log restarts from the checkpoint's offset, so the
+    // steps taken after the checkpoint are written again over the same bytes.
+    wait_until("restored rust program counts on", || {
+        last_count(&out) >= at_kill + 10
+    });
+    let text = std::fs::read_to_string(&out).unwrap();
+    let resumed = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .collect::<Vec<_>>();
+    let logged: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().expect("log line"))
+        .collect();
+    let last = *resumed.last().unwrap();
+    assert!(
+        logged.len() as u64 >= last - 1,
+        "log kept up: {} lines",
+        logged.len()
+    );
+    assert!(
+        logged.iter().enumerate().all(|(i, n)| *n == i as u64 + 1),
+        "log lines 1, 2, 3, …"
+    );
+    kill_reap(pid);
+}

@@ -42,6 +42,22 @@ pub fn build_c(dir: &Path, name: &str) -> PathBuf {
     out
 }
 
+/// Compile a Rust program of tests/progs with rustc (the toolchain that
+/// builds these tests; `$RUSTC` if set).
+pub fn build_rust(dir: &Path, name: &str) -> PathBuf {
+    let src = prog(&format!("{name}.rs"));
+    let out = dir.join(name);
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let st = Command::new(rustc)
+        .args(["--edition", "2021", "-C", "opt-level=1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("rustc runs");
+    assert!(st.success(), "rustc {name}.rs failed");
+    out
+}
+
 pub fn prog(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/progs")
