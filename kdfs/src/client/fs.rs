@@ -18,6 +18,7 @@ use krg_proto::kdfs::{
     inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr, SetTime, Time,
 };
 
+use super::direct;
 use super::ops::Ops;
 
 /// Largest read/write the kernel sends in one request.
@@ -421,6 +422,13 @@ impl Filesystem for KdfsFs {
         reply: ReplyData,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        if let Some(f) = ops.direct.get(id, fh.0) {
+            match direct::read_at(&f, offset, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(err(e)),
+            }
+            return;
+        }
         self.spawn(async move {
             match ops.read(id, fh.0, offset, size).await {
                 Ok(d) => reply.data(&d),
@@ -441,7 +449,15 @@ impl Filesystem for KdfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let (ops, id, data) = (self.ops.clone(), self.id(ino), data.to_vec());
+        let id = self.id(ino);
+        if let Some(f) = self.ops.direct.get(id, fh.0) {
+            match direct::write_at(&f, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
+            }
+            return;
+        }
+        let (ops, data) = (self.ops.clone(), data.to_vec());
         self.spawn(async move {
             match ops.write(id, fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
@@ -474,10 +490,7 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.reply_empty(reply, async move {
-            ops.simple(inode_node(id), Q::Release { ino: id, fh: fh.0 })
-                .await
-        });
+        self.reply_empty(reply, async move { ops.release(id, fh.0).await });
     }
 
     fn fsync(
@@ -489,6 +502,13 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        if let Some(f) = ops.direct.get(id, fh.0) {
+            match direct::sync_file(&f, datasync) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+            return;
+        }
         self.reply_empty(reply, async move {
             ops.simple(
                 inode_node(id),

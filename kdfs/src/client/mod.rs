@@ -3,6 +3,7 @@
 //! the kernel until the file system is unmounted.
 
 pub mod conn;
+pub mod direct;
 pub mod fs;
 pub mod ops;
 
@@ -205,6 +206,7 @@ pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsEr
             cluster,
             local: info.node,
             root,
+            direct: direct::DirectFiles::new(info.node, dir.join(format::INODES)),
         }),
         dir,
     })

@@ -11,6 +11,7 @@ use krg_proto::kdfs::{
 use krg_proto::NodeId;
 
 use super::conn::Cluster;
+use super::direct::DirectFiles;
 
 pub type Res<T> = Result<T, i32>;
 
@@ -20,6 +21,8 @@ pub struct Ops {
     /// The node this client runs on: new inodes are made here.
     pub local: NodeId,
     pub root: InodeId,
+    /// This node's own files, read and written in place.
+    pub direct: DirectFiles,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
@@ -95,6 +98,20 @@ impl Ops {
     /// [`Ops::make`], also opening the new inode when `open` is given
     /// (`Some(true)`: for writing) — one round trip less for creat(2).
     pub async fn make_open(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        new: NewInode,
+        open: Option<bool>,
+    ) -> Res<(Attr, Option<u64>)> {
+        let (attr, fh) = self.make_with_handle(dir, name, new, open).await?;
+        if let (Some(fh), Some(write)) = (fh, open) {
+            self.direct.opened(attr.ino, fh, write);
+        }
+        Ok((attr, fh))
+    }
+
+    async fn make_with_handle(
         &self,
         dir: InodeId,
         name: &[u8],
@@ -339,9 +356,17 @@ impl Ops {
 
     pub async fn open(&self, ino: InodeId, write: bool) -> Res<u64> {
         match self.call(inode_node(ino), Q::Open { ino, write }).await? {
-            A::Handle(h) => Ok(h),
+            A::Handle(fh) => {
+                self.direct.opened(ino, fh, write);
+                Ok(fh)
+            }
             other => unexpected("open", other),
         }
+    }
+
+    pub async fn release(&self, ino: InodeId, fh: u64) -> Res<()> {
+        self.direct.released(ino, fh);
+        self.simple(inode_node(ino), Q::Release { ino, fh }).await
     }
 
     pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {

@@ -112,6 +112,43 @@ fn check_name(name: &[u8]) -> Res<&OsStr> {
     Ok(OsStr::from_bytes(name))
 }
 
+/// Where local inode `local` lives in a store's inode directory.
+pub fn object_path(inodes: &Path, local: u64) -> PathBuf {
+    inodes.join(format!("{local:x}"))
+}
+
+/// Read up to `len` bytes of `f` at `offset` (short only at end of file).
+pub fn read_at(f: &File, offset: u64, len: u32) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// Write all of `data` to `f` at `offset`.
+pub fn write_at(f: &File, offset: u64, data: &[u8]) -> Res<u32> {
+    f.write_all_at(data, offset).map_err(errno)?;
+    Ok(data.len() as u32)
+}
+
+/// fsync (or, with `datasync`, fdatasync) `f`.
+pub fn sync_file(f: &File, datasync: bool) -> Res<()> {
+    if datasync {
+        f.sync_data()
+    } else {
+        f.sync_all()
+    }
+    .map_err(errno)
+}
+
 enum Handle {
     File { local: u64, file: Arc<File> },
     Dir { entries: Arc<Vec<DirEntry>> },
@@ -246,7 +283,7 @@ impl Store {
         if inode_node(ino) != self.node() {
             return Err(libc::EXDEV);
         }
-        Ok(self.inodes.join(format!("{:x}", inode_local(ino))))
+        Ok(object_path(&self.inodes, inode_local(ino)))
     }
 
     fn stripe(&self, ino: InodeId) -> &Mutex<()> {
@@ -697,25 +734,11 @@ impl Store {
     }
 
     fn read(&self, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {
-        let f = self.file(fh)?;
-        let mut buf = vec![0u8; len as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match f.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(errno(e)),
-            }
-        }
-        buf.truncate(done);
-        Ok(buf)
+        read_at(&*self.file(fh)?, offset, len)
     }
 
     fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<u32> {
-        let f = self.file(fh)?;
-        f.write_all_at(data, offset).map_err(errno)?;
-        Ok(data.len() as u32)
+        write_at(&*self.file(fh)?, offset, data)
     }
 
     fn release(&self, fh: u64) -> Res<()> {
@@ -905,13 +928,7 @@ impl Store {
                 fh, offset, data, ..
             } => A::Written(self.write(fh, offset, &data.0)?),
             Q::Fsync { fh, datasync, .. } => {
-                let f = self.file(fh)?;
-                if datasync {
-                    f.sync_data()
-                } else {
-                    f.sync_all()
-                }
-                .map_err(errno)?;
+                sync_file(&*self.file(fh)?, datasync)?;
                 A::Done
             }
             Q::Release { fh, .. } | Q::ReleaseDir { fh } => {
