@@ -16,8 +16,16 @@ pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
+/// What krgd reports about a process.
+#[derive(Debug, Clone, Copy)]
+pub struct Capability {
+    pub checkpointable: bool,
+    /// The node id of the krgd that answered.
+    pub node: u32,
+}
+
 /// Send one request to krgd and return the capability it reports.
-pub fn call(socket: &Path, req: ChkptRequest) -> Result<bool> {
+pub fn call(socket: &Path, req: ChkptRequest) -> Result<Capability> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -30,9 +38,14 @@ pub fn call(socket: &Path, req: ChkptRequest) -> Result<bool> {
             ))
         })?;
         match c.call(&AdminRequest::Chkpt(req)).await {
-            Ok(AdminResponse::Chkpt(ChkptReply::Capability { checkpointable, .. })) => {
-                Ok(checkpointable)
-            }
+            Ok(AdminResponse::Chkpt(ChkptReply::Capability {
+                checkpointable,
+                node,
+                ..
+            })) => Ok(Capability {
+                checkpointable,
+                node,
+            }),
             Ok(AdminResponse::Error(e)) => Err(ChkptError::Other(format!("krgd: {}", e.message))),
             Ok(_) => Err(ChkptError::Other("krgd sent an unexpected reply".into())),
             Err(e) => Err(ChkptError::Other(format!(

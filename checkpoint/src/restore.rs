@@ -30,7 +30,8 @@ const AREA_LEN: u64 = AREA_PARK + PARK_LEN;
 
 pub struct RestoreOptions {
     pub root: PathBuf,
-    pub node: u32,
+    /// Whose node file to restart; `None`: the one node the checkpoint holds.
+    pub node: Option<u32>,
     /// How long to wait for a recorded PID still held (e.g. a zombie not yet reaped).
     pub pid_wait: Duration,
     /// Let the kernel choose new PIDs instead of the recorded ones.
@@ -49,10 +50,28 @@ pub struct Loaded {
     pub tasks: Vec<(TaskImage, MmImage, PathBuf, u64)>,
 }
 
+/// The node a checkpoint holds tasks of, when it is only one.
+fn only_node(global: &GlobalImage, names: &Names) -> Result<u32> {
+    let nodes: Vec<u32> = (0..64u32)
+        .filter(|n| global.node_mask & (1u64 << n) != 0)
+        .collect();
+    match nodes[..] {
+        [n] => Ok(n),
+        [] => Err(ChkptError::bad_image(
+            names.global(),
+            "its node mask is empty",
+        )),
+        _ => Err(ChkptError::Other(format!(
+            "SN {} holds tasks of nodes {nodes:?}: choose one with --node",
+            names.sn
+        ))),
+    }
+}
+
 /// Read every file of the checkpoint and check it (magic, version, CRC,
 /// lengths, that page runs lie inside the data, referenced files exist,
 /// credentials match the owner of the image).
-pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
+pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
     let names = Names {
         dir: dir.to_path_buf(),
         sn,
@@ -64,6 +83,10 @@ pub fn load(dir: &Path, sn: u32, node: u32) -> Result<Loaded> {
         });
     }
     let global: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
+    let node = match node {
+        Some(n) => n,
+        None => only_node(&global, &names)?,
+    };
     let node: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
     if node.tasks.is_empty() {
         return Err(ChkptError::bad_image(names.node(node.node), "no task"));

@@ -44,7 +44,7 @@ fn start_krgd(dir: &Path) -> Krgd {
     let mut cmd = Command::new(krgd);
     cmd.args([
         "--node-id",
-        "1",
+        "3",
         "--session-id",
         "1",
         "--listen",
@@ -109,6 +109,9 @@ fn checkpointable_is_inherited_by_later_children_only() {
     );
     let o = checkpoint(&d.sock, &store, after);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The image names the node of the krgd that answered.
+    let node_file = store.join(after.to_string()).join("node_3_v1.bin");
+    assert!(node_file.exists(), "{} missing", node_file.display());
 
     // started before the flag was set: refused with the documented line
     let o = checkpoint(&d.sock, &store, before);

@@ -31,9 +31,11 @@ struct Cli {
     /// node without krgd; root may ptrace any process anyway).
     #[arg(long)]
     no_capability_check: bool,
-    /// Node id written in the image (node_<N>_v<SN>.bin).
-    #[arg(long, default_value_t = 0)]
-    node: u32,
+    /// Node id written in the image (node_<N>_v<SN>.bin, bit N of the node
+    /// mask; 0..=63). Default: the id of the local krgd's node, or 0 when
+    /// --no-capability-check is given and no krgd answers.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=63))]
+    node: Option<u32>,
     /// A SysV semaphore set (id) that belongs to the job; repeatable.
     /// (Shared memory segments the job attached are found by themselves.)
     #[arg(long = "sysv-sem", value_name = "ID")]
@@ -74,21 +76,29 @@ fn run(cli: Cli) -> Result<()> {
     let Some(pid) = cli.pid else {
         bail!("missing PID (see --help)")
     };
-    if cli.no_capability_check {
+    let sock = capclient::socket_path(cli.socket);
+    let local_node = if cli.no_capability_check {
         // SAFETY: getuid has no preconditions.
         if unsafe { libc::getuid() } != 0 {
             bail!("--no-capability-check is for root only");
         }
+        // Only the node id is wanted: without a krgd the image says node 0.
+        capclient::call(&sock, ChkptRequest::Query { pid }).map_or(0, |c| c.node)
     } else {
-        let sock = capclient::socket_path(cli.socket);
-        if !capclient::call(&sock, ChkptRequest::Query { pid })? {
+        let cap = capclient::call(&sock, ChkptRequest::Query { pid })?;
+        if !cap.checkpointable {
             bail!("process {pid} is not CHECKPOINTABLE (run krgcapset -d +CHECKPOINTABLE in the shell that starts it)");
         }
+        cap.node
+    };
+    let node = cli.node.unwrap_or(local_node);
+    if node > 63 {
+        bail!("this node's id ({node}) does not fit the 64-bit node mask of checkpoint images: give --node 0..63");
     }
     let opts = DumpOptions {
         root: cli.dir,
         kill: cli.kill,
-        node: cli.node,
+        node,
         sysv_sem: cli.sysv_sem,
         sysv_msg: cli.sysv_msg,
     };

@@ -44,7 +44,7 @@ fn run(cli: Cli) -> Result<()> {
         bail!("nothing to do: give -d +CHECKPOINTABLE, -d -CHECKPOINTABLE or --show");
     }
     if cli.show {
-        let on = capclient::call(&sock, ChkptRequest::Query { pid })?;
+        let on = capclient::call(&sock, ChkptRequest::Query { pid })?.checkpointable;
         println!("{pid}: {}", if on { "CHECKPOINTABLE" } else { "(none)" });
     }
     Ok(())

@@ -23,9 +23,10 @@ struct Cli {
     /// Root directory of checkpoints.
     #[arg(long, env = "KRG_CHKPT_DIR", default_value = store::DEFAULT_ROOT)]
     dir: PathBuf,
-    /// Node whose tasks to restart (node_<N>_v<SN>.bin).
-    #[arg(long, default_value_t = 0)]
-    node: u32,
+    /// Node whose tasks to restart (node_<N>_v<SN>.bin). Default: the one
+    /// node the checkpoint holds tasks of.
+    #[arg(long)]
+    node: Option<u32>,
     /// Seconds to wait for a recorded PID still in use (a zombie being reaped).
     #[arg(long, default_value_t = 5.0)]
     pid_wait: f64,

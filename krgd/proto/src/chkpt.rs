@@ -12,5 +12,11 @@ pub enum ChkptRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ChkptReply {
-    Capability { pid: i32, checkpointable: bool },
+    /// `node`: the id of the node whose krgd answers (checkpoint names its
+    /// node file after it).
+    Capability {
+        pid: i32,
+        checkpointable: bool,
+        node: u32,
+    },
 }

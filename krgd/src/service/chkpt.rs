@@ -14,7 +14,7 @@ use crate::net::admin::Caller;
 use crate::DaemonError;
 
 pub struct ChkptService {
-    _ctx: Arc<NodeContext>,
+    ctx: Arc<NodeContext>,
     /// None when the proc connector could not be opened (krgd not root).
     tracker: Option<CapTracker>,
 }
@@ -28,7 +28,7 @@ impl ChkptService {
                 None
             }
         };
-        Ok(Arc::new(Self { _ctx: ctx, tracker }))
+        Ok(Arc::new(Self { ctx, tracker }))
     }
 
     pub async fn handle_admin(
@@ -54,6 +54,7 @@ impl ChkptService {
                 Ok(ChkptReply::Capability {
                     pid,
                     checkpointable: enable,
+                    node: self.ctx.node_id(),
                 })
             }
             ChkptRequest::Query { pid } => {
@@ -61,6 +62,7 @@ impl ChkptService {
                 Ok(ChkptReply::Capability {
                     pid,
                     checkpointable: t.is_set(pid),
+                    node: self.ctx.node_id(),
                 })
             }
         }
