@@ -31,6 +31,15 @@ fn one_namespace_with_posix_semantics_over_two_nodes() {
     let c = Cluster::with_kdfs(2);
     let (m1, m2) = (c.mnt(0).to_path_buf(), c.mnt(1).to_path_buf());
 
+    // mount.kdfs raised the kernel's read-ahead from FUSE's 128 KiB.
+    let dev = fs::metadata(&m1).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    assert_eq!(fs::read_to_string(&knob).unwrap().trim(), "1024", "{knob}");
+
     // Created on node 2, read on node 1: same content and attributes.
     fs::write(m2.join("hello"), b"from node 2").unwrap();
     assert_eq!(fs::read(m1.join("hello")).unwrap(), b"from node 2");

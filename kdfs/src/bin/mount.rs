@@ -18,7 +18,8 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 /// /etc/krg/cluster.key), attr_timeout=S (kernel attribute cache for inodes
 /// reached without a lookup, default 1), entry_timeout=S (kernel name cache,
 /// default 0: every path resolution sees the latest names), threads=N (FUSE
-/// threads, default 2), nodes=ID@ADDR:PORT+... (override member addresses),
+/// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
+/// nodes=ID@ADDR:PORT+... (override member addresses),
 /// log=FILE, foreground (do not detach), ro. Generic options (defaults,
 /// _netdev, noauto, ...) are accepted and ignored. See docs/kdfs.md.
 #[derive(Parser, Debug)]
@@ -88,8 +89,14 @@ fn serve(
         opts.attr_timeout,
         opts.entry_timeout,
     );
+    // Resolved now: once mounted, the path does not answer until we serve it.
+    let canonical = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    if let Err(e) = kdfs::client::set_readahead(&canonical, opts.readahead_kb) {
+        tracing::warn!(error = %e, "kdfs: kernel read-ahead left at its default");
+    }
     if let Some(mut f) = status.take() {
         let _ = f.write_all(b"OK");
         // Closing the pipe lets the waiting parent exit.

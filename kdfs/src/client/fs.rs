@@ -18,7 +18,7 @@ use krg_proto::kdfs::{
     inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr, SetTime, Time,
 };
 
-use super::direct;
+use super::local;
 use super::ops::Ops;
 
 /// Largest read/write the kernel sends in one request.
@@ -422,8 +422,8 @@ impl Filesystem for KdfsFs {
         reply: ReplyData,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        if let Some(f) = ops.direct.get(id, fh.0) {
-            match direct::read_at(&f, offset, size) {
+        if let Some(f) = ops.local_store.file(id, fh.0) {
+            match local::read_at(&f, offset, size) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(err(e)),
             }
@@ -450,8 +450,8 @@ impl Filesystem for KdfsFs {
         reply: ReplyWrite,
     ) {
         let id = self.id(ino);
-        if let Some(f) = self.ops.direct.get(id, fh.0) {
-            match direct::write_at(&f, offset, data) {
+        if let Some(f) = self.ops.local_store.file(id, fh.0) {
+            match local::write_at(&f, offset, data) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(e)),
             }
@@ -502,8 +502,8 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        if let Some(f) = ops.direct.get(id, fh.0) {
-            match direct::sync_file(&f, datasync) {
+        if let Some(f) = ops.local_store.file(id, fh.0) {
+            match local::sync_file(&f, datasync) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(err(e)),
             }

@@ -11,7 +11,7 @@ use krg_proto::kdfs::{
 use krg_proto::NodeId;
 
 use super::conn::Cluster;
-use super::direct::DirectFiles;
+use super::local::LocalStore;
 
 pub type Res<T> = Result<T, i32>;
 
@@ -21,8 +21,8 @@ pub struct Ops {
     /// The node this client runs on: new inodes are made here.
     pub local: NodeId,
     pub root: InodeId,
-    /// This node's own files, read and written in place.
-    pub direct: DirectFiles,
+    /// This node's own part of the namespace, read in place.
+    pub local_store: LocalStore,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
@@ -32,7 +32,10 @@ fn unexpected<T>(what: &str, got: A) -> Res<T> {
 
 impl Ops {
     async fn call(&self, node: NodeId, q: Q) -> Res<A> {
-        self.cluster.call(node, q).await
+        match self.local_store.answer(node, q) {
+            Ok(answer) => answer,
+            Err(q) => self.cluster.call(node, q).await,
+        }
     }
 
     pub async fn getattr(&self, ino: InodeId) -> Res<Attr> {
@@ -106,7 +109,7 @@ impl Ops {
     ) -> Res<(Attr, Option<u64>)> {
         let (attr, fh) = self.make_with_handle(dir, name, new, open).await?;
         if let (Some(fh), Some(write)) = (fh, open) {
-            self.direct.opened(attr.ino, fh, write);
+            self.local_store.opened(attr.ino, fh, write);
         }
         Ok((attr, fh))
     }
@@ -357,7 +360,7 @@ impl Ops {
     pub async fn open(&self, ino: InodeId, write: bool) -> Res<u64> {
         match self.call(inode_node(ino), Q::Open { ino, write }).await? {
             A::Handle(fh) => {
-                self.direct.opened(ino, fh, write);
+                self.local_store.opened(ino, fh, write);
                 Ok(fh)
             }
             other => unexpected("open", other),
@@ -365,7 +368,7 @@ impl Ops {
     }
 
     pub async fn release(&self, ino: InodeId, fh: u64) -> Res<()> {
-        self.direct.released(ino, fh);
+        self.local_store.released(ino, fh);
         self.simple(inode_node(ino), Q::Release { ino, fh }).await
     }
 

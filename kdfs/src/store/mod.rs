@@ -179,36 +179,8 @@ impl Store {
     /// node reports it; a non-root store formatted before it knew the id is
     /// bound to it here.
     pub fn open(dir: &Path, node: NodeId, fs_id: Option<u128>) -> Result<Store, KdfsError> {
-        let mut sb = format::read_superblock(dir)?;
-        if sb.node != node {
-            return Err(KdfsError::Invalid(format!(
-                "{} was formatted for node {}, this is node {node}",
-                dir.display(),
-                sb.node
-            )));
-        }
-        let root = if sb.root_node == node {
-            let meta = format::read_root_meta(dir)?;
-            if meta.fs_id != sb.fs_id {
-                return Err(KdfsError::corrupt(
-                    dir.join(format::ROOT_META),
-                    "file system id differs from the superblock's",
-                ));
-            }
-            let root_path = dir
-                .join(INODES)
-                .join(format!("{:x}", inode_local(meta.root)));
-            if inode_node(meta.root) != node || !root_path.is_dir() {
-                return Err(KdfsError::corrupt(
-                    dir.join(format::ROOT_META),
-                    "names a root directory that does not exist",
-                ));
-            }
-            Some(meta.root)
-        } else {
-            None
-        };
-        match (sb.fs_id, fs_id) {
+        let mut store = Self::load(dir, node)?;
+        match (store.sb.fs_id, fs_id) {
             (0, None) => {
                 return Err(KdfsError::Invalid(format!(
                     "{} has not joined a file system yet: attach it with the root node's file system id",
@@ -216,8 +188,8 @@ impl Store {
                 )))
             }
             (0, Some(id)) => {
-                sb.fs_id = id;
-                format::write_superblock(dir, &sb)?;
+                store.sb.fs_id = id;
+                format::write_superblock(dir, &store.sb)?;
             }
             (have, Some(want)) if have != want => {
                 return Err(KdfsError::Invalid(format!(
@@ -228,23 +200,87 @@ impl Store {
             _ => {}
         }
         let next = format::read_ino_next(dir)?;
+        store.alloc = Mutex::new((next, next));
+        store.sweep_orphans();
+        Ok(store)
+    }
+
+    /// A read-only view of `dir`, for the FUSE client of the node whose krgd
+    /// serves it: the client answers [`Store::is_read_only`] requests on its
+    /// own inodes in-process instead of asking krgd. Unlike [`Store::open`]
+    /// it writes nothing; it must only be given read-only requests.
+    pub fn view(dir: &Path, node: NodeId) -> Result<Store, KdfsError> {
+        Self::load(dir, node)
+    }
+
+    /// Requests that only read the local file system and need no state of
+    /// the serving krgd (its open-file counts, its locks, its allocator).
+    /// Directory handles are a snapshot of the entries, kept by whoever
+    /// opened them.
+    pub fn is_read_only(req: &KdfsRequest) -> bool {
+        use KdfsRequest as Q;
+        matches!(
+            req,
+            Q::GetAttr { .. }
+                | Q::Lookup { .. }
+                | Q::Readlink { .. }
+                | Q::IsEmptyDir { .. }
+                | Q::OpenDir { .. }
+                | Q::ReadDir { .. }
+                | Q::ReleaseDir { .. }
+        )
+    }
+
+    /// Read and check the superblock and, on the root node, the root
+    /// meta-file; no allocation block is reserved yet.
+    fn load(dir: &Path, node: NodeId) -> Result<Store, KdfsError> {
+        let sb = format::read_superblock(dir)?;
+        if sb.node != node {
+            return Err(KdfsError::Invalid(format!(
+                "{} was formatted for node {}, this is node {node}",
+                dir.display(),
+                sb.node
+            )));
+        }
         let inodes = dir.join(INODES);
+        let root = if sb.root_node == node {
+            let meta = format::read_root_meta(dir)?;
+            if meta.fs_id != sb.fs_id {
+                return Err(KdfsError::corrupt(
+                    dir.join(format::ROOT_META),
+                    "file system id differs from the superblock's",
+                ));
+            }
+            let root_path = object_path(&inodes, inode_local(meta.root));
+            if inode_node(meta.root) != node || !root_path.is_dir() {
+                return Err(KdfsError::corrupt(
+                    dir.join(format::ROOT_META),
+                    "names a root directory that does not exist",
+                ));
+            }
+            Some(meta.root)
+        } else {
+            None
+        };
         if !inodes.is_dir() {
             return Err(KdfsError::corrupt(&inodes, "missing inode directory"));
         }
-        let store = Store {
+        Ok(Store {
             dir: dir.to_path_buf(),
             inodes,
             sb,
             root,
-            alloc: Mutex::new((next, next)),
+            alloc: Mutex::new((0, 0)),
             handles: Mutex::new(HashMap::new()),
             open_count: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-        };
-        store.sweep_orphans();
-        Ok(store)
+        })
+    }
+
+    /// The directory of inode objects.
+    pub fn inodes(&self) -> &Path {
+        &self.inodes
     }
 
     pub fn dir(&self) -> &Path {
