@@ -24,19 +24,10 @@ fn signal_state_timers_cwd_umask_rlimits_survive() {
         .stdin(Stdio::null());
     let pid = guard.add(spawn(cmd).id() as i32);
     wait_until("first lines", || last_count(&out) >= 3);
-    let o = run(Command::new(bin("checkpoint"))
-        .args(["--no-capability-check", "--kill", "--dir"])
-        .arg(&store)
-        .arg(pid.to_string()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
     kill_reap(pid);
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .arg(pid.to_string())
-        .arg("1"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&restart_out(&store, pid, 1), "restart");
     // every step re-checks all the state (counter_lines fails on "BAD")
     wait_until("restored steps", || last_count(&out) >= at_kill + 5);
     // the restored handler runs

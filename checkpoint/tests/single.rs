@@ -7,38 +7,10 @@ mod common;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-
-/// Without a krgd (the socket is absent), the image holds node 0.
-fn checkpoint(store: &Path, pid: i32) -> std::process::Output {
-    run(Command::new(bin("checkpoint"))
-        .arg("--no-capability-check")
-        .arg("--socket")
-        .arg(store.with_extension("no-krgd.sock"))
-        .arg("--dir")
-        .arg(store)
-        .arg(pid.to_string()))
-}
-
-fn restart(store: &Path, pid: i32, sn: u32) -> std::process::Output {
-    run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(store)
-        .arg(pid.to_string())
-        .arg(sn.to_string()))
-}
-
-fn ok(o: &std::process::Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn specials(pid: i32) -> Vec<String> {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
@@ -84,7 +56,7 @@ fn c_program_memory_and_files_continue_exactly() {
         "expected vdso, vvar and vvar_vclock: {before:?}"
     );
 
-    ok(&checkpoint(&store, pid), "checkpoint");
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     let dir = store.join(pid.to_string());
     for f in [
         "description_v1.txt",
@@ -104,7 +76,7 @@ fn c_program_memory_and_files_continue_exactly() {
     let at_kill = last_count(&out);
     kill_reap(pid);
 
-    ok(&restart(&store, pid, 1), "restart");
+    ok(&restart_out(&store, pid, 1), "restart");
     assert!(alive(pid), "restored process has its PID");
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -125,7 +97,7 @@ fn c_program_memory_and_files_continue_exactly() {
     });
 
     // A restored process can be checkpointed again: SN 2.
-    ok(&checkpoint(&store, pid), "second checkpoint");
+    ok(&checkpoint_out(&store, pid, &[]), "second checkpoint");
     assert!(dir.join("global_v2.bin").exists());
     let insp = run(Command::new(bin("checkpoint"))
         .arg("inspect")
@@ -151,7 +123,7 @@ fn c_program_memory_and_files_continue_exactly() {
         last_count(&out) >= n2 + 3
     });
     kill_reap(pid);
-    ok(&restart(&store, pid, 2), "restart SN 2");
+    ok(&restart_out(&store, pid, 2), "restart SN 2");
     let n3 = last_count(&out);
     wait_until("restored from SN 2 counts on", || {
         last_count(&out) >= n3 + 5
@@ -189,7 +161,7 @@ fn python_script_with_stdio_inherited_from_restart() {
             .unwrap_or(0)
     };
     wait_until("python prints", || count(&seen) >= 5);
-    ok(&checkpoint(&store, pid), "checkpoint");
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     let at_ckpt = count(&seen);
     wait_until("python runs on", || count(&seen) >= at_ckpt + 3);
     kill_reap(pid);
@@ -232,7 +204,7 @@ fn unsupported_socket_refused_and_job_keeps_running() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    let o = checkpoint(&tmp.path().join("store"), pid);
+    let o = checkpoint_out(&tmp.path().join("store"), pid, &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -272,7 +244,7 @@ fn bad_images_refused_before_anything_starts() {
     let child = spawn(cmd);
     let pid = guard.add(child.id() as i32);
     wait_until("first lines", || last_count(&out) >= 2);
-    ok(&checkpoint(&store, pid), "checkpoint");
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     kill_reap(pid);
     let dir = store.join(pid.to_string());
     let task = dir.join(format!("task_{pid}_v1.bin"));
@@ -315,7 +287,7 @@ fn bad_images_refused_before_anything_starts() {
         std::fs::write(&task, &good_task).unwrap();
         std::fs::write(&mm, &good_mm).unwrap();
         mutate();
-        let o = restart(&store, pid, 1);
+        let o = restart_out(&store, pid, 1);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             !o.status.success() && err.contains(want),
@@ -323,7 +295,7 @@ fn bad_images_refused_before_anything_starts() {
         );
         assert!(!alive(pid), "nothing may start from a bad image ({want})");
     }
-    let o = restart(&store, pid, 9);
+    let o = restart_out(&store, pid, 9);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no checkpoint 9"));
 }
 
@@ -345,10 +317,10 @@ fn dup_shared_file_offset_is_shared_again() {
         .stdin(Stdio::null());
     let pid = guard.add(spawn(cmd).id() as i32);
     wait_until("log grows", || last_count(&out) >= 6);
-    ok(&checkpoint(&store, pid), "checkpoint");
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     kill_reap(pid);
     let at_kill = last_count(&out);
-    ok(&restart(&store, pid, 1), "restart");
+    ok(&restart_out(&store, pid, 1), "restart");
     wait_until("restored job logs on", || last_count(&out) >= at_kill + 10);
     kill_reap(pid);
 }
@@ -369,7 +341,7 @@ fn new_pids_while_the_original_still_runs() {
     let child = spawn(cmd);
     let pid = guard.add(child.id() as i32);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    ok(&checkpoint(&store, pid), "checkpoint");
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     let o = run(Command::new(bin("restart"))
         .args(["--pid-wait", "0"])
         .arg("--dir")
@@ -424,7 +396,7 @@ fn already_traced_process_refused() {
     let pid = guard.add(child.id() as i32);
     // SAFETY: this thread seizes (does not stop) its own child, then detaches.
     assert_eq!(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) }, 0);
-    let o = checkpoint(&tmp.path().join("store"), pid);
+    let o = checkpoint_out(&tmp.path().join("store"), pid, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success()

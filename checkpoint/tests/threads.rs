@@ -42,19 +42,10 @@ fn threads_come_back_with_their_tids_and_state() {
     wait_until("threads run", || last_count(&out) >= 3);
     let before = tids(pid);
     assert_eq!(before.len(), 5);
-    let o = run(Command::new(bin("checkpoint"))
-        .args(["--no-capability-check", "--kill", "--dir"])
-        .arg(&store)
-        .arg(pid.to_string()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
     kill_reap(pid);
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .arg(pid.to_string())
-        .arg("1"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&restart_out(&store, pid, 1), "restart");
     assert_eq!(tids(pid), before, "same thread ids");
     wait_until("restored threads all progress", || {
         last_count(&out) >= at_kill + 5
@@ -80,23 +71,14 @@ fn rust_program_with_a_worker_thread_continues() {
     wait_until("rust program counts", || last_count(&out) >= 5);
     let before = tids(pid);
     assert_eq!(before.len(), 2, "main thread and worker");
-    let o = run(Command::new(bin("checkpoint"))
-        .args(["--no-capability-check", "--dir"])
-        .arg(&store)
-        .arg(pid.to_string()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     let at_ckpt = last_count(&out);
     wait_until("runs on after checkpoint", || {
         last_count(&out) >= at_ckpt + 5
     });
     kill_reap(pid);
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .arg(pid.to_string())
-        .arg("1"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&restart_out(&store, pid, 1), "restart");
     assert_eq!(tids(pid), before, "same PID and TIDs");
     // Every restored step checks heap, map, TLS, the worker and the log
     // offset ("N BAD …" fails counter_lines); the counter goes on past the kill

@@ -65,13 +65,8 @@ fn three_process_tree_with_pipes_and_files() {
     let child = guard.add(children(root)[0]);
     let grandchild = guard.add(children(child)[0]);
 
-    let o = run(Command::new(bin("checkpoint"))
-        .arg("--no-capability-check")
-        .arg("--kill")
-        .arg("--dir")
-        .arg(&store)
-        .arg(root.to_string()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = checkpoint_out(&store, root, &["--kill"]);
+    ok(&o, "checkpoint");
     assert!(String::from_utf8_lossy(&o.stdout).contains("3 task(s)"));
     // --kill: the tree is gone once saved
     kill_reap(root);
@@ -82,12 +77,7 @@ fn three_process_tree_with_pipes_and_files() {
     let at_kill = last_count(&out);
     let child_log = log_last(&tmp.path().join("child.log"));
 
-    let o = run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .arg(root.to_string())
-        .arg("1"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&restart_out(&store, root, 1), "restart");
     assert!(alive(root) && alive(child) && alive(grandchild));
     assert_eq!(ppid(child), root, "child's parent restored");
     assert_eq!(ppid(grandchild), child, "grandchild's parent restored");
@@ -124,21 +114,12 @@ fn shared_memory_case(sysv: bool) {
     let root = guard.add(spawn(cmd).id() as i32);
     wait_until("shared counter runs", || last_count(&out) >= 3);
     let child = guard.add(children(root)[0]);
-    let o = run(Command::new(bin("checkpoint"))
-        .args(["--no-capability-check", "--kill", "--dir"])
-        .arg(&store)
-        .arg(root.to_string()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&checkpoint_out(&store, root, &["--kill"]), "checkpoint");
     kill_reap(root);
     wait_until("child gone", || !alive(child));
     kill_reap(child);
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .arg(root.to_string())
-        .arg("1"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&restart_out(&store, root, 1), "restart");
     assert_eq!(ppid(child), root);
     // the parent sees the restored child's writes: one object, mapped by both
     wait_until("restored pair shares memory", || {
@@ -186,19 +167,20 @@ fn sysv_semaphores_and_message_queues() {
         .map(|t| t.parse().unwrap())
         .collect();
     let (sem, msq) = (v[0], v[1]);
-    let o = run(Command::new(bin("checkpoint"))
-        .args([
-            "--no-capability-check",
-            "--kill",
-            "--sysv-sem",
-            &sem.to_string(),
-            "--sysv-msg",
-            &msq.to_string(),
-            "--dir",
-        ])
-        .arg(&store)
-        .arg(pid.to_string()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(
+        &checkpoint_out(
+            &store,
+            pid,
+            &[
+                "--kill",
+                "--sysv-sem",
+                "&sem.to_string()",
+                "--sysv-msg",
+                "&msq.to_string()",
+            ],
+        ),
+        "checkpoint",
+    );
     kill_reap(pid);
     // SAFETY: removing the test's own IPC objects.
     unsafe {
@@ -206,12 +188,7 @@ fn sysv_semaphores_and_message_queues() {
         libc::msgctl(msq, libc::IPC_RMID, std::ptr::null_mut());
     }
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .arg(pid.to_string())
-        .arg("1"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&restart_out(&store, pid, 1), "restart");
     wait_until("restored ipc steps", || last_count(&out) >= at_kill + 5);
     kill_reap(pid);
     // SAFETY: cleanup of the recreated objects.
@@ -238,11 +215,7 @@ fn buffered_pipe_data_survives() {
     let root = guard.add(spawn(cmd).id() as i32);
     wait_until("reader runs", || last_count(&out) >= 5);
     let child = guard.add(children(root)[0]);
-    let o = run(Command::new(bin("checkpoint"))
-        .args(["--no-capability-check", "--kill", "--dir"])
-        .arg(&store)
-        .arg(root.to_string()));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&checkpoint_out(&store, root, &["--kill"]), "checkpoint");
     let insp = run(Command::new(bin("checkpoint"))
         .arg("inspect")
         .arg(store.join(root.to_string()))
@@ -257,12 +230,7 @@ fn buffered_pipe_data_survives() {
     wait_until("child gone", || !alive(child));
     kill_reap(child);
     let at_kill = last_count(&out);
-    let o = run(Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .arg(root.to_string())
-        .arg("1"));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&restart_out(&store, root, 1), "restart");
     wait_until("reader continues on the same bytes", || {
         last_count(&out) >= at_kill + 20
     });

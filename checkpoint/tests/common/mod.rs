@@ -76,6 +76,37 @@ pub fn spawn(mut cmd: Command) -> Child {
     cmd.spawn().expect("spawn test program")
 }
 
+/// `checkpoint --no-capability-check --dir STORE [EXTRA…] PID`. No krgd is
+/// asked (the socket named does not exist), so the image holds node 0.
+pub fn checkpoint_out(store: &Path, pid: i32, extra: &[&str]) -> Output {
+    run(Command::new(bin("checkpoint"))
+        .arg("--no-capability-check")
+        .arg("--socket")
+        .arg(store.with_extension("no-krgd.sock"))
+        .arg("--dir")
+        .arg(store)
+        .args(extra)
+        .arg(pid.to_string()))
+}
+
+/// `restart --dir STORE PID SN`.
+pub fn restart_out(store: &Path, pid: i32, sn: u32) -> Output {
+    run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(store)
+        .arg(pid.to_string())
+        .arg(sn.to_string()))
+}
+
+/// Panic with the command's stderr unless it succeeded.
+pub fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Run to completion, with only fds 0-2 and stdin from /dev/null.
 pub fn run(cmd: &mut Command) -> Output {
     // SAFETY: close_range is async-signal-safe.
