@@ -174,9 +174,9 @@ fn sysv_semaphores_and_message_queues() {
             &[
                 "--kill",
                 "--sysv-sem",
-                "&sem.to_string()",
+                &sem.to_string(),
                 "--sysv-msg",
-                "&msq.to_string()",
+                &msq.to_string(),
             ],
         ),
         "checkpoint",
