@@ -3,7 +3,9 @@
 //! GlusterFS distribute volume on loopback; figures and ratios printed.
 //!
 //! Sizes (environment): KDFS_BENCH_SEQ_MB (default 1024), KDFS_BENCH_FILES
-//! (default 10000), KDFS_BENCH_FIO_SECS (default 5). Must run as root.
+//! (default 10000), KDFS_BENCH_FIO_SECS (default 5), KDFS_BENCH_ROUNDS
+//! (default 3: every line is run that many times on each target, the
+//! targets taking turns, and the median is printed). Must run as root.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -126,6 +128,7 @@ fn metadata(dir: &Path, n: u64) -> [f64; 4] {
     [create, stat, readdir, unlink]
 }
 
+/// One round of every line on `dir`, in the order of [`LINES`].
 fn run_all(dir: &Path, seq_mb: u64, files: u64, fio_secs: u64) -> Vec<Option<f64>> {
     let w = seq_write(dir, seq_mb);
     let r = seq_read(dir, seq_mb);
@@ -142,6 +145,26 @@ fn run_all(dir: &Path, seq_mb: u64, files: u64, fio_secs: u64) -> Vec<Option<f64
         Some(m[2]),
         Some(m[3]),
     ]
+}
+
+const LINES: [(&str, &str); 8] = [
+    ("seq write 1 MiB blocks + fsync", "MiB/s"),
+    ("seq read (cold cache)", "MiB/s"),
+    ("fio 4k randread O_DIRECT", "IOPS"),
+    ("fio 4k randwrite O_DIRECT", "IOPS"),
+    ("create", "ops/s"),
+    ("stat", "ops/s"),
+    ("readdir", "entries/s"),
+    ("unlink", "ops/s"),
+];
+
+/// Median of the values measured (None if none was).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
 }
 
 /// A 3-brick distribute volume on loopback, mounted; torn down on drop.
@@ -252,28 +275,40 @@ fn main() {
     ));
     let gluster = Gluster::start(&gbase);
 
-    let names = [
-        ("seq write 1 MiB blocks + fsync", "MiB/s"),
-        ("seq read (cold cache)", "MiB/s"),
-        ("fio 4k randread O_DIRECT", "IOPS"),
-        ("fio 4k randwrite O_DIRECT", "IOPS"),
-        ("create", "ops/s"),
-        ("stat", "ops/s"),
-        ("readdir", "entries/s"),
-        ("unlink", "ops/s"),
-    ];
-    println!("kDFS bench: seq {seq_mb} MiB, {files} files, fio {fio_secs} s; 3 nodes on loopback");
-    let n = run_all(native.path(), seq_mb, files, fio_secs);
-    let k = run_all(&kdir, seq_mb, files, fio_secs);
-    let g = gluster
-        .as_ref()
-        .map(|g| run_all(&g.mnt, seq_mb, files, fio_secs));
+    let rounds = env_num("KDFS_BENCH_ROUNDS", 3).max(1);
+    println!(
+        "kDFS bench: seq {seq_mb} MiB, {files} files, fio {fio_secs} s, {rounds} round(s), \
+         targets interleaved, medians; 3 nodes on loopback"
+    );
+    // samples[target][line]: every round's figure. The targets take turns in
+    // each round, so that the machine's drift (memory given back to the
+    // host, other work) spreads over all of them alike.
+    let mut targets: Vec<&Path> = vec![native.path(), &kdir];
+    if let Some(g) = &gluster {
+        targets.push(&g.mnt);
+    }
+    let mut samples = vec![vec![Vec::new(); LINES.len()]; targets.len()];
+    for round in 1..=rounds {
+        for (t, dir) in targets.iter().enumerate() {
+            for (line, v) in run_all(dir, seq_mb, files, fio_secs)
+                .into_iter()
+                .enumerate()
+            {
+                samples[t][line].extend(v);
+            }
+        }
+        eprintln!("kDFS bench: round {round}/{rounds} done");
+    }
+    let med: Vec<Vec<Option<f64>>> = samples
+        .into_iter()
+        .map(|lines| lines.into_iter().map(median).collect())
+        .collect();
     let mut rows = Vec::new();
-    for (i, (name, unit)) in names.iter().enumerate() {
+    for (i, (name, unit)) in LINES.iter().enumerate() {
         rows.push(Row {
             name: name.to_string(),
             unit,
-            values: vec![n[i], k[i], g.as_ref().and_then(|g| g[i])],
+            values: vec![med[0][i], med[1][i], med.get(2).and_then(|g| g[i])],
         });
     }
     println!(
