@@ -19,6 +19,7 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 /// reached without a lookup, default 1), entry_timeout=S (kernel name cache,
 /// default 0: every path resolution sees the latest names), threads=N (FUSE
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
+/// nopassthrough (the client, not the kernel, does the I/O of local files),
 /// nodes=ID@ADDR:PORT+... (override member addresses),
 /// log=FILE, foreground (do not detach), ro. Generic options (defaults,
 /// _netdev, noauto, ...) are accepted and ignored. See docs/kdfs.md.
@@ -88,6 +89,7 @@ fn serve(
         rt.handle().clone(),
         opts.attr_timeout,
         opts.entry_timeout,
+        opts.passthrough,
     );
     // Resolved now: once mounted, the path does not answer until we serve it.
     let canonical = std::fs::canonicalize(mountpoint)

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use krg_proto::kdfs::{
     inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr, SetTime, Time,
@@ -31,6 +31,8 @@ pub struct KdfsFs {
     rt: tokio::runtime::Handle,
     attr_ttl: Duration,
     entry_ttl: Duration,
+    /// Ask the kernel for FUSE passthrough at init.
+    passthrough: bool,
 }
 
 fn to_time(t: Time) -> SystemTime {
@@ -102,12 +104,14 @@ impl KdfsFs {
         rt: tokio::runtime::Handle,
         attr_ttl: Duration,
         entry_ttl: Duration,
+        passthrough: bool,
     ) -> Self {
         Self {
             ops,
             rt,
             attr_ttl,
             entry_ttl,
+            passthrough,
         }
     }
 
@@ -198,6 +202,20 @@ impl Filesystem for KdfsFs {
         // Both may be refused by an older kernel; the defaults then apply.
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
+        // Passthrough (Linux >= 6.9, root): the kernel does the reads and
+        // writes of this node's own files on the local files themselves.
+        // Depth 1: the backing files must not be on a stacked file system.
+        if self.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            tracing::info!(
+                "kdfs: FUSE passthrough on: the kernel does the I/O of this node's files"
+            );
+            self.ops.local_store.enable_passthrough();
+        } else if self.passthrough {
+            tracing::warn!("kdfs: the kernel offers no FUSE passthrough; the client does the I/O of this node's files");
+        }
         Ok(())
     }
 
@@ -370,7 +388,13 @@ impl Filesystem for KdfsFs {
             // No FOPEN_KEEP_CACHE: the kernel drops this file's cached pages
             // at every open, which is what makes close-to-open hold.
             match ops.open(id, write).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    let local = ops.local_store.opened(id, fh, |f| reply.open_backing(f));
+                    match local.as_ref().and_then(|l| l.backing.as_ref()) {
+                        Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
+                        None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    }
+                }
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -395,14 +419,13 @@ impl Filesystem for KdfsFs {
                 Ok((a, Some(fh))) => {
                     // created() takes one TTL for both the entry and the
                     // attributes: the shorter one, so that names stay fresh.
-                    let t = ttl.min(ettl);
-                    reply.created(
-                        &t,
-                        &Self::file_attr(root, &a),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    )
+                    let (t, attr) = (ttl.min(ettl), Self::file_attr(root, &a));
+                    let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
+                    let (gen, fh, flags) = (Generation(0), FileHandle(fh), FopenFlags::empty());
+                    match local.as_ref().and_then(|l| l.backing.as_ref()) {
+                        Some(b) => reply.created_passthrough(&t, &attr, gen, fh, flags, b),
+                        None => reply.created(&t, &attr, gen, fh, flags),
+                    }
                 }
                 Ok((_, None)) => reply.error(Errno::EIO),
                 Err(e) => reply.error(err(e)),
@@ -422,8 +445,8 @@ impl Filesystem for KdfsFs {
         reply: ReplyData,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        if let Some(f) = ops.local_store.file(id, fh.0) {
-            match local::read_at(&f, offset, size) {
+        if let Some(l) = ops.local_store.file(id, fh.0) {
+            match local::read_at(&l.file, offset, size) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(err(e)),
             }
@@ -450,8 +473,8 @@ impl Filesystem for KdfsFs {
         reply: ReplyWrite,
     ) {
         let id = self.id(ino);
-        if let Some(f) = self.ops.local_store.file(id, fh.0) {
-            match local::write_at(&f, offset, data) {
+        if let Some(l) = self.ops.local_store.file(id, fh.0) {
+            match local::write_at(&l.file, offset, data) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(e)),
             }
@@ -502,8 +525,8 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        if let Some(f) = ops.local_store.file(id, fh.0) {
-            match local::sync_file(&f, datasync) {
+        if let Some(l) = ops.local_store.file(id, fh.0) {
+            match local::sync_file(&l.file, datasync) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(err(e)),
             }
@@ -619,6 +642,25 @@ impl Filesystem for KdfsFs {
                 Err(e) => reply.error(err(e)),
             }
         });
+    }
+
+    // Extended attributes are not provided. ENOSYS (not ENOTSUP) tells the
+    // kernel so once for the whole mount: it stops asking — passthrough
+    // writes would otherwise look up security.capability every time — and
+    // answers EOPNOTSUPP to callers itself.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(

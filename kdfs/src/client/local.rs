@@ -9,8 +9,12 @@
 //! * answers the read-only requests on its own inodes (lookup, getattr,
 //!   readlink, directory listings: [`Store::is_read_only`]) from a read-only
 //!   [`Store::view`] of the directory — the same code krgd would run;
-//! * opens its own regular files itself once krgd has opened them, and
-//!   serves `read`, `write` and `fsync` with `pread`, `pwrite` and `fsync`.
+//! * opens its own regular files itself once krgd has opened them and hands
+//!   them to the kernel as FUSE *passthrough* backing files: reads, writes
+//!   and mmap then go from the kernel straight to the local file, with one
+//!   page cache, as fast as the local file system. Where the kernel does not
+//!   offer passthrough, the client serves `read` and `write` itself with
+//!   `pread`/`pwrite` on that file.
 //!
 //! krgd still does every change to the namespace and sees every open and
 //! release of a file (it counts handles, so an unlinked file keeps its data
@@ -19,10 +23,13 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use fuser::BackingId;
 use krg_proto::kdfs::{inode_local, inode_node, InodeId, KdfsRequest, KdfsResponse};
 use krg_proto::NodeId;
 
@@ -30,12 +37,28 @@ use crate::store::{object_path, Store};
 pub use crate::store::{read_at, sync_file, write_at};
 use crate::KdfsError;
 
+/// A local file open in the client, shared by every handle on its inode:
+/// the kernel wants one backing id per inode.
+pub struct LocalFile {
+    pub file: File,
+    /// Its FUSE passthrough registration, when the kernel took it.
+    pub backing: Option<BackingId>,
+}
+
+#[derive(Default)]
+struct Open {
+    by_handle: HashMap<(InodeId, u64), Arc<LocalFile>>,
+    by_inode: HashMap<InodeId, Weak<LocalFile>>,
+}
+
 pub struct LocalStore {
     node: NodeId,
     view: Store,
-    /// Local files opened here, by (inode, krgd handle). The handle alone is
-    /// not unique: a restarted krgd numbers its handles anew.
-    files: Mutex<HashMap<(InodeId, u64), Arc<File>>>,
+    /// Set at FUSE init when the kernel accepted passthrough.
+    passthrough: AtomicBool,
+    /// Handles are keyed by (inode, krgd handle): the handle alone is not
+    /// unique, a restarted krgd numbers its handles anew.
+    open: Mutex<Open>,
 }
 
 impl LocalStore {
@@ -44,11 +67,13 @@ impl LocalStore {
         Ok(Self {
             node,
             view: Store::view(dir, node)?,
-            files: Mutex::default(),
+            passthrough: AtomicBool::new(false),
+            open: Mutex::default(),
         })
     }
 
-    /// Answer `req` here if it is addressed to this node and only reads.
+    /// Answer `req` here if it is addressed to this node and only reads;
+    /// otherwise give it back.
     pub fn answer(
         &self,
         node: NodeId,
@@ -63,43 +88,92 @@ impl LocalStore {
         })
     }
 
-    fn files(&self) -> MutexGuard<'_, HashMap<(InodeId, u64), Arc<File>>> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    /// The kernel accepted FUSE passthrough for this mount.
+    pub fn enable_passthrough(&self) {
+        self.passthrough.store(true, Ordering::Relaxed);
     }
 
-    /// After krgd opened `ino` as handle `fh`: open it here too if it is a
-    /// local inode. Failing that (not a regular file any more, say), the
-    /// handle simply keeps using krgd.
-    pub fn opened(&self, ino: InodeId, fh: u64, write: bool) {
-        if inode_node(ino) != self.node {
-            return;
-        }
-        let path = object_path(self.view.inodes(), inode_local(ino));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path);
-        match file {
-            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => {
-                self.files().insert((ino, fh), Arc::new(f));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(path = %path.display(), error = %e, "kdfs: no direct I/O"),
-        }
+    fn table(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The local file behind handle `fh` of `ino`, if it is one.
-    pub fn file(&self, ino: InodeId, fh: u64) -> Option<Arc<File>> {
+    /// After krgd opened `ino` as handle `fh`: if the inode is local, open it
+    /// here too (or share the inode's open file) and, with passthrough, have
+    /// `register` hand it to the kernel. `None`: the handle keeps using krgd
+    /// (a remote inode, or no longer a regular file).
+    pub fn opened(
+        &self,
+        ino: InodeId,
+        fh: u64,
+        register: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> Option<Arc<LocalFile>> {
         if inode_node(ino) != self.node {
             return None;
         }
-        self.files().get(&(ino, fh)).cloned()
+        let mut t = self.table();
+        let shared = t.by_inode.get(&ino).and_then(Weak::upgrade);
+        let local = match shared {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(self.open_local(ino, register)?);
+                t.by_inode.insert(ino, Arc::downgrade(&l));
+                l
+            }
+        };
+        t.by_handle.insert((ino, fh), local.clone());
+        Some(local)
+    }
+
+    fn open_local(
+        &self,
+        ino: InodeId,
+        register: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> Option<LocalFile> {
+        let path = object_path(self.view.inodes(), inode_local(ino));
+        // Read-write whatever this handle wants: the file serves every later
+        // handle of the inode too (the kernel checks each handle's mode).
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let file = match file {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "kdfs: no direct I/O");
+                return None;
+            }
+        };
+        let backing = if self.passthrough.load(Ordering::Relaxed) {
+            register(&file)
+                .inspect_err(|e| {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "kdfs: passthrough refused; the client serves this file's I/O")
+                })
+                .ok()
+        } else {
+            None
+        };
+        Some(LocalFile { file, backing })
+    }
+
+    /// The local file behind handle `fh` of `ino`, if it is one.
+    pub fn file(&self, ino: InodeId, fh: u64) -> Option<Arc<LocalFile>> {
+        if inode_node(ino) != self.node {
+            return None;
+        }
+        self.table().by_handle.get(&(ino, fh)).cloned()
     }
 
     /// Forget the handle (before krgd is told it is released, which may
-    /// delete an unlinked object).
+    /// delete an unlinked object). The last handle of an inode closes the
+    /// file and its passthrough registration.
     pub fn released(&self, ino: InodeId, fh: u64) {
-        self.files().remove(&(ino, fh));
+        let mut t = self.table();
+        t.by_handle.remove(&(ino, fh));
+        if t.by_inode.get(&ino).is_some_and(|w| w.strong_count() == 0) {
+            t.by_inode.remove(&ino);
+        }
     }
 }

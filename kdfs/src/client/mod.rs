@@ -38,6 +38,8 @@ pub struct MountOptions {
     /// Kernel read-ahead of the mount, in KiB (the kernel offers FUSE only
     /// 128 KiB at init; it is raised through sysfs once mounted).
     pub readahead_kb: u32,
+    /// Let the kernel do the I/O of this node's own files (FUSE passthrough).
+    pub passthrough: bool,
     pub foreground: bool,
     pub read_only: bool,
     pub log: Option<PathBuf>,
@@ -53,6 +55,7 @@ impl Default for MountOptions {
             entry_timeout: Duration::ZERO,
             threads: 2,
             readahead_kb: 1024,
+            passthrough: true,
             foreground: false,
             read_only: false,
             log: None,
@@ -127,6 +130,7 @@ impl MountOptions {
                 }
                 ("log", Some(v)) => o.log = Some(v.into()),
                 ("foreground", None) => o.foreground = true,
+                ("nopassthrough", None) => o.passthrough = false,
                 ("ro", None) => o.read_only = true,
                 (
                     "rw" | "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "user"

@@ -104,20 +104,6 @@ impl Ops {
         &self,
         dir: InodeId,
         name: &[u8],
-        new: NewInode,
-        open: Option<bool>,
-    ) -> Res<(Attr, Option<u64>)> {
-        let (attr, fh) = self.make_with_handle(dir, name, new, open).await?;
-        if let (Some(fh), Some(write)) = (fh, open) {
-            self.local_store.opened(attr.ino, fh, write);
-        }
-        Ok((attr, fh))
-    }
-
-    async fn make_with_handle(
-        &self,
-        dir: InodeId,
-        name: &[u8],
         mut new: NewInode,
         open: Option<bool>,
     ) -> Res<(Attr, Option<u64>)> {
@@ -359,10 +345,7 @@ impl Ops {
 
     pub async fn open(&self, ino: InodeId, write: bool) -> Res<u64> {
         match self.call(inode_node(ino), Q::Open { ino, write }).await? {
-            A::Handle(fh) => {
-                self.local_store.opened(ino, fh, write);
-                Ok(fh)
-            }
+            A::Handle(fh) => Ok(fh),
             other => unexpected("open", other),
         }
     }

@@ -262,8 +262,13 @@ impl Cluster {
         if !extra.is_empty() {
             opts = format!("{opts},{extra}");
         }
+        let log = n.data.join("kdfs.log");
         let mut cmd = in_netns(&n.netns, mount_bin());
-        cmd.arg(&n.store).arg(&n.mnt).arg("-o").arg(opts);
+        cmd.arg(&n.store)
+            .arg(&n.mnt)
+            .arg("-o")
+            .arg(format!("{opts},log={}", log.display()))
+            .env("RUST_LOG", "info");
         run(&mut cmd)
     }
 
@@ -279,6 +284,11 @@ impl Cluster {
 
     pub fn mnt(&self, i: usize) -> &Path {
         &self.nodes[i].mnt
+    }
+
+    /// What node `i`'s mount.kdfs logged (info level).
+    pub fn client_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].data.join("kdfs.log")).unwrap_or_default()
     }
 }
 
