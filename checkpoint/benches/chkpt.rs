@@ -4,7 +4,8 @@
 //! same workloads in the same run (interleaved) and the krg/CRIU ratios.
 //! Both save then end the job (`checkpoint --kill`, `criu dump`), so files the
 //! job writes do not change between dump and restore. Medians of a few rounds. KRG_BENCH_SIZES=64,256 picks sizes (MiB);
-//! KRG_BENCH_ROUNDS the number of rounds (default 3).
+//! KRG_BENCH_ROUNDS the number of rounds (default 3); KRG_BENCH_VERBOSE prints
+//! every round's figures on stderr.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -269,6 +270,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
+    let verbose = std::env::var_os("KRG_BENCH_VERBOSE").is_some();
     let mut works: Vec<(String, Work)> = sizes
         .iter()
         .map(|&m| (format!("{m} MiB anon"), Work::Hog(hog.clone(), m)))
@@ -300,10 +302,26 @@ fn main() {
         let wdir = tmp.path().join("w");
         std::fs::create_dir_all(&wdir).expect("work dir");
         let (mut k, mut c) = (Samples::default(), Samples::default());
-        for _ in 0..rounds {
-            round_krg(work, &wdir, &mut k);
-            if have_criu {
+        for r in 0..rounds {
+            // Who goes first alternates: the second run of a round finds the
+            // memory the first one freed, which this VM hands back slowly.
+            if have_criu && r % 2 == 1 {
                 round_criu(work, &wdir, &mut c);
+            }
+            round_krg(work, &wdir, &mut k);
+            if have_criu && r % 2 == 0 {
+                round_criu(work, &wdir, &mut c);
+            }
+            if verbose {
+                let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
+                eprintln!(
+                    "  {name} round {}: krg dump {:.3} restore {:.3} | criu dump {:.3} restore {:.3}",
+                    r + 1,
+                    last(&k.dump),
+                    last(&k.restore),
+                    last(&c.dump),
+                    last(&c.restore)
+                );
             }
         }
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
