@@ -282,13 +282,10 @@ fn mount_device(table: &str, mountpoint: &Path) -> Option<String> {
             .replace("\\012", "\n")
             .replace("\\134", "\\")
     };
-    table
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && unescape(f[4]) == want).then(|| f[2].to_string())
-        })
-        .last()
+    table.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && unescape(f[4]) == want).then(|| f[2].to_string())
+    })
 }
 
 #[cfg(test)]

@@ -71,6 +71,8 @@ impl ClusterState {
                 }
                 changed
             }
+            // Every id is removed: `any` would stop at the first one found.
+            #[allow(clippy::unnecessary_fold)]
             ClusterCommand::Remove(ids) => ids
                 .iter()
                 .fold(false, |c, id| self.members.remove(id).is_some() || c),
