@@ -445,6 +445,8 @@ impl Filesystem for KdfsFs {
         reply: ReplyData,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        // A local file without passthrough: one pread, answered on the FUSE
+        // thread (a hop to the runtime would cost more than the read).
         if let Some(l) = ops.local_store.file(id, fh.0) {
             match local::read_at(&l.file, offset, size) {
                 Ok(d) => reply.data(&d),
@@ -526,10 +528,13 @@ impl Filesystem for KdfsFs {
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
         if let Some(l) = ops.local_store.file(id, fh.0) {
-            match local::sync_file(&l.file, datasync) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
+            // An fsync may take seconds: not on a FUSE thread, which would
+            // stall every other request meanwhile.
+            self.rt
+                .spawn_blocking(move || match local::sync_file(&l.file, datasync) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(err(e)),
+                });
             return;
         }
         self.reply_empty(reply, async move {
