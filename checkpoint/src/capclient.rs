@@ -31,12 +31,9 @@ pub fn call(socket: &Path, req: ChkptRequest) -> Result<Capability> {
         .build()
         .map_err(|e| ChkptError::Other(format!("tokio: {e}")))?;
     rt.block_on(async {
-        let mut c = AdminClient::connect(socket).await.map_err(|e| {
-            ChkptError::Other(format!(
-                "cannot reach krgd at {} ({e}); is krgd running on this node?",
-                socket.display()
-            ))
-        })?;
+        let mut c = AdminClient::connect(socket)
+            .await
+            .map_err(|e| ChkptError::Other(e.to_string()))?;
         match c.call(&AdminRequest::Chkpt(req)).await {
             Ok(AdminResponse::Chkpt(ChkptReply::Capability {
                 checkpointable,

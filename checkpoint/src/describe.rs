@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use crate::checked_dir::CheckedDir;
 use crate::error::Result;
 use crate::image::{
     self, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE,
@@ -73,18 +74,22 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
 /// `checkpoint inspect --json DIR SN`: the decoded metadata of every file of
 /// one SN (page data left out), for scripts.
 pub fn inspect_json(dir: &Path, sn: u32) -> Result<serde_json::Value> {
-    let names = Names {
-        dir: dir.to_path_buf(),
-        sn,
-    };
-    let g: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
+    let dir = &CheckedDir::open(dir)?;
+    let names = Names { sn };
+    let g: GlobalImage = image::read_in(dir, &names.global(), FileKind::Global)?
+        .0
+        .meta;
     let mut nodes = Vec::new();
     for node in (0..64u32).filter(|n| g.node_mask & (1u64 << n) != 0) {
-        let n: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
+        let n: NodeImage = image::read_in(dir, &names.node(node), FileKind::Node)?
+            .0
+            .meta;
         let mut tasks = Vec::new();
         for te in &n.tasks {
-            let t: TaskImage = image::read_file(&names.task(te.pid), FileKind::Task)?.meta;
-            let d = image::read_file::<MmImage>(&names.task_mm(te.pid), FileKind::Mm)?;
+            let t: TaskImage = image::read_in(dir, &names.task(te.pid), FileKind::Task)?
+                .0
+                .meta;
+            let d = image::read_in::<MmImage>(dir, &names.task_mm(te.pid), FileKind::Mm)?.0;
             tasks.push(serde_json::json!({ "task": t, "mm": d.meta, "data_offset": d.data_off, "data_length": d.data_len }));
         }
         nodes.push(serde_json::json!({ "node": n, "tasks": tasks }));
@@ -94,13 +99,13 @@ pub fn inspect_json(dir: &Path, sn: u32) -> Result<serde_json::Value> {
 
 /// `checkpoint inspect DIR SN`: every file of one SN, decoded.
 pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
-    let names = Names {
-        dir: dir.to_path_buf(),
-        sn,
-    };
-    let g: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
+    let dir = &CheckedDir::open(dir)?;
+    let names = Names { sn };
+    let g: GlobalImage = image::read_in(dir, &names.global(), FileKind::Global)?
+        .0
+        .meta;
     let mut s = String::new();
-    let _ = writeln!(s, "{}:", names.global().display());
+    let _ = writeln!(s, "{}:", dir.join(&names.global()).display());
     let _ = writeln!(
         s,
         "  app_id {}  sn {}  node_mask {:#x}  uid {}  kernel {}  created {}",
@@ -110,8 +115,10 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
         if g.node_mask & (1u64 << node) == 0 {
             continue;
         }
-        let n: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
-        let _ = writeln!(s, "{}:", names.node(node).display());
+        let n: NodeImage = image::read_in(dir, &names.node(node), FileKind::Node)?
+            .0
+            .meta;
+        let _ = writeln!(s, "{}:", dir.join(&names.node(node)).display());
         for m in &n.shared_mem {
             let _ = writeln!(s, "  shared memory object {} of {} bytes", m.0, m.1);
         }
@@ -160,15 +167,17 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
                 "  task {} parent {} threads {:?}",
                 te.pid, te.ppid, te.threads
             );
-            inspect_task(&mut s, &names, te.pid)?;
+            inspect_task(&mut s, dir, &names, te.pid)?;
         }
     }
     Ok(s)
 }
 
-fn inspect_task(s: &mut String, names: &Names, pid: i32) -> Result<()> {
-    let t: TaskImage = image::read_file(&names.task(pid), FileKind::Task)?.meta;
-    let _ = writeln!(s, "{}:", names.task(pid).display());
+fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Result<()> {
+    let t: TaskImage = image::read_in(dir, &names.task(pid), FileKind::Task)?
+        .0
+        .meta;
+    let _ = writeln!(s, "{}:", dir.join(&names.task(pid)).display());
     let _ = writeln!(
         s,
         "  comm {:?} exe {} cwd {} umask {:03o}",
@@ -222,12 +231,12 @@ fn inspect_task(s: &mut String, names: &Names, pid: i32) -> Result<()> {
             r.resource, r.cur as i64, r.max as i64
         );
     }
-    let d = image::read_file::<MmImage>(&names.task_mm(pid), FileKind::Mm)?;
+    let d = image::read_in::<MmImage>(dir, &names.task_mm(pid), FileKind::Mm)?.0;
     let mm = d.meta;
     let _ = writeln!(
         s,
         "{}: data at offset {} ({} bytes)",
-        names.task_mm(pid).display(),
+        dir.join(&names.task_mm(pid)).display(),
         d.data_off,
         d.data_len
     );

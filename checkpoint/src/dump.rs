@@ -1,7 +1,8 @@
 //! `checkpoint PID`: freeze the tree, read its state, write one SN, let it run.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 
 use crate::error::{ChkptError, Result};
 use crate::image::{
@@ -72,16 +73,40 @@ impl Drop for Frozen {
     }
 }
 
-fn check_task(pid: i32, caller: u32) -> Result<u32> {
-    let status = procfs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| ChkptError::NoSuchProcess(pid))?;
-    let uid = procfs::status_ids(&status, "Uid")?;
-    if caller != 0 && uid.iter().any(|&u| u != caller) {
+/// Who a process belongs to, for the image: its user when its real,
+/// effective, saved and file-system ids all agree, else root — a process
+/// that holds another identity (a setuid or setgid program) is root's
+/// business, and its image must not be a file its real user may edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+fn owner_of(pid: i32, status: &str, caller: u32) -> Result<Owner> {
+    let uids = procfs::status_ids(status, "Uid")?;
+    let gids = procfs::status_ids(status, "Gid")?;
+    let one_uid = uids.iter().all(|&u| u == uids[0]);
+    let one_gid = gids.iter().all(|&g| g == gids[0]);
+    if caller != 0 && (!one_uid || uids[0] != caller || !one_gid) {
         return Err(ChkptError::Permission(format!(
-            "process {pid} belongs to uid {}; only root or its owner may checkpoint it",
-            uid[0]
+            "process {pid} runs with uids {uids:?} and gids {gids:?}; only root may checkpoint a process that is not entirely yours"
         )));
     }
+    Ok(if one_uid && one_gid {
+        Owner {
+            uid: uids[0],
+            gid: gids[0],
+        }
+    } else {
+        Owner { uid: 0, gid: 0 }
+    })
+}
+
+fn check_task(pid: i32, caller: u32) -> Result<Owner> {
+    let status = procfs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| ChkptError::NoSuchProcess(pid))?;
+    let owner = owner_of(pid, &status, caller)?;
     if procfs::status_field(&status, "State").is_some_and(|st| st.starts_with('Z')) {
         return Err(ChkptError::unsupported(
             pid,
@@ -98,7 +123,7 @@ fn check_task(pid: i32, caller: u32) -> Result<u32> {
             format!("by PID {tracer}"),
         ));
     }
-    Ok(uid[0])
+    Ok(owner)
 }
 
 /// State this version cannot save: refused rather than silently lost.
@@ -142,6 +167,23 @@ fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The owner of a whole tree: its tasks' common owner, or root when they
+/// differ (see [`Owner`]).
+fn tree_owner(tree: &[(i32, i32)], caller: u32) -> Result<Owner> {
+    let mut owners = tree.iter().map(|&(p, _)| {
+        let status = procfs::read_to_string(format!("/proc/{p}/status"))
+            .map_err(|_| ChkptError::NoSuchProcess(p))?;
+        owner_of(p, &status, caller)
+    });
+    let first = owners.next().unwrap_or(Err(ChkptError::NoSuchProcess(0)))?;
+    for o in owners {
+        if o? != first {
+            return Ok(Owner { uid: 0, gid: 0 });
+        }
+    }
+    Ok(first)
 }
 
 /// Freeze the tree, re-reading children until no new one appears.
@@ -330,22 +372,22 @@ fn dump_task(
 pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<DumpReport> {
     // SAFETY: getuid has no preconditions.
     let caller = unsafe { libc::getuid() };
-    let owner = check_task(pid, caller)?;
-    let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
-    let gid = procfs::status_ids(&status, "Gid")?
-        .first()
-        .copied()
-        .unwrap_or(0);
-    let dir = store::prepare_dir(&opts.root, pid, owner, gid)?;
+    let owner = tree_owner(&tree(pid)?, caller)?;
+    let dir = store::prepare_dir(&opts.root, pid, owner.uid, owner.gid)?;
     let _lock = store::lock(&dir)?;
     store::cleanup(&dir);
-    let sn = store::list_sns(&dir).last().map_or(1, |s| s + 1);
+    let sn = store::committed_sns(&dir).last().map_or(1, |s| s + 1);
 
     let mut frozen = Frozen {
         tids: Vec::new(),
         kill: false,
     };
     let tree = freeze(pid, caller, &mut frozen)?;
+    if tree_owner(&tree, caller)? != owner {
+        return Err(ChkptError::Other(format!(
+            "the credentials of process {pid}'s tree changed while it was being frozen; retry"
+        )));
+    }
 
     // fd tables first: pipes are classified with the whole tree in view.
     let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
@@ -400,25 +442,18 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         .map(|&id| crate::sysvipc::dump_msg(id, caller))
         .collect::<Result<Vec<_>>>()?;
 
-    let names = Names {
-        dir: dir.join(format!(".tmp-v{sn}")),
-        sn,
-    };
-    std::fs::create_dir(&names.dir).map_err(|e| ChkptError::io(&names.dir, e))?;
+    let names = Names { sn };
+    let staging = store::stage(&dir, sn)?;
     let total: u64 = dumps.iter().map(|d| d.pages * image::PAGE).sum();
     let done = std::cell::Cell::new(0u64);
-    let mut files = Vec::new();
     for d in &dumps {
         let p = d.task.pid;
-        let path = names.task_mm(p);
-        let mut f = image::create_private(&path)?;
+        let mut f = staging.dir.create_file(&names.task_mm(p))?;
         mmdump::write_mm(p, &d.mm, d.pages, &mut f, &|n| {
             done.set(done.get() + n);
             progress(done.get(), total);
         })?;
-        files.push(path);
-        image::write_small(&names.task(p), FileKind::Task, &d.task)?;
-        files.push(names.task(p));
+        image::write_small(&staging.dir, &names.task(p), FileKind::Task, &d.task)?;
     }
     frozen.kill = opts.kill;
     drop(frozen); // the job runs again (or is gone with --kill)
@@ -439,8 +474,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         sysv_sem,
         sysv_msg,
     };
-    image::write_small(&names.node(opts.node), FileKind::Node, &node)?;
-    files.push(names.node(opts.node));
+    image::write_small(&staging.dir, &names.node(opts.node), FileKind::Node, &node)?;
     let global = GlobalImage {
         app_id: pid,
         sn,
@@ -449,34 +483,30 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        uid: owner,
+        uid: owner.uid,
         kernel: procfs::read_to_string("/proc/sys/kernel/osrelease")?
             .trim()
             .to_string(),
     };
-    let gname = format!("global_v{sn}.bin");
-    image::write_small(&names.dir.join(&gname), FileKind::Global, &global)?;
-    files.push(names.dir.join(&gname));
+    image::write_small(&staging.dir, &names.global(), FileKind::Global, &global)?;
     let desc = crate::describe::description(
         &global,
         &node,
         &dumps.iter().map(|d| (&d.task, &d.mm)).collect::<Vec<_>>(),
     );
-    let dpath = names.description();
-    std::fs::write(&dpath, desc).map_err(|e| ChkptError::io(&dpath, e))?;
-    set_private(&dpath)?;
-    files.push(dpath);
-    let mut bytes = 0;
-    for f in &files {
-        store::chown(f, owner, gid)?;
-        bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-    }
-    store::commit(&names.dir, &dir, &gname)?;
+    let dname = names.description();
+    staging
+        .dir
+        .create_file(&dname)?
+        .write_all(desc.as_bytes())
+        .map_err(|e| ChkptError::io(staging.dir.join(&dname), e))?;
+    let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
+    staging.commit(&dir, &names.global())?;
     Ok(DumpReport {
         sn,
-        dir,
+        dir: dir.path().to_path_buf(),
         tasks: tree.iter().map(|t| t.0).collect(),
-        image_bytes: bytes,
+        image_bytes,
     })
 }
 
@@ -493,10 +523,4 @@ fn sysv_segments(dumps: &[TaskDump]) -> Result<Vec<crate::sysvshm::SysvShmImage>
     ids.sort_unstable();
     ids.dedup();
     ids.into_iter().map(crate::sysvshm::describe).collect()
-}
-
-fn set_private(p: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ChkptError::io(p, e))
 }

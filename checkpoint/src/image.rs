@@ -8,10 +8,11 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::checked_dir::{CheckedDir, OpenedFile};
 use crate::error::{ChkptError, Result};
 
 pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
@@ -249,16 +250,6 @@ pub enum VmaKind {
     Vsyscall,
 }
 
-impl VmaKind {
-    /// Kernel-provided mappings that restore moves instead of recreating.
-    pub fn is_special(&self) -> bool {
-        matches!(
-            self,
-            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
-        )
-    }
-}
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct PageRun {
     pub addr: u64,
@@ -317,6 +308,28 @@ pub struct Decoded<T> {
 pub fn read_file<T: DeserializeOwned>(path: &Path, kind: FileKind) -> Result<Decoded<T>> {
     let mut f = File::open(path).map_err(|e| ChkptError::io(path, e))?;
     let file_len = f.metadata().map_err(|e| ChkptError::io(path, e))?.len();
+    read_from(&mut f, path, file_len, kind)
+}
+
+/// Read `name` of `dir`: a regular file with a single name, never a
+/// symlink. The open file comes back too (its owner, its page data).
+pub fn read_in<T: DeserializeOwned>(
+    dir: &CheckedDir,
+    name: &str,
+    kind: FileKind,
+) -> Result<(Decoded<T>, OpenedFile)> {
+    let mut f = dir.open_file(name)?;
+    let d = read_from(&mut f.file, &f.path, f.len, kind)?;
+    Ok((d, f))
+}
+
+/// [`read_file`] on a file already open (`path` names it in errors).
+pub fn read_from<T: DeserializeOwned>(
+    f: &mut File,
+    path: &Path,
+    file_len: u64,
+    kind: FileKind,
+) -> Result<Decoded<T>> {
     let mut hdr = [0u8; HEADER_LEN];
     f.read_exact(&mut hdr)
         .map_err(|_| ChkptError::bad_image(path, "truncated header"))?;
@@ -389,47 +402,40 @@ fn check_header(
     Ok((meta_len, data_off, data_len))
 }
 
-/// Write a small (metadata only) image file, 0600.
-pub fn write_small<T: Serialize>(path: &Path, kind: FileKind, meta: &T) -> Result<()> {
+/// Write a small (metadata only) image file `name` in `dir`, 0600, new.
+pub fn write_small<T: Serialize>(
+    dir: &CheckedDir,
+    name: &str,
+    kind: FileKind,
+    meta: &T,
+) -> Result<()> {
     let (bytes, _) = encode(kind, meta, 0)?;
-    let mut f = create_private(path)?;
-    f.write_all(&bytes).map_err(|e| ChkptError::io(path, e))?;
+    let mut f = dir.create_file(name)?;
+    f.write_all(&bytes)
+        .map_err(|e| ChkptError::io(dir.join(name), e))?;
     Ok(())
 }
 
-/// Create a file readable and writable by its owner only.
-pub fn create_private(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| ChkptError::io(path, e))
-}
-
-/// File names of one checkpoint.
+/// File names of one checkpoint SN (relative to its application directory).
 pub struct Names {
-    pub dir: PathBuf,
     pub sn: u32,
 }
 
 impl Names {
-    pub fn global(&self) -> PathBuf {
-        self.dir.join(format!("global_v{}.bin", self.sn))
+    pub fn global(&self) -> String {
+        format!("global_v{}.bin", self.sn)
     }
-    pub fn description(&self) -> PathBuf {
-        self.dir.join(format!("description_v{}.txt", self.sn))
+    pub fn description(&self) -> String {
+        format!("description_v{}.txt", self.sn)
     }
-    pub fn node(&self, n: u32) -> PathBuf {
-        self.dir.join(format!("node_{n}_v{}.bin", self.sn))
+    pub fn node(&self, n: u32) -> String {
+        format!("node_{n}_v{}.bin", self.sn)
     }
-    pub fn task(&self, pid: i32) -> PathBuf {
-        self.dir.join(format!("task_{pid}_v{}.bin", self.sn))
+    pub fn task(&self, pid: i32) -> String {
+        format!("task_{pid}_v{}.bin", self.sn)
     }
-    pub fn task_mm(&self, pid: i32) -> PathBuf {
-        self.dir.join(format!("task_mm_{pid}_v{}.bin", self.sn))
+    pub fn task_mm(&self, pid: i32) -> String {
+        format!("task_mm_{pid}_v{}.bin", self.sn)
     }
 }
 
@@ -452,7 +458,8 @@ mod tests {
     fn roundtrip_and_crc() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.bin");
-        write_small(&p, FileKind::Global, &sample()).unwrap();
+        let d = CheckedDir::open(dir.path()).unwrap();
+        write_small(&d, "g.bin", FileKind::Global, &sample()).unwrap();
         let d: Decoded<GlobalImage> = read_file(&p, FileKind::Global).unwrap();
         assert_eq!(d.meta, sample());
         // flip one byte of metadata: CRC must catch it

@@ -117,24 +117,18 @@ pub fn altstack(s: &Scratch) -> Result<(u64, u32, u64)> {
     Ok((w(0), w(1) as u32, w(2)))
 }
 
+/// Resource limits, from /proc/PID/limits: prlimit() on a process of
+/// another user needs CAP_SYS_RESOURCE, which root may lack.
 pub fn rlimits(pid: i32) -> Result<Vec<Rlimit>> {
-    let mut out = Vec::new();
-    for res in 0..16u32 {
-        let mut old = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: old is a valid out pointer; no new limit is set.
-        if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } < 0 {
-            return Err(ChkptError::sys("prlimit", pid));
-        }
-        out.push(Rlimit {
-            resource: res,
-            cur: old.rlim_cur,
-            max: old.rlim_max,
+    let text = procfs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let limits = procfs::parse_limits(&text);
+    if limits.len() != 16 {
+        return Err(ChkptError::Parse {
+            what: format!("/proc/{pid}/limits"),
+            detail: format!("{} limits where 16 were expected", limits.len()),
         });
     }
-    Ok(out)
+    Ok(limits)
 }
 
 /// A pipe fd seen while listing fds: (pid, fd, inode, write end).

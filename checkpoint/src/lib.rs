@@ -7,10 +7,12 @@
 
 pub mod capclient;
 pub mod captrack;
+pub mod checked_dir;
 pub mod describe;
 pub mod dump;
 pub mod error;
 pub mod image;
+pub mod image_owner;
 pub mod inspect_task;
 pub mod mmdump;
 pub mod procfs;

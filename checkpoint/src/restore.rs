@@ -12,10 +12,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::checked_dir::{CheckedDir, OpenedFile};
 use crate::error::{ChkptError, Result};
 use crate::image::{
     self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE,
 };
+use crate::image_owner::{self, ImageOwner};
 use crate::ptrace::{self, Injector};
 use crate::{procfs, store};
 
@@ -47,18 +49,32 @@ pub struct RestoreReport {
 pub struct Loaded {
     pub global: GlobalImage,
     pub node: NodeImage,
-    pub tasks: Vec<(TaskImage, MmImage, PathBuf, u64)>,
+    pub tasks: Vec<LoadedTask>,
+    /// The owner of every file of the checkpoint.
+    pub owner: ImageOwner,
+}
+
+/// One task of a loaded checkpoint.
+pub struct LoadedTask {
+    pub task: TaskImage,
+    pub mm: MmImage,
+    /// The memory image, open since it was checked: the restored task reads
+    /// its pages from this very file (inherited as `mm_fd`), never by name.
+    pub mm_file: std::fs::File,
+    pub mm_path: PathBuf,
+    /// Where page data starts in the memory image.
+    pub data_off: u64,
 }
 
 /// The node a checkpoint holds tasks of, when it is only one.
-fn only_node(global: &GlobalImage, names: &Names) -> Result<u32> {
+fn only_node(global: &GlobalImage, dir: &CheckedDir, names: &Names) -> Result<u32> {
     let nodes: Vec<u32> = (0..64u32)
         .filter(|n| global.node_mask & (1u64 << n) != 0)
         .collect();
     match nodes[..] {
         [n] => Ok(n),
         [] => Err(ChkptError::bad_image(
-            names.global(),
+            dir.join(&names.global()),
             "its node mask is empty",
         )),
         _ => Err(ChkptError::Other(format!(
@@ -68,104 +84,117 @@ fn only_node(global: &GlobalImage, names: &Names) -> Result<u32> {
     }
 }
 
+/// Every file of a checkpoint has the owner of its global file.
+fn same_owner(f: &OpenedFile, uid: u32) -> Result<()> {
+    if f.uid != uid {
+        return Err(ChkptError::Permission(format!(
+            "{} belongs to uid {} but the checkpoint's global file to uid {uid}: refusing a mixed image",
+            f.path.display(),
+            f.uid
+        )));
+    }
+    Ok(())
+}
+
 /// Read every file of the checkpoint and check it (magic, version, CRC,
 /// lengths, that page runs lie inside the data, referenced files exist,
-/// credentials match the owner of the image).
+/// one owner for every file, and credentials that owner has).
 pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
-    let names = Names {
-        dir: dir.to_path_buf(),
-        sn,
-    };
-    if !names.global().exists() {
+    let dir = CheckedDir::open(dir)?;
+    let names = Names { sn };
+    if !dir.contains(&names.global()) {
         return Err(ChkptError::NoSuchCheckpoint {
-            dir: dir.to_path_buf(),
+            dir: dir.path().to_path_buf(),
             sn,
         });
     }
-    let global: GlobalImage = image::read_file(&names.global(), FileKind::Global)?.meta;
+    let (g, gfile) = image::read_in::<GlobalImage>(&dir, &names.global(), FileKind::Global)?;
+    let global = g.meta;
+    let owner_uid = gfile.uid;
+    let dir_uid = dir.stat()?.st_uid;
+    if dir_uid != owner_uid && dir_uid != 0 {
+        return Err(ChkptError::Permission(format!(
+            "{} belongs to uid {dir_uid} but its images to uid {owner_uid}: refusing it",
+            dir.path().display()
+        )));
+    }
+    let owner = ImageOwner::of_uid(owner_uid)?;
     let node = match node {
         Some(n) => n,
-        None => only_node(&global, &names)?,
+        None => only_node(&global, &dir, &names)?,
     };
-    let node: NodeImage = image::read_file(&names.node(node), FileKind::Node)?.meta;
+    let (n, nfile) = image::read_in::<NodeImage>(&dir, &names.node(node), FileKind::Node)?;
+    same_owner(&nfile, owner_uid)?;
+    let node = n.meta;
     if node.tasks.is_empty() {
-        return Err(ChkptError::bad_image(names.node(node.node), "no task"));
+        return Err(ChkptError::bad_image(nfile.path, "no task"));
     }
+    owner.check_ipc(&node)?;
     let mut tasks = Vec::new();
     for te in &node.tasks {
-        let tpath = names.task(te.pid);
-        let task: TaskImage = image::read_file(&tpath, FileKind::Task)?.meta;
-        let mpath = names.task_mm(te.pid);
-        let d = image::read_file::<MmImage>(&mpath, FileKind::Mm)?;
-        for v in &d.meta.vmas {
-            if v.start >= v.end || v.start % PAGE != 0 || v.end % PAGE != 0 {
-                return Err(ChkptError::bad_image(
-                    &mpath,
-                    format!("bad mapping {:#x}-{:#x}", v.start, v.end),
-                ));
-            }
-            for r in &v.runs {
-                let len = r.pages.checked_mul(PAGE);
-                let end = len.and_then(|l| r.data_off.checked_add(l));
-                let vend = len.and_then(|l| r.addr.checked_add(l));
-                if end.is_none_or(|e| e > d.data_len)
-                    || r.addr < v.start
-                    || vend.is_none_or(|e| e > v.end)
-                    || r.data_off % PAGE != 0
-                {
-                    return Err(ChkptError::bad_image(
-                        &mpath,
-                        "page run outside the data or its mapping",
-                    ));
-                }
-            }
-            if let VmaKind::File { path, .. } = &v.kind {
-                if !Path::new(path).exists() {
-                    return Err(ChkptError::bad_image(
-                        &mpath,
-                        format!("mapped file {path} is missing"),
-                    ));
-                }
-            }
-        }
+        let (t, tfile) = image::read_in::<TaskImage>(&dir, &names.task(te.pid), FileKind::Task)?;
+        same_owner(&tfile, owner_uid)?;
+        let (d, mfile) = image::read_in::<MmImage>(&dir, &names.task_mm(te.pid), FileKind::Mm)?;
+        same_owner(&mfile, owner_uid)?;
+        check_mm(&mfile.path, &d)?;
+        let task = t.meta;
         if task.pid <= 0
             || task.threads.iter().any(|t| t.tid <= 0)
             || task.threads.is_empty()
             || ptrace::regs_from_bytes(&task.threads[0].regs).is_none()
         {
-            return Err(ChkptError::bad_image(&tpath, "no usable registers"));
+            return Err(ChkptError::bad_image(&tfile.path, "no usable registers"));
         }
-        check_owner(&tpath, &task)?;
-        tasks.push((task, d.meta, mpath, d.data_off));
+        owner.check_task(&task)?;
+        tasks.push(LoadedTask {
+            task,
+            mm: d.meta,
+            mm_file: mfile.file,
+            mm_path: mfile.path,
+            data_off: d.data_off,
+        });
     }
     Ok(Loaded {
         global,
         node,
         tasks,
+        owner,
     })
 }
 
-/// An image may only bring a process back with the credentials of the user
-/// who owns the image (or any, if root owns it).
-fn check_owner(path: &Path, t: &TaskImage) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| ChkptError::io(path, e))?;
-    if m.uid() != 0 && t.uids.iter().any(|&u| u != m.uid()) {
-        return Err(ChkptError::Permission(format!(
-            "{} records uid {} but belongs to uid {}",
-            path.display(),
-            t.uids[0],
-            m.uid()
-        )));
-    }
-    // SAFETY: getuid has no preconditions.
-    let me = unsafe { libc::getuid() };
-    if me != 0 && me != m.uid() {
-        return Err(ChkptError::Permission(format!(
-            "{} belongs to uid {}",
-            path.display(),
-            m.uid()
-        )));
+/// Mappings page aligned, page runs inside the data and their mapping,
+/// mapped files present.
+fn check_mm(path: &Path, d: &image::Decoded<MmImage>) -> Result<()> {
+    for v in &d.meta.vmas {
+        if v.start >= v.end || v.start % PAGE != 0 || v.end % PAGE != 0 {
+            return Err(ChkptError::bad_image(
+                path,
+                format!("bad mapping {:#x}-{:#x}", v.start, v.end),
+            ));
+        }
+        for r in &v.runs {
+            let len = r.pages.checked_mul(PAGE);
+            let end = len.and_then(|l| r.data_off.checked_add(l));
+            let vend = len.and_then(|l| r.addr.checked_add(l));
+            if end.is_none_or(|e| e > d.data_len)
+                || r.addr < v.start
+                || vend.is_none_or(|e| e > v.end)
+                || r.data_off % PAGE != 0
+            {
+                return Err(ChkptError::bad_image(
+                    path,
+                    "page run outside the data or its mapping",
+                ));
+            }
+        }
+        if let VmaKind::File { path: f, .. } = &v.kind {
+            if !Path::new(f).exists() {
+                return Err(ChkptError::bad_image(
+                    path,
+                    format!("mapped file {f} is missing"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -173,7 +202,7 @@ fn check_owner(path: &Path, t: &TaskImage) -> Result<()> {
 pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
     let dir = store::app_dir(&opts.root, app);
     let mut loaded = load(&dir, sn, opts.node)?;
-    if opts.new_pids && loaded.tasks.iter().any(|t| t.0.threads.len() > 1) {
+    if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Other(
             "--new-pids does not handle multi-threaded processes (their TIDs live in their memory)"
                 .into(),
@@ -199,7 +228,7 @@ fn map_area(l: &Loaded) -> Result<u64> {
     let mut used: Vec<(u64, u64)> = l
         .tasks
         .iter()
-        .flat_map(|t| t.1.vmas.iter().map(|v| (v.start, v.end)))
+        .flat_map(|t| t.mm.vmas.iter().map(|v| (v.start, v.end)))
         .collect();
     used.sort_unstable();
     const MARGIN: u64 = 64 << 20;
@@ -462,7 +491,7 @@ fn join_session(i: &Injector, t: &TaskImage, created: &[i32]) -> Result<()> {
 
 /// `--new-pids`: task `old` now runs as `new`.
 fn remap(l: &mut Loaded, old: i32, new: i32) {
-    for (t, _, _, _) in l.tasks.iter_mut() {
+    for t in l.tasks.iter_mut().map(|t| &mut t.task) {
         if t.pid == old {
             t.pid = new;
             if let Some(th) = t.threads.first_mut() {
@@ -483,14 +512,18 @@ fn remap(l: &mut Loaded, old: i32, new: i32) {
 
 fn restore_tree(l: &mut Loaded, area: u64, opts: &RestoreOptions) -> Result<RestoreReport> {
     let mut created = Created(Vec::new(), false);
-    let segs = crate::sysvshm::create(&l.node.sysv_shm)?;
-    let ipc = match crate::sysvipc::restore(&l.node.sysv_sem, &l.node.sysv_msg) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::sysvshm::remove(&segs);
-            return Err(e);
+    // SysV objects are created as the image's owner: the kernel records the
+    // owner, not root, as their creator.
+    let (segs, ipc) = image_owner::run_as(&l.owner, || {
+        let segs = crate::sysvshm::create(&l.node.sysv_shm)?;
+        match crate::sysvipc::restore(&l.node.sysv_sem, &l.node.sysv_msg) {
+            Ok(c) => Ok((segs, c)),
+            Err(e) => {
+                crate::sysvshm::remove(&segs);
+                Err(e)
+            }
         }
-    };
+    })?;
     let r = restore_tasks(l, area, opts, &mut created);
     if r.is_err() {
         drop(created);
@@ -510,34 +543,79 @@ fn restore_tree(l: &mut Loaded, area: u64, opts: &RestoreOptions) -> Result<Rest
     r
 }
 
+/// The memory images, duplicated in restart to fds `base..base + n` above
+/// every fd restart holds, so that the root task (a fork of restart)
+/// inherits them at those numbers and passes them on to its children.
+struct MmFds {
+    base: i32,
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+fn place_mm_fds(l: &Loaded) -> Result<MmFds> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let recorded = l
+        .tasks
+        .iter()
+        .flat_map(|t| t.task.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
+    let ours = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| ChkptError::io("/proc/self/fd", e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .max()
+        .unwrap_or(2);
+    let base = recorded.max(ours).max(2) + 1;
+    let mut fds = Vec::new();
+    for (n, t) in l.tasks.iter().enumerate() {
+        let want = base + n as i32;
+        // SAFETY: F_DUPFD_CLOEXEC on an fd we own; every fd from `base` up
+        // is free, so the lowest free one is `want`.
+        let fd = unsafe { libc::fcntl(t.mm_file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, want) };
+        if fd < 0 {
+            return Err(ChkptError::io(&t.mm_path, std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        if fd != want {
+            return Err(ChkptError::Other(format!(
+                "memory image fd landed at {fd}, not {want}"
+            )));
+        }
+    }
+    Ok(MmFds { base, fds })
+}
+
 fn restore_tasks(
     l: &mut Loaded,
     area: u64,
     opts: &RestoreOptions,
     created: &mut Created,
 ) -> Result<RestoreReport> {
-    let old_root = l.tasks[0].0.pid;
+    let mm_fds = place_mm_fds(l)?;
+    let old_root = l.tasks[0].task.pid;
     let root_pid = fork_root(old_root, opts.pid_wait, opts.new_pids)?;
     remap(l, old_root, root_pid);
     created.0.push(root_pid);
-    let root = &l.tasks[0].0;
+    let root = &l.tasks[0].task;
     let syscall_at = area + AREA_CODE;
     let rinj = Injector::new(root.pid, syscall_at)?;
     join_session(&rinj, root, &[])?;
-    // Nothing of the restarter's fd table goes further than stdio.
+    // Nothing of the restarter's fd table goes further than stdio, but the
+    // memory images.
+    let mm_end = mm_fds.base + mm_fds.fds.len() as i32;
     rinj.call(
         "close_range",
         libc::SYS_close_range,
-        [3, u32::MAX as u64, 0, 0, 0, 0],
+        [3, mm_fds.base as u64 - 1, 0, 0, 0, 0],
     )?;
-    let pipe_base = l
-        .tasks
-        .iter()
-        .flat_map(|t| t.0.fds.iter().map(|f| f.fd))
-        .max()
-        .unwrap_or(2)
-        .max(2)
-        + 1;
+    rinj.call(
+        "close_range",
+        libc::SYS_close_range,
+        [mm_end as u64, u32::MAX as u64, 0, 0, 0, 0],
+    )?;
+    drop(mm_fds.fds);
+    let pipe_base = mm_end;
     // Everything the root opens for the tree is opened as the job's user.
     set_fs_creds(&rinj, area + AREA_SCRATCH, root)?;
     let pipe_fds =
@@ -546,14 +624,14 @@ fn restore_tasks(
     let shm_fds =
         crate::restore_mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
     let file_base = shm_base + shm_fds.len() as i32;
-    let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.0).collect();
+    let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.task).collect();
     let file_fds =
         crate::restore_fds::create_files(&rinj, area + AREA_SCRATCH, &images, file_base)?;
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
     for idx in 1..l.tasks.len() {
-        let (old, ppid) = (l.tasks[idx].0.pid, l.tasks[idx].0.ppid);
+        let (old, ppid) = (l.tasks[idx].task.pid, l.tasks[idx].task.ppid);
         let parent = injectors.get(&ppid).ok_or_else(|| {
             ChkptError::Other(format!("task {old} has no parent {ppid} in the image"))
         })?;
@@ -561,56 +639,46 @@ fn restore_tasks(
         remap(l, old, pid);
         created.0.push(pid);
         let inj = Injector::new(pid, syscall_at)?;
-        let created_pids: Vec<i32> = l.tasks[..idx].iter().map(|t| t.0.pid).collect();
-        join_session(&inj, &l.tasks[idx].0, &created_pids)?;
+        let created_pids: Vec<i32> = l.tasks[..idx].iter().map(|t| t.task.pid).collect();
+        join_session(&inj, &l.tasks[idx].task, &created_pids)?;
         injectors.insert(pid, inj);
     }
     let l = &*l;
-    for (t, mm, mpath, data_off) in &l.tasks {
+    let mut ctxs = Vec::new();
+    for (n, t) in l.tasks.iter().enumerate() {
         let inj = injectors
-            .get(&t.pid)
+            .get(&t.task.pid)
             .ok_or_else(|| ChkptError::Other("lost a task".into()))?;
-        let ctx = TaskCtx {
+        ctxs.push(TaskCtx {
             inj,
             area,
-            task: t,
-            mm,
-            mm_path: mpath,
-            data_off: *data_off,
+            task: &t.task,
+            mm: &t.mm,
+            mm_path: &t.mm_path,
+            mm_fd: mm_fds.base + n as i32,
+            data_off: t.data_off,
+            work_base: mm_fds.base,
             pipe_fds: &pipe_fds,
-            pipe_base,
             shm_fds: &shm_fds,
             file_fds: &file_fds,
-        };
+            work_end: file_base + file_fds.len() as i32,
+        });
+    }
+    for ctx in &ctxs {
         ctx.restore()?;
     }
     // Children are forked from the area, so it goes only once all exist.
-    for (t, mm, mpath, data_off) in &l.tasks {
-        let inj = injectors
-            .get(&t.pid)
-            .ok_or_else(|| ChkptError::Other("lost a task".into()))?;
-        let ctx = TaskCtx {
-            inj,
-            area,
-            task: t,
-            mm,
-            mm_path: mpath,
-            data_off: *data_off,
-            pipe_fds: &pipe_fds,
-            pipe_base,
-            shm_fds: &shm_fds,
-            file_fds: &file_fds,
-        };
+    for ctx in &ctxs {
         ctx.drop_area()?;
     }
-    for (t, _, _, _) in l.tasks.iter().rev() {
-        for th in t.threads.iter().rev() {
+    for t in l.tasks.iter().rev() {
+        for th in t.task.threads.iter().rev() {
             ptrace::detach(th.tid)?;
         }
     }
     created.1 = true;
     Ok(RestoreReport {
-        pids: l.tasks.iter().map(|t| t.0.pid).collect(),
+        pids: l.tasks.iter().map(|t| t.task.pid).collect(),
     })
 }
 
@@ -620,14 +688,19 @@ pub struct TaskCtx<'a> {
     pub task: &'a TaskImage,
     pub mm: &'a MmImage,
     pub mm_path: &'a Path,
+    /// The task's memory image, inherited from restart (see [`MmFds`]).
+    pub mm_fd: i32,
     pub data_off: u64,
+    /// fds `work_base..work_end` are restart's working fds in every task
+    /// (memory images, then pipes, memfds and open files), closed once the
+    /// task's own fds are in place.
+    pub work_base: i32,
+    pub work_end: i32,
     /// pipe inode → (read fd, write fd) in the restored processes.
     pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
-    pub pipe_base: i32,
-    /// shared memory object id → its memfd in the restored processes
-    /// (right after the pipes' fds).
+    /// shared memory object id → its memfd in the restored processes.
     pub shm_fds: &'a HashMap<u64, i32>,
-    /// open file number → its fd in the restored processes (after the memfds).
+    /// open file number → its fd in the restored processes.
     pub file_fds: &'a HashMap<u32, i32>,
 }
 

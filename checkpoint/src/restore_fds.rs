@@ -176,13 +176,11 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             }
         }
     }
-    let n = 2 * c.pipe_fds.len() as u64 + c.shm_fds.len() as u64 + c.file_fds.len() as u64;
-    if n > 0 {
-        let last = c.pipe_base as u64 + n - 1;
+    if c.work_end > c.work_base {
         i.call(
             "close_range",
             libc::SYS_close_range,
-            [c.pipe_base as u64, last, 0, 0, 0, 0],
+            [c.work_base as u64, c.work_end as u64 - 1, 0, 0, 0, 0],
         )?;
     }
     Ok(())

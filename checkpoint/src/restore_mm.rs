@@ -300,19 +300,7 @@ pub fn create_shared(
 }
 
 pub fn restore(c: &TaskCtx) -> Result<()> {
-    let p = c.put_str(&c.mm_path.to_string_lossy(), 0)?;
-    let mmfd = c.inj.call(
-        "openat",
-        libc::SYS_openat,
-        [
-            libc::AT_FDCWD as u64,
-            p,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-        ],
-    )?;
+    let mmfd = c.mm_fd as u64;
     // The restarter's rseq area is about to disappear: the kernel would
     // kill the task with SIGSEGV at the next return to user space.
     let (ptr, len, sig) = crate::ptrace::rseq_config(c.inj.tid)?;
@@ -333,7 +321,5 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             ))
         })?;
     }
-    c.inj
-        .call("close", libc::SYS_close, [mmfd, 0, 0, 0, 0, 0])?;
     set_mm_map(c)
 }

@@ -4,35 +4,50 @@
 //! into `.tmp-v<SN>/`, renamed into the directory one by one, and
 //! `global_v<SN>.bin` is renamed last: a crash before that leaves only files
 //! of an SN without a global file, which the next checkpoint removes.
+//!
+//! `/var/chkpt/PID` belongs to the job's owner while root writes into it, so
+//! every step goes through [`CheckedDir`] descriptors (see there why). The
+//! temporary directory is root's (0700) until its files are moved out: the
+//! user can rename it, but never put anything into it.
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::checked_dir::CheckedDir;
 use crate::error::{ChkptError, Result};
 
 /// The default root of all checkpoints.
 pub const DEFAULT_ROOT: &str = "/var/chkpt";
+
+const LOCK_NAME: &str = ".lock";
 
 /// The directory of application `app` under `root`.
 pub fn app_dir(root: &Path, app: i32) -> PathBuf {
     root.join(app.to_string())
 }
 
-/// SNs present (committed) in `dir`, ascending.
-pub fn list_sns(dir: &Path) -> Vec<u32> {
-    let mut v: Vec<u32> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| {
-                let n = e.ok()?.file_name().into_string().ok()?;
-                n.strip_prefix("global_v")?
-                    .strip_suffix(".bin")?
-                    .parse()
-                    .ok()
-            })
-            .collect()
+/// The SN a file name of a checkpoint belongs to (`…_v<SN>.…`).
+fn sn_of(name: &str) -> Option<u32> {
+    name.rsplit_once("_v")
+        .and_then(|(_, r)| r.split('.').next())
+        .and_then(|s| s.parse().ok())
+}
+
+/// SNs committed in `dir`, ascending.
+pub fn committed_sns(dir: &CheckedDir) -> Vec<u32> {
+    let mut v: Vec<u32> = dir
+        .entries()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let n = n.into_string().ok()?;
+            n.strip_prefix("global_v")?
+                .strip_suffix(".bin")?
+                .parse()
+                .ok()
         })
-        .unwrap_or_default();
+        .collect();
     v.sort_unstable();
     v
 }
@@ -42,86 +57,101 @@ pub struct DirLock {
     _f: File,
 }
 
-pub fn lock(dir: &Path) -> Result<DirLock> {
-    let p = dir.join(".lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| ChkptError::io(&p, e))?;
-    use std::os::fd::AsRawFd;
+pub fn lock(dir: &CheckedDir) -> Result<DirLock> {
+    let f = dir.open_lock_file(LOCK_NAME)?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } < 0 {
-        return Err(ChkptError::io(&p, std::io::Error::last_os_error()));
+        return Err(ChkptError::io(
+            dir.join(LOCK_NAME),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(DirLock { _f: f })
 }
 
-/// Create `root/app` (0700, owned by `uid`) if needed.
-pub fn prepare_dir(root: &Path, app: i32, uid: u32, gid: u32) -> Result<PathBuf> {
+/// Open (creating it if needed) `root/app` for a job of `uid:gid`: a real
+/// directory (never a symlink), owned by that user or by root, handed to
+/// the user with mode 0700.
+pub fn prepare_dir(root: &Path, app: i32, uid: u32, gid: u32) -> Result<CheckedDir> {
     if !root.exists() {
         std::fs::create_dir_all(root).map_err(|e| ChkptError::io(root, e))?;
-        let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755));
+        CheckedDir::open(root)?.set_owner(0, 0, 0o755)?;
     }
-    let dir = app_dir(root, app);
-    if !dir.exists() {
-        std::fs::create_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
+    let top = CheckedDir::open(root)?;
+    let name = app.to_string();
+    top.make_dir(&name, 0o700)?;
+    let dir = top.open_dir(&name)?;
+    let st = dir.stat()?;
+    if st.st_uid != uid && st.st_uid != 0 {
+        return Err(ChkptError::Permission(format!(
+            "{} belongs to uid {}, not to the job's owner (uid {uid}): remove it first",
+            dir.path().display(),
+            st.st_uid
+        )));
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| ChkptError::io(&dir, e))?;
-    chown(&dir, uid, gid)?;
+    dir.set_owner(uid, gid, 0o700)?;
     Ok(dir)
-}
-
-pub fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
-    // Only root can give files away; a user's files are already theirs.
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| ChkptError::io(p, e))
 }
 
 /// Remove leftovers of interrupted checkpoints: temporary directories and
 /// files of SNs that never got their global file.
-pub fn cleanup(dir: &Path) {
-    let committed = list_sns(dir);
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+pub fn cleanup(dir: &CheckedDir) {
+    let committed = committed_sns(dir);
+    for name in dir.entries().unwrap_or_default() {
+        let Some(name) = name.to_str() else { continue };
         if name.starts_with(".tmp-v") {
-            let _ = std::fs::remove_dir_all(e.path());
-            continue;
-        }
-        let sn = name
-            .rsplit_once("_v")
-            .and_then(|(_, r)| r.split('.').next())
-            .and_then(|s| s.parse::<u32>().ok());
-        if let Some(sn) = sn {
-            if !committed.contains(&sn) {
-                let _ = std::fs::remove_file(e.path());
-            }
+            let _ = dir.remove_flat_tree(name);
+        } else if sn_of(name).is_some_and(|sn| !committed.contains(&sn)) {
+            let _ = dir.remove_file(name);
         }
     }
 }
 
-/// Move every file of `tmp` into `dir`, the global file last, then drop `tmp`.
-pub fn commit(tmp: &Path, dir: &Path, global_name: &str) -> Result<()> {
-    let rd = std::fs::read_dir(tmp).map_err(|e| ChkptError::io(tmp, e))?;
-    for e in rd.flatten() {
-        let name = e.file_name();
-        if name.to_string_lossy() == global_name {
-            continue;
-        }
-        let to = dir.join(&name);
-        std::fs::rename(e.path(), &to).map_err(|err| ChkptError::io(&to, err))?;
+/// A checkpoint being written: `.tmp-v<SN>` of the application directory.
+pub struct Staging {
+    pub dir: CheckedDir,
+    name: String,
+}
+
+/// Create the temporary directory of `sn` (root's, 0700 while written).
+pub fn stage(app: &CheckedDir, sn: u32) -> Result<Staging> {
+    let name = format!(".tmp-v{sn}");
+    if !app.make_dir(&name, 0o700)? {
+        return Err(ChkptError::Permission(format!(
+            "{} appeared while checkpointing: refusing to write into it",
+            app.join(&name).display()
+        )));
     }
-    let to = dir.join(global_name);
-    std::fs::rename(tmp.join(global_name), &to).map_err(|e| ChkptError::io(&to, e))?;
-    std::fs::remove_dir(tmp).map_err(|e| ChkptError::io(tmp, e))
+    Ok(Staging {
+        dir: app.open_dir(&name)?,
+        name,
+    })
+}
+
+impl Staging {
+    /// Hand every file to `uid:gid` and return their total size.
+    pub fn chown_all(&self, uid: u32, gid: u32) -> Result<u64> {
+        let mut bytes = 0;
+        for name in self.dir.entries()? {
+            let Some(name) = name.to_str() else { continue };
+            self.dir.chown_file(name, uid, gid)?;
+            bytes += self.dir.stat_entry(name)?.st_size as u64;
+        }
+        Ok(bytes)
+    }
+
+    /// Move every file into `app`, `global_name` last, then drop the
+    /// temporary directory.
+    pub fn commit(self, app: &CheckedDir, global_name: &str) -> Result<()> {
+        for name in self.dir.entries()? {
+            let Some(name) = name.to_str() else { continue };
+            if name != global_name {
+                self.dir.rename_into(name, app, name)?;
+            }
+        }
+        self.dir.rename_into(global_name, app, global_name)?;
+        app.remove_dir_if_same(&self.name, &self.dir)
+    }
 }
 
 #[cfg(test)]
@@ -131,18 +161,34 @@ mod tests {
     #[test]
     fn commit_and_cleanup() {
         let d = tempfile::tempdir().unwrap();
-        let tmp = d.path().join(".tmp-v1");
-        std::fs::create_dir(&tmp).unwrap();
-        std::fs::write(tmp.join("task_1_v1.bin"), b"x").unwrap();
-        std::fs::write(tmp.join("global_v1.bin"), b"x").unwrap();
-        commit(&tmp, d.path(), "global_v1.bin").unwrap();
-        assert_eq!(list_sns(d.path()), vec![1]);
+        let app = CheckedDir::open(d.path()).unwrap();
+        let st = stage(&app, 1).unwrap();
+        drop(st.dir.create_file("task_1_v1.bin").unwrap());
+        drop(st.dir.create_file("global_v1.bin").unwrap());
+        st.commit(&app, "global_v1.bin").unwrap();
+        assert_eq!(committed_sns(&app), vec![1]);
+        assert!(!d.path().join(".tmp-v1").exists());
         // an interrupted SN 2: files without a global file
         std::fs::write(d.path().join("task_1_v2.bin"), b"x").unwrap();
         std::fs::create_dir(d.path().join(".tmp-v2")).unwrap();
-        cleanup(d.path());
+        std::fs::write(d.path().join(".tmp-v2/task_1_v2.bin"), b"x").unwrap();
+        cleanup(&app);
         assert!(!d.path().join("task_1_v2.bin").exists());
         assert!(!d.path().join(".tmp-v2").exists());
         assert!(d.path().join("task_1_v1.bin").exists());
+    }
+
+    #[test]
+    fn app_dir_of_another_user_or_a_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"root's").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("41")).unwrap();
+        let e = prepare_dir(d.path(), 41, 65534, 65534).err().unwrap();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        std::fs::create_dir(d.path().join("42")).unwrap();
+        std::os::unix::fs::chown(d.path().join("42"), Some(12345), None).unwrap();
+        let e = prepare_dir(d.path(), 42, 65534, 65534).err().unwrap();
+        assert!(e.to_string().contains("uid 12345"), "{e}");
     }
 }

@@ -173,8 +173,61 @@ fn no_daemon_is_a_clear_error() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("cannot reach krgd"),
+        !o.status.success() && err.contains("no krgd listens at"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1);
+}
+
+/// A user may not flag a setuid program they started (real uid theirs,
+/// effective and saved uid root); their own plain process they may.
+#[test]
+fn user_cannot_make_a_setuid_process_checkpointable() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let guard = Guard::new();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = start_krgd(tmp.path());
+    let sleeper = |ruid: u32, euid: u32| {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60").stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: setresuid in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setresuid(ruid, euid, euid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        guard.add(spawn(cmd).id() as i32)
+    };
+    let setuid = sleeper(65534, 0);
+    let plain = sleeper(65534, 65534);
+    let as_nobody = |pid: i32| {
+        run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("krgcapset"))
+            .arg("--socket")
+            .arg(&d.sock)
+            .args(["-k", &pid.to_string(), "-d", "+CHECKPOINTABLE"]))
+    };
+    wait_until("sleepers started", || {
+        [setuid, plain].iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("sleep"))
+        })
+    });
+    let o = as_nobody(setuid);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not entirely yours"),
+        "{err}"
+    );
+    let o = as_nobody(plain);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for p in [setuid, plain] {
+        kill_reap(p);
+    }
 }

@@ -151,12 +151,7 @@ fn main() -> ExitCode {
 }
 
 async fn call(cli: &Cli, request: AdminRequest) -> Result<AdminResponse> {
-    let mut client = AdminClient::connect(&cli.socket).await.with_context(|| {
-        format!(
-            "cannot reach krgd at {} (is krgd running?)",
-            cli.socket.display()
-        )
-    })?;
+    let mut client = AdminClient::connect(&cli.socket).await?;
     match client.call(&request).await.context("krgd did not answer")? {
         AdminResponse::Error(e) => Err(anyhow!(e.message)),
         other => Ok(other),

@@ -136,7 +136,7 @@ fn bad_requests_are_refused_and_change_nothing() -> Result<()> {
         .output()?;
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("cannot reach krgd at /nonexistent/krgd.sock"),
+        stderr(&out).contains("no krgd listens at /nonexistent/krgd.sock"),
         "{}",
         stderr(&out)
     );
@@ -329,24 +329,43 @@ fn leader_killed_during_add_commits_everywhere_or_nowhere() -> Result<()> {
 }
 
 #[test]
-fn admin_socket_is_private() -> Result<()> {
+fn admin_socket_is_open_and_each_request_authorised() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let _g = serial();
     let mut c = TestCluster::loopback(1)?;
     c.start(1)?;
-    let mode = std::fs::metadata(&c.nodes[&1].socket)?.permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-    // A non-root caller cannot even connect.
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(krg_tests::bin("krgadm"))
-        .arg("--socket")
-        .arg(&c.nodes[&1].socket)
-        .args(["cluster", "status"])
-        .output()?;
+    let sock = &c.nodes[&1].socket;
+    let mode = std::fs::metadata(sock)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666);
+    // The test's own directory is private: open it as a node's /run/krg is.
+    let parent = sock.parent().expect("socket directory");
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(krg_tests::bin("krgadm"))
+            .arg("--socket")
+            .arg(sock)
+            .args(args)
+            .output()
+    };
+    // A user may look...
+    let out = as_nobody(&["cluster", "status"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // ...but not change anything, and is told why in one line.
+    let out = as_nobody(&["cluster", "start"])?;
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("cannot reach krgd"),
+        stderr(&out).contains("permission denied") && stderr(&out).lines().count() == 1,
+        "{}",
+        stderr(&out)
+    );
+    // A socket a user cannot reach says so, not "is krgd running?".
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    let out = as_nobody(&["cluster", "status"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("permission denied") && !stderr(&out).contains("is krgd running"),
         "{}",
         stderr(&out)
     );

@@ -26,7 +26,12 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub async fn connect(path: &Path) -> Result<Self, ProtoError> {
-        let stream = UnixStream::connect(path).await?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|err| ProtoError::AdminSocket {
+                path: path.to_path_buf(),
+                err,
+            })?;
         Ok(Self { stream })
     }
 

@@ -23,4 +23,27 @@ pub enum ProtoError {
     Timeout(std::time::Duration),
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    /// The local krgd's admin socket could not be connected to.
+    #[error("{}", unreachable_message(path, err))]
+    AdminSocket {
+        path: std::path::PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+}
+
+/// One line that says what is wrong with the admin socket, not only that
+/// it failed.
+fn unreachable_message(path: &std::path::Path, err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let p = path.display();
+    match err.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
+            format!("no krgd listens at {p} (is krgd running on this node? --socket or KRG_SOCKET name another)")
+        }
+        ErrorKind::PermissionDenied => format!(
+            "{p}: permission denied: the socket or a directory above it does not let this user in (krgd creates it 0666 in a 0755 directory; ask the administrator)"
+        ),
+        _ => format!("cannot connect to krgd at {p}: {err}"),
+    }
 }

@@ -1,6 +1,9 @@
-//! The admin Unix socket: local tools send [`AdminRequest`]s here. The socket
-//! is mode 0600 and every request is authorised against the caller's
-//! credentials, read with SO_PEERCRED when the connection is accepted.
+//! The admin Unix socket: local tools send [`AdminRequest`]s here. Any local
+//! user may connect (mode 0666, in a 0755 directory): the socket's mode is
+//! not the security boundary. Every request is authorised by its service
+//! against the caller's credentials, read with SO_PEERCRED when the
+//! connection is accepted (changes to the cluster need root; a user may
+//! only touch their own processes).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -31,8 +34,9 @@ impl Caller {
 /// Bind the admin socket, replacing a stale one left by a crashed krgd but
 /// refusing to steal the socket of a krgd that still answers.
 pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
             .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
     }
     if path.exists() {
@@ -47,7 +51,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| DaemonError::io(format!("binding {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| DaemonError::io(format!("chmod {}", path.display()), e))?;
     Ok(listener)
 }

@@ -41,12 +41,8 @@ impl ChkptService {
         })?;
         match req {
             ChkptRequest::SetCheckpointable { pid, enable } => {
-                let owner = process_owner(pid)?;
-                if !caller.is_root() && caller.uid != owner {
-                    return Err(AdminError::new(
-                        ErrorKind::PermissionDenied,
-                        format!("process {pid} belongs to uid {owner}; only root or its owner may change its capabilities"),
-                    ));
+                if !caller.is_root() {
+                    check_owned_by(pid, caller.uid)?;
                 }
                 t.set(pid, enable)
                     .map_err(|e| AdminError::new(ErrorKind::NotFound, e.to_string()))?;
@@ -58,7 +54,7 @@ impl ChkptService {
                 })
             }
             ChkptRequest::Query { pid } => {
-                process_owner(pid)?;
+                check_exists(pid)?;
                 Ok(ChkptReply::Capability {
                     pid,
                     checkpointable: t.is_set(pid),
@@ -75,18 +71,40 @@ impl ChkptService {
     }
 }
 
-/// Real uid of a process, from /proc.
-fn process_owner(pid: i32) -> Result<u32, AdminError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| {
-        AdminError::new(ErrorKind::NotFound, format!("process {pid} does not exist"))
-    })?;
-    checkpoint::procfs::status_ids(&status, "Uid")
-        .ok()
-        .and_then(|v| v.first().copied())
-        .ok_or_else(|| {
+fn read_status(pid: i32) -> Result<String, AdminError> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| AdminError::new(ErrorKind::NotFound, format!("process {pid} does not exist")))
+}
+
+/// Does process `pid` exist?
+fn check_exists(pid: i32) -> Result<(), AdminError> {
+    read_status(pid).map(drop)
+}
+
+/// A user may change the capabilities of a process only if it is entirely
+/// theirs: real, effective, saved and file-system uids all the caller's,
+/// and its gids all one. A setuid or setgid program the user started holds
+/// another identity, and is root's business.
+fn check_owned_by(pid: i32, uid: u32) -> Result<(), AdminError> {
+    let status = read_status(pid)?;
+    let ids = |key| {
+        checkpoint::procfs::status_ids(&status, key).map_err(|_| {
             AdminError::new(
                 ErrorKind::Internal,
-                format!("cannot read the owner of process {pid}"),
+                format!("cannot read the credentials of process {pid}"),
             )
         })
+    };
+    let (uids, gids) = (ids("Uid")?, ids("Gid")?);
+    let all_caller = uids.iter().all(|&u| u == uid);
+    let one_gid = gids.iter().all(|&g| Some(&g) == gids.first());
+    if !all_caller || !one_gid {
+        return Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "process {pid} runs with uids {uids:?} and gids {gids:?}; only root may change the capabilities of a process that is not entirely yours"
+            ),
+        ));
+    }
+    Ok(())
 }
