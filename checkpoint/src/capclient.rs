@@ -1,20 +1,14 @@
-//! Talking to the local krgd about CHECKPOINTABLE (krgcapset, checkpoint).
+//! Talking to the local krgd about CHECKPOINTABLE (krgcapset, checkpoint,
+//! restart): one connection and one small runtime for all the requests of
+//! a command.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
 
 use crate::error::{ChkptError, Result};
-
-pub const DEFAULT_SOCKET: &str = "/run/krg/krgd.sock";
-
-/// `--socket`, else `KRG_SOCKET`, else the default path.
-pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("KRG_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
-}
 
 /// What krgd reports about a process.
 #[derive(Debug, Clone, Copy)]
@@ -24,31 +18,38 @@ pub struct Capability {
     pub node: u32,
 }
 
-/// Send one request to krgd and return the capability it reports.
-pub fn call(socket: &Path, req: ChkptRequest) -> Result<Capability> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ChkptError::Other(format!("tokio: {e}")))?;
-    rt.block_on(async {
-        let mut c = AdminClient::connect(socket)
-            .await
-            .map_err(|e| ChkptError::Other(e.to_string()))?;
-        match c.call(&AdminRequest::Chkpt(req)).await {
-            Ok(AdminResponse::Chkpt(ChkptReply::Capability {
+/// A connection to the local krgd's admin socket.
+pub struct CapClient {
+    rt: tokio::runtime::Runtime,
+    conn: AdminClient,
+}
+
+impl CapClient {
+    pub fn connect(socket: &Path) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ChkptError::Thread(format!("starting the krgd client: {e}")))?;
+        let conn = rt.block_on(AdminClient::connect(socket))?;
+        Ok(Self { rt, conn })
+    }
+
+    /// Send one request and return the capability krgd reports.
+    pub fn call(&mut self, req: ChkptRequest) -> Result<Capability> {
+        let reply = self
+            .rt
+            .block_on(self.conn.call(&AdminRequest::Chkpt(req)))?;
+        match reply {
+            AdminResponse::Chkpt(ChkptReply::Capability {
                 checkpointable,
                 node,
                 ..
-            })) => Ok(Capability {
+            }) => Ok(Capability {
                 checkpointable,
                 node,
             }),
-            Ok(AdminResponse::Error(e)) => Err(ChkptError::Other(format!("krgd: {}", e.message))),
-            Ok(_) => Err(ChkptError::Other("krgd sent an unexpected reply".into())),
-            Err(e) => Err(ChkptError::Other(format!(
-                "talking to krgd at {}: {e}",
-                socket.display()
-            ))),
+            AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
+            _ => Err(ChkptError::KrgdReply),
         }
-    })
+    }
 }

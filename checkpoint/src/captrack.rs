@@ -212,7 +212,7 @@ impl CapTracker {
                     }
                 }
             })
-            .map_err(|e| ChkptError::Other(format!("starting the tracker thread: {e}")))?;
+            .map_err(|e| ChkptError::Thread(format!("starting the tracker thread: {e}")))?;
         Ok(Self {
             flags,
             stop,
@@ -225,10 +225,7 @@ impl CapTracker {
         if start_and_ppid(pid).is_none() {
             return Err(ChkptError::NoSuchProcess(pid));
         }
-        let mut f = self
-            .flags
-            .lock()
-            .map_err(|_| ChkptError::Other("tracker lock poisoned".into()))?;
+        let mut f = self.flags.lock().unwrap_or_else(|p| p.into_inner());
         if enable {
             f.insert(pid, now_ns());
         } else {

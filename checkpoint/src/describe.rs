@@ -120,7 +120,7 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
             .meta;
         let _ = writeln!(s, "{}:", dir.join(&names.node(node)).display());
         for m in &n.shared_mem {
-            let _ = writeln!(s, "  shared memory object {} of {} bytes", m.0, m.1);
+            let _ = writeln!(s, "  shared memory object {} of {} bytes", m.id, m.size);
         }
         for m in &n.sysv_shm {
             let _ = writeln!(
@@ -189,7 +189,7 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
         t.uids, t.gids, t.groups
     );
     for th in &t.threads {
-        if let Some(r) = crate::ptrace::regs_from_bytes(&th.regs) {
+        if let Some(r) = image::regs_from_bytes(&th.regs) {
             let _ = writeln!(
                 s,
                 "  thread {}: rip {:#x} rsp {:#x} rax {:#x} orig_rax {:#x} fs_base {:#x} sigmask {:#x} xstate {} bytes, {} pending",

@@ -1,4 +1,5 @@
-//! The one error type of the checkpoint library.
+//! The one error type of the checkpoint library. Every variant that comes
+//! from a failed system call or library call keeps that error as its source.
 
 use std::path::PathBuf;
 
@@ -15,29 +16,85 @@ pub enum ChkptError {
     #[error("permission denied: {0}")]
     Permission(String),
     #[error("{path}: {err}")]
-    Io { path: PathBuf, err: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
     #[error("{op} on process {pid}: {err}")]
     Sys {
         op: String,
         pid: i32,
+        #[source]
         err: std::io::Error,
     },
     #[error("injected {name} in process {pid} failed: {errno}")]
     Injected {
         name: &'static str,
         pid: i32,
+        #[source]
         errno: std::io::Error,
     },
+    /// A traced process left the state injection needs (it exited, or a
+    /// signal other than the single-step trap arrived).
+    #[error("process {pid}: {what}")]
+    Tracee { pid: i32, what: String },
     #[error("image {path}: {reason}")]
     BadImage { path: PathBuf, reason: String },
+    /// The files of an SN decode, but do not fit together.
+    #[error("inconsistent image: {0}")]
+    Inconsistent(String),
     #[error("no checkpoint {sn} in {dir}")]
     NoSuchCheckpoint { dir: PathBuf, sn: u32 },
     #[error("PID {0} is in use by another process (end that process or wait until it has been reaped and retry, or use restart --new-pids)")]
     PidTaken(i32),
     #[error("cannot parse {what}: {detail}")]
     Parse { what: String, detail: String },
+    #[error("encoding an image: {0}")]
+    Encode(#[from] postcard::Error),
+    /// A SysV IPC call on an object of the job.
+    #[error("{what}: {err}")]
+    Ipc {
+        what: String,
+        #[source]
+        err: std::io::Error,
+    },
+    /// The checkpoint cannot come back on this kernel or machine.
+    #[error("{0}: restart on the kernel that took the checkpoint")]
+    Kernel(String),
+    /// Something of the image does not fit a fixed limit of restart.
+    #[error("{0} does not fit restart's limits")]
+    TooLarge(String),
+    /// The options asked for what this image cannot do.
     #[error("{0}")]
-    Other(String),
+    Usage(String),
+    /// The job changed while it was being frozen.
+    #[error("{0}; retry")]
+    Changed(String),
+    /// Credentials could not be taken or dropped.
+    #[error("{what}: {err}")]
+    Credentials {
+        what: String,
+        #[source]
+        err: std::io::Error,
+    },
+    /// A helper thread of ours died or could not start.
+    #[error("{0}")]
+    Thread(String),
+    /// While restoring one mapping.
+    #[error("mapping {start:#x}-{end:#x} ({kind}): {source}")]
+    Mapping {
+        start: u64,
+        end: u64,
+        kind: String,
+        source: Box<ChkptError>,
+    },
+    #[error(transparent)]
+    Krgd(#[from] krg_proto::ProtoError),
+    #[error("krgd: {0}")]
+    KrgdRefused(#[from] krg_proto::admin::AdminError),
+    #[error("krgd sent an unexpected reply")]
+    KrgdReply,
 }
 
 pub type Result<T> = std::result::Result<T, ChkptError>;
@@ -49,10 +106,18 @@ impl ChkptError {
             err,
         }
     }
+    /// `op` failed on process `pid` with the last OS error.
     pub fn sys(op: impl Into<String>, pid: i32) -> Self {
         ChkptError::Sys {
             op: op.into(),
             pid,
+            err: std::io::Error::last_os_error(),
+        }
+    }
+    /// A SysV call on `what` failed with the last OS error.
+    pub fn ipc(what: impl Into<String>) -> Self {
+        ChkptError::Ipc {
+            what: what.into(),
             err: std::io::Error::last_os_error(),
         }
     }

@@ -1,9 +1,16 @@
 //! Checkpoint/restart of real Linux processes.
 //!
 //! [`dump::checkpoint`] freezes a process tree with ptrace, reads its state
-//! from /proc and by injected system calls, and writes one SN of image files;
-//! [`restore::restart`] brings it back with the same PIDs. [`captrack`]
-//! follows the CHECKPOINTABLE capability across forks (used by krgd).
+//! from /proc and by injected system calls, and writes one SN of image files
+//! ([`image`] is the whole on-disk format; [`describe`] decodes it for
+//! people); [`restore::restart`] brings it back with the same PIDs.
+//! [`store`] is the checkpoint directory (SNs, lock, atomic commit), done
+//! through [`checked_dir`] descriptors because users own it. [`captrack`]
+//! follows the CHECKPOINTABLE capability across forks (used by krgd);
+//! [`capclient`] asks krgd about it.
+//!
+//! Used by both sides: [`ptrace`] (seizing, registers, injected system
+//! calls) and [`procfs`] (parsers of /proc files).
 
 pub mod capclient;
 pub mod captrack;
@@ -12,17 +19,10 @@ pub mod describe;
 pub mod dump;
 pub mod error;
 pub mod image;
-pub mod image_owner;
-pub mod inspect_task;
-pub mod mmdump;
+mod ipc;
 pub mod procfs;
-pub mod ptrace;
+mod ptrace;
 pub mod restore;
-pub mod restore_fds;
-pub mod restore_mm;
-pub mod restore_sig;
 pub mod store;
-pub mod sysvipc;
-pub mod sysvshm;
 
 pub use error::{ChkptError, Result};

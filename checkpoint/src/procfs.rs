@@ -158,11 +158,6 @@ pub fn status_ids(status: &str, key: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-pub fn status_hex(status: &str, key: &str) -> Result<u64> {
-    let v = status_field(status, key).ok_or_else(|| parse_err("status", key))?;
-    u64::from_str_radix(v, 16).map_err(|_| parse_err("status mask", v))
-}
-
 /// `pos:` and `flags:` (octal) of /proc/PID/fdinfo/N.
 pub fn parse_fdinfo(text: &str) -> Result<(u64, u32)> {
     let pos = status_field(text, "pos").ok_or_else(|| parse_err("fdinfo", text))?;

@@ -8,11 +8,11 @@
 use std::io;
 
 use crate::error::{ChkptError, Result};
+pub use crate::image::Regs;
+use crate::image::Rseq;
 
 const NT_PRSTATUS: libc::c_int = 1;
 const NT_X86_XSTATE: libc::c_int = 0x202;
-
-pub type Regs = libc::user_regs_struct;
 
 fn check(r: libc::c_long, op: &str, pid: i32) -> Result<libc::c_long> {
     if r < 0 {
@@ -73,9 +73,10 @@ fn wait_status(tid: i32) -> Result<(i32, i32)> {
             return Ok((libc::WSTOPSIG(status), (status >> 16) & 0xff));
         }
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            return Err(ChkptError::Other(format!(
-                "process {tid} exited while being checkpointed or restored"
-            )));
+            return Err(ChkptError::Tracee {
+                pid: tid,
+                what: "exited while being checkpointed or restored".into(),
+            });
         }
     }
 }
@@ -118,22 +119,6 @@ pub fn set_regs(tid: i32, regs: &Regs) -> Result<()> {
         tid,
     )?;
     Ok(())
-}
-
-pub fn regs_to_bytes(r: &Regs) -> Vec<u8> {
-    // SAFETY: Regs is plain data without padding-sensitive invariants.
-    unsafe {
-        std::slice::from_raw_parts(r as *const Regs as *const u8, std::mem::size_of::<Regs>())
-    }
-    .to_vec()
-}
-
-pub fn regs_from_bytes(b: &[u8]) -> Option<Regs> {
-    if b.len() != std::mem::size_of::<Regs>() {
-        return None;
-    }
-    // SAFETY: any bit pattern is a valid Regs; the length was checked.
-    Some(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const Regs) })
 }
 
 pub fn get_xstate(tid: i32) -> Result<Vec<u8>> {
@@ -300,10 +285,13 @@ impl Injector {
         let sig = wait_stop(self.tid)?;
         if sig != libc::SIGTRAP {
             let at = get_regs(self.tid).map(|r| r.rip).unwrap_or(0);
-            return Err(ChkptError::Other(format!(
-                "process {}: signal {sig} at {at:#x} during injected syscall {nr} at {:#x}",
-                self.tid, self.syscall_at
-            )));
+            return Err(ChkptError::Tracee {
+                pid: self.tid,
+                what: format!(
+                    "signal {sig} at {at:#x} during injected syscall {nr} at {:#x}",
+                    self.syscall_at
+                ),
+            });
         }
         Ok(get_regs(self.tid)?.rax as i64)
     }
@@ -329,8 +317,8 @@ impl Injector {
 }
 
 /// The thread's registered rseq area (PTRACE_GET_RSEQ_CONFIGURATION):
-/// (address, length, signature), address 0 when none.
-pub fn rseq_config(tid: i32) -> Result<(u64, u32, u32)> {
+/// address 0 when none.
+pub fn rseq_config(tid: i32) -> Result<Rseq> {
     let mut conf = [0u64; 3];
     // SAFETY: conf is 24 bytes, the size passed.
     let r = unsafe {
@@ -344,5 +332,9 @@ pub fn rseq_config(tid: i32) -> Result<(u64, u32, u32)> {
     if r < 0 {
         return Err(ChkptError::sys("PTRACE_GET_RSEQ_CONFIGURATION", tid));
     }
-    Ok((conf[0], conf[1] as u32, (conf[1] >> 32) as u32))
+    Ok(Rseq {
+        addr: conf[0],
+        len: conf[1] as u32,
+        sig: (conf[1] >> 32) as u32,
+    })
 }

@@ -14,16 +14,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use checkpoint::image::SysvShmImage;
 use checkpoint::image::{self, FileKind, NodeImage, TaskImage};
-use checkpoint::sysvshm::SysvShmImage;
 use common::*;
 
 const NOBODY: u32 = 65534;
 
 fn nogroup() -> u32 {
-    checkpoint::image_owner::ImageOwner::of_uid(NOBODY)
-        .unwrap()
-        .gid
+    checkpoint::restore::ImageOwner::of_uid(NOBODY).unwrap().gid
 }
 
 /// A work directory the job's user can traverse (tempdirs are 0700).
@@ -125,7 +123,7 @@ fn assert_refused_and_absent(o: &std::process::Output, want: &str, pid: i32) {
     assert!(!alive(pid), "nothing may run after a refused restart");
 }
 
-/// 1a. The user swaps `.tmp-v1` for a directory of symlinks while root
+/// (1a) The user swaps `.tmp-v1` for a directory of symlinks while root
 /// copies pages: nothing is written or chowned through them.
 #[test]
 fn staging_directory_swapped_during_the_page_copy_redirects_nothing() {
@@ -188,7 +186,7 @@ fn staging_directory_swapped_during_the_page_copy_redirects_nothing() {
     kill_reap(pid);
 }
 
-/// 1b. `.lock -> /any/path` does not make root create that file.
+/// (1b) `.lock -> /any/path` does not make root create that file.
 #[test]
 fn lock_file_symlink_is_not_followed() {
     let guard = Guard::new();
@@ -240,7 +238,7 @@ fn application_directory_symlink_is_refused() {
     kill_reap(pid);
 }
 
-/// 2. A user-edited image claiming gid 0 and group 0 (CRC recomputed).
+/// (2) A user-edited image claiming gid 0 and group 0 (CRC recomputed).
 #[test]
 fn forged_root_group_is_refused() {
     let guard = Guard::new();
@@ -259,7 +257,7 @@ fn forged_root_group_is_refused() {
     assert_refused_and_absent(&restart_out(&store, pid, 1), "group 0", pid);
 }
 
-/// 2. Hard limits above restart's own are refused for a user's image.
+/// (2) Hard limits above restart's own are refused for a user's image.
 #[test]
 fn forged_hard_limit_is_refused() {
     let guard = Guard::new();
@@ -272,7 +270,7 @@ fn forged_hard_limit_is_refused() {
         .join(format!("task_{pid}_v1.bin"));
     forge(&task, FileKind::Task, |t: &mut TaskImage| {
         for r in &mut t.rlimits {
-            if r.resource == libc::RLIMIT_NOFILE as u32 {
+            if r.resource == libc::RLIMIT_NOFILE {
                 r.max = u64::MAX;
             }
         }
@@ -280,7 +278,7 @@ fn forged_hard_limit_is_refused() {
     assert_refused_and_absent(&restart_out(&store, pid, 1), "hard limit", pid);
 }
 
-/// 2. A user directory of symlinks to root's own image is not root's image.
+/// (2) A user directory of symlinks to root's own image is not root's image.
 #[test]
 fn symlinks_to_a_root_image_are_refused() {
     let guard = Guard::new();
@@ -308,7 +306,7 @@ fn symlinks_to_a_root_image_are_refused() {
     assert_refused_and_absent(&restart_out(&users, pid, 1), "symlink", pid);
 }
 
-/// 2. Every file of an image has one owner: a root-owned memory image
+/// (2) Every file of an image has one owner: a root-owned memory image
 /// beside the user's task file is refused.
 #[test]
 fn image_files_of_two_owners_are_refused() {
@@ -324,7 +322,7 @@ fn image_files_of_two_owners_are_refused() {
     assert_refused_and_absent(&restart_out(&store, pid, 1), "mixed image", pid);
 }
 
-/// 2. A node file naming a root-owned, world-writable SysV segment: refused
+/// (2) A node file naming a root-owned, world-writable SysV segment: refused
 /// before anything is created.
 #[test]
 fn forged_sysv_segment_is_refused_and_not_created() {
@@ -393,7 +391,7 @@ fn users_sysv_segment_is_recreated_by_the_user() {
     }
 }
 
-/// 4. A process whose ids are not all one user's (a setuid program) is
+/// (4) A process whose ids are not all one user's (a setuid program) is
 /// saved as root's: its image files are root's, not its real user's.
 #[test]
 fn setuid_process_image_belongs_to_root() {

@@ -4,8 +4,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use checkpoint::capclient::CapClient;
 use checkpoint::dump::{self, DumpOptions};
-use checkpoint::{capclient, describe, store};
+use checkpoint::{describe, store};
 use clap::{Parser, Subcommand};
 use krg_proto::chkpt::ChkptRequest;
 
@@ -24,9 +25,9 @@ struct Cli {
     /// End the job once it is saved.
     #[arg(long)]
     kill: bool,
-    /// krgd admin socket (default: $KRG_SOCKET or /run/krg/krgd.sock).
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    /// krgd admin socket.
+    #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
     /// Root only: do not ask krgd whether the process is CHECKPOINTABLE (for a
     /// node without krgd; root may ptrace any process anyway).
     #[arg(long)]
@@ -76,16 +77,16 @@ fn run(cli: Cli) -> Result<()> {
     let Some(pid) = cli.pid else {
         bail!("missing PID (see --help)")
     };
-    let sock = capclient::socket_path(cli.socket);
+    let query = || CapClient::connect(&cli.socket)?.call(ChkptRequest::Query { pid });
     let local_node = if cli.no_capability_check {
         // SAFETY: getuid has no preconditions.
         if unsafe { libc::getuid() } != 0 {
             bail!("--no-capability-check is for root only");
         }
         // Only the node id is wanted: without a krgd the image says node 0.
-        capclient::call(&sock, ChkptRequest::Query { pid }).map_or(0, |c| c.node)
+        query().map_or(0, |c| c.node)
     } else {
-        let cap = capclient::call(&sock, ChkptRequest::Query { pid })?;
+        let cap = query()?;
         if !cap.checkpointable {
             bail!("process {pid} is not CHECKPOINTABLE (run krgcapset -d +CHECKPOINTABLE in the shell that starts it)");
         }

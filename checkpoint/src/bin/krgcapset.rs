@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use checkpoint::capclient;
+use checkpoint::capclient::CapClient;
 use clap::Parser;
 use krg_proto::chkpt::ChkptRequest;
 
@@ -22,29 +22,31 @@ struct Cli {
     /// Print the capabilities of the process.
     #[arg(short, long)]
     show: bool,
-    /// krgd admin socket (default: $KRG_SOCKET or /run/krg/krgd.sock).
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    /// krgd admin socket.
+    #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 fn run(cli: Cli) -> Result<()> {
     // SAFETY: getppid has no preconditions.
     let pid = cli.pid.unwrap_or_else(|| unsafe { libc::getppid() });
-    let sock = capclient::socket_path(cli.socket);
-    if let Some(c) = &cli.caps {
-        let enable = match c.as_str() {
-            "+CHECKPOINTABLE" => true,
-            "-CHECKPOINTABLE" => false,
-            other => bail!(
-                "unknown capability change {other:?} (use +CHECKPOINTABLE or -CHECKPOINTABLE)"
-            ),
-        };
-        capclient::call(&sock, ChkptRequest::SetCheckpointable { pid, enable })?;
-    } else if !cli.show {
-        bail!("nothing to do: give -d +CHECKPOINTABLE, -d -CHECKPOINTABLE or --show");
+    let change = match cli.caps.as_deref() {
+        Some("+CHECKPOINTABLE") => Some(true),
+        Some("-CHECKPOINTABLE") => Some(false),
+        Some(other) => {
+            bail!("unknown capability change {other:?} (use +CHECKPOINTABLE or -CHECKPOINTABLE)")
+        }
+        None if !cli.show => {
+            bail!("nothing to do: give -d +CHECKPOINTABLE, -d -CHECKPOINTABLE or --show")
+        }
+        None => None,
+    };
+    let mut krgd = CapClient::connect(&cli.socket)?;
+    if let Some(enable) = change {
+        krgd.call(ChkptRequest::SetCheckpointable { pid, enable })?;
     }
     if cli.show {
-        let on = capclient::call(&sock, ChkptRequest::Query { pid })?.checkpointable;
+        let on = krgd.call(ChkptRequest::Query { pid })?.checkpointable;
         println!("{pid}: {}", if on { "CHECKPOINTABLE" } else { "(none)" });
     }
     Ok(())

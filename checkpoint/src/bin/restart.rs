@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
+use checkpoint::capclient::CapClient;
 use checkpoint::restore::{self, RestoreOptions};
 use checkpoint::store;
 use clap::Parser;
@@ -35,10 +36,10 @@ struct Cli {
     /// memory (or its children's) sees stale values.
     #[arg(long)]
     new_pids: bool,
-    /// krgd admin socket (default: $KRG_SOCKET or /run/krg/krgd.sock): the
-    /// restored processes are made CHECKPOINTABLE again there.
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    /// krgd admin socket: the restored processes are made CHECKPOINTABLE
+    /// again there (skipped when no krgd listens).
+    #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 fn main() {
@@ -52,17 +53,12 @@ fn main() {
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
-        let sock = checkpoint::capclient::socket_path(cli.socket.clone());
-        if sock.exists() {
-            for &pid in &rep.pids {
-                if let Err(e) = checkpoint::capclient::call(
-                    &sock,
-                    ChkptRequest::SetCheckpointable { pid, enable: true },
-                ) {
-                    eprintln!(
-                        "restart: warning: process {pid} is running but not CHECKPOINTABLE: {e}"
-                    );
-                }
+        if cli.socket.exists() {
+            if let Err(e) = mark_checkpointable(&cli.socket, &rep.pids) {
+                eprintln!(
+                    "restart: warning: {:?} are running but not CHECKPOINTABLE: {e}",
+                    rep.pids
+                );
             }
         }
         eprintln!(
@@ -75,4 +71,13 @@ fn main() {
         eprintln!("restart: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Tell krgd the restored processes are CHECKPOINTABLE again.
+fn mark_checkpointable(socket: &std::path::Path, pids: &[i32]) -> checkpoint::Result<()> {
+    let mut krgd = CapClient::connect(socket)?;
+    for &pid in pids {
+        krgd.call(ChkptRequest::SetCheckpointable { pid, enable: true })?;
+    }
+    Ok(())
 }

@@ -1,16 +1,34 @@
-//! On-disk image format.
+//! The on-disk image format, whole: every file of a checkpoint, as CRIU's
+//! `images/` holds its format. [`describe`](crate::describe) (krg's `crit`)
+//! depends on this module alone.
 //!
 //! Every binary file is `Header | metadata (postcard) | padding | raw data`.
 //! The header holds a magic, the format version, the file kind, the metadata
 //! length, where the raw data starts (page aligned, so restore can read or
 //! map pages straight from the file) and its length, and a CRC32 over the
 //! header fields and the metadata. Page data is written raw.
+//!
+//! - [`app`] — `global_v<SN>.bin`, `node_<N>_v<SN>.bin` (and SysV objects)
+//! - [`task`] — `task_<PID>_v<SN>.bin`
+//! - [`mm`] — `task_mm_<PID>_v<SN>.bin`
+//! - [`regs`] — registers as stored bytes
+//! - here: the header, encoding and checked decoding, file names
+
+pub mod app;
+pub mod mm;
+pub mod regs;
+pub mod task;
+
+pub use app::*;
+pub use mm::*;
+pub use regs::{regs_from_bytes, regs_to_bytes, Regs};
+pub use task::*;
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::checked_dir::{CheckedDir, OpenedFile};
 use crate::error::{ChkptError, Result};
@@ -41,232 +59,10 @@ impl FileKind {
     }
 }
 
-/// `global_v<SN>.bin`: the application as a whole.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GlobalImage {
-    /// Application id: the PID of the checkpointed root process.
-    pub app_id: i32,
-    pub sn: u32,
-    /// Bit N set: node N holds tasks of this checkpoint (a `node_<N>` file exists).
-    pub node_mask: u64,
-    pub created_unix: u64,
-    pub uid: u32,
-    pub kernel: String,
-}
-
-/// `node_<N>_v<SN>.bin`: the tasks node N holds, parents before children.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeImage {
-    pub node: u32,
-    pub tasks: Vec<TaskEntry>,
-    /// Pipes shared by tasks of the tree, by id.
-    pub pipes: Vec<PipeImage>,
-    /// MAP_SHARED anonymous memory objects of the tree: (id, size in bytes).
-    pub shared_mem: Vec<(u64, u64)>,
-    /// SysV shared memory segments attached by the tree.
-    pub sysv_shm: Vec<crate::sysvshm::SysvShmImage>,
-    /// SysV semaphore sets and message queues named at checkpoint time.
-    pub sysv_sem: Vec<crate::sysvipc::SemImage>,
-    pub sysv_msg: Vec<crate::sysvipc::MsgImage>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TaskEntry {
-    pub pid: i32,
-    /// Parent PID; the root's parent is outside the checkpoint.
-    pub ppid: i32,
-    pub threads: Vec<i32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PipeImage {
-    /// Inode number of the pipe at checkpoint time (its identity).
-    pub ino: u64,
-    /// Bytes that were buffered in the pipe.
-    pub data: Vec<u8>,
-}
-
-/// `task_<PID>_v<SN>.bin`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TaskImage {
-    pub pid: i32,
-    pub ppid: i32,
-    pub comm: String,
-    pub exe: String,
-    pub uids: [u32; 4],
-    pub gids: [u32; 4],
-    pub groups: Vec<u32>,
-    pub cwd: String,
-    pub umask: u32,
-    /// Process group and session ids; restored when their leader is in the
-    /// tree, else the task joins restart's.
-    pub pgid: i32,
-    pub sid: i32,
-    /// personality(2) flags.
-    pub personality: u32,
-    /// PR_SET_NO_NEW_PRIVS was set.
-    pub no_new_privs: bool,
-    pub rlimits: Vec<Rlimit>,
-    pub sigactions: Vec<SigAction>,
-    pub itimers: Vec<ITimer>,
-    /// sigaltstack: (ss_sp, ss_flags, ss_size); flags SS_DISABLE when none.
-    pub altstack: (u64, u32, u64),
-    pub fds: Vec<FdImage>,
-    pub threads: Vec<ThreadImage>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Rlimit {
-    pub resource: u32,
-    pub cur: u64,
-    pub max: u64,
-}
-
-/// The kernel's `struct sigaction` for x86_64 (`rt_sigaction`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
-pub struct SigAction {
-    pub sig: u32,
-    pub handler: u64,
-    pub flags: u64,
-    pub restorer: u64,
-    pub mask: u64,
-}
-
-/// One `struct itimerval` (which: 0 real, 1 virtual, 2 prof), in microseconds.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct ITimer {
-    pub which: u32,
-    pub interval_us: u64,
-    pub value_us: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FdImage {
-    pub fd: i32,
-    /// `flags:` of fdinfo (open flags incl. O_CLOEXEC).
-    pub flags: u32,
-    pub kind: FdKind,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum FdKind {
-    /// A regular file, directory or allowed device, reopened by path at `pos`.
-    Path {
-        path: String,
-        pos: u64,
-        /// Open file description: fds (of any task) with the same number
-        /// share one (offset and status flags), as after dup() or fork().
-        file: u32,
-    },
-    /// fd 0-2 connected to a terminal, a pipe or a socket outside the tree:
-    /// restart gives the process its own fd of the same number.
-    InheritedStdio { what: String },
-    /// One end of a pipe of the tree (see [`PipeImage`]).
-    Pipe { ino: u64, write_end: bool },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ThreadImage {
-    pub tid: i32,
-    /// `struct user_regs_struct` as the kernel returns it (NT_PRSTATUS).
-    pub regs: Vec<u8>,
-    /// NT_X86_XSTATE (FPU, SSE, AVX…) as the kernel returns it.
-    pub xstate: Vec<u8>,
-    pub sigmask: u64,
-    /// Pending signals of this thread (PTRACE_PEEKSIGINFO), raw siginfo.
-    pub pending: Vec<Vec<u8>>,
-    /// Registered rseq area: (address, length, signature); address 0 if none.
-    pub rseq: (u64, u32, u32),
-    /// set_tid_address (CLONE_CHILD_CLEARTID) pointer: pthread_join relies on it.
-    pub clear_tid: u64,
-    /// Thread name (/proc/PID/task/TID/comm); without it a restored task
-    /// would be called "restart".
-    pub comm: String,
-}
-
-/// `task_mm_<PID>_v<SN>.bin` metadata; page data follows, page aligned.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MmImage {
-    pub vmas: Vec<Vma>,
-    pub params: MmParams,
-    /// Pending signals shared by the process.
-    pub shared_pending: Vec<Vec<u8>>,
-}
-
-/// What `prctl(PR_SET_MM_MAP)` needs, from /proc/PID/stat and auxv.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct MmParams {
-    pub start_code: u64,
-    pub end_code: u64,
-    pub start_data: u64,
-    pub end_data: u64,
-    pub start_brk: u64,
-    pub brk: u64,
-    pub start_stack: u64,
-    pub arg_start: u64,
-    pub arg_end: u64,
-    pub env_start: u64,
-    pub env_end: u64,
-    pub auxv: Vec<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Vma {
-    pub start: u64,
-    pub end: u64,
-    /// PROT_* bits.
-    pub prot: u32,
-    pub shared: bool,
-    pub kind: VmaKind,
-    /// Saved pages, in address order; `data_off` is relative to the data section.
-    pub runs: Vec<PageRun>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum VmaKind {
-    Anon,
-    Heap,
-    Stack,
-    File {
-        path: String,
-        offset: u64,
-        size: u64,
-    },
-    /// MAP_SHARED anonymous memory (also memfd): `id` is the shmem inode at
-    /// checkpoint time, `pgoff` the byte offset into the object. Pages are
-    /// saved once per object range (`runs` of one VMA); every VMA maps the
-    /// one object created at restart.
-    SharedAnon {
-        id: u64,
-        pgoff: u64,
-    },
-    /// A whole SysV shm segment attached here (shmat).
-    SysvShm {
-        shmid: i32,
-    },
-    Vdso,
-    Vvar,
-    VvarVclock,
-    Vsyscall,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct PageRun {
-    pub addr: u64,
-    pub pages: u64,
-    pub data_off: u64,
-}
-
-/// Round up to the page size.
-pub fn page_align(v: u64) -> u64 {
-    v.div_ceil(PAGE) * PAGE
-}
-
 /// Encode a header + metadata; the caller appends `data_len` bytes of raw data
 /// at the returned data offset (0 when there is none).
 pub fn encode<T: Serialize>(kind: FileKind, meta: &T, data_len: u64) -> Result<(Vec<u8>, u64)> {
-    let body =
-        postcard::to_stdvec(meta).map_err(|e| ChkptError::Other(format!("encoding image: {e}")))?;
+    let body = postcard::to_stdvec(meta)?;
     let meta_end = (HEADER_LEN + body.len()) as u64;
     let data_off = if data_len > 0 {
         page_align(meta_end)

@@ -1,8 +1,8 @@
 //! Signal state: handlers, alternate stack, itimers, pending signals.
 
+use super::ctx::TaskCtx;
 use crate::error::Result;
 use crate::image::SigAction;
-use crate::restore::TaskCtx;
 
 pub fn restore(c: &TaskCtx) -> Result<()> {
     let i = c.inj;
@@ -32,7 +32,7 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             [sig as u64, addr, 0, 8, 0, 0],
         )?;
     }
-    let (sp, flags, size) = t.altstack;
+    let crate::image::AltStack { sp, flags, size } = t.altstack;
     let flags = if flags & libc::SS_DISABLE as u32 != 0 {
         libc::SS_DISABLE as u32
     } else {

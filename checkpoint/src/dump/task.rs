@@ -1,20 +1,22 @@
-//! Reading one stopped task's state (everything but memory pages).
+//! Reading one stopped task's state (everything but memory pages) by
+//! /proc and by system calls injected into it.
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, ITimer, Rlimit, SigAction, TaskImage, ThreadImage};
+use crate::image::{
+    self, AltStack, FdImage, ITimer, MmImage, Rlimit, SigAction, TaskImage, ThreadImage,
+};
 use crate::procfs;
 use crate::ptrace::{self, Injector};
 
-/// Devices a process may hold open and still be checkpointed: they carry no state.
-pub const ALLOWED_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+use super::memory;
 
 /// A scratch page mapped inside the tracee for injected syscalls' buffers.
-pub struct Scratch<'a> {
+struct Scratch<'a> {
     pub inj: &'a Injector,
     pub addr: u64,
 }
 
-pub const SCRATCH_LEN: u64 = 4096;
+const SCRATCH_LEN: u64 = 4096;
 
 impl<'a> Scratch<'a> {
     pub fn map(inj: &'a Injector) -> Result<Self> {
@@ -39,7 +41,7 @@ impl<'a> Scratch<'a> {
 }
 
 /// Find a `syscall` instruction (0f 05) in the task's vDSO: injection jumps there.
-pub fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
+fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
     let vdso = maps.iter().find(|m| m.path == "[vdso]").ok_or_else(|| {
         ChkptError::unsupported(
             pid,
@@ -57,7 +59,7 @@ pub fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
         })
 }
 
-pub fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
+fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
     let mut out = Vec::new();
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
@@ -84,7 +86,7 @@ pub fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
     Ok(out)
 }
 
-pub fn itimers(s: &Scratch) -> Result<Vec<ITimer>> {
+fn itimers(s: &Scratch) -> Result<Vec<ITimer>> {
     let mut out = Vec::new();
     for which in 0..3u32 {
         s.inj.call(
@@ -106,7 +108,7 @@ pub fn itimers(s: &Scratch) -> Result<Vec<ITimer>> {
     Ok(out)
 }
 
-pub fn altstack(s: &Scratch) -> Result<(u64, u32, u64)> {
+fn altstack(s: &Scratch) -> Result<AltStack> {
     s.inj.call(
         "sigaltstack",
         libc::SYS_sigaltstack,
@@ -114,12 +116,16 @@ pub fn altstack(s: &Scratch) -> Result<(u64, u32, u64)> {
     )?;
     let b = ptrace::read_mem(s.inj.tid, s.addr, 24)?;
     let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    Ok((w(0), w(1) as u32, w(2)))
+    Ok(AltStack {
+        sp: w(0),
+        flags: w(1) as u32,
+        size: w(2),
+    })
 }
 
 /// Resource limits, from /proc/PID/limits: prlimit() on a process of
 /// another user needs CAP_SYS_RESOURCE, which root may lack.
-pub fn rlimits(pid: i32) -> Result<Vec<Rlimit>> {
+fn rlimits(pid: i32) -> Result<Vec<Rlimit>> {
     let text = procfs::read_to_string(format!("/proc/{pid}/limits"))?;
     let limits = procfs::parse_limits(&text);
     if limits.len() != 16 {
@@ -131,112 +137,11 @@ pub fn rlimits(pid: i32) -> Result<Vec<Rlimit>> {
     Ok(limits)
 }
 
-/// A pipe fd seen while listing fds: (pid, fd, inode, write end).
-#[derive(Debug, Clone)]
-pub struct PipeRef {
-    pub pid: i32,
-    pub fd: i32,
-    pub ino: u64,
-    pub write_end: bool,
-}
-
-/// List the fd table; pipes are returned aside and classified by the caller
-/// (a pipe whose two ends are inside the tree is restored, one that leads
-/// outside is stdio or refused).
-pub fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
-    let dir = format!("/proc/{pid}/fd");
-    let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
-    let mut nums: Vec<i32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    nums.sort_unstable();
-    let mut out = Vec::new();
-    let mut pipes = Vec::new();
-    for fd in nums {
-        let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
-        let (pos, flags) =
-            procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;
-        let kind = classify_fd(pid, fd, &target, pos)?;
-        if let Some(ino) = target
-            .strip_prefix("pipe:[")
-            .and_then(|r| r.strip_suffix(']'))
-            .and_then(|n| n.parse().ok())
-        {
-            let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
-            pipes.push(PipeRef {
-                pid,
-                fd,
-                ino,
-                write_end,
-            });
-        }
-        if let Some(kind) = kind {
-            out.push(FdImage { fd, flags, kind });
-        }
-    }
-    Ok((out, pipes))
-}
-
-/// `None` for a pipe (classified later with the whole tree in view).
-fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKind>> {
-    let refuse = |why: &str| {
-        Err(ChkptError::unsupported(
-            pid,
-            format!("fd {fd} ({target})"),
-            why.to_string(),
-        ))
-    };
-    if target.starts_with("pipe:[") {
-        return Ok(None);
-    }
-    let is_tty = target.starts_with("/dev/pts/")
-        || target.starts_with("/dev/tty")
-        || target == "/dev/console";
-    if fd <= 2 && (is_tty || target.starts_with("socket:[")) {
-        return Ok(Some(FdKind::InheritedStdio {
-            what: target.to_string(),
-        }));
-    }
-    if target.starts_with("socket:[") {
-        return refuse("sockets (TCP, UDP, unix) cannot be checkpointed");
-    }
-    if target.contains("io_uring") {
-        return refuse("io_uring cannot be checkpointed");
-    }
-    if target.starts_with("anon_inode:") {
-        return refuse(
-            "anonymous inodes (eventfd, epoll, signalfd, timerfd, …) cannot be checkpointed",
-        );
-    }
-    if target.ends_with(" (deleted)") {
-        return refuse("the file was deleted");
-    }
-    if !target.starts_with('/') {
-        return refuse("unknown kind of file");
-    }
-    let meta = std::fs::metadata(target).map_err(|e| ChkptError::io(target, e))?;
-    let ft = meta.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_char_device() || ft.is_block_device() {
-        if !ALLOWED_DEVICES.contains(&target) {
-            return refuse("devices other than /dev/null, /dev/zero, /dev/random, /dev/urandom cannot be checkpointed");
-        }
-    } else if !ft.is_file() && !ft.is_dir() {
-        return refuse("only regular files, directories and pipes inside the tree are supported");
-    }
-    // `file` is assigned once the whole tree's fds are known (dump::share_files)
-    Ok(Some(FdKind::Path {
-        path: target.to_string(),
-        pos,
-        file: 0,
-    }))
-}
-
 /// Registers, extended state, signal mask and pending signals of one thread.
-pub fn thread(tid: i32, regs: &ptrace::Regs, sigmask: u64, clear_tid: u64) -> Result<ThreadImage> {
+fn thread(tid: i32, regs: &image::Regs, sigmask: u64, clear_tid: u64) -> Result<ThreadImage> {
     Ok(ThreadImage {
         tid,
-        regs: ptrace::regs_to_bytes(regs),
+        regs: image::regs_to_bytes(regs),
         xstate: ptrace::get_xstate(tid)?,
         sigmask,
         pending: ptrace::peek_pending(tid, false)?,
@@ -284,7 +189,7 @@ fn threads(pid: i32, leader: &Injector, scratch: &Scratch) -> Result<Vec<ThreadI
 }
 
 /// Everything of the task image that /proc and injection give.
-pub fn task_image(
+fn task_image(
     pid: i32,
     ppid: i32,
     inj: &Injector,
@@ -332,4 +237,38 @@ pub fn task_image(
         fds,
         threads: threads(pid, inj, scratch)?,
     })
+}
+
+pub struct TaskDump {
+    pub task: TaskImage,
+    pub mm: MmImage,
+    /// Pages to copy into the memory image.
+    pub pages: u64,
+}
+
+pub fn dump_task(
+    pid: i32,
+    ppid: i32,
+    fds: Vec<FdImage>,
+    shared: &mut memory::SharedSeen,
+) -> Result<TaskDump> {
+    let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
+    let mut vmas = memory::vmas(pid, &maps)?;
+    let inj = Injector::new(pid, find_syscall_insn(pid, &maps)?)?;
+    let result = (|| {
+        let scratch = Scratch::map(&inj)?;
+        let task = task_image(pid, ppid, &inj, &scratch, fds)?;
+        let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
+        scratch.unmap()?;
+        let pages = memory::plan_pages(pid, &mut vmas, shared)?;
+        let mm = MmImage {
+            vmas,
+            params: memory::params(pid, brk)?,
+            shared_pending: ptrace::peek_pending(pid, true)?,
+        };
+        Ok(TaskDump { task, mm, pages })
+    })();
+    // Registers go back whatever happened, so the job resumes untouched.
+    inj.restore()?;
+    result
 }

@@ -6,7 +6,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{self, FileKind, MmImage, MmParams, PageRun, Vma, VmaKind, PAGE};
+use crate::image::{
+    self, FileKind, MmImage, MmParams, PageRun, SharedMemObject, Vma, VmaKind, PAGE,
+};
 use crate::procfs::{self, MapLine};
 
 const PM_PRESENT: u64 = 1 << 63;
@@ -17,13 +19,16 @@ const PM_FILE: u64 = 1 << 61;
 pub type SharedSeen = std::collections::HashMap<u64, Vec<(u64, u64)>>;
 
 /// Size of every shared memory object seen: the end of its furthest range.
-pub fn shared_sizes(seen: &SharedSeen) -> Vec<(u64, u64)> {
-    let mut v: Vec<(u64, u64)> = seen
+pub fn shared_sizes(seen: &SharedSeen) -> Vec<SharedMemObject> {
+    let mut v: Vec<SharedMemObject> = seen
         .iter()
         .filter(|(&id, _)| id & (1u64 << 63) == 0)
-        .map(|(&id, r)| (id, r.iter().map(|x| x.0 + x.1).max().unwrap_or(0)))
+        .map(|(&id, r)| SharedMemObject {
+            id,
+            size: r.iter().map(|x| x.0 + x.1).max().unwrap_or(0),
+        })
         .collect();
-    v.sort_unstable();
+    v.sort_unstable_by_key(|o| o.id);
     v
 }
 
@@ -48,7 +53,7 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
         "[vvar_vclock]" => VmaKind::VvarVclock,
         "[vsyscall]" => VmaKind::Vsyscall,
         p if p.starts_with("/SYSV") => {
-            let seg = crate::sysvshm::describe(m.inode as i32)?;
+            let seg = super::sysv::describe(m.inode as i32)?;
             if m.offset != 0 || image::page_align(seg.size) != m.end - m.start {
                 return refuse("a SysV shm segment mapped only in part");
             }
@@ -282,7 +287,7 @@ pub fn write_mm(
         for h in helpers {
             let r = h
                 .join()
-                .map_err(|_| ChkptError::Other("a copy thread panicked".into()))
+                .map_err(|_| ChkptError::Thread("a page copy thread panicked".into()))
                 .and_then(|r| r);
             result = result.and(r);
         }

@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::io::Write;
 
+use super::ctx::TaskCtx;
 use crate::error::{ChkptError, Result};
 use crate::image::{FdKind, PipeImage};
 use crate::ptrace::{self, Injector};
-use crate::restore::TaskCtx;
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 /// Status flags F_SETFL can change.
@@ -140,10 +140,9 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
         match &f.kind {
             FdKind::InheritedStdio { .. } => {}
             FdKind::Pipe { ino, write_end } => {
-                let &(r, w) = c
-                    .pipe_fds
-                    .get(ino)
-                    .ok_or_else(|| ChkptError::Other(format!("pipe {ino} missing")))?;
+                let &(r, w) = c.pipe_fds.get(ino).ok_or_else(|| {
+                    ChkptError::Inconsistent(format!("pipe {ino} is not in the node file"))
+                })?;
                 let from = if *write_end { w } else { r };
                 i.call(
                     "dup3",
@@ -164,10 +163,9 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
                 )?;
             }
             FdKind::Path { file, .. } => {
-                let from = c
-                    .file_fds
-                    .get(file)
-                    .ok_or_else(|| ChkptError::Other(format!("open file #{file} missing")))?;
+                let from = c.file_fds.get(file).ok_or_else(|| {
+                    ChkptError::Inconsistent(format!("open file #{file} was not opened"))
+                })?;
                 i.call(
                     "dup3",
                     libc::SYS_dup3,

@@ -1,9 +1,9 @@
 //! Rebuilding a task's address space by injected system calls.
 
+use super::ctx::{current_maps, TaskCtx, AREA_LEN, AREA_PARK, PARK_LEN};
 use crate::error::{ChkptError, Result};
 use crate::image::{Vma, VmaKind, PAGE};
 use crate::ptrace::Injector;
-use crate::restore::{current_maps, TaskCtx, AREA_SIZE, PARK_OFFSET, PARK_SIZE};
 
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
@@ -30,7 +30,7 @@ fn move_specials(c: &TaskCtx) -> Result<()> {
     let pid = c.inj.tid;
     let cur = current_maps(pid)?;
     let mut parked = Vec::new();
-    let mut off = c.area + PARK_OFFSET;
+    let mut off = c.area + AREA_PARK;
     for m in cur
         .iter()
         .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
@@ -42,19 +42,20 @@ fn move_specials(c: &TaskCtx) -> Result<()> {
         let len = m.end - m.start;
         match rec {
             None => {
-                c.inj.call("munmap", libc::SYS_munmap, [m.start, len, 0, 0, 0, 0])?;
+                c.inj
+                    .call("munmap", libc::SYS_munmap, [m.start, len, 0, 0, 0, 0])?;
             }
             Some(v) if v.end - v.start != len => {
-                return Err(ChkptError::Other(format!(
-                    "{} is {} bytes on this kernel but {} in the image: restart on the kernel that took the checkpoint",
+                return Err(ChkptError::Kernel(format!(
+                    "{} is {} bytes on this kernel but {} in the image",
                     m.path,
                     len,
                     v.end - v.start
                 )))
             }
             Some(v) => {
-                if off + len > c.area + PARK_OFFSET + PARK_SIZE {
-                    return Err(ChkptError::Other("vDSO larger than the parking zone".into()));
+                if off + len > c.area + AREA_PARK + PARK_LEN {
+                    return Err(ChkptError::TooLarge(format!("a {len} byte {}", m.path)));
                 }
                 mremap(c.inj, m.start, len, off)?;
                 parked.push((off, len, v.start));
@@ -67,7 +68,7 @@ fn move_specials(c: &TaskCtx) -> Result<()> {
             .iter()
             .any(|m| Some(m.path.as_str()) == special_name(&v.kind))
         {
-            return Err(ChkptError::Other(format!(
+            return Err(ChkptError::Kernel(format!(
                 "this kernel has no {:?} mapping",
                 v.kind
             )));
@@ -85,7 +86,7 @@ fn unmap_restarter(c: &TaskCtx) -> Result<()> {
         let keep = matches!(
             m.path.as_str(),
             "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
-        ) || (m.start >= c.area && m.end <= c.area + AREA_SIZE);
+        ) || (m.start >= c.area && m.end <= c.area + AREA_LEN);
         if !keep {
             c.inj.call(
                 "munmap",
@@ -187,7 +188,7 @@ fn create_vma(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
                 [*shmid as u64, v.start, 0, 0, 0, 0],
             )?;
             if addr != v.start {
-                return Err(ChkptError::Other(format!(
+                return Err(ChkptError::Inconsistent(format!(
                     "SysV shm {shmid} attached at {addr:#x}, not {:#x}",
                     v.start
                 )));
@@ -277,12 +278,12 @@ fn set_mm_map(c: &TaskCtx) -> Result<()> {
 pub fn create_shared(
     root: &Injector,
     scratch: u64,
-    objs: &[(u64, u64)],
+    objs: &[crate::image::SharedMemObject],
     base: i32,
 ) -> Result<std::collections::HashMap<u64, i32>> {
     let mut out = std::collections::HashMap::new();
     crate::ptrace::write_mem(root.tid, scratch, b"krg-shm\0")?;
-    for (n, &(id, size)) in objs.iter().enumerate() {
+    for (n, &crate::image::SharedMemObject { id, size }) in objs.iter().enumerate() {
         let fd = root.call(
             "memfd_create",
             libc::SYS_memfd_create,
@@ -303,22 +304,22 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     let mmfd = c.mm_fd as u64;
     // The restarter's rseq area is about to disappear: the kernel would
     // kill the task with SIGSEGV at the next return to user space.
-    let (ptr, len, sig) = crate::ptrace::rseq_config(c.inj.tid)?;
-    if ptr != 0 {
+    let rseq = crate::ptrace::rseq_config(c.inj.tid)?;
+    if rseq.addr != 0 {
         c.inj.call(
             "rseq(unregister)",
             libc::SYS_rseq,
-            [ptr, len as u64, 1, sig as u64, 0, 0],
+            [rseq.addr, rseq.len as u64, 1, rseq.sig as u64, 0, 0],
         )?;
     }
     move_specials(c)?;
     unmap_restarter(c)?;
     for v in &c.mm.vmas {
-        create_vma(c, v, mmfd).map_err(|e| {
-            ChkptError::Other(format!(
-                "mapping {:#x}-{:#x} ({:?}): {e}",
-                v.start, v.end, v.kind
-            ))
+        create_vma(c, v, mmfd).map_err(|e| ChkptError::Mapping {
+            start: v.start,
+            end: v.end,
+            kind: format!("{:?}", v.kind),
+            source: Box::new(e),
         })?;
     }
     set_mm_map(c)

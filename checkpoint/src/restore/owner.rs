@@ -171,7 +171,7 @@ pub fn run_as<T: Send>(owner: &ImageOwner, f: impl FnOnce() -> Result<T> + Send)
         })
         .join()
         .unwrap_or_else(|_| {
-            Err(ChkptError::Other(
+            Err(ChkptError::Thread(
                 "the thread acting as the image's owner panicked".into(),
             ))
         })
@@ -179,12 +179,9 @@ pub fn run_as<T: Send>(owner: &ImageOwner, f: impl FnOnce() -> Result<T> + Send)
 }
 
 fn become_owner(o: &ImageOwner) -> Result<()> {
-    let fail = |what: &str| {
-        ChkptError::Other(format!(
-            "taking the identity of uid {} ({what}): {}",
-            o.uid,
-            std::io::Error::last_os_error()
-        ))
+    let fail = |what: &str| ChkptError::Credentials {
+        what: format!("taking the identity of uid {} ({what})", o.uid),
+        err: std::io::Error::last_os_error(),
     };
     let groups: Vec<libc::gid_t> = o.groups.clone();
     // SAFETY: raw credential system calls on the calling thread; `groups`
@@ -241,7 +238,11 @@ mod tests {
             rlimits: Vec::new(),
             sigactions: Vec::new(),
             itimers: Vec::new(),
-            altstack: (0, 2, 0),
+            altstack: crate::image::AltStack {
+                sp: 0,
+                flags: 2,
+                size: 0,
+            },
             fds: Vec::new(),
             threads: Vec::new(),
         }
@@ -264,7 +265,7 @@ mod tests {
             .contains("uid 0"));
         let mut t = task(65534, own, vec![]);
         t.rlimits.push(Rlimit {
-            resource: libc::RLIMIT_NOFILE as u32,
+            resource: libc::RLIMIT_NOFILE,
             cur: 1024,
             max: u64::MAX,
         });

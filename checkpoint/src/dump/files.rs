@@ -1,0 +1,283 @@
+//! The fd tables of the tree: regular files (numbered by open file
+//! description, so shared offsets come back shared), pipes (inside the tree,
+//! or stdio leading out of it) and what is refused.
+
+use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::error::{ChkptError, Result};
+use crate::image::{FdImage, FdKind, PipeImage};
+use crate::procfs;
+
+/// Devices a process may hold open and still be checkpointed: they carry no state.
+const ALLOWED_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+
+/// A pipe fd seen while listing fds: (pid, fd, inode, write end).
+#[derive(Debug, Clone)]
+struct PipeRef {
+    pub pid: i32,
+    pub fd: i32,
+    pub ino: u64,
+    pub write_end: bool,
+}
+
+/// List the fd table; pipes are returned aside and classified by the caller
+/// (a pipe whose two ends are inside the tree is restored, one that leads
+/// outside is stdio or refused).
+fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
+    let dir = format!("/proc/{pid}/fd");
+    let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
+    let mut nums: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    nums.sort_unstable();
+    let mut out = Vec::new();
+    let mut pipes = Vec::new();
+    for fd in nums {
+        let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
+        let (pos, flags) =
+            procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;
+        let kind = classify_fd(pid, fd, &target, pos)?;
+        if let Some(ino) = target
+            .strip_prefix("pipe:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+        {
+            let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+            pipes.push(PipeRef {
+                pid,
+                fd,
+                ino,
+                write_end,
+            });
+        }
+        if let Some(kind) = kind {
+            out.push(FdImage { fd, flags, kind });
+        }
+    }
+    Ok((out, pipes))
+}
+
+/// `None` for a pipe (classified later with the whole tree in view).
+fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKind>> {
+    let refuse = |why: &str| {
+        Err(ChkptError::unsupported(
+            pid,
+            format!("fd {fd} ({target})"),
+            why.to_string(),
+        ))
+    };
+    if target.starts_with("pipe:[") {
+        return Ok(None);
+    }
+    let is_tty = target.starts_with("/dev/pts/")
+        || target.starts_with("/dev/tty")
+        || target == "/dev/console";
+    if fd <= 2 && (is_tty || target.starts_with("socket:[")) {
+        return Ok(Some(FdKind::InheritedStdio {
+            what: target.to_string(),
+        }));
+    }
+    if target.starts_with("socket:[") {
+        return refuse("sockets (TCP, UDP, unix) cannot be checkpointed");
+    }
+    if target.contains("io_uring") {
+        return refuse("io_uring cannot be checkpointed");
+    }
+    if target.starts_with("anon_inode:") {
+        return refuse(
+            "anonymous inodes (eventfd, epoll, signalfd, timerfd, …) cannot be checkpointed",
+        );
+    }
+    if target.ends_with(" (deleted)") {
+        return refuse("the file was deleted");
+    }
+    if !target.starts_with('/') {
+        return refuse("unknown kind of file");
+    }
+    let meta = std::fs::metadata(target).map_err(|e| ChkptError::io(target, e))?;
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_char_device() || ft.is_block_device() {
+        if !ALLOWED_DEVICES.contains(&target) {
+            return refuse("devices other than /dev/null, /dev/zero, /dev/random, /dev/urandom cannot be checkpointed");
+        }
+    } else if !ft.is_file() && !ft.is_dir() {
+        return refuse("only regular files, directories and pipes inside the tree are supported");
+    }
+    // `file` is assigned once the whole tree's fds are known (dump::share_files)
+    Ok(Some(FdKind::Path {
+        path: target.to_string(),
+        pos,
+        file: 0,
+    }))
+}
+
+/// Split pipe fds into stdio that leads outside the tree (inherited at
+/// restart) and pipes with both ends inside the tree (recreated).
+fn classify_pipes(
+    all: &[PipeRef],
+    fds: &mut HashMap<i32, Vec<FdImage>>,
+    flags: &HashMap<(i32, i32), u32>,
+) -> Result<Vec<u64>> {
+    let mut internal = Vec::new();
+    for p in all {
+        let has_r = all.iter().any(|q| q.ino == p.ino && !q.write_end);
+        let has_w = all.iter().any(|q| q.ino == p.ino && q.write_end);
+        let kind = if has_r && has_w {
+            if !internal.contains(&p.ino) {
+                internal.push(p.ino);
+            }
+            FdKind::Pipe {
+                ino: p.ino,
+                write_end: p.write_end,
+            }
+        } else if p.fd <= 2 {
+            FdKind::InheritedStdio {
+                what: format!("pipe:[{}]", p.ino),
+            }
+        } else {
+            return Err(ChkptError::unsupported(
+                p.pid,
+                format!("fd {} (pipe:[{}])", p.fd, p.ino),
+                "a pipe leading outside the checkpointed tree",
+            ));
+        };
+        let flags = flags.get(&(p.pid, p.fd)).copied().unwrap_or(0);
+        let v = fds.entry(p.pid).or_default();
+        v.push(FdImage {
+            fd: p.fd,
+            flags,
+            kind,
+        });
+        v.sort_by_key(|f| f.fd);
+    }
+    Ok(internal)
+}
+
+/// Same open file description? (kcmp KCMP_FILE; CONFIG_CHECKPOINT_RESTORE)
+fn same_file(a: (i32, i32), b: (i32, i32)) -> bool {
+    // SAFETY: kcmp only compares kernel objects.
+    unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a.0,
+            b.0,
+            0, /* KCMP_FILE */
+            a.1 as u64,
+            b.1 as u64,
+        ) == 0
+    }
+}
+
+/// Number the open file descriptions of the tree: fds that share one (dup,
+/// inheritance over fork) get the same number, so restart opens the file
+/// once and every fd shares its offset again.
+fn share_files(tree: &[(i32, i32)], fds: &mut HashMap<i32, Vec<FdImage>>) {
+    let mut reps: Vec<(i32, i32, String)> = Vec::new();
+    for &(pid, _) in tree {
+        let Some(list) = fds.get_mut(&pid) else {
+            continue;
+        };
+        for f in list.iter_mut() {
+            if let FdKind::Path { path, file, .. } = &mut f.kind {
+                let found = reps
+                    .iter()
+                    .position(|(p, n, rp)| rp == path && same_file((*p, *n), (pid, f.fd)));
+                *file = match found {
+                    Some(i) => i as u32,
+                    None => {
+                        reps.push((pid, f.fd, path.clone()));
+                        (reps.len() - 1) as u32
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Bytes buffered in a pipe, copied without consuming them: `tee` into a
+/// pipe of our own, then read that.
+fn pipe_data(pid: i32, fd: i32) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| ChkptError::io(&path, e))?;
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the 2-int array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+        return Err(ChkptError::sys("pipe2 (copying pipe data)", pid));
+    }
+    // SAFETY: pipe2 succeeded: both fds are new and ours alone.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    // A pipe holds at most 1 MiB here (pipe-max-size without CAP_SYS_RESOURCE).
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    // SAFETY: tee between two pipe fds we hold open.
+    let n = unsafe {
+        libc::tee(
+            src.as_raw_fd(),
+            wr.as_raw_fd(),
+            1 << 20,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EAGAIN) {
+            return Ok(Vec::new()); // an empty pipe
+        }
+        return Err(ChkptError::io(&path, e));
+    }
+    drop(wr);
+    let mut data = Vec::with_capacity(n as usize);
+    std::fs::File::from(rd)
+        .read_to_end(&mut data)
+        .map_err(|e| ChkptError::io(&path, e))?;
+    Ok(data)
+}
+
+/// The fd tables of a frozen tree and the pipes it holds inside.
+pub struct TreeFiles {
+    /// Per task, its fds (pipes classified, files numbered).
+    pub fds: HashMap<i32, Vec<FdImage>>,
+    /// Pipes with both ends in the tree, with their buffered bytes.
+    pub pipes: Vec<PipeImage>,
+}
+
+/// Read every fd table, classify pipes with the whole tree in view, number
+/// shared open file descriptions, copy what pipes hold.
+pub fn collect(tree: &[(i32, i32)]) -> Result<TreeFiles> {
+    let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
+    let mut pipes = Vec::new();
+    let mut flags = HashMap::new();
+    for &(p, _) in tree {
+        let (f, pr) = self::fds(p)?;
+        for r in &pr {
+            let (_, fl) = procfs::parse_fdinfo(&procfs::read_to_string(format!(
+                "/proc/{p}/fdinfo/{}",
+                r.fd
+            ))?)?;
+            flags.insert((p, r.fd), fl);
+        }
+        fds.insert(p, f);
+        pipes.extend(pr);
+    }
+    let internal = classify_pipes(&pipes, &mut fds, &flags)?;
+    share_files(tree, &mut fds);
+    let mut images = Vec::new();
+    for ino in internal {
+        // classify_pipes only returns inodes it found in `pipes`
+        if let Some(r) = pipes.iter().find(|p| p.ino == ino) {
+            images.push(PipeImage {
+                ino,
+                data: pipe_data(r.pid, r.fd)?,
+            });
+        }
+    }
+    Ok(TreeFiles { fds, pipes: images })
+}

@@ -1,0 +1,180 @@
+//! Freezing the tree: who it belongs to, what this version refuses, and
+//! the ptrace seizure that holds it still (and lets it go on any error).
+
+use crate::error::{ChkptError, Result};
+use crate::{procfs, ptrace};
+
+/// The tree rooted at `pid`, parents before children: (pid, ppid).
+pub fn tree(pid: i32) -> Result<Vec<(i32, i32)>> {
+    let stat = procfs::parse_stat(
+        &procfs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|_| ChkptError::NoSuchProcess(pid))?,
+    )?;
+    let mut out = vec![(pid, stat.ppid())];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].0;
+        for c in procfs::children(p)? {
+            out.push((c, p));
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Detaches (or kills) every seized task when dropped, so that an error
+/// anywhere leaves the job running.
+#[derive(Default)]
+pub struct Frozen {
+    tids: Vec<i32>,
+    /// Kill the tasks instead of letting them run on (`--kill`).
+    pub kill: bool,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &t in self.tids.iter().rev() {
+            if self.kill {
+                // SAFETY: plain kill of a task we froze.
+                unsafe { libc::kill(t, libc::SIGKILL) };
+            }
+            let _ = ptrace::detach(t);
+        }
+    }
+}
+
+/// Who a process belongs to, for the image: its user when its real,
+/// effective, saved and file-system ids all agree, else root — a process
+/// that holds another identity (a setuid or setgid program) is root's
+/// business, and its image must not be a file its real user may edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn owner_of(pid: i32, status: &str, caller: u32) -> Result<Owner> {
+    let uids = procfs::status_ids(status, "Uid")?;
+    let gids = procfs::status_ids(status, "Gid")?;
+    let one_uid = uids.iter().all(|&u| u == uids[0]);
+    let one_gid = gids.iter().all(|&g| g == gids[0]);
+    if caller != 0 && (!one_uid || uids[0] != caller || !one_gid) {
+        return Err(ChkptError::Permission(format!(
+            "process {pid} runs with uids {uids:?} and gids {gids:?}; only root may checkpoint a process that is not entirely yours"
+        )));
+    }
+    Ok(if one_uid && one_gid {
+        Owner {
+            uid: uids[0],
+            gid: gids[0],
+        }
+    } else {
+        Owner { uid: 0, gid: 0 }
+    })
+}
+
+fn check_task(pid: i32, caller: u32) -> Result<Owner> {
+    let status = procfs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| ChkptError::NoSuchProcess(pid))?;
+    let owner = owner_of(pid, &status, caller)?;
+    if procfs::status_field(&status, "State").is_some_and(|st| st.starts_with('Z')) {
+        return Err(ChkptError::unsupported(
+            pid,
+            "a zombie process",
+            "its parent has not reaped it yet; retry",
+        ));
+    }
+    refuse_unsaved_state(pid, &status)?;
+    let tracer = procfs::status_field(&status, "TracerPid").unwrap_or("0");
+    if tracer != "0" {
+        return Err(ChkptError::unsupported(
+            pid,
+            "a process already being traced",
+            format!("by PID {tracer}"),
+        ));
+    }
+    Ok(owner)
+}
+
+/// State this version cannot save: refused rather than silently lost.
+fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
+    if procfs::status_field(status, "Seccomp").is_some_and(|s| s != "0") {
+        return Err(ChkptError::unsupported(
+            pid,
+            "seccomp filters",
+            "a process under seccomp cannot be checkpointed",
+        ));
+    }
+    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    if !timers.trim().is_empty() {
+        return Err(ChkptError::unsupported(
+            pid,
+            "POSIX timers (timer_create)",
+            "not saved by this version",
+        ));
+    }
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let me = pid.to_string();
+    if locks
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(me.as_str()))
+    {
+        return Err(ChkptError::unsupported(
+            pid,
+            "file locks (flock, fcntl)",
+            "not saved by this version",
+        ));
+    }
+    for ns in ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        if theirs.is_some() && ours.is_some() && theirs != ours {
+            return Err(ChkptError::unsupported(
+                pid,
+                format!("a process in another {ns} namespace"),
+                "run checkpoint (and restart) in the job's namespaces",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The owner of a whole tree: its tasks' common owner, or root when they
+/// differ (see [`Owner`]).
+pub fn tree_owner(tree: &[(i32, i32)], caller: u32) -> Result<Owner> {
+    let mut owners = tree.iter().map(|&(p, _)| {
+        let status = procfs::read_to_string(format!("/proc/{p}/status"))
+            .map_err(|_| ChkptError::NoSuchProcess(p))?;
+        owner_of(p, &status, caller)
+    });
+    let first = owners.next().unwrap_or(Err(ChkptError::NoSuchProcess(0)))?;
+    for o in owners {
+        if o? != first {
+            return Ok(Owner { uid: 0, gid: 0 });
+        }
+    }
+    Ok(first)
+}
+
+/// Freeze the tree, re-reading children until no new one appears.
+pub fn freeze(pid: i32, caller: u32, frozen: &mut Frozen) -> Result<Vec<(i32, i32)>> {
+    loop {
+        let t = tree(pid)?;
+        let mut new = false;
+        for &(p, _) in &t {
+            if !frozen.tids.contains(&p) {
+                check_task(p, caller)?;
+            }
+            for tid in procfs::threads(p)? {
+                if !frozen.tids.contains(&tid) {
+                    ptrace::seize_and_interrupt(tid)?;
+                    frozen.tids.push(tid);
+                    new = true;
+                }
+            }
+        }
+        if !new {
+            return Ok(t);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The application and node files: `global_v<SN>.bin` (the application
+//! as a whole) and `node_<N>_v<SN>.bin` (the tasks one node holds and the
+//! objects they share: pipes, shared memory, SysV IPC).
+
+use serde::{Deserialize, Serialize};
+
+/// `global_v<SN>.bin`: the application as a whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GlobalImage {
+    /// Application id: the PID of the checkpointed root process.
+    pub app_id: i32,
+    pub sn: u32,
+    /// Bit N set: node N holds tasks of this checkpoint (a `node_<N>` file exists).
+    pub node_mask: u64,
+    pub created_unix: u64,
+    pub uid: u32,
+    pub kernel: String,
+}
+
+/// `node_<N>_v<SN>.bin`: the tasks node N holds, parents before children.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeImage {
+    pub node: u32,
+    pub tasks: Vec<TaskEntry>,
+    /// Pipes shared by tasks of the tree, by id.
+    pub pipes: Vec<PipeImage>,
+    /// MAP_SHARED anonymous memory objects of the tree.
+    pub shared_mem: Vec<SharedMemObject>,
+    /// SysV shared memory segments attached by the tree.
+    pub sysv_shm: Vec<SysvShmImage>,
+    /// SysV semaphore sets and message queues named at checkpoint time.
+    pub sysv_sem: Vec<SemImage>,
+    pub sysv_msg: Vec<MsgImage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskEntry {
+    pub pid: i32,
+    /// Parent PID; the root's parent is outside the checkpoint.
+    pub ppid: i32,
+    pub threads: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PipeImage {
+    /// Inode number of the pipe at checkpoint time (its identity).
+    pub ino: u64,
+    /// Bytes that were buffered in the pipe.
+    pub data: Vec<u8>,
+}
+
+/// A MAP_SHARED anonymous memory object (also a memfd) of the tree.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SharedMemObject {
+    /// The shmem inode at checkpoint time (its identity).
+    pub id: u64,
+    pub size: u64,
+}
+
+/// A SysV shared memory segment attached by the tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SysvShmImage {
+    pub shmid: i32,
+    pub key: i32,
+    pub size: u64,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// IPC_RMID was done: removed again once the tree is attached.
+    pub destroyed: bool,
+}
+
+/// A SysV semaphore set named at checkpoint time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SemImage {
+    pub semid: i32,
+    pub key: i32,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub values: Vec<u16>,
+}
+
+/// A SysV message queue named at checkpoint time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MsgImage {
+    pub msqid: i32,
+    pub key: i32,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// Queued messages, oldest first.
+    pub msgs: Vec<QueuedMessage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueuedMessage {
+    pub mtype: i64,
+    pub text: Vec<u8>,
+}

@@ -1,0 +1,134 @@
+//! `restart PID SN`: rebuild the tree with its recorded PIDs.
+//!
+//! No code of ours runs inside a restored process. The restarter forks the
+//! root with clone3(set_tid), which stops itself for ptrace; every further
+//! step — forking children with their PIDs, unmapping the restarter's memory,
+//! mapping the recorded areas and reading the pages into them from the image
+//! with pread, fds, cwd, signals, credentials — is a system call injected
+//! over ptrace at a `syscall` instruction on a page the restarter mapped at
+//! an address no recorded mapping uses. Registers go in last, then detach.
+
+//! - [`load`] — read and check every file (before anything runs)
+//! - [`owner`] — what a user's image may ask of root
+//! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
+//! - [`task`] — one task's restore, in order
+//! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task
+//! - [`ctx`] — the injection area and what every step works with
+//! - [`sysv`] — recreating SysV IPC objects
+
+mod ctx;
+mod fds;
+pub mod load;
+mod mm;
+pub mod owner;
+mod sig;
+mod sysv;
+mod task;
+mod tree;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{ChkptError, Result};
+use crate::store;
+
+pub use load::{load, Loaded, LoadedTask};
+pub use owner::ImageOwner;
+
+use ctx::AREA_LEN;
+use tree::{restore_tree, PidPolicy};
+
+pub struct RestoreOptions {
+    pub root: PathBuf,
+    /// Whose node file to restart; `None`: the one node the checkpoint holds.
+    pub node: Option<u32>,
+    /// How long to wait for a recorded PID still held (e.g. a zombie not yet reaped).
+    pub pid_wait: Duration,
+    /// Let the kernel choose new PIDs instead of the recorded ones.
+    pub new_pids: bool,
+}
+
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub pids: Vec<i32>,
+}
+
+pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let dir = store::app_dir(&opts.root, app);
+    let mut loaded = load(&dir, sn, opts.node)?;
+    if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
+        return Err(ChkptError::Usage(
+            "--new-pids does not handle multi-threaded processes (their TIDs live in their memory)"
+                .into(),
+        ));
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return Err(ChkptError::Permission(
+            "restart must run as root (clone3 with a chosen PID needs CAP_CHECKPOINT_RESTORE)"
+                .into(),
+        ));
+    }
+    let area = map_area(&loaded)?;
+    let pids = PidPolicy {
+        wait: opts.pid_wait,
+        fresh: opts.new_pids,
+    };
+    let r = restore_tree(&mut loaded, area, pids).map(|pids| RestoreReport { pids });
+    // SAFETY: unmapping the area we mapped in this process.
+    unsafe { libc::munmap(area as *mut libc::c_void, AREA_LEN as usize) };
+    r
+}
+
+/// Map the injection area in the restarter (children inherit it) at an
+/// address far from every recorded mapping.
+fn map_area(l: &Loaded) -> Result<u64> {
+    let mut used: Vec<(u64, u64)> = l
+        .tasks
+        .iter()
+        .flat_map(|t| t.mm.vmas.iter().map(|v| (v.start, v.end)))
+        .collect();
+    used.sort_unstable();
+    const MARGIN: u64 = 64 << 20;
+    let mut cand = 0x1000_0000u64;
+    let fits = |c: u64| {
+        used.iter()
+            .all(|&(s, e)| c + AREA_LEN + MARGIN <= s || c >= e + MARGIN)
+    };
+    for _ in 0..100_000 {
+        if fits(cand) {
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+            let p = unsafe {
+                libc::mmap(
+                    cand as *mut libc::c_void,
+                    AREA_LEN as usize,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p as u64 == cand {
+                // `syscall` then `jmp .`: a child forked by an injected clone3
+                // spins on the jmp until we attach to it.
+                // SAFETY: the page is ours, writable and at least 4 bytes long.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        [0x0fu8, 0x05, 0xeb, 0xfe].as_ptr(),
+                        p as *mut u8,
+                        4,
+                    )
+                };
+                return Ok(cand);
+            }
+            if p != libc::MAP_FAILED {
+                // SAFETY: an old kernel ignoring NOREPLACE gave us another address.
+                unsafe { libc::munmap(p, AREA_LEN as usize) };
+            }
+        }
+        cand += MARGIN;
+    }
+    Err(ChkptError::TooLarge(
+        "the address space left for restart's injection area".into(),
+    ))
+}

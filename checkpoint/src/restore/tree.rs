@@ -1,0 +1,336 @@
+//! Rebuilding the process tree: the root forked from restart with its PID,
+//! every child forked inside its restored parent with its PID, sessions and
+//! process groups; the fds restart hands the whole tree; SysV objects; and
+//! killing everything created if any step fails.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::error::{ChkptError, Result};
+use crate::image::TaskImage;
+use crate::ptrace::{self, Injector};
+
+use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_CODE, AREA_SCRATCH};
+use super::load::Loaded;
+use super::{fds, mm, owner, sysv};
+
+/// How restored tasks get their PIDs.
+#[derive(Debug, Clone, Copy)]
+pub struct PidPolicy {
+    /// How long to wait for a recorded PID still held (a zombie not yet reaped).
+    pub wait: Duration,
+    /// Let the kernel choose new PIDs instead of the recorded ones.
+    pub fresh: bool,
+}
+
+/// Fork the root task from the restarter with its recorded PID; it stops
+/// itself under ptrace before touching anything.
+fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
+    let deadline = Instant::now() + pids.wait;
+    loop {
+        let tid = [pid];
+        let mut args = clone_args(tid.as_ptr() as u64);
+        if pids.fresh {
+            args[8] = 0;
+            args[9] = 0;
+        }
+        // SAFETY: fork-like clone3 (no CLONE_VM, no stack): the child continues
+        // here on a copy of our memory and only makes async-signal-safe calls.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                args.as_ptr(),
+                std::mem::size_of_val(&args),
+            )
+        };
+        if r == 0 {
+            // SAFETY: child side: become traced, stop, never return into Rust state.
+            unsafe {
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                libc::raise(libc::SIGSTOP);
+                libc::_exit(127);
+            }
+        }
+        if r > 0 {
+            ptrace::wait_stop(r as i32)?;
+            return Ok(r as i32);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(ChkptError::Sys {
+                op: format!("clone3 with PID {pid}"),
+                pid,
+                err,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(ChkptError::PidTaken(pid));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fork `child` inside the (not yet restored) `parent` with an injected clone3.
+fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPolicy) -> Result<i32> {
+    let scratch = area + AREA_SCRATCH;
+    let deadline = Instant::now() + pids.wait;
+    let mut buf = Vec::new();
+    let mut args = clone_args(scratch + 128);
+    if pids.fresh {
+        args[8] = 0;
+        args[9] = 0;
+    }
+    for w in args {
+        buf.extend_from_slice(&w.to_le_bytes());
+    }
+    buf.resize(128, 0);
+    buf.extend_from_slice(&(child as u64).to_le_bytes());
+    ptrace::write_mem(parent.tid, scratch, &buf)?;
+    loop {
+        let r = parent.raw(libc::SYS_clone3, [scratch, 88, 0, 0, 0, 0])?;
+        if r == child as i64 || (pids.fresh && r > 0) {
+            ptrace::seize_and_interrupt(r as i32)?;
+            return Ok(r as i32);
+        }
+        if r != -(libc::EEXIST as i64) {
+            return Err(ChkptError::Injected {
+                name: "clone3",
+                pid: child,
+                errno: std::io::Error::from_raw_os_error(-r as i32),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(ChkptError::PidTaken(child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills every task created so far if restore fails half way.
+struct CreatedTasks {
+    pids: Vec<i32>,
+    /// Set once the whole tree is restored: the tasks are kept.
+    done: bool,
+}
+
+impl Drop for CreatedTasks {
+    fn drop(&mut self) {
+        if !self.done {
+            for &p in &self.pids {
+                // SAFETY: killing processes this restart created.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+                let _ = ptrace::detach(p);
+                let mut st = 0;
+                // SAFETY: reaping our own child; status is a valid pointer.
+                unsafe { libc::waitpid(p, &mut st, libc::__WALL) };
+            }
+        }
+    }
+}
+
+/// Session and process group, right after the fork and before the task's
+/// own children are forked (they inherit them): a session leader calls
+/// setsid, a group leader setpgid(0, 0), a member of a group whose leader was
+/// already recreated joins it; anything else stays in restart's.
+fn join_session(i: &Injector, t: &TaskImage, created: &[i32]) -> Result<()> {
+    if t.sid == t.pid {
+        i.call("setsid", libc::SYS_setsid, [0; 6])?;
+    } else if t.pgid == t.pid {
+        i.call("setpgid", libc::SYS_setpgid, [0; 6])?;
+    } else if created.contains(&t.pgid) {
+        i.call("setpgid", libc::SYS_setpgid, [0, t.pgid as u64, 0, 0, 0, 0])?;
+    }
+    Ok(())
+}
+
+/// `--new-pids`: task `old` now runs as `new`.
+fn remap(l: &mut Loaded, old: i32, new: i32) {
+    for t in l.tasks.iter_mut().map(|t| &mut t.task) {
+        if t.pid == old {
+            t.pid = new;
+            if let Some(th) = t.threads.first_mut() {
+                th.tid = new;
+            }
+        }
+        if t.ppid == old {
+            t.ppid = new;
+        }
+        if t.pgid == old {
+            t.pgid = new;
+        }
+        if t.sid == old {
+            t.sid = new;
+        }
+    }
+}
+
+/// Restore the loaded tree; returns the PIDs of its tasks.
+pub fn restore_tree(l: &mut Loaded, area: u64, pids: PidPolicy) -> Result<Vec<i32>> {
+    let mut created = CreatedTasks {
+        pids: Vec::new(),
+        done: false,
+    };
+    // SysV objects are created as the image's owner: the kernel records the
+    // owner, not root, as their creator.
+    let (segs, ipc) = owner::run_as(&l.owner, || {
+        let segs = sysv::shm_create(&l.node.sysv_shm)?;
+        match sysv::restore_sem_msg(&l.node.sysv_sem, &l.node.sysv_msg) {
+            Ok(c) => Ok((segs, c)),
+            Err(e) => {
+                sysv::shm_remove(&segs);
+                Err(e)
+            }
+        }
+    })?;
+    let r = restore_tasks(l, area, pids, &mut created);
+    if r.is_err() {
+        drop(created);
+        sysv::shm_remove(&segs);
+        ipc.remove();
+        return r;
+    }
+    created.done = true;
+    let destroyed: Vec<i32> = l
+        .node
+        .sysv_shm
+        .iter()
+        .filter(|s| s.destroyed)
+        .map(|s| s.shmid)
+        .collect();
+    sysv::shm_remove(&destroyed);
+    r
+}
+
+/// The memory images, duplicated in restart to fds `base..base + n` above
+/// every fd restart holds, so that the root task (a fork of restart)
+/// inherits them at those numbers and passes them on to its children.
+struct MmFds {
+    base: i32,
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+fn place_mm_fds(l: &Loaded) -> Result<MmFds> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let recorded = l
+        .tasks
+        .iter()
+        .flat_map(|t| t.task.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
+    let ours = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| ChkptError::io("/proc/self/fd", e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .max()
+        .unwrap_or(2);
+    let base = recorded.max(ours).max(2) + 1;
+    let mut fds = Vec::new();
+    for (n, t) in l.tasks.iter().enumerate() {
+        let want = base + n as i32;
+        // SAFETY: F_DUPFD_CLOEXEC on an fd we own; every fd from `base` up
+        // is free, so the lowest free one is `want`.
+        let fd = unsafe { libc::fcntl(t.mm_file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, want) };
+        if fd < 0 {
+            return Err(ChkptError::io(&t.mm_path, std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        if fd != want {
+            return Err(ChkptError::Thread(format!(
+                "memory image fd landed at {fd}, not {want}: another thread opened files"
+            )));
+        }
+    }
+    Ok(MmFds { base, fds })
+}
+
+fn restore_tasks(
+    l: &mut Loaded,
+    area: u64,
+    pids: PidPolicy,
+    created: &mut CreatedTasks,
+) -> Result<Vec<i32>> {
+    let mm_fds = place_mm_fds(l)?;
+    let old_root = l.tasks[0].task.pid;
+    let root_pid = fork_root(old_root, pids)?;
+    remap(l, old_root, root_pid);
+    created.pids.push(root_pid);
+    let root = &l.tasks[0].task;
+    let syscall_at = area + AREA_CODE;
+    let rinj = Injector::new(root.pid, syscall_at)?;
+    join_session(&rinj, root, &[])?;
+    // Nothing of the restarter's fd table goes further than stdio, but the
+    // memory images.
+    let mm_end = mm_fds.base + mm_fds.fds.len() as i32;
+    rinj.call(
+        "close_range",
+        libc::SYS_close_range,
+        [3, mm_fds.base as u64 - 1, 0, 0, 0, 0],
+    )?;
+    rinj.call(
+        "close_range",
+        libc::SYS_close_range,
+        [mm_end as u64, u32::MAX as u64, 0, 0, 0, 0],
+    )?;
+    drop(mm_fds.fds);
+    let pipe_base = mm_end;
+    // Everything the root opens for the tree is opened as the job's user.
+    set_fs_creds(&rinj, area + AREA_SCRATCH, root)?;
+    let pipe_fds = fds::create_pipes(&rinj, area + AREA_SCRATCH, &l.node.pipes, pipe_base)?;
+    let shm_base = pipe_base + 2 * pipe_fds.len() as i32;
+    let shm_fds = mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
+    let file_base = shm_base + shm_fds.len() as i32;
+    let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.task).collect();
+    let file_fds = fds::create_files(&rinj, area + AREA_SCRATCH, &images, file_base)?;
+
+    let mut injectors: HashMap<i32, Injector> = HashMap::new();
+    injectors.insert(root.pid, rinj);
+    for idx in 1..l.tasks.len() {
+        let (old, ppid) = (l.tasks[idx].task.pid, l.tasks[idx].task.ppid);
+        let parent = injectors.get(&ppid).ok_or_else(|| {
+            ChkptError::Inconsistent(format!("task {old} has no parent {ppid} in the image"))
+        })?;
+        let pid = fork_child(parent, area, old, pids)?;
+        remap(l, old, pid);
+        created.pids.push(pid);
+        let inj = Injector::new(pid, syscall_at)?;
+        let created_pids: Vec<i32> = l.tasks[..idx].iter().map(|t| t.task.pid).collect();
+        join_session(&inj, &l.tasks[idx].task, &created_pids)?;
+        injectors.insert(pid, inj);
+    }
+    let l = &*l;
+    let mut ctxs = Vec::new();
+    for (n, t) in l.tasks.iter().enumerate() {
+        let inj = injectors.get(&t.task.pid).ok_or_else(|| {
+            ChkptError::Inconsistent(format!("task {} was not created", t.task.pid))
+        })?;
+        ctxs.push(TaskCtx {
+            inj,
+            area,
+            task: &t.task,
+            mm: &t.mm,
+            mm_path: &t.mm_path,
+            mm_fd: mm_fds.base + n as i32,
+            data_off: t.data_off,
+            work_base: mm_fds.base,
+            pipe_fds: &pipe_fds,
+            shm_fds: &shm_fds,
+            file_fds: &file_fds,
+            work_end: file_base + file_fds.len() as i32,
+        });
+    }
+    for ctx in &ctxs {
+        ctx.restore()?;
+    }
+    // Children are forked from the area, so it goes only once all exist.
+    for ctx in &ctxs {
+        ctx.drop_area()?;
+    }
+    for t in l.tasks.iter().rev() {
+        for th in t.task.threads.iter().rev() {
+            ptrace::detach(th.tid)?;
+        }
+    }
+    created.done = true;
+    Ok(l.tasks.iter().map(|t| t.task.pid).collect())
+}
