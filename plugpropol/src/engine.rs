@@ -196,9 +196,10 @@ impl Engine {
             }),
             Err(e) => {
                 let _ = self.tree().rmdir(parent, name);
-                Err(Error::Io(format!(
-                    "cannot start the thread of {name} ({c}): {e}"
-                )))
+                Err(Error::io(
+                    format!("cannot start the thread of {name} ({c})"),
+                    e,
+                ))
             }
         }
     }

@@ -24,7 +24,7 @@ pub struct Mounted {
 pub fn mount(engine: Arc<Engine>, path: &Path) -> Result<Mounted> {
     clean_stale(path)?;
     std::fs::create_dir_all(path)
-        .map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     let mut config = Config::default();
     // DefaultPermissions: the kernel checks the modes we report (root-owned,
     // dirs 0755, attributes 0644, values 0444), so other users can read the
@@ -38,10 +38,10 @@ pub fn mount(engine: Arc<Engine>, path: &Path) -> Result<Mounted> {
     // Several threads: a slow plug-in start in one mkdir must not stall readers.
     config.n_threads = Some(4);
     let session = fuser::spawn_mount(SchedFs::new(engine), path, &config).map_err(|e| {
-        Error::Io(format!(
-            "mounting the scheduler tree at {}: {e}",
-            path.display()
-        ))
+        Error::io(
+            format!("mounting the scheduler tree at {}", path.display()),
+            e,
+        )
     })?;
     Ok(Mounted {
         session: Some(session),
@@ -130,10 +130,10 @@ fn detach(path: &Path) -> Result<()> {
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Error::Io(format!(
-            "detaching the stale mount at {}: {e}",
-            path.display()
-        )));
+        return Err(Error::io(
+            format!("detaching the stale mount at {}", path.display()),
+            e,
+        ));
     }
     Ok(())
 }

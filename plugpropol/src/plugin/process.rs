@@ -42,11 +42,12 @@ fn spawn(entry: &PluginEntry, node: u32) -> Result<Child> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => {
-                return Err(Error::Io(format!(
-                    "plug-in {}: cannot start {}: {e}",
+                let what = format!(
+                    "plug-in {}: cannot start {}",
                     entry.name,
                     entry.exe.display()
-                )))
+                );
+                return Err(Error::io(what, e));
             }
         }
     }
@@ -72,7 +73,8 @@ impl PluginProcess {
             if let Err(e) = reader {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::Io(format!("plug-in {}: {e}", entry.name)));
+                let what = format!("plug-in {}: starting its reader thread", entry.name);
+                return Err(Error::io(what, e));
             }
         }
         let stdin = child.stdin.take();
@@ -86,7 +88,7 @@ impl PluginProcess {
     }
 
     pub fn bad(&self, what: &str) -> Error {
-        Error::Io(format!("plug-in {}: {what}", self.name))
+        Error::Plugin(format!("plug-in {}: {what}", self.name))
     }
 
     pub fn next_line(&mut self, deadline: Instant) -> Result<String> {
