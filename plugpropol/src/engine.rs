@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::filters::Filter;
-use crate::plugin::{read_registry, PluginFilter, PluginKind, PluginPolicy, PluginProbe, Registry};
+use crate::plugin::{
+    read_registry, Decision, PluginFilter, PluginKind, PluginPolicy, PluginProbe, Registry,
+};
 use crate::probes::{self, Probe, BUILTIN_PROBES};
-use crate::tree::{kind_of, CompId, Ino, MkdirPlan, Removed, Tree};
+use crate::tree::{kind_of, CompId, FilterWork, Ino, MkdirPlan, Removed, Tree};
 use crate::value::NodeId;
 
 /// How often a policy plug-in is asked for a decision and a filter plug-in
@@ -112,9 +114,9 @@ impl Engine {
         )?;
         match plan {
             MkdirPlan::Done(ino) => Ok(ino),
-            MkdirPlan::Probe { kind } => self.load_probe(parent, &kind, &registry),
-            MkdirPlan::Policy { kind } => self.load_policy(parent, &kind, &registry),
-            MkdirPlan::Filter { kind } => self.load_filter(parent, &kind, &registry),
+            MkdirPlan::Probe { name } => self.load_probe(parent, &name, &registry),
+            MkdirPlan::Policy { name } => self.load_policy(parent, &name, &registry),
+            MkdirPlan::Filter { name } => self.load_filter(parent, &name, &registry),
         }
     }
 
@@ -316,11 +318,12 @@ fn run_policy(
             Err(e) => {
                 if let Some(why) = policy.failure() {
                     tracing::error!(policy = %name, reason = %why, "policy plug-in stopped; rmdir and mkdir it to restart");
-                    lock(&tree).set_decision(c, Err(format!("failed: {why}")));
+                    let why = format!("failed: {why}");
+                    lock(&tree).set_decision(c, Decision::Nowhere { why });
                     return;
                 }
                 tracing::warn!(policy = %name, error = %e, "policy plug-in gave no decision");
-                Err(e.to_string())
+                Decision::Nowhere { why: e.to_string() }
             }
         };
         lock(&tree).set_decision(c, decision);
@@ -340,12 +343,11 @@ fn run_filter(
     wake: WakeHandle,
 ) {
     loop {
-        let Some(work) = lock(&tree).filter_inputs(c) else {
-            return;
-        };
+        let work = lock(&tree).filter_work(c);
         let output = match work {
-            None => None,
-            Some((inputs, unit)) => match filter.run(&inputs, unit) {
+            FilterWork::Gone => return,
+            FilterWork::Unlinked => None,
+            FilterWork::Input(input) => match filter.run(&input) {
                 Ok(out) => Some(out),
                 Err(e) => {
                     if let Some(why) = filter.failure() {

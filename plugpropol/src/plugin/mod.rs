@@ -24,8 +24,8 @@ mod process;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use filter::PluginFilter;
-pub use policy::{Decision, PluginPolicy, PortSpec};
+pub use filter::{FilterInput, PluginFilter};
+pub use policy::{Decision, PluginPolicy, PortInput, PortSpec};
 pub use probe::PluginProbe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
