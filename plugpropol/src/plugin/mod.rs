@@ -20,9 +20,14 @@ mod filter;
 mod policy;
 mod probe;
 mod process;
+pub mod trust;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use trust::Trust;
 
 pub use filter::{FilterInput, PluginFilter};
 pub use policy::{Decision, PluginPolicy, PortInput, PortSpec};
@@ -46,15 +51,21 @@ pub struct PluginEntry {
 /// The registry: plug-in name → entry.
 pub type Registry = BTreeMap<String, PluginEntry>;
 
-/// Read the registry. A missing file is an empty registry; bad lines are
-/// reported (and skipped) so that one typo does not hide the other plug-ins.
-pub fn read_registry(path: &Path) -> (Registry, Vec<String>) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (BTreeMap::new(), Vec::new()),
-        Err(e) => return (BTreeMap::new(), vec![format!("{}: {e}", path.display())]),
+/// Read the registry, refusing one that another user could change (see
+/// [`trust`]). A missing file is an empty registry; bad lines are reported
+/// (and skipped) so that one typo does not hide the other plug-ins.
+pub fn read_registry(path: &Path) -> Result<(Registry, Vec<String>)> {
+    let mut file = match trust::open_trusted(path, Trust::Registry) {
+        Ok(t) => t.file,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Default::default())
+        }
+        Err(e) => return Err(e),
     };
-    parse_registry(&text, path)
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(parse_registry(&text, path))
 }
 
 pub fn parse_registry(text: &str, path: &Path) -> (Registry, Vec<String>) {
