@@ -1,15 +1,17 @@
 //! Plug-in probes (the shipped disk_probe, a crashing one, a slow one), the
 //! mount's life cycle (unmount on stop, stale mount after a crash), and
-//! plug-ins another user could change, which krgd refuses.
+//! what krgd refuses: plug-ins another user could change, mount points it
+//! would hide.
 
 mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{errno, script, wait_for, Daemon, Opts};
+use common::{errno, run_to_exit, script, wait_for, Daemon, Opts};
 
 /// An unprivileged uid, standing for another user (needs no passwd entry).
 const OTHER_USER: u32 = 65534;
@@ -343,4 +345,51 @@ fn plugins_another_user_could_change_are_never_run() {
     fs::create_dir(d.path("probes/evil")).unwrap();
     assert!(marker.exists());
     fs::remove_dir(d.path("probes/evil")).unwrap();
+}
+
+/// krgd must not mount its tree on a kernel file system (a test once
+/// covered /proc/sys) nor over a directory with content. It refuses to
+/// start, its last line naming the directory, as for any mount it cannot
+/// make.
+#[test]
+fn krgd_refuses_to_cover_proc_sys_or_a_full_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let krgd = Daemon::command_at(tmp.path(), &opts(None), Path::new("/proc/sys"));
+    // In a mount namespace of its own, so that even a mount that should
+    // have been refused would never cover this host's /proc/sys.
+    let log = tmp.path().join("proc.log");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--"])
+        .arg(krgd.get_program())
+        .args(krgd.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let status = run_to_exit(cmd, Duration::from_secs(30));
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("krgd: refusing to mount the scheduler tree on /proc/sys: it is on proc"),
+        "{text}"
+    );
+
+    let full = tmp.path().join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("keep"), "mine").unwrap();
+    let b = tmp.path().join("b");
+    let status = run_to_exit(
+        Daemon::command_at(&b, &opts(None), &full),
+        Duration::from_secs(30),
+    );
+    let text = fs::read_to_string(b.join("krgd.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    let want = format!(
+        "krgd: refusing to mount the scheduler tree on {}: the directory is not empty",
+        full.display()
+    );
+    assert!(last.starts_with(&want), "{text}");
+    assert!(!common::is_mounted(&full));
+    assert_eq!(fs::read_to_string(full.join("keep")).unwrap(), "mine");
 }
