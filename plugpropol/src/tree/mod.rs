@@ -1,6 +1,6 @@
 //! The configfs-style tree as a plain data model, independent of FUSE so it
 //! can be unit-tested. Every operation either applies completely or returns
-//! an [`Error`](crate::Error) and leaves the tree untouched.
+//! an [`Error`] and leaves the tree untouched.
 //!
 //! ```text
 //! probes/<probe>/probe_period            attribute (ms)
@@ -40,7 +40,7 @@ pub use data::{FilterWork, SharedValue};
 pub use namespace::{kind_of, CompId, EntryType, Ino, SourceRef, ROOT};
 pub use ops::{MkdirPlan, Removed};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::filters::Filter;
 use crate::plugin::{Decision, PluginKind, PortInput, PortSpec};
 use crate::probes::SourceSpec;
@@ -289,7 +289,7 @@ impl Tree {
                 }
             }
         }
-        Err(crate::Error::NotFound(match scheduler {
+        Err(Error::NotFound(match scheduler {
             Some(s) => {
                 format!("scheduler {s} does not exist or has no placement_policy or policy plug-in")
             }
