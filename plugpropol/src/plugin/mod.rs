@@ -11,7 +11,10 @@
 //! <name> policy /path/to/executable [arguments...]
 //! ```
 //!
-//! Line protocols (UTF-8, one message a line): see [`probe`], [`filter`] and [`policy`].
+//! Line protocols (UTF-8, one message a line), with their encoding: in the
+//! headers of `probe.rs`, `filter.rs` and `policy.rs` ([`PluginProbe`],
+//! [`PluginFilter`], [`PluginPolicy`]). The registry and the executables
+//! are used only if root alone can change them ([`trust`]).
 //! krgd closes the plug-in's stdin to stop it (then kills its process group
 //! after 1 s). A plug-in that exits or writes nonsense is reported in its
 //! `status`/`decision` file and the daemon log; krgd itself carries on.

@@ -12,12 +12,12 @@
 //!
 //! One module per concept; each uses only those listed before it:
 //!
-//! - [`namespace`]: numbered entries, names, paths, lookups.
-//! - [`data`]: the data plane: loaded parts, their values on every live
+//! - `namespace`: numbered entries, names, paths, lookups.
+//! - `data`: the data plane: loaded parts, their values on every live
 //!   node, plug-in inputs and outputs, placement.
-//! - [`links`]: link target text → the source it names; the cycle check.
-//! - [`render`]: what reading a file shows.
-//! - [`ops`]: the configfs operations and their rules.
+//! - `links`: link target text → the source it names; the cycle check.
+//! - `render`: what reading a file shows.
+//! - `ops`: the configfs operations and their rules.
 //!
 //! [`Tree`] (this file) owns one of each and is the crate's way in.
 
