@@ -137,10 +137,10 @@ impl Engine {
         let base = kind_of(name);
         let mut probe: Box<dyn Probe> = match probes::builtin(base) {
             Some(p) => p,
-            None => Box::new(PluginProbe::start(
-                &plugin(registry?, base, "probe")?,
-                node,
-            )?),
+            None => {
+                let entry = plugin(registry?, base, "probe")?;
+                Box::new(PluginProbe::start(&entry, node)?)
+            }
         };
         let first = probe.sample()?;
         let period = probe.default_period();
