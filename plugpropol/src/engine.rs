@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::filters::Filter;
-use crate::plugin::{read_registry, PluginFilter, PluginKind, PluginPolicy, PluginProbe, Registry};
+use crate::plugin::{
+    read_registry, Decision, PluginEntry, PluginFilter, PluginKind, PluginPolicy, PluginProbe,
+    Registry,
+};
 use crate::probes::{self, Probe, BUILTIN_PROBES};
-use crate::tree::{kind_of, CompId, Ino, MkdirPlan, Removed, Tree};
+use crate::tree::{kind_of, CompId, FilterWork, Ino, MkdirPlan, Removed, Tree};
 use crate::value::NodeId;
 
 /// How often a policy plug-in is asked for a decision and a filter plug-in
@@ -90,43 +93,54 @@ impl Engine {
         lock(&self.tree)
     }
 
-    fn registry(&self) -> Registry {
-        let (registry, problems) = match &self.registry {
-            Some(p) => read_registry(p),
-            None => Default::default(),
+    /// The registry as it is now. A registry that cannot be read or
+    /// trusted is an error, logged here: it refuses every plug-in.
+    fn registry(&self) -> Result<Registry> {
+        let Some(path) = &self.registry else {
+            return Ok(Registry::default());
         };
+        let (registry, problems) = read_registry(path).inspect_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "plug-in registry refused");
+        })?;
         for p in problems {
             tracing::warn!(problem = %p, "plug-in registry");
         }
-        registry
+        Ok(registry)
     }
 
     pub fn mkdir(&self, parent: Ino, name: &str) -> Result<Ino> {
         let registry = self.registry();
-        let is = |n: &str, kind| registry.get(n).is_some_and(|e| e.kind == kind);
+        // A refused registry might list any name: the plug-in's load then
+        // answers the registry's error (EACCES), a built-in part still loads.
+        let listed = |n: &str, kind| match &registry {
+            Ok(r) => r.get(n).is_some_and(|e| e.kind == kind),
+            Err(_) => true,
+        };
         let plan = self.tree().mkdir_with_plugins(
             parent,
             name,
-            |n| BUILTIN_PROBES.contains(&n) || is(n, PluginKind::Probe),
-            |n, kind| is(n, kind),
+            |n| BUILTIN_PROBES.contains(&n) || listed(n, PluginKind::Probe),
+            |n, kind| listed(n, kind),
         )?;
         match plan {
             MkdirPlan::Done(ino) => Ok(ino),
-            MkdirPlan::Probe { kind } => self.load_probe(parent, &kind, &registry),
-            MkdirPlan::Policy { kind } => self.load_policy(parent, &kind, &registry),
-            MkdirPlan::Filter { kind } => self.load_filter(parent, &kind, &registry),
+            MkdirPlan::Probe { name } => self.load_probe(parent, &name, registry),
+            MkdirPlan::Policy { name } => self.load_policy(parent, &name, registry),
+            MkdirPlan::Filter { name } => self.load_filter(parent, &name, registry),
         }
     }
 
     /// Instantiate a probe and take its first sample without the tree lock
     /// (a plug-in may take a while to start), then add it and start its thread.
-    fn load_probe(&self, parent: Ino, name: &str, registry: &Registry) -> Result<Ino> {
+    fn load_probe(&self, parent: Ino, name: &str, registry: Result<Registry>) -> Result<Ino> {
         let node = self.tree().node_id();
         let base = kind_of(name);
-        let mut probe: Box<dyn Probe> = match (probes::builtin(base), registry.get(base)) {
-            (Some(p), _) => p,
-            (None, Some(entry)) => Box::new(PluginProbe::start(entry, node)?),
-            (None, None) => return Err(Error::NotFound(format!("no probe named {base}"))),
+        let mut probe: Box<dyn Probe> = match probes::builtin(base) {
+            Some(p) => p,
+            None => {
+                let entry = plugin(registry?, base, "probe")?;
+                Box::new(PluginProbe::start(&entry, node)?)
+            }
         };
         let first = probe.sample()?;
         let period = probe.default_period();
@@ -141,12 +155,10 @@ impl Engine {
         Ok(ino)
     }
 
-    fn load_policy(&self, parent: Ino, name: &str, registry: &Registry) -> Result<Ino> {
+    fn load_policy(&self, parent: Ino, name: &str, registry: Result<Registry>) -> Result<Ino> {
         let node = self.tree().node_id();
-        let entry = registry
-            .get(kind_of(name))
-            .ok_or_else(|| Error::NotFound(format!("no policy plug-in named {}", kind_of(name))))?;
-        let policy = PluginPolicy::start(entry, node)?;
+        let entry = plugin(registry?, kind_of(name), "policy plug-in")?;
+        let policy = PluginPolicy::start(&entry, node)?;
         let (ino, c) = self
             .tree()
             .add_external_policy(parent, name, policy.ports())?;
@@ -158,12 +170,10 @@ impl Engine {
         Ok(ino)
     }
 
-    fn load_filter(&self, parent: Ino, name: &str, registry: &Registry) -> Result<Ino> {
+    fn load_filter(&self, parent: Ino, name: &str, registry: Result<Registry>) -> Result<Ino> {
         let node = self.tree().node_id();
-        let entry = registry
-            .get(kind_of(name))
-            .ok_or_else(|| Error::NotFound(format!("no filter plug-in named {}", kind_of(name))))?;
-        let filter = PluginFilter::start(entry, node)?;
+        let entry = plugin(registry?, kind_of(name), "filter plug-in")?;
+        let filter = PluginFilter::start(&entry, node)?;
         let (ino, c) =
             self.tree()
                 .add_external_filter(parent, name, Filter::external(filter.spec()))?;
@@ -196,9 +206,10 @@ impl Engine {
             }),
             Err(e) => {
                 let _ = self.tree().rmdir(parent, name);
-                Err(Error::Io(format!(
-                    "cannot start the thread of {name} ({c}): {e}"
-                )))
+                Err(Error::io(
+                    format!("cannot start the thread of {name} ({c})"),
+                    e,
+                ))
             }
         }
     }
@@ -245,6 +256,13 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The registry's entry for `kind`; `what` names it in the error.
+fn plugin(mut registry: Registry, kind: &str, what: &str) -> Result<PluginEntry> {
+    registry
+        .remove(kind)
+        .ok_or_else(|| Error::NotFound(format!("no {what} named {kind}")))
 }
 
 /// The sampling loop of one probe: sleep until the next period (woken early
@@ -315,11 +333,12 @@ fn run_policy(
             Err(e) => {
                 if let Some(why) = policy.failure() {
                     tracing::error!(policy = %name, reason = %why, "policy plug-in stopped; rmdir and mkdir it to restart");
-                    lock(&tree).set_decision(c, Err(format!("failed: {why}")));
+                    let why = format!("failed: {why}");
+                    lock(&tree).set_decision(c, Decision::Nowhere { why });
                     return;
                 }
                 tracing::warn!(policy = %name, error = %e, "policy plug-in gave no decision");
-                Err(e.to_string())
+                Decision::Nowhere { why: e.to_string() }
             }
         };
         lock(&tree).set_decision(c, decision);
@@ -339,12 +358,11 @@ fn run_filter(
     wake: WakeHandle,
 ) {
     loop {
-        let Some(work) = lock(&tree).filter_inputs(c) else {
-            return;
-        };
+        let work = lock(&tree).filter_work(c);
         let output = match work {
-            None => None,
-            Some((inputs, unit)) => match filter.run(&inputs, unit) {
+            FilterWork::Gone => return,
+            FilterWork::Unlinked => None,
+            FilterWork::Input(input) => match filter.run(&input) {
                 Ok(out) => Some(out),
                 Err(e) => {
                     if let Some(why) = filter.failure() {

@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum Error {
     /// No entry of that name, or `mkdir` of a name that is no known part.
     #[error("{0}")]
@@ -24,12 +24,36 @@ pub enum Error {
     /// The directory still holds user-created entries.
     #[error("{0}")]
     NotEmpty(String),
-    /// A plug-in failed to start or answer, or /proc could not be read.
+    /// A system call failed: reading /proc, starting a plug-in or a
+    /// thread, mounting. Keeps the OS error as its source.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A plug-in did not declare itself, answer in time or make sense, or
+    /// it exited.
     #[error("{0}")]
-    Io(String),
+    Plugin(String),
+    /// A /proc file did not have the expected format.
+    #[error("{0}")]
+    Proc(String),
+    /// A file krgd would trust as root (the plug-in registry, a plug-in
+    /// executable, a directory on their path) can be changed by another
+    /// user, or a mount point is not one to cover.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 impl Error {
+    /// An [`Error::Io`] saying what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
     /// The errno a file system call answers for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -39,7 +63,8 @@ impl Error {
             Error::Busy(_) => libc::EBUSY,
             Error::Exists(_) => libc::EEXIST,
             Error::NotEmpty(_) => libc::ENOTEMPTY,
-            Error::Io(_) => libc::EIO,
+            Error::Io { .. } | Error::Plugin(_) | Error::Proc(_) => libc::EIO,
+            Error::Untrusted(_) => libc::EACCES,
         }
     }
 }

@@ -1,6 +1,11 @@
-//! Mounting the tree: clean a stale mount left by a crashed krgd, mount
-//! with fuser, unmount (lazily if busy) on shutdown.
+//! Mounting the tree: clean a stale mount left by a crashed krgd, refuse a
+//! mount point that would hide something, mount with fuser, unmount
+//! (lazily if busy) on shutdown.
 
+use std::fs::{File, OpenOptions};
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,11 +25,14 @@ pub struct Mounted {
 }
 
 /// Mount `engine`'s tree at `path`, creating the directory and cleaning a
-/// stale mount first. Refuses if a live tree is already mounted there.
+/// stale mount first. Refuses if a live tree is already mounted there, or
+/// if the directory is not empty or is on a kernel file system
+/// ([`check_mount_point`]).
 pub fn mount(engine: Arc<Engine>, path: &Path) -> Result<Mounted> {
     clean_stale(path)?;
     std::fs::create_dir_all(path)
-        .map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    check_mount_point(path)?;
     let mut config = Config::default();
     // DefaultPermissions: the kernel checks the modes we report (root-owned,
     // dirs 0755, attributes 0644, values 0444), so other users can read the
@@ -38,10 +46,10 @@ pub fn mount(engine: Arc<Engine>, path: &Path) -> Result<Mounted> {
     // Several threads: a slow plug-in start in one mkdir must not stall readers.
     config.n_threads = Some(4);
     let session = fuser::spawn_mount(SchedFs::new(engine), path, &config).map_err(|e| {
-        Error::Io(format!(
-            "mounting the scheduler tree at {}: {e}",
-            path.display()
-        ))
+        Error::io(
+            format!("mounting the scheduler tree at {}", path.display()),
+            e,
+        )
     })?;
     Ok(Mounted {
         session: Some(session),
@@ -95,6 +103,76 @@ pub fn clean_stale(path: &Path) -> Result<()> {
     }
 }
 
+/// The kernel's own file systems, by statfs magic number: covering one of
+/// their directories hides a kernel interface (a test once covered
+/// /proc/sys).
+const PSEUDO_FS: &[(u32, &str)] = &[
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0x1cd1, "devpts"),
+    (0xcafe_4a11, "bpf"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x6165_676c, "pstore"),
+    (0x6265_6570, "configfs"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0x6573_5543, "fusectl"),
+    (0x1980_0202, "mqueue"),
+    (0x6e73_6673, "nsfs"),
+];
+
+/// The tree may only cover an empty directory of an ordinary file system:
+/// a mount hides what the directory holds. Checked on the opened directory
+/// (symlinks on the path followed, as mount(2) follows them).
+pub fn check_mount_point(path: &Path) -> Result<()> {
+    let shown = path.display();
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening the mount point {shown}"), e))?;
+    let fs = pseudo_fs(&dir).map_err(|e| Error::io(format!("statfs of {shown}"), e))?;
+    if let Some(fs) = fs {
+        return Err(Error::Invalid(format!(
+            "refusing to mount the scheduler tree on {shown}: it is on {fs}, a kernel file system; choose an empty directory elsewhere"
+        )));
+    }
+    let empty = is_empty(&dir).map_err(|e| Error::io(format!("listing {shown}"), e))?;
+    if !empty {
+        return Err(Error::NotEmpty(format!(
+            "refusing to mount the scheduler tree on {shown}: the directory is not empty and the mount would hide what it holds; choose an empty directory"
+        )));
+    }
+    Ok(())
+}
+
+/// The name of the kernel file system `dir` is on, if it is on one.
+fn pseudo_fs(dir: &File) -> std::io::Result<Option<&'static str>> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `dir` is an open descriptor and `st` writable memory of the
+    // size fstatfs fills; it keeps neither.
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // f_type is a signed word; magic numbers are 32 bits.
+    let magic = st.f_type as u32;
+    Ok(PSEUDO_FS.iter().find(|(m, _)| *m == magic).map(|(_, n)| *n))
+}
+
+/// Whether `dir` holds no entry, listed through its descriptor's /proc
+/// link so that it is the very directory opened and checked.
+fn is_empty(dir: &File) -> std::io::Result<bool> {
+    let mut entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+    Ok(entries.next().transpose()?.is_none())
+}
+
 /// Whether /proc/self/mountinfo lists a scheduler tree mounted at `path`.
 pub fn is_our_mount(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -130,10 +208,33 @@ fn detach(path: &Path) -> Result<()> {
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Error::Io(format!(
-            "detaching the stale mount at {}: {e}",
-            path.display()
-        )));
+        return Err(Error::io(
+            format!("detaching the stale mount at {}", path.display()),
+            e,
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_empty_directories_of_ordinary_file_systems() {
+        for (path, fs) in [("/proc/sys", "proc"), ("/sys/kernel", "sysfs")] {
+            let e = check_mount_point(Path::new(path)).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, Error::Invalid(_)), "{msg}");
+            assert!(msg.contains(&format!("on {path}: it is on {fs}")), "{msg}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        check_mount_point(d.path()).unwrap();
+        std::fs::write(d.path().join(".hidden"), "x").unwrap();
+        let e = check_mount_point(d.path()).unwrap_err();
+        assert!(matches!(e, Error::NotEmpty(_)), "{e}");
+        assert!(e.to_string().contains(&d.path().display().to_string()));
+        let missing = check_mount_point(&d.path().join("none")).unwrap_err();
+        assert!(missing.to_string().starts_with("opening the mount point"));
+    }
 }

@@ -102,6 +102,12 @@ impl Reading {
         }
     }
 
+    /// [`Reading::render`] on one line: the newlines of a text value become
+    /// ` | ` (for `nodes` files and line protocols).
+    pub fn render_line(&self, unit: Unit) -> String {
+        self.render(unit).replace('\n', " | ")
+    }
+
     /// Parse a rendered value of `unit` (plug-in output, peer replies).
     pub fn parse(unit: Unit, s: &str) -> Option<Reading> {
         if unit == Unit::Text {
@@ -147,4 +153,34 @@ impl Series {
 pub enum Readings {
     PerNode(BTreeMap<NodeId, Series>),
     Cluster(Series),
+}
+
+/// Whose value it is: one node's, or the cluster's (a cluster-wide filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Node(NodeId),
+    Cluster,
+}
+
+/// `2` or `cluster`, as `nodes` files and the plug-in protocols write it.
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Node(n) => write!(f, "{n}"),
+            Holder::Cluster => f.write_str("cluster"),
+        }
+    }
+}
+
+impl Readings {
+    /// The last value of every holder that has one, in node order.
+    pub fn latest(&self) -> Vec<(Holder, &Reading)> {
+        match self {
+            Readings::PerNode(m) => m
+                .iter()
+                .filter_map(|(n, s)| Some((Holder::Node(*n), s.last()?)))
+                .collect(),
+            Readings::Cluster(s) => s.last().map(|v| (Holder::Cluster, v)).into_iter().collect(),
+        }
+    }
 }

@@ -1,13 +1,38 @@
-//! Plug-in probes (the shipped disk_probe, a crashing one, a slow one) and
-//! the mount's life cycle (unmount on stop, stale mount after a crash).
+//! Plug-in probes (the shipped disk_probe, a crashing one, a slow one), the
+//! mount's life cycle (unmount on stop, stale mount after a crash), and
+//! what krgd refuses: plug-ins another user could change, mount points it
+//! would hide.
 
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{errno, script, wait_for, Daemon, Opts};
+use common::{errno, run_to_exit, script, wait_for, Daemon, Opts};
+
+/// An unprivileged uid, standing for another user (needs no passwd entry).
+const OTHER_USER: u32 = 65534;
+
+fn opts(registry: Option<&Path>) -> Opts<'_> {
+    Opts {
+        node: 1,
+        port: common::free_port(),
+        peers: vec![],
+        registry,
+        key: None,
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn chown(p: &Path, uid: u32) {
+    std::os::unix::fs::chown(p, Some(uid), None).unwrap();
+}
 
 fn shipped_disk_probe() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -256,4 +281,115 @@ fn a_second_krgd_refuses_a_live_tree() {
     assert!(log.contains("already served by another krgd"), "{log}");
     // The first tree is untouched.
     fs::create_dir(first.path("probes/mem_probe")).unwrap();
+}
+
+/// The review's attack: a registry or plug-in another user could change
+/// made root's `mkdir` run that user's code as root. The plug-in here notes
+/// in a marker file that it ran; refused, it must never run.
+#[test]
+fn plugins_another_user_could_change_are_never_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = tmp.path().join("plugins.conf");
+    let marker = tmp.path().join("ran");
+    let exe = tmp.path().join("evil.sh");
+    let body = "echo 'source v count'\necho ready\nwhile read c; do echo 'v 1'; echo end; done\n";
+    script(
+        &exe,
+        &format!("echo \"$0\" >> {}\n{body}", marker.display()),
+    );
+    let public = tmp.path().join("public");
+    fs::create_dir(&public).unwrap();
+    fs::copy(&exe, public.join("evil.sh")).unwrap();
+    chmod(&public, 0o777);
+    let d = Daemon::start(tmp.path(), opts(Some(&registry)));
+    let set_registry = |exe: &Path, mode: u32, uid: u32| {
+        let text = format!("evil probe {0}\nevil_policy policy {0}\n", exe.display());
+        fs::write(&registry, text).unwrap();
+        chmod(&registry, mode);
+        chown(&registry, uid);
+    };
+    let refused = |rel: &str| errno(fs::create_dir(d.path(rel)).unwrap_err()) == libc::EACCES;
+    fs::create_dir(d.path("schedulers/s")).unwrap();
+
+    set_registry(&exe, 0o666, 0); // anyone may write it
+    assert!(refused("probes/evil"));
+    assert!(refused("schedulers/s/evil_policy"));
+    fs::create_dir(d.path("probes/mem_probe")).unwrap(); // built-ins need no registry
+    set_registry(&exe, 0o644, OTHER_USER); // another user's
+    assert!(refused("probes/evil"));
+    set_registry(&exe, 0o644, 0);
+    chmod(&exe, 0o777); // a safe registry naming an executable anyone may write
+    assert!(refused("probes/evil"));
+    chmod(&exe, 0o755);
+    chown(&exe, OTHER_USER); // or another user's
+    assert!(refused("schedulers/s/evil_policy"));
+    chown(&exe, 0);
+    set_registry(&public.join("evil.sh"), 0o644, 0); // or one in a directory anyone may write
+    assert!(refused("probes/evil"));
+
+    assert!(!marker.exists(), "a refused plug-in ran");
+    assert!(!d.path("probes/evil").exists());
+    let log = d.log_text();
+    for why in [
+        "plug-in registry refused",
+        "is writable by group or others (mode 0666)",
+        "is owned by uid 65534, not root",
+        "plug-in not started",
+        "is writable by group or others (mode 0777) and not sticky",
+    ] {
+        assert!(log.contains(why), "log lacks {why:?}:\n{log}");
+    }
+
+    // The same plug-in from files only root can change runs as before.
+    set_registry(&exe, 0o644, 0);
+    fs::create_dir(d.path("probes/evil")).unwrap();
+    assert!(marker.exists());
+    fs::remove_dir(d.path("probes/evil")).unwrap();
+}
+
+/// krgd must not mount its tree on a kernel file system (a test once
+/// covered /proc/sys) nor over a directory with content. It refuses to
+/// start, its last line naming the directory, as for any mount it cannot
+/// make.
+#[test]
+fn krgd_refuses_to_cover_proc_sys_or_a_full_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let krgd = Daemon::command_at(tmp.path(), &opts(None), Path::new("/proc/sys"));
+    // In a mount namespace of its own, so that even a mount that should
+    // have been refused would never cover this host's /proc/sys.
+    let log = tmp.path().join("proc.log");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--"])
+        .arg(krgd.get_program())
+        .args(krgd.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let status = run_to_exit(cmd, Duration::from_secs(30));
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("krgd: refusing to mount the scheduler tree on /proc/sys: it is on proc"),
+        "{text}"
+    );
+
+    let full = tmp.path().join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("keep"), "mine").unwrap();
+    let b = tmp.path().join("b");
+    let status = run_to_exit(
+        Daemon::command_at(&b, &opts(None), &full),
+        Duration::from_secs(30),
+    );
+    let text = fs::read_to_string(b.join("krgd.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    let want = format!(
+        "krgd: refusing to mount the scheduler tree on {}: the directory is not empty",
+        full.display()
+    );
+    assert!(last.starts_with(&want), "{text}");
+    assert!(!common::is_mounted(&full));
+    assert_eq!(fs::read_to_string(full.join("keep")).unwrap(), "mine");
 }

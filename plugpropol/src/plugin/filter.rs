@@ -15,6 +15,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use super::probe::{ANSWER_TIMEOUT, START_TIMEOUT};
@@ -23,6 +24,28 @@ use super::PluginEntry;
 use crate::error::Result;
 use crate::filters::ExternalFilter;
 use crate::value::{NodeId, Reading, Readings, Scope, Series, Unit};
+
+/// What a filter plug-in is asked to transform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterInput {
+    /// The values on its `input` link.
+    pub readings: Readings,
+    /// Their unit (how they print).
+    pub unit: Unit,
+    /// The unit of its output (how its answers parse).
+    pub output: Unit,
+}
+
+/// One request: `value <node> <value>` for the last value of every holder,
+/// then `filter`.
+fn filter_request(input: &FilterInput) -> String {
+    let mut req = String::new();
+    for (who, v) in input.readings.latest() {
+        let _ = writeln!(req, "value {who} {}", v.render_line(input.unit));
+    }
+    req.push_str("filter\n");
+    req
+}
 
 pub struct PluginFilter {
     proc: PluginProcess,
@@ -84,16 +107,10 @@ impl PluginFilter {
         self.spec.clone()
     }
 
-    /// Send the input lines (`value <node> <value>`) and read the output,
-    /// whose values are of `out_unit`.
-    pub fn run(&mut self, inputs: &[String], out_unit: Unit) -> Result<Readings> {
-        let mut req = String::new();
-        for i in inputs {
-            req.push_str(i);
-            req.push('\n');
-        }
-        req.push_str("filter\n");
-        self.proc.send(&req)?;
+    /// Send the input values and read the output.
+    pub fn run(&mut self, input: &FilterInput) -> Result<Readings> {
+        self.proc.send(&filter_request(input))?;
+        let out_unit = input.output;
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         let mut per_node: BTreeMap<NodeId, Series> = BTreeMap::new();
         let mut cluster = Series::default();
@@ -146,9 +163,18 @@ mod tests {
         let mut f = PluginFilter::start(&e, 1).unwrap();
         assert_eq!(f.spec().input, Some(Unit::Bytes));
         assert_eq!(f.spec().output, None);
-        let out = f
-            .run(&["value 1 10".into(), "value 2 21".into()], Unit::Bytes)
-            .unwrap();
+        let input = FilterInput {
+            readings: Readings::PerNode(
+                [(1, 10.0), (2, 21.0)]
+                    .into_iter()
+                    .map(|(n, v)| (n, Series::one(Reading::Num(v))))
+                    .collect(),
+            ),
+            unit: Unit::Bytes,
+            output: Unit::Bytes,
+        };
+        assert_eq!(filter_request(&input), "value 1 10\nvalue 2 21\nfilter\n");
+        let out = f.run(&input).unwrap();
         let Readings::PerNode(m) = out else {
             panic!("per node")
         };

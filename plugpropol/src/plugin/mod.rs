@@ -11,7 +11,10 @@
 //! <name> policy /path/to/executable [arguments...]
 //! ```
 //!
-//! Line protocols (UTF-8, one message a line): see [`probe`], [`filter`] and [`policy`].
+//! Line protocols (UTF-8, one message a line), with their encoding: in the
+//! headers of `probe.rs`, `filter.rs` and `policy.rs` ([`PluginProbe`],
+//! [`PluginFilter`], [`PluginPolicy`]). The registry and the executables
+//! are used only if root alone can change them ([`trust`]).
 //! krgd closes the plug-in's stdin to stop it (then kills its process group
 //! after 1 s). A plug-in that exits or writes nonsense is reported in its
 //! `status`/`decision` file and the daemon log; krgd itself carries on.
@@ -20,12 +23,17 @@ mod filter;
 mod policy;
 mod probe;
 mod process;
+pub mod trust;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use filter::PluginFilter;
-pub use policy::{Decision, PluginPolicy, PortSpec};
+use crate::error::{Error, Result};
+use trust::Trust;
+
+pub use filter::{FilterInput, PluginFilter};
+pub use policy::{Decision, PluginPolicy, PortInput, PortSpec};
 pub use probe::PluginProbe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +54,21 @@ pub struct PluginEntry {
 /// The registry: plug-in name → entry.
 pub type Registry = BTreeMap<String, PluginEntry>;
 
-/// Read the registry. A missing file is an empty registry; bad lines are
-/// reported (and skipped) so that one typo does not hide the other plug-ins.
-pub fn read_registry(path: &Path) -> (Registry, Vec<String>) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (BTreeMap::new(), Vec::new()),
-        Err(e) => return (BTreeMap::new(), vec![format!("{}: {e}", path.display())]),
+/// Read the registry, refusing one that another user could change (see
+/// [`trust`]). A missing file is an empty registry; bad lines are reported
+/// (and skipped) so that one typo does not hide the other plug-ins.
+pub fn read_registry(path: &Path) -> Result<(Registry, Vec<String>)> {
+    let mut file = match trust::open_trusted(path, Trust::Registry) {
+        Ok(t) => t.file,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Default::default())
+        }
+        Err(e) => return Err(e),
     };
-    parse_registry(&text, path)
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(parse_registry(&text, path))
 }
 
 pub fn parse_registry(text: &str, path: &Path) -> (Registry, Vec<String>) {

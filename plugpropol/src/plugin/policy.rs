@@ -11,13 +11,14 @@
 //! plug-in → krgd:            place <node> <reason...>   or   none <reason...>
 //! ```
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use super::probe::{ANSWER_TIMEOUT, START_TIMEOUT};
 use super::process::PluginProcess;
 use super::PluginEntry;
 use crate::error::Result;
-use crate::value::{NodeId, Unit};
+use crate::value::{NodeId, Readings, Unit};
 
 /// A port a policy plug-in declares; `unit` None accepts any type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +27,36 @@ pub struct PortSpec {
     pub unit: Option<Unit>,
 }
 
-/// What a policy answers: a node and why, or why not.
-pub type Decision = std::result::Result<(NodeId, String), String>;
+/// What a policy answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Run new processes on `node`.
+    Place { node: NodeId, reason: String },
+    /// No node: the plug-in said `none`, or it could not be asked.
+    Nowhere { why: String },
+}
+
+/// What one linked port carries, as a policy plug-in is told it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortInput {
+    pub port: String,
+    /// The unit of the linked source (how its values print).
+    pub unit: Unit,
+    pub readings: Readings,
+}
+
+/// One decision request: `input <port> <node> <value>` for the last value
+/// of every port and holder, then `decide`.
+fn decide_request(inputs: &[PortInput]) -> String {
+    let mut req = String::new();
+    for i in inputs {
+        for (who, v) in i.readings.latest() {
+            let _ = writeln!(req, "input {} {who} {}", i.port, v.render_line(i.unit));
+        }
+    }
+    req.push_str("decide\n");
+    req
+}
 
 pub struct PluginPolicy {
     proc: PluginProcess,
@@ -86,15 +115,9 @@ impl PluginPolicy {
         self.ports.clone()
     }
 
-    /// Send the inputs (`input <port> <node> <value>` lines) and read the decision.
-    pub fn decide(&mut self, inputs: &[String]) -> Result<Decision> {
-        let mut req = String::new();
-        for i in inputs {
-            req.push_str(i);
-            req.push('\n');
-        }
-        req.push_str("decide\n");
-        self.proc.send(&req)?;
+    /// Send what the linked ports carry and read the decision.
+    pub fn decide(&mut self, inputs: &[PortInput]) -> Result<Decision> {
+        self.proc.send(&decide_request(inputs))?;
         let line = self.proc.next_line(Instant::now() + ANSWER_TIMEOUT)?;
         let (verb, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         match verb {
@@ -103,9 +126,14 @@ impl PluginPolicy {
                 let node: NodeId = node
                     .parse()
                     .map_err(|_| self.proc.bad(&format!("answered a bad node {node:?}")))?;
-                Ok(Ok((node, reason.to_string())))
+                Ok(Decision::Place {
+                    node,
+                    reason: reason.to_string(),
+                })
             }
-            "none" => Ok(Err(rest.to_string())),
+            "none" => Ok(Decision::Nowhere {
+                why: rest.to_string(),
+            }),
             _ => Err(self
                 .proc
                 .bad(&format!("answered {line:?} instead of place/none"))),
@@ -121,6 +149,7 @@ impl PluginPolicy {
 mod tests {
     use super::*;
     use crate::plugin::test_script;
+    use crate::value::{Reading, Series};
 
     #[test]
     fn picks_from_its_inputs() {
@@ -146,15 +175,53 @@ mod tests {
                 },
             ]
         );
-        let inputs = vec![
-            "input port_v 1 500".to_string(),
-            "input port_v 2 300".to_string(),
-        ];
+        let inputs = vec![PortInput {
+            port: "port_v".into(),
+            unit: Unit::Bytes,
+            readings: per_node(&[(1, 500.0), (2, 300.0)]),
+        }];
         assert_eq!(
             p.decide(&inputs).unwrap(),
-            Ok((2, "smallest 300".to_string()))
+            Decision::Place {
+                node: 2,
+                reason: "smallest 300".into()
+            }
         );
-        assert_eq!(p.decide(&[]).unwrap(), Err("no input".to_string()));
+        assert_eq!(
+            p.decide(&[]).unwrap(),
+            Decision::Nowhere {
+                why: "no input".into()
+            }
+        );
+    }
+
+    fn per_node(v: &[(NodeId, f64)]) -> Readings {
+        Readings::PerNode(
+            v.iter()
+                .map(|(n, x)| (*n, Series::one(Reading::Num(*x))))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn inputs_are_encoded_one_line_per_holder() {
+        let text = Readings::Cluster(Series::one(Reading::Text("a\nb".into())));
+        let inputs = [
+            PortInput {
+                port: "port_load".into(),
+                unit: Unit::Load,
+                readings: per_node(&[(1, 0.5), (3, 2.0)]),
+            },
+            PortInput {
+                port: "port_t".into(),
+                unit: Unit::Text,
+                readings: text,
+            },
+        ];
+        assert_eq!(
+            decide_request(&inputs),
+            "input port_load 1 0.50\ninput port_load 3 2.00\ninput port_t cluster a | b\ndecide\n"
+        );
     }
 
     #[test]

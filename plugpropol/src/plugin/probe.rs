@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::process::PluginProcess;
 use super::PluginEntry;
 use crate::error::Result;
-use crate::probes::{Probe, SourceSpec};
+use crate::probes::{Probe, SourceSpec, MAX_PERIOD_MS, MIN_PERIOD_MS};
 use crate::value::{Reading, Unit};
 
 /// How long a plug-in may take to declare itself.
@@ -66,7 +66,7 @@ impl PluginProbe {
                     let ms: u64 = ms
                         .parse()
                         .ok()
-                        .filter(|ms| (10..=3_600_000).contains(ms))
+                        .filter(|ms| (MIN_PERIOD_MS..=MAX_PERIOD_MS).contains(ms))
                         .ok_or_else(|| self.proc.bad(&line))?;
                     self.period = Duration::from_millis(ms);
                 }

@@ -6,6 +6,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use super::trust::{open_trusted, Trust};
 use super::PluginEntry;
 use crate::error::{Error, Result};
 
@@ -18,14 +19,23 @@ pub(super) struct PluginProcess {
     pub dead: Option<String>,
 }
 
-/// Start the executable. ETXTBSY (the file is still open for writing
-/// somewhere, e.g. being copied into place, or inherited by a process that
-/// is between fork and exec) is retried for a moment.
+/// Start the executable, if only root can change it (it runs as krgd's
+/// user, root). ETXTBSY (the file is still open for writing somewhere, e.g.
+/// being copied into place, or inherited by a process that is between fork
+/// and exec) is retried for a moment.
 fn spawn(entry: &PluginEntry, node: u32) -> Result<Child> {
     use std::os::unix::process::CommandExt;
+    let exe = open_trusted(&entry.exe, Trust::Executable).inspect_err(|e| {
+        if let Error::Untrusted(_) = e {
+            tracing::error!(plugin = %entry.name, error = %e, "plug-in not started");
+        }
+    })?;
     let mut attempt = 0;
     loop {
-        let spawned = Command::new(&entry.exe)
+        // The resolved path is the one checked: a link on the way to it
+        // could otherwise be changed after the check.
+        let spawned = Command::new(&exe.path)
+            .arg0(&entry.exe)
             .args(&entry.args)
             // Its own process group, so that stopping it also stops whatever
             // it started (a shell plug-in's `sleep`, `df`, ...).
@@ -42,11 +52,12 @@ fn spawn(entry: &PluginEntry, node: u32) -> Result<Child> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => {
-                return Err(Error::Io(format!(
-                    "plug-in {}: cannot start {}: {e}",
+                let what = format!(
+                    "plug-in {}: cannot start {}",
                     entry.name,
                     entry.exe.display()
-                )))
+                );
+                return Err(Error::io(what, e));
             }
         }
     }
@@ -72,7 +83,8 @@ impl PluginProcess {
             if let Err(e) = reader {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::Io(format!("plug-in {}: {e}", entry.name)));
+                let what = format!("plug-in {}: starting its reader thread", entry.name);
+                return Err(Error::io(what, e));
             }
         }
         let stdin = child.stdin.take();
@@ -86,7 +98,7 @@ impl PluginProcess {
     }
 
     pub fn bad(&self, what: &str) -> Error {
-        Error::Io(format!("plug-in {}: {what}", self.name))
+        Error::Plugin(format!("plug-in {}: {what}", self.name))
     }
 
     pub fn next_line(&mut self, deadline: Instant) -> Result<String> {

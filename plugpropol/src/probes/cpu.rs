@@ -42,14 +42,16 @@ pub fn cpu_jiffies(stat: &str) -> Result<(u64, u64)> {
     let line = stat
         .lines()
         .find(|l| l.starts_with("cpu "))
-        .ok_or_else(|| Error::Io("/proc/stat has no cpu line".into()))?;
+        .ok_or_else(|| Error::Proc("/proc/stat has no cpu line".into()))?;
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
     if v.len() < 4 {
-        return Err(Error::Io(format!("unexpected /proc/stat cpu line: {line}")));
+        return Err(Error::Proc(format!(
+            "unexpected /proc/stat cpu line: {line}"
+        )));
     }
     // user nice system idle iowait irq softirq steal (guest is already in user)
     let total: u64 = v.iter().take(8).sum();

@@ -23,7 +23,7 @@ impl Probe for LoadProbe {
 
 /// `0.52 0.58 0.59 2/345 12345` → load_1, load_5, load_15, runnable.
 pub fn parse_loadavg(text: &str) -> Result<Vec<Reading>> {
-    let bad = || Error::Io(format!("unexpected /proc/loadavg: {text:?}"));
+    let bad = || Error::Proc(format!("unexpected /proc/loadavg: {text:?}"));
     let f: Vec<&str> = text.split_whitespace().collect();
     if f.len() < 4 {
         return Err(bad());

@@ -34,7 +34,7 @@ pub fn meminfo_bytes(text: &str, key: &str) -> Result<u64> {
             let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
             Some(kb * 1024)
         })
-        .ok_or_else(|| Error::Io(format!("/proc/meminfo has no {key} line")))
+        .ok_or_else(|| Error::Proc(format!("/proc/meminfo has no {key} line")))
 }
 
 #[cfg(test)]

@@ -49,6 +49,11 @@ pub trait Probe: Send {
     }
 }
 
+/// Bounds of a probe's period (`probe_period`, a plug-in's `period`), in
+/// milliseconds.
+pub const MIN_PERIOD_MS: u64 = 10;
+pub const MAX_PERIOD_MS: u64 = 3_600_000;
+
 /// Names `mkdir probes/<name>` accepts without a plug-in registry entry.
 pub const BUILTIN_PROBES: &[&str] = &["mem_probe", "load_probe", "cpu_probe", "process_probe"];
 
@@ -64,5 +69,5 @@ pub fn builtin(name: &str) -> Option<Box<dyn Probe>> {
 }
 
 pub(crate) fn read_proc(path: &str) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::Io(format!("reading {path}: {e}")))
+    std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {path}"), e))
 }

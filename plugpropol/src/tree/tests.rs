@@ -1,7 +1,16 @@
 //! Unit tests of the tree model: every legal and illegal operation, and that
 //! a refused operation leaves the tree as it was.
 
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::links::feeds_from;
+use super::namespace::DirRole;
 use super::*;
+use crate::error::Error;
+use crate::probes::SourceSpec;
+use crate::value::{Reading, Unit};
 
 fn tree() -> Tree {
     Tree::new(1, Path::new("/config/krg_scheduler"))
@@ -28,7 +37,7 @@ fn loaded() -> Tree {
     assert_eq!(
         t.mkdir(probes, "mem_probe", |n| n == "mem_probe").unwrap(),
         MkdirPlan::Probe {
-            kind: "mem_probe".into()
+            name: "mem_probe".into()
         }
     );
     t.add_probe(
@@ -154,7 +163,7 @@ fn mkdir_rules() {
         t.mkdir(probes, "mem_probe.2", |n| n == "mem_probe")
             .unwrap(),
         MkdirPlan::Probe {
-            kind: "mem_probe.2".into()
+            name: "mem_probe.2".into()
         }
     );
     assert!(matches!(
@@ -307,12 +316,12 @@ fn link_rules() {
     // that reads a filter needs that input linked, and then holds it busy);
     // the checker still sees it.
     let (DirRole::Filter(ac), DirRole::Filter(tc)) =
-        (t.dir_role(avg).unwrap(), t.dir_role(thr).unwrap())
+        (t.ns.dir_role(avg).unwrap(), t.ns.dir_role(thr).unwrap())
     else {
         panic!()
     };
-    assert!(t.feeds_from(SourceRef::Filter(ac), tc));
-    assert!(!t.feeds_from(SourceRef::Filter(tc), ac));
+    assert!(feeds_from(&t.parts, SourceRef::Filter(ac), tc));
+    assert!(!feeds_from(&t.parts, SourceRef::Filter(tc), ac));
     // unlink of a non-link, rmdir of fixed parts.
     assert!(matches!(
         t.unlink(at(&t, "filters/moving_average"), "window"),

@@ -80,6 +80,11 @@ pub struct Opts<'a> {
 impl Daemon {
     /// The krgd command line for `dir` (mount at dir/mnt).
     pub fn command(dir: &Path, o: &Opts) -> Command {
+        Daemon::command_at(dir, o, &dir.join("mnt"))
+    }
+
+    /// The krgd command line for `dir`, with the tree mounted at `mnt`.
+    pub fn command_at(dir: &Path, o: &Opts, mnt: &Path) -> Command {
         let bins = build_binaries();
         std::fs::create_dir_all(dir).unwrap();
         let key = match o.key {
@@ -90,7 +95,6 @@ impl Daemon {
                 k
             }
         };
-        let mnt = dir.join("mnt");
         let sock = dir.join("krgd.sock");
         let log = dir.join("krgd.log");
         let mut cmd = Command::new(bins.join("krgd"));
@@ -103,7 +107,7 @@ impl Daemon {
             .arg("--cluster-key-file")
             .arg(&key)
             .arg("--scheduler-mount")
-            .arg(&mnt)
+            .arg(mnt)
             .arg("--plugin-registry")
             .arg(
                 o.registry
@@ -206,6 +210,26 @@ impl Drop for Daemon {
             // SAFETY: valid C string; lazy unmount of our own test mount.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
+    }
+}
+
+/// Run `cmd`, which must exit by itself within `limit`. One still running
+/// then is stopped with SIGTERM (krgd unmounts its tree on it) before the
+/// test fails.
+pub fn run_to_exit(mut cmd: Command, limit: Duration) -> std::process::ExitStatus {
+    let mut child = cmd.spawn().expect("starting the command");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            // SAFETY: kill(2) on the PID of our own, unreaped child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
