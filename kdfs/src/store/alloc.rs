@@ -2,7 +2,6 @@
 //! (`ino.next`) a block at a time, durably before use, and never reused, so
 //! that a stale kernel inode can never be confused with a newer file.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use krg_proto::kdfs::{inode_id, InodeId};
@@ -10,34 +9,33 @@ use krg_proto::NodeId;
 
 use super::error::Res;
 use super::locks::lock;
-use crate::format;
+use crate::format::StoreDir;
 
 /// Local inode numbers are reserved on disk this many at a time.
 const INO_BLOCK: u64 = 4096;
 
 pub(super) struct InoAllocator {
-    dir: PathBuf,
     node: NodeId,
     /// (next free local inode number, end of the reserved block).
     range: Mutex<(u64, u64)>,
 }
 
 impl InoAllocator {
-    /// An allocator of `dir` for `node` that has nothing reserved yet: the
-    /// first number it hands out is `next` (read from `ino.next`).
-    pub fn new(dir: PathBuf, node: NodeId, next: u64) -> Self {
+    /// An allocator for `node` that has nothing reserved yet: the first
+    /// number it hands out is `next` (read from `ino.next`).
+    pub fn new(node: NodeId, next: u64) -> Self {
         Self {
-            dir,
             node,
             range: Mutex::new((next, next)),
         }
     }
 
-    pub fn next(&self) -> Res<InodeId> {
+    /// A fresh inode id; `top` holds `ino.next`.
+    pub fn next(&self, top: &StoreDir) -> Res<InodeId> {
         let mut a = lock(&self.range);
         if a.0 >= a.1 {
             let end = a.1 + INO_BLOCK;
-            format::write_ino_next(&self.dir, end)?;
+            top.write_ino_next(end)?;
             a.1 = end;
         }
         let local = a.0;

@@ -121,18 +121,18 @@ impl Store {
 
     /// Space of the local file system, in 4 KiB blocks.
     fn statfs(&self) -> Res<KdfsResponse> {
-        let st = sys::statvfs(&self.dir)?;
-        let frsize = if st.f_frsize > 0 {
-            st.f_frsize
+        let st = nix::sys::statvfs::fstatvfs(self.top.fd())?;
+        let frsize = if st.fragment_size() > 0 {
+            st.fragment_size()
         } else {
-            st.f_bsize
+            st.block_size()
         };
         Ok(KdfsResponse::Statfs {
-            blocks: st.f_blocks * frsize / 4096,
-            bfree: st.f_bfree * frsize / 4096,
-            bavail: st.f_bavail * frsize / 4096,
-            files: st.f_files,
-            ffree: st.f_ffree,
+            blocks: st.blocks() * frsize / 4096,
+            bfree: st.blocks_free() * frsize / 4096,
+            bavail: st.blocks_available() * frsize / 4096,
+            files: st.files(),
+            ffree: st.files_free(),
             bsize: 4096,
         })
     }

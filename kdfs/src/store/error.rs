@@ -7,6 +7,7 @@
 //! and the FUSE client answer with, as `plugpropol/src/error.rs` does for the
 //! scheduler tree.
 
+use std::ffi::OsStr;
 use std::io;
 
 use krg_proto::kdfs::InodeId;
@@ -65,6 +66,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Entry `name` of directory `dir` is not one the store wrote (or names
+    /// something other than what it says). Logged here, so that every
+    /// refusal leaves a trace; the caller refuses it (EIO), never follows it
+    /// and never removes it.
+    pub fn forged(dir: InodeId, name: &OsStr, why: impl std::fmt::Display) -> Self {
+        let name = name.to_string_lossy();
+        tracing::warn!(dir = %format!("{dir:x}"), %name, "kdfs: refusing a directory entry the store did not write: {why}");
+        StoreError::Damaged(format!("entry {name:?} of directory {dir:x}: {why}"))
+    }
+
     /// The errno a file system call answers for this error.
     pub fn errno(&self) -> i32 {
         match self {

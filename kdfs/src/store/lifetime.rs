@@ -15,7 +15,7 @@ use super::Store;
 impl Store {
     /// Create the object of a new inode (one link, in no directory yet).
     pub(super) fn make_inode(&self, new: &NewInode) -> Res<Attr> {
-        let ino = self.alloc.next()?;
+        let ino = self.alloc.next(&self.top)?;
         self.objects.make(ino, new)
     }
 

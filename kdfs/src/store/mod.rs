@@ -31,12 +31,13 @@ mod locks;
 mod objects;
 mod sys;
 
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 
-use krg_proto::kdfs::{inode_local, inode_node, Attr, InodeId};
+use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId};
 use krg_proto::NodeId;
 
-use crate::format::{self, Superblock, INODES};
+use crate::format::{self, StoreDir, Superblock, INODES};
 use crate::KdfsError;
 use alloc::InoAllocator;
 use error::Res;
@@ -46,11 +47,10 @@ use objects::Objects;
 
 pub use data::{read_at, sync_file, write_at};
 pub use error::StoreError;
-pub use objects::object_path;
 
 /// An attached kDFS directory.
 pub struct Store {
-    dir: PathBuf,
+    top: StoreDir,
     sb: Superblock,
     root: Option<InodeId>,
     objects: Objects,
@@ -74,7 +74,7 @@ impl Store {
             }
             (0, Some(id)) => {
                 store.sb.fs_id = id;
-                format::write_superblock(dir, &store.sb)?;
+                store.top.write_superblock(&store.sb)?;
             }
             (have, Some(want)) if have != want => {
                 return Err(KdfsError::Invalid(format!(
@@ -84,8 +84,7 @@ impl Store {
             }
             _ => {}
         }
-        let next = format::read_ino_next(dir)?;
-        store.alloc = InoAllocator::new(dir.to_path_buf(), node, next);
+        store.alloc = InoAllocator::new(node, store.top.read_ino_next()?);
         store.objects.sweep_orphans();
         Ok(store)
     }
@@ -98,10 +97,13 @@ impl Store {
         Self::load(dir, node)
     }
 
-    /// Read and check the superblock and, on the root node, the root
-    /// meta-file; no allocation block is reserved yet.
+    /// Open `dir` and `dir/inodes`, refusing them unless they are root's
+    /// and private; read and check the superblock and, on the root node,
+    /// the root meta-file. No allocation block is reserved yet.
     fn load(dir: &Path, node: NodeId) -> Result<Store, KdfsError> {
-        let sb = format::read_superblock(dir)?;
+        let top = StoreDir::open(dir)?;
+        top.check_private()?;
+        let sb = top.read_superblock()?;
         if sb.node != node {
             return Err(KdfsError::Invalid(format!(
                 "{} was formatted for node {}, this is node {node}",
@@ -109,56 +111,53 @@ impl Store {
                 sb.node
             )));
         }
-        let inodes = dir.join(INODES);
+        let objects = Objects::new(node, top.open_inodes()?, dir.join(INODES));
         let root = if sb.root_node == node {
-            Some(Self::check_root_meta(dir, &inodes, &sb)?)
+            Some(Self::check_root_meta(&top, &objects, &sb)?)
         } else {
             None
         };
-        if !inodes.is_dir() {
-            return Err(KdfsError::corrupt(&inodes, "missing inode directory"));
-        }
         Ok(Store {
-            dir: dir.to_path_buf(),
+            top,
             sb,
             root,
-            objects: Objects::new(node, inodes),
-            alloc: InoAllocator::new(dir.to_path_buf(), node, 0),
+            objects,
+            alloc: InoAllocator::new(node, 0),
             handles: Handles::new(),
             stripes: Stripes::new(),
         })
     }
 
     /// The root directory the root meta-file names, checked to exist here.
-    fn check_root_meta(dir: &Path, inodes: &Path, sb: &Superblock) -> Result<InodeId, KdfsError> {
-        let meta = format::read_root_meta(dir)?;
+    fn check_root_meta(
+        top: &StoreDir,
+        objects: &Objects,
+        sb: &Superblock,
+    ) -> Result<InodeId, KdfsError> {
+        let meta = top.read_root_meta()?;
+        let bad = |why: &str| KdfsError::corrupt(top.path().join(format::ROOT_META), why);
         if meta.fs_id != sb.fs_id {
-            return Err(KdfsError::corrupt(
-                dir.join(format::ROOT_META),
-                "file system id differs from the superblock's",
-            ));
+            return Err(bad("file system id differs from the superblock's"));
         }
-        let root_path = object_path(inodes, inode_local(meta.root));
-        if inode_node(meta.root) != sb.node || !root_path.is_dir() {
-            return Err(KdfsError::corrupt(
-                dir.join(format::ROOT_META),
-                "names a root directory that does not exist",
-            ));
+        let is_dir = matches!(objects.kind(meta.root), Ok(FileKind::Dir));
+        if inode_node(meta.root) != sb.node || !is_dir {
+            return Err(bad("names a root directory that does not exist"));
         }
         Ok(meta.root)
     }
 
-    /// The directory of inode objects.
-    pub fn inodes(&self) -> &Path {
-        self.objects.inodes()
-    }
-
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.top.path()
     }
 
     pub fn superblock(&self) -> &Superblock {
         &self.sb
+    }
+
+    /// Open regular file `ino` of this node read-write, as the store does
+    /// (no symlink followed): for the FUSE client's own I/O on it.
+    pub fn open_local_file(&self, ino: InodeId) -> Result<File, StoreError> {
+        self.objects.open_file(ino, true)
     }
 
     fn node(&self) -> NodeId {
