@@ -11,13 +11,24 @@
 //! payload | crc32 u32 LE` (the CRC covers everything before it), written to a
 //! temporary name, fsync'ed and renamed into place, so a crash leaves either
 //! the old or the new file, and a damaged one is refused.
+//!
+//! `DIR` and `DIR/inodes` are owned by root and mode 0700: the objects keep
+//! the modes of kDFS files, but not the directories above them, so a store
+//! other users can reach lets them read any file and forge directory
+//! entries. mkfs makes them so and [`StoreDir::check_private`] refuses
+//! anything else. Meta-files are read and written relative to the
+//! directory's descriptor ([`StoreDir`]), never through a path that could
+//! be swapped meanwhile.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use krg_proto::kdfs::InodeId;
 use krg_proto::NodeId;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fchmod, fchmodat, fstat, mkdirat, FchmodatFlags, Mode};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::KdfsError;
@@ -26,6 +37,10 @@ pub const SUPERBLOCK: &str = "kdfs.sb";
 pub const ROOT_META: &str = "root.meta";
 pub const INO_NEXT: &str = "ino.next";
 pub const INODES: &str = "inodes";
+
+/// The one owner of a store's directories: krgd, which serves them, runs
+/// as root.
+pub const STORE_OWNER: u32 = 0;
 
 const SB_MAGIC: &[u8; 8] = b"KDFS-SB\0";
 const ROOT_MAGIC: &[u8; 8] = b"KDFS-RT\0";
@@ -93,57 +108,179 @@ fn decode<T: DeserializeOwned>(magic: &[u8; 8], bytes: &[u8], path: &Path) -> Re
     postcard::from_bytes(&body[16..]).map_err(|e| bad(&format!("undecodable payload: {e}")))
 }
 
-/// Write `bytes` to `dir/name` atomically and durably.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KdfsError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let dst = dir.join(name);
-    let mut f = File::create(&tmp).map_err(|e| KdfsError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| KdfsError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| KdfsError::io(&tmp, e))?;
-    fs::rename(&tmp, &dst).map_err(|e| KdfsError::io(&dst, e))?;
-    sync_dir(dir)
+fn io_err(path: &Path, e: nix::errno::Errno) -> KdfsError {
+    KdfsError::io(path, e.into())
 }
 
-pub fn sync_dir(dir: &Path) -> Result<(), KdfsError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| KdfsError::io(dir, e))
+/// Open directory `name` in `dir` without following a symlink.
+pub fn open_dir_at(dir: BorrowedFd, name: &str, shown: &Path) -> Result<OwnedFd, KdfsError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(dir, name, flags, Mode::empty()).map_err(|e| io_err(shown, e))
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, KdfsError> {
-    fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            KdfsError::corrupt(path, "missing (is the directory formatted with mkfs.kdfs?)")
-        }
-        _ => KdfsError::io(path, e),
-    })
+/// A store's top directory, opened once: its meta-files are read and
+/// written relative to this descriptor, and named by `path` in errors.
+pub struct StoreDir {
+    fd: OwnedFd,
+    path: PathBuf,
 }
 
+impl StoreDir {
+    /// Open the store directory at `path` (a symlink there is followed: the
+    /// administrator named it).
+    pub fn open(path: &Path) -> Result<Self, KdfsError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| match e {
+            nix::errno::Errno::ENOTDIR => {
+                KdfsError::Invalid(format!("{} is not a directory", path.display()))
+            }
+            e => io_err(path, e),
+        })?;
+        Ok(Self {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Open `DIR/inodes`, refusing it unless it is private too.
+    pub fn open_inodes(&self) -> Result<OwnedFd, KdfsError> {
+        let path = self.path.join(INODES);
+        let fd = open_dir_at(self.fd(), INODES, &path).map_err(|e| match e {
+            KdfsError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
+                KdfsError::corrupt(&path, "missing inode directory")
+            }
+            e => e,
+        })?;
+        check_private(fd.as_fd(), &path)?;
+        Ok(fd)
+    }
+
+    /// Refuse a store other users could reach (see the module header).
+    pub fn check_private(&self) -> Result<(), KdfsError> {
+        check_private(self.fd(), &self.path)
+    }
+
+    /// Give the directory to root, mode 0700 (mkfs).
+    fn make_private(&self) -> Result<(), KdfsError> {
+        let root = Some(nix::unistd::Uid::from_raw(STORE_OWNER));
+        nix::unistd::fchown(self.fd(), root, Some(nix::unistd::Gid::from_raw(0))).map_err(|e| {
+            KdfsError::Invalid(format!(
+                "{}: cannot give it to root ({e}): run mkfs.kdfs as root",
+                self.path.display()
+            ))
+        })?;
+        // After chown, which may clear set-id bits.
+        fchmod(self.fd(), Mode::from_bits_truncate(0o700)).map_err(|e| io_err(&self.path, e))
+    }
+
+    fn read_file(&self, name: &str) -> Result<Vec<u8>, KdfsError> {
+        let path = self.path.join(name);
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(self.fd(), name, flags, Mode::empty()).map_err(|e| match e {
+            nix::errno::Errno::ENOENT => KdfsError::corrupt(
+                &path,
+                "missing (is the directory formatted with mkfs.kdfs?)",
+            ),
+            e => io_err(&path, e),
+        })?;
+        let mut bytes = Vec::new();
+        File::from(fd)
+            .read_to_end(&mut bytes)
+            .map_err(|e| KdfsError::io(&path, e))?;
+        Ok(bytes)
+    }
+
+    /// Write `bytes` to meta-file `name` atomically and durably.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), KdfsError> {
+        let tmp = format!(".{name}.tmp");
+        let shown = self.path.join(&tmp);
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_TRUNC
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC;
+        let fd = openat(
+            self.fd(),
+            tmp.as_str(),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io_err(&shown, e))?;
+        let mut f = File::from(fd);
+        f.write_all(bytes).map_err(|e| KdfsError::io(&shown, e))?;
+        f.sync_all().map_err(|e| KdfsError::io(&shown, e))?;
+        nix::fcntl::renameat(self.fd(), tmp.as_str(), self.fd(), name)
+            .map_err(|e| io_err(&self.path.join(name), e))?;
+        self.sync()
+    }
+
+    /// fsync the directory (its entries).
+    pub fn sync(&self) -> Result<(), KdfsError> {
+        nix::unistd::fsync(self.fd()).map_err(|e| io_err(&self.path, e))
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, magic: &[u8; 8], name: &str) -> Result<T, KdfsError> {
+        decode(magic, &self.read_file(name)?, &self.path.join(name))
+    }
+
+    pub fn read_superblock(&self) -> Result<Superblock, KdfsError> {
+        self.read_meta(SB_MAGIC, SUPERBLOCK)
+    }
+
+    pub fn write_superblock(&self, sb: &Superblock) -> Result<(), KdfsError> {
+        self.write_atomic(SUPERBLOCK, &encode(SB_MAGIC, sb)?)
+    }
+
+    pub fn read_root_meta(&self) -> Result<RootMeta, KdfsError> {
+        self.read_meta(ROOT_MAGIC, ROOT_META)
+    }
+
+    pub fn write_root_meta(&self, meta: &RootMeta) -> Result<(), KdfsError> {
+        self.write_atomic(ROOT_META, &encode(ROOT_MAGIC, meta)?)
+    }
+
+    pub fn read_ino_next(&self) -> Result<u64, KdfsError> {
+        self.read_meta(NEXT_MAGIC, INO_NEXT)
+    }
+
+    pub fn write_ino_next(&self, next: u64) -> Result<(), KdfsError> {
+        self.write_atomic(INO_NEXT, &encode(NEXT_MAGIC, &next)?)
+    }
+}
+
+/// Refuse directory `fd` (at `path`) unless root owns it and nobody else
+/// may enter it: one line saying what is wrong and the command that fixes it.
+fn check_private(fd: BorrowedFd, path: &Path) -> Result<(), KdfsError> {
+    let st = fstat(fd).map_err(|e| io_err(path, e))?;
+    let p = path.display();
+    if st.st_uid != STORE_OWNER {
+        return Err(KdfsError::Invalid(format!(
+            "{p}: owned by uid {}, not root: other users could read and forge kDFS objects \
+             (a kDFS store must be owned by root, mode 0700): chown root:root {p}",
+            st.st_uid
+        )));
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KdfsError::Invalid(format!(
+            "{p}: mode {mode:04o} lets other users in (a kDFS store must be owned by root, \
+             mode 0700): chmod 700 {p}"
+        )));
+    }
+    Ok(())
+}
+
+/// The superblock of the store at `dir` (mount.kdfs reads it before attaching).
 pub fn read_superblock(dir: &Path) -> Result<Superblock, KdfsError> {
-    let path = dir.join(SUPERBLOCK);
-    decode(SB_MAGIC, &read_file(&path)?, &path)
-}
-
-pub fn write_superblock(dir: &Path, sb: &Superblock) -> Result<(), KdfsError> {
-    write_atomic(dir, SUPERBLOCK, &encode(SB_MAGIC, sb)?)
-}
-
-pub fn read_root_meta(dir: &Path) -> Result<RootMeta, KdfsError> {
-    let path = dir.join(ROOT_META);
-    decode(ROOT_MAGIC, &read_file(&path)?, &path)
-}
-
-pub fn write_root_meta(dir: &Path, meta: &RootMeta) -> Result<(), KdfsError> {
-    write_atomic(dir, ROOT_META, &encode(ROOT_MAGIC, meta)?)
-}
-
-pub fn read_ino_next(dir: &Path) -> Result<u64, KdfsError> {
-    let path = dir.join(INO_NEXT);
-    decode(NEXT_MAGIC, &read_file(&path)?, &path)
-}
-
-pub fn write_ino_next(dir: &Path, next: u64) -> Result<(), KdfsError> {
-    write_atomic(dir, INO_NEXT, &encode(NEXT_MAGIC, &next)?)
+    StoreDir::open(dir)?.read_superblock()
 }
 
 /// What `mkfs.kdfs` was asked to do.
@@ -159,10 +296,7 @@ pub struct MkfsOptions {
 /// First local inode number handed out (the root directory takes it on the root node).
 pub const FIRST_INO: u64 = 1;
 
-/// Format `opts.dir`. On the root node the root directory inode and the root
-/// meta-file are created too.
-pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
-    let dir = &opts.dir;
+fn check_node_ids(opts: &MkfsOptions) -> Result<(), KdfsError> {
     if opts.node == 0 || opts.node > krg_proto::kdfs::MAX_KDFS_NODE {
         return Err(KdfsError::Invalid(format!(
             "node id {} cannot hold a kDFS (ids 1..=65535)",
@@ -175,18 +309,16 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
             opts.root_node
         )));
     }
-    let meta = fs::metadata(dir).map_err(|e| KdfsError::io(dir, e))?;
-    if !meta.is_dir() {
-        return Err(KdfsError::Invalid(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
-    }
+    Ok(())
+}
+
+/// What is in `dir` now: refused unless `force` (nothing changed yet).
+fn old_content(dir: &Path, force: bool) -> Result<Vec<PathBuf>, KdfsError> {
     let entries: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| KdfsError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    if !entries.is_empty() && !opts.force {
+    if !entries.is_empty() && !force {
         let what = if dir.join(SUPERBLOCK).exists() {
             "is already formatted"
         } else {
@@ -197,7 +329,12 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
             dir.display()
         )));
     }
+    Ok(entries)
+}
+
+fn erase(entries: Vec<PathBuf>) -> Result<(), KdfsError> {
     for p in entries {
+        // remove_dir_all does not follow symlinks, even if one is swapped in.
         let r = if p.is_dir() && !p.is_symlink() {
             fs::remove_dir_all(&p)
         } else {
@@ -205,38 +342,68 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
         };
         r.map_err(|e| KdfsError::io(&p, e))?;
     }
-    let inodes = dir.join(INODES);
-    fs::create_dir(&inodes).map_err(|e| KdfsError::io(&inodes, e))?;
+    Ok(())
+}
+
+/// Make `DIR/inodes` (0700) and, on the root node, the root directory
+/// (0755, root's, as a fresh file system's root is); its inode id.
+fn make_inodes(sd: &StoreDir, node: NodeId, is_root: bool) -> Result<Option<InodeId>, KdfsError> {
+    let path = sd.path().join(INODES);
+    let private = Mode::from_bits_truncate(0o700);
+    mkdirat(sd.fd(), INODES, private).map_err(|e| io_err(&path, e))?;
+    let inodes = open_dir_at(sd.fd(), INODES, &path)?;
+    // mkdir's mode passed through the umask: set it whatever the umask.
+    fchmod(inodes.as_fd(), private).map_err(|e| io_err(&path, e))?;
+    if !is_root {
+        return Ok(None);
+    }
+    let name = format!("{FIRST_INO:x}");
+    let root_path = path.join(&name);
+    let open = Mode::from_bits_truncate(0o755);
+    mkdirat(inodes.as_fd(), name.as_str(), open).map_err(|e| io_err(&root_path, e))?;
+    fchmodat(
+        inodes.as_fd(),
+        name.as_str(),
+        open,
+        FchmodatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io_err(&root_path, e))?;
+    nix::unistd::fsync(inodes.as_fd()).map_err(|e| io_err(&path, e))?;
+    Ok(Some(krg_proto::kdfs::inode_id(node, FIRST_INO)))
+}
+
+fn new_fs_id() -> u128 {
+    loop {
+        let id: u128 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    }
+}
+
+/// Format `opts.dir`: owned by root, mode 0700, whatever it was before. On
+/// the root node the root directory inode and the root meta-file are
+/// created too.
+pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
+    check_node_ids(opts)?;
+    let sd = StoreDir::open(&opts.dir)?;
+    old_content(&opts.dir, opts.force)?;
+    // Private before anything is erased or made: no one else gets in
+    // meanwhile. What was put there before is listed again and erased.
+    sd.make_private()?;
+    erase(old_content(&opts.dir, true)?)?;
+    let is_root = opts.node == opts.root_node;
+    let fs_id = if is_root { new_fs_id() } else { 0 };
+    let mut next = FIRST_INO;
+    if let Some(root) = make_inodes(&sd, opts.node, is_root)? {
+        next += 1;
+        sd.write_root_meta(&RootMeta { fs_id, root })?;
+    }
+    sd.write_ino_next(next)?;
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let is_root = opts.node == opts.root_node;
-    let fs_id = if is_root {
-        loop {
-            let id: u128 = rand::random();
-            if id != 0 {
-                break id;
-            }
-        }
-    } else {
-        0
-    };
-    let mut next = FIRST_INO;
-    if is_root {
-        let root_path = inodes.join(format!("{next:x}"));
-        fs::create_dir(&root_path).map_err(|e| KdfsError::io(&root_path, e))?;
-        fs::set_permissions(
-            &root_path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .map_err(|e| KdfsError::io(&root_path, e))?;
-        let root = krg_proto::kdfs::inode_id(opts.node, next);
-        next += 1;
-        sync_dir(&inodes)?;
-        write_root_meta(dir, &RootMeta { fs_id, root })?;
-    }
-    write_ino_next(dir, next)?;
     let sb = Superblock {
         fs_id,
         node: opts.node,
@@ -245,7 +412,7 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
         created,
     };
     // The superblock goes last: a directory with a superblock is complete.
-    write_superblock(dir, &sb)?;
+    sd.write_superblock(&sb)?;
     Ok(sb)
 }
 
@@ -264,7 +431,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(read_superblock(d.path()).unwrap(), sb);
-        let meta = read_root_meta(d.path()).unwrap();
+        let meta = StoreDir::open(d.path()).unwrap().read_root_meta().unwrap();
         assert_eq!(meta.fs_id, sb.fs_id);
         // Flip one byte: refused.
         let p = d.path().join(SUPERBLOCK);
@@ -297,6 +464,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("already formatted"));
+    }
+
+    #[test]
+    fn mkfs_makes_the_store_private_even_over_an_open_directory() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        // As a pre-fix mkfs left it: world-readable, an old inode inside.
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o2755)).unwrap();
+        fs::create_dir(d.path().join(INODES)).unwrap();
+        fs::write(d.path().join(INODES).join("2"), b"old").unwrap();
+        let opts = MkfsOptions {
+            dir: d.path().into(),
+            node: 1,
+            root_node: 1,
+            force: true,
+        };
+        mkfs(&opts).unwrap();
+        assert_eq!(mode(d.path()), 0o700);
+        assert_eq!(mode(&d.path().join(INODES)), 0o700);
+        assert_eq!(fs::metadata(d.path()).unwrap().uid(), STORE_OWNER);
+        assert!(!d.path().join(INODES).join("2").exists());
+        let sd = StoreDir::open(d.path()).unwrap();
+        sd.check_private().unwrap();
+        sd.open_inodes().unwrap();
+        // A store opened up again is refused, saying how to fix it.
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        let e = StoreDir::open(d.path())
+            .unwrap()
+            .check_private()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("mode 0750 lets other users in"),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .ends_with(&format!("chmod 700 {}", d.path().display())));
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(d.path().join(INODES), Some(1000), None).unwrap();
+        let e = StoreDir::open(d.path()).unwrap().open_inodes().unwrap_err();
+        assert!(e.to_string().contains("owned by uid 1000, not root"), "{e}");
     }
 
     #[test]

@@ -21,8 +21,11 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
 /// nopassthrough (the client, not the kernel, does the I/O of local files),
 /// nodes=ID@ADDR:PORT+... (override member addresses),
-/// log=FILE, foreground (do not detach), ro. Generic options (defaults,
-/// _netdev, noauto, ...) are accepted and ignored. See docs/kdfs.md.
+/// log=FILE, foreground (do not detach), ro/rw, suid/nosuid, dev/nodev,
+/// exec/noexec (default nosuid,nodev,exec: set-id bits and device nodes count
+/// only when suid/dev are named), user/users (noexec,nosuid,nodev). Other
+/// generic options (defaults, _netdev, noauto, ...) are accepted and ignored.
+/// See docs/kdfs.md.
 #[derive(Parser, Debug)]
 #[command(name = "mount.kdfs", version)]
 struct Args {

@@ -450,7 +450,7 @@ impl Filesystem for KdfsFs {
         if let Some(l) = ops.local_store.file(id, fh.0) {
             match local::read_at(&l.file, offset, size) {
                 Ok(d) => reply.data(&d),
-                Err(e) => reply.error(err(e)),
+                Err(e) => reply.error(err(e.errno())),
             }
             return;
         }
@@ -478,7 +478,7 @@ impl Filesystem for KdfsFs {
         if let Some(l) = self.ops.local_store.file(id, fh.0) {
             match local::write_at(&l.file, offset, data) {
                 Ok(n) => reply.written(n),
-                Err(e) => reply.error(err(e)),
+                Err(e) => reply.error(err(e.errno())),
             }
             return;
         }
@@ -533,7 +533,7 @@ impl Filesystem for KdfsFs {
             self.rt
                 .spawn_blocking(move || match local::sync_file(&l.file, datasync) {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(err(e)),
+                    Err(e) => reply.error(err(e.errno())),
                 });
             return;
         }

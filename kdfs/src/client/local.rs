@@ -22,18 +22,17 @@
 //! them coherent, and what docs/kdfs.md guarantees is unchanged.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use fuser::BackingId;
-use krg_proto::kdfs::{inode_local, inode_node, InodeId, KdfsRequest, KdfsResponse};
+use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest, KdfsResponse};
 use krg_proto::NodeId;
 
-use crate::store::{object_path, Store};
+use crate::store::Store;
 pub use crate::store::{read_at, sync_file, write_at};
 use crate::KdfsError;
 
@@ -129,26 +128,19 @@ impl LocalStore {
         ino: InodeId,
         register: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Option<LocalFile> {
-        let path = object_path(self.view.inodes(), inode_local(ino));
         // Read-write whatever this handle wants: the file serves every later
         // handle of the inode too (the kernel checks each handle's mode).
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path);
-        let file = match file {
-            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
-            Ok(_) => return None,
+        let file = match self.view.open_local_file(ino) {
+            Ok(f) => f,
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "kdfs: no direct I/O");
+                tracing::debug!(ino = %format!("{ino:x}"), error = %e, "kdfs: no direct I/O");
                 return None;
             }
         };
         let backing = if self.passthrough.load(Ordering::Relaxed) {
             register(&file)
                 .inspect_err(|e| {
-                    tracing::warn!(path = %path.display(), error = %e,
+                    tracing::warn!(ino = %format!("{ino:x}"), error = %e,
                         "kdfs: passthrough refused; the client serves this file's I/O")
                 })
                 .ok()

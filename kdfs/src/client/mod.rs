@@ -42,6 +42,14 @@ pub struct MountOptions {
     pub passthrough: bool,
     pub foreground: bool,
     pub read_only: bool,
+    /// Honour set-user/group-id bits (`suid`); off unless asked for, as
+    /// mount(8) does for user mounts: anyone who can write a file on any
+    /// node could otherwise plant a setuid-root program.
+    pub suid: bool,
+    /// Allow device nodes to be opened (`dev`); off unless asked for.
+    pub dev: bool,
+    /// Allow programs to be executed (`noexec` turns it off).
+    pub exec: bool,
     pub log: Option<PathBuf>,
 }
 
@@ -58,6 +66,9 @@ impl Default for MountOptions {
             passthrough: true,
             foreground: false,
             read_only: false,
+            suid: false,
+            dev: false,
+            exec: true,
             log: None,
         }
     }
@@ -95,6 +106,7 @@ fn parse_nodes(v: &str) -> Result<HashMap<NodeId, SocketAddr>, KdfsError> {
 impl MountOptions {
     /// Parse a comma-separated `-o` list. Generic mount(8) options that mean
     /// nothing to a FUSE file system (defaults, auto, _netdev, ...) are accepted.
+    /// As in mount(8), a later option overrides an earlier one (`user,exec`).
     pub fn parse(list: &str) -> Result<Self, KdfsError> {
         let mut o = Self::default();
         for opt in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -132,10 +144,19 @@ impl MountOptions {
                 ("foreground", None) => o.foreground = true,
                 ("nopassthrough", None) => o.passthrough = false,
                 ("ro", None) => o.read_only = true,
+                ("rw", None) => o.read_only = false,
+                ("suid", None) => o.suid = true,
+                ("nosuid", None) => o.suid = false,
+                ("dev", None) => o.dev = true,
+                ("nodev", None) => o.dev = false,
+                ("exec", None) => o.exec = true,
+                ("noexec", None) => o.exec = false,
+                // mount(8): user and users imply noexec, nosuid and nodev.
+                ("user" | "users", None) => (o.suid, o.dev, o.exec) = (false, false, false),
+                // `defaults` turns nothing on here: suid and dev must be named.
                 (
-                    "rw" | "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "user"
-                    | "nouser" | "users" | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev"
-                    | "atime" | "noatime" | "relatime" | "async",
+                    "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "nouser" | "atime"
+                    | "noatime" | "relatime" | "async",
                     None,
                 ) => {}
                 _ => return Err(KdfsError::Invalid(format!("unknown mount option '{opt}'"))),
@@ -241,8 +262,9 @@ pub fn fuse_config(dir: &Path, opts: &MountOptions) -> fuser::Config {
         // The kernel checks permissions against the attributes we return,
         // for the calling user (uid, gid, supplementary groups).
         M::DefaultPermissions,
-        M::Dev,
-        M::Suid,
+        if opts.suid { M::Suid } else { M::NoSuid },
+        if opts.dev { M::Dev } else { M::NoDev },
+        if opts.exec { M::Exec } else { M::NoExec },
     ];
     if opts.read_only {
         c.mount_options.push(M::RO);
@@ -291,6 +313,26 @@ fn mount_device(table: &str, mountpoint: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flags(list: &str) -> (bool, bool, bool, bool) {
+        let o = MountOptions::parse(list).unwrap();
+        (o.suid, o.dev, o.exec, o.read_only)
+    }
+
+    #[test]
+    fn suid_and_dev_only_when_asked_and_the_last_option_wins() {
+        assert_eq!(flags(""), (false, false, true, false));
+        assert_eq!(flags("defaults,_netdev"), (false, false, true, false));
+        assert_eq!(flags("suid,dev"), (true, true, true, false));
+        assert_eq!(flags("suid,nosuid,noexec"), (false, false, false, false));
+        assert_eq!(flags("dev,user"), (false, false, false, false));
+        assert_eq!(flags("users,exec,suid"), (true, false, true, false));
+        assert_eq!(flags("ro,rw"), (false, false, true, false));
+        let c = fuse_config(Path::new("/KDFS"), &MountOptions::default());
+        for want in [fuser::MountOption::NoSuid, fuser::MountOption::NoDev] {
+            assert!(c.mount_options.contains(&want), "{want:?}");
+        }
+    }
 
     #[test]
     fn mount_device_takes_the_newest_mount_and_unescapes() {

@@ -3,6 +3,7 @@
 //! formatted with mkfs.kdfs and mounted with mount.kdfs.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,6 +94,52 @@ pub fn in_netns(ns: &Option<String>, prog: PathBuf) -> Command {
         }
         None => Command::new(prog),
     }
+}
+
+/// uid and gid of the unprivileged `tests` user, created if missing (as
+/// .ci/run does).
+pub fn tests_user() -> (u32, u32) {
+    static USER: OnceLock<(u32, u32)> = OnceLock::new();
+    *USER.get_or_init(|| {
+        let id = |flag: &str| {
+            let out = run(Command::new("id").args([flag, "tests"]));
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u32>()
+                .ok()
+        };
+        if id("-u").is_none() {
+            let _ = run(Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", "tests"]));
+        }
+        (
+            id("-u").expect("a `tests` user (useradd -M tests)"),
+            id("-g").expect("the `tests` user's group"),
+        )
+    })
+}
+
+/// `prog` run as the `tests` user, with no supplementary groups.
+pub fn as_tests_user(prog: impl AsRef<OsStr>) -> Command {
+    let (uid, gid) = tests_user();
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "--"])
+        .arg(prog);
+    c
+}
+
+/// The per-mount options (`rw,nosuid,nodev,…`) of the newest mount at `p`.
+pub fn mount_flags(p: &Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = p.display().to_string();
+    table
+        .lines()
+        .rev()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[4] == p)
+        .map(|f| f[5].split(',').map(String::from).collect())
+        .unwrap_or_default()
 }
 
 pub fn is_mounted(p: &Path) -> bool {

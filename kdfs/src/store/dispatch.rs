@@ -1,0 +1,139 @@
+//! The edge of the store: one [`KdfsRequest`] in, one [`KdfsResponse`] out.
+//! Every store error becomes its errno here, and only here
+//! ([`StoreError::errno`]).
+
+use krg_proto::kdfs::{Attr, Bytes, KdfsRequest, KdfsResponse};
+
+use super::data::{read_at, sync_file, write_at};
+use super::error::{Res, StoreError};
+use super::{sys, Store};
+
+impl Store {
+    /// Requests that only read the local file system and need no state of
+    /// the serving krgd (its open-file counts, its locks, its allocator).
+    /// Directory handles are a snapshot of the entries, kept by whoever
+    /// opened them.
+    pub fn is_read_only(req: &KdfsRequest) -> bool {
+        use KdfsRequest as Q;
+        matches!(
+            req,
+            Q::GetAttr { .. }
+                | Q::Lookup { .. }
+                | Q::Readlink { .. }
+                | Q::IsEmptyDir { .. }
+                | Q::OpenDir { .. }
+                | Q::ReadDir { .. }
+                | Q::ReleaseDir { .. }
+        )
+    }
+
+    /// Serve one request. Blocking: call it from a blocking-capable thread.
+    pub fn handle(&self, req: KdfsRequest) -> KdfsResponse {
+        self.dispatch(req)
+            .unwrap_or_else(|e| KdfsResponse::Errno(e.errno()))
+    }
+
+    fn dispatch(&self, req: KdfsRequest) -> Res<KdfsResponse> {
+        use KdfsRequest as Q;
+        use KdfsResponse as A;
+        Ok(match req {
+            Q::Hello => A::Hello {
+                fs_id: Some(self.sb.fs_id),
+                node: self.node(),
+            },
+            Q::Root => A::Root(self.root.ok_or(StoreError::NotFound)?),
+            Q::Statfs => self.statfs()?,
+            Q::GetAttr { ino } => A::Attr(self.getattr(ino)?),
+            Q::SetAttr { ino, set } => A::Attr(self.objects.setattr(ino, &set)?),
+            Q::Readlink { ino } => A::Target(self.objects.readlink(ino)?),
+            Q::Lookup { dir, name } => {
+                let (e, attr) = self.lookup(dir, &name)?;
+                A::Entry {
+                    ino: e.ino,
+                    kind: e.kind,
+                    attr,
+                }
+            }
+            Q::MakeInode { new, open } => self.created(self.make_inode(&new)?, open)?,
+            Q::Create {
+                dir,
+                name,
+                new,
+                open,
+            } => self.created(self.create(dir, &name, &new)?, open)?,
+            Q::AddEntry {
+                dir,
+                name,
+                ino,
+                kind,
+                replace,
+            } => A::Removed(self.add_entry(dir, &name, ino, kind, replace)?),
+            Q::RemoveEntry {
+                dir,
+                name,
+                what,
+                expect,
+            } => A::Removed(Some(self.remove_entry(dir, &name, what, expect)?)),
+            Q::Rename {
+                src_dir,
+                src_name,
+                dst_dir,
+                dst_name,
+                flags,
+            } => A::Removed(self.rename(src_dir, &src_name, dst_dir, &dst_name, flags)?),
+            Q::IncLink { ino } => A::Attr(self.change_links(ino, 1)?.ok_or(StoreError::NotFound)?),
+            Q::DecLink { ino } => self.change_links(ino, -1).map(|_| A::Done)?,
+            Q::Touch { ino } => self.touch(ino).map(|_| A::Done)?,
+            Q::RemoveDir { ino } => self.remove_dir(ino).map(|_| A::Done)?,
+            Q::IsEmptyDir { ino } => A::Empty(self.objects.is_empty_dir(ino)?),
+            Q::Open { ino, write } => A::Handle(self.open_file(ino, write)?),
+            Q::Read {
+                fh, offset, len, ..
+            } => A::Data(Bytes(read_at(&*self.file(fh)?, offset, len.min(16 << 20))?)),
+            Q::Write {
+                fh, offset, data, ..
+            } => A::Written(write_at(&*self.file(fh)?, offset, &data.0)?),
+            Q::Fsync { fh, datasync, .. } => {
+                sync_file(&*self.file(fh)?, datasync).map(|_| A::Done)?
+            }
+            Q::Release { fh, .. } | Q::ReleaseDir { fh } => self.release(fh).map(|_| A::Done)?,
+            Q::Fallocate {
+                fh,
+                offset,
+                len,
+                mode,
+                ..
+            } => sys::fallocate(&*self.file(fh)?, mode, offset, len).map(|_| A::Done)?,
+            Q::OpenDir { ino } => A::Handle(self.open_dir(ino)?),
+            Q::ReadDir { fh, offset, max } => A::Entries(self.read_dir(fh, offset, max)?),
+            Q::FsyncDir { ino } => self.fsync_dir(ino).map(|_| A::Done)?,
+        })
+    }
+
+    /// A created inode's answer, opened first if the client asked.
+    fn created(&self, attr: Attr, open: Option<bool>) -> Res<KdfsResponse> {
+        let fh = match open {
+            Some(write) => Some(self.open_file(attr.ino, write)?),
+            None => None,
+        };
+        Ok(KdfsResponse::Created { attr, fh })
+    }
+
+    /// Space of the local file system, in 4 KiB blocks.
+    fn statfs(&self) -> Res<KdfsResponse> {
+        let st = nix::sys::statvfs::fstatvfs(self.top.fd())?;
+        let frsize = if st.fragment_size() > 0 {
+            st.fragment_size()
+        } else {
+            st.block_size()
+        };
+        Ok(KdfsResponse::Statfs {
+            blocks: st.blocks() * frsize / 4096,
+            bfree: st.blocks_free() * frsize / 4096,
+            bavail: st.blocks_available() * frsize / 4096,
+            files: st.files(),
+            ffree: st.files_free(),
+            bsize: 4096,
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Open handles: what krgd keeps between an open and its release.
+//!
+//! A file handle holds the open local file; a directory handle holds a
+//! snapshot of the entries taken at opendir. The table also counts the open
+//! file handles of each local inode, because an inode whose last link goes
+//! away keeps its object (and its data) until its last handle is released.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use krg_proto::kdfs::DirEntry;
+
+use super::error::{Res, StoreError};
+use super::locks::lock;
+
+pub(super) enum Handle {
+    File { local: u64, file: Arc<File> },
+    Dir { entries: Arc<Vec<DirEntry>> },
+}
+
+pub(super) struct Handles {
+    table: Mutex<HashMap<u64, Handle>>,
+    /// Open file handles per local inode number.
+    open_count: Mutex<HashMap<u64, usize>>,
+    next_fh: AtomicU64,
+}
+
+impl Handles {
+    pub fn new() -> Self {
+        Self {
+            table: Mutex::new(HashMap::new()),
+            open_count: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.table).insert(fh, h);
+        fh
+    }
+
+    /// A new handle on open `file`, the object of local inode `local`.
+    pub fn add_file(&self, local: u64, file: File) -> u64 {
+        *lock(&self.open_count).entry(local).or_insert(0) += 1;
+        self.insert(Handle::File {
+            local,
+            file: Arc::new(file),
+        })
+    }
+
+    /// A new handle on a directory listing.
+    pub fn add_dir(&self, entries: Vec<DirEntry>) -> u64 {
+        self.insert(Handle::Dir {
+            entries: Arc::new(entries),
+        })
+    }
+
+    pub fn file(&self, fh: u64) -> Res<Arc<File>> {
+        match lock(&self.table).get(&fh) {
+            Some(Handle::File { file, .. }) => Ok(file.clone()),
+            _ => Err(StoreError::BadHandle),
+        }
+    }
+
+    pub fn dir(&self, fh: u64) -> Res<Arc<Vec<DirEntry>>> {
+        match lock(&self.table).get(&fh) {
+            Some(Handle::Dir { entries }) => Ok(entries.clone()),
+            _ => Err(StoreError::BadHandle),
+        }
+    }
+
+    /// Forget handle `fh` (its open count is dropped by [`Handles::closed`]).
+    pub fn remove(&self, fh: u64) -> Option<Handle> {
+        lock(&self.table).remove(&fh)
+    }
+
+    /// Count one file handle of `local` less; true if it was the last.
+    pub fn closed(&self, local: u64) -> bool {
+        let mut oc = lock(&self.open_count);
+        let n = oc.entry(local).or_insert(1);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            oc.remove(&local);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Is a file handle open on local inode `local`?
+    pub fn is_open(&self, local: u64) -> bool {
+        lock(&self.open_count).get(&local).copied().unwrap_or(0) > 0
+    }
+}

@@ -1,0 +1,68 @@
+//! The life of an inode: made with one link, given and taken links by
+//! entries anywhere in the cluster, opened and released by clients. Its
+//! object goes when both its last link and its last open handle are gone,
+//! so an unlinked file keeps its data while open (the link count and the
+//! open count are compared under the inode's lock stripe).
+
+use std::fs::File;
+
+use krg_proto::kdfs::{inode_id, inode_local, Attr, InodeId, NewInode};
+
+use super::error::{Res, StoreError};
+use super::handles::Handle;
+use super::Store;
+
+impl Store {
+    /// Create the object of a new inode (one link, in no directory yet).
+    pub(super) fn make_inode(&self, new: &NewInode) -> Res<Attr> {
+        let ino = self.alloc.next(&self.top)?;
+        self.objects.make(ino, new)
+    }
+
+    /// Add `delta` links to non-directory `ino`. At zero links and no open
+    /// handle the object is removed (`None`).
+    pub(super) fn change_links(&self, ino: InodeId, delta: i64) -> Res<Option<Attr>> {
+        let _g = self.stripes.lock(ino);
+        if self.objects.is_dir(ino)? {
+            return Err(StoreError::NotPermitted);
+        }
+        let cur = self.objects.nlink(ino)? as i64;
+        let next = (cur + delta).max(0) as u64;
+        if next == 0 && !self.handles.is_open(inode_local(ino)) {
+            self.objects.remove_file(ino)?;
+            return Ok(None);
+        }
+        self.objects.set_nlink(ino, next)?;
+        self.objects.attr(ino).map(Some)
+    }
+
+    /// Bump the ctime of `ino` (a moved inode's, as rename(2) does).
+    pub(super) fn touch(&self, ino: InodeId) -> Res<()> {
+        let _g = self.stripes.lock(ino);
+        self.objects.touch(ino)
+    }
+
+    /// Open regular file `ino`; the handle counts as an open of the inode.
+    pub(super) fn open_file(&self, ino: InodeId, write: bool) -> Res<u64> {
+        let file = self.objects.open_file(ino, write)?;
+        Ok(self.handles.add_file(inode_local(ino), file))
+    }
+
+    pub(super) fn file(&self, fh: u64) -> Res<std::sync::Arc<File>> {
+        self.handles.file(fh)
+    }
+
+    /// Release handle `fh`; the last handle of an unlinked inode removes it.
+    pub(super) fn release(&self, fh: u64) -> Res<()> {
+        let Some(Handle::File { local, file }) = self.handles.remove(fh) else {
+            return Ok(());
+        };
+        drop(file);
+        let ino = inode_id(self.node(), local);
+        let _g = self.stripes.lock(ino);
+        if self.handles.closed(local) && self.objects.is_unlinked(ino) {
+            self.objects.remove_file(ino)?;
+        }
+        Ok(())
+    }
+}
