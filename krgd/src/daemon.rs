@@ -9,19 +9,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{read_cluster_key, Config};
 use crate::context::NodeContext;
 use crate::net;
+use crate::node::Node;
 use crate::service::{
     chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, sched::SchedService,
 };
 use crate::DaemonError;
-
-/// A running node: its context and its services.
-pub struct Node {
-    pub ctx: Arc<NodeContext>,
-    pub cluster: Arc<ClusterService>,
-    pub chkpt: Arc<ChkptService>,
-    pub sched: Arc<SchedService>,
-    pub kdfs: Arc<KdfsService>,
-}
 
 /// Run krgd with `config` until a termination signal arrives.
 pub async fn run(config: Config) -> Result<(), DaemonError> {

@@ -4,8 +4,8 @@ use krg_proto::admin::{AdminError, AdminRequest, AdminResponse};
 use krg_proto::auth::Identity;
 use krg_proto::peer::{PeerRequest, PeerResponse};
 
-use crate::daemon::Node;
-use crate::net::admin::Caller;
+use crate::caller::Caller;
+use crate::node::Node;
 
 pub async fn admin(node: &Node, caller: &Caller, req: AdminRequest) -> AdminResponse {
     let result = match req {

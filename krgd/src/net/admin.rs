@@ -14,22 +14,9 @@ use krg_proto::frame::{read_frame, write_frame};
 use krg_proto::ProtoError;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::daemon::Node;
+use crate::caller::Caller;
+use crate::node::Node;
 use crate::DaemonError;
-
-/// Who sent an admin request, as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-}
-
-impl Caller {
-    pub fn is_root(&self) -> bool {
-        self.uid == 0
-    }
-}
 
 /// Bind the admin socket, replacing a stale one left by a crashed krgd but
 /// refusing to steal the socket of a krgd that still answers.

@@ -15,8 +15,8 @@ use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 
+use crate::caller::Caller;
 use crate::context::NodeContext;
-use crate::net::admin::Caller;
 use crate::DaemonError;
 
 const ATTACH_FILE: &str = "kdfs.attach";

@@ -16,8 +16,8 @@ use plugpropol::mount::Mounted;
 use plugpropol::{Engine, Reading, SharedValue, Unit};
 use tokio::task::JoinHandle;
 
+use crate::caller::Caller;
 use crate::context::NodeContext;
-use crate::net::admin::Caller;
 use crate::DaemonError;
 
 /// Bounds on how often other nodes' values are pulled (the shortest local

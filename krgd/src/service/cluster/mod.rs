@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use self::discovery::Discovery;
 use self::state::ClusterState;
 use self::store::{LogStore, Raft, StateMachine};
+use crate::caller::Caller;
 use crate::context::NodeContext;
-use crate::net::admin::Caller;
 use crate::DaemonError;
 
 /// How long a forwarded membership request may take end to end.
@@ -188,7 +188,7 @@ impl ClusterService {
                 ErrorKind::Internal,
                 format!("node {target} sent {other:?}"),
             )),
-            Err(crate::net::pool::PeerCallError::Remote { error, .. }) => Err(error),
+            Err(crate::peers::PeerCallError::Remote { error, .. }) => Err(error),
             Err(e) => Err(AdminError::new(
                 ErrorKind::Unavailable,
                 format!(
