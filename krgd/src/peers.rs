@@ -26,6 +26,9 @@ pub enum PeerCallError {
         node: NodeId,
         error: krg_proto::admin::AdminError,
     },
+    /// The answer came from another service than the one asked.
+    #[error("node {node} answered {answer}")]
+    Unexpected { node: NodeId, answer: String },
 }
 
 type Slot = Arc<Mutex<Option<Arc<PeerClient>>>>;

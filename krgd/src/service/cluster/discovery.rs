@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use krg_proto::auth::Role;
 use krg_proto::client::PeerClient;
-use krg_proto::peer::{NodeSelf, PeerRequest, PeerResponse, Presence};
+use krg_proto::cluster::{ClusterPeerReply, ClusterPeerRequest, NodeSelf, Presence};
+use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::{NodeId, ProtoError, SessionId};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
@@ -273,10 +274,13 @@ impl Discovery {
             }
         };
         match client
-            .call(PeerRequest::Describe { from: self.me() }, timeout)
+            .call(
+                PeerRequest::Cluster(ClusterPeerRequest::Describe { from: self.me() }),
+                timeout,
+            )
             .await
         {
-            Ok(PeerResponse::Describe(NodeSelf { me, known })) => {
+            Ok(PeerResponse::Cluster(ClusterPeerReply::Describe(NodeSelf { me, known }))) => {
                 self.record(me, Duration::ZERO);
                 for (p, age_ms) in known {
                     self.record(p, Duration::from_millis(age_ms.into()));

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::cluster::{ClusterReply, ClusterRequest, NodeSelector, NodeState};
-use krg_proto::peer::{PeerRequest, PeerResponse, Presence};
+use krg_proto::cluster::{
+    ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelector, NodeState,
+    Presence,
+};
 use krg_proto::NodeId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
+use super::network::call;
 use super::state::{ClusterCommand, ClusterState, CommandResult, MemberRecord};
 use super::store::RaftNodeId;
 use super::{no_quorum, ClusterService, Joined};
@@ -133,15 +136,13 @@ impl ClusterService {
         if result.is_err() {
             self.leave(Some(uid)).await;
             for p in founders.iter().filter(|p| p.node != me.node) {
-                let _ = self
-                    .ctx
-                    .peers
-                    .call(
-                        p.node,
-                        PeerRequest::Evict { cluster: uid },
-                        Duration::from_secs(1),
-                    )
-                    .await;
+                let _ = call(
+                    &self.ctx.peers,
+                    p.node,
+                    ClusterPeerRequest::Evict { cluster: uid },
+                    Duration::from_secs(1),
+                )
+                .await;
             }
         }
         result.map(ClusterReply::Changed)
@@ -200,17 +201,15 @@ impl ClusterService {
     /// Welcome each node into cluster `uid` (they start Raft instances).
     async fn welcome_all(&self, nodes: &[Presence], uid: u64) -> Vec<Result<Presence, AdminError>> {
         let calls = nodes.iter().map(|p| async move {
-            match self
-                .ctx
-                .peers
-                .call(
-                    p.node,
-                    PeerRequest::Welcome { cluster: uid },
-                    Duration::from_secs(3),
-                )
-                .await
+            match call(
+                &self.ctx.peers,
+                p.node,
+                ClusterPeerRequest::Welcome { cluster: uid },
+                Duration::from_secs(3),
+            )
+            .await
             {
-                Ok(PeerResponse::Ack) => Ok(p.clone()),
+                Ok(ClusterPeerReply::Ack) => Ok(p.clone()),
                 Ok(other) => Err(err(
                     ErrorKind::Internal,
                     format!("node {} answered {other:?}", p.node),
@@ -309,17 +308,15 @@ impl ClusterService {
         self.rebalance_voters(joined).await?;
         let me = self.ctx.node_id();
         for id in ids.iter().filter(|id| **id != me) {
-            let _ = self
-                .ctx
-                .peers
-                .call(
-                    *id,
-                    PeerRequest::Evict {
-                        cluster: joined.uid,
-                    },
-                    Duration::from_secs(1),
-                )
-                .await;
+            let _ = call(
+                &self.ctx.peers,
+                *id,
+                ClusterPeerRequest::Evict {
+                    cluster: joined.uid,
+                },
+                Duration::from_secs(1),
+            )
+            .await;
         }
         self.wait_everywhere(joined, result.epoch).await;
         let status = self.status().await;
@@ -339,10 +336,10 @@ impl ClusterService {
         // former member to leave, so that none stays behind in a dead cluster.
         let me = self.ctx.node_id();
         let evictions = members.iter().filter(|id| **id != me).map(|id| {
-            let evict = PeerRequest::Evict {
+            let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
             };
-            self.ctx.peers.call(*id, evict, Duration::from_secs(1))
+            call(&self.ctx.peers, *id, evict, Duration::from_secs(1))
         });
         futures::future::join_all(evictions).await;
         let status = self.status().await;
@@ -446,16 +443,18 @@ impl ClusterService {
                 .filter(|id| *id != me)
                 .collect();
             let pings = others.iter().map(|id| {
-                let ping = PeerRequest::Ping {
+                let ping = ClusterPeerRequest::Ping {
                     from: me,
                     cluster: joined.uid,
                 };
-                self.ctx.peers.call(*id, ping, Duration::from_millis(500))
+                call(&self.ctx.peers, *id, ping, Duration::from_millis(500))
             });
             let lagging = futures::future::join_all(pings)
                 .await
                 .into_iter()
-                .filter(|r| !matches!(r, Ok(PeerResponse::Pong { epoch: e, .. }) if *e >= epoch))
+                .filter(
+                    |r| !matches!(r, Ok(ClusterPeerReply::Pong { epoch: e, .. }) if *e >= epoch),
+                )
                 .count();
             if lagging == 0 || tokio::time::Instant::now() >= deadline {
                 if lagging > 0 {
