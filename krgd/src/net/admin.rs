@@ -28,10 +28,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            return Err(DaemonError::Config(format!(
-                "{} is in use: another krgd is running with this socket",
-                path.display()
-            )));
+            return Err(DaemonError::SocketInUse {
+                path: path.to_path_buf(),
+            });
         }
         std::fs::remove_file(path)
             .map_err(|e| DaemonError::io(format!("removing stale {}", path.display()), e))?;

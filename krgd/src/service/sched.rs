@@ -52,8 +52,11 @@ impl SchedService {
                 let (e, p) = (engine.clone(), path.clone());
                 let m = tokio::task::spawn_blocking(move || plugpropol::mount::mount(e, &p))
                     .await
-                    .map_err(|e| DaemonError::Service(format!("mounting the scheduler tree: {e}")))?
-                    .map_err(|e| DaemonError::Service(e.to_string()))?;
+                    .map_err(|source| DaemonError::Task {
+                        what: "mounting the scheduler tree",
+                        source,
+                    })?
+                    .map_err(DaemonError::SchedulerTree)?;
                 tracing::info!(path = %path.display(), "scheduler tree mounted");
                 Some(m)
             }
