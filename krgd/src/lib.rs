@@ -18,5 +18,6 @@ pub mod node;
 pub mod peers;
 pub mod router;
 pub mod service;
+pub mod sync;
 
 pub use error::DaemonError;

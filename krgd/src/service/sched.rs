@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
+use crate::sync;
 use crate::DaemonError;
 
 /// Bounds on how often other nodes' values are pulled (the shortest local
@@ -69,7 +70,7 @@ impl SchedService {
             puller: Mutex::new(None),
         });
         let task = tokio::spawn(pull_loop(svc.ctx.clone(), svc.engine.clone()));
-        *svc.puller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        *sync::lock(&svc.puller) = Some(task);
         Ok(svc)
     }
 
@@ -114,14 +115,10 @@ impl SchedService {
     }
 
     pub async fn shutdown(&self) {
-        if let Some(t) = self.puller.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = sync::lock(&self.puller).take() {
             t.abort();
         }
-        let mounted = self
-            .mounted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let mounted = sync::lock(&self.mounted).take();
         let engine = self.engine.clone();
         // Unmounting waits for the FUSE thread and stopping plug-ins waits
         // for them to exit: both block.

@@ -34,6 +34,7 @@ use self::store::{LogStore, Raft, StateMachine};
 use crate::caller::Caller;
 use crate::context::NodeContext;
 use crate::peers::PeerCallError;
+use crate::sync;
 use crate::DaemonError;
 
 /// How long a forwarded membership request may take end to end.
@@ -91,14 +92,12 @@ impl ClusterService {
         };
         let _ = svc.discovery.set(Discovery::start(ctx, me).await);
         let task = tokio::spawn(svc.clone().refresh_view_forever());
-        if let Ok(mut t) = svc.view_task.lock() {
-            *t = Some(task);
-        }
+        *sync::lock(&svc.view_task) = Some(task);
         Ok(svc)
     }
 
     pub async fn shutdown(&self) {
-        if let Some(t) = self.view_task.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(t) = sync::lock(&self.view_task).take() {
             t.abort();
         }
         if let Some(d) = self.discovery.get() {
@@ -246,9 +245,7 @@ impl ClusterService {
     async fn pong(&self, leader: krg_proto::NodeId, cluster: u64) -> ClusterPeerReply {
         let mine = self.cluster_uid();
         if mine == Some(cluster) {
-            if let Ok(mut c) = self.leader_contact.lock() {
-                *c = Some(Instant::now());
-            }
+            *sync::lock(&self.leader_contact) = Some(Instant::now());
         }
         tracing::trace!(leader, "ping");
         let epoch = match self.joined().await {
@@ -352,13 +349,9 @@ impl ClusterService {
             tokio::spawn(self.clone().follow_state(joined.clone())),
             tokio::spawn(detector::run(self.clone(), joined.clone())),
         ];
-        if let Ok(mut t) = joined.tasks.lock() {
-            *t = tasks;
-        }
+        *sync::lock(&joined.tasks) = tasks;
         self.joined_uid.store(uid, Ordering::SeqCst);
-        if let Ok(mut c) = self.leader_contact.lock() {
-            *c = Some(Instant::now());
-        }
+        *sync::lock(&self.leader_contact) = Some(Instant::now());
         *slot = Some(joined.clone());
         tracing::info!(
             node = self.ctx.node_id(),
@@ -390,9 +383,7 @@ impl ClusterService {
         };
         let Some(j) = joined else { return };
         self.joined_uid.store(0, Ordering::SeqCst);
-        if let Ok(mut tasks) = j.tasks.lock() {
-            tasks.drain(..).for_each(|t| t.abort());
-        }
+        sync::lock(&j.tasks).drain(..).for_each(|t| t.abort());
         if let Err(e) = j.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft shutdown");
         }
@@ -461,10 +452,7 @@ impl ClusterService {
     }
 
     fn leader_heard_recently(&self) -> bool {
-        self.leader_contact
-            .lock()
-            .ok()
-            .and_then(|c| *c)
+        sync::lock(&self.leader_contact)
             .is_some_and(|at| at.elapsed() < self.ctx.config.failure_timeout)
     }
 
