@@ -5,6 +5,7 @@
 //! * [`state`]: the replicated member table and its epoch.
 //! * [`store`] / [`network`]: openraft storage and transport.
 //! * [`membership`]: changes run by the Raft leader (start, add, del, stop).
+//! * [`selection`]: which nodes a change names, and which members vote.
 //! * [`detector`]: the leader's liveness probes, marking members failed.
 //! * [`report`]: status rows and the published [`ClusterView`](crate::context::ClusterView).
 
@@ -13,6 +14,7 @@ mod discovery;
 mod membership;
 mod network;
 mod report;
+mod selection;
 mod state;
 mod store;
 
