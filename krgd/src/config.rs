@@ -3,6 +3,7 @@
 //! diskless node boots with `node_id=N session_id=S`.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::num::ParseIntError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -135,8 +136,12 @@ impl Settings {
             None => (PathBuf::from(DEFAULT_CONFIG), false),
         };
         let file = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<Settings>(&text)
-                .map_err(|e| DaemonError::Config(format!("{}: {}", path.display(), e.message())))?,
+            Ok(text) => {
+                toml::from_str::<Settings>(&text).map_err(|source| DaemonError::ConfigFile {
+                    path: path.clone(),
+                    source,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Settings::default(),
             Err(e) => return Err(DaemonError::io(format!("reading {}", path.display()), e)),
         };
@@ -174,11 +179,11 @@ impl Settings {
         let node_id = self
             .node_id
             .or(cmdline_value(cmdline, "node_id")?)
-            .ok_or_else(|| DaemonError::Config("no node id: pass --node-id, set node_id in the config file, or boot with node_id=N".into()))?;
+            .ok_or_else(|| DaemonError::invalid("node_id", "no node id: pass --node-id, set node_id in the config file, or boot with node_id=N"))?;
         let session_id = self
             .session_id
             .or(cmdline_value(cmdline, "session_id")?)
-            .ok_or_else(|| DaemonError::Config("no session id: pass --session-id, set session_id in the config file, or boot with session_id=S".into()))?;
+            .ok_or_else(|| DaemonError::invalid("session_id", "no session id: pass --session-id, set session_id in the config file, or boot with session_id=S"))?;
         let listen = self
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
@@ -186,7 +191,7 @@ impl Settings {
         let heartbeat = Duration::from_millis(self.heartbeat_ms.unwrap_or(200));
         let failure_timeout = Duration::from_millis(self.failure_timeout_ms.unwrap_or(1000));
         if heartbeat.is_zero() || failure_timeout < heartbeat * 2 {
-            return Err(DaemonError::Config(format!(
+            return Err(DaemonError::invalid("failure_timeout_ms", format!(
                 "failure_timeout_ms ({}) must be at least twice heartbeat_ms ({}), which must be positive",
                 failure_timeout.as_millis(),
                 heartbeat.as_millis()
@@ -194,7 +199,10 @@ impl Settings {
         }
         let max_voters = self.max_voters.unwrap_or(5);
         if max_voters == 0 {
-            return Err(DaemonError::Config("max_voters must be at least 1".into()));
+            return Err(DaemonError::invalid(
+                "max_voters",
+                "max_voters must be at least 1",
+            ));
         }
         let scheduler_mount = if self.no_scheduler_mount {
             None
@@ -231,16 +239,19 @@ impl Settings {
 }
 
 /// Find `key=value` on a kernel command line and parse the value.
-fn cmdline_value<T: std::str::FromStr>(cmdline: &str, key: &str) -> Result<Option<T>, DaemonError> {
+fn cmdline_value<T>(cmdline: &str, key: &'static str) -> Result<Option<T>, DaemonError>
+where
+    T: std::str::FromStr<Err = ParseIntError>,
+{
     for word in cmdline.split_whitespace() {
         if let Some(v) = word
             .strip_prefix(key)
             .and_then(|rest| rest.strip_prefix('='))
         {
-            return v.parse().map(Some).map_err(|_| {
-                DaemonError::Config(format!(
-                    "kernel command line has {key}={v}, which is not a number"
-                ))
+            return v.parse().map(Some).map_err(|source| DaemonError::Cmdline {
+                key,
+                value: v.to_string(),
+                source,
             });
         }
     }
@@ -251,15 +262,18 @@ fn cmdline_value<T: std::str::FromStr>(cmdline: &str, key: &str) -> Result<Optio
 /// surrounding whitespace is ignored so that `head -c 32 /dev/urandom | base64`
 /// and `echo secret... >` both make usable keys.
 pub fn read_cluster_key(path: &Path) -> Result<krg_proto::auth::ClusterKey, DaemonError> {
-    let err = |reason: String| DaemonError::Key {
-        path: path.display().to_string(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|source| DaemonError::KeyRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let trimmed = bytes.trim_ascii().to_vec();
-    krg_proto::auth::ClusterKey::new(trimmed).map_err(|e| match e {
-        krg_proto::ProtoError::Auth(reason) => err(reason),
-        other => err(other.to_string()),
+    // ClusterKey::new only checks the length: its error is a reason, not a cause.
+    krg_proto::auth::ClusterKey::new(trimmed).map_err(|e| DaemonError::InvalidKey {
+        path: path.to_path_buf(),
+        reason: match e {
+            krg_proto::ProtoError::Auth(reason) => reason,
+            other => other.to_string(),
+        },
     })
 }
 
@@ -296,5 +310,35 @@ mod tests {
             .to_string();
         assert!(e.contains("node_id=x"), "{e}");
         assert!(toml::from_str::<Settings>("nodeid = 3").is_err());
+    }
+
+    #[test]
+    fn errors_keep_their_source_and_stay_one_line() {
+        use std::error::Error;
+        let e = Settings::default().resolve("node_id=x").unwrap_err();
+        assert!(
+            matches!(e, DaemonError::Cmdline { key: "node_id", .. }),
+            "{e:?}"
+        );
+        assert!(e.source().is_some_and(|s| s.is::<ParseIntError>()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("krgd.toml");
+        std::fs::write(&file, "node_id = 3\nnodeid = 4\n").unwrap();
+        let flags = Settings {
+            config: Some(file),
+            ..Default::default()
+        };
+        let e = flags.merged_with_file().unwrap_err();
+        assert!(e.source().is_some_and(|s| s.is::<toml::de::Error>()));
+        let line = e.to_string();
+        assert!(
+            line.starts_with("configuration: ") && !line.contains('\n'),
+            "{line}"
+        );
+
+        let e = read_cluster_key(&dir.path().join("absent.key")).unwrap_err();
+        assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
+        assert!(e.to_string().contains("absent.key"), "{e}");
     }
 }

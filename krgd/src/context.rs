@@ -7,7 +7,7 @@ use krg_proto::NodeId;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::net::pool::PeerPool;
+use crate::peers::PeerPool;
 
 /// The cluster as this node currently sees it. Published by the membership
 /// service; every other service reads it (or waits for changes) through

@@ -9,19 +9,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{read_cluster_key, Config};
 use crate::context::NodeContext;
 use crate::net;
+use crate::node::Node;
 use crate::service::{
     chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, sched::SchedService,
 };
 use crate::DaemonError;
-
-/// A running node: its context and its services.
-pub struct Node {
-    pub ctx: Arc<NodeContext>,
-    pub cluster: Arc<ClusterService>,
-    pub chkpt: Arc<ChkptService>,
-    pub sched: Arc<SchedService>,
-    pub kdfs: Arc<KdfsService>,
-}
 
 /// Run krgd with `config` until a termination signal arrives.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
@@ -34,7 +26,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if config.advertise.ip().is_unspecified() {
         // Listening on every address: tell peers the address of the interface found.
         let ip = net_info.addr.ok_or_else(|| {
-            DaemonError::Config("listening on an unspecified address and no interface address found: pass --advertise".into())
+            DaemonError::invalid(
+                "advertise",
+                "listening on an unspecified address and no interface address found: pass --advertise",
+            )
         })?;
         config.advertise.set_ip(ip);
     }
@@ -61,9 +56,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // A krgd that finds its node id already in use at start-up yields.
     let outcome = tokio::select! {
         _ = wait_for_termination() => Ok(()),
-        addr = node.cluster.identity_conflict() => Err(DaemonError::Config(format!(
-            "node id {} is already taken by the krgd at {addr}", ctx.node_id()
-        ))),
+        addr = node.cluster.identity_conflict() => Err(DaemonError::IdTaken {
+            node: ctx.node_id(),
+            addr,
+        }),
     };
     tracing::info!(node = ctx.node_id(), "krgd stopping");
     admin_task.abort();

@@ -1,3 +1,6 @@
+//! The krgd binary: parse flags, start logging, resolve the configuration
+//! (file, flags, kernel command line) and run the daemon until a signal.
+
 use clap::Parser;
 use krgd::config::Settings;
 

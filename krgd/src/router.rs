@@ -4,8 +4,8 @@ use krg_proto::admin::{AdminError, AdminRequest, AdminResponse};
 use krg_proto::auth::Identity;
 use krg_proto::peer::{PeerRequest, PeerResponse};
 
-use crate::daemon::Node;
-use crate::net::admin::Caller;
+use crate::caller::Caller;
+use crate::node::Node;
 
 pub async fn admin(node: &Node, caller: &Caller, req: AdminRequest) -> AdminResponse {
     let result = match req {
@@ -38,13 +38,17 @@ pub async fn admin(node: &Node, caller: &Caller, req: AdminRequest) -> AdminResp
 
 pub async fn peer(node: &Node, from: &Identity, req: PeerRequest) -> PeerResponse {
     let result = match req {
+        PeerRequest::Cluster(r) => node
+            .cluster
+            .handle_peer(from, r)
+            .await
+            .map(PeerResponse::Cluster),
         PeerRequest::Sched(r) => node
             .sched
             .handle_peer(from, r)
             .await
             .map(PeerResponse::Sched),
         PeerRequest::Kdfs(r) => node.kdfs.handle_peer(from, r).await.map(PeerResponse::Kdfs),
-        other => node.cluster.handle_peer(from, other).await,
     };
     result.unwrap_or_else(PeerResponse::Error)
 }

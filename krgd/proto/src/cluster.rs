@@ -1,4 +1,6 @@
-//! Cluster membership messages: what krgadm asks and what krgd answers.
+//! Cluster membership messages: what krgadm asks and what krgd answers, and
+//! what the membership services of two krgds say to each other (presence,
+//! liveness, Raft, forwarded changes).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -145,6 +147,77 @@ pub enum ClusterReply {
     Nodes(Vec<NodeInfo>),
     /// A membership change committed cluster-wide; the new status.
     Changed(ClusterStatus),
+}
+
+/// Requests the membership service of one krgd sends another's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClusterPeerRequest {
+    /// Liveness probe of the failure detector, sent by the Raft leader of
+    /// cluster `cluster` (its random id) to every member.
+    Ping { from: NodeId, cluster: u64 },
+    /// An openraft RPC, postcard-encoded by krgd (kept opaque here so that
+    /// this crate does not depend on the Raft library).
+    Raft(RaftRpc),
+    /// A membership request forwarded towards the Raft leader; `hops` counts
+    /// forwards so a request never circles while leadership moves.
+    Forward { req: ClusterRequest, hops: u8 },
+    /// Join cluster `cluster`: start a Raft instance so the leader can
+    /// replicate to this node (sent before the node is added).
+    Welcome { cluster: u64 },
+    /// Leave cluster `cluster`: drop the Raft instance, become present.
+    Evict { cluster: u64 },
+    /// Who are you, and whom do you know (presence discovery over TCP).
+    Describe { from: Presence },
+}
+
+/// Answers to [`ClusterPeerRequest`]s, one variant per request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClusterPeerReply {
+    /// To `Ping`: `cluster` is the id of the cluster the pinged node is in,
+    /// if any, and `epoch` the last epoch it applied.
+    Pong { epoch: u64, cluster: Option<u64> },
+    /// To `Raft`: openraft's answer, postcard-encoded.
+    Raft(Vec<u8>),
+    /// To `Forward`: the leader's answer to the change.
+    Forwarded(ClusterReply),
+    /// To `Welcome` and `Evict`.
+    Ack,
+    /// To `Describe`.
+    Describe(NodeSelf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftKind {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RaftRpc {
+    pub kind: RaftKind,
+    pub payload: Vec<u8>,
+}
+
+/// A node as seen by presence discovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub node: NodeId,
+    pub mac: Option<Mac>,
+    /// Where its krgd accepts peer connections.
+    pub addr: SocketAddr,
+    /// The cluster it belongs to (random id), if any.
+    pub cluster: Option<u64>,
+}
+
+/// Answer to [`ClusterPeerRequest::Describe`]: the node itself and the nodes
+/// it has recently seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSelf {
+    pub me: Presence,
+    /// Other nodes seen, each with how many milliseconds ago it was last heard
+    /// of (so that relayed sightings age and a dead node is forgotten).
+    pub known: Vec<(Presence, u32)>,
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
+//! The one error type of krg-proto: everything that can go wrong reading,
+//! writing or authenticating krg messages, each a line a CLI can print.
+
 use thiserror::Error;
 
 /// Everything that can go wrong reading or writing krg messages.

@@ -32,7 +32,11 @@ pub type SessionId = u32;
 
 /// Version of the message set. A peer announcing another version is refused at
 /// the handshake with a message naming both versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: the membership messages are nested as `PeerRequest::Cluster(..)` /
+/// `PeerResponse::Cluster(..)`, like those of the other services, which
+/// renumbered every peer variant on the wire.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default path of the local admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/krg/krgd.sock";

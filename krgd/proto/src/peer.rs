@@ -2,14 +2,19 @@
 //!
 //! A connection carries [`PeerMessage`]s in both directions; each request has
 //! an id chosen by its sender and the answer carries the same id, so many
-//! requests may be in flight on one connection.
+//! requests may be in flight on one connection. A request names the service
+//! it is for, and that service's answer comes back in the variant of the
+//! same name (or as [`PeerResponse::Error`]).
+//!
+//! The nesting of the membership messages under `Cluster` changed the
+//! encoding of every variant: [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) 2
+//! marks it, and the handshake refuses a krgd or tool of version 1.
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterReply, ClusterRequest, Mac};
+use crate::cluster::{ClusterPeerReply, ClusterPeerRequest};
 use crate::kdfs::{KdfsRequest, KdfsResponse};
 use crate::sched::{SchedPeerReply, SchedPeerRequest};
-use crate::NodeId;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerMessage {
@@ -23,87 +28,64 @@ pub enum PeerBody {
     Response(PeerResponse),
 }
 
+/// A request for one service of the receiving krgd.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// Liveness probe of the failure detector, sent by the Raft leader of
-    /// cluster `cluster` (its random id) to every member.
-    Ping {
-        from: NodeId,
-        cluster: u64,
-    },
-    /// An openraft RPC, postcard-encoded by krgd (kept opaque here so that
-    /// this crate does not depend on the Raft library).
-    Raft(RaftRpc),
-    /// A membership request forwarded towards the Raft leader; `hops` counts
-    /// forwards so a request never circles while leadership moves.
-    Cluster {
-        req: ClusterRequest,
-        hops: u8,
-    },
-    /// Join cluster `cluster`: start a Raft instance so the leader can
-    /// replicate to this node (sent before the node is added).
-    Welcome {
-        cluster: u64,
-    },
-    /// Leave cluster `cluster`: drop the Raft instance, become present.
-    Evict {
-        cluster: u64,
-    },
-    /// Who are you, and whom do you know (presence discovery over TCP).
-    Describe {
-        from: Presence,
-    },
+    /// Membership: presence, liveness, Raft, forwarded changes.
+    Cluster(ClusterPeerRequest),
+    /// The global scheduler: probe values.
     Sched(SchedPeerRequest),
+    /// kDFS storage, from other krgds and from mount.kdfs.
     Kdfs(KdfsRequest),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RaftKind {
-    AppendEntries,
-    Vote,
-    InstallSnapshot,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RaftRpc {
-    pub kind: RaftKind,
-    pub payload: Vec<u8>,
-}
-
-/// A node as seen by presence discovery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Presence {
-    pub node: NodeId,
-    pub mac: Option<Mac>,
-    /// Where its krgd accepts peer connections.
-    pub addr: std::net::SocketAddr,
-    /// The cluster it belongs to (random id), if any.
-    pub cluster: Option<u64>,
-}
-
-/// Answer to [`PeerRequest::Describe`]: the node itself and the nodes it has
-/// recently seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeSelf {
-    pub me: Presence,
-    /// Other nodes seen, each with how many milliseconds ago it was last heard
-    /// of (so that relayed sightings age and a dead node is forgotten).
-    pub known: Vec<(Presence, u32)>,
-}
-
+/// The answer of the service a [`PeerRequest`] named.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerResponse {
-    /// `cluster` is the id of the cluster the pinged node is in, if any.
-    Pong {
-        epoch: u64,
-        cluster: Option<u64>,
-    },
-    Raft(Vec<u8>),
-    Cluster(ClusterReply),
-    Ack,
-    Describe(NodeSelf),
+    Cluster(ClusterPeerReply),
     Sched(SchedPeerReply),
     Kdfs(KdfsResponse),
     /// The request could not be served; one line saying why.
     Error(crate::admin::AdminError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{ClusterRequest, NodeSelector};
+    use crate::frame::{decode, encode};
+
+    #[test]
+    fn nested_cluster_messages_roundtrip() {
+        let msg = PeerMessage {
+            id: 9,
+            body: PeerBody::Request(PeerRequest::Cluster(ClusterPeerRequest::Forward {
+                req: ClusterRequest::Add(NodeSelector::Ids(vec![3, 4])),
+                hops: 1,
+            })),
+        };
+        let bytes = encode(&msg).unwrap();
+        let (back, _): (PeerMessage, usize) = decode(&bytes).unwrap().unwrap();
+        assert_eq!(back.id, 9);
+        assert!(matches!(
+            back.body,
+            PeerBody::Request(PeerRequest::Cluster(ClusterPeerRequest::Forward { req, hops: 1 }))
+                if req == ClusterRequest::Add(NodeSelector::Ids(vec![3, 4]))
+        ));
+        let pong = PeerMessage {
+            id: 9,
+            body: PeerBody::Response(PeerResponse::Cluster(ClusterPeerReply::Pong {
+                epoch: 4,
+                cluster: Some(7),
+            })),
+        };
+        let (back, _): (PeerMessage, usize) = decode(&encode(&pong).unwrap()).unwrap().unwrap();
+        assert!(matches!(
+            back.body,
+            PeerBody::Response(PeerResponse::Cluster(ClusterPeerReply::Pong {
+                epoch: 4,
+                cluster: Some(7)
+            }))
+        ));
+    }
 }

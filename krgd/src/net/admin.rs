@@ -14,22 +14,9 @@ use krg_proto::frame::{read_frame, write_frame};
 use krg_proto::ProtoError;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::daemon::Node;
+use crate::caller::Caller;
+use crate::node::Node;
 use crate::DaemonError;
-
-/// Who sent an admin request, as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-}
-
-impl Caller {
-    pub fn is_root(&self) -> bool {
-        self.uid == 0
-    }
-}
 
 /// Bind the admin socket, replacing a stale one left by a crashed krgd but
 /// refusing to steal the socket of a krgd that still answers.
@@ -41,10 +28,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            return Err(DaemonError::Config(format!(
-                "{} is in use: another krgd is running with this socket",
-                path.display()
-            )));
+            return Err(DaemonError::SocketInUse {
+                path: path.to_path_buf(),
+            });
         }
         std::fs::remove_file(path)
             .map_err(|e| DaemonError::io(format!("removing stale {}", path.display()), e))?;

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::daemon::Node;
+use crate::node::Node;
 
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     loop {

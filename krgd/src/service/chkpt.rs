@@ -9,8 +9,8 @@ use checkpoint::captrack::CapTracker;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 
+use crate::caller::Caller;
 use crate::context::NodeContext;
-use crate::net::admin::Caller;
 use crate::DaemonError;
 
 pub struct ChkptService {

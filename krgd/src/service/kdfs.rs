@@ -15,8 +15,9 @@ use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 
+use crate::caller::Caller;
 use crate::context::NodeContext;
-use crate::net::admin::Caller;
+use crate::sync;
 use crate::DaemonError;
 
 const ATTACH_FILE: &str = "kdfs.attach";
@@ -73,11 +74,11 @@ impl KdfsService {
     }
 
     fn current(&self) -> Option<Arc<Store>> {
-        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+        sync::read(&self.store).clone()
     }
 
     fn set_store(&self, s: Option<Arc<Store>>) {
-        *self.store.write().unwrap_or_else(|p| p.into_inner()) = s;
+        *sync::write(&self.store) = s;
     }
 
     fn info(&self) -> KdfsAdminReply {

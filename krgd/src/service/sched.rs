@@ -16,8 +16,9 @@ use plugpropol::mount::Mounted;
 use plugpropol::{Engine, Reading, SharedValue, Unit};
 use tokio::task::JoinHandle;
 
+use crate::caller::Caller;
 use crate::context::NodeContext;
-use crate::net::admin::Caller;
+use crate::sync;
 use crate::DaemonError;
 
 /// Bounds on how often other nodes' values are pulled (the shortest local
@@ -52,8 +53,11 @@ impl SchedService {
                 let (e, p) = (engine.clone(), path.clone());
                 let m = tokio::task::spawn_blocking(move || plugpropol::mount::mount(e, &p))
                     .await
-                    .map_err(|e| DaemonError::Service(format!("mounting the scheduler tree: {e}")))?
-                    .map_err(|e| DaemonError::Service(e.to_string()))?;
+                    .map_err(|source| DaemonError::Task {
+                        what: "mounting the scheduler tree",
+                        source,
+                    })?
+                    .map_err(DaemonError::SchedulerTree)?;
                 tracing::info!(path = %path.display(), "scheduler tree mounted");
                 Some(m)
             }
@@ -66,7 +70,7 @@ impl SchedService {
             puller: Mutex::new(None),
         });
         let task = tokio::spawn(pull_loop(svc.ctx.clone(), svc.engine.clone()));
-        *svc.puller.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        *sync::lock(&svc.puller) = Some(task);
         Ok(svc)
     }
 
@@ -111,14 +115,10 @@ impl SchedService {
     }
 
     pub async fn shutdown(&self) {
-        if let Some(t) = self.puller.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = sync::lock(&self.puller).take() {
             t.abort();
         }
-        let mounted = self
-            .mounted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let mounted = sync::lock(&self.mounted).take();
         let engine = self.engine.clone();
         // Unmounting waits for the FUSE thread and stopping plug-ins waits
         // for them to exit: both block.

@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use krg_proto::cluster::NodeState;
-use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::cluster::{ClusterPeerReply, ClusterPeerRequest, NodeState};
 use krg_proto::NodeId;
 use openraft::ServerState;
 
+use super::network::call;
 use super::state::ClusterCommand;
 use super::{ClusterService, Joined};
 
@@ -129,17 +129,15 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             tracing::info!(nodes = ?ids, "failed or restarted members answer again; they are present now");
             for (id, still_joined) in &returned {
                 if *still_joined {
-                    let _ = svc
-                        .ctx
-                        .peers
-                        .call(
-                            *id,
-                            PeerRequest::Evict {
-                                cluster: joined.uid,
-                            },
-                            heartbeat,
-                        )
-                        .await;
+                    let _ = call(
+                        &svc.ctx.peers,
+                        *id,
+                        ClusterPeerRequest::Evict {
+                            cluster: joined.uid,
+                        },
+                        heartbeat,
+                    )
+                    .await;
                 }
             }
             let _ = svc.commit(&joined, ClusterCommand::Remove(ids)).await;
@@ -162,26 +160,22 @@ async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::stat
                 node = p.node,
                 "a former member still claims this cluster; evicting it"
             );
-            let evict = PeerRequest::Evict {
+            let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
             };
-            let _ = svc
-                .ctx
-                .peers
-                .call(p.node, evict, svc.ctx.config.heartbeat)
-                .await;
+            let _ = call(&svc.ctx.peers, p.node, evict, svc.ctx.config.heartbeat).await;
         }
     }
 }
 
 async fn probe(svc: &ClusterService, node: NodeId, uid: u64, within: Duration) -> Probe {
-    let ping = PeerRequest::Ping {
+    let ping = ClusterPeerRequest::Ping {
         from: svc.ctx.node_id(),
         cluster: uid,
     };
-    match tokio::time::timeout(within, svc.ctx.peers.call(node, ping, within)).await {
-        Ok(Ok(PeerResponse::Pong { cluster, .. })) if cluster == Some(uid) => Probe::Alive,
-        Ok(Ok(PeerResponse::Pong { .. })) => Probe::Outside,
+    match tokio::time::timeout(within, call(&svc.ctx.peers, node, ping, within)).await {
+        Ok(Ok(ClusterPeerReply::Pong { cluster, .. })) if cluster == Some(uid) => Probe::Alive,
+        Ok(Ok(ClusterPeerReply::Pong { .. })) => Probe::Outside,
         _ => Probe::Silent,
     }
 }

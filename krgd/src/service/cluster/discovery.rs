@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use krg_proto::auth::Role;
 use krg_proto::client::PeerClient;
-use krg_proto::peer::{NodeSelf, PeerRequest, PeerResponse, Presence};
+use krg_proto::cluster::{ClusterPeerReply, ClusterPeerRequest, NodeSelf, Presence};
+use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::{NodeId, ProtoError, SessionId};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::context::NodeContext;
+use crate::sync;
 
 /// How often presence is announced or polled.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(1000);
@@ -82,17 +84,13 @@ impl Discovery {
         } else {
             tasks.push(tokio::spawn(d.clone().poll_peers()));
         }
-        if let Ok(mut t) = d.tasks.lock() {
-            *t = tasks;
-        }
+        *sync::lock(&d.tasks) = tasks;
         d
     }
 
     pub fn stop(&self) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            for t in tasks.drain(..) {
-                t.abort();
-            }
+        for t in sync::lock(&self.tasks).drain(..) {
+            t.abort();
         }
     }
 
@@ -101,7 +99,7 @@ impl Discovery {
     pub async fn identity_conflict(&self) -> SocketAddr {
         loop {
             let notified = self.conflict_seen.notified();
-            if let Some(addr) = self.conflict.lock().ok().and_then(|c| *c) {
+            if let Some(addr) = *sync::lock(&self.conflict) {
                 return addr;
             }
             notified.await;
@@ -113,9 +111,7 @@ impl Discovery {
             return;
         }
         if self.started.elapsed() < YIELD_WINDOW {
-            if let Ok(mut c) = self.conflict.lock() {
-                *c = Some(addr);
-            }
+            *sync::lock(&self.conflict) = Some(addr);
             self.conflict_seen.notify_waiters();
         } else {
             tracing::warn!(node = self.ctx.node_id(), other = %addr, "another krgd claims this node's id; it should stop");
@@ -136,7 +132,7 @@ impl Discovery {
         let Some(seen) = Instant::now().checked_sub(age) else {
             return;
         };
-        let Ok(mut t) = self.table.lock() else { return };
+        let mut t = sync::lock(&self.table);
         if let Some((known, at)) = t.get(&p.node) {
             if *at >= seen {
                 return;
@@ -164,9 +160,7 @@ impl Discovery {
 
     /// Nodes seen within the presence TTL with the age of the last sighting.
     pub fn present_with_age(&self) -> Vec<(Presence, u32)> {
-        let Ok(mut t) = self.table.lock() else {
-            return Vec::new();
-        };
+        let mut t = sync::lock(&self.table);
         t.retain(|_, (_, at)| at.elapsed() < PRESENCE_TTL);
         let mut out: Vec<(Presence, u32)> = t
             .values()
@@ -273,10 +267,13 @@ impl Discovery {
             }
         };
         match client
-            .call(PeerRequest::Describe { from: self.me() }, timeout)
+            .call(
+                PeerRequest::Cluster(ClusterPeerRequest::Describe { from: self.me() }),
+                timeout,
+            )
             .await
         {
-            Ok(PeerResponse::Describe(NodeSelf { me, known })) => {
+            Ok(PeerResponse::Cluster(ClusterPeerReply::Describe(NodeSelf { me, known }))) => {
                 self.record(me, Duration::ZERO);
                 for (p, age_ms) in known {
                     self.record(p, Duration::from_millis(age_ms.into()));

@@ -8,13 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::cluster::{ClusterReply, ClusterRequest, NodeSelector, NodeState};
-use krg_proto::peer::{PeerRequest, PeerResponse, Presence};
+use krg_proto::cluster::{
+    ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelector, NodeState,
+    Presence,
+};
 use krg_proto::NodeId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
-use super::state::{ClusterCommand, ClusterState, CommandResult, MemberRecord};
+use super::network::call;
+use super::selection::{pick_voters, resolve_for_add, resolve_for_del};
+use super::state::{ClusterCommand, CommandResult, MemberRecord};
 use super::store::RaftNodeId;
 use super::{no_quorum, ClusterService, Joined};
 
@@ -39,48 +43,10 @@ fn raft_error<E: std::fmt::Display>(e: RaftError<RaftNodeId, E>) -> AdminError {
     }
 }
 
-fn record(p: &Presence) -> MemberRecord {
-    MemberRecord {
-        id: p.node,
-        addr: p.addr,
-        mac: p.mac,
-        state: NodeState::Online,
-    }
-}
-
 fn basic(addr: std::net::SocketAddr) -> BasicNode {
     BasicNode {
         addr: addr.to_string(),
     }
-}
-
-/// The voters to use among `candidates` (sorted ids): at most `max`, and an
-/// odd number when there are three or more, since an even count tolerates no
-/// more failures than the odd count below it.
-fn pick_voters(
-    candidates: &BTreeSet<RaftNodeId>,
-    keep: &BTreeSet<RaftNodeId>,
-    max: usize,
-) -> BTreeSet<RaftNodeId> {
-    let mut out: BTreeSet<RaftNodeId> = keep.intersection(candidates).copied().take(max).collect();
-    for id in candidates {
-        if out.len() >= max {
-            break;
-        }
-        out.insert(*id);
-    }
-    if out.len() >= 3 && out.len() % 2 == 0 {
-        if let Some(extra) = out
-            .iter()
-            .rev()
-            .find(|id| !keep.contains(id))
-            .or(out.iter().next_back())
-            .copied()
-        {
-            out.remove(&extra);
-        }
-    }
-    out
 }
 
 impl ClusterService {
@@ -133,15 +99,13 @@ impl ClusterService {
         if result.is_err() {
             self.leave(Some(uid)).await;
             for p in founders.iter().filter(|p| p.node != me.node) {
-                let _ = self
-                    .ctx
-                    .peers
-                    .call(
-                        p.node,
-                        PeerRequest::Evict { cluster: uid },
-                        Duration::from_secs(1),
-                    )
-                    .await;
+                let _ = call(
+                    &self.ctx.peers,
+                    p.node,
+                    ClusterPeerRequest::Evict { cluster: uid },
+                    Duration::from_secs(1),
+                )
+                .await;
             }
         }
         result.map(ClusterReply::Changed)
@@ -189,7 +153,7 @@ impl ClusterService {
         {
             self.add_learner(joined, p).await?;
         }
-        let members = founders.iter().map(record).collect();
+        let members = founders.iter().map(MemberRecord::online).collect();
         let result = self
             .commit(joined, ClusterCommand::Form { uid, members })
             .await?;
@@ -200,17 +164,15 @@ impl ClusterService {
     /// Welcome each node into cluster `uid` (they start Raft instances).
     async fn welcome_all(&self, nodes: &[Presence], uid: u64) -> Vec<Result<Presence, AdminError>> {
         let calls = nodes.iter().map(|p| async move {
-            match self
-                .ctx
-                .peers
-                .call(
-                    p.node,
-                    PeerRequest::Welcome { cluster: uid },
-                    Duration::from_secs(3),
-                )
-                .await
+            match call(
+                &self.ctx.peers,
+                p.node,
+                ClusterPeerRequest::Welcome { cluster: uid },
+                Duration::from_secs(3),
+            )
+            .await
             {
-                Ok(PeerResponse::Ack) => Ok(p.clone()),
+                Ok(ClusterPeerReply::Ack) => Ok(p.clone()),
                 Ok(other) => Err(err(
                     ErrorKind::Internal,
                     format!("node {} answered {other:?}", p.node),
@@ -271,7 +233,7 @@ impl ClusterService {
         let result = self
             .commit(
                 joined,
-                ClusterCommand::Add(nodes.iter().map(record).collect()),
+                ClusterCommand::Add(nodes.iter().map(MemberRecord::online).collect()),
             )
             .await?;
         self.rebalance_voters(joined).await?;
@@ -309,17 +271,15 @@ impl ClusterService {
         self.rebalance_voters(joined).await?;
         let me = self.ctx.node_id();
         for id in ids.iter().filter(|id| **id != me) {
-            let _ = self
-                .ctx
-                .peers
-                .call(
-                    *id,
-                    PeerRequest::Evict {
-                        cluster: joined.uid,
-                    },
-                    Duration::from_secs(1),
-                )
-                .await;
+            let _ = call(
+                &self.ctx.peers,
+                *id,
+                ClusterPeerRequest::Evict {
+                    cluster: joined.uid,
+                },
+                Duration::from_secs(1),
+            )
+            .await;
         }
         self.wait_everywhere(joined, result.epoch).await;
         let status = self.status().await;
@@ -339,10 +299,10 @@ impl ClusterService {
         // former member to leave, so that none stays behind in a dead cluster.
         let me = self.ctx.node_id();
         let evictions = members.iter().filter(|id| **id != me).map(|id| {
-            let evict = PeerRequest::Evict {
+            let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
             };
-            self.ctx.peers.call(*id, evict, Duration::from_secs(1))
+            call(&self.ctx.peers, *id, evict, Duration::from_secs(1))
         });
         futures::future::join_all(evictions).await;
         let status = self.status().await;
@@ -446,16 +406,18 @@ impl ClusterService {
                 .filter(|id| *id != me)
                 .collect();
             let pings = others.iter().map(|id| {
-                let ping = PeerRequest::Ping {
+                let ping = ClusterPeerRequest::Ping {
                     from: me,
                     cluster: joined.uid,
                 };
-                self.ctx.peers.call(*id, ping, Duration::from_millis(500))
+                call(&self.ctx.peers, *id, ping, Duration::from_millis(500))
             });
             let lagging = futures::future::join_all(pings)
                 .await
                 .into_iter()
-                .filter(|r| !matches!(r, Ok(PeerResponse::Pong { epoch: e, .. }) if *e >= epoch))
+                .filter(
+                    |r| !matches!(r, Ok(ClusterPeerReply::Pong { epoch: e, .. }) if *e >= epoch),
+                )
                 .count();
             if lagging == 0 || tokio::time::Instant::now() >= deadline {
                 if lagging > 0 {
@@ -469,187 +431,5 @@ impl ClusterService {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-/// The present nodes an `add` names. Errors name the first offending node.
-fn resolve_for_add(
-    sel: &NodeSelector,
-    state: &ClusterState,
-    present: &[Presence],
-) -> Result<Vec<Presence>, AdminError> {
-    let check = |id: NodeId| -> Result<Presence, AdminError> {
-        if let Some(m) = state.members.get(&id) {
-            return Err(err(
-                ErrorKind::Conflict,
-                format!("node {id} is already a member ({})", m.state),
-            ));
-        }
-        match present.iter().find(|p| p.node == id) {
-            // A sighting naming our own cluster is stale news of a node that
-            // has left it; Welcome below finds out the truth.
-            Some(p) if p.cluster.is_some_and(|c| c != state.uid) => Err(err(
-                ErrorKind::Conflict,
-                format!("node {id} is in another cluster; stop that one first"),
-            )),
-            Some(p) => Ok(p.clone()),
-            None => Err(err(
-                ErrorKind::NotFound,
-                format!("node {id} is not present (is krgd running there?)"),
-            )),
-        }
-    };
-    let ids: Vec<NodeId> = match sel {
-        NodeSelector::Ids(ids) => ids.clone(),
-        NodeSelector::Macs(macs) => macs
-            .iter()
-            .map(|mac| {
-                present
-                    .iter()
-                    .find(|p| p.mac == Some(*mac))
-                    .map(|p| p.node)
-                    .or_else(|| {
-                        state
-                            .members
-                            .values()
-                            .find(|m| m.mac == Some(*mac))
-                            .map(|m| m.id)
-                    })
-                    .ok_or_else(|| {
-                        err(
-                            ErrorKind::NotFound,
-                            format!("no present node has MAC {mac}"),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?,
-        NodeSelector::AllPresent => {
-            let free: Vec<NodeId> = present
-                .iter()
-                .filter(|p| p.cluster.is_none_or(|c| c == state.uid) && !state.is_member(p.node))
-                .map(|p| p.node)
-                .collect();
-            if free.is_empty() {
-                return Err(err(
-                    ErrorKind::NotFound,
-                    "no present node is waiting to be added",
-                ));
-            }
-            free
-        }
-    };
-    let mut seen = BTreeSet::new();
-    ids.into_iter()
-        .filter(|id| seen.insert(*id))
-        .map(check)
-        .collect()
-}
-
-/// The members a `del` names.
-fn resolve_for_del(
-    sel: &NodeSelector,
-    state: &ClusterState,
-    me: NodeId,
-) -> Result<Vec<NodeId>, AdminError> {
-    let ids: Vec<NodeId> = match sel {
-        NodeSelector::Ids(ids) => ids.clone(),
-        NodeSelector::Macs(macs) => macs
-            .iter()
-            .map(|mac| {
-                state
-                    .members
-                    .values()
-                    .find(|m| m.mac == Some(*mac))
-                    .map(|m| m.id)
-                    .ok_or_else(|| err(ErrorKind::NotFound, format!("no member has MAC {mac}")))
-            })
-            .collect::<Result<_, _>>()?,
-        // Every member but the one running the change.
-        NodeSelector::AllPresent => state
-            .members
-            .keys()
-            .copied()
-            .filter(|id| *id != me)
-            .collect(),
-    };
-    let mut seen = BTreeSet::new();
-    let ids: Vec<NodeId> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
-    if let Some(id) = ids.iter().find(|id| !state.is_member(**id)) {
-        return Err(err(
-            ErrorKind::NotFound,
-            format!("node {id} is not a member of the cluster"),
-        ));
-    }
-    if ids.is_empty() {
-        return Err(err(ErrorKind::InvalidArgument, "no node to remove"));
-    }
-    Ok(ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(ids: &[u64]) -> BTreeSet<u64> {
-        ids.iter().copied().collect()
-    }
-
-    #[test]
-    fn voters_are_capped_odd_and_sticky() {
-        assert_eq!(
-            pick_voters(&set(&[1, 2, 3, 4, 5, 6, 7]), &set(&[]), 5),
-            set(&[1, 2, 3, 4, 5])
-        );
-        assert_eq!(
-            pick_voters(&set(&[1, 2, 3, 4]), &set(&[]), 5),
-            set(&[1, 2, 3])
-        );
-        assert_eq!(pick_voters(&set(&[1, 2]), &set(&[]), 5), set(&[1, 2]));
-        // Existing voters are kept when still candidates.
-        assert_eq!(
-            pick_voters(&set(&[2, 3, 4, 5, 6]), &set(&[4, 5, 6]), 3),
-            set(&[4, 5, 6])
-        );
-    }
-
-    #[test]
-    fn add_and_del_resolution_errors_name_the_node() {
-        let mut state = ClusterState::default();
-        let p = |n: NodeId, cluster: Option<u64>| Presence {
-            node: n,
-            mac: Some(krg_proto::cluster::Mac([0, 4, 0x61, 0xaa, 0x6e, n as u8])),
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7600 + n as u16)),
-            cluster,
-        };
-        state.apply(&ClusterCommand::Form {
-            uid: 1,
-            members: vec![record(&p(1, None))],
-        });
-        let present = vec![p(2, None), p(3, Some(9))];
-        let e = resolve_for_add(&NodeSelector::Ids(vec![7]), &state, &present).unwrap_err();
-        assert!(e.message.contains("node 7 is not present"), "{}", e.message);
-        let e = resolve_for_add(&NodeSelector::Ids(vec![1]), &state, &present).unwrap_err();
-        assert!(e.message.contains("already a member"), "{}", e.message);
-        let e = resolve_for_add(&NodeSelector::Ids(vec![3]), &state, &present).unwrap_err();
-        assert!(e.message.contains("another cluster"), "{}", e.message);
-        let ok = resolve_for_add(
-            &NodeSelector::Macs(vec![p(2, None).mac.unwrap()]),
-            &state,
-            &present,
-        )
-        .unwrap();
-        assert_eq!(ok[0].node, 2);
-        assert_eq!(
-            resolve_for_add(&NodeSelector::AllPresent, &state, &present)
-                .unwrap()
-                .len(),
-            1
-        );
-        let e = resolve_for_del(&NodeSelector::Ids(vec![2]), &state, 1).unwrap_err();
-        assert!(
-            e.message.contains("node 2 is not a member"),
-            "{}",
-            e.message
-        );
     }
 }

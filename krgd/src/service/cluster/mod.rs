@@ -5,6 +5,7 @@
 //! * [`state`]: the replicated member table and its epoch.
 //! * [`store`] / [`network`]: openraft storage and transport.
 //! * [`membership`]: changes run by the Raft leader (start, add, del, stop).
+//! * [`selection`]: which nodes a change names, and which members vote.
 //! * [`detector`]: the leader's liveness probes, marking members failed.
 //! * [`report`]: status rows and the published [`ClusterView`](crate::context::ClusterView).
 
@@ -13,6 +14,7 @@ mod discovery;
 mod membership;
 mod network;
 mod report;
+mod selection;
 mod state;
 mod store;
 
@@ -22,16 +24,19 @@ use std::time::{Duration, Instant};
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
-use krg_proto::cluster::{ClusterReply, ClusterRequest};
-use krg_proto::peer::{NodeSelf, PeerRequest, PeerResponse, Presence};
+use krg_proto::cluster::{
+    ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelf, Presence,
+};
 use tokio::sync::{watch, RwLock};
 use tokio::task::JoinHandle;
 
 use self::discovery::Discovery;
 use self::state::ClusterState;
 use self::store::{LogStore, Raft, StateMachine};
+use crate::caller::Caller;
 use crate::context::NodeContext;
-use crate::net::admin::Caller;
+use crate::peers::PeerCallError;
+use crate::sync;
 use crate::DaemonError;
 
 /// How long a forwarded membership request may take end to end.
@@ -89,14 +94,12 @@ impl ClusterService {
         };
         let _ = svc.discovery.set(Discovery::start(ctx, me).await);
         let task = tokio::spawn(svc.clone().refresh_view_forever());
-        if let Ok(mut t) = svc.view_task.lock() {
-            *t = Some(task);
-        }
+        *sync::lock(&svc.view_task) = Some(task);
         Ok(svc)
     }
 
     pub async fn shutdown(&self) {
-        if let Some(t) = self.view_task.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(t) = sync::lock(&self.view_task).take() {
             t.abort();
         }
         if let Some(d) = self.discovery.get() {
@@ -178,17 +181,20 @@ impl ClusterService {
                 "leadership is moving; run the command again",
             ));
         }
-        let forward = PeerRequest::Cluster {
+        let forward = ClusterPeerRequest::Forward {
             req,
             hops: hops + 1,
         };
-        match self.ctx.peers.call(target, forward, FORWARD_TIMEOUT).await {
-            Ok(PeerResponse::Cluster(reply)) => Ok(reply),
+        match network::call(&self.ctx.peers, target, forward, FORWARD_TIMEOUT).await {
+            Ok(ClusterPeerReply::Forwarded(reply)) => Ok(reply),
             Ok(other) => Err(AdminError::new(
                 ErrorKind::Internal,
                 format!("node {target} sent {other:?}"),
             )),
-            Err(crate::net::pool::PeerCallError::Remote { error, .. }) => Err(error),
+            Err(PeerCallError::Remote { error, .. }) => Err(error),
+            Err(e @ PeerCallError::Unexpected { .. }) => {
+                Err(AdminError::new(ErrorKind::Internal, e.to_string()))
+            }
             Err(e) => Err(AdminError::new(
                 ErrorKind::Unavailable,
                 format!(
@@ -201,55 +207,29 @@ impl ClusterService {
     pub async fn handle_peer(
         self: &Arc<Self>,
         from: &Identity,
-        req: PeerRequest,
-    ) -> Result<PeerResponse, AdminError> {
+        req: ClusterPeerRequest,
+    ) -> Result<ClusterPeerReply, AdminError> {
         match req {
-            PeerRequest::Ping {
+            ClusterPeerRequest::Ping {
                 from: leader,
                 cluster,
-            } => {
-                let mine = self.cluster_uid();
-                if mine == Some(cluster) {
-                    if let Ok(mut c) = self.leader_contact.lock() {
-                        *c = Some(Instant::now());
-                    }
-                }
-                tracing::trace!(leader, "ping");
-                let epoch = match self.joined().await {
-                    Some(j) => j.state.borrow().epoch,
-                    None => 0,
-                };
-                Ok(PeerResponse::Pong {
-                    epoch,
-                    cluster: mine,
-                })
-            }
-            PeerRequest::Raft(rpc) => {
+            } => Ok(self.pong(leader, cluster).await),
+            ClusterPeerRequest::Raft(rpc) => {
                 let joined = self.joined().await.ok_or_else(not_in_cluster)?;
                 network::serve(&joined.raft, rpc)
                     .await
-                    .map(PeerResponse::Raft)
+                    .map(ClusterPeerReply::Raft)
                     .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e))
             }
-            PeerRequest::Cluster { req, hops } => {
-                // Forwarded by a krgd that authorised its caller already.
-                if from.role != krg_proto::auth::Role::Node || req == ClusterRequest::Start {
-                    return Err(AdminError::new(
-                        ErrorKind::PermissionDenied,
-                        "only krgd nodes may forward changes",
-                    ));
-                }
-                if self.joined().await.is_none() {
-                    return Err(not_in_cluster());
-                }
-                self.change(req, hops).await.map(PeerResponse::Cluster)
+            ClusterPeerRequest::Forward { req, hops } => self.forwarded(from, req, hops).await,
+            ClusterPeerRequest::Welcome { cluster } => {
+                self.join(cluster).await.map(|_| ClusterPeerReply::Ack)
             }
-            PeerRequest::Welcome { cluster } => self.join(cluster).await.map(|_| PeerResponse::Ack),
-            PeerRequest::Evict { cluster } => {
+            ClusterPeerRequest::Evict { cluster } => {
                 self.leave(Some(cluster)).await;
-                Ok(PeerResponse::Ack)
+                Ok(ClusterPeerReply::Ack)
             }
-            PeerRequest::Describe { from: asker } => {
+            ClusterPeerRequest::Describe { from: asker } => {
                 // The asker is running too: nodes that only poll a seed become
                 // known to it, and through its answers to everyone else.
                 if let Some(d) = self.discovery() {
@@ -257,13 +237,48 @@ impl ClusterService {
                         d.record(asker, Duration::ZERO);
                     }
                 }
-                Ok(PeerResponse::Describe(self.describe()))
+                Ok(ClusterPeerReply::Describe(self.describe()))
             }
-            PeerRequest::Sched(_) | PeerRequest::Kdfs(_) => Err(AdminError::new(
-                ErrorKind::Internal,
-                "request routed to the wrong service",
-            )),
         }
+    }
+
+    /// Answer the leader's liveness probe; a ping from this node's own
+    /// cluster also proves the leader is reachable.
+    async fn pong(&self, leader: krg_proto::NodeId, cluster: u64) -> ClusterPeerReply {
+        let mine = self.cluster_uid();
+        if mine == Some(cluster) {
+            *sync::lock(&self.leader_contact) = Some(Instant::now());
+        }
+        tracing::trace!(leader, "ping");
+        let epoch = match self.joined().await {
+            Some(j) => j.state.borrow().epoch,
+            None => 0,
+        };
+        ClusterPeerReply::Pong {
+            epoch,
+            cluster: mine,
+        }
+    }
+
+    /// A change forwarded by a krgd that authorised its caller already.
+    async fn forwarded(
+        self: &Arc<Self>,
+        from: &Identity,
+        req: ClusterRequest,
+        hops: u8,
+    ) -> Result<ClusterPeerReply, AdminError> {
+        if from.role != krg_proto::auth::Role::Node || req == ClusterRequest::Start {
+            return Err(AdminError::new(
+                ErrorKind::PermissionDenied,
+                "only krgd nodes may forward changes",
+            ));
+        }
+        if self.joined().await.is_none() {
+            return Err(not_in_cluster());
+        }
+        self.change(req, hops)
+            .await
+            .map(ClusterPeerReply::Forwarded)
     }
 
     /// From outside any cluster: a present member of the one cluster this
@@ -336,13 +351,9 @@ impl ClusterService {
             tokio::spawn(self.clone().follow_state(joined.clone())),
             tokio::spawn(detector::run(self.clone(), joined.clone())),
         ];
-        if let Ok(mut t) = joined.tasks.lock() {
-            *t = tasks;
-        }
+        *sync::lock(&joined.tasks) = tasks;
         self.joined_uid.store(uid, Ordering::SeqCst);
-        if let Ok(mut c) = self.leader_contact.lock() {
-            *c = Some(Instant::now());
-        }
+        *sync::lock(&self.leader_contact) = Some(Instant::now());
         *slot = Some(joined.clone());
         tracing::info!(
             node = self.ctx.node_id(),
@@ -374,9 +385,7 @@ impl ClusterService {
         };
         let Some(j) = joined else { return };
         self.joined_uid.store(0, Ordering::SeqCst);
-        if let Ok(mut tasks) = j.tasks.lock() {
-            tasks.drain(..).for_each(|t| t.abort());
-        }
+        sync::lock(&j.tasks).drain(..).for_each(|t| t.abort());
         if let Err(e) = j.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft shutdown");
         }
@@ -445,10 +454,7 @@ impl ClusterService {
     }
 
     fn leader_heard_recently(&self) -> bool {
-        self.leader_contact
-            .lock()
-            .ok()
-            .and_then(|c| *c)
+        sync::lock(&self.leader_contact)
             .is_some_and(|at| at.elapsed() < self.ctx.config.failure_timeout)
     }
 

@@ -1,11 +1,13 @@
-//! Raft RPCs over krgd's authenticated peer connections. openraft's request
-//! and response types are postcard-encoded into [`RaftRpc`] payloads so that
-//! krg-proto does not depend on openraft.
+//! The membership service's messages over krgd's authenticated peer
+//! connections: [`call`] for every request it sends, and the Raft transport.
+//! openraft's request and response types are postcard-encoded into
+//! [`RaftRpc`] payloads so that krg-proto does not depend on openraft.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use krg_proto::peer::{PeerRequest, PeerResponse, RaftKind, RaftRpc};
+use krg_proto::cluster::{ClusterPeerReply, ClusterPeerRequest, RaftKind, RaftRpc};
+use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::NodeId;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -20,6 +22,24 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::store::{Raft, RaftNodeId, TypeConfig};
 use crate::context::NodeContext;
+use crate::peers::{PeerCallError, PeerPool};
+
+/// Send `req` to the membership service of `node` and wait at most `timeout`
+/// for its answer.
+pub(super) async fn call(
+    peers: &PeerPool,
+    node: NodeId,
+    req: ClusterPeerRequest,
+    timeout: Duration,
+) -> Result<ClusterPeerReply, PeerCallError> {
+    match peers.call(node, PeerRequest::Cluster(req), timeout).await? {
+        PeerResponse::Cluster(reply) => Ok(reply),
+        other => Err(PeerCallError::Unexpected {
+            node,
+            answer: format!("{other:?}"),
+        }),
+    }
+}
 
 #[derive(Clone)]
 pub struct Network {
@@ -68,17 +88,14 @@ impl Connection {
     {
         let payload =
             postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let resp = self
-            .ctx
-            .peers
-            .call(
-                self.target,
-                PeerRequest::Raft(RaftRpc { kind, payload }),
-                ttl,
-            )
+        let rpc = ClusterPeerRequest::Raft(RaftRpc { kind, payload });
+        let resp = call(&self.ctx.peers, self.target, rpc, ttl)
             .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let PeerResponse::Raft(bytes) = resp else {
+            .map_err(|e| match e {
+                PeerCallError::Unexpected { .. } => RPCError::Network(NetworkError::new(&e)),
+                _ => RPCError::Unreachable(Unreachable::new(&e)),
+            })?;
+        let ClusterPeerReply::Raft(bytes) = resp else {
             let e = std::io::Error::other(format!("node {} sent a non-Raft answer", self.target));
             return Err(RPCError::Network(NetworkError::new(&e)));
         };

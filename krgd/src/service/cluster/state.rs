@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use krg_proto::cluster::{Mac, NodeState};
+use krg_proto::cluster::{Mac, NodeState, Presence};
 use krg_proto::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,18 @@ pub struct MemberRecord {
     pub mac: Option<Mac>,
     /// Online, Failed or Leaving (never Present: present nodes are not members).
     pub state: NodeState,
+}
+
+impl MemberRecord {
+    /// A node joining the table: online, where its presence says it is.
+    pub fn online(p: &Presence) -> Self {
+        Self {
+            id: p.node,
+            addr: p.addr,
+            mac: p.mac,
+            state: NodeState::Online,
+        }
+    }
 }
 
 /// Commands appended to the Raft log.

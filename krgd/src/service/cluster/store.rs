@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::state::{ClusterCommand, ClusterState, CommandResult};
+use crate::sync;
 
 openraft::declare_raft_types!(
     /// Raft types of the cluster membership group.
@@ -48,16 +49,12 @@ pub struct LogStore {
     inner: Arc<Mutex<LogData>>,
 }
 
-fn poisoned<T>(_: T) -> StorageError<RaftNodeId> {
-    StorageIOError::read_logs(openraft::AnyError::error("raft log lock poisoned")).into()
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let data = self.inner.lock().map_err(poisoned)?;
+        let data = sync::lock(&self.inner);
         Ok(data.entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
@@ -66,7 +63,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let data = self.inner.lock().map_err(poisoned)?;
+        let data = sync::lock(&self.inner);
         let last = data
             .entries
             .values()
@@ -84,21 +81,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<RaftNodeId>) -> StorageResult<()> {
-        self.inner.lock().map_err(poisoned)?.vote = Some(*vote);
+        sync::lock(&self.inner).vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<RaftNodeId>>> {
-        Ok(self.inner.lock().map_err(poisoned)?.vote)
+        Ok(sync::lock(&self.inner).vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftNodeId>>) -> StorageResult<()> {
-        self.inner.lock().map_err(poisoned)?.committed = committed;
+        sync::lock(&self.inner).committed = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<RaftNodeId>>> {
-        Ok(self.inner.lock().map_err(poisoned)?.committed)
+        Ok(sync::lock(&self.inner).committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -106,7 +103,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
         {
-            let mut data = self.inner.lock().map_err(poisoned)?;
+            let mut data = sync::lock(&self.inner);
             for e in entries {
                 data.entries.insert(e.log_id.index, e);
             }
@@ -117,13 +114,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftNodeId>) -> StorageResult<()> {
-        let mut data = self.inner.lock().map_err(poisoned)?;
+        let mut data = sync::lock(&self.inner);
         data.entries.split_off(&log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<RaftNodeId>) -> StorageResult<()> {
-        let mut data = self.inner.lock().map_err(poisoned)?;
+        let mut data = sync::lock(&self.inner);
         data.last_purged = Some(log_id);
         data.entries = data.entries.split_off(&(log_id.index + 1));
         Ok(())
@@ -172,7 +169,7 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let mut data = self.inner.lock().map_err(poisoned)?;
+        let mut data = sync::lock(&self.inner);
         let body = postcard::to_stdvec(&SnapshotBody {
             state: data.state.clone(),
         })
@@ -205,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Option<LogId<RaftNodeId>>,
         StoredMembership<RaftNodeId, openraft::BasicNode>,
     )> {
-        let data = self.inner.lock().map_err(poisoned)?;
+        let data = sync::lock(&self.inner);
         Ok((data.last_applied, data.membership.clone()))
     }
 
@@ -215,7 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut results = Vec::new();
         let snapshot = {
-            let mut data = self.inner.lock().map_err(poisoned)?;
+            let mut data = sync::lock(&self.inner);
             for entry in entries {
                 data.last_applied = Some(entry.log_id);
                 let result = match &entry.payload {
@@ -256,7 +253,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
         })?;
         let state = {
-            let mut data = self.inner.lock().map_err(poisoned)?;
+            let mut data = sync::lock(&self.inner);
             data.last_applied = meta.last_log_id;
             data.membership = meta.last_membership.clone();
             data.state = body.state;
@@ -268,7 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let data = self.inner.lock().map_err(poisoned)?;
+        let data = sync::lock(&self.inner);
         Ok(data.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.clone())),

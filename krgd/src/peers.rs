@@ -13,6 +13,8 @@ use krg_proto::{NodeId, ProtoError};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
+use crate::sync;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
@@ -26,6 +28,9 @@ pub enum PeerCallError {
         node: NodeId,
         error: krg_proto::admin::AdminError,
     },
+    /// The answer came from another service than the one asked.
+    #[error("node {node} answered {answer}")]
+    Unexpected { node: NodeId, answer: String },
 }
 
 type Slot = Arc<Mutex<Option<Arc<PeerClient>>>>;
@@ -49,30 +54,23 @@ impl PeerPool {
 
     /// Record where `node` listens. A changed address drops the old connection.
     pub fn set_address(&self, node: NodeId, addr: SocketAddr) {
-        let Ok(mut addrs) = self.addrs.write() else {
-            return;
-        };
+        let mut addrs = sync::write(&self.addrs);
         if addrs.insert(node, addr) != Some(addr) {
             self.forget(node);
         }
     }
 
     pub fn address(&self, node: NodeId) -> Option<SocketAddr> {
-        self.addrs.read().ok()?.get(&node).copied()
+        sync::read(&self.addrs).get(&node).copied()
     }
 
     /// Drop the cached connection to `node` (it will be reopened on next use).
     pub fn forget(&self, node: NodeId) {
-        if let Ok(mut slots) = self.slots.lock() {
-            slots.remove(&node);
-        }
+        sync::lock(&self.slots).remove(&node);
     }
 
     fn slot(&self, node: NodeId) -> Slot {
-        match self.slots.lock() {
-            Ok(mut slots) => slots.entry(node).or_default().clone(),
-            Err(_) => Slot::default(),
-        }
+        sync::lock(&self.slots).entry(node).or_default().clone()
     }
 
     /// A live connection to `node`, opening one if needed. Concurrent callers
