@@ -6,6 +6,7 @@
 //! job writes do not change between dump and restore. Medians of a few rounds. KRG_BENCH_SIZES=64,256 picks sizes (MiB);
 //! KRG_BENCH_ROUNDS the number of rounds (default 3); KRG_BENCH_VERBOSE prints
 //! every round's figures on stderr.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

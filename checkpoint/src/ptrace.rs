@@ -25,13 +25,14 @@ fn check(r: libc::c_long, op: &str, pid: i32) -> Result<libc::c_long> {
 /// Attach without stopping, then stop the thread with PTRACE_INTERRUPT and
 /// wait for that stop.
 pub fn seize_and_interrupt(tid: i32) -> Result<()> {
-    // SAFETY: plain ptrace requests on a tid; no memory is passed.
     check(
+        // SAFETY: plain ptrace requests on a tid; no memory is passed.
         unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) },
         "PTRACE_SEIZE",
         tid,
     )?;
     check(
+        // SAFETY: as above.
         unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) },
         "PTRACE_INTERRUPT",
         tid,
@@ -43,8 +44,8 @@ pub fn seize_and_interrupt(tid: i32) -> Result<()> {
         }
         // A signal arrived before our interrupt: let the process have it
         // (not lose it) and wait for the interrupt stop that follows.
-        // SAFETY: no memory passed.
         check(
+            // SAFETY: no memory passed.
             unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig as libc::c_long) },
             "PTRACE_CONT",
             tid,
@@ -82,8 +83,8 @@ fn wait_status(tid: i32) -> Result<(i32, i32)> {
 }
 
 pub fn detach(tid: i32) -> Result<()> {
-    // SAFETY: no memory passed.
     check(
+        // SAFETY: no memory passed.
         unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) },
         "PTRACE_DETACH",
         tid,
@@ -98,8 +99,8 @@ pub fn get_regs(tid: i32) -> Result<Regs> {
         iov_base: &mut regs as *mut Regs as *mut libc::c_void,
         iov_len: std::mem::size_of::<Regs>(),
     };
-    // SAFETY: iov points at a buffer of iov_len bytes that lives across the call.
     check(
+        // SAFETY: iov points at a buffer of iov_len bytes that lives across the call.
         unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_PRSTATUS, &mut iov) },
         "PTRACE_GETREGSET",
         tid,
@@ -112,8 +113,8 @@ pub fn set_regs(tid: i32, regs: &Regs) -> Result<()> {
         iov_base: regs as *const Regs as *mut libc::c_void,
         iov_len: std::mem::size_of::<Regs>(),
     };
-    // SAFETY: the kernel only reads iov_len bytes from iov_base.
     check(
+        // SAFETY: the kernel only reads iov_len bytes from iov_base.
         unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_PRSTATUS, &mut iov) },
         "PTRACE_SETREGSET",
         tid,
@@ -127,8 +128,8 @@ pub fn get_xstate(tid: i32) -> Result<Vec<u8>> {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    // SAFETY: iov covers buf; the kernel shrinks iov_len to what it wrote.
     check(
+        // SAFETY: iov covers buf; the kernel shrinks iov_len to what it wrote.
         unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov) },
         "GETREGSET xstate",
         tid,
@@ -142,8 +143,8 @@ pub fn set_xstate(tid: i32, xs: &[u8]) -> Result<()> {
         iov_base: xs.as_ptr() as *mut libc::c_void,
         iov_len: xs.len(),
     };
-    // SAFETY: the kernel only reads from the buffer.
     check(
+        // SAFETY: the kernel only reads from the buffer.
         unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov) },
         "SETREGSET xstate",
         tid,
@@ -153,8 +154,8 @@ pub fn set_xstate(tid: i32, xs: &[u8]) -> Result<()> {
 
 pub fn get_sigmask(tid: i32) -> Result<u64> {
     let mut m: u64 = 0;
-    // SAFETY: 8-byte out buffer, size passed as addr.
     check(
+        // SAFETY: 8-byte out buffer, size passed as addr.
         unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, tid, 8usize, &mut m) },
         "PTRACE_GETSIGMASK",
         tid,
@@ -163,8 +164,8 @@ pub fn get_sigmask(tid: i32) -> Result<u64> {
 }
 
 pub fn set_sigmask(tid: i32, m: u64) -> Result<()> {
-    // SAFETY: 8-byte in buffer.
     check(
+        // SAFETY: 8-byte in buffer.
         unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, tid, 8usize, &m) },
         "PTRACE_SETSIGMASK",
         tid,
@@ -276,8 +277,8 @@ impl Injector {
         r.r9 = args[5];
         r.rip = self.syscall_at;
         set_regs(self.tid, &r)?;
-        // SAFETY: no memory passed.
         check(
+            // SAFETY: no memory passed.
             unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.tid, 0, 0) },
             "PTRACE_SINGLESTEP",
             self.tid,

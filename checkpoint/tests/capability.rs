@@ -1,4 +1,5 @@
 //! krgcapset + a real krgd following forks + checkpoint's CHECKPOINTABLE check.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Signal handlers, blocked and pending signals, itimers, cwd, umask, rlimits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Single-process checkpoint/restart with the real binaries and real programs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// test code: a panic is a failed test
 // Children are reaped by kill_reap (waitpid), which clippy cannot see.
 #![allow(clippy::zombie_processes, clippy::type_complexity)]
 

@@ -1,4 +1,5 @@
 //! Multi-threaded processes: every thread, its registers, TLS and TID.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

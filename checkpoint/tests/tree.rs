@@ -1,4 +1,5 @@
 //! Process trees: same PIDs, same parent/child relations, pipes and files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! (default 10000), KDFS_BENCH_FIO_SECS (default 5), KDFS_BENCH_ROUNDS
 //! (default 3: every line is run that many times on each target, the
 //! targets taking turns, and the median is printed). Must run as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -1,5 +1,6 @@
 //! Multi-node kDFS on loopback: real krgds, real mkfs.kdfs and mount.kdfs,
 //! operations through the kernel on every node's mount.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

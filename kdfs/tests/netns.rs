@@ -1,6 +1,7 @@
 //! kDFS between two network namespaces joined by a veth pair: real
 //! addresses and MACs, no loopback shortcut. krgd and mount.kdfs of each node
 //! run in its namespace (network only, so the mounts are visible here).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -5,6 +5,7 @@
 //!
 //! Ignored by default because it needs the pjdfstest binary and a `tests`
 //! user: `cargo test -p kdfs --test pjdfstest -- --ignored --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Randomized operation sequences applied both to a 2-node kDFS (alternating
 //! between the two nodes' mounts) and to a local directory: every result
 //! (success or errno) and the final trees must be the same.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Attacks found in review (issue 14), each reproduced and shown refused:
 //! set-id programs and device nodes on a kDFS mount, a store readable by
 //! every user, and directory entries forged inside a user's store object.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

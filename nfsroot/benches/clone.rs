@@ -3,6 +3,7 @@
 //! snapshot (loop-mounted btrfs), reflink copy (loop-mounted xfs) and
 //! overlayfs (the temp dir's file system), with a plain full copy as the
 //! reference. Run as root: `cargo bench -p nfsroot`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,7 @@
 //! One real `image build` with debootstrap, from the mirror this system's
 //! apt sources name (read at run time). It is skipped — and says so — only
 //! when that mirror cannot be reached.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

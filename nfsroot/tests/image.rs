@@ -2,6 +2,7 @@
 //! versions, clones by btrfs snapshot (loop-mounted btrfs), reflink copy
 //! (loop-mounted xfs) and overlayfs (the test directory's own file system),
 //! and render writing into the clones. Needs root (mount), as CI runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The real binary on real files: render, check with dhcpd and dnsmasq,
 //! idempotence, --diff, confinement, nodes add|del, krgd.toml parsed by krgd.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

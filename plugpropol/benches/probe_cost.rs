@@ -3,6 +3,7 @@
 //! the tree), measured with getrusage over a wall-clock window.
 //!
 //! `cargo bench -p plugpropol` (window: PLUGPROPOL_BENCH_SECS, default 10).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,8 +12,9 @@ use plugpropol::tree::ROOT;
 use plugpropol::Engine;
 
 fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF covers all threads.
+    // SAFETY: rusage is plain data; zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF covers all threads.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)

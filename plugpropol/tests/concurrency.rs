@@ -1,5 +1,6 @@
 //! Many writers at once: every write is applied whole or refused whole, and
 //! concurrent mkdir/rmdir/symlink of the same names never corrupt the tree.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

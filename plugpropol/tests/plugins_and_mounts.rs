@@ -2,6 +2,7 @@
 //! mount's life cycle (unmount on stop, stale mount after a crash), and
 //! what krgd refuses: plug-ins another user could change, mount points it
 //! would hide.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Every legal and illegal operation on the mounted tree of a real krgd,
 //! with plain std::fs calls, as a user's shell would make them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

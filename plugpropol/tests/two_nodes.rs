@@ -1,5 +1,6 @@
 //! The global scheduler across two real krgd processes forming a cluster:
 //! a policy on node 1 (built-in or plug-in) consumes a probe of node 2.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -11,6 +11,7 @@
 //! parallel; the figures therefore include up to one polling round (tens of
 //! milliseconds, more at N=64) and the load the polling itself puts on the
 //! two cores — the same polling is applied to krg and to serf.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! processes (on loopback ports, or inside network namespaces joined by a
 //! bridge), drives them with the real `krgadm`, and tears everything down —
 //! processes by PID, namespaces by name — when dropped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 pub mod netlab;
 

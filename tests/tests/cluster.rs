@@ -1,5 +1,6 @@
 //! Cluster membership with real krgd processes on loopback: formation,
 //! status, hot add/remove with ranges, failures, restarts and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::{Read, Write};
 use std::time::Duration;

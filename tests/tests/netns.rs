@@ -1,6 +1,7 @@
 //! Clusters in network namespaces joined by a bridge: real addresses, real
 //! MACs, broadcast discovery, and partitions made by taking a link down.
 //! CI runs as root; these tests need root and iproute2.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::time::Duration;
 

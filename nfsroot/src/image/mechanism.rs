@@ -52,8 +52,9 @@ fn cpath(p: &Path) -> Result<CString> {
 /// Is `dir` on a btrfs file system?
 pub fn is_btrfs(dir: &Path) -> Result<bool> {
     let c = cpath(dir)?;
-    // SAFETY: statfs writes into the zeroed struct we own; c is a valid C string.
+    // SAFETY: statfs is plain data; zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs writes into the struct we own; c is a valid C string.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     if rc != 0 {
         return Err(NfsrootError::io(
@@ -268,6 +269,7 @@ fn set_immutable_one(path: &Path, on: bool) -> std::io::Result<()> {
     } else {
         flags & !FS_IMMUTABLE_FL
     };
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `new`, which outlives the call.
     if new != flags && unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS as _, &new) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
