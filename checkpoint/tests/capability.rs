@@ -41,6 +41,11 @@ fn start_krgd(dir: &Path) -> Krgd {
         .unwrap()
         .port();
     std::fs::write(dir.join("key"), b"0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(
+        dir.join("key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let sock = dir.join("krgd.sock");
     let mut cmd = Command::new(krgd);
     cmd.args([

@@ -1,6 +1,5 @@
 //! krgadm: administer a krg cluster through the local krgd.
 
-mod nodelist;
 mod print;
 
 use std::path::PathBuf;
@@ -113,7 +112,7 @@ struct Selection {
 impl Selection {
     fn to_selector(&self) -> Result<NodeSelector> {
         if let Some(list) = &self.nodes {
-            return nodelist::parse_node_list(list)
+            return krg_proto::nodeset::parse_node_list(list)
                 .map(NodeSelector::Ids)
                 .map_err(|e| anyhow!(e));
         }

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::ParseIntError;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -180,6 +180,12 @@ impl Settings {
             .node_id
             .or(cmdline_value(cmdline, "node_id")?)
             .ok_or_else(|| DaemonError::invalid("node_id", "no node id: pass --node-id, set node_id in the config file, or boot with node_id=N"))?;
+        if !krg_proto::nodeset::VALID_IDS.contains(&node_id) {
+            return Err(DaemonError::invalid(
+                "node_id",
+                format!("node id {node_id} is out of range: node ids are 1..=65535"),
+            ));
+        }
         let session_id = self
             .session_id
             .or(cmdline_value(cmdline, "session_id")?)
@@ -209,7 +215,7 @@ impl Settings {
         } else {
             Some(
                 self.scheduler_mount
-                    .unwrap_or_else(|| PathBuf::from("/config/krg_scheduler")),
+                    .unwrap_or_else(|| PathBuf::from(krg_proto::DEFAULT_SCHEDULER_MOUNT)),
             )
         };
         Ok(Config {
@@ -226,14 +232,14 @@ impl Settings {
             socket: self.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             cluster_key_file: self
                 .cluster_key_file
-                .unwrap_or_else(|| PathBuf::from("/etc/krg/cluster.key")),
+                .unwrap_or_else(|| PathBuf::from(krg_proto::DEFAULT_CLUSTER_KEY)),
             heartbeat,
             failure_timeout,
             max_voters,
             scheduler_mount,
             plugin_registry: self
                 .plugin_registry
-                .unwrap_or_else(|| PathBuf::from("/etc/krg/plugins.conf")),
+                .unwrap_or_else(|| PathBuf::from(krg_proto::DEFAULT_PLUGIN_REGISTRY)),
         })
     }
 }
@@ -258,25 +264,6 @@ where
     Ok(None)
 }
 
-/// Read the cluster key file. Any content of at least 16 bytes is a key;
-/// surrounding whitespace is ignored so that `head -c 32 /dev/urandom | base64`
-/// and `echo secret... >` both make usable keys.
-pub fn read_cluster_key(path: &Path) -> Result<krg_proto::auth::ClusterKey, DaemonError> {
-    let bytes = std::fs::read(path).map_err(|source| DaemonError::KeyRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let trimmed = bytes.trim_ascii().to_vec();
-    // ClusterKey::new only checks the length: its error is a reason, not a cause.
-    krg_proto::auth::ClusterKey::new(trimmed).map_err(|e| DaemonError::InvalidKey {
-        path: path.to_path_buf(),
-        reason: match e {
-            krg_proto::ProtoError::Auth(reason) => reason,
-            other => other.to_string(),
-        },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +285,10 @@ mod tests {
             .resolve("quiet node_id=12 session_id=7 root=/dev/nfs")
             .unwrap();
         assert_eq!((cfg.node_id, cfg.session_id), (12, 7));
+        for bad in ["node_id=0 session_id=7", "node_id=65536 session_id=7"] {
+            let e = Settings::default().resolve(bad).unwrap_err().to_string();
+            assert!(e.contains("node ids are 1..=65535"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -337,7 +328,10 @@ mod tests {
             "{line}"
         );
 
-        let e = read_cluster_key(&dir.path().join("absent.key")).unwrap_err();
+        let e: DaemonError = krg_proto::auth::ClusterKey::from_file(&dir.path().join("absent.key"))
+            .map(drop)
+            .unwrap_err()
+            .into();
         assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
         assert!(e.to_string().contains("absent.key"), "{e}");
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{read_cluster_key, Config};
+use crate::config::Config;
 use crate::context::NodeContext;
 use crate::net;
 use crate::node::Node;
@@ -17,7 +17,7 @@ use crate::DaemonError;
 
 /// Run krgd with `config` until a termination signal arrives.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let key = read_cluster_key(&config.cluster_key_file)?;
+    let key = krg_proto::auth::ClusterKey::from_file(&config.cluster_key_file)?;
     let net_info = crate::identity::interface_for(config.advertise.ip()).await;
     let mut config = config;
     if config.broadcast.is_none() {

@@ -36,15 +36,10 @@ pub enum DaemonError {
     /// Another krgd holds this node's id (it was seen first).
     #[error("configuration: node id {node} is already taken by the krgd at {addr}")]
     IdTaken { node: NodeId, addr: SocketAddr },
-    #[error("cluster key file {}: {source}", path.display())]
-    KeyRead {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The key file was read but holds no usable key (too short).
-    #[error("cluster key file {}: {reason}", path.display())]
-    InvalidKey { path: PathBuf, reason: String },
+    /// The cluster key file is missing, unsafe (others may read or change
+    /// it) or holds no usable key.
+    #[error(transparent)]
+    Key(#[from] krg_proto::KeyFileError),
     #[error("{what}: {source}")]
     Io {
         what: String,

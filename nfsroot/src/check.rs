@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::error::{NfsrootError, Result};
-use crate::render::DhcpServer;
+use crate::render::{DhcpServer, FileRole, Plan};
+use crate::tools::find_tool;
 
 /// Run the checker of `kind` on `file`; Ok holds the checker's own words.
 pub fn dhcp_config(kind: DhcpServer, file: &Path) -> Result<String> {
@@ -61,30 +62,6 @@ fn significant_lines(text: &str) -> String {
     lines.join(" | ")
 }
 
-/// Look a daemon binary up on PATH and in the sbin directories, which a
-/// non-root PATH often lacks.
-pub fn find_tool(name: &str) -> Result<std::path::PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let dirs = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"]);
-    for d in dirs {
-        let p = Path::new(d).join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    let pkg = match name {
-        "dhcpd" => "isc-dhcp-server",
-        "mkfs.btrfs" | "btrfs" => "btrfs-progs",
-        other => other,
-    };
-    Err(NfsrootError::Tool {
-        tool: name.into(),
-        message: format!("not installed (apt-get install {pkg})"),
-    })
-}
-
 /// Check a GRUB menu with `grub-script-check` (Debian grub-common).
 /// Ok(false) when the checker is not installed.
 pub fn grub_menu(file: &Path) -> Result<bool> {
@@ -110,4 +87,55 @@ pub fn grub_menu(file: &Path) -> Result<bool> {
         tool: format!("grub-script-check on {}", file.display()),
         message: significant_lines(&text),
     })
+}
+
+/// What `nfsroot check` found in a rendered tree, one line each.
+pub struct TreeReport {
+    pub lines: Vec<String>,
+}
+
+/// Run the daemons' own checkers on the files of `plan` that have one: the
+/// DHCP configuration (required: a render must have written it) and the
+/// GRUB menus (when grub-script-check is installed). Paths come from the
+/// plan, so this never repeats where render puts things.
+pub fn rendered_tree(plan: &Plan) -> Result<TreeReport> {
+    let mut lines = Vec::new();
+    let mut menus = Vec::new();
+    for f in &plan.files {
+        match f.role {
+            FileRole::Dhcp(kind) => {
+                if !f.path.is_file() {
+                    return Err(NfsrootError::Tool {
+                        tool: "nfsroot check".into(),
+                        message: format!(
+                            "{} is missing: run `nfsroot render` first",
+                            f.path.display()
+                        ),
+                    });
+                }
+                dhcp_config(kind, &f.path)?;
+                let by = match kind {
+                    DhcpServer::Isc => "dhcpd -t",
+                    DhcpServer::Dnsmasq => "dnsmasq --test",
+                };
+                lines.push(format!("{}: accepted by {by}", f.path.display()));
+            }
+            FileRole::GrubMenu => menus.push(&f.path),
+            FileRole::Other => {}
+        }
+    }
+    let mut checked = 0;
+    for m in &menus {
+        if m.is_file() && grub_menu(m)? {
+            checked += 1;
+        }
+    }
+    if checked > 0 {
+        lines.push(format!(
+            "{checked} GRUB menus accepted by grub-script-check"
+        ));
+    } else if !menus.is_empty() {
+        lines.push("note: grub-script-check is not installed (apt-get install grub-common): GRUB menus not checked".into());
+    }
+    Ok(TreeReport { lines })
 }

@@ -151,7 +151,7 @@ impl Default for KrgdSection {
     fn default() -> Self {
         KrgdSection {
             port: 7600,
-            cluster_key_file: "/etc/krg/cluster.key".into(),
+            cluster_key_file: krg_proto::DEFAULT_CLUSTER_KEY.into(),
             heartbeat_ms: None,
             failure_timeout_ms: None,
             max_voters: None,

@@ -5,6 +5,7 @@
 //! images themselves: debootstrap builds, read-only versions and cheap
 //! per-node clones (btrfs snapshot, reflink copy or overlayfs).
 
+pub mod atomic;
 pub mod check;
 pub mod desc;
 pub mod diff;
@@ -14,6 +15,7 @@ pub mod image;
 pub mod nodes;
 pub mod output;
 pub mod render;
+pub mod tools;
 
 pub use desc::Description;
 pub use error::{NfsrootError, Result};

@@ -242,7 +242,7 @@ fn init(file: &Path) -> Result<()> {
     if file.exists() {
         bail!("{} exists; not overwriting it", file.display());
     }
-    output::write_atomic(file, nfsroot::example::EXAMPLE.as_bytes(), 0o644)?;
+    nfsroot::atomic::write_atomic(file, nfsroot::example::EXAMPLE.as_bytes(), 0o644)?;
     println!(
         "wrote {}: edit it, then `nfsroot render {} --out DIR`",
         file.display(),
@@ -342,54 +342,8 @@ fn check_cmd(a: &RenderArgs) -> Result<()> {
         },
     );
     let (_, o) = output::diff(&plan, &out, &d.image.root)?;
-    let file = out.join(match kind {
-        DhcpServer::Isc => "dhcp/dhcpd.conf",
-        DhcpServer::Dnsmasq => "dhcp/dnsmasq.conf",
-    });
-    if !file.is_file() {
-        bail!(
-            "{} is missing: run `nfsroot render {} --out {}` first",
-            file.display(),
-            a.file.display(),
-            a.out.display()
-        );
-    }
-    check::dhcp_config(kind, &file)?;
-    println!(
-        "{}: accepted by {}",
-        file.display(),
-        if kind == DhcpServer::Isc {
-            "dhcpd -t"
-        } else {
-            "dnsmasq --test"
-        }
-    );
-    let grub_dir = out.join("tftp/grub");
-    let mut menus: Vec<PathBuf> = std::fs::read_dir(&grub_dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("grub.cfg"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    menus.sort();
-    let mut checked = 0;
-    for m in &menus {
-        if check::grub_menu(m)? {
-            checked += 1;
-        }
-    }
-    if checked > 0 {
-        println!(
-            "{}: {checked} GRUB menus accepted by grub-script-check",
-            grub_dir.display()
-        );
-    } else if !menus.is_empty() {
-        println!("note: grub-script-check is not installed (apt-get install grub-common): GRUB menus not checked");
+    for line in check::rendered_tree(&plan)?.lines {
+        println!("{line}");
     }
     if !o.is_noop() {
         bail!(

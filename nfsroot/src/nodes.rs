@@ -6,9 +6,9 @@ use std::path::Path;
 
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
 
+use crate::atomic::write_atomic;
 use crate::desc::Description;
 use crate::error::{NfsrootError, Result};
-use crate::output::write_atomic;
 
 /// A node to add. `node_id` None picks the smallest unused id.
 #[derive(Debug, Clone)]

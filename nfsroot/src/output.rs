@@ -5,11 +5,11 @@
 //! remembers what was written, so nothing else is ever removed.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::atomic::write_atomic;
 use crate::diff;
 use crate::error::{NfsrootError, Result};
 use crate::render::{is_inside, Plan, PlannedFile};
@@ -233,7 +233,7 @@ fn create_dir(path: &Path, mode: u32, seed: Option<&Path>) -> Result<()> {
                 .map_err(|e| io("creating", e))?;
         }
         Some(seed) => {
-            let tmp = temp_name(path);
+            let tmp = crate::atomic::temp_name(path);
             let status = Command::new("cp")
                 .arg("-a")
                 .arg("--reflink=auto")
@@ -259,41 +259,4 @@ fn create_dir(path: &Path, mode: u32, seed: Option<&Path>) -> Result<()> {
     // DirBuilder's mode is filtered by the umask; set the intended one.
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| io("setting mode of", e))
-}
-
-fn temp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.nfsroot-tmp.{}", std::process::id()))
-}
-
-/// Write `contents` to `path` atomically: readers see the old file or the
-/// new one, never a partial one, even if this process dies half-way.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let io = |what: &str, e| NfsrootError::io(format!("{what} {}", path.display()), e);
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| io("creating directory for", e))?;
-    let tmp = temp_name(path);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io("writing", e));
-    }
-    // Make the rename itself durable.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }

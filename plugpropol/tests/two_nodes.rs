@@ -79,6 +79,7 @@ fn a_policy_on_node_1_consumes_a_probe_of_node_2() {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("key");
     fs::write(&key, "two-node-scheduler-test-key-0123456789").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     // A plug-in probe whose value each test node controls through a file.
     let probe = tmp.path().join("free_probe.sh");
     script(&probe, "echo 'source free bytes'\necho 'period 100'\necho ready\nwhile read c; do echo \"free $(cat $1)\"; echo end; done\n");

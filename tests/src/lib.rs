@@ -174,6 +174,7 @@ impl TestCluster {
         let dir = tempfile::Builder::new().prefix("krg-test-").tempdir()?;
         let key = dir.path().join("cluster.key");
         std::fs::write(&key, random_key())?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let ports = (1..=max_id).map(|id| (id, free_port())).collect();
         Ok(Self {
             dir,

@@ -155,11 +155,18 @@ fn daemon_refuses_bad_configuration_and_duplicate_ids() -> Result<()> {
     // Too short a key.
     let short = c.dir.path().join("short.key");
     std::fs::write(&short, "tiny")?;
+    std::fs::set_permissions(&short, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let err = c.start_with(1, &short, &[]).unwrap_err().to_string();
     assert!(
         err.contains("is 4 bytes, at least 16 are required"),
         "{err}"
     );
+    // A key other users can read is refused, with the fix.
+    let open = c.dir.path().join("open.key");
+    std::fs::write(&open, krg_tests::random_key())?;
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let err = c.start_with(1, &open, &[]).unwrap_err().to_string();
+    assert!(err.contains("chmod 600"), "{err}");
 
     c.start(1)?;
     c.start(2)?;
@@ -208,6 +215,10 @@ fn wrong_key_and_garbage_are_refused() -> Result<()> {
     formed(&mut c, &[1, 2], 1)?;
     let other_key = c.dir.path().join("other.key");
     std::fs::write(&other_key, krg_tests::random_key())?;
+    std::fs::set_permissions(
+        &other_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     c.start_with(3, &other_key, &[])?;
     // Node 3 polls 1 and 2 with the wrong key: refused on both sides, never present.
     wait_for(SETTLE, "a refusal in node 1's log", || {

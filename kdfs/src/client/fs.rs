@@ -6,18 +6,17 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
-use krg_proto::kdfs::{
-    inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr, SetTime, Time,
-};
+use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr};
 
+use super::convert::{err, file_attr, file_type, fuse_ino, kind_of_mode, set_time};
 use super::local;
 use super::ops::Ops;
 
@@ -33,69 +32,6 @@ pub struct KdfsFs {
     entry_ttl: Duration,
     /// Ask the kernel for FUSE passthrough at init.
     passthrough: bool,
-}
-
-fn to_time(t: Time) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
-            + Duration::from_nanos(u64::from(t.nsec))
-    }
-}
-
-fn from_time(t: SystemTime) -> Time {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time {
-            sec: d.as_secs() as i64,
-            nsec: d.subsec_nanos(),
-        },
-        Err(e) => {
-            let d = e.duration();
-            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
-            if nsec > 0 {
-                sec -= 1;
-                nsec = 1_000_000_000 - nsec;
-            }
-            Time { sec, nsec }
-        }
-    }
-}
-
-fn set_time(t: TimeOrNow) -> SetTime {
-    match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(s) => SetTime::At(from_time(s)),
-    }
-}
-
-fn file_type(k: FileKind) -> FileType {
-    match k {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::CharDev => FileType::CharDevice,
-        FileKind::BlockDev => FileType::BlockDevice,
-        FileKind::Socket => FileType::Socket,
-    }
-}
-
-fn kind_of_mode(mode: u32) -> Option<FileKind> {
-    Some(match mode & libc::S_IFMT {
-        libc::S_IFREG | 0 => FileKind::File,
-        libc::S_IFDIR => FileKind::Dir,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFIFO => FileKind::Fifo,
-        libc::S_IFCHR => FileKind::CharDev,
-        libc::S_IFBLK => FileKind::BlockDev,
-        libc::S_IFSOCK => FileKind::Socket,
-        _ => return None,
-    })
-}
-
-fn err(e: i32) -> Errno {
-    Errno::from_i32(e)
 }
 
 impl KdfsFs {
@@ -116,35 +52,11 @@ impl KdfsFs {
     }
 
     /// Kernel inode number of a kDFS inode (the root must be 1).
-    fn fuse_ino(root: InodeId, id: InodeId) -> INodeNo {
-        INodeNo(if id == root { 1 } else { id })
-    }
-
     fn id(&self, ino: INodeNo) -> InodeId {
         if ino.0 == 1 {
             self.ops.root
         } else {
             ino.0
-        }
-    }
-
-    fn file_attr(root: InodeId, a: &Attr) -> FileAttr {
-        FileAttr {
-            ino: Self::fuse_ino(root, a.ino),
-            size: a.size,
-            blocks: a.blocks,
-            atime: to_time(a.atime),
-            mtime: to_time(a.mtime),
-            ctime: to_time(a.ctime),
-            crtime: to_time(a.ctime),
-            kind: file_type(a.kind),
-            perm: a.perm,
-            nlink: a.nlink,
-            uid: a.uid,
-            gid: a.gid,
-            rdev: a.rdev,
-            blksize: 65536,
-            flags: 0,
         }
     }
 
@@ -164,9 +76,7 @@ impl KdfsFs {
         let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
         self.spawn(async move {
             match fut.await {
-                Ok(a) => {
-                    reply.entry_with_ttls(&ttl, &ettl, &Self::file_attr(root, &a), Generation(0))
-                }
+                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &file_attr(root, &a), Generation(0)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -228,7 +138,7 @@ impl Filesystem for KdfsFs {
         let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
         self.spawn(async move {
             match ops.getattr(id).await {
-                Ok(a) => reply.attr(&ttl, &Self::file_attr(root, &a)),
+                Ok(a) => reply.attr(&ttl, &file_attr(root, &a)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -263,7 +173,7 @@ impl Filesystem for KdfsFs {
         let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
         self.spawn(async move {
             match ops.setattr(id, set).await {
-                Ok(a) => reply.attr(&ttl, &Self::file_attr(root, &a)),
+                Ok(a) => reply.attr(&ttl, &file_attr(root, &a)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -419,7 +329,7 @@ impl Filesystem for KdfsFs {
                 Ok((a, Some(fh))) => {
                     // created() takes one TTL for both the entry and the
                     // attributes: the shorter one, so that names stay fresh.
-                    let (t, attr) = (ttl.min(ettl), Self::file_attr(root, &a));
+                    let (t, attr) = (ttl.min(ettl), file_attr(root, &a));
                     let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
                     let (gen, fh, flags) = (Generation(0), FileHandle(fh), FopenFlags::empty());
                     match local.as_ref().and_then(|l| l.backing.as_ref()) {
@@ -596,7 +506,7 @@ impl Filesystem for KdfsFs {
                 for e in batch {
                     idx += 1;
                     let full = reply.add(
-                        Self::fuse_ino(ops.root, e.ino),
+                        fuse_ino(ops.root, e.ino),
                         idx + 2,
                         file_type(e.kind),
                         OsStr::from_bytes(&e.name),

@@ -3,6 +3,7 @@
 //! the kernel until the file system is unmounted.
 
 pub mod conn;
+mod convert;
 pub mod fs;
 pub mod local;
 pub mod ops;
@@ -21,8 +22,6 @@ use crate::format;
 use crate::KdfsError;
 use conn::Cluster;
 use ops::Ops;
-
-pub const DEFAULT_KEYFILE: &str = "/etc/krg/cluster.key";
 
 /// The `-o` options mount.kdfs understands.
 #[derive(Debug, Clone)]
@@ -57,7 +56,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(krg_proto::DEFAULT_SOCKET),
-            keyfile: PathBuf::from(DEFAULT_KEYFILE),
+            keyfile: PathBuf::from(krg_proto::DEFAULT_CLUSTER_KEY),
             nodes: HashMap::new(),
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::ZERO,
@@ -166,12 +165,6 @@ impl MountOptions {
     }
 }
 
-fn read_key(path: &Path) -> Result<ClusterKey, KdfsError> {
-    let bytes = std::fs::read(path).map_err(|e| KdfsError::io(path, e))?;
-    ClusterKey::new(bytes.trim_ascii().to_vec())
-        .map_err(|e| KdfsError::Invalid(format!("{}: {e}", path.display())))
-}
-
 /// Everything needed to serve the mount, established before mounting so
 /// that mount.kdfs can report a clear error instead of a dead mount point.
 pub struct Prepared {
@@ -183,7 +176,8 @@ pub struct Prepared {
 pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsError> {
     let dir = std::fs::canonicalize(dir).map_err(|e| KdfsError::io(dir, e))?;
     let sb = format::read_superblock(&dir)?;
-    let key = read_key(&opts.keyfile)?;
+    let key =
+        ClusterKey::from_file(&opts.keyfile).map_err(|e| KdfsError::Invalid(e.to_string()))?;
     let info = conn::local_info(&opts.socket).await?;
     if sb.node != info.node {
         return Err(KdfsError::Invalid(format!(

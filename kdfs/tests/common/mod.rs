@@ -170,6 +170,8 @@ impl Cluster {
         .unwrap();
         let key = root.path().join("cluster.key");
         std::fs::write(&key, "kdfs-test-cluster-key-0123456789").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for i in 0..n {

@@ -7,6 +7,8 @@
 //! * [`peer`]: requests one krgd sends another over TCP.
 //! * [`cluster`], [`chkpt`], [`sched`], [`kdfs`]: the per-service message types.
 //! * [`client`]: async clients for both sockets.
+//! * [`keyfile`]: the cluster key file and the default paths of every program.
+//! * [`nodeset`]: node ids and node lists as command lines spell them.
 //!
 //! Decoding never panics and never allocates more than [`frame::MAX_FRAME_LEN`]
 //! for one frame, whatever the bytes on the wire.
@@ -19,6 +21,8 @@ pub mod cluster;
 pub mod error;
 pub mod frame;
 pub mod kdfs;
+pub mod keyfile;
+pub mod nodeset;
 pub mod peer;
 pub mod sched;
 
@@ -38,8 +42,10 @@ pub type SessionId = u32;
 /// renumbered every peer variant on the wire.
 pub const PROTOCOL_VERSION: u16 = 2;
 
-/// Default path of the local admin socket.
-pub const DEFAULT_SOCKET: &str = "/run/krg/krgd.sock";
+pub use keyfile::{
+    KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_PLUGIN_REGISTRY, DEFAULT_SCHEDULER_MOUNT,
+    DEFAULT_SOCKET,
+};
 
 /// Default TCP port krgd listens on for peers.
 pub const DEFAULT_PORT: u16 = 7600;

@@ -42,7 +42,7 @@ impl SchedService {
         let mount_path = ctx.config.scheduler_mount.clone();
         let link_base = mount_path
             .clone()
-            .unwrap_or_else(|| PathBuf::from("/config/krg_scheduler"));
+            .unwrap_or_else(|| PathBuf::from(krg_proto::DEFAULT_SCHEDULER_MOUNT));
         let engine = Engine::new(
             ctx.node_id(),
             &link_base,

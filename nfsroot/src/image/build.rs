@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{mechanism, Store};
-use crate::check::find_tool;
+use crate::atomic::write_atomic;
 use crate::error::{NfsrootError, Result};
-use crate::output::write_atomic;
+use crate::tools::find_tool;
 
 /// krg programs copied into the image when found in `--krg-bin-dir`
 /// (krgd is required, the others are optional).

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 pub use build::{apt_mirror, BuildOptions, BuildSource, KRG_BINARIES};
 pub use mechanism::{available as available_mechanisms, Mechanism};
 
+use crate::atomic::write_atomic;
 use crate::desc::valid_image_name;
 use crate::error::{NfsrootError, Result};
-use crate::output::write_atomic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

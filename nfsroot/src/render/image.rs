@@ -10,8 +10,10 @@ use crate::desc::RootMode;
 /// Where, under `--out`, the shared-mode generator is rendered.
 pub const GENERATOR_PATH: &str = "root/etc/systemd/system-generators/krg-node-mounts";
 
-/// The krg scheduler tree's mount point; krgd mounts its FUSE tree there.
-pub const SCHEDULER_MOUNT: &str = "config/krg_scheduler";
+/// The scheduler tree's mount point, relative to a node's root.
+fn scheduler_mount() -> &'static str {
+    krg_proto::DEFAULT_SCHEDULER_MOUNT.trim_start_matches('/')
+}
 
 pub fn fstab(c: &Ctx) -> String {
     let d = c.d;
@@ -167,6 +169,7 @@ pub fn plan_node_roots(c: &Ctx, plan: &mut Plan) {
                         path: root.join(rel),
                         contents: text.into_bytes(),
                         mode: 0o644,
+                        role: Default::default(),
                     });
                 };
                 add("etc/fstab", fstab(c));
@@ -174,7 +177,7 @@ pub fn plan_node_roots(c: &Ctx, plan: &mut Plan) {
                 add("etc/hostname", format!("{}\n", n.name));
                 add("etc/krg/krgd.toml", krgd::node(c, n));
                 plan.dirs.push(PlannedDir {
-                    path: root.join(SCHEDULER_MOUNT),
+                    path: root.join(scheduler_mount()),
                     mode: 0o755,
                     seed: None,
                 });

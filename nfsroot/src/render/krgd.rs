@@ -44,8 +44,8 @@ fn common(c: &Ctx, s: &mut String, me: Option<&Node>) {
     }
     let _ = writeln!(
         s,
-        "scheduler_mount = \"/{}\"",
-        super::image::SCHEDULER_MOUNT
+        "scheduler_mount = \"{}\"",
+        krg_proto::DEFAULT_SCHEDULER_MOUNT
     );
 }
 

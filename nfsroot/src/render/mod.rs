@@ -23,6 +23,19 @@ pub struct PlannedFile {
     pub path: PathBuf,
     pub contents: Vec<u8>,
     pub mode: u32,
+    /// What a daemon's checker can say about it (`nfsroot check`).
+    pub role: FileRole,
+}
+
+/// Files whose daemon has a checker of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileRole {
+    /// The DHCP server's configuration.
+    Dhcp(DhcpServer),
+    /// A GRUB menu.
+    GrubMenu,
+    #[default]
+    Other,
 }
 
 /// One directory to create if missing.
@@ -109,20 +122,29 @@ pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
     };
     let out = &opts.out;
     let mut plan = Plan::default();
-    let mut add = |rel: &str, contents: String, mode: u32| {
+    let mut add_as = |rel: &str, contents: String, mode: u32, role: FileRole| {
         plan.files.push(PlannedFile {
             path: out.join(rel),
             contents: contents.into_bytes(),
             mode,
+            role,
         });
     };
+    let dhcp_role = FileRole::Dhcp(opts.dhcp);
     match opts.dhcp {
-        DhcpServer::Isc => add("dhcp/dhcpd.conf", dhcp::isc(&ctx), 0o644),
-        DhcpServer::Dnsmasq => add("dhcp/dnsmasq.conf", dhcp::dnsmasq(&ctx), 0o644),
+        DhcpServer::Isc => add_as("dhcp/dhcpd.conf", dhcp::isc(&ctx), 0o644, dhcp_role),
+        DhcpServer::Dnsmasq => add_as("dhcp/dnsmasq.conf", dhcp::dnsmasq(&ctx), 0o644, dhcp_role),
     }
     for (rel, text) in boot::files(&ctx) {
-        add(&format!("tftp/{rel}"), text, 0o644);
+        let role = if rel.starts_with("grub/grub.cfg") {
+            FileRole::GrubMenu
+        } else {
+            FileRole::Other
+        };
+        add_as(&format!("tftp/{rel}"), text, 0o644, role);
     }
+    let mut add =
+        |rel: &str, contents: String, mode: u32| add_as(rel, contents, mode, FileRole::Other);
     add("nfs/exports", nfs::exports(&ctx), 0o644);
     add("root/etc/fstab", image::fstab(&ctx), 0o644);
     add("root/etc/hosts", image::hosts(&ctx), 0o644);
@@ -145,6 +167,7 @@ pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
                         path: out.join("tftp").join(rel),
                         contents: bytes,
                         mode: 0o644,
+                        role: FileRole::Other,
                     });
                 }
             }

@@ -92,6 +92,8 @@ impl Daemon {
             None => {
                 let k = dir.join("key");
                 std::fs::write(&k, "plugpropol-test-cluster-key-0123456789").unwrap();
+                std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
                 k
             }
         };

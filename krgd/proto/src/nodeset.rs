@@ -1,6 +1,13 @@
-//! Parsing of LinuxSSI-style node lists: `16:18`, `3-7`, `1:4-6:9`.
+//! Node ids and LinuxSSI-style node lists (`16:18`, `3-7`, `1:4-6:9`), as
+//! every krg command line spells them.
 
-use krg_proto::NodeId;
+use std::ops::RangeInclusive;
+
+use crate::NodeId;
+
+/// The ids a node may have (0 means "no node" in places, and ids are kept
+/// to 16 bits, as LinuxSSI's were).
+pub const VALID_IDS: RangeInclusive<NodeId> = 1..=65535;
 
 /// Parse a node list. Ids are separated by ':' (as in LinuxSSI's
 /// `krgadm nodes add -n16:18`); `A-B` is an inclusive range.
@@ -35,13 +42,13 @@ pub fn parse_node_list(text: &str) -> Result<Vec<NodeId>, String> {
     Ok(out)
 }
 
-fn parse_id(s: &str) -> Result<NodeId, String> {
-    s.trim().parse::<NodeId>().map_err(|_| {
-        format!(
-            "'{s}' is not a node id (a number from 0 to {})",
-            NodeId::MAX
-        )
-    })
+/// One node id, 1..=65535.
+pub fn parse_id(s: &str) -> Result<NodeId, String> {
+    s.trim()
+        .parse::<NodeId>()
+        .ok()
+        .filter(|id| VALID_IDS.contains(id))
+        .ok_or_else(|| format!("'{s}' is not a node id (a number from 1 to 65535)"))
 }
 
 #[cfg(test)]
@@ -69,6 +76,9 @@ mod tests {
             "1-99999",
             "-1",
             "5000000000",
+            "0",
+            "65536",
+            "0-3",
         ] {
             let e = parse_node_list(bad).unwrap_err();
             assert!(e.starts_with("bad node list"), "{bad}: {e}");
