@@ -52,19 +52,6 @@ pub fn file_type(k: FileKind) -> FileType {
     }
 }
 
-pub fn kind_of_mode(mode: u32) -> Option<FileKind> {
-    Some(match mode & libc::S_IFMT {
-        libc::S_IFREG | 0 => FileKind::File,
-        libc::S_IFDIR => FileKind::Dir,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFIFO => FileKind::Fifo,
-        libc::S_IFCHR => FileKind::CharDev,
-        libc::S_IFBLK => FileKind::BlockDev,
-        libc::S_IFSOCK => FileKind::Socket,
-        _ => return None,
-    })
-}
-
 pub fn err(e: i32) -> Errno {
     Errno::from_i32(e)
 }

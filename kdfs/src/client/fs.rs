@@ -16,7 +16,7 @@ use fuser::{
 };
 use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr};
 
-use super::convert::{err, file_attr, file_type, fuse_ino, kind_of_mode, set_time};
+use super::convert::{err, file_attr, file_type, fuse_ino, set_time};
 use super::local;
 use super::ops::Ops;
 
@@ -199,7 +199,7 @@ impl Filesystem for KdfsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let Some(kind) = kind_of_mode(mode) else {
+        let Some(kind) = FileKind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
         if kind == FileKind::Dir || kind == FileKind::Symlink {

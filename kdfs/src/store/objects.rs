@@ -37,16 +37,10 @@ fn object_name(local: u64) -> String {
     format!("{local:x}")
 }
 
+/// The kind of an object from its `st_mode` (objects are only ever
+/// created with a type, so an unknown one is read as a file).
 fn kind_of(mode: u32) -> FileKind {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileKind::Dir,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFIFO => FileKind::Fifo,
-        libc::S_IFCHR => FileKind::CharDev,
-        libc::S_IFBLK => FileKind::BlockDev,
-        libc::S_IFSOCK => FileKind::Socket,
-        _ => FileKind::File,
-    }
+    FileKind::from_mode(mode).unwrap_or(FileKind::File)
 }
 
 fn time(sec: i64, nsec: i64) -> Time {
