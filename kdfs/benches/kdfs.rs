@@ -6,6 +6,10 @@
 //! (default 10000), KDFS_BENCH_FIO_SECS (default 5), KDFS_BENCH_ROUNDS
 //! (default 3: every line is run that many times on each target, the
 //! targets taking turns, and the median is printed). Must run as root.
+//!
+//! A second table runs the lines that move data over the peer transport: a
+//! file created through node 2's mount (its data lives on node 2) written
+//! and read through node 1's. `KDFS_BENCH_ONLY=remote` runs only that table.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 #[path = "../tests/common/mod.rs"]
@@ -159,6 +163,86 @@ const LINES: [(&str, &str); 8] = [
     ("unlink", "ops/s"),
 ];
 
+/// Lines on another node's file, in the order [`run_remote`] returns them.
+const REMOTE_LINES: [(&str, &str); 4] = [
+    ("remote seq write 1 MiB + fsync", "MiB/s"),
+    ("remote seq read (cold cache)", "MiB/s"),
+    ("remote fio 4k randread O_DIRECT", "IOPS"),
+    ("remote fio 4k randwrite O_DIRECT", "IOPS"),
+];
+
+/// Write `mb` MiB into `path` (through the owner's mount, so the data lives
+/// on the owner's node).
+fn lay_out(path: &Path, mb: u64) {
+    let buf = vec![0xa5u8; 1 << 20];
+    let mut f = File::create(path).expect("create remote file");
+    for _ in 0..mb {
+        f.write_all(&buf).expect("lay out remote file");
+    }
+    f.sync_all().expect("fsync");
+}
+
+/// One round of [`REMOTE_LINES`]: `here` and `owner` are one kDFS directory
+/// seen through node 1's and node 2's mounts. Every file is created through
+/// `owner` (its data lives there) and then used through `here`, so every
+/// byte crosses the peer connection between the two krgds.
+fn run_remote(here: &Path, owner: &Path, seq_mb: u64, fio_secs: u64) -> Vec<Option<f64>> {
+    // seq_write opens the existing file with O_TRUNC: it stays node 2's.
+    File::create(owner.join("seq.bin")).expect("create remote seq file");
+    let w = seq_write(here, seq_mb);
+    let r = seq_read(here, seq_mb);
+    // fio reuses a file of the right size instead of laying it out itself.
+    lay_out(&owner.join("kdfsbench.0.0"), 256);
+    let rr = fio(here, "randread", fio_secs);
+    lay_out(&owner.join("kdfsbench.0.0"), 256);
+    let rw = fio(here, "randwrite", fio_secs);
+    vec![Some(w), Some(r), rr, rw]
+}
+
+/// Run [`REMOTE_LINES`] `rounds` times and print their medians, with the
+/// ratio to the native figures of the same lines when they were measured.
+fn remote_table(
+    cluster: &common::Cluster,
+    rounds: u64,
+    seq_mb: u64,
+    fio_secs: u64,
+    native: &[Option<f64>],
+) {
+    let here = cluster.mnt(0).join("bench-remote");
+    fs::create_dir(&here).expect("mkdir bench-remote on kdfs");
+    let owner = cluster.mnt(1).join("bench-remote");
+    let mut samples = vec![Vec::new(); REMOTE_LINES.len()];
+    for round in 1..=rounds {
+        for (line, v) in run_remote(&here, &owner, seq_mb, fio_secs)
+            .into_iter()
+            .enumerate()
+        {
+            samples[line].extend(v);
+        }
+        eprintln!("kDFS bench: remote round {round}/{rounds} done");
+    }
+    println!("another node's file (node 2's data through node 1's mount), medians of {rounds}:");
+    println!(
+        "{:<32} {:>10} {:>12} {:>12} {:>10}",
+        "work", "unit", "native", "kdfs", "kdfs/nat"
+    );
+    for (i, ((name, unit), s)) in REMOTE_LINES.iter().zip(samples).enumerate() {
+        let k = median(s);
+        let n = native.get(i).copied().flatten();
+        let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+        let ratio = match (k, n) {
+            (Some(k), Some(n)) if n > 0.0 => format!("{:.2}", k / n),
+            _ => "-".into(),
+        };
+        println!(
+            "{name:<32} {unit:>10} {:>12} {:>12} {ratio:>10}",
+            fmt(n),
+            fmt(k)
+        );
+    }
+    let _ = fs::remove_dir(&here);
+}
+
 /// Median of the values measured (None if none was).
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -268,6 +352,12 @@ fn main() {
         .tempdir_in("/var/tmp")
         .expect("native dir");
     let cluster = common::Cluster::with_kdfs(3);
+    let rounds = env_num("KDFS_BENCH_ROUNDS", 3).max(1);
+    if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "remote") {
+        println!("kDFS bench: remote lines only, seq {seq_mb} MiB, fio {fio_secs} s, {rounds} round(s); 3 nodes on loopback");
+        remote_table(&cluster, rounds, seq_mb, fio_secs, &[]);
+        return;
+    }
     let kdir = cluster.mnt(0).join("bench");
     fs::create_dir(&kdir).expect("mkdir on kdfs");
     let gbase = PathBuf::from(format!(
@@ -276,7 +366,6 @@ fn main() {
     ));
     let gluster = Gluster::start(&gbase);
 
-    let rounds = env_num("KDFS_BENCH_ROUNDS", 3).max(1);
     println!(
         "kDFS bench: seq {seq_mb} MiB, {files} files, fio {fio_secs} s, {rounds} round(s), \
          targets interleaved, medians; 3 nodes on loopback"
@@ -334,6 +423,9 @@ fn main() {
             ratio(kv, gv)
         );
     }
+    // The native column of the remote table: the same four lines, local.
+    let native_seq: Vec<Option<f64>> = (0..4).map(|i| med[0][i]).collect();
+    remote_table(&cluster, rounds, seq_mb, fio_secs, &native_seq);
     drop(gluster);
     drop(cluster);
 }
