@@ -8,6 +8,16 @@ use crate::cluster::{ClusterReply, ClusterRequest};
 use crate::kdfs::{KdfsAdminReply, KdfsAdminRequest};
 use crate::sched::{SchedReply, SchedRequest};
 
+/// Largest admin request krgd reads from root: `nodes add` of every id
+/// from 1 to 65535 spelt out is under 200 KiB; anything longer is refused
+/// unread.
+pub const MAX_REQUEST_LEN: usize = 256 * 1024;
+
+/// Largest admin request krgd reads from an ordinary user: what a user may
+/// ask (status, CHECKPOINTABLE of their processes, a placement) fits in a
+/// few hundred bytes, a path of 4 KiB included.
+pub const MAX_USER_REQUEST_LEN: usize = 16 * 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminRequest {
     Cluster(ClusterRequest),

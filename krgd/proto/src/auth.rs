@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{read_frame_limited, write_frame, MAX_HANDSHAKE_FRAME_LEN};
 use crate::{NodeId, ProtoError, SessionId, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -168,7 +168,7 @@ where
             },
         )
         .await?;
-        let (server, nonce_s, mac_s) = match read_frame(stream).await? {
+        let (server, nonce_s, mac_s) = match read_handshake(stream).await? {
             Handshake::Challenge {
                 version,
                 who,
@@ -203,7 +203,7 @@ where
             .into_bytes()
             .to_vec();
         write_frame(stream, &Handshake::Proof { mac: mac_c }).await?;
-        match read_frame(stream).await? {
+        match read_handshake(stream).await? {
             Handshake::Accepted => Ok(server),
             Handshake::Refused { reason } => Err(ProtoError::Refused(reason)),
             other => Err(ProtoError::Unexpected(format!(
@@ -227,7 +227,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     within(async {
-        let (client, nonce_c) = match read_frame(stream).await? {
+        let (client, nonce_c) = match read_handshake(stream).await? {
             Handshake::Hello {
                 version,
                 who,
@@ -269,7 +269,7 @@ where
             },
         )
         .await?;
-        let mac_c = match read_frame(stream).await? {
+        let mac_c = match read_handshake(stream).await? {
             Handshake::Proof { mac } => mac,
             Handshake::Refused { reason } => {
                 return Err(ProtoError::Auth(format!(
@@ -324,7 +324,23 @@ fn check_version(version: u16) -> Result<(), ProtoError> {
     }
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, reason: String) {
+/// Read one handshake message: nothing longer than
+/// [`MAX_HANDSHAKE_FRAME_LEN`] is read from a peer not yet authenticated.
+async fn read_handshake<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Handshake, ProtoError> {
+    read_frame_limited(stream, MAX_HANDSHAKE_FRAME_LEN).await
+}
+
+/// Longest refusal reason sent, so that it always fits a handshake frame.
+const MAX_REASON_LEN: usize = 1024;
+
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, mut reason: String) {
+    if reason.len() > MAX_REASON_LEN {
+        let mut cut = MAX_REASON_LEN;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
     // Best effort: the peer may already be gone.
     let _ = write_frame(stream, &Handshake::Refused { reason }).await;
 }

@@ -37,7 +37,11 @@ impl AdminClient {
 
     /// Send one request and wait for its answer.
     pub async fn call(&mut self, req: &AdminRequest) -> Result<AdminResponse, ProtoError> {
-        write_frame(&mut self.stream, req).await?;
+        if let Err(e) = write_frame(&mut self.stream, req).await {
+            // krgd refuses a connection over its limits with an answer
+            // and closes it before reading: that answer says why.
+            return read_frame(&mut self.stream).await.map_err(|_| e);
+        }
         read_frame(&mut self.stream).await
     }
 }

@@ -1,8 +1,13 @@
-//! Framing: `[len: u32 BE][crc32(payload): u32 BE][payload: len bytes]`.
+//! Plain framing: `[len: u32 BE][crc32(payload): u32 BE][payload: len bytes]`,
+//! used by the handshake of a TCP connection and on the admin Unix socket
+//! (after the handshake, peer connections carry [`seal`](crate::seal)ed frames).
 //!
 //! The payload is a postcard-encoded message. The length is checked against
-//! [`MAX_FRAME_LEN`] before any buffer is allocated, and the checksum before the
-//! payload is decoded, so garbage on a socket costs at most one bounded read.
+//! the reader's limit before anything is read ([`MAX_HANDSHAKE_FRAME_LEN`]
+//! while the sender is not authenticated), the buffer grows only as bytes
+//! actually arrive (an announced length reserves nothing), and the checksum is
+//! checked before the payload is decoded: garbage on a socket costs at most
+//! what its sender really sent, up to the limit.
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -14,6 +19,14 @@ pub const HEADER_LEN: usize = 8;
 
 /// Largest payload accepted: enough for a 16 MiB kDFS data block plus headers.
 pub const MAX_FRAME_LEN: usize = 17 * 1024 * 1024;
+
+/// Largest payload read from a peer that has not authenticated yet: a
+/// handshake message is under 200 bytes (a refusal reason included).
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = 4 * 1024;
+
+/// First allocation for a payload being read; the buffer then doubles as
+/// bytes arrive, never beyond the announced length.
+const FIRST_CHUNK: usize = 16 * 1024;
 
 /// Serialize `msg` into one complete frame (header + payload).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
@@ -38,13 +51,14 @@ fn finish_frame(mut out: Vec<u8>) -> Result<Vec<u8>, ProtoError> {
 
 /// Parse a frame header, returning `(payload length, expected crc)`.
 pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(usize, u32), ProtoError> {
+    parse_header_limited(header, MAX_FRAME_LEN)
+}
+
+fn parse_header_limited(header: &[u8; HEADER_LEN], max: usize) -> Result<(usize, u32), ProtoError> {
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    if len > MAX_FRAME_LEN {
-        return Err(ProtoError::FrameTooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+    if len > max {
+        return Err(ProtoError::FrameTooLarge { len, max });
     }
     Ok((len, crc))
 }
@@ -80,23 +94,70 @@ pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, Pro
     Ok(Some((msg, HEADER_LEN + len)))
 }
 
-/// Read one frame from `r`. A clean end of stream before the header is
-/// reported as [`ProtoError::Closed`].
+/// Read one frame of at most [`MAX_FRAME_LEN`] bytes from `r`. A clean end
+/// of stream before the header is reported as [`ProtoError::Closed`].
 pub async fn read_frame<T, R>(r: &mut R) -> Result<T, ProtoError>
 where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
+    read_frame_limited(r, MAX_FRAME_LEN).await
+}
+
+/// Read one frame whose payload may be at most `max` bytes: a longer
+/// announced length is refused before anything else is read.
+pub async fn read_frame_limited<T, R>(r: &mut R, max: usize) -> Result<T, ProtoError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
     let mut header = [0u8; HEADER_LEN];
-    match r.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ProtoError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let (len, crc) = parse_header(&header)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
+    read_header(r, &mut header).await?;
+    let (len, crc) = parse_header_limited(&header, max.min(MAX_FRAME_LEN))?;
+    let payload = read_payload(r, len).await?;
     decode_payload(&payload, crc)
+}
+
+/// Fill `header`, reporting an end of stream before its first byte as
+/// [`ProtoError::Closed`].
+pub(crate) async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    header: &mut [u8],
+) -> Result<(), ProtoError> {
+    match r.read_exact(header).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProtoError::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Read exactly `len` bytes, growing the buffer as they arrive: a sender
+/// that announces 17 MiB and sends nothing costs [`FIRST_CHUNK`] bytes, and
+/// one that sends n bytes costs at most 2n.
+pub(crate) async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, ProtoError> {
+    let mut buf = Vec::new();
+    read_payload_into(r, len, &mut buf).await?;
+    Ok(buf)
+}
+
+async fn read_payload_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
+    while buf.len() < len {
+        let start = buf.len();
+        let step = start.max(FIRST_CHUNK).min(len - start);
+        buf.reserve_exact(step);
+        buf.resize(start + step, 0);
+        // read_exact may fill part of the step before failing; the whole
+        // step is then dropped with the connection.
+        r.read_exact(&mut buf[start..]).await?;
+    }
+    Ok(())
 }
 
 /// Write `msg` as one frame to `w` and flush it.
@@ -161,6 +222,42 @@ mod tests {
             decode::<Sample>(&bytes),
             Err(ProtoError::BadChecksum { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn limited_read_refuses_a_long_announcement_before_reading_it() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        // Announces 5000 bytes and sends none: refused from the header alone.
+        a.write_all(&[0, 0, 0x13, 0x88, 0, 0, 0, 0]).await.unwrap();
+        let got = read_frame_limited::<Sample, _>(&mut b, MAX_HANDSHAKE_FRAME_LEN).await;
+        assert!(matches!(
+            got,
+            Err(ProtoError::FrameTooLarge {
+                len: 5000,
+                max: MAX_HANDSHAKE_FRAME_LEN
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn payload_buffer_grows_with_what_arrives() {
+        // 17 MiB announced, 100 KiB sent, then the sender stops: the reader
+        // holds a buffer of what came (plus at most as much again), not 17 MiB.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        a.write_all(&[0u8; 100 * 1024]).await.unwrap();
+        drop(a);
+        let mut buf = Vec::new();
+        let got = read_payload_into(&mut b, MAX_FRAME_LEN, &mut buf).await;
+        assert!(got.is_err(), "a truncated payload is an error");
+        assert!(buf.capacity() <= 256 * 1024, "{}", buf.capacity());
+        // The growth rule itself: capacities stay within 2x what was read.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let data = vec![7u8; 300_000];
+        let sent = data.clone();
+        tokio::spawn(async move { a.write_all(&sent).await.unwrap() });
+        let got = read_payload(&mut b, data.len()).await.unwrap();
+        assert_eq!(got, data);
+        assert!(got.capacity() <= 2 * data.len(), "{}", got.capacity());
     }
 
     #[tokio::test]

@@ -4,16 +4,28 @@
 //! against the caller's credentials, read with SO_PEERCRED when the
 //! connection is accepted (changes to the cluster need root; a user may
 //! only touch their own processes).
+//!
+//! Because anyone may connect, what a connection may hold is bounded: at most
+//! [`PER_UID`] connections per uid and [`TOTAL`] for all non-root users
+//! together (root has its own [`PER_UID`], so no user's flood locks the
+//! administrator out), a request of at most
+//! [`MAX_USER_REQUEST_LEN`] (root: [`MAX_REQUEST_LEN`]) read as it arrives,
+//! and [`IDLE_TIMEOUT`] to send each whole request. A connection over a limit
+//! is answered with one error line and closed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use krg_proto::admin::{AdminRequest, AdminResponse};
-use krg_proto::frame::{read_frame, write_frame};
+use krg_proto::admin::{
+    AdminError, AdminRequest, AdminResponse, ErrorKind, MAX_REQUEST_LEN, MAX_USER_REQUEST_LEN,
+};
+use krg_proto::frame::{read_frame_limited, write_frame};
 use krg_proto::ProtoError;
 use tokio::net::{UnixListener, UnixStream};
 
+use super::limits::{Full, Limits, LogBudget, LogTurn, Slot};
 use crate::caller::Caller;
 use crate::node::Node;
 use crate::DaemonError;
@@ -42,13 +54,32 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Connections one uid may hold open at once.
+pub const PER_UID: usize = 16;
+/// Connections all non-root users together may hold open at once.
+pub const TOTAL: usize = 32;
+/// Time a client has to send each whole request (from connecting or from
+/// the previous answer); a connection silent for longer is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Accept admin connections until the task is aborted.
 pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+    let limits: Arc<Limits<u32>> = Limits::new(PER_UID, TOTAL);
+    let refusals = Arc::new(LogBudget::new(5, Duration::from_secs(10)));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let node = node.clone();
-                tokio::spawn(async move { serve_connection(stream, node).await });
+                let limits = limits.clone();
+                let refusals = refusals.clone();
+                tokio::spawn(async move {
+                    let Some((caller, stream, slot)) = admit(stream, &limits, &refusals).await
+                    else {
+                        return;
+                    };
+                    serve_connection(stream, caller, node, &refusals).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "admin socket accept failed");
@@ -58,7 +89,13 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
     }
 }
 
-async fn serve_connection(mut stream: UnixStream, node: Arc<Node>) {
+/// Who is calling, and their slot under the limits; a caller over a limit
+/// is told so in one line and the connection closed.
+async fn admit(
+    mut stream: UnixStream,
+    limits: &Arc<Limits<u32>>,
+    refusals: &LogBudget,
+) -> Option<(Caller, UnixStream, Slot<u32>)> {
     let caller = match stream.peer_cred() {
         Ok(c) => Caller {
             uid: c.uid(),
@@ -67,15 +104,67 @@ async fn serve_connection(mut stream: UnixStream, node: Arc<Node>) {
         },
         Err(e) => {
             tracing::warn!(error = %e, "cannot read admin peer credentials; closing");
-            return;
+            return None;
         }
     };
+    match limits.try_admit(caller.uid, !caller.is_root()) {
+        Ok(slot) => Some((caller, stream, slot)),
+        Err(full) => {
+            let message = match full {
+                Full::PerKey(n) => format!(
+                    "uid {} already holds {n} connections to krgd, the most one user may",
+                    caller.uid
+                ),
+                Full::Total(n) => format!(
+                    "krgd already serves {n} connections of ordinary users, the most it takes; try again"
+                ),
+            };
+            if refusals.take() != LogTurn::Quiet {
+                tracing::warn!(uid = caller.uid, "admin connection refused: {message}");
+            }
+            let refusal = AdminResponse::Error(AdminError::new(ErrorKind::Unavailable, message));
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), write_frame(&mut stream, &refusal))
+                    .await;
+            None
+        }
+    }
+}
+
+async fn serve_connection(
+    mut stream: UnixStream,
+    caller: Caller,
+    node: Arc<Node>,
+    refusals: &LogBudget,
+) {
     loop {
-        let req: AdminRequest = match read_frame(&mut stream).await {
-            Ok(r) => r,
-            Err(ProtoError::Closed) => return,
-            Err(e) => {
-                tracing::warn!(uid = caller.uid, error = %e, "refused malformed admin request");
+        let max = if caller.is_root() {
+            MAX_REQUEST_LEN
+        } else {
+            MAX_USER_REQUEST_LEN
+        };
+        let read = read_frame_limited(&mut stream, max);
+        let req: AdminRequest = match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(ProtoError::Closed)) => return,
+            Ok(Err(e)) => {
+                if refusals.take() != LogTurn::Quiet {
+                    tracing::warn!(uid = caller.uid, error = %e, "refused malformed admin request");
+                }
+                if let ProtoError::FrameTooLarge { len, max } = e {
+                    let message = format!(
+                        "a request of {len} bytes is over the {max}-byte limit for uid {}",
+                        caller.uid
+                    );
+                    let refusal =
+                        AdminResponse::Error(AdminError::new(ErrorKind::InvalidArgument, message));
+                    let write = write_frame(&mut stream, &refusal);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(uid = caller.uid, "admin connection idle too long; closed");
                 return;
             }
         };

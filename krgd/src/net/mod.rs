@@ -4,4 +4,5 @@
 //! [`peers`](crate::peers), below the services that use them.
 
 pub mod admin;
+pub mod limits;
 pub mod peer_server;

@@ -1,9 +1,16 @@
 //! The TCP listener other krgds (and tools holding the cluster key) connect
 //! to. Every connection is authenticated before any request is read; answers
 //! go back on the same connection tagged with the request id.
+//!
+//! Until it has authenticated, a connection is held under
+//! [`PREAUTH_PER_SOURCE`] / [`PREAUTH_TOTAL`] (the oldest is evicted to make
+//! room, see [`limits`](super::limits)), reads handshake frames of at most
+//! 4 KiB, and must finish within the handshake deadline: a flood of
+//! connections costs krgd a bounded few KiB each, whatever they announce.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use krg_proto::auth::{server_handshake, Identity, Role};
 use krg_proto::frame::{encode, read_frame};
@@ -13,14 +20,45 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::limits::{Limits, LogBudget, LogTurn, Slot};
 use crate::node::Node;
 
+/// Connections from one source address that may be authenticating at once.
+/// Loopback test clusters run every node on 127.0.0.1, hence not fewer.
+pub const PREAUTH_PER_SOURCE: usize = 32;
+/// Connections that may be authenticating at once, all sources together.
+pub const PREAUTH_TOTAL: usize = 256;
+
+/// What the accept loop shares with its connections.
+struct Gate {
+    limits: Arc<Limits<IpAddr>>,
+    /// Failed handshakes: a flood must not flood the log too.
+    refusals: LogBudget,
+    evictions: LogBudget,
+}
+
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    let gate = Arc::new(Gate {
+        limits: Limits::new(PREAUTH_PER_SOURCE, PREAUTH_TOTAL),
+        refusals: LogBudget::new(20, Duration::from_secs(10)),
+        evictions: LogBudget::new(1, Duration::from_secs(10)),
+    });
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
+                let (slot, evicted) = gate.limits.admit_evicting(addr.ip());
+                if evicted > 0 {
+                    match gate.evictions.take() {
+                        LogTurn::Quiet => {}
+                        LogTurn::Line | LogTurn::Summary(_) => tracing::warn!(%addr,
+                            per_source = PREAUTH_PER_SOURCE, total = PREAUTH_TOTAL,
+                            "too many unauthenticated peer connections: dropping the oldest \
+                             (logged once per 10 s)"),
+                    }
+                }
                 let node = node.clone();
-                tokio::spawn(async move { serve_connection(stream, addr, node).await });
+                let gate = gate.clone();
+                tokio::spawn(async move { serve_connection(stream, addr, node, gate, slot).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "peer accept failed");
@@ -30,7 +68,13 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, addr: SocketAddr, node: Arc<Node>) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    node: Arc<Node>,
+    gate: Arc<Gate>,
+    mut slot: Slot<IpAddr>,
+) {
     let _ = stream.set_nodelay(true);
     let me = node.ctx.me;
     let admit = |who: &Identity| {
@@ -43,10 +87,25 @@ async fn serve_connection(mut stream: TcpStream, addr: SocketAddr, node: Arc<Nod
             Ok(())
         }
     };
-    let peer = match server_handshake(&mut stream, &node.ctx.key, me, admit).await {
+    let handshake = server_handshake(&mut stream, &node.ctx.key, me, admit);
+    let result = tokio::select! {
+        r = handshake => r,
+        () = slot.evicted() => {
+            tracing::debug!(%addr, "unauthenticated connection evicted");
+            return;
+        }
+    };
+    // Authenticated peers no longer count against the pre-auth limits.
+    drop(slot);
+    let peer = match result {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(%addr, error = %e, "refused peer connection");
+            match gate.refusals.take() {
+                LogTurn::Quiet => {}
+                LogTurn::Line => tracing::warn!(%addr, error = %e, "refused peer connection"),
+                LogTurn::Summary(n) => tracing::warn!(%addr, error = %e, unlogged = n,
+                    "refused peer connection ({n} more refusals in the last 10 s not logged)"),
+            }
             return;
         }
     };
