@@ -9,7 +9,13 @@
 //! ```
 //!
 //! The server proves it knows the key before the client does, and neither side
-//! ever sends the key. MACs are compared in constant time.
+//! ever sends the key. MACs are compared in constant time. Every handshake
+//! frame is read with a 4 KiB limit, and the whole handshake has
+//! [`HANDSHAKE_TIMEOUT`].
+//!
+//! Once both sides are authenticated, each derives the connection's frame
+//! keys from the cluster key and both nonces ([`FrameKeys`]): every later
+//! frame is [`seal`](crate::seal)ed.
 
 use std::time::Duration;
 
@@ -20,6 +26,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::frame::{read_frame_limited, write_frame, MAX_HANDSHAKE_FRAME_LEN};
+use crate::seal::{FrameKeys, Side};
 use crate::{NodeId, ProtoError, SessionId, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -68,11 +75,21 @@ enum Handshake {
     },
 }
 
+/// The other end of a connection once the handshake succeeded: who it is,
+/// and the keys that seal the frames of this connection.
+pub struct Authenticated {
+    /// The authenticated identity of the other end.
+    pub peer: Identity,
+    /// This end's sealer and opener for the rest of the connection.
+    pub keys: FrameKeys,
+}
+
 /// The shared secret of a cluster.
 #[derive(Clone)]
 pub struct ClusterKey(Vec<u8>);
 
 impl ClusterKey {
+    /// Wrap a key's bytes; refuses keys shorter than [`MIN_KEY_LEN`].
     pub fn new(bytes: Vec<u8>) -> Result<Self, ProtoError> {
         if bytes.len() < MIN_KEY_LEN {
             return Err(ProtoError::Auth(format!(
@@ -148,12 +165,13 @@ async fn within<T>(
         .map_err(|_| ProtoError::Timeout(HANDSHAKE_TIMEOUT))?
 }
 
-/// Run the client side. Returns the authenticated identity of the server.
+/// Run the client side. Returns the authenticated identity of the server
+/// and this end's frame keys.
 pub async fn client_handshake<S>(
     stream: &mut S,
     key: &ClusterKey,
     me: Identity,
-) -> Result<Identity, ProtoError>
+) -> Result<Authenticated, ProtoError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -204,7 +222,10 @@ where
             .to_vec();
         write_frame(stream, &Handshake::Proof { mac: mac_c }).await?;
         match read_handshake(stream).await? {
-            Handshake::Accepted => Ok(server),
+            Handshake::Accepted => Ok(Authenticated {
+                peer: server,
+                keys: FrameKeys::derive(&key.0, &me, &server, &nonce_c, &nonce_s, Side::Client),
+            }),
             Handshake::Refused { reason } => Err(ProtoError::Refused(reason)),
             other => Err(ProtoError::Unexpected(format!(
                 "{other:?} instead of accepted"
@@ -216,13 +237,14 @@ where
 
 /// Run the server side. `admit` may refuse a correctly authenticated peer
 /// (for instance a second node claiming an id already connected); its error
-/// string is sent to the peer. Returns the authenticated identity of the client.
+/// string is sent to the peer. Returns the authenticated identity of the
+/// client and this end's frame keys.
 pub async fn server_handshake<S>(
     stream: &mut S,
     key: &ClusterKey,
     me: Identity,
     admit: impl FnOnce(&Identity) -> Result<(), String>,
-) -> Result<Identity, ProtoError>
+) -> Result<Authenticated, ProtoError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -233,9 +255,10 @@ where
                 who,
                 nonce,
             } => {
-                if let Err(e) = check_version(version) {
-                    refuse(stream, e.to_string()).await;
-                    return Err(e);
+                if let Err(ProtoError::Refused(reason)) = check_version(version) {
+                    // The reason alone: the client adds "peer refused".
+                    refuse(stream, reason.clone()).await;
+                    return Err(ProtoError::Refused(reason));
                 }
                 (who, nonce)
             }
@@ -302,7 +325,10 @@ where
             return Err(ProtoError::Refused(reason));
         }
         write_frame(stream, &Handshake::Accepted).await?;
-        Ok(client)
+        Ok(Authenticated {
+            peer: client,
+            keys: FrameKeys::derive(&key.0, &client, &me, &nonce_c, &nonce_s, Side::Server),
+        })
     })
     .await
 }
@@ -346,59 +372,4 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, mut reason: String) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(node: NodeId, session: SessionId) -> Identity {
-        Identity {
-            session,
-            node,
-            role: Role::Node,
-        }
-    }
-
-    async fn pair(
-        ckey: &ClusterKey,
-        skey: &ClusterKey,
-        cid: Identity,
-        sid: Identity,
-    ) -> (Result<Identity, ProtoError>, Result<Identity, ProtoError>) {
-        let (mut c, mut s) = tokio::io::duplex(4096);
-        let (ckey, skey) = (ckey.clone(), skey.clone());
-        let server =
-            tokio::spawn(async move { server_handshake(&mut s, &skey, sid, |_| Ok(())).await });
-        let client = client_handshake(&mut c, &ckey, cid).await;
-        drop(c); // a client that gave up closes its end
-        (client, server.await.unwrap())
-    }
-
-    #[tokio::test]
-    async fn same_key_authenticates_both_ways() {
-        let k = ClusterKey::new(vec![7; 32]).unwrap();
-        let (c, s) = pair(&k, &k, id(1, 9), id(2, 9)).await;
-        assert_eq!(c.unwrap().node, 2);
-        assert_eq!(s.unwrap().node, 1);
-    }
-
-    #[tokio::test]
-    async fn wrong_key_is_refused_on_both_sides() {
-        let k1 = ClusterKey::new(vec![7; 32]).unwrap();
-        let k2 = ClusterKey::new(vec![8; 32]).unwrap();
-        let (c, s) = pair(&k1, &k2, id(1, 9), id(2, 9)).await;
-        assert!(c.is_err());
-        assert!(s.is_err());
-    }
-
-    #[tokio::test]
-    async fn other_session_is_refused() {
-        let k = ClusterKey::new(vec![7; 32]).unwrap();
-        let (c, s) = pair(&k, &k, id(1, 9), id(2, 10)).await;
-        assert!(matches!(c, Err(ProtoError::Refused(r)) if r.contains("session")));
-        assert!(s.is_err());
-    }
-
-    #[test]
-    fn short_key_is_rejected() {
-        assert!(ClusterKey::new(vec![1; 4]).is_err());
-    }
-}
+mod tests;

@@ -15,8 +15,9 @@ use tokio::sync::oneshot;
 
 use crate::admin::{AdminRequest, AdminResponse};
 use crate::auth::{client_handshake, ClusterKey, Identity};
-use crate::frame::{encode, read_frame, write_frame};
+use crate::frame::{read_frame, write_frame};
 use crate::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
+use crate::seal::{Encoded, Sealer};
 use crate::ProtoError;
 
 /// A connection to the local krgd's admin socket.
@@ -49,11 +50,14 @@ impl AdminClient {
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>;
 
 /// One authenticated TCP connection to a krgd, shared by many concurrent
-/// callers. Drop it (or let the peer close) and outstanding calls fail with
-/// [`ProtoError::Closed`].
+/// callers; every frame on it is sealed. Drop it (or let the peer close)
+/// and outstanding calls fail with [`ProtoError::Closed`]. A frame that
+/// fails authentication closes it (and is logged).
 pub struct PeerClient {
     peer: Identity,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// The write half and its sealer: frames are sealed in the order they
+    /// are written, under one lock.
+    writer: tokio::sync::Mutex<(OwnedWriteHalf, Sealer)>,
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
@@ -72,7 +76,9 @@ impl PeerClient {
             .await
             .map_err(|_| ProtoError::Timeout(connect_timeout))??;
         stream.set_nodelay(true)?;
-        let peer = client_handshake(&mut stream, key, me).await?;
+        let auth = client_handshake(&mut stream, key, me).await?;
+        let peer = auth.peer;
+        let (mut opener, sealer) = (auth.keys.opener, auth.keys.sealer);
         let (mut rd, wr) = stream.into_split();
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
@@ -80,7 +86,16 @@ impl PeerClient {
             let pending = pending.clone();
             let alive = alive.clone();
             tokio::spawn(async move {
-                while let Ok(msg) = read_frame::<PeerMessage, _>(&mut rd).await {
+                loop {
+                    let msg = match opener.read::<PeerMessage, _>(&mut rd).await {
+                        Ok(msg) => msg,
+                        Err(ProtoError::Closed) => break,
+                        Err(e) => {
+                            tracing::warn!(%addr, peer = peer.node, error = %e,
+                                "dropping peer connection after a bad frame");
+                            break;
+                        }
+                    };
                     if let PeerBody::Response(resp) = msg.body {
                         let waiter = pending.lock().ok().and_then(|mut p| p.remove(&msg.id));
                         if let Some(tx) = waiter {
@@ -97,7 +112,7 @@ impl PeerClient {
         };
         Ok(Self {
             peer,
-            writer: tokio::sync::Mutex::new(wr),
+            writer: tokio::sync::Mutex::new((wr, sealer)),
             pending,
             next_id: AtomicU64::new(1),
             alive,
@@ -130,14 +145,22 @@ impl PeerClient {
             .lock()
             .map_err(|_| ProtoError::Closed)?
             .insert(id, tx);
-        let bytes = encode(&PeerMessage {
+        let encoded = Encoded::new(&PeerMessage {
             id,
             body: PeerBody::Request(req),
         });
-        let sent = match bytes {
-            Ok(bytes) => {
+        let sent = match encoded {
+            Ok(encoded) => {
                 let mut w = self.writer.lock().await;
-                w.write_all(&bytes).await.map_err(ProtoError::from)
+                let (half, sealer) = &mut *w;
+                match sealer.seal(encoded) {
+                    Ok(frame) => half.write_all(&frame).await.map_err(ProtoError::from),
+                    Err(e) => {
+                        // Out of nonces: this connection is done.
+                        self.alive.store(false, Ordering::SeqCst);
+                        Err(e)
+                    }
+                }
             }
             Err(e) => Err(e),
         };

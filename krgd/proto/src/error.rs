@@ -12,6 +12,10 @@ pub enum ProtoError {
     FrameTooLarge { len: usize, max: usize },
     #[error("frame checksum mismatch (expected {expected:#010x}, got {actual:#010x})")]
     BadChecksum { expected: u32, actual: u32 },
+    #[error("frame failed authentication (altered, injected, replayed or out of order): connection closed")]
+    Forged,
+    #[error("frame counter exhausted: the connection must be reopened")]
+    NonceExhausted,
     #[error("malformed message: {0}")]
     Decode(String),
     #[error("cannot encode message: {0}")]

@@ -1,7 +1,10 @@
 //! `krg-proto`: everything that crosses a socket between krg programs.
 //!
-//! * [`frame`]: length-prefixed, CRC32-checked frames carrying postcard payloads.
+//! * [`frame`]: length-prefixed, CRC32-checked frames carrying postcard
+//!   payloads (the handshake, the admin socket).
 //! * [`auth`]: the mutual HMAC-SHA256 challenge-response every TCP link starts with.
+//! * [`seal`]: the encrypted and authenticated frames (ChaCha20-Poly1305,
+//!   keys per connection and direction) every TCP link carries after it.
 //! * [`admin`]: requests a local tool (krgadm, checkpoint, krgcapset, mount.kdfs)
 //!   sends to its node's krgd over the Unix socket.
 //! * [`peer`]: requests one krgd sends another over TCP.
@@ -10,8 +13,9 @@
 //! * [`keyfile`]: the cluster key file and the default paths of every program.
 //! * [`nodeset`]: node ids and node lists as command lines spell them.
 //!
-//! Decoding never panics and never allocates more than [`frame::MAX_FRAME_LEN`]
-//! for one frame, whatever the bytes on the wire.
+//! Decoding never panics, whatever the bytes on the wire, and a frame's
+//! buffer grows only as its bytes arrive, never beyond [`frame::MAX_FRAME_LEN`]
+//! (4 KiB before the sender is authenticated).
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +29,7 @@ pub mod keyfile;
 pub mod nodeset;
 pub mod peer;
 pub mod sched;
+pub mod seal;
 
 pub use error::ProtoError;
 
@@ -40,7 +45,11 @@ pub type SessionId = u32;
 /// 2: the membership messages are nested as `PeerRequest::Cluster(..)` /
 /// `PeerResponse::Cluster(..)`, like those of the other services, which
 /// renumbered every peer variant on the wire.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: every frame after the handshake is sealed (ChaCha20-Poly1305, see
+/// [`seal`]) instead of CRC-checked; presence datagrams carry a timestamp
+/// and a nonce under their MAC.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_PLUGIN_REGISTRY, DEFAULT_SCHEDULER_MOUNT,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::auth::{server_handshake, Identity, Role};
-use krg_proto::frame::{encode, read_frame};
 use krg_proto::peer::{PeerBody, PeerMessage};
+use krg_proto::seal::Encoded;
 use krg_proto::ProtoError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -97,8 +97,8 @@ async fn serve_connection(
     };
     // Authenticated peers no longer count against the pre-auth limits.
     drop(slot);
-    let peer = match result {
-        Ok(p) => p,
+    let auth = match result {
+        Ok(a) => a,
         Err(e) => {
             match gate.refusals.take() {
                 LogTurn::Quiet => {}
@@ -109,19 +109,29 @@ async fn serve_connection(
             return;
         }
     };
+    let peer = auth.peer;
+    let (mut opener, mut sealer) = (auth.keys.opener, auth.keys.sealer);
     tracing::debug!(%addr, peer = peer.node, "peer connected");
     let (mut rd, mut wr) = stream.into_split();
-    // One writer task so concurrent handlers never interleave frames.
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+    // One writer task so concurrent handlers never interleave frames, and
+    // frames are sealed in the order they are written.
+    let (tx, mut rx) = mpsc::channel::<Encoded>(256);
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
+        while let Some(encoded) = rx.recv().await {
+            let frame = match sealer.seal(encoded) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(%addr, peer = peer.node, error = %e, "closing peer connection");
+                    break;
+                }
+            };
+            if wr.write_all(&frame).await.is_err() {
                 break;
             }
         }
     });
     loop {
-        let msg: PeerMessage = match read_frame(&mut rd).await {
+        let msg: PeerMessage = match opener.read(&mut rd).await {
             Ok(m) => m,
             Err(ProtoError::Closed) => break,
             Err(e) => {
@@ -136,12 +146,12 @@ async fn serve_connection(
         let tx = tx.clone();
         tokio::spawn(async move {
             let resp = crate::router::peer(&node, &peer, req).await;
-            match encode(&PeerMessage {
+            match Encoded::new(&PeerMessage {
                 id: msg.id,
                 body: PeerBody::Response(resp),
             }) {
-                Ok(bytes) => {
-                    let _ = tx.send(bytes).await;
+                Ok(encoded) => {
+                    let _ = tx.send(encoded).await;
                 }
                 Err(e) => tracing::error!(error = %e, "cannot encode a peer response"),
             }

@@ -2,8 +2,11 @@
 //! or not. Two sources feed one table:
 //!
 //! * UDP broadcast (when no `--peer` is configured): every second each node
-//!   broadcasts a [`Presence`] signed with the cluster key; datagrams with a
-//!   bad tag or another session are dropped.
+//!   broadcasts a [`Presence`] signed with the cluster key, with the time it
+//!   was sent and a random nonce under the tag. Datagrams with a bad tag or
+//!   another session are dropped, and so are replays ([`freshness`]): one
+//!   sent more than [`freshness::WINDOW`] away from this node's clock, or
+//!   whose nonce was already seen within that window.
 //! * `--peer` addresses: every second each configured peer is asked to
 //!   `Describe` itself over an authenticated TCP connection; its answer also
 //!   lists the nodes it has seen, so one seed peer is enough.
@@ -24,18 +27,28 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use self::freshness::{Freshness, Stale};
 use crate::context::NodeContext;
 use crate::sync;
+
+pub mod freshness;
 
 /// How often presence is announced or polled.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(1000);
 /// How long a node stays present without news.
 pub const PRESENCE_TTL: Duration = Duration::from_millis(3500);
 
+/// What a presence broadcast carries, followed by its HMAC-SHA256 tag over
+/// these bytes (postcard).
 #[derive(Serialize, Deserialize)]
 struct Datagram {
     session: SessionId,
     presence: Presence,
+    /// When it was sent: milliseconds since the Unix epoch, sender's clock.
+    sent_ms: u64,
+    /// Random, never repeated by a sender: a receiver that has seen it
+    /// within the freshness window drops the datagram as a replay.
+    nonce: [u8; 16],
 }
 
 /// A node that sees its own id at another address within this long of its
@@ -47,6 +60,10 @@ pub struct Discovery {
     table: Mutex<HashMap<NodeId, (Presence, Instant)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
+    /// Wall-clock time of the start, for datagrams' timestamps.
+    started_ms: u64,
+    /// Recently seen datagram nonces.
+    fresh: Mutex<Freshness>,
     /// Another krgd claiming this node's id, once seen.
     conflict: Mutex<Option<SocketAddr>>,
     conflict_seen: tokio::sync::Notify,
@@ -66,6 +83,8 @@ impl Discovery {
             table: Mutex::default(),
             tasks: Mutex::default(),
             started: Instant::now(),
+            started_ms: freshness::now_ms(),
+            fresh: Mutex::new(Freshness::default()),
             conflict: Mutex::default(),
             conflict_seen: tokio::sync::Notify::new(),
             me,
@@ -183,6 +202,8 @@ impl Discovery {
             let dg = Datagram {
                 session: self.ctx.config.session_id,
                 presence: self.me(),
+                sent_ms: freshness::now_ms(),
+                nonce: freshness::nonce(),
             };
             let Ok(mut bytes) = postcard::to_stdvec(&dg) else {
                 continue;
@@ -202,22 +223,43 @@ impl Discovery {
                 continue;
             };
             match self.parse(&buf[..n]) {
-                Some(p) => self.record(p, Duration::ZERO),
-                None => {
-                    tracing::debug!(%from, "ignored a presence datagram (bad tag, session or format)")
-                }
+                Ok(dg) => self.heard(dg),
+                Err(why) => tracing::debug!(%from, "ignored a presence datagram: {why}"),
             }
         }
     }
 
-    fn parse(&self, bytes: &[u8]) -> Option<Presence> {
-        let split = bytes.len().checked_sub(32)?;
+    /// Record a checked datagram. A claim of this node's own id counts as
+    /// a conflict only if it was sent after this krgd started: a replay of
+    /// this node's previous life must not make it yield.
+    fn heard(&self, dg: Datagram) {
+        if dg.presence.node == self.ctx.node_id() && dg.sent_ms < self.started_ms {
+            return;
+        }
+        self.record(dg.presence, Duration::ZERO);
+    }
+
+    /// Check a datagram's tag, session and freshness, in that order
+    /// (nothing is decoded before the tag is checked).
+    fn parse(&self, bytes: &[u8]) -> Result<Datagram, &'static str> {
+        let split = bytes.len().checked_sub(32).ok_or("too short")?;
         let (body, tag) = bytes.split_at(split);
         if !self.ctx.key.verify(body, tag) {
-            return None;
+            return Err("bad tag");
         }
-        let dg: Datagram = postcard::from_bytes(body).ok()?;
-        (dg.session == self.ctx.config.session_id).then_some(dg.presence)
+        let dg: Datagram = postcard::from_bytes(body).map_err(|_| "malformed")?;
+        if dg.session != self.ctx.config.session_id {
+            return Err("another session");
+        }
+        sync::lock(&self.fresh)
+            .check(dg.sent_ms, dg.nonce, freshness::now_ms())
+            .map_err(|e| match e {
+                Stale::OutOfWindow => {
+                    "sent outside the freshness window (replayed, or clocks too far apart)"
+                }
+                Stale::Replayed => "nonce already seen (replayed)",
+            })?;
+        Ok(dg)
     }
 
     async fn poll_peers(self: Arc<Self>) {
