@@ -18,20 +18,33 @@ pub const MAX_REQUEST_LEN: usize = 256 * 1024;
 /// few hundred bytes, a path of 4 KiB included.
 pub const MAX_USER_REQUEST_LEN: usize = 16 * 1024;
 
+/// One request of a local tool, naming the krgd service it is for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminRequest {
+    /// Membership (krgadm `cluster` and `nodes`).
     Cluster(ClusterRequest),
+    /// CHECKPOINTABLE tracking (krgcapset, checkpoint, restart).
     Chkpt(ChkptRequest),
+    /// The global scheduler (krgadm `sched`).
     Sched(SchedRequest),
+    /// kDFS stores (mkfs.kdfs, mount.kdfs).
     Kdfs(KdfsAdminRequest),
 }
 
+/// krgd's answer to an [`AdminRequest`]: the variant of the service asked,
+/// or an error.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminResponse {
+    /// Answer of the membership service.
     Cluster(ClusterReply),
+    /// Answer of the checkpoint service.
     Chkpt(ChkptReply),
+    /// Answer of the scheduler service.
     Sched(SchedReply),
+    /// Answer of the kDFS service.
     Kdfs(KdfsAdminReply),
+    /// The request was refused or failed (also: the connection was over
+    /// one of krgd's limits, before any request was read).
     Error(AdminError),
 }
 
@@ -40,14 +53,22 @@ pub enum AdminResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct AdminError {
+    /// What kind of failure, for scripts.
     pub kind: ErrorKind,
+    /// One line for a human, printed as is by the tools.
     pub message: String,
 }
 
+/// The kinds of [`AdminError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
+    /// The request names something malformed or impossible (bad id, a
+    /// request over the size limit, …).
     InvalidArgument,
+    /// The node, process or object named does not exist.
     NotFound,
+    /// The caller's uid may not do this (changes need root; a user may only
+    /// name their own processes).
     PermissionDenied,
     /// The change needs a quorum of voters and there is none.
     NoQuorum,
@@ -55,10 +76,12 @@ pub enum ErrorKind {
     Conflict,
     /// The service or a peer does not answer.
     Unavailable,
+    /// A fault inside krgd; the message says which.
     Internal,
 }
 
 impl AdminError {
+    /// An error of `kind` with the one-line `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,

@@ -26,6 +26,8 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// Connect to the admin socket at `path`; the error says whether no
+    /// krgd listens there or this user may not reach it.
     pub async fn connect(path: &Path) -> Result<Self, ProtoError> {
         let stream = UnixStream::connect(path)
             .await

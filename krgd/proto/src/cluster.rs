@@ -12,7 +12,10 @@ use crate::{NodeId, SessionId};
 
 /// A 48-bit Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Mac(pub [u8; 6]);
+pub struct Mac(
+    /// The six bytes in transmission order (`00:04:61:…` is `[0x00, 0x04, 0x61, …]`).
+    pub [u8; 6],
+);
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -73,9 +76,14 @@ impl fmt::Display for NodeState {
 /// One row of `krgadm nodes status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
+    /// The node's id (1..=65535).
     pub id: NodeId,
+    /// MAC address of the interface carrying its krgd's address; `None` on
+    /// loopback, which has none.
     pub mac: Option<Mac>,
+    /// Where its krgd accepts peer connections.
     pub addr: SocketAddr,
+    /// Member or not, and whether it answers.
     pub state: NodeState,
     /// Whether this node votes in the cluster's Raft group.
     pub voter: bool,
@@ -108,42 +116,58 @@ impl fmt::Display for Health {
 /// Answer to `krgadm cluster status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
+    /// Session of the answering krgd.
     pub session: SessionId,
     /// The node that answered.
     pub this_node: NodeId,
     /// Incremented by every committed membership change.
     pub epoch: u64,
+    /// The current Raft leader, as the answering node knows it (`None` when
+    /// no cluster is started or an election is under way).
     pub leader: Option<NodeId>,
+    /// Every member, whatever its state, by id.
     pub members: Vec<NodeId>,
+    /// How many of `members` are online.
     pub online: usize,
+    /// Overall health as the answering node sees it.
     pub health: Health,
 }
 
 /// How an administrator names nodes on the command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeSelector {
+    /// Nodes by id (`-n 3:5-7`, ranges expanded by krgadm).
     Ids(Vec<NodeId>),
+    /// Nodes by the MAC address they announce (`-m`).
     Macs(Vec<Mac>),
     /// Every node that is present and not yet a member (add) / every member
     /// but the answering node (del).
     AllPresent,
 }
 
+/// Membership requests krgadm sends its node's krgd (changes need root).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterRequest {
     /// Form the cluster from every present node of this session.
     Start,
     /// Dissolve the cluster: every member leaves.
     Stop,
+    /// `cluster status`: answered with [`ClusterReply::Status`].
     Status,
+    /// `nodes status`: answered with [`ClusterReply::Nodes`].
     NodesStatus,
+    /// Hot-add the selected present nodes; answered once committed everywhere.
     Add(NodeSelector),
+    /// Remove the selected members; answered once committed everywhere.
     Del(NodeSelector),
 }
 
+/// krgd's answers to [`ClusterRequest`]s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterReply {
+    /// To `Status`: the cluster as the answering node sees it.
     Status(ClusterStatus),
+    /// To `NodesStatus`: members and present nodes, by id.
     Nodes(Vec<NodeInfo>),
     /// A membership change committed cluster-wide; the new status.
     Changed(ClusterStatus),
@@ -154,20 +178,39 @@ pub enum ClusterReply {
 pub enum ClusterPeerRequest {
     /// Liveness probe of the failure detector, sent by the Raft leader of
     /// cluster `cluster` (its random id) to every member.
-    Ping { from: NodeId, cluster: u64 },
+    Ping {
+        /// The leader's node id.
+        from: NodeId,
+        /// The id of the leader's cluster.
+        cluster: u64,
+    },
     /// An openraft RPC, postcard-encoded by krgd (kept opaque here so that
     /// this crate does not depend on the Raft library).
     Raft(RaftRpc),
     /// A membership request forwarded towards the Raft leader; `hops` counts
     /// forwards so a request never circles while leadership moves.
-    Forward { req: ClusterRequest, hops: u8 },
+    Forward {
+        /// The administrator's request, as krgadm sent it.
+        req: ClusterRequest,
+        /// Forwards so far; a request is refused past a small bound.
+        hops: u8,
+    },
     /// Join cluster `cluster`: start a Raft instance so the leader can
     /// replicate to this node (sent before the node is added).
-    Welcome { cluster: u64 },
+    Welcome {
+        /// The id of the cluster to join.
+        cluster: u64,
+    },
     /// Leave cluster `cluster`: drop the Raft instance, become present.
-    Evict { cluster: u64 },
+    Evict {
+        /// The id of the cluster to leave (ignored if the node is in another).
+        cluster: u64,
+    },
     /// Who are you, and whom do you know (presence discovery over TCP).
-    Describe { from: Presence },
+    Describe {
+        /// The asking node, so that the answering one learns of it.
+        from: Presence,
+    },
 }
 
 /// Answers to [`ClusterPeerRequest`]s, one variant per request.
@@ -175,7 +218,12 @@ pub enum ClusterPeerRequest {
 pub enum ClusterPeerReply {
     /// To `Ping`: `cluster` is the id of the cluster the pinged node is in,
     /// if any, and `epoch` the last epoch it applied.
-    Pong { epoch: u64, cluster: Option<u64> },
+    Pong {
+        /// The last epoch the pinged node applied.
+        epoch: u64,
+        /// The cluster it is in, if any.
+        cluster: Option<u64>,
+    },
     /// To `Raft`: openraft's answer, postcard-encoded.
     Raft(Vec<u8>),
     /// To `Forward`: the leader's answer to the change.
@@ -186,23 +234,32 @@ pub enum ClusterPeerReply {
     Describe(NodeSelf),
 }
 
+/// Which openraft RPC a [`RaftRpc`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RaftKind {
+    /// Log replication and heartbeats from the leader.
     AppendEntries,
+    /// A candidate asking for a vote.
     Vote,
+    /// A snapshot sent to a follower too far behind the log.
     InstallSnapshot,
 }
 
+/// One openraft RPC between the membership services of two members.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RaftRpc {
+    /// Which RPC `payload` encodes.
     pub kind: RaftKind,
+    /// openraft's request, postcard-encoded by krgd.
     pub payload: Vec<u8>,
 }
 
 /// A node as seen by presence discovery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
+    /// The node's id.
     pub node: NodeId,
+    /// MAC address of its krgd's interface, if it has one.
     pub mac: Option<Mac>,
     /// Where its krgd accepts peer connections.
     pub addr: SocketAddr,
@@ -214,6 +271,7 @@ pub struct Presence {
 /// it has recently seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSelf {
+    /// The answering node.
     pub me: Presence,
     /// Other nodes seen, each with how many milliseconds ago it was last heard
     /// of (so that relayed sightings age and a dead node is forgotten).

@@ -38,7 +38,10 @@ pub fn inode_id(node: NodeId, local: u64) -> InodeId {
 /// File data on the wire: serialized as one byte string, not as a sequence
 /// of a million one-byte elements (which costs more than the copy itself).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Bytes(pub Vec<u8>);
+pub struct Bytes(
+    /// The data.
+    pub Vec<u8>,
+);
 
 impl std::fmt::Debug for Bytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,14 +74,22 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
+/// The type of an inode, as the `S_IFMT` bits of its mode say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A named pipe.
     Fifo,
+    /// A character device node.
     CharDev,
+    /// A block device node.
     BlockDev,
+    /// A Unix socket node.
     Socket,
 }
 
@@ -102,52 +113,79 @@ impl FileKind {
 /// Seconds and nanoseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Time {
+    /// Whole seconds since the epoch (negative before 1970).
     pub sec: i64,
+    /// Nanoseconds within the second (0..1e9).
     pub nsec: u32,
 }
 
+/// An inode's attributes, as stat(2) reports them, from the node that owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attr {
+    /// The inode's cluster-wide id.
     pub ino: InodeId,
+    /// Its type.
     pub kind: FileKind,
     /// Permission bits including setuid/setgid/sticky (no type bits).
     pub perm: u16,
+    /// Number of directory entries naming it, cluster-wide.
     pub nlink: u32,
+    /// Owner's uid.
     pub uid: u32,
+    /// Group's gid.
     pub gid: u32,
+    /// Device number of a device node (0 otherwise).
     pub rdev: u32,
+    /// Size in bytes (a symlink: its target's length).
     pub size: u64,
+    /// 512-byte blocks allocated on the owner's disk.
     pub blocks: u64,
+    /// Last access.
     pub atime: Time,
+    /// Last change of the data.
     pub mtime: Time,
+    /// Last change of the inode (attributes, links, data).
     pub ctime: Time,
 }
 
+/// A time a `setattr` sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetTime {
+    /// The owning node's current time (utimensat's `UTIME_NOW`).
     Now,
+    /// This time.
     At(Time),
 }
 
 /// Changes of a `setattr`; `None` leaves the field alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetAttr {
+    /// New permission bits (chmod; type bits ignored).
     pub mode: Option<u32>,
+    /// New owner (chown).
     pub uid: Option<u32>,
+    /// New group (chown).
     pub gid: Option<u32>,
+    /// New size in bytes (truncate).
     pub size: Option<u64>,
+    /// New access time.
     pub atime: Option<SetTime>,
+    /// New modification time.
     pub mtime: Option<SetTime>,
 }
 
 /// What a new inode is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewInode {
+    /// Its type.
     pub kind: FileKind,
     /// Permission bits (umask already applied).
     pub perm: u16,
+    /// Owner: the uid of the process that creates it.
     pub uid: u32,
+    /// Group: the creator's gid, or the directory's (setgid directories).
     pub gid: u32,
+    /// Device number of a device node (mknod), else 0.
     pub rdev: u32,
     /// Target of a symlink.
     pub target: Option<Vec<u8>>,
@@ -156,26 +194,36 @@ pub struct NewInode {
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
+    /// The name, as bytes (no `/`, no NUL).
     pub name: Vec<u8>,
+    /// The inode it names, possibly owned by another node.
     pub ino: InodeId,
+    /// The inode's type, kept in the entry for readdir.
     pub kind: FileKind,
 }
 
 /// Which kind of entry an unlink/rmdir accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RemoveWhat {
+    /// unlink(2): anything but a directory (EISDIR otherwise).
     NonDir,
+    /// rmdir(2): a directory only (ENOTDIR otherwise).
     Dir,
 }
 
 /// A member as kDFS needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KdfsNode {
+    /// The member's node id (the top 16 bits of its inodes' ids).
     pub id: NodeId,
+    /// Where its krgd accepts peer connections.
     pub addr: SocketAddr,
+    /// Whether it answers (a failed member's inodes answer ENOTCONN).
     pub online: bool,
 }
 
+/// Requests mkfs.kdfs and mount.kdfs send their node's krgd (root only,
+/// except `Info`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsAdminRequest {
     /// This node's id, session and address, the members the krgd knows of,
@@ -184,191 +232,308 @@ pub enum KdfsAdminRequest {
     /// Serve the formatted kDFS directory `dir` to the cluster. `fs_id` is the
     /// file system's id learnt from the root node: a store formatted on a
     /// non-root node is bound to it at its first attach.
-    Attach { dir: String, fs_id: Option<u128> },
+    Attach {
+        /// Absolute path of the formatted store directory.
+        dir: String,
+        /// The file system's id, when the caller knows it from the root node.
+        fs_id: Option<u128>,
+    },
     /// Stop serving the attached directory.
     Detach,
 }
 
+/// krgd's answers to [`KdfsAdminRequest`]s.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsAdminReply {
+    /// To `Info`.
     Info {
+        /// The answering krgd's node id.
         node: NodeId,
+        /// Its session.
         session: crate::SessionId,
+        /// Its peer address (where mount.kdfs reaches it over TCP).
         addr: SocketAddr,
         /// False while no cluster has been started.
         cluster_started: bool,
+        /// Every member, with its address and health.
         members: Vec<KdfsNode>,
+        /// The store directory it serves, if any.
         attached: Option<String>,
     },
+    /// To `Attach`: the store is served.
     Attached {
+        /// The id of the file system the store belongs to.
         fs_id: u128,
+        /// The node holding its root directory.
         root_node: NodeId,
     },
+    /// To `Detach`: the store is no longer served.
     Detached,
 }
 
+/// Requests for the kDFS service of the krgd that owns an inode, from the
+/// FUSE client (mount.kdfs) or another krgd. Names are bytes; handles
+/// (`fh`) are those the same krgd returned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsRequest {
     /// Is a kDFS store attached on this node, and which file system?
     Hello,
     /// The root directory's id (root node only).
     Root,
+    /// Space and inodes of the store's local file system.
     Statfs,
+    /// The attributes of `ino`.
     GetAttr {
+        /// An inode owned here.
         ino: InodeId,
     },
+    /// Change attributes of `ino` (chmod, chown, truncate, utimens).
     SetAttr {
+        /// An inode owned here.
         ino: InodeId,
+        /// What to change.
         set: SetAttr,
     },
+    /// The target of the symlink `ino`.
     Readlink {
+        /// A symlink owned here.
         ino: InodeId,
     },
     /// Find `name` in directory `dir` (owned here). The answer carries the
     /// attributes too when the inode is also owned here.
     Lookup {
+        /// The directory.
         dir: InodeId,
+        /// The name looked for.
         name: Vec<u8>,
     },
     /// Make an inode here with one link not yet entered in any directory;
     /// with `open`, also open it (`Some(true)`: for writing) in the same step.
     MakeInode {
+        /// What to make.
         new: NewInode,
+        /// Open it too: `Some(write)`.
         open: Option<bool>,
     },
     /// Make an inode here and enter it as `name` in `dir` (also here).
     Create {
+        /// The directory, owned here.
         dir: InodeId,
+        /// The new entry's name (EEXIST if taken).
         name: Vec<u8>,
+        /// What to make.
         new: NewInode,
+        /// Open it too: `Some(write)`.
         open: Option<bool>,
     },
     /// Enter `ino` as `name` in `dir`; with `replace`, an existing non-directory
     /// (or empty-checked directory) entry is replaced and returned.
     AddEntry {
+        /// The directory, owned here.
         dir: InodeId,
+        /// The entry's name.
         name: Vec<u8>,
+        /// The inode it names (possibly on another node).
         ino: InodeId,
+        /// That inode's type.
         kind: FileKind,
+        /// Replace an existing entry instead of failing with EEXIST.
         replace: bool,
     },
     /// Remove `name` from `dir`, checking its kind and (if given) its inode.
     RemoveEntry {
+        /// The directory, owned here.
         dir: InodeId,
+        /// The entry's name.
         name: Vec<u8>,
+        /// unlink or rmdir semantics.
         what: RemoveWhat,
+        /// Remove only if the entry still names this inode (else ENOENT).
         expect: Option<InodeId>,
     },
     /// Rename an entry between two directories both owned here.
     Rename {
+        /// Directory of the entry to move.
         src_dir: InodeId,
+        /// Its name.
         src_name: Vec<u8>,
+        /// Directory it moves to.
         dst_dir: InodeId,
+        /// Its new name.
         dst_name: Vec<u8>,
+        /// renameat2 flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
         flags: u32,
     },
     /// Add one link to `ino` (a non-directory owned here).
     IncLink {
+        /// The inode, owned here.
         ino: InodeId,
     },
     /// Drop one link of `ino`; the inode is freed at zero links and no open handle.
     DecLink {
+        /// The inode, owned here.
         ino: InodeId,
     },
     /// Update the ctime of `ino` (a rename moved it).
     Touch {
+        /// The inode, owned here.
         ino: InodeId,
     },
     /// Remove the directory inode `ino` if it is empty (ENOTEMPTY otherwise).
     RemoveDir {
+        /// The directory, owned here.
         ino: InodeId,
     },
     /// Whether directory `ino` is empty.
     IsEmptyDir {
+        /// The directory, owned here.
         ino: InodeId,
     },
+    /// Open the file `ino`; answered with a handle.
     Open {
+        /// A file owned here.
         ino: InodeId,
+        /// For writing (else read-only).
         write: bool,
     },
+    /// Read up to `len` bytes at `offset`; fewer at the end of the file.
     Read {
+        /// The file.
         ino: InodeId,
+        /// Its handle from `Open`.
         fh: u64,
+        /// Byte offset.
         offset: u64,
+        /// Bytes wanted (at most 16 MiB).
         len: u32,
     },
+    /// Write `data` at `offset`; answered with the bytes written.
     Write {
+        /// The file.
         ino: InodeId,
+        /// Its handle from `Open` (for writing).
         fh: u64,
+        /// Byte offset.
         offset: u64,
+        /// The bytes (at most 16 MiB).
         data: Bytes,
     },
+    /// Flush the file to the owner's disk.
     Fsync {
+        /// The file.
         ino: InodeId,
+        /// Its handle.
         fh: u64,
+        /// Data only (fdatasync), not the metadata.
         datasync: bool,
     },
+    /// Close a handle from `Open` (a file unlinked while open goes now).
     Release {
+        /// The file.
         ino: InodeId,
+        /// The handle to close.
         fh: u64,
     },
+    /// fallocate(2) on the file.
     Fallocate {
+        /// The file.
         ino: InodeId,
+        /// Its handle (for writing).
         fh: u64,
+        /// Byte offset of the range.
         offset: u64,
+        /// Length of the range in bytes.
         len: u64,
+        /// fallocate's mode flags.
         mode: i32,
     },
+    /// Open directory `ino` for reading; answered with a handle that sees
+    /// the entries as they were at this call.
     OpenDir {
+        /// A directory owned here.
         ino: InodeId,
     },
+    /// Entries `offset..offset + max` of an open directory.
     ReadDir {
+        /// Handle from `OpenDir`.
         fh: u64,
+        /// Index of the first entry wanted.
         offset: u64,
+        /// Most entries to return.
         max: u32,
     },
+    /// Close a handle from `OpenDir`.
     ReleaseDir {
+        /// The handle to close.
         fh: u64,
     },
+    /// Flush directory `ino` to the owner's disk.
     FsyncDir {
+        /// A directory owned here.
         ino: InodeId,
     },
 }
 
+/// Answers to [`KdfsRequest`]s; `Errno` for any that failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsResponse {
+    /// To `Hello`.
     Hello {
+        /// The id of the attached store's file system (`None`: no store).
         fs_id: Option<u128>,
+        /// The answering node.
         node: crate::NodeId,
     },
+    /// To `Root`: the root directory's id.
     Root(InodeId),
+    /// To `Statfs`, in 4 KiB blocks.
     Statfs {
+        /// Size of the store's file system.
         blocks: u64,
+        /// Free blocks.
         bfree: u64,
+        /// Free blocks an ordinary user may use.
         bavail: u64,
+        /// Inodes of the file system.
         files: u64,
+        /// Free inodes.
         ffree: u64,
+        /// Block size: 4096.
         bsize: u32,
     },
+    /// To `GetAttr`, `SetAttr` and `IncLink`: the (new) attributes.
     Attr(Attr),
     /// A new inode, and its handle when it was opened too.
     Created {
+        /// The new inode's attributes.
         attr: Attr,
+        /// Its handle, when `open` was asked.
         fh: Option<u64>,
     },
+    /// To `Readlink`: the symlink's target bytes.
     Target(Vec<u8>),
+    /// To `Lookup`: the entry found.
     Entry {
+        /// The inode it names.
         ino: InodeId,
+        /// Its type.
         kind: FileKind,
+        /// Its attributes, when the inode is owned here too.
         attr: Option<Attr>,
     },
     /// An entry that was replaced or removed.
     Removed(Option<DirEntry>),
+    /// To `IsEmptyDir`.
     Empty(bool),
+    /// To `Open` and `OpenDir`: the new handle.
     Handle(u64),
+    /// To `Read`: the bytes read (short at the end of the file).
     Data(Bytes),
+    /// To `Write`: how many bytes were written.
     Written(u32),
+    /// To `ReadDir`: the next entries (empty at the end).
     Entries(Vec<DirEntry>),
+    /// The request succeeded and has nothing to return.
     Done,
     /// The operation failed with this errno.
     Errno(i32),

@@ -17,6 +17,8 @@
 //! buffer grows only as its bytes arrive, never beyond [`frame::MAX_FRAME_LEN`]
 //! (4 KiB before the sender is authenticated).
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod auth;
 pub mod chkpt;

@@ -16,15 +16,22 @@ use crate::cluster::{ClusterPeerReply, ClusterPeerRequest};
 use crate::kdfs::{KdfsRequest, KdfsResponse};
 use crate::sched::{SchedPeerReply, SchedPeerRequest};
 
+/// What one sealed frame of a peer connection carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerMessage {
+    /// Chosen by the sender of a request, unique among its requests in
+    /// flight on this connection; the answer carries the same id.
     pub id: u64,
+    /// The request or the answer.
     pub body: PeerBody,
 }
 
+/// A request, or the answer to one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerBody {
+    /// A request from the end that opened the connection.
     Request(PeerRequest),
+    /// The answer to the request of the same id.
     Response(PeerResponse),
 }
 
@@ -42,8 +49,11 @@ pub enum PeerRequest {
 /// The answer of the service a [`PeerRequest`] named.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerResponse {
+    /// Answer of the membership service.
     Cluster(ClusterPeerReply),
+    /// Answer of the scheduler service.
     Sched(SchedPeerReply),
+    /// Answer of the kDFS service.
     Kdfs(KdfsResponse),
     /// The request could not be served; one line saying why.
     Error(crate::admin::AdminError),

@@ -5,18 +5,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
 
+/// Scheduler requests a local tool (`krgadm sched`) sends its krgd.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedRequest {
     /// Which node should run a new process? Answered by the placement policy
     /// of the named scheduler (or of the first scheduler that has one).
-    Place { scheduler: Option<String> },
+    Place {
+        /// The scheduler directory (`schedulers/<name>`) whose policy
+        /// decides; `None`: the first that has a placement policy.
+        scheduler: Option<String>,
+    },
 }
 
+/// krgd's answers to [`SchedRequest`]s.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedReply {
-    Placement { node: NodeId, reason: String },
+    /// To `Place`: the node the policy picked and its one-line reason
+    /// (e.g. "most free memory (… bytes) among 4 node(s)").
+    Placement {
+        /// The chosen node.
+        node: NodeId,
+        /// Why, as the policy's `placement` file says it.
+        reason: String,
+    },
 }
 
+/// Requests the scheduler service of one krgd sends another's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedPeerRequest {
     /// Ask a node for the current values of its loaded probes' sources.
@@ -38,7 +52,9 @@ pub struct ProbeValue {
     pub seq: u64,
 }
 
+/// Answers to [`SchedPeerRequest`]s.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SchedPeerReply {
+    /// To `ProbeValues`: one entry per source of every probe loaded there.
     ProbeValues(Vec<ProbeValue>),
 }
