@@ -186,7 +186,11 @@ impl TestCluster {
             seeds: if max_id <= 8 { max_id } else { 3 },
             lab: None,
             extra_args: Vec::new(),
-            binary: bin("krgd"),
+            // KRG_TEST_KRGD runs a test against another krgd build (e.g. to
+            // show that a regression test fails on the code it guards).
+            binary: std::env::var_os("KRG_TEST_KRGD")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| bin("krgd")),
         })
     }
 
