@@ -3,7 +3,7 @@
 //! * [`frame`]: length-prefixed, CRC32-checked frames carrying postcard
 //!   payloads (the handshake, the admin socket).
 //! * [`auth`]: the mutual HMAC-SHA256 challenge-response every TCP link starts with.
-//! * [`seal`]: the encrypted and authenticated frames (ChaCha20-Poly1305,
+//! * [`seal`]: the encrypted and authenticated frames (AES-256-GCM,
 //!   keys per connection and direction) every TCP link carries after it.
 //! * [`admin`]: requests a local tool (krgadm, checkpoint, krgcapset, mount.kdfs)
 //!   sends to its node's krgd over the Unix socket.
@@ -48,7 +48,7 @@ pub type SessionId = u32;
 /// `PeerResponse::Cluster(..)`, like those of the other services, which
 /// renumbered every peer variant on the wire.
 ///
-/// 3: every frame after the handshake is sealed (ChaCha20-Poly1305, see
+/// 3: every frame after the handshake is sealed (AES-256-GCM, see
 /// [`seal`]) instead of CRC-checked; presence datagrams carry a timestamp
 /// and a nonce under their MAC.
 pub const PROTOCOL_VERSION: u16 = 3;
