@@ -274,15 +274,27 @@ fn killed_member_is_detected_and_can_come_back() -> Result<()> {
     // The cluster goes on: views agree and changes still commit.
     c.wait_agreement(&survivors, SETTLE)?;
 
-    // The node restarts: present again (not failed), then re-added.
+    // The node restarts with its Raft state: it is online again, without
+    // being re-added, and catches up with what it missed.
+    let epoch_failed = c.view(leader)?.1;
     c.start(victim)?;
-    wait_for(SETTLE, "restarted node to be present", || {
-        (c.node_states(leader).ok()?.get(&victim)? == "present").then_some(())
+    wait_for(SETTLE, "restarted node to be online again", || {
+        (c.node_states(leader).ok()?.get(&victim)? == "online").then_some(())
     })?;
-    c.krgadm_ok(survivors[1], &["nodes", "add", "-n", &victim.to_string()])?;
-    let (members, _) = c.wait_agreement(&[1, 2, 3, 4], SETTLE)?;
+    let (members, epoch) = c.wait_agreement(&[1, 2, 3, 4], SETTLE)?;
     assert_eq!(members, vec![1, 2, 3, 4]);
+    assert!(epoch > epoch_failed, "coming back is a committed change");
     assert_eq!(c.status(victim)?["health"], "healthy");
+    // It is a full member: a change made through it commits everywhere.
+    c.krgadm_ok(victim, &["nodes", "del", "-n", &survivors[1].to_string()])?;
+    let rest: Vec<u32> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|id| *id != survivors[1])
+        .collect();
+    assert_eq!(
+        c.wait_agreement(&rest, SETTLE)?.0,
+        rest.iter().map(|i| *i as u64).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
