@@ -4,7 +4,9 @@
 //! processes by PID, namespaces by name — when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
+pub mod admin;
 pub mod netlab;
+pub mod serf;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

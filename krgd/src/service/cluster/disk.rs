@@ -3,17 +3,23 @@
 //!
 //! | file        | holds                                  | written by |
 //! |-------------|----------------------------------------|------------|
-//! | `cluster`   | the uid of the cluster (written first) | atomic replace |
+//! | `log`       | the cluster uid, then log entries, truncations, purges | append + fdatasync before an append is acknowledged; rewritten atomically to compact |
 //! | `vote`      | the last vote (term, candidate)         | atomic replace, before the vote is answered |
 //! | `committed` | the last committed log id               | atomic replace |
 //! | `snapshot`  | snapshot metadata and the member table  | atomic replace |
-//! | `log`       | log entries, truncations, purges        | append + fdatasync before an append is acknowledged; rewritten atomically to compact |
 //!
 //! Every file starts with an 8-byte magic naming its kind and version; then
 //! come records `len: u32 LE, crc: u32 LE, payload` where `crc` is the CRC-32
 //! of the length bytes and the payload, and the payload is postcard. Small
-//! files hold one record. "Atomic replace" is: write `.NAME.tmp`, fsync it,
-//! rename it over `NAME`, fsync the directory.
+//! files hold one record; the log's first record is the uid of the cluster.
+//! "Atomic replace" is: write `.NAME.tmp`, fsync it, rename it over `NAME`,
+//! fsync the directory.
+//!
+//! A welcome creates the directory and the log without waiting for the disk
+//! (the leader is waiting for the answer); the writer thread syncs both
+//! before the first write it acknowledges. A log whose uid record is torn
+//! was therefore never used: the join did not finish, and the directory is
+//! removed at start-up.
 //!
 //! At start-up a log whose last record is torn (the crash came in the middle
 //! of an append: the record runs past the end of the file, or its bytes up to
@@ -36,14 +42,12 @@ use crate::DaemonError;
 
 /// Directory of the Raft state, under the data dir.
 pub const DIR: &str = "raft";
-pub const CLUSTER_FILE: &str = "cluster";
 pub const VOTE_FILE: &str = "vote";
 pub const COMMITTED_FILE: &str = "committed";
 pub const SNAPSHOT_FILE: &str = "snapshot";
 pub const LOG_FILE: &str = "log";
 
 pub const LOG_MAGIC: &[u8; 8] = b"KRGRLOG1";
-const CLUSTER_MAGIC: &[u8; 8] = b"KRGCLUS1";
 const VOTE_MAGIC: &[u8; 8] = b"KRGVOTE1";
 const COMMITTED_MAGIC: &[u8; 8] = b"KRGCMIT1";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KRGSNAP1";
@@ -103,8 +107,8 @@ impl LogImage {
     }
 
     /// The whole log as a fresh file: header, purge mark, live entries.
-    pub fn encode_file(&self) -> Result<Vec<u8>, postcard::Error> {
-        let mut out = LOG_MAGIC.to_vec();
+    pub fn encode_file(&self, uid: u64) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = log_header(uid)?;
         if let Some(p) = self.last_purged {
             out.extend(record(&postcard::to_stdvec(&LogRecord::Purged(p))?));
         }
@@ -113,6 +117,13 @@ impl LogImage {
         }
         Ok(out)
     }
+}
+
+/// The start of a log file: magic and the cluster uid.
+pub fn log_header(uid: u64) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = LOG_MAGIC.to_vec();
+    out.extend(record(&postcard::to_stdvec(&uid)?));
+    Ok(out)
 }
 
 /// One log record for `e`, ready to append.
@@ -151,7 +162,6 @@ pub fn small_file<T: Serialize>(kind: SmallFile, value: &T) -> Result<Vec<u8>, p
 
 #[derive(Debug, Clone, Copy)]
 pub enum SmallFile {
-    Cluster,
     Vote,
     Committed,
     Snapshot,
@@ -160,7 +170,6 @@ pub enum SmallFile {
 impl SmallFile {
     pub fn name(self) -> &'static str {
         match self {
-            SmallFile::Cluster => CLUSTER_FILE,
             SmallFile::Vote => VOTE_FILE,
             SmallFile::Committed => COMMITTED_FILE,
             SmallFile::Snapshot => SNAPSHOT_FILE,
@@ -169,7 +178,6 @@ impl SmallFile {
 
     fn magic(self) -> &'static [u8; 8] {
         match self {
-            SmallFile::Cluster => CLUSTER_MAGIC,
             SmallFile::Vote => VOTE_MAGIC,
             SmallFile::Committed => COMMITTED_MAGIC,
             SmallFile::Snapshot => SNAPSHOT_MAGIC,
@@ -261,24 +269,29 @@ fn read_small<T: DeserializeOwned>(dir: &Path, kind: SmallFile) -> Result<Option
 }
 
 /// Read the log file, cutting off a torn last record (in the file too).
-fn load_log(dir: &Path) -> Result<LogImage, DaemonError> {
+/// `None` when its header is torn: the join that created it never finished.
+fn load_log(dir: &Path) -> Result<Option<(u64, LogImage)>, DaemonError> {
     let path = dir.join(LOG_FILE);
     let mut image = LogImage::default();
     let Some(bytes) = read_all(&path)? else {
-        return Ok(image);
+        return Ok(None);
     };
-    if bytes.len() < 8 {
-        // Crashed while creating the file: only a prefix of the header is there.
-        if LOG_MAGIC.starts_with(&bytes) {
-            cut_log(&path, 0)?;
-            return Ok(image);
+    let magic_len = bytes.len().min(8);
+    if bytes[..magic_len] != LOG_MAGIC[..magic_len] {
+        return Err(corrupt(dir, &path, "not a krg Raft log (bad header)"));
+    }
+    let uid = match bytes.get(8..).map(read_record) {
+        None | Some(Err(Bad::Short)) => return Ok(None),
+        Some(Err(Bad::Checksum)) => {
+            return Err(corrupt(dir, &path, "the cluster uid fails its checksum"))
         }
-        return Err(corrupt(dir, &path, "not a krg Raft log (bad header)"));
-    }
-    if &bytes[..8] != LOG_MAGIC {
-        return Err(corrupt(dir, &path, "not a krg Raft log (bad header)"));
-    }
-    let mut at = 8;
+        Some(Ok((payload, len))) => {
+            let uid: u64 = postcard::from_bytes(payload)
+                .map_err(|e| corrupt(dir, &path, format!("undecodable cluster uid: {e}")))?;
+            (uid, 8 + len)
+        }
+    };
+    let (uid, mut at) = uid;
     while at < bytes.len() {
         let rest = &bytes[at..];
         match read_record(rest) {
@@ -316,19 +329,14 @@ fn load_log(dir: &Path) -> Result<LogImage, DaemonError> {
             }
         }
     }
-    Ok(image)
+    Ok(Some((uid, image)))
 }
 
-/// Cut the log file back to `len` bytes (0: rewrite the header) and sync it.
+/// Cut the log file back to `len` bytes and sync it.
 fn cut_log(path: &Path, len: u64) -> Result<(), DaemonError> {
     let io_err = |e| DaemonError::io(format!("repairing {}", path.display()), e);
-    let mut f = OpenOptions::new().write(true).open(path).map_err(io_err)?;
-    if len == 0 {
-        f.set_len(0).map_err(io_err)?;
-        f.write_all(LOG_MAGIC).map_err(io_err)?;
-    } else {
-        f.set_len(len).map_err(io_err)?;
-    }
+    let f = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+    f.set_len(len).map_err(io_err)?;
     f.sync_all().map_err(io_err)
 }
 
@@ -341,15 +349,14 @@ pub fn load(data_dir: &Path) -> Result<Option<Loaded>, DaemonError> {
     if !dir.exists() {
         return Ok(None);
     }
-    let Some(uid) = read_small::<u64>(&dir, SmallFile::Cluster)? else {
-        // The cluster file is written first: without it, the join never finished.
+    let Some((uid, log)) = load_log(&dir)? else {
+        // The log (with the uid) comes first: without it the join never finished.
         wipe(data_dir)?;
         return Ok(None);
     };
     let vote = read_small(&dir, SmallFile::Vote)?;
     let committed = read_small(&dir, SmallFile::Committed)?;
     let snapshot = read_small(&dir, SmallFile::Snapshot)?;
-    let log = load_log(&dir)?;
     Ok(Some(Loaded {
         uid,
         vote,
@@ -359,21 +366,18 @@ pub fn load(data_dir: &Path) -> Result<Option<Loaded>, DaemonError> {
     }))
 }
 
-/// Start fresh state for cluster `uid`: an empty log and the cluster file.
+/// Start fresh state for cluster `uid`: a log holding only the uid. Not
+/// synced here: the writer thread syncs it (and the directories) before it
+/// acknowledges anything.
 pub fn create(data_dir: &Path, uid: u64) -> Result<(), DaemonError> {
     wipe(data_dir)?;
     let dir = data_dir.join(DIR);
     let io_err = |what: &str, e| DaemonError::io(format!("{what} {}", dir.display()), e);
     std::fs::create_dir_all(&dir).map_err(|e| io_err("creating", e))?;
-    let mut log = new_file(&dir.join(LOG_FILE)).map_err(|e| io_err("creating the log in", e))?;
-    log.write_all(LOG_MAGIC)
-        .and_then(|()| log.sync_all())
-        .map_err(|e| io_err("writing the log in", e))?;
-    let cluster = small_file(SmallFile::Cluster, &uid)
-        .map_err(|e| io_err("encoding", io::Error::other(e)))?;
-    write_atomic(&dir, CLUSTER_FILE, &cluster)
-        .map_err(|e| io_err("writing the cluster file in", e))?;
-    sync_dir(data_dir).map_err(|e| io_err("syncing", e))
+    let header = log_header(uid).map_err(|e| io_err("encoding the log of", io::Error::other(e)))?;
+    new_file(&dir.join(LOG_FILE))
+        .and_then(|mut log| log.write_all(&header))
+        .map_err(|e| io_err("creating the log in", e))
 }
 
 /// Forget the Raft state (this node left its cluster): move the directory

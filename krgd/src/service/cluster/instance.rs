@@ -112,8 +112,9 @@ impl ClusterService {
 
     async fn start_raft(self: &Arc<Self>, loaded: Loaded) -> Result<Arc<Joined>, String> {
         let dir = self.ctx.config.data_dir.join(disk::DIR);
+        let resumed = loaded.vote.is_some() || !loaded.log.entries.is_empty();
         let writer = Arc::new(
-            Writer::start(dir.clone())
+            Writer::start(dir.clone(), resumed)
                 .map_err(|e| format!("opening the Raft log in {}: {e}", dir.display()))?,
         );
         let config = raft_config(&self.ctx)?;
@@ -124,7 +125,13 @@ impl ClusterService {
                     dir.join(disk::SNAPSHOT_FILE).display()
                 )
             })?;
-        let log = LogStore::new(writer.clone(), loaded.vote, loaded.committed, loaded.log);
+        let log = LogStore::new(
+            writer.clone(),
+            loaded.uid,
+            loaded.vote,
+            loaded.committed,
+            loaded.log,
+        );
         let raft = Raft::new(
             self.ctx.node_id() as u64,
             Arc::new(config),

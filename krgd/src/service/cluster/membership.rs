@@ -24,8 +24,6 @@ use super::{no_quorum, ClusterService, Joined};
 
 /// How long a single Raft write may wait for a quorum.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a new node may take to catch up the log as a learner.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for every online member to apply a change.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,7 +71,9 @@ impl ClusterService {
         // Presence may lag a second behind (a node that just left a stopped
         // cluster still looks busy), so ask everyone: a node really in another
         // cluster refuses the welcome and is left out.
+        let started = std::time::Instant::now();
         let welcomed = self.welcome_all(&present, uid).await;
+        tracing::debug!(took = ?started.elapsed(), "founders welcomed");
         for refusal in welcomed.iter().filter_map(|r| r.as_ref().err()) {
             tracing::info!(reason = %refusal.message, "present node not included");
         }
@@ -118,6 +118,7 @@ impl ClusterService {
         voters: BTreeMap<RaftNodeId, BasicNode>,
         founders: &[Presence],
     ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
+        let started = std::time::Instant::now();
         joined
             .raft
             .initialize(voters.clone())
@@ -147,17 +148,25 @@ impl ClusterService {
                     "the new cluster could not commit its first entry in time",
                 )
             })?;
-        for p in founders
+        tracing::debug!(took = ?started.elapsed(), "leader elected, first entry committed");
+        let t0 = std::time::Instant::now();
+        // Every other founder becomes a learner in one membership change;
+        // they catch up while the table is committed.
+        let learners: Vec<&Presence> = founders
             .iter()
             .filter(|p| !voters.contains_key(&(p.node as RaftNodeId)))
-        {
-            self.add_learner(joined, p).await?;
-        }
+            .collect();
         let members = founders.iter().map(MemberRecord::online).collect();
-        let result = self
-            .commit(joined, ClusterCommand::Form { uid, members })
-            .await?;
+        // Both entries go out in the same replication round.
+        let (learned, result) = tokio::join!(
+            self.add_learners(joined, &learners),
+            self.commit(joined, ClusterCommand::Form { uid, members })
+        );
+        learned?;
+        let result = result?;
+        let t2 = t0.elapsed();
         self.wait_everywhere(joined, result.epoch).await;
+        tracing::debug!(learners = learners.len(), committed = ?t2, all_applied = ?t0.elapsed(), "cluster formed");
         Ok(self.status().await)
     }
 
@@ -224,20 +233,26 @@ impl ClusterService {
         let state = joined.state();
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
         let nodes = resolve_for_add(&sel, &state, &present)?;
+        let t0 = std::time::Instant::now();
         for r in self.welcome_all(&nodes, joined.uid).await {
             r?;
         }
-        for p in &nodes {
-            self.add_learner(joined, p).await?;
-        }
-        let result = self
-            .commit(
-                joined,
-                ClusterCommand::Add(nodes.iter().map(MemberRecord::online).collect()),
-            )
-            .await?;
+        let welcomed = t0.elapsed();
+        let records = nodes.iter().map(MemberRecord::online).collect();
+        let learners: Vec<&Presence> = nodes.iter().collect();
+        // Raft learners and table entry in the same replication round; if
+        // the first fails after the second committed, the next rebalance
+        // adds the missing learners.
+        let (learned, result) = tokio::join!(
+            self.add_learners(joined, &learners),
+            self.commit(joined, ClusterCommand::Add(records))
+        );
+        learned?;
+        let result = result?;
+        let committed = t0.elapsed();
         self.rebalance_voters(joined).await?;
         self.wait_everywhere(joined, result.epoch).await;
+        tracing::debug!(?welcomed, ?committed, all_applied = ?t0.elapsed(), "nodes added");
         Ok(self.status().await)
     }
 
@@ -314,23 +329,20 @@ impl ClusterService {
         })
     }
 
-    /// Add `p` as a Raft learner and wait until it has caught up.
-    async fn add_learner(&self, joined: &Joined, p: &Presence) -> Result<(), AdminError> {
-        tokio::time::timeout(
-            CATCH_UP_TIMEOUT,
-            joined
-                .raft
-                .add_learner(p.node as RaftNodeId, basic(p.addr), true),
-        )
-        .await
-        .map_err(|_| {
-            err(
-                ErrorKind::Unavailable,
-                format!("node {} did not catch up with the cluster in time", p.node),
-            )
-        })?
-        .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
-        Ok(())
+    /// Add `nodes` as Raft learners in one membership change (at the address
+    /// they have now, if Raft knew them elsewhere). The leader
+    /// replicates to them from then on; `wait_everywhere` after the table
+    /// change is what waits for them to have caught up.
+    async fn add_learners(&self, joined: &Joined, nodes: &[&Presence]) -> Result<(), AdminError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let add: BTreeMap<RaftNodeId, BasicNode> = nodes
+            .iter()
+            .map(|p| (p.node as RaftNodeId, basic(p.addr)))
+            .collect();
+        self.change_membership(joined, ChangeMembers::SetNodes(add))
+            .await
     }
 
     /// Append `cmd` to the replicated log and wait for it to be committed.
@@ -347,8 +359,31 @@ impl ClusterService {
     }
 
     /// Make the Raft voters the online members (at most `max_voters`, odd),
-    /// and drop from Raft every node that is not an online member.
+    /// make every other online member a learner, and drop from Raft every
+    /// node that is not an online member.
     pub(super) async fn rebalance_voters(&self, joined: &Joined) -> Result<(), AdminError> {
+        let known: BTreeSet<RaftNodeId> = joined
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let missing: Vec<Presence> = joined
+            .state()
+            .online()
+            .filter(|m| !known.contains(&(m.id as RaftNodeId)))
+            .map(|m| Presence {
+                node: m.id,
+                mac: m.mac,
+                addr: m.addr,
+                cluster: Some(joined.uid),
+            })
+            .collect();
+        self.add_learners(joined, &missing.iter().collect::<Vec<_>>())
+            .await?;
         let metrics = joined.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
@@ -429,7 +464,7 @@ impl ClusterService {
                 }
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

@@ -57,12 +57,15 @@ struct LogData {
 pub struct LogStore {
     inner: Arc<Mutex<LogData>>,
     disk: Arc<Writer>,
+    /// The cluster's uid, which heads the log file.
+    uid: u64,
 }
 
 impl LogStore {
     /// The log as read back from disk (or empty), written through `disk`.
     pub fn new(
         disk: Arc<Writer>,
+        uid: u64,
         vote: Option<Vote<RaftNodeId>>,
         committed: Option<LogId<RaftNodeId>>,
         log: LogImage,
@@ -74,6 +77,7 @@ impl LogStore {
                 log,
             })),
             disk,
+            uid,
         }
     }
 }
@@ -187,7 +191,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if data.log.records > 2 * data.log.entries.len() + 256 {
                 let file = data
                     .log
-                    .encode_file()
+                    .encode_file(self.uid)
                     .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
                 data.log.records = data.log.entries.len() + 1;
                 Some(file)

@@ -47,13 +47,21 @@ fn closed() -> io::Error {
 }
 
 impl Writer {
-    /// Start the thread for `dir` (which holds a valid log file).
-    pub fn start(dir: PathBuf) -> io::Result<Self> {
+    /// Start the thread for `dir` (which holds a valid log file); `synced`
+    /// says whether the directory and its log are known to be on disk (read
+    /// back at start-up) or were just created.
+    pub fn start(dir: PathBuf, synced: bool) -> io::Result<Self> {
         let log = OpenOptions::new().append(true).open(dir.join(LOG_FILE))?;
         let (tx, rx) = mpsc::channel();
+        let st = State {
+            dir,
+            log,
+            synced,
+            broken: None,
+        };
         std::thread::Builder::new()
             .name("krgd-raft-disk".into())
-            .spawn(move || run(dir, log, rx))?;
+            .spawn(move || run(st, rx))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
         })
@@ -122,17 +130,29 @@ impl Writer {
 struct State {
     dir: PathBuf,
     log: File,
+    /// The log file and the directory entries leading to it are durable.
+    synced: bool,
     /// Set after a failed write: the file may hold a partial record, so
     /// every later write fails too (openraft then stops this Raft instance).
     broken: Option<String>,
 }
 
 impl State {
-    fn check(&self) -> io::Result<()> {
-        match &self.broken {
-            Some(why) => Err(io::Error::other(why.clone())),
-            None => Ok(()),
+    /// Fail if an earlier write failed; else make sure the directory made
+    /// by the welcome is durable before anything is acknowledged.
+    fn check(&mut self) -> io::Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(io::Error::other(why.clone()));
         }
+        if !self.synced {
+            self.log.sync_all()?;
+            disk::sync_dir(&self.dir)?;
+            if let Some(parent) = self.dir.parent() {
+                disk::sync_dir(parent)?;
+            }
+            self.synced = true;
+        }
+        Ok(())
     }
 
     fn fail(&mut self, e: io::Error) -> io::Error {
@@ -145,12 +165,12 @@ impl State {
     }
 }
 
-fn run(dir: PathBuf, log: File, rx: mpsc::Receiver<Io>) {
-    let mut st = State {
-        dir,
-        log,
-        broken: None,
-    };
+fn run(mut st: State, rx: mpsc::Receiver<Io>) {
+    // A fresh directory is synced at once, while the leader is still busy
+    // with the other newcomers, rather than on the first append.
+    if let Err(e) = st.check() {
+        st.fail(e);
+    }
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -159,7 +179,10 @@ fn run(dir: PathBuf, log: File, rx: mpsc::Receiver<Io>) {
         for io in batch {
             match io {
                 Io::Append { bytes, flushed } => {
-                    let r = st.check().and_then(|()| st.log.write_all(&bytes));
+                    let r = match st.broken.as_ref() {
+                        Some(why) => Err(io::Error::other(why.clone())),
+                        None => st.log.write_all(&bytes),
+                    };
                     if let Err(e) = r {
                         let e = st.fail(e);
                         finish(&mut waiting, Err(io::Error::new(e.kind(), e.to_string())));

@@ -46,7 +46,7 @@ fn log_replays_entries_truncations_and_purges() {
     assert_eq!(l.log.entries[&4].log_id.leader_id.term, 2);
     assert_eq!(l.log.last_purged.map(|p| p.index), Some(1));
     // A compacted file replays to the same log.
-    std::fs::write(dir.join(LOG_FILE), l.log.encode_file().unwrap()).unwrap();
+    std::fs::write(dir.join(LOG_FILE), l.log.encode_file(0xabcd).unwrap()).unwrap();
     let again = load(d.path()).unwrap().unwrap();
     assert_eq!(
         again.log.entries.keys().copied().collect::<Vec<_>>(),
@@ -121,10 +121,17 @@ fn small_files_are_refused_when_damaged() {
 #[test]
 fn unfinished_join_and_leave_leave_nothing_behind() {
     let d = tempfile::tempdir().unwrap();
-    // A join that crashed before its cluster file: no state.
+    // A join that crashed before its log was written: no state.
     std::fs::create_dir_all(d.path().join(DIR)).unwrap();
     assert!(load(d.path()).unwrap().is_none());
     assert!(!d.path().join(DIR).exists());
+    for cut in [0, 5, 8, 13] {
+        std::fs::create_dir_all(d.path().join(DIR)).unwrap();
+        let header = log_header(7).unwrap();
+        std::fs::write(d.path().join(DIR).join(LOG_FILE), &header[..cut]).unwrap();
+        assert!(load(d.path()).unwrap().is_none(), "cut at {cut}");
+        assert!(!d.path().join(DIR).exists());
+    }
     // A leave that crashed after moving the directory aside.
     std::fs::create_dir_all(d.path().join("raft.old-1")).unwrap();
     assert!(load(d.path()).unwrap().is_none());
