@@ -66,6 +66,7 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
                 if let Err(e) = svc.rebalance_voters(&joined).await {
                     tracing::debug!(error = %e.message, "rebalance after election");
                 }
+                svc.finish_leaves(&joined).await;
             }
         }
         // Not while a change runs: a node being added is welcomed (and so

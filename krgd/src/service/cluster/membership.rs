@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::cluster::{
-    ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelector, NodeState,
-    Presence,
+    ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelector, Presence,
 };
 use krg_proto::NodeId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use super::network::call;
-use super::selection::{pick_voters, resolve_for_add, resolve_for_del};
+use super::selection::{pick_voters, resolve_for_add};
 use super::state::{ClusterCommand, CommandResult, MemberRecord};
 use super::store::RaftNodeId;
 use super::{no_quorum, ClusterService, Joined};
@@ -256,54 +255,6 @@ impl ClusterService {
         Ok(self.status().await)
     }
 
-    async fn del(
-        self: &Arc<Self>,
-        joined: &Joined,
-        sel: NodeSelector,
-    ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
-        let state = joined.state();
-        let ids = resolve_for_del(&sel, &state, self.ctx.node_id())?;
-        let remaining: Vec<&MemberRecord> = state
-            .members
-            .values()
-            .filter(|m| !ids.contains(&m.id))
-            .collect();
-        if remaining.is_empty() {
-            return Err(err(
-                ErrorKind::Conflict,
-                "cannot remove every member of the cluster; use `krgadm cluster stop`",
-            ));
-        }
-        if !remaining.iter().any(|m| m.state == NodeState::Online) {
-            return Err(err(
-                ErrorKind::Conflict,
-                "this change would leave no online member",
-            ));
-        }
-        let result = self
-            .commit(joined, ClusterCommand::Remove(ids.clone()))
-            .await?;
-        self.rebalance_voters(joined).await?;
-        let me = self.ctx.node_id();
-        for id in ids.iter().filter(|id| **id != me) {
-            let _ = call(
-                &self.ctx.peers,
-                *id,
-                ClusterPeerRequest::Evict {
-                    cluster: joined.uid,
-                },
-                Duration::from_secs(1),
-            )
-            .await;
-        }
-        self.wait_everywhere(joined, result.epoch).await;
-        let status = self.status().await;
-        if ids.contains(&me) {
-            self.leave(Some(joined.uid)).await;
-        }
-        Ok(status)
-    }
-
     async fn stop(
         self: &Arc<Self>,
         joined: &Joined,
@@ -430,7 +381,7 @@ impl ClusterService {
     }
 
     /// Wait (bounded) until every online member reports `epoch`.
-    async fn wait_everywhere(&self, joined: &Joined, epoch: u64) {
+    pub(super) async fn wait_everywhere(&self, joined: &Joined, epoch: u64) {
         let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
         let me = self.ctx.node_id();
         loop {

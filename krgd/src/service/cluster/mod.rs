@@ -6,7 +6,8 @@
 //! * [`instance`]: this node's Raft instance (join, resume from disk, leave).
 //! * [`store`] / [`network`]: openraft storage and transport; [`disk`] and
 //!   [`writer`]: the Raft state on disk.
-//! * [`membership`]: changes run by the Raft leader (start, add, del, stop).
+//! * [`membership`]: changes run by the Raft leader (start, add, stop);
+//!   [`leave`]: removal, with the `leaving` state and the hand-over hook.
 //! * [`selection`]: which nodes a change names, and which members vote.
 //! * [`detector`]: the leader's liveness probes, marking members failed.
 //! * [`report`]: status rows and the published [`ClusterView`](crate::context::ClusterView).
@@ -15,6 +16,7 @@ mod detector;
 mod discovery;
 mod disk;
 mod instance;
+mod leave;
 mod membership;
 mod network;
 mod report;
@@ -37,6 +39,7 @@ use tokio::task::JoinHandle;
 
 use self::discovery::Discovery;
 pub(crate) use self::instance::Joined;
+pub use self::leave::HandOver;
 use crate::caller::Caller;
 use crate::context::NodeContext;
 use crate::peers::PeerCallError;
@@ -59,6 +62,8 @@ pub struct ClusterService {
     /// Serialises membership changes on the leader.
     change_lock: tokio::sync::Mutex<()>,
     view_task: Mutex<Option<JoinHandle<()>>>,
+    /// Services asked before a leaving node is removed (none yet).
+    handovers: std::sync::RwLock<Vec<Arc<dyn HandOver>>>,
 }
 
 impl ClusterService {
@@ -71,6 +76,7 @@ impl ClusterService {
             leader_contact: Mutex::new(None),
             change_lock: tokio::sync::Mutex::new(()),
             view_task: Mutex::new(None),
+            handovers: std::sync::RwLock::default(),
         });
         let weak = Arc::downgrade(&svc);
         let me = {

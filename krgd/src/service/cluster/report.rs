@@ -33,7 +33,7 @@ impl ClusterService {
         let online = state.online().count();
         let health = if self.reachable_leader(&joined).is_err() {
             Health::NoQuorum
-        } else if online < state.members.len() {
+        } else if state.members.values().any(|m| m.state == NodeState::Failed) {
             Health::Degraded
         } else {
             Health::Healthy
