@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 pub mod admin;
+pub mod faults;
 pub mod netlab;
 pub mod serf;
 
@@ -260,7 +261,11 @@ impl TestCluster {
             }
             None => Command::new(&self.binary),
         };
-        let logfile = std::fs::File::create(&log)?;
+        // Appended to: a restarted node's log follows the earlier runs'.
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         cmd.args(&args)
             .env(
                 "RUST_LOG",

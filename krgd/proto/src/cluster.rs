@@ -113,6 +113,9 @@ pub struct ClusterStatus {
     pub this_node: NodeId,
     /// Incremented by every committed membership change.
     pub epoch: u64,
+    /// The Raft term this node is in (0 outside a cluster): with `leader`,
+    /// lets a test check that no term ever has two leaders.
+    pub term: u64,
     pub leader: Option<NodeId>,
     pub members: Vec<NodeId>,
     pub online: usize,
@@ -162,10 +165,15 @@ pub enum ClusterPeerRequest {
     /// forwards so a request never circles while leadership moves.
     Forward { req: ClusterRequest, hops: u8 },
     /// Join cluster `cluster`: start a Raft instance so the leader can
-    /// replicate to this node (sent before the node is added).
-    Welcome { cluster: u64 },
+    /// replicate to this node (sent before the node is added). `epoch` is
+    /// the leader's epoch when it decided to add the node: the node will be
+    /// a member after it.
+    Welcome { cluster: u64, epoch: u64 },
     /// Leave cluster `cluster`: drop the Raft instance, become present.
-    Evict { cluster: u64 },
+    /// `epoch` is the sender's epoch when it decided the node is out; a node
+    /// that knows of a later epoch (it was re-added since, or welcomed
+    /// after it) ignores the eviction, which may have been delayed.
+    Evict { cluster: u64, epoch: u64 },
     /// Who are you, and whom do you know (presence discovery over TCP).
     Describe { from: Presence },
 }

@@ -193,10 +193,12 @@ async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::stat
         if p.cluster == Some(joined.uid) && !state.is_member(p.node) {
             tracing::info!(
                 node = p.node,
+                epoch = state.epoch,
                 "a former member still claims this cluster; evicting it"
             );
             let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
+                epoch: state.epoch,
             };
             let _ = call(&svc.ctx.peers, p.node, evict, svc.ctx.config.heartbeat).await;
         }

@@ -3,7 +3,7 @@
 //! stopped when krgd stops (state kept) and dropped when the node leaves its
 //! cluster (state deleted).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,28 @@ pub(crate) struct Joined {
     pub state: watch::Receiver<ClusterState>,
     disk: Arc<Writer>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The epoch after which the leader that welcomed this instance meant
+    /// to add it, plus one (0: resumed from disk, or not welcomed).
+    welcome_epoch: AtomicU64,
 }
 
 impl Joined {
     pub(super) fn state(&self) -> ClusterState {
         self.state.borrow().clone()
+    }
+
+    /// A leader welcomed this instance at its epoch `epoch`.
+    pub(super) fn welcomed_at(&self, epoch: u64) {
+        self.welcome_epoch
+            .fetch_max(epoch.saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// The latest epoch this instance knows it belongs to the cluster at.
+    fn known_epoch(&self) -> u64 {
+        self.state
+            .borrow()
+            .epoch
+            .max(self.welcome_epoch.load(Ordering::SeqCst))
     }
 }
 
@@ -147,6 +164,7 @@ impl ClusterService {
             state: state_rx,
             disk: writer,
             tasks: Mutex::default(),
+            welcome_epoch: AtomicU64::new(0),
         });
         let tasks = vec![
             tokio::spawn(self.clone().follow_state(joined.clone())),
@@ -163,6 +181,27 @@ impl ClusterService {
     pub(super) async fn leave(&self, uid: Option<u64>) {
         self.leave_if(|j| uid.is_none_or(|u| u == j.uid), Forget::Yes)
             .await
+    }
+
+    /// `by` says this node is out of cluster `uid` as of its epoch `epoch`.
+    /// Obeyed unless this node knows of a later epoch of its membership: a
+    /// delayed eviction must not end a membership that began after it.
+    pub(super) async fn evicted(&self, by: krg_proto::NodeId, uid: u64, epoch: u64) {
+        let Some(j) = self.joined().await.filter(|j| j.uid == uid) else {
+            return;
+        };
+        let known = j.known_epoch();
+        if known > epoch {
+            tracing::info!(
+                by,
+                epoch,
+                known,
+                "ignored an eviction older than this membership"
+            );
+            return;
+        }
+        tracing::info!(by, epoch, "told to leave the cluster");
+        self.leave_if(|cur| Arc::ptr_eq(cur, &j), Forget::Yes).await
     }
 
     /// krgd stops: stop Raft, keep its state for the restart.
@@ -213,6 +252,7 @@ impl ClusterService {
     /// cluster is dissolved or this node was removed.
     async fn follow_state(self: Arc<Self>, joined: Arc<Joined>) {
         let mut rx = joined.state.clone();
+        let me_id = self.ctx.node_id();
         loop {
             self.publish_view().await;
             let state = rx.borrow_and_update().clone();
@@ -234,10 +274,25 @@ impl ClusterService {
                     tokio::time::sleep(grace).await;
                     let state = joined.state();
                     if state.dissolved || !state.is_member(me) {
+                        tracing::info!(
+                            epoch = state.epoch,
+                            "no longer a member of the cluster; leaving"
+                        );
                         svc.leave_instance(&joined).await;
                     }
                 });
-                return;
+                if state.dissolved {
+                    return;
+                }
+                // Keep following: the node may be re-added meanwhile (the
+                // delayed leave checks again), or removed again later.
+                while rx.changed().await.is_ok() {
+                    self.publish_view().await;
+                    if rx.borrow_and_update().is_member(me_id) {
+                        break;
+                    }
+                }
+                continue;
             }
             if rx.changed().await.is_err() {
                 return;

@@ -163,6 +163,7 @@ impl ClusterService {
         for id in ids.iter().filter(|id| **id != me) {
             let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
+                epoch: result.epoch,
             };
             let _ = call(&self.ctx.peers, *id, evict, Duration::from_secs(1)).await;
         }

@@ -71,7 +71,7 @@ impl ClusterService {
         // cluster still looks busy), so ask everyone: a node really in another
         // cluster refuses the welcome and is left out.
         let started = std::time::Instant::now();
-        let welcomed = self.welcome_all(&present, uid).await;
+        let welcomed = self.welcome_all(&present, uid, 0).await;
         tracing::debug!(took = ?started.elapsed(), "founders welcomed");
         for refusal in welcomed.iter().filter_map(|r| r.as_ref().err()) {
             tracing::info!(reason = %refusal.message, "present node not included");
@@ -101,7 +101,10 @@ impl ClusterService {
                 let _ = call(
                     &self.ctx.peers,
                     p.node,
-                    ClusterPeerRequest::Evict { cluster: uid },
+                    ClusterPeerRequest::Evict {
+                        cluster: uid,
+                        epoch: u64::MAX,
+                    },
                     Duration::from_secs(1),
                 )
                 .await;
@@ -169,13 +172,22 @@ impl ClusterService {
         Ok(self.status().await)
     }
 
-    /// Welcome each node into cluster `uid` (they start Raft instances).
-    async fn welcome_all(&self, nodes: &[Presence], uid: u64) -> Vec<Result<Presence, AdminError>> {
+    /// Welcome each node into cluster `uid` (they start Raft instances); the
+    /// leader is at `epoch`.
+    async fn welcome_all(
+        &self,
+        nodes: &[Presence],
+        uid: u64,
+        epoch: u64,
+    ) -> Vec<Result<Presence, AdminError>> {
         let calls = nodes.iter().map(|p| async move {
             match call(
                 &self.ctx.peers,
                 p.node,
-                ClusterPeerRequest::Welcome { cluster: uid },
+                ClusterPeerRequest::Welcome {
+                    cluster: uid,
+                    epoch,
+                },
                 Duration::from_secs(3),
             )
             .await
@@ -233,7 +245,7 @@ impl ClusterService {
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
         let nodes = resolve_for_add(&sel, &state, &present)?;
         let t0 = std::time::Instant::now();
-        for r in self.welcome_all(&nodes, joined.uid).await {
+        for r in self.welcome_all(&nodes, joined.uid, state.epoch).await {
             r?;
         }
         let welcomed = t0.elapsed();
@@ -265,8 +277,10 @@ impl ClusterService {
         // former member to leave, so that none stays behind in a dead cluster.
         let me = self.ctx.node_id();
         let evictions = members.iter().filter(|id| **id != me).map(|id| {
+            // The cluster is over: no later epoch of it can exist.
             let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
+                epoch: u64::MAX,
             };
             call(&self.ctx.peers, *id, evict, Duration::from_secs(1))
         });

@@ -220,11 +220,13 @@ impl ClusterService {
                     .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e))
             }
             ClusterPeerRequest::Forward { req, hops } => self.forwarded(from, req, hops).await,
-            ClusterPeerRequest::Welcome { cluster } => {
-                self.join(cluster).await.map(|_| ClusterPeerReply::Ack)
+            ClusterPeerRequest::Welcome { cluster, epoch } => {
+                let joined = self.join(cluster).await?;
+                joined.welcomed_at(epoch);
+                Ok(ClusterPeerReply::Ack)
             }
-            ClusterPeerRequest::Evict { cluster } => {
-                self.leave(Some(cluster)).await;
+            ClusterPeerRequest::Evict { cluster, epoch } => {
+                self.evicted(from.node, cluster, epoch).await;
                 Ok(ClusterPeerReply::Ack)
             }
             ClusterPeerRequest::Describe { from: asker } => {
