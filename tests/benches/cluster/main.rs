@@ -95,7 +95,7 @@ fn bench_plan() -> Result<Vec<(u32, u32)>> {
             let runs: u32 = runs
                 .parse()
                 .with_context(|| format!("KRG_BENCH_NODES: {item:?} is not N or NxRUNS"))?;
-            if n < 2 || n > 1000 || runs == 0 {
+            if !(2..=1000).contains(&n) || runs == 0 {
                 bail!("KRG_BENCH_NODES: {item:?}: N must be 2..=1000 and RUNS at least 1");
             }
             Ok((n, runs))

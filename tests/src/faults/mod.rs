@@ -30,7 +30,7 @@ impl Rng {
         Self(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -40,7 +40,7 @@ impl Rng {
 
     /// A number in `lo..=hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
+        lo + self.next_u64() % (hi - lo + 1)
     }
 
     pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
@@ -65,7 +65,7 @@ impl Campaign {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1);
-            Rng::new(t ^ u64::from(std::process::id())).next() % 1_000_000_000
+            Rng::new(t ^ u64::from(std::process::id())).next_u64() % 1_000_000_000
         });
         Self {
             nodes: env("KRG_FAULTS_NODES")
@@ -173,7 +173,7 @@ pub fn run(cfg: &Campaign) -> Result<Summary> {
                 *id,
                 socket,
                 ids.clone(),
-                Rng::new(rng.next()),
+                Rng::new(rng.next_u64()),
                 shared.clone(),
             )
         })

@@ -72,7 +72,7 @@ fn torn_last_record_is_dropped_and_the_file_cut() {
         );
     }
     // Zeros where the record should be (size grew, data never written).
-    append(&dir, &vec![0u8; 64]);
+    append(&dir, &[0u8; 64]);
     assert_eq!(load(d.path()).unwrap().unwrap().log.entries.len(), 1);
     // The full record with a flipped last byte, at the end: torn too.
     let mut bad = second.clone();
