@@ -190,12 +190,23 @@ pub struct Observation {
 }
 
 /// Invariants over every status answer: one leader per term, one member
-/// set per epoch, and epochs that never go back within one run of a krgd.
-pub fn invariant_anomalies(obs: &[Observation]) -> Vec<String> {
+/// set per epoch, and epochs that never go back within one run of a krgd
+/// unless the node was added again in between (a re-added node replays the
+/// cluster's history from its start: its epoch climbs again). `history`
+/// gives the adds.
+pub fn invariant_anomalies(obs: &[Observation], history: &[Event]) -> Vec<String> {
+    let readded = |node: u32, from: u64, to: u64| {
+        history.iter().any(|e| {
+            e.op == Op::Add(node)
+                && matches!(e.outcome, Outcome::Ok | Outcome::Unknown)
+                && e.invoked <= to
+                && (e.outcome == Outcome::Unknown || e.completed >= from)
+        })
+    };
     let mut out = Vec::new();
     let mut leaders: std::collections::BTreeMap<u64, BTreeSet<u32>> = Default::default();
     let mut sets: std::collections::BTreeMap<u64, BTreeSet<u32>> = Default::default();
-    let mut last: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
+    let mut last: std::collections::BTreeMap<(u32, u32), (u64, u64)> = Default::default();
     let mut sorted: Vec<&Observation> = obs.iter().collect();
     sorted.sort_by_key(|o| o.at);
     for o in sorted {
@@ -215,8 +226,8 @@ pub fn invariant_anomalies(obs: &[Observation]) -> Vec<String> {
             }
         }
         let key = (o.node, o.incarnation);
-        if let Some(prev) = last.get(&key) {
-            if o.epoch < *prev && o.epoch > 0 {
+        if let Some((prev, prev_at)) = last.get(&key) {
+            if o.epoch < *prev && o.epoch > 0 && !readded(o.node, *prev_at, o.at) {
                 out.push(format!(
                     "node {} went back from epoch {prev} to {} without restarting",
                     o.node, o.epoch
@@ -224,7 +235,7 @@ pub fn invariant_anomalies(obs: &[Observation]) -> Vec<String> {
             }
         }
         if o.epoch > 0 {
-            last.insert(key, o.epoch);
+            last.insert(key, (o.epoch, o.at));
         }
     }
     for (term, ls) in leaders {
@@ -356,14 +367,30 @@ mod tests {
             leader,
             members: set(members),
         };
-        assert!(
-            invariant_anomalies(&[o(1, 2, Some(1), 3, &[1, 2]), o(2, 2, Some(1), 3, &[1, 2])])
-                .is_empty()
+        assert!(invariant_anomalies(
+            &[o(1, 2, Some(1), 3, &[1, 2]), o(2, 2, Some(1), 3, &[1, 2])],
+            &[]
+        )
+        .is_empty());
+        let two = invariant_anomalies(
+            &[o(1, 2, Some(1), 3, &[1, 2]), o(2, 2, Some(2), 3, &[1, 2])],
+            &[],
         );
-        let two =
-            invariant_anomalies(&[o(1, 2, Some(1), 3, &[1, 2]), o(2, 2, Some(2), 3, &[1, 2])]);
         assert!(two[0].contains("term 2 had several leaders"), "{two:?}");
-        let split = invariant_anomalies(&[o(1, 2, None, 3, &[1, 2]), o(2, 2, None, 3, &[1])]);
+        let split = invariant_anomalies(&[o(1, 2, None, 3, &[1, 2]), o(2, 2, None, 3, &[1])], &[]);
         assert!(split[0].contains("epoch 3"), "{split:?}");
+        // Going back is an anomaly, unless the node was added again.
+        let mut later = o(1, 2, None, 2, &[1]);
+        later.at = 10;
+        let back = [o(1, 2, None, 3, &[1, 2]), later];
+        assert!(invariant_anomalies(&back, &[])[0].contains("went back"));
+        let readd = Event {
+            client: 2,
+            op: Op::Add(1),
+            outcome: Outcome::Ok,
+            invoked: 2,
+            completed: 5,
+        };
+        assert!(invariant_anomalies(&back, &[readd]).is_empty());
     }
 }

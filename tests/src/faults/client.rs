@@ -88,6 +88,7 @@ pub fn classify(add: bool, stderr: &str) -> Outcome {
     // asked or on the leader), or never delivered to a krgd.
     let untouched = [
         "no krgd listens at",
+        "no quorum: this node cannot reach a majority",
         "leadership moved to another node; run the command again",
         "leadership is moving; run the command again",
         "cannot join:",

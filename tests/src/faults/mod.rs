@@ -221,7 +221,8 @@ pub fn run(cfg: &Campaign) -> Result<Summary> {
         *s.by_outcome.entry(k).or_default() += 1;
     }
     s.anomalies = check::check_members(&initial, &history, &ids);
-    s.anomalies.extend(check::invariant_anomalies(&obs));
+    s.anomalies
+        .extend(check::invariant_anomalies(&obs, &history));
     Ok(s)
 }
 

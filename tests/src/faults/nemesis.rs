@@ -35,9 +35,12 @@ pub(crate) fn run(
         let kind = rng.range(0, 4);
         let hold = match kind {
             0 => {
+                // A new run of krgd from now on: its answers may go back to
+                // the committed index it saved.
+                bump(shared, victim);
                 c.node(victim)?.kill9();
                 std::thread::sleep(rng.millis(200, 3000));
-                restart(c, victim, shared)?;
+                restart(c, victim)?;
                 "kill -9 and restart"
             }
             1 => {
@@ -81,7 +84,7 @@ pub(crate) fn run(
     Ok(())
 }
 
-fn restart(c: &mut TestCluster, id: u32, shared: &Shared) -> Result<()> {
+fn restart(c: &mut TestCluster, id: u32) -> Result<()> {
     // A killed daemon's PID and port may take a moment to be released.
     let mut tries = 0;
     loop {
@@ -94,6 +97,10 @@ fn restart(c: &mut TestCluster, id: u32, shared: &Shared) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+fn bump(shared: &Shared, id: u32) {
     if let Some(slot) = shared
         .incarnation
         .lock()
@@ -102,7 +109,6 @@ fn restart(c: &mut TestCluster, id: u32, shared: &Shared) -> Result<()> {
     {
         *slot += 1;
     }
-    Ok(())
 }
 
 /// End every fault: links healed, paused daemons resumed, dead ones restarted.
@@ -114,7 +120,8 @@ pub(crate) fn heal(c: &mut TestCluster, shared: &Shared) -> Result<()> {
     for id in ids {
         signal(c, id, libc::SIGCONT);
         if !c.node(id)?.is_running() {
-            restart(c, id, shared)?;
+            bump(shared, id);
+            restart(c, id)?;
         }
     }
     Ok(())

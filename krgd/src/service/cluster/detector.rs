@@ -168,7 +168,7 @@ async fn revive(
         joined.raft.add_learner(id as u64, node, false),
     )
     .await
-    .map_err(|_| super::no_quorum())?
+    .map_err(|_| super::not_committed_in_time())?
     .map_err(|e| {
         krg_proto::admin::AdminError::new(krg_proto::admin::ErrorKind::Unavailable, e.to_string())
     })?;

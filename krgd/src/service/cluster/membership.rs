@@ -19,7 +19,7 @@ use super::network::call;
 use super::selection::{pick_voters, resolve_for_add};
 use super::state::{ClusterCommand, CommandResult, MemberRecord};
 use super::store::RaftNodeId;
-use super::{no_quorum, ClusterService, Joined};
+use super::{no_quorum, not_committed_in_time, ClusterService, Joined};
 
 /// How long a single Raft write may wait for a quorum.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -318,7 +318,7 @@ impl ClusterService {
     ) -> Result<CommandResult, AdminError> {
         let resp = tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.client_write(cmd))
             .await
-            .map_err(|_| no_quorum())?
+            .map_err(|_| not_committed_in_time())?
             .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
         Ok(resp.data)
     }
@@ -389,7 +389,7 @@ impl ClusterService {
     ) -> Result<(), AdminError> {
         tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.change_membership(change, true))
             .await
-            .map_err(|_| no_quorum())?
+            .map_err(|_| not_committed_in_time())?
             .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
         Ok(())
     }

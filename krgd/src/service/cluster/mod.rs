@@ -361,6 +361,16 @@ fn not_in_cluster() -> AdminError {
     )
 }
 
+/// A change was proposed but not committed within the bound: it may still
+/// be, by this leader or the next (unlike [`no_quorum`], which is said
+/// before anything is proposed).
+fn not_committed_in_time() -> AdminError {
+    AdminError::new(
+        ErrorKind::NoQuorum,
+        "no quorum: the change was proposed but not committed in time; it may still be — check `krgadm cluster status`",
+    )
+}
+
 fn no_quorum() -> AdminError {
     AdminError::new(
         ErrorKind::NoQuorum,
