@@ -9,6 +9,7 @@ pub fn status(s: &ClusterStatus, as_json: bool) {
             "session": s.session,
             "this_node": s.this_node,
             "epoch": s.epoch,
+            "term": s.term,
             "leader": s.leader,
             "members": s.members,
             "online": s.online,
@@ -22,10 +23,11 @@ pub fn status(s: &ClusterStatus, as_json: bool) {
     println!("node:     {} (answering)", s.this_node);
     println!("epoch:    {}", s.epoch);
     println!(
-        "leader:   {}",
+        "leader:   {} (term {})",
         s.leader
             .map(|l| l.to_string())
-            .unwrap_or_else(|| "none".into())
+            .unwrap_or_else(|| "none".into()),
+        s.term
     );
     println!(
         "members:  {} ({} online): {}",

@@ -46,6 +46,14 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// A Raft state file under `--data-dir` is damaged (not a torn last log
+    /// record, which is dropped): krgd refuses to guess what it held.
+    #[error("Raft state {}: {reason}; move {} away to start this node outside its cluster (then re-add it with `krgadm nodes add`)", path.display(), dir.display())]
+    RaftState {
+        path: PathBuf,
+        dir: PathBuf,
+        reason: String,
+    },
     #[error("{0}")]
     Proto(#[from] krg_proto::ProtoError),
     /// The scheduler tree could not be mounted (FUSE, or its directory).

@@ -4,7 +4,10 @@
 //! processes by PID, namespaces by name — when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
+pub mod admin;
+pub mod faults;
 pub mod netlab;
+pub mod serf;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -262,7 +265,11 @@ impl TestCluster {
             }
             None => Command::new(&self.binary),
         };
-        let logfile = std::fs::File::create(&log)?;
+        // Appended to: a restarted node's log follows the earlier runs'.
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         cmd.args(&args)
             .env(
                 "RUST_LOG",

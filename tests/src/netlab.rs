@@ -93,6 +93,38 @@ impl NetLab {
         ])
     }
 
+    /// Split the bridge: the nodes of `group` move to a second bridge, where
+    /// they see each other but not the rest.
+    pub fn split(&self, group: &[u32]) -> Result<()> {
+        let br = self.bridge_ns();
+        if !self.has_second_bridge() {
+            ip(&["-n", &br, "link", "add", "br1", "type", "bridge"])?;
+            ip(&["-n", &br, "link", "set", "br1", "up"])?;
+        }
+        for id in group {
+            ip(&["-n", &br, "link", "set", &format!("v{id}"), "master", "br1"])?;
+        }
+        Ok(())
+    }
+
+    fn has_second_bridge(&self) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.bridge_ns(), "link", "show", "br1"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Undo every split and isolation: all veths up, on the first bridge.
+    pub fn heal_all(&self) -> Result<()> {
+        let br = self.bridge_ns();
+        for id in 1..=self.count {
+            let port = format!("v{id}");
+            ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &br, "link", "set", &port, "up"])?;
+        }
+        Ok(())
+    }
+
     pub fn heal(&self, id: u32) -> Result<()> {
         ip(&[
             "-n",

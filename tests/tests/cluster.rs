@@ -274,15 +274,27 @@ fn killed_member_is_detected_and_can_come_back() -> Result<()> {
     // The cluster goes on: views agree and changes still commit.
     c.wait_agreement(&survivors, SETTLE)?;
 
-    // The node restarts: present again (not failed), then re-added.
+    // The node restarts with its Raft state: it is online again, without
+    // being re-added, and catches up with what it missed.
+    let epoch_failed = c.view(leader)?.1;
     c.start(victim)?;
-    wait_for(SETTLE, "restarted node to be present", || {
-        (c.node_states(leader).ok()?.get(&victim)? == "present").then_some(())
+    wait_for(SETTLE, "restarted node to be online again", || {
+        (c.node_states(leader).ok()?.get(&victim)? == "online").then_some(())
     })?;
-    c.krgadm_ok(survivors[1], &["nodes", "add", "-n", &victim.to_string()])?;
-    let (members, _) = c.wait_agreement(&[1, 2, 3, 4], SETTLE)?;
+    let (members, epoch) = c.wait_agreement(&[1, 2, 3, 4], SETTLE)?;
     assert_eq!(members, vec![1, 2, 3, 4]);
+    assert!(epoch > epoch_failed, "coming back is a committed change");
     assert_eq!(c.status(victim)?["health"], "healthy");
+    // It is a full member: a change made through it commits everywhere.
+    c.krgadm_ok(victim, &["nodes", "del", "-n", &survivors[1].to_string()])?;
+    let rest: Vec<u32> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|id| *id != survivors[1])
+        .collect();
+    assert_eq!(
+        c.wait_agreement(&rest, SETTLE)?.0,
+        rest.iter().map(|i| *i as u64).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -416,5 +428,82 @@ fn soak_16_idle_nodes_without_false_positives() -> Result<()> {
     }
     assert_eq!(c.wait_agreement(&ids, Duration::from_secs(30))?.1, epoch);
     eprintln!("soak: 16 nodes idle for {secs} s, no false positive, epoch {epoch}");
+    Ok(())
+}
+
+#[test]
+fn deleted_live_node_goes_leaving_then_gone_and_never_failed() -> Result<()> {
+    use krg_proto::cluster::NodeState;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _g = serial();
+    let mut c = TestCluster::loopback(4)?;
+    formed(&mut c, &[1, 2, 3, 4], 1)?;
+    c.wait_agreement(&[1, 2, 3, 4], SETTLE)?;
+    let sockets: Vec<_> = (1..=4).map(|id| c.nodes[&id].socket.clone()).collect();
+    let pool = krg_tests::admin::AdminPool::new(&sockets)?;
+    let stop = AtomicBool::new(false);
+    // Every state of node 4 each node reports, in order, while it is removed.
+    let seen = std::thread::scope(|s| -> Result<Vec<Vec<Option<NodeState>>>> {
+        let watcher = s.spawn(|| {
+            let mut seen: Vec<Vec<Option<NodeState>>> = vec![Vec::new(); 4];
+            while !stop.load(Ordering::Relaxed) {
+                for (i, states) in seen.iter_mut().enumerate() {
+                    let Some(rows) = pool.nodes(i) else { continue };
+                    let st = rows.iter().find(|r| r.id == 4).map(|r| r.state);
+                    if states.last() != Some(&st) {
+                        states.push(st);
+                    }
+                }
+            }
+            seen
+        });
+        let out = c.krgadm(2, &["nodes", "del", "-n4"]);
+        let done = wait_for(SETTLE, "node 4 present again everywhere", || {
+            (1..=3)
+                .all(|i| {
+                    pool.nodes(i - 1).is_some_and(|rows| {
+                        rows.iter()
+                            .any(|r| r.id == 4 && r.state == NodeState::Present)
+                    })
+                })
+                .then_some(())
+        });
+        stop.store(true, Ordering::Relaxed);
+        let seen = watcher.join().unwrap();
+        let out = out?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        done?;
+        Ok(seen)
+    })?;
+    for (i, states) in seen.iter().enumerate().take(3) {
+        assert!(
+            !states.contains(&Some(NodeState::Failed)),
+            "node {} reported 4 failed: {states:?}",
+            i + 1
+        );
+        // Online, then leaving (when this poller caught it), then present.
+        let order = |s: &Option<NodeState>| match s {
+            Some(NodeState::Online) => 0,
+            Some(NodeState::Leaving) => 1,
+            _ => 2,
+        };
+        assert!(
+            states.windows(2).all(|w| order(&w[0]) <= order(&w[1])),
+            "node {}: {states:?}",
+            i + 1
+        );
+    }
+    assert!(
+        seen.iter()
+            .take(3)
+            .any(|s| s.contains(&Some(NodeState::Leaving))),
+        "no node showed 4 leaving: {seen:?}"
+    );
+    assert!(!c
+        .nodes
+        .values()
+        .any(|n| n.log_text().contains("marking it failed")));
+    assert_eq!(c.status(4)?["health"], "not started");
+    assert_eq!(c.wait_agreement(&[1, 2, 3], SETTLE)?.0, vec![1, 2, 3]);
     Ok(())
 }

@@ -122,6 +122,9 @@ pub struct ClusterStatus {
     pub this_node: NodeId,
     /// Incremented by every committed membership change.
     pub epoch: u64,
+    /// The Raft term this node is in (0 outside a cluster): with `leader`,
+    /// lets a test check that no term ever has two leaders.
+    pub term: u64,
     /// The current Raft leader, as the answering node knows it (`None` when
     /// no cluster is started or an election is under way).
     pub leader: Option<NodeId>,
@@ -200,11 +203,18 @@ pub enum ClusterPeerRequest {
     Welcome {
         /// The id of the cluster to join.
         cluster: u64,
+        /// The leader's epoch when it decided to add the node: the node
+        /// will be a member after it.
+        epoch: u64,
     },
     /// Leave cluster `cluster`: drop the Raft instance, become present.
     Evict {
         /// The id of the cluster to leave (ignored if the node is in another).
         cluster: u64,
+        /// The sender's epoch when it decided the node is out; a node that
+        /// knows of a later epoch (it was re-added since, or welcomed after
+        /// it) ignores the eviction, which may have been delayed.
+        epoch: u64,
     },
     /// Who are you, and whom do you know (presence discovery over TCP).
     Describe {

@@ -50,7 +50,8 @@ pub type SessionId = u32;
 ///
 /// 3: every frame after the handshake is sealed (AES-256-GCM, see
 /// [`seal`]) instead of CRC-checked; presence datagrams carry a timestamp
-/// and a nonce under their MAC.
+/// and a nonce under their MAC; `Welcome` and `Evict` carry the sender's
+/// epoch and `ClusterStatus` the Raft term.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 pub use keyfile::{

@@ -3,8 +3,11 @@
 //! Every `heartbeat` the leader pings every member. A member with no answer
 //! for `failure_timeout` is committed as failed (so every member sees it),
 //! and the Raft voters are rebalanced without it. A failed member that
-//! answers again, or a member that answers from a fresh krgd (it restarted),
-//! is removed from the table: it is *present* again and may be re-added.
+//! answers again from within the cluster (it came back from a partition, or
+//! restarted with its Raft state on disk) is online again: it rejoins Raft
+//! as a learner, catches up and may vote again. A member that answers from
+//! outside the cluster (its state was lost, or it was evicted) is removed
+//! from the table: it is *present* again and may be re-added.
 //!
 //! Members watch the leader through Raft itself: when it dies an election
 //! follows within the election timeout, and the new leader probes the old one
@@ -63,6 +66,7 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
                 if let Err(e) = svc.rebalance_voters(&joined).await {
                     tracing::debug!(error = %e.message, "rebalance after election");
                 }
+                svc.finish_leaves(&joined).await;
             }
         }
         // Not while a change runs: a node being added is welcomed (and so
@@ -83,6 +87,7 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
         let results = futures::future::join_all(probes).await;
         let now = Instant::now();
         let mut failed = Vec::new();
+        let mut revived = Vec::new();
         let mut returned = Vec::new();
         for ((id, st), result) in targets.into_iter().zip(results) {
             match (st, result) {
@@ -95,13 +100,16 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
                         failed.push(id);
                     }
                 }
-                // Came back from a partition still holding our Raft state.
-                (NodeState::Failed, Probe::Alive) => returned.push((id, true)),
-                (_, Probe::Outside) => returned.push((id, false)),
+                // Came back (partition healed, or restarted from disk).
+                (NodeState::Failed, Probe::Alive) => {
+                    last_ok.insert(id, now);
+                    revived.push(id);
+                }
+                (_, Probe::Outside) => returned.push(id),
                 _ => {}
             }
         }
-        if failed.is_empty() && returned.is_empty() {
+        if failed.is_empty() && revived.is_empty() && returned.is_empty() {
             continue;
         }
         // Do not interleave with an administrator's change; retry next round.
@@ -124,28 +132,55 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
                 break;
             }
         }
-        if !returned.is_empty() {
-            let ids: Vec<NodeId> = returned.iter().map(|(id, _)| *id).collect();
-            tracing::info!(nodes = ?ids, "failed or restarted members answer again; they are present now");
-            for (id, still_joined) in &returned {
-                if *still_joined {
-                    let _ = call(
-                        &svc.ctx.peers,
-                        *id,
-                        ClusterPeerRequest::Evict {
-                            cluster: joined.uid,
-                        },
-                        heartbeat,
-                    )
-                    .await;
-                }
+        for id in revived {
+            if let Err(e) = revive(&svc, &joined, id).await {
+                tracing::warn!(node = id, error = %e.message, "cannot bring a returning member back");
+                break;
             }
-            let _ = svc.commit(&joined, ClusterCommand::Remove(ids)).await;
+        }
+        if !returned.is_empty() {
+            tracing::info!(nodes = ?returned, "members answer from outside the cluster; they are present now");
+            let _ = svc.commit(&joined, ClusterCommand::Remove(returned)).await;
         }
         if let Err(e) = svc.rebalance_voters(&joined).await {
             tracing::warn!(error = %e.message, "cannot rebalance Raft voters");
         }
     }
+}
+
+/// A failed member answers again from within the cluster: make it a Raft
+/// learner again (the rebalance after this round may make it a voter) and
+/// commit it online.
+async fn revive(
+    svc: &ClusterService,
+    joined: &Joined,
+    id: NodeId,
+) -> Result<(), krg_proto::admin::AdminError> {
+    tracing::info!(node = id, "failed member answers again; it is online");
+    let Some(addr) = joined.state().members.get(&id).map(|m| m.addr) else {
+        return Ok(());
+    };
+    let node = openraft::BasicNode {
+        addr: addr.to_string(),
+    };
+    tokio::time::timeout(
+        svc.ctx.config.failure_timeout,
+        joined.raft.add_learner(id as u64, node, false),
+    )
+    .await
+    .map_err(|_| super::not_committed_in_time())?
+    .map_err(|e| {
+        krg_proto::admin::AdminError::new(krg_proto::admin::ErrorKind::Unavailable, e.to_string())
+    })?;
+    svc.commit(
+        joined,
+        ClusterCommand::SetState {
+            node: id,
+            state: NodeState::Online,
+        },
+    )
+    .await
+    .map(|_| ())
 }
 
 /// A node removed while it was cut off still believes it is a member: its
@@ -158,10 +193,12 @@ async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::stat
         if p.cluster == Some(joined.uid) && !state.is_member(p.node) {
             tracing::info!(
                 node = p.node,
+                epoch = state.epoch,
                 "a former member still claims this cluster; evicting it"
             );
             let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
+                epoch: state.epoch,
             };
             let _ = call(&svc.ctx.peers, p.node, evict, svc.ctx.config.heartbeat).await;
         }

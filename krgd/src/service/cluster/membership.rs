@@ -9,23 +9,20 @@ use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::cluster::{
-    ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelector, NodeState,
-    Presence,
+    ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelector, Presence,
 };
 use krg_proto::NodeId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use super::network::call;
-use super::selection::{pick_voters, resolve_for_add, resolve_for_del};
+use super::selection::{pick_voters, resolve_for_add};
 use super::state::{ClusterCommand, CommandResult, MemberRecord};
 use super::store::RaftNodeId;
-use super::{no_quorum, ClusterService, Joined};
+use super::{no_quorum, not_committed_in_time, ClusterService, Joined};
 
 /// How long a single Raft write may wait for a quorum.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a new node may take to catch up the log as a learner.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for every online member to apply a change.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,7 +70,9 @@ impl ClusterService {
         // Presence may lag a second behind (a node that just left a stopped
         // cluster still looks busy), so ask everyone: a node really in another
         // cluster refuses the welcome and is left out.
-        let welcomed = self.welcome_all(&present, uid).await;
+        let started = std::time::Instant::now();
+        let welcomed = self.welcome_all(&present, uid, 0).await;
+        tracing::debug!(took = ?started.elapsed(), "founders welcomed");
         for refusal in welcomed.iter().filter_map(|r| r.as_ref().err()) {
             tracing::info!(reason = %refusal.message, "present node not included");
         }
@@ -102,7 +101,10 @@ impl ClusterService {
                 let _ = call(
                     &self.ctx.peers,
                     p.node,
-                    ClusterPeerRequest::Evict { cluster: uid },
+                    ClusterPeerRequest::Evict {
+                        cluster: uid,
+                        epoch: u64::MAX,
+                    },
                     Duration::from_secs(1),
                 )
                 .await;
@@ -118,6 +120,7 @@ impl ClusterService {
         voters: BTreeMap<RaftNodeId, BasicNode>,
         founders: &[Presence],
     ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
+        let started = std::time::Instant::now();
         joined
             .raft
             .initialize(voters.clone())
@@ -147,27 +150,44 @@ impl ClusterService {
                     "the new cluster could not commit its first entry in time",
                 )
             })?;
-        for p in founders
+        tracing::debug!(took = ?started.elapsed(), "leader elected, first entry committed");
+        let t0 = std::time::Instant::now();
+        // Every other founder becomes a learner in one membership change;
+        // they catch up while the table is committed.
+        let learners: Vec<&Presence> = founders
             .iter()
             .filter(|p| !voters.contains_key(&(p.node as RaftNodeId)))
-        {
-            self.add_learner(joined, p).await?;
-        }
+            .collect();
         let members = founders.iter().map(MemberRecord::online).collect();
-        let result = self
-            .commit(joined, ClusterCommand::Form { uid, members })
-            .await?;
+        // Both entries go out in the same replication round.
+        let (learned, result) = tokio::join!(
+            self.add_learners(joined, &learners),
+            self.commit(joined, ClusterCommand::Form { uid, members })
+        );
+        learned?;
+        let result = result?;
+        let t2 = t0.elapsed();
         self.wait_everywhere(joined, result.epoch).await;
+        tracing::debug!(learners = learners.len(), committed = ?t2, all_applied = ?t0.elapsed(), "cluster formed");
         Ok(self.status().await)
     }
 
-    /// Welcome each node into cluster `uid` (they start Raft instances).
-    async fn welcome_all(&self, nodes: &[Presence], uid: u64) -> Vec<Result<Presence, AdminError>> {
+    /// Welcome each node into cluster `uid` (they start Raft instances); the
+    /// leader is at `epoch`.
+    async fn welcome_all(
+        &self,
+        nodes: &[Presence],
+        uid: u64,
+        epoch: u64,
+    ) -> Vec<Result<Presence, AdminError>> {
         let calls = nodes.iter().map(|p| async move {
             match call(
                 &self.ctx.peers,
                 p.node,
-                ClusterPeerRequest::Welcome { cluster: uid },
+                ClusterPeerRequest::Welcome {
+                    cluster: uid,
+                    epoch,
+                },
                 Duration::from_secs(3),
             )
             .await
@@ -224,69 +244,27 @@ impl ClusterService {
         let state = joined.state();
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
         let nodes = resolve_for_add(&sel, &state, &present)?;
-        for r in self.welcome_all(&nodes, joined.uid).await {
+        let t0 = std::time::Instant::now();
+        for r in self.welcome_all(&nodes, joined.uid, state.epoch).await {
             r?;
         }
-        for p in &nodes {
-            self.add_learner(joined, p).await?;
-        }
-        let result = self
-            .commit(
-                joined,
-                ClusterCommand::Add(nodes.iter().map(MemberRecord::online).collect()),
-            )
-            .await?;
+        let welcomed = t0.elapsed();
+        let records = nodes.iter().map(MemberRecord::online).collect();
+        let learners: Vec<&Presence> = nodes.iter().collect();
+        // Raft learners and table entry in the same replication round; if
+        // the first fails after the second committed, the next rebalance
+        // adds the missing learners.
+        let (learned, result) = tokio::join!(
+            self.add_learners(joined, &learners),
+            self.commit(joined, ClusterCommand::Add(records))
+        );
+        learned?;
+        let result = result?;
+        let committed = t0.elapsed();
         self.rebalance_voters(joined).await?;
         self.wait_everywhere(joined, result.epoch).await;
+        tracing::debug!(?welcomed, ?committed, all_applied = ?t0.elapsed(), "nodes added");
         Ok(self.status().await)
-    }
-
-    async fn del(
-        self: &Arc<Self>,
-        joined: &Joined,
-        sel: NodeSelector,
-    ) -> Result<krg_proto::cluster::ClusterStatus, AdminError> {
-        let state = joined.state();
-        let ids = resolve_for_del(&sel, &state, self.ctx.node_id())?;
-        let remaining: Vec<&MemberRecord> = state
-            .members
-            .values()
-            .filter(|m| !ids.contains(&m.id))
-            .collect();
-        if remaining.is_empty() {
-            return Err(err(
-                ErrorKind::Conflict,
-                "cannot remove every member of the cluster; use `krgadm cluster stop`",
-            ));
-        }
-        if !remaining.iter().any(|m| m.state == NodeState::Online) {
-            return Err(err(
-                ErrorKind::Conflict,
-                "this change would leave no online member",
-            ));
-        }
-        let result = self
-            .commit(joined, ClusterCommand::Remove(ids.clone()))
-            .await?;
-        self.rebalance_voters(joined).await?;
-        let me = self.ctx.node_id();
-        for id in ids.iter().filter(|id| **id != me) {
-            let _ = call(
-                &self.ctx.peers,
-                *id,
-                ClusterPeerRequest::Evict {
-                    cluster: joined.uid,
-                },
-                Duration::from_secs(1),
-            )
-            .await;
-        }
-        self.wait_everywhere(joined, result.epoch).await;
-        let status = self.status().await;
-        if ids.contains(&me) {
-            self.leave(Some(joined.uid)).await;
-        }
-        Ok(status)
     }
 
     async fn stop(
@@ -299,8 +277,10 @@ impl ClusterService {
         // former member to leave, so that none stays behind in a dead cluster.
         let me = self.ctx.node_id();
         let evictions = members.iter().filter(|id| **id != me).map(|id| {
+            // The cluster is over: no later epoch of it can exist.
             let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
+                epoch: u64::MAX,
             };
             call(&self.ctx.peers, *id, evict, Duration::from_secs(1))
         });
@@ -314,23 +294,20 @@ impl ClusterService {
         })
     }
 
-    /// Add `p` as a Raft learner and wait until it has caught up.
-    async fn add_learner(&self, joined: &Joined, p: &Presence) -> Result<(), AdminError> {
-        tokio::time::timeout(
-            CATCH_UP_TIMEOUT,
-            joined
-                .raft
-                .add_learner(p.node as RaftNodeId, basic(p.addr), true),
-        )
-        .await
-        .map_err(|_| {
-            err(
-                ErrorKind::Unavailable,
-                format!("node {} did not catch up with the cluster in time", p.node),
-            )
-        })?
-        .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
-        Ok(())
+    /// Add `nodes` as Raft learners in one membership change (at the address
+    /// they have now, if Raft knew them elsewhere). The leader
+    /// replicates to them from then on; `wait_everywhere` after the table
+    /// change is what waits for them to have caught up.
+    async fn add_learners(&self, joined: &Joined, nodes: &[&Presence]) -> Result<(), AdminError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let add: BTreeMap<RaftNodeId, BasicNode> = nodes
+            .iter()
+            .map(|p| (p.node as RaftNodeId, basic(p.addr)))
+            .collect();
+        self.change_membership(joined, ChangeMembers::SetNodes(add))
+            .await
     }
 
     /// Append `cmd` to the replicated log and wait for it to be committed.
@@ -341,14 +318,37 @@ impl ClusterService {
     ) -> Result<CommandResult, AdminError> {
         let resp = tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.client_write(cmd))
             .await
-            .map_err(|_| no_quorum())?
+            .map_err(|_| not_committed_in_time())?
             .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
         Ok(resp.data)
     }
 
     /// Make the Raft voters the online members (at most `max_voters`, odd),
-    /// and drop from Raft every node that is not an online member.
+    /// make every other online member a learner, and drop from Raft every
+    /// node that is not an online member.
     pub(super) async fn rebalance_voters(&self, joined: &Joined) -> Result<(), AdminError> {
+        let known: BTreeSet<RaftNodeId> = joined
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let missing: Vec<Presence> = joined
+            .state()
+            .online()
+            .filter(|m| !known.contains(&(m.id as RaftNodeId)))
+            .map(|m| Presence {
+                node: m.id,
+                mac: m.mac,
+                addr: m.addr,
+                cluster: Some(joined.uid),
+            })
+            .collect();
+        self.add_learners(joined, &missing.iter().collect::<Vec<_>>())
+            .await?;
         let metrics = joined.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
@@ -389,13 +389,13 @@ impl ClusterService {
     ) -> Result<(), AdminError> {
         tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.change_membership(change, true))
             .await
-            .map_err(|_| no_quorum())?
+            .map_err(|_| not_committed_in_time())?
             .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
         Ok(())
     }
 
     /// Wait (bounded) until every online member reports `epoch`.
-    async fn wait_everywhere(&self, joined: &Joined, epoch: u64) {
+    pub(super) async fn wait_everywhere(&self, joined: &Joined, epoch: u64) {
         let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
         let me = self.ctx.node_id();
         loop {
@@ -429,7 +429,7 @@ impl ClusterService {
                 }
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

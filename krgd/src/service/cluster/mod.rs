@@ -3,20 +3,27 @@
 //!
 //! * [`discovery`]: which krgds of the session are running (present).
 //! * [`state`]: the replicated member table and its epoch.
-//! * [`store`] / [`network`]: openraft storage and transport.
-//! * [`membership`]: changes run by the Raft leader (start, add, del, stop).
+//! * [`instance`]: this node's Raft instance (join, resume from disk, leave).
+//! * [`store`] / [`network`]: openraft storage and transport; [`disk`] and
+//!   [`writer`]: the Raft state on disk.
+//! * [`membership`]: changes run by the Raft leader (start, add, stop);
+//!   [`leave`]: removal, with the `leaving` state and the hand-over hook.
 //! * [`selection`]: which nodes a change names, and which members vote.
 //! * [`detector`]: the leader's liveness probes, marking members failed.
 //! * [`report`]: status rows and the published [`ClusterView`](crate::context::ClusterView).
 
 mod detector;
 mod discovery;
+mod disk;
+mod instance;
+mod leave;
 mod membership;
 mod network;
 mod report;
 mod selection;
 mod state;
 mod store;
+mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,12 +34,12 @@ use krg_proto::auth::Identity;
 use krg_proto::cluster::{
     ClusterPeerReply, ClusterPeerRequest, ClusterReply, ClusterRequest, NodeSelf, Presence,
 };
-use tokio::sync::{watch, RwLock};
+use tokio::sync::RwLock;
 use tokio::task::JoinHandle;
 
 use self::discovery::Discovery;
-use self::state::ClusterState;
-use self::store::{LogStore, Raft, StateMachine};
+pub(crate) use self::instance::Joined;
+pub use self::leave::HandOver;
 use crate::caller::Caller;
 use crate::context::NodeContext;
 use crate::peers::PeerCallError;
@@ -43,20 +50,6 @@ use crate::DaemonError;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a change may be forwarded before giving up.
 const MAX_HOPS: u8 = 3;
-
-/// This node's membership in one cluster: a Raft instance and its tasks.
-pub(crate) struct Joined {
-    pub uid: u64,
-    pub raft: Raft,
-    pub state: watch::Receiver<ClusterState>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl Joined {
-    fn state(&self) -> ClusterState {
-        self.state.borrow().clone()
-    }
-}
 
 pub struct ClusterService {
     ctx: Arc<NodeContext>,
@@ -69,6 +62,8 @@ pub struct ClusterService {
     /// Serialises membership changes on the leader.
     change_lock: tokio::sync::Mutex<()>,
     view_task: Mutex<Option<JoinHandle<()>>>,
+    /// Services asked before a leaving node is removed (none yet).
+    handovers: std::sync::RwLock<Vec<Arc<dyn HandOver>>>,
 }
 
 impl ClusterService {
@@ -81,6 +76,7 @@ impl ClusterService {
             leader_contact: Mutex::new(None),
             change_lock: tokio::sync::Mutex::new(()),
             view_task: Mutex::new(None),
+            handovers: std::sync::RwLock::default(),
         });
         let weak = Arc::downgrade(&svc);
         let me = {
@@ -93,6 +89,8 @@ impl ClusterService {
             })
         };
         let _ = svc.discovery.set(Discovery::start(ctx, me).await);
+        // Before anything is served: a damaged state stops krgd here.
+        svc.resume().await?;
         let task = tokio::spawn(svc.clone().refresh_view_forever());
         *sync::lock(&svc.view_task) = Some(task);
         Ok(svc)
@@ -105,7 +103,7 @@ impl ClusterService {
         if let Some(d) = self.discovery.get() {
             d.stop();
         }
-        self.leave(None).await;
+        self.stop_raft().await;
     }
 
     fn discovery(&self) -> Option<&Arc<Discovery>> {
@@ -216,17 +214,19 @@ impl ClusterService {
             } => Ok(self.pong(leader, cluster).await),
             ClusterPeerRequest::Raft(rpc) => {
                 let joined = self.joined().await.ok_or_else(not_in_cluster)?;
-                network::serve(&joined.raft, rpc)
+                network::serve(&joined.raft, joined.uid, rpc)
                     .await
                     .map(ClusterPeerReply::Raft)
                     .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e))
             }
             ClusterPeerRequest::Forward { req, hops } => self.forwarded(from, req, hops).await,
-            ClusterPeerRequest::Welcome { cluster } => {
-                self.join(cluster).await.map(|_| ClusterPeerReply::Ack)
+            ClusterPeerRequest::Welcome { cluster, epoch } => {
+                let joined = self.join(cluster).await?;
+                joined.welcomed_at(epoch);
+                Ok(ClusterPeerReply::Ack)
             }
-            ClusterPeerRequest::Evict { cluster } => {
-                self.leave(Some(cluster)).await;
+            ClusterPeerRequest::Evict { cluster, epoch } => {
+                self.evicted(from.node, cluster, epoch).await;
                 Ok(ClusterPeerReply::Ack)
             }
             ClusterPeerRequest::Describe { from: asker } => {
@@ -317,119 +317,6 @@ impl ClusterService {
         }
     }
 
-    /// Start a Raft instance for cluster `uid` (idempotent for the same uid).
-    async fn join(self: &Arc<Self>, uid: u64) -> Result<Arc<Joined>, AdminError> {
-        let mut slot = self.joined.write().await;
-        if let Some(j) = slot.as_ref() {
-            return if j.uid == uid {
-                Ok(j.clone())
-            } else {
-                Err(AdminError::new(
-                    ErrorKind::Conflict,
-                    format!("node {} is already in another cluster", self.ctx.node_id()),
-                ))
-            };
-        }
-        let config = raft_config(&self.ctx).map_err(|e| AdminError::new(ErrorKind::Internal, e))?;
-        let (machine, state_rx) = StateMachine::new();
-        let raft = Raft::new(
-            self.ctx.node_id() as u64,
-            Arc::new(config),
-            network::Network::new(self.ctx.clone()),
-            LogStore::default(),
-            machine,
-        )
-        .await
-        .map_err(|e| AdminError::new(ErrorKind::Internal, format!("cannot start Raft: {e}")))?;
-        let joined = Arc::new(Joined {
-            uid,
-            raft,
-            state: state_rx,
-            tasks: Mutex::default(),
-        });
-        let tasks = vec![
-            tokio::spawn(self.clone().follow_state(joined.clone())),
-            tokio::spawn(detector::run(self.clone(), joined.clone())),
-        ];
-        *sync::lock(&joined.tasks) = tasks;
-        self.joined_uid.store(uid, Ordering::SeqCst);
-        *sync::lock(&self.leader_contact) = Some(Instant::now());
-        *slot = Some(joined.clone());
-        tracing::info!(
-            node = self.ctx.node_id(),
-            cluster = format!("{uid:016x}"),
-            "joined cluster"
-        );
-        Ok(joined)
-    }
-
-    /// Drop this node's Raft instance (only if it belongs to cluster `uid`,
-    /// when given) and become a present node again.
-    async fn leave(&self, uid: Option<u64>) {
-        self.leave_if(|j| uid.is_none_or(|u| u == j.uid)).await
-    }
-
-    /// Leave only if `instance` is still the current Raft instance (a delayed
-    /// leave must not end a membership that began after it was scheduled).
-    async fn leave_instance(&self, instance: &Arc<Joined>) {
-        self.leave_if(|j| Arc::ptr_eq(j, instance)).await
-    }
-
-    async fn leave_if(&self, pred: impl FnOnce(&Arc<Joined>) -> bool) {
-        let joined = {
-            let mut slot = self.joined.write().await;
-            match slot.as_ref() {
-                Some(j) if pred(j) => slot.take(),
-                _ => None,
-            }
-        };
-        let Some(j) = joined else { return };
-        self.joined_uid.store(0, Ordering::SeqCst);
-        sync::lock(&j.tasks).drain(..).for_each(|t| t.abort());
-        if let Err(e) = j.raft.shutdown().await {
-            tracing::warn!(error = %e, "Raft shutdown");
-        }
-        tracing::info!(
-            node = self.ctx.node_id(),
-            cluster = format!("{:016x}", j.uid),
-            "left cluster"
-        );
-        self.publish_view().await;
-    }
-
-    /// React to every applied change: publish the view, and leave when the
-    /// cluster is dissolved or this node was removed.
-    async fn follow_state(self: Arc<Self>, joined: Arc<Joined>) {
-        let mut rx = joined.state.clone();
-        while rx.changed().await.is_ok() {
-            self.publish_view().await;
-            let state = rx.borrow().clone();
-            let removed = state.epoch > 0 && !state.is_member(self.ctx.node_id());
-            if state.dissolved || removed {
-                // Leave from another task (leave aborts this one). A removed
-                // node waits for the leader's Evict, so that its vote still
-                // counts while the leader commits the new Raft membership;
-                // if it was re-added meanwhile, it stays.
-                let svc = self.clone();
-                let me = self.ctx.node_id();
-                let joined = joined.clone();
-                let grace = if state.dissolved {
-                    Duration::from_millis(300)
-                } else {
-                    Duration::from_secs(5)
-                };
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    let state = joined.state();
-                    if state.dissolved || !state.is_member(me) {
-                        svc.leave_instance(&joined).await;
-                    }
-                });
-                return;
-            }
-        }
-    }
-
     /// The leader this node can currently reach, or a no-quorum error.
     fn reachable_leader(&self, joined: &Joined) -> Result<krg_proto::NodeId, AdminError> {
         let metrics = joined.raft.metrics().borrow().clone();
@@ -467,26 +354,20 @@ impl ClusterService {
     }
 }
 
-fn raft_config(ctx: &NodeContext) -> Result<openraft::Config, String> {
-    // Raft heartbeats at half the probe interval; elections start after half
-    // the failure timeout, so a dead leader is replaced within the bound.
-    let heartbeat = (ctx.config.heartbeat.as_millis() as u64 / 2).max(50);
-    let election_min = (ctx.config.failure_timeout.as_millis() as u64 / 2).max(heartbeat * 3);
-    openraft::Config {
-        cluster_name: format!("krg-session-{}", ctx.config.session_id),
-        heartbeat_interval: heartbeat,
-        election_timeout_min: election_min,
-        election_timeout_max: election_min * 2,
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| e.to_string())
-}
-
 fn not_in_cluster() -> AdminError {
     AdminError::new(
         ErrorKind::NotFound,
         "this node is not a member of a cluster (start one with `krgadm cluster start`)",
+    )
+}
+
+/// A change was proposed but not committed within the bound: it may still
+/// be, by this leader or the next (unlike [`no_quorum`], which is said
+/// before anything is proposed).
+fn not_committed_in_time() -> AdminError {
+    AdminError::new(
+        ErrorKind::NoQuorum,
+        "no quorum: the change was proposed but not committed in time; it may still be — check `krgadm cluster status`",
     )
 }
 

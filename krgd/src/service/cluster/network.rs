@@ -1,7 +1,10 @@
 //! The membership service's messages over krgd's authenticated peer
 //! connections: [`call`] for every request it sends, and the Raft transport.
 //! openraft's request and response types are postcard-encoded into
-//! [`RaftRpc`] payloads so that krg-proto does not depend on openraft.
+//! [`RaftRpc`] payloads so that krg-proto does not depend on openraft; a
+//! request's payload starts with the uid of the cluster it belongs to, and a
+//! node serves only requests of its own cluster (a member left behind by a
+//! dissolved cluster cannot disturb the next one, whose node ids overlap).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,16 +47,18 @@ pub(super) async fn call(
 #[derive(Clone)]
 pub struct Network {
     ctx: Arc<NodeContext>,
+    cluster: u64,
 }
 
 impl Network {
-    pub fn new(ctx: Arc<NodeContext>) -> Self {
-        Self { ctx }
+    pub fn new(ctx: Arc<NodeContext>, cluster: u64) -> Self {
+        Self { ctx, cluster }
     }
 }
 
 pub struct Connection {
     ctx: Arc<NodeContext>,
+    cluster: u64,
     target: NodeId,
 }
 
@@ -67,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         }
         Connection {
             ctx: self.ctx.clone(),
+            cluster: self.cluster,
             target,
         }
     }
@@ -86,8 +92,8 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload =
-            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = postcard::to_stdvec(&(self.cluster, req))
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let rpc = ClusterPeerRequest::Raft(RaftRpc { kind, payload });
         let resp = call(&self.ctx.peers, self.target, rpc, ttl)
             .await
@@ -133,17 +139,26 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
-/// Serve one incoming Raft RPC against the local Raft instance.
-pub async fn serve(raft: &Raft, rpc: RaftRpc) -> Result<Vec<u8>, String> {
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        postcard::from_bytes(bytes).map_err(|e| format!("malformed Raft message: {e}"))
+/// Serve one incoming Raft RPC against the local Raft instance of cluster
+/// `cluster`.
+pub async fn serve(raft: &Raft, cluster: u64, rpc: RaftRpc) -> Result<Vec<u8>, String> {
+    fn decode<T: DeserializeOwned>(cluster: u64, bytes: &[u8]) -> Result<T, String> {
+        let (uid, req): (u64, T) =
+            postcard::from_bytes(bytes).map_err(|e| format!("malformed Raft message: {e}"))?;
+        if uid != cluster {
+            return Err(format!(
+                "Raft message for cluster {uid:016x}; this node is in cluster {cluster:016x}"
+            ));
+        }
+        Ok(req)
     }
     fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
         postcard::to_stdvec(v).map_err(|e| format!("cannot encode Raft answer: {e}"))
     }
+    let p = &rpc.payload;
     match rpc.kind {
-        RaftKind::AppendEntries => encode(&raft.append_entries(decode(&rpc.payload)?).await),
-        RaftKind::Vote => encode(&raft.vote(decode(&rpc.payload)?).await),
-        RaftKind::InstallSnapshot => encode(&raft.install_snapshot(decode(&rpc.payload)?).await),
+        RaftKind::AppendEntries => encode(&raft.append_entries(decode(cluster, p)?).await),
+        RaftKind::Vote => encode(&raft.vote(decode(cluster, p)?).await),
+        RaftKind::InstallSnapshot => encode(&raft.install_snapshot(decode(cluster, p)?).await),
     }
 }

@@ -15,6 +15,7 @@ impl ClusterService {
             session: self.ctx.config.session_id,
             this_node: self.ctx.node_id(),
             epoch: 0,
+            term: 0,
             leader: None,
             members: Vec::new(),
             online: 0,
@@ -24,22 +25,25 @@ impl ClusterService {
             return base;
         };
         let state = joined.state();
-        let leader = joined
-            .raft
-            .metrics()
-            .borrow()
-            .current_leader
-            .map(|l| l as krg_proto::NodeId);
+        // Term and leader from one metrics snapshot.
+        let (term, leader) = {
+            let m = joined.raft.metrics().borrow().clone();
+            (
+                m.current_term,
+                m.current_leader.map(|l| l as krg_proto::NodeId),
+            )
+        };
         let online = state.online().count();
         let health = if self.reachable_leader(&joined).is_err() {
             Health::NoQuorum
-        } else if online < state.members.len() {
+        } else if state.members.values().any(|m| m.state == NodeState::Failed) {
             Health::Degraded
         } else {
             Health::Healthy
         };
         ClusterStatus {
             epoch: state.epoch,
+            term,
             leader,
             members: state.members.keys().copied().collect(),
             online,

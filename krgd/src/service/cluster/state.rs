@@ -47,6 +47,8 @@ pub enum ClusterCommand {
     },
     /// `krgadm cluster stop`: every member leaves.
     Dissolve,
+    /// Online members being removed: `leaving` while they hand over.
+    Leave(Vec<NodeId>),
 }
 
 /// Result of applying a command: the epoch after it.
@@ -99,6 +101,18 @@ impl ClusterState {
                 self.dissolved = true;
                 self.members.clear();
                 true
+            }
+            ClusterCommand::Leave(ids) => {
+                let mut changed = false;
+                for id in ids {
+                    if let Some(m) = self.members.get_mut(id) {
+                        if m.state == NodeState::Online {
+                            m.state = NodeState::Leaving;
+                            changed = true;
+                        }
+                    }
+                }
+                changed
             }
         };
         if changed {
@@ -167,6 +181,12 @@ mod tests {
         assert_eq!(s.apply(&ClusterCommand::Remove(vec![2, 7])).epoch, 4);
         assert_eq!(s.members.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(s.apply(&ClusterCommand::Remove(vec![7])).epoch, 4);
+        // Leaving: online members only, once.
+        let e = s.epoch;
+        assert_eq!(s.apply(&ClusterCommand::Leave(vec![3, 9])).epoch, e + 1);
+        assert_eq!(s.members[&3].state, NodeState::Leaving);
+        assert_eq!(s.apply(&ClusterCommand::Leave(vec![3])).epoch, e + 1);
+        assert_eq!(s.online().count(), 1);
         s.apply(&ClusterCommand::Dissolve);
         assert!(s.dissolved && s.members.is_empty());
     }

@@ -1,12 +1,13 @@
-//! Raft storage for the cluster state, kept in memory.
+//! Raft storage for the cluster state: the log, vote and committed index
+//! on disk under `<data-dir>/raft/` ([`disk`](super::disk) formats, written
+//! by one [`Writer`] thread), mirrored in memory for reads; the state
+//! machine in memory, made durable by snapshots.
 //!
-//! A krgd that restarts starts with an empty log on purpose: LinuxSSI nodes
-//! that reboot come back as *present* and are re-added by the administrator.
-//! A node only takes part in Raft (and so only votes) after it has been
-//! welcomed into a cluster, so a restarted node can never cast a second vote
-//! in a term it voted in before its crash.
+//! At start-up the state machine is the last snapshot, and openraft
+//! re-applies the log up to the saved committed index: a node that restarts
+//! reports its cluster's members and epoch at once, and votes only in terms
+//! after the one it saved.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -14,13 +15,15 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::disk::{self, LogImage, LogRecord, SmallFile, StoredSnapshot};
 use super::state::{ClusterCommand, ClusterState, CommandResult};
+use super::writer::Writer;
 use crate::sync;
 
 openraft::declare_raft_types!(
@@ -34,19 +37,49 @@ pub type RaftNodeId = u64;
 pub type Raft = openraft::Raft<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<RaftNodeId>>;
 
-#[derive(Default)]
+fn io_error(
+    subject: ErrorSubject<RaftNodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<RaftNodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
 struct LogData {
     vote: Option<Vote<RaftNodeId>>,
     committed: Option<LogId<RaftNodeId>>,
-    last_purged: Option<LogId<RaftNodeId>>,
-    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    log: LogImage,
 }
 
 /// The Raft log. Cloning shares the same log (the reader handed to
 /// replication tasks is a clone).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogData>>,
+    disk: Arc<Writer>,
+    /// The cluster's uid, which heads the log file.
+    uid: u64,
+}
+
+impl LogStore {
+    /// The log as read back from disk (or empty), written through `disk`.
+    pub fn new(
+        disk: Arc<Writer>,
+        uid: u64,
+        vote: Option<Vote<RaftNodeId>>,
+        committed: Option<LogId<RaftNodeId>>,
+        log: LogImage,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LogData {
+                vote,
+                committed,
+                log,
+            })),
+            disk,
+            uid,
+        }
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -55,7 +88,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let data = sync::lock(&self.inner);
-        Ok(data.entries.range(range).map(|(_, e)| e.clone()).collect())
+        Ok(data
+            .log
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 }
 
@@ -65,13 +103,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let data = sync::lock(&self.inner);
         let last = data
+            .log
             .entries
             .values()
             .next_back()
             .map(|e| e.log_id)
-            .or(data.last_purged);
+            .or(data.log.last_purged);
         Ok(LogState {
-            last_purged_log_id: data.last_purged,
+            last_purged_log_id: data.log.last_purged,
             last_log_id: last,
         })
     }
@@ -81,6 +120,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<RaftNodeId>) -> StorageResult<()> {
+        let bytes = disk::small_file(SmallFile::Vote, vote)
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        // Durable before openraft answers with this vote.
+        self.disk
+            .write(SmallFile::Vote, bytes)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         sync::lock(&self.inner).vote = Some(*vote);
         Ok(())
     }
@@ -90,6 +136,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftNodeId>>) -> StorageResult<()> {
+        let bytes = disk::small_file(SmallFile::Committed, &committed)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        // Queued after the appends it covers, so the file never names an
+        // entry that is not durable; a crash before it is written only makes
+        // the restarted node re-learn the commit index from the leader.
+        self.disk.write_later(SmallFile::Committed, bytes);
         sync::lock(&self.inner).committed = committed;
         Ok(())
     }
@@ -102,28 +154,62 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
+        let mut bytes = Vec::new();
         {
             let mut data = sync::lock(&self.inner);
             for e in entries {
-                data.entries.insert(e.log_id.index, e);
+                bytes.extend(
+                    disk::encode_entry(&e)
+                        .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err))?,
+                );
+                data.log.apply(LogRecord::Entry(e));
             }
         }
-        // Memory is the durable medium here: the entries are "flushed" now.
-        callback.log_io_completed(Ok(()));
+        // Readable now; acknowledged to openraft once fdatasync'ed.
+        self.disk.append(bytes, Some(callback));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftNodeId>) -> StorageResult<()> {
-        let mut data = sync::lock(&self.inner);
-        data.entries.split_off(&log_id.index);
+        let rec = LogRecord::Truncate(log_id.index);
+        let bytes = disk::encode_record(&rec)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        sync::lock(&self.inner).log.apply(rec);
+        // Durable with the append that always follows a truncation.
+        self.disk.append(bytes, None);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<RaftNodeId>) -> StorageResult<()> {
-        let mut data = sync::lock(&self.inner);
-        data.last_purged = Some(log_id);
-        data.entries = data.entries.split_off(&(log_id.index + 1));
-        Ok(())
+        let rec = LogRecord::Purged(log_id);
+        let bytes = disk::encode_record(&rec)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        let compacted = {
+            let mut data = sync::lock(&self.inner);
+            data.log.apply(rec);
+            // Compact when dead records outnumber live ones.
+            if data.log.records > 2 * data.log.entries.len() + 256 {
+                let file = data
+                    .log
+                    .encode_file(self.uid)
+                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                data.log.records = data.log.entries.len() + 1;
+                Some(file)
+            } else {
+                None
+            }
+        };
+        match compacted {
+            Some(file) => self
+                .disk
+                .rewrite(file)
+                .await
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e)),
+            None => {
+                self.disk.append(bytes, None);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -138,7 +224,7 @@ struct MachineData {
     last_applied: Option<LogId<RaftNodeId>>,
     membership: StoredMembership<RaftNodeId, openraft::BasicNode>,
     state: ClusterState,
-    snapshot: Option<(SnapshotMeta<RaftNodeId, openraft::BasicNode>, Vec<u8>)>,
+    snapshot: Option<StoredSnapshot>,
     snapshot_seq: u64,
 }
 
@@ -148,44 +234,75 @@ struct MachineData {
 pub struct StateMachine {
     inner: Arc<Mutex<MachineData>>,
     published: watch::Sender<ClusterState>,
+    disk: Arc<Writer>,
 }
 
 impl StateMachine {
-    pub fn new() -> (Self, watch::Receiver<ClusterState>) {
-        let (tx, rx) = watch::channel(ClusterState::default());
-        (
+    /// The state of `snapshot` (read back from disk), or an empty one.
+    pub fn new(
+        disk: Arc<Writer>,
+        snapshot: Option<StoredSnapshot>,
+    ) -> Result<(Self, watch::Receiver<ClusterState>), postcard::Error> {
+        let mut data = MachineData::default();
+        if let Some((meta, bytes)) = snapshot {
+            let body: SnapshotBody = postcard::from_bytes(&bytes)?;
+            data.last_applied = meta.last_log_id;
+            data.membership = meta.last_membership.clone();
+            data.state = body.state;
+            data.snapshot = Some((meta, bytes));
+        }
+        let (tx, rx) = watch::channel(data.state.clone());
+        Ok((
             Self {
-                inner: Arc::default(),
+                inner: Arc::new(Mutex::new(data)),
                 published: tx,
+                disk,
             },
             rx,
-        )
+        ))
     }
 
     fn publish(&self, state: &ClusterState) {
         self.published.send_replace(state.clone());
     }
+
+    /// Make `snapshot` the one on disk (atomically replacing the previous one).
+    async fn persist(&self, snapshot: &StoredSnapshot) -> StorageResult<()> {
+        let subject = || ErrorSubject::Snapshot(Some(snapshot.0.signature()));
+        let bytes = disk::small_file(SmallFile::Snapshot, snapshot)
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        self.disk
+            .write(SmallFile::Snapshot, bytes)
+            .await
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let mut data = sync::lock(&self.inner);
-        let body = postcard::to_stdvec(&SnapshotBody {
-            state: data.state.clone(),
-        })
-        .map_err(|e| StorageIOError::write_snapshot(None, openraft::AnyError::error(e)))?;
-        data.snapshot_seq += 1;
-        let snapshot_id = format!(
-            "{}-{}",
-            data.last_applied.map(|l| l.index).unwrap_or_default(),
-            data.snapshot_seq
-        );
-        let meta = SnapshotMeta {
-            last_log_id: data.last_applied,
-            last_membership: data.membership.clone(),
-            snapshot_id,
+        let (meta, body) = {
+            let mut data = sync::lock(&self.inner);
+            let body = postcard::to_stdvec(&SnapshotBody {
+                state: data.state.clone(),
+            })
+            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
+            data.snapshot_seq += 1;
+            let snapshot_id = format!(
+                "{}-{}",
+                data.last_applied.map(|l| l.index).unwrap_or_default(),
+                data.snapshot_seq
+            );
+            let meta = SnapshotMeta {
+                last_log_id: data.last_applied,
+                last_membership: data.membership.clone(),
+                snapshot_id,
+            };
+            (meta, body)
         };
-        data.snapshot = Some((meta.clone(), body.clone()));
+        // On disk before openraft purges the log it covers.
+        let stored = (meta.clone(), body.clone());
+        self.persist(&stored).await?;
+        sync::lock(&self.inner).snapshot = Some(stored);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(body)),
@@ -250,14 +367,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
         let body: SnapshotBody = postcard::from_bytes(&bytes).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e))
         })?;
+        let stored = (meta.clone(), bytes);
+        self.persist(&stored).await?;
         let state = {
             let mut data = sync::lock(&self.inner);
             data.last_applied = meta.last_log_id;
             data.membership = meta.last_membership.clone();
             data.state = body.state;
-            data.snapshot = Some((meta.clone(), bytes));
+            data.snapshot = Some(stored);
             data.state.clone()
         };
         self.publish(&state);

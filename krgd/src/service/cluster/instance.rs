@@ -1,0 +1,322 @@
+//! This node's Raft instance: started when the node is welcomed into a
+//! cluster (fresh state on disk), resumed from disk when krgd restarts,
+//! stopped when krgd stops (state kept) and dropped when the node leaves its
+//! cluster (state deleted).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::disk::{self, Loaded, LogImage};
+use super::state::ClusterState;
+use super::store::{LogStore, Raft, StateMachine};
+use super::writer::Writer;
+use super::{detector, network, ClusterService};
+use crate::context::NodeContext;
+use crate::{sync, DaemonError};
+
+/// This node's membership in one cluster: a Raft instance and its tasks.
+pub(crate) struct Joined {
+    pub uid: u64,
+    pub raft: Raft,
+    pub state: watch::Receiver<ClusterState>,
+    disk: Arc<Writer>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The epoch after which the leader that welcomed this instance meant
+    /// to add it, plus one (0: resumed from disk, or not welcomed).
+    welcome_epoch: AtomicU64,
+}
+
+impl Joined {
+    pub(super) fn state(&self) -> ClusterState {
+        self.state.borrow().clone()
+    }
+
+    /// A leader welcomed this instance at its epoch `epoch`.
+    pub(super) fn welcomed_at(&self, epoch: u64) {
+        self.welcome_epoch
+            .fetch_max(epoch.saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// The latest epoch this instance knows it belongs to the cluster at.
+    fn known_epoch(&self) -> u64 {
+        self.state
+            .borrow()
+            .epoch
+            .max(self.welcome_epoch.load(Ordering::SeqCst))
+    }
+}
+
+/// Whether leaving deletes the Raft state on disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Forget {
+    /// The node left its cluster (removed, evicted, dissolved).
+    Yes,
+    /// krgd stops; the node stays a member and resumes when it restarts.
+    No,
+}
+
+impl ClusterService {
+    /// Start a Raft instance for cluster `uid` (idempotent for the same uid),
+    /// with fresh state on disk.
+    pub(super) async fn join(self: &Arc<Self>, uid: u64) -> Result<Arc<Joined>, AdminError> {
+        let mut slot = self.joined.write().await;
+        if let Some(j) = slot.as_ref() {
+            return if j.uid == uid {
+                Ok(j.clone())
+            } else {
+                Err(AdminError::new(
+                    ErrorKind::Conflict,
+                    format!("node {} is already in another cluster", self.ctx.node_id()),
+                ))
+            };
+        }
+        let data_dir = self.ctx.config.data_dir.clone();
+        let internal = |e: String| AdminError::new(ErrorKind::Internal, e);
+        tokio::task::spawn_blocking(move || disk::create(&data_dir, uid))
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| internal(e.to_string()))?;
+        let fresh = Loaded {
+            uid,
+            vote: None,
+            committed: None,
+            snapshot: None,
+            log: LogImage::default(),
+        };
+        let joined = self.start_raft(fresh).await.map_err(internal)?;
+        *slot = Some(joined.clone());
+        tracing::info!(
+            node = self.ctx.node_id(),
+            cluster = format!("{uid:016x}"),
+            "joined cluster"
+        );
+        Ok(joined)
+    }
+
+    /// At start-up: take up the cluster this node was in when krgd stopped.
+    pub(super) async fn resume(self: &Arc<Self>) -> Result<(), DaemonError> {
+        let data_dir = self.ctx.config.data_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || disk::load(&data_dir))
+            .await
+            .map_err(|source| DaemonError::Task {
+                what: "reading the Raft state",
+                source,
+            })??;
+        let Some(loaded) = loaded else {
+            return Ok(());
+        };
+        let uid = loaded.uid;
+        let joined = self.start_raft(loaded).await.map_err(|reason| {
+            DaemonError::invalid("data_dir", format!("cannot resume Raft: {reason}"))
+        })?;
+        let state = joined.state();
+        *self.joined.write().await = Some(joined);
+        tracing::info!(
+            node = self.ctx.node_id(),
+            cluster = format!("{uid:016x}"),
+            epoch = state.epoch,
+            members = state.members.len(),
+            "resumed cluster from disk"
+        );
+        self.publish_view().await;
+        Ok(())
+    }
+
+    async fn start_raft(self: &Arc<Self>, loaded: Loaded) -> Result<Arc<Joined>, String> {
+        let dir = self.ctx.config.data_dir.join(disk::DIR);
+        let resumed = loaded.vote.is_some() || !loaded.log.entries.is_empty();
+        let writer = Arc::new(
+            Writer::start(dir.clone(), resumed)
+                .map_err(|e| format!("opening the Raft log in {}: {e}", dir.display()))?,
+        );
+        let config = raft_config(&self.ctx)?;
+        let (machine, state_rx) =
+            StateMachine::new(writer.clone(), loaded.snapshot).map_err(|e| {
+                format!(
+                    "{}: undecodable snapshot: {e}",
+                    dir.join(disk::SNAPSHOT_FILE).display()
+                )
+            })?;
+        let log = LogStore::new(
+            writer.clone(),
+            loaded.uid,
+            loaded.vote,
+            loaded.committed,
+            loaded.log,
+        );
+        let raft = Raft::new(
+            self.ctx.node_id() as u64,
+            Arc::new(config),
+            network::Network::new(self.ctx.clone(), loaded.uid),
+            log,
+            machine,
+        )
+        .await
+        .map_err(|e| format!("cannot start Raft: {e}"))?;
+        let joined = Arc::new(Joined {
+            uid: loaded.uid,
+            raft,
+            state: state_rx,
+            disk: writer,
+            tasks: Mutex::default(),
+            welcome_epoch: AtomicU64::new(0),
+        });
+        let tasks = vec![
+            tokio::spawn(self.clone().follow_state(joined.clone())),
+            tokio::spawn(detector::run(self.clone(), joined.clone())),
+        ];
+        *sync::lock(&joined.tasks) = tasks;
+        self.joined_uid.store(loaded.uid, Ordering::SeqCst);
+        *sync::lock(&self.leader_contact) = Some(Instant::now());
+        Ok(joined)
+    }
+
+    /// Drop this node's Raft instance (only if it belongs to cluster `uid`,
+    /// when given) and become a present node again.
+    pub(super) async fn leave(&self, uid: Option<u64>) {
+        self.leave_if(|j| uid.is_none_or(|u| u == j.uid), Forget::Yes)
+            .await
+    }
+
+    /// `by` says this node is out of cluster `uid` as of its epoch `epoch`.
+    /// Obeyed unless this node knows of a later epoch of its membership: a
+    /// delayed eviction must not end a membership that began after it.
+    pub(super) async fn evicted(&self, by: krg_proto::NodeId, uid: u64, epoch: u64) {
+        let Some(j) = self.joined().await.filter(|j| j.uid == uid) else {
+            return;
+        };
+        let known = j.known_epoch();
+        if known > epoch {
+            tracing::info!(
+                by,
+                epoch,
+                known,
+                "ignored an eviction older than this membership"
+            );
+            return;
+        }
+        tracing::info!(by, epoch, "told to leave the cluster");
+        self.leave_if(|cur| Arc::ptr_eq(cur, &j), Forget::Yes).await
+    }
+
+    /// krgd stops: stop Raft, keep its state for the restart.
+    pub(super) async fn stop_raft(&self) {
+        self.leave_if(|_| true, Forget::No).await
+    }
+
+    /// Leave only if `instance` is still the current Raft instance (a delayed
+    /// leave must not end a membership that began after it was scheduled).
+    async fn leave_instance(&self, instance: &Arc<Joined>) {
+        self.leave_if(|j| Arc::ptr_eq(j, instance), Forget::Yes)
+            .await
+    }
+
+    async fn leave_if(&self, pred: impl FnOnce(&Arc<Joined>) -> bool, forget: Forget) {
+        let mut slot = self.joined.write().await;
+        let Some(j) = slot.take_if(|j| pred(j)) else {
+            return;
+        };
+        self.joined_uid.store(0, Ordering::SeqCst);
+        sync::lock(&j.tasks).drain(..).for_each(|t| t.abort());
+        if let Err(e) = j.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft shutdown");
+        }
+        // Nothing of the old instance reaches the directory after this.
+        j.disk.close().await;
+        if forget == Forget::Yes {
+            let data_dir = self.ctx.config.data_dir.clone();
+            let wiped = tokio::task::spawn_blocking(move || disk::wipe(&data_dir)).await;
+            if let Ok(Err(e)) | Err(e) = wiped.map_err(|e| DaemonError::Task {
+                what: "removing the Raft state",
+                source: e,
+            }) {
+                tracing::error!(error = %e, "cannot remove the Raft state of the cluster left");
+            }
+        }
+        // Held until the directory is gone, so that a join cannot race it.
+        drop(slot);
+        tracing::info!(
+            node = self.ctx.node_id(),
+            cluster = format!("{:016x}", j.uid),
+            "left cluster"
+        );
+        self.publish_view().await;
+    }
+
+    /// React to every applied change: publish the view, and leave when the
+    /// cluster is dissolved or this node was removed.
+    async fn follow_state(self: Arc<Self>, joined: Arc<Joined>) {
+        let mut rx = joined.state.clone();
+        let me_id = self.ctx.node_id();
+        loop {
+            self.publish_view().await;
+            let state = rx.borrow_and_update().clone();
+            let removed = state.epoch > 0 && !state.is_member(self.ctx.node_id());
+            if state.dissolved || removed {
+                // Leave from another task (leave aborts this one). A removed
+                // node waits for the leader's Evict, so that its vote still
+                // counts while the leader commits the new Raft membership;
+                // if it was re-added meanwhile, it stays.
+                let svc = self.clone();
+                let me = self.ctx.node_id();
+                let joined = joined.clone();
+                let grace = if state.dissolved {
+                    Duration::from_millis(300)
+                } else {
+                    Duration::from_secs(5)
+                };
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    let state = joined.state();
+                    if state.dissolved || !state.is_member(me) {
+                        tracing::info!(
+                            epoch = state.epoch,
+                            "no longer a member of the cluster; leaving"
+                        );
+                        svc.leave_instance(&joined).await;
+                    }
+                });
+                if state.dissolved {
+                    return;
+                }
+                // Keep following: the node may be re-added meanwhile (the
+                // delayed leave checks again), or removed again later.
+                while rx.changed().await.is_ok() {
+                    self.publish_view().await;
+                    if rx.borrow_and_update().is_member(me_id) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+pub(super) fn raft_config(ctx: &NodeContext) -> Result<openraft::Config, String> {
+    // Raft heartbeats at half the probe interval; elections start after half
+    // the failure timeout, so a dead leader is replaced within the bound.
+    let heartbeat = (ctx.config.heartbeat.as_millis() as u64 / 2).max(50);
+    let election_min = (ctx.config.failure_timeout.as_millis() as u64 / 2).max(heartbeat * 3);
+    openraft::Config {
+        cluster_name: format!("krg-session-{}", ctx.config.session_id),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: election_min,
+        election_timeout_max: election_min * 2,
+        // A snapshot every 500 entries keeps the log file small; it is
+        // compacted when purged entries outnumber the live ones.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())
+}

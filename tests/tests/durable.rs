@@ -1,0 +1,129 @@
+//! Raft state on disk: a cluster whose every voter is killed (-9) and
+//! restarted comes back with its members and epoch, a torn log tail is
+//! dropped, and a damaged vote file stops krgd with a message naming it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use krg_tests::{serial, wait_for, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn raft_file(c: &TestCluster, id: u32, name: &str) -> PathBuf {
+    c.dir
+        .path()
+        .join(format!("data{id}"))
+        .join("raft")
+        .join(name)
+}
+
+fn formed(ids: &[u32]) -> Result<TestCluster> {
+    let mut c = TestCluster::loopback(ids.len() as u32)?;
+    for id in ids {
+        c.start(*id)?;
+    }
+    c.wait_present(1, ids, SETTLE)?;
+    c.krgadm_ok(1, &["cluster", "start"])?;
+    c.wait_agreement(ids, SETTLE)?;
+    Ok(c)
+}
+
+#[test]
+fn every_voter_killed_and_restarted_keeps_members_and_epoch() -> Result<()> {
+    let _g = serial();
+    let ids = [1, 2, 3];
+    let mut c = formed(&ids)?;
+    // One more committed change, so the epoch is not just the formation's.
+    c.krgadm_ok(2, &["nodes", "del", "-n3"])?;
+    c.start(3)?;
+    c.wait_present(1, &[3], SETTLE)?;
+    c.krgadm_ok(1, &["nodes", "add", "-n3"])?;
+    let before = c.wait_agreement(&ids, SETTLE)?;
+    assert_eq!(before.0, vec![1, 2, 3]);
+    assert!(before.1 >= 3, "{before:?}");
+
+    for id in ids {
+        c.node(id)?.kill9();
+    }
+    for id in ids {
+        c.start(id)?;
+    }
+    // No `cluster start`: the members elect a leader from their own state.
+    let after = c.wait_agreement(&ids, SETTLE)?;
+    assert_eq!(after, before);
+    wait_for(SETTLE, "a healthy cluster with a leader", || {
+        ids.iter()
+            .all(|id| c.status(*id).is_ok_and(|s| s["health"] == "healthy"))
+            .then_some(())
+    })?;
+    assert_eq!(c.view(1)?, before, "nobody was marked failed on the way");
+    // And it still changes membership.
+    c.krgadm_ok(3, &["nodes", "del", "-n2"])?;
+    assert_eq!(c.wait_agreement(&[1, 3], SETTLE)?.0, vec![1, 3]);
+    assert!(c.nodes[&1].log_text().contains("resumed cluster from disk"));
+    Ok(())
+}
+
+#[test]
+fn torn_log_tail_is_dropped_and_the_node_rejoins() -> Result<()> {
+    let _g = serial();
+    let ids = [1, 2, 3];
+    let mut c = formed(&ids)?;
+    let before = c.view(1)?;
+    let victim = (1..=3).find(|id| Some(*id) != c.leader(1)).unwrap();
+    c.node(victim)?.kill9();
+    // A crash in the middle of an append: a record header announcing 64
+    // bytes, and only 5 of them.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(raft_file(&c, victim, "log"))?;
+    log.write_all(&[64, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5])?;
+    drop(log);
+    c.start(victim)?;
+    assert_eq!(c.wait_agreement(&ids, SETTLE)?.0, before.0);
+    assert!(
+        c.nodes[&victim]
+            .log_text()
+            .contains("dropping a torn last log record"),
+        "{}",
+        c.nodes[&victim].log_text()
+    );
+    wait_for(SETTLE, "the restarted node to be online", || {
+        (c.node_states(victim).ok()?.values().all(|s| s == "online")).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn damaged_vote_file_is_refused_with_a_clear_message() -> Result<()> {
+    let _g = serial();
+    let ids = [1, 2, 3];
+    let mut c = formed(&ids)?;
+    c.node(2)?.kill9();
+    let vote = raft_file(&c, 2, "vote");
+    let mut bytes = std::fs::read(&vote)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    std::fs::write(&vote, &bytes)?;
+    // krgd exits at start-up (maybe just after creating its socket).
+    let err = match c.start(2) {
+        Err(e) => e.to_string(),
+        Ok(()) => {
+            wait_for(SETTLE, "krgd 2 to refuse its state", || {
+                (!c.node(2).ok()?.is_running()).then_some(())
+            })?;
+            c.nodes[&2].log_text()
+        }
+    };
+    assert!(
+        err.contains(&vote.display().to_string()) && err.contains("fails its checksum"),
+        "{err}"
+    );
+    assert!(err.contains("move") && err.contains("away"), "{err}");
+    // The state is left alone for the administrator to look at.
+    assert_eq!(std::fs::read(&vote)?, bytes);
+    Ok(())
+}
