@@ -239,6 +239,11 @@ impl TestCluster {
             key.display().to_string(),
             "--no-scheduler-mount".into(),
         ];
+        // Many krgd share this host: none mounts the host's /krg unless a
+        // test gives it a mount point of its own.
+        if !extra.iter().any(|a| a.starts_with("--krg-mount")) {
+            args.push("--no-krg-mount".into());
+        }
         if self.topology == Topology::Loopback {
             for seed in 1..=self.seeds {
                 if seed != id {
@@ -314,6 +319,17 @@ impl TestCluster {
             .arg(&node.socket)
             .args(args)
             .output()?)
+    }
+
+    /// A `krg` command talking to node `via`'s krgd (not started).
+    pub fn krg(&self, via: u32) -> Result<Command> {
+        let node = self
+            .nodes
+            .get(&via)
+            .ok_or_else(|| anyhow!("no node {via}"))?;
+        let mut cmd = Command::new(bin("krg"));
+        cmd.env("KRG_SOCKET", &node.socket);
+        Ok(cmd)
     }
 
     /// Run krgadm and require success; returns stdout.

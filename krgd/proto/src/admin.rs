@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::chkpt::{ChkptReply, ChkptRequest};
 use crate::cluster::{ClusterReply, ClusterRequest};
 use crate::kdfs::{KdfsAdminReply, KdfsAdminRequest};
+use crate::proc::{ProcReply, ProcRequest};
 use crate::sched::{SchedReply, SchedRequest};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,6 +15,8 @@ pub enum AdminRequest {
     Chkpt(ChkptRequest),
     Sched(SchedRequest),
     Kdfs(KdfsAdminRequest),
+    /// The process service: run, ps, kill (`krg`).
+    Proc(ProcRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +25,8 @@ pub enum AdminResponse {
     Chkpt(ChkptReply),
     Sched(SchedReply),
     Kdfs(KdfsAdminReply),
+    /// The process service's answer.
+    Proc(ProcReply),
     Error(AdminError),
 }
 

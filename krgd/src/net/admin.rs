@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::frame::{read_frame, write_frame};
+use krg_proto::proc::ProcRequest;
 use krg_proto::ProtoError;
 use tokio::net::{UnixListener, UnixStream};
 
@@ -79,6 +80,11 @@ async fn serve_connection(mut stream: UnixStream, node: Arc<Node>) {
                 return;
             }
         };
+        if let AdminRequest::Proc(ProcRequest::Run(run)) = req {
+            // The connection becomes the run's session stream.
+            node.proc.serve_run(stream, &caller, run).await;
+            return;
+        }
         let resp: AdminResponse = crate::router::admin(&node, &caller, req).await;
         if write_frame(&mut stream, &resp).await.is_err() {
             return;

@@ -1,13 +1,16 @@
 //! The TCP listener other krgds (and tools holding the cluster key) connect
 //! to. Every connection is authenticated before any request is read; answers
-//! go back on the same connection tagged with the request id.
+//! go back on the same connection tagged with the request id. A connection
+//! whose first request opens a process session is handed to the process
+//! service whole.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use krg_proto::auth::{server_handshake, Identity, Role};
 use krg_proto::frame::{encode, read_frame};
-use krg_proto::peer::{PeerBody, PeerMessage};
+use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest};
+use krg_proto::proc::ProcPeerRequest;
 use krg_proto::ProtoError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -51,6 +54,24 @@ async fn serve_connection(mut stream: TcpStream, addr: SocketAddr, node: Arc<Nod
         }
     };
     tracing::debug!(%addr, peer = peer.node, "peer connected");
+    // A connection whose first message opens a session (`krg run` from
+    // another node) carries that session's stream, nothing else.
+    let first: PeerMessage = match read_frame(&mut stream).await {
+        Ok(m) => m,
+        Err(ProtoError::Closed) => return,
+        Err(e) => {
+            tracing::warn!(%addr, peer = peer.node, error = %e, "dropping peer connection after a bad frame");
+            return;
+        }
+    };
+    let first = match first.body {
+        PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(open))) => {
+            node.proc.serve_session(stream, peer, open).await;
+            return;
+        }
+        body => PeerMessage { id: first.id, body },
+    };
+    let mut first = Some(first);
     let (mut rd, mut wr) = stream.into_split();
     // One writer task so concurrent handlers never interleave frames.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
@@ -62,7 +83,11 @@ async fn serve_connection(mut stream: TcpStream, addr: SocketAddr, node: Arc<Nod
         }
     });
     loop {
-        let msg: PeerMessage = match read_frame(&mut rd).await {
+        let next = match first.take() {
+            Some(m) => Ok(m),
+            None => read_frame(&mut rd).await,
+        };
+        let msg: PeerMessage = match next {
             Ok(m) => m,
             Err(ProtoError::Closed) => break,
             Err(e) => {

@@ -1,0 +1,131 @@
+//! The target's side of a session another krgd opened: check who asks,
+//! start the jobs, then carry the session stream until every job ended.
+//!
+//! The session ends (its jobs not detached are killed) when the origin
+//! closes the connection, when the connection breaks (the origin's krgd
+//! died), or when the membership service marks the origin node failed.
+
+use std::sync::Arc;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::auth::{Identity, Role};
+use krg_proto::cluster::NodeState;
+use krg_proto::frame::{read_frame, write_frame};
+use krg_proto::peer::{PeerBody, PeerMessage, PeerResponse};
+use krg_proto::proc::{PeerSession, ProcPeerReply, Up, SESSION_VERSION};
+use tokio::net::TcpStream;
+
+use super::creds::{self, Origin};
+use super::session::{self, Params};
+use super::state::{ProcState, MAX_PER_NODE};
+
+/// Where a request from `peer` comes from, for the root rule.
+pub fn origin_of(st: &ProcState, peer: &Identity) -> Origin {
+    if peer.role == Role::Node && st.ctx.view().is_member(peer.node) {
+        Origin::Member(peer.node)
+    } else {
+        Origin::Outsider(peer.node)
+    }
+}
+
+async fn answer(stream: &mut TcpStream, body: PeerResponse) -> bool {
+    let msg = PeerMessage {
+        id: 0,
+        body: PeerBody::Response(body),
+    };
+    write_frame(stream, &msg).await.is_ok()
+}
+
+/// Serve one session connection opened by `peer`.
+pub async fn serve(st: Arc<ProcState>, mut stream: TcpStream, peer: Identity, open: PeerSession) {
+    let me = st.node();
+    let checked = if open.version != SESSION_VERSION {
+        Err(AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "node {me} speaks session version {SESSION_VERSION}, node {} sent {}",
+                peer.node, open.version
+            ),
+        ))
+    } else if open.count == 0 || open.count > MAX_PER_NODE {
+        Err(AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{} copies per node; 1 to {} are allowed",
+                open.count, MAX_PER_NODE
+            ),
+        ))
+    } else {
+        st.check_available()
+            .and_then(|()| creds::check(&open.creds, st.policy, origin_of(&st, &peer), me))
+            .and_then(|()| super::job::validate(&open.spec, me))
+    };
+    if let Err(e) = checked {
+        tracing::info!(from = peer.node, uid = open.creds.uid, error = %e.message, "session refused");
+        answer(&mut stream, PeerResponse::Error(e)).await;
+        return;
+    }
+    tracing::debug!(
+        from = peer.node,
+        uid = open.creds.uid,
+        count = open.count,
+        "session opened"
+    );
+    let sess = session::spawn(
+        st.clone(),
+        Params {
+            spec: open.spec,
+            creds: open.creds,
+            count: open.count,
+            origin: peer.node,
+        },
+    );
+    if !answer(
+        &mut stream,
+        PeerResponse::Proc(ProcPeerReply::Session { jobs: sess.jobs }),
+    )
+    .await
+    {
+        return; // dropping the session kills its jobs
+    }
+    let (mut rd, mut wr) = stream.into_split();
+    let input = sess.input;
+    let mut events = sess.events;
+    let mut view = st.ctx.watch_view();
+    let origin = peer.node;
+    let reader = tokio::spawn(async move {
+        let mut watching = peer.role == Role::Node;
+        loop {
+            tokio::select! {
+                frame = read_frame::<Up, _>(&mut rd) => match frame {
+                    Ok(up) => {
+                        if input.send(up).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return, // origin gone: dropping `input` ends the session
+                },
+                changed = view.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let failed = matches!(
+                        view.borrow_and_update().node(origin).map(|n| n.state),
+                        Some(NodeState::Failed)
+                    );
+                    if failed {
+                        tracing::info!(origin, "origin node failed: ending its session");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    while let Some(ev) = events.recv().await {
+        if write_frame(&mut wr, &ev).await.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+}
