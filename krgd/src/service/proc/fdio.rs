@@ -32,3 +32,39 @@ pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // the same file) for as long as it is registered.
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
+
+/// TCP keepalive on a session connection, so that a peer that vanished
+/// without a word (a partition, a powered-off node) breaks the connection
+/// within about `idle + count × interval` (whole seconds, at least 1)
+/// even when no data flows.
+pub fn keepalive(
+    sock: &impl std::os::fd::AsRawFd,
+    idle: std::time::Duration,
+    interval: std::time::Duration,
+    count: u32,
+) {
+    let secs = |d: std::time::Duration| d.as_secs().clamp(1, 3600) as libc::c_int;
+    let set = |level: libc::c_int, opt: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt reads one c_int from the pointer we pass.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle));
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval));
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        count.clamp(1, 100) as libc::c_int,
+    );
+    // Unacknowledged data (a job's output towards a vanished peer) gives up as soon.
+    let user_timeout = (idle + interval * count).as_millis().clamp(1000, 3_600_000) as libc::c_int;
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout);
+}

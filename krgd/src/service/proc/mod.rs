@@ -121,6 +121,7 @@ impl ProcService {
             spawner,
             init,
             init_problem,
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         Ok(Arc::new(Self { st, sched }))
     }
@@ -238,8 +239,10 @@ impl ProcService {
     }
 
     /// Stop every job: SIGTERM (forwarded by each init to its program),
-    /// then SIGKILL after a grace period. Their sessions report the end.
+    /// then SIGKILL after a grace period. Their sessions tell their users
+    /// why, then report the end.
     pub async fn shutdown(&self) {
+        self.st.stopping.send_replace(true);
         let jobs = self.st.table.jobs();
         if jobs.is_empty() {
             return;

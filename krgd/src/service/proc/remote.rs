@@ -20,7 +20,7 @@ use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
 use krg_proto::proc::{
     Credentials, Down, JobSpec, PeerSession, ProcPeerReply, ProcPeerRequest, Up, SESSION_VERSION,
 };
-use krg_proto::NodeId;
+use krg_proto::{NodeId, ProtoError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -35,6 +35,50 @@ fn unavailable(node: NodeId, what: impl std::fmt::Display) -> AdminError {
     AdminError::new(ErrorKind::Unavailable, format!("node {node}: {what}"))
 }
 
+/// An authenticated connection to `node`'s krgd. A connection that breaks
+/// during the handshake is tried once more (as the peer pool does).
+async fn connect(st: &ProcState, node: NodeId) -> Result<TcpStream, AdminError> {
+    let addr = st
+        .ctx
+        .peers
+        .address(node)
+        .ok_or_else(|| unavailable(node, "no known address"))?;
+    let mut last = None;
+    for _ in 0..2 {
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                unavailable(
+                    node,
+                    format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| unavailable(node, format!("cannot connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        super::fdio::keepalive(
+            &stream,
+            st.ctx.config.failure_timeout,
+            st.ctx.config.heartbeat,
+            3,
+        );
+        match client_handshake(&mut stream, &st.ctx.key, st.ctx.me).await {
+            Ok(peer) if peer.node == node => return Ok(stream),
+            Ok(peer) => {
+                return Err(unavailable(
+                    node,
+                    format!("{addr} answered as node {}", peer.node),
+                ))
+            }
+            Err(e @ (ProtoError::Io(_) | ProtoError::Closed)) => last = Some(e),
+            Err(e) => return Err(unavailable(node, e)),
+        }
+    }
+    Err(unavailable(
+        node,
+        last.map(|e| e.to_string()).unwrap_or_default(),
+    ))
+}
+
 /// Open a session of `count` copies of `spec` on `node`.
 pub async fn open(
     st: &ProcState,
@@ -43,31 +87,10 @@ pub async fn open(
     creds: Credentials,
     count: u32,
 ) -> Result<Session, AdminError> {
-    let addr = st
-        .ctx
-        .peers
-        .address(node)
-        .ok_or_else(|| unavailable(node, "no known address"))?;
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, connect(st, node))
         .await
-        .map_err(|_| {
-            unavailable(
-                node,
-                format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"),
-            )
-        })?
-        .map_err(|e| unavailable(node, format!("cannot connect to {addr}: {e}")))?;
-    let _ = stream.set_nodelay(true);
+        .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
     let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
-        let peer = client_handshake(&mut stream, &st.ctx.key, st.ctx.me)
-            .await
-            .map_err(|e| unavailable(node, e))?;
-        if peer.node != node {
-            return Err(unavailable(
-                node,
-                format!("{addr} answered as node {}", peer.node),
-            ));
-        }
         let open = PeerMessage {
             id: 0,
             body: PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(PeerSession {

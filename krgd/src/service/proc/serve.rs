@@ -3,7 +3,8 @@
 //!
 //! The session ends (its jobs not detached are killed) when the origin
 //! closes the connection, when the connection breaks (the origin's krgd
-//! died), or when the membership service marks the origin node failed.
+//! died; TCP keepalive notices a silent origin within seconds), or when
+//! the membership service marks the origin node failed.
 
 use std::sync::Arc;
 
@@ -39,6 +40,12 @@ async fn answer(stream: &mut TcpStream, body: PeerResponse) -> bool {
 /// Serve one session connection opened by `peer`.
 pub async fn serve(st: Arc<ProcState>, mut stream: TcpStream, peer: Identity, open: PeerSession) {
     let me = st.node();
+    super::fdio::keepalive(
+        &stream,
+        st.ctx.config.failure_timeout,
+        st.ctx.config.heartbeat,
+        3,
+    );
     let checked = if open.version != SESSION_VERSION {
         Err(AdminError::new(
             ErrorKind::InvalidArgument,

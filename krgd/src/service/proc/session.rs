@@ -112,8 +112,20 @@ async fn run(
         }
     }
     drop(image);
+    let mut stopping = st.stopping.subscribe();
+    let mut told = false;
     loop {
         tokio::select! {
+            _ = stopping.wait_for(|s| *s), if !told => {
+                told = true;
+                let note = format!("krg: node {node}: krgd is stopping; the job gets SIGTERM\n").into_bytes();
+                for (job, ctl) in ctls.iter().enumerate() {
+                    if let Some(ctl) = ctl {
+                        let _ = events.try_send(Down::Stderr { job: job as u32, data: note.clone() });
+                        signal_job(&ctl.entry, libc::SIGTERM);
+                    }
+                }
+            }
             up = input.recv() => match up {
                 Some(up) => {
                     if let Err(why) = apply(up, &mut ctls) {

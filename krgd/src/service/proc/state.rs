@@ -33,6 +33,9 @@ pub struct ProcState {
     pub detach_dir: PathBuf,
     /// Why jobs cannot run here (no usable `krg-init`), if they cannot.
     pub init_problem: Option<String>,
+    /// Becomes true when krgd stops: sessions tell their users and
+    /// send their jobs SIGTERM.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl ProcState {
