@@ -397,3 +397,177 @@ fn faults_kill_what_nobody_watches_and_say_so() -> Result<()> {
     );
     Ok(())
 }
+
+/// Give node `id`'s krgd (and so its jobs) a private tmpfs at `dir`: the
+/// nodes share this host's disk, and push/get must be seen per node.
+fn private_scratch(c: &TestCluster, id: u32, dir: &std::path::Path) -> Result<()> {
+    let pid = c.nodes[&id].pid().unwrap();
+    let st = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-m",
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "mode=1777",
+            "krg-scratch",
+        ])
+        .arg(dir)
+        .status()?;
+    anyhow::ensure!(st.success(), "mounting a scratch tmpfs for node {id}");
+    Ok(())
+}
+
+#[test]
+fn push_get_and_shipped_executables() -> Result<()> {
+    let _g = serial();
+    let c = formed(3)?;
+    let scratch = c.dir.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o1777))?;
+    for id in 1..=3 {
+        private_scratch(&c, id, &scratch)?;
+    }
+    let s = scratch.display().to_string();
+
+    // push: one file to every node, mode kept; the copy is the user's.
+    let src = c.dir.path().join("input.dat");
+    let data: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data)?;
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640))?;
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(krg_tests::bin("krg"))
+        .args(["push", "-a"])
+        .arg(&src)
+        .arg(format!("{s}/"))
+        .env("KRG_SOCKET", &c.nodes[&1].socket)
+        .current_dir("/");
+    // nobody cannot read the 0640 root file: refused here, before anything.
+    let o = cmd.output()?;
+    assert!(
+        !o.status.success() && text(&o).1.contains("Permission denied"),
+        "{:?}",
+        text(&o)
+    );
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644))?;
+    let o = cmd.output()?;
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = krg_out(
+        &c,
+        2,
+        &[
+            "run",
+            "-a",
+            "-b",
+            "--",
+            "sh",
+            "-c",
+            &format!("md5sum < {s}/input.dat; stat -c '%a %U' {s}/input.dat"),
+        ],
+    );
+    let want = Command::new("md5sum").arg(&src).output()?;
+    let sum = String::from_utf8_lossy(&want.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        text(&o).0,
+        format!("---------------\nnode[1-3] (3)\n---------------\n{sum}  -\n644 nobody\n"),
+        "{:?}",
+        text(&o)
+    );
+    // A destination the user may not write is refused on each node.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(krg_tests::bin("krg"))
+        .args(["push", "-n", "2:3"])
+        .arg(&src)
+        .arg("/etc/krg-test-forbidden")
+        .env("KRG_SOCKET", &c.nodes[&1].socket)
+        .current_dir("/");
+    let o = cmd.output()?;
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert!(
+        text(&o)
+            .1
+            .contains("node 2: /etc/krg-test-forbidden: Permission denied"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(!std::path::Path::new("/etc/krg-test-forbidden").exists());
+
+    // get: one local file per node, each node's own content.
+    let o = krg_out(
+        &c,
+        1,
+        &[
+            "run",
+            "-a",
+            "--",
+            "sh",
+            "-c",
+            &format!("ip -o -4 addr show dev eth0 | awk '{{print $4}}' > {s}/app.log"),
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let out_dir = tempfile::tempdir()?;
+    let o = c
+        .krg(3)?
+        .args(["get", "-n", "1-3"])
+        .arg(format!("{s}/app.log"))
+        .arg(out_dir.path())
+        .output()?;
+    assert!(o.status.success(), "{:?}", text(&o));
+    for n in 1..=3 {
+        assert_eq!(
+            std::fs::read_to_string(out_dir.path().join(format!("app.log.node{n}")))?,
+            format!("10.77.0.{n}/24\n")
+        );
+    }
+    let o = c
+        .krg(3)?
+        .args(["get", "-n", "2"])
+        .arg(format!("{s}/nothing-here"))
+        .arg(out_dir.path())
+        .output()?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o)
+            .1
+            .contains("nothing-here: No such file or directory"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(!out_dir.path().join("nothing-here.node2").exists());
+
+    // --push: an executable and a script only this client can see run on
+    // node 2 (the client sits in a mount namespace of its own).
+    let private = tempfile::tempdir()?;
+    let p = private.path().display().to_string();
+    let script = format!(
+        "mount -t tmpfs krg-private {p} && cp /bin/echo {p}/myecho && printf '#!/bin/sh\\necho script $1; ip -o -4 addr show dev eth0 | cut -d\" \" -f7\\n' > {p}/myscript && chmod +x {p}/myscript && {k} run --push -n 2 -- {p}/myecho shipped && {k} run --push -n 2 -- {p}/myscript arg",
+        k = krg_tests::bin("krg").display()
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("KRG_SOCKET", &c.nodes[&1].socket)
+        .current_dir("/")
+        .output()?;
+    assert_eq!(
+        text(&o).0,
+        "shipped\nscript arg\n10.77.0.2/24\n",
+        "{:?}",
+        text(&o)
+    );
+    // Without --push the node has no such file.
+    let o = krg_out(&c, 1, &["run", "-n", "2", "--", &format!("{p}/myecho")]);
+    assert_eq!(o.status.code(), Some(127), "{:?}", text(&o));
+    Ok(())
+}
