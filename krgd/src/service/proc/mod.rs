@@ -11,12 +11,14 @@
 //! * [`place`]: where jobs go; [`fanout`]: the cluster-wide views.
 //! * [`table`], [`procfs`], [`lookup`]: this node's jobs and their processes.
 //! * [`creds`]: whose a job is, and who may run what here.
+//! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`pty`], [`detach`], [`nodestat`], [`fdio`], [`state`]: the smaller pieces.
 
 pub mod creds;
 pub mod detach;
 pub mod fanout;
 pub mod fdio;
+pub mod fs;
 pub mod hub;
 pub mod initspec;
 pub mod job;
@@ -63,6 +65,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 pub struct ProcService {
     st: Arc<ProcState>,
     sched: Arc<SchedService>,
+    tree: std::sync::Mutex<Option<fs::Mounted>>,
 }
 
 /// Why `init` cannot be trusted as every job's init, if it cannot: it must
@@ -123,7 +126,34 @@ impl ProcService {
             init_problem,
             stopping: tokio::sync::watch::Sender::new(false),
         });
-        Ok(Arc::new(Self { st, sched }))
+        let tree = match st.ctx.config.krg_mount.clone() {
+            Some(path) => {
+                let (st2, sched2) = (st.clone(), sched.clone());
+                let mounted = tokio::task::spawn_blocking(move || fs::mount(st2, sched2, &path))
+                    .await
+                    .map_err(|source| DaemonError::Task {
+                        what: "mounting the /krg tree",
+                        source,
+                    })??;
+                if let Some(m) = &mounted {
+                    tracing::info!(path = %m.path().display(), "/krg tree mounted");
+                }
+                mounted
+            }
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            st,
+            sched,
+            tree: std::sync::Mutex::new(tree),
+        }))
+    }
+
+    /// XCPU sessions the /krg tree holds (None without a tree).
+    pub fn xcpu_sessions(&self) -> Option<usize> {
+        crate::sync::lock(&self.tree)
+            .as_ref()
+            .map(fs::Mounted::sessions)
     }
 
     /// The shared state (for the /krg tree).
@@ -243,6 +273,10 @@ impl ProcService {
     /// why, then report the end.
     pub async fn shutdown(&self) {
         self.st.stopping.send_replace(true);
+        let tree = crate::sync::lock(&self.tree).take();
+        if let Some(m) = tree {
+            let _ = tokio::task::spawn_blocking(move || m.unmount()).await;
+        }
         let jobs = self.st.table.jobs();
         if jobs.is_empty() {
             return;
