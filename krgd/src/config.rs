@@ -361,6 +361,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let file: Settings = toml::from_str(include_str!("../krgd.toml.example")).unwrap();
+        let cfg = Settings::default().over(file).resolve("").unwrap();
+        assert_eq!((cfg.node_id, cfg.session_id), (1, 1));
+        assert!(cfg.run_allow_root);
+    }
+
+    #[test]
     fn run_table_and_krg_mount() {
         let file: Settings = toml::from_str(
             "node_id = 3\nsession_id = 5\nno_krg_mount = true\n[run]\nallow_root = false\ninit = \"/opt/krg-init\"\n",
