@@ -298,5 +298,72 @@ fn jobs_run_with_the_callers_credentials_and_users_cannot_touch_others() -> Resu
         text(&o)
     );
     root_job.0.kill()?;
+
+    // The job's init is root: the user's environment must never reach it
+    // (an LD_PRELOAD library would run as root). Only the user's own
+    // program may load it, as the user.
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+    let src = dir.path().join("evil.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void at_load(void) {{\n  char p[256]; snprintf(p, sizeof p, \"{}/loaded-as-%u\", (unsigned)geteuid());\n  FILE *f = fopen(p, \"w\"); if (f) fclose(f);\n}}\n",
+            dir.path().display()
+        ),
+    )?;
+    let lib = dir.path().join("evil.so");
+    let cc = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()?;
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    // (Set after setpriv, which runs as root until it switches.)
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        "env",
+    ])
+    .arg(format!("LD_PRELOAD={}", lib.display()))
+    .arg(krg_tests::bin("krg"))
+    .args(["run", "--", "true"])
+    .env("KRG_SOCKET", &c.nodes[&1].socket)
+    .current_dir("/");
+    let o = out(&mut cmd);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let mut loaded: Vec<String> = std::fs::read_dir(dir.path())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("loaded-as-"))
+        .collect();
+    loaded.sort();
+    // The client (nobody) and the job's program (nobody): never uid 0.
+    assert_eq!(
+        loaded,
+        vec!["loaded-as-65534"],
+        "the preload ran as: {loaded:?}"
+    );
+
+    // The job takes the user's credentials before it enters the working
+    // directory: a directory only root may enter is refused.
+    let private = tempfile::tempdir()?;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))?;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(krg_tests::bin("krg"))
+        .args(["run", "--", "ls"])
+        .env("KRG_SOCKET", &c.nodes[&1].socket)
+        .current_dir(private.path());
+    let o = out(&mut cmd);
+    assert_eq!(o.status.code(), Some(255), "{:?}", text(&o));
+    assert!(text(&o).1.contains("Permission denied"), "{:?}", text(&o));
     Ok(())
 }
