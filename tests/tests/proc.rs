@@ -203,6 +203,64 @@ fn run_stdio_status_signals_ps_kill_on_one_node() -> Result<()> {
         text(&o)
     );
 
+    // Ctrl-Z: SIGTSTP stops the job and then krg; SIGCONT resumes both.
+    let mut job = KillOnDrop(
+        krg()
+            .args(["run", "--", "sleep", "303"])
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
+    let state = |c: &TestCluster| -> Option<String> {
+        let v = ps_json(c, 1, &[]);
+        v["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["command"] == "sleep 303")
+            .map(|p| p["stat"].as_str().unwrap_or("").to_string())
+    };
+    wait_for(Duration::from_secs(5), "the job", || state(&c))?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(job.0.id() as i32, libc::SIGTSTP) };
+    wait_for(Duration::from_secs(5), "the job to stop", || {
+        (state(&c)? == "T").then_some(())
+    })?;
+    let client_state = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", job.0.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim().chars().next().unwrap_or('?'))
+            })
+    };
+    wait_for(Duration::from_secs(5), "krg to stop too", || {
+        (client_state()? == 'T').then_some(())
+    })?;
+    // SAFETY: as above.
+    unsafe { libc::kill(job.0.id() as i32, libc::SIGCONT) };
+    wait_for(Duration::from_secs(5), "the job to go on", || {
+        (state(&c)? == "S").then_some(())
+    })?;
+    // SAFETY: as above.
+    unsafe { libc::kill(job.0.id() as i32, libc::SIGTERM) };
+    assert_eq!(job.0.wait()?.code(), Some(143));
+
+    // On a terminal, the job gets one of the same size.
+    let o = Command::new("script")
+        .args(["-qec"])
+        .arg(format!("stty cols 123 rows 45; {} run -- sh -c 'stty size; test -t 0 && test -t 1 && echo tty'", krg_tests::bin("krg").display()))
+        .arg("/dev/null")
+        .env("KRG_SOCKET", &c.nodes[&1].socket)
+        .stdin(Stdio::null())
+        .output()?;
+    // (script(1) types its end of input, echoed as ^@ by the job's terminal.)
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .replace('\r', "")
+            .replace("^@", ""),
+        "45 123\ntty\n"
+    );
+
     // A closed stdout ends the job as SIGPIPE would: `krg run yes | head -1`.
     let start = Instant::now();
     let o = Command::new("sh")
