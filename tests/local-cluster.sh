@@ -23,12 +23,16 @@
 #     to an echo_policy on node 1;
 #   * kDFS formatted under /var/lib/krg-local/kdfs<N> and mounted at
 #     /mnt/kdfs/node<N> on every node (node 1, the root node, first);
-#   * a CHECKPOINTABLE demo job counting into /run/krg-local/demo.count.
+#   * a CHECKPOINTABLE demo job counting into /run/krg-local/demo.count;
+#   * the /krg tree (nodes, XCPU sessions, the process table) served by
+#     node 1's krgd (nodes 2-4 find it served and go without), and `krg`
+#     (run, ps, kill, push, get) in /usr/local/sbin.
 # `up` starts from empty state every time (it wipes /var/lib/krg-local).
 #
 # Not root: 4 krgd on 127.0.0.1:7611-7614 with --peer lists and the cluster
-# formed; no scheduler tree, kDFS or checkpoint demo (FUSE mounts, the proc
-# connector and restart all need root).
+# formed; no scheduler tree, /krg tree, kDFS or checkpoint demo (FUSE mounts,
+# the proc connector and restart all need root), and no krg run (a job's PID
+# namespace needs a root krgd).
 #
 # Every process, mount, namespace and link `up` creates is recorded in the
 # state file; `down` undoes exactly those (processes by PID, after checking
@@ -59,6 +63,7 @@ fi
 STATE=$STATE_DIR/state
 KEY=$DATA_DIR/cluster.key
 SCHED=/config/krg_scheduler
+KRGFS=/krg
 
 say() { printf '%s\n' "local-cluster: $*"; }
 die() { printf '%s\n' "local-cluster: $*" >&2; exit 1; }
@@ -136,16 +141,17 @@ build() {
 
 install_bins() {
     local t=$REPO/target/release b
-    for b in krgd krgadm checkpoint restart krgcapset nfsroot mkfs-kdfs mount-kdfs; do
+    for b in krgd krg-init krgadm krg checkpoint restart krgcapset nfsroot mkfs-kdfs mount-kdfs; do
         [ -x "$t/$b" ] || die "$t/$b is missing (did the build fail?)"
     done
-    for b in krgd krgadm checkpoint restart krgcapset nfsroot; do
+    # krg-init is the init of every job krgd starts; krgd finds it next to itself.
+    for b in krgd krg-init krgadm krg checkpoint restart krgcapset nfsroot; do
         install -m 755 "$t/$b" "$BIN/$b"
     done
     # cargo forbids '.' in binary names; mount(8) and mkfs(8) look for these.
     install -m 755 "$t/mkfs-kdfs" /sbin/mkfs.kdfs
     install -m 755 "$t/mount-kdfs" /sbin/mount.kdfs
-    say "installed krgd krgadm checkpoint restart krgcapset nfsroot in $BIN, /sbin/mkfs.kdfs, /sbin/mount.kdfs"
+    say "installed krgd krg-init krgadm krg checkpoint restart krgcapset nfsroot in $BIN, /sbin/mkfs.kdfs, /sbin/mount.kdfs"
 }
 
 # ---------------------------------------------------------------- network
@@ -191,8 +197,11 @@ start_krgd() {
         else
             args+=(--scheduler-mount "$STATE_DIR/sched/node$n")
         fi
+        # Every node asks for /krg; node 1 mounts it, the others find it
+        # served on this host and go without (they share one mount namespace).
+        args+=(--krg-mount "$KRGFS")
     else
-        args+=(--no-scheduler-mount)
+        args+=(--no-scheduler-mount --no-krg-mount)
         local p
         for p in $(seq 1 $NODES); do [ "$p" = "$n" ] || args+=(--peer "$(addr_of "$p")"); done
     fi
@@ -222,7 +231,12 @@ all_online() {
 
 start_cluster() {
     local n
-    for n in $(seq 1 $NODES); do start_krgd "$n"; done
+    # Node 1 first, so that it is the one serving /krg.
+    start_krgd 1
+    if [ "$ROOT" = 1 ]; then
+        wait_for 30 "the /krg tree of node 1 (log: $STATE_DIR/krgd1.log)" test -d "$KRGFS/nodes"
+    fi
+    for n in $(seq 2 $NODES); do start_krgd "$n"; done
     for n in $(seq 1 $NODES); do
         wait_for 30 "krgd of node $n (log: $STATE_DIR/krgd$n.log)" krgd_up "$n"
     done
@@ -347,6 +361,16 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cat /mnt/kdfs/node1/services | head -3
     ls -l /mnt/kdfs/node3/
 
+  Processes anywhere (krg talks to node 1; any user may run it):
+    krg run -n 3 -- sh -c 'ip -o -4 addr show | grep -o "10.77.0.[0-9]*"'   # runs in node 3's network
+    krg run -a -- sh -c 'ip -o -4 addr show | grep -o "10.77.0.[0-9]*"'     # every node, lines prefixed
+    krg run -a -b -- uname -r                  # identical outputs gathered
+    krg run -n 2 -- sleep 600 &                # then, from any node:
+    krg ps                                     # NODE PID USER %CPU RSS STAT TIME COMMAND
+    krg kill -TERM 2:PID                       # NODE:PID as krg ps shows it
+    krg push /etc/services /tmp/ -a ; krg get /etc/hostname /tmp -n 1-4
+    cat /krg/nodes/*/load ; ls /krg/proc       # the same as files (XCPU sessions in /krg/nodes/N/xcpu)
+
   Checkpoint / restart (demo job PID $pid counts in $STATE_DIR/demo.count):
     krgcapset --show -k $pid
     checkpoint $pid
@@ -449,8 +473,8 @@ do_down() {
     tac "$STATE" | while read -r kind a b; do
         if [ "$kind" = pid ]; then stop_pid "$a" "$b"; fi
     done
-    # A krgd that had to be SIGKILLed leaves its scheduler tree mounted.
-    for line in "$SCHED" "$STATE_DIR"/sched/node*; do
+    # A krgd that had to be SIGKILLed leaves its trees mounted.
+    for line in "$SCHED" "$KRGFS" "$STATE_DIR"/sched/node*; do
         if grep -q " $line fuse" /proc/mounts; then
             umount -l "$line" || true
         fi

@@ -96,6 +96,33 @@ pub struct Settings {
     /// [default: /etc/krg/plugins.conf].
     #[arg(long, value_name = "FILE")]
     pub plugin_registry: Option<PathBuf>,
+
+    /// Where the /krg tree (nodes, XCPU sessions, processes) is mounted [default: /krg].
+    #[arg(long, value_name = "DIR")]
+    pub krg_mount: Option<PathBuf>,
+
+    /// Do not mount the /krg tree.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_krg_mount: bool,
+
+    /// The `[run]` table: jobs started here by `krg run`.
+    #[command(flatten)]
+    #[serde(default)]
+    pub run: RunSettings,
+}
+
+/// The `[run]` table of the config file (flags `--run-*`).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSettings {
+    /// Run root's jobs (for root on this node or on a member node) [default: true].
+    #[arg(long = "run-allow-root", value_name = "BOOL")]
+    pub allow_root: Option<bool>,
+
+    /// The init of every job, krg-init [default: next to the krgd executable].
+    #[arg(long = "run-init", value_name = "PATH")]
+    pub init: Option<PathBuf>,
 }
 
 const LONG_ABOUT: &str = "\
@@ -126,6 +153,12 @@ pub struct Config {
     pub max_voters: usize,
     pub scheduler_mount: Option<PathBuf>,
     pub plugin_registry: PathBuf,
+    /// Mount point of the /krg tree, unless disabled.
+    pub krg_mount: Option<PathBuf>,
+    /// `[run] allow_root`.
+    pub run_allow_root: bool,
+    /// `[run] init`: path of krg-init.
+    pub job_init: PathBuf,
 }
 
 impl Settings {
@@ -171,6 +204,12 @@ impl Settings {
             scheduler_mount: self.scheduler_mount.or(file.scheduler_mount),
             no_scheduler_mount: self.no_scheduler_mount || file.no_scheduler_mount,
             plugin_registry: self.plugin_registry.or(file.plugin_registry),
+            krg_mount: self.krg_mount.or(file.krg_mount),
+            no_krg_mount: self.no_krg_mount || file.no_krg_mount,
+            run: RunSettings {
+                allow_root: self.run.allow_root.or(file.run.allow_root),
+                init: self.run.init.or(file.run.init),
+            },
         }
     }
 
@@ -218,6 +257,21 @@ impl Settings {
                     .unwrap_or_else(|| PathBuf::from(krg_proto::DEFAULT_SCHEDULER_MOUNT)),
             )
         };
+        let krg_mount = if self.no_krg_mount {
+            None
+        } else {
+            Some(
+                self.krg_mount
+                    .unwrap_or_else(|| PathBuf::from(krg_proto::DEFAULT_KRG_MOUNT)),
+            )
+        };
+        let job_init = match self.run.init {
+            Some(p) => p,
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("krg-init")))
+                .unwrap_or_else(|| PathBuf::from("/usr/local/sbin/krg-init")),
+        };
         Ok(Config {
             node_id,
             session_id,
@@ -240,6 +294,9 @@ impl Settings {
             plugin_registry: self
                 .plugin_registry
                 .unwrap_or_else(|| PathBuf::from(krg_proto::DEFAULT_PLUGIN_REGISTRY)),
+            krg_mount,
+            run_allow_root: self.run.allow_root.unwrap_or(true),
+            job_init,
         })
     }
 }
@@ -301,6 +358,37 @@ mod tests {
             .to_string();
         assert!(e.contains("node_id=x"), "{e}");
         assert!(toml::from_str::<Settings>("nodeid = 3").is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let file: Settings = toml::from_str(include_str!("../krgd.toml.example")).unwrap();
+        let cfg = Settings::default().over(file).resolve("").unwrap();
+        assert_eq!((cfg.node_id, cfg.session_id), (1, 1));
+        assert!(cfg.run_allow_root);
+    }
+
+    #[test]
+    fn run_table_and_krg_mount() {
+        let file: Settings = toml::from_str(
+            "node_id = 3\nsession_id = 5\nno_krg_mount = true\n[run]\nallow_root = false\ninit = \"/opt/krg-init\"\n",
+        )
+        .unwrap();
+        let cfg = Settings::default().over(file).resolve("").unwrap();
+        assert!(!cfg.run_allow_root);
+        assert_eq!(cfg.job_init, PathBuf::from("/opt/krg-init"));
+        assert_eq!(cfg.krg_mount, None);
+        let cfg = Settings::default()
+            .resolve("node_id=1 session_id=1")
+            .unwrap();
+        assert!(cfg.run_allow_root);
+        assert_eq!(cfg.krg_mount, Some(PathBuf::from("/krg")));
+        assert!(cfg.job_init.ends_with("krg-init"));
+        assert!(toml::from_str::<Settings>("[run]\nallow_roots = true").is_err());
+        let flags =
+            Settings::try_parse_from(["krgd", "--run-allow-root", "false", "--krg-mount", "/x"])
+                .unwrap();
+        assert_eq!(flags.run.allow_root, Some(false));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::context::NodeContext;
 use crate::net;
 use crate::node::Node;
 use crate::service::{
-    chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, sched::SchedService,
+    chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, proc::ProcService,
+    sched::SchedService,
 };
 use crate::DaemonError;
 
@@ -43,11 +44,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(node = ctx.node_id(), session = ctx.config.session_id, listen = %ctx.config.listen,
         mac = ?ctx.mac.map(|m| m.to_string()), "krgd starting");
 
+    let cluster = ClusterService::start(ctx.clone()).await?;
+    let chkpt = ChkptService::start(ctx.clone()).await?;
+    let sched = SchedService::start(ctx.clone()).await?;
+    let kdfs = KdfsService::start(ctx.clone()).await?;
+    let proc = ProcService::start(ctx.clone(), sched.clone()).await?;
     let node = Arc::new(Node {
-        cluster: ClusterService::start(ctx.clone()).await?,
-        chkpt: ChkptService::start(ctx.clone()).await?,
-        sched: SchedService::start(ctx.clone()).await?,
-        kdfs: KdfsService::start(ctx.clone()).await?,
+        cluster,
+        chkpt,
+        sched,
+        kdfs,
+        proc,
         ctx: ctx.clone(),
     });
     let tcp_task = tokio::spawn(net::peer_server::serve(tcp, node.clone()));
@@ -63,6 +70,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     tracing::info!(node = ctx.node_id(), "krgd stopping");
     admin_task.abort();
+    node.proc.shutdown().await;
     node.kdfs.shutdown().await;
     node.sched.shutdown().await;
     node.chkpt.shutdown().await;

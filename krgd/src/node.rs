@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::context::NodeContext;
 use crate::service::{
-    chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, sched::SchedService,
+    chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, proc::ProcService,
+    sched::SchedService,
 };
 
 /// A running node: its context and its services.
@@ -16,4 +17,5 @@ pub struct Node {
     pub chkpt: Arc<ChkptService>,
     pub sched: Arc<SchedService>,
     pub kdfs: Arc<KdfsService>,
+    pub proc: Arc<ProcService>,
 }

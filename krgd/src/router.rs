@@ -29,6 +29,11 @@ pub async fn admin(node: &Node, caller: &Caller, req: AdminRequest) -> AdminResp
             .handle_admin(caller, r)
             .await
             .map(AdminResponse::Kdfs),
+        AdminRequest::Proc(r) => node
+            .proc
+            .handle_admin(caller, r)
+            .await
+            .map(AdminResponse::Proc),
     };
     result.unwrap_or_else(|e: AdminError| {
         tracing::info!(uid = caller.uid, error = %e.message, "admin request refused");
@@ -49,6 +54,7 @@ pub async fn peer(node: &Node, from: &Identity, req: PeerRequest) -> PeerRespons
             .await
             .map(PeerResponse::Sched),
         PeerRequest::Kdfs(r) => node.kdfs.handle_peer(from, r).await.map(PeerResponse::Kdfs),
+        PeerRequest::Proc(r) => node.proc.handle_peer(from, r).await.map(PeerResponse::Proc),
     };
     result.unwrap_or_else(PeerResponse::Error)
 }

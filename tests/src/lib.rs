@@ -55,9 +55,33 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel picks; the listener is closed
-/// again, so a rare race with another process is possible).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range when
+/// possible: dozens of daemons connecting to each other draw outgoing ports
+/// from that range, and one could take a port reserved for a node that has
+/// not started yet. The listener is closed again, so a rare race with
+/// another process is possible.
 pub fn free_port() -> u16 {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if first_ephemeral > 20_000 {
+        let span = u32::from(first_ephemeral - 20_000);
+        let mut seed = [0u8; 4];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            use std::io::Read;
+            let _ = f.read_exact(&mut seed);
+        }
+        let mut x = u32::from_le_bytes(seed);
+        for _ in 0..64 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let port = 20_000 + (x >> 8) % span;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                drop(l);
+                return port as u16;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -246,6 +270,11 @@ impl TestCluster {
             key.display().to_string(),
             "--no-scheduler-mount".into(),
         ];
+        // Many krgd share this host: none mounts the host's /krg unless a
+        // test gives it a mount point of its own.
+        if !extra.iter().any(|a| a.starts_with("--krg-mount")) {
+            args.push("--no-krg-mount".into());
+        }
         if self.topology == Topology::Loopback {
             for seed in 1..=self.seeds {
                 if seed != id {
@@ -325,6 +354,17 @@ impl TestCluster {
             .arg(&node.socket)
             .args(args)
             .output()?)
+    }
+
+    /// A `krg` command talking to node `via`'s krgd (not started).
+    pub fn krg(&self, via: u32) -> Result<Command> {
+        let node = self
+            .nodes
+            .get(&via)
+            .ok_or_else(|| anyhow!("no node {via}"))?;
+        let mut cmd = Command::new(bin("krg"));
+        cmd.env("KRG_SOCKET", &node.socket);
+        Ok(cmd)
     }
 
     /// Run krgadm and require success; returns stdout.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::chkpt::{ChkptReply, ChkptRequest};
 use crate::cluster::{ClusterReply, ClusterRequest};
 use crate::kdfs::{KdfsAdminReply, KdfsAdminRequest};
+use crate::proc::{ProcReply, ProcRequest};
 use crate::sched::{SchedReply, SchedRequest};
 
 /// Largest admin request krgd reads from root: `nodes add` of every id
@@ -29,6 +30,8 @@ pub enum AdminRequest {
     Sched(SchedRequest),
     /// kDFS stores (mkfs.kdfs, mount.kdfs).
     Kdfs(KdfsAdminRequest),
+    /// The process service: run, ps, kill (`krg`).
+    Proc(ProcRequest),
 }
 
 /// krgd's answer to an [`AdminRequest`]: the variant of the service asked,
@@ -43,6 +46,8 @@ pub enum AdminResponse {
     Sched(SchedReply),
     /// Answer of the kDFS service.
     Kdfs(KdfsAdminReply),
+    /// The process service's answer.
+    Proc(ProcReply),
     /// The request was refused or failed (also: the connection was over
     /// one of krgd's limits, before any request was read).
     Error(AdminError),

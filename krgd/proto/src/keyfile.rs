@@ -19,6 +19,8 @@ pub const DEFAULT_SOCKET: &str = "/run/krg/krgd.sock";
 pub const DEFAULT_CLUSTER_KEY: &str = "/etc/krg/cluster.key";
 /// Default mount point of the scheduler tree.
 pub const DEFAULT_SCHEDULER_MOUNT: &str = "/config/krg_scheduler";
+/// Default mount point of the `/krg` tree (nodes, XCPU sessions, processes).
+pub const DEFAULT_KRG_MOUNT: &str = "/krg";
 /// Default path of the plug-in registry.
 pub const DEFAULT_PLUGIN_REGISTRY: &str = "/etc/krg/plugins.conf";
 

@@ -8,7 +8,7 @@
 //! * [`admin`]: requests a local tool (krgadm, checkpoint, krgcapset, mount.kdfs)
 //!   sends to its node's krgd over the Unix socket.
 //! * [`peer`]: requests one krgd sends another over TCP.
-//! * [`cluster`], [`chkpt`], [`sched`], [`kdfs`]: the per-service message types.
+//! * [`cluster`], [`chkpt`], [`sched`], [`kdfs`], [`proc`]: the per-service message types.
 //! * [`client`]: async clients for both sockets.
 //! * [`keyfile`]: the cluster key file and the default paths of every program.
 //! * [`nodeset`]: node ids and node lists as command lines spell them.
@@ -30,6 +30,7 @@ pub mod kdfs;
 pub mod keyfile;
 pub mod nodeset;
 pub mod peer;
+pub mod proc;
 pub mod sched;
 pub mod seal;
 
@@ -55,8 +56,8 @@ pub type SessionId = u32;
 pub const PROTOCOL_VERSION: u16 = 3;
 
 pub use keyfile::{
-    KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_PLUGIN_REGISTRY, DEFAULT_SCHEDULER_MOUNT,
-    DEFAULT_SOCKET,
+    KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,
+    DEFAULT_SCHEDULER_MOUNT, DEFAULT_SOCKET,
 };
 
 /// Default TCP port krgd listens on for peers.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterPeerReply, ClusterPeerRequest};
 use crate::kdfs::{KdfsRequest, KdfsResponse};
+use crate::proc::{ProcPeerReply, ProcPeerRequest};
 use crate::sched::{SchedPeerReply, SchedPeerRequest};
 
 /// What one sealed frame of a peer connection carries.
@@ -44,6 +45,9 @@ pub enum PeerRequest {
     Sched(SchedPeerRequest),
     /// kDFS storage, from other krgds and from mount.kdfs.
     Kdfs(KdfsRequest),
+    /// The process service: process table, signals, node figures, and
+    /// session connections (`krg run` on another node).
+    Proc(ProcPeerRequest),
 }
 
 /// The answer of the service a [`PeerRequest`] named.
@@ -55,6 +59,8 @@ pub enum PeerResponse {
     Sched(SchedPeerReply),
     /// Answer of the kDFS service.
     Kdfs(KdfsResponse),
+    /// The process service's answer.
+    Proc(ProcPeerReply),
     /// The request could not be served; one line saying why.
     Error(crate::admin::AdminError),
 }

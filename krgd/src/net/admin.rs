@@ -22,6 +22,7 @@ use krg_proto::admin::{
     AdminError, AdminRequest, AdminResponse, ErrorKind, MAX_REQUEST_LEN, MAX_USER_REQUEST_LEN,
 };
 use krg_proto::frame::{read_frame_limited, write_frame};
+use krg_proto::proc::ProcRequest;
 use krg_proto::ProtoError;
 use tokio::net::{UnixListener, UnixStream};
 
@@ -168,6 +169,11 @@ async fn serve_connection(
                 return;
             }
         };
+        if let AdminRequest::Proc(ProcRequest::Run(run)) = req {
+            // The connection becomes the run's session stream.
+            node.proc.serve_run(stream, &caller, run).await;
+            return;
+        }
         let resp: AdminResponse = crate::router::admin(&node, &caller, req).await;
         if write_frame(&mut stream, &resp).await.is_err() {
             return;

@@ -1,6 +1,8 @@
 //! The TCP listener other krgds (and tools holding the cluster key) connect
 //! to. Every connection is authenticated before any request is read; answers
-//! go back on the same connection tagged with the request id.
+//! go back on the same connection tagged with the request id. A connection
+//! whose first request opens a process session is handed to the process
+//! service whole.
 //!
 //! Until it has authenticated, a connection is held under
 //! [`PREAUTH_PER_SOURCE`] / [`PREAUTH_TOTAL`] (the oldest is evicted to make
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::auth::{server_handshake, Identity, Role};
-use krg_proto::peer::{PeerBody, PeerMessage};
+use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest};
+use krg_proto::proc::ProcPeerRequest;
 use krg_proto::seal::Encoded;
 use krg_proto::ProtoError;
 use tokio::io::AsyncWriteExt;
@@ -110,8 +113,27 @@ async fn serve_connection(
         }
     };
     let peer = auth.peer;
-    let (mut opener, mut sealer) = (auth.keys.opener, auth.keys.sealer);
+    let mut keys = auth.keys;
     tracing::debug!(%addr, peer = peer.node, "peer connected");
+    // A connection whose first message opens a session (`krg run` from
+    // another node) carries that session's stream, nothing else.
+    let first: PeerMessage = match keys.opener.read(&mut stream).await {
+        Ok(m) => m,
+        Err(ProtoError::Closed) => return,
+        Err(e) => {
+            tracing::warn!(%addr, peer = peer.node, error = %e, "dropping peer connection after a bad frame");
+            return;
+        }
+    };
+    let first = match first.body {
+        PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(open))) => {
+            node.proc.serve_session(stream, keys, peer, open).await;
+            return;
+        }
+        body => PeerMessage { id: first.id, body },
+    };
+    let mut first = Some(first);
+    let (mut opener, mut sealer) = (keys.opener, keys.sealer);
     let (mut rd, mut wr) = stream.into_split();
     // One writer task so concurrent handlers never interleave frames, and
     // frames are sealed in the order they are written.
@@ -131,7 +153,11 @@ async fn serve_connection(
         }
     });
     loop {
-        let msg: PeerMessage = match opener.read(&mut rd).await {
+        let next = match first.take() {
+            Some(m) => Ok(m),
+            None => opener.read(&mut rd).await,
+        };
+        let msg: PeerMessage = match next {
             Ok(m) => m,
             Err(ProtoError::Closed) => break,
             Err(e) => {

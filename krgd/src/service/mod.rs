@@ -11,4 +11,5 @@
 pub mod chkpt;
 pub mod cluster;
 pub mod kdfs;
+pub mod proc;
 pub mod sched;

@@ -1,0 +1,693 @@
+//! Process service messages: `krg run`, `krg ps`, `krg kill`, `krg push`,
+//! `krg get`, and the session stream that carries a job's stdio, signals
+//! and exit status.
+//!
+//! # Requests
+//!
+//! `krg ps` and `krg kill` are plain request/answer pairs
+//! ([`ProcRequest`]/[`ProcReply`] on the admin socket,
+//! [`ProcPeerRequest`]/[`ProcPeerReply`] between krgds over a
+//! `PeerClient`). `krg push` and `krg get` are runs of a built-in
+//! [`Program`] (`WriteFile`, `ReadFile`), so they share the run session.
+//!
+//! # Session stream (version [`SESSION_VERSION`])
+//!
+//! A run turns a connection into a session stream:
+//!
+//! ```text
+//! local tool -> krgd (admin socket):
+//!   AdminRequest::Proc(ProcRequest::Run(RunRequest))
+//!   <- AdminResponse::Proc(ProcReply::Session { jobs })  or  AdminResponse::Error
+//!   then: tool -> krgd  Up frames;  krgd -> tool  Down frames, until the tool closes
+//!
+//! origin krgd -> target krgd (a dedicated, authenticated TCP connection):
+//!   PeerMessage { id: 0, Request(PeerRequest::Proc(ProcPeerRequest::Session(PeerSession))) }
+//!   <- PeerMessage { id: 0, Response(PeerResponse::Proc(ProcPeerReply::Session { jobs })) }
+//!      or PeerResponse::Error
+//!   then: origin -> target  Up frames;  target -> origin  Down frames
+//! ```
+//!
+//! `job` numbers index the `jobs` list of the answer (one entry per job, the
+//! node it runs on). Every job ends with exactly one of [`Down::Exited`],
+//! [`Down::Refused`], [`Down::Lost`] or [`Down::Detached`]; the session is
+//! over when each job has ended. Output of a job comes before its end.
+//!
+//! Flow control: output is not windowed (a reader that stops reading stops
+//! the job, as a full pipe would); stdin is. A sender may have at most
+//! [`STDIN_WINDOW`] bytes of stdin sent but not yet acknowledged by every
+//! job still reading it ([`Down::StdinAck`] counts the bytes a job's stdin
+//! took); a krgd that receives more closes the session.
+//!
+//! Closing the stream ends the session: jobs that were not started with
+//! `detach` are killed (SIGKILL of their PID namespace), so nothing keeps
+//! running unobserved.
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::AdminError;
+use crate::NodeId;
+
+/// Version of the session stream (checked in [`PeerSession`]).
+pub const SESSION_VERSION: u16 = 1;
+
+/// Largest stdio payload one frame carries.
+pub const MAX_CHUNK: usize = 256 * 1024;
+
+/// Bytes of stdin a sender may have in flight per job (see the module docs).
+pub const STDIN_WINDOW: u64 = 4 * 1024 * 1024;
+
+/// The credentials a job runs with: those of the user who asked, as the
+/// kernel reported them to the origin krgd (never as a tool claimed them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary group ids.
+    pub groups: Vec<u32>,
+}
+
+/// A terminal's window size (`struct winsize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinSize {
+    /// Rows of characters.
+    pub rows: u16,
+    /// Columns of characters.
+    pub cols: u16,
+    /// Width in pixels (0 if unknown).
+    pub xpixel: u16,
+    /// Height in pixels (0 if unknown).
+    pub ypixel: u16,
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Program {
+    /// `argv[0]`, searched in the `PATH` of the job's environment on the
+    /// target node.
+    Command,
+    /// An executable image shipped with the run (`krg run --push`, XCPU's
+    /// `exec` file): `len` bytes follow in [`Up::Image`] frames before any
+    /// other input. A script (`#!`) runs with its interpreter found on the
+    /// target; only the script itself is shipped.
+    Image {
+        /// Name shown as the program (the local file name).
+        name: String,
+        /// Size of the image in bytes.
+        len: u64,
+    },
+    /// `krg push`: write the job's stdin to `path` (created or truncated,
+    /// with `mode` for a new file), as the user.
+    WriteFile {
+        /// Destination on the target; a directory means `dir/name`.
+        path: Vec<u8>,
+        /// File name to use when `path` is a directory.
+        name: Vec<u8>,
+        /// Permission bits of a created file.
+        mode: u32,
+    },
+    /// `krg get`: copy the file at `path` to the job's stdout, as the user.
+    ReadFile {
+        /// The file on the target.
+        path: Vec<u8>,
+    },
+}
+
+/// Everything a target needs to start one kind of job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// What to run.
+    pub program: Program,
+    /// Arguments, `argv[0]` first (bytes: Unix arguments need not be UTF-8).
+    pub argv: Vec<Vec<u8>>,
+    /// Environment, `NAME=value` entries.
+    pub env: Vec<Vec<u8>>,
+    /// Working directory; the run fails if it does not exist on the target.
+    pub cwd: Vec<u8>,
+    /// Run on a pseudo-terminal of this size (stdout and stderr merged).
+    pub tty: Option<WinSize>,
+    /// Keep running when the session ends; output goes to files on the
+    /// target, stdin is empty.
+    pub detach: bool,
+    /// Forward stdin; when false the job's stdin is `/dev/null`.
+    pub stdin: bool,
+}
+
+/// Where a run's jobs go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// The scheduler tree's placement policy, else the least-loaded online node.
+    Auto,
+    /// These nodes (each must be an online member).
+    Nodes(Vec<NodeId>),
+    /// Every online member.
+    AllOnline,
+}
+
+/// `krg run`: start `per_node` copies of `spec` on each placed node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// What to run.
+    pub spec: JobSpec,
+    /// Where.
+    pub placement: Placement,
+    /// Copies per node (at least 1).
+    pub per_node: u32,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by `signal`; `core` if it dumped core.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Whether a core was dumped.
+        core: bool,
+    },
+}
+
+impl ExitStatus {
+    /// The status a shell reports: the code, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        match *self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal { signal, .. } => 128 + signal,
+        }
+    }
+
+    /// Decode a `wait(2)` status word.
+    pub fn from_wait_status(status: i32) -> ExitStatus {
+        let signal = status & 0x7f;
+        if signal == 0 {
+            ExitStatus::Code((status >> 8) & 0xff)
+        } else {
+            ExitStatus::Signal {
+                signal,
+                core: status & 0x80 != 0,
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit {c}"),
+            ExitStatus::Signal { signal, core } => {
+                write!(
+                    f,
+                    "signal {signal}{}",
+                    if *core { " (core dumped)" } else { "" }
+                )
+            }
+        }
+    }
+}
+
+/// Input of a session, towards its jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Up {
+    /// A piece of the executable image of [`Program::Image`].
+    Image(#[serde(with = "bytes")] Vec<u8>),
+    /// Bytes for the stdin of every job (at most [`MAX_CHUNK`]).
+    Stdin(#[serde(with = "bytes")] Vec<u8>),
+    /// End of stdin for every job.
+    StdinEof,
+    /// Send this signal to every job (delivered by the job's init to the
+    /// process group of its program).
+    Signal(i32),
+    /// The terminal was resized (jobs with a pseudo-terminal).
+    WinSize(WinSize),
+    /// The reader of stdout went away: close every job's stdout, so that
+    /// its next write fails as with a closed pipe (SIGPIPE).
+    CloseStdout,
+}
+
+/// Events of a session, from its jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Down {
+    /// Job `job` runs on `node` as `pid` (the PID as the job sees it).
+    Started {
+        /// Job number.
+        job: u32,
+        /// Node it runs on.
+        node: NodeId,
+        /// PID of its program, as the job sees it.
+        pid: i32,
+    },
+    /// Job `job` could not start; nothing of it runs.
+    Refused {
+        /// Job number.
+        job: u32,
+        /// Node that refused.
+        node: NodeId,
+        /// Why.
+        error: AdminError,
+    },
+    /// Output on the job's stdout (or its terminal).
+    Stdout {
+        /// Job number.
+        job: u32,
+        /// The bytes.
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// Output on the job's stderr.
+    Stderr {
+        /// Job number.
+        job: u32,
+        /// The bytes.
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// The job's stdin has taken `bytes` bytes in total.
+    StdinAck {
+        /// Job number.
+        job: u32,
+        /// Total bytes written to its stdin so far.
+        bytes: u64,
+    },
+    /// The job ended.
+    Exited {
+        /// Job number.
+        job: u32,
+        /// How.
+        status: ExitStatus,
+    },
+    /// The node running the job stopped answering, or its krgd stopped.
+    Lost {
+        /// Job number.
+        job: u32,
+        /// The node.
+        node: NodeId,
+        /// What happened, one line.
+        reason: String,
+    },
+    /// The job runs detached; its output goes to files in `output` on `node`.
+    Detached {
+        /// Job number.
+        job: u32,
+        /// Node it runs on.
+        node: NodeId,
+        /// PID as the job sees it.
+        pid: i32,
+        /// Directory holding its `stdout` and `stderr` files.
+        output: String,
+    },
+}
+
+impl Down {
+    /// The job this event is about.
+    pub fn job(&self) -> u32 {
+        match self {
+            Down::Started { job, .. }
+            | Down::Refused { job, .. }
+            | Down::Stdout { job, .. }
+            | Down::Stderr { job, .. }
+            | Down::StdinAck { job, .. }
+            | Down::Exited { job, .. }
+            | Down::Lost { job, .. }
+            | Down::Detached { job, .. } => *job,
+        }
+    }
+
+    /// Whether this event ends its job.
+    pub fn ends_job(&self) -> bool {
+        matches!(
+            self,
+            Down::Refused { .. } | Down::Exited { .. } | Down::Lost { .. } | Down::Detached { .. }
+        )
+    }
+
+    /// The same event for job number `job`.
+    pub fn renumbered(mut self, new: u32) -> Down {
+        match &mut self {
+            Down::Started { job, .. }
+            | Down::Refused { job, .. }
+            | Down::Stdout { job, .. }
+            | Down::Stderr { job, .. }
+            | Down::StdinAck { job, .. }
+            | Down::Exited { job, .. }
+            | Down::Lost { job, .. }
+            | Down::Detached { job, .. } => *job = new,
+        }
+        self
+    }
+}
+
+/// One process of the global process table, as `krg ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRow {
+    /// Node it runs on.
+    pub node: NodeId,
+    /// PID as its job sees it.
+    pub pid: i32,
+    /// Parent PID as its job sees it (0 for the job's program).
+    pub ppid: i32,
+    /// Real user id.
+    pub uid: u32,
+    /// User name on that node (the number when it has none).
+    pub user: String,
+    /// CPU use since it started, in tenths of a percent of one CPU.
+    pub cpu_permille: u32,
+    /// Resident memory in KiB.
+    pub rss_kib: u64,
+    /// State letter as in ps (R, S, D, T, Z, ...).
+    pub state: String,
+    /// CPU time used, in milliseconds.
+    pub cpu_ms: u64,
+    /// Seconds since it started.
+    pub elapsed_s: u64,
+    /// Command line (arguments joined by spaces), or `[name]`.
+    pub command: String,
+}
+
+/// Requests of the process service on the admin socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcRequest {
+    /// Start jobs; the connection becomes a session stream (module docs).
+    Run(RunRequest),
+    /// The global process table, or part of it.
+    Ps {
+        /// Only these nodes (default: every online member).
+        nodes: Option<Vec<NodeId>>,
+        /// Only processes of this uid.
+        uid: Option<u32>,
+    },
+    /// Send `signal` to process `pid` (as its job sees it) on `node`.
+    Kill {
+        /// The node.
+        node: NodeId,
+        /// The PID, as the job sees it.
+        pid: i32,
+        /// The signal number (0 checks that it exists).
+        signal: i32,
+    },
+}
+
+/// Answers of the process service on the admin socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcReply {
+    /// The run was accepted: one entry per job, the node it goes to. The
+    /// connection is a session stream from now on.
+    Session {
+        /// Node of each job, by job number.
+        jobs: Vec<NodeId>,
+    },
+    /// The process table.
+    Ps {
+        /// Processes, by node then PID.
+        rows: Vec<ProcRow>,
+        /// Nodes that did not answer, and why.
+        missing: Vec<(NodeId, String)>,
+    },
+    /// The signal was sent.
+    Killed,
+}
+
+/// The first message of a session connection between krgds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSession {
+    /// [`SESSION_VERSION`] of the sender.
+    pub version: u16,
+    /// What to run.
+    pub spec: JobSpec,
+    /// Who asked, as the origin's kernel reported it.
+    pub creds: Credentials,
+    /// How many copies to start.
+    pub count: u32,
+}
+
+/// What one node reports about itself (the `/krg/nodes/<id>/` files, and
+/// least-load placement).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStat {
+    /// The first three fields of /proc/loadavg.
+    pub load: String,
+    /// 1-minute load average, in thousandths.
+    pub load1_milli: u32,
+    /// MemAvailable, in bytes.
+    pub mem_free: u64,
+    /// Seconds since boot.
+    pub uptime_s: u64,
+    /// Machine architecture (uname -m).
+    pub arch: String,
+    /// `uname -a`-like line: system, host, release, version, machine.
+    pub uname: String,
+    /// Jobs this node's krgd runs.
+    pub jobs: u32,
+}
+
+/// Requests the process services of two krgds exchange (over `PeerClient`,
+/// except [`ProcPeerRequest::Session`], which opens a session connection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcPeerRequest {
+    /// Open a session on this connection (first message only).
+    Session(PeerSession),
+    /// This node's share of the process table.
+    List {
+        /// Only processes of this uid.
+        uid: Option<u32>,
+    },
+    /// Signal a process of this node's table on behalf of `creds`.
+    Kill {
+        /// PID as its job sees it.
+        pid: i32,
+        /// Signal number.
+        signal: i32,
+        /// Who asks.
+        creds: Credentials,
+    },
+    /// Load, memory and system of this node.
+    Stat,
+}
+
+/// Answers to [`ProcPeerRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcPeerReply {
+    /// To `Session`: the session is open with this many jobs (numbered
+    /// from 0), all on the answering node.
+    Session {
+        /// How many jobs the session has.
+        jobs: u32,
+    },
+    /// To `List`.
+    List(Vec<ProcRow>),
+    /// To `Kill`.
+    Killed,
+    /// To `Stat`.
+    Stat(NodeStat),
+}
+
+/// Byte strings as one postcard byte string, not as a sequence of
+/// one-byte elements (which costs more than the copy itself).
+mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// Parse a signal as `kill` spells it: `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        if (0..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(format!("'{text}' is not a signal number (0 to 64)"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| format!("'{text}' is not a signal name (e.g. TERM, KILL, INT, HUP, USR1)"))
+}
+
+/// The name of signal `sig` without `SIG` (`TERM`), if it has one.
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    SIGNALS.iter().find(|(_, v)| *v == sig).map(|(n, _)| *n)
+}
+
+/// Linux x86-64 signal numbers (the same on every architecture krg runs on).
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STKFLT", 16),
+    ("CHLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("URG", 23),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("VTALRM", 26),
+    ("PROF", 27),
+    ("WINCH", 28),
+    ("IO", 29),
+    ("PWR", 30),
+    ("SYS", 31),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{AdminRequest, AdminResponse};
+    use crate::frame::{decode, encode};
+    use crate::peer::{PeerMessage, PeerRequest};
+    use proptest::prelude::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            program: Program::Command,
+            argv: vec![b"echo".to_vec(), vec![0xff, b'x']],
+            env: vec![b"PATH=/bin".to_vec()],
+            cwd: b"/tmp".to_vec(),
+            tty: Some(WinSize {
+                rows: 24,
+                cols: 80,
+                xpixel: 0,
+                ypixel: 0,
+            }),
+            detach: false,
+            stdin: true,
+        }
+    }
+
+    #[test]
+    fn run_request_and_session_frames_roundtrip() {
+        let req = AdminRequest::Proc(ProcRequest::Run(RunRequest {
+            spec: spec(),
+            placement: Placement::Nodes(vec![3, 4]),
+            per_node: 2,
+        }));
+        let (back, _): (AdminRequest, usize) = decode(&encode(&req).unwrap()).unwrap().unwrap();
+        assert!(matches!(back, AdminRequest::Proc(ProcRequest::Run(r)) if r.spec == spec()));
+        for d in [
+            Down::Stdout {
+                job: 3,
+                data: b"hi\n".to_vec(),
+            },
+            Down::Exited {
+                job: 1,
+                status: ExitStatus::Signal {
+                    signal: 15,
+                    core: false,
+                },
+            },
+        ] {
+            let (back, _): (Down, usize) = decode(&encode(&d).unwrap()).unwrap().unwrap();
+            assert_eq!(back, d);
+        }
+        let open = PeerMessage {
+            id: 0,
+            body: crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(
+                PeerSession {
+                    version: SESSION_VERSION,
+                    spec: spec(),
+                    creds: Credentials {
+                        uid: 1000,
+                        gid: 1000,
+                        groups: vec![27],
+                    },
+                    count: 1,
+                },
+            ))),
+        };
+        let (back, _): (PeerMessage, usize) = decode(&encode(&open).unwrap()).unwrap().unwrap();
+        assert!(matches!(
+            back.body,
+            crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(s))) if s.creds.groups == vec![27]
+        ));
+    }
+
+    #[test]
+    fn renumbering_and_job_ends() {
+        let d = Down::Lost {
+            job: 0,
+            node: 4,
+            reason: "gone".into(),
+        };
+        assert!(d.ends_job());
+        assert_eq!(d.renumbered(7).job(), 7);
+        assert!(!Down::StdinAck { job: 0, bytes: 1 }.ends_job());
+    }
+
+    #[test]
+    fn exit_status_as_a_shell_sees_it() {
+        assert_eq!(ExitStatus::from_wait_status(3 << 8), ExitStatus::Code(3));
+        assert_eq!(
+            ExitStatus::from_wait_status(15),
+            ExitStatus::Signal {
+                signal: 15,
+                core: false
+            }
+        );
+        assert_eq!(ExitStatus::from_wait_status(0x80 | 11).shell_code(), 139);
+    }
+
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(parse_signal("TERM"), Ok(15));
+        assert_eq!(parse_signal("sigkill"), Ok(9));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert_eq!(signal_name(28), Some("WINCH"));
+        for bad in ["", "FOO", "-1", "65", "SIG"] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        // Whatever arrives on a session stream decodes or fails cleanly.
+        #[test]
+        fn session_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode::<Up>(&bytes);
+            let _ = decode::<Down>(&bytes);
+            let _ = decode::<AdminResponse>(&bytes);
+            let _ = postcard::from_bytes::<Up>(&bytes);
+            let _ = postcard::from_bytes::<Down>(&bytes);
+            let _ = postcard::from_bytes::<ProcRequest>(&bytes);
+            let _ = postcard::from_bytes::<ProcPeerRequest>(&bytes);
+            let _ = postcard::from_bytes::<ProcPeerReply>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! This node's answers about its own processes: the rows of `krg ps`, and
+//! `krg kill` of one process named by its PID as its job sees it.
+//!
+//! A kill opens a pidfd for the process found, then checks again that the
+//! pidfd's process is the one named (same namespace, same PID) and whose it
+//! is, so a PID recycled in between is never signalled.
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::proc::{Credentials, ProcRow};
+
+use super::creds::{self, Origin};
+use super::procfs::{self, Found};
+use super::spawn::{pidfd_open, pidfd_signal};
+use super::state::ProcState;
+
+/// The process table rows of this node (those of `uid` only, if given).
+pub fn list(st: &ProcState, uid: Option<u32>) -> Vec<ProcRow> {
+    let found = procfs::scan(&st.table.jobs());
+    let mut rows = procfs::rows(st.node(), &found, creds::user_name);
+    if let Some(uid) = uid {
+        rows.retain(|r| r.uid == uid);
+    }
+    rows
+}
+
+fn not_found(node: u32, pid: i32) -> AdminError {
+    AdminError::new(
+        ErrorKind::NotFound,
+        format!("no process {node}:{pid} (krg ps lists the processes of the cluster)"),
+    )
+}
+
+/// Send `signal` to process `pid` of this node for `creds`: root (from
+/// here or a member node), or the process's owner (its real or saved uid,
+/// as kill(2) decides).
+pub fn kill(
+    st: &ProcState,
+    pid: i32,
+    signal: i32,
+    who: &Credentials,
+    origin: Origin,
+) -> Result<(), AdminError> {
+    let node = st.node();
+    if !(0..=64).contains(&signal) {
+        return Err(AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!("{signal} is not a signal number"),
+        ));
+    }
+    let found: Vec<Found> = procfs::scan(&st.table.jobs())
+        .into_iter()
+        .filter(|f| f.pid == pid)
+        .collect();
+    let target = match found.as_slice() {
+        [] => return Err(not_found(node, pid)),
+        [one] => one,
+        _ => {
+            return Err(AdminError::new(
+                ErrorKind::Conflict,
+                format!("{node}:{pid} names processes of {} jobs (one of them forked past its PID range); signal the job's program instead", found.len()),
+            ))
+        }
+    };
+    let pidfd = pidfd_open(target.host_pid).map_err(|_| not_found(node, pid))?;
+    let same = procfs::pid_ns_inode(target.host_pid) == Some(target.job.ns_ino)
+        && procfs::ns_pid(target.host_pid) == Some(pid);
+    let ids = procfs::uids(target.host_pid);
+    let (true, Some(ids)) = (same, ids) else {
+        return Err(not_found(node, pid));
+    };
+    let allowed = if who.uid == 0 {
+        !matches!(origin, Origin::Outsider(_))
+    } else {
+        who.uid == ids[0] || who.uid == ids[2]
+    };
+    if !allowed {
+        return Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "process {node}:{pid} belongs to {}; uid {} may not signal it",
+                creds::user_name(ids[0]),
+                who.uid
+            ),
+        ));
+    }
+    if signal == 0 {
+        return Ok(());
+    }
+    pidfd_signal(&pidfd, signal).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => not_found(node, pid),
+        _ => AdminError::new(ErrorKind::Internal, format!("signalling {node}:{pid}: {e}")),
+    })?;
+    tracing::info!(pid, signal, uid = who.uid, "process signalled");
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The process service: this node's share of the global process table
+//! (the jobs its krgd started for `krg run`), runs here and on other nodes,
+//! `krg ps` and `krg kill` across the cluster.
+//!
+//! * [`spawn`]: the init of each job, PID 1 of its own PID namespace.
+//! * [`initspec`]: what krgd tells that init (`krg-init`) and hears back.
+//! * [`job`]: one job's start (stdio, terminal, output files) and end.
+//! * [`session`]: a session's jobs on this node, driven by `Up`/`Down` frames.
+//! * [`hub`]: a run as its origin sees it, across nodes ([`remote`] is the
+//!   origin's side of another node's part, [`serve`] the target's).
+//! * [`place`]: where jobs go; [`fanout`]: the cluster-wide views.
+//! * [`table`], [`procfs`], [`lookup`]: this node's jobs and their processes.
+//! * [`creds`]: whose a job is, and who may run what here.
+//! * [`fs`]: the same service as files, the /krg FUSE tree.
+//! * [`sealed`]: a session connection's sealed frames, read without loss.
+//! * [`pty`], [`detach`], [`nodestat`], [`fdio`], [`state`]: the smaller pieces.
+
+pub mod creds;
+pub mod detach;
+pub mod fanout;
+pub mod fdio;
+pub mod fs;
+pub mod hub;
+pub mod initspec;
+pub mod job;
+pub mod lookup;
+pub mod nodestat;
+pub mod place;
+pub mod procfs;
+pub mod pty;
+pub mod remote;
+pub mod sealed;
+pub mod serve;
+pub mod session;
+pub mod spawn;
+pub mod state;
+pub mod table;
+
+use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use krg_proto::admin::{AdminError, AdminResponse, ErrorKind};
+use krg_proto::auth::Identity;
+use krg_proto::frame::{read_frame, write_frame};
+use krg_proto::proc::{
+    Credentials, PeerSession, ProcPeerReply, ProcPeerRequest, ProcReply, ProcRequest, RunRequest,
+    Up,
+};
+use krg_proto::seal::FrameKeys;
+use tokio::net::{TcpStream, UnixStream};
+
+use self::creds::RunPolicy;
+use self::spawn::Spawner;
+use self::state::ProcState;
+use self::table::Table;
+use crate::caller::Caller;
+use crate::context::NodeContext;
+use crate::service::sched::SchedService;
+use crate::DaemonError;
+
+/// How long jobs get between SIGTERM and SIGKILL when krgd stops.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The process service of a node.
+pub struct ProcService {
+    st: Arc<ProcState>,
+    sched: Arc<SchedService>,
+    tree: std::sync::Mutex<Option<fs::Mounted>>,
+}
+
+/// Why `init` cannot be trusted as every job's init, if it cannot: it must
+/// be a regular file that only root (or krgd's own user) can change.
+fn check_init(init: &Path) -> Option<String> {
+    let shown = init.display();
+    let meta = match std::fs::metadata(init) {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(format!(
+                "{shown}: {e} (install krg-init next to krgd, or set [run] init)"
+            ))
+        }
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() {
+        Some(format!("{shown} is not a regular file"))
+    } else if meta.uid() != 0 && meta.uid() != me {
+        Some(format!("{shown} belongs to uid {}, not root", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "{shown} may be changed by other users (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else if meta.mode() & 0o111 == 0 {
+        Some(format!("{shown} is not executable"))
+    } else {
+        None
+    }
+}
+
+impl ProcService {
+    /// Start the service (its spawner thread).
+    pub async fn start(
+        ctx: Arc<NodeContext>,
+        sched: Arc<SchedService>,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let spawner =
+            Spawner::start().map_err(|e| DaemonError::io("starting the job spawner thread", e))?;
+        let init_path = ctx.config.job_init.clone();
+        let mut init_problem = check_init(&init_path);
+        let init = CString::new(init_path.as_os_str().as_encoded_bytes()).unwrap_or_else(|_| {
+            init_problem = Some(format!("{} contains a NUL byte", init_path.display()));
+            CString::default()
+        });
+        if let Some(why) = &init_problem {
+            tracing::error!(why, "krg run is unavailable on this node");
+        }
+        let st = Arc::new(ProcState {
+            policy: RunPolicy {
+                allow_root: ctx.config.run_allow_root,
+            },
+            detach_dir: ctx.config.data_dir.join("detached"),
+            ctx,
+            table: Table::default(),
+            spawner,
+            init,
+            init_problem,
+            stopping: tokio::sync::watch::Sender::new(false),
+        });
+        let tree = match st.ctx.config.krg_mount.clone() {
+            Some(path) => {
+                let (st2, sched2) = (st.clone(), sched.clone());
+                let mounted = tokio::task::spawn_blocking(move || fs::mount(st2, sched2, &path))
+                    .await
+                    .map_err(|source| DaemonError::Task {
+                        what: "mounting the /krg tree",
+                        source,
+                    })??;
+                if let Some(m) = &mounted {
+                    tracing::info!(path = %m.path().display(), "/krg tree mounted");
+                }
+                mounted
+            }
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            st,
+            sched,
+            tree: std::sync::Mutex::new(tree),
+        }))
+    }
+
+    /// XCPU sessions the /krg tree holds (None without a tree).
+    pub fn xcpu_sessions(&self) -> Option<usize> {
+        crate::sync::lock(&self.tree)
+            .as_ref()
+            .map(fs::Mounted::sessions)
+    }
+
+    /// The shared state (for the /krg tree).
+    pub fn state(&self) -> &Arc<ProcState> {
+        &self.st
+    }
+
+    /// `krg ps` and `krg kill` from the admin socket. (`Run` arrives by
+    /// [`ProcService::serve_run`], which keeps the connection.)
+    pub async fn handle_admin(
+        &self,
+        caller: &Caller,
+        req: ProcRequest,
+    ) -> Result<ProcReply, AdminError> {
+        match req {
+            ProcRequest::Ps { nodes, uid } => {
+                let (rows, missing) = fanout::ps(&self.st, nodes, uid).await;
+                Ok(ProcReply::Ps { rows, missing })
+            }
+            ProcRequest::Kill { node, pid, signal } => {
+                let who = Credentials {
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    groups: Vec::new(),
+                };
+                fanout::kill(&self.st, node, pid, signal, who).await?;
+                Ok(ProcReply::Killed)
+            }
+            ProcRequest::Run(_) => Err(AdminError::new(
+                ErrorKind::InvalidArgument,
+                "a run needs a connection of its own",
+            )),
+        }
+    }
+
+    /// Requests of other krgds (sessions come by [`ProcService::serve_session`]).
+    pub async fn handle_peer(
+        &self,
+        from: &Identity,
+        req: ProcPeerRequest,
+    ) -> Result<ProcPeerReply, AdminError> {
+        match req {
+            ProcPeerRequest::List { uid } => Ok(ProcPeerReply::List(lookup::list(&self.st, uid))),
+            ProcPeerRequest::Kill { pid, signal, creds } => {
+                let origin = serve::origin_of(&self.st, from);
+                lookup::kill(&self.st, pid, signal, &creds, origin)?;
+                Ok(ProcPeerReply::Killed)
+            }
+            ProcPeerRequest::Stat => Ok(ProcPeerReply::Stat(nodestat::read(
+                self.st.table.len() as u32
+            ))),
+            ProcPeerRequest::Session(_) => Err(AdminError::new(
+                ErrorKind::InvalidArgument,
+                "a session needs a connection of its own",
+            )),
+        }
+    }
+
+    /// Serve `krg run` on an admin connection: answer the request, then
+    /// carry the session stream until the run is over or the tool leaves.
+    pub async fn serve_run(&self, mut stream: UnixStream, caller: &Caller, req: RunRequest) {
+        let groups = match creds::peer_groups(&stream) {
+            Ok(g) => g,
+            Err(e) => {
+                let err = AdminError::new(
+                    ErrorKind::Internal,
+                    format!("cannot read the caller's groups: {e}"),
+                );
+                let _ = write_frame(&mut stream, &AdminResponse::Error(err)).await;
+                return;
+            }
+        };
+        let creds = Credentials {
+            uid: caller.uid,
+            gid: caller.gid,
+            groups,
+        };
+        let opened = hub::open(&self.st, &self.sched, caller, req, creds).await;
+        let (jobs, sess) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::info!(uid = caller.uid, error = %e.message, "run refused");
+                let _ = write_frame(&mut stream, &AdminResponse::Error(e)).await;
+                return;
+            }
+        };
+        let reply = AdminResponse::Proc(ProcReply::Session { jobs });
+        if write_frame(&mut stream, &reply).await.is_err() {
+            return;
+        }
+        let (mut rd, mut wr) = stream.into_split();
+        let input = sess.input;
+        let mut events = sess.events;
+        let reader = tokio::spawn(async move {
+            while let Ok(up) = read_frame::<Up, _>(&mut rd).await {
+                if input.send(up).await.is_err() {
+                    return;
+                }
+            }
+            // The tool left: dropping `input` ends the run.
+        });
+        while let Some(ev) = events.recv().await {
+            if write_frame(&mut wr, &ev).await.is_err() {
+                break;
+            }
+        }
+        reader.abort();
+    }
+
+    /// Serve a session connection another krgd opened.
+    pub async fn serve_session(
+        &self,
+        stream: TcpStream,
+        keys: FrameKeys,
+        peer: Identity,
+        open: PeerSession,
+    ) {
+        serve::serve(self.st.clone(), stream, keys, peer, open).await;
+    }
+
+    /// Stop every job: SIGTERM (forwarded by each init to its program),
+    /// then SIGKILL after a grace period. Their sessions tell their users
+    /// why, then report the end.
+    pub async fn shutdown(&self) {
+        self.st.stopping.send_replace(true);
+        let tree = crate::sync::lock(&self.tree).take();
+        if let Some(m) = tree {
+            let _ = tokio::task::spawn_blocking(move || m.unmount()).await;
+        }
+        let jobs = self.st.table.jobs();
+        if jobs.is_empty() {
+            return;
+        }
+        tracing::info!(jobs = jobs.len(), "stopping the jobs of this node");
+        for j in &jobs {
+            session::signal_job(j, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.st.table.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for j in self.st.table.jobs() {
+            session::signal_job(&j, libc::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The origin's side of a session on another node: a dedicated,
+//! authenticated TCP connection to the target's krgd carrying the
+//! session stream (see `krg_proto::proc`), seen by the caller as a
+//! [`Session`] just like a local one.
+//!
+//! A target that stops answering ends its jobs with [`Down::Lost`]: when
+//! the connection breaks (its krgd died or restarted), or when the
+//! membership service marks the node failed (a silent node: within the
+//! failure detection time). Dropping the input closes the connection, and
+//! the target kills the session's jobs.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::auth::client_handshake;
+use krg_proto::cluster::NodeState;
+use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
+use krg_proto::proc::{
+    Credentials, Down, JobSpec, PeerSession, ProcPeerReply, ProcPeerRequest, Up, SESSION_VERSION,
+};
+use krg_proto::seal::FrameKeys;
+use krg_proto::{NodeId, ProtoError};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::sealed::{self, Incoming, Outgoing};
+use super::session::Session;
+use super::state::ProcState;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn unavailable(node: NodeId, what: impl std::fmt::Display) -> AdminError {
+    AdminError::new(ErrorKind::Unavailable, format!("node {node}: {what}"))
+}
+
+/// An authenticated connection to `node`'s krgd. A connection that breaks
+/// during the handshake is tried once more (as the peer pool does).
+async fn connect(st: &ProcState, node: NodeId) -> Result<(TcpStream, FrameKeys), AdminError> {
+    let addr = st
+        .ctx
+        .peers
+        .address(node)
+        .ok_or_else(|| unavailable(node, "no known address"))?;
+    let mut last = None;
+    for _ in 0..2 {
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                unavailable(
+                    node,
+                    format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| unavailable(node, format!("cannot connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        super::fdio::keepalive(
+            &stream,
+            st.ctx.config.failure_timeout,
+            st.ctx.config.heartbeat,
+            3,
+        );
+        match client_handshake(&mut stream, &st.ctx.key, st.ctx.me).await {
+            Ok(auth) if auth.peer.node == node => return Ok((stream, auth.keys)),
+            Ok(auth) => {
+                return Err(unavailable(
+                    node,
+                    format!("{addr} answered as node {}", auth.peer.node),
+                ))
+            }
+            Err(e @ (ProtoError::Io(_) | ProtoError::Closed)) => last = Some(e),
+            Err(e) => return Err(unavailable(node, e)),
+        }
+    }
+    Err(unavailable(
+        node,
+        last.map(|e| e.to_string()).unwrap_or_default(),
+    ))
+}
+
+/// Open a session of `count` copies of `spec` on `node`.
+pub async fn open(
+    st: &ProcState,
+    node: NodeId,
+    spec: JobSpec,
+    creds: Credentials,
+    count: u32,
+) -> Result<Session, AdminError> {
+    let (mut stream, mut keys) = tokio::time::timeout(OPEN_TIMEOUT, connect(st, node))
+        .await
+        .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let open = PeerMessage {
+            id: 0,
+            body: PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(PeerSession {
+                version: SESSION_VERSION,
+                spec,
+                creds,
+                count,
+            }))),
+        };
+        keys.sealer
+            .write(&mut stream, &open)
+            .await
+            .map_err(|e| unavailable(node, e))?;
+        let answer: PeerMessage = keys
+            .opener
+            .read(&mut stream)
+            .await
+            .map_err(|e| unavailable(node, e))?;
+        match answer.body {
+            PeerBody::Response(PeerResponse::Proc(ProcPeerReply::Session { jobs }))
+                if jobs == count =>
+            {
+                Ok(())
+            }
+            PeerBody::Response(PeerResponse::Error(e)) => Err(e),
+            other => Err(unavailable(node, format!("unexpected answer {other:?}"))),
+        }
+    })
+    .await
+    .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))?;
+    opened?;
+    let (in_tx, in_rx) = mpsc::channel::<Up>(256);
+    let (ev_tx, ev_rx) = mpsc::channel::<Down>(64);
+    let (rd, wr) = stream.into_split();
+    let down = sealed::incoming::<Down>(rd, keys.opener);
+    tokio::spawn(write_up(Outgoing::new(wr, keys.sealer), in_rx));
+    tokio::spawn(read_down(st.ctx.watch_view(), node, count, down, ev_tx));
+    Ok(Session {
+        jobs: count,
+        input: in_tx,
+        events: ev_rx,
+    })
+}
+
+async fn write_up(mut wr: Outgoing, mut rx: mpsc::Receiver<Up>) {
+    while let Some(up) = rx.recv().await {
+        if wr.send(&up).await.is_err() {
+            return;
+        }
+    }
+    // Input gone: the session is abandoned, and the target kills its jobs.
+    wr.shutdown().await;
+}
+
+/// Whether `node` is, in this node's view, a member that answers.
+fn is_alive(view: &crate::context::ClusterView, node: NodeId) -> Result<(), String> {
+    if view.epoch == 0 {
+        return Ok(()); // no cluster: nothing watches liveness, the connection does
+    }
+    match view.node(node).map(|n| n.state) {
+        Some(NodeState::Online) | Some(NodeState::Leaving) => Ok(()),
+        Some(NodeState::Failed) => Err(format!(
+            "node {node} failed (silent for longer than the failure timeout)"
+        )),
+        Some(NodeState::Present) | None => Err(format!("node {node} left the cluster")),
+    }
+}
+
+async fn read_down(
+    mut view: tokio::sync::watch::Receiver<crate::context::ClusterView>,
+    node: NodeId,
+    count: u32,
+    mut down: Incoming<Down>,
+    events: mpsc::Sender<Down>,
+) {
+    let mut ended = BTreeSet::new();
+    let mut watching = true;
+    let reason = loop {
+        tokio::select! {
+            frame = down.frames.recv() => match frame.unwrap_or(Err(ProtoError::Closed)) {
+                Ok(d) if d.job() < count => {
+                    if d.ends_job() {
+                        ended.insert(d.job());
+                    }
+                    if events.send(d).await.is_err() {
+                        return;
+                    }
+                    if ended.len() as u32 == count {
+                        return;
+                    }
+                }
+                Ok(d) => break format!("sent an event for job {} of {count}", d.job()),
+                Err(krg_proto::ProtoError::Closed) => break "its krgd closed the session (krgd stopped or restarted); the job was killed with it".to_string(),
+                Err(e) => break format!("connection to its krgd lost ({e})"),
+            },
+            changed = view.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let check = is_alive(&view.borrow_and_update(), node);
+                if let Err(why) = check {
+                    break why;
+                }
+            }
+        }
+    };
+    for job in (0..count).filter(|j| !ended.contains(j)) {
+        let lost = Down::Lost {
+            job,
+            node,
+            reason: reason.clone(),
+        };
+        if events.send(lost).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The target's side of a session another krgd opened: check who asks,
+//! start the jobs, then carry the session stream until every job ended.
+//!
+//! The session ends (its jobs not detached are killed) when the origin
+//! closes the connection, when the connection breaks (the origin's krgd
+//! died; TCP keepalive notices a silent origin within seconds), or when
+//! the membership service marks the origin node failed.
+
+use std::sync::Arc;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::auth::{Identity, Role};
+use krg_proto::cluster::NodeState;
+use krg_proto::peer::{PeerBody, PeerMessage, PeerResponse};
+use krg_proto::proc::{PeerSession, ProcPeerReply, Up, SESSION_VERSION};
+use krg_proto::seal::{FrameKeys, Sealer};
+use tokio::net::TcpStream;
+
+use super::creds::{self, Origin};
+use super::sealed::{self, Outgoing};
+use super::session::{self, Params};
+use super::state::{ProcState, MAX_PER_NODE};
+
+/// Where a request from `peer` comes from, for the root rule.
+pub fn origin_of(st: &ProcState, peer: &Identity) -> Origin {
+    if peer.role == Role::Node && st.ctx.view().is_member(peer.node) {
+        Origin::Member(peer.node)
+    } else {
+        Origin::Outsider(peer.node)
+    }
+}
+
+async fn answer(stream: &mut TcpStream, sealer: &mut Sealer, body: PeerResponse) -> bool {
+    let msg = PeerMessage {
+        id: 0,
+        body: PeerBody::Response(body),
+    };
+    sealer.write(stream, &msg).await.is_ok()
+}
+
+/// Serve one session connection opened by `peer`.
+pub async fn serve(
+    st: Arc<ProcState>,
+    mut stream: TcpStream,
+    keys: FrameKeys,
+    peer: Identity,
+    open: PeerSession,
+) {
+    let (opener, mut sealer) = (keys.opener, keys.sealer);
+    let me = st.node();
+    super::fdio::keepalive(
+        &stream,
+        st.ctx.config.failure_timeout,
+        st.ctx.config.heartbeat,
+        3,
+    );
+    let checked = if open.version != SESSION_VERSION {
+        Err(AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "node {me} speaks session version {SESSION_VERSION}, node {} sent {}",
+                peer.node, open.version
+            ),
+        ))
+    } else if open.count == 0 || open.count > MAX_PER_NODE {
+        Err(AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{} copies per node; 1 to {} are allowed",
+                open.count, MAX_PER_NODE
+            ),
+        ))
+    } else {
+        st.check_available()
+            .and_then(|()| creds::check(&open.creds, st.policy, origin_of(&st, &peer), me))
+            .and_then(|()| super::job::validate(&open.spec, me))
+    };
+    if let Err(e) = checked {
+        tracing::info!(from = peer.node, uid = open.creds.uid, error = %e.message, "session refused");
+        answer(&mut stream, &mut sealer, PeerResponse::Error(e)).await;
+        return;
+    }
+    tracing::debug!(
+        from = peer.node,
+        uid = open.creds.uid,
+        count = open.count,
+        "session opened"
+    );
+    let sess = session::spawn(
+        st.clone(),
+        Params {
+            spec: open.spec,
+            creds: open.creds,
+            count: open.count,
+            origin: peer.node,
+        },
+    );
+    if !answer(
+        &mut stream,
+        &mut sealer,
+        PeerResponse::Proc(ProcPeerReply::Session { jobs: sess.jobs }),
+    )
+    .await
+    {
+        return; // dropping the session kills its jobs
+    }
+    let (rd, wr) = stream.into_split();
+    let mut up = sealed::incoming::<Up>(rd, opener);
+    let mut wr = Outgoing::new(wr, sealer);
+    let input = sess.input;
+    let mut events = sess.events;
+    let mut view = st.ctx.watch_view();
+    let origin = peer.node;
+    let reader = tokio::spawn(async move {
+        let mut watching = peer.role == Role::Node;
+        loop {
+            tokio::select! {
+                frame = up.frames.recv() => match frame {
+                    Some(Ok(up)) => {
+                        if input.send(up).await.is_err() {
+                            return;
+                        }
+                    }
+                    // origin gone: dropping `input` ends the session
+                    Some(Err(_)) | None => return,
+                },
+                changed = view.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let failed = matches!(
+                        view.borrow_and_update().node(origin).map(|n| n.state),
+                        Some(NodeState::Failed)
+                    );
+                    if failed {
+                        tracing::info!(origin, "origin node failed: ending its session");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    while let Some(ev) = events.recv().await {
+        if wr.send(&ev).await.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+}

@@ -1,0 +1,459 @@
+//! A session's jobs on this node: start `count` copies of a spec, carry
+//! their stdio, deliver signals and window sizes, report their ends.
+//!
+//! Whoever holds a [`Session`] drives it: [`Up`] frames in, [`Down`]
+//! events out (jobs numbered 0..count). Dropping the input ends the
+//! session: every job not detached is killed (SIGKILL of its init, which
+//! takes its whole PID namespace), so nothing keeps running unobserved.
+//! The events channel closes after the last job's end.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::proc::{Credentials, Down, JobSpec, Program, Up, MAX_CHUNK, STDIN_WINDOW};
+use krg_proto::NodeId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::job::{self, Io, StartedJob};
+use super::pty::Pty;
+use super::spawn::pidfd_signal;
+use super::state::ProcState;
+use super::table::JobEntry;
+
+/// Largest executable image a session takes (`krg run --push`, XCPU exec).
+pub const MAX_IMAGE: u64 = 1 << 30;
+/// Events buffered towards the session's reader before jobs wait.
+const EVENT_QUEUE: usize = 64;
+/// Input frames buffered towards the session.
+const INPUT_QUEUE: usize = 256;
+
+/// The two ends of a running session.
+pub struct Session {
+    /// Number of jobs (events are numbered 0..jobs).
+    pub jobs: u32,
+    /// Input towards the jobs; dropping it ends the session.
+    pub input: mpsc::Sender<Up>,
+    /// Events from the jobs; closed after the last job ended.
+    pub events: mpsc::Receiver<Down>,
+}
+
+/// What a session runs and for whom.
+pub struct Params {
+    /// What.
+    pub spec: JobSpec,
+    /// As whom (already checked against this node's rules).
+    pub creds: Credentials,
+    /// How many copies.
+    pub count: u32,
+    /// The node whose user asked.
+    pub origin: NodeId,
+}
+
+/// Start a session on this node.
+pub fn spawn(st: Arc<ProcState>, p: Params) -> Session {
+    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let jobs = p.count;
+    tokio::spawn(run(st, p, in_rx, ev_tx));
+    Session {
+        jobs,
+        input: in_tx,
+        events: ev_rx,
+    }
+}
+
+/// The session's hold on one of its jobs.
+struct Ctl {
+    entry: Arc<JobEntry>,
+    stdin: Option<mpsc::UnboundedSender<Arc<Vec<u8>>>>,
+    queued: Arc<AtomicU64>,
+    close_stdout: Option<oneshot::Sender<()>>,
+    pty: Option<Arc<Pty>>,
+}
+
+async fn run(
+    st: Arc<ProcState>,
+    p: Params,
+    mut input: mpsc::Receiver<Up>,
+    events: mpsc::Sender<Down>,
+) {
+    let node = st.node();
+    let image = match receive_image(&p.spec, &mut input).await {
+        Ok(i) => i,
+        Err(error) => {
+            for job in 0..p.count {
+                let _ = events
+                    .send(Down::Refused {
+                        job,
+                        node,
+                        error: error.clone(),
+                    })
+                    .await;
+            }
+            return;
+        }
+    };
+    let mut ctls: Vec<Option<Ctl>> = Vec::new();
+    let mut running = JoinSet::new();
+    for job in 0..p.count {
+        match job::start(&st, &p.spec, &p.creds, image.as_ref(), p.origin).await {
+            Ok(started) => {
+                let ctl = launch(&st, job, started, &events, &mut running).await;
+                ctls.push(ctl);
+            }
+            Err(error) => {
+                let _ = events.send(Down::Refused { job, node, error }).await;
+                ctls.push(None);
+            }
+        }
+    }
+    drop(image);
+    let mut stopping = st.stopping.subscribe();
+    let mut told = false;
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s), if !told => {
+                told = true;
+                let note = format!("krg: node {node}: krgd is stopping; the job gets SIGTERM\n").into_bytes();
+                for (job, ctl) in ctls.iter().enumerate() {
+                    if let Some(ctl) = ctl {
+                        let _ = events.try_send(Down::Stderr { job: job as u32, data: note.clone() });
+                        signal_job(&ctl.entry, libc::SIGTERM);
+                    }
+                }
+            }
+            up = input.recv() => match up {
+                Some(up) => {
+                    if let Err(why) = apply(up, &mut ctls) {
+                        tracing::warn!(node, why, "ending a session after bad input");
+                        break;
+                    }
+                }
+                None => break,
+            },
+            done = running.join_next() => match done {
+                Some(Ok(job)) => {
+                    if let Some(slot) = ctls.get_mut(job as usize) {
+                        *slot = None;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "a job task failed"),
+                None => return,
+            },
+        }
+    }
+    // Abandoned (or misbehaving) session: its jobs go with it.
+    for ctl in ctls.iter().flatten() {
+        let _ = pidfd_signal(&ctl.entry.init_pidfd, libc::SIGKILL);
+    }
+    running.detach_all();
+}
+
+/// Collect the executable image a spec announces, before anything starts.
+async fn receive_image(
+    spec: &JobSpec,
+    input: &mut mpsc::Receiver<Up>,
+) -> Result<Option<OwnedFd>, AdminError> {
+    let Program::Image { name, len } = &spec.program else {
+        return Ok(None);
+    };
+    if *len > MAX_IMAGE {
+        return Err(AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!("the executable is {len} bytes; at most {MAX_IMAGE} can be shipped"),
+        ));
+    }
+    let mut image = Vec::with_capacity(*len as usize);
+    while (image.len() as u64) < *len {
+        match input.recv().await {
+            Some(Up::Image(chunk)) if image.len() as u64 + chunk.len() as u64 <= *len => {
+                image.extend_from_slice(&chunk)
+            }
+            Some(Up::Image(_)) => {
+                return Err(AdminError::new(
+                    ErrorKind::InvalidArgument,
+                    "more image bytes than announced",
+                ))
+            }
+            Some(_) | None => {
+                return Err(AdminError::new(
+                    ErrorKind::InvalidArgument,
+                    "the executable image ended early",
+                ))
+            }
+        }
+    }
+    job::image_memfd(name, &image).map(Some).map_err(|e| {
+        AdminError::new(
+            ErrorKind::Internal,
+            format!("cannot hold the executable image: {e}"),
+        )
+    })
+}
+
+/// Apply one input frame to every job still running.
+fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
+    match up {
+        Up::Image(_) => return Err("image bytes after the jobs started"),
+        Up::Stdin(data) => {
+            if data.len() > MAX_CHUNK {
+                return Err("a stdin frame larger than MAX_CHUNK");
+            }
+            let data = Arc::new(data);
+            for ctl in ctls.iter_mut().flatten() {
+                if let Some(tx) = &ctl.stdin {
+                    let q = ctl.queued.fetch_add(data.len() as u64, Ordering::SeqCst);
+                    if q > STDIN_WINDOW + MAX_CHUNK as u64 {
+                        return Err("stdin beyond the window");
+                    }
+                    if tx.send(data.clone()).is_err() {
+                        ctl.stdin = None;
+                    }
+                }
+            }
+        }
+        Up::StdinEof => {
+            for ctl in ctls.iter_mut().flatten() {
+                if let (Some(tx), Some(_)) = (&ctl.stdin, &ctl.pty) {
+                    // A terminal has no end of input: type its EOF character.
+                    let _ = tx.send(Arc::new(vec![4]));
+                }
+                ctl.stdin = None;
+            }
+        }
+        Up::Signal(sig) => {
+            for ctl in ctls.iter().flatten() {
+                signal_job(&ctl.entry, sig);
+            }
+        }
+        Up::WinSize(ws) => {
+            for ctl in ctls.iter().flatten() {
+                if let Some(p) = &ctl.pty {
+                    let _ = p.resize(ws);
+                }
+            }
+        }
+        Up::CloseStdout => {
+            for ctl in ctls.iter_mut().flatten() {
+                ctl.close_stdout.take();
+                if ctl.pty.is_some() {
+                    // A terminal has no broken pipe: its reader left.
+                    signal_job(&ctl.entry, libc::SIGHUP);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A signal for a whole job: SIGKILL ends its namespace; SIGSTOP would
+/// stop the init, not the program, and is left to `krg kill`; the rest the
+/// init forwards to the program's process group.
+pub fn signal_job(entry: &JobEntry, sig: i32) {
+    if sig == libc::SIGSTOP || !(1..=64).contains(&sig) {
+        return;
+    }
+    let _ = pidfd_signal(&entry.init_pidfd, sig);
+}
+
+/// Start the tasks of a job that runs; its control for the session.
+async fn launch(
+    st: &Arc<ProcState>,
+    job: u32,
+    started: StartedJob,
+    events: &mpsc::Sender<Down>,
+    running: &mut JoinSet<u32>,
+) -> Option<Ctl> {
+    let node = st.node();
+    let StartedJob { entry, io, exit } = started;
+    let pid = entry.pid;
+    if let Io::Detached(output) = io {
+        let _ = events
+            .send(Down::Detached {
+                job,
+                node,
+                pid,
+                output,
+            })
+            .await;
+        let st = st.clone();
+        tokio::spawn(async move {
+            let status = exit.wait().await;
+            if let Some(dir) = &entry.output {
+                let creds = Credentials {
+                    uid: entry.uid,
+                    gid: entry.gid,
+                    groups: vec![],
+                };
+                if let Err(e) = super::detach::write_status(dir, &creds, status) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot record a detached job's status");
+                }
+            }
+            st.table.remove(entry.id);
+        });
+        return None;
+    }
+    let _ = events.send(Down::Started { job, node, pid }).await;
+    let queued = Arc::new(AtomicU64::new(0));
+    let (close_tx, close_rx) = oneshot::channel();
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+    let mut readers = JoinSet::new();
+    let mut pty_handle = None;
+    let mut has_stdin = false;
+    match io {
+        Io::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            readers.spawn(pump_out(job, stdout, events.clone(), Some(close_rx), true));
+            readers.spawn(pump_out(job, stderr, events.clone(), None, false));
+            if let Some(w) = stdin {
+                has_stdin = true;
+                tokio::spawn(pump_in(
+                    job,
+                    Sink::Pipe(w),
+                    stdin_rx,
+                    queued.clone(),
+                    events.clone(),
+                ));
+            }
+        }
+        Io::Pty(pty) => {
+            readers.spawn(pump_pty(job, pty.clone(), events.clone(), close_rx));
+            has_stdin = true;
+            tokio::spawn(pump_in(
+                job,
+                Sink::Pty(pty.clone()),
+                stdin_rx,
+                queued.clone(),
+                events.clone(),
+            ));
+            pty_handle = Some(pty);
+        }
+        Io::Detached(_) => {}
+    }
+    let st2 = st.clone();
+    let ev = events.clone();
+    let entry2 = entry.clone();
+    running.spawn(async move {
+        let status = exit.wait().await;
+        // Output first: the end of a job comes after all it wrote.
+        while readers.join_next().await.is_some() {}
+        st2.table.remove(entry2.id);
+        let _ = ev.send(Down::Exited { job, status }).await;
+        job
+    });
+    Some(Ctl {
+        entry,
+        stdin: has_stdin.then_some(stdin_tx),
+        queued,
+        close_stdout: Some(close_tx),
+        pty: pty_handle,
+    })
+}
+
+/// Read a pipe until its end (or until told to close it) into events.
+async fn pump_out(
+    job: u32,
+    mut from: impl AsyncRead + Unpin,
+    events: mpsc::Sender<Down>,
+    close: Option<oneshot::Receiver<()>>,
+    stdout: bool,
+) {
+    let mut close = close;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match &mut close {
+            Some(c) => tokio::select! {
+                r = from.read(&mut buf) => r,
+                _ = c => return, // dropping `from` closes the pipe: the job's next write gets SIGPIPE
+            },
+            None => from.read(&mut buf).await,
+        };
+        let n = match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let data = buf[..n].to_vec();
+        let ev = if stdout {
+            Down::Stdout { job, data }
+        } else {
+            Down::Stderr { job, data }
+        };
+        if events.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn pump_pty(
+    job: u32,
+    pty: Arc<Pty>,
+    events: mpsc::Sender<Down>,
+    mut close: oneshot::Receiver<()>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = pty.read(&mut buf) => r,
+            _ = &mut close => return,
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if events
+                    .send(Down::Stdout {
+                        job,
+                        data: buf[..n].to_vec(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Sink {
+    Pipe(tokio::net::unix::pipe::Sender),
+    Pty(Arc<Pty>),
+}
+
+/// Write queued stdin into the job, acknowledging every chunk (also those
+/// dropped because the job closed its stdin, so the sender's window moves).
+async fn pump_in(
+    job: u32,
+    sink: Sink,
+    mut rx: mpsc::UnboundedReceiver<Arc<Vec<u8>>>,
+    queued: Arc<AtomicU64>,
+    events: mpsc::Sender<Down>,
+) {
+    let mut sink = Some(sink);
+    let mut total = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        queued.fetch_sub(chunk.len() as u64, Ordering::SeqCst);
+        let ok = match &mut sink {
+            Some(Sink::Pipe(w)) => w.write_all(&chunk).await.is_ok(),
+            Some(Sink::Pty(p)) => p.write_all(&chunk).await.is_ok(),
+            None => true,
+        };
+        if !ok {
+            sink = None;
+        }
+        total += chunk.len() as u64;
+        if events
+            .send(Down::StdinAck { job, bytes: total })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

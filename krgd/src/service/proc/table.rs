@@ -1,0 +1,192 @@
+//! This node's share of the global process table: the jobs its krgd
+//! started, each in a PID namespace of its own.
+//!
+//! PIDs as a job sees them: its init is 1 and its program gets
+//! `slot × PID_SPAN`, where the slot is free on this node; the program's
+//! descendants get the PIDs that follow. So `NODE:PID` names one process
+//! on a node as long as no job forks more than `PID_SPAN - 1` times (a
+//! name that matches processes of two jobs is refused as ambiguous, never
+//! guessed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::NodeId;
+
+use crate::sync;
+
+/// PIDs between two jobs' programs.
+pub const PID_SPAN: i32 = 4096;
+/// Slots 1..=MAX_SLOT: a job namespace's pid_max is 4194304 (2^22).
+pub const MAX_SLOT: u32 = (4_194_304 / PID_SPAN as u32) - 1;
+
+/// One job of the table.
+#[derive(Debug)]
+pub struct JobEntry {
+    /// Node-unique job number.
+    pub id: u64,
+    /// Its PID slot.
+    pub slot: u32,
+    /// PID of its program as the job sees it.
+    pub pid: i32,
+    /// PID of its init in krgd's namespace.
+    pub init_pid: i32,
+    /// pidfd of its init.
+    pub init_pidfd: OwnedFd,
+    /// Inode of its PID namespace (`/proc/PID/ns/pid`).
+    pub ns_ino: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Owner's primary group.
+    pub gid: u32,
+    /// Runs on after its session ends.
+    pub detached: bool,
+    /// Where a detached job's output goes.
+    pub output: Option<PathBuf>,
+    /// Node whose user started it (this node for local runs).
+    pub origin: NodeId,
+    /// When it started.
+    pub started: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<u64, Arc<JobEntry>>,
+    slots: BTreeSet<u32>,
+    next_slot: u32,
+    next_id: u64,
+}
+
+/// The table.
+#[derive(Default)]
+pub struct Table {
+    inner: Mutex<Inner>,
+}
+
+/// A slot and job number set aside for a job being started; given back
+/// when dropped unless the job was entered into the table.
+pub struct Reservation<'a> {
+    table: &'a Table,
+    /// Job number.
+    pub id: u64,
+    /// Slot.
+    pub slot: u32,
+    entered: bool,
+}
+
+impl Reservation<'_> {
+    /// The program's PID as the job will see it.
+    pub fn pid(&self) -> i32 {
+        self.slot as i32 * PID_SPAN
+    }
+
+    /// Enter the started job into the table (its `id` and `slot` are the
+    /// reservation's).
+    pub fn enter(mut self, mut entry: JobEntry) -> Arc<JobEntry> {
+        self.entered = true;
+        entry.id = self.id;
+        entry.slot = self.slot;
+        let entry = Arc::new(entry);
+        sync::lock(&self.table.inner)
+            .jobs
+            .insert(entry.id, entry.clone());
+        entry
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.entered {
+            sync::lock(&self.table.inner).slots.remove(&self.slot);
+        }
+    }
+}
+
+impl Table {
+    /// Set a slot aside for a new job.
+    pub fn reserve(&self) -> Result<Reservation<'_>, AdminError> {
+        let mut inner = sync::lock(&self.inner);
+        let start = inner.next_slot;
+        let mut slot = start;
+        loop {
+            slot = if slot >= MAX_SLOT { 1 } else { slot + 1 };
+            if !inner.slots.contains(&slot) {
+                break;
+            }
+            if slot == start {
+                return Err(AdminError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "this node already runs {} jobs, the most it can",
+                        inner.slots.len()
+                    ),
+                ));
+            }
+        }
+        inner.slots.insert(slot);
+        inner.next_slot = slot;
+        inner.next_id += 1;
+        let id = inner.next_id;
+        Ok(Reservation {
+            table: self,
+            id,
+            slot,
+            entered: false,
+        })
+    }
+
+    /// Take an ended job out of the table.
+    pub fn remove(&self, id: u64) {
+        let mut inner = sync::lock(&self.inner);
+        if let Some(e) = inner.jobs.remove(&id) {
+            inner.slots.remove(&e.slot);
+        }
+    }
+
+    /// Every job now in the table.
+    pub fn jobs(&self) -> Vec<Arc<JobEntry>> {
+        sync::lock(&self.inner).jobs.values().cloned().collect()
+    }
+
+    /// How many jobs run.
+    pub fn len(&self) -> usize {
+        sync::lock(&self.inner).jobs.len()
+    }
+
+    /// Whether no job runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_unique_and_given_back() {
+        let t = Table::default();
+        let a = t.reserve().unwrap();
+        let b = t.reserve().unwrap();
+        assert_ne!(a.slot, b.slot);
+        assert_eq!(a.pid() % PID_SPAN, 0);
+        assert!(a.pid() >= PID_SPAN);
+        let slot = b.slot;
+        drop(b);
+        // Round robin: the freed slot is not reused at once, but is free.
+        assert!(!sync::lock(&t.inner).slots.contains(&slot));
+        let mut held = vec![a];
+        while let Ok(r) = t.reserve() {
+            held.push(r);
+        }
+        assert_eq!(held.len(), MAX_SLOT as usize);
+        let e = t.reserve().err().unwrap();
+        assert!(e.message.contains("the most it can"), "{e}");
+        held.pop();
+        assert!(t.reserve().is_ok());
+    }
+}
