@@ -7,7 +7,8 @@ use std::path::Path;
 use crate::checked_dir::CheckedDir;
 use crate::error::Result;
 use crate::image::{
-    self, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE,
+    self, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, RunData, TaskImage, VmaKind,
+    PAGE,
 };
 
 fn prot(p: u32) -> String {
@@ -18,6 +19,26 @@ fn prot(p: u32) -> String {
         f(libc::PROT_WRITE, 'w'),
         f(libc::PROT_EXEC, 'x')
     )
+}
+
+/// How long the tree was frozen, and where this SN stands in its chain.
+fn chain_line(g: &GlobalImage) -> String {
+    let chain = match g.parent {
+        Some(p) => format!("incremental: unchanged pages are kept in SN {p}"),
+        None => "full: every page is in this SN".into(),
+    };
+    format!("frozen for {:.1} ms; {chain}", g.frozen_us as f64 / 1000.0)
+}
+
+/// Pages saved in this SN's file, and pages kept in the parent SN.
+fn page_counts(mm: &MmImage) -> (u64, u64) {
+    mm.vmas
+        .iter()
+        .flat_map(|v| &v.runs)
+        .fold((0u64, 0u64), |(h, p), r| match r.data {
+            RunData::Here { .. } => (h.saturating_add(r.pages), p),
+            RunData::Parent => (h, p.saturating_add(r.pages)),
+        })
 }
 
 pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImage)]) -> String {
@@ -32,9 +53,10 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
     );
     let _ = writeln!(
         s,
-        "taken at unix time {} on kernel {}, owner uid {}\n",
+        "taken at unix time {} on kernel {}, owner uid {}",
         g.created_unix, g.kernel, g.uid
     );
+    let _ = writeln!(s, "{}\n", chain_line(g));
     let _ = writeln!(
         s,
         "global_v{sn}.bin       application id, SN, node mask {:#x}",
@@ -49,23 +71,23 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
         n.pipes.len()
     );
     for (t, mm) in tasks {
-        let pages: u64 = mm
-            .vmas
-            .iter()
-            .flat_map(|v| &v.runs)
-            .fold(0u64, |a, r| a.saturating_add(r.pages));
+        let (here, parent) = page_counts(mm);
         let _ = writeln!(
             s,
             "task_{}_v{sn}.bin      task {} ({}) parent {}: registers+xstate, {} signal handler(s), {} fd(s), cwd {}",
             t.pid, t.pid, t.comm, t.ppid, t.sigactions.len(), t.fds.len(), t.cwd
         );
+        let kept = match mm.parent {
+            Some(p) => format!(", {parent} unchanged page(s) kept in SN {p}"),
+            None => String::new(),
+        };
         let _ = writeln!(
             s,
-            "task_mm_{}_v{sn}.bin   {} mapping(s), {} saved page(s) ({} KiB)",
+            "task_mm_{}_v{sn}.bin   {} mapping(s), {} saved page(s) ({} KiB){kept}",
             t.pid,
             mm.vmas.len(),
-            pages,
-            pages.saturating_mul(PAGE) / 1024
+            here,
+            here.saturating_mul(PAGE) / 1024
         );
     }
     s
@@ -111,6 +133,7 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
         "  app_id {}  sn {}  node_mask {:#x}  uid {}  kernel {}  created {}",
         g.app_id, g.sn, g.node_mask, g.uid, g.kernel, g.created_unix
     );
+    let _ = writeln!(s, "  {}", chain_line(&g));
     for node in 0..64u32 {
         if g.node_mask & (1u64 << node) == 0 {
             continue;
@@ -233,12 +256,17 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
     }
     let d = image::read_in::<MmImage>(dir, &names.task_mm(pid), FileKind::Mm)?.0;
     let mm = d.meta;
+    let (here, parent) = page_counts(&mm);
     let _ = writeln!(
         s,
-        "{}: data at offset {} ({} bytes)",
+        "{}: data at offset {} ({} bytes, {here} page(s)){}",
         dir.join(&names.task_mm(pid)).display(),
         d.data_off,
-        d.data_len
+        d.data_len,
+        match mm.parent {
+            Some(p) => format!(", {parent} unchanged page(s) kept in SN {p}"),
+            None => String::new(),
+        }
     );
     let p = &mm.params;
     let _ = writeln!(
@@ -247,7 +275,11 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
         p.start_code, p.end_code, p.start_data, p.end_data, p.start_brk, p.brk, p.start_stack
     );
     for v in &mm.vmas {
-        let pages: u64 = v.runs.iter().fold(0u64, |a, r| a.saturating_add(r.pages));
+        let pages: u64 = v
+            .runs
+            .iter()
+            .filter(|r| matches!(r.data, RunData::Here { .. }))
+            .fold(0u64, |a, r| a.saturating_add(r.pages));
         let kind = match &v.kind {
             VmaKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
             k => format!("{k:?}"),

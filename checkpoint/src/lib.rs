@@ -24,5 +24,6 @@ pub mod procfs;
 mod ptrace;
 pub mod restore;
 pub mod store;
+pub mod uffd;
 
 pub use error::{ChkptError, Result};

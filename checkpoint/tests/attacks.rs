@@ -78,14 +78,10 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// Rewrite a metadata-only image file as its owner could: decode, change,
 /// encode with a fresh CRC, write back in place (owner kept).
-fn forge<T: serde::de::DeserializeOwned + serde::Serialize>(
-    path: &Path,
-    kind: FileKind,
-    f: impl FnOnce(&mut T),
-) {
+fn forge<T: image::ImageMeta>(path: &Path, kind: FileKind, f: impl FnOnce(&mut T)) {
     let mut meta: T = image::read_file(path, kind).unwrap().meta;
     f(&mut meta);
-    let (bytes, _) = image::encode(kind, &meta, 0).unwrap();
+    let bytes = image::encode(kind, &meta).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
 

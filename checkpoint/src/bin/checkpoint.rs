@@ -44,6 +44,11 @@ struct Cli {
     /// A SysV message queue (id) that belongs to the job; repeatable.
     #[arg(long = "sysv-msg", value_name = "ID")]
     sysv_msg: Vec<i32>,
+    /// Save every page, starting a new chain, even when the previous SN
+    /// holds the unchanged ones (by default an SN stores only the pages
+    /// changed since the previous one).
+    #[arg(long)]
+    full: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -102,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
         node,
         sysv_sem: cli.sysv_sem,
         sysv_msg: cli.sysv_msg,
+        full: cli.full,
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -126,12 +132,16 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let chain = rep
+        .parent
+        .map_or(String::new(), |p| format!(", incremental on SN {p}"));
     println!(
-        "checkpoint: saved process {pid} ({} task(s)) as SN {} in {} ({:.1} MiB)",
+        "checkpoint: saved process {pid} ({} task(s)) as SN {} in {} ({:.1} MiB{chain}), frozen {:.1} ms",
         rep.tasks.len(),
         rep.sn,
         rep.dir.display(),
-        rep.image_bytes as f64 / (1 << 20) as f64
+        rep.image_bytes as f64 / (1 << 20) as f64,
+        rep.frozen.as_secs_f64() * 1000.0
     );
     Ok(())
 }

@@ -23,8 +23,9 @@ struct PipeRef {
 
 /// List the fd table; pipes are returned aside and classified by the caller
 /// (a pipe whose two ends are inside the tree is restored, one that leads
-/// outside is stdio or refused).
+/// outside is stdio or refused). krg's own trackers are left out.
 fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
+    let trackers: Vec<i32> = super::track::ours(pid).iter().map(|t| t.0).collect();
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
     let mut nums: Vec<i32> = rd
@@ -33,7 +34,7 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
     nums.sort_unstable();
     let mut out = Vec::new();
     let mut pipes = Vec::new();
-    for fd in nums {
+    for fd in nums.into_iter().filter(|fd| !trackers.contains(fd)) {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
         let (pos, flags) =
             procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;

@@ -73,7 +73,7 @@ fn owner_of(pid: i32, status: &str, caller: u32) -> Result<Owner> {
     })
 }
 
-fn check_task(pid: i32, caller: u32) -> Result<Owner> {
+pub fn check_task(pid: i32, caller: u32) -> Result<Owner> {
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| ChkptError::NoSuchProcess(pid))?;
     let owner = owner_of(pid, &status, caller)?;

@@ -41,7 +41,7 @@ impl<'a> Scratch<'a> {
 }
 
 /// Find a `syscall` instruction (0f 05) in the task's vDSO: injection jumps there.
-fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
+pub(super) fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
     let vdso = maps.iter().find(|m| m.path == "[vdso]").ok_or_else(|| {
         ChkptError::unsupported(
             pid,
@@ -239,34 +239,38 @@ fn task_image(
     })
 }
 
+/// One task's state; its memory image still without page runs (filled
+/// by the frozen round of [`precopy`](super::precopy)).
 pub struct TaskDump {
     pub task: TaskImage,
     pub mm: MmImage,
-    /// Pages to copy into the memory image.
-    pub pages: u64,
 }
 
-pub fn dump_task(
-    pid: i32,
-    ppid: i32,
-    fds: Vec<FdImage>,
-    shared: &mut memory::SharedSeen,
-) -> Result<TaskDump> {
+/// The start time of a process (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Result<u64> {
+    let stat = procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    Ok(stat.field(22))
+}
+
+pub fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>) -> Result<TaskDump> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
-    let mut vmas = memory::vmas(pid, &maps)?;
+    let vmas = memory::vmas(pid, &maps)?;
     let inj = Injector::new(pid, find_syscall_insn(pid, &maps)?)?;
     let result = (|| {
         let scratch = Scratch::map(&inj)?;
         let task = task_image(pid, ppid, &inj, &scratch, fds)?;
         let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
         scratch.unmap()?;
-        let pages = memory::plan_pages(pid, &mut vmas, shared)?;
         let mm = MmImage {
             vmas,
             params: memory::params(pid, brk)?,
             shared_pending: ptrace::peek_pending(pid, true)?,
+            parent: None,
+            tracker: None,
+            start_time: start_time(pid)?,
+            frozen_us: 0,
         };
-        Ok(TaskDump { task, mm, pages })
+        Ok(TaskDump { task, mm })
     })();
     // Registers go back whatever happened, so the job resumes untouched.
     inj.restore()?;

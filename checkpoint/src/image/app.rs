@@ -15,6 +15,11 @@ pub struct GlobalImage {
     pub created_unix: u64,
     pub uid: u32,
     pub kernel: String,
+    /// How long the tree was frozen while this SN was taken, in microseconds.
+    pub frozen_us: u64,
+    /// The SN this one is incremental on (some task keeps pages of it);
+    /// `None` when this SN starts a chain.
+    pub parent: Option<u32>,
 }
 
 /// `node_<N>_v<SN>.bin`: the tasks node N holds, parents before children.

@@ -9,6 +9,7 @@
 //! an address no recorded mapping uses. Registers go in last, then detach.
 
 //! - [`load`] — read and check every file (before anything runs)
+//! - [`pages`] — where each page's data is across a chain of SNs, CRCs
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
 //! - [`task`] — one task's restore, in order
@@ -21,6 +22,7 @@ mod fds;
 pub mod load;
 mod mm;
 pub mod owner;
+mod pages;
 mod sig;
 mod sysv;
 mod task;

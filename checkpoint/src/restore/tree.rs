@@ -201,7 +201,7 @@ pub fn restore_tree(l: &mut Loaded, area: u64, pids: PidPolicy) -> Result<Vec<i3
     r
 }
 
-/// The memory images, duplicated in restart to fds `base..base + n` above
+/// The memory files, duplicated in restart to fds `base..base + n` above
 /// every fd restart holds, so that the root task (a fork of restart)
 /// inherits them at those numbers and passes them on to its children.
 struct MmFds {
@@ -225,13 +225,13 @@ fn place_mm_fds(l: &Loaded) -> Result<MmFds> {
         .unwrap_or(2);
     let base = recorded.max(ours).max(2) + 1;
     let mut fds = Vec::new();
-    for (n, t) in l.tasks.iter().enumerate() {
+    for (n, f) in l.files.iter().enumerate() {
         let want = base + n as i32;
         // SAFETY: F_DUPFD_CLOEXEC on an fd we own; every fd from `base` up
         // is free, so the lowest free one is `want`.
-        let fd = unsafe { libc::fcntl(t.mm_file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, want) };
+        let fd = unsafe { libc::fcntl(f.file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, want) };
         if fd < 0 {
-            return Err(ChkptError::io(&t.mm_path, std::io::Error::last_os_error()));
+            return Err(ChkptError::io(&f.path, std::io::Error::last_os_error()));
         }
         // SAFETY: fd is a new descriptor that nothing else owns.
         fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
@@ -300,7 +300,7 @@ fn restore_tasks(
     }
     let l = &*l;
     let mut ctxs = Vec::new();
-    for (n, t) in l.tasks.iter().enumerate() {
+    for t in &l.tasks {
         let inj = injectors.get(&t.task.pid).ok_or_else(|| {
             ChkptError::Inconsistent(format!("task {} was not created", t.task.pid))
         })?;
@@ -309,9 +309,9 @@ fn restore_tasks(
             area,
             task: &t.task,
             mm: &t.mm,
-            mm_path: &t.mm_path,
-            mm_fd: mm_fds.base + n as i32,
-            data_off: t.data_off,
+            pieces: &t.pieces,
+            data_fds: mm_fds.base,
+            files: &l.files,
             work_base: mm_fds.base,
             pipe_fds: &pipe_fds,
             shm_fds: &shm_fds,
