@@ -93,6 +93,72 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
     s
 }
 
+/// One committed SN in the overview of a directory.
+#[derive(Debug, serde::Serialize)]
+pub struct SnSummary {
+    pub sn: u32,
+    pub parent: Option<u32>,
+    pub frozen_us: u64,
+    pub created_unix: u64,
+    /// Bytes of its files.
+    pub bytes: u64,
+}
+
+/// The committed SNs of an application directory.
+pub fn chains_json(dir: &Path) -> Result<Vec<SnSummary>> {
+    let d = CheckedDir::open(dir)?;
+    let mut out = Vec::new();
+    for sn in crate::store::committed_sns(&d) {
+        let names = Names { sn };
+        let g: GlobalImage = image::read_in(&d, &names.global(), FileKind::Global)?
+            .0
+            .meta;
+        let mut bytes = 0;
+        for name in d.entries()? {
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with('.') && crate::store::sn_of(name) == Some(sn) {
+                bytes += d.stat_entry(name).map(|s| s.st_size as u64).unwrap_or(0);
+            }
+        }
+        out.push(SnSummary {
+            sn,
+            parent: g.parent,
+            frozen_us: g.frozen_us,
+            created_unix: g.created_unix,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// `checkpoint inspect DIR`: every SN, what it builds on, its size.
+pub fn chains(dir: &Path) -> Result<String> {
+    let sns = chains_json(dir)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: {} SN(s)", dir.display(), sns.len());
+    for x in &sns {
+        let mut chain = vec![x.sn];
+        let mut at = x.parent;
+        while let Some(p) = at {
+            chain.push(p);
+            at = sns.iter().find(|y| y.sn == p).and_then(|y| y.parent);
+        }
+        let chain: Vec<String> = chain.iter().map(|c| c.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  SN {:<4} {:>10.1} MiB  frozen {:>8.1} ms  {}",
+            x.sn,
+            x.bytes as f64 / (1 << 20) as f64,
+            x.frozen_us as f64 / 1000.0,
+            match x.parent {
+                Some(p) => format!("incremental on SN {p} (chain {})", chain.join(" <- ")),
+                None => "full".into(),
+            }
+        );
+    }
+    Ok(s)
+}
+
 /// `checkpoint inspect --json DIR SN`: the decoded metadata of every file of
 /// one SN (page data left out), for scripts.
 pub fn inspect_json(dir: &Path, sn: u32) -> Result<serde_json::Value> {

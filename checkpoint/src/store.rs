@@ -37,7 +37,7 @@ pub fn app_dir(root: &Path, app: i32) -> PathBuf {
 }
 
 /// The SN a file name of a checkpoint belongs to (`…_v<SN>.…`).
-fn sn_of(name: &str) -> Option<u32> {
+pub fn sn_of(name: &str) -> Option<u32> {
     name.rsplit_once("_v")
         .and_then(|(_, r)| r.split('.').next())
         .and_then(|s| s.parse().ok())

@@ -79,16 +79,21 @@ fn churning_memory_comes_back_from_every_sn_of_a_chain() {
     }
     let final_count = last_of(&out.get());
     kill_reap(pid);
-    // `counter_lines` (in last_of) fails on a BAD line or a jump: each
-    // restored job must go on from where its SN was taken, all pages right.
-    for sn in [3u32, 2, 1] {
-        let log = tmp.path().join(format!("restored{sn}.txt"));
+    let dir = store.join(pid.to_string());
+    let chains = run(Command::new(bin("checkpoint")).arg("inspect").arg(&dir));
+    ok(&chains, "inspect DIR");
+    let text = String::from_utf8_lossy(&chains.stdout).into_owned();
+    assert!(text.contains("chain 3 <- 2 <- 1"), "{text}");
+    // `counter_lines` fails on a BAD line or a jump: each restored job
+    // must go on from where its SN was taken, every page right.
+    let check = |sn: u32, tag: &str| {
+        let log = tmp.path().join(format!("restored{sn}{tag}.txt"));
         let o = restart_into(&store, pid, sn, &[], &log);
         ok(&o, "restart");
         let text = || std::fs::read_to_string(&log).unwrap_or_default();
         wait_until("the restored job checks its memory", || {
             let t = text();
-            assert!(!t.contains("BAD"), "restored from SN {sn}: {t}");
+            assert!(!t.contains("BAD"), "restored from SN {sn}{tag}: {t}");
             t.lines().count() >= 4
         });
         let first = counter_lines(&text())[0];
@@ -98,5 +103,45 @@ fn churning_memory_comes_back_from_every_sn_of_a_chain() {
             "SN {sn}: resumed at {first}, checkpoint taken between {before} and {after}"
         );
         kill_reap(pid);
+    };
+    for sn in [3u32, 2, 1] {
+        check(sn, "");
     }
+    // Removing SN 2 moves the pages SN 3 kept there into SN 3.
+    let rm = |sn: u32| {
+        run(Command::new(bin("checkpoint"))
+            .arg("rm")
+            .arg("--dir")
+            .arg(&store)
+            .arg(pid.to_string())
+            .arg(sn.to_string()))
+    };
+    let o = rm(2);
+    ok(&o, "rm 2");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("SN 3 took over"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let text = String::from_utf8_lossy(
+        &run(Command::new(bin("checkpoint")).arg("inspect").arg(&dir)).stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains("chain 3 <- 1") && !text.contains("SN 2 "),
+        "{text}"
+    );
+    check(3, "-after-rm2");
+    let gone = restart_into(&store, pid, 2, &[], &tmp.path().join("none.txt"));
+    assert!(
+        !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("no checkpoint 2")
+    );
+    // and removing SN 1 leaves SN 3 whole
+    ok(&rm(1), "rm 1");
+    let text = String::from_utf8_lossy(
+        &run(Command::new(bin("checkpoint")).arg("inspect").arg(&dir)).stdout,
+    )
+    .into_owned();
+    assert!(text.contains("full") && !text.contains("SN 1 "), "{text}");
+    check(3, "-alone");
 }

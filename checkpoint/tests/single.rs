@@ -281,6 +281,15 @@ fn bad_images_refused_before_anything_starts() {
             Box::new(|| std::fs::remove_file(&mm).unwrap()),
         ),
         (
+            // one byte of page data (the data section starts at 4096)
+            "does not match its CRC",
+            Box::new(|| {
+                let mut b = good_mm.clone();
+                b[4096 + 1000] ^= 0x01;
+                std::fs::write(&mm, b).unwrap();
+            }),
+        ),
+        (
             "not a krg checkpoint",
             Box::new(|| std::fs::write(&task, [b'x'; 100]).unwrap()),
         ),
