@@ -157,7 +157,7 @@ fn merged_mm(
                     runs.push(w.copy_run(&fj.file, dj.data_off + off, r.addr, r.pages)?);
                 }
                 RunData::Parent => {
-                    runs.extend(w.from_parent(&dk.meta, &fk.file, dk.data_off, r)?)
+                    runs.extend(w.take_parent(&dk.meta, &fk.file, dk.data_off, r)?)
                 }
             }
         }
@@ -212,7 +212,7 @@ impl Writer {
 
     /// The runs of `[r.addr, +r.pages)` as the parent image `pm` has them:
     /// its own pages copied here, its parent's still referred to.
-    fn from_parent(
+    fn take_parent(
         &mut self,
         pm: &MmImage,
         pf: &File,
