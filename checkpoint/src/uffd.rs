@@ -157,25 +157,28 @@ impl Scan {
 /// `/proc/PID/pagemap`, open for `PAGEMAP_SCAN`.
 pub struct Pagemap {
     file: File,
+    /// The kernel's output buffer, reused from call to call.
+    buf: std::cell::RefCell<Vec<Region>>,
 }
 
 impl Pagemap {
     pub fn open(pid: i32) -> io::Result<Self> {
         Ok(Pagemap {
             file: File::open(format!("/proc/{pid}/pagemap"))?,
+            buf: std::cell::RefCell::new(vec![
+                Region {
+                    start: 0,
+                    end: 0,
+                    categories: 0
+                };
+                4096
+            ]),
         })
     }
 
     /// Scan `[start, end)`, appending regions to `out`.
     pub fn scan(&self, start: u64, end: u64, s: Scan, out: &mut Vec<Region>) -> io::Result<()> {
-        let mut buf = vec![
-            Region {
-                start: 0,
-                end: 0,
-                categories: 0
-            };
-            4096
-        ];
+        let mut buf = self.buf.borrow_mut();
         let mut at = start;
         while at < end {
             // struct pm_scan_arg

@@ -170,16 +170,20 @@ impl ProcMem {
                 .scan(r.start, r.end, Scan::resident(), &mut found)
                 .map_err(sys(pid, "PAGEMAP_SCAN (resident pages)"))?;
         }
-        // what the written pages are now
-        let mut now = Vec::new();
-        for w in &written {
+        // what the written pages are now (scanned in stretches: thousands
+        // of scattered written pages would be thousands of calls)
+        let mut around = Vec::new();
+        for (a, b) in stretches(&written) {
             self.pm
-                .scan(w.start, w.end, Scan::resident(), &mut now)
+                .scan(a, b, Scan::resident(), &mut around)
                 .map_err(sys(pid, "PAGEMAP_SCAN (resident pages)"))?;
         }
+        let now = intersect(&around, &written);
         let mut now = self.real_swap(&now);
+        let mut from = 0;
         for w in &written {
-            for (a, b) in subtract(w.start, w.end, &now) {
+            from += now[from..].partition_point(|n| n.end <= w.start);
+            for (a, b) in subtract(w.start, w.end, &now[from..]) {
                 self.map.set(a, b, None);
             }
         }
@@ -302,11 +306,53 @@ fn ranges(runs: &[super::pages::Run]) -> Vec<(u64, u64)> {
     out
 }
 
-/// `[a, b)` minus the (sorted) regions `cut`.
+/// Sorted regions joined into stretches where less than 64 KiB apart.
+fn stretches(regions: &[Region]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for r in regions {
+        match out.last_mut() {
+            Some(l) if r.start <= l.1 + 16 * PAGE => l.1 = l.1.max(r.end),
+            _ => out.push((r.start, r.end)),
+        }
+    }
+    out
+}
+
+/// The parts of (sorted) regions `a` inside (sorted) regions `b`, with
+/// `a`'s categories.
+fn intersect(a: &[Region], b: &[Region]) -> Vec<Region> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for r in a {
+        while j < b.len() && b[j].end <= r.start {
+            j += 1;
+        }
+        let mut k = j;
+        while k < b.len() && b[k].start < r.end {
+            let (s, e) = (r.start.max(b[k].start), r.end.min(b[k].end));
+            if s < e {
+                out.push(Region {
+                    start: s,
+                    end: e,
+                    categories: r.categories,
+                });
+            }
+            k += 1;
+        }
+    }
+    out
+}
+
+/// `[a, b)` minus the (sorted) regions `cut` (looked at from the first
+/// one that ends after `a` until the first one that starts after `b`).
 fn subtract(a: u64, b: u64, cut: &[Region]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut at = a;
-    for c in cut.iter().filter(|c| c.end > a && c.start < b) {
+    for c in cut
+        .iter()
+        .skip_while(|c| c.end <= a)
+        .take_while(|c| c.start < b)
+    {
         if c.start > at {
             out.push((at, c.start));
         }
@@ -335,6 +381,25 @@ mod tests {
         );
         assert_eq!(subtract(0, 10, &[r(0, 10)]), vec![]);
         assert_eq!(subtract(4, 6, &[r(0, 5)]), vec![(5, 6)]);
+    }
+
+    #[test]
+    fn stretches_and_intersections() {
+        let r = |s, e, c| Region {
+            start: s * PAGE,
+            end: e * PAGE,
+            categories: c,
+        };
+        let w = [r(0, 1, 2), r(10, 11, 2), r(100, 101, 2)];
+        assert_eq!(
+            stretches(&w),
+            vec![(0, 11 * PAGE), (100 * PAGE, 101 * PAGE)]
+        );
+        let around = [r(0, 5, 8), r(5, 11, 0x28), r(100, 101, 8)];
+        assert_eq!(
+            intersect(&around, &w),
+            vec![r(0, 1, 8), r(10, 11, 0x28), r(100, 101, 8)]
+        );
     }
 
     #[test]
