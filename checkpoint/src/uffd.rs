@@ -39,6 +39,7 @@ const fn iowr(nr: u64, size: u64) -> u64 {
 const UFFDIO_API: u64 = iowr(0x3F, 24);
 const UFFDIO_REGISTER: u64 = iowr(0x00, 32);
 const UFFDIO_UNREGISTER: u64 = 0x8000_0000 | (16 << 16) | (0xAA << 8) | 0x01;
+const UFFDIO_WAKE: u64 = 0x8000_0000 | (16 << 16) | (0xAA << 8) | 0x02;
 const UFFDIO_COPY: u64 = iowr(0x03, 40);
 const UFFDIO_ZEROPAGE: u64 = iowr(0x04, 32);
 const UFFDIO_WRITEPROTECT: u64 = iowr(0x06, 24);
@@ -101,6 +102,87 @@ pub fn copy(fd: RawFd, dst: u64, src: *const u8, len: u64) -> io::Result<u64> {
             } else {
                 Err(e)
             }
+        }
+    }
+}
+
+/// `UFFDIO_WAKE`: let threads waiting on `[start, start+len)` retry.
+pub fn wake(fd: RawFd, start: u64, len: u64) -> io::Result<()> {
+    let mut a = [start, len];
+    ioctl(fd, UFFDIO_WAKE, a.as_mut_ptr().cast()).map(|_| ())
+}
+
+/// One message read from a userfaultfd (`struct uffd_msg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Msg {
+    /// A thread touched a missing page at `addr`.
+    Fault {
+        addr: u64,
+    },
+    /// The process forked; `ufd` is the child's userfaultfd, now ours.
+    Fork {
+        ufd: RawFd,
+    },
+    /// mremap moved `[from, from + len)` to `to`.
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
+    /// madvise dropped, or munmap unmapped, `[start, end)`.
+    Gone {
+        start: u64,
+        end: u64,
+    },
+    Other(u8),
+}
+
+/// Read every message waiting on `fd` (non-blocking).
+pub fn read_msgs(fd: RawFd) -> io::Result<Vec<Msg>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 32 * 32];
+    loop {
+        // SAFETY: reads at most buf.len() bytes into buf.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                return Ok(out);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        for m in buf[..n as usize].chunks_exact(32) {
+            let w = |i: usize| {
+                u64::from_le_bytes([
+                    m[i],
+                    m[i + 1],
+                    m[i + 2],
+                    m[i + 3],
+                    m[i + 4],
+                    m[i + 5],
+                    m[i + 6],
+                    m[i + 7],
+                ])
+            };
+            out.push(match m[0] {
+                0x12 => Msg::Fault { addr: w(16) },
+                0x13 => Msg::Fork {
+                    ufd: u32::from_le_bytes([m[8], m[9], m[10], m[11]]) as RawFd,
+                },
+                0x14 => Msg::Remap {
+                    from: w(8),
+                    to: w(16),
+                    len: w(24),
+                },
+                0x15 | 0x16 => Msg::Gone {
+                    start: w(8),
+                    end: w(16),
+                },
+                e => Msg::Other(e),
+            });
         }
     }
 }
@@ -290,6 +372,7 @@ mod tests {
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
         assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
         assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
+        assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
     }
 

@@ -36,6 +36,13 @@ struct Cli {
     /// memory (or its children's) sees stale values.
     #[arg(long)]
     new_pids: bool,
+    /// Let the processes run as soon as everything but their private
+    /// anonymous memory is back; a page server (a process that outlives
+    /// restart, printed) brings each page in on first touch and the rest in
+    /// the background, checking every block against its CRC. The whole
+    /// image is still checked before anything runs.
+    #[arg(long)]
+    lazy: bool,
     /// krgd admin socket: the restored processes are made CHECKPOINTABLE
     /// again there (skipped when no krgd listens).
     #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
@@ -50,6 +57,7 @@ fn main() {
             node: cli.node,
             pid_wait: Duration::from_secs_f64(cli.pid_wait.clamp(0.0, 3600.0)),
             new_pids: cli.new_pids,
+            lazy: cli.lazy,
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -61,8 +69,11 @@ fn main() {
                 );
             }
         }
+        let server = rep.server.map_or(String::new(), |s| {
+            format!("; pages coming in behind it (page server PID {s})")
+        });
         eprintln!(
-            "restart: application {} running again from SN {} (PIDs {:?})",
+            "restart: application {} running again from SN {} (PIDs {:?}){server}",
             cli.pid, cli.sn, rep.pids
         );
         Ok(())

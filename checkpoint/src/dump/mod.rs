@@ -82,11 +82,14 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     let hist = store::History::read(&dir);
     let names = Names { sn: hist.next_sn() };
     // 2. What this version refuses, found while the job runs on.
-    let tree0 = tree(pid)?;
-    for &(p, _) in &tree0 {
-        freeze::check_task(p, caller)?;
+    let tree0 = precheck(pid, caller)?;
+    if freeze::zombie(pid).is_some() {
+        return Err(ChkptError::unsupported(
+            pid,
+            "a zombie process",
+            "it has exited: there is nothing to checkpoint",
+        ));
     }
-    files::collect(&tree0)?;
     // 3. Memory, while the job runs.
     let mut staging = store::stage(&dir, names.sn)?;
     let base = Baseline {
@@ -102,7 +105,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     // From here on the trackers are reset: an attempt that does not commit
     // must leave its number dead (see store).
     staging.touched = true;
-    let mut mems = precopy_tree(&tree0, &base, &staging, &names, &tick)?;
+    let mut mems = precopy_tree(&living(&tree0), &base, &staging, &names, &tick)?;
     // 4. Freeze, read the rest, copy what changed (any error from here on
     // lets the job go untouched).
     let started = Instant::now();
@@ -113,15 +116,34 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             "the credentials of process {pid}'s tree changed while it was being frozen"
         )));
     }
-    let mut state = read_tree(&tree, opts, caller, &mut mems, &staging, &names, &tick)?;
+    let zombies: Vec<TaskEntry> = tree
+        .iter()
+        .filter_map(|&(p, pp)| {
+            freeze::zombie(p).map(|z| TaskEntry {
+                pid: p,
+                ppid: pp,
+                threads: Vec::new(),
+                zombie: Some(z),
+            })
+        })
+        .collect();
+    let live = living(&tree);
+    let mut state = read_tree(&live, opts, caller, &mut mems, &staging, &names, &tick)?;
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
     drop(frozen);
     let frozen_for = started.elapsed();
     // 6. Memory files, task, node, global and description files; commit.
-    for p in mems.keys().filter(|p| !tree.iter().any(|t| t.0 == **p)) {
-        // gone before the freeze
-        staging.dir.remove_file(&names.task_mm(*p))?;
+    for name in staging.dir.entries()? {
+        // memory files of processes gone before the freeze
+        let Some(name) = name.to_str() else { continue };
+        let pid = name
+            .strip_prefix("task_mm_")
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| !tree.iter().any(|t| t.0 == p)) {
+            staging.dir.remove_file(name)?;
+        }
     }
     for d in &mut state.tasks {
         if let Some(mem) = mems.get(&d.task.pid) {
@@ -131,7 +153,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     }
     let parent = finish_mm(&mut state.tasks, &mems, frozen_for)?;
     write_tasks(&staging.dir, &names, &state.tasks)?;
-    let node = node_image(opts.node, &state);
+    let node = node_image(opts.node, &state, &tree, zombies);
     let global = global_image(pid, &names, opts.node, owner, frozen_for, parent)?;
     write_metadata(&staging.dir, &names, &global, &node, &state.tasks)?;
     let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
@@ -144,6 +166,33 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         frozen: frozen_for,
         parent,
     })
+}
+
+/// The tree without its zombies (they have no files, memory or threads).
+fn living(tree: &[(i32, i32)]) -> Vec<(i32, i32)> {
+    tree.iter()
+        .copied()
+        .filter(|&(p, _)| freeze::zombie(p).is_none())
+        .collect()
+}
+
+/// Refuse what this version cannot save before touching anything, while
+/// the job runs (so a refusal costs it nothing). A process that exits
+/// meanwhile (a short-lived child) only makes the look start over.
+fn precheck(pid: i32, caller: u32) -> Result<Vec<(i32, i32)>> {
+    let mut tries = 0;
+    loop {
+        let t = tree(pid)?;
+        let r = t
+            .iter()
+            .try_for_each(|&(p, _)| freeze::check_task(p, caller).map(|_| ()))
+            .and_then(|()| files::collect(&living(&t)).map(|_| ()));
+        match r {
+            Ok(()) => return Ok(t),
+            Err(e) if e.is_gone() && tries < 20 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Where the previous SNs are, and which one this one may build on.
@@ -200,24 +249,45 @@ fn precopy_tree(
 ) -> Result<HashMap<i32, ProcMem>> {
     let mut mems = HashMap::new();
     for &(p, _) in tree {
-        let (tracker, parent) = tracker_for(p, base)?;
-        let name = names.task_mm(p);
-        let data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
-        let parent_sn = base.parent;
-        let parent = parent.as_ref().and_then(|m| parent_sn.map(|sn| (sn, m)));
-        let mut mem = ProcMem::new(p, data, tracker, parent)?;
-        mem.round(false, tick)?;
-        mems.insert(p, mem);
+        match precopy_one(p, base, staging, names, tick) {
+            Ok(mem) => {
+                mems.insert(p, mem);
+            }
+            // exited meanwhile: nothing to save (its file goes at commit)
+            Err(e) if e.is_gone() && p != tree[0].0 => {}
+            Err(e) => return Err(e),
+        }
     }
     for _ in 0..MORE_ROUNDS {
         if mems.values().map(|m| m.last_round).sum::<u64>() < ROUND_SMALL {
             break;
         }
         for mem in mems.values_mut() {
-            mem.round(false, tick)?;
+            match mem.round(false, tick) {
+                Err(e) if !e.is_gone() => return Err(e),
+                _ => {}
+            }
         }
     }
     Ok(mems)
+}
+
+/// Round 0 of one process.
+fn precopy_one(
+    p: i32,
+    base: &Baseline,
+    staging: &store::Staging,
+    names: &Names,
+    tick: &dyn Fn(u64),
+) -> Result<ProcMem> {
+    let name = names.task_mm(p);
+    let data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
+    let (tracker, parent) = tracker_for(p, base)?;
+    let parent_sn = base.parent;
+    let parent = parent.as_ref().and_then(|m| parent_sn.map(|sn| (sn, m)));
+    let mut mem = ProcMem::new(p, data, tracker, parent)?;
+    mem.round(false, tick)?;
+    Ok(mem)
 }
 
 /// Everything read from the frozen tree.
@@ -313,18 +383,30 @@ fn write_tasks(dir: &CheckedDir, names: &Names, tasks: &[TaskDump]) -> Result<()
     Ok(())
 }
 
-fn node_image(node: u32, state: &TreeState) -> NodeImage {
+/// The node file: the tasks in tree order (parents before children),
+/// zombies among them.
+fn node_image(
+    node: u32,
+    state: &TreeState,
+    tree: &[(i32, i32)],
+    zombies: Vec<TaskEntry>,
+) -> NodeImage {
+    let mut tasks: Vec<TaskEntry> = state
+        .tasks
+        .iter()
+        .map(|d| TaskEntry {
+            pid: d.task.pid,
+            ppid: d.task.ppid,
+            threads: d.task.threads.iter().map(|t| t.tid).collect(),
+            zombie: None,
+        })
+        .chain(zombies)
+        .collect();
+    let at = |p: i32| tree.iter().position(|t| t.0 == p).unwrap_or(usize::MAX);
+    tasks.sort_by_key(|t| at(t.pid));
     NodeImage {
         node,
-        tasks: state
-            .tasks
-            .iter()
-            .map(|d| TaskEntry {
-                pid: d.task.pid,
-                ppid: d.task.ppid,
-                threads: d.task.threads.iter().map(|t| t.tid).collect(),
-            })
-            .collect(),
+        tasks,
         pipes: state.files.pipes.clone(),
         shared_mem: state.shared_mem.clone(),
         sysv_shm: state.sysv.shm.clone(),

@@ -44,6 +44,18 @@ pub struct TaskEntry {
     /// Parent PID; the root's parent is outside the checkpoint.
     pub ppid: i32,
     pub threads: Vec<i32>,
+    /// A process that had exited and was not reaped yet: it has no task or
+    /// memory file, and is restored as a zombie again.
+    pub zombie: Option<Zombie>,
+}
+
+/// What a zombie keeps for its parent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Zombie {
+    /// Its exit status as `waitpid` reports it.
+    pub status: i32,
+    pub pgid: i32,
+    pub sid: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

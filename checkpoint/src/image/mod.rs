@@ -91,9 +91,9 @@ impl ImageMeta for MmImage {
 }
 
 impl ImageMeta for NodeImage {
-    type V1 = NodeImage;
-    fn from_v1(v: NodeImage) -> Self {
-        v
+    type V1 = v1::NodeV1;
+    fn from_v1(v: v1::NodeV1) -> Self {
+        v.into()
     }
 }
 

@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{GlobalImage, MmImage, MmParams, PageRun, RunData, Vma, VmaKind};
+use super::{
+    GlobalImage, MmImage, MmParams, MsgImage, NodeImage, PageRun, PipeImage, RunData, SemImage,
+    SharedMemObject, SysvShmImage, TaskEntry, Vma, VmaKind,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GlobalV1 {
@@ -89,6 +92,47 @@ impl From<MmV1> for MmImage {
             tracker: None,
             start_time: 0,
             frozen_us: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeV1 {
+    pub node: u32,
+    pub tasks: Vec<TaskEntryV1>,
+    pub pipes: Vec<PipeImage>,
+    pub shared_mem: Vec<SharedMemObject>,
+    pub sysv_shm: Vec<SysvShmImage>,
+    pub sysv_sem: Vec<SemImage>,
+    pub sysv_msg: Vec<MsgImage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskEntryV1 {
+    pub pid: i32,
+    pub ppid: i32,
+    pub threads: Vec<i32>,
+}
+
+impl From<NodeV1> for NodeImage {
+    fn from(n: NodeV1) -> Self {
+        NodeImage {
+            node: n.node,
+            tasks: n
+                .tasks
+                .into_iter()
+                .map(|t| TaskEntry {
+                    pid: t.pid,
+                    ppid: t.ppid,
+                    threads: t.threads,
+                    zombie: None,
+                })
+                .collect(),
+            pipes: n.pipes,
+            shared_mem: n.shared_mem,
+            sysv_shm: n.sysv_shm,
+            sysv_sem: n.sysv_sem,
+            sysv_msg: n.sysv_msg,
         }
     }
 }

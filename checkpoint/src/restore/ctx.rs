@@ -28,6 +28,8 @@ pub struct TaskCtx<'a> {
     /// Where its saved pages are: in data file `n`, inherited from restart
     /// as fd `data_fds + n` (see `tree::MmFds`).
     pub pieces: &'a [Piece],
+    /// `restart --lazy`: the pieces left to the page server.
+    pub lazy: &'a [Piece],
     pub data_fds: i32,
     pub files: &'a [DataFile],
     /// fds `work_base..work_end` are restart's working fds in every task

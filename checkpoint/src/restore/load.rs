@@ -8,7 +8,7 @@ use crate::error::{ChkptError, Result};
 use crate::image::{self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind};
 
 use super::owner::ImageOwner;
-use super::pages::{Chain, DataFile, Piece};
+use super::pages::{Chain, Check, DataFile, Piece};
 
 /// One checkpoint, fully read and checked.
 pub struct Loaded {
@@ -17,11 +17,15 @@ pub struct Loaded {
     pub tasks: Vec<LoadedTask>,
     /// The owner of every file of the checkpoint.
     pub owner: ImageOwner,
+    /// Tasks that were zombies (they have no task or memory file).
+    pub zombies: Vec<image::TaskEntry>,
     /// The memory files the tasks' pages are read from (this SN's and the
     /// earlier ones of the chain), open since they were checked: restored
     /// tasks read their pages from these very files (inherited), never by
     /// name.
     pub files: Vec<DataFile>,
+    /// The CRC of every block of page data the tasks need, by (file, offset).
+    pub checks: Vec<Check>,
 }
 
 /// One task of a loaded checkpoint.
@@ -98,7 +102,19 @@ pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
     owner.check_ipc(&node)?;
     let mut tasks = Vec::new();
     let mut chain = Chain::new(&dir, owner_uid);
-    for te in &node.tasks {
+    if node.tasks[0].zombie.is_some() {
+        return Err(ChkptError::bad_image(
+            nfile.path,
+            "its root task is a zombie",
+        ));
+    }
+    let zombies: Vec<_> = node
+        .tasks
+        .iter()
+        .filter(|t| t.zombie.is_some())
+        .cloned()
+        .collect();
+    for te in node.tasks.iter().filter(|t| t.zombie.is_none()) {
         let (t, tfile) = image::read_in::<TaskImage>(&dir, &names.task(te.pid), FileKind::Task)?;
         same_owner(&tfile, owner_uid)?;
         let (mm, file, data_off, version) = chain.open_mm(sn, te.pid)?;
@@ -117,12 +133,15 @@ pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
     }
     // Page data too is checked before anything is started.
     chain.verify()?;
+    let (files, checks) = chain.into_parts();
     Ok(Loaded {
         global,
         node,
         tasks,
         owner,
-        files: chain.files,
+        zombies,
+        files,
+        checks,
     })
 }
 

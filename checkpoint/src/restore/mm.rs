@@ -304,7 +304,9 @@ pub fn create_shared(
     Ok(out)
 }
 
-pub fn restore(c: &TaskCtx) -> Result<()> {
+/// The address space, filled but for the lazy pieces; with those, the
+/// userfaultfd they will come through.
+pub fn restore(c: &TaskCtx) -> Result<Option<std::os::fd::OwnedFd>> {
     // The restarter's rseq area is about to disappear: the kernel would
     // kill the task with SIGSEGV at the next return to user space.
     let rseq = crate::ptrace::rseq_config(c.inj.tid)?;
@@ -325,5 +327,9 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             source: Box::new(e),
         })?;
     }
-    set_mm_map(c)
+    set_mm_map(c)?;
+    if c.lazy.is_empty() {
+        return Ok(None);
+    }
+    super::lazy::register(c, c.lazy).map(Some)
 }

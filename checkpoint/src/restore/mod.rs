@@ -15,18 +15,22 @@
 //! - [`task`] — one task's restore, in order
 //! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task
 //! - [`ctx`] — the injection area and what every step works with
+//! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
 
 mod ctx;
 mod fds;
+mod lazy;
 pub mod load;
 mod mm;
 pub mod owner;
 mod pages;
+mod serve;
 mod sig;
 mod sysv;
 mod task;
 mod tree;
+mod zombie;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,11 +52,16 @@ pub struct RestoreOptions {
     pub pid_wait: Duration,
     /// Let the kernel choose new PIDs instead of the recorded ones.
     pub new_pids: bool,
+    /// Let the tasks run before their private anonymous pages are in:
+    /// a page server brings each in on first touch, and the rest behind.
+    pub lazy: bool,
 }
 
 #[derive(Debug)]
 pub struct RestoreReport {
     pub pids: Vec<i32>,
+    /// `--lazy`: the PID of the page server (none if no page was left).
+    pub server: Option<i32>,
 }
 
 pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
@@ -76,7 +85,10 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         wait: opts.pid_wait,
         fresh: opts.new_pids,
     };
-    let r = restore_tree(&mut loaded, area, pids).map(|pids| RestoreReport { pids });
+    let r = restore_tree(&mut loaded, area, pids, opts.lazy).map(|r| RestoreReport {
+        pids: r.pids,
+        server: r.server,
+    });
     // SAFETY: unmapping the area we mapped in this process.
     unsafe { libc::munmap(area as *mut libc::c_void, AREA_LEN as usize) };
     r

@@ -32,13 +32,22 @@ pub struct Piece {
     pub off: u64,
 }
 
-/// A block of data and the CRC it must have.
+/// A block of data (in data file `file`, at `off`) and the CRC it must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Check {
-    file: usize,
-    off: u64,
-    len: u64,
-    crc: u32,
+pub struct Check {
+    pub file: usize,
+    pub off: u64,
+    pub len: u64,
+    pub crc: u32,
+}
+
+/// The check of the block holding byte `off` of data file `file`, in
+/// `checks` sorted by (file, offset).
+pub fn check_at(checks: &[Check], file: usize, off: u64) -> Option<&Check> {
+    let i = checks.partition_point(|c| (c.file, c.off + c.len) <= (file, off));
+    checks
+        .get(i)
+        .filter(|c| c.file == file && c.off <= off && off < c.off + c.len)
 }
 
 /// Reads the memory images of a chain, checked like the rest of the image.
@@ -230,6 +239,11 @@ impl<'a> Chain<'a> {
                 });
             }
         }
+    }
+
+    /// The files and the checks of their blocks (sorted), once verified.
+    pub fn into_parts(self) -> (Vec<DataFile>, Vec<Check>) {
+        (self.files, self.checks)
     }
 
     /// Read every block some piece needs and compare its CRC, by two threads.

@@ -10,13 +10,15 @@ use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_LEN, AREA_SCRATCH};
 use super::{fds, mm, sig};
 
 impl TaskCtx<'_> {
-    pub fn restore(&self) -> Result<()> {
+    /// Restore the task; returns the userfaultfd its lazy pages will come
+    /// through (`restart --lazy`).
+    pub fn restore(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         let t = self.task;
         let i = self.inj;
         // File access as the job's user from here on: every file the image
         // names is opened with that user's rights, never root's.
         set_fs_creds(i, self.scratch(), t)?;
-        mm::restore(self)?;
+        let uffd = mm::restore(self)?;
         // Threads need CAP_CHECKPOINT_RESTORE for their TIDs: before the
         // credentials drop, after the memory they share is in place.
         create_threads(i, self.area, t)?;
@@ -71,7 +73,7 @@ impl TaskCtx<'_> {
                 [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
             )?;
         }
-        Ok(())
+        Ok(uffd)
     }
 
     /// Last injected call: remove the injection area itself. The single-step

@@ -284,3 +284,23 @@ pub fn restart_into(store: &Path, pid: i32, sn: u32, extra: &[&str], out: &Path)
 pub fn last_of(text: &str) -> u64 {
     counter_lines(text).last().copied().unwrap_or(0)
 }
+
+/// The PIDs of the tasks SN `sn` of application `pid` holds (from
+/// `checkpoint inspect --json`).
+pub fn image_pids(store: &Path, pid: i32, sn: u32) -> Vec<i32> {
+    let o = run(Command::new(bin("checkpoint"))
+        .args(["inspect", "--json"])
+        .arg(store.join(pid.to_string()))
+        .arg(sn.to_string()));
+    ok(&o, "inspect --json");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    v["nodes"][0]["node"]["tasks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["pid"].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
