@@ -5,10 +5,12 @@
 //!    own clock readings) and by the tool, for 1 GiB and 8 GiB jobs; then
 //!    SN 2 after 5 % of the memory changed: time, frozen time, image size
 //!    ([`freeze`]);
-//! 2. dump time, restore time and image size for 64 MiB, 256 MiB and 1 GiB
-//!    of touched anonymous memory and for a 3-process pipe tree. Both save
-//!    then end the job (`checkpoint --kill`, `criu dump`), so files the job
-//!    writes do not change between dump and restore.
+//! 2. dump time, restore time (eager; and `restart --lazy` until the job
+//!    runs, against CRIU's eager restore) and image size for 64 MiB,
+//!    256 MiB and 1 GiB of touched anonymous memory and for a 3-process
+//!    pipe tree. Both save then end the job (`checkpoint --kill`,
+//!    `criu dump`), so files the job writes do not change between dump and
+//!    restore.
 //!
 //! KRG_BENCH_FREEZE_SIZES=1024,8192 and KRG_BENCH_SIZES=64,256,1024 pick
 //! the sizes (MiB; an empty list skips the part); KRG_BENCH_ROUNDS the
@@ -67,6 +69,8 @@ impl Work {
 struct Samples {
     dump: Vec<f64>,
     restore: Vec<f64>,
+    /// `restart --lazy`: until the processes run.
+    lazy: Vec<f64>,
     size: u64,
 }
 
@@ -95,6 +99,30 @@ fn round_krg(work: &Work, tmp: &Path, s: &mut Samples) {
     kill_tree(pid);
     s.dump.push(d.as_secs_f64());
     s.restore.push(r.as_secs_f64());
+    // the same image, lazily: restart returns once the processes run
+    let t = Instant::now();
+    let o = clean(
+        Command::new(RESTART)
+            .arg("--lazy")
+            .arg("--dir")
+            .arg(&store)
+            .arg(pid.to_string())
+            .arg("1"),
+    )
+    .output()
+    .expect("restart --lazy");
+    s.lazy.push(t.elapsed().as_secs_f64());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "restart --lazy failed: {err}");
+    kill_tree(pid);
+    // the page server ends when its address spaces are gone
+    if let Some(server) = err.split("page server PID ").nth(1).and_then(|r| {
+        r.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse::<i32>()
+            .ok()
+    }) {
+        kill_all(&[server]);
+    }
 }
 
 fn round_criu(work: &Work, tmp: &Path, s: &mut Samples) {
@@ -179,18 +207,20 @@ fn dump_restore(tmp: &Path, sizes: &[u64], rounds: usize, have_criu: bool, verbo
         .map(|&m| (format!("{m} MiB anon"), Work::Hog(hog.clone(), m)))
         .collect();
     works.push(("3-process pipe tree".into(), Work::Tree(tree)));
-    println!("\ndump (job ended), eager restore, image size");
+    println!("\ndump (job ended), eager restore, lazy restore (until the job runs), image size");
     println!(
-        "{:<22} {:>10} {:>10} {:>11} | {:>10} {:>10} {:>11} | {:>6} {:>6} {:>6}",
+        "{:<22} {:>10} {:>10} {:>8} {:>11} | {:>10} {:>10} {:>11} | {:>6} {:>6} {:>6} {:>6}",
         "workload",
         "dump s",
         "restore s",
+        "lazy s",
         "image MiB",
         "criu dump",
         "criu rest",
         "criu MiB",
         "dump×",
         "rest×",
+        "lazy×",
         "size×"
     );
     for (name, work) in &works {
@@ -210,28 +240,35 @@ fn dump_restore(tmp: &Path, sizes: &[u64], rounds: usize, have_criu: bool, verbo
             if verbose {
                 let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
                 eprintln!(
-                    "  {name} round {}: krg dump {:.3} restore {:.3} | criu dump {:.3} restore {:.3}",
+                    "  {name} round {}: krg dump {:.3} restore {:.3} lazy {:.3} | criu dump {:.3} restore {:.3}; load {}",
                     r + 1,
                     last(&k.dump),
                     last(&k.restore),
+                    last(&k.lazy),
                     last(&c.dump),
-                    last(&c.restore)
+                    last(&c.restore),
+                    load()
                 );
             }
         }
-        let (kd, kr) = (median(&mut k.dump), median(&mut k.restore));
+        let (kd, kr, kl) = (
+            median(&mut k.dump),
+            median(&mut k.restore),
+            median(&mut k.lazy),
+        );
         if have_criu {
             let (cd, cr) = (median(&mut c.dump), median(&mut c.restore));
             println!(
-                "{:<22} {:>10.3} {:>10.3} {:>11.1} | {:>10.3} {:>10.3} {:>11.1} | {:>6.2} {:>6.2} {:>6.2}",
-                name, kd, kr, mib(k.size), cd, cr, mib(c.size), kd / cd, kr / cr, k.size as f64 / c.size as f64
+                "{:<22} {:>10.3} {:>10.3} {:>8.3} {:>11.1} | {:>10.3} {:>10.3} {:>11.1} | {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
+                name, kd, kr, kl, mib(k.size), cd, cr, mib(c.size), kd / cd, kr / cr, kl / cr, k.size as f64 / c.size as f64
             );
         } else {
             println!(
-                "{:<22} {:>10.3} {:>10.3} {:>11.1} |",
+                "{:<22} {:>10.3} {:>10.3} {:>8.3} {:>11.1} |",
                 name,
                 kd,
                 kr,
+                kl,
                 mib(k.size)
             );
         }
