@@ -310,6 +310,30 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
                 "pipe ino {ino} {} end",
                 if *write_end { "write" } else { "read" }
             ),
+            FdKind::EventFd {
+                file,
+                count,
+                semaphore,
+            } => format!(
+                "eventfd count {count}{} (open file #{file})",
+                if *semaphore { " semaphore" } else { "" }
+            ),
+            FdKind::TimerFd {
+                file,
+                clock,
+                ticks,
+                value_ns,
+                interval_ns,
+            } => format!(
+                "timerfd clock {clock}, {ticks} tick(s) unread, fires in {value_ns} ns, every {interval_ns} ns (open file #{file})"
+            ),
+            FdKind::SignalFd { file, mask } => {
+                format!("signalfd mask {mask:#x} (open file #{file})")
+            }
+            FdKind::Epoll { file, items } => format!(
+                "epoll watching fds {:?} (open file #{file})",
+                items.iter().map(|i| i.tfd).collect::<Vec<_>>()
+            ),
         };
         let _ = writeln!(s, "  fd {}: flags {:o} {}", f.fd, f.flags, what);
     }

@@ -36,9 +36,12 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
     let mut pipes = Vec::new();
     for fd in nums.into_iter().filter(|fd| !trackers.contains(fd)) {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
-        let (pos, flags) =
-            procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;
-        let kind = classify_fd(pid, fd, &target, pos)?;
+        let info = procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+        let (pos, flags) = procfs::parse_fdinfo(&info)?;
+        let kind = match super::anon::classify(pid, fd, &target, &info)? {
+            Some(k) => Some(k),
+            None => classify_fd(pid, fd, &target, pos)?,
+        };
         if let Some(ino) = target
             .strip_prefix("pipe:[")
             .and_then(|r| r.strip_suffix(']'))
@@ -86,9 +89,7 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
         return refuse("io_uring cannot be checkpointed");
     }
     if target.starts_with("anon_inode:") {
-        return refuse(
-            "anonymous inodes (eventfd, epoll, signalfd, timerfd, …) cannot be checkpointed",
-        );
+        return refuse("this kind of anonymous inode is not saved by this version");
     }
     if target.ends_with(" (deleted)") {
         return refuse("the file was deleted");
@@ -171,9 +172,19 @@ fn same_file(a: (i32, i32), b: (i32, i32)) -> bool {
     }
 }
 
+/// What two fds must have in common to be worth a kcmp: the path of a
+/// file, the kind of anything else.
+fn share_key(k: &FdKind) -> Option<String> {
+    match k {
+        FdKind::Path { path, .. } => Some(path.clone()),
+        k => k.file().map(|_| format!("{:?}", std::mem::discriminant(k))),
+    }
+}
+
 /// Number the open file descriptions of the tree: fds that share one (dup,
-/// inheritance over fork) get the same number, so restart opens the file
-/// once and every fd shares its offset again.
+/// inheritance over fork) get the same number, so restart makes it once
+/// and every fd shares it (its offset, its counter, its registrations)
+/// again.
 fn share_files(tree: &[(i32, i32)], fds: &mut HashMap<i32, Vec<FdImage>>) {
     let mut reps: Vec<(i32, i32, String)> = Vec::new();
     for &(pid, _) in tree {
@@ -181,18 +192,20 @@ fn share_files(tree: &[(i32, i32)], fds: &mut HashMap<i32, Vec<FdImage>>) {
             continue;
         };
         for f in list.iter_mut() {
-            if let FdKind::Path { path, file, .. } = &mut f.kind {
-                let found = reps
-                    .iter()
-                    .position(|(p, n, rp)| rp == path && same_file((*p, *n), (pid, f.fd)));
-                *file = match found {
-                    Some(i) => i as u32,
-                    None => {
-                        reps.push((pid, f.fd, path.clone()));
-                        (reps.len() - 1) as u32
-                    }
-                };
-            }
+            let Some(key) = share_key(&f.kind) else {
+                continue;
+            };
+            let found = reps
+                .iter()
+                .position(|(p, n, k)| *k == key && same_file((*p, *n), (pid, f.fd)));
+            let n = match found {
+                Some(i) => i as u32,
+                None => {
+                    reps.push((pid, f.fd, key));
+                    (reps.len() - 1) as u32
+                }
+            };
+            f.kind.set_file(n);
         }
     }
 }

@@ -79,6 +79,67 @@ pub enum FdKind {
     InheritedStdio { what: String },
     /// One end of a pipe of the tree (see [`PipeImage`]).
     Pipe { ino: u64, write_end: bool },
+    /// An eventfd: its counter (and EFD_SEMAPHORE).
+    EventFd {
+        file: u32,
+        count: u64,
+        semaphore: bool,
+    },
+    /// A timerfd: clock, expirations not read yet, and the time left until
+    /// it fires (restored relative: what the restore takes is lost).
+    TimerFd {
+        file: u32,
+        clock: i32,
+        ticks: u64,
+        value_ns: u64,
+        interval_ns: u64,
+    },
+    /// A signalfd and the signals it reads.
+    SignalFd { file: u32, mask: u64 },
+    /// An epoll instance and what is registered in it (the fd numbers are
+    /// those of the task that holds it).
+    Epoll { file: u32, items: Vec<EpollItem> },
+}
+
+/// One registration of an epoll instance.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct EpollItem {
+    pub tfd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+impl FdKind {
+    /// The open file description number, for kinds restored once for the
+    /// tree and shared by every fd that had it.
+    pub fn file(&self) -> Option<u32> {
+        match self {
+            FdKind::Path { file, .. }
+            | FdKind::EventFd { file, .. }
+            | FdKind::TimerFd { file, .. }
+            | FdKind::SignalFd { file, .. }
+            | FdKind::Epoll { file, .. } => Some(*file),
+            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
+        }
+    }
+
+    fn file_mut(&mut self) -> Option<&mut u32> {
+        match self {
+            FdKind::Path { file, .. }
+            | FdKind::EventFd { file, .. }
+            | FdKind::TimerFd { file, .. }
+            | FdKind::SignalFd { file, .. }
+            | FdKind::Epoll { file, .. } => Some(file),
+            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
+        }
+    }
+
+    /// Number this fd's open file description (see [`FdKind::file`]).
+    pub fn set_file(&mut self, n: u32) {
+        if let Some(f) = self.file_mut() {
+            *f = n;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

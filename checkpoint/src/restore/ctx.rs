@@ -43,6 +43,8 @@ pub struct TaskCtx<'a> {
     pub shm_fds: &'a HashMap<u64, i32>,
     /// open file number → its fd in the restored processes.
     pub file_fds: &'a HashMap<u32, i32>,
+    /// epoll file number → the task that registers what it watches.
+    pub epoll_owner: &'a HashMap<u32, i32>,
 }
 
 impl TaskCtx<'_> {

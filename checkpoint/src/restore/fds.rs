@@ -86,12 +86,34 @@ pub fn create_files(
     let mut out = HashMap::new();
     for t in tasks {
         for f in &t.fds {
-            let FdKind::Path { path, pos, file } = &f.kind else {
+            let Some(file) = f.kind.file() else {
                 continue;
             };
-            if out.contains_key(file) {
+            if out.contains_key(&file) {
                 continue;
             }
+            let want = base + out.len() as i32;
+            if let Some(fd) = super::anon::create(root, scratch, &f.kind)? {
+                move_fd(root, fd, want)?;
+                // status flags (O_NONBLOCK…) belong to the open file description
+                root.call(
+                    "fcntl",
+                    libc::SYS_fcntl,
+                    [
+                        want as u64,
+                        libc::F_SETFL as u64,
+                        (f.flags & SETFL_MASK) as u64,
+                        0,
+                        0,
+                        0,
+                    ],
+                )?;
+                out.insert(file, want);
+                continue;
+            }
+            let FdKind::Path { path, pos, .. } = &f.kind else {
+                continue;
+            };
             let flags = f.flags
                 & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32 | O_CLOEXEC)
                 | libc::O_NOCTTY as u32;
@@ -103,11 +125,7 @@ pub fn create_files(
                 libc::SYS_openat,
                 [libc::AT_FDCWD as u64, scratch, flags as u64, 0, 0, 0],
             )?;
-            let want = base + out.len() as i32;
-            if fd != want as u64 {
-                root.call("dup2", libc::SYS_dup2, [fd, want as u64, 0, 0, 0, 0])?;
-                root.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-            }
+            move_fd(root, fd, want)?;
             if *pos != 0 {
                 root.call(
                     "lseek",
@@ -115,10 +133,19 @@ pub fn create_files(
                     [want as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0],
                 )?;
             }
-            out.insert(*file, want);
+            out.insert(file, want);
         }
     }
     Ok(out)
+}
+
+/// Move `fd` of the root to `want`.
+fn move_fd(root: &Injector, fd: u64, want: i32) -> Result<()> {
+    if fd != want as u64 {
+        root.call("dup2", libc::SYS_dup2, [fd, want as u64, 0, 0, 0, 0])?;
+        root.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    }
+    Ok(())
 }
 
 pub fn restore(c: &TaskCtx) -> Result<()> {
@@ -162,8 +189,9 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
                     ],
                 )?;
             }
-            FdKind::Path { file, .. } => {
-                let from = c.file_fds.get(file).ok_or_else(|| {
+            kind => {
+                let file = kind.file().unwrap_or(u32::MAX);
+                let from = c.file_fds.get(&file).ok_or_else(|| {
                     ChkptError::Inconsistent(format!("open file #{file} was not opened"))
                 })?;
                 i.call(
@@ -171,6 +199,15 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
                     libc::SYS_dup3,
                     [*from as u64, f.fd as u64, cloexec, 0, 0, 0],
                 )?;
+            }
+        }
+    }
+    // epoll registrations name this task's fds: all in place now (once
+    // per epoll, by the first task that has it)
+    for f in fds {
+        if let FdKind::Epoll { file, items } = &f.kind {
+            if c.epoll_owner.get(file) == Some(&c.task.pid) {
+                super::anon::register(c, f.fd, items)?;
             }
         }
     }

@@ -13,11 +13,13 @@
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
 //! - [`task`] — one task's restore, in order
-//! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task
+//! - [`mm`], [`fds`] ([`anon`]), [`sig`] — memory, fd table (eventfd,
+//!   timerfd, signalfd, epoll), signal state of a task
 //! - [`ctx`] — the injection area and what every step works with
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
 
+mod anon;
 mod ctx;
 mod fds;
 mod lazy;

@@ -342,6 +342,14 @@ fn restore_tasks(
             }
         })
         .collect();
+    let mut epoll_owner = HashMap::new();
+    for t in &l.tasks {
+        for f in &t.task.fds {
+            if let crate::image::FdKind::Epoll { file, .. } = f.kind {
+                epoll_owner.entry(file).or_insert(t.task.pid);
+            }
+        }
+    }
     let mut ctxs = Vec::new();
     for (t, (eager, lazy)) in l.tasks.iter().zip(&split) {
         let inj = injectors.get(&t.task.pid).ok_or_else(|| {
@@ -360,6 +368,7 @@ fn restore_tasks(
             pipe_fds: &pipe_fds,
             shm_fds: &shm_fds,
             file_fds: &file_fds,
+            epoll_owner: &epoll_owner,
             work_end: file_base + file_fds.len() as i32,
         });
     }
