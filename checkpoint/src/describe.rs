@@ -334,6 +334,10 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
                 "epoll watching fds {:?} (open file #{file})",
                 items.iter().map(|i| i.tfd).collect::<Vec<_>>()
             ),
+            FdKind::Socket { file, sock } => format!(
+                "{} (open file #{file})",
+                crate::image::describe_socket(sock)
+            ),
         };
         let _ = writeln!(s, "  fd {}: flags {:o} {}", f.fd, f.flags, what);
     }

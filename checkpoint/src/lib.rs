@@ -18,6 +18,7 @@ pub mod captrack;
 pub mod chain;
 pub mod checked_dir;
 pub mod describe;
+mod diag;
 pub mod dump;
 pub mod error;
 pub mod image;

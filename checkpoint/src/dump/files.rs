@@ -21,10 +21,19 @@ struct PipeRef {
     pub write_end: bool,
 }
 
-/// List the fd table; pipes are returned aside and classified by the caller
-/// (a pipe whose two ends are inside the tree is restored, one that leads
-/// outside is stdio or refused). krg's own trackers are left out.
-fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
+/// A socket fd seen while listing fds: (pid, fd, inode, flags).
+struct SocketFd {
+    pid: i32,
+    fd: i32,
+    ino: u64,
+    flags: u32,
+}
+
+/// List the fd table; pipes and sockets are returned aside and classified
+/// by the caller (a pipe whose two ends are inside the tree is restored,
+/// one that leads outside is stdio or refused). krg's own trackers are
+/// left out.
+fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
     let trackers: Vec<i32> = super::track::ours(pid).iter().map(|t| t.0).collect();
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
@@ -34,10 +43,24 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
     nums.sort_unstable();
     let mut out = Vec::new();
     let mut pipes = Vec::new();
+    let mut socks = Vec::new();
     for fd in nums.into_iter().filter(|fd| !trackers.contains(fd)) {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
         let info = procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
         let (pos, flags) = procfs::parse_fdinfo(&info)?;
+        if let Some(ino) = target
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+        {
+            socks.push(SocketFd {
+                pid,
+                fd,
+                ino,
+                flags,
+            });
+            continue;
+        }
         let kind = match super::anon::classify(pid, fd, &target, &info)? {
             Some(k) => Some(k),
             None => classify_fd(pid, fd, &target, pos)?,
@@ -59,7 +82,7 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
             out.push(FdImage { fd, flags, kind });
         }
     }
-    Ok((out, pipes))
+    Ok((out, pipes, socks))
 }
 
 /// `None` for a pipe (classified later with the whole tree in view).
@@ -77,13 +100,10 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
     let is_tty = target.starts_with("/dev/pts/")
         || target.starts_with("/dev/tty")
         || target == "/dev/console";
-    if fd <= 2 && (is_tty || target.starts_with("socket:[")) {
+    if fd <= 2 && is_tty {
         return Ok(Some(FdKind::InheritedStdio {
             what: target.to_string(),
         }));
-    }
-    if target.starts_with("socket:[") {
-        return refuse("sockets (TCP, UDP, unix) cannot be checkpointed");
     }
     if target.contains("io_uring") {
         return refuse("io_uring cannot be checkpointed");
@@ -261,16 +281,31 @@ pub struct TreeFiles {
     pub fds: HashMap<i32, Vec<FdImage>>,
     /// Pipes with both ends in the tree, with their buffered bytes.
     pub pipes: Vec<PipeImage>,
+    /// Established TCP sockets, left in repair mode (see [`Frozen`]).
+    ///
+    /// [`Frozen`]: super::freeze::Frozen
+    pub repaired: Vec<super::sockets::Repairing>,
 }
 
-/// Read every fd table, classify pipes with the whole tree in view, number
-/// shared open file descriptions, copy what pipes hold.
-pub fn collect(tree: &[(i32, i32)]) -> Result<TreeFiles> {
+/// Read every fd table, classify pipes and sockets with the whole tree in
+/// view, number shared open file descriptions, copy what pipes hold.
+/// `frozen`: the tree is stopped, established TCP connections are taken
+/// (otherwise this only looks for what would be refused).
+pub fn collect(tree: &[(i32, i32)], caller: u32, frozen: bool) -> Result<TreeFiles> {
     let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
     let mut pipes = Vec::new();
     let mut flags = HashMap::new();
+    let mut socks = Vec::new();
     for &(p, _) in tree {
-        let (f, pr) = self::fds(p)?;
+        let (f, pr, sk) = self::fds(p)?;
+        for s in sk {
+            socks.push(super::sockets::SockRef {
+                pid: s.pid,
+                fd: s.fd,
+                flags: s.flags,
+                sock: super::sockets::read(s.pid, s.fd, s.ino, caller, frozen)?,
+            });
+        }
         for r in &pr {
             let (_, fl) = procfs::parse_fdinfo(&procfs::read_to_string(format!(
                 "/proc/{p}/fdinfo/{}",
@@ -282,6 +317,12 @@ pub fn collect(tree: &[(i32, i32)]) -> Result<TreeFiles> {
         pipes.extend(pr);
     }
     let internal = classify_pipes(&pipes, &mut fds, &flags)?;
+    let (sock_fds, repaired) = super::sockets::classify(socks)?;
+    for (p, f) in sock_fds {
+        let v = fds.entry(p).or_default();
+        v.push(f);
+        v.sort_by_key(|f| f.fd);
+    }
     share_files(tree, &mut fds);
     let mut images = Vec::new();
     for ino in internal {
@@ -293,5 +334,9 @@ pub fn collect(tree: &[(i32, i32)]) -> Result<TreeFiles> {
             });
         }
     }
-    Ok(TreeFiles { fds, pipes: images })
+    Ok(TreeFiles {
+        fds,
+        pipes: images,
+        repaired,
+    })
 }

@@ -30,6 +30,9 @@ pub struct Frozen {
     tids: Vec<i32>,
     /// Kill the tasks instead of letting them run on (`--kill`).
     pub kill: bool,
+    /// Established TCP sockets in repair mode: back to normal if the job
+    /// runs on, closed silently with it if it is killed.
+    pub repaired: Vec<super::sockets::Repairing>,
 }
 
 impl Drop for Frozen {
@@ -40,6 +43,9 @@ impl Drop for Frozen {
                 unsafe { libc::kill(t, libc::SIGKILL) };
             }
             let _ = ptrace::detach(t);
+        }
+        for r in &mut self.repaired {
+            r.keep = self.kill;
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
-//!   [`anon`] eventfd, timerfd, signalfd, epoll
+//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]
 //! - [`task`] — one task's state by /proc and injected system calls
 //! - [`memory`] — mappings, shared memory (copied while frozen)
 //! - [`sysv`] — SysV IPC objects
@@ -19,11 +19,13 @@ mod freeze;
 mod memory;
 mod pages;
 mod precopy;
+mod sockets;
 mod sysv;
 mod task;
 mod track;
 
 pub use freeze::tree;
+pub use sockets::unix_path;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -134,6 +136,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         .collect();
     let live = living(&tree);
     let mut state = read_tree(&live, opts, caller, &mut mems, &staging, &names, &tick)?;
+    frozen.repaired = std::mem::take(&mut state.files.repaired);
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
     drop(frozen);
@@ -217,7 +220,7 @@ fn precheck(pid: i32, caller: u32) -> Result<Vec<(i32, i32)>> {
         let r = t
             .iter()
             .try_for_each(|&(p, _)| freeze::check_task(p, caller).map(|_| ()))
-            .and_then(|()| files::collect(&living(&t)).map(|_| ()));
+            .and_then(|()| files::collect(&living(&t), caller, false).map(|_| ()));
         match r {
             Ok(()) => return Ok(t),
             Err(e) if e.is_gone() && tries < 20 => tries += 1,
@@ -342,7 +345,7 @@ fn read_tree(
     names: &Names,
     tick: &dyn Fn(u64),
 ) -> Result<TreeState> {
-    let mut files = files::collect(tree)?;
+    let mut files = files::collect(tree, caller, true)?;
     let mut shared = memory::SharedSeen::new();
     let mut tasks = Vec::new();
     for &(p, pp) in tree {

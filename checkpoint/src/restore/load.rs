@@ -128,6 +128,12 @@ pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
             return Err(ChkptError::bad_image(&tfile.path, "no usable registers"));
         }
         owner.check_task(&task)?;
+        super::sockets::check(owner.uid, &task).map_err(|why| {
+            ChkptError::Permission(format!(
+                "task {}: {why}, but the image belongs to uid {}: refusing to restart it",
+                task.pid, owner.uid
+            ))
+        })?;
         let pieces = chain.resolve(sn, te.pid, (&mm, file, data_off, version))?;
         tasks.push(LoadedTask { task, mm, pieces });
     }

@@ -13,8 +13,9 @@
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
 //! - [`task`] — one task's restore, in order
-//! - [`mm`], [`fds`] ([`anon`]), [`sig`] — memory, fd table (eventfd,
-//!   timerfd, signalfd, epoll), signal state of a task
+//! - [`files`] ([`anon`], [`sockets`]) — every open file of the tree, made
+//!   once in the root
+//! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task
 //! - [`ctx`] — the injection area and what every step works with
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
@@ -22,6 +23,7 @@
 mod anon;
 mod ctx;
 mod fds;
+mod files;
 mod lazy;
 pub mod load;
 mod mm;
@@ -29,6 +31,7 @@ pub mod owner;
 mod pages;
 mod serve;
 mod sig;
+mod sockets;
 mod sysv;
 mod task;
 mod tree;
