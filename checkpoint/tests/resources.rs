@@ -84,7 +84,7 @@ fn sockets_of_every_kind() {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
     conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
-    let mut echo = |c: &mut std::net::TcpStream, s: &str| {
+    let echo = |c: &mut std::net::TcpStream, s: &str| {
         c.write_all(s.as_bytes()).unwrap();
         let mut b = vec![0u8; 4 + s.len()];
         c.read_exact(&mut b).unwrap();
