@@ -71,6 +71,9 @@ struct Samples {
     restore: Vec<f64>,
     /// `restart --lazy`: until the processes run.
     lazy: Vec<f64>,
+    /// `restart --lazy --check-as-loaded`: the same, page data checked as
+    /// it loads rather than first.
+    lazy_unchecked: Vec<f64>,
     size: u64,
 }
 
@@ -207,13 +210,14 @@ fn dump_restore(tmp: &Path, sizes: &[u64], rounds: usize, have_criu: bool, verbo
         .map(|&m| (format!("{m} MiB anon"), Work::Hog(hog.clone(), m)))
         .collect();
     works.push(("3-process pipe tree".into(), Work::Tree(tree)));
-    println!("\ndump (job ended), eager restore, lazy restore (until the job runs), image size");
+    println!("\ndump (job ended), eager restore, lazy restore until the job runs (lazy: pages checked first; lazy*: --check-as-loaded), image size");
     println!(
-        "{:<22} {:>10} {:>10} {:>8} {:>11} | {:>10} {:>10} {:>11} | {:>6} {:>6} {:>6} {:>6}",
+        "{:<22} {:>10} {:>10} {:>8} {:>8} {:>11} | {:>10} {:>10} {:>11} | {:>6} {:>6} {:>6} {:>6}",
         "workload",
         "dump s",
         "restore s",
         "lazy s",
+        "lazy* s",
         "image MiB",
         "criu dump",
         "criu rest",
@@ -240,35 +244,38 @@ fn dump_restore(tmp: &Path, sizes: &[u64], rounds: usize, have_criu: bool, verbo
             if verbose {
                 let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
                 eprintln!(
-                    "  {name} round {}: krg dump {:.3} restore {:.3} lazy {:.3} | criu dump {:.3} restore {:.3}; load {}",
+                    "  {name} round {}: krg dump {:.3} restore {:.3} lazy {:.3} lazy* {:.3} | criu dump {:.3} restore {:.3}; load {}",
                     r + 1,
                     last(&k.dump),
                     last(&k.restore),
                     last(&k.lazy),
+                    last(&k.lazy_unchecked),
                     last(&c.dump),
                     last(&c.restore),
                     load()
                 );
             }
         }
-        let (kd, kr, kl) = (
+        let (kd, kr, kl, ku) = (
             median(&mut k.dump),
             median(&mut k.restore),
             median(&mut k.lazy),
+            median(&mut k.lazy_unchecked),
         );
         if have_criu {
             let (cd, cr) = (median(&mut c.dump), median(&mut c.restore));
             println!(
-                "{:<22} {:>10.3} {:>10.3} {:>8.3} {:>11.1} | {:>10.3} {:>10.3} {:>11.1} | {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
-                name, kd, kr, kl, mib(k.size), cd, cr, mib(c.size), kd / cd, kr / cr, kl / cr, k.size as f64 / c.size as f64
+                "{:<22} {:>10.3} {:>10.3} {:>8.3} {:>8.3} {:>11.1} | {:>10.3} {:>10.3} {:>11.1} | {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
+                name, kd, kr, kl, ku, mib(k.size), cd, cr, mib(c.size), kd / cd, kr / cr, kl / cr, k.size as f64 / c.size as f64
             );
         } else {
             println!(
-                "{:<22} {:>10.3} {:>10.3} {:>8.3} {:>11.1} |",
+                "{:<22} {:>10.3} {:>10.3} {:>8.3} {:>8.3} {:>11.1} |",
                 name,
                 kd,
                 kr,
                 kl,
+                ku,
                 mib(k.size)
             );
         }

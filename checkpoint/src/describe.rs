@@ -173,7 +173,7 @@ pub fn inspect_json(dir: &Path, sn: u32) -> Result<serde_json::Value> {
             .0
             .meta;
         let mut tasks = Vec::new();
-        for te in &n.tasks {
+        for te in n.tasks.iter().filter(|t| t.zombie.is_none()) {
             let t: TaskImage = image::read_in(dir, &names.task(te.pid), FileKind::Task)?
                 .0
                 .meta;
@@ -251,6 +251,14 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
             );
         }
         for te in &n.tasks {
+            if let Some(z) = te.zombie {
+                let _ = writeln!(
+                    s,
+                    "  task {} parent {}: a zombie, exit status {:#x}",
+                    te.pid, te.ppid, z.status
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "  task {} parent {} threads {:?}",

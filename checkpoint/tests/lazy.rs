@@ -111,3 +111,47 @@ fn lazy_restart_of_a_corrupted_image_starts_nothing() {
     assert!(!err.contains("page server"), "{err}");
     assert!(!alive(pid));
 }
+
+/// `--check-as-loaded`: the job runs before its pages are checked; the
+/// page server finds the changed byte when it loads that block, and kills
+/// the job rather than let it run with wrong memory.
+#[test]
+fn a_page_changed_is_caught_as_it_loads() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "forker");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("8").stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("forker runs", || last_of(&out.get()) >= 1);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    for p in image_pids(&store, pid, 1) {
+        kill_reap(p);
+    }
+    let mm = store
+        .join(pid.to_string())
+        .join(format!("task_mm_{pid}_v1.bin"));
+    let mut b = std::fs::read(&mm).unwrap();
+    b[4096 + 4096 * 50] ^= 0x40;
+    std::fs::write(&mm, b).unwrap();
+    // the output is read to its end: the page server (which keeps restart's
+    // stderr) has exited by then
+    let o = restart_into(
+        &store,
+        pid,
+        1,
+        &["--lazy", "--check-as-loaded"],
+        &tmp.path().join("r.txt"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("changed after restart began") && err.contains("killed"),
+        "{err}"
+    );
+    wait_until("the job is killed", || !alive(pid));
+    kill_reap(pid);
+}

@@ -63,6 +63,9 @@ struct Krg {
     sn2: Vec<f64>,
     sn2_frozen: Vec<f64>,
     sn2_bytes: u64,
+    /// The longest gap the job saw while nothing checkpointed it (for as
+    /// long as the dump took, at most 5 s): the machine's own noise.
+    idle: Vec<f64>,
 }
 
 #[derive(Default)]
@@ -111,6 +114,8 @@ fn round_krg(exe: &Path, dir: &Path, mib: u64, s: &mut Krg) {
     s.frozen_job.push(job.gap_ms());
     s.frozen_tool.push(tool_frozen(&out));
     s.dump.push(d);
+    std::thread::sleep(Duration::from_secs_f64(d.min(5.0)));
+    s.idle.push(job.gap_ms());
     job.ask(libc::SIGUSR2, "changed");
     job.gap_ms();
     let (d2, out2) = checkpoint(&store, job.pid);
@@ -183,8 +188,8 @@ pub fn run(tmp: &Path, sizes: &[u64], rounds: usize, criu: bool, verbose: bool) 
     compile(&here.join("benches/gaphog.c"), &exe);
     println!("\ntime frozen, job left running (ms; \"job\" = longest gap the job saw between its own clock readings)");
     println!(
-        "{:<10} {:>10} {:>10} {:>9} | {:>10} {:>9} | {:>8}",
-        "job", "krg job", "krg tool", "krg s", "criu job", "criu s", "frozen×"
+        "{:<10} {:>10} {:>10} {:>9} {:>9} | {:>10} {:>9} | {:>8}",
+        "job", "krg job", "krg tool", "krg s", "idle gap", "criu job", "criu s", "frozen×"
     );
     let mut sn2 = Vec::new();
     for &mib in sizes {
@@ -202,10 +207,11 @@ pub fn run(tmp: &Path, sizes: &[u64], rounds: usize, criu: bool, verbose: bool) 
             if verbose {
                 let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
                 eprintln!(
-                    "  {mib} MiB round {}: krg frozen {:.1} ms (tool {:.1}) dump {:.3} s, SN 2 {:.3} s frozen {:.1} ms | criu frozen {:.1} ms dump {:.3} s; load {}",
+                    "  {mib} MiB round {}: krg frozen {:.1} ms (tool {:.1}, idle gap {:.1}) dump {:.3} s, SN 2 {:.3} s frozen {:.1} ms | criu frozen {:.1} ms dump {:.3} s; load {}",
                     r + 1,
                     last(&k.frozen_job),
                     last(&k.frozen_tool),
+                    last(&k.idle),
                     last(&k.dump),
                     last(&k.sn2),
                     last(&k.sn2_frozen),
@@ -220,22 +226,24 @@ pub fn run(tmp: &Path, sizes: &[u64], rounds: usize, criu: bool, verbose: bool) 
         if criu {
             let cf = median(&mut c.frozen_job);
             println!(
-                "{:<10} {:>10.1} {:>10.1} {:>9.3} | {:>10.1} {:>9.3} | {:>8.3}",
+                "{:<10} {:>10.1} {:>10.1} {:>9.3} {:>9.1} | {:>10.1} {:>9.3} | {:>8.3}",
                 name,
                 kf,
                 median(&mut k.frozen_tool),
                 median(&mut k.dump),
+                median(&mut k.idle),
                 cf,
                 median(&mut c.dump),
                 kf / cf
             );
         } else {
             println!(
-                "{:<10} {:>10.1} {:>10.1} {:>9.3} |",
+                "{:<10} {:>10.1} {:>10.1} {:>9.3} {:>9.1} |",
                 name,
                 kf,
                 median(&mut k.frozen_tool),
-                median(&mut k.dump)
+                median(&mut k.dump),
+                median(&mut k.idle)
             );
         }
         sn2.push((name, k, c.pre_dump));

@@ -43,6 +43,12 @@ struct Cli {
     /// image is still checked before anything runs.
     #[arg(long)]
     lazy: bool,
+    /// With --lazy: let the processes run before their page data is checked
+    /// (only the metadata is); each 64 KiB block is checked against its CRC
+    /// as it loads, and a mismatch then kills them. Makes the time until
+    /// they run independent of their memory size.
+    #[arg(long)]
+    check_as_loaded: bool,
     /// krgd admin socket: the restored processes are made CHECKPOINTABLE
     /// again there (skipped when no krgd listens).
     #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
@@ -58,6 +64,7 @@ fn main() {
             pid_wait: Duration::from_secs_f64(cli.pid_wait.clamp(0.0, 3600.0)),
             new_pids: cli.new_pids,
             lazy: cli.lazy,
+            check_as_loaded: cli.check_as_loaded,
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).

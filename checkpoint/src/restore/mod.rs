@@ -60,6 +60,9 @@ pub struct RestoreOptions {
     /// Let the tasks run before their private anonymous pages are in:
     /// a page server brings each in on first touch, and the rest behind.
     pub lazy: bool,
+    /// With `lazy`: do not check page data before the tasks run; each block
+    /// is checked as it loads (a mismatch then kills the tree).
+    pub check_as_loaded: bool,
 }
 
 #[derive(Debug)]
@@ -71,7 +74,13 @@ pub struct RestoreReport {
 
 pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
     let dir = store::app_dir(&opts.root, app);
-    let mut loaded = load(&dir, sn, opts.node)?;
+    if opts.check_as_loaded && !opts.lazy {
+        return Err(ChkptError::Usage(
+            "--check-as-loaded goes with --lazy (eager restore reads pages without checking them)"
+                .into(),
+        ));
+    }
+    let mut loaded = load::load_checked(&dir, sn, opts.node, !opts.check_as_loaded)?;
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(
             "--new-pids does not handle multi-threaded processes (their TIDs live in their memory)"

@@ -54,6 +54,12 @@ impl TaskCtx<'_> {
                 0,
             ],
         )?;
+        // No longer tied to restart's life (set while it was restored).
+        i.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
+        )?;
         // Changing ids clears the dumpable flag; the job's owner must keep
         // /proc access to it (and the right to checkpoint it again).
         i.call(

@@ -47,8 +47,11 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
             )
         };
         if r == 0 {
-            // SAFETY: child side: become traced, stop, never return into Rust state.
+            // SAFETY: child side: die with restart (a half-restored task,
+            // with root's credentials still, must never run on its own),
+            // become traced, stop, never return into Rust state.
             unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
                 libc::raise(libc::SIGSTOP);
                 libc::_exit(127);
@@ -324,6 +327,19 @@ fn restore_tasks(
         remap(l, old, pid);
         created.pids.push(pid);
         let inj = Injector::new(pid, syscall_at)?;
+        // dies with its (half-restored) parent, and so on up to restart
+        inj.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_PDEATHSIG as u64,
+                libc::SIGKILL as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
         let created_pids: Vec<i32> = l.tasks[..idx].iter().map(|t| t.task.pid).collect();
         join_session(&inj, &l.tasks[idx].task, &created_pids)?;
         injectors.insert(pid, inj);
