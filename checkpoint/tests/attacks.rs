@@ -481,3 +481,34 @@ fn setuid_process_image_belongs_to_root() {
     assert_eq!(g.uid, 0);
     kill_reap(pid);
 }
+
+/// If restart dies half way (killed, crashed — a user could try to make
+/// it), the tasks it has made, which still have root's credentials, die
+/// with it: none ever runs on its own.
+#[test]
+fn half_restored_tasks_die_with_restart() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = workdir();
+    let store = tmp.path().join("store");
+    let exe = build_c(tmp.path(), "bigmem");
+    let pid = guard.add(spawn_as_nobody(&exe, &["384"], &tmp.path().join("job.out")));
+    wait_until("job holds its memory", || rss_mib(pid) >= 380);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let mut r = Command::new(bin("restart"));
+    r.arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut restart = spawn(r);
+    wait_until("restart made the task", || {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    restart.kill().unwrap();
+    restart.wait().unwrap();
+    wait_until("the half-restored task is gone", || !alive(pid));
+    kill_reap(pid);
+}
