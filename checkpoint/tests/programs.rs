@@ -83,3 +83,87 @@ fn python_http_server_keeps_its_connected_client() {
     assert!(get(&mut after, "new.txt").contains("written after restart"));
     kill_reap(pid);
 }
+
+/// A line-oriented client on a pipe: send a line, read one back.
+struct Cli {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Cli {
+    fn ask(&mut self, line: &str) -> String {
+        use std::io::BufRead;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut s = String::new();
+        self.out.read_line(&mut s).unwrap();
+        s.trim().to_string()
+    }
+}
+
+/// redis-server with data, and a redis-cli connected to it (over TCP) that
+/// stays connected across the checkpoint: same connection after restart
+/// (its CLIENT ID is the same: redis-cli would have reconnected with a new
+/// one otherwise), same data.
+#[test]
+fn redis_with_data_and_a_connected_redis_cli() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let port = free_port();
+    let mut cmd = Command::new("/usr/bin/redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .current_dir(tmp.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("redis listens", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut cli = Command::new("/usr/bin/redis-cli");
+    cli.args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = spawn(cli);
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut cli = Cli { child, out };
+    assert_eq!(cli.ask("SET greeting hello"), "OK");
+    for i in 0..2000 {
+        assert_eq!(
+            cli.ask(&format!("SET key:{i} {}", "v".repeat(100 + i % 50))),
+            "OK"
+        );
+    }
+    let id = cli.ask("CLIENT ID");
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 task(s)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    kill_reap(pid);
+    ok(&restart_out(&store, pid, 1), "restart");
+    assert_eq!(cli.ask("CLIENT ID"), id, "the same connection");
+    assert_eq!(cli.ask("GET greeting"), "hello");
+    assert_eq!(cli.ask("GET key:1999"), "v".repeat(100 + 1999 % 50));
+    assert_eq!(cli.ask("DBSIZE"), "2001");
+    assert_eq!(cli.ask("SET after restart"), "OK");
+    assert_eq!(cli.ask("GET after"), "restart");
+    cli.child.kill().unwrap();
+    cli.child.wait().unwrap();
+    kill_reap(pid);
+}
