@@ -69,6 +69,18 @@ impl CheckedDir {
         &self.path
     }
 
+    /// Another descriptor of the same directory.
+    pub fn dup(&self) -> Result<Self> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| ChkptError::io(&self.path, e))?;
+        Ok(Self {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }

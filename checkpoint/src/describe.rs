@@ -7,7 +7,8 @@ use std::path::Path;
 use crate::checked_dir::CheckedDir;
 use crate::error::Result;
 use crate::image::{
-    self, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE,
+    self, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, RunData, TaskImage, VmaKind,
+    PAGE,
 };
 
 fn prot(p: u32) -> String {
@@ -18,6 +19,26 @@ fn prot(p: u32) -> String {
         f(libc::PROT_WRITE, 'w'),
         f(libc::PROT_EXEC, 'x')
     )
+}
+
+/// How long the tree was frozen, and where this SN stands in its chain.
+fn chain_line(g: &GlobalImage) -> String {
+    let chain = match g.parent {
+        Some(p) => format!("incremental: unchanged pages are kept in SN {p}"),
+        None => "full: every page is in this SN".into(),
+    };
+    format!("frozen for {:.1} ms; {chain}", g.frozen_us as f64 / 1000.0)
+}
+
+/// Pages saved in this SN's file, and pages kept in the parent SN.
+fn page_counts(mm: &MmImage) -> (u64, u64) {
+    mm.vmas
+        .iter()
+        .flat_map(|v| &v.runs)
+        .fold((0u64, 0u64), |(h, p), r| match r.data {
+            RunData::Here { .. } => (h.saturating_add(r.pages), p),
+            RunData::Parent => (h, p.saturating_add(r.pages)),
+        })
 }
 
 pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImage)]) -> String {
@@ -32,9 +53,10 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
     );
     let _ = writeln!(
         s,
-        "taken at unix time {} on kernel {}, owner uid {}\n",
+        "taken at unix time {} on kernel {}, owner uid {}",
         g.created_unix, g.kernel, g.uid
     );
+    let _ = writeln!(s, "{}\n", chain_line(g));
     let _ = writeln!(
         s,
         "global_v{sn}.bin       application id, SN, node mask {:#x}",
@@ -49,26 +71,92 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
         n.pipes.len()
     );
     for (t, mm) in tasks {
-        let pages: u64 = mm
-            .vmas
-            .iter()
-            .flat_map(|v| &v.runs)
-            .fold(0u64, |a, r| a.saturating_add(r.pages));
+        let (here, parent) = page_counts(mm);
         let _ = writeln!(
             s,
             "task_{}_v{sn}.bin      task {} ({}) parent {}: registers+xstate, {} signal handler(s), {} fd(s), cwd {}",
             t.pid, t.pid, t.comm, t.ppid, t.sigactions.len(), t.fds.len(), t.cwd
         );
+        let kept = match mm.parent {
+            Some(p) => format!(", {parent} unchanged page(s) kept in SN {p}"),
+            None => String::new(),
+        };
         let _ = writeln!(
             s,
-            "task_mm_{}_v{sn}.bin   {} mapping(s), {} saved page(s) ({} KiB)",
+            "task_mm_{}_v{sn}.bin   {} mapping(s), {} saved page(s) ({} KiB){kept}",
             t.pid,
             mm.vmas.len(),
-            pages,
-            pages.saturating_mul(PAGE) / 1024
+            here,
+            here.saturating_mul(PAGE) / 1024
         );
     }
     s
+}
+
+/// One committed SN in the overview of a directory.
+#[derive(Debug, serde::Serialize)]
+pub struct SnSummary {
+    pub sn: u32,
+    pub parent: Option<u32>,
+    pub frozen_us: u64,
+    pub created_unix: u64,
+    /// Bytes of its files.
+    pub bytes: u64,
+}
+
+/// The committed SNs of an application directory.
+pub fn chains_json(dir: &Path) -> Result<Vec<SnSummary>> {
+    let d = CheckedDir::open(dir)?;
+    let mut out = Vec::new();
+    for sn in crate::store::committed_sns(&d) {
+        let names = Names { sn };
+        let g: GlobalImage = image::read_in(&d, &names.global(), FileKind::Global)?
+            .0
+            .meta;
+        let mut bytes = 0;
+        for name in d.entries()? {
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with('.') && crate::store::sn_of(name) == Some(sn) {
+                bytes += d.stat_entry(name).map(|s| s.st_size as u64).unwrap_or(0);
+            }
+        }
+        out.push(SnSummary {
+            sn,
+            parent: g.parent,
+            frozen_us: g.frozen_us,
+            created_unix: g.created_unix,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// `checkpoint inspect DIR`: every SN, what it builds on, its size.
+pub fn chains(dir: &Path) -> Result<String> {
+    let sns = chains_json(dir)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: {} SN(s)", dir.display(), sns.len());
+    for x in &sns {
+        let mut chain = vec![x.sn];
+        let mut at = x.parent;
+        while let Some(p) = at {
+            chain.push(p);
+            at = sns.iter().find(|y| y.sn == p).and_then(|y| y.parent);
+        }
+        let chain: Vec<String> = chain.iter().map(|c| c.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  SN {:<4} {:>10.1} MiB  frozen {:>8.1} ms  {}",
+            x.sn,
+            x.bytes as f64 / (1 << 20) as f64,
+            x.frozen_us as f64 / 1000.0,
+            match x.parent {
+                Some(p) => format!("incremental on SN {p} (chain {})", chain.join(" <- ")),
+                None => "full".into(),
+            }
+        );
+    }
+    Ok(s)
 }
 
 /// `checkpoint inspect --json DIR SN`: the decoded metadata of every file of
@@ -85,7 +173,7 @@ pub fn inspect_json(dir: &Path, sn: u32) -> Result<serde_json::Value> {
             .0
             .meta;
         let mut tasks = Vec::new();
-        for te in &n.tasks {
+        for te in n.tasks.iter().filter(|t| t.zombie.is_none()) {
             let t: TaskImage = image::read_in(dir, &names.task(te.pid), FileKind::Task)?
                 .0
                 .meta;
@@ -111,6 +199,7 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
         "  app_id {}  sn {}  node_mask {:#x}  uid {}  kernel {}  created {}",
         g.app_id, g.sn, g.node_mask, g.uid, g.kernel, g.created_unix
     );
+    let _ = writeln!(s, "  {}", chain_line(&g));
     for node in 0..64u32 {
         if g.node_mask & (1u64 << node) == 0 {
             continue;
@@ -162,6 +251,14 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
             );
         }
         for te in &n.tasks {
+            if let Some(z) = te.zombie {
+                let _ = writeln!(
+                    s,
+                    "  task {} parent {}: a zombie, exit status {:#x}",
+                    te.pid, te.ppid, z.status
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "  task {} parent {} threads {:?}",
@@ -221,6 +318,34 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
                 "pipe ino {ino} {} end",
                 if *write_end { "write" } else { "read" }
             ),
+            FdKind::EventFd {
+                file,
+                count,
+                semaphore,
+            } => format!(
+                "eventfd count {count}{} (open file #{file})",
+                if *semaphore { " semaphore" } else { "" }
+            ),
+            FdKind::TimerFd {
+                file,
+                clock,
+                ticks,
+                value_ns,
+                interval_ns,
+            } => format!(
+                "timerfd clock {clock}, {ticks} tick(s) unread, fires in {value_ns} ns, every {interval_ns} ns (open file #{file})"
+            ),
+            FdKind::SignalFd { file, mask } => {
+                format!("signalfd mask {mask:#x} (open file #{file})")
+            }
+            FdKind::Epoll { file, items } => format!(
+                "epoll watching fds {:?} (open file #{file})",
+                items.iter().map(|i| i.tfd).collect::<Vec<_>>()
+            ),
+            FdKind::Socket { file, sock } => format!(
+                "{} (open file #{file})",
+                crate::image::describe_socket(sock)
+            ),
         };
         let _ = writeln!(s, "  fd {}: flags {:o} {}", f.fd, f.flags, what);
     }
@@ -233,12 +358,17 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
     }
     let d = image::read_in::<MmImage>(dir, &names.task_mm(pid), FileKind::Mm)?.0;
     let mm = d.meta;
+    let (here, parent) = page_counts(&mm);
     let _ = writeln!(
         s,
-        "{}: data at offset {} ({} bytes)",
+        "{}: data at offset {} ({} bytes, {here} page(s)){}",
         dir.join(&names.task_mm(pid)).display(),
         d.data_off,
-        d.data_len
+        d.data_len,
+        match mm.parent {
+            Some(p) => format!(", {parent} unchanged page(s) kept in SN {p}"),
+            None => String::new(),
+        }
     );
     let p = &mm.params;
     let _ = writeln!(
@@ -247,7 +377,11 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
         p.start_code, p.end_code, p.start_data, p.end_data, p.start_brk, p.brk, p.start_stack
     );
     for v in &mm.vmas {
-        let pages: u64 = v.runs.iter().fold(0u64, |a, r| a.saturating_add(r.pages));
+        let pages: u64 = v
+            .runs
+            .iter()
+            .filter(|r| matches!(r.data, RunData::Here { .. }))
+            .fold(0u64, |a, r| a.saturating_add(r.pages));
         let kind = match &v.kind {
             VmaKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
             k => format!("{k:?}"),

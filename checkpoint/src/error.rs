@@ -128,6 +128,19 @@ impl ChkptError {
             detail: detail.into(),
         }
     }
+    /// Does this error say a process (or thread) just went away — it exited
+    /// between being listed and being looked at?
+    pub fn is_gone(&self) -> bool {
+        let gone =
+            |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT));
+        match self {
+            ChkptError::NoSuchProcess(_) => true,
+            ChkptError::Io { err, .. } | ChkptError::Sys { err, .. } => gone(err),
+            ChkptError::Tracee { what, .. } => what.starts_with("exited"),
+            _ => false,
+        }
+    }
+
     pub fn bad_image(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         ChkptError::BadImage {
             path: path.into(),

@@ -5,7 +5,8 @@
 //! ([`image`] is the whole on-disk format; [`describe`] decodes it for
 //! people); [`restore::restart`] brings it back with the same PIDs.
 //! [`store`] is the checkpoint directory (SNs, lock, atomic commit), done
-//! through [`checked_dir`] descriptors because users own it. [`captrack`]
+//! through [`checked_dir`] descriptors because users own it; [`chain`]
+//! removes an SN of a chain of incremental ones. [`captrack`]
 //! follows the CHECKPOINTABLE capability across forks (used by krgd);
 //! [`capclient`] asks krgd about it.
 //!
@@ -14,8 +15,10 @@
 
 pub mod capclient;
 pub mod captrack;
+pub mod chain;
 pub mod checked_dir;
 pub mod describe;
+mod diag;
 pub mod dump;
 pub mod error;
 pub mod image;
@@ -24,5 +27,6 @@ pub mod procfs;
 mod ptrace;
 pub mod restore;
 pub mod store;
+pub mod uffd;
 
 pub use error::{ChkptError, Result};

@@ -87,6 +87,8 @@ fn parse_map_line(line: &str) -> Result<MapLine> {
 /// Fields of /proc/PID/stat after the `(comm)` field, indexed from field 3.
 pub struct Stat {
     pub comm: String,
+    /// The state letter (field 3: R, S, D, T, t, Z, …).
+    pub state: char,
     pub fields: Vec<u64>,
 }
 
@@ -106,8 +108,10 @@ pub fn parse_stat(text: &str) -> Result<Stat> {
     let comm = text.get(open + 1..close).unwrap_or("").to_string();
     let rest = text.get(close + 1..).unwrap_or("");
     let mut fields = Vec::new();
+    let mut state = '?';
     for (i, tok) in rest.split_whitespace().enumerate() {
         if i == 0 {
+            state = tok.chars().next().unwrap_or('?');
             fields.push(0); // state letter (field 3)
             continue;
         }
@@ -118,7 +122,11 @@ pub fn parse_stat(text: &str) -> Result<Stat> {
             .map_err(|_| parse_err("stat field", tok))?;
         fields.push(v);
     }
-    Ok(Stat { comm, fields })
+    Ok(Stat {
+        comm,
+        state,
+        fields,
+    })
 }
 
 pub fn mm_params(stat: &Stat, auxv: &[u8]) -> MmParams {

@@ -5,6 +5,13 @@
 //! `global_v<SN>.bin` is renamed last: a crash before that leaves only files
 //! of an SN without a global file, which the next checkpoint removes.
 //!
+//! SN numbers are never used twice: an attempt that may have changed the
+//! job's dirty-page trackers and did not commit, and an SN removed with
+//! `checkpoint rm`, leave a tombstone `.dead-v<SN>`. The next SN can be
+//! incremental on the last committed one only if no SN number came after
+//! it: the trackers were last reset when that SN was taken
+//! ([`History::baseline`]).
+//!
 //! `/var/chkpt/PID` belongs to the job's owner while root writes into it, so
 //! every step goes through [`CheckedDir`] descriptors (see there why). The
 //! temporary directory is root's (0700) until its files are moved out: the
@@ -21,6 +28,8 @@ use crate::error::{ChkptError, Result};
 pub const DEFAULT_ROOT: &str = "/var/chkpt";
 
 const LOCK_NAME: &str = ".lock";
+const DEAD_PREFIX: &str = ".dead-v";
+const TMP_PREFIX: &str = ".tmp-v";
 
 /// The directory of application `app` under `root`.
 pub fn app_dir(root: &Path, app: i32) -> PathBuf {
@@ -28,7 +37,7 @@ pub fn app_dir(root: &Path, app: i32) -> PathBuf {
 }
 
 /// The SN a file name of a checkpoint belongs to (`…_v<SN>.…`).
-fn sn_of(name: &str) -> Option<u32> {
+pub fn sn_of(name: &str) -> Option<u32> {
     name.rsplit_once("_v")
         .and_then(|(_, r)| r.split('.').next())
         .and_then(|s| s.parse().ok())
@@ -93,29 +102,107 @@ pub fn prepare_dir(root: &Path, app: i32, uid: u32, gid: u32) -> Result<CheckedD
     Ok(dir)
 }
 
+/// The SN numbers a directory has seen.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct History {
+    /// Committed SNs, ascending.
+    pub committed: Vec<u32>,
+    /// SNs removed or never committed (tombstones and leftovers), ascending.
+    pub dead: Vec<u32>,
+}
+
+impl History {
+    pub fn read(dir: &CheckedDir) -> Self {
+        let committed = committed_sns(dir);
+        let mut dead = Vec::new();
+        for name in dir.entries().unwrap_or_default() {
+            let Some(name) = name.to_str() else { continue };
+            let sn = if let Some(r) = name.strip_prefix(DEAD_PREFIX) {
+                r.parse().ok()
+            } else if let Some(r) = name.strip_prefix(TMP_PREFIX) {
+                r.parse().ok()
+            } else if name.starts_with('.') {
+                None
+            } else {
+                sn_of(name).filter(|s| !committed.contains(s))
+            };
+            dead.extend(sn);
+        }
+        dead.sort_unstable();
+        dead.dedup();
+        History { committed, dead }
+    }
+
+    /// The next SN: one more than any SN number used.
+    pub fn next_sn(&self) -> u32 {
+        let last = self.committed.last().max(self.dead.last());
+        last.map_or(1, |s| s + 1)
+    }
+
+    /// The latest committed SN, if no SN number came after it (then the
+    /// trackers of its processes were last reset when it was taken).
+    pub fn baseline(&self) -> Option<u32> {
+        let last = *self.committed.last()?;
+        (self.dead.last().is_none_or(|&d| d < last)).then_some(last)
+    }
+
+    pub fn latest(&self) -> Option<u32> {
+        self.committed.last().copied()
+    }
+}
+
 /// Remove leftovers of interrupted checkpoints: temporary directories and
-/// files of SNs that never got their global file.
+/// files of SNs that never got their global file. Their SN numbers are
+/// kept as tombstones (see the module comment).
 pub fn cleanup(dir: &CheckedDir) {
-    let committed = committed_sns(dir);
+    let hist = History::read(dir);
+    for &sn in &hist.dead {
+        let _ = tombstone(dir, sn);
+    }
     for name in dir.entries().unwrap_or_default() {
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(".tmp-v") {
+        if name.starts_with(TMP_PREFIX) {
             let _ = dir.remove_flat_tree(name);
-        } else if sn_of(name).is_some_and(|sn| !committed.contains(&sn)) {
+        } else if !name.starts_with('.') && sn_of(name).is_some_and(|sn| hist.dead.contains(&sn)) {
             let _ = dir.remove_file(name);
         }
     }
 }
 
+/// Leave the tombstone of `sn` (an empty file `.dead-v<SN>`).
+pub fn tombstone(dir: &CheckedDir, sn: u32) -> Result<()> {
+    let name = format!("{DEAD_PREFIX}{sn}");
+    if !dir.contains(&name) {
+        drop(dir.create_file(&name)?);
+    }
+    Ok(())
+}
+
 /// A checkpoint being written: `.tmp-v<SN>` of the application directory.
+/// Dropped without being committed, it removes itself — unless [`touched`]
+/// says the attempt changed the job's trackers: then it stays, and the next
+/// checkpoint turns it into a tombstone.
+///
+/// [`touched`]: Staging::touched
 pub struct Staging {
     pub dir: CheckedDir,
     name: String,
+    parent: Option<CheckedDir>,
+    /// The attempt has reset dirty-page trackers of the job.
+    pub touched: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let (Some(app), false) = (&self.parent, self.touched) {
+            let _ = app.remove_flat_tree(&self.name);
+        }
+    }
 }
 
 /// Create the temporary directory of `sn` (root's, 0700 while written).
 pub fn stage(app: &CheckedDir, sn: u32) -> Result<Staging> {
-    let name = format!(".tmp-v{sn}");
+    let name = format!("{TMP_PREFIX}{sn}");
     if !app.make_dir(&name, 0o700)? {
         return Err(ChkptError::Permission(format!(
             "{} appeared while checkpointing: refusing to write into it",
@@ -125,6 +212,8 @@ pub fn stage(app: &CheckedDir, sn: u32) -> Result<Staging> {
     Ok(Staging {
         dir: app.open_dir(&name)?,
         name,
+        parent: Some(app.dup()?),
+        touched: false,
     })
 }
 
@@ -142,7 +231,7 @@ impl Staging {
 
     /// Move every file into `app`, `global_name` last, then drop the
     /// temporary directory.
-    pub fn commit(self, app: &CheckedDir, global_name: &str) -> Result<()> {
+    pub fn commit(mut self, app: &CheckedDir, global_name: &str) -> Result<()> {
         for name in self.dir.entries()? {
             let Some(name) = name.to_str() else { continue };
             if name != global_name {
@@ -150,6 +239,7 @@ impl Staging {
             }
         }
         self.dir.rename_into(global_name, app, global_name)?;
+        self.parent = None;
         app.remove_dir_if_same(&self.name, &self.dir)
     }
 }
@@ -168,14 +258,30 @@ mod tests {
         st.commit(&app, "global_v1.bin").unwrap();
         assert_eq!(committed_sns(&app), vec![1]);
         assert!(!d.path().join(".tmp-v1").exists());
+        assert_eq!(History::read(&app).baseline(), Some(1));
         // an interrupted SN 2: files without a global file
         std::fs::write(d.path().join("task_1_v2.bin"), b"x").unwrap();
         std::fs::create_dir(d.path().join(".tmp-v2")).unwrap();
         std::fs::write(d.path().join(".tmp-v2/task_1_v2.bin"), b"x").unwrap();
+        let h = History::read(&app);
+        assert_eq!((h.next_sn(), h.baseline()), (3, None));
         cleanup(&app);
         assert!(!d.path().join("task_1_v2.bin").exists());
         assert!(!d.path().join(".tmp-v2").exists());
         assert!(d.path().join("task_1_v1.bin").exists());
+        // SN 2 stays used: the next one is 3, and not incremental on 1
+        let h = History::read(&app);
+        assert_eq!(
+            (h.next_sn(), h.baseline(), h.dead.clone()),
+            (3, None, vec![2])
+        );
+        // a failed attempt that touched nothing leaves nothing
+        drop(stage(&app, 3).unwrap());
+        assert!(!d.path().join(".tmp-v3").exists());
+        let mut st = stage(&app, 3).unwrap();
+        st.touched = true;
+        drop(st);
+        assert_eq!(History::read(&app).dead, vec![2, 3]);
     }
 
     #[test]

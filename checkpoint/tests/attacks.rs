@@ -78,14 +78,10 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// Rewrite a metadata-only image file as its owner could: decode, change,
 /// encode with a fresh CRC, write back in place (owner kept).
-fn forge<T: serde::de::DeserializeOwned + serde::Serialize>(
-    path: &Path,
-    kind: FileKind,
-    f: impl FnOnce(&mut T),
-) {
+fn forge<T: image::ImageMeta>(path: &Path, kind: FileKind, f: impl FnOnce(&mut T)) {
     let mut meta: T = image::read_file(path, kind).unwrap().meta;
     f(&mut meta);
-    let (bytes, _) = image::encode(kind, &meta, 0).unwrap();
+    let bytes = image::encode(kind, &meta).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
 
@@ -390,6 +386,63 @@ fn users_sysv_segment_is_recreated_by_the_user() {
     }
 }
 
+/// A user-edited incremental image cannot make restart read pages from
+/// anywhere but the same process's earlier SNs: a parent that is not
+/// earlier, or an earlier SN of another process (PID reused), is refused
+/// before anything runs; and a page of the parent SN changed after the
+/// fact fails the CRC of the SN that keeps it there.
+#[test]
+fn forged_chains_are_refused() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = workdir();
+    let store = tmp.path().join("store");
+    let exe = build_c(tmp.path(), "bigmem");
+    let pid = guard.add(spawn_as_nobody(&exe, &["4"], &tmp.path().join("job.out")));
+    wait_until("job holds its memory", || rss_mib(pid) >= 4);
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint 2");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("incremental on SN 1"));
+    kill_reap(pid);
+    let app = store.join(pid.to_string());
+    let mm2 = app.join(format!("task_mm_{pid}_v2.bin"));
+    let mm1 = app.join(format!("task_mm_{pid}_v1.bin"));
+    let (good2, good1) = (std::fs::read(&mm2).unwrap(), std::fs::read(&mm1).unwrap());
+    let forge_mm = |f: &dyn Fn(&mut image::MmImage)| {
+        // metadata sits after the data: rewrite it in place, as the owner could
+        let d = image::read_file::<image::MmImage>(&mm2, FileKind::Mm).unwrap();
+        let mut meta = d.meta;
+        f(&mut meta);
+        let file = std::fs::OpenOptions::new().write(true).open(&mm2).unwrap();
+        image::finish_with_data(
+            &file,
+            &mm2,
+            FileKind::Mm,
+            &meta,
+            d.data_off.max(4096),
+            d.data_len,
+        )
+        .unwrap();
+    };
+    forge_mm(&|m| m.parent = Some(2));
+    assert_refused_and_absent(&restart_out(&store, pid, 2), "no earlier parent", pid);
+    std::fs::write(&mm2, &good2).unwrap();
+    forge_mm(&|m| m.start_time += 1);
+    assert_refused_and_absent(&restart_out(&store, pid, 2), "another process", pid);
+    std::fs::write(&mm2, &good2).unwrap();
+    let mut b = good1.clone();
+    b[4096 + 4096 * 100 + 7] ^= 0x10;
+    std::fs::write(&mm1, b).unwrap();
+    assert_refused_and_absent(&restart_out(&store, pid, 2), "CRC", pid);
+    std::fs::write(&mm1, &good1).unwrap();
+    ok(
+        &restart_out(&store, pid, 2),
+        "restart of the untouched chain",
+    );
+    kill_reap(pid);
+}
+
 /// (4) A process whose ids are not all one user's (a setuid program) is
 /// saved as root's: its image files are root's, not its real user's.
 #[test]
@@ -426,5 +479,36 @@ fn setuid_process_image_belongs_to_root() {
             .unwrap()
             .meta;
     assert_eq!(g.uid, 0);
+    kill_reap(pid);
+}
+
+/// If restart dies half way (killed, crashed — a user could try to make
+/// it), the tasks it has made, which still have root's credentials, die
+/// with it: none ever runs on its own.
+#[test]
+fn half_restored_tasks_die_with_restart() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = workdir();
+    let store = tmp.path().join("store");
+    let exe = build_c(tmp.path(), "bigmem");
+    let pid = guard.add(spawn_as_nobody(&exe, &["384"], &tmp.path().join("job.out")));
+    wait_until("job holds its memory", || rss_mib(pid) >= 380);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let mut r = Command::new(bin("restart"));
+    r.arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg("1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut restart = spawn(r);
+    wait_until("restart made the task", || {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    restart.kill().unwrap();
+    restart.wait().unwrap();
+    wait_until("the half-restored task is gone", || !alive(pid));
     kill_reap(pid);
 }

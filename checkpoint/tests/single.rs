@@ -195,10 +195,22 @@ fn python_script_with_stdio_inherited_from_restart() {
 
 #[test]
 fn unsupported_socket_refused_and_job_keeps_running() {
+    refused_socket(
+        "import socket,time\ns=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nprint('up',flush=True)\ntime.sleep(60)",
+        "is not saved by this version",
+    );
+    // a file descriptor in flight on a unix socket (sent, never received)
+    refused_socket(
+        "import socket,time\na,b=socket.socketpair()\nsocket.send_fds(a,[b'x'],[0])\nprint('up',flush=True)\ntime.sleep(60)",
+        "SCM_RIGHTS",
+    );
+}
+
+fn refused_socket(script: &str, why: &str) {
     let guard = Guard::new();
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args(["-c", "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint('up',flush=True)\ntime.sleep(60)"]);
+    cmd.args(["-c", script]);
     cmd.stdout(Stdio::piped()).stdin(Stdio::null());
     let mut child = spawn(cmd);
     let pid = guard.add(child.id() as i32);
@@ -212,7 +224,8 @@ fn unsupported_socket_refused_and_job_keeps_running() {
     assert!(
         err.starts_with("checkpoint: ")
             && err.contains(&format!("process {pid}"))
-            && err.contains("socket"),
+            && err.contains("socket")
+            && err.contains(why),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -279,6 +292,15 @@ fn bad_images_refused_before_anything_starts() {
         (
             "No such file",
             Box::new(|| std::fs::remove_file(&mm).unwrap()),
+        ),
+        (
+            // one byte of page data (the data section starts at 4096)
+            "does not match its CRC",
+            Box::new(|| {
+                let mut b = good_mm.clone();
+                b[4096 + 1000] ^= 0x01;
+                std::fs::write(&mm, b).unwrap();
+            }),
         ),
         (
             "not a krg checkpoint",

@@ -44,13 +44,22 @@ struct Cli {
     /// A SysV message queue (id) that belongs to the job; repeatable.
     #[arg(long = "sysv-msg", value_name = "ID")]
     sysv_msg: Vec<i32>,
+    /// Save every page, starting a new chain, even when the previous SN
+    /// holds the unchanged ones (by default an SN stores only the pages
+    /// changed since the previous one).
+    #[arg(long)]
+    full: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Print every file of one checkpoint in readable form.
+    /// Print every file of one checkpoint in readable form; without SN,
+    /// the SNs of the directory and the chains they form.
+    ///
+    /// Examples: `checkpoint inspect /var/chkpt/4242 2`,
+    /// `checkpoint inspect /var/chkpt/4242`.
     Inspect {
         /// Print JSON (all metadata, no page data) instead of text.
         #[arg(long)]
@@ -58,21 +67,40 @@ enum Cmd {
         /// The application directory, e.g. /var/chkpt/4242.
         dir: PathBuf,
         /// The checkpoint SN.
+        sn: Option<u32>,
+    },
+    /// Remove checkpoint SN of application PID. A later SN that keeps pages
+    /// in it gets them copied in first, so every other SN stays restorable.
+    ///
+    /// Example: `checkpoint rm 4242 1`.
+    Rm {
+        /// Root directory of checkpoints.
+        #[arg(long, env = "KRG_CHKPT_DIR", default_value = store::DEFAULT_ROOT)]
+        dir: PathBuf,
+        /// Application id (PID of the checkpointed root process).
+        pid: i32,
+        /// The SN to remove.
         sn: u32,
     },
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(Cmd::Inspect { json, dir, sn }) = cli.cmd {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&describe::inspect_json(&dir, sn)?)?
-            );
-        } else {
-            print!("{}", describe::inspect(&dir, sn)?);
+    match cli.cmd {
+        Some(Cmd::Inspect { json, dir, sn }) => return inspect(json, &dir, sn),
+        Some(Cmd::Rm { dir, pid, sn }) => {
+            // SAFETY: getuid has no preconditions.
+            let caller = unsafe { libc::getuid() };
+            let r = checkpoint::chain::remove(&store::app_dir(&dir, pid), sn, caller)?;
+            match r.merged_into {
+                Some(j) => println!(
+                    "checkpoint: removed SN {sn} of {pid}; SN {j} took over {:.1} MiB of its pages",
+                    r.bytes as f64 / (1 << 20) as f64
+                ),
+                None => println!("checkpoint: removed SN {sn} of {pid}"),
+            }
+            return Ok(());
         }
-        return Ok(());
+        None => {}
     }
     let Some(pid) = cli.pid else {
         bail!("missing PID (see --help)")
@@ -102,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
         node,
         sysv_sem: cli.sysv_sem,
         sysv_msg: cli.sysv_msg,
+        full: cli.full,
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -126,13 +155,33 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let chain = rep
+        .parent
+        .map_or(String::new(), |p| format!(", incremental on SN {p}"));
     println!(
-        "checkpoint: saved process {pid} ({} task(s)) as SN {} in {} ({:.1} MiB)",
+        "checkpoint: saved process {pid} ({} task(s)) as SN {} in {} ({:.1} MiB{chain}), frozen {:.1} ms",
         rep.tasks.len(),
         rep.sn,
         rep.dir.display(),
-        rep.image_bytes as f64 / (1 << 20) as f64
+        rep.image_bytes as f64 / (1 << 20) as f64,
+        rep.frozen.as_secs_f64() * 1000.0
     );
+    Ok(())
+}
+
+fn inspect(json: bool, dir: &std::path::Path, sn: Option<u32>) -> Result<()> {
+    match (sn, json) {
+        (Some(sn), true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&describe::inspect_json(dir, sn)?)?
+        ),
+        (Some(sn), false) => print!("{}", describe::inspect(dir, sn)?),
+        (None, true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&describe::chains_json(dir)?)?
+        ),
+        (None, false) => print!("{}", describe::chains(dir)?),
+    }
     Ok(())
 }
 

@@ -36,6 +36,19 @@ struct Cli {
     /// memory (or its children's) sees stale values.
     #[arg(long)]
     new_pids: bool,
+    /// Let the processes run as soon as everything but their private
+    /// anonymous memory is back; a page server (a process that outlives
+    /// restart, printed) brings each page in on first touch and the rest in
+    /// the background, checking every block against its CRC. The whole
+    /// image is still checked before anything runs.
+    #[arg(long)]
+    lazy: bool,
+    /// With --lazy: let the processes run before their page data is checked
+    /// (only the metadata is); each 64 KiB block is checked against its CRC
+    /// as it loads, and a mismatch then kills them. Makes the time until
+    /// they run independent of their memory size.
+    #[arg(long)]
+    check_as_loaded: bool,
     /// krgd admin socket: the restored processes are made CHECKPOINTABLE
     /// again there (skipped when no krgd listens).
     #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
@@ -50,6 +63,8 @@ fn main() {
             node: cli.node,
             pid_wait: Duration::from_secs_f64(cli.pid_wait.clamp(0.0, 3600.0)),
             new_pids: cli.new_pids,
+            lazy: cli.lazy,
+            check_as_loaded: cli.check_as_loaded,
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -61,8 +76,11 @@ fn main() {
                 );
             }
         }
+        let server = rep.server.map_or(String::new(), |s| {
+            format!("; pages coming in behind it (page server PID {s})")
+        });
         eprintln!(
-            "restart: application {} running again from SN {} (PIDs {:?})",
+            "restart: application {} running again from SN {} (PIDs {:?}){server}",
             cli.pid, cli.sn, rep.pids
         );
         Ok(())

@@ -21,10 +21,20 @@ struct PipeRef {
     pub write_end: bool,
 }
 
-/// List the fd table; pipes are returned aside and classified by the caller
-/// (a pipe whose two ends are inside the tree is restored, one that leads
-/// outside is stdio or refused).
-fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
+/// A socket fd seen while listing fds: (pid, fd, inode, flags).
+struct SocketFd {
+    pid: i32,
+    fd: i32,
+    ino: u64,
+    flags: u32,
+}
+
+/// List the fd table; pipes and sockets are returned aside and classified
+/// by the caller (a pipe whose two ends are inside the tree is restored,
+/// one that leads outside is stdio or refused). krg's own trackers are
+/// left out.
+fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
+    let trackers: Vec<i32> = super::track::ours(pid).iter().map(|t| t.0).collect();
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
     let mut nums: Vec<i32> = rd
@@ -33,11 +43,28 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
     nums.sort_unstable();
     let mut out = Vec::new();
     let mut pipes = Vec::new();
-    for fd in nums {
+    let mut socks = Vec::new();
+    for fd in nums.into_iter().filter(|fd| !trackers.contains(fd)) {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
-        let (pos, flags) =
-            procfs::parse_fdinfo(&procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?)?;
-        let kind = classify_fd(pid, fd, &target, pos)?;
+        let info = procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+        let (pos, flags) = procfs::parse_fdinfo(&info)?;
+        if let Some(ino) = target
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+        {
+            socks.push(SocketFd {
+                pid,
+                fd,
+                ino,
+                flags,
+            });
+            continue;
+        }
+        let kind = match super::anon::classify(pid, fd, &target, &info)? {
+            Some(k) => Some(k),
+            None => classify_fd(pid, fd, &target, pos)?,
+        };
         if let Some(ino) = target
             .strip_prefix("pipe:[")
             .and_then(|r| r.strip_suffix(']'))
@@ -55,7 +82,7 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>)> {
             out.push(FdImage { fd, flags, kind });
         }
     }
-    Ok((out, pipes))
+    Ok((out, pipes, socks))
 }
 
 /// `None` for a pipe (classified later with the whole tree in view).
@@ -73,21 +100,16 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
     let is_tty = target.starts_with("/dev/pts/")
         || target.starts_with("/dev/tty")
         || target == "/dev/console";
-    if fd <= 2 && (is_tty || target.starts_with("socket:[")) {
+    if fd <= 2 && is_tty {
         return Ok(Some(FdKind::InheritedStdio {
             what: target.to_string(),
         }));
-    }
-    if target.starts_with("socket:[") {
-        return refuse("sockets (TCP, UDP, unix) cannot be checkpointed");
     }
     if target.contains("io_uring") {
         return refuse("io_uring cannot be checkpointed");
     }
     if target.starts_with("anon_inode:") {
-        return refuse(
-            "anonymous inodes (eventfd, epoll, signalfd, timerfd, …) cannot be checkpointed",
-        );
+        return refuse("this kind of anonymous inode is not saved by this version");
     }
     if target.ends_with(" (deleted)") {
         return refuse("the file was deleted");
@@ -170,9 +192,19 @@ fn same_file(a: (i32, i32), b: (i32, i32)) -> bool {
     }
 }
 
+/// What two fds must have in common to be worth a kcmp: the path of a
+/// file, the kind of anything else.
+fn share_key(k: &FdKind) -> Option<String> {
+    match k {
+        FdKind::Path { path, .. } => Some(path.clone()),
+        k => k.file().map(|_| format!("{:?}", std::mem::discriminant(k))),
+    }
+}
+
 /// Number the open file descriptions of the tree: fds that share one (dup,
-/// inheritance over fork) get the same number, so restart opens the file
-/// once and every fd shares its offset again.
+/// inheritance over fork) get the same number, so restart makes it once
+/// and every fd shares it (its offset, its counter, its registrations)
+/// again.
 fn share_files(tree: &[(i32, i32)], fds: &mut HashMap<i32, Vec<FdImage>>) {
     let mut reps: Vec<(i32, i32, String)> = Vec::new();
     for &(pid, _) in tree {
@@ -180,18 +212,20 @@ fn share_files(tree: &[(i32, i32)], fds: &mut HashMap<i32, Vec<FdImage>>) {
             continue;
         };
         for f in list.iter_mut() {
-            if let FdKind::Path { path, file, .. } = &mut f.kind {
-                let found = reps
-                    .iter()
-                    .position(|(p, n, rp)| rp == path && same_file((*p, *n), (pid, f.fd)));
-                *file = match found {
-                    Some(i) => i as u32,
-                    None => {
-                        reps.push((pid, f.fd, path.clone()));
-                        (reps.len() - 1) as u32
-                    }
-                };
-            }
+            let Some(key) = share_key(&f.kind) else {
+                continue;
+            };
+            let found = reps
+                .iter()
+                .position(|(p, n, k)| *k == key && same_file((*p, *n), (pid, f.fd)));
+            let n = match found {
+                Some(i) => i as u32,
+                None => {
+                    reps.push((pid, f.fd, key));
+                    (reps.len() - 1) as u32
+                }
+            };
+            f.kind.set_file(n);
         }
     }
 }
@@ -247,16 +281,31 @@ pub struct TreeFiles {
     pub fds: HashMap<i32, Vec<FdImage>>,
     /// Pipes with both ends in the tree, with their buffered bytes.
     pub pipes: Vec<PipeImage>,
+    /// Established TCP sockets, left in repair mode (see [`Frozen`]).
+    ///
+    /// [`Frozen`]: super::freeze::Frozen
+    pub repaired: Vec<super::sockets::Repairing>,
 }
 
-/// Read every fd table, classify pipes with the whole tree in view, number
-/// shared open file descriptions, copy what pipes hold.
-pub fn collect(tree: &[(i32, i32)]) -> Result<TreeFiles> {
+/// Read every fd table, classify pipes and sockets with the whole tree in
+/// view, number shared open file descriptions, copy what pipes hold.
+/// `frozen`: the tree is stopped, established TCP connections are taken
+/// (otherwise this only looks for what would be refused).
+pub fn collect(tree: &[(i32, i32)], caller: u32, frozen: bool) -> Result<TreeFiles> {
     let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
     let mut pipes = Vec::new();
     let mut flags = HashMap::new();
+    let mut socks = Vec::new();
     for &(p, _) in tree {
-        let (f, pr) = self::fds(p)?;
+        let (f, pr, sk) = self::fds(p)?;
+        for s in sk {
+            socks.push(super::sockets::SockRef {
+                pid: s.pid,
+                fd: s.fd,
+                flags: s.flags,
+                sock: super::sockets::read(s.pid, s.fd, s.ino, caller, frozen)?,
+            });
+        }
         for r in &pr {
             let (_, fl) = procfs::parse_fdinfo(&procfs::read_to_string(format!(
                 "/proc/{p}/fdinfo/{}",
@@ -268,6 +317,12 @@ pub fn collect(tree: &[(i32, i32)]) -> Result<TreeFiles> {
         pipes.extend(pr);
     }
     let internal = classify_pipes(&pipes, &mut fds, &flags)?;
+    let (sock_fds, repaired) = super::sockets::classify(socks)?;
+    for (p, f) in sock_fds {
+        let v = fds.entry(p).or_default();
+        v.push(f);
+        v.sort_by_key(|f| f.fd);
+    }
     share_files(tree, &mut fds);
     let mut images = Vec::new();
     for ino in internal {
@@ -279,5 +334,9 @@ pub fn collect(tree: &[(i32, i32)]) -> Result<TreeFiles> {
             });
         }
     }
-    Ok(TreeFiles { fds, pipes: images })
+    Ok(TreeFiles {
+        fds,
+        pipes: images,
+        repaired,
+    })
 }

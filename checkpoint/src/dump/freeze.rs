@@ -2,6 +2,7 @@
 //! the ptrace seizure that holds it still (and lets it go on any error).
 
 use crate::error::{ChkptError, Result};
+use crate::image::Zombie;
 use crate::{procfs, ptrace};
 
 /// The tree rooted at `pid`, parents before children: (pid, ppid).
@@ -29,6 +30,9 @@ pub struct Frozen {
     tids: Vec<i32>,
     /// Kill the tasks instead of letting them run on (`--kill`).
     pub kill: bool,
+    /// Established TCP sockets in repair mode: back to normal if the job
+    /// runs on, closed silently with it if it is killed.
+    pub repaired: Vec<super::sockets::Repairing>,
 }
 
 impl Drop for Frozen {
@@ -39,6 +43,9 @@ impl Drop for Frozen {
                 unsafe { libc::kill(t, libc::SIGKILL) };
             }
             let _ = ptrace::detach(t);
+        }
+        for r in &mut self.repaired {
+            r.keep = self.kill;
         }
     }
 }
@@ -73,15 +80,32 @@ fn owner_of(pid: i32, status: &str, caller: u32) -> Result<Owner> {
     })
 }
 
-fn check_task(pid: i32, caller: u32) -> Result<Owner> {
+/// A process that has exited and waits for its parent to reap it: what
+/// the parent will get. (A process whose main thread exited while others
+/// run shows the same state, but has threads: that is no zombie.)
+pub fn zombie(pid: i32) -> Option<Zombie> {
+    let stat =
+        procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat")).ok()?).ok()?;
+    let threads = procfs::threads(pid).ok()?;
+    (stat.state == 'Z' && threads == [pid]).then(|| Zombie {
+        status: stat.field(52) as i32,
+        pgid: stat.field(5) as i32,
+        sid: stat.field(6) as i32,
+    })
+}
+
+pub fn check_task(pid: i32, caller: u32) -> Result<Owner> {
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| ChkptError::NoSuchProcess(pid))?;
     let owner = owner_of(pid, &status, caller)?;
+    if zombie(pid).is_some() {
+        return Ok(owner);
+    }
     if procfs::status_field(&status, "State").is_some_and(|st| st.starts_with('Z')) {
         return Err(ChkptError::unsupported(
             pid,
-            "a zombie process",
-            "its parent has not reaped it yet; retry",
+            "a process whose main thread has exited",
+            "its other threads run on, but there is no thread to restore it from",
         ));
     }
     refuse_unsaved_state(pid, &status)?;
@@ -142,10 +166,14 @@ fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
 /// The owner of a whole tree: its tasks' common owner, or root when they
 /// differ (see [`Owner`]).
 pub fn tree_owner(tree: &[(i32, i32)], caller: u32) -> Result<Owner> {
-    let mut owners = tree.iter().map(|&(p, _)| {
-        let status = procfs::read_to_string(format!("/proc/{p}/status"))
-            .map_err(|_| ChkptError::NoSuchProcess(p))?;
-        owner_of(p, &status, caller)
+    let root = tree.first().map_or(0, |t| t.0);
+    // a process that exited since the tree was listed has no say
+    let mut owners = tree.iter().filter_map(|&(p, _)| {
+        match procfs::read_to_string(format!("/proc/{p}/status")) {
+            Ok(status) => Some(owner_of(p, &status, caller)),
+            Err(_) if p != root => None,
+            Err(_) => Some(Err(ChkptError::NoSuchProcess(p))),
+        }
     });
     let first = owners.next().unwrap_or(Err(ChkptError::NoSuchProcess(0)))?;
     for o in owners {
@@ -156,25 +184,42 @@ pub fn tree_owner(tree: &[(i32, i32)], caller: u32) -> Result<Owner> {
     Ok(first)
 }
 
-/// Freeze the tree, re-reading children until no new one appears.
+/// Freeze the tree, re-reading children until no new one appears (and
+/// again when one exits before it could be seized).
 pub fn freeze(pid: i32, caller: u32, frozen: &mut Frozen) -> Result<Vec<(i32, i32)>> {
     loop {
         let t = tree(pid)?;
-        let mut new = false;
+        let mut again = false;
         for &(p, _) in &t {
-            if !frozen.tids.contains(&p) {
-                check_task(p, caller)?;
-            }
-            for tid in procfs::threads(p)? {
-                if !frozen.tids.contains(&tid) {
-                    ptrace::seize_and_interrupt(tid)?;
-                    frozen.tids.push(tid);
-                    new = true;
-                }
+            match seize_task(p, caller, frozen) {
+                Ok(new) => again |= new,
+                Err(e) if e.is_gone() && p != pid => again = true,
+                Err(e) => return Err(e),
             }
         }
-        if !new {
+        if !again {
             return Ok(t);
         }
     }
+}
+
+/// Seize every thread of `p` not seized yet; true if there were some.
+fn seize_task(p: i32, caller: u32, frozen: &mut Frozen) -> Result<bool> {
+    if !frozen.tids.contains(&p) {
+        check_task(p, caller)?;
+        if zombie(p).is_some() {
+            // nothing to stop: it only waits to be reaped (by its parent,
+            // which is stopped)
+            return Ok(false);
+        }
+    }
+    let mut new = false;
+    for tid in procfs::threads(p)? {
+        if !frozen.tids.contains(&tid) {
+            ptrace::seize_and_interrupt(tid)?;
+            frozen.tids.push(tid);
+            new = true;
+        }
+    }
+    Ok(new)
 }

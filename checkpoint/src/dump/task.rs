@@ -41,7 +41,7 @@ impl<'a> Scratch<'a> {
 }
 
 /// Find a `syscall` instruction (0f 05) in the task's vDSO: injection jumps there.
-fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
+pub(super) fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
     let vdso = maps.iter().find(|m| m.path == "[vdso]").ok_or_else(|| {
         ChkptError::unsupported(
             pid,
@@ -59,9 +59,23 @@ fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
         })
 }
 
-fn sigactions(s: &Scratch) -> Result<Vec<SigAction>> {
+/// Signals whose action may be other than the default: caught or ignored
+/// (/proc/PID/status), and SIGCHLD, whose SA_NOCLDWAIT/SA_NOCLDSTOP flags
+/// matter even with the default action. Each costs an injected call, made
+/// while the tree is frozen: asking for all 62 would cost ten times more.
+fn non_default(status: &str) -> Vec<u32> {
+    let mask = |k: &str| {
+        procfs::status_field(status, k)
+            .and_then(|m| u64::from_str_radix(m, 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    let set = mask("SigCgt") | mask("SigIgn") | 1 << (libc::SIGCHLD - 1);
+    (1..=64u32).filter(|s| set & (1 << (s - 1)) != 0).collect()
+}
+
+fn sigactions(s: &Scratch, status: &str) -> Result<Vec<SigAction>> {
     let mut out = Vec::new();
-    for sig in 1..=64u32 {
+    for sig in non_default(status) {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
@@ -231,7 +245,7 @@ fn task_image(
         pgid: stat.field(5) as i32,
         sid: stat.field(6) as i32,
         rlimits: rlimits(pid)?,
-        sigactions: sigactions(scratch)?,
+        sigactions: sigactions(scratch, &status)?,
         itimers: itimers(scratch)?,
         altstack: altstack(scratch)?,
         fds,
@@ -239,34 +253,38 @@ fn task_image(
     })
 }
 
+/// One task's state; its memory image still without page runs (filled
+/// by the frozen round of [`precopy`](super::precopy)).
 pub struct TaskDump {
     pub task: TaskImage,
     pub mm: MmImage,
-    /// Pages to copy into the memory image.
-    pub pages: u64,
 }
 
-pub fn dump_task(
-    pid: i32,
-    ppid: i32,
-    fds: Vec<FdImage>,
-    shared: &mut memory::SharedSeen,
-) -> Result<TaskDump> {
+/// The start time of a process (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Result<u64> {
+    let stat = procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    Ok(stat.field(22))
+}
+
+pub fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>) -> Result<TaskDump> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
-    let mut vmas = memory::vmas(pid, &maps)?;
+    let vmas = memory::vmas(pid, &maps)?;
     let inj = Injector::new(pid, find_syscall_insn(pid, &maps)?)?;
     let result = (|| {
         let scratch = Scratch::map(&inj)?;
         let task = task_image(pid, ppid, &inj, &scratch, fds)?;
         let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
         scratch.unmap()?;
-        let pages = memory::plan_pages(pid, &mut vmas, shared)?;
         let mm = MmImage {
             vmas,
             params: memory::params(pid, brk)?,
             shared_pending: ptrace::peek_pending(pid, true)?,
+            parent: None,
+            tracker: None,
+            start_time: start_time(pid)?,
+            frozen_us: 0,
         };
-        Ok(TaskDump { task, mm, pages })
+        Ok(TaskDump { task, mm })
     })();
     // Registers go back whatever happened, so the job resumes untouched.
     inj.restore()?;

@@ -15,6 +15,11 @@ pub struct GlobalImage {
     pub created_unix: u64,
     pub uid: u32,
     pub kernel: String,
+    /// How long the tree was frozen while this SN was taken, in microseconds.
+    pub frozen_us: u64,
+    /// The SN this one is incremental on (some task keeps pages of it);
+    /// `None` when this SN starts a chain.
+    pub parent: Option<u32>,
 }
 
 /// `node_<N>_v<SN>.bin`: the tasks node N holds, parents before children.
@@ -39,6 +44,18 @@ pub struct TaskEntry {
     /// Parent PID; the root's parent is outside the checkpoint.
     pub ppid: i32,
     pub threads: Vec<i32>,
+    /// A process that had exited and was not reaped yet: it has no task or
+    /// memory file, and is restored as a zombie again.
+    pub zombie: Option<Zombie>,
+}
+
+/// What a zombie keeps for its parent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Zombie {
+    /// Its exit status as `waitpid` reports it.
+    pub status: i32,
+    pub pgid: i32,
+    pub sid: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

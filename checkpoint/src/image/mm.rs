@@ -1,5 +1,10 @@
 //! The memory file, `task_mm_<PID>_v<SN>.bin`: the mappings of a process,
-//! its mm bounds and auxv, then its saved pages, raw and page aligned.
+//! its mm bounds and auxv, and its saved pages, raw and page aligned.
+//!
+//! A page run either holds its pages in this file (with a CRC32 per
+//! [`CRC_BLOCK`]-aligned block of them) or says they are unchanged since the
+//! parent SN of this process ([`MmImage::parent`]), whose memory file holds
+//! them (or says the same of its own parent): SNs form a chain.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +17,25 @@ pub struct MmImage {
     pub params: MmParams,
     /// Pending signals shared by the process.
     pub shared_pending: Vec<Vec<u8>>,
+    /// The SN whose memory file of this process holds the runs marked
+    /// [`RunData::Parent`]; `None` for a self-contained (full) image.
+    pub parent: Option<u32>,
+    /// krg's dirty-page tracker left in the process when it was saved.
+    pub tracker: Option<Tracker>,
+    /// Start time of the process (clock ticks after boot, field 22 of
+    /// /proc/PID/stat): with the PID, its identity from one SN to the next.
+    pub start_time: u64,
+    /// How long the task was frozen while this SN was taken, in microseconds.
+    pub frozen_us: u64,
+}
+
+/// The userfaultfd (asynchronous write protection) krg leaves in a process
+/// to learn which pages change until the next SN: its fd number there and
+/// its inode (each userfaultfd has its own).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tracker {
+    pub fd: i32,
+    pub ino: u64,
 }
 
 /// What `prctl(PR_SET_MM_MAP)` needs, from /proc/PID/stat and auxv.
@@ -39,7 +63,7 @@ pub struct Vma {
     pub prot: u32,
     pub shared: bool,
     pub kind: VmaKind,
-    /// Saved pages, in address order; `data_off` is relative to the data section.
+    /// Saved pages, in address order.
     pub runs: Vec<PageRun>,
 }
 
@@ -71,11 +95,41 @@ pub enum VmaKind {
     Vsyscall,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+/// Saved pages at consecutive addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PageRun {
     pub addr: u64,
     pub pages: u64,
-    pub data_off: u64,
+    pub data: RunData,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum RunData {
+    /// In this file: at `off` in the data section, consecutive; `crcs[i]`
+    /// is the CRC32 of the run's bytes in the i-th [`CRC_BLOCK`]-aligned
+    /// block the run touches (counted from the block of `addr`).
+    Here { off: u64, crcs: Vec<u32> },
+    /// Unchanged since the parent SN: read them from its memory file.
+    Parent,
+}
+
+/// Page data is checked in blocks of this many bytes, aligned on their
+/// address (a lazily restored page is loaded with the rest of its block).
+pub const CRC_BLOCK: u64 = 16 * PAGE;
+
+/// The blocks `[first, last]` (indices of `CRC_BLOCK`s) a run touches.
+pub fn run_blocks(addr: u64, pages: u64) -> (u64, u64) {
+    let first = addr / CRC_BLOCK;
+    let last = (addr + pages.max(1) * PAGE - 1) / CRC_BLOCK;
+    (first, last)
+}
+
+/// The part of block `b` a run `[addr, addr + pages)` covers, as
+/// (address, length).
+pub fn block_part(addr: u64, pages: u64, b: u64) -> (u64, u64) {
+    let s = (b * CRC_BLOCK).max(addr);
+    let e = ((b + 1) * CRC_BLOCK).min(addr + pages * PAGE);
+    (s, e.saturating_sub(s))
 }
 
 /// Round up to the page size.

@@ -79,6 +79,131 @@ pub enum FdKind {
     InheritedStdio { what: String },
     /// One end of a pipe of the tree (see [`PipeImage`]).
     Pipe { ino: u64, write_end: bool },
+    /// An eventfd: its counter (and EFD_SEMAPHORE).
+    EventFd {
+        file: u32,
+        count: u64,
+        semaphore: bool,
+    },
+    /// A timerfd: clock, expirations not read yet, and the time left until
+    /// it fires (restored relative: what the restore takes is lost).
+    TimerFd {
+        file: u32,
+        clock: i32,
+        ticks: u64,
+        value_ns: u64,
+        interval_ns: u64,
+    },
+    /// A signalfd and the signals it reads.
+    SignalFd { file: u32, mask: u64 },
+    /// An epoll instance and what is registered in it (the fd numbers are
+    /// those of the task that holds it).
+    Epoll { file: u32, items: Vec<EpollItem> },
+    /// A socket (see [`SocketImage`]).
+    Socket { file: u32, sock: SocketImage },
+}
+
+/// A socket as restart makes it again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SocketImage {
+    /// Its inode at checkpoint time (the identity a unix peer names).
+    pub ino: u64,
+    /// AF_UNIX, AF_INET, AF_INET6.
+    pub family: i32,
+    /// SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET.
+    pub stype: i32,
+    pub protocol: i32,
+    /// The bound address (`sockaddr` bytes); empty when not bound.
+    pub local: Vec<u8>,
+    /// The address it is connected to (empty when not connected).
+    pub remote: Vec<u8>,
+    /// Listening, with this backlog.
+    pub listen: Option<i32>,
+    /// A unix socket connected to another one of the tree: that one's inode.
+    pub peer: Option<u64>,
+    /// Data waiting to be read on it: one chunk for a stream, one entry per
+    /// message otherwise (the peer sends it again at restart).
+    pub queued: Vec<Vec<u8>>,
+    /// Mode of a bound unix socket's file.
+    pub mode: u32,
+    pub opts: SockOpts,
+    /// An established TCP connection, taken with TCP_REPAIR.
+    pub tcp: Option<TcpRepair>,
+}
+
+/// Socket options carried over (those a server sets before `bind`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+pub struct SockOpts {
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub keepalive: bool,
+    pub broadcast: bool,
+    pub nodelay: bool,
+    pub v6only: bool,
+    pub passcred: bool,
+}
+
+/// The state TCP_REPAIR reads from an established connection and sets
+/// on the new socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TcpRepair {
+    pub send_seq: u32,
+    pub recv_seq: u32,
+    /// Sent (or not yet sent) and not acknowledged.
+    pub send_queue: Vec<u8>,
+    /// Received, not read yet.
+    pub recv_queue: Vec<u8>,
+    pub mss: u32,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// TCPI_OPT_* bits of TCP_INFO (timestamps, SACK, window scaling).
+    pub options: u8,
+    pub timestamp: u32,
+    /// struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+}
+
+/// One registration of an epoll instance.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct EpollItem {
+    pub tfd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+impl FdKind {
+    /// The open file description number, for kinds restored once for the
+    /// tree and shared by every fd that had it.
+    pub fn file(&self) -> Option<u32> {
+        match self {
+            FdKind::Path { file, .. }
+            | FdKind::EventFd { file, .. }
+            | FdKind::TimerFd { file, .. }
+            | FdKind::SignalFd { file, .. }
+            | FdKind::Epoll { file, .. }
+            | FdKind::Socket { file, .. } => Some(*file),
+            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
+        }
+    }
+
+    fn file_mut(&mut self) -> Option<&mut u32> {
+        match self {
+            FdKind::Path { file, .. }
+            | FdKind::EventFd { file, .. }
+            | FdKind::TimerFd { file, .. }
+            | FdKind::SignalFd { file, .. }
+            | FdKind::Epoll { file, .. }
+            | FdKind::Socket { file, .. } => Some(file),
+            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
+        }
+    }
+
+    /// Number this fd's open file description (see [`FdKind::file`]).
+    pub fn set_file(&mut self, n: u32) {
+        if let Some(f) = self.file_mut() {
+            *f = n;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,4 +239,67 @@ pub struct Rseq {
     pub addr: u64,
     pub len: u32,
     pub sig: u32,
+}
+
+/// A socket in words: family, type, addresses, state.
+pub fn describe_socket(s: &SocketImage) -> String {
+    let fam = match s.family {
+        libc::AF_UNIX => "unix",
+        libc::AF_INET => "ipv4",
+        libc::AF_INET6 => "ipv6",
+        _ => "socket",
+    };
+    let ty = match s.stype {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "?",
+    };
+    let mut out = format!("{fam} {ty} socket");
+    if !s.local.is_empty() {
+        out += &format!(" at {}", addr_text(&s.local));
+    }
+    if let Some(b) = s.listen {
+        out += &format!(", listening (backlog {b})");
+    }
+    if let Some(p) = s.peer {
+        out += &format!(", connected to socket {p} of the tree");
+    } else if !s.remote.is_empty() {
+        out += &format!(", connected to {}", addr_text(&s.remote));
+    }
+    if s.tcp.is_some() {
+        out += ", established (TCP_REPAIR)";
+    }
+    let q: usize = s.queued.iter().map(|m| m.len()).sum();
+    if q > 0 {
+        out += &format!(", {q} byte(s) queued");
+    }
+    out
+}
+
+/// A `sockaddr` (unix, inet, inet6) in words.
+pub fn addr_text(a: &[u8]) -> String {
+    let fam = a.get(..2).map_or(0, |f| u16::from_le_bytes([f[0], f[1]])) as i32;
+    match fam {
+        libc::AF_UNIX => {
+            let p = a.get(2..).unwrap_or(&[]);
+            match p.first() {
+                Some(0) => format!("@{}", String::from_utf8_lossy(&p[1..])),
+                _ => {
+                    String::from_utf8_lossy(p.split(|&c| c == 0).next().unwrap_or(&[])).into_owned()
+                }
+            }
+        }
+        libc::AF_INET if a.len() >= 8 => {
+            let port = u16::from_be_bytes([a[2], a[3]]);
+            format!("{}.{}.{}.{}:{port}", a[4], a[5], a[6], a[7])
+        }
+        libc::AF_INET6 if a.len() >= 24 => {
+            let port = u16::from_be_bytes([a[2], a[3]]);
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&a[8..24]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(ip))
+        }
+        _ => format!("{a:?}"),
+    }
 }

@@ -3,12 +3,13 @@
 //! the whole tree.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use crate::error::{ChkptError, Result};
 use crate::image::{MmImage, TaskImage, PAGE};
 use crate::procfs;
 use crate::ptrace::{self, Injector};
+
+use super::pages::{DataFile, Piece};
 
 /// Layout of the injection area: code page, scratch pages, a parking zone
 /// used while moving the kernel's vDSO/vvar pages.
@@ -24,10 +25,13 @@ pub struct TaskCtx<'a> {
     pub area: u64,
     pub task: &'a TaskImage,
     pub mm: &'a MmImage,
-    pub mm_path: &'a Path,
-    /// The task's memory image, inherited from restart (see `tree::MmFds`).
-    pub mm_fd: i32,
-    pub data_off: u64,
+    /// Where its saved pages are: in data file `n`, inherited from restart
+    /// as fd `data_fds + n` (see `tree::MmFds`).
+    pub pieces: &'a [Piece],
+    /// `restart --lazy`: the pieces left to the page server.
+    pub lazy: &'a [Piece],
+    pub data_fds: i32,
+    pub files: &'a [DataFile],
     /// fds `work_base..work_end` are restart's working fds in every task
     /// (memory images, then pipes, memfds and open files), closed once the
     /// task's own fds are in place.
@@ -39,6 +43,8 @@ pub struct TaskCtx<'a> {
     pub shm_fds: &'a HashMap<u64, i32>,
     /// open file number → its fd in the restored processes.
     pub file_fds: &'a HashMap<u32, i32>,
+    /// epoll file number → the task that registers what it watches.
+    pub epoll_owner: &'a HashMap<u32, i32>,
 }
 
 impl TaskCtx<'_> {

@@ -74,53 +74,6 @@ pub fn create_pipes(
     Ok(out)
 }
 
-/// Open every open file description of the tree once, in the root task
-/// (already with the job's file-system credentials) before any fork, at fds
-/// `base + n`, at its offset. Returns file number → fd.
-pub fn create_files(
-    root: &Injector,
-    scratch: u64,
-    tasks: &[&crate::image::TaskImage],
-    base: i32,
-) -> Result<HashMap<u32, i32>> {
-    let mut out = HashMap::new();
-    for t in tasks {
-        for f in &t.fds {
-            let FdKind::Path { path, pos, file } = &f.kind else {
-                continue;
-            };
-            if out.contains_key(file) {
-                continue;
-            }
-            let flags = f.flags
-                & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32 | O_CLOEXEC)
-                | libc::O_NOCTTY as u32;
-            let mut b = path.as_bytes().to_vec();
-            b.push(0);
-            ptrace::write_mem(root.tid, scratch, &b)?;
-            let fd = root.call(
-                "openat",
-                libc::SYS_openat,
-                [libc::AT_FDCWD as u64, scratch, flags as u64, 0, 0, 0],
-            )?;
-            let want = base + out.len() as i32;
-            if fd != want as u64 {
-                root.call("dup2", libc::SYS_dup2, [fd, want as u64, 0, 0, 0, 0])?;
-                root.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-            }
-            if *pos != 0 {
-                root.call(
-                    "lseek",
-                    libc::SYS_lseek,
-                    [want as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0],
-                )?;
-            }
-            out.insert(*file, want);
-        }
-    }
-    Ok(out)
-}
-
 pub fn restore(c: &TaskCtx) -> Result<()> {
     let i = c.inj;
     let fds = &c.task.fds;
@@ -162,8 +115,9 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
                     ],
                 )?;
             }
-            FdKind::Path { file, .. } => {
-                let from = c.file_fds.get(file).ok_or_else(|| {
+            kind => {
+                let file = kind.file().unwrap_or(u32::MAX);
+                let from = c.file_fds.get(&file).ok_or_else(|| {
                     ChkptError::Inconsistent(format!("open file #{file} was not opened"))
                 })?;
                 i.call(
@@ -171,6 +125,15 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
                     libc::SYS_dup3,
                     [*from as u64, f.fd as u64, cloexec, 0, 0, 0],
                 )?;
+            }
+        }
+    }
+    // epoll registrations name this task's fds: all in place now (once
+    // per epoll, by the first task that has it)
+    for f in fds {
+        if let FdKind::Epoll { file, items } = &f.kind {
+            if c.epoll_owner.get(file) == Some(&c.task.pid) {
+                super::anon::register(c, f.fd, items)?;
             }
         }
     }

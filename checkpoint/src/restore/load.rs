@@ -1,15 +1,14 @@
 //! Reading a checkpoint for restart: every file opened by descriptor,
 //! decoded, checked, and its owner's rights applied, before anything runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::checked_dir::{CheckedDir, OpenedFile};
 use crate::error::{ChkptError, Result};
-use crate::image::{
-    self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind, PAGE,
-};
+use crate::image::{self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind};
 
 use super::owner::ImageOwner;
+use super::pages::{Chain, Check, DataFile, Piece};
 
 /// One checkpoint, fully read and checked.
 pub struct Loaded {
@@ -18,18 +17,23 @@ pub struct Loaded {
     pub tasks: Vec<LoadedTask>,
     /// The owner of every file of the checkpoint.
     pub owner: ImageOwner,
+    /// Tasks that were zombies (they have no task or memory file).
+    pub zombies: Vec<image::TaskEntry>,
+    /// The memory files the tasks' pages are read from (this SN's and the
+    /// earlier ones of the chain), open since they were checked: restored
+    /// tasks read their pages from these very files (inherited), never by
+    /// name.
+    pub files: Vec<DataFile>,
+    /// The CRC of every block of page data the tasks need, by (file, offset).
+    pub checks: Vec<Check>,
 }
 
 /// One task of a loaded checkpoint.
 pub struct LoadedTask {
     pub task: TaskImage,
     pub mm: MmImage,
-    /// The memory image, open since it was checked: the restored task reads
-    /// its pages from this very file (inherited as `mm_fd`), never by name.
-    pub mm_file: std::fs::File,
-    pub mm_path: PathBuf,
-    /// Where page data starts in the memory image.
-    pub data_off: u64,
+    /// Where every saved page's data is, in address order.
+    pub pieces: Vec<Piece>,
 }
 
 /// The node a checkpoint holds tasks of, when it is only one.
@@ -66,6 +70,12 @@ fn same_owner(f: &OpenedFile, uid: u32) -> Result<()> {
 /// lengths, that page runs lie inside the data, referenced files exist,
 /// one owner for every file, and credentials that owner has).
 pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
+    load_checked(dir, sn, node, true)
+}
+
+/// [`load`]; without `pages`, page data is not checked here (the lazy page
+/// server checks each block as it loads it).
+pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: bool) -> Result<Loaded> {
     let dir = CheckedDir::open(dir)?;
     let names = Names { sn };
     if !dir.contains(&names.global()) {
@@ -97,12 +107,24 @@ pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
     }
     owner.check_ipc(&node)?;
     let mut tasks = Vec::new();
-    for te in &node.tasks {
+    let mut chain = Chain::new(&dir, owner_uid);
+    if node.tasks[0].zombie.is_some() {
+        return Err(ChkptError::bad_image(
+            nfile.path,
+            "its root task is a zombie",
+        ));
+    }
+    let zombies: Vec<_> = node
+        .tasks
+        .iter()
+        .filter(|t| t.zombie.is_some())
+        .cloned()
+        .collect();
+    for te in node.tasks.iter().filter(|t| t.zombie.is_none()) {
         let (t, tfile) = image::read_in::<TaskImage>(&dir, &names.task(te.pid), FileKind::Task)?;
         same_owner(&tfile, owner_uid)?;
-        let (d, mfile) = image::read_in::<MmImage>(&dir, &names.task_mm(te.pid), FileKind::Mm)?;
-        same_owner(&mfile, owner_uid)?;
-        check_mm(&mfile.path, &d)?;
+        let (mm, file, data_off, version) = chain.open_mm(sn, te.pid)?;
+        check_files(&chain.files[file].path, &mm)?;
         let task = t.meta;
         if task.pid <= 0
             || task.threads.iter().any(|t| t.tid <= 0)
@@ -112,47 +134,34 @@ pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
             return Err(ChkptError::bad_image(&tfile.path, "no usable registers"));
         }
         owner.check_task(&task)?;
-        tasks.push(LoadedTask {
-            task,
-            mm: d.meta,
-            mm_file: mfile.file,
-            mm_path: mfile.path,
-            data_off: d.data_off,
-        });
+        super::sockets::check(owner.uid, &task).map_err(|why| {
+            ChkptError::Permission(format!(
+                "task {}: {why}, but the image belongs to uid {}: refusing to restart it",
+                task.pid, owner.uid
+            ))
+        })?;
+        let pieces = chain.resolve(sn, te.pid, (&mm, file, data_off, version))?;
+        tasks.push(LoadedTask { task, mm, pieces });
     }
+    // Page data too is checked before anything is started.
+    if pages {
+        chain.verify()?;
+    }
+    let (files, checks) = chain.into_parts();
     Ok(Loaded {
         global,
         node,
         tasks,
         owner,
+        zombies,
+        files,
+        checks,
     })
 }
 
-/// Mappings page aligned, page runs inside the data and their mapping,
-/// mapped files present.
-fn check_mm(path: &Path, d: &image::Decoded<MmImage>) -> Result<()> {
-    for v in &d.meta.vmas {
-        if v.start >= v.end || v.start % PAGE != 0 || v.end % PAGE != 0 {
-            return Err(ChkptError::bad_image(
-                path,
-                format!("bad mapping {:#x}-{:#x}", v.start, v.end),
-            ));
-        }
-        for r in &v.runs {
-            let len = r.pages.checked_mul(PAGE);
-            let end = len.and_then(|l| r.data_off.checked_add(l));
-            let vend = len.and_then(|l| r.addr.checked_add(l));
-            if end.is_none_or(|e| e > d.data_len)
-                || r.addr < v.start
-                || vend.is_none_or(|e| e > v.end)
-                || r.data_off % PAGE != 0
-            {
-                return Err(ChkptError::bad_image(
-                    path,
-                    "page run outside the data or its mapping",
-                ));
-            }
-        }
+/// Mapped files present.
+fn check_files(path: &Path, mm: &MmImage) -> Result<()> {
+    for v in &mm.vmas {
         if let VmaKind::File { path: f, .. } = &v.kind {
             if !Path::new(f).exists() {
                 return Err(ChkptError::bad_image(

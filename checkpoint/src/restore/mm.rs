@@ -1,8 +1,9 @@
 //! Rebuilding a task's address space by injected system calls.
 
 use super::ctx::{current_maps, TaskCtx, AREA_LEN, AREA_PARK, PARK_LEN};
+use super::pages::Piece;
 use crate::error::{ChkptError, Result};
-use crate::image::{Vma, VmaKind, PAGE};
+use crate::image::{Vma, VmaKind};
 use crate::ptrace::Injector;
 
 const PR_SET_MM: u64 = 35;
@@ -98,26 +99,32 @@ fn unmap_restarter(c: &TaskCtx) -> Result<()> {
     Ok(())
 }
 
-/// Read a run of pages into place: pread from the image, inside the task.
-fn fill(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
-    for r in &v.runs {
+/// The pieces of `[start, end)`, in address order.
+fn pieces_in<'a>(c: &'a TaskCtx, start: u64, end: u64) -> &'a [Piece] {
+    let lo = c.pieces.partition_point(|p| p.addr + p.len <= start);
+    let hi = c.pieces.partition_point(|p| p.addr < end);
+    &c.pieces[lo..hi.max(lo)]
+}
+
+/// Read the saved pages of a mapping into place: pread from the memory
+/// files, inside the task.
+fn fill(c: &TaskCtx, v: &Vma) -> Result<()> {
+    for p in pieces_in(c, v.start, v.end) {
+        let fd = (c.data_fds + p.file as i32) as u64;
         let mut done = 0u64;
-        let len = r.pages * PAGE;
-        while done < len {
+        while done < p.len {
             let n = c.inj.call(
                 "pread64",
                 libc::SYS_pread64,
-                [
-                    mmfd,
-                    r.addr + done,
-                    len - done,
-                    c.data_off + r.data_off + done,
-                    0,
-                    0,
-                ],
+                [fd, p.addr + done, p.len - done, p.off + done, 0, 0],
             )?;
             if n == 0 {
-                return Err(ChkptError::bad_image(c.mm_path, "page data ends early"));
+                let path = c
+                    .files
+                    .get(p.file)
+                    .map(|f| f.path.clone())
+                    .unwrap_or_default();
+                return Err(ChkptError::bad_image(path, "page data ends early"));
             }
             done += n;
         }
@@ -125,7 +132,7 @@ fn fill(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
     Ok(())
 }
 
-fn create_vma(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
+fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
     let i = c.inj;
     let len = v.end - v.start;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
@@ -138,7 +145,7 @@ fn create_vma(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
             }
             // Mostly saved areas: fault every page in at once (much cheaper
             // than one fault per page inside the pread that follows).
-            let saved: u64 = v.runs.iter().map(|r| r.pages * PAGE).sum();
+            let saved: u64 = pieces_in(c, v.start, v.end).iter().map(|p| p.len).sum();
             if saved * 2 > len {
                 flags |= libc::MAP_POPULATE as u64;
             }
@@ -196,10 +203,7 @@ fn create_vma(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
         }
         VmaKind::SharedAnon { id, pgoff } => {
             let fd = c.shm_fds.get(id).ok_or_else(|| {
-                ChkptError::bad_image(
-                    c.mm_path,
-                    format!("shared memory {id} not in the node file"),
-                )
+                ChkptError::Inconsistent(format!("shared memory {id} is not in the node file"))
             })?;
             let flags = libc::MAP_SHARED as u64 | fixed;
             i.call(
@@ -210,7 +214,7 @@ fn create_vma(c: &TaskCtx, v: &Vma, mmfd: u64) -> Result<()> {
         }
         _ => return Ok(()),
     }
-    fill(c, v, mmfd)?;
+    fill(c, v)?;
     i.call(
         "mprotect",
         libc::SYS_mprotect,
@@ -300,8 +304,9 @@ pub fn create_shared(
     Ok(out)
 }
 
-pub fn restore(c: &TaskCtx) -> Result<()> {
-    let mmfd = c.mm_fd as u64;
+/// The address space, filled but for the lazy pieces; with those, the
+/// userfaultfd they will come through.
+pub fn restore(c: &TaskCtx) -> Result<Option<std::os::fd::OwnedFd>> {
     // The restarter's rseq area is about to disappear: the kernel would
     // kill the task with SIGSEGV at the next return to user space.
     let rseq = crate::ptrace::rseq_config(c.inj.tid)?;
@@ -315,12 +320,16 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     move_specials(c)?;
     unmap_restarter(c)?;
     for v in &c.mm.vmas {
-        create_vma(c, v, mmfd).map_err(|e| ChkptError::Mapping {
+        create_vma(c, v).map_err(|e| ChkptError::Mapping {
             start: v.start,
             end: v.end,
             kind: format!("{:?}", v.kind),
             source: Box::new(e),
         })?;
     }
-    set_mm_map(c)
+    set_mm_map(c)?;
+    if c.lazy.is_empty() {
+        return Ok(None);
+    }
+    super::lazy::register(c, c.lazy).map(Some)
 }

@@ -9,22 +9,33 @@
 //! an address no recorded mapping uses. Registers go in last, then detach.
 
 //! - [`load`] — read and check every file (before anything runs)
+//! - [`pages`] — where each page's data is across a chain of SNs, CRCs
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
 //! - [`task`] — one task's restore, in order
+//! - [`files`] ([`anon`], [`sockets`]) — every open file of the tree, made
+//!   once in the root
 //! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task
 //! - [`ctx`] — the injection area and what every step works with
+//! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
 
+mod anon;
 mod ctx;
 mod fds;
+mod files;
+mod lazy;
 pub mod load;
 mod mm;
 pub mod owner;
+mod pages;
+mod serve;
 mod sig;
+mod sockets;
 mod sysv;
 mod task;
 mod tree;
+mod zombie;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,16 +57,30 @@ pub struct RestoreOptions {
     pub pid_wait: Duration,
     /// Let the kernel choose new PIDs instead of the recorded ones.
     pub new_pids: bool,
+    /// Let the tasks run before their private anonymous pages are in:
+    /// a page server brings each in on first touch, and the rest behind.
+    pub lazy: bool,
+    /// With `lazy`: do not check page data before the tasks run; each block
+    /// is checked as it loads (a mismatch then kills the tree).
+    pub check_as_loaded: bool,
 }
 
 #[derive(Debug)]
 pub struct RestoreReport {
     pub pids: Vec<i32>,
+    /// `--lazy`: the PID of the page server (none if no page was left).
+    pub server: Option<i32>,
 }
 
 pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
     let dir = store::app_dir(&opts.root, app);
-    let mut loaded = load(&dir, sn, opts.node)?;
+    if opts.check_as_loaded && !opts.lazy {
+        return Err(ChkptError::Usage(
+            "--check-as-loaded goes with --lazy (eager restore reads pages without checking them)"
+                .into(),
+        ));
+    }
+    let mut loaded = load::load_checked(&dir, sn, opts.node, !opts.check_as_loaded)?;
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(
             "--new-pids does not handle multi-threaded processes (their TIDs live in their memory)"
@@ -74,7 +99,10 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         wait: opts.pid_wait,
         fresh: opts.new_pids,
     };
-    let r = restore_tree(&mut loaded, area, pids).map(|pids| RestoreReport { pids });
+    let r = restore_tree(&mut loaded, area, pids, opts.lazy).map(|r| RestoreReport {
+        pids: r.pids,
+        server: r.server,
+    });
     // SAFETY: unmapping the area we mapped in this process.
     unsafe { libc::munmap(area as *mut libc::c_void, AREA_LEN as usize) };
     r

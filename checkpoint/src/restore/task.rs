@@ -10,13 +10,15 @@ use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_LEN, AREA_SCRATCH};
 use super::{fds, mm, sig};
 
 impl TaskCtx<'_> {
-    pub fn restore(&self) -> Result<()> {
+    /// Restore the task; returns the userfaultfd its lazy pages will come
+    /// through (`restart --lazy`).
+    pub fn restore(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         let t = self.task;
         let i = self.inj;
         // File access as the job's user from here on: every file the image
         // names is opened with that user's rights, never root's.
         set_fs_creds(i, self.scratch(), t)?;
-        mm::restore(self)?;
+        let uffd = mm::restore(self)?;
         // Threads need CAP_CHECKPOINT_RESTORE for their TIDs: before the
         // credentials drop, after the memory they share is in place.
         create_threads(i, self.area, t)?;
@@ -52,6 +54,12 @@ impl TaskCtx<'_> {
                 0,
             ],
         )?;
+        // No longer tied to restart's life (set while it was restored).
+        i.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
+        )?;
         // Changing ids clears the dumpable flag; the job's owner must keep
         // /proc access to it (and the right to checkpoint it again).
         i.call(
@@ -71,7 +79,7 @@ impl TaskCtx<'_> {
                 [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
             )?;
         }
-        Ok(())
+        Ok(uffd)
     }
 
     /// Last injected call: remove the injection area itself. The single-step

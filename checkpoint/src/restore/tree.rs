@@ -11,7 +11,10 @@ use crate::image::TaskImage;
 use crate::ptrace::{self, Injector};
 
 use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_CODE, AREA_SCRATCH};
+use super::lazy::Pending;
 use super::load::Loaded;
+use super::pages::Piece;
+use super::serve::{Server, Space};
 use super::{fds, mm, owner, sysv};
 
 /// How restored tasks get their PIDs.
@@ -44,8 +47,11 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
             )
         };
         if r == 0 {
-            // SAFETY: child side: become traced, stop, never return into Rust state.
+            // SAFETY: child side: die with restart (a half-restored task,
+            // with root's credentials still, must never run on its own),
+            // become traced, stop, never return into Rust state.
             unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
                 libc::raise(libc::SIGSTOP);
                 libc::_exit(127);
@@ -71,7 +77,7 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
 }
 
 /// Fork `child` inside the (not yet restored) `parent` with an injected clone3.
-fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPolicy) -> Result<i32> {
+pub(super) fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPolicy) -> Result<i32> {
     let scratch = area + AREA_SCRATCH;
     let deadline = Instant::now() + pids.wait;
     let mut buf = Vec::new();
@@ -107,10 +113,10 @@ fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPolicy) -> Resu
 }
 
 /// Kills every task created so far if restore fails half way.
-struct CreatedTasks {
-    pids: Vec<i32>,
+pub(super) struct CreatedTasks {
+    pub pids: Vec<i32>,
     /// Set once the whole tree is restored: the tasks are kept.
-    done: bool,
+    pub done: bool,
 }
 
 impl Drop for CreatedTasks {
@@ -132,19 +138,37 @@ impl Drop for CreatedTasks {
 /// own children are forked (they inherit them): a session leader calls
 /// setsid, a group leader setpgid(0, 0), a member of a group whose leader was
 /// already recreated joins it; anything else stays in restart's.
-fn join_session(i: &Injector, t: &TaskImage, created: &[i32]) -> Result<()> {
-    if t.sid == t.pid {
+pub(super) fn join_session(i: &Injector, t: &TaskImage, created: &[i32]) -> Result<()> {
+    join_ids(i, t.pid, t.pgid, t.sid, created)
+}
+
+/// [`join_session`] for a task `pid` of group `pgid` and session `sid`.
+pub(super) fn join_ids(i: &Injector, pid: i32, pgid: i32, sid: i32, created: &[i32]) -> Result<()> {
+    if sid == pid {
         i.call("setsid", libc::SYS_setsid, [0; 6])?;
-    } else if t.pgid == t.pid {
+    } else if pgid == pid {
         i.call("setpgid", libc::SYS_setpgid, [0; 6])?;
-    } else if created.contains(&t.pgid) {
-        i.call("setpgid", libc::SYS_setpgid, [0, t.pgid as u64, 0, 0, 0, 0])?;
+    } else if created.contains(&pgid) {
+        i.call("setpgid", libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])?;
     }
     Ok(())
 }
 
 /// `--new-pids`: task `old` now runs as `new`.
 fn remap(l: &mut Loaded, old: i32, new: i32) {
+    for z in &mut l.zombies {
+        if z.ppid == old {
+            z.ppid = new;
+        }
+        if let Some(zz) = &mut z.zombie {
+            if zz.pgid == old {
+                zz.pgid = new;
+            }
+            if zz.sid == old {
+                zz.sid = new;
+            }
+        }
+    }
     for t in l.tasks.iter_mut().map(|t| &mut t.task) {
         if t.pid == old {
             t.pid = new;
@@ -164,8 +188,16 @@ fn remap(l: &mut Loaded, old: i32, new: i32) {
     }
 }
 
-/// Restore the loaded tree; returns the PIDs of its tasks.
-pub fn restore_tree(l: &mut Loaded, area: u64, pids: PidPolicy) -> Result<Vec<i32>> {
+/// The restored tree.
+pub struct Restored {
+    pub pids: Vec<i32>,
+    /// `restart --lazy`: the page server's PID.
+    pub server: Option<i32>,
+}
+
+/// Restore the loaded tree (with `lazy`, private anonymous pages are left
+/// to a page server).
+pub fn restore_tree(l: &mut Loaded, area: u64, pids: PidPolicy, lazy: bool) -> Result<Restored> {
     let mut created = CreatedTasks {
         pids: Vec::new(),
         done: false,
@@ -182,7 +214,7 @@ pub fn restore_tree(l: &mut Loaded, area: u64, pids: PidPolicy) -> Result<Vec<i3
             }
         }
     })?;
-    let r = restore_tasks(l, area, pids, &mut created);
+    let r = restore_tasks(l, area, pids, lazy, &mut created);
     if r.is_err() {
         drop(created);
         sysv::shm_remove(&segs);
@@ -201,7 +233,7 @@ pub fn restore_tree(l: &mut Loaded, area: u64, pids: PidPolicy) -> Result<Vec<i3
     r
 }
 
-/// The memory images, duplicated in restart to fds `base..base + n` above
+/// The memory files, duplicated in restart to fds `base..base + n` above
 /// every fd restart holds, so that the root task (a fork of restart)
 /// inherits them at those numbers and passes them on to its children.
 struct MmFds {
@@ -225,13 +257,13 @@ fn place_mm_fds(l: &Loaded) -> Result<MmFds> {
         .unwrap_or(2);
     let base = recorded.max(ours).max(2) + 1;
     let mut fds = Vec::new();
-    for (n, t) in l.tasks.iter().enumerate() {
+    for (n, f) in l.files.iter().enumerate() {
         let want = base + n as i32;
         // SAFETY: F_DUPFD_CLOEXEC on an fd we own; every fd from `base` up
         // is free, so the lowest free one is `want`.
-        let fd = unsafe { libc::fcntl(t.mm_file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, want) };
+        let fd = unsafe { libc::fcntl(f.file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, want) };
         if fd < 0 {
-            return Err(ChkptError::io(&t.mm_path, std::io::Error::last_os_error()));
+            return Err(ChkptError::io(&f.path, std::io::Error::last_os_error()));
         }
         // SAFETY: fd is a new descriptor that nothing else owns.
         fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
@@ -248,8 +280,9 @@ fn restore_tasks(
     l: &mut Loaded,
     area: u64,
     pids: PidPolicy,
+    lazy: bool,
     created: &mut CreatedTasks,
-) -> Result<Vec<i32>> {
+) -> Result<Restored> {
     let mm_fds = place_mm_fds(l)?;
     let old_root = l.tasks[0].task.pid;
     let root_pid = fork_root(old_root, pids)?;
@@ -281,7 +314,7 @@ fn restore_tasks(
     let shm_fds = mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
     let file_base = shm_base + shm_fds.len() as i32;
     let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.task).collect();
-    let file_fds = fds::create_files(&rinj, area + AREA_SCRATCH, &images, file_base)?;
+    let file_fds = super::files::create_files(&rinj, area + AREA_SCRATCH, &images, file_base)?;
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
@@ -294,13 +327,47 @@ fn restore_tasks(
         remap(l, old, pid);
         created.pids.push(pid);
         let inj = Injector::new(pid, syscall_at)?;
+        // dies with its (half-restored) parent, and so on up to restart
+        inj.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_PDEATHSIG as u64,
+                libc::SIGKILL as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
         let created_pids: Vec<i32> = l.tasks[..idx].iter().map(|t| t.task.pid).collect();
         join_session(&inj, &l.tasks[idx].task, &created_pids)?;
         injectors.insert(pid, inj);
     }
+    // Zombies exit again as they had, for their (not yet restored) parents.
+    super::zombie::restore(l, &injectors, area, pids, created)?;
     let l = &*l;
+    let split: Vec<(Vec<Piece>, Vec<Piece>)> = l
+        .tasks
+        .iter()
+        .map(|t| {
+            if lazy {
+                super::lazy::split(&t.task, &t.mm.vmas, &t.pieces)
+            } else {
+                (t.pieces.clone(), Vec::new())
+            }
+        })
+        .collect();
+    let mut epoll_owner = HashMap::new();
+    for t in &l.tasks {
+        for f in &t.task.fds {
+            if let crate::image::FdKind::Epoll { file, .. } = f.kind {
+                epoll_owner.entry(file).or_insert(t.task.pid);
+            }
+        }
+    }
     let mut ctxs = Vec::new();
-    for (n, t) in l.tasks.iter().enumerate() {
+    for (t, (eager, lazy)) in l.tasks.iter().zip(&split) {
         let inj = injectors.get(&t.task.pid).ok_or_else(|| {
             ChkptError::Inconsistent(format!("task {} was not created", t.task.pid))
         })?;
@@ -309,28 +376,83 @@ fn restore_tasks(
             area,
             task: &t.task,
             mm: &t.mm,
-            mm_path: &t.mm_path,
-            mm_fd: mm_fds.base + n as i32,
-            data_off: t.data_off,
+            pieces: eager,
+            lazy,
+            data_fds: mm_fds.base,
+            files: &l.files,
             work_base: mm_fds.base,
             pipe_fds: &pipe_fds,
             shm_fds: &shm_fds,
             file_fds: &file_fds,
+            epoll_owner: &epoll_owner,
             work_end: file_base + file_fds.len() as i32,
         });
     }
+    let mut spaces = Vec::new();
     for ctx in &ctxs {
-        ctx.restore()?;
+        if let Some(uffd) = ctx.restore()? {
+            spaces.push(Space {
+                uffd,
+                pending: Pending::new(ctx.lazy),
+            });
+        }
     }
     // Children are forked from the area, so it goes only once all exist.
     for ctx in &ctxs {
         ctx.drop_area()?;
     }
+    let pids: Vec<i32> = l.tasks.iter().map(|t| t.task.pid).collect();
+    // The server exists before any task runs: a page touched at once waits
+    // for it, not forever.
+    let server = if spaces.is_empty() {
+        None
+    } else {
+        Some(start_server(l, spaces, &pids)?)
+    };
     for t in l.tasks.iter().rev() {
         for th in t.task.threads.iter().rev() {
             ptrace::detach(th.tid)?;
         }
     }
     created.done = true;
-    Ok(l.tasks.iter().map(|t| t.task.pid).collect())
+    Ok(Restored { pids, server })
+}
+
+/// Fork the page server (see [`serve`](super::serve)): in its own session,
+/// stdin and stdout on /dev/null, stderr kept for its one-line errors.
+fn start_server(l: &Loaded, spaces: Vec<Space>, pids: &[i32]) -> Result<i32> {
+    // SAFETY: restart has no other thread now (its helper threads were
+    // joined); the child goes on in Rust and ends with _exit.
+    let r = unsafe { libc::fork() };
+    if r < 0 {
+        return Err(ChkptError::sys("fork (page server)", 0));
+    }
+    if r > 0 {
+        return Ok(r);
+    }
+    // SAFETY: the child: its own session, no terminal input or output.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+        }
+    }
+    let server = Server {
+        spaces,
+        files: &l.files,
+        checks: &l.checks,
+        pids: pids.to_vec(),
+    };
+    let code = match server.run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("restart (page server): {e}");
+            1
+        }
+    };
+    // SAFETY: leave without running restart's destructors (they belong to
+    // the parent: its traced tasks, its files).
+    unsafe { libc::_exit(code) }
 }

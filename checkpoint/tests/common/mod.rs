@@ -231,3 +231,76 @@ impl Drop for Guard {
         }
     }
 }
+
+/// What a program wrote to its stdout (a pipe to this test), as it comes.
+#[derive(Clone, Default)]
+pub struct Output2 {
+    pub text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Output2 {
+    pub fn get(&self) -> String {
+        self.text.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Spawn `cmd` (fds 0-2 only, stdout a pipe read by a thread of the test).
+pub fn spawn_reading(mut cmd: Command) -> (Child, Output2) {
+    use std::io::BufRead;
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    let mut child = spawn(cmd);
+    let out = Output2::default();
+    let text = out.text.clone();
+    let pipe = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Ok(mut s) = text.lock() {
+                s.push_str(&l);
+                s.push('\n');
+            }
+        }
+    });
+    (child, out)
+}
+
+/// `restart --dir STORE [EXTRA…] PID SN` with its stdout (which a restored
+/// job whose stdout led outside its tree inherits) into `out`.
+pub fn restart_into(store: &Path, pid: i32, sn: u32, extra: &[&str], out: &Path) -> Output {
+    let f = std::fs::File::create(out).expect("create output file");
+    Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(store)
+        .args(extra)
+        .arg(pid.to_string())
+        .arg(sn.to_string())
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run restart")
+}
+
+/// The last counter of "N ok" lines (0 if none).
+pub fn last_of(text: &str) -> u64 {
+    counter_lines(text).last().copied().unwrap_or(0)
+}
+
+/// The PIDs of the tasks SN `sn` of application `pid` holds (from
+/// `checkpoint inspect --json`).
+pub fn image_pids(store: &Path, pid: i32, sn: u32) -> Vec<i32> {
+    let o = run(Command::new(bin("checkpoint"))
+        .args(["inspect", "--json"])
+        .arg(store.join(pid.to_string()))
+        .arg(sn.to_string()));
+    ok(&o, "inspect --json");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    v["nodes"][0]["node"]["tasks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["pid"].as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default()
+}

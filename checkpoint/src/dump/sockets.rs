@@ -1,0 +1,456 @@
+//! Sockets, read through a duplicate taken with `pidfd_getfd` (the same
+//! socket: its options, addresses, queues): unix sockets (pairs and
+//! connections inside the tree, bound and listening ones), TCP (listening,
+//! and established connections taken with TCP_REPAIR) and UDP. Data
+//! queued on a socket is copied with MSG_PEEK, never taken; a file
+//! descriptor in flight (SCM_RIGHTS) is refused.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::error::{ChkptError, Result};
+use crate::image::{FdImage, FdKind, SockOpts, SocketImage, TcpRepair};
+use crate::{diag, uffd};
+
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_TIMESTAMP: i32 = 24;
+const TCP_REPAIR_WINDOW: i32 = 29;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_LISTEN: u8 = 10;
+
+/// A socket of a task, and our duplicate of it.
+pub struct Sock {
+    pub image: SocketImage,
+    /// Our duplicate of the socket (in repair mode for an established TCP
+    /// connection, until dropped).
+    pub dup: Repairing,
+    /// The unix socket's state (1 connected, 7 not, 10 listening).
+    pub unix_state: u8,
+}
+
+fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
+    let mut v = T::default();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: v is a valid buffer of `len` bytes for the call.
+    let r = unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut T).cast(), &mut len) };
+    (r == 0).then_some(v)
+}
+
+pub(super) fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) -> bool {
+    // SAFETY: an int option.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// getsockname / getpeername as bytes (empty when none).
+fn name(fd: RawFd, peer: bool) -> Vec<u8> {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = (&mut ss as *mut libc::sockaddr_storage).cast();
+    // SAFETY: ss holds `len` bytes.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    if r != 0 {
+        return Vec::new();
+    }
+    // SAFETY: the kernel wrote `len` bytes (at most the storage).
+    let b = unsafe {
+        std::slice::from_raw_parts(
+            (&ss as *const libc::sockaddr_storage).cast::<u8>(),
+            (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
+        )
+    };
+    // an unbound unix socket has just its family
+    if b.len() <= 2 {
+        return Vec::new();
+    }
+    b.to_vec()
+}
+
+/// Read a socket of `pid` (its fd `fd`). `repair`: take an established TCP
+/// connection (TCP_REPAIR, the tree frozen); without it, only check that
+/// it could be.
+pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, repair: bool) -> Result<Sock> {
+    let refuse =
+        |why: String| ChkptError::unsupported(pid, format!("fd {fd} (socket:[{ino}])"), why);
+    let sys = |op: &str| {
+        let op = op.to_string();
+        move |err| ChkptError::Sys { op, pid, err }
+    };
+    let mut dup = Repairing {
+        fd: uffd::pidfd_open(pid)
+            .and_then(|p| uffd::pidfd_getfd(&p, fd))
+            .map_err(sys("pidfd_getfd of a socket"))?,
+        repair: false,
+        keep: false,
+    };
+    let s = dup.fd.as_raw_fd();
+    let family: i32 = getopt(s, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+    let stype: i32 = getopt(s, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
+    let protocol: i32 = getopt(s, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+    let flag = |level, opt| getopt::<i32>(s, level, opt).unwrap_or(0) != 0;
+    let opts = SockOpts {
+        reuseaddr: flag(libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        reuseport: flag(libc::SOL_SOCKET, libc::SO_REUSEPORT),
+        keepalive: flag(libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        broadcast: flag(libc::SOL_SOCKET, libc::SO_BROADCAST),
+        nodelay: protocol == libc::IPPROTO_TCP && flag(libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        v6only: family == libc::AF_INET6 && flag(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+        passcred: family == libc::AF_UNIX && flag(libc::SOL_SOCKET, libc::SO_PASSCRED),
+    };
+    let mut image = SocketImage {
+        ino,
+        family,
+        stype,
+        protocol,
+        local: name(s, false),
+        remote: name(s, true),
+        listen: None,
+        peer: None,
+        queued: Vec::new(),
+        mode: 0,
+        opts,
+        tcp: None,
+    };
+    let mut unix_state = 0;
+    match (family, stype) {
+        (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => {
+            let d = diag::unix(ino).map_err(sys("sock_diag of a unix socket"))?;
+            unix_state = d.state;
+            image.peer = d.peer.filter(|&p| p != 0);
+            if d.state == TCP_LISTEN {
+                if d.rqlen.0 > 0 {
+                    return Err(refuse(format!(
+                        "{} connection(s) wait to be accepted on it",
+                        d.rqlen.0
+                    )));
+                }
+                image.listen = Some(d.rqlen.1 as i32);
+            }
+            if let Some(path) = unix_path(&image.local) {
+                use std::os::unix::fs::PermissionsExt;
+                image.mode = std::fs::symlink_metadata(&path)
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(0o777);
+            }
+            image.queued = peek_queue(s, stype, d.rqlen.0).map_err(&refuse)?;
+        }
+        (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) if protocol == libc::IPPROTO_TCP => {
+            let info: [u8; 104] = tcp_info(s);
+            match info[0] {
+                TCP_LISTEN => {
+                    let waiting = u32::from_le_bytes([info[24], info[25], info[26], info[27]]);
+                    if waiting > 0 {
+                        return Err(refuse(format!("{waiting} connection(s) wait to be accepted on it")));
+                    }
+                    image.listen = Some(u32::from_le_bytes([info[28], info[29], info[30], info[31]]) as i32);
+                }
+                TCP_ESTABLISHED => {
+                    if caller != 0 {
+                        return Err(refuse(
+                            "an established TCP connection is taken with TCP_REPAIR, which needs root".into(),
+                        ));
+                    }
+                    if repair {
+                        dup.repair = true;
+                        image.tcp = Some(take_tcp(s, &info).map_err(sys("TCP_REPAIR"))?);
+                    }
+                }
+                7 if image.local.is_empty() || port(&image.local) == 0 => {} // a new socket
+                7 => {} // bound, not listening yet
+                st => {
+                    return Err(refuse(format!(
+                        "a TCP connection in state {st} (only listening and established ones are saved)"
+                    )))
+                }
+            }
+        }
+        (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM) if protocol == libc::IPPROTO_UDP => {
+            // datagrams waiting are dropped, as a network may drop them
+        }
+        _ => {
+            return Err(refuse(format!(
+            "socket family {family} type {stype} protocol {protocol} is not saved by this version"
+        )))
+        }
+    }
+    Ok(Sock {
+        image,
+        dup,
+        unix_state,
+    })
+}
+
+/// The path a unix address names (none for abstract or unnamed ones).
+pub fn unix_path(addr: &[u8]) -> Option<String> {
+    let p = addr.get(2..)?;
+    if p.first().is_none_or(|&c| c == 0) {
+        return None;
+    }
+    let p = p.split(|&c| c == 0).next()?;
+    Some(String::from_utf8_lossy(p).into_owned())
+}
+
+fn port(addr: &[u8]) -> u16 {
+    addr.get(2..4)
+        .map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
+}
+
+/// struct tcp_info, raw (state at 0, options at 5, wscales at 6,
+/// unacked at 24 and sacked at 28 — for a listener, its accept queue and
+/// backlog — snd_mss at 16).
+fn tcp_info(s: RawFd) -> [u8; 104] {
+    let mut v = [0u8; 104];
+    let mut len = v.len() as libc::socklen_t;
+    // SAFETY: v is a buffer of `len` bytes.
+    unsafe {
+        libc::getsockopt(
+            s,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            v.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    v
+}
+
+/// Everything TCP_REPAIR gives of an established connection. The socket
+/// is left in repair mode: the caller turns it off (the job goes on) or
+/// leaves it on while the job is killed (no FIN, no RST to the peer).
+fn take_tcp(s: RawFd, info: &[u8; 104]) -> std::io::Result<TcpRepair> {
+    if !setopt(s, libc::IPPROTO_TCP, TCP_REPAIR, 1) {
+        return Err(std::io::Error::last_os_error());
+    }
+    let queue = |which: i32| -> std::io::Result<(u32, Vec<u8>)> {
+        setopt(s, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which);
+        let seq: u32 = getopt(s, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)
+            .ok_or_else(std::io::Error::last_os_error)?;
+        let mut n: i32 = 0;
+        let req = if which == TCP_SEND_QUEUE {
+            libc::TIOCOUTQ
+        } else {
+            libc::FIONREAD
+        };
+        // SAFETY: SIOCOUTQ/SIOCINQ write one int.
+        unsafe { libc::ioctl(s, req, &mut n) };
+        let mut data = vec![0u8; n.max(0) as usize];
+        if n > 0 {
+            // SAFETY: data has n bytes.
+            let got = unsafe {
+                libc::recv(
+                    s,
+                    data.as_mut_ptr().cast(),
+                    data.len(),
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            data.truncate(got.max(0) as usize);
+        }
+        Ok((seq, data))
+    };
+    let (recv_seq, recv_queue) = queue(TCP_RECV_QUEUE)?;
+    let (send_seq, send_queue) = queue(TCP_SEND_QUEUE)?;
+    let window: [u32; 5] = getopt(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW).unwrap_or([0; 5]);
+    let timestamp: u32 = getopt(s, libc::IPPROTO_TCP, TCP_TIMESTAMP).unwrap_or(0);
+    Ok(TcpRepair {
+        // where each queue starts: the sequence numbers are of its end
+        send_seq: send_seq.wrapping_sub(send_queue.len() as u32),
+        recv_seq: recv_seq.wrapping_sub(recv_queue.len() as u32),
+        send_queue,
+        recv_queue,
+        mss: u32::from_le_bytes([info[16], info[17], info[18], info[19]]),
+        snd_wscale: info[6] & 0x0f,
+        rcv_wscale: info[6] >> 4,
+        options: info[5],
+        timestamp,
+        window,
+    })
+}
+
+/// Copy what waits to be read on a unix socket, without taking it: one
+/// peek for a stream, message by message (SO_PEEK_OFF) otherwise. A file
+/// descriptor in flight cannot be saved.
+fn peek_queue(s: RawFd, stype: i32, queued: u32) -> std::result::Result<Vec<Vec<u8>>, String> {
+    if queued == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let stream = stype == libc::SOCK_STREAM;
+    if !stream {
+        setopt(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0);
+    }
+    let r = (|| loop {
+        let mut buf = vec![0u8; if stream { queued as usize } else { 1 << 20 }];
+        let mut cmsg = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; every pointer covers its length.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        // SAFETY: msg describes our buffers.
+        let n = unsafe { libc::recvmsg(s, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Ok(());
+        }
+        if rights_in_flight(&msg) {
+            return Err(
+                "a file descriptor is in flight on it (SCM_RIGHTS): it cannot be saved".to_string(),
+            );
+        }
+        buf.truncate(n as usize);
+        out.push(buf);
+        if stream || n == 0 {
+            return Ok(());
+        }
+    })();
+    if !stream {
+        setopt(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
+    }
+    r.map(|()| out)
+}
+
+/// Did the peek bring file descriptors (now ours, closed here)?
+fn rights_in_flight(msg: &libc::msghdr) -> bool {
+    let mut found = false;
+    // SAFETY: walking the control buffer the kernel filled, with its macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                found = true;
+                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                let fds = libc::CMSG_DATA(c) as *const i32;
+                for i in 0..n {
+                    drop(OwnedFd::from_raw_fd(*fds.add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    found
+}
+
+/// Our duplicate of a socket; for an established TCP socket, left in
+/// repair mode while it is saved: back to normal when dropped (also on any
+/// error), unless `keep` (the job is being killed: in repair mode its close
+/// sends the peer nothing, neither FIN nor RST, and the connection can be
+/// made again at restart).
+pub struct Repairing {
+    pub fd: OwnedFd,
+    pub repair: bool,
+    pub keep: bool,
+}
+
+impl Drop for Repairing {
+    fn drop(&mut self) {
+        if self.repair && !self.keep {
+            setopt(self.fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0);
+        }
+    }
+}
+
+/// The socket fds of each task (pid, fd), and the TCP sockets in repair.
+pub type Classified = (Vec<(i32, FdImage)>, Vec<Repairing>);
+
+/// A socket fd of a task.
+pub struct SockRef {
+    pub pid: i32,
+    pub fd: i32,
+    pub flags: u32,
+    pub sock: Sock,
+}
+
+/// Classify the sockets with the whole tree in view: a unix socket whose
+/// peer is in the tree keeps it; one connected to a socket outside is
+/// stdio inherited from restart (fds 0-2), a datagram socket connected to
+/// a named one (connected again), or refused. Returns the fds to add to
+/// each task and the established TCP sockets left in repair mode.
+pub fn classify(refs: Vec<SockRef>) -> Result<Classified> {
+    let inos: Vec<u64> = refs.iter().map(|r| r.sock.image.ino).collect();
+    let mut out = Vec::new();
+    let mut repaired = Vec::new();
+    for r in refs {
+        let img = &r.sock.image;
+        let outside_peer =
+            r.sock.unix_state == TCP_ESTABLISHED && img.peer.is_none_or(|p| !inos.contains(&p));
+        let kind = if outside_peer && r.fd <= 2 {
+            FdKind::InheritedStdio {
+                what: format!("socket:[{}]", img.ino),
+            }
+        } else if outside_peer && (img.stype == libc::SOCK_DGRAM && !img.remote.is_empty()) {
+            let mut image = r.sock.image.clone();
+            image.peer = None;
+            if !image.queued.is_empty() {
+                return Err(ChkptError::unsupported(
+                    r.pid,
+                    format!("fd {} (socket:[{}])", r.fd, img.ino),
+                    "messages from outside the tree are queued on it",
+                ));
+            }
+            FdKind::Socket {
+                file: 0,
+                sock: image,
+            }
+        } else if outside_peer {
+            return Err(ChkptError::unsupported(
+                r.pid,
+                format!("fd {} (socket:[{}])", r.fd, img.ino),
+                format!(
+                    "a unix socket connected to {} outside the checkpointed tree",
+                    if img.remote.is_empty() {
+                        "a socket".to_string()
+                    } else {
+                        crate::image::addr_text(&img.remote)
+                    }
+                ),
+            ));
+        } else if r.fd <= 2
+            && (img.tcp.is_some() || !img.remote.is_empty())
+            && img.family != libc::AF_UNIX
+        {
+            // a connection given as stdio (inetd style): restart's own
+            FdKind::InheritedStdio {
+                what: format!("socket:[{}]", img.ino),
+            }
+        } else {
+            FdKind::Socket {
+                file: 0,
+                sock: r.sock.image.clone(),
+            }
+        };
+        if r.sock.dup.repair {
+            repaired.push(r.sock.dup);
+        }
+        out.push((
+            r.pid,
+            FdImage {
+                fd: r.fd,
+                flags: r.flags,
+                kind,
+            },
+        ));
+    }
+    Ok((out, repaired))
+}

@@ -1,0 +1,342 @@
+//! Making the tree's sockets again, in the root task before any fork.
+//!
+//! Each socket is created inside the root task (so the tree inherits it)
+//! while the task acts as the job's user (its effective ids: a socketpair
+//! records them as each end's peer credentials; a bound unix socket's file
+//! is the user's); binding a unix path and connecting to one are injected
+//! there too, so the kernel checks the user's rights on the path. The rest
+//! — options, inet binding, listening, TCP_REPAIR, queued data — is done
+//! by restart on a duplicate (`pidfd_getfd`) of the very socket. What an
+//! image may ask for here is checked at load ([`check`]): ports below
+//! 1024 and established connections only for root's images.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::error::{ChkptError, Result};
+use crate::image::{FdKind, SocketImage, TaskImage, TcpRepair};
+use crate::ptrace::{self, Injector};
+use crate::uffd;
+
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_REPAIR_OPTIONS: i32 = 22;
+const TCP_TIMESTAMP: i32 = 24;
+const TCP_REPAIR_WINDOW: i32 = 29;
+
+/// What an image owned by `uid` may not ask restart (running as root)
+/// for: a privileged port, or an established TCP connection (TCP_REPAIR
+/// needs CAP_NET_ADMIN, which lets one claim any address and sequence).
+pub fn check(uid: u32, t: &TaskImage) -> std::result::Result<(), String> {
+    if uid == 0 {
+        return Ok(());
+    }
+    for f in &t.fds {
+        let FdKind::Socket { sock, .. } = &f.kind else {
+            continue;
+        };
+        if sock.tcp.is_some() {
+            return Err(format!(
+                "fd {} is an established TCP connection (restoring it needs CAP_NET_ADMIN)",
+                f.fd
+            ));
+        }
+        let port = sock
+            .local
+            .get(2..4)
+            .map_or(0, |p| u16::from_be_bytes([p[0], p[1]]));
+        if sock.family != libc::AF_UNIX && port != 0 && port < 1024 {
+            return Err(format!("fd {} binds the privileged port {port}", f.fd));
+        }
+    }
+    Ok(())
+}
+
+fn sys(pid: i32, op: &'static str) -> impl Fn(io::Error) -> ChkptError {
+    move |err| ChkptError::Sys {
+        op: op.to_string(),
+        pid,
+        err,
+    }
+}
+
+fn setopt(fd: RawFd, level: i32, opt: i32, v: &[u8]) -> io::Result<()> {
+    // SAFETY: v is the option's bytes, its length passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            v.as_ptr().cast(),
+            v.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn int(fd: RawFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    setopt(fd, level, opt, &v.to_ne_bytes())
+}
+
+/// The root task acting as `t`'s user (effective ids; root's come back
+/// with [`as_root`]: the saved uid stays 0).
+pub fn as_user(root: &Injector, t: &TaskImage) -> Result<()> {
+    let m = u64::MAX;
+    root.call(
+        "setresgid",
+        libc::SYS_setresgid,
+        [m, t.gids[1] as u64, m, 0, 0, 0],
+    )?;
+    root.call(
+        "setresuid",
+        libc::SYS_setresuid,
+        [m, t.uids[1] as u64, m, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+pub fn as_root(root: &Injector) -> Result<()> {
+    let m = u64::MAX;
+    root.call("setresuid", libc::SYS_setresuid, [m, 0, m, 0, 0, 0])?;
+    root.call("setresgid", libc::SYS_setresgid, [m, 0, m, 0, 0, 0])?;
+    Ok(())
+}
+
+/// Make socket `s` in the root; returns its fd there and, for one end of
+/// a pair, the other end's fd (for the peer's inode).
+pub fn create(root: &Injector, scratch: u64, s: &SocketImage) -> Result<(u64, Option<(u64, u64)>)> {
+    if let Some(peer) = s.peer {
+        root.call(
+            "socketpair",
+            libc::SYS_socketpair,
+            [libc::AF_UNIX as u64, s.stype as u64, 0, scratch, 0, 0],
+        )?;
+        let b = ptrace::read_mem(root.tid, scratch, 8)?;
+        let a = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64;
+        let other = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as u64;
+        return Ok((a, Some((peer, other))));
+    }
+    let fd = root.call(
+        "socket",
+        libc::SYS_socket,
+        [s.family as u64, s.stype as u64, s.protocol as u64, 0, 0, 0],
+    )?;
+    if s.family == libc::AF_UNIX {
+        unix_names(root, scratch, fd, s)?;
+    }
+    Ok((fd, None))
+}
+
+/// Bind (and connect) a unix socket by its path, inside the root task: the
+/// kernel checks the user's rights. A stale socket file left at the path
+/// by the process that had it is removed first.
+fn unix_names(root: &Injector, scratch: u64, fd: u64, s: &SocketImage) -> Result<()> {
+    if !s.local.is_empty() {
+        if let Some(path) = crate::dump::unix_path(&s.local) {
+            use std::os::unix::fs::FileTypeExt;
+            let stale = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+            if stale {
+                let mut p = path.clone().into_bytes();
+                p.push(0);
+                ptrace::write_mem(root.tid, scratch, &p)?;
+                root.raw(
+                    libc::SYS_unlinkat,
+                    [libc::AT_FDCWD as u64, scratch, 0, 0, 0, 0],
+                )?;
+            }
+        }
+        ptrace::write_mem(root.tid, scratch, &s.local)?;
+        root.call(
+            "bind(unix)",
+            libc::SYS_bind,
+            [fd, scratch, s.local.len() as u64, 0, 0, 0],
+        )?;
+        if let Some(path) = crate::dump::unix_path(&s.local) {
+            let mut p = path.into_bytes();
+            p.push(0);
+            ptrace::write_mem(root.tid, scratch, &p)?;
+            root.raw(
+                libc::SYS_fchmodat,
+                [libc::AT_FDCWD as u64, scratch, s.mode as u64, 0, 0, 0],
+            )?;
+        }
+    }
+    if !s.remote.is_empty() {
+        ptrace::write_mem(root.tid, scratch, &s.remote)?;
+        root.call(
+            "connect(unix)",
+            libc::SYS_connect,
+            [fd, scratch, s.remote.len() as u64, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Everything done from restart on a duplicate: options, inet address,
+/// listening, a TCP connection's state.
+pub fn configure(root_pid: i32, fd: u64, s: &SocketImage) -> Result<()> {
+    let dup = uffd::pidfd_open(root_pid)
+        .and_then(|p| uffd::pidfd_getfd(&p, fd as i32))
+        .map_err(sys(root_pid, "pidfd_getfd of a new socket"))?;
+    let d = dup.as_raw_fd();
+    let o = s.opts;
+    let e = sys(root_pid, "setsockopt");
+    let sol = libc::SOL_SOCKET;
+    for (on, level, opt) in [
+        (o.reuseaddr, sol, libc::SO_REUSEADDR),
+        (o.reuseport, sol, libc::SO_REUSEPORT),
+        (o.keepalive, sol, libc::SO_KEEPALIVE),
+        (o.broadcast, sol, libc::SO_BROADCAST),
+        (o.passcred, sol, libc::SO_PASSCRED),
+        (o.nodelay, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    ] {
+        if on {
+            int(d, level, opt, 1).map_err(&e)?;
+        }
+    }
+    if s.family == libc::AF_INET6 {
+        int(d, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, o.v6only as i32).map_err(&e)?;
+    }
+    if s.family == libc::AF_UNIX {
+        if let Some(b) = s.listen {
+            // SAFETY: listen on our duplicate of the new socket.
+            if unsafe { libc::listen(d, b) } != 0 {
+                return Err(sys(root_pid, "listen")(io::Error::last_os_error()));
+            }
+        }
+        return Ok(());
+    }
+    if let Some(t) = &s.tcp {
+        return repair(d, s, t).map_err(sys(root_pid, "TCP_REPAIR (the connection)"));
+    }
+    if !s.local.is_empty() {
+        // SAFETY: the recorded sockaddr bytes, their length.
+        if unsafe { libc::bind(d, s.local.as_ptr().cast(), s.local.len() as libc::socklen_t) } != 0
+        {
+            let err = io::Error::last_os_error();
+            return Err(ChkptError::Sys {
+                op: format!("binding {}", crate::image::addr_text(&s.local)),
+                pid: root_pid,
+                err,
+            });
+        }
+    }
+    if let Some(b) = s.listen {
+        // SAFETY: listen on our duplicate.
+        if unsafe { libc::listen(d, b) } != 0 {
+            return Err(sys(root_pid, "listen")(io::Error::last_os_error()));
+        }
+    } else if !s.remote.is_empty() {
+        // a connected UDP socket
+        // SAFETY: the recorded sockaddr bytes, their length.
+        if unsafe {
+            libc::connect(
+                d,
+                s.remote.as_ptr().cast(),
+                s.remote.len() as libc::socklen_t,
+            )
+        } != 0
+        {
+            return Err(sys(root_pid, "connect")(io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// An established connection made again: sequence numbers, addresses,
+/// options, window and both queues, in repair mode (no handshake, nothing
+/// sent), then out of it.
+fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair) -> io::Result<()> {
+    let tcp = libc::IPPROTO_TCP;
+    int(d, tcp, TCP_REPAIR, 1)?;
+    int(d, tcp, TCP_REPAIR_QUEUE, 2)?;
+    setopt(d, tcp, TCP_QUEUE_SEQ, &t.send_seq.to_ne_bytes())?;
+    int(d, tcp, TCP_REPAIR_QUEUE, 1)?;
+    setopt(d, tcp, TCP_QUEUE_SEQ, &t.recv_seq.to_ne_bytes())?;
+    // SAFETY: the recorded sockaddr bytes, their length.
+    if unsafe { libc::bind(d, s.local.as_ptr().cast(), s.local.len() as libc::socklen_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; in repair mode connect sends nothing.
+    if unsafe {
+        libc::connect(
+            d,
+            s.remote.as_ptr().cast(),
+            s.remote.len() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let mut opts: Vec<u8> = Vec::new();
+    let mut opt = |code: u32, val: u32| {
+        opts.extend_from_slice(&code.to_ne_bytes());
+        opts.extend_from_slice(&val.to_ne_bytes());
+    };
+    opt(2, t.mss); // TCPOPT_MSS
+    if t.options & 4 != 0 {
+        opt(3, t.snd_wscale as u32 | (t.rcv_wscale as u32) << 16); // TCPOPT_WINDOW
+    }
+    if t.options & 2 != 0 {
+        opt(4, 0); // TCPOPT_SACK_PERM
+    }
+    if t.options & 1 != 0 {
+        opt(8, 0); // TCPOPT_TIMESTAMP
+    }
+    setopt(d, tcp, TCP_REPAIR_OPTIONS, &opts)?;
+    if t.options & 1 != 0 {
+        setopt(d, tcp, TCP_TIMESTAMP, &t.timestamp.to_ne_bytes())?;
+    }
+    let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    setopt(d, tcp, TCP_REPAIR_WINDOW, &w)?;
+    for (queue, data) in [(2, &t.send_queue), (1, &t.recv_queue)] {
+        int(d, tcp, TCP_REPAIR_QUEUE, queue)?;
+        let mut at = 0;
+        while at < data.len() {
+            // SAFETY: sending from the recorded queue bytes.
+            let n = unsafe { libc::send(d, data[at..].as_ptr().cast(), data.len() - at, 0) };
+            if n <= 0 {
+                return Err(io::Error::last_os_error());
+            }
+            at += n as usize;
+        }
+    }
+    int(d, tcp, TCP_REPAIR, 0)
+}
+
+/// Put back what waited on each unix socket of the tree: its peer (whose
+/// fd in the root `fd_of` gives) sends it again.
+pub fn fill_queues(root_pid: i32, socks: &[&SocketImage], fd_of: &HashMap<u64, i32>) -> Result<()> {
+    for s in socks.iter().filter(|s| !s.queued.is_empty()) {
+        let Some(&pfd) = s.peer.and_then(|p| fd_of.get(&p)) else {
+            continue;
+        };
+        let dup: OwnedFd = uffd::pidfd_open(root_pid)
+            .and_then(|p| uffd::pidfd_getfd(&p, pfd))
+            .map_err(sys(root_pid, "pidfd_getfd of a socket"))?;
+        for m in &s.queued {
+            // SAFETY: sending the recorded bytes on our duplicate.
+            let n = unsafe {
+                libc::send(
+                    dup.as_raw_fd(),
+                    m.as_ptr().cast(),
+                    m.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n != m.len() as isize {
+                return Err(ChkptError::Sys {
+                    op: format!("putting back {} queued byte(s) on a socket", m.len()),
+                    pid: root_pid,
+                    err: io::Error::last_os_error(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

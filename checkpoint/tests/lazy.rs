@@ -1,0 +1,157 @@
+//! `restart --lazy`: the job runs before its private pages are in; a page
+//! server brings each in on first touch and the rest behind, across the
+//! job's own forks, mremaps, madvise drops and unmaps, then exits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+#![allow(clippy::zombie_processes)] // children are reaped by kill_reap
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// The page server's PID, from restart's last line.
+fn server_pid(stderr: &str) -> i32 {
+    stderr
+        .split("page server PID ")
+        .nth(1)
+        .and_then(|r| {
+            r.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no page server in: {stderr}"))
+}
+
+/// A restored job that checks its memory every step, started lazily from
+/// `sn`: it runs on, all pages right, and the server is gone once done.
+fn lazily(store: &std::path::Path, pid: i32, sn: u32, log: &std::path::Path) {
+    let o = restart_into(store, pid, sn, &["--lazy"], log);
+    ok(&o, "restart --lazy");
+    let server = server_pid(&String::from_utf8_lossy(&o.stderr));
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    wait_until("the lazily restored job checks its memory", || {
+        let t = text();
+        assert!(!t.contains("BAD"), "restored lazily from SN {sn}: {t}");
+        t.lines().count() >= 5
+    });
+    counter_lines(&text());
+    wait_until("the page server finishes", || !alive(server));
+    kill_reap(server);
+    for p in image_pids(store, pid, sn) {
+        kill_reap(p);
+    }
+}
+
+#[test]
+fn lazily_restored_chain_with_moves_drops_and_unmaps() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "churn");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("24").stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("churn checks its memory", || last_of(&out.get()) >= 3);
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
+    let n = last_of(&out.get());
+    wait_until("churn runs on", || last_of(&out.get()) >= n + 3);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint 2");
+    kill_reap(pid);
+    lazily(&store, pid, 2, &tmp.path().join("r2.txt"));
+    lazily(&store, pid, 1, &tmp.path().join("r1.txt"));
+}
+
+#[test]
+fn lazily_restored_job_forks_while_pages_come_in() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "forker");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("64").stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("forker checks its memory", || last_of(&out.get()) >= 2);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    // a child checking memory may have been saved (and killed) with it
+    for p in image_pids(&store, pid, 1) {
+        kill_reap(p);
+    }
+    lazily(&store, pid, 1, &tmp.path().join("r.txt"));
+}
+
+/// A changed byte of page data is refused before anything runs, lazily too.
+#[test]
+fn lazy_restart_of_a_corrupted_image_starts_nothing() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "forker");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("8").stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("forker runs", || last_of(&out.get()) >= 1);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let mm = store
+        .join(pid.to_string())
+        .join(format!("task_mm_{pid}_v1.bin"));
+    let mut b = std::fs::read(&mm).unwrap();
+    b[4096 + 4096 * 50] ^= 0x40;
+    std::fs::write(&mm, b).unwrap();
+    let o = restart_into(&store, pid, 1, &["--lazy"], &tmp.path().join("r.txt"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("CRC"), "{err}");
+    assert!(!err.contains("page server"), "{err}");
+    assert!(!alive(pid));
+}
+
+/// `--check-as-loaded`: the job runs before its pages are checked; the
+/// page server finds the changed byte when it loads that block, and kills
+/// the job rather than let it run with wrong memory.
+#[test]
+fn a_page_changed_is_caught_as_it_loads() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "forker");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("8").stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("forker runs", || last_of(&out.get()) >= 1);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    for p in image_pids(&store, pid, 1) {
+        kill_reap(p);
+    }
+    let mm = store
+        .join(pid.to_string())
+        .join(format!("task_mm_{pid}_v1.bin"));
+    let mut b = std::fs::read(&mm).unwrap();
+    b[4096 + 4096 * 50] ^= 0x40;
+    std::fs::write(&mm, b).unwrap();
+    // the output is read to its end: the page server (which keeps restart's
+    // stderr) has exited by then
+    let o = restart_into(
+        &store,
+        pid,
+        1,
+        &["--lazy", "--check-as-loaded"],
+        &tmp.path().join("r.txt"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("changed after restart began") && err.contains("killed"),
+        "{err}"
+    );
+    wait_until("the job is killed", || !alive(pid));
+    kill_reap(pid);
+}

@@ -1,0 +1,169 @@
+//! Real programs, started as a user would, checkpointed and restarted with
+//! what they hold: `python3 -m http.server` with a client connected across
+//! the checkpoint, …
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+#![allow(clippy::zombie_processes)] // children are reaped by kill_reap
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(c: &mut TcpStream, what: &str) -> String {
+    c.write_all(format!("GET /{what} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// A web server with a client connected (accepted, request not sent yet)
+/// is saved and killed; restarted, it answers that client on the same
+/// connection, and new ones.
+#[test]
+fn python_http_server_keeps_its_connected_client() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello from before the checkpoint\n").unwrap();
+    let store = tmp.path().join("store");
+    let port = free_port();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(&www)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    let connect = || {
+        let c = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        Some(c)
+    };
+    wait_until("the server listens", || connect().is_some());
+    let mut first = connect().unwrap();
+    assert!(get(&mut first, "hello.txt").contains("hello from before"));
+    // a client connected, its request still to come
+    let mut waiting = connect().unwrap();
+    wait_until("the server took the connection", || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) >= 2
+    });
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    kill_reap(pid);
+    ok(&restart_out(&store, pid, 1), "restart");
+    let r = get(&mut waiting, "hello.txt");
+    assert!(
+        r.starts_with("HTTP/1.0 200") && r.contains("hello from before"),
+        "{r}"
+    );
+    let mut after = connect().unwrap();
+    std::fs::write(www.join("new.txt"), "written after restart\n").unwrap();
+    assert!(get(&mut after, "new.txt").contains("written after restart"));
+    kill_reap(pid);
+}
+
+/// A line-oriented client on a pipe: send a line, read one back.
+struct Cli {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Cli {
+    fn ask(&mut self, line: &str) -> String {
+        use std::io::BufRead;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut s = String::new();
+        self.out.read_line(&mut s).unwrap();
+        s.trim().to_string()
+    }
+}
+
+/// redis-server with data, and a redis-cli connected to it (over TCP) that
+/// stays connected across the checkpoint: same connection after restart
+/// (its CLIENT ID is the same: redis-cli would have reconnected with a new
+/// one otherwise), same data.
+#[test]
+fn redis_with_data_and_a_connected_redis_cli() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let port = free_port();
+    let mut cmd = Command::new("/usr/bin/redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .current_dir(tmp.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("redis listens", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut cli = Command::new("/usr/bin/redis-cli");
+    cli.args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = spawn(cli);
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut cli = Cli { child, out };
+    assert_eq!(cli.ask("SET greeting hello"), "OK");
+    for i in 0..2000 {
+        assert_eq!(
+            cli.ask(&format!("SET key:{i} {}", "v".repeat(100 + i % 50))),
+            "OK"
+        );
+    }
+    let id = cli.ask("CLIENT ID");
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 task(s)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    kill_reap(pid);
+    ok(&restart_out(&store, pid, 1), "restart");
+    assert_eq!(cli.ask("CLIENT ID"), id, "the same connection");
+    assert_eq!(cli.ask("GET greeting"), "hello");
+    assert_eq!(cli.ask("GET key:1999"), "v".repeat(100 + 1999 % 50));
+    assert_eq!(cli.ask("DBSIZE"), "2001");
+    assert_eq!(cli.ask("SET after restart"), "OK");
+    assert_eq!(cli.ask("GET after"), "restart");
+    cli.child.kill().unwrap();
+    cli.child.wait().unwrap();
+    kill_reap(pid);
+}

@@ -1,0 +1,130 @@
+//! What real programs hold, saved and restored: eventfd, timerfd,
+//! signalfd and epoll (with its registrations), …
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+#![allow(clippy::zombie_processes)] // children are reaped by kill_reap
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+#[test]
+fn epoll_timerfd_eventfd_signalfd_event_loop() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "evloop");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("event loop runs", || last_of(&out.get()) >= 3);
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    kill_reap(pid);
+    let at = last_of(&out.get());
+    let log = tmp.path().join("restored.txt");
+    ok(&restart_into(&store, pid, 1, &[], &log), "restart");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // the timer fires on, the eventfd counts every tick, the semaphore gives
+    wait_until("restored loop runs", || counter_lines(&text()).len() >= 5);
+    let first = counter_lines(&text())[0];
+    assert!(
+        first >= at && first <= at + 2,
+        "resumed at {first}, saved near {at}"
+    );
+    // SAFETY: plain kill of the restored process.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    wait_until("the signalfd reads SIGUSR1", || {
+        text().contains("got SIGUSR1")
+    });
+    kill_reap(pid);
+}
+
+/// "N ok" lines only (the program also prints other lines).
+fn oks(text: &str) -> Vec<u64> {
+    let mut v = Vec::new();
+    for l in text.lines() {
+        assert!(!l.contains("BAD"), "program reported a problem: {l}");
+        if let Some(n) = l.strip_suffix(" ok").and_then(|n| n.parse().ok()) {
+            v.push(n);
+        }
+    }
+    v
+}
+
+fn port_of(text: &str, what: &str) -> u16 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(what)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Unix socketpairs (stream and datagram, with bytes and messages queued),
+/// a listening unix socket, a UDP socket and a listening TCP socket with
+/// an established connection (TCP_REPAIR): all work again after restart,
+/// and the client connected before the checkpoint goes on on the same
+/// connection.
+#[test]
+fn sockets_of_every_kind() {
+    use std::io::{Read, Write};
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "sockets");
+    let store = tmp.path().join("store");
+    let path = tmp.path().join("listen.sock");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&path).stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("the program listens", || port_of(&out.get(), "tcp ") != 0);
+    let (udp, tcp) = (port_of(&out.get(), "udp "), port_of(&out.get(), "tcp "));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let echo = |c: &mut std::net::TcpStream, s: &str| {
+        c.write_all(s.as_bytes()).unwrap();
+        let mut b = vec![0u8; 4 + s.len()];
+        c.read_exact(&mut b).unwrap();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    assert_eq!(echo(&mut conn, "one\n"), "tcp:one\n");
+    wait_until("pings queue up", || oks(&out.get()).len() >= 8);
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    for p in image_pids(&store, pid, 1) {
+        kill_reap(p);
+    }
+    let at = oks(&out.get()).last().copied().unwrap_or(0);
+    let log = tmp.path().join("restored.txt");
+    ok(&restart_into(&store, pid, 1, &[], &log), "restart");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // pings and pongs (and datagrams) go on in order: nothing lost, nothing twice
+    wait_until("restored program runs", || oks(&text()).len() >= 10);
+    assert!(oks(&text())[0] <= at + 1);
+    // the connection made before the checkpoint is the same one
+    assert_eq!(echo(&mut conn, "two\n"), "tcp:two\n");
+    // new ones too
+    let mut c2 = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    c2.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(echo(&mut c2, "three\n"), "tcp:three\n");
+    let mut us = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    us.write_all(b"hi").unwrap();
+    let mut got = String::new();
+    us.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "unix:hi");
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    u.send_to(b"ping", ("127.0.0.1", udp)).unwrap();
+    let mut b = [0u8; 16];
+    let n = u.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"ping");
+    wait_until("still fine", || oks(&text()).len() >= 15);
+    for p in image_pids(&store, pid, 1) {
+        kill_reap(p);
+    }
+}
