@@ -39,6 +39,9 @@ pub struct HostSpec<'a> {
     pub listen: SocketAddrV4,
     pub peers: Vec<SocketAddrV4>,
     pub key: &'a Path,
+    pub heartbeat_ms: Option<u64>,
+    pub failure_timeout_ms: Option<u64>,
+    pub max_voters: Option<usize>,
 }
 
 impl HostKrgd {
@@ -79,6 +82,18 @@ impl HostKrgd {
             .env("NO_COLOR", "1");
         for p in &s.peers {
             cmd.arg("--peer").arg(p.to_string());
+        }
+        for (flag, v) in [
+            ("--heartbeat-ms", s.heartbeat_ms.map(|v| v.to_string())),
+            (
+                "--failure-timeout-ms",
+                s.failure_timeout_ms.map(|v| v.to_string()),
+            ),
+            ("--max-voters", s.max_voters.map(|v| v.to_string())),
+        ] {
+            if let Some(v) = v {
+                cmd.arg(flag).arg(v);
+            }
         }
         let child = sys::daemon_child(&mut cmd)
             .stdin(Stdio::null())

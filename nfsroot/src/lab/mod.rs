@@ -142,6 +142,11 @@ impl BootLab {
         &self.d
     }
 
+    /// The lab's network namespace (gone once the lab is dropped).
+    pub fn netns(&self) -> &str {
+        &self.net.ns
+    }
+
     pub fn serve_log(&self) -> &Path {
         &self.serve_log
     }
@@ -266,6 +271,7 @@ fn start_host(d: &Description, opts: &LabOptions, n: &net::LabNet) -> Result<Hos
         )));
     }
     let port = d.krgd.port;
+    let k = &d.krgd;
     HostKrgd::start(
         n,
         &host::HostSpec {
@@ -280,6 +286,10 @@ fn start_host(d: &Description, opts: &LabOptions, n: &net::LabNet) -> Result<Hos
                 .map(|x| SocketAddrV4::new(x.ip, port))
                 .collect(),
             key: &key,
+            // The same timing as the nodes (their rendered krgd.toml).
+            heartbeat_ms: k.heartbeat_ms,
+            failure_timeout_ms: k.failure_timeout_ms,
+            max_voters: k.max_voters,
         },
     )
 }

@@ -266,11 +266,25 @@ fn on_server_event(runs: &mut [Run], ev: Event, initrd: &str, progress: &mut dyn
             }
         }
         Event::TftpError { ip, line } => {
-            if let Some(r) = runs
-                .iter_mut()
-                .find(|r| r.vm.is_some() && r.ip().as_deref() == Some(ip.as_str()))
-            {
-                r.tl.trouble = Some(format!("dnsmasq: {line}"));
+            // Without a client address, it concerns whoever is loading files now.
+            let concerned = |r: &Run| match &ip {
+                Some(ip) => r.ip().as_deref() == Some(ip.as_str()),
+                None => r.tl.has(Step::Dhcp) && !r.tl.has(Step::Tftp),
+            };
+            for r in runs.iter_mut().filter(|r| r.vm.is_some() && concerned(r)) {
+                let why = format!("dnsmasq: {line}");
+                // A file the boot needs is not there: the boot cannot go on.
+                let fatal = ["not found", "cannot", "Permission denied"]
+                    .iter()
+                    .any(|w| line.contains(w));
+                if fatal && r.outcome.is_none() {
+                    progress(&format!("{}: {why}", r.req.label));
+                    r.outcome = Some(Outcome::Failed {
+                        step: Step::Tftp,
+                        why: why.clone(),
+                    });
+                }
+                r.tl.trouble = Some(why);
             }
         }
     }

@@ -53,8 +53,9 @@ pub enum Event {
     DhcpAck { mac: String, ip: String },
     /// A file went out by TFTP.
     TftpSent { path: String, ip: String },
-    /// The TFTP server refused or could not find a file.
-    TftpError { ip: String, line: String },
+    /// The TFTP server refused or could not find a file; dnsmasq names the
+    /// client for a missing file, not for an unreadable one.
+    TftpError { ip: Option<String>, line: String },
 }
 
 /// Strip ANSI colour sequences and carriage returns (systemd and krgd
@@ -119,8 +120,12 @@ pub fn server_event(line: &str) -> Option<Event> {
                 ip: w.get(3)?.to_string(),
             });
         }
-        // "file /x not found for 10.0.0.11", "cannot access /x: ...", "error ... from 10.0.0.11"
-        let ip = w.last()?.to_string();
+        // "file /x not found for 10.0.0.11", "cannot access /x: Permission denied",
+        // "failed sending /x to 10.0.0.11"
+        let ip = w
+            .last()
+            .filter(|x| x.parse::<std::net::Ipv4Addr>().is_ok())
+            .map(|x| x.to_string());
         if w.iter()
             .any(|x| ["not", "cannot", "error", "failed"].contains(x))
         {
@@ -284,7 +289,14 @@ mod tests {
             "[dnsmasq] dnsmasq-tftp[5718]: file /tmp/out/tftp/krg/vmlinuz not found for 10.78.0.11",
         );
         assert!(
-            matches!(&e, Some(Event::TftpError { ip, .. }) if ip == "10.78.0.11"),
+            matches!(&e, Some(Event::TftpError { ip: Some(ip), .. }) if ip == "10.78.0.11"),
+            "{e:?}"
+        );
+        let e = server_event(
+            "[dnsmasq] dnsmasq-tftp[5718]: cannot access /tmp/out/tftp/krg/vmlinuz: Permission denied",
+        );
+        assert!(
+            matches!(&e, Some(Event::TftpError { ip: None, line }) if line.contains("Permission denied")),
             "{e:?}"
         );
         assert_eq!(server_event("[ganesha] NFS SERVER INITIALIZED"), None);
