@@ -17,6 +17,7 @@ pub mod image;
 pub mod lab;
 pub mod nodes;
 pub mod output;
+pub mod paths;
 pub mod render;
 pub mod serve;
 pub mod sys;

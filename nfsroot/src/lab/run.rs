@@ -300,19 +300,15 @@ fn read_console(lab: &BootLab, r: &mut Run, progress: &mut dyn FnMut(&str)) {
         match steps::console_event(&line) {
             Some(Console::Kernel) => r.mark(Step::Kernel, progress),
             Some(Console::RootMounted) => r.mark(Step::NfsRoot, progress),
-            Some(Console::KrgdStarted) => {
-                if r.tl.krgd_started.is_none() {
-                    r.tl.krgd_started = Some(r.at());
-                }
+            Some(Console::KrgdStarted) if r.tl.krgd_started.is_none() => {
+                r.tl.krgd_started = Some(r.at());
             }
-            Some(Console::IdTaken(l)) => {
-                if r.outcome.is_none() {
-                    progress(&format!("{}: krgd refused: {l}", r.req.label));
-                    r.outcome = Some(Outcome::IdTaken(l));
-                }
+            Some(Console::IdTaken(l)) if r.outcome.is_none() => {
+                progress(&format!("{}: krgd refused: {l}", r.req.label));
+                r.outcome = Some(Outcome::IdTaken(l));
             }
             Some(Console::Trouble(l)) => r.tl.trouble = Some(l),
-            None => {}
+            _ => {}
         }
         r.recent.push_back(line);
         if r.recent.len() > 3 {
