@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use nfsroot::image::{BuildOptions, BuildSource, Kind, Mechanism, Store};
@@ -12,6 +12,8 @@ use nfsroot::nodes::NewNode;
 use nfsroot::output::{self, Outcome};
 use nfsroot::render::{self, DhcpServer, RenderOptions};
 use nfsroot::{check, Description};
+
+mod lab_cmd;
 
 #[derive(Parser)]
 #[command(name = "nfsroot", version, about = "Describe a diskless krg cluster once; render, check and maintain its DHCP, TFTP, NFS and images", long_about = LONG_ABOUT)]
@@ -33,7 +35,9 @@ images too: debootstrap builds, read-only versions, cheap per-node clones.
   nfsroot image build base --suite bookworm --krg-bin-dir target/release
   nfsroot image snapshot base
   nfsroot image clone base@1 node1
-  nfsroot nodes add cluster.toml node3 52:54:00:00:00:03 10.0.0.13 --out /srv/krg";
+  nfsroot nodes add cluster.toml node3 52:54:00:00:00:03 10.0.0.13 --out /srv/krg
+  nfsroot serve cluster.toml --out /srv/krg
+  nfsroot boot-test cluster.toml node1 --out /srv/krg";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -52,6 +56,12 @@ enum Cmd {
     /// Add or remove nodes in the description, then render again.
     #[command(subcommand)]
     Nodes(NodesCmd),
+    /// Run dnsmasq (DHCP + TFTP) and NFS-Ganesha for a rendered description, in the foreground.
+    #[command(long_about = lab_cmd::SERVE_ABOUT)]
+    Serve(lab_cmd::ServeArgs),
+    /// Boot nodes in QEMU VMs on a private bridge and report each step until they join.
+    #[command(long_about = lab_cmd::BOOT_TEST_ABOUT)]
+    BootTest(lab_cmd::BootTestArgs),
 }
 
 #[derive(Args, Clone)]
@@ -110,12 +120,25 @@ enum ImageCmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "systemd-sysv,nfs-common,fuse3,iproute2"
+            default_value = "systemd-sysv,nfs-common,fuse3,iproute2,linux-image-amd64,initramfs-tools,zstd"
         )]
         include: Vec<String>,
         /// Copy this prepared root tree instead of running debootstrap.
         #[arg(long, value_name = "DIR")]
         from_tree: Option<PathBuf>,
+        /// Directory with the krg binaries (krgd, krgadm, ...) to install.
+        #[arg(long, value_name = "DIR")]
+        krg_bin_dir: Option<PathBuf>,
+        /// A rendered <out>/root tree (fstab, hosts, krgd.toml) to install.
+        #[arg(long, value_name = "DIR")]
+        config: Option<PathBuf>,
+    },
+    /// Install the current krg binaries (and rendered files) into an existing image.
+    Update {
+        /// The image (made by `image build`; not a version or a clone).
+        name: String,
+        #[command(flatten)]
+        root: RootArg,
         /// Directory with the krg binaries (krgd, krgadm, ...) to install.
         #[arg(long, value_name = "DIR")]
         krg_bin_dir: Option<PathBuf>,
@@ -235,6 +258,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Check(a) => check_cmd(&a),
         Cmd::Image(c) => image_cmd(c),
         Cmd::Nodes(c) => nodes_cmd(c),
+        Cmd::BootTest(a) => lab_cmd::boot_test(a),
+        Cmd::Serve(a) => lab_cmd::serve(a),
     }
 }
 
@@ -258,22 +283,9 @@ fn dhcp_kind(f: DhcpFlag) -> DhcpServer {
     }
 }
 
-/// An absolute path with `.` and `..` resolved lexically, so that the
-/// "only under --out" check compares like with like.
+/// An absolute path with `.` and `..` resolved lexically.
 fn absolute(p: &Path) -> Result<PathBuf> {
-    use std::path::Component;
-    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    Ok(out)
+    Ok(nfsroot::paths::absolute(p)?)
 }
 
 fn render_cmd(d: &Description, out: &Path, dhcp: DhcpFlag, diff: bool) -> Result<()> {
@@ -399,6 +411,24 @@ fn image_cmd(c: ImageCmd) -> Result<()> {
             }
             let path = path?;
             println!("built image {name} at {}", path.display());
+        }
+        ImageCmd::Update {
+            name,
+            root,
+            krg_bin_dir,
+            config,
+        } => {
+            if krg_bin_dir.is_none() && config.is_none() {
+                bail!("nothing to update: pass --krg-bin-dir and/or --config");
+            }
+            let store = Store::open(&absolute(&root.root)?)?;
+            let opts = BuildOptions {
+                source: BuildSource::Tree(PathBuf::new()),
+                krg_bin_dir,
+                config_tree: config,
+            };
+            store.update(&name, &opts, &mut |m| println!("nfsroot: {m}"))?;
+            println!("updated image {name}; `nfsroot image snapshot {name}` versions it");
         }
         ImageCmd::Snapshot { name, root } => {
             let store = Store::open(&absolute(&root.root)?)?;

@@ -22,6 +22,9 @@ pub fn find_tool(name: &str) -> Result<std::path::PathBuf> {
     let pkg = match name {
         "dhcpd" => "isc-dhcp-server",
         "mkfs.btrfs" | "btrfs" => "btrfs-progs",
+        "qemu-system-x86_64" => "qemu-system-x86 ipxe-qemu",
+        "ganesha.nfsd" => "nfs-ganesha nfs-ganesha-vfs",
+        "ip" => "iproute2",
         other => other,
     };
     Err(NfsrootError::Tool {

@@ -344,3 +344,71 @@ fn render_copies_the_newest_kernel_and_initrd_of_the_boot_image() {
     );
     assert!(ok(&["render", d, "--out", o]).starts_with("nothing changed"));
 }
+
+#[test]
+fn image_update_installs_new_binaries_and_is_refused_for_versions_clones_and_origins() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("images");
+    let _sweep = MountSweeper(root.clone());
+    let r = root.to_str().unwrap();
+    let tree = prepared_tree(t.path());
+    let bins = t.path().join("bins");
+    std::fs::create_dir_all(&bins).unwrap();
+    std::fs::copy("/bin/true", bins.join("krgd")).unwrap();
+    let b = bins.to_str().unwrap();
+    let tr = tree.to_str().unwrap();
+    ok(&[
+        "image",
+        "build",
+        "base",
+        "--root",
+        r,
+        "--from-tree",
+        tr,
+        "--krg-bin-dir",
+        b,
+    ]);
+    let key = std::fs::read(root.join("base/etc/krg/cluster.key")).unwrap();
+    // A rebuilt krg goes in; the cluster key stays.
+    std::fs::copy("/bin/false", bins.join("krgd")).unwrap();
+    std::fs::copy("/bin/true", bins.join("krgadm")).unwrap();
+    let s = ok(&["image", "update", "base", "--root", r, "--krg-bin-dir", b]);
+    assert!(s.contains("updated image base"), "{s}");
+    assert_eq!(
+        std::fs::read(root.join("base/usr/local/sbin/krgd")).unwrap(),
+        std::fs::read("/bin/false").unwrap()
+    );
+    assert!(root.join("base/usr/local/sbin/krgadm").is_file());
+    assert_eq!(
+        std::fs::read(root.join("base/etc/krg/cluster.key")).unwrap(),
+        key
+    );
+
+    let e = fails(&["image", "update", "base", "--root", r]);
+    assert!(e.contains("nothing to update"), "{e}");
+    let e = fails(&["image", "update", "nosuch", "--root", r, "--krg-bin-dir", b]);
+    assert!(e.contains("no image named nosuch"), "{e}");
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = fails(&[
+        "image",
+        "update",
+        "base",
+        "--root",
+        r,
+        "--krg-bin-dir",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(e.contains("has no krgd binary"), "{e}");
+    ok(&["image", "snapshot", "base", "--root", r]);
+    let e = fails(&["image", "update", "base@1", "--root", r, "--krg-bin-dir", b]);
+    assert!(e.contains("base@1 is a version"), "{e}");
+    let e = fails(&["image", "update", "base", "--root", r, "--krg-bin-dir", b]);
+    assert!(e.contains("base is the origin of base@1"), "{e}");
+    ok(&["image", "clone", "base@1", "c1", "--root", r]);
+    let e = fails(&["image", "update", "c1", "--root", r, "--krg-bin-dir", b]);
+    assert!(e.contains("c1 is a clone"), "{e}");
+    ok(&["image", "rm", "c1", "--root", r]);
+    ok(&["image", "rm", "base@1", "--root", r]);
+    ok(&["image", "update", "base", "--root", r, "--krg-bin-dir", b]);
+}

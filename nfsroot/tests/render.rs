@@ -371,3 +371,77 @@ fn shared_mode_exports_ro_root_and_rw_dirs_and_the_generator_mounts_them() {
         "{fstab}"
     );
 }
+
+#[test]
+fn render_writes_the_ganesha_exports_and_the_ipxe_loaders() {
+    let t = tempfile::tempdir().unwrap();
+    let desc = write_description(t.path(), &t.path().join("images"), "");
+    let d = desc.to_str().unwrap();
+    let out = t.path().join("out");
+    let o = out.to_str().unwrap();
+    ok(&["render", d, "--out", o, "--dhcp", "dnsmasq"]);
+    let g = std::fs::read_to_string(out.join("nfs/ganesha.conf")).unwrap();
+    let images = t.path().join("images");
+    for want in [
+        "Bind_addr = 10.0.0.1;".to_string(),
+        "Enable_NLM = false;".into(),
+        "Graceless = true;".into(),
+        format!(
+            "RecoveryRoot = \"{}\";",
+            out.join("nfs/ganesha-recovery").display()
+        ),
+        format!("Path = \"{}\";", images.join("node1").display()),
+        "Clients = 10.0.0.11;".into(),
+        format!("Path = \"{}\";", images.join("node2").display()),
+        "Clients = 10.0.0.12;".into(),
+        "Squash = No_Root_Squash;".into(),
+        "Name = VFS;".into(),
+    ] {
+        assert!(g.contains(&want), "{want} missing from:\n{g}");
+    }
+    assert_eq!(g.matches("EXPORT {").count(), 2, "{g}");
+    assert_eq!(g.matches("Access_Type = RW;").count(), 2, "{g}");
+    // The loaders DHCP hands out come from Debian's ipxe package.
+    for (f, src) in [("undionly.kpxe", "undionly.kpxe"), ("ipxe.efi", "ipxe.efi")] {
+        assert_eq!(
+            std::fs::read(out.join("tftp/ipxe").join(f)).unwrap(),
+            std::fs::read(std::path::Path::new(nfsroot::render::IPXE_DIR).join(src))
+                .expect("the ipxe package must be installed"),
+            "{f}"
+        );
+    }
+    // Shared mode: the version read-only to the subnet, each rw dir to its node.
+    let shared = write_description(t.path(), &t.path().join("images"), "");
+    let text = std::fs::read_to_string(&shared)
+        .unwrap()
+        .replace("mode = \"clone\"", "mode = \"shared\"");
+    std::fs::write(&shared, text).unwrap();
+    ok(&[
+        "render",
+        shared.to_str().unwrap(),
+        "--out",
+        o,
+        "--dhcp",
+        "dnsmasq",
+    ]);
+    let g = std::fs::read_to_string(out.join("nfs/ganesha.conf")).unwrap();
+    assert!(
+        g.contains("Clients = 10.0.0.0/24;\n        Access_Type = RO;"),
+        "{g}"
+    );
+    assert!(
+        g.contains(&format!(
+            "Path = \"{}\";",
+            images.join(".state/node2/var").display()
+        )),
+        "{g}"
+    );
+    assert_eq!(g.matches("EXPORT {").count(), 1 + 2 * 3, "{g}");
+    // GRUB loaders are not copied: the note says how to make them.
+    let text = std::fs::read_to_string(&shared)
+        .unwrap()
+        .replace("loader = \"ipxe\"", "loader = \"grub\"");
+    std::fs::write(&shared, text).unwrap();
+    let s = ok(&["render", shared.to_str().unwrap(), "--out", o]);
+    assert!(s.contains("grub-mknetdir"), "{s}");
+}

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{mechanism, Store};
+use super::{mechanism, netboot, Store};
 use crate::atomic::write_atomic;
 use crate::error::{NfsrootError, Result};
 use crate::tools::find_tool;
@@ -59,6 +59,14 @@ Wants=network-online.target
 # kernel command line the boot menu passes.
 ExecStart=/usr/local/sbin/krgd
 Restart=on-failure
+RestartSec=2
+# A diskless node keeps no log of its own: krgd's messages (a refused node id,
+# a missing key) also go to the console, which a console server records.
+StandardOutput=journal+console
+StandardError=journal+console
+Environment=RUST_LOG=info
+KillMode=mixed
+TimeoutStopSec=15
 
 [Install]
 WantedBy=multi-user.target
@@ -143,6 +151,32 @@ impl Store {
         Ok(dst)
     }
 
+    /// Put the krg binaries of `opts.krg_bin_dir` and the rendered
+    /// `opts.config_tree` into the existing writable image `name` (after a
+    /// rebuild of krg), to be versioned again with `snapshot`. Refused for
+    /// versions and clones, and while a clone or version was made from the
+    /// image (an overlay clone would see its lower layer change under it).
+    pub fn update(&self, name: &str, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let meta = self.meta(name)?;
+        if meta.kind != super::Kind::Image {
+            return Err(NfsrootError::Image(format!(
+                "{name} is a {}; only images made by `image build` are updated",
+                meta.kind
+            )));
+        }
+        if let Some(child) = self
+            .list()?
+            .into_iter()
+            .find(|e| e.meta.origin.as_deref() == Some(name))
+        {
+            return Err(NfsrootError::Image(format!(
+                "{name} is the origin of {}; remove it first, or build a new image",
+                child.name
+            )));
+        }
+        install_krg(&self.path(name), opts, log)
+    }
+
     fn discard(&self, tmp: &Path) -> Result<()> {
         mechanism::remove_tree(tmp)
     }
@@ -185,7 +219,9 @@ impl Store {
                 debootstrap(tmp, suite, &mirror, variant, include)?;
             }
         }
-        install_krg(tmp, opts, log)
+        install_krg(tmp, opts, log)?;
+        netboot::prepare(tmp, log)?;
+        Ok(())
     }
 }
 

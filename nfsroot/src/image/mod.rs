@@ -7,6 +7,7 @@
 
 mod build;
 mod mechanism;
+pub mod netboot;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@ mod boot;
 mod dhcp;
 mod image;
 mod krgd;
+mod loaders;
 mod nfs;
 
 use std::net::Ipv4Addr;
@@ -15,6 +16,12 @@ use std::path::{Path, PathBuf};
 use crate::desc::{normalise_mac, Description, Node, RootMode, Subnet};
 
 pub use dhcp::DhcpServer;
+pub use loaders::IPXE_DIR;
+
+/// The NFS-Ganesha configuration, under `--out`.
+pub const GANESHA_CONF: &str = "nfs/ganesha.conf";
+/// NFS-Ganesha's NFSv4 recovery directory, under `--out` (made by `serve`).
+pub const GANESHA_RECOVERY: &str = "nfs/ganesha-recovery";
 
 /// One file to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +153,11 @@ pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
     let mut add =
         |rel: &str, contents: String, mode: u32| add_as(rel, contents, mode, FileRole::Other);
     add("nfs/exports", nfs::exports(&ctx), 0o644);
+    add(
+        GANESHA_CONF,
+        nfs::ganesha(&ctx, &out.join(GANESHA_RECOVERY)),
+        0o644,
+    );
     add("root/etc/fstab", image::fstab(&ctx), 0o644);
     add("root/etc/hosts", image::hosts(&ctx), 0o644);
     add("root/etc/krg/krgd.toml", krgd::shared(&ctx), 0o644);
@@ -158,6 +170,19 @@ pub fn plan(d: &Description, opts: &RenderOptions) -> Plan {
             krgd::node(&ctx, node),
             0o644,
         );
+    }
+    match loaders::files(&ctx) {
+        Ok(files) => {
+            for (rel, bytes) in files {
+                plan.files.push(PlannedFile {
+                    path: out.join("tftp").join(rel),
+                    contents: bytes,
+                    mode: 0o644,
+                    role: FileRole::Other,
+                });
+            }
+        }
+        Err(note) => plan.notes.push(note),
     }
     if d.boot.kernel_from_image {
         match boot::kernel_from_image(&ctx) {
