@@ -356,6 +356,7 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
             r.resource, r.cur as i64, r.max as i64
         );
     }
+    s.push_str(&crate::image::describe_attrs(&t.attrs));
     let d = image::read_in::<MmImage>(dir, &names.task_mm(pid), FileKind::Mm)?.0;
     let mm = d.meta;
     let (here, parent) = page_counts(&mm);

@@ -23,8 +23,10 @@ fn check(r: libc::c_long, op: &str, pid: i32) -> Result<libc::c_long> {
 }
 
 /// Attach without stopping, then stop the thread with PTRACE_INTERRUPT and
-/// wait for that stop.
-pub fn seize_and_interrupt(tid: i32) -> Result<()> {
+/// wait for that stop. Returns the stop signal (SIGSTOP, SIGTSTP, …) when
+/// the thread's group is stopped by job control (a SIGSTOP'ed process):
+/// the kernel reports that group stop in place of the interrupt's SIGTRAP.
+pub fn seize_and_interrupt(tid: i32) -> Result<Option<i32>> {
     check(
         // SAFETY: plain ptrace requests on a tid; no memory is passed.
         unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) },
@@ -40,7 +42,7 @@ pub fn seize_and_interrupt(tid: i32) -> Result<()> {
     loop {
         let (sig, event) = wait_status(tid)?;
         if event == libc::PTRACE_EVENT_STOP {
-            return Ok(());
+            return Ok((sig != libc::SIGTRAP).then_some(sig));
         }
         // A signal arrived before our interrupt: let the process have it
         // (not lose it) and wait for the interrupt stop that follows.
@@ -83,9 +85,15 @@ fn wait_status(tid: i32) -> Result<(i32, i32)> {
 }
 
 pub fn detach(tid: i32) -> Result<()> {
+    detach_with(tid, 0)
+}
+
+/// Detach and deliver `sig` (0: none); with SIGSTOP the task stops again
+/// by job control, as it was when it was checkpointed.
+pub fn detach_with(tid: i32, sig: i32) -> Result<()> {
     check(
         // SAFETY: no memory passed.
-        unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) },
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, sig as libc::c_long) },
         "PTRACE_DETACH",
         tid,
     )
@@ -277,13 +285,23 @@ impl Injector {
         r.r9 = args[5];
         r.rip = self.syscall_at;
         set_regs(self.tid, &r)?;
-        check(
-            // SAFETY: no memory passed.
-            unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.tid, 0, 0) },
-            "PTRACE_SINGLESTEP",
-            self.tid,
-        )?;
-        let sig = wait_stop(self.tid)?;
+        // A task seized while stopped by job control (SIGSTOP) traps once
+        // more for that group stop (PTRACE_EVENT_STOP) before it runs the
+        // step: step again, nothing was executed.
+        let mut tries = 0;
+        let sig = loop {
+            check(
+                // SAFETY: no memory passed.
+                unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.tid, 0, 0) },
+                "PTRACE_SINGLESTEP",
+                self.tid,
+            )?;
+            let (sig, event) = wait_status(self.tid)?;
+            if event != libc::PTRACE_EVENT_STOP || tries == 3 {
+                break sig;
+            }
+            tries += 1;
+        };
         if sig != libc::SIGTRAP {
             let at = get_regs(self.tid).map(|r| r.rip).unwrap_or(0);
             return Err(ChkptError::Tracee {

@@ -117,8 +117,22 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
     if !target.starts_with('/') {
         return refuse("unknown kind of file");
     }
-    let meta = std::fs::metadata(target).map_err(|e| ChkptError::io(target, e))?;
+    if let Some(why) = super::refuse::proc_file(target) {
+        return refuse(&why);
+    }
+    // The object the fd holds (the magic link is followed to it, never
+    // the path, which may name something else by now).
+    let meta = match std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            return Err(ChkptError::NoSuchProcess(pid))
+        }
+        Err(e) => return refuse(&format!("cannot look at it: {e}")),
+    };
     let ft = meta.file_type();
+    if ft.is_symlink() {
+        return refuse("a symbolic link itself (opened with O_PATH|O_NOFOLLOW) cannot be reopened");
+    }
     use std::os::unix::fs::FileTypeExt;
     if ft.is_char_device() || ft.is_block_device() {
         if !ALLOWED_DEVICES.contains(&target) {

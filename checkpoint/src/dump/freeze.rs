@@ -33,6 +33,9 @@ pub struct Frozen {
     /// Established TCP sockets in repair mode: back to normal if the job
     /// runs on, closed silently with it if it is killed.
     pub repaired: Vec<super::sockets::Repairing>,
+    /// Processes stopped by job control when seized: PID → stop signal.
+    /// (Detaching leaves them stopped: the kernel puts the group stop back.)
+    pub stopped: std::collections::HashMap<i32, i32>,
 }
 
 impl Drop for Frozen {
@@ -70,7 +73,13 @@ fn owner_of(pid: i32, status: &str, caller: u32) -> Result<Owner> {
             "process {pid} runs with uids {uids:?} and gids {gids:?}; only root may checkpoint a process that is not entirely yours"
         )));
     }
-    Ok(if one_uid && one_gid {
+    let privileged = super::attrs::privilege(pid, status);
+    if let (Some(why), true) = (&privileged, caller != 0) {
+        return Err(ChkptError::Permission(format!(
+            "process {pid} {why}; only root may checkpoint a process that holds privileges"
+        )));
+    }
+    Ok(if one_uid && one_gid && privileged.is_none() {
         Owner {
             uid: uids[0],
             gid: gids[0],
@@ -129,6 +138,8 @@ fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
             "a process under seccomp cannot be checkpointed",
         ));
     }
+    super::refuse::thread_state(pid)?;
+    super::refuse::cwd(pid)?;
     let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
     if !timers.trim().is_empty() {
         return Err(ChkptError::unsupported(
@@ -216,7 +227,9 @@ fn seize_task(p: i32, caller: u32, frozen: &mut Frozen) -> Result<bool> {
     let mut new = false;
     for tid in procfs::threads(p)? {
         if !frozen.tids.contains(&tid) {
-            ptrace::seize_and_interrupt(tid)?;
+            if let Some(sig) = ptrace::seize_and_interrupt(tid)? {
+                frozen.stopped.insert(p, sig);
+            }
             frozen.tids.push(tid);
             new = true;
         }

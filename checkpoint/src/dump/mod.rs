@@ -2,7 +2,8 @@
 //! what changed meanwhile and for its other state, let it run, write one
 //! SN — in named phases, as CRIU's `cr-dump.c` has them.
 //!
-//! - [`freeze`] — owner, refusals, ptrace seizure
+//! - [`freeze`] — owner, refusals, ptrace seizure; [`refuse`] more of them
+//! - [`attrs`] — prctl settings, scheduling, capabilities… of a task
 //! - [`track`] — the dirty-page tracker krg keeps in each process
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
@@ -13,12 +14,14 @@
 //! - [`sysv`] — SysV IPC objects
 
 mod anon;
+mod attrs;
 mod copy;
 mod files;
 mod freeze;
 mod memory;
 mod pages;
 mod precopy;
+mod refuse;
 mod sockets;
 mod sysv;
 mod task;
@@ -135,7 +138,12 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         })
         .collect();
     let live = living(&tree);
-    let mut state = read_tree(&live, opts, caller, &mut mems, &staging, &names, &tick)?;
+    let how = How {
+        opts,
+        caller,
+        frozen: &frozen,
+    };
+    let mut state = read_tree(&live, &how, &mut mems, &staging, &names, &tick)?;
     frozen.repaired = std::mem::take(&mut state.files.repaired);
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
@@ -220,6 +228,7 @@ fn precheck(pid: i32, caller: u32) -> Result<Vec<(i32, i32)>> {
         let r = t
             .iter()
             .try_for_each(|&(p, _)| freeze::check_task(p, caller).map(|_| ()))
+            .and_then(|()| refuse::shared_fd_tables(&living(&t)))
             .and_then(|()| files::collect(&living(&t), caller, false).map(|_| ()));
         match r {
             Ok(()) => return Ok(t),
@@ -336,21 +345,33 @@ struct TreeState {
 /// each task's state, its last memory round and shared memory, then SysV
 /// objects — while frozen: a removed segment vanishes with its last user.
 /// Page runs are made from the page states after the tree runs again.
+/// What [`read_tree`] works with besides the tree.
+struct How<'a> {
+    opts: &'a DumpOptions,
+    caller: u32,
+    frozen: &'a Frozen,
+}
+
 fn read_tree(
     tree: &[(i32, i32)],
-    opts: &DumpOptions,
-    caller: u32,
+    how: &How,
     mems: &mut HashMap<i32, ProcMem>,
     staging: &store::Staging,
     names: &Names,
     tick: &dyn Fn(u64),
 ) -> Result<TreeState> {
+    let (opts, caller) = (how.opts, how.caller);
+    refuse::shared_fd_tables(tree)?;
     let mut files = files::collect(tree, caller, true)?;
     let mut shared = memory::SharedSeen::new();
     let mut tasks = Vec::new();
     for &(p, pp) in tree {
         let fds = files.fds.remove(&p).unwrap_or_default();
-        let mut d = task::dump_task(p, pp, fds)?;
+        let ctx = attrs::AttrCtx {
+            stopped: how.frozen.stopped.get(&p).copied(),
+            is_root: p == tree[0].0,
+        };
+        let mut d = task::dump_task(p, pp, fds, &ctx)?;
         let mem = match mems.entry(p) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {

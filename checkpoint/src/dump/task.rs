@@ -8,6 +8,7 @@ use crate::image::{
 use crate::procfs;
 use crate::ptrace::{self, Injector};
 
+use super::attrs::AttrCtx;
 use super::memory;
 
 /// A scratch page mapped inside the tracee for injected syscalls' buffers.
@@ -209,7 +210,9 @@ fn task_image(
     inj: &Injector,
     scratch: &Scratch,
     fds: Vec<FdImage>,
+    ctx: &AttrCtx,
 ) -> Result<TaskImage> {
+    let attrs = super::attrs::read(pid, ctx, inj, scratch.addr, &fds)?;
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
     let stat = procfs::parse_stat(&procfs::read_to_string(format!("/proc/{pid}/stat"))?)?;
     let ids = |k: &str| -> Result<[u32; 4]> {
@@ -250,6 +253,7 @@ fn task_image(
         altstack: altstack(scratch)?,
         fds,
         threads: threads(pid, inj, scratch)?,
+        attrs,
     })
 }
 
@@ -266,13 +270,13 @@ pub fn start_time(pid: i32) -> Result<u64> {
     Ok(stat.field(22))
 }
 
-pub fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>) -> Result<TaskDump> {
+pub fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>, ctx: &AttrCtx) -> Result<TaskDump> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
     let vmas = memory::vmas(pid, &maps)?;
     let inj = Injector::new(pid, find_syscall_insn(pid, &maps)?)?;
     let result = (|| {
         let scratch = Scratch::map(&inj)?;
-        let task = task_image(pid, ppid, &inj, &scratch, fds)?;
+        let task = task_image(pid, ppid, &inj, &scratch, fds, ctx)?;
         let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
         scratch.unmap()?;
         let mm = MmImage {

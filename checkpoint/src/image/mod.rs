@@ -16,16 +16,20 @@
 //! - [`task`] — `task_<PID>_v<SN>.bin`
 //! - [`mm`] — `task_mm_<PID>_v<SN>.bin`
 //! - [`regs`] — registers as stored bytes
-//! - [`v1`] — the types of format version 1, still read
+//! - [`attrs`] — process attributes of the task file (version 3)
+//! - [`v1`], [`v2`] — the types of format versions 1 and 2, still read
 //! - here: the header, encoding and checked decoding, file names
 
 pub mod app;
+pub mod attrs;
 pub mod mm;
 pub mod regs;
 pub mod task;
 mod v1;
+mod v2;
 
 pub use app::*;
+pub use attrs::*;
 pub use mm::*;
 pub use regs::{regs_from_bytes, regs_to_bytes, Regs};
 pub use task::*;
@@ -43,8 +47,9 @@ use crate::error::{ChkptError, Result};
 pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
 /// 2: incremental SNs (page runs in a parent SN), a CRC per block of page
 /// data, metadata anywhere in the file (after the pages in memory files),
-/// frozen time. Version 1 files are still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// frozen time. 3: process attributes in task files ([`TaskAttrs`]).
+/// Version 1 and 2 files are still read.
+pub const FORMAT_VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 64;
 const V1_HEADER_LEN: usize = 48;
 pub const PAGE: u64 = 4096;
@@ -74,6 +79,11 @@ impl FileKind {
 pub trait ImageMeta: Serialize + DeserializeOwned {
     type V1: DeserializeOwned;
     fn from_v1(v: Self::V1) -> Self;
+    /// Decode the metadata of a version 2 file (the same as today's but
+    /// for the task file).
+    fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(body)
+    }
 }
 
 impl ImageMeta for GlobalImage {
@@ -98,9 +108,12 @@ impl ImageMeta for NodeImage {
 }
 
 impl ImageMeta for TaskImage {
-    type V1 = TaskImage;
-    fn from_v1(v: TaskImage) -> Self {
-        v
+    type V1 = v2::TaskV2;
+    fn from_v1(v: v2::TaskV2) -> Self {
+        v.into()
+    }
+    fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes::<v2::TaskV2>(body).map(Into::into)
     }
 }
 
@@ -226,7 +239,7 @@ pub fn read_from<T: ImageMeta>(
     // (layout, stored CRC, header bytes the CRC covers)
     let (layout, crc, hlen) = match version {
         1 => v1_layout(path, &hdr[..got])?,
-        FORMAT_VERSION => {
+        2 | FORMAT_VERSION => {
             if got < HEADER_LEN {
                 f.read_exact(&mut hdr[got..])
                     .map_err(|_| ChkptError::bad_image(path, "truncated header"))?;
@@ -243,7 +256,7 @@ pub fn read_from<T: ImageMeta>(
             return Err(ChkptError::bad_image(
                 path,
                 format!(
-                    "unknown format version {v} (this build reads versions 1 and {FORMAT_VERSION})"
+                    "unknown format version {v} (this build reads versions 1 to {FORMAT_VERSION})"
                 ),
             ))
         }
@@ -268,6 +281,8 @@ pub fn read_from<T: ImageMeta>(
     let bad = |e: postcard::Error| ChkptError::bad_image(path, format!("bad metadata: {e}"));
     let meta = if version == 1 {
         T::from_v1(postcard::from_bytes(&body).map_err(bad)?)
+    } else if version == 2 {
+        T::decode_v2(&body).map_err(bad)?
     } else {
         postcard::from_bytes(&body).map_err(bad)?
     };

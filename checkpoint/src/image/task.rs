@@ -29,6 +29,8 @@ pub struct TaskImage {
     pub altstack: AltStack,
     pub fds: Vec<FdImage>,
     pub threads: Vec<ThreadImage>,
+    /// Attributes saved since format version 3 (none in older files).
+    pub attrs: super::TaskAttrs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -15,12 +15,14 @@
 //! - [`task`] — one task's restore, in order
 //! - [`files`] ([`anon`], [`sockets`]) — every open file of the tree, made
 //!   once in the root
-//! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task
+//! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task;
+//!   [`attrs`] its other attributes (prctl, scheduling, capabilities, …)
 //! - [`ctx`] — the injection area and what every step works with
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
 
 mod anon;
+mod attrs;
 mod ctx;
 mod fds;
 mod files;

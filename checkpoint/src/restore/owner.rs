@@ -90,6 +90,7 @@ impl ImageOwner {
                 ),
             ));
         }
+        super::attrs::check_user_attrs(self.uid, t).map_err(|d| self.refuse(&what, d))?;
         self.check_rlimits(&what, t)
     }
 
@@ -245,6 +246,7 @@ mod tests {
             },
             fds: Vec::new(),
             threads: Vec::new(),
+            attrs: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ impl TaskCtx<'_> {
     pub fn restore(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         let t = self.task;
         let i = self.inj;
+        self.restore_loginuid()?;
         // File access as the job's user from here on: every file the image
         // names is opened with that user's rights, never root's.
         set_fs_creds(i, self.scratch(), t)?;
@@ -29,6 +30,7 @@ impl TaskCtx<'_> {
         sig::restore(self)?;
         set_rlimits(t)?;
         sig::queue_pending(self)?;
+        self.attrs_before_creds()?;
         // Credentials last: after this the process has only the job's rights.
         i.call(
             "setresgid",
@@ -54,6 +56,7 @@ impl TaskCtx<'_> {
                 0,
             ],
         )?;
+        self.threads_creds()?;
         // No longer tied to restart's life (set while it was restored).
         i.call(
             "prctl(PR_SET_PDEATHSIG)",
@@ -72,6 +75,7 @@ impl TaskCtx<'_> {
             libc::SYS_personality,
             [t.personality as u64, 0, 0, 0, 0, 0],
         )?;
+        self.attrs_after_creds()?;
         if t.no_new_privs {
             i.call(
                 "prctl(PR_SET_NO_NEW_PRIVS)",

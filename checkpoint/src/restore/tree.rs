@@ -125,10 +125,16 @@ impl Drop for CreatedTasks {
             for &p in &self.pids {
                 // SAFETY: killing processes this restart created.
                 unsafe { libc::kill(p, libc::SIGKILL) };
-                let _ = ptrace::detach(p);
+            }
+            // Reap everything: the root (our child) and every traced task,
+            // threads included — a traced thread's zombie is ours to reap,
+            // and its process cannot be reaped before it.
+            loop {
                 let mut st = 0;
-                // SAFETY: reaping our own child; status is a valid pointer.
-                unsafe { libc::waitpid(p, &mut st, libc::__WALL) };
+                // SAFETY: status is a valid pointer.
+                if unsafe { libc::waitpid(-1, &mut st, libc::__WALL) } < 0 {
+                    break;
+                }
             }
         }
     }
@@ -410,6 +416,12 @@ fn restore_tasks(
         Some(start_server(l, spaces, &pids)?)
     };
     for t in l.tasks.iter().rev() {
+        if t.task.attrs.stopped.is_some() {
+            // stopped by job control when checkpointed: pending now, it
+            // stops the process as soon as a thread is let go
+            // SAFETY: plain kill of a task this restart created.
+            unsafe { libc::kill(t.task.pid, libc::SIGSTOP) };
+        }
         for th in t.task.threads.iter().rev() {
             ptrace::detach(th.tid)?;
         }

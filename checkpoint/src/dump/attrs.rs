@@ -1,0 +1,328 @@
+//! Process attributes ([`TaskAttrs`]) of one frozen task: job-control
+//! stop, prctl settings, scheduling, capabilities, audit login uid, robust
+//! futex lists, membarrier registrations, madvise flags, fd owners and
+//! pipe sizes — read from /proc, from outside (sched_*, get_robust_list,
+//! fcntl on a pidfd_getfd duplicate) or by injected calls where only the
+//! task itself can ask. What cannot be restored faithfully is refused here.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::error::{ChkptError, Result};
+use crate::image::{
+    Caps, FdAttrs, FdImage, FdKind, TaskAttrs, ThreadAttrs, VmaAdvice, ADVICE, F_GETOWN_EX,
+    F_GETSIG,
+};
+use crate::procfs;
+use crate::ptrace::Injector;
+
+/// What the caller knows about the task.
+pub struct AttrCtx {
+    /// The group-stop signal seen when it was seized (see [`Frozen`]).
+    ///
+    /// [`Frozen`]: super::freeze::Frozen
+    pub stopped: Option<i32>,
+    /// The root of the tree (its parent is outside it).
+    pub is_root: bool,
+}
+
+/// `MEMBARRIER_CMD_GET_REGISTRATIONS` (Linux 6.3).
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+
+pub fn read(
+    pid: i32,
+    ctx: &AttrCtx,
+    inj: &Injector,
+    scratch: u64,
+    fds: &[FdImage],
+) -> Result<TaskAttrs> {
+    let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
+    let caps = caps_of(pid, &status)?;
+    inj.call(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        libc::SYS_prctl,
+        [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
+    )?;
+    let b = crate::ptrace::read_mem(pid, scratch, 4)?;
+    let child_subreaper = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) != 0;
+    // ENOSYS / EINVAL on kernels without it: nothing can be registered there.
+    let membarrier = inj
+        .raw(
+            libc::SYS_membarrier,
+            [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+        )
+        .map(|r| u32::try_from(r).unwrap_or(0))?;
+    let mut threads = Vec::new();
+    for tid in procfs::threads(pid)? {
+        threads.push(thread_attrs(pid, tid, inj, scratch)?);
+    }
+    if ctx.is_root {
+        if let Some(t) = threads.iter().find(|t| t.pdeath_sig != 0) {
+            return Err(ChkptError::unsupported(
+                pid,
+                format!("a parent-death signal (PR_SET_PDEATHSIG, thread {})", t.tid),
+                "the root of the tree gets restart as its parent, whose exit would send it",
+            ));
+        }
+    }
+    Ok(TaskAttrs {
+        saved: true,
+        stopped: ctx.stopped,
+        child_subreaper,
+        oom_score_adj: procfs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?
+            .trim()
+            .parse()
+            .unwrap_or(0),
+        thp_disable: procfs::status_field(&status, "THP_enabled") == Some("0"),
+        loginuid: procfs::read_to_string(format!("/proc/{pid}/loginuid"))
+            .ok()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(u32::MAX),
+        membarrier,
+        caps,
+        threads,
+        advice: advice(pid)?,
+        fds: fd_attrs(pid, fds)?,
+    })
+}
+
+/// The capability sets; every thread must hold the same (they are restored
+/// process-wide).
+fn caps_of(pid: i32, status: &str) -> Result<Caps> {
+    let caps = parse_caps(status);
+    for tid in procfs::threads(pid)? {
+        let st = procfs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+        if parse_caps(&st) != caps {
+            return Err(ChkptError::unsupported(
+                pid,
+                format!("thread {tid} with capabilities of its own"),
+                "capabilities are restored the same for every thread",
+            ));
+        }
+    }
+    Ok(caps)
+}
+
+pub fn parse_caps(status: &str) -> Caps {
+    let m = |k: &str| {
+        procfs::status_field(status, k)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    Caps {
+        inheritable: m("CapInh"),
+        permitted: m("CapPrm"),
+        effective: m("CapEff"),
+        bounding: m("CapBnd"),
+        ambient: m("CapAmb"),
+    }
+}
+
+/// Scheduling and nice from outside; the parent-death signal and robust
+/// list by an injected prctl in the thread itself / get_robust_list.
+fn thread_attrs(pid: i32, tid: i32, leader: &Injector, scratch: u64) -> Result<ThreadAttrs> {
+    // SAFETY: sched_getscheduler/getpriority of a thread id; no memory.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: param is a valid out pointer.
+    let pr = unsafe { libc::sched_getparam(tid, &mut param) };
+    if policy < 0 || pr < 0 {
+        return Err(ChkptError::sys("sched_getscheduler", tid));
+    }
+    let stat = procfs::parse_stat(&procfs::read_to_string(format!(
+        "/proc/{pid}/task/{tid}/stat"
+    ))?)?;
+    let nice = stat.field(19) as i64 as i32;
+    let mut head = 0u64;
+    let mut len = 0usize;
+    // SAFETY: get_robust_list writes a pointer and a size_t.
+    if unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head, &mut len) } < 0 {
+        return Err(ChkptError::sys("get_robust_list", tid));
+    }
+    let own;
+    let inj = if tid == pid {
+        leader
+    } else {
+        own = Injector::new(tid, leader.syscall_at)?;
+        &own
+    };
+    let r = inj.call(
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0],
+    );
+    let back = if tid == pid { Ok(()) } else { inj.restore() };
+    r?;
+    back?;
+    let b = crate::ptrace::read_mem(pid, scratch, 4)?;
+    Ok(ThreadAttrs {
+        tid,
+        pdeath_sig: i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        policy,
+        rt_priority: param.sched_priority,
+        nice,
+        robust_head: head,
+        robust_len: len as u64,
+    })
+}
+
+/// madvise flags of every mapping that has some (smaps `VmFlags`).
+fn advice(pid: i32) -> Result<Vec<VmaAdvice>> {
+    let text = procfs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    Ok(parse_advice(&text))
+}
+
+pub fn parse_advice(smaps: &str) -> Vec<VmaAdvice> {
+    let mut out = Vec::new();
+    let mut cur: Option<(u64, u64)> = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let Some((start, end)) = cur.take() else {
+                continue;
+            };
+            let codes: Vec<&str> = flags.split_whitespace().collect();
+            let f = ADVICE
+                .iter()
+                .filter(|(_, code, _)| codes.contains(code))
+                .fold(0, |a, (bit, _, _)| a | bit);
+            if f != 0 {
+                out.push(VmaAdvice {
+                    start,
+                    end,
+                    flags: f,
+                });
+            }
+            continue;
+        }
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                cur = Some((a, b));
+            }
+        }
+    }
+    out
+}
+
+/// Owner and signal of every fd's open file description, and the size of
+/// pipes: read on a duplicate of the fd (`pidfd_getfd`), which shares them.
+fn fd_attrs(pid: i32, fds: &[FdImage]) -> Result<Vec<FdAttrs>> {
+    if fds.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: pidfd_open of a PID; returns a new fd or -1.
+    let pfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pfd < 0 {
+        return Err(ChkptError::sys("pidfd_open", pid));
+    }
+    // SAFETY: a new fd that only we hold.
+    let pfd = unsafe { OwnedFd::from_raw_fd(pfd as i32) };
+    let mut out = Vec::new();
+    for f in fds {
+        if matches!(f.kind, FdKind::InheritedStdio { .. }) {
+            continue;
+        }
+        // SAFETY: pidfd_getfd of a fd of the (frozen) task.
+        let d = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd.as_raw_fd(), f.fd, 0) };
+        if d < 0 {
+            return Err(ChkptError::sys(format!("pidfd_getfd of fd {}", f.fd), pid));
+        }
+        // SAFETY: a new fd that only we hold.
+        let d = unsafe { OwnedFd::from_raw_fd(d as i32) };
+        let mut own = [0i32; 2];
+        // SAFETY: F_GETOWN_EX writes a struct f_owner_ex (two ints).
+        let r = unsafe { libc::fcntl(d.as_raw_fd(), F_GETOWN_EX, own.as_mut_ptr()) };
+        // SAFETY: plain fcntl queries.
+        let sig = unsafe { libc::fcntl(d.as_raw_fd(), F_GETSIG) };
+        let pipe_size = if matches!(f.kind, FdKind::Pipe { .. }) {
+            // SAFETY: as above.
+            unsafe { libc::fcntl(d.as_raw_fd(), libc::F_GETPIPE_SZ) }.max(0) as u32
+        } else {
+            0
+        };
+        if r < 0 || sig < 0 {
+            return Err(ChkptError::sys(format!("fcntl of fd {}", f.fd), pid));
+        }
+        let a = FdAttrs {
+            fd: f.fd,
+            owner_type: own[0],
+            owner_id: own[1],
+            sig,
+            pipe_size,
+        };
+        if a.owner_id != 0 || a.sig != 0 || (a.pipe_size != 0 && a.pipe_size != 65536) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_flags_are_read() {
+        let text = "\
+7f0000000000-7f0000200000 rw-p 00000000 00:00 0 
+Size:               2048 kB
+VmFlags: rd wr mr mw me ac dc dd hg 
+7f0000200000-7f0000201000 r--p 00000000 00:00 0 
+VmFlags: rd mr mw me 
+55d000000000-55d000001000 rw-p 00000000 00:00 0                          [heap]
+VmFlags: rd wr mr mw me ac nh wf sd 
+";
+        let a = parse_advice(text);
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            (a[0].start, a[0].end, a[0].flags),
+            (
+                0x7f00_0000_0000,
+                0x7f00_0020_0000,
+                crate::image::ADV_DONTFORK
+                    | crate::image::ADV_DONTDUMP
+                    | crate::image::ADV_HUGEPAGE
+            )
+        );
+        assert_eq!(
+            a[1].flags,
+            crate::image::ADV_NOHUGEPAGE | crate::image::ADV_WIPEONFORK
+        );
+    }
+}
+
+/// A privilege the process holds that its user could not have given
+/// itself (capabilities, a negative oom_score_adj, another login uid, a
+/// raised or real-time priority): its image must then be root's, like a
+/// setuid program's, so that the user cannot edit what restart grants.
+pub fn privilege(pid: i32, status: &str) -> Option<String> {
+    let caps = parse_caps(status);
+    if !caps.none_held() {
+        return Some(format!(
+            "holds capabilities (permitted {:#x}, ambient {:#x})",
+            caps.permitted, caps.ambient
+        ));
+    }
+    let uid = procfs::status_ids(status, "Uid").ok()?.first().copied()?;
+    let read = |n: &str| std::fs::read_to_string(format!("/proc/{pid}/{n}")).ok();
+    let oom: i32 = read("oom_score_adj")?.trim().parse().ok()?;
+    if oom < 0 {
+        return Some(format!("has oom_score_adj {oom}"));
+    }
+    let login: u32 = read("loginuid")?.trim().parse().ok()?;
+    if login != u32::MAX && login != uid {
+        return Some(format!("has login uid {login}"));
+    }
+    for tid in procfs::threads(pid).ok()? {
+        let st = procfs::parse_stat(
+            &procfs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?,
+        )
+        .ok()?;
+        let (nice, rt) = (st.field(19) as i64, st.field(40));
+        if nice < 0 || rt != 0 {
+            return Some(format!(
+                "runs thread {tid} at nice {nice}, real-time priority {rt}"
+            ));
+        }
+    }
+    None
+}

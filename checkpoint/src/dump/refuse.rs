@@ -1,0 +1,83 @@
+//! State this version refuses rather than restores wrongly, found in
+//! /proc while the job runs (and again when it is frozen): per-thread
+//! seccomp filters, SCHED_DEADLINE, a deleted working directory, fd tables
+//! shared between processes (CLONE_FILES), fds of /proc files of a process
+//! and symlinks opened with O_PATH.
+
+use crate::error::{ChkptError, Result};
+use crate::procfs;
+
+/// Every thread, not only the leader: a filter installed by one thread
+/// (without TSYNC) shows in that thread's status only, and would fail
+/// the calls injected there.
+pub fn thread_state(pid: i32) -> Result<()> {
+    for tid in procfs::threads(pid)? {
+        let Ok(st) = procfs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue; // exited meanwhile
+        };
+        if procfs::status_field(&st, "Seccomp").is_some_and(|s| s != "0") {
+            return Err(ChkptError::unsupported(
+                pid,
+                format!("seccomp filters (thread {tid})"),
+                "a process under seccomp cannot be checkpointed",
+            ));
+        }
+        // SAFETY: sched_getscheduler of a thread id; no memory.
+        if unsafe { libc::sched_getscheduler(tid) } & !libc::SCHED_RESET_ON_FORK == 6 {
+            return Err(ChkptError::unsupported(
+                pid,
+                format!("SCHED_DEADLINE scheduling (thread {tid})"),
+                "not saved by this version",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A working directory that was removed cannot be entered again.
+pub fn cwd(pid: i32) -> Result<()> {
+    let cwd = procfs::readlink(format!("/proc/{pid}/cwd"))?;
+    if cwd.ends_with(" (deleted)") {
+        return Err(ChkptError::unsupported(
+            pid,
+            format!("a deleted working directory ({cwd})"),
+            "it cannot be entered again at restart",
+        ));
+    }
+    Ok(())
+}
+
+/// Processes of the tree that share one fd table (clone with CLONE_FILES
+/// and without CLONE_THREAD): restart would give each a table of its own.
+pub fn shared_fd_tables(tree: &[(i32, i32)]) -> Result<()> {
+    const KCMP_FILES: i32 = 2;
+    for (n, &(a, _)) in tree.iter().enumerate() {
+        for &(b, _) in &tree[n + 1..] {
+            // SAFETY: kcmp compares two processes' fd tables; no memory.
+            let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) };
+            if r == 0 {
+                return Err(ChkptError::unsupported(
+                    b,
+                    format!("an fd table shared with process {a} (CLONE_FILES)"),
+                    "restart gives every process a table of its own",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file of a process's /proc directory (`/proc/PID/…`, which
+/// `/proc/self` and `/proc/thread-self` resolve to): its content is that
+/// process's live state, which reopening by path at restart (by a task
+/// under restore, or before the one it names exists) would not give back.
+pub fn proc_file(target: &str) -> Option<String> {
+    let rest = target.strip_prefix("/proc/")?;
+    let first = rest.split('/').next().unwrap_or("");
+    if first.parse::<u32>().is_ok() {
+        return Some(format!(
+            "a /proc file of process {first} (per-process state, not saved)"
+        ));
+    }
+    matches!(first, "self" | "thread-self").then(|| "a /proc/self file (not saved)".to_string())
+}
