@@ -1,0 +1,156 @@
+//! Process attributes that must come back as they were, or be refused at
+//! checkpoint in one line naming the PID (and fd): prctl settings,
+//! scheduling, capabilities, loginuid, robust lists, membarrier, madvise
+//! flags, fd owners and pipe sizes (`progs/attrs.c` checks its own);
+//! a stopped task; and the refusals of `progs/refusals.c`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+#![allow(clippy::zombie_processes)] // children are reaped by kill_reap
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
+
+fn status_line(pid: i32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Every attribute `attrs.c` sets is there after `--kill` and restart:
+/// the program checks them all every step and prints BAD otherwise.
+#[test]
+fn process_attributes_come_back() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "attrs");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("attrs set up", || last_of(&out.get()) >= 3);
+    let kid = guard.add(children(pid)[0]);
+    let caps = status_line(pid, "CapPrm");
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    let before = last_of(&out.get());
+    kill_reap(pid);
+    kill_reap(kid);
+    let log = tmp.path().join("restored.txt");
+    ok(&restart_into(&store, pid, 1, &[], &log), "restart");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("restored job checks itself", || {
+        counter_lines(&text()).len() >= 10
+    });
+    let lines = counter_lines(&text());
+    assert_eq!(lines[0], before + 1, "continues where it was");
+    assert_eq!(status_line(pid, "CapPrm"), caps);
+    assert_eq!(children(pid), vec![kid], "the child is back");
+    let insp = run(Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(store.join(pid.to_string()))
+        .arg("1"));
+    let insp = String::from_utf8_lossy(&insp.stdout);
+    assert!(insp.contains("child subreaper; THP disabled"), "{insp}");
+    assert!(insp.contains("pdeathsig 12"), "{insp}");
+    kill_reap(pid);
+    kill_reap(kid);
+}
+
+/// A SIGSTOP'ed job is checkpointed (left stopped), restored stopped, and
+/// goes on after SIGCONT with no step lost.
+#[test]
+fn stopped_task_comes_back_stopped() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "stopped");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("job runs", || last_of(&out.get()) >= 3);
+    // SAFETY: plain kill of our child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_until("job stopped", || state(pid) == 'T');
+    ok(
+        &checkpoint_out(&store, pid, &[]),
+        "checkpoint of a stopped job",
+    );
+    assert_eq!(state(pid), 'T', "left stopped by the checkpoint");
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint --kill");
+    let at = last_of(&out.get());
+    kill_reap(pid);
+    let log = tmp.path().join("restored.txt");
+    ok(&restart_into(&store, pid, 2, &[], &log), "restart");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(pid), 'T', "restored stopped");
+    assert_eq!(text(), "", "a stopped job does not run");
+    // SAFETY: plain kill of the restored job.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_until("job goes on", || last_of(&text()) >= at + 3);
+    assert_eq!(counter_lines(&text())[0], at + 1, "no step lost or doubled");
+    kill_reap(pid);
+}
+
+/// Each thing `refusals.c` holds is refused in one line naming the PID
+/// (and the fd), and the job runs on.
+#[test]
+fn refusals_name_the_process_and_fd() {
+    let cases = [
+        ("seccomp", "seccomp filters (thread "),
+        ("symlink", "fd 5 ("),
+        ("cwd", "a deleted working directory"),
+        ("proc", "fd 5 (/proc/"),
+        ("files", "(CLONE_FILES)"),
+        ("pdeath", "a parent-death signal"),
+    ];
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "refusals");
+    for (mode, want) in cases {
+        let scratch = tmp.path().join(mode);
+        std::fs::create_dir(&scratch).unwrap();
+        let mut cmd = Command::new(&exe);
+        cmd.arg(mode).arg(&scratch).stderr(Stdio::null());
+        let (child, out) = spawn_reading(cmd);
+        let pid = guard.add(child.id() as i32);
+        wait_until("ready", || out.get().contains("ready"));
+        let kids = children(pid);
+        let o = checkpoint_out(&tmp.path().join("store"), pid, &[]);
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{mode}: must be refused");
+        assert!(e.contains(want), "{mode}: expected {want:?} in {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{mode}: one line: {e}");
+        let named = kids
+            .iter()
+            .chain([&pid])
+            .any(|p| e.starts_with(&format!("checkpoint: process {p}:")));
+        assert!(named, "{mode}: names the process: {e}");
+        assert!(alive(pid), "{mode}: the job runs on");
+        assert_ne!(state(pid), 't', "{mode}: not left traced");
+        for k in kids {
+            kill_reap(k);
+        }
+        kill_reap(pid);
+    }
+}
