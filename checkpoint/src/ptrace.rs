@@ -239,6 +239,13 @@ pub fn read_mem(pid: i32, addr: u64, len: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The signal mask while calls are injected: everything but SIGTRAP. The
+/// single-step trap is a forced SIGTRAP, and the kernel resets the handler
+/// of a forced signal that is blocked to SIG_DFL — a program that catches
+/// SIGTRAP (breakpoints on itself) would die at its next one. Unblocked, the
+/// trap only stops the thread for us and is discarded.
+pub const INJECT_MASK: u64 = !(1u64 << (libc::SIGTRAP - 1));
+
 /// Runs system calls inside a ptrace-stopped thread.
 pub struct Injector {
     pub tid: i32,
@@ -249,12 +256,13 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// Saves the thread's registers and signal mask and blocks every signal,
-    /// so that no signal (an itimer's, say) is delivered in the middle of an
-    /// injected call; they stay pending and are delivered after [`restore`].
+    /// Saves the thread's registers and signal mask and blocks every signal
+    /// but SIGTRAP ([`INJECT_MASK`]), so that no signal (an itimer's, say)
+    /// is delivered in the middle of an injected call; they stay pending
+    /// and are delivered after [`restore`].
     pub fn new(tid: i32, syscall_at: u64) -> Result<Self> {
         let saved_mask = get_sigmask(tid)?;
-        set_sigmask(tid, u64::MAX)?;
+        set_sigmask(tid, INJECT_MASK)?;
         Ok(Self {
             tid,
             syscall_at,

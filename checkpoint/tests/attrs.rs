@@ -154,3 +154,37 @@ fn refusals_name_the_process_and_fd() {
         kill_reap(pid);
     }
 }
+
+/// A program that catches SIGTRAP and runs breakpoints on itself survives
+/// the checkpoint (left running) and the restart: injection never leaves
+/// its SIGTRAP handler reset (a blocked forced trap would).
+#[test]
+fn breakpoints_on_itself_survive() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "trap");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("job runs", || last_of(&out.get()) >= 3);
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
+    let at = last_of(&out.get());
+    wait_until("job runs on after the checkpoint", || {
+        last_of(&out.get()) >= at + 5
+    });
+    ok(
+        &checkpoint_out(&store, pid, &["--kill"]),
+        "checkpoint --kill",
+    );
+    let at = last_of(&out.get());
+    kill_reap(pid);
+    let log = tmp.path().join("restored.txt");
+    ok(&restart_into(&store, pid, 2, &[], &log), "restart");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("restored job traps on", || last_of(&text()) >= at + 10);
+    assert!(alive(pid));
+    kill_reap(pid);
+}

@@ -22,6 +22,9 @@ const MEMBARRIER_REGISTER: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
 /// any of these, see `dump::freeze`).
 pub fn check_user_attrs(uid: u32, t: &TaskImage) -> std::result::Result<(), String> {
     let a = &t.attrs;
+    if !a.saved {
+        return Ok(()); // an older image: none of it is restored
+    }
     if !a.caps.none_held() {
         return Err(format!("records capabilities {:x?}", a.caps));
     }

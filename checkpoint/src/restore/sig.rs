@@ -72,7 +72,8 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
 }
 
 /// Queue the signals that were pending back onto the process (to itself,
-/// which the kernel allows with any siginfo). All signals are blocked while
+/// which the kernel allows with any siginfo). All signals but SIGTRAP (see
+/// [`INJECT_MASK`](crate::ptrace::INJECT_MASK)) are blocked while
 /// we do it, so none is delivered before the recorded mask is in place.
 pub fn queue_pending(c: &TaskCtx) -> Result<()> {
     let i = c.inj;
@@ -80,7 +81,7 @@ pub fn queue_pending(c: &TaskCtx) -> Result<()> {
     if c.task.threads.iter().all(|t| t.pending.is_empty()) && c.mm.shared_pending.is_empty() {
         return Ok(());
     }
-    crate::ptrace::set_sigmask(pid, u64::MAX)?;
+    crate::ptrace::set_sigmask(pid, crate::ptrace::INJECT_MASK)?;
     let sig_of = |si: &[u8]| {
         si.get(..4)
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as u64
