@@ -40,7 +40,7 @@ fn process_attributes_come_back() {
     let exe = build_c(tmp.path(), "attrs");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
-    cmd.stderr(Stdio::null());
+    cmd.arg(tmp.path()).stderr(Stdio::null());
     let (child, out) = spawn_reading(cmd);
     let pid = guard.add(child.id() as i32);
     wait_until("attrs set up", || last_of(&out.get()) >= 3);

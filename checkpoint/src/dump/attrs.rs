@@ -51,6 +51,8 @@ pub fn read(
             [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
         )
         .map(|r| u32::try_from(r).unwrap_or(0))?;
+    let smaps = procfs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let (advice, may_write) = parse_smaps(&smaps);
     let mut threads = Vec::new();
     for tid in procfs::threads(pid)? {
         threads.push(thread_attrs(pid, tid, inj, scratch)?);
@@ -80,8 +82,9 @@ pub fn read(
         membarrier,
         caps,
         threads,
-        advice: advice(pid)?,
+        advice,
         fds: fd_attrs(pid, fds)?,
+        may_write,
     })
 }
 
@@ -165,14 +168,11 @@ fn thread_attrs(pid: i32, tid: i32, leader: &Injector, scratch: u64) -> Result<T
     })
 }
 
-/// madvise flags of every mapping that has some (smaps `VmFlags`).
-fn advice(pid: i32) -> Result<Vec<VmaAdvice>> {
-    let text = procfs::read_to_string(format!("/proc/{pid}/smaps"))?;
-    Ok(parse_advice(&text))
-}
-
-pub fn parse_advice(smaps: &str) -> Vec<VmaAdvice> {
+/// madvise flags of every mapping that has some, and the shared mappings
+/// that may be made writable (smaps `VmFlags`: `sh` and `mw`).
+pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>) {
     let mut out = Vec::new();
+    let mut may_write = Vec::new();
     let mut cur: Option<(u64, u64)> = None;
     for line in smaps.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
@@ -180,6 +180,9 @@ pub fn parse_advice(smaps: &str) -> Vec<VmaAdvice> {
                 continue;
             };
             let codes: Vec<&str> = flags.split_whitespace().collect();
+            if codes.contains(&"sh") && codes.contains(&"mw") {
+                may_write.push(start);
+            }
             let f = ADVICE
                 .iter()
                 .filter(|(_, code, _)| codes.contains(code))
@@ -200,7 +203,7 @@ pub fn parse_advice(smaps: &str) -> Vec<VmaAdvice> {
             }
         }
     }
-    out
+    (out, may_write)
 }
 
 /// Owner and signal of every fd's open file description, and the size of
@@ -270,8 +273,13 @@ VmFlags: rd wr mr mw me ac dc dd hg
 VmFlags: rd mr mw me 
 55d000000000-55d000001000 rw-p 00000000 00:00 0                          [heap]
 VmFlags: rd wr mr mw me ac nh wf sd 
+7f0000300000-7f0000301000 r--s 00000000 08:01 1234                       /tmp/f
+VmFlags: rd sh mr mw me 
+7f0000400000-7f0000401000 r--s 00000000 08:01 1235                       /tmp/g
+VmFlags: rd sh mr me 
 ";
-        let a = parse_advice(text);
+        let (a, mw) = parse_smaps(text);
+        assert_eq!(mw, vec![0x7f00_0030_0000]);
         assert_eq!(a.len(), 2);
         assert_eq!(
             (a[0].start, a[0].end, a[0].flags),

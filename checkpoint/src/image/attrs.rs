@@ -31,6 +31,10 @@ pub struct TaskAttrs {
     pub advice: Vec<VmaAdvice>,
     /// fds with settings beyond their open flags.
     pub fds: Vec<FdAttrs>,
+    /// Start of every MAP_SHARED mapping that may be made writable
+    /// (VM_MAYWRITE: its file was opened for writing), whatever its
+    /// protection now: restore opens the file read-write for it.
+    pub may_write: Vec<u64>,
 }
 
 /// Capability sets (bit masks, as /proc/PID/status shows them).
@@ -163,6 +167,9 @@ pub fn describe_attrs(a: &TaskAttrs) -> String {
             v.end,
             names.join(" ")
         ));
+    }
+    for s in &a.may_write {
+        line(format!("shared mapping at {s:#x} may be made writable"));
     }
     for f in &a.fds {
         line(format!(

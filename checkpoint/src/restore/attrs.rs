@@ -47,6 +47,16 @@ pub fn check_user_attrs(uid: u32, t: &TaskImage) -> std::result::Result<(), Stri
     Ok(())
 }
 
+/// `--new-pids`: task `old` now runs as `new` (thread ids and fd owners).
+pub fn remap(a: &mut TaskAttrs, old: i32, new: i32) {
+    for th in a.threads.iter_mut().filter(|th| th.tid == old) {
+        th.tid = new;
+    }
+    for f in a.fds.iter_mut().filter(|f| f.owner_id.abs() == old) {
+        f.owner_id = new * f.owner_id.signum();
+    }
+}
+
 impl TaskCtx<'_> {
     /// The attributes root must set (before the credentials drop).
     pub fn attrs_before_creds(&self) -> Result<()> {

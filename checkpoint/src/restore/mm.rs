@@ -156,7 +156,10 @@ fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
             )?;
         }
         VmaKind::File { path, offset, .. } => {
-            let write_shared = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+            // writable, or may be made writable (opened read-write)
+            let write_shared = v.shared
+                && (v.prot & libc::PROT_WRITE as u32 != 0
+                    || c.task.attrs.may_write.contains(&v.start));
             let mode = if write_shared {
                 libc::O_RDWR
             } else {

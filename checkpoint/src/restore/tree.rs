@@ -176,6 +176,7 @@ fn remap(l: &mut Loaded, old: i32, new: i32) {
         }
     }
     for t in l.tasks.iter_mut().map(|t| &mut t.task) {
+        super::attrs::remap(&mut t.attrs, old, new);
         if t.pid == old {
             t.pid = new;
             if let Some(th) = t.threads.first_mut() {

@@ -7,7 +7,10 @@
  * SIGRTMIN+1; SCHED_BATCH at nice 5, a thread at SCHED_RR 2; capabilities
  * reduced (bounding without CAP_SYS_MODULE; KILL, NET_BIND_SERVICE,
  * SYS_NICE permitted and effective, KILL inheritable and ambient); a child
- * with parent-death signal SIGUSR2 that exits 3 if it finds it lost. */
+ * with parent-death signal SIGUSR2 that exits 3 if it finds it lost;
+ * two MAP_SHARED PROT_READ file mappings (files in argv[1]): one of a file
+ * opened read-write (mprotect to PROT_WRITE must work), one of a file
+ * opened read-only (it must fail with EACCES). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +32,7 @@
 #define MB (1UL << 20)
 static char *dontfork, *dontdump, *wipe;
 static int pfd[2];
+static char *rwmap, *romap;
 static struct { void *next; long off; void *pending; } head = {&head, 0, 0};
 
 static void put(const char *path, const char *v) {
@@ -108,11 +112,30 @@ static const char *check(pthread_t th, pid_t kid) {
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, CAP_SYS_NICE, 0, 0) != 0) return "ambient extra";
     int st;
     if (waitpid(kid, &st, WNOHANG) != 0) return "child (lost its parent-death signal)";
+    if (mprotect(rwmap, 4096, PROT_READ | PROT_WRITE)) return "mprotect of a file opened read-write";
+    rwmap[0]++;
+    if (mprotect(rwmap, 4096, PROT_READ)) return "mprotect back";
+    if (!mprotect(romap, 4096, PROT_READ | PROT_WRITE) || errno != EACCES) return "mprotect of a file opened read-only";
     return 0;
 }
 
-int main(void) {
+static char *map_file(const char *dir, const char *name, int mode) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    int fd = open(p, O_RDWR | O_CREAT, 0600);
+    if (fd < 0 || ftruncate(fd, 4096) || close(fd)) return 0;
+    fd = open(p, mode);
+    char *m = mmap(0, 4096, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    return m == MAP_FAILED ? 0 : m;
+}
+
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc < 2) return 2;
+    rwmap = map_file(argv[1], "rw", O_RDWR);
+    romap = map_file(argv[1], "ro", O_RDONLY);
+    if (!rwmap || !romap) return 1;
     put("/proc/self/loginuid", "4242");
     put("/proc/self/oom_score_adj", "321");
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) || prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)) return 1;
