@@ -259,6 +259,43 @@ fn fd_attrs(pid: i32, fds: &[FdImage]) -> Result<Vec<FdAttrs>> {
     Ok(out)
 }
 
+/// A privilege the process holds that its user could not have given
+/// itself (capabilities, a negative oom_score_adj, another login uid, a
+/// raised or real-time priority): its image must then be root's, like a
+/// setuid program's, so that the user cannot edit what restart grants.
+pub fn privilege(pid: i32, status: &str) -> Option<String> {
+    let caps = parse_caps(status);
+    if !caps.none_held() {
+        return Some(format!(
+            "holds capabilities (permitted {:#x}, ambient {:#x})",
+            caps.permitted, caps.ambient
+        ));
+    }
+    let uid = procfs::status_ids(status, "Uid").ok()?.first().copied()?;
+    let read = |n: &str| std::fs::read_to_string(format!("/proc/{pid}/{n}")).ok();
+    let oom: i32 = read("oom_score_adj")?.trim().parse().ok()?;
+    if oom < 0 {
+        return Some(format!("has oom_score_adj {oom}"));
+    }
+    let login: u32 = read("loginuid")?.trim().parse().ok()?;
+    if login != u32::MAX && login != uid {
+        return Some(format!("has login uid {login}"));
+    }
+    for tid in procfs::threads(pid).ok()? {
+        let st = procfs::parse_stat(
+            &procfs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?,
+        )
+        .ok()?;
+        let (nice, rt) = (st.field(19) as i64, st.field(40));
+        if nice < 0 || rt != 0 {
+            return Some(format!(
+                "runs thread {tid} at nice {nice}, real-time priority {rt}"
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,41 +333,4 @@ VmFlags: rd sh mr me
             crate::image::ADV_NOHUGEPAGE | crate::image::ADV_WIPEONFORK
         );
     }
-}
-
-/// A privilege the process holds that its user could not have given
-/// itself (capabilities, a negative oom_score_adj, another login uid, a
-/// raised or real-time priority): its image must then be root's, like a
-/// setuid program's, so that the user cannot edit what restart grants.
-pub fn privilege(pid: i32, status: &str) -> Option<String> {
-    let caps = parse_caps(status);
-    if !caps.none_held() {
-        return Some(format!(
-            "holds capabilities (permitted {:#x}, ambient {:#x})",
-            caps.permitted, caps.ambient
-        ));
-    }
-    let uid = procfs::status_ids(status, "Uid").ok()?.first().copied()?;
-    let read = |n: &str| std::fs::read_to_string(format!("/proc/{pid}/{n}")).ok();
-    let oom: i32 = read("oom_score_adj")?.trim().parse().ok()?;
-    if oom < 0 {
-        return Some(format!("has oom_score_adj {oom}"));
-    }
-    let login: u32 = read("loginuid")?.trim().parse().ok()?;
-    if login != u32::MAX && login != uid {
-        return Some(format!("has login uid {login}"));
-    }
-    for tid in procfs::threads(pid).ok()? {
-        let st = procfs::parse_stat(
-            &procfs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?,
-        )
-        .ok()?;
-        let (nice, rt) = (st.field(19) as i64, st.field(40));
-        if nice < 0 || rt != 0 {
-            return Some(format!(
-                "runs thread {tid} at nice {nice}, real-time priority {rt}"
-            ));
-        }
-    }
-    None
 }
