@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::error::{ChkptError, Result};
 use crate::image::{
     Caps, FdAttrs, FdImage, FdKind, TaskAttrs, ThreadAttrs, VmaAdvice, ADVICE, F_GETOWN_EX,
-    F_GETSIG,
+    F_GETSIG, LOCKS,
 };
 use crate::procfs;
 use crate::ptrace::Injector;
@@ -185,8 +185,10 @@ pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>) {
             }
             let f = ADVICE
                 .iter()
-                .filter(|(_, code, _)| codes.contains(code))
-                .fold(0, |a, (bit, _, _)| a | bit);
+                .map(|(bit, code, _)| (*bit, *code))
+                .chain(LOCKS.iter().copied())
+                .filter(|(_, code)| codes.contains(code))
+                .fold(0, |a, (bit, _)| a | bit);
             if f != 0 {
                 out.push(VmaAdvice {
                     start,

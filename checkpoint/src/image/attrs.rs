@@ -88,6 +88,14 @@ pub const ADV_WIPEONFORK: u32 = 32;
 pub const ADV_RANDOM: u32 = 64;
 pub const ADV_SEQUENTIAL: u32 = 128;
 
+/// mlock()ed (VM_LOCKED; with VM_LOCKONFAULT: `mlock2(MLOCK_ONFAULT)`):
+/// not madvise flags, restored with mlock2 (see [`LOCKS`]).
+pub const ADV_LOCKED: u32 = 256;
+pub const ADV_LOCKONFAULT: u32 = 512;
+
+/// The lock flags and their smaps codes.
+pub const LOCKS: &[(u32, &str)] = &[(ADV_LOCKED, "lo"), (ADV_LOCKONFAULT, "lf")];
+
 /// Each flag, its smaps `VmFlags` code and the madvise advice that sets it.
 pub const ADVICE: &[(u32, &str, i32)] = &[
     (ADV_DONTFORK, "dc", libc::MADV_DONTFORK),
@@ -158,8 +166,10 @@ pub fn describe_attrs(a: &TaskAttrs) -> String {
     for v in &a.advice {
         let names: Vec<&str> = ADVICE
             .iter()
-            .filter(|(b, _, _)| v.flags & b != 0)
-            .map(|(_, code, _)| *code)
+            .map(|(b, code, _)| (*b, *code))
+            .chain(LOCKS.iter().copied())
+            .filter(|(b, _)| v.flags & b != 0)
+            .map(|(_, code)| code)
             .collect();
         line(format!(
             "madvise {:#x}-{:#x}: {}",

@@ -7,7 +7,9 @@
 //! given themselves ([`check_user_attrs`]).
 
 use crate::error::{ChkptError, Result};
-use crate::image::{TaskAttrs, TaskImage, ADVICE, F_SETOWN_EX, F_SETSIG};
+use crate::image::{
+    TaskAttrs, TaskImage, ADVICE, ADV_LOCKED, ADV_LOCKONFAULT, F_SETOWN_EX, F_SETSIG,
+};
 use crate::ptrace::{self, Injector};
 
 use super::ctx::TaskCtx;
@@ -72,9 +74,6 @@ impl TaskCtx<'_> {
         if a.child_subreaper {
             prctl(i, libc::PR_SET_CHILD_SUBREAPER, 1)?;
         }
-        if a.thp_disable {
-            prctl(i, libc::PR_SET_THP_DISABLE, 1)?;
-        }
         for cmd in MEMBARRIER_REGISTER
             .into_iter()
             .filter(|c| a.membarrier & c != 0)
@@ -93,6 +92,10 @@ impl TaskCtx<'_> {
                     [v.start, v.end - v.start, advice as u64, 0, 0, 0],
                 )?;
             }
+        }
+        // after the advice (which it must not affect)
+        if a.thp_disable {
+            prctl(i, libc::PR_SET_THP_DISABLE, 1)?;
         }
         self.on_threads(|inj, th| {
             if th.robust_head != 0 {
@@ -145,6 +148,21 @@ impl TaskCtx<'_> {
         }
         let i = self.inj;
         self.sched()?;
+        // Locked memory: after the credential change (a user's job is
+        // held to its RLIMIT_MEMLOCK), before capabilities are lowered (a
+        // root job that dropped CAP_IPC_LOCK after locking keeps its locks).
+        for v in a.advice.iter().filter(|v| v.flags & ADV_LOCKED != 0) {
+            let onfault = if v.flags & ADV_LOCKONFAULT != 0 {
+                1 // MLOCK_ONFAULT
+            } else {
+                0
+            };
+            i.call(
+                "mlock2",
+                libc::SYS_mlock2,
+                [v.start, v.end - v.start, onfault, 0, 0, 0],
+            )?;
+        }
         // capabilities and the death signal are per thread
         let scratch = self.scratch();
         self.on_threads(|inj, th| {

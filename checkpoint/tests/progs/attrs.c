@@ -2,7 +2,7 @@
  * checks all of them every 20 ms, printing "N ok" or "N BAD <what>":
  * loginuid 4242, oom_score_adj 321, child subreaper, THP disabled,
  * membarrier (private expedited) registered, its own robust futex list,
- * madvise DONTFORK / DONTDUMP / WIPEONFORK areas, a pipe whose read end is
+ * madvise DONTFORK / DONTDUMP / WIPEONFORK areas, a 64 KiB mlock()ed one, a pipe whose read end is
  * O_NONBLOCK, 256 KiB big, owned (F_SETOWN) by this process with F_SETSIG
  * SIGRTMIN+1; SCHED_BATCH at nice 5, a thread at SCHED_RR 2; capabilities
  * reduced (bounding without CAP_SYS_MODULE; KILL, NET_BIND_SERVICE,
@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #define MB (1UL << 20)
-static char *dontfork, *dontdump, *wipe;
+static char *dontfork, *dontdump, *wipe, *locked;
 static int pfd[2];
 static char *rwmap, *romap;
 static struct { void *next; long off; void *pending; } head = {&head, 0, 0};
@@ -89,6 +89,8 @@ static const char *check(pthread_t th, pid_t kid) {
     if (!vmflag(dontfork, "dc")) return "MADV_DONTFORK";
     if (!vmflag(dontdump, "dd")) return "MADV_DONTDUMP";
     if (!vmflag(wipe, "wf")) return "MADV_WIPEONFORK";
+    if (!vmflag(locked, "lo")) return "mlock";
+    if (locked[4096] != 7) return "locked contents";
     if (!(fcntl(pfd[0], F_GETFL) & O_NONBLOCK)) return "pipe O_NONBLOCK";
     if (fcntl(pfd[1], F_GETFL) & O_NONBLOCK) return "pipe write end blocking";
     if (fcntl(pfd[0], F_GETPIPE_SZ) != 256 * 1024) return "pipe size";
@@ -146,6 +148,9 @@ int main(int argc, char **argv) {
     dontdump = mmap(0, 2 * MB, prot, fl, -1, 0);
     wipe = mmap(0, 2 * MB, prot, fl, -1, 0);
     memset(dontfork, 1, 2 * MB);
+    locked = mmap(0, 64 * 1024, prot, fl, -1, 0);
+    locked[4096] = 7;
+    if (mlock(locked, 64 * 1024)) return 1;
     if (madvise(dontfork, 2 * MB, MADV_DONTFORK) || madvise(dontdump, 2 * MB, MADV_DONTDUMP) ||
         madvise(wipe, 2 * MB, MADV_WIPEONFORK)) return 1;
     if (pipe(pfd) || fcntl(pfd[0], F_SETFL, O_NONBLOCK) || fcntl(pfd[0], F_SETPIPE_SZ, 256 * 1024) < 0) return 1;
