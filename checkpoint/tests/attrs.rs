@@ -122,6 +122,7 @@ fn refusals_name_the_process_and_fd() {
         ("proc", "fd 5 (/proc/"),
         ("files", "(CLONE_FILES)"),
         ("pdeath", "a parent-death signal"),
+        ("owner", "fd 5 owned (F_SETOWN) by"),
     ];
     let guard = Guard::new();
     become_subreaper();

@@ -16,13 +16,31 @@ use crate::procfs;
 use crate::ptrace::Injector;
 
 /// What the caller knows about the task.
-pub struct AttrCtx {
+pub struct AttrCtx<'a> {
     /// The group-stop signal seen when it was seized (see [`Frozen`]).
     ///
     /// [`Frozen`]: super::freeze::Frozen
     pub stopped: Option<i32>,
     /// The root of the tree (its parent is outside it).
     pub is_root: bool,
+    /// Every PID, TID and process group id of the tree ([`tree_ids`]): the
+    /// only owners an fd may name (`F_SETOWN`), since they come back.
+    pub ids: &'a [i32],
+}
+
+/// PIDs, TIDs and process group ids of the tree.
+pub fn tree_ids(tree: &[(i32, i32)]) -> Vec<i32> {
+    let mut ids = Vec::new();
+    for &(p, _) in tree {
+        ids.push(p);
+        ids.extend(procfs::threads(p).unwrap_or_default());
+        if let Ok(st) = procfs::read_to_string(format!("/proc/{p}/stat")) {
+            if let Ok(st) = procfs::parse_stat(&st) {
+                ids.push(st.field(5) as i32);
+            }
+        }
+    }
+    ids
 }
 
 /// `MEMBARRIER_CMD_GET_REGISTRATIONS` (Linux 6.3).
@@ -30,7 +48,7 @@ const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 
 pub fn read(
     pid: i32,
-    ctx: &AttrCtx,
+    ctx: &AttrCtx<'_>,
     inj: &Injector,
     scratch: u64,
     fds: &[FdImage],
@@ -83,7 +101,7 @@ pub fn read(
         caps,
         threads,
         advice,
-        fds: fd_attrs(pid, fds)?,
+        fds: fd_attrs(pid, fds, ctx.ids)?,
         may_write,
     })
 }
@@ -210,7 +228,7 @@ pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>) {
 
 /// Owner and signal of every fd's open file description, and the size of
 /// pipes: read on a duplicate of the fd (`pidfd_getfd`), which shares them.
-fn fd_attrs(pid: i32, fds: &[FdImage]) -> Result<Vec<FdAttrs>> {
+fn fd_attrs(pid: i32, fds: &[FdImage], ids: &[i32]) -> Result<Vec<FdAttrs>> {
     if fds.is_empty() {
         return Ok(Vec::new());
     }
@@ -254,6 +272,13 @@ fn fd_attrs(pid: i32, fds: &[FdImage]) -> Result<Vec<FdAttrs>> {
             sig,
             pipe_size,
         };
+        if a.owner_id != 0 && !ids.contains(&a.owner_id.abs()) {
+            return Err(ChkptError::unsupported(
+                pid,
+                format!("fd {} owned (F_SETOWN) by {}", f.fd, a.owner_id),
+                "the owner is outside the checkpointed tree and would not come back with it",
+            ));
+        }
         if a.owner_id != 0 || a.sig != 0 || (a.pipe_size != 0 && a.pipe_size != 65536) {
             out.push(a);
         }

@@ -364,12 +364,14 @@ fn read_tree(
     refuse::shared_fd_tables(tree)?;
     let mut files = files::collect(tree, caller, true)?;
     let mut shared = memory::SharedSeen::new();
+    let ids = attrs::tree_ids(tree);
     let mut tasks = Vec::new();
     for &(p, pp) in tree {
         let fds = files.fds.remove(&p).unwrap_or_default();
         let ctx = attrs::AttrCtx {
             stopped: how.frozen.stopped.get(&p).copied(),
             is_root: p == tree[0].0,
+            ids: &ids,
         };
         let mut d = task::dump_task(p, pp, fds, &ctx)?;
         let mem = match mems.entry(p) {

@@ -210,7 +210,7 @@ fn task_image(
     inj: &Injector,
     scratch: &Scratch,
     fds: Vec<FdImage>,
-    ctx: &AttrCtx,
+    ctx: &AttrCtx<'_>,
 ) -> Result<TaskImage> {
     let attrs = super::attrs::read(pid, ctx, inj, scratch.addr, &fds)?;
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -270,7 +270,7 @@ pub fn start_time(pid: i32) -> Result<u64> {
     Ok(stat.field(22))
 }
 
-pub fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>, ctx: &AttrCtx) -> Result<TaskDump> {
+pub fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>, ctx: &AttrCtx<'_>) -> Result<TaskDump> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
     let vmas = memory::vmas(pid, &maps)?;
     let inj = Injector::new(pid, find_syscall_insn(pid, &maps)?)?;

@@ -7,6 +7,7 @@
  *   proc     fd 5: /proc/self/status
  *   files    a child made with clone(CLONE_FILES): one fd table for two
  *   pdeath   a parent-death signal on itself (the root of the tree)
+ *   owner    fd 5: a pipe owned (F_SETOWN) by its parent, outside the tree
  * argv[2] is a scratch directory for symlink and cwd. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -62,6 +63,9 @@ int main(int argc, char **argv) {
         long r = syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
         if (r < 0) return 1;
         if (r == 0) for (;;) pause();
+    } else if (!strcmp(m, "owner")) {
+        int p2[2];
+        if (pipe(p2) || dup2(p2[0], 5) != 5 || close(p2[0]) || fcntl(5, F_SETOWN, getppid())) return 1;
     } else if (!strcmp(m, "pdeath")) {
         prctl(PR_SET_PDEATHSIG, SIGTERM);
     } else {
