@@ -124,9 +124,13 @@ fn forged_privileges_are_refused() {
     assert_eq!(std::fs::metadata(&task).unwrap().uid(), NOBODY);
     let pristine = std::fs::read(&task).unwrap();
     type Edit = fn(&mut TaskImage);
-    let attacks: [(Edit, &str); 5] = [
+    let attacks: [(Edit, &str); 6] = [
         (
             |t| t.attrs.caps.permitted = u64::MAX,
+            "records capabilities",
+        ),
+        (
+            |t| t.attrs.threads[0].caps.effective = 1 << 21,
             "records capabilities",
         ),
         (|t| t.attrs.caps.ambient = 1 << 21, "records capabilities"),

@@ -54,7 +54,7 @@ pub fn read(
     fds: &[FdImage],
 ) -> Result<TaskAttrs> {
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))?;
-    let caps = caps_of(pid, &status)?;
+    let caps = parse_caps(&status);
     inj.call(
         "prctl(PR_GET_CHILD_SUBREAPER)",
         libc::SYS_prctl,
@@ -106,23 +106,6 @@ pub fn read(
     })
 }
 
-/// The capability sets; every thread must hold the same (they are restored
-/// process-wide).
-fn caps_of(pid: i32, status: &str) -> Result<Caps> {
-    let caps = parse_caps(status);
-    for tid in procfs::threads(pid)? {
-        let st = procfs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
-        if parse_caps(&st) != caps {
-            return Err(ChkptError::unsupported(
-                pid,
-                format!("thread {tid} with capabilities of its own"),
-                "capabilities are restored the same for every thread",
-            ));
-        }
-    }
-    Ok(caps)
-}
-
 pub fn parse_caps(status: &str) -> Caps {
     let m = |k: &str| {
         procfs::status_field(status, k)
@@ -153,6 +136,9 @@ fn thread_attrs(pid: i32, tid: i32, leader: &Injector, scratch: u64) -> Result<T
         "/proc/{pid}/task/{tid}/stat"
     ))?)?;
     let nice = stat.field(19) as i64 as i32;
+    let caps = parse_caps(&procfs::read_to_string(format!(
+        "/proc/{pid}/task/{tid}/status"
+    ))?);
     let mut head = 0u64;
     let mut len = 0usize;
     // SAFETY: get_robust_list writes a pointer and a size_t.
@@ -183,6 +169,7 @@ fn thread_attrs(pid: i32, tid: i32, leader: &Injector, scratch: u64) -> Result<T
         nice,
         robust_head: head,
         robust_len: len as u64,
+        caps,
     })
 }
 
@@ -291,12 +278,15 @@ fn fd_attrs(pid: i32, fds: &[FdImage], ids: &[i32]) -> Result<Vec<FdAttrs>> {
 /// raised or real-time priority): its image must then be root's, like a
 /// setuid program's, so that the user cannot edit what restart grants.
 pub fn privilege(pid: i32, status: &str) -> Option<String> {
-    let caps = parse_caps(status);
-    if !caps.none_held() {
-        return Some(format!(
-            "holds capabilities (permitted {:#x}, ambient {:#x})",
-            caps.permitted, caps.ambient
-        ));
+    for tid in procfs::threads(pid).ok()? {
+        let st = procfs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+        let caps = parse_caps(&st);
+        if !caps.none_held() {
+            return Some(format!(
+                "holds capabilities (thread {tid}: permitted {:#x}, ambient {:#x})",
+                caps.permitted, caps.ambient
+            ));
+        }
     }
     let uid = procfs::status_ids(status, "Uid").ok()?.first().copied()?;
     let read = |n: &str| std::fs::read_to_string(format!("/proc/{pid}/{n}")).ok();

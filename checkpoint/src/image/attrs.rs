@@ -25,6 +25,7 @@ pub struct TaskAttrs {
     pub loginuid: u32,
     /// `MEMBARRIER_CMD_GET_REGISTRATIONS`: the commands registered.
     pub membarrier: u32,
+    /// The leader's capabilities (each thread's are in [`ThreadAttrs`]).
     pub caps: Caps,
     pub threads: Vec<ThreadAttrs>,
     /// Mappings with madvise flags other than the defaults.
@@ -68,6 +69,8 @@ pub struct ThreadAttrs {
     /// `set_robust_list` head and length (0, 0: none).
     pub robust_head: u64,
     pub robust_len: u64,
+    /// Capabilities are per thread (as the bounding set and keepcaps).
+    pub caps: Caps,
 }
 
 /// madvise flags of one mapping (`VmFlags` of /proc/PID/smaps).
@@ -159,8 +162,16 @@ pub fn describe_attrs(a: &TaskAttrs) -> String {
     }
     for t in &a.threads {
         line(format!(
-            "thread {}: policy {} rt priority {} nice {} pdeathsig {} robust list {:#x}+{}",
-            t.tid, t.policy, t.rt_priority, t.nice, t.pdeath_sig, t.robust_head, t.robust_len
+            "thread {}: policy {} rt priority {} nice {} pdeathsig {} robust list {:#x}+{} caps prm {:#x} bnd {:#x}",
+            t.tid,
+            t.policy,
+            t.rt_priority,
+            t.nice,
+            t.pdeath_sig,
+            t.robust_head,
+            t.robust_len,
+            t.caps.permitted,
+            t.caps.bounding
         ));
     }
     for v in &a.advice {

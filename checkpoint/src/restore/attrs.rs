@@ -8,7 +8,7 @@
 
 use crate::error::{ChkptError, Result};
 use crate::image::{
-    TaskAttrs, TaskImage, ADVICE, ADV_LOCKED, ADV_LOCKONFAULT, F_SETOWN_EX, F_SETSIG,
+    Caps, TaskAttrs, TaskImage, ADVICE, ADV_LOCKED, ADV_LOCKONFAULT, F_SETOWN_EX, F_SETSIG,
 };
 use crate::ptrace::{self, Injector};
 
@@ -27,8 +27,11 @@ pub fn check_user_attrs(uid: u32, t: &TaskImage) -> std::result::Result<(), Stri
     if !a.saved {
         return Ok(()); // an older image: none of it is restored
     }
-    if !a.caps.none_held() {
-        return Err(format!("records capabilities {:x?}", a.caps));
+    if let Some(c) = std::iter::once(&a.caps)
+        .chain(a.threads.iter().map(|th| &th.caps))
+        .find(|c| !c.none_held())
+    {
+        return Err(format!("records capabilities {c:x?}"));
     }
     if a.oom_score_adj < 0 {
         return Err(format!("lowers oom_score_adj to {}", a.oom_score_adj));
@@ -67,10 +70,6 @@ impl TaskCtx<'_> {
             return Ok(());
         }
         let i = self.inj;
-        drop_bounding(i, a)?;
-        if a.caps.permitted != 0 {
-            prctl(i, libc::PR_SET_KEEPCAPS, 1)?;
-        }
         if a.child_subreaper {
             prctl(i, libc::PR_SET_CHILD_SUBREAPER, 1)?;
         }
@@ -97,7 +96,12 @@ impl TaskCtx<'_> {
         if a.thp_disable {
             prctl(i, libc::PR_SET_THP_DISABLE, 1)?;
         }
+        // the bounding set and keepcaps are per thread, like capabilities
         self.on_threads(|inj, th| {
+            drop_bounding(inj, &th.caps)?;
+            if th.caps.permitted != 0 {
+                prctl(inj, libc::PR_SET_KEEPCAPS, 1)?;
+            }
             if th.robust_head != 0 {
                 inj.call(
                     "set_robust_list",
@@ -166,7 +170,7 @@ impl TaskCtx<'_> {
         // capabilities and the death signal are per thread
         let scratch = self.scratch();
         self.on_threads(|inj, th| {
-            set_caps(inj, scratch, a)?;
+            set_caps(inj, scratch, &th.caps)?;
             prctl(inj, libc::PR_SET_PDEATHSIG, th.pdeath_sig as u64).map(|_| ())
         })?;
         for f in &a.fds {
@@ -279,13 +283,13 @@ fn fcntl(i: &Injector, fd: i32, cmd: i32, arg: u64) -> Result<u64> {
 
 /// Drop from the bounding set what the job did not have (never adds: the
 /// kernel cannot).
-fn drop_bounding(i: &Injector, a: &TaskAttrs) -> Result<()> {
+fn drop_bounding(i: &Injector, caps: &Caps) -> Result<()> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
     for cap in 0..=last.min(63) {
-        if a.caps.bounding & (1 << cap) == 0 {
+        if caps.bounding & (1 << cap) == 0 {
             prctl(i, libc::PR_CAPBSET_DROP, cap as u64)?;
         }
     }
@@ -294,9 +298,8 @@ fn drop_bounding(i: &Injector, a: &TaskAttrs) -> Result<()> {
 
 /// Effective, permitted and inheritable sets (capset can only lower them
 /// from what the task has), then the ambient ones.
-fn set_caps(i: &Injector, scratch: u64, a: &TaskAttrs) -> Result<()> {
+fn set_caps(i: &Injector, scratch: u64, c: &Caps) -> Result<()> {
     const V3: u32 = 0x2008_0522;
-    let c = a.caps;
     let mut b = Vec::new();
     for w in [V3, 0] {
         b.extend_from_slice(&w.to_le_bytes());

@@ -6,7 +6,8 @@
  * O_NONBLOCK, 256 KiB big, owned (F_SETOWN) by this process with F_SETSIG
  * SIGRTMIN+1; SCHED_BATCH at nice 5, a thread at SCHED_RR 2; capabilities
  * reduced (bounding without CAP_SYS_MODULE; KILL, NET_BIND_SERVICE,
- * SYS_NICE permitted and effective, KILL inheritable and ambient); a child
+ * SYS_NICE permitted and effective, KILL inheritable and ambient; the
+ * thread keeps only KILL and SYS_NICE and checks its own); a child
  * with parent-death signal SIGUSR2 that exits 3 if it finds it lost;
  * two MAP_SHARED PROT_READ file mappings (files in argv[1]): one of a file
  * opened read-write (mprotect to PROT_WRITE must work), one of a file
@@ -69,9 +70,25 @@ static int vmflag(void *addr, const char *code) {
     return found;
 }
 
+static volatile int thread_bad;
+
+/* The thread keeps fewer capabilities than the main thread (they are per
+ * thread), and checks them and its bounding set (inherited without
+ * CAP_SYS_MODULE) every step. */
 static void *spin(void *a) {
     (void)a;
-    for (;;) usleep(20000);
+    struct __user_cap_header_struct ch = {_LINUX_CAPABILITY_VERSION_3, 0};
+    unsigned mine = 1u << CAP_KILL | 1u << CAP_SYS_NICE;
+    struct __user_cap_data_struct cd[2] = {{mine, mine, 0}, {0, 0, 0}};
+    if (syscall(SYS_capset, &ch, cd)) thread_bad = 1;
+    for (;;) {
+        if (syscall(SYS_capget, &ch, cd) || cd[0].permitted != mine || cd[0].effective != mine ||
+            cd[0].inheritable || prctl(PR_CAPBSET_READ, CAP_SYS_MODULE) != 0 ||
+            prctl(PR_CAPBSET_READ, CAP_CHOWN) != 1)
+            thread_bad = 1;
+        usleep(20000);
+    }
+    return 0;
 }
 
 static const char *check(pthread_t th, pid_t kid) {
@@ -112,6 +129,7 @@ static const char *check(pthread_t th, pid_t kid) {
     if (prctl(PR_CAPBSET_READ, CAP_SYS_MODULE) != 0 || prctl(PR_CAPBSET_READ, CAP_CHOWN) != 1) return "bounding set";
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, CAP_KILL, 0, 0) != 1) return "ambient";
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, CAP_SYS_NICE, 0, 0) != 0) return "ambient extra";
+    if (thread_bad) return "the thread's own capabilities or bounding set";
     int st;
     if (waitpid(kid, &st, WNOHANG) != 0) return "child (lost its parent-death signal)";
     if (mprotect(rwmap, 4096, PROT_READ | PROT_WRITE)) return "mprotect of a file opened read-write";
