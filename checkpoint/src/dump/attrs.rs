@@ -5,6 +5,7 @@
 //! fcntl on a pidfd_getfd duplicate) or by injected calls where only the
 //! task itself can ask. What cannot be restored faithfully is refused here.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::error::{ChkptError, Result};
@@ -69,8 +70,6 @@ pub fn read(
             [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
         )
         .map(|r| u32::try_from(r).unwrap_or(0))?;
-    let smaps = procfs::read_to_string(format!("/proc/{pid}/smaps"))?;
-    let (advice, may_write) = parse_smaps(&smaps);
     let mut threads = Vec::new();
     for tid in procfs::threads(pid)? {
         threads.push(thread_attrs(pid, tid, inj, scratch)?);
@@ -100,9 +99,10 @@ pub fn read(
         membarrier,
         caps,
         threads,
-        advice,
+        // filled by [`settle_vma_flags`] once the job runs again
+        advice: Vec::new(),
         fds: fd_attrs(pid, fds, ctx.ids)?,
-        may_write,
+        may_write: Vec::new(),
     })
 }
 
@@ -173,17 +173,82 @@ fn thread_attrs(pid: i32, tid: i32, leader: &Injector, scratch: u64) -> Result<T
     })
 }
 
-/// madvise flags of every mapping that has some, and the shared mappings
-/// that may be made writable (smaps `VmFlags`: `sh` and `mw`).
-pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>) {
+/// Flags of every mapping by its start address: (advice bits, may be made
+/// writable while shared).
+pub type VmaFlags = HashMap<u64, (u32, bool)>;
+
+/// `VmFlags` of every mapping of `pid` (smaps). Reading smaps walks every
+/// page to count it (40–90 ms per GiB on a loaded machine), so it is read
+/// just before the freeze and right after it, never while the job is
+/// frozen; [`settle_vma_flags`] takes what both saw.
+pub fn vma_flags(pid: i32) -> VmaFlags {
+    let text = procfs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (adv, may_write, all) = parse_smaps(&text);
+    let mut out: VmaFlags = all.into_iter().map(|s| (s, (0, false))).collect();
+    for a in adv {
+        out.entry(a.start).or_default().0 = a.flags;
+    }
+    for s in may_write {
+        out.entry(s).or_default().1 = true;
+    }
+    out
+}
+
+/// The flags of each mapping the frozen job had, from the reads before
+/// (`pre`) and after (`post`) the freeze: a mapping seen by both with the
+/// same flags had them while frozen; seen by one only (made just before
+/// the freeze, or removed just after), that one's. Flags that differ, or a
+/// mapping seen by neither, may have changed around the freeze: refused
+/// (try again) rather than guessed.
+pub fn settle_vma_flags(
+    pid: i32,
+    a: &mut TaskAttrs,
+    vmas: &[crate::image::Vma],
+    pre: Option<&VmaFlags>,
+    post: &VmaFlags,
+) -> Result<()> {
+    for v in vmas {
+        let before = pre.and_then(|p| p.get(&v.start));
+        let after = post.get(&v.start);
+        let (flags, may_write) = match (before, after) {
+            (Some(b), Some(f)) if b == f => *b,
+            (Some(b), None) => *b,
+            (None, Some(f)) => *f,
+            _ => {
+                return Err(ChkptError::Changed(format!(
+                    "the madvise flags of process {pid}'s mapping at {:#x} changed while it was checkpointed (try again)",
+                    v.start
+                )))
+            }
+        };
+        if flags != 0 {
+            a.advice.push(VmaAdvice {
+                start: v.start,
+                end: v.end,
+                flags,
+            });
+        }
+        if may_write {
+            a.may_write.push(v.start);
+        }
+    }
+    Ok(())
+}
+
+/// madvise flags of every mapping that has some, the shared mappings that
+/// may be made writable (smaps `VmFlags`: `sh` and `mw`), and the start of
+/// every mapping.
+pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>, Vec<u64>) {
     let mut out = Vec::new();
     let mut may_write = Vec::new();
+    let mut all = Vec::new();
     let mut cur: Option<(u64, u64)> = None;
     for line in smaps.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
             let Some((start, end)) = cur.take() else {
                 continue;
             };
+            all.push(start);
             let codes: Vec<&str> = flags.split_whitespace().collect();
             if codes.contains(&"sh") && codes.contains(&"mw") {
                 may_write.push(start);
@@ -210,7 +275,7 @@ pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>) {
             }
         }
     }
-    (out, may_write)
+    (out, may_write, all)
 }
 
 /// Owner and signal of every fd's open file description, and the size of
@@ -332,7 +397,8 @@ VmFlags: rd sh mr mw me
 7f0000400000-7f0000401000 r--s 00000000 08:01 1235                       /tmp/g
 VmFlags: rd sh mr me 
 ";
-        let (a, mw) = parse_smaps(text);
+        let (a, mw, all) = parse_smaps(text);
+        assert_eq!(all.len(), 5);
         assert_eq!(mw, vec![0x7f00_0030_0000]);
         assert_eq!(a.len(), 2);
         assert_eq!(
@@ -349,5 +415,31 @@ VmFlags: rd sh mr me
             a[1].flags,
             crate::image::ADV_NOHUGEPAGE | crate::image::ADV_WIPEONFORK
         );
+    }
+
+    /// Flags read before and after the freeze: agreeing or seen once are
+    /// taken, differing or never seen are refused.
+    #[test]
+    fn vma_flags_around_the_freeze() {
+        let vma = |start: u64| crate::image::Vma {
+            start,
+            end: start + 4096,
+            prot: 3,
+            shared: false,
+            kind: crate::image::VmaKind::Anon,
+            runs: Vec::new(),
+        };
+        let pre: VmaFlags = [(0x1000, (1, false)), (0x3000, (2, true))].into();
+        let post: VmaFlags = [(0x1000, (1, false)), (0x2000, (4, false))].into();
+        let mut a = TaskAttrs::default();
+        let vmas = [vma(0x1000), vma(0x2000), vma(0x3000)];
+        settle_vma_flags(1, &mut a, &vmas, Some(&pre), &post).unwrap();
+        let got: Vec<(u64, u32)> = a.advice.iter().map(|v| (v.start, v.flags)).collect();
+        assert_eq!(got, vec![(0x1000, 1), (0x2000, 4), (0x3000, 2)]);
+        assert_eq!(a.may_write, vec![0x3000]);
+        let changed: VmaFlags = [(0x1000, (0, false))].into();
+        let e = settle_vma_flags(1, &mut a, &vmas[..1], Some(&pre), &changed).unwrap_err();
+        assert!(e.to_string().contains("changed while"), "{e}");
+        assert!(settle_vma_flags(1, &mut a, &[vma(0x9000)], Some(&pre), &post).is_err());
     }
 }

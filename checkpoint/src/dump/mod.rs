@@ -118,6 +118,10 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     // round trip through the scheduler: on a loaded machine, waiting less
     // for a CPU is what keeps the freeze short.
     let _boost = Boost::new();
+    let vma_pre: HashMap<i32, attrs::VmaFlags> = living(&tree0)
+        .iter()
+        .map(|&(p, _)| (p, attrs::vma_flags(p)))
+        .collect();
     let started = Instant::now();
     let mut frozen = Frozen::default();
     let tree = freeze::freeze(pid, caller, &mut frozen)?;
@@ -147,9 +151,27 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     frozen.repaired = std::mem::take(&mut state.files.repaired);
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
+    // mapping flags read while frozen only where no read before it can
+    // stand in: a task born since, or a job that ends here (--kill: its
+    // freeze costs it nothing)
+    let vma_frozen: HashMap<i32, attrs::VmaFlags> = state
+        .tasks
+        .iter()
+        .map(|d| d.task.pid)
+        .filter(|p| opts.kill || !vma_pre.contains_key(p))
+        .map(|p| (p, attrs::vma_flags(p)))
+        .collect();
     drop(frozen);
     let frozen_for = started.elapsed();
     drop(_boost);
+    for d in &mut state.tasks {
+        let p = d.task.pid;
+        let (pre, post) = match vma_frozen.get(&p) {
+            Some(f) => (Some(f), f.clone()),
+            None => (vma_pre.get(&p), attrs::vma_flags(p)),
+        };
+        attrs::settle_vma_flags(p, &mut d.task.attrs, &d.mm.vmas, pre, &post)?;
+    }
     // 6. Memory files, task, node, global and description files; commit.
     for name in staging.dir.entries()? {
         // memory files of processes gone before the freeze
