@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, PipeImage};
+use crate::image::{FdImage, FdKind, FileLock, LockKind, PipeImage};
 use crate::procfs;
 
 /// Devices a process may hold open and still be checkpointed: they carry no state.
@@ -44,6 +44,8 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
     let mut out = Vec::new();
     let mut pipes = Vec::new();
     let mut socks = Vec::new();
+    // a POSIX lock shows on every fd of the file: keep it once
+    let mut posix_seen = Vec::new();
     for fd in nums.into_iter().filter(|fd| !trackers.contains(fd)) {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
         let info = procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
@@ -79,10 +81,69 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
             });
         }
         if let Some(kind) = kind {
-            out.push(FdImage { fd, flags, kind });
+            let locks = parse_locks(pid, fd, &info, &mut posix_seen)?;
+            out.push(FdImage {
+                fd,
+                flags,
+                kind,
+                locks,
+            });
         }
     }
     Ok((out, pipes, socks))
+}
+
+/// The `lock:` lines of an fd's fdinfo: `1: POSIX  ADVISORY  WRITE 1234
+/// 08:01:5678 0 EOF`. POSIX locks are the process's (they show on each of
+/// its fds of the file: `seen` keeps them once); FLOCK and OFDLCK ones
+/// belong to this open file description. Leases are refused.
+fn parse_locks(pid: i32, fd: i32, info: &str, seen: &mut Vec<String>) -> Result<Vec<FileLock>> {
+    let mut out = Vec::new();
+    for l in info.lines().filter_map(|l| l.strip_prefix("lock:")) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let bad = || ChkptError::Parse {
+            what: format!("/proc/{pid}/fdinfo/{fd}"),
+            detail: l.to_string(),
+        };
+        if w.get(1) == Some(&"->") {
+            continue; // a waiter, not a holder
+        }
+        let (Some(kind), Some(access), Some(dev), Some(start), Some(end)) =
+            (w.get(1), w.get(3), w.get(5), w.get(6), w.get(7))
+        else {
+            return Err(bad());
+        };
+        let kind = match *kind {
+            "POSIX" => LockKind::Posix,
+            "FLOCK" => LockKind::Flock,
+            "OFDLCK" => LockKind::Ofd,
+            other => {
+                return Err(ChkptError::unsupported(
+                    pid,
+                    format!("fd {fd}"),
+                    format!("a {other} lock (lease) is not saved by this version"),
+                ))
+            }
+        };
+        let key = format!("{dev} {start} {end}");
+        if kind == LockKind::Posix {
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+        }
+        out.push(FileLock {
+            kind,
+            write: *access == "WRITE",
+            start: start.parse().map_err(|_| bad())?,
+            end: if *end == "EOF" {
+                None
+            } else {
+                Some(end.parse().map_err(|_| bad())?)
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// `None` for a pipe (classified later with the whole tree in view).
@@ -171,6 +232,7 @@ fn classify_pipes(
             fd: p.fd,
             flags,
             kind,
+            locks: Vec::new(),
         });
         v.sort_by_key(|f| f.fd);
     }

@@ -137,15 +137,17 @@ fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
             "not saved by this version",
         ));
     }
+    // file locks are saved with the fds they are held through (fdinfo);
+    // leases are not
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
     let me = pid.to_string();
-    if locks
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(me.as_str()))
-    {
+    if locks.lines().any(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        matches!(w.get(1), Some(&"LEASE") | Some(&"DELEG")) && w.get(4) == Some(&me.as_str())
+    }) {
         return Err(ChkptError::unsupported(
             pid,
-            "file locks (flock, fcntl)",
+            "a file lease (F_SETLEASE)",
             "not saved by this version",
         ));
     }

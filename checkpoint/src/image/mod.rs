@@ -98,9 +98,9 @@ impl ImageMeta for NodeImage {
 }
 
 impl ImageMeta for TaskImage {
-    type V1 = TaskImage;
-    fn from_v1(v: TaskImage) -> Self {
-        v
+    type V1 = v1::TaskV1;
+    fn from_v1(v: v1::TaskV1) -> Self {
+        v.into()
     }
 }
 

@@ -62,6 +62,28 @@ pub struct FdImage {
     /// `flags:` of fdinfo (open flags incl. O_CLOEXEC).
     pub flags: u32,
     pub kind: FdKind,
+    /// Locks held through this fd (its `fdinfo` lists them).
+    pub locks: Vec<FileLock>,
+}
+
+/// A file lock (`lock:` line of fdinfo).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileLock {
+    pub kind: LockKind,
+    pub write: bool,
+    pub start: u64,
+    /// Last byte, `None`: to the end of the file (and beyond).
+    pub end: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum LockKind {
+    /// `fcntl(F_SETLK)`: the process's.
+    Posix,
+    /// `flock()`: the open file description's.
+    Flock,
+    /// `fcntl(F_OFD_SETLK)`: the open file description's.
+    Ofd,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

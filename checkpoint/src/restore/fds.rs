@@ -132,11 +132,12 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     // per epoll, by the first task that has it)
     for f in fds {
         if let FdKind::Epoll { file, items } = &f.kind {
-            if c.epoll_owner.get(file) == Some(&c.task.pid) {
+            if c.first_holder.get(file) == Some(&c.task.pid) {
                 super::anon::register(c, f.fd, items)?;
             }
         }
     }
+    super::locks::take(c)?;
     if c.work_end > c.work_base {
         i.call(
             "close_range",

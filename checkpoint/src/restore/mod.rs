@@ -15,7 +15,8 @@
 //! - [`task`] — one task's restore, in order
 //! - [`files`] ([`anon`], [`sockets`]) — every open file of the tree, made
 //!   once in the root
-//! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task
+//! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
+//!   locks), signal state of a task
 //! - [`ctx`] — the injection area and what every step works with
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
@@ -26,6 +27,7 @@ mod fds;
 mod files;
 mod lazy;
 pub mod load;
+mod locks;
 mod mm;
 pub mod owner;
 mod pages;

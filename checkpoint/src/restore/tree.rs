@@ -358,11 +358,11 @@ fn restore_tasks(
             }
         })
         .collect();
-    let mut epoll_owner = HashMap::new();
+    let mut first_holder = HashMap::new();
     for t in &l.tasks {
         for f in &t.task.fds {
-            if let crate::image::FdKind::Epoll { file, .. } = f.kind {
-                epoll_owner.entry(file).or_insert(t.task.pid);
+            if let Some(file) = f.kind.file() {
+                first_holder.entry(file).or_insert(t.task.pid);
             }
         }
     }
@@ -384,7 +384,7 @@ fn restore_tasks(
             pipe_fds: &pipe_fds,
             shm_fds: &shm_fds,
             file_fds: &file_fds,
-            epoll_owner: &epoll_owner,
+            first_holder: &first_holder,
             work_end: file_base + file_fds.len() as i32,
         });
     }
