@@ -449,7 +449,6 @@ pub fn classify(refs: Vec<SockRef>) -> Result<Classified> {
                 fd: r.fd,
                 flags: r.flags,
                 kind,
-                locks: Vec::new(),
             },
         ));
     }

@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AltStack, FdImage, FdKind, GlobalImage, ITimer, MmImage, MmParams, MsgImage, NodeImage,
-    PageRun, PipeImage, Rlimit, RunData, SemImage, SharedMemObject, SigAction, SysvShmImage,
-    TaskEntry, TaskImage, ThreadImage, Vma, VmaKind,
+    AltStack, FdImage, GlobalImage, ITimer, MmImage, MmParams, MsgImage, NodeImage, PageRun,
+    PipeImage, Rlimit, RunData, SemImage, SharedMemObject, SigAction, SysvShmImage, TaskEntry,
+    TaskImage, ThreadImage, Vma, VmaKind,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +138,8 @@ impl From<NodeV1> for NodeImage {
     }
 }
 
+/// The task file before file locks (version 1, and version 2 as first
+/// written: a version 2 file of that layout ends too soon and is refused).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskV1 {
     pub pid: i32,
@@ -157,17 +159,10 @@ pub struct TaskV1 {
     pub sigactions: Vec<SigAction>,
     pub itimers: Vec<ITimer>,
     pub altstack: AltStack,
-    pub fds: Vec<FdV1>,
+    /// Version 1 knew files, inherited stdio and pipes: the first
+    /// variants of today's [`FdKind`](super::FdKind), unchanged.
+    pub fds: Vec<FdImage>,
     pub threads: Vec<ThreadImage>,
-}
-
-/// Version 1 knew files, inherited stdio and pipes: the first variants of
-/// today's [`FdKind`], unchanged.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FdV1 {
-    pub fd: i32,
-    pub flags: u32,
-    pub kind: FdKind,
 }
 
 impl From<TaskV1> for TaskImage {
@@ -190,17 +185,9 @@ impl From<TaskV1> for TaskImage {
             sigactions: t.sigactions,
             itimers: t.itimers,
             altstack: t.altstack,
-            fds: t
-                .fds
-                .into_iter()
-                .map(|f| FdImage {
-                    fd: f.fd,
-                    flags: f.flags,
-                    kind: f.kind,
-                    locks: Vec::new(),
-                })
-                .collect(),
+            fds: t.fds,
             threads: t.threads,
+            locks: Vec::new(),
         }
     }
 }

@@ -137,7 +137,6 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             }
         }
     }
-    super::locks::take(c)?;
     if c.work_end > c.work_base {
         i.call(
             "close_range",
@@ -145,7 +144,9 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             [c.work_base as u64, c.work_end as u64 - 1, 0, 0, 0, 0],
         )?;
     }
-    Ok(())
+    // after the close: closing any fd of a file drops the process's POSIX
+    // locks on it
+    super::locks::take(c)
 }
 
 fn ignore_ebadf(e: ChkptError) -> Result<u64> {

@@ -29,20 +29,26 @@ fn flock(l: &FileLock) -> Vec<u8> {
 
 /// Take the locks this task held through its fds.
 pub fn take(c: &TaskCtx) -> Result<()> {
-    for f in &c.task.fds {
-        for l in &f.locks {
-            let mine = match l.kind {
-                LockKind::Posix => true,
-                // the open file description's: taken once
-                LockKind::Flock | LockKind::Ofd => f
-                    .kind
-                    .file()
-                    .is_some_and(|file| c.first_holder.get(&file) == Some(&c.task.pid)),
-            };
-            if !mine {
-                continue;
+    for h in &c.task.locks {
+        let l = &h.lock;
+        let file = c
+            .task
+            .fds
+            .iter()
+            .find(|f| f.fd == h.fd)
+            .and_then(|f| f.kind.file());
+        let mine = match l.kind {
+            LockKind::Posix => true,
+            // the open file description's: taken once
+            LockKind::Flock | LockKind::Ofd => {
+                file.is_some_and(|file| c.first_holder.get(&file) == Some(&c.task.pid))
             }
-            let fd = f.fd as u64;
+        };
+        if !mine {
+            continue;
+        }
+        {
+            let fd = h.fd as u64;
             let r = match l.kind {
                 LockKind::Flock => {
                     let op = if l.write {
@@ -67,7 +73,7 @@ pub fn take(c: &TaskCtx) -> Result<()> {
             r.map_err(|e| {
                 ChkptError::Changed(format!(
                     "taking again a lock of process {} on fd {} ({e}): another process holds a conflicting one now",
-                    c.task.pid, f.fd
+                    c.task.pid, h.fd
                 ))
             })?;
         }

@@ -314,7 +314,13 @@ fn restore_tasks(
     let shm_fds = mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
     let file_base = shm_base + shm_fds.len() as i32;
     let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.task).collect();
-    let file_fds = super::files::create_files(&rinj, area + AREA_SCRATCH, &images, file_base)?;
+    let file_fds = super::files::create_files(
+        &rinj,
+        area + AREA_SCRATCH,
+        &images,
+        file_base,
+        &l.inherit_fds,
+    )?;
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
