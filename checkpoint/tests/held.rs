@@ -318,4 +318,11 @@ fn pipe_leading_outside_goes_to_stdout_or_inherit_fd() {
     kill_reap(pid);
     let o = restart_into(&store, pid, 1, &["--inherit-fd", "5:relative"], &log);
     assert!(!o.status.success());
+    let o = restart_into(&store, pid, 1, &["--inherit-fd", "7:/dev/null"], &log);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("no task of the image has fd 7"),
+        "{e}"
+    );
+    assert!(!alive(pid));
 }

@@ -13,7 +13,11 @@ use krg_proto::chkpt::ChkptRequest;
 /// Recreate the process tree saved as checkpoint SN of application PID, with
 /// its recorded PIDs, parent/child relations, memory, files, pipes, signal
 /// state and credentials; it continues where it was. Must run as root. fds 0-2
-/// that led to a terminal or outside the tree are taken from this command.
+/// that led to a terminal or outside the tree are taken from this command;
+/// such pipes and terminals on higher fds get this command's stdin (a read
+/// end) or stdout, or what --inherit-fd names.
+///
+/// Examples: `restart 4242 1`; `restart --inherit-fd 5:/tmp/out.log 4242 2`.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {

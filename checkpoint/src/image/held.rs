@@ -159,3 +159,49 @@ pub fn describe_held(k: &super::FdKind) -> String {
         _ => "?".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::{encode, read_file, v1::TaskV1, AltStack, FileKind, TaskImage};
+
+    fn old_task() -> TaskV1 {
+        TaskV1 {
+            pid: 7,
+            ppid: 1,
+            comm: "x".into(),
+            exe: "/bin/true".into(),
+            uids: [0; 4],
+            gids: [0; 4],
+            groups: vec![],
+            cwd: "/".into(),
+            umask: 0o22,
+            pgid: 7,
+            sid: 7,
+            personality: 0,
+            no_new_privs: false,
+            rlimits: vec![],
+            sigactions: vec![],
+            itimers: vec![],
+            altstack: AltStack {
+                sp: 0,
+                flags: 2,
+                size: 0,
+            },
+            fds: vec![],
+            threads: vec![],
+        }
+    }
+
+    /// A task file of format 2 as written before locks were saved ends
+    /// where the locks would start: refused with a clear reason, never
+    /// misread.
+    #[test]
+    fn task_file_without_locks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.bin");
+        std::fs::write(&p, encode(FileKind::Task, &old_task()).unwrap()).unwrap();
+        let e = read_file::<TaskImage>(&p, FileKind::Task).err().unwrap();
+        assert!(e.to_string().contains("bad metadata"), "{e}");
+    }
+}

@@ -488,3 +488,26 @@ fn check_mq(owner: u32, fd: i32, mq: &MqueueImage) -> std::result::Result<(), St
     }
     Ok(())
 }
+
+/// Every `--inherit-fd N:PATH` names an fd that some task had leading
+/// outside the tree above fd 2 (fds 0-2 are restart's own: redirect
+/// restart's instead).
+pub fn check_inherit(tasks: &[&TaskImage], inherit: &[(i32, String)]) -> Result<()> {
+    for (n, path) in inherit {
+        let known = tasks
+            .iter()
+            .flat_map(|t| &t.fds)
+            .any(|f| f.fd == *n && matches!(f.kind, FdKind::External { .. }));
+        if !known {
+            return Err(ChkptError::Usage(format!(
+                "--inherit-fd {n}:{path}: no task of the image has fd {n} leading outside the tree{}",
+                if *n <= 2 {
+                    " (fds 0-2 are restart's own: redirect restart's)"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    Ok(())
+}

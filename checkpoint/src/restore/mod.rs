@@ -87,6 +87,8 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         ));
     }
     let mut loaded = load::load_checked(&dir, sn, opts.node, !opts.check_as_loaded)?;
+    let images: Vec<&crate::image::TaskImage> = loaded.tasks.iter().map(|t| &t.task).collect();
+    held::check_inherit(&images, &opts.inherit_fds)?;
     loaded.inherit_fds = opts.inherit_fds.clone();
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(
