@@ -8,7 +8,7 @@
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
 //!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`held`]
-//!   locks, FIFOs, deleted files, inotify, message queues
+//!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]
 //! - [`task`] — one task's state by /proc and injected system calls
 //! - [`memory`] — mappings, shared memory (copied while frozen)
 //! - [`sysv`] — SysV IPC objects
@@ -18,7 +18,9 @@ mod copy;
 mod files;
 mod freeze;
 mod held;
+mod inotify;
 mod memory;
+mod mqueue;
 mod pages;
 mod precopy;
 mod sockets;

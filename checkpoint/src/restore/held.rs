@@ -4,10 +4,10 @@
 //! job's user): FIFOs (made again if gone, their bytes put back if they
 //! came back empty), deleted files (an unnamed `O_TMPFILE` file in the
 //! directory they were in, with their content), inotify instances (each
-//! watch added again by path, with its number), POSIX message queues (made
-//! again with their messages if gone), and pipes or terminals that led
-//! outside the tree (restart's stdin/stdout, or `--inherit-fd`). Also the
-//! checks of these against the image's owner, before anything starts.
+//! watch added again by path, with its number), POSIX message queues (see
+//! [`mqueue`](super::mqueue)), and pipes or terminals that led outside the
+//! tree (restart's stdin/stdout, or `--inherit-fd`). What an image may ask
+//! of these is checked before anything starts ([`held_check`](super::held_check)).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,10 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{
-    DeletedImage, FdImage, FdKind, FifoImage, InotifyWatch, LockKind, MqueueImage, TaskImage,
-    MAX_DELETED_BYTES, MAX_INOTIFY_WD, MAX_MQ_MSGS, MAX_MQ_MSGSIZE,
-};
+use crate::image::{DeletedImage, FdImage, FdKind, FifoImage, InotifyWatch, TaskImage};
 use crate::ptrace::{self, Injector};
 
 use super::ctx::SCRATCH_LEN;
@@ -61,7 +58,7 @@ impl<'a> Maker<'a> {
             FdKind::Fifo { fifo, .. } => self.fifo(f, fifo)?,
             FdKind::Deleted { del, .. } => self.deleted(f, del)?,
             FdKind::Inotify { watches, .. } => self.inotify(watches)?,
-            FdKind::Mqueue { mq, .. } => self.mqueue(f, mq)?,
+            FdKind::Mqueue { mq, .. } => super::mqueue::create(self.root, self.scratch, f, mq)?,
             FdKind::External { .. } => self.external(f)?,
             _ => return Ok(None),
         }))
@@ -278,53 +275,6 @@ impl<'a> Maker<'a> {
         Ok(fd)
     }
 
-    /// A queue that still exists is opened as it is (like a file); one
-    /// that is gone (or was removed while open) is made again as the
-    /// job's user with its messages (and removed again).
-    fn mqueue(&self, f: &FdImage, mq: &MqueueImage) -> Result<u64> {
-        let mut b = mq.name.as_bytes().to_vec();
-        b.push(0);
-        let name = self.scratch;
-        ptrace::write_mem(self.root.tid, name, &b)?;
-        let acc = (f.flags & libc::O_ACCMODE as u32) as u64;
-        let flags = acc | (f.flags & libc::O_NONBLOCK as u32) as u64;
-        // struct mq_attr: flags, maxmsg, msgsize, curmsgs (+ reserved)
-        let mut attr = [0u8; 64];
-        attr[8..16].copy_from_slice(&mq.maxmsg.to_le_bytes());
-        attr[16..24].copy_from_slice(&mq.msgsize.to_le_bytes());
-        let attr_at = self.scratch + 512;
-        ptrace::write_mem(self.root.tid, attr_at, &attr)?;
-        let create = flags | (libc::O_CREAT | libc::O_EXCL) as u64;
-        let made = self.root.call(
-            "mq_open",
-            libc::SYS_mq_open,
-            [name, create, (mq.mode & 0o777) as u64, attr_at, 0, 0],
-        );
-        let fd = match made {
-            Ok(fd) => fd,
-            Err(ChkptError::Injected { errno, .. })
-                if errno.raw_os_error() == Some(libc::EEXIST) && !mq.unlinked =>
-            {
-                return self
-                    .root
-                    .call("mq_open", libc::SYS_mq_open, [name, flags, 0, 0, 0, 0]);
-            }
-            Err(e) => return Err(e),
-        };
-        self.root.call(
-            "fchmod",
-            libc::SYS_fchmod,
-            [fd, (mq.mode & 0o777) as u64, 0, 0, 0, 0],
-        )?;
-        fill_queue(&self.proc_fd(fd), mq)?;
-        if mq.unlinked {
-            ptrace::write_mem(self.root.tid, name, &b)?;
-            self.root
-                .call("mq_unlink", libc::SYS_mq_unlink, [name, 0, 0, 0, 0, 0])?;
-        }
-        Ok(fd)
-    }
-
     /// `--inherit-fd N:PATH` opened as the job's user, or restart's own
     /// stdin (a read end) or stdout.
     fn external(&self, f: &FdImage) -> Result<u64> {
@@ -365,149 +315,4 @@ fn put_back(link: &str, data: &[u8]) -> Result<()> {
     // SAFETY: fcntl on an fd we own.
     unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, data.len().max(4096)) };
     w.write_all(data).map_err(|e| ChkptError::io(link, e))
-}
-
-fn fill_queue(link: &str, mq: &MqueueImage) -> Result<()> {
-    let q = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(link)
-        .map_err(|e| ChkptError::io(link, e))?;
-    let past = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    for m in &mq.messages {
-        // SAFETY: sends the bytes of m; the fd is non-blocking.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mq_timedsend,
-                q.as_raw_fd(),
-                m.data.as_ptr(),
-                m.data.len(),
-                m.prio,
-                &past,
-            )
-        };
-        if r < 0 {
-            return Err(ChkptError::io(link, std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-fn sysctl(name: &str) -> i64 {
-    std::fs::read_to_string(format!("/proc/sys/fs/mqueue/{name}"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// What these kinds ask of restart is sane, and, for an image a user owns,
-/// no more than that user could have made: message queues within the
-/// limits an unprivileged user gets, plain permission bits, paths that
-/// are absolute, locks on fds the task has.
-pub fn check(owner: u32, t: &TaskImage) -> std::result::Result<(), String> {
-    for h in &t.locks {
-        let f = t.fds.iter().find(|f| f.fd == h.fd);
-        if !f.is_some_and(|f| matches!(f.kind, FdKind::Path { .. } | FdKind::Deleted { .. })) {
-            return Err(format!(
-                "a lock is recorded on fd {}, which is not a file",
-                h.fd
-            ));
-        }
-        if h.lock.end.is_some_and(|e| e < h.lock.start) || h.lock.start > i64::MAX as u64 {
-            return Err(format!("fd {}: a lock with a bad range", h.fd));
-        }
-        if h.lock.kind == LockKind::Posix && h.lock.end.is_some_and(|e| e > i64::MAX as u64) {
-            return Err(format!("fd {}: a lock with a bad range", h.fd));
-        }
-    }
-    for f in &t.fds {
-        let fd = f.fd;
-        let abs = |p: &str| p.starts_with('/') && !p.contains('\0');
-        match &f.kind {
-            FdKind::Fifo { fifo, .. }
-                if !abs(&fifo.path) || fifo.mode & !0o777 != 0 || fifo.data.len() > 1 << 20 =>
-            {
-                return Err(format!("fd {fd}: a bad FIFO record"));
-            }
-            FdKind::Deleted { del, .. }
-                if !abs(&del.path)
-                    || del.mode & !0o777 != 0
-                    || del.size > MAX_DELETED_BYTES
-                    || del.content.len() as u64 > del.size =>
-            {
-                return Err(format!("fd {fd}: a bad deleted-file record"));
-            }
-            FdKind::Inotify { watches, .. } => {
-                let mut last = 0;
-                for w in watches {
-                    if !abs(&w.path) || w.wd <= last || w.wd > MAX_INOTIFY_WD {
-                        return Err(format!("fd {fd}: a bad inotify watch record"));
-                    }
-                    last = w.wd;
-                }
-            }
-            FdKind::Mqueue { mq, .. } => check_mq(owner, fd, mq)?,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn check_mq(owner: u32, fd: i32, mq: &MqueueImage) -> std::result::Result<(), String> {
-    let bad = |why: &str| Err(format!("fd {fd}: message queue /{}: {why}", mq.name));
-    if mq.name.is_empty()
-        || mq.name.len() > 255
-        || mq.name.contains('/')
-        || mq.name.contains('\0')
-        || mq.name == "."
-        || mq.name == ".."
-    {
-        return bad("a bad name");
-    }
-    if mq.mode & !0o777 != 0 {
-        return bad("bad permission bits");
-    }
-    if mq.maxmsg <= 0
-        || mq.msgsize <= 0
-        || mq.messages.len() > MAX_MQ_MSGS
-        || mq.msgsize as usize > MAX_MQ_MSGSIZE
-        || mq.messages.len() as i64 > mq.maxmsg
-        || mq
-            .messages
-            .iter()
-            .any(|m| m.data.len() as i64 > mq.msgsize || m.prio >= 32768)
-    {
-        return bad("bad sizes or messages");
-    }
-    if owner != 0 && (mq.maxmsg > sysctl("msg_max") || mq.msgsize > sysctl("msgsize_max")) {
-        return bad("larger than a user may make (fs.mqueue.msg_max, msgsize_max)");
-    }
-    Ok(())
-}
-
-/// Every `--inherit-fd N:PATH` names an fd that some task had leading
-/// outside the tree above fd 2 (fds 0-2 are restart's own: redirect
-/// restart's instead).
-pub fn check_inherit(tasks: &[&TaskImage], inherit: &[(i32, String)]) -> Result<()> {
-    for (n, path) in inherit {
-        let known = tasks
-            .iter()
-            .flat_map(|t| &t.fds)
-            .any(|f| f.fd == *n && matches!(f.kind, FdKind::External { .. }));
-        if !known {
-            return Err(ChkptError::Usage(format!(
-                "--inherit-fd {n}:{path}: no task of the image has fd {n} leading outside the tree{}",
-                if *n <= 2 {
-                    " (fds 0-2 are restart's own: redirect restart's)"
-                } else {
-                    ""
-                }
-            )));
-        }
-    }
-    Ok(())
 }

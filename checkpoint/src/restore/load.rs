@@ -142,7 +142,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: bool) -> Resu
                 task.pid, owner.uid
             ))
         })?;
-        super::held::check(owner.uid, &task).map_err(|why| {
+        super::held_check::check(owner.uid, &task).map_err(|why| {
             ChkptError::Permission(format!("task {}: {why}: refusing to restart it", task.pid))
         })?;
         let pieces = chain.resolve(sn, te.pid, (&mm, file, data_off, version))?;

@@ -13,8 +13,9 @@
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
 //! - [`task`] — one task's restore, in order
-//! - [`files`] ([`anon`], [`sockets`], [`held`]) — every open file of the
-//!   tree, made once in the root
+//! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`]) — every open
+//!   file of the tree, made once in the root ([`held_check`]: what an
+//!   image may ask of them)
 //! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
 //!   locks), signal state of a task
 //! - [`ctx`] — the injection area and what every step works with
@@ -26,10 +27,12 @@ mod ctx;
 mod fds;
 mod files;
 mod held;
+mod held_check;
 mod lazy;
 pub mod load;
 mod locks;
 mod mm;
+mod mqueue;
 pub mod owner;
 mod pages;
 mod serve;
@@ -88,7 +91,7 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     }
     let mut loaded = load::load_checked(&dir, sn, opts.node, !opts.check_as_loaded)?;
     let images: Vec<&crate::image::TaskImage> = loaded.tasks.iter().map(|t| &t.task).collect();
-    held::check_inherit(&images, &opts.inherit_fds)?;
+    held_check::check_inherit(&images, &opts.inherit_fds)?;
     loaded.inherit_fds = opts.inherit_fds.clone();
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(
