@@ -89,6 +89,12 @@ fn file_locks_are_held_again_after_restart() {
         (false, false, false),
         "held after restart"
     );
+    // and once more, from the restored job
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint SN 2");
+    kill_reap(pid);
+    assert_eq!(locks_free(&dir), (true, true, true), "free while down");
+    ok(&restart_out(&store, pid, 2), "restart SN 2");
+    assert_eq!(locks_free(&dir), (false, false, false), "held after SN 2");
     kill_reap(pid);
 }
 
@@ -118,7 +124,8 @@ fn file_lease_is_refused_naming_the_fd() {
 /// A FIFO that always holds one unread token (read through a second fd)
 /// and a deleted file read 4 bytes at a time: after restart the token is
 /// there (the FIFO, removed meanwhile, is made again with its mode), the
-/// file has its content, offset, size and no name.
+/// file has its content, offset, size and no name; and again from SN 2
+/// of the restored job.
 #[test]
 fn fifo_and_deleted_file_come_back() {
     let guard = Guard::new();
@@ -142,6 +149,13 @@ fn fifo_and_deleted_file_come_back() {
     assert_eq!(m.mode() & 0o777, 0o640);
     let link = std::fs::read_link(format!("/proc/{pid}/fd/5")).unwrap();
     assert!(link.to_string_lossy().ends_with("(deleted)"), "{link:?}");
+    // again from the restored job (its deleted file is now an O_TMPFILE
+    // one), the FIFO left in place this time
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint SN 2");
+    kill_reap(pid);
+    let at = last_count(&out);
+    ok(&restart_out(&store, pid, 2), "restart SN 2");
+    wait_until("job runs from SN 2", || last_count(&out) >= at + 5);
     kill_reap(pid);
 }
 
