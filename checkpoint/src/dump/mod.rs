@@ -7,7 +7,8 @@
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
-//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]
+//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`held`]
+//!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]
 //! - [`task`] — one task's state by /proc and injected system calls
 //! - [`memory`] — mappings, shared memory (copied while frozen)
 //! - [`sysv`] — SysV IPC objects
@@ -16,7 +17,10 @@ mod anon;
 mod copy;
 mod files;
 mod freeze;
+mod held;
+mod inotify;
 mod memory;
+mod mqueue;
 mod pages;
 mod precopy;
 mod sockets;
@@ -351,6 +355,7 @@ fn read_tree(
     for &(p, pp) in tree {
         let fds = files.fds.remove(&p).unwrap_or_default();
         let mut d = task::dump_task(p, pp, fds)?;
+        d.task.locks = files.locks.remove(&p).unwrap_or_default();
         let mem = match mems.entry(p) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {

@@ -13,19 +13,22 @@
 //! CRCs its runs carry (see [`mm`]).
 //!
 //! - [`app`] — `global_v<SN>.bin`, `node_<N>_v<SN>.bin` (and SysV objects)
-//! - [`task`] — `task_<PID>_v<SN>.bin`
+//! - [`task`] — `task_<PID>_v<SN>.bin` (and [`held`]: locks, FIFOs, deleted
+//!   files, inotify, message queues)
 //! - [`mm`] — `task_mm_<PID>_v<SN>.bin`
 //! - [`regs`] — registers as stored bytes
 //! - [`v1`] — the types of format version 1, still read
 //! - here: the header, encoding and checked decoding, file names
 
 pub mod app;
+pub mod held;
 pub mod mm;
 pub mod regs;
 pub mod task;
 mod v1;
 
 pub use app::*;
+pub use held::*;
 pub use mm::*;
 pub use regs::{regs_from_bytes, regs_to_bytes, Regs};
 pub use task::*;
@@ -98,9 +101,9 @@ impl ImageMeta for NodeImage {
 }
 
 impl ImageMeta for TaskImage {
-    type V1 = TaskImage;
-    fn from_v1(v: TaskImage) -> Self {
-        v
+    type V1 = v1::TaskV1;
+    fn from_v1(v: v1::TaskV1) -> Self {
+        v.into()
     }
 }
 

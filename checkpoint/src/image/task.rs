@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::held::{DeletedImage, FifoImage, HeldLock, InotifyWatch, MqueueImage};
+
 /// `task_<PID>_v<SN>.bin`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskImage {
@@ -29,6 +31,10 @@ pub struct TaskImage {
     pub altstack: AltStack,
     pub fds: Vec<FdImage>,
     pub threads: Vec<ThreadImage>,
+    /// File locks the task holds (see [`HeldLock`]). Last, so that a
+    /// version 2 image written before it is refused (it ends too soon),
+    /// never misread.
+    pub locks: Vec<HeldLock>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +107,21 @@ pub enum FdKind {
     Epoll { file: u32, items: Vec<EpollItem> },
     /// A socket (see [`SocketImage`]).
     Socket { file: u32, sock: SocketImage },
+    /// A FIFO (named pipe), opened again by path.
+    Fifo { file: u32, fifo: FifoImage },
+    /// A regular file deleted while open: its content is in the image.
+    Deleted { file: u32, del: DeletedImage },
+    /// An inotify instance and its watches (added again by path).
+    Inotify {
+        file: u32,
+        watches: Vec<InotifyWatch>,
+    },
+    /// A POSIX message queue and the messages in it.
+    Mqueue { file: u32, mq: MqueueImage },
+    /// A pipe or terminal on an fd above 2 leading outside the tree:
+    /// restart gives it its own stdin (read end) or stdout (write end),
+    /// or what `--inherit-fd` names for this fd.
+    External { file: u32, what: String },
 }
 
 /// A socket as restart makes it again.
@@ -181,7 +202,12 @@ impl FdKind {
             | FdKind::TimerFd { file, .. }
             | FdKind::SignalFd { file, .. }
             | FdKind::Epoll { file, .. }
-            | FdKind::Socket { file, .. } => Some(*file),
+            | FdKind::Socket { file, .. }
+            | FdKind::Fifo { file, .. }
+            | FdKind::Deleted { file, .. }
+            | FdKind::Inotify { file, .. }
+            | FdKind::Mqueue { file, .. }
+            | FdKind::External { file, .. } => Some(*file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
         }
     }
@@ -193,7 +219,12 @@ impl FdKind {
             | FdKind::TimerFd { file, .. }
             | FdKind::SignalFd { file, .. }
             | FdKind::Epoll { file, .. }
-            | FdKind::Socket { file, .. } => Some(file),
+            | FdKind::Socket { file, .. }
+            | FdKind::Fifo { file, .. }
+            | FdKind::Deleted { file, .. }
+            | FdKind::Inotify { file, .. }
+            | FdKind::Mqueue { file, .. }
+            | FdKind::External { file, .. } => Some(file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
         }
     }

@@ -245,6 +245,7 @@ mod tests {
             },
             fds: Vec::new(),
             threads: Vec::new(),
+            locks: Vec::new(),
         }
     }
 
