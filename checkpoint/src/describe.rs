@@ -346,8 +346,17 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
                 "{} (open file #{file})",
                 crate::image::describe_socket(sock)
             ),
+            k => crate::image::describe_held(k),
         };
         let _ = writeln!(s, "  fd {}: flags {:o} {}", f.fd, f.flags, what);
+    }
+    for l in &t.locks {
+        let _ = writeln!(
+            s,
+            "  lock on fd {}: {}",
+            l.fd,
+            crate::image::describe_lock(&l.lock)
+        );
     }
     for r in &t.rlimits {
         let _ = writeln!(

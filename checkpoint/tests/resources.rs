@@ -43,6 +43,36 @@ fn epoll_timerfd_eventfd_signalfd_event_loop() {
     kill_reap(pid);
 }
 
+/// A periodic timer with expirations left unread at checkpoint time (the
+/// kernel holds it stopped until they are read, it_value 0) keeps firing
+/// after restart: restoring it as shown would have disarmed it.
+#[test]
+fn a_periodic_timer_due_at_checkpoint_keeps_firing() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "timerdue");
+    let store = tmp.path().join("store");
+    let go = tmp.path().join("go");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&go).stderr(Stdio::null());
+    let (child, out) = spawn_reading(cmd);
+    let pid = guard.add(child.id() as i32);
+    wait_until("timer armed", || last_of(&out.get()) >= 1);
+    // several periods pass unread: the timer is due and stopped
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let log = tmp.path().join("restored.txt");
+    ok(&restart_into(&store, pid, 1, &[], &log), "restart");
+    std::fs::write(&go, b"").unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("ten reads after restart", || {
+        counter_lines(&text()).last() == Some(&11)
+    });
+    kill_reap(pid);
+}
+
 /// "N ok" lines only (the program also prints other lines).
 fn oks(text: &str) -> Vec<u64> {
     let mut v = Vec::new();

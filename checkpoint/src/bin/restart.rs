@@ -13,7 +13,11 @@ use krg_proto::chkpt::ChkptRequest;
 /// Recreate the process tree saved as checkpoint SN of application PID, with
 /// its recorded PIDs, parent/child relations, memory, files, pipes, signal
 /// state and credentials; it continues where it was. Must run as root. fds 0-2
-/// that led to a terminal or outside the tree are taken from this command.
+/// that led to a terminal or outside the tree are taken from this command;
+/// such pipes and terminals on higher fds get this command's stdin (a read
+/// end) or stdout, or what --inherit-fd names.
+///
+/// Examples: `restart 4242 1`; `restart --inherit-fd 5:/tmp/out.log 4242 2`.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -49,6 +53,12 @@ struct Cli {
     /// they run independent of their memory size.
     #[arg(long)]
     check_as_loaded: bool,
+    /// Give fd N of the job PATH (opened as the job's user, with the access
+    /// mode it had) instead of restart's own stdin/stdout, for a pipe or
+    /// terminal that led outside the tree (repeatable), e.g.
+    /// `--inherit-fd 5:/tmp/out.log`.
+    #[arg(long, value_name = "N:PATH", value_parser = parse_inherit)]
+    inherit_fd: Vec<(i32, String)>,
     /// krgd admin socket: the restored processes are made CHECKPOINTABLE
     /// again there (skipped when no krgd listens).
     #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
@@ -65,6 +75,7 @@ fn main() {
             new_pids: cli.new_pids,
             lazy: cli.lazy,
             check_as_loaded: cli.check_as_loaded,
+            inherit_fds: cli.inherit_fd.clone(),
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -98,4 +109,20 @@ fn mark_checkpointable(socket: &std::path::Path, pids: &[i32]) -> checkpoint::Re
         krgd.call(ChkptRequest::SetCheckpointable { pid, enable: true })?;
     }
     Ok(())
+}
+
+/// `N:PATH` of `--inherit-fd`.
+fn parse_inherit(s: &str) -> std::result::Result<(i32, String), String> {
+    let (n, path) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s}: expected N:PATH (e.g. 5:/tmp/out.log)"))?;
+    let n: i32 = n
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| format!("{n}: not an fd number"))?;
+    if !path.starts_with('/') {
+        return Err(format!("{path}: the path must be absolute"));
+    }
+    Ok((n, path.to_string()))
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, PipeImage};
+use crate::image::{FdImage, FdKind, HeldLock, PipeImage};
 use crate::procfs;
 
 /// Devices a process may hold open and still be checkpointed: they carry no state.
@@ -33,7 +33,11 @@ struct SocketFd {
 /// by the caller (a pipe whose two ends are inside the tree is restored,
 /// one that leads outside is stdio or refused). krg's own trackers are
 /// left out.
-fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
+fn fds(
+    pid: i32,
+    frozen: bool,
+    locks: &mut Vec<HeldLock>,
+) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
     let trackers: Vec<i32> = super::track::ours(pid).iter().map(|t| t.0).collect();
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(|e| ChkptError::io(&dir, e))?;
@@ -44,6 +48,8 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
     let mut out = Vec::new();
     let mut pipes = Vec::new();
     let mut socks = Vec::new();
+    // a POSIX lock shows on every fd of the file: keep it once
+    let mut posix_seen = Vec::new();
     for fd in nums.into_iter().filter(|fd| !trackers.contains(fd)) {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
         let info = procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
@@ -63,7 +69,10 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
         }
         let kind = match super::anon::classify(pid, fd, &target, &info)? {
             Some(k) => Some(k),
-            None => classify_fd(pid, fd, &target, pos)?,
+            None => match super::held::classify(pid, fd, &target, &info, pos, frozen)? {
+                Some(k) => Some(k),
+                None => classify_fd(pid, fd, &target, pos)?,
+            },
         };
         if let Some(ino) = target
             .strip_prefix("pipe:[")
@@ -79,6 +88,7 @@ fn fds(pid: i32) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
             });
         }
         if let Some(kind) = kind {
+            locks.extend(super::held::locks(pid, fd, &info, &mut posix_seen)?);
             out.push(FdImage { fd, flags, kind });
         }
     }
@@ -102,6 +112,14 @@ fn classify_fd(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKin
         || target == "/dev/console";
     if fd <= 2 && is_tty {
         return Ok(Some(FdKind::InheritedStdio {
+            what: target.to_string(),
+        }));
+    }
+    if is_tty {
+        // a terminal above fd 2: restart gives it its own stdin/stdout
+        // (or what --inherit-fd names)
+        return Ok(Some(FdKind::External {
+            file: 0,
             what: target.to_string(),
         }));
     }
@@ -173,11 +191,11 @@ fn classify_pipes(
                 what: format!("pipe:[{}]", p.ino),
             }
         } else {
-            return Err(ChkptError::unsupported(
-                p.pid,
-                format!("fd {} (pipe:[{}])", p.fd, p.ino),
-                "a pipe leading outside the checkpointed tree",
-            ));
+            // restart gives it its own stdin/stdout (or what --inherit-fd names)
+            FdKind::External {
+                file: 0,
+                what: format!("pipe:[{}]", p.ino),
+            }
         };
         let flags = flags.get(&(p.pid, p.fd)).copied().unwrap_or(0);
         let v = fds.entry(p.pid).or_default();
@@ -246,7 +264,7 @@ fn share_files(tree: &[(i32, i32)], fds: &mut HashMap<i32, Vec<FdImage>>) {
 
 /// Bytes buffered in a pipe, copied without consuming them: `tee` into a
 /// pipe of our own, then read that.
-fn pipe_data(pid: i32, fd: i32) -> Result<Vec<u8>> {
+pub(super) fn pipe_data(pid: i32, fd: i32) -> Result<Vec<u8>> {
     use std::io::Read;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let path = format!("/proc/{pid}/fd/{fd}");
@@ -299,6 +317,8 @@ pub struct TreeFiles {
     ///
     /// [`Frozen`]: super::freeze::Frozen
     pub repaired: Vec<super::sockets::Repairing>,
+    /// Per task, the file locks it holds.
+    pub locks: HashMap<i32, Vec<HeldLock>>,
 }
 
 /// Read every fd table, classify pipes and sockets with the whole tree in
@@ -310,8 +330,11 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, frozen: bool) -> Result<TreeFil
     let mut pipes = Vec::new();
     let mut flags = HashMap::new();
     let mut socks = Vec::new();
+    let mut locks = HashMap::new();
     for &(p, _) in tree {
-        let (f, pr, sk) = self::fds(p)?;
+        let mut held = Vec::new();
+        let (f, pr, sk) = self::fds(p, frozen, &mut held)?;
+        locks.insert(p, held);
         for s in sk {
             socks.push(super::sockets::SockRef {
                 pid: s.pid,
@@ -338,6 +361,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, frozen: bool) -> Result<TreeFil
         v.sort_by_key(|f| f.fd);
     }
     share_files(tree, &mut fds);
+    super::held::dedupe(tree, &mut fds);
     let mut images = Vec::new();
     for ino in internal {
         // classify_pipes only returns inodes it found in `pipes`
@@ -352,5 +376,6 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, frozen: bool) -> Result<TreeFil
         fds,
         pipes: images,
         repaired,
+        locks,
     })
 }

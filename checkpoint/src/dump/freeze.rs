@@ -148,18 +148,8 @@ fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
             "not saved by this version",
         ));
     }
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let me = pid.to_string();
-    if locks
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(me.as_str()))
-    {
-        return Err(ChkptError::unsupported(
-            pid,
-            "file locks (flock, fcntl)",
-            "not saved by this version",
-        ));
-    }
+    // file locks are saved with the fds they are held through, and leases
+    // refused there, naming the fd (dump::held::locks)
     for ns in ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();

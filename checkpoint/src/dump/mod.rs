@@ -8,7 +8,8 @@
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
-//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]
+//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`held`]
+//!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]
 //! - [`task`] — one task's state by /proc and injected system calls
 //! - [`memory`] — mappings, shared memory (copied while frozen)
 //! - [`sysv`] — SysV IPC objects
@@ -18,7 +19,10 @@ mod attrs;
 mod copy;
 mod files;
 mod freeze;
+mod held;
+mod inotify;
 mod memory;
+mod mqueue;
 mod pages;
 mod precopy;
 mod refuse;
@@ -396,6 +400,7 @@ fn read_tree(
             ids: &ids,
         };
         let mut d = task::dump_task(p, pp, fds, &ctx)?;
+        d.task.locks = files.locks.remove(&p).unwrap_or_default();
         let mem = match mems.entry(p) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {

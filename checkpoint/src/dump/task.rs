@@ -253,6 +253,7 @@ fn task_image(
         altstack: altstack(scratch)?,
         fds,
         threads: threads(pid, inj, scratch)?,
+        locks: Vec::new(), // filled by dump::mod from the fd tables
         attrs,
     })
 }

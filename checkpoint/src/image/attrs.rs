@@ -38,6 +38,17 @@ pub struct TaskAttrs {
     pub may_write: Vec<u64>,
 }
 
+impl TaskAttrs {
+    /// What a file older than format 3 holds: nothing saved (the login
+    /// uid reads as never set).
+    pub fn unsaved() -> Self {
+        TaskAttrs {
+            loginuid: u32::MAX,
+            ..TaskAttrs::default()
+        }
+    }
+}
+
 /// Capability sets (bit masks, as /proc/PID/status shows them).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
 pub struct Caps {

@@ -13,7 +13,8 @@
 //! CRCs its runs carry (see [`mm`]).
 //!
 //! - [`app`] — `global_v<SN>.bin`, `node_<N>_v<SN>.bin` (and SysV objects)
-//! - [`task`] — `task_<PID>_v<SN>.bin`
+//! - [`task`] — `task_<PID>_v<SN>.bin` (and [`held`]: locks, FIFOs, deleted
+//!   files, inotify, message queues)
 //! - [`mm`] — `task_mm_<PID>_v<SN>.bin`
 //! - [`regs`] — registers as stored bytes
 //! - [`attrs`] — process attributes of the task file (version 3)
@@ -22,6 +23,7 @@
 
 pub mod app;
 pub mod attrs;
+pub mod held;
 pub mod mm;
 pub mod regs;
 pub mod task;
@@ -30,6 +32,7 @@ mod v2;
 
 pub use app::*;
 pub use attrs::*;
+pub use held::*;
 pub use mm::*;
 pub use regs::{regs_from_bytes, regs_to_bytes, Regs};
 pub use task::*;
@@ -108,12 +111,12 @@ impl ImageMeta for NodeImage {
 }
 
 impl ImageMeta for TaskImage {
-    type V1 = v2::TaskV2;
-    fn from_v1(v: v2::TaskV2) -> Self {
+    type V1 = v1::TaskV1;
+    fn from_v1(v: v1::TaskV1) -> Self {
         v.into()
     }
     fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
-        postcard::from_bytes::<v2::TaskV2>(body).map(Into::into)
+        v2::decode_task(body)
     }
 }
 

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::held::{DeletedImage, FifoImage, HeldLock, InotifyWatch, MqueueImage};
+
 /// `task_<PID>_v<SN>.bin`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskImage {
@@ -29,6 +31,10 @@ pub struct TaskImage {
     pub altstack: AltStack,
     pub fds: Vec<FdImage>,
     pub threads: Vec<ThreadImage>,
+    /// File locks the task holds (see [`HeldLock`]). Version 2 files
+    /// written before locks were saved end before it: they are read
+    /// without (`image::v2`), as file locks were refused then.
+    pub locks: Vec<HeldLock>,
     /// Attributes saved since format version 3 (none in older files).
     pub attrs: super::TaskAttrs,
 }
@@ -103,6 +109,21 @@ pub enum FdKind {
     Epoll { file: u32, items: Vec<EpollItem> },
     /// A socket (see [`SocketImage`]).
     Socket { file: u32, sock: SocketImage },
+    /// A FIFO (named pipe), opened again by path.
+    Fifo { file: u32, fifo: FifoImage },
+    /// A regular file deleted while open: its content is in the image.
+    Deleted { file: u32, del: DeletedImage },
+    /// An inotify instance and its watches (added again by path).
+    Inotify {
+        file: u32,
+        watches: Vec<InotifyWatch>,
+    },
+    /// A POSIX message queue and the messages in it.
+    Mqueue { file: u32, mq: MqueueImage },
+    /// A pipe or terminal on an fd above 2 leading outside the tree:
+    /// restart gives it its own stdin (read end) or stdout (write end),
+    /// or what `--inherit-fd` names for this fd.
+    External { file: u32, what: String },
 }
 
 /// A socket as restart makes it again.
@@ -183,7 +204,12 @@ impl FdKind {
             | FdKind::TimerFd { file, .. }
             | FdKind::SignalFd { file, .. }
             | FdKind::Epoll { file, .. }
-            | FdKind::Socket { file, .. } => Some(*file),
+            | FdKind::Socket { file, .. }
+            | FdKind::Fifo { file, .. }
+            | FdKind::Deleted { file, .. }
+            | FdKind::Inotify { file, .. }
+            | FdKind::Mqueue { file, .. }
+            | FdKind::External { file, .. } => Some(*file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
         }
     }
@@ -195,7 +221,12 @@ impl FdKind {
             | FdKind::TimerFd { file, .. }
             | FdKind::SignalFd { file, .. }
             | FdKind::Epoll { file, .. }
-            | FdKind::Socket { file, .. } => Some(file),
+            | FdKind::Socket { file, .. }
+            | FdKind::Fifo { file, .. }
+            | FdKind::Deleted { file, .. }
+            | FdKind::Inotify { file, .. }
+            | FdKind::Mqueue { file, .. }
+            | FdKind::External { file, .. } => Some(file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
         }
     }

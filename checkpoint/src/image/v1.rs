@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    GlobalImage, MmImage, MmParams, MsgImage, NodeImage, PageRun, PipeImage, RunData, SemImage,
-    SharedMemObject, SysvShmImage, TaskEntry, Vma, VmaKind,
+    AltStack, FdImage, GlobalImage, ITimer, MmImage, MmParams, MsgImage, NodeImage, PageRun,
+    PipeImage, Rlimit, RunData, SemImage, SharedMemObject, SigAction, SysvShmImage, TaskEntry,
+    TaskImage, ThreadImage, Vma, VmaKind,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +134,61 @@ impl From<NodeV1> for NodeImage {
             sysv_shm: n.sysv_shm,
             sysv_sem: n.sysv_sem,
             sysv_msg: n.sysv_msg,
+        }
+    }
+}
+
+/// The task file before file locks (version 1, and version 2 as first
+/// written: see [`v2::decode_task`](super::v2::decode_task)).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskV1 {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    pub exe: String,
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cwd: String,
+    pub umask: u32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub personality: u32,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<Rlimit>,
+    pub sigactions: Vec<SigAction>,
+    pub itimers: Vec<ITimer>,
+    pub altstack: AltStack,
+    /// Version 1 knew files, inherited stdio and pipes: the first
+    /// variants of today's [`FdKind`](super::FdKind), unchanged.
+    pub fds: Vec<FdImage>,
+    pub threads: Vec<ThreadImage>,
+}
+
+impl From<TaskV1> for TaskImage {
+    fn from(t: TaskV1) -> Self {
+        TaskImage {
+            pid: t.pid,
+            ppid: t.ppid,
+            comm: t.comm,
+            exe: t.exe,
+            uids: t.uids,
+            gids: t.gids,
+            groups: t.groups,
+            cwd: t.cwd,
+            umask: t.umask,
+            pgid: t.pgid,
+            sid: t.sid,
+            personality: t.personality,
+            no_new_privs: t.no_new_privs,
+            rlimits: t.rlimits,
+            sigactions: t.sigactions,
+            itimers: t.itimers,
+            altstack: t.altstack,
+            fds: t.fds,
+            threads: t.threads,
+            locks: Vec::new(),
+            attrs: super::TaskAttrs::unsaved(),
         }
     }
 }

@@ -1,11 +1,16 @@
-//! Format version 2 (and 1: the same) task file, as written before
-//! process attributes were saved: read into today's [`TaskImage`] with
-//! default attributes (nothing more is restored than before).
+//! Format version 2 task files, still read: written first without file
+//! locks (the layout of [`TaskV1`]), later with them ([`TaskV2`]); neither
+//! has the process attributes of version 3, so none is restored (as
+//! before them).
 
 use serde::{Deserialize, Serialize};
 
-use super::{AltStack, FdImage, ITimer, Rlimit, SigAction, TaskAttrs, TaskImage, ThreadImage};
+use super::v1::TaskV1;
+use super::{
+    AltStack, FdImage, HeldLock, ITimer, Rlimit, SigAction, TaskAttrs, TaskImage, ThreadImage,
+};
 
+/// A version 2 task file once file locks were saved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskV2 {
     pub pid: i32,
@@ -27,6 +32,7 @@ pub struct TaskV2 {
     pub altstack: AltStack,
     pub fds: Vec<FdImage>,
     pub threads: Vec<ThreadImage>,
+    pub locks: Vec<HeldLock>,
 }
 
 impl From<TaskV2> for TaskImage {
@@ -51,12 +57,21 @@ impl From<TaskV2> for TaskImage {
             altstack: t.altstack,
             fds: t.fds,
             threads: t.threads,
-            attrs: TaskAttrs {
-                loginuid: u32::MAX,
-                ..TaskAttrs::default()
-            },
+            locks: t.locks,
+            attrs: TaskAttrs::unsaved(),
         }
     }
+}
+
+/// A version 2 task file of either layout. The one with locks is tried
+/// first: a file without them ends where they would start, so it cannot
+/// be mistaken for one (while the shorter layout would read a longer file
+/// and ignore its end). File locks were refused at checkpoint time before
+/// they were saved: a file without them had none.
+pub fn decode_task(body: &[u8]) -> postcard::Result<TaskImage> {
+    postcard::from_bytes::<TaskV2>(body)
+        .map(Into::into)
+        .or_else(|_| postcard::from_bytes::<TaskV1>(body).map(Into::into))
 }
 
 #[cfg(test)]
@@ -64,11 +79,30 @@ mod tests {
     use super::super::*;
     use super::TaskV2;
 
-    /// A task file written by format version 2 still decodes, with no
-    /// attributes.
-    #[test]
-    fn version_2_task_files_are_read() {
-        let old = TaskV2 {
+    /// `meta` written as a version 2 task file (header CRC over version 2).
+    fn v2_file<T: serde::Serialize>(meta: &T) -> tempfile::TempDir {
+        let body = postcard::to_stdvec(meta).unwrap();
+        let layout = Layout {
+            meta_off: HEADER_LEN as u64,
+            meta_len: body.len() as u64,
+            data_off: 0,
+            data_len: 0,
+        };
+        let mut h = header(FileKind::Task, layout, &body);
+        h[8] = 2;
+        let mut c = crc32fast::Hasher::new();
+        c.update(&h[..48]);
+        c.update(&body);
+        h[48..52].copy_from_slice(&c.finalize().to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = h.to_vec();
+        b.extend_from_slice(&body);
+        std::fs::write(dir.path().join("t.bin"), b).unwrap();
+        dir
+    }
+
+    fn old() -> TaskV2 {
+        TaskV2 {
             pid: 5,
             ppid: 1,
             comm: "x".into(),
@@ -92,33 +126,45 @@ mod tests {
             },
             fds: vec![],
             threads: vec![],
-        };
-        let mut b = encode(FileKind::Task, &old).unwrap();
-        b[8] = 2;
-        // the header CRC covers the version: recompute it
-        let body = b[HEADER_LEN..].to_vec();
-        let layout = Layout {
-            meta_off: HEADER_LEN as u64,
-            meta_len: body.len() as u64,
-            data_off: 0,
-            data_len: 0,
-        };
-        let mut h = header(FileKind::Task, layout, &body);
-        h[8] = 2;
-        let mut c = crc32fast::Hasher::new();
-        c.update(&h[..48]);
-        c.update(&body);
-        h[48..52].copy_from_slice(&c.finalize().to_le_bytes());
-        b[..HEADER_LEN].copy_from_slice(&h);
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("t.bin");
-        std::fs::write(&p, &b).unwrap();
-        let d = read_file::<TaskImage>(&p, FileKind::Task).unwrap();
+            locks: vec![],
+        }
+    }
+
+    /// Version 2 task files of both layouts decode, with no attributes.
+    #[test]
+    fn version_2_task_files_are_read() {
+        let with_locks = old();
+        let dir = v2_file(&with_locks);
+        let d = read_file::<TaskImage>(&dir.path().join("t.bin"), FileKind::Task).unwrap();
         assert_eq!(d.version, 2);
         assert_eq!(d.meta.pid, 5);
-        assert_eq!(d.meta.attrs.stopped, None);
+        assert!(!d.meta.attrs.saved);
         assert_eq!(d.meta.attrs.loginuid, u32::MAX);
-        // and today's version is refused as a version 2 file would not be
-        assert!(read_file::<GlobalImage>(&p, FileKind::Task).is_err());
+        let o = old();
+        let before_locks = v1::TaskV1 {
+            pid: 6,
+            ppid: o.ppid,
+            comm: o.comm,
+            exe: o.exe,
+            uids: o.uids,
+            gids: o.gids,
+            groups: o.groups,
+            cwd: o.cwd,
+            umask: o.umask,
+            pgid: o.pgid,
+            sid: o.sid,
+            personality: o.personality,
+            no_new_privs: o.no_new_privs,
+            rlimits: o.rlimits,
+            sigactions: o.sigactions,
+            itimers: o.itimers,
+            altstack: o.altstack,
+            fds: o.fds,
+            threads: o.threads,
+        };
+        let dir = v2_file(&before_locks);
+        let d = read_file::<TaskImage>(&dir.path().join("t.bin"), FileKind::Task).unwrap();
+        assert_eq!((d.meta.pid, d.meta.locks.len()), (6, 0));
+        assert!(!d.meta.attrs.saved);
     }
 }

@@ -44,8 +44,17 @@ pub fn create(root: &Injector, scratch: u64, kind: &FdKind) -> Result<Option<u64
                 libc::SYS_timerfd_create,
                 [*clock as u64, 0, 0, 0, 0, 0],
             )?;
+            // A periodic timer whose expirations were not read yet is
+            // stopped by the kernel until they are, and its fdinfo then
+            // shows it_value 0 — which would disarm it here. It is due:
+            // make it expire at once, then every interval as before.
+            let value_ns = if *value_ns == 0 && *interval_ns > 0 {
+                1
+            } else {
+                *value_ns
+            };
             let mut b = Vec::new();
-            for v in [*interval_ns, *value_ns] {
+            for v in [*interval_ns, value_ns] {
                 b.extend_from_slice(&(v / 1_000_000_000).to_le_bytes());
                 b.extend_from_slice(&(v % 1_000_000_000).to_le_bytes());
             }

@@ -43,8 +43,9 @@ pub struct TaskCtx<'a> {
     pub shm_fds: &'a HashMap<u64, i32>,
     /// open file number → its fd in the restored processes.
     pub file_fds: &'a HashMap<u32, i32>,
-    /// epoll file number → the task that registers what it watches.
-    pub epoll_owner: &'a HashMap<u32, i32>,
+    /// open file number → the first task that holds it (it registers what
+    /// an epoll watches, takes a flock or OFD lock again).
+    pub first_holder: &'a HashMap<u32, i32>,
 }
 
 impl TaskCtx<'_> {

@@ -132,7 +132,7 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     // per epoll, by the first task that has it)
     for f in fds {
         if let FdKind::Epoll { file, items } = &f.kind {
-            if c.epoll_owner.get(file) == Some(&c.task.pid) {
+            if c.first_holder.get(file) == Some(&c.task.pid) {
                 super::anon::register(c, f.fd, items)?;
             }
         }
@@ -144,7 +144,9 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             [c.work_base as u64, c.work_end as u64 - 1, 0, 0, 0, 0],
         )?;
     }
-    Ok(())
+    // after the close: closing any fd of a file drops the process's POSIX
+    // locks on it
+    super::locks::take(c)
 }
 
 fn ignore_ebadf(e: ChkptError) -> Result<u64> {

@@ -24,6 +24,7 @@ pub fn create_files(
     scratch: u64,
     tasks: &[&TaskImage],
     base: i32,
+    inherit: &[(i32, String)],
 ) -> Result<HashMap<u32, i32>> {
     let mut firsts: Vec<&FdImage> = Vec::new();
     for f in tasks.iter().flat_map(|t| &t.fds) {
@@ -40,6 +41,7 @@ pub fn create_files(
             .unwrap_or(0) as i32
     };
     let mut out = HashMap::new();
+    let mut held = super::held::Maker::new(root, scratch, tasks, inherit);
     for f in &firsts {
         let Some(file) = f.kind.file() else { continue };
         let fd = match &f.kind {
@@ -47,12 +49,16 @@ pub fn create_files(
             FdKind::Path { path, pos, .. } => open_path(root, scratch, f, path, *pos)?,
             k => match super::anon::create(root, scratch, k)? {
                 Some(fd) => fd,
-                None => continue,
+                None => match held.create(f)? {
+                    Some(fd) => fd,
+                    None => continue,
+                },
             },
         };
         place(root, fd, want(file), f)?;
         out.insert(file, want(file));
     }
+    held.finish()?;
     let socks: Vec<(&FdImage, &SocketImage)> = firsts
         .iter()
         .filter_map(|f| match &f.kind {
@@ -139,7 +145,10 @@ fn open_path(root: &Injector, scratch: u64, f: &FdImage, path: &str, pos: u64) -
 /// belong to the open file description).
 fn place(root: &Injector, fd: u64, want: i32, f: &FdImage) -> Result<()> {
     move_fd(root, fd, want)?;
-    if !matches!(f.kind, FdKind::Path { .. }) {
+    if !matches!(
+        f.kind,
+        FdKind::Path { .. } | FdKind::Deleted { .. } | FdKind::External { .. }
+    ) {
         root.call(
             "fcntl",
             libc::SYS_fcntl,

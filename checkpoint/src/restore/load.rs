@@ -26,6 +26,8 @@ pub struct Loaded {
     pub files: Vec<DataFile>,
     /// The CRC of every block of page data the tasks need, by (file, offset).
     pub checks: Vec<Check>,
+    /// `--inherit-fd N:PATH` of restart (set by the caller).
+    pub inherit_fds: Vec<(i32, String)>,
 }
 
 /// One task of a loaded checkpoint.
@@ -140,6 +142,9 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: bool) -> Resu
                 task.pid, owner.uid
             ))
         })?;
+        super::held_check::check(owner.uid, &task).map_err(|why| {
+            ChkptError::Permission(format!("task {}: {why}: refusing to restart it", task.pid))
+        })?;
         let pieces = chain.resolve(sn, te.pid, (&mm, file, data_off, version))?;
         tasks.push(LoadedTask { task, mm, pieces });
     }
@@ -156,6 +161,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: bool) -> Resu
         zombies,
         files,
         checks,
+        inherit_fds: Vec::new(),
     })
 }
 

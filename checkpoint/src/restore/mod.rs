@@ -13,10 +13,12 @@
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
 //! - [`task`] — one task's restore, in order
-//! - [`files`] ([`anon`], [`sockets`]) — every open file of the tree, made
-//!   once in the root
-//! - [`mm`], [`fds`], [`sig`] — memory, fd table, signal state of a task;
-//!   [`attrs`] its other attributes (prctl, scheduling, capabilities, …)
+//! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`]) — every open
+//!   file of the tree, made once in the root ([`held_check`]: what an
+//!   image may ask of them)
+//! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
+//!   locks), signal state of a task; [`attrs`] its other attributes
+//!   (prctl, scheduling, capabilities, …)
 //! - [`ctx`] — the injection area and what every step works with
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
@@ -26,9 +28,13 @@ mod attrs;
 mod ctx;
 mod fds;
 mod files;
+mod held;
+mod held_check;
 mod lazy;
 pub mod load;
+mod locks;
 mod mm;
+mod mqueue;
 pub mod owner;
 mod pages;
 mod serve;
@@ -65,6 +71,9 @@ pub struct RestoreOptions {
     /// With `lazy`: do not check page data before the tasks run; each block
     /// is checked as it loads (a mismatch then kills the tree).
     pub check_as_loaded: bool,
+    /// `--inherit-fd N:PATH`: what fd N of the job gets when it led
+    /// outside the tree (opened as the job's user).
+    pub inherit_fds: Vec<(i32, String)>,
 }
 
 #[derive(Debug)]
@@ -83,6 +92,9 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         ));
     }
     let mut loaded = load::load_checked(&dir, sn, opts.node, !opts.check_as_loaded)?;
+    let images: Vec<&crate::image::TaskImage> = loaded.tasks.iter().map(|t| &t.task).collect();
+    held_check::check_inherit(&images, &opts.inherit_fds)?;
+    loaded.inherit_fds = opts.inherit_fds.clone();
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(
             "--new-pids does not handle multi-threaded processes (their TIDs live in their memory)"

@@ -246,6 +246,7 @@ mod tests {
             },
             fds: Vec::new(),
             threads: Vec::new(),
+            locks: Vec::new(),
             attrs: Default::default(),
         }
     }

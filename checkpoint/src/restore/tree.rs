@@ -321,7 +321,13 @@ fn restore_tasks(
     let shm_fds = mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
     let file_base = shm_base + shm_fds.len() as i32;
     let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.task).collect();
-    let file_fds = super::files::create_files(&rinj, area + AREA_SCRATCH, &images, file_base)?;
+    let file_fds = super::files::create_files(
+        &rinj,
+        area + AREA_SCRATCH,
+        &images,
+        file_base,
+        &l.inherit_fds,
+    )?;
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
@@ -365,11 +371,11 @@ fn restore_tasks(
             }
         })
         .collect();
-    let mut epoll_owner = HashMap::new();
+    let mut first_holder = HashMap::new();
     for t in &l.tasks {
         for f in &t.task.fds {
-            if let crate::image::FdKind::Epoll { file, .. } = f.kind {
-                epoll_owner.entry(file).or_insert(t.task.pid);
+            if let Some(file) = f.kind.file() {
+                first_holder.entry(file).or_insert(t.task.pid);
             }
         }
     }
@@ -391,7 +397,7 @@ fn restore_tasks(
             pipe_fds: &pipe_fds,
             shm_fds: &shm_fds,
             file_fds: &file_fds,
-            epoll_owner: &epoll_owner,
+            first_holder: &first_holder,
             work_end: file_base + file_fds.len() as i32,
         });
     }
