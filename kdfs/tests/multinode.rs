@@ -382,20 +382,16 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
     );
     fs::write(&rm, &good_rm).unwrap();
 
-    // mount(8) helper convention: mount -t kdfs runs /sbin/mount.kdfs.
-    let helper = std::path::Path::new("/sbin/mount.kdfs");
-    let ours = helper.symlink_metadata().is_err();
-    if ours {
-        symlink(common::mount_bin(), helper).unwrap();
-    }
+    // mount(8) helper convention: mount -t kdfs runs /sbin/mount.kdfs. One
+    // installed there (by tests/local-cluster.sh, or a package) may be of
+    // an older build: this build's helper takes its place for the call.
+    let helper = HelperSwap::install(std::path::Path::new("/sbin/mount.kdfs"));
     let out = run(Command::new("mount")
         .args(["-t", "kdfs", "-o"])
         .arg(c.mount_opts(0))
         .arg(&c.nodes[0].store)
         .arg(c.mnt(0)));
-    if ours {
-        let _ = fs::remove_file(helper);
-    }
+    drop(helper);
     assert!(
         out.status.success(),
         "mount -t kdfs: {}",
@@ -415,4 +411,35 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
     assert!(!common::is_mounted(c.mnt(0)));
     // Node 1 keeps serving its files to the cluster after the local umount.
     assert_eq!(fs::read(c.mnt(1).join("via-helper")).unwrap(), b"y");
+}
+
+/// This build's mount.kdfs at `path` while it lives; whatever was there
+/// before is put back on drop (also when the test fails).
+struct HelperSwap {
+    path: std::path::PathBuf,
+    saved: Option<std::path::PathBuf>,
+}
+
+impl HelperSwap {
+    fn install(path: &std::path::Path) -> Self {
+        let saved = path.symlink_metadata().is_ok().then(|| {
+            let aside = path.with_extension(format!("kdfs-test-{}", std::process::id()));
+            fs::rename(path, &aside).unwrap();
+            aside
+        });
+        symlink(common::mount_bin(), path).unwrap();
+        Self {
+            path: path.to_path_buf(),
+            saved,
+        }
+    }
+}
+
+impl Drop for HelperSwap {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        if let Some(aside) = &self.saved {
+            let _ = fs::rename(aside, &self.path);
+        }
+    }
 }
