@@ -13,6 +13,7 @@ pub mod context;
 pub mod daemon;
 pub mod error;
 pub mod identity;
+pub mod manpages;
 pub mod net;
 pub mod node;
 pub mod peers;
