@@ -54,9 +54,12 @@ pub fn intercept<C: CommandFactory>(page: &Page) {
     intercept_with::<C>(page, &[]);
 }
 
+/// An extra document a binary serves: (kind, renderer).
+pub type Extra = (&'static str, fn() -> String);
+
 /// Like [`intercept`], with extra documents the binary also serves (e.g.
-/// krgd's `krgd.toml` page): `(kind, render)` pairs.
-pub fn intercept_with<C: CommandFactory>(page: &Page, extra: &[(&str, fn() -> String)]) {
+/// krgd's `krgd.toml` page).
+pub fn intercept_with<C: CommandFactory>(page: &Page, extra: &[Extra]) {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() != Some(std::ffi::OsStr::new(FLAG)) {
         return;

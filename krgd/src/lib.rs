@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod error;
 pub mod identity;
 pub mod manpages;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod peers;

@@ -45,7 +45,7 @@ http://127.0.0.1:7690/metrics: Prometheus metrics; / is the status page.",
 };
 
 /// The extra documents of `krgd --generate`.
-pub const EXTRA: &[(&str, fn() -> String)] = &[
+pub const EXTRA: &[krg_clidoc::Extra] = &[
     ("krgd.toml", krgd_toml),
     ("plugins.conf", plugins_conf),
     ("krg-init", krg_init),
@@ -69,10 +69,13 @@ pub fn config_keys() -> Vec<(Option<&'static str>, String, String, String)> {
         .filter(|a| !matches!(a.get_id().as_str(), "config" | "help" | "version"))
         .filter_map(|a| {
             let (table, key) = key_of(a.get_long()?);
-            let value = a
-                .get_value_names()
-                .and_then(|v| v.first().map(|n| n.to_string()))
-                .unwrap_or_else(|| "BOOL".to_string());
+            let value = if a.get_action().takes_values() {
+                a.get_value_names()
+                    .and_then(|v| v.first().map(|n| n.to_string()))
+                    .unwrap_or_else(|| "VALUE".to_string())
+            } else {
+                "BOOL".to_string()
+            };
             let help = a
                 .get_long_help()
                 .or(a.get_help())

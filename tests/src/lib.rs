@@ -301,6 +301,10 @@ impl TestCluster {
         if !extra.iter().any(|a| a.starts_with("--krg-mount")) {
             args.push("--no-krg-mount".into());
         }
+        // Nor does it take the host's HTTP port (7690) unless told to.
+        if !extra.iter().any(|a| a.starts_with("--http")) {
+            args.push("--no-http".into());
+        }
         if self.topology == Topology::Loopback {
             for seed in 1..=self.seeds {
                 if seed != id {
