@@ -138,15 +138,21 @@ fn metrics_are_real_figures_in_a_format_prometheus_parses() -> Result<()> {
     // The leader probes the others: peer round trips were measured.
     let rpcs = sample(&m, "krg_peer_rpc_seconds_count", &[("service", "cluster")]).unwrap();
     assert!(rpcs > 0.0, "no peer RPC measured");
-    assert!(
-        sample(
-            &m,
-            "krg_admin_requests_total",
-            &[("service", "cluster"), ("outcome", "ok")]
-        )
-        .is_some()
-            || leader != 1
+    // The harness asked every node for its status over the admin socket.
+    let asked = sample(
+        &m,
+        "krg_admin_requests_total",
+        &[("service", "cluster"), ("outcome", "ok")],
     );
+    assert!(asked.unwrap_or(0.0) >= 1.0, "admin requests: {asked:?}");
+    // The followers answered the leader's probes.
+    let (_, text) = get(ports[if leader == 1 { 1 } else { 0 }], "/metrics", &[]);
+    let served = sample(
+        &parse_metrics(&text),
+        "krg_peer_requests_total",
+        &[("service", "cluster"), ("outcome", "ok")],
+    );
+    assert!(served.unwrap_or(0.0) >= 1.0, "peer requests: {served:?}");
 
     // kill -9 a follower: the leader detects it and says how long it took.
     let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
