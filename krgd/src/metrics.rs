@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// `service` and `outcome` (ok / error) of a request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +36,14 @@ pub struct OpLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
     pub direction: &'static str,
+}
+
+/// A probe source of this node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: String,
+    pub source: String,
+    pub unit: String,
 }
 
 /// One node and one of the states it may be in.
@@ -83,6 +92,7 @@ pub struct Metrics {
     leader: Gauge,
     node_state: Family<NodeStateLabels, Gauge>,
     jobs_running: Gauge,
+    probe_value: Family<ProbeLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -102,6 +112,8 @@ pub struct ClusterFigures {
     /// (node id, state name) of every known node.
     pub nodes: Vec<(u32, &'static str)>,
     pub jobs_running: usize,
+    /// (probe, source, unit, value) of this node's loaded probes.
+    pub probes: Vec<(String, String, String, f64)>,
 }
 
 /// Every state name `krg_node_state` reports, one series per node each.
@@ -129,6 +141,7 @@ impl Metrics {
             leader: Gauge::default(),
             node_state: Family::default(),
             jobs_running: Gauge::default(),
+            probe_value: Family::default(),
         };
         m.register_all();
         m
@@ -226,6 +239,11 @@ impl Metrics {
             "Jobs this node runs now",
             self.jobs_running.clone(),
         );
+        r.register(
+            "probe_value",
+            "Latest sample of each source of the probes loaded in this node's scheduler tree",
+            self.probe_value.clone(),
+        );
     }
 
     /// Count one request of `service` with its outcome.
@@ -256,6 +274,15 @@ impl Metrics {
                     })
                     .set(i64::from(s == state));
             }
+        }
+        self.probe_value.clear();
+        for (probe, source, unit, value) in &cluster.probes {
+            let labels = ProbeLabels {
+                probe: probe.clone(),
+                source: source.clone(),
+                unit: unit.clone(),
+            };
+            self.probe_value.get_or_create(&labels).set(*value);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

@@ -294,8 +294,11 @@ impl TestCluster {
             data.display().to_string(),
             "--cluster-key-file".into(),
             key.display().to_string(),
-            "--no-scheduler-mount".into(),
         ];
+        // No scheduler tree either, unless the test gives one.
+        if !extra.iter().any(|a| a.starts_with("--scheduler-mount")) {
+            args.push("--no-scheduler-mount".into());
+        }
         // Many krgd share this host: none mounts the host's /krg unless a
         // test gives it a mount point of its own.
         if !extra.iter().any(|a| a.starts_with("--krg-mount")) {

@@ -341,3 +341,51 @@ fn status_page_in_chromium_turns_a_killed_node_failed_without_reload() -> Result
     assert!(after.exists(), "no screenshot of the failure");
     Ok(())
 }
+
+/// Unmounts a scheduler tree left by a krgd killed mid-test.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn probe_values_of_the_scheduler_tree_are_exported() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(1)?;
+    let tree = c.dir.path().join("sched");
+    std::fs::create_dir(&tree)?;
+    let port = free_port();
+    let mount = format!("--scheduler-mount={}", tree.display());
+    let listen = format!("--http-listen=127.0.0.1:{port}");
+    c.start_with(1, &c.key.clone(), &[&mount, &listen])?;
+    let _unmount = Unmount(tree.clone());
+    std::fs::create_dir(tree.join("probes/mem_probe"))?;
+    let total: f64 = std::fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap()
+        * 1024.0;
+    let labels = [
+        ("probe", "mem_probe"),
+        ("source", "ram_total"),
+        ("unit", "bytes"),
+    ];
+    let value = wait_for(SETTLE, "mem_probe in /metrics", || {
+        let (_, text) = get(port, "/metrics", &[]);
+        sample(&parse_metrics(&text), "krg_probe_value", &labels)
+    })?;
+    assert_eq!(value, total);
+    // Unloaded, it is gone from the next scrape.
+    std::fs::remove_dir(tree.join("probes/mem_probe"))?;
+    let (_, text) = get(port, "/metrics", &[]);
+    assert_eq!(
+        sample(&parse_metrics(&text), "krg_probe_value", &labels),
+        None
+    );
+    c.node(1)?.stop();
+    Ok(())
+}

@@ -79,6 +79,7 @@ pub async fn figures(node: &Node) -> ClusterFigures {
         leader: st.leader,
         nodes: nodes.iter().map(|n| (n.id, state_name(n.state))).collect(),
         jobs_running: node.proc.state().table.len(),
+        probes: node.sched.probe_values(),
     }
 }
 
