@@ -38,6 +38,14 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// Who placed a job (`policy`: the scheduler tree; `least_load`: the
+/// fallback) and on which node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    pub by: &'static str,
+    pub node: String,
+}
+
 /// A probe source of this node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
@@ -85,6 +93,8 @@ pub struct Metrics {
     pub kdfs_bytes: Family<DirectionLabel, Counter>,
     /// Jobs `krg run` (and XCPU sessions) started on this node.
     pub jobs_started: Counter,
+    /// Automatic placements decided here, by decider and chosen node.
+    pub placements: Family<PlacementLabels, Counter>,
     members: Gauge,
     online: Gauge,
     epoch: Gauge,
@@ -134,6 +144,7 @@ impl Metrics {
             kdfs_operation_seconds: Family::new_with_constructor(latency_histogram),
             kdfs_bytes: Family::default(),
             jobs_started: Counter::default(),
+            placements: Family::default(),
             members: Gauge::default(),
             online: Gauge::default(),
             epoch: Gauge::default(),
@@ -240,10 +251,25 @@ impl Metrics {
             self.jobs_running.clone(),
         );
         r.register(
+            "placements",
+            "Automatic placements of krg run jobs decided here, by decider (policy, least_load) and chosen node",
+            self.placements.clone(),
+        );
+        r.register(
             "probe_value",
             "Latest sample of each source of the probes loaded in this node's scheduler tree",
             self.probe_value.clone(),
         );
+    }
+
+    /// Count one automatic placement.
+    pub fn placed(&self, by: &'static str, node: u32) {
+        self.placements
+            .get_or_create(&PlacementLabels {
+                by,
+                node: node.to_string(),
+            })
+            .inc();
     }
 
     /// Count one request of `service` with its outcome.

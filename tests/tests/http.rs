@@ -389,3 +389,30 @@ fn probe_values_of_the_scheduler_tree_are_exported() -> Result<()> {
     c.node(1)?.stop();
     Ok(())
 }
+
+#[test]
+fn placements_and_jobs_are_counted() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(1)?;
+    let ports = http_cluster(&mut c, &[1])?;
+    let out = c.krg(1)?.args(["run", "--", "true"]).output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c.krg(1)?.args(["run", "-n", "1", "--", "true"]).output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = parse_metrics(&get(ports[0], "/metrics", &[]).1);
+    // One automatic placement (no policy loaded: the least loaded node);
+    // `-n 1` is not a placement. Both jobs started.
+    let placed = [("by", "least_load"), ("node", "1")];
+    assert_eq!(sample(&m, "krg_placements_total", &placed), Some(1.0));
+    assert_eq!(sample(&m, "krg_jobs_started_total", &[]), Some(2.0));
+    assert_eq!(sample(&m, "krg_jobs_running", &[]), Some(0.0));
+    Ok(())
+}
