@@ -28,6 +28,8 @@
 #     node 1's krgd (nodes 2-4 find it served and go without), and `krg`
 #     (run, ps, kill, push, get) in /usr/local/sbin.
 # `up` starts from empty state every time (it wipes /var/lib/krg-local).
+# KRG_LOCAL_INSTALLED=1 runs the binaries of the installed Debian package
+# (packaging/deb/build.sh; /usr/sbin, /usr/bin, /sbin) instead of building.
 #
 # Not root: 4 krgd on 127.0.0.1:7611-7614 with --peer lists and the cluster
 # formed; no scheduler tree, /krg tree, kDFS or checkpoint demo (FUSE mounts,
@@ -59,6 +61,9 @@ else
     DATA_DIR=$STATE_DIR/data
     SOCK_DIR=$STATE_DIR
     BIN=$REPO/target/release
+fi
+if [ "${KRG_LOCAL_INSTALLED:-0}" = 1 ]; then
+    BIN=/usr/sbin
 fi
 STATE=$STATE_DIR/state
 KEY=$DATA_DIR/cluster.key
@@ -111,6 +116,15 @@ wait_for() {
 # ---------------------------------------------------------------- build
 
 build() {
+    if [ "${KRG_LOCAL_INSTALLED:-0}" = 1 ]; then
+        local b
+        for b in /usr/sbin/krgd /usr/sbin/krg-init /usr/sbin/krgadm /usr/bin/krg /usr/bin/checkpoint \
+            /usr/bin/restart /usr/bin/krgcapset /sbin/mkfs.kdfs /sbin/mount.kdfs; do
+            [ -x "$b" ] || die "KRG_LOCAL_INSTALLED=1 but $b is missing: apt install ./target/debian/krg_*.deb first"
+        done
+        say "KRG_LOCAL_INSTALLED=1: using the installed package's binaries"
+        return
+    fi
     if [ "${KRG_LOCAL_NO_BUILD:-0}" = 1 ]; then
         say "KRG_LOCAL_NO_BUILD=1: using the binaries in $REPO/target/release"
         return
@@ -141,6 +155,7 @@ build() {
 
 install_bins() {
     local t=$REPO/target/release b
+    if [ "${KRG_LOCAL_INSTALLED:-0}" = 1 ]; then return; fi
     for b in krgd krg-init krgadm krg checkpoint restart krgcapset nfsroot mkfs-kdfs mount-kdfs; do
         [ -x "$t/$b" ] || die "$t/$b is missing (did the build fail?)"
     done
@@ -202,6 +217,8 @@ start_krgd() {
         args+=(--krg-mount "$KRGFS")
     else
         args+=(--no-scheduler-mount --no-krg-mount)
+        # One host, one network namespace: each node its own HTTP port.
+        args+=(--http-listen "127.0.0.1:$((7689 + n))")
         local p
         for p in $(seq 1 $NODES); do [ "$p" = "$n" ] || args+=(--peer "$(addr_of "$p")"); done
     fi
@@ -371,6 +388,15 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     krg push /etc/services /tmp/ -a ; krg get /etc/hostname /tmp -n 1-4
     cat /krg/nodes/*/load ; ls /krg/proc       # the same as files (XCPU sessions in /krg/nodes/N/xcpu)
 
+  Metrics and status page (node 1; nodes 2-4 serve theirs on 127.0.0.1:7690 inside their namespaces):
+    curl -s http://127.0.0.1:7690/metrics | grep -E '^krg_(cluster|node_state|raft)'
+    xdg-open http://127.0.0.1:7690/            # live: run  krgadm nodes del -n 4  and watch the table change
+    ip netns exec $(ns_of 2) curl -s http://127.0.0.1:7690/status.json
+
+  Man pages and completions (generated from the binaries; the package installs them):
+    krgadm --generate man | man -l -           # also: krgd --generate krgd.toml | man -l -
+    source <(krgadm --generate bash)           # then: krgadm nodes <TAB><TAB>
+
   Checkpoint / restart (demo job PID $pid counts in $STATE_DIR/demo.count):
     krgcapset --show -k $pid
     checkpoint $pid
@@ -392,6 +418,8 @@ krg local cluster is up: $NODES nodes on 127.0.0.1:7611-7614, session $SESSION$(
   $BIN/krgadm --socket $(sock_of 1) nodes status
   $BIN/krgadm --socket $(sock_of 1) nodes del -n 4
   $BIN/krgadm --socket $(sock_of 1) nodes add -n 4
+  curl -s http://127.0.0.1:7690/metrics | grep -E '^krg_(cluster|node_state)'   # node N: port 7689+N
+  xdg-open http://127.0.0.1:7690/                                                 # the live status page
 Skipped because this is not root: the scheduler tree and kDFS (FUSE mounts
 need root), the checkpoint demo (krgd follows forks with the proc connector,
 which needs root; restart needs CAP_CHECKPOINT_RESTORE). Run with sudo for them.

@@ -1,5 +1,6 @@
 //! krgadm: administer a krg cluster through the local krgd.
 
+mod manpage;
 mod print;
 
 use std::path::PathBuf;
@@ -129,6 +130,7 @@ impl Selection {
 }
 
 fn main() -> ExitCode {
+    krg_clidoc::intercept::<Cli>(&manpage::PAGE);
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

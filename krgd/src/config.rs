@@ -106,6 +106,22 @@ pub struct Settings {
     #[serde(default)]
     pub no_krg_mount: bool,
 
+    /// HTTP address of /metrics (Prometheus) and the status page at /
+    /// [default: 127.0.0.1:7690]. An address already taken is logged, not fatal.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Serve no HTTP at all (no /metrics, no status page).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_http: bool,
+
+    /// File holding the token HTTP clients must present (`Authorization:
+    /// Bearer TOKEN`, or `?token=TOKEN` in a browser); required when
+    /// --http-listen is not a loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+
     /// The `[run]` table: jobs started here by `krg run`.
     #[command(flatten)]
     #[serde(default)]
@@ -159,6 +175,10 @@ pub struct Config {
     pub run_allow_root: bool,
     /// `[run] init`: path of krg-init.
     pub job_init: PathBuf,
+    /// Where /metrics and the status page are served, unless disabled.
+    pub http_listen: Option<SocketAddr>,
+    /// The token HTTP clients must present (read at start-up).
+    pub http_token: Option<String>,
 }
 
 impl Settings {
@@ -206,6 +226,9 @@ impl Settings {
             plugin_registry: self.plugin_registry.or(file.plugin_registry),
             krg_mount: self.krg_mount.or(file.krg_mount),
             no_krg_mount: self.no_krg_mount || file.no_krg_mount,
+            http_listen: self.http_listen.or(file.http_listen),
+            no_http: self.no_http || file.no_http,
+            http_token_file: self.http_token_file.or(file.http_token_file),
             run: RunSettings {
                 allow_root: self.run.allow_root.or(file.run.allow_root),
                 init: self.run.init.or(file.run.init),
@@ -215,6 +238,7 @@ impl Settings {
 
     /// Apply kernel command line fallbacks and defaults, and validate.
     pub fn resolve(self, cmdline: &str) -> Result<Config, DaemonError> {
+        let (http_listen, http_token) = self.http()?;
         let node_id = self
             .node_id
             .or(cmdline_value(cmdline, "node_id")?)
@@ -297,8 +321,53 @@ impl Settings {
             krg_mount,
             run_allow_root: self.run.allow_root.unwrap_or(true),
             job_init,
+            http_listen,
+            http_token,
         })
     }
+
+    /// The HTTP address and token: a token file is required off loopback,
+    /// so that the status page never leaks to the network by accident.
+    fn http(&self) -> Result<(Option<SocketAddr>, Option<String>), DaemonError> {
+        if self.no_http {
+            return Ok((None, None));
+        }
+        let addr = self
+            .http_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)));
+        let token = match &self.http_token_file {
+            Some(path) => Some(read_token(path)?),
+            None if addr.ip().is_loopback() => None,
+            None => {
+                return Err(DaemonError::invalid(
+                    "http_token_file",
+                    format!("--http-listen {addr} is not a loopback address: give --http-token-file (or --no-http)"),
+                ))
+            }
+        };
+        Ok((Some(addr), token))
+    }
+}
+
+/// Default port of /metrics and the status page.
+pub const DEFAULT_HTTP_PORT: u16 = 7690;
+
+/// Read an HTTP token file: one line, at least 16 characters.
+fn read_token(path: &std::path::Path) -> Result<String, DaemonError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        DaemonError::io(format!("reading the HTTP token file {}", path.display()), e)
+    })?;
+    let token = text.trim().to_string();
+    if token.len() < 16 || token.contains(char::is_whitespace) {
+        return Err(DaemonError::invalid(
+            "http_token_file",
+            format!(
+                "{}: the token must be one word of at least 16 characters",
+                path.display()
+            ),
+        ));
+    }
+    Ok(token)
 }
 
 /// Find `key=value` on a kernel command line and parse the value.

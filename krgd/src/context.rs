@@ -6,7 +6,10 @@ use krg_proto::cluster::{Mac, NodeInfo, NodeState};
 use krg_proto::NodeId;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::peers::PeerPool;
 
 /// The cluster as this node currently sees it. Published by the membership
@@ -49,6 +52,8 @@ pub struct NodeContext {
     /// MAC address of the interface that carries the listen address, if any.
     pub mac: Option<Mac>,
     pub peers: PeerPool,
+    /// What `/metrics` reports; every service bumps its own figures.
+    pub metrics: Arc<Metrics>,
     view_tx: watch::Sender<ClusterView>,
 }
 
@@ -59,7 +64,8 @@ impl NodeContext {
             node: config.node_id,
             role: krg_proto::auth::Role::Node,
         };
-        let peers = PeerPool::new(key.clone(), me);
+        let metrics = Arc::new(Metrics::new());
+        let peers = PeerPool::new(key.clone(), me, metrics.clone());
         let (view_tx, _) = watch::channel(ClusterView::default());
         Self {
             config,
@@ -67,6 +73,7 @@ impl NodeContext {
             me,
             mac,
             peers,
+            metrics,
             view_tx,
         }
     }

@@ -40,6 +40,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| DaemonError::io(format!("listening on {}", config.listen), e))?;
     let admin = net::admin::bind(&config.socket).await?;
+    let http = match config.http_listen {
+        Some(addr) => net::http::bind(addr).await,
+        None => None,
+    };
     let ctx = Arc::new(NodeContext::new(config, key, net_info.mac));
     tracing::info!(node = ctx.node_id(), session = ctx.config.session_id, listen = %ctx.config.listen,
         mac = ?ctx.mac.map(|m| m.to_string()), "krgd starting");
@@ -59,6 +63,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     });
     let tcp_task = tokio::spawn(net::peer_server::serve(tcp, node.clone()));
     let admin_task = tokio::spawn(net::admin::serve(admin, node.clone()));
+    let http_task = http.map(|l| tokio::spawn(net::http::serve(l, node.clone())));
 
     // A krgd that finds its node id already in use at start-up yields.
     let outcome = tokio::select! {
@@ -70,6 +75,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     tracing::info!(node = ctx.node_id(), "krgd stopping");
     admin_task.abort();
+    if let Some(t) = http_task {
+        t.abort();
+    }
     node.proc.shutdown().await;
     node.kdfs.shutdown().await;
     node.sched.shutdown().await;

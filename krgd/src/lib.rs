@@ -13,6 +13,8 @@ pub mod context;
 pub mod daemon;
 pub mod error;
 pub mod identity;
+pub mod manpages;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod peers;

@@ -5,6 +5,7 @@ use clap::Parser;
 use krgd::config::Settings;
 
 fn main() {
+    krg_clidoc::intercept_with::<Settings>(&krgd::manpages::PAGE, krgd::manpages::EXTRA);
     let settings = Settings::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -13,6 +13,7 @@ use krg_proto::{NodeId, ProtoError};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
+use crate::metrics::{Metrics, ServiceLabel};
 use crate::sync;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -40,13 +41,15 @@ pub struct PeerPool {
     me: Identity,
     addrs: RwLock<HashMap<NodeId, SocketAddr>>,
     slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerPool {
-    pub fn new(key: ClusterKey, me: Identity) -> Self {
+    pub fn new(key: ClusterKey, me: Identity, metrics: Arc<Metrics>) -> Self {
         Self {
             key,
             me,
+            metrics,
             addrs: RwLock::default(),
             slots: std::sync::Mutex::default(),
         }
@@ -108,6 +111,22 @@ impl PeerPool {
         req: PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerCallError> {
+        let service = service_of(&req);
+        let start = std::time::Instant::now();
+        let result = self.call_once_or_twice(node, req, timeout).await;
+        self.metrics
+            .peer_rpc_seconds
+            .get_or_create(&ServiceLabel { service })
+            .observe(start.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn call_once_or_twice(
+        &self,
+        node: NodeId,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerCallError> {
         for attempt in 0..2 {
             let client = self.client(node).await?;
             match client.call(req.clone(), timeout).await {
@@ -123,5 +142,15 @@ impl PeerPool {
             node,
             source: ProtoError::Closed,
         })
+    }
+}
+
+/// The `service` label of a peer request.
+pub fn service_of(req: &PeerRequest) -> &'static str {
+    match req {
+        PeerRequest::Cluster(_) => "cluster",
+        PeerRequest::Sched(_) => "sched",
+        PeerRequest::Kdfs(_) => "kdfs",
+        PeerRequest::Proc(_) => "proc",
     }
 }

@@ -14,6 +14,7 @@ use nfsroot::render::{self, DhcpServer, RenderOptions};
 use nfsroot::{check, Description};
 
 mod lab_cmd;
+mod manpage;
 
 #[derive(Parser)]
 #[command(name = "nfsroot", version, about = "Describe a diskless krg cluster once; render, check and maintain its DHCP, TFTP, NFS and images", long_about = LONG_ABOUT)]
@@ -231,6 +232,7 @@ struct ReRender {
 }
 
 fn main() -> ExitCode {
+    krg_clidoc::intercept::<Cli>(&manpage::PAGE);
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

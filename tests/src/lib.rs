@@ -37,15 +37,41 @@ pub fn bin_dir() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
-        let release = bin_dir().ends_with("release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "krgd", "-p", "krgadm"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let _ = cmd.status();
+        let _ = cargo_build(&["krgd", "krgadm"]).status();
     });
     bin_dir().join(name)
+}
+
+/// `cargo build` of `packages` in this test's profile. The variables cargo
+/// set for the test itself (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...) are
+/// removed: build scripts that watch them (ring's) would otherwise see a
+/// change and rebuild half the workspace twice per test run.
+pub fn cargo_build(packages: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if bin_dir().ends_with("release") {
+        cmd.arg("--release");
+    }
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_the_test = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "CARGO_TARGET_TMPDIR";
+        if set_for_the_test {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Cluster tests take this lock so that only one cluster runs at a time:
@@ -268,12 +294,19 @@ impl TestCluster {
             data.display().to_string(),
             "--cluster-key-file".into(),
             key.display().to_string(),
-            "--no-scheduler-mount".into(),
         ];
+        // No scheduler tree either, unless the test gives one.
+        if !extra.iter().any(|a| a.starts_with("--scheduler-mount")) {
+            args.push("--no-scheduler-mount".into());
+        }
         // Many krgd share this host: none mounts the host's /krg unless a
         // test gives it a mount point of its own.
         if !extra.iter().any(|a| a.starts_with("--krg-mount")) {
             args.push("--no-krg-mount".into());
+        }
+        // Nor does it take the host's HTTP port (7690) unless told to.
+        if !extra.iter().any(|a| a.starts_with("--http")) {
+            args.push("--no-http".into());
         }
         if self.topology == Topology::Loopback {
             for seed in 1..=self.seeds {

@@ -15,7 +15,7 @@ use krg_proto::chkpt::ChkptRequest;
 /// read and then continues by itself. The process must be CHECKPOINTABLE
 /// (see krgcapset) and belong to you, unless you are root.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(name = "checkpoint", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// PID of the root of the process tree to save.
     pid: Option<i32>,
@@ -186,9 +186,39 @@ fn inspect(json: bool, dir: &std::path::Path, sn: Option<u32>) -> Result<()> {
 }
 
 fn main() {
+    krg_clidoc::intercept::<Cli>(&PAGE);
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("checkpoint: {e:#}");
         std::process::exit(1);
     }
 }
+
+/// The hand-written part of this binary's man page (`--generate man`).
+const PAGE: krg_clidoc::Page = krg_clidoc::Page {
+    section: "1",
+    sections: &[
+        krg_clidoc::Section {
+            title: "EXIT STATUS",
+            body: "0: the process tree was saved (or the subcommand done).
+1: refused or failed (not CHECKPOINTABLE, not yours, an unsupported resource, with the PID and the reason); the job keeps running.
+2: bad usage.",
+        },
+        krg_clidoc::Section {
+            title: "FILES",
+            body: "/var/chkpt/PID/: the checkpoints of PID, one SN each (node_N_vSN.bin, description_vSN.txt).
+/run/krg/krgd.sock: the local krgd, asked whether the process is CHECKPOINTABLE.",
+        },
+        krg_clidoc::Section {
+            title: "EXAMPLES",
+            body: "  checkpoint 4242
+  checkpoint --full 4242
+  checkpoint inspect /var/chkpt/4242
+  checkpoint rm 4242 1",
+        },
+        krg_clidoc::Section {
+            title: "SEE ALSO",
+            body: "checkpoint(1), restart(1), krgcapset(1), krgd(8)",
+        },
+    ],
+};

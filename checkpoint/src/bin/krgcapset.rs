@@ -11,7 +11,7 @@ use krg_proto::chkpt::ChkptRequest;
 /// CHECKPOINTABLE capability, or take it away. Every process it starts
 /// afterwards inherits the capability; the node's krgd keeps track.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "krgcapset", version)]
 struct Cli {
     /// `+CHECKPOINTABLE` to set, `-CHECKPOINTABLE` to clear.
     #[arg(short = 'd', long = "capabilities", allow_hyphen_values = true)]
@@ -53,8 +53,32 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() {
+    krg_clidoc::intercept::<Cli>(&PAGE);
     if let Err(e) = run(Cli::parse()) {
         eprintln!("krgcapset: {e:#}");
         std::process::exit(1);
     }
 }
+
+/// The hand-written part of this binary's man page (`--generate man`).
+const PAGE: krg_clidoc::Page = krg_clidoc::Page {
+    section: "1",
+    sections: &[
+        krg_clidoc::Section {
+            title: "EXIT STATUS",
+            body: "0: done.
+1: refused or failed (no krgd answering, not your process); one line says why.
+2: bad usage.",
+        },
+        krg_clidoc::Section {
+            title: "EXAMPLES",
+            body: "  krgcapset -d +CHECKPOINTABLE
+  krgcapset -k 4242 -d +CHECKPOINTABLE
+  krgcapset --show -k 4242",
+        },
+        krg_clidoc::Section {
+            title: "SEE ALSO",
+            body: "checkpoint(1), restart(1), krgcapset(1), krgd(8)",
+        },
+    ],
+};

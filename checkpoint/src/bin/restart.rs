@@ -19,7 +19,7 @@ use krg_proto::chkpt::ChkptRequest;
 ///
 /// Examples: `restart 4242 1`; `restart --inherit-fd 5:/tmp/out.log 4242 2`.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "restart", version)]
 struct Cli {
     /// Application id: the PID of the process that was checkpointed.
     pid: i32,
@@ -66,6 +66,7 @@ struct Cli {
 }
 
 fn main() {
+    krg_clidoc::intercept::<Cli>(&PAGE);
     let cli = Cli::parse();
     let run = || -> Result<()> {
         let opts = RestoreOptions {
@@ -126,3 +127,31 @@ fn parse_inherit(s: &str) -> std::result::Result<(i32, String), String> {
     }
     Ok((n, path.to_string()))
 }
+
+/// The hand-written part of this binary's man page (`--generate man`).
+const PAGE: krg_clidoc::Page = krg_clidoc::Page {
+    section: "1",
+    sections: &[
+        krg_clidoc::Section {
+            title: "EXIT STATUS",
+            body: "0: the process tree runs again.
+1: refused or failed (a corrupted image, a PID still taken, not yours); nothing of the job runs.
+2: bad usage.",
+        },
+        krg_clidoc::Section {
+            title: "FILES",
+            body: "/var/chkpt/PID/: the checkpoints written by checkpoint(1).",
+        },
+        krg_clidoc::Section {
+            title: "EXAMPLES",
+            body: "  restart 4242 2
+  restart --lazy 4242 2
+  restart --new-pids 4242 1
+  restart --inherit-fd 5:/tmp/out.log 4242 2",
+        },
+        krg_clidoc::Section {
+            title: "SEE ALSO",
+            body: "checkpoint(1), restart(1), krgcapset(1), krgd(8)",
+        },
+    ],
+};

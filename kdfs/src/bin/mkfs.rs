@@ -81,6 +81,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    krg_clidoc::intercept::<Args>(&PAGE);
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -89,3 +90,24 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The hand-written part of this binary's man page (`--generate man`).
+const PAGE: krg_clidoc::Page = krg_clidoc::Page {
+    section: "8",
+    sections: &[
+        krg_clidoc::Section {
+            title: "EXIT STATUS",
+            body: "0: the store was made.
+1: it was not (the directory exists and is not empty, no krgd answering); one line says why.",
+        },
+        krg_clidoc::Section {
+            title: "EXAMPLES",
+            body: "  mkfs.kdfs /KDFS 1
+  mkfs.kdfs /ANOTHER-KDFS 1",
+        },
+        krg_clidoc::Section {
+            title: "SEE ALSO",
+            body: "mount.kdfs(8), krgd(8)",
+        },
+    ],
+};

@@ -182,6 +182,7 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    krg_clidoc::intercept::<Args>(&PAGE);
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -190,3 +191,30 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The hand-written part of this binary's man page (`--generate man`).
+const PAGE: krg_clidoc::Page = krg_clidoc::Page {
+    section: "8",
+    sections: &[
+        krg_clidoc::Section {
+            title: "EXIT STATUS",
+            body: "0: mounted (the file system is served in the background unless -o foreground).
+1: not mounted; one line says why.",
+        },
+        krg_clidoc::Section {
+            title: "FILES",
+            body: "/etc/fstab: a line such as \"/KDFS /mnt/kdfs kdfs defaults,_netdev 0 0\".
+/etc/krg/cluster.key: the cluster key (-o keyfile=).
+/run/krg/krgd.sock: the local krgd (-o socket=).",
+        },
+        krg_clidoc::Section {
+            title: "EXAMPLES",
+            body: "  mount -t kdfs /KDFS /mnt/kdfs
+  mount -t kdfs -o ro,attr_timeout=5 /KDFS /mnt/kdfs",
+        },
+        krg_clidoc::Section {
+            title: "SEE ALSO",
+            body: "mkfs.kdfs(8), krgd(8), mount(8)",
+        },
+    ],
+};

@@ -56,6 +56,8 @@ pub struct Node {
     pub netns: Option<String>,
     pub ip: String,
     pub port: u16,
+    /// Where its krgd serves /metrics (127.0.0.1, in its network namespace).
+    pub http_port: u16,
     pub sock: PathBuf,
     pub data: PathBuf,
     pub store: PathBuf,
@@ -185,6 +187,7 @@ impl Cluster {
                 netns,
                 ip,
                 port: ports[i as usize],
+                http_port: free_port(),
                 sock: d.join("krgd.sock"),
                 data: d.join("data"),
                 store: d.join("store"),
@@ -268,7 +271,8 @@ impl Cluster {
             .arg(&n.data)
             .arg("--cluster-key-file")
             .arg(&self.key)
-            .arg("--no-scheduler-mount");
+            .arg("--no-scheduler-mount")
+            .arg(format!("--http-listen=127.0.0.1:{}", n.http_port));
         for p in &n.peers {
             cmd.arg("--peer").arg(p);
         }

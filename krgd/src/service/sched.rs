@@ -95,6 +95,22 @@ impl SchedService {
         }
     }
 
+    /// This node's latest numeric probe samples: (probe, source, unit,
+    /// value), for `/metrics` (text values are left out).
+    pub fn probe_values(&self) -> Vec<(String, String, String, f64)> {
+        self.engine
+            .tree()
+            .shared_values()
+            .into_iter()
+            .filter_map(|v| match v.value {
+                plugpropol::value::Reading::Num(n) => {
+                    Some((v.probe, v.source, v.unit.name().to_string(), n))
+                }
+                plugpropol::value::Reading::Text(_) => None,
+            })
+            .collect()
+    }
+
     pub async fn handle_peer(
         &self,
         _from: &Identity,

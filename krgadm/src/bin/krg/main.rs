@@ -3,6 +3,7 @@
 //! print. `run` drives a session: it is the job's stand-in on this node.
 
 mod copy;
+mod manpage;
 mod nodesel;
 mod output;
 mod session;
@@ -167,6 +168,7 @@ fn rewrite_kill_signal(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStr
 }
 
 fn main() -> ExitCode {
+    krg_clidoc::intercept::<Cli>(&manpage::PAGE);
     let cli = Cli::parse_from(rewrite_kill_signal(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

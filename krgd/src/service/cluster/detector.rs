@@ -47,11 +47,16 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
         let metrics = joined.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
             leading = false;
-            previous_leader = metrics.current_leader.map(|l| l as NodeId);
+            let leader = metrics.current_leader.map(|l| l as NodeId);
+            if leader.is_some() && leader != previous_leader {
+                svc.ctx.metrics.leader_changes.inc();
+            }
+            previous_leader = leader;
             continue;
         }
         let state = joined.state();
         if !leading {
+            svc.ctx.metrics.elections_won.inc();
             // New leader: everyone gets a full timeout, except the previous
             // leader, which a majority just stopped hearing from.
             leading = true;
@@ -97,7 +102,7 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
                 (NodeState::Online, Probe::Silent) => {
                     let since = *last_ok.entry(id).or_insert(now);
                     if now.duration_since(since) >= timeout {
-                        failed.push(id);
+                        failed.push((id, now.duration_since(since)));
                     }
                 }
                 // Came back (partition healed, or restarted from disk).
@@ -116,7 +121,7 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
         let Ok(_guard) = svc.change_lock.try_lock() else {
             continue;
         };
-        for id in failed {
+        for (id, silent) in failed {
             tracing::warn!(node = id, "member stopped answering; marking it failed");
             if svc
                 .commit(
@@ -131,6 +136,11 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             {
                 break;
             }
+            svc.ctx.metrics.failure_detections.inc();
+            svc.ctx
+                .metrics
+                .failure_detection_seconds
+                .observe(silent.as_secs_f64());
         }
         for id in revived {
             if let Err(e) = revive(&svc, &joined, id).await {

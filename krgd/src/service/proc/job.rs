@@ -290,6 +290,7 @@ pub async fn start(
             e,
         )
     })?;
+    st.ctx.metrics.jobs_started.inc();
     let init_spec = InitSpec {
         pid,
         uid: creds.uid,

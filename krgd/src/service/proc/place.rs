@@ -45,10 +45,13 @@ async fn auto(st: &ProcState, sched: &SchedService, caller: &Caller) -> NodeId {
     if let Ok(SchedReply::Placement { node, reason }) = asked {
         if fanout::check_online(st, node).is_ok() {
             tracing::debug!(node, reason, "placed by the scheduler tree");
+            st.ctx.metrics.placed("policy", node);
             return node;
         }
     }
-    least_loaded(st).await
+    let node = least_loaded(st).await;
+    st.ctx.metrics.placed("least_load", node);
+    node
 }
 
 /// The online node with the lowest 1-minute load (then fewest jobs, then

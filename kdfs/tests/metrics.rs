@@ -1,0 +1,63 @@
+//! kDFS operations as krgd's `/metrics` counts them: a file written on one
+//! node and read through another node's mount is served by the first
+//! node's krgd, which counts the operations by kind, their latency and the
+//! bytes moved.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::Cluster;
+
+/// The value of the series `name{labels}` (labels as written in the text,
+/// e.g. `op="read"`) in krgd's exposition on 127.0.0.1:port.
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn remote_reads_and_writes_are_counted_by_the_serving_node() {
+    let c = Cluster::with_kdfs(2);
+    let (m1, m2) = (c.mnt(0).to_path_buf(), c.mnt(1).to_path_buf());
+    let data = vec![7u8; 300_000];
+    std::fs::write(m1.join("on-node-1"), &data).unwrap();
+    let before = scrape(c.nodes[0].http_port);
+    let read_before = value(&before, "krg_kdfs_bytes_total{direction=\"read\"}").unwrap_or(0.0);
+    // Read through node 2's mount: node 1's krgd serves the data.
+    assert_eq!(std::fs::read(m2.join("on-node-1")).unwrap(), data);
+    let after = scrape(c.nodes[0].http_port);
+    let read_after = value(&after, "krg_kdfs_bytes_total{direction=\"read\"}").unwrap();
+    assert!(
+        read_after - read_before >= data.len() as f64,
+        "node 1 served {read_before} -> {read_after} bytes"
+    );
+    let reads = value(&after, "krg_kdfs_operations_total{op=\"read\"}").unwrap();
+    assert!(reads >= 1.0);
+    let timed = value(&after, "krg_kdfs_operation_seconds_count{op=\"read\"}").unwrap();
+    assert_eq!(timed, reads, "every read timed");
+    assert!(value(&after, "krg_kdfs_operations_total{op=\"lookup\"}").unwrap() >= 1.0);
+    // Written through node 2 into a file of node 1: node 1 counts the bytes.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m2.join("on-node-1"))
+        .unwrap();
+    f.write_all(&[1u8; 4096]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let last = scrape(c.nodes[0].http_port);
+    let written = value(&last, "krg_kdfs_bytes_total{direction=\"written\"}").unwrap();
+    assert!(written >= 4096.0, "written {written}");
+}

@@ -1,0 +1,354 @@
+//! The figures krgd exports at `/metrics` (Prometheus / OpenMetrics text,
+//! prometheus-client). Counters and histograms are bumped where things
+//! happen (router, peer pool, failure detector); the cluster gauges are
+//! filled from the membership service's status just before each scrape.
+//! Names follow Prometheus conventions: `krg_…_total` counters, `_seconds`
+//! and `_bytes` units.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// `service` and `outcome` (ok / error) of a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub service: &'static str,
+    pub outcome: &'static str,
+}
+
+/// The service a peer call went to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: &'static str,
+}
+
+/// A kDFS operation kind (`read`, `lookup`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+/// Bytes read or written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+/// Who placed a job (`policy`: the scheduler tree; `least_load`: the
+/// fallback) and on which node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    pub by: &'static str,
+    pub node: String,
+}
+
+/// A probe source of this node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: String,
+    pub source: String,
+    pub unit: String,
+}
+
+/// One node and one of the states it may be in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeStateLabels {
+    pub node: String,
+    pub state: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric of a krgd and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    /// Admin-socket requests answered, by service and outcome.
+    pub admin_requests: Family<RequestLabels, Counter>,
+    /// Requests from other nodes (and kDFS clients) answered, by service and outcome.
+    pub peer_requests: Family<RequestLabels, Counter>,
+    /// Round trips of calls this node makes to other nodes.
+    pub peer_rpc_seconds: HistogramFamily<ServiceLabel>,
+    /// Members this node, as leader, marked failed.
+    pub failure_detections: Counter,
+    /// Silence of a member before it was marked failed.
+    pub failure_detection_seconds: Histogram,
+    /// Times this node became Raft leader.
+    pub elections_won: Counter,
+    /// Leader changes this node saw as a follower.
+    pub leader_changes: Counter,
+    /// kDFS operations this node served, by kind.
+    pub kdfs_operations: Family<OpLabel, Counter>,
+    /// Their latency on this node (excluding the network).
+    pub kdfs_operation_seconds: HistogramFamily<OpLabel>,
+    /// kDFS file data read from / written to this node's store.
+    pub kdfs_bytes: Family<DirectionLabel, Counter>,
+    /// Jobs `krg run` (and XCPU sessions) started on this node.
+    pub jobs_started: Counter,
+    /// Automatic placements decided here, by decider and chosen node.
+    pub placements: Family<PlacementLabels, Counter>,
+    members: Gauge,
+    online: Gauge,
+    epoch: Gauge,
+    term: Gauge,
+    leader: Gauge,
+    node_state: Family<NodeStateLabels, Gauge>,
+    jobs_running: Gauge,
+    probe_value: Family<ProbeLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The cluster figures a scrape reports, read from the membership service.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    pub members: usize,
+    pub online: usize,
+    pub epoch: u64,
+    pub term: u64,
+    pub leader: Option<u32>,
+    /// (node id, state name) of every known node.
+    pub nodes: Vec<(u32, &'static str)>,
+    pub jobs_running: usize,
+    /// (probe, source, unit, value) of this node's loaded probes.
+    pub probes: Vec<(String, String, String, f64)>,
+}
+
+/// Every state name `krg_node_state` reports, one series per node each.
+pub const NODE_STATES: &[&str] = &["present", "online", "failed", "leaving"];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("krg"),
+            admin_requests: Family::default(),
+            peer_requests: Family::default(),
+            peer_rpc_seconds: Family::new_with_constructor(latency_histogram),
+            failure_detections: Counter::default(),
+            failure_detection_seconds: Histogram::new(exponential_buckets(0.05, 1.5, 14)),
+            elections_won: Counter::default(),
+            leader_changes: Counter::default(),
+            kdfs_operations: Family::default(),
+            kdfs_operation_seconds: Family::new_with_constructor(latency_histogram),
+            kdfs_bytes: Family::default(),
+            jobs_started: Counter::default(),
+            placements: Family::default(),
+            members: Gauge::default(),
+            online: Gauge::default(),
+            epoch: Gauge::default(),
+            term: Gauge::default(),
+            leader: Gauge::default(),
+            node_state: Family::default(),
+            jobs_running: Gauge::default(),
+            probe_value: Family::default(),
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "cluster_members",
+            "Members of the cluster (online, failed or leaving)",
+            self.members.clone(),
+        );
+        r.register(
+            "cluster_online_members",
+            "Members that answer",
+            self.online.clone(),
+        );
+        r.register(
+            "cluster_epoch",
+            "Committed membership changes so far",
+            self.epoch.clone(),
+        );
+        r.register(
+            "raft_term",
+            "Current Raft term (grows by one per election)",
+            self.term.clone(),
+        );
+        r.register(
+            "cluster_leader",
+            "Node id of the Raft leader (0: none known)",
+            self.leader.clone(),
+        );
+        r.register(
+            "node_state",
+            "1 for the state each known node is in, else 0",
+            self.node_state.clone(),
+        );
+        r.register(
+            "raft_elections_won",
+            "Times this node became the Raft leader",
+            self.elections_won.clone(),
+        );
+        r.register(
+            "cluster_leader_changes",
+            "Leader changes this node saw as a follower",
+            self.leader_changes.clone(),
+        );
+        r.register(
+            "failure_detections",
+            "Members this node, as leader, marked failed",
+            self.failure_detections.clone(),
+        );
+        r.register(
+            "failure_detection_seconds",
+            "Silence of a member before it was marked failed",
+            self.failure_detection_seconds.clone(),
+        );
+        r.register(
+            "admin_requests",
+            "Admin-socket requests answered, by service and outcome",
+            self.admin_requests.clone(),
+        );
+        r.register(
+            "peer_requests",
+            "Requests of other nodes and kDFS clients answered, by service and outcome",
+            self.peer_requests.clone(),
+        );
+        r.register(
+            "peer_rpc_seconds",
+            "Round trip of calls to other nodes, by service",
+            self.peer_rpc_seconds.clone(),
+        );
+        r.register(
+            "kdfs_operations",
+            "kDFS operations served by this node, by kind",
+            self.kdfs_operations.clone(),
+        );
+        r.register(
+            "kdfs_operation_seconds",
+            "Time this node took to serve a kDFS operation, by kind",
+            self.kdfs_operation_seconds.clone(),
+        );
+        r.register(
+            "kdfs_bytes",
+            "kDFS file data read from or written to this node's store",
+            self.kdfs_bytes.clone(),
+        );
+        r.register(
+            "jobs_started",
+            "Jobs krg run and XCPU sessions started on this node",
+            self.jobs_started.clone(),
+        );
+        r.register(
+            "jobs_running",
+            "Jobs this node runs now",
+            self.jobs_running.clone(),
+        );
+        r.register(
+            "placements",
+            "Automatic placements of krg run jobs decided here, by decider (policy, least_load) and chosen node",
+            self.placements.clone(),
+        );
+        r.register(
+            "probe_value",
+            "Latest sample of each source of the probes loaded in this node's scheduler tree",
+            self.probe_value.clone(),
+        );
+    }
+
+    /// Count one automatic placement.
+    pub fn placed(&self, by: &'static str, node: u32) {
+        self.placements
+            .get_or_create(&PlacementLabels {
+                by,
+                node: node.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count one request of `service` with its outcome.
+    pub fn count(family: &Family<RequestLabels, Counter>, service: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        family
+            .get_or_create(&RequestLabels { service, outcome })
+            .inc();
+    }
+
+    /// The figures of a scrape, then the whole text exposition.
+    pub fn encode(&self, cluster: &ClusterFigures) -> Result<String, std::fmt::Error> {
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.members.set(to_i64(cluster.members as u64));
+        self.online.set(to_i64(cluster.online as u64));
+        self.epoch.set(to_i64(cluster.epoch));
+        self.term.set(to_i64(cluster.term));
+        self.leader.set(i64::from(cluster.leader.unwrap_or(0)));
+        self.jobs_running.set(to_i64(cluster.jobs_running as u64));
+        // Nodes that left the view must not linger as stale series.
+        self.node_state.clear();
+        for (node, state) in &cluster.nodes {
+            for s in NODE_STATES {
+                self.node_state
+                    .get_or_create(&NodeStateLabels {
+                        node: node.to_string(),
+                        state: s,
+                    })
+                    .set(i64::from(s == state));
+            }
+        }
+        self.probe_value.clear();
+        for (probe, source, unit, value) in &cluster.probes {
+            let labels = ProbeLabels {
+                probe: probe.clone(),
+                source: source.clone(),
+                unit: unit.clone(),
+            };
+            self.probe_value.get_or_create(&labels).set(*value);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The name of a kDFS request kind, for the `op` label (a fixed set, so
+/// the number of series stays bounded).
+pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
+    use krg_proto::kdfs::KdfsRequest as R;
+    match req {
+        R::Hello => "hello",
+        R::Root => "root",
+        R::Statfs => "statfs",
+        R::GetAttr { .. } => "getattr",
+        R::SetAttr { .. } => "setattr",
+        R::Readlink { .. } => "readlink",
+        R::Lookup { .. } => "lookup",
+        R::MakeInode { .. } => "make_inode",
+        R::Create { .. } => "create",
+        R::AddEntry { .. } => "add_entry",
+        R::RemoveEntry { .. } => "remove_entry",
+        R::Rename { .. } => "rename",
+        R::IncLink { .. } => "inc_link",
+        R::DecLink { .. } => "dec_link",
+        R::Touch { .. } => "touch",
+        R::RemoveDir { .. } => "rmdir",
+        R::IsEmptyDir { .. } => "is_empty_dir",
+        R::Open { .. } => "open",
+        R::Read { .. } => "read",
+        R::Write { .. } => "write",
+        R::Fsync { .. } => "fsync",
+        R::Release { .. } => "release",
+        R::Fallocate { .. } => "fallocate",
+        R::OpenDir { .. } => "opendir",
+        R::ReadDir { .. } => "readdir",
+        R::ReleaseDir { .. } => "releasedir",
+        R::FsyncDir { .. } => "fsyncdir",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
