@@ -92,6 +92,18 @@ pub fn detach(tid: i32) -> Result<()> {
     .map(|_| ())
 }
 
+/// Detach, the task taking `sig` as it resumes (SIGSTOP: it goes into a
+/// group stop before running any instruction of its own).
+pub fn detach_with(tid: i32, sig: i32) -> Result<()> {
+    check(
+        // SAFETY: no memory passed; the signal number is the data word.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, sig as libc::c_long) },
+        "PTRACE_DETACH",
+        tid,
+    )
+    .map(|_| ())
+}
+
 pub fn get_regs(tid: i32) -> Result<Regs> {
     // SAFETY: user_regs_struct is plain data; zero is a valid value.
     let mut regs: Regs = unsafe { std::mem::zeroed() };

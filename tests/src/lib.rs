@@ -39,7 +39,7 @@ pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let release = bin_dir().ends_with("release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "krgd", "-p", "krgadm"]);
+        cmd.args(["build", "--quiet", "-p", "krgd", "-p", "krgadm", "-p", "checkpoint"]);
         if release {
             cmd.arg("--release");
         }

@@ -47,6 +47,9 @@ pub struct DumpOptions {
     pub root: PathBuf,
     /// Kill the tree once it is saved.
     pub kill: bool,
+    /// Leave the tree stopped (SIGSTOP) once it is saved (a migration's
+    /// origin copy, until the target has taken over).
+    pub stop: bool,
     /// This node's id (names the node file).
     pub node: u32,
     /// SysV semaphore sets and message queues that belong to the job.
@@ -64,6 +67,8 @@ pub struct DumpReport {
     pub image_bytes: u64,
     /// How long the tree was stopped.
     pub frozen: Duration,
+    /// When the freeze began (with `stop`, the tree is still stopped).
+    pub frozen_at: Instant,
     /// The SN this one is incremental on.
     pub parent: Option<u32>,
 }
@@ -139,6 +144,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     frozen.repaired = std::mem::take(&mut state.files.repaired);
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
+    frozen.stop = opts.stop;
     drop(frozen);
     let frozen_for = started.elapsed();
     drop(_boost);
@@ -173,6 +179,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         tasks: tree.iter().map(|t| t.0).collect(),
         image_bytes,
         frozen: frozen_for,
+        frozen_at: started,
         parent,
     })
 }

@@ -28,6 +28,7 @@ pub mod error;
 pub mod frame;
 pub mod kdfs;
 pub mod keyfile;
+pub mod migrate;
 pub mod nodeset;
 pub mod peer;
 pub mod proc;
