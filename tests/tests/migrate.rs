@@ -34,9 +34,19 @@ fn socket(c: &TestCluster, id: u32) -> PathBuf {
     c.dir.path().join(format!("krgd{id}.sock"))
 }
 
+/// A test process, killed (by PID, wherever it runs now) when dropped.
+struct Job(i32);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of a process this test started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
 /// A job started from the test, with no stray fds; its end is reaped by a
 /// thread (the parent must reap the origin's copy for its PID to be free).
-fn start(script: &str, out: &Path) -> i32 {
+fn start(script: &str, out: &Path) -> Job {
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]).arg(out).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: close_range between fork and exec.
@@ -49,7 +59,7 @@ fn start(script: &str, out: &Path) -> i32 {
     let mut child: Child = cmd.spawn().unwrap();
     let pid = child.id() as i32;
     std::thread::spawn(move || child.wait());
-    pid
+    Job(pid)
 }
 
 fn capset(c: &TestCluster, via: u32, pid: i32) {
@@ -133,7 +143,8 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
     let out = c.dir.path().join("count.txt");
-    let pid = start(COUNTER, &out);
+    let job = start(COUNTER, &out);
+    let pid = job.0;
     capset(&c, 1, pid);
     let before = grows(&out, 0);
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
@@ -162,6 +173,7 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     let k = c.krg(2)?.args(["kill", "-s", "KILL", &format!("1:{pid}")]).output()?;
     assert!(k.status.success(), "{}", err(&k));
     wait_for(Duration::from_secs(5), "the process to end", || state(pid).is_none().then_some(()))?;
+    std::mem::forget(job); // ended: its PID is not ours any more
     Ok(())
 }
 
@@ -197,7 +209,8 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
     let out = c.dir.path().join("tree.txt");
-    let pid = start(THREADS_AND_PIPE, &out);
+    let job = start(THREADS_AND_PIPE, &out);
+    let pid = job.0;
     capset(&c, 1, pid);
     let before = grows(&out, 0);
     // a process with children needs --tree
@@ -218,7 +231,6 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task"))?.count(), 4);
     let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
     assert_eq!(ppid(pid), krgd2);
-    let _ = c.krg(1)?.args(["kill", "-s", "KILL", &format!("2:{pid}")]).output()?;
     Ok(())
 }
 
@@ -227,7 +239,8 @@ fn refusals_leave_the_process_running() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
     let out = c.dir.path().join("r.txt");
-    let pid = start(COUNTER, &out);
+    let job = start(COUNTER, &out);
+    let pid = job.0;
     let p = pid.to_string();
     // not CAN_MIGRATE
     let o = migrate(&c, 1, &[&p, "2"]);
@@ -255,20 +268,19 @@ fn refusals_leave_the_process_running() -> Result<()> {
     assert!(ppid(pid) != c.nodes.get(&2).unwrap().pid().unwrap() as i32);
     // a socket: refused before anything stops
     let sock = c.dir.path().join("s.txt");
-    let spid = start(
+    let sjob = start(
         "import socket, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nf = open(sys.argv[1], 'a', buffering=1)\nn = 0\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    time.sleep(0.02)\n",
         &sock,
     );
+    let spid = sjob.0;
     capset(&c, 1, spid);
+    let s = grows(&sock, 0);
     let o = migrate(&c, 1, &[&spid.to_string(), "2"]);
     assert!(err(&o).contains("sockets do not migrate"), "{}", err(&o));
-    let s = grows(&sock, 0);
     grows(&sock, s);
     grows(&out, n);
     for p in [pid, spid] {
         assert_ne!(state(p), Some('T'));
-        // SAFETY: kill(2) of our own test processes.
-        unsafe { libc::kill(p, libc::SIGKILL) };
     }
     Ok(())
 }
@@ -293,7 +305,8 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     let _g = serial();
     let mut c = formed(2)?;
     let out = c.dir.path().join("big.txt");
-    let pid = start(BIG, &out);
+    let job = start(BIG, &out);
+    let pid = job.0;
     capset(&c, 1, pid);
     let n = grows(&out, 0);
     let via = socket(&c, 1);
@@ -316,7 +329,5 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     assert!(t.elapsed() < Duration::from_secs(40));
     grows(&out, n);
     assert_ne!(state(pid), Some('T'));
-    // SAFETY: kill(2) of our own test process.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
     Ok(())
 }
