@@ -32,14 +32,24 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Path of a workspace binary. The first call of a test process runs
-/// `cargo build` for krgd and krgadm (a no-op when they are up to date), so
+/// `cargo build` for krgd, krgadm and checkpoint (restart: migrations) (a
+/// no-op when they are up to date), so
 /// `cargo test -p krg-tests` never tests a stale daemon.
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let release = bin_dir().ends_with("release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "krgd", "-p", "krgadm", "-p", "checkpoint"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "krgd",
+            "-p",
+            "krgadm",
+            "-p",
+            "checkpoint",
+        ]);
         if release {
             cmd.arg("--release");
         }

@@ -48,7 +48,11 @@ impl Drop for Job {
 /// thread (the parent must reap the origin's copy for its PID to be free).
 fn start(script: &str, out: &Path) -> Job {
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]).arg(out).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["-c", script])
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: close_range between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -108,7 +112,12 @@ fn state(pid: i32) -> Option<char> {
 
 fn ppid(pid: i32) -> i32 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    s[s.rfind(')').unwrap() + 2..].split_whitespace().nth(1).unwrap().parse().unwrap()
+    s[s.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// (node, pid) rows of krg ps.
@@ -154,9 +163,17 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     let after = grows(&out, before);
     // never restarted from zero, same PID, numbers keep following each other
     let text = std::fs::read_to_string(&out)?;
-    let nums: Vec<u64> = text.lines().map(|l| l.split(' ').next().unwrap().parse().unwrap()).collect();
-    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "a gap or a repeat in the count");
-    assert!(text.lines().all(|l| l.split(' ').nth(1) == Some(&pid.to_string())));
+    let nums: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap or a repeat in the count"
+    );
+    assert!(text
+        .lines()
+        .all(|l| l.split(' ').nth(1) == Some(&pid.to_string())));
     assert!(after > before);
     // its parent is node 2's krgd now, and krg ps shows it there
     let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
@@ -170,9 +187,14 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     assert_eq!(ppid(pid), krgd1);
     assert!(ps(&c, 2).contains(&(1, pid as i64)));
     // krg kill reaches it where it runs
-    let k = c.krg(2)?.args(["kill", "-s", "KILL", &format!("1:{pid}")]).output()?;
+    let k = c
+        .krg(2)?
+        .args(["kill", "-s", "KILL", &format!("1:{pid}")])
+        .output()?;
     assert!(k.status.success(), "{}", err(&k));
-    wait_for(Duration::from_secs(5), "the process to end", || state(pid).is_none().then_some(()))?;
+    wait_for(Duration::from_secs(5), "the process to end", || {
+        state(pid).is_none().then_some(())
+    })?;
     std::mem::forget(job); // ended: its PID is not ours any more
     Ok(())
 }
@@ -221,8 +243,14 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     assert!(o.status.success(), "{}", err(&o));
     let after = grows(&out, before);
     let text = std::fs::read_to_string(&out)?;
-    let nums: Vec<u64> = text.lines().map(|l| l.split(' ').next().unwrap().parse().unwrap()).collect();
-    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "a line lost or doubled in the pipe");
+    let nums: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "a line lost or doubled in the pipe"
+    );
     // the threads kept counting too (their minimum grows)
     let threads = |l: &str| l.split(' ').nth(2).unwrap().parse::<u64>().unwrap();
     let last_line = text.lines().last().unwrap();
@@ -253,7 +281,11 @@ fn refusals_leave_the_process_running() -> Result<()> {
     let o = migrate(&c, 1, &[&p, "1"]);
     assert!(err(&o).contains("already runs on node 1"), "{}", err(&o));
     let o = migrate(&c, 1, &["abc", "2"]);
-    assert!(err(&o).starts_with("migrate: \"abc\" is not a PID"), "{}", err(&o));
+    assert!(
+        err(&o).starts_with("migrate: \"abc\" is not a PID"),
+        "{}",
+        err(&o)
+    );
     // not the owner
     let o = Command::new(bin("migrate"))
         .env("KRG_SOCKET", socket(&c, 1))
@@ -262,7 +294,11 @@ fn refusals_leave_the_process_running() -> Result<()> {
         .gid(65534)
         .output()?;
     assert!(!o.status.success());
-    assert!(err(&o).contains("only its owner or root may migrate it"), "{}", err(&o));
+    assert!(
+        err(&o).contains("only its owner or root may migrate it"),
+        "{}",
+        err(&o)
+    );
     assert_eq!(err(&o).lines().count(), 1);
     let n = grows(&out, 0);
     assert!(ppid(pid) != c.nodes.get(&2).unwrap().pid().unwrap() as i32);
@@ -329,5 +365,66 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     assert!(t.elapsed() < Duration::from_secs(40));
     grows(&out, n);
     assert_ne!(state(pid), Some('T'));
+    Ok(())
+}
+
+/// A holder of the cluster key that is not a member (a krgd outside the
+/// cluster, node 9) cannot push an image, nor feed or commit a transfer.
+#[test]
+fn an_outsider_cannot_push_an_image() -> Result<()> {
+    use krg_proto::auth::{ClusterKey, Identity, Role};
+    use krg_proto::client::PeerClient;
+    use krg_proto::migrate::{Data, ImageFile, MigratePeerRequest, Offer};
+    use krg_proto::peer::{PeerRequest, PeerResponse};
+    use krg_proto::proc::{Credentials, ProcPeerRequest};
+
+    let _g = serial();
+    let c = formed(2)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let key = ClusterKey::new(std::fs::read(&c.key)?.trim_ascii().to_vec())?;
+    let me = Identity {
+        session: c.session,
+        node: 9,
+        role: Role::Node,
+    };
+    let addr = c.nodes.get(&1).unwrap().listen;
+    let peer = rt.block_on(PeerClient::connect(addr, &key, me, Duration::from_secs(5)))?;
+    let offer = Offer {
+        xfer: 1,
+        app: 4242,
+        sn: 1,
+        pids: vec![4242],
+        owner: 0,
+        creds: Credentials {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        },
+        files: vec![ImageFile {
+            name: "global_v1.bin".into(),
+            len: 10,
+        }],
+        identities: vec![],
+    };
+    for (m, want) in [
+        (MigratePeerRequest::Offer(offer), "node 9 is not a member"),
+        (
+            MigratePeerRequest::Data(Data {
+                xfer: 1,
+                file: 0,
+                offset: 0,
+                data: vec![0; 10],
+            }),
+            "only a member",
+        ),
+        (MigratePeerRequest::Commit { xfer: 1 }, "only a member"),
+    ] {
+        let req = PeerRequest::Proc(ProcPeerRequest::Migrate(m));
+        match rt.block_on(peer.call(req, Duration::from_secs(10)))? {
+            PeerResponse::Error(e) => assert!(e.message.contains(want), "{}", e.message),
+            other => panic!("an outsider's migration message was taken: {other:?}"),
+        }
+    }
+    assert!(!c.dir.path().join("data1/migrate/in").join("9-1").exists());
     Ok(())
 }

@@ -32,7 +32,9 @@ fn parse_change(arg: &str) -> Result<(bool, Vec<&str>)> {
     let (enable, names) = match arg.split_at_checked(1) {
         Some(("+", rest)) => (true, rest),
         Some(("-", rest)) => (false, rest),
-        _ => bail!("capability change {arg:?} must start with + or - (e.g. +CHECKPOINTABLE,CAN_MIGRATE)"),
+        _ => bail!(
+            "capability change {arg:?} must start with + or - (e.g. +CHECKPOINTABLE,CAN_MIGRATE)"
+        ),
     };
     let names: Vec<&str> = names.split(',').collect();
     if let Some(bad) = names
@@ -49,7 +51,9 @@ fn run(cli: Cli) -> Result<()> {
     let pid = cli.pid.unwrap_or_else(|| unsafe { libc::getppid() });
     let change = cli.caps.as_deref().map(parse_change).transpose()?;
     if change.is_none() && !cli.show {
-        bail!("nothing to do: give -d +CHECKPOINTABLE, -d +CAN_MIGRATE (or -NAME to clear) or --show");
+        bail!(
+            "nothing to do: give -d +CHECKPOINTABLE, -d +CAN_MIGRATE (or -NAME to clear) or --show"
+        );
     }
     let mut krgd = CapClient::connect(&cli.socket)?;
     if let Some((enable, names)) = change {
@@ -69,7 +73,11 @@ fn run(cli: Cli) -> Result<()> {
         if krgd.call_migrate(ChkptRequest::QueryCanMigrate { pid })? {
             held.push("CAN_MIGRATE");
         }
-        let shown = if held.is_empty() { "(none)".to_string() } else { held.join(",") };
+        let shown = if held.is_empty() {
+            "(none)".to_string()
+        } else {
+            held.join(",")
+        };
         println!("{pid}: {shown}");
     }
     Ok(())

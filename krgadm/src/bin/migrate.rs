@@ -45,7 +45,10 @@ struct Cli {
 fn parse_process(s: &str) -> Result<(Option<NodeId>, i32)> {
     let (node, pid) = match s.split_once(':') {
         Some((n, p)) => (
-            Some(n.parse::<NodeId>().map_err(|_| anyhow!("{n:?} is not a node id"))?),
+            Some(
+                n.parse::<NodeId>()
+                    .map_err(|_| anyhow!("{n:?} is not a node id"))?,
+            ),
             p,
         ),
         None => (None, s),
@@ -69,7 +72,10 @@ async fn run(cli: Cli) -> Result<MigrateReport> {
         to: cli.node,
         tree: cli.tree,
     };
-    match c.call(&AdminRequest::Proc(ProcRequest::Migrate(req))).await? {
+    match c
+        .call(&AdminRequest::Proc(ProcRequest::Migrate(req)))
+        .await?
+    {
         AdminResponse::Proc(ProcReply::Migrated(r)) => Ok(r),
         AdminResponse::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer from krgd: {other:?}"),
@@ -79,7 +85,10 @@ async fn run(cli: Cli) -> Result<MigrateReport> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("migrate: {e}");

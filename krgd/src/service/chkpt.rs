@@ -62,7 +62,10 @@ impl ChkptService {
 
     fn migrate_tracker(&self) -> Result<&CapTracker, AdminError> {
         self.migrate.as_ref().ok_or_else(|| {
-            AdminError::new(ErrorKind::Unavailable, "this krgd cannot track CAN_MIGRATE (proc connector unavailable; run krgd as root)")
+            AdminError::new(
+                ErrorKind::Unavailable,
+                "this krgd cannot track CAN_MIGRATE (proc connector unavailable; run krgd as root)",
+            )
         })
     }
 

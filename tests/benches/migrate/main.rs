@@ -169,7 +169,8 @@ fn criu_round(criu: &Path, dir: &Path, mib: u64) -> Result<(f64, f64)> {
     let (n, _) = report(&w.rep).context("no report")?;
     let t = Instant::now();
     let mut dump = Command::new(criu);
-    dump.args(["dump", "-t", &w.pid.to_string(), "-D"]).arg(&img);
+    dump.args(["dump", "-t", &w.pid.to_string(), "-D"])
+        .arg(&img);
     run(dump)?;
     // its parent (a thread of this bench) reaps it; the PID must be free
     wait_for(Duration::from_secs(10), "the dumped PID to be free", || {
@@ -201,7 +202,10 @@ fn main() -> Result<()> {
         bail!("the migration bench needs root (restart chooses PIDs)");
     }
     let _g = serial();
-    let rounds: usize = std::env::var("KRG_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("KRG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let sizes: Vec<u64> = std::env::var("KRG_BENCH_MIGRATE_MIB")
         .unwrap_or_else(|_| "100,1024".into())
         .split(',')
@@ -243,14 +247,16 @@ fn main() -> Result<()> {
                 krg()?;
             }
         }
-        let show = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |x| format!("{x:.3} {unit}"));
+        let show =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |x| format!("{x:.3} {unit}"));
         let (kt, kg, ks, ct, cg) = (median(kt), median(kg), median(ks), median(ct), median(cg));
         println!("{mib} MiB process, load {}:", load());
         println!(
             "  total time      krg migrate {:>12}   criu dump+restore {:>12}   ratio criu/krg {}",
             show(kt, "s"),
             show(ct, "s"),
-            kt.zip(ct).map_or("-".into(), |(k, c)| format!("{:.2}", c / k))
+            kt.zip(ct)
+                .map_or("-".into(), |(k, c)| format!("{:.2}", c / k))
         );
         println!(
             "  downtime (own)  krg migrate {:>12}   criu dump+restore {:>12}   ratio criu/krg {}   (krgd's stopped_ms {})",

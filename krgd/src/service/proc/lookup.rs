@@ -120,7 +120,11 @@ fn kill_adopted(
     if !allowed {
         return Err(AdminError::new(
             ErrorKind::PermissionDenied,
-            format!("process {node}:{pid} belongs to {}; uid {} may not signal it", creds::user_name(ids[0]), who.uid),
+            format!(
+                "process {node}:{pid} belongs to {}; uid {} may not signal it",
+                creds::user_name(ids[0]),
+                who.uid
+            ),
         ));
     }
     if signal != 0 {

@@ -163,11 +163,7 @@ pub fn command_line(host_pid: i32, comm: &str) -> String {
 
 /// The `krg ps` rows of these processes, given as (PID in krgd's
 /// namespace, PID as shown); those that vanished meanwhile are left out.
-pub fn rows(
-    node: NodeId,
-    found: &[(i32, i32)],
-    user_name: impl Fn(u32) -> String,
-) -> Vec<ProcRow> {
+pub fn rows(node: NodeId, found: &[(i32, i32)], user_name: impl Fn(u32) -> String) -> Vec<ProcRow> {
     let hz = clock_ticks();
     let page = page_kib();
     let now = uptime_secs();

@@ -40,7 +40,10 @@ pub fn tree(pid: i32) -> Vec<i32> {
         for t in tasks.flatten() {
             let path = t.path().join("children");
             let kids = std::fs::read_to_string(path).unwrap_or_default();
-            out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
         }
         if out.len() > 4096 {
             break;
@@ -120,7 +123,11 @@ fn fds(p: i32, files: &mut BTreeMap<String, FileIdentity>) -> Result<(), AdminEr
         return Ok(());
     };
     for e in dir.flatten() {
-        let fd: i32 = e.file_name().to_str().and_then(|s| s.parse().ok()).unwrap_or(-1);
+        let fd: i32 = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1);
         let Ok(link) = std::fs::read_link(e.path()) else {
             continue;
         };

@@ -64,7 +64,9 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
         };
         return Err(AdminError::new(
             ErrorKind::PermissionDenied,
-            format!("node {n} is not a member of node {me}'s cluster: it may not push a process image"),
+            format!(
+                "node {n} is not a member of node {me}'s cluster: it may not push a process image"
+            ),
         ));
     };
     if o.creds.uid != 0 && o.creds.uid != o.owner {
@@ -81,16 +83,28 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
         gid: 0,
         groups: Vec::new(),
     };
-    creds::check(&owner, RunPolicy { allow_root: st.policy.allow_root }, origin, me)?;
+    creds::check(
+        &owner,
+        RunPolicy {
+            allow_root: st.policy.allow_root,
+        },
+        origin,
+        me,
+    )?;
     let total: u64 = o.files.iter().map(|f| f.len).sum();
     if o.files.is_empty() || o.files.len() > 100_000 || total > MAX_IMAGE {
-        return Err(bad("an image of no files, too many files or too many bytes"));
+        return Err(bad(
+            "an image of no files, too many files or too many bytes",
+        ));
     }
     if let Some(f) = o.files.iter().find(|f| !sane_name(&f.name, o.sn)) {
         return Err(bad(format!("image file name {:?} refused", f.name)));
     }
     if let Some(why) = restore::unavailable() {
-        return Err(AdminError::new(ErrorKind::Unavailable, format!("node {me} cannot restore: {why}")));
+        return Err(AdminError::new(
+            ErrorKind::Unavailable,
+            format!("node {me} cannot restore: {why}"),
+        ));
     }
     check::same_files(me, &o.identities)?;
     let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(o.owner))
@@ -237,7 +251,9 @@ async fn reap(st: Arc<ProcState>, pid: i32) {
         return;
     };
     loop {
-        let Ok(mut g) = afd.readable().await else { return };
+        let Ok(mut g) = afd.readable().await else {
+            return;
+        };
         g.clear_ready();
         match try_reap(afd.get_ref()) {
             Ok(Some(status)) => {

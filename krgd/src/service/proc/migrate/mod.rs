@@ -188,7 +188,8 @@ fn image_files(dir: &Path, sn: u32) -> std::io::Result<Vec<ImageFile>> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.ends_with(&format!("_v{sn}.bin")) || name == format!("description_v{sn}.txt");
+        let ours =
+            name.ends_with(&format!("_v{sn}.bin")) || name == format!("description_v{sn}.txt");
         if ours && e.file_type()?.is_file() {
             out.push(ImageFile {
                 name,
@@ -217,12 +218,15 @@ async fn move_here(
     }
     fanout::check_online(st, to)?;
     if let Some(why) = restore::unavailable() {
-        return Err(err(ErrorKind::Unavailable, format!("node {me} could not take the process back if the target failed: {why}")));
+        return Err(err(
+            ErrorKind::Unavailable,
+            format!("node {me} could not take the process back if the target failed: {why}"),
+        ));
     }
     let caps = st.caps.clone();
     let who2 = who.clone();
-    let plan = blocking(move || check::plan(me, pid, req.tree, &who2, |p| caps.can_migrate(p)))
-        .await??;
+    let plan =
+        blocking(move || check::plan(me, pid, req.tree, &who2, |p| caps.can_migrate(p))).await??;
     let xfer: u64 = rand::random();
     let out = st.spool.join("out").join(format!("{xfer:x}"));
     let dumped = {
@@ -275,7 +279,12 @@ async fn move_here(
     match committed {
         Ok(pids) => report.pids = pids,
         Err(why) => {
-            tracing::warn!(pid, to, why, "target failed after the handover: taking the process back");
+            tracing::warn!(
+                pid,
+                to,
+                why,
+                "target failed after the handover: taking the process back"
+            );
             let back = restore::restore(&out, rep.app, rep.sn).await;
             let _ = std::fs::remove_dir_all(&out);
             if let Err(e2) = back {

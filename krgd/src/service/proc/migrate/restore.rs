@@ -31,7 +31,12 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Why this node cannot restore, if it cannot.
 pub fn unavailable() -> Option<String> {
     let bin = restart_binary();
-    (!bin.is_file()).then(|| format!("{} is missing (install restart next to krgd)", bin.display()))
+    (!bin.is_file()).then(|| {
+        format!(
+            "{} is missing (install restart next to krgd)",
+            bin.display()
+        )
+    })
 }
 
 /// Restore SN `sn` of application `app` under `root`; its fds 0-2 that led
@@ -75,7 +80,9 @@ pub async fn restore(root: &Path, app: i32, sn: u32) -> Result<(), String> {
     };
     let text = tokio::task::spawn_blocking(move || {
         let mut s = String::new();
-        let _ = std::fs::File::from(r).take(64 * 1024).read_to_string(&mut s);
+        let _ = std::fs::File::from(r)
+            .take(64 * 1024)
+            .read_to_string(&mut s);
         s
     })
     .await
