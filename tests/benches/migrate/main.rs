@@ -198,6 +198,7 @@ fn criu_binary() -> Option<PathBuf> {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the migration bench needs root (restart chooses PIDs)");
     }
