@@ -52,4 +52,16 @@ impl CapClient {
             _ => Err(ChkptError::KrgdReply),
         }
     }
+
+    /// Send a CAN_MIGRATE request; whether the process holds it (now).
+    pub fn call_migrate(&mut self, req: ChkptRequest) -> Result<bool> {
+        let reply = self
+            .rt
+            .block_on(self.conn.call(&AdminRequest::Chkpt(req)))?;
+        match reply {
+            AdminResponse::Chkpt(ChkptReply::CanMigrate { can_migrate, .. }) => Ok(can_migrate),
+            AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
 }

@@ -88,8 +88,9 @@ pub fn detach(tid: i32) -> Result<()> {
     detach_with(tid, 0)
 }
 
-/// Detach and deliver `sig` (0: none); with SIGSTOP the task stops again
-/// by job control, as it was when it was checkpointed.
+/// Detach and deliver `sig` (0: none); with SIGSTOP the task goes into a
+/// group stop before running any instruction of its own (a job stopped
+/// when it was checkpointed, or one migration is about to move).
 pub fn detach_with(tid: i32, sig: i32) -> Result<()> {
     check(
         // SAFETY: no memory passed.

@@ -52,7 +52,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let chkpt = ChkptService::start(ctx.clone()).await?;
     let sched = SchedService::start(ctx.clone()).await?;
     let kdfs = KdfsService::start(ctx.clone()).await?;
-    let proc = ProcService::start(ctx.clone(), sched.clone()).await?;
+    let proc = ProcService::start(ctx.clone(), sched.clone(), chkpt.clone()).await?;
     let node = Arc::new(Node {
         cluster,
         chkpt,

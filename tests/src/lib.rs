@@ -32,12 +32,13 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Path of a workspace binary. The first call of a test process runs
-/// `cargo build` for krgd and krgadm (a no-op when they are up to date), so
+/// `cargo build` for krgd, krgadm and checkpoint (restart: migrations) (a
+/// no-op when they are up to date), so
 /// `cargo test -p krg-tests` never tests a stale daemon.
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
-        let _ = cargo_build(&["krgd", "krgadm"]).status();
+        let _ = cargo_build(&["krgd", "krgadm", "checkpoint"]).status();
     });
     bin_dir().join(name)
 }

@@ -127,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
     let opts = DumpOptions {
         root: cli.dir,
         kill: cli.kill,
+        stop: false,
         node,
         sysv_sem: cli.sysv_sem,
         sysv_msg: cli.sysv_msg,

@@ -1,4 +1,4 @@
-//! `krgcapset`: set or show the CHECKPOINTABLE capability of a process.
+//! `krgcapset`: set or show the CHECKPOINTABLE and CAN_MIGRATE capabilities of a process.
 
 use std::path::PathBuf;
 
@@ -8,12 +8,12 @@ use clap::Parser;
 use krg_proto::chkpt::ChkptRequest;
 
 /// Give a process (by default the shell that runs this command) the
-/// CHECKPOINTABLE capability, or take it away. Every process it starts
+/// CHECKPOINTABLE or CAN_MIGRATE capability, or take it away. Every process it starts
 /// afterwards inherits the capability; the node's krgd keeps track.
 #[derive(Parser)]
 #[command(name = "krgcapset", version)]
 struct Cli {
-    /// `+CHECKPOINTABLE` to set, `-CHECKPOINTABLE` to clear.
+    /// `+CHECKPOINTABLE`, `+CAN_MIGRATE` (or both: `+CHECKPOINTABLE,CAN_MIGRATE`) to set, `-NAME` to clear.
     #[arg(short = 'd', long = "capabilities", allow_hyphen_values = true)]
     caps: Option<String>,
     /// Act on this process instead of the parent shell.
@@ -27,27 +27,58 @@ struct Cli {
     socket: PathBuf,
 }
 
+/// The capabilities a `-d` argument names: `+NAME[,NAME...]` or `-NAME...`.
+fn parse_change(arg: &str) -> Result<(bool, Vec<&str>)> {
+    let (enable, names) = match arg.split_at_checked(1) {
+        Some(("+", rest)) => (true, rest),
+        Some(("-", rest)) => (false, rest),
+        _ => bail!(
+            "capability change {arg:?} must start with + or - (e.g. +CHECKPOINTABLE,CAN_MIGRATE)"
+        ),
+    };
+    let names: Vec<&str> = names.split(',').collect();
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !matches!(**n, "CHECKPOINTABLE" | "CAN_MIGRATE"))
+    {
+        bail!("unknown capability {bad:?} (known: CHECKPOINTABLE, CAN_MIGRATE)");
+    }
+    Ok((enable, names))
+}
+
 fn run(cli: Cli) -> Result<()> {
     // SAFETY: getppid has no preconditions.
     let pid = cli.pid.unwrap_or_else(|| unsafe { libc::getppid() });
-    let change = match cli.caps.as_deref() {
-        Some("+CHECKPOINTABLE") => Some(true),
-        Some("-CHECKPOINTABLE") => Some(false),
-        Some(other) => {
-            bail!("unknown capability change {other:?} (use +CHECKPOINTABLE or -CHECKPOINTABLE)")
-        }
-        None if !cli.show => {
-            bail!("nothing to do: give -d +CHECKPOINTABLE, -d -CHECKPOINTABLE or --show")
-        }
-        None => None,
-    };
+    let change = cli.caps.as_deref().map(parse_change).transpose()?;
+    if change.is_none() && !cli.show {
+        bail!(
+            "nothing to do: give -d +CHECKPOINTABLE, -d +CAN_MIGRATE (or -NAME to clear) or --show"
+        );
+    }
     let mut krgd = CapClient::connect(&cli.socket)?;
-    if let Some(enable) = change {
-        krgd.call(ChkptRequest::SetCheckpointable { pid, enable })?;
+    if let Some((enable, names)) = change {
+        for name in names {
+            if name == "CAN_MIGRATE" {
+                krgd.call_migrate(ChkptRequest::SetCanMigrate { pid, enable })?;
+            } else {
+                krgd.call(ChkptRequest::SetCheckpointable { pid, enable })?;
+            }
+        }
     }
     if cli.show {
-        let on = krgd.call(ChkptRequest::Query { pid })?.checkpointable;
-        println!("{pid}: {}", if on { "CHECKPOINTABLE" } else { "(none)" });
+        let mut held = Vec::new();
+        if krgd.call(ChkptRequest::Query { pid })?.checkpointable {
+            held.push("CHECKPOINTABLE");
+        }
+        if krgd.call_migrate(ChkptRequest::QueryCanMigrate { pid })? {
+            held.push("CAN_MIGRATE");
+        }
+        let shown = if held.is_empty() {
+            "(none)".to_string()
+        } else {
+            held.join(",")
+        };
+        println!("{pid}: {shown}");
     }
     Ok(())
 }

@@ -63,6 +63,10 @@ struct Cli {
     /// again there (skipped when no krgd listens).
     #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Write the final line (success or error) to this fd instead of
+    /// stderr (krgd, restoring a migrated process whose stdio is restart's).
+    #[arg(long, value_name = "FD")]
+    report_fd: Option<i32>,
 }
 
 fn main() {
@@ -91,15 +95,33 @@ fn main() {
         let server = rep.server.map_or(String::new(), |s| {
             format!("; pages coming in behind it (page server PID {s})")
         });
-        eprintln!(
-            "restart: application {} running again from SN {} (PIDs {:?}){server}",
-            cli.pid, cli.sn, rep.pids
+        report(
+            cli.report_fd,
+            &format!(
+                "restart: application {} running again from SN {} (PIDs {:?}){server}",
+                cli.pid, cli.sn, rep.pids
+            ),
         );
         Ok(())
     };
     if let Err(e) = run() {
-        eprintln!("restart: {e:#}");
+        report(cli.report_fd, &format!("restart: {e:#}"));
         std::process::exit(1);
+    }
+}
+
+/// One line to stderr, or to `fd` (then closed: nothing restored keeps it).
+fn report(fd: Option<i32>, line: &str) {
+    match fd {
+        Some(fd) if fd > 2 => {
+            use std::io::Write;
+            use std::os::fd::FromRawFd;
+            // SAFETY: the caller handed us this fd for our report and nothing
+            // else in this process uses it; File takes ownership and closes it.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let _ = writeln!(f, "{line}");
+        }
+        _ => eprintln!("{line}"),
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Frozen {
     tids: Vec<i32>,
     /// Kill the tasks instead of letting them run on (`--kill`).
     pub kill: bool,
+    /// Leave the tasks stopped (SIGSTOP) instead of running: a migration
+    /// keeps its origin copy stopped until the target has taken over.
+    pub stop: bool,
     /// Established TCP sockets in repair mode: back to normal if the job
     /// runs on, closed silently with it if it is killed.
     pub repaired: Vec<super::sockets::Repairing>,
@@ -45,7 +48,11 @@ impl Drop for Frozen {
                 // SAFETY: plain kill of a task we froze.
                 unsafe { libc::kill(t, libc::SIGKILL) };
             }
-            let _ = ptrace::detach(t);
+            if self.stop && !self.kill {
+                let _ = ptrace::detach_with(t, libc::SIGSTOP);
+            } else {
+                let _ = ptrace::detach(t);
+            }
         }
         for r in &mut self.repaired {
             r.keep = self.kill;

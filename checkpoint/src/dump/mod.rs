@@ -54,6 +54,9 @@ pub struct DumpOptions {
     pub root: PathBuf,
     /// Kill the tree once it is saved.
     pub kill: bool,
+    /// Leave the tree stopped (SIGSTOP) once it is saved (a migration's
+    /// origin copy, until the target has taken over).
+    pub stop: bool,
     /// This node's id (names the node file).
     pub node: u32,
     /// SysV semaphore sets and message queues that belong to the job.
@@ -71,6 +74,8 @@ pub struct DumpReport {
     pub image_bytes: u64,
     /// How long the tree was stopped.
     pub frozen: Duration,
+    /// When the freeze began (with `stop`, the tree is still stopped).
+    pub frozen_at: Instant,
     /// The SN this one is incremental on.
     pub parent: Option<u32>,
 }
@@ -155,6 +160,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     frozen.repaired = std::mem::take(&mut state.files.repaired);
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
+    frozen.stop = opts.stop;
     // mapping flags read while frozen only where no read before it can
     // stand in: a task born since, or a job that ends here (--kill: its
     // freeze costs it nothing)
@@ -207,6 +213,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         tasks: tree.iter().map(|t| t.0).collect(),
         image_bytes,
         frozen: frozen_for,
+        frozen_at: started,
         parent,
     })
 }

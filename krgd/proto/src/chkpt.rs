@@ -18,6 +18,18 @@ pub enum ChkptRequest {
         /// The process, as this node's PID namespace numbers it.
         pid: i32,
     },
+    /// Set or clear CAN_MIGRATE on `pid` (inherited like CHECKPOINTABLE).
+    SetCanMigrate {
+        /// The process, as this node's PID namespace numbers it.
+        pid: i32,
+        /// True sets the capability, false clears it.
+        enable: bool,
+    },
+    /// Is `pid` CAN_MIGRATE?
+    QueryCanMigrate {
+        /// The process, as this node's PID namespace numbers it.
+        pid: i32,
+    },
 }
 
 /// krgd's answers to [`ChkptRequest`]s.
@@ -31,6 +43,15 @@ pub enum ChkptReply {
         /// Whether it holds CHECKPOINTABLE now (after a `SetCheckpointable`,
         /// the new value).
         checkpointable: bool,
+        /// The answering krgd's node id.
+        node: u32,
+    },
+    /// Answer to `SetCanMigrate` and `QueryCanMigrate`.
+    CanMigrate {
+        /// The process asked about.
+        pid: i32,
+        /// Whether it holds CAN_MIGRATE now.
+        can_migrate: bool,
         /// The answering krgd's node id.
         node: u32,
     },

@@ -28,6 +28,7 @@ pub mod error;
 pub mod frame;
 pub mod kdfs;
 pub mod keyfile;
+pub mod migrate;
 pub mod nodeset;
 pub mod peer;
 pub mod proc;
@@ -52,7 +53,8 @@ pub type SessionId = u32;
 /// 3: every frame after the handshake is sealed (AES-256-GCM, see
 /// [`seal`]) instead of CRC-checked; presence datagrams carry a timestamp
 /// and a nonce under their MAC; `Welcome` and `Evict` carry the sender's
-/// epoch and `ClusterStatus` the Raft term.
+/// epoch and `ClusterStatus` the Raft term; the process service
+/// (`proc`) and migration (`migrate`) messages are new.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 pub use keyfile::{

@@ -387,6 +387,8 @@ pub enum ProcRequest {
         /// The signal number (0 checks that it exists).
         signal: i32,
     },
+    /// Move a running process to another node (`migrate`).
+    Migrate(crate::migrate::MigrateRequest),
 }
 
 /// Answers of the process service on the admin socket.
@@ -407,6 +409,8 @@ pub enum ProcReply {
     },
     /// The signal was sent.
     Killed,
+    /// The process moved (or, when `fell_back` says so, came back).
+    Migrated(crate::migrate::MigrateReport),
 }
 
 /// The first message of a session connection between krgds.
@@ -464,6 +468,8 @@ pub enum ProcPeerRequest {
     },
     /// Load, memory and system of this node.
     Stat,
+    /// Process migration (see [`crate::migrate`]).
+    Migrate(crate::migrate::MigratePeerRequest),
 }
 
 /// Answers to [`ProcPeerRequest`]s.
@@ -481,11 +487,13 @@ pub enum ProcPeerReply {
     Killed,
     /// To `Stat`.
     Stat(NodeStat),
+    /// To `Migrate`.
+    Migrate(crate::migrate::MigratePeerReply),
 }
 
 /// Byte strings as one postcard byte string, not as a sequence of
 /// one-byte elements (which costs more than the copy itself).
-mod bytes {
+pub(crate) mod bytes {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

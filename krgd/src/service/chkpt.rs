@@ -1,4 +1,5 @@
-//! CHECKPOINTABLE capability tracking (krgcapset, checkpoint).
+//! CHECKPOINTABLE and CAN_MIGRATE capability tracking (krgcapset,
+//! checkpoint, migrate).
 //!
 //! The tracking itself (proc connector, inheritance on fork) lives in
 //! `checkpoint::captrack`; this service authorises requests and answers them.
@@ -17,6 +18,8 @@ pub struct ChkptService {
     ctx: Arc<NodeContext>,
     /// None when the proc connector could not be opened (krgd not root).
     tracker: Option<CapTracker>,
+    /// CAN_MIGRATE, followed the same way.
+    migrate: Option<CapTracker>,
 }
 
 impl ChkptService {
@@ -28,7 +31,42 @@ impl ChkptService {
                 None
             }
         };
-        Ok(Arc::new(Self { ctx, tracker }))
+        let migrate = match CapTracker::start() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow forks with the proc connector; CAN_MIGRATE is unavailable");
+                None
+            }
+        };
+        Ok(Arc::new(Self {
+            ctx,
+            tracker,
+            migrate,
+        }))
+    }
+
+    /// Does `pid` hold CAN_MIGRATE? (false when it cannot be tracked here)
+    pub fn can_migrate(&self, pid: i32) -> bool {
+        self.migrate.as_ref().is_some_and(|t| t.is_set(pid))
+    }
+
+    /// Give processes that migrated in their capabilities again (they held
+    /// CAN_MIGRATE, and CHECKPOINTABLE if the origin says so).
+    pub fn adopt(&self, pids: &[i32]) {
+        for &pid in pids {
+            if let Some(t) = &self.migrate {
+                let _ = t.set(pid, true);
+            }
+        }
+    }
+
+    fn migrate_tracker(&self) -> Result<&CapTracker, AdminError> {
+        self.migrate.as_ref().ok_or_else(|| {
+            AdminError::new(
+                ErrorKind::Unavailable,
+                "this krgd cannot track CAN_MIGRATE (proc connector unavailable; run krgd as root)",
+            )
+        })
     }
 
     pub async fn handle_admin(
@@ -36,39 +74,68 @@ impl ChkptService {
         caller: &Caller,
         req: ChkptRequest,
     ) -> Result<ChkptReply, AdminError> {
-        let t = self.tracker.as_ref().ok_or_else(|| {
-            AdminError::new(ErrorKind::Unavailable, "this krgd cannot track CHECKPOINTABLE (proc connector unavailable; run krgd as root)")
-        })?;
+        let node = self.ctx.node_id();
         match req {
             ChkptRequest::SetCheckpointable { pid, enable } => {
-                if !caller.is_root() {
-                    check_owned_by(pid, caller.uid)?;
-                }
-                t.set(pid, enable)
-                    .map_err(|e| AdminError::new(ErrorKind::NotFound, e.to_string()))?;
+                set(self.checkpoint_tracker()?, caller, pid, enable)?;
                 tracing::info!(pid, enable, uid = caller.uid, "CHECKPOINTABLE changed");
                 Ok(ChkptReply::Capability {
                     pid,
                     checkpointable: enable,
-                    node: self.ctx.node_id(),
+                    node,
                 })
             }
             ChkptRequest::Query { pid } => {
+                let t = self.checkpoint_tracker()?;
                 check_exists(pid)?;
                 Ok(ChkptReply::Capability {
                     pid,
                     checkpointable: t.is_set(pid),
-                    node: self.ctx.node_id(),
+                    node,
+                })
+            }
+            ChkptRequest::SetCanMigrate { pid, enable } => {
+                set(self.migrate_tracker()?, caller, pid, enable)?;
+                tracing::info!(pid, enable, uid = caller.uid, "CAN_MIGRATE changed");
+                Ok(ChkptReply::CanMigrate {
+                    pid,
+                    can_migrate: enable,
+                    node,
+                })
+            }
+            ChkptRequest::QueryCanMigrate { pid } => {
+                let t = self.migrate_tracker()?;
+                check_exists(pid)?;
+                Ok(ChkptReply::CanMigrate {
+                    pid,
+                    can_migrate: t.is_set(pid),
+                    node,
                 })
             }
         }
     }
 
+    fn checkpoint_tracker(&self) -> Result<&CapTracker, AdminError> {
+        self.tracker.as_ref().ok_or_else(|| {
+            AdminError::new(ErrorKind::Unavailable, "this krgd cannot track CHECKPOINTABLE (proc connector unavailable; run krgd as root)")
+        })
+    }
+
     pub async fn shutdown(&self) {
-        if let Some(t) = &self.tracker {
+        for t in [&self.tracker, &self.migrate].into_iter().flatten() {
             t.shutdown();
         }
     }
+}
+
+/// Set or clear a capability for `caller`: only root may change that of a
+/// process not entirely the caller's.
+fn set(t: &CapTracker, caller: &Caller, pid: i32, enable: bool) -> Result<(), AdminError> {
+    if !caller.is_root() {
+        check_owned_by(pid, caller.uid)?;
+    }
+    t.set(pid, enable)
+        .map_err(|e| AdminError::new(ErrorKind::NotFound, e.to_string()))
 }
 
 fn read_status(pid: i32) -> Result<String, AdminError> {
@@ -85,7 +152,7 @@ fn check_exists(pid: i32) -> Result<(), AdminError> {
 /// theirs: real, effective, saved and file-system uids all the caller's,
 /// and its gids all one. A setuid or setgid program the user started holds
 /// another identity, and is root's business.
-fn check_owned_by(pid: i32, uid: u32) -> Result<(), AdminError> {
+pub fn check_owned_by(pid: i32, uid: u32) -> Result<(), AdminError> {
     let status = read_status(pid)?;
     let ids = |key| {
         checkpoint::procfs::status_ids(&status, key).map_err(|_| {

@@ -15,7 +15,12 @@ use super::state::ProcState;
 
 /// The process table rows of this node (those of `uid` only, if given).
 pub fn list(st: &ProcState, uid: Option<u32>) -> Vec<ProcRow> {
-    let found = procfs::scan(&st.table.jobs());
+    let mut found: Vec<(i32, i32)> = procfs::scan(&st.table.jobs())
+        .iter()
+        .map(|f| (f.host_pid, f.pid))
+        .collect();
+    // processes that migrated in keep their PIDs (krgd's namespace)
+    found.extend(super::migrate::adopted(st).into_iter().map(|p| (p, p)));
     let mut rows = procfs::rows(st.node(), &found, creds::user_name);
     if let Some(uid) = uid {
         rows.retain(|r| r.uid == uid);
@@ -51,6 +56,9 @@ pub fn kill(
         .into_iter()
         .filter(|f| f.pid == pid)
         .collect();
+    if found.is_empty() && super::migrate::adopted(st).contains(&pid) {
+        return kill_adopted(node, pid, signal, who, origin);
+    }
     let target = match found.as_slice() {
         [] => return Err(not_found(node, pid)),
         [one] => one,
@@ -91,5 +99,37 @@ pub fn kill(
         _ => AdminError::new(ErrorKind::Internal, format!("signalling {node}:{pid}: {e}")),
     })?;
     tracing::info!(pid, signal, uid = who.uid, "process signalled");
+    Ok(())
+}
+
+/// `kill` of a process that migrated in (it keeps its PID, in krgd's namespace).
+fn kill_adopted(
+    node: u32,
+    pid: i32,
+    signal: i32,
+    who: &Credentials,
+    origin: Origin,
+) -> Result<(), AdminError> {
+    let pidfd = pidfd_open(pid).map_err(|_| not_found(node, pid))?;
+    let ids = procfs::uids(pid).ok_or_else(|| not_found(node, pid))?;
+    let allowed = if who.uid == 0 {
+        !matches!(origin, Origin::Outsider(_))
+    } else {
+        who.uid == ids[0] || who.uid == ids[2]
+    };
+    if !allowed {
+        return Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "process {node}:{pid} belongs to {}; uid {} may not signal it",
+                creds::user_name(ids[0]),
+                who.uid
+            ),
+        ));
+    }
+    if signal != 0 {
+        pidfd_signal(&pidfd, signal).map_err(|_| not_found(node, pid))?;
+    }
+    tracing::info!(pid, signal, uid = who.uid, "migrated process signalled");
     Ok(())
 }

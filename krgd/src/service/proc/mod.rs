@@ -24,6 +24,7 @@ pub mod hub;
 pub mod initspec;
 pub mod job;
 pub mod lookup;
+pub mod migrate;
 pub mod nodestat;
 pub mod place;
 pub mod procfs;
@@ -58,6 +59,7 @@ use self::state::ProcState;
 use self::table::Table;
 use crate::caller::Caller;
 use crate::context::NodeContext;
+use crate::service::chkpt::ChkptService;
 use crate::service::sched::SchedService;
 use crate::DaemonError;
 
@@ -105,6 +107,7 @@ impl ProcService {
     pub async fn start(
         ctx: Arc<NodeContext>,
         sched: Arc<SchedService>,
+        caps: Arc<ChkptService>,
     ) -> Result<Arc<Self>, DaemonError> {
         let spawner =
             Spawner::start().map_err(|e| DaemonError::io("starting the job spawner thread", e))?;
@@ -122,6 +125,9 @@ impl ProcService {
                 allow_root: ctx.config.run_allow_root,
             },
             detach_dir: ctx.config.data_dir.join("detached"),
+            spool: ctx.config.data_dir.join("migrate"),
+            caps,
+            migration: migrate::Registry::default(),
             ctx,
             table: Table::default(),
             spawner,
@@ -129,6 +135,8 @@ impl ProcService {
             init_problem,
             stopping: tokio::sync::watch::Sender::new(false),
         });
+        // Restored (migrated-in) processes come to krgd when restart exits.
+        migrate::restore::become_subreaper();
         let tree = match st.ctx.config.krg_mount.clone() {
             Some(path) => {
                 let (st2, sched2) = (st.clone(), sched.clone());
@@ -185,6 +193,16 @@ impl ProcService {
                 fanout::kill(&self.st, node, pid, signal, who).await?;
                 Ok(ProcReply::Killed)
             }
+            ProcRequest::Migrate(req) => {
+                let who = Credentials {
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    groups: Vec::new(),
+                };
+                migrate::migrate(&self.st, req, who, creds::Origin::Local)
+                    .await
+                    .map(ProcReply::Migrated)
+            }
             ProcRequest::Run(_) => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a run needs a connection of its own",
@@ -208,6 +226,12 @@ impl ProcService {
             ProcPeerRequest::Stat => Ok(ProcPeerReply::Stat(nodestat::read(
                 self.st.table.len() as u32
             ))),
+            ProcPeerRequest::Migrate(m) => {
+                let origin = serve::origin_of(&self.st, from);
+                migrate::handle_peer(&self.st, origin, m)
+                    .await
+                    .map(ProcPeerReply::Migrate)
+            }
             ProcPeerRequest::Session(_) => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",

@@ -161,17 +161,17 @@ pub fn command_line(host_pid: i32, comm: &str) -> String {
     }
 }
 
-/// The `krg ps` rows of these processes (those that vanished meanwhile
-/// are left out).
-pub fn rows(node: NodeId, found: &[Found], user_name: impl Fn(u32) -> String) -> Vec<ProcRow> {
+/// The `krg ps` rows of these processes, given as (PID in krgd's
+/// namespace, PID as shown); those that vanished meanwhile are left out.
+pub fn rows(node: NodeId, found: &[(i32, i32)], user_name: impl Fn(u32) -> String) -> Vec<ProcRow> {
     let hz = clock_ticks();
     let page = page_kib();
     let now = uptime_secs();
-    let host_to_ns: HashMap<i32, i32> = found.iter().map(|f| (f.host_pid, f.pid)).collect();
+    let host_to_ns: HashMap<i32, i32> = found.iter().copied().collect();
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut out = Vec::new();
-    for f in found {
-        let (Some(st), Some(ids)) = (read_stat(f.host_pid), uids(f.host_pid)) else {
+    for &(host_pid, pid) in found {
+        let (Some(st), Some(ids)) = (read_stat(host_pid), uids(host_pid)) else {
             continue;
         };
         let elapsed = (now - st.start_ticks as f64 / hz as f64).max(0.0);
@@ -185,7 +185,7 @@ pub fn rows(node: NodeId, found: &[Found], user_name: impl Fn(u32) -> String) ->
         let user = names.entry(uid).or_insert_with(|| user_name(uid)).clone();
         out.push(ProcRow {
             node,
-            pid: f.pid,
+            pid,
             ppid: host_to_ns.get(&st.ppid).copied().unwrap_or(1),
             uid,
             user,
@@ -194,7 +194,7 @@ pub fn rows(node: NodeId, found: &[Found], user_name: impl Fn(u32) -> String) ->
             state: st.state,
             cpu_ms: st.ticks * 1000 / hz,
             elapsed_s: elapsed as u64,
-            command: command_line(f.host_pid, &st.comm),
+            command: command_line(host_pid, &st.comm),
         });
     }
     out.sort_by_key(|r| r.pid);

@@ -10,9 +10,11 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::NodeId;
 
 use super::creds::RunPolicy;
+use super::migrate::Registry;
 use super::spawn::Spawner;
 use super::table::Table;
 use crate::context::NodeContext;
+use crate::service::chkpt::ChkptService;
 
 /// Most copies of a job one run may start per node.
 pub const MAX_PER_NODE: u32 = 1024;
@@ -36,6 +38,13 @@ pub struct ProcState {
     /// Becomes true when krgd stops: sessions tell their users and
     /// send their jobs SIGTERM.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// The capability trackers (CAN_MIGRATE).
+    pub caps: Arc<ChkptService>,
+    /// Migrations in and out.
+    pub migration: Registry,
+    /// Where images of migrations are kept while they move
+    /// (`<data_dir>/migrate`).
+    pub spool: PathBuf,
 }
 
 impl ProcState {

@@ -1,0 +1,126 @@
+//! `migrate [NODE:]PID NODE`: move a running process to another node of
+//! the cluster (Kerrighed's command). Thin: the local krgd does the work.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use krg_proto::admin::{AdminRequest, AdminResponse};
+use krg_proto::client::AdminClient;
+use krg_proto::migrate::{MigrateReport, MigrateRequest};
+use krg_proto::proc::{ProcReply, ProcRequest};
+use krg_proto::NodeId;
+
+const AFTER: &str = "\
+The process (it must hold CAN_MIGRATE: krgcapset -d +CAN_MIGRATE in the shell
+that starts it) keeps its PID, memory, registers, threads, signal state, open
+files and pipes; krg ps shows it on the new node. Only its owner or root may
+move it. If anything fails before the handover it keeps running where it was.
+
+Examples:
+  migrate 4242 3          move process 4242 of this node to node 3
+  migrate 3:4242 1        move process 4242 of node 3 to node 1
+  migrate --tree 4242 2   move 4242 and its descendants";
+
+/// Move a running process to another node.
+#[derive(Parser)]
+#[command(version, after_help = AFTER)]
+struct Cli {
+    /// The process: PID (of this node) or NODE:PID.
+    process: String,
+    /// The node to move it to.
+    node: NodeId,
+    /// Move its descendants with it (without it, a process with children is refused).
+    #[arg(long)]
+    tree: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The local krgd's admin socket.
+    #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+fn parse_process(s: &str) -> Result<(Option<NodeId>, i32)> {
+    let (node, pid) = match s.split_once(':') {
+        Some((n, p)) => (
+            Some(
+                n.parse::<NodeId>()
+                    .map_err(|_| anyhow!("{n:?} is not a node id"))?,
+            ),
+            p,
+        ),
+        None => (None, s),
+    };
+    let pid: i32 = pid
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("{pid:?} is not a PID"))?;
+    Ok((node, pid))
+}
+
+async fn run(cli: Cli) -> Result<MigrateReport> {
+    let (from, pid) = parse_process(&cli.process)?;
+    let mut c = AdminClient::connect(&cli.socket)
+        .await
+        .with_context(|| format!("cannot reach krgd at {}", cli.socket.display()))?;
+    let req = MigrateRequest {
+        from,
+        pid,
+        to: cli.node,
+        tree: cli.tree,
+    };
+    match c
+        .call(&AdminRequest::Proc(ProcRequest::Migrate(req)))
+        .await?
+    {
+        AdminResponse::Proc(ProcReply::Migrated(r)) => Ok(r),
+        AdminResponse::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer from krgd: {other:?}"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("migrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(r) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "from": r.from, "to": r.to, "pids": r.pids, "bytes": r.bytes,
+                        "stopped_ms": r.stopped_ms, "total_ms": r.total_ms, "fell_back": r.fell_back,
+                    })
+                );
+            }
+            if let Some(why) = &r.fell_back {
+                eprintln!("migrate: the target failed after the handover ({why}); {:?} run on node {} again", r.pids, r.to);
+                return ExitCode::FAILURE;
+            }
+            if !json {
+                eprintln!(
+                    "migrate: {:?} moved from node {} to node {} ({} KiB, stopped {} ms, {} ms in all)",
+                    r.pids, r.from, r.to, r.bytes / 1024, r.stopped_ms, r.total_ms
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migrate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

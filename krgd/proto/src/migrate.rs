@@ -1,0 +1,187 @@
+//! Process migration messages (`migrate PID NODE`).
+//!
+//! The origin's krgd dumps the process (and its descendants) with the
+//! checkpoint engine, leaves it stopped, and pushes the image to the target
+//! over the pooled, sealed peer connection: [`Offer`] (what is coming and
+//! for whom), [`Data`] chunks of at most [`MAX_DATA`] bytes, then
+//! [`MigratePeerRequest::Commit`] once the origin has killed its stopped
+//! copy; the target restores it with the same PIDs and answers with
+//! [`Restored`]. Any failure before `Commit` leaves the origin's copy to be
+//! resumed; after it, the origin restores from its own copy of the image
+//! if the target could not (the PIDs, unique on one kernel, keep two
+//! copies from running).
+
+use serde::{Deserialize, Serialize};
+
+use crate::proc::Credentials;
+use crate::NodeId;
+
+/// Largest chunk of image bytes in one [`Data`] message.
+pub const MAX_DATA: usize = 4 * 1024 * 1024;
+
+/// `migrate [NODE:]PID NODE` on the admin socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    /// The node the process runs on (default: this one).
+    pub from: Option<NodeId>,
+    /// The process, as that node numbers it.
+    pub pid: i32,
+    /// Where it goes.
+    pub to: NodeId,
+    /// Move its descendants too (without it, a process with children is refused).
+    pub tree: bool,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateReport {
+    /// The node it left.
+    pub from: NodeId,
+    /// The node it runs on now (`from` again when the target failed after
+    /// the handover and the origin took it back).
+    pub to: NodeId,
+    /// The processes moved (their PIDs are unchanged).
+    pub pids: Vec<i32>,
+    /// Bytes of image sent.
+    pub bytes: u64,
+    /// From the freeze to running again on the target, ms (as krgd saw it).
+    pub stopped_ms: u64,
+    /// The whole migration, ms.
+    pub total_ms: u64,
+    /// Why it came back to the origin, when it did.
+    pub fell_back: Option<String>,
+}
+
+/// One file of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFile {
+    /// Its name in the checkpoint directory (`task_mm_42_v1.bin`).
+    pub name: String,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+/// An open regular file or mapped file that must be the same on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// Absolute path.
+    pub path: String,
+    /// Inode number.
+    pub ino: u64,
+    /// Size and modification time (ns), compared only when `fixed`.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i128,
+    /// Not open for writing by the process (its size and mtime must match).
+    pub fixed: bool,
+}
+
+/// The first message of a transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Transfer id, chosen by the origin.
+    pub xfer: u64,
+    /// The application id (root PID) of the image.
+    pub app: i32,
+    /// Its SN.
+    pub sn: u32,
+    /// The PIDs of the processes it holds.
+    pub pids: Vec<i32>,
+    /// Whose processes these are (the image's owner).
+    pub owner: u32,
+    /// Who asked for the migration.
+    pub creds: Credentials,
+    /// The files to come, in order.
+    pub files: Vec<ImageFile>,
+    /// Files the processes use that must be the same there.
+    pub identities: Vec<FileIdentity>,
+}
+
+/// A chunk of one image file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Data {
+    /// Transfer id.
+    pub xfer: u64,
+    /// Index of the file in the offer.
+    pub file: u32,
+    /// Offset in that file.
+    pub offset: u64,
+    /// The bytes.
+    #[serde(with = "crate::proc::bytes")]
+    pub data: Vec<u8>,
+}
+
+/// The target's answer to `Commit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The PIDs now running on the target.
+    pub pids: Vec<i32>,
+}
+
+/// Migration requests between krgds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigratePeerRequest {
+    /// `migrate NODE:PID TO` asked on another node, sent to NODE's krgd.
+    Move {
+        /// The request.
+        req: MigrateRequest,
+        /// Who asks (as the asking node's kernel reported them).
+        creds: Credentials,
+    },
+    /// An image is coming.
+    Offer(Offer),
+    /// Part of it.
+    Data(Data),
+    /// The origin's copy is gone: restore it.
+    Commit {
+        /// Transfer id.
+        xfer: u64,
+    },
+    /// Forget the transfer (the origin resumes its copy).
+    Abort {
+        /// Transfer id.
+        xfer: u64,
+    },
+}
+
+/// Answers to [`MigratePeerRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigratePeerReply {
+    /// To `Move`.
+    Moved(MigrateReport),
+    /// To `Offer`, `Data`, `Abort`.
+    Ack,
+    /// To `Commit`.
+    Restored(Restored),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::frame::{decode, encode};
+    use proptest::prelude::*;
+
+    #[test]
+    fn data_roundtrips_as_one_byte_string() {
+        let m = MigratePeerRequest::Data(Data {
+            xfer: 7,
+            file: 2,
+            offset: 4096,
+            data: vec![9; 10_000],
+        });
+        let bytes = encode(&m).unwrap();
+        assert!(bytes.len() < 10_100, "{}", bytes.len());
+        let (back, _): (MigratePeerRequest, usize) = decode(&bytes).unwrap().unwrap();
+        assert_eq!(back, m);
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode::<MigratePeerRequest>(&bytes);
+            let _ = decode::<MigratePeerReply>(&bytes);
+            let _ = decode::<MigrateRequest>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The target's side: images pushed by a member's krgd, written into
+//! `<data_dir>/migrate/in/<node>-<xfer>/<app>/` (the checkpoint store's
+//! layout, owned by the image's owner), restored on `Commit`, then counted
+//! as this node's processes (`krg ps`) and reaped by krgd.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::migrate::{Data, Offer, Restored};
+use krg_proto::NodeId;
+
+use super::super::creds::{self, Origin, RunPolicy};
+use super::super::spawn::{pidfd_open, try_reap};
+use super::super::state::ProcState;
+use super::{check, restore, Adopted};
+
+/// Transfers waiting longer than this are dropped.
+const STALE: Duration = Duration::from_secs(600);
+/// At most this many transfers at once.
+const MAX_INCOMING: usize = 8;
+/// Largest image accepted, bytes.
+const MAX_IMAGE: u64 = 64 << 30;
+
+/// One image being received.
+pub struct Incoming {
+    started: Instant,
+    root: PathBuf,
+    app: i32,
+    sn: u32,
+    pids: Vec<i32>,
+    files: Vec<(std::fs::File, u64, u64)>,
+}
+
+/// Transfers in progress, by (origin node, transfer id).
+#[derive(Default)]
+pub struct Transfers(Mutex<HashMap<(NodeId, u64), Incoming>>);
+
+fn bad(msg: impl Into<String>) -> AdminError {
+    AdminError::new(ErrorKind::InvalidArgument, msg)
+}
+
+/// A file name an image may hold.
+fn sane_name(name: &str, sn: u32) -> bool {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    ok_chars
+        && !name.starts_with('.')
+        && name.len() < 128
+        && (name.ends_with(&format!("_v{sn}.bin")) || name == format!("description_v{sn}.txt"))
+}
+
+/// Accept an image: only a member's krgd may push one, for its owner or root.
+pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError> {
+    let me = st.node();
+    let Origin::Member(from) = origin else {
+        let n = match origin {
+            Origin::Outsider(n) | Origin::Member(n) => n,
+            Origin::Local => 0,
+        };
+        return Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "node {n} is not a member of node {me}'s cluster: it may not push a process image"
+            ),
+        ));
+    };
+    if o.creds.uid != 0 && o.creds.uid != o.owner {
+        return Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "uid {} may not migrate processes of uid {}",
+                o.creds.uid, o.owner
+            ),
+        ));
+    }
+    let owner = krg_proto::proc::Credentials {
+        uid: o.owner,
+        gid: 0,
+        groups: Vec::new(),
+    };
+    creds::check(
+        &owner,
+        RunPolicy {
+            allow_root: st.policy.allow_root,
+        },
+        origin,
+        me,
+    )?;
+    let total: u64 = o.files.iter().map(|f| f.len).sum();
+    if o.files.is_empty() || o.files.len() > 100_000 || total > MAX_IMAGE {
+        return Err(bad(
+            "an image of no files, too many files or too many bytes",
+        ));
+    }
+    if let Some(f) = o.files.iter().find(|f| !sane_name(&f.name, o.sn)) {
+        return Err(bad(format!("image file name {:?} refused", f.name)));
+    }
+    if let Some(why) = restore::unavailable() {
+        return Err(AdminError::new(
+            ErrorKind::Unavailable,
+            format!("node {me} cannot restore: {why}"),
+        ));
+    }
+    check::same_files(me, &o.identities)?;
+    let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(o.owner))
+        .ok()
+        .flatten()
+        .map_or(0, |u| u.gid.as_raw());
+    let root = st.spool.join("in").join(format!("{from}-{:x}", o.xfer));
+    let _ = std::fs::remove_dir_all(&root);
+    let fail = |e: String| AdminError::new(ErrorKind::Internal, format!("node {me}: {e}"));
+    let dir = checkpoint::store::prepare_dir(&root, o.app, o.owner, gid)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut files = Vec::new();
+    for f in &o.files {
+        let path = dir.path().join(&f.name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        std::os::unix::fs::fchown(&file, Some(o.owner), Some(gid))
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        file.set_len(f.len)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        files.push((file, f.len, 0));
+    }
+    let mut t = crate::sync::lock(&st.migration.transfers.0);
+    t.retain(|_, x| x.started.elapsed() < STALE);
+    if t.len() >= MAX_INCOMING {
+        drop(t);
+        let _ = std::fs::remove_dir_all(&root);
+        return Err(AdminError::new(
+            ErrorKind::Unavailable,
+            format!("node {me} is receiving {MAX_INCOMING} migrations already"),
+        ));
+    }
+    t.insert(
+        (from, o.xfer),
+        Incoming {
+            started: Instant::now(),
+            root,
+            app: o.app,
+            sn: o.sn,
+            pids: o.pids,
+            files,
+        },
+    );
+    Ok(())
+}
+
+fn unknown(xfer: u64) -> AdminError {
+    AdminError::new(
+        ErrorKind::NotFound,
+        format!("no migration {xfer:x} in progress here"),
+    )
+}
+
+fn member(origin: Origin) -> Result<NodeId, AdminError> {
+    match origin {
+        Origin::Member(n) => Ok(n),
+        _ => Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            "only a member may take part in a migration",
+        )),
+    }
+}
+
+/// A chunk of an image file.
+pub fn data(st: &ProcState, origin: Origin, d: Data) -> Result<(), AdminError> {
+    let from = member(origin)?;
+    let mut t = crate::sync::lock(&st.migration.transfers.0);
+    let x = t.get_mut(&(from, d.xfer)).ok_or_else(|| unknown(d.xfer))?;
+    let (file, len, got) = x
+        .files
+        .get_mut(d.file as usize)
+        .ok_or_else(|| bad(format!("no file {} in migration {:x}", d.file, d.xfer)))?;
+    let end = d.offset.checked_add(d.data.len() as u64);
+    if end.is_none_or(|e| e > *len) {
+        return Err(bad("image data beyond the announced file length"));
+    }
+    file.write_all_at(&d.data, d.offset)
+        .map_err(|e| AdminError::new(ErrorKind::Internal, format!("writing the image: {e}")))?;
+    *got += d.data.len() as u64;
+    Ok(())
+}
+
+/// Forget a transfer.
+pub fn abort(st: &ProcState, origin: Origin, xfer: u64) -> Result<(), AdminError> {
+    let from = member(origin)?;
+    let x = crate::sync::lock(&st.migration.transfers.0).remove(&(from, xfer));
+    if let Some(x) = x {
+        let _ = std::fs::remove_dir_all(&x.root);
+    }
+    Ok(())
+}
+
+/// The origin's copy is gone: restore the image, adopt the processes.
+pub async fn commit(
+    st: &Arc<ProcState>,
+    origin: Origin,
+    xfer: u64,
+) -> Result<Restored, AdminError> {
+    let from = member(origin)?;
+    let x = crate::sync::lock(&st.migration.transfers.0)
+        .remove(&(from, xfer))
+        .ok_or_else(|| unknown(xfer))?;
+    if x.files.iter().any(|(_, len, got)| got < len) {
+        let _ = std::fs::remove_dir_all(&x.root);
+        return Err(bad("the image is incomplete"));
+    }
+    for (f, _, _) in &x.files {
+        let _ = f.sync_data();
+    }
+    let r = restore::restore(&x.root, x.app, x.sn).await;
+    let _ = std::fs::remove_dir_all(&x.root);
+    r.map_err(|e| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node())))?;
+    adopt(st, &x.pids, from);
+    Ok(Restored { pids: x.pids })
+}
+
+/// Count restored processes as this node's, and reap those that come to krgd.
+pub fn adopt(st: &Arc<ProcState>, pids: &[i32], from: NodeId) {
+    st.caps.adopt(pids);
+    {
+        let mut a = crate::sync::lock(&st.migration.adopted);
+        for &p in pids {
+            if let Some(start) = super::start_ticks(p) {
+                a.insert(p, Adopted { start, from });
+            }
+        }
+    }
+    // The root is krgd's child now; a child is too once its parent ended.
+    for &p in pids {
+        let st = st.clone();
+        tokio::spawn(async move { reap(st, p).await });
+    }
+}
+
+/// Wait for a restored process to end; reap it if it is krgd's child by then.
+async fn reap(st: Arc<ProcState>, pid: i32) {
+    let Ok(fd) = pidfd_open(pid) else { return };
+    let Ok(afd) = super::super::fdio::register(fd) else {
+        return;
+    };
+    loop {
+        let Ok(mut g) = afd.readable().await else {
+            return;
+        };
+        g.clear_ready();
+        match try_reap(afd.get_ref()) {
+            Ok(Some(status)) => {
+                tracing::info!(pid, status, "migrated process ended");
+                break;
+            }
+            Ok(None) => {
+                // Exited but not (yet) our child: restart may still be its parent.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => break, // not our child: its parent reaps it
+        }
+    }
+    crate::sync::lock(&st.migration.adopted).remove(&pid);
+}

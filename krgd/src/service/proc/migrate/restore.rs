@@ -1,0 +1,108 @@
+//! Running `restart` on an image directory: the target's side of a
+//! migration, and the origin's when it takes a process back. `restart`
+//! (installed next to krgd) forks the restored root itself and exits; the
+//! root then comes to krgd, a child subreaper, which reaps it.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// How long a restore may take (it waits up to `PID_WAIT` for the PIDs).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long restart waits for a PID still held (a zombie PID 1 has not
+/// reaped yet: up to ~2 s here).
+const PID_WAIT: &str = "10";
+
+/// The `restart` next to krgd's own executable.
+pub fn restart_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("restart")))
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/restart"))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((r, w))
+}
+
+/// Why this node cannot restore, if it cannot.
+pub fn unavailable() -> Option<String> {
+    let bin = restart_binary();
+    (!bin.is_file()).then(|| {
+        format!(
+            "{} is missing (install restart next to krgd)",
+            bin.display()
+        )
+    })
+}
+
+/// Restore SN `sn` of application `app` under `root`; its fds 0-2 that led
+/// outside the tree become /dev/null. The error is restart's own line.
+pub async fn restore(root: &Path, app: i32, sn: u32) -> Result<(), String> {
+    let bin = restart_binary();
+    let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let raw_w = w.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.arg(app.to_string())
+        .arg(sn.to_string())
+        .arg("--dir")
+        .arg(root)
+        .args(["--pid-wait", PID_WAIT, "--report-fd", "3", "--socket"])
+        // no krgd there: restart must not grant CHECKPOINTABLE (krgd gives
+        // back the capabilities the process had)
+        .arg(root.join("no-krgd.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec only dup2 (async-signal-safe) runs.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw_w, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    drop(w);
+    let status = match tokio::time::timeout(RESTORE_TIMEOUT, child.wait()).await {
+        Ok(s) => s.map_err(|e| format!("waiting for restart: {e}"))?,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err("restart took longer than 2 minutes".into());
+        }
+    };
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        let _ = std::fs::File::from(r)
+            .take(64 * 1024)
+            .read_to_string(&mut s);
+        s
+    })
+    .await
+    .unwrap_or_default();
+    let line = text.lines().last().unwrap_or("").trim().to_string();
+    if status.success() {
+        Ok(())
+    } else if line.is_empty() {
+        Err(format!("restart failed ({status})"))
+    } else {
+        Err(line)
+    }
+}
+
+/// Become the parent of restored processes once restart exits (so their
+/// exit status reaches krgd, not PID 1).
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper: migrated processes will be reaped by PID 1");
+    }
+}

@@ -1,0 +1,271 @@
+//! Migration benchmark (issue 11): a process that keeps writing to its
+//! memory (100 MiB and 1 GiB) moves between the krgds of a 2-node loopback
+//! cluster with `migrate`, against CRIU (`criu dump` + `criu restore`, the
+//! image in a local directory) on the same kind of process, in the same run.
+//!
+//! Measured per round: the total time (the tool's command from start to
+//! exit) and the downtime **by the process's own clock**: it stamps
+//! CLOCK_MONOTONIC (shared by every node of one machine) between writes of
+//! its memory, and reports the longest gap it saw. Rounds are interleaved
+//! (the order alternates), figures are medians, and the machine's load is
+//! printed with them. Run as root: `cargo bench -p krg-tests --bench
+//! migrate` (`KRG_BENCH_ROUNDS=5`, `KRG_BENCH_MIGRATE_MIB=100,1024`). CRIU
+//! comes from `../shared/tools/install-criu.sh`; without it its column is
+//! empty.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use krg_tests::{bin, serial, wait_for, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Writes one byte in each page in turn, forever; between writes it stamps
+/// the monotonic clock and writes the longest gap so far (ms) and a count
+/// into its report file every 50 ms.
+const WORKER: &str = r#"
+import os, sys, time
+mib = int(sys.argv[2])
+buf = bytearray(mib << 20)
+for i in range(0, len(buf), 4096):
+    buf[i] = 1
+rep = sys.argv[1]
+gap = 0.0
+prev = time.monotonic()
+last = prev
+i = 0
+n = 0
+while True:
+    for _ in range(64):
+        buf[i] = (buf[i] + 1) & 255
+        i = (i + 4096) % len(buf)
+    time.sleep(0.0005)
+    t = time.monotonic()
+    if t - prev > gap:
+        gap = t - prev
+    prev = t
+    if t - last > 0.05:
+        n += 1
+        with open(rep + ".tmp", "w") as f:
+            f.write("%d %.3f %d\n" % (n, gap * 1000, os.getpid()))
+        os.rename(rep + ".tmp", rep)
+        last = t
+"#;
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// (count, longest gap ms) the worker last reported.
+fn report(rep: &Path) -> Option<(u64, f64)> {
+    let t = std::fs::read_to_string(rep).ok()?;
+    let mut w = t.split_whitespace();
+    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+}
+
+struct Worker {
+    pid: i32,
+    rep: PathBuf,
+}
+
+impl Worker {
+    fn start(dir: &Path, mib: u64, tag: &str) -> Result<Self> {
+        let rep = dir.join(format!("{tag}.rep"));
+        let _ = std::fs::remove_file(&rep);
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", WORKER])
+            .arg(&rep)
+            .arg(mib.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: between fork and exec: close_range and setsid only.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        std::thread::spawn(move || child.wait());
+        wait_for(Duration::from_secs(120), "the worker to start", || {
+            report(&rep).filter(|r| r.0 >= 3).map(|_| ())
+        })?;
+        Ok(Self { pid, rep })
+    }
+
+    /// The longest gap (ms) it sees from now on, once it has run on for a while.
+    fn gap_after(&self, since: u64) -> Result<f64> {
+        let r = wait_for(Duration::from_secs(60), "the worker to go on", || {
+            report(&self.rep).filter(|r| r.0 >= since + 5)
+        })?;
+        Ok(r.1)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the worker this bench started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+}
+
+fn run(mut cmd: Command) -> Result<Duration> {
+    let t = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output()?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(d)
+}
+
+/// One krg round: (total s, downtime ms by the process, krgd's stopped ms).
+fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64)> {
+    let w = Worker::start(dir, mib, "krg")?;
+    let sock = c.dir.path().join("krgd1.sock");
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", &sock)
+        .args(["-k", &w.pid.to_string(), "-d", "+CAN_MIGRATE"])
+        .output()?;
+    if !o.status.success() {
+        bail!("krgcapset: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (n, _) = report(&w.rep).context("no report")?;
+    let t = Instant::now();
+    let out = Command::new(bin("migrate"))
+        .env("KRG_SOCKET", &sock)
+        .args(["--json", &w.pid.to_string(), "2"])
+        .output()?;
+    let total = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("migrate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let gap = w.gap_after(n)?;
+    Ok((total, gap, v["stopped_ms"].as_f64().unwrap_or(0.0)))
+}
+
+/// One CRIU round: dump (the process ends) then restore, detached.
+fn criu_round(criu: &Path, dir: &Path, mib: u64) -> Result<(f64, f64)> {
+    let w = Worker::start(dir, mib, "criu")?;
+    let img = dir.join("criu-img");
+    let _ = std::fs::remove_dir_all(&img);
+    std::fs::create_dir_all(&img)?;
+    let (n, _) = report(&w.rep).context("no report")?;
+    let t = Instant::now();
+    let mut dump = Command::new(criu);
+    dump.args(["dump", "-t", &w.pid.to_string(), "-D"])
+        .arg(&img);
+    run(dump)?;
+    // its parent (a thread of this bench) reaps it; the PID must be free
+    wait_for(Duration::from_secs(10), "the dumped PID to be free", || {
+        (!Path::new(&format!("/proc/{}", w.pid)).exists()).then_some(())
+    })?;
+    let mut restore = Command::new(criu);
+    restore.args(["restore", "-d", "-D"]).arg(&img);
+    run(restore)?;
+    let total = t.elapsed().as_secs_f64();
+    let gap = w.gap_after(n)?;
+    let _ = std::fs::remove_dir_all(&img);
+    Ok((total, gap))
+}
+
+fn criu_binary() -> Option<PathBuf> {
+    ["/usr/local/sbin/criu", "/usr/sbin/criu"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Version: 4"))
+        })
+}
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the migration bench needs root (restart chooses PIDs)");
+    }
+    let _g = serial();
+    let rounds: usize = std::env::var("KRG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let sizes: Vec<u64> = std::env::var("KRG_BENCH_MIGRATE_MIB")
+        .unwrap_or_else(|_| "100,1024".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let criu = criu_binary();
+    let mut c = TestCluster::loopback(2)?;
+    c.start(1)?;
+    c.start(2)?;
+    c.wait_present(1, &[1, 2], SETTLE)?;
+    c.krgadm_ok(1, &["cluster", "start"])?;
+    c.wait_agreement(&[1, 2], SETTLE)?;
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let dir = c.dir.path().to_path_buf();
+    println!("migration bench: {rounds} rounds, load before {}", load());
+    for &mib in &sizes {
+        let (mut kt, mut kg, mut ks, mut ct, mut cg) = (vec![], vec![], vec![], vec![], vec![]);
+        for r in 0..rounds {
+            let mut krg = || -> Result<()> {
+                let (t, g, s) = krg_round(&c, &dir, mib)?;
+                kt.push(t);
+                kg.push(g);
+                ks.push(s);
+                Ok(())
+            };
+            let crit = |ct: &mut Vec<f64>, cg: &mut Vec<f64>| -> Result<()> {
+                if let Some(criu) = &criu {
+                    let (t, g) = criu_round(criu, &dir, mib)?;
+                    ct.push(t);
+                    cg.push(g);
+                }
+                Ok(())
+            };
+            if r % 2 == 0 {
+                krg()?;
+                crit(&mut ct, &mut cg)?;
+            } else {
+                crit(&mut ct, &mut cg)?;
+                krg()?;
+            }
+        }
+        let show =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |x| format!("{x:.3} {unit}"));
+        let (kt, kg, ks, ct, cg) = (median(kt), median(kg), median(ks), median(ct), median(cg));
+        println!("{mib} MiB process, load {}:", load());
+        println!(
+            "  total time      krg migrate {:>12}   criu dump+restore {:>12}   ratio criu/krg {}",
+            show(kt, "s"),
+            show(ct, "s"),
+            kt.zip(ct)
+                .map_or("-".into(), |(k, c)| format!("{:.2}", c / k))
+        );
+        println!(
+            "  downtime (own)  krg migrate {:>12}   criu dump+restore {:>12}   ratio criu/krg {}   (krgd's stopped_ms {})",
+            show(kg, "ms"),
+            show(cg, "ms"),
+            kg.zip(cg).map_or("-".into(), |(k, c)| format!("{:.2}", c / k)),
+            show(ks, "ms")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,430 @@
+//! `migrate` between real krgds of a loopback cluster (one kernel: the
+//! moved process keeps its PID, and its parent becomes the target's krgd):
+//! a counter keeps counting from where it was, a multi-threaded process and
+//! a tree with a pipe keep working, `krg ps` shows the new node, the
+//! refusals leave the process running, and a target killed mid-transfer
+//! leaves it running on the origin. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use krg_tests::{bin, serial, wait_for, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn formed(n: u32) -> Result<TestCluster> {
+    let mut c = TestCluster::loopback(n)?;
+    for id in 1..=n {
+        c.start(id)?;
+    }
+    let ids: Vec<u32> = (1..=n).collect();
+    c.wait_present(1, &ids, SETTLE)?;
+    c.krgadm_ok(1, &["cluster", "start"])?;
+    c.wait_agreement(&ids, SETTLE)?;
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(c)
+}
+
+fn socket(c: &TestCluster, id: u32) -> PathBuf {
+    c.dir.path().join(format!("krgd{id}.sock"))
+}
+
+/// A test process, killed (by PID, wherever it runs now) when dropped.
+struct Job(i32);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of a process this test started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// A job started from the test, with no stray fds; its end is reaped by a
+/// thread (the parent must reap the origin's copy for its PID to be free).
+fn start(script: &str, out: &Path) -> Job {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: close_range between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut child: Child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || child.wait());
+    Job(pid)
+}
+
+fn capset(c: &TestCluster, via: u32, pid: i32) {
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(c, via))
+        .args(["-k", &pid.to_string(), "-d", "+CAN_MIGRATE"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn migrate(c: &TestCluster, via: u32, args: &[&str]) -> Output {
+    Command::new(bin("migrate"))
+        .env("KRG_SOCKET", socket(c, via))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The last number the counter wrote.
+fn last(out: &Path) -> u64 {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+fn grows(out: &Path, from: u64) -> u64 {
+    wait_for(Duration::from_secs(10), "the counter to go on", || {
+        let n = last(out);
+        (n > from + 3).then_some(n)
+    })
+    .unwrap()
+}
+
+fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.get(s.rfind(')')? + 2..)?.chars().next()
+}
+
+fn ppid(pid: i32) -> i32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    s[s.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// (node, pid) rows of krg ps.
+fn ps(c: &TestCluster, via: u32) -> Vec<(u64, i64)> {
+    let o = c.krg(via).unwrap().args(["ps", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["node"].as_u64().unwrap(), r["pid"].as_i64().unwrap()))
+        .collect()
+}
+
+/// Counts in memory; each line: count, pid, and a checksum of a 20 MiB
+/// buffer it keeps rewriting (memory must arrive whole).
+const COUNTER: &str = r#"
+import os, sys, time
+buf = bytearray(20 << 20)
+f = open(sys.argv[1], "a", buffering=1)
+n = 0
+while True:
+    n += 1
+    i = (n * 4096) % len(buf)
+    buf[i] = n % 251
+    f.write("%d %d %d\n" % (n, os.getpid(), sum(buf[::4096])))
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn a_counter_moves_and_comes_back() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let out = c.dir.path().join("count.txt");
+    let job = start(COUNTER, &out);
+    let pid = job.0;
+    capset(&c, 1, pid);
+    let before = grows(&out, 0);
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("to node 2"), "{}", err(&o));
+    eprintln!("{}", err(&o));
+    let after = grows(&out, before);
+    // never restarted from zero, same PID, numbers keep following each other
+    let text = std::fs::read_to_string(&out)?;
+    let nums: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap or a repeat in the count"
+    );
+    assert!(text
+        .lines()
+        .all(|l| l.split(' ').nth(1) == Some(&pid.to_string())));
+    assert!(after > before);
+    // its parent is node 2's krgd now, and krg ps shows it there
+    let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
+    assert_eq!(ppid(pid), krgd2);
+    assert!(ps(&c, 1).contains(&(2, pid as i64)), "{:?}", ps(&c, 1));
+    // NODE:PID names it where it runs; it comes back
+    let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    grows(&out, last(&out));
+    let krgd1 = c.nodes.get(&1).unwrap().pid().unwrap() as i32;
+    assert_eq!(ppid(pid), krgd1);
+    assert!(ps(&c, 2).contains(&(1, pid as i64)));
+    // krg kill reaches it where it runs
+    let k = c
+        .krg(2)?
+        .args(["kill", "-s", "KILL", &format!("1:{pid}")])
+        .output()?;
+    assert!(k.status.success(), "{}", err(&k));
+    wait_for(Duration::from_secs(5), "the process to end", || {
+        state(pid).is_none().then_some(())
+    })?;
+    std::mem::forget(job); // ended: its PID is not ours any more
+    Ok(())
+}
+
+const THREADS_AND_PIPE: &str = r#"
+import os, sys, threading, time
+out = sys.argv[1]
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    f = open(out, "a", buffering=1)
+    src = os.fdopen(r)
+    for line in src:
+        f.write(line)
+    os._exit(0)
+os.close(r)
+counts = [0, 0, 0]
+def spin(k):
+    while True:
+        counts[k] += 1
+        time.sleep(0.01)
+for k in range(3):
+    threading.Thread(target=spin, args=(k,), daemon=True).start()
+dst = os.fdopen(w, "w", buffering=1)
+n = 0
+while True:
+    n += 1
+    dst.write("%d %d %d\n" % (n, os.getpid(), min(counts)))
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let out = c.dir.path().join("tree.txt");
+    let job = start(THREADS_AND_PIPE, &out);
+    let pid = job.0;
+    capset(&c, 1, pid);
+    let before = grows(&out, 0);
+    // a process with children needs --tree
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("give --tree"), "{}", err(&o));
+    let o = migrate(&c, 1, &["--tree", &pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let after = grows(&out, before);
+    let text = std::fs::read_to_string(&out)?;
+    let nums: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "a line lost or doubled in the pipe"
+    );
+    // the threads kept counting too (their minimum grows)
+    let threads = |l: &str| l.split(' ').nth(2).unwrap().parse::<u64>().unwrap();
+    let last_line = text.lines().last().unwrap();
+    assert!(threads(last_line) > 10, "{last_line}");
+    assert!(after > before);
+    assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task"))?.count(), 4);
+    let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
+    assert_eq!(ppid(pid), krgd2);
+    Ok(())
+}
+
+#[test]
+fn refusals_leave_the_process_running() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let out = c.dir.path().join("r.txt");
+    let job = start(COUNTER, &out);
+    let pid = job.0;
+    let p = pid.to_string();
+    // not CAN_MIGRATE
+    let o = migrate(&c, 1, &[&p, "2"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("is not CAN_MIGRATE"), "{}", err(&o));
+    capset(&c, 1, pid);
+    // unknown node, this node, not a PID
+    let o = migrate(&c, 1, &[&p, "9"]);
+    assert!(err(&o).contains("node 9 is unknown"), "{}", err(&o));
+    let o = migrate(&c, 1, &[&p, "1"]);
+    assert!(err(&o).contains("already runs on node 1"), "{}", err(&o));
+    let o = migrate(&c, 1, &["abc", "2"]);
+    assert!(
+        err(&o).starts_with("migrate: \"abc\" is not a PID"),
+        "{}",
+        err(&o)
+    );
+    // not the owner
+    let o = Command::new(bin("migrate"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args([&p, "2"])
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("only its owner or root may migrate it"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(err(&o).lines().count(), 1);
+    let n = grows(&out, 0);
+    assert!(ppid(pid) != c.nodes.get(&2).unwrap().pid().unwrap() as i32);
+    // a socket: refused before anything stops
+    let sock = c.dir.path().join("s.txt");
+    let sjob = start(
+        "import socket, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nf = open(sys.argv[1], 'a', buffering=1)\nn = 0\nwhile True:\n    n += 1\n    f.write('%d\\n' % n)\n    time.sleep(0.02)\n",
+        &sock,
+    );
+    let spid = sjob.0;
+    capset(&c, 1, spid);
+    let s = grows(&sock, 0);
+    let o = migrate(&c, 1, &[&spid.to_string(), "2"]);
+    assert!(err(&o).contains("sockets do not migrate"), "{}", err(&o));
+    grows(&sock, s);
+    grows(&out, n);
+    for p in [pid, spid] {
+        assert_ne!(state(p), Some('T'));
+    }
+    Ok(())
+}
+
+/// 600 MiB of memory to carry: the target's krgd is killed while it is
+/// received; the origin's copy runs on.
+const BIG: &str = r#"
+import sys, time
+buf = bytearray(600 << 20)
+for i in range(0, len(buf), 4096):
+    buf[i] = 1
+f = open(sys.argv[1], "a", buffering=1)
+n = 0
+while True:
+    n += 1
+    f.write("%d\n" % n)
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
+    let _g = serial();
+    let mut c = formed(2)?;
+    let out = c.dir.path().join("big.txt");
+    let job = start(BIG, &out);
+    let pid = job.0;
+    capset(&c, 1, pid);
+    let n = grows(&out, 0);
+    let via = socket(&c, 1);
+    let mut m = Command::new(bin("migrate"))
+        .env("KRG_SOCKET", via)
+        .args([&pid.to_string(), "2"])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // stopped: the dump is done and the image is on its way
+    wait_for(Duration::from_secs(60), "the process to be stopped", || {
+        (state(pid) == Some('T')).then_some(())
+    })?;
+    c.node(2)?.kill9();
+    let t = Instant::now();
+    let status = m.wait()?;
+    let mut e = String::new();
+    std::io::Read::read_to_string(m.stderr.as_mut().unwrap(), &mut e)?;
+    assert!(!status.success(), "{e}");
+    assert!(e.contains("keeps running on node 1"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(40));
+    grows(&out, n);
+    assert_ne!(state(pid), Some('T'));
+    Ok(())
+}
+
+/// A holder of the cluster key that is not a member (a krgd outside the
+/// cluster, node 9) cannot push an image, nor feed or commit a transfer.
+#[test]
+fn an_outsider_cannot_push_an_image() -> Result<()> {
+    use krg_proto::auth::{ClusterKey, Identity, Role};
+    use krg_proto::client::PeerClient;
+    use krg_proto::migrate::{Data, ImageFile, MigratePeerRequest, Offer};
+    use krg_proto::peer::{PeerRequest, PeerResponse};
+    use krg_proto::proc::{Credentials, ProcPeerRequest};
+
+    let _g = serial();
+    let c = formed(2)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let key = ClusterKey::new(std::fs::read(&c.key)?.trim_ascii().to_vec())?;
+    let me = Identity {
+        session: c.session,
+        node: 9,
+        role: Role::Node,
+    };
+    let addr = c.nodes.get(&1).unwrap().listen;
+    let peer = rt.block_on(PeerClient::connect(addr, &key, me, Duration::from_secs(5)))?;
+    let offer = Offer {
+        xfer: 1,
+        app: 4242,
+        sn: 1,
+        pids: vec![4242],
+        owner: 0,
+        creds: Credentials {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        },
+        files: vec![ImageFile {
+            name: "global_v1.bin".into(),
+            len: 10,
+        }],
+        identities: vec![],
+    };
+    for (m, want) in [
+        (MigratePeerRequest::Offer(offer), "node 9 is not a member"),
+        (
+            MigratePeerRequest::Data(Data {
+                xfer: 1,
+                file: 0,
+                offset: 0,
+                data: vec![0; 10],
+            }),
+            "only a member",
+        ),
+        (MigratePeerRequest::Commit { xfer: 1 }, "only a member"),
+    ] {
+        let req = PeerRequest::Proc(ProcPeerRequest::Migrate(m));
+        match rt.block_on(peer.call(req, Duration::from_secs(10)))? {
+            PeerResponse::Error(e) => assert!(e.message.contains(want), "{}", e.message),
+            other => panic!("an outsider's migration message was taken: {other:?}"),
+        }
+    }
+    assert!(!c.dir.path().join("data1/migrate/in").join("9-1").exists());
+    Ok(())
+}
