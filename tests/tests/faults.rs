@@ -30,6 +30,9 @@ fn campaign(nodes: u32, secs: u64) {
     for a in &summary.anomalies {
         eprintln!("anomaly: {a}");
     }
+    if let Some(dir) = &summary.kept {
+        eprintln!("krgd logs and data kept in {}", dir.display());
+    }
     assert!(summary.ops > 0, "no operation ran");
     assert!(
         summary.faults.values().sum::<usize>() > 0,

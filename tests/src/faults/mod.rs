@@ -88,6 +88,8 @@ pub struct Summary {
     pub anomalies: Vec<String>,
     /// Why operations ended with an unknown outcome (message → count).
     pub unknown_causes: BTreeMap<String, usize>,
+    /// Where the nodes' logs and data were kept (only when there are anomalies).
+    pub kept: Option<std::path::PathBuf>,
 }
 
 impl Summary {
@@ -223,6 +225,11 @@ pub fn run(cfg: &Campaign) -> Result<Summary> {
     s.anomalies = check::check_members(&initial, &history, &ids);
     s.anomalies
         .extend(check::invariant_anomalies(&obs, &history));
+    if !s.anomalies.is_empty() {
+        // The krgd logs (and Raft state) are what explains an anomaly.
+        c.dir.disable_cleanup(true);
+        s.kept = Some(c.dir.path().to_path_buf());
+    }
     Ok(s)
 }
 

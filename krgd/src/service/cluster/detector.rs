@@ -121,6 +121,13 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
         let Ok(_guard) = svc.change_lock.try_lock() else {
             continue;
         };
+        // The probes went out without the lock: if the table changed since,
+        // what they found may be stale (a member deleted and re-added while
+        // its probe was out answered "outside", and removing it now would
+        // undo an acknowledged add). Probe again next round.
+        if joined.state().epoch != state.epoch {
+            continue;
+        }
         for (id, silent) in failed {
             tracing::warn!(node = id, "member stopped answering; marking it failed");
             if svc

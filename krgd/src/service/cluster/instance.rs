@@ -270,10 +270,15 @@ impl ClusterService {
                 } else {
                     Duration::from_secs(5)
                 };
+                let removed_at = state.epoch;
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
                     let state = joined.state();
-                    if state.dissolved || !state.is_member(me) {
+                    // A welcome after the removal (its epoch is later) means
+                    // the node was added again, even if this node has not
+                    // applied that add yet (it was paused or cut off).
+                    let readded = joined.welcome_epoch.load(Ordering::SeqCst) > removed_at;
+                    if state.dissolved || (!state.is_member(me) && !readded) {
                         tracing::info!(
                             epoch = state.epoch,
                             "no longer a member of the cluster; leaving"
