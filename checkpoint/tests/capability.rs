@@ -21,6 +21,9 @@ impl Drop for Krgd {
 }
 
 /// Build (if needed) and start a krgd of this workspace on a free port.
+#[path = "../../tests/src/nested_cargo.rs"]
+mod nested_cargo;
+
 fn start_krgd(dir: &Path) -> Krgd {
     let bindir = Path::new(env!("CARGO_BIN_EXE_checkpoint"))
         .parent()
@@ -31,11 +34,7 @@ fn start_krgd(dir: &Path) -> Krgd {
     // before a protocol change would answer in another language.
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "krgd", "--bin", "krgd"])
-            .status()
-            .unwrap();
+        let st = nested_cargo::cargo_build(&["krgd"]).status().unwrap();
         assert!(st.success(), "building krgd");
     });
     let port = std::net::TcpListener::bind("127.0.0.1:0")

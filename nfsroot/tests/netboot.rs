@@ -18,6 +18,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
+#[path = "../../tests/src/nested_cargo.rs"]
+mod nested_cargo;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
@@ -56,12 +58,8 @@ fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     BUILD.call_once(|| {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "krgd", "-p", "krgadm"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building krgd and krgadm");
+        let st = nested_cargo::cargo_build(&["krgd", "krgadm"]).status();
+        assert!(st.unwrap().success(), "building krgd and krgadm");
     });
     dir
 }

@@ -43,37 +43,8 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// `cargo build` of `packages` in this test's profile. The variables cargo
-/// set for the test itself (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...) are
-/// removed: build scripts that watch them (ring's) would otherwise see a
-/// change and rebuild half the workspace twice per test run.
-pub fn cargo_build(packages: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet"]);
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    if bin_dir().ends_with("release") {
-        cmd.arg("--release");
-    }
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let set_for_the_test = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|p| key.starts_with(p))
-            || key == "CARGO_PRIMARY_PACKAGE"
-            || key == "CARGO_TARGET_TMPDIR";
-        if set_for_the_test {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    cmd
-}
+mod nested_cargo;
+pub use nested_cargo::cargo_build;
 
 /// Cluster tests take this lock so that only one cluster runs at a time:
 /// failure detection is about timing, and the machine has two cores.

@@ -19,18 +19,16 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+#[path = "../../../tests/src/nested_cargo.rs"]
+mod nested_cargo;
+
 /// krgd and krgadm belong to other packages: build them once.
 pub fn ensure_binaries() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let profile_release = bin_dir().ends_with("release");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "krgd", "-p", "krgadm"]);
-        if profile_release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build");
+        let st = nested_cargo::cargo_build(&["krgd", "krgadm"])
+            .status()
+            .expect("run cargo build");
         assert!(st.success(), "building krgd and krgadm failed");
     });
 }
@@ -216,9 +214,31 @@ impl Cluster {
                 .args(["nodes", "status"]));
             String::from_utf8_lossy(&out.stdout).matches(word).count()
         };
-        wait_until("every krgd present", Duration::from_secs(30), || {
-            nodes_seen(&sock, "present") + nodes_seen(&sock, "online") >= n as usize
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while nodes_seen(&sock, "present") + nodes_seen(&sock, "online") < n as usize {
+            if std::time::Instant::now() > deadline {
+                // what the daemons said is the only clue once the test is gone
+                let logs: Vec<String> = c
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let log =
+                            std::fs::read_to_string(n.data.join("krgd.log")).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        format!(
+                            "node {}:\n{}",
+                            n.id,
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "timed out waiting for every krgd present\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         wait_until("cluster start", Duration::from_secs(30), || {
             let out = run(Command::new(bin_dir().join("krgadm"))
                 .arg("--socket")
@@ -272,6 +292,8 @@ impl Cluster {
             .arg("--cluster-key-file")
             .arg(&self.key)
             .arg("--no-scheduler-mount")
+            // the tests run in parallel: none needs the /krg tree
+            .arg("--no-krg-mount")
             .arg(format!("--http-listen=127.0.0.1:{}", n.http_port));
         for p in &n.peers {
             cmd.arg("--peer").arg(p);

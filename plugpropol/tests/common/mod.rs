@@ -17,15 +17,15 @@ pub fn bin_dir() -> PathBuf {
     target.join("debug")
 }
 
+#[path = "../../../tests/src/nested_cargo.rs"]
+mod nested_cargo;
+
 /// Build krgd and krgadm once per test binary (a no-op when they are up to
 /// date; `cargo test -p plugpropol` alone does not build other packages' binaries).
 pub fn build_binaries() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build", "-q", "-p", "krgd", "--bin", "krgd", "-p", "krgadm", "--bin", "krgadm",
-            ])
+        let status = nested_cargo::cargo_build(&["krgd", "krgadm"])
             .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
             .status()
             .expect("running cargo build");

@@ -106,30 +106,9 @@ fn bench_plan() -> Result<Vec<(u32, u32)>> {
 /// Build krgd and krgadm in this profile unconditionally: a stale binary
 /// from an older checkout would silently be measured otherwise.
 fn build_binaries() -> Result<()> {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "krgd", "-p", "krgadm"]);
-    // Cargo gives this bench its package's variables (CARGO_PKG_NAME,
-    // CARGO_MANIFEST_DIR, OUT_DIR, ...). Build scripts that declare them
-    // with `rerun-if-env-changed` (ring does) would see them change and
-    // rebuild everything above them, here and again in the next plain
-    // `cargo build`: ~13 minutes on a loaded 2-core machine each time.
-    for (key, _) in std::env::vars_os() {
-        let Some(k) = key.to_str() else { continue };
-        if k.starts_with("CARGO_PKG_")
-            || k.starts_with("CARGO_MANIFEST_")
-            || k.starts_with("CARGO_BIN_")
-            || matches!(
-                k,
-                "OUT_DIR" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
-            )
-        {
-            cmd.env_remove(&key);
-        }
-    }
-    if krg_tests::bin_dir().ends_with("release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().context("running cargo build")?;
+    let status = krg_tests::cargo_build(&["krgd", "krgadm"])
+        .status()
+        .context("running cargo build")?;
     if !status.success() {
         bail!("cargo build -p krgd -p krgadm failed ({status})");
     }

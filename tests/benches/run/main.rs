@@ -352,12 +352,10 @@ fn run_all() -> Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "-p", "krgd", "-p", "krgadm"]);
-    if krg_tests::bin_dir().ends_with("release") {
-        build.arg("--release");
-    }
-    if !build.status()?.success() {
+    if !krg_tests::cargo_build(&["krgd", "krgadm"])
+        .status()?
+        .success()
+    {
         bail!("cargo build -p krgd -p krgadm failed");
     }
     let _ = bin("krg");
