@@ -181,8 +181,12 @@ impl CheckedDir {
         let ours = dir.stat()?;
         match here {
             Ok(st) if st.st_ino == ours.st_ino && st.st_dev == ours.st_dev => {
-                unlinkat(&self.fd, name, UnlinkatFlags::RemoveDir)
-                    .map_err(|e| io(&self.join(name), e))
+                match unlinkat(&self.fd, name, UnlinkatFlags::RemoveDir) {
+                    // renamed away since the stat (the directory's owner
+                    // may): nothing of ours is left under that name
+                    Err(nix::errno::Errno::ENOENT) => Ok(()),
+                    r => r.map_err(|e| io(&self.join(name), e)),
+                }
             }
             _ => Ok(()),
         }
