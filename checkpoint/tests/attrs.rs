@@ -48,17 +48,18 @@ fn process_attributes_come_back() {
     wait_until("attrs set up", || last_of(&out.get()) >= 3);
     let kid = guard.add(children(pid)[0]);
     let caps = status_line(pid, "CapPrm");
-    ok(&checkpoint_between_checks(&store, pid, &[]), "checkpoint");
+    let first = checkpoint_between_checks(&store, pid, &[]);
+    ok(&first, "checkpoint");
+    let sn1 = saved_sn(&first);
     let at_sn1 = last_of(&out.get());
     wait_until("runs on", || last_of(&out.get()) >= at_sn1 + 3);
-    ok(
-        &checkpoint_between_checks(&store, pid, &["--kill"]),
-        "checkpoint --kill",
-    );
+    let second = checkpoint_between_checks(&store, pid, &["--kill"]);
+    ok(&second, "checkpoint --kill");
+    let sn2 = saved_sn(&second);
     let before = last_of(&out.get());
     kill_reap(pid);
     kill_reap(kid);
-    for sn in [1, 2] {
+    for sn in [sn1, sn2] {
         let log = tmp.path().join(format!("restored{sn}.txt"));
         let ps = run(Command::new("ps").args(["-e", "-o", "pid,ppid,stat,comm"]));
         let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
@@ -75,7 +76,7 @@ fn process_attributes_come_back() {
             counter_lines(&text()).len() >= 10
         });
         let lines = counter_lines(&text());
-        if sn == 2 {
+        if sn == sn2 {
             assert_eq!(lines[0], before + 1, "continues where it was");
         } else {
             assert!(lines[0] <= at_sn1 + 1, "continues from SN 1");
@@ -88,7 +89,7 @@ fn process_attributes_come_back() {
     let insp = run(Command::new(bin("checkpoint"))
         .arg("inspect")
         .arg(store.join(pid.to_string()))
-        .arg("1"));
+        .arg(sn1.to_string()));
     let insp = String::from_utf8_lossy(&insp.stdout);
     assert!(insp.contains("child subreaper; THP disabled"), "{insp}");
     assert!(insp.contains("pdeathsig 12"), "{insp}");

@@ -89,6 +89,18 @@ pub fn checkpoint_out(store: &Path, pid: i32, extra: &[&str]) -> Output {
         .arg(pid.to_string()))
 }
 
+/// The SN a successful `checkpoint` reported ("... as SN N in ..."). A
+/// refused attempt can use up an SN number (its tombstone), so tests that
+/// retry read the number instead of counting.
+pub fn saved_sn(o: &Output) -> u32 {
+    let said = String::from_utf8_lossy(&o.stdout);
+    said.split(" as SN ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no SN in the checkpoint's report: {said}"))
+}
+
 /// `restart --dir STORE PID SN`.
 pub fn restart_out(store: &Path, pid: i32, sn: u32) -> Output {
     run(Command::new(bin("restart"))
