@@ -251,6 +251,14 @@ impl TestCluster {
     pub fn start_with(&mut self, id: u32, key: &Path, extra: &[&str]) -> Result<()> {
         let listen = self.listen_of(id)?;
         let socket = self.dir.path().join(format!("krgd{id}.sock"));
+        // A restart replaces the node's earlier process (a node removed
+        // with `nodes del` keeps running): it must be gone before the new
+        // one binds its address, and its socket file must not pass for the
+        // new one's being ready.
+        if let Some(old) = self.nodes.remove(&id) {
+            drop(old);
+        }
+        let _ = std::fs::remove_file(&socket);
         let log = self.dir.path().join(format!("krgd{id}.log"));
         let data = self.dir.path().join(format!("data{id}"));
         let mut args: Vec<String> = vec![
@@ -336,9 +344,7 @@ impl TestCluster {
         if !node.is_running() {
             bail!("krgd {id} exited at start: {}", node.log_text());
         }
-        if let Some(old) = self.nodes.insert(id, node) {
-            drop(old);
-        }
+        self.nodes.insert(id, node);
         Ok(())
     }
 
@@ -431,7 +437,9 @@ impl TestCluster {
     }
 
     /// Wait until every node in `via` reports the same members and epoch,
-    /// and return that view.
+    /// and return that view. Only a formed cluster's view counts: nodes
+    /// just started (not yet resumed from disk, or not yet told) all
+    /// report "no members, epoch 0", which is no agreement.
     pub fn wait_agreement(&self, via: &[u32], timeout: Duration) -> Result<(Vec<u64>, u64)> {
         wait_for(timeout, &format!("nodes {via:?} to agree"), || {
             let views: Vec<_> = via
@@ -439,7 +447,8 @@ impl TestCluster {
                 .map(|id| self.view(*id).ok())
                 .collect::<Option<_>>()?;
             let first = views.first()?.clone();
-            views.iter().all(|v| *v == first).then_some(first)
+            let formed = !first.0.is_empty() && first.1 > 0;
+            (formed && views.iter().all(|v| *v == first)).then_some(first)
         })
     }
 

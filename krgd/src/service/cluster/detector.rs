@@ -54,6 +54,13 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             previous_leader = leader;
             continue;
         }
+        // The leader's state machine is current only once it has applied
+        // its whole log (a new leader's first entry included). Until then it
+        // may lag far behind (after every voter restarted, until a quorum
+        // answers), and judging members from it would evict them all.
+        if !applied_whole_log(&metrics) {
+            continue;
+        }
         let state = joined.state();
         if !leading {
             svc.ctx.metrics.elections_won.inc();
@@ -198,6 +205,10 @@ async fn revive(
     )
     .await
     .map(|_| ())
+}
+
+fn applied_whole_log(metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> bool {
+    metrics.last_applied.map(|l| l.index) >= metrics.last_log_index
 }
 
 /// A node removed while it was cut off still believes it is a member: its

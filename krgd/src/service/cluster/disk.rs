@@ -263,9 +263,18 @@ fn read_small<T: DeserializeOwned>(dir: &Path, kind: SmallFile) -> Result<Option
     if 8 + end != bytes.len() {
         return Err(corrupt(dir, &path, "unexpected bytes after the record"));
     }
-    postcard::from_bytes(payload)
-        .map(Some)
-        .map_err(|e| corrupt(dir, &path, format!("undecodable content: {e}")))
+    // Every byte must belong to the value: a file written as another type
+    // (an `Option` around a log id once was) must not decode as something
+    // shorter and silently lose its tail.
+    match postcard::take_from_bytes(payload) {
+        Ok((value, [])) => Ok(Some(value)),
+        Ok((_, rest)) => Err(corrupt(
+            dir,
+            &path,
+            format!("{} bytes left after its content", rest.len()),
+        )),
+        Err(e) => Err(corrupt(dir, &path, format!("undecodable content: {e}"))),
+    }
 }
 
 /// Read the log file, cutting off a torn last record (in the file too).

@@ -136,7 +136,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftNodeId>>) -> StorageResult<()> {
-        let bytes = disk::small_file(SmallFile::Committed, &committed)
+        // The file holds a log id (what `disk::load` reads back): nothing
+        // committed yet is no file.
+        let Some(log_id) = committed else {
+            return Ok(());
+        };
+        let bytes = disk::small_file(SmallFile::Committed, &log_id)
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         // Queued after the appends it covers, so the file never names an
         // entry that is not durable; a crash before it is written only makes

@@ -140,3 +140,21 @@ fn unfinished_join_and_leave_leave_nothing_behind() {
     wipe(d.path()).unwrap();
     assert!(load(d.path()).unwrap().is_none());
 }
+
+/// The committed log id comes back whole: a restarted node re-applies its
+/// log up to it (it once came back as index 1, the state machine stayed
+/// empty and the leader evicted every member).
+#[test]
+fn committed_log_id_round_trips() {
+    let (d, dir) = fresh();
+    let id = LogId::new(CommittedLeaderId::new(3, 2), 11);
+    let bytes = small_file(SmallFile::Committed, &id).unwrap();
+    write_atomic(&dir, COMMITTED_FILE, &bytes).unwrap();
+    let loaded = load(d.path()).unwrap().unwrap();
+    assert_eq!(loaded.committed, Some(id));
+    // The same file with a byte too many is refused, not cut short.
+    let wrapped = small_file(SmallFile::Committed, &Some(id)).unwrap();
+    write_atomic(&dir, COMMITTED_FILE, &wrapped).unwrap();
+    let err = load(d.path()).err().unwrap().to_string();
+    assert!(err.contains("left after its content"), "{err}");
+}
