@@ -127,21 +127,25 @@ impl PeerPool {
         req: PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerCallError> {
-        for attempt in 0..2 {
-            let client = self.client(node).await?;
-            match client.call(req.clone(), timeout).await {
-                Ok(PeerResponse::Error(error)) => {
-                    return Err(PeerCallError::Remote { node, error })
-                }
-                Ok(resp) => return Ok(resp),
-                Err(ProtoError::Closed) if attempt == 0 => self.forget(node),
-                Err(source) => return Err(PeerCallError::Proto { node, source }),
-            }
+        let answer = |r: Result<PeerResponse, ProtoError>| match r {
+            Ok(PeerResponse::Error(error)) => Err(PeerCallError::Remote { node, error }),
+            Ok(resp) => Ok(resp),
+            Err(source) => Err(PeerCallError::Proto { node, source }),
+        };
+        let first = self.client(node).await?.call(req.clone(), timeout).await;
+        if !matches!(first, Err(ProtoError::Closed)) {
+            return answer(first);
         }
-        Err(PeerCallError::Proto {
+        // A pooled connection the peer closed (it restarted) is reopened
+        // once. The request may have reached the peer before the close, so
+        // if the peer cannot be reached again, say so: a connection refused
+        // now must not read as "never delivered".
+        self.forget(node);
+        let again = self.client(node).await.map_err(|_| PeerCallError::Proto {
             node,
             source: ProtoError::Closed,
-        })
+        })?;
+        answer(again.call(req, timeout).await)
     }
 }
 

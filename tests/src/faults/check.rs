@@ -46,6 +46,9 @@ pub struct Event {
     pub outcome: Outcome,
     pub invoked: u64,
     pub completed: u64,
+    /// What krgadm said when it failed (empty otherwise): a refusal taken
+    /// for "nothing changed" may be the culprit of an anomaly.
+    pub said: String,
 }
 
 /// What one op does to `set`, or None if it cannot happen in that state.
@@ -153,26 +156,31 @@ pub fn check_members(initial: &BTreeSet<u32>, history: &[Event], ids: &[u32]) ->
             })
             .collect();
         if !linearizable(&only(initial), &sub, settled) {
-            // Operations that changed nothing cannot be the culprit; the
-            // rest (the final reads included) is what a reader needs.
+            // Every operation on x, refusals with what they said: one taken
+            // for "nothing changed" may have changed something.
             let mut lines: Vec<String> = sub
                 .iter()
-                .filter(|e| e.outcome != Outcome::NoEffect)
                 .map(|e| {
+                    let said: String = e.said.trim().chars().take(110).collect();
                     format!(
-                        "client {} {:?} {:?} [{}..{}]",
+                        "client {} {:?} {:?} [{}..{}]{}",
                         e.client,
                         e.op,
                         e.outcome,
                         e.invoked / 1_000_000,
-                        e.completed / 1_000_000
+                        e.completed / 1_000_000,
+                        if said.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" \"{said}\"")
+                        }
                     )
                 })
                 .collect();
             lines.truncate(200);
             out.push(format!(
-                "membership of node {x} is not linearizable; its operations that were not refused up front (ms): {}",
-                lines.join("; ")
+                "membership of node {x} is not linearizable; its operations (ms):\n  {}",
+                lines.join("\n  ")
             ));
         }
     }
@@ -260,6 +268,7 @@ mod tests {
             outcome,
             invoked,
             completed,
+            said: String::new(),
         }
     }
 
@@ -393,6 +402,7 @@ mod tests {
             outcome: Outcome::Ok,
             invoked: 2,
             completed: 5,
+            said: String::new(),
         };
         assert!(invariant_anomalies(&back, &[readd]).is_empty());
     }

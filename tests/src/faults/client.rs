@@ -147,6 +147,10 @@ fn change(node: u32, socket: &PathBuf, x: u32, add: bool, shared: &Shared) {
             outcome,
             invoked,
             completed,
+            said: match result {
+                Some((false, _, err)) => err,
+                _ => String::new(),
+            },
         });
 }
 

@@ -307,6 +307,7 @@ fn settle(c: &TestCluster, ids: &[u32], shared: &Shared) -> Result<Vec<(Observat
                 outcome: Outcome::Ok,
                 invoked,
                 completed,
+                said: String::new(),
             },
         ));
     }
