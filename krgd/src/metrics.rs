@@ -61,6 +61,13 @@ pub struct NodeStateLabels {
     pub state: &'static str,
 }
 
+/// A member and who has it checked out (`""` and value 0: nobody).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    pub node: String,
+    pub owner: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +108,7 @@ pub struct Metrics {
     term: Gauge,
     leader: Gauge,
     node_state: Family<NodeStateLabels, Gauge>,
+    node_owned: Family<OwnerLabels, Gauge>,
     jobs_running: Gauge,
     probe_value: Family<ProbeLabels, Gauge<f64, AtomicU64>>,
 }
@@ -121,6 +129,8 @@ pub struct ClusterFigures {
     pub leader: Option<u32>,
     /// (node id, state name) of every known node.
     pub nodes: Vec<(u32, &'static str)>,
+    /// (member id, owner's user name if checked out) of every member.
+    pub owners: Vec<(u32, Option<String>)>,
     pub jobs_running: usize,
     /// (probe, source, unit, value) of this node's loaded probes.
     pub probes: Vec<(String, String, String, f64)>,
@@ -151,6 +161,7 @@ impl Metrics {
             term: Gauge::default(),
             leader: Gauge::default(),
             node_state: Family::default(),
+            node_owned: Family::default(),
             jobs_running: Gauge::default(),
             probe_value: Family::default(),
         };
@@ -189,6 +200,11 @@ impl Metrics {
             "node_state",
             "1 for the state each known node is in, else 0",
             self.node_state.clone(),
+        );
+        r.register(
+            "node_owned",
+            "1 if the member is checked out (krgadm nodes checkout), with its owner's user name; else 0 with owner=\"\"",
+            self.node_owned.clone(),
         );
         r.register(
             "raft_elections_won",
@@ -300,6 +316,16 @@ impl Metrics {
                     })
                     .set(i64::from(s == state));
             }
+        }
+        self.node_owned.clear();
+        for (node, owner) in &cluster.owners {
+            let labels = OwnerLabels {
+                node: node.to_string(),
+                owner: owner.clone().unwrap_or_default(),
+            };
+            self.node_owned
+                .get_or_create(&labels)
+                .set(i64::from(owner.is_some()));
         }
         self.probe_value.clear();
         for (probe, source, unit, value) in &cluster.probes {

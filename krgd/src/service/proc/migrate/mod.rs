@@ -217,6 +217,7 @@ async fn move_here(
         ));
     }
     fanout::check_online(st, to)?;
+    fanout::check_owner(st, to, who.uid)?;
     if let Some(why) = restore::unavailable() {
         return Err(err(
             ErrorKind::Unavailable,
