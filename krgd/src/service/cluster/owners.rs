@@ -191,7 +191,13 @@ mod tests {
         let member = |n: NodeId| (1..=8).contains(&n);
         checkout(&mut o, member, &[5, 6, 7, 8], &rec(1000, 100), 10).unwrap();
         let e = checkout(&mut o, member, &[3, 4, 5], &rec(1001, 100), 20).unwrap_err();
-        assert_eq!(e, Refusal::Owned { node: 5, by: rec(1000, 100) });
+        assert_eq!(
+            e,
+            Refusal::Owned {
+                node: 5,
+                by: rec(1000, 100)
+            }
+        );
         assert!(!o.contains_key(&3), "nothing of a refused checkout is kept");
         // Unknown nodes are refused, naming the node.
         assert_eq!(
@@ -205,8 +211,16 @@ mod tests {
         checkout(&mut o, member, &[6, 7], &rec(1001, 300), 150).unwrap();
         assert_eq!(o[&6].uid, 1001);
         assert!(!o.contains_key(&8), "expired checkouts are dropped");
-        let msg = Refusal::Owned { node: 5, by: rec(1000, 0) }.to_error(None).message;
-        assert_eq!(msg, "node 5 is checked out by u1000 until 1970-01-01T00:00:00Z");
+        let msg = Refusal::Owned {
+            node: 5,
+            by: rec(1000, 0),
+        }
+        .to_error(None)
+        .message;
+        assert_eq!(
+            msg,
+            "node 5 is checked out by u1000 until 1970-01-01T00:00:00Z"
+        );
     }
 
     #[test]

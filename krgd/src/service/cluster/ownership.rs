@@ -204,7 +204,10 @@ fn check_reason(reason: &str) -> Result<(), AdminError> {
     if reason.len() > MAX_REASON_LEN {
         return Err(err(
             ErrorKind::InvalidArgument,
-            format!("the reason is {} bytes long; at most {MAX_REASON_LEN} are allowed", reason.len()),
+            format!(
+                "the reason is {} bytes long; at most {MAX_REASON_LEN} are allowed",
+                reason.len()
+            ),
         ));
     }
     if reason.chars().any(char::is_control) {
@@ -218,11 +221,7 @@ fn check_reason(reason: &str) -> Result<(), AdminError> {
 
 /// (uid, name) of the user `who` names (a name or a uid; the caller when
 /// `None`), from this node's user database.
-fn resolve_user(
-    who: Option<&str>,
-    caller: u32,
-    node: NodeId,
-) -> Result<(u32, String), AdminError> {
+fn resolve_user(who: Option<&str>, caller: u32, node: NodeId) -> Result<(u32, String), AdminError> {
     let found = match who {
         None => User::from_uid(Uid::from_raw(caller)),
         Some(w) => match w.parse::<u32>() {
@@ -231,7 +230,9 @@ fn resolve_user(
         },
     };
     let missing = || match who {
-        None => format!("uid {caller} is not a user on node {node} (no entry in its user database)"),
+        None => {
+            format!("uid {caller} is not a user on node {node} (no entry in its user database)")
+        }
         Some(w) => format!("'{w}' is not a user on node {node} (no entry in its user database)"),
     };
     match found {
@@ -297,7 +298,10 @@ mod tests {
 
     #[test]
     fn users_resolve_by_name_or_uid() {
-        assert_eq!(resolve_user(Some("root"), 1000, 1).unwrap(), (0, "root".into()));
+        assert_eq!(
+            resolve_user(Some("root"), 1000, 1).unwrap(),
+            (0, "root".into())
+        );
         assert_eq!(resolve_user(Some("0"), 1000, 1).unwrap().0, 0);
         assert_eq!(resolve_user(None, 0, 1).unwrap().1, "root");
         let e = resolve_user(Some("no-such-user-krg"), 0, 4).unwrap_err();

@@ -467,7 +467,10 @@ mod tests {
                 reason: "bench".into(),
             },
         );
-        let bytes = postcard::to_stdvec(&SnapshotBody { state: state.clone() }).unwrap();
+        let bytes = postcard::to_stdvec(&SnapshotBody {
+            state: state.clone(),
+        })
+        .unwrap();
         assert_eq!(decode_body(&bytes).unwrap().state, state);
         assert!(decode_body(&[1, 2]).is_err());
     }
