@@ -147,7 +147,8 @@ fn overlapping_checkouts_one_wins_users_are_confined_and_checkouts_expire() -> R
         };
         let a = spawn(1, "1-2", "nobody");
         let b = spawn(3, "2:3", "tests");
-        let (a, b) = (a.wait_with_output()?, b.wait_with_output()?);
+        let (a, b) = (a.wait_with_output(), b.wait_with_output());
+        let (a, b) = (a?, b?);
         assert!(
             a.status.success() != b.status.success(),
             "round {round}: exactly one wins: {:?} / {:?}",
