@@ -46,6 +46,14 @@ pub struct PlacementLabels {
     pub node: String,
 }
 
+/// How a migration this node started ended: `moved`, `fell_back` (the
+/// target failed after the handover; the process runs here again),
+/// `refused` (bad request, not allowed: nothing was stopped) or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 /// A probe source of this node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
@@ -102,6 +110,12 @@ pub struct Metrics {
     pub jobs_started: Counter,
     /// Automatic placements decided here, by decider and chosen node.
     pub placements: Family<PlacementLabels, Counter>,
+    /// Migrations this node started (as the origin), by outcome.
+    pub migrations: Family<OutcomeLabel, Counter>,
+    /// How long a migrated process was stopped (freeze to running again).
+    pub migration_downtime_seconds: Histogram,
+    /// Whole migrations, from the request to the answer.
+    pub migration_seconds: Histogram,
     members: Gauge,
     online: Gauge,
     epoch: Gauge,
@@ -155,6 +169,11 @@ impl Metrics {
             kdfs_bytes: Family::default(),
             jobs_started: Counter::default(),
             placements: Family::default(),
+            migrations: Family::default(),
+            // 1 ms .. ~33 s
+            migration_downtime_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 10 ms .. ~164 s
+            migration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             members: Gauge::default(),
             online: Gauge::default(),
             epoch: Gauge::default(),
@@ -272,6 +291,21 @@ impl Metrics {
             self.placements.clone(),
         );
         r.register(
+            "migrations",
+            "Migrations this node started as the origin, by outcome (moved, fell_back, refused, failed)",
+            self.migrations.clone(),
+        );
+        r.register(
+            "migration_downtime_seconds",
+            "How long a migrated process was stopped, from its freeze to running again (moved or fell back)",
+            self.migration_downtime_seconds.clone(),
+        );
+        r.register(
+            "migration_seconds",
+            "Whole migrations this node started, from the request to the answer (moved or fell back)",
+            self.migration_seconds.clone(),
+        );
+        r.register(
             "probe_value",
             "Latest sample of each source of the probes loaded in this node's scheduler tree",
             self.probe_value.clone(),
@@ -286,6 +320,31 @@ impl Metrics {
                 node: node.to_string(),
             })
             .inc();
+    }
+
+    /// Count one migration this node started, and time it when it moved
+    /// the process (or took it back).
+    pub fn migrated(
+        &self,
+        r: &Result<krg_proto::migrate::MigrateReport, krg_proto::admin::AdminError>,
+    ) {
+        use krg_proto::admin::ErrorKind as K;
+        let outcome = match r {
+            Ok(rep) if rep.fell_back.is_none() => "moved",
+            Ok(_) => "fell_back",
+            Err(e) => match e.kind {
+                K::InvalidArgument | K::NotFound | K::PermissionDenied | K::Conflict => "refused",
+                K::NoQuorum | K::Unavailable | K::Internal => "failed",
+            },
+        };
+        self.migrations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        if let Ok(rep) = r {
+            self.migration_downtime_seconds
+                .observe(rep.stopped_ms as f64 / 1000.0);
+            self.migration_seconds.observe(rep.total_ms as f64 / 1000.0);
+        }
     }
 
     /// Count one request of `service` with its outcome.

@@ -90,7 +90,11 @@ pub async fn migrate(
     }
     match req.from {
         Some(from) if from != st.node() => forward(st, from, req, who).await,
-        _ => move_here(st, req, who).await,
+        _ => {
+            let r = move_here(st, req, who).await;
+            st.ctx.metrics.migrated(&r);
+            r
+        }
     }
 }
 
