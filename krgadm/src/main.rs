@@ -105,7 +105,8 @@ enum NodesAction {
     #[command(after_help = CHECKOUT_HELP)]
     Checkout(Checkout),
     /// Give checked-out nodes back (their owner, or root; root needs
-    /// --force for another user's). All the nodes or none.
+    /// --force for another user's). Nodes not checked out are skipped; if
+    /// one is another user's, nothing is released.
     Release(Release),
 }
 
