@@ -326,13 +326,13 @@ fn overlapping_checkouts_one_wins_users_are_confined_and_checkouts_expire() -> R
     let e = refused(adm(&c, tests, 3, &["nodes", "release", "-n", "3"]));
     assert!(e.contains("none of these nodes is checked out"), "{e}");
 
-    // Expiry: a 2 s checkout holds node 3, then frees it by itself.
+    // Expiry: a 3 s checkout holds node 3, then frees it by itself.
     let t0 = Instant::now();
     ok(adm(
         &c,
         tests,
         1,
-        &["nodes", "checkout", "-n", "3", "--until", "+2s"],
+        &["nodes", "checkout", "-n", "3", "--until", "+3s"],
     ));
     let e = refused(krg(&c, NOBODY, 1, &["run", "-n", "3", "--", "true"]));
     assert!(e.contains("node 3 is checked out by tests"), "{e}");
@@ -342,11 +342,11 @@ fn overlapping_checkouts_one_wins_users_are_confined_and_checkouts_expire() -> R
         "{table}"
     );
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
+        t0.elapsed() < Duration::from_secs(3),
         "the checks above ran within the checkout"
     );
     std::thread::sleep(
-        Duration::from_secs(2).saturating_sub(t0.elapsed()) + Duration::from_millis(200),
+        Duration::from_secs(3).saturating_sub(t0.elapsed()) + Duration::from_millis(200),
     );
     assert_eq!(owners(&c, 2)[2], (3, None), "expired");
     ok(krg(&c, NOBODY, 1, &["run", "-n", "3", "--", "true"]));
