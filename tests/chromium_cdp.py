@@ -105,7 +105,7 @@ class Browser:
 
 
 ROWS = """Array.from(document.querySelectorAll('#nodes tbody tr')).map(
-    tr => Array.from(tr.querySelectorAll('td')).slice(0, 2).map(td => td.textContent))"""
+    tr => Array.from(tr.querySelectorAll('td')).map(td => td.textContent))"""
 
 
 def main():

@@ -367,6 +367,9 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     krgadm nodes status
     krgadm nodes del -n 4          # hot-remove node 4 ...
     krgadm nodes add -n 4          # ... and add it back (or: -m $(mac_of 4), or -a)
+    krgadm nodes checkout -n 3-4 --for nobody --until +30m --reason demo   # only nobody's (and root's) jobs there
+    krgadm nodes status            # OWNER and UNTIL columns
+    krgadm nodes release -n 3-4 --force    # root over another user's checkout
 
   Scheduler tree (node 1; nodes 2-4 have theirs under $STATE_DIR/sched/nodeN):
     cat $SCHED/probes/mem_probe/ram_free/value

@@ -9,7 +9,7 @@ pub const PAGE: Page = Page {
             title: "EXIT STATUS",
             body: "\
 0: the request was done (a change: committed cluster-wide).
-1: it failed or was refused (unknown node, no quorum, not root, no krgd answering); one line on standard error says why, and nothing was changed.
+1: it failed or was refused (unknown node, no quorum, not root, a node checked out by another user, no krgd answering); one line on standard error says why, and nothing was changed.
 2: bad usage (an unknown flag or subcommand).",
         },
         Section {
@@ -28,6 +28,8 @@ pub const PAGE: Page = Page {
   krgadm nodes add -n 3-7
   krgadm nodes add -m 02:6b:72:67:00:03,02:6b:72:67:00:04
   krgadm nodes del -n21:34
+  krgadm nodes checkout -n 5-8 --for alice --until +4h --reason benchmark
+  krgadm nodes release -n 5-8
   krgadm sched place",
         },
         Section {

@@ -2,7 +2,7 @@
 //! of connections to other nodes, and the current view of the cluster.
 
 use krg_proto::auth::{ClusterKey, Identity};
-use krg_proto::cluster::{Mac, NodeInfo, NodeState};
+use krg_proto::cluster::{Mac, NodeInfo, NodeOwner, NodeState};
 use krg_proto::NodeId;
 use tokio::sync::watch;
 
@@ -41,6 +41,15 @@ impl ClusterView {
 
     pub fn is_member(&self, id: NodeId) -> bool {
         self.members().any(|n| n.id == id)
+    }
+
+    /// Who has `id` checked out at `now_ms` (ms since the Unix epoch, this
+    /// host's clock): an expired checkout holds nothing.
+    pub fn owner_of(&self, id: NodeId, now_ms: u64) -> Option<&NodeOwner> {
+        self.node(id)?
+            .owner
+            .as_ref()
+            .filter(|o| o.until_ms > now_ms)
     }
 }
 

@@ -46,6 +46,14 @@ pub struct PlacementLabels {
     pub node: String,
 }
 
+/// How a migration this node started ended: `moved`, `fell_back` (the
+/// target failed after the handover; the process runs here again),
+/// `refused` (bad request, not allowed: nothing was stopped) or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 /// A probe source of this node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
@@ -59,6 +67,13 @@ pub struct ProbeLabels {
 pub struct NodeStateLabels {
     pub node: String,
     pub state: &'static str,
+}
+
+/// A member and who has it checked out (`""` and value 0: nobody).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    pub node: String,
+    pub owner: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -95,12 +110,19 @@ pub struct Metrics {
     pub jobs_started: Counter,
     /// Automatic placements decided here, by decider and chosen node.
     pub placements: Family<PlacementLabels, Counter>,
+    /// Migrations this node started (as the origin), by outcome.
+    pub migrations: Family<OutcomeLabel, Counter>,
+    /// How long a migrated process was stopped (freeze to running again).
+    pub migration_downtime_seconds: Histogram,
+    /// Whole migrations, from the request to the answer.
+    pub migration_seconds: Histogram,
     members: Gauge,
     online: Gauge,
     epoch: Gauge,
     term: Gauge,
     leader: Gauge,
     node_state: Family<NodeStateLabels, Gauge>,
+    node_owned: Family<OwnerLabels, Gauge>,
     jobs_running: Gauge,
     probe_value: Family<ProbeLabels, Gauge<f64, AtomicU64>>,
 }
@@ -121,6 +143,8 @@ pub struct ClusterFigures {
     pub leader: Option<u32>,
     /// (node id, state name) of every known node.
     pub nodes: Vec<(u32, &'static str)>,
+    /// (member id, owner's user name if checked out) of every member.
+    pub owners: Vec<(u32, Option<String>)>,
     pub jobs_running: usize,
     /// (probe, source, unit, value) of this node's loaded probes.
     pub probes: Vec<(String, String, String, f64)>,
@@ -145,12 +169,18 @@ impl Metrics {
             kdfs_bytes: Family::default(),
             jobs_started: Counter::default(),
             placements: Family::default(),
+            migrations: Family::default(),
+            // 1 ms .. ~33 s
+            migration_downtime_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 10 ms .. ~164 s
+            migration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             members: Gauge::default(),
             online: Gauge::default(),
             epoch: Gauge::default(),
             term: Gauge::default(),
             leader: Gauge::default(),
             node_state: Family::default(),
+            node_owned: Family::default(),
             jobs_running: Gauge::default(),
             probe_value: Family::default(),
         };
@@ -189,6 +219,11 @@ impl Metrics {
             "node_state",
             "1 for the state each known node is in, else 0",
             self.node_state.clone(),
+        );
+        r.register(
+            "node_owned",
+            "1 if the member is checked out (krgadm nodes checkout), with its owner's user name; else 0 with owner=\"\"",
+            self.node_owned.clone(),
         );
         r.register(
             "raft_elections_won",
@@ -256,6 +291,21 @@ impl Metrics {
             self.placements.clone(),
         );
         r.register(
+            "migrations",
+            "Migrations this node started as the origin, by outcome (moved, fell_back, refused, failed)",
+            self.migrations.clone(),
+        );
+        r.register(
+            "migration_downtime_seconds",
+            "How long a migrated process was stopped, from its freeze to running again (moved or fell back)",
+            self.migration_downtime_seconds.clone(),
+        );
+        r.register(
+            "migration_seconds",
+            "Whole migrations this node started, from the request to the answer (moved or fell back)",
+            self.migration_seconds.clone(),
+        );
+        r.register(
             "probe_value",
             "Latest sample of each source of the probes loaded in this node's scheduler tree",
             self.probe_value.clone(),
@@ -270,6 +320,31 @@ impl Metrics {
                 node: node.to_string(),
             })
             .inc();
+    }
+
+    /// Count one migration this node started, and time it when it moved
+    /// the process (or took it back).
+    pub fn migrated(
+        &self,
+        r: &Result<krg_proto::migrate::MigrateReport, krg_proto::admin::AdminError>,
+    ) {
+        use krg_proto::admin::ErrorKind as K;
+        let outcome = match r {
+            Ok(rep) if rep.fell_back.is_none() => "moved",
+            Ok(_) => "fell_back",
+            Err(e) => match e.kind {
+                K::InvalidArgument | K::NotFound | K::PermissionDenied | K::Conflict => "refused",
+                K::NoQuorum | K::Unavailable | K::Internal => "failed",
+            },
+        };
+        self.migrations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        if let Ok(rep) = r {
+            self.migration_downtime_seconds
+                .observe(rep.stopped_ms as f64 / 1000.0);
+            self.migration_seconds.observe(rep.total_ms as f64 / 1000.0);
+        }
     }
 
     /// Count one request of `service` with its outcome.
@@ -300,6 +375,16 @@ impl Metrics {
                     })
                     .set(i64::from(s == state));
             }
+        }
+        self.node_owned.clear();
+        for (node, owner) in &cluster.owners {
+            let labels = OwnerLabels {
+                node: node.to_string(),
+                owner: owner.clone().unwrap_or_default(),
+            };
+            self.node_owned
+                .get_or_create(&labels)
+                .set(i64::from(owner.is_some()));
         }
         self.probe_value.clear();
         for (probe, source, unit, value) in &cluster.probes {

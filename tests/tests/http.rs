@@ -297,6 +297,18 @@ fn status_page_in_chromium_turns_a_killed_node_failed_without_reload() -> Result
     let leader = c.leader(1).expect("a leader");
     let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     let url = format!("http://127.0.0.1:{}/", ports[leader as usize - 1]);
+    // The leader checked out: its row's last column names the owner.
+    c.krgadm_ok(
+        leader,
+        &[
+            "nodes",
+            "checkout",
+            "-n",
+            &leader.to_string(),
+            "--until",
+            "+1h",
+        ],
+    )?;
     let before = artefact_dir().join("status-page.png");
     let after = artefact_dir().join("status-page-failed.png");
     for shot in [&before, &after] {
@@ -335,6 +347,16 @@ fn status_page_in_chromium_turns_a_killed_node_failed_without_reload() -> Result
             "online"
         };
         assert_eq!(state, want, "node {id} on the page: {rows:?}");
+    }
+    // Redrawn by the script from /status.json: the owner column too.
+    for row in last["rows"].as_array().unwrap() {
+        let cells = row.as_array().unwrap();
+        let owner = cells.last().unwrap().as_str().unwrap();
+        if cells[0] == leader.to_string().as_str() {
+            assert!(owner.starts_with("root until 20"), "{row}");
+        } else {
+            assert_eq!(owner, "-", "{row}");
+        }
     }
     assert_eq!(last["reloaded"], false, "the page was reloaded");
     assert!(last["updated"].as_str().unwrap().starts_with("updated "));

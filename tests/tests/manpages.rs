@@ -203,7 +203,7 @@ fn bash_completes_subcommands_and_flags() {
         assert!(top.contains(&want.to_string()), "krgadm <TAB>: {top:?}");
     }
     let nodes = bash_complete("krgadm", "krgadm", &["nodes", ""]);
-    for want in ["add", "del", "status"] {
+    for want in ["add", "checkout", "del", "release", "status"] {
         assert!(
             nodes.contains(&want.to_string()),
             "krgadm nodes <TAB>: {nodes:?}"

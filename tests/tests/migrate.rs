@@ -3,7 +3,8 @@
 //! a counter keeps counting from where it was, a multi-threaded process and
 //! a tree with a pipe keep working, `krg ps` shows the new node, the
 //! refusals leave the process running, and a target killed mid-transfer
-//! leaves it running on the origin. Needs root.
+//! leaves it running on the origin; the origin's `/metrics` count and time
+//! its migrations. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use krg_tests::{bin, serial, wait_for, TestCluster};
+use krg_tests::{bin, free_port, serial, wait_for, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -28,6 +29,43 @@ fn formed(n: u32) -> Result<TestCluster> {
     c.wait_agreement(&ids, SETTLE)?;
     std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
     Ok(c)
+}
+
+/// Like [`formed`], node 1 serving `/metrics` on the port returned.
+fn formed_with_metrics(n: u32) -> Result<(TestCluster, u16)> {
+    let mut c = TestCluster::loopback(n)?;
+    let port = free_port();
+    c.start_with(
+        1,
+        &c.key.clone(),
+        &[&format!("--http-listen=127.0.0.1:{port}")],
+    )?;
+    for id in 2..=n {
+        c.start(id)?;
+    }
+    let ids: Vec<u32> = (1..=n).collect();
+    c.wait_present(1, &ids, SETTLE)?;
+    c.krgadm_ok(1, &["cluster", "start"])?;
+    c.wait_agreement(&ids, SETTLE)?;
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok((c, port))
+}
+
+/// The samples of `/metrics` on 127.0.0.1:port, as `name{labels}` → value.
+fn metrics(port: u16) -> std::collections::BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.lines()
+        .filter(|l| l.starts_with("krg_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 fn socket(c: &TestCluster, id: u32) -> PathBuf {
@@ -150,16 +188,47 @@ while True:
 #[test]
 fn a_counter_moves_and_comes_back() -> Result<()> {
     let _g = serial();
-    let c = formed(2)?;
+    let (c, port) = formed_with_metrics(2)?;
     let out = c.dir.path().join("count.txt");
     let job = start(COUNTER, &out);
     let pid = job.0;
     capset(&c, 1, pid);
     let before = grows(&out, 0);
+    assert!(!migrate(&c, 1, &[&pid.to_string(), "9"]).status.success());
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
     assert!(err(&o).contains("to node 2"), "{}", err(&o));
     eprintln!("{}", err(&o));
+    // The origin counted a refusal and a move, and timed the move as the
+    // report says (`stopped N ms, M ms in all`).
+    let m = metrics(port);
+    let report = err(&o);
+    let ms = |word: &str| -> f64 {
+        let before = report.split(word).next().unwrap();
+        before
+            .split_whitespace()
+            .next_back()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            / 1000.0
+    };
+    let (stopped, total) = (ms(" ms, "), ms(" ms in all"));
+    assert_eq!(m[r#"krg_migrations_total{outcome="moved"}"#], 1.0, "{m:?}");
+    assert_eq!(
+        m[r#"krg_migrations_total{outcome="refused"}"#], 1.0,
+        "{m:?}"
+    );
+    assert_eq!(m["krg_migration_downtime_seconds_count"], 1.0, "{m:?}");
+    assert!(
+        (m["krg_migration_downtime_seconds_sum"] - stopped).abs() < 0.002,
+        "{m:?} {report}"
+    );
+    assert!(
+        (m["krg_migration_seconds_sum"] - total).abs() < 0.002,
+        "{m:?} {report}"
+    );
+    assert!(stopped > 0.0 && stopped <= total, "{report}");
     let after = grows(&out, before);
     // never restarted from zero, same PID, numbers keep following each other
     let text = std::fs::read_to_string(&out)?;

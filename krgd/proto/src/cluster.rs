@@ -87,6 +87,94 @@ pub struct NodeInfo {
     pub state: NodeState,
     /// Whether this node votes in the cluster's Raft group.
     pub voter: bool,
+    /// Who has the node checked out (`krgadm nodes checkout`), if anyone
+    /// and not expired when the answer was made.
+    pub owner: Option<NodeOwner>,
+}
+
+/// A checkout of a node: only its owner (and root) may place jobs there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeOwner {
+    /// The owner's uid (what requests are checked against).
+    pub uid: u32,
+    /// The owner's user name, as the user database named it at checkout.
+    pub user: String,
+    /// When the checkout ends: milliseconds since the Unix epoch (UTC).
+    pub until_ms: u64,
+    /// When it was committed: milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// Why (free text given at checkout, may be empty).
+    pub reason: String,
+}
+
+/// How long a checkout lasts, as `--until` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Until {
+    /// This many milliseconds from when the receiving krgd takes the request.
+    After {
+        /// Milliseconds (more than 0).
+        ms: u64,
+    },
+    /// Up to this time: milliseconds since the Unix epoch (UTC).
+    At {
+        /// The deadline (in the future).
+        unix_ms: u64,
+    },
+}
+
+/// `krgadm nodes checkout`: take nodes for a user, all or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutRequest {
+    /// The nodes (each a member of the cluster).
+    pub nodes: Vec<NodeId>,
+    /// For whom: a user name or a numeric uid; `None` for the caller. Only
+    /// root may name another user.
+    pub user: Option<String>,
+    /// When the checkout ends.
+    pub until: Until,
+    /// Why (at most [`MAX_REASON_LEN`] bytes, no control characters).
+    pub reason: String,
+}
+
+/// Longest reason a checkout may carry, in bytes.
+pub const MAX_REASON_LEN: usize = 200;
+
+/// `krgadm nodes release`: give nodes back, all or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// The nodes.
+    pub nodes: Vec<NodeId>,
+    /// Root only: release nodes other users have checked out.
+    pub force: bool,
+}
+
+/// An ownership change as the krgd that took it from its caller resolved
+/// and authorised it, on its way to the Raft leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnershipChange {
+    /// Check `nodes` out for `owner` (uid and name from the user database).
+    Checkout {
+        /// The nodes, all or none.
+        nodes: Vec<NodeId>,
+        /// The new owner's uid.
+        uid: u32,
+        /// The new owner's user name.
+        user: String,
+        /// Absolute deadline, milliseconds since the Unix epoch.
+        until_ms: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Release `nodes` for the caller `by` (root may `force`).
+    Release {
+        /// The nodes, all or none.
+        nodes: Vec<NodeId>,
+        /// The caller's uid.
+        by: u32,
+        /// Release other users' checkouts too (root only; checked by the
+        /// krgd that took the request).
+        force: bool,
+    },
 }
 
 /// Overall health of the cluster as seen by the answering node.
@@ -163,6 +251,12 @@ pub enum ClusterRequest {
     Add(NodeSelector),
     /// Remove the selected members; answered once committed everywhere.
     Del(NodeSelector),
+    /// Check nodes out (any user for themselves, root for anyone);
+    /// answered with [`ClusterReply::Owned`].
+    Checkout(CheckoutRequest),
+    /// Release checked-out nodes (their owner, or root); answered with
+    /// [`ClusterReply::Owned`] (the released nodes, now without owner).
+    Release(ReleaseRequest),
 }
 
 /// krgd's answers to [`ClusterRequest`]s.
@@ -174,6 +268,9 @@ pub enum ClusterReply {
     Nodes(Vec<NodeInfo>),
     /// A membership change committed cluster-wide; the new status.
     Changed(ClusterStatus),
+    /// An ownership change committed (and applied by every online member):
+    /// the rows of the nodes it named.
+    Owned(Vec<NodeInfo>),
 }
 
 /// Requests the membership service of one krgd sends another's.
@@ -221,6 +318,14 @@ pub enum ClusterPeerRequest {
         /// The asking node, so that the answering one learns of it.
         from: Presence,
     },
+    /// An ownership change forwarded towards the Raft leader (`hops` as in
+    /// `Forward`); answered with `Forwarded`.
+    ForwardOwnership {
+        /// The change, resolved and authorised by the first krgd.
+        change: OwnershipChange,
+        /// Forwards so far.
+        hops: u8,
+    },
 }
 
 /// Answers to [`ClusterPeerRequest`]s, one variant per request.
@@ -233,6 +338,8 @@ pub enum ClusterPeerReply {
         epoch: u64,
         /// The cluster it is in, if any.
         cluster: Option<u64>,
+        /// Index of the last Raft log entry it applied (0: none).
+        applied: u64,
     },
     /// To `Raft`: openraft's answer, postcard-encoded.
     Raft(Vec<u8>),

@@ -93,6 +93,7 @@ mod tests {
             body: PeerBody::Response(PeerResponse::Cluster(ClusterPeerReply::Pong {
                 epoch: 4,
                 cluster: Some(7),
+                applied: 12,
             })),
         };
         let (back, _): (PeerMessage, usize) = decode(&encode(&pong).unwrap()).unwrap().unwrap();
@@ -100,7 +101,8 @@ mod tests {
             back.body,
             PeerBody::Response(PeerResponse::Cluster(ClusterPeerReply::Pong {
                 epoch: 4,
-                cluster: Some(7)
+                cluster: Some(7),
+                applied: 12,
             }))
         ));
     }

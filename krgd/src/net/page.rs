@@ -66,7 +66,7 @@ pub fn render(s: &Status, query: &str) -> String {
         term = s.term,
         health = esc(&s.health),
     );
-    out.push_str("<h2>Nodes</h2>\n<div class=\"scroll\"><table id=\"nodes\"><thead><tr><th>node</th><th>state</th><th>address</th><th>MAC</th><th>load</th><th>free memory</th><th>jobs</th><th>kDFS size</th><th>kDFS free</th></tr></thead><tbody>\n");
+    out.push_str("<h2>Nodes</h2>\n<div class=\"scroll\"><table id=\"nodes\"><thead><tr><th>node</th><th>state</th><th>address</th><th>MAC</th><th>load</th><th>free memory</th><th>jobs</th><th>kDFS size</th><th>kDFS free</th><th>owner</th></tr></thead><tbody>\n");
     for n in &s.nodes {
         let _ = write!(out, "<tr class=\"{}\" data-node=\"{}\">", n.state, n.id);
         for c in node_cells(n) {
@@ -108,6 +108,10 @@ pub fn node_cells(n: &super::status::NodeRow) -> Vec<String> {
         opt(n.jobs.map(|j| j.to_string())),
         human(n.kdfs_size_bytes),
         human(n.kdfs_free_bytes),
+        n.owner
+            .as_ref()
+            .map(|o| o.text())
+            .unwrap_or_else(|| "-".to_string()),
     ]
 }
 
@@ -136,6 +140,11 @@ mod tests {
                 jobs: Some(0),
                 kdfs_size_bytes: None,
                 kdfs_free_bytes: None,
+                owner: Some(super::super::status::OwnerCell {
+                    user: "<b>eve</b>".into(),
+                    until: "2026-12-02T12:00:00Z".into(),
+                    reason: String::new(),
+                }),
             }],
             placement: "none: <no policy>".into(),
             processes: vec![ProcessRow {
@@ -150,5 +159,6 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("?token=a&quot;b"));
         assert!(html.contains("3.0 GiB"));
+        assert!(html.contains("<td>&lt;b&gt;eve&lt;/b&gt; until 2026-12-02T12:00:00Z</td>"));
     }
 }

@@ -33,6 +33,32 @@ pub struct NodeRow {
     pub jobs: Option<u32>,
     pub kdfs_size_bytes: Option<u64>,
     pub kdfs_free_bytes: Option<u64>,
+    /// Who has the node checked out, if anyone.
+    pub owner: Option<OwnerCell>,
+}
+
+/// A node's checkout, as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OwnerCell {
+    pub user: String,
+    /// RFC 3339 UTC.
+    pub until: String,
+    pub reason: String,
+}
+
+impl OwnerCell {
+    fn of(o: &krg_proto::cluster::NodeOwner) -> Self {
+        Self {
+            user: o.user.clone(),
+            until: crate::service::cluster::owners::rfc3339(o.until_ms),
+            reason: o.reason.clone(),
+        }
+    }
+
+    /// The text of the owner cell: `alice until 2026-12-02T12:00:00Z`.
+    pub fn text(&self) -> String {
+        format!("{} until {}", self.user, self.until)
+    }
 }
 
 /// One process of the global list.
@@ -78,6 +104,11 @@ pub async fn figures(node: &Node) -> ClusterFigures {
         term: st.term,
         leader: st.leader,
         nodes: nodes.iter().map(|n| (n.id, state_name(n.state))).collect(),
+        owners: nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Present)
+            .map(|n| (n.id, n.owner.as_ref().map(|o| o.user.clone())))
+            .collect(),
         jobs_running: node.proc.state().table.len(),
         probes: node.sched.probe_values(),
     }
@@ -111,6 +142,7 @@ pub async fn gather(node: &Node) -> Status {
             jobs: stat.as_ref().map(|s| s.jobs),
             kdfs_size_bytes: space.map(|(size, _)| size),
             kdfs_free_bytes: space.map(|(_, free)| free),
+            owner: n.owner.as_ref().map(OwnerCell::of),
         }
     }))
     .await;

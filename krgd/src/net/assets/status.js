@@ -45,7 +45,8 @@
       cls: n.state,
       node: n.id,
       cells: [String(n.id), n.state, n.address, n.mac, dash(n.load), human(n.mem_free_bytes),
-        dash(n.jobs), human(n.kdfs_size_bytes), human(n.kdfs_free_bytes)],
+        dash(n.jobs), human(n.kdfs_size_bytes), human(n.kdfs_free_bytes),
+        n.owner ? n.owner.user + " until " + n.owner.until : "-"],
     })));
     fill("#processes tbody", s.processes.map((p) => ({
       cells: [String(p.node), String(p.pid), p.user, p.command],

@@ -39,6 +39,10 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
     let timeout = svc.ctx.config.failure_timeout;
     let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
     let mut leading = false;
+    // Index of the last log entry when this node became leader, and
+    // whether its first round (once the table has caught up) is still due.
+    let mut term_start = 0u64;
+    let mut first_round = false;
     let mut previous_leader: Option<NodeId> = None;
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,19 +58,23 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
             previous_leader = leader;
             continue;
         }
-        // The leader's state machine is current only once it has applied
-        // its whole log (a new leader's first entry included). Until then it
-        // may lag far behind (after every voter restarted, until a quorum
-        // answers), and judging members from it would evict them all.
-        if !applied_whole_log(&metrics) {
+        if !leading {
+            svc.ctx.metrics.elections_won.inc();
+            leading = true;
+            first_round = true;
+            term_start = metrics.last_log_index.unwrap_or(0);
+        }
+        // A new leader's table may lag behind its log: a restarted node
+        // re-applies only up to the commit index it had saved, and the rest
+        // once this term commits. Judging members by an old table would
+        // evict members it does not list yet, so wait until it is current.
+        if metrics.last_applied.map_or(0, |l| l.index) < term_start {
             continue;
         }
         let state = joined.state();
-        if !leading {
-            svc.ctx.metrics.elections_won.inc();
+        if std::mem::take(&mut first_round) {
             // New leader: everyone gets a full timeout, except the previous
             // leader, which a majority just stopped hearing from.
-            leading = true;
             let now = Instant::now();
             last_ok = state.members.keys().map(|id| (*id, now)).collect();
             if let Some(prev) = previous_leader.filter(|p| *p != svc.ctx.node_id()) {
@@ -205,10 +213,6 @@ async fn revive(
     )
     .await
     .map(|_| ())
-}
-
-fn applied_whole_log(metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> bool {
-    metrics.last_applied.map(|l| l.index) >= metrics.last_log_index
 }
 
 /// A node removed while it was cut off still believes it is a member: its

@@ -316,11 +316,20 @@ impl ClusterService {
         joined: &Joined,
         cmd: ClusterCommand,
     ) -> Result<CommandResult, AdminError> {
+        Ok(self.commit_indexed(joined, cmd).await?.0)
+    }
+
+    /// [`commit`](Self::commit), also returning the entry's log index.
+    pub(super) async fn commit_indexed(
+        &self,
+        joined: &Joined,
+        cmd: ClusterCommand,
+    ) -> Result<(CommandResult, u64), AdminError> {
         let resp = tokio::time::timeout(COMMIT_TIMEOUT, joined.raft.client_write(cmd))
             .await
             .map_err(|_| not_committed_in_time())?
             .map_err(raft_error::<ClientWriteError<RaftNodeId, BasicNode>>)?;
-        Ok(resp.data)
+        Ok((resp.data, resp.log_id.index))
     }
 
     /// Make the Raft voters the online members (at most `max_voters`, odd),
@@ -396,6 +405,12 @@ impl ClusterService {
 
     /// Wait (bounded) until every online member reports `epoch`.
     pub(super) async fn wait_everywhere(&self, joined: &Joined, epoch: u64) {
+        self.wait_until_all(joined, |e, _| e >= epoch).await
+    }
+
+    /// Wait (bounded) until every online member's answer to a ping
+    /// (its epoch, its last applied log index) satisfies `done`.
+    pub(super) async fn wait_until_all(&self, joined: &Joined, done: impl Fn(u64, u64) -> bool) {
         let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
         let me = self.ctx.node_id();
         loop {
@@ -415,17 +430,13 @@ impl ClusterService {
             let lagging = futures::future::join_all(pings)
                 .await
                 .into_iter()
-                .filter(
-                    |r| !matches!(r, Ok(ClusterPeerReply::Pong { epoch: e, .. }) if *e >= epoch),
-                )
+                .filter(|r| {
+                    !matches!(r, Ok(ClusterPeerReply::Pong { epoch, applied, .. }) if done(*epoch, *applied))
+                })
                 .count();
             if lagging == 0 || tokio::time::Instant::now() >= deadline {
                 if lagging > 0 {
-                    tracing::warn!(
-                        lagging,
-                        epoch,
-                        "some members have not applied the change yet"
-                    );
+                    tracing::warn!(lagging, "some members have not applied the change yet");
                 }
                 return;
             }

@@ -10,6 +10,8 @@
 //!   [`leave`]: removal, with the `leaving` state and the hand-over hook.
 //! * [`selection`]: which nodes a change names, and which members vote.
 //! * [`detector`]: the leader's liveness probes, marking members failed.
+//! * [`owners`] / [`ownership`]: node checkouts (`krgadm nodes checkout`,
+//!   `release`), committed like membership.
 //! * [`report`]: status rows and the published [`ClusterView`](crate::context::ClusterView).
 
 mod detector;
@@ -19,6 +21,8 @@ mod instance;
 mod leave;
 mod membership;
 mod network;
+pub mod owners;
+mod ownership;
 mod report;
 mod selection;
 mod state;
@@ -136,6 +140,9 @@ impl ClusterService {
         match req {
             ClusterRequest::Status => Ok(ClusterReply::Status(self.status().await)),
             ClusterRequest::NodesStatus => Ok(ClusterReply::Nodes(self.nodes().await)),
+            // Any user, for themselves: authorised per node and owner.
+            ClusterRequest::Checkout(req) => self.checkout(caller, req).await,
+            ClusterRequest::Release(req) => self.release(caller, req).await,
             change => {
                 // Root, or the user krgd itself runs as (a private test cluster).
                 let owner = nix::unistd::geteuid().as_raw();
@@ -183,6 +190,15 @@ impl ClusterService {
             req,
             hops: hops + 1,
         };
+        self.forward_to(target, forward).await
+    }
+
+    /// Send a forwarded change to `target` and relay its answer.
+    async fn forward_to(
+        &self,
+        target: krg_proto::NodeId,
+        forward: ClusterPeerRequest,
+    ) -> Result<ClusterReply, AdminError> {
         match network::call(&self.ctx.peers, target, forward, FORWARD_TIMEOUT).await {
             Ok(ClusterPeerReply::Forwarded(reply)) => Ok(reply),
             Ok(other) => Err(AdminError::new(
@@ -220,6 +236,17 @@ impl ClusterService {
                     .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e))
             }
             ClusterPeerRequest::Forward { req, hops } => self.forwarded(from, req, hops).await,
+            ClusterPeerRequest::ForwardOwnership { change, hops } => {
+                if from.role != krg_proto::auth::Role::Node {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only krgd nodes may forward changes",
+                    ));
+                }
+                self.route_ownership(change, hops)
+                    .await
+                    .map(ClusterPeerReply::Forwarded)
+            }
             ClusterPeerRequest::Welcome { cluster, epoch } => {
                 let joined = self.join(cluster).await?;
                 joined.welcomed_at(epoch);
@@ -250,13 +277,21 @@ impl ClusterService {
             *sync::lock(&self.leader_contact) = Some(Instant::now());
         }
         tracing::trace!(leader, "ping");
-        let epoch = match self.joined().await {
-            Some(j) => j.state.borrow().epoch,
-            None => 0,
+        let (epoch, applied) = match self.joined().await {
+            Some(j) => (
+                j.state.borrow().epoch,
+                j.raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index),
+            ),
+            None => (0, 0),
         };
         ClusterPeerReply::Pong {
             epoch,
             cluster: mine,
+            applied,
         }
     }
 

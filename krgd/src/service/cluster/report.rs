@@ -67,6 +67,7 @@ impl ClusterService {
                     addr: p.addr,
                     state: NodeState::Present,
                     voter: false,
+                    owner: None,
                 });
             }
         }
@@ -101,8 +102,10 @@ fn member_rows(joined: &Joined) -> Vec<NodeInfo> {
         .membership()
         .voter_ids()
         .collect();
-    joined
-        .state()
+    let state = joined.state();
+    // Expiry by this node's clock: a checkout past its deadline is over.
+    let now = super::owners::now_ms();
+    state
         .members
         .values()
         .map(|m| NodeInfo {
@@ -111,6 +114,7 @@ fn member_rows(joined: &Joined) -> Vec<NodeInfo> {
             addr: m.addr,
             state: m.state,
             voter: voters.contains(&(m.id as u64)),
+            owner: state.owner_at(m.id, now).map(|o| o.to_proto()),
         })
         .collect()
 }

@@ -1,4 +1,5 @@
-//! The replicated cluster state: the member table and its epoch. Every member
+//! The replicated cluster state: the member table and its epoch, and who
+//! has which member checked out ([`owners`](super::owners)). Every member
 //! applies the same commands in the same order (Raft), so every member sees
 //! the same table and epoch once a change is committed.
 
@@ -8,6 +9,8 @@ use std::net::SocketAddr;
 use krg_proto::cluster::{Mac, NodeState, Presence};
 use krg_proto::NodeId;
 use serde::{Deserialize, Serialize};
+
+use super::owners::{self, Owners, Ownership, Refusal};
 
 /// One member of the cluster as recorded in the replicated table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,12 +52,28 @@ pub enum ClusterCommand {
     Dissolve,
     /// Online members being removed: `leaving` while they hand over.
     Leave(Vec<NodeId>),
+    /// `krgadm nodes checkout`: all of `nodes` for `owner`, or none.
+    /// `now_ms` is the leader's clock at proposal: expiry is decided by it.
+    Checkout {
+        nodes: Vec<NodeId>,
+        owner: Ownership,
+        now_ms: u64,
+    },
+    /// `krgadm nodes release` by uid `by` (root may `force`).
+    Release {
+        nodes: Vec<NodeId>,
+        by: u32,
+        force: bool,
+        now_ms: u64,
+    },
 }
 
-/// Result of applying a command: the epoch after it.
+/// Result of applying a command: the epoch after it, and why an ownership
+/// command changed nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub epoch: u64,
+    pub refused: Option<Refusal>,
 }
 
 /// The state machine's data.
@@ -66,12 +85,54 @@ pub struct ClusterState {
     pub epoch: u64,
     pub members: BTreeMap<NodeId, MemberRecord>,
     pub dissolved: bool,
+    /// Checked-out members (not part of the epoch: ownership is not
+    /// membership). Last, so that older snapshots decode as a prefix.
+    pub owners: Owners,
 }
 
 impl ClusterState {
     /// Apply one command. Commands are validated before being proposed, so
     /// applying never fails; a command that changes nothing leaves the epoch.
     pub fn apply(&mut self, cmd: &ClusterCommand) -> CommandResult {
+        let owned = match cmd {
+            ClusterCommand::Checkout {
+                nodes,
+                owner,
+                now_ms,
+            } => {
+                let members = &self.members;
+                Some(owners::checkout(
+                    &mut self.owners,
+                    |n| members.contains_key(&n),
+                    nodes,
+                    owner,
+                    *now_ms,
+                ))
+            }
+            ClusterCommand::Release {
+                nodes,
+                by,
+                force,
+                now_ms,
+            } => {
+                let members = &self.members;
+                Some(owners::release(
+                    &mut self.owners,
+                    |n| members.contains_key(&n),
+                    nodes,
+                    *by,
+                    *force,
+                    *now_ms,
+                ))
+            }
+            _ => None,
+        };
+        if let Some(outcome) = owned {
+            return CommandResult {
+                epoch: self.epoch,
+                refused: outcome.err(),
+            };
+        }
         let changed = match cmd {
             ClusterCommand::Form { uid, members } => {
                 self.uid = *uid;
@@ -87,9 +148,14 @@ impl ClusterState {
             }
             // Every id is removed: `any` would stop at the first one found.
             #[allow(clippy::unnecessary_fold)]
-            ClusterCommand::Remove(ids) => ids
-                .iter()
-                .fold(false, |c, id| self.members.remove(id).is_some() || c),
+            ClusterCommand::Remove(ids) => {
+                // A removed node's checkout ends with its membership.
+                ids.iter().for_each(|id| {
+                    self.owners.remove(id);
+                });
+                ids.iter()
+                    .fold(false, |c, id| self.members.remove(id).is_some() || c)
+            }
             ClusterCommand::SetState { node, state } => match self.members.get_mut(node) {
                 Some(m) if m.state != *state => {
                     m.state = *state;
@@ -100,6 +166,7 @@ impl ClusterState {
             ClusterCommand::Dissolve => {
                 self.dissolved = true;
                 self.members.clear();
+                self.owners.clear();
                 true
             }
             ClusterCommand::Leave(ids) => {
@@ -114,11 +181,20 @@ impl ClusterState {
                 }
                 changed
             }
+            ClusterCommand::Checkout { .. } | ClusterCommand::Release { .. } => false,
         };
         if changed {
             self.epoch += 1;
         }
-        CommandResult { epoch: self.epoch }
+        CommandResult {
+            epoch: self.epoch,
+            refused: None,
+        }
+    }
+
+    /// Who holds `node` at `now_ms` (expired checkouts hold nothing).
+    pub fn owner_at(&self, node: NodeId, now_ms: u64) -> Option<&Ownership> {
+        self.owners.get(&node).filter(|o| o.live_at(now_ms))
     }
 
     pub fn is_member(&self, id: NodeId) -> bool {

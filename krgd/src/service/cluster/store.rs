@@ -224,6 +224,34 @@ struct SnapshotBody {
     state: ClusterState,
 }
 
+/// The state as snapshots held it before node ownership: the same fields
+/// without the trailing owner table (postcard is positional, so such a
+/// snapshot fails to decode as the current body — it ends too early — and
+/// decodes as this instead).
+#[derive(Deserialize)]
+struct StateBeforeOwners {
+    uid: u64,
+    epoch: u64,
+    members: std::collections::BTreeMap<krg_proto::NodeId, super::state::MemberRecord>,
+    dissolved: bool,
+}
+
+/// Decode a snapshot body, of this version or the one before ownership.
+fn decode_body(bytes: &[u8]) -> Result<SnapshotBody, postcard::Error> {
+    postcard::from_bytes::<SnapshotBody>(bytes).or_else(|e| {
+        let old: StateBeforeOwners = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(SnapshotBody {
+            state: ClusterState {
+                uid: old.uid,
+                epoch: old.epoch,
+                members: old.members,
+                dissolved: old.dissolved,
+                owners: Default::default(),
+            },
+        })
+    })
+}
+
 #[derive(Default)]
 struct MachineData {
     last_applied: Option<LogId<RaftNodeId>>,
@@ -250,7 +278,7 @@ impl StateMachine {
     ) -> Result<(Self, watch::Receiver<ClusterState>), postcard::Error> {
         let mut data = MachineData::default();
         if let Some((meta, bytes)) = snapshot {
-            let body: SnapshotBody = postcard::from_bytes(&bytes)?;
+            let body = decode_body(&bytes)?;
             data.last_applied = meta.last_log_id;
             data.membership = meta.last_membership.clone();
             data.state = body.state;
@@ -340,12 +368,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult {
                         epoch: data.state.epoch,
+                        refused: None,
                     },
                     EntryPayload::Normal(cmd) => data.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         data.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResult {
                             epoch: data.state.epoch,
+                            refused: None,
                         }
                     }
                 };
@@ -371,7 +401,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let body: SnapshotBody = postcard::from_bytes(&bytes).map_err(|e| {
+        let body = decode_body(&bytes).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e))
         })?;
         let stored = (meta.clone(), bytes);
@@ -394,5 +424,59 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::service::cluster::owners::Ownership;
+    use crate::service::cluster::state::MemberRecord;
+
+    #[derive(Serialize)]
+    struct OldState {
+        uid: u64,
+        epoch: u64,
+        members: std::collections::BTreeMap<krg_proto::NodeId, MemberRecord>,
+        dissolved: bool,
+    }
+
+    #[test]
+    fn snapshots_from_before_ownership_still_load() {
+        let member = MemberRecord {
+            id: 3,
+            addr: "127.0.0.1:7603".parse().unwrap(),
+            mac: None,
+            state: krg_proto::cluster::NodeState::Online,
+        };
+        let old = OldState {
+            uid: 77,
+            epoch: 5,
+            members: [(3, member.clone())].into(),
+            dissolved: false,
+        };
+        let body = decode_body(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!((body.state.uid, body.state.epoch), (77, 5));
+        assert_eq!(body.state.members[&3], member);
+        assert!(body.state.owners.is_empty());
+        // The current format round-trips with its owners.
+        let mut state = body.state;
+        state.owners.insert(
+            3,
+            Ownership {
+                uid: 1000,
+                user: "alice".into(),
+                until_ms: 9,
+                since_ms: 1,
+                reason: "bench".into(),
+            },
+        );
+        let bytes = postcard::to_stdvec(&SnapshotBody {
+            state: state.clone(),
+        })
+        .unwrap();
+        assert_eq!(decode_body(&bytes).unwrap().state, state);
+        assert!(decode_body(&[1, 2]).is_err());
     }
 }

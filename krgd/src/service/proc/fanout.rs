@@ -52,6 +52,32 @@ pub fn check_online(st: &ProcState, node: NodeId) -> Result<(), AdminError> {
     }
 }
 
+/// Why user `uid` may not place work on `node`, if they may not: another
+/// user has it checked out (root may use any node).
+pub fn check_owner(st: &ProcState, node: NodeId, uid: u32) -> Result<(), AdminError> {
+    let view = st.ctx.view();
+    let now = crate::service::cluster::owners::now_ms();
+    match view.owner_of(node, now) {
+        Some(o) if o.uid != uid && uid != 0 => Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "node {node} is checked out by {} until {}: only they or root may use it",
+                o.user,
+                crate::service::cluster::owners::rfc3339(o.until_ms)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// [`online_nodes`] that user `uid` may place work on.
+pub fn usable_nodes(st: &ProcState, uid: u32) -> Vec<NodeId> {
+    online_nodes(st)
+        .into_iter()
+        .filter(|&n| check_owner(st, n, uid).is_ok())
+        .collect()
+}
+
 fn peer_error(e: PeerCallError) -> String {
     match e {
         PeerCallError::Remote { error, .. } => error.message,

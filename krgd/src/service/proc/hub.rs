@@ -38,7 +38,7 @@ pub async fn open(
         ));
     }
     super::job::validate(&req.spec, me)?;
-    let nodes = place::nodes(st, sched, caller, &req.placement).await?;
+    let nodes = place::nodes(st, sched, caller, &req.placement, creds.uid).await?;
     let count = req.per_node;
     let opens = nodes.iter().map(|&node| {
         let (spec, creds) = (req.spec.clone(), creds.clone());

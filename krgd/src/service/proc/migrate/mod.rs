@@ -90,7 +90,11 @@ pub async fn migrate(
     }
     match req.from {
         Some(from) if from != st.node() => forward(st, from, req, who).await,
-        _ => move_here(st, req, who).await,
+        _ => {
+            let r = move_here(st, req, who).await;
+            st.ctx.metrics.migrated(&r);
+            r
+        }
     }
 }
 
@@ -217,6 +221,7 @@ async fn move_here(
         ));
     }
     fanout::check_online(st, to)?;
+    fanout::check_owner(st, to, who.uid)?;
     if let Some(why) = restore::unavailable() {
         return Err(err(
             ErrorKind::Unavailable,
