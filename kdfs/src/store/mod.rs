@@ -68,8 +68,9 @@ impl Store {
         match (store.sb.fs_id, fs_id) {
             (0, None) => {
                 return Err(KdfsError::Invalid(format!(
-                    "{} has not joined a file system yet: attach it with the root node's file system id",
-                    dir.display()
+                    "{} has not joined its file system yet: root node {} does not serve it now (it joins at its first mount)",
+                    dir.display(),
+                    store.sb.root_node
                 )))
             }
             (0, Some(id)) => {
@@ -152,6 +153,13 @@ impl Store {
 
     pub fn superblock(&self) -> &Superblock {
         &self.sb
+    }
+
+    /// Refuse a store that became reachable by other users since it was
+    /// opened (checked again at each attach of an already served store).
+    pub fn check_private(&self) -> Result<(), KdfsError> {
+        self.top.check_private()?;
+        self.top.open_inodes().map(|_| ())
     }
 
     /// Open regular file `ino` of this node read-write, as the store does

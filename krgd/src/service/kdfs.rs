@@ -1,6 +1,7 @@
 //! kDFS storage: serves this node's formatted kDFS directory to the cluster.
 //!
-//! mount.kdfs attaches the directory (KdfsAdminRequest::Attach); from then on
+//! mkfs.kdfs attaches the directory it formats (KdfsAdminRequest::Attach;
+//! mount.kdfs does too, for stores made by an older mkfs); from then on
 //! every kDFS peer request is answered by the [`kdfs::store::Store`] on a
 //! blocking thread. The attached directory is remembered in
 //! `<data-dir>/kdfs.attach` so that a restarted krgd serves it again at once:
@@ -8,12 +9,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use kdfs::store::Store;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
+use krg_proto::peer::{PeerRequest, PeerResponse};
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
@@ -111,6 +114,10 @@ impl KdfsService {
         }
         if let Some(cur) = self.current() {
             if cur.dir() == path.as_path() && fs_id.is_none_or(|id| id == cur.superblock().fs_id) {
+                // Served since mkfs (or a restart): still refuse it if it
+                // became reachable by other users meanwhile.
+                cur.check_private()
+                    .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e.to_string()))?;
                 let sb = cur.superblock();
                 return Ok(KdfsAdminReply::Attached {
                     fs_id: sb.fs_id,
@@ -126,6 +133,10 @@ impl KdfsService {
             ));
         }
         let node = self.ctx.node_id();
+        let fs_id = match fs_id {
+            Some(id) => Some(id),
+            None => self.root_fs_id_if_unbound(&path).await,
+        };
         let store = tokio::task::spawn_blocking(move || Store::open(&path, node, fs_id))
             .await
             .map_err(|e| AdminError::new(ErrorKind::Internal, e.to_string()))?
@@ -138,6 +149,27 @@ impl KdfsService {
             fs_id: sb.fs_id,
             root_node: sb.root_node,
         })
+    }
+
+    /// For a store formatted on a non-root node that has not joined its file
+    /// system yet (mkfs.kdfs attaching it): the id the root node serves, if
+    /// it answers now. Otherwise the store joins at its first mount, which
+    /// waits for the root node.
+    async fn root_fs_id_if_unbound(&self, dir: &Path) -> Option<u128> {
+        let sb = kdfs::format::read_superblock(dir).ok()?;
+        if sb.fs_id != 0 || sb.root_node == self.ctx.node_id() {
+            return None;
+        }
+        let req = PeerRequest::Kdfs(KdfsRequest::Hello);
+        match self
+            .ctx
+            .peers
+            .call(sb.root_node, req, Duration::from_secs(2))
+            .await
+        {
+            Ok(PeerResponse::Kdfs(KdfsResponse::Hello { fs_id, .. })) => fs_id,
+            _ => None,
+        }
     }
 
     /// Persist (or forget) the attached directory for the next start.
