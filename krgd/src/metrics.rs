@@ -348,6 +348,10 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::ReadDir { .. } => "readdir",
         R::ReleaseDir { .. } => "releasedir",
         R::FsyncDir { .. } => "fsyncdir",
+        R::SetLock { .. } => "setlock",
+        R::GetLock { .. } => "getlock",
+        R::ReleaseLocks { .. } => "release_locks",
+        R::LockLease { .. } => "lock_lease",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -11,13 +11,16 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr};
+use krg_proto::kdfs::{
+    inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, LockSpec, NewInode, SetAttr,
+};
 
 use super::convert::{err, file_attr, file_type, fuse_ino, set_time};
 use super::local;
+use super::locks::{kind_of, typ_of};
 use super::ops::Ops;
 
 /// Largest read/write the kernel sends in one request.
@@ -115,6 +118,14 @@ impl Filesystem for KdfsFs {
         // Passthrough (Linux >= 6.9, root): the kernel does the reads and
         // writes of this node's own files on the local files themselves.
         // Depth 1: the backing files must not be on a stacked file system.
+        // Cluster-wide locks: fcntl locks, and flock(2) sent as whole-file
+        // locks of the open file (see client/locks.rs).
+        if config
+            .add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+            .is_err()
+        {
+            tracing::warn!("kdfs: the kernel refused FUSE locks: locks stay local to this node");
+        }
         if self.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -404,14 +415,20 @@ impl Filesystem for KdfsFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         // Writes are sent through to the owner as they happen (no client-side
-        // write-back), so close has nothing left to push.
-        reply.ok();
+        // write-back), so close has nothing left to push; but the closing
+        // process's fcntl locks on the file go (POSIX).
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.reply_empty(reply, async move {
+            ops.locks
+                .release(&ops.cluster, id, Some(lock_owner.0), None)
+                .await
+        });
     }
 
     fn release(
@@ -424,8 +441,87 @@ impl Filesystem for KdfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The locks taken through this open file (flock, OFD) go with it.
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.reply_empty(reply, async move { ops.release(id, fh.0).await });
+        self.reply_empty(reply, async move {
+            let unlocked = ops.locks.release(&ops.cluster, id, None, Some(fh.0)).await;
+            ops.release(id, fh.0).await.and(unlocked)
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        let Some(kind) = kind_of(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let lock = LockSpec {
+            client: ops.locks.client,
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
+        self.spawn(async move {
+            match ops.locks.get(&ops.cluster, id, lock).await {
+                Ok(Some(h)) => reply.locked(h.start, h.end, typ_of(h.kind), h.pid),
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (ops, id, waiter) = (self.ops.clone(), self.id(ino), req.pid());
+        let Some(kind) = kind_of(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let lock = LockSpec {
+            client: ops.locks.client,
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
+        // A blocking request may wait for minutes: on the runtime, never on
+        // the FUSE thread.
+        self.reply_empty(reply, async move {
+            ops.locks
+                .set(&ops.cluster, id, fh.0, lock, sleep, waiter)
+                .await
+        });
+    }
+
+    fn destroy(&mut self) {
+        let ops = self.ops.clone();
+        let _ = self.rt.block_on(tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            async move { ops.locks.release_all(&ops.cluster).await },
+        ));
     }
 
     fn fsync(

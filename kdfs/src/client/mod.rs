@@ -6,6 +6,7 @@ pub mod conn;
 mod convert;
 pub mod fs;
 pub mod local;
+pub mod locks;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -297,12 +298,16 @@ async fn try_prepare(
         Ok(KdfsResponse::Root(r)) => r,
         _ => return Err(not_yet()),
     };
+    let local_store = local::LocalStore::open(dir, info.node)?;
+    let locks = Arc::new(locks::ClientLocks::new());
+    tokio::spawn(locks.clone().keep_leases(cluster.clone()));
     Ok(Prepared {
         ops: Arc::new(Ops {
             cluster,
             local: info.node,
             root,
-            local_store: local::LocalStore::open(dir, info.node)?,
+            local_store,
+            locks,
         }),
         dir: dir.to_path_buf(),
     })

@@ -12,6 +12,7 @@ use krg_proto::NodeId;
 
 use super::conn::Cluster;
 use super::local::LocalStore;
+use super::locks::ClientLocks;
 
 pub type Res<T> = Result<T, i32>;
 
@@ -23,6 +24,8 @@ pub struct Ops {
     pub root: InodeId,
     /// This node's own part of the namespace, read in place.
     pub local_store: LocalStore,
+    /// This mount's cluster-wide locks.
+    pub locks: Arc<ClientLocks>,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {

@@ -107,6 +107,11 @@ impl Store {
             Q::OpenDir { ino } => A::Handle(self.open_dir(ino)?),
             Q::ReadDir { fh, offset, max } => A::Entries(self.read_dir(fh, offset, max)?),
             Q::FsyncDir { ino } => self.fsync_dir(ino).map(|_| A::Done)?,
+            // The lock manager's, never the store's (krgd routes them there).
+            Q::SetLock { .. }
+            | Q::GetLock { .. }
+            | Q::ReleaseLocks { .. }
+            | Q::LockLease { .. } => return Err(StoreError::NotSupported),
         })
     }
 

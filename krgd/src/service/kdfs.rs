@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use kdfs::lockmgr::{is_lock_request, LockManager};
 use kdfs::store::Store;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
@@ -28,6 +29,8 @@ const ATTACH_FILE: &str = "kdfs.attach";
 pub struct KdfsService {
     ctx: Arc<NodeContext>,
     store: RwLock<Option<Arc<Store>>>,
+    /// Locks on this node's files, taken through any node's mount.
+    locks: LockManager,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -52,9 +55,11 @@ fn is_quick(req: &KdfsRequest) -> bool {
 impl KdfsService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
         let svc = Arc::new(Self {
+            locks: LockManager::new(ctx.node_id()),
             ctx,
             store: RwLock::new(None),
         });
+        svc.clone().expire_locks();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
             let dir = PathBuf::from(dir.trim());
             let node = svc.ctx.node_id();
@@ -70,6 +75,28 @@ impl KdfsService {
             }
         }
         Ok(svc)
+    }
+
+    /// Every second, drop the locks of mounts whose lease ran out or whose
+    /// node membership no longer counts online.
+    fn expire_locks(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(svc) = weak.upgrade() else { return };
+                let view = svc.ctx.view();
+                let me = svc.ctx.node_id();
+                svc.locks.expire(|n| {
+                    n == me
+                        || view
+                            .members()
+                            .any(|m| m.id == n && m.state == NodeState::Online)
+                });
+            }
+        });
     }
 
     fn attach_file(&self) -> PathBuf {
@@ -214,7 +241,7 @@ impl KdfsService {
 
     pub async fn handle_peer(
         &self,
-        _from: &Identity,
+        from: &Identity,
         req: KdfsRequest,
     ) -> Result<KdfsResponse, AdminError> {
         let Some(store) = self.current() else {
@@ -233,6 +260,9 @@ impl KdfsService {
         // the runtime thread saves a thread hand-off per request (most of a
         // loopback round trip). Data, fsync and directory listings may wait
         // on the disk: they go to the blocking pool.
+        if is_lock_request(&req) {
+            return Ok(self.locks.handle(from.node, req).await);
+        }
         if is_quick(&req) {
             return Ok(store.handle(req));
         }
