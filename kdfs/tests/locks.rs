@@ -36,8 +36,8 @@ fn setlk(f: &File, typ: i32, start: i64, len: i64, wait: bool) -> Result<(), i32
 
 fn getlk(f: &File, typ: i32, start: i64, len: i64) -> libc::flock {
     let mut fl = flock_struct(typ, start, len);
-    // SAFETY: fcntl F_GETLK fills the struct flock we own.
     assert_eq!(
+        // SAFETY: fcntl F_GETLK fills the struct flock we own.
         unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) },
         0
     );
@@ -105,7 +105,7 @@ fn flock_conflicts_across_nodes_and_dies_with_its_holder() {
         .spawn()
         .unwrap();
     let try_b = || {
-        run(&mut flock_cmd(&pb, &["-n", "-x"]).arg("true"))
+        run(flock_cmd(&pb, &["-n", "-x"]).arg("true"))
             .status
             .success()
     };
@@ -117,7 +117,7 @@ fn flock_conflicts_across_nodes_and_dies_with_its_holder() {
     assert!(!try_b());
     // Shared flocks coexist across nodes; one is refused while node 1 holds
     // the exclusive one.
-    assert!(!run(&mut flock_cmd(&pb, &["-n", "-s"]).arg("true"))
+    assert!(!run(flock_cmd(&pb, &["-n", "-s"]).arg("true"))
         .status
         .success());
 
@@ -139,7 +139,7 @@ fn flock_conflicts_across_nodes_and_dies_with_its_holder() {
         .spawn()
         .unwrap();
     wait_until("node 1's shared lock", Duration::from_secs(10), || !try_b());
-    assert!(run(&mut flock_cmd(&pb, &["-n", "-s"]).arg("true"))
+    assert!(run(flock_cmd(&pb, &["-n", "-s"]).arg("true"))
         .status
         .success());
     // SAFETY: as above.

@@ -15,13 +15,15 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use krg_proto::kdfs::{
-    inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, LockSpec, NewInode, SetAttr,
+    inode_node, Attr, Bytes, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr,
 };
 
 use super::convert::{err, file_attr, file_type, fuse_ino, set_time};
 use super::local;
-use super::locks::{kind_of, typ_of};
 use super::ops::Ops;
+
+mod lock;
+mod xattr;
 
 /// Largest read/write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -461,25 +463,8 @@ impl Filesystem for KdfsFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        let Some(kind) = kind_of(typ) else {
-            return reply.error(Errno::EINVAL);
-        };
-        let lock = LockSpec {
-            client: ops.locks.client,
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
-        };
-        self.spawn(async move {
-            match ops.locks.get(&ops.cluster, id, lock).await {
-                Ok(Some(h)) => reply.locked(h.start, h.end, typ_of(h.kind), h.pid),
-                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        let spec = self.lock_spec(lock_owner, start, end, typ, pid);
+        self.do_getlk(ino, spec, reply);
     }
 
     fn setlk(
@@ -495,25 +480,8 @@ impl Filesystem for KdfsFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let (ops, id, waiter) = (self.ops.clone(), self.id(ino), req.pid());
-        let Some(kind) = kind_of(typ) else {
-            return reply.error(Errno::EINVAL);
-        };
-        let lock = LockSpec {
-            client: ops.locks.client,
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
-        };
-        // A blocking request may wait for minutes: on the runtime, never on
-        // the FUSE thread.
-        self.reply_empty(reply, async move {
-            ops.locks
-                .set(&ops.cluster, id, fh.0, lock, sleep, waiter)
-                .await
-        });
+        let spec = self.lock_spec(lock_owner, start, end, typ, pid);
+        self.do_setlk(ino, fh, spec, sleep, req.pid(), reply);
     }
 
     fn destroy(&mut self) {
@@ -655,23 +623,46 @@ impl Filesystem for KdfsFs {
         });
     }
 
-    // Extended attributes are not provided. ENOSYS (not ENOTSUP) tells the
-    // kernel so once for the whole mount: it stops asking — passthrough
-    // writes would otherwise look up security.capability every time — and
-    // answers EOPNOTSUPP to callers itself.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let q = Q::GetXattr {
+            ino: self.id(ino),
+            name: name.as_bytes().to_vec(),
+        };
+        self.do_getxattr(q, size, reply);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let q = Q::ListXattr { ino: self.id(ino) };
+        self.do_getxattr(q, size, reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        let q = Q::SetXattr {
+            ino: id,
+            name: name.as_bytes().to_vec(),
+            value: Bytes(value.to_vec()),
+            flags,
+        };
+        self.reply_empty(reply, async move { ops.simple(inode_node(id), q).await });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        let q = Q::RemoveXattr {
+            ino: id,
+            name: name.as_bytes().to_vec(),
+        };
+        self.reply_empty(reply, async move { ops.simple(inode_node(id), q).await });
     }
 
     fn fallocate(

@@ -34,7 +34,7 @@ fn unexpected<T>(what: &str, got: A) -> Res<T> {
 }
 
 impl Ops {
-    async fn call(&self, node: NodeId, q: Q) -> Res<A> {
+    pub async fn call(&self, node: NodeId, q: Q) -> Res<A> {
         match self.local_store.answer(node, q) {
             Ok(answer) => answer,
             Err(q) => self.cluster.call(node, q).await,

@@ -17,6 +17,7 @@
 //! * `lifetime`: links and open handles, which decide when an object goes;
 //! * `dir`: directory operations (lookup, create, entries, rename, rmdir,
 //!   listings);
+//! * `xattr`: extended attributes and POSIX ACLs of kDFS inodes;
 //! * `dispatch`: one request in, one response out — the edge to the wire.
 
 mod alloc;
@@ -30,6 +31,7 @@ mod lifetime;
 mod locks;
 mod objects;
 mod sys;
+mod xattr;
 
 use std::fs::File;
 use std::path::Path;

@@ -519,6 +519,36 @@ pub enum KdfsRequest {
         /// A directory owned here.
         ino: InodeId,
     },
+    /// The value of extended attribute `name` of `ino` (ENODATA if unset).
+    GetXattr {
+        /// An inode owned here.
+        ino: InodeId,
+        /// Full name with its namespace (`user.x`, `system.posix_acl_access`).
+        name: Vec<u8>,
+    },
+    /// The names of the extended attributes of `ino`.
+    ListXattr {
+        /// An inode owned here.
+        ino: InodeId,
+    },
+    /// Set extended attribute `name` of `ino`.
+    SetXattr {
+        /// An inode owned here.
+        ino: InodeId,
+        /// Full name with its namespace.
+        name: Vec<u8>,
+        /// The value (at most 64 KiB).
+        value: Bytes,
+        /// setxattr(2) flags: `XATTR_CREATE`, `XATTR_REPLACE`.
+        flags: i32,
+    },
+    /// Remove extended attribute `name` of `ino` (ENODATA if unset).
+    RemoveXattr {
+        /// An inode owned here.
+        ino: InodeId,
+        /// Full name with its namespace.
+        name: Vec<u8>,
+    },
     /// Take, change or release a byte-range lock on `ino` (owned here).
     /// Answered `Done`, `Errno(EAGAIN)` on a conflict without `wait`, or
     /// `LockBusy` when a waiting request is still blocked after a few
@@ -618,6 +648,10 @@ pub enum KdfsResponse {
     Written(u32),
     /// To `ReadDir`: the next entries (empty at the end).
     Entries(Vec<DirEntry>),
+    /// To `GetXattr`: the value.
+    Xattr(Bytes),
+    /// To `ListXattr`: the names.
+    XattrNames(Vec<Vec<u8>>),
     /// To `GetLock`: the conflicting lock, or `None` if it could be taken.
     LockHeld(Option<LockHolder>),
     /// To a waiting `SetLock`: still blocked, ask again.

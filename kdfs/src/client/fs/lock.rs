@@ -1,0 +1,66 @@
+//! The lock requests of the kernel (fcntl locks, and flock locks sent as
+//! whole-file locks of their open file): see `client/locks.rs`.
+
+use fuser::{Errno, FileHandle, INodeNo, LockOwner, ReplyEmpty, ReplyLock};
+use krg_proto::kdfs::{LockKind, LockSpec};
+
+use super::super::convert::err;
+use super::super::locks::{kind_of, typ_of};
+use super::KdfsFs;
+
+impl KdfsFs {
+    /// The request as the lock managers name it; `None` for an unknown type.
+    pub(super) fn lock_spec(
+        &self,
+        owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+    ) -> Option<LockSpec> {
+        Some(LockSpec {
+            client: self.ops.locks.client,
+            owner: owner.0,
+            start,
+            end,
+            kind: kind_of(typ)?,
+            pid,
+        })
+    }
+
+    pub(super) fn do_getlk(&self, ino: INodeNo, spec: Option<LockSpec>, reply: ReplyLock) {
+        let Some(spec) = spec else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.spawn(async move {
+            match ops.locks.get(&ops.cluster, id, spec).await {
+                Ok(Some(h)) => reply.locked(h.start, h.end, typ_of(h.kind), h.pid),
+                Ok(None) => reply.locked(spec.start, spec.end, typ_of(LockKind::Unlock), 0),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    pub(super) fn do_setlk(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        spec: Option<LockSpec>,
+        sleep: bool,
+        waiter: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(spec) = spec else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        // A blocking request may wait for minutes: on the runtime, never on
+        // the FUSE thread.
+        self.reply_empty(reply, async move {
+            ops.locks
+                .set(&ops.cluster, id, fh.0, spec, sleep, waiter)
+                .await
+        });
+    }
+}
