@@ -146,3 +146,61 @@ fn flock_conflicts_across_nodes_and_dies_with_its_holder() {
     unsafe { libc::kill(-(shared.id() as i32), libc::SIGKILL) };
     shared.wait().unwrap();
 }
+
+/// `sqlite3 DB` running `n` transactions, each inserting one row tagged `who`.
+fn sqlite_writer(db: &std::path::Path, who: &str, n: usize) -> std::process::Child {
+    let mut script = String::from(".timeout 30000\n");
+    for i in 0..n {
+        script.push_str(&format!(
+            "BEGIN IMMEDIATE; INSERT INTO t VALUES ({i}, '{who}'); COMMIT;\n"
+        ));
+    }
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+    child
+}
+
+#[test]
+fn two_sqlite_writers_on_two_nodes_lose_no_transaction() {
+    let c = Cluster::with_kdfs(2);
+    let (da, db) = (c.mnt(0).join("t.db"), c.mnt(1).join("t.db"));
+    let out = run(Command::new("sqlite3")
+        .arg(&da)
+        .arg("CREATE TABLE t(n INTEGER, who TEXT);"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    const N: usize = 150;
+    let a = sqlite_writer(&da, "a", N);
+    let b = sqlite_writer(&db, "b", N);
+    for (who, w) in [("a", a), ("b", b)] {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "writer {who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for d in [&da, &db] {
+        let out = run(Command::new("sqlite3").arg(d).arg(
+            "PRAGMA integrity_check; SELECT who, count(*), count(DISTINCT n) FROM t GROUP BY who;",
+        ));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text,
+            format!("ok\na|{N}|{N}\nb|{N}|{N}\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

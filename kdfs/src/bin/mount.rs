@@ -87,6 +87,7 @@ fn serve(
         .context("cannot start runtime")?;
     let prepared = rt.block_on(prepare(dir, opts))?;
     let config = fuse_config(&prepared.dir, opts);
+    let ops = prepared.ops.clone();
     let fs = KdfsFs::new(
         prepared.ops,
         rt.handle().clone(),
@@ -99,6 +100,7 @@ fn serve(
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let _ = ops.notifier.set(session.notifier());
     if let Err(e) = kdfs::client::set_readahead(&canonical, opts.readahead_kb) {
         tracing::warn!(error = %e, "kdfs: kernel read-ahead left at its default");
     }

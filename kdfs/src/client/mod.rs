@@ -308,6 +308,7 @@ async fn try_prepare(
             root,
             local_store,
             locks,
+            notifier: std::sync::OnceLock::new(),
         }),
         dir: dir.to_path_buf(),
     })

@@ -26,6 +26,9 @@ pub struct Ops {
     pub local_store: LocalStore,
     /// This mount's cluster-wide locks.
     pub locks: Arc<ClientLocks>,
+    /// Talks to the kernel unasked (set once the session exists): a lock
+    /// taken drops the file's cached pages and attributes.
+    pub notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {

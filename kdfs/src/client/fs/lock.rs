@@ -60,7 +60,18 @@ impl KdfsFs {
         self.reply_empty(reply, async move {
             ops.locks
                 .set(&ops.cluster, id, fh.0, spec, sleep, waiter)
-                .await
+                .await?;
+            // As NFS does: whoever takes a lock reads what the previous
+            // holder wrote on any node, not pages or a size this kernel
+            // cached before (sqlite reads its pages after each lock).
+            if spec.kind != LockKind::Unlock {
+                if let Some(n) = ops.notifier.get() {
+                    if let Err(e) = n.inval_inode(ino, 0, 0) {
+                        tracing::debug!(error = %e, "kdfs: cache not dropped at lock");
+                    }
+                }
+            }
+            Ok(())
         });
     }
 }
