@@ -121,6 +121,16 @@ fn flock_conflicts_across_nodes_and_dies_with_its_holder() {
         .status
         .success());
 
+    // A blocked waiter can be killed (it does not hang until the lock comes).
+    let mut doomed = flock_cmd(&pb, &["-x"]).arg("true").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(doomed.try_wait().unwrap().is_none(), "flock did not wait");
+    let t = Instant::now();
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(!try_b());
+
     // A blocking flock on node 2 waits until node 1's holder is killed.
     let mut waiter = flock_cmd(&pb, &["-x"]).arg("true").spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
@@ -203,4 +213,50 @@ fn two_sqlite_writers_on_two_nodes_lose_no_transaction() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn the_locks_of_a_mount_that_dies_are_released_after_its_lease() {
+    let c = Cluster::with_kdfs(2);
+    fs::write(c.mnt(1).join("h"), b"").unwrap();
+    // Node 1's mount in the foreground, so that its pid is ours to kill.
+    c.umount(0);
+    let mut client = Command::new(common::mount_bin())
+        .arg(&c.nodes[0].store)
+        .arg(c.mnt(0))
+        .arg("-o")
+        .arg(format!("{},foreground", c.mount_opts(0)))
+        .spawn()
+        .unwrap();
+    let mnt = c.mnt(0).to_path_buf();
+    wait_until("foreground mount", Duration::from_secs(20), || {
+        common::is_mounted(&mnt) && mnt.join("h").exists()
+    });
+    let pb = c.mnt(1).join("h");
+    let try_b = || {
+        run(flock_cmd(&pb, &["-n", "-x"]).arg("true"))
+            .status
+            .success()
+    };
+    let mut holder = flock_cmd(&mnt.join("h"), &["-x"])
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    wait_until("node 1 holds the lock", Duration::from_secs(10), || {
+        !try_b()
+    });
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let t = Instant::now();
+    assert!(!try_b(), "released before the lease ran out");
+    wait_until(
+        "the dead mount's lock released",
+        Duration::from_secs(20),
+        try_b,
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // SAFETY: kill(2) of the holder's own process group.
+    unsafe { libc::kill(-(holder.id() as i32), libc::SIGKILL) };
+    let _ = holder.wait();
+    let _ = run(Command::new("umount").arg("-l").arg(&mnt));
 }
