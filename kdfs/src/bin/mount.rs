@@ -15,7 +15,8 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 ///
 /// Options (-o, comma separated): socket=PATH (local krgd admin socket,
 /// default /run/krg/krgd.sock), keyfile=PATH (cluster key, default
-/// /etc/krg/cluster.key), attr_timeout=S (kernel attribute cache for inodes
+/// /etc/krg/cluster.key), timeo=S (how long to wait for the local krgd and
+/// the root node to serve, default 30: nodes boot in any order), attr_timeout=S (kernel attribute cache for inodes
 /// reached without a lookup, default 1), entry_timeout=S (kernel name cache,
 /// default 0: every path resolution sees the latest names), threads=N (FUSE
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
@@ -200,8 +201,9 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
     sections: &[
         krg_clidoc::Section {
             title: "EXIT STATUS",
-            body: "0: mounted (the file system is served in the background unless -o foreground).
-1: not mounted; one line says why.",
+            body:
+                "0: mounted (the file system is served in the background unless -o foreground).
+1: not mounted; one line says why (after waiting up to timeo for the local krgd and the root node).",
         },
         krg_clidoc::Section {
             title: "FILES",
@@ -212,7 +214,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         krg_clidoc::Section {
             title: "EXAMPLES",
             body: "  mount -t kdfs /KDFS /mnt/kdfs
-  mount -t kdfs -o ro,attr_timeout=5 /KDFS /mnt/kdfs",
+  mount -t kdfs -o ro,attr_timeout=5 /KDFS /mnt/kdfs
+  mount -t kdfs -o timeo=120 /KDFS /mnt/kdfs   # wait up to 2 minutes for the root node",
         },
         krg_clidoc::Section {
             title: "SEE ALSO",
