@@ -127,6 +127,26 @@ fn xattrs_round_trip_across_nodes_with_local_errnos() {
     // Hostile names: too long for the store once prefixed.
     let long = format!("user.{}", "n".repeat(245));
     assert_eq!(set(&a, &long, b"x", 0).unwrap_err(), libc::ERANGE);
+    // security.capability of another node's file: its absence is
+    // remembered (the kernel asks at every write), setting it through this
+    // mount forgets that.
+    let remote = cl.mnt(0).join("on2");
+    fs::write(cl.mnt(1).join("on2"), b"x").unwrap();
+    assert_eq!(
+        get(&remote, "security.capability", 64).unwrap_err(),
+        libc::ENODATA
+    );
+    fs::write(&remote, b"written through node 1").unwrap();
+    let mut caps = 0x0200_0001u32.to_le_bytes().to_vec();
+    for w in [1u32 << 10, 0, 0, 0] {
+        caps.extend(w.to_le_bytes());
+    }
+    set(&remote, "security.capability", &caps, 0).unwrap();
+    assert_eq!(get(&remote, "security.capability", 64).unwrap(), caps);
+    assert_eq!(
+        get(&cl.mnt(1).join("on2"), "security.capability", 64).unwrap(),
+        caps
+    );
     // On a directory of node 2, read through node 1.
     fs::create_dir(cl.mnt(1).join("d")).unwrap();
     set(&cl.mnt(1).join("d"), "user.dir", b"yes", 0).unwrap();

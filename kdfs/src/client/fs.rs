@@ -35,6 +35,8 @@ pub struct KdfsFs {
     rt: tokio::runtime::Handle,
     attr_ttl: Duration,
     entry_ttl: Duration,
+    /// Other nodes' files known to have no `security.capability`.
+    caps: Arc<xattr::NoCaps>,
     /// Ask the kernel for FUSE passthrough at init.
     passthrough: bool,
 }
@@ -52,6 +54,7 @@ impl KdfsFs {
             rt,
             attr_ttl,
             entry_ttl,
+            caps: Arc::new(xattr::NoCaps::new(attr_ttl)),
             passthrough,
         }
     }
@@ -647,6 +650,7 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.caps.forget(id);
         let q = Q::SetXattr {
             ino: id,
             name: name.as_bytes().to_vec(),
@@ -658,6 +662,7 @@ impl Filesystem for KdfsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        self.caps.forget(id);
         let q = Q::RemoveXattr {
             ino: id,
             name: name.as_bytes().to_vec(),

@@ -1,11 +1,65 @@
 //! getxattr and listxattr replies: the size the caller asked decides
 //! between answering the length (0), ERANGE (too small) and the bytes.
+//!
+//! The kernel asks `security.capability` before every write(2) (FUSE does
+//! not let it remember that a file has none). This node's files answer
+//! from the local view; for another node's file that would be a round trip
+//! per write, so its absence is remembered for the attribute lifetime
+//! (`attr_timeout`, the staleness docs/kdfs.md already allows for
+//! attributes) and forgotten when this mount sets or removes an attribute.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use fuser::ReplyXattr;
-use krg_proto::kdfs::{inode_node, KdfsRequest as Q, KdfsResponse as A};
+use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, KdfsResponse as A};
 
 use super::super::convert::err;
 use super::KdfsFs;
+
+const CAPS: &[u8] = b"security.capability";
+/// Entries kept before expired ones are swept.
+const CAPS_SWEEP: usize = 4096;
+
+/// Files known to have no `security.capability`, until when.
+pub struct NoCaps {
+    ttl: Duration,
+    until: Mutex<HashMap<InodeId, Instant>>,
+}
+
+impl NoCaps {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, Instant>> {
+        self.until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known_absent(&self, ino: InodeId) -> bool {
+        self.map().get(&ino).is_some_and(|t| Instant::now() < *t)
+    }
+
+    fn absent(&self, ino: InodeId) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut m = self.map();
+        if m.len() >= CAPS_SWEEP {
+            m.retain(|_, t| now < *t);
+        }
+        m.insert(ino, now + self.ttl);
+    }
+
+    pub fn forget(&self, ino: InodeId) {
+        self.map().remove(&ino);
+    }
+}
 
 /// What a getxattr/listxattr of `size` bytes answers for `bytes`.
 fn answer(reply: ReplyXattr, size: u32, bytes: &[u8]) {
@@ -22,13 +76,22 @@ impl KdfsFs {
     /// for this node's inodes: the kernel asks `security.capability` at
     /// every write).
     pub(super) fn do_getxattr(&self, q: Q, size: u32, reply: ReplyXattr) {
-        let ino = match &q {
-            Q::GetXattr { ino, .. } | Q::ListXattr { ino } => *ino,
+        let (ino, is_caps) = match &q {
+            Q::GetXattr { ino, name } => (*ino, name == CAPS),
+            Q::ListXattr { ino } => (*ino, false),
             _ => return reply.error(err(libc::EINVAL)),
         };
-        let ops = self.ops.clone();
+        let remote_caps = is_caps && inode_node(ino) != self.ops.local;
+        if remote_caps && self.caps.known_absent(ino) {
+            return reply.error(err(libc::ENODATA));
+        }
+        let (ops, caps) = (self.ops.clone(), self.caps.clone());
         self.spawn(async move {
-            match ops.call(inode_node(ino), q).await {
+            let got = ops.call(inode_node(ino), q).await;
+            if remote_caps && got.as_ref().err() == Some(&libc::ENODATA) {
+                caps.absent(ino);
+            }
+            match got {
                 Ok(A::Xattr(v)) => answer(reply, size, &v.0),
                 Ok(A::XattrNames(names)) => {
                     let list: Vec<u8> = names
