@@ -85,24 +85,35 @@ impl KdfsFs {
         if remote_caps && self.caps.known_absent(ino) {
             return reply.error(err(libc::ENODATA));
         }
+        // This node's inodes: a few local syscalls, answered right here on
+        // the FUSE thread (no hand-off: it happens at every write).
+        let q = match self.ops.local_store.answer(inode_node(ino), q) {
+            Ok(got) => return reply_with(reply, size, got),
+            Err(q) => q,
+        };
         let (ops, caps) = (self.ops.clone(), self.caps.clone());
         self.spawn(async move {
-            let got = ops.call(inode_node(ino), q).await;
+            let got = ops.cluster.call(inode_node(ino), q).await;
             if remote_caps && got.as_ref().err() == Some(&libc::ENODATA) {
                 caps.absent(ino);
             }
-            match got {
-                Ok(A::Xattr(v)) => answer(reply, size, &v.0),
-                Ok(A::XattrNames(names)) => {
-                    let list: Vec<u8> = names
-                        .iter()
-                        .flat_map(|n| n.iter().copied().chain([0]))
-                        .collect();
-                    answer(reply, size, &list)
-                }
-                Ok(_) => reply.error(err(libc::EIO)),
-                Err(e) => reply.error(err(e)),
-            }
+            reply_with(reply, size, got)
         });
+    }
+}
+
+/// Answer a getxattr/listxattr from the owner's answer.
+fn reply_with(reply: ReplyXattr, size: u32, got: Result<A, i32>) {
+    match got {
+        Ok(A::Xattr(v)) => answer(reply, size, &v.0),
+        Ok(A::XattrNames(names)) => {
+            let list: Vec<u8> = names
+                .iter()
+                .flat_map(|n| n.iter().copied().chain([0]))
+                .collect();
+            answer(reply, size, &list)
+        }
+        Ok(_) => reply.error(err(libc::EIO)),
+        Err(e) => reply.error(err(e)),
     }
 }
