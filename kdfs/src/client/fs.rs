@@ -429,6 +429,10 @@ impl Filesystem for KdfsFs {
         // write-back), so close has nothing left to push; but the closing
         // process's fcntl locks on the file go (POSIX).
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        if !ops.locks.has_locked(id) {
+            // Every close: no hand-off to the runtime for nothing.
+            return reply.ok();
+        }
         self.reply_empty(reply, async move {
             ops.locks
                 .release(&ops.cluster, id, Some(lock_owner.0), None)

@@ -86,7 +86,8 @@ impl ClientLocks {
         self.locked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn has_locked(&self, ino: InodeId) -> bool {
+    /// Whether this mount ever locked (or tried to lock) `ino`.
+    pub fn has_locked(&self, ino: InodeId) -> bool {
         self.locked().contains(&ino)
     }
 

@@ -78,7 +78,7 @@ impl KdfsService {
     }
 
     /// Every second, drop the locks of mounts whose lease ran out or whose
-    /// node membership no longer counts online.
+    /// node failed or left the membership.
     fn expire_locks(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         drop(self);
@@ -93,7 +93,7 @@ impl KdfsService {
                     n == me
                         || view
                             .members()
-                            .any(|m| m.id == n && m.state == NodeState::Online)
+                            .any(|m| m.id == n && m.state != NodeState::Failed)
                 });
             }
         });
