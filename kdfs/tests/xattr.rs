@@ -177,6 +177,18 @@ fn xattrs_round_trip_across_nodes_with_local_errnos() {
         shown.contains("user.color") && !shown.contains("trusted.t"),
         "{shown}"
     );
+    // Not even listed for them (as on ext4); root sees it listed.
+    let out = run(as_tests_user("getfattr")
+        .args(["--absolute-names", "-m", "-"])
+        .arg(&b));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("user.color")
+            && listed.contains("security.s")
+            && !listed.contains("trusted"),
+        "{listed}"
+    );
+    assert!(list(&b).contains(&"trusted.t".to_string()));
     assert_eq!(get(&cl.mnt(1).join("d/mine"), "user.k", 8).unwrap(), b"v");
 }
 

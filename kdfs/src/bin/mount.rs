@@ -21,6 +21,7 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 /// default 0: every path resolution sees the latest names), threads=N (FUSE
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
 /// nopassthrough (the client, not the kernel, does the I/O of local files),
+/// noxattr (no extended attributes: spares a request before every write),
 /// nodes=ID@ADDR:PORT+... (override member addresses),
 /// log=FILE, foreground (do not detach), ro/rw, suid/nosuid, dev/nodev,
 /// exec/noexec (default nosuid,nodev,exec: set-id bits and device nodes count
@@ -95,6 +96,7 @@ fn serve(
         opts.attr_timeout,
         opts.entry_timeout,
         opts.passthrough,
+        opts.xattr,
     );
     // Resolved now: once mounted, the path does not answer until we serve it.
     let canonical = std::fs::canonicalize(mountpoint)

@@ -14,14 +14,13 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use krg_proto::kdfs::{
-    inode_node, Attr, Bytes, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr,
-};
+use krg_proto::kdfs::{inode_node, Bytes, FileKind, KdfsRequest as Q, SetAttr};
 
 use super::convert::{err, file_attr, file_type, fuse_ino, set_time};
 use super::local;
 use super::ops::Ops;
 
+mod glue;
 mod lock;
 mod xattr;
 
@@ -37,82 +36,10 @@ pub struct KdfsFs {
     entry_ttl: Duration,
     /// Other nodes' files known to have no `security.capability`.
     caps: Arc<xattr::NoCaps>,
+    /// Extended attributes offered (else ENOSYS, `-o noxattr`).
+    xattr: bool,
     /// Ask the kernel for FUSE passthrough at init.
     passthrough: bool,
-}
-
-impl KdfsFs {
-    pub fn new(
-        ops: Arc<Ops>,
-        rt: tokio::runtime::Handle,
-        attr_ttl: Duration,
-        entry_ttl: Duration,
-        passthrough: bool,
-    ) -> Self {
-        Self {
-            ops,
-            rt,
-            attr_ttl,
-            entry_ttl,
-            caps: Arc::new(xattr::NoCaps::new(attr_ttl)),
-            passthrough,
-        }
-    }
-
-    /// Kernel inode number of a kDFS inode (the root must be 1).
-    fn id(&self, ino: INodeNo) -> InodeId {
-        if ino.0 == 1 {
-            self.ops.root
-        } else {
-            ino.0
-        }
-    }
-
-    /// Run `f` on the runtime; it answers the kernel itself.
-    fn spawn<F>(&self, f: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.rt.spawn(f);
-    }
-
-    fn reply_entry(
-        &self,
-        reply: ReplyEntry,
-        fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
-    ) {
-        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
-        self.spawn(async move {
-            match fut.await {
-                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &file_attr(root, &a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
-        });
-    }
-
-    fn reply_empty(
-        &self,
-        reply: ReplyEmpty,
-        fut: impl std::future::Future<Output = Result<(), i32>> + Send + 'static,
-    ) {
-        self.spawn(async move {
-            match fut.await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
-    }
-
-    fn new_inode(req: &Request, kind: FileKind, mode: u32, umask: u32) -> NewInode {
-        NewInode {
-            kind,
-            perm: (mode & !umask & 0o7777) as u16,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev: 0,
-            target: None,
-        }
-    }
 }
 
 impl Filesystem for KdfsFs {
@@ -425,19 +352,7 @@ impl Filesystem for KdfsFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are sent through to the owner as they happen (no client-side
-        // write-back), so close has nothing left to push; but the closing
-        // process's fcntl locks on the file go (POSIX).
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        if !ops.locks.has_locked(id) {
-            // Every close: no hand-off to the runtime for nothing.
-            return reply.ok();
-        }
-        self.reply_empty(reply, async move {
-            ops.locks
-                .release(&ops.cluster, id, Some(lock_owner.0), None)
-                .await
-        });
+        self.do_flush(ino, lock_owner, reply);
     }
 
     fn release(
@@ -492,11 +407,7 @@ impl Filesystem for KdfsFs {
     }
 
     fn destroy(&mut self) {
-        let ops = self.ops.clone();
-        let _ = self.rt.block_on(tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            async move { ops.locks.release_all(&ops.cluster).await },
-        ));
+        self.release_all_locks();
     }
 
     fn fsync(
@@ -635,12 +546,13 @@ impl Filesystem for KdfsFs {
             ino: self.id(ino),
             name: name.as_bytes().to_vec(),
         };
-        self.do_getxattr(q, size, reply);
+        self.do_getxattr(q, size, false, reply);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let q = Q::ListXattr { ino: self.id(ino) };
-        self.do_getxattr(q, size, reply);
+        // As local file systems do, trusted.* is listed to root only.
+        self.do_getxattr(q, size, req.uid() != 0, reply);
     }
 
     fn setxattr(
@@ -653,25 +565,21 @@ impl Filesystem for KdfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.caps.forget(id);
         let q = Q::SetXattr {
-            ino: id,
+            ino: self.id(ino),
             name: name.as_bytes().to_vec(),
             value: Bytes(value.to_vec()),
             flags,
         };
-        self.reply_empty(reply, async move { ops.simple(inode_node(id), q).await });
+        self.do_setxattr(q, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.caps.forget(id);
         let q = Q::RemoveXattr {
-            ino: id,
+            ino: self.id(ino),
             name: name.as_bytes().to_vec(),
         };
-        self.reply_empty(reply, async move { ops.simple(inode_node(id), q).await });
+        self.do_setxattr(q, reply);
     }
 
     fn fallocate(

@@ -48,6 +48,9 @@ pub struct MountOptions {
     pub readahead_kb: u32,
     /// Let the kernel do the I/O of this node's own files (FUSE passthrough).
     pub passthrough: bool,
+    /// Offer extended attributes (`noxattr`: ENOSYS, which also spares the
+    /// kernel's security.capability request before every write).
+    pub xattr: bool,
     pub foreground: bool,
     pub read_only: bool,
     /// Honour set-user/group-id bits (`suid`); off unless asked for, as
@@ -73,6 +76,7 @@ impl Default for MountOptions {
             timeo: DEFAULT_TIMEO,
             readahead_kb: 1024,
             passthrough: true,
+            xattr: true,
             foreground: false,
             read_only: false,
             suid: false,
@@ -153,6 +157,8 @@ impl MountOptions {
                 ("log", Some(v)) => o.log = Some(v.into()),
                 ("foreground", None) => o.foreground = true,
                 ("nopassthrough", None) => o.passthrough = false,
+                ("noxattr", None) => o.xattr = false,
+                ("xattr", None) => o.xattr = true,
                 ("ro", None) => o.read_only = true,
                 ("rw", None) => o.read_only = false,
                 ("suid", None) => o.suid = true,
@@ -390,6 +396,13 @@ mod tests {
         assert_eq!(flags("dev,user"), (false, false, false, false));
         assert_eq!(flags("users,exec,suid"), (true, false, true, false));
         assert_eq!(flags("ro,rw"), (false, false, true, false));
+        assert!(MountOptions::parse("").unwrap().xattr);
+        assert!(!MountOptions::parse("noxattr").unwrap().xattr);
+        assert_eq!(
+            MountOptions::parse("timeo=2.5").unwrap().timeo,
+            Duration::from_millis(2500)
+        );
+        assert!(MountOptions::parse("timeo=-1").is_err());
         let c = fuse_config(Path::new("/KDFS"), &MountOptions::default());
         for want in [fuser::MountOption::NoSuid, fuser::MountOption::NoDev] {
             assert!(c.mount_options.contains(&want), "{want:?}");

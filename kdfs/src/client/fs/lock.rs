@@ -3,6 +3,7 @@
 
 use fuser::{Errno, FileHandle, INodeNo, LockOwner, ReplyEmpty, ReplyLock};
 use krg_proto::kdfs::{LockKind, LockSpec};
+use std::time::Duration;
 
 use super::super::convert::err;
 use super::super::locks::{kind_of, typ_of};
@@ -73,5 +74,31 @@ impl KdfsFs {
             }
             Ok(())
         });
+    }
+
+    /// Every close: the closing process's fcntl locks on the file go
+    /// (POSIX). Writes are sent through as they happen (no client-side
+    /// write-back), so there is nothing else to push.
+    pub(super) fn do_flush(&self, ino: INodeNo, owner: LockOwner, reply: ReplyEmpty) {
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        if !ops.locks.has_locked(id) {
+            // No hand-off to the runtime for nothing.
+            return reply.ok();
+        }
+        self.reply_empty(reply, async move {
+            ops.locks
+                .release(&ops.cluster, id, Some(owner.0), None)
+                .await
+        });
+    }
+
+    /// Unmount: give back every lock of this mount (2 s at most).
+    pub(super) fn release_all_locks(&self) {
+        let ops = self.ops.clone();
+        let _ = self
+            .rt
+            .block_on(tokio::time::timeout(Duration::from_secs(2), async move {
+                ops.locks.release_all(&ops.cluster).await
+            }));
     }
 }

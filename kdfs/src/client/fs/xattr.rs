@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fuser::ReplyXattr;
+use fuser::{ReplyEmpty, ReplyXattr};
 use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, KdfsResponse as A};
 
 use super::super::convert::err;
@@ -75,7 +75,11 @@ impl KdfsFs {
     /// `q` is a `GetXattr` or a `ListXattr` (answered from the local view
     /// for this node's inodes: the kernel asks `security.capability` at
     /// every write).
-    pub(super) fn do_getxattr(&self, q: Q, size: u32, reply: ReplyXattr) {
+    pub(super) fn do_getxattr(&self, q: Q, size: u32, hide_trusted: bool, reply: ReplyXattr) {
+        if !self.xattr {
+            // ENOSYS: the kernel stops asking for the whole mount.
+            return reply.error(err(libc::ENOSYS));
+        }
         let (ino, is_caps) = match &q {
             Q::GetXattr { ino, name } => (*ino, name == CAPS),
             Q::ListXattr { ino } => (*ino, false),
@@ -88,7 +92,7 @@ impl KdfsFs {
         // This node's inodes: a few local syscalls, answered right here on
         // the FUSE thread (no hand-off: it happens at every write).
         let q = match self.ops.local_store.answer(inode_node(ino), q) {
-            Ok(got) => return reply_with(reply, size, got),
+            Ok(got) => return reply_with(reply, size, hide_trusted, got),
             Err(q) => q,
         };
         let (ops, caps) = (self.ops.clone(), self.caps.clone());
@@ -97,18 +101,36 @@ impl KdfsFs {
             if remote_caps && got.as_ref().err() == Some(&libc::ENODATA) {
                 caps.absent(ino);
             }
-            reply_with(reply, size, got)
+            reply_with(reply, size, hide_trusted, got)
         });
     }
 }
 
-/// Answer a getxattr/listxattr from the owner's answer.
-fn reply_with(reply: ReplyXattr, size: u32, got: Result<A, i32>) {
+impl KdfsFs {
+    /// `q` is a `SetXattr` or a `RemoveXattr`.
+    pub(super) fn do_setxattr(&self, q: Q, reply: ReplyEmpty) {
+        let ino = match &q {
+            Q::SetXattr { ino, .. } | Q::RemoveXattr { ino, .. } => *ino,
+            _ => return reply.error(err(libc::EINVAL)),
+        };
+        if !self.xattr {
+            return reply.error(err(libc::ENOSYS));
+        }
+        self.caps.forget(ino);
+        let ops = self.ops.clone();
+        self.reply_empty(reply, async move { ops.simple(inode_node(ino), q).await });
+    }
+}
+
+/// Answer a getxattr/listxattr from the owner's answer (a listing without
+/// `trusted.*` names for `hide_trusted`).
+fn reply_with(reply: ReplyXattr, size: u32, hide_trusted: bool, got: Result<A, i32>) {
     match got {
         Ok(A::Xattr(v)) => answer(reply, size, &v.0),
         Ok(A::XattrNames(names)) => {
             let list: Vec<u8> = names
                 .iter()
+                .filter(|n| !(hide_trusted && n.starts_with(b"trusted.")))
                 .flat_map(|n| n.iter().copied().chain([0]))
                 .collect();
             answer(reply, size, &list)
