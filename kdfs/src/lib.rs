@@ -2,6 +2,7 @@
 //!
 //! * [`format`]: the on-disk superblock and root meta-file (`mkfs.kdfs`).
 //! * [`store`]: the storage engine a krgd runs against its local directory.
+//! * [`lockmgr`]: cluster-wide fcntl/flock locks of the files a krgd owns.
 //! * [`client`]: the FUSE client behind `mount.kdfs`.
 //!
 //! The design (placement, consistency, faults) is written down in docs/kdfs.md.
@@ -9,6 +10,7 @@
 pub mod client;
 pub mod error;
 pub mod format;
+pub mod lockmgr;
 pub mod store;
 
 pub use error::KdfsError;

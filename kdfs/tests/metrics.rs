@@ -60,4 +60,27 @@ fn remote_reads_and_writes_are_counted_by_the_serving_node() {
     let last = scrape(c.nodes[0].http_port);
     let written = value(&last, "krg_kdfs_bytes_total{direction=\"written\"}").unwrap();
     assert!(written >= 4096.0, "written {written}");
+
+    // The kernel asks security.capability before every write: for another
+    // node's file the client remembers its absence instead of asking each time.
+    let asked = |t: &str| value(t, "krg_kdfs_operations_total{op=\"getxattr\"}").unwrap_or(0.0);
+    let before = asked(&scrape(c.nodes[0].http_port));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m2.join("on-node-1"))
+        .unwrap();
+    for _ in 0..50 {
+        f.write_all(&[2u8; 4096]).unwrap();
+    }
+    drop(f);
+    let after = asked(&scrape(c.nodes[0].http_port));
+    println!(
+        "getxattr requests for 50 writes: {} (total {after})",
+        after - before
+    );
+    assert!(
+        after - before < 10.0,
+        "{} getxattr requests for 50 writes",
+        after - before
+    );
 }

@@ -350,11 +350,16 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already formatted"));
     assert!(c.mkfs(1, 1, false).status.success());
 
-    // A non-root node cannot mount before the root serves the file system.
-    let out = c.mount(1, "");
+    // Another directory while the krgd serves one: refused (one per node).
+    let other = c.nodes[0].data.join("other-store");
+    let out = run(Command::new(common::mkfs_bin())
+        .arg("--socket")
+        .arg(&c.nodes[0].sock)
+        .arg(&other)
+        .arg("1"));
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("root node 1"),
+        String::from_utf8_lossy(&out.stderr).contains("already serves kDFS directory"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

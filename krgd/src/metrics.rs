@@ -433,6 +433,14 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::ReadDir { .. } => "readdir",
         R::ReleaseDir { .. } => "releasedir",
         R::FsyncDir { .. } => "fsyncdir",
+        R::GetXattr { .. } => "getxattr",
+        R::ListXattr { .. } => "listxattr",
+        R::SetXattr { .. } => "setxattr",
+        R::RemoveXattr { .. } => "removexattr",
+        R::SetLock { .. } => "setlock",
+        R::GetLock { .. } => "getlock",
+        R::ReleaseLocks { .. } => "release_locks",
+        R::LockLease { .. } => "lock_lease",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

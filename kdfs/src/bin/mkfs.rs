@@ -15,8 +15,10 @@ use krg_proto::NodeId;
 ///
 /// This node's id is asked from the local krgd, which must be running and a
 /// member of a started cluster, as must ROOT_NODEID. On the root node the
-/// root directory and its meta-file are created too. Then
-/// `mount -t kdfs DIR MOUNTPOINT` (first on the root node).
+/// root directory and its meta-file are created too. The local krgd then
+/// serves DIR (mounted or not, and again after a restart); a non-root store
+/// formatted while the root node does not serve yet joins at its first
+/// mount. Then `mount -t kdfs DIR MOUNTPOINT` on every node, in any order.
 #[derive(Parser, Debug)]
 #[command(name = "mkfs.kdfs", version)]
 struct Args {
@@ -42,6 +44,7 @@ fn run(args: Args) -> Result<()> {
         node,
         cluster_started,
         members,
+        attached,
         ..
     } = reply
     else {
@@ -58,21 +61,55 @@ fn run(args: Args) -> Result<()> {
             ids.join(" ")
         );
     }
+    if let Some(served) = attached {
+        let same = std::fs::canonicalize(&args.dir).ok() == Some(PathBuf::from(&served));
+        if !same && !args.force {
+            bail!(
+                "node {node}'s krgd already serves kDFS directory {served} (one per node; --force detaches it and serves {} instead)",
+                args.dir.display()
+            );
+        }
+        if args.force {
+            // Stop serving before the directory is erased or replaced.
+            rt.block_on(admin_call(&args.socket, KdfsAdminRequest::Detach))?;
+        }
+    }
     let sb = mkfs(&MkfsOptions {
         dir: args.dir.clone(),
         node,
         root_node: args.root_node,
         force: args.force,
     })?;
+    let dir = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone());
+    let dir_s = dir
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", dir.display()))?
+        .to_string();
+    // krgd serves the store from now on, mounted or not (and again after a
+    // restart): mounts on other nodes need not wait for a mount here.
+    let attached = rt.block_on(admin_call(
+        &args.socket,
+        KdfsAdminRequest::Attach {
+            dir: dir_s,
+            fs_id: None,
+        },
+    ));
     if sb.root_node == node {
+        attached.context("formatted, but the local krgd does not serve it")?;
         println!(
             "{}: kDFS {:032x}, node {node}, root directory here",
             args.dir.display(),
             sb.fs_id
         );
+    } else if let Ok(KdfsAdminReply::Attached { fs_id, .. }) = attached {
+        println!(
+            "{}: kDFS {fs_id:032x}, node {node}, root on node {} (served)",
+            args.dir.display(),
+            sb.root_node
+        );
     } else {
         println!(
-            "{}: kDFS part of node {node}, root on node {} (joins at first mount)",
+            "{}: kDFS part of node {node}, root on node {} (not served yet: it joins at its first mount)",
             args.dir.display(),
             sb.root_node
         );

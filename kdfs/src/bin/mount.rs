@@ -15,11 +15,13 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 ///
 /// Options (-o, comma separated): socket=PATH (local krgd admin socket,
 /// default /run/krg/krgd.sock), keyfile=PATH (cluster key, default
-/// /etc/krg/cluster.key), attr_timeout=S (kernel attribute cache for inodes
+/// /etc/krg/cluster.key), timeo=S (how long to wait for the local krgd and
+/// the root node to serve, default 30: nodes boot in any order), attr_timeout=S (kernel attribute cache for inodes
 /// reached without a lookup, default 1), entry_timeout=S (kernel name cache,
 /// default 0: every path resolution sees the latest names), threads=N (FUSE
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
 /// nopassthrough (the client, not the kernel, does the I/O of local files),
+/// noxattr (no extended attributes: spares a request before every write),
 /// nodes=ID@ADDR:PORT+... (override member addresses),
 /// log=FILE, foreground (do not detach), ro/rw, suid/nosuid, dev/nodev,
 /// exec/noexec (default nosuid,nodev,exec: set-id bits and device nodes count
@@ -87,18 +89,21 @@ fn serve(
         .context("cannot start runtime")?;
     let prepared = rt.block_on(prepare(dir, opts))?;
     let config = fuse_config(&prepared.dir, opts);
+    let ops = prepared.ops.clone();
     let fs = KdfsFs::new(
         prepared.ops,
         rt.handle().clone(),
         opts.attr_timeout,
         opts.entry_timeout,
         opts.passthrough,
+        opts.xattr,
     );
     // Resolved now: once mounted, the path does not answer until we serve it.
     let canonical = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let _ = ops.notifier.set(session.notifier());
     if let Err(e) = kdfs::client::set_readahead(&canonical, opts.readahead_kb) {
         tracing::warn!(error = %e, "kdfs: kernel read-ahead left at its default");
     }
@@ -198,8 +203,9 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
     sections: &[
         krg_clidoc::Section {
             title: "EXIT STATUS",
-            body: "0: mounted (the file system is served in the background unless -o foreground).
-1: not mounted; one line says why.",
+            body:
+                "0: mounted (the file system is served in the background unless -o foreground).
+1: not mounted; one line says why (after waiting up to timeo for the local krgd and the root node).",
         },
         krg_clidoc::Section {
             title: "FILES",
@@ -210,7 +216,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         krg_clidoc::Section {
             title: "EXAMPLES",
             body: "  mount -t kdfs /KDFS /mnt/kdfs
-  mount -t kdfs -o ro,attr_timeout=5 /KDFS /mnt/kdfs",
+  mount -t kdfs -o ro,attr_timeout=5 /KDFS /mnt/kdfs
+  mount -t kdfs -o timeo=120 /KDFS /mnt/kdfs   # wait up to 2 minutes for the root node",
         },
         krg_clidoc::Section {
             title: "SEE ALSO",

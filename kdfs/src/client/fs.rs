@@ -11,14 +11,18 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, NewInode, SetAttr};
+use krg_proto::kdfs::{inode_node, Bytes, FileKind, KdfsRequest as Q, SetAttr};
 
 use super::convert::{err, file_attr, file_type, fuse_ino, set_time};
 use super::local;
 use super::ops::Ops;
+
+mod glue;
+mod lock;
+mod xattr;
 
 /// Largest read/write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -30,81 +34,12 @@ pub struct KdfsFs {
     rt: tokio::runtime::Handle,
     attr_ttl: Duration,
     entry_ttl: Duration,
+    /// Other nodes' files known to have no `security.capability`.
+    caps: Arc<xattr::NoCaps>,
+    /// Extended attributes offered (else ENOSYS, `-o noxattr`).
+    xattr: bool,
     /// Ask the kernel for FUSE passthrough at init.
     passthrough: bool,
-}
-
-impl KdfsFs {
-    pub fn new(
-        ops: Arc<Ops>,
-        rt: tokio::runtime::Handle,
-        attr_ttl: Duration,
-        entry_ttl: Duration,
-        passthrough: bool,
-    ) -> Self {
-        Self {
-            ops,
-            rt,
-            attr_ttl,
-            entry_ttl,
-            passthrough,
-        }
-    }
-
-    /// Kernel inode number of a kDFS inode (the root must be 1).
-    fn id(&self, ino: INodeNo) -> InodeId {
-        if ino.0 == 1 {
-            self.ops.root
-        } else {
-            ino.0
-        }
-    }
-
-    /// Run `f` on the runtime; it answers the kernel itself.
-    fn spawn<F>(&self, f: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.rt.spawn(f);
-    }
-
-    fn reply_entry(
-        &self,
-        reply: ReplyEntry,
-        fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
-    ) {
-        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
-        self.spawn(async move {
-            match fut.await {
-                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &file_attr(root, &a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
-        });
-    }
-
-    fn reply_empty(
-        &self,
-        reply: ReplyEmpty,
-        fut: impl std::future::Future<Output = Result<(), i32>> + Send + 'static,
-    ) {
-        self.spawn(async move {
-            match fut.await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
-        });
-    }
-
-    fn new_inode(req: &Request, kind: FileKind, mode: u32, umask: u32) -> NewInode {
-        NewInode {
-            kind,
-            perm: (mode & !umask & 0o7777) as u16,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev: 0,
-            target: None,
-        }
-    }
 }
 
 impl Filesystem for KdfsFs {
@@ -115,6 +50,14 @@ impl Filesystem for KdfsFs {
         // Passthrough (Linux >= 6.9, root): the kernel does the reads and
         // writes of this node's own files on the local files themselves.
         // Depth 1: the backing files must not be on a stacked file system.
+        // Cluster-wide locks: fcntl locks, and flock(2) sent as whole-file
+        // locks of the open file (see client/locks.rs).
+        if config
+            .add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+            .is_err()
+        {
+            tracing::warn!("kdfs: the kernel refused FUSE locks: locks stay local to this node");
+        }
         if self.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -404,14 +347,12 @@ impl Filesystem for KdfsFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are sent through to the owner as they happen (no client-side
-        // write-back), so close has nothing left to push.
-        reply.ok();
+        self.do_flush(ino, lock_owner, reply);
     }
 
     fn release(
@@ -424,8 +365,49 @@ impl Filesystem for KdfsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The locks taken through this open file (flock, OFD) go with it.
         let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.reply_empty(reply, async move { ops.release(id, fh.0).await });
+        self.reply_empty(reply, async move {
+            let unlocked = ops.locks.release(&ops.cluster, id, None, Some(fh.0)).await;
+            ops.release(id, fh.0).await.and(unlocked)
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let spec = self.lock_spec(lock_owner, start, end, typ, pid);
+        self.do_getlk(ino, spec, reply);
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let spec = self.lock_spec(lock_owner, start, end, typ, pid);
+        self.do_setlk(ino, fh, spec, sleep, req.pid(), reply);
+    }
+
+    fn destroy(&mut self) {
+        self.release_all_locks();
     }
 
     fn fsync(
@@ -559,23 +541,45 @@ impl Filesystem for KdfsFs {
         });
     }
 
-    // Extended attributes are not provided. ENOSYS (not ENOTSUP) tells the
-    // kernel so once for the whole mount: it stops asking — passthrough
-    // writes would otherwise look up security.capability every time — and
-    // answers EOPNOTSUPP to callers itself.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let q = Q::GetXattr {
+            ino: self.id(ino),
+            name: name.as_bytes().to_vec(),
+        };
+        self.do_getxattr(q, size, false, reply);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let q = Q::ListXattr { ino: self.id(ino) };
+        // As local file systems do, trusted.* is listed to root only.
+        self.do_getxattr(q, size, req.uid() != 0, reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let q = Q::SetXattr {
+            ino: self.id(ino),
+            name: name.as_bytes().to_vec(),
+            value: Bytes(value.to_vec()),
+            flags,
+        };
+        self.do_setxattr(q, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let q = Q::RemoveXattr {
+            ino: self.id(ino),
+            name: name.as_bytes().to_vec(),
+        };
+        self.do_setxattr(q, reply);
     }
 
     fn fallocate(

@@ -6,6 +6,7 @@ pub mod conn;
 mod convert;
 pub mod fs;
 pub mod local;
+pub mod locks;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -23,6 +24,11 @@ use crate::KdfsError;
 use conn::Cluster;
 use ops::Ops;
 
+/// How long a mount waits for its krgd and the root node by default.
+pub const DEFAULT_TIMEO: Duration = Duration::from_secs(30);
+/// Pause between two attempts while waiting for them.
+const RETRY_EVERY: Duration = Duration::from_millis(300);
+
 /// The `-o` options mount.kdfs understands.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -34,11 +40,17 @@ pub struct MountOptions {
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
     pub threads: usize,
+    /// How long the mount waits for the local krgd and the root node to
+    /// serve the file system (`timeo=`): nodes boot in any order.
+    pub timeo: Duration,
     /// Kernel read-ahead of the mount, in KiB (the kernel offers FUSE only
     /// 128 KiB at init; it is raised through sysfs once mounted).
     pub readahead_kb: u32,
     /// Let the kernel do the I/O of this node's own files (FUSE passthrough).
     pub passthrough: bool,
+    /// Offer extended attributes (`noxattr`: ENOSYS, which also spares the
+    /// kernel's security.capability request before every write).
+    pub xattr: bool,
     pub foreground: bool,
     pub read_only: bool,
     /// Honour set-user/group-id bits (`suid`); off unless asked for, as
@@ -61,8 +73,10 @@ impl Default for MountOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::ZERO,
             threads: 2,
+            timeo: DEFAULT_TIMEO,
             readahead_kb: 1024,
             passthrough: true,
+            xattr: true,
             foreground: false,
             read_only: false,
             suid: false,
@@ -119,6 +133,7 @@ impl MountOptions {
                 ("nodes", Some(v)) => o.nodes = parse_nodes(v)?,
                 ("attr_timeout", Some(v)) => o.attr_timeout = secs(k, v)?,
                 ("entry_timeout", Some(v)) => o.entry_timeout = secs(k, v)?,
+                ("timeo", Some(v)) => o.timeo = secs(k, v)?,
                 ("threads", Some(v)) => {
                     o.threads =
                         v.parse()
@@ -142,6 +157,8 @@ impl MountOptions {
                 ("log", Some(v)) => o.log = Some(v.into()),
                 ("foreground", None) => o.foreground = true,
                 ("nopassthrough", None) => o.passthrough = false,
+                ("noxattr", None) => o.xattr = false,
+                ("xattr", None) => o.xattr = true,
                 ("ro", None) => o.read_only = true,
                 ("rw", None) => o.read_only = false,
                 ("suid", None) => o.suid = true,
@@ -172,20 +189,76 @@ pub struct Prepared {
     pub dir: PathBuf,
 }
 
-/// Learn the cluster, attach `dir` on the local krgd, and find the root.
+/// Why a start-up attempt failed: worth waiting for (the local krgd or the
+/// root node is not serving yet: nodes boot in any order), or final.
+enum Attempt {
+    Wait(String),
+    Fail(KdfsError),
+}
+
+impl From<KdfsError> for Attempt {
+    fn from(e: KdfsError) -> Self {
+        match e {
+            KdfsError::Unreachable(why) => Attempt::Wait(why),
+            e => Attempt::Fail(e),
+        }
+    }
+}
+
+/// Learn the cluster, attach `dir` on the local krgd, and find the root,
+/// waiting up to `opts.timeo` for the local krgd and the root node to serve
+/// (saying once, on stderr, what it waits for).
 pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsError> {
     let dir = std::fs::canonicalize(dir).map_err(|e| KdfsError::io(dir, e))?;
     let sb = format::read_superblock(&dir)?;
     let key =
         ClusterKey::from_file(&opts.keyfile).map_err(|e| KdfsError::Invalid(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + opts.timeo;
+    let mut said: Option<String> = None;
+    loop {
+        let why = match try_prepare(&dir, &sb, &key, opts).await {
+            Ok(p) => return Ok(p),
+            Err(Attempt::Fail(e)) => return Err(e),
+            Err(Attempt::Wait(why)) => why,
+        };
+        if tokio::time::Instant::now() + RETRY_EVERY > deadline {
+            return Err(KdfsError::Unreachable(format!(
+                "gave up after {} s (timeo): {why}",
+                opts.timeo.as_secs_f64()
+            )));
+        }
+        if said.as_deref() != Some(why.as_str()) {
+            eprintln!(
+                "mount.kdfs: waiting up to {} s: {why}",
+                opts.timeo.as_secs_f64()
+            );
+            tracing::info!(%why, "kdfs: waiting");
+            said = Some(why);
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+/// One start-up attempt (see [`prepare`]).
+async fn try_prepare(
+    dir: &Path,
+    sb: &format::Superblock,
+    key: &ClusterKey,
+    opts: &MountOptions,
+) -> Result<Prepared, Attempt> {
     let info = conn::local_info(&opts.socket).await?;
     if sb.node != info.node {
-        return Err(KdfsError::Invalid(format!(
+        return Err(Attempt::Fail(KdfsError::Invalid(format!(
             "{} was formatted for node {}, but the local krgd is node {}",
             dir.display(),
             sb.node,
             info.node
-        )));
+        ))));
+    }
+    if !info.cluster_started {
+        return Err(Attempt::Wait(
+            "the local krgd is in no started cluster yet (krgadm cluster start)".into(),
+        ));
     }
     let me = Identity {
         session: info.session,
@@ -193,7 +266,7 @@ pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsEr
         role: Role::Tool,
     };
     let cluster = Arc::new(Cluster::new(
-        key,
+        key.clone(),
         me,
         opts.socket.clone(),
         opts.nodes.clone(),
@@ -203,6 +276,12 @@ pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsEr
         .to_str()
         .ok_or_else(|| KdfsError::Invalid(format!("{} is not UTF-8", dir.display())))?
         .to_string();
+    let not_yet = || {
+        Attempt::Wait(format!(
+            "root node {} does not serve this kDFS yet (is its krgd up, and its store formatted?)",
+            sb.root_node
+        ))
+    };
     let fs_id = if sb.root_node == info.node {
         None
     } else {
@@ -210,39 +289,34 @@ pub async fn prepare(dir: &Path, opts: &MountOptions) -> Result<Prepared, KdfsEr
             Ok(KdfsResponse::Hello {
                 fs_id: Some(id), ..
             }) => Some(id),
-            _ => {
-                return Err(KdfsError::Unreachable(format!(
-                    "root node {} does not serve this kDFS (is it up, and is kdfs mounted there?)",
-                    sb.root_node
-                )))
-            }
+            _ => return Err(not_yet()),
         }
     };
     match conn::admin_call(&opts.socket, KdfsAdminRequest::Attach { dir: dir_s, fs_id }).await? {
         KdfsAdminReply::Attached { .. } => {}
         other => {
-            return Err(KdfsError::Invalid(format!(
+            return Err(Attempt::Fail(KdfsError::Invalid(format!(
                 "krgd answered attach with {other:?}"
-            )))
+            ))))
         }
     }
     let root = match cluster.call(sb.root_node, KdfsRequest::Root).await {
         Ok(KdfsResponse::Root(r)) => r,
-        _ => {
-            return Err(KdfsError::Unreachable(format!(
-                "root node {} does not answer with the root directory",
-                sb.root_node
-            )))
-        }
+        _ => return Err(not_yet()),
     };
+    let local_store = local::LocalStore::open(dir, info.node)?;
+    let locks = Arc::new(locks::ClientLocks::new());
+    tokio::spawn(locks.clone().keep_leases(cluster.clone()));
     Ok(Prepared {
         ops: Arc::new(Ops {
             cluster,
             local: info.node,
             root,
-            local_store: local::LocalStore::open(&dir, info.node)?,
+            local_store,
+            locks,
+            notifier: std::sync::OnceLock::new(),
         }),
-        dir,
+        dir: dir.to_path_buf(),
     })
 }
 
@@ -322,6 +396,13 @@ mod tests {
         assert_eq!(flags("dev,user"), (false, false, false, false));
         assert_eq!(flags("users,exec,suid"), (true, false, true, false));
         assert_eq!(flags("ro,rw"), (false, false, true, false));
+        assert!(MountOptions::parse("").unwrap().xattr);
+        assert!(!MountOptions::parse("noxattr").unwrap().xattr);
+        assert_eq!(
+            MountOptions::parse("timeo=2.5").unwrap().timeo,
+            Duration::from_millis(2500)
+        );
+        assert!(MountOptions::parse("timeo=-1").is_err());
         let c = fuse_config(Path::new("/KDFS"), &MountOptions::default());
         for want in [fuser::MountOption::NoSuid, fuser::MountOption::NoDev] {
             assert!(c.mount_options.contains(&want), "{want:?}");

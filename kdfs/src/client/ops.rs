@@ -12,6 +12,7 @@ use krg_proto::NodeId;
 
 use super::conn::Cluster;
 use super::local::LocalStore;
+use super::locks::ClientLocks;
 
 pub type Res<T> = Result<T, i32>;
 
@@ -23,6 +24,11 @@ pub struct Ops {
     pub root: InodeId,
     /// This node's own part of the namespace, read in place.
     pub local_store: LocalStore,
+    /// This mount's cluster-wide locks.
+    pub locks: Arc<ClientLocks>,
+    /// Talks to the kernel unasked (set once the session exists): a lock
+    /// taken drops the file's cached pages and attributes.
+    pub notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
@@ -31,7 +37,7 @@ fn unexpected<T>(what: &str, got: A) -> Res<T> {
 }
 
 impl Ops {
-    async fn call(&self, node: NodeId, q: Q) -> Res<A> {
+    pub async fn call(&self, node: NodeId, q: Q) -> Res<A> {
         match self.local_store.answer(node, q) {
             Ok(answer) => answer,
             Err(q) => self.cluster.call(node, q).await,

@@ -24,6 +24,8 @@ impl Store {
                 | Q::OpenDir { .. }
                 | Q::ReadDir { .. }
                 | Q::ReleaseDir { .. }
+                | Q::GetXattr { .. }
+                | Q::ListXattr { .. }
         )
     }
 
@@ -107,6 +109,22 @@ impl Store {
             Q::OpenDir { ino } => A::Handle(self.open_dir(ino)?),
             Q::ReadDir { fh, offset, max } => A::Entries(self.read_dir(fh, offset, max)?),
             Q::FsyncDir { ino } => self.fsync_dir(ino).map(|_| A::Done)?,
+            Q::GetXattr { ino, name } => A::Xattr(Bytes(self.get_xattr(ino, &name)?)),
+            Q::ListXattr { ino } => A::XattrNames(self.list_xattr(ino)?),
+            Q::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => self
+                .set_xattr(ino, &name, &value.0, flags)
+                .map(|_| A::Done)?,
+            Q::RemoveXattr { ino, name } => self.remove_xattr(ino, &name).map(|_| A::Done)?,
+            // The lock manager's, never the store's (krgd routes them there).
+            Q::SetLock { .. }
+            | Q::GetLock { .. }
+            | Q::ReleaseLocks { .. }
+            | Q::LockLease { .. } => return Err(StoreError::NotSupported),
         })
     }
 

@@ -17,6 +17,7 @@
 //! * `lifetime`: links and open handles, which decide when an object goes;
 //! * `dir`: directory operations (lookup, create, entries, rename, rmdir,
 //!   listings);
+//! * `xattr`: extended attributes and POSIX ACLs of kDFS inodes;
 //! * `dispatch`: one request in, one response out — the edge to the wire.
 
 mod alloc;
@@ -30,6 +31,7 @@ mod lifetime;
 mod locks;
 mod objects;
 mod sys;
+mod xattr;
 
 use std::fs::File;
 use std::path::Path;
@@ -68,8 +70,9 @@ impl Store {
         match (store.sb.fs_id, fs_id) {
             (0, None) => {
                 return Err(KdfsError::Invalid(format!(
-                    "{} has not joined a file system yet: attach it with the root node's file system id",
-                    dir.display()
+                    "{} has not joined its file system yet: root node {} does not serve it now (it joins at its first mount)",
+                    dir.display(),
+                    store.sb.root_node
                 )))
             }
             (0, Some(id)) => {
@@ -152,6 +155,13 @@ impl Store {
 
     pub fn superblock(&self) -> &Superblock {
         &self.sb
+    }
+
+    /// Refuse a store that became reachable by other users since it was
+    /// opened (checked again at each attach of an already served store).
+    pub fn check_private(&self) -> Result<(), KdfsError> {
+        self.top.check_private()?;
+        self.top.open_inodes().map(|_| ())
     }
 
     /// Open regular file `ino` of this node read-write, as the store does

@@ -84,7 +84,7 @@ impl Objects {
     }
 
     /// The object name of `ino`, which must be owned here.
-    fn name(&self, ino: InodeId) -> Res<String> {
+    pub fn name(&self, ino: InodeId) -> Res<String> {
         if inode_node(ino) != self.node {
             return Err(StoreError::NotHere(ino));
         }

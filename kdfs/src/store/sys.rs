@@ -1,4 +1,4 @@
-//! The syscalls the store needs that neither std nor nix offers: the count
+//! The syscalls the store needs that neither std nor nix offers: the
 //! xattrs of an object named relative to a directory descriptor, and
 //! fallocate on an open file. Everything else the store does through nix's
 //! `*at` calls on the descriptors it holds.
@@ -67,6 +67,82 @@ pub fn set_u64_xattr(dir: BorrowedFd, name: &OsStr, key: &str, value: u64) -> io
     let buf = value.to_le_bytes();
     // SAFETY: p and k are NUL-terminated; buf is 8 readable bytes and its length is passed.
     check(unsafe { libc::lsetxattr(p.as_ptr(), k.as_ptr(), buf.as_ptr().cast(), buf.len(), 0) })
+}
+
+fn size(ret: isize) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
+/// The whole value of xattr `key` of `name` in `dir` (not following a
+/// symlink), whatever its size (asked again if it grew meanwhile).
+pub fn get_xattr(dir: BorrowedFd, name: &OsStr, key: &CString) -> io::Result<Vec<u8>> {
+    let p = at(dir, name)?;
+    loop {
+        // SAFETY: p and key are NUL-terminated; a NULL buffer of size 0 asks the size.
+        let n =
+            size(unsafe { libc::lgetxattr(p.as_ptr(), key.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let mut buf = vec![0u8; n];
+        // SAFETY: buf has buf.len() writable bytes.
+        let r = unsafe {
+            libc::lgetxattr(p.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        match size(r) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The NUL-terminated xattr names of `name` in `dir` (not following a symlink).
+pub fn list_xattr(dir: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
+    let p = at(dir, name)?;
+    loop {
+        // SAFETY: p is NUL-terminated; a NULL buffer of size 0 asks the size.
+        let n = size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let mut buf = vec![0u8; n];
+        // SAFETY: buf has buf.len() writable bytes.
+        let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        match size(r) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Set xattr `key` of `name` in `dir` to `value` (not following a symlink).
+pub fn set_xattr(
+    dir: BorrowedFd,
+    name: &OsStr,
+    key: &CString,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
+    let p = at(dir, name)?;
+    // SAFETY: p and key are NUL-terminated; value is value.len() readable bytes.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            key.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+}
+
+/// Remove xattr `key` of `name` in `dir` (not following a symlink).
+pub fn remove_xattr(dir: BorrowedFd, name: &OsStr, key: &CString) -> io::Result<()> {
+    let p = at(dir, name)?;
+    // SAFETY: p and key are NUL-terminated.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), key.as_ptr()) })
 }
 
 /// fallocate(2) on an open file.

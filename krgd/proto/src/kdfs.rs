@@ -222,6 +222,53 @@ pub struct KdfsNode {
     pub online: bool,
 }
 
+/// What a byte-range lock request asks for (fcntl `l_type`; flock(2) locks
+/// travel as whole-file locks of their open file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// A shared (read) lock: `F_RDLCK`, `LOCK_SH`.
+    Read,
+    /// An exclusive (write) lock: `F_WRLCK`, `LOCK_EX`.
+    Write,
+    /// Release the range: `F_UNLCK`, `LOCK_UN`.
+    Unlock,
+}
+
+/// A lock request's or a lock's parties and range. `client` names one
+/// mount (a random number the client draws at start); `owner` is the
+/// kernel's lock owner within it (a process's file table for fcntl locks,
+/// an open file for flock locks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockSpec {
+    /// The mount asking.
+    pub client: u64,
+    /// The kernel's lock owner in that mount.
+    pub owner: u64,
+    /// First byte of the range.
+    pub start: u64,
+    /// Last byte of the range (inclusive; `i64::MAX as u64`: to the end).
+    pub end: u64,
+    /// What is asked.
+    pub kind: LockKind,
+    /// The asking process, as its mount's kernel numbers it (for F_GETLK).
+    pub pid: u32,
+}
+
+/// A lock that conflicts, as `F_GETLK` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    /// First byte of the held range.
+    pub start: u64,
+    /// Last byte (inclusive).
+    pub end: u64,
+    /// `Read` or `Write`.
+    pub kind: LockKind,
+    /// The holder's pid in its own mount's kernel.
+    pub pid: u32,
+    /// The mount holding it (to tell a local holder from a remote one).
+    pub client: u64,
+}
+
 /// Requests mkfs.kdfs and mount.kdfs send their node's krgd (root only,
 /// except `Info`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -472,6 +519,74 @@ pub enum KdfsRequest {
         /// A directory owned here.
         ino: InodeId,
     },
+    /// The value of extended attribute `name` of `ino` (ENODATA if unset).
+    GetXattr {
+        /// An inode owned here.
+        ino: InodeId,
+        /// Full name with its namespace (`user.x`, `system.posix_acl_access`).
+        name: Vec<u8>,
+    },
+    /// The names of the extended attributes of `ino`.
+    ListXattr {
+        /// An inode owned here.
+        ino: InodeId,
+    },
+    /// Set extended attribute `name` of `ino`.
+    SetXattr {
+        /// An inode owned here.
+        ino: InodeId,
+        /// Full name with its namespace.
+        name: Vec<u8>,
+        /// The value (at most 64 KiB).
+        value: Bytes,
+        /// setxattr(2) flags: `XATTR_CREATE`, `XATTR_REPLACE`.
+        flags: i32,
+    },
+    /// Remove extended attribute `name` of `ino` (ENODATA if unset).
+    RemoveXattr {
+        /// An inode owned here.
+        ino: InodeId,
+        /// Full name with its namespace.
+        name: Vec<u8>,
+    },
+    /// Take, change or release a byte-range lock on `ino` (owned here).
+    /// Answered `Done`, `Errno(EAGAIN)` on a conflict without `wait`, or
+    /// `LockBusy` when a waiting request is still blocked after a few
+    /// seconds (the client asks again).
+    SetLock {
+        /// The file, owned here.
+        ino: InodeId,
+        /// The file handle it is taken through (released with it).
+        fh: u64,
+        /// Who, which range, what.
+        lock: LockSpec,
+        /// Wait for conflicting locks to go (`F_SETLKW`, blocking flock).
+        wait: bool,
+    },
+    /// The first lock of another owner that conflicts with `lock` (F_GETLK).
+    GetLock {
+        /// The file, owned here.
+        ino: InodeId,
+        /// The lock that would be asked for.
+        lock: LockSpec,
+    },
+    /// Drop locks of `client`: on `ino` (or every file), of `owner` (or
+    /// every owner), taken through `fh` (or any handle).
+    ReleaseLocks {
+        /// The mount whose locks go.
+        client: u64,
+        /// Only on this file.
+        ino: Option<InodeId>,
+        /// Only this lock owner's.
+        owner: Option<u64>,
+        /// Only those taken through this handle.
+        fh: Option<u64>,
+    },
+    /// `client` is alive: keep its locks (they go after a lease without one).
+    LockLease {
+        /// The mount.
+        client: u64,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.
@@ -533,6 +648,14 @@ pub enum KdfsResponse {
     Written(u32),
     /// To `ReadDir`: the next entries (empty at the end).
     Entries(Vec<DirEntry>),
+    /// To `GetXattr`: the value.
+    Xattr(Bytes),
+    /// To `ListXattr`: the names.
+    XattrNames(Vec<Vec<u8>>),
+    /// To `GetLock`: the conflicting lock, or `None` if it could be taken.
+    LockHeld(Option<LockHolder>),
+    /// To a waiting `SetLock`: still blocked, ask again.
+    LockBusy,
     /// The request succeeded and has nothing to return.
     Done,
     /// The operation failed with this errno.

@@ -1,6 +1,7 @@
 //! kDFS storage: serves this node's formatted kDFS directory to the cluster.
 //!
-//! mount.kdfs attaches the directory (KdfsAdminRequest::Attach); from then on
+//! mkfs.kdfs attaches the directory it formats (KdfsAdminRequest::Attach;
+//! mount.kdfs does too, for stores made by an older mkfs); from then on
 //! every kDFS peer request is answered by the [`kdfs::store::Store`] on a
 //! blocking thread. The attached directory is remembered in
 //! `<data-dir>/kdfs.attach` so that a restarted krgd serves it again at once:
@@ -8,12 +9,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use kdfs::lockmgr::{is_lock_request, LockManager};
 use kdfs::store::Store;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
+use krg_proto::peer::{PeerRequest, PeerResponse};
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
@@ -25,6 +29,8 @@ const ATTACH_FILE: &str = "kdfs.attach";
 pub struct KdfsService {
     ctx: Arc<NodeContext>,
     store: RwLock<Option<Arc<Store>>>,
+    /// Locks on this node's files, taken through any node's mount.
+    locks: LockManager,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -49,9 +55,11 @@ fn is_quick(req: &KdfsRequest) -> bool {
 impl KdfsService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
         let svc = Arc::new(Self {
+            locks: LockManager::new(ctx.node_id()),
             ctx,
             store: RwLock::new(None),
         });
+        svc.clone().expire_locks();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
             let dir = PathBuf::from(dir.trim());
             let node = svc.ctx.node_id();
@@ -67,6 +75,28 @@ impl KdfsService {
             }
         }
         Ok(svc)
+    }
+
+    /// Every second, drop the locks of mounts whose lease ran out or whose
+    /// node failed or left the membership.
+    fn expire_locks(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(svc) = weak.upgrade() else { return };
+                let view = svc.ctx.view();
+                let me = svc.ctx.node_id();
+                svc.locks.expire(|n| {
+                    n == me
+                        || view
+                            .members()
+                            .any(|m| m.id == n && m.state != NodeState::Failed)
+                });
+            }
+        });
     }
 
     fn attach_file(&self) -> PathBuf {
@@ -111,6 +141,10 @@ impl KdfsService {
         }
         if let Some(cur) = self.current() {
             if cur.dir() == path.as_path() && fs_id.is_none_or(|id| id == cur.superblock().fs_id) {
+                // Served since mkfs (or a restart): still refuse it if it
+                // became reachable by other users meanwhile.
+                cur.check_private()
+                    .map_err(|e| AdminError::new(ErrorKind::InvalidArgument, e.to_string()))?;
                 let sb = cur.superblock();
                 return Ok(KdfsAdminReply::Attached {
                     fs_id: sb.fs_id,
@@ -126,6 +160,10 @@ impl KdfsService {
             ));
         }
         let node = self.ctx.node_id();
+        let fs_id = match fs_id {
+            Some(id) => Some(id),
+            None => self.root_fs_id_if_unbound(&path).await,
+        };
         let store = tokio::task::spawn_blocking(move || Store::open(&path, node, fs_id))
             .await
             .map_err(|e| AdminError::new(ErrorKind::Internal, e.to_string()))?
@@ -138,6 +176,27 @@ impl KdfsService {
             fs_id: sb.fs_id,
             root_node: sb.root_node,
         })
+    }
+
+    /// For a store formatted on a non-root node that has not joined its file
+    /// system yet (mkfs.kdfs attaching it): the id the root node serves, if
+    /// it answers now. Otherwise the store joins at its first mount, which
+    /// waits for the root node.
+    async fn root_fs_id_if_unbound(&self, dir: &Path) -> Option<u128> {
+        let sb = kdfs::format::read_superblock(dir).ok()?;
+        if sb.fs_id != 0 || sb.root_node == self.ctx.node_id() {
+            return None;
+        }
+        let req = PeerRequest::Kdfs(KdfsRequest::Hello);
+        match self
+            .ctx
+            .peers
+            .call(sb.root_node, req, Duration::from_secs(2))
+            .await
+        {
+            Ok(PeerResponse::Kdfs(KdfsResponse::Hello { fs_id, .. })) => fs_id,
+            _ => None,
+        }
     }
 
     /// Persist (or forget) the attached directory for the next start.
@@ -182,7 +241,7 @@ impl KdfsService {
 
     pub async fn handle_peer(
         &self,
-        _from: &Identity,
+        from: &Identity,
         req: KdfsRequest,
     ) -> Result<KdfsResponse, AdminError> {
         let Some(store) = self.current() else {
@@ -201,6 +260,9 @@ impl KdfsService {
         // the runtime thread saves a thread hand-off per request (most of a
         // loopback round trip). Data, fsync and directory listings may wait
         // on the disk: they go to the blocking pool.
+        if is_lock_request(&req) {
+            return Ok(self.locks.handle(from.node, req).await);
+        }
         if is_quick(&req) {
             return Ok(store.handle(req));
         }

@@ -1,0 +1,88 @@
+//! The inherent side of [`KdfsFs`]: construction, inode numbers, and
+//! running a request on the runtime that answers the kernel itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Generation, INodeNo, ReplyEmpty, ReplyEntry, Request};
+use krg_proto::kdfs::{Attr, FileKind, InodeId, NewInode};
+
+use super::super::convert::{err, file_attr};
+use super::super::ops::Ops;
+use super::{xattr, KdfsFs};
+
+impl KdfsFs {
+    pub fn new(
+        ops: Arc<Ops>,
+        rt: tokio::runtime::Handle,
+        attr_ttl: Duration,
+        entry_ttl: Duration,
+        passthrough: bool,
+        xattr: bool,
+    ) -> Self {
+        Self {
+            ops,
+            rt,
+            attr_ttl,
+            entry_ttl,
+            caps: Arc::new(xattr::NoCaps::new(attr_ttl)),
+            xattr,
+            passthrough,
+        }
+    }
+
+    /// Kernel inode number of a kDFS inode (the root must be 1).
+    pub(super) fn id(&self, ino: INodeNo) -> InodeId {
+        if ino.0 == 1 {
+            self.ops.root
+        } else {
+            ino.0
+        }
+    }
+
+    /// Run `f` on the runtime; it answers the kernel itself.
+    pub(super) fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f);
+    }
+
+    pub(super) fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+        fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
+    ) {
+        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
+        self.spawn(async move {
+            match fut.await {
+                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &file_attr(root, &a), Generation(0)),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    pub(super) fn reply_empty(
+        &self,
+        reply: ReplyEmpty,
+        fut: impl std::future::Future<Output = Result<(), i32>> + Send + 'static,
+    ) {
+        self.spawn(async move {
+            match fut.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    pub(super) fn new_inode(req: &Request, kind: FileKind, mode: u32, umask: u32) -> NewInode {
+        NewInode {
+            kind,
+            perm: (mode & !umask & 0o7777) as u16,
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev: 0,
+            target: None,
+        }
+    }
+}
