@@ -44,6 +44,7 @@ use crate::error::{ChkptError, Result};
 use crate::image::{self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskEntry};
 use crate::{procfs, store};
 
+use crate::timings::mark;
 use copy::DataFile;
 use freeze::{Frozen, Owner};
 use precopy::ProcMem;
@@ -78,7 +79,41 @@ pub struct DumpReport {
     pub frozen_at: Instant,
     /// The SN this one is incremental on.
     pub parent: Option<u32>,
+    /// Where the time went, phase by phase (see [`crate::timings`]); the
+    /// phases between `freeze` and `resume` are the frozen time.
+    pub phases: Vec<crate::timings::Phase>,
+    /// With a [`Ship`]: for each memory file (by name) the byte ranges that
+    /// differ from what was shipped before the freeze (header, pages copied
+    /// since, metadata). Files not listed must be sent whole.
+    pub delta: HashMap<String, Vec<(u64, u64)>>,
 }
+
+/// One memory file as it is before the freeze: its pages so far, which the
+/// frozen round may still rewrite (see [`DumpReport::delta`]).
+pub struct Staged {
+    /// Its name in the checkpoint directory.
+    pub name: String,
+    /// The file (in the staging directory), open for reading.
+    pub file: std::fs::File,
+    /// Its length for now (page data only).
+    pub len: u64,
+    /// The byte ranges written since the previous [`Ship::staged`].
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// A caller that sends the memory files while the job runs (a migration),
+/// so that only what changes after that is left for the frozen part.
+pub trait Ship {
+    /// Called with the SN being written and its memory files after the
+    /// rounds copied while the job runs, and again after each further
+    /// round while what is sent stays large. An error ends the checkpoint
+    /// before the freeze.
+    fn staged(&mut self, sn: u32, files: &[Staged]) -> std::result::Result<(), String>;
+}
+
+/// Shipping rounds at most (each one followed by a copy round while the
+/// job runs, but the last).
+const SHIP_ROUNDS: usize = 3;
 
 /// Called with (bytes done, bytes known so far) while pages are copied.
 pub type Progress<'a> = &'a dyn Fn(u64, u64);
@@ -88,6 +123,17 @@ const MORE_ROUNDS: usize = 2;
 const ROUND_SMALL: u64 = 8 << 20;
 
 pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<DumpReport> {
+    checkpoint_shipped(pid, opts, progress, None)
+}
+
+/// [`checkpoint`], the memory files handed to `ship` before the freeze.
+pub fn checkpoint_shipped(
+    pid: i32,
+    opts: &DumpOptions,
+    progress: Progress,
+    ship: Option<&mut dyn Ship>,
+) -> Result<DumpReport> {
+    crate::timings::start();
     // SAFETY: getuid has no preconditions.
     let caller = unsafe { libc::getuid() };
     // 1. Who owns the job, and its directory, locked and cleaned.
@@ -97,6 +143,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     store::cleanup(&dir);
     let hist = store::History::read(&dir);
     let names = Names { sn: hist.next_sn() };
+    mark("prepare");
     // 2. What this version refuses, found while the job runs on.
     let tree0 = precheck(pid, caller)?;
     if freeze::zombie(pid).is_some() {
@@ -106,6 +153,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             "it has exited: there is nothing to checkpoint",
         ));
     }
+    mark("precheck");
     // 3. Memory, while the job runs.
     let mut staging = store::stage(&dir, names.sn)?;
     let base = Baseline {
@@ -122,6 +170,11 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     // must leave its number dead (see store).
     staging.touched = true;
     let mut mems = precopy_tree(&living(&tree0), &base, &staging, &names, &tick)?;
+    mark("precopy");
+    let shipped = match ship {
+        Some(s) => ship_rounds(s, &mut mems, &names, &tick)?,
+        None => false,
+    };
     // 4. Freeze, read the rest, copy what changed (any error from here on
     // lets the job go untouched). Every injected call while frozen is a
     // round trip through the scheduler: on a loaded machine, waiting less
@@ -131,9 +184,11 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         .iter()
         .map(|&(p, _)| (p, attrs::vma_flags(p)))
         .collect();
+    mark("vma_flags_pre");
     let started = Instant::now();
     let mut frozen = Frozen::default();
     let tree = freeze::freeze(pid, caller, &mut frozen)?;
+    mark("freeze");
     if freeze::tree_owner(&tree, caller)? != owner {
         return Err(ChkptError::Changed(format!(
             "the credentials of process {pid}'s tree changed while it was being frozen"
@@ -158,6 +213,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     };
     let mut state = read_tree(&live, &how, &mut mems, &staging, &names, &tick)?;
     frozen.repaired = std::mem::take(&mut state.files.repaired);
+    mark("frozen_read");
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
     frozen.stop = opts.stop;
@@ -174,6 +230,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     drop(frozen);
     let frozen_for = started.elapsed();
     drop(_boost);
+    mark("resume");
     for d in &mut state.tasks {
         let p = d.task.pid;
         let (pre, post) = match vma_frozen.get(&p) {
@@ -182,6 +239,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         };
         attrs::settle_vma_flags(p, &mut d.task.attrs, &d.mm.vmas, pre, &post)?;
     }
+    mark("vma_flags_post");
     // 6. Memory files, task, node, global and description files; commit.
     for name in staging.dir.entries()? {
         // memory files of processes gone before the freeze
@@ -200,13 +258,21 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             mem.fill_runs(&mut d.mm.vmas);
         }
     }
+    mark("page_runs");
     let parent = finish_mm(&mut state.tasks, &mems, frozen_for)?;
     write_tasks(&staging.dir, &names, &state.tasks)?;
     let node = node_image(opts.node, &state, &tree, zombies);
     let global = global_image(pid, &names, opts.node, owner, frozen_for, parent)?;
     write_metadata(&staging.dir, &names, &global, &node, &state.tasks)?;
     let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
+    mark("write_files");
+    let delta = if shipped {
+        delta(&mut mems, &names)?
+    } else {
+        HashMap::new()
+    };
     staging.commit(&dir, &names.global())?;
+    mark("commit");
     Ok(DumpReport {
         sn: names.sn,
         dir: dir.path().to_path_buf(),
@@ -215,7 +281,89 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         frozen: frozen_for,
         frozen_at: started,
         parent,
+        phases: crate::timings::take(),
+        delta,
     })
+}
+
+/// The memory files as they are, each with what was written since the
+/// last call.
+fn staged(mems: &mut HashMap<i32, ProcMem>, names: &Names) -> Result<Vec<Staged>> {
+    let mut out = Vec::new();
+    for (&p, mem) in mems.iter_mut() {
+        let d = &mut mem.data;
+        // the data file is write-only: the same file again, for reading
+        let file = {
+            use std::os::fd::AsRawFd;
+            let fd = format!("/proc/self/fd/{}", d.file.as_raw_fd());
+            std::fs::File::open(fd).map_err(|e| ChkptError::io(&d.path, e))?
+        };
+        out.push(Staged {
+            name: names.task_mm(p),
+            file,
+            len: copy::DATA_OFF + d.slots * image::PAGE,
+            ranges: d.drain(),
+        });
+    }
+    Ok(out)
+}
+
+/// Hand the pages copied so far to `ship`, then copy and hand over what
+/// changed meanwhile while that stays large. Returns whether anything was
+/// handed over.
+fn ship_rounds(
+    ship: &mut dyn Ship,
+    mems: &mut HashMap<i32, ProcMem>,
+    names: &Names,
+    tick: &dyn Fn(u64),
+) -> Result<bool> {
+    if mems.is_empty() {
+        return Ok(false);
+    }
+    for n in 0..SHIP_ROUNDS {
+        let files = staged(mems, names)?;
+        let bytes: u64 = files
+            .iter()
+            .flat_map(|f| &f.ranges)
+            .map(|r| r.1 - r.0)
+            .sum();
+        ship.staged(names.sn, &files).map_err(ChkptError::Ship)?;
+        mark("ship");
+        if bytes < ROUND_SMALL || n + 1 == SHIP_ROUNDS {
+            break;
+        }
+        for mem in mems.values_mut() {
+            match mem.round(false, tick) {
+                Err(e) if !e.is_gone() => return Err(e),
+                _ => {}
+            }
+        }
+        mark("precopy");
+    }
+    Ok(true)
+}
+
+/// What each memory file holds beyond what was shipped: its header, the
+/// pages written since, and its metadata (after the page data).
+fn delta(
+    mems: &mut HashMap<i32, ProcMem>,
+    names: &Names,
+) -> Result<HashMap<String, Vec<(u64, u64)>>> {
+    let mut out = HashMap::new();
+    for (&p, mem) in mems.iter_mut() {
+        let d = &mut mem.data;
+        let len = d
+            .file
+            .metadata()
+            .map_err(|e| ChkptError::io(&d.path, e))?
+            .len();
+        let mut ranges = vec![(0, copy::DATA_OFF.min(len))];
+        ranges.extend(d.drain());
+        ranges.push(((copy::DATA_OFF + d.slots * image::PAGE).min(len), len));
+        ranges.retain(|r| r.1 > r.0);
+        out.insert(names.task_mm(p), ranges);
+    }
+    Ok(out)
 }
 
 /// This thread at the highest priority while it holds the tree frozen;
@@ -396,6 +544,7 @@ fn read_tree(
     let (opts, caller) = (how.opts, how.caller);
     refuse::shared_fd_tables(tree)?;
     let mut files = files::collect(tree, caller, true)?;
+    mark("frozen_files");
     let mut shared = memory::SharedSeen::new();
     let ids = attrs::tree_ids(tree);
     let mut tasks = Vec::new();
@@ -407,6 +556,7 @@ fn read_tree(
             ids: &ids,
         };
         let mut d = task::dump_task(p, pp, fds, &ctx)?;
+        mark("frozen_task");
         d.task.locks = files.locks.remove(&p).unwrap_or_default();
         let mem = match mems.entry(p) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -418,8 +568,10 @@ fn read_tree(
             }
         };
         mem.round(true, tick)?;
+        mark("frozen_last_round");
         let jobs = memory::shared_jobs(&mut d.mm.vmas, &mut shared, &mut mem.data);
         copy::copy(p, &jobs, &mut mem.data, tick, false)?;
+        mark("frozen_shared_mem");
         tasks.push(d);
     }
     let mms = tasks.iter().map(|d| &d.mm);

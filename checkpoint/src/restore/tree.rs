@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ChkptError, Result};
 use crate::image::TaskImage;
 use crate::ptrace::{self, Injector};
+use crate::timings::mark;
 
 use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_CODE, AREA_SCRATCH};
 use super::lazy::Pending;
@@ -292,7 +293,9 @@ fn restore_tasks(
 ) -> Result<Restored> {
     let mm_fds = place_mm_fds(l)?;
     let old_root = l.tasks[0].task.pid;
+    mark("prepare");
     let root_pid = fork_root(old_root, pids)?;
+    mark("fork_root");
     remap(l, old_root, root_pid);
     created.pids.push(root_pid);
     let root = &l.tasks[0].task;
@@ -328,6 +331,7 @@ fn restore_tasks(
         file_base,
         &l.inherit_fds,
     )?;
+    mark("tree_files");
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
@@ -359,6 +363,7 @@ fn restore_tasks(
     }
     // Zombies exit again as they had, for their (not yet restored) parents.
     super::zombie::restore(l, &injectors, area, pids, created)?;
+    mark("fork_children");
     let l = &*l;
     let split: Vec<(Vec<Piece>, Vec<Piece>)> = l
         .tasks
@@ -403,7 +408,9 @@ fn restore_tasks(
     }
     let mut spaces = Vec::new();
     for ctx in &ctxs {
-        if let Some(uffd) = ctx.restore()? {
+        let done = ctx.restore()?;
+        mark("task_rest");
+        if let Some(uffd) = done {
             spaces.push(Space {
                 uffd,
                 pending: Pending::new(ctx.lazy),
@@ -414,6 +421,7 @@ fn restore_tasks(
     for ctx in &ctxs {
         ctx.drop_area()?;
     }
+    mark("drop_area");
     let pids: Vec<i32> = l.tasks.iter().map(|t| t.task.pid).collect();
     // The server exists before any task runs: a page touched at once waits
     // for it, not forever.
@@ -434,6 +442,7 @@ fn restore_tasks(
         }
     }
     created.done = true;
+    mark("detach");
     Ok(Restored { pids, server })
 }
 
