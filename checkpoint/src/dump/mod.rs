@@ -507,6 +507,7 @@ fn precopy_one(
     let name = names.task_mm(p);
     let data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
     let (tracker, parent) = tracker_for(p, base)?;
+    mark("tracker");
     let parent_sn = base.parent;
     let parent = parent.as_ref().and_then(|m| parent_sn.map(|sn| (sn, m)));
     let mut mem = ProcMem::new(p, data, tracker, parent)?;

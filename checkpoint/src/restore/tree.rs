@@ -27,10 +27,23 @@ pub struct PidPolicy {
     pub fresh: bool,
 }
 
+/// The first wait for a PID still taken; it doubles up to [`LAST_PAUSE`].
+/// A migrated process's PID is usually free a few ms after its origin copy
+/// was killed: a fixed 20 ms poll cost a migration 20 ms of downtime.
+const FIRST_PAUSE: Duration = Duration::from_micros(250);
+const LAST_PAUSE: Duration = Duration::from_millis(20);
+
+/// Sleep `pause`; the next one.
+fn backoff(pause: Duration) -> Duration {
+    std::thread::sleep(pause);
+    (pause * 2).min(LAST_PAUSE)
+}
+
 /// Fork the root task from the restarter with its recorded PID; it stops
 /// itself under ptrace before touching anything.
 fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
     let deadline = Instant::now() + pids.wait;
+    let mut pause = FIRST_PAUSE;
     loop {
         let tid = [pid];
         let mut args = clone_args(tid.as_ptr() as u64);
@@ -73,7 +86,7 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
         if Instant::now() >= deadline {
             return Err(ChkptError::PidTaken(pid));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        pause = backoff(pause);
     }
 }
 
@@ -81,6 +94,7 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
 pub(super) fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPolicy) -> Result<i32> {
     let scratch = area + AREA_SCRATCH;
     let deadline = Instant::now() + pids.wait;
+    let mut pause = FIRST_PAUSE;
     let mut buf = Vec::new();
     let mut args = clone_args(scratch + 128);
     if pids.fresh {
@@ -109,7 +123,7 @@ pub(super) fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPoli
         if Instant::now() >= deadline {
             return Err(ChkptError::PidTaken(child));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        pause = backoff(pause);
     }
 }
 
