@@ -26,12 +26,14 @@ mod mqueue;
 mod pages;
 mod precopy;
 mod refuse;
+mod ship;
 mod sockets;
 mod sysv;
 mod task;
 mod track;
 
 pub use freeze::tree;
+pub use ship::{Ship, Staged};
 pub use sockets::unix_path;
 
 use std::collections::HashMap;
@@ -87,33 +89,6 @@ pub struct DumpReport {
     /// since, metadata). Files not listed must be sent whole.
     pub delta: HashMap<String, Vec<(u64, u64)>>,
 }
-
-/// One memory file as it is before the freeze: its pages so far, which the
-/// frozen round may still rewrite (see [`DumpReport::delta`]).
-pub struct Staged {
-    /// Its name in the checkpoint directory.
-    pub name: String,
-    /// The file (in the staging directory), open for reading.
-    pub file: std::fs::File,
-    /// Its length for now (page data only).
-    pub len: u64,
-    /// The byte ranges written since the previous [`Ship::staged`].
-    pub ranges: Vec<(u64, u64)>,
-}
-
-/// A caller that sends the memory files while the job runs (a migration),
-/// so that only what changes after that is left for the frozen part.
-pub trait Ship {
-    /// Called with the SN being written and its memory files after the
-    /// rounds copied while the job runs, and again after each further
-    /// round while what is sent stays large. An error ends the checkpoint
-    /// before the freeze.
-    fn staged(&mut self, sn: u32, files: &[Staged]) -> std::result::Result<(), String>;
-}
-
-/// Shipping rounds at most (each one followed by a copy round while the
-/// job runs, but the last).
-const SHIP_ROUNDS: usize = 3;
 
 /// Called with (bytes done, bytes known so far) while pages are copied.
 pub type Progress<'a> = &'a dyn Fn(u64, u64);
@@ -172,7 +147,7 @@ pub fn checkpoint_shipped(
     let mut mems = precopy_tree(&living(&tree0), &base, &staging, &names, &tick)?;
     mark("precopy");
     let shipped = match ship {
-        Some(s) => ship_rounds(s, &mut mems, &names, &tick)?,
+        Some(s) => ship::ship_rounds(s, &mut mems, &names, &tick)?,
         None => false,
     };
     // 4. Freeze, read the rest, copy what changed (any error from here on
@@ -267,7 +242,7 @@ pub fn checkpoint_shipped(
     let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
     mark("write_files");
     let delta = if shipped {
-        delta(&mut mems, &names)?
+        ship::delta(&mut mems, &names)?
     } else {
         HashMap::new()
     };
@@ -284,86 +259,6 @@ pub fn checkpoint_shipped(
         phases: crate::timings::take(),
         delta,
     })
-}
-
-/// The memory files as they are, each with what was written since the
-/// last call.
-fn staged(mems: &mut HashMap<i32, ProcMem>, names: &Names) -> Result<Vec<Staged>> {
-    let mut out = Vec::new();
-    for (&p, mem) in mems.iter_mut() {
-        let d = &mut mem.data;
-        // the data file is write-only: the same file again, for reading
-        let file = {
-            use std::os::fd::AsRawFd;
-            let fd = format!("/proc/self/fd/{}", d.file.as_raw_fd());
-            std::fs::File::open(fd).map_err(|e| ChkptError::io(&d.path, e))?
-        };
-        out.push(Staged {
-            name: names.task_mm(p),
-            file,
-            len: copy::DATA_OFF + d.slots * image::PAGE,
-            ranges: d.drain(),
-        });
-    }
-    Ok(out)
-}
-
-/// Hand the pages copied so far to `ship`, then copy and hand over what
-/// changed meanwhile while that stays large. Returns whether anything was
-/// handed over.
-fn ship_rounds(
-    ship: &mut dyn Ship,
-    mems: &mut HashMap<i32, ProcMem>,
-    names: &Names,
-    tick: &dyn Fn(u64),
-) -> Result<bool> {
-    if mems.is_empty() {
-        return Ok(false);
-    }
-    for n in 0..SHIP_ROUNDS {
-        let files = staged(mems, names)?;
-        let bytes: u64 = files
-            .iter()
-            .flat_map(|f| &f.ranges)
-            .map(|r| r.1 - r.0)
-            .sum();
-        ship.staged(names.sn, &files).map_err(ChkptError::Ship)?;
-        mark("ship");
-        if bytes < ROUND_SMALL || n + 1 == SHIP_ROUNDS {
-            break;
-        }
-        for mem in mems.values_mut() {
-            match mem.round(false, tick) {
-                Err(e) if !e.is_gone() => return Err(e),
-                _ => {}
-            }
-        }
-        mark("precopy");
-    }
-    Ok(true)
-}
-
-/// What each memory file holds beyond what was shipped: its header, the
-/// pages written since, and its metadata (after the page data).
-fn delta(
-    mems: &mut HashMap<i32, ProcMem>,
-    names: &Names,
-) -> Result<HashMap<String, Vec<(u64, u64)>>> {
-    let mut out = HashMap::new();
-    for (&p, mem) in mems.iter_mut() {
-        let d = &mut mem.data;
-        let len = d
-            .file
-            .metadata()
-            .map_err(|e| ChkptError::io(&d.path, e))?
-            .len();
-        let mut ranges = vec![(0, copy::DATA_OFF.min(len))];
-        ranges.extend(d.drain());
-        ranges.push(((copy::DATA_OFF + d.slots * image::PAGE).min(len), len));
-        ranges.retain(|r| r.1 > r.0);
-        out.insert(names.task_mm(p), ranges);
-    }
-    Ok(out)
 }
 
 /// This thread at the highest priority while it holds the tree frozen;

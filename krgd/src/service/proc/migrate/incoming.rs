@@ -155,7 +155,7 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
         .map_err(|e| fail(e.to_string()))?;
     let mut files = Vec::new();
     for f in &o.files {
-        let e = create(dir.path(), &f.name, f.len, o.owner, gid).map_err(|e| fail(e))?;
+        let e = create(dir.path(), &f.name, f.len, o.owner, gid).map_err(&fail)?;
         files.push(Some(e));
     }
     let mut t = crate::sync::lock(&st.migration.transfers.0);
