@@ -68,6 +68,10 @@ pub enum ChkptError {
     /// The options asked for what this image cannot do.
     #[error("{0}")]
     Usage(String),
+    /// A caller shipping the image while the job ran failed (a migration's
+    /// transfer); the job was not frozen.
+    #[error("sending the image: {0}")]
+    Ship(String),
     /// The job changed while it was being frozen.
     #[error("{0}; retry")]
     Changed(String),

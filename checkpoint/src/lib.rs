@@ -11,7 +11,8 @@
 //! [`capclient`] asks krgd about it.
 //!
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
-//! calls) and [`procfs`] (parsers of /proc files).
+//! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
+//! time of a checkpoint or a restart goes, phase by phase).
 
 pub mod capclient;
 pub mod captrack;
@@ -27,6 +28,7 @@ pub mod procfs;
 mod ptrace;
 pub mod restore;
 pub mod store;
+pub mod timings;
 pub mod uffd;
 
 pub use error::{ChkptError, Result};

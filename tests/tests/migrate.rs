@@ -392,6 +392,71 @@ fn refusals_leave_the_process_running() -> Result<()> {
 
 /// 600 MiB of memory to carry: the target's krgd is killed while it is
 /// received; the origin's copy runs on.
+/// Stamps a generation into random pages of 64 MiB as fast as it can and
+/// keeps the expected generation of each page elsewhere in its memory;
+/// each line: iteration, PID, pages whose content differs from the record.
+const STAMPER: &str = r#"
+import os, sys, time, random
+n = 16384
+buf = bytearray(n * 4096)
+gen = [0] * n
+f = open(sys.argv[1], "a", buffering=1)
+rnd = random.Random(1)
+k = 0
+while True:
+    for _ in range(3000):
+        i = rnd.randrange(n)
+        g = gen[i] + 1
+        gen[i] = g
+        buf[i * 4096:i * 4096 + 8] = g.to_bytes(8, "little")
+    k += 1
+    bad = sum(1 for i in range(n) if int.from_bytes(buf[i * 4096:i * 4096 + 8], "little") != gen[i])
+    f.write("%d %d %d\n" % (k, os.getpid(), bad))
+    time.sleep(0.002)
+"#;
+
+/// Pages written all the time, during the copy made while it runs and the
+/// freeze: after the move (there and back) each page still holds what the
+/// process last wrote into it. `--timings` names the phases of both nodes.
+#[test]
+fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let out = c.dir.path().join("stamps.txt");
+    let job = start(STAMPER, &out);
+    let pid = job.0;
+    capset(&c, 1, pid);
+    let before = grows(&out, 0);
+    let o = migrate(&c, 1, &["--timings", &pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    for phase in ["dump.freeze", "dump.ship", "push", "target.restart.load"] {
+        assert!(
+            err(&o).contains(&format!("migrate: timings: {phase} ")),
+            "no {phase} in {}",
+            err(&o)
+        );
+    }
+    let mid = grows(&out, before);
+    let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    grows(&out, mid + 3);
+    let text = std::fs::read_to_string(&out)?;
+    let rows: Vec<Vec<u64>> = text
+        .lines()
+        .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
+        .collect();
+    assert!(rows.len() > mid as usize);
+    assert!(
+        rows.windows(2).all(|w| w[1][0] == w[0][0] + 1),
+        "a gap or a repeat in the iterations"
+    );
+    for r in &rows {
+        assert_eq!(r[1], pid as u64, "another PID: {r:?}");
+        assert_eq!(r[2], 0, "pages lost across the moves (iteration {})", r[0]);
+    }
+    Ok(())
+}
+
 const BIG: &str = r#"
 import sys, time
 buf = bytearray(600 << 20)
@@ -404,6 +469,25 @@ while True:
     f.write("%d\n" % n)
     time.sleep(0.02)
 "#;
+
+/// Bytes of image data received under `dir` (sparse files count what is
+/// allocated).
+fn received(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let m = e.metadata().ok()?;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                n += m.blocks() * 512;
+            }
+        }
+    }
+    Some(n)
+}
 
 #[test]
 fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
@@ -420,9 +504,10 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
         .args([&pid.to_string(), "2"])
         .stderr(Stdio::piped())
         .spawn()?;
-    // stopped: the dump is done and the image is on its way
-    wait_for(Duration::from_secs(60), "the process to be stopped", || {
-        (state(pid) == Some('T')).then_some(())
+    // the image is on its way: its memory is sent while the process runs
+    let incoming = c.dir.path().join("data2/migrate/in");
+    wait_for(Duration::from_secs(60), "the image to arrive", || {
+        received(&incoming).filter(|&n| n >= 64 << 20).map(|_| ())
     })?;
     c.node(2)?.kill9();
     let t = Instant::now();
@@ -484,6 +569,17 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
                 offset: 0,
                 data: vec![0; 10],
             }),
+            "only a member",
+        ),
+        (
+            MigratePeerRequest::Files {
+                xfer: 1,
+                pids: vec![4242],
+                files: vec![ImageFile {
+                    name: "global_v1.bin".into(),
+                    len: 10,
+                }],
+            },
             "only a member",
         ),
         (MigratePeerRequest::Commit { xfer: 1 }, "only a member"),

@@ -49,6 +49,12 @@ struct Cli {
     /// changed since the previous one).
     #[arg(long)]
     full: bool,
+    /// Print where the time went, phase by phase, on a second line
+    /// (`timings: prepare=…ms precheck=…ms precopy=…ms freeze=…ms …`; the
+    /// phases from `freeze` to `resume` are the frozen time). Also
+    /// `KRG_TIMINGS=1`.
+    #[arg(long)]
+    timings: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -124,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
     if node > 63 {
         bail!("this node's id ({node}) does not fit the 64-bit node mask of checkpoint images: give --node 0..63");
     }
+    let timings = cli.timings || checkpoint::timings::wanted();
     let opts = DumpOptions {
         root: cli.dir,
         kill: cli.kill,
@@ -167,6 +174,9 @@ fn run(cli: Cli) -> Result<()> {
         rep.image_bytes as f64 / (1 << 20) as f64,
         rep.frozen.as_secs_f64() * 1000.0
     );
+    if timings {
+        println!("checkpoint: {}", checkpoint::timings::line(&rep.phases));
+    }
     Ok(())
 }
 

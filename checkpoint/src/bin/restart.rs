@@ -67,6 +67,10 @@ struct Cli {
     /// stderr (krgd, restoring a migrated process whose stdio is restart's).
     #[arg(long, value_name = "FD")]
     report_fd: Option<i32>,
+    /// Print where the time went, phase by phase, on a line before the last
+    /// (`restart: timings: load=…ms fork_root=…ms …`). Also `KRG_TIMINGS=1`.
+    #[arg(long)]
+    timings: bool,
 }
 
 fn main() {
@@ -92,13 +96,18 @@ fn main() {
                 );
             }
         }
+        let timings = if cli.timings || checkpoint::timings::wanted() {
+            format!("restart: {}\n", checkpoint::timings::line(&rep.phases))
+        } else {
+            String::new()
+        };
         let server = rep.server.map_or(String::new(), |s| {
             format!("; pages coming in behind it (page server PID {s})")
         });
         report(
             cli.report_fd,
             &format!(
-                "restart: application {} running again from SN {} (PIDs {:?}){server}",
+                "{timings}restart: application {} running again from SN {} (PIDs {:?}){server}",
                 cli.pid, cli.sn, rep.pids
             ),
         );

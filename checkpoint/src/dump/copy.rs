@@ -24,6 +24,9 @@ pub struct DataFile {
     pub slots: u64,
     /// CRC32 of each slot's page.
     pub crcs: Vec<u32>,
+    /// Slot ranges (first, pages) written since [`DataFile::drain`]: what
+    /// a copy of the file taken before then lacks.
+    written: Vec<(u64, u64)>,
 }
 
 impl DataFile {
@@ -33,7 +36,24 @@ impl DataFile {
             path,
             slots: 0,
             crcs: Vec::new(),
+            written: Vec::new(),
         }
+    }
+
+    /// The byte ranges of the file written since the last drain (merged,
+    /// in order), and forget them.
+    pub fn drain(&mut self) -> Vec<(u64, u64)> {
+        let mut w = std::mem::take(&mut self.written);
+        w.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (slot, pages) in w {
+            let (s, e) = (DATA_OFF + slot * PAGE, DATA_OFF + (slot + pages) * PAGE);
+            match out.last_mut() {
+                Some(l) if s <= l.1 => l.1 = l.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        out
     }
 
     /// `pages` new consecutive slots; returns the first.
@@ -240,6 +260,8 @@ pub fn copy(
             failed: Vec::new(),
         });
     }
+    out.written
+        .extend(jobs.iter().map(|j| (j.slot, j.len.div_ceil(PAGE))));
     let batches = batches(jobs);
     let path = format!("/proc/{pid}/mem");
     let mem = File::open(&path).map_err(|e| ChkptError::io(&path, e))?;

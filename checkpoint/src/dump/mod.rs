@@ -26,12 +26,14 @@ mod mqueue;
 mod pages;
 mod precopy;
 mod refuse;
+mod ship;
 mod sockets;
 mod sysv;
 mod task;
 mod track;
 
 pub use freeze::tree;
+pub use ship::{Ship, Staged};
 pub use sockets::unix_path;
 
 use std::collections::HashMap;
@@ -44,6 +46,7 @@ use crate::error::{ChkptError, Result};
 use crate::image::{self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskEntry};
 use crate::{procfs, store};
 
+use crate::timings::mark;
 use copy::DataFile;
 use freeze::{Frozen, Owner};
 use precopy::ProcMem;
@@ -78,6 +81,13 @@ pub struct DumpReport {
     pub frozen_at: Instant,
     /// The SN this one is incremental on.
     pub parent: Option<u32>,
+    /// Where the time went, phase by phase (see [`crate::timings`]); the
+    /// phases between `freeze` and `resume` are the frozen time.
+    pub phases: Vec<crate::timings::Phase>,
+    /// With a [`Ship`]: for each memory file (by name) the byte ranges that
+    /// differ from what was shipped before the freeze (header, pages copied
+    /// since, metadata). Files not listed must be sent whole.
+    pub delta: HashMap<String, Vec<(u64, u64)>>,
 }
 
 /// Called with (bytes done, bytes known so far) while pages are copied.
@@ -88,6 +98,17 @@ const MORE_ROUNDS: usize = 2;
 const ROUND_SMALL: u64 = 8 << 20;
 
 pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<DumpReport> {
+    checkpoint_shipped(pid, opts, progress, None)
+}
+
+/// [`checkpoint`], the memory files handed to `ship` before the freeze.
+pub fn checkpoint_shipped(
+    pid: i32,
+    opts: &DumpOptions,
+    progress: Progress,
+    ship: Option<&mut dyn Ship>,
+) -> Result<DumpReport> {
+    crate::timings::start();
     // SAFETY: getuid has no preconditions.
     let caller = unsafe { libc::getuid() };
     // 1. Who owns the job, and its directory, locked and cleaned.
@@ -97,6 +118,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     store::cleanup(&dir);
     let hist = store::History::read(&dir);
     let names = Names { sn: hist.next_sn() };
+    mark("prepare");
     // 2. What this version refuses, found while the job runs on.
     let tree0 = precheck(pid, caller)?;
     if freeze::zombie(pid).is_some() {
@@ -106,6 +128,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             "it has exited: there is nothing to checkpoint",
         ));
     }
+    mark("precheck");
     // 3. Memory, while the job runs.
     let mut staging = store::stage(&dir, names.sn)?;
     let base = Baseline {
@@ -122,6 +145,11 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     // must leave its number dead (see store).
     staging.touched = true;
     let mut mems = precopy_tree(&living(&tree0), &base, &staging, &names, &tick)?;
+    mark("precopy");
+    let shipped = match ship {
+        Some(s) => ship::ship_rounds(s, &mut mems, &names, &tick)?,
+        None => false,
+    };
     // 4. Freeze, read the rest, copy what changed (any error from here on
     // lets the job go untouched). Every injected call while frozen is a
     // round trip through the scheduler: on a loaded machine, waiting less
@@ -131,9 +159,11 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         .iter()
         .map(|&(p, _)| (p, attrs::vma_flags(p)))
         .collect();
+    mark("vma_flags_pre");
     let started = Instant::now();
     let mut frozen = Frozen::default();
     let tree = freeze::freeze(pid, caller, &mut frozen)?;
+    mark("freeze");
     if freeze::tree_owner(&tree, caller)? != owner {
         return Err(ChkptError::Changed(format!(
             "the credentials of process {pid}'s tree changed while it was being frozen"
@@ -158,6 +188,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     };
     let mut state = read_tree(&live, &how, &mut mems, &staging, &names, &tick)?;
     frozen.repaired = std::mem::take(&mut state.files.repaired);
+    mark("frozen_read");
     // 5. Let the job run again (or end it with --kill).
     frozen.kill = opts.kill;
     frozen.stop = opts.stop;
@@ -174,6 +205,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
     drop(frozen);
     let frozen_for = started.elapsed();
     drop(_boost);
+    mark("resume");
     for d in &mut state.tasks {
         let p = d.task.pid;
         let (pre, post) = match vma_frozen.get(&p) {
@@ -182,6 +214,7 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         };
         attrs::settle_vma_flags(p, &mut d.task.attrs, &d.mm.vmas, pre, &post)?;
     }
+    mark("vma_flags_post");
     // 6. Memory files, task, node, global and description files; commit.
     for name in staging.dir.entries()? {
         // memory files of processes gone before the freeze
@@ -200,13 +233,21 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
             mem.fill_runs(&mut d.mm.vmas);
         }
     }
+    mark("page_runs");
     let parent = finish_mm(&mut state.tasks, &mems, frozen_for)?;
     write_tasks(&staging.dir, &names, &state.tasks)?;
     let node = node_image(opts.node, &state, &tree, zombies);
     let global = global_image(pid, &names, opts.node, owner, frozen_for, parent)?;
     write_metadata(&staging.dir, &names, &global, &node, &state.tasks)?;
     let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
+    mark("write_files");
+    let delta = if shipped {
+        ship::delta(&mut mems, &names)?
+    } else {
+        HashMap::new()
+    };
     staging.commit(&dir, &names.global())?;
+    mark("commit");
     Ok(DumpReport {
         sn: names.sn,
         dir: dir.path().to_path_buf(),
@@ -215,6 +256,8 @@ pub fn checkpoint(pid: i32, opts: &DumpOptions, progress: Progress) -> Result<Du
         frozen: frozen_for,
         frozen_at: started,
         parent,
+        phases: crate::timings::take(),
+        delta,
     })
 }
 
@@ -359,6 +402,7 @@ fn precopy_one(
     let name = names.task_mm(p);
     let data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
     let (tracker, parent) = tracker_for(p, base)?;
+    mark("tracker");
     let parent_sn = base.parent;
     let parent = parent.as_ref().and_then(|m| parent_sn.map(|sn| (sn, m)));
     let mut mem = ProcMem::new(p, data, tracker, parent)?;
@@ -396,6 +440,7 @@ fn read_tree(
     let (opts, caller) = (how.opts, how.caller);
     refuse::shared_fd_tables(tree)?;
     let mut files = files::collect(tree, caller, true)?;
+    mark("frozen_files");
     let mut shared = memory::SharedSeen::new();
     let ids = attrs::tree_ids(tree);
     let mut tasks = Vec::new();
@@ -407,6 +452,7 @@ fn read_tree(
             ids: &ids,
         };
         let mut d = task::dump_task(p, pp, fds, &ctx)?;
+        mark("frozen_task");
         d.task.locks = files.locks.remove(&p).unwrap_or_default();
         let mem = match mems.entry(p) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -418,8 +464,10 @@ fn read_tree(
             }
         };
         mem.round(true, tick)?;
+        mark("frozen_last_round");
         let jobs = memory::shared_jobs(&mut d.mm.vmas, &mut shared, &mut mem.data);
         copy::copy(p, &jobs, &mut mem.data, tick, false)?;
+        mark("frozen_shared_mem");
         tasks.push(d);
     }
     let mms = tasks.iter().map(|d| &d.mm);

@@ -129,7 +129,17 @@ impl ProcMem {
                 self.take(&res, &mut jobs);
             }
         }
+        crate::timings::mark(if frozen {
+            "frozen_scan"
+        } else {
+            "precopy_scan"
+        });
         let done = copy::copy(self.pid, &jobs, &mut self.data, progress, !frozen)?;
+        crate::timings::mark(if frozen {
+            "frozen_copy"
+        } else {
+            "precopy_copy"
+        });
         for j in &done.failed {
             // not copied: found again (and copied) by the next round
             self.map.set(j.addr, j.addr + j.len, None);

@@ -81,9 +81,12 @@ pub struct RestoreReport {
     pub pids: Vec<i32>,
     /// `--lazy`: the PID of the page server (none if no page was left).
     pub server: Option<i32>,
+    /// Where the time went, phase by phase (see [`crate::timings`]).
+    pub phases: Vec<crate::timings::Phase>,
 }
 
 pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport> {
+    crate::timings::start();
     let dir = store::app_dir(&opts.root, app);
     if opts.check_as_loaded && !opts.lazy {
         return Err(ChkptError::Usage(
@@ -95,6 +98,7 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     let images: Vec<&crate::image::TaskImage> = loaded.tasks.iter().map(|t| &t.task).collect();
     held_check::check_inherit(&images, &opts.inherit_fds)?;
     loaded.inherit_fds = opts.inherit_fds.clone();
+    crate::timings::mark("load");
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(
             "--new-pids does not handle multi-threaded processes (their TIDs live in their memory)"
@@ -113,13 +117,14 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         wait: opts.pid_wait,
         fresh: opts.new_pids,
     };
-    let r = restore_tree(&mut loaded, area, pids, opts.lazy).map(|r| RestoreReport {
-        pids: r.pids,
-        server: r.server,
-    });
+    let r = restore_tree(&mut loaded, area, pids, opts.lazy);
     // SAFETY: unmapping the area we mapped in this process.
     unsafe { libc::munmap(area as *mut libc::c_void, AREA_LEN as usize) };
-    r
+    r.map(|r| RestoreReport {
+        pids: r.pids,
+        server: r.server,
+        phases: crate::timings::take(),
+    })
 }
 
 /// Map the injection area in the restarter (children inherit it) at an

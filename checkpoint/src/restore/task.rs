@@ -19,11 +19,15 @@ impl TaskCtx<'_> {
         // File access as the job's user from here on: every file the image
         // names is opened with that user's rights, never root's.
         set_fs_creds(i, self.scratch(), t)?;
+        crate::timings::mark("task_start");
         let uffd = mm::restore(self)?;
+        crate::timings::mark("task_memory");
         // Threads need CAP_CHECKPOINT_RESTORE for their TIDs: before the
         // credentials drop, after the memory they share is in place.
         create_threads(i, self.area, t)?;
+        crate::timings::mark("task_threads");
         fds::restore(self)?;
+        crate::timings::mark("task_fds");
         let cwd = self.put_str(&t.cwd, 0)?;
         i.call("chdir", libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
         i.call("umask", libc::SYS_umask, [t.umask as u64, 0, 0, 0, 0, 0])?;

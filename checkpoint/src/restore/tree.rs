@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ChkptError, Result};
 use crate::image::TaskImage;
 use crate::ptrace::{self, Injector};
+use crate::timings::mark;
 
 use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_CODE, AREA_SCRATCH};
 use super::lazy::Pending;
@@ -26,10 +27,23 @@ pub struct PidPolicy {
     pub fresh: bool,
 }
 
+/// The first wait for a PID still taken; it doubles up to [`LAST_PAUSE`].
+/// A migrated process's PID is usually free a few ms after its origin copy
+/// was killed: a fixed 20 ms poll cost a migration 20 ms of downtime.
+const FIRST_PAUSE: Duration = Duration::from_micros(250);
+const LAST_PAUSE: Duration = Duration::from_millis(20);
+
+/// Sleep `pause`; the next one.
+fn backoff(pause: Duration) -> Duration {
+    std::thread::sleep(pause);
+    (pause * 2).min(LAST_PAUSE)
+}
+
 /// Fork the root task from the restarter with its recorded PID; it stops
 /// itself under ptrace before touching anything.
 fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
     let deadline = Instant::now() + pids.wait;
+    let mut pause = FIRST_PAUSE;
     loop {
         let tid = [pid];
         let mut args = clone_args(tid.as_ptr() as u64);
@@ -72,7 +86,7 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
         if Instant::now() >= deadline {
             return Err(ChkptError::PidTaken(pid));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        pause = backoff(pause);
     }
 }
 
@@ -80,6 +94,7 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
 pub(super) fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPolicy) -> Result<i32> {
     let scratch = area + AREA_SCRATCH;
     let deadline = Instant::now() + pids.wait;
+    let mut pause = FIRST_PAUSE;
     let mut buf = Vec::new();
     let mut args = clone_args(scratch + 128);
     if pids.fresh {
@@ -108,7 +123,7 @@ pub(super) fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPoli
         if Instant::now() >= deadline {
             return Err(ChkptError::PidTaken(child));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        pause = backoff(pause);
     }
 }
 
@@ -292,7 +307,9 @@ fn restore_tasks(
 ) -> Result<Restored> {
     let mm_fds = place_mm_fds(l)?;
     let old_root = l.tasks[0].task.pid;
+    mark("prepare");
     let root_pid = fork_root(old_root, pids)?;
+    mark("fork_root");
     remap(l, old_root, root_pid);
     created.pids.push(root_pid);
     let root = &l.tasks[0].task;
@@ -328,6 +345,7 @@ fn restore_tasks(
         file_base,
         &l.inherit_fds,
     )?;
+    mark("tree_files");
 
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
@@ -359,6 +377,7 @@ fn restore_tasks(
     }
     // Zombies exit again as they had, for their (not yet restored) parents.
     super::zombie::restore(l, &injectors, area, pids, created)?;
+    mark("fork_children");
     let l = &*l;
     let split: Vec<(Vec<Piece>, Vec<Piece>)> = l
         .tasks
@@ -403,7 +422,9 @@ fn restore_tasks(
     }
     let mut spaces = Vec::new();
     for ctx in &ctxs {
-        if let Some(uffd) = ctx.restore()? {
+        let done = ctx.restore()?;
+        mark("task_rest");
+        if let Some(uffd) = done {
             spaces.push(Space {
                 uffd,
                 pending: Pending::new(ctx.lazy),
@@ -414,6 +435,7 @@ fn restore_tasks(
     for ctx in &ctxs {
         ctx.drop_area()?;
     }
+    mark("drop_area");
     let pids: Vec<i32> = l.tasks.iter().map(|t| t.task.pid).collect();
     // The server exists before any task runs: a page touched at once waits
     // for it, not forever.
@@ -434,6 +456,7 @@ fn restore_tasks(
         }
     }
     created.done = true;
+    mark("detach");
     Ok(Restored { pids, server })
 }
 

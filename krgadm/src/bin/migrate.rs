@@ -21,7 +21,8 @@ move it. If anything fails before the handover it keeps running where it was.
 Examples:
   migrate 4242 3          move process 4242 of this node to node 3
   migrate 3:4242 1        move process 4242 of node 3 to node 1
-  migrate --tree 4242 2   move 4242 and its descendants";
+  migrate --tree 4242 2   move 4242 and its descendants
+  migrate --timings 4242 2   and print how long each phase took";
 
 /// Move a running process to another node.
 #[derive(Parser)]
@@ -37,6 +38,12 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Print where the time went, phase by phase (the origin's checks,
+    /// dump with its freeze, push, handover, the target's restore), one
+    /// `phase ms` line each on stderr (with --json: a "phases" object).
+    /// Also KRG_TIMINGS=1.
+    #[arg(long)]
+    timings: bool,
     /// The local krgd's admin socket.
     #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -85,6 +92,8 @@ async fn run(cli: Cli) -> Result<MigrateReport> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    let timings =
+        cli.timings || std::env::var_os("KRG_TIMINGS").is_some_and(|v| !v.is_empty() && v != "0");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -103,8 +112,18 @@ fn main() -> ExitCode {
                     serde_json::json!({
                         "from": r.from, "to": r.to, "pids": r.pids, "bytes": r.bytes,
                         "stopped_ms": r.stopped_ms, "total_ms": r.total_ms, "fell_back": r.fell_back,
+                        "phases": r.phases.iter().map(|p| serde_json::json!({"name": p.name, "ms": p.us as f64 / 1000.0})).collect::<Vec<_>>(),
                     })
                 );
+            }
+            if timings && !json {
+                for p in &r.phases {
+                    eprintln!(
+                        "migrate: timings: {:<32} {:>10.3} ms",
+                        p.name,
+                        p.us as f64 / 1000.0
+                    );
+                }
             }
             if let Some(why) = &r.fell_back {
                 eprintln!("migrate: the target failed after the handover ({why}); {:?} run on node {} again", r.pids, r.to);

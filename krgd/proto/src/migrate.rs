@@ -3,7 +3,10 @@
 //! The origin's krgd dumps the process (and its descendants) with the
 //! checkpoint engine, leaves it stopped, and pushes the image to the target
 //! over the pooled, sealed peer connection: [`Offer`] (what is coming and
-//! for whom), [`Data`] chunks of at most [`MAX_DATA`] bytes, then
+//! for whom), [`Data`] chunks of at most [`MAX_DATA`] bytes (the memory
+//! files may be offered and sent while the process still runs, then
+//! [`MigratePeerRequest::Files`] gives the final list and the changed
+//! ranges follow), then
 //! [`MigratePeerRequest::Commit`] once the origin has killed its stopped
 //! copy; the target restores it with the same PIDs and answers with
 //! [`Restored`]. Any failure before `Commit` leaves the origin's copy to be
@@ -50,6 +53,19 @@ pub struct MigrateReport {
     pub total_ms: u64,
     /// Why it came back to the origin, when it did.
     pub fell_back: Option<String>,
+    /// Where the time went, in order: the origin's phases, then the
+    /// target's restore (names starting with `target.`), µs each
+    /// (`migrate --timings`).
+    pub phases: Vec<PhaseTime>,
+}
+
+/// One phase of a migration and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    /// Its name (`dump.freeze`, `push`, `target.restore.load`, …).
+    pub name: String,
+    /// Its length, µs.
+    pub us: u64,
 }
 
 /// One file of an image.
@@ -102,7 +118,8 @@ pub struct Offer {
 pub struct Data {
     /// Transfer id.
     pub xfer: u64,
-    /// Index of the file in the offer.
+    /// Index of the file: its place in the offer, then in the order
+    /// `Files` named new ones.
     pub file: u32,
     /// Offset in that file.
     pub offset: u64,
@@ -116,6 +133,8 @@ pub struct Data {
 pub struct Restored {
     /// The PIDs now running on the target.
     pub pids: Vec<i32>,
+    /// The target's phases, from `Commit` to the processes running.
+    pub phases: Vec<PhaseTime>,
 }
 
 /// Migration requests between krgds.
@@ -132,6 +151,19 @@ pub enum MigratePeerRequest {
     Offer(Offer),
     /// Part of it.
     Data(Data),
+    /// The image's final list of files, once the process is frozen and
+    /// dumped, when the offer came before (with the memory files copied
+    /// while it ran): offered files keep what they received and take the
+    /// new length, new ones are created (their index follows the offered
+    /// ones, in this order), offered files not listed are removed.
+    Files {
+        /// Transfer id.
+        xfer: u64,
+        /// The PIDs of the processes it holds (final).
+        pids: Vec<i32>,
+        /// Every file of the image.
+        files: Vec<ImageFile>,
+    },
     /// The origin's copy is gone: restore it.
     Commit {
         /// Transfer id.
@@ -149,7 +181,7 @@ pub enum MigratePeerRequest {
 pub enum MigratePeerReply {
     /// To `Move`.
     Moved(MigrateReport),
-    /// To `Offer`, `Data`, `Abort`.
+    /// To `Offer`, `Data`, `Files`, `Abort`.
     Ack,
     /// To `Commit`.
     Restored(Restored),

@@ -134,8 +134,12 @@ fn run(mut cmd: Command) -> Result<Duration> {
     Ok(d)
 }
 
-/// One krg round: (total s, downtime ms by the process, krgd's stopped ms).
-fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64)> {
+/// Phases of one migration (name, ms), from `migrate --json`.
+type Phases = Vec<(String, f64)>;
+
+/// One krg round: (total s, downtime ms by the process, krgd's stopped ms,
+/// the phases).
+fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64, Phases)> {
     let w = Worker::start(dir, mib, "krg")?;
     let sock = c.dir.path().join("krgd1.sock");
     let o = Command::new(bin("krgcapset"))
@@ -157,7 +161,15 @@ fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64)> {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let gap = w.gap_after(n)?;
-    Ok((total, gap, v["stopped_ms"].as_f64().unwrap_or(0.0)))
+    let phases = v["phases"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["ms"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((total, gap, v["stopped_ms"].as_f64().unwrap_or(0.0), phases))
 }
 
 /// One CRIU round: dump (the process ends) then restore, detached.
@@ -183,6 +195,22 @@ fn criu_round(criu: &Path, dir: &Path, mib: u64) -> Result<(f64, f64)> {
     let gap = w.gap_after(n)?;
     let _ = std::fs::remove_dir_all(&img);
     Ok((total, gap))
+}
+
+/// The median of each phase over the krg rounds, in the order of the first.
+fn print_phases(rounds: &[Phases]) {
+    let Some(first) = rounds.first() else { return };
+    let mut line = String::from("  krg phases (median ms):");
+    for (name, _) in first {
+        let v: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r.iter().find(|p| &p.0 == name).map(|p| p.1))
+            .collect();
+        if let Some(m) = median(v) {
+            line.push_str(&format!(" {name}={m:.1}"));
+        }
+    }
+    println!("{line}");
 }
 
 fn criu_binary() -> Option<PathBuf> {
@@ -224,9 +252,11 @@ fn main() -> Result<()> {
     println!("migration bench: {rounds} rounds, load before {}", load());
     for &mib in &sizes {
         let (mut kt, mut kg, mut ks, mut ct, mut cg) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut kp: Vec<Phases> = Vec::new();
         for r in 0..rounds {
             let mut krg = || -> Result<()> {
-                let (t, g, s) = krg_round(&c, &dir, mib)?;
+                let (t, g, s, p) = krg_round(&c, &dir, mib)?;
+                kp.push(p);
                 kt.push(t);
                 kg.push(g);
                 ks.push(s);
@@ -266,6 +296,7 @@ fn main() -> Result<()> {
             kg.zip(cg).map_or("-".into(), |(k, c)| format!("{:.2}", c / k)),
             show(ks, "ms")
         );
+        print_phases(&kp);
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::migrate::{Data, Offer, Restored};
+use krg_proto::migrate::{Data, ImageFile, Offer, Restored};
 use krg_proto::NodeId;
 
 use super::super::creds::{self, Origin, RunPolicy};
@@ -29,10 +29,47 @@ const MAX_IMAGE: u64 = 64 << 30;
 pub struct Incoming {
     started: Instant,
     root: PathBuf,
+    /// The application's directory under `root` (where the files are).
+    dir: PathBuf,
+    owner: u32,
+    gid: u32,
     app: i32,
     sn: u32,
     pids: Vec<i32>,
-    files: Vec<(std::fs::File, u64, u64)>,
+    /// Every file offered so far, by index (a removed one stays, `None`).
+    files: Vec<Option<Entry>>,
+}
+
+/// One file being received.
+struct Entry {
+    name: String,
+    file: std::fs::File,
+    len: u64,
+    /// The byte ranges received, merged and in order.
+    have: Vec<(u64, u64)>,
+}
+
+impl Entry {
+    fn got(&mut self, s: u64, e: u64) {
+        self.have.push((s, e));
+        self.have.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.have.len());
+        for &(s, e) in &self.have {
+            match out.last_mut() {
+                Some(l) if s <= l.1 => l.1 = l.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        self.have = out;
+    }
+
+    fn complete(&self) -> bool {
+        self.len == 0
+            || self
+                .have
+                .first()
+                .is_some_and(|&(s, e)| s == 0 && e >= self.len)
+    }
 }
 
 /// Transfers in progress, by (origin node, transfer id).
@@ -118,19 +155,8 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
         .map_err(|e| fail(e.to_string()))?;
     let mut files = Vec::new();
     for f in &o.files {
-        let path = dir.path().join(&f.name);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        std::os::unix::fs::fchown(&file, Some(o.owner), Some(gid))
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        file.set_len(f.len)
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        files.push((file, f.len, 0));
+        let e = create(dir.path(), &f.name, f.len, o.owner, gid).map_err(&fail)?;
+        files.push(Some(e));
     }
     let mut t = crate::sync::lock(&st.migration.transfers.0);
     t.retain(|_, x| x.started.elapsed() < STALE);
@@ -147,12 +173,96 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
         Incoming {
             started: Instant::now(),
             root,
+            dir: dir.path().to_path_buf(),
+            owner: o.owner,
+            gid,
             app: o.app,
             sn: o.sn,
             pids: o.pids,
             files,
         },
     );
+    Ok(())
+}
+
+/// A new image file, the owner's, `len` bytes long.
+fn create(
+    dir: &std::path::Path,
+    name: &str,
+    len: u64,
+    owner: u32,
+    gid: u32,
+) -> Result<Entry, String> {
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::os::unix::fs::fchown(&file, Some(owner), Some(gid))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.set_len(len)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Entry {
+        name: name.to_string(),
+        file,
+        len,
+        have: Vec::new(),
+    })
+}
+
+/// The final file list of an image offered early (see `Files`).
+pub fn files(
+    st: &ProcState,
+    origin: Origin,
+    xfer: u64,
+    pids: Vec<i32>,
+    list: Vec<ImageFile>,
+) -> Result<(), AdminError> {
+    let from = member(origin)?;
+    let mut t = crate::sync::lock(&st.migration.transfers.0);
+    let x = t.get_mut(&(from, xfer)).ok_or_else(|| unknown(xfer))?;
+    let total: u64 = list.iter().map(|f| f.len).sum();
+    if list.is_empty() || list.len() > 100_000 || total > MAX_IMAGE {
+        return Err(bad(
+            "an image of no files, too many files or too many bytes",
+        ));
+    }
+    if let Some(f) = list.iter().find(|f| !sane_name(&f.name, x.sn)) {
+        return Err(bad(format!("image file name {:?} refused", f.name)));
+    }
+    let fail = |e: String| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node()));
+    for slot in x.files.iter_mut() {
+        if slot
+            .as_ref()
+            .is_some_and(|e| !list.iter().any(|f| f.name == e.name))
+        {
+            if let Some(e) = slot.take() {
+                let _ = std::fs::remove_file(x.dir.join(&e.name));
+            }
+        }
+    }
+    for f in &list {
+        match x.files.iter_mut().flatten().find(|e| e.name == f.name) {
+            Some(e) => {
+                e.file
+                    .set_len(f.len)
+                    .map_err(|err| fail(format!("{}: {err}", f.name)))?;
+                e.len = f.len;
+                e.have.retain_mut(|r| {
+                    r.1 = r.1.min(f.len);
+                    r.1 > r.0
+                });
+            }
+            None => {
+                let e = create(&x.dir, &f.name, f.len, x.owner, x.gid).map_err(fail)?;
+                x.files.push(Some(e));
+            }
+        }
+    }
+    x.pids = pids;
     Ok(())
 }
 
@@ -178,17 +288,19 @@ pub fn data(st: &ProcState, origin: Origin, d: Data) -> Result<(), AdminError> {
     let from = member(origin)?;
     let mut t = crate::sync::lock(&st.migration.transfers.0);
     let x = t.get_mut(&(from, d.xfer)).ok_or_else(|| unknown(d.xfer))?;
-    let (file, len, got) = x
+    let e = x
         .files
         .get_mut(d.file as usize)
+        .and_then(|e| e.as_mut())
         .ok_or_else(|| bad(format!("no file {} in migration {:x}", d.file, d.xfer)))?;
     let end = d.offset.checked_add(d.data.len() as u64);
-    if end.is_none_or(|e| e > *len) {
+    let Some(end) = end.filter(|&end| end <= e.len) else {
         return Err(bad("image data beyond the announced file length"));
-    }
-    file.write_all_at(&d.data, d.offset)
+    };
+    e.file
+        .write_all_at(&d.data, d.offset)
         .map_err(|e| AdminError::new(ErrorKind::Internal, format!("writing the image: {e}")))?;
-    *got += d.data.len() as u64;
+    e.got(d.offset, end);
     Ok(())
 }
 
@@ -209,21 +321,28 @@ pub async fn commit(
     xfer: u64,
 ) -> Result<Restored, AdminError> {
     let from = member(origin)?;
+    let mut clock = super::Clock::new();
     let x = crate::sync::lock(&st.migration.transfers.0)
         .remove(&(from, xfer))
         .ok_or_else(|| unknown(xfer))?;
-    if x.files.iter().any(|(_, len, got)| got < len) {
+    if x.files.iter().flatten().any(|e| !e.complete()) {
         let _ = std::fs::remove_dir_all(&x.root);
         return Err(bad("the image is incomplete"));
     }
-    for (f, _, _) in &x.files {
-        let _ = f.sync_data();
-    }
+    // No fsync: the image lives only until restart has read it (a crash
+    // of this node loses the process anyway); checkpoints proper are not
+    // written here.
     let r = restore::restore(&x.root, x.app, x.sn).await;
+    clock.mark("target.restart");
     let _ = std::fs::remove_dir_all(&x.root);
-    r.map_err(|e| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node())))?;
+    let inner =
+        r.map_err(|e| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node())))?;
+    clock.extend("target.restart.", &inner);
     adopt(st, &x.pids, from);
-    Ok(Restored { pids: x.pids })
+    Ok(Restored {
+        pids: x.pids,
+        phases: clock.phases,
+    })
 }
 
 /// Count restored processes as this node's, and reap those that come to krgd.

@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod incoming;
+pub mod push;
 pub mod restore;
 
 use std::collections::HashMap;
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::migrate::{
-    Data, ImageFile, MigratePeerReply, MigratePeerRequest, MigrateReport, MigrateRequest, Offer,
-    MAX_DATA,
+    ImageFile, MigratePeerReply, MigratePeerRequest, MigrateReport, MigrateRequest, Offer,
+    PhaseTime,
 };
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest};
@@ -37,6 +38,50 @@ use crate::peers::PeerCallError;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the target may take to restore.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// The phases of a migration as they pass.
+pub struct Clock {
+    last: Instant,
+    /// The phases so far.
+    pub phases: Vec<PhaseTime>,
+}
+
+impl Clock {
+    /// A clock that starts now.
+    pub fn new() -> Self {
+        Clock {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// The phase since the last mark ends now.
+    pub fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        self.phases.push(PhaseTime {
+            name: name.to_string(),
+            us: (now - self.last).as_micros() as u64,
+        });
+        self.last = now;
+    }
+
+    /// Phases measured elsewhere (inside the span of a mark), merged by name
+    /// and prefixed, after the mark that holds them.
+    pub fn extend(&mut self, prefix: &str, phases: &[checkpoint::timings::Phase]) {
+        for (name, d) in checkpoint::timings::merged(phases) {
+            self.phases.push(PhaseTime {
+                name: format!("{prefix}{name}"),
+                us: d.as_micros() as u64,
+            });
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A process that migrated in.
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +213,11 @@ pub async fn handle_peer(
             blocking(move || incoming::data(&st2, origin, d)).await??;
             Ok(MigratePeerReply::Ack)
         }
+        MigratePeerRequest::Files { xfer, pids, files } => {
+            let st2 = st.clone();
+            blocking(move || incoming::files(&st2, origin, xfer, pids, files)).await??;
+            Ok(MigratePeerReply::Ack)
+        }
         MigratePeerRequest::Abort { xfer } => {
             incoming::abort(st, origin, xfer)?;
             Ok(MigratePeerReply::Ack)
@@ -213,6 +263,7 @@ async fn move_here(
     who: Credentials,
 ) -> Result<MigrateReport, AdminError> {
     let t0 = Instant::now();
+    let mut clock = Clock::new();
     let (me, to, pid) = (st.node(), req.to, req.pid);
     if to == me {
         return Err(err(
@@ -232,24 +283,60 @@ async fn move_here(
     let who2 = who.clone();
     let plan =
         blocking(move || check::plan(me, pid, req.tree, &who2, |p| caps.can_migrate(p))).await??;
+    clock.mark("check");
     let xfer: u64 = rand::random();
     let out = st.spool.join("out").join(format!("{xfer:x}"));
-    let dumped = {
-        let out = out.clone();
-        blocking(move || dump(pid, &out, me)).await?
+    let early = Early {
+        handle: tokio::runtime::Handle::current(),
+        sender: push::Sender::new(st.clone(), to, xfer),
+        offer: Offer {
+            xfer,
+            app: pid,
+            sn: 0,
+            pids: plan.pids.clone(),
+            owner: plan.owner,
+            creds: who.clone(),
+            files: Vec::new(),
+            identities: plan.identities.clone(),
+        },
+        error: None,
     };
+    let (dumped, early) = {
+        let out = out.clone();
+        blocking(move || {
+            let mut early = early;
+            let r = dump(pid, &out, me, &mut early);
+            (r, early)
+        })
+        .await?
+    };
+    let Early {
+        mut sender, error, ..
+    } = early;
     let rep = match dumped {
         Ok(r) => r,
         Err(e) => {
+            if sender.offered {
+                let _ = call(st, to, MigratePeerRequest::Abort { xfer }, STEP_TIMEOUT).await;
+            }
             check::resume(&check::tree(pid));
             let _ = std::fs::remove_dir_all(&out);
+            if let Some(e) = error {
+                return Err(err(
+                    e.kind,
+                    format!("{} (process {pid} keeps running on node {me})", e.message),
+                ));
+            }
             return Err(err(
                 ErrorKind::InvalidArgument,
                 format!("{e} (it keeps running on node {me})"),
             ));
         }
     };
-    let sent = push(st, to, xfer, &rep, &plan, who).await;
+    clock.mark("dump");
+    clock.extend("dump.", &rep.phases);
+    let sent = push(&mut sender, &rep, &plan, who).await;
+    clock.mark("push");
     let bytes = match sent {
         Ok(b) => b,
         Err(e) => {
@@ -268,7 +355,7 @@ async fn move_here(
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
     let committed = match call(st, to, MigratePeerRequest::Commit { xfer }, COMMIT_TIMEOUT).await {
-        Ok(MigratePeerReply::Restored(r)) => Ok(r.pids),
+        Ok(MigratePeerReply::Restored(r)) => Ok((r.pids, r.phases)),
         Ok(other) => Err(format!("node {to} answered {other:?}")),
         Err(e) => Err(e.message),
     };
@@ -280,9 +367,14 @@ async fn move_here(
         stopped_ms: 0,
         total_ms: 0,
         fell_back: None,
+        phases: Vec::new(),
     };
+    clock.mark("commit");
     match committed {
-        Ok(pids) => report.pids = pids,
+        Ok((pids, phases)) => {
+            report.pids = pids;
+            clock.phases.extend(phases);
+        }
         Err(why) => {
             tracing::warn!(
                 pid,
@@ -303,8 +395,10 @@ async fn move_here(
             report.fell_back = Some(why);
         }
     }
-    let _ = std::fs::remove_dir_all(&out);
     report.stopped_ms = rep.frozen_at.elapsed().as_millis() as u64;
+    let _ = std::fs::remove_dir_all(&out);
+    clock.mark("cleanup");
+    report.phases = clock.phases;
     report.total_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(pid, to, bytes, stopped_ms = report.stopped_ms, total_ms = report.total_ms, fell_back = ?report.fell_back, "migrated");
     Ok(report)
@@ -317,10 +411,65 @@ struct Dumped {
     dir: PathBuf,
     tasks: Vec<i32>,
     frozen_at: Instant,
+    phases: Vec<checkpoint::timings::Phase>,
+    /// What changed in the memory files sent early (see `DumpReport::delta`).
+    delta: HashMap<String, Vec<(u64, u64)>>,
 }
 
-/// Dump `pid`'s tree into `out`, leaving it stopped.
-fn dump(pid: i32, out: &Path, node: NodeId) -> Result<Dumped, String> {
+/// The memory files sent to the target while the process runs.
+struct Early {
+    handle: tokio::runtime::Handle,
+    sender: push::Sender,
+    /// The offer, but its SN and files.
+    offer: Offer,
+    /// Why sending failed, when it did.
+    error: Option<AdminError>,
+}
+
+impl checkpoint::dump::Ship for Early {
+    fn staged(&mut self, sn: u32, files: &[checkpoint::dump::Staged]) -> Result<(), String> {
+        let mut parts = Vec::new();
+        let mut list = Vec::new();
+        for f in files {
+            let file = f.file.try_clone().map_err(|e| format!("{}: {e}", f.name))?;
+            parts.push(push::Part {
+                name: f.name.clone(),
+                file: Arc::new(file),
+                ranges: f.ranges.clone(),
+            });
+            list.push(ImageFile {
+                name: f.name.clone(),
+                len: f.len,
+            });
+        }
+        let Early {
+            handle,
+            sender,
+            offer,
+            ..
+        } = self;
+        let r = handle.block_on(async {
+            if sender.offered {
+                sender.files(offer.pids.clone(), list).await?;
+            } else {
+                let mut o = offer.clone();
+                o.sn = sn;
+                o.files = list;
+                sender.offer(o).await?;
+            }
+            sender.send(&parts).await
+        });
+        r.map_err(|e| {
+            let msg = e.message.clone();
+            self.error = Some(e);
+            msg
+        })
+    }
+}
+
+/// Dump `pid` into `out`, leaving it stopped; its memory files go to the
+/// target as they are copied.
+fn dump(pid: i32, out: &Path, node: NodeId, early: &mut Early) -> Result<Dumped, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let opts = checkpoint::dump::DumpOptions {
         root: out.to_path_buf(),
@@ -331,64 +480,61 @@ fn dump(pid: i32, out: &Path, node: NodeId) -> Result<Dumped, String> {
         sysv_msg: Vec::new(),
         full: true,
     };
-    let r = checkpoint::dump::checkpoint(pid, &opts, &|_, _| {}).map_err(|e| e.to_string())?;
+    let r = checkpoint::dump::checkpoint_shipped(pid, &opts, &|_, _| {}, Some(early))
+        .map_err(|e| e.to_string())?;
     Ok(Dumped {
         app: pid,
         sn: r.sn,
         dir: r.dir,
         tasks: r.tasks,
         frozen_at: r.frozen_at,
+        phases: r.phases,
+        delta: r.delta,
     })
 }
 
-/// Send the image: the offer, then every file in chunks. Returns the bytes sent.
+/// Send the image: the offer (or, after an early one, the final file
+/// list), then every file, or what changed in it since it was sent early.
+/// Returns the bytes sent in all.
 async fn push(
-    st: &ProcState,
-    to: NodeId,
-    xfer: u64,
+    sender: &mut push::Sender,
     rep: &Dumped,
     plan: &check::Plan,
     who: Credentials,
 ) -> Result<u64, AdminError> {
     let files = image_files(&rep.dir, rep.sn)
         .map_err(|e| err(ErrorKind::Internal, format!("reading the image: {e}")))?;
-    let offer = Offer {
-        xfer,
-        app: rep.app,
-        sn: rep.sn,
-        pids: rep.tasks.clone(),
-        owner: plan.owner,
-        creds: who,
-        files: files.clone(),
-        identities: plan.identities.clone(),
-    };
-    call(st, to, MigratePeerRequest::Offer(offer), STEP_TIMEOUT).await?;
-    let mut total = 0;
-    for (i, f) in files.iter().enumerate() {
+    let early = sender.offered;
+    if early {
+        sender.files(rep.tasks.clone(), files.clone()).await?;
+    } else {
+        let offer = Offer {
+            xfer: sender.xfer,
+            app: rep.app,
+            sn: rep.sn,
+            pids: rep.tasks.clone(),
+            owner: plan.owner,
+            creds: who,
+            files: files.clone(),
+            identities: plan.identities.clone(),
+        };
+        sender.offer(offer).await?;
+    }
+    let mut parts = Vec::new();
+    for f in &files {
         let path = rep.dir.join(&f.name);
         let file = std::fs::File::open(&path)
             .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
-        let file = Arc::new(file);
-        let mut offset = 0u64;
-        while offset < f.len {
-            let n = (f.len - offset).min(MAX_DATA as u64) as usize;
-            let fh = file.clone();
-            let data = blocking(move || {
-                let mut buf = vec![0u8; n];
-                std::os::unix::fs::FileExt::read_exact_at(&*fh, &mut buf, offset).map(|()| buf)
-            })
-            .await?
-            .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
-            let d = Data {
-                xfer,
-                file: i as u32,
-                offset,
-                data,
-            };
-            call(st, to, MigratePeerRequest::Data(d), STEP_TIMEOUT).await?;
-            offset += n as u64;
-            total += n as u64;
-        }
+        let ranges = match rep.delta.get(&f.name) {
+            Some(r) if early => r.clone(),
+            _ => vec![(0, f.len)],
+        };
+        parts.push(push::Part {
+            name: f.name.clone(),
+            file: Arc::new(file),
+            ranges,
+        });
     }
-    Ok(total)
+    sender.send(&parts).await?;
+    Ok(sender.bytes)
 }

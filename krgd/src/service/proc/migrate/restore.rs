@@ -40,8 +40,13 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// Restore SN `sn` of application `app` under `root`; its fds 0-2 that led
-/// outside the tree become /dev/null. The error is restart's own line.
-pub async fn restore(root: &Path, app: i32, sn: u32) -> Result<(), String> {
+/// outside the tree become /dev/null. Returns restart's phases (its
+/// `--timings`); the error is restart's own line.
+pub async fn restore(
+    root: &Path,
+    app: i32,
+    sn: u32,
+) -> Result<Vec<checkpoint::timings::Phase>, String> {
     let bin = restart_binary();
     let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let raw_w = w.as_raw_fd();
@@ -50,7 +55,8 @@ pub async fn restore(root: &Path, app: i32, sn: u32) -> Result<(), String> {
         .arg(sn.to_string())
         .arg("--dir")
         .arg(root)
-        .args(["--pid-wait", PID_WAIT, "--report-fd", "3", "--socket"])
+        .args(["--pid-wait", PID_WAIT, "--report-fd", "3", "--timings"])
+        .arg("--socket")
         // no krgd there: restart must not grant CHECKPOINTABLE (krgd gives
         // back the capabilities the process had)
         .arg(root.join("no-krgd.sock"))
@@ -89,7 +95,11 @@ pub async fn restore(root: &Path, app: i32, sn: u32) -> Result<(), String> {
     .unwrap_or_default();
     let line = text.lines().last().unwrap_or("").trim().to_string();
     if status.success() {
-        Ok(())
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with("restart: timings:"))
+            .map(checkpoint::timings::parse)
+            .unwrap_or_default())
     } else if line.is_empty() {
         Err(format!("restart failed ({status})"))
     } else {
