@@ -345,7 +345,10 @@ impl TestCluster {
             drop(old);
         }
         if listen.port() == 0 {
-            self.learn_port(id)?;
+            if let Err(e) = self.learn_port(id) {
+                let log = self.nodes.get(&id).map(Node::log_text).unwrap_or_default();
+                bail!("{e:#}; krgd {id}'s log: {log}");
+            }
         }
         Ok(())
     }

@@ -64,7 +64,10 @@ fn every_voter_killed_and_restarted_keeps_members_and_epoch() -> Result<()> {
             .iter()
             .map(|id| format!("node {id}: {:?}", c.view(*id)))
             .collect();
-        panic!("{e:#}: before the kill {before:?}, now {}", views.join("; "));
+        panic!(
+            "{e:#}: before the kill {before:?}, now {}",
+            views.join("; ")
+        );
     }
     wait_for(SETTLE, "a healthy cluster with a leader", || {
         ids.iter()

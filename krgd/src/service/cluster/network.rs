@@ -130,7 +130,9 @@ fn rpc_error<E: std::error::Error>(e: PeerCallError) -> RPCError<RaftNodeId, Bas
 /// starting (or a connection refused once under load) is retried soon, a
 /// dead one is not hammered.
 fn unreachable_backoff() -> Backoff {
-    let steps = [50, 100, 200, 400].into_iter().chain(std::iter::repeat(500));
+    let steps = [50, 100, 200, 400]
+        .into_iter()
+        .chain(std::iter::repeat(500));
     Backoff::new(steps.map(Duration::from_millis))
 }
 

@@ -225,9 +225,9 @@ fn write_committed(st: &mut State, bytes: Option<Vec<u8>>) {
     let Some(bytes) = bytes else {
         return;
     };
-    let r = st.check().and_then(|()| {
-        disk::write_replace(&st.dir, SmallFile::Committed.name(), &bytes)
-    });
+    let r = st
+        .check()
+        .and_then(|()| disk::write_replace(&st.dir, SmallFile::Committed.name(), &bytes));
     if let Err(e) = r {
         tracing::error!(dir = %st.dir.display(), file = COMMITTED_FILE, error = %e,
             "writing the Raft state failed");
