@@ -35,7 +35,8 @@ pub struct Settings {
     #[arg(long, value_name = "S")]
     pub session_id: Option<SessionId>,
 
-    /// TCP address to listen on for other nodes [default: 0.0.0.0:7600].
+    /// TCP address to listen on for other nodes; port 0 lets the kernel
+    /// choose one (advertised to peers) [default: 0.0.0.0:7600].
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
 

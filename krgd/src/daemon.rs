@@ -39,6 +39,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|e| DaemonError::io(format!("listening on {}", config.listen), e))?;
+    // `--listen ADDR:0`: the kernel chose the port; peers must be told that one.
+    if config.listen.port() == 0 {
+        let bound = tcp
+            .local_addr()
+            .map_err(|e| DaemonError::io(format!("listening on {}", config.listen), e))?;
+        config.listen.set_port(bound.port());
+        if config.advertise.port() == 0 {
+            config.advertise.set_port(bound.port());
+        }
+    }
     let admin = net::admin::bind(&config.socket).await?;
     let http = match config.http_listen {
         Some(addr) => net::http::bind(addr).await,

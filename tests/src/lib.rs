@@ -182,7 +182,9 @@ pub struct TestCluster {
     pub session: u32,
     pub topology: Topology,
     pub nodes: BTreeMap<u32, Node>,
-    /// Loopback: node id → port, fixed up front so peers can be listed.
+    /// Loopback: node id → port. The seeds' ports are drawn up front (every
+    /// node lists them as `--peer`); any other node listens on port 0 at its
+    /// first start, and the port the kernel gave it is kept for restarts.
     ports: BTreeMap<u32, u16>,
     /// Loopback: how many low ids act as seeds in every node's `--peer` list.
     seeds: u32,
@@ -200,7 +202,16 @@ impl TestCluster {
         let key = dir.path().join("cluster.key");
         std::fs::write(&key, random_key())?;
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        let ports = (1..=max_id).map(|id| (id, free_port())).collect();
+        let seeds = if max_id <= 8 { max_id } else { 3 };
+        // KRG_TEST_KRGD runs a test against another krgd build (e.g. to
+        // show that a regression test fails on the code it guards).
+        let other = std::env::var_os("KRG_TEST_KRGD").map(PathBuf::from);
+        // Only the seeds' ports are drawn in advance: a port reserved and
+        // released can be taken before its krgd binds it (with hundreds of
+        // daemons connecting on loopback, it was, now and then). Another
+        // build may predate `--listen ADDR:0`: it gets every port in advance.
+        let drawn = if other.is_some() { max_id } else { seeds };
+        let ports = (1..=drawn).map(|id| (id, free_port())).collect();
         Ok(Self {
             dir,
             key,
@@ -208,14 +219,10 @@ impl TestCluster {
             topology: Topology::Loopback,
             nodes: BTreeMap::new(),
             ports,
-            seeds: if max_id <= 8 { max_id } else { 3 },
+            seeds,
             lab: None,
             extra_args: Vec::new(),
-            // KRG_TEST_KRGD runs a test against another krgd build (e.g. to
-            // show that a regression test fails on the code it guards).
-            binary: std::env::var_os("KRG_TEST_KRGD")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| bin("krgd")),
+            binary: other.unwrap_or_else(|| bin("krgd")),
         })
     }
 
@@ -231,13 +238,11 @@ impl TestCluster {
     fn listen_of(&self, id: u32) -> Result<SocketAddr> {
         match (&self.topology, &self.lab) {
             (Topology::Namespaces, Some(lab)) => Ok(SocketAddr::new(lab.addr(id)?.into(), 7600)),
-            _ => {
-                let port = self
-                    .ports
-                    .get(&id)
-                    .ok_or_else(|| anyhow!("node {id} has no port reserved"))?;
-                Ok(SocketAddr::from(([127, 0, 0, 1], *port)))
-            }
+            // Port 0 (not started yet, not a seed): the kernel chooses.
+            _ => Ok(SocketAddr::from((
+                [127, 0, 0, 1],
+                self.ports.get(&id).copied().unwrap_or(0),
+            ))),
         }
     }
 
@@ -345,6 +350,29 @@ impl TestCluster {
             bail!("krgd {id} exited at start: {}", node.log_text());
         }
         self.nodes.insert(id, node);
+        if listen.port() == 0 {
+            if let Err(e) = self.learn_port(id) {
+                let log = self.nodes.get(&id).map(Node::log_text).unwrap_or_default();
+                bail!("{e:#}; krgd {id}'s log: {log}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A node started on port 0: ask it which port it got, and keep that
+    /// port for its restarts.
+    fn learn_port(&mut self, id: u32) -> Result<()> {
+        let rows: Value =
+            serde_json::from_str(&self.krgadm_ok(id, &["--json", "nodes", "status"])?)?;
+        let addr: SocketAddr = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["id"].as_u64() == Some(u64::from(id)))
+            .and_then(|r| r["address"].as_str()?.parse().ok())
+            .ok_or_else(|| anyhow!("krgd {id} does not say where it listens: {rows}"))?;
+        self.ports.insert(id, addr.port());
+        self.node(id)?.listen = addr;
         Ok(())
     }
 
@@ -436,10 +464,10 @@ impl TestCluster {
         Ok((members, s["epoch"].as_u64().unwrap_or(0)))
     }
 
-    /// Wait until every node in `via` reports the same members and epoch,
-    /// and return that view. Only a formed cluster's view counts: nodes
-    /// just started (not yet resumed from disk, or not yet told) all
-    /// report "no members, epoch 0", which is no agreement.
+    /// Wait until every node in `via` reports the same members and epoch of
+    /// a formed cluster (some members, epoch > 0), and return that view.
+    /// Nodes outside any cluster, or restarted ones that have not replayed
+    /// their log yet, all answer "no members, epoch 0": that is no agreement.
     pub fn wait_agreement(&self, via: &[u32], timeout: Duration) -> Result<(Vec<u64>, u64)> {
         wait_for(timeout, &format!("nodes {via:?} to agree"), || {
             let views: Vec<_> = via
@@ -450,6 +478,36 @@ impl TestCluster {
             let formed = !first.0.is_empty() && first.1 > 0;
             (formed && views.iter().all(|v| *v == first)).then_some(first)
         })
+    }
+
+    /// Keep the test directory (every krgd's log and Raft state) when the
+    /// cluster is dropped; returns where it is.
+    pub fn keep_files(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
+    /// The last `lines` lines of every krgd's log, each headed by its node
+    /// id: what a failed wait prints so that it can be diagnosed.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in self.nodes.values() {
+            let text = node.log_text();
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            out.push_str(&format!(
+                "---- krgd {} ({}, last {} of {} lines) ----\n",
+                node.id,
+                node.log.display(),
+                all.len() - from,
+                all.len()
+            ));
+            for l in &all[from..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     pub fn leader(&self, via: u32) -> Option<u32> {

@@ -52,20 +52,23 @@ fn every_voter_killed_and_restarted_keeps_members_and_epoch() -> Result<()> {
         c.start(id)?;
     }
     // No `cluster start`: the members elect a leader from their own state.
-    // A node resumes at once up to the commit index it had saved (written
-    // after the appends, so it may lag behind a kill -9 by the last few
-    // commits), and applies the rest when the new leader commits: wait for
-    // the table of before, everywhere (a stale leader must not have evicted
-    // anyone meanwhile).
-    wait_for(
-        SETTLE,
-        "every node back at the members and epoch of before",
-        || {
-            ids.iter()
-                .all(|id| c.view(*id).is_ok_and(|v| v == before))
-                .then_some(())
-        },
-    )?;
+    // Until a node has replayed its log it answers "no members, epoch 0";
+    // wait for every node to be back where it was, not for any agreement.
+    let back = wait_for(SETTLE, "every node back at its members and epoch", || {
+        ids.iter()
+            .all(|id| c.view(*id).ok().as_ref() == Some(&before))
+            .then_some(())
+    });
+    if let Err(e) = back {
+        let views: Vec<String> = ids
+            .iter()
+            .map(|id| format!("node {id}: {:?}", c.view(*id)))
+            .collect();
+        panic!(
+            "{e:#}: before the kill {before:?}, now {}",
+            views.join("; ")
+        );
+    }
     wait_for(SETTLE, "a healthy cluster with a leader", || {
         ids.iter()
             .all(|id| c.status(*id).is_ok_and(|s| s["health"] == "healthy"))

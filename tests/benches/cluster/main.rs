@@ -44,6 +44,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    raise_fd_limit();
     if let Err(e) = build_binaries() {
         eprintln!("cluster bench: {e:#}");
         std::process::exit(1);
@@ -113,6 +114,32 @@ fn build_binaries() -> Result<()> {
         bail!("cargo build -p krgd -p krgadm failed ({status})");
     }
     Ok(())
+}
+
+/// Raise this process's soft RLIMIT_NOFILE to its hard limit (the daemons
+/// started inherit it): at 256 nodes every daemon keeps a connection to
+/// hundreds of others, and the pollers one per node, past the usual soft
+/// limit of 1024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid rlimit struct we own.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if raised {
+        println!("open files limit: {}", lim.rlim_cur);
+    } else {
+        println!(
+            "cannot raise the open files limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn serf_available() -> bool {

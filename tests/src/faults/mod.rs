@@ -186,9 +186,11 @@ pub fn run(cfg: &Campaign) -> Result<Summary> {
     for t in clients {
         let _ = t.join();
     }
-    nemesis::heal(&mut c, &shared)?;
-    nemesis?;
-    let finals = settle(&c, &ids, &shared)?;
+    let healed = nemesis::heal(&mut c, &shared).and(nemesis);
+    let finals = match healed.and_then(|()| settle(&c, &ids, &shared)) {
+        Ok(finals) => finals,
+        Err(e) => return Err(keep_evidence(&mut c, e)),
+    };
 
     let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
     let mut obs = std::mem::take(
@@ -231,6 +233,18 @@ pub fn run(cfg: &Campaign) -> Result<Summary> {
         s.kept = Some(c.dir.path().to_path_buf());
     }
     Ok(s)
+}
+
+/// How many last lines of each krgd's log a failed campaign prints (the
+/// whole logs stay in the kept directory).
+const LOG_TAIL: usize = 150;
+
+/// A campaign that could not heal or settle: keep every krgd's log and Raft
+/// state, print the end of each log, and say where the rest is.
+fn keep_evidence(c: &mut TestCluster, e: anyhow::Error) -> anyhow::Error {
+    let kept = c.keep_files();
+    eprintln!("{}", c.log_tails(LOG_TAIL));
+    e.context(format!("krgd logs and data kept in {}", kept.display()))
 }
 
 /// After healing: wait until the members agree, are all online and every

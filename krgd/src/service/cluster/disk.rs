@@ -5,7 +5,7 @@
 //! |-------------|----------------------------------------|------------|
 //! | `log`       | the cluster uid, then log entries, truncations, purges | append + fdatasync before an append is acknowledged; rewritten atomically to compact |
 //! | `vote`      | the last vote (term, candidate)         | atomic replace, before the vote is answered |
-//! | `committed` | the last committed log id               | atomic replace |
+//! | `committed` | the last committed log id               | replace without the directory fsync, after the appends queued with it |
 //! | `snapshot`  | snapshot metadata and the member table  | atomic replace |
 //!
 //! Every file starts with an 8-byte magic naming its kind and version; then
@@ -13,7 +13,11 @@
 //! of the length bytes and the payload, and the payload is postcard. Small
 //! files hold one record; the log's first record is the uid of the cluster.
 //! "Atomic replace" is: write `.NAME.tmp`, fsync it, rename it over `NAME`,
-//! fsync the directory.
+//! fsync the directory. The committed log id is only a hint (openraft learns
+//! it again from the leader; on disk it lets a restarted node show its
+//! members before an election): it is replaced without the directory fsync,
+//! so a crash may leave the previous one, never a torn one, and the writer
+//! coalesces the updates queued together into one write after their appends.
 //!
 //! A welcome creates the directory and the log without waiting for the disk
 //! (the leader is waiting for the answer); the writer thread syncs both
@@ -438,6 +442,17 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     drop(f);
     std::fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
+}
+
+/// Like [`write_atomic`] without the directory fsync: after a crash the
+/// file holds its old or its new bytes, and which is not guaranteed.
+pub fn write_replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
+    let mut f = new_file(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use krg_proto::cluster::{ClusterPeerReply, ClusterPeerRequest, RaftKind, RaftRpc};
 use krg_proto::peer::{PeerRequest, PeerResponse};
-use krg_proto::NodeId;
+use krg_proto::{NodeId, ProtoError};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -97,10 +97,7 @@ impl Connection {
         let rpc = ClusterPeerRequest::Raft(RaftRpc { kind, payload });
         let resp = call(&self.ctx.peers, self.target, rpc, ttl)
             .await
-            .map_err(|e| match e {
-                PeerCallError::Unexpected { .. } => RPCError::Network(NetworkError::new(&e)),
-                _ => RPCError::Unreachable(Unreachable::new(&e)),
-            })?;
+            .map_err(rpc_error)?;
         let ClusterPeerReply::Raft(bytes) = resp else {
             let e = std::io::Error::other(format!("node {} sent a non-Raft answer", self.target));
             return Err(RPCError::Network(NetworkError::new(&e)));
@@ -111,7 +108,39 @@ impl Connection {
     }
 }
 
+/// How openraft should take a failed call. `Unreachable` makes its
+/// replication stream back off (see [`Connection::backoff`]); a call that
+/// timed out or was answered oddly is a `Network` error, retried at the next
+/// heartbeat. A follower slow to answer (an fsync on a busy disk outlasting
+/// the heartbeat, which openraft uses as the AppendEntries timeout) is not
+/// unreachable: backing off from it would hold back a whole formation.
+fn rpc_error<E: std::error::Error>(e: PeerCallError) -> RPCError<RaftNodeId, BasicNode, E> {
+    match e {
+        PeerCallError::Unexpected { .. }
+        | PeerCallError::Proto {
+            source: ProtoError::Timeout(_),
+            ..
+        } => RPCError::Network(NetworkError::new(&e)),
+        _ => RPCError::Unreachable(Unreachable::new(&e)),
+    }
+}
+
+/// Pauses of a replication stream after an unreachable node, growing from
+/// one heartbeat-sized step to openraft's default of 500 ms: a node still
+/// starting (or a connection refused once under load) is retried soon, a
+/// dead one is not hammered.
+fn unreachable_backoff() -> Backoff {
+    let steps = [50, 100, 200, 400]
+        .into_iter()
+        .chain(std::iter::repeat(500));
+    Backoff::new(steps.map(Duration::from_millis))
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
+    fn backoff(&self) -> Backoff {
+        unreachable_backoff()
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

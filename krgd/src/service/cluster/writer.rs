@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
-use super::disk::{self, SmallFile, LOG_FILE};
+use super::disk::{self, SmallFile, COMMITTED_FILE, LOG_FILE};
 use super::store::TypeConfig;
 use crate::sync;
 
@@ -176,8 +176,16 @@ fn run(mut st: State, rx: mpsc::Receiver<Io>) {
         batch.extend(rx.try_iter());
         let mut waiting: Vec<LogFlushed<TypeConfig>> = Vec::new();
         let mut appended = false;
+        // The committed log id queued last in this batch: written once, after
+        // the batch's appends are durable (so never ahead of the log here).
+        let mut committed: Option<Vec<u8>> = None;
         for io in batch {
             match io {
+                Io::Small {
+                    kind: SmallFile::Committed,
+                    bytes,
+                    done: None,
+                } => committed = Some(bytes),
                 Io::Append { bytes, flushed } => {
                     let r = match st.broken.as_ref() {
                         Some(why) => Err(io::Error::other(why.clone())),
@@ -198,6 +206,7 @@ fn run(mut st: State, rx: mpsc::Receiver<Io>) {
                     // Earlier appends are durable before anything after them.
                     flush(&mut st, &mut waiting, &mut appended);
                     if let Io::Close { done } = other {
+                        write_committed(&mut st, committed.take());
                         let _ = done.send(Ok(()));
                         return;
                     }
@@ -206,6 +215,22 @@ fn run(mut st: State, rx: mpsc::Receiver<Io>) {
             }
         }
         flush(&mut st, &mut waiting, &mut appended);
+        write_committed(&mut st, committed);
+    }
+}
+
+/// Replace the committed log id (a hint, see [`disk`]): one fsync, no
+/// directory fsync, so that it costs the appends behind it little.
+fn write_committed(st: &mut State, bytes: Option<Vec<u8>>) {
+    let Some(bytes) = bytes else {
+        return;
+    };
+    let r = st
+        .check()
+        .and_then(|()| disk::write_replace(&st.dir, SmallFile::Committed.name(), &bytes));
+    if let Err(e) = r {
+        tracing::error!(dir = %st.dir.display(), file = COMMITTED_FILE, error = %e,
+            "writing the Raft state failed");
     }
 }
 
