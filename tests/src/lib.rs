@@ -347,7 +347,10 @@ impl TestCluster {
             },
         )?;
         if !node.is_running() {
-            bail!("krgd {id} exited at start: {}", node.log_text());
+            // Kept, so that a test expecting the refusal can read its log.
+            let log = node.log_text();
+            self.nodes.insert(id, node);
+            bail!("krgd {id} exited at start: {log}");
         }
         self.nodes.insert(id, node);
         if listen.port() == 0 {

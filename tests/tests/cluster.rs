@@ -191,7 +191,7 @@ fn daemon_refuses_bad_configuration_and_duplicate_ids() -> Result<()> {
         .arg(c.dir.path().join("dupdata"))
         .arg("--cluster-key-file")
         .arg(&c.key)
-        .arg("--no-scheduler-mount")
+        .args(["--no-scheduler-mount", "--no-krg-mount", "--no-http"])
         .stderr(dup_log)
         .spawn()?;
     let mut dup = krg_tests::KillOnDrop(dup);

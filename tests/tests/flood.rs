@@ -23,7 +23,12 @@ use krg_tests::{rss_kib, serial, wait_for, KillOnDrop, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(10);
 const FLOOD: Duration = Duration::from_secs(8);
-const RSS_LIMIT_KIB: u64 = 32 * 1024;
+/// What the flood may add to krgd's RSS. The goal (RSS ≤ 32 MiB
+/// under flood) is for the installed, release build, which idles at about
+/// 12 MiB (docs/cluster-bench.md); this test runs the debug build, whose
+/// code pages alone put it at about 25 MiB before the flood, so it bounds
+/// what the flood adds (it was hundreds of MiB before the pre-auth limits).
+const RSS_GROWTH_LIMIT_KIB: u64 = 12 * 1024;
 const FAILURE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// A TCP connection to `to` from the loopback address `from` (127.0.0.x:
@@ -300,8 +305,8 @@ fn flood_before_authentication_keeps_krgd_small_and_detecting_failures() -> Resu
         detected_after
     );
     assert!(
-        max_rss <= RSS_LIMIT_KIB,
-        "krgd RSS reached {max_rss} KiB (limit {RSS_LIMIT_KIB})"
+        max_rss.saturating_sub(rss_before) <= RSS_GROWTH_LIMIT_KIB,
+        "krgd RSS grew from {rss_before} to {max_rss} KiB (limit +{RSS_GROWTH_LIMIT_KIB})"
     );
     let Some(detected) = detected_after else {
         bail!("node {victim}, killed during the flood, was never seen failed");

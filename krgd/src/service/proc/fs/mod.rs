@@ -90,17 +90,21 @@ pub fn mount(
     sched: Arc<SchedService>,
     path: &Path,
 ) -> Result<Option<Mounted>, DaemonError> {
-    match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(path = %path.display(), "stale /krg mount (a krgd crashed?): detaching it");
-            detach(path)
-                .map_err(|e| DaemonError::io(format!("detaching {}", path.display()), e))?;
+    // Stale mounts can be stacked (several krgd crashed in turn): detach
+    // until the directory answers, a bounded number of times.
+    for _ in 0..16 {
+        match std::fs::metadata(path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                tracing::warn!(path = %path.display(), "stale /krg mount (a krgd crashed?): detaching it");
+                detach(path)
+                    .map_err(|e| DaemonError::io(format!("detaching {}", path.display()), e))?;
+            }
+            Ok(_) if is_krg_mount(path) => {
+                tracing::warn!(path = %path.display(), "another krgd of this host serves the /krg tree here; running without it");
+                return Ok(None);
+            }
+            _ => break,
         }
-        Ok(_) if is_krg_mount(path) => {
-            tracing::warn!(path = %path.display(), "another krgd of this host serves the /krg tree here; running without it");
-            return Ok(None);
-        }
-        _ => {}
     }
     std::fs::create_dir_all(path)
         .map_err(|e| DaemonError::io(format!("creating {}", path.display()), e))?;
