@@ -5,6 +5,8 @@
 //! pidfd's process is the one named (same namespace, same PID) and whose it
 //! is, so a PID recycled in between is never signalled.
 
+use std::os::fd::OwnedFd;
+
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::proc::{Credentials, ProcRow};
 
@@ -76,30 +78,48 @@ pub fn kill(
     let (true, Some(ids)) = (same, ids) else {
         return Err(not_found(node, pid));
     };
+    may_signal(node, pid, &ids, who, origin)?;
+    send(&pidfd, node, pid, signal)?;
+    tracing::info!(pid, signal, uid = who.uid, "process signalled");
+    Ok(())
+}
+
+/// Root (asked by a member, not an outsider) or the process's real or
+/// saved uid may signal it.
+fn may_signal(
+    node: u32,
+    pid: i32,
+    ids: &[u32],
+    who: &Credentials,
+    origin: Origin,
+) -> Result<(), AdminError> {
     let allowed = if who.uid == 0 {
         !matches!(origin, Origin::Outsider(_))
     } else {
         who.uid == ids[0] || who.uid == ids[2]
     };
-    if !allowed {
-        return Err(AdminError::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "process {node}:{pid} belongs to {}; uid {} may not signal it",
-                creds::user_name(ids[0]),
-                who.uid
-            ),
-        ));
+    if allowed {
+        return Ok(());
     }
+    Err(AdminError::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "process {node}:{pid} belongs to {}; uid {} may not signal it",
+            creds::user_name(ids[0]),
+            who.uid
+        ),
+    ))
+}
+
+/// Deliver `signal` (0: only check) through the process's pidfd.
+fn send(pidfd: &OwnedFd, node: u32, pid: i32, signal: i32) -> Result<(), AdminError> {
     if signal == 0 {
         return Ok(());
     }
-    pidfd_signal(&pidfd, signal).map_err(|e| match e.raw_os_error() {
+    pidfd_signal(pidfd, signal).map_err(|e| match e.raw_os_error() {
         Some(libc::ESRCH) => not_found(node, pid),
         _ => AdminError::new(ErrorKind::Internal, format!("signalling {node}:{pid}: {e}")),
-    })?;
-    tracing::info!(pid, signal, uid = who.uid, "process signalled");
-    Ok(())
+    })
 }
 
 /// `kill` of a process that migrated in (it keeps its PID, in krgd's namespace).
@@ -112,24 +132,8 @@ fn kill_adopted(
 ) -> Result<(), AdminError> {
     let pidfd = pidfd_open(pid).map_err(|_| not_found(node, pid))?;
     let ids = procfs::uids(pid).ok_or_else(|| not_found(node, pid))?;
-    let allowed = if who.uid == 0 {
-        !matches!(origin, Origin::Outsider(_))
-    } else {
-        who.uid == ids[0] || who.uid == ids[2]
-    };
-    if !allowed {
-        return Err(AdminError::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "process {node}:{pid} belongs to {}; uid {} may not signal it",
-                creds::user_name(ids[0]),
-                who.uid
-            ),
-        ));
-    }
-    if signal != 0 {
-        pidfd_signal(&pidfd, signal).map_err(|_| not_found(node, pid))?;
-    }
+    may_signal(node, pid, &ids, who, origin)?;
+    send(&pidfd, node, pid, signal)?;
     tracing::info!(pid, signal, uid = who.uid, "migrated process signalled");
     Ok(())
 }
