@@ -281,7 +281,12 @@ fn run_stdio_status_signals_ps_kill_on_one_node() -> Result<()> {
         ))
         .env("KRG_SOCKET", &c.nodes[&1].socket)
         .output()?;
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "141");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "141",
+        "krg said: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     Ok(())
 }
 

@@ -115,11 +115,24 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
         term::raw();
     }
     let (out, mut closed, printer) = output::spawn(plan.sink);
+    // Reading a frame is not cancel-safe: a frame half read when the select
+    // below picks the other branch would be lost and the stream would no
+    // longer start at a frame. So one task reads whole frames.
+    let (frames_tx, mut frames) = mpsc::channel::<Result<Down, ProtoError>>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<Down, _>(&mut rd).await;
+            let end = frame.is_err();
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
     let mut ends: Vec<Option<End>> = vec![None; jobs.len()];
     let mut left = jobs.len();
     while left > 0 {
         let frame = tokio::select! {
-            f = read_frame::<Down, _>(&mut rd) => f,
+            f = frames.recv() => f.unwrap_or(Err(ProtoError::Closed)),
             Some(()) = closed.recv() => {
                 let _ = tx.send(Up::CloseStdout);
                 continue;
@@ -170,6 +183,7 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
     let _ = tokio::task::spawn_blocking(move || printer.join()).await;
     term::restore();
     writer.abort();
+    reader.abort();
     Ok(ends.into_iter().flatten().collect())
 }
 
