@@ -273,17 +273,21 @@ fn run_stdio_status_signals_ps_kill_on_one_node() -> Result<()> {
         .output()?;
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().next(), Some("y"));
     assert!(start.elapsed() < Duration::from_secs(10));
+    // Ten times: the close raced with a frame half read (about 1 run in 7
+    // once lost the session's framing and exited 255).
     let o = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "{} run -- yes | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do {} run -- yes | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}; done",
             c.krg(1)?.get_program().to_string_lossy()
         ))
         .env("KRG_SOCKET", &c.nodes[&1].socket)
         .output()?;
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        "141",
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec!["141"; 10],
         "krg said: {}",
         String::from_utf8_lossy(&o.stderr)
     );
