@@ -55,6 +55,18 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a change may be forwarded before giving up.
 const MAX_HOPS: u8 = 3;
 
+/// The hop count a forwarded change carries on, or a refusal once it went
+/// round too often (leadership moving faster than the change travels).
+fn next_hop(hops: u8) -> Result<u8, AdminError> {
+    if hops >= MAX_HOPS {
+        return Err(AdminError::new(
+            ErrorKind::Unavailable,
+            "leadership is moving; run the command again",
+        ));
+    }
+    Ok(hops + 1)
+}
+
 pub struct ClusterService {
     ctx: Arc<NodeContext>,
     discovery: OnceLock<Arc<Discovery>>,
@@ -180,15 +192,9 @@ impl ClusterService {
             }
             None => self.member_to_ask()?,
         };
-        if hops >= MAX_HOPS {
-            return Err(AdminError::new(
-                ErrorKind::Unavailable,
-                "leadership is moving; run the command again",
-            ));
-        }
         let forward = ClusterPeerRequest::Forward {
             req,
-            hops: hops + 1,
+            hops: next_hop(hops)?,
         };
         self.forward_to(target, forward).await
     }

@@ -19,7 +19,7 @@ use openraft::ServerState;
 
 use super::owners::{self, Ownership};
 use super::state::ClusterCommand;
-use super::{not_in_cluster, ClusterService, Joined, MAX_HOPS};
+use super::{next_hop, not_in_cluster, ClusterService, Joined};
 use crate::caller::Caller;
 
 /// The longest a checkout may last.
@@ -94,15 +94,9 @@ impl ClusterService {
         if leader == self.ctx.node_id() {
             return self.lead_ownership(&joined, change).await;
         }
-        if hops >= MAX_HOPS {
-            return Err(err(
-                ErrorKind::Unavailable,
-                "leadership is moving; run the command again",
-            ));
-        }
         let forward = ClusterPeerRequest::ForwardOwnership {
             change,
-            hops: hops + 1,
+            hops: next_hop(hops)?,
         };
         self.forward_to(leader, forward).await
     }
