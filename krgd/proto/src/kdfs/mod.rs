@@ -4,12 +4,24 @@
 //! An inode is named cluster-wide by an [`InodeId`]: the owning node's id in
 //! the top 16 bits, the inode number local to that node in the low 48 bits.
 //! Whoever holds an id knows which krgd to ask.
+//!
+//! Files: `attr` (inode kinds, attributes, directory entries, members),
+//! `bytes` (file data on the wire), `lock` (cluster-wide locks); this file
+//! holds the ids and the request and reply enums.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
+
+mod attr;
+mod bytes;
+mod lock;
+
+pub use attr::{Attr, DirEntry, FileKind, KdfsNode, NewInode, RemoveWhat, SetAttr, SetTime, Time};
+pub use bytes::Bytes;
+pub use lock::{LockHolder, LockKind, LockSpec};
 
 /// Cluster-wide inode id: `node << 48 | local`.
 pub type InodeId = u64;
@@ -33,240 +45,6 @@ pub fn inode_local(id: InodeId) -> u64 {
 /// Build an id from its parts (`local` is truncated to 48 bits).
 pub fn inode_id(node: NodeId, local: u64) -> InodeId {
     (u64::from(node) << LOCAL_BITS) | (local & ((1u64 << LOCAL_BITS) - 1))
-}
-
-/// File data on the wire: serialized as one byte string, not as a sequence
-/// of a million one-byte elements (which costs more than the copy itself).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Bytes(
-    /// The data.
-    pub Vec<u8>,
-);
-
-impl std::fmt::Debug for Bytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{} bytes>", self.0.len())
-    }
-}
-
-impl Serialize for Bytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
-
-/// The type of an inode, as the `S_IFMT` bits of its mode say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FileKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// A named pipe.
-    Fifo,
-    /// A character device node.
-    CharDev,
-    /// A block device node.
-    BlockDev,
-    /// A Unix socket node.
-    Socket,
-}
-
-impl FileKind {
-    /// The kind a `st_mode` (or a mknod mode) names; a mode without a type
-    /// is a regular file, as mknod(2) reads it.
-    pub fn from_mode(mode: u32) -> Option<Self> {
-        Some(match mode & libc::S_IFMT {
-            libc::S_IFREG | 0 => FileKind::File,
-            libc::S_IFDIR => FileKind::Dir,
-            libc::S_IFLNK => FileKind::Symlink,
-            libc::S_IFIFO => FileKind::Fifo,
-            libc::S_IFCHR => FileKind::CharDev,
-            libc::S_IFBLK => FileKind::BlockDev,
-            libc::S_IFSOCK => FileKind::Socket,
-            _ => return None,
-        })
-    }
-}
-
-/// Seconds and nanoseconds since the epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Time {
-    /// Whole seconds since the epoch (negative before 1970).
-    pub sec: i64,
-    /// Nanoseconds within the second (0..1e9).
-    pub nsec: u32,
-}
-
-/// An inode's attributes, as stat(2) reports them, from the node that owns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attr {
-    /// The inode's cluster-wide id.
-    pub ino: InodeId,
-    /// Its type.
-    pub kind: FileKind,
-    /// Permission bits including setuid/setgid/sticky (no type bits).
-    pub perm: u16,
-    /// Number of directory entries naming it, cluster-wide.
-    pub nlink: u32,
-    /// Owner's uid.
-    pub uid: u32,
-    /// Group's gid.
-    pub gid: u32,
-    /// Device number of a device node (0 otherwise).
-    pub rdev: u32,
-    /// Size in bytes (a symlink: its target's length).
-    pub size: u64,
-    /// 512-byte blocks allocated on the owner's disk.
-    pub blocks: u64,
-    /// Last access.
-    pub atime: Time,
-    /// Last change of the data.
-    pub mtime: Time,
-    /// Last change of the inode (attributes, links, data).
-    pub ctime: Time,
-}
-
-/// A time a `setattr` sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SetTime {
-    /// The owning node's current time (utimensat's `UTIME_NOW`).
-    Now,
-    /// This time.
-    At(Time),
-}
-
-/// Changes of a `setattr`; `None` leaves the field alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SetAttr {
-    /// New permission bits (chmod; type bits ignored).
-    pub mode: Option<u32>,
-    /// New owner (chown).
-    pub uid: Option<u32>,
-    /// New group (chown).
-    pub gid: Option<u32>,
-    /// New size in bytes (truncate).
-    pub size: Option<u64>,
-    /// New access time.
-    pub atime: Option<SetTime>,
-    /// New modification time.
-    pub mtime: Option<SetTime>,
-}
-
-/// What a new inode is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewInode {
-    /// Its type.
-    pub kind: FileKind,
-    /// Permission bits (umask already applied).
-    pub perm: u16,
-    /// Owner: the uid of the process that creates it.
-    pub uid: u32,
-    /// Group: the creator's gid, or the directory's (setgid directories).
-    pub gid: u32,
-    /// Device number of a device node (mknod), else 0.
-    pub rdev: u32,
-    /// Target of a symlink.
-    pub target: Option<Vec<u8>>,
-}
-
-/// One directory entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirEntry {
-    /// The name, as bytes (no `/`, no NUL).
-    pub name: Vec<u8>,
-    /// The inode it names, possibly owned by another node.
-    pub ino: InodeId,
-    /// The inode's type, kept in the entry for readdir.
-    pub kind: FileKind,
-}
-
-/// Which kind of entry an unlink/rmdir accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RemoveWhat {
-    /// unlink(2): anything but a directory (EISDIR otherwise).
-    NonDir,
-    /// rmdir(2): a directory only (ENOTDIR otherwise).
-    Dir,
-}
-
-/// A member as kDFS needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KdfsNode {
-    /// The member's node id (the top 16 bits of its inodes' ids).
-    pub id: NodeId,
-    /// Where its krgd accepts peer connections.
-    pub addr: SocketAddr,
-    /// Whether it answers (a failed member's inodes answer ENOTCONN).
-    pub online: bool,
-}
-
-/// What a byte-range lock request asks for (fcntl `l_type`; flock(2) locks
-/// travel as whole-file locks of their open file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LockKind {
-    /// A shared (read) lock: `F_RDLCK`, `LOCK_SH`.
-    Read,
-    /// An exclusive (write) lock: `F_WRLCK`, `LOCK_EX`.
-    Write,
-    /// Release the range: `F_UNLCK`, `LOCK_UN`.
-    Unlock,
-}
-
-/// A lock request's or a lock's parties and range. `client` names one
-/// mount (a random number the client draws at start); `owner` is the
-/// kernel's lock owner within it (a process's file table for fcntl locks,
-/// an open file for flock locks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockSpec {
-    /// The mount asking.
-    pub client: u64,
-    /// The kernel's lock owner in that mount.
-    pub owner: u64,
-    /// First byte of the range.
-    pub start: u64,
-    /// Last byte of the range (inclusive; `i64::MAX as u64`: to the end).
-    pub end: u64,
-    /// What is asked.
-    pub kind: LockKind,
-    /// The asking process, as its mount's kernel numbers it (for F_GETLK).
-    pub pid: u32,
-}
-
-/// A lock that conflicts, as `F_GETLK` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockHolder {
-    /// First byte of the held range.
-    pub start: u64,
-    /// Last byte (inclusive).
-    pub end: u64,
-    /// `Read` or `Write`.
-    pub kind: LockKind,
-    /// The holder's pid in its own mount's kernel.
-    pub pid: u32,
-    /// The mount holding it (to tell a local holder from a remote one).
-    pub client: u64,
 }
 
 /// Requests mkfs.kdfs and mount.kdfs send their node's krgd (root only,
@@ -665,16 +443,6 @@ pub enum KdfsResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bytes_travel_as_one_byte_string() {
-        let data = Bytes(vec![7u8; 1000]);
-        let enc = postcard::to_stdvec(&data).unwrap();
-        assert_eq!(enc.len(), 1002, "length varint + raw bytes");
-        let back: Bytes = postcard::from_bytes(&enc).unwrap();
-        assert_eq!(back, data);
-        assert!(postcard::from_bytes::<Bytes>(&[0xff, 0xff, 0x01]).is_err());
-    }
 
     #[test]
     fn inode_ids_split_and_join() {
