@@ -21,6 +21,36 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// (state, peer port) of each IPv4 TCP socket process `pid` has an fd on
+/// (state 1 established, 10 listening).
+fn tcp_sockets_of(pid: i32) -> Vec<(u8, u16)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if !inodes.contains(*f.get(9)?) {
+                return None;
+            }
+            let st = u8::from_str_radix(f[3], 16).ok()?;
+            let port = u16::from_str_radix(f[2].split(':').nth(1)?, 16).ok()?;
+            Some((st, port))
+        })
+        .collect()
+}
+
 fn get(c: &mut TcpStream, what: &str) -> String {
     c.write_all(format!("GET /{what} HTTP/1.0\r\n\r\n").as_bytes())
         .unwrap();
@@ -66,8 +96,12 @@ fn python_http_server_keeps_its_connected_client() {
     assert!(get(&mut first, "hello.txt").contains("hello from before"));
     // a client connected, its request still to come
     let mut waiting = connect().unwrap();
-    wait_until("the server took the connection", || {
-        std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) >= 2
+    let waiting_port = waiting.local_addr().unwrap().port();
+    // accepted, and the connections served before it closed (a socket
+    // still closing, in FIN_WAIT1, is refused by the checkpoint)
+    wait_until("the server took the connection, closed the others", || {
+        let socks = tcp_sockets_of(pid);
+        socks.iter().all(|&(st, _)| st == 1 || st == 10) && socks.contains(&(1, waiting_port))
     });
     let o = checkpoint_out(&store, pid, &["--kill"]);
     ok(&o, "checkpoint");
