@@ -12,7 +12,9 @@
 //!
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
 //! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
-//! time of a checkpoint or a restart goes, phase by phase).
+//! time of a checkpoint or a restart goes, phase by phase); `netlock` (the
+//! nftables rules that hold a TCP connection still between `checkpoint
+//! --kill` and `restart`).
 
 pub mod capclient;
 pub mod captrack;
@@ -24,6 +26,7 @@ pub mod dump;
 pub mod error;
 pub mod image;
 mod ipc;
+mod netlock;
 pub mod procfs;
 mod ptrace;
 pub mod restore;

@@ -273,10 +273,16 @@ fn pipe_leading_outside_goes_to_stdout_or_inherit_fd() {
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     let w = wr.as_raw_fd();
-    // SAFETY: dup2 then close_range in the child before exec.
+    // SAFETY: dup2 (or fcntl) then close_range in the child before exec.
     unsafe {
         cmd.pre_exec(move || {
-            libc::dup2(w, 5);
+            // the pipe may already be fd 5 (tests run in parallel): dup2
+            // onto itself would leave it close-on-exec
+            if w == 5 {
+                libc::fcntl(5, libc::F_SETFD, 0);
+            } else {
+                libc::dup2(w, 5);
+            }
             libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
             Ok(())
         });

@@ -116,7 +116,7 @@ Architecture: $arch
 Maintainer: krg developers <krg@localhost>
 Installed-Size: $size
 Depends: libc6, fuse3, iproute2
-Recommends: util-linux
+Recommends: util-linux, nftables
 Section: admin
 Priority: optional
 Description: single-system-image cluster layer in userspace

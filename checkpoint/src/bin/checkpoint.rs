@@ -22,7 +22,8 @@ struct Cli {
     /// Root directory of checkpoints.
     #[arg(long, env = "KRG_CHKPT_DIR", default_value = store::DEFAULT_ROOT)]
     dir: PathBuf,
-    /// End the job once it is saved.
+    /// End the job once it is saved. Its established TCP connections stay
+    /// locked (nftables: their packets dropped, needs nft) until restart.
     #[arg(long)]
     kill: bool,
     /// krgd admin socket.

@@ -323,9 +323,10 @@ pub struct TreeFiles {
 
 /// Read every fd table, classify pipes and sockets with the whole tree in
 /// view, number shared open file descriptions, copy what pipes hold.
-/// `frozen`: the tree is stopped, established TCP connections are taken
-/// (otherwise this only looks for what would be refused).
-pub fn collect(tree: &[(i32, i32)], caller: u32, frozen: bool) -> Result<TreeFiles> {
+/// `take`: whether the tree is stopped and established TCP connections are
+/// taken (otherwise this only looks for what would be refused).
+pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> Result<TreeFiles> {
+    let frozen = take != super::sockets::Take::Check;
     let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
     let mut pipes = Vec::new();
     let mut flags = HashMap::new();
@@ -340,7 +341,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, frozen: bool) -> Result<TreeFil
                 pid: s.pid,
                 fd: s.fd,
                 flags: s.flags,
-                sock: super::sockets::read(s.pid, s.fd, s.ino, caller, frozen)?,
+                sock: super::sockets::read(s.pid, s.fd, s.ino, caller, take)?,
             });
         }
         for r in &pr {

@@ -15,8 +15,12 @@ pub fn tree(pid: i32) -> Result<Vec<(i32, i32)>> {
     let mut i = 0;
     while i < out.len() {
         let p = out[i].0;
-        for c in procfs::children(p)? {
-            out.push((c, p));
+        match procfs::children(p) {
+            Ok(children) => out.extend(children.into_iter().map(|c| (c, p))),
+            // reaped since its parent listed it (the tree runs while it is
+            // checked): left for the look at it to find it gone
+            Err(e) if e.is_gone() && i > 0 => {}
+            Err(e) => return Err(e),
         }
         i += 1;
     }
@@ -118,6 +122,16 @@ pub fn check_task(pid: i32, caller: u32) -> Result<Owner> {
         return Ok(owner);
     }
     if procfs::status_field(&status, "State").is_some_and(|st| st.starts_with('Z')) {
+        // two looks (status, then zombie()): a process reaped in between
+        // (its parent runs on while the tree is checked) is gone, and the
+        // caller looks at the tree again; one that became a whole zombie
+        // in between is one
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(ChkptError::NoSuchProcess(pid));
+        }
+        if zombie(pid).is_some() {
+            return Ok(owner);
+        }
         return Err(ChkptError::unsupported(
             pid,
             "a process whose main thread has exited",
@@ -223,13 +237,30 @@ fn seize_task(p: i32, caller: u32, frozen: &mut Frozen) -> Result<bool> {
     }
     let mut new = false;
     for tid in procfs::threads(p)? {
-        if !frozen.tids.contains(&tid) {
-            if let Some(sig) = ptrace::seize_and_interrupt(tid)? {
-                frozen.stopped.insert(p, sig);
-            }
-            frozen.tids.push(tid);
-            new = true;
+        if frozen.tids.contains(&tid) {
+            continue;
         }
+        match ptrace::seize_and_interrupt(tid) {
+            Ok(sig) => {
+                if let Some(sig) = sig {
+                    frozen.stopped.insert(p, sig);
+                }
+                frozen.tids.push(tid);
+            }
+            // it exited between the look and the seize (seizing a zombie
+            // is EPERM): the caller looks at the tree again
+            Err(_) if exited(tid) => {}
+            Err(e) => return Err(e),
+        }
+        new = true;
     }
     Ok(new)
+}
+
+/// Has task `tid` exited (a zombie, dead, or gone)?
+fn exited(tid: i32) -> bool {
+    procfs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|s| procfs::parse_stat(&s).ok())
+        .is_none_or(|st| matches!(st.state, 'Z' | 'X' | 'x'))
 }

@@ -305,7 +305,7 @@ fn precheck(pid: i32, caller: u32) -> Result<Vec<(i32, i32)>> {
             .iter()
             .try_for_each(|&(p, _)| freeze::check_task(p, caller).map(|_| ()))
             .and_then(|()| refuse::shared_fd_tables(&living(&t)))
-            .and_then(|()| files::collect(&living(&t), caller, false).map(|_| ()));
+            .and_then(|()| files::collect(&living(&t), caller, sockets::Take::Check).map(|_| ()));
         match r {
             Ok(()) => return Ok(t),
             Err(e) if e.is_gone() && tries < 20 => tries += 1,
@@ -439,7 +439,13 @@ fn read_tree(
 ) -> Result<TreeState> {
     let (opts, caller) = (how.opts, how.caller);
     refuse::shared_fd_tables(tree)?;
-    let mut files = files::collect(tree, caller, true)?;
+    // a connection --kill closes is locked until restart makes it again
+    let take = if opts.kill {
+        sockets::Take::RepairLocked
+    } else {
+        sockets::Take::Repair
+    };
+    let mut files = files::collect(tree, caller, take)?;
     mark("frozen_files");
     let mut shared = memory::SharedSeen::new();
     let ids = attrs::tree_ids(tree);

@@ -3,12 +3,15 @@
 //! connections inside the tree, bound and listening ones), TCP (listening,
 //! and established connections taken with TCP_REPAIR) and UDP. Data
 //! queued on a socket is copied with MSG_PEEK, never taken; a file
-//! descriptor in flight (SCM_RIGHTS) is refused.
+//! descriptor in flight (SCM_RIGHTS) is refused. A connection that
+//! `--kill` closes is first locked ([`netlock`]): the peer's segments are
+//! dropped until restart has made it again.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
 use crate::image::{FdImage, FdKind, SockOpts, SocketImage, TcpRepair};
+use crate::netlock::{self, Conn};
 use crate::{diag, uffd};
 
 const TCP_REPAIR: i32 = 19;
@@ -83,10 +86,21 @@ fn name(fd: RawFd, peer: bool) -> Vec<u8> {
     b.to_vec()
 }
 
-/// Read a socket of `pid` (its fd `fd`). `repair`: take an established TCP
-/// connection (TCP_REPAIR, the tree frozen); without it, only check that
-/// it could be.
-pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, repair: bool) -> Result<Sock> {
+/// How established TCP connections are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Only check that they could be taken (the tree runs).
+    Check,
+    /// Taken with TCP_REPAIR (the tree frozen); the job goes on after.
+    Repair,
+    /// Taken with TCP_REPAIR after locking them: the job ends with the
+    /// checkpoint (`--kill`), and its sockets with it.
+    RepairLocked,
+}
+
+/// Read a socket of `pid` (its fd `fd`), established TCP connections as
+/// `take` says.
+pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock> {
     let refuse =
         |why: String| ChkptError::unsupported(pid, format!("fd {fd} (socket:[{ino}])"), why);
     let sys = |op: &str| {
@@ -99,6 +113,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, repair: bool) -> Result<So
             .map_err(sys("pidfd_getfd of a socket"))?,
         repair: false,
         keep: false,
+        lock: None,
     };
     let s = dup.fd.as_raw_fd();
     let family: i32 = getopt(s, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
@@ -167,7 +182,16 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, repair: bool) -> Result<So
                             "an established TCP connection is taken with TCP_REPAIR, which needs root".into(),
                         ));
                     }
-                    if repair {
+                    if take == Take::RepairLocked {
+                        // before anything is read: a segment that got in
+                        // after the queues were read would be lost
+                        let conn = Conn::from_sockaddrs(&image.local, &image.remote)
+                            .ok_or_else(|| refuse("its addresses are not inet ones".into()))?;
+                        netlock::lock(s, &conn)
+                            .map_err(sys("locking the connection (nftables)"))?;
+                        dup.lock = Some(conn);
+                    }
+                    if take != Take::Check {
                         dup.repair = true;
                         image.tcp = Some(take_tcp(s, &info).map_err(sys("TCP_REPAIR"))?);
                     }
@@ -353,19 +377,34 @@ fn rights_in_flight(msg: &libc::msghdr) -> bool {
 }
 
 /// Our duplicate of a socket; for an established TCP socket, left in
-/// repair mode while it is saved: back to normal when dropped (also on any
-/// error), unless `keep` (the job is being killed: in repair mode its close
-/// sends the peer nothing, neither FIN nor RST, and the connection can be
-/// made again at restart).
+/// repair mode while it is saved: back to normal (and unlocked) when
+/// dropped (also on any error), unless `keep` (the job is being killed: in
+/// repair mode its close sends the peer nothing, neither FIN nor RST, and
+/// the lock stays until restart makes the connection again).
 pub struct Repairing {
     pub fd: OwnedFd,
     pub repair: bool,
     pub keep: bool,
+    /// The connection's network lock, if taken.
+    pub lock: Option<Conn>,
 }
 
 impl Drop for Repairing {
     fn drop(&mut self) {
-        if self.repair && !self.keep {
+        if self.keep {
+            return;
+        }
+        if let Some(c) = &self.lock {
+            if let Err(e) = netlock::unlock(self.fd.as_raw_fd(), c) {
+                tracing::warn!(
+                    "could not remove the network lock of {} -> {} (nft delete table inet {}): {e}",
+                    c.local,
+                    c.remote,
+                    c.table()
+                );
+            }
+        }
+        if self.repair {
             setopt(self.fd.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0);
         }
     }
@@ -440,7 +479,7 @@ pub fn classify(refs: Vec<SockRef>) -> Result<Classified> {
                 sock: r.sock.image.clone(),
             }
         };
-        if r.sock.dup.repair {
+        if r.sock.dup.repair || r.sock.dup.lock.is_some() {
             repaired.push(r.sock.dup);
         }
         out.push((

@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
 use crate::image::{FdKind, SocketImage, TaskImage, TcpRepair};
+use crate::netlock::{self, Conn};
 use crate::ptrace::{self, Injector};
 use crate::uffd;
 
@@ -250,7 +251,9 @@ pub fn configure(root_pid: i32, fd: u64, s: &SocketImage) -> Result<()> {
 
 /// An established connection made again: sequence numbers, addresses,
 /// options, window and both queues, in repair mode (no handshake, nothing
-/// sent), then out of it.
+/// sent); then the network lock `checkpoint --kill` left on it is removed
+/// and the socket leaves repair mode (its window probe gets the peer going:
+/// an ACK it sent meanwhile was dropped, data it sent comes again).
 fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair) -> io::Result<()> {
     let tcp = libc::IPPROTO_TCP;
     int(d, tcp, TCP_REPAIR, 1)?;
@@ -305,6 +308,9 @@ fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair) -> io::Result<()> {
             }
             at += n as usize;
         }
+    }
+    if let Some(c) = Conn::from_sockaddrs(&s.local, &s.remote) {
+        netlock::unlock(d, &c)?;
     }
     int(d, tcp, TCP_REPAIR, 0)
 }
