@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use kdfs::fsck::{run, Options, Report, EXIT_OPERATIONAL};
 
+/// A bad command line (e2fsck's code).
+const EXIT_USAGE: u8 = 16;
+
 /// Check the kDFS store DIR (a node's local directory, as made by
 /// mkfs.kdfs) and, with -y, repair it: orphan inodes, second names and
 /// wrong link counts that a crash between the steps of a cross-node
@@ -81,7 +84,14 @@ fn print(report: &Report, repair: bool) {
 
 fn main() -> ExitCode {
     krg_clidoc::intercept::<Args>(&PAGE);
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are no errors; a bad command line is 16, as for e2fsck.
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     let opts = Options {
         dirs: args.dirs,
         repair: args.yes && !args.no,
@@ -117,7 +127,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
             body: "0: no problem found.
 1: problems were found and all repaired (-y).
 4: problems are left (found with -n, or not repairable).
-8: operational error: not a kDFS store, store in use, unreadable; one line says why.",
+8: operational error: not a kDFS store, store in use, unreadable; one line says why.
+16: bad command line.",
         },
         krg_clidoc::Section {
             title: "FILES",

@@ -37,6 +37,10 @@ pub fn mkfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mkfs-kdfs"))
 }
 
+pub fn fsck_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fsck-kdfs"))
+}
+
 pub fn mount_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mount-kdfs"))
 }
@@ -298,6 +302,8 @@ impl Cluster {
         for p in &n.peers {
             cmd.arg("--peer").arg(p);
         }
+        // Crash points (tests/fsck.rs): armed by writing a point's name there.
+        cmd.env("KDFS_TEST_CRASH_FILE", n.data.join("crash-at"));
         let log = std::fs::File::create(n.data.join("krgd.log")).unwrap();
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         n.krgd = Some(cmd.spawn().expect("spawn krgd"));
