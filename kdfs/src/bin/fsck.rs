@@ -43,6 +43,10 @@ struct Args {
     /// Repair every problem found.
     #[arg(short = 'y')]
     yes: bool,
+    /// Repair automatically, as fsck(8) asks with -a or -p: the same as
+    /// -y (no repair of fsck.kdfs deletes anything that may hold data).
+    #[arg(short = 'p', short_alias = 'a', conflicts_with = "no")]
+    preen: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -94,7 +98,7 @@ fn main() -> ExitCode {
     };
     let opts = Options {
         dirs: args.dirs,
-        repair: args.yes && !args.no,
+        repair: args.yes || args.preen,
     };
     match run(&opts) {
         Ok(report) => {
