@@ -25,13 +25,17 @@ const EXIT_USAGE: u8 = 16;
 /// from the root names them), entries naming missing inodes of other
 /// nodes, and exact link counts.
 ///
+/// On a cluster whose stores are on their own nodes: stop every krgd, run
+/// `fsck.kdfs --export FILE DIR` on each node, copy the files to every
+/// node, then `fsck.kdfs -y DIR --with FILE...` on each, with the others'.
+///
 /// Nothing that may hold data is deleted: orphans, strays and entries the
 /// store did not write are moved to DIR/lost+found.
 #[derive(Parser, Debug)]
 #[command(
     name = "fsck.kdfs",
     version,
-    after_help = "Examples:\n  fsck.kdfs /KDFS                      # check only (as -n)\n  fsck.kdfs -y /KDFS                   # check and repair\n  fsck.kdfs -y /srv/n1 /srv/n2 /srv/n3 # every store of a file system: orphans too"
+    after_help = "Examples:\n  fsck.kdfs /KDFS                      # check only (as -n)\n  fsck.kdfs -y /KDFS                   # check and repair\n  fsck.kdfs -y /srv/n1 /srv/n2 /srv/n3 # every store of a file system: orphans too\n  fsck.kdfs --export /tmp/n2.kx /KDFS  # on node 2 (and likewise on node 3)\n  fsck.kdfs -y --with /tmp/n2.kx --with /tmp/n3.kx /KDFS   # on node 1"
 )]
 struct Args {
     /// The store(s) to check: one node's, or every node's.
@@ -50,6 +54,15 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Another node's store as `--export` wrote it (repeat for each):
+    /// checked along with DIR, so that orphans and names across nodes are
+    /// found without the stores on one machine. Only DIR is repaired.
+    #[arg(long, value_name = "FILE")]
+    with: Vec<PathBuf>,
+    /// Write DIR's store to FILE for the other nodes' runs (`--with`), and
+    /// check nothing.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["with", "yes", "preen"])]
+    export: Option<PathBuf>,
 }
 
 fn print(report: &Report, repair: bool) {
@@ -86,6 +99,27 @@ fn print(report: &Report, repair: bool) {
     println!("fsck.kdfs: {verdict}");
 }
 
+fn export_to(dirs: &[PathBuf], out: &std::path::Path) -> ExitCode {
+    let [dir] = dirs else {
+        eprintln!("fsck.kdfs: --export takes one store");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    match kdfs::fsck::export(dir, out) {
+        Ok(names) => {
+            println!(
+                "{}: {names} names exported to {}",
+                dir.display(),
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fsck.kdfs: {e:#}");
+            ExitCode::from(EXIT_OPERATIONAL as u8)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     krg_clidoc::intercept::<Args>(&PAGE);
     let args = match Args::try_parse() {
@@ -96,8 +130,12 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    if let Some(out) = &args.export {
+        return export_to(&args.dirs, out);
+    }
     let opts = Options {
         dirs: args.dirs,
+        with: args.with,
         repair: args.yes || args.preen,
     };
     match run(&opts) {
@@ -142,7 +180,9 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
             title: "EXAMPLES",
             body: "  fsck.kdfs /KDFS
   fsck.kdfs -y /KDFS
-  fsck.kdfs -y /srv/n1 /srv/n2 /srv/n3",
+  fsck.kdfs -y /srv/n1 /srv/n2 /srv/n3
+  fsck.kdfs --export /tmp/n2.kx /KDFS
+  fsck.kdfs -y --with /tmp/n2.kx --with /tmp/n3.kx /KDFS",
         },
         krg_clidoc::Section {
             title: "SEE ALSO",

@@ -235,7 +235,7 @@ impl Checker<'_> {
                 by_dir.entry(e.entry.ino).or_default().push((i, e.clone()));
             }
         }
-        let roots: BTreeSet<InodeId> = self.stores.iter().filter_map(Scanned::root).collect();
+        let roots: BTreeSet<InodeId> = self.stores.iter().filter_map(|s| s.root()).collect();
         for (ino, mut names) in by_dir {
             let keep = usize::from(!roots.contains(&ino));
             if names.len() <= keep {
@@ -267,7 +267,7 @@ impl Checker<'_> {
                 children.entry(e.dir).or_default().push(e.entry.ino);
             }
         }
-        let mut seen: BTreeSet<InodeId> = self.stores.iter().filter_map(Scanned::root).collect();
+        let mut seen: BTreeSet<InodeId> = self.stores.iter().filter_map(|s| s.root()).collect();
         let mut todo: Vec<InodeId> = seen.iter().copied().collect();
         while let Some(d) = todo.pop() {
             for &c in children.get(&d).into_iter().flatten() {
@@ -342,9 +342,9 @@ impl Checker<'_> {
         for (p, m, f) in todo {
             self.add(i, p, m, f);
         }
-        if unnamed > 0 {
+        if unnamed > 0 && s.live.is_some() {
             self.notes.push(format!(
-                "{}: {unnamed} inodes have no name on node {} (their names may be on other nodes: give fsck.kdfs every store of the file system to check them)",
+                "{}: {unnamed} inodes have no name on node {} (their names may be on other nodes: give fsck.kdfs every store of the file system, or their exports, to check them)",
                 s.path().display(),
                 s.node()
             ));

@@ -4,7 +4,8 @@
 //! * `check`: the findings, each with its repair;
 //! * `repair`: carrying the repairs out (`-y`);
 //! * this file: [`run`] — scan, check, repair, check again — and the
-//!   [`Report`] with its e2fsck-like exit code.
+//!   [`Report`] with its e2fsck-like exit code; [`export`] of a store's
+//!   model, for the other nodes' runs (`--export`, `--with`).
 //!
 //! A store is checked only while nothing uses it: krgd and mount.kdfs hold
 //! a shared `flock` on it, fsck an exclusive one. Repairs never delete an
@@ -93,6 +94,9 @@ pub struct Finding {
 pub struct Options {
     /// Stores to check: one, or every store of the file system.
     pub dirs: Vec<PathBuf>,
+    /// Other nodes' stores as they exported them (checked along, not
+    /// repaired here).
+    pub with: Vec<PathBuf>,
     /// Repair (`-y`); else check only (`-n`).
     pub repair: bool,
 }
@@ -201,11 +205,64 @@ fn completeness(stores: &[Scanned]) -> Result<(bool, Option<String>), KdfsError>
     Ok((false, Some(note)))
 }
 
+/// What `--export` writes: a store's model, named so that nothing else
+/// is taken for one.
+#[derive(Serialize, serde::Deserialize)]
+struct Exported {
+    kdfs_fsck_export: u32,
+    model: scan::Model,
+}
+
+const EXPORT_VERSION: u32 = 1;
+
+/// Write the model of the store at `dir` (offline, as for a check) to
+/// `out`, for the runs of fsck.kdfs on the other nodes (`--with`).
+pub fn export(dir: &std::path::Path, out: &std::path::Path) -> Result<usize, KdfsError> {
+    let s = scan::scan(dir)?;
+    let e = Exported {
+        kdfs_fsck_export: EXPORT_VERSION,
+        model: s.model,
+    };
+    let bytes = serde_json::to_vec(&e).map_err(|e| KdfsError::Invalid(e.to_string()))?;
+    std::fs::write(out, bytes).map_err(|e| KdfsError::io(out, e))?;
+    Ok(e.model.entries.len())
+}
+
+fn import(path: &std::path::Path) -> Result<Scanned, KdfsError> {
+    let bytes = std::fs::read(path).map_err(|e| KdfsError::io(path, e))?;
+    let e: Exported = serde_json::from_slice(&bytes).map_err(|e| {
+        KdfsError::Invalid(format!(
+            "{}: not a store exported by fsck.kdfs --export ({e})",
+            path.display()
+        ))
+    })?;
+    if e.kdfs_fsck_export != EXPORT_VERSION {
+        return Err(KdfsError::Invalid(format!(
+            "{}: export format {}, this fsck.kdfs reads {EXPORT_VERSION}",
+            path.display(),
+            e.kdfs_fsck_export
+        )));
+    }
+    Ok(Scanned {
+        model: e.model,
+        live: None,
+    })
+}
+
 fn scan_all(opts: &Options) -> Result<Vec<Scanned>, KdfsError> {
     if opts.dirs.is_empty() {
         return Err(KdfsError::Invalid("no store given".into()));
     }
-    opts.dirs.iter().map(|d| scan::scan(d)).collect()
+    let live = opts.dirs.iter().map(|d| scan::scan(d));
+    live.chain(opts.with.iter().map(|p| import(p))).collect()
+}
+
+/// Findings in the stores checked here (the others' are for their runs).
+fn local(stores: &[Scanned], findings: Vec<Finding>) -> Vec<Finding> {
+    findings
+        .into_iter()
+        .filter(|f| stores[f.store].live.is_some())
+        .collect()
 }
 
 /// Check (and with `opts.repair` repair) the stores; an `Err` is an
@@ -214,9 +271,11 @@ pub fn run(opts: &Options) -> Result<Report, KdfsError> {
     let stores = scan_all(opts)?;
     let (complete, note) = completeness(&stores)?;
     let (findings, mut notes) = check::check(&stores, complete);
+    let findings = local(&stores, findings);
     notes.extend(note);
     let summaries = stores
         .iter()
+        .filter(|s| s.live.is_some())
         .map(|s| StoreSummary {
             path: s.path().to_path_buf(),
             node: s.node(),
@@ -254,6 +313,7 @@ pub fn run(opts: &Options) -> Result<Report, KdfsError> {
     drop(stores);
     let stores = scan_all(opts)?;
     let (again, _) = check::check(&stores, complete);
+    let again = local(&stores, again);
     let left = again.iter().map(|f| report_of(&stores, f, None)).collect();
     Ok(Report {
         stores: summaries,

@@ -17,7 +17,7 @@ use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode};
 use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 
-use super::scan::Scanned;
+use super::scan::{Live, Scanned};
 use super::{Finding, Fix};
 use crate::format::RootMeta;
 use crate::store::{object_name, sys, NLINK_XATTR, NSUB_XATTR};
@@ -31,10 +31,14 @@ pub fn repair(stores: &[Scanned], findings: &[Finding]) -> Vec<Result<String, St
     let mut done = vec![Err(String::new()); findings.len()];
     for i in order {
         let f = &findings[i];
-        done[i] = apply(&stores[f.store], &f.fix);
+        let s = &stores[f.store];
+        done[i] = match &s.live {
+            Some(live) => apply(s, live, &f.fix),
+            None => Err("another node's store: repaired by fsck.kdfs there".into()),
+        };
     }
-    for s in stores {
-        let _ = nix::unistd::syncfs(s.top.fd());
+    for live in stores.iter().filter_map(|s| s.live.as_ref()) {
+        let _ = nix::unistd::syncfs(live.top.fd());
     }
     done
 }
@@ -57,12 +61,12 @@ fn errno(e: Errno) -> String {
     std::io::Error::from(e).to_string()
 }
 
-fn apply(s: &Scanned, fix: &Fix) -> Result<String, String> {
-    let inodes = s.inodes.as_fd();
+fn apply(s: &Scanned, live: &Live, fix: &Fix) -> Result<String, String> {
+    let inodes = live.inodes.as_fd();
     match fix {
         Fix::None => Err("fsck.kdfs cannot repair this".into()),
         Fix::MakePrivate => {
-            for fd in [s.top.fd(), inodes] {
+            for fd in [live.top.fd(), inodes] {
                 fchown(fd, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).map_err(errno)?;
                 fchmod(fd, Mode::from_bits_truncate(0o700)).map_err(errno)?;
             }
@@ -73,7 +77,7 @@ fn apply(s: &Scanned, fix: &Fix) -> Result<String, String> {
             Ok("removed".into())
         }
         Fix::ObjectToLostFound(name) => {
-            let lf = lost_found(s)?;
+            let lf = lost_found(live)?;
             let to = move_to(inodes, name, lf.as_fd())?;
             Ok(format!(
                 "moved to {}",
@@ -81,23 +85,23 @@ fn apply(s: &Scanned, fix: &Fix) -> Result<String, String> {
             ))
         }
         Fix::EntryToLostFound(dir, name) => {
-            let d = dir_object(s, *dir)?;
+            let d = dir_object(live, *dir)?;
             let sub = format!("entries-{dir:x}");
-            let lf = lost_found(s)?;
+            let lf = lost_found(live)?;
             let into = make_dir(lf.as_fd(), &sub)?;
             let to = move_to(d.as_fd(), name, into.as_fd())?;
             let shown = s.path().join(LOST_FOUND).join(sub).join(to);
             Ok(format!("moved to {}", shown.display()))
         }
         Fix::RemoveEntry(dir, name) => {
-            let d = dir_object(s, *dir)?;
+            let d = dir_object(live, *dir)?;
             unlinkat(d.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir).map_err(errno)?;
             Ok("entry removed".into())
         }
         Fix::SetNlink(local, n) => set_count(inodes, *local, NLINK_XATTR, *n),
         Fix::SetNsub(local, n) => set_count(inodes, *local, NSUB_XATTR, *n),
         Fix::SetInoNext(n) => {
-            s.top.write_ino_next(*n).map_err(|e| e.to_string())?;
+            live.top.write_ino_next(*n).map_err(|e| e.to_string())?;
             Ok(format!("next inode number set to {n:#x}"))
         }
         Fix::WriteRootMeta(root) => {
@@ -105,7 +109,7 @@ fn apply(s: &Scanned, fix: &Fix) -> Result<String, String> {
                 fs_id: s.sb.fs_id,
                 root: *root,
             };
-            s.top.write_root_meta(&meta).map_err(|e| e.to_string())?;
+            live.top.write_root_meta(&meta).map_err(|e| e.to_string())?;
             Ok(format!(
                 "root meta-file rewritten (root directory {root:x})"
             ))
@@ -119,10 +123,10 @@ fn set_count(inodes: BorrowedFd, local: u64, key: &str, n: u64) -> Result<String
     Ok(format!("set to {n}"))
 }
 
-fn dir_object(s: &Scanned, dir: InodeId) -> Result<OwnedFd, String> {
+fn dir_object(live: &Live, dir: InodeId) -> Result<OwnedFd, String> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let name = object_name(inode_local(dir));
-    openat(s.inodes.as_fd(), name.as_str(), flags, Mode::empty()).map_err(errno)
+    openat(live.inodes.as_fd(), name.as_str(), flags, Mode::empty()).map_err(errno)
 }
 
 /// Directory `name` in `parent`, made root's and 0700 if missing.
@@ -137,8 +141,8 @@ fn make_dir(parent: BorrowedFd, name: &str) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-fn lost_found(s: &Scanned) -> Result<OwnedFd, String> {
-    make_dir(s.top.fd(), LOST_FOUND)
+fn lost_found(live: &Live) -> Result<OwnedFd, String> {
+    make_dir(live.top.fd(), LOST_FOUND)
 }
 
 /// Move `name` from `from` into `to` under a name not taken there yet

@@ -2,6 +2,10 @@
 //! object of `inodes/` with its kind and count attribute, and every entry of
 //! every directory object, each either valid (as the store writes it) or bad
 //! with the reason. Nothing is changed here; nothing is followed.
+//!
+//! A [`Scanned`] store is a model with the descriptors the repairs use
+//! ([`Live`]), or a model another node exported (`fsck.kdfs --export`),
+//! checked along but never repaired here.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -15,6 +19,8 @@ use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode};
 
+use serde::{Deserialize, Serialize};
+
 use crate::format::{self, RootMeta, StoreDir, Superblock, FIRST_INO, INODES, STORE_OWNER};
 use crate::store::entry::Entry;
 use crate::store::{object_name, sys, NLINK_XATTR, NSUB_XATTR};
@@ -24,7 +30,7 @@ use crate::KdfsError;
 pub type Count = Result<Option<u64>, String>;
 
 /// One object of `inodes/`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Obj {
     pub kind: FileKind,
     /// `trusted.kdfs.nlink` (non-directories) or `trusted.kdfs.nsub`
@@ -33,7 +39,7 @@ pub struct Obj {
 }
 
 /// A valid entry of a directory object.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ent {
     pub dir: InodeId,
     pub name: OsString,
@@ -44,17 +50,37 @@ pub struct Ent {
 }
 
 /// Something in a directory object the store did not write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BadEnt {
     pub dir: InodeId,
     pub name: OsString,
     pub why: String,
 }
 
-/// One store, as read.
-pub struct Scanned {
+/// The descriptors of a store being checked here.
+pub struct Live {
     pub top: StoreDir,
     pub inodes: OwnedFd,
+}
+
+/// One store: read here (`live`), or as another node exported it.
+pub struct Scanned {
+    pub model: Model,
+    pub live: Option<Live>,
+}
+
+impl std::ops::Deref for Scanned {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// One store, as read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Model {
+    /// Its directory (on the node it is on).
+    pub path: PathBuf,
     pub sb: Superblock,
     /// The root meta-file (root node only): its content, or why not.
     pub root_meta: Option<Result<RootMeta, String>>,
@@ -74,9 +100,9 @@ pub struct Scanned {
     pub bad_entries: Vec<BadEnt>,
 }
 
-impl Scanned {
+impl Model {
     pub fn path(&self) -> &Path {
-        self.top.path()
+        &self.path
     }
 
     pub fn node(&self) -> u32 {
@@ -129,10 +155,13 @@ pub fn scan(path: &Path) -> Result<Scanned, KdfsError> {
     let root_meta =
         (sb.root_node == sb.node).then(|| top.read_root_meta().map_err(|e| e.to_string()));
     let ino_next = top.read_ino_next().map_err(|e| e.to_string());
-    let mut s = Scanned {
-        not_private: Vec::new(),
-        top,
-        inodes,
+    let not_private = privacy(top.fd(), path)
+        .into_iter()
+        .chain(privacy(inodes.as_fd(), &shown))
+        .collect();
+    let mut s = Model {
+        path: path.to_path_buf(),
+        not_private,
         sb,
         root_meta,
         ino_next,
@@ -143,12 +172,11 @@ pub fn scan(path: &Path) -> Result<Scanned, KdfsError> {
         entries: Vec::new(),
         bad_entries: Vec::new(),
     };
-    s.not_private = privacy(s.top.fd(), path)
-        .into_iter()
-        .chain(privacy(s.inodes.as_fd(), &shown))
-        .collect();
-    scan_objects(&mut s)?;
-    Ok(s)
+    scan_objects(&mut s, inodes.as_fd())?;
+    Ok(Scanned {
+        model: s,
+        live: Some(Live { top, inodes }),
+    })
 }
 
 /// What lets other users into directory `fd` (a store must be root's, 0700).
@@ -178,16 +206,12 @@ fn list(dir: BorrowedFd) -> Result<Vec<OsString>, Errno> {
     Ok(names)
 }
 
-fn scan_objects(s: &mut Scanned) -> Result<(), KdfsError> {
+fn scan_objects(s: &mut Model, inodes: BorrowedFd) -> Result<(), KdfsError> {
     let shown = s.path().join(INODES);
-    let names = list(s.inodes.as_fd()).map_err(|e| KdfsError::io(&shown, e.into()))?;
+    let names = list(inodes).map_err(|e| KdfsError::io(&shown, e.into()))?;
     for name in names {
         let bytes = name.as_bytes();
-        let st = match fstatat(
-            s.inodes.as_fd(),
-            name.as_os_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
+        let st = match fstatat(inodes, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(e) => {
                 s.unreadable.push((name.to_string_lossy().into(), errno(e)));
@@ -213,21 +237,20 @@ fn scan_objects(s: &mut Scanned) -> Result<(), KdfsError> {
         } else {
             NLINK_XATTR
         };
-        let count =
-            sys::get_u64_xattr(s.inodes.as_fd(), &name, key).map_err(|e| format!("{key}: {e}"));
+        let count = sys::get_u64_xattr(inodes, &name, key).map_err(|e| format!("{key}: {e}"));
         s.objects.insert(local, Obj { kind, count });
         if kind == FileKind::Dir {
-            scan_dir(s, local, &name);
+            scan_dir(s, inodes, local, &name);
         }
     }
     Ok(())
 }
 
 /// Every entry of directory object `name` (local inode `local`).
-fn scan_dir(s: &mut Scanned, local: u64, name: &OsStr) {
+fn scan_dir(s: &mut Model, inodes: BorrowedFd, local: u64, name: &OsStr) {
     let dir = s.ino(local);
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let listed = openat(s.inodes.as_fd(), name, flags, Mode::empty())
+    let listed = openat(inodes, name, flags, Mode::empty())
         .and_then(|fd| list(fd.as_fd()).map(|names| (fd, names)));
     let (fd, names) = match listed {
         Ok(x) => x,
@@ -280,7 +303,7 @@ pub fn read_entry(dir: BorrowedFd, name: &OsStr) -> Result<(Entry, (i64, i64)), 
 }
 
 /// Where a store's objects are, for messages.
-pub fn object_path(s: &Scanned, name: &str) -> PathBuf {
+pub fn object_path(s: &Model, name: &str) -> PathBuf {
     s.path().join(INODES).join(name)
 }
 

@@ -125,7 +125,12 @@ impl Fs {
 
     fn fsck(&self, which: &[usize], repair: bool) -> Report {
         let dirs = which.iter().map(|&n| self.dirs[n - 1].clone()).collect();
-        run(&Options { dirs, repair }).unwrap()
+        run(&Options {
+            dirs,
+            with: vec![],
+            repair,
+        })
+        .unwrap()
     }
 }
 
@@ -410,6 +415,7 @@ fn bad_input_and_a_store_in_use_are_refused_in_one_line() {
     let err = |p: &Path| {
         run(&Options {
             dirs: vec![p.to_path_buf()],
+            with: vec![],
             repair: true,
         })
         .unwrap_err()
@@ -440,6 +446,7 @@ fn bad_input_and_a_store_in_use_are_refused_in_one_line() {
     let two = |a: &Path, b: &Path| {
         run(&Options {
             dirs: vec![a.into(), b.into()],
+            with: vec![],
             repair: false,
         })
         .unwrap_err()
@@ -447,4 +454,63 @@ fn bad_input_and_a_store_in_use_are_refused_in_one_line() {
     };
     assert!(two(&fs.dirs[0], &other.dirs[0]).contains("two stores of node 1"));
     assert!(two(&fs.dirs[0], &other.dirs[1]).contains("different file systems"));
+}
+
+#[test]
+fn a_node_checks_its_store_with_the_others_exports() {
+    let mut fs = Fs::new();
+    // Node 1: an orphan, and a file whose second name is in node 2's
+    // directory. Node 2: an orphan of its own.
+    let o1 = fs.make(1, FileKind::File);
+    let f = fs.create(1, fs.root, "f", FileKind::File);
+    let r2 = fs.make(2, FileKind::Dir);
+    fs.add_entry(1, fs.root, "r2", &r2);
+    fs.add_entry(2, r2.ino, "g", &f);
+    let o2 = fs.make(2, FileKind::File);
+    fs.stop();
+    let out = fs._d.path().join("n2.export");
+    export(&fs.dirs[1], &out).unwrap();
+    let with = |repair| {
+        run(&Options {
+            dirs: vec![fs.dirs[0].clone()],
+            with: vec![out.clone()],
+            repair,
+        })
+        .unwrap()
+    };
+    let r = with(false);
+    assert!(r.complete);
+    let mut k = kinds(&r);
+    k.sort_by_key(|p| format!("{p:?}"));
+    // Node 2's orphan is for node 2's run.
+    assert_eq!(k, [Problem::LinkCount, Problem::Orphan], "{r:#?}");
+    assert_eq!(with(true).exit_code(), EXIT_FIXED);
+    assert_eq!(with(false).exit_code(), EXIT_CLEAN);
+    assert!(!fs.object(1, o1.ino).exists());
+    assert!(fs.object(2, o2.ino).exists());
+    // Node 2's run with node 1's export (taken after node 1's repair).
+    let out1 = fs._d.path().join("n1.export");
+    export(&fs.dirs[0], &out1).unwrap();
+    let r = run(&Options {
+        dirs: vec![fs.dirs[1].clone()],
+        with: vec![out1.clone()],
+        repair: true,
+    })
+    .unwrap();
+    assert_eq!(kinds(&r), [Problem::Orphan], "{r:#?}");
+    assert!(!fs.object(2, o2.ino).exists());
+    // Garbage is no export.
+    fs::write(&out1, b"{}").unwrap();
+    let e = run(&Options {
+        dirs: vec![fs.dirs[1].clone()],
+        with: vec![out1],
+        repair: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("not a store exported by fsck.kdfs --export"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
 }

@@ -13,7 +13,7 @@ use krg_proto::kdfs::{DirEntry, FileKind, InodeId};
 use super::error::{Res, StoreError};
 
 /// What one entry names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Entry {
     pub ino: InodeId,
     pub kind: FileKind,
