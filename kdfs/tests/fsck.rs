@@ -40,56 +40,6 @@ fn crash(c: &mut Cluster, node: usize, point: &str, op: impl FnOnce(&Path) -> st
     eprintln!("{point}: back after {:?}", t.elapsed());
 }
 
-/// The processes with `dir` open.
-fn holders(dir: &Path) -> Vec<u32> {
-    let dir = fs::canonicalize(dir).unwrap();
-    let mut pids = Vec::new();
-    for p in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        if fds
-            .flatten()
-            .any(|fd| fs::read_link(fd.path()).ok().as_deref() == Some(&*dir))
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Wait until nothing uses store `dir` (umount returns before mount.kdfs
-/// has exited, and its view of the store holds the lock until then). A
-/// mount.kdfs still there after 20 s (seen once on a loaded machine) is
-/// killed, by its pid, as a crashed client would be: it holds no state.
-fn wait_unused(dir: &Path) {
-    let in_use = || {
-        let out = run(Command::new(fsck_bin()).arg(dir));
-        String::from_utf8_lossy(&out.stderr).contains("is in use")
-    };
-    let t = std::time::Instant::now();
-    while in_use() {
-        if t.elapsed() > Duration::from_secs(20) {
-            for pid in holders(dir) {
-                let cmd = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                eprintln!(
-                    "{} still held by {pid} ({cmd:?}): killing it",
-                    dir.display()
-                );
-                if cmd.contains("mount-kdfs") {
-                    let _ = run(Command::new("kill").args(["-9", &pid.to_string()]));
-                }
-            }
-            wait_until("the store unused", Duration::from_secs(20), || !in_use());
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Every name under `root`: kind, link count and content.
 fn tree(root: &Path) -> BTreeMap<String, (char, u64, Vec<u8>)> {
     let mut out = BTreeMap::new();
@@ -186,17 +136,7 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
     let busy = run(Command::new(fsck_bin()).arg(&c.nodes[0].store));
     assert_eq!(busy.status.code(), Some(8));
     assert!(String::from_utf8_lossy(&busy.stderr).contains("is in use"));
-    for i in 0..2 {
-        c.umount(i);
-    }
-    for i in 0..2 {
-        c.kill_krgd(i);
-    }
-    // umount returns before the mount.kdfs process is gone (its view of
-    // the store holds the lock until then).
-    for n in &c.nodes {
-        wait_unused(&n.store);
-    }
+    c.stop_all();
     let (code, kinds, text) = fsck(&c, "-n");
     assert_eq!(code, 4, "{text}");
     let want: BTreeMap<String, usize> = [
@@ -227,17 +167,7 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
 
     // Served and mounted again: the namespace is what the operations that
     // completed, and fsck, make it.
-    for i in 0..2 {
-        c.start_krgd(i);
-    }
-    for i in 0..2 {
-        let out = c.mount(i, "");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    c.start_all();
     let f = |n: u64, s: &str| ('f', n, s.as_bytes().to_vec());
     let want: BTreeMap<String, (char, u64, Vec<u8>)> = [
         ("L", ('d', 2, vec![])),
