@@ -169,33 +169,34 @@ impl StoreDir {
     /// when the process dies. [`StoreDir::lock_offline`] (fsck.kdfs) is
     /// refused while one is held.
     pub fn lock_in_use(&self) -> Result<(), KdfsError> {
-        self.flock(libc::LOCK_SH | libc::LOCK_NB)
+        self.flock(
+            libc::LOCK_SH | libc::LOCK_NB,
+            "is being checked by fsck.kdfs: wait for it to end",
+        )
     }
 
     /// Take the store for an offline tool (fsck.kdfs): an exclusive
     /// `flock`, refused while a krgd serves it or a mount reads it.
     pub fn lock_offline(&self) -> Result<(), KdfsError> {
-        self.flock(libc::LOCK_EX | libc::LOCK_NB)
+        self.flock(
+            libc::LOCK_EX | libc::LOCK_NB,
+            "is in use (served by a running krgd, or read by mount.kdfs): stop krgd and unmount it first",
+        )
     }
 
-    fn flock(&self, how: libc::c_int) -> Result<(), KdfsError> {
+    fn flock(&self, how: libc::c_int, busy: &str) -> Result<(), KdfsError> {
         // SAFETY: flock(2) on a descriptor this StoreDir owns; no memory is passed.
         let r = unsafe { libc::flock(self.fd.as_raw_fd(), how) };
         if r == 0 {
             Ok(())
         } else {
-            Err(self.in_use(nix::errno::Errno::last()))
-        }
-    }
-
-    fn in_use(&self, e: nix::errno::Errno) -> KdfsError {
-        if e == nix::errno::Errno::EWOULDBLOCK {
-            KdfsError::Invalid(format!(
-                "{} is in use (served by a running krgd, or read by mount.kdfs): stop krgd and unmount it first",
-                self.path.display()
-            ))
-        } else {
-            io_err(&self.path, e)
+            match nix::errno::Errno::last() {
+                nix::errno::Errno::EWOULDBLOCK => Err(KdfsError::Invalid(format!(
+                    "{} {busy}",
+                    self.path.display()
+                ))),
+                e => Err(io_err(&self.path, e)),
+            }
         }
     }
 

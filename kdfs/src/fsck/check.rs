@@ -31,12 +31,16 @@ pub fn check(stores: &[Scanned], complete: bool) -> (Vec<Finding>, Vec<String>) 
         findings: Vec::new(),
         notes: Vec::new(),
         removed: BTreeSet::new(),
+        moved: BTreeSet::new(),
     };
     for i in 0..stores.len() {
         c.store_level(i);
     }
     c.bad_entries();
-    c.second_dir_names();
+    // Reachability before the second names go: a name in a directory
+    // reachable from the root is the one kept.
+    let reachable = c.counted_dirs();
+    c.second_dir_names(reachable.as_ref());
     let counted = c.counted_dirs();
     let names = c.names(&counted);
     for i in 0..stores.len() {
@@ -53,6 +57,8 @@ struct Checker<'a> {
     notes: Vec<String>,
     /// Entries a repair removes: not counted as names.
     removed: BTreeSet<EntKey>,
+    /// Objects a repair moves to lost+found: (store, local number).
+    moved: BTreeSet<(usize, u64)>,
 }
 
 impl Checker<'_> {
@@ -227,8 +233,9 @@ impl Checker<'_> {
     }
 
     /// A directory has one name (the root none): an interrupted rename
-    /// across nodes leaves two. The newest is the rename's; the others go.
-    fn second_dir_names(&mut self) {
+    /// across nodes leaves two. The newest is the rename's; the others go
+    /// (a name in a reachable directory first, when that is known).
+    fn second_dir_names(&mut self, reachable: Option<&BTreeSet<InodeId>>) {
         let mut by_dir: BTreeMap<InodeId, Vec<(usize, Ent)>> = BTreeMap::new();
         for (i, e) in self.kept() {
             if e.entry.is_dir() {
@@ -241,7 +248,8 @@ impl Checker<'_> {
             if names.len() <= keep {
                 continue;
             }
-            names.sort_by_key(|(_, e)| std::cmp::Reverse(e.made));
+            let seen = |d: &InodeId| reachable.is_none_or(|r| r.contains(d));
+            names.sort_by_key(|(_, e)| std::cmp::Reverse((seen(&e.dir), e.made)));
             for (i, e) in names.into_iter().skip(keep) {
                 let msg = format!(
                     "directory {ino:x} has a second name {:?} in directory {:x} on node {} (an interrupted rename)",
@@ -340,6 +348,11 @@ impl Checker<'_> {
             todo.push((Problem::LinkCount, at(wrong), Fix::SetNlink(local, n)));
         }
         for (p, m, f) in todo {
+            if let Fix::ObjectToLostFound(name) = &f {
+                if let Some(local) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) {
+                    self.moved.insert((i, local));
+                }
+            }
             self.add(i, p, m, f);
         }
         if unnamed > 0 && s.live.is_some() {
@@ -363,7 +376,8 @@ impl Checker<'_> {
         }
         let mut todo = Vec::new();
         for (&local, o) in &s.objects {
-            if o.kind != FileKind::Dir {
+            let unread = s.unreadable.iter().any(|(n, _)| *n == format!("{local:x}"));
+            if o.kind != FileKind::Dir || unread || self.moved.contains(&(i, local)) {
                 continue;
             }
             let w = want.get(&s.ino(local)).copied().unwrap_or(0);

@@ -190,6 +190,15 @@ fn completeness(stores: &[Scanned]) -> Result<(bool, Option<String>), KdfsError>
         .difference(&nodes)
         .map(|n| n.to_string())
         .collect();
+    if let Some(s) = stores.iter().find(|s| !s.unreadable.is_empty()) {
+        // Names in an unreadable directory are unknown: nothing could be
+        // called an orphan.
+        let note = format!(
+            "{} has unreadable objects: orphans and names across nodes are not checked",
+            s.path().display()
+        );
+        return Ok((false, Some(note)));
+    }
     let root = stores.iter().find(|s| s.node() == first.root_node);
     if missing.is_empty() && root.is_some_and(|s| s.root().is_some()) {
         return Ok((true, None));
