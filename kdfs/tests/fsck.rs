@@ -137,6 +137,15 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
     assert_eq!(busy.status.code(), Some(8));
     assert!(String::from_utf8_lossy(&busy.stderr).contains("is in use"));
     c.stop_all();
+    let human = run(Command::new(fsck_bin())
+        .arg(&c.nodes[0].store)
+        .arg(&c.nodes[1].store));
+    let human = String::from_utf8_lossy(&human.stdout).to_string();
+    eprintln!("{human}");
+    assert!(
+        human.ends_with("fsck.kdfs: 10 problem(s) left\n"),
+        "{human}"
+    );
     let (code, kinds, text) = fsck(&c, "-n");
     assert_eq!(code, 4, "{text}");
     let want: BTreeMap<String, usize> = [

@@ -129,7 +129,8 @@ fn dir_object(live: &Live, dir: InodeId) -> Result<OwnedFd, String> {
     openat(live.inodes.as_fd(), name.as_str(), flags, Mode::empty()).map_err(errno)
 }
 
-/// Directory `name` in `parent`, made root's and 0700 if missing.
+/// Directory `name` in `parent`, root's and 0700 whoever made it (what is
+/// moved there keeps the data of files other users must not read).
 fn make_dir(parent: BorrowedFd, name: &str) -> Result<OwnedFd, String> {
     match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
         Ok(()) | Err(Errno::EEXIST) => {}
@@ -137,6 +138,7 @@ fn make_dir(parent: BorrowedFd, name: &str) -> Result<OwnedFd, String> {
     }
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(parent, name, flags, Mode::empty()).map_err(errno)?;
+    fchown(fd.as_fd(), Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).map_err(errno)?;
     fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700)).map_err(errno)?;
     Ok(fd)
 }

@@ -555,3 +555,33 @@ fn krgd_cannot_serve_a_store_fsck_is_checking() {
     drop(fsck);
     Store::open(&fs.dirs[0], 1, None).unwrap();
 }
+
+#[test]
+fn a_lost_found_another_user_made_is_taken_back_before_use() {
+    use std::os::unix::fs::MetadataExt;
+    let mut fs = Fs::new();
+    let o = fs.make(2, FileKind::File);
+    fs.stop();
+    // Planted while the store was open to others: theirs, world-writable.
+    let lf = fs.dirs[1].join("lost+found");
+    fs::create_dir(&lf).unwrap();
+    std::os::unix::fs::chown(&lf, Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(&lf, fs::Permissions::from_mode(0o777)).unwrap();
+    repair_then_clean(&fs, &[1, 2]);
+    let m = fs::metadata(&lf).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o700));
+    assert!(lf.join(format!("{:x}", inode_local(o.ino))).exists());
+    // A symlink there is never followed.
+    fs::remove_dir_all(&lf).unwrap();
+    let elsewhere = fs._d.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &lf).unwrap();
+    let fs2 = Fs::reopen(fs);
+    let o2 = fs2.make(2, FileKind::File);
+    let mut fs = fs2;
+    fs.stop();
+    let r = fs.fsck(&[1, 2], true);
+    assert_eq!(r.exit_code(), EXIT_LEFT, "{r:#?}");
+    assert!(fs.object(2, o2.ino).exists());
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
