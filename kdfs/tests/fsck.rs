@@ -1,7 +1,7 @@
-//! Crash points: a real 2-node kDFS whose krgds are killed (SIGKILL, at a
-//! named step armed through `KDFS_TEST_CRASH_FILE`) in the middle of
-//! cross-node operations; then fsck.kdfs on the stopped stores, and the
-//! namespace after the repair compared with what it must be.
+//! Crash points: a real 2-node kDFS whose krgds, and then its client, are
+//! killed (SIGKILL, at a named step armed through `KDFS_TEST_CRASH_FILE`)
+//! in the middle of cross-node operations; then fsck.kdfs on the stopped
+//! stores, and the namespace after the repair compared with what it must be.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -38,6 +38,27 @@ fn crash(c: &mut Cluster, node: usize, point: &str, op: impl FnOnce(&Path) -> st
         fs::File::open(m.join("L/p1")).is_ok() && fs::File::open(m.join("R/p2")).is_ok()
     });
     eprintln!("{point}: back after {:?}", t.elapsed());
+}
+
+/// Node 1's mount.kdfs dies at client crash point `point` while `op` runs
+/// through it; `op` must fail, and the mount is made again.
+fn client_crash(c: &mut Cluster, point: &str, op: impl FnOnce(&Path) -> std::io::Result<()>) {
+    let armed = c.nodes[0].data.join("client-crash-at");
+    fs::write(&armed, point).unwrap();
+    let m = c.mnt(0).to_path_buf();
+    let r = op(&m);
+    assert!(r.is_err(), "{point}: the operation succeeded");
+    assert!(!armed.exists(), "{point}: not reached ({r:?})");
+    c.umount(0);
+    let out = c.mount(0, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the new mount", Duration::from_secs(30), || {
+        fs::File::open(m.join("L/p1")).is_ok() && fs::File::open(m.join("R/p2")).is_ok()
+    });
 }
 
 /// Every name under `root`: kind, link count and content.
@@ -96,6 +117,16 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
     fs::write(m.join("R/f5"), "five").unwrap();
     fs::create_dir(m.join("R/d6")).unwrap();
     fs::create_dir(m.join("L/d7")).unwrap();
+    for (name, data) in [
+        ("L/c2", "c2"),
+        ("R/c3", "c3"),
+        ("R/c4", "c4"),
+        ("L/c6", "c6"),
+    ] {
+        fs::write(m.join(name), data).unwrap();
+    }
+    fs::hard_link(m.join("R/c4"), m.join("L/c4b")).unwrap();
+    fs::create_dir(m.join("R/c5")).unwrap();
 
     // create in R: node 2 dies once the entry is in; node 1 drops the inode.
     crash(&mut c, 1, "add-entry", |m| fs::write(m.join("R/s1"), "x"));
@@ -124,6 +155,18 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
         fs::write(m.join("L/s8"), "x")
     });
 
+    // The client (node 1's mount.kdfs) killed between two steps.
+    client_crash(&mut c, "client-make", |m| fs::write(m.join("R/c1"), "x"));
+    client_crash(&mut c, "client-link", |m| {
+        fs::hard_link(m.join("L/c2"), m.join("R/c2l"))
+    });
+    client_crash(&mut c, "client-unlink", |m| fs::remove_file(m.join("R/c3")));
+    client_crash(&mut c, "client-unlink", |m| fs::remove_file(m.join("R/c4")));
+    client_crash(&mut c, "client-rmdir", |m| fs::remove_dir(m.join("R/c5")));
+    client_crash(&mut c, "client-rename", |m| {
+        fs::rename(m.join("L/c6"), m.join("R/c6"))
+    });
+
     // The damage, as users see it: a name that answers ENOENT.
     let names: Vec<String> = fs::read_dir(m.join("R"))
         .unwrap()
@@ -143,17 +186,17 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
     let human = String::from_utf8_lossy(&human.stdout).to_string();
     eprintln!("{human}");
     assert!(
-        human.ends_with("fsck.kdfs: 10 problem(s) left\n"),
+        human.ends_with("fsck.kdfs: 16 problem(s) left\n"),
         "{human}"
     );
     let (code, kinds, text) = fsck(&c, "-n");
     assert_eq!(code, 4, "{text}");
     let want: BTreeMap<String, usize> = [
-        ("dangling-entry", 2), // R/s1, R/d6
-        ("orphan", 3),         // s2, f5, s8
-        ("link-count", 2),     // f3 (+R/l3), f4 (+R/f4)
+        ("dangling-entry", 3), // R/s1, R/d6, R/c5
+        ("orphan", 5),         // s2, f5, s8, c1, c3
+        ("link-count", 5),     // f3 (+R/l3), f4 (+R/f4), c6 (+R/c6); c2, c4 (one too high)
         ("second-name", 1),    // d7
-        ("subdir-count", 2),   // R (d6 gone), L (d7 gone)
+        ("subdir-count", 2),   // R (d6, c5 gone), L (d7 gone)
     ]
     .into_iter()
     .map(|(k, n)| (k.to_string(), n))
@@ -172,7 +215,7 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
         .map(|p| fs::read(p).unwrap())
         .collect();
     kept.sort();
-    assert_eq!(kept, [b"".to_vec(), b"five".to_vec()]);
+    assert_eq!(kept, [&b""[..], b"", b"c3", b"five"]);
 
     // Served and mounted again: the namespace is what the operations that
     // completed, and fsck, make it.
@@ -183,6 +226,10 @@ fn crashes_between_the_steps_of_cross_node_operations_are_repaired_by_fsck() {
         ("L/f3", f(2, "three")),
         ("L/f4", f(2, "four")),
         ("L/p1", f(1, "probe 1")),
+        ("L/c2", f(1, "c2")),
+        ("L/c4b", f(1, "c4")),
+        ("L/c6", f(2, "c6")),
+        ("R/c6", f(2, "c6")),
         ("R/p2", f(1, "probe 2")),
         ("R", ('d', 3, vec![])),
         ("R/l3", f(2, "three")),

@@ -349,7 +349,9 @@ impl Cluster {
             .arg(&n.mnt)
             .arg("-o")
             .arg(format!("{opts},log={}", log.display()))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            // Client crash points (tests/fsck.rs).
+            .env("KDFS_TEST_CRASH_FILE", n.data.join("client-crash-at"));
         run(&mut cmd)
     }
 
