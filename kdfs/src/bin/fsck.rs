@@ -20,10 +20,10 @@ const EXIT_USAGE: u8 = 16;
 ///
 /// One store alone: an inode with no name in it may be named by another
 /// node's directory, so it is only counted. Given every store of the file
-/// system at once (copy or mount them on one machine, or run on a node
-/// that holds them all), fsck.kdfs also finds orphans (nothing reachable
-/// from the root names them), entries naming missing inodes of other
-/// nodes, and exact link counts.
+/// system at once (their directories, e.g. copies, on one machine),
+/// fsck.kdfs also finds orphans (nothing reachable from the root names
+/// them), entries naming missing inodes of other nodes, and exact link
+/// counts.
 ///
 /// On a cluster whose stores are on their own nodes: stop every krgd, run
 /// `fsck.kdfs --export FILE DIR` on each node, copy the files to every
