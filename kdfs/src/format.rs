@@ -22,7 +22,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use krg_proto::kdfs::InodeId;
@@ -161,6 +161,43 @@ impl StoreDir {
         })?;
         check_private(fd.as_fd(), &path)?;
         Ok(fd)
+    }
+
+    /// Mark the store as in use for as long as this descriptor is open
+    /// (krgd serving it, mount.kdfs reading it): a shared `flock` on the
+    /// directory, which many users may hold at once and the kernel drops
+    /// when the process dies. [`StoreDir::lock_offline`] (fsck.kdfs) is
+    /// refused while one is held.
+    pub fn lock_in_use(&self) -> Result<(), KdfsError> {
+        self.flock(
+            libc::LOCK_SH | libc::LOCK_NB,
+            "is being checked by fsck.kdfs: wait for it to end",
+        )
+    }
+
+    /// Take the store for an offline tool (fsck.kdfs): an exclusive
+    /// `flock`, refused while a krgd serves it or a mount reads it.
+    pub fn lock_offline(&self) -> Result<(), KdfsError> {
+        self.flock(
+            libc::LOCK_EX | libc::LOCK_NB,
+            "is in use (served by a running krgd, or read by mount.kdfs): stop krgd and unmount it first",
+        )
+    }
+
+    fn flock(&self, how: libc::c_int, busy: &str) -> Result<(), KdfsError> {
+        // SAFETY: flock(2) on a descriptor this StoreDir owns; no memory is passed.
+        let r = unsafe { libc::flock(self.fd.as_raw_fd(), how) };
+        if r == 0 {
+            Ok(())
+        } else {
+            match nix::errno::Errno::last() {
+                nix::errno::Errno::EWOULDBLOCK => Err(KdfsError::Invalid(format!(
+                    "{} {busy}",
+                    self.path.display()
+                ))),
+                e => Err(io_err(&self.path, e)),
+            }
+        }
     }
 
     /// Refuse a store other users could reach (see the module header).

@@ -1,6 +1,7 @@
 //! kDFS: one namespace over every node's local directory.
 //!
 //! * [`format`]: the on-disk superblock and root meta-file (`mkfs.kdfs`).
+//! * [`fsck`]: offline check and repair of stores (`fsck.kdfs`).
 //! * [`store`]: the storage engine a krgd runs against its local directory.
 //! * [`lockmgr`]: cluster-wide fcntl/flock locks of the files a krgd owns.
 //! * [`client`]: the FUSE client behind `mount.kdfs`.
@@ -10,6 +11,7 @@
 pub mod client;
 pub mod error;
 pub mod format;
+pub mod fsck;
 pub mod lockmgr;
 pub mod store;
 

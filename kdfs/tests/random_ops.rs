@@ -1,6 +1,9 @@
 //! Randomized operation sequences applied both to a 2-node kDFS (alternating
 //! between the two nodes' mounts) and to a local directory: every result
-//! (success or errno) and the final trees must be the same.
+//! (success or errno) and the final trees must be the same. With crash
+//! points: krgds killed at random steps of the operations, fsck.kdfs, and
+//! the same comparison for everything the interrupted operation did not
+//! touch.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -162,4 +165,188 @@ fn random_operation_sequences_match_a_local_directory() {
         );
         assert_eq!(a, b, "seed {seed}: final trees differ");
     }
+}
+
+/// krgd's crash points (`kdfs::store::crash`) an operation may reach.
+fn points(op: &Op) -> &'static [&'static str] {
+    match op {
+        Op::Write { .. } | Op::Mkdir(_) => &["make-inode", "create-entry", "add-entry"],
+        Op::Unlink(_) => &["remove-entry"],
+        Op::Rmdir(_) => &["remove-dir", "remove-entry"],
+        Op::Rename(..) => &["add-entry", "remove-entry", "rename"],
+        Op::Link(..) => &["inc-link", "add-entry"],
+        Op::Truncate { .. } | Op::Chmod(..) | Op::Read(_) => &[],
+    }
+}
+
+/// The paths an operation may change (and what is under them).
+fn touched(op: &Op) -> Vec<&'static str> {
+    match op {
+        Op::Write { path, .. } | Op::Truncate { path, .. } => vec![path],
+        Op::Unlink(a) | Op::Mkdir(a) | Op::Rmdir(a) | Op::Read(a) | Op::Chmod(a, _) => vec![a],
+        Op::Rename(a, b) | Op::Link(a, b) => vec![a, b],
+    }
+}
+
+/// The tree without link counts (a second name fsck kept changes them)
+/// and without the paths `skip` (and what is under them).
+fn names_but(root: &Path, skip: &[&str]) -> BTreeMap<PathBuf, (bool, u32, Vec<u8>)> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, _)| !skip.iter().any(|s| p.starts_with(s)))
+        .map(|(p, (dir, mode, _, _, data))| (p, (dir, mode, data)))
+        .collect()
+}
+
+/// What a repaired namespace must be: every file's link count is its
+/// number of names, every directory's 2 + its subdirectories.
+fn check_counts(root: &Path) {
+    let mut names: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let mut subdirs = 0;
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                subdirs += 1;
+                todo.push(p);
+            } else {
+                names.entry(m.ino()).or_insert((m.nlink(), 0)).1 += 1;
+            }
+        }
+        let n = fs::metadata(&d).unwrap().nlink();
+        assert_eq!(n, 2 + subdirs, "{}: link count", d.display());
+    }
+    for (ino, (nlink, seen)) in names {
+        assert_eq!(nlink, seen, "inode {ino:x}: link count vs names");
+    }
+}
+
+/// Make `to` a copy of tree `from` (hard links kept, modes too).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::remove_dir_all(to).unwrap();
+    fs::create_dir(to).unwrap();
+    let mut first: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    let mut dirs = vec![];
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for e in fs::read_dir(from.join(&rel)).unwrap() {
+            let r = rel.join(e.unwrap().file_name());
+            let m = fs::symlink_metadata(from.join(&r)).unwrap();
+            if m.is_dir() {
+                fs::create_dir(to.join(&r)).unwrap();
+                dirs.push((r.clone(), m.mode()));
+                todo.push(r);
+            } else if let Some(p) = first.get(&m.ino()) {
+                fs::hard_link(to.join(p), to.join(&r)).unwrap();
+            } else {
+                fs::write(to.join(&r), fs::read(from.join(&r)).unwrap()).unwrap();
+                fs::set_permissions(to.join(&r), fs::Permissions::from_mode(m.mode())).unwrap();
+                first.insert(m.ino(), r);
+            }
+        }
+    }
+    for (r, mode) in dirs {
+        fs::set_permissions(to.join(r), fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// fsck.kdfs on every store; its exit code and output.
+fn fsck_all(c: &common::Cluster, flag: &str) -> (i32, String) {
+    let mut cmd = std::process::Command::new(common::fsck_bin());
+    cmd.arg(flag);
+    for n in &c.nodes {
+        cmd.arg(&n.store);
+    }
+    let out = common::run(&mut cmd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Random operations through both nodes' mounts and on a local directory,
+/// with krgd crash points armed at random steps on a random node: an
+/// operation that killed a krgd is followed by fsck.kdfs -y of the stopped
+/// stores, a restart, and a comparison: every path the operation did not
+/// touch is as in the local directory, link counts are the names', and
+/// the local directory then takes kDFS's state of the touched paths.
+/// Returns how many crashes happened.
+fn crash_campaign(seeds: std::ops::Range<u64>, steps: usize, max_crashes: usize) -> usize {
+    let mut c = common::Cluster::with_kdfs(2);
+    let local = tempfile::tempdir().unwrap();
+    let mut crashes = 0;
+    for seed in seeds {
+        let base = format!("run{seed}");
+        let lbase = local.path().join(&base);
+        fs::create_dir(&lbase).unwrap();
+        fs::create_dir(c.mnt(0).join(&base)).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for step in 0..steps {
+            let op = random_op(&mut rng);
+            let arm = crashes < max_crashes && !points(&op).is_empty();
+            let armed = (arm && rng.random_range(0..3) == 0).then(|| {
+                let node = rng.random_range(0..2);
+                let file = c.nodes[node].data.join("crash-at");
+                fs::write(&file, pick(&mut rng, points(&op))).unwrap();
+                file
+            });
+            let k = c.mnt(step % 2).join(&base);
+            let got = apply(&k, &op);
+            let fired = armed.is_some_and(|f| fs::remove_file(f).is_err());
+            if fired {
+                eprintln!("seed {seed} step {step}: {op:?} killed a krgd ({got:?})");
+            }
+            if !fired {
+                assert_eq!(got, apply(&lbase, &op), "seed {seed} step {step}: {op:?}");
+                continue;
+            }
+            crashes += 1;
+            c.stop_all();
+            let (code, text) = fsck_all(&c, "-y");
+            assert!(
+                code == 0 || code == 1,
+                "seed {seed} step {step} {op:?}: {text}"
+            );
+            let (code, text) = fsck_all(&c, "-n");
+            assert_eq!(code, 0, "seed {seed} step {step} {op:?}: after -y: {text}");
+            c.start_all();
+            let kbase = c.mnt(0).join(&base);
+            check_counts(c.mnt(0));
+            let skip = touched(&op);
+            assert_eq!(
+                names_but(&kbase, &skip),
+                names_but(&lbase, &skip),
+                "seed {seed} step {step}: {op:?} crashed; fsck: {text}"
+            );
+            assert_eq!(snapshot(&kbase), snapshot(&c.mnt(1).join(&base)));
+            copy_tree(&kbase, &lbase);
+        }
+        assert_eq!(
+            snapshot(&lbase),
+            snapshot(&c.mnt(1).join(&base)),
+            "seed {seed}: final trees differ"
+        );
+        check_counts(c.mnt(0));
+    }
+    crashes
+}
+
+#[test]
+fn random_operations_with_krgd_crashes_are_repaired_by_fsck() {
+    // These seeds reach 7 crash points (creates, mkdirs, a link, an rmdir).
+    let crashes = crash_campaign(0..3, 60, usize::MAX);
+    assert!(crashes >= 3, "only {crashes} crash points were reached");
+}
+
+/// The long campaign: `cargo test -p kdfs --test random_ops -- --ignored`.
+#[test]
+#[ignore]
+fn random_operations_with_krgd_crashes_campaign() {
+    let crashes = crash_campaign(100..116, 300, usize::MAX);
+    eprintln!("{crashes} crashes");
+    assert!(crashes >= 20, "only {crashes} crash points were reached");
 }

@@ -14,7 +14,9 @@ fn build_and_version(root: &Path, work: &Path) -> String {
     let bins = work.join("bins");
     std::fs::create_dir_all(&bins).unwrap();
     std::fs::copy("/bin/true", bins.join("krgd")).unwrap();
-    std::fs::copy("/bin/true", bins.join("mount.kdfs")).unwrap();
+    for b in ["mount.kdfs", "fsck.kdfs", "krg"] {
+        std::fs::copy("/bin/true", bins.join(b)).unwrap();
+    }
     let r = root.to_str().unwrap();
     let s = ok(&[
         "image",
@@ -31,6 +33,8 @@ fn build_and_version(root: &Path, work: &Path) -> String {
     let img = root.join("base");
     assert!(img.join("usr/local/sbin/krgd").is_file());
     assert!(img.join("usr/sbin/mount.kdfs").is_file());
+    assert!(img.join("usr/sbin/fsck.kdfs").is_file());
+    assert!(img.join("usr/local/bin/krg").is_file());
     assert!(img.join("config/krg_scheduler").is_dir());
     assert!(img
         .join("etc/systemd/system/multi-user.target.wants/krgd.service")

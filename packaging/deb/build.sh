@@ -55,6 +55,7 @@ binaries=(
     "restart:/usr/bin/restart:1"
     "krgcapset:/usr/bin/krgcapset:1"
     "mkfs-kdfs:/sbin/mkfs.kdfs:8"
+    "fsck-kdfs:/sbin/fsck.kdfs:8"
     "mount-kdfs:/sbin/mount.kdfs:8"
 )
 for entry in "${binaries[@]}"; do

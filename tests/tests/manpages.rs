@@ -19,6 +19,7 @@ const BINARIES: &[(&str, &str, &str)] = &[
     ("restart", "restart", "1"),
     ("krgcapset", "krgcapset", "1"),
     ("mkfs-kdfs", "mkfs.kdfs", "8"),
+    ("fsck-kdfs", "fsck.kdfs", "8"),
     ("mount-kdfs", "mount.kdfs", "8"),
     ("nfsroot", "nfsroot", "8"),
 ];

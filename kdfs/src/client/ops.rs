@@ -13,6 +13,7 @@ use krg_proto::NodeId;
 use super::conn::Cluster;
 use super::local::LocalStore;
 use super::locks::ClientLocks;
+use crate::store::crash;
 
 pub type Res<T> = Result<T, i32>;
 
@@ -154,6 +155,7 @@ impl Ops {
             A::Created { attr, fh } => (attr, fh),
             other => return unexpected("make inode", other),
         };
+        crash::point("client-make");
         let add = Q::AddEntry {
             dir,
             name: name.to_vec(),
@@ -198,6 +200,7 @@ impl Ops {
         };
         match self.call(inode_node(dir), q).await? {
             A::Removed(Some(e)) => {
+                crash::point("client-unlink");
                 self.drop_inode(e.ino, e.kind).await;
                 Ok(())
             }
@@ -216,6 +219,7 @@ impl Ops {
             Ok(_) | Err(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
+        crash::point("client-rmdir");
         let q = Q::RemoveEntry {
             dir,
             name: name.to_vec(),
@@ -230,6 +234,7 @@ impl Ops {
             A::Attr(a) => a,
             other => return unexpected("link", other),
         };
+        crash::point("client-link");
         let add = Q::AddEntry {
             dir,
             name: name.to_vec(),
@@ -328,6 +333,7 @@ impl Ops {
             A::Removed(r) => r,
             other => return unexpected("rename", other),
         };
+        crash::point("client-rename");
         let what = if kind == FileKind::Dir {
             RemoveWhat::Dir
         } else {

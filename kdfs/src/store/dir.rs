@@ -131,6 +131,7 @@ impl Store {
             }
         }
         let attr = self.make_inode(&new)?;
+        super::crash::point("create-entry");
         let entry = Entry::new(attr.ino, attr.kind);
         if let Err(e) = symlinkat(entry.encode().as_str(), d.fd(), name) {
             let _ = self.objects.remove(attr.ino);

@@ -6,7 +6,7 @@ use krg_proto::kdfs::{Attr, Bytes, KdfsRequest, KdfsResponse};
 
 use super::data::{read_at, sync_file, write_at};
 use super::error::{Res, StoreError};
-use super::{sys, Store};
+use super::{crash, sys, Store};
 
 impl Store {
     /// Requests that only read the local file system and need no state of
@@ -56,7 +56,11 @@ impl Store {
                     attr,
                 }
             }
-            Q::MakeInode { new, open } => self.created(self.make_inode(&new)?, open)?,
+            Q::MakeInode { new, open } => {
+                let attr = self.make_inode(&new)?;
+                crash::point("make-inode");
+                self.created(attr, open)?
+            }
             Q::Create {
                 dir,
                 name,
@@ -69,24 +73,44 @@ impl Store {
                 ino,
                 kind,
                 replace,
-            } => A::Removed(self.add_entry(dir, &name, ino, kind, replace)?),
+            } => {
+                let replaced = self.add_entry(dir, &name, ino, kind, replace)?;
+                crash::point("add-entry");
+                A::Removed(replaced)
+            }
             Q::RemoveEntry {
                 dir,
                 name,
                 what,
                 expect,
-            } => A::Removed(Some(self.remove_entry(dir, &name, what, expect)?)),
+            } => {
+                let removed = self.remove_entry(dir, &name, what, expect)?;
+                crash::point("remove-entry");
+                A::Removed(Some(removed))
+            }
             Q::Rename {
                 src_dir,
                 src_name,
                 dst_dir,
                 dst_name,
                 flags,
-            } => A::Removed(self.rename(src_dir, &src_name, dst_dir, &dst_name, flags)?),
-            Q::IncLink { ino } => A::Attr(self.change_links(ino, 1)?.ok_or(StoreError::NotFound)?),
+            } => {
+                let replaced = self.rename(src_dir, &src_name, dst_dir, &dst_name, flags)?;
+                crash::point("rename");
+                A::Removed(replaced)
+            }
+            Q::IncLink { ino } => {
+                let attr = self.change_links(ino, 1)?.ok_or(StoreError::NotFound)?;
+                crash::point("inc-link");
+                A::Attr(attr)
+            }
             Q::DecLink { ino } => self.change_links(ino, -1).map(|_| A::Done)?,
             Q::Touch { ino } => self.touch(ino).map(|_| A::Done)?,
-            Q::RemoveDir { ino } => self.remove_dir(ino).map(|_| A::Done)?,
+            Q::RemoveDir { ino } => {
+                self.remove_dir(ino)?;
+                crash::point("remove-dir");
+                A::Done
+            }
             Q::IsEmptyDir { ino } => A::Empty(self.objects.is_empty_dir(ino)?),
             Q::Open { ino, write } => A::Handle(self.open_file(ino, write)?),
             Q::Read {

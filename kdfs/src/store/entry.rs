@@ -13,8 +13,8 @@ use krg_proto::kdfs::{DirEntry, FileKind, InodeId};
 use super::error::{Res, StoreError};
 
 /// What one entry names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Entry {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Entry {
     pub ino: InodeId,
     pub kind: FileKind,
 }
@@ -77,7 +77,7 @@ impl Entry {
 }
 
 /// A name an entry may have: one path component of at most 255 bytes.
-pub(super) fn check_name(name: &[u8]) -> Res<&OsStr> {
+pub(crate) fn check_name(name: &[u8]) -> Res<&OsStr> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
     {
         return Err(StoreError::BadName);

@@ -6,6 +6,7 @@
 //! files of this module, each using only those listed before it:
 //!
 //! * [`error`]: the store's error vocabulary, mapped to errnos in one place;
+//! * `crash`: crash points for the fsck tests (armed by krgd's environment);
 //! * `sys`: the syscalls std does not offer;
 //! * `entry`: how an entry is encoded, and which names are valid;
 //! * `locks`: lock stripes (and the lock-poisoning policy);
@@ -21,16 +22,17 @@
 //! * `dispatch`: one request in, one response out — the edge to the wire.
 
 mod alloc;
+pub mod crash;
 mod data;
 mod dir;
 mod dispatch;
-mod entry;
+pub(crate) mod entry;
 pub mod error;
 mod handles;
 mod lifetime;
 mod locks;
 mod objects;
-mod sys;
+pub(crate) mod sys;
 mod xattr;
 
 use std::fs::File;
@@ -49,6 +51,7 @@ use objects::Objects;
 
 pub use data::{read_at, sync_file, write_at};
 pub use error::StoreError;
+pub(crate) use objects::{object_name, NLINK_XATTR, NSUB_XATTR};
 
 /// An attached kDFS directory.
 pub struct Store {
@@ -106,6 +109,8 @@ impl Store {
     fn load(dir: &Path, node: NodeId) -> Result<Store, KdfsError> {
         let top = StoreDir::open(dir)?;
         top.check_private()?;
+        // In use while this Store lives: fsck.kdfs refuses it meanwhile.
+        top.lock_in_use()?;
         let sb = top.read_superblock()?;
         if sb.node != node {
             return Err(KdfsError::Invalid(format!(

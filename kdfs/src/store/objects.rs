@@ -29,11 +29,11 @@ use nix::unistd::{fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use super::error::{Res, StoreError};
 use super::sys;
 
-const NLINK_XATTR: &str = "trusted.kdfs.nlink";
-const NSUB_XATTR: &str = "trusted.kdfs.nsub";
+pub(crate) const NLINK_XATTR: &str = "trusted.kdfs.nlink";
+pub(crate) const NSUB_XATTR: &str = "trusted.kdfs.nsub";
 
 /// The name of local inode `local`'s object in `inodes/`.
-fn object_name(local: u64) -> String {
+pub(crate) fn object_name(local: u64) -> String {
     format!("{local:x}")
 }
 

@@ -22,6 +22,9 @@ pub const KRG_BINARIES: &[&str] = &[
     "krgcapset",
     "mkfs.kdfs",
     "mount.kdfs",
+    "fsck.kdfs",
+    "krg",
+    "migrate",
 ];
 
 #[derive(Debug, Clone)]
@@ -292,12 +295,18 @@ fn install_krg(root: &Path, opts: &BuildOptions, log: &mut dyn FnMut(&str)) -> R
             if !src.is_file() {
                 continue;
             }
-            // mount(8) looks for mount.<type> helpers in /sbin (= /usr/sbin).
-            let dst = if b.starts_with("mount.") {
-                root.join("usr/sbin").join(b)
+            // mount(8) and fsck(8) look for their <type> helpers in /sbin
+            // (= /usr/sbin); the users' commands go where users look.
+            let dir = if b.starts_with("mount.") || b.starts_with("fsck.") {
+                "usr/sbin"
+            } else if ["krg", "migrate"].contains(b) {
+                "usr/local/bin"
             } else {
-                root.join("usr/local/sbin").join(b)
+                "usr/local/sbin"
             };
+            let dst = root.join(dir).join(b);
+            fs::create_dir_all(root.join(dir))
+                .map_err(|e| NfsrootError::io(format!("creating {dir} in the image"), e))?;
             fs::copy(&src, &dst).map_err(|e| {
                 NfsrootError::io(format!("copying {} into the image", src.display()), e)
             })?;

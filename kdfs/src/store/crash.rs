@@ -1,0 +1,39 @@
+//! Crash points for the fsck tests: krgd (in the store) or mount.kdfs (in
+//! the client's operations, `client-*` points) killing itself (SIGKILL, as
+//! `kill -9` would) at a named step of an operation, so that a test can
+//! stop it deterministically between the steps of a cross-node operation
+//! and check what `fsck.kdfs` makes of the leftovers.
+//!
+//! Armed only when the process was started with `KDFS_TEST_CRASH_FILE=PATH`
+//! in its environment, and only for the point whose name is written in that
+//! file (the file is removed as the point fires, so it fires once). Without
+//! the variable a point costs one check of a cached `Option`. It is
+//! harmless in a production binary: whoever sets a daemon's environment
+//! can kill it anyway, and the only effect is that kill.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The variable naming the file that arms a crash point.
+pub const CRASH_FILE_ENV: &str = "KDFS_TEST_CRASH_FILE";
+
+fn crash_file() -> Option<&'static PathBuf> {
+    static FILE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FILE.get_or_init(|| std::env::var_os(CRASH_FILE_ENV).map(PathBuf::from))
+        .as_ref()
+}
+
+/// Die here (SIGKILL) if crash point `name` is armed.
+pub(crate) fn point(name: &str) {
+    let Some(file) = crash_file() else {
+        return;
+    };
+    let armed = std::fs::read_to_string(file).is_ok_and(|s| s.trim() == name);
+    if armed && std::fs::remove_file(file).is_ok() {
+        tracing::warn!(
+            point = name,
+            "kdfs: crash point reached, killing this process"
+        );
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
