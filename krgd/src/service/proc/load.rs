@@ -90,10 +90,11 @@ pub struct Sample {
 
 impl Sample {
     pub fn run_load(&self) -> f64 {
-        self.procs.iter().map(|p| p.run).sum()
+        // a fold from +0: the sum of nothing is -0.0 and prints as "-0.00"
+        self.procs.iter().fold(0.0, |a, p| a + p.run)
     }
     pub fn cpu_load(&self) -> f64 {
-        self.procs.iter().map(|p| p.cpu).sum()
+        self.procs.iter().fold(0.0, |a, p| a + p.cpu)
     }
     pub fn migratable(&self) -> usize {
         self.procs.iter().filter(|p| p.migratable).count()
