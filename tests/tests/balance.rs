@@ -55,6 +55,10 @@ impl Drop for Pids {
 
 /// Load the probe and the policy on node `id`, as the docs show.
 fn setup_node(c: &TestCluster, id: u32) {
+    setup_node_with(c, id, 3);
+}
+
+fn setup_node_with(c: &TestCluster, id: u32, max_moves: u32) {
     let t = tree(c, id);
     std::fs::create_dir(t.join("probes/krg_load_probe")).unwrap();
     std::fs::write(t.join("probes/krg_load_probe/probe_period"), "500").unwrap();
@@ -68,7 +72,7 @@ fn setup_node(c: &TestCluster, id: u32) {
     .unwrap();
     for (attr, v) in [
         ("threshold", "1.5".to_string()),
-        ("max_moves", "3".to_string()),
+        ("max_moves", max_moves.to_string()),
         ("interval", "1000".to_string()),
         ("min_residency", MIN_RESIDENCY_MS.to_string()),
     ] {
@@ -82,7 +86,7 @@ fn decisions(c: &TestCluster, id: u32) -> String {
         .unwrap_or_default()
 }
 
-/// (seconds of the day, pid, from, to) of every `moved` line of every node.
+/// (seconds of the day, pid, from, to) of every `moved` line of nodes 1-4.
 fn moves(c: &TestCluster) -> Vec<(f64, i32, u32, u32)> {
     let mut out = Vec::new();
     for id in 1..=4 {
@@ -290,5 +294,68 @@ fn bad_values_are_refused_and_the_old_ones_kept() -> Result<()> {
         d.contains("no other online node").then_some(d)
     })?;
     assert!(d.contains("none:"), "{d}");
+    Ok(())
+}
+
+#[test]
+fn a_refused_move_is_in_decisions_and_not_tried_again() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    for id in 1..=2 {
+        setup_node_with(&c, id, 1);
+    }
+    // Two busy processes that hold a UDP socket (sockets do not migrate).
+    let hog =
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nwhile True: pass";
+    let mut pids = Pids(Vec::new());
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", hog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: close_range between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        pids.0.push(child.id() as i32);
+        let o = Command::new(bin("krgcapset"))
+            .env("KRG_SOCKET", c.dir.path().join("krgd1.sock"))
+            .args(["-k", &child.id().to_string(), "-d", "+CAN_MIGRATE"])
+            .output()?;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        children.push(child);
+    }
+    // Each is tried once (one move per interval), refused, then held.
+    let d = wait_for(BOUND, "both moves refused, then nothing fits", || {
+        let d = decisions(&c, 1);
+        let refused = pids
+            .0
+            .iter()
+            .all(|p| d.contains(&format!("refused {p} to node 2: ")));
+        (refused && d.contains("2 held")).then_some(d)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", decisions(&c, 1)))?;
+    eprintln!("{d}");
+    assert!(d.contains("socket"), "{d}");
+    assert!(d.contains("not tried again for 60 s"), "{d}");
+    for p in &pids.0 {
+        assert_eq!(d.matches(&format!("refused {p} ")).count(), 1, "{d}");
+        assert!(alive(*p));
+    }
+    assert!(
+        !d.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("moved")),
+        "{d}"
+    );
+    drop(pids);
+    for mut ch in children {
+        let _ = ch.wait();
+    }
     Ok(())
 }
