@@ -7,38 +7,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
+use krg_tests::balance::{alive, decisions, formed, krg_ps, setup_node, tree, Hogs, Settings};
 use krg_tests::{bin, serial, wait_for, TestCluster};
 
-const SETTLE: Duration = Duration::from_secs(20);
 /// The issue's goal is 10 s; CI has 2 cores and runs other tests.
 const BOUND: Duration = Duration::from_secs(30);
 const MIN_RESIDENCY_MS: u64 = 20_000;
 
-fn tree(c: &TestCluster, id: u32) -> PathBuf {
-    c.dir.path().join(format!("sched{id}"))
-}
-
-fn formed(n: u32) -> Result<TestCluster> {
-    let mut c = TestCluster::loopback(n)?;
-    let key = c.key.clone();
-    for id in 1..=n {
-        let mount = format!("--scheduler-mount={}", tree(&c, id).display());
-        c.start_with(id, &key, &[&mount])?;
+fn settings(max_moves: u32) -> Settings {
+    Settings {
+        threshold: 1.5,
+        max_moves,
+        interval_ms: 1000,
+        min_residency_ms: MIN_RESIDENCY_MS,
     }
-    let ids: Vec<u32> = (1..=n).collect();
-    c.wait_present(1, &ids, SETTLE)?;
-    c.krgadm_ok(1, &["cluster", "start"])?;
-    c.wait_agreement(&ids, SETTLE)?;
-    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    Ok(c)
 }
 
 /// Processes this test started, killed by PID (wherever they run) when dropped.
@@ -51,39 +39,6 @@ impl Drop for Pids {
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
     }
-}
-
-/// Load the probe and the policy on node `id`, as the docs show.
-fn setup_node(c: &TestCluster, id: u32) {
-    setup_node_with(c, id, 3);
-}
-
-fn setup_node_with(c: &TestCluster, id: u32, max_moves: u32) {
-    let t = tree(c, id);
-    std::fs::create_dir(t.join("probes/krg_load_probe")).unwrap();
-    std::fs::write(t.join("probes/krg_load_probe/probe_period"), "500").unwrap();
-    std::fs::create_dir(t.join("schedulers/balance")).unwrap();
-    let p = t.join("schedulers/balance/balance_policy");
-    std::fs::create_dir(&p).unwrap();
-    std::os::unix::fs::symlink(
-        t.join("probes/krg_load_probe/run_load"),
-        p.join("port_load"),
-    )
-    .unwrap();
-    for (attr, v) in [
-        ("threshold", "1.5".to_string()),
-        ("max_moves", max_moves.to_string()),
-        ("interval", "1000".to_string()),
-        ("min_residency", MIN_RESIDENCY_MS.to_string()),
-    ] {
-        std::fs::write(p.join(attr), &v).unwrap();
-        assert_eq!(std::fs::read_to_string(p.join(attr)).unwrap().trim(), v);
-    }
-}
-
-fn decisions(c: &TestCluster, id: u32) -> String {
-    std::fs::read_to_string(tree(c, id).join("schedulers/balance/balance_policy/decisions"))
-        .unwrap_or_default()
 }
 
 /// (seconds of the day, pid, from, to) of every `moved` line of nodes 1-4.
@@ -107,101 +62,23 @@ fn moves(c: &TestCluster) -> Vec<(f64, i32, u32, u32)> {
     out
 }
 
-/// (node, pid) of the processes krg ps shows (jobs and processes that migrated in).
-fn krg_ps(c: &TestCluster) -> BTreeSet<(u64, i64)> {
-    let o = c.krg(1).unwrap().args(["ps", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-    v["processes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| (r["node"].as_u64().unwrap(), r["pid"].as_i64().unwrap()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
 #[test]
 fn four_hogs_on_node_1_end_up_one_per_node() -> Result<()> {
     let _g = serial();
     let c = formed(4)?;
     for id in 1..=4 {
-        setup_node(&c, id);
+        setup_node(&c, id, settings(3))?;
     }
-    // A shell that waits for its CAN_MIGRATE flag, then starts 4 CPU-bound
-    // subshells and reports how each one ends.
-    let script = r#"read go
-for i in 1 2 3 4; do (while :; do :; done) & pids="$pids $!"; done
-echo $pids
-while :; do who=; wait -n -p who; s=$?; [ -z "$who" ] && break; echo "ended $who $s"; done"#;
-    let mut cmd = Command::new("bash");
-    cmd.args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: close_range between fork and exec (no stray fds: they would
-    // make the hogs refuse to migrate).
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let mut parent = cmd.spawn()?;
-    let mut guard = Pids(vec![parent.id() as i32]);
-    let o = Command::new(bin("krgcapset"))
-        .env("KRG_SOCKET", c.dir.path().join("krgd1.sock"))
-        .args(["-k", &parent.id().to_string(), "-d", "+CAN_MIGRATE"])
-        .output()?;
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let t0 = Instant::now();
-    writeln!(parent.stdin.take().unwrap(), "go")?;
-    let mut out = BufReader::new(parent.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    let hogs: Vec<i32> = line
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(hogs.len(), 4, "{line:?}");
-    guard.0.extend(&hogs);
-    let ended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let ended2 = ended.clone();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(|l| l.ok()) {
-            ended2.lock().unwrap().push(l);
-        }
-    });
-
-    // One per node: three of them show on nodes 2, 3 and 4, the fourth runs on.
-    let placed = wait_for(BOUND, "one hog per node", || {
-        let ps = krg_ps(&c);
-        let nodes: BTreeSet<u64> = ps
-            .iter()
-            .filter(|(_, p)| hogs.contains(&(*p as i32)))
-            .map(|(n, _)| *n)
-            .collect();
-        (nodes == BTreeSet::from([2, 3, 4]) && hogs.iter().all(|&p| alive(p))).then_some(ps)
-    });
-    let elapsed = t0.elapsed();
+    let hogs = Hogs::start(&c, 1, 4)?;
+    let placed = hogs.wait_one_per_node(&c, 4, BOUND);
     let all: String = (1..=4)
         .map(|id| format!("node {id}:\n{}", decisions(&c, id)))
         .collect();
-    let placed = placed.map_err(|e| anyhow::anyhow!("{e}\n{all}\n{}", c.log_tails(30)))?;
+    let elapsed = placed.map_err(|e| anyhow::anyhow!("{e}\n{all}\n{}", c.log_tails(30)))?;
     eprintln!("balancing, 4 hogs on node 1 -> 1 per node: {elapsed:?}\n{all}");
-    assert_eq!(
-        placed
-            .iter()
-            .filter(|(_, p)| hogs.contains(&(*p as i32)))
-            .count(),
-        3,
-        "{placed:?}"
-    );
+    let ps = krg_ps(&c);
+    let shown = ps.iter().filter(|(_, p)| hogs.pids.contains(&(*p as i32)));
+    assert_eq!(shown.count(), 3, "{ps:?}");
 
     // Node 1's decisions show its three moves, to nodes 2, 3 and 4.
     let m = moves(&c);
@@ -222,7 +99,8 @@ while :; do who=; wait -n -p who; s=$?; [ -z "$who" ] && break; echo "ended $who
             );
         }
     }
-    assert!(hogs.iter().all(|&p| alive(p)));
+    assert!(hogs.pids.iter().all(|&p| alive(p)));
+    hogs.wait_one_per_node(&c, 4, Duration::from_secs(1))?;
 
     // What the parent saw: the copies on node 1 ended by SIGKILL (137) at
     // each handover (there is no ghost yet); a moved hog's stdout is
@@ -231,15 +109,13 @@ while :; do who=; wait -n -p who; s=$?; [ -z "$who" ] && break; echo "ended $who
     let fd1 = std::fs::read_link(format!("/proc/{}/fd/1", moved[0]))?;
     assert_eq!(fd1, PathBuf::from("/dev/null"));
     let seen = wait_for(Duration::from_secs(10), "the parent's wait", || {
-        let e = ended.lock().unwrap().clone();
+        let e = hogs.ended.lock().unwrap().clone();
         moved
             .iter()
             .all(|p| e.contains(&format!("ended {p} 137")))
             .then_some(e)
     });
-    seen.map_err(|e| anyhow::anyhow!("{e}: {:?}", ended.lock().unwrap()))?;
-    drop(guard);
-    let _ = parent.wait();
+    seen.map_err(|e| anyhow::anyhow!("{e}: {:?}", hogs.ended.lock().unwrap()))?;
     Ok(())
 }
 
@@ -247,7 +123,7 @@ while :; do who=; wait -n -p who; s=$?; [ -z "$who" ] && break; echo "ended $who
 fn bad_values_are_refused_and_the_old_ones_kept() -> Result<()> {
     let _g = serial();
     let c = formed(1)?;
-    setup_node(&c, 1);
+    setup_node(&c, 1, settings(3))?;
     let p = tree(&c, 1).join("schedulers/balance/balance_policy");
     for (attr, bad, reason) in [
         ("threshold", "0", "threshold must be a number above 0"),
@@ -302,7 +178,7 @@ fn a_refused_move_is_in_decisions_and_not_tried_again() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
     for id in 1..=2 {
-        setup_node_with(&c, id, 1);
+        setup_node(&c, id, settings(1))?;
     }
     // Two busy processes that hold a UDP socket (sockets do not migrate).
     let hog =
