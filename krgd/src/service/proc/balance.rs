@@ -239,10 +239,15 @@ async fn round(st: &Arc<ProcState>, engine: &Engine, w: &BalanceWork, s: &mut Po
                 ));
                 *loads.entry(me).or_default() -= size;
                 *loads.entry(to).or_default() += size;
-                s.settle = [me, to]
-                    .iter()
-                    .filter_map(|n| Some((*n, values.get(n)?.1)))
-                    .collect();
+                // the next round waits for new values of every node this
+                // round touched
+                for n in [me, to] {
+                    if let Some((_, seq)) = values.get(&n) {
+                        if !s.settle.iter().any(|(m, _)| *m == n) {
+                            s.settle.push((n, *seq));
+                        }
+                    }
+                }
                 s.settle_since = Instant::now();
             }
             Ok(r) => {
