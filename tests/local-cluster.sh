@@ -377,6 +377,14 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cat $SCHED/probes/mem_probe/ram_free/nodes
     cat $SCHED/schedulers/test-scheduler/echo_policy/received
 
+  Balancing (busy CAN_MIGRATE processes of node 1 spread over the nodes):
+    for t in $SCHED $STATE_DIR/sched/node2 $STATE_DIR/sched/node3 $STATE_DIR/sched/node4; do
+      mkdir \$t/probes/krg_load_probe \$t/schedulers/balance \$t/schedulers/balance/balance_policy
+      ln -s \$t/probes/krg_load_probe/run_load \$t/schedulers/balance/balance_policy/port_load; done
+    sh -c 'krgcapset -d +CAN_MIGRATE; for i in 1 2 3 4; do (while :; do :; done) & done' </dev/null >/dev/null 2>&1
+    cat $SCHED/schedulers/balance/balance_policy/decisions   # three moves, to nodes 2, 3 and 4
+    krg ps                                                   # then: kill PID ... of the four
+
   kDFS (one namespace; each node's mount in /mnt/kdfs/nodeN):
     cp /etc/services /mnt/kdfs/node2/
     cat /mnt/kdfs/node1/services | head -3

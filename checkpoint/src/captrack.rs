@@ -280,6 +280,25 @@ impl CapTracker {
         Some(false)
     }
 
+    /// The processes that hold the flag now. Each is checked to be the
+    /// process the flag was given to: one that started after the flag was
+    /// set or inherited holds a reused PID (the flagged process ended and
+    /// its exit event is not read yet, or was lost) and is dropped, as is a
+    /// PID with no process.
+    pub fn holders(&self) -> Vec<i32> {
+        let Ok(mut f) = self.flags.lock() else {
+            return Vec::new();
+        };
+        let (tick, suspended) = (tick_ns(), suspended_ns());
+        f.retain(|&pid, since| match start_and_ppid(pid) {
+            Some((ticks, _)) => (ticks * tick).saturating_sub(suspended) <= *since + tick,
+            None => false,
+        });
+        let mut out: Vec<i32> = f.keys().copied().collect();
+        out.sort_unstable();
+        out
+    }
+
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.lock().ok().and_then(|mut g| g.take()) {
@@ -333,6 +352,29 @@ mod tests {
         assert!(!t.is_set(other.id() as i32));
         other.kill().unwrap();
         other.wait().unwrap();
+        t.shutdown();
+    }
+
+    #[test]
+    fn holders_drop_a_reused_pid() {
+        let t = CapTracker::start().unwrap();
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = c.id() as i32;
+        t.set(pid, true).unwrap();
+        assert!(t.holders().contains(&pid));
+        // A flag given 10 s before this process started was another
+        // process's: the PID was reused.
+        t.flags
+            .lock()
+            .unwrap()
+            .insert(pid, now_ns() - 10_000_000_000);
+        assert!(!t.holders().contains(&pid));
+        assert!(!t.flags.lock().unwrap().contains_key(&pid));
+        c.kill().unwrap();
+        c.wait().unwrap();
         t.shutdown();
     }
 }

@@ -64,10 +64,16 @@ fn nap(wake: &WakeHandle, deadline: Instant) -> bool {
     !g.stop
 }
 
+/// Makes a fresh instance of a probe the embedder provides.
+pub type ProbeFactory = Arc<dyn Fn() -> Box<dyn Probe> + Send + Sync>;
+
 pub struct Engine {
     tree: Arc<Mutex<Tree>>,
     registry: Option<PathBuf>,
     runners: Mutex<HashMap<CompId, Runner>>,
+    /// Built-in probes the embedder adds (krgd's `krg_load_probe`, which
+    /// knows which processes are this node's).
+    host_probes: Mutex<HashMap<String, ProbeFactory>>,
 }
 
 /// Lock a mutex, taking over the data if a thread panicked while holding it
@@ -84,7 +90,20 @@ impl Engine {
             tree: Arc::new(Mutex::new(Tree::new(node, mount))),
             registry,
             runners: Mutex::new(HashMap::new()),
+            host_probes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Make `mkdir probes/<name>` load a probe made by `factory`, like a
+    /// built-in one (a built-in name is not replaced).
+    pub fn add_probe_kind(&self, name: &str, factory: ProbeFactory) {
+        if !BUILTIN_PROBES.contains(&name) {
+            lock(&self.host_probes).insert(name.to_string(), factory);
+        }
+    }
+
+    fn host_probe(&self, name: &str) -> Option<ProbeFactory> {
+        lock(&self.host_probes).get(name).cloned()
     }
 
     /// The tree, locked. Keep the guard short: sampling threads and the
@@ -119,7 +138,11 @@ impl Engine {
         let plan = self.tree().mkdir_with_plugins(
             parent,
             name,
-            |n| BUILTIN_PROBES.contains(&n) || listed(n, PluginKind::Probe),
+            |n| {
+                BUILTIN_PROBES.contains(&n)
+                    || self.host_probe(n).is_some()
+                    || listed(n, PluginKind::Probe)
+            },
             |n, kind| listed(n, kind),
         )?;
         match plan {
@@ -135,9 +158,11 @@ impl Engine {
     fn load_probe(&self, parent: Ino, name: &str, registry: Result<Registry>) -> Result<Ino> {
         let node = self.tree().node_id();
         let base = kind_of(name);
-        let mut probe: Box<dyn Probe> = match probes::builtin(base) {
-            Some(p) => p,
-            None => {
+        let host = self.host_probe(base);
+        let mut probe: Box<dyn Probe> = match (probes::builtin(base), host) {
+            (Some(p), _) => p,
+            (None, Some(make)) => make(),
+            (None, None) => {
                 let entry = plugin(registry?, base, "probe")?;
                 Box::new(PluginProbe::start(&entry, node)?)
             }

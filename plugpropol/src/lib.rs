@@ -4,9 +4,11 @@
 //! - [`tree`]: the tree as a data model with configfs semantics (no FUSE).
 //! - [`engine`]: the tree plus the sampling threads of the loaded probes.
 //! - [`fs`]: the FUSE file system (fuser) that serves an [`engine::Engine`].
-//! - [`probes`], [`filters`], [`policies`]: the built-in parts.
+//! - [`probes`], [`filters`], [`policies`]: the built-in parts;
+//!   [`balance`]: what `balance_policy` decides.
 //! - [`plugin`]: external probes and policies named in a registry file.
 
+pub mod balance;
 pub mod engine;
 pub mod error;
 pub mod filters;

@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::balance::{self, BalanceConfig};
 use crate::error::{Error, Result};
 use crate::plugin::PortSpec;
 use crate::value::{NodeId, Reading, Readings, Scope, Unit, ValueType};
 
-pub const BUILTIN_POLICIES: &[&str] = &["echo_policy", "placement_policy"];
+pub const BUILTIN_POLICIES: &[&str] = &["echo_policy", "placement_policy", "balance_policy"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -24,7 +25,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Policy {
     /// Accepts any number of ports named `port_*` of any type; logs and
     /// exposes (file `received`) what they carry.
@@ -35,6 +36,9 @@ pub enum Policy {
     /// A plug-in (see [`crate::plugin::PluginPolicy`]) with the ports it
     /// declared; its decision is in the file `decision`.
     External { ports: Vec<PortSpec> },
+    /// Moves this node's processes to the least loaded node (see
+    /// [`crate::balance`]); its decisions are in the file `decisions`.
+    Balance(BalanceConfig),
 }
 
 pub const PORT_MEM: &str = "port_mem_free";
@@ -47,6 +51,7 @@ impl Policy {
             "placement_policy" => Some(Policy::Placement {
                 mode: Mode::MostFreeMem,
             }),
+            "balance_policy" => Some(Policy::Balance(BalanceConfig::default())),
             _ => None,
         }
     }
@@ -55,6 +60,7 @@ impl Policy {
         match self {
             Policy::Echo | Policy::External { .. } => &[],
             Policy::Placement { .. } => &["mode"],
+            Policy::Balance(_) => balance::ATTRIBUTES,
         }
     }
 
@@ -64,12 +70,14 @@ impl Policy {
             Policy::Echo => &["received"],
             Policy::Placement { .. } => &["placement"],
             Policy::External { .. } => &["decision"],
+            Policy::Balance(_) => &["decisions"],
         }
     }
 
     pub fn get(&self, attr: &str) -> Option<String> {
         match (self, attr) {
             (Policy::Placement { mode }, "mode") => Some(mode.name().to_string()),
+            (Policy::Balance(b), _) => b.get(attr),
             _ => None,
         }
     }
@@ -88,6 +96,7 @@ impl Policy {
                 };
                 Ok(())
             }
+            (Policy::Balance(b), _) => b.set(attr, text),
             _ => Err(Error::NotPermitted(format!("{attr} is not writable"))),
         }
     }
@@ -115,6 +124,21 @@ impl Policy {
             Policy::Echo => Err(Error::Invalid(format!(
                 "echo_policy ports are named port_<something>, not {port}"
             ))),
+            Policy::Balance(_) => {
+                let ok = matches!(t.unit, Unit::Load | Unit::Percent | Unit::Count);
+                if port != balance::PORT {
+                    return Err(Error::Invalid(format!(
+                        "balance_policy has the port {}, not {port}",
+                        balance::PORT
+                    )));
+                }
+                if !ok || t.scope != Scope::PerNode {
+                    return Err(Error::Invalid(format!(
+                        "{port} needs per-node load/percent/count values, the target gives {t}"
+                    )));
+                }
+                Ok(())
+            }
             Policy::Placement { .. } => {
                 let ok = match port {
                     PORT_MEM => t.unit == Unit::Bytes,

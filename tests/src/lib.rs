@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 pub mod admin;
+pub mod balance;
 pub mod faults;
 pub mod netlab;
 pub mod serf;

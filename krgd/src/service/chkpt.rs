@@ -50,6 +50,15 @@ impl ChkptService {
         self.migrate.as_ref().is_some_and(|t| t.is_set(pid))
     }
 
+    /// The processes this krgd's tracker holds CAN_MIGRATE for, each
+    /// checked by start time to be the process that was flagged.
+    pub fn migratable(&self) -> Vec<i32> {
+        self.migrate
+            .as_ref()
+            .map(CapTracker::holders)
+            .unwrap_or_default()
+    }
+
     /// Give processes that migrated in their capabilities again (they held
     /// CAN_MIGRATE, and CHECKPOINTABLE if the origin says so).
     pub fn adopt(&self, pids: &[i32]) {

@@ -74,6 +74,11 @@ impl SchedService {
         Ok(svc)
     }
 
+    /// The tree and its running parts.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     pub async fn handle_admin(
         &self,
         _caller: &Caller,

@@ -4,10 +4,11 @@
 //! outputs and decisions in, readings and placements out. Knows entries
 //! only as the numbers of the links that feed a part.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::namespace::{CompId, Ino, SourceRef};
+use crate::balance::{self, BalanceConfig};
 use crate::error::{Error, Result};
 use crate::filters::Filter;
 use crate::plugin::{Decision, FilterInput, PortInput};
@@ -53,6 +54,8 @@ pub(super) struct PolicyComp {
     pub ports: BTreeMap<String, Linked>,
     /// The last decision of a plug-in policy.
     pub decision: Option<Decision>,
+    /// A balance policy's last decisions, oldest first.
+    pub decisions: VecDeque<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,17 @@ pub enum FilterWork {
     Unlinked,
     /// Values to transform.
     Input(FilterInput),
+}
+
+/// What a balance policy has to decide on now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalanceWork {
+    pub comp: CompId,
+    /// Its path in the tree (`schedulers/balance/balance_policy`).
+    pub path: String,
+    pub config: BalanceConfig,
+    /// What its `port_load` carries (None while it is not linked).
+    pub load: Option<Readings>,
 }
 
 /// The parts and their values.
@@ -329,6 +343,47 @@ impl Parts {
     pub fn set_decision(&mut self, c: CompId, d: Decision) {
         if let Some(Comp::Policy(p)) = self.comps.get_mut(&c) {
             p.decision = Some(d);
+        }
+    }
+
+    // ----- balancing ------------------------------------------------------------
+
+    /// Every balance policy, with its settings and load values.
+    pub fn balance_work(&self) -> Vec<BalanceWork> {
+        let mut out: Vec<BalanceWork> = self
+            .comps
+            .iter()
+            .filter_map(|(c, comp)| match comp {
+                Comp::Policy(PolicyComp {
+                    policy: Policy::Balance(config),
+                    ports,
+                    ..
+                }) => Some(BalanceWork {
+                    comp: *c,
+                    path: String::new(),
+                    config: *config,
+                    load: ports
+                        .get(balance::PORT)
+                        .and_then(|l| self.readings(l.source)),
+                }),
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|w| w.comp);
+        out
+    }
+
+    /// Add a line to balance policy `c`'s `decisions`; `replace_last`
+    /// overwrites the last line instead (a repeated "nothing moved").
+    pub fn note_decision(&mut self, c: CompId, line: String, replace_last: bool) {
+        if let Some(Comp::Policy(p)) = self.comps.get_mut(&c) {
+            if replace_last {
+                p.decisions.pop_back();
+            }
+            if p.decisions.len() >= balance::DECISIONS_KEPT {
+                p.decisions.pop_front();
+            }
+            p.decisions.push_back(line);
         }
     }
 

@@ -36,7 +36,7 @@ use links::LinkBase;
 use namespace::Namespace;
 use ops::Ops;
 
-pub use data::{FilterWork, SharedValue};
+pub use data::{BalanceWork, FilterWork, SharedValue};
 pub use namespace::{kind_of, CompId, EntryType, Ino, SourceRef, ROOT};
 pub use ops::{MkdirPlan, Removed};
 
@@ -266,6 +266,29 @@ impl Tree {
 
     pub fn set_decision(&mut self, c: CompId, d: Decision) {
         self.parts.set_decision(c, d)
+    }
+
+    /// Every balance policy, with its settings and load values.
+    pub fn balance_work(&self) -> Vec<BalanceWork> {
+        let mut work = self.parts.balance_work();
+        for (ino, e) in self.ns.entries() {
+            if let namespace::Kind::Dir {
+                role: namespace::DirRole::Policy(c),
+                ..
+            } = e.kind
+            {
+                if let Some(w) = work.iter_mut().find(|w| w.comp == c) {
+                    w.path = self.ns.path(ino);
+                }
+            }
+        }
+        work
+    }
+
+    /// Add a line to balance policy `c`'s `decisions` (`replace_last`:
+    /// instead of the last line).
+    pub fn note_decision(&mut self, c: CompId, line: String, replace_last: bool) {
+        self.parts.note_decision(c, line, replace_last)
     }
 
     /// Ask the placement policy of scheduler `name` (or of the first

@@ -250,6 +250,7 @@ impl Ops<'_> {
             policy,
             ports,
             decision: None,
+            decisions: Default::default(),
         };
         self.parts.insert(c, Comp::Policy(comp));
         (dir, c)

@@ -67,13 +67,15 @@ fn nodes_text(parts: &Parts, src: SourceRef) -> String {
         .collect()
 }
 
-/// A policy's computed file: `received`, `placement` or `decision`.
+/// A policy's computed file: `received`, `placement`, `decision` or
+/// `decisions`.
 fn output_text(parts: &Parts, c: CompId, name: &str) -> String {
     let Some(Comp::Policy(p)) = parts.get(c) else {
         return String::new();
     };
     match (&p.policy, name) {
         (Policy::Echo, "received") => received(parts, p),
+        (Policy::Balance(_), "decisions") => p.decisions.iter().map(|l| format!("{l}\n")).collect(),
         (Policy::Placement { .. }, "placement") | (Policy::External { .. }, "decision") => {
             match parts.place_with(c) {
                 Ok((node, reason)) => format!("{node} {reason}\n"),

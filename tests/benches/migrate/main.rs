@@ -12,6 +12,13 @@
 //! migrate` (`KRG_BENCH_ROUNDS=5`, `KRG_BENCH_MIGRATE_MIB=100,1024`). CRIU
 //! comes from `../shared/tools/install-criu.sh`; without it its column is
 //! empty.
+//!
+//! Last, the balancing line: 4 CPU-bound CAN_MIGRATE processes started on
+//! node 1 of a 4-node loopback cluster whose nodes all run
+//! `krg_load_probe` and `balance_policy` (threshold 1.5, 3 moves per
+//! 1000 ms): the time from their start until one runs on each node
+//! (`krg ps`), median of `KRG_BENCH_BALANCE_ROUNDS` (3) clusters. No
+//! reference tool does this; the goal is 10 s.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 use std::os::unix::fs::PermissionsExt;
@@ -298,5 +305,40 @@ fn main() -> Result<()> {
         );
         print_phases(&kp);
     }
+    drop(c);
+    balance_line()
+}
+
+/// "balancing, 4 hogs on 1 node → 1 per node": a fresh 4-node cluster per
+/// round (the processes must start from node 1 each time).
+fn balance_line() -> Result<()> {
+    use krg_tests::balance::{formed, setup_node, Hogs, Settings};
+    let rounds: usize = std::env::var("KRG_BENCH_BALANCE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let settings = Settings {
+        threshold: 1.5,
+        max_moves: 3,
+        interval_ms: 1000,
+        min_residency_ms: 10_000,
+    };
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let c = formed(4)?;
+        for id in 1..=4 {
+            setup_node(&c, id, settings)?;
+        }
+        let hogs = Hogs::start(&c, 1, 4)?;
+        let t = hogs.wait_one_per_node(&c, 4, Duration::from_secs(60))?;
+        times.push(t.as_secs_f64());
+    }
+    let shown: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+    println!(
+        "balancing, 4 hogs on 1 node -> 1 per node (4 nodes, load {}): median {:.2} s (rounds: {} s; goal 10 s)",
+        load(),
+        median(times).unwrap_or(f64::NAN),
+        shown.join(", ")
+    );
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! * [`sealed`]: a session connection's sealed frames, read without loss.
 //! * [`pty`], [`detach`], [`nodestat`], [`fdio`], [`state`]: the smaller pieces.
 
+pub mod balance;
 pub mod creds;
 pub mod detach;
 pub mod fanout;
@@ -23,6 +24,7 @@ pub mod fs;
 pub mod hub;
 pub mod initspec;
 pub mod job;
+pub mod load;
 pub mod lookup;
 pub mod migrate;
 pub mod nodestat;
@@ -71,6 +73,8 @@ pub struct ProcService {
     st: Arc<ProcState>,
     sched: Arc<SchedService>,
     tree: std::sync::Mutex<Option<fs::Mounted>>,
+    /// The loop that runs the balance policies.
+    balancer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Why `init` cannot be trusted as every job's init, if it cannot: it must
@@ -153,10 +157,19 @@ impl ProcService {
             }
             None => None,
         };
+        // krg_load_probe measures what this node runs; balance policies
+        // move its processes.
+        let st2 = st.clone();
+        sched.engine().add_probe_kind(
+            load::PROBE_NAME,
+            Arc::new(move || Box::new(load::LoadProbe::new(&st2))),
+        );
+        let balancer = balance::start(st.clone(), sched.engine().clone());
         Ok(Arc::new(Self {
             st,
             sched,
             tree: std::sync::Mutex::new(tree),
+            balancer: std::sync::Mutex::new(Some(balancer)),
         }))
     }
 
@@ -306,6 +319,9 @@ impl ProcService {
     /// why, then report the end.
     pub async fn shutdown(&self) {
         self.st.stopping.send_replace(true);
+        if let Some(b) = crate::sync::lock(&self.balancer).take() {
+            b.abort();
+        }
         let tree = crate::sync::lock(&self.tree).take();
         if let Some(m) = tree {
             let _ = tokio::task::spawn_blocking(move || m.unmount()).await;

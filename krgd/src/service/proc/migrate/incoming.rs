@@ -352,7 +352,14 @@ pub fn adopt(st: &Arc<ProcState>, pids: &[i32], from: NodeId) {
         let mut a = crate::sync::lock(&st.migration.adopted);
         for &p in pids {
             if let Some(start) = super::start_ticks(p) {
-                a.insert(p, Adopted { start, from });
+                a.insert(
+                    p,
+                    Adopted {
+                        start,
+                        from,
+                        at: std::time::Instant::now(),
+                    },
+                );
             }
         }
     }

@@ -90,6 +90,8 @@ pub struct Adopted {
     pub start: u64,
     /// The node it came from.
     pub from: NodeId,
+    /// When it arrived (balancing leaves it here for `min_residency`).
+    pub at: Instant,
 }
 
 /// This node's migrations.
@@ -114,6 +116,13 @@ pub fn adopted(st: &ProcState) -> Vec<i32> {
     let mut v: Vec<i32> = a.keys().copied().collect();
     v.sort_unstable();
     v
+}
+
+/// When process `pid` migrated in, if it did and still runs.
+pub fn arrived(st: &ProcState, pid: i32) -> Option<Instant> {
+    let a = crate::sync::lock(&st.migration.adopted);
+    let x = a.get(&pid)?;
+    (start_ticks(pid) == Some(x.start)).then_some(x.at)
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> AdminError {
