@@ -130,8 +130,13 @@ impl ClusterService {
     async fn start_raft(self: &Arc<Self>, loaded: Loaded) -> Result<Arc<Joined>, String> {
         let dir = self.ctx.config.data_dir.join(disk::DIR);
         let resumed = loaded.vote.is_some() || !loaded.log.entries.is_empty();
+        let snapshot_floor = loaded
+            .snapshot
+            .as_ref()
+            .and_then(|(meta, _)| meta.last_log_id)
+            .map(|l| l.index);
         let writer = Arc::new(
-            Writer::start(dir.clone(), resumed)
+            Writer::start(dir.clone(), resumed, snapshot_floor)
                 .map_err(|e| format!("opening the Raft log in {}: {e}", dir.display()))?,
         );
         let config = raft_config(&self.ctx)?;
