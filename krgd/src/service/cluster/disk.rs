@@ -6,7 +6,7 @@
 //! | `log`       | the cluster uid, then log entries, truncations, purges | append + fdatasync before an append is acknowledged; rewritten atomically to compact |
 //! | `vote`      | the last vote (term, candidate)         | atomic replace, before the vote is answered |
 //! | `committed` | the last committed log id               | replace without the directory fsync, after the appends queued with it |
-//! | `snapshot`  | snapshot metadata and the member table  | atomic replace |
+//! | `snapshot`  | snapshot metadata and the member table  | atomic replace, before the log it covers is purged |
 //!
 //! Every file starts with an 8-byte magic naming its kind and version; then
 //! come records `len: u32 LE, crc: u32 LE, payload` where `crc` is the CRC-32
@@ -30,7 +30,8 @@
 //! the end are zeros or fail the checksum) loses that record, and the file is
 //! cut back. Any other damage — a bad record followed by good data, a bad
 //! magic, a small file that fails its checksum — stops krgd with an error
-//! naming the file.
+//! naming the file, and so does a directory whose log no snapshot covers
+//! (the invariant of [`store`](super::store), "Durability order").
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -149,7 +149,13 @@ async fn restart_from_copy(
     let loaded = disk::load(copy.path())
         .map_err(|e| e.to_string())?
         .expect("a Raft directory");
-    let writer = Arc::new(Writer::start(to, true, None).unwrap());
+    // As `start_raft` does: the writer knows how far the snapshot reaches.
+    let floor = loaded
+        .snapshot
+        .as_ref()
+        .and_then(|(meta, _)| meta.last_log_id)
+        .map(|l| l.index);
+    let writer = Arc::new(Writer::start(to, true, floor).unwrap());
     let entries: Vec<u64> = loaded.log.entries.keys().copied().collect();
     let purged = loaded.log.last_purged.map(|p| p.index);
     let mut log = LogStore::new(
@@ -160,9 +166,6 @@ async fn restart_from_copy(
         loaded.log,
     );
     let (mut sm, _rx) = StateMachine::new(writer.clone(), loaded.snapshot).unwrap();
-    if let Some(floor) = sm.applied_state().await.unwrap().0 {
-        writer.snapshot_durable(floor.index);
-    }
     let state = StorageHelper::new(&mut log, &mut sm)
         .get_initial_state()
         .await
