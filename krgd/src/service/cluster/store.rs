@@ -128,6 +128,12 @@ impl LogStore {
         let mut staged = Vec::new();
         for (next, e) in (data.log.next_index()..).zip(entries) {
             if e.log_id.index != next {
+                tracing::error!(
+                    entry = e.log_id.index,
+                    expected = next,
+                    "refusing entries that would leave a hole in the Raft log; \
+                     stopping this Raft instance"
+                );
                 return Err(Box::new(io_error(
                     ErrorSubject::Log(e.log_id),
                     ErrorVerb::Write,
@@ -241,6 +247,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<RaftNodeId>) -> StorageResult<()> {
         // Durability order (1): the snapshot first.
         if !self.disk.snapshot_covers(log_id.index, PURGE_WAIT).await {
+            tracing::error!(
+                upto = log_id.index,
+                "no snapshot on disk covers the log to purge; stopping this Raft instance"
+            );
             return Err(io_error(
                 ErrorSubject::Logs,
                 ErrorVerb::Delete,
