@@ -1,6 +1,7 @@
 //! Raft state on disk: a cluster whose every voter is killed (-9) and
 //! restarted comes back with its members and epoch, a torn log tail is
-//! dropped, and a damaged vote file stops krgd with a message naming it.
+//! dropped, and a damaged vote file or a log whose start no snapshot covers
+//! stops krgd with a message naming it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
@@ -140,5 +141,55 @@ fn damaged_vote_file_is_refused_with_a_clear_message() -> Result<()> {
     assert!(err.contains("move") && err.contains("away"), "{err}");
     // The state is left alone for the administrator to look at.
     assert_eq!(std::fs::read(&vote)?, bytes);
+    Ok(())
+}
+
+/// The state seed 938669814 of the fault campaign left: a log whose first
+/// entries are gone with no snapshot covering them. krgd refuses it at
+/// start-up in one line saying what is lost and what to do, and leaves it.
+#[test]
+fn log_no_snapshot_covers_is_refused_in_one_line() -> Result<()> {
+    let _g = serial();
+    let ids = [1, 2, 3];
+    let mut c = formed(&ids)?;
+    c.node(2)?.kill9();
+    // Cut the first entry out of the log: magic (8 bytes), then records
+    // `len u32 LE, crc u32 LE, payload`; record 0 is the cluster uid.
+    let log = raft_file(&c, 2, "log");
+    let bytes = std::fs::read(&log)?;
+    let record_end = |at: usize| {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at + 8 + len
+    };
+    let first_entry = record_end(8);
+    let second_entry = record_end(first_entry);
+    assert!(
+        second_entry < bytes.len(),
+        "the log holds more than one entry"
+    );
+    let mut cut = bytes[..first_entry].to_vec();
+    cut.extend_from_slice(&bytes[second_entry..]);
+    std::fs::write(&log, &cut)?;
+    assert!(!raft_file(&c, 2, "snapshot").exists());
+    let err = match c.start(2) {
+        Err(e) => e.to_string(),
+        Ok(()) => {
+            wait_for(SETTLE, "krgd 2 to refuse its state", || {
+                (!c.node(2).ok()?.is_running()).then_some(())
+            })?;
+            c.nodes[&2].log_text()
+        }
+    };
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("krgd: "))
+        .unwrap_or_else(|| panic!("no `krgd: ` line in {err}"));
+    assert!(
+        line.contains(&log.display().to_string())
+            && line.contains("the log starts at entry 1 and there is no snapshot: entry 0 is lost")
+            && line.contains("away"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(&log)?, cut, "the state is left alone");
     Ok(())
 }

@@ -217,24 +217,58 @@ async fn revive(
 
 /// A node removed while it was cut off still believes it is a member: its
 /// presence names this cluster. Tell it to leave, so it becomes present.
+///
+/// Leaving deletes its Raft state, so a node the Raft membership still
+/// counts as a voter is demoted first: a voter that forgot its vote and its
+/// log could elect a leader missing committed entries (the fault campaign
+/// saw two logs disagree below their commit index), and be sent the log of
+/// the leader from wherever it believed the voter's log ended.
 async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::state::ClusterState) {
     let Some(discovery) = svc.discovery() else {
         return;
     };
-    for p in discovery.present() {
-        if p.cluster == Some(joined.uid) && !state.is_member(p.node) {
-            tracing::info!(
-                node = p.node,
-                epoch = state.epoch,
-                "a former member still claims this cluster; evicting it"
-            );
-            let evict = ClusterPeerRequest::Evict {
-                cluster: joined.uid,
-                epoch: state.epoch,
-            };
-            let _ = call(&svc.ctx.peers, p.node, evict, svc.ctx.config.heartbeat).await;
+    let strays: Vec<NodeId> = discovery
+        .present()
+        .iter()
+        .filter(|p| p.cluster == Some(joined.uid) && !state.is_member(p.node))
+        .map(|p| p.node)
+        .collect();
+    if strays.iter().any(|id| is_voter(joined, *id)) {
+        if let Err(e) = svc.rebalance_voters(joined).await {
+            tracing::debug!(error = %e.message, "demoting former members before evicting them");
         }
     }
+    for node in strays {
+        if is_voter(joined, node) {
+            tracing::info!(
+                node,
+                "a former member is still a Raft voter; evicting it once it is demoted"
+            );
+            continue;
+        }
+        tracing::info!(
+            node,
+            epoch = state.epoch,
+            "a former member still claims this cluster; evicting it"
+        );
+        let evict = ClusterPeerRequest::Evict {
+            cluster: joined.uid,
+            epoch: state.epoch,
+        };
+        let _ = call(&svc.ctx.peers, node, evict, svc.ctx.config.heartbeat).await;
+    }
+}
+
+/// Whether `node` votes in the Raft membership `joined` knows last.
+pub(super) fn is_voter(joined: &Joined, node: NodeId) -> bool {
+    joined
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == u64::from(node))
 }
 
 async fn probe(svc: &ClusterService, node: NodeId, uid: u64, within: Duration) -> Probe {

@@ -6,7 +6,7 @@
 //! | `log`       | the cluster uid, then log entries, truncations, purges | append + fdatasync before an append is acknowledged; rewritten atomically to compact |
 //! | `vote`      | the last vote (term, candidate)         | atomic replace, before the vote is answered |
 //! | `committed` | the last committed log id               | replace without the directory fsync, after the appends queued with it |
-//! | `snapshot`  | snapshot metadata and the member table  | atomic replace |
+//! | `snapshot`  | snapshot metadata and the member table  | atomic replace, before the log it covers is purged |
 //!
 //! Every file starts with an 8-byte magic naming its kind and version; then
 //! come records `len: u32 LE, crc: u32 LE, payload` where `crc` is the CRC-32
@@ -30,11 +30,13 @@
 //! the end are zeros or fail the checksum) loses that record, and the file is
 //! cut back. Any other damage — a bad record followed by good data, a bad
 //! magic, a small file that fails its checksum — stops krgd with an error
-//! naming the file.
+//! naming the file, and so does a directory whose log no snapshot covers
+//! (the invariant of [`store`](super::store), "Durability order").
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -108,6 +110,35 @@ impl LogImage {
                 self.entries = self.entries.split_off(&(id.index + 1));
             }
         }
+    }
+
+    /// The index the next appended entry must have: after the last entry,
+    /// or after the purged ones.
+    pub fn next_index(&self) -> u64 {
+        match self.entries.keys().next_back() {
+            Some(last) => last + 1,
+            None => self.last_purged.map_or(0, |p| p.index + 1),
+        }
+    }
+
+    /// The entries in `range` that form a run from its start: none when
+    /// the first one asked for is not held (purged, or not yet appended),
+    /// so that a reader never gets entries after a hole.
+    pub fn run(&self, range: impl RangeBounds<u64>) -> Vec<Entry<TypeConfig>> {
+        let mut expect = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => self.entries.keys().next().copied().unwrap_or(0),
+        };
+        self.entries
+            .range(range)
+            .take_while(|(index, _)| {
+                let next = **index == expect;
+                expect = expect.saturating_add(1);
+                next
+            })
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
     /// The whole log as a fresh file: header, purge mark, live entries.
@@ -368,8 +399,15 @@ pub fn load(data_dir: &Path) -> Result<Option<Loaded>, DaemonError> {
         return Ok(None);
     };
     let vote = read_small(&dir, SmallFile::Vote)?;
-    let committed = read_small(&dir, SmallFile::Committed)?;
-    let snapshot = read_small(&dir, SmallFile::Snapshot)?;
+    let snapshot: Option<StoredSnapshot> = read_small(&dir, SmallFile::Snapshot)?;
+    let covered = snapshot
+        .as_ref()
+        .and_then(|(meta, _)| meta.last_log_id)
+        .map(|l| l.index);
+    let refuse = |reason: String| corrupt(&dir, &dir.join(LOG_FILE), reason);
+    check_log_covered(&log, covered).map_err(refuse)?;
+    let committed: Option<LogId<RaftNodeId>> = read_small(&dir, SmallFile::Committed)?;
+    check_committed_held(&log, covered, committed).map_err(refuse)?;
     Ok(Some(Loaded {
         uid,
         vote,
@@ -377,6 +415,80 @@ pub fn load(data_dir: &Path) -> Result<Option<Loaded>, DaemonError> {
         snapshot,
         log,
     }))
+}
+
+/// "entries `a`–`b` are", or "entry `a` is".
+fn lost(from: u64, to: u64) -> String {
+    if from == to {
+        format!("entry {from} is lost")
+    } else {
+        format!("entries {from}–{to} are lost")
+    }
+}
+
+/// The invariant of the directory ([`store`](super::store), "Durability
+/// order"): every index below the first entry of the log is covered by the
+/// snapshot (`covered`: the last index it holds). Openraft cannot rebuild
+/// the state machine otherwise, so such a directory is refused, with why.
+pub fn check_log_covered(log: &LogImage, covered: Option<u64>) -> Result<(), String> {
+    let after_snapshot = covered.map_or(0, |c| c + 1);
+    if let Some(p) = log.last_purged {
+        if p.index >= after_snapshot {
+            return Err(match covered {
+                None => format!(
+                    "the log was purged up to entry {} but there is no snapshot: {}",
+                    p.index,
+                    lost(0, p.index)
+                ),
+                Some(c) => format!(
+                    "the log was purged up to entry {} but the snapshot ends at entry {c}: {}",
+                    p.index,
+                    lost(c + 1, p.index)
+                ),
+            });
+        }
+    }
+    if let Some(&first) = log.entries.keys().next() {
+        let held_from = after_snapshot.max(log.last_purged.map_or(0, |p| p.index + 1));
+        if first > held_from {
+            return Err(format!(
+                "the log starts at entry {first} and {}: {}",
+                match covered {
+                    None => "there is no snapshot".to_string(),
+                    Some(c) => format!("the snapshot ends at entry {c}"),
+                },
+                lost(held_from, first - 1)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The saved commit index must name an entry that is held (in the log, or
+/// covered by the snapshot): openraft re-applies up to it at start-up.
+pub fn check_committed_held(
+    log: &LogImage,
+    covered: Option<u64>,
+    committed: Option<LogId<RaftNodeId>>,
+) -> Result<(), String> {
+    let Some(c) = committed else {
+        return Ok(());
+    };
+    let held_to = log
+        .entries
+        .keys()
+        .next_back()
+        .copied()
+        .max(covered)
+        .max(log.last_purged.map(|p| p.index));
+    if held_to.is_none_or(|h| c.index > h) {
+        return Err(format!(
+            "the committed index is {} but the log and snapshot end {}",
+            c.index,
+            held_to.map_or("before entry 0".to_string(), |h| format!("at entry {h}"))
+        ));
+    }
+    Ok(())
 }
 
 /// Start fresh state for cluster `uid`: a log holding only the uid. Not

@@ -130,8 +130,13 @@ impl ClusterService {
     async fn start_raft(self: &Arc<Self>, loaded: Loaded) -> Result<Arc<Joined>, String> {
         let dir = self.ctx.config.data_dir.join(disk::DIR);
         let resumed = loaded.vote.is_some() || !loaded.log.entries.is_empty();
+        let snapshot_floor = loaded
+            .snapshot
+            .as_ref()
+            .and_then(|(meta, _)| meta.last_log_id)
+            .map(|l| l.index);
         let writer = Arc::new(
-            Writer::start(dir.clone(), resumed)
+            Writer::start(dir.clone(), resumed, snapshot_floor)
                 .map_err(|e| format!("opening the Raft log in {}: {e}", dir.display()))?,
         );
         let config = raft_config(&self.ctx)?;
@@ -278,7 +283,18 @@ impl ClusterService {
                     // the node was added again, even if this node has not
                     // applied that add yet (it was paused or cut off).
                     let readded = joined.welcome_epoch.load(Ordering::SeqCst) > removed_at;
-                    if state.dissolved || (!state.is_member(me) && !readded) {
+                    // Leaving deletes the Raft state: not while the
+                    // membership this node knows still counts it as a
+                    // voter (the leader demotes it, then evicts it).
+                    let voter = detector::is_voter(&joined, me);
+                    if voter && !state.dissolved && !state.is_member(me) && !readded {
+                        tracing::info!(
+                            epoch = state.epoch,
+                            "no longer a member of the cluster but still a Raft voter; \
+                             staying until the leader evicts this node"
+                        );
+                    }
+                    if state.dissolved || (!state.is_member(me) && !readded && !voter) {
                         tracing::info!(
                             epoch = state.epoch,
                             "no longer a member of the cluster; leaving"

@@ -7,11 +7,43 @@
 //! re-applies the log up to the saved committed index: a node that restarts
 //! reports its cluster's members and epoch at once, and votes only in terms
 //! after the one it saved.
+//!
+//! # Durability order
+//!
+//! The invariant, true after a `kill -9` at any point: every log index below
+//! the first entry in the `log` file is covered by the `snapshot` file
+//! (and `committed` never names an entry that is in neither). It holds
+//! because the writes reach the disk in this order:
+//!
+//! 1. A snapshot is durable (temp file, fsync, rename, directory fsync)
+//!    before the log it covers is purged. openraft 0.9 does not order the
+//!    two: on a follower it hands the leader's snapshot to the state-machine
+//!    task and issues the purge of the log it covers at once, without
+//!    waiting. So [`LogStore::purge`] waits until the [`Writer`] reports a
+//!    durable snapshot reaching the purged index (written by
+//!    [`StateMachine`]'s build or install), and only then queues the
+//!    `Purged` record (or the compacted log). openraft's core waits for the
+//!    purge, so no entry after the purged range is queued before it.
+//! 2. An append must continue the log: its first entry follows the last
+//!    entry held (or the purged index). A batch that would leave a hole is
+//!    refused before anything is written (openraft checks this only with
+//!    debug assertions; a leader whose log store skipped purged entries once
+//!    shipped such a batch to a node that had lost its log).
+//! 3. Reads return only a run of entries starting at the index asked for:
+//!    never entries after a purged hole.
+//! 4. Appends are acknowledged after their `fdatasync`; `committed` is
+//!    written after the appends queued with it are durable; a vote is
+//!    durable before it is answered.
+//!
+//! A directory that breaks the invariant anyway (written by an older krgd)
+//! is refused at start-up with one line saying what to do
+//! ([`disk::load`]).
 
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -36,6 +68,10 @@ openraft::declare_raft_types!(
 pub type RaftNodeId = u64;
 pub type Raft = openraft::Raft<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<RaftNodeId>>;
+
+/// How long a purge waits for the snapshot that covers it to be durable
+/// (the state-machine task writes it; that takes milliseconds).
+const PURGE_WAIT: Duration = Duration::from_secs(20);
 
 fn io_error(
     subject: ErrorSubject<RaftNodeId>,
@@ -80,6 +116,44 @@ impl LogStore {
             uid,
         }
     }
+
+    /// Check that `entries` continue the log (durability order (2)), apply
+    /// them in memory and return their records, ready to append.
+    fn stage_append(
+        &self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> Result<Vec<u8>, Box<StorageError<RaftNodeId>>> {
+        let mut data = sync::lock(&self.inner);
+        let mut bytes = Vec::new();
+        let mut staged = Vec::new();
+        for (next, e) in (data.log.next_index()..).zip(entries) {
+            if e.log_id.index != next {
+                tracing::error!(
+                    entry = e.log_id.index,
+                    expected = next,
+                    "refusing entries that would leave a hole in the Raft log; \
+                     stopping this Raft instance"
+                );
+                return Err(Box::new(io_error(
+                    ErrorSubject::Log(e.log_id),
+                    ErrorVerb::Write,
+                    std::io::Error::other(format!(
+                        "refusing to append entry {} where entry {next} belongs: \
+                         the log would have a hole that no snapshot covers",
+                        e.log_id.index
+                    )),
+                )));
+            }
+            let record = disk::encode_entry(&e)
+                .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err))?;
+            bytes.extend(record);
+            staged.push(e);
+        }
+        for e in staged {
+            data.log.apply(LogRecord::Entry(e));
+        }
+        Ok(bytes)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -88,12 +162,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let data = sync::lock(&self.inner);
-        Ok(data
-            .log
-            .entries
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(data.log.run(range))
     }
 }
 
@@ -159,17 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
-        let mut bytes = Vec::new();
-        {
-            let mut data = sync::lock(&self.inner);
-            for e in entries {
-                bytes.extend(
-                    disk::encode_entry(&e)
-                        .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err))?,
-                );
-                data.log.apply(LogRecord::Entry(e));
-            }
-        }
+        let bytes = self.stage_append(entries).map_err(|e| *e)?;
         // Readable now; acknowledged to openraft once fdatasync'ed.
         self.disk.append(bytes, Some(callback));
         Ok(())
@@ -186,6 +245,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<RaftNodeId>) -> StorageResult<()> {
+        // Durability order (1): the snapshot first.
+        if !self.disk.snapshot_covers(log_id.index, PURGE_WAIT).await {
+            tracing::error!(
+                upto = log_id.index,
+                "no snapshot on disk covers the log to purge; stopping this Raft instance"
+            );
+            return Err(io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Delete,
+                std::io::Error::other(format!(
+                    "no snapshot on disk covers the log up to entry {} after {} s: the log is kept",
+                    log_id.index,
+                    PURGE_WAIT.as_secs()
+                )),
+            ));
+        }
         let rec = LogRecord::Purged(log_id);
         let bytes = disk::encode_record(&rec)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
@@ -307,7 +382,12 @@ impl StateMachine {
         self.disk
             .write(SmallFile::Snapshot, bytes)
             .await
-            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        // Purges up to here may now reach the disk (durability order (1)).
+        if let Some(last) = snapshot.0.last_log_id {
+            self.disk.snapshot_durable(last.index);
+        }
+        Ok(())
     }
 }
 
@@ -428,55 +508,4 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use crate::service::cluster::owners::Ownership;
-    use crate::service::cluster::state::MemberRecord;
-
-    #[derive(Serialize)]
-    struct OldState {
-        uid: u64,
-        epoch: u64,
-        members: std::collections::BTreeMap<krg_proto::NodeId, MemberRecord>,
-        dissolved: bool,
-    }
-
-    #[test]
-    fn snapshots_from_before_ownership_still_load() {
-        let member = MemberRecord {
-            id: 3,
-            addr: "127.0.0.1:7603".parse().unwrap(),
-            mac: None,
-            state: krg_proto::cluster::NodeState::Online,
-        };
-        let old = OldState {
-            uid: 77,
-            epoch: 5,
-            members: [(3, member.clone())].into(),
-            dissolved: false,
-        };
-        let body = decode_body(&postcard::to_stdvec(&old).unwrap()).unwrap();
-        assert_eq!((body.state.uid, body.state.epoch), (77, 5));
-        assert_eq!(body.state.members[&3], member);
-        assert!(body.state.owners.is_empty());
-        // The current format round-trips with its owners.
-        let mut state = body.state;
-        state.owners.insert(
-            3,
-            Ownership {
-                uid: 1000,
-                user: "alice".into(),
-                until_ms: 9,
-                since_ms: 1,
-                reason: "bench".into(),
-            },
-        );
-        let bytes = postcard::to_stdvec(&SnapshotBody {
-            state: state.clone(),
-        })
-        .unwrap();
-        assert_eq!(decode_body(&bytes).unwrap().state, state);
-        assert!(decode_body(&[1, 2]).is_err());
-    }
-}
+mod tests;

@@ -3,15 +3,18 @@
 //! the order openraft issued them (its storage contract: vote and log I/O
 //! are serialised). Log appends queued together share one `fdatasync`
 //! (group commit); each append is acknowledged to openraft only after it.
+//! It also knows how far the snapshot on disk reaches (the "floor" that a
+//! purge of the log must not pass, see [`store`](super::store)).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use openraft::storage::LogFlushed;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::disk::{self, SmallFile, COMMITTED_FILE, LOG_FILE};
 use super::store::TypeConfig;
@@ -40,6 +43,8 @@ enum Io {
 /// Handle on the writer thread of one Raft directory.
 pub struct Writer {
     tx: Mutex<Option<mpsc::Sender<Io>>>,
+    /// Last log index covered by the snapshot file on disk (durable).
+    snapshot_floor: watch::Sender<Option<u64>>,
 }
 
 fn closed() -> io::Error {
@@ -49,8 +54,9 @@ fn closed() -> io::Error {
 impl Writer {
     /// Start the thread for `dir` (which holds a valid log file); `synced`
     /// says whether the directory and its log are known to be on disk (read
-    /// back at start-up) or were just created.
-    pub fn start(dir: PathBuf, synced: bool) -> io::Result<Self> {
+    /// back at start-up) or were just created; `snapshot_floor` is the last
+    /// log index the snapshot on disk covers.
+    pub fn start(dir: PathBuf, synced: bool, snapshot_floor: Option<u64>) -> io::Result<Self> {
         let log = OpenOptions::new().append(true).open(dir.join(LOG_FILE))?;
         let (tx, rx) = mpsc::channel();
         let st = State {
@@ -64,7 +70,30 @@ impl Writer {
             .spawn(move || run(st, rx))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
+            snapshot_floor: watch::Sender::new(snapshot_floor),
         })
+    }
+
+    /// A snapshot covering the log up to `index` is durable on disk (its
+    /// [`write`](Self::write) returned).
+    pub fn snapshot_durable(&self, index: u64) {
+        self.snapshot_floor.send_if_modified(|floor| {
+            let raise = floor.is_none_or(|f| f < index);
+            if raise {
+                *floor = Some(index);
+            }
+            raise
+        });
+    }
+
+    /// Wait (at most `wait`) until a durable snapshot covers the log up to
+    /// `index`; whether one does.
+    pub async fn snapshot_covers(&self, index: u64, wait: Duration) -> bool {
+        let mut rx = self.snapshot_floor.subscribe();
+        let covered = tokio::time::timeout(wait, rx.wait_for(|f| f.is_some_and(|f| f >= index)))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        covered
     }
 
     fn send(&self, io: Io) -> Result<(), Io> {

@@ -1,13 +1,26 @@
 //! Tests of the on-disk formats: round trips, torn tails, corruption.
 
 use super::*;
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta};
 
 fn entry(index: u64, term: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
         payload: EntryPayload::Blank,
     }
+}
+
+/// A snapshot file covering the log up to `index` (the state inside does
+/// not matter to these tests).
+fn snapshot_upto(dir: &Path, index: u64) {
+    let meta = SnapshotMeta {
+        last_log_id: Some(entry(index, 1).log_id),
+        last_membership: Default::default(),
+        snapshot_id: format!("{index}-1"),
+    };
+    let snapshot: StoredSnapshot = (meta, vec![0]);
+    let bytes = small_file(SmallFile::Snapshot, &snapshot).unwrap();
+    write_atomic(dir, SNAPSHOT_FILE, &bytes).unwrap();
 }
 
 fn fresh() -> (tempfile::TempDir, PathBuf) {
@@ -37,6 +50,7 @@ fn log_replays_entries_truncations_and_purges() {
         &dir,
         &encode_record(&LogRecord::Purged(entry(1, 1).log_id)).unwrap(),
     );
+    snapshot_upto(&dir, 1);
     let l = load(d.path()).unwrap().unwrap();
     assert_eq!(l.uid, 0xabcd);
     assert_eq!(
@@ -58,9 +72,9 @@ fn log_replays_entries_truncations_and_purges() {
 #[test]
 fn torn_last_record_is_dropped_and_the_file_cut() {
     let (d, dir) = fresh();
-    append(&dir, &encode_entry(&entry(1, 1)).unwrap());
+    append(&dir, &encode_entry(&entry(0, 1)).unwrap());
     let good_len = std::fs::metadata(dir.join(LOG_FILE)).unwrap().len();
-    let second = encode_entry(&entry(2, 1)).unwrap();
+    let second = encode_entry(&entry(1, 1)).unwrap();
     // Every strict prefix of the second record is a torn append.
     for cut in 1..second.len() {
         append(&dir, &second[..cut]);
@@ -147,6 +161,9 @@ fn unfinished_join_and_leave_leave_nothing_behind() {
 #[test]
 fn committed_log_id_round_trips() {
     let (d, dir) = fresh();
+    for i in 0..=11 {
+        append(&dir, &encode_entry(&entry(i, 3)).unwrap());
+    }
     let id = LogId::new(CommittedLeaderId::new(3, 2), 11);
     let bytes = small_file(SmallFile::Committed, &id).unwrap();
     write_atomic(&dir, COMMITTED_FILE, &bytes).unwrap();
@@ -157,4 +174,80 @@ fn committed_log_id_round_trips() {
     write_atomic(&dir, COMMITTED_FILE, &wrapped).unwrap();
     let err = load(d.path()).err().unwrap().to_string();
     assert!(err.contains("left after its content"), "{err}");
+}
+
+/// The directory seed 938669814 left (log entries 500–591, committed 590,
+/// no snapshot), and its kin: refused at start-up with one line saying
+/// what is lost and what to do, not a confusing openraft error.
+#[test]
+fn a_log_no_snapshot_covers_is_refused_in_one_line() {
+    let (d, dir) = fresh();
+    for i in 500..=591 {
+        append(&dir, &encode_entry(&entry(i, 49)).unwrap());
+    }
+    let committed = small_file(SmallFile::Committed, &entry(590, 49).log_id).unwrap();
+    write_atomic(&dir, COMMITTED_FILE, &committed).unwrap();
+    let e = load(d.path()).err().unwrap().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "Raft state {}: the log starts at entry 500 and there is no snapshot: \
+             entries 0–499 are lost; move {} away to start this node outside its \
+             cluster (then re-add it with `krgadm nodes add`)",
+            dir.join(LOG_FILE).display(),
+            dir.display()
+        )
+    );
+    // A snapshot that ends too early does not cover the hole either.
+    snapshot_upto(&dir, 450);
+    let e = load(d.path()).err().unwrap().to_string();
+    assert!(
+        e.contains("the snapshot ends at entry 450: entries 451–499 are lost"),
+        "{e}"
+    );
+    // One that reaches the log (or overlaps it) does.
+    snapshot_upto(&dir, 499);
+    assert_eq!(
+        load(d.path()).unwrap().unwrap().committed.map(|c| c.index),
+        Some(590)
+    );
+    snapshot_upto(&dir, 520);
+    assert!(load(d.path()).is_ok());
+    // A commit index past everything held cannot be re-applied.
+    let past = small_file(SmallFile::Committed, &entry(600, 49).log_id).unwrap();
+    write_atomic(&dir, COMMITTED_FILE, &past).unwrap();
+    let e = load(d.path()).err().unwrap().to_string();
+    assert!(
+        e.contains("the committed index is 600 but the log and snapshot end at entry 591"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_purge_no_snapshot_covers_is_refused() {
+    let (d, dir) = fresh();
+    for i in 0..=5 {
+        append(&dir, &encode_entry(&entry(i, 1)).unwrap());
+    }
+    append(
+        &dir,
+        &encode_record(&LogRecord::Purged(entry(3, 1).log_id)).unwrap(),
+    );
+    let e = load(d.path()).err().unwrap().to_string();
+    assert!(
+        e.contains("purged up to entry 3 but there is no snapshot: entries 0–3 are lost"),
+        "{e}"
+    );
+    snapshot_upto(&dir, 2);
+    let e = load(d.path()).err().unwrap().to_string();
+    assert!(
+        e.contains("the snapshot ends at entry 2: entry 3 is lost"),
+        "{e}"
+    );
+    snapshot_upto(&dir, 3);
+    let l = load(d.path()).unwrap().unwrap();
+    assert_eq!(
+        l.log.entries.keys().copied().collect::<Vec<_>>(),
+        vec![4, 5]
+    );
 }
