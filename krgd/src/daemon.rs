@@ -63,6 +63,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let sched = SchedService::start(ctx.clone()).await?;
     let kdfs = KdfsService::start(ctx.clone()).await?;
     let proc = ProcService::start(ctx.clone(), sched.clone(), chkpt.clone()).await?;
+    // A node removed while it runs hands its CAN_MIGRATE processes over.
+    cluster.register_handover(proc.handover());
     let node = Arc::new(Node {
         cluster,
         chkpt,

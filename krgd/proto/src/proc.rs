@@ -470,6 +470,10 @@ pub enum ProcPeerRequest {
     Stat,
     /// Process migration (see [`crate::migrate`]).
     Migrate(crate::migrate::MigratePeerRequest),
+    /// From the leader, to a node being removed (`nodes del`): move your
+    /// CAN_MIGRATE processes to the other members (the first ask starts
+    /// it); are you done?
+    HandOver,
 }
 
 /// Answers to [`ProcPeerRequest`]s.
@@ -489,6 +493,12 @@ pub enum ProcPeerReply {
     Stat(NodeStat),
     /// To `Migrate`.
     Migrate(crate::migrate::MigratePeerReply),
+    /// To `HandOver`.
+    HandedOver {
+        /// The pass over this node's processes has ended (what could not
+        /// move stays).
+        done: bool,
+    },
 }
 
 /// Byte strings as one postcard byte string, not as a sequence of

@@ -21,6 +21,7 @@ pub mod detach;
 pub mod fanout;
 pub mod fdio;
 pub mod fs;
+pub mod handover;
 pub mod hub;
 pub mod initspec;
 pub mod job;
@@ -75,6 +76,8 @@ pub struct ProcService {
     tree: std::sync::Mutex<Option<fs::Mounted>>,
     /// The loop that runs the balance policies.
     balancer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Moving this node's processes away when it leaves.
+    handover: Arc<handover::ProcHandOver>,
 }
 
 /// Why `init` cannot be trusted as every job's init, if it cannot: it must
@@ -166,6 +169,7 @@ impl ProcService {
         );
         let balancer = balance::start(st.clone(), sched.engine().clone());
         Ok(Arc::new(Self {
+            handover: handover::ProcHandOver::new(st.clone()),
             st,
             sched,
             tree: std::sync::Mutex::new(tree),
@@ -178,6 +182,12 @@ impl ProcService {
         crate::sync::lock(&self.tree)
             .as_ref()
             .map(fs::Mounted::sessions)
+    }
+
+    /// The hand-over of this node's processes, for the cluster service
+    /// to ask before a leaving node is removed.
+    pub fn handover(&self) -> Arc<handover::ProcHandOver> {
+        self.handover.clone()
     }
 
     /// The shared state (for the /krg tree).
@@ -244,6 +254,17 @@ impl ProcService {
                 migrate::handle_peer(&self.st, origin, m)
                     .await
                     .map(ProcPeerReply::Migrate)
+            }
+            ProcPeerRequest::HandOver => {
+                if !matches!(serve::origin_of(&self.st, from), creds::Origin::Member(_)) {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only members of the cluster hand processes over",
+                    ));
+                }
+                Ok(ProcPeerReply::HandedOver {
+                    done: self.handover.progress(),
+                })
             }
             ProcPeerRequest::Session(_) => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
