@@ -3,13 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
-use krg_tests::{bin, serial, wait_for, TestCluster};
+use krg_tests::{bin, detached_stdio, serial, wait_for, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -77,19 +76,7 @@ fn a_removed_node_hands_its_processes_over() -> Result<()> {
     let out = c.dir.path().join("pair.txt");
     let flag = c.dir.path().join("go");
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", PAIR])
-        .arg(&out)
-        .arg(&flag)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: close_range between fork and exec (no stray fds to refuse).
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    detached_stdio(cmd.args(["-c", PAIR]).arg(&out).arg(&flag));
     let mut child = cmd.spawn()?;
     let parent = child.id() as i32;
     std::thread::spawn(move || child.wait());

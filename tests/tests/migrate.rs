@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use krg_tests::{bin, free_port, serial, wait_for, TestCluster};
+use krg_tests::{bin, detached_stdio, free_port, serial, wait_for, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -86,18 +86,7 @@ impl Drop for Job {
 /// thread (the parent must reap the origin's copy for its PID to be free).
 fn start(script: &str, out: &Path) -> Job {
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", script])
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: close_range between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
+    detached_stdio(cmd.args(["-c", script]).arg(out));
     let mut child: Child = cmd.spawn().unwrap();
     let pid = child.id() as i32;
     std::thread::spawn(move || child.wait());
