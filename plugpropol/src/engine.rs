@@ -184,9 +184,9 @@ impl Engine {
         let node = self.tree().node_id();
         let entry = plugin(registry?, kind_of(name), "policy plug-in")?;
         let policy = PluginPolicy::start(&entry, node)?;
-        let (ino, c) = self
-            .tree()
-            .add_external_policy(parent, name, policy.ports())?;
+        let (ino, c) =
+            self.tree()
+                .add_external_policy(parent, name, policy.ports(), policy.moves())?;
         let runner = self.spawn(parent, name, c, move |tree, wake, label| {
             run_policy(tree, c, &label, policy, wake)
         })?;
@@ -350,10 +350,14 @@ fn run_policy(
     wake: WakeHandle,
 ) {
     loop {
-        let Some(inputs) = lock(&tree).policy_inputs(c) else {
-            return;
+        let (inputs, procs) = {
+            let t = lock(&tree);
+            let Some(inputs) = t.policy_inputs(c) else {
+                return;
+            };
+            (inputs, t.plugin_processes(c))
         };
-        let decision = match policy.decide(&inputs) {
+        let decision = match policy.decide(&inputs, &procs) {
             Ok(d) => d,
             Err(e) => {
                 if let Some(why) = policy.failure() {
@@ -363,6 +367,10 @@ fn run_policy(
                     return;
                 }
                 tracing::warn!(policy = %name, error = %e, "policy plug-in gave no decision");
+                if policy.moves() {
+                    // its `decisions` says so, as a refused move would
+                    lock(&tree).note_bad_answer(c, e.to_string());
+                }
                 Decision::Nowhere { why: e.to_string() }
             }
         };

@@ -34,12 +34,21 @@ pub enum Policy {
     /// node) and/or `port_load` (load or percent per node).
     Placement { mode: Mode },
     /// A plug-in (see [`crate::plugin::PluginPolicy`]) with the ports it
-    /// declared; its decision is in the file `decision`.
-    External { ports: Vec<PortSpec> },
+    /// declared; its decision is in the file `decision`. One that declared
+    /// `moves` has the moving rules of a balance policy (`max_moves`,
+    /// `interval`, `min_residency`; its threshold is unused) and its moves
+    /// are in the file `decisions`.
+    External {
+        ports: Vec<PortSpec>,
+        moves: Option<BalanceConfig>,
+    },
     /// Moves this node's processes to the least loaded node (see
     /// [`crate::balance`]); its decisions are in the file `decisions`.
     Balance(BalanceConfig),
 }
+
+/// The attributes of a policy plug-in that moves processes.
+pub const PLUGIN_MOVE_ATTRIBUTES: &[&str] = &["max_moves", "interval", "min_residency"];
 
 pub const PORT_MEM: &str = "port_mem_free";
 pub const PORT_LOAD: &str = "port_load";
@@ -58,7 +67,8 @@ impl Policy {
 
     pub fn attributes(&self) -> &'static [&'static str] {
         match self {
-            Policy::Echo | Policy::External { .. } => &[],
+            Policy::Echo | Policy::External { moves: None, .. } => &[],
+            Policy::External { moves: Some(_), .. } => PLUGIN_MOVE_ATTRIBUTES,
             Policy::Placement { .. } => &["mode"],
             Policy::Balance(_) => balance::ATTRIBUTES,
         }
@@ -69,7 +79,8 @@ impl Policy {
         match self {
             Policy::Echo => &["received"],
             Policy::Placement { .. } => &["placement"],
-            Policy::External { .. } => &["decision"],
+            Policy::External { moves: None, .. } => &["decision"],
+            Policy::External { moves: Some(_), .. } => &["decision", "decisions"],
             Policy::Balance(_) => &["decisions"],
         }
     }
@@ -78,6 +89,9 @@ impl Policy {
         match (self, attr) {
             (Policy::Placement { mode }, "mode") => Some(mode.name().to_string()),
             (Policy::Balance(b), _) => b.get(attr),
+            (Policy::External { moves: Some(b), .. }, a) if PLUGIN_MOVE_ATTRIBUTES.contains(&a) => {
+                b.get(attr)
+            }
             _ => None,
         }
     }
@@ -97,6 +111,9 @@ impl Policy {
                 Ok(())
             }
             (Policy::Balance(b), _) => b.set(attr, text),
+            (Policy::External { moves: Some(b), .. }, a) if PLUGIN_MOVE_ATTRIBUTES.contains(&a) => {
+                b.set(attr, text)
+            }
             _ => Err(Error::NotPermitted(format!("{attr} is not writable"))),
         }
     }
@@ -104,7 +121,7 @@ impl Policy {
     /// Whether `port` is a port of this policy that accepts `t`.
     pub fn check_port(&self, port: &str, t: ValueType) -> Result<()> {
         match self {
-            Policy::External { ports } => {
+            Policy::External { ports, .. } => {
                 let spec = ports.iter().find(|p| p.name == port).ok_or_else(|| {
                     let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
                     Error::Invalid(format!(

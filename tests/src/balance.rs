@@ -23,13 +23,21 @@ pub fn tree(c: &TestCluster, id: u32) -> PathBuf {
     c.dir.path().join(format!("sched{id}"))
 }
 
-/// A formed loopback cluster of `n` nodes, each with its scheduler tree.
+/// The plug-in registry every node of [`formed`] reads (absent until a
+/// test writes it).
+pub fn registry(c: &TestCluster) -> PathBuf {
+    c.dir.path().join("plugins.conf")
+}
+
+/// A formed loopback cluster of `n` nodes, each with its scheduler tree
+/// and the plug-in registry [`registry`].
 pub fn formed(n: u32) -> Result<TestCluster> {
     let mut c = TestCluster::loopback(n)?;
     let key = c.key.clone();
     for id in 1..=n {
         let mount = format!("--scheduler-mount={}", tree(&c, id).display());
-        c.start_with(id, &key, &[&mount])?;
+        let registry = format!("--plugin-registry={}", registry(&c).display());
+        c.start_with(id, &key, &[&mount, &registry])?;
     }
     let ids: Vec<u32> = (1..=n).collect();
     c.wait_present(1, &ids, SETTLE)?;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::namespace::{CompId, Ino, SourceRef};
-use crate::balance::{self, BalanceConfig};
+use crate::balance::{self, BalanceConfig, Candidate};
 use crate::error::{Error, Result};
 use crate::filters::Filter;
 use crate::plugin::{Decision, FilterInput, PortInput};
@@ -56,6 +56,44 @@ pub(super) struct PolicyComp {
     pub decision: Option<Decision>,
     /// A balance policy's last decisions, oldest first.
     pub decisions: VecDeque<String>,
+    /// A moving plug-in's answers not yet carried out by the embedder.
+    pub pending: VecDeque<PluginAnswer>,
+    /// This node's processes, as the embedder last told a moving plug-in.
+    pub processes: Vec<Candidate>,
+}
+
+/// What a policy plug-in that moves processes answered, for the embedder
+/// to check and carry out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginAnswer {
+    /// `move <pid> <node> <reason>`.
+    Move {
+        pid: i32,
+        to: NodeId,
+        reason: String,
+    },
+    /// An answer that could not be read (the error says why).
+    Garbage(String),
+}
+
+/// The moving plug-in answers of one policy, taken by the embedder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginMoveWork {
+    /// The policy, its path and moving rules (`load` is None).
+    pub work: BalanceWork,
+    pub answers: Vec<PluginAnswer>,
+}
+
+/// At most this many answers wait for the embedder.
+const PENDING_KEPT: usize = 16;
+
+impl PolicyComp {
+    fn push_answer(&mut self, a: PluginAnswer) {
+        if self.pending.len() >= PENDING_KEPT {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(a);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -342,8 +380,65 @@ impl Parts {
 
     pub fn set_decision(&mut self, c: CompId, d: Decision) {
         if let Some(Comp::Policy(p)) = self.comps.get_mut(&c) {
+            if let Decision::Move { pid, node, reason } = &d {
+                p.push_answer(PluginAnswer::Move {
+                    pid: *pid,
+                    to: *node,
+                    reason: reason.clone(),
+                });
+            }
             p.decision = Some(d);
         }
+    }
+
+    /// A moving plug-in answered something unreadable.
+    pub fn note_bad_answer(&mut self, c: CompId, why: String) {
+        if let Some(Comp::Policy(p)) = self.comps.get_mut(&c) {
+            p.push_answer(PluginAnswer::Garbage(why));
+        }
+    }
+
+    /// This node's processes as moving plug-in `c` is told them.
+    pub fn plugin_processes(&self, c: CompId) -> Vec<Candidate> {
+        match self.comps.get(&c) {
+            Some(Comp::Policy(p)) => p.processes.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn set_plugin_processes(&mut self, c: CompId, procs: Vec<Candidate>) {
+        if let Some(Comp::Policy(p)) = self.comps.get_mut(&c) {
+            p.processes = procs;
+        }
+    }
+
+    /// Every moving plug-in policy, with the answers it gave since the
+    /// last call (taken).
+    pub fn plugin_move_work(&mut self) -> Vec<PluginMoveWork> {
+        let mut out: Vec<PluginMoveWork> = self
+            .comps
+            .iter_mut()
+            .filter_map(|(c, comp)| match comp {
+                Comp::Policy(p) => match p.policy {
+                    Policy::External {
+                        moves: Some(config),
+                        ..
+                    } => Some(PluginMoveWork {
+                        work: BalanceWork {
+                            comp: *c,
+                            path: String::new(),
+                            config,
+                            load: None,
+                        },
+                        answers: p.pending.drain(..).collect(),
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|w| w.work.comp);
+        out
     }
 
     // ----- balancing ------------------------------------------------------------
@@ -435,6 +530,9 @@ impl Parts {
                 )))
             }
             Some(Decision::Place { node, reason }) => Ok((*node, reason.clone())),
+            Some(Decision::Move { pid, node, .. }) => Err(Error::NotFound(format!(
+                "the policy plug-in moves processes (its last answer: move {pid} to node {node})"
+            ))),
         }
     }
 }

@@ -36,7 +36,7 @@ use links::LinkBase;
 use namespace::Namespace;
 use ops::Ops;
 
-pub use data::{BalanceWork, FilterWork, SharedValue};
+pub use data::{BalanceWork, FilterWork, PluginAnswer, PluginMoveWork, SharedValue};
 pub use namespace::{kind_of, CompId, EntryType, Ino, SourceRef, ROOT};
 pub use ops::{MkdirPlan, Removed};
 
@@ -171,14 +171,15 @@ impl Tree {
     }
 
     /// Second half of `mkdir schedulers/<s>/<plug-in>`: the plug-in runs
-    /// and declared `ports`.
+    /// and declared `ports` (and `moves`: it may move processes).
     pub fn add_external_policy(
         &mut self,
         parent: Ino,
         name: &str,
         ports: Vec<PortSpec>,
+        moves: bool,
     ) -> Result<(Ino, CompId)> {
-        self.ops().add_external_policy(parent, name, ports)
+        self.ops().add_external_policy(parent, name, ports, moves)
     }
 
     /// Second half of `mkdir probes/<name>`: the probe exists and has taken
@@ -271,18 +272,51 @@ impl Tree {
     /// Every balance policy, with its settings and load values.
     pub fn balance_work(&self) -> Vec<BalanceWork> {
         let mut work = self.parts.balance_work();
+        for w in &mut work {
+            w.path = self.policy_path(w.comp);
+        }
+        work
+    }
+
+    /// The path of policy `c` in the tree.
+    fn policy_path(&self, c: CompId) -> String {
         for (ino, e) in self.ns.entries() {
             if let namespace::Kind::Dir {
-                role: namespace::DirRole::Policy(c),
+                role: namespace::DirRole::Policy(d),
                 ..
             } = e.kind
             {
-                if let Some(w) = work.iter_mut().find(|w| w.comp == c) {
-                    w.path = self.ns.path(ino);
+                if d == c {
+                    return self.ns.path(ino);
                 }
             }
         }
+        String::new()
+    }
+
+    /// Every policy plug-in that moves processes, with the answers it gave
+    /// since the last call (taken: each is carried out once).
+    pub fn plugin_move_work(&mut self) -> Vec<PluginMoveWork> {
+        let mut work = self.parts.plugin_move_work();
+        for w in &mut work {
+            w.work.path = self.policy_path(w.work.comp);
+        }
         work
+    }
+
+    /// A moving policy plug-in answered something unreadable.
+    pub fn note_bad_answer(&mut self, c: CompId, why: String) {
+        self.parts.note_bad_answer(c, why)
+    }
+
+    /// This node's processes as moving plug-in `c` is told them.
+    pub fn plugin_processes(&self, c: CompId) -> Vec<crate::balance::Candidate> {
+        self.parts.plugin_processes(c)
+    }
+
+    /// Set what moving plug-in `c` is told of this node's processes.
+    pub fn set_plugin_processes(&mut self, c: CompId, procs: Vec<crate::balance::Candidate>) {
+        self.parts.set_plugin_processes(c, procs)
     }
 
     /// Add a line to balance policy `c`'s `decisions` (`replace_last`:

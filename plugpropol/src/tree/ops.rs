@@ -10,6 +10,7 @@ use super::data::{Comp, FilterComp, Linked, Parts, PolicyComp, ProbeComp, Source
 use super::links::{feeds_from, LinkBase};
 use super::namespace::SourceRef;
 use super::namespace::{check_name, kind_of, CompId, DirRole, FileRole, Ino, Kind, Namespace};
+use crate::balance::BalanceConfig;
 use crate::error::{Error, Result};
 use crate::filters::{Filter, BUILTIN_FILTERS};
 use crate::plugin::{PluginKind, PortSpec};
@@ -167,6 +168,7 @@ impl Ops<'_> {
         parent: Ino,
         name: &str,
         ports: Vec<PortSpec>,
+        moves: bool,
     ) -> Result<(Ino, CompId)> {
         if self.ns.dir_role(parent)? != DirRole::Scheduler {
             return Err(Error::NotPermitted(
@@ -174,7 +176,8 @@ impl Ops<'_> {
             ));
         }
         self.ns.check_free(parent, name)?;
-        Ok(self.add_policy(parent, name, Policy::External { ports }))
+        let moves = moves.then(BalanceConfig::default);
+        Ok(self.add_policy(parent, name, Policy::External { ports, moves }))
     }
 
     /// Second half of `mkdir probes/<name>`: the probe exists and has taken
@@ -251,6 +254,8 @@ impl Ops<'_> {
             ports,
             decision: None,
             decisions: Default::default(),
+            pending: Default::default(),
+            processes: Vec::new(),
         };
         self.parts.insert(c, Comp::Policy(comp));
         (dir, c)

@@ -75,7 +75,9 @@ fn output_text(parts: &Parts, c: CompId, name: &str) -> String {
     };
     match (&p.policy, name) {
         (Policy::Echo, "received") => received(parts, p),
-        (Policy::Balance(_), "decisions") => p.decisions.iter().map(|l| format!("{l}\n")).collect(),
+        (Policy::Balance(_) | Policy::External { moves: Some(_), .. }, "decisions") => {
+            p.decisions.iter().map(|l| format!("{l}\n")).collect()
+        }
         (Policy::Placement { .. }, "placement") | (Policy::External { .. }, "decision") => {
             match parts.place_with(c) {
                 Ok((node, reason)) => format!("{node} {reason}\n"),

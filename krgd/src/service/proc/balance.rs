@@ -20,7 +20,6 @@ use plugpropol::balance::{choose, BalanceConfig, Candidate, Choice};
 use plugpropol::tree::{BalanceWork, CompId};
 use plugpropol::value::Readings;
 use plugpropol::{Engine, Reading};
-use tokio::task::JoinHandle;
 
 use super::creds::Origin;
 use super::load::{self, Meter, Sample};
@@ -28,7 +27,7 @@ use super::migrate;
 use super::state::ProcState;
 
 /// How often the loop looks for policies whose interval has passed.
-const TICK: Duration = Duration::from_millis(200);
+pub(super) const TICK: Duration = Duration::from_millis(200);
 /// A process whose move was refused is not tried again for this long.
 pub const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 /// Samples a node must publish after a move before the next decision.
@@ -38,20 +37,20 @@ const SETTLE_SAMPLES: u64 = 2;
 const SETTLE_MAX_INTERVALS: u32 = 10;
 
 /// What one policy remembers between rounds.
-struct PolicyState {
+pub(super) struct PolicyState {
     next: Instant,
-    meter: Meter,
+    pub(super) meter: Meter,
     /// (node, its port's sample counter at the last move).
     settle: Vec<(NodeId, u64)>,
     settle_since: Instant,
     /// PID → when its move was refused, and why.
-    refused: HashMap<i32, (Instant, String)>,
+    pub(super) refused: HashMap<i32, (Instant, String)>,
     /// The kind of the last "nothing moved" line, to collapse repeats.
     last_stay: Option<String>,
 }
 
 impl PolicyState {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         PolicyState {
             next: Instant::now(),
             meter: Meter::default(),
@@ -63,12 +62,8 @@ impl PolicyState {
     }
 }
 
-/// Start the balancing loop of this node.
-pub fn start(st: Arc<ProcState>, engine: Arc<Engine>) -> JoinHandle<()> {
-    tokio::spawn(run(st, engine))
-}
-
-async fn run(st: Arc<ProcState>, engine: Arc<Engine>) {
+/// The balancing loop of this node (runs until aborted).
+pub async fn run(st: Arc<ProcState>, engine: Arc<Engine>) {
     let mut states: HashMap<CompId, PolicyState> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
@@ -90,7 +85,7 @@ fn now_text() -> String {
 }
 
 /// Record a decision in the policy's `decisions` file and krgd's log.
-fn note(engine: &Engine, w: &BalanceWork, s: &mut PolicyState, line: String) {
+pub(super) fn note(engine: &Engine, w: &BalanceWork, s: &mut PolicyState, line: String) {
     s.last_stay = None;
     tracing::info!(policy = %w.path, decision = %line, "balance_policy");
     let line = format!("{} {line}", now_text());
@@ -130,7 +125,7 @@ fn loads_text(loads: &BTreeMap<NodeId, f64>) -> String {
 }
 
 /// This node's processes as candidates, each held back if it may not move.
-fn candidates(
+pub(super) fn candidates(
     st: &ProcState,
     cfg: &BalanceConfig,
     s: &mut PolicyState,
@@ -220,44 +215,77 @@ async fn round(st: &Arc<ProcState>, engine: &Engine, w: &BalanceWork, s: &mut Po
             Choice::Move { pid, to, size, gap } => (pid, to, size, gap),
         };
         cands.retain(|c| c.pid != pid);
-        let req = MigrateRequest {
-            from: None,
-            pid,
-            to,
-            tree: false,
-        };
-        let root = Credentials {
-            uid: 0,
-            gid: 0,
-            groups: Vec::new(),
-        };
-        match migrate::migrate(st, req, root, Origin::Local).await {
-            Ok(r) if r.fell_back.is_none() => {
-                note(engine, w, s, format!(
-                    "moved {pid} from node {me} to node {to}: loads {before}, process {size:.2}, gap {gap:.2} >= threshold {} ({} ms, stopped {} ms)",
-                    cfg.threshold, r.total_ms, r.stopped_ms
-                ));
-                *loads.entry(me).or_default() -= size;
-                *loads.entry(to).or_default() += size;
-                // the next round waits for new values of every node this
-                // round touched
-                for n in [me, to] {
-                    if let Some((_, seq)) = values.get(&n) {
-                        if !s.settle.iter().any(|(m, _)| *m == n) {
-                            s.settle.push((n, *seq));
-                        }
+        let detail = format!(
+            "loads {before}, process {size:.2}, gap {gap:.2} >= threshold {}",
+            cfg.threshold
+        );
+        let context = format!("loads {before}");
+        if carry_out(st, engine, w, s, (pid, to), &detail, &context).await {
+            *loads.entry(me).or_default() -= size;
+            *loads.entry(to).or_default() += size;
+            // the next round waits for new values of every node this
+            // round touched
+            for n in [me, to] {
+                if let Some((_, seq)) = values.get(&n) {
+                    if !s.settle.iter().any(|(m, _)| *m == n) {
+                        s.settle.push((n, *seq));
                     }
                 }
-                s.settle_since = Instant::now();
             }
-            Ok(r) => {
-                let why = format!(
-                    "the target failed, it runs here again: {}",
-                    r.fell_back.unwrap_or_default()
-                );
-                refused(engine, w, s, pid, to, &before, why);
-            }
-            Err(e) => refused(engine, w, s, pid, to, &before, e.message),
+            s.settle_since = Instant::now();
+        }
+    }
+}
+
+/// Move `pid` to node `to` through the migration code, as root on behalf
+/// of the system, and note the outcome: `moved … from node N to node L:
+/// {detail} (… ms, stopped … ms)`, or a refusal (remembered for
+/// [`REFUSED_BACKOFF`]) ending in `({context})`. Whether it moved.
+pub(super) async fn carry_out(
+    st: &Arc<ProcState>,
+    engine: &Engine,
+    w: &BalanceWork,
+    s: &mut PolicyState,
+    (pid, to): (i32, NodeId),
+    detail: &str,
+    context: &str,
+) -> bool {
+    let me = st.node();
+    let req = MigrateRequest {
+        from: None,
+        pid,
+        to,
+        tree: false,
+    };
+    let root = Credentials {
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+    };
+    match migrate::migrate(st, req, root, Origin::Local).await {
+        Ok(r) if r.fell_back.is_none() => {
+            note(
+                engine,
+                w,
+                s,
+                format!(
+                    "moved {pid} from node {me} to node {to}: {detail} ({} ms, stopped {} ms)",
+                    r.total_ms, r.stopped_ms
+                ),
+            );
+            true
+        }
+        Ok(r) => {
+            let why = format!(
+                "the target failed, it runs here again: {}",
+                r.fell_back.unwrap_or_default()
+            );
+            refused(engine, w, s, pid, to, context, why);
+            false
+        }
+        Err(e) => {
+            refused(engine, w, s, pid, to, context, e.message);
+            false
         }
     }
 }
@@ -268,7 +296,7 @@ fn refused(
     s: &mut PolicyState,
     pid: i32,
     to: NodeId,
-    loads: &str,
+    context: &str,
     why: String,
 ) {
     note(
@@ -276,7 +304,7 @@ fn refused(
         w,
         s,
         format!(
-            "refused {pid} to node {to}: {why}; not tried again for {} s (loads {loads})",
+            "refused {pid} to node {to}: {why}; not tried again for {} s ({context})",
             REFUSED_BACKOFF.as_secs()
         ),
     );

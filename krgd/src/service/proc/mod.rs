@@ -30,6 +30,7 @@ pub mod lookup;
 pub mod migrate;
 pub mod nodestat;
 pub mod place;
+pub mod plugmove;
 pub mod procfs;
 pub mod pty;
 pub mod remote;
@@ -167,7 +168,14 @@ impl ProcService {
             load::PROBE_NAME,
             Arc::new(move || Box::new(load::LoadProbe::new(&st2))),
         );
-        let balancer = balance::start(st.clone(), sched.engine().clone());
+        // one task for both loops, so that aborting it stops both
+        let (st2, engine) = (st.clone(), sched.engine().clone());
+        let balancer = tokio::spawn(async move {
+            tokio::join!(
+                balance::run(st2.clone(), engine.clone()),
+                plugmove::run(st2, engine)
+            );
+        });
         Ok(Arc::new(Self {
             handover: handover::ProcHandOver::new(st.clone()),
             st,
