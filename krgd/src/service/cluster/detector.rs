@@ -261,6 +261,11 @@ async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::stat
 
 /// Whether `node` votes in the Raft membership `joined` knows last.
 pub(super) fn is_voter(joined: &Joined, node: NodeId) -> bool {
+    voters(joined).contains(&u64::from(node))
+}
+
+/// The voters of the Raft membership `joined` knows last.
+pub(super) fn voters(joined: &Joined) -> std::collections::BTreeSet<u64> {
     joined
         .raft
         .metrics()
@@ -268,7 +273,7 @@ pub(super) fn is_voter(joined: &Joined, node: NodeId) -> bool {
         .membership_config
         .membership()
         .voter_ids()
-        .any(|v| v == u64::from(node))
+        .collect()
 }
 
 async fn probe(svc: &ClusterService, node: NodeId, uid: u64, within: Duration) -> Probe {

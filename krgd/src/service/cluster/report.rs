@@ -94,14 +94,7 @@ impl ClusterService {
 }
 
 fn member_rows(joined: &Joined) -> Vec<NodeInfo> {
-    let voters: BTreeSet<u64> = joined
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
+    let voters = super::detector::voters(joined);
     let state = joined.state();
     // Expiry by this node's clock: a checkout past its deadline is over.
     let now = super::owners::now_ms();
