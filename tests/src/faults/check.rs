@@ -177,7 +177,7 @@ pub fn check_members(initial: &BTreeSet<u32>, history: &[Event], ids: &[u32]) ->
                     )
                 })
                 .collect();
-            lines.truncate(200);
+            elide(&mut lines, 50, 150);
             out.push(format!(
                 "membership of node {x} is not linearizable; its operations (ms):\n  {}",
                 lines.join("\n  ")
@@ -185,6 +185,42 @@ pub fn check_members(initial: &BTreeSet<u32>, history: &[Event], ids: &[u32]) ->
         }
     }
     out
+}
+
+/// Keep the first `head` and the last `tail` of `lines`, saying how many
+/// were left out between them (the kept directory's `history.txt` has them
+/// all). The end matters as much as the start: the final reads are there,
+/// and a long campaign's culprit is rarely in its first minute.
+fn elide(lines: &mut Vec<String>, head: usize, tail: usize) {
+    if lines.len() <= head + tail {
+        return;
+    }
+    let left_out = lines.len() - head - tail;
+    lines.drain(head..head + left_out);
+    lines.insert(
+        head,
+        format!("… {left_out} operations left out (history.txt in the kept directory lists every one) …"),
+    );
+}
+
+/// One line per operation, every node id, in invocation order: what
+/// `history.txt` holds when a campaign finds anomalies.
+pub fn history_text(history: &[Event]) -> String {
+    let mut ev: Vec<&Event> = history.iter().collect();
+    ev.sort_by_key(|e| e.invoked);
+    ev.iter()
+        .map(|e| {
+            format!(
+                "client {} {:?} {:?} [{:.3}..{:.3}] {}\n",
+                e.client,
+                e.op,
+                e.outcome,
+                e.invoked as f64 / 1e9,
+                e.completed as f64 / 1e9,
+                e.said.trim()
+            )
+        })
+        .collect()
 }
 
 /// One node's answer to `cluster status`, as the invariants need it.
@@ -366,6 +402,32 @@ mod tests {
         many.push(e(Op::Read(set(&[3])), Outcome::Ok, 10_000, 10_001));
         let bad = check_members(&init, &many, &[1, 2, 3, 4, 5, 6]);
         assert_eq!(bad.len(), 2, "{bad:?}");
+    }
+
+    #[test]
+    fn long_reports_keep_both_ends() {
+        let mut lines: Vec<String> = (0..300).map(|i| format!("op {i}")).collect();
+        elide(&mut lines, 50, 150);
+        assert_eq!(lines.len(), 201);
+        assert_eq!(lines[49], "op 49");
+        assert!(
+            lines[50].contains("100 operations left out"),
+            "{}",
+            lines[50]
+        );
+        assert_eq!(lines[51], "op 150");
+        assert_eq!(lines[200], "op 299");
+        let mut short: Vec<String> = (0..200).map(|i| format!("op {i}")).collect();
+        elide(&mut short, 50, 150);
+        assert_eq!(short.len(), 200);
+        let text = history_text(&[
+            e(Op::Del(2), Outcome::Ok, 2_000_000_000, 2_500_000_000),
+            e(Op::Add(2), Outcome::Refused, 1_000_000_000, 1_100_000_000),
+        ]);
+        assert_eq!(
+            text,
+            "client 0 Add(2) Refused [1.000..1.100] \nclient 0 Del(2) Ok [2.000..2.500] \n"
+        );
     }
 
     #[test]

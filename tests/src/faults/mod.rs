@@ -230,6 +230,10 @@ pub fn run(cfg: &Campaign) -> Result<Summary> {
     if !s.anomalies.is_empty() {
         // The krgd logs (and Raft state) are what explains an anomaly.
         c.dir.disable_cleanup(true);
+        let file = c.dir.path().join("history.txt");
+        if let Err(e) = std::fs::write(&file, check::history_text(&history)) {
+            eprintln!("cannot write {}: {e}", file.display());
+        }
         s.kept = Some(c.dir.path().to_path_buf());
     }
     Ok(s)

@@ -62,11 +62,24 @@ pub(super) enum Forget {
 
 impl ClusterService {
     /// Start a Raft instance for cluster `uid` (idempotent for the same uid),
-    /// with fresh state on disk.
-    pub(super) async fn join(self: &Arc<Self>, uid: u64) -> Result<Arc<Joined>, AdminError> {
+    /// with fresh state on disk. `welcome`: the epoch of the leader that
+    /// welcomed this node, recorded before the instance can be seen, so
+    /// that an eviction sent before the welcome but handled after it (it
+    /// waited for the lock) is ignored: the fault campaign (seed 938669814,
+    /// release build) saw a welcomed node obey such stale evictions in the
+    /// instant between the two, wipe its state, and its add be acknowledged
+    /// anyway, after which the leader removed it on its own.
+    pub(super) async fn join(
+        self: &Arc<Self>,
+        uid: u64,
+        welcome: Option<u64>,
+    ) -> Result<Arc<Joined>, AdminError> {
         let mut slot = self.joined.write().await;
         if let Some(j) = slot.as_ref() {
             return if j.uid == uid {
+                if let Some(epoch) = welcome {
+                    j.welcomed_at(epoch);
+                }
                 Ok(j.clone())
             } else {
                 Err(AdminError::new(
@@ -89,6 +102,9 @@ impl ClusterService {
             log: LogImage::default(),
         };
         let joined = self.start_raft(fresh).await.map_err(internal)?;
+        if let Some(epoch) = welcome {
+            joined.welcomed_at(epoch);
+        }
         *slot = Some(joined.clone());
         tracing::info!(
             node = self.ctx.node_id(),
@@ -192,21 +208,29 @@ impl ClusterService {
     /// Obeyed unless this node knows of a later epoch of its membership: a
     /// delayed eviction must not end a membership that began after it.
     pub(super) async fn evicted(&self, by: krg_proto::NodeId, uid: u64, epoch: u64) {
-        let Some(j) = self.joined().await.filter(|j| j.uid == uid) else {
-            return;
-        };
-        let known = j.known_epoch();
-        if known > epoch {
-            tracing::info!(
-                by,
-                epoch,
-                known,
-                "ignored an eviction older than this membership"
-            );
-            return;
-        }
-        tracing::info!(by, epoch, "told to leave the cluster");
-        self.leave_if(|cur| Arc::ptr_eq(cur, &j), Forget::Yes).await
+        // Checked under the write lock that `join` holds while it records a
+        // welcome: the check and the leave are one step against it.
+        self.leave_if(
+            |cur| {
+                if cur.uid != uid {
+                    return false;
+                }
+                let known = cur.known_epoch();
+                if known > epoch {
+                    tracing::info!(
+                        by,
+                        epoch,
+                        known,
+                        "ignored an eviction older than this membership"
+                    );
+                    return false;
+                }
+                tracing::info!(by, epoch, "told to leave the cluster");
+                true
+            },
+            Forget::Yes,
+        )
+        .await
     }
 
     /// krgd stops: stop Raft, keep its state for the restart.
@@ -341,3 +365,6 @@ pub(super) fn raft_config(ctx: &NodeContext) -> Result<openraft::Config, String>
     .validate()
     .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests;

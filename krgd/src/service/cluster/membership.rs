@@ -81,7 +81,7 @@ impl ClusterService {
         founders.push(me.clone());
         founders.sort_by_key(|p| p.node);
 
-        let joined = self.join(uid).await?;
+        let joined = self.join(uid, None).await?;
         let ids: BTreeSet<RaftNodeId> = founders.iter().map(|p| p.node as RaftNodeId).collect();
         let mut voters = pick_voters(
             &ids,

@@ -254,8 +254,7 @@ impl ClusterService {
                     .map(ClusterPeerReply::Forwarded)
             }
             ClusterPeerRequest::Welcome { cluster, epoch } => {
-                let joined = self.join(cluster).await?;
-                joined.welcomed_at(epoch);
+                self.join(cluster, Some(epoch)).await?;
                 Ok(ClusterPeerReply::Ack)
             }
             ClusterPeerRequest::Evict { cluster, epoch } => {

@@ -1,0 +1,107 @@
+//! Welcome against eviction on one node's Raft instance: a welcome's epoch
+//! is known as soon as its instance can be seen, so an eviction sent
+//! before the welcome (delayed, or waiting for the lock while the instance
+//! started) does not end the membership the welcome began.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::Settings;
+
+/// A cluster service of node 1 with its data in `dir`, without discovery
+/// (nothing is broadcast; the Raft instance starts and stops for real).
+fn service(dir: &std::path::Path) -> Arc<ClusterService> {
+    let config = Settings {
+        node_id: Some(1),
+        session_id: Some(1),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.to_path_buf()),
+        no_http: true,
+        no_krg_mount: true,
+        no_scheduler_mount: true,
+        ..Settings::default()
+    }
+    .resolve("")
+    .unwrap();
+    let key = krg_proto::auth::ClusterKey::new(vec![7; 32]).unwrap();
+    let ctx = Arc::new(NodeContext::new(config, key, None));
+    Arc::new(ClusterService {
+        ctx,
+        discovery: std::sync::OnceLock::new(),
+        joined: tokio::sync::RwLock::new(None),
+        joined_uid: AtomicU64::new(0),
+        leader_contact: Mutex::new(None),
+        change_lock: tokio::sync::Mutex::new(()),
+        view_task: Mutex::new(None),
+        handovers: std::sync::RwLock::default(),
+    })
+}
+
+const UID: u64 = 0x2508_fbe5_a43a_fc83;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_older_than_the_welcome_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    // Welcomed by a leader at epoch 355: a member from epoch 356 on.
+    let j = svc.join(UID, Some(355)).await.unwrap();
+    assert_eq!(
+        j.known_epoch(),
+        356,
+        "the welcome is recorded with the instance"
+    );
+    // Evictions the leader sent at epochs 354 and 355, before it welcomed
+    // this node (the fault campaign's node 2 got them together with the
+    // welcome after a pause): ignored, the Raft state stays.
+    for epoch in [355, 354, 355] {
+        svc.evicted(3, UID, epoch).await;
+    }
+    let still = svc
+        .joined()
+        .await
+        .expect("a stale eviction ended the membership");
+    assert!(Arc::ptr_eq(&still, &j));
+    assert!(
+        dir.path().join(disk::DIR).exists(),
+        "the Raft state is kept"
+    );
+    // Another cluster's eviction does nothing either.
+    svc.evicted(3, UID + 1, u64::MAX).await;
+    assert!(svc.joined().await.is_some());
+    // A welcome repeated for the same instance at a later epoch moves it on.
+    svc.join(UID, Some(360)).await.unwrap();
+    svc.evicted(3, UID, 358).await;
+    assert!(
+        svc.joined().await.is_some(),
+        "welcome at 360 outlives an eviction at 358"
+    );
+    // An eviction as of the welcome's epoch or later is obeyed: the node
+    // leaves and its Raft state is deleted.
+    svc.evicted(3, UID, 361).await;
+    assert!(svc.joined().await.is_none(), "a current eviction is obeyed");
+    assert!(
+        !dir.path().join(disk::DIR).exists(),
+        "leaving deletes the Raft state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_racing_a_welcome_never_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    // The eviction (sent at epoch 355, before the welcome at 355) and the
+    // welcome are handled at once, in either order: whichever takes the
+    // instance's lock first, the node ends up in the cluster.
+    for round in 0..20u64 {
+        let (a, b) = (svc.clone(), svc.clone());
+        let welcome = tokio::spawn(async move { a.join(UID, Some(355 + round)).await });
+        let evict = tokio::spawn(async move { b.evicted(3, UID, 355 + round).await });
+        welcome.await.unwrap().unwrap();
+        evict.await.unwrap();
+        let j = svc.joined().await;
+        assert!(j.is_some(), "round {round}: the welcomed node was evicted");
+        // Leave for the next round (an eviction at the welcome's epoch + 1).
+        svc.evicted(3, UID, 356 + round).await;
+        assert!(svc.joined().await.is_none(), "round {round}");
+    }
+}
