@@ -209,8 +209,22 @@ pub fn stage(app: &CheckedDir, sn: u32) -> Result<Staging> {
             app.join(&name).display()
         )));
     }
+    // The application directory is the user's: between the mkdir and the
+    // open they can put another directory in its place. Only the one just
+    // made is ours and closed to others (see tests/attacks.rs, staging
+    // directory swapped).
+    let dir = app.open_dir(&name)?;
+    let st = dir.stat()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if st.st_uid != me || st.st_mode & 0o077 != 0 {
+        return Err(ChkptError::Permission(format!(
+            "{} was replaced while checkpointing: refusing to write into it",
+            app.join(&name).display()
+        )));
+    }
     Ok(Staging {
-        dir: app.open_dir(&name)?,
+        dir,
         name,
         parent: Some(app.dup()?),
         touched: false,
