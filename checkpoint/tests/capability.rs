@@ -65,6 +65,8 @@ fn start_krgd(dir: &Path) -> Krgd {
     .arg("--cluster-key-file")
     .arg(dir.join("key"))
     .arg("--no-scheduler-mount")
+    // tests run in parallel: the /krg tree and the HTTP port are one per host
+    .args(["--no-krg-mount", "--no-http"])
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     let child = spawn(cmd);

@@ -118,6 +118,9 @@ impl Daemon {
             )
             // No broadcast discovery between unrelated tests: peers are explicit.
             .args(["--discovery-port", &free_port().to_string()])
+            // Tests run in parallel: the /krg tree and the HTTP port are
+            // one per machine (two krgds raced for /krg and one exited).
+            .args(["--no-krg-mount", "--no-http"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("krgd.out")).unwrap())
