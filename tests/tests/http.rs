@@ -384,6 +384,10 @@ fn probe_values_of_the_scheduler_tree_are_exported() -> Result<()> {
     let listen = format!("--http-listen=127.0.0.1:{port}");
     c.start_with(1, &c.key.clone(), &[&mount, &listen])?;
     let _unmount = Unmount(tree.clone());
+    // krgd's socket answers before its scheduler tree is mounted
+    wait_for(SETTLE, "the scheduler tree", || {
+        tree.join("probes").is_dir().then_some(())
+    })?;
     std::fs::create_dir(tree.join("probes/mem_probe"))?;
     let total: f64 = std::fs::read_to_string("/proc/meminfo")?
         .lines()
