@@ -73,20 +73,13 @@ fn size(ret: isize) -> io::Result<usize> {
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 
-/// The whole value of xattr `key` of `name` in `dir` (not following a
-/// symlink), whatever its size (asked again if it grew meanwhile).
-pub fn get_xattr(dir: BorrowedFd, name: &OsStr, key: &CString) -> io::Result<Vec<u8>> {
-    let p = at(dir, name)?;
+/// Call `read(ptr, len)` first with an empty buffer (the size), then with
+/// a buffer of that size; asked again if the value grew meanwhile (ERANGE).
+fn read_sized(mut read: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Vec<u8>> {
     loop {
-        // SAFETY: p and key are NUL-terminated; a NULL buffer of size 0 asks the size.
-        let n =
-            size(unsafe { libc::lgetxattr(p.as_ptr(), key.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let n = size(read(std::ptr::null_mut(), 0))?;
         let mut buf = vec![0u8; n];
-        // SAFETY: buf has buf.len() writable bytes.
-        let r = unsafe {
-            libc::lgetxattr(p.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        };
-        match size(r) {
+        match size(read(buf.as_mut_ptr().cast(), buf.len())) {
             Ok(len) => {
                 buf.truncate(len);
                 return Ok(buf);
@@ -97,24 +90,21 @@ pub fn get_xattr(dir: BorrowedFd, name: &OsStr, key: &CString) -> io::Result<Vec
     }
 }
 
+/// The whole value of xattr `key` of `name` in `dir` (not following a
+/// symlink), whatever its size (asked again if it grew meanwhile).
+pub fn get_xattr(dir: BorrowedFd, name: &OsStr, key: &CString) -> io::Result<Vec<u8>> {
+    let p = at(dir, name)?;
+    // SAFETY: p and key are NUL-terminated; read_sized passes either NULL
+    // with size 0 (asking the size) or a buffer of that many writable bytes.
+    read_sized(|buf, len| unsafe { libc::lgetxattr(p.as_ptr(), key.as_ptr(), buf, len) })
+}
+
 /// The NUL-terminated xattr names of `name` in `dir` (not following a symlink).
 pub fn list_xattr(dir: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
     let p = at(dir, name)?;
-    loop {
-        // SAFETY: p is NUL-terminated; a NULL buffer of size 0 asks the size.
-        let n = size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
-        let mut buf = vec![0u8; n];
-        // SAFETY: buf has buf.len() writable bytes.
-        let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        match size(r) {
-            Ok(len) => {
-                buf.truncate(len);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    // SAFETY: p is NUL-terminated; read_sized passes either NULL with size
+    // 0 (asking the size) or a buffer of that many writable bytes.
+    read_sized(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) })
 }
 
 /// Set xattr `key` of `name` in `dir` to `value` (not following a symlink).
