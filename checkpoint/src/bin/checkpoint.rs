@@ -140,6 +140,7 @@ fn run(cli: Cli) -> Result<()> {
         sysv_sem: cli.sysv_sem,
         sysv_msg: cli.sysv_msg,
         full: cli.full,
+        other_pidns: false,
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use checkpoint::capclient::CapClient;
+use checkpoint::restore::pidns::PidNsTarget;
 use checkpoint::restore::{self, RestoreOptions};
 use checkpoint::store;
 use clap::Parser;
@@ -59,6 +60,15 @@ struct Cli {
     /// `--inherit-fd 5:/tmp/out.log`.
     #[arg(long, value_name = "N:PATH", value_parser = parse_inherit)]
     inherit_fd: Vec<(i32, String)>,
+    /// Restore into the PID namespace whose init is PID (a `krg run` job
+    /// that migrated: krgd started that init), giving each process the PID
+    /// `--ns-pid` names for it there. For krgd.
+    #[arg(long, value_name = "PID", requires = "ns_pid")]
+    pidns_of: Option<i32>,
+    /// With --pidns-of: the PID in the job's namespace of the image's PID
+    /// HOST (one per process and thread of the image; repeatable).
+    #[arg(long, value_name = "HOST:INNER", value_parser = parse_ns_pid, requires = "pidns_of")]
+    ns_pid: Vec<(i32, i32)>,
     /// krgd admin socket: the restored processes are made CHECKPOINTABLE
     /// again there (skipped when no krgd listens).
     #[arg(long, env = "KRG_SOCKET", default_value = krg_proto::DEFAULT_SOCKET)]
@@ -85,6 +95,10 @@ fn main() {
             lazy: cli.lazy,
             check_as_loaded: cli.check_as_loaded,
             inherit_fds: cli.inherit_fd.clone(),
+            pidns: cli.pidns_of.map(|init| PidNsTarget {
+                init,
+                map: cli.ns_pid.clone(),
+            }),
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -157,6 +171,13 @@ fn parse_inherit(s: &str) -> std::result::Result<(i32, String), String> {
         return Err(format!("{path}: the path must be absolute"));
     }
     Ok((n, path.to_string()))
+}
+
+fn parse_ns_pid(s: &str) -> std::result::Result<(i32, i32), String> {
+    let bad = || format!("{s}: expected HOST:INNER, two PIDs (e.g. 81234:4096)");
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let pid = |x: &str| x.parse::<i32>().ok().filter(|p| *p > 0);
+    Ok((pid(a).ok_or_else(bad)?, pid(b).ok_or_else(bad)?))
 }
 
 /// The hand-written part of this binary's man page (`--generate man`).

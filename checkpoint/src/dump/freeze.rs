@@ -114,7 +114,9 @@ pub fn zombie(pid: i32) -> Option<Zombie> {
     })
 }
 
-pub fn check_task(pid: i32, caller: u32) -> Result<Owner> {
+/// `pidns`: the tree may live in another PID namespace (a `krg run` job
+/// krgd migrates: it translates the PIDs at restore).
+pub fn check_task(pid: i32, caller: u32, pidns: bool) -> Result<Owner> {
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| ChkptError::NoSuchProcess(pid))?;
     let owner = owner_of(pid, &status, caller)?;
@@ -138,7 +140,7 @@ pub fn check_task(pid: i32, caller: u32) -> Result<Owner> {
             "its other threads run on, but there is no thread to restore it from",
         ));
     }
-    refuse_unsaved_state(pid, &status)?;
+    refuse_unsaved_state(pid, &status, pidns)?;
     let tracer = procfs::status_field(&status, "TracerPid").unwrap_or("0");
     if tracer != "0" {
         return Err(ChkptError::unsupported(
@@ -151,7 +153,7 @@ pub fn check_task(pid: i32, caller: u32) -> Result<Owner> {
 }
 
 /// State this version cannot save: refused rather than silently lost.
-fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
+fn refuse_unsaved_state(pid: i32, status: &str, pidns: bool) -> Result<()> {
     if procfs::status_field(status, "Seccomp").is_some_and(|s| s != "0") {
         return Err(ChkptError::unsupported(
             pid,
@@ -172,6 +174,9 @@ fn refuse_unsaved_state(pid: i32, status: &str) -> Result<()> {
     // file locks are saved with the fds they are held through, and leases
     // refused there, naming the fd (dump::held::locks)
     for ns in ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
+        if pidns && ns == "pid" {
+            continue;
+        }
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
         if theirs.is_some() && ours.is_some() && theirs != ours {
@@ -208,12 +213,17 @@ pub fn tree_owner(tree: &[(i32, i32)], caller: u32) -> Result<Owner> {
 
 /// Freeze the tree, re-reading children until no new one appears (and
 /// again when one exits before it could be seized).
-pub fn freeze(pid: i32, caller: u32, frozen: &mut Frozen) -> Result<Vec<(i32, i32)>> {
+pub fn freeze(
+    pid: i32,
+    caller: u32,
+    pidns: bool,
+    frozen: &mut Frozen,
+) -> Result<Vec<(i32, i32)>> {
     loop {
         let t = tree(pid)?;
         let mut again = false;
         for &(p, _) in &t {
-            match seize_task(p, caller, frozen) {
+            match seize_task(p, caller, pidns, frozen) {
                 Ok(new) => again |= new,
                 Err(e) if e.is_gone() && p != pid => again = true,
                 Err(e) => return Err(e),
@@ -226,9 +236,9 @@ pub fn freeze(pid: i32, caller: u32, frozen: &mut Frozen) -> Result<Vec<(i32, i3
 }
 
 /// Seize every thread of `p` not seized yet; true if there were some.
-fn seize_task(p: i32, caller: u32, frozen: &mut Frozen) -> Result<bool> {
+fn seize_task(p: i32, caller: u32, pidns: bool, frozen: &mut Frozen) -> Result<bool> {
     if !frozen.tids.contains(&p) {
-        check_task(p, caller)?;
+        check_task(p, caller, pidns)?;
         if zombie(p).is_some() {
             // nothing to stop: it only waits to be reaped (by its parent,
             // which is stopped)

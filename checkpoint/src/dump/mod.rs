@@ -67,6 +67,9 @@ pub struct DumpOptions {
     pub sysv_msg: Vec<i32>,
     /// Save every page (start a new chain), even if an earlier SN has them.
     pub full: bool,
+    /// The tree may live in a PID namespace other than ours: krgd moving a
+    /// `krg run` job, which restores it with its PIDs translated.
+    pub other_pidns: bool,
 }
 
 #[derive(Debug)]
@@ -120,7 +123,7 @@ pub fn checkpoint_shipped(
     let names = Names { sn: hist.next_sn() };
     mark("prepare");
     // 2. What this version refuses, found while the job runs on.
-    let tree0 = precheck(pid, caller)?;
+    let tree0 = precheck(pid, caller, opts.other_pidns)?;
     if freeze::zombie(pid).is_some() {
         return Err(ChkptError::unsupported(
             pid,
@@ -162,7 +165,7 @@ pub fn checkpoint_shipped(
     mark("vma_flags_pre");
     let started = Instant::now();
     let mut frozen = Frozen::default();
-    let tree = freeze::freeze(pid, caller, &mut frozen)?;
+    let tree = freeze::freeze(pid, caller, opts.other_pidns, &mut frozen)?;
     mark("freeze");
     if freeze::tree_owner(&tree, caller)? != owner {
         return Err(ChkptError::Changed(format!(
@@ -297,13 +300,13 @@ fn living(tree: &[(i32, i32)]) -> Vec<(i32, i32)> {
 /// Refuse what this version cannot save before touching anything, while
 /// the job runs (so a refusal costs it nothing). A process that exits
 /// meanwhile (a short-lived child) only makes the look start over.
-fn precheck(pid: i32, caller: u32) -> Result<Vec<(i32, i32)>> {
+fn precheck(pid: i32, caller: u32, pidns: bool) -> Result<Vec<(i32, i32)>> {
     let mut tries = 0;
     loop {
         let t = tree(pid)?;
         let r = t
             .iter()
-            .try_for_each(|&(p, _)| freeze::check_task(p, caller).map(|_| ()))
+            .try_for_each(|&(p, _)| freeze::check_task(p, caller, pidns).map(|_| ()))
             .and_then(|()| refuse::shared_fd_tables(&living(&t)))
             .and_then(|()| files::collect(&living(&t), caller, sockets::Take::Check).map(|_| ()));
         match r {

@@ -37,6 +37,7 @@ mod mm;
 mod mqueue;
 pub mod owner;
 mod pages;
+pub mod pidns;
 mod serve;
 mod sig;
 mod sockets;
@@ -74,6 +75,9 @@ pub struct RestoreOptions {
     /// `--inherit-fd N:PATH`: what fd N of the job gets when it led
     /// outside the tree (opened as the job's user).
     pub inherit_fds: Vec<(i32, String)>,
+    /// `--pidns-of`: restore into a `krg run` job's PID namespace (a
+    /// migrated job), with the job's own PIDs.
+    pub pidns: Option<pidns::PidNsTarget>,
 }
 
 #[derive(Debug)]
@@ -112,12 +116,34 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
                 .into(),
         ));
     }
+    if let Some(ns) = &opts.pidns {
+        if opts.lazy || opts.new_pids {
+            return Err(ChkptError::Usage(
+                "--pidns-of goes with neither --lazy nor --new-pids".into(),
+            ));
+        }
+        pidns::translate(&mut loaded, &ns.map)?;
+    }
     let area = map_area(&loaded)?;
     let pids = PidPolicy {
         wait: opts.pid_wait,
         fresh: opts.new_pids,
+        rejoin_mnt: None,
     };
-    let r = restore_tree(&mut loaded, area, pids, opts.lazy);
+    let r = match &opts.pidns {
+        Some(ns) => {
+            let wanted: Vec<i32> = ns.map.iter().map(|&(_, inner)| inner).collect();
+            pidns::inside(ns.init, &wanted, |mnt| {
+                let pids = PidPolicy {
+                    rejoin_mnt: Some(mnt),
+                    ..pids
+                };
+                restore_tree(&mut loaded, area, pids, false).map(|r| r.pids)
+            })
+            .map(|pids| tree::Restored { pids, server: None })
+        }
+        None => restore_tree(&mut loaded, area, pids, opts.lazy),
+    };
     // SAFETY: unmapping the area we mapped in this process.
     unsafe { libc::munmap(area as *mut libc::c_void, AREA_LEN as usize) };
     r.map(|r| RestoreReport {

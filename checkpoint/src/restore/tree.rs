@@ -25,6 +25,10 @@ pub struct PidPolicy {
     pub wait: Duration,
     /// Let the kernel choose new PIDs instead of the recorded ones.
     pub fresh: bool,
+    /// An fd of restart (inherited by the root) on the mount namespace the
+    /// tree must live in, when restart itself runs in another one
+    /// ([`super::pidns`]): the root enters it first thing.
+    pub rejoin_mnt: Option<i32>,
 }
 
 /// The first wait for a PID still taken; it doubles up to [`LAST_PAUSE`].
@@ -315,6 +319,13 @@ fn restore_tasks(
     let root = &l.tasks[0].task;
     let syscall_at = area + AREA_CODE;
     let rinj = Injector::new(root.pid, syscall_at)?;
+    if let Some(fd) = pids.rejoin_mnt {
+        rinj.call(
+            "setns(mount namespace)",
+            libc::SYS_setns,
+            [fd as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
+        )?;
+    }
     join_session(&rinj, root, &[])?;
     // Nothing of the restarter's fd table goes further than stdio, but the
     // memory images.

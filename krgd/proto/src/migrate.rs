@@ -137,6 +137,24 @@ pub struct Restored {
     pub phases: Vec<PhaseTime>,
 }
 
+/// The first message of a connection that hands a `krg run` job over
+/// (see [`crate::proc::ProcPeerRequest::AdoptJob`]): the target restores
+/// transfer `xfer` into a new PID namespace of its own, then carries the
+/// job's session stream (one job, number 0) on this connection, for the
+/// origin, whose session relays it to the job's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptJob {
+    /// [`crate::proc::SESSION_VERSION`] of the sender.
+    pub version: u16,
+    /// The transfer that holds the image (complete, the job stopped).
+    pub xfer: u64,
+    /// PID of the job's program in its namespace.
+    pub pid: i32,
+    /// Every PID and TID of the image (krgd's namespace on the origin)
+    /// with its number in the job's namespace.
+    pub map: Vec<(i32, i32)>,
+}
+
 /// Migration requests between krgds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigratePeerRequest {

@@ -48,7 +48,7 @@ use crate::admin::AdminError;
 use crate::NodeId;
 
 /// Version of the session stream (checked in [`PeerSession`]).
-pub const SESSION_VERSION: u16 = 1;
+pub const SESSION_VERSION: u16 = 2;
 
 /// Largest stdio payload one frame carries.
 pub const MAX_CHUNK: usize = 256 * 1024;
@@ -424,6 +424,9 @@ pub struct PeerSession {
     pub creds: Credentials,
     /// How many copies to start.
     pub count: u32,
+    /// The jobs may migrate: the user's `krg run` held CAN_MIGRATE on the
+    /// origin (its krgd checked), so its programs hold it too.
+    pub can_migrate: bool,
 }
 
 /// What one node reports about itself (the `/krg/nodes/<id>/` files, and
@@ -474,6 +477,10 @@ pub enum ProcPeerRequest {
     /// CAN_MIGRATE processes to the other members (the first ask starts
     /// it); are you done?
     HandOver,
+    /// Take over a migrating `krg run` job: like `Session`, the first
+    /// message of a connection of its own, which then carries the job's
+    /// session stream.
+    AdoptJob(crate::migrate::AdoptJob),
 }
 
 /// Answers to [`ProcPeerRequest`]s.

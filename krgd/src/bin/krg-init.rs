@@ -90,6 +90,12 @@ fn cstring(bytes: &[u8]) -> Result<CString, i32> {
 /// Start the program, then forward signals and reap until it ends.
 /// Returns the init's exit code.
 fn run(spec: &InitSpec) -> i32 {
+    if spec.program == InitProgram::Adopt {
+        // restart forks the program here and leaves; it comes to us.
+        release_stdio();
+        report(InitEvent::Started);
+        return serve(spec.pid);
+    }
     if spec.pid > 1 {
         if let Err(errno) = set_next_pid(spec.pid) {
             report(InitEvent::Failed {
@@ -301,6 +307,8 @@ fn child_main(spec: &InitSpec, check: RawFd) -> ! {
             let e = exec(spec);
             fail(Stage::Exec, e)
         }
+        // run() never forks for it
+        InitProgram::Adopt => fail(Stage::Spec, libc::EINVAL),
     }
 }
 

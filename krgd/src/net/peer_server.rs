@@ -130,6 +130,10 @@ async fn serve_connection(
             node.proc.serve_session(stream, keys, peer, open).await;
             return;
         }
+        PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::AdoptJob(open))) => {
+            node.proc.serve_adopt(stream, keys, peer, open).await;
+            return;
+        }
         body => PeerMessage { id: first.id, body },
     };
     let mut first = Some(first);

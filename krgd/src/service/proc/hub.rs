@@ -40,6 +40,8 @@ pub async fn open(
     super::job::validate(&req.spec, me)?;
     let nodes = place::nodes(st, sched, caller, &req.placement, creds.uid).await?;
     let count = req.per_node;
+    // The user's shell made its children CAN_MIGRATE: its jobs are too.
+    let can_migrate = caller.pid.is_some_and(|p| st.caps.can_migrate(p));
     let opens = nodes.iter().map(|&node| {
         let (spec, creds) = (req.spec.clone(), creds.clone());
         async move {
@@ -53,10 +55,11 @@ pub async fn open(
                         creds,
                         count,
                         origin: me,
+                        can_migrate,
                     },
                 ))
             } else {
-                remote::open(st, node, spec, creds, count).await
+                remote::open(st, node, spec, creds, count, can_migrate).await
             }
         }
     });

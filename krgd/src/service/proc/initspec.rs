@@ -42,6 +42,10 @@ pub enum InitProgram {
         /// Source.
         path: Vec<u8>,
     },
+    /// Start nothing: the program (PID `pid` of the spec) is being
+    /// restored into the namespace by `restart` (a job that migrated in);
+    /// serve it once it is re-parented here.
+    Adopt,
 }
 
 /// Everything the init needs to start the job's program.

@@ -63,6 +63,14 @@ pub struct ExitWatch {
 }
 
 impl ExitWatch {
+    /// Watch the init of `pidfd`, which reports on `status`.
+    pub fn new(pidfd: OwnedFd, status: pipe::Receiver) -> io::Result<ExitWatch> {
+        Ok(ExitWatch {
+            pidfd: fdio::register(pidfd)?,
+            status,
+        })
+    }
+
     /// Wait for the end of the job. The program's status as the init
     /// reported it; SIGKILL if the init itself was killed.
     pub async fn wait(mut self) -> ExitStatus {
@@ -276,6 +284,95 @@ pub async fn start(
     let pid = reservation.pid();
     let (stdio, io) = make_stdio(st, spec, creds, pid, reservation.id)
         .map_err(|e| io_err(node, "cannot set up the job's input and output", e))?;
+    let init_spec = InitSpec {
+        pid,
+        uid: creds.uid,
+        gid: creds.gid,
+        groups: creds.groups.clone(),
+        cwd: spec.cwd.clone(),
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        program: init_program(spec),
+        tty: spec.tty.is_some() && !spec.detach,
+    };
+    let (init, status) = match start_init(st, stdio, image, &init_spec).await? {
+        Ok(x) => x,
+        Err((stage, errno)) => return Err(explain(stage, errno, spec, node)),
+    };
+    let output = match &io {
+        Io::Detached(dir) => Some(dir.into()),
+        _ => None,
+    };
+    let facts = EntryFacts {
+        pid,
+        uid: creds.uid,
+        gid: creds.gid,
+        detached: spec.detach,
+        output,
+        origin,
+    };
+    let (entry, exit) = enter(st, reservation, init, status, facts)?;
+    Ok(StartedJob { entry, io, exit })
+}
+
+/// What the table records of a job, beside its init.
+pub struct EntryFacts {
+    /// Its program's PID in its namespace.
+    pub pid: i32,
+    /// Owner.
+    pub uid: u32,
+    /// Owner's primary group.
+    pub gid: u32,
+    /// Runs on after its session ends.
+    pub detached: bool,
+    /// Where a detached job's output goes.
+    pub output: Option<std::path::PathBuf>,
+    /// Node whose user started it.
+    pub origin: NodeId,
+}
+
+/// Enter a job whose init reported `Started` into the table; the watch
+/// of its end.
+pub fn enter(
+    st: &ProcState,
+    reservation: super::table::Reservation<'_>,
+    init: super::spawn::InitProcess,
+    status: pipe::Receiver,
+    f: EntryFacts,
+) -> Result<(Arc<JobEntry>, ExitWatch), AdminError> {
+    let node = st.node();
+    let pidfd = init.pidfd.try_clone().map_err(|e| io_err(node, "dup", e))?;
+    let ns_ino = procfs::pid_ns_inode(init.pid).unwrap_or(0);
+    let entry = reservation.enter(JobEntry {
+        id: 0,
+        slot: 0,
+        pid: f.pid,
+        init_pid: init.pid,
+        init_pidfd: init.pidfd,
+        ns_ino,
+        uid: f.uid,
+        gid: f.gid,
+        detached: f.detached,
+        output: f.output,
+        origin: f.origin,
+        started: Instant::now(),
+        moved: std::sync::Mutex::new(None),
+    });
+    let exit = ExitWatch::new(pidfd, status).map_err(|e| io_err(node, "watching the job", e))?;
+    Ok((entry, exit))
+}
+
+/// Start a job's init with `stdio` as its 0-2 (and `image` for a shipped
+/// executable), hand it `spec` and wait for its first report: the init
+/// and its status pipe once it says `Started`; the failed step and errno
+/// when it could not start the program (the init is gone then).
+pub async fn start_init(
+    st: &ProcState,
+    stdio: [OwnedFd; 3],
+    image: Option<&OwnedFd>,
+    spec: &InitSpec,
+) -> Result<Result<(super::spawn::InitProcess, pipe::Receiver), (Stage, i32)>, AdminError> {
+    let node = st.node();
     let (spec_r, spec_w) = pipe_pair().map_err(|e| io_err(node, "pipe", e))?;
     let (status_r, status_w) = pipe_pair().map_err(|e| io_err(node, "pipe", e))?;
     let [i0, i1, i2] = stdio;
@@ -291,18 +388,7 @@ pub async fn start(
         )
     })?;
     st.ctx.metrics.jobs_started.inc();
-    let init_spec = InitSpec {
-        pid,
-        uid: creds.uid,
-        gid: creds.gid,
-        groups: creds.groups.clone(),
-        cwd: spec.cwd.clone(),
-        argv: spec.argv.clone(),
-        env: spec.env.clone(),
-        program: init_program(spec),
-        tty: spec.tty.is_some() && !spec.detach,
-    };
-    let bytes = postcard::to_stdvec(&init_spec)
+    let bytes = postcard::to_stdvec(spec)
         .map_err(|e| io_err(node, "encoding the job", io::Error::other(e)))?;
     let mut status =
         pipe::Receiver::from_owned_fd(status_r).map_err(|e| io_err(node, "pipe", e))?;
@@ -319,13 +405,12 @@ pub async fn start(
         Ok::<_, io::Error>(InitEvent::decode(&buf))
     })
     .await;
-    let pidfd = init.pidfd.try_clone().map_err(|e| io_err(node, "dup", e))?;
     match first {
-        Ok(Ok(Some(InitEvent::Started))) => {}
+        Ok(Ok(Some(InitEvent::Started))) => Ok(Ok((init, status))),
         Ok(Ok(Some(InitEvent::Failed { stage, errno }))) => {
             kill(&init);
             reap_later(init);
-            return Err(explain(stage, errno, spec, node));
+            Ok(Err((stage, errno)))
         }
         other => {
             kill(&init);
@@ -335,41 +420,17 @@ pub async fn start(
                 Ok(Err(e)) => format!("ended before reporting ({e})"),
                 Ok(Ok(_)) => "reported garbage".to_string(),
             };
-            return Err(refuse(
+            Err(refuse(
                 ErrorKind::Internal,
                 node,
                 format!("the job's init {why}"),
-            ));
+            ))
         }
     }
-    let ns_ino = procfs::pid_ns_inode(init.pid).unwrap_or(0);
-    let output = match &io {
-        Io::Detached(dir) => Some(dir.into()),
-        _ => None,
-    };
-    let entry = reservation.enter(JobEntry {
-        id: 0,
-        slot: 0,
-        pid,
-        init_pid: init.pid,
-        init_pidfd: init.pidfd,
-        ns_ino,
-        uid: creds.uid,
-        gid: creds.gid,
-        detached: spec.detach,
-        output,
-        origin,
-        started: Instant::now(),
-    });
-    let exit = ExitWatch {
-        pidfd: fdio::register(pidfd).map_err(|e| io_err(node, "watching the job", e))?,
-        status,
-    };
-    Ok(StartedJob { entry, io, exit })
 }
 
 /// Reap an init that was killed after a failed start, off the caller's path.
-fn reap_later(init: super::spawn::InitProcess) {
+pub fn reap_later(init: super::spawn::InitProcess) {
     tokio::spawn(async move {
         for _ in 0..100 {
             if let Ok(Some(_)) | Err(_) = super::spawn::try_reap(&init.pidfd) {

@@ -274,7 +274,7 @@ impl ProcService {
                     done: self.handover.progress(),
                 })
             }
-            ProcPeerRequest::Session(_) => Err(AdminError::new(
+            ProcPeerRequest::Session(_) | ProcPeerRequest::AdoptJob(_) => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
             )),
@@ -341,6 +341,17 @@ impl ProcService {
         open: PeerSession,
     ) {
         serve::serve(self.st.clone(), stream, keys, peer, open).await;
+    }
+
+    /// Serve a connection that hands a migrating `krg run` job over.
+    pub async fn serve_adopt(
+        &self,
+        stream: TcpStream,
+        keys: FrameKeys,
+        peer: Identity,
+        open: krg_proto::migrate::AdoptJob,
+    ) {
+        migrate::adopt::serve(self.st.clone(), stream, keys, peer, open).await;
     }
 
     /// Stop every job: SIGTERM (forwarded by each init to its program),

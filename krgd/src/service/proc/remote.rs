@@ -86,19 +86,45 @@ pub async fn open(
     spec: JobSpec,
     creds: Credentials,
     count: u32,
+    can_migrate: bool,
+) -> Result<Session, AdminError> {
+    let first = ProcPeerRequest::Session(PeerSession {
+        version: SESSION_VERSION,
+        spec,
+        creds,
+        count,
+        can_migrate,
+    });
+    open_with(st, node, first, count, OPEN_TIMEOUT).await
+}
+
+/// Hand a migrating `krg run` job to `node`: it restores the job (an
+/// image it holds) and carries its session stream back.
+pub async fn open_adopted(
+    st: &ProcState,
+    node: NodeId,
+    adopt: krg_proto::migrate::AdoptJob,
+    timeout: Duration,
+) -> Result<Session, AdminError> {
+    open_with(st, node, ProcPeerRequest::AdoptJob(adopt), 1, timeout).await
+}
+
+/// A session connection to `node` whose first message is `first`, answered
+/// by a session of `count` jobs within `timeout`.
+async fn open_with(
+    st: &ProcState,
+    node: NodeId,
+    first: ProcPeerRequest,
+    count: u32,
+    timeout: Duration,
 ) -> Result<Session, AdminError> {
     let (mut stream, mut keys) = tokio::time::timeout(OPEN_TIMEOUT, connect(st, node))
         .await
         .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
-    let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
+    let opened = tokio::time::timeout(timeout, async {
         let open = PeerMessage {
             id: 0,
-            body: PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(PeerSession {
-                version: SESSION_VERSION,
-                spec,
-                creds,
-                count,
-            }))),
+            body: PeerBody::Request(PeerRequest::Proc(first)),
         };
         keys.sealer
             .write(&mut stream, &open)
@@ -120,7 +146,7 @@ pub async fn open(
         }
     })
     .await
-    .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))?;
+    .map_err(|_| unavailable(node, format!("no session within {timeout:?}")))?;
     opened?;
     let (in_tx, in_rx) = mpsc::channel::<Up>(256);
     let (ev_tx, ev_rx) = mpsc::channel::<Down>(64);

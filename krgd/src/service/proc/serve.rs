@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::creds::{self, Origin};
 use super::sealed::{self, Outgoing};
-use super::session::{self, Params};
+use super::session::{self, Params, Session};
 use super::state::{ProcState, MAX_PER_NODE};
 
 /// Where a request from `peer` comes from, for the root rule.
@@ -48,12 +48,6 @@ pub async fn serve(
 ) {
     let (opener, mut sealer) = (keys.opener, keys.sealer);
     let me = st.node();
-    super::fdio::keepalive(
-        &stream,
-        st.ctx.config.failure_timeout,
-        st.ctx.config.heartbeat,
-        3,
-    );
     let checked = if open.version != SESSION_VERSION {
         Err(AdminError::new(
             ErrorKind::InvalidArgument,
@@ -93,15 +87,37 @@ pub async fn serve(
             creds: open.creds,
             count: open.count,
             origin: peer.node,
+            can_migrate: open.can_migrate,
         },
     );
-    if !answer(
-        &mut stream,
-        &mut sealer,
-        PeerResponse::Proc(ProcPeerReply::Session { jobs: sess.jobs }),
-    )
-    .await
-    {
+    let jobs = sess.jobs;
+    let keys = FrameKeys { opener, sealer };
+    carry(st, stream, keys, peer, sess, ProcPeerReply::Session { jobs }).await;
+}
+
+/// Refuse a session connection with `e`.
+pub async fn answer_error(stream: &mut TcpStream, sealer: &mut Sealer, e: AdminError) {
+    answer(stream, sealer, PeerResponse::Error(e)).await;
+}
+
+/// Answer `opened`, then carry the session stream of `sess` on `stream`
+/// until every job ended, the origin left, or it failed.
+pub async fn carry(
+    st: Arc<ProcState>,
+    mut stream: TcpStream,
+    keys: FrameKeys,
+    peer: Identity,
+    sess: Session,
+    opened: ProcPeerReply,
+) {
+    let (opener, mut sealer) = (keys.opener, keys.sealer);
+    super::fdio::keepalive(
+        &stream,
+        st.ctx.config.failure_timeout,
+        st.ctx.config.heartbeat,
+        3,
+    );
+    if !answer(&mut stream, &mut sealer, PeerResponse::Proc(opened)).await {
         return; // dropping the session kills its jobs
     }
     let (rd, wr) = stream.into_split();

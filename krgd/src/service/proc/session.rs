@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::proc::{Credentials, Down, JobSpec, Program, Up, MAX_CHUNK, STDIN_WINDOW};
+use krg_proto::proc::{
+    Credentials, Down, ExitStatus, JobSpec, Program, Up, MAX_CHUNK, STDIN_WINDOW,
+};
 use krg_proto::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -51,6 +53,8 @@ pub struct Params {
     pub count: u32,
     /// The node whose user asked.
     pub origin: NodeId,
+    /// The jobs' programs get CAN_MIGRATE.
+    pub can_migrate: bool,
 }
 
 /// Start a session on this node.
@@ -102,6 +106,9 @@ async fn run(
     for job in 0..p.count {
         match job::start(&st, &p.spec, &p.creds, image.as_ref(), p.origin).await {
             Ok(started) => {
+                if p.can_migrate {
+                    flag_migratable(&st, &started);
+                }
                 let ctl = launch(&st, job, started, &events, &mut running).await;
                 ctls.push(ctl);
             }
@@ -112,6 +119,46 @@ async fn run(
         }
     }
     drop(image);
+    drive(st, ctls, running, input, events).await;
+}
+
+/// Give a job's program CAN_MIGRATE (its descendants inherit it).
+fn flag_migratable(st: &ProcState, started: &StartedJob) {
+    let program: Vec<i32> = super::procfs::scan(std::slice::from_ref(&started.entry))
+        .iter()
+        .filter(|f| f.pid == started.entry.pid)
+        .map(|f| f.host_pid)
+        .collect();
+    st.caps.adopt(&program);
+}
+
+/// Start a session of one job that is already running (a job that
+/// migrated in: see `migrate::adopt`).
+pub fn spawn_started(st: Arc<ProcState>, started: StartedJob) -> Session {
+    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(async move {
+        let mut running = JoinSet::new();
+        let ctl = launch(&st, 0, started, &ev_tx, &mut running).await;
+        drive(st, vec![ctl], running, in_rx, ev_tx).await;
+    });
+    Session {
+        jobs: 1,
+        input: in_tx,
+        events: ev_rx,
+    }
+}
+
+/// Carry input to the jobs and their ends out until the last one ended
+/// (or the input is dropped: then the jobs are killed).
+async fn drive(
+    st: Arc<ProcState>,
+    mut ctls: Vec<Option<Ctl>>,
+    mut running: JoinSet<u32>,
+    mut input: mpsc::Receiver<Up>,
+    events: mpsc::Sender<Down>,
+) {
+    let node = st.node();
     let mut stopping = st.stopping.subscribe();
     let mut told = false;
     loop {
@@ -148,7 +195,7 @@ async fn run(
     }
     // Abandoned (or misbehaving) session: its jobs go with it.
     for ctl in ctls.iter().flatten() {
-        let _ = pidfd_signal(&ctl.entry.init_pidfd, libc::SIGKILL);
+        signal_job(&ctl.entry, libc::SIGKILL);
     }
     running.detach_all();
 }
@@ -257,6 +304,10 @@ pub fn signal_job(entry: &JobEntry, sig: i32) {
     if sig == libc::SIGSTOP || !(1..=64).contains(&sig) {
         return;
     }
+    if let Some(relay) = entry.moved_signals() {
+        let _ = relay.send(sig);
+        return;
+    }
     let _ = pidfd_signal(&entry.init_pidfd, sig);
 }
 
@@ -341,7 +392,15 @@ async fn launch(
     let ev = events.clone();
     let entry2 = entry.clone();
     running.spawn(async move {
-        let status = exit.wait().await;
+        let mut status = exit.wait().await;
+        // A job that moved: the local init saw its copy killed; the end
+        // that counts comes from the node that runs it now.
+        if let Some(there) = entry2.take_moved_exit() {
+            status = there.await.unwrap_or(ExitStatus::Signal {
+                signal: libc::SIGKILL,
+                core: false,
+            });
+        }
         // Output first: the end of a job comes after all it wrote.
         while readers.join_next().await.is_some() {}
         st2.table.remove(entry2.id);

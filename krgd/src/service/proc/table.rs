@@ -51,6 +51,34 @@ pub struct JobEntry {
     pub origin: NodeId,
     /// When it started.
     pub started: Instant,
+    /// Set when its processes moved to another node (`migrate`).
+    pub moved: Mutex<Option<Moved>>,
+}
+
+/// A job whose processes moved to another node: its session (on the node
+/// that started it) reaches them through the relay to that node.
+#[derive(Debug)]
+pub struct Moved {
+    /// The node that runs them now.
+    pub to: NodeId,
+    /// Signals for the job (the relay sends them there).
+    pub signals: tokio::sync::mpsc::UnboundedSender<i32>,
+    /// How the job ended there, once the relay knows (taken by the session).
+    pub exit: Option<tokio::sync::oneshot::Receiver<krg_proto::proc::ExitStatus>>,
+}
+
+impl JobEntry {
+    /// Where signals for the job go now, if its processes moved.
+    pub fn moved_signals(&self) -> Option<tokio::sync::mpsc::UnboundedSender<i32>> {
+        sync::lock(&self.moved).as_ref().map(|m| m.signals.clone())
+    }
+
+    /// The end of a moved job, to wait for instead of the local init's.
+    pub fn take_moved_exit(
+        &self,
+    ) -> Option<tokio::sync::oneshot::Receiver<krg_proto::proc::ExitStatus>> {
+        sync::lock(&self.moved).as_mut().and_then(|m| m.exit.take())
+    }
 }
 
 #[derive(Default)]

@@ -57,6 +57,7 @@ pub fn plan(
     node: NodeId,
     pid: i32,
     with_tree: bool,
+    in_job: bool,
     who: &Credentials,
     can_migrate: impl Fn(i32) -> bool,
 ) -> Result<Plan, AdminError> {
@@ -76,16 +77,16 @@ pub fn plan(
             ),
         ));
     }
-    if procfs::pid_ns_inode(pid) != procfs::pid_ns_inode(me) {
+    if !in_job && procfs::pid_ns_inode(pid) != procfs::pid_ns_inode(me) {
         return Err(refuse(
             ErrorKind::InvalidArgument,
-            format!("process {pid} runs in a PID namespace of its own (a krg run job): moving krg run jobs is not supported by this version"),
+            format!("process {pid} runs in a PID namespace this node's krgd did not make (not a krg run job of this node)"),
         ));
     }
     if !can_migrate(pid) {
         return Err(refuse(
             ErrorKind::PermissionDenied,
-            format!("process {pid} is not CAN_MIGRATE (run krgcapset -d +CAN_MIGRATE in the shell that starts it)"),
+            format!("process {pid} is not CAN_MIGRATE (run krgcapset -d +CAN_MIGRATE in the shell that starts it, or that runs krg run)"),
         ));
     }
     let pids = tree(pid);

@@ -266,6 +266,42 @@ pub fn files(
     Ok(())
 }
 
+/// A received image, taken out of the transfers to be restored.
+pub struct Complete {
+    /// Directory to remove once restored.
+    pub root: PathBuf,
+    /// Application id (root PID at dump time).
+    pub app: i32,
+    /// Its SN.
+    pub sn: u32,
+    /// Owner of the processes.
+    pub owner: u32,
+    /// The owner's primary group here.
+    pub gid: u32,
+    /// PIDs of the processes (at dump time).
+    pub pids: Vec<i32>,
+}
+
+/// Take transfer `xfer` of `from`, which must be complete (else it is
+/// dropped: the image is incomplete).
+pub fn take_complete(st: &ProcState, from: NodeId, xfer: u64) -> Result<Complete, AdminError> {
+    let x = crate::sync::lock(&st.migration.transfers.0)
+        .remove(&(from, xfer))
+        .ok_or_else(|| unknown(xfer))?;
+    if x.files.iter().flatten().any(|e| !e.complete()) {
+        let _ = std::fs::remove_dir_all(&x.root);
+        return Err(bad("the image is incomplete"));
+    }
+    Ok(Complete {
+        root: x.root,
+        app: x.app,
+        sn: x.sn,
+        owner: x.owner,
+        gid: x.gid,
+        pids: x.pids,
+    })
+}
+
 fn unknown(xfer: u64) -> AdminError {
     AdminError::new(
         ErrorKind::NotFound,
@@ -273,7 +309,7 @@ fn unknown(xfer: u64) -> AdminError {
     )
 }
 
-fn member(origin: Origin) -> Result<NodeId, AdminError> {
+pub fn member(origin: Origin) -> Result<NodeId, AdminError> {
     match origin {
         Origin::Member(n) => Ok(n),
         _ => Err(AdminError::new(
@@ -322,13 +358,7 @@ pub async fn commit(
 ) -> Result<Restored, AdminError> {
     let from = member(origin)?;
     let mut clock = super::Clock::new();
-    let x = crate::sync::lock(&st.migration.transfers.0)
-        .remove(&(from, xfer))
-        .ok_or_else(|| unknown(xfer))?;
-    if x.files.iter().flatten().any(|e| !e.complete()) {
-        let _ = std::fs::remove_dir_all(&x.root);
-        return Err(bad("the image is incomplete"));
-    }
+    let x = take_complete(st, from, xfer)?;
     // No fsync: the image lives only until restart has read it (a crash
     // of this node loses the process anyway); checkpoints proper are not
     // written here.

@@ -10,10 +10,13 @@
 //! origin restores its own copy of the image. All nodes of a local cluster
 //! share one kernel, whose PIDs are unique: two copies can never run.
 
+pub mod adopt;
 pub mod check;
 pub mod incoming;
 pub mod push;
+pub mod relay;
 pub mod restore;
+pub mod runjob;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +104,8 @@ pub struct Registry {
     pub transfers: incoming::Transfers,
     /// Processes that migrated in and still run, by PID.
     pub adopted: Mutex<HashMap<i32, Adopted>>,
+    /// When each `krg run` job that migrated in arrived, by job number.
+    pub jobs_arrived: Mutex<HashMap<u64, Instant>>,
 }
 
 /// Start time of `pid` (field 22 of its stat).
@@ -118,11 +123,28 @@ pub fn adopted(st: &ProcState) -> Vec<i32> {
     v
 }
 
-/// When process `pid` migrated in, if it did and still runs.
+/// When process `pid` migrated in, if it did and still runs (a process
+/// of a job that migrated in: when its job did).
 pub fn arrived(st: &ProcState, pid: i32) -> Option<Instant> {
-    let a = crate::sync::lock(&st.migration.adopted);
-    let x = a.get(&pid)?;
-    (start_ticks(pid) == Some(x.start)).then_some(x.at)
+    {
+        let a = crate::sync::lock(&st.migration.adopted);
+        if let Some(x) = a.get(&pid) {
+            return (start_ticks(pid) == Some(x.start)).then_some(x.at);
+        }
+    }
+    let ns = super::procfs::pid_ns_inode(pid)?;
+    let job = st.table.jobs().into_iter().find(|j| j.ns_ino == ns)?;
+    crate::sync::lock(&st.migration.jobs_arrived)
+        .get(&job.id)
+        .copied()
+}
+
+/// Job `id` (of this node's table) migrated in now.
+pub fn arrived_job(st: &ProcState, id: u64) {
+    let live: std::collections::HashSet<u64> = st.table.jobs().iter().map(|j| j.id).collect();
+    let mut a = crate::sync::lock(&st.migration.jobs_arrived);
+    a.retain(|k, _| live.contains(k));
+    a.insert(id, Instant::now());
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> AdminError {
@@ -288,10 +310,16 @@ async fn move_here(
             format!("node {me} could not take the process back if the target failed: {why}"),
         ));
     }
+    // A krg run job's program moves with its descendants and its session.
+    let job = runjob::find(st, pid)?;
+    let pid = job.as_ref().map_or(pid, |j| j.host_pid);
+    let (tree, in_job) = (req.tree || job.is_some(), job.is_some());
     let caps = st.caps.clone();
     let who2 = who.clone();
-    let plan =
-        blocking(move || check::plan(me, pid, req.tree, &who2, |p| caps.can_migrate(p))).await??;
+    let plan = blocking(move || {
+        check::plan(me, pid, tree, in_job, &who2, |p| caps.can_migrate(p))
+    })
+    .await??;
     clock.mark("check");
     let xfer: u64 = rand::random();
     let out = st.spool.join("out").join(format!("{xfer:x}"));
@@ -314,7 +342,7 @@ async fn move_here(
         let out = out.clone();
         blocking(move || {
             let mut early = early;
-            let r = dump(pid, &out, me, &mut early);
+            let r = dump(pid, &out, me, in_job, &mut early);
             (r, early)
         })
         .await?
@@ -358,15 +386,37 @@ async fn move_here(
             ));
         }
     };
+    let prepared = match &job {
+        Some(j) => match runjob::prepare(st, j, &rep.tasks) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let _ = call(st, to, MigratePeerRequest::Abort { xfer }, STEP_TIMEOUT).await;
+                check::resume(&rep.tasks);
+                let _ = std::fs::remove_dir_all(&out);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     // The handover: from here on the origin's copy is gone.
     for &p in &rep.tasks {
         // SAFETY: plain kill(2) of the stopped processes we dumped.
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
-    let committed = match call(st, to, MigratePeerRequest::Commit { xfer }, COMMIT_TIMEOUT).await {
-        Ok(MigratePeerReply::Restored(r)) => Ok((r.pids, r.phases)),
-        Ok(other) => Err(format!("node {to} answered {other:?}")),
-        Err(e) => Err(e.message),
+    let mut unclaimed = None;
+    let committed = match prepared {
+        Some(p) => match runjob::to_target(st, p, to, xfer).await {
+            Ok(phases) => Ok((rep.tasks.clone(), phases)),
+            Err((why, p)) => {
+                unclaimed = Some(p);
+                Err(why)
+            }
+        },
+        None => match call(st, to, MigratePeerRequest::Commit { xfer }, COMMIT_TIMEOUT).await {
+            Ok(MigratePeerReply::Restored(r)) => Ok((r.pids, r.phases)),
+            Ok(other) => Err(format!("node {to} answered {other:?}")),
+            Err(e) => Err(e.message),
+        },
     };
     let mut report = MigrateReport {
         from: me,
@@ -391,7 +441,10 @@ async fn move_here(
                 why,
                 "target failed after the handover: taking the process back"
             );
-            let back = restore::restore(&out, rep.app, rep.sn).await;
+            let back = match unclaimed {
+                Some(p) => runjob::take_back(st, p, &out, rep.app, rep.sn).await,
+                None => restore::restore(&out, rep.app, rep.sn).await.map(|_| ()),
+            };
             let _ = std::fs::remove_dir_all(&out);
             if let Err(e2) = back {
                 return Err(err(
@@ -399,7 +452,9 @@ async fn move_here(
                     format!("node {to} failed after the handover ({why}) and node {me} could not take process {pid} back ({e2})"),
                 ));
             }
-            incoming::adopt(st, &rep.tasks, me);
+            if job.is_none() {
+                incoming::adopt(st, &rep.tasks, me);
+            }
             report.to = me;
             report.fell_back = Some(why);
         }
@@ -478,7 +533,13 @@ impl checkpoint::dump::Ship for Early {
 
 /// Dump `pid` into `out`, leaving it stopped; its memory files go to the
 /// target as they are copied.
-fn dump(pid: i32, out: &Path, node: NodeId, early: &mut Early) -> Result<Dumped, String> {
+fn dump(
+    pid: i32,
+    out: &Path,
+    node: NodeId,
+    in_job: bool,
+    early: &mut Early,
+) -> Result<Dumped, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let opts = checkpoint::dump::DumpOptions {
         root: out.to_path_buf(),
@@ -488,6 +549,7 @@ fn dump(pid: i32, out: &Path, node: NodeId, early: &mut Early) -> Result<Dumped,
         sysv_sem: Vec::new(),
         sysv_msg: Vec::new(),
         full: true,
+        other_pidns: in_job,
     };
     let r = checkpoint::dump::checkpoint_shipped(pid, &opts, &|_, _| {}, Some(early))
         .map_err(|e| e.to_string())?;

@@ -39,6 +39,18 @@ pub fn unavailable() -> Option<String> {
     })
 }
 
+/// Where a migrated `krg run` job is restored: into the PID namespace of
+/// `init` (a new one krgd started), the image's PIDs given their numbers
+/// there by `map`, its stdio that led to its session on `stdio`.
+pub struct IntoJob {
+    /// The namespace's init (krgd's namespace).
+    pub init: i32,
+    /// (PID in the image, PID in the job's namespace).
+    pub map: Vec<(i32, i32)>,
+    /// The job's ends of its new stdin, stdout and stderr pipes.
+    pub stdio: [OwnedFd; 3],
+}
+
 /// Restore SN `sn` of application `app` under `root`; its fds 0-2 that led
 /// outside the tree become /dev/null. Returns restart's phases (its
 /// `--timings`); the error is restart's own line.
@@ -46,6 +58,16 @@ pub async fn restore(
     root: &Path,
     app: i32,
     sn: u32,
+) -> Result<Vec<checkpoint::timings::Phase>, String> {
+    restore_into(root, app, sn, None).await
+}
+
+/// [`restore`], or with `job` into a job's namespace.
+pub async fn restore_into(
+    root: &Path,
+    app: i32,
+    sn: u32,
+    job: Option<IntoJob>,
 ) -> Result<Vec<checkpoint::timings::Phase>, String> {
     let bin = restart_binary();
     let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -64,6 +86,16 @@ pub async fn restore(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    if let Some(job) = job {
+        cmd.arg("--pidns-of").arg(job.init.to_string());
+        for (host, inner) in &job.map {
+            cmd.arg("--ns-pid").arg(format!("{host}:{inner}"));
+        }
+        let [i, o, e] = job.stdio;
+        cmd.stdin(Stdio::from(i))
+            .stdout(Stdio::from(o))
+            .stderr(Stdio::from(e));
+    }
     // SAFETY: between fork and exec only dup2 (async-signal-safe) runs.
     unsafe {
         cmd.pre_exec(move || {

@@ -1,0 +1,181 @@
+//! The target's side of moving a `krg run` job: a new init in a new PID
+//! namespace (it starts nothing: [`InitProgram::Adopt`]), `restart` into
+//! that namespace with the job's own PIDs and new stdio pipes, then the
+//! job is this node's like any other (table, `krg ps`, `krg kill`,
+//! balancing) and its session stream goes back to the origin, whose
+//! session relays it to the job's user (see [`super::relay`]).
+//!
+//! The same code takes a job back on the origin when the target fails
+//! after the handover.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::auth::Identity;
+use krg_proto::migrate::AdoptJob;
+use krg_proto::proc::{ProcPeerReply, SESSION_VERSION};
+use krg_proto::seal::FrameKeys;
+use krg_proto::NodeId;
+use tokio::net::unix::pipe;
+use tokio::net::TcpStream;
+
+use super::super::fdio::{dev_null, pipe_pair};
+use super::super::initspec::{InitProgram, InitSpec};
+use super::super::job::{self, EntryFacts, Io, StartedJob};
+use super::super::serve;
+use super::super::session::{self, Session};
+use super::super::state::ProcState;
+use super::restore::{self, IntoJob};
+use super::{incoming, Clock};
+
+fn internal(node: NodeId, what: impl std::fmt::Display) -> AdminError {
+    AdminError::new(ErrorKind::Internal, format!("node {node}: {what}"))
+}
+
+/// A job's image to bring back to life here.
+pub struct JobImage<'a> {
+    /// Directory of the image (the checkpoint store's layout).
+    pub root: &'a Path,
+    /// Application id and SN.
+    pub app: i32,
+    /// SN.
+    pub sn: u32,
+    /// The program's PID in the job's namespace.
+    pub pid: i32,
+    /// (PID at dump time, PID in the job's namespace) for every task and thread.
+    pub map: Vec<(i32, i32)>,
+    /// Owner and primary group.
+    pub uid: u32,
+    /// Primary group.
+    pub gid: u32,
+    /// Node whose user started the job.
+    pub origin: NodeId,
+}
+
+/// Restore a job here, in a namespace of its own: the running job, its
+/// stdio pipes and its end to watch; restart's phases go to `clock`.
+pub async fn start(
+    st: &Arc<ProcState>,
+    img: JobImage<'_>,
+    clock: &mut Clock,
+) -> Result<StartedJob, AdminError> {
+    let node = st.node();
+    let reservation = st.table.reserve()?;
+    let pipes = || pipe_pair().map_err(|e| internal(node, format!("pipe: {e}")));
+    let (in_r, in_w) = pipes()?;
+    let (out_r, out_w) = pipes()?;
+    let (err_r, err_w) = pipes()?;
+    let null = || dev_null().map_err(|e| internal(node, format!("/dev/null: {e}")));
+    let spec = InitSpec {
+        pid: img.pid,
+        uid: img.uid,
+        gid: img.gid,
+        groups: Vec::new(),
+        cwd: b"/".to_vec(),
+        argv: Vec::new(),
+        env: Vec::new(),
+        program: InitProgram::Adopt,
+        tty: false,
+    };
+    let (init, status) = job::start_init(st, [null()?, null()?, null()?], None, &spec)
+        .await?
+        .map_err(|(stage, errno)| {
+            let e = std::io::Error::from_raw_os_error(errno);
+            internal(node, format!("the job's init failed ({stage:?}): {e}"))
+        })?;
+    let into = IntoJob {
+        init: init.pid,
+        map: img.map,
+        stdio: [in_r, out_w, err_w],
+    };
+    match restore::restore_into(img.root, img.app, img.sn, Some(into)).await {
+        Ok(phases) => {
+            clock.mark("target.restart");
+            clock.extend("target.restart.", &phases);
+        }
+        Err(e) => {
+            let _ = super::super::spawn::pidfd_signal(&init.pidfd, libc::SIGKILL);
+            job::reap_later(init);
+            return Err(internal(node, e));
+        }
+    }
+    let io = Io::Pipes {
+        stdin: Some(pipe::Sender::from_owned_fd(in_w).map_err(|e| internal(node, e))?),
+        stdout: pipe::Receiver::from_owned_fd(out_r).map_err(|e| internal(node, e))?,
+        stderr: pipe::Receiver::from_owned_fd(err_r).map_err(|e| internal(node, e))?,
+    };
+    let facts = EntryFacts {
+        pid: img.pid,
+        uid: img.uid,
+        gid: img.gid,
+        detached: false,
+        output: None,
+        origin: img.origin,
+    };
+    let (entry, exit) = job::enter(st, reservation, init, status, facts)?;
+    // They held CAN_MIGRATE (only such jobs move): so they do here.
+    let host: Vec<i32> = super::super::procfs::scan(std::slice::from_ref(&entry))
+        .iter()
+        .map(|f| f.host_pid)
+        .collect();
+    st.caps.adopt(&host);
+    super::arrived_job(st, entry.id);
+    Ok(StartedJob { entry, io, exit })
+}
+
+/// Restore transfer `open.xfer` of `peer` as a job, then carry its session
+/// stream on `stream` (the origin relays it to the job's user).
+pub async fn serve(
+    st: Arc<ProcState>,
+    mut stream: TcpStream,
+    mut keys: FrameKeys,
+    peer: Identity,
+    open: AdoptJob,
+) {
+    let started = adopt_from(&st, &peer, &open).await;
+    let sess: Session = match started {
+        Ok(job) => session::spawn_started(st.clone(), job),
+        Err(e) => {
+            tracing::warn!(from = peer.node, error = %e.message, "could not take a job over");
+            serve::answer_error(&mut stream, &mut keys.sealer, e).await;
+            return;
+        }
+    };
+    tracing::info!(from = peer.node, pid = open.pid, "took a krg run job over");
+    serve::carry(st, stream, keys, peer, sess, ProcPeerReply::Session { jobs: 1 }).await;
+}
+
+async fn adopt_from(
+    st: &Arc<ProcState>,
+    peer: &Identity,
+    open: &AdoptJob,
+) -> Result<StartedJob, AdminError> {
+    let origin = serve::origin_of(st, peer);
+    let from = incoming::member(origin)?;
+    if open.version != SESSION_VERSION {
+        return Err(AdminError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "node {} speaks session version {SESSION_VERSION}, node {from} sent {}",
+                st.node(),
+                open.version
+            ),
+        ));
+    }
+    let x = incoming::take_complete(st, from, open.xfer)?;
+    let mut clock = Clock::new();
+    let img = JobImage {
+        root: &x.root,
+        app: x.app,
+        sn: x.sn,
+        pid: open.pid,
+        map: open.map.clone(),
+        uid: x.owner,
+        gid: x.gid,
+        origin: from,
+    };
+    let r = start(st, img, &mut clock).await;
+    let _ = std::fs::remove_dir_all(&x.root);
+    r
+}

@@ -1,0 +1,167 @@
+//! The origin's side of a `krg run` job that moved: its session here still
+//! holds the job's stdio pipes, now fed by this relay, which carries them
+//! to and from the node that runs the job (a session stream, as for
+//! `krg run -n`), together with the job's signals and its end.
+//!
+//! The relay holds the job's own ends of the pipes (opened from the
+//! stopped program's `/proc/PID/fd/0-2` before it was killed here), so
+//! the session sees no difference: output written there comes out of the
+//! pipes it reads, input it writes is read here and sent on (never more
+//! than the stdin window ahead of the target's acknowledgements), a
+//! closed stdout becomes `CloseStdout` there (the job gets SIGPIPE), and
+//! the job's end comes back as its exit status.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use krg_proto::proc::{Down, ExitStatus, Up, MAX_CHUNK, STDIN_WINDOW};
+use krg_proto::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::session::Session;
+
+/// The job's ends of its stdio pipes, taken from its program.
+#[derive(Default)]
+pub struct Held {
+    /// What the session writes the job's input into.
+    pub stdin: Option<pipe::Receiver>,
+    /// What the session reads the job's output from.
+    pub stdout: Option<pipe::Sender>,
+    /// Likewise for its errors.
+    pub stderr: Option<pipe::Sender>,
+}
+
+/// Open `/proc/PID/fd/N` of a pipe, without blocking and close-on-exec.
+fn reopen(pid: i32, fd: i32, flags: i32) -> Option<OwnedFd> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    if !link.to_string_lossy().starts_with("pipe:") {
+        return None;
+    }
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    // SAFETY: open with a NUL-terminated path; the descriptor is ours.
+    let raw = unsafe { libc::open(path.as_ptr(), flags | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    // SAFETY: a new descriptor nobody else owns.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+impl Held {
+    /// The pipes among the stopped program `pid`'s fds 0-2 (a write end
+    /// whose reader is gone is left out: its output has nowhere to go).
+    pub fn take(pid: i32) -> Held {
+        let out = |fd| {
+            reopen(pid, fd, libc::O_WRONLY).and_then(|f| pipe::Sender::from_owned_fd(f).ok())
+        };
+        Held {
+            stdin: reopen(pid, 0, libc::O_RDONLY)
+                .and_then(|f| pipe::Receiver::from_owned_fd(f).ok()),
+            stdout: out(1),
+            stderr: out(2),
+        }
+    }
+}
+
+/// What the relay reports back to the job's session.
+pub struct Ends {
+    /// Signals the session sends the job.
+    pub signals: mpsc::UnboundedReceiver<i32>,
+    /// Where the job's end goes.
+    pub exit: oneshot::Sender<ExitStatus>,
+}
+
+const KILLED: ExitStatus = ExitStatus::Signal {
+    signal: libc::SIGKILL,
+    core: false,
+};
+
+/// Relay between the held pipes and `sess` (the job on node `to`) until
+/// the job ends there or is lost.
+pub fn spawn(sess: Session, held: Held, ends: Ends, to: NodeId) {
+    tokio::spawn(run(sess, held, ends, to));
+}
+
+async fn write(to: &mut Option<pipe::Sender>, data: &[u8]) -> bool {
+    let Some(w) = to.as_mut() else {
+        return true;
+    };
+    if w.write_all(data).await.is_ok() {
+        return true;
+    }
+    *to = None;
+    false
+}
+
+async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
+    let Session {
+        input, mut events, ..
+    } = sess;
+    let Held {
+        mut stdin,
+        mut stdout,
+        mut stderr,
+    } = held;
+    let Ends { mut signals, exit } = ends;
+    let mut buf = vec![0u8; MAX_CHUNK.min(64 * 1024)];
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let mut signals_open = true;
+    let status = loop {
+        let room = sent.saturating_sub(acked) < STDIN_WINDOW;
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(Down::Stdout { data, .. }) => {
+                    if !write(&mut stdout, &data).await {
+                        // the session's reader left: so does the job's
+                        let _ = input.send(Up::CloseStdout).await;
+                    }
+                }
+                Some(Down::Stderr { data, .. }) => {
+                    write(&mut stderr, &data).await;
+                }
+                Some(Down::StdinAck { bytes, .. }) => acked = bytes,
+                Some(Down::Exited { status, .. }) => break status,
+                Some(Down::Lost { reason, .. }) => {
+                    let note = format!("krg: the job moved to node {to} and was lost there: {reason}\n");
+                    write(&mut stderr, note.as_bytes()).await;
+                    break KILLED;
+                }
+                Some(Down::Refused { error, .. }) => {
+                    let note = format!("krg: node {to} refused the job: {}\n", error.message);
+                    write(&mut stderr, note.as_bytes()).await;
+                    break KILLED;
+                }
+                Some(_) => {}
+                None => break KILLED,
+            },
+            n = read_some(&mut stdin, &mut buf), if stdin.is_some() && room => match n {
+                Some(n) => {
+                    sent += n as u64;
+                    if input.send(Up::Stdin(buf[..n].to_vec())).await.is_err() {
+                        break KILLED;
+                    }
+                }
+                None => {
+                    stdin = None;
+                    let _ = input.send(Up::StdinEof).await;
+                }
+            },
+            sig = signals.recv(), if signals_open => match sig {
+                Some(sig) => {
+                    let _ = input.send(Up::Signal(sig)).await;
+                }
+                None => signals_open = false,
+            },
+        }
+    };
+    // Output first: the session reads the pipes to their end, then the status.
+    drop((stdout, stderr));
+    let _ = exit.send(status);
+}
+
+/// Read what the session wrote into the job's stdin; None at its end.
+async fn read_some(from: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<usize> {
+    let r = from.as_mut()?;
+    match r.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}

@@ -1,0 +1,235 @@
+//! The origin's side of moving a `krg run` job (its program and the
+//! program's descendants, which all live in the job's PID namespace).
+//!
+//! `migrate NODE:PID TO` names the job's program as `krg ps` shows it (its
+//! PID in the job's namespace), or by its PID in krgd's. The dump and the
+//! transfer are a process's ([`super::move_here`]); the handover differs:
+//! the job keeps its PIDs in a new namespace on the target ([`super::adopt`]),
+//! and its session on this node goes on through [`super::relay`], so its
+//! user sees its output, its input, its signals and its exit status as if
+//! it had never moved (bproc's ghost, here the session itself).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::migrate::{AdoptJob, PhaseTime};
+use krg_proto::proc::SESSION_VERSION;
+use krg_proto::NodeId;
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::procfs;
+use super::super::session::{self, Session};
+use super::super::state::ProcState;
+use super::super::table::{JobEntry, Moved};
+use super::adopt::{self, JobImage};
+use super::relay::{self, Ends, Held};
+use super::{check, Clock};
+
+/// How long the target may take to restore a job.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// A job whose program is to move.
+pub struct JobTarget {
+    /// Its entry in this node's table.
+    pub entry: Arc<JobEntry>,
+    /// Its program's PID in krgd's namespace.
+    pub host_pid: i32,
+}
+
+fn refuse(kind: ErrorKind, msg: String) -> AdminError {
+    AdminError::new(kind, msg)
+}
+
+/// The job `pid` names on this node, if it names one: the PID of a job's
+/// process as `krg ps` shows it, or the PID in krgd's namespace of a
+/// process in a job's namespace. Only the job's program may be named.
+pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
+    let jobs = st.table.jobs();
+    let found = procfs::scan(&jobs);
+    let mut hits: Vec<&procfs::Found> = found.iter().filter(|f| f.pid == pid).collect();
+    if hits.is_empty() {
+        hits = found.iter().filter(|f| f.host_pid == pid).collect();
+    }
+    let hit = match hits.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        _ => {
+            return Err(refuse(
+                ErrorKind::InvalidArgument,
+                format!("PID {pid} names processes of {} jobs here: name it by its PID in krgd's namespace", hits.len()),
+            ))
+        }
+    };
+    if hit.pid != hit.job.pid {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!(
+                "process {} belongs to a krg run job: only the job's program (PID {}) moves, with its descendants",
+                hit.pid, hit.job.pid
+            ),
+        ));
+    }
+    let entry = hit.job.clone();
+    if entry.detached {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!("job {} is detached (its output goes to files on this node): detached jobs do not move", entry.pid),
+        ));
+    }
+    // every process of the namespace but the init must go with the program
+    let tree = check::tree(hit.host_pid);
+    let stray: Vec<i32> = found
+        .iter()
+        .filter(|f| Arc::ptr_eq(&f.job, &entry) && !tree.contains(&f.host_pid))
+        .map(|f| f.pid)
+        .collect();
+    if !stray.is_empty() {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!("job {} has processes outside its program's tree ({stray:?}, orphans re-parented to its init): they could not move with it", entry.pid),
+        ));
+    }
+    if has_terminal(hit.host_pid) {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!("job {} runs on a terminal (krg run -t): jobs with a terminal do not move yet", entry.pid),
+        ));
+    }
+    Ok(Some(JobTarget {
+        host_pid: hit.host_pid,
+        entry,
+    }))
+}
+
+fn has_terminal(pid: i32) -> bool {
+    (0..3).any(|fd| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|l| l.to_string_lossy().starts_with("/dev/pts/"))
+    })
+}
+
+/// Every PID and TID of the stopped tree, with its number in the job's
+/// namespace (the job's init is 1 there).
+fn pid_map(entry: &JobEntry, tasks: &[i32]) -> Result<Vec<(i32, i32)>, AdminError> {
+    let mut map = vec![(entry.init_pid, 1)];
+    for &p in tasks {
+        let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{p}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_else(|_| vec![p]);
+        for t in tids.into_iter().chain(std::iter::once(p)) {
+            let inner = procfs::ns_pid(t).ok_or_else(|| {
+                refuse(
+                    ErrorKind::Internal,
+                    format!("cannot read the job's PID of process {t}"),
+                )
+            })?;
+            if !map.contains(&(t, inner)) {
+                map.push((t, inner));
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// A job ready to be handed over: its stdio taken from the stopped
+/// program, its session told that it moves.
+pub struct Prepared {
+    entry: Arc<JobEntry>,
+    held: Held,
+    ends: Ends,
+    map: Vec<(i32, i32)>,
+}
+
+/// Before the stopped copy is killed: the PID map, the stdio ends, and the
+/// job marked as moving (its local init's report of the kill is not its end).
+pub fn prepare(st: &ProcState, job: &JobTarget, tasks: &[i32]) -> Result<Prepared, AdminError> {
+    let map = pid_map(&job.entry, tasks)?;
+    let held = Held::take(job.host_pid);
+    let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+    let (exit_tx, exit_rx) = oneshot::channel();
+    *crate::sync::lock(&job.entry.moved) = Some(Moved {
+        to: 0,
+        signals: sig_tx,
+        exit: Some(exit_rx),
+    });
+    st.table.remove(job.entry.id);
+    Ok(Prepared {
+        entry: job.entry.clone(),
+        held,
+        ends: Ends {
+            signals: sig_rx,
+            exit: exit_tx,
+        },
+        map,
+    })
+}
+
+/// Hand the prepared job to `to` (which holds image `xfer`); the relay
+/// runs once it took it. On failure the job is given back for
+/// [`take_back`].
+pub async fn to_target(
+    st: &ProcState,
+    p: Prepared,
+    to: NodeId,
+    xfer: u64,
+) -> Result<Vec<PhaseTime>, (String, Prepared)> {
+    let adopt = AdoptJob {
+        version: SESSION_VERSION,
+        xfer,
+        pid: p.entry.pid,
+        map: p.map.clone(),
+    };
+    match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
+        Ok(sess) => {
+            start_relay(p, sess, to);
+            Ok(Vec::new())
+        }
+        Err(e) => Err((e.message, p)),
+    }
+}
+
+/// The target failed after the handover: restore the job here, in a new
+/// namespace, and relay to it as to a remote one.
+pub async fn take_back(
+    st: &Arc<ProcState>,
+    p: Prepared,
+    root: &std::path::Path,
+    app: i32,
+    sn: u32,
+) -> Result<(), String> {
+    let img = JobImage {
+        root,
+        app,
+        sn,
+        pid: p.entry.pid,
+        map: p.map.clone(),
+        uid: p.entry.uid,
+        gid: p.entry.gid,
+        origin: p.entry.origin,
+    };
+    let mut clock = Clock::new();
+    match adopt::start(st, img, &mut clock).await {
+        Ok(job) => {
+            let sess = session::spawn_started(st.clone(), job);
+            start_relay(p, sess, st.node());
+            Ok(())
+        }
+        Err(e) => {
+            // Nothing runs any more: the session reports the job killed.
+            drop(p);
+            Err(e.message)
+        }
+    }
+}
+
+fn start_relay(p: Prepared, sess: Session, to: NodeId) {
+    if let Some(m) = crate::sync::lock(&p.entry.moved).as_mut() {
+        m.to = to;
+    }
+    relay::spawn(sess, p.held, p.ends, to);
+}

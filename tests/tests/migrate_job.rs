@@ -1,0 +1,231 @@
+//! `migrate` of a `krg run` job between real krgds of a loopback cluster:
+//! the job keeps the PIDs it sees (a PID namespace of its own on the
+//! target), its user's `krg run` keeps its stdin, stdout, signals and exit
+//! status (the origin's session relays them), and `krg ps` shows it on the
+//! target. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Result;
+use krg_tests::{bin, serial, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(20);
+const LINE_WAIT: Duration = Duration::from_secs(15);
+
+fn formed(n: u32) -> Result<TestCluster> {
+    let mut c = TestCluster::loopback(n)?;
+    for id in 1..=n {
+        c.start(id)?;
+    }
+    let ids: Vec<u32> = (1..=n).collect();
+    c.wait_present(1, &ids, SETTLE)?;
+    c.krgadm_ok(1, &["cluster", "start"])?;
+    c.wait_agreement(&ids, SETTLE)?;
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(c)
+}
+
+/// Echoes its input with its PID, says "usr1" on SIGUSR1, ticks every
+/// 50 ms, exits 7 on "quit".
+const ECHO: &str = r#"
+import os, signal, sys, threading, time
+signal.signal(signal.SIGUSR1, lambda *a: print("usr1", flush=True))
+def tick():
+    n = 0
+    while True:
+        n += 1
+        print("tick %d" % n, flush=True)
+        time.sleep(0.05)
+threading.Thread(target=tick, daemon=True).start()
+for line in sys.stdin:
+    line = line.strip()
+    if line == "quit":
+        sys.exit(7)
+    print("got: %s pid=%d" % (line, os.getpid()), flush=True)
+"#;
+
+/// `krg run -n 1 -- python3 -c ECHO` started by a shell that holds
+/// CAN_MIGRATE (krgcapset), so its job does.
+struct Run {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Run {
+    fn start(c: &TestCluster, migratable: bool) -> Run {
+        let go = c.dir.path().join("go");
+        let _ = std::fs::remove_file(&go);
+        let krg = bin("krg");
+        let script = format!(
+            "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 1 -- python3 -u -c \"$0\"",
+            go = go.display(),
+            krg = krg.display()
+        );
+        let socket = socket(c);
+        let mut child = Command::new("sh")
+            .args(["-c", &script, ECHO])
+            .env("KRG_SOCKET", &socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        if migratable {
+            let o = Command::new(bin("krgcapset"))
+                .env("KRG_SOCKET", &socket)
+                .args(["-k", &child.id().to_string(), "-d", "+CAN_MIGRATE"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::fs::write(&go, b"").unwrap();
+        let lines = reader(child.stdout.take().unwrap());
+        Run { child, lines }
+    }
+
+    /// The next line that starts with `prefix` (others skipped).
+    fn wait_line(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + LINE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reader(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// (node, pid, command) rows of krg ps.
+fn ps(c: &TestCluster) -> Vec<(u64, i64, String)> {
+    let o = c.krg(1).unwrap().args(["ps", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["node"].as_u64().unwrap(),
+                r["pid"].as_i64().unwrap(),
+                r["command"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn python_on(c: &TestCluster, node: u64) -> Option<i64> {
+    ps(c)
+        .into_iter()
+        .find(|(n, _, cmd)| *n == node && cmd.contains("python3"))
+        .map(|(_, p, _)| p)
+}
+
+fn migrate(c: &TestCluster, args: &[&str]) -> std::process::Output {
+    Command::new(bin("migrate"))
+        .env("KRG_SOCKET", socket(c))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn socket(c: &TestCluster) -> std::ffi::OsString {
+    c.dir.path().join("krgd1.sock").into_os_string()
+}
+
+#[test]
+fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let mut run = Run::start(&c, true);
+    run.wait_line("tick");
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    run.send("before");
+    let before = run.wait_line("got: before");
+    assert!(before.ends_with(&format!("pid={pid}")), "{before}");
+
+    let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
+    assert!(
+        o.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(python_on(&c, 2), Some(pid), "krg ps: {:?}", ps(&c));
+    assert_eq!(python_on(&c, 1), None, "krg ps: {:?}", ps(&c));
+
+    // output goes on, input reaches it, it keeps its PID
+    run.wait_line("tick");
+    run.send("after");
+    let after = run.wait_line("got: after");
+    assert!(after.ends_with(&format!("pid={pid}")), "{after}");
+    // a signal to krg run reaches it where it runs now
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGUSR1) };
+    run.wait_line("usr1");
+    // and its exit status comes back to its user
+    // and back: node 2's session now relays, as node 1's did
+    let o = migrate(&c, &[&format!("2:{pid}"), "1"]);
+    assert!(
+        o.status.success(),
+        "migrate back: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(python_on(&c, 1), Some(pid), "krg ps: {:?}", ps(&c));
+    run.send("home");
+    let home = run.wait_line("got: home");
+    assert!(home.ends_with(&format!("pid={pid}")), "{home}");
+    run.send("quit");
+    let status = run.child.wait()?;
+    assert_eq!(status.code(), Some(7), "{status:?}");
+    Ok(())
+}
+
+#[test]
+fn a_job_without_can_migrate_is_refused_and_runs_on() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let mut run = Run::start(&c, false);
+    run.wait_line("tick");
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("not CAN_MIGRATE"), "{e}");
+    run.send("still");
+    run.wait_line("got: still");
+    assert_eq!(python_on(&c, 1), Some(pid));
+    Ok(())
+}
