@@ -156,18 +156,18 @@ build() {
 install_bins() {
     local t=$REPO/target/release b
     if [ "${KRG_LOCAL_INSTALLED:-0}" = 1 ]; then return; fi
-    for b in krgd krg-init krgadm krg checkpoint restart krgcapset nfsroot mkfs-kdfs fsck-kdfs mount-kdfs; do
+    for b in krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot mkfs-kdfs fsck-kdfs mount-kdfs; do
         [ -x "$t/$b" ] || die "$t/$b is missing (did the build fail?)"
     done
     # krg-init is the init of every job krgd starts; krgd finds it next to itself.
-    for b in krgd krg-init krgadm krg checkpoint restart krgcapset nfsroot; do
+    for b in krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot; do
         install -m 755 "$t/$b" "$BIN/$b"
     done
     # cargo forbids '.' in binary names; mount(8), mkfs(8) and fsck(8) look for these.
     install -m 755 "$t/mkfs-kdfs" /sbin/mkfs.kdfs
     install -m 755 "$t/fsck-kdfs" /sbin/fsck.kdfs
     install -m 755 "$t/mount-kdfs" /sbin/mount.kdfs
-    say "installed krgd krg-init krgadm krg checkpoint restart krgcapset nfsroot in $BIN, /sbin/mkfs.kdfs, /sbin/fsck.kdfs, /sbin/mount.kdfs"
+    say "installed krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot in $BIN, /sbin/mkfs.kdfs, /sbin/fsck.kdfs, /sbin/mount.kdfs"
 }
 
 # ---------------------------------------------------------------- network
@@ -384,6 +384,13 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     sh -c 'krgcapset -d +CAN_MIGRATE; for i in 1 2 3 4; do (while :; do :; done) & done' </dev/null >/dev/null 2>&1
     cat $SCHED/schedulers/balance/balance_policy/decisions   # three moves, to nodes 2, 3 and 4
     krg ps                                                   # then: kill PID ... of the four
+
+  Migration (a krg run job keeps its PIDs, its output, input and exit status):
+    krgcapset -d +CAN_MIGRATE                  # this shell's children, and its krg run jobs, may move
+    krg run -n 1 -- sh -c 'i=0; while :; do i=\$((i+1)); echo "\$\$ \$i"; sleep 1; done' &
+    krg ps                                     # node 1, PID 4096 (its PID in its own namespace)
+    migrate 1:4096 3 ; krg ps                  # on node 3 now, same PID; its lines still come out here
+    kill %1                                    # krg run forwards it: the job ends on node 3
 
   kDFS (one namespace; each node's mount in /mnt/kdfs/nodeN):
     cp /etc/services /mnt/kdfs/node2/

@@ -53,6 +53,7 @@ binaries=(
     "krg:/usr/bin/krg:1"
     "checkpoint:/usr/bin/checkpoint:1"
     "restart:/usr/bin/restart:1"
+    "migrate:/usr/bin/migrate:1"
     "krgcapset:/usr/bin/krgcapset:1"
     "mkfs-kdfs:/sbin/mkfs.kdfs:8"
     "fsck-kdfs:/sbin/fsck.kdfs:8"

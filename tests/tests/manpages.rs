@@ -17,6 +17,7 @@ const BINARIES: &[(&str, &str, &str)] = &[
     ("krg", "krg", "1"),
     ("checkpoint", "checkpoint", "1"),
     ("restart", "restart", "1"),
+    ("migrate", "migrate", "1"),
     ("krgcapset", "krgcapset", "1"),
     ("mkfs-kdfs", "mkfs.kdfs", "8"),
     ("fsck-kdfs", "fsck.kdfs", "8"),

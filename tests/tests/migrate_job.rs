@@ -12,7 +12,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Result;
-use krg_tests::{bin, serial, TestCluster};
+use krg_tests::balance::{self, setup_node, Settings};
+use krg_tests::{bin, serial, wait_for, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
 const LINE_WAIT: Duration = Duration::from_secs(15);
@@ -49,26 +50,27 @@ for line in sys.stdin:
     print("got: %s pid=%d" % (line, os.getpid()), flush=True)
 "#;
 
-/// `krg run -n 1 -- python3 -c ECHO` started by a shell that holds
-/// CAN_MIGRATE (krgcapset), so its job does.
+/// `krg run -n 1 -- python3 -c SCRIPT` started (through node `via`) by a
+/// shell that holds CAN_MIGRATE (krgcapset) when `migratable`, so its job does.
 struct Run {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Run {
-    fn start(c: &TestCluster, migratable: bool) -> Run {
-        let go = c.dir.path().join("go");
-        let _ = std::fs::remove_file(&go);
+    fn start(c: &TestCluster, via: u32, python: &str, migratable: bool) -> Run {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let go = c.dir.path().join(format!("go-{n}"));
         let krg = bin("krg");
-        let script = format!(
+        let sh = format!(
             "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 1 -- python3 -u -c \"$0\"",
             go = go.display(),
             krg = krg.display()
         );
-        let socket = socket(c);
+        let socket = c.dir.path().join(format!("krgd{via}.sock"));
         let mut child = Command::new("sh")
-            .args(["-c", &script, ECHO])
+            .args(["-c", &sh, python])
             .env("KRG_SOCKET", &socket)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -170,7 +172,7 @@ fn socket(c: &TestCluster) -> std::ffi::OsString {
 fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
-    let mut run = Run::start(&c, true);
+    let mut run = Run::start(&c, 1, ECHO, true);
     run.wait_line("tick");
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
     run.send("before");
@@ -217,7 +219,7 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
 fn a_job_without_can_migrate_is_refused_and_runs_on() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
-    let mut run = Run::start(&c, false);
+    let mut run = Run::start(&c, 1, ECHO, false);
     run.wait_line("tick");
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
     let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
@@ -227,5 +229,75 @@ fn a_job_without_can_migrate_is_refused_and_runs_on() -> Result<()> {
     run.send("still");
     run.wait_line("got: still");
     assert_eq!(python_on(&c, 1), Some(pid));
+    Ok(())
+}
+
+/// Busy until `stop` exists (its path is argv[1]), saying "alive" every
+/// 0.3 s; then exits 3.
+const HOG: &str = r#"
+import os, sys, time
+stop = sys.argv[1]
+last = 0
+while not os.path.exists(stop):
+    for _ in range(20000):
+        pass
+    now = time.monotonic()
+    if now - last > 0.3:
+        print("alive %d" % os.getpid(), flush=True)
+        last = now
+sys.exit(3)
+"#;
+
+/// The issue's demo: 4 busy CAN_MIGRATE `krg run` jobs started on node 1
+/// of 4 end up one per node through `balance_policy`, their output still
+/// reaching the `krg run` that started each, their exit codes too.
+#[test]
+fn four_busy_jobs_on_node_1_spread_and_their_users_see_it_all() -> Result<()> {
+    let _g = serial();
+    let c = balance::formed(4)?;
+    for id in 1..=4 {
+        setup_node(
+            &c,
+            id,
+            Settings {
+                threshold: 1.5,
+                max_moves: 3,
+                interval_ms: 1000,
+                min_residency_ms: 20_000,
+            },
+        )?;
+    }
+    let stop = c.dir.path().join("stop");
+    let hog = HOG.replace("sys.argv[1]", &format!("{:?}", stop.display().to_string()));
+    let mut runs: Vec<Run> = (0..4).map(|_| Run::start(&c, 1, &hog, true)).collect();
+    for r in &runs {
+        r.wait_line("alive");
+    }
+    let t0 = std::time::Instant::now();
+    let spread = wait_for(Duration::from_secs(30), "one job per node", || {
+        let nodes: std::collections::BTreeSet<u64> = ps(&c)
+            .into_iter()
+            .filter(|(_, _, cmd)| cmd.contains("python3"))
+            .map(|(n, _, _)| n)
+            .collect();
+        (nodes.len() == 4).then_some(())
+    });
+    let all: String = (1..=4)
+        .map(|id| format!("node {id}:\n{}", balance::decisions(&c, id)))
+        .collect();
+    spread.map_err(|e| anyhow::anyhow!("{e}: {:?}\n{all}", ps(&c)))?;
+    eprintln!(
+        "4 busy krg run jobs on node 1 -> 1 per node: {:?}",
+        t0.elapsed()
+    );
+    // every job's output still reaches its krg run
+    for r in &runs {
+        r.wait_line("alive");
+    }
+    std::fs::write(&stop, b"")?;
+    for r in &mut runs {
+        let status = r.child.wait()?;
+        assert_eq!(status.code(), Some(3), "{status:?}");
+    }
     Ok(())
 }

@@ -213,12 +213,7 @@ pub fn tree_owner(tree: &[(i32, i32)], caller: u32) -> Result<Owner> {
 
 /// Freeze the tree, re-reading children until no new one appears (and
 /// again when one exits before it could be seized).
-pub fn freeze(
-    pid: i32,
-    caller: u32,
-    pidns: bool,
-    frozen: &mut Frozen,
-) -> Result<Vec<(i32, i32)>> {
+pub fn freeze(pid: i32, caller: u32, pidns: bool, frozen: &mut Frozen) -> Result<Vec<(i32, i32)>> {
     loop {
         let t = tree(pid)?;
         let mut again = false;

@@ -91,8 +91,7 @@ pub fn inside(
     let ns = std::fs::File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
     let ours = std::fs::metadata("/proc/self/ns/pid").map_err(|e| ChkptError::io(&path, e))?;
     let theirs = ns.metadata().map_err(|e| ChkptError::io(&path, e))?;
-    if std::os::unix::fs::MetadataExt::ino(&ours) == std::os::unix::fs::MetadataExt::ino(&theirs)
-    {
+    if std::os::unix::fs::MetadataExt::ino(&ours) == std::os::unix::fs::MetadataExt::ino(&theirs) {
         return Err(ChkptError::Usage(format!(
             "process {init} is in restart's own PID namespace: --pidns-of names the init of a job"
         )));

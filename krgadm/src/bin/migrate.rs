@@ -26,7 +26,7 @@ Examples:
 
 /// Move a running process to another node.
 #[derive(Parser)]
-#[command(version, after_help = AFTER)]
+#[command(name = "migrate", version, after_help = AFTER)]
 struct Cli {
     /// The process: PID (of this node) or NODE:PID.
     process: String,
@@ -89,7 +89,29 @@ async fn run(cli: Cli) -> Result<MigrateReport> {
     }
 }
 
+/// The hand-written part of the man page (`migrate --generate man`).
+const PAGE: krg_clidoc::Page = krg_clidoc::Page {
+    section: "1",
+    sections: &[
+        krg_clidoc::Section {
+            title: "EXIT STATUS",
+            body: "0: the process moved.
+1: refused, or failed before the handover (the process keeps running where it was), or the target failed after it and the origin took the process back (the line says so); one line says why.
+2: bad usage.",
+        },
+        krg_clidoc::Section {
+            title: "KRG RUN JOBS",
+            body: "A job started by krg run (from a shell that holds CAN_MIGRATE) moves with its program's whole tree and keeps the PIDs it sees; the krg run that started it keeps its output, input, signals and exit status, wherever the job runs. Name it by its program's PID as krg ps shows it (NODE:PID).",
+        },
+        krg_clidoc::Section {
+            title: "SEE ALSO",
+            body: "krg(1), krgcapset(1), checkpoint(1), restart(1), krgd(8)",
+        },
+    ],
+};
+
 fn main() -> ExitCode {
+    krg_clidoc::intercept::<Cli>(&PAGE);
     let cli = Cli::parse();
     let json = cli.json;
     let timings =

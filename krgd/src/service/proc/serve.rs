@@ -92,7 +92,15 @@ pub async fn serve(
     );
     let jobs = sess.jobs;
     let keys = FrameKeys { opener, sealer };
-    carry(st, stream, keys, peer, sess, ProcPeerReply::Session { jobs }).await;
+    carry(
+        st,
+        stream,
+        keys,
+        peer,
+        sess,
+        ProcPeerReply::Session { jobs },
+    )
+    .await;
 }
 
 /// Refuse a session connection with `e`.

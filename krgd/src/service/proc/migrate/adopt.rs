@@ -143,7 +143,15 @@ pub async fn serve(
         }
     };
     tracing::info!(from = peer.node, pid = open.pid, "took a krg run job over");
-    serve::carry(st, stream, keys, peer, sess, ProcPeerReply::Session { jobs: 1 }).await;
+    serve::carry(
+        st,
+        stream,
+        keys,
+        peer,
+        sess,
+        ProcPeerReply::Session { jobs: 1 },
+    )
+    .await;
 }
 
 async fn adopt_from(

@@ -316,10 +316,8 @@ async fn move_here(
     let (tree, in_job) = (req.tree || job.is_some(), job.is_some());
     let caps = st.caps.clone();
     let who2 = who.clone();
-    let plan = blocking(move || {
-        check::plan(me, pid, tree, in_job, &who2, |p| caps.can_migrate(p))
-    })
-    .await??;
+    let plan = blocking(move || check::plan(me, pid, tree, in_job, &who2, |p| caps.can_migrate(p)))
+        .await??;
     clock.mark("check");
     let xfer: u64 = rand::random();
     let out = st.spool.join("out").join(format!("{xfer:x}"));

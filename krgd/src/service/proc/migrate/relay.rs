@@ -49,9 +49,8 @@ impl Held {
     /// The pipes among the stopped program `pid`'s fds 0-2 (a write end
     /// whose reader is gone is left out: its output has nowhere to go).
     pub fn take(pid: i32) -> Held {
-        let out = |fd| {
-            reopen(pid, fd, libc::O_WRONLY).and_then(|f| pipe::Sender::from_owned_fd(f).ok())
-        };
+        let out =
+            |fd| reopen(pid, fd, libc::O_WRONLY).and_then(|f| pipe::Sender::from_owned_fd(f).ok());
         Held {
             stdin: reopen(pid, 0, libc::O_RDONLY)
                 .and_then(|f| pipe::Receiver::from_owned_fd(f).ok()),

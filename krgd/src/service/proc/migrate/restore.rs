@@ -15,12 +15,17 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 /// reaped yet: up to ~2 s here).
 const PID_WAIT: &str = "10";
 
-/// The `restart` next to krgd's own executable.
+/// The `restart` krgd runs: next to krgd's own executable (a build tree,
+/// `/usr/local/sbin`), else the package's `/usr/bin/restart`.
 pub fn restart_binary() -> PathBuf {
-    std::env::current_exe()
+    let beside = std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("restart")))
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/restart"))
+        .and_then(|p| p.parent().map(|d| d.join("restart")));
+    beside
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin/restart")])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/restart"))
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -30,10 +35,18 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Why this node cannot restore, if it cannot.
 pub fn unavailable() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
     let bin = restart_binary();
-    (!bin.is_file()).then(|| {
+    let Ok(m) = std::fs::metadata(&bin) else {
+        return Some(format!(
+            "{} is missing (install restart next to krgd, or the krg package)",
+            bin.display()
+        ));
+    };
+    // krgd runs it as root on images users own: only root may change it
+    (m.uid() != 0 || m.mode() & 0o022 != 0).then(|| {
         format!(
-            "{} is missing (install restart next to krgd)",
+            "{} must be owned by root and writable by root only (it runs as root)",
             bin.display()
         )
     })

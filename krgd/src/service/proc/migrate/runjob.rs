@@ -54,12 +54,13 @@ pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
     let hit = match hits.as_slice() {
         [] => return Ok(None),
         [one] => *one,
-        _ => {
-            return Err(refuse(
-                ErrorKind::InvalidArgument,
-                format!("PID {pid} names processes of {} jobs here: name it by its PID in krgd's namespace", hits.len()),
-            ))
-        }
+        _ => return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!(
+                "PID {pid} names processes of {} jobs here: name it by its PID in krgd's namespace",
+                hits.len()
+            ),
+        )),
     };
     if hit.pid != hit.job.pid {
         return Err(refuse(
@@ -93,7 +94,10 @@ pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
     if has_terminal(hit.host_pid) {
         return Err(refuse(
             ErrorKind::InvalidArgument,
-            format!("job {} runs on a terminal (krg run -t): jobs with a terminal do not move yet", entry.pid),
+            format!(
+                "job {} runs on a terminal (krg run -t): jobs with a terminal do not move yet",
+                entry.pid
+            ),
         ));
     }
     Ok(Some(JobTarget {
