@@ -362,11 +362,14 @@ pub async fn commit(
     // No fsync: the image lives only until restart has read it (a crash
     // of this node loses the process anyway); checkpoints proper are not
     // written here.
-    let r = restore::restore(&x.root, x.app, x.sn).await;
+    let r = restore::restore_lazily(&x.root, x.app, x.sn).await;
     clock.mark("target.restart");
     let _ = std::fs::remove_dir_all(&x.root);
-    let inner =
+    let (inner, server) =
         r.map_err(|e| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node())))?;
+    if let Some(server) = server {
+        super::filling(st, server, &x.pids);
+    }
     clock.extend("target.restart.", &inner);
     adopt(st, &x.pids, from);
     Ok(Restored {

@@ -106,6 +106,46 @@ pub struct Registry {
     pub adopted: Mutex<HashMap<i32, Adopted>>,
     /// When each `krg run` job that migrated in arrived, by job number.
     pub jobs_arrived: Mutex<HashMap<u64, Instant>>,
+    /// Page servers still bringing in the memory of processes that
+    /// migrated in (server PID → those processes).
+    pub filling: Mutex<HashMap<i32, Vec<i32>>>,
+}
+
+/// How long a migration waits for the memory of a process that just
+/// arrived to be all in before it moves it on.
+const FILL_WAIT: Duration = Duration::from_secs(10);
+
+/// `server` brings in the memory of `pids` (restored lazily); it is
+/// reaped here when it is done.
+pub fn filling(st: &Arc<ProcState>, server: i32, pids: &[i32]) {
+    crate::sync::lock(&st.migration.filling).insert(server, pids.to_vec());
+    let st = st.clone();
+    tokio::spawn(async move {
+        restore::reap_server(server).await;
+        crate::sync::lock(&st.migration.filling).remove(&server);
+    });
+}
+
+/// Wait until no page server fills the memory of any of `pids` (a dump
+/// must not race the server for the pages it has not brought in yet).
+async fn wait_filled(st: &ProcState, pids: &[i32]) -> Result<(), AdminError> {
+    let deadline = Instant::now() + FILL_WAIT;
+    loop {
+        let busy = crate::sync::lock(&st.migration.filling)
+            .iter()
+            .find(|(_, p)| p.iter().any(|x| pids.contains(x)))
+            .map(|(s, _)| *s);
+        let Some(server) = busy else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(err(
+                ErrorKind::Unavailable,
+                format!("process {} arrived here a moment ago and its memory is still coming in (page server {server}): retry", pids[0]),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Start time of `pid` (field 22 of its stat).
@@ -318,6 +358,7 @@ async fn move_here(
     let who2 = who.clone();
     let plan = blocking(move || check::plan(me, pid, tree, in_job, &who2, |p| caps.can_migrate(p)))
         .await??;
+    wait_filled(st, &plan.pids).await?;
     clock.mark("check");
     let xfer: u64 = rand::random();
     let out = st.spool.join("out").join(format!("{xfer:x}"));

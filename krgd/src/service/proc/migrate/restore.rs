@@ -82,6 +82,64 @@ pub async fn restore_into(
     sn: u32,
     job: Option<IntoJob>,
 ) -> Result<Vec<checkpoint::timings::Phase>, String> {
+    run_restart(root, app, sn, job, false).await.map(|r| r.0)
+}
+
+/// [`restore`] that lets the processes run before their private memory is
+/// in (`restart --lazy --check-as-loaded`): a page server, a child of
+/// restart that comes to krgd (a subreaper) when restart exits, brings
+/// each page in on first touch and the rest behind; it is reaped here.
+/// The image came from a member's krgd over the sealed connection: its
+/// page data is checked as it loads, and a bad block kills the process.
+pub async fn restore_lazily(
+    root: &Path,
+    app: i32,
+    sn: u32,
+) -> Result<(Vec<checkpoint::timings::Phase>, Option<i32>), String> {
+    let (phases, text) = run_restart(root, app, sn, None, true).await?;
+    Ok((phases, page_server(&text)))
+}
+
+/// The page server's PID in restart's last line.
+fn page_server(text: &str) -> Option<i32> {
+    let rest = text.split("page server PID ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Wait for the page server (it ends once every page is in, or its
+/// processes are gone) and reap it.
+pub async fn reap_server(pid: i32) {
+    let Ok(fd) = super::super::spawn::pidfd_open(pid) else {
+        return;
+    };
+    let Ok(afd) = super::super::fdio::register(fd) else {
+        return;
+    };
+    for _ in 0..100_000 {
+        match super::super::spawn::try_reap(afd.get_ref()) {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => {}
+        }
+        match afd.readable().await {
+            Ok(mut g) => g.clear_ready(),
+            Err(_) => return,
+        }
+        // it may have exited before restart did: then it is not ours yet
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Run restart; its phases and everything it reported.
+async fn run_restart(
+    root: &Path,
+    app: i32,
+    sn: u32,
+    job: Option<IntoJob>,
+    lazy: bool,
+) -> Result<(Vec<checkpoint::timings::Phase>, String), String> {
     let bin = restart_binary();
     let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let raw_w = w.as_raw_fd();
@@ -99,6 +157,9 @@ pub async fn restore_into(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    if lazy {
+        cmd.args(["--lazy", "--check-as-loaded"]);
+    }
     if let Some(job) = job {
         cmd.arg("--pidns-of").arg(job.init.to_string());
         for (host, inner) in &job.map {
@@ -129,27 +190,38 @@ pub async fn restore_into(
             return Err("restart took longer than 2 minutes".into());
         }
     };
-    let text = tokio::task::spawn_blocking(move || {
-        let mut s = String::new();
-        let _ = std::fs::File::from(r)
-            .take(64 * 1024)
-            .read_to_string(&mut s);
-        s
-    })
-    .await
-    .unwrap_or_default();
+    let text = read_report(r);
     let line = text.lines().last().unwrap_or("").trim().to_string();
     if status.success() {
-        Ok(text
+        let phases = text
             .lines()
             .find(|l| l.starts_with("restart: timings:"))
             .map(checkpoint::timings::parse)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((phases, text))
     } else if line.is_empty() {
         Err(format!("restart failed ({status})"))
     } else {
         Err(line)
     }
+}
+
+/// What restart wrote on its report pipe. restart has exited, so all of it
+/// is in the pipe; it is not read to its end, which a page server (a child
+/// of restart holding the pipe too) would put off until every page is in.
+fn read_report(r: OwnedFd) -> String {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut f = std::fs::File::from(r);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < 64 * 1024 {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Become the parent of restored processes once restart exits (so their

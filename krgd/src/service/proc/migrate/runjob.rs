@@ -54,13 +54,15 @@ pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
     let hit = match hits.as_slice() {
         [] => return Ok(None),
         [one] => *one,
-        _ => return Err(refuse(
-            ErrorKind::InvalidArgument,
-            format!(
+        _ => {
+            return Err(refuse(
+                ErrorKind::InvalidArgument,
+                format!(
                 "PID {pid} names processes of {} jobs here: name it by its PID in krgd's namespace",
                 hits.len()
             ),
-        )),
+            ))
+        }
     };
     if hit.pid != hit.job.pid {
         return Err(refuse(
