@@ -60,13 +60,30 @@ fn run_request_and_session_frames_roundtrip() {
                     groups: vec![27],
                 },
                 count: 1,
+                can_migrate: true,
             },
         ))),
     };
     let (back, _): (PeerMessage, usize) = decode(&encode(&open).unwrap()).unwrap().unwrap();
     assert!(matches!(
         back.body,
-        crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(s))) if s.creds.groups == vec![27]
+        crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(s))) if s.creds.groups == vec![27] && s.can_migrate
+    ));
+    let adopt = PeerMessage {
+        id: 0,
+        body: crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::AdoptJob(
+            crate::migrate::AdoptJob {
+                version: SESSION_VERSION,
+                xfer: 0xfeed,
+                pid: 4096,
+                map: vec![(81234, 4096), (81235, 4097)],
+            },
+        ))),
+    };
+    let (back, _): (PeerMessage, usize) = decode(&encode(&adopt).unwrap()).unwrap().unwrap();
+    assert!(matches!(
+        back.body,
+        crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::AdoptJob(a))) if a.xfer == 0xfeed && a.map.len() == 2
     ));
 }
 
