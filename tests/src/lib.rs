@@ -192,6 +192,8 @@ pub struct TestCluster {
     pub lab: Option<NetLab>,
     /// Extra flags for every krgd (e.g. failure timeouts).
     pub extra_args: Vec<String>,
+    /// Extra environment for every krgd (e.g. `KDFS_TEST_CRASH_FILE`).
+    pub extra_env: Vec<(String, String)>,
     pub binary: PathBuf,
 }
 
@@ -223,6 +225,7 @@ impl TestCluster {
             seeds,
             lab: None,
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
             binary: other.unwrap_or_else(|| bin("krgd")),
         })
     }
@@ -319,6 +322,7 @@ impl TestCluster {
             .append(true)
             .open(&log)?;
         cmd.args(&args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("KRG_TEST_LOG").unwrap_or_else(|_| "info,openraft=off".into()),
@@ -444,6 +448,23 @@ impl TestCluster {
     }
 
     /// Wait until node `via` sees every id in `ids` as present or better.
+    /// Start nodes 1..=n, form the cluster (`cluster start` through node
+    /// 1), wait until all agree, and let other users into its directory
+    /// (their jobs' working directory, sockets).
+    pub fn formed(mut self, n: u32, settle: Duration) -> Result<Self> {
+        let ids: Vec<u32> = (1..=n).collect();
+        let first = 1;
+        for &id in &ids {
+            self.start(id)?;
+        }
+        self.wait_present(first, &ids, settle)?;
+        self.krgadm_ok(first, &["cluster", "start"])?;
+        self.wait_agreement(&ids, settle)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        Ok(self)
+    }
+
     pub fn wait_present(&self, via: u32, ids: &[u32], timeout: Duration) -> Result<()> {
         wait_for(
             timeout,

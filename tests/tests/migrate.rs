@@ -19,16 +19,7 @@ use krg_tests::{bin, detached_stdio, free_port, serial, wait_for, TestCluster};
 const SETTLE: Duration = Duration::from_secs(20);
 
 fn formed(n: u32) -> Result<TestCluster> {
-    let mut c = TestCluster::loopback(n)?;
-    for id in 1..=n {
-        c.start(id)?;
-    }
-    let ids: Vec<u32> = (1..=n).collect();
-    c.wait_present(1, &ids, SETTLE)?;
-    c.krgadm_ok(1, &["cluster", "start"])?;
-    c.wait_agreement(&ids, SETTLE)?;
-    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    Ok(c)
+    TestCluster::loopback(n)?.formed(n, SETTLE)
 }
 
 /// Like [`formed`], node 1 serving `/metrics` on the port returned.

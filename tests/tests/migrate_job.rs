@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -19,16 +18,7 @@ const SETTLE: Duration = Duration::from_secs(20);
 const LINE_WAIT: Duration = Duration::from_secs(15);
 
 fn formed(n: u32) -> Result<TestCluster> {
-    let mut c = TestCluster::loopback(n)?;
-    for id in 1..=n {
-        c.start(id)?;
-    }
-    let ids: Vec<u32> = (1..=n).collect();
-    c.wait_present(1, &ids, SETTLE)?;
-    c.krgadm_ok(1, &["cluster", "start"])?;
-    c.wait_agreement(&ids, SETTLE)?;
-    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    Ok(c)
+    TestCluster::loopback(n)?.formed(n, SETTLE)
 }
 
 /// Echoes its input with its PID, says "usr1" on SIGUSR1, ticks every
@@ -212,6 +202,36 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     run.send("quit");
     let status = run.child.wait()?;
     assert_eq!(status.code(), Some(7), "{status:?}");
+    Ok(())
+}
+
+/// The target's krgd dies (SIGKILL, at a crash point) after the origin
+/// killed its copy, while it takes the job over: the origin restores the
+/// job itself, in a namespace of its own, and its user sees nothing but
+/// the pause.
+#[test]
+fn a_target_that_dies_during_the_handover_leaves_the_job_home() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(2)?;
+    let crash = c.dir.path().join("crash-at");
+    c.extra_env
+        .push(("KDFS_TEST_CRASH_FILE".into(), crash.display().to_string()));
+    let c = c.formed(2, SETTLE)?;
+    let mut run = Run::start(&c, 1, ECHO, true);
+    run.wait_line("tick");
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    std::fs::write(&crash, "krgd-adopt-job")?;
+    let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("run on node 1 again"), "{e}");
+    assert!(!crash.exists(), "the crash point did not fire");
+    assert_eq!(python_on(&c, 1), Some(pid), "krg ps: {:?}", ps(&c));
+    run.send("home");
+    let home = run.wait_line("got: home");
+    assert!(home.ends_with(&format!("pid={pid}")), "{home}");
+    run.send("quit");
+    assert_eq!(run.child.wait()?.code(), Some(7));
     Ok(())
 }
 

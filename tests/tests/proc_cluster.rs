@@ -32,16 +32,7 @@ fn krg_out(c: &TestCluster, via: u32, args: &[&str]) -> Output {
 }
 
 fn formed(n: u32) -> Result<TestCluster> {
-    let mut c = TestCluster::namespaces(n)?;
-    for id in 1..=n {
-        c.start(id)?;
-    }
-    let ids: Vec<u32> = (1..=n).collect();
-    c.wait_present(1, &ids, SETTLE)?;
-    c.krgadm_ok(1, &["cluster", "start"])?;
-    c.wait_agreement(&ids, SETTLE)?;
-    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    Ok(c)
+    TestCluster::namespaces(n)?.formed(n, SETTLE)
 }
 
 /// Jobs running `sleep <marker>` (krg clients, whose arguments hold the

@@ -2,7 +2,9 @@
 //! the client's operations, `client-*` points) killing itself (SIGKILL, as
 //! `kill -9` would) at a named step of an operation, so that a test can
 //! stop it deterministically between the steps of a cross-node operation
-//! and check what `fsck.kdfs` makes of the leftovers.
+//! and check what `fsck.kdfs` makes of the leftovers. krgd's migration
+//! code has points of its own (`krgd-*`), for the tests of a target that
+//! dies after the handover.
 //!
 //! Armed only when the process was started with `KDFS_TEST_CRASH_FILE=PATH`
 //! in its environment, and only for the point whose name is written in that
@@ -24,7 +26,7 @@ fn crash_file() -> Option<&'static PathBuf> {
 }
 
 /// Die here (SIGKILL) if crash point `name` is armed.
-pub(crate) fn point(name: &str) {
+pub fn point(name: &str) {
     let Some(file) = crash_file() else {
         return;
     };

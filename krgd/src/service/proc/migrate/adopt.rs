@@ -172,6 +172,7 @@ async fn adopt_from(
         ));
     }
     let x = incoming::take_complete(st, from, open.xfer)?;
+    kdfs::store::crash::point("krgd-adopt-job");
     let mut clock = Clock::new();
     let img = JobImage {
         root: &x.root,
