@@ -295,6 +295,7 @@ pub async fn start(
         program: init_program(spec),
         tty: spec.tty.is_some() && !spec.detach,
     };
+    st.ctx.metrics.jobs_started.inc();
     let (init, status) = match start_init(st, stdio, image, &init_spec).await? {
         Ok(x) => x,
         Err((stage, errno)) => return Err(explain(stage, errno, spec, node)),
@@ -387,7 +388,6 @@ pub async fn start_init(
             e,
         )
     })?;
-    st.ctx.metrics.jobs_started.inc();
     let bytes = postcard::to_stdvec(spec)
         .map_err(|e| io_err(node, "encoding the job", io::Error::other(e)))?;
     let mut status =

@@ -167,6 +167,28 @@ impl Table {
         })
     }
 
+    /// Set aside the slot of a job's program PID `pid` (a job that
+    /// migrated in keeps its PIDs) when it is free here, else any slot: two
+    /// jobs may then show the same PIDs, and a name that matches both is
+    /// refused as ambiguous.
+    pub fn reserve_for(&self, pid: i32) -> Result<Reservation<'_>, AdminError> {
+        let slot = u32::try_from(pid / PID_SPAN).unwrap_or(0);
+        let mut inner = sync::lock(&self.inner);
+        if (1..=MAX_SLOT).contains(&slot) && !inner.slots.contains(&slot) {
+            inner.slots.insert(slot);
+            inner.next_id += 1;
+            let id = inner.next_id;
+            return Ok(Reservation {
+                table: self,
+                id,
+                slot,
+                entered: false,
+            });
+        }
+        drop(inner);
+        self.reserve()
+    }
+
     /// Take an ended job out of the table.
     pub fn remove(&self, id: u64) {
         let mut inner = sync::lock(&self.inner);
@@ -216,5 +238,16 @@ mod tests {
         assert!(e.message.contains("the most it can"), "{e}");
         held.pop();
         assert!(t.reserve().is_ok());
+    }
+
+    #[test]
+    fn a_job_that_migrated_in_gets_its_slot_when_it_is_free() {
+        let t = Table::default();
+        let r = t.reserve_for(5 * PID_SPAN).unwrap();
+        assert_eq!(r.slot, 5);
+        // taken: another slot, not a refusal
+        let other = t.reserve_for(5 * PID_SPAN + 3).unwrap();
+        assert_ne!(other.slot, 5);
+        assert_ne!(t.reserve_for(0).unwrap().slot, 0);
     }
 }

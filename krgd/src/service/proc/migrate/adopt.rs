@@ -61,7 +61,7 @@ pub async fn start(
     clock: &mut Clock,
 ) -> Result<StartedJob, AdminError> {
     let node = st.node();
-    let reservation = st.table.reserve()?;
+    let reservation = st.table.reserve_for(img.pid)?;
     let pipes = || pipe_pair().map_err(|e| internal(node, format!("pipe: {e}")));
     let (in_r, in_w) = pipes()?;
     let (out_r, out_w) = pipes()?;
