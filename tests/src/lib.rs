@@ -540,11 +540,35 @@ impl TestCluster {
     }
 }
 
+/// Detach every mount left under `dir`: a krgd killed with -9 (fault
+/// tests) leaves its scheduler tree mounted, and nothing else would ever
+/// unmount it.
+pub fn detach_mounts_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    // the deepest first
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let Ok(c) = std::ffi::CString::new(p) else {
+            continue;
+        };
+        // SAFETY: umount2 with a NUL-terminated path and a flag.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         // Processes first (they live in the namespaces), then the namespaces.
         self.nodes.clear();
         self.lab.take();
+        detach_mounts_under(self.dir.path());
         if std::env::var_os("KRG_TEST_KEEP").is_some() {
             let kept = std::mem::replace(
                 &mut self.dir,
