@@ -305,6 +305,18 @@ fn bad_images_refused_before_anything_starts() {
             }),
         ),
         (
+            // one byte in the middle of the page data: in the 8 MiB
+            // anonymous mapping, whose blocks restart checks as it copies
+            // them in (the tasks exist then, but never run)
+            "does not match its CRC",
+            Box::new(|| {
+                let mut b = good_mm.clone();
+                let i = 4096 + (b.len() - 4096) / 2;
+                b[i] ^= 0x01;
+                std::fs::write(&mm, b).unwrap();
+            }),
+        ),
+        (
             "not a krg checkpoint",
             Box::new(|| std::fs::write(&task, [b'x'; 100]).unwrap()),
         ),

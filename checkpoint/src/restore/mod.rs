@@ -4,11 +4,12 @@
 //! root with clone3(set_tid), which stops itself for ptrace; every further
 //! step — forking children with their PIDs, unmapping the restarter's memory,
 //! mapping the recorded areas and reading the pages into them from the image
-//! with pread, fds, cwd, signals, credentials — is a system call injected
+//! with pread (private anonymous pages are copied in by restart itself,
+//! [`fill`]), fds, cwd, signals, credentials — is a system call injected
 //! over ptrace at a `syscall` instruction on a page the restarter mapped at
 //! an address no recorded mapping uses. Registers go in last, then detach.
 
-//! - [`load`] — read and check every file (before anything runs)
+//! - [`load`] — read and check every file (before anything is started)
 //! - [`pages`] — where each page's data is across a chain of SNs, CRCs
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
