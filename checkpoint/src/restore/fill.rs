@@ -17,7 +17,7 @@
 //! while it exists). Pages nothing was saved of stay missing: zeros on
 //! first touch, as before.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{ChkptError, Result};
@@ -25,7 +25,7 @@ use crate::image::{TaskImage, Vma};
 use crate::uffd;
 
 use super::ctx::TaskCtx;
-use super::lazy::lazy_kind;
+use super::lazy::{lazy_kind, take_uffd};
 use super::pages::{check_block, checks_in, Check, DataFile, Piece};
 
 /// What one thread takes at a time: one page table's worth (2 MiB,
@@ -59,51 +59,14 @@ pub fn split(t: &TaskImage, vmas: &[Vma], pieces: &[Piece]) -> (Vec<Piece>, Vec<
     super::lazy::split(t, vmas, pieces)
 }
 
-/// The task's userfaultfd, taken into restart and closed in the task,
-/// with every copied mapping that has pages registered.
-fn take_uffd(c: &TaskCtx, pieces: &[Piece]) -> Result<OwnedFd> {
-    let pid = c.inj.tid;
-    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    let fd = c
-        .inj
-        .call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
-    let sys = |op: &'static str| {
-        move |err| ChkptError::Sys {
-            op: op.to_string(),
-            pid,
-            err,
-        }
-    };
-    let taken = uffd::pidfd_open(pid)
-        .and_then(|p| uffd::pidfd_getfd(&p, fd as i32))
-        .map_err(sys("pidfd_getfd of the task's userfaultfd"));
-    c.inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-    let ufd = taken?;
-    uffd::api(ufd.as_raw_fd(), 0).map_err(sys("UFFDIO_API"))?;
-    for v in c.mm.vmas.iter().filter(|v| copied_kind(v)) {
-        if pieces
-            .iter()
-            .any(|p| p.addr < v.end && p.addr + p.len > v.start)
-        {
-            uffd::register(
-                ufd.as_raw_fd(),
-                v.start,
-                v.end - v.start,
-                uffd::REGISTER_MODE_MISSING,
-            )
-            .map_err(sys("UFFDIO_REGISTER"))?;
-        }
-    }
-    Ok(ufd)
-}
-
 /// Copy `pieces` (all in copied mappings, which hold no page yet) into
 /// the task.
 pub fn copy_in(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
     if pieces.is_empty() {
         return Ok(());
     }
-    let ufd = take_uffd(c, pieces)?;
+    // no events: the task does not run while restart copies
+    let ufd = take_uffd(c, 0, pieces)?;
     let chunks = cut(pieces, CHUNK);
     let next = AtomicUsize::new(0);
     let fd = ufd.as_raw_fd();
