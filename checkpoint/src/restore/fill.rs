@@ -15,7 +15,9 @@
 //! `pidfd_getfd` and closed in the task; dropping restart's copy once the
 //! pages are in unregisters them (the task never held it, never runs
 //! while it exists). Pages nothing was saved of stay missing: zeros on
-//! first touch, as before.
+//! first touch, as before. A kernel without userfaultfd (or refusing it)
+//! gets the old way: the blocks checked first, the task reading the pages
+//! itself.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,7 +68,16 @@ pub fn copy_in(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
         return Ok(());
     }
     // no events: the task does not run while restart copies
-    let ufd = take_uffd(c, 0, pieces)?;
+    let ufd = match take_uffd(c, 0, pieces) {
+        Ok(u) => u,
+        // a kernel without userfaultfd, or refusing it: the task reads
+        // these pages itself, as the others
+        Err(ChkptError::Injected {
+            name: "userfaultfd",
+            ..
+        }) => return read_checked(c, pieces),
+        Err(e) => return Err(e),
+    };
     let chunks = cut(pieces, CHUNK);
     let next = AtomicUsize::new(0);
     let fd = ufd.as_raw_fd();
@@ -91,6 +102,22 @@ pub fn copy_in(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
         }
         r
     })
+}
+
+/// Without a userfaultfd: every block of `pieces` checked, then the pages
+/// read by the task (`pread`, injected; each page is faulted in zeroed
+/// first: slower, same result).
+fn read_checked(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
+    for p in pieces {
+        let f = c
+            .files
+            .get(p.file)
+            .ok_or_else(|| ChkptError::Inconsistent(format!("no data file {}", p.file)))?;
+        for k in checks_in(c.checks, p.file, p.off, p.len) {
+            check_block(f, k)?;
+        }
+    }
+    super::mm::read_pieces(c, pieces)
 }
 
 /// The pieces cut at every multiple of `size` in the address space (CRC

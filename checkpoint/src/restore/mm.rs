@@ -110,7 +110,12 @@ fn pieces_in<'a>(c: &'a TaskCtx, start: u64, end: u64) -> &'a [Piece] {
 /// Read the saved pages of a mapping into place: pread from the memory
 /// files, inside the task.
 fn fill(c: &TaskCtx, v: &Vma) -> Result<()> {
-    for p in pieces_in(c, v.start, v.end) {
+    read_pieces(c, pieces_in(c, v.start, v.end))
+}
+
+/// `pread` of `pieces` from the memory files into place, inside the task.
+pub(super) fn read_pieces(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
+    for p in pieces {
         let fd = (c.data_fds + p.file as i32) as u64;
         let mut done = 0u64;
         while done < p.len {
