@@ -20,7 +20,7 @@
 //! itself.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::error::{ChkptError, Result};
 use crate::image::{TaskImage, Vma};
@@ -83,10 +83,17 @@ pub fn copy_in(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
     let fd = ufd.as_raw_fd();
     let pid = c.inj.tid;
     let (files, checks) = (c.files, c.checks);
+    // set by a thread that failed: the others stop too
+    let failed = AtomicBool::new(false);
     let run = || -> Result<()> {
         while let Some(p) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
             for step in cut(std::slice::from_ref(p), STEP) {
-                copy_piece(fd, pid, files, checks, &step)?;
+                copy_piece(fd, pid, files, checks, &step).inspect_err(|_| {
+                    failed.store(true, Ordering::Relaxed);
+                })?;
             }
         }
         Ok(())
