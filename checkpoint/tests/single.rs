@@ -163,8 +163,10 @@ fn python_script_with_stdio_inherited_from_restart() {
             .unwrap_or(0)
     };
     wait_until("python prints", || count(&seen) >= 5);
-    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
+    // the job runs on between its freeze and checkpoint's return (it
+    // prints every 20 ms): what it printed before is the lower bound
     let at_ckpt = count(&seen);
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     wait_until("python runs on", || count(&seen) >= at_ckpt + 3);
     kill_reap(pid);
     let last_seen = count(&seen);
@@ -299,6 +301,18 @@ fn bad_images_refused_before_anything_starts() {
             Box::new(|| {
                 let mut b = good_mm.clone();
                 b[4096 + 1000] ^= 0x01;
+                std::fs::write(&mm, b).unwrap();
+            }),
+        ),
+        (
+            // one byte in the middle of the page data: in the 8 MiB
+            // anonymous mapping, whose blocks restart checks as it copies
+            // them in (the tasks exist then, but never run)
+            "does not match its CRC",
+            Box::new(|| {
+                let mut b = good_mm.clone();
+                let i = 4096 + (b.len() - 4096) / 2;
+                b[i] ^= 0x01;
                 std::fs::write(&mm, b).unwrap();
             }),
         ),

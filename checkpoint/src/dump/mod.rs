@@ -158,8 +158,10 @@ pub fn checkpoint_shipped(
     // round trip through the scheduler: on a loaded machine, waiting less
     // for a CPU is what keeps the freeze short.
     let _boost = Boost::new();
+    // (with --kill they are read while frozen: no read before is needed)
     let vma_pre: HashMap<i32, attrs::VmaFlags> = living(&tree0)
         .iter()
+        .filter(|_| !opts.kill)
         .map(|&(p, _)| (p, attrs::vma_flags(p)))
         .collect();
     mark("vma_flags_pre");

@@ -316,12 +316,18 @@ fn ranges(runs: &[super::pages::Run]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Sorted regions joined into stretches where less than 64 KiB apart.
+/// Written pages closer than this are looked at by one scan: a scan costs
+/// about 3 us a call and 0.08 us a page here, so a gap of 40 pages costs
+/// what a call does. (At 16 pages, 5 % of a GiB changed — every 20th
+/// page — was 13,000 calls, 40 ms; one scan of the GiB is 20 ms.)
+const JOIN: u64 = 64 * PAGE;
+
+/// Sorted regions joined into stretches where less than [`JOIN`] apart.
 fn stretches(regions: &[Region]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for r in regions {
         match out.last_mut() {
-            Some(l) if r.start <= l.1 + 16 * PAGE => l.1 = l.1.max(r.end),
+            Some(l) if r.start <= l.1 + JOIN => l.1 = l.1.max(r.end),
             _ => out.push((r.start, r.end)),
         }
     }

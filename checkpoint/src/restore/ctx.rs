@@ -9,7 +9,7 @@ use crate::image::{MmImage, TaskImage, PAGE};
 use crate::procfs;
 use crate::ptrace::{self, Injector};
 
-use super::pages::{DataFile, Piece};
+use super::pages::{Check, DataFile, Piece};
 
 /// Layout of the injection area: code page, scratch pages, a parking zone
 /// used while moving the kernel's vDSO/vvar pages.
@@ -30,8 +30,12 @@ pub struct TaskCtx<'a> {
     pub pieces: &'a [Piece],
     /// `restart --lazy`: the pieces left to the page server.
     pub lazy: &'a [Piece],
+    /// Eager restore: the pieces restart copies in itself (`fill`).
+    pub copied: &'a [Piece],
     pub data_fds: i32,
     pub files: &'a [DataFile],
+    /// The CRC of every block of page data, by (file, offset).
+    pub checks: &'a [Check],
     /// fds `work_base..work_end` are restart's working fds in every task
     /// (memory images, then pipes, memfds and open files), closed once the
     /// task's own fds are in place.

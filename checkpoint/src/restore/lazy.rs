@@ -93,6 +93,14 @@ fn sub(p: &Piece, a: u64, b: u64) -> Piece {
 /// Create the task's userfaultfd, take it, close it in the task, and
 /// register every lazy mapping that has pages to come.
 pub fn register(c: &TaskCtx, lazy: &[Piece]) -> Result<OwnedFd> {
+    take_uffd(c, FEATURES, lazy)
+}
+
+/// The task's userfaultfd with `features`, made by an injected
+/// `userfaultfd()` (the task still has root's rights), taken into restart
+/// with `pidfd_getfd` and closed in the task; every mapping of the lazy
+/// kind that has some of `pieces` registered with it (MISSING mode).
+pub fn take_uffd(c: &TaskCtx, features: u64, pieces: &[Piece]) -> Result<OwnedFd> {
     let pid = c.inj.tid;
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     let fd = c
@@ -107,9 +115,9 @@ pub fn register(c: &TaskCtx, lazy: &[Piece]) -> Result<OwnedFd> {
         .map_err(sys("pidfd_getfd of the task's userfaultfd"));
     c.inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     let ufd = taken?;
-    uffd::api(ufd.as_raw_fd(), FEATURES).map_err(sys("UFFDIO_API"))?;
+    uffd::api(ufd.as_raw_fd(), features).map_err(sys("UFFDIO_API"))?;
     for v in c.mm.vmas.iter().filter(|v| lazy_kind(v)) {
-        if lazy
+        if pieces
             .iter()
             .any(|p| p.addr < v.end && p.addr + p.len > v.start)
         {

@@ -68,16 +68,29 @@ fn same_owner(f: &OpenedFile, uid: u32) -> Result<()> {
     Ok(())
 }
 
+/// When the page data of a checkpoint is compared with its CRCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCheck {
+    /// Every block, before anything is started.
+    First,
+    /// Every block, as it is loaded (`restart --lazy --check-as-loaded`:
+    /// the page server does it).
+    AsLoaded,
+    /// Eager restore: the blocks of private anonymous memory as restart
+    /// copies them into the tasks ([`fill`](super::fill)), before any task
+    /// runs; every other block before anything is started.
+    AsCopied,
+}
+
 /// Read every file of the checkpoint and check it (magic, version, CRC,
 /// lengths, that page runs lie inside the data, referenced files exist,
 /// one owner for every file, and credentials that owner has).
 pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
-    load_checked(dir, sn, node, true)
+    load_checked(dir, sn, node, PageCheck::First)
 }
 
-/// [`load`]; without `pages`, page data is not checked here (the lazy page
-/// server checks each block as it loads it).
-pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: bool) -> Result<Loaded> {
+/// [`load`], page data checked as `pages` says.
+pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) -> Result<Loaded> {
     let dir = CheckedDir::open(dir)?;
     let names = Names { sn };
     if !dir.contains(&names.global()) {
@@ -148,9 +161,18 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: bool) -> Resu
         let pieces = chain.resolve(sn, te.pid, (&mm, file, data_off, version))?;
         tasks.push(LoadedTask { task, mm, pieces });
     }
-    // Page data too is checked before anything is started.
-    if pages {
-        chain.verify()?;
+    // Page data too is checked before anything is started (but what
+    // restart checks as it copies it, or the page server as it loads it).
+    match pages {
+        PageCheck::First => chain.verify(None)?,
+        PageCheck::AsCopied => {
+            let read: Vec<Piece> = tasks
+                .iter()
+                .flat_map(|t| super::fill::split(&t.task, &t.mm.vmas, &t.pieces).0)
+                .collect();
+            chain.verify(Some(&read))?
+        }
+        PageCheck::AsLoaded => {}
     }
     let (files, checks) = chain.into_parts();
     Ok(Loaded {

@@ -1,6 +1,7 @@
 //! Rebuilding a task's address space by injected system calls.
 
 use super::ctx::{current_maps, TaskCtx, AREA_LEN, AREA_PARK, PARK_LEN};
+use super::fill;
 use super::pages::Piece;
 use crate::error::{ChkptError, Result};
 use crate::image::{Vma, VmaKind};
@@ -109,7 +110,12 @@ fn pieces_in<'a>(c: &'a TaskCtx, start: u64, end: u64) -> &'a [Piece] {
 /// Read the saved pages of a mapping into place: pread from the memory
 /// files, inside the task.
 fn fill(c: &TaskCtx, v: &Vma) -> Result<()> {
-    for p in pieces_in(c, v.start, v.end) {
+    read_pieces(c, pieces_in(c, v.start, v.end))
+}
+
+/// `pread` of `pieces` from the memory files into place, inside the task.
+pub(super) fn read_pieces(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
+    for p in pieces {
         let fd = (c.data_fds + p.file as i32) as u64;
         let mut done = 0u64;
         while done < p.len {
@@ -143,10 +149,11 @@ fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
             if v.kind == VmaKind::Stack {
                 flags |= libc::MAP_GROWSDOWN as u64;
             }
-            // Mostly saved areas: fault every page in at once (much cheaper
-            // than one fault per page inside the pread that follows).
+            // Mostly saved areas read with pread: fault every page in at
+            // once (much cheaper than one fault per page inside the pread
+            // that follows). Areas restart copies into stay empty.
             let saved: u64 = pieces_in(c, v.start, v.end).iter().map(|p| p.len).sum();
-            if saved * 2 > len {
+            if saved * 2 > len && !copied(c, v) {
                 flags |= libc::MAP_POPULATE as u64;
             }
             i.call(
@@ -218,12 +225,29 @@ fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
         _ => return Ok(()),
     }
     fill(c, v)?;
-    i.call(
-        "mprotect",
-        libc::SYS_mprotect,
-        [v.start, len, v.prot as u64, 0, 0, 0],
-    )?;
+    if !copied(c, v) {
+        protect(c, v)?;
+    }
     Ok(())
+}
+
+fn protect(c: &TaskCtx, v: &Vma) -> Result<()> {
+    c.inj
+        .call(
+            "mprotect",
+            libc::SYS_mprotect,
+            [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
+        )
+        .map(|_| ())
+}
+
+/// Does restart copy pages into this mapping ([`fill`](super::fill))? It
+/// gets its protection once they are in.
+fn copied(c: &TaskCtx, v: &Vma) -> bool {
+    fill::copied_kind(v)
+        && c.copied
+            .iter()
+            .any(|p| p.addr < v.end && p.addr + p.len > v.start)
 }
 
 /// `PR_SET_MM_MAP`: code/data/brk/stack/args/env bounds, auxv and the exe
@@ -324,6 +348,15 @@ pub fn restore(c: &TaskCtx) -> Result<Option<std::os::fd::OwnedFd>> {
     unmap_restarter(c)?;
     for v in &c.mm.vmas {
         create_vma(c, v).map_err(|e| ChkptError::Mapping {
+            start: v.start,
+            end: v.end,
+            kind: format!("{:?}", v.kind),
+            source: Box::new(e),
+        })?;
+    }
+    fill::copy_in(c, c.copied)?;
+    for v in c.mm.vmas.iter().filter(|v| copied(c, v)) {
+        protect(c, v).map_err(|e| ChkptError::Mapping {
             start: v.start,
             end: v.end,
             kind: format!("{:?}", v.kind),

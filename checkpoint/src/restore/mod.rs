@@ -4,11 +4,12 @@
 //! root with clone3(set_tid), which stops itself for ptrace; every further
 //! step — forking children with their PIDs, unmapping the restarter's memory,
 //! mapping the recorded areas and reading the pages into them from the image
-//! with pread, fds, cwd, signals, credentials — is a system call injected
+//! with pread (private anonymous pages are copied in by restart itself,
+//! [`fill`]), fds, cwd, signals, credentials — is a system call injected
 //! over ptrace at a `syscall` instruction on a page the restarter mapped at
 //! an address no recorded mapping uses. Registers go in last, then detach.
 
-//! - [`load`] — read and check every file (before anything runs)
+//! - [`load`] — read and check every file (before anything is started)
 //! - [`pages`] — where each page's data is across a chain of SNs, CRCs
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
@@ -20,6 +21,7 @@
 //!   locks), signal state of a task; [`attrs`] its other attributes
 //!   (prctl, scheduling, capabilities, …)
 //! - [`ctx`] — the injection area and what every step works with
+//! - [`fill`] — eager restore: private anonymous pages copied in by restart
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
 
@@ -28,6 +30,7 @@ mod attrs;
 mod ctx;
 mod fds;
 mod files;
+mod fill;
 mod held;
 mod held_check;
 mod lazy;
@@ -94,11 +97,16 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     let dir = store::app_dir(&opts.root, app);
     if opts.check_as_loaded && !opts.lazy {
         return Err(ChkptError::Usage(
-            "--check-as-loaded goes with --lazy (eager restore reads pages without checking them)"
+            "--check-as-loaded goes with --lazy (eager restore checks pages as it copies them)"
                 .into(),
         ));
     }
-    let mut loaded = load::load_checked(&dir, sn, opts.node, !opts.check_as_loaded)?;
+    let check = match (opts.lazy, opts.check_as_loaded) {
+        (false, _) => load::PageCheck::AsCopied,
+        (true, false) => load::PageCheck::First,
+        (true, true) => load::PageCheck::AsLoaded,
+    };
+    let mut loaded = load::load_checked(&dir, sn, opts.node, check)?;
     let images: Vec<&crate::image::TaskImage> = loaded.tasks.iter().map(|t| &t.task).collect();
     held_check::check_inherit(&images, &opts.inherit_fds)?;
     loaded.inherit_fds = opts.inherit_fds.clone();

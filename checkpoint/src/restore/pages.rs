@@ -19,6 +19,10 @@ use crate::image::{self, FileKind, MmImage, Names, RunData, PAGE};
 pub struct DataFile {
     pub file: File,
     pub path: PathBuf,
+    /// The file mapped read-only (shared: the page cache itself), once its
+    /// blocks were checked: eager restore copies pages from it into the
+    /// tasks ([`fill`](super::fill)).
+    pub map: Option<memmap2::Mmap>,
 }
 
 /// Pages `[addr, addr + len)` of a task are at `off` (from the start of
@@ -92,6 +96,7 @@ impl<'a> Chain<'a> {
         self.files.push(DataFile {
             file: f.file,
             path: f.path,
+            map: None,
         });
         Ok((d.meta, self.files.len() - 1, d.data_off, d.version))
     }
@@ -240,30 +245,56 @@ impl<'a> Chain<'a> {
         }
     }
 
-    /// The files and the checks of their blocks (sorted), once verified.
-    pub fn into_parts(self) -> (Vec<DataFile>, Vec<Check>) {
+    /// The files and the checks of their blocks (sorted).
+    pub fn into_parts(mut self) -> (Vec<DataFile>, Vec<Check>) {
+        self.checks.sort_unstable();
+        self.checks.dedup();
         (self.files, self.checks)
     }
 
-    /// Read every block some piece needs and compare its CRC, by two
-    /// threads, straight from the page cache (the files mapped, not copied:
-    /// copying was most of the time). Nothing runs yet: a file cut short
+    /// Read every block some piece needs (of `only`, if given) and compare
+    /// its CRC, by two threads, straight from the page cache (the files
+    /// mapped, not copied: copying was most of the time). The mappings
+    /// stay in `files`: eager restore copies from them (and checks the
+    /// blocks left out here as it does). Nothing runs yet: a file cut short
     /// meanwhile (SIGBUS) can only end restart.
-    pub fn verify(&mut self) -> Result<()> {
+    pub fn verify(&mut self, only: Option<&[Piece]>) -> Result<()> {
         self.checks.sort_unstable();
         self.checks.dedup();
-        let mut maps = Vec::new();
-        for f in &self.files {
+        let wanted: Vec<Check> = match only {
+            None => self.checks.clone(),
+            Some(pieces) => {
+                let mut v: Vec<Check> = pieces
+                    .iter()
+                    .flat_map(|p| checks_in(&self.checks, p.file, p.off, p.len))
+                    .copied()
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+        };
+        for f in &mut self.files {
+            let mut opts = memmap2::MmapOptions::new();
+            if only.is_none() {
+                // every block is read here, now: one walk of the page cache
+                opts.populate();
+            }
             // SAFETY: a read-only shared mapping of a file we hold open; it
-            // is only read, by this process, before any task exists.
-            let m = unsafe { memmap2::MmapOptions::new().populate().map(&f.file) }
-                .map_err(|e| ChkptError::io(&f.path, e))?;
-            maps.push(m);
+            // is only read, by this process (no task runs before restart is
+            // done with it: a file cut short meanwhile, SIGBUS, ends restart
+            // and with it every task it made; UFFDIO_COPY reports a vanished
+            // page as EFAULT).
+            let m = unsafe { opts.map(&f.file) }.map_err(|e| ChkptError::io(&f.path, e))?;
+            // Not inherited by the tasks forked from restart (they would
+            // unmap it anyway) nor by the page server: the advice only
+            // saves work, its failure changes nothing else.
+            let _ = m.advise(memmap2::Advice::DontFork);
+            f.map = Some(m);
         }
         let next = AtomicUsize::new(0);
-        let checks = &self.checks;
+        let checks = &wanted;
         let files = &self.files;
-        let maps = &maps;
         let run = || -> Result<()> {
             loop {
                 let k = next.fetch_add(256, Ordering::Relaxed);
@@ -274,13 +305,7 @@ impl<'a> Chain<'a> {
                     return Ok(());
                 }
                 for c in batch {
-                    let f = &files[c.file];
-                    let b = maps[c.file]
-                        .get(c.off as usize..(c.off + c.len) as usize)
-                        .ok_or_else(|| ChkptError::bad_image(&f.path, "page data ends early"))?;
-                    if crc32fast::hash(b) != c.crc {
-                        return Err(bad_data(&f.path, c.off));
-                    }
+                    check_block(&files[c.file], c)?;
                 }
             }
         };
@@ -293,6 +318,27 @@ impl<'a> Chain<'a> {
             mine.and(theirs)
         })
     }
+}
+
+/// The checks of the blocks holding bytes `[off, off + len)` of data file
+/// `file`, in `checks` sorted by (file, offset).
+pub fn checks_in(checks: &[Check], file: usize, off: u64, len: u64) -> &[Check] {
+    let lo = checks.partition_point(|c| (c.file, c.off + c.len) <= (file, off));
+    let hi = checks.partition_point(|c| (c.file, c.off) < (file, off + len));
+    &checks[lo..hi.max(lo)]
+}
+
+/// Compare one block of `f`'s mapping with its CRC.
+pub fn check_block(f: &DataFile, c: &Check) -> Result<()> {
+    let b = f
+        .map
+        .as_deref()
+        .and_then(|m| m.get(c.off as usize..(c.off + c.len) as usize))
+        .ok_or_else(|| ChkptError::bad_image(&f.path, "page data ends early"))?;
+    if crc32fast::hash(b) != c.crc {
+        return Err(bad_data(&f.path, c.off));
+    }
+    Ok(())
 }
 
 fn bad_data(path: &Path, off: u64) -> ChkptError {

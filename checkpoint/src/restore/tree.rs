@@ -390,17 +390,14 @@ fn restore_tasks(
     super::zombie::restore(l, &injectors, area, pids, created)?;
     mark("fork_children");
     let l = &*l;
+    // Private anonymous pages: left to the page server (lazy), or copied
+    // in by restart (eager); the rest is read by the task with pread.
     let split: Vec<(Vec<Piece>, Vec<Piece>)> = l
         .tasks
         .iter()
-        .map(|t| {
-            if lazy {
-                super::lazy::split(&t.task, &t.mm.vmas, &t.pieces)
-            } else {
-                (t.pieces.clone(), Vec::new())
-            }
-        })
+        .map(|t| super::fill::split(&t.task, &t.mm.vmas, &t.pieces))
         .collect();
+    let none = Vec::new();
     let mut first_holder = HashMap::new();
     for t in &l.tasks {
         for f in &t.task.fds {
@@ -410,7 +407,8 @@ fn restore_tasks(
         }
     }
     let mut ctxs = Vec::new();
-    for (t, (eager, lazy)) in l.tasks.iter().zip(&split) {
+    for (t, (read, anon)) in l.tasks.iter().zip(&split) {
+        let (lazy, copied) = if lazy { (anon, &none) } else { (&none, anon) };
         let inj = injectors.get(&t.task.pid).ok_or_else(|| {
             ChkptError::Inconsistent(format!("task {} was not created", t.task.pid))
         })?;
@@ -419,10 +417,12 @@ fn restore_tasks(
             area,
             task: &t.task,
             mm: &t.mm,
-            pieces: eager,
+            pieces: read,
             lazy,
+            copied,
             data_fds: mm_fds.base,
             files: &l.files,
+            checks: &l.checks,
             work_base: mm_fds.base,
             pipe_fds: &pipe_fds,
             shm_fds: &shm_fds,
@@ -449,11 +449,14 @@ fn restore_tasks(
     mark("drop_area");
     let pids: Vec<i32> = l.tasks.iter().map(|t| t.task.pid).collect();
     // The server exists before any task runs: a page touched at once waits
-    // for it, not forever.
-    let server = if spaces.is_empty() {
-        None
+    // for it, not forever. It starts serving once every task is detached
+    // (`go` closed): a mismatch it finds must not kill tasks restart is
+    // still letting go.
+    let (server, go) = if spaces.is_empty() {
+        (None, None)
     } else {
-        Some(start_server(l, spaces, &pids)?)
+        let (pid, go) = start_server(l, spaces, &pids)?;
+        (Some(pid), Some(go))
     };
     for t in l.tasks.iter().rev() {
         if t.task.attrs.stopped.is_some() {
@@ -467,13 +470,27 @@ fn restore_tasks(
         }
     }
     created.done = true;
+    drop(go);
     mark("detach");
     Ok(Restored { pids, server })
 }
 
 /// Fork the page server (see [`serve`](super::serve)): in its own session,
 /// stdin and stdout on /dev/null, stderr kept for its one-line errors.
-fn start_server(l: &Loaded, spaces: Vec<Space>, pids: &[i32]) -> Result<i32> {
+/// It waits until the returned pipe end is closed (or restart exits).
+fn start_server(
+    l: &Loaded,
+    spaces: Vec<Space>,
+    pids: &[i32],
+) -> Result<(i32, std::os::fd::OwnedFd)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(ChkptError::sys("pipe (page server)", 0));
+    }
+    // SAFETY: two new fds that nothing else owns.
+    let (wait_end, go) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
     // SAFETY: restart has no other thread now (its helper threads were
     // joined); the child goes on in Rust and ends with _exit.
     let r = unsafe { libc::fork() };
@@ -481,8 +498,16 @@ fn start_server(l: &Loaded, spaces: Vec<Space>, pids: &[i32]) -> Result<i32> {
         return Err(ChkptError::sys("fork (page server)", 0));
     }
     if r > 0 {
-        return Ok(r);
+        return Ok((r, go));
     }
+    drop(go);
+    let mut b = [0u8; 1];
+    // SAFETY: reading into a one-byte buffer; returns at EOF, when restart
+    // closed its end (or exited).
+    while unsafe { libc::read(wait_end.as_raw_fd(), b.as_mut_ptr().cast(), 1) } < 0
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
+    drop(wait_end);
     // SAFETY: the child: its own session, no terminal input or output.
     unsafe {
         libc::setsid();
