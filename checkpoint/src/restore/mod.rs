@@ -141,7 +141,9 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     let r = match &opts.pidns {
         Some(ns) => {
             let wanted: Vec<i32> = ns.map.iter().map(|&(_, inner)| inner).collect();
+            pages::inherit_maps(&loaded.files, true);
             pidns::inside(ns.init, &wanted, |mnt| {
+                pages::inherit_maps(&loaded.files, false);
                 let pids = PidPolicy {
                     rejoin_mnt: Some(mnt),
                     ..pids

@@ -25,6 +25,20 @@ pub struct DataFile {
     pub map: Option<memmap2::Mmap>,
 }
 
+/// Whether processes forked from restart inherit its mappings of the
+/// memory files (they do not, but for the restorer `--pidns-of` forks: it
+/// is restart's child and copies pages from them).
+pub fn inherit_maps(files: &[DataFile], inherit: bool) {
+    let advice = if inherit {
+        memmap2::Advice::DoFork
+    } else {
+        memmap2::Advice::DontFork
+    };
+    for m in files.iter().filter_map(|f| f.map.as_ref()) {
+        let _ = m.advise(advice);
+    }
+}
+
 /// Pages `[addr, addr + len)` of a task are at `off` (from the start of
 /// the file) in data file `file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
