@@ -84,6 +84,19 @@ fn churning_memory_comes_back_from_every_sn_of_a_chain() {
     ok(&chains, "inspect DIR");
     let text = String::from_utf8_lossy(&chains.stdout).into_owned();
     assert!(text.contains("chain 3 <- 2 <- 1"), "{text}");
+    // a reader that leaves at once (`| head`) is no error, and no panic
+    let mut early = Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(&dir)
+        .arg("3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(early.stdout.take());
+    let gone = early.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(gone.status.success() && !err.contains("panicked"), "{err}");
     // `counter_lines` fails on a BAD line or a jump: each restored job
     // must go on from where its SN was taken, every page right.
     let check = |sn: u32, tag: &str| {

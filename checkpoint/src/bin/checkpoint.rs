@@ -183,19 +183,25 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn inspect(json: bool, dir: &std::path::Path, sn: Option<u32>) -> Result<()> {
-    match (sn, json) {
-        (Some(sn), true) => println!(
-            "{}",
+    let text = match (sn, json) {
+        (Some(sn), true) => format!(
+            "{}\n",
             serde_json::to_string_pretty(&describe::inspect_json(dir, sn)?)?
         ),
-        (Some(sn), false) => print!("{}", describe::inspect(dir, sn)?),
-        (None, true) => println!(
-            "{}",
+        (Some(sn), false) => describe::inspect(dir, sn)?,
+        (None, true) => format!(
+            "{}\n",
             serde_json::to_string_pretty(&describe::chains_json(dir)?)?
         ),
-        (None, false) => print!("{}", describe::chains(dir)?),
+        (None, false) => describe::chains(dir)?,
+    };
+    // A reader that leaves early (`| head`) is not an error: print! would panic.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn main() {
