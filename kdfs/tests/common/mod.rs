@@ -22,14 +22,15 @@ pub fn bin_dir() -> PathBuf {
 #[path = "../../../tests/src/nested_cargo.rs"]
 mod nested_cargo;
 
-/// krgd and krgadm belong to other packages: build them once.
+/// krgd, krgadm (and migrate) and checkpoint's restart and krgcapset
+/// belong to other packages: build them once.
 pub fn ensure_binaries() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let st = nested_cargo::cargo_build(&["krgd", "krgadm"])
+        let st = nested_cargo::cargo_build(&["krgd", "krgadm", "checkpoint"])
             .status()
             .expect("run cargo build");
-        assert!(st.success(), "building krgd and krgadm failed");
+        assert!(st.success(), "building krgd, krgadm and checkpoint failed");
     });
 }
 
