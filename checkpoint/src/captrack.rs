@@ -7,13 +7,21 @@
 //! Because events arrive a moment after the fact, a query for a process not
 //! yet seen also accepts it when an ancestor holds the flag and the process
 //! started after the flag was set on that ancestor.
+//!
+//! The socket carries an in-kernel filter ([`crate::connfilter`]) that lets
+//! through only forks of tracked processes and their exits, and (Linux ≥ 6.6)
+//! subscribes to fork and exit events only: a tracker with nothing flagged
+//! is never woken by the machine's other processes. Without the filter
+//! (no eBPF), it sees every event as before. [`CapTracker::events_received`]
+//! counts what reached it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::connfilter::ConnFilter;
 use crate::error::{ChkptError, Result};
 use crate::procfs;
 
@@ -22,6 +30,8 @@ const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+/// Linux ≥ 6.6 takes `struct proc_input` (op + event types) at subscription.
+const PROC_INPUT_SINCE: (u32, u32) = (6, 6);
 const NLMSG_HDR: usize = 16;
 const CN_MSG: usize = 20;
 /// what, cpu, timestamp_ns precede the event data in `struct proc_event`.
@@ -31,8 +41,14 @@ const EV_DATA: usize = NLMSG_HDR + CN_MSG + 16;
 /// (or the fork that inherited it happened).
 type Flags = Arc<Mutex<HashMap<i32, u64>>>;
 
+/// Called for every datagram the tracker receives (a metrics counter).
+pub type EventHook = Box<dyn Fn() + Send>;
+
 pub struct CapTracker {
     flags: Flags,
+    /// The socket's filter: None when it could not be loaded (no eBPF).
+    filter: Option<Arc<ConnFilter>>,
+    events: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -70,7 +86,9 @@ fn start_and_ppid(pid: i32) -> Option<(u64, i32)> {
     Some((s.field(22), s.ppid()))
 }
 
-fn open_connector() -> Result<OwnedFd> {
+/// Open the connector socket, let `filter` attach its filter before any
+/// event can be queued (bind joins the multicast group), then subscribe.
+fn open_connector<T>(filter: impl FnOnce(&Arc<OwnedFd>) -> T) -> Result<(Arc<OwnedFd>, T)> {
     // SAFETY: socket/bind/send/setsockopt with valid, correctly sized arguments.
     unsafe {
         let fd = libc::socket(
@@ -81,7 +99,8 @@ fn open_connector() -> Result<OwnedFd> {
         if fd < 0 {
             return Err(ChkptError::sys("socket(NETLINK_CONNECTOR)", 0));
         }
-        let fd = OwnedFd::from_raw_fd(fd);
+        let fd = Arc::new(OwnedFd::from_raw_fd(fd));
+        let filtered = filter(&fd);
         let mut sa: libc::sockaddr_nl = std::mem::zeroed();
         sa.nl_family = libc::AF_NETLINK as u16;
         sa.nl_groups = CN_IDX_PROC;
@@ -113,8 +132,15 @@ fn open_connector() -> Result<OwnedFd> {
             &big as *const _ as *const libc::c_void,
             4,
         );
+        // struct proc_input (op, then the event types wanted) where the
+        // kernel takes it; older kernels ignore any other length than 4.
+        let data_len: u16 = if kernel_at_least(PROC_INPUT_SINCE) {
+            8
+        } else {
+            4
+        };
         let mut msg = Vec::new();
-        let len = (NLMSG_HDR + CN_MSG + 4) as u32;
+        let len = (NLMSG_HDR + CN_MSG) as u32 + u32::from(data_len);
         msg.extend_from_slice(&len.to_le_bytes());
         msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_le_bytes());
         msg.extend_from_slice(&0u16.to_le_bytes());
@@ -123,9 +149,12 @@ fn open_connector() -> Result<OwnedFd> {
         msg.extend_from_slice(&CN_IDX_PROC.to_le_bytes());
         msg.extend_from_slice(&CN_VAL_PROC.to_le_bytes());
         msg.extend_from_slice(&[0u8; 8]); // seq, ack
-        msg.extend_from_slice(&4u16.to_le_bytes());
+        msg.extend_from_slice(&data_len.to_le_bytes());
         msg.extend_from_slice(&0u16.to_le_bytes());
         msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_le_bytes());
+        if data_len == 8 {
+            msg.extend_from_slice(&(PROC_EVENT_FORK | PROC_EVENT_EXIT).to_le_bytes());
+        }
         if libc::send(
             fd.as_raw_fd(),
             msg.as_ptr() as *const libc::c_void,
@@ -135,8 +164,20 @@ fn open_connector() -> Result<OwnedFd> {
         {
             return Err(ChkptError::sys("subscribing to the proc connector", 0));
         }
-        Ok(fd)
+        Ok((fd, filtered))
     }
+}
+
+/// Is the running kernel at least `major.minor`?
+fn kernel_at_least((major, minor): (u32, u32)) -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
 }
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
@@ -147,8 +188,11 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
-/// Apply one proc connector datagram to the flag table.
-fn handle_event(buf: &[u8], flags: &Flags) {
+/// Apply one proc connector datagram to the flag table. A fork the filter
+/// let through (its parent is in the kernel's map) that does not inherit
+/// here (the parent's flag was cleared, or set after the fork) leaves the
+/// kernel's map too, so the map never follows more than the table.
+fn handle_event(buf: &[u8], flags: &Flags, filter: Option<&ConnFilter>) {
     let Some(what) = u32_at(buf, NLMSG_HDR + CN_MSG) else {
         return;
     };
@@ -166,8 +210,13 @@ fn handle_event(buf: &[u8], flags: &Flags) {
             // The event may be read after a later `set` on the parent: only a
             // fork that happened after the flag was set inherits it.
             let ts = u64_at(buf, NLMSG_HDR + CN_MSG + 8).unwrap_or(u64::MAX);
-            if cpid == ctgid && f.get(&(ptgid as i32)).is_some_and(|&since| ts >= since) {
+            if cpid != ctgid {
+                return;
+            }
+            if f.get(&(ptgid as i32)).is_some_and(|&since| ts >= since) {
                 f.insert(ctgid as i32, ts);
+            } else if let Some(filter) = filter {
+                filter.untrack(ctgid as i32);
             }
         }
         PROC_EVENT_EXIT => {
@@ -182,13 +231,31 @@ fn handle_event(buf: &[u8], flags: &Flags) {
     }
 }
 
+/// The connector's filter, or None (with the reason logged) when the
+/// kernel refuses it: then every event of the machine reaches the tracker.
+fn attach_filter(fd: &Arc<OwnedFd>) -> Option<Arc<ConnFilter>> {
+    match ConnFilter::attach(fd.clone()) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no in-kernel filter on the proc connector: every fork and exit of the machine wakes this tracker");
+            None
+        }
+    }
+}
+
 impl CapTracker {
     /// Subscribe to the proc connector (needs CAP_NET_ADMIN) and start following forks.
     pub fn start() -> Result<Self> {
-        let fd = open_connector()?;
+        Self::start_counting(Box::new(|| {}))
+    }
+
+    /// As [`CapTracker::start`], calling `on_event` for every datagram received.
+    pub fn start_counting(on_event: EventHook) -> Result<Self> {
+        let (fd, filter) = open_connector(attach_filter)?;
         let flags: Flags = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (f2, s2) = (flags.clone(), stop.clone());
+        let events = Arc::new(AtomicU64::new(0));
+        let (f2, s2, e2, filter2) = (flags.clone(), stop.clone(), events.clone(), filter.clone());
         let thread = std::thread::Builder::new()
             .name("captrack".into())
             .spawn(move || {
@@ -204,7 +271,9 @@ impl CapTracker {
                         )
                     };
                     if n > 0 {
-                        handle_event(&buf[..n as usize], &f2);
+                        e2.fetch_add(1, Ordering::Relaxed);
+                        on_event();
+                        handle_event(&buf[..n as usize], &f2, filter2.as_deref());
                     } else if n < 0
                         && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS)
                     {
@@ -215,9 +284,36 @@ impl CapTracker {
             .map_err(|e| ChkptError::Thread(format!("starting the tracker thread: {e}")))?;
         Ok(Self {
             flags,
+            filter,
+            events,
             stop,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Datagrams received from the proc connector so far.
+    pub fn events_received(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Is the in-kernel filter in place (else every event arrives)?
+    pub fn filtered(&self) -> bool {
+        self.filter.as_ref().is_some_and(|f| f.active())
+    }
+
+    /// Add `pid` to the kernel's map of followed processes. A failure
+    /// (memory) would lose its forks: the filter is given up for good
+    /// instead, so every event arrives again.
+    fn follow(&self, pid: i32) {
+        let Some(filter) = self.filter.as_ref().filter(|f| f.active()) else {
+            return;
+        };
+        if let Err(e) = filter.track(pid) {
+            tracing::error!(pid, error = %e, "cannot add a process to the proc connector filter: taking the filter off");
+            if let Err(e) = filter.detach() {
+                tracing::error!(error = %e, "cannot take the proc connector filter off: forks of {pid} may be missed");
+            }
+        }
     }
 
     /// Set or clear the flag on `pid`.
@@ -227,9 +323,15 @@ impl CapTracker {
         }
         let mut f = self.flags.lock().unwrap_or_else(|p| p.into_inner());
         if enable {
+            // In the kernel's map before the flag's time is taken: every
+            // fork that inherits (ts >= since) reaches the tracker.
+            self.follow(pid);
             f.insert(pid, now_ns());
         } else {
             f.remove(&pid);
+            if let Some(filter) = &self.filter {
+                filter.untrack(pid);
+            }
         }
         Ok(())
     }
@@ -267,6 +369,7 @@ impl CapTracker {
             }
             if let Some(&since) = f.get(&p) {
                 if start > since + tick {
+                    self.follow(pid);
                     f.insert(pid, start);
                     return Some(true);
                 }
@@ -290,9 +393,18 @@ impl CapTracker {
             return Vec::new();
         };
         let (tick, suspended) = (tick_ns(), suspended_ns());
-        f.retain(|&pid, since| match start_and_ppid(pid) {
-            Some((ticks, _)) => (ticks * tick).saturating_sub(suspended) <= *since + tick,
-            None => false,
+        let filter = self.filter.as_deref();
+        f.retain(|&pid, since| {
+            let same = match start_and_ppid(pid) {
+                Some((ticks, _)) => (ticks * tick).saturating_sub(suspended) <= *since + tick,
+                None => false,
+            };
+            if !same {
+                if let Some(filter) = filter {
+                    filter.untrack(pid);
+                }
+            }
+            same
         });
         let mut out: Vec<i32> = f.keys().copied().collect();
         out.sort_unstable();
@@ -352,6 +464,106 @@ mod tests {
         assert!(!t.is_set(other.id() as i32));
         other.kill().unwrap();
         other.wait().unwrap();
+        t.shutdown();
+    }
+
+    /// Spawn `n` short processes from this (untracked unless flagged) process.
+    fn fork_storm(n: usize) {
+        for _ in 0..n {
+            std::process::Command::new("true").status().unwrap();
+        }
+    }
+
+    /// Wait until the tracker has received at least `n` datagrams (bounded).
+    fn wait_events(t: &CapTracker, n: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while t.events_received() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        t.events_received()
+    }
+
+    #[test]
+    fn untracked_forks_never_reach_the_tracker() {
+        let t = CapTracker::start().unwrap();
+        assert!(t.filtered(), "the in-kernel filter is not attached");
+        // A shell flagged now: its later children are followed, and every
+        // fork of the rest of the machine is dropped in the kernel.
+        let mut sh = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "read x; for i in 1 2 3 4 5; do /bin/true; done; sleep 30",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let sh_pid = sh.id() as i32;
+        fork_storm(200);
+        // give stray events time to arrive (they must not)
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(
+            t.events_received(),
+            0,
+            "untracked forks reached the tracker"
+        );
+        t.set(sh_pid, true).unwrap();
+        use std::io::Write;
+        sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        // 5 forks + 5 exits of /bin/true, then the fork of sleep
+        let got = wait_events(&t, 11);
+        assert!(got >= 11, "only {got} events of the flagged shell arrived");
+        fork_storm(200);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(
+            t.events_received(),
+            got,
+            "untracked forks reached the tracker"
+        );
+        // the sleep the shell started inherited the flag
+        let sleep_pid = procfs_children(sh_pid);
+        assert!(sleep_pid.iter().any(|&p| t.is_set(p)), "{sleep_pid:?}");
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        t.shutdown();
+    }
+
+    fn procfs_children(pid: i32) -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn grandchildren_of_a_flagged_process_are_followed_even_when_their_parent_is_gone() {
+        let t = CapTracker::start().unwrap();
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "read x; (sh -c 'sleep 30 & echo $!' &) ; sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        t.set(sh.id() as i32, true).unwrap();
+        use std::io::{BufRead, Write};
+        sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        // a daemon-style double fork: the sleep's parents exit at once, the
+        // sleep is reparented away from the flagged shell
+        let mut line = String::new();
+        std::io::BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let orphan: i32 = line.trim().parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !t.flags.lock().unwrap().contains_key(&orphan) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(t.is_set(orphan), "the double-forked sleep lost the flag");
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(orphan, libc::SIGKILL) };
+        sh.kill().unwrap();
+        sh.wait().unwrap();
         t.shutdown();
     }
 
