@@ -50,6 +50,9 @@ pub struct CapTracker {
     filter: Option<Arc<ConnFilter>>,
     events: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Written by `shutdown` to wake the thread, which otherwise sleeps
+    /// until an event arrives (no periodic wake-ups).
+    wake: Arc<OwnedFd>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -113,17 +116,6 @@ fn open_connector<T>(filter: impl FnOnce(&Arc<OwnedFd>) -> T) -> Result<(Arc<Own
         {
             return Err(ChkptError::sys("bind(CN_IDX_PROC)", 0));
         }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of_val(&tv) as u32,
-        );
         let big: libc::c_int = 4 << 20;
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -166,6 +158,36 @@ fn open_connector<T>(filter: impl FnOnce(&Arc<OwnedFd>) -> T) -> Result<(Arc<Own
         }
         Ok((fd, filtered))
     }
+}
+
+fn eventfd() -> Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; the descriptor is ours on success.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(ChkptError::sys("eventfd", 0));
+    }
+    // SAFETY: just created, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sleep until the connector socket has a datagram (true) or `wake` was
+/// written (false).
+fn wait_readable(sock: &OwnedFd, wake: &OwnedFd) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: fds is a valid array of two pollfd.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    n > 0 && fds[0].revents != 0 && fds[1].revents == 0
 }
 
 /// Is the running kernel at least `major.minor`?
@@ -255,19 +277,29 @@ impl CapTracker {
         let flags: Flags = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(AtomicU64::new(0));
-        let (f2, s2, e2, filter2) = (flags.clone(), stop.clone(), events.clone(), filter.clone());
+        let wake = Arc::new(eventfd()?);
+        let (f2, s2, e2, filter2, w2) = (
+            flags.clone(),
+            stop.clone(),
+            events.clone(),
+            filter.clone(),
+            wake.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("captrack".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 8192];
                 while !s2.load(Ordering::Relaxed) {
+                    if !wait_readable(&fd, &w2) {
+                        continue;
+                    }
                     // SAFETY: buf is valid for its length.
                     let n = unsafe {
                         libc::recv(
                             fd.as_raw_fd(),
                             buf.as_mut_ptr() as *mut libc::c_void,
                             buf.len(),
-                            0,
+                            libc::MSG_DONTWAIT,
                         )
                     };
                     if n > 0 {
@@ -287,6 +319,7 @@ impl CapTracker {
             filter,
             events,
             stop,
+            wake,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -413,6 +446,9 @@ impl CapTracker {
 
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write from a local buffer to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         if let Some(t) = self.thread.lock().ok().and_then(|mut g| g.take()) {
             let _ = t.join();
         }
