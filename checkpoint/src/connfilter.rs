@@ -18,9 +18,13 @@
 //!
 //! Userspace adds the processes it flags ([`ConnFilter::track`]) before it
 //! records the time of the flag, so every fork after that time reaches it.
-//! A map key is a tgid, live processes only (exits remove them): the map is
-//! sized for the largest PID space (`PID_MAX_LIMIT`, allocated on use), so
-//! it cannot fill up under a normal kernel.
+//! A map key is a tgid, live processes only (exits remove them). The map
+//! holds [`CAPACITY`] processes (its hash buckets are allocated up front:
+//! 16 bytes each, so it is not sized for the whole PID space). When a fork
+//! finds it full, the filter opens for good — a flag in a second map, set
+//! in the forking process's context before the child runs — and passes
+//! every event from then on: inheritance stays exact, only the filtering is
+//! lost.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,15 +34,18 @@ use std::sync::Arc;
 // bpf(2) commands, map and program types, flags (linux/bpf.h).
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const BPF_F_NO_PREALLOC: u32 = 1;
 const SO_ATTACH_BPF: libc::c_int = 50;
 const SO_DETACH_FILTER: libc::c_int = 27;
-/// PID_MAX_LIMIT on 64-bit: no more tgids can exist at once.
-const MAX_TRACKED: u32 = 4 * 1024 * 1024;
+/// Tracked processes (live, flagged or descending from one) a filter holds
+/// before it opens: 256 KiB of buckets per map.
+pub const CAPACITY: u32 = 16 * 1024;
 
 // Offsets in a proc connector datagram: nlmsghdr (16), cn_msg (20), then
 // struct proc_event: what (4), cpu (4), timestamp_ns (8), event_data.
@@ -129,10 +136,19 @@ impl Asm {
     }
 }
 
-/// The filter program over the map `map` (see the module comment).
-fn program(map: RawFd) -> Option<Vec<Insn>> {
+/// The filter program over the map `map` of tracked tgids and the one-slot
+/// array `open` (non-zero: pass everything) (see the module comment).
+fn program(map: RawFd, open: RawFd) -> Option<Vec<Insn>> {
     let mut a = Asm::default();
     a.op(insn(0xbf, R6, R1, 0, 0)); // r6 = skb (absolute loads need it there)
+    a.op(insn(0x62, R10, 0, -4, 0)); // key 0 at fp-4
+    a.map_fd(R1, open);
+    a.stack_ptr(R2, -4);
+    a.op(insn(0x85, 0, 0, 0, MAP_LOOKUP));
+    a.jump(0x15, R0, 0, 0, "filter");
+    a.op(insn(0x61, R0, R0, 0, 0)); // r0 = *(u32 *)r0
+    a.jump(0x55, R0, 0, 0, "pass"); // open: everything passes
+    a.label("filter");
     a.op(insn(0x20, 0, 0, 0, WHAT));
     a.jump(0x15, R0, 0, FORK_BE, "fork");
     a.jump(0x15, R0, 0, EXIT_BE, "exit");
@@ -157,6 +173,14 @@ fn program(map: RawFd) -> Option<Vec<Insn>> {
     a.stack_ptr(R2, -8);
     a.stack_ptr(R3, -12);
     a.op(insn(0xb7, R4, 0, 0, 0)); // BPF_ANY
+    a.op(insn(0x85, 0, 0, 0, MAP_UPDATE));
+    a.jump(0x15, R0, 0, 0, "pass");
+    // The map is full: open the filter for good, before the child runs.
+    a.op(insn(0x62, R10, 0, -4, 0)); // key 0
+    a.map_fd(R1, open);
+    a.stack_ptr(R2, -4);
+    a.stack_ptr(R3, -12); // value 1, stored above
+    a.op(insn(0xb7, R4, 0, 0, 0));
     a.op(insn(0x85, 0, 0, 0, MAP_UPDATE));
     a.label("pass");
     a.op(insn(0xb7, R0, 0, 0, -1)); // keep the whole datagram
@@ -238,6 +262,8 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
 pub struct ConnFilter {
     sock: Arc<OwnedFd>,
     map: OwnedFd,
+    /// One u32: non-zero once the map overflowed (everything passes).
+    open: OwnedFd,
     /// Kept for the lifetime of the filter (the socket holds its own reference).
     _prog: OwnedFd,
     /// Detached: every event reaches the socket again.
@@ -245,18 +271,26 @@ pub struct ConnFilter {
 }
 
 impl ConnFilter {
-    /// Load the filter and attach it to `sock` (a bound NETLINK_CONNECTOR
+    /// Load the filter, its map holding `capacity` processes, and attach it to `sock` (a bound NETLINK_CONNECTOR
     /// socket). Needs CAP_BPF (root); an error leaves the socket unfiltered.
-    pub fn attach(sock: Arc<OwnedFd>) -> io::Result<Self> {
+    pub fn attach_with(sock: Arc<OwnedFd>, capacity: u32) -> io::Result<Self> {
         let mut mc = MapCreate {
             map_type: BPF_MAP_TYPE_HASH,
             key_size: 4,
             value_size: 4,
-            max_entries: MAX_TRACKED,
+            max_entries: capacity,
             map_flags: BPF_F_NO_PREALLOC,
         };
         let map = owned(bpf(BPF_MAP_CREATE, &mut mc)?)?;
-        let code = program(map.as_raw_fd())
+        let mut oc = MapCreate {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            map_flags: 0,
+        };
+        let open = owned(bpf(BPF_MAP_CREATE, &mut oc)?)?;
+        let code = program(map.as_raw_fd(), open.as_raw_fd())
             .ok_or_else(|| io::Error::other("assembling the filter: bad jump"))?;
         let license = c"GPL";
         let mut log = vec![0u8; 16 * 1024];
@@ -295,14 +329,28 @@ impl ConnFilter {
         Ok(Self {
             sock,
             map,
+            open,
             _prog: prog,
             off: AtomicBool::new(false),
         })
     }
 
-    /// Is the filter still attached?
+    /// Is the filter still filtering (attached, and its map never overflowed)?
     pub fn active(&self) -> bool {
-        !self.off.load(Ordering::Relaxed)
+        !self.off.load(Ordering::Relaxed) && !self.overflowed()
+    }
+
+    /// Did a fork find the map full (so that everything passes now)?
+    fn overflowed(&self) -> bool {
+        let (key, mut value) = (0u32, 0u32);
+        let mut e = MapElem {
+            map_fd: self.open.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            value: &mut value as *mut u32 as u64,
+            ..Default::default()
+        };
+        // An unreadable flag counts as open: the caller then expects every event.
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut e).is_err() || value != 0
     }
 
     /// Take the filter off the socket for good: every event arrives again.
@@ -355,7 +403,7 @@ mod tests {
 
     #[test]
     fn jumps_land_on_their_labels() {
-        let code = program(3).unwrap();
+        let code = program(3, 4).unwrap();
         // every jump stays inside the program
         for (i, c) in code.iter().enumerate() {
             if c.code & 0x07 == 0x05 && c.code != 0x85 && c.code != 0x95 {
