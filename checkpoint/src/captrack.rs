@@ -7,13 +7,21 @@
 //! Because events arrive a moment after the fact, a query for a process not
 //! yet seen also accepts it when an ancestor holds the flag and the process
 //! started after the flag was set on that ancestor.
+//!
+//! The socket carries an in-kernel filter ([`crate::connfilter`]) that lets
+//! through only forks of tracked processes and their exits, and (Linux ≥ 6.6)
+//! subscribes to fork and exit events only: a tracker with nothing flagged
+//! is never woken by the machine's other processes. Without the filter
+//! (no eBPF), it sees every event as before. [`CapTracker::events_received`]
+//! counts what reached it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::connfilter::ConnFilter;
 use crate::error::{ChkptError, Result};
 use crate::procfs;
 
@@ -22,6 +30,8 @@ const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+/// Linux ≥ 6.6 takes `struct proc_input` (op + event types) at subscription.
+const PROC_INPUT_SINCE: (u32, u32) = (6, 6);
 const NLMSG_HDR: usize = 16;
 const CN_MSG: usize = 20;
 /// what, cpu, timestamp_ns precede the event data in `struct proc_event`.
@@ -31,9 +41,18 @@ const EV_DATA: usize = NLMSG_HDR + CN_MSG + 16;
 /// (or the fork that inherited it happened).
 type Flags = Arc<Mutex<HashMap<i32, u64>>>;
 
+/// Called for every datagram the tracker receives (a metrics counter).
+pub type EventHook = Box<dyn Fn() + Send>;
+
 pub struct CapTracker {
     flags: Flags,
+    /// The socket's filter: None when it could not be loaded (no eBPF).
+    filter: Option<Arc<ConnFilter>>,
+    events: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Written by `shutdown` to wake the thread, which otherwise sleeps
+    /// until an event arrives (no periodic wake-ups).
+    wake: Arc<OwnedFd>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -70,7 +89,9 @@ fn start_and_ppid(pid: i32) -> Option<(u64, i32)> {
     Some((s.field(22), s.ppid()))
 }
 
-fn open_connector() -> Result<OwnedFd> {
+/// Open the connector socket, let `filter` attach its filter before any
+/// event can be queued (bind joins the multicast group), then subscribe.
+fn open_connector<T>(filter: impl FnOnce(&Arc<OwnedFd>) -> T) -> Result<(Arc<OwnedFd>, T)> {
     // SAFETY: socket/bind/send/setsockopt with valid, correctly sized arguments.
     unsafe {
         let fd = libc::socket(
@@ -81,7 +102,8 @@ fn open_connector() -> Result<OwnedFd> {
         if fd < 0 {
             return Err(ChkptError::sys("socket(NETLINK_CONNECTOR)", 0));
         }
-        let fd = OwnedFd::from_raw_fd(fd);
+        let fd = Arc::new(OwnedFd::from_raw_fd(fd));
+        let filtered = filter(&fd);
         let mut sa: libc::sockaddr_nl = std::mem::zeroed();
         sa.nl_family = libc::AF_NETLINK as u16;
         sa.nl_groups = CN_IDX_PROC;
@@ -94,17 +116,6 @@ fn open_connector() -> Result<OwnedFd> {
         {
             return Err(ChkptError::sys("bind(CN_IDX_PROC)", 0));
         }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of_val(&tv) as u32,
-        );
         let big: libc::c_int = 4 << 20;
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -113,8 +124,15 @@ fn open_connector() -> Result<OwnedFd> {
             &big as *const _ as *const libc::c_void,
             4,
         );
+        // struct proc_input (op, then the event types wanted) where the
+        // kernel takes it; older kernels ignore any other length than 4.
+        let data_len: u16 = if kernel_at_least(PROC_INPUT_SINCE) {
+            8
+        } else {
+            4
+        };
         let mut msg = Vec::new();
-        let len = (NLMSG_HDR + CN_MSG + 4) as u32;
+        let len = (NLMSG_HDR + CN_MSG) as u32 + u32::from(data_len);
         msg.extend_from_slice(&len.to_le_bytes());
         msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_le_bytes());
         msg.extend_from_slice(&0u16.to_le_bytes());
@@ -123,9 +141,12 @@ fn open_connector() -> Result<OwnedFd> {
         msg.extend_from_slice(&CN_IDX_PROC.to_le_bytes());
         msg.extend_from_slice(&CN_VAL_PROC.to_le_bytes());
         msg.extend_from_slice(&[0u8; 8]); // seq, ack
-        msg.extend_from_slice(&4u16.to_le_bytes());
+        msg.extend_from_slice(&data_len.to_le_bytes());
         msg.extend_from_slice(&0u16.to_le_bytes());
         msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_le_bytes());
+        if data_len == 8 {
+            msg.extend_from_slice(&(PROC_EVENT_FORK | PROC_EVENT_EXIT).to_le_bytes());
+        }
         if libc::send(
             fd.as_raw_fd(),
             msg.as_ptr() as *const libc::c_void,
@@ -135,8 +156,50 @@ fn open_connector() -> Result<OwnedFd> {
         {
             return Err(ChkptError::sys("subscribing to the proc connector", 0));
         }
-        Ok(fd)
+        Ok((fd, filtered))
     }
+}
+
+fn eventfd() -> Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; the descriptor is ours on success.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(ChkptError::sys("eventfd", 0));
+    }
+    // SAFETY: just created, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sleep until the connector socket has a datagram (true) or `wake` was
+/// written (false).
+fn wait_readable(sock: &OwnedFd, wake: &OwnedFd) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: fds is a valid array of two pollfd.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    n > 0 && fds[0].revents != 0 && fds[1].revents == 0
+}
+
+/// Is the running kernel at least `major.minor`?
+fn kernel_at_least((major, minor): (u32, u32)) -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
 }
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
@@ -147,8 +210,11 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
-/// Apply one proc connector datagram to the flag table.
-fn handle_event(buf: &[u8], flags: &Flags) {
+/// Apply one proc connector datagram to the flag table. A fork the filter
+/// let through (its parent is in the kernel's map) that does not inherit
+/// here (the parent's flag was cleared, or set after the fork) leaves the
+/// kernel's map too, so the map never follows more than the table.
+fn handle_event(buf: &[u8], flags: &Flags, filter: Option<&ConnFilter>) {
     let Some(what) = u32_at(buf, NLMSG_HDR + CN_MSG) else {
         return;
     };
@@ -166,8 +232,13 @@ fn handle_event(buf: &[u8], flags: &Flags) {
             // The event may be read after a later `set` on the parent: only a
             // fork that happened after the flag was set inherits it.
             let ts = u64_at(buf, NLMSG_HDR + CN_MSG + 8).unwrap_or(u64::MAX);
-            if cpid == ctgid && f.get(&(ptgid as i32)).is_some_and(|&since| ts >= since) {
+            if cpid != ctgid {
+                return;
+            }
+            if f.get(&(ptgid as i32)).is_some_and(|&since| ts >= since) {
                 f.insert(ctgid as i32, ts);
+            } else if let Some(filter) = filter {
+                filter.untrack(ctgid as i32);
             }
         }
         PROC_EVENT_EXIT => {
@@ -182,29 +253,64 @@ fn handle_event(buf: &[u8], flags: &Flags) {
     }
 }
 
+/// The connector's filter, or None (with the reason logged) when the
+/// kernel refuses it: then every event of the machine reaches the tracker.
+fn attach_filter(fd: &Arc<OwnedFd>, capacity: u32) -> Option<Arc<ConnFilter>> {
+    match ConnFilter::attach_with(fd.clone(), capacity) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no in-kernel filter on the proc connector: every fork and exit of the machine wakes this tracker");
+            None
+        }
+    }
+}
+
 impl CapTracker {
     /// Subscribe to the proc connector (needs CAP_NET_ADMIN) and start following forks.
     pub fn start() -> Result<Self> {
-        let fd = open_connector()?;
+        Self::start_counting(Box::new(|| {}))
+    }
+
+    /// As [`CapTracker::start`], calling `on_event` for every datagram received.
+    pub fn start_counting(on_event: EventHook) -> Result<Self> {
+        Self::start_with(on_event, crate::connfilter::CAPACITY)
+    }
+
+    /// The tracker, its filter holding at most `capacity` processes.
+    fn start_with(on_event: EventHook, capacity: u32) -> Result<Self> {
+        let (fd, filter) = open_connector(|fd| attach_filter(fd, capacity))?;
         let flags: Flags = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (f2, s2) = (flags.clone(), stop.clone());
+        let events = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(eventfd()?);
+        let (f2, s2, e2, filter2, w2) = (
+            flags.clone(),
+            stop.clone(),
+            events.clone(),
+            filter.clone(),
+            wake.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("captrack".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 8192];
                 while !s2.load(Ordering::Relaxed) {
+                    if !wait_readable(&fd, &w2) {
+                        continue;
+                    }
                     // SAFETY: buf is valid for its length.
                     let n = unsafe {
                         libc::recv(
                             fd.as_raw_fd(),
                             buf.as_mut_ptr() as *mut libc::c_void,
                             buf.len(),
-                            0,
+                            libc::MSG_DONTWAIT,
                         )
                     };
                     if n > 0 {
-                        handle_event(&buf[..n as usize], &f2);
+                        e2.fetch_add(1, Ordering::Relaxed);
+                        on_event();
+                        handle_event(&buf[..n as usize], &f2, filter2.as_deref());
                     } else if n < 0
                         && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS)
                     {
@@ -215,9 +321,37 @@ impl CapTracker {
             .map_err(|e| ChkptError::Thread(format!("starting the tracker thread: {e}")))?;
         Ok(Self {
             flags,
+            filter,
+            events,
             stop,
+            wake,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Datagrams received from the proc connector so far.
+    pub fn events_received(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Is the in-kernel filter in place (else every event arrives)?
+    pub fn filtered(&self) -> bool {
+        self.filter.as_ref().is_some_and(|f| f.active())
+    }
+
+    /// Add `pid` to the kernel's map of followed processes. A failure
+    /// (memory) would lose its forks: the filter is given up for good
+    /// instead, so every event arrives again.
+    fn follow(&self, pid: i32) {
+        let Some(filter) = self.filter.as_ref().filter(|f| f.active()) else {
+            return;
+        };
+        if let Err(e) = filter.track(pid) {
+            tracing::error!(pid, error = %e, "cannot add a process to the proc connector filter: taking the filter off");
+            if let Err(e) = filter.detach() {
+                tracing::error!(error = %e, "cannot take the proc connector filter off: forks of {pid} may be missed");
+            }
+        }
     }
 
     /// Set or clear the flag on `pid`.
@@ -227,9 +361,15 @@ impl CapTracker {
         }
         let mut f = self.flags.lock().unwrap_or_else(|p| p.into_inner());
         if enable {
+            // In the kernel's map before the flag's time is taken: every
+            // fork that inherits (ts >= since) reaches the tracker.
+            self.follow(pid);
             f.insert(pid, now_ns());
         } else {
             f.remove(&pid);
+            if let Some(filter) = &self.filter {
+                filter.untrack(pid);
+            }
         }
         Ok(())
     }
@@ -267,6 +407,7 @@ impl CapTracker {
             }
             if let Some(&since) = f.get(&p) {
                 if start > since + tick {
+                    self.follow(pid);
                     f.insert(pid, start);
                     return Some(true);
                 }
@@ -290,9 +431,18 @@ impl CapTracker {
             return Vec::new();
         };
         let (tick, suspended) = (tick_ns(), suspended_ns());
-        f.retain(|&pid, since| match start_and_ppid(pid) {
-            Some((ticks, _)) => (ticks * tick).saturating_sub(suspended) <= *since + tick,
-            None => false,
+        let filter = self.filter.as_deref();
+        f.retain(|&pid, since| {
+            let same = match start_and_ppid(pid) {
+                Some((ticks, _)) => (ticks * tick).saturating_sub(suspended) <= *since + tick,
+                None => false,
+            };
+            if !same {
+                if let Some(filter) = filter {
+                    filter.untrack(pid);
+                }
+            }
+            same
         });
         let mut out: Vec<i32> = f.keys().copied().collect();
         out.sort_unstable();
@@ -301,6 +451,9 @@ impl CapTracker {
 
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write from a local buffer to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         if let Some(t) = self.thread.lock().ok().and_then(|mut g| g.take()) {
             let _ = t.join();
         }
@@ -314,67 +467,5 @@ impl Drop for CapTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fork_inherits_flag_and_exit_clears_it() {
-        let t = CapTracker::start().unwrap();
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
-        t.set(me, true).unwrap();
-        let mut c = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let pid = c.id() as i32;
-        // wait until the tracker saw the fork (or the ancestor rule accepts it)
-        assert!(t.is_set(pid));
-        t.set(me, false).unwrap();
-        assert!(
-            t.is_set(pid),
-            "child keeps the flag after the parent drops it"
-        );
-        c.kill().unwrap();
-        c.wait().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while t.flags.lock().unwrap().contains_key(&pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(
-            !t.flags.lock().unwrap().contains_key(&pid),
-            "exit event removes the flag"
-        );
-        let mut other = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        assert!(!t.is_set(other.id() as i32));
-        other.kill().unwrap();
-        other.wait().unwrap();
-        t.shutdown();
-    }
-
-    #[test]
-    fn holders_drop_a_reused_pid() {
-        let t = CapTracker::start().unwrap();
-        let mut c = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let pid = c.id() as i32;
-        t.set(pid, true).unwrap();
-        assert!(t.holders().contains(&pid));
-        // A flag given 10 s before this process started was another
-        // process's: the PID was reused.
-        t.flags
-            .lock()
-            .unwrap()
-            .insert(pid, now_ns() - 10_000_000_000);
-        assert!(!t.holders().contains(&pid));
-        assert!(!t.flags.lock().unwrap().contains_key(&pid));
-        c.kill().unwrap();
-        c.wait().unwrap();
-        t.shutdown();
-    }
-}
+#[path = "captrack_tests.rs"]
+mod tests;

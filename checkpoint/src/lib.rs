@@ -7,7 +7,8 @@
 //! [`store`] is the checkpoint directory (SNs, lock, atomic commit), done
 //! through [`checked_dir`] descriptors because users own it; [`chain`]
 //! removes an SN of a chain of incremental ones. [`captrack`]
-//! follows the CHECKPOINTABLE capability across forks (used by krgd);
+//! follows the CHECKPOINTABLE capability across forks (used by krgd),
+//! woken only by the events it needs through `connfilter`;
 //! [`capclient`] asks krgd about it.
 //!
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
@@ -20,6 +21,7 @@ pub mod capclient;
 pub mod captrack;
 pub mod chain;
 pub mod checked_dir;
+mod connfilter;
 pub mod describe;
 mod diag;
 pub mod dump;

@@ -54,6 +54,12 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Which capability tracker (`checkpointable`, `can_migrate`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrackerLabel {
+    pub tracker: &'static str,
+}
+
 /// A probe source of this node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
@@ -116,6 +122,9 @@ pub struct Metrics {
     pub migration_downtime_seconds: Histogram,
     /// Whole migrations, from the request to the answer.
     pub migration_seconds: Histogram,
+    /// Proc connector datagrams that reached a capability tracker (its
+    /// in-kernel filter drops the forks and exits of untracked processes).
+    pub proc_events: Family<TrackerLabel, Counter>,
     members: Gauge,
     online: Gauge,
     epoch: Gauge,
@@ -174,6 +183,7 @@ impl Metrics {
             migration_downtime_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             // 10 ms .. ~164 s
             migration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            proc_events: Family::default(),
             members: Gauge::default(),
             online: Gauge::default(),
             epoch: Gauge::default(),
@@ -304,6 +314,11 @@ impl Metrics {
             "migration_seconds",
             "Whole migrations this node started, from the request to the answer (moved or fell back)",
             self.migration_seconds.clone(),
+        );
+        r.register(
+            "proc_connector_events",
+            "Proc connector events (forks, exits) that reached a capability tracker, by tracker",
+            self.proc_events.clone(),
         );
         r.register(
             "probe_value",

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Result;
-use krg_tests::{free_port, serial, wait_for, TestCluster};
+use krg_tests::{bin, free_port, serial, wait_for, TestCluster};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -440,5 +440,53 @@ fn placements_and_jobs_are_counted() -> Result<()> {
     assert_eq!(sample(&m, "krg_placements_total", &placed), Some(1.0));
     assert_eq!(sample(&m, "krg_jobs_started_total", &[]), Some(2.0));
     assert_eq!(sample(&m, "krg_jobs_running", &[]), Some(0.0));
+    Ok(())
+}
+
+/// The proc connector filter: a fork storm of processes nobody flagged does
+/// not wake krgd's capability trackers (their counters stay at 0); the
+/// forks and exits of a CHECKPOINTABLE shell's children do reach one.
+#[test]
+fn untracked_forks_do_not_reach_the_capability_trackers() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(1)?;
+    let ports = http_cluster(&mut c, &[1])?;
+    let events = |tracker: &str| {
+        let m = parse_metrics(&get(ports[0], "/metrics", &[]).1);
+        sample(
+            &m,
+            "krg_proc_connector_events_total",
+            &[("tracker", tracker)],
+        )
+    };
+    assert_eq!(events("checkpointable"), Some(0.0));
+    assert_eq!(events("can_migrate"), Some(0.0));
+    // 300 processes forked and exited on this machine, none flagged.
+    for _ in 0..300 {
+        assert!(Command::new("/bin/true").status()?.success());
+    }
+    assert_eq!(
+        events("checkpointable"),
+        Some(0.0),
+        "untracked forks counted"
+    );
+    assert_eq!(events("can_migrate"), Some(0.0), "untracked forks counted");
+    // A shell flags itself, then starts 10 children: 10 forks, 10 exits,
+    // and the shell's own exit reach the CHECKPOINTABLE tracker only.
+    let script = format!(
+        "{} -d +CHECKPOINTABLE || exit 1; for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done",
+        bin("krgcapset").display()
+    );
+    let o = Command::new("sh")
+        .args(["-c", &script])
+        .env("KRG_SOCKET", c.dir.path().join("krgd1.sock"))
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = wait_for(SETTLE, "21 events of the flagged shell", || {
+        events("checkpointable").filter(|&n| n >= 21.0)
+    })?;
+    assert_eq!(got, 21.0, "events of other processes were counted");
+    assert_eq!(events("can_migrate"), Some(0.0));
+    c.node(1)?.stop();
     Ok(())
 }

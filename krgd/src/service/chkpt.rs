@@ -12,6 +12,7 @@ use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
+use crate::metrics::TrackerLabel;
 use crate::DaemonError;
 
 pub struct ChkptService {
@@ -24,20 +25,8 @@ pub struct ChkptService {
 
 impl ChkptService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
-        let tracker = match CapTracker::start() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow forks with the proc connector; CHECKPOINTABLE is unavailable");
-                None
-            }
-        };
-        let migrate = match CapTracker::start() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow forks with the proc connector; CAN_MIGRATE is unavailable");
-                None
-            }
-        };
+        let tracker = start_tracker(&ctx, "checkpointable", "CHECKPOINTABLE");
+        let migrate = start_tracker(&ctx, "can_migrate", "CAN_MIGRATE");
         Ok(Arc::new(Self {
             ctx,
             tracker,
@@ -133,6 +122,31 @@ impl ChkptService {
     pub async fn shutdown(&self) {
         for t in [&self.tracker, &self.migrate].into_iter().flatten() {
             t.shutdown();
+        }
+    }
+}
+
+/// A tracker whose received events are counted in `/metrics`
+/// (`krg_proc_connector_events_total{tracker=label}`); None (logged) when
+/// the proc connector cannot be opened.
+fn start_tracker(ctx: &NodeContext, label: &'static str, cap: &str) -> Option<CapTracker> {
+    let counter = ctx
+        .metrics
+        .proc_events
+        .get_or_create(&TrackerLabel { tracker: label })
+        .clone();
+    match CapTracker::start_counting(Box::new(move || {
+        counter.inc();
+    })) {
+        Ok(t) => {
+            if !t.filtered() {
+                tracing::warn!("{cap}: the proc connector is not filtered in the kernel; every fork of the machine wakes this krgd");
+            }
+            Some(t)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow forks with the proc connector; {cap} is unavailable");
+            None
         }
     }
 }

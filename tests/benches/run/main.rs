@@ -8,6 +8,11 @@
 //! * `krg ps` over 64 nodes (each running a job);
 //! * `krg push` of 100 MiB to 10 nodes, against `clush --copy` and `pdcp`.
 //!
+//! Each run line also has a local floor: the same processes started on this
+//! machine without krg, each in a PID namespace of its own as a krg job is
+//! (`unshare --pid --fork`, all at once): what the job model itself costs
+//! here, with no network, daemon or init of krg's.
+//!
 //! Rounds are interleaved (the order alternates), figures are medians, and
 //! the machine's load is printed with them. Run (as root):
 //! `cargo bench -p krg-tests --bench run` (`KRG_BENCH_RUN_SIZES=10` and
@@ -165,6 +170,17 @@ fn cluster(n: u32) -> Result<TestCluster> {
     Ok(c)
 }
 
+/// The local floor of `groups` × `per_group` jobs of `prog` (see the
+/// module comment): one shell per group, each starting its jobs at once.
+fn local_floor(groups: u32, per_group: u32, prog: &str) -> Command {
+    let script = format!(
+        "for g in $(seq 1 {groups}); do (for j in $(seq 1 {per_group}); do unshare --pid --fork {prog} >/dev/null & done; wait) & done; wait"
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script]);
+    cmd
+}
+
 fn krg(c: &TestCluster, args: &[&str]) -> Command {
     let mut cmd = c.krg(1).unwrap();
     cmd.args(args);
@@ -201,7 +217,10 @@ fn bench_size(
     time(krg(&c, &["run", "-n", &all, "--", "true"]))?;
 
     let run_date = || krg(&c, &["run", "-n", &all, "--", "date"]);
-    let mut ref_cmds: Vec<RefCmd> = Vec::new();
+    let mut ref_cmds: Vec<RefCmd> = vec![(
+        "local pidns floor",
+        Box::new(move || local_floor(1, n, "/usr/bin/date")),
+    )];
     if let Some(r) = refs {
         if r.pdsh {
             ref_cmds.push(("pdsh/ssh", Box::new(move || r.pdsh(n, "date", false))));
@@ -237,12 +256,13 @@ fn bench_size(
                 &["run", "-n", "1-100", "--per-node", "10", "--", "true"],
             )
         };
+        let floor = || local_floor(100, 10, "/bin/true");
         let l = measure(
             "1000 processes over 100 nodes (10 each)".into(),
             "≤ 1 s (XCPU: 12.3 s)",
             rounds,
             &many,
-            &[],
+            &[("local pidns floor", &floor)],
         );
         show(&l);
         lines.push(l);
