@@ -94,7 +94,6 @@ fn serve(
         prepared.ops,
         rt.handle().clone(),
         opts.attr_timeout,
-        opts.entry_timeout,
         opts.passthrough,
         opts.xattr,
     );
@@ -104,6 +103,18 @@ fn serve(
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let _ = ops.notifier.set(session.notifier());
+    {
+        use std::os::fd::AsFd;
+        match session.as_fd().try_clone_to_owned() {
+            Ok(dev) => ops.cache.set_kernel(kdfs::client::cache::Kernel::new(
+                session.notifier(),
+                dev,
+                ops.root,
+            )),
+            // Without it nothing is ever invalidated: the mount must not cache.
+            Err(e) => anyhow::bail!("cannot duplicate the FUSE descriptor: {e}"),
+        }
+    }
     if let Err(e) = kdfs::client::set_readahead(&canonical, opts.readahead_kb) {
         tracing::warn!(error = %e, "kdfs: kernel read-ahead left at its default");
     }

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -32,8 +32,6 @@ const READDIR_BATCH: u32 = 192;
 pub struct KdfsFs {
     ops: Arc<Ops>,
     rt: tokio::runtime::Handle,
-    attr_ttl: Duration,
-    entry_ttl: Duration,
     /// Other nodes' files known to have no `security.capability`.
     caps: Arc<xattr::NoCaps>,
     /// Extended attributes offered (else ENOSYS, `-o noxattr`).
@@ -74,14 +72,14 @@ impl Filesystem for KdfsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, async move { ops.lookup(dir, &name).await });
+        self.reply_entry(reply, dir, async move { ops.lookup(dir, &name).await });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
+        let (ops, id) = (self.ops.clone(), self.id(ino));
         self.spawn(async move {
             match ops.getattr(id).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -113,10 +111,10 @@ impl Filesystem for KdfsFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
+        let (ops, id) = (self.ops.clone(), self.id(ino));
         self.spawn(async move {
             match ops.setattr(id, set).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -151,7 +149,7 @@ impl Filesystem for KdfsFs {
         let mut new = Self::new_inode(req, kind, mode, umask);
         new.rdev = rdev;
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
     }
 
     fn mkdir(
@@ -165,7 +163,7 @@ impl Filesystem for KdfsFs {
     ) {
         let new = Self::new_inode(req, FileKind::Dir, mode, umask);
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -193,7 +191,7 @@ impl Filesystem for KdfsFs {
             self.id(parent),
             link_name.as_bytes().to_vec(),
         );
-        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
     }
 
     fn rename(
@@ -231,7 +229,7 @@ impl Filesystem for KdfsFs {
             self.id(newparent),
             newname.as_bytes().to_vec(),
         );
-        self.reply_entry(reply, async move { ops.link(id, dir, &name).await });
+        self.reply_entry(reply, dir, async move { ops.link(id, dir, &name).await });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -266,13 +264,13 @@ impl Filesystem for KdfsFs {
         let new = Self::new_inode(req, FileKind::File, mode, umask);
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
         self.spawn(async move {
             match ops.make_open(dir, &name, new, Some(write)).await {
                 Ok((a, Some(fh))) => {
                     // created() takes one TTL for both the entry and the
-                    // attributes: the shorter one, so that names stay fresh.
-                    let (t, attr) = (ttl.min(ettl), file_attr(root, &a));
+                    // attributes: the shorter one.
+                    let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir));
+                    let attr = file_attr(ops.root, &a);
                     let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
                     let (gen, fh, flags) = (Generation(0), FileHandle(fh), FopenFlags::empty());
                     match local.as_ref().and_then(|l| l.backing.as_ref()) {
@@ -404,6 +402,10 @@ impl Filesystem for KdfsFs {
     ) {
         let spec = self.lock_spec(lock_owner, start, end, typ, pid);
         self.do_setlk(ino, fh, spec, sleep, req.pid(), reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.ops.cache.forgotten(self.id(ino));
     }
 
     fn destroy(&mut self) {

@@ -10,6 +10,7 @@ use krg_proto::kdfs::{
 };
 use krg_proto::NodeId;
 
+use super::cache::Cache;
 use super::conn::Cluster;
 use super::local::LocalStore;
 use super::locks::ClientLocks;
@@ -30,6 +31,8 @@ pub struct Ops {
     /// Talks to the kernel unasked (set once the session exists): a lock
     /// taken drops the file's cached pages and attributes.
     pub notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// What the kernel may keep, and the callbacks that keep it true.
+    pub cache: Arc<Cache>,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
@@ -41,7 +44,10 @@ impl Ops {
     pub async fn call(&self, node: NodeId, q: Q) -> Res<A> {
         match self.local_store.answer(node, q) {
             Ok(answer) => answer,
-            Err(q) => self.cluster.call(node, q).await,
+            Err(q) => {
+                self.cache.watch(&self.cluster, node);
+                self.cluster.call(node, self.cache.wrap(node, q)).await
+            }
         }
     }
 
@@ -192,14 +198,16 @@ impl Ops {
     }
 
     pub async fn unlink(&self, dir: InodeId, name: &[u8]) -> Res<()> {
-        let q = Q::RemoveEntry {
+        let q = Q::Unlink {
             dir,
             name: name.to_vec(),
-            what: RemoveWhat::NonDir,
-            expect: None,
         };
         match self.call(inode_node(dir), q).await? {
-            A::Removed(Some(e)) => {
+            // The directory's node owns the inode too: it dropped the link.
+            A::Unlinked {
+                link_dropped: true, ..
+            } => Ok(()),
+            A::Unlinked { entry: e, .. } => {
                 crash::point("client-unlink");
                 self.drop_inode(e.ino, e.kind).await;
                 Ok(())

@@ -16,15 +16,12 @@ impl KdfsFs {
         ops: Arc<Ops>,
         rt: tokio::runtime::Handle,
         attr_ttl: Duration,
-        entry_ttl: Duration,
         passthrough: bool,
         xattr: bool,
     ) -> Self {
         Self {
             ops,
             rt,
-            attr_ttl,
-            entry_ttl,
             caps: Arc::new(xattr::NoCaps::new(attr_ttl)),
             xattr,
             passthrough,
@@ -48,15 +45,23 @@ impl KdfsFs {
         self.rt.spawn(f);
     }
 
+    /// Answer an entry of directory `dir`, with the TTLs the mount's cache
+    /// allows for it.
     pub(super) fn reply_entry(
         &self,
         reply: ReplyEntry,
+        dir: InodeId,
         fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
     ) {
-        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
+        let ops = self.ops.clone();
         self.spawn(async move {
             match fut.await {
-                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &file_attr(root, &a), Generation(0)),
+                Ok(a) => reply.entry_with_ttls(
+                    &ops.cache.attr_ttl(&a),
+                    &ops.cache.entry_ttl(dir),
+                    &file_attr(ops.root, &a),
+                    Generation(0),
+                ),
                 Err(e) => reply.error(err(e)),
             }
         });
