@@ -93,7 +93,8 @@ fn serve(
     let fs = KdfsFs::new(
         prepared.ops,
         rt.handle().clone(),
-        opts.attr_timeout,
+        // Not kept coherent by callbacks: at most a second, as before.
+        opts.attr_timeout.min(std::time::Duration::from_secs(1)),
         opts.passthrough,
         opts.xattr,
     );

@@ -10,7 +10,9 @@
 //! * Attributes of a regular file are kept only by the mounts of its own
 //!   node, and not while it is open for writing through another node
 //!   (`Volatile`): writes through FUSE passthrough never reach a krgd, so
-//!   its size and times may change without any node seeing it.
+//!   its size and times may change without any node seeing it. The name of
+//!   such a file is not kept either: its lookup at each path walk refreshes
+//!   the size the kernel appends at (close-to-open, as without caching).
 //! * A forgotten name bumps the kernel's dentry epoch (FUSE_NOTIFY_INC_EPOCH,
 //!   Linux ≥ 6.16), which takes no lock: invalidating one entry takes its
 //!   directory's lock, which this mount's own request in that directory
@@ -120,22 +122,29 @@ impl Cache {
         }
     }
 
-    /// How long the kernel may keep names of directory `dir`.
-    pub fn entry_ttl(&self, dir: InodeId) -> Duration {
-        if self.registered(inode_node(dir)) {
-            self.entry_ttl
-        } else {
-            Duration::ZERO
+    /// How long the kernel may keep the name in directory `dir` that
+    /// names the inode of attributes `a`. A regular file whose attributes
+    /// are not kept is looked up again at every path walk, as before
+    /// caching: that lookup is what refreshes the size the kernel appends
+    /// at and reads up to (close-to-open).
+    pub fn entry_ttl(&self, dir: InodeId, a: &Attr) -> Duration {
+        if !self.registered(inode_node(dir)) || (a.kind == FileKind::File && !self.keeps(a)) {
+            return Duration::ZERO;
         }
+        self.entry_ttl
+    }
+
+    /// Whether the kernel may keep the attributes `a` at all.
+    fn keeps(&self, a: &Attr) -> bool {
+        let node = inode_node(a.ino);
+        self.registered(node)
+            && (a.kind != FileKind::File
+                || (node == self.local && !lock(&self.volatile).contains(&a.ino)))
     }
 
     /// How long the kernel may keep the attributes `a`.
     pub fn attr_ttl(&self, a: &Attr) -> Duration {
-        let node = inode_node(a.ino);
-        let keep = self.registered(node)
-            && (a.kind != FileKind::File
-                || (node == self.local && !lock(&self.volatile).contains(&a.ino)));
-        if !keep || self.attr_ttl.is_zero() {
+        if !self.keeps(a) || self.attr_ttl.is_zero() {
             return Duration::ZERO;
         }
         lock(&self.given).insert(a.ino);

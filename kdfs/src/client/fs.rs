@@ -71,12 +71,24 @@ impl Filesystem for KdfsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        let dir = self.id(parent);
+        // This node's names: answered right here (a hop to the runtime
+        // would cost more than the lookup).
+        if let Some(r) = self.ops.lookup_here(dir, name.as_bytes()) {
+            return self.answer_entry(reply, dir, r);
+        }
+        let (ops, name) = (self.ops.clone(), name.as_bytes().to_vec());
         self.reply_entry(reply, dir, async move { ops.lookup(dir, &name).await });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        if let Some(r) = ops.getattr_here(id) {
+            return match r {
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
+                Err(e) => reply.error(err(e)),
+            };
+        }
         self.spawn(async move {
             match ops.getattr(id).await {
                 Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
@@ -269,7 +281,7 @@ impl Filesystem for KdfsFs {
                 Ok((a, Some(fh))) => {
                     // created() takes one TTL for both the entry and the
                     // attributes: the shorter one.
-                    let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir));
+                    let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir, &a));
                     let attr = file_attr(ops.root, &a);
                     let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
                     let (gen, fh, flags) = (Generation(0), FileHandle(fh), FopenFlags::empty());

@@ -51,6 +51,36 @@ impl Ops {
         }
     }
 
+    /// A lookup this node's store answers in place (no round trip, no
+    /// await: the FUSE thread answers it), or `None` when it needs another
+    /// node (the directory, or the inode it names, is elsewhere).
+    pub fn lookup_here(&self, dir: InodeId, name: &[u8]) -> Option<Res<Attr>> {
+        if inode_node(dir) != self.local {
+            return None;
+        }
+        let q = Q::Lookup {
+            dir,
+            name: name.to_vec(),
+        };
+        match self.local_store.answer(self.local, q) {
+            Ok(Ok(A::Entry { attr: Some(a), .. })) => Some(Ok(a)),
+            Ok(Err(e)) => Some(Err(e)),
+            _ => None,
+        }
+    }
+
+    /// The attributes of an inode of this node, read in place.
+    pub fn getattr_here(&self, ino: InodeId) -> Option<Res<Attr>> {
+        if inode_node(ino) != self.local {
+            return None;
+        }
+        match self.local_store.answer(self.local, Q::GetAttr { ino }) {
+            Ok(Ok(A::Attr(a))) => Some(Ok(a)),
+            Ok(Err(e)) => Some(Err(e)),
+            _ => None,
+        }
+    }
+
     pub async fn getattr(&self, ino: InodeId) -> Res<Attr> {
         match self.call(inode_node(ino), Q::GetAttr { ino }).await? {
             A::Attr(a) => Ok(a),

@@ -11,8 +11,10 @@ use krg_proto::NodeId;
 use super::Cache;
 use crate::client::conn::Cluster;
 
-/// Pause before asking a node that did not answer again.
+/// Pause before asking a node that did not answer again, doubled at each
+/// failure up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_millis(300);
+const RETRY_MAX: Duration = Duration::from_secs(3);
 /// Longer than the node's poll, so that an idle node answers first.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -24,6 +26,7 @@ pub(super) async fn run(
     registered: Arc<AtomicBool>,
 ) {
     let mut acked = 0;
+    let mut pause = RETRY;
     loop {
         let q = KdfsRequest::Watch {
             client: cache.client,
@@ -37,6 +40,7 @@ pub(super) async fn run(
                 // directory's lock): off the runtime's threads.
                 let _ = tokio::task::spawn_blocking(move || c.forget(&items)).await;
                 acked = seq;
+                pause = RETRY;
                 if !registered.swap(true, Ordering::SeqCst) {
                     tracing::debug!(node, "kdfs: caching what node {node} serves");
                 }
@@ -49,7 +53,8 @@ pub(super) async fn run(
                     let _ = tokio::task::spawn_blocking(move || c.forget_node(node)).await;
                 }
                 acked = 0;
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
             }
         }
     }

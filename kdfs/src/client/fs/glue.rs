@@ -11,6 +11,19 @@ use super::super::convert::{err, file_attr};
 use super::super::ops::Ops;
 use super::{xattr, KdfsFs};
 
+/// An entry of directory `dir`, with the TTLs the mount's cache allows.
+fn entry(ops: &Ops, reply: ReplyEntry, dir: InodeId, r: Result<Attr, i32>) {
+    match r {
+        Ok(a) => reply.entry_with_ttls(
+            &ops.cache.attr_ttl(&a),
+            &ops.cache.entry_ttl(dir, &a),
+            &file_attr(ops.root, &a),
+            Generation(0),
+        ),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
 impl KdfsFs {
     pub fn new(
         ops: Arc<Ops>,
@@ -45,8 +58,7 @@ impl KdfsFs {
         self.rt.spawn(f);
     }
 
-    /// Answer an entry of directory `dir`, with the TTLs the mount's cache
-    /// allows for it.
+    /// Answer an entry of directory `dir` once `fut` has it.
     pub(super) fn reply_entry(
         &self,
         reply: ReplyEntry,
@@ -54,17 +66,12 @@ impl KdfsFs {
         fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
     ) {
         let ops = self.ops.clone();
-        self.spawn(async move {
-            match fut.await {
-                Ok(a) => reply.entry_with_ttls(
-                    &ops.cache.attr_ttl(&a),
-                    &ops.cache.entry_ttl(dir),
-                    &file_attr(ops.root, &a),
-                    Generation(0),
-                ),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.spawn(async move { entry(&ops, reply, dir, fut.await) });
+    }
+
+    /// Answer an entry of directory `dir` now.
+    pub(super) fn answer_entry(&self, reply: ReplyEntry, dir: InodeId, r: Result<Attr, i32>) {
+        entry(&self.ops, reply, dir, r)
     }
 
     pub(super) fn reply_empty(
