@@ -56,6 +56,11 @@ pub struct Cache {
     /// when their node's watcher loses its connection).
     given: Mutex<HashSet<InodeId>>,
     kernel: OnceLock<Kernel>,
+    /// The kernel does this node's file I/O itself (FUSE passthrough): it
+    /// then appends at the local file's own end, whatever size it cached.
+    /// Without it, an `O_APPEND` write goes at the cached size, which only a
+    /// lookup refreshes: local files are then not cached either.
+    passthrough: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,6 +79,7 @@ impl Cache {
             volatile: Mutex::default(),
             given: Mutex::default(),
             kernel: OnceLock::new(),
+            passthrough: AtomicBool::new(false),
         }
     }
 
@@ -81,6 +87,11 @@ impl Cache {
     /// callbacks, every answer with TTL 0.
     pub fn off(&self) -> bool {
         self.entry_ttl.is_zero() && self.attr_ttl.is_zero()
+    }
+
+    /// The kernel accepted FUSE passthrough for this mount.
+    pub fn enable_passthrough(&self) {
+        self.passthrough.store(true, Ordering::Relaxed);
     }
 
     /// The session is up: the watchers may now act on the kernel.
@@ -139,7 +150,9 @@ impl Cache {
         let node = inode_node(a.ino);
         self.registered(node)
             && (a.kind != FileKind::File
-                || (node == self.local && !lock(&self.volatile).contains(&a.ino)))
+                || (node == self.local
+                    && self.passthrough.load(Ordering::Relaxed)
+                    && !lock(&self.volatile).contains(&a.ino)))
     }
 
     /// How long the kernel may keep the attributes `a`.

@@ -64,6 +64,7 @@ impl Filesystem for KdfsFs {
                 "kdfs: FUSE passthrough on: the kernel does the I/O of this node's files"
             );
             self.ops.local_store.enable_passthrough();
+            self.ops.cache.enable_passthrough();
         } else if self.passthrough {
             tracing::warn!("kdfs: the kernel offers no FUSE passthrough; the client does the I/O of this node's files");
         }
