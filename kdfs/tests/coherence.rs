@@ -78,10 +78,16 @@ fn a_change_on_one_node_is_seen_at_once_through_the_other_nodes_cache() {
     fs::create_dir(a.join("d/sub3")).unwrap();
     assert!(b.join("d/sub3").is_dir());
     fs::rename(a.join("d/sub3"), a.join("d/sub4")).unwrap();
-    assert!(gone(&b.join("d/sub3")), "node 2 still sees a renamed directory");
+    assert!(
+        gone(&b.join("d/sub3")),
+        "node 2 still sees a renamed directory"
+    );
     assert!(b.join("d/sub4").is_dir());
     fs::remove_dir(a.join("d/sub")).unwrap();
-    assert!(gone(&b.join("d/sub")), "node 2 still sees a removed directory");
+    assert!(
+        gone(&b.join("d/sub")),
+        "node 2 still sees a removed directory"
+    );
     fs::create_dir(a.join("d/sub")).unwrap();
     assert!(b.join("d/sub").is_dir());
 
@@ -101,7 +107,10 @@ fn a_change_on_one_node_is_seen_at_once_through_the_other_nodes_cache() {
     assert_eq!(mode(&b.join("d")), 0o750, "node 2 kept a stale mode");
     let links = fs::symlink_metadata(b.join("d")).unwrap().nlink();
     fs::create_dir(a.join("d/sub2")).unwrap();
-    assert_eq!(fs::symlink_metadata(b.join("d")).unwrap().nlink(), links + 1);
+    assert_eq!(
+        fs::symlink_metadata(b.join("d")).unwrap().nlink(),
+        links + 1
+    );
 
     // The other way: node 1's kernel caches its own files (it reads its
     // store in place); changes through node 2 reach it at once.
@@ -155,15 +164,19 @@ fn a_restarted_krgd_is_not_trusted_for_what_it_gave_before() {
     assert!(b.join("d/f").exists());
     c.kill_krgd(0);
     c.start_krgd(0);
-    common::wait_until("node 1 serves again", std::time::Duration::from_secs(30), || {
-        fs::rename(a.join("d/f"), a.join("d/g")).is_ok()
-    });
+    common::wait_until(
+        "node 1 serves again",
+        std::time::Duration::from_secs(30),
+        || fs::rename(a.join("d/f"), a.join("d/g")).is_ok(),
+    );
     // Node 2 holds node 1 down for a moment after its last failed attempt
     // (ENOTCONN): wait until it asks node 1 again.
     let seen = || fs::symlink_metadata(b.join("d/f"));
-    common::wait_until("node 2 reaches node 1", std::time::Duration::from_secs(30), || {
-        !matches!(seen(), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
-    });
+    common::wait_until(
+        "node 2 reaches node 1",
+        std::time::Duration::from_secs(30),
+        || !matches!(seen(), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
+    );
     assert!(
         matches!(seen(), Err(e) if e.kind() == ErrorKind::NotFound),
         "node 2 trusted a name given before the restart: {:?}; its log:\n{}",

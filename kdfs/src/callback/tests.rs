@@ -81,7 +81,10 @@ async fn a_change_reaches_the_holder_and_returns_on_its_acknowledgement() {
     let cb = Arc::new(Callbacks::new(ME));
     // Mount 7 on node 2 registers, looks a name up in directory 5 and
     // gets the directory's attributes.
-    assert!(matches!(cb.watch(2, 7, 0, TTL_MS).await, A::Invalidate { seq: 0, .. }));
+    assert!(matches!(
+        cb.watch(2, 7, 0, TTL_MS).await,
+        A::Invalidate { seq: 0, .. }
+    ));
     let (q, a) = lookup(5);
     cb.granted(7, 2, &q, &a);
     cb.granted(7, 2, &Q::GetAttr { ino: 5 }, &A::Attr(dir_attr(5)));
@@ -101,7 +104,10 @@ async fn a_change_reaches_the_holder_and_returns_on_its_acknowledgement() {
     assert!(items.contains(&Inval::Attr(5)));
     // The file's attributes: only its node's own mounts cache those.
     assert!(!items.contains(&Inval::Attr(99)));
-    assert!(!change.is_finished(), "the change returned before mount 7 acknowledged");
+    assert!(
+        !change.is_finished(),
+        "the change returned before mount 7 acknowledged"
+    );
     // The acknowledgement rides on the next poll.
     let cb2 = cb.clone();
     let poll = tokio::spawn(async move { cb2.watch(2, 7, seq, TTL_MS).await });
@@ -134,7 +140,13 @@ async fn a_remote_writer_makes_a_file_volatile_for_the_owners_mounts() {
     let cb = Arc::new(Callbacks::new(ME));
     // Mount 4 runs on the owner's node (it reads the store in place).
     cb.watch(ME, 4, 0, TTL_MS).await;
-    let open = (Q::Open { ino: 42, write: true }, A::Handle(3));
+    let open = (
+        Q::Open {
+            ino: 42,
+            write: true,
+        },
+        A::Handle(3),
+    );
     let change = {
         let cb = cb.clone();
         tokio::spawn(async move { cb.changed(Some(9), 2, &open.0, &open.1, None).await })
@@ -143,7 +155,10 @@ async fn a_remote_writer_makes_a_file_volatile_for_the_owners_mounts() {
     assert_eq!(items, vec![Inval::Volatile(42)]);
     let cb2 = cb.clone();
     let poll = tokio::spawn(async move { cb2.watch(ME, 4, seq, TTL_MS).await });
-    tokio::time::timeout(PATIENCE, change).await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, change)
+        .await
+        .unwrap()
+        .unwrap();
     poll.await.unwrap();
     // Its release makes it stable again (not waited for).
     let release = Q::Release { ino: 42, fh: 3 };
@@ -153,7 +168,10 @@ async fn a_remote_writer_makes_a_file_volatile_for_the_owners_mounts() {
     let (_, items) = next(&cb, ME, 4, seq).await;
     assert_eq!(items, vec![Inval::Stable(42)]);
     // A read-only open through another node changes nothing.
-    let ro = Q::Open { ino: 42, write: false };
+    let ro = Q::Open {
+        ino: 42,
+        write: false,
+    };
     cb.changed(Some(9), 2, &ro, &A::Handle(4), None).await;
     assert!(matches!(
         cb.watch(ME, 4, seq, TTL_MS).await,

@@ -182,7 +182,11 @@ impl Cache {
     /// they are about to be invalidated).
     fn take_given(&self, node: NodeId) -> Vec<InodeId> {
         let mut g = lock(&self.given);
-        let of_node: Vec<InodeId> = g.iter().copied().filter(|i| inode_node(*i) == node).collect();
+        let of_node: Vec<InodeId> = g
+            .iter()
+            .copied()
+            .filter(|i| inode_node(*i) == node)
+            .collect();
         for i in &of_node {
             g.remove(i);
         }
