@@ -444,6 +444,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::As { req, .. } => kdfs_op(req),
         R::Watch { .. } => "watch",
         R::Unlink { .. } => "unlink",
+        R::ReleaseMany { .. } => "release_many",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -266,15 +266,24 @@ impl Callbacks {
                 }
                 fhs.insert(*fh);
             }
-            (Q::Release { ino, fh }, _) => {
-                if let Some(fhs) = st.remote_writes.get_mut(ino) {
-                    if fhs.remove(fh) && fhs.is_empty() {
-                        st.remote_writes.remove(ino);
-                        advisory.push((Inval::Stable(*ino), Scope::Local));
-                    }
+            (Q::Release { ino, fh }, _) => Self::released(&mut st, *ino, *fh, advisory),
+            (Q::ReleaseMany { handles }, _) => {
+                for (ino, fh) in handles {
+                    Self::released(&mut st, *ino, *fh, advisory);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Handle `fh` of `ino` closed: the last one open for writing through
+    /// another node makes the file stable again.
+    fn released(st: &mut State, ino: InodeId, fh: u64, advisory: &mut Vec<(Inval, Scope)>) {
+        if let Some(fhs) = st.remote_writes.get_mut(&ino) {
+            if fhs.remove(&fh) && fhs.is_empty() {
+                st.remote_writes.remove(&ino);
+                advisory.push((Inval::Stable(ino), Scope::Local));
+            }
         }
     }
 

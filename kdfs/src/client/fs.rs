@@ -378,6 +378,11 @@ impl Filesystem for KdfsFs {
     ) {
         // The locks taken through this open file (flock, OFD) go with it.
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        if !ops.locks.has_locked(id) {
+            // Nothing waits for a release (close(2) has returned): batched.
+            ops.release_soon(id, fh.0);
+            return reply.ok();
+        }
         self.reply_empty(reply, async move {
             let unlocked = ops.locks.release(&ops.cluster, id, None, Some(fh.0)).await;
             ops.release(id, fh.0).await.and(unlocked)
@@ -423,6 +428,7 @@ impl Filesystem for KdfsFs {
 
     fn destroy(&mut self) {
         self.release_all_locks();
+        self.flush_releases();
     }
 
     fn fsync(

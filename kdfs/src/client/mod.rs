@@ -9,6 +9,7 @@ pub mod fs;
 pub mod local;
 pub mod locks;
 pub mod ops;
+pub mod release;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -334,6 +335,8 @@ async fn try_prepare(
     ));
     // This node's part is read in place: its krgd must know from the start.
     cache.watch(&cluster, info.node);
+    let releases = Arc::new(release::Releases::default());
+    tokio::spawn(releases.clone().run(cluster.clone(), cache.clone()));
     Ok(Prepared {
         ops: Arc::new(Ops {
             cluster,
@@ -343,6 +346,7 @@ async fn try_prepare(
             locks,
             notifier: std::sync::OnceLock::new(),
             cache,
+            releases,
         }),
         dir: dir.to_path_buf(),
     })

@@ -14,6 +14,7 @@ use super::cache::Cache;
 use super::conn::Cluster;
 use super::local::LocalStore;
 use super::locks::ClientLocks;
+use super::release::Releases;
 use crate::store::crash;
 
 pub type Res<T> = Result<T, i32>;
@@ -33,6 +34,8 @@ pub struct Ops {
     pub notifier: std::sync::OnceLock<fuser::Notifier>,
     /// What the kernel may keep, and the callbacks that keep it true.
     pub cache: Arc<Cache>,
+    /// Releases of file handles on their way, batched.
+    pub releases: Arc<Releases>,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
@@ -403,6 +406,13 @@ impl Ops {
     pub async fn release(&self, ino: InodeId, fh: u64) -> Res<()> {
         self.local_store.released(ino, fh);
         self.simple(inode_node(ino), Q::Release { ino, fh }).await
+    }
+
+    /// Release a handle through which nothing was locked: the local file
+    /// goes now, the owner hears of it with the next batch.
+    pub fn release_soon(&self, ino: InodeId, fh: u64) {
+        self.local_store.released(ino, fh);
+        self.releases.push(ino, fh);
     }
 
     pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {

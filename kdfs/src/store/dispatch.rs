@@ -124,6 +124,16 @@ impl Store {
                 sync_file(&*self.file(fh)?, datasync).map(|_| A::Done)?
             }
             Q::Release { fh, .. } | Q::ReleaseDir { fh } => self.release(fh).map(|_| A::Done)?,
+            Q::ReleaseMany { handles } => {
+                // Each handle on its own: one that fails does not keep the
+                // others open.
+                for (ino, fh) in handles {
+                    if let Err(e) = self.release(fh) {
+                        tracing::warn!(ino, fh, error = %e, "kdfs: a batched release failed");
+                    }
+                }
+                A::Done
+            }
             Q::Fallocate {
                 fh,
                 offset,

@@ -389,6 +389,12 @@ pub enum KdfsRequest {
         /// How long its kernel keeps what it is given, in milliseconds.
         ttl_ms: u64,
     },
+    /// Close many handles from `Open` at once (a mount batches the releases
+    /// the kernel sends after `close(2)` returned): `(inode, handle)` pairs.
+    ReleaseMany {
+        /// The handles to close, with their inodes.
+        handles: Vec<(InodeId, u64)>,
+    },
     /// unlink(2) of `name` in `dir`: remove the entry and, when its inode is
     /// owned here too, drop that link in the same request.
     Unlink {
