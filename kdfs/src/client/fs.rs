@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use krg_proto::kdfs::{inode_node, Bytes, FileKind, KdfsRequest as Q, SetAttr};
 
-use super::convert::{err, file_attr, file_type, fuse_ino, set_time};
+use super::convert::{err, file_attr, set_time};
 use super::local;
 use super::ops::Ops;
 
+mod dir;
 mod glue;
 mod lock;
 mod xattr;
@@ -479,47 +480,9 @@ impl Filesystem for KdfsFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.spawn(async move {
-            // Offsets 1 and 2 are "." and ".."; entry i of the snapshot is i + 3.
-            let mut off = offset;
-            if off == 0 {
-                if reply.add(ino, 1, FileType::Directory, ".") {
-                    return reply.ok();
-                }
-                off = 1;
-            }
-            if off == 1 {
-                if reply.add(ino, 2, FileType::Directory, "..") {
-                    return reply.ok();
-                }
-                off = 2;
-            }
-            let mut idx = off - 2;
-            loop {
-                let batch = match ops.readdir(id, fh.0, idx, READDIR_BATCH).await {
-                    Ok(b) => b,
-                    Err(e) => return reply.error(err(e)),
-                };
-                if batch.is_empty() {
-                    return reply.ok();
-                }
-                for e in batch {
-                    idx += 1;
-                    let full = reply.add(
-                        fuse_ino(ops.root, e.ino),
-                        idx + 2,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    );
-                    if full {
-                        return reply.ok();
-                    }
-                }
-            }
-        });
+        self.do_readdir(ino, fh, offset, reply);
     }
 
     fn releasedir(
