@@ -16,9 +16,11 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 /// Options (-o, comma separated): socket=PATH (local krgd admin socket,
 /// default /run/krg/krgd.sock), keyfile=PATH (cluster key, default
 /// /etc/krg/cluster.key), timeo=S (how long to wait for the local krgd and
-/// the root node to serve, default 30: nodes boot in any order), attr_timeout=S (kernel attribute cache for inodes
-/// reached without a lookup, default 1), entry_timeout=S (kernel name cache,
-/// default 0: every path resolution sees the latest names), threads=N (FUSE
+/// the root node to serve, default 30: nodes boot in any order),
+/// attr_timeout=S and entry_timeout=S (how long the kernel keeps attributes
+/// and names, 0..60, default 5; the owning node tells every mount of a
+/// change before the change returns, so the next look anywhere sees it;
+/// both 0: no caching), threads=N (FUSE
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
 /// nopassthrough (the client, not the kernel, does the I/O of local files),
 /// noxattr (no extended attributes: spares a request before every write),
