@@ -3,11 +3,14 @@
 //! * [`format`]: the on-disk superblock and root meta-file (`mkfs.kdfs`).
 //! * [`fsck`]: offline check and repair of stores (`fsck.kdfs`).
 //! * [`store`]: the storage engine a krgd runs against its local directory.
+//! * [`callback`]: which mounts' kernels cache what of a krgd's store, and
+//!   telling them of changes (coherent kernel caches).
 //! * [`lockmgr`]: cluster-wide fcntl/flock locks of the files a krgd owns.
 //! * [`client`]: the FUSE client behind `mount.kdfs`.
 //!
 //! The design (placement, consistency, faults) is written down in docs/kdfs.md.
 
+pub mod callback;
 pub mod client;
 pub mod error;
 pub mod format;

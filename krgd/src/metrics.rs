@@ -456,6 +456,10 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::GetLock { .. } => "getlock",
         R::ReleaseLocks { .. } => "release_locks",
         R::LockLease { .. } => "lock_lease",
+        R::As { req, .. } => kdfs_op(req),
+        R::Watch { .. } => "watch",
+        R::Unlink { .. } => "unlink",
+        R::ReleaseMany { .. } => "release_many",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -77,7 +77,12 @@ pub async fn peer(node: &Node, from: &Identity, req: PeerRequest) -> PeerRespons
 async fn kdfs(node: &Node, from: &Identity, req: KdfsRequest) -> Result<KdfsResponse, AdminError> {
     let m = &node.ctx.metrics;
     let op = kdfs_op(&req);
-    let written = match &req {
+    // A caching mount's requests come wrapped (`As`).
+    let inner = match &req {
+        KdfsRequest::As { req, .. } => &**req,
+        req => req,
+    };
+    let written = match inner {
         KdfsRequest::Write { data, .. } => Some(data.0.len() as u64),
         _ => None,
     };

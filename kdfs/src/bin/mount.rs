@@ -16,9 +16,11 @@ use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
 /// Options (-o, comma separated): socket=PATH (local krgd admin socket,
 /// default /run/krg/krgd.sock), keyfile=PATH (cluster key, default
 /// /etc/krg/cluster.key), timeo=S (how long to wait for the local krgd and
-/// the root node to serve, default 30: nodes boot in any order), attr_timeout=S (kernel attribute cache for inodes
-/// reached without a lookup, default 1), entry_timeout=S (kernel name cache,
-/// default 0: every path resolution sees the latest names), threads=N (FUSE
+/// the root node to serve, default 30: nodes boot in any order),
+/// attr_timeout=S and entry_timeout=S (how long the kernel keeps attributes
+/// and names, 0..60, default 5; the owning node tells every mount of a
+/// change before the change returns, so the next look anywhere sees it;
+/// both 0: no caching), threads=N (FUSE
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
 /// nopassthrough (the client, not the kernel, does the I/O of local files),
 /// noxattr (no extended attributes: spares a request before every write),
@@ -93,8 +95,8 @@ fn serve(
     let fs = KdfsFs::new(
         prepared.ops,
         rt.handle().clone(),
-        opts.attr_timeout,
-        opts.entry_timeout,
+        // Not kept coherent by callbacks: at most a second, as before.
+        opts.attr_timeout.min(std::time::Duration::from_secs(1)),
         opts.passthrough,
         opts.xattr,
     );
@@ -104,6 +106,18 @@ fn serve(
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let _ = ops.notifier.set(session.notifier());
+    {
+        use std::os::fd::AsFd;
+        match session.as_fd().try_clone_to_owned() {
+            Ok(dev) => ops.cache.set_kernel(kdfs::client::cache::Kernel::new(
+                session.notifier(),
+                dev,
+                ops.root,
+            )),
+            // Without it nothing is ever invalidated: the mount must not cache.
+            Err(e) => anyhow::bail!("cannot duplicate the FUSE descriptor: {e}"),
+        }
+    }
     if let Err(e) = kdfs::client::set_readahead(&canonical, opts.readahead_kb) {
         tracing::warn!(error = %e, "kdfs: kernel read-ahead left at its default");
     }

@@ -206,8 +206,18 @@ impl Cluster {
 
     /// Send `req` to `node`'s krgd; a file-system error comes back as its errno.
     pub async fn call(&self, node: NodeId, req: KdfsRequest) -> Result<KdfsResponse, i32> {
+        self.call_within(node, req, CALL_TIMEOUT).await
+    }
+
+    /// [`Cluster::call`] with another bound on the wait for the answer.
+    pub async fn call_within(
+        &self,
+        node: NodeId,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
         let c = self.client(node).await?;
-        match c.call(PeerRequest::Kdfs(req), CALL_TIMEOUT).await {
+        match c.call(PeerRequest::Kdfs(req), timeout).await {
             Ok(PeerResponse::Kdfs(KdfsResponse::Errno(e))) => Err(e),
             Ok(PeerResponse::Kdfs(r)) => Ok(r),
             Ok(PeerResponse::Error(e)) => {

@@ -6,20 +6,21 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use krg_proto::kdfs::{inode_node, Bytes, FileKind, KdfsRequest as Q, SetAttr};
 
-use super::convert::{err, file_attr, file_type, fuse_ino, set_time};
+use super::convert::{err, file_attr, set_time};
 use super::local;
 use super::ops::Ops;
 
+mod dir;
 mod glue;
 mod lock;
 mod xattr;
@@ -32,8 +33,6 @@ const READDIR_BATCH: u32 = 192;
 pub struct KdfsFs {
     ops: Arc<Ops>,
     rt: tokio::runtime::Handle,
-    attr_ttl: Duration,
-    entry_ttl: Duration,
     /// Other nodes' files known to have no `security.capability`.
     caps: Arc<xattr::NoCaps>,
     /// Extended attributes offered (else ENOSYS, `-o noxattr`).
@@ -66,6 +65,7 @@ impl Filesystem for KdfsFs {
                 "kdfs: FUSE passthrough on: the kernel does the I/O of this node's files"
             );
             self.ops.local_store.enable_passthrough();
+            self.ops.cache.enable_passthrough();
         } else if self.passthrough {
             tracing::warn!("kdfs: the kernel offers no FUSE passthrough; the client does the I/O of this node's files");
         }
@@ -73,15 +73,27 @@ impl Filesystem for KdfsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, async move { ops.lookup(dir, &name).await });
+        let dir = self.id(parent);
+        // This node's names: answered right here (a hop to the runtime
+        // would cost more than the lookup).
+        if let Some(r) = self.ops.lookup_here(dir, name.as_bytes()) {
+            return self.answer_entry(reply, dir, r);
+        }
+        let (ops, name) = (self.ops.clone(), name.as_bytes().to_vec());
+        self.reply_entry(reply, dir, async move { ops.lookup(dir, &name).await });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
+        let (ops, id) = (self.ops.clone(), self.id(ino));
+        if let Some(r) = ops.getattr_here(id) {
+            return match r {
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
+                Err(e) => reply.error(err(e)),
+            };
+        }
         self.spawn(async move {
             match ops.getattr(id).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -113,10 +125,10 @@ impl Filesystem for KdfsFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let (ops, id, root, ttl) = (self.ops.clone(), self.id(ino), self.ops.root, self.attr_ttl);
+        let (ops, id) = (self.ops.clone(), self.id(ino));
         self.spawn(async move {
             match ops.setattr(id, set).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -151,7 +163,7 @@ impl Filesystem for KdfsFs {
         let mut new = Self::new_inode(req, kind, mode, umask);
         new.rdev = rdev;
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
     }
 
     fn mkdir(
@@ -165,7 +177,7 @@ impl Filesystem for KdfsFs {
     ) {
         let new = Self::new_inode(req, FileKind::Dir, mode, umask);
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -193,7 +205,7 @@ impl Filesystem for KdfsFs {
             self.id(parent),
             link_name.as_bytes().to_vec(),
         );
-        self.reply_entry(reply, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
     }
 
     fn rename(
@@ -231,7 +243,7 @@ impl Filesystem for KdfsFs {
             self.id(newparent),
             newname.as_bytes().to_vec(),
         );
-        self.reply_entry(reply, async move { ops.link(id, dir, &name).await });
+        self.reply_entry(reply, dir, async move { ops.link(id, dir, &name).await });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -266,13 +278,13 @@ impl Filesystem for KdfsFs {
         let new = Self::new_inode(req, FileKind::File, mode, umask);
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
         self.spawn(async move {
             match ops.make_open(dir, &name, new, Some(write)).await {
                 Ok((a, Some(fh))) => {
                     // created() takes one TTL for both the entry and the
-                    // attributes: the shorter one, so that names stay fresh.
-                    let (t, attr) = (ttl.min(ettl), file_attr(root, &a));
+                    // attributes: the shorter one.
+                    let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir, &a));
+                    let attr = file_attr(ops.root, &a);
                     let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
                     let (gen, fh, flags) = (Generation(0), FileHandle(fh), FopenFlags::empty());
                     match local.as_ref().and_then(|l| l.backing.as_ref()) {
@@ -367,6 +379,11 @@ impl Filesystem for KdfsFs {
     ) {
         // The locks taken through this open file (flock, OFD) go with it.
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        if !ops.locks.has_locked(id) {
+            // Nothing waits for a release (close(2) has returned): batched.
+            ops.release_soon(id, fh.0);
+            return reply.ok();
+        }
         self.reply_empty(reply, async move {
             let unlocked = ops.locks.release(&ops.cluster, id, None, Some(fh.0)).await;
             ops.release(id, fh.0).await.and(unlocked)
@@ -406,8 +423,13 @@ impl Filesystem for KdfsFs {
         self.do_setlk(ino, fh, spec, sleep, req.pid(), reply);
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.ops.cache.forgotten(self.id(ino));
+    }
+
     fn destroy(&mut self) {
         self.release_all_locks();
+        self.flush_releases();
     }
 
     fn fsync(
@@ -458,47 +480,9 @@ impl Filesystem for KdfsFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.spawn(async move {
-            // Offsets 1 and 2 are "." and ".."; entry i of the snapshot is i + 3.
-            let mut off = offset;
-            if off == 0 {
-                if reply.add(ino, 1, FileType::Directory, ".") {
-                    return reply.ok();
-                }
-                off = 1;
-            }
-            if off == 1 {
-                if reply.add(ino, 2, FileType::Directory, "..") {
-                    return reply.ok();
-                }
-                off = 2;
-            }
-            let mut idx = off - 2;
-            loop {
-                let batch = match ops.readdir(id, fh.0, idx, READDIR_BATCH).await {
-                    Ok(b) => b,
-                    Err(e) => return reply.error(err(e)),
-                };
-                if batch.is_empty() {
-                    return reply.ok();
-                }
-                for e in batch {
-                    idx += 1;
-                    let full = reply.add(
-                        fuse_ino(ops.root, e.ino),
-                        idx + 2,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    );
-                    if full {
-                        return reply.ok();
-                    }
-                }
-            }
-        });
+        self.do_readdir(ino, fh, offset, reply);
     }
 
     fn releasedir(

@@ -2,12 +2,14 @@
 //! from the local krgd, attach the local store, find the root), then serve
 //! the kernel until the file system is unmounted.
 
+pub mod cache;
 pub mod conn;
 mod convert;
 pub mod fs;
 pub mod local;
 pub mod locks;
 pub mod ops;
+pub mod release;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +28,10 @@ use ops::Ops;
 
 /// How long a mount waits for its krgd and the root node by default.
 pub const DEFAULT_TIMEO: Duration = Duration::from_secs(30);
+/// How long the kernel keeps names and attributes by default: the nodes
+/// tell it of every change (see `cache`), so this only bounds how long a
+/// change waits for a mount that stopped answering.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Pause between two attempts while waiting for them.
 const RETRY_EVERY: Duration = Duration::from_millis(300);
 
@@ -70,8 +76,8 @@ impl Default for MountOptions {
             socket: PathBuf::from(krg_proto::DEFAULT_SOCKET),
             keyfile: PathBuf::from(krg_proto::DEFAULT_CLUSTER_KEY),
             nodes: HashMap::new(),
-            attr_timeout: Duration::from_secs(1),
-            entry_timeout: Duration::ZERO,
+            attr_timeout: DEFAULT_CACHE_TTL,
+            entry_timeout: DEFAULT_CACHE_TTL,
             threads: 2,
             timeo: DEFAULT_TIMEO,
             readahead_kb: 1024,
@@ -97,6 +103,20 @@ fn secs(key: &str, v: &str) -> Result<Duration, KdfsError> {
         )));
     }
     Ok(Duration::from_secs_f64(f))
+}
+
+/// A cache lifetime: at most [`crate::callback::MAX_TTL`], which the nodes
+/// assume for a mount they do not know.
+fn cache_secs(key: &str, v: &str) -> Result<Duration, KdfsError> {
+    let d = secs(key, v)?;
+    let max = crate::callback::MAX_TTL;
+    if d > max {
+        return Err(KdfsError::Invalid(format!(
+            "option {key}={v}: out of range 0..{}",
+            max.as_secs()
+        )));
+    }
+    Ok(d)
 }
 
 fn parse_nodes(v: &str) -> Result<HashMap<NodeId, SocketAddr>, KdfsError> {
@@ -131,8 +151,8 @@ impl MountOptions {
                 ("socket", Some(v)) => o.socket = v.into(),
                 ("keyfile", Some(v)) => o.keyfile = v.into(),
                 ("nodes", Some(v)) => o.nodes = parse_nodes(v)?,
-                ("attr_timeout", Some(v)) => o.attr_timeout = secs(k, v)?,
-                ("entry_timeout", Some(v)) => o.entry_timeout = secs(k, v)?,
+                ("attr_timeout", Some(v)) => o.attr_timeout = cache_secs(k, v)?,
+                ("entry_timeout", Some(v)) => o.entry_timeout = cache_secs(k, v)?,
                 ("timeo", Some(v)) => o.timeo = secs(k, v)?,
                 ("threads", Some(v)) => {
                     o.threads =
@@ -307,6 +327,16 @@ async fn try_prepare(
     let local_store = local::LocalStore::open(dir, info.node)?;
     let locks = Arc::new(locks::ClientLocks::new());
     tokio::spawn(locks.clone().keep_leases(cluster.clone()));
+    let cache = Arc::new(cache::Cache::new(
+        locks.client,
+        info.node,
+        opts.entry_timeout,
+        opts.attr_timeout,
+    ));
+    // This node's part is read in place: its krgd must know from the start.
+    cache.watch(&cluster, info.node);
+    let releases = Arc::new(release::Releases::default());
+    tokio::spawn(releases.clone().run(cluster.clone(), cache.clone()));
     Ok(Prepared {
         ops: Arc::new(Ops {
             cluster,
@@ -315,6 +345,8 @@ async fn try_prepare(
             local_store,
             locks,
             notifier: std::sync::OnceLock::new(),
+            cache,
+            releases,
         }),
         dir: dir.to_path_buf(),
     })

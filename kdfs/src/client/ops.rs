@@ -10,9 +10,11 @@ use krg_proto::kdfs::{
 };
 use krg_proto::NodeId;
 
+use super::cache::Cache;
 use super::conn::Cluster;
 use super::local::LocalStore;
 use super::locks::ClientLocks;
+use super::release::Releases;
 use crate::store::crash;
 
 pub type Res<T> = Result<T, i32>;
@@ -30,6 +32,10 @@ pub struct Ops {
     /// Talks to the kernel unasked (set once the session exists): a lock
     /// taken drops the file's cached pages and attributes.
     pub notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// What the kernel may keep, and the callbacks that keep it true.
+    pub cache: Arc<Cache>,
+    /// Releases of file handles on their way, batched.
+    pub releases: Arc<Releases>,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
@@ -41,7 +47,40 @@ impl Ops {
     pub async fn call(&self, node: NodeId, q: Q) -> Res<A> {
         match self.local_store.answer(node, q) {
             Ok(answer) => answer,
-            Err(q) => self.cluster.call(node, q).await,
+            Err(q) => {
+                self.cache.watch(&self.cluster, node);
+                self.cluster.call(node, self.cache.wrap(node, q)).await
+            }
+        }
+    }
+
+    /// A lookup this node's store answers in place (no round trip, no
+    /// await: the FUSE thread answers it), or `None` when it needs another
+    /// node (the directory, or the inode it names, is elsewhere).
+    pub fn lookup_here(&self, dir: InodeId, name: &[u8]) -> Option<Res<Attr>> {
+        if inode_node(dir) != self.local {
+            return None;
+        }
+        let q = Q::Lookup {
+            dir,
+            name: name.to_vec(),
+        };
+        match self.local_store.answer(self.local, q) {
+            Ok(Ok(A::Entry { attr: Some(a), .. })) => Some(Ok(a)),
+            Ok(Err(e)) => Some(Err(e)),
+            _ => None,
+        }
+    }
+
+    /// The attributes of an inode of this node, read in place.
+    pub fn getattr_here(&self, ino: InodeId) -> Option<Res<Attr>> {
+        if inode_node(ino) != self.local {
+            return None;
+        }
+        match self.local_store.answer(self.local, Q::GetAttr { ino }) {
+            Ok(Ok(A::Attr(a))) => Some(Ok(a)),
+            Ok(Err(e)) => Some(Err(e)),
+            _ => None,
         }
     }
 
@@ -192,14 +231,16 @@ impl Ops {
     }
 
     pub async fn unlink(&self, dir: InodeId, name: &[u8]) -> Res<()> {
-        let q = Q::RemoveEntry {
+        let q = Q::Unlink {
             dir,
             name: name.to_vec(),
-            what: RemoveWhat::NonDir,
-            expect: None,
         };
         match self.call(inode_node(dir), q).await? {
-            A::Removed(Some(e)) => {
+            // The directory's node owns the inode too: it dropped the link.
+            A::Unlinked {
+                link_dropped: true, ..
+            } => Ok(()),
+            A::Unlinked { entry: e, .. } => {
                 crash::point("client-unlink");
                 self.drop_inode(e.ino, e.kind).await;
                 Ok(())
@@ -365,6 +406,13 @@ impl Ops {
     pub async fn release(&self, ino: InodeId, fh: u64) -> Res<()> {
         self.local_store.released(ino, fh);
         self.simple(inode_node(ino), Q::Release { ino, fh }).await
+    }
+
+    /// Release a handle through which nothing was locked: the local file
+    /// goes now, the owner hears of it with the next batch.
+    pub fn release_soon(&self, ino: InodeId, fh: u64) {
+        self.local_store.released(ino, fh);
+        self.releases.push(ino, fh);
     }
 
     pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {

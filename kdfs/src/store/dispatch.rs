@@ -88,6 +88,7 @@ impl Store {
                 crash::point("remove-entry");
                 A::Removed(Some(removed))
             }
+            Q::Unlink { dir, name } => self.unlink(dir, &name)?,
             Q::Rename {
                 src_dir,
                 src_name,
@@ -123,6 +124,16 @@ impl Store {
                 sync_file(&*self.file(fh)?, datasync).map(|_| A::Done)?
             }
             Q::Release { fh, .. } | Q::ReleaseDir { fh } => self.release(fh).map(|_| A::Done)?,
+            Q::ReleaseMany { handles } => {
+                // Each handle on its own: one that fails does not keep the
+                // others open.
+                for (ino, fh) in handles {
+                    if let Err(e) = self.release(fh) {
+                        tracing::warn!(ino, fh, error = %e, "kdfs: a batched release failed");
+                    }
+                }
+                A::Done
+            }
             Q::Fallocate {
                 fh,
                 offset,
@@ -149,6 +160,31 @@ impl Store {
             | Q::GetLock { .. }
             | Q::ReleaseLocks { .. }
             | Q::LockLease { .. } => return Err(StoreError::NotSupported),
+            // krgd unwraps `As` and answers `Watch` itself (kdfs::callback).
+            Q::As { .. } | Q::Watch { .. } => return Err(StoreError::NotSupported),
+        })
+    }
+
+    /// unlink(2): the entry goes, then — when its inode is owned here —
+    /// one of its links, as the client would have asked next (the same
+    /// order, so a crash between the two leaves what fsck knows).
+    fn unlink(&self, dir: krg_proto::kdfs::InodeId, name: &[u8]) -> Res<KdfsResponse> {
+        use krg_proto::kdfs::{inode_node, RemoveWhat};
+        let entry = self.remove_entry(dir, name, RemoveWhat::NonDir, None)?;
+        crash::point("remove-entry");
+        let link_dropped = inode_node(entry.ino) == self.node();
+        if link_dropped {
+            // The name is gone: the unlink happened. A link that could not
+            // be dropped leaks the inode until fsck, as when the client
+            // drops it in a second request.
+            if let Err(e) = self.change_links(entry.ino, -1) {
+                tracing::warn!(ino = entry.ino, error = %e,
+                    "kdfs: could not drop the link of an unlinked inode (it leaks until fsck)");
+            }
+        }
+        Ok(KdfsResponse::Unlinked {
+            entry,
+            link_dropped,
         })
     }
 

@@ -110,6 +110,31 @@ fn unlink_while_open_keeps_data_until_release() {
 }
 
 #[test]
+fn one_request_unlinks_and_batched_releases_free_the_last_handle() {
+    let (_d, s, root) = store();
+    let a = s.create(root, b"f", &file(0o600)).unwrap();
+    let fh1 = s.open_file(a.ino, true).unwrap();
+    let fh2 = s.open_file(a.ino, false).unwrap();
+    // The directory's node owns the inode: the link goes in the same request.
+    match s.handle(KdfsRequest::Unlink {
+        dir: root,
+        name: b"f".to_vec(),
+    }) {
+        KdfsResponse::Unlinked {
+            entry,
+            link_dropped: true,
+        } => assert_eq!(entry.ino, a.ino),
+        other => panic!("unlink answered {other:?}"),
+    }
+    assert_eq!(no(s.getattr(a.ino)).unwrap().nlink, 0, "open: kept");
+    let batch = KdfsRequest::ReleaseMany {
+        handles: vec![(a.ino, fh1), (a.ino, 9999), (a.ino, fh2)],
+    };
+    assert!(matches!(s.handle(batch), KdfsResponse::Done));
+    assert_eq!(no(s.getattr(a.ino)), Err(libc::ENOENT), "last handle: gone");
+}
+
+#[test]
 fn rename_replaces_atomically_and_links_count() {
     let (_d, s, root) = store();
     let a = s.create(root, b"a", &file(0o600)).unwrap();

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use kdfs::callback::Callbacks;
 use kdfs::lockmgr::{is_lock_request, LockManager};
 use kdfs::store::Store;
 use krg_proto::admin::{AdminError, ErrorKind};
@@ -31,6 +32,8 @@ pub struct KdfsService {
     store: RwLock<Option<Arc<Store>>>,
     /// Locks on this node's files, taken through any node's mount.
     locks: LockManager,
+    /// Which mounts' kernels hold what of this node's store, told of changes.
+    callbacks: Callbacks,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -56,6 +59,7 @@ impl KdfsService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
         let svc = Arc::new(Self {
             locks: LockManager::new(ctx.node_id()),
+            callbacks: Callbacks::new(ctx.node_id()),
             ctx,
             store: RwLock::new(None),
         });
@@ -256,13 +260,57 @@ impl KdfsService {
                 ))),
             };
         };
-        // Metadata requests are a few fast local syscalls: answering them on
-        // the runtime thread saves a thread hand-off per request (most of a
-        // loopback round trip). Data, fsync and directory listings may wait
-        // on the disk: they go to the blocking pool.
+        let (client, req) = match req {
+            KdfsRequest::As { client, req } => (Some(client), *req),
+            req => (None, req),
+        };
+        if let KdfsRequest::Watch {
+            client,
+            acked,
+            ttl_ms,
+        } = req
+        {
+            return Ok(self.callbacks.watch(from.node, client, acked, ttl_ms).await);
+        }
         if is_lock_request(&req) {
             return Ok(self.locks.handle(from.node, req).await);
         }
+        // Kept for the callbacks (never a write's data: writes change
+        // nothing they track).
+        let asked = kdfs::callback::concerns(&req).then(|| req.clone());
+        let resp = Self::serve(store.clone(), req).await?;
+        if let Some(req) = asked {
+            if let Some(c) = client {
+                self.callbacks.granted(c, from.node, &req, &resp);
+            }
+            let moved = match (&req, &resp) {
+                (
+                    KdfsRequest::Rename {
+                        dst_dir, dst_name, ..
+                    },
+                    KdfsResponse::Removed(_),
+                ) => match store.handle(KdfsRequest::Lookup {
+                    dir: *dst_dir,
+                    name: dst_name.clone(),
+                }) {
+                    KdfsResponse::Entry { ino, .. } => Some(ino),
+                    _ => None,
+                },
+                _ => None,
+            };
+            self.callbacks
+                .changed(client, from.node, &req, &resp, moved)
+                .await;
+        }
+        Ok(resp)
+    }
+
+    /// Serve one store request. Metadata requests are a few fast local
+    /// syscalls: answering them on the runtime thread saves a thread
+    /// hand-off per request (most of a loopback round trip). Data, fsync
+    /// and directory listings may wait on the disk: they go to the
+    /// blocking pool.
+    async fn serve(store: Arc<Store>, req: KdfsRequest) -> Result<KdfsResponse, AdminError> {
         if is_quick(&req) {
             return Ok(store.handle(req));
         }

@@ -11,20 +11,30 @@ use super::super::convert::{err, file_attr};
 use super::super::ops::Ops;
 use super::{xattr, KdfsFs};
 
+/// An entry of directory `dir`, with the TTLs the mount's cache allows.
+fn entry(ops: &Ops, reply: ReplyEntry, dir: InodeId, r: Result<Attr, i32>) {
+    match r {
+        Ok(a) => reply.entry_with_ttls(
+            &ops.cache.attr_ttl(&a),
+            &ops.cache.entry_ttl(dir, &a),
+            &file_attr(ops.root, &a),
+            Generation(0),
+        ),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
 impl KdfsFs {
     pub fn new(
         ops: Arc<Ops>,
         rt: tokio::runtime::Handle,
         attr_ttl: Duration,
-        entry_ttl: Duration,
         passthrough: bool,
         xattr: bool,
     ) -> Self {
         Self {
             ops,
             rt,
-            attr_ttl,
-            entry_ttl,
             caps: Arc::new(xattr::NoCaps::new(attr_ttl)),
             xattr,
             passthrough,
@@ -48,18 +58,20 @@ impl KdfsFs {
         self.rt.spawn(f);
     }
 
+    /// Answer an entry of directory `dir` once `fut` has it.
     pub(super) fn reply_entry(
         &self,
         reply: ReplyEntry,
+        dir: InodeId,
         fut: impl std::future::Future<Output = Result<Attr, i32>> + Send + 'static,
     ) {
-        let (root, ttl, ettl) = (self.ops.root, self.attr_ttl, self.entry_ttl);
-        self.spawn(async move {
-            match fut.await {
-                Ok(a) => reply.entry_with_ttls(&ttl, &ettl, &file_attr(root, &a), Generation(0)),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        let ops = self.ops.clone();
+        self.spawn(async move { entry(&ops, reply, dir, fut.await) });
+    }
+
+    /// Answer an entry of directory `dir` now.
+    pub(super) fn answer_entry(&self, reply: ReplyEntry, dir: InodeId, r: Result<Attr, i32>) {
+        entry(&self.ops, reply, dir, r)
     }
 
     pub(super) fn reply_empty(

@@ -92,6 +92,16 @@ impl KdfsFs {
         });
     }
 
+    /// Unmount: send the releases still queued (2 s at most).
+    pub(super) fn flush_releases(&self) {
+        let ops = self.ops.clone();
+        let _ = self
+            .rt
+            .block_on(tokio::time::timeout(Duration::from_secs(2), async move {
+                ops.releases.flush(&ops.cluster, &ops.cache).await
+            }));
+    }
+
     /// Unmount: give back every lock of this mount (2 s at most).
     pub(super) fn release_all_locks(&self) {
         let ops = self.ops.clone();

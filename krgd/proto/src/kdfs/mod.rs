@@ -6,7 +6,8 @@
 //! Whoever holds an id knows which krgd to ask.
 //!
 //! Files: `attr` (inode kinds, attributes, directory entries, members),
-//! `bytes` (file data on the wire), `lock` (cluster-wide locks); this file
+//! `bytes` (file data on the wire), `cache` (coherence of the mounts' kernel
+//! caches), `lock` (cluster-wide locks); this file
 //! holds the ids and the request and reply enums.
 
 use std::net::SocketAddr;
@@ -17,10 +18,12 @@ use crate::NodeId;
 
 mod attr;
 mod bytes;
+mod cache;
 mod lock;
 
 pub use attr::{Attr, DirEntry, FileKind, KdfsNode, NewInode, RemoveWhat, SetAttr, SetTime, Time};
 pub use bytes::Bytes;
+pub use cache::Inval;
 pub use lock::{LockHolder, LockKind, LockSpec};
 
 /// Cluster-wide inode id: `node << 48 | local`.
@@ -365,6 +368,41 @@ pub enum KdfsRequest {
         /// The mount.
         client: u64,
     },
+    /// `req`, from the caching mount `client`: what the answer gives it is
+    /// remembered (it is told when that changes), and the changes `req`
+    /// makes are not sent back to it (its kernel saw them).
+    As {
+        /// The mount (its random 64-bit client number).
+        client: u64,
+        /// The request itself (never another `As`).
+        req: Box<KdfsRequest>,
+    },
+    /// A caching mount waits for what it must forget (answered
+    /// `Invalidate`, at once if there is something, else after about a
+    /// second with nothing: the mount is alive). The first `Watch` of a
+    /// mount registers it and is answered at once.
+    Watch {
+        /// The mount.
+        client: u64,
+        /// Every invalidation up to this sequence number is done.
+        acked: u64,
+        /// How long its kernel keeps what it is given, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Close many handles from `Open` at once (a mount batches the releases
+    /// the kernel sends after `close(2)` returned): `(inode, handle)` pairs.
+    ReleaseMany {
+        /// The handles to close, with their inodes.
+        handles: Vec<(InodeId, u64)>,
+    },
+    /// unlink(2) of `name` in `dir`: remove the entry and, when its inode is
+    /// owned here too, drop that link in the same request.
+    Unlink {
+        /// The directory, owned here.
+        dir: InodeId,
+        /// The entry's name (EISDIR for a directory).
+        name: Vec<u8>,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.
@@ -438,6 +476,21 @@ pub enum KdfsResponse {
     Done,
     /// The operation failed with this errno.
     Errno(i32),
+    /// To `Watch`: forget `items`; acknowledge with `acked: seq`.
+    Invalidate {
+        /// Sequence number of the last item.
+        seq: u64,
+        /// What to forget (empty: nothing happened).
+        items: Vec<Inval>,
+    },
+    /// To `Unlink`: the entry removed, and whether its link was dropped here
+    /// (else the client drops it at the inode's owner).
+    Unlinked {
+        /// The entry that was removed.
+        entry: DirEntry,
+        /// The inode is owned here and lost that link.
+        link_dropped: bool,
+    },
 }
 
 #[cfg(test)]
