@@ -9,24 +9,36 @@
 //! to restore ([`restore`]) with the same PIDs; if the target cannot, the
 //! origin restores its own copy of the image. All nodes of a local cluster
 //! share one kernel, whose PIDs are unique: two copies can never run.
+//!
+//! - [`check`] — what is checked while the process runs
+//! - [`send`] — the dump, and the image sent while it runs and once stopped ([`push`])
+//! - [`incoming`] — the target: images received, restored on `Commit`
+//! - [`restore`] — running `restart` (lazily on a target)
+//! - [`registry`] — what migrated in, page servers still filling memory
+//! - [`runjob`], [`adopt`], [`relay`] — `krg run` jobs: the origin's
+//!   handover, the target taking the job over into a new PID namespace,
+//!   and the relay that keeps the job's session on the origin
 
 pub mod adopt;
 pub mod check;
 pub mod incoming;
 pub mod push;
+pub mod registry;
 pub mod relay;
 pub mod restore;
 pub mod runjob;
+mod send;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use registry::wait_filled;
+pub use registry::{adopted, arrived, arrived_job, filling, start_ticks, Adopted, Registry};
+use send::{dump, push, Early};
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::migrate::{
-    ImageFile, MigratePeerReply, MigratePeerRequest, MigrateReport, MigrateRequest, Offer,
-    PhaseTime,
+    MigratePeerReply, MigratePeerRequest, MigrateReport, MigrateRequest, Offer, PhaseTime,
 };
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest};
@@ -84,107 +96,6 @@ impl Default for Clock {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// A process that migrated in.
-#[derive(Debug, Clone, Copy)]
-pub struct Adopted {
-    /// Its start time (clock ticks after boot): a recycled PID is another process.
-    pub start: u64,
-    /// The node it came from.
-    pub from: NodeId,
-    /// When it arrived (balancing leaves it here for `min_residency`).
-    pub at: Instant,
-}
-
-/// This node's migrations.
-#[derive(Default)]
-pub struct Registry {
-    /// Images being received.
-    pub transfers: incoming::Transfers,
-    /// Processes that migrated in and still run, by PID.
-    pub adopted: Mutex<HashMap<i32, Adopted>>,
-    /// When each `krg run` job that migrated in arrived, by job number.
-    pub jobs_arrived: Mutex<HashMap<u64, Instant>>,
-    /// Page servers still bringing in the memory of processes that
-    /// migrated in (server PID → those processes).
-    pub filling: Mutex<HashMap<i32, Vec<i32>>>,
-}
-
-/// How long a migration waits for the memory of a process that just
-/// arrived to be all in before it moves it on.
-const FILL_WAIT: Duration = Duration::from_secs(10);
-
-/// `server` brings in the memory of `pids` (restored lazily); it is
-/// reaped here when it is done.
-pub fn filling(st: &Arc<ProcState>, server: i32, pids: &[i32]) {
-    crate::sync::lock(&st.migration.filling).insert(server, pids.to_vec());
-    let st = st.clone();
-    tokio::spawn(async move {
-        restore::reap_server(server).await;
-        crate::sync::lock(&st.migration.filling).remove(&server);
-    });
-}
-
-/// Wait until no page server fills the memory of any of `pids` (a dump
-/// must not race the server for the pages it has not brought in yet).
-async fn wait_filled(st: &ProcState, pids: &[i32]) -> Result<(), AdminError> {
-    let deadline = Instant::now() + FILL_WAIT;
-    loop {
-        let busy = crate::sync::lock(&st.migration.filling)
-            .iter()
-            .find(|(_, p)| p.iter().any(|x| pids.contains(x)))
-            .map(|(s, _)| *s);
-        let Some(server) = busy else {
-            return Ok(());
-        };
-        if Instant::now() >= deadline {
-            return Err(err(
-                ErrorKind::Unavailable,
-                format!("process {} arrived here a moment ago and its memory is still coming in (page server {server}): retry", pids[0]),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Start time of `pid` (field 22 of its stat).
-pub fn start_ticks(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    checkpoint::procfs::parse_stat(&s).ok().map(|s| s.field(22))
-}
-
-/// PIDs of the processes that migrated in and still run (the same processes).
-pub fn adopted(st: &ProcState) -> Vec<i32> {
-    let mut a = crate::sync::lock(&st.migration.adopted);
-    a.retain(|&p, x| start_ticks(p) == Some(x.start));
-    let mut v: Vec<i32> = a.keys().copied().collect();
-    v.sort_unstable();
-    v
-}
-
-/// When process `pid` migrated in, if it did and still runs (a process
-/// of a job that migrated in: when its job did).
-pub fn arrived(st: &ProcState, pid: i32) -> Option<Instant> {
-    {
-        let a = crate::sync::lock(&st.migration.adopted);
-        if let Some(x) = a.get(&pid) {
-            return (start_ticks(pid) == Some(x.start)).then_some(x.at);
-        }
-    }
-    let ns = super::procfs::pid_ns_inode(pid)?;
-    let job = st.table.jobs().into_iter().find(|j| j.ns_ino == ns)?;
-    crate::sync::lock(&st.migration.jobs_arrived)
-        .get(&job.id)
-        .copied()
-}
-
-/// Job `id` (of this node's table) migrated in now.
-pub fn arrived_job(st: &ProcState, id: u64) {
-    let live: std::collections::HashSet<u64> = st.table.jobs().iter().map(|j| j.id).collect();
-    let mut a = crate::sync::lock(&st.migration.jobs_arrived);
-    a.retain(|k, _| live.contains(k));
-    a.insert(id, Instant::now());
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> AdminError {
@@ -305,26 +216,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| err(ErrorKind::Internal, format!("worker thread: {e}")))
-}
-
-/// The files of SN `sn` in `dir`, with their lengths.
-fn image_files(dir: &Path, sn: u32) -> std::io::Result<Vec<ImageFile>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours =
-            name.ends_with(&format!("_v{sn}.bin")) || name == format!("description_v{sn}.txt");
-        if ours && e.file_type()?.is_file() {
-            out.push(ImageFile {
-                name,
-                len: e.metadata()?.len(),
-            });
-        }
-    }
-    // the global file last: a reader takes its presence as "complete"
-    out.sort_by_key(|f| (f.name.starts_with("global_"), f.name.clone()));
-    Ok(out)
 }
 
 /// The origin's side.
@@ -505,146 +396,4 @@ async fn move_here(
     report.total_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(pid, to, bytes, stopped_ms = report.stopped_ms, total_ms = report.total_ms, fell_back = ?report.fell_back, "migrated");
     Ok(report)
-}
-
-/// What the dump left.
-struct Dumped {
-    app: i32,
-    sn: u32,
-    dir: PathBuf,
-    tasks: Vec<i32>,
-    frozen_at: Instant,
-    phases: Vec<checkpoint::timings::Phase>,
-    /// What changed in the memory files sent early (see `DumpReport::delta`).
-    delta: HashMap<String, Vec<(u64, u64)>>,
-}
-
-/// The memory files sent to the target while the process runs.
-struct Early {
-    handle: tokio::runtime::Handle,
-    sender: push::Sender,
-    /// The offer, but its SN and files.
-    offer: Offer,
-    /// Why sending failed, when it did.
-    error: Option<AdminError>,
-}
-
-impl checkpoint::dump::Ship for Early {
-    fn staged(&mut self, sn: u32, files: &[checkpoint::dump::Staged]) -> Result<(), String> {
-        let mut parts = Vec::new();
-        let mut list = Vec::new();
-        for f in files {
-            let file = f.file.try_clone().map_err(|e| format!("{}: {e}", f.name))?;
-            parts.push(push::Part {
-                name: f.name.clone(),
-                file: Arc::new(file),
-                ranges: f.ranges.clone(),
-            });
-            list.push(ImageFile {
-                name: f.name.clone(),
-                len: f.len,
-            });
-        }
-        let Early {
-            handle,
-            sender,
-            offer,
-            ..
-        } = self;
-        let r = handle.block_on(async {
-            if sender.offered {
-                sender.files(offer.pids.clone(), list).await?;
-            } else {
-                let mut o = offer.clone();
-                o.sn = sn;
-                o.files = list;
-                sender.offer(o).await?;
-            }
-            sender.send(&parts).await
-        });
-        r.map_err(|e| {
-            let msg = e.message.clone();
-            self.error = Some(e);
-            msg
-        })
-    }
-}
-
-/// Dump `pid` into `out`, leaving it stopped; its memory files go to the
-/// target as they are copied.
-fn dump(
-    pid: i32,
-    out: &Path,
-    node: NodeId,
-    in_job: bool,
-    early: &mut Early,
-) -> Result<Dumped, String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let opts = checkpoint::dump::DumpOptions {
-        root: out.to_path_buf(),
-        kill: false,
-        stop: true,
-        node: node.min(63),
-        sysv_sem: Vec::new(),
-        sysv_msg: Vec::new(),
-        full: true,
-        other_pidns: in_job,
-    };
-    let r = checkpoint::dump::checkpoint_shipped(pid, &opts, &|_, _| {}, Some(early))
-        .map_err(|e| e.to_string())?;
-    Ok(Dumped {
-        app: pid,
-        sn: r.sn,
-        dir: r.dir,
-        tasks: r.tasks,
-        frozen_at: r.frozen_at,
-        phases: r.phases,
-        delta: r.delta,
-    })
-}
-
-/// Send the image: the offer (or, after an early one, the final file
-/// list), then every file, or what changed in it since it was sent early.
-/// Returns the bytes sent in all.
-async fn push(
-    sender: &mut push::Sender,
-    rep: &Dumped,
-    plan: &check::Plan,
-    who: Credentials,
-) -> Result<u64, AdminError> {
-    let files = image_files(&rep.dir, rep.sn)
-        .map_err(|e| err(ErrorKind::Internal, format!("reading the image: {e}")))?;
-    let early = sender.offered;
-    if early {
-        sender.files(rep.tasks.clone(), files.clone()).await?;
-    } else {
-        let offer = Offer {
-            xfer: sender.xfer,
-            app: rep.app,
-            sn: rep.sn,
-            pids: rep.tasks.clone(),
-            owner: plan.owner,
-            creds: who,
-            files: files.clone(),
-            identities: plan.identities.clone(),
-        };
-        sender.offer(offer).await?;
-    }
-    let mut parts = Vec::new();
-    for f in &files {
-        let path = rep.dir.join(&f.name);
-        let file = std::fs::File::open(&path)
-            .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
-        let ranges = match rep.delta.get(&f.name) {
-            Some(r) if early => r.clone(),
-            _ => vec![(0, f.len)],
-        };
-        parts.push(push::Part {
-            name: f.name.clone(),
-            file: Arc::new(file),
-            ranges,
-        });
-    }
-    sender.send(&parts).await?;
-    Ok(sender.bytes)
 }

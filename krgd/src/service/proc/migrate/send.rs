@@ -1,0 +1,177 @@
+//! The origin's sending side: the dump into `<data_dir>/migrate/out/`
+//! with the memory files shipped while the process runs ([`Early`]), then
+//! the final file list and what changed, sent while it is stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::migrate::{ImageFile, Offer};
+use krg_proto::proc::Credentials;
+use krg_proto::NodeId;
+
+use super::{check, err, push as pushing};
+
+/// The files of SN `sn` in `dir`, with their lengths.
+pub(super) fn image_files(dir: &Path, sn: u32) -> std::io::Result<Vec<ImageFile>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours =
+            name.ends_with(&format!("_v{sn}.bin")) || name == format!("description_v{sn}.txt");
+        if ours && e.file_type()?.is_file() {
+            out.push(ImageFile {
+                name,
+                len: e.metadata()?.len(),
+            });
+        }
+    }
+    // the global file last: a reader takes its presence as "complete"
+    out.sort_by_key(|f| (f.name.starts_with("global_"), f.name.clone()));
+    Ok(out)
+}
+
+/// What the dump left.
+pub(super) struct Dumped {
+    pub(super) app: i32,
+    pub(super) sn: u32,
+    pub(super) dir: PathBuf,
+    pub(super) tasks: Vec<i32>,
+    pub(super) frozen_at: Instant,
+    pub(super) phases: Vec<checkpoint::timings::Phase>,
+    /// What changed in the memory files sent early (see `DumpReport::delta`).
+    pub(super) delta: HashMap<String, Vec<(u64, u64)>>,
+}
+
+/// The memory files sent to the target while the process runs.
+pub(super) struct Early {
+    pub(super) handle: tokio::runtime::Handle,
+    pub(super) sender: pushing::Sender,
+    /// The offer, but its SN and files.
+    pub(super) offer: Offer,
+    /// Why sending failed, when it did.
+    pub(super) error: Option<AdminError>,
+}
+
+impl checkpoint::dump::Ship for Early {
+    fn staged(&mut self, sn: u32, files: &[checkpoint::dump::Staged]) -> Result<(), String> {
+        let mut parts = Vec::new();
+        let mut list = Vec::new();
+        for f in files {
+            let file = f.file.try_clone().map_err(|e| format!("{}: {e}", f.name))?;
+            parts.push(pushing::Part {
+                name: f.name.clone(),
+                file: Arc::new(file),
+                ranges: f.ranges.clone(),
+            });
+            list.push(ImageFile {
+                name: f.name.clone(),
+                len: f.len,
+            });
+        }
+        let Early {
+            handle,
+            sender,
+            offer,
+            ..
+        } = self;
+        let r = handle.block_on(async {
+            if sender.offered {
+                sender.files(offer.pids.clone(), list).await?;
+            } else {
+                let mut o = offer.clone();
+                o.sn = sn;
+                o.files = list;
+                sender.offer(o).await?;
+            }
+            sender.send(&parts).await
+        });
+        r.map_err(|e| {
+            let msg = e.message.clone();
+            self.error = Some(e);
+            msg
+        })
+    }
+}
+
+/// Dump `pid` into `out`, leaving it stopped; its memory files go to the
+/// target as they are copied.
+pub(super) fn dump(
+    pid: i32,
+    out: &Path,
+    node: NodeId,
+    in_job: bool,
+    early: &mut Early,
+) -> Result<Dumped, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let opts = checkpoint::dump::DumpOptions {
+        root: out.to_path_buf(),
+        kill: false,
+        stop: true,
+        node: node.min(63),
+        sysv_sem: Vec::new(),
+        sysv_msg: Vec::new(),
+        full: true,
+        other_pidns: in_job,
+    };
+    let r = checkpoint::dump::checkpoint_shipped(pid, &opts, &|_, _| {}, Some(early))
+        .map_err(|e| e.to_string())?;
+    Ok(Dumped {
+        app: pid,
+        sn: r.sn,
+        dir: r.dir,
+        tasks: r.tasks,
+        frozen_at: r.frozen_at,
+        phases: r.phases,
+        delta: r.delta,
+    })
+}
+
+/// Send the image: the offer (or, after an early one, the final file
+/// list), then every file, or what changed in it since it was sent early.
+/// Returns the bytes sent in all.
+pub(super) async fn push(
+    sender: &mut pushing::Sender,
+    rep: &Dumped,
+    plan: &check::Plan,
+    who: Credentials,
+) -> Result<u64, AdminError> {
+    let files = image_files(&rep.dir, rep.sn)
+        .map_err(|e| err(ErrorKind::Internal, format!("reading the image: {e}")))?;
+    let early = sender.offered;
+    if early {
+        sender.files(rep.tasks.clone(), files.clone()).await?;
+    } else {
+        let offer = Offer {
+            xfer: sender.xfer,
+            app: rep.app,
+            sn: rep.sn,
+            pids: rep.tasks.clone(),
+            owner: plan.owner,
+            creds: who,
+            files: files.clone(),
+            identities: plan.identities.clone(),
+        };
+        sender.offer(offer).await?;
+    }
+    let mut parts = Vec::new();
+    for f in &files {
+        let path = rep.dir.join(&f.name);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
+        let ranges = match rep.delta.get(&f.name) {
+            Some(r) if early => r.clone(),
+            _ => vec![(0, f.len)],
+        };
+        parts.push(pushing::Part {
+            name: f.name.clone(),
+            file: Arc::new(file),
+            ranges,
+        });
+    }
+    sender.send(&parts).await?;
+    Ok(sender.bytes)
+}
