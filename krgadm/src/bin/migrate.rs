@@ -22,6 +22,9 @@ Examples:
   migrate 4242 3          move process 4242 of this node to node 3
   migrate 3:4242 1        move process 4242 of node 3 to node 1
   migrate --tree 4242 2   move 4242 and its descendants
+  migrate 1:4096 3        move the krg run job whose program is 4096 on node 1
+                          (its whole tree, its PIDs; krg run keeps its output,
+                          input, signals and exit status)
   migrate --timings 4242 2   and print how long each phase took";
 
 /// Move a running process to another node.
