@@ -267,3 +267,24 @@ pub fn try_reap(pidfd: &OwnedFd) -> io::Result<Option<i32>> {
         _ => status & 0x7f,
     }))
 }
+
+/// Wait for `pid` to end and reap it once it is krgd's child: a process
+/// restored by `restart` (or its page server) comes to krgd, a child
+/// subreaper, only when restart exits, so an end seen before then is
+/// waited for again. Its wait status; None when krgd cannot wait for it
+/// (gone already, or some other process's child).
+pub async fn reap_adopted(pid: i32) -> Option<i32> {
+    let fd = pidfd_open(pid).ok()?;
+    let afd = super::fdio::register(fd).ok()?;
+    loop {
+        match try_reap(afd.get_ref()) {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        let mut ready = afd.readable().await.ok()?;
+        ready.clear_ready();
+        // it may have ended before restart did: then it is not ours yet
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -155,16 +155,20 @@ impl Table {
                 ));
             }
         }
-        inner.slots.insert(slot);
         inner.next_slot = slot;
+        Ok(self.hold(&mut inner, slot))
+    }
+
+    /// Take `slot` (free) and a new job number.
+    fn hold(&self, inner: &mut Inner, slot: u32) -> Reservation<'_> {
+        inner.slots.insert(slot);
         inner.next_id += 1;
-        let id = inner.next_id;
-        Ok(Reservation {
+        Reservation {
             table: self,
-            id,
+            id: inner.next_id,
             slot,
             entered: false,
-        })
+        }
     }
 
     /// Set aside the slot of a job's program PID `pid` (a job that
@@ -175,15 +179,7 @@ impl Table {
         let slot = u32::try_from(pid / PID_SPAN).unwrap_or(0);
         let mut inner = sync::lock(&self.inner);
         if (1..=MAX_SLOT).contains(&slot) && !inner.slots.contains(&slot) {
-            inner.slots.insert(slot);
-            inner.next_id += 1;
-            let id = inner.next_id;
-            return Ok(Reservation {
-                table: self,
-                id,
-                slot,
-                entered: false,
-            });
+            return Ok(self.hold(&mut inner, slot));
         }
         drop(inner);
         self.reserve()

@@ -14,7 +14,7 @@ use krg_proto::migrate::{Data, ImageFile, Offer, Restored};
 use krg_proto::NodeId;
 
 use super::super::creds::{self, Origin, RunPolicy};
-use super::super::spawn::{pidfd_open, try_reap};
+use super::super::spawn;
 use super::super::state::ProcState;
 use super::{check, restore, Adopted};
 
@@ -405,26 +405,8 @@ pub fn adopt(st: &Arc<ProcState>, pids: &[i32], from: NodeId) {
 
 /// Wait for a restored process to end; reap it if it is krgd's child by then.
 async fn reap(st: Arc<ProcState>, pid: i32) {
-    let Ok(fd) = pidfd_open(pid) else { return };
-    let Ok(afd) = super::super::fdio::register(fd) else {
-        return;
-    };
-    loop {
-        let Ok(mut g) = afd.readable().await else {
-            return;
-        };
-        g.clear_ready();
-        match try_reap(afd.get_ref()) {
-            Ok(Some(status)) => {
-                tracing::info!(pid, status, "migrated process ended");
-                break;
-            }
-            Ok(None) => {
-                // Exited but not (yet) our child: restart may still be its parent.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(_) => break, // not our child: its parent reaps it
-        }
+    if let Some(status) = spawn::reap_adopted(pid).await {
+        tracing::info!(pid, status, "migrated process ended");
     }
     crate::sync::lock(&st.migration.adopted).remove(&pid);
 }

@@ -112,24 +112,7 @@ fn page_server(text: &str) -> Option<i32> {
 /// Wait for the page server (it ends once every page is in, or its
 /// processes are gone) and reap it.
 pub async fn reap_server(pid: i32) {
-    let Ok(fd) = super::super::spawn::pidfd_open(pid) else {
-        return;
-    };
-    let Ok(afd) = super::super::fdio::register(fd) else {
-        return;
-    };
-    for _ in 0..100_000 {
-        match super::super::spawn::try_reap(afd.get_ref()) {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) => {}
-        }
-        match afd.readable().await {
-            Ok(mut g) => g.clear_ready(),
-            Err(_) => return,
-        }
-        // it may have exited before restart did: then it is not ours yet
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = super::super::spawn::reap_adopted(pid).await;
 }
 
 /// Run restart; its phases and everything it reported.
