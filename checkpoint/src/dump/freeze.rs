@@ -1,5 +1,7 @@
-//! Freezing the tree: who it belongs to, what this version refuses, and
-//! the ptrace seizure that holds it still (and lets it go on any error).
+//! Freezing the tree: who it belongs to, what this version refuses (looked
+//! at first while the job runs, [`precheck`]), the ptrace seizure that
+//! holds it still (and lets it go on any error), and the priority the
+//! checkpointing thread takes while it holds it ([`Boost`]).
 
 use crate::error::{ChkptError, Result};
 use crate::image::Zombie;
@@ -268,4 +270,59 @@ fn exited(tid: i32) -> bool {
         .ok()
         .and_then(|s| procfs::parse_stat(&s).ok())
         .is_none_or(|st| matches!(st.state, 'Z' | 'X' | 'x'))
+}
+
+/// This thread at the highest priority while it holds the tree frozen;
+/// the previous one back when dropped.
+pub(super) struct Boost {
+    was: i32,
+}
+
+impl Boost {
+    pub(super) fn new() -> Self {
+        // SAFETY: getpriority/setpriority of the calling thread (PRIO_PROCESS
+        // with 0 is the caller on Linux); failure (not root) changes nothing.
+        unsafe {
+            let was = libc::getpriority(libc::PRIO_PROCESS, 0);
+            libc::setpriority(libc::PRIO_PROCESS, 0, -20);
+            Boost { was }
+        }
+    }
+}
+
+impl Drop for Boost {
+    fn drop(&mut self) {
+        // SAFETY: as in new.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.was) };
+    }
+}
+
+/// The tree without its zombies (they have no files, memory or threads).
+pub(super) fn living(tree: &[(i32, i32)]) -> Vec<(i32, i32)> {
+    tree.iter()
+        .copied()
+        .filter(|&(p, _)| zombie(p).is_none())
+        .collect()
+}
+
+/// Refuse what this version cannot save before touching anything, while
+/// the job runs (so a refusal costs it nothing). A process that exits
+/// meanwhile (a short-lived child) only makes the look start over.
+pub(super) fn precheck(pid: i32, caller: u32, pidns: bool) -> Result<Vec<(i32, i32)>> {
+    let mut tries = 0;
+    loop {
+        let t = tree(pid)?;
+        let r = t
+            .iter()
+            .try_for_each(|&(p, _)| check_task(p, caller, pidns).map(|_| ()))
+            .and_then(|()| super::refuse::shared_fd_tables(&living(&t)))
+            .and_then(|()| {
+                super::files::collect(&living(&t), caller, super::sockets::Take::Check).map(|_| ())
+            });
+        match r {
+            Ok(()) => return Ok(t),
+            Err(e) if e.is_gone() && tries < 20 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }

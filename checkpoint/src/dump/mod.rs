@@ -48,7 +48,7 @@ use crate::{procfs, store};
 
 use crate::timings::mark;
 use copy::DataFile;
-use freeze::{Frozen, Owner};
+use freeze::{living, precheck, Boost, Frozen, Owner};
 use precopy::ProcMem;
 use task::TaskDump;
 
@@ -264,59 +264,6 @@ pub fn checkpoint_shipped(
         phases: crate::timings::take(),
         delta,
     })
-}
-
-/// This thread at the highest priority while it holds the tree frozen;
-/// the previous one back when dropped.
-struct Boost {
-    was: i32,
-}
-
-impl Boost {
-    fn new() -> Self {
-        // SAFETY: getpriority/setpriority of the calling thread (PRIO_PROCESS
-        // with 0 is the caller on Linux); failure (not root) changes nothing.
-        unsafe {
-            let was = libc::getpriority(libc::PRIO_PROCESS, 0);
-            libc::setpriority(libc::PRIO_PROCESS, 0, -20);
-            Boost { was }
-        }
-    }
-}
-
-impl Drop for Boost {
-    fn drop(&mut self) {
-        // SAFETY: as in new.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.was) };
-    }
-}
-
-/// The tree without its zombies (they have no files, memory or threads).
-fn living(tree: &[(i32, i32)]) -> Vec<(i32, i32)> {
-    tree.iter()
-        .copied()
-        .filter(|&(p, _)| freeze::zombie(p).is_none())
-        .collect()
-}
-
-/// Refuse what this version cannot save before touching anything, while
-/// the job runs (so a refusal costs it nothing). A process that exits
-/// meanwhile (a short-lived child) only makes the look start over.
-fn precheck(pid: i32, caller: u32, pidns: bool) -> Result<Vec<(i32, i32)>> {
-    let mut tries = 0;
-    loop {
-        let t = tree(pid)?;
-        let r = t
-            .iter()
-            .try_for_each(|&(p, _)| freeze::check_task(p, caller, pidns).map(|_| ()))
-            .and_then(|()| refuse::shared_fd_tables(&living(&t)))
-            .and_then(|()| files::collect(&living(&t), caller, sockets::Take::Check).map(|_| ()));
-        match r {
-            Ok(()) => return Ok(t),
-            Err(e) if e.is_gone() && tries < 20 => tries += 1,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Where the previous SNs are, and which one this one may build on.
