@@ -268,23 +268,25 @@ pub fn try_reap(pidfd: &OwnedFd) -> io::Result<Option<i32>> {
     }))
 }
 
-/// Wait for `pid` to end and reap it once it is krgd's child: a process
+/// Wait for `pid` to end, then reap it once it is krgd's child: a process
 /// restored by `restart` (or its page server) comes to krgd, a child
 /// subreaper, only when restart exits, so an end seen before then is
 /// waited for again. Its wait status; None when krgd cannot wait for it
-/// (gone already, or some other process's child).
+/// (gone already), or when it ended as another process's child (a moved
+/// process's child: its parent reaps it).
 pub async fn reap_adopted(pid: i32) -> Option<i32> {
     let fd = pidfd_open(pid).ok()?;
     let afd = super::fdio::register(fd).ok()?;
     loop {
-        match try_reap(afd.get_ref()) {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
+        // readable once it has ended; not before: a live process that is
+        // not krgd's child must not be taken for one it cannot wait for
         let mut ready = afd.readable().await.ok()?;
         ready.clear_ready();
-        // it may have ended before restart did: then it is not ours yet
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        match try_reap(afd.get_ref()) {
+            Ok(Some(status)) => return Some(status),
+            // ended, not ours yet: restart may still be its parent
+            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(_) => return None,
+        }
     }
 }
