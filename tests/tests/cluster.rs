@@ -507,3 +507,48 @@ fn deleted_live_node_goes_leaving_then_gone_and_never_failed() -> Result<()> {
     assert_eq!(c.wait_agreement(&[1, 2, 3], SETTLE)?.0, vec![1, 2, 3]);
     Ok(())
 }
+
+/// `nodes add -n3:4` with node 4 frozen: node 3 is welcomed (it starts a
+/// Raft instance for the cluster), node 4's welcome times out and the add
+/// fails. Node 3 must not claim the cluster forever: the leader evicts it,
+/// and once its welcome is a few seconds old it obeys (before, the welcome's
+/// epoch outranked every eviction at the unchanged epoch, and node 3 stayed
+/// "no quorum" until the next change).
+#[test]
+fn node_welcomed_by_a_failed_add_leaves_again() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(4)?;
+    formed(&mut c, &[1, 2], 1)?;
+    c.wait_agreement(&[1, 2], SETTLE)?;
+    c.start(3)?;
+    c.start(4)?;
+    c.wait_present(1, &[3, 4], SETTLE)?;
+    let frozen = c.node(4)?.pid().expect("node 4 runs") as i32;
+    // SAFETY: kill(2) on the krgd this test started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(frozen, libc::SIGSTOP) }, 0);
+    let out = c.krgadm(1, &["nodes", "add", "-n3:4"]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(frozen, libc::SIGCONT) }, 0);
+    let out = out?;
+    assert!(
+        !out.status.success(),
+        "the add succeeded with node 4 frozen"
+    );
+    assert!(stderr(&out).contains("node 4"), "{}", stderr(&out));
+    assert_ne!(
+        c.status(3)?["health"],
+        "not started",
+        "node 3 was never welcomed: the test proves nothing"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "node 3 to leave the cluster",
+        || (c.status(3).ok()?["health"] == "not started").then_some(()),
+    )?;
+    assert_eq!(c.wait_agreement(&[1, 2], SETTLE)?.0, vec![1, 2]);
+    // Both can be added now.
+    c.wait_present(1, &[3, 4], SETTLE)?;
+    c.krgadm_ok(1, &["nodes", "add", "-n3:4"])?;
+    assert_eq!(c.wait_agreement(&[1, 2, 3, 4], SETTLE)?.0, vec![1, 2, 3, 4]);
+    Ok(())
+}

@@ -303,6 +303,9 @@ pub enum ClusterPeerRequest {
         /// The leader's epoch when it decided to add the node: the node
         /// will be a member after it.
         epoch: u64,
+        /// The leader's Raft term then: an add it could not commit is lost
+        /// when a later term's leader takes over.
+        term: u64,
     },
     /// Leave cluster `cluster`: drop the Raft instance, become present.
     Evict {
@@ -312,6 +315,12 @@ pub enum ClusterPeerRequest {
         /// knows of a later epoch (it was re-added since, or welcomed after
         /// it) ignores the eviction, which may have been delayed.
         epoch: u64,
+        /// The sender's Raft term then, once it has applied an entry of
+        /// that term (so it knows every committed add): an eviction of a
+        /// later term than the welcome is obeyed whatever the welcome's
+        /// epoch, as that welcome's add was never committed. `u64::MAX`:
+        /// the cluster is over.
+        term: u64,
     },
     /// Who are you, and whom do you know (presence discovery over TCP).
     Describe {

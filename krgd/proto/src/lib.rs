@@ -55,7 +55,9 @@ pub type SessionId = u32;
 /// and a nonce under their MAC; `Welcome` and `Evict` carry the sender's
 /// epoch and `ClusterStatus` the Raft term; the process service
 /// (`proc`) and migration (`migrate`) messages are new.
-pub const PROTOCOL_VERSION: u16 = 3;
+///
+/// 4: `Welcome` and `Evict` carry the sender's Raft term too.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,

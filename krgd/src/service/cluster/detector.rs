@@ -92,7 +92,7 @@ pub(super) async fn run(svc: Arc<ClusterService>, joined: Arc<Joined>) {
         // Not while a change runs: a node being added is welcomed (and so
         // claims the cluster) before the table lists it.
         if let Ok(_guard) = svc.change_lock.try_lock() {
-            evict_strays(&svc, &joined, &joined.state()).await;
+            evict_strays(&svc, &joined).await;
         }
         let me = svc.ctx.node_id();
         let targets: Vec<(NodeId, NodeState)> = state
@@ -223,10 +223,14 @@ async fn revive(
 /// log could elect a leader missing committed entries (the fault campaign
 /// saw two logs disagree below their commit index), and be sent the log of
 /// the leader from wherever it believed the voter's log ended.
-async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::state::ClusterState) {
+async fn evict_strays(svc: &ClusterService, joined: &Joined) {
     let Some(discovery) = svc.discovery() else {
         return;
     };
+    // The term first, then the table: the table is then at least as recent
+    // as the term the evictions claim (see `Joined::applied_term`).
+    let term = joined.applied_term();
+    let state = &joined.state();
     let strays: Vec<NodeId> = discovery
         .present()
         .iter()
@@ -254,6 +258,7 @@ async fn evict_strays(svc: &ClusterService, joined: &Joined, state: &super::stat
         let evict = ClusterPeerRequest::Evict {
             cluster: joined.uid,
             epoch: state.epoch,
+            term,
         };
         let _ = call(&svc.ctx.peers, node, evict, svc.ctx.config.heartbeat).await;
     }

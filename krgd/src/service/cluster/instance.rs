@@ -29,26 +29,97 @@ pub(crate) struct Joined {
     /// The epoch after which the leader that welcomed this instance meant
     /// to add it, plus one (0: resumed from disk, or not welcomed).
     welcome_epoch: AtomicU64,
+    /// The latest Raft term of the leaders that welcomed this instance.
+    welcome_term: AtomicU64,
+    /// When the last welcome came.
+    welcomed: Mutex<Option<Instant>>,
 }
+
+/// How long a welcome shields a node from evictions of its own term: an
+/// eviction sent before the welcome may wait for the lock the welcome took,
+/// but not this long; after it, a welcome whose add was given up (another
+/// node of the same `nodes add` refused its welcome) no longer keeps the
+/// node in a cluster that does not list it.
+const WELCOME_SHIELD: Duration = Duration::from_secs(10);
 
 impl Joined {
     pub(super) fn state(&self) -> ClusterState {
         self.state.borrow().clone()
     }
 
-    /// A leader welcomed this instance at its epoch `epoch`.
-    pub(super) fn welcomed_at(&self, epoch: u64) {
+    /// A leader of term `term` welcomed this instance at its epoch `epoch`.
+    pub(super) fn welcomed_at(&self, epoch: u64, term: u64) {
+        self.welcome_term.fetch_max(term, Ordering::SeqCst);
         self.welcome_epoch
             .fetch_max(epoch.saturating_add(1), Ordering::SeqCst);
+        *sync::lock(&self.welcomed) = Some(Instant::now());
     }
 
-    /// The latest epoch this instance knows it belongs to the cluster at.
-    fn known_epoch(&self) -> u64 {
-        self.state
+    /// The term of the last entry this node applied. A node that applied an
+    /// entry of term T holds every entry any leader of a term up to T
+    /// committed (Raft's leader completeness), so an eviction stamped with
+    /// it, and with the epoch read after it, speaks for all those terms.
+    pub(super) fn applied_term(&self) -> u64 {
+        self.raft
+            .metrics()
             .borrow()
-            .epoch
-            .max(self.welcome_epoch.load(Ordering::SeqCst))
+            .last_applied
+            .map_or(0, |l| l.leader_id.term)
     }
+
+    /// The Raft term this node is in now (the term a welcome's add will be
+    /// committed in, if at all).
+    pub(super) fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Why an eviction stamped `epoch`/`term` is stale, if it is.
+    fn stale_eviction(&self, epoch: u64, term: u64) -> Option<Staleness> {
+        let welcome = sync::lock(&self.welcomed).map(|at| Welcome {
+            epoch: self.welcome_epoch.load(Ordering::SeqCst),
+            term: self.welcome_term.load(Ordering::SeqCst),
+            age: at.elapsed(),
+        });
+        eviction_staleness(self.state.borrow().epoch, welcome, epoch, term)
+    }
+}
+
+/// The last welcome an instance had.
+#[derive(Clone, Copy, Debug)]
+struct Welcome {
+    /// The epoch it will be a member after, plus one.
+    epoch: u64,
+    term: u64,
+    age: Duration,
+}
+
+/// Why an eviction is ignored.
+#[derive(Debug, PartialEq, Eq)]
+enum Staleness {
+    /// This node applied a later membership (it was re-added since).
+    Applied(u64),
+    /// A leader of the eviction's term or a later one welcomed this node
+    /// after the eviction's epoch, a moment ago.
+    Welcomed(u64),
+}
+
+/// Whether an eviction stamped `epoch`/`term` is stale for a node that
+/// applied `applied` and had `welcome`. A welcome from an earlier term than
+/// the eviction does not count: its add was not committed (the evicting
+/// leader, which applied an entry of its own term, would list the node) and
+/// can no longer be. Nor does an old welcome (see [`WELCOME_SHIELD`]).
+fn eviction_staleness(
+    applied: u64,
+    welcome: Option<Welcome>,
+    epoch: u64,
+    term: u64,
+) -> Option<Staleness> {
+    if applied > epoch {
+        return Some(Staleness::Applied(applied));
+    }
+    let w = welcome?;
+    (w.epoch > epoch && w.term >= term && w.age < WELCOME_SHIELD)
+        .then_some(Staleness::Welcomed(w.epoch))
 }
 
 /// Whether leaving deletes the Raft state on disk.
@@ -62,7 +133,7 @@ pub(super) enum Forget {
 
 impl ClusterService {
     /// Start a Raft instance for cluster `uid` (idempotent for the same uid),
-    /// with fresh state on disk. `welcome`: the epoch of the leader that
+    /// with fresh state on disk. `welcome`: the epoch and term of the leader that
     /// welcomed this node, recorded before the instance can be seen, so
     /// that an eviction sent before the welcome but handled after it (it
     /// waited for the lock) is ignored: the fault campaign (seed 938669814,
@@ -72,13 +143,13 @@ impl ClusterService {
     pub(super) async fn join(
         self: &Arc<Self>,
         uid: u64,
-        welcome: Option<u64>,
+        welcome: Option<(u64, u64)>,
     ) -> Result<Arc<Joined>, AdminError> {
         let mut slot = self.joined.write().await;
         if let Some(j) = slot.as_ref() {
             return if j.uid == uid {
-                if let Some(epoch) = welcome {
-                    j.welcomed_at(epoch);
+                if let Some((epoch, term)) = welcome {
+                    j.welcomed_at(epoch, term);
                 }
                 Ok(j.clone())
             } else {
@@ -102,8 +173,8 @@ impl ClusterService {
             log: LogImage::default(),
         };
         let joined = self.start_raft(fresh).await.map_err(internal)?;
-        if let Some(epoch) = welcome {
-            joined.welcomed_at(epoch);
+        if let Some((epoch, term)) = welcome {
+            joined.welcomed_at(epoch, term);
         }
         *slot = Some(joined.clone());
         tracing::info!(
@@ -186,6 +257,8 @@ impl ClusterService {
             disk: writer,
             tasks: Mutex::default(),
             welcome_epoch: AtomicU64::new(0),
+            welcome_term: AtomicU64::new(0),
+            welcomed: Mutex::default(),
         });
         let tasks = vec![
             tokio::spawn(self.clone().follow_state(joined.clone())),
@@ -204,10 +277,13 @@ impl ClusterService {
             .await
     }
 
-    /// `by` says this node is out of cluster `uid` as of its epoch `epoch`.
-    /// Obeyed unless this node knows of a later epoch of its membership: a
-    /// delayed eviction must not end a membership that began after it.
-    pub(super) async fn evicted(&self, by: krg_proto::NodeId, uid: u64, epoch: u64) {
+    /// `by` says this node is out of cluster `uid` as of its epoch `epoch`
+    /// in term `term`. Obeyed unless stale (see [`Joined::stale_eviction`]):
+    /// a delayed eviction must not end a membership that began after it,
+    /// and a welcome whose add a leader lost must not keep the node in
+    /// forever (the fault campaign, seed 20697470: a node welcomed at epoch
+    /// 59 by a deposed leader ignored the next leader's evictions at 58).
+    pub(super) async fn evicted(&self, by: krg_proto::NodeId, uid: u64, epoch: u64, term: u64) {
         // Checked under the write lock that `join` holds while it records a
         // welcome: the check and the leave are one step against it.
         self.leave_if(
@@ -215,17 +291,17 @@ impl ClusterService {
                 if cur.uid != uid {
                     return false;
                 }
-                let known = cur.known_epoch();
-                if known > epoch {
+                if let Some(why) = cur.stale_eviction(epoch, term) {
                     tracing::info!(
                         by,
                         epoch,
-                        known,
+                        term,
+                        ?why,
                         "ignored an eviction older than this membership"
                     );
                     return false;
                 }
-                tracing::info!(by, epoch, "told to leave the cluster");
+                tracing::info!(by, epoch, term, "told to leave the cluster");
                 true
             },
             Forget::Yes,

@@ -155,6 +155,9 @@ impl ClusterService {
         joined: &Joined,
         ids: &[NodeId],
     ) -> Result<ClusterStatus, AdminError> {
+        // Read before the commit: the removal is committed in this term or
+        // a later one, and an eviction may claim less than it knows, never more.
+        let term = joined.applied_term();
         let result = self
             .commit(joined, ClusterCommand::Remove(ids.to_vec()))
             .await?;
@@ -164,6 +167,7 @@ impl ClusterService {
             let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
                 epoch: result.epoch,
+                term,
             };
             let _ = call(&self.ctx.peers, *id, evict, Duration::from_secs(1)).await;
         }

@@ -71,7 +71,7 @@ impl ClusterService {
         // cluster still looks busy), so ask everyone: a node really in another
         // cluster refuses the welcome and is left out.
         let started = std::time::Instant::now();
-        let welcomed = self.welcome_all(&present, uid, 0).await;
+        let welcomed = self.welcome_all(&present, uid, 0, 0).await;
         tracing::debug!(took = ?started.elapsed(), "founders welcomed");
         for refusal in welcomed.iter().filter_map(|r| r.as_ref().err()) {
             tracing::info!(reason = %refusal.message, "present node not included");
@@ -104,6 +104,7 @@ impl ClusterService {
                     ClusterPeerRequest::Evict {
                         cluster: uid,
                         epoch: u64::MAX,
+                        term: u64::MAX,
                     },
                     Duration::from_secs(1),
                 )
@@ -173,12 +174,13 @@ impl ClusterService {
     }
 
     /// Welcome each node into cluster `uid` (they start Raft instances); the
-    /// leader is at `epoch`.
+    /// leader is at `epoch`, in Raft term `term` (0 while founding).
     async fn welcome_all(
         &self,
         nodes: &[Presence],
         uid: u64,
         epoch: u64,
+        term: u64,
     ) -> Vec<Result<Presence, AdminError>> {
         let calls = nodes.iter().map(|p| async move {
             match call(
@@ -187,6 +189,7 @@ impl ClusterService {
                 ClusterPeerRequest::Welcome {
                     cluster: uid,
                     epoch,
+                    term,
                 },
                 Duration::from_secs(3),
             )
@@ -245,7 +248,11 @@ impl ClusterService {
         let present = self.discovery().map(|d| d.present()).unwrap_or_default();
         let nodes = resolve_for_add(&sel, &state, &present)?;
         let t0 = std::time::Instant::now();
-        for r in self.welcome_all(&nodes, joined.uid, state.epoch).await {
+        let term = joined.current_term();
+        for r in self
+            .welcome_all(&nodes, joined.uid, state.epoch, term)
+            .await
+        {
             r?;
         }
         let welcomed = t0.elapsed();
@@ -281,6 +288,7 @@ impl ClusterService {
             let evict = ClusterPeerRequest::Evict {
                 cluster: joined.uid,
                 epoch: u64::MAX,
+                term: u64::MAX,
             };
             call(&self.ctx.peers, *id, evict, Duration::from_secs(1))
         });

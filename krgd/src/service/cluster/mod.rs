@@ -253,12 +253,20 @@ impl ClusterService {
                     .await
                     .map(ClusterPeerReply::Forwarded)
             }
-            ClusterPeerRequest::Welcome { cluster, epoch } => {
-                self.join(cluster, Some(epoch)).await?;
+            ClusterPeerRequest::Welcome {
+                cluster,
+                epoch,
+                term,
+            } => {
+                self.join(cluster, Some((epoch, term))).await?;
                 Ok(ClusterPeerReply::Ack)
             }
-            ClusterPeerRequest::Evict { cluster, epoch } => {
-                self.evicted(from.node, cluster, epoch).await;
+            ClusterPeerRequest::Evict {
+                cluster,
+                epoch,
+                term,
+            } => {
+                self.evicted(from.node, cluster, epoch, term).await;
                 Ok(ClusterPeerReply::Ack)
             }
             ClusterPeerRequest::Describe { from: asker } => {

@@ -44,17 +44,17 @@ async fn eviction_older_than_the_welcome_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let svc = service(dir.path());
     // Welcomed by a leader at epoch 355: a member from epoch 356 on.
-    let j = svc.join(UID, Some(355)).await.unwrap();
+    let j = svc.join(UID, Some((355, 4))).await.unwrap();
     assert_eq!(
-        j.known_epoch(),
-        356,
+        j.stale_eviction(355, 4),
+        Some(Staleness::Welcomed(356)),
         "the welcome is recorded with the instance"
     );
     // Evictions the leader sent at epochs 354 and 355, before it welcomed
     // this node (the fault campaign's node 2 got them together with the
     // welcome after a pause): ignored, the Raft state stays.
     for epoch in [355, 354, 355] {
-        svc.evicted(3, UID, epoch).await;
+        svc.evicted(3, UID, epoch, 4).await;
     }
     let still = svc
         .joined()
@@ -66,18 +66,18 @@ async fn eviction_older_than_the_welcome_is_ignored() {
         "the Raft state is kept"
     );
     // Another cluster's eviction does nothing either.
-    svc.evicted(3, UID + 1, u64::MAX).await;
+    svc.evicted(3, UID + 1, u64::MAX, u64::MAX).await;
     assert!(svc.joined().await.is_some());
     // A welcome repeated for the same instance at a later epoch moves it on.
-    svc.join(UID, Some(360)).await.unwrap();
-    svc.evicted(3, UID, 358).await;
+    svc.join(UID, Some((360, 4))).await.unwrap();
+    svc.evicted(3, UID, 358, 4).await;
     assert!(
         svc.joined().await.is_some(),
         "welcome at 360 outlives an eviction at 358"
     );
     // An eviction as of the welcome's epoch or later is obeyed: the node
     // leaves and its Raft state is deleted.
-    svc.evicted(3, UID, 361).await;
+    svc.evicted(3, UID, 361, 4).await;
     assert!(svc.joined().await.is_none(), "a current eviction is obeyed");
     assert!(
         !dir.path().join(disk::DIR).exists(),
@@ -94,14 +94,70 @@ async fn eviction_racing_a_welcome_never_ends_it() {
     // instance's lock first, the node ends up in the cluster.
     for round in 0..20u64 {
         let (a, b) = (svc.clone(), svc.clone());
-        let welcome = tokio::spawn(async move { a.join(UID, Some(355 + round)).await });
-        let evict = tokio::spawn(async move { b.evicted(3, UID, 355 + round).await });
+        let welcome = tokio::spawn(async move { a.join(UID, Some((355 + round, 4))).await });
+        let evict = tokio::spawn(async move { b.evicted(3, UID, 355 + round, 4).await });
         welcome.await.unwrap().unwrap();
         evict.await.unwrap();
         let j = svc.joined().await;
         assert!(j.is_some(), "round {round}: the welcomed node was evicted");
         // Leave for the next round (an eviction at the welcome's epoch + 1).
-        svc.evicted(3, UID, 356 + round).await;
+        svc.evicted(3, UID, 356 + round, 4).await;
         assert!(svc.joined().await.is_none(), "round {round}");
     }
+}
+
+/// The fault campaign's seed 20697470 (CI): a leader of term 8 welcomed
+/// node 1 at epoch 58 and was deposed before it could commit the add; the
+/// leader of term 9, at epoch 58 and not listing node 1, evicted it every
+/// heartbeat, and node 1 ignored every eviction (58 < 59) and claimed the
+/// cluster forever. A later term's eviction is obeyed whatever the epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_of_a_later_term_ends_a_lost_welcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    svc.join(UID, Some((58, 8))).await.unwrap();
+    svc.evicted(3, UID, 58, 8).await;
+    assert!(svc.joined().await.is_some(), "same term: the welcome holds");
+    svc.evicted(3, UID, 58, 9).await;
+    assert!(
+        svc.joined().await.is_none(),
+        "the term 9 leader's eviction was ignored"
+    );
+    assert!(!dir.path().join(disk::DIR).exists());
+}
+
+/// A welcome shields a node from its own term's evictions for a moment
+/// only: after `nodes add -n2:3` gave up because node 3 refused its
+/// welcome, node 2 (welcomed, never added) must leave when the leader,
+/// still at the same epoch and term, evicts it.
+#[test]
+fn an_old_welcome_no_longer_shields() {
+    let welcome = |age| {
+        Some(Welcome {
+            epoch: 59,
+            term: 9,
+            age,
+        })
+    };
+    let fresh = welcome(Duration::from_millis(50));
+    let old = welcome(WELCOME_SHIELD + Duration::from_millis(1));
+    assert_eq!(
+        eviction_staleness(0, fresh, 58, 9),
+        Some(Staleness::Welcomed(59))
+    );
+    assert_eq!(eviction_staleness(0, old, 58, 9), None);
+    assert_eq!(eviction_staleness(0, fresh, 58, 10), None, "later term");
+    assert_eq!(
+        eviction_staleness(0, fresh, 58, 8),
+        Some(Staleness::Welcomed(59)),
+        "an earlier term's eviction was sent before this welcome"
+    );
+    assert_eq!(eviction_staleness(0, fresh, 59, 9), None, "as of the add");
+    // A membership this node applied outlives any older eviction, however
+    // old the welcome and whatever the term.
+    assert_eq!(
+        eviction_staleness(60, old, 59, 12),
+        Some(Staleness::Applied(60))
+    );
+    assert_eq!(eviction_staleness(60, None, 60, 12), None);
 }
