@@ -22,6 +22,10 @@ use crate::sync;
 
 type Done = oneshot::Sender<io::Result<()>>;
 
+/// A log fsync at least this long is logged (debug): on a shared or busy
+/// disk it is what delays commits.
+const SLOW_SYNC: Duration = Duration::from_millis(20);
+
 enum Io {
     /// Append records to the log; `flushed` is told once they are durable.
     Append {
@@ -267,7 +271,14 @@ fn flush(st: &mut State, waiting: &mut Vec<LogFlushed<TypeConfig>>, appended: &m
     if !std::mem::take(appended) {
         return finish(waiting, Ok(()));
     }
+    let started = std::time::Instant::now();
     let r = st.check().and_then(|()| st.log.sync_data());
+    let took = started.elapsed();
+    // A follower answers AppendEntries only after this: past a Raft
+    // heartbeat, the leader sends them again (see `network::retry_now`).
+    if took >= SLOW_SYNC {
+        tracing::debug!(?took, dir = %st.dir.display(), "slow fdatasync of the Raft log");
+    }
     match r {
         Ok(()) => finish(waiting, Ok(())),
         Err(e) => {
