@@ -63,10 +63,11 @@ fn sys(pid: i32, op: &str) -> impl Fn(std::io::Error) -> ChkptError + '_ {
 
 impl ProcMem {
     /// `parent`: the SN the tracker last protected at and its memory image
-    /// of this process; its saved pages start as [`Page::Parent`].
+    /// of this process; its saved pages start as [`Page::Parent`], and the
+    /// running rounds write with `O_DIRECT` (see [`copy`]).
     pub fn new(
         pid: i32,
-        data: DataFile,
+        mut data: DataFile,
         tracker: Option<Tracker>,
         parent: Option<(u32, &MmImage)>,
     ) -> Result<Self> {
@@ -78,6 +79,9 @@ impl ProcMem {
             }
             sn
         });
+        if parent.is_some() {
+            data.go_direct();
+        }
         Ok(ProcMem {
             pid,
             pm,
