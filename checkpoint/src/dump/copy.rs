@@ -2,13 +2,16 @@
 //! of its memory file, by two threads through cache-sized buffers, with a
 //! CRC32 of every page copied.
 //!
-//! The running rounds of an incremental SN write with `O_DIRECT`
+//! The running rounds of an incremental SN may write with `O_DIRECT`
 //! ([`DataFile::go_direct`]), in 2 MiB pieces. On this machine class (a VM
 //! that gives freed memory back to its host) a new page-cache page costs a
 //! host fault when first touched: SN 2's 52 MiB took 20 ms through the page
 //! cache when its pages were still backed and 100-190 ms when they were
 //! not (a 5x spread from run to run); by direct I/O it costs the disk's
-//! time, 30-60 ms, and almost no CPU. The frozen round always writes
+//! time, 30-60 ms at low load, more at load 9 (each write's completion
+//! waits for a CPU). So a copy of more than [`PROBE_MIN`] starts through
+//! the page cache, times its first [`PROBE`] bytes of writes, and goes on
+//! directly only when they were slow. The frozen round always writes
 //! through the page cache: a direct write waits for the disk, the freeze
 //! must not. A full SN keeps the page cache too: it is what a restart
 //! reads.
@@ -41,6 +44,8 @@ pub struct DataFile {
     written: Vec<(u64, u64)>,
     /// The same file opened again with `O_DIRECT`, for running rounds.
     direct: Option<File>,
+    /// Write directly without timing page-cache writes first (tests).
+    direct_always: bool,
 }
 
 impl DataFile {
@@ -52,6 +57,7 @@ impl DataFile {
             crcs: Vec::new(),
             written: Vec::new(),
             direct: None,
+            direct_always: false,
         }
     }
 
@@ -147,6 +153,14 @@ const MAX_IOV: usize = 512;
 /// device reads it), and fewer, larger writes keep the disk busy (52 MiB:
 /// 45-75 ms in 256 KiB writes, 30 ms in 4 MiB ones).
 const DIRECT_BUF: usize = 2 << 20;
+/// A copy larger than this (where direct writes are possible) first times
+/// [`PROBE`] bytes of writes through the page cache.
+const PROBE_MIN: u64 = 4 << 20;
+const PROBE: u64 = 2 << 20;
+/// Page-cache writes slower than this per [`BUF`] (new pages the host must
+/// fault in: 0.72 ms, against 0.07 ms when they are backed; a direct write
+/// of that size takes about 0.2 ms) send the rest of the copy direct.
+const SLOW_WRITE_NS: u64 = 250_000;
 /// Alignment of the copy buffer: what `O_DIRECT` asks of memory.
 const ALIGN: usize = PAGE as usize;
 
@@ -202,6 +216,8 @@ struct Work<'a> {
     /// Pieces that could not be read, when that is tolerated (the process
     /// runs and may have just unmapped them); `None`: a failure is an error.
     failed: Option<&'a Mutex<Vec<Job>>>,
+    /// Time spent in page-cache writes (ns).
+    write_ns: &'a AtomicU64,
 }
 
 impl Work<'_> {
@@ -253,9 +269,13 @@ impl Work<'_> {
                 r => return r.map_err(|e| ChkptError::io(self.path, e)),
             }
         }
+        let t = std::time::Instant::now();
         self.out
             .write_all_at(data, at)
-            .map_err(|e| ChkptError::io(self.path, e))
+            .map_err(|e| ChkptError::io(self.path, e))?;
+        let ns = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.write_ns.fetch_add(ns, Ordering::Relaxed);
+        Ok(())
     }
 
     fn run(&self, mut tick: impl FnMut()) -> Result<()> {
@@ -291,6 +311,59 @@ impl Work<'_> {
     }
 }
 
+/// Run the copy threads over `work`'s batches; this thread copies too and
+/// reports progress.
+fn run_threads(work: &Work, progress: &dyn Fn(u64)) -> Result<()> {
+    // bytes of an earlier pass were reported by it
+    let mut shown = work.copied.load(Ordering::Relaxed);
+    std::thread::scope(|sc| -> Result<()> {
+        let helpers: Vec<_> = (1..COPIERS.min(work.batches.len()))
+            .map(|_| sc.spawn(|| work.run(|| {})))
+            .collect();
+        let mut result = work.run(|| {
+            let c = work.copied.load(Ordering::Relaxed);
+            progress(c.saturating_sub(shown));
+            shown = c;
+        });
+        for h in helpers {
+            let r = h
+                .join()
+                .map_err(|_| ChkptError::Thread("a page copy thread panicked".into()))
+                .and_then(|r| r);
+            result = result.and(r);
+        }
+        progress(work.copied.load(Ordering::Relaxed).saturating_sub(shown));
+        result
+    })
+}
+
+/// `jobs` cut after their first `bytes` bytes (a job across the cut split
+/// in two, at a page).
+fn split_at_bytes(jobs: &[Job], bytes: u64) -> (Vec<Job>, Vec<Job>) {
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    let mut left = bytes;
+    for j in jobs {
+        if left == 0 {
+            tail.push(*j);
+        } else if j.len <= left {
+            head.push(*j);
+            left -= j.len;
+        } else {
+            let n = left / PAGE * PAGE;
+            if n > 0 {
+                head.push(Job { len: n, ..*j });
+            }
+            tail.push(Job {
+                addr: j.addr + n,
+                len: j.len - n,
+                slot: j.slot + n / PAGE,
+            });
+            left = 0;
+        }
+    }
+    (head, tail)
+}
+
 /// What a copy did: bytes copied, and the pieces it could not read (only
 /// when that was tolerated).
 pub struct Copied {
@@ -317,47 +390,46 @@ pub fn copy(
     }
     out.written
         .extend(jobs.iter().map(|j| (j.slot, j.len.div_ceil(PAGE))));
-    let direct = out.direct.as_ref().filter(|_| tolerant);
-    let batches = batches(jobs, if direct.is_some() { DIRECT_BUF } else { BUF });
     let path = format!("/proc/{pid}/mem");
     let mem = File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
-    let next = AtomicUsize::new(0);
     let copied = AtomicU64::new(0);
     let crcs = Mutex::new(Vec::new());
     let failed = Mutex::new(Vec::new());
-    let work = Work {
-        pid,
-        batches: &batches,
-        next: &next,
-        copied: &copied,
-        mem: &mem,
-        out: &out.file,
-        direct,
-        path: &out.path,
-        crcs: &crcs,
-        failed: tolerant.then_some(&failed),
+    let direct = out.direct.as_ref().filter(|_| tolerant);
+    // one pass of the copy threads over `batches`: its page-cache write time
+    let pass = |batches: &[Vec<Job>], direct: Option<&File>| -> Result<u64> {
+        let (next, write_ns) = (AtomicUsize::new(0), AtomicU64::new(0));
+        let work = Work {
+            pid,
+            batches,
+            next: &next,
+            copied: &copied,
+            mem: &mem,
+            out: &out.file,
+            direct,
+            path: &out.path,
+            crcs: &crcs,
+            failed: tolerant.then_some(&failed),
+            write_ns: &write_ns,
+        };
+        run_threads(&work, progress)?;
+        Ok(write_ns.load(Ordering::Relaxed))
     };
-    std::thread::scope(|sc| -> Result<()> {
-        let helpers: Vec<_> = (1..COPIERS.min(batches.len()))
-            .map(|_| sc.spawn(|| work.run(|| {})))
-            .collect();
-        // This thread copies too, and is the one that reports progress.
-        let mut shown = 0;
-        let mut result = work.run(|| {
-            let c = copied.load(Ordering::Relaxed);
-            progress(c - shown);
-            shown = c;
-        });
-        for h in helpers {
-            let r = h
-                .join()
-                .map_err(|_| ChkptError::Thread("a page copy thread panicked".into()))
-                .and_then(|r| r);
-            result = result.and(r);
+    let total: u64 = jobs.iter().map(|j| j.len).sum();
+    let (probe, rest) = match direct {
+        Some(_) if total > PROBE_MIN && !out.direct_always => split_at_bytes(jobs, PROBE),
+        _ => (Vec::new(), jobs.to_vec()),
+    };
+    let slow = match probe.is_empty() {
+        true => out.direct_always,
+        false => {
+            let b = batches(&probe, BUF);
+            pass(&b, None)? > SLOW_WRITE_NS * b.len() as u64
         }
-        progress(copied.load(Ordering::Relaxed) - shown);
-        result
-    })?;
+    };
+    let direct = direct.filter(|_| slow);
+    let b = batches(&rest, if direct.is_some() { DIRECT_BUF } else { BUF });
+    pass(&b, direct)?;
     let results = crcs
         .into_inner()
         .map_err(|_| ChkptError::Thread("a page copy thread panicked".into()))?;
@@ -375,96 +447,5 @@ pub fn copy(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scattered_pages_are_batched() {
-        let jobs: Vec<Job> = (0..100)
-            .map(|i| Job {
-                addr: 0x10_0000 + i * 20 * PAGE,
-                len: PAGE,
-                slot: i,
-            })
-            .collect();
-        let b = batches(&jobs, BUF);
-        assert_eq!(b.len(), 2, "64 pages fill a 256 KiB batch");
-        assert_eq!(b[0].len(), 64);
-        let big = [Job {
-            addr: 0,
-            len: 1 << 20,
-            slot: 7,
-        }];
-        let b = batches(&big, BUF);
-        assert_eq!(b.len(), 4);
-        assert_eq!(b[3][0].slot, 7 + 192);
-    }
-
-    #[test]
-    fn a_running_round_written_directly_reads_back_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d");
-        let mut out = DataFile::new(File::create(&path).unwrap(), path.clone());
-        out.go_direct();
-        let src: Vec<u8> = (0..1200 * PAGE as usize)
-            .map(|i| (i / 4096 * 13 + i % 251) as u8)
-            .collect();
-        let base = src.as_ptr() as u64;
-        // 600 scattered pages (more than one 2 MiB write), then 1 MiB whole
-        let mut jobs: Vec<Job> = (0..600)
-            .map(|i| Job {
-                addr: base + 2 * i * PAGE,
-                len: PAGE,
-                slot: out.alloc(1),
-            })
-            .collect();
-        jobs.push(Job {
-            addr: base + 1200 * PAGE - (1 << 20),
-            len: 1 << 20,
-            slot: out.alloc(256),
-        });
-        let me = std::process::id() as i32;
-        let n = copy(me, &jobs, &mut out, &|_| {}, true).unwrap();
-        assert_eq!(n.bytes, 856 * PAGE);
-        assert!(n.failed.is_empty());
-        let back = std::fs::read(&path).unwrap();
-        for j in &jobs {
-            let (s, d) = (
-                (j.addr - base) as usize,
-                (DATA_OFF + j.slot * PAGE) as usize,
-            );
-            assert_eq!(&back[d..d + j.len as usize], &src[s..s + j.len as usize]);
-        }
-        assert_eq!(out.crcs[3], crc32fast::hash(&src[6 * 4096..7 * 4096]));
-    }
-
-    #[test]
-    fn copies_own_memory_with_page_crcs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d");
-        let mut out = DataFile::new(File::create(&path).unwrap(), path.clone());
-        let src: Vec<u8> = (0..5 * PAGE as usize)
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
-        let slot = out.alloc(5);
-        assert_eq!(out.alloc(1), 5);
-        let me = std::process::id() as i32;
-        let n = copy(
-            me,
-            &[Job {
-                addr: src.as_ptr() as u64,
-                len: 5 * PAGE,
-                slot,
-            }],
-            &mut out,
-            &|_| {},
-            false,
-        )
-        .unwrap();
-        assert_eq!(n.bytes, 5 * PAGE);
-        let back = std::fs::read(&path).unwrap();
-        assert_eq!(&back[DATA_OFF as usize..][..src.len()], &src[..]);
-        assert_eq!(out.crcs[2], crc32fast::hash(&src[2 * 4096..3 * 4096]));
-        assert_eq!(out.crc_of(1, 3), crc32fast::hash(&src[4096..4 * 4096]));
-    }
-}
+#[path = "copy_tests.rs"]
+mod tests;
