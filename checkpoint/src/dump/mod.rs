@@ -211,35 +211,42 @@ pub fn checkpoint_shipped(
     let frozen_for = started.elapsed();
     drop(_boost);
     mark("resume");
+    // 6. Memory files, the mapping flags after the freeze, task, node,
+    // global and description files; commit. The flags (a page-table walk
+    // of the job's memory) are read by another thread meanwhile.
+    let later: Vec<i32> = state
+        .tasks
+        .iter()
+        .map(|d| d.task.pid)
+        .filter(|p| !vma_frozen.contains_key(p))
+        .collect();
+    let (vma_post, parent) = std::thread::scope(|sc| -> Result<_> {
+        let reader = sc.spawn(|| {
+            later
+                .iter()
+                .map(|&p| (p, attrs::vma_flags(p)))
+                .collect::<HashMap<i32, attrs::VmaFlags>>()
+        });
+        let parent = memory_files(&staging, &tree, &mut state.tasks, &mems, frozen_for);
+        let post = reader
+            .join()
+            .map_err(|_| ChkptError::Thread("the mapping flags reader panicked".into()))?;
+        Ok((post, parent?))
+    })?;
     for d in &mut state.tasks {
         let p = d.task.pid;
         let (pre, post) = match vma_frozen.get(&p) {
-            Some(f) => (Some(f), f.clone()),
-            None => (vma_pre.get(&p), attrs::vma_flags(p)),
+            Some(f) => (Some(f), f),
+            None => (
+                vma_pre.get(&p),
+                vma_post
+                    .get(&p)
+                    .ok_or_else(|| ChkptError::Inconsistent(format!("no mapping flags of {p}")))?,
+            ),
         };
-        attrs::settle_vma_flags(p, &mut d.task.attrs, &d.mm.vmas, pre, &post)?;
+        attrs::settle_vma_flags(p, &mut d.task.attrs, &d.mm.vmas, pre, post)?;
     }
     mark("vma_flags_post");
-    // 6. Memory files, task, node, global and description files; commit.
-    for name in staging.dir.entries()? {
-        // memory files of processes gone before the freeze
-        let Some(name) = name.to_str() else { continue };
-        let pid = name
-            .strip_prefix("task_mm_")
-            .and_then(|r| r.split('_').next())
-            .and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(|p| !tree.iter().any(|t| t.0 == p)) {
-            staging.dir.remove_file(name)?;
-        }
-    }
-    for d in &mut state.tasks {
-        if let Some(mem) = mems.get(&d.task.pid) {
-            memory::shared_crcs(&mut d.mm.vmas, &mem.data);
-            mem.fill_runs(&mut d.mm.vmas);
-        }
-    }
-    mark("page_runs");
-    let parent = finish_mm(&mut state.tasks, &mems, frozen_for)?;
     write_tasks(&staging.dir, &names, &state.tasks)?;
     let node = node_image(opts.node, &state, &tree, zombies);
     let global = global_image(pid, &names, opts.node, owner, frozen_for, parent)?;
@@ -436,6 +443,37 @@ fn read_tree(
         shared_mem: memory::shared_sizes(&shared),
         sysv,
     })
+}
+
+/// The memory files: those of processes gone before the freeze removed,
+/// the page runs of the others made and their metadata written. Returns
+/// the SN the tree refers to, if any.
+fn memory_files(
+    staging: &store::Staging,
+    tree: &[(i32, i32)],
+    tasks: &mut [TaskDump],
+    mems: &HashMap<i32, ProcMem>,
+    frozen_for: Duration,
+) -> Result<Option<u32>> {
+    for name in staging.dir.entries()? {
+        // memory files of processes gone before the freeze
+        let Some(name) = name.to_str() else { continue };
+        let pid = name
+            .strip_prefix("task_mm_")
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| !tree.iter().any(|t| t.0 == p)) {
+            staging.dir.remove_file(name)?;
+        }
+    }
+    for d in tasks.iter_mut() {
+        if let Some(mem) = mems.get(&d.task.pid) {
+            memory::shared_crcs(&mut d.mm.vmas, &mem.data);
+            mem.fill_runs(&mut d.mm.vmas);
+        }
+    }
+    mark("page_runs");
+    finish_mm(tasks, mems, frozen_for)
 }
 
 /// Complete each memory image (parent, tracker, frozen time) and write its

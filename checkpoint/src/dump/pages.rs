@@ -62,6 +62,62 @@ impl PageMap {
         }
     }
 
+    /// [`set`](Self::set) each of `updates` — `(start, end, page)`, sorted
+    /// and not overlapping — in one pass: the part of the map they span is
+    /// taken out, merged with them and put back, where thousands of
+    /// single-page updates one by one (5 % of a GiB written: 13,000) cost
+    /// a dozen tree operations each.
+    pub fn set_all(&mut self, updates: &[(u64, u64, Option<Page>)]) {
+        let (Some(first), Some(last)) = (updates.first(), updates.last()) else {
+            return;
+        };
+        let sorted = updates.windows(2).all(|w| w[0].1 <= w[1].0);
+        if !sorted || updates.iter().any(|u| u.0 >= u.1) {
+            for &(s, e, p) in updates {
+                self.set(s, e, p);
+            }
+            return;
+        }
+        let (start, end) = (first.0, last.1);
+        self.cut(start);
+        self.cut(end);
+        // taken out and put back entry by entry: the rest of the map (other
+        // mappings) is not moved
+        let old: Vec<(u64, u64, Page)> = self
+            .runs
+            .range(start..end)
+            .map(|(&s, &(e, p))| (s, e, p))
+            .collect();
+        for r in &old {
+            self.runs.remove(&r.0);
+        }
+        let mut out = Vec::with_capacity(old.len() + updates.len());
+        let (mut i, mut at) = (0, start);
+        for &(us, ue, up) in updates {
+            old_until(&old, &mut i, at, us, &mut out);
+            if let Some(p) = up {
+                push_run(&mut out, us, ue, p);
+            }
+            // replaced; one reaching past the update keeps its tail
+            while old.get(i).is_some_and(|r| r.1 <= ue) {
+                i += 1;
+            }
+            at = ue;
+        }
+        old_until(&old, &mut i, at, end, &mut out);
+        let edges = (out.first().map(|r| r.0), out.last().map(|r| r.0));
+        self.runs
+            .extend(out.into_iter().map(|(s, e, p)| (s, (e, p))));
+        // the first and last new runs may continue their neighbours
+        if let (Some(a), Some(b)) = edges {
+            self.merge_around(a);
+            let last = self.runs.range(..=b).next_back().map(|(&s, _)| s);
+            if let Some(b) = last {
+                self.merge_around(b);
+            }
+        }
+    }
+
     /// Split the run containing `at` (if any) so that a run starts there.
     fn cut(&mut self, at: u64) {
         let found = self
@@ -156,6 +212,39 @@ impl PageMap {
     }
 }
 
+/// Append `[s, e)` in state `p` to sorted runs, joined to the last one
+/// when it continues it.
+fn push_run(out: &mut Vec<(u64, u64, Page)>, s: u64, e: u64, p: Page) {
+    match out.last_mut() {
+        Some((ls, le, lp)) if *le == s && lp.advance((s - *ls) / PAGE) == p => *le = e,
+        _ => out.push((s, e, p)),
+    }
+}
+
+/// Append the parts of `old` runs (sorted, from index `i`) between `at` and
+/// `limit`; `i` moves past the runs that end by `limit`.
+fn old_until(
+    old: &[(u64, u64, Page)],
+    i: &mut usize,
+    at: u64,
+    limit: u64,
+    out: &mut Vec<(u64, u64, Page)>,
+) {
+    while let Some(&(s, e, p)) = old.get(*i) {
+        if s >= limit {
+            break;
+        }
+        let (cs, ce) = (s.max(at), e.min(limit));
+        if cs < ce {
+            push_run(out, cs, ce, p.advance((cs - s) / PAGE));
+        }
+        if e > limit {
+            break;
+        }
+        *i += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +306,52 @@ mod tests {
                 proptest::prop_assert!(!(w[0].end == w[1].start && w[0].page.advance((w[0].end - w[0].start) / P) == w[1].page));
             }
         }
+
+        /// Updates in one pass leave the map as the same updates one by one.
+        #[test]
+        fn set_all_agrees_with_set(
+            before in proptest::collection::vec((0u64..40, 1u64..10, 0u8..4), 0..20),
+            cuts in proptest::collection::vec((0u64..6, 1u64..4, 0u8..4), 1..20),
+        ) {
+            let page = |k: u8, slot: u64| match k { 0 => None, 1 => Some(Page::Keep), 2 => Some(Page::Parent), _ => Some(Page::Here(slot)) };
+            let mut m = PageMap::default();
+            for (i, &(s, l, k)) in before.iter().enumerate() {
+                m.set(s * P, (s + l) * P, page(k, 1000 * i as u64));
+            }
+            // sorted, disjoint updates: each starts a gap after the last
+            let mut updates = Vec::new();
+            let mut at = 0;
+            for (i, &(gap, l, k)) in cuts.iter().enumerate() {
+                let s = at + gap;
+                updates.push((s * P, (s + l) * P, page(k, 100 * i as u64 + 7)));
+                at = s + l;
+            }
+            let mut one = m.clone();
+            for &(s, e, p) in &updates {
+                one.set(s, e, p);
+            }
+            m.set_all(&updates);
+            proptest::prop_assert_eq!(m.runs_in(0, 200 * P), one.runs_in(0, 200 * P));
+            proptest::prop_assert_eq!(m.runs.len(), one.runs.len());
+        }
+    }
+
+    #[test]
+    fn set_all_in_the_middle_of_a_run() {
+        let mut m = PageMap::default();
+        m.set(0, 100 * P, Some(Page::Parent));
+        m.set_all(&[
+            (10 * P, 11 * P, Some(Page::Here(0))),
+            (30 * P, 31 * P, Some(Page::Here(1))),
+        ]);
+        assert_eq!(m.runs_in(0, 100 * P).len(), 5);
+        assert_eq!(m.get(10 * P), Some(Page::Here(0)));
+        assert_eq!(m.get(31 * P), Some(Page::Parent));
+        // and back: the runs join again
+        m.set_all(&[
+            (10 * P, 11 * P, Some(Page::Parent)),
+            (30 * P, 31 * P, Some(Page::Parent)),
+        ]);
+        assert_eq!(m.runs_in(0, 100 * P).len(), 1);
     }
 }

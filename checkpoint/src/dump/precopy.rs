@@ -23,6 +23,9 @@ use crate::uffd::{self, Pagemap, Region, Scan};
 
 use super::copy::{self, DataFile, Job};
 use super::pages::{Page, PageMap};
+
+/// A change of the page map: `[start, end)` and its new state.
+type Update = (u64, u64, Option<Page>);
 use super::track::Tracker;
 
 /// Mappings of the kernel's own pages: never saved, never tracked.
@@ -60,10 +63,11 @@ fn sys(pid: i32, op: &str) -> impl Fn(std::io::Error) -> ChkptError + '_ {
 
 impl ProcMem {
     /// `parent`: the SN the tracker last protected at and its memory image
-    /// of this process; its saved pages start as [`Page::Parent`].
+    /// of this process; its saved pages start as [`Page::Parent`], and the
+    /// running rounds write with `O_DIRECT` (see [`copy`]).
     pub fn new(
         pid: i32,
-        data: DataFile,
+        mut data: DataFile,
         tracker: Option<Tracker>,
         parent: Option<(u32, &MmImage)>,
     ) -> Result<Self> {
@@ -75,6 +79,9 @@ impl ProcMem {
             }
             sn
         });
+        if parent.is_some() {
+            data.go_direct();
+        }
         Ok(ProcMem {
             pid,
             pm,
@@ -225,38 +232,53 @@ impl ProcMem {
     }
 
     /// Record resident regions: saveable pages get slots (the ones they
-    /// had, if any) and a copy job; the others are kept as they are.
+    /// had, if any) and a copy job; the others are kept as they are. The
+    /// map is updated in one pass ([`PageMap::set_all`]) and slots are
+    /// handed out in address order, so that scattered pages still fill
+    /// copy batches with consecutive slots.
     fn take(&mut self, regions: &[Region], jobs: &mut Vec<Job>) {
-        let regions = self.real_swap(regions);
+        let mut regions = self.real_swap(regions);
+        regions.sort_unstable_by_key(|r| r.start);
+        let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
+            return;
+        };
+        let known = self.map.runs_in(first.start, last.end);
+        let mut k = 0;
+        let mut updates = Vec::with_capacity(regions.len());
         for r in &regions {
             if !saveable(r.categories) {
-                self.map.set(r.start, r.end, Some(Page::Keep));
+                updates.push((r.start, r.end, Some(Page::Keep)));
                 continue;
             }
+            while known.get(k).is_some_and(|run| run.end <= r.start) {
+                k += 1;
+            }
             let mut at = r.start;
-            for run in self.map.runs_in(r.start, r.end) {
-                if run.start > at {
-                    self.new_slots(at, run.start, jobs);
+            for run in known[k..].iter().take_while(|run| run.start < r.end) {
+                let (s, e) = (run.start.max(r.start), run.end.min(r.end));
+                if s > at {
+                    self.new_slots(at, s, jobs, &mut updates);
                 }
                 match run.page {
                     Page::Here(slot) => jobs.push(Job {
-                        addr: run.start,
-                        len: run.end - run.start,
-                        slot,
+                        addr: s,
+                        len: e - s,
+                        slot: slot + (s - run.start) / PAGE,
                     }),
-                    _ => self.new_slots(run.start, run.end, jobs),
+                    _ => self.new_slots(s, e, jobs, &mut updates),
                 }
-                at = run.end;
+                at = e;
             }
             if at < r.end {
-                self.new_slots(at, r.end, jobs);
+                self.new_slots(at, r.end, jobs, &mut updates);
             }
         }
+        self.map.set_all(&updates);
     }
 
-    fn new_slots(&mut self, a: u64, b: u64, jobs: &mut Vec<Job>) {
+    fn new_slots(&mut self, a: u64, b: u64, jobs: &mut Vec<Job>, updates: &mut Vec<Update>) {
         let slot = self.data.alloc((b - a) / PAGE);
-        self.map.set(a, b, Some(Page::Here(slot)));
+        updates.push((a, b, Some(Page::Here(slot))));
         jobs.push(Job {
             addr: a,
             len: b - a,
