@@ -174,6 +174,22 @@ fn retry_now<E: std::error::Error>() -> RPCError<RaftNodeId, BasicNode, E> {
     RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(NO_LIMIT))
 }
 
+/// How a timed-out AppendEntries of `entries` entries is reported. Only
+/// one that carries entries is retried at once: openraft does not count a
+/// heartbeat (no entries) as in flight, so a heartbeat turned into a retry
+/// would sit where the next entries go, and openraft's replication task
+/// then panics ("there can not be two actions with payload in flight",
+/// a debug assertion: the fault campaign's seed 920771936 lost its
+/// leader's replication that way) or, in a release build, drops the
+/// retry. A slow heartbeat waits for the next one, as before.
+fn append_timeouts(entries: usize) -> Timeouts {
+    if entries == 0 {
+        Timeouts::Network
+    } else {
+        Timeouts::RetryNow
+    }
+}
+
 /// Pauses of a replication stream after an unreachable node, growing from
 /// one heartbeat-sized step to openraft's default of 500 ms: a node still
 /// starting (or a connection refused once under load) is retried soon, a
@@ -195,10 +211,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<RaftNodeId>, openraft::error::Infallible> {
-        // Give up a little before openraft's own timeout does, so that a
-        // slow follower is asked again at once (see `retry_now`).
-        let ttl = option.hard_ttl().mul_f64(RETRY_BEFORE);
-        self.send(RaftKind::AppendEntries, &rpc, ttl, Timeouts::RetryNow)
+        let timeouts = append_timeouts(rpc.entries.len());
+        let ttl = match timeouts {
+            // Give up a little before openraft's own timeout does, so that
+            // a slow follower is asked again at once (see `retry_now`).
+            Timeouts::RetryNow => option.hard_ttl().mul_f64(RETRY_BEFORE),
+            Timeouts::Network => option.hard_ttl(),
+        };
+        self.send(RaftKind::AppendEntries, &rpc, ttl, timeouts)
             .await
     }
 
@@ -275,6 +295,15 @@ mod tests {
             rpc_error::<E>(timed_out(), Timeouts::Network, 2),
             RPCError::Network(_)
         ));
+    }
+
+    /// A heartbeat that times out is not retried at once (openraft would
+    /// take it for entries in flight); entries are.
+    #[test]
+    fn only_append_entries_with_entries_retry_at_once() {
+        assert!(append_timeouts(0) == Timeouts::Network);
+        assert!(append_timeouts(1) == Timeouts::RetryNow);
+        assert!(append_timeouts(300) == Timeouts::RetryNow);
     }
 
     /// A refused connection still backs off, AppendEntries or not.
