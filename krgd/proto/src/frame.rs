@@ -30,8 +30,12 @@ const FIRST_CHUNK: usize = 16 * 1024;
 
 /// Serialize `msg` into one complete frame (header + payload).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
-    let out = postcard::to_extend(msg, vec![0u8; HEADER_LEN])
-        .map_err(|e| ProtoError::Encode(e.to_string()))?;
+    let encode = |e: postcard::Error| ProtoError::Encode(e.to_string());
+    // Sized first: one allocation (see `seal::Encoded::new`).
+    let len = postcard::experimental::serialized_size(msg).map_err(encode)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + len);
+    out.resize(HEADER_LEN, 0);
+    let out = postcard::to_extend(msg, out).map_err(encode)?;
     finish_frame(out)
 }
 
@@ -150,12 +154,18 @@ async fn read_payload_into<R: AsyncRead + Unpin>(
 ) -> Result<(), ProtoError> {
     while buf.len() < len {
         let start = buf.len();
-        let step = start.max(FIRST_CHUNK).min(len - start);
-        buf.reserve_exact(step);
-        buf.resize(start + step, 0);
-        // read_exact may fill part of the step before failing; the whole
-        // step is then dropped with the connection.
-        r.read_exact(&mut buf[start..]).await?;
+        if buf.capacity() == start {
+            buf.reserve_exact(start.max(FIRST_CHUNK).min(len - start));
+        }
+        // Into the spare capacity, never past the frame: no zeroing of
+        // the buffer first (it was a pass over every byte received).
+        let room = (buf.capacity() - start).min(len - start);
+        let n = (&mut *r).take(room as u64).read_buf(buf).await?;
+        if n == 0 {
+            // Part of the payload may have come; it is dropped with the
+            // connection.
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
     }
     Ok(())
 }

@@ -139,15 +139,20 @@ pub struct Encoded(Vec<u8>);
 impl Encoded {
     /// Encode `msg` (postcard), leaving room for the header.
     pub fn new<T: Serialize>(msg: &T) -> Result<Self, ProtoError> {
-        let buf = postcard::to_extend(msg, vec![0u8; SEALED_HEADER_LEN])
-            .map_err(|e| ProtoError::Encode(e.to_string()))?;
-        let len = buf.len() - SEALED_HEADER_LEN;
+        let encode = |e: postcard::Error| ProtoError::Encode(e.to_string());
+        // Sized first, so that the buffer is allocated once, with room for
+        // the tag too: grown as postcard wrote, a 256 KiB frame was copied
+        // by every reallocation on its way.
+        let len = postcard::experimental::serialized_size(msg).map_err(encode)?;
         if len > MAX_FRAME_LEN {
             return Err(ProtoError::FrameTooLarge {
                 len,
                 max: MAX_FRAME_LEN,
             });
         }
+        let mut buf = Vec::with_capacity(SEALED_HEADER_LEN + len + TAG_LEN);
+        buf.resize(SEALED_HEADER_LEN, 0);
+        let buf = postcard::to_extend(msg, buf).map_err(encode)?;
         Ok(Self(buf))
     }
 }

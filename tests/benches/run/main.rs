@@ -16,7 +16,8 @@
 //! Rounds are interleaved (the order alternates), figures are medians, and
 //! the machine's load is printed with them. Run (as root):
 //! `cargo bench -p krg-tests --bench run` (`KRG_BENCH_RUN_SIZES=10` and
-//! `KRG_BENCH_ROUNDS=5` to shorten it).
+//! `KRG_BENCH_ROUNDS=5` to shorten it; `KRG_BENCH_REFS=none` leaves the
+//! ssh tools out).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 mod sshref;
@@ -379,11 +380,20 @@ fn run_all() -> Result<()> {
         bail!("cargo build -p krgd -p krgadm failed");
     }
     let _ = bin("krg");
-    let refs = match sshref::Refs::start() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            println!("reference tools unavailable ({e:#}): krg figures only");
-            None
+    // KRG_BENCH_REFS=none: krg and the local floor only. The ssh tools'
+    // hundreds of processes keep the load far above the core count for
+    // minutes after each of their rounds, and the krg rounds run in it.
+    let no_refs = std::env::var("KRG_BENCH_REFS").is_ok_and(|v| v == "none");
+    let refs = if no_refs {
+        println!("KRG_BENCH_REFS=none: krg and the local floor only");
+        None
+    } else {
+        match sshref::Refs::start() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                println!("reference tools unavailable ({e:#}): krg figures only");
+                None
+            }
         }
     };
     println!(

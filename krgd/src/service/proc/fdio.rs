@@ -17,6 +17,15 @@ pub fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Give the pipe of `fd` room for `bytes` (rounded up by the kernel to a
+/// power of two of pages). Best effort: a pipe left at the default 64 KiB
+/// works, with more wake-ups of its reader and writer.
+pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd, bytes: usize) {
+    let size = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+}
+
 /// /dev/null, open for reading and writing.
 pub fn dev_null() -> io::Result<OwnedFd> {
     Ok(std::fs::OpenOptions::new()

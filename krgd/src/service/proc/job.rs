@@ -23,6 +23,10 @@ use super::table::JobEntry;
 
 /// How long an init may take to report that the program started.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capacity of a job's stdin pipe: a whole stdin frame (`MAX_CHUNK`, 256
+/// KiB) and more goes in at once, where the default 64 KiB took four
+/// turns of krgd and of the program for each (`krg push`).
+const STDIN_PIPE: usize = 1 << 20;
 /// Linux's limit on one argument or environment string.
 const MAX_ARG_STRLEN: usize = 128 * 1024;
 /// Total of arguments and environment a job may have (Linux's default
@@ -242,6 +246,7 @@ fn make_stdio(
     }
     let (stdin_child, stdin) = if spec.stdin {
         let (r, w) = pipe_pair()?;
+        fdio::widen_pipe(&w, STDIN_PIPE);
         (r, Some(pipe::Sender::from_owned_fd(w)?))
     } else {
         (dev_null()?, None)
