@@ -24,6 +24,35 @@ fn scattered_pages_are_batched() {
     assert_eq!(b[3][0].slot, 7 + 192);
 }
 
+/// `pages` pages of bytes that differ from page to page.
+fn patterned(pages: usize, step: usize, modulo: usize) -> Vec<u8> {
+    (0..pages * PAGE as usize)
+        .map(|i| (i / 4096 * step + i % modulo) as u8)
+        .collect()
+}
+
+/// `n` single pages of `src`, every other one, each in a slot of its own.
+fn every_other_page(out: &mut DataFile, base: u64, n: u64) -> Vec<Job> {
+    (0..n)
+        .map(|i| Job {
+            addr: base + 2 * i * PAGE,
+            len: PAGE,
+            slot: out.alloc(1),
+        })
+        .collect()
+}
+
+/// Each job's bytes of `src` are at its slot of the data file `back`.
+fn assert_copied(back: &[u8], src: &[u8], base: u64, jobs: &[Job]) {
+    for j in jobs {
+        let (s, d) = (
+            (j.addr - base) as usize,
+            (DATA_OFF + j.slot * PAGE) as usize,
+        );
+        assert_eq!(&back[d..d + j.len as usize], &src[s..s + j.len as usize]);
+    }
+}
+
 #[test]
 fn a_running_round_written_directly_reads_back_the_same() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,18 +60,10 @@ fn a_running_round_written_directly_reads_back_the_same() {
     let mut out = DataFile::new(File::create(&path).unwrap(), path.clone());
     out.go_direct();
     out.direct_always = true;
-    let src: Vec<u8> = (0..1200 * PAGE as usize)
-        .map(|i| (i / 4096 * 13 + i % 251) as u8)
-        .collect();
+    let src = patterned(1200, 13, 251);
     let base = src.as_ptr() as u64;
     // 600 scattered pages (more than one 2 MiB write), then 1 MiB whole
-    let mut jobs: Vec<Job> = (0..600)
-        .map(|i| Job {
-            addr: base + 2 * i * PAGE,
-            len: PAGE,
-            slot: out.alloc(1),
-        })
-        .collect();
+    let mut jobs = every_other_page(&mut out, base, 600);
     jobs.push(Job {
         addr: base + 1200 * PAGE - (1 << 20),
         len: 1 << 20,
@@ -52,14 +73,7 @@ fn a_running_round_written_directly_reads_back_the_same() {
     let n = copy(me, &jobs, &mut out, &|_| {}, true).unwrap();
     assert_eq!(n.bytes, 856 * PAGE);
     assert!(n.failed.is_empty());
-    let back = std::fs::read(&path).unwrap();
-    for j in &jobs {
-        let (s, d) = (
-            (j.addr - base) as usize,
-            (DATA_OFF + j.slot * PAGE) as usize,
-        );
-        assert_eq!(&back[d..d + j.len as usize], &src[s..s + j.len as usize]);
-    }
+    assert_copied(&std::fs::read(&path).unwrap(), &src, base, &jobs);
     assert_eq!(out.crcs[3], crc32fast::hash(&src[6 * 4096..7 * 4096]));
 }
 
@@ -69,19 +83,11 @@ fn a_large_running_round_is_timed_then_copied_whole() {
     let path = dir.path().join("d");
     let mut out = DataFile::new(File::create(&path).unwrap(), path.clone());
     out.go_direct();
-    let src: Vec<u8> = (0..2000 * PAGE as usize)
-        .map(|i| (i / 4096 * 7 + i % 241) as u8)
-        .collect();
+    let src = patterned(2000, 7, 241);
     let base = src.as_ptr() as u64;
     // 300 scattered pages, then 5 MiB whole: the timed first 2 MiB end
     // inside the big job
-    let mut jobs: Vec<Job> = (0..300)
-        .map(|i| Job {
-            addr: base + 2 * i * PAGE,
-            len: PAGE,
-            slot: out.alloc(1),
-        })
-        .collect();
+    let mut jobs = every_other_page(&mut out, base, 300);
     jobs.push(Job {
         addr: base + 700 * PAGE,
         len: 5 << 20,
@@ -92,14 +98,7 @@ fn a_large_running_round_is_timed_then_copied_whole() {
     let n = copy(me, &jobs, &mut out, &|b| shown.set(shown.get() + b), true).unwrap();
     assert_eq!(n.bytes, 1580 * PAGE);
     assert_eq!(shown.get(), n.bytes, "progress counts each byte once");
-    let back = std::fs::read(&path).unwrap();
-    for j in &jobs {
-        let (s, d) = (
-            (j.addr - base) as usize,
-            (DATA_OFF + j.slot * PAGE) as usize,
-        );
-        assert_eq!(&back[d..d + j.len as usize], &src[s..s + j.len as usize]);
-    }
+    assert_copied(&std::fs::read(&path).unwrap(), &src, base, &jobs);
     let last = 300 + 1279;
     assert_eq!(
         out.crcs[last],
