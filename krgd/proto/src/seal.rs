@@ -28,7 +28,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::Identity;
-use crate::frame::{read_header, read_payload, MAX_FRAME_LEN};
+use crate::frame::{encode_after, read_header, read_payload, MAX_FRAME_LEN};
 use crate::ProtoError;
 
 /// Size of a sealed frame's header (the length).
@@ -139,20 +139,15 @@ pub struct Encoded(Vec<u8>);
 impl Encoded {
     /// Encode `msg` (postcard), leaving room for the header.
     pub fn new<T: Serialize>(msg: &T) -> Result<Self, ProtoError> {
-        let encode = |e: postcard::Error| ProtoError::Encode(e.to_string());
-        // Sized first, so that the buffer is allocated once, with room for
-        // the tag too: grown as postcard wrote, a 256 KiB frame was copied
-        // by every reallocation on its way.
-        let len = postcard::experimental::serialized_size(msg).map_err(encode)?;
+        // Room for the tag too, which sealing appends.
+        let buf = encode_after(msg, SEALED_HEADER_LEN, TAG_LEN)?;
+        let len = buf.len() - SEALED_HEADER_LEN;
         if len > MAX_FRAME_LEN {
             return Err(ProtoError::FrameTooLarge {
                 len,
                 max: MAX_FRAME_LEN,
             });
         }
-        let mut buf = Vec::with_capacity(SEALED_HEADER_LEN + len + TAG_LEN);
-        buf.resize(SEALED_HEADER_LEN, 0);
-        let buf = postcard::to_extend(msg, buf).map_err(encode)?;
         Ok(Self(buf))
     }
 }
