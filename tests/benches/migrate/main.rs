@@ -115,8 +115,14 @@ impl Worker {
         Ok(Self { pid, rep })
     }
 
-    /// The longest gap (ms) it sees from now on, once it has run on for a while.
-    fn gap_after(&self, since: u64) -> Result<f64> {
+    /// The longest gap (ms) it has seen, once the restored copy has
+    /// reported a few times. Call it when the tool has returned: the count
+    /// is read then, since the report file may still hold the last report
+    /// of the copy that was frozen (after a pre-copy of more than 250 ms,
+    /// a count taken before the move was already 5 reports old, and that
+    /// stale report, with its small gap, was read as the downtime).
+    fn gap_after_move(&self) -> Result<f64> {
+        let since = report(&self.rep).context("no report")?.0;
         let r = wait_for(Duration::from_secs(60), "the worker to go on", || {
             report(&self.rep).filter(|r| r.0 >= since + 5)
         })?;
@@ -156,7 +162,6 @@ fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64, Ph
     if !o.status.success() {
         bail!("krgcapset: {}", String::from_utf8_lossy(&o.stderr));
     }
-    let (n, _) = report(&w.rep).context("no report")?;
     let t = Instant::now();
     let out = Command::new(bin("migrate"))
         .env("KRG_SOCKET", &sock)
@@ -167,7 +172,7 @@ fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64, Ph
         bail!("migrate: {}", String::from_utf8_lossy(&out.stderr));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let gap = w.gap_after(n)?;
+    let gap = w.gap_after_move()?;
     let phases = v["phases"]
         .as_array()
         .map(|a| {
@@ -185,7 +190,6 @@ fn criu_round(criu: &Path, dir: &Path, mib: u64) -> Result<(f64, f64)> {
     let img = dir.join("criu-img");
     let _ = std::fs::remove_dir_all(&img);
     std::fs::create_dir_all(&img)?;
-    let (n, _) = report(&w.rep).context("no report")?;
     let t = Instant::now();
     let mut dump = Command::new(criu);
     dump.args(["dump", "-t", &w.pid.to_string(), "-D"])
@@ -199,7 +203,7 @@ fn criu_round(criu: &Path, dir: &Path, mib: u64) -> Result<(f64, f64)> {
     restore.args(["restore", "-d", "-D"]).arg(&img);
     run(restore)?;
     let total = t.elapsed().as_secs_f64();
-    let gap = w.gap_after(n)?;
+    let gap = w.gap_after_move()?;
     let _ = std::fs::remove_dir_all(&img);
     Ok((total, gap))
 }
