@@ -30,13 +30,14 @@ const FIRST_CHUNK: usize = 16 * 1024;
 
 /// Serialize `msg` into one complete frame (header + payload).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
-    finish_frame(encode_after(msg, HEADER_LEN, 0)?)
+    Ok(finish_frame(encode_after(msg, HEADER_LEN, 0)?))
 }
 
 /// `msg` encoded (postcard) after `header` zero bytes, in a buffer with
-/// room for `trailer` more. The message is sized first so that the buffer
-/// is allocated once: grown as postcard wrote, a 256 KiB frame was copied
-/// by every reallocation on its way.
+/// room for `trailer` more. The message is sized first, so that one over
+/// [`MAX_FRAME_LEN`] is refused before anything is allocated or written,
+/// and the buffer is allocated once: grown as postcard wrote, a 256 KiB
+/// frame was copied by every reallocation on its way.
 pub(crate) fn encode_after<T: Serialize>(
     msg: &T,
     header: usize,
@@ -44,6 +45,12 @@ pub(crate) fn encode_after<T: Serialize>(
 ) -> Result<Vec<u8>, ProtoError> {
     let encode = |e: postcard::Error| ProtoError::Encode(e.to_string());
     let len = postcard::experimental::serialized_size(msg).map_err(encode)?;
+    if len > MAX_FRAME_LEN {
+        return Err(ProtoError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
     let mut buf = Vec::with_capacity(header + len + trailer);
     buf.resize(header, 0);
     postcard::serialize_with_flavor(msg, AppendTo(buf)).map_err(encode)
@@ -73,18 +80,14 @@ impl postcard::ser_flavors::Flavor for AppendTo {
     }
 }
 
-fn finish_frame(mut out: Vec<u8>) -> Result<Vec<u8>, ProtoError> {
+/// Fill in the header of `out` (header room, then a payload of at most
+/// [`MAX_FRAME_LEN`] bytes, as [`encode_after`] makes it).
+fn finish_frame(mut out: Vec<u8>) -> Vec<u8> {
     let len = out.len() - HEADER_LEN;
-    if len > MAX_FRAME_LEN {
-        return Err(ProtoError::FrameTooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
-    }
     let crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[0..4].copy_from_slice(&(len as u32).to_be_bytes());
     out[4..8].copy_from_slice(&crc.to_be_bytes());
-    Ok(out)
+    out
 }
 
 /// Parse a frame header, returning `(payload length, expected crc)`.
@@ -331,7 +334,7 @@ mod tests {
         fn valid_crc_garbage_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let mut frame = vec![0u8; HEADER_LEN];
             frame.extend_from_slice(&payload);
-            let frame = finish_frame(frame).unwrap();
+            let frame = finish_frame(frame);
             let _ = decode::<crate::peer::PeerMessage>(&frame);
             let _ = decode::<crate::admin::AdminRequest>(&frame);
             let _ = decode::<crate::admin::AdminResponse>(&frame);

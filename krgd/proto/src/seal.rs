@@ -140,15 +140,7 @@ impl Encoded {
     /// Encode `msg` (postcard), leaving room for the header.
     pub fn new<T: Serialize>(msg: &T) -> Result<Self, ProtoError> {
         // Room for the tag too, which sealing appends.
-        let buf = encode_after(msg, SEALED_HEADER_LEN, TAG_LEN)?;
-        let len = buf.len() - SEALED_HEADER_LEN;
-        if len > MAX_FRAME_LEN {
-            return Err(ProtoError::FrameTooLarge {
-                len,
-                max: MAX_FRAME_LEN,
-            });
-        }
-        Ok(Self(buf))
+        Ok(Self(encode_after(msg, SEALED_HEADER_LEN, TAG_LEN)?))
     }
 }
 
