@@ -156,6 +156,7 @@ fn merged_mm(
                 RunData::Here { off, .. } => {
                     runs.push(w.copy_run(&fj.file, dj.data_off + off, r.addr, r.pages)?);
                 }
+                RunData::Cow => runs.push(r.clone()),
                 RunData::Parent => {
                     runs.extend(w.take_parent(&dk.meta, &fk.file, dk.data_off, r)?)
                 }
@@ -244,6 +245,8 @@ impl Writer {
                     pages: (e - s) / PAGE,
                     data: RunData::Parent,
                 }),
+                // an SN never keeps such pages for the next one
+                RunData::Cow => break,
             }
             at = e;
         }

@@ -30,15 +30,26 @@ fn chain_line(g: &GlobalImage) -> String {
     format!("frozen for {:.1} ms; {chain}", g.frozen_us as f64 / 1000.0)
 }
 
-/// Pages saved in this SN's file, and pages kept in the parent SN.
-fn page_counts(mm: &MmImage) -> (u64, u64) {
+/// Pages saved in this SN's file, pages kept in the parent SN, pages
+/// shared with the parent process.
+fn page_counts(mm: &MmImage) -> (u64, u64, u64) {
     mm.vmas
         .iter()
         .flat_map(|v| &v.runs)
-        .fold((0u64, 0u64), |(h, p), r| match r.data {
-            RunData::Here { .. } => (h.saturating_add(r.pages), p),
-            RunData::Parent => (h, p.saturating_add(r.pages)),
+        .fold((0u64, 0u64, 0u64), |(h, p, c), r| match r.data {
+            RunData::Here { .. } => (h.saturating_add(r.pages), p, c),
+            RunData::Parent => (h, p.saturating_add(r.pages), c),
+            RunData::Cow => (h, p, c.saturating_add(r.pages)),
         })
+}
+
+/// ", N page(s) shared with the parent process", when there are some.
+fn cow_note(cow: u64) -> String {
+    if cow == 0 {
+        String::new()
+    } else {
+        format!(", {cow} page(s) shared with the parent process (copy-on-write)")
+    }
 }
 
 pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImage)]) -> String {
@@ -71,7 +82,7 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
         n.pipes.len()
     );
     for (t, mm) in tasks {
-        let (here, parent) = page_counts(mm);
+        let (here, parent, cow) = page_counts(mm);
         let _ = writeln!(
             s,
             "task_{}_v{sn}.bin      task {} ({}) parent {}: registers+xstate, {} signal handler(s), {} fd(s), cwd {}",
@@ -80,7 +91,7 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
         let kept = match mm.parent {
             Some(p) => format!(", {parent} unchanged page(s) kept in SN {p}"),
             None => String::new(),
-        };
+        } + &cow_note(cow);
         let _ = writeln!(
             s,
             "task_mm_{}_v{sn}.bin   {} mapping(s), {} saved page(s) ({} KiB){kept}",
@@ -368,7 +379,7 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
     s.push_str(&crate::image::describe_attrs(&t.attrs));
     let d = image::read_in::<MmImage>(dir, &names.task_mm(pid), FileKind::Mm)?.0;
     let mm = d.meta;
-    let (here, parent) = page_counts(&mm);
+    let (here, parent, cow) = page_counts(&mm);
     let _ = writeln!(
         s,
         "{}: data at offset {} ({} bytes, {here} page(s)){}",
@@ -378,7 +389,7 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
         match mm.parent {
             Some(p) => format!(", {parent} unchanged page(s) kept in SN {p}"),
             None => String::new(),
-        }
+        } + &cow_note(cow)
     );
     let p = &mm.params;
     let _ = writeln!(

@@ -239,3 +239,124 @@ fn buffered_pipe_data_survives() {
         kill_reap(p);
     }
 }
+
+/// Physical frame of each of `pages` pages from `addr` in `pid` (root sees
+/// them; 0 for a page not in memory).
+fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut b = vec![0u8; pages * 8];
+    f.read_exact_at(&mut b, addr / 4096 * 8).unwrap();
+    b.chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap()) & ((1 << 55) - 1))
+        .collect()
+}
+
+/// Ask `pid` (cowtree) to check its pages; what it found.
+fn cow_check(dir: &std::path::Path, pid: i32) -> String {
+    let path = dir.join(format!("check.{pid}"));
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: signalling a test process.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    wait_until("page check written", || path.exists());
+    std::fs::read_to_string(&path).unwrap().trim().to_string()
+}
+
+/// Pages 24-255 shared since the fork stay one physical page each for the
+/// restored parent and child, the pages either rewrote stay private (eager
+/// restart of an incremental SN, then --lazy of a full one), and a write of
+/// the restored child is not seen by the parent.
+#[test]
+fn copy_on_write_sharing_after_fork_is_restored() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_c(dir, "cowtree");
+    let store = dir.join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(dir).stdout(Stdio::null()).stderr(Stdio::null());
+    let root = guard.add(spawn(cmd).id() as i32);
+    wait_until("forked", || children(root).len() == 1);
+    let child = guard.add(children(root)[0]);
+    wait_until("both ready", || {
+        [root, child]
+            .iter()
+            .all(|p| dir.join(format!("ready.{p}")).exists())
+    });
+    let addr: u64 = std::fs::read_to_string(dir.join("addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let shared_as_before = |what: &str| {
+        let (p, c) = (frames(root, addr, 256), frames(child, addr, 256));
+        for i in 0..256 {
+            assert_ne!(p[i], 0, "{what}: parent's page {i} in memory");
+            if i < 24 {
+                assert_ne!(p[i], c[i], "{what}: page {i} private to each");
+            } else {
+                assert_eq!(p[i], c[i], "{what}: page {i} shared");
+            }
+        }
+        assert_eq!(cow_check(dir, root), "ok", "{what}: parent's pages");
+        assert_eq!(cow_check(dir, child), "ok", "{what}: child's pages");
+    };
+    shared_as_before("before checkpoint");
+    // SN 1 while running, SN 2 (incremental) ends the tree
+    ok(&checkpoint_out(&store, root, &[]), "checkpoint");
+    // reading the pages did not give either a private copy
+    shared_as_before("after SN 1");
+    let o = checkpoint_out(&store, root, &["--kill"]);
+    ok(&o, "checkpoint --kill");
+    let sn = saved_sn(&o);
+    let desc = std::fs::read_to_string(
+        store
+            .join(root.to_string())
+            .join(format!("description_v{sn}.txt")),
+    )
+    .unwrap();
+    // pages 24-255 of the area, and whatever else neither wrote since
+    let shared: u64 = desc
+        .split(" page(s) shared with the parent process")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(shared >= 232, "{desc}");
+    kill_reap(root);
+    wait_until("tree gone", || !alive(child));
+    kill_reap(child);
+    ok(&restart_out(&store, root, sn), "restart");
+    shared_as_before("restarted");
+    // the child's writes are its own
+    // SAFETY: signalling a test process.
+    unsafe { libc::kill(child, libc::SIGUSR2) };
+    wait_until("child wrote", || {
+        let (p, c) = (frames(root, addr, 32), frames(child, addr, 32));
+        (24..32).all(|i| p[i] != c[i])
+    });
+    assert_eq!(cow_check(dir, child), "ok", "child's own writes");
+    assert_eq!(cow_check(dir, root), "ok", "parent unaffected");
+    // again, restored lazily
+    let o = checkpoint_out(&store, root, &["--kill", "--full"]);
+    ok(&o, "checkpoint --kill --full");
+    let sn = saved_sn(&o);
+    kill_reap(root);
+    wait_until("tree gone", || !alive(child));
+    kill_reap(child);
+    let o = restart_into(&store, root, sn, &["--lazy"], &dir.join("lazy.out"));
+    ok(&o, "restart --lazy");
+    let (p, c) = (frames(root, addr, 256), frames(child, addr, 256));
+    for i in 32..256 {
+        assert!(
+            p[i] != 0 && p[i] == c[i],
+            "lazily restored: page {i} shared"
+        );
+    }
+    assert_eq!(cow_check(dir, root), "ok", "lazy: parent's pages");
+    assert_eq!(cow_check(dir, child), "ok", "lazy: child's pages");
+    for p in [child, root] {
+        kill_reap(p);
+    }
+}

@@ -46,6 +46,9 @@ pub struct DataFile {
     direct: Option<File>,
     /// Write directly without timing page-cache writes first (tests).
     direct_always: bool,
+    /// Read the process's pages through /proc/PID/mem only (see
+    /// [`DataFile::keep_shared`]).
+    by_mem: bool,
 }
 
 impl DataFile {
@@ -58,7 +61,20 @@ impl DataFile {
             written: Vec::new(),
             direct: None,
             direct_always: false,
+            by_mem: false,
         }
+    }
+
+    /// Read through /proc/PID/mem, never `process_vm_readv`: that call pins
+    /// the pages it reads, and the kernel gives a pinned page that is
+    /// shared copy-on-write (since a fork) a private copy first. Reading
+    /// a forked parent and child that way made two copies of every page
+    /// they shared, in the running job (512 MiB shared: 1.3 s, and twice
+    /// the memory; /proc/PID/mem reads them in 0.08 s, against 0.065 s
+    /// for `process_vm_readv` on unshared pages). Set for processes of
+    /// trees of more than one task.
+    pub fn keep_shared(&mut self) {
+        self.by_mem = true;
     }
 
     /// Write the pages of running rounds with `O_DIRECT` (see the module
@@ -134,6 +150,11 @@ fn read_remote(pid: i32, addr: u64, buf: &mut [u8], mem: &File) -> Result<()> {
     if n == buf.len() as isize {
         return Ok(());
     }
+    read_mem(pid, addr, buf, mem)
+}
+
+/// Read `buf.len()` bytes at `addr` of the tracee through its /proc/PID/mem.
+fn read_mem(pid: i32, addr: u64, buf: &mut [u8], mem: &File) -> Result<()> {
     mem.read_exact_at(buf, addr).map_err(|e| ChkptError::Sys {
         op: format!("reading memory at {addr:#x}"),
         pid,
@@ -218,6 +239,8 @@ struct Work<'a> {
     failed: Option<&'a Mutex<Vec<Job>>>,
     /// Time spent in page-cache writes (ns).
     write_ns: &'a AtomicU64,
+    /// Read through `mem` only ([`DataFile::keep_shared`]).
+    by_mem: bool,
 }
 
 impl Work<'_> {
@@ -236,17 +259,23 @@ impl Work<'_> {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: total,
         };
-        // SAFETY: local covers `total` bytes of buf; remote memory is only read.
-        let n = unsafe {
-            libc::process_vm_readv(self.pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
-        };
-        if n == total as isize {
-            return Ok(());
+        if !self.by_mem {
+            // SAFETY: local covers `total` bytes of buf; remote memory is only read.
+            let n = unsafe {
+                libc::process_vm_readv(self.pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+            };
+            if n == total as isize {
+                return Ok(());
+            }
         }
         let mut at = 0;
         for j in batch {
             let part = &mut buf[at..at + j.len as usize];
-            if let Err(e) = read_remote(self.pid, j.addr, part, self.mem) {
+            let r = match self.by_mem {
+                true => read_mem(self.pid, j.addr, part, self.mem),
+                false => read_remote(self.pid, j.addr, part, self.mem),
+            };
+            if let Err(e) = r {
                 let Some(failed) = self.failed else {
                     return Err(e);
                 };
@@ -411,6 +440,7 @@ pub fn copy(
             crcs: &crcs,
             failed: tolerant.then_some(&failed),
             write_ns: &write_ns,
+            by_mem: out.by_mem,
         };
         run_threads(&work, progress)?;
         Ok(write_ns.load(Ordering::Relaxed))

@@ -12,11 +12,13 @@
 //!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]
 //! - [`task`] — one task's state by /proc and injected system calls
 //! - [`memory`] — mappings, shared memory (copied while frozen)
+//! - [`cow`] — pages a child still shares with its parent since a fork
 //! - [`sysv`] — SysV IPC objects
 
 mod anon;
 mod attrs;
 mod copy;
+mod cow;
 mod files;
 mod freeze;
 mod held;
@@ -327,7 +329,7 @@ fn precopy_tree(
 ) -> Result<HashMap<i32, ProcMem>> {
     let mut mems = HashMap::new();
     for &(p, _) in tree {
-        match precopy_one(p, base, staging, names, tick) {
+        match precopy_one(p, tree.len() > 1, base, staging, names, tick) {
             Ok(mem) => {
                 mems.insert(p, mem);
             }
@@ -350,16 +352,21 @@ fn precopy_tree(
     Ok(mems)
 }
 
-/// Round 0 of one process.
+/// Round 0 of one process (`forked`: of a tree of more than one, which
+/// may share pages since a fork: see [`DataFile::keep_shared`]).
 fn precopy_one(
     p: i32,
+    forked: bool,
     base: &Baseline,
     staging: &store::Staging,
     names: &Names,
     tick: &dyn Fn(u64),
 ) -> Result<ProcMem> {
     let name = names.task_mm(p);
-    let data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
+    let mut data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
+    if forked {
+        data.keep_shared();
+    }
     let (tracker, parent) = tracker_for(p, base)?;
     mark("tracker");
     let parent_sn = base.parent;
@@ -424,7 +431,11 @@ fn read_tree(
             std::collections::hash_map::Entry::Vacant(v) => {
                 // born after the precopy: copied whole, now
                 let name = names.task_mm(p);
-                let data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
+                let mut data =
+                    DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
+                if tree.len() > 1 {
+                    data.keep_shared();
+                }
                 v.insert(ProcMem::new(p, data, None, None)?)
             }
         };
@@ -435,6 +446,8 @@ fn read_tree(
         mark("frozen_shared_mem");
         tasks.push(d);
     }
+    cow::mark(&tasks, mems)?;
+    mark("frozen_cow");
     let mms = tasks.iter().map(|d| &d.mm);
     let sysv = sysv::collect(mms, &opts.sysv_sem, &opts.sysv_msg, caller)?;
     Ok(TreeState {

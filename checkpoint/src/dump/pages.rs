@@ -18,6 +18,9 @@ pub enum Page {
     Here(u64),
     /// Saved by the parent SN and unchanged since.
     Parent,
+    /// The very page the parent process holds at this address (shared
+    /// copy-on-write since a fork): not saved again (see [`cow`](super::cow)).
+    Cow,
 }
 
 impl Page {

@@ -74,8 +74,12 @@ impl ProcMem {
         let pm = Pagemap::open(pid).map_err(sys(pid, "opening pagemap"))?;
         let mut map = PageMap::default();
         let parent = parent.filter(|_| tracker.is_some()).map(|(sn, mm)| {
+            // (pages shared with the parent process are not in that file:
+            // unknown, they are found and copied again)
             for r in mm.vmas.iter().filter(|v| !v.shared).flat_map(|v| &v.runs) {
-                map.set(r.addr, r.addr + r.pages * PAGE, Some(Page::Parent));
+                if r.data != RunData::Cow {
+                    map.set(r.addr, r.addr + r.pages * PAGE, Some(Page::Parent));
+                }
             }
             sn
         });
@@ -286,6 +290,28 @@ impl ProcMem {
         });
     }
 
+    /// The ranges of `[start, end)` whose pages the image will hold (saved
+    /// in this SN or an earlier one, or the parent process's), in address
+    /// order.
+    pub fn held_in(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let runs: Vec<_> = self
+            .map
+            .runs_in(start, end)
+            .into_iter()
+            .filter(|r| matches!(r.page, Page::Here(_) | Page::Parent | Page::Cow))
+            .collect();
+        ranges(&runs)
+    }
+
+    /// Mark `ranges` (sorted, of saved pages) as the parent process's pages.
+    pub fn mark_cow(&mut self, ranges: &[(u64, u64)]) {
+        let updates: Vec<Update> = ranges
+            .iter()
+            .map(|&(s, e)| (s, e, Some(Page::Cow)))
+            .collect();
+        self.map.set_all(&updates);
+    }
+
     /// The page runs of the private mappings among `vmas`, from the state
     /// reached by the frozen round.
     pub fn fill_runs(&self, vmas: &mut [Vma]) {
@@ -299,6 +325,7 @@ impl ProcMem {
                     let data = match r.page {
                         Page::Keep => return None,
                         Page::Parent => RunData::Parent,
+                        Page::Cow => RunData::Cow,
                         Page::Here(slot) => RunData::Here {
                             off: slot * PAGE,
                             crcs: block_crcs(&self.data, r.start, pages, slot),

@@ -4,7 +4,8 @@
 //! A page run either holds its pages in this file (with a CRC32 per
 //! [`CRC_BLOCK`]-aligned block of them) or says they are unchanged since the
 //! parent SN of this process ([`MmImage::parent`]), whose memory file holds
-//! them (or says the same of its own parent): SNs form a chain.
+//! them (or says the same of its own parent): SNs form a chain. A run may
+//! also say its pages are those of the parent *process* ([`RunData::Cow`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,27 @@ pub struct Vma {
     pub runs: Vec<PageRun>,
 }
 
+impl Vma {
+    /// Can a child hold pages of this mapping shared with its parent
+    /// ([`RunData::Cow`])? Private, anonymous or of a file: what a fork
+    /// leaves, and what restore can hand down.
+    pub fn inheritable(&self) -> bool {
+        !self.shared
+            && matches!(
+                self.kind,
+                VmaKind::Anon | VmaKind::Heap | VmaKind::Stack | VmaKind::File { .. }
+            )
+    }
+
+    /// The same mapping as `other` (protection aside: restore sets it).
+    pub fn same_mapping(&self, other: &Vma) -> bool {
+        self.start == other.start
+            && self.end == other.end
+            && self.shared == other.shared
+            && self.kind == other.kind
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum VmaKind {
     Anon,
@@ -111,6 +133,11 @@ pub enum RunData {
     Here { off: u64, crcs: Vec<u32> },
     /// Unchanged since the parent SN: read them from its memory file.
     Parent,
+    /// Shared copy-on-write with the parent process (the same physical
+    /// pages when checkpointed, from a fork): restore forks this process
+    /// from its restored parent and keeps them. Only in a mapping the
+    /// parent has at the same place, private, of the same kind.
+    Cow,
 }
 
 /// Page data is checked in blocks of this many bytes, aligned on their

@@ -81,6 +81,37 @@ pub fn split(t: &TaskImage, vmas: &[Vma], pieces: &[Piece]) -> (Vec<Piece>, Vec<
     (eager, lazy)
 }
 
+/// Cut `pieces` into those inside `ranges` (in any order, may overlap)
+/// and the rest.
+pub fn divide(pieces: &[Piece], ranges: &[(u64, u64)]) -> (Vec<Piece>, Vec<Piece>) {
+    let mut rs = ranges.to_vec();
+    rs.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in rs {
+        match merged.last_mut() {
+            Some(l) if s <= l.1 => l.1 = l.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let (mut inside, mut rest) = (Vec::new(), Vec::new());
+    for p in pieces {
+        let end = p.addr + p.len;
+        let mut at = p.addr;
+        for &(s, e) in merged.iter().filter(|&&(s, e)| s < end && e > p.addr) {
+            let (s, e) = (s.max(p.addr), e.min(end));
+            if s > at {
+                rest.push(sub(p, at, s));
+            }
+            inside.push(sub(p, s, e));
+            at = e;
+        }
+        if at < end {
+            rest.push(sub(p, at, end));
+        }
+    }
+    (inside, rest)
+}
+
 fn sub(p: &Piece, a: u64, b: u64) -> Piece {
     Piece {
         addr: a,
@@ -208,6 +239,27 @@ mod tests {
             file: 0,
             off: off * PAGE,
         }
+    }
+
+    #[test]
+    fn pieces_divided_by_ranges() {
+        let ps = [piece(0, 10, 100), piece(20, 4, 200)];
+        // overlapping, unsorted ranges, one across both pieces
+        let r = [
+            (8 * PAGE, 22 * PAGE),
+            (2 * PAGE, 4 * PAGE),
+            (3 * PAGE, 5 * PAGE),
+        ];
+        let (inside, rest) = divide(&ps, &r);
+        assert_eq!(
+            inside,
+            vec![piece(2, 3, 102), piece(8, 2, 108), piece(20, 2, 200)]
+        );
+        assert_eq!(
+            rest,
+            vec![piece(0, 2, 100), piece(5, 3, 105), piece(22, 2, 202)]
+        );
+        assert_eq!(divide(&ps, &[]), (vec![], ps.to_vec()));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use super::ctx::{current_maps, TaskCtx, AREA_LEN, AREA_PARK, PARK_LEN};
 use super::fill;
 use super::pages::Piece;
 use crate::error::{ChkptError, Result};
-use crate::image::{Vma, VmaKind};
+use crate::image::{RunData, Vma, VmaKind};
 use crate::ptrace::Injector;
 
 const PR_SET_MM: u64 = 35;
@@ -82,20 +82,94 @@ fn move_specials(c: &TaskCtx) -> Result<()> {
     Ok(())
 }
 
-/// Unmap everything the restarter left, but the area and the kernel's pages.
-fn unmap_restarter(c: &TaskCtx) -> Result<()> {
-    for m in current_maps(c.inj.tid)? {
+/// The mappings this task keeps from its parent: those it shares pages of
+/// with it ([`RunData::Cow`]). Such a task is forked once its parent's
+/// memory is restored (see [`tree`](super::tree)), so it has them already.
+fn inherited<'a>(c: &TaskCtx<'a>) -> Vec<&'a Vma> {
+    c.mm.vmas
+        .iter()
+        .filter(|v| v.runs.iter().any(|r| r.data == RunData::Cow))
+        .collect()
+}
+
+/// Unmap everything the restarter (or the parent it was forked from) left,
+/// but the area, the kernel's pages and the `kept` mappings — which must be
+/// there whole.
+fn unmap_restarter(c: &TaskCtx, kept: &[&Vma]) -> Result<()> {
+    let cur = current_maps(c.inj.tid)?;
+    for v in kept {
+        let mut at = v.start;
+        while at < v.end {
+            match cur.iter().find(|m| m.start <= at && at < m.end) {
+                Some(m) => at = m.end,
+                None => return Err(ChkptError::Inconsistent(format!(
+                    "task {} shares pages of {:#x}-{:#x} with its parent, which does not map them",
+                    c.task.pid, v.start, v.end
+                ))),
+            }
+        }
+    }
+    for m in cur {
         let keep = matches!(
             m.path.as_str(),
             "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
         ) || (m.start >= c.area && m.end <= c.area + AREA_LEN);
-        if !keep {
-            c.inj.call(
-                "munmap",
-                libc::SYS_munmap,
-                [m.start, m.end - m.start, 0, 0, 0, 0],
-            )?;
+        if keep {
+            continue;
         }
+        let kept_here: Vec<(u64, u64)> = kept.iter().map(|v| (v.start, v.end)).collect();
+        for (a, b) in outside(m.start, m.end, &kept_here) {
+            c.inj
+                .call("munmap", libc::SYS_munmap, [a, b - a, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
+/// The parts of `[a, b)` outside the `cut` ranges (sorted, disjoint).
+fn outside(a: u64, b: u64, cut: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = a;
+    for &(s, e) in cut.iter().filter(|&&(s, e)| s < b && e > a) {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < b {
+        out.push((at, b));
+    }
+    out
+}
+
+/// A mapping kept from the parent: its pages stay where this task shares
+/// them with the parent; every other page is dropped (an anonymous page
+/// reads zeros again, a page of a file its content) and this task's own
+/// saved pages are put in as into a new mapping.
+fn reuse_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
+    let i = c.inj;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    i.call(
+        "mprotect",
+        libc::SYS_mprotect,
+        [v.start, v.end - v.start, v.prot as u64 | rw, 0, 0, 0],
+    )?;
+    let shared: Vec<(u64, u64)> = v
+        .runs
+        .iter()
+        .filter(|r| r.data == RunData::Cow)
+        .map(|r| (r.addr, r.addr + r.pages * crate::image::PAGE))
+        .collect();
+    for (a, b) in outside(v.start, v.end, &shared) {
+        i.call(
+            "madvise(MADV_DONTNEED)",
+            libc::SYS_madvise,
+            [a, b - a, libc::MADV_DONTNEED as u64, 0, 0, 0],
+        )?;
+    }
+    fill(c, v)?;
+    if !copied(c, v) {
+        protect(c, v)?;
     }
     Ok(())
 }
@@ -253,21 +327,30 @@ fn copied(c: &TaskCtx, v: &Vma) -> bool {
 /// `PR_SET_MM_MAP`: code/data/brk/stack/args/env bounds, auxv and the exe
 /// link. Unlike the single PR_SET_MM_* options it needs no CAP_SYS_RESOURCE,
 /// which root lacks on these machines.
-fn set_mm_map(c: &TaskCtx) -> Result<()> {
+///
+/// A task that kept mappings of its parent has its parent's exe link
+/// already; the kernel refuses to replace a link whose file is still
+/// mapped (EBUSY), so the same link is left as it is.
+fn set_mm_map(c: &TaskCtx, kept: bool) -> Result<()> {
     let p = &c.mm.params;
-    let exe = c.put_str(&c.task.exe, 1)?;
-    let exe_fd = c.inj.call(
-        "openat",
-        libc::SYS_openat,
-        [
-            libc::AT_FDCWD as u64,
-            exe,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-        ],
-    )?;
+    let current = crate::procfs::readlink(format!("/proc/{}/exe", c.inj.tid)).ok();
+    let exe_fd = if kept && current.as_deref() == Some(c.task.exe.as_str()) {
+        u32::MAX as u64
+    } else {
+        let exe = c.put_str(&c.task.exe, 1)?;
+        c.inj.call(
+            "openat",
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                exe,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )?
+    };
     let mut b = Vec::new();
     for w in [
         p.start_code,
@@ -299,8 +382,10 @@ fn set_mm_map(c: &TaskCtx) -> Result<()> {
         libc::SYS_prctl,
         [PR_SET_MM, PR_SET_MM_MAP, addr, map_len, 0, 0],
     );
-    c.inj
-        .call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    if exe_fd != u32::MAX as u64 {
+        c.inj
+            .call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    }
     r.map(|_| ())
 }
 
@@ -331,9 +416,9 @@ pub fn create_shared(
     Ok(out)
 }
 
-/// The address space, filled but for the lazy pieces; with those, the
-/// userfaultfd they will come through.
-pub fn restore(c: &TaskCtx) -> Result<Option<std::os::fd::OwnedFd>> {
+/// The address space, filled but for the lazy pieces (registered later,
+/// once the task's children are forked: see [`TaskCtx::restore`]).
+pub fn restore(c: &TaskCtx) -> Result<()> {
     // The restarter's rseq area is about to disappear: the kernel would
     // kill the task with SIGSEGV at the next return to user space.
     let rseq = crate::ptrace::rseq_config(c.inj.tid)?;
@@ -345,9 +430,15 @@ pub fn restore(c: &TaskCtx) -> Result<Option<std::os::fd::OwnedFd>> {
         )?;
     }
     move_specials(c)?;
-    unmap_restarter(c)?;
+    let kept = inherited(c);
+    unmap_restarter(c, &kept)?;
     for v in &c.mm.vmas {
-        create_vma(c, v).map_err(|e| ChkptError::Mapping {
+        let made = if kept.iter().any(|k| k.start == v.start) {
+            reuse_vma(c, v)
+        } else {
+            create_vma(c, v)
+        };
+        made.map_err(|e| ChkptError::Mapping {
             start: v.start,
             end: v.end,
             kind: format!("{:?}", v.kind),
@@ -363,9 +454,5 @@ pub fn restore(c: &TaskCtx) -> Result<Option<std::os::fd::OwnedFd>> {
             source: Box::new(e),
         })?;
     }
-    set_mm_map(c)?;
-    if c.lazy.is_empty() {
-        return Ok(None);
-    }
-    super::lazy::register(c, c.lazy).map(Some)
+    set_mm_map(c, !kept.is_empty())
 }

@@ -12,7 +12,8 @@
 //! - [`load`] — read and check every file (before anything is started)
 //! - [`pages`] — where each page's data is across a chain of SNs, CRCs
 //! - [`owner`] — what a user's image may ask of root
-//! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds
+//! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds;
+//!   [`plan`] where each task's pages go, who inherits whose
 //! - [`task`] — one task's restore, in order
 //! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
@@ -41,6 +42,7 @@ mod mqueue;
 pub mod owner;
 mod pages;
 pub mod pidns;
+mod plan;
 mod serve;
 mod sig;
 mod sockets;

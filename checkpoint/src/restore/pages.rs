@@ -193,8 +193,17 @@ impl<'a> Chain<'a> {
                     .collect(),
             };
             for (a, b) in parts {
+                // the parent process's pages: nothing to read. An SN never
+                // keeps such pages for a later one: left uncovered there.
+                if r.data == RunData::Cow {
+                    if only.is_none() {
+                        covered.insert(a, b);
+                    }
+                    continue;
+                }
                 covered.insert(a, b);
                 match &r.data {
+                    RunData::Cow => {}
                     RunData::Parent => still.push((a, b)),
                     RunData::Here { off, crcs } => {
                         let at = lvl.data_off + off + (a - rs);
@@ -381,6 +390,12 @@ fn check_runs(path: &Path, d: &image::Decoded<MmImage>) -> Result<()> {
                 return Err(ChkptError::bad_image(path, "page run outside its mapping"));
             }
             prev = vend.unwrap_or(u64::MAX);
+            if r.data == RunData::Cow && !v.inheritable() {
+                return Err(ChkptError::bad_image(
+                    path,
+                    "pages shared with the parent process in a mapping no fork shares",
+                ));
+            }
             if let RunData::Here { off, crcs } = &r.data {
                 let end = len.and_then(|l| off.checked_add(l));
                 if end.is_none_or(|e| e > d.data_len) || off % PAGE != 0 {

@@ -1,4 +1,5 @@
-//! One task's restore, in order: file-system credentials, memory, threads,
+//! One task's restore, in order: file-system credentials, memory (then
+//! its children are forked), lazy pages' userfaultfd, threads,
 //! fds, cwd, signals, limits, credentials; and at the very end the removal
 //! of the injection area and the registers.
 
@@ -10,18 +11,31 @@ use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_LEN, AREA_SCRATCH};
 use super::{fds, mm, sig};
 
 impl TaskCtx<'_> {
-    /// Restore the task; returns the userfaultfd its lazy pages will come
-    /// through (`restart --lazy`).
-    pub fn restore(&self) -> Result<Option<std::os::fd::OwnedFd>> {
-        let t = self.task;
-        let i = self.inj;
+    /// The task's memory, first: a child that shares pages with it is
+    /// forked after this (it inherits them), the others before.
+    pub fn restore_memory(&self) -> Result<()> {
         self.restore_loginuid()?;
         // File access as the job's user from here on: every file the image
         // names is opened with that user's rights, never root's.
-        set_fs_creds(i, self.scratch(), t)?;
+        set_fs_creds(self.inj, self.scratch(), self.task)?;
         crate::timings::mark("task_start");
-        let uffd = mm::restore(self)?;
+        mm::restore(self)?;
         crate::timings::mark("task_memory");
+        Ok(())
+    }
+
+    /// The rest of the task, once the whole tree is forked; returns the
+    /// userfaultfd its lazy pages will come through (`restart --lazy`).
+    /// Registered only now: its fork events would stop a fork injected
+    /// in the task until the page server, not yet started, read them.
+    pub fn restore(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let t = self.task;
+        let i = self.inj;
+        let uffd = if self.lazy.is_empty() {
+            None
+        } else {
+            Some(super::lazy::register(self, self.lazy)?)
+        };
         // Threads need CAP_CHECKPOINT_RESTORE for their TIDs: before the
         // credentials drop, after the memory they share is in place.
         create_threads(i, self.area, t)?;

@@ -11,10 +11,10 @@ use crate::image::TaskImage;
 use crate::ptrace::{self, Injector};
 use crate::timings::mark;
 
-use super::ctx::{clone_args, set_fs_creds, TaskCtx, AREA_CODE, AREA_SCRATCH};
+use super::ctx::{clone_args, set_fs_creds, AREA_CODE, AREA_SCRATCH};
 use super::lazy::Pending;
 use super::load::Loaded;
-use super::pages::Piece;
+use super::plan::{MemPlan, TreeFds};
 use super::serve::{Server, Space};
 use super::{fds, mm, owner, sysv};
 
@@ -358,9 +358,25 @@ fn restore_tasks(
     )?;
     mark("tree_files");
 
+    let plan = MemPlan::new(l, lazy)?;
     let mut injectors: HashMap<i32, Injector> = HashMap::new();
     injectors.insert(root.pid, rinj);
+    let tree = TreeFds {
+        area,
+        data_fds: mm_fds.base,
+        pipe_fds: &pipe_fds,
+        shm_fds: &shm_fds,
+        file_fds: &file_fds,
+        work_end: file_base + file_fds.len() as i32,
+    };
+    let mut memory_done = vec![false; l.tasks.len()];
     for idx in 1..l.tasks.len() {
+        // a child sharing pages with its parent is forked from the
+        // parent's restored memory, and keeps them (see `mm::reuse_vma`)
+        if let Some(p) = plan.parent[idx].filter(|&p| plan.shares[idx] && !memory_done[p]) {
+            tree.memory(l, p, &injectors, &plan)?;
+            memory_done[p] = true;
+        }
         let (old, ppid) = (l.tasks[idx].task.pid, l.tasks[idx].task.ppid);
         let parent = injectors.get(&ppid).ok_or_else(|| {
             ChkptError::Inconsistent(format!("task {old} has no parent {ppid} in the image"))
@@ -389,15 +405,12 @@ fn restore_tasks(
     // Zombies exit again as they had, for their (not yet restored) parents.
     super::zombie::restore(l, &injectors, area, pids, created)?;
     mark("fork_children");
+    for (idx, done) in memory_done.iter().enumerate() {
+        if !done {
+            tree.memory(l, idx, &injectors, &plan)?;
+        }
+    }
     let l = &*l;
-    // Private anonymous pages: left to the page server (lazy), or copied
-    // in by restart (eager); the rest is read by the task with pread.
-    let split: Vec<(Vec<Piece>, Vec<Piece>)> = l
-        .tasks
-        .iter()
-        .map(|t| super::fill::split(&t.task, &t.mm.vmas, &t.pieces))
-        .collect();
-    let none = Vec::new();
     let mut first_holder = HashMap::new();
     for t in &l.tasks {
         for f in &t.task.fds {
@@ -407,29 +420,11 @@ fn restore_tasks(
         }
     }
     let mut ctxs = Vec::new();
-    for (t, (read, anon)) in l.tasks.iter().zip(&split) {
-        let (lazy, copied) = if lazy { (anon, &none) } else { (&none, anon) };
+    for (idx, t) in l.tasks.iter().enumerate() {
         let inj = injectors.get(&t.task.pid).ok_or_else(|| {
             ChkptError::Inconsistent(format!("task {} was not created", t.task.pid))
         })?;
-        ctxs.push(TaskCtx {
-            inj,
-            area,
-            task: &t.task,
-            mm: &t.mm,
-            pieces: read,
-            lazy,
-            copied,
-            data_fds: mm_fds.base,
-            files: &l.files,
-            checks: &l.checks,
-            work_base: mm_fds.base,
-            pipe_fds: &pipe_fds,
-            shm_fds: &shm_fds,
-            file_fds: &file_fds,
-            first_holder: &first_holder,
-            work_end: file_base + file_fds.len() as i32,
-        });
+        ctxs.push(tree.ctx(l, idx, inj, &plan, &first_holder));
     }
     let mut spaces = Vec::new();
     for ctx in &ctxs {

@@ -1,0 +1,159 @@
+//! The plan of a tree's memory restore, made before any task is forked:
+//! which pieces each task reads, leaves to the page server or has copied
+//! in, and which children share pages with their parent (forked once the
+//! parent's memory is back, they inherit them); and what every task's
+//! restore context shares.
+
+use std::collections::HashMap;
+
+use crate::error::{ChkptError, Result};
+use crate::image::{MmImage, RunData, PAGE};
+use crate::ptrace::Injector;
+
+use super::ctx::TaskCtx;
+use super::load::Loaded;
+use super::pages::Piece;
+
+/// Where each task's saved pages go, decided before any task is forked.
+pub(super) struct MemPlan {
+    /// Per task: pieces it reads itself, pieces left to the page server
+    /// (`--lazy`), pieces restart copies in.
+    pub pieces: Vec<[Vec<Piece>; 3]>,
+    /// Per task: the index of its parent in the image, if there.
+    pub parent: Vec<Option<usize>>,
+    /// Per task: does it share pages with its parent?
+    pub shares: Vec<bool>,
+}
+
+impl MemPlan {
+    pub fn new(l: &Loaded, lazy: bool) -> Result<Self> {
+        let n = l.tasks.len();
+        let parent: Vec<Option<usize>> = l
+            .tasks
+            .iter()
+            .map(|t| l.tasks.iter().position(|p| p.task.pid == t.task.ppid))
+            .collect();
+        let mut shares = vec![false; n];
+        // per task: the ranges its children share with it
+        let mut handed_down: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
+        for (idx, t) in l.tasks.iter().enumerate() {
+            let cow = cow_ranges(&t.mm);
+            if cow.is_empty() {
+                continue;
+            }
+            let p = parent[idx].filter(|&p| p < idx).ok_or_else(|| {
+                ChkptError::Inconsistent(format!(
+                    "task {} shares pages with a parent not restored before it",
+                    t.task.pid
+                ))
+            })?;
+            let pm = &l.tasks[p].mm;
+            for v in
+                t.mm.vmas
+                    .iter()
+                    .filter(|v| v.runs.iter().any(|r| r.data == RunData::Cow))
+            {
+                if !pm.vmas.iter().any(|pv| pv.same_mapping(v)) {
+                    return Err(ChkptError::Inconsistent(format!(
+                        "task {} shares pages of {:#x}-{:#x} with its parent, which maps no such area",
+                        t.task.pid, v.start, v.end
+                    )));
+                }
+            }
+            shares[idx] = true;
+            handed_down[p].extend(cow);
+        }
+        let pieces = l
+            .tasks
+            .iter()
+            .zip(&handed_down)
+            .map(|(t, down)| {
+                let (read, anon) = super::fill::split(&t.task, &t.mm.vmas, &t.pieces);
+                if !lazy {
+                    return [read, Vec::new(), anon];
+                }
+                // pages handed down must be in before the children are forked
+                let (now, later) = super::lazy::divide(&anon, down);
+                [read, later, now]
+            })
+            .collect();
+        Ok(MemPlan {
+            pieces,
+            parent,
+            shares,
+        })
+    }
+}
+
+/// The pages of `mm` shared with the parent process, as sorted ranges.
+fn cow_ranges(mm: &MmImage) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = mm
+        .vmas
+        .iter()
+        .flat_map(|v| &v.runs)
+        .filter(|r| r.data == RunData::Cow)
+        .map(|r| (r.addr, r.addr + r.pages * PAGE))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// What the restore of every task shares: the injection area, the fds
+/// restart set up in the root for the whole tree.
+pub(super) struct TreeFds<'a> {
+    pub area: u64,
+    pub data_fds: i32,
+    pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
+    pub shm_fds: &'a HashMap<u64, i32>,
+    pub file_fds: &'a HashMap<u32, i32>,
+    pub work_end: i32,
+}
+
+impl TreeFds<'_> {
+    pub fn ctx<'a>(
+        &'a self,
+        l: &'a Loaded,
+        idx: usize,
+        inj: &'a Injector,
+        plan: &'a MemPlan,
+        first_holder: &'a HashMap<u32, i32>,
+    ) -> TaskCtx<'a> {
+        let t = &l.tasks[idx];
+        let [read, lazy, copied] = &plan.pieces[idx];
+        TaskCtx {
+            inj,
+            area: self.area,
+            task: &t.task,
+            mm: &t.mm,
+            pieces: read,
+            lazy,
+            copied,
+            data_fds: self.data_fds,
+            files: &l.files,
+            checks: &l.checks,
+            work_base: self.data_fds,
+            pipe_fds: self.pipe_fds,
+            shm_fds: self.shm_fds,
+            file_fds: self.file_fds,
+            first_holder,
+            work_end: self.work_end,
+        }
+    }
+
+    /// The memory of task `idx` (see [`TaskCtx::restore_memory`]).
+    pub fn memory(
+        &self,
+        l: &Loaded,
+        idx: usize,
+        injectors: &HashMap<i32, Injector>,
+        plan: &MemPlan,
+    ) -> Result<()> {
+        let pid = l.tasks[idx].task.pid;
+        let inj = injectors
+            .get(&pid)
+            .ok_or_else(|| ChkptError::Inconsistent(format!("task {pid} was not created")))?;
+        // (only the fds need the first holders)
+        self.ctx(l, idx, inj, plan, &HashMap::new())
+            .restore_memory()
+    }
+}
