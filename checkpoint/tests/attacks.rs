@@ -104,14 +104,6 @@ fn rss_mib(pid: i32) -> u64 {
         .map_or(0, |kb| kb >> 10)
 }
 
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}
-
 fn assert_refused_and_absent(o: &std::process::Output, want: &str, pid: i32) {
     assert!(!o.status.success(), "restart should have been refused");
     let e = stderr(o);

@@ -241,3 +241,73 @@ fn user_cannot_make_a_setuid_process_checkpointable() {
         kill_reap(p);
     }
 }
+
+/// A user's own checkpoint, which sees no frame numbers: the pages a
+/// forked parent and child still share are found by content, and stay one
+/// page each after restart.
+#[test]
+fn a_users_checkpoint_keeps_copy_on_write_sharing() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = start_krgd(tmp.path());
+    let exe = build_c(tmp.path(), "cowtree");
+    let (work, store) = (tmp.path().join("work"), tmp.path().join("store"));
+    for dir in [&work, &store] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+    }
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&work)
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let root = guard.add(spawn(cmd).id() as i32);
+    wait_until("forked", || !children(root).is_empty());
+    let child = guard.add(children(root)[0]);
+    wait_until("both ready", || {
+        [root, child]
+            .iter()
+            .all(|p| work.join(format!("ready.{p}")).exists())
+    });
+    let addr: u64 = std::fs::read_to_string(work.join("addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        capset(&d.sock, &["-k", &root.to_string(), "-d", "+CHECKPOINTABLE"])
+            .status
+            .success()
+    );
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("checkpoint"))
+        .arg("--socket")
+        .arg(&d.sock)
+        .arg("--dir")
+        .arg(&store)
+        .args(["--kill", &root.to_string()]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    kill_reap(root);
+    wait_until("tree gone", || !alive(child));
+    kill_reap(child);
+    ok(&restart_out(&store, root, 1), "restart");
+    let (p, c) = (frames(root, addr, 256), frames(child, addr, 256));
+    for i in 0..256 {
+        if i < 24 {
+            assert_ne!(p[i], c[i], "page {i} private to each");
+        } else {
+            assert!(p[i] != 0 && p[i] == c[i], "page {i} shared");
+        }
+    }
+    assert_eq!(cow_check(&work, root), "ok", "parent's pages");
+    assert_eq!(cow_check(&work, child), "ok", "child's pages");
+    for p in [child, root] {
+        kill_reap(p);
+    }
+}

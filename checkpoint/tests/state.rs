@@ -9,14 +9,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|t| t.parse().ok())
-        .collect()
-}
-
 /// Zombies are saved and come back as zombies of their parent, with the
 /// status it finds when it reaps them.
 #[test]

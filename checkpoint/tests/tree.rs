@@ -23,14 +23,6 @@ fn stat_field(pid: i32, n: usize) -> i32 {
         .unwrap_or(0)
 }
 
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|t| t.parse().ok())
-        .collect()
-}
-
 fn log_last(path: &std::path::Path) -> u64 {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -238,28 +230,6 @@ fn buffered_pipe_data_survives() {
     for p in [child, root] {
         kill_reap(p);
     }
-}
-
-/// Physical frame of each of `pages` pages from `addr` in `pid` (root sees
-/// them; 0 for a page not in memory).
-fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
-    use std::os::unix::fs::FileExt;
-    let f = File::open(format!("/proc/{pid}/pagemap")).unwrap();
-    let mut b = vec![0u8; pages * 8];
-    f.read_exact_at(&mut b, addr / 4096 * 8).unwrap();
-    b.chunks_exact(8)
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap()) & ((1 << 55) - 1))
-        .collect()
-}
-
-/// Ask `pid` (cowtree) to check its pages; what it found.
-fn cow_check(dir: &std::path::Path, pid: i32) -> String {
-    let path = dir.join(format!("check.{pid}"));
-    let _ = std::fs::remove_file(&path);
-    // SAFETY: signalling a test process.
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
-    wait_until("page check written", || path.exists());
-    std::fs::read_to_string(&path).unwrap().trim().to_string()
 }
 
 /// Pages 24-255 shared since the fork stay one physical page each for the

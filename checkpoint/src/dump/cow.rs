@@ -26,8 +26,9 @@ const PRESENT: u64 = 1 << 63;
 const EXCLUSIVE: u64 = 1 << 56;
 const PFN: u64 = (1 << 55) - 1;
 
-/// Pagemap entries read at a time (64 KiB).
-const BATCH: u64 = 8192;
+/// Pages looked at a time: 4 KiB of pagemap, and at most 2 MiB of each
+/// process's memory when contents must be compared.
+const BATCH: u64 = 512;
 
 /// The pages each child of the tree shares with its parent since a fork,
 /// found while frozen, marked so in its page map.
@@ -87,18 +88,23 @@ pub fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 /// Of `ranges` (sorted, page aligned), the pages `child` shares with
 /// `parent`, as sorted ranges.
 pub fn shared_pages(child: i32, parent: i32, ranges: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
-    let cmap = open(child)?;
-    let pmap = open(parent)?;
+    let two = [Proc::open(child)?, Proc::open(parent)?];
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &(s, e) in ranges {
         let mut at = s;
         while at < e {
             let n = ((e - at) / PAGE).min(BATCH);
-            let c = entries(&cmap, child, at, n)?;
-            let p = entries(&pmap, parent, at, n)?;
-            for (i, (&ce, &pe)) in c.iter().zip(&p).enumerate() {
+            let [c, p] = [two[0].entries(at, n)?, two[1].entries(at, n)?];
+            let verdicts: Vec<Verdict> = c.iter().zip(&p).map(|(&c, &p)| verdict(c, p)).collect();
+            let contents = Contents::read(&two, at, &verdicts)?;
+            for (i, v) in verdicts.iter().enumerate() {
                 let addr = at + i as u64 * PAGE;
-                if same_page(ce, pe, || same_content(child, parent, addr))? {
+                let shared = match v {
+                    Verdict::Shared => true,
+                    Verdict::Private => false,
+                    Verdict::SameIfEqual => contents.equal(addr),
+                };
+                if shared {
                     match out.last_mut() {
                         Some(l) if l.1 == addr => l.1 = addr + PAGE,
                         _ => out.push((addr, addr + PAGE)),
@@ -111,21 +117,104 @@ pub fn shared_pages(child: i32, parent: i32, ranges: &[(u64, u64)]) -> Result<Ve
     Ok(out)
 }
 
-/// Do pagemap entries `c` (child) and `p` (parent) show one shared page?
-/// `content` compares the pages when frame numbers are hidden.
-fn same_page(c: u64, p: u64, content: impl FnOnce() -> Result<bool>) -> Result<bool> {
+/// What pagemap entries `c` (child) and `p` (parent) say of one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Both map the same frame.
+    Shared,
+    /// Not the same page.
+    Private,
+    /// Frames hidden (not root), both mapped more than once: the same
+    /// page if the contents are equal.
+    SameIfEqual,
+}
+
+fn verdict(c: u64, p: u64) -> Verdict {
     if c & PRESENT == 0 || p & PRESENT == 0 || c & EXCLUSIVE != 0 || p & EXCLUSIVE != 0 {
-        return Ok(false);
+        return Verdict::Private;
     }
     match (c & PFN, p & PFN) {
-        (0, _) | (_, 0) => content(),
-        (a, b) => Ok(a == b),
+        (0, _) | (_, 0) => Verdict::SameIfEqual,
+        (a, b) if a == b => Verdict::Shared,
+        _ => Verdict::Private,
     }
 }
 
-fn open(pid: i32) -> Result<File> {
-    let path = format!("/proc/{pid}/pagemap");
-    File::open(&path).map_err(|e| ChkptError::io(&path, e))
+/// A process's pagemap and memory, open.
+struct Proc {
+    pid: i32,
+    pagemap: File,
+    mem: File,
+}
+
+impl Proc {
+    fn open(pid: i32) -> Result<Self> {
+        let f = |what: &str| {
+            let path = format!("/proc/{pid}/{what}");
+            File::open(&path).map_err(|e| ChkptError::io(&path, e))
+        };
+        Ok(Proc {
+            pid,
+            pagemap: f("pagemap")?,
+            mem: f("mem")?,
+        })
+    }
+
+    /// `n` pagemap entries from address `at`.
+    fn entries(&self, at: u64, n: u64) -> Result<Vec<u64>> {
+        entries(&self.pagemap, self.pid, at, n)
+    }
+
+    fn read(&self, at: u64, buf: &mut [u8]) -> Result<()> {
+        self.mem
+            .read_exact_at(buf, at)
+            .map_err(|err| ChkptError::Sys {
+                op: format!("reading memory at {at:#x}"),
+                pid: self.pid,
+                err,
+            })
+    }
+}
+
+/// Both processes' memory over the span of a batch's pages whose content
+/// decides (read through /proc/PID/mem: it never unshares a page).
+struct Contents {
+    start: u64,
+    child: Vec<u8>,
+    parent: Vec<u8>,
+}
+
+impl Contents {
+    fn read(two: &[Proc; 2], at: u64, verdicts: &[Verdict]) -> Result<Self> {
+        let needed = |v: &&Verdict| **v == Verdict::SameIfEqual;
+        let first = verdicts.iter().position(|v| needed(&v));
+        let last = verdicts.iter().rposition(|v| needed(&v));
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(Contents {
+                start: at,
+                child: Vec::new(),
+                parent: Vec::new(),
+            });
+        };
+        let start = at + first as u64 * PAGE;
+        let len = (last - first + 1) * PAGE as usize;
+        let (mut child, mut parent) = (vec![0u8; len], vec![0u8; len]);
+        two[0].read(start, &mut child)?;
+        two[1].read(start, &mut parent)?;
+        Ok(Contents {
+            start,
+            child,
+            parent,
+        })
+    }
+
+    fn equal(&self, addr: u64) -> bool {
+        let Some(off) = addr.checked_sub(self.start).map(|o| o as usize) else {
+            return false;
+        };
+        let end = off + PAGE as usize;
+        end <= self.child.len() && self.child[off..end] == self.parent[off..end]
+    }
 }
 
 /// `n` pagemap entries from address `at`.
@@ -142,12 +231,6 @@ fn entries(f: &File, pid: i32, at: u64, n: u64) -> Result<Vec<u64>> {
         .collect())
 }
 
-fn same_content(child: i32, parent: i32, addr: u64) -> Result<bool> {
-    let a = crate::ptrace::read_mem(child, addr, PAGE as usize)?;
-    let b = crate::ptrace::read_mem(parent, addr, PAGE as usize)?;
-    Ok(a == b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,17 +238,34 @@ mod tests {
 
     #[test]
     fn pages_are_shared_only_when_both_map_one_frame() {
-        let no = || -> Result<bool> { panic!("content compared with frames visible") };
         let e = |pfn: u64, excl: bool| PRESENT | pfn | if excl { EXCLUSIVE } else { 0 };
-        assert!(same_page(e(7, false), e(7, false), no).unwrap());
-        assert!(!same_page(e(7, false), e(8, false), no).unwrap());
+        assert_eq!(verdict(e(7, false), e(7, false)), Verdict::Shared);
+        assert_eq!(verdict(e(7, false), e(8, false)), Verdict::Private);
         // a page mapped once is nobody else's
-        assert!(!same_page(e(7, true), e(7, false), no).unwrap());
+        assert_eq!(verdict(e(7, true), e(7, false)), Verdict::Private);
         // absent in one of them
-        assert!(!same_page(7, e(7, false), no).unwrap());
+        assert_eq!(verdict(7, e(7, false)), Verdict::Private);
         // frames hidden (not root): the content decides
-        assert!(same_page(e(0, false), e(0, false), || Ok(true)).unwrap());
-        assert!(!same_page(e(0, false), e(0, false), || Ok(false)).unwrap());
+        assert_eq!(verdict(e(0, false), e(0, false)), Verdict::SameIfEqual);
+        assert_eq!(verdict(e(0, true), e(0, false)), Verdict::Private);
+    }
+
+    #[test]
+    fn contents_compare_page_by_page() {
+        let mut child = vec![1u8; 3 * PAGE as usize];
+        let parent = child.clone();
+        child[PAGE as usize + 5] = 9;
+        let c = Contents {
+            start: 0x10000,
+            child,
+            parent,
+        };
+        assert!(c.equal(0x10000));
+        assert!(!c.equal(0x10000 + PAGE));
+        assert!(c.equal(0x10000 + 2 * PAGE));
+        // outside what was read
+        assert!(!c.equal(0x10000 + 3 * PAGE));
+        assert!(!c.equal(0x0f000));
     }
 
     #[test]

@@ -102,10 +102,12 @@ fn unmap_restarter(c: &TaskCtx, kept: &[&Vma]) -> Result<()> {
         while at < v.end {
             match cur.iter().find(|m| m.start <= at && at < m.end) {
                 Some(m) => at = m.end,
-                None => return Err(ChkptError::Inconsistent(format!(
+                None => {
+                    return Err(ChkptError::Inconsistent(format!(
                     "task {} shares pages of {:#x}-{:#x} with its parent, which does not map them",
                     c.task.pid, v.start, v.end
-                ))),
+                )))
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::image::{MmImage, RunData, PAGE};
 use crate::ptrace::Injector;
 
 use super::ctx::TaskCtx;
-use super::load::Loaded;
+use super::load::{Loaded, LoadedTask};
 use super::pages::Piece;
 
 /// Where each task's saved pages go, decided before any task is forked.
@@ -19,24 +19,41 @@ pub(super) struct MemPlan {
     /// Per task: pieces it reads itself, pieces left to the page server
     /// (`--lazy`), pieces restart copies in.
     pub pieces: Vec<[Vec<Piece>; 3]>,
-    /// Per task: the index of its parent in the image, if there.
-    pub parent: Vec<Option<usize>>,
-    /// Per task: does it share pages with its parent?
-    pub shares: Vec<bool>,
+    pub inherit: Inheritance,
 }
 
 impl MemPlan {
     pub fn new(l: &Loaded, lazy: bool) -> Result<Self> {
-        let n = l.tasks.len();
-        let parent: Vec<Option<usize>> = l
-            .tasks
+        let inherit = Inheritance::of(&l.tasks)?;
+        Ok(MemPlan {
+            pieces: split_pieces(&l.tasks, &inherit, lazy),
+            inherit,
+        })
+    }
+}
+
+/// Which tasks share pages with their parent ([`RunData::Cow`]).
+pub(super) struct Inheritance {
+    /// Per task: the index of its parent in the image, if there.
+    pub parent: Vec<Option<usize>>,
+    /// Per task: does it share pages with its parent?
+    pub shares: Vec<bool>,
+    /// Per task: the ranges its children share with it.
+    pub handed_down: Vec<Vec<(u64, u64)>>,
+}
+
+impl Inheritance {
+    /// Checked: a task shares pages only with a parent restored before it,
+    /// in mappings that parent has alike.
+    pub fn of(tasks: &[LoadedTask]) -> Result<Self> {
+        let n = tasks.len();
+        let parent: Vec<Option<usize>> = tasks
             .iter()
-            .map(|t| l.tasks.iter().position(|p| p.task.pid == t.task.ppid))
+            .map(|t| tasks.iter().position(|p| p.task.pid == t.task.ppid))
             .collect();
         let mut shares = vec![false; n];
-        // per task: the ranges its children share with it
         let mut handed_down: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
-        for (idx, t) in l.tasks.iter().enumerate() {
+        for (idx, t) in tasks.iter().enumerate() {
             let cow = cow_ranges(&t.mm);
             if cow.is_empty() {
                 continue;
@@ -47,7 +64,7 @@ impl MemPlan {
                     t.task.pid
                 ))
             })?;
-            let pm = &l.tasks[p].mm;
+            let pm = &tasks[p].mm;
             for v in
                 t.mm.vmas
                     .iter()
@@ -63,26 +80,34 @@ impl MemPlan {
             shares[idx] = true;
             handed_down[p].extend(cow);
         }
-        let pieces = l
-            .tasks
-            .iter()
-            .zip(&handed_down)
-            .map(|(t, down)| {
-                let (read, anon) = super::fill::split(&t.task, &t.mm.vmas, &t.pieces);
-                if !lazy {
-                    return [read, Vec::new(), anon];
-                }
-                // pages handed down must be in before the children are forked
-                let (now, later) = super::lazy::divide(&anon, down);
-                [read, later, now]
-            })
-            .collect();
-        Ok(MemPlan {
-            pieces,
+        Ok(Inheritance {
             parent,
             shares,
+            handed_down,
         })
     }
+}
+
+/// Per task: the pieces it reads itself, those left to the page server
+/// (`lazy`), those restart copies in — with `lazy`, the pages its children
+/// inherit among them: they must be in before the children are forked.
+pub(super) fn split_pieces(
+    tasks: &[LoadedTask],
+    inherit: &Inheritance,
+    lazy: bool,
+) -> Vec<[Vec<Piece>; 3]> {
+    tasks
+        .iter()
+        .zip(&inherit.handed_down)
+        .map(|(t, down)| {
+            let (read, anon) = super::fill::split(&t.task, &t.mm.vmas, &t.pieces);
+            if !lazy {
+                return [read, Vec::new(), anon];
+            }
+            let (now, later) = super::lazy::divide(&anon, down);
+            [read, later, now]
+        })
+        .collect()
 }
 
 /// The pages of `mm` shared with the parent process, as sorted ranges.

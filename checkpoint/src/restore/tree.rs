@@ -373,7 +373,9 @@ fn restore_tasks(
     for idx in 1..l.tasks.len() {
         // a child sharing pages with its parent is forked from the
         // parent's restored memory, and keeps them (see `mm::reuse_vma`)
-        if let Some(p) = plan.parent[idx].filter(|&p| plan.shares[idx] && !memory_done[p]) {
+        if let Some(p) =
+            plan.inherit.parent[idx].filter(|&p| plan.inherit.shares[idx] && !memory_done[p])
+        {
             tree.memory(l, p, &injectors, &plan)?;
             memory_done[p] = true;
         }

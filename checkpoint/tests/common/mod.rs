@@ -316,3 +316,34 @@ pub fn image_pids(store: &Path, pid: i32, sn: u32) -> Vec<i32> {
         })
         .unwrap_or_default()
 }
+
+/// Physical frame of each of `pages` pages from `addr` in `pid` (root sees
+/// them; 0 for a page not in memory).
+pub fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut b = vec![0u8; pages * 8];
+    f.read_exact_at(&mut b, addr / 4096 * 8).unwrap();
+    b.chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap()) & ((1 << 55) - 1))
+        .collect()
+}
+
+/// Ask `pid` (cowtree) to check its pages; what it found.
+pub fn cow_check(dir: &std::path::Path, pid: i32) -> String {
+    let path = dir.join(format!("check.{pid}"));
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: signalling a test process.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    wait_until("page check written", || path.exists());
+    std::fs::read_to_string(&path).unwrap().trim().to_string()
+}
+
+/// The children of `pid` (of its main thread).
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
