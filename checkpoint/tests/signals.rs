@@ -43,3 +43,36 @@ fn signal_state_timers_cwd_umask_rlimits_survive() {
     });
     kill_reap(pid);
 }
+
+/// POSIX timers come back with their ids, clocks, signals, values and
+/// target thread, armed with what they had left (the program checks every
+/// tick's siginfo and the one-shot timer's time left at every step).
+#[test]
+fn posix_timers_survive() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "posixtimers");
+    let out = tmp.path().join("out.txt");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.stdout(File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("first lines", || last_count(&out) >= 3);
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    kill_reap(pid);
+    let o = run(Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(store.join(pid.to_string()))
+        .arg("1"));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(shown.matches("POSIX timer ").count(), 3, "{shown}");
+    let at_kill = last_count(&out);
+    ok(&restart_out(&store, pid, 1), "restart");
+    // counter_lines fails on "BAD"
+    wait_until("restored steps", || last_count(&out) >= at_kill + 5);
+    kill_reap(pid);
+}

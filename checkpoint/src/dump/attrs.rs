@@ -71,7 +71,8 @@ pub fn read(
         )
         .map(|r| u32::try_from(r).unwrap_or(0))?;
     let mut threads = Vec::new();
-    for tid in procfs::threads(pid)? {
+    let tids = procfs::threads(pid)?;
+    for &tid in &tids {
         threads.push(thread_attrs(pid, tid, inj, scratch)?);
     }
     if ctx.is_root {
@@ -103,6 +104,7 @@ pub fn read(
         advice: Vec::new(),
         fds: fd_attrs(pid, fds, ctx.ids)?,
         may_write: Vec::new(),
+        posix_timers: super::timers::read(pid, &tids, inj, scratch)?,
     })
 }
 

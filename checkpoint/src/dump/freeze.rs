@@ -165,14 +165,6 @@ fn refuse_unsaved_state(pid: i32, status: &str, pidns: bool) -> Result<()> {
     }
     super::refuse::thread_state(pid)?;
     super::refuse::cwd(pid)?;
-    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    if !timers.trim().is_empty() {
-        return Err(ChkptError::unsupported(
-            pid,
-            "POSIX timers (timer_create)",
-            "not saved by this version",
-        ));
-    }
     // file locks are saved with the fds they are held through, and leases
     // refused there, naming the fd (dump::held::locks)
     for ns in ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {

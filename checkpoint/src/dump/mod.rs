@@ -10,7 +10,8 @@
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
 //!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`held`]
 //!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]
-//! - [`task`] — one task's state by /proc and injected system calls
+//! - [`task`] — one task's state by /proc and injected system calls;
+//!   [`timers`] its POSIX timers
 //! - [`memory`] — mappings, shared memory (copied while frozen)
 //! - [`cow`] — pages a child still shares with its parent since a fork
 //! - [`sysv`] — SysV IPC objects
@@ -32,6 +33,7 @@ mod ship;
 mod sockets;
 mod sysv;
 mod task;
+mod timers;
 mod track;
 
 pub use freeze::tree;

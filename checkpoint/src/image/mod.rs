@@ -52,7 +52,7 @@ pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
 /// data, metadata anywhere in the file (after the pages in memory files),
 /// frozen time. 3: process attributes in task files ([`TaskAttrs`]).
 /// Version 1 and 2 files are still read.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 pub const HEADER_LEN: usize = 64;
 const V1_HEADER_LEN: usize = 48;
 pub const PAGE: u64 = 4096;
@@ -87,6 +87,11 @@ pub trait ImageMeta: Serialize + DeserializeOwned {
     fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
         postcard::from_bytes(body)
     }
+    /// Decode the metadata of a version 3 file (the same as today's but
+    /// for the end of the task file).
+    fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(body)
+    }
 }
 
 impl ImageMeta for GlobalImage {
@@ -117,6 +122,13 @@ impl ImageMeta for TaskImage {
     }
     fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
         v2::decode_task(body)
+    }
+    /// A version 3 task file ends before the POSIX timers: the same bytes
+    /// and an empty list (one zero byte) are today's.
+    fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
+        let mut b = body.to_vec();
+        b.push(0);
+        postcard::from_bytes(&b)
     }
 }
 
@@ -242,7 +254,7 @@ pub fn read_from<T: ImageMeta>(
     // (layout, stored CRC, header bytes the CRC covers)
     let (layout, crc, hlen) = match version {
         1 => v1_layout(path, &hdr[..got])?,
-        2 | FORMAT_VERSION => {
+        2..=FORMAT_VERSION => {
             if got < HEADER_LEN {
                 f.read_exact(&mut hdr[got..])
                     .map_err(|_| ChkptError::bad_image(path, "truncated header"))?;
@@ -286,6 +298,8 @@ pub fn read_from<T: ImageMeta>(
         T::from_v1(postcard::from_bytes(&body).map_err(bad)?)
     } else if version == 2 {
         T::decode_v2(&body).map_err(bad)?
+    } else if version == 3 {
+        T::decode_v3(&body).map_err(bad)?
     } else {
         postcard::from_bytes(&body).map_err(bad)?
     };
@@ -508,6 +522,26 @@ mod tests {
             }
         );
         assert_eq!(d.meta.parent, None);
+    }
+
+    /// A version 3 task file (no POSIX timers at the end of its
+    /// attributes) decodes into today's type, with none.
+    #[test]
+    fn version_3_task_files_are_read() {
+        let mut t = task::sample_task(1000, 1000, vec![1000]);
+        t.attrs = TaskAttrs {
+            saved: true,
+            oom_score_adj: 300,
+            may_write: vec![0x7000],
+            ..TaskAttrs::default()
+        };
+        let now = postcard::to_stdvec(&t).unwrap();
+        // the empty timer list is the last byte
+        assert_eq!(now.last(), Some(&0));
+        let v3 = &now[..now.len() - 1];
+        assert_eq!(TaskImage::decode_v3(v3).unwrap(), t);
+        t.attrs.posix_timers.push(PosixTimer::default());
+        assert_ne!(postcard::to_stdvec(&t).unwrap().len(), now.len());
     }
 
     proptest::proptest! {

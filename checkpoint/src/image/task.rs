@@ -336,3 +336,35 @@ pub fn addr_text(a: &[u8]) -> String {
         _ => format!("{a:?}"),
     }
 }
+
+/// A small task image for tests.
+#[cfg(test)]
+pub fn sample_task(uid: u32, gid: u32, groups: Vec<u32>) -> TaskImage {
+    TaskImage {
+        pid: 10,
+        ppid: 1,
+        comm: "x".into(),
+        exe: "/bin/true".into(),
+        uids: [uid; 4],
+        gids: [gid; 4],
+        groups,
+        cwd: "/".into(),
+        umask: 0o22,
+        pgid: 10,
+        sid: 10,
+        personality: 0,
+        no_new_privs: false,
+        rlimits: Vec::new(),
+        sigactions: Vec::new(),
+        itimers: Vec::new(),
+        altstack: AltStack {
+            sp: 0,
+            flags: 2,
+            size: 0,
+        },
+        fds: Vec::new(),
+        threads: Vec::new(),
+        locks: Vec::new(),
+        attrs: Default::default(),
+    }
+}

@@ -14,7 +14,7 @@
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds;
 //!   [`plan`] where each task's pages go, who inherits whose
-//! - [`task`] — one task's restore, in order
+//! - [`task`] — one task's restore, in order ([`timers`] last)
 //! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
 //!   image may ask of them)
@@ -48,6 +48,7 @@ mod sig;
 mod sockets;
 mod sysv;
 mod task;
+mod timers;
 mod tree;
 mod zombie;
 

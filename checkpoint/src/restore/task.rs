@@ -101,6 +101,7 @@ impl TaskCtx<'_> {
                 [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
             )?;
         }
+        self.restore_timers()?;
         Ok(uffd)
     }
 
