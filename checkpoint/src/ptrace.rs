@@ -22,17 +22,44 @@ fn check(r: libc::c_long, op: &str, pid: i32) -> Result<libc::c_long> {
     }
 }
 
+/// `PTRACE_O_SUSPEND_SECCOMP` (not in the libc crate): the tracee's
+/// seccomp filters (or strict mode) do not apply while it is traced, so
+/// that calls injected into a filtered task run. Root only (CAP_SYS_ADMIN);
+/// detaching ends it.
+const PTRACE_O_SUSPEND_SECCOMP: libc::c_long = 1 << 21;
+
+/// The options every tracee gets: seccomp suspended when we may.
+fn trace_options() -> libc::c_long {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        PTRACE_O_SUSPEND_SECCOMP
+    } else {
+        0
+    }
+}
+
+/// Suspend the seccomp filters of `tid`, a tracee of ours (one that made
+/// itself traced with PTRACE_TRACEME has no options yet). Best effort: a
+/// tracer that may not (itself under seccomp, in a container) goes on,
+/// and only a task with filters would notice.
+pub fn suspend_seccomp(tid: i32) {
+    // SAFETY: plain ptrace request on a tid; no memory is passed.
+    unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, tid, 0, trace_options()) };
+}
+
 /// Attach without stopping, then stop the thread with PTRACE_INTERRUPT and
 /// wait for that stop. Returns the stop signal (SIGSTOP, SIGTSTP, …) when
 /// the thread's group is stopped by job control (a SIGSTOP'ed process):
 /// the kernel reports that group stop in place of the interrupt's SIGTRAP.
 pub fn seize_and_interrupt(tid: i32) -> Result<Option<i32>> {
-    check(
-        // SAFETY: plain ptrace requests on a tid; no memory is passed.
-        unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) },
-        "PTRACE_SEIZE",
-        tid,
-    )?;
+    // SAFETY: plain ptrace requests on a tid; no memory is passed.
+    let mut r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, trace_options()) };
+    if r < 0 && trace_options() != 0 {
+        // not allowed to suspend seccomp (see suspend_seccomp): without
+        // SAFETY: as above.
+        r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) };
+    }
+    check(r, "PTRACE_SEIZE", tid)?;
     check(
         // SAFETY: as above.
         unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) },

@@ -150,7 +150,6 @@ fn stopped_task_comes_back_stopped() {
 #[test]
 fn refusals_name_the_process_and_fd() {
     let cases = [
-        ("seccomp", "seccomp filters (thread "),
         ("symlink", "fd 5 ("),
         ("cwd", "a deleted working directory"),
         ("proc", "fd 5 (/proc/"),
@@ -222,4 +221,63 @@ fn breakpoints_on_itself_survive() {
     wait_until("restored job traps on", || last_of(&text()) >= at + 10);
     assert!(alive(pid));
     kill_reap(pid);
+}
+
+/// Seccomp comes back: a filter inherited by a thread, a second filter of
+/// that thread only, a child in strict mode (`progs/seccomp.c` checks
+/// each filter at work every step, and the strict child echoes bytes).
+#[test]
+fn seccomp_filters_and_strict_mode_come_back() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "seccomp");
+    let out = tmp.path().join("out.txt");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(tmp.path())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("first lines", || last_count(&out) >= 3);
+    let child: i32 = std::fs::read_to_string(tmp.path().join("child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    guard.add(child);
+    // SN 1 while it runs (calls are injected past the filters), SN 2 ends it
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
+    wait_until("steps after SN 1", || last_count(&out) >= 6);
+    ok(
+        &checkpoint_out(&store, pid, &["--kill"]),
+        "checkpoint --kill",
+    );
+    kill_reap(pid);
+    wait_until("child gone", || !alive(child));
+    kill_reap(child);
+    let at_kill = last_count(&out);
+    ok(&restart_out(&store, pid, 2), "restart");
+    // counter_lines fails on "BAD"
+    wait_until("restored steps", || last_count(&out) >= at_kill + 5);
+    assert_eq!(status_line(child, "Seccomp:"), "Seccomp:\t1");
+    assert_eq!(status_line(pid, "Seccomp:"), "Seccomp:\t2");
+    assert_eq!(status_line(pid, "Seccomp_filters:"), "Seccomp_filters:\t1");
+    for p in [child, pid] {
+        kill_reap(p);
+    }
+    // a thread whose filter fails prctl (the calls injected to read its
+    // state) used to fail the checkpoint with "errno 1234"
+    let exe = build_c(tmp.path(), "refusals");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("seccomp").arg(tmp.path()).stderr(Stdio::null());
+    let (c, said) = spawn_reading(cmd);
+    let p = guard.add(c.id() as i32);
+    wait_until("ready", || said.get().contains("ready"));
+    ok(
+        &checkpoint_out(&tmp.path().join("store2"), p, &[]),
+        "checkpoint of a thread whose filter fails prctl",
+    );
+    kill_reap(p);
 }

@@ -72,8 +72,10 @@ pub fn read(
         .map(|r| u32::try_from(r).unwrap_or(0))?;
     let mut threads = Vec::new();
     let tids = procfs::threads(pid)?;
+    let mut seccomp = Vec::new();
     for &tid in &tids {
         threads.push(thread_attrs(pid, tid, inj, scratch)?);
+        seccomp.extend(super::seccomp::read(pid, tid)?);
     }
     if ctx.is_root {
         if let Some(t) = threads.iter().find(|t| t.pdeath_sig != 0) {
@@ -105,6 +107,7 @@ pub fn read(
         fds: fd_attrs(pid, fds, ctx.ids)?,
         may_write: Vec::new(),
         posix_timers: super::timers::read(pid, &tids, inj, scratch)?,
+        seccomp,
     })
 }
 

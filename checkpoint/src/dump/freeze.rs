@@ -142,7 +142,7 @@ pub fn check_task(pid: i32, caller: u32, pidns: bool) -> Result<Owner> {
             "its other threads run on, but there is no thread to restore it from",
         ));
     }
-    refuse_unsaved_state(pid, &status, pidns)?;
+    refuse_unsaved_state(pid, pidns)?;
     let tracer = procfs::status_field(&status, "TracerPid").unwrap_or("0");
     if tracer != "0" {
         return Err(ChkptError::unsupported(
@@ -155,14 +155,7 @@ pub fn check_task(pid: i32, caller: u32, pidns: bool) -> Result<Owner> {
 }
 
 /// State this version cannot save: refused rather than silently lost.
-fn refuse_unsaved_state(pid: i32, status: &str, pidns: bool) -> Result<()> {
-    if procfs::status_field(status, "Seccomp").is_some_and(|s| s != "0") {
-        return Err(ChkptError::unsupported(
-            pid,
-            "seccomp filters",
-            "a process under seccomp cannot be checkpointed",
-        ));
-    }
+fn refuse_unsaved_state(pid: i32, pidns: bool) -> Result<()> {
     super::refuse::thread_state(pid)?;
     super::refuse::cwd(pid)?;
     // file locks are saved with the fds they are held through, and leases

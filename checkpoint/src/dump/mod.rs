@@ -3,6 +3,7 @@
 //! SN — in named phases, as CRIU's `cr-dump.c` has them.
 //!
 //! - [`freeze`] — owner, refusals, ptrace seizure; [`refuse`] more of them
+//! - [`seccomp`] — each thread's seccomp mode and filters
 //! - [`attrs`] — prctl settings, scheduling, capabilities… of a task
 //! - [`track`] — the dirty-page tracker krg keeps in each process
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
@@ -29,6 +30,7 @@ mod mqueue;
 mod pages;
 mod precopy;
 mod refuse;
+mod seccomp;
 mod ship;
 mod sockets;
 mod sysv;

@@ -1,6 +1,6 @@
 //! State this version refuses rather than restores wrongly, found in
 //! /proc while the job runs (and again when it is frozen): per-thread
-//! seccomp filters, SCHED_DEADLINE, a deleted working directory, fd tables
+//! seccomp (but for root), SCHED_DEADLINE, a deleted working directory, fd tables
 //! shared between processes (CLONE_FILES), fds of /proc files of a process
 //! and symlinks opened with O_PATH.
 
@@ -8,18 +8,20 @@ use crate::error::{ChkptError, Result};
 use crate::procfs;
 
 /// Every thread, not only the leader: a filter installed by one thread
-/// (without TSYNC) shows in that thread's status only, and would fail
-/// the calls injected there.
+/// (without TSYNC) shows in that thread's status only. Root saves them
+/// (see [`seccomp`](super::seccomp)); others cannot read them.
 pub fn thread_state(pid: i32) -> Result<()> {
     for tid in procfs::threads(pid)? {
         let Ok(st) = procfs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
             continue; // exited meanwhile
         };
-        if procfs::status_field(&st, "Seccomp").is_some_and(|s| s != "0") {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root && procfs::status_field(&st, "Seccomp").is_some_and(|s| s != "0") {
             return Err(ChkptError::unsupported(
                 pid,
-                format!("seccomp filters (thread {tid})"),
-                "a process under seccomp cannot be checkpointed",
+                format!("seccomp (thread {tid})"),
+                "only root can read a thread's filters and inject calls past them (run checkpoint as root)",
             ));
         }
         // SAFETY: sched_getscheduler of a thread id; no memory.

@@ -1,7 +1,8 @@
 //! Process attributes of the task file (format version 3): job-control
 //! stop, prctl settings, scheduling, capabilities, audit login uid, robust
 //! futex lists, membarrier registrations, madvise flags of mappings and
-//! per-fd settings (owner, signal, pipe size); POSIX timers (format 4).
+//! per-fd settings (owner, signal, pipe size); POSIX timers and seccomp
+//! (format 4).
 //! Version 2 task files have
 //! none of it: they decode with [`TaskAttrs::default`] (nothing restored,
 //! as before).
@@ -40,6 +41,27 @@ pub struct TaskAttrs {
     /// POSIX timers (`timer_create`), format 4 (version 3 files decode
     /// with none: they refused them).
     pub posix_timers: Vec<PosixTimer>,
+    /// Threads under seccomp, format 4 (version 3 files refused them).
+    pub seccomp: Vec<ThreadSeccomp>,
+}
+
+/// The seccomp state of one thread.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ThreadSeccomp {
+    pub tid: i32,
+    /// `SECCOMP_MODE_STRICT` (then no filters).
+    pub strict: bool,
+    /// Its filters, the first installed first.
+    pub filters: Vec<SeccompFilter>,
+}
+
+/// One seccomp filter: its classic BPF program and install flags.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SeccompFilter {
+    /// `SECCOMP_FILTER_FLAG_*` the kernel reports (LOG, SPEC_ALLOW).
+    pub flags: u64,
+    /// `struct sock_filter`s, 8 bytes each, as raw words.
+    pub insns: Vec<u64>,
 }
 
 /// One POSIX timer of the process, with its id and what it had left.
@@ -230,6 +252,22 @@ pub fn describe_attrs(a: &TaskAttrs) -> String {
         line(format!(
             "fd {}: owner type {} id {}, signal {}, pipe size {}",
             f.fd, f.owner_type, f.owner_id, f.sig, f.pipe_size
+        ));
+    }
+    for t in &a.seccomp {
+        let lens: Vec<String> = t
+            .filters
+            .iter()
+            .map(|f| f.insns.len().to_string())
+            .collect();
+        line(format!(
+            "thread {}: seccomp {}",
+            t.tid,
+            if t.strict {
+                "strict".to_string()
+            } else {
+                format!("filters of {} instruction(s)", lens.join(", "))
+            }
         ));
     }
     for t in &a.posix_timers {

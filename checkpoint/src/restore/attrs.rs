@@ -57,6 +57,9 @@ pub fn remap(a: &mut TaskAttrs, old: i32, new: i32) {
     for th in a.threads.iter_mut().filter(|th| th.tid == old) {
         th.tid = new;
     }
+    for th in a.seccomp.iter_mut().filter(|th| th.tid == old) {
+        th.tid = new;
+    }
     for f in a.fds.iter_mut().filter(|f| f.owner_id.abs() == old) {
         f.owner_id = new * f.owner_id.signum();
     }

@@ -14,7 +14,8 @@
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds;
 //!   [`plan`] where each task's pages go, who inherits whose
-//! - [`task`] — one task's restore, in order ([`timers`] last)
+//! - [`task`] — one task's restore, in order ([`seccomp`] before the
+//!   credentials drop, [`timers`] last)
 //! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
 //!   image may ask of them)
@@ -43,6 +44,7 @@ pub mod owner;
 mod pages;
 pub mod pidns;
 mod plan;
+mod seccomp;
 mod serve;
 mod sig;
 mod sockets;

@@ -49,6 +49,7 @@ impl TaskCtx<'_> {
         set_rlimits(t)?;
         sig::queue_pending(self)?;
         self.attrs_before_creds()?;
+        self.restore_seccomp()?;
         // Credentials last: after this the process has only the job's rights.
         i.call(
             "setresgid",

@@ -77,6 +77,9 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
         }
         if r > 0 {
             ptrace::wait_stop(r as i32)?;
+            // its children and threads are seized with it; the filters it
+            // gets back must not stop the calls injected after them
+            ptrace::suspend_seccomp(r as i32);
             return Ok(r as i32);
         }
         let err = std::io::Error::last_os_error();

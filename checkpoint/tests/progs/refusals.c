@@ -1,7 +1,7 @@
 /* Test program: holds one thing checkpoint must refuse (argv[1]), prints
  * "ready" and sleeps:
  *   seccomp  a second thread under a seccomp filter (prctl -> errno 1234),
- *            the main thread under none
+ *            the main thread under none (refused once; saved by root now)
  *   symlink  fd 5: a symbolic link itself (O_PATH|O_NOFOLLOW)
  *   cwd      its working directory removed
  *   proc     fd 5: /proc/self/status
