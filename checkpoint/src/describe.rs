@@ -405,6 +405,20 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
             .fold(0u64, |a, r| a.saturating_add(r.pages));
         let kind = match &v.kind {
             VmaKind::File { path, offset, .. } => format!("{path} @{offset:#x}"),
+            VmaKind::DeletedFile {
+                path,
+                offset,
+                size,
+                content,
+                ..
+            } => format!(
+                "{path} (deleted, {size} bytes{}) @{offset:#x}",
+                if content.is_empty() {
+                    ""
+                } else {
+                    " saved here"
+                }
+            ),
             k => format!("{k:?}"),
         };
         let _ = writeln!(

@@ -159,6 +159,34 @@ fn fifo_and_deleted_file_come_back() {
     kill_reap(pid);
 }
 
+/// Mappings of deleted files come back: one shared with an fd still open
+/// on the file (writes through the one are read through the other), a
+/// private one with a rewritten page and a page of the file, one whose
+/// fd was closed; twice, the second time from the restored job's own
+/// unnamed files.
+#[test]
+fn mappings_of_deleted_files_come_back() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "unlinkmap");
+    let out = tmp.path().join("out.txt");
+    let pid = start(&exe, &[tmp.path().to_str().unwrap()], &out, &guard);
+    wait_until("job runs", || last_count(&out) >= 3);
+    let store = tmp.path().join("store");
+    for sn in [1, 2] {
+        ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+        kill_reap(pid);
+        let at = last_count(&out);
+        ok(&restart_out(&store, pid, sn), "restart");
+        // counter_lines fails on "BAD"
+        wait_until("restored job runs", || last_count(&out) >= at + 5);
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert_eq!(maps.matches("(deleted)").count(), 3, "{maps}");
+    }
+    kill_reap(pid);
+}
+
 /// inotify watches come back with their numbers (1 and 3, 2 was given
 /// back) and masks: the job's own checks of each event's watch go on.
 #[test]

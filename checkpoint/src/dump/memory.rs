@@ -3,7 +3,9 @@
 //! parameters. Private memory is [`precopy`](super::precopy)'s.
 
 use crate::error::{ChkptError, Result};
-use crate::image::{self, MmParams, PageRun, RunData, SharedMemObject, Vma, VmaKind, PAGE};
+use crate::image::{
+    self, MmParams, PageRun, RunData, SharedMemObject, Vma, VmaKind, MAX_DELETED_BYTES, PAGE,
+};
 use crate::procfs::{self, MapLine};
 
 use super::copy::{DataFile, Job};
@@ -66,7 +68,7 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
         }
         _ if m.shared() && m.inode == 0 => return refuse("unknown kind of shared mapping"),
         p if p.is_empty() || p.starts_with("[anon:") => VmaKind::Anon,
-        p if p.ends_with(" (deleted)") => return refuse("the mapped file was deleted"),
+        p if p.ends_with(" (deleted)") && p.starts_with('/') => deleted_file(pid, m, p)?,
         p if p.starts_with('/') => {
             let meta = std::fs::metadata(p).map_err(|e| ChkptError::io(p, e))?;
             if !meta.is_file() {
@@ -88,6 +90,66 @@ fn vma(pid: i32, m: &MapLine) -> Result<Vma> {
         kind,
         runs: Vec::new(),
     })
+}
+
+/// A mapping of a regular file deleted since: its content, read through
+/// /proc/PID/map_files (root only), up to [`MAX_DELETED_BYTES`].
+fn deleted_file(pid: i32, m: &MapLine, p: &str) -> Result<VmaKind> {
+    use std::os::unix::fs::MetadataExt;
+    let what = || format!("mapping {:x}-{:x} {}", m.start, m.end, p);
+    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let file = std::fs::File::open(&link).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => ChkptError::unsupported(
+            pid,
+            what(),
+            "the mapped file was deleted: only root can read it back (run checkpoint as root)",
+        ),
+        _ => ChkptError::io(&link, e),
+    })?;
+    let meta = file.metadata().map_err(|e| ChkptError::io(&link, e))?;
+    if !meta.is_file() {
+        return Err(ChkptError::unsupported(
+            pid,
+            what(),
+            "only deleted regular files are saved",
+        ));
+    }
+    if meta.len() > MAX_DELETED_BYTES {
+        return Err(ChkptError::unsupported(
+            pid,
+            what(),
+            format!(
+                "the mapped file was deleted and is {} bytes long: its content is saved up to {} MiB",
+                meta.len(),
+                MAX_DELETED_BYTES >> 20
+            ),
+        ));
+    }
+    let mut content = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut &file, &mut content).map_err(|e| ChkptError::io(&link, e))?;
+    Ok(VmaKind::DeletedFile {
+        path: p.trim_end_matches(" (deleted)").to_string(),
+        offset: m.offset,
+        ino: meta.ino(),
+        mode: meta.mode() & 0o7777,
+        size: content.len() as u64,
+        content,
+    })
+}
+
+/// Keep the content of each deleted mapped file on its first mapping in
+/// the tree only (restart fills the file once).
+pub fn dedupe_deleted<'a>(all: impl Iterator<Item = &'a mut Vma>) {
+    let mut seen = Vec::new();
+    for v in all {
+        if let VmaKind::DeletedFile { ino, content, .. } = &mut v.kind {
+            if seen.contains(ino) {
+                *content = Vec::new();
+            } else {
+                seen.push(*ino);
+            }
+        }
+    }
 }
 
 /// Plan the copy of the shared memory mappings (MAP_SHARED anonymous,

@@ -450,6 +450,7 @@ fn read_tree(
         mark("frozen_shared_mem");
         tasks.push(d);
     }
+    memory::dedupe_deleted(tasks.iter_mut().flat_map(|d| d.mm.vmas.iter_mut()));
     cow::mark(&tasks, mems)?;
     mark("frozen_cow");
     let mms = tasks.iter().map(|d| &d.mm);

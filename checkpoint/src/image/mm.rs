@@ -76,16 +76,32 @@ impl Vma {
         !self.shared
             && matches!(
                 self.kind,
-                VmaKind::Anon | VmaKind::Heap | VmaKind::Stack | VmaKind::File { .. }
+                VmaKind::Anon
+                    | VmaKind::Heap
+                    | VmaKind::Stack
+                    | VmaKind::File { .. }
+                    | VmaKind::DeletedFile { .. }
             )
     }
 
-    /// The same mapping as `other` (protection aside: restore sets it).
+    /// The same mapping as `other` (protection aside: restore sets it; a
+    /// deleted file's content is on one of its mappings only).
     pub fn same_mapping(&self, other: &Vma) -> bool {
+        let same_kind = match (&self.kind, &other.kind) {
+            (
+                VmaKind::DeletedFile {
+                    ino: a, offset: x, ..
+                },
+                VmaKind::DeletedFile {
+                    ino: b, offset: y, ..
+                },
+            ) => a == b && x == y,
+            (a, b) => a == b,
+        };
         self.start == other.start
             && self.end == other.end
             && self.shared == other.shared
-            && self.kind == other.kind
+            && same_kind
     }
 }
 
@@ -115,6 +131,18 @@ pub enum VmaKind {
     Vvar,
     VvarVclock,
     Vsyscall,
+    /// A regular file deleted while mapped (format 4): restart makes an
+    /// unnamed file in its directory with this content and maps it; fds
+    /// of the same file (by inode) open that one too. `content` is on the
+    /// first mapping of the file in the tree only (empty on the others).
+    DeletedFile {
+        path: String,
+        offset: u64,
+        ino: u64,
+        mode: u32,
+        size: u64,
+        content: Vec<u8>,
+    },
 }
 
 /// Saved pages at consecutive addresses.

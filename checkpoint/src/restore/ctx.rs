@@ -45,6 +45,8 @@ pub struct TaskCtx<'a> {
     pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
     /// shared memory object id → its memfd in the restored processes.
     pub shm_fds: &'a HashMap<u64, i32>,
+    /// deleted mapped file inode → its unnamed file in the restored processes.
+    pub deleted_fds: &'a HashMap<u64, i32>,
     /// open file number → its fd in the restored processes.
     pub file_fds: &'a HashMap<u32, i32>,
     /// open file number → the first task that holds it (it registers what

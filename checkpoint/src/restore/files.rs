@@ -25,6 +25,7 @@ pub fn create_files(
     tasks: &[&TaskImage],
     base: i32,
     inherit: &[(i32, String)],
+    mapped: &HashMap<u64, i32>,
 ) -> Result<HashMap<u32, i32>> {
     let mut firsts: Vec<&FdImage> = Vec::new();
     for f in tasks.iter().flat_map(|t| &t.fds) {
@@ -41,7 +42,7 @@ pub fn create_files(
             .unwrap_or(0) as i32
     };
     let mut out = HashMap::new();
-    let mut held = super::held::Maker::new(root, scratch, tasks, inherit);
+    let mut held = super::held::Maker::new(root, scratch, tasks, inherit, mapped);
     for f in &firsts {
         let Some(file) = f.kind.file() else { continue };
         let fd = match &f.kind {

@@ -33,6 +33,66 @@ pub struct Maker<'a> {
     inherit: &'a [(i32, String)],
     /// Deleted file inode → the root's fd of the unnamed file made for it.
     deleted: HashMap<u64, u64>,
+    /// The same for deleted files the tree maps (made before, kept open).
+    mapped: &'a HashMap<u64, i32>,
+}
+
+/// `openat` of `path` in the task of `root`.
+fn open_in(root: &Injector, scratch: u64, path: &str, flags: u32, mode: u32) -> Result<u64> {
+    if path.len() as u64 >= SCRATCH_LEN || path.contains('\0') {
+        return Err(ChkptError::TooLarge(format!("the path {path}")));
+    }
+    let mut b = path.as_bytes().to_vec();
+    b.push(0);
+    ptrace::write_mem(root.tid, scratch, &b)?;
+    root.call(
+        "openat",
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            scratch,
+            flags as u64,
+            mode as u64,
+            0,
+            0,
+        ],
+    )
+}
+
+/// A file like deleted `path` once was: unnamed (`O_TMPFILE`) in the
+/// directory it was in, made by the root task (as the job's user), with
+/// `mode` and `content`. Returns its fd in the root task.
+pub fn unnamed_file(
+    root: &Injector,
+    scratch: u64,
+    path: &str,
+    mode: u32,
+    content: &[u8],
+) -> Result<u64> {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .and_then(|p| p.to_str())
+        .unwrap_or("/");
+    let fd = open_in(
+        root,
+        scratch,
+        dir,
+        (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u32,
+        mode & 0o777,
+    )?;
+    root.call(
+        "fchmod",
+        libc::SYS_fchmod,
+        [fd, (mode & 0o777) as u64, 0, 0, 0, 0],
+    )?;
+    let link = format!("/proc/{}/fd/{fd}", root.tid);
+    // a /proc magic link of our own making: it must be followed
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&link)
+        .map_err(|e| ChkptError::io(&link, e))?;
+    w.write_all(content).map_err(|e| ChkptError::io(&link, e))?;
+    Ok(fd)
 }
 
 impl<'a> Maker<'a> {
@@ -41,6 +101,7 @@ impl<'a> Maker<'a> {
         scratch: u64,
         tasks: &'a [&'a TaskImage],
         inherit: &'a [(i32, String)],
+        mapped: &'a HashMap<u64, i32>,
     ) -> Self {
         Maker {
             root,
@@ -48,6 +109,7 @@ impl<'a> Maker<'a> {
             tasks,
             inherit,
             deleted: HashMap::new(),
+            mapped,
         }
     }
 
@@ -74,24 +136,7 @@ impl<'a> Maker<'a> {
     }
 
     fn open(&self, path: &str, flags: u32, mode: u32) -> Result<u64> {
-        if path.len() as u64 >= SCRATCH_LEN || path.contains('\0') {
-            return Err(ChkptError::TooLarge(format!("the path {path}")));
-        }
-        let mut b = path.as_bytes().to_vec();
-        b.push(0);
-        ptrace::write_mem(self.root.tid, self.scratch, &b)?;
-        self.root.call(
-            "openat",
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                self.scratch,
-                flags as u64,
-                mode as u64,
-                0,
-                0,
-            ],
-        )
+        open_in(self.root, self.scratch, path, flags, mode)
     }
 
     fn close(&self, fd: u64) -> Result<()> {
@@ -165,34 +210,21 @@ impl<'a> Maker<'a> {
     }
 
     /// An unnamed file in the directory the deleted one was in, as the
-    /// job's user, with its content; later open file descriptions of the
-    /// same file reopen it through /proc.
+    /// job's user, with its content (or the one made for its mappings);
+    /// later open file descriptions of the same file reopen it through
+    /// /proc.
     fn deleted(&mut self, f: &FdImage, del: &DeletedImage) -> Result<u64> {
-        let tmp = match self.deleted.get(&del.ino) {
-            Some(&fd) => fd,
-            None => {
-                let dir = std::path::Path::new(&del.path)
-                    .parent()
-                    .and_then(|p| p.to_str())
-                    .unwrap_or("/");
-                let fd = self.open(
-                    dir,
-                    (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u32,
-                    del.mode & 0o777,
+        let tmp = match (self.mapped.get(&del.ino), self.deleted.get(&del.ino)) {
+            (Some(&fd), _) => fd as u64,
+            (None, Some(&fd)) => fd,
+            (None, None) => {
+                let fd = unnamed_file(
+                    self.root,
+                    self.scratch,
+                    &del.path,
+                    del.mode,
+                    self.content_of(del),
                 )?;
-                self.root.call(
-                    "fchmod",
-                    libc::SYS_fchmod,
-                    [fd, (del.mode & 0o777) as u64, 0, 0, 0, 0],
-                )?;
-                let content = self.content_of(del);
-                let link = self.proc_fd(fd);
-                // a /proc magic link of our own making: it must be followed
-                let mut w = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&link)
-                    .map_err(|e| ChkptError::io(&link, e))?;
-                w.write_all(content).map_err(|e| ChkptError::io(&link, e))?;
                 self.deleted.insert(del.ino, fd);
                 fd
             }

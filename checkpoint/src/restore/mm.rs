@@ -287,6 +287,21 @@ fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
                 )));
             }
         }
+        VmaKind::DeletedFile { ino, offset, .. } => {
+            let fd = c.deleted_fds.get(ino).ok_or_else(|| {
+                ChkptError::Inconsistent(format!("deleted file {ino} was not made again"))
+            })?;
+            let (prot, flags) = if v.shared {
+                (v.prot as u64, libc::MAP_SHARED as u64 | fixed)
+            } else {
+                (v.prot as u64 | rw, libc::MAP_PRIVATE as u64 | fixed)
+            };
+            i.call(
+                "mmap",
+                libc::SYS_mmap,
+                [v.start, len, prot, flags, *fd as u64, *offset],
+            )?;
+        }
         VmaKind::SharedAnon { id, pgoff } => {
             let fd = c.shm_fds.get(id).ok_or_else(|| {
                 ChkptError::Inconsistent(format!("shared memory {id} is not in the node file"))
@@ -414,6 +429,59 @@ pub fn create_shared(
             root.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
         out.insert(id, want);
+    }
+    Ok(out)
+}
+
+/// Make, in the root task before any child is forked, one unnamed file
+/// per deleted file the tree maps (see [`super::held::unnamed_file`]), at
+/// fds from `base` on, so every task inherits it; fds of the same file
+/// (by inode) open it too. Returns inode → fd.
+pub fn create_deleted(
+    root: &Injector,
+    scratch: u64,
+    mms: &[&crate::image::MmImage],
+    base: i32,
+) -> Result<std::collections::HashMap<u64, i32>> {
+    let mut out = std::collections::HashMap::new();
+    for v in mms.iter().flat_map(|m| &m.vmas) {
+        let VmaKind::DeletedFile {
+            path,
+            ino,
+            mode,
+            size,
+            ..
+        } = &v.kind
+        else {
+            continue;
+        };
+        if out.contains_key(ino) {
+            continue;
+        }
+        // the content is on the first mapping of the file in the tree
+        let content = mms
+            .iter()
+            .flat_map(|m| &m.vmas)
+            .find_map(|w| match &w.kind {
+                VmaKind::DeletedFile {
+                    ino: i, content, ..
+                } if i == ino && !content.is_empty() => Some(content.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[]);
+        if content.len() as u64 != *size {
+            return Err(ChkptError::Inconsistent(format!(
+                "deleted file {path} is {size} bytes, but the image holds {} of them",
+                content.len()
+            )));
+        }
+        let fd = super::held::unnamed_file(root, scratch, path, *mode, content)?;
+        let want = base + out.len() as i32;
+        if fd != want as u64 {
+            root.call("dup2", libc::SYS_dup2, [fd, want as u64, 0, 0, 0, 0])?;
+            root.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+        out.insert(*ino, want);
     }
     Ok(out)
 }

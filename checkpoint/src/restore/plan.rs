@@ -130,6 +130,7 @@ pub(super) struct TreeFds<'a> {
     pub data_fds: i32,
     pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
     pub shm_fds: &'a HashMap<u64, i32>,
+    pub deleted_fds: &'a HashMap<u64, i32>,
     pub file_fds: &'a HashMap<u32, i32>,
     pub work_end: i32,
 }
@@ -159,6 +160,7 @@ impl TreeFds<'_> {
             work_base: self.data_fds,
             pipe_fds: self.pipe_fds,
             shm_fds: self.shm_fds,
+            deleted_fds: self.deleted_fds,
             file_fds: self.file_fds,
             first_holder,
             work_end: self.work_end,

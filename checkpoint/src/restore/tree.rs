@@ -350,7 +350,10 @@ fn restore_tasks(
     let pipe_fds = fds::create_pipes(&rinj, area + AREA_SCRATCH, &l.node.pipes, pipe_base)?;
     let shm_base = pipe_base + 2 * pipe_fds.len() as i32;
     let shm_fds = mm::create_shared(&rinj, area + AREA_SCRATCH, &l.node.shared_mem, shm_base)?;
-    let file_base = shm_base + shm_fds.len() as i32;
+    let deleted_base = shm_base + shm_fds.len() as i32;
+    let mms: Vec<&crate::image::MmImage> = l.tasks.iter().map(|t| &t.mm).collect();
+    let deleted_fds = mm::create_deleted(&rinj, area + AREA_SCRATCH, &mms, deleted_base)?;
+    let file_base = deleted_base + deleted_fds.len() as i32;
     let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.task).collect();
     let file_fds = super::files::create_files(
         &rinj,
@@ -358,6 +361,7 @@ fn restore_tasks(
         &images,
         file_base,
         &l.inherit_fds,
+        &deleted_fds,
     )?;
     mark("tree_files");
 
@@ -369,6 +373,7 @@ fn restore_tasks(
         data_fds: mm_fds.base,
         pipe_fds: &pipe_fds,
         shm_fds: &shm_fds,
+        deleted_fds: &deleted_fds,
         file_fds: &file_fds,
         work_end: file_base + file_fds.len() as i32,
     };
