@@ -114,23 +114,29 @@ fn lazy_restart_of_a_corrupted_image_starts_nothing() {
 
 /// `--check-as-loaded`: the job runs before its pages are checked; the
 /// page server finds the changed byte when it loads that block, and kills
-/// the job rather than let it run with wrong memory.
+/// the job rather than let it run with wrong memory. (One process: pages
+/// a child shares with its parent are put in before the child is forked,
+/// and so checked before anything runs, as `--lazy` alone does.)
 #[test]
 fn a_page_changed_is_caught_as_it_loads() {
     let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
-    let exe = build_c(tmp.path(), "forker");
+    let exe = build_c(tmp.path(), "bigmem");
     let store = tmp.path().join("store");
     let mut cmd = Command::new(&exe);
-    cmd.arg("8").stderr(Stdio::null());
-    let (child, out) = spawn_reading(cmd);
-    let pid = guard.add(child.id() as i32);
-    wait_until("forker runs", || last_of(&out.get()) >= 1);
+    cmd.arg("8").stdout(Stdio::null()).stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("bigmem holds its memory", || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|kb| kb >= 8 << 10)
+    });
     ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
-    for p in image_pids(&store, pid, 1) {
-        kill_reap(p);
-    }
+    kill_reap(pid);
     let mm = store
         .join(pid.to_string())
         .join(format!("task_mm_{pid}_v1.bin"));
