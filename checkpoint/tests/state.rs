@@ -54,3 +54,70 @@ fn zombies_come_back_as_zombies() {
     assert!(!out.get().contains("reap"), "the original never reaped");
     kill_reap(pid);
 }
+
+/// A pseudo-terminal the job holds both sides of comes back with its
+/// number, raw settings and window size, and carries data both ways
+/// (`progs/pty.c` checks all of it every step).
+#[test]
+fn pseudo_terminal_pair_comes_back() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "pty");
+    let out = tmp.path().join("out.txt");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(tmp.path())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("first lines", || last_count(&out) >= 3);
+    let pts = std::fs::read_to_string(tmp.path().join("pts")).unwrap();
+    // a step's bytes may be in flight at the freeze: refused, tried again
+    let mut tries = 0;
+    loop {
+        let o = checkpoint_out(&store, pid, &["--kill"]);
+        if o.status.success() {
+            break;
+        }
+        let e = String::from_utf8_lossy(&o.stderr);
+        tries += 1;
+        assert!(e.contains("wait to be read") && tries < 10, "{e}");
+    }
+    kill_reap(pid);
+    let at = last_count(&out);
+    let o = run(Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .arg(pid.to_string())
+        .arg(saved_sn_of(&store, pid).to_string()));
+    ok(&o, "restart");
+    // counter_lines fails on "BAD"
+    wait_until("restored steps", || last_count(&out) >= at + 5);
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    assert!(fds.iter().any(|l| l == "/dev/ptmx"), "{fds:?}");
+    assert!(fds.iter().any(|l| l == pts.trim()), "{fds:?}");
+    kill_reap(pid);
+}
+
+/// The last SN committed for `pid` in `store`.
+fn saved_sn_of(store: &std::path::Path, pid: i32) -> u32 {
+    std::fs::read_dir(store.join(pid.to_string()))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            n.strip_prefix("global_v")?
+                .strip_suffix(".bin")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap()
+}

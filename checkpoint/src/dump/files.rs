@@ -69,6 +69,7 @@ fn fds(
         }
         let kind = match super::anon::classify(pid, fd, &target, &info)? {
             Some(k) => Some(k),
+            None if super::pty::is_master(&target) => Some(super::pty::master(pid, fd, frozen)?),
             None => match super::held::classify(pid, fd, &target, &info, pos, frozen)? {
                 Some(k) => Some(k),
                 None => classify_fd(pid, fd, &target, pos)?,
@@ -361,6 +362,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         v.push(f);
         v.sort_by_key(|f| f.fd);
     }
+    super::pty::pair_slaves(&mut fds);
     share_files(tree, &mut fds);
     super::held::dedupe(tree, &mut fds);
     let mut images = Vec::new();

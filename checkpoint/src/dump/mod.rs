@@ -9,7 +9,8 @@
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
-//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`held`]
+//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`pty`];
+//!   [`held`]
 //!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]
 //! - [`task`] — one task's state by /proc and injected system calls;
 //!   [`timers`] its POSIX timers
@@ -29,6 +30,7 @@ mod memory;
 mod mqueue;
 mod pages;
 mod precopy;
+mod pty;
 mod refuse;
 mod seccomp;
 mod ship;

@@ -42,6 +42,22 @@ pub enum LockKind {
     Ofd,
 }
 
+/// A pseudo-terminal of the tree, as its master holds it: its number
+/// (`/dev/pts/N`, which restart gets again) and settings. Data waiting in
+/// it is refused at checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PtyImage {
+    pub index: u32,
+    /// The slave's `struct termios2` (TCGETS2), raw.
+    pub termios: Vec<u8>,
+    /// `struct winsize`: rows, columns, x and y pixels.
+    pub winsize: [u16; 4],
+    /// Locked (TIOCSPTLCK): the slave cannot be opened.
+    pub locked: bool,
+    /// Packet mode (TIOCPKT).
+    pub packet: bool,
+}
+
 /// A FIFO open in the job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FifoImage {
@@ -156,6 +172,17 @@ pub fn describe_held(k: &super::FdKind) -> String {
         FdKind::External { file, what } => format!(
             "{what} leading outside the tree: restart's stdin/stdout or --inherit-fd (open file #{file})"
         ),
+        FdKind::PtyMaster { file, pty } => format!(
+            "pseudo-terminal master of /dev/pts/{} ({}x{}{}{}) (open file #{file})",
+            pty.index,
+            pty.winsize[0],
+            pty.winsize[1],
+            if pty.locked { ", locked" } else { "" },
+            if pty.packet { ", packet mode" } else { "" }
+        ),
+        FdKind::PtySlave { file, index } => {
+            format!("/dev/pts/{index}, whose master is in the tree (open file #{file})")
+        }
         _ => "?".to_string(),
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::held::{DeletedImage, FifoImage, HeldLock, InotifyWatch, MqueueImage};
+use super::held::{DeletedImage, FifoImage, HeldLock, InotifyWatch, MqueueImage, PtyImage};
 
 /// `task_<PID>_v<SN>.bin`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -124,6 +124,11 @@ pub enum FdKind {
     /// restart gives it its own stdin (read end) or stdout (write end),
     /// or what `--inherit-fd` names for this fd.
     External { file: u32, what: String },
+    /// The master side of a pseudo-terminal (`/dev/ptmx`), format 4.
+    PtyMaster { file: u32, pty: PtyImage },
+    /// The slave side (`/dev/pts/N`) of a pseudo-terminal whose master is
+    /// in the tree, format 4.
+    PtySlave { file: u32, index: u32 },
 }
 
 /// A socket as restart makes it again.
@@ -209,7 +214,9 @@ impl FdKind {
             | FdKind::Deleted { file, .. }
             | FdKind::Inotify { file, .. }
             | FdKind::Mqueue { file, .. }
-            | FdKind::External { file, .. } => Some(*file),
+            | FdKind::External { file, .. }
+            | FdKind::PtyMaster { file, .. }
+            | FdKind::PtySlave { file, .. } => Some(*file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
         }
     }
@@ -226,7 +233,9 @@ impl FdKind {
             | FdKind::Deleted { file, .. }
             | FdKind::Inotify { file, .. }
             | FdKind::Mqueue { file, .. }
-            | FdKind::External { file, .. } => Some(file),
+            | FdKind::External { file, .. }
+            | FdKind::PtyMaster { file, .. }
+            | FdKind::PtySlave { file, .. } => Some(file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
         }
     }

@@ -35,10 +35,17 @@ pub struct Maker<'a> {
     deleted: HashMap<u64, u64>,
     /// The same for deleted files the tree maps (made before, kept open).
     mapped: &'a HashMap<u64, i32>,
+    ptys: super::pty::Ptys<'a>,
 }
 
 /// `openat` of `path` in the task of `root`.
-fn open_in(root: &Injector, scratch: u64, path: &str, flags: u32, mode: u32) -> Result<u64> {
+pub(super) fn open_in(
+    root: &Injector,
+    scratch: u64,
+    path: &str,
+    flags: u32,
+    mode: u32,
+) -> Result<u64> {
     if path.len() as u64 >= SCRATCH_LEN || path.contains('\0') {
         return Err(ChkptError::TooLarge(format!("the path {path}")));
     }
@@ -110,6 +117,7 @@ impl<'a> Maker<'a> {
             inherit,
             deleted: HashMap::new(),
             mapped,
+            ptys: super::pty::Ptys::new(root, scratch, tasks),
         }
     }
 
@@ -122,6 +130,8 @@ impl<'a> Maker<'a> {
             FdKind::Inotify { watches, .. } => self.inotify(watches)?,
             FdKind::Mqueue { mq, .. } => super::mqueue::create(self.root, self.scratch, f, mq)?,
             FdKind::External { .. } => self.external(f)?,
+            FdKind::PtyMaster { pty, .. } => self.ptys.master(pty)?,
+            FdKind::PtySlave { index, .. } => self.ptys.slave(f, *index)?,
             _ => return Ok(None),
         }))
     }
@@ -132,7 +142,7 @@ impl<'a> Maker<'a> {
             self.root
                 .call("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0])?;
         }
-        Ok(())
+        self.ptys.finish()
     }
 
     fn open(&self, path: &str, flags: u32, mode: u32) -> Result<u64> {

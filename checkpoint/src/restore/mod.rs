@@ -16,7 +16,7 @@
 //!   [`plan`] where each task's pages go, who inherits whose
 //! - [`task`] — one task's restore, in order ([`seccomp`] before the
 //!   credentials drop, [`timers`] last)
-//! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`]) — every open
+//! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`], [`pty`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
 //!   image may ask of them)
 //! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
@@ -44,6 +44,7 @@ pub mod owner;
 mod pages;
 pub mod pidns;
 mod plan;
+mod pty;
 mod seccomp;
 mod serve;
 mod sig;
