@@ -153,7 +153,6 @@ fn refusals_name_the_process_and_fd() {
         ("symlink", "fd 5 ("),
         ("cwd", "a deleted working directory"),
         ("proc", "fd 5 (/proc/"),
-        ("files", "(CLONE_FILES)"),
         ("pdeath", "a parent-death signal"),
         ("owner", "fd 5 owned (F_SETOWN) by"),
     ];

@@ -330,3 +330,54 @@ fn copy_on_write_sharing_after_fork_is_restored() {
         kill_reap(p);
     }
 }
+
+/// What `fdshare` child `pid` sees at fd 77 (asked with SIGUSR1).
+fn seen(dir: &std::path::Path, pid: i32) -> String {
+    let path = dir.join(format!("seen.{pid}"));
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: signalling a test process.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    wait_until("child answered", || path.exists());
+    std::fs::read_to_string(&path).unwrap().trim().to_string()
+}
+
+/// A child cloned with CLONE_FILES shares its parent's fd table again
+/// after restart (an fd the parent opens then is the child's too), and a
+/// forked sibling keeps a table of its own.
+#[test]
+fn fd_table_shared_with_the_parent_is_shared_again() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_c(dir, "fdshare");
+    std::fs::write(dir.join("probe"), "probe").unwrap();
+    let store = dir.join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(dir).stdout(Stdio::null()).stderr(Stdio::null());
+    let root = guard.add(spawn(cmd).id() as i32);
+    wait_until("children started", || dir.join("pids").exists());
+    let pids: Vec<i32> = std::fs::read_to_string(dir.join("pids"))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let (a, b) = (guard.add(pids[0]), guard.add(pids[1]));
+    assert_eq!(seen(dir, a), "closed");
+    ok(&checkpoint_out(&store, root, &["--kill"]), "checkpoint");
+    for p in [root, a, b] {
+        kill_reap(p);
+    }
+    ok(&restart_out(&store, root, 1), "restart");
+    assert_eq!(ppid(a), root);
+    // SAFETY: signalling a test process.
+    unsafe { libc::kill(root, libc::SIGUSR2) };
+    wait_until("the parent opened fd 77", || {
+        std::fs::read_link(format!("/proc/{root}/fd/77")).is_ok()
+    });
+    assert_eq!(seen(dir, a), "open:probe", "the shared table");
+    assert_eq!(seen(dir, b), "closed", "the forked child's own table");
+    for p in [a, b, root] {
+        kill_reap(p);
+    }
+}

@@ -108,6 +108,8 @@ pub fn read(
         may_write: Vec::new(),
         posix_timers: super::timers::read(pid, &tids, inj, scratch)?,
         seccomp,
+        // set with the whole tree in view (dump::read_tree)
+        parents_fd_table: false,
     })
 }
 

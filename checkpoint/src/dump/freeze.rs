@@ -300,7 +300,7 @@ pub(super) fn precheck(pid: i32, caller: u32, pidns: bool) -> Result<Vec<(i32, i
         let r = t
             .iter()
             .try_for_each(|&(p, _)| check_task(p, caller, pidns).map(|_| ()))
-            .and_then(|()| super::refuse::shared_fd_tables(&living(&t)))
+            .and_then(|()| super::refuse::shared_fd_tables(&living(&t)).map(|_| ()))
             .and_then(|()| {
                 super::files::collect(&living(&t), caller, super::sockets::Take::Check).map(|_| ())
             });

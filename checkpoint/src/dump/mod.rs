@@ -410,7 +410,7 @@ fn read_tree(
     tick: &dyn Fn(u64),
 ) -> Result<TreeState> {
     let (opts, caller) = (how.opts, how.caller);
-    refuse::shared_fd_tables(tree)?;
+    let shared_tables = refuse::shared_fd_tables(tree)?;
     // a connection --kill closes is locked until restart makes it again
     let take = if opts.kill {
         sockets::Take::RepairLocked
@@ -432,6 +432,7 @@ fn read_tree(
         let mut d = task::dump_task(p, pp, fds, &ctx)?;
         mark("frozen_task");
         d.task.locks = files.locks.remove(&p).unwrap_or_default();
+        d.task.attrs.parents_fd_table = shared_tables.contains(&p);
         let mem = match mems.entry(p) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {

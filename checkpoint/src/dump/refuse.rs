@@ -1,7 +1,7 @@
 //! State this version refuses rather than restores wrongly, found in
 //! /proc while the job runs (and again when it is frozen): per-thread
 //! seccomp (but for root), SCHED_DEADLINE, a deleted working directory, fd tables
-//! shared between processes (CLONE_FILES), fds of /proc files of a process
+//! shared other than with the parent (CLONE_FILES), fds of /proc files of a process
 //! and symlinks opened with O_PATH.
 
 use crate::error::{ChkptError, Result};
@@ -50,23 +50,44 @@ pub fn cwd(pid: i32) -> Result<()> {
 }
 
 /// Processes of the tree that share one fd table (clone with CLONE_FILES
-/// and without CLONE_THREAD): restart would give each a table of its own.
-pub fn shared_fd_tables(tree: &[(i32, i32)]) -> Result<()> {
+/// and without CLONE_THREAD): restart forks each with CLONE_FILES from its
+/// parent, so a process may share only its parent's table (as it had it
+/// from its fork). Returns the processes that share their parent's.
+pub fn shared_fd_tables(tree: &[(i32, i32)]) -> Result<Vec<i32>> {
     const KCMP_FILES: i32 = 2;
+    let same = |a: i32, b: i32| {
+        // SAFETY: kcmp compares two processes' fd tables; no memory.
+        unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) == 0 }
+    };
+    let with_parent: Vec<i32> = tree
+        .iter()
+        .filter(|&&(a, pa)| tree.iter().any(|t| t.0 == pa) && same(a, pa))
+        .map(|t| t.0)
+        .collect();
+    // the first of a chain of processes each sharing its parent's table
+    let top = |mut x: i32| {
+        while with_parent.contains(&x) {
+            match tree.iter().find(|t| t.0 == x) {
+                Some(&(_, p)) => x = p,
+                None => break,
+            }
+        }
+        x
+    };
     for (n, &(a, _)) in tree.iter().enumerate() {
         for &(b, _) in &tree[n + 1..] {
-            // SAFETY: kcmp compares two processes' fd tables; no memory.
-            let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) };
-            if r == 0 {
+            if top(a) != top(b) && same(a, b) {
                 return Err(ChkptError::unsupported(
                     b,
-                    format!("an fd table shared with process {a} (CLONE_FILES)"),
-                    "restart gives every process a table of its own",
+                    format!(
+                        "an fd table shared with process {a} (CLONE_FILES), not by a fork from it"
+                    ),
+                    "restart can give a process only the table of the parent it is forked from",
                 ));
             }
         }
     }
-    Ok(())
+    Ok(with_parent)
 }
 
 /// A file of a process's /proc directory (`/proc/PID/…`, which

@@ -43,6 +43,8 @@ pub struct TaskAttrs {
     pub posix_timers: Vec<PosixTimer>,
     /// Threads under seccomp, format 4 (version 3 files refused them).
     pub seccomp: Vec<ThreadSeccomp>,
+    /// It shares its parent's fd table (cloned with CLONE_FILES), format 4.
+    pub parents_fd_table: bool,
 }
 
 /// The seccomp state of one thread.
@@ -253,6 +255,9 @@ pub fn describe_attrs(a: &TaskAttrs) -> String {
             "fd {}: owner type {} id {}, signal {}, pipe size {}",
             f.fd, f.owner_type, f.owner_id, f.sig, f.pipe_size
         ));
+    }
+    if a.parents_fd_table {
+        line("shares its parent's fd table (CLONE_FILES)".into());
     }
     for t in &a.seccomp {
         let lens: Vec<String> = t

@@ -123,12 +123,12 @@ impl ImageMeta for TaskImage {
     fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
         v2::decode_task(body)
     }
-    /// A version 3 task file ends before the POSIX timers and seccomp
-    /// states: the same bytes and two empty lists (a zero byte each) are
-    /// today's.
+    /// A version 3 task file ends before the POSIX timers, seccomp
+    /// states and fd table sharing: the same bytes and two empty lists
+    /// and a false (a zero byte each) are today's.
     fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
         let mut b = body.to_vec();
-        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&[0, 0, 0]);
         postcard::from_bytes(&b)
     }
 }
@@ -537,9 +537,10 @@ mod tests {
             ..TaskAttrs::default()
         };
         let now = postcard::to_stdvec(&t).unwrap();
-        // the empty timer and seccomp lists are the last two bytes
-        assert_eq!(&now[now.len() - 2..], &[0, 0]);
-        let v3 = &now[..now.len() - 2];
+        // the empty timer and seccomp lists and the unshared fd table are
+        // the last three bytes
+        assert_eq!(&now[now.len() - 3..], &[0, 0, 0]);
+        let v3 = &now[..now.len() - 3];
         assert_eq!(TaskImage::decode_v3(v3).unwrap(), t);
         t.attrs.posix_timers.push(PosixTimer::default());
         assert_ne!(postcard::to_stdvec(&t).unwrap().len(), now.len());

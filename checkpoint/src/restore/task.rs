@@ -40,7 +40,10 @@ impl TaskCtx<'_> {
         // credentials drop, after the memory they share is in place.
         create_threads(i, self.area, t)?;
         crate::timings::mark("task_threads");
-        fds::restore(self)?;
+        // a table shared with the parent was filled by the parent's restore
+        if !t.attrs.parents_fd_table {
+            fds::restore(self)?;
+        }
         crate::timings::mark("task_fds");
         let cwd = self.put_str(&t.cwd, 0)?;
         i.call("chdir", libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;

@@ -99,11 +99,24 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
 
 /// Fork `child` inside the (not yet restored) `parent` with an injected clone3.
 pub(super) fn fork_child(parent: &Injector, area: u64, child: i32, pids: PidPolicy) -> Result<i32> {
+    fork_child_with(parent, area, child, pids, 0)
+}
+
+/// [`fork_child`] with clone `flags` (CLONE_FILES: the child shares its
+/// parent's fd table, as it did).
+fn fork_child_with(
+    parent: &Injector,
+    area: u64,
+    child: i32,
+    pids: PidPolicy,
+    flags: u64,
+) -> Result<i32> {
     let scratch = area + AREA_SCRATCH;
     let deadline = Instant::now() + pids.wait;
     let mut pause = FIRST_PAUSE;
     let mut buf = Vec::new();
     let mut args = clone_args(scratch + 128);
+    args[0] = flags;
     if pids.fresh {
         args[8] = 0;
         args[9] = 0;
@@ -391,7 +404,11 @@ fn restore_tasks(
         let parent = injectors.get(&ppid).ok_or_else(|| {
             ChkptError::Inconsistent(format!("task {old} has no parent {ppid} in the image"))
         })?;
-        let pid = fork_child(parent, area, old, pids)?;
+        let flags = match l.tasks[idx].task.attrs.parents_fd_table {
+            true => libc::CLONE_FILES as u64,
+            false => 0,
+        };
+        let pid = fork_child_with(parent, area, old, pids, flags)?;
         remap(l, old, pid);
         created.pids.push(pid);
         let inj = Injector::new(pid, syscall_at)?;

@@ -6,6 +6,7 @@
  *   cwd      its working directory removed
  *   proc     fd 5: /proc/self/status
  *   files    a child made with clone(CLONE_FILES): one fd table for two
+ *            (refused once; saved since, tests/tree.rs)
  *   pdeath   a parent-death signal on itself (the root of the tree)
  *   owner    fd 5: a pipe owned (F_SETOWN) by its parent, outside the tree
  * argv[2] is a scratch directory for symlink and cwd. */
