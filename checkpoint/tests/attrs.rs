@@ -230,16 +230,8 @@ fn seccomp_filters_and_strict_mode_come_back() {
     let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
-    let exe = build_c(tmp.path(), "seccomp");
-    let out = tmp.path().join("out.txt");
+    let (pid, out) = start_counter(&guard, tmp.path(), "seccomp", &[tmp.path()], 3);
     let store = tmp.path().join("store");
-    let mut cmd = Command::new(&exe);
-    cmd.arg(tmp.path())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null());
-    let pid = guard.add(spawn(cmd).id() as i32);
-    wait_until("first lines", || last_count(&out) >= 3);
     let child: i32 = std::fs::read_to_string(tmp.path().join("child"))
         .unwrap()
         .trim()

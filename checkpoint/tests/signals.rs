@@ -52,15 +52,8 @@ fn posix_timers_survive() {
     let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
-    let exe = build_c(tmp.path(), "posixtimers");
-    let out = tmp.path().join("out.txt");
+    let (pid, out) = start_counter(&guard, tmp.path(), "posixtimers", &[], 3);
     let store = tmp.path().join("store");
-    let mut cmd = Command::new(&exe);
-    cmd.stdout(File::create(&out).unwrap())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null());
-    let pid = guard.add(spawn(cmd).id() as i32);
-    wait_until("first lines", || last_count(&out) >= 3);
     let o = checkpoint_out(&store, pid, &["--kill"]);
     ok(&o, "checkpoint");
     kill_reap(pid);

@@ -63,16 +63,8 @@ fn pseudo_terminal_pair_comes_back() {
     let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
-    let exe = build_c(tmp.path(), "pty");
-    let out = tmp.path().join("out.txt");
+    let (pid, out) = start_counter(&guard, tmp.path(), "pty", &[tmp.path()], 3);
     let store = tmp.path().join("store");
-    let mut cmd = Command::new(&exe);
-    cmd.arg(tmp.path())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null());
-    let pid = guard.add(spawn(cmd).id() as i32);
-    wait_until("first lines", || last_count(&out) >= 3);
     let pts = std::fs::read_to_string(tmp.path().join("pts")).unwrap();
     // a step's bytes may be in flight at the freeze: refused, tried again
     let mut tries = 0;

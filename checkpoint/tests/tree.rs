@@ -331,14 +331,9 @@ fn copy_on_write_sharing_after_fork_is_restored() {
     }
 }
 
-/// What `fdshare` child `pid` sees at fd 77 (asked with SIGUSR1).
+/// What `fdshare` child `pid` sees at fd 77.
 fn seen(dir: &std::path::Path, pid: i32) -> String {
-    let path = dir.join(format!("seen.{pid}"));
-    let _ = std::fs::remove_file(&path);
-    // SAFETY: signalling a test process.
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
-    wait_until("child answered", || path.exists());
-    std::fs::read_to_string(&path).unwrap().trim().to_string()
+    ask_usr1(dir, pid, "seen")
 }
 
 /// A child cloned with CLONE_FILES shares its parent's fd table again

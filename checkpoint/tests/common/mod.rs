@@ -329,14 +329,23 @@ pub fn frames(pid: i32, addr: u64, pages: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Ask `pid` (cowtree) to check its pages; what it found.
-pub fn cow_check(dir: &std::path::Path, pid: i32) -> String {
-    let path = dir.join(format!("check.{pid}"));
+/// Send `pid` SIGUSR1 and read what it writes, once done, to
+/// `dir`/`name`.<pid> (test programs write it whole, through a rename).
+pub fn ask_usr1(dir: &Path, pid: i32, name: &str) -> String {
+    let path = dir.join(format!("{name}.{pid}"));
     let _ = std::fs::remove_file(&path);
     // SAFETY: signalling a test process.
     unsafe { libc::kill(pid, libc::SIGUSR1) };
-    wait_until("page check written", || path.exists());
-    std::fs::read_to_string(&path).unwrap().trim().to_string()
+    wait_until("the program answered", || path.exists());
+    std::fs::read_to_string(&path)
+        .expect("answer")
+        .trim()
+        .to_string()
+}
+
+/// Ask `pid` (cowtree) to check its pages; what it found.
+pub fn cow_check(dir: &Path, pid: i32) -> String {
+    ask_usr1(dir, pid, "check")
 }
 
 /// The children of `pid` (of its main thread).
@@ -346,4 +355,26 @@ pub fn children(pid: i32) -> Vec<i32> {
         .split_whitespace()
         .filter_map(|t| t.parse().ok())
         .collect()
+}
+
+/// Build test program `name` in `dir`, start it with `args` (stdout into
+/// `dir`/out.txt, stdin and stderr on /dev/null) and wait until it printed
+/// `lines` "N ok" lines. Returns its PID and the output file.
+pub fn start_counter(
+    guard: &Guard,
+    dir: &Path,
+    name: &str,
+    args: &[&Path],
+    lines: u64,
+) -> (i32, PathBuf) {
+    let exe = build_c(dir, name);
+    let out = dir.join("out.txt");
+    let mut cmd = Command::new(&exe);
+    cmd.args(args)
+        .stdout(std::fs::File::create(&out).expect("output file"))
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("first lines", || last_count(&out) >= lines);
+    (pid, out)
 }
