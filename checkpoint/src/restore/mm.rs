@@ -434,7 +434,7 @@ pub fn create_shared(
 }
 
 /// Make, in the root task before any child is forked, one unnamed file
-/// per deleted file the tree maps (see [`super::held::unnamed_file`]), at
+/// per deleted file the tree maps (see [`super::rootfile::unnamed_file`]), at
 /// fds from `base` on, so every task inherits it; fds of the same file
 /// (by inode) open it too. Returns inode → fd.
 pub fn create_deleted(
@@ -475,7 +475,7 @@ pub fn create_deleted(
                 content.len()
             )));
         }
-        let fd = super::held::unnamed_file(root, scratch, path, *mode, content)?;
+        let fd = super::rootfile::unnamed_file(root, scratch, path, *mode, content)?;
         let want = base + out.len() as i32;
         if fd != want as u64 {
             root.call("dup2", libc::SYS_dup2, [fd, want as u64, 0, 0, 0, 0])?;

@@ -16,7 +16,8 @@
 //!   [`plan`] where each task's pages go, who inherits whose
 //! - [`task`] — one task's restore, in order ([`seccomp`] before the
 //!   credentials drop, [`timers`] last)
-//! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`], [`pty`]) — every open
+//! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`], [`pty`];
+//!   [`rootfile`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
 //!   image may ask of them)
 //! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
@@ -45,6 +46,7 @@ mod pages;
 pub mod pidns;
 mod plan;
 mod pty;
+mod rootfile;
 mod seccomp;
 mod serve;
 mod sig;
@@ -113,6 +115,18 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         (true, true) => load::PageCheck::AsLoaded,
     };
     let mut loaded = load::load_checked(&dir, sn, opts.node, check)?;
+    if check == load::PageCheck::AsLoaded {
+        // the pages children inherit are copied in before they are
+        // forked, not left to the page server: checked now
+        let inherit = plan::Inheritance::of(&loaded.tasks)?;
+        let now: Vec<pages::Piece> = plan::split_pieces(&loaded.tasks, &inherit, true)
+            .into_iter()
+            .flat_map(|[_, _, now]| now)
+            .collect();
+        if !now.is_empty() {
+            pages::verify_files(&mut loaded.files, &mut loaded.checks, Some(&now))?;
+        }
+    }
     let images: Vec<&crate::image::TaskImage> = loaded.tasks.iter().map(|t| &t.task).collect();
     held_check::check_inherit(&images, &opts.inherit_fds)?;
     loaded.inherit_fds = opts.inherit_fds.clone();

@@ -282,65 +282,76 @@ impl<'a> Chain<'a> {
     /// blocks left out here as it does). Nothing runs yet: a file cut short
     /// meanwhile (SIGBUS) can only end restart.
     pub fn verify(&mut self, only: Option<&[Piece]>) -> Result<()> {
-        self.checks.sort_unstable();
-        self.checks.dedup();
-        let wanted: Vec<Check> = match only {
-            None => self.checks.clone(),
-            Some(pieces) => {
-                let mut v: Vec<Check> = pieces
-                    .iter()
-                    .flat_map(|p| checks_in(&self.checks, p.file, p.off, p.len))
-                    .copied()
-                    .collect();
-                v.sort_unstable();
-                v.dedup();
-                v
-            }
-        };
-        for f in &mut self.files {
-            let mut opts = memmap2::MmapOptions::new();
-            if only.is_none() {
-                // every block is read here, now: one walk of the page cache
-                opts.populate();
-            }
-            // SAFETY: a read-only shared mapping of a file we hold open; it
-            // is only read, by this process (no task runs before restart is
-            // done with it: a file cut short meanwhile, SIGBUS, ends restart
-            // and with it every task it made; UFFDIO_COPY reports a vanished
-            // page as EFAULT).
-            let m = unsafe { opts.map(&f.file) }.map_err(|e| ChkptError::io(&f.path, e))?;
-            // Not inherited by the tasks forked from restart (they would
-            // unmap it anyway) nor by the page server: the advice only
-            // saves work, its failure changes nothing else.
-            let _ = m.advise(memmap2::Advice::DontFork);
-            f.map = Some(m);
-        }
-        let next = AtomicUsize::new(0);
-        let checks = &wanted;
-        let files = &self.files;
-        let run = || -> Result<()> {
-            loop {
-                let k = next.fetch_add(256, Ordering::Relaxed);
-                let Some(batch) = checks.get(k..(k + 256).min(checks.len())) else {
-                    return Ok(());
-                };
-                if batch.is_empty() {
-                    return Ok(());
-                }
-                for c in batch {
-                    check_block(&files[c.file], c)?;
-                }
-            }
-        };
-        std::thread::scope(|s| {
-            let helper = s.spawn(run);
-            let mine = run();
-            let theirs = helper
-                .join()
-                .unwrap_or_else(|_| Err(ChkptError::Thread("a CRC thread panicked".into())));
-            mine.and(theirs)
-        })
+        verify_files(&mut self.files, &mut self.checks, only)
     }
+}
+
+/// [`Chain::verify`] on the files and checks a loaded checkpoint kept
+/// (`restart --lazy --check-as-loaded` checks the pages children inherit
+/// only once it knows which those are).
+pub fn verify_files(
+    files: &mut [DataFile],
+    checks: &mut Vec<Check>,
+    only: Option<&[Piece]>,
+) -> Result<()> {
+    checks.sort_unstable();
+    checks.dedup();
+    let wanted: Vec<Check> = match only {
+        None => checks.clone(),
+        Some(pieces) => {
+            let mut v: Vec<Check> = pieces
+                .iter()
+                .flat_map(|p| checks_in(checks, p.file, p.off, p.len))
+                .copied()
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+    };
+    for f in files.iter_mut() {
+        let mut opts = memmap2::MmapOptions::new();
+        if only.is_none() {
+            // every block is read here, now: one walk of the page cache
+            opts.populate();
+        }
+        // SAFETY: a read-only shared mapping of a file we hold open; it
+        // is only read, by this process (no task runs before restart is
+        // done with it: a file cut short meanwhile, SIGBUS, ends restart
+        // and with it every task it made; UFFDIO_COPY reports a vanished
+        // page as EFAULT).
+        let m = unsafe { opts.map(&f.file) }.map_err(|e| ChkptError::io(&f.path, e))?;
+        // Not inherited by the tasks forked from restart (they would
+        // unmap it anyway) nor by the page server: the advice only
+        // saves work, its failure changes nothing else.
+        let _ = m.advise(memmap2::Advice::DontFork);
+        f.map = Some(m);
+    }
+    let next = AtomicUsize::new(0);
+    let checks = &wanted;
+    let files: &[DataFile] = files;
+    let run = || -> Result<()> {
+        loop {
+            let k = next.fetch_add(256, Ordering::Relaxed);
+            let Some(batch) = checks.get(k..(k + 256).min(checks.len())) else {
+                return Ok(());
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for c in batch {
+                check_block(&files[c.file], c)?;
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        let helper = s.spawn(run);
+        let mine = run();
+        let theirs = helper
+            .join()
+            .unwrap_or_else(|_| Err(ChkptError::Thread("a CRC thread panicked".into())));
+        mine.and(theirs)
+    })
 }
 
 /// The checks of the blocks holding bytes `[off, off + len)` of data file

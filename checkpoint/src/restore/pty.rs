@@ -64,7 +64,7 @@ impl<'a> Ptys<'a> {
         let flags = f.flags
             & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC) as u32)
             | (libc::O_NOCTTY | libc::O_CLOEXEC) as u32;
-        super::held::open_in(
+        super::rootfile::open_in(
             self.root,
             self.scratch,
             &format!("/dev/pts/{index}"),
@@ -122,7 +122,7 @@ impl<'a> Ptys<'a> {
         let mut passed = Vec::new();
         let r = (|| {
             for _ in 0..MAX_TRIES {
-                let fd = super::held::open_in(
+                let fd = super::rootfile::open_in(
                     self.root,
                     self.scratch,
                     "/dev/ptmx",
