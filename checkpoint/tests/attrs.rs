@@ -272,3 +272,22 @@ fn seccomp_filters_and_strict_mode_come_back() {
     );
     kill_reap(p);
 }
+
+/// Two threads under one filter installed with TSYNC still share it after
+/// restart: a second filter added with TSYNC then reaches both (the kernel
+/// refuses TSYNC unless every thread has the very same filters).
+#[test]
+fn seccomp_filters_shared_by_threads_take_tsync_again() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pid, out) = start_counter(&guard, tmp.path(), "tsync", &[tmp.path()], 3);
+    let store = tmp.path().join("store");
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let at_kill = last_count(&out);
+    ok(&restart_out(&store, pid, 1), "restart");
+    wait_until("restored steps", || last_count(&out) >= at_kill + 3);
+    assert_eq!(ask_usr1(tmp.path(), pid, "tsync"), "ok");
+    kill_reap(pid);
+}

@@ -3,10 +3,11 @@
 //! `no_new_privs` needed) and just before its credentials drop. Every
 //! task restart makes is traced with its seccomp suspended
 //! (`PTRACE_O_SUSPEND_SECCOMP`), so the calls injected after this still
-//! run; the filters apply from the detach on. Each thread gets its own
-//! copy of a filter it shared with others: the same rules, but a later
-//! `SECCOMP_FILTER_FLAG_TSYNC` may fail (the kernel wants the very same
-//! filters in every thread).
+//! run; the filters apply from the detach on. The filters every thread
+//! has first are installed in the leader before the other threads are
+//! made, so that those inherit the very same filters: a later
+//! `SECCOMP_FILTER_FLAG_TSYNC` wants that. A filter shared by some threads
+//! only, after others of their own, becomes a copy per thread.
 
 use crate::error::{ChkptError, Result};
 use crate::image::{SeccompFilter, ThreadSeccomp};
@@ -34,8 +35,43 @@ fn sock_fprog(at: u64, f: &SeccompFilter) -> Vec<u8> {
     b
 }
 
+/// The filters every thread of `t` has first, in the same order: the
+/// leader installs them before the other threads are made, which then
+/// inherit them — one filter shared by all, as a fork or TSYNC left it.
+fn common_prefix(t: &crate::image::TaskImage) -> &[SeccompFilter] {
+    let chains: Vec<&[SeccompFilter]> = t
+        .threads
+        .iter()
+        .map(|th| {
+            t.attrs
+                .seccomp
+                .iter()
+                .find(|s| s.tid == th.tid && !s.strict)
+                .map_or(&[][..], |s| s.filters.as_slice())
+        })
+        .collect();
+    let Some(first) = chains.first() else {
+        return &[];
+    };
+    let n = (0..first.len())
+        .take_while(|&i| chains.iter().all(|c| c.get(i) == first.get(i)))
+        .count();
+    &first[..n]
+}
+
 impl TaskCtx<'_> {
+    /// The filters all threads share, in the leader, before the other
+    /// threads are made (see [`common_prefix`]).
+    pub fn restore_shared_seccomp(&self) -> Result<()> {
+        for f in common_prefix(self.task) {
+            self.install_filter(self.inj, f)?;
+        }
+        Ok(())
+    }
+
+    /// Each thread's own filters (after the shared ones), or strict mode.
     pub fn restore_seccomp(&self) -> Result<()> {
+        let shared = common_prefix(self.task).len();
         for th in &self.task.attrs.seccomp {
             if !self.task.threads.iter().any(|t| t.tid == th.tid) {
                 return Err(ChkptError::Inconsistent(format!(
@@ -44,10 +80,10 @@ impl TaskCtx<'_> {
                 )));
             }
             if th.tid == self.inj.tid {
-                self.install(self.inj, th)?;
+                self.install(self.inj, th, shared)?;
             } else {
                 let inj = Injector::new(th.tid, self.inj.syscall_at)?;
-                let r = self.install(&inj, th);
+                let r = self.install(&inj, th, shared);
                 inj.restore()?;
                 r?;
             }
@@ -55,7 +91,8 @@ impl TaskCtx<'_> {
         Ok(())
     }
 
-    fn install(&self, inj: &Injector, th: &ThreadSeccomp) -> Result<()> {
+    /// Strict mode, or the filters of `th` from the `skip`-th on.
+    fn install(&self, inj: &Injector, th: &ThreadSeccomp, skip: usize) -> Result<()> {
         if th.strict {
             inj.call(
                 "prctl(PR_SET_SECCOMP, strict)",
@@ -64,21 +101,26 @@ impl TaskCtx<'_> {
             )?;
             return Ok(());
         }
-        for f in &th.filters {
-            if f.insns.is_empty() || f.insns.len() > BPF_MAXINSNS {
-                return Err(ChkptError::Inconsistent(format!(
-                    "a seccomp filter of {} instructions",
-                    f.insns.len()
-                )));
-            }
-            let at = self.scratch();
-            self.put_bytes(&sock_fprog(at, f))?;
-            inj.call(
-                "seccomp(SECCOMP_SET_MODE_FILTER)",
-                libc::SYS_seccomp,
-                [SECCOMP_SET_MODE_FILTER, f.flags & KEPT_FLAGS, at, 0, 0, 0],
-            )?;
+        for f in th.filters.iter().skip(skip) {
+            self.install_filter(inj, f)?;
         }
+        Ok(())
+    }
+
+    fn install_filter(&self, inj: &Injector, f: &SeccompFilter) -> Result<()> {
+        if f.insns.is_empty() || f.insns.len() > BPF_MAXINSNS {
+            return Err(ChkptError::Inconsistent(format!(
+                "a seccomp filter of {} instructions",
+                f.insns.len()
+            )));
+        }
+        let at = self.scratch();
+        self.put_bytes(&sock_fprog(at, f))?;
+        inj.call(
+            "seccomp(SECCOMP_SET_MODE_FILTER)",
+            libc::SYS_seccomp,
+            [SECCOMP_SET_MODE_FILTER, f.flags & KEPT_FLAGS, at, 0, 0, 0],
+        )?;
         Ok(())
     }
 }
@@ -86,6 +128,39 @@ impl TaskCtx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_all_threads_share_first() {
+        use crate::image::{task::sample_task, ThreadImage};
+        let f = |n: u64| SeccompFilter {
+            flags: 0,
+            insns: vec![n],
+        };
+        let mut t = sample_task(0, 0, vec![]);
+        let th = |tid| ThreadImage {
+            tid,
+            regs: Vec::new(),
+            xstate: Vec::new(),
+            sigmask: 0,
+            pending: Vec::new(),
+            rseq: Default::default(),
+            clear_tid: 0,
+            comm: String::new(),
+        };
+        t.threads = vec![th(10), th(11)];
+        let sc = |tid, filters| ThreadSeccomp {
+            tid,
+            strict: false,
+            filters,
+        };
+        t.attrs.seccomp = vec![sc(10, vec![f(1), f(2)]), sc(11, vec![f(1), f(2), f(3)])];
+        assert_eq!(common_prefix(&t), &[f(1), f(2)][..]);
+        t.attrs.seccomp[0].filters = vec![f(1), f(4)];
+        assert_eq!(common_prefix(&t), &[f(1)][..]);
+        // a thread with no filter: nothing is common
+        t.attrs.seccomp.remove(0);
+        assert!(common_prefix(&t).is_empty());
+    }
 
     #[test]
     fn program_layout() {

@@ -38,6 +38,7 @@ impl TaskCtx<'_> {
         };
         // Threads need CAP_CHECKPOINT_RESTORE for their TIDs: before the
         // credentials drop, after the memory they share is in place.
+        self.restore_shared_seccomp()?;
         create_threads(i, self.area, t)?;
         crate::timings::mark("task_threads");
         // a table shared with the parent was filled by the parent's restore
