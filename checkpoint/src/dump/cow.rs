@@ -34,25 +34,58 @@ const BATCH: u64 = 512;
 /// found while frozen, marked so in its page map.
 pub fn mark(tasks: &[TaskDump], mems: &mut HashMap<i32, ProcMem>) -> Result<()> {
     for d in tasks {
-        let Some(parent) = tasks.iter().find(|p| p.task.pid == d.task.ppid) else {
+        let shared = match tasks.iter().find(|p| p.task.pid == d.task.ppid) {
+            Some(parent) => shared_with(d, parent, mems)?,
+            None => Vec::new(),
+        };
+        let Some(m) = mems.get_mut(&d.task.pid) else {
             continue;
         };
-        let (Some(cm), Some(pm)) = (mems.get(&d.task.pid), mems.get(&parent.task.pid)) else {
-            continue;
-        };
-        let mut maybe = Vec::new();
-        for (s, e) in inherited(&d.mm.vmas, &parent.mm.vmas) {
-            maybe.extend(intersect(&cm.held_in(s, e), &pm.held_in(s, e)));
-        }
-        if maybe.is_empty() {
-            continue;
-        }
-        let shared = shared_pages(d.task.pid, parent.task.pid, &maybe)?;
-        if let Some(m) = mems.get_mut(&d.task.pid) {
-            m.mark_cow(&shared);
-        }
+        // pages shared when the last SN was taken (and not written since,
+        // or the tracker would have said so) that are not any more (the
+        // parent wrote its copy, or went): saved now, while frozen
+        let gone = minus(&m.cow_ranges(), &shared);
+        m.copy_now(&gone)?;
+        m.mark_cow(&shared);
     }
     Ok(())
+}
+
+/// The pages `d` shares with `parent`, of those both hold.
+fn shared_with(
+    d: &TaskDump,
+    parent: &TaskDump,
+    mems: &HashMap<i32, ProcMem>,
+) -> Result<Vec<(u64, u64)>> {
+    let (Some(cm), Some(pm)) = (mems.get(&d.task.pid), mems.get(&parent.task.pid)) else {
+        return Ok(Vec::new());
+    };
+    let mut maybe = Vec::new();
+    for (s, e) in inherited(&d.mm.vmas, &parent.mm.vmas) {
+        maybe.extend(intersect(&cm.held_in(s, e), &pm.held_in(s, e)));
+    }
+    if maybe.is_empty() {
+        return Ok(Vec::new());
+    }
+    shared_pages(d.task.pid, parent.task.pid, &maybe)
+}
+
+/// Sorted ranges `a` without sorted ranges `b`.
+pub fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(s, e) in a {
+        let mut at = s;
+        for &(bs, be) in b.iter().filter(|&&(bs, be)| bs < e && be > s) {
+            if bs > at {
+                out.push((at, bs));
+            }
+            at = at.max(be);
+        }
+        if at < e {
+            out.push((at, e));
+        }
+    }
+    out
 }
 
 /// The mappings the child may share pages of with its parent: private,
@@ -277,6 +310,8 @@ mod tests {
             vec![(5, 10), (20, 25), (28, 30), (40, 45)]
         );
         assert_eq!(intersect(&a, &[]), vec![]);
+        assert_eq!(minus(&a, &b), vec![(0, 5), (25, 28), (45, 50)]);
+        assert_eq!(minus(&a, &[]), a.to_vec());
     }
 
     #[test]

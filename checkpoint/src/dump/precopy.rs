@@ -74,12 +74,15 @@ impl ProcMem {
         let pm = Pagemap::open(pid).map_err(sys(pid, "opening pagemap"))?;
         let mut map = PageMap::default();
         let parent = parent.filter(|_| tracker.is_some()).map(|(sn, mm)| {
-            // (pages shared with the parent process are not in that file:
-            // unknown, they are found and copied again)
+            // (pages shared with the parent process stay so while the
+            // tracker does not see them written; whether they still are is
+            // looked at while frozen: see cow::mark)
             for r in mm.vmas.iter().filter(|v| !v.shared).flat_map(|v| &v.runs) {
-                if r.data != RunData::Cow {
-                    map.set(r.addr, r.addr + r.pages * PAGE, Some(Page::Parent));
-                }
+                let page = match r.data {
+                    RunData::Cow => Page::Cow,
+                    _ => Page::Parent,
+                };
+                map.set(r.addr, r.addr + r.pages * PAGE, Some(page));
             }
             sn
         });
@@ -301,6 +304,28 @@ impl ProcMem {
             .filter(|r| matches!(r.page, Page::Here(_) | Page::Parent | Page::Cow))
             .collect();
         ranges(&runs)
+    }
+
+    /// The pages marked as the parent process's, as sorted ranges.
+    pub fn cow_ranges(&self) -> Vec<(u64, u64)> {
+        let runs: Vec<_> = self
+            .map
+            .runs_in(0, u64::MAX)
+            .into_iter()
+            .filter(|r| r.page == Page::Cow)
+            .collect();
+        ranges(&runs)
+    }
+
+    /// Save `ranges` (sorted) now, in new slots: the tree is frozen.
+    pub fn copy_now(&mut self, ranges: &[(u64, u64)]) -> Result<()> {
+        let (mut jobs, mut updates) = (Vec::new(), Vec::new());
+        for &(a, b) in ranges {
+            self.new_slots(a, b, &mut jobs, &mut updates);
+        }
+        self.map.set_all(&updates);
+        copy::copy(self.pid, &jobs, &mut self.data, &|_| {}, false)?;
+        Ok(())
     }
 
     /// Mark `ranges` (sorted, of saved pages) as the parent process's pages.

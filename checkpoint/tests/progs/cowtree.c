@@ -5,7 +5,8 @@
  * Both write DIR/ready.<pid> and then wait for signals:
  *   SIGUSR1  check every page against what it must hold; write "ok" or
  *            "bad <page> <value>" to DIR/check.<pid> (through a temp file)
- *   SIGUSR2  (child) rewrite pages 24-31 (4000 + i): from now on its own */
+ *   SIGUSR2  the child rewrites pages 24-31 (4000 + i), the parent pages
+ *            32-39 (5000 + i): from then on each its own */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +24,7 @@ static unsigned long expected(int i) {
     if (is_child && i < 16) return 2000 + i;
     if (!is_child && i >= 16 && i < 24) return 3000 + i;
     if (is_child && wrote && i >= 24 && i < 32) return 4000 + i;
+    if (!is_child && wrote && i >= 32 && i < 40) return 5000 + i;
     return 1000 + i;
 }
 
@@ -77,9 +79,10 @@ int main(int argc, char **argv) {
     fclose(fopen(path, "w"));
     for (;;) {
         sigsuspend(&old);
-        if (want_write && is_child) {
+        if (want_write) {
             wrote = 1;
-            for (int i = 24; i < 32; i++) put(i, expected(i));
+            for (int i = 24; i < 40; i++)
+                if (expected(i) != 1000 + (unsigned long)i) put(i, expected(i));
         }
         want_write = 0;
         if (want_check) check(argv[1]);
