@@ -67,7 +67,65 @@ fn shared_with(
     if maybe.is_empty() {
         return Ok(Vec::new());
     }
-    shared_pages(d.task.pid, parent.task.pid, &maybe)
+    // compared before the freeze, and written by neither since
+    let equal = minus(
+        &minus(&cm.pre_equal, &cm.frozen_written()),
+        &pm.frozen_written(),
+    );
+    shared_pages(d.task.pid, parent.task.pid, &maybe, &equal)
+}
+
+/// Before the freeze, where frame numbers are hidden (not root): the
+/// pages each child and its parent both map more than once with the same
+/// content, in mappings alike in both, compared while the job runs. The
+/// freeze then reads only the pages written since (see [`shared_with`]):
+/// comparing 1 GiB of pages while frozen would be most of a second.
+pub fn compare_early(tree: &[(i32, i32)], mems: &mut HashMap<i32, ProcMem>) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return;
+    }
+    for &(pid, ppid) in tree {
+        if !tree.iter().any(|t| t.0 == ppid) {
+            continue;
+        }
+        let (Some(cm), Some(pm)) = (mems.get(&pid), mems.get(&ppid)) else {
+            continue;
+        };
+        let maps = |p: i32| {
+            crate::procfs::read_to_string(format!("/proc/{p}/maps"))
+                .and_then(|t| crate::procfs::parse_maps(&t))
+        };
+        // (a process gone meanwhile: nothing compared, the freeze does it)
+        let (Ok(mine), Ok(theirs)) = (maps(pid), maps(ppid)) else {
+            continue;
+        };
+        let mut maybe = Vec::new();
+        for m in mine.iter().filter(|m| !m.shared()) {
+            let alike = theirs.iter().any(|t| {
+                t.start == m.start
+                    && t.end == m.end
+                    && !t.shared()
+                    && t.path == m.path
+                    && t.offset == m.offset
+            });
+            if alike {
+                maybe.extend(intersect(
+                    &cm.held_in(m.start, m.end),
+                    &pm.held_in(m.start, m.end),
+                ));
+            }
+        }
+        if maybe.is_empty() {
+            continue;
+        }
+        let Ok(equal) = shared_pages(pid, ppid, &maybe, &[]) else {
+            continue;
+        };
+        if let Some(m) = mems.get_mut(&pid) {
+            m.pre_equal = equal;
+        }
+    }
 }
 
 /// Sorted ranges `a` without sorted ranges `b`.
@@ -119,16 +177,35 @@ pub fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 /// Of `ranges` (sorted, page aligned), the pages `child` shares with
-/// `parent`, as sorted ranges.
-pub fn shared_pages(child: i32, parent: i32, ranges: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+/// `parent`, as sorted ranges. Pages of `equal` (sorted) are known to
+/// have the same content in both (compared before the freeze, neither
+/// written since): where frames are hidden, they are not compared again.
+pub fn shared_pages(
+    child: i32,
+    parent: i32,
+    ranges: &[(u64, u64)],
+    equal: &[(u64, u64)],
+) -> Result<Vec<(u64, u64)>> {
     let two = [Proc::open(child)?, Proc::open(parent)?];
     let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut k = 0;
     for &(s, e) in ranges {
         let mut at = s;
         while at < e {
             let n = ((e - at) / PAGE).min(BATCH);
             let [c, p] = [two[0].entries(at, n)?, two[1].entries(at, n)?];
-            let verdicts: Vec<Verdict> = c.iter().zip(&p).map(|(&c, &p)| verdict(c, p)).collect();
+            let mut verdicts: Vec<Verdict> =
+                c.iter().zip(&p).map(|(&c, &p)| verdict(c, p)).collect();
+            for (i, v) in verdicts.iter_mut().enumerate() {
+                let addr = at + i as u64 * PAGE;
+                while equal.get(k).is_some_and(|r| r.1 <= addr) {
+                    k += 1;
+                }
+                let known = equal.get(k).is_some_and(|r| r.0 <= addr);
+                if *v == Verdict::SameIfEqual && known {
+                    *v = Verdict::Shared;
+                }
+            }
             let contents = Contents::read(&two, at, &verdicts)?;
             for (i, v) in verdicts.iter().enumerate() {
                 let addr = at + i as u64 * PAGE;

@@ -157,6 +157,8 @@ pub fn checkpoint_shipped(
     staging.touched = true;
     let mut mems = precopy_tree(&living(&tree0), &base, &staging, &names, &tick)?;
     mark("precopy");
+    cow::compare_early(&living(&tree0), &mut mems);
+    mark("cow_early");
     let shipped = match ship {
         Some(s) => ship::ship_rounds(s, &mut mems, &names, &tick)?,
         None => false,

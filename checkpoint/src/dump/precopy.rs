@@ -51,6 +51,14 @@ pub struct ProcMem {
     pub parent: Option<u32>,
     /// Bytes copied in the last round.
     pub last_round: u64,
+    /// The round running is the frozen one.
+    frozen: bool,
+    /// What the frozen round found written since the round before (or
+    /// copied whole, untracked), as ranges.
+    frozen_written: Vec<(u64, u64)>,
+    /// Pages with the same content as the parent process's, compared
+    /// before the freeze (see [`cow::compare_early`](super::cow)).
+    pub pre_equal: Vec<(u64, u64)>,
 }
 
 fn sys(pid: i32, op: &str) -> impl Fn(std::io::Error) -> ChkptError + '_ {
@@ -97,6 +105,9 @@ impl ProcMem {
             data,
             parent,
             last_round: 0,
+            frozen: false,
+            frozen_written: Vec::new(),
+            pre_equal: Vec::new(),
         })
     }
 
@@ -113,6 +124,7 @@ impl ProcMem {
 
     /// One round; `frozen`: the last one, with the tree stopped.
     pub fn round(&mut self, frozen: bool, progress: &dyn Fn(u64)) -> Result<u64> {
+        self.frozen = frozen;
         let vmas = self.private_vmas()?;
         self.map.retain(&vmas);
         let mut jobs = Vec::new();
@@ -136,6 +148,7 @@ impl ProcMem {
                     Err(err) => return Err(err),
                 }
             } else if frozen {
+                self.frozen_written.push((s, e));
                 let mut res = Vec::new();
                 self.pm
                     .scan(s, e, Scan::resident(), &mut res)
@@ -176,6 +189,10 @@ impl ProcMem {
             self.pm
                 .scan(a, b, Scan::written(true), &mut written)
                 .map_err(sys(pid, "PAGEMAP_SCAN (written pages)"))?;
+        }
+        if self.frozen {
+            self.frozen_written
+                .extend(written.iter().map(|r| (r.start, r.end)));
         }
         // pages where none was known: protected, then looked at again —
         // a zero page written between the first look and the protection
@@ -304,6 +321,18 @@ impl ProcMem {
             .filter(|r| matches!(r.page, Page::Here(_) | Page::Parent | Page::Cow))
             .collect();
         ranges(&runs)
+    }
+
+    /// What the frozen round found written (sorted ranges); everything
+    /// when the process was not copied by rounds (no tracker, or no
+    /// frozen round yet).
+    pub fn frozen_written(&self) -> Vec<(u64, u64)> {
+        if self.tracker.is_none() || !self.frozen {
+            return vec![(0, u64::MAX)];
+        }
+        let mut v = self.frozen_written.clone();
+        v.sort_unstable();
+        v
     }
 
     /// The pages marked as the parent process's, as sorted ranges.
