@@ -124,7 +124,7 @@ fn forged_privileges_are_refused() {
     assert_eq!(std::fs::metadata(&task).unwrap().uid(), NOBODY);
     let pristine = std::fs::read(&task).unwrap();
     type Edit = fn(&mut TaskImage);
-    let attacks: [(Edit, &str); 6] = [
+    let attacks: [(Edit, &str); 9] = [
         (
             |t| t.attrs.caps.permitted = u64::MAX,
             "records capabilities",
@@ -137,6 +137,31 @@ fn forged_privileges_are_refused() {
         (|t| t.attrs.oom_score_adj = -1000, "oom_score_adj"),
         (|t| t.attrs.loginuid = 0, "login uid 0"),
         (|t| t.attrs.threads[0].nice = -20, "raises the priority"),
+        // nonsense written into the new kinds of state: one clear line
+        (
+            |t| t.attrs.parents_fd_table = true,
+            "shares the fd table of a parent the image does not hold",
+        ),
+        (
+            |t| {
+                t.attrs.seccomp.push(image::ThreadSeccomp {
+                    tid: t.pid,
+                    strict: false,
+                    filters: vec![image::SeccompFilter::default()],
+                })
+            },
+            "a seccomp filter of 0 instructions",
+        ),
+        (
+            |t| {
+                t.attrs.posix_timers.push(image::PosixTimer {
+                    notify: 4,
+                    thread: 9,
+                    ..Default::default()
+                })
+            },
+            "signals thread #9",
+        ),
     ];
     for (edit, want) in attacks {
         std::fs::write(&task, &pristine).unwrap();

@@ -149,6 +149,12 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
             return Err(ChkptError::bad_image(&tfile.path, "no usable registers"));
         }
         owner.check_task(&task)?;
+        if task.attrs.parents_fd_table && !node.tasks.iter().any(|p| p.pid == task.ppid) {
+            return Err(ChkptError::bad_image(
+                &tfile.path,
+                "it shares the fd table of a parent the image does not hold",
+            ));
+        }
         super::sockets::check(owner.uid, &task).map_err(|why| {
             ChkptError::Permission(format!(
                 "task {}: {why}, but the image belongs to uid {}: refusing to restart it",
