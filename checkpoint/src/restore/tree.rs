@@ -48,6 +48,8 @@ fn backoff(pause: Duration) -> Duration {
 fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
     let deadline = Instant::now() + pids.wait;
     let mut pause = FIRST_PAUSE;
+    // SAFETY: getpid has no preconditions.
+    let restart = unsafe { libc::getpid() };
     loop {
         let tid = [pid];
         let mut args = clone_args(tid.as_ptr() as u64);
@@ -68,8 +70,13 @@ fn fork_root(pid: i32, pids: PidPolicy) -> Result<i32> {
             // SAFETY: child side: die with restart (a half-restored task,
             // with root's credentials still, must never run on its own),
             // become traced, stop, never return into Rust state.
+            // Restart killed before the death signal was set: nothing
+            // would send it (the test that kills restart found this).
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                if libc::getppid() != restart {
+                    libc::_exit(127);
+                }
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
                 libc::raise(libc::SIGSTOP);
                 libc::_exit(127);
