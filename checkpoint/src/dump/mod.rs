@@ -210,13 +210,15 @@ pub fn checkpoint_shipped(
     frozen.kill = opts.kill;
     frozen.stop = opts.stop;
     // mapping flags read while frozen only where no read before it can
-    // stand in: a task born since, or a job that ends here (--kill: its
-    // freeze costs it nothing)
+    // stand in: a task born since, a job that ends here (--kill: its
+    // freeze costs it nothing), or a small one (its smaps costs about a
+    // millisecond, less than a retry when a mapping made and gone around
+    // the freeze leaves the reads before and after it in doubt)
     let vma_frozen: HashMap<i32, attrs::VmaFlags> = state
         .tasks
         .iter()
         .map(|d| d.task.pid)
-        .filter(|p| opts.kill || !vma_pre.contains_key(p))
+        .filter(|&p| opts.kill || !vma_pre.contains_key(&p) || attrs::small(p))
         .map(|p| (p, attrs::vma_flags(p)))
         .collect();
     drop(frozen);
