@@ -84,6 +84,12 @@ pub fn classify(add: bool, stderr: &str) -> Outcome {
     if set_dependent {
         return Outcome::Refused;
     }
+    // The node asked forwarded the change and lost the answer: the leader
+    // may have made it ("Connection refused" is then only the last retry's
+    // error, not proof that nothing was sent).
+    if stderr.contains("did not complete the change") {
+        return Outcome::Unknown;
+    }
     // Refused before anything was proposed (checks made first on the node
     // asked or on the leader), or never delivered to a krgd.
     let untouched = [
