@@ -13,7 +13,8 @@
 //!
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
 //! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
-//! time of a checkpoint or a restart goes, phase by phase); `netlock` (the
+//! time of a checkpoint or a restart goes, phase by phase); `ranges`
+//! (address-range arithmetic); `netlock` (the
 //! nftables rules that hold a TCP connection still between `checkpoint
 //! --kill` and `restart`).
 
@@ -31,6 +32,7 @@ mod ipc;
 mod netlock;
 pub mod procfs;
 mod ptrace;
+mod ranges;
 pub mod restore;
 pub mod store;
 pub mod timings;

@@ -19,6 +19,8 @@ use std::os::unix::fs::FileExt;
 use crate::error::{ChkptError, Result};
 use crate::image::{Vma, PAGE};
 
+use crate::ranges::{intersect, minus};
+
 use super::precopy::ProcMem;
 use super::task::TaskDump;
 
@@ -128,24 +130,6 @@ pub fn compare_early(tree: &[(i32, i32)], mems: &mut HashMap<i32, ProcMem>) {
     }
 }
 
-/// Sorted ranges `a` without sorted ranges `b`.
-pub fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(s, e) in a {
-        let mut at = s;
-        for &(bs, be) in b.iter().filter(|&&(bs, be)| bs < e && be > s) {
-            if bs > at {
-                out.push((at, bs));
-            }
-            at = at.max(be);
-        }
-        if at < e {
-            out.push((at, e));
-        }
-    }
-    out
-}
-
 /// The mappings the child may share pages of with its parent: private,
 /// anonymous or of a file, and mapped by the parent at the same place in
 /// the same way — what a fork leaves, and what restore can hand down.
@@ -156,24 +140,6 @@ pub fn inherited(child: &[Vma], parent: &[Vma]) -> Vec<(u64, u64)> {
         .filter(|v| parent.iter().any(|p| p.same_mapping(v)))
         .map(|v| (v.start, v.end))
         .collect()
-}
-
-/// The parts of sorted ranges `a` inside sorted ranges `b`.
-pub fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        let (s, e) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
-        if s < e {
-            out.push((s, e));
-        }
-        if a[i].1 < b[j].1 {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    out
 }
 
 /// Of `ranges` (sorted, page aligned), the pages `child` shares with
@@ -376,19 +342,6 @@ mod tests {
         // outside what was read
         assert!(!c.equal(0x10000 + 3 * PAGE));
         assert!(!c.equal(0x0f000));
-    }
-
-    #[test]
-    fn range_intersections() {
-        let a = [(0, 10), (20, 30), (40, 50)];
-        let b = [(5, 25), (28, 45)];
-        assert_eq!(
-            intersect(&a, &b),
-            vec![(5, 10), (20, 25), (28, 30), (40, 45)]
-        );
-        assert_eq!(intersect(&a, &[]), vec![]);
-        assert_eq!(minus(&a, &b), vec![(0, 5), (25, 28), (45, 50)]);
-        assert_eq!(minus(&a, &[]), a.to_vec());
     }
 
     #[test]

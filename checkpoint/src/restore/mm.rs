@@ -6,6 +6,7 @@ use super::pages::Piece;
 use crate::error::{ChkptError, Result};
 use crate::image::{RunData, Vma, VmaKind};
 use crate::ptrace::Injector;
+use crate::ranges::minus;
 
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
@@ -120,28 +121,12 @@ fn unmap_restarter(c: &TaskCtx, kept: &[&Vma]) -> Result<()> {
             continue;
         }
         let kept_here: Vec<(u64, u64)> = kept.iter().map(|v| (v.start, v.end)).collect();
-        for (a, b) in outside(m.start, m.end, &kept_here) {
+        for (a, b) in minus(&[(m.start, m.end)], &kept_here) {
             c.inj
                 .call("munmap", libc::SYS_munmap, [a, b - a, 0, 0, 0, 0])?;
         }
     }
     Ok(())
-}
-
-/// The parts of `[a, b)` outside the `cut` ranges (sorted, disjoint).
-fn outside(a: u64, b: u64, cut: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut at = a;
-    for &(s, e) in cut.iter().filter(|&&(s, e)| s < b && e > a) {
-        if s > at {
-            out.push((at, s));
-        }
-        at = at.max(e);
-    }
-    if at < b {
-        out.push((at, b));
-    }
-    out
 }
 
 /// A mapping kept from the parent: its pages stay where this task shares
@@ -162,7 +147,7 @@ fn reuse_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
         .filter(|r| r.data == RunData::Cow)
         .map(|r| (r.addr, r.addr + r.pages * crate::image::PAGE))
         .collect();
-    for (a, b) in outside(v.start, v.end, &shared) {
+    for (a, b) in minus(&[(v.start, v.end)], &shared) {
         i.call(
             "madvise(MADV_DONTNEED)",
             libc::SYS_madvise,
