@@ -261,6 +261,20 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
                 p.data.len()
             );
         }
+        for m in &n.in_flight {
+            let _ = writeln!(
+                s,
+                "  {} file(s) in flight on socket:[{}], queued message {}: {}",
+                m.files.len(),
+                m.sock,
+                m.msg,
+                m.files
+                    .iter()
+                    .map(|f| fd_text(&f.kind))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         for te in &n.tasks {
             if let Some(z) = te.zombie {
                 let _ = writeln!(
@@ -320,45 +334,7 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
         );
     }
     for f in &t.fds {
-        let what = match &f.kind {
-            FdKind::Path { path, pos, file } => {
-                format!("{path} at offset {pos} (open file #{file})")
-            }
-            FdKind::InheritedStdio { what } => format!("stdio ({what}), inherited from restart"),
-            FdKind::Pipe { ino, write_end } => format!(
-                "pipe ino {ino} {} end",
-                if *write_end { "write" } else { "read" }
-            ),
-            FdKind::EventFd {
-                file,
-                count,
-                semaphore,
-            } => format!(
-                "eventfd count {count}{} (open file #{file})",
-                if *semaphore { " semaphore" } else { "" }
-            ),
-            FdKind::TimerFd {
-                file,
-                clock,
-                ticks,
-                value_ns,
-                interval_ns,
-            } => format!(
-                "timerfd clock {clock}, {ticks} tick(s) unread, fires in {value_ns} ns, every {interval_ns} ns (open file #{file})"
-            ),
-            FdKind::SignalFd { file, mask } => {
-                format!("signalfd mask {mask:#x} (open file #{file})")
-            }
-            FdKind::Epoll { file, items } => format!(
-                "epoll watching fds {:?} (open file #{file})",
-                items.iter().map(|i| i.tfd).collect::<Vec<_>>()
-            ),
-            FdKind::Socket { file, sock } => format!(
-                "{} (open file #{file})",
-                crate::image::describe_socket(sock)
-            ),
-            k => crate::image::describe_held(k),
-        };
+        let what = fd_text(&f.kind);
         let _ = writeln!(s, "  fd {}: flags {:o} {}", f.fd, f.flags, what);
     }
     for l in &t.locks {
@@ -434,4 +410,47 @@ fn inspect_task(s: &mut String, dir: &CheckedDir, names: &Names, pid: i32) -> Re
         );
     }
     Ok(())
+}
+
+/// One fd's file, in words.
+fn fd_text(kind: &FdKind) -> String {
+    match kind {
+        FdKind::Path { path, pos, file } => {
+            format!("{path} at offset {pos} (open file #{file})")
+        }
+        FdKind::InheritedStdio { what } => format!("stdio ({what}), inherited from restart"),
+        FdKind::Pipe { ino, write_end } => format!(
+            "pipe ino {ino} {} end",
+            if *write_end { "write" } else { "read" }
+        ),
+        FdKind::EventFd {
+            file,
+            count,
+            semaphore,
+        } => format!(
+            "eventfd count {count}{} (open file #{file})",
+            if *semaphore { " semaphore" } else { "" }
+        ),
+        FdKind::TimerFd {
+            file,
+            clock,
+            ticks,
+            value_ns,
+            interval_ns,
+        } => format!(
+            "timerfd clock {clock}, {ticks} tick(s) unread, fires in {value_ns} ns, every {interval_ns} ns (open file #{file})"
+        ),
+        FdKind::SignalFd { file, mask } => {
+            format!("signalfd mask {mask:#x} (open file #{file})")
+        }
+        FdKind::Epoll { file, items } => format!(
+            "epoll watching fds {:?} (open file #{file})",
+            items.iter().map(|i| i.tfd).collect::<Vec<_>>()
+        ),
+        FdKind::Socket { file, sock } => format!(
+            "{} (open file #{file})",
+            crate::image::describe_socket(sock)
+        ),
+        k => crate::image::describe_held(k),
+    }
 }

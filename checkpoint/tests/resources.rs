@@ -158,3 +158,62 @@ fn sockets_of_every_kind() {
         kill_reap(p);
     }
 }
+
+/// Files in flight on unix sockets (sent with SCM_RIGHTS, not received
+/// yet) come back in flight, in their messages: a pipe's read end whose
+/// write end the process kept (with the bytes buffered in the pipe), both
+/// ends of a pipe only in flight (seqpacket), a file at its offset, and a
+/// socket in flight on itself.
+#[test]
+fn files_in_flight_on_unix_sockets_come_back() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_c(dir, "scmrights");
+    std::fs::write(dir.join("data"), "0123456789").unwrap();
+    let store = dir.join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(dir).stdout(Stdio::null()).stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("the files are in flight", || dir.join("ready").exists());
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    kill_reap(pid);
+    let d = run(Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(store.join(pid.to_string()))
+        .arg("1"));
+    let shown = String::from_utf8_lossy(&d.stdout);
+    assert!(
+        shown.contains("2 file(s) in flight"),
+        "the decoder shows them: {shown}"
+    );
+    // a forged list: a message the socket does not have, a socket the
+    // tree does not have — one line, nothing left running
+    let node = std::fs::read_dir(store.join(pid.to_string()))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("node_"))
+        .unwrap();
+    let genuine = std::fs::read(&node).unwrap();
+    for forge in [
+        &(|m: &mut checkpoint::image::InFlight| m.msg = 99) as &dyn Fn(&mut _),
+        &|m: &mut checkpoint::image::InFlight| m.sock = 1,
+    ] {
+        use checkpoint::image::{self, FileKind, NodeImage};
+        let mut n: NodeImage = image::read_file(&node, FileKind::Node).unwrap().meta;
+        forge(&mut n.in_flight[0]);
+        std::fs::write(&node, image::encode(FileKind::Node, &n).unwrap()).unwrap();
+        let o = restart_out(&store, pid, 1);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "a forged image was restored");
+        assert!(err.contains("in flight"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(!alive(pid), "nothing left running");
+    }
+    std::fs::write(&node, genuine).unwrap();
+    ok(&restart_out(&store, pid, 1), "restart");
+    assert_eq!(ask_usr1(dir, pid, "check"), "ok");
+    kill_reap(pid);
+}

@@ -201,10 +201,16 @@ fn unsupported_socket_refused_and_job_keeps_running() {
         "import socket,time\ns=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nprint('up',flush=True)\ntime.sleep(60)",
         "is not saved by this version",
     );
-    // a file descriptor in flight on a unix socket (sent, never received)
+    // a file descriptor in flight on a unix stream socket (sent, never
+    // received): only datagram and seqpacket ones carry them into the image
     refused_socket(
         "import socket,time\na,b=socket.socketpair()\nsocket.send_fds(a,[b'x'],[0])\nprint('up',flush=True)\ntime.sleep(60)",
-        "SCM_RIGHTS",
+        "in flight on this stream socket (SCM_RIGHTS)",
+    );
+    // a socket only in flight (its sender closed it): not saved
+    refused_socket(
+        "import socket,time\na,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_DGRAM)\nc,d=socket.socketpair()\nsocket.send_fds(a,[b'x'],[c.fileno()])\nc.close()\nprint('up',flush=True)\ntime.sleep(60)",
+        "is in flight on it (SCM_RIGHTS): only pipes, files opened by path and sockets",
     );
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, HeldLock, PipeImage};
+use crate::image::{FdImage, FdKind, HeldLock, InFlight, PipeImage};
 use crate::procfs;
 
 /// Devices a process may hold open and still be checkpointed: they carry no state.
@@ -14,7 +14,7 @@ const ALLOWED_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/d
 
 /// A pipe fd seen while listing fds: (pid, fd, inode, write end).
 #[derive(Debug, Clone)]
-struct PipeRef {
+pub(super) struct PipeRef {
     pub pid: i32,
     pub fd: i32,
     pub ino: u64,
@@ -94,6 +94,12 @@ fn fds(
         }
     }
     Ok((out, pipes, socks))
+}
+
+/// A file reopened by its path (a regular file, directory or allowed
+/// device), or `None` when `target` is something else.
+pub(super) fn classify_path(pid: i32, fd: i32, target: &str, pos: u64) -> Result<Option<FdKind>> {
+    Ok(classify_fd(pid, fd, target, pos)?.filter(|k| matches!(k, FdKind::Path { .. })))
 }
 
 /// `None` for a pipe (classified later with the whole tree in view).
@@ -320,6 +326,8 @@ pub struct TreeFiles {
     pub repaired: Vec<super::sockets::Repairing>,
     /// Per task, the file locks it holds.
     pub locks: HashMap<i32, Vec<HeldLock>>,
+    /// Files in flight on the tree's unix sockets.
+    pub in_flight: Vec<InFlight>,
 }
 
 /// Read every fd table, classify pipes and sockets with the whole tree in
@@ -355,6 +363,17 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         fds.insert(p, f);
         pipes.extend(pr);
     }
+    // files in flight: held by this process as if it were a task
+    let flight = super::inflight::gather(&mut socks);
+    let me = super::inflight::holder();
+    if !flight.is_empty() {
+        let (files, flight_pipes) = flight.describe(&socks)?;
+        for (r, fl) in flight_pipes {
+            flags.insert((me, r.fd), fl);
+            pipes.push(r);
+        }
+        fds.insert(me, files);
+    }
     let internal = classify_pipes(&pipes, &mut fds, &flags)?;
     let (sock_fds, repaired) = super::sockets::classify(socks)?;
     for (p, f) in sock_fds {
@@ -363,7 +382,9 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         v.sort_by_key(|f| f.fd);
     }
     super::pty::pair_slaves(&mut fds);
-    share_files(tree, &mut fds);
+    let mut holders = tree.to_vec();
+    holders.push((me, 0));
+    share_files(&holders, &mut fds);
     super::held::dedupe(tree, &mut fds);
     let mut images = Vec::new();
     for ino in internal {
@@ -375,10 +396,13 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
             });
         }
     }
+    // after the pipes' data was copied (through the holder's fds too)
+    let in_flight = flight.finish(fds.remove(&me).unwrap_or_default())?;
     Ok(TreeFiles {
         fds,
         pipes: images,
         repaired,
         locks,
+        in_flight,
     })
 }

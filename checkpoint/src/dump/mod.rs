@@ -11,7 +11,8 @@
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
 //!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`pty`];
 //!   [`held`]
-//!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]
+//!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]; [`inflight`]
+//!   files sent over unix sockets and not received yet
 //! - [`task`] — one task's state by /proc and injected system calls;
 //!   [`timers`] its POSIX timers
 //! - [`memory`] — mappings, shared memory (copied while frozen)
@@ -26,6 +27,7 @@ mod cow;
 mod files;
 mod freeze;
 mod held;
+mod inflight;
 mod inotify;
 mod memory;
 mod mqueue;

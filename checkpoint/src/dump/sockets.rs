@@ -2,8 +2,8 @@
 //! socket: its options, addresses, queues): unix sockets (pairs and
 //! connections inside the tree, bound and listening ones), TCP (listening,
 //! and established connections taken with TCP_REPAIR) and UDP. Data
-//! queued on a socket is copied with MSG_PEEK, never taken; a file
-//! descriptor in flight (SCM_RIGHTS) is refused. A connection that
+//! queued on a socket is copied with MSG_PEEK, never taken, with the
+//! files a datagram carries (SCM_RIGHTS: see `inflight`). A connection that
 //! `--kill` closes is first locked ([`netlock`]): the peer's segments are
 //! dropped until restart has made it again.
 
@@ -32,6 +32,9 @@ pub struct Sock {
     pub dup: Repairing,
     /// The unix socket's state (1 connected, 7 not, 10 listening).
     pub unix_state: u8,
+    /// Files in flight on it (SCM_RIGHTS): per queued message (its index),
+    /// our duplicates of them.
+    pub rights: Vec<(u32, Vec<OwnedFd>)>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -144,6 +147,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         tcp: None,
     };
     let mut unix_state = 0;
+    let mut rights = Vec::new();
     match (family, stype) {
         (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => {
             let d = diag::unix(ino).map_err(sys("sock_diag of a unix socket"))?;
@@ -164,7 +168,9 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                     .map(|m| m.permissions().mode() & 0o7777)
                     .unwrap_or(0o777);
             }
-            image.queued = peek_queue(s, stype, d.rqlen.0).map_err(&refuse)?;
+            let q = peek_queue(s, stype, d.rqlen.0).map_err(&refuse)?;
+            image.queued = q.messages;
+            rights = q.rights;
         }
         (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) if protocol == libc::IPPROTO_TCP => {
             let info: [u8; 104] = tcp_info(s);
@@ -218,6 +224,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         image,
         dup,
         unix_state,
+        rights,
     })
 }
 
@@ -308,14 +315,27 @@ fn take_tcp(s: RawFd, info: &[u8; 104]) -> std::io::Result<TcpRepair> {
     })
 }
 
+/// What waits to be read on a unix socket: the messages (one chunk for a
+/// stream) and, per message, the files it carries (SCM_RIGHTS), as
+/// descriptors of our own.
+pub struct Queue {
+    pub messages: Vec<Vec<u8>>,
+    pub rights: Vec<(u32, Vec<OwnedFd>)>,
+}
+
 /// Copy what waits to be read on a unix socket, without taking it: one
-/// peek for a stream, message by message (SO_PEEK_OFF) otherwise. A file
-/// descriptor in flight cannot be saved.
-fn peek_queue(s: RawFd, stype: i32, queued: u32) -> std::result::Result<Vec<Vec<u8>>, String> {
+/// peek for a stream, message by message (SO_PEEK_OFF) otherwise. A peek
+/// duplicates the files a message carries into this process: they are
+/// kept for the image (datagram and seqpacket sockets; a stream's are
+/// refused).
+fn peek_queue(s: RawFd, stype: i32, queued: u32) -> std::result::Result<Queue, String> {
+    let mut q = Queue {
+        messages: Vec::new(),
+        rights: Vec::new(),
+    };
     if queued == 0 {
-        return Ok(Vec::new());
+        return Ok(q);
     }
-    let mut out = Vec::new();
     let stream = stype == libc::SOCK_STREAM;
     if !stream {
         setopt(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0);
@@ -333,18 +353,27 @@ fn peek_queue(s: RawFd, stype: i32, queued: u32) -> std::result::Result<Vec<Vec<
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
         // SAFETY: msg describes our buffers.
-        let n = unsafe { libc::recvmsg(s, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let n = unsafe { libc::recvmsg(s, &mut msg, flags) };
         if n < 0 {
             return Ok(());
         }
-        if rights_in_flight(&msg) {
-            return Err(
-                "a file descriptor is in flight on it (SCM_RIGHTS): it cannot be saved".to_string(),
-            );
+        let files = take_rights(&msg);
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err("a message queued on it carries more files than can be saved".to_string());
+        }
+        if !files.is_empty() {
+            if stream {
+                return Err(
+                    "a file descriptor is in flight on this stream socket (SCM_RIGHTS): only datagram and seqpacket ones are saved"
+                        .to_string(),
+                );
+            }
+            q.rights.push((q.messages.len() as u32, files));
         }
         buf.truncate(n as usize);
-        out.push(buf);
+        q.messages.push(buf);
         if stream || n == 0 {
             return Ok(());
         }
@@ -352,28 +381,29 @@ fn peek_queue(s: RawFd, stype: i32, queued: u32) -> std::result::Result<Vec<Vec<
     if !stream {
         setopt(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
     }
-    r.map(|()| out)
+    r.map(|()| q)
 }
 
-/// Did the peek bring file descriptors (now ours, closed here)?
-fn rights_in_flight(msg: &libc::msghdr) -> bool {
-    let mut found = false;
-    // SAFETY: walking the control buffer the kernel filled, with its macros.
+/// The files a peeked message brought (now descriptors of ours), in the
+/// order they were sent.
+fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut out = Vec::new();
+    // SAFETY: walking the control buffer the kernel filled, with its
+    // macros; each SCM_RIGHTS descriptor is new and ours alone.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                found = true;
                 let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                 let fds = libc::CMSG_DATA(c) as *const i32;
                 for i in 0..n {
-                    drop(OwnedFd::from_raw_fd(*fds.add(i)));
+                    out.push(OwnedFd::from_raw_fd(fds.add(i).read_unaligned()));
                 }
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
     }
-    found
+    out
 }
 
 /// Our duplicate of a socket; for an established TCP socket, left in

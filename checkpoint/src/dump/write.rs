@@ -119,6 +119,7 @@ pub(super) fn node_image(
         sysv_shm: state.sysv.shm.clone(),
         sysv_sem: state.sysv.sem.clone(),
         sysv_msg: state.sysv.msg.clone(),
+        in_flight: state.files.in_flight.clone(),
     }
 }
 

@@ -36,6 +36,24 @@ pub struct NodeImage {
     /// SysV semaphore sets and message queues named at checkpoint time.
     pub sysv_sem: Vec<SemImage>,
     pub sysv_msg: Vec<MsgImage>,
+    /// Files in flight on the tree's unix sockets (sent with SCM_RIGHTS,
+    /// not received yet), format 5 (older files refused them).
+    pub in_flight: Vec<InFlight>,
+}
+
+/// The files one queued message of a unix socket carries (SCM_RIGHTS):
+/// restart sends them again with the message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InFlight {
+    /// The receiving socket's inode (a [`SocketImage`](super::SocketImage)
+    /// of the tree).
+    pub sock: u64,
+    /// Which of its queued messages carries them (index in `queued`).
+    pub msg: u32,
+    /// The files, in the order they were sent. Each is a pipe end of the
+    /// tree or an open file description numbered like the tasks' (`fd` is
+    /// its position).
+    pub files: Vec<super::FdImage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -51,8 +51,10 @@ pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
 /// 2: incremental SNs (page runs in a parent SN), a CRC per block of page
 /// data, metadata anywhere in the file (after the pages in memory files),
 /// frozen time. 3: process attributes in task files ([`TaskAttrs`]).
-/// Version 1 and 2 files are still read.
-pub const FORMAT_VERSION: u32 = 4;
+/// 4: POSIX timers, seccomp and fd-table sharing at the end of task
+/// files. 5: files in flight at the end of node files ([`InFlight`]).
+/// Files of every older version are still read.
+pub const FORMAT_VERSION: u32 = 5;
 pub const HEADER_LEN: usize = 64;
 const V1_HEADER_LEN: usize = 48;
 pub const PAGE: u64 = 4096;
@@ -92,6 +94,19 @@ pub trait ImageMeta: Serialize + DeserializeOwned {
     fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
         postcard::from_bytes(body)
     }
+    /// Decode the metadata of a version 4 file (the same as today's but
+    /// for the end of the node file).
+    fn decode_v4(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(body)
+    }
+}
+
+/// `body` with `zeros` zero bytes after it: the encoding of trailing
+/// fields an older version did not have, each an empty list or a false.
+fn with_empty_tail<T: DeserializeOwned>(body: &[u8], zeros: usize) -> postcard::Result<T> {
+    let mut b = body.to_vec();
+    b.resize(body.len() + zeros, 0);
+    postcard::from_bytes(&b)
 }
 
 impl ImageMeta for GlobalImage {
@@ -113,6 +128,17 @@ impl ImageMeta for NodeImage {
     fn from_v1(v: v1::NodeV1) -> Self {
         v.into()
     }
+    /// Node files before version 5 end before the files in flight (an
+    /// empty list: they were refused).
+    fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
+    }
+    fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
+    }
+    fn decode_v4(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
+    }
 }
 
 impl ImageMeta for TaskImage {
@@ -127,9 +153,7 @@ impl ImageMeta for TaskImage {
     /// states and fd table sharing: the same bytes and two empty lists
     /// and a false (a zero byte each) are today's.
     fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
-        let mut b = body.to_vec();
-        b.extend_from_slice(&[0, 0, 0]);
-        postcard::from_bytes(&b)
+        with_empty_tail(body, 3)
     }
 }
 
@@ -301,6 +325,8 @@ pub fn read_from<T: ImageMeta>(
         T::decode_v2(&body).map_err(bad)?
     } else if version == 3 {
         T::decode_v3(&body).map_err(bad)?
+    } else if version == 4 {
+        T::decode_v4(&body).map_err(bad)?
     } else {
         postcard::from_bytes(&body).map_err(bad)?
     };
@@ -544,6 +570,32 @@ mod tests {
         assert_eq!(TaskImage::decode_v3(v3).unwrap(), t);
         t.attrs.posix_timers.push(PosixTimer::default());
         assert_ne!(postcard::to_stdvec(&t).unwrap().len(), now.len());
+    }
+
+    /// A node file of versions 2 to 4 (nothing in flight at its end)
+    /// decodes into today's type, with nothing in flight.
+    #[test]
+    fn node_files_before_version_5_are_read() {
+        let n = NodeImage {
+            node: 3,
+            tasks: vec![],
+            pipes: vec![PipeImage {
+                ino: 7,
+                data: b"queued".to_vec(),
+            }],
+            shared_mem: vec![],
+            sysv_shm: vec![],
+            sysv_sem: vec![],
+            sysv_msg: vec![],
+            in_flight: vec![],
+        };
+        let now = postcard::to_stdvec(&n).unwrap();
+        assert_eq!(now.last(), Some(&0));
+        let old = &now[..now.len() - 1];
+        assert_eq!(NodeImage::decode_v4(old).unwrap(), n);
+        assert_eq!(NodeImage::decode_v3(old).unwrap(), n);
+        assert_eq!(NodeImage::decode_v2(old).unwrap(), n);
+        assert!(postcard::from_bytes::<NodeImage>(old).is_err());
     }
 
     proptest::proptest! {

@@ -134,6 +134,7 @@ impl From<NodeV1> for NodeImage {
             sysv_shm: n.sysv_shm,
             sysv_sem: n.sysv_sem,
             sysv_msg: n.sysv_msg,
+            in_flight: Vec::new(),
         }
     }
 }

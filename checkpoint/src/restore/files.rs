@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::image::{FdImage, FdKind, SocketImage, TaskImage};
 use crate::ptrace::{self, Injector};
 
-use super::sockets;
+use super::sockets::{self, Flight};
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 /// Status flags F_SETFL can change.
@@ -17,8 +17,8 @@ const SETFL_MASK: u32 =
     (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
 
 /// Make every open file description at its fd (`base + n`, n in the order
-/// first seen), with the job's file-system credentials (already set).
-/// Returns file number → fd.
+/// first seen), with the job's file-system credentials (already set);
+/// those only in flight on a socket too. Returns file number → fd.
 pub fn create_files(
     root: &Injector,
     scratch: u64,
@@ -26,9 +26,11 @@ pub fn create_files(
     base: i32,
     inherit: &[(i32, String)],
     mapped: &HashMap<u64, i32>,
+    flight: &Flight<'_>,
 ) -> Result<HashMap<u32, i32>> {
     let mut firsts: Vec<&FdImage> = Vec::new();
-    for f in tasks.iter().flat_map(|t| &t.fds) {
+    let in_flight = flight.in_flight.iter().flat_map(|m| &m.files);
+    for f in tasks.iter().flat_map(|t| &t.fds).chain(in_flight) {
         if let Some(file) = f.kind.file() {
             if !firsts.iter().any(|g| g.kind.file() == Some(file)) {
                 firsts.push(f);
@@ -68,6 +70,12 @@ pub fn create_files(
         })
         .collect();
     if socks.is_empty() {
+        if let Some(m) = flight.in_flight.first() {
+            return Err(crate::error::ChkptError::Inconsistent(format!(
+                "files in flight on socket:[{}], which is not in the image",
+                m.sock
+            )));
+        }
         return Ok(out);
     }
     let Some(t0) = tasks.first() else {
@@ -85,7 +93,7 @@ pub fn create_files(
         }
     }
     let all: Vec<&SocketImage> = socks.iter().map(|(_, s)| *s).collect();
-    sockets::fill_queues(root.tid, &all, &fd_of)?;
+    sockets::fill_queues(root.tid, &all, &fd_of, &flight.with_files(&out))?;
     Ok(out)
 }
 

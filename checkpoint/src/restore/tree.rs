@@ -382,6 +382,11 @@ fn restore_tasks(
         file_base,
         &l.inherit_fds,
         &deleted_fds,
+        &super::sockets::Flight {
+            in_flight: &l.node.in_flight,
+            pipe_fds: &pipe_fds,
+            file_fds: None,
+        },
     )?;
     mark("tree_files");
 

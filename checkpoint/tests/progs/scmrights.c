@@ -1,0 +1,152 @@
+/* Test program: files in flight on unix sockets (sent with SCM_RIGHTS,
+ * not received yet) when checkpointed.
+ *
+ * On a datagram pair: "one" (no file), then "two" carrying a pipe's read
+ * end (the process keeps only the write end, with "pre" buffered in the
+ * pipe), then "four" carrying DIR/data opened read-only at offset 4.
+ * On a seqpacket pair: "three" carrying both ends of another pipe (the
+ * process keeps neither), then "five" carrying the receiving socket
+ * itself. Then DIR/ready. On SIGUSR1 it receives it all
+ * and writes DIR/check.<pid>: "ok", or "BAD: <what>". */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *dir;
+static volatile sig_atomic_t asked;
+
+static void on_usr1(int s) { (void)s; asked = 1; }
+
+static int send_fds(int via, const char *text, const int *fds, int n) {
+    char control[CMSG_SPACE(4 * sizeof(int))];
+    struct iovec iov = {(void *)text, strlen(text)};
+    struct msghdr h = {0};
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    if (n > 0) {
+        memset(control, 0, sizeof control);
+        h.msg_control = control;
+        h.msg_controllen = CMSG_SPACE(n * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(n * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    }
+    return sendmsg(via, &h, 0) == (ssize_t)iov.iov_len ? 0 : -1;
+}
+
+/* Receive one message: its text into buf, its files into fds; returns
+ * how many files, -1 on error. */
+static int recv_fds(int via, char *buf, size_t len, int *fds) {
+    char control[CMSG_SPACE(4 * sizeof(int))];
+    struct iovec iov = {buf, len - 1};
+    struct msghdr h = {0};
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control;
+    h.msg_controllen = sizeof control;
+    ssize_t got = recvmsg(via, &h, MSG_DONTWAIT);
+    if (got < 0) return -1;
+    buf[got] = 0;
+    int n = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            memcpy(fds + n, CMSG_DATA(c), k * sizeof(int));
+            n += k;
+        }
+    }
+    return n;
+}
+
+static char why[256];
+
+#define CHECK(cond, ...)                                    \
+    do {                                                    \
+        if (!(cond)) {                                      \
+            snprintf(why, sizeof why, __VA_ARGS__);         \
+            return -1;                                      \
+        }                                                   \
+    } while (0)
+
+static int check(int dgram, int seqpacket, int keep_w) {
+    char buf[64];
+    int fds[4];
+    CHECK(recv_fds(dgram, buf, sizeof buf, fds) == 0 && !strcmp(buf, "one"), "message one: %s", buf);
+    CHECK(recv_fds(dgram, buf, sizeof buf, fds) == 1 && !strcmp(buf, "two"), "message two: %s", buf);
+    int r = fds[0];
+    CHECK(write(keep_w, "post", 4) == 4, "write to the kept pipe end");
+    char got[16] = {0};
+    CHECK(read(r, got, sizeof got - 1) == 7 && !memcmp(got, "prepost", 7), "pipe in flight read '%s'", got);
+    CHECK(recv_fds(dgram, buf, sizeof buf, fds) == 1 && !strcmp(buf, "four"), "message four: %s", buf);
+    memset(got, 0, sizeof got);
+    CHECK(read(fds[0], got, 3) == 3 && !strcmp(got, "456"), "file in flight read '%s' (offset lost?)", got);
+    CHECK(recv_fds(seqpacket, buf, sizeof buf, fds) == 2 && !strcmp(buf, "three"), "message three: %s", buf);
+    CHECK(write(fds[1], "both", 4) == 4, "write to the pipe that was all in flight");
+    memset(got, 0, sizeof got);
+    CHECK(read(fds[0], got, sizeof got - 1) == 4 && !strcmp(got, "both"), "pipe all in flight read '%s'", got);
+    CHECK(recv_fds(seqpacket, buf, sizeof buf, fds) == 1 && !strcmp(buf, "five"), "message five: %s", buf);
+    struct stat a, b;
+    CHECK(fstat(fds[0], &a) == 0 && fstat(seqpacket, &b) == 0 && a.st_ino == b.st_ino,
+          "the socket in flight is not the receiving socket itself");
+    CHECK(recv_fds(dgram, buf, sizeof buf, fds) < 0, "a message too many");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    dir = argv[1];
+    signal(SIGUSR1, on_usr1);
+    sigset_t block, none;
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &block, 0);
+    sigemptyset(&none);
+
+    int dg[2], sp[2], p[2], q[2];
+    char path[512];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) || socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp))
+        return 3;
+    if (pipe(p) || pipe(q)) return 3;
+    if (write(p[1], "pre", 3) != 3) return 3;
+    snprintf(path, sizeof path, "%s/data", dir);
+    int file = open(path, O_RDONLY);
+    if (file < 0 || lseek(file, 4, SEEK_SET) != 4) return 3;
+    if (send_fds(dg[0], "one", 0, 0) || send_fds(dg[0], "two", &p[0], 1) ||
+        send_fds(sp[0], "three", q, 2) || send_fds(dg[0], "four", &file, 1) ||
+        send_fds(sp[0], "five", &sp[1], 1))
+        return 4;
+    close(p[0]);
+    close(q[0]);
+    close(q[1]);
+    close(file);
+
+    char ready[520], tmp[530];
+    snprintf(ready, sizeof ready, "%s/ready", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", ready);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return 2;
+    fclose(f);
+    rename(tmp, ready);
+
+    for (;;) {
+        sigsuspend(&none);
+        if (!asked) continue;
+        asked = 0;
+        snprintf(path, sizeof path, "%s/check.%d", dir, getpid());
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        f = fopen(tmp, "w");
+        if (!f) continue;
+        if (check(dg[1], sp[1], p[1]) == 0) fprintf(f, "ok\n");
+        else fprintf(f, "BAD: %s\n", why);
+        fclose(f);
+        rename(tmp, path);
+    }
+}
