@@ -194,7 +194,12 @@ fn files_in_flight_on_unix_sockets_come_back() {
     let node = std::fs::read_dir(store.join(pid.to_string()))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("node_"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("node_")
+        })
         .unwrap();
     let genuine = std::fs::read(&node).unwrap();
     for forge in [

@@ -15,7 +15,8 @@ use crate::image::{
 /// The locks of the `lock:` lines of an fd's fdinfo (`1: POSIX  ADVISORY
 /// WRITE 1234 08:01:5678 0 EOF`). POSIX locks are the process's and show
 /// on each of its fds of the file: `seen` keeps them once. FLOCK and
-/// OFDLCK ones belong to this open file description. Leases are refused.
+/// OFDLCK ones belong to this open file description, and so do leases
+/// (`LEASE ACTIVE READ`); a lease being broken is refused.
 pub fn locks(pid: i32, fd: i32, info: &str, seen: &mut Vec<String>) -> Result<Vec<HeldLock>> {
     let mut out = Vec::new();
     for l in info.lines().filter_map(|l| l.strip_prefix("lock:")) {
@@ -36,11 +37,19 @@ pub fn locks(pid: i32, fd: i32, info: &str, seen: &mut Vec<String>) -> Result<Ve
             "POSIX" => LockKind::Posix,
             "FLOCK" => LockKind::Flock,
             "OFDLCK" => LockKind::Ofd,
+            "LEASE" if w.get(2) == Some(&"ACTIVE") => LockKind::Lease,
+            "LEASE" => {
+                return Err(ChkptError::unsupported(
+                    pid,
+                    format!("fd {fd}"),
+                    "a lease being broken (another process opened the file) is not saved: try again once it is given up",
+                ))
+            }
             other => {
                 return Err(ChkptError::unsupported(
                     pid,
                     format!("fd {fd}"),
-                    format!("a lease ({other}) is not saved by this version"),
+                    format!("a lock of kind {other} is not saved by this version"),
                 ))
             }
         };

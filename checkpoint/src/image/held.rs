@@ -40,6 +40,9 @@ pub enum LockKind {
     Flock,
     /// `fcntl(F_OFD_SETLK)`: the open file description's.
     Ofd,
+    /// `fcntl(F_SETLEASE)`, read or write lease (not being broken): the
+    /// open file description's; over the whole file. Format 5.
+    Lease,
 }
 
 /// A pseudo-terminal of the tree, as its master holds it: its number

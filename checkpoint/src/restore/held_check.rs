@@ -35,6 +35,9 @@ pub fn check(owner: u32, t: &TaskImage) -> std::result::Result<(), String> {
         if h.lock.kind == LockKind::Posix && h.lock.end.is_some_and(|e| e > i64::MAX as u64) {
             return Err(format!("fd {}: a lock with a bad range", h.fd));
         }
+        if h.lock.kind == LockKind::Lease && (h.lock.start != 0 || h.lock.end.is_some()) {
+            return Err(format!("fd {}: a lease on part of a file", h.fd));
+        }
     }
     for f in &t.fds {
         let fd = f.fd;

@@ -1,8 +1,13 @@
 //! File locks taken again, by calls injected in the task once its fds are
-//! in place: a POSIX lock by the task that held it, a flock or OFD lock
-//! (which belong to the open file description) once, by the first task
-//! that has it. A conflicting lock taken since by another process makes
-//! the restart fail (EAGAIN names the file and fd).
+//! in place: a POSIX lock by the task that held it, a flock, OFD lock or
+//! lease (which belong to the open file description) once, by the first
+//! task that has it. A conflicting lock taken since by another process
+//! makes the restart fail (EAGAIN names the file and fd).
+//!
+//! The task still has restart's privileges at that point, and a lease
+//! lets its holder hold up everyone else's opens of the file: a lease is
+//! taken again only on a file the task's file-system uid owns (what the
+//! kernel asks of a process without CAP_LEASE), or for a root job.
 
 use crate::error::{ChkptError, Result};
 use crate::image::{FileLock, LockKind};
@@ -40,7 +45,7 @@ pub fn take(c: &TaskCtx) -> Result<()> {
         let mine = match l.kind {
             LockKind::Posix => true,
             // the open file description's: taken once
-            LockKind::Flock | LockKind::Ofd => {
+            LockKind::Flock | LockKind::Ofd | LockKind::Lease => {
                 file.is_some_and(|file| c.first_holder.get(&file) == Some(&c.task.pid))
             }
         };
@@ -58,6 +63,19 @@ pub fn take(c: &TaskCtx) -> Result<()> {
                     } | libc::LOCK_NB;
                     c.inj
                         .call("flock", libc::SYS_flock, [fd, op as u64, 0, 0, 0, 0])
+                }
+                LockKind::Lease => {
+                    may_lease(c, h.fd)?;
+                    let ty = if l.write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    c.inj.call(
+                        "fcntl(F_SETLEASE)",
+                        libc::SYS_fcntl,
+                        [fd, libc::F_SETLEASE as u64, ty as u64, 0, 0, 0],
+                    )
                 }
                 LockKind::Posix | LockKind::Ofd => {
                     let cmd = if l.kind == LockKind::Posix {
@@ -77,6 +95,27 @@ pub fn take(c: &TaskCtx) -> Result<()> {
                 ))
             })?;
         }
+    }
+    Ok(())
+}
+
+/// May the task hold a lease on its fd `fd`: is its file the task's
+/// file-system uid's (or the job root's)?
+fn may_lease(c: &TaskCtx, fd: i32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let fsuid = c.task.uids[3];
+    if fsuid == 0 {
+        return Ok(());
+    }
+    let path = format!("/proc/{}/fd/{fd}", c.inj.tid);
+    let owner = std::fs::metadata(&path)
+        .map_err(|e| ChkptError::io(&path, e))?
+        .uid();
+    if owner != fsuid {
+        return Err(ChkptError::Changed(format!(
+            "process {} held a lease on fd {fd}, whose file belongs to uid {owner} now, not to the job's uid {fsuid}",
+            c.task.pid
+        )));
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
  * 0-99 of argv[1]/posix, an OFD read lock on argv[1]/ofd; prints "N ok"
  * every 20 ms while it still holds them (F_GETLK from a child would see
  * ours; here the program checks its fds stay valid). With "lease" it
- * takes a read lease on argv[1]/lease instead. */
+ * takes a read lease on argv[1]/lease and a write lease on
+ * argv[1]/wlease instead, and prints "N BAD lease" when F_GETLEASE no
+ * longer reports them. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -21,9 +23,12 @@ static int open_in(const char *dir, const char *name, int flags) {
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     setvbuf(stdout, NULL, _IOLBF, 0);
+    int l = -1, w = -1;
     if (argc > 2 && !strcmp(argv[2], "lease")) {
-        int l = open_in(argv[1], "lease", O_RDONLY);
+        l = open_in(argv[1], "lease", O_RDONLY);
         if (fcntl(l, F_SETLEASE, F_RDLCK) < 0) { perror("F_SETLEASE"); return 2; }
+        w = open_in(argv[1], "wlease", O_WRONLY);
+        if (fcntl(w, F_SETLEASE, F_WRLCK) < 0) { perror("F_SETLEASE"); return 2; }
     } else {
         int a = open_in(argv[1], "flock", O_RDWR);
         if (flock(a, LOCK_EX | LOCK_NB) < 0) { perror("flock"); return 2; }
@@ -35,7 +40,10 @@ int main(int argc, char **argv) {
         if (fcntl(c, F_OFD_SETLK, &ofl) < 0) { perror("F_OFD_SETLK"); return 2; }
     }
     for (unsigned long n = 1;; n++) {
-        printf("%lu ok\n", n);
+        if (l >= 0 && (fcntl(l, F_GETLEASE) != F_RDLCK || fcntl(w, F_GETLEASE) != F_WRLCK))
+            printf("%lu BAD lease\n", n);
+        else
+            printf("%lu ok\n", n);
         usleep(20000);
     }
 }
