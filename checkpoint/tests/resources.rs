@@ -222,3 +222,99 @@ fn files_in_flight_on_unix_sockets_come_back() {
     assert_eq!(ask_usr1(dir, pid, "check"), "ok");
     kill_reap(pid);
 }
+
+/// The TCP states of this host's connections to `port` (from /proc/net/tcp,
+/// the local side of each as hex state codes), for the message of a failure.
+fn tcp_states(port: u16) -> String {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!(":{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter(|l| l.contains(&want))
+        .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Connections half closed when checkpointed come back half closed: one
+/// whose own side shut down writing (FIN_WAIT2) still reads what the peer
+/// sends after the restart, then its end, and cannot write; one whose peer
+/// shut down (CLOSE_WAIT) reads the queued data then its end, and still
+/// writes; one that shut down with its send queue full and unacknowledged
+/// (FIN_WAIT1) delivers all of it, then its end. The peer (this test) sees
+/// no reset, its data and the ends.
+#[test]
+fn half_closed_tcp_connections_come_back() {
+    use std::io::{Read, Write};
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_c(dir, "tcphalf");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut cmd = Command::new(&exe);
+    cmd.arg(dir)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    let timeout = Some(std::time::Duration::from_secs(20));
+    // each connection says which it is first; 1 and 2 go on before 3 starts
+    let mut by_id = std::collections::HashMap::new();
+    while by_id.len() < 3 {
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(timeout).unwrap();
+        let mut id = [0u8; 1];
+        c.read_exact(&mut id).unwrap();
+        if id[0] == b'1' {
+            let mut got = String::new();
+            c.read_to_string(&mut got).unwrap();
+            assert_eq!(got, "hello");
+        }
+        if id[0] == b'2' {
+            c.write_all(b"data").unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        by_id.insert(id[0], c);
+    }
+    let (mut c1, mut c2, mut c3) = (
+        by_id.remove(&b'1').unwrap(),
+        by_id.remove(&b'2').unwrap(),
+        by_id.remove(&b'3').unwrap(),
+    );
+    wait_until("the connections are half closed", || {
+        dir.join("ready").exists()
+    });
+    let store = dir.join("store");
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint");
+    kill_reap(pid);
+    ok(&restart_out(&store, pid, 1), "restart");
+    c1.write_all(b"world").unwrap();
+    c1.shutdown(std::net::Shutdown::Write).unwrap();
+    // connection 3: everything its full send queue held, then its end
+    let sent: usize = std::fs::read_to_string(dir.join("sent3"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(sent > 0);
+    let mut rest = Vec::new();
+    c3.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.len(), sent, "bytes of connection 3");
+    assert!(
+        rest.iter().enumerate().all(|(i, &b)| b as usize == i % 251),
+        "connection 3's bytes in order"
+    );
+    assert_eq!(
+        ask_usr1(dir, pid, "check"),
+        "ok",
+        "states {}",
+        tcp_states(port)
+    );
+    let mut reply = String::new();
+    c2.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "reply");
+    kill_reap(pid);
+}

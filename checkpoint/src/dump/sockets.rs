@@ -22,7 +22,23 @@ const TCP_REPAIR_WINDOW: i32 = 29;
 const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
 const TCP_LISTEN: u8 = 10;
+const TCP_CLOSING: u8 = 11;
+
+/// Which FINs a connection in TCP state `st` has exchanged (sent,
+/// received); `None` for a state that is not a connection being closed.
+fn fins(st: u8) -> Option<(bool, bool)> {
+    match st {
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 => Some((true, false)),
+        TCP_CLOSE_WAIT => Some((false, true)),
+        TCP_CLOSING | TCP_LAST_ACK => Some((true, true)),
+        _ => None,
+    }
+}
 
 /// A socket of a task, and our duplicate of it.
 pub struct Sock {
@@ -35,6 +51,8 @@ pub struct Sock {
     /// Files in flight on it (SCM_RIGHTS): per queued message (its index),
     /// our duplicates of them.
     pub rights: Vec<(u32, Vec<OwnedFd>)>,
+    /// A TCP connection being closed: the FINs (sent, received).
+    pub fins: Option<(bool, bool)>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -148,6 +166,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
     };
     let mut unix_state = 0;
     let mut rights = Vec::new();
+    let mut closing = None;
     match (family, stype) {
         (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => {
             let d = diag::unix(ino).map_err(sys("sock_diag of a unix socket"))?;
@@ -182,12 +201,13 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                     }
                     image.listen = Some(u32::from_le_bytes([info[28], info[29], info[30], info[31]]) as i32);
                 }
-                TCP_ESTABLISHED => {
+                st @ (TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_CLOSING | TCP_LAST_ACK) => {
                     if caller != 0 {
                         return Err(refuse(
                             "an established TCP connection is taken with TCP_REPAIR, which needs root".into(),
                         ));
                     }
+                    closing = fins(st);
                     if take == Take::RepairLocked {
                         // before anything is read: a segment that got in
                         // after the queues were read would be lost
@@ -199,14 +219,15 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                     }
                     if take != Take::Check {
                         dup.repair = true;
-                        image.tcp = Some(take_tcp(s, &info).map_err(sys("TCP_REPAIR"))?);
+                        let f = closing.unwrap_or((false, false));
+                        image.tcp = Some(take_tcp(s, &info, f).map_err(sys("TCP_REPAIR"))?);
                     }
                 }
                 7 if image.local.is_empty() || port(&image.local) == 0 => {} // a new socket
                 7 => {} // bound, not listening yet
                 st => {
                     return Err(refuse(format!(
-                        "a TCP connection in state {st} (only listening and established ones are saved)"
+                        "a TCP connection in state {st} (only listening, established and closing ones are saved, not SYN_SENT, SYN_RECV or TIME_WAIT)"
                     )))
                 }
             }
@@ -225,6 +246,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         dup,
         unix_state,
         rights,
+        fins: closing,
     })
 }
 
@@ -262,10 +284,12 @@ fn tcp_info(s: RawFd) -> [u8; 104] {
     v
 }
 
-/// Everything TCP_REPAIR gives of an established connection. The socket
-/// is left in repair mode: the caller turns it off (the job goes on) or
-/// leaves it on while the job is killed (no FIN, no RST to the peer).
-fn take_tcp(s: RawFd, info: &[u8; 104]) -> std::io::Result<TcpRepair> {
+/// Everything TCP_REPAIR gives of an established connection, or of one
+/// being closed (`fins`: sent, received — each FIN takes a sequence
+/// number, left out of the queues' starts). The socket is left in repair
+/// mode: the caller turns it off (the job goes on) or leaves it on while
+/// the job is killed (no FIN, no RST to the peer).
+fn take_tcp(s: RawFd, info: &[u8; 104], fins: (bool, bool)) -> std::io::Result<TcpRepair> {
     if !setopt(s, libc::IPPROTO_TCP, TCP_REPAIR, 1) {
         return Err(std::io::Error::last_os_error());
     }
@@ -298,12 +322,18 @@ fn take_tcp(s: RawFd, info: &[u8; 104]) -> std::io::Result<TcpRepair> {
     };
     let (recv_seq, recv_queue) = queue(TCP_RECV_QUEUE)?;
     let (send_seq, send_queue) = queue(TCP_SEND_QUEUE)?;
-    let window: [u32; 5] = getopt(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW).unwrap_or([0; 5]);
+    let mut window: [u32; 5] = getopt(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW).unwrap_or([0; 5]);
     let timestamp: u32 = getopt(s, libc::IPPROTO_TCP, TCP_TIMESTAMP).unwrap_or(0);
+    let (sent, received) = (u32::from(fins.0), u32::from(fins.1));
+    if received == 1 && window[4] == recv_seq {
+        // rcv_wup may not be past what restart makes rcv_nxt (the FIN out)
+        window[4] = recv_seq.wrapping_sub(1);
+    }
     Ok(TcpRepair {
-        // where each queue starts: the sequence numbers are of its end
-        send_seq: send_seq.wrapping_sub(send_queue.len() as u32),
-        recv_seq: recv_seq.wrapping_sub(recv_queue.len() as u32),
+        // where each queue starts: the sequence numbers are of its end,
+        // past a FIN
+        send_seq: send_seq.wrapping_sub(send_queue.len() as u32 + sent),
+        recv_seq: recv_seq.wrapping_sub(recv_queue.len() as u32 + received),
         send_queue,
         recv_queue,
         mss: u32::from_le_bytes([info[16], info[17], info[18], info[19]]),

@@ -39,6 +39,23 @@ pub struct NodeImage {
     /// Files in flight on the tree's unix sockets (sent with SCM_RIGHTS,
     /// not received yet), format 5 (older files refused them).
     pub in_flight: Vec<InFlight>,
+    /// Established TCP connections of the tree that one side has begun to
+    /// close, format 5 (older files refused them).
+    pub tcp_closing: Vec<TcpClosing>,
+}
+
+/// A TCP connection past ESTABLISHED (FIN_WAIT1/2, CLOSE_WAIT, CLOSING,
+/// LAST_ACK): which FINs were exchanged. Its
+/// [`TcpRepair`](super::TcpRepair) sequence numbers leave those FINs out;
+/// restart sends its own again and takes the peer's as read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TcpClosing {
+    /// The socket's inode.
+    pub sock: u64,
+    /// This side shut down writing (its FIN is sent, acknowledged or not).
+    pub fin_sent: bool,
+    /// The peer's FIN arrived (reads end after the queued data).
+    pub fin_received: bool,
 }
 
 /// The files one queued message of a unix socket carries (SCM_RIGHTS):

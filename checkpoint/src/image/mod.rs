@@ -52,7 +52,8 @@ pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
 /// data, metadata anywhere in the file (after the pages in memory files),
 /// frozen time. 3: process attributes in task files ([`TaskAttrs`]).
 /// 4: POSIX timers, seccomp and fd-table sharing at the end of task
-/// files. 5: files in flight at the end of node files ([`InFlight`]).
+/// files. 5: files in flight and closing TCP connections at the end of
+/// node files ([`InFlight`], [`TcpClosing`]), leases among the locks.
 /// Files of every older version are still read.
 pub const FORMAT_VERSION: u32 = 5;
 pub const HEADER_LEN: usize = 64;
@@ -128,16 +129,16 @@ impl ImageMeta for NodeImage {
     fn from_v1(v: v1::NodeV1) -> Self {
         v.into()
     }
-    /// Node files before version 5 end before the files in flight (an
-    /// empty list: they were refused).
+    /// Node files before version 5 end before the files in flight and
+    /// the closing TCP connections (empty lists: both were refused).
     fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 1)
+        with_empty_tail(body, 2)
     }
     fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 1)
+        with_empty_tail(body, 2)
     }
     fn decode_v4(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 1)
+        with_empty_tail(body, 2)
     }
 }
 
@@ -572,8 +573,8 @@ mod tests {
         assert_ne!(postcard::to_stdvec(&t).unwrap().len(), now.len());
     }
 
-    /// A node file of versions 2 to 4 (nothing in flight at its end)
-    /// decodes into today's type, with nothing in flight.
+    /// A node file of versions 2 to 4 (nothing in flight and no closing
+    /// TCP connection at its end) decodes into today's type, with none.
     #[test]
     fn node_files_before_version_5_are_read() {
         let n = NodeImage {
@@ -588,10 +589,11 @@ mod tests {
             sysv_sem: vec![],
             sysv_msg: vec![],
             in_flight: vec![],
+            tcp_closing: vec![],
         };
         let now = postcard::to_stdvec(&n).unwrap();
-        assert_eq!(now.last(), Some(&0));
-        let old = &now[..now.len() - 1];
+        assert_eq!(&now[now.len() - 2..], &[0, 0]);
+        let old = &now[..now.len() - 2];
         assert_eq!(NodeImage::decode_v4(old).unwrap(), n);
         assert_eq!(NodeImage::decode_v3(old).unwrap(), n);
         assert_eq!(NodeImage::decode_v2(old).unwrap(), n);

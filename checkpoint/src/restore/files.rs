@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::image::{FdImage, FdKind, SocketImage, TaskImage};
 use crate::ptrace::{self, Injector};
 
-use super::sockets::{self, Flight};
+use super::sockets::{self, TreeSockets};
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 /// Status flags F_SETFL can change.
@@ -26,7 +26,7 @@ pub fn create_files(
     base: i32,
     inherit: &[(i32, String)],
     mapped: &HashMap<u64, i32>,
-    flight: &Flight<'_>,
+    flight: &TreeSockets<'_>,
 ) -> Result<HashMap<u32, i32>> {
     let mut firsts: Vec<&FdImage> = Vec::new();
     let in_flight = flight.in_flight.iter().flat_map(|m| &m.files);
@@ -89,7 +89,8 @@ pub fn create_files(
     for (f, s) in &socks {
         if let Some(&fd) = f.kind.file().and_then(|file| out.get(&file)) {
             fd_of.insert(s.ino, fd);
-            sockets::configure(root.tid, fd as u64, s)?;
+            let closing = flight.tcp_closing.iter().find(|c| c.sock == s.ino);
+            sockets::configure(root.tid, fd as u64, s, closing)?;
         }
     }
     let all: Vec<&SocketImage> = socks.iter().map(|(_, s)| *s).collect();

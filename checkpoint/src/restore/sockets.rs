@@ -15,7 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, InFlight, SocketImage, TaskImage, TcpRepair};
+use crate::image::{FdImage, FdKind, InFlight, SocketImage, TaskImage, TcpClosing, TcpRepair};
 use crate::netlock::{self, Conn};
 use crate::ptrace::{self, Injector};
 use crate::uffd;
@@ -179,8 +179,13 @@ fn unix_names(root: &Injector, scratch: u64, fd: u64, s: &SocketImage) -> Result
 }
 
 /// Everything done from restart on a duplicate: options, inet address,
-/// listening, a TCP connection's state.
-pub fn configure(root_pid: i32, fd: u64, s: &SocketImage) -> Result<()> {
+/// listening, a TCP connection's state (`closing`: its FINs).
+pub fn configure(
+    root_pid: i32,
+    fd: u64,
+    s: &SocketImage,
+    closing: Option<&TcpClosing>,
+) -> Result<()> {
     let dup = uffd::pidfd_open(root_pid)
         .and_then(|p| uffd::pidfd_getfd(&p, fd as i32))
         .map_err(sys(root_pid, "pidfd_getfd of a new socket"))?;
@@ -213,7 +218,7 @@ pub fn configure(root_pid: i32, fd: u64, s: &SocketImage) -> Result<()> {
         return Ok(());
     }
     if let Some(t) = &s.tcp {
-        return repair(d, s, t).map_err(sys(root_pid, "TCP_REPAIR (the connection)"));
+        return repair(d, s, t, closing).map_err(sys(root_pid, "TCP_REPAIR (the connection)"));
     }
     if !s.local.is_empty() {
         // SAFETY: the recorded sockaddr bytes, their length.
@@ -254,16 +259,28 @@ pub fn configure(root_pid: i32, fd: u64, s: &SocketImage) -> Result<()> {
 /// sent); then the network lock `checkpoint --kill` left on it is removed
 /// and the socket leaves repair mode (its window probe gets the peer going:
 /// an ACK it sent meanwhile was dropped, data it sent comes again).
-fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair) -> io::Result<()> {
+///
+/// A connection being closed is made established, then closed as far as
+/// it was: the peer's FIN taken as read (`SHUT_RD`: reads end after the
+/// queue; the sequence stops before that FIN, so the peer's ACKs stay
+/// valid and a FIN it sends again is taken), and this side's FIN queued
+/// as already sent (`SHUT_WR` with the send queue selected: it goes again
+/// with the unacknowledged data when repair mode ends).
+fn repair(
+    d: RawFd,
+    s: &SocketImage,
+    t: &TcpRepair,
+    closing: Option<&TcpClosing>,
+) -> io::Result<()> {
     let tcp = libc::IPPROTO_TCP;
-    int(d, tcp, TCP_REPAIR, 1)?;
-    int(d, tcp, TCP_REPAIR_QUEUE, 2)?;
-    setopt(d, tcp, TCP_QUEUE_SEQ, &t.send_seq.to_ne_bytes())?;
-    int(d, tcp, TCP_REPAIR_QUEUE, 1)?;
-    setopt(d, tcp, TCP_QUEUE_SEQ, &t.recv_seq.to_ne_bytes())?;
+    int(d, tcp, TCP_REPAIR, 1).map_err(at("repair mode"))?;
+    int(d, tcp, TCP_REPAIR_QUEUE, 2).map_err(at("send queue"))?;
+    setopt(d, tcp, TCP_QUEUE_SEQ, &t.send_seq.to_ne_bytes()).map_err(at("send sequence"))?;
+    int(d, tcp, TCP_REPAIR_QUEUE, 1).map_err(at("receive queue"))?;
+    setopt(d, tcp, TCP_QUEUE_SEQ, &t.recv_seq.to_ne_bytes()).map_err(at("receive sequence"))?;
     // SAFETY: the recorded sockaddr bytes, their length.
     if unsafe { libc::bind(d, s.local.as_ptr().cast(), s.local.len() as libc::socklen_t) } != 0 {
-        return Err(io::Error::last_os_error());
+        return Err(at("bind")(io::Error::last_os_error()));
     }
     // SAFETY: as above; in repair mode connect sends nothing.
     if unsafe {
@@ -274,7 +291,7 @@ fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair) -> io::Result<()> {
         )
     } != 0
     {
-        return Err(io::Error::last_os_error());
+        return Err(at("connect")(io::Error::last_os_error()));
     }
     let mut opts: Vec<u8> = Vec::new();
     let mut opt = |code: u32, val: u32| {
@@ -291,42 +308,108 @@ fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair) -> io::Result<()> {
     if t.options & 1 != 0 {
         opt(8, 0); // TCPOPT_TIMESTAMP
     }
-    setopt(d, tcp, TCP_REPAIR_OPTIONS, &opts)?;
+    setopt(d, tcp, TCP_REPAIR_OPTIONS, &opts).map_err(at("options"))?;
     if t.options & 1 != 0 {
-        setopt(d, tcp, TCP_TIMESTAMP, &t.timestamp.to_ne_bytes())?;
+        setopt(d, tcp, TCP_TIMESTAMP, &t.timestamp.to_ne_bytes()).map_err(at("timestamp"))?;
     }
-    let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    setopt(d, tcp, TCP_REPAIR_WINDOW, &w)?;
     for (queue, data) in [(2, &t.send_queue), (1, &t.recv_queue)] {
-        int(d, tcp, TCP_REPAIR_QUEUE, queue)?;
-        let mut at = 0;
-        while at < data.len() {
+        int(d, tcp, TCP_REPAIR_QUEUE, queue).map_err(at("queue"))?;
+        make_room(d, queue == 2, data.len()).map_err(at("buffer size"))?;
+        let mut done = 0;
+        while done < data.len() {
             // SAFETY: sending from the recorded queue bytes.
-            let n = unsafe { libc::send(d, data[at..].as_ptr().cast(), data.len() - at, 0) };
+            let n = unsafe { libc::send(d, data[done..].as_ptr().cast(), data.len() - done, 0) };
             if n <= 0 {
-                return Err(io::Error::last_os_error());
+                return Err(at("queued data")(io::Error::last_os_error()));
             }
-            at += n as usize;
+            done += n as usize;
+        }
+    }
+    // after the queues: the kernel checks the window against rcv_nxt,
+    // which the received data moves
+    let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    setopt(d, tcp, TCP_REPAIR_WINDOW, &w).map_err(at("window"))?;
+    if let Some(c) = closing {
+        if c.fin_received {
+            shutdown(d, libc::SHUT_RD).map_err(at("the peer's FIN (shutdown SHUT_RD)"))?;
+        }
+        if c.fin_sent {
+            int(d, tcp, TCP_REPAIR_QUEUE, 2).map_err(at("send queue"))?;
+            shutdown(d, libc::SHUT_WR).map_err(at("this side's FIN (shutdown SHUT_WR)"))?;
         }
     }
     if let Some(c) = Conn::from_sockaddrs(&s.local, &s.remote) {
-        netlock::unlock(d, &c)?;
+        netlock::unlock(d, &c).map_err(at("network lock"))?;
     }
-    int(d, tcp, TCP_REPAIR, 0)
+    int(d, tcp, TCP_REPAIR, 0).map_err(at("leaving repair mode"))
 }
 
-/// The files in flight on the tree's sockets, and where the root holds
-/// what they name: pipe ends, then (once made) open file descriptions.
-pub struct Flight<'a> {
+/// A new socket's buffer holds the default (16 KiB to send, 128 KiB to
+/// receive) while the saved queue grew with the original's autotuned one:
+/// make it large enough for `len` bytes (restart is root: the FORCE
+/// options pass `net.core.wmem_max`). Autotuning stays on when the queue
+/// fits already.
+fn make_room(d: RawFd, send: bool, len: usize) -> io::Result<()> {
+    let (get, force) = if send {
+        (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE)
+    } else {
+        (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE)
+    };
+    let mut now: i32 = 0;
+    let mut l = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: an int option into an int.
+    unsafe {
+        libc::getsockopt(
+            d,
+            libc::SOL_SOCKET,
+            get,
+            (&mut now as *mut i32).cast(),
+            &mut l,
+        )
+    };
+    // the kernel charges each byte with its buffer overhead: twice the data
+    let need = len.saturating_mul(2);
+    if (now.max(0) as usize) >= need {
+        return Ok(());
+    }
+    // the kernel doubles what it is given
+    int(
+        d,
+        libc::SOL_SOCKET,
+        force,
+        i32::try_from(len).unwrap_or(i32::MAX),
+    )
+}
+
+/// Name the step of [`repair`] an error comes from.
+fn at(step: &'static str) -> impl Fn(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{step}: {e}"))
+}
+
+fn shutdown(d: RawFd, how: i32) -> io::Result<()> {
+    // SAFETY: shutdown on our duplicate of the socket.
+    if unsafe { libc::shutdown(d, how) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What the node file says of the tree's sockets beyond each one: the
+/// files in flight on them and where the root holds what those name (pipe
+/// ends, then, once made, open file descriptions); the TCP connections
+/// being closed.
+pub struct TreeSockets<'a> {
     pub in_flight: &'a [InFlight],
+    pub tcp_closing: &'a [TcpClosing],
     pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
     pub file_fds: Option<&'a HashMap<u32, i32>>,
 }
 
-impl<'a> Flight<'a> {
-    pub fn with_files(&self, file_fds: &'a HashMap<u32, i32>) -> Flight<'a> {
-        Flight {
+impl<'a> TreeSockets<'a> {
+    pub fn with_files(&self, file_fds: &'a HashMap<u32, i32>) -> TreeSockets<'a> {
+        TreeSockets {
             in_flight: self.in_flight,
+            tcp_closing: self.tcp_closing,
             pipe_fds: self.pipe_fds,
             file_fds: Some(file_fds),
         }
@@ -384,7 +467,7 @@ pub fn fill_queues(
     root_pid: i32,
     socks: &[&SocketImage],
     fd_of: &HashMap<u64, i32>,
-    flight: &Flight<'_>,
+    flight: &TreeSockets<'_>,
 ) -> Result<()> {
     for m in flight.in_flight {
         let sent = socks.iter().any(|s| {

@@ -382,8 +382,9 @@ fn restore_tasks(
         file_base,
         &l.inherit_fds,
         &deleted_fds,
-        &super::sockets::Flight {
+        &super::sockets::TreeSockets {
             in_flight: &l.node.in_flight,
+            tcp_closing: &l.node.tcp_closing,
             pipe_fds: &pipe_fds,
             file_fds: None,
         },
