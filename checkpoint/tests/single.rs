@@ -207,6 +207,12 @@ fn unsupported_socket_refused_and_job_keeps_running() {
         "import socket,time\na,b=socket.socketpair()\nsocket.send_fds(a,[b'x'],[0])\nprint('up',flush=True)\ntime.sleep(60)",
         "in flight on this stream socket (SCM_RIGHTS)",
     );
+    // a TCP connection closed on both sides, its fds still open: restored
+    // as a bound socket its reads would fail instead of ending
+    refused_socket(
+        "import socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',0))\nl.listen()\nc=socket.create_connection(l.getsockname())\ns,_=l.accept()\nl.close()\nc.shutdown(socket.SHUT_WR)\ns.shutdown(socket.SHUT_WR)\nc.recv(1)\ns.recv(1)\ntime.sleep(0.3)\nprint('up',flush=True)\ntime.sleep(60)",
+        "closed on both sides",
+    );
     // a socket only in flight (its sender closed it): not saved
     refused_socket(
         "import socket,time\na,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_DGRAM)\nc,d=socket.socketpair()\nsocket.send_fds(a,[b'x'],[c.fileno()])\nc.close()\nprint('up',flush=True)\ntime.sleep(60)",

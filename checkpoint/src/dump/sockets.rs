@@ -223,6 +223,11 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                         image.tcp = Some(take_tcp(s, &info, f).map_err(sys("TCP_REPAIR"))?);
                     }
                 }
+                7 if closed_connection(s, family) => {
+                    return Err(refuse(
+                        "a TCP connection closed on both sides (state CLOSE, still naming its peer) is not saved by this version".into(),
+                    ))
+                }
                 7 if image.local.is_empty() || port(&image.local) == 0 => {} // a new socket
                 7 => {} // bound, not listening yet
                 st => {
@@ -248,6 +253,32 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         rights,
         fins: closing,
     })
+}
+
+/// Was this closed TCP socket connected? `getpeername` says no once a
+/// connection is closed; `SO_PEERNAME` still gives the peer it had
+/// (restoring it as a merely bound socket would make reads fail with
+/// ENOTCONN where they returned end of file).
+fn closed_connection(s: RawFd, family: i32) -> bool {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SO_PEERNAME wants no more room than the address takes
+    let mut len = if family == libc::AF_INET6 {
+        std::mem::size_of::<libc::sockaddr_in6>()
+    } else {
+        std::mem::size_of::<libc::sockaddr_in>()
+    } as libc::socklen_t;
+    // SAFETY: ss holds `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_PEERNAME,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && len > 2
 }
 
 /// The path a unix address names (none for abstract or unnamed ones).
