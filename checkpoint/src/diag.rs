@@ -1,5 +1,6 @@
 //! What `NETLINK_SOCK_DIAG` says of a unix socket: its name, its peer (by
-//! inode: how the two ends of a pair are matched) and its queue lengths.
+//! inode: how the two ends of a pair are matched), its queue lengths and
+//! its shutdown state.
 
 use std::io;
 
@@ -20,6 +21,8 @@ pub struct UnixInfo {
     /// Listening: connections waiting to be accepted, and the backlog;
     /// otherwise bytes (or messages) queued to be read, and 0.
     pub rqlen: (u32, u32),
+    /// `sk_shutdown`: 1 receives no more, 2 sends no more.
+    pub shutdown: u8,
 }
 
 /// Ask the kernel about unix socket `ino`.
@@ -103,6 +106,7 @@ fn parse(b: &[u8]) -> io::Result<UnixInfo> {
             0 => info.name = data.to_vec(),
             2 => info.peer = u32_at(data, 0).map(u64::from),
             4 => info.rqlen = (u32_at(data, 0).unwrap_or(0), u32_at(data, 4).unwrap_or(0)),
+            6 => info.shutdown = data.first().copied().unwrap_or(0),
             _ => {}
         }
         at += (alen + 3) & !3;
@@ -130,6 +134,14 @@ mod tests {
         assert_eq!(ia.state, 1);
         assert_eq!(ia.peer, Some(ino(&b)));
         assert_eq!(ia.rqlen.0, 5);
+        assert_eq!(ia.shutdown, 0);
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(unix(ino(&b)).unwrap().shutdown, 2, "sends no more");
+        assert_eq!(
+            unix(ino(&a)).unwrap().shutdown,
+            1,
+            "its peer receives no more"
+        );
         assert!(unix(1).is_err(), "no such socket");
     }
 }

@@ -163,7 +163,8 @@ fn sockets_of_every_kind() {
 /// yet) come back in flight, in their messages: a pipe's read end whose
 /// write end the process kept (with the bytes buffered in the pipe), both
 /// ends of a pipe only in flight (seqpacket), a file at its offset, and a
-/// socket in flight on itself.
+/// socket in flight on itself. A unix stream socket shut down for writing
+/// still cannot write, and its peer reads the end after the queued data.
 #[test]
 fn files_in_flight_on_unix_sockets_come_back() {
     let guard = Guard::new();

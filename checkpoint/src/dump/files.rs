@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, HeldLock, InFlight, PipeImage, TcpClosing};
+use crate::image::{FdImage, FdKind, HeldLock, InFlight, PipeImage, Shutdown};
 use crate::procfs;
 
 /// Devices a process may hold open and still be checkpointed: they carry no state.
@@ -328,8 +328,8 @@ pub struct TreeFiles {
     pub locks: HashMap<i32, Vec<HeldLock>>,
     /// Files in flight on the tree's unix sockets.
     pub in_flight: Vec<InFlight>,
-    /// TCP connections being closed, and their FINs.
-    pub tcp_closing: Vec<TcpClosing>,
+    /// Sockets shut down in one direction or both.
+    pub shutdowns: Vec<Shutdown>,
 }
 
 /// Read every fd table, classify pipes and sockets with the whole tree in
@@ -365,7 +365,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         fds.insert(p, f);
         pipes.extend(pr);
     }
-    let tcp_closing = closing_connections(&socks);
+    let shutdowns = shut_sockets(&socks);
     // files in flight: held by this process as if it were a task
     let flight = super::inflight::gather(&mut socks);
     let me = super::inflight::holder();
@@ -407,21 +407,22 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         repaired,
         locks,
         in_flight,
-        tcp_closing,
+        shutdowns,
     })
 }
 
-/// The TCP connections being closed, once per socket.
-fn closing_connections(socks: &[super::sockets::SockRef]) -> Vec<TcpClosing> {
-    let mut out: Vec<TcpClosing> = Vec::new();
+/// The sockets shut down (TCP connections being closed, unix sockets),
+/// once per socket.
+fn shut_sockets(socks: &[super::sockets::SockRef]) -> Vec<Shutdown> {
+    let mut out: Vec<Shutdown> = Vec::new();
     for s in socks {
         let ino = s.sock.image.ino;
-        if let Some((fin_sent, fin_received)) = s.sock.fins {
+        if let Some((send, receive)) = s.sock.shutdown {
             if !out.iter().any(|c| c.sock == ino) {
-                out.push(TcpClosing {
+                out.push(Shutdown {
                     sock: ino,
-                    fin_sent,
-                    fin_received,
+                    send,
+                    receive,
                 });
             }
         }

@@ -51,8 +51,9 @@ pub struct Sock {
     /// Files in flight on it (SCM_RIGHTS): per queued message (its index),
     /// our duplicates of them.
     pub rights: Vec<(u32, Vec<OwnedFd>)>,
-    /// A TCP connection being closed: the FINs (sent, received).
-    pub fins: Option<(bool, bool)>,
+    /// Shut down (sends no more, receives no more): a TCP connection being
+    /// closed (its FINs), a unix socket.
+    pub shutdown: Option<(bool, bool)>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -187,6 +188,9 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                     .map(|m| m.permissions().mode() & 0o7777)
                     .unwrap_or(0o777);
             }
+            if d.shutdown != 0 {
+                closing = Some((d.shutdown & 2 != 0, d.shutdown & 1 != 0));
+            }
             let q = peek_queue(s, stype, d.rqlen.0).map_err(&refuse)?;
             image.queued = q.messages;
             rights = q.rights;
@@ -251,7 +255,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         dup,
         unix_state,
         rights,
-        fins: closing,
+        shutdown: closing,
     })
 }
 

@@ -120,7 +120,7 @@ pub(super) fn node_image(
         sysv_sem: state.sysv.sem.clone(),
         sysv_msg: state.sysv.msg.clone(),
         in_flight: state.files.in_flight.clone(),
-        tcp_closing: state.files.tcp_closing.clone(),
+        shutdowns: state.files.shutdowns.clone(),
     }
 }
 

@@ -39,23 +39,26 @@ pub struct NodeImage {
     /// Files in flight on the tree's unix sockets (sent with SCM_RIGHTS,
     /// not received yet), format 5 (older files refused them).
     pub in_flight: Vec<InFlight>,
-    /// Established TCP connections of the tree that one side has begun to
-    /// close, format 5 (older files refused them).
-    pub tcp_closing: Vec<TcpClosing>,
+    /// Sockets of the tree shut down in one direction or both, format 5
+    /// (older files refused closing TCP connections and lost a unix
+    /// socket's shutdown).
+    pub shutdowns: Vec<Shutdown>,
 }
 
-/// A TCP connection past ESTABLISHED (FIN_WAIT1/2, CLOSE_WAIT, CLOSING,
-/// LAST_ACK): which FINs were exchanged. Its
-/// [`TcpRepair`](super::TcpRepair) sequence numbers leave those FINs out;
-/// restart sends its own again and takes the peer's as read.
+/// A socket shut down in one direction or both: a TCP connection past
+/// ESTABLISHED (FIN_WAIT1/2, CLOSE_WAIT, CLOSING, LAST_ACK: `send` its own
+/// FIN is out, `receive` the peer's arrived; its
+/// [`TcpRepair`](super::TcpRepair) sequence numbers leave those FINs out,
+/// restart sends its own again and takes the peer's as read), or a unix
+/// stream or seqpacket socket (`shutdown(2)` on it or on its peer).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TcpClosing {
+pub struct Shutdown {
     /// The socket's inode.
     pub sock: u64,
-    /// This side shut down writing (its FIN is sent, acknowledged or not).
-    pub fin_sent: bool,
-    /// The peer's FIN arrived (reads end after the queued data).
-    pub fin_received: bool,
+    /// It sends no more (SEND_SHUTDOWN).
+    pub send: bool,
+    /// It receives no more: reads end after the queued data (RCV_SHUTDOWN).
+    pub receive: bool,
 }
 
 /// The files one queued message of a unix socket carries (SCM_RIGHTS):

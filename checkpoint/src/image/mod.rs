@@ -53,7 +53,7 @@ pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
 /// frozen time. 3: process attributes in task files ([`TaskAttrs`]).
 /// 4: POSIX timers, seccomp and fd-table sharing at the end of task
 /// files. 5: files in flight and closing TCP connections at the end of
-/// node files ([`InFlight`], [`TcpClosing`]), leases among the locks.
+/// node files ([`InFlight`], [`Shutdown`]), leases among the locks.
 /// Files of every older version are still read.
 pub const FORMAT_VERSION: u32 = 5;
 pub const HEADER_LEN: usize = 64;
@@ -589,7 +589,7 @@ mod tests {
             sysv_sem: vec![],
             sysv_msg: vec![],
             in_flight: vec![],
-            tcp_closing: vec![],
+            shutdowns: vec![],
         };
         let now = postcard::to_stdvec(&n).unwrap();
         assert_eq!(&now[now.len() - 2..], &[0, 0]);

@@ -70,10 +70,10 @@ pub fn create_files(
         })
         .collect();
     if socks.is_empty() {
-        if let Some(m) = flight.in_flight.first() {
+        let named = flight.in_flight.first().map(|m| m.sock);
+        if let Some(sock) = named.or(flight.shutdowns.first().map(|s| s.sock)) {
             return Err(crate::error::ChkptError::Inconsistent(format!(
-                "files in flight on socket:[{}], which is not in the image",
-                m.sock
+                "the node file names socket:[{sock}], which is not in the image"
             )));
         }
         return Ok(out);
@@ -89,12 +89,13 @@ pub fn create_files(
     for (f, s) in &socks {
         if let Some(&fd) = f.kind.file().and_then(|file| out.get(&file)) {
             fd_of.insert(s.ino, fd);
-            let closing = flight.tcp_closing.iter().find(|c| c.sock == s.ino);
+            let closing = flight.shutdowns.iter().find(|c| c.sock == s.ino);
             sockets::configure(root.tid, fd as u64, s, closing)?;
         }
     }
     let all: Vec<&SocketImage> = socks.iter().map(|(_, s)| *s).collect();
     sockets::fill_queues(root.tid, &all, &fd_of, &flight.with_files(&out))?;
+    sockets::shut_unix(root.tid, &all, &fd_of, flight.shutdowns)?;
     Ok(out)
 }
 

@@ -15,7 +15,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, InFlight, SocketImage, TaskImage, TcpClosing, TcpRepair};
+use crate::image::{FdImage, FdKind, InFlight, Shutdown, SocketImage, TaskImage, TcpRepair};
 use crate::netlock::{self, Conn};
 use crate::ptrace::{self, Injector};
 use crate::uffd;
@@ -184,7 +184,7 @@ pub fn configure(
     root_pid: i32,
     fd: u64,
     s: &SocketImage,
-    closing: Option<&TcpClosing>,
+    closing: Option<&Shutdown>,
 ) -> Result<()> {
     let dup = uffd::pidfd_open(root_pid)
         .and_then(|p| uffd::pidfd_getfd(&p, fd as i32))
@@ -266,12 +266,7 @@ pub fn configure(
 /// valid and a FIN it sends again is taken), and this side's FIN queued
 /// as already sent (`SHUT_WR` with the send queue selected: it goes again
 /// with the unacknowledged data when repair mode ends).
-fn repair(
-    d: RawFd,
-    s: &SocketImage,
-    t: &TcpRepair,
-    closing: Option<&TcpClosing>,
-) -> io::Result<()> {
+fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair, closing: Option<&Shutdown>) -> io::Result<()> {
     let tcp = libc::IPPROTO_TCP;
     int(d, tcp, TCP_REPAIR, 1).map_err(at("repair mode"))?;
     int(d, tcp, TCP_REPAIR_QUEUE, 2).map_err(at("send queue"))?;
@@ -330,10 +325,10 @@ fn repair(
     let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
     setopt(d, tcp, TCP_REPAIR_WINDOW, &w).map_err(at("window"))?;
     if let Some(c) = closing {
-        if c.fin_received {
+        if c.receive {
             shutdown(d, libc::SHUT_RD).map_err(at("the peer's FIN (shutdown SHUT_RD)"))?;
         }
-        if c.fin_sent {
+        if c.send {
             int(d, tcp, TCP_REPAIR_QUEUE, 2).map_err(at("send queue"))?;
             shutdown(d, libc::SHUT_WR).map_err(at("this side's FIN (shutdown SHUT_WR)"))?;
         }
@@ -400,7 +395,7 @@ fn shutdown(d: RawFd, how: i32) -> io::Result<()> {
 /// being closed.
 pub struct TreeSockets<'a> {
     pub in_flight: &'a [InFlight],
-    pub tcp_closing: &'a [TcpClosing],
+    pub shutdowns: &'a [Shutdown],
     pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
     pub file_fds: Option<&'a HashMap<u32, i32>>,
 }
@@ -409,7 +404,7 @@ impl<'a> TreeSockets<'a> {
     pub fn with_files(&self, file_fds: &'a HashMap<u32, i32>) -> TreeSockets<'a> {
         TreeSockets {
             in_flight: self.in_flight,
-            tcp_closing: self.tcp_closing,
+            shutdowns: self.shutdowns,
             pipe_fds: self.pipe_fds,
             file_fds: Some(file_fds),
         }
@@ -517,6 +512,42 @@ pub fn fill_queues(
                 err,
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Shut the tree's unix sockets down again as they were, once their
+/// queues are back (a peer that sends no more could not put them back).
+/// Every socket the image names as shut down must be one of the tree's.
+pub fn shut_unix(
+    root_pid: i32,
+    socks: &[&SocketImage],
+    fd_of: &HashMap<u64, i32>,
+    shutdowns: &[Shutdown],
+) -> Result<()> {
+    let pidfd = uffd::pidfd_open(root_pid).map_err(sys(root_pid, "pidfd_open of the root"))?;
+    for sh in shutdowns {
+        let Some(s) = socks.iter().find(|s| s.ino == sh.sock) else {
+            return Err(ChkptError::Inconsistent(format!(
+                "socket:[{}] is shut down in the image but is not one of its sockets",
+                sh.sock
+            )));
+        };
+        if s.family != libc::AF_UNIX {
+            continue; // TCP: made so in repair mode
+        }
+        let Some(&fd) = fd_of.get(&s.ino) else {
+            continue;
+        };
+        let how = match (sh.send, sh.receive) {
+            (true, true) => libc::SHUT_RDWR,
+            (true, false) => libc::SHUT_WR,
+            (false, true) => libc::SHUT_RD,
+            (false, false) => continue,
+        };
+        let dup =
+            uffd::pidfd_getfd(&pidfd, fd).map_err(sys(root_pid, "pidfd_getfd of a socket"))?;
+        shutdown(dup.as_raw_fd(), how).map_err(sys(root_pid, "shutdown of a unix socket"))?;
     }
     Ok(())
 }

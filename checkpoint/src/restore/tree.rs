@@ -384,7 +384,7 @@ fn restore_tasks(
         &deleted_fds,
         &super::sockets::TreeSockets {
             in_flight: &l.node.in_flight,
-            tcp_closing: &l.node.tcp_closing,
+            shutdowns: &l.node.shutdowns,
             pipe_fds: &pipe_fds,
             file_fds: None,
         },

@@ -6,8 +6,10 @@
  * pipe), then "four" carrying DIR/data opened read-only at offset 4.
  * On a seqpacket pair: "three" carrying both ends of another pipe (the
  * process keeps neither), then "five" carrying the receiving socket
- * itself. Then DIR/ready. On SIGUSR1 it receives it all
- * and writes DIR/check.<pid>: "ok", or "BAD: <what>". */
+ * itself. On a stream pair: "bye" then a shutdown of writing on one end.
+ * Then DIR/ready. On SIGUSR1 it receives it all (the stream: "bye" then
+ * end of file; the end that shut down cannot write, the other can) and
+ * writes DIR/check.<pid>: "ok", or "BAD: <what>". */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -76,6 +78,17 @@ static char why[256];
         }                                                   \
     } while (0)
 
+static int check_stream(int quiet, int other) {
+    char got[16] = {0};
+    CHECK(read(other, got, sizeof got - 1) == 3 && !strcmp(got, "bye"), "stream read '%s'", got);
+    CHECK(read(other, got, sizeof got - 1) == 0, "no end of file after the shutdown");
+    CHECK(write(quiet, "x", 1) < 0, "the end that shut down writes again");
+    CHECK(write(other, "back", 4) == 4, "the other end cannot write");
+    memset(got, 0, sizeof got);
+    CHECK(read(quiet, got, sizeof got - 1) == 4 && !strcmp(got, "back"), "stream back '%s'", got);
+    return 0;
+}
+
 static int check(int dgram, int seqpacket, int keep_w) {
     char buf[64];
     int fds[4];
@@ -110,11 +123,15 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_BLOCK, &block, 0);
     sigemptyset(&none);
 
-    int dg[2], sp[2], p[2], q[2];
+    int dg[2], sp[2], p[2], q[2], st[2];
     char path[512];
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) || socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp))
         return 3;
     if (pipe(p) || pipe(q)) return 3;
+    signal(SIGPIPE, SIG_IGN);
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, st) || write(st[0], "bye", 3) != 3 ||
+        shutdown(st[0], SHUT_WR))
+        return 3;
     if (write(p[1], "pre", 3) != 3) return 3;
     snprintf(path, sizeof path, "%s/data", dir);
     int file = open(path, O_RDONLY);
@@ -144,7 +161,7 @@ int main(int argc, char **argv) {
         snprintf(tmp, sizeof tmp, "%s.tmp", path);
         f = fopen(tmp, "w");
         if (!f) continue;
-        if (check(dg[1], sp[1], p[1]) == 0) fprintf(f, "ok\n");
+        if (check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0) fprintf(f, "ok\n");
         else fprintf(f, "BAD: %s\n", why);
         fclose(f);
         rename(tmp, path);
