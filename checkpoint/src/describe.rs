@@ -261,6 +261,15 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
                 p.data.len()
             );
         }
+        for sh in &n.shutdowns {
+            let what = match (sh.send, sh.receive) {
+                (true, true) => "sends and receives no more",
+                (true, false) => "sends no more",
+                (false, true) => "receives no more (reads end after its queue)",
+                (false, false) => "open both ways",
+            };
+            let _ = writeln!(s, "  socket:[{}] shut down: {what}", sh.sock);
+        }
         for m in &n.in_flight {
             let _ = writeln!(
                 s,
