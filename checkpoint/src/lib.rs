@@ -14,7 +14,8 @@
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
 //! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
 //! time of a checkpoint or a restart goes, phase by phase); `ranges`
-//! (address-range arithmetic); `netlock` (the
+//! (address-range arithmetic); [`sockopts`] (the socket options carried
+//! over); `netlock` (the
 //! nftables rules that hold a TCP connection still between `checkpoint
 //! --kill` and `restart`).
 
@@ -34,6 +35,7 @@ pub mod procfs;
 mod ptrace;
 mod ranges;
 pub mod restore;
+pub mod sockopts;
 pub mod store;
 pub mod timings;
 pub mod uffd;

@@ -319,3 +319,104 @@ fn half_closed_tcp_connections_come_back() {
     assert_eq!(reply, "reply");
     kill_reap(pid);
 }
+
+/// Socket options set beyond a new socket's (priority, low-water mark,
+/// TOS, TTL, free bind, keepalive timers, IPv6 traffic class and hops,
+/// SO_PASSSEC…) have their values again after restart.
+#[test]
+fn socket_options_come_back() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_c(dir, "sockopts");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(dir).stdout(Stdio::null()).stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("options set", || dir.join("ready").exists());
+    assert_eq!(ask_usr1(dir, pid, "check"), "ok", "before");
+    let store = dir.join("store");
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    ok(&restart_out(&store, pid, 1), "restart");
+    assert_eq!(ask_usr1(dir, pid, "check"), "ok", "after restart");
+    kill_reap(pid);
+}
+
+/// A user's image forged to give its socket SO_MARK (CAP_NET_ADMIN) or an
+/// option restart does not set: refused in one line, nothing left running
+/// (the options are set as the user, so the kernel says no to the first).
+#[test]
+fn forged_socket_options_are_refused() {
+    use checkpoint::image::{self, FileKind, IntOption, NodeImage};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = build_c(dir, "sockopts");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(dir)
+        .uid(65534)
+        .gid(65534)
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("options set", || dir.join("ready").exists());
+    let store = dir.join("store");
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let node = store.join(pid.to_string()).join("node_0_v1.bin");
+    let node = if node.exists() {
+        node
+    } else {
+        std::fs::read_dir(store.join(pid.to_string()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("node_")
+            })
+            .unwrap()
+    };
+    let genuine = std::fs::read(&node).unwrap();
+    for (forged, why) in [
+        (
+            IntOption {
+                level: libc::SOL_SOCKET,
+                name: libc::SO_MARK,
+                value: 7,
+            },
+            "Operation not permitted",
+        ),
+        (
+            IntOption {
+                level: libc::SOL_SOCKET,
+                name: libc::SO_BINDTODEVICE,
+                value: 1,
+            },
+            "not one restart sets",
+        ),
+    ] {
+        std::fs::write(&node, &genuine).unwrap();
+        let mut n: NodeImage = image::read_file(&node, FileKind::Node).unwrap().meta;
+        n.socket_options[0].options.push(forged);
+        std::fs::write(&node, image::encode(FileKind::Node, &n).unwrap()).unwrap();
+        let o = restart_out(&store, pid, 1);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "forged {forged:?} was restored");
+        assert!(err.contains(why), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(!alive(pid), "nothing left running");
+    }
+    std::fs::write(&node, genuine).unwrap();
+    ok(&restart_out(&store, pid, 1), "restart");
+    assert_eq!(ask_usr1(dir, pid, "check"), "ok");
+    kill_reap(pid);
+}

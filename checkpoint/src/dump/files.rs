@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, HeldLock, InFlight, PipeImage, Shutdown};
+use crate::image::{FdImage, FdKind, HeldLock, InFlight, PipeImage, Shutdown, SocketOptions};
 use crate::procfs;
 
 /// Devices a process may hold open and still be checkpointed: they carry no state.
@@ -330,6 +330,8 @@ pub struct TreeFiles {
     pub in_flight: Vec<InFlight>,
     /// Sockets shut down in one direction or both.
     pub shutdowns: Vec<Shutdown>,
+    /// Sockets' options beyond a new socket's.
+    pub socket_options: Vec<SocketOptions>,
 }
 
 /// Read every fd table, classify pipes and sockets with the whole tree in
@@ -366,6 +368,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         pipes.extend(pr);
     }
     let shutdowns = shut_sockets(&socks);
+    let socket_options = options_of(&socks);
     // files in flight: held by this process as if it were a task
     let flight = super::inflight::gather(&mut socks);
     let me = super::inflight::holder();
@@ -408,7 +411,23 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         locks,
         in_flight,
         shutdowns,
+        socket_options,
     })
+}
+
+/// The sockets' options beyond a new socket's, once per socket.
+fn options_of(socks: &[super::sockets::SockRef]) -> Vec<SocketOptions> {
+    let mut out: Vec<SocketOptions> = Vec::new();
+    for s in socks.iter().filter(|s| !s.sock.options.is_empty()) {
+        let ino = s.sock.image.ino;
+        if !out.iter().any(|o| o.sock == ino) {
+            out.push(SocketOptions {
+                sock: ino,
+                options: s.sock.options.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// The sockets shut down (TCP connections being closed, unix sockets),

@@ -9,7 +9,8 @@
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
-//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`]; [`pty`];
+//!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`] (their
+//!   options: [`sockopts`]); [`pty`];
 //!   [`held`]
 //!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]; [`inflight`]
 //!   files sent over unix sockets and not received yet
@@ -38,6 +39,7 @@ mod refuse;
 mod seccomp;
 mod ship;
 mod sockets;
+mod sockopts;
 mod sysv;
 mod task;
 mod timers;

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, SockOpts, SocketImage, TcpRepair};
+use crate::image::{FdImage, FdKind, IntOption, SockOpts, SocketImage, TcpRepair};
 use crate::netlock::{self, Conn};
 use crate::{diag, uffd};
 
@@ -54,6 +54,8 @@ pub struct Sock {
     /// Shut down (sends no more, receives no more): a TCP connection being
     /// closed (its FINs), a unix socket.
     pub shutdown: Option<(bool, bool)>,
+    /// Its options that a new socket does not have.
+    pub options: Vec<IntOption>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -256,6 +258,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         unix_state,
         rights,
         shutdown: closing,
+        options: super::sockopts::changed(s, family, stype, protocol),
     })
 }
 

@@ -121,6 +121,7 @@ pub(super) fn node_image(
         sysv_msg: state.sysv.msg.clone(),
         in_flight: state.files.in_flight.clone(),
         shutdowns: state.files.shutdowns.clone(),
+        socket_options: state.files.socket_options.clone(),
     }
 }
 

@@ -43,6 +43,25 @@ pub struct NodeImage {
     /// (older files refused closing TCP connections and lost a unix
     /// socket's shutdown).
     pub shutdowns: Vec<Shutdown>,
+    /// Socket options of the tree's sockets that differ from a new
+    /// socket's (of [`sockopts::TABLE`](crate::sockopts::TABLE)), format 5.
+    pub socket_options: Vec<SocketOptions>,
+}
+
+/// One socket's options beyond a new socket's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// The socket's inode.
+    pub sock: u64,
+    pub options: Vec<IntOption>,
+}
+
+/// An integer socket option: `setsockopt(level, name, &value)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IntOption {
+    pub level: i32,
+    pub name: i32,
+    pub value: i32,
 }
 
 /// A socket shut down in one direction or both: a TCP connection past

@@ -136,6 +136,7 @@ impl From<NodeV1> for NodeImage {
             sysv_msg: n.sysv_msg,
             in_flight: Vec::new(),
             shutdowns: Vec::new(),
+            socket_options: Vec::new(),
         }
     }
 }

@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
-use crate::image::{FdImage, FdKind, SocketImage, TaskImage};
+use crate::image::{FdImage, FdKind, SocketImage, SocketOptions, TaskImage};
 use crate::ptrace::{self, Injector};
 
-use super::sockets::{self, TreeSockets};
+use super::queues::{self, TreeSockets};
+use super::sockets;
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 /// Status flags F_SETFL can change.
@@ -71,7 +72,10 @@ pub fn create_files(
         .collect();
     if socks.is_empty() {
         let named = flight.in_flight.first().map(|m| m.sock);
-        if let Some(sock) = named.or(flight.shutdowns.first().map(|s| s.sock)) {
+        let named = named
+            .or(flight.shutdowns.first().map(|s| s.sock))
+            .or(flight.socket_options.first().map(|o| o.sock));
+        if let Some(sock) = named {
             return Err(crate::error::ChkptError::Inconsistent(format!(
                 "the node file names socket:[{sock}], which is not in the image"
             )));
@@ -82,7 +86,8 @@ pub fn create_files(
         return Ok(out);
     };
     sockets::as_user(root, t0)?;
-    let made = make_sockets(root, scratch, &socks, &want, &mut out);
+    let made = make_sockets(root, scratch, &socks, &want, &mut out)
+        .and_then(|()| set_options(root, scratch, &socks, &out, flight.socket_options));
     sockets::as_root(root)?;
     made?;
     let mut fd_of = HashMap::new();
@@ -94,8 +99,8 @@ pub fn create_files(
         }
     }
     let all: Vec<&SocketImage> = socks.iter().map(|(_, s)| *s).collect();
-    sockets::fill_queues(root.tid, &all, &fd_of, &flight.with_files(&out))?;
-    sockets::shut_unix(root.tid, &all, &fd_of, flight.shutdowns)?;
+    queues::fill_queues(root.tid, &all, &fd_of, &flight.with_files(&out))?;
+    queues::shut_unix(root.tid, &all, &fd_of, flight.shutdowns)?;
     Ok(out)
 }
 
@@ -125,6 +130,31 @@ fn make_sockets(
             };
             place(root, ofd, want(pfile), pf)?;
             out.insert(pfile, want(pfile));
+        }
+    }
+    Ok(())
+}
+
+/// Give the sockets their options beyond a new socket's (the root still
+/// acting as the job's user). Every socket the image names must be one of
+/// the tree's.
+fn set_options(
+    root: &Injector,
+    scratch: u64,
+    socks: &[(&FdImage, &SocketImage)],
+    out: &HashMap<u32, i32>,
+    options: &[SocketOptions],
+) -> Result<()> {
+    for o in options {
+        let found = socks.iter().find(|(_, s)| s.ino == o.sock);
+        let Some((f, s)) = found else {
+            return Err(crate::error::ChkptError::Inconsistent(format!(
+                "options of socket:[{}], which is not in the image",
+                o.sock
+            )));
+        };
+        if let Some(&fd) = f.kind.file().and_then(|file| out.get(&file)) {
+            super::sockopts::set(root, scratch, fd, s, &o.options)?;
         }
     }
     Ok(())

@@ -16,8 +16,8 @@
 //!   [`plan`] where each task's pages go, who inherits whose
 //! - [`task`] — one task's restore, in order ([`seccomp`] before the
 //!   credentials drop, [`timers`] last)
-//! - [`files`] ([`anon`], [`sockets`], [`held`], [`mqueue`], [`pty`];
-//!   [`rootfile`]) — every open
+//! - [`files`] ([`anon`], [`sockets`] with [`sockopts`], [`tcp`] and
+//!   [`queues`], [`held`], [`mqueue`], [`pty`]; [`rootfile`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
 //!   image may ask of them)
 //! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
@@ -46,13 +46,16 @@ mod pages;
 pub mod pidns;
 mod plan;
 mod pty;
+mod queues;
 mod rootfile;
 mod seccomp;
 mod serve;
 mod sig;
 mod sockets;
+mod sockopts;
 mod sysv;
 mod task;
+mod tcp;
 mod timers;
 mod tree;
 mod zombie;

@@ -382,9 +382,10 @@ fn restore_tasks(
         file_base,
         &l.inherit_fds,
         &deleted_fds,
-        &super::sockets::TreeSockets {
+        &super::queues::TreeSockets {
             in_flight: &l.node.in_flight,
             shutdowns: &l.node.shutdowns,
+            socket_options: &l.node.socket_options,
             pipe_fds: &pipe_fds,
             file_fds: None,
         },

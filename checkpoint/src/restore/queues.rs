@@ -1,0 +1,223 @@
+//! What waits on the tree's unix sockets, put back once every socket and
+//! file of the tree exists: queued messages (sent again by the peer) with
+//! the files in flight they carry, then the shutdowns.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::error::{ChkptError, Result};
+use crate::image::{FdImage, FdKind, InFlight, Shutdown, SocketImage, SocketOptions};
+use crate::uffd;
+
+use super::sockets::{shutdown, sys};
+
+/// What the node file says of the tree's sockets beyond each one: the
+/// files in flight on them and where the root holds what those name (pipe
+/// ends, then, once made, open file descriptions); the sockets shut down;
+/// their options.
+pub struct TreeSockets<'a> {
+    pub in_flight: &'a [InFlight],
+    pub shutdowns: &'a [Shutdown],
+    pub socket_options: &'a [SocketOptions],
+    pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
+    pub file_fds: Option<&'a HashMap<u32, i32>>,
+}
+
+impl<'a> TreeSockets<'a> {
+    pub fn with_files(&self, file_fds: &'a HashMap<u32, i32>) -> TreeSockets<'a> {
+        TreeSockets {
+            in_flight: self.in_flight,
+            shutdowns: self.shutdowns,
+            socket_options: self.socket_options,
+            pipe_fds: self.pipe_fds,
+            file_fds: Some(file_fds),
+        }
+    }
+
+    /// The root's fds of the files message `msg` of socket `sock` carries.
+    fn root_fds(&self, sock: u64, msg: usize) -> Result<Vec<(i32, &FdImage)>> {
+        let Some(m) = self
+            .in_flight
+            .iter()
+            .find(|m| m.sock == sock && m.msg as usize == msg)
+        else {
+            return Ok(Vec::new());
+        };
+        let missing = |what: String| {
+            ChkptError::Inconsistent(format!(
+                "{what} in flight on socket:[{sock}] is not in the image"
+            ))
+        };
+        m.files
+            .iter()
+            .map(|f| {
+                let fd = match &f.kind {
+                    FdKind::Pipe { ino, write_end } => {
+                        let &(r, w) = self
+                            .pipe_fds
+                            .get(ino)
+                            .ok_or_else(|| missing(format!("pipe {ino}")))?;
+                        if *write_end {
+                            w
+                        } else {
+                            r
+                        }
+                    }
+                    FdKind::Path { file, .. } | FdKind::Socket { file, .. } => *self
+                        .file_fds
+                        .and_then(|o| o.get(file))
+                        .ok_or_else(|| missing(format!("open file #{file}")))?,
+                    other => {
+                        return Err(ChkptError::Inconsistent(format!(
+                            "{other:?} in flight on socket:[{sock}]: only pipes, files and sockets travel"
+                        )))
+                    }
+                };
+                Ok((fd, f))
+            })
+            .collect()
+    }
+}
+
+/// Put back what waited on each unix socket of the tree: its peer (whose
+/// fd in the root `fd_of` gives) sends it again, each message with the
+/// files it carried (SCM_RIGHTS, from the root's fds).
+pub fn fill_queues(
+    root_pid: i32,
+    socks: &[&SocketImage],
+    fd_of: &HashMap<u64, i32>,
+    flight: &TreeSockets<'_>,
+) -> Result<()> {
+    for m in flight.in_flight {
+        let sent = socks.iter().any(|s| {
+            s.ino == m.sock
+                && s.peer.is_some_and(|p| fd_of.contains_key(&p))
+                && (m.msg as usize) < s.queued.len()
+        });
+        if !sent {
+            return Err(ChkptError::Inconsistent(format!(
+                "files in flight on socket:[{}] (message {}): no such queued message with a sender in the image",
+                m.sock, m.msg
+            )));
+        }
+    }
+    let pidfd = uffd::pidfd_open(root_pid).map_err(sys(root_pid, "pidfd_open of the root"))?;
+    for s in socks.iter().filter(|s| !s.queued.is_empty()) {
+        let Some(&pfd) = s.peer.and_then(|p| fd_of.get(&p)) else {
+            continue;
+        };
+        let dup: OwnedFd =
+            uffd::pidfd_getfd(&pidfd, pfd).map_err(sys(root_pid, "pidfd_getfd of a socket"))?;
+        for (i, m) in s.queued.iter().enumerate() {
+            let mut files = Vec::new();
+            for (fd, f) in flight.root_fds(s.ino, i)? {
+                let mine = uffd::pidfd_getfd(&pidfd, fd)
+                    .map_err(sys(root_pid, "pidfd_getfd of a file in flight"))?;
+                if let FdKind::Pipe { .. } = f.kind {
+                    // status flags belong to the pipe end's open file description
+                    // SAFETY: F_SETFL on our duplicate.
+                    unsafe {
+                        libc::fcntl(
+                            mine.as_raw_fd(),
+                            libc::F_SETFL,
+                            (f.flags & SETFL_MASK) as i32,
+                        )
+                    };
+                }
+                files.push(mine);
+            }
+            send_message(dup.as_raw_fd(), m, &files).map_err(|err| ChkptError::Sys {
+                op: format!(
+                    "putting back {} queued byte(s) and {} file(s) on a socket",
+                    m.len(),
+                    files.len()
+                ),
+                pid: root_pid,
+                err,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Shut the tree's unix sockets down again as they were, once their
+/// queues are back (a peer that sends no more could not put them back).
+/// Every socket the image names as shut down must be one of the tree's.
+pub fn shut_unix(
+    root_pid: i32,
+    socks: &[&SocketImage],
+    fd_of: &HashMap<u64, i32>,
+    shutdowns: &[Shutdown],
+) -> Result<()> {
+    let pidfd = uffd::pidfd_open(root_pid).map_err(sys(root_pid, "pidfd_open of the root"))?;
+    for sh in shutdowns {
+        let Some(s) = socks.iter().find(|s| s.ino == sh.sock) else {
+            return Err(ChkptError::Inconsistent(format!(
+                "socket:[{}] is shut down in the image but is not one of its sockets",
+                sh.sock
+            )));
+        };
+        if s.family != libc::AF_UNIX {
+            continue; // TCP: made so in repair mode
+        }
+        let Some(&fd) = fd_of.get(&s.ino) else {
+            continue;
+        };
+        let how = match (sh.send, sh.receive) {
+            (true, true) => libc::SHUT_RDWR,
+            (true, false) => libc::SHUT_WR,
+            (false, true) => libc::SHUT_RD,
+            (false, false) => continue,
+        };
+        let dup =
+            uffd::pidfd_getfd(&pidfd, fd).map_err(sys(root_pid, "pidfd_getfd of a socket"))?;
+        shutdown(dup.as_raw_fd(), how).map_err(sys(root_pid, "shutdown of a unix socket"))?;
+    }
+    Ok(())
+}
+
+/// Status flags F_SETFL can change.
+const SETFL_MASK: u32 =
+    (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
+
+/// Send one message on `via`, with `files` as its SCM_RIGHTS.
+fn send_message(via: RawFd, data: &[u8], files: &[OwnedFd]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((files.len() * 4) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; every pointer set below covers its length.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !files.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer holds one header with room for the
+        // fds (CMSG_SPACE of them); the macros stay inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN((files.len() * 4) as u32) as usize;
+            let p = libc::CMSG_DATA(c) as *mut i32;
+            for (k, f) in files.iter().enumerate() {
+                p.add(k).write_unaligned(f.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: msg describes our buffers; MSG_DONTWAIT: a full queue is an error, not a hang.
+    let n = unsafe { libc::sendmsg(via, &msg, libc::MSG_DONTWAIT) };
+    if n != data.len() as isize {
+        return Err(if n < 0 {
+            io::Error::last_os_error()
+        } else {
+            io::Error::other(format!("sent {n} of {} byte(s)", data.len()))
+        });
+    }
+    Ok(())
+}

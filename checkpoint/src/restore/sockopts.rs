@@ -1,0 +1,42 @@
+//! A socket's options beyond a new socket's, set again by `setsockopt`
+//! injected in the root task while it acts as the job's user: the kernel
+//! checks them with the user's rights (SO_MARK, a priority above 6,
+//! IP_TRANSPARENT need CAP_NET_ADMIN). Only options of
+//! [`sockopts::TABLE`](crate::sockopts::TABLE) that apply to the socket
+//! are set.
+
+use crate::error::{ChkptError, Result};
+use crate::image::{IntOption, SocketImage};
+use crate::ptrace::{self, Injector};
+use crate::sockopts;
+
+/// Set `options` on the root's fd `fd`, socket `s`.
+pub fn set(
+    root: &Injector,
+    scratch: u64,
+    fd: i32,
+    s: &SocketImage,
+    options: &[IntOption],
+) -> Result<()> {
+    for o in options {
+        let Some(&(_, _, what, applies)) = sockopts::entry(o.level, o.name) else {
+            return Err(ChkptError::Inconsistent(format!(
+                "socket:[{}]: option {}:{} is not one restart sets",
+                s.ino, o.level, o.name
+            )));
+        };
+        if !sockopts::applies(applies, s.family, s.stype, s.protocol) {
+            return Err(ChkptError::Inconsistent(format!(
+                "socket:[{}]: {what} does not apply to this kind of socket",
+                s.ino
+            )));
+        }
+        ptrace::write_mem(root.tid, scratch, &o.value.to_ne_bytes())?;
+        root.call(
+            what,
+            libc::SYS_setsockopt,
+            [fd as u64, o.level as u64, o.name as u64, scratch, 4, 0],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+/* Test program: sockets with options set beyond a new socket's. A TCP
+ * socket bound to 127.0.0.1 and listening (priority 5, receive low-water
+ * mark 7, OOB inline, don't-route, TOS 0x10, TTL 33, free bind, keepalive
+ * idle 77 s, interval 11 s, count 4), a UDP socket on IPv6 (traffic class
+ * 0x20, hop limit 9, receive packet info) and a unix datagram socket
+ * (SO_PASSSEC). DIR/ready once set. On SIGUSR1: DIR/check.<pid> is "ok" if
+ * every option still has its value, else "BAD: <option> <value>". */
+#define _GNU_SOURCE
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct opt { int *fd; int level, name, value; const char *what; };
+static int tcp, udp6, ux;
+static struct opt opts[] = {
+    {&tcp, IPPROTO_IP, IP_TOS, 0x10, "IP_TOS"}, /* sets the priority too: first */
+    {&tcp, SOL_SOCKET, SO_PRIORITY, 5, "SO_PRIORITY"},
+    {&tcp, SOL_SOCKET, SO_RCVLOWAT, 7, "SO_RCVLOWAT"},
+    {&tcp, SOL_SOCKET, SO_OOBINLINE, 1, "SO_OOBINLINE"},
+    {&tcp, SOL_SOCKET, SO_DONTROUTE, 1, "SO_DONTROUTE"},
+    {&tcp, IPPROTO_IP, IP_TTL, 33, "IP_TTL"},
+    {&tcp, IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND"},
+    {&tcp, IPPROTO_TCP, TCP_KEEPIDLE, 77, "TCP_KEEPIDLE"},
+    {&tcp, IPPROTO_TCP, TCP_KEEPINTVL, 11, "TCP_KEEPINTVL"},
+    {&tcp, IPPROTO_TCP, TCP_KEEPCNT, 4, "TCP_KEEPCNT"},
+    {&udp6, IPPROTO_IPV6, IPV6_TCLASS, 0x20, "IPV6_TCLASS"},
+    {&udp6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9, "IPV6_UNICAST_HOPS"},
+    {&udp6, IPPROTO_IPV6, IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO"},
+    {&ux, SOL_SOCKET, SO_PASSSEC, 1, "SO_PASSSEC"},
+};
+#define NOPTS (int)(sizeof opts / sizeof *opts)
+
+static volatile sig_atomic_t asked;
+static void on_usr1(int s) { (void)s; asked = 1; }
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    const char *dir = argv[1];
+    signal(SIGUSR1, on_usr1);
+    sigset_t block, none;
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &block, 0);
+    sigemptyset(&none);
+    tcp = socket(AF_INET, SOCK_STREAM, 0);
+    udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    ux = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (tcp < 0 || udp6 < 0 || ux < 0) return 3;
+    for (int i = 0; i < NOPTS; i++)
+        if (setsockopt(*opts[i].fd, opts[i].level, opts[i].name, &opts[i].value, sizeof(int))) {
+            perror(opts[i].what);
+            return 3;
+        }
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(tcp, (struct sockaddr *)&a, sizeof a) || listen(tcp, 4)) return 3;
+
+    char path[512], tmp[530];
+    snprintf(path, sizeof path, "%s/ready", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return 2;
+    fclose(f);
+    rename(tmp, path);
+    for (;;) {
+        sigsuspend(&none);
+        if (!asked) continue;
+        asked = 0;
+        snprintf(path, sizeof path, "%s/check.%d", dir, getpid());
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        f = fopen(tmp, "w");
+        if (!f) continue;
+        int bad = 0;
+        for (int i = 0; i < NOPTS && !bad; i++) {
+            int v = -1;
+            socklen_t l = sizeof v;
+            getsockopt(*opts[i].fd, opts[i].level, opts[i].name, &v, &l);
+            if (v != opts[i].value) {
+                fprintf(f, "BAD: %s %d\n", opts[i].what, v);
+                bad = 1;
+            }
+        }
+        if (!bad) fprintf(f, "ok\n");
+        fclose(f);
+        rename(tmp, path);
+    }
+}
