@@ -1,5 +1,6 @@
-//! The integer socket options carried over beyond the few `SockOpts`
-//! names: the one table both sides use. `checkpoint` reads each option of
+//! The socket options carried over beyond the few `SockOpts` names (ints,
+//! and the bound device, linger and timeouts): the one table both sides
+//! use. `checkpoint` reads each option of
 //! the table that applies to a socket and keeps those whose value differs
 //! from a new socket's of the same kind; `restart` sets only options of
 //! this table (a forged image cannot ask root for anything else), and sets
@@ -32,11 +33,15 @@ const TCP: i32 = libc::IPPROTO_TCP;
 const IP: i32 = libc::IPPROTO_IP;
 const IP6: i32 = libc::IPPROTO_IPV6;
 
-/// Options whose value is one int, settable by `setsockopt` with what
-/// `getsockopt` gives; set again in this order (IP_TOS first: setting it
-/// also sets the priority, which may have been changed since).
+/// Options settable by `setsockopt` with what `getsockopt` gives (an int
+/// unless [`size`] says otherwise); set again in this order (IP_TOS first:
+/// setting it also sets the priority, which may have been changed since).
 pub const TABLE: &[Entry] = &[
     (IP, libc::IP_TOS, "IP_TOS", Applies::Inet4),
+    (SOL, libc::SO_BINDTODEVICE, "SO_BINDTODEVICE", Applies::Any),
+    (SOL, libc::SO_LINGER, "SO_LINGER", Applies::Any),
+    (SOL, libc::SO_RCVTIMEO, "SO_RCVTIMEO", Applies::Any),
+    (SOL, libc::SO_SNDTIMEO, "SO_SNDTIMEO", Applies::Any),
     (SOL, libc::SO_DONTROUTE, "SO_DONTROUTE", Applies::Any),
     (SOL, libc::SO_OOBINLINE, "SO_OOBINLINE", Applies::Any),
     (SOL, libc::SO_NO_CHECK, "SO_NO_CHECK", Applies::Any),
@@ -171,6 +176,19 @@ pub fn applies(a: Applies, family: i32, stype: i32, protocol: i32) -> bool {
     }
 }
 
+/// The largest value of option (`level`, `name`), in bytes: a device name
+/// (IFNAMSIZ), `struct linger`, `struct timeval`, or an int.
+pub fn size(level: i32, name: i32) -> usize {
+    match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_BINDTODEVICE) => libc::IFNAMSIZ,
+        (libc::SOL_SOCKET, libc::SO_LINGER) => std::mem::size_of::<libc::linger>(),
+        (libc::SOL_SOCKET, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO) => {
+            std::mem::size_of::<libc::timeval>()
+        }
+        _ => std::mem::size_of::<i32>(),
+    }
+}
+
 /// The table's entry for (`level`, `name`), if it has one.
 pub fn entry(level: i32, name: i32) -> Option<&'static Entry> {
     TABLE.iter().find(|e| e.0 == level && e.1 == name)
@@ -207,6 +225,8 @@ mod tests {
             libc::IPPROTO_UDP
         ));
         assert!(!applies(a, libc::AF_UNIX, libc::SOCK_STREAM, 0));
-        assert!(entry(libc::SOL_SOCKET, libc::SO_BINDTODEVICE).is_none());
+        assert!(entry(libc::SOL_SOCKET, libc::SO_DEBUG).is_none());
+        assert_eq!(size(libc::SOL_SOCKET, libc::SO_LINGER), 8);
+        assert_eq!(size(libc::IPPROTO_IP, libc::IP_TTL), 4);
     }
 }

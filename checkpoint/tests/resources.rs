@@ -322,7 +322,8 @@ fn half_closed_tcp_connections_come_back() {
 
 /// Socket options set beyond a new socket's (priority, low-water mark,
 /// TOS, TTL, free bind, keepalive timers, IPv6 traffic class and hops,
-/// SO_PASSSEC…) have their values again after restart.
+/// SO_PASSSEC, the bound device, linger, a receive timeout) have their
+/// values again after restart.
 #[test]
 fn socket_options_come_back() {
     let guard = Guard::new();
@@ -348,7 +349,7 @@ fn socket_options_come_back() {
 /// (the options are set as the user, so the kernel says no to the first).
 #[test]
 fn forged_socket_options_are_refused() {
-    use checkpoint::image::{self, FileKind, IntOption, NodeImage};
+    use checkpoint::image::{self, FileKind, NodeImage, SockOption};
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let guard = Guard::new();
@@ -388,25 +389,17 @@ fn forged_socket_options_are_refused() {
     let genuine = std::fs::read(&node).unwrap();
     for (forged, why) in [
         (
-            IntOption {
-                level: libc::SOL_SOCKET,
-                name: libc::SO_MARK,
-                value: 7,
-            },
+            SockOption::int(libc::SOL_SOCKET, libc::SO_MARK, 7),
             "Operation not permitted",
         ),
         (
-            IntOption {
-                level: libc::SOL_SOCKET,
-                name: libc::SO_BINDTODEVICE,
-                value: 1,
-            },
+            SockOption::int(libc::SOL_SOCKET, libc::SO_DEBUG, 1),
             "not one restart sets",
         ),
     ] {
         std::fs::write(&node, &genuine).unwrap();
         let mut n: NodeImage = image::read_file(&node, FileKind::Node).unwrap().meta;
-        n.socket_options[0].options.push(forged);
+        n.socket_options[0].options.push(forged.clone());
         std::fs::write(&node, image::encode(FileKind::Node, &n).unwrap()).unwrap();
         let o = restart_out(&store, pid, 1);
         let err = String::from_utf8_lossy(&o.stderr);

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, IntOption, SockOpts, SocketImage, TcpRepair};
+use crate::image::{FdImage, FdKind, SockOption, SockOpts, SocketImage, TcpRepair};
 use crate::netlock::{self, Conn};
 use crate::{diag, uffd};
 
@@ -55,7 +55,7 @@ pub struct Sock {
     /// closed (its FINs), a unix socket.
     pub shutdown: Option<(bool, bool)>,
     /// Its options that a new socket does not have.
-    pub options: Vec<IntOption>,
+    pub options: Vec<SockOption>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {

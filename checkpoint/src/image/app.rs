@@ -53,15 +53,28 @@ pub struct NodeImage {
 pub struct SocketOptions {
     /// The socket's inode.
     pub sock: u64,
-    pub options: Vec<IntOption>,
+    pub options: Vec<SockOption>,
 }
 
-/// An integer socket option: `setsockopt(level, name, &value)`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IntOption {
+/// A socket option as `getsockopt` gave it: `setsockopt(level, name,
+/// value)` sets it again (an int, a device name, a struct linger or
+/// timeval).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SockOption {
     pub level: i32,
     pub name: i32,
-    pub value: i32,
+    pub value: Vec<u8>,
+}
+
+impl SockOption {
+    /// An int option.
+    pub fn int(level: i32, name: i32, value: i32) -> Self {
+        SockOption {
+            level,
+            name,
+            value: value.to_ne_bytes().to_vec(),
+        }
+    }
 }
 
 /// A socket shut down in one direction or both: a TCP connection past

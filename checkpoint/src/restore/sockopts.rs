@@ -6,7 +6,7 @@
 //! are set.
 
 use crate::error::{ChkptError, Result};
-use crate::image::{IntOption, SocketImage};
+use crate::image::{SockOption, SocketImage};
 use crate::ptrace::{self, Injector};
 use crate::sockopts;
 
@@ -16,7 +16,7 @@ pub fn set(
     scratch: u64,
     fd: i32,
     s: &SocketImage,
-    options: &[IntOption],
+    options: &[SockOption],
 ) -> Result<()> {
     for o in options {
         let Some(&(_, _, what, applies)) = sockopts::entry(o.level, o.name) else {
@@ -31,11 +31,25 @@ pub fn set(
                 s.ino
             )));
         }
-        ptrace::write_mem(root.tid, scratch, &o.value.to_ne_bytes())?;
+        if o.value.len() > sockopts::size(o.level, o.name) {
+            return Err(ChkptError::Inconsistent(format!(
+                "socket:[{}]: a {}-byte value for {what}",
+                s.ino,
+                o.value.len()
+            )));
+        }
+        ptrace::write_mem(root.tid, scratch, &o.value)?;
         root.call(
             what,
             libc::SYS_setsockopt,
-            [fd as u64, o.level as u64, o.name as u64, scratch, 4, 0],
+            [
+                fd as u64,
+                o.level as u64,
+                o.name as u64,
+                scratch,
+                o.value.len() as u64,
+                0,
+            ],
         )?;
     }
     Ok(())

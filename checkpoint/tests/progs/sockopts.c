@@ -3,8 +3,10 @@
  * mark 7, OOB inline, don't-route, TOS 0x10, TTL 33, free bind, keepalive
  * idle 77 s, interval 11 s, count 4), a UDP socket on IPv6 (traffic class
  * 0x20, hop limit 9, receive packet info) and a unix datagram socket
- * (SO_PASSSEC). DIR/ready once set. On SIGUSR1: DIR/check.<pid> is "ok" if
- * every option still has its value, else "BAD: <option> <value>". */
+ * (SO_PASSSEC); the TCP socket is also bound to device "lo", lingers 5 s
+ * and has a 3.5 s receive timeout. DIR/ready once set. On SIGUSR1:
+ * DIR/check.<pid> is "ok" if every option still has its value, else
+ * "BAD: <option> <value>". */
 #define _GNU_SOURCE
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 struct opt { int *fd; int level, name, value; const char *what; };
@@ -50,6 +53,14 @@ int main(int argc, char **argv) {
     udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
     ux = socket(AF_UNIX, SOCK_DGRAM, 0);
     if (tcp < 0 || udp6 < 0 || ux < 0) return 3;
+    struct linger lg = {1, 5};
+    struct timeval tv = {3, 500000};
+    if (setsockopt(tcp, SOL_SOCKET, SO_BINDTODEVICE, "lo", 3) ||
+        setsockopt(tcp, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) ||
+        setsockopt(tcp, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv)) {
+        perror("struct options");
+        return 3;
+    }
     for (int i = 0; i < NOPTS; i++)
         if (setsockopt(*opts[i].fd, opts[i].level, opts[i].name, &opts[i].value, sizeof(int))) {
             perror(opts[i].what);
@@ -83,6 +94,17 @@ int main(int argc, char **argv) {
                 bad = 1;
             }
         }
+        char dev[16] = {0};
+        socklen_t dl = sizeof dev;
+        struct linger l2 = {0};
+        struct timeval t2 = {0};
+        socklen_t ll = sizeof l2, tl = sizeof t2;
+        getsockopt(tcp, SOL_SOCKET, SO_BINDTODEVICE, dev, &dl);
+        getsockopt(tcp, SOL_SOCKET, SO_LINGER, &l2, &ll);
+        getsockopt(tcp, SOL_SOCKET, SO_RCVTIMEO, &t2, &tl);
+        if (!bad && strcmp(dev, "lo")) fprintf(f, "BAD: SO_BINDTODEVICE '%s'\n", dev), bad = 1;
+        if (!bad && (l2.l_onoff != 1 || l2.l_linger != 5)) fprintf(f, "BAD: SO_LINGER %d %d\n", l2.l_onoff, l2.l_linger), bad = 1;
+        if (!bad && (t2.tv_sec != 3 || t2.tv_usec != 500000)) fprintf(f, "BAD: SO_RCVTIMEO %ld.%06ld\n", (long)t2.tv_sec, (long)t2.tv_usec), bad = 1;
         if (!bad) fprintf(f, "ok\n");
         fclose(f);
         rename(tmp, path);
