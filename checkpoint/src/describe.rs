@@ -460,6 +460,7 @@ fn fd_text(kind: &FdKind) -> String {
             "{} (open file #{file})",
             crate::image::describe_socket(sock)
         ),
+        FdKind::Pidfd { pid } => format!("pidfd of {pid}"),
         k => crate::image::describe_held(k),
     }
 }

@@ -155,6 +155,7 @@ fn refusals_name_the_process_and_fd() {
         ("proc", "fd 5 (/proc/"),
         ("pdeath", "a parent-death signal"),
         ("owner", "fd 5 owned (F_SETOWN) by"),
+        ("pidfd", "a pidfd of a process outside the tree"),
     ];
     let guard = Guard::new();
     become_subreaper();

@@ -396,3 +396,52 @@ fn fd_table_shared_with_the_parent_is_shared_again() {
         kill_reap(p);
     }
 }
+
+/// Pidfds come back naming the same tasks: the process's own, its child's
+/// (a signal through it ends the child, `waitid(P_PIDFD)` through it gets
+/// its exit status) and its thread's (PIDFD_THREAD, non-blocking: a signal
+/// through it reaches that thread). A forged pidfd of a process outside
+/// the image is refused before anything starts.
+#[test]
+fn pidfds_name_the_same_tasks_after_restart() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_c(dir, "pidfds");
+    let store = dir.join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(dir).stdout(Stdio::null()).stderr(Stdio::null());
+    let root = guard.add(spawn(cmd).id() as i32);
+    wait_until("pidfds made", || dir.join("ready").exists());
+    let kids = children(root);
+    assert_eq!(kids.len(), 1);
+    guard.add(kids[0]);
+    let o = checkpoint_out(&store, root, &["--kill"]);
+    ok(&o, "checkpoint");
+    for p in [kids[0], root] {
+        kill_reap(p);
+    }
+    // a forged pidfd of a process outside the image (init): refused
+    use checkpoint::image::{self, FdImage, FdKind, FileKind, TaskImage};
+    let task = store
+        .join(root.to_string())
+        .join(format!("task_{root}_v1.bin"));
+    let genuine = std::fs::read(&task).unwrap();
+    let mut t: TaskImage = image::read_file(&task, FileKind::Task).unwrap().meta;
+    t.fds.push(FdImage {
+        fd: 60,
+        flags: 0,
+        kind: FdKind::Pidfd { pid: 1 },
+    });
+    std::fs::write(&task, image::encode(FileKind::Task, &t).unwrap()).unwrap();
+    let o = restart_out(&store, root, 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("a pidfd of 1"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!alive(root));
+    std::fs::write(&task, genuine).unwrap();
+    ok(&restart_out(&store, root, 1), "restart");
+    assert_eq!(ask_usr1(dir, root, "check"), "ok");
+    kill_reap(root);
+}

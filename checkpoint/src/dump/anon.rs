@@ -1,5 +1,5 @@
-//! Files without a path (`anon_inode:`): eventfd, timerfd, signalfd and
-//! epoll, read from /proc/PID/fdinfo. What is registered in an epoll is
+//! Files without a path (`anon_inode:`): eventfd, timerfd, signalfd,
+//! epoll and pidfd, read from /proc/PID/fdinfo. What is registered in an epoll is
 //! checked with kcmp(KCMP_EPOLL_TFD) to be the very file the task has at
 //! that fd number: only then can restart register it again by number.
 
@@ -44,6 +44,19 @@ pub fn classify(pid: i32, fd: i32, target: &str, fdinfo: &str) -> Result<Option<
             file: 0,
             items: epoll_items(pid, fd, fdinfo)?,
         },
+        "anon_inode:[pidfd]" => {
+            let target = procfs::status_field(fdinfo, "Pid")
+                .and_then(|v| v.trim().parse::<i32>().ok())
+                .ok_or_else(|| bad("Pid"))?;
+            if target <= 0 {
+                return Err(ChkptError::unsupported(
+                    pid,
+                    format!("fd {fd} ({target})"),
+                    "a pidfd of a process that has exited (or of another PID namespace) is not saved by this version",
+                ));
+            }
+            FdKind::Pidfd { pid: target }
+        }
         _ => return Ok(None),
     }))
 }

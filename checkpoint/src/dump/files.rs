@@ -388,6 +388,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         v.sort_by_key(|f| f.fd);
     }
     super::pty::pair_slaves(&mut fds);
+    check_pidfds(tree, &fds)?;
     let mut holders = tree.to_vec();
     holders.push((me, 0));
     share_files(&holders, &mut fds);
@@ -413,6 +414,28 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         shutdowns,
         socket_options,
     })
+}
+
+/// A pidfd is made again only for a process of the tree or a thread of
+/// the process that holds it (whose threads exist when its fds are made).
+fn check_pidfds(tree: &[(i32, i32)], fds: &HashMap<i32, Vec<FdImage>>) -> Result<()> {
+    for (&holder, list) in fds {
+        for f in list {
+            let FdKind::Pidfd { pid: target } = f.kind else {
+                continue;
+            };
+            let ok = tree.iter().any(|t| t.0 == target)
+                || std::path::Path::new(&format!("/proc/{holder}/task/{target}")).exists();
+            if !ok {
+                return Err(ChkptError::unsupported(
+                    holder,
+                    format!("fd {} (pidfd of {target})", f.fd),
+                    "a pidfd of a process outside the tree, or of another process's thread",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sockets' options beyond a new socket's, once per socket.

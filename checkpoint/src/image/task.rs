@@ -129,6 +129,10 @@ pub enum FdKind {
     /// The slave side (`/dev/pts/N`) of a pseudo-terminal whose master is
     /// in the tree, format 4.
     PtySlave { file: u32, index: u32 },
+    /// A pidfd of a process of the tree, or of a thread of the process
+    /// that holds it (`PIDFD_THREAD`: O_EXCL among the flags), format 5.
+    /// Made again by `pidfd_open` once its target exists.
+    Pidfd { pid: i32 },
 }
 
 /// A socket as restart makes it again.
@@ -217,7 +221,7 @@ impl FdKind {
             | FdKind::External { file, .. }
             | FdKind::PtyMaster { file, .. }
             | FdKind::PtySlave { file, .. } => Some(*file),
-            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
+            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } | FdKind::Pidfd { .. } => None,
         }
     }
 
@@ -236,7 +240,7 @@ impl FdKind {
             | FdKind::External { file, .. }
             | FdKind::PtyMaster { file, .. }
             | FdKind::PtySlave { file, .. } => Some(file),
-            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } => None,
+            FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } | FdKind::Pidfd { .. } => None,
         }
     }
 

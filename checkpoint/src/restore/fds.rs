@@ -92,6 +92,27 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
         };
         match &f.kind {
             FdKind::InheritedStdio { .. } => {}
+            FdKind::Pidfd { pid } => {
+                // PIDFD_THREAD is O_EXCL, PIDFD_NONBLOCK O_NONBLOCK
+                let keep = (libc::O_EXCL | libc::O_NONBLOCK) as u32;
+                let p = i.call(
+                    "pidfd_open",
+                    libc::SYS_pidfd_open,
+                    [*pid as u64, (f.flags & keep) as u64, 0, 0, 0, 0],
+                )?;
+                if p == f.fd as u64 {
+                    // made at its own number: pidfd_open set close-on-exec
+                    let fd_flags = if cloexec != 0 { libc::FD_CLOEXEC } else { 0 };
+                    i.call(
+                        "fcntl(F_SETFD)",
+                        libc::SYS_fcntl,
+                        [p, libc::F_SETFD as u64, fd_flags as u64, 0, 0, 0],
+                    )?;
+                } else {
+                    i.call("dup3", libc::SYS_dup3, [p, f.fd as u64, cloexec, 0, 0, 0])?;
+                    i.call("close", libc::SYS_close, [p, 0, 0, 0, 0, 0])?;
+                }
+            }
             FdKind::Pipe { ino, write_end } => {
                 let &(r, w) = c.pipe_fds.get(ino).ok_or_else(|| {
                     ChkptError::Inconsistent(format!("pipe {ino} is not in the node file"))

@@ -104,6 +104,27 @@ fn check_mq(owner: u32, fd: i32, mq: &MqueueImage) -> std::result::Result<(), St
     Ok(())
 }
 
+/// Every pidfd names a task of the image (a process, or a thread of the
+/// process that holds it): a forged one gets no pidfd of anything else.
+pub fn check_pidfds(tasks: &[&TaskImage]) -> Result<()> {
+    for t in tasks {
+        for f in &t.fds {
+            let FdKind::Pidfd { pid } = f.kind else {
+                continue;
+            };
+            let known =
+                tasks.iter().any(|o| o.pid == pid) || t.threads.iter().any(|th| th.tid == pid);
+            if !known {
+                return Err(ChkptError::Inconsistent(format!(
+                    "task {} fd {}: a pidfd of {pid}, which is not one of the image's processes or its threads",
+                    t.pid, f.fd
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every `--inherit-fd N:PATH` names an fd that some task had leading
 /// outside the tree above fd 2 (fds 0-2 are restart's own: redirect
 /// restart's instead).

@@ -132,6 +132,7 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     }
     let images: Vec<&crate::image::TaskImage> = loaded.tasks.iter().map(|t| &t.task).collect();
     held_check::check_inherit(&images, &opts.inherit_fds)?;
+    held_check::check_pidfds(&images)?;
     loaded.inherit_fds = opts.inherit_fds.clone();
     crate::timings::mark("load");
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {

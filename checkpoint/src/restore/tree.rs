@@ -219,6 +219,13 @@ fn remap(l: &mut Loaded, old: i32, new: i32) {
     }
     for t in l.tasks.iter_mut().map(|t| &mut t.task) {
         super::attrs::remap(&mut t.attrs, old, new);
+        for f in &mut t.fds {
+            if let crate::image::FdKind::Pidfd { pid } = &mut f.kind {
+                if *pid == old {
+                    *pid = new;
+                }
+            }
+        }
         if t.pid == old {
             t.pid = new;
             if let Some(th) = t.threads.first_mut() {

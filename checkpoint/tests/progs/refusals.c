@@ -9,6 +9,7 @@
  *            (refused once; saved since, tests/tree.rs)
  *   pdeath   a parent-death signal on itself (the root of the tree)
  *   owner    fd 5: a pipe owned (F_SETOWN) by its parent, outside the tree
+ *   pidfd    fd 5: a pidfd of its parent, outside the tree
  * argv[2] is a scratch directory for symlink and cwd. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -67,6 +68,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(m, "owner")) {
         int p2[2];
         if (pipe(p2) || dup2(p2[0], 5) != 5 || close(p2[0]) || fcntl(5, F_SETOWN, getppid())) return 1;
+    } else if (!strcmp(m, "pidfd")) {
+        int fd = syscall(SYS_pidfd_open, getppid(), 0);
+        if (fd < 0 || dup2(fd, 5) != 5 || close(fd)) return 1;
     } else if (!strcmp(m, "pdeath")) {
         prctl(PR_SET_PDEATHSIG, SIGTERM);
     } else {
