@@ -261,14 +261,24 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
                 p.data.len()
             );
         }
-        for sh in &n.shutdowns {
-            let what = match (sh.send, sh.receive) {
+        for e in &n.sockets {
+            let shut = match (e.shutdown.send, e.shutdown.receive) {
                 (true, true) => "sends and receives no more",
                 (true, false) => "sends no more",
                 (false, true) => "receives no more (reads end after its queue)",
                 (false, false) => "open both ways",
             };
-            let _ = writeln!(s, "  socket:[{}] shut down: {what}", sh.sock);
+            let _ = writeln!(
+                s,
+                "  socket:[{}]: {shut}; {} option(s) beyond a new socket's{}",
+                e.sock,
+                e.options.len(),
+                if e.unlinked {
+                    "; its bound path removed"
+                } else {
+                    ""
+                }
+            );
         }
         for m in &n.in_flight {
             let _ = writeln!(

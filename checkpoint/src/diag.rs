@@ -8,6 +8,7 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_VFS: u32 = 2;
 const UDIAG_SHOW_PEER: u32 = 4;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
 
@@ -23,6 +24,8 @@ pub struct UnixInfo {
     pub rqlen: (u32, u32),
     /// `sk_shutdown`: 1 receives no more, 2 sends no more.
     pub shutdown: u8,
+    /// A socket bound to a path: the inode of the socket file it made.
+    pub vfs_ino: Option<u32>,
 }
 
 /// Ask the kernel about unix socket `ino`.
@@ -56,7 +59,9 @@ fn ask(fd: i32, ino: u64) -> io::Result<UnixInfo> {
     req.extend_from_slice(&0u16.to_le_bytes());
     req.extend_from_slice(&u32::MAX.to_le_bytes()); // every state
     req.extend_from_slice(&(ino as u32).to_le_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_le_bytes());
+    req.extend_from_slice(
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_le_bytes(),
+    );
     req.extend_from_slice(&u32::MAX.to_le_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_le_bytes());
     // SAFETY: sending our buffer on our socket (to the kernel: pid 0).
@@ -104,6 +109,7 @@ fn parse(b: &[u8]) -> io::Result<UnixInfo> {
         let data = msg.get(at + 4..at + alen).ok_or_else(bad)?;
         match aty {
             0 => info.name = data.to_vec(),
+            1 => info.vfs_ino = u32_at(data, 0),
             2 => info.peer = u32_at(data, 0).map(u64::from),
             4 => info.rqlen = (u32_at(data, 0).unwrap_or(0), u32_at(data, 4).unwrap_or(0)),
             6 => info.shutdown = data.first().copied().unwrap_or(0),

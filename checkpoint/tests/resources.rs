@@ -165,6 +165,8 @@ fn sockets_of_every_kind() {
 /// ends of a pipe only in flight (seqpacket), a file at its offset, and a
 /// socket in flight on itself. A unix stream socket shut down for writing
 /// still cannot write, and its peer reads the end after the queued data.
+/// A listening socket whose path was removed keeps its name, and the path
+/// stays removed.
 #[test]
 fn files_in_flight_on_unix_sockets_come_back() {
     let guard = Guard::new();
@@ -399,7 +401,8 @@ fn forged_socket_options_are_refused() {
     ] {
         std::fs::write(&node, &genuine).unwrap();
         let mut n: NodeImage = image::read_file(&node, FileKind::Node).unwrap().meta;
-        n.socket_options[0].options.push(forged.clone());
+        let with_options = n.sockets.iter_mut().find(|e| !e.options.is_empty());
+        with_options.unwrap().options.push(forged.clone());
         std::fs::write(&node, image::encode(FileKind::Node, &n).unwrap()).unwrap();
         let o = restart_out(&store, pid, 1);
         let err = String::from_utf8_lossy(&o.stderr);

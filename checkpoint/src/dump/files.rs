@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, HeldLock, InFlight, PipeImage, Shutdown, SocketOptions};
+use crate::image::{FdImage, FdKind, HeldLock, InFlight, PipeImage, SocketExtras};
 use crate::procfs;
 
 /// Devices a process may hold open and still be checkpointed: they carry no state.
@@ -328,10 +328,8 @@ pub struct TreeFiles {
     pub locks: HashMap<i32, Vec<HeldLock>>,
     /// Files in flight on the tree's unix sockets.
     pub in_flight: Vec<InFlight>,
-    /// Sockets shut down in one direction or both.
-    pub shutdowns: Vec<Shutdown>,
-    /// Sockets' options beyond a new socket's.
-    pub socket_options: Vec<SocketOptions>,
+    /// What the sockets have beyond their images.
+    pub socket_extras: Vec<SocketExtras>,
 }
 
 /// Read every fd table, classify pipes and sockets with the whole tree in
@@ -367,8 +365,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         fds.insert(p, f);
         pipes.extend(pr);
     }
-    let shutdowns = shut_sockets(&socks);
-    let socket_options = options_of(&socks);
+    let socket_extras = extras_of(&socks);
     // files in flight: held by this process as if it were a task
     let flight = super::inflight::gather(&mut socks);
     let me = super::inflight::holder();
@@ -411,8 +408,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         repaired,
         locks,
         in_flight,
-        shutdowns,
-        socket_options,
+        socket_extras,
     })
 }
 
@@ -438,35 +434,24 @@ fn check_pidfds(tree: &[(i32, i32)], fds: &HashMap<i32, Vec<FdImage>>) -> Result
     Ok(())
 }
 
-/// The sockets' options beyond a new socket's, once per socket.
-fn options_of(socks: &[super::sockets::SockRef]) -> Vec<SocketOptions> {
-    let mut out: Vec<SocketOptions> = Vec::new();
-    for s in socks.iter().filter(|s| !s.sock.options.is_empty()) {
-        let ino = s.sock.image.ino;
-        if !out.iter().any(|o| o.sock == ino) {
-            out.push(SocketOptions {
-                sock: ino,
-                options: s.sock.options.clone(),
-            });
-        }
-    }
-    out
-}
-
-/// The sockets shut down (TCP connections being closed, unix sockets),
-/// once per socket.
-fn shut_sockets(socks: &[super::sockets::SockRef]) -> Vec<Shutdown> {
-    let mut out: Vec<Shutdown> = Vec::new();
+/// What the sockets have beyond their images (shutdowns, options, a
+/// removed name), once per socket; none for a socket with nothing more.
+fn extras_of(socks: &[super::sockets::SockRef]) -> Vec<SocketExtras> {
+    let mut out: Vec<SocketExtras> = Vec::new();
     for s in socks {
         let ino = s.sock.image.ino;
-        if let Some((send, receive)) = s.sock.shutdown {
-            if !out.iter().any(|c| c.sock == ino) {
-                out.push(Shutdown {
-                    sock: ino,
-                    send,
-                    receive,
-                });
-            }
+        let e = SocketExtras {
+            sock: ino,
+            shutdown: s.sock.shutdown,
+            options: s.sock.options.clone(),
+            unlinked: s.sock.unlinked,
+        };
+        let plain = SocketExtras {
+            sock: ino,
+            ..SocketExtras::default()
+        };
+        if e != plain && !out.iter().any(|o| o.sock == ino) {
+            out.push(e);
         }
     }
     out

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, SockOption, SockOpts, SocketImage, TcpRepair};
+use crate::image::{FdImage, FdKind, Shutdown, SockOption, SockOpts, SocketImage, TcpRepair};
 use crate::netlock::{self, Conn};
 use crate::{diag, uffd};
 
@@ -51,9 +51,10 @@ pub struct Sock {
     /// Files in flight on it (SCM_RIGHTS): per queued message (its index),
     /// our duplicates of them.
     pub rights: Vec<(u32, Vec<OwnedFd>)>,
-    /// Shut down (sends no more, receives no more): a TCP connection being
-    /// closed (its FINs), a unix socket.
-    pub shutdown: Option<(bool, bool)>,
+    /// Shut down: a TCP connection being closed (its FINs), a unix socket.
+    pub shutdown: Shutdown,
+    /// A unix socket bound to a path removed since.
+    pub unlinked: bool,
     /// Its options that a new socket does not have.
     pub options: Vec<SockOption>,
 }
@@ -170,6 +171,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
     let mut unix_state = 0;
     let mut rights = Vec::new();
     let mut closing = None;
+    let mut unlinked = false;
     match (family, stype) {
         (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => {
             let d = diag::unix(ino).map_err(sys("sock_diag of a unix socket"))?;
@@ -185,10 +187,14 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                 image.listen = Some(d.rqlen.1 as i32);
             }
             if let Some(path) = unix_path(&image.local) {
-                use std::os::unix::fs::PermissionsExt;
-                image.mode = std::fs::symlink_metadata(&path)
-                    .map(|m| m.permissions().mode() & 0o7777)
-                    .unwrap_or(0o777);
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                let file = std::fs::symlink_metadata(&path).ok();
+                image.mode = file
+                    .as_ref()
+                    .map_or(0o777, |m| m.permissions().mode() & 0o7777);
+                // the socket file it made is gone, or the path names another
+                unlinked =
+                    d.vfs_ino.is_some() && file.is_none_or(|m| Some(m.ino() as u32) != d.vfs_ino);
             }
             if d.shutdown != 0 {
                 closing = Some((d.shutdown & 2 != 0, d.shutdown & 1 != 0));
@@ -257,7 +263,11 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         dup,
         unix_state,
         rights,
-        shutdown: closing,
+        shutdown: closing.map_or(Shutdown::default(), |(send, receive)| Shutdown {
+            send,
+            receive,
+        }),
+        unlinked,
         options: super::sockopts::changed(s, family, stype, protocol),
     })
 }

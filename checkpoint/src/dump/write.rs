@@ -120,8 +120,7 @@ pub(super) fn node_image(
         sysv_sem: state.sysv.sem.clone(),
         sysv_msg: state.sysv.msg.clone(),
         in_flight: state.files.in_flight.clone(),
-        shutdowns: state.files.shutdowns.clone(),
-        socket_options: state.files.socket_options.clone(),
+        sockets: state.files.socket_extras.clone(),
     }
 }
 

@@ -39,21 +39,24 @@ pub struct NodeImage {
     /// Files in flight on the tree's unix sockets (sent with SCM_RIGHTS,
     /// not received yet), format 5 (older files refused them).
     pub in_flight: Vec<InFlight>,
-    /// Sockets of the tree shut down in one direction or both, format 5
-    /// (older files refused closing TCP connections and lost a unix
-    /// socket's shutdown).
-    pub shutdowns: Vec<Shutdown>,
-    /// Socket options of the tree's sockets that differ from a new
-    /// socket's (of [`sockopts::TABLE`](crate::sockopts::TABLE)), format 5.
-    pub socket_options: Vec<SocketOptions>,
+    /// What the tree's sockets have beyond their
+    /// [`SocketImage`](super::SocketImage)s, format 5 (older files refused
+    /// closing TCP connections, and lost the rest).
+    pub sockets: Vec<SocketExtras>,
 }
 
-/// One socket's options beyond a new socket's.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SocketOptions {
+/// What a socket of the tree has beyond its [`SocketImage`](super::SocketImage).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SocketExtras {
     /// The socket's inode.
     pub sock: u64,
+    pub shutdown: Shutdown,
+    /// Its options that a new socket of its kind does not have (of
+    /// [`sockopts::TABLE`](crate::sockopts::TABLE)).
     pub options: Vec<SockOption>,
+    /// A unix socket bound to a path that was removed since (or now names
+    /// something else): restart binds it, then removes the path again.
+    pub unlinked: bool,
 }
 
 /// A socket option as `getsockopt` gave it: `setsockopt(level, name,
@@ -82,15 +85,19 @@ impl SockOption {
 /// FIN is out, `receive` the peer's arrived; its
 /// [`TcpRepair`](super::TcpRepair) sequence numbers leave those FINs out,
 /// restart sends its own again and takes the peer's as read), or a unix
-/// stream or seqpacket socket (`shutdown(2)` on it or on its peer).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// socket (`shutdown(2)` on it or on its peer).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Shutdown {
-    /// The socket's inode.
-    pub sock: u64,
     /// It sends no more (SEND_SHUTDOWN).
     pub send: bool,
     /// It receives no more: reads end after the queued data (RCV_SHUTDOWN).
     pub receive: bool,
+}
+
+impl Shutdown {
+    pub fn any(&self) -> bool {
+        self.send || self.receive
+    }
 }
 
 /// The files one queued message of a unix socket carries (SCM_RIGHTS):

@@ -129,16 +129,16 @@ impl ImageMeta for NodeImage {
     fn from_v1(v: v1::NodeV1) -> Self {
         v.into()
     }
-    /// Node files before version 5 end before the files in flight, the
-    /// sockets shut down and the socket options (empty lists).
+    /// Node files before version 5 end before the files in flight and
+    /// the sockets' extras (empty lists).
     fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 3)
+        with_empty_tail(body, 2)
     }
     fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 3)
+        with_empty_tail(body, 2)
     }
     fn decode_v4(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 3)
+        with_empty_tail(body, 2)
     }
 }
 
@@ -589,12 +589,11 @@ mod tests {
             sysv_sem: vec![],
             sysv_msg: vec![],
             in_flight: vec![],
-            shutdowns: vec![],
-            socket_options: vec![],
+            sockets: vec![],
         };
         let now = postcard::to_stdvec(&n).unwrap();
-        assert_eq!(&now[now.len() - 3..], &[0, 0, 0]);
-        let old = &now[..now.len() - 3];
+        assert_eq!(&now[now.len() - 2..], &[0, 0]);
+        let old = &now[..now.len() - 2];
         assert_eq!(NodeImage::decode_v4(old).unwrap(), n);
         assert_eq!(NodeImage::decode_v3(old).unwrap(), n);
         assert_eq!(NodeImage::decode_v2(old).unwrap(), n);

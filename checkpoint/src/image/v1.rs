@@ -135,8 +135,7 @@ impl From<NodeV1> for NodeImage {
             sysv_sem: n.sysv_sem,
             sysv_msg: n.sysv_msg,
             in_flight: Vec::new(),
-            shutdowns: Vec::new(),
-            socket_options: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 }

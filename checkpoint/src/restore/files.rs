@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
-use crate::image::{FdImage, FdKind, SocketImage, SocketOptions, TaskImage};
+use crate::image::{FdImage, FdKind, SocketExtras, SocketImage, TaskImage};
 use crate::ptrace::{self, Injector};
 
 use super::queues::{self, TreeSockets};
@@ -72,10 +72,7 @@ pub fn create_files(
         .collect();
     if socks.is_empty() {
         let named = flight.in_flight.first().map(|m| m.sock);
-        let named = named
-            .or(flight.shutdowns.first().map(|s| s.sock))
-            .or(flight.socket_options.first().map(|o| o.sock));
-        if let Some(sock) = named {
+        if let Some(sock) = named.or(flight.extras.first().map(|e| e.sock)) {
             return Err(crate::error::ChkptError::Inconsistent(format!(
                 "the node file names socket:[{sock}], which is not in the image"
             )));
@@ -86,21 +83,21 @@ pub fn create_files(
         return Ok(out);
     };
     sockets::as_user(root, t0)?;
-    let made = make_sockets(root, scratch, &socks, &want, &mut out)
-        .and_then(|()| set_options(root, scratch, &socks, &out, flight.socket_options));
+    let made = make_sockets(root, scratch, &socks, &want, &mut out, flight)
+        .and_then(|()| set_options(root, scratch, &socks, &out, flight.extras));
     sockets::as_root(root)?;
     made?;
     let mut fd_of = HashMap::new();
     for (f, s) in &socks {
         if let Some(&fd) = f.kind.file().and_then(|file| out.get(&file)) {
             fd_of.insert(s.ino, fd);
-            let closing = flight.shutdowns.iter().find(|c| c.sock == s.ino);
-            sockets::configure(root.tid, fd as u64, s, closing)?;
+            let shutdown = flight.extras_of(s.ino).map(|e| e.shutdown);
+            sockets::configure(root.tid, fd as u64, s, shutdown)?;
         }
     }
     let all: Vec<&SocketImage> = socks.iter().map(|(_, s)| *s).collect();
     queues::fill_queues(root.tid, &all, &fd_of, &flight.with_files(&out))?;
-    queues::shut_unix(root.tid, &all, &fd_of, flight.shutdowns)?;
+    queues::shut_unix(root.tid, &all, &fd_of, flight.extras)?;
     Ok(out)
 }
 
@@ -112,13 +109,15 @@ fn make_sockets(
     socks: &[(&FdImage, &SocketImage)],
     want: &dyn Fn(u32) -> i32,
     out: &mut HashMap<u32, i32>,
+    flight: &TreeSockets<'_>,
 ) -> Result<()> {
     for (f, s) in socks {
         let Some(file) = f.kind.file() else { continue };
         if out.contains_key(&file) {
             continue; // made as the other end of a pair
         }
-        let (fd, other) = sockets::create(root, scratch, s)?;
+        let unlinked = flight.extras_of(s.ino).is_some_and(|e| e.unlinked);
+        let (fd, other) = sockets::create(root, scratch, s, unlinked)?;
         place(root, fd, want(file), f)?;
         out.insert(file, want(file));
         if let Some((peer, ofd)) = other {
@@ -143,18 +142,18 @@ fn set_options(
     scratch: u64,
     socks: &[(&FdImage, &SocketImage)],
     out: &HashMap<u32, i32>,
-    options: &[SocketOptions],
+    extras: &[SocketExtras],
 ) -> Result<()> {
-    for o in options {
-        let found = socks.iter().find(|(_, s)| s.ino == o.sock);
+    for e in extras {
+        let found = socks.iter().find(|(_, s)| s.ino == e.sock);
         let Some((f, s)) = found else {
             return Err(crate::error::ChkptError::Inconsistent(format!(
-                "options of socket:[{}], which is not in the image",
-                o.sock
+                "the node file names socket:[{}], which is not in the image",
+                e.sock
             )));
         };
         if let Some(&fd) = f.kind.file().and_then(|file| out.get(&file)) {
-            super::sockopts::set(root, scratch, fd, s, &o.options)?;
+            super::sockopts::set(root, scratch, fd, s, &e.options)?;
         }
     }
     Ok(())

@@ -7,19 +7,18 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, InFlight, Shutdown, SocketImage, SocketOptions};
+use crate::image::{FdImage, FdKind, InFlight, SocketExtras, SocketImage};
 use crate::uffd;
 
 use super::sockets::{shutdown, sys};
 
 /// What the node file says of the tree's sockets beyond each one: the
 /// files in flight on them and where the root holds what those name (pipe
-/// ends, then, once made, open file descriptions); the sockets shut down;
-/// their options.
+/// ends, then, once made, open file descriptions); each socket's extras
+/// (shutdown, options, a removed name).
 pub struct TreeSockets<'a> {
     pub in_flight: &'a [InFlight],
-    pub shutdowns: &'a [Shutdown],
-    pub socket_options: &'a [SocketOptions],
+    pub extras: &'a [SocketExtras],
     pub pipe_fds: &'a HashMap<u64, (i32, i32)>,
     pub file_fds: Option<&'a HashMap<u32, i32>>,
 }
@@ -28,11 +27,15 @@ impl<'a> TreeSockets<'a> {
     pub fn with_files(&self, file_fds: &'a HashMap<u32, i32>) -> TreeSockets<'a> {
         TreeSockets {
             in_flight: self.in_flight,
-            shutdowns: self.shutdowns,
-            socket_options: self.socket_options,
+            extras: self.extras,
             pipe_fds: self.pipe_fds,
             file_fds: Some(file_fds),
         }
+    }
+
+    /// What socket `ino` has beyond its image.
+    pub fn extras_of(&self, ino: u64) -> Option<&'a SocketExtras> {
+        self.extras.iter().find(|e| e.sock == ino)
     }
 
     /// The root's fds of the files message `msg` of socket `sock` carries.
@@ -143,20 +146,17 @@ pub fn fill_queues(
 
 /// Shut the tree's unix sockets down again as they were, once their
 /// queues are back (a peer that sends no more could not put them back).
-/// Every socket the image names as shut down must be one of the tree's.
 pub fn shut_unix(
     root_pid: i32,
     socks: &[&SocketImage],
     fd_of: &HashMap<u64, i32>,
-    shutdowns: &[Shutdown],
+    extras: &[SocketExtras],
 ) -> Result<()> {
     let pidfd = uffd::pidfd_open(root_pid).map_err(sys(root_pid, "pidfd_open of the root"))?;
-    for sh in shutdowns {
-        let Some(s) = socks.iter().find(|s| s.ino == sh.sock) else {
-            return Err(ChkptError::Inconsistent(format!(
-                "socket:[{}] is shut down in the image but is not one of its sockets",
-                sh.sock
-            )));
+    for e in extras.iter().filter(|e| e.shutdown.any()) {
+        let sh = e.shutdown;
+        let Some(s) = socks.iter().find(|s| s.ino == e.sock) else {
+            continue; // checked when the sockets were made
         };
         if s.family != libc::AF_UNIX {
             continue; // TCP: made so in repair mode

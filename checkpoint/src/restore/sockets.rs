@@ -100,8 +100,14 @@ pub fn as_root(root: &Injector) -> Result<()> {
 }
 
 /// Make socket `s` in the root; returns its fd there and, for one end of
-/// a pair, the other end's fd (for the peer's inode).
-pub fn create(root: &Injector, scratch: u64, s: &SocketImage) -> Result<(u64, Option<(u64, u64)>)> {
+/// a pair, the other end's fd (for the peer's inode). `unlinked`: its
+/// bound path was removed since the bind.
+pub fn create(
+    root: &Injector,
+    scratch: u64,
+    s: &SocketImage,
+    unlinked: bool,
+) -> Result<(u64, Option<(u64, u64)>)> {
     if let Some(peer) = s.peer {
         root.call(
             "socketpair",
@@ -119,17 +125,26 @@ pub fn create(root: &Injector, scratch: u64, s: &SocketImage) -> Result<(u64, Op
         [s.family as u64, s.stype as u64, s.protocol as u64, 0, 0, 0],
     )?;
     if s.family == libc::AF_UNIX {
-        unix_names(root, scratch, fd, s)?;
+        unix_names(root, scratch, fd, s, unlinked)?;
     }
     Ok((fd, None))
 }
 
 /// Bind (and connect) a unix socket by its path, inside the root task: the
 /// kernel checks the user's rights. A stale socket file left at the path
-/// by the process that had it is removed first.
-fn unix_names(root: &Injector, scratch: u64, fd: u64, s: &SocketImage) -> Result<()> {
+/// by the process that had it is removed first. A socket whose path was
+/// removed after its bind (`unlinked`) is bound there again, then the path
+/// removed again: it keeps its name and leaves no file (whatever stands
+/// at the path now is not its own, and is left alone: the bind fails).
+fn unix_names(
+    root: &Injector,
+    scratch: u64,
+    fd: u64,
+    s: &SocketImage,
+    unlinked: bool,
+) -> Result<()> {
     if !s.local.is_empty() {
-        if let Some(path) = crate::dump::unix_path(&s.local) {
+        if let Some(path) = crate::dump::unix_path(&s.local).filter(|_| !unlinked) {
             use std::os::unix::fs::FileTypeExt;
             let stale = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
             if stale {
@@ -152,10 +167,18 @@ fn unix_names(root: &Injector, scratch: u64, fd: u64, s: &SocketImage) -> Result
             let mut p = path.into_bytes();
             p.push(0);
             ptrace::write_mem(root.tid, scratch, &p)?;
-            root.raw(
-                libc::SYS_fchmodat,
-                [libc::AT_FDCWD as u64, scratch, s.mode as u64, 0, 0, 0],
-            )?;
+            if unlinked {
+                root.call(
+                    "unlink (a removed socket path)",
+                    libc::SYS_unlinkat,
+                    [libc::AT_FDCWD as u64, scratch, 0, 0, 0, 0],
+                )?;
+            } else {
+                root.raw(
+                    libc::SYS_fchmodat,
+                    [libc::AT_FDCWD as u64, scratch, s.mode as u64, 0, 0, 0],
+                )?;
+            }
         }
     }
     if !s.remote.is_empty() {
@@ -170,12 +193,12 @@ fn unix_names(root: &Injector, scratch: u64, fd: u64, s: &SocketImage) -> Result
 }
 
 /// Everything done from restart on a duplicate: options, inet address,
-/// listening, a TCP connection's state (`closing`: its FINs).
+/// listening, a TCP connection's state (`shutdown`: its FINs).
 pub fn configure(
     root_pid: i32,
     fd: u64,
     s: &SocketImage,
-    closing: Option<&Shutdown>,
+    shutdown: Option<Shutdown>,
 ) -> Result<()> {
     let dup = uffd::pidfd_open(root_pid)
         .and_then(|p| uffd::pidfd_getfd(&p, fd as i32))
@@ -209,7 +232,7 @@ pub fn configure(
         return Ok(());
     }
     if let Some(t) = &s.tcp {
-        return super::tcp::repair(d, s, t, closing)
+        return super::tcp::repair(d, s, t, shutdown.unwrap_or_default())
             .map_err(sys(root_pid, "TCP_REPAIR (the connection)"));
     }
     if !s.local.is_empty() {

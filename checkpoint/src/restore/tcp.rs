@@ -29,12 +29,7 @@ const TCP_REPAIR_WINDOW: i32 = 29;
 /// valid and a FIN it sends again is taken), and this side's FIN queued
 /// as already sent (`SHUT_WR` with the send queue selected: it goes again
 /// with the unacknowledged data when repair mode ends).
-pub(super) fn repair(
-    d: RawFd,
-    s: &SocketImage,
-    t: &TcpRepair,
-    closing: Option<&Shutdown>,
-) -> io::Result<()> {
+pub(super) fn repair(d: RawFd, s: &SocketImage, t: &TcpRepair, shut: Shutdown) -> io::Result<()> {
     let tcp = libc::IPPROTO_TCP;
     int(d, tcp, TCP_REPAIR, 1).map_err(at("repair mode"))?;
     int(d, tcp, TCP_REPAIR_QUEUE, 2).map_err(at("send queue"))?;
@@ -92,14 +87,12 @@ pub(super) fn repair(
     // which the received data moves
     let w: Vec<u8> = t.window.iter().flat_map(|v| v.to_ne_bytes()).collect();
     setopt(d, tcp, TCP_REPAIR_WINDOW, &w).map_err(at("window"))?;
-    if let Some(c) = closing {
-        if c.receive {
-            shutdown(d, libc::SHUT_RD).map_err(at("the peer's FIN (shutdown SHUT_RD)"))?;
-        }
-        if c.send {
-            int(d, tcp, TCP_REPAIR_QUEUE, 2).map_err(at("send queue"))?;
-            shutdown(d, libc::SHUT_WR).map_err(at("this side's FIN (shutdown SHUT_WR)"))?;
-        }
+    if shut.receive {
+        shutdown(d, libc::SHUT_RD).map_err(at("the peer's FIN (shutdown SHUT_RD)"))?;
+    }
+    if shut.send {
+        int(d, tcp, TCP_REPAIR_QUEUE, 2).map_err(at("send queue"))?;
+        shutdown(d, libc::SHUT_WR).map_err(at("this side's FIN (shutdown SHUT_WR)"))?;
     }
     if let Some(c) = Conn::from_sockaddrs(&s.local, &s.remote) {
         netlock::unlock(d, &c).map_err(at("network lock"))?;

@@ -391,8 +391,7 @@ fn restore_tasks(
         &deleted_fds,
         &super::queues::TreeSockets {
             in_flight: &l.node.in_flight,
-            shutdowns: &l.node.shutdowns,
-            socket_options: &l.node.socket_options,
+            extras: &l.node.sockets,
             pipe_fds: &pipe_fds,
             file_fds: None,
         },

@@ -7,8 +7,10 @@
  * On a seqpacket pair: "three" carrying both ends of another pipe (the
  * process keeps neither), then "five" carrying the receiving socket
  * itself. On a stream pair: "bye" then a shutdown of writing on one end.
+ * A listening unix socket bound to DIR/gone.sock, the path removed.
  * Then DIR/ready. On SIGUSR1 it receives it all (the stream: "bye" then
- * end of file; the end that shut down cannot write, the other can) and
+ * end of file; the end that shut down cannot write, the other can; the
+ * listening socket still names DIR/gone.sock, which does not exist) and
  * writes DIR/check.<pid>: "ok", or "BAD: <what>". */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -18,6 +20,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <errno.h>
 #include <unistd.h>
 
 static const char *dir;
@@ -89,6 +93,15 @@ static int check_stream(int quiet, int other) {
     return 0;
 }
 
+static int check_gone(int ls, const char *want) {
+    struct sockaddr_un a = {0};
+    socklen_t l = sizeof a;
+    struct stat st;
+    CHECK(getsockname(ls, (struct sockaddr *)&a, &l) == 0 && !strcmp(a.sun_path, want), "listening socket named '%s'", a.sun_path);
+    CHECK(stat(want, &st) < 0 && errno == ENOENT, "the removed socket path is back");
+    return 0;
+}
+
 static int check(int dgram, int seqpacket, int keep_w) {
     char buf[64];
     int fds[4];
@@ -124,6 +137,12 @@ int main(int argc, char **argv) {
     sigemptyset(&none);
 
     int dg[2], sp[2], p[2], q[2], st[2];
+    static char gone[108];
+    snprintf(gone, sizeof gone, "%s/gone.sock", dir);
+    int ls = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un ga = {.sun_family = AF_UNIX};
+    strncpy(ga.sun_path, gone, sizeof ga.sun_path - 1);
+    if (ls < 0 || bind(ls, (struct sockaddr *)&ga, sizeof ga) || listen(ls, 1) || unlink(gone)) return 3;
     char path[512];
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) || socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp))
         return 3;
@@ -161,7 +180,8 @@ int main(int argc, char **argv) {
         snprintf(tmp, sizeof tmp, "%s.tmp", path);
         f = fopen(tmp, "w");
         if (!f) continue;
-        if (check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0) fprintf(f, "ok\n");
+        if (check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0 && check_gone(ls, gone) == 0)
+            fprintf(f, "ok\n");
         else fprintf(f, "BAD: %s\n", why);
         fclose(f);
         rename(tmp, path);
