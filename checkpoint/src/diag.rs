@@ -9,6 +9,7 @@ const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const UDIAG_SHOW_NAME: u32 = 1;
 const UDIAG_SHOW_VFS: u32 = 2;
+const UDIAG_SHOW_ICONS: u32 = 8;
 const UDIAG_SHOW_PEER: u32 = 4;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
 
@@ -26,6 +27,9 @@ pub struct UnixInfo {
     pub shutdown: u8,
     /// A socket bound to a path: the inode of the socket file it made.
     pub vfs_ino: Option<u32>,
+    /// A listening socket: the inodes of the clients whose connections
+    /// wait to be accepted, first to be accepted first.
+    pub icons: Vec<u64>,
 }
 
 /// Ask the kernel about unix socket `ino`.
@@ -60,7 +64,8 @@ fn ask(fd: i32, ino: u64) -> io::Result<UnixInfo> {
     req.extend_from_slice(&u32::MAX.to_le_bytes()); // every state
     req.extend_from_slice(&(ino as u32).to_le_bytes());
     req.extend_from_slice(
-        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_le_bytes(),
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN)
+            .to_le_bytes(),
     );
     req.extend_from_slice(&u32::MAX.to_le_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -110,6 +115,12 @@ fn parse(b: &[u8]) -> io::Result<UnixInfo> {
         match aty {
             0 => info.name = data.to_vec(),
             1 => info.vfs_ino = u32_at(data, 0),
+            3 => {
+                info.icons = data
+                    .chunks_exact(4)
+                    .filter_map(|c| u32_at(c, 0).map(u64::from))
+                    .collect()
+            }
             2 => info.peer = u32_at(data, 0).map(u64::from),
             4 => info.rqlen = (u32_at(data, 0).unwrap_or(0), u32_at(data, 4).unwrap_or(0)),
             6 => info.shutdown = data.first().copied().unwrap_or(0),

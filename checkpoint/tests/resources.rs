@@ -166,7 +166,8 @@ fn sockets_of_every_kind() {
 /// socket in flight on itself. A unix stream socket shut down for writing
 /// still cannot write, and its peer reads the end after the queued data.
 /// A listening socket whose path was removed keeps its name, and the path
-/// stays removed.
+/// stays removed. Two connections of the tree waiting to be accepted are
+/// accepted after restart, in their order.
 #[test]
 fn files_in_flight_on_unix_sockets_come_back() {
     let guard = Guard::new();

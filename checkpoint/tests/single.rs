@@ -213,6 +213,12 @@ fn unsupported_socket_refused_and_job_keeps_running() {
         "import socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',0))\nl.listen()\nc=socket.create_connection(l.getsockname())\ns,_=l.accept()\nl.close()\nc.shutdown(socket.SHUT_WR)\ns.shutdown(socket.SHUT_WR)\nc.recv(1)\ns.recv(1)\ntime.sleep(0.3)\nprint('up',flush=True)\ntime.sleep(60)",
         "closed on both sides",
     );
+    // a connection waiting to be accepted, from a process outside the tree
+    // (a grandchild left to init; it ends when the listener goes)
+    refused_socket(
+        "import socket,os,time\np='/tmp/krg-wait-%d.sock'%os.getpid()\nl=socket.socket(socket.AF_UNIX)\nl.bind(p)\nl.listen()\nif os.fork()==0:\n  if os.fork()==0:\n    l.close()\n    c=socket.socket(socket.AF_UNIX)\n    c.connect(p)\n    c.recv(1)\n  os._exit(0)\nos.wait()\ntime.sleep(0.3)\nos.unlink(p)\nprint('up',flush=True)\ntime.sleep(60)",
+        "wait to be accepted on it, at least one from outside the tree",
+    );
     // a socket only in flight (its sender closed it): not saved
     refused_socket(
         "import socket,time\na,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_DGRAM)\nc,d=socket.socketpair()\nsocket.send_fds(a,[b'x'],[c.fileno()])\nc.close()\nprint('up',flush=True)\ntime.sleep(60)",

@@ -365,6 +365,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         fds.insert(p, f);
         pipes.extend(pr);
     }
+    super::accept::pair_waiting(&mut socks)?;
     let socket_extras = extras_of(&socks);
     // files in flight: held by this process as if it were a task
     let flight = super::inflight::gather(&mut socks);
@@ -445,6 +446,7 @@ fn extras_of(socks: &[super::sockets::SockRef]) -> Vec<SocketExtras> {
             shutdown: s.sock.shutdown,
             options: s.sock.options.clone(),
             unlinked: s.sock.unlinked,
+            accept_order: s.sock.accept_order,
         };
         let plain = SocketExtras {
             sock: ino,

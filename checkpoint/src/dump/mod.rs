@@ -10,7 +10,8 @@
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
 //!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`] (their
-//!   options: [`sockopts`]); [`pty`];
+//!   options: [`sockopts`]; connections not accepted yet: [`accept`]);
+//!   [`pty`];
 //!   [`held`]
 //!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]; [`inflight`]
 //!   files sent over unix sockets and not received yet
@@ -21,6 +22,7 @@
 //! - [`sysv`] — SysV IPC objects
 //! - [`write`] — the files of the SN, once the tree runs again
 
+mod accept;
 mod anon;
 mod attrs;
 mod copy;

@@ -57,6 +57,15 @@ pub struct Sock {
     pub unlinked: bool,
     /// Its options that a new socket does not have.
     pub options: Vec<SockOption>,
+    /// A listening unix socket: the connections waiting to be accepted
+    /// (their clients' inodes, first to be accepted first).
+    pub waiting: Vec<u64>,
+    /// A connected unix stream socket: bytes it sent that its peer has not
+    /// read.
+    pub unsent: u32,
+    /// A unix socket whose connection waits in the accept queue of a
+    /// listening socket of the tree: its place there (see `accept`).
+    pub accept_order: Option<u32>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -172,19 +181,26 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
     let mut rights = Vec::new();
     let mut closing = None;
     let mut unlinked = false;
+    let mut waiting = Vec::new();
+    let mut unsent = 0;
     match (family, stype) {
         (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => {
             let d = diag::unix(ino).map_err(sys("sock_diag of a unix socket"))?;
             unix_state = d.state;
             image.peer = d.peer.filter(|&p| p != 0);
             if d.state == TCP_LISTEN {
-                if d.rqlen.0 > 0 {
+                // connections waiting: kept if their clients are in the
+                // tree (super::accept)
+                waiting = d.icons.clone();
+                if waiting.len() != d.rqlen.0 as usize {
                     return Err(refuse(format!(
                         "{} connection(s) wait to be accepted on it",
                         d.rqlen.0
                     )));
                 }
                 image.listen = Some(d.rqlen.1 as i32);
+            } else if stype != libc::SOCK_DGRAM {
+                unsent = outq(s);
             }
             if let Some(path) = unix_path(&image.local) {
                 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -269,6 +285,9 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         }),
         unlinked,
         options: super::sockopts::changed(s, family, stype, protocol),
+        waiting,
+        unsent,
+        accept_order: None,
     })
 }
 
@@ -296,6 +315,14 @@ fn closed_connection(s: RawFd, family: i32) -> bool {
         )
     };
     r == 0 && len > 2
+}
+
+/// Bytes a unix stream socket sent that its peer has not read (SIOCOUTQ).
+fn outq(s: RawFd) -> u32 {
+    let mut n: i32 = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    unsafe { libc::ioctl(s, libc::TIOCOUTQ, &mut n) };
+    n.max(0) as u32
 }
 
 /// The path a unix address names (none for abstract or unnamed ones).
@@ -540,8 +567,9 @@ pub fn classify(refs: Vec<SockRef>) -> Result<Classified> {
     let mut repaired = Vec::new();
     for r in refs {
         let img = &r.sock.image;
-        let outside_peer =
-            r.sock.unix_state == TCP_ESTABLISHED && img.peer.is_none_or(|p| !inos.contains(&p));
+        let outside_peer = r.sock.unix_state == TCP_ESTABLISHED
+            && r.sock.accept_order.is_none()
+            && img.peer.is_none_or(|p| !inos.contains(&p));
         let kind = if outside_peer && r.fd <= 2 {
             FdKind::InheritedStdio {
                 what: format!("socket:[{}]", img.ino),

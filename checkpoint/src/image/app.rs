@@ -57,6 +57,10 @@ pub struct SocketExtras {
     /// A unix socket bound to a path that was removed since (or now names
     /// something else): restart binds it, then removes the path again.
     pub unlinked: bool,
+    /// A unix socket whose connection waited in the accept queue of a
+    /// listening socket of the tree (its `remote`): its place there.
+    /// Restart connects it again, in that order, once the listener listens.
+    pub accept_order: Option<u32>,
 }
 
 /// A socket option as `getsockopt` gave it: `setsockopt(level, name,

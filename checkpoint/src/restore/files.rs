@@ -84,7 +84,8 @@ pub fn create_files(
     };
     sockets::as_user(root, t0)?;
     let made = make_sockets(root, scratch, &socks, &want, &mut out, flight)
-        .and_then(|()| set_options(root, scratch, &socks, &out, flight.extras));
+        .and_then(|()| set_options(root, scratch, &socks, &out, flight.extras))
+        .and_then(|()| connect_waiting(root, scratch, &socks, &out, flight));
     sockets::as_root(root)?;
     made?;
     let mut fd_of = HashMap::new();
@@ -116,8 +117,7 @@ fn make_sockets(
         if out.contains_key(&file) {
             continue; // made as the other end of a pair
         }
-        let unlinked = flight.extras_of(s.ino).is_some_and(|e| e.unlinked);
-        let (fd, other) = sockets::create(root, scratch, s, unlinked)?;
+        let (fd, other) = sockets::create(root, scratch, s, flight.extras_of(s.ino))?;
         place(root, fd, want(file), f)?;
         out.insert(file, want(file));
         if let Some((peer, ofd)) = other {
@@ -157,6 +157,26 @@ fn set_options(
         }
     }
     Ok(())
+}
+
+/// Connect the sockets whose connections waited to be accepted, in their
+/// order (the root still acting as the job's user).
+fn connect_waiting(
+    root: &Injector,
+    scratch: u64,
+    socks: &[(&FdImage, &SocketImage)],
+    out: &HashMap<u32, i32>,
+    flight: &TreeSockets<'_>,
+) -> Result<()> {
+    let waiting: Vec<(&SocketImage, u32, i32)> = socks
+        .iter()
+        .filter_map(|(f, s)| {
+            let order = flight.extras_of(s.ino)?.accept_order?;
+            let fd = *out.get(&f.kind.file()?)?;
+            Some((*s, order, fd))
+        })
+        .collect();
+    sockets::connect_waiting(root, scratch, &waiting)
 }
 
 /// Open a file again by its path, at its offset.

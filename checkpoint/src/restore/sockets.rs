@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdKind, Shutdown, SocketImage, TaskImage};
+use crate::image::{FdKind, Shutdown, SocketExtras, SocketImage, TaskImage};
 use crate::ptrace::{self, Injector};
 use crate::uffd;
 
@@ -100,13 +100,14 @@ pub fn as_root(root: &Injector) -> Result<()> {
 }
 
 /// Make socket `s` in the root; returns its fd there and, for one end of
-/// a pair, the other end's fd (for the peer's inode). `unlinked`: its
-/// bound path was removed since the bind.
+/// a pair, the other end's fd (for the peer's inode). `extras`: its bound
+/// path was removed since the bind; it waits to be accepted (connected
+/// later, [`connect_waiting`]).
 pub fn create(
     root: &Injector,
     scratch: u64,
     s: &SocketImage,
-    unlinked: bool,
+    extras: Option<&SocketExtras>,
 ) -> Result<(u64, Option<(u64, u64)>)> {
     if let Some(peer) = s.peer {
         root.call(
@@ -125,7 +126,9 @@ pub fn create(
         [s.family as u64, s.stype as u64, s.protocol as u64, 0, 0, 0],
     )?;
     if s.family == libc::AF_UNIX {
-        unix_names(root, scratch, fd, s, unlinked)?;
+        let unlinked = extras.is_some_and(|e| e.unlinked);
+        let waits = extras.is_some_and(|e| e.accept_order.is_some());
+        unix_names(root, scratch, fd, s, unlinked, waits)?;
     }
     Ok((fd, None))
 }
@@ -142,6 +145,7 @@ fn unix_names(
     fd: u64,
     s: &SocketImage,
     unlinked: bool,
+    waits: bool,
 ) -> Result<()> {
     if !s.local.is_empty() {
         if let Some(path) = crate::dump::unix_path(&s.local).filter(|_| !unlinked) {
@@ -181,13 +185,43 @@ fn unix_names(
             }
         }
     }
-    if !s.remote.is_empty() {
-        ptrace::write_mem(root.tid, scratch, &s.remote)?;
+    if let Some(backlog) = s.listen {
+        // now: connections that waited to be accepted come in before
+        // `configure`
         root.call(
-            "connect(unix)",
-            libc::SYS_connect,
-            [fd, scratch, s.remote.len() as u64, 0, 0, 0],
+            "listen(unix)",
+            libc::SYS_listen,
+            [fd, backlog as u64, 0, 0, 0, 0],
         )?;
+    }
+    if !s.remote.is_empty() && !waits {
+        connect_unix(root, scratch, fd, s)?;
+    }
+    Ok(())
+}
+
+fn connect_unix(root: &Injector, scratch: u64, fd: u64, s: &SocketImage) -> Result<()> {
+    ptrace::write_mem(root.tid, scratch, &s.remote)?;
+    root.call(
+        "connect(unix)",
+        libc::SYS_connect,
+        [fd, scratch, s.remote.len() as u64, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+/// Connect again, in their order, the unix sockets whose connections
+/// waited in a listening socket's accept queue: (socket, place, its fd in
+/// the root). The listeners listen already.
+pub fn connect_waiting(
+    root: &Injector,
+    scratch: u64,
+    waiting: &[(&SocketImage, u32, i32)],
+) -> Result<()> {
+    let mut order: Vec<&(&SocketImage, u32, i32)> = waiting.iter().collect();
+    order.sort_by_key(|w| w.1);
+    for (s, _, fd) in order {
+        connect_unix(root, scratch, *fd as u64, s)?;
     }
     Ok(())
 }

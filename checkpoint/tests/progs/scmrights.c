@@ -7,10 +7,13 @@
  * On a seqpacket pair: "three" carrying both ends of another pipe (the
  * process keeps neither), then "five" carrying the receiving socket
  * itself. On a stream pair: "bye" then a shutdown of writing on one end.
- * A listening unix socket bound to DIR/gone.sock, the path removed.
+ * A listening unix socket bound to DIR/gone.sock, the path removed. A
+ * listening socket on DIR/wait.sock with two connections of the process
+ * waiting to be accepted.
  * Then DIR/ready. On SIGUSR1 it receives it all (the stream: "bye" then
  * end of file; the end that shut down cannot write, the other can; the
- * listening socket still names DIR/gone.sock, which does not exist) and
+ * listening socket still names DIR/gone.sock, which does not exist; the
+ * two waiting connections are accepted in their order and carry data) and
  * writes DIR/check.<pid>: "ok", or "BAD: <what>". */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -102,6 +105,19 @@ static int check_gone(int ls, const char *want) {
     return 0;
 }
 
+static int check_waiting(int lw, int w1, int w2) {
+    char got[8] = {0};
+    int a1 = accept(lw, NULL, NULL);
+    int a2 = accept(lw, NULL, NULL);
+    CHECK(a1 >= 0 && a2 >= 0, "the waiting connections cannot be accepted");
+    fcntl(lw, F_SETFL, O_NONBLOCK);
+    CHECK(accept(lw, NULL, NULL) < 0 && errno == EAGAIN, "a third connection waits");
+    CHECK(write(w1, "w1", 2) == 2 && write(w2, "w2", 2) == 2, "the waiting clients cannot write");
+    CHECK(read(a1, got, 2) == 2 && !strcmp(got, "w1"), "first accepted reads '%s'", got);
+    CHECK(read(a2, got, 2) == 2 && !strcmp(got, "w2"), "second accepted reads '%s'", got);
+    return 0;
+}
+
 static int check(int dgram, int seqpacket, int keep_w) {
     char buf[64];
     int fds[4];
@@ -143,6 +159,12 @@ int main(int argc, char **argv) {
     struct sockaddr_un ga = {.sun_family = AF_UNIX};
     strncpy(ga.sun_path, gone, sizeof ga.sun_path - 1);
     if (ls < 0 || bind(ls, (struct sockaddr *)&ga, sizeof ga) || listen(ls, 1) || unlink(gone)) return 3;
+    int lw = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un wa = {.sun_family = AF_UNIX};
+    snprintf(wa.sun_path, sizeof wa.sun_path, "%s/wait.sock", dir);
+    if (lw < 0 || bind(lw, (struct sockaddr *)&wa, sizeof wa) || listen(lw, 4)) return 3;
+    int w1 = socket(AF_UNIX, SOCK_STREAM, 0), w2 = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(w1, (struct sockaddr *)&wa, sizeof wa) || connect(w2, (struct sockaddr *)&wa, sizeof wa)) return 3;
     char path[512];
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) || socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp))
         return 3;
@@ -180,7 +202,8 @@ int main(int argc, char **argv) {
         snprintf(tmp, sizeof tmp, "%s.tmp", path);
         f = fopen(tmp, "w");
         if (!f) continue;
-        if (check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0 && check_gone(ls, gone) == 0)
+        if (check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0 && check_gone(ls, gone) == 0 &&
+            check_waiting(lw, w1, w2) == 0)
             fprintf(f, "ok\n");
         else fprintf(f, "BAD: %s\n", why);
         fclose(f);
