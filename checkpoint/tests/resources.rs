@@ -167,7 +167,8 @@ fn sockets_of_every_kind() {
 /// still cannot write, and its peer reads the end after the queued data.
 /// A listening socket whose path was removed keeps its name, and the path
 /// stays removed. Two connections of the tree waiting to be accepted are
-/// accepted after restart, in their order.
+/// accepted after restart, in their order. Datagrams queued on an
+/// unconnected socket come with their senders' addresses.
 #[test]
 fn files_in_flight_on_unix_sockets_come_back() {
     let guard = Guard::new();

@@ -219,6 +219,11 @@ fn unsupported_socket_refused_and_job_keeps_running() {
         "import socket,os,time\np='/tmp/krg-wait-%d.sock'%os.getpid()\nl=socket.socket(socket.AF_UNIX)\nl.bind(p)\nl.listen()\nif os.fork()==0:\n  if os.fork()==0:\n    l.close()\n    c=socket.socket(socket.AF_UNIX)\n    c.connect(p)\n    c.recv(1)\n  os._exit(0)\nos.wait()\ntime.sleep(0.3)\nos.unlink(p)\nprint('up',flush=True)\ntime.sleep(60)",
         "wait to be accepted on it, at least one from outside the tree",
     );
+    // a datagram from a named socket outside the tree (a grandchild's, gone)
+    refused_socket(
+        "import socket,os,time\nd='/tmp/krg-dg-%d'%os.getpid()\nr=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nr.bind(d+'.rx')\nif os.fork()==0:\n  if os.fork()==0:\n    t=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n    t.bind(d+'.tx')\n    t.sendto(b'hi',d+'.rx')\n    os.unlink(d+'.tx')\n  os._exit(0)\nos.wait()\ntime.sleep(0.3)\nos.unlink(d+'.rx')\nprint('up',flush=True)\ntime.sleep(60)",
+        "a socket outside the tree, waits on it",
+    );
     // a socket only in flight (its sender closed it): not saved
     refused_socket(
         "import socket,time\na,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_DGRAM)\nc,d=socket.socketpair()\nsocket.send_fds(a,[b'x'],[c.fileno()])\nc.close()\nprint('up',flush=True)\ntime.sleep(60)",

@@ -23,9 +23,7 @@ pub fn pair_waiting(socks: &mut [SockRef]) -> Result<()> {
         .collect();
     for (pid, fd, ino, waiting) in queues {
         for (place, client_ino) in waiting.iter().enumerate() {
-            let client = socks
-                .iter_mut()
-                .find(|c| c.sock.image.ino == *client_ino);
+            let client = socks.iter_mut().find(|c| c.sock.image.ino == *client_ino);
             let Some(c) = client else {
                 return Err(ChkptError::unsupported(
                     pid,

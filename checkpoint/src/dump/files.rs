@@ -366,6 +366,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         pipes.extend(pr);
     }
     super::accept::pair_waiting(&mut socks)?;
+    super::unixq::check_senders(&socks)?;
     let socket_extras = extras_of(&socks);
     // files in flight: held by this process as if it were a task
     let flight = super::inflight::gather(&mut socks);
@@ -447,6 +448,12 @@ fn extras_of(socks: &[super::sockets::SockRef]) -> Vec<SocketExtras> {
             options: s.sock.options.clone(),
             unlinked: s.sock.unlinked,
             accept_order: s.sock.accept_order,
+            senders: if s.sock.image.peer.is_none() && s.sock.senders.iter().any(|a| !a.is_empty())
+            {
+                s.sock.senders.clone()
+            } else {
+                Vec::new()
+            },
         };
         let plain = SocketExtras {
             sock: ino,

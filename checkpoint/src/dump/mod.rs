@@ -10,7 +10,8 @@
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
 //! - [`files`] — fd tables, pipes, shared open file descriptions;
 //!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`] (their
-//!   options: [`sockopts`]; connections not accepted yet: [`accept`]);
+//!   options: [`sockopts`]; connections not accepted yet: [`accept`];
+//!   what waits on a unix socket: [`unixq`]);
 //!   [`pty`];
 //!   [`held`]
 //!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]; [`inflight`]
@@ -46,6 +47,7 @@ mod sysv;
 mod task;
 mod timers;
 mod track;
+mod unixq;
 mod write;
 
 pub use freeze::tree;

@@ -7,7 +7,7 @@
 //! `--kill` closes is first locked ([`netlock`]): the peer's segments are
 //! dropped until restart has made it again.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
 use crate::image::{FdImage, FdKind, Shutdown, SockOption, SockOpts, SocketImage, TcpRepair};
@@ -66,6 +66,9 @@ pub struct Sock {
     /// A unix socket whose connection waits in the accept queue of a
     /// listening socket of the tree: its place there (see `accept`).
     pub accept_order: Option<u32>,
+    /// A datagram socket: the address each queued message came from
+    /// (empty: an unnamed sender).
+    pub senders: Vec<Vec<u8>>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -183,6 +186,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
     let mut unlinked = false;
     let mut waiting = Vec::new();
     let mut unsent = 0;
+    let mut senders = Vec::new();
     match (family, stype) {
         (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => {
             let d = diag::unix(ino).map_err(sys("sock_diag of a unix socket"))?;
@@ -215,9 +219,10 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
             if d.shutdown != 0 {
                 closing = Some((d.shutdown & 2 != 0, d.shutdown & 1 != 0));
             }
-            let q = peek_queue(s, stype, d.rqlen.0).map_err(&refuse)?;
+            let q = super::unixq::peek(s, stype, d.rqlen.0).map_err(&refuse)?;
             image.queued = q.messages;
             rights = q.rights;
+            senders = q.senders;
         }
         (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) if protocol == libc::IPPROTO_TCP => {
             let info: [u8; 104] = tcp_info(s);
@@ -288,6 +293,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         waiting,
         unsent,
         accept_order: None,
+        senders,
     })
 }
 
@@ -418,97 +424,6 @@ fn take_tcp(s: RawFd, info: &[u8; 104], fins: (bool, bool)) -> std::io::Result<T
         timestamp,
         window,
     })
-}
-
-/// What waits to be read on a unix socket: the messages (one chunk for a
-/// stream) and, per message, the files it carries (SCM_RIGHTS), as
-/// descriptors of our own.
-pub struct Queue {
-    pub messages: Vec<Vec<u8>>,
-    pub rights: Vec<(u32, Vec<OwnedFd>)>,
-}
-
-/// Copy what waits to be read on a unix socket, without taking it: one
-/// peek for a stream, message by message (SO_PEEK_OFF) otherwise. A peek
-/// duplicates the files a message carries into this process: they are
-/// kept for the image (datagram and seqpacket sockets; a stream's are
-/// refused).
-fn peek_queue(s: RawFd, stype: i32, queued: u32) -> std::result::Result<Queue, String> {
-    let mut q = Queue {
-        messages: Vec::new(),
-        rights: Vec::new(),
-    };
-    if queued == 0 {
-        return Ok(q);
-    }
-    let stream = stype == libc::SOCK_STREAM;
-    if !stream {
-        setopt(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0);
-    }
-    let r = (|| loop {
-        let mut buf = vec![0u8; if stream { queued as usize } else { 1 << 20 }];
-        let mut cmsg = [0u64; 64];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data; every pointer covers its length.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cmsg);
-        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
-        // SAFETY: msg describes our buffers.
-        let n = unsafe { libc::recvmsg(s, &mut msg, flags) };
-        if n < 0 {
-            return Ok(());
-        }
-        let files = take_rights(&msg);
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err("a message queued on it carries more files than can be saved".to_string());
-        }
-        if !files.is_empty() {
-            if stream {
-                return Err(
-                    "a file descriptor is in flight on this stream socket (SCM_RIGHTS): only datagram and seqpacket ones are saved"
-                        .to_string(),
-                );
-            }
-            q.rights.push((q.messages.len() as u32, files));
-        }
-        buf.truncate(n as usize);
-        q.messages.push(buf);
-        if stream || n == 0 {
-            return Ok(());
-        }
-    })();
-    if !stream {
-        setopt(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
-    }
-    r.map(|()| q)
-}
-
-/// The files a peeked message brought (now descriptors of ours), in the
-/// order they were sent.
-fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
-    let mut out = Vec::new();
-    // SAFETY: walking the control buffer the kernel filled, with its
-    // macros; each SCM_RIGHTS descriptor is new and ours alone.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                let fds = libc::CMSG_DATA(c) as *const i32;
-                for i in 0..n {
-                    out.push(OwnedFd::from_raw_fd(fds.add(i).read_unaligned()));
-                }
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    out
 }
 
 /// Our duplicate of a socket; for an established TCP socket, left in

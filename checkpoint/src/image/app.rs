@@ -61,6 +61,10 @@ pub struct SocketExtras {
     /// listening socket of the tree (its `remote`): its place there.
     /// Restart connects it again, in that order, once the listener listens.
     pub accept_order: Option<u32>,
+    /// A datagram socket with no peer in the tree: the address each queued
+    /// message came from (empty: unnamed), so restart sends it again from
+    /// the tree's socket bound there, or from a new unnamed one.
+    pub senders: Vec<Vec<u8>>,
 }
 
 /// A socket option as `getsockopt` gave it: `setsockopt(level, name,

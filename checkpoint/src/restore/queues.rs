@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
 use crate::image::{FdImage, FdKind, InFlight, SocketExtras, SocketImage};
@@ -93,11 +93,9 @@ pub fn fill_queues(
     flight: &TreeSockets<'_>,
 ) -> Result<()> {
     for m in flight.in_flight {
-        let sent = socks.iter().any(|s| {
-            s.ino == m.sock
-                && s.peer.is_some_and(|p| fd_of.contains_key(&p))
-                && (m.msg as usize) < s.queued.len()
-        });
+        let sent = socks
+            .iter()
+            .any(|s| s.ino == m.sock && (m.msg as usize) < s.queued.len());
         if !sent {
             return Err(ChkptError::Inconsistent(format!(
                 "files in flight on socket:[{}] (message {}): no such queued message with a sender in the image",
@@ -107,12 +105,9 @@ pub fn fill_queues(
     }
     let pidfd = uffd::pidfd_open(root_pid).map_err(sys(root_pid, "pidfd_open of the root"))?;
     for s in socks.iter().filter(|s| !s.queued.is_empty()) {
-        let Some(&pfd) = s.peer.and_then(|p| fd_of.get(&p)) else {
-            continue;
-        };
-        let dup: OwnedFd =
-            uffd::pidfd_getfd(&pidfd, pfd).map_err(sys(root_pid, "pidfd_getfd of a socket"))?;
+        let senders = Senders::of(s, socks, fd_of, flight, &pidfd, root_pid)?;
         for (i, m) in s.queued.iter().enumerate() {
+            let (via, to) = senders.for_message(i);
             let mut files = Vec::new();
             for (fd, f) in flight.root_fds(s.ino, i)? {
                 let mine = uffd::pidfd_getfd(&pidfd, fd)
@@ -130,7 +125,7 @@ pub fn fill_queues(
                 }
                 files.push(mine);
             }
-            send_message(dup.as_raw_fd(), m, &files).map_err(|err| ChkptError::Sys {
+            send_message(via, m, &files, to).map_err(|err| ChkptError::Sys {
                 op: format!(
                     "putting back {} queued byte(s) and {} file(s) on a socket",
                     m.len(),
@@ -142,6 +137,99 @@ pub fn fill_queues(
         }
     }
     Ok(())
+}
+
+/// Who sends again what waited on a socket: its peer, or (a datagram
+/// socket with none) each message's sender — the tree's socket bound at
+/// its address, or a new unnamed socket of restart's — to its address.
+enum Senders<'a> {
+    Peer(OwnedFd),
+    Each {
+        to: &'a [u8],
+        by: Vec<OwnedFd>,
+        unnamed: OwnedFd,
+        which: Vec<Option<usize>>,
+    },
+}
+
+impl<'a> Senders<'a> {
+    fn of(
+        s: &'a SocketImage,
+        socks: &[&SocketImage],
+        fd_of: &HashMap<u64, i32>,
+        flight: &TreeSockets<'_>,
+        pidfd: &OwnedFd,
+        root_pid: i32,
+    ) -> Result<Senders<'a>> {
+        let dup = |fd: i32| {
+            uffd::pidfd_getfd(pidfd, fd).map_err(sys(root_pid, "pidfd_getfd of a socket"))
+        };
+        if let Some(&pfd) = s.peer.and_then(|p| fd_of.get(&p)) {
+            return Ok(Senders::Peer(dup(pfd)?));
+        }
+        if s.local.is_empty() || s.stype != libc::SOCK_DGRAM {
+            return Err(ChkptError::Inconsistent(format!(
+                "socket:[{}] has messages queued but neither a peer nor a name to send them to",
+                s.ino
+            )));
+        }
+        let from = flight.extras_of(s.ino).map_or(&[][..], |e| &e.senders[..]);
+        let mut by = Vec::new();
+        let mut which = Vec::new();
+        for i in 0..s.queued.len() {
+            let addr = from.get(i).filter(|a| !a.is_empty());
+            let Some(addr) = addr else {
+                which.push(None);
+                continue;
+            };
+            let sender = socks.iter().find(|o| &o.local == addr);
+            let Some(&fd) = sender.and_then(|o| fd_of.get(&o.ino)) else {
+                return Err(ChkptError::Inconsistent(format!(
+                    "a message queued on socket:[{}] came from {}, not a socket of the image",
+                    s.ino,
+                    crate::image::addr_text(addr)
+                )));
+            };
+            which.push(Some(by.len()));
+            by.push(dup(fd)?);
+        }
+        // SAFETY: a new socket of restart's own, owned below.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(sys(root_pid, "socket (an unnamed sender)")(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: just made, ours alone.
+        let unnamed = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Senders::Each {
+            to: &s.local,
+            by,
+            unnamed,
+            which,
+        })
+    }
+
+    /// The socket that sends message `i`, and where to (none: its peer).
+    fn for_message(&self, i: usize) -> (RawFd, Option<&[u8]>) {
+        match self {
+            Senders::Peer(p) => (p.as_raw_fd(), None),
+            Senders::Each {
+                to,
+                by,
+                unnamed,
+                which,
+            } => {
+                let via = which
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .and_then(|k| by.get(k))
+                    .unwrap_or(unnamed);
+                (via.as_raw_fd(), Some(to))
+            }
+        }
+    }
 }
 
 /// Shut the tree's unix sockets down again as they were, once their
@@ -181,8 +269,9 @@ pub fn shut_unix(
 const SETFL_MASK: u32 =
     (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
 
-/// Send one message on `via`, with `files` as its SCM_RIGHTS.
-fn send_message(via: RawFd, data: &[u8], files: &[OwnedFd]) -> io::Result<()> {
+/// Send one message on `via` (to address `to`, or its peer), with `files`
+/// as its SCM_RIGHTS.
+fn send_message(via: RawFd, data: &[u8], files: &[OwnedFd], to: Option<&[u8]>) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -194,6 +283,10 @@ fn send_message(via: RawFd, data: &[u8], files: &[OwnedFd]) -> io::Result<()> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
+    if let Some(to) = to {
+        msg.msg_name = to.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = to.len() as libc::socklen_t;
+    }
     if !files.is_empty() {
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space;

@@ -9,11 +9,14 @@
  * itself. On a stream pair: "bye" then a shutdown of writing on one end.
  * A listening unix socket bound to DIR/gone.sock, the path removed. A
  * listening socket on DIR/wait.sock with two connections of the process
- * waiting to be accepted.
+ * waiting to be accepted. An unconnected datagram socket on DIR/rx.sock
+ * with "from-tx" queued from the process's socket on DIR/tx.sock, then
+ * "from-anon" from an unnamed one.
  * Then DIR/ready. On SIGUSR1 it receives it all (the stream: "bye" then
  * end of file; the end that shut down cannot write, the other can; the
  * listening socket still names DIR/gone.sock, which does not exist; the
- * two waiting connections are accepted in their order and carry data) and
+ * two waiting connections are accepted in their order and carry data;
+ * the datagrams come with their senders' addresses) and
  * writes DIR/check.<pid>: "ok", or "BAD: <what>". */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -118,6 +121,19 @@ static int check_waiting(int lw, int w1, int w2) {
     return 0;
 }
 
+static int check_senders(int rx, const char *tx_path) {
+    char got[16] = {0};
+    struct sockaddr_un from = {0};
+    socklen_t l = sizeof from;
+    CHECK(recvfrom(rx, got, sizeof got - 1, MSG_DONTWAIT, (struct sockaddr *)&from, &l) == 7 && !strcmp(got, "from-tx"), "rx first read '%s'", got);
+    CHECK(!strcmp(from.sun_path, tx_path), "from-tx came from '%s'", from.sun_path);
+    memset(got, 0, sizeof got);
+    l = sizeof from;
+    CHECK(recvfrom(rx, got, sizeof got - 1, MSG_DONTWAIT, (struct sockaddr *)&from, &l) == 9 && !strcmp(got, "from-anon"), "rx second read '%s'", got);
+    CHECK(l <= sizeof(sa_family_t), "from-anon came from a named socket");
+    return 0;
+}
+
 static int check(int dgram, int seqpacket, int keep_w) {
     char buf[64];
     int fds[4];
@@ -164,6 +180,16 @@ int main(int argc, char **argv) {
     snprintf(wa.sun_path, sizeof wa.sun_path, "%s/wait.sock", dir);
     if (lw < 0 || bind(lw, (struct sockaddr *)&wa, sizeof wa) || listen(lw, 4)) return 3;
     int w1 = socket(AF_UNIX, SOCK_STREAM, 0), w2 = socket(AF_UNIX, SOCK_STREAM, 0);
+    static char tx_path[108];
+    struct sockaddr_un rxa = {.sun_family = AF_UNIX}, txa = {.sun_family = AF_UNIX};
+    snprintf(rxa.sun_path, sizeof rxa.sun_path, "%s/rx.sock", dir);
+    snprintf(txa.sun_path, sizeof txa.sun_path, "%s/tx.sock", dir);
+    snprintf(tx_path, sizeof tx_path, "%s", txa.sun_path);
+    int rx = socket(AF_UNIX, SOCK_DGRAM, 0), tx = socket(AF_UNIX, SOCK_DGRAM, 0), anon = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (bind(rx, (struct sockaddr *)&rxa, sizeof rxa) || bind(tx, (struct sockaddr *)&txa, sizeof txa)) return 3;
+    if (sendto(tx, "from-tx", 7, 0, (struct sockaddr *)&rxa, sizeof rxa) != 7 ||
+        sendto(anon, "from-anon", 9, 0, (struct sockaddr *)&rxa, sizeof rxa) != 9)
+        return 3;
     if (connect(w1, (struct sockaddr *)&wa, sizeof wa) || connect(w2, (struct sockaddr *)&wa, sizeof wa)) return 3;
     char path[512];
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) || socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp))
@@ -203,7 +229,7 @@ int main(int argc, char **argv) {
         f = fopen(tmp, "w");
         if (!f) continue;
         if (check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0 && check_gone(ls, gone) == 0 &&
-            check_waiting(lw, w1, w2) == 0)
+            check_waiting(lw, w1, w2) == 0 && check_senders(rx, tx_path) == 0)
             fprintf(f, "ok\n");
         else fprintf(f, "BAD: %s\n", why);
         fclose(f);
