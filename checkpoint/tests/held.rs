@@ -434,3 +434,24 @@ fn pipe_leading_outside_goes_to_stdout_or_inherit_fd() {
     );
     assert!(!alive(pid));
 }
+
+/// A fanotify group comes back with its marks (one on a file, one on a
+/// mount with only an ignored mask): the same fdinfo, and an open of the
+/// marked file brings an event.
+#[test]
+fn fanotify_marks_come_back() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exe = build_c(dir, "fanotify");
+    let out = dir.join("out.txt");
+    let pid = start(&exe, &[dir.to_str().unwrap()], &out, &guard);
+    wait_until("group made", || dir.join("ready").exists());
+    let store = dir.join("store");
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    ok(&restart_out(&store, pid, 1), "restart");
+    assert_eq!(ask_usr1(dir, pid, "check"), "ok");
+    kill_reap(pid);
+}

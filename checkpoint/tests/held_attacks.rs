@@ -314,3 +314,30 @@ fn users_message_queue_is_made_by_the_user() {
     // SAFETY: removes the test queue.
     unsafe { libc::mq_unlink(c.as_ptr()) };
 }
+
+/// A fanotify group forged into a user's image (making one needs
+/// CAP_SYS_ADMIN, which the user never had) is refused before anything
+/// starts.
+#[test]
+fn forged_fanotify_group_is_refused() {
+    let guard = Guard::new();
+    become_subreaper();
+    let (tmp, _) = workdir();
+    let store = tmp.path().join("store");
+    let pid = user_image(tmp.path(), &store, &guard);
+    let fa = checkpoint::image::FanotifyImage {
+        flags: 0,
+        event_flags: 0,
+        marks: vec![checkpoint::image::FanotifyMark {
+            mount: true,
+            path: "/".into(),
+            flags: 0,
+            mask: 0x3b,
+            ignored_mask: 0,
+        }],
+    };
+    forge_fd(&store, pid, 42, 0, FdKind::Fanotify { file: 1000, fa });
+    let e = failed(&restart_out(&store, pid, 1), pid);
+    assert!(e.contains("a fanotify group in a user's image"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}

@@ -91,6 +91,9 @@ pub fn classify(
     if target == "anon_inode:inotify" {
         return super::inotify::read(pid, fd, info, frozen, &refuse).map(Some);
     }
+    if target == "anon_inode:[fanotify]" {
+        return super::fanotify::read(pid, fd, info, frozen, &refuse).map(Some);
+    }
     if target.starts_with("anon_inode:") || target.contains(":[") {
         return Ok(None);
     }

@@ -70,7 +70,7 @@ pub fn read(
 }
 
 /// Bytes waiting to be read on fd `fd` of `pid` (FIONREAD on a duplicate).
-fn queued(pid: i32, fd: i32) -> Result<i32> {
+pub(super) fn queued(pid: i32, fd: i32) -> Result<i32> {
     let dup = crate::uffd::pidfd_open(pid)
         .and_then(|p| crate::uffd::pidfd_getfd(&p, fd))
         .map_err(|err| ChkptError::Sys {
@@ -86,7 +86,7 @@ fn queued(pid: i32, fd: i32) -> Result<i32> {
 
 /// The path of the file a handle names on the filesystem `sdev` (the
 /// kernel's dev_t: major << 20 | minor).
-fn handle_path(sdev: u64, htype: i32, hex: &str) -> std::io::Result<String> {
+pub(super) fn handle_path(sdev: u64, htype: i32, hex: &str) -> std::io::Result<String> {
     let (maj, min) = (sdev >> 20, sdev & 0xfffff);
     let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
     // a mount of the whole filesystem (root "/") gives the real path

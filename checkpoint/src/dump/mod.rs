@@ -14,7 +14,7 @@
 //!   what waits on a unix socket: [`unixq`]);
 //!   [`pty`];
 //!   [`held`]
-//!   locks, FIFOs, deleted files; [`inotify`]; [`mqueue`]; [`inflight`]
+//!   locks, FIFOs, deleted files; [`inotify`]; [`fanotify`]; [`mqueue`]; [`inflight`]
 //!   files sent over unix sockets and not received yet
 //! - [`task`] — one task's state by /proc and injected system calls;
 //!   [`timers`] its POSIX timers
@@ -28,6 +28,7 @@ mod anon;
 mod attrs;
 mod copy;
 mod cow;
+mod fanotify;
 mod files;
 mod freeze;
 mod held;

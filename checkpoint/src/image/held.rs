@@ -104,6 +104,29 @@ pub struct InotifyWatch {
     pub path: String,
 }
 
+/// A fanotify group (format 5): its flags and marks, each on a file or
+/// directory (found again by path) or on a mount (by its mount point).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FanotifyImage {
+    /// `fanotify_init` flags and event flags.
+    pub flags: u32,
+    pub event_flags: u32,
+    pub marks: Vec<FanotifyMark>,
+}
+
+/// One mark of a fanotify group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FanotifyMark {
+    /// On a whole mount (FAN_MARK_MOUNT), else on the file itself.
+    pub mount: bool,
+    /// The marked file, or the mount point.
+    pub path: String,
+    /// FAN_MARK_* flags the mark keeps (FAN_MARK_IGNORED_SURV_MODIFY…).
+    pub flags: u32,
+    pub mask: u64,
+    pub ignored_mask: u64,
+}
+
 /// A POSIX message queue (`mq_open`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MqueueImage {
@@ -171,6 +194,22 @@ pub fn describe_held(k: &super::FdKind) -> String {
             mq.messages.len(),
             mq.msgsize,
             mq.maxmsg
+        ),
+        FdKind::Fanotify { file, fa } => format!(
+            "fanotify flags {:#x} event flags {:#x}, marks {} (open file #{file})",
+            fa.flags,
+            fa.event_flags,
+            fa.marks
+                .iter()
+                .map(|m| format!(
+                    "{}{} mask {:#x} ignored {:#x}",
+                    if m.mount { "mount " } else { "" },
+                    m.path,
+                    m.mask,
+                    m.ignored_mask
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         FdKind::External { file, what } => format!(
             "{what} leading outside the tree: restart's stdin/stdout or --inherit-fd (open file #{file})"

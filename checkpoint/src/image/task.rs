@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::held::{DeletedImage, FifoImage, HeldLock, InotifyWatch, MqueueImage, PtyImage};
+use super::held::{
+    DeletedImage, FanotifyImage, FifoImage, HeldLock, InotifyWatch, MqueueImage, PtyImage,
+};
 
 /// `task_<PID>_v<SN>.bin`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -133,6 +135,8 @@ pub enum FdKind {
     /// that holds it (`PIDFD_THREAD`: O_EXCL among the flags), format 5.
     /// Made again by `pidfd_open` once its target exists.
     Pidfd { pid: i32 },
+    /// A fanotify group and its marks (root only), format 5.
+    Fanotify { file: u32, fa: FanotifyImage },
 }
 
 /// A socket as restart makes it again.
@@ -220,7 +224,8 @@ impl FdKind {
             | FdKind::Mqueue { file, .. }
             | FdKind::External { file, .. }
             | FdKind::PtyMaster { file, .. }
-            | FdKind::PtySlave { file, .. } => Some(*file),
+            | FdKind::PtySlave { file, .. }
+            | FdKind::Fanotify { file, .. } => Some(*file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } | FdKind::Pidfd { .. } => None,
         }
     }
@@ -239,7 +244,8 @@ impl FdKind {
             | FdKind::Mqueue { file, .. }
             | FdKind::External { file, .. }
             | FdKind::PtyMaster { file, .. }
-            | FdKind::PtySlave { file, .. } => Some(file),
+            | FdKind::PtySlave { file, .. }
+            | FdKind::Fanotify { file, .. } => Some(file),
             FdKind::InheritedStdio { .. } | FdKind::Pipe { .. } | FdKind::Pidfd { .. } => None,
         }
     }

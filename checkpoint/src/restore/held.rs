@@ -15,7 +15,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{DeletedImage, FdImage, FdKind, FifoImage, InotifyWatch, TaskImage};
+use crate::image::{
+    DeletedImage, FanotifyImage, FdImage, FdKind, FifoImage, InotifyWatch, TaskImage,
+};
 use crate::ptrace::{self, Injector};
 
 use super::ctx::SCRATCH_LEN;
@@ -64,6 +66,7 @@ impl<'a> Maker<'a> {
             FdKind::Fifo { fifo, .. } => self.fifo(f, fifo)?,
             FdKind::Deleted { del, .. } => self.deleted(f, del)?,
             FdKind::Inotify { watches, .. } => self.inotify(watches)?,
+            FdKind::Fanotify { fa, .. } => self.fanotify(fa)?,
             FdKind::Mqueue { mq, .. } => super::mqueue::create(self.root, self.scratch, f, mq)?,
             FdKind::External { .. } => self.external(f)?,
             FdKind::PtyMaster { pty, .. } => self.ptys.master(pty)?,
@@ -250,6 +253,50 @@ impl<'a> Maker<'a> {
             )
             .is_ok_and(|n| n > 0)
         {}
+        Ok(fd)
+    }
+
+    /// fanotify_init with the group's flags, then each mark by path: its
+    /// mask, then its ignored mask (with the flags that go with it).
+    fn fanotify(&self, fa: &FanotifyImage) -> Result<u64> {
+        const FAN_MARK_ADD: u64 = 0x1;
+        const FAN_MARK_MOUNT: u64 = 0x10;
+        const FAN_MARK_IGNORED_MASK: u64 = 0x20;
+        const FAN_MARK_EVICTABLE: u64 = 0x200;
+        let fd = self.root.call(
+            "fanotify_init",
+            libc::SYS_fanotify_init,
+            [fa.flags as u64, fa.event_flags as u64, 0, 0, 0, 0],
+        )?;
+        // fdinfo lists the newest mark first: added oldest first, they list
+        // in the same order again
+        for m in fa.marks.iter().rev() {
+            let mut b = m.path.as_bytes().to_vec();
+            b.push(0);
+            ptrace::write_mem(self.root.tid, self.scratch, &b)?;
+            let kind = FAN_MARK_ADD | if m.mount { FAN_MARK_MOUNT } else { 0 };
+            let flags = m.flags as u64;
+            let add = |extra: u64, mask: u64| {
+                self.root.call(
+                    "fanotify_mark",
+                    libc::SYS_fanotify_mark,
+                    [
+                        fd,
+                        kind | extra,
+                        mask,
+                        libc::AT_FDCWD as u64,
+                        self.scratch,
+                        0,
+                    ],
+                )
+            };
+            if m.mask != 0 {
+                add(flags & FAN_MARK_EVICTABLE, m.mask)?;
+            }
+            if m.ignored_mask != 0 {
+                add(flags | FAN_MARK_IGNORED_MASK, m.ignored_mask)?;
+            }
+        }
         Ok(fd)
     }
 

@@ -66,6 +66,13 @@ pub fn check(owner: u32, t: &TaskImage) -> std::result::Result<(), String> {
                 }
             }
             FdKind::Mqueue { mq, .. } => check_mq(owner, fd, mq)?,
+            FdKind::Fanotify { .. } if owner != 0 => {
+                // made with CAP_SYS_ADMIN: a user never had one to save
+                return Err(format!("fd {fd}: a fanotify group in a user's image"));
+            }
+            FdKind::Fanotify { fa, .. } if fa.marks.iter().any(|m| !abs(&m.path)) => {
+                return Err(format!("fd {fd}: a bad fanotify mark record"));
+            }
             _ => {}
         }
     }
