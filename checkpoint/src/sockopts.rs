@@ -189,6 +189,24 @@ pub fn size(level: i32, name: i32) -> usize {
     }
 }
 
+/// `setsockopt(fd, level, name, value)` on a socket of ours.
+pub fn set(fd: std::os::fd::RawFd, level: i32, name: i32, value: &[u8]) -> std::io::Result<()> {
+    // SAFETY: value is the option's bytes, its length passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The table's entry for (`level`, `name`), if it has one.
 pub fn entry(level: i32, name: i32) -> Option<&'static Entry> {
     TABLE.iter().find(|e| e.0 == level && e.1 == name)

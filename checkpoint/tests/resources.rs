@@ -9,6 +9,18 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
+/// The node file of SN 1 of `pid`'s checkpoint in `store`.
+fn node_file(store: &std::path::Path, pid: i32) -> std::path::PathBuf {
+    std::fs::read_dir(store.join(pid.to_string()))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("node_") && name.ends_with("_v1.bin")
+        })
+        .unwrap()
+}
+
 #[test]
 fn epoll_timerfd_eventfd_signalfd_event_loop() {
     let guard = Guard::new();
@@ -196,16 +208,7 @@ fn files_in_flight_on_unix_sockets_come_back() {
     );
     // a forged list: a message the socket does not have, a socket the
     // tree does not have — one line, nothing left running
-    let node = std::fs::read_dir(store.join(pid.to_string()))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("node_")
-        })
-        .unwrap();
+    let node = node_file(&store, pid);
     let genuine = std::fs::read(&node).unwrap();
     for forge in [
         &(|m: &mut checkpoint::image::InFlight| m.msg = 99) as &dyn Fn(&mut _),
@@ -375,21 +378,7 @@ fn forged_socket_options_are_refused() {
     let store = dir.join("store");
     ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
     kill_reap(pid);
-    let node = store.join(pid.to_string()).join("node_0_v1.bin");
-    let node = if node.exists() {
-        node
-    } else {
-        std::fs::read_dir(store.join(pid.to_string()))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("node_")
-            })
-            .unwrap()
-    };
+    let node = node_file(&store, pid);
     let genuine = std::fs::read(&node).unwrap();
     for (forged, why) in [
         (

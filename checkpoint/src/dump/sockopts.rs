@@ -53,16 +53,11 @@ pub fn changed(s: RawFd, family: i32, stype: i32, protocol: i32) -> Vec<SockOpti
 /// Would the kernel take `value` for this option on socket `fd`? Refused
 /// only as not applying to the socket (EINVAL, ENOPROTOOPT, EOPNOTSUPP).
 fn settable(fd: RawFd, level: i32, name: i32, value: &[u8]) -> bool {
-    // SAFETY: the option's bytes, their length.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    let e = std::io::Error::last_os_error().raw_os_error();
-    r == 0 || !matches!(e, Some(libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP))
+    match crate::sockopts::set(fd, level, name, value) {
+        Ok(()) => true,
+        Err(e) => !matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+        ),
+    }
 }

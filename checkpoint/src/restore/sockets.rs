@@ -54,22 +54,7 @@ pub(super) fn sys(pid: i32, op: &'static str) -> impl Fn(io::Error) -> ChkptErro
     }
 }
 
-pub(super) fn setopt(fd: RawFd, level: i32, opt: i32, v: &[u8]) -> io::Result<()> {
-    // SAFETY: v is the option's bytes, its length passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            v.as_ptr().cast(),
-            v.len() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub(super) use crate::sockopts::set as setopt;
 
 pub(super) fn int(fd: RawFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
     setopt(fd, level, opt, &v.to_ne_bytes())

@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "answer.h"
+
 #ifndef PIDFD_THREAD
 #define PIDFD_THREAD O_EXCL
 #endif
@@ -24,9 +26,8 @@
 #define PIDFD_SIGNAL_THREAD 1
 #endif
 
-static volatile sig_atomic_t asked, thread_hit;
+static volatile sig_atomic_t thread_hit;
 static volatile pid_t thread_tid;
-static void on_usr1(int s) { (void)s; asked = 1; }
 static void on_usr2(int s) { (void)s; thread_hit = 1; }
 static void on_term(int s) { (void)s; _exit(7); }
 
@@ -40,16 +41,11 @@ static void *thread_main(void *a) {
     return 0;
 }
 
-static char why[256];
-#define CHECK(cond, ...)                                    \
-    do {                                                    \
-        if (!(cond)) {                                      \
-            snprintf(why, sizeof why, __VA_ARGS__);         \
-            return -1;                                      \
-        }                                                   \
-    } while (0)
 
-static int check(int self, int child, pid_t kid, int thr) {
+static int self, child, thr;
+static pid_t kid;
+
+static int check(void) {
     char path[64], buf[512] = {0};
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", self);
     FILE *f = fopen(path, "r");
@@ -75,15 +71,13 @@ static int check(int self, int child, pid_t kid, int thr) {
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *dir = argv[1];
-    signal(SIGUSR1, on_usr1);
+    answer_setup();
     signal(SIGUSR2, on_usr2);
-    sigset_t block, none;
-    sigemptyset(&block);
-    sigaddset(&block, SIGUSR1);
-    sigaddset(&block, SIGUSR2);
-    sigprocmask(SIG_BLOCK, &block, 0);
-    sigemptyset(&none);
-    pid_t kid = fork();
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &usr2, 0); /* the thread's alone */
+    kid = fork();
     if (kid == 0) {
         signal(SIGTERM, on_term);
         sigset_t t;
@@ -95,29 +89,10 @@ int main(int argc, char **argv) {
     pthread_t th;
     pthread_create(&th, 0, thread_main, 0);
     while (!thread_tid) usleep(1000);
-    int self = syscall(SYS_pidfd_open, getpid(), 0);
-    int child = syscall(SYS_pidfd_open, kid, 0);
-    int thr = syscall(SYS_pidfd_open, thread_tid, PIDFD_THREAD | O_NONBLOCK);
+    self = syscall(SYS_pidfd_open, getpid(), 0);
+    child = syscall(SYS_pidfd_open, kid, 0);
+    thr = syscall(SYS_pidfd_open, thread_tid, PIDFD_THREAD | O_NONBLOCK);
     if (self < 0 || child < 0 || thr < 0) return 3;
 
-    char path[512], tmp[530];
-    snprintf(path, sizeof path, "%s/ready", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return 2;
-    fclose(f);
-    rename(tmp, path);
-    for (;;) {
-        sigsuspend(&none);
-        if (!asked) continue;
-        asked = 0;
-        snprintf(path, sizeof path, "%s/check.%d", dir, getpid());
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        f = fopen(tmp, "w");
-        if (!f) continue;
-        if (check(self, child, kid, thr) == 0) fprintf(f, "ok\n");
-        else fprintf(f, "BAD: %s\n", why);
-        fclose(f);
-        rename(tmp, path);
-    }
+    answer_loop(dir, check);
 }

@@ -30,10 +30,9 @@
 #include <errno.h>
 #include <unistd.h>
 
-static const char *dir;
-static volatile sig_atomic_t asked;
+#include "answer.h"
 
-static void on_usr1(int s) { (void)s; asked = 1; }
+static const char *dir;
 
 static int send_fds(int via, const char *text, const int *fds, int n) {
     char control[CMSG_SPACE(4 * sizeof(int))];
@@ -77,16 +76,6 @@ static int recv_fds(int via, char *buf, size_t len, int *fds) {
     }
     return n;
 }
-
-static char why[256];
-
-#define CHECK(cond, ...)                                    \
-    do {                                                    \
-        if (!(cond)) {                                      \
-            snprintf(why, sizeof why, __VA_ARGS__);         \
-            return -1;                                      \
-        }                                                   \
-    } while (0)
 
 static int check_stream(int quiet, int other) {
     char got[16] = {0};
@@ -158,34 +147,40 @@ static int check(int dgram, int seqpacket, int keep_w) {
     return 0;
 }
 
+/* What the checks look at. */
+static int dg[2], sp[2], p[2], st[2], ls, lw, w1, w2, rx;
+static char gone[108], tx_path[108];
+
+static int check_all(void) {
+    return check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0 &&
+                   check_gone(ls, gone) == 0 && check_waiting(lw, w1, w2) == 0 &&
+                   check_senders(rx, tx_path) == 0
+               ? 0
+               : -1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     dir = argv[1];
-    signal(SIGUSR1, on_usr1);
-    sigset_t block, none;
-    sigemptyset(&block);
-    sigaddset(&block, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &block, 0);
-    sigemptyset(&none);
-
-    int dg[2], sp[2], p[2], q[2], st[2];
-    static char gone[108];
+    answer_setup();
+    int q[2];
     snprintf(gone, sizeof gone, "%s/gone.sock", dir);
-    int ls = socket(AF_UNIX, SOCK_STREAM, 0);
+    ls = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un ga = {.sun_family = AF_UNIX};
     strncpy(ga.sun_path, gone, sizeof ga.sun_path - 1);
     if (ls < 0 || bind(ls, (struct sockaddr *)&ga, sizeof ga) || listen(ls, 1) || unlink(gone)) return 3;
-    int lw = socket(AF_UNIX, SOCK_STREAM, 0);
+    lw = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un wa = {.sun_family = AF_UNIX};
     snprintf(wa.sun_path, sizeof wa.sun_path, "%s/wait.sock", dir);
     if (lw < 0 || bind(lw, (struct sockaddr *)&wa, sizeof wa) || listen(lw, 4)) return 3;
-    int w1 = socket(AF_UNIX, SOCK_STREAM, 0), w2 = socket(AF_UNIX, SOCK_STREAM, 0);
-    static char tx_path[108];
+    w1 = socket(AF_UNIX, SOCK_STREAM, 0);
+    w2 = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un rxa = {.sun_family = AF_UNIX}, txa = {.sun_family = AF_UNIX};
     snprintf(rxa.sun_path, sizeof rxa.sun_path, "%s/rx.sock", dir);
     snprintf(txa.sun_path, sizeof txa.sun_path, "%s/tx.sock", dir);
     snprintf(tx_path, sizeof tx_path, "%s", txa.sun_path);
-    int rx = socket(AF_UNIX, SOCK_DGRAM, 0), tx = socket(AF_UNIX, SOCK_DGRAM, 0), anon = socket(AF_UNIX, SOCK_DGRAM, 0);
+    rx = socket(AF_UNIX, SOCK_DGRAM, 0);
+    int tx = socket(AF_UNIX, SOCK_DGRAM, 0), anon = socket(AF_UNIX, SOCK_DGRAM, 0);
     if (bind(rx, (struct sockaddr *)&rxa, sizeof rxa) || bind(tx, (struct sockaddr *)&txa, sizeof txa)) return 3;
     if (sendto(tx, "from-tx", 7, 0, (struct sockaddr *)&rxa, sizeof rxa) != 7 ||
         sendto(anon, "from-anon", 9, 0, (struct sockaddr *)&rxa, sizeof rxa) != 9)
@@ -212,27 +207,5 @@ int main(int argc, char **argv) {
     close(q[1]);
     close(file);
 
-    char ready[520], tmp[530];
-    snprintf(ready, sizeof ready, "%s/ready", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", ready);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return 2;
-    fclose(f);
-    rename(tmp, ready);
-
-    for (;;) {
-        sigsuspend(&none);
-        if (!asked) continue;
-        asked = 0;
-        snprintf(path, sizeof path, "%s/check.%d", dir, getpid());
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        f = fopen(tmp, "w");
-        if (!f) continue;
-        if (check(dg[1], sp[1], p[1]) == 0 && check_stream(st[0], st[1]) == 0 && check_gone(ls, gone) == 0 &&
-            check_waiting(lw, w1, w2) == 0 && check_senders(rx, tx_path) == 0)
-            fprintf(f, "ok\n");
-        else fprintf(f, "BAD: %s\n", why);
-        fclose(f);
-        rename(tmp, path);
-    }
+    answer_loop(dir, check_all);
 }

@@ -17,6 +17,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "answer.h"
+
 struct opt { int *fd; int level, name, value; const char *what; };
 static int tcp, udp6, ux;
 static struct opt opts[] = {
@@ -37,18 +39,31 @@ static struct opt opts[] = {
 };
 #define NOPTS (int)(sizeof opts / sizeof *opts)
 
-static volatile sig_atomic_t asked;
-static void on_usr1(int s) { (void)s; asked = 1; }
+static int check(void) {
+    for (int i = 0; i < NOPTS; i++) {
+        int v = -1;
+        socklen_t l = sizeof v;
+        getsockopt(*opts[i].fd, opts[i].level, opts[i].name, &v, &l);
+        CHECK(v == opts[i].value, "%s %d", opts[i].what, v);
+    }
+    char dev[16] = {0};
+    socklen_t dl = sizeof dev;
+    struct linger l2 = {0};
+    struct timeval t2 = {0};
+    socklen_t ll = sizeof l2, tl = sizeof t2;
+    getsockopt(tcp, SOL_SOCKET, SO_BINDTODEVICE, dev, &dl);
+    getsockopt(tcp, SOL_SOCKET, SO_LINGER, &l2, &ll);
+    getsockopt(tcp, SOL_SOCKET, SO_RCVTIMEO, &t2, &tl);
+    CHECK(!strcmp(dev, "lo"), "SO_BINDTODEVICE '%s'", dev);
+    CHECK(l2.l_onoff == 1 && l2.l_linger == 5, "SO_LINGER %d %d", l2.l_onoff, l2.l_linger);
+    CHECK(t2.tv_sec == 3 && t2.tv_usec == 500000, "SO_RCVTIMEO %ld.%06ld", (long)t2.tv_sec, (long)t2.tv_usec);
+    return 0;
+}
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *dir = argv[1];
-    signal(SIGUSR1, on_usr1);
-    sigset_t block, none;
-    sigemptyset(&block);
-    sigaddset(&block, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &block, 0);
-    sigemptyset(&none);
+    answer_setup();
     tcp = socket(AF_INET, SOCK_STREAM, 0);
     udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
     ux = socket(AF_UNIX, SOCK_DGRAM, 0);
@@ -69,44 +84,5 @@ int main(int argc, char **argv) {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (bind(tcp, (struct sockaddr *)&a, sizeof a) || listen(tcp, 4)) return 3;
 
-    char path[512], tmp[530];
-    snprintf(path, sizeof path, "%s/ready", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return 2;
-    fclose(f);
-    rename(tmp, path);
-    for (;;) {
-        sigsuspend(&none);
-        if (!asked) continue;
-        asked = 0;
-        snprintf(path, sizeof path, "%s/check.%d", dir, getpid());
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        f = fopen(tmp, "w");
-        if (!f) continue;
-        int bad = 0;
-        for (int i = 0; i < NOPTS && !bad; i++) {
-            int v = -1;
-            socklen_t l = sizeof v;
-            getsockopt(*opts[i].fd, opts[i].level, opts[i].name, &v, &l);
-            if (v != opts[i].value) {
-                fprintf(f, "BAD: %s %d\n", opts[i].what, v);
-                bad = 1;
-            }
-        }
-        char dev[16] = {0};
-        socklen_t dl = sizeof dev;
-        struct linger l2 = {0};
-        struct timeval t2 = {0};
-        socklen_t ll = sizeof l2, tl = sizeof t2;
-        getsockopt(tcp, SOL_SOCKET, SO_BINDTODEVICE, dev, &dl);
-        getsockopt(tcp, SOL_SOCKET, SO_LINGER, &l2, &ll);
-        getsockopt(tcp, SOL_SOCKET, SO_RCVTIMEO, &t2, &tl);
-        if (!bad && strcmp(dev, "lo")) fprintf(f, "BAD: SO_BINDTODEVICE '%s'\n", dev), bad = 1;
-        if (!bad && (l2.l_onoff != 1 || l2.l_linger != 5)) fprintf(f, "BAD: SO_LINGER %d %d\n", l2.l_onoff, l2.l_linger), bad = 1;
-        if (!bad && (t2.tv_sec != 3 || t2.tv_usec != 500000)) fprintf(f, "BAD: SO_RCVTIMEO %ld.%06ld\n", (long)t2.tv_sec, (long)t2.tv_usec), bad = 1;
-        if (!bad) fprintf(f, "ok\n");
-        fclose(f);
-        rename(tmp, path);
-    }
+    answer_loop(dir, check);
 }

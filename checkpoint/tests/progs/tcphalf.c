@@ -26,9 +26,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t asked;
-static void on_usr1(int s) { (void)s; asked = 1; }
-static char why[256];
+#include "answer.h"
+
 
 static int dial(int port) {
     int s = socket(AF_INET, SOCK_STREAM, 0);
@@ -52,13 +51,6 @@ static int read_all(int fd, char *buf, size_t len) {
     return (int)got;
 }
 
-#define CHECK(cond, ...)                                    \
-    do {                                                    \
-        if (!(cond)) {                                      \
-            snprintf(why, sizeof why, __VA_ARGS__);         \
-            return -1;                                      \
-        }                                                   \
-    } while (0)
 
 static int check(int c1, int c2) {
     char buf[64];
@@ -70,21 +62,19 @@ static int check(int c1, int c2) {
     return 0;
 }
 
+static int c1, c2;
+static int check_all(void) { return check(c1, c2); }
+
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     const char *dir = argv[1];
     int port = atoi(argv[2]);
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGUSR1, on_usr1);
-    sigset_t block, none;
-    sigemptyset(&block);
-    sigaddset(&block, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &block, 0);
-    sigemptyset(&none);
+    answer_setup();
 
-    int c1 = dial(port);
+    c1 = dial(port);
     if (write(c1, "1hello", 6) != 6 || shutdown(c1, SHUT_WR)) return 4;
-    int c2 = dial(port);
+    c2 = dial(port);
     if (write(c2, "2", 1) != 1) return 4;
     struct pollfd p = {.fd = c2, .events = POLLRDHUP};
     while (poll(&p, 1, -1) < 1 || !(p.revents & POLLRDHUP)) {
@@ -109,30 +99,9 @@ int main(int argc, char **argv) {
     }
     if (shutdown(c3, SHUT_WR)) return 4;
 
-    char path[512], tmp[530];
+    char path[512], count[32];
     snprintf(path, sizeof path, "%s/sent3", dir);
-    FILE *s3 = fopen(path, "w");
-    if (!s3) return 2;
-    fprintf(s3, "%ld\n", sent);
-    fclose(s3);
-    snprintf(path, sizeof path, "%s/ready", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return 2;
-    fclose(f);
-    rename(tmp, path);
-
-    for (;;) {
-        sigsuspend(&none);
-        if (!asked) continue;
-        asked = 0;
-        snprintf(path, sizeof path, "%s/check.%d", dir, getpid());
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        f = fopen(tmp, "w");
-        if (!f) continue;
-        if (check(c1, c2) == 0) fprintf(f, "ok\n");
-        else fprintf(f, "BAD: %s\n", why);
-        fclose(f);
-        rename(tmp, path);
-    }
+    snprintf(count, sizeof count, "%ld\n", sent);
+    write_whole(path, count);
+    answer_loop(dir, check_all);
 }
