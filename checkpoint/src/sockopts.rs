@@ -160,6 +160,8 @@ pub const TABLE: &[Entry] = &[
         "IPV6_TRANSPARENT",
         Applies::Inet6,
     ),
+    // last: it locks the filter, attached before the options
+    (SOL, libc::SO_LOCK_FILTER, "SO_LOCK_FILTER", Applies::Any),
 ];
 
 /// Does option (`level`, `name`) of the table apply to a socket of this

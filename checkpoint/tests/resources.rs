@@ -329,8 +329,8 @@ fn half_closed_tcp_connections_come_back() {
 
 /// Socket options set beyond a new socket's (priority, low-water mark,
 /// TOS, TTL, free bind, keepalive timers, IPv6 traffic class and hops,
-/// SO_PASSSEC, the bound device, linger, a receive timeout) have their
-/// values again after restart.
+/// SO_PASSSEC, the bound device, linger, a receive timeout, a locked BPF
+/// filter) have their values again after restart.
 #[test]
 fn socket_options_come_back() {
     let guard = Guard::new();

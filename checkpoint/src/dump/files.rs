@@ -454,6 +454,7 @@ fn extras_of(socks: &[super::sockets::SockRef]) -> Vec<SocketExtras> {
             } else {
                 Vec::new()
             },
+            filter: s.sock.filter.clone(),
         };
         let plain = SocketExtras {
             sock: ino,

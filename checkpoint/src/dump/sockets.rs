@@ -69,6 +69,8 @@ pub struct Sock {
     /// A datagram socket: the address each queued message came from
     /// (empty: an unnamed sender).
     pub senders: Vec<Vec<u8>>,
+    /// Its classic BPF filter, raw instructions.
+    pub filter: Vec<u64>,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -294,6 +296,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         unsent,
         accept_order: None,
         senders,
+        filter: super::sockopts::filter(s),
     })
 }
 

@@ -61,3 +61,39 @@ fn settable(fd: RawFd, level: i32, name: i32, value: &[u8]) -> bool {
         ),
     }
 }
+
+/// The classic BPF filter attached to socket `s` (SO_ATTACH_FILTER), as
+/// raw `struct sock_filter` words; empty when none. SO_GET_FILTER counts
+/// in instructions: asked with none, it says how many there are.
+pub fn filter(s: RawFd) -> Vec<u64> {
+    let mut n: libc::socklen_t = 0;
+    // SAFETY: a zero length: the kernel writes no bytes, only the count.
+    let r = unsafe {
+        libc::getsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_GET_FILTER,
+            std::ptr::null_mut(),
+            &mut n,
+        )
+    };
+    if r != 0 || n == 0 {
+        return Vec::new();
+    }
+    let mut insns = vec![0u64; n as usize];
+    // SAFETY: room for `n` instructions of 8 bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_GET_FILTER,
+            insns.as_mut_ptr().cast(),
+            &mut n,
+        )
+    };
+    if r != 0 {
+        return Vec::new();
+    }
+    insns.truncate(n as usize);
+    insns
+}

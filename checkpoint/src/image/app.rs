@@ -65,6 +65,9 @@ pub struct SocketExtras {
     /// message came from (empty: unnamed), so restart sends it again from
     /// the tree's socket bound there, or from a new unnamed one.
     pub senders: Vec<Vec<u8>>,
+    /// Its classic BPF filter (SO_ATTACH_FILTER), raw `struct sock_filter`
+    /// words; empty when none.
+    pub filter: Vec<u64>,
 }
 
 /// A socket option as `getsockopt` gave it: `setsockopt(level, name,

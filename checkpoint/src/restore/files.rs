@@ -153,6 +153,10 @@ fn set_options(
             )));
         };
         if let Some(&fd) = f.kind.file().and_then(|file| out.get(&file)) {
+            // the filter first: SO_LOCK_FILTER, among the options, locks it
+            if !e.filter.is_empty() {
+                super::sockopts::attach_filter(root, scratch, fd, s, &e.filter)?;
+            }
             super::sockopts::set(root, scratch, fd, s, &e.options)?;
         }
     }

@@ -23,13 +23,14 @@ const KEPT_FLAGS: u64 = 2 | 4;
 const BPF_MAXINSNS: usize = 4096;
 
 /// `struct sock_fprog` at `at` (length, then a pointer to the program,
-/// which follows it) and the program.
-fn sock_fprog(at: u64, f: &SeccompFilter) -> Vec<u8> {
-    let mut b = Vec::with_capacity(16 + f.insns.len() * 8);
-    b.extend_from_slice(&(f.insns.len() as u16).to_le_bytes());
+/// which follows it) and the program (raw `struct sock_filter`s): for
+/// seccomp, and for a socket's filter.
+pub(super) fn sock_fprog(at: u64, insns: &[u64]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16 + insns.len() * 8);
+    b.extend_from_slice(&(insns.len() as u16).to_le_bytes());
     b.extend_from_slice(&[0u8; 6]);
     b.extend_from_slice(&(at + 16).to_le_bytes());
-    for w in &f.insns {
+    for w in insns {
         b.extend_from_slice(&w.to_le_bytes());
     }
     b
@@ -115,7 +116,7 @@ impl TaskCtx<'_> {
             )));
         }
         let at = self.scratch();
-        self.put_bytes(&sock_fprog(at, f))?;
+        self.put_bytes(&sock_fprog(at, &f.insns))?;
         inj.call(
             "seccomp(SECCOMP_SET_MODE_FILTER)",
             libc::SYS_seccomp,
@@ -168,7 +169,7 @@ mod tests {
             flags: 0,
             insns: vec![0x0000_0000_0000_0006, 0x7fff_0000_0000_0006],
         };
-        let b = sock_fprog(0x1000, &f);
+        let b = sock_fprog(0x1000, &f.insns);
         assert_eq!(b.len(), 32);
         assert_eq!(&b[0..2], &2u16.to_le_bytes());
         assert_eq!(&b[8..16], &0x1010u64.to_le_bytes());

@@ -10,6 +10,45 @@ use crate::image::{SockOption, SocketImage};
 use crate::ptrace::{self, Injector};
 use crate::sockopts;
 
+/// Largest socket filter a program may attach (BPF_MAXINSNS).
+const MAX_FILTER: usize = 4096;
+
+/// Attach the classic BPF filter `insns` to the root's fd `fd`, socket
+/// `s` (as the job's user, like the options).
+pub fn attach_filter(
+    root: &Injector,
+    scratch: u64,
+    fd: i32,
+    s: &SocketImage,
+    insns: &[u64],
+) -> Result<()> {
+    if insns.len() > MAX_FILTER {
+        return Err(ChkptError::Inconsistent(format!(
+            "socket:[{}]: a filter of {} instructions",
+            s.ino,
+            insns.len()
+        )));
+    }
+    ptrace::write_mem(
+        root.tid,
+        scratch,
+        &super::seccomp::sock_fprog(scratch, insns),
+    )?;
+    root.call(
+        "setsockopt(SO_ATTACH_FILTER)",
+        libc::SYS_setsockopt,
+        [
+            fd as u64,
+            libc::SOL_SOCKET as u64,
+            libc::SO_ATTACH_FILTER as u64,
+            scratch,
+            16,
+            0,
+        ],
+    )?;
+    Ok(())
+}
+
 /// Set `options` on the root's fd `fd`, socket `s`.
 pub fn set(
     root: &Injector,

@@ -4,10 +4,12 @@
  * idle 77 s, interval 11 s, count 4), a UDP socket on IPv6 (traffic class
  * 0x20, hop limit 9, receive packet info) and a unix datagram socket
  * (SO_PASSSEC); the TCP socket is also bound to device "lo", lingers 5 s
- * and has a 3.5 s receive timeout. DIR/ready once set. On SIGUSR1:
+ * and has a 3.5 s receive timeout. A datagram pair whose receiving end
+ * has a classic BPF filter keeping 3 bytes of each message, locked. DIR/ready once set. On SIGUSR1:
  * DIR/check.<pid> is "ok" if every option still has its value, else
  * "BAD: <option> <value>". */
 #define _GNU_SOURCE
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -39,7 +41,17 @@ static struct opt opts[] = {
 };
 #define NOPTS (int)(sizeof opts / sizeof *opts)
 
+static int fp[2];
+
 static int check(void) {
+    int n = 0;
+    socklen_t nl = 0;
+    CHECK(getsockopt(fp[1], SOL_SOCKET, SO_GET_FILTER, NULL, &nl) == 0 && nl == 1, "the filter has %u instructions", nl);
+    socklen_t il = sizeof n;
+    CHECK(getsockopt(fp[1], SOL_SOCKET, SO_LOCK_FILTER, &n, &il) == 0 && n == 1, "the filter is not locked");
+    char got[16] = {0};
+    CHECK(send(fp[0], "hello", 5, 0) == 5 && recv(fp[1], got, sizeof got, 0) == 3 && !strcmp(got, "hel"),
+          "the filter let '%s' through", got);
     for (int i = 0; i < NOPTS; i++) {
         int v = -1;
         socklen_t l = sizeof v;
@@ -68,6 +80,13 @@ int main(int argc, char **argv) {
     udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
     ux = socket(AF_UNIX, SOCK_DGRAM, 0);
     if (tcp < 0 || udp6 < 0 || ux < 0) return 3;
+    struct sock_filter keep3[] = {BPF_STMT(BPF_RET | BPF_K, 3)};
+    struct sock_fprog prog = {1, keep3};
+    int one = 1;
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, fp) ||
+        setsockopt(fp[1], SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) ||
+        setsockopt(fp[1], SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof one))
+        return 3;
     struct linger lg = {1, 5};
     struct timeval tv = {3, 500000};
     if (setsockopt(tcp, SOL_SOCKET, SO_BINDTODEVICE, "lo", 3) ||
