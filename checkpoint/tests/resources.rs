@@ -295,10 +295,14 @@ fn half_closed_tcp_connections_come_back() {
         dir.join("ready").exists()
     });
     let store = dir.join("store");
+    // a checkpoint the job runs on from (its connections in and out of
+    // repair mode), then one that ends it
+    ok(&checkpoint_out(&store, pid, &[]), "checkpoint");
     let o = checkpoint_out(&store, pid, &["--kill"]);
-    ok(&o, "checkpoint");
+    ok(&o, "checkpoint --kill");
+    let sn = saved_sn(&o);
     kill_reap(pid);
-    ok(&restart_out(&store, pid, 1), "restart");
+    ok(&restart_out(&store, pid, sn), "restart");
     c1.write_all(b"world").unwrap();
     c1.shutdown(std::net::Shutdown::Write).unwrap();
     // connection 3: everything its full send queue held, then its end
