@@ -419,7 +419,8 @@ fn pidfds_name_the_same_tasks_after_restart() {
     guard.add(kids[0]);
     let o = checkpoint_out(&store, root, &["--kill"]);
     ok(&o, "checkpoint");
-    for p in [kids[0], root] {
+    // the parent first: its child, left to this subreaper, is reaped next
+    for p in [root, kids[0]] {
         kill_reap(p);
     }
     // a forged pidfd of a process outside the image (init): refused
