@@ -9,6 +9,30 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
+/// Forge the node file `node` (from its `genuine` bytes) with `forge`: a
+/// restart of SN 1 must fail in one line containing `why`, leaving
+/// nothing running.
+fn refused_forged_node(
+    store: &std::path::Path,
+    pid: i32,
+    node: &std::path::Path,
+    genuine: &[u8],
+    forge: impl FnOnce(&mut checkpoint::image::NodeImage),
+    why: &str,
+) {
+    use checkpoint::image::{self, FileKind, NodeImage};
+    std::fs::write(node, genuine).unwrap();
+    let mut n: NodeImage = image::read_file(node, FileKind::Node).unwrap().meta;
+    forge(&mut n);
+    std::fs::write(node, image::encode(FileKind::Node, &n).unwrap()).unwrap();
+    let o = restart_out(store, pid, 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a forged image was restored ({why})");
+    assert!(err.contains(why), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!alive(pid), "nothing left running");
+}
+
 /// The node file of SN 1 of `pid`'s checkpoint in `store`.
 fn node_file(store: &std::path::Path, pid: i32) -> std::path::PathBuf {
     std::fs::read_dir(store.join(pid.to_string()))
@@ -210,21 +234,10 @@ fn files_in_flight_on_unix_sockets_come_back() {
     // tree does not have — one line, nothing left running
     let node = node_file(&store, pid);
     let genuine = std::fs::read(&node).unwrap();
-    for forge in [
-        &(|m: &mut checkpoint::image::InFlight| m.msg = 99) as &dyn Fn(&mut _),
-        &|m: &mut checkpoint::image::InFlight| m.sock = 1,
-    ] {
-        use checkpoint::image::{self, FileKind, NodeImage};
-        let mut n: NodeImage = image::read_file(&node, FileKind::Node).unwrap().meta;
-        forge(&mut n.in_flight[0]);
-        std::fs::write(&node, image::encode(FileKind::Node, &n).unwrap()).unwrap();
-        let o = restart_out(&store, pid, 1);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "a forged image was restored");
-        assert!(err.contains("in flight"), "{err}");
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(!alive(pid), "nothing left running");
-    }
+    let no_message = |n: &mut checkpoint::image::NodeImage| n.in_flight[0].msg = 99;
+    refused_forged_node(&store, pid, &node, &genuine, no_message, "in flight");
+    let no_socket = |n: &mut checkpoint::image::NodeImage| n.in_flight[0].sock = 1;
+    refused_forged_node(&store, pid, &node, &genuine, no_socket, "in flight");
     std::fs::write(&node, genuine).unwrap();
     ok(&restart_out(&store, pid, 1), "restart");
     assert_eq!(ask_usr1(dir, pid, "check"), "ok");
@@ -360,7 +373,7 @@ fn socket_options_come_back() {
 /// (the options are set as the user, so the kernel says no to the first).
 #[test]
 fn forged_socket_options_are_refused() {
-    use checkpoint::image::{self, FileKind, NodeImage, SockOption};
+    use checkpoint::image::{NodeImage, SockOption};
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let guard = Guard::new();
@@ -394,17 +407,11 @@ fn forged_socket_options_are_refused() {
             "not one restart sets",
         ),
     ] {
-        std::fs::write(&node, &genuine).unwrap();
-        let mut n: NodeImage = image::read_file(&node, FileKind::Node).unwrap().meta;
-        let with_options = n.sockets.iter_mut().find(|e| !e.options.is_empty());
-        with_options.unwrap().options.push(forged.clone());
-        std::fs::write(&node, image::encode(FileKind::Node, &n).unwrap()).unwrap();
-        let o = restart_out(&store, pid, 1);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "forged {forged:?} was restored");
-        assert!(err.contains(why), "{err}");
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(!alive(pid), "nothing left running");
+        let add = |n: &mut NodeImage| {
+            let with_options = n.sockets.iter_mut().find(|e| !e.options.is_empty());
+            with_options.unwrap().options.push(forged);
+        };
+        refused_forged_node(&store, pid, &node, &genuine, add, why);
     }
     std::fs::write(&node, genuine).unwrap();
     ok(&restart_out(&store, pid, 1), "restart");
