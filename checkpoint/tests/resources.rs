@@ -244,6 +244,38 @@ fn files_in_flight_on_unix_sockets_come_back() {
     kill_reap(pid);
 }
 
+/// An nftables table dropping the TCP SYNs sent to a port of 127.0.0.1,
+/// removed when dropped.
+struct DropSyns(String);
+
+impl DropSyns {
+    fn new(port: u16) -> Self {
+        let table = format!("krgtest_syn_{port}");
+        let script = format!(
+            "add table inet {table}\nadd chain inet {table} input {{ type filter hook input priority -10 ; }}\nadd rule inet {table} input tcp dport {port} tcp flags syn drop\n"
+        );
+        nft(&script);
+        DropSyns(table)
+    }
+}
+
+impl Drop for DropSyns {
+    fn drop(&mut self) {
+        nft(&format!("delete table inet {}\n", self.0));
+    }
+}
+
+fn nft(script: &str) {
+    use std::io::Write;
+    let mut c = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft runs");
+    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "nft {script}");
+}
+
 /// The TCP states of this host's connections to `port` (from /proc/net/tcp,
 /// the local side of each as hex state codes), for the message of a failure.
 fn tcp_states(port: u16) -> String {
@@ -262,8 +294,9 @@ fn tcp_states(port: u16) -> String {
 /// sends after the restart, then its end, and cannot write; one whose peer
 /// shut down (CLOSE_WAIT) reads the queued data then its end, and still
 /// writes; one that shut down with its send queue full and unacknowledged
-/// (FIN_WAIT1) delivers all of it, then its end. The peer (this test) sees
-/// no reset, its data and the ends.
+/// (FIN_WAIT1) delivers all of it, then its end; one whose connect was under
+/// way (SYN_SENT, its SYNs dropped) connects once they pass. The peer
+/// (this test) sees no reset, its data and the ends.
 #[test]
 fn half_closed_tcp_connections_come_back() {
     use std::io::{Read, Write};
@@ -274,9 +307,14 @@ fn half_closed_tcp_connections_come_back() {
     let exe = build_c(dir, "tcphalf");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    // connection 4's SYNs are dropped until after the restart
+    let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let late_port = late.local_addr().unwrap().port();
+    let drop_syns = DropSyns::new(late_port);
     let mut cmd = Command::new(&exe);
     cmd.arg(dir)
         .arg(port.to_string())
+        .arg(late_port.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let pid = guard.add(spawn(cmd).id() as i32);
@@ -318,6 +356,10 @@ fn half_closed_tcp_connections_come_back() {
     ok(&restart_out(&store, pid, sn), "restart");
     c1.write_all(b"world").unwrap();
     c1.shutdown(std::net::Shutdown::Write).unwrap();
+    // connection 4, under way when checkpointed, connects once its SYNs pass
+    drop(drop_syns);
+    late.set_nonblocking(false).unwrap();
+    let accepted = std::thread::spawn(move || late.accept().map(|(c, _)| c));
     // connection 3: everything its full send queue held, then its end
     let sent: usize = std::fs::read_to_string(dir.join("sent3"))
         .unwrap()
@@ -338,6 +380,11 @@ fn half_closed_tcp_connections_come_back() {
         "states {}",
         tcp_states(port)
     );
+    let mut c4 = accepted.join().unwrap().unwrap();
+    c4.set_read_timeout(timeout).unwrap();
+    let mut four = [0u8; 1];
+    c4.read_exact(&mut four).unwrap();
+    assert_eq!(&four, b"4");
     let mut reply = String::new();
     c2.read_to_string(&mut reply).unwrap();
     assert_eq!(reply, "reply");

@@ -455,6 +455,7 @@ fn extras_of(socks: &[super::sockets::SockRef]) -> Vec<SocketExtras> {
                 Vec::new()
             },
             filter: s.sock.filter.clone(),
+            connecting: s.sock.connecting,
         };
         let plain = SocketExtras {
             sock: ino,

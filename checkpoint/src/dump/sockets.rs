@@ -22,6 +22,7 @@ const TCP_REPAIR_WINDOW: i32 = 29;
 const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
 const TCP_FIN_WAIT1: u8 = 4;
 const TCP_FIN_WAIT2: u8 = 5;
 const TCP_CLOSE_WAIT: u8 = 8;
@@ -71,6 +72,8 @@ pub struct Sock {
     pub senders: Vec<Vec<u8>>,
     /// Its classic BPF filter, raw instructions.
     pub filter: Vec<u64>,
+    /// A TCP socket whose connect is under way (SYN_SENT).
+    pub connecting: bool,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -189,6 +192,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
     let mut waiting = Vec::new();
     let mut unsent = 0;
     let mut senders = Vec::new();
+    let mut connecting = false;
     match (family, stype) {
         (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => {
             let d = diag::unix(ino).map_err(sys("sock_diag of a unix socket"))?;
@@ -258,6 +262,11 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                         image.tcp = Some(take_tcp(s, &info, f).map_err(sys("TCP_REPAIR"))?);
                     }
                 }
+                TCP_SYN_SENT => {
+                    // a connect under way: made again from its start
+                    image.remote = peer_name(s, family);
+                    connecting = true;
+                }
                 7 if closed_connection(s, family) => {
                     return Err(refuse(
                         "a TCP connection closed on both sides (state CLOSE, still naming its peer) is not saved by this version".into(),
@@ -267,7 +276,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                 7 => {} // bound, not listening yet
                 st => {
                     return Err(refuse(format!(
-                        "a TCP connection in state {st} (only listening, established and closing ones are saved, not SYN_SENT, SYN_RECV or TIME_WAIT)"
+                        "a TCP connection in state {st} (only listening, connecting, established and closing ones are saved, not SYN_RECV or TIME_WAIT)"
                     )))
                 }
             }
@@ -297,6 +306,7 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         accept_order: None,
         senders,
         filter: super::sockopts::filter(s),
+        connecting,
     })
 }
 
@@ -305,6 +315,13 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
 /// (restoring it as a merely bound socket would make reads fail with
 /// ENOTCONN where they returned end of file).
 fn closed_connection(s: RawFd, family: i32) -> bool {
+    !peer_name(s, family).is_empty()
+}
+
+/// `SO_PEERNAME`: the peer a socket was connected or is connecting to,
+/// even where `getpeername` says it has none (SYN_SENT, CLOSE); empty
+/// when there is none.
+fn peer_name(s: RawFd, family: i32) -> Vec<u8> {
     // SAFETY: sockaddr_storage is plain data.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     // SO_PEERNAME wants no more room than the address takes
@@ -323,7 +340,17 @@ fn closed_connection(s: RawFd, family: i32) -> bool {
             &mut len,
         )
     };
-    r == 0 && len > 2
+    if r != 0 || len <= 2 {
+        return Vec::new();
+    }
+    // SAFETY: the kernel wrote `len` bytes of the storage.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&ss as *const libc::sockaddr_storage).cast::<u8>(),
+            len as usize,
+        )
+    }
+    .to_vec()
 }
 
 /// Bytes a unix stream socket sent that its peer has not read (SIOCOUTQ).

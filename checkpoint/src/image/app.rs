@@ -68,6 +68,9 @@ pub struct SocketExtras {
     /// Its classic BPF filter (SO_ATTACH_FILTER), raw `struct sock_filter`
     /// words; empty when none.
     pub filter: Vec<u64>,
+    /// A TCP socket whose connect was under way (SYN_SENT, to its
+    /// `remote`): restart starts the connect again, without waiting.
+    pub connecting: bool,
 }
 
 /// A socket option as `getsockopt` gave it: `setsockopt(level, name,

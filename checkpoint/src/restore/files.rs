@@ -92,8 +92,7 @@ pub fn create_files(
     for (f, s) in &socks {
         if let Some(&fd) = f.kind.file().and_then(|file| out.get(&file)) {
             fd_of.insert(s.ino, fd);
-            let shutdown = flight.extras_of(s.ino).map(|e| e.shutdown);
-            sockets::configure(root.tid, fd as u64, s, shutdown)?;
+            sockets::configure(root.tid, fd as u64, s, flight.extras_of(s.ino))?;
         }
     }
     let all: Vec<&SocketImage> = socks.iter().map(|(_, s)| *s).collect();

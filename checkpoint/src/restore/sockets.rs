@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdKind, Shutdown, SocketExtras, SocketImage, TaskImage};
+use crate::image::{FdKind, SocketExtras, SocketImage, TaskImage};
 use crate::ptrace::{self, Injector};
 use crate::uffd;
 
@@ -212,12 +212,13 @@ pub fn connect_waiting(
 }
 
 /// Everything done from restart on a duplicate: options, inet address,
-/// listening, a TCP connection's state (`shutdown`: its FINs).
+/// listening, a TCP connection's state (`extras`: its FINs, a connect
+/// under way).
 pub fn configure(
     root_pid: i32,
     fd: u64,
     s: &SocketImage,
-    shutdown: Option<Shutdown>,
+    extras: Option<&SocketExtras>,
 ) -> Result<()> {
     let dup = uffd::pidfd_open(root_pid)
         .and_then(|p| uffd::pidfd_getfd(&p, fd as i32))
@@ -251,7 +252,8 @@ pub fn configure(
         return Ok(());
     }
     if let Some(t) = &s.tcp {
-        return super::tcp::repair(d, s, t, shutdown.unwrap_or_default())
+        let shutdown = extras.map(|e| e.shutdown).unwrap_or_default();
+        return super::tcp::repair(d, s, t, shutdown)
             .map_err(sys(root_pid, "TCP_REPAIR (the connection)"));
     }
     if !s.local.is_empty() {
@@ -271,6 +273,8 @@ pub fn configure(
         if unsafe { libc::listen(d, b) } != 0 {
             return Err(sys(root_pid, "listen")(io::Error::last_os_error()));
         }
+    } else if !s.remote.is_empty() && extras.is_some_and(|e| e.connecting) {
+        start_connect(d, &s.remote).map_err(sys(root_pid, "connect (under way)"))?;
     } else if !s.remote.is_empty() {
         // a connected UDP socket
         // SAFETY: the recorded sockaddr bytes, their length.
@@ -284,6 +288,25 @@ pub fn configure(
         {
             return Err(sys(root_pid, "connect")(io::Error::last_os_error()));
         }
+    }
+    Ok(())
+}
+
+/// Start a TCP connect again without waiting for it (O_NONBLOCK for the
+/// call, whatever the socket's own flags): its SYN goes, the socket is
+/// SYN_SENT as it was, and the process's own connect or poll goes on.
+fn start_connect(d: RawFd, remote: &[u8]) -> io::Result<()> {
+    // SAFETY: fcntl on our duplicate.
+    let flags = unsafe { libc::fcntl(d, libc::F_GETFL) };
+    // SAFETY: as above.
+    unsafe { libc::fcntl(d, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    // SAFETY: the recorded sockaddr bytes, their length.
+    let r = unsafe { libc::connect(d, remote.as_ptr().cast(), remote.len() as libc::socklen_t) };
+    let err = io::Error::last_os_error();
+    // SAFETY: as above.
+    unsafe { libc::fcntl(d, libc::F_SETFL, flags) };
+    if r != 0 && err.raw_os_error() != Some(libc::EINPROGRESS) {
+        return Err(err);
     }
     Ok(())
 }

@@ -7,11 +7,14 @@
  * "data" queued). Connection 3 sends "3", then as much as its send
  * buffer takes while the peer does not read (byte i is i % 251), and shuts
  * down writing (FIN_WAIT1: data and FIN unacknowledged); DIR/sent3 holds
- * how many bytes after the "3". DIR/ready once connection 2 saw the peer's
- * FIN.
+ * how many bytes after the "3". With argv[3], connection 4 is a
+ * non-blocking connect to 127.0.0.1:argv[3], whose SYNs the test drops:
+ * it is under way (SYN_SENT) when checkpointed. DIR/ready once connection
+ * 2 saw the peer's FIN.
  * On SIGUSR1: connection 2 must read "data" then end of file, then it
  * sends "reply" and shuts down; connection 1 must read what the peer sent
- * meanwhile ("world") then end of file. DIR/check.<pid>: "ok" or
+ * meanwhile ("world") then end of file; connection 4 must be connected
+ * (the test accepts it) and send "4". DIR/check.<pid>: "ok" or
  * "BAD: <what>". */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -62,8 +65,20 @@ static int check(int c1, int c2) {
     return 0;
 }
 
-static int c1, c2;
-static int check_all(void) { return check(c1, c2); }
+static int c1, c2, c4 = -1;
+
+static int check_connecting(void) {
+    if (c4 < 0) return 0;
+    struct pollfd w = {.fd = c4, .events = POLLOUT};
+    CHECK(poll(&w, 1, 20000) == 1, "connection 4 never connected");
+    int err = -1;
+    socklen_t l = sizeof err;
+    CHECK(getsockopt(c4, SOL_SOCKET, SO_ERROR, &err, &l) == 0 && err == 0, "connection 4 failed: %d", err);
+    CHECK(write(c4, "4", 1) == 1, "connection 4 cannot write");
+    return 0;
+}
+
+static int check_all(void) { return check(c1, c2) == 0 && check_connecting() == 0 ? 0 : -1; }
 
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
@@ -98,6 +113,12 @@ int main(int argc, char **argv) {
         }
     }
     if (shutdown(c3, SHUT_WR)) return 4;
+    if (argc > 3) {
+        c4 = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (c4 < 0 || connect(c4, (struct sockaddr *)&a, sizeof a) == 0 || errno != EINPROGRESS) return 5;
+    }
 
     char path[512], count[32];
     snprintf(path, sizeof path, "%s/sent3", dir);
