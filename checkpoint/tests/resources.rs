@@ -272,7 +272,11 @@ fn nft(script: &str) {
         .stdin(Stdio::piped())
         .spawn()
         .expect("nft runs");
-    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     assert!(c.wait().unwrap().success(), "nft {script}");
 }
 
