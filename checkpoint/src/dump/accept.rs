@@ -45,7 +45,7 @@ pub fn pair_waiting(socks: &mut [SockRef]) -> Result<()> {
                 ));
             }
             c.sock.image.peer = None;
-            c.sock.accept_order = Some(place as u32);
+            c.sock.extras.accept_order = Some(place as u32);
         }
     }
     Ok(())

@@ -436,33 +436,18 @@ fn check_pidfds(tree: &[(i32, i32)], fds: &HashMap<i32, Vec<FdImage>>) -> Result
     Ok(())
 }
 
-/// What the sockets have beyond their images (shutdowns, options, a
-/// removed name), once per socket; none for a socket with nothing more.
+/// What the sockets have beyond their images, once per socket; none for a
+/// socket with nothing more.
 fn extras_of(socks: &[super::sockets::SockRef]) -> Vec<SocketExtras> {
     let mut out: Vec<SocketExtras> = Vec::new();
     for s in socks {
-        let ino = s.sock.image.ino;
-        let e = SocketExtras {
-            sock: ino,
-            shutdown: s.sock.shutdown,
-            options: s.sock.options.clone(),
-            unlinked: s.sock.unlinked,
-            accept_order: s.sock.accept_order,
-            senders: if s.sock.image.peer.is_none() && s.sock.senders.iter().any(|a| !a.is_empty())
-            {
-                s.sock.senders.clone()
-            } else {
-                Vec::new()
-            },
-            filter: s.sock.filter.clone(),
-            connecting: s.sock.connecting,
-        };
+        let e = &s.sock.extras;
         let plain = SocketExtras {
-            sock: ino,
+            sock: e.sock,
             ..SocketExtras::default()
         };
-        if e != plain && !out.iter().any(|o| o.sock == ino) {
-            out.push(e);
+        if *e != plain && !out.iter().any(|o| o.sock == e.sock) {
+            out.push(e.clone());
         }
     }
     out

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{ChkptError, Result};
-use crate::image::{FdImage, FdKind, Shutdown, SockOption, SockOpts, SocketImage, TcpRepair};
+use crate::image::{FdImage, FdKind, Shutdown, SockOpts, SocketExtras, SocketImage, TcpRepair};
 use crate::netlock::{self, Conn};
 use crate::{diag, uffd};
 
@@ -52,28 +52,16 @@ pub struct Sock {
     /// Files in flight on it (SCM_RIGHTS): per queued message (its index),
     /// our duplicates of them.
     pub rights: Vec<(u32, Vec<OwnedFd>)>,
-    /// Shut down: a TCP connection being closed (its FINs), a unix socket.
-    pub shutdown: Shutdown,
-    /// A unix socket bound to a path removed since.
-    pub unlinked: bool,
-    /// Its options that a new socket does not have.
-    pub options: Vec<SockOption>,
+    /// What the image keeps of it beyond `image` (shutdown, options,
+    /// filter, a removed name, a connect under way, datagram senders; its
+    /// place in an accept queue is set by `accept`).
+    pub extras: SocketExtras,
     /// A listening unix socket: the connections waiting to be accepted
     /// (their clients' inodes, first to be accepted first).
     pub waiting: Vec<u64>,
     /// A connected unix stream socket: bytes it sent that its peer has not
     /// read.
     pub unsent: u32,
-    /// A unix socket whose connection waits in the accept queue of a
-    /// listening socket of the tree: its place there (see `accept`).
-    pub accept_order: Option<u32>,
-    /// A datagram socket: the address each queued message came from
-    /// (empty: an unnamed sender).
-    pub senders: Vec<Vec<u8>>,
-    /// Its classic BPF filter, raw instructions.
-    pub filter: Vec<u64>,
-    /// A TCP socket whose connect is under way (SYN_SENT).
-    pub connecting: bool,
 }
 
 fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
@@ -267,7 +255,10 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
                     image.remote = peer_name(s, family);
                     connecting = true;
                 }
-                7 if closed_connection(s, family) => {
+                // a closed socket that still names a peer was connected:
+                // made again as a merely bound one, its reads would fail
+                // with ENOTCONN where they returned end of file
+                7 if !peer_name(s, family).is_empty() => {
                     return Err(refuse(
                         "a TCP connection closed on both sides (state CLOSE, still naming its peer) is not saved by this version".into(),
                     ))
@@ -291,31 +282,31 @@ pub fn read(pid: i32, fd: i32, ino: u64, caller: u32, take: Take) -> Result<Sock
         }
     }
     Ok(Sock {
+        extras: SocketExtras {
+            sock: image.ino,
+            shutdown: closing.map_or(Shutdown::default(), |(send, receive)| Shutdown {
+                send,
+                receive,
+            }),
+            options: super::sockopts::changed(s, family, stype, protocol),
+            unlinked,
+            accept_order: None,
+            // the senders matter only where no peer of the tree sends again
+            senders: if image.peer.is_none() && senders.iter().any(|a| !a.is_empty()) {
+                senders
+            } else {
+                Vec::new()
+            },
+            filter: super::sockopts::filter(s),
+            connecting,
+        },
         image,
         dup,
         unix_state,
         rights,
-        shutdown: closing.map_or(Shutdown::default(), |(send, receive)| Shutdown {
-            send,
-            receive,
-        }),
-        unlinked,
-        options: super::sockopts::changed(s, family, stype, protocol),
         waiting,
         unsent,
-        accept_order: None,
-        senders,
-        filter: super::sockopts::filter(s),
-        connecting,
     })
-}
-
-/// Was this closed TCP socket connected? `getpeername` says no once a
-/// connection is closed; `SO_PEERNAME` still gives the peer it had
-/// (restoring it as a merely bound socket would make reads fail with
-/// ENOTCONN where they returned end of file).
-fn closed_connection(s: RawFd, family: i32) -> bool {
-    !peer_name(s, family).is_empty()
 }
 
 /// `SO_PEERNAME`: the peer a socket was connected or is connecting to,
@@ -513,7 +504,7 @@ pub fn classify(refs: Vec<SockRef>) -> Result<Classified> {
     for r in refs {
         let img = &r.sock.image;
         let outside_peer = r.sock.unix_state == TCP_ESTABLISHED
-            && r.sock.accept_order.is_none()
+            && r.sock.extras.accept_order.is_none()
             && img.peer.is_none_or(|p| !inos.contains(&p));
         let kind = if outside_peer && r.fd <= 2 {
             FdKind::InheritedStdio {

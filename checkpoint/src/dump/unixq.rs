@@ -128,7 +128,7 @@ fn address(from: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
 /// is refused (its address could not be its sender's again).
 pub fn check_senders(socks: &[SockRef]) -> Result<()> {
     for r in socks.iter().filter(|r| r.sock.image.peer.is_none()) {
-        for from in r.sock.senders.iter().filter(|a| !a.is_empty()) {
+        for from in r.sock.extras.senders.iter().filter(|a| !a.is_empty()) {
             if !socks.iter().any(|o| &o.sock.image.local == from) {
                 return Err(ChkptError::unsupported(
                     r.pid,
