@@ -17,7 +17,8 @@
 //! the machine's load is printed with them. Run (as root):
 //! `cargo bench -p krg-tests --bench run` (`KRG_BENCH_RUN_SIZES=10` and
 //! `KRG_BENCH_ROUNDS=5` to shorten it; `KRG_BENCH_REFS=none` leaves the
-//! ssh tools out).
+//! ssh tools out; `KRG_BENCH_HOLD=SECS` keeps each cluster up that long
+//! first, printing how to reach it, for profiling by hand).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 mod sshref;
@@ -171,6 +172,28 @@ fn cluster(n: u32) -> Result<TestCluster> {
     Ok(c)
 }
 
+/// `KRG_BENCH_HOLD=SECS`: print how to reach the formed cluster with `krg`
+/// and keep it up that long before measuring, to profile it by hand
+/// (`perf record -a` while running the printed command).
+fn hold_for_profiling(c: &TestCluster) -> Result<()> {
+    let Ok(secs) = std::env::var("KRG_BENCH_HOLD") else {
+        return Ok(());
+    };
+    let secs: u64 = secs.parse().context("KRG_BENCH_HOLD: a number of seconds")?;
+    let cmd = c.krg(1)?;
+    let env: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
+        .collect();
+    println!(
+        "holding {secs} s: {} {}",
+        env.join(" "),
+        cmd.get_program().to_string_lossy()
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    Ok(())
+}
+
 /// The local floor of `groups` × `per_group` jobs of `prog` (see the
 /// module comment): one shell per group, each starting its jobs at once.
 fn local_floor(groups: u32, per_group: u32, prog: &str) -> Command {
@@ -213,6 +236,7 @@ fn bench_size(
         t.elapsed().as_secs_f64(),
         load()
     );
+    hold_for_profiling(&c)?;
     let all = format!("1-{n}");
     // Warm-up (page cache, peer connections).
     time(krg(&c, &["run", "-n", &all, "--", "true"]))?;
