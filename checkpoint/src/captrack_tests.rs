@@ -217,3 +217,35 @@ fn holders_drop_a_reused_pid() {
     c.wait().unwrap();
     t.shutdown();
 }
+
+/// The proc connector groups the tracker's socket belongs to, from
+/// /proc/net/netlink (its row found by the socket's inode).
+fn groups_of(t: &CapTracker) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(format!("/proc/self/fd/{}", t.sock.as_raw_fd()))
+        .unwrap()
+        .ino();
+    let table = std::fs::read_to_string("/proc/net/netlink").unwrap();
+    let row = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.get(9) == Some(&inode.to_string().as_str()))
+        .expect("the tracker's socket in /proc/net/netlink");
+    u32::from_str_radix(row[3], 16).unwrap()
+}
+
+#[test]
+fn a_tracker_subscribes_at_its_first_flag_and_leaves_at_shutdown() {
+    let t = CapTracker::start().unwrap();
+    // Nothing flagged: not in the group, so no fork or exit of the
+    // machine runs its filter.
+    assert_eq!(groups_of(&t), 0);
+    fork_storm(5);
+    assert_eq!(t.events_received(), 0);
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    t.set(me, true).unwrap();
+    assert_eq!(groups_of(&t), 1 << (CN_IDX_PROC - 1));
+    t.shutdown();
+    assert_eq!(groups_of(&t), 0);
+}

@@ -1,7 +1,8 @@
 //! `krg run`, `krg ps`, `krg kill` on one node (loopback): stdio, exit
 //! statuses, signals, a closed stdout, bad input, the caller's credentials
 //! (root and an unprivileged user), and what may not be done to another
-//! user's process. Needs root (CI runs as root).
+//! user's process, and the zygote that forks every job's init. Needs root
+//! (CI runs as root).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::{Read, Write};
@@ -432,5 +433,60 @@ fn jobs_run_with_the_callers_credentials_and_users_cannot_touch_others() -> Resu
     let o = out(&mut cmd);
     assert_eq!(o.status.code(), Some(255), "{:?}", text(&o));
     assert!(text(&o).1.contains("Permission denied"), "{:?}", text(&o));
+    Ok(())
+}
+
+/// The live `krg-init` children of `krgd` in its own PID namespace: its
+/// zygotes (a job's init is in a namespace of its own).
+fn zygotes(krgd: u32) -> Vec<u32> {
+    let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{krgd}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let kids = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for kid in kids
+            .split_whitespace()
+            .filter_map(|k| k.parse::<u32>().ok())
+        {
+            let stat = std::fs::read_to_string(format!("/proc/{kid}/stat")).unwrap_or_default();
+            let live = stat.contains("(krg-init) ") && !stat.contains(") Z ");
+            if live && ns(kid).is_some() && ns(kid) == ns(krgd) {
+                out.push(kid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn jobs_start_from_the_zygote_and_a_killed_zygote_is_replaced() -> Result<()> {
+    let _g = serial();
+    let mut c = one_node()?;
+    let krgd = c.node(1)?.pid().unwrap();
+    // The program's parent is its namespace's init, PID 1.
+    let parent = |c: &TestCluster| {
+        let o = out(c
+            .krg(1)
+            .unwrap()
+            .args(["run", "--", "sh", "-c", "echo $PPID"]));
+        assert!(o.status.success(), "{:?}", text(&o));
+        text(&o).0
+    };
+    assert_eq!(parent(&c), "1\n");
+    let first = zygotes(krgd);
+    assert_eq!(first.len(), 1, "one zygote per krgd: {first:?}");
+
+    // Kill it: the next job still starts (from a new zygote).
+    // SAFETY: kill has no memory arguments.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    wait_for(Duration::from_secs(5), "the zygote to die", || {
+        (!zygotes(krgd).contains(&first[0])).then_some(())
+    })?;
+    assert_eq!(parent(&c), "1\n");
+    let second = zygotes(krgd);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first);
     Ok(())
 }

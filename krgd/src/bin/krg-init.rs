@@ -15,6 +15,10 @@
 //! directory or opens anything, and executes the program (or copies a file
 //! for `krg push` / `krg get`). Failures of those steps reach krgd as
 //! (stage, errno) through a close-on-exec pipe.
+//!
+//! Started with a seqpacket socket as descriptor 0 and no spec, it is the
+//! zygote instead: it forks each job's init for krgd
+//! (`krgd::service::proc::zygote`), which then goes on here as above.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -24,9 +28,14 @@ use std::os::unix::ffi::OsStrExt;
 use krgd::service::proc::initspec::{
     InitEvent, InitProgram, InitSpec, Stage, IMAGE_FD, MAX_SPEC, SPEC_FD, STATUS_FD,
 };
+use krgd::service::proc::zygote::serve as zygote;
 
 fn main() {
     block_all_signals();
+    if zygote::is_zygote() {
+        // Returns only in a new job's init, its descriptors in place.
+        zygote::serve();
+    }
     let spec = match read_spec() {
         Ok(s) => s,
         Err(errno) => {

@@ -179,7 +179,9 @@ fn hold_for_profiling(c: &TestCluster) -> Result<()> {
     let Ok(secs) = std::env::var("KRG_BENCH_HOLD") else {
         return Ok(());
     };
-    let secs: u64 = secs.parse().context("KRG_BENCH_HOLD: a number of seconds")?;
+    let secs: u64 = secs
+        .parse()
+        .context("KRG_BENCH_HOLD: a number of seconds")?;
     let cmd = c.krg(1)?;
     let env: Vec<String> = cmd
         .get_envs()

@@ -13,6 +13,7 @@
 //! * [`creds`]: whose a job is, and who may run what here.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss.
+//! * [`zygote`]: the pre-started `krg-init` that forks every job's init.
 //! * [`pty`], [`detach`], [`nodestat`], [`fdio`], [`state`]: the smaller pieces.
 
 pub mod balance;
@@ -40,6 +41,7 @@ pub mod session;
 pub mod spawn;
 pub mod state;
 pub mod table;
+pub mod zygote;
 
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;

@@ -11,6 +11,10 @@
 //! with `CLONE_NEWPID` and `CLONE_PIDFD`. Between clone and execve the child
 //! shares krgd's memory, so it only makes raw system calls on data prepared
 //! beforehand.
+//!
+//! That is how the thread starts the [zygote](super::zygote) (in krgd's own
+//! PID namespace), which then forks each job's init for it; the direct
+//! execution of `krg-init` per job is what is left when no zygote runs.
 
 use std::ffi::CString;
 use std::io;
@@ -18,6 +22,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
+
+use super::zygote::client::InitStarter;
 
 /// Size of the stack the child runs on until it executes the init.
 const CHILD_STACK: usize = 64 * 1024;
@@ -52,8 +58,9 @@ impl Spawner {
             .name("krgd-spawner".into())
             .spawn(move || {
                 block_all_signals();
+                let mut starter = InitStarter::default();
                 for order in rx {
-                    let result = clone_init(&order.init, &order.fds);
+                    let result = starter.start(&order.init, &order.fds);
                     drop(order.fds);
                     let _ = order.reply.send(result);
                 }
@@ -100,7 +107,13 @@ struct ChildArgs {
     errno: i32,
 }
 
-fn clone_init(init: &CString, fds: &[OwnedFd]) -> io::Result<InitProcess> {
+/// Execute `init` in a child of this thread, in a new PID namespace if
+/// `new_pid_ns` (a job's init; the zygote shares krgd's namespace).
+pub(super) fn clone_init(
+    init: &CString,
+    fds: &[OwnedFd],
+    new_pid_ns: bool,
+) -> io::Result<InitProcess> {
     let mut args = ChildArgs {
         path: init.as_ptr(),
         argv: [c"krg-init".as_ptr(), std::ptr::null()],
@@ -116,8 +129,10 @@ fn clone_init(init: &CString, fds: &[OwnedFd]) -> io::Result<InitProcess> {
     // The stack grows down: hand over its (16-byte aligned) top.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
     let mut pidfd: libc::c_int = -1;
-    let flags =
-        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::CLONE_PIDFD | libc::SIGCHLD;
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    if new_pid_ns {
+        flags |= libc::CLONE_NEWPID;
+    }
     // SAFETY: `top` is the top of a live, writable stack the child uses
     // until it executes or exits (CLONE_VFORK keeps this thread, and so
     // `stack` and `args`, waiting until then); `child` only makes system
@@ -185,29 +200,45 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         {
             return fail(a);
         }
-        // Move every descriptor above the targets first, so that placing
-        // one never overwrites another not yet placed.
-        let mut high = [-1; MAX_FDS];
-        for (h, fd) in high.iter_mut().zip(a.fds).take(a.nfds) {
-            *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
-            if *h < 0 {
-                return fail(a);
-            }
+        if !place_fds(&a.fds[..a.nfds.min(MAX_FDS)]) {
+            return fail(a);
         }
-        for (i, fd) in high.iter().enumerate().take(a.nfds) {
-            if libc::dup2(*fd, i as libc::c_int) < 0 {
-                return fail(a);
-            }
-        }
-        libc::syscall(
-            libc::SYS_close_range,
-            a.nfds as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        );
         libc::execve(a.path, a.argv.as_ptr(), a.envp.as_ptr());
         fail(a)
     }
+}
+
+/// Make `fds` this process's descriptors 0, 1, 2, ... and close every
+/// other one. Only system calls on stack data, no allocation: callable in
+/// a child that shares its parent's memory. False (errno set) on failure.
+pub fn place_fds(fds: &[RawFd]) -> bool {
+    let n = fds.len().min(MAX_FDS);
+    // Move every descriptor above the targets first, so that placing one
+    // never overwrites another not yet placed.
+    let mut high = [-1; MAX_FDS];
+    for (h, fd) in high.iter_mut().zip(fds).take(n) {
+        // SAFETY: fcntl on a descriptor number; no memory is passed.
+        *h = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64) };
+        if *h < 0 {
+            return false;
+        }
+    }
+    for (i, fd) in high.iter().enumerate().take(n) {
+        // SAFETY: dup2 on descriptor numbers.
+        if unsafe { libc::dup2(*fd, i as libc::c_int) } < 0 {
+            return false;
+        }
+    }
+    // SAFETY: close_range on a range of descriptor numbers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            n as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    true
 }
 
 /// Send `signal` to the process behind `pidfd`.
