@@ -190,7 +190,7 @@ fn krg_init() -> String {
             Section {
                 title: "DESCRIPTION",
                 body: "\
-krgd starts every job of krg(1) run, XCPU session and krg push/get copy in a PID namespace of its own with krg-init as its PID 1. krg-init blocks every signal and forwards each one it receives to the job's process group, reaps what is reparented to it, and exits as soon as the job's program ends. Its child takes the job's credentials before it enters the working directory or opens anything. krgd finds krg-init next to its own executable unless [run] init of krgd.toml(5) names another; it must be owned by root and writable by root only.",
+krgd starts every job of krg(1) run, XCPU session and krg push/get copy in a PID namespace of its own with krg-init as its PID 1. krg-init blocks every signal and forwards each one it receives to the job's process group, reaps what is reparented to it, and exits as soon as the job's program ends. Its child takes the job's credentials before it enters the working directory or opens anything. krgd finds krg-init next to its own executable unless [run] init of krgd.toml(5) names another; it must be owned by root and writable by root only.\n\nkrgd starts one more krg-init, the zygote, in its own PID namespace: it forks the init of every job (which then goes on as above) so that no job pays for executing and linking krg-init. The zygote holds nothing of any job and ends with krgd; if it dies, krgd starts another, and if none can be started, krgd executes krg-init for each job instead. After an upgrade of krg-init, restart krgd to use the new one.",
             },
             Section {
                 title: "EXIT STATUS",
