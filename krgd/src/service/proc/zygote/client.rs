@@ -157,3 +157,34 @@ impl InitStarter {
         self.zygote.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An "init" that is no zygote (it says nothing and exits): the start
+    /// falls back to executing it directly, and the next start does not
+    /// try a zygote again before RETRY_AFTER. Needs root (a PID namespace).
+    #[test]
+    fn without_a_zygote_inits_are_executed_directly() {
+        let mut starter = InitStarter::default();
+        let init = CString::new("/bin/true").unwrap();
+        for _ in 0..2 {
+            let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            let p = starter.start(&init, &[null]).unwrap();
+            assert!(starter.zygote.is_none());
+            assert!(starter.retry_after.is_some());
+            // SAFETY: siginfo is a local the kernel fills; the pidfd is ours.
+            let rc = unsafe {
+                let mut info = std::mem::zeroed::<libc::siginfo_t>();
+                libc::waitid(
+                    libc::P_PIDFD,
+                    p.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                )
+            };
+            assert_eq!(rc, 0, "the directly executed init is our child");
+        }
+    }
+}
