@@ -162,8 +162,8 @@ pub(super) fn clone_init(
     Ok(InitProcess { pid, pidfd })
 }
 
-/// Wait for a child that has already exited (its exec failed).
-fn reap(pidfd: &OwnedFd) {
+/// Wait for a child of krgd to end (one that has exited or been killed).
+pub(super) fn reap(pidfd: &OwnedFd) {
     // SAFETY: siginfo is a local the kernel fills; the pidfd is ours.
     unsafe {
         let mut info = std::mem::zeroed::<libc::siginfo_t>();

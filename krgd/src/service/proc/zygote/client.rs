@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::{decode_reply, recv_with_fds, send_with_fds, READY};
-use crate::service::proc::spawn::{clone_init, pidfd_open, pidfd_signal, InitProcess};
+use crate::service::proc::spawn::{clone_init, pidfd_open, pidfd_signal, reap, InitProcess};
 
 /// How long a new zygote has to say it is ready, and a request to be
 /// answered: a clone takes microseconds; this only bounds a wedged zygote.
@@ -83,16 +83,7 @@ impl Zygote {
 impl Drop for Zygote {
     fn drop(&mut self) {
         let _ = pidfd_signal(&self.process.pidfd, libc::SIGKILL);
-        // SAFETY: siginfo is a local the kernel fills; the pidfd is ours.
-        unsafe {
-            let mut info = std::mem::zeroed::<libc::siginfo_t>();
-            libc::waitid(
-                libc::P_PIDFD,
-                self.process.pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED,
-            );
-        }
+        reap(&self.process.pidfd);
     }
 }
 
@@ -174,17 +165,15 @@ mod tests {
             let p = starter.start(&init, &[null]).unwrap();
             assert!(starter.zygote.is_none());
             assert!(starter.retry_after.is_some());
-            // SAFETY: siginfo is a local the kernel fills; the pidfd is ours.
-            let rc = unsafe {
-                let mut info = std::mem::zeroed::<libc::siginfo_t>();
-                libc::waitid(
-                    libc::P_PIDFD,
-                    p.pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED,
-                )
-            };
-            assert_eq!(rc, 0, "the directly executed init is our child");
+            // Our child: it can be waited for.
+            let ended = crate::service::proc::spawn::try_reap(&p.pidfd);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut ended = ended.unwrap();
+            while ended.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+                ended = crate::service::proc::spawn::try_reap(&p.pidfd).unwrap();
+            }
+            assert_eq!(ended, Some(0), "/bin/true ran and exited 0");
         }
     }
 }
