@@ -211,10 +211,12 @@ impl std::fmt::Display for ExitStatus {
 /// Input of a session, towards its jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Up {
-    /// A piece of the executable image of [`Program::Image`].
-    Image(#[serde(with = "bytes")] Vec<u8>),
+    /// A piece of the executable image of [`Program::Image`]. Shared
+    /// buffers: a run on many nodes sends the same piece to each without
+    /// copying it per node.
+    Image(#[serde(with = "shared_bytes")] ::bytes::Bytes),
     /// Bytes for the stdin of every job (at most [`MAX_CHUNK`]).
-    Stdin(#[serde(with = "bytes")] Vec<u8>),
+    Stdin(#[serde(with = "shared_bytes")] ::bytes::Bytes),
     /// End of stdin for every job.
     StdinEof,
     /// Send this signal to every job (delivered by the job's init to the
@@ -532,6 +534,20 @@ pub(crate) mod bytes {
             }
         }
         d.deserialize_byte_buf(V)
+    }
+}
+
+/// [`bytes`] for shared buffers ([`::bytes::Bytes`]): the decoded byte
+/// string becomes the buffer, without another copy.
+pub(crate) mod shared_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        super::bytes::serialize(v, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<::bytes::Bytes, D::Error> {
+        super::bytes::deserialize(d).map(::bytes::Bytes::from)
     }
 }
 

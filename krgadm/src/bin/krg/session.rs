@@ -101,7 +101,7 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
     });
     if let Some(image) = &plan.image {
         for chunk in image.chunks(MAX_CHUNK) {
-            let _ = tx.send(Up::Image(chunk.to_vec()));
+            let _ = tx.send(Up::Image(chunk.to_vec().into()));
         }
     }
     let credit = stdin::Credit::new(jobs.len());

@@ -108,7 +108,7 @@ pub fn spawn(mut source: Box<dyn Read + Send>, credit: Arc<Credit>, tx: Unbounde
                     }
                 };
                 credit.sent(n);
-                if tx.send(Up::Stdin(buf[..n].to_vec())).is_err() {
+                if tx.send(Up::Stdin(buf[..n].to_vec().into())).is_err() {
                     return;
                 }
             }

@@ -11,6 +11,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::proc::{
     Credentials, Down, ExitStatus, JobSpec, Program, Up, MAX_CHUNK, STDIN_WINDOW,
@@ -73,7 +74,7 @@ pub fn spawn(st: Arc<ProcState>, p: Params) -> Session {
 /// The session's hold on one of its jobs.
 struct Ctl {
     entry: Arc<JobEntry>,
-    stdin: Option<mpsc::UnboundedSender<Arc<Vec<u8>>>>,
+    stdin: Option<mpsc::UnboundedSender<Bytes>>,
     queued: Arc<AtomicU64>,
     close_stdout: Option<oneshot::Sender<()>>,
     pty: Option<Arc<Pty>>,
@@ -250,7 +251,6 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
             if data.len() > MAX_CHUNK {
                 return Err("a stdin frame larger than MAX_CHUNK");
             }
-            let data = Arc::new(data);
             for ctl in ctls.iter_mut().flatten() {
                 if let Some(tx) = &ctl.stdin {
                     let q = ctl.queued.fetch_add(data.len() as u64, Ordering::SeqCst);
@@ -267,7 +267,7 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
             for ctl in ctls.iter_mut().flatten() {
                 if let (Some(tx), Some(_)) = (&ctl.stdin, &ctl.pty) {
                     // A terminal has no end of input: type its EOF character.
-                    let _ = tx.send(Arc::new(vec![4]));
+                    let _ = tx.send(Bytes::from_static(&[4]));
                 }
                 ctl.stdin = None;
             }
@@ -490,7 +490,7 @@ enum Sink {
 async fn pump_in(
     job: u32,
     sink: Sink,
-    mut rx: mpsc::UnboundedReceiver<Arc<Vec<u8>>>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicU64>,
     events: mpsc::Sender<Down>,
 ) {

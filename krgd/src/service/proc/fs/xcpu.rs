@@ -451,7 +451,7 @@ impl XSession {
                 })
                 .await?;
             if let Some(input) = input {
-                if input.send(Up::Stdin(chunk.to_vec())).await.is_err() {
+                if input.send(Up::Stdin(chunk.to_vec().into())).await.is_err() {
                     return refuse(libc::EPIPE, "the job ended");
                 }
             }

@@ -134,7 +134,7 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
             n = read_some(&mut stdin, &mut buf), if stdin.is_some() && room => match n {
                 Some(n) => {
                     sent += n as u64;
-                    if input.send(Up::Stdin(buf[..n].to_vec())).await.is_err() {
+                    if input.send(Up::Stdin(buf[..n].to_vec().into())).await.is_err() {
                         break KILLED;
                     }
                 }

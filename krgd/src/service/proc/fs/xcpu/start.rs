@@ -107,7 +107,7 @@ impl XSession {
             }
         };
         for chunk in image.chunks(MAX_CHUNK) {
-            let _ = sess.input.send(Up::Image(chunk.to_vec())).await;
+            let _ = sess.input.send(Up::Image(chunk.to_vec().into())).await;
         }
         let pid = loop {
             match sess.events.recv().await {
@@ -137,7 +137,7 @@ impl XSession {
             (std::mem::take(&mut s.stdin_early), s.stdin_closed)
         };
         for chunk in early.chunks(MAX_CHUNK) {
-            let _ = sess.input.send(Up::Stdin(chunk.to_vec())).await;
+            let _ = sess.input.send(Up::Stdin(chunk.to_vec().into())).await;
         }
         if closed {
             let _ = sess.input.send(Up::StdinEof).await;
