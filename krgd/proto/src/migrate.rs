@@ -124,7 +124,7 @@ pub struct Data {
     /// Offset in that file.
     pub offset: u64,
     /// The bytes.
-    #[serde(with = "crate::proc::bytes")]
+    #[serde(with = "crate::proc::bytestr::owned")]
     pub data: Vec<u8>,
 }
 

@@ -214,9 +214,9 @@ pub enum Up {
     /// A piece of the executable image of [`Program::Image`]. Shared
     /// buffers: a run on many nodes sends the same piece to each without
     /// copying it per node.
-    Image(#[serde(with = "shared_bytes")] ::bytes::Bytes),
+    Image(#[serde(with = "bytestr::shared")] ::bytes::Bytes),
     /// Bytes for the stdin of every job (at most [`MAX_CHUNK`]).
-    Stdin(#[serde(with = "shared_bytes")] ::bytes::Bytes),
+    Stdin(#[serde(with = "bytestr::shared")] ::bytes::Bytes),
     /// End of stdin for every job.
     StdinEof,
     /// Send this signal to every job (delivered by the job's init to the
@@ -255,7 +255,7 @@ pub enum Down {
         /// Job number.
         job: u32,
         /// The bytes.
-        #[serde(with = "bytes")]
+        #[serde(with = "bytestr::owned")]
         data: Vec<u8>,
     },
     /// Output on the job's stderr.
@@ -263,7 +263,7 @@ pub enum Down {
         /// Job number.
         job: u32,
         /// The bytes.
-        #[serde(with = "bytes")]
+        #[serde(with = "bytestr::owned")]
         data: Vec<u8>,
     },
     /// The job's stdin has taken `bytes` bytes in total.
@@ -510,47 +510,6 @@ pub enum ProcPeerReply {
     },
 }
 
-/// Byte strings as one postcard byte string, not as a sequence of
-/// one-byte elements (which costs more than the copy itself).
-pub(crate) mod bytes {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
-
-/// [`bytes`] for shared buffers ([`::bytes::Bytes`]): the decoded byte
-/// string becomes the buffer, without another copy.
-pub(crate) mod shared_bytes {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        super::bytes::serialize(v, s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<::bytes::Bytes, D::Error> {
-        super::bytes::deserialize(d).map(::bytes::Bytes::from)
-    }
-}
-
 /// Parse a signal as `kill` spells it: `TERM`, `SIGTERM`, `sigterm` or `15`.
 pub fn parse_signal(text: &str) -> Result<i32, String> {
     let t = text.trim();
@@ -608,6 +567,8 @@ const SIGNALS: &[(&str, i32)] = &[
     ("PWR", 30),
     ("SYS", 31),
 ];
+
+pub(crate) mod bytestr;
 
 #[cfg(test)]
 mod tests;
