@@ -36,10 +36,17 @@ pub enum PeerCallError {
 
 type Slot = Arc<Mutex<Option<Arc<PeerClient>>>>;
 
+/// Where a node's address is looked up when the pool has none yet.
+pub type Resolver = Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>;
+
 pub struct PeerPool {
     key: ClusterKey,
     me: Identity,
     addrs: RwLock<HashMap<NodeId, SocketAddr>>,
+    /// The replicated membership while this node is in a cluster: the
+    /// addresses presence datagrams and the published view give can lag
+    /// behind it (a service asked right after a change found "no address").
+    resolver: RwLock<Option<Resolver>>,
     slots: std::sync::Mutex<HashMap<NodeId, Slot>>,
     metrics: Arc<Metrics>,
 }
@@ -51,6 +58,7 @@ impl PeerPool {
             me,
             metrics,
             addrs: RwLock::default(),
+            resolver: RwLock::default(),
             slots: std::sync::Mutex::default(),
         }
     }
@@ -63,8 +71,21 @@ impl PeerPool {
         }
     }
 
+    /// Where `node` listens: as last recorded, else as the resolver says
+    /// (then recorded).
     pub fn address(&self, node: NodeId) -> Option<SocketAddr> {
-        sync::read(&self.addrs).get(&node).copied()
+        if let Some(addr) = sync::read(&self.addrs).get(&node).copied() {
+            return Some(addr);
+        }
+        let resolve = sync::read(&self.resolver).clone()?;
+        let addr = resolve(node)?;
+        self.set_address(node, addr);
+        Some(addr)
+    }
+
+    /// Set (or, with None, remove) the fallback lookup of addresses.
+    pub fn set_resolver(&self, resolver: Option<Resolver>) {
+        *sync::write(&self.resolver) = resolver;
     }
 
     /// Drop the cached connection to `node` (it will be reopened on next use).
@@ -156,5 +177,37 @@ pub fn service_of(req: &PeerRequest) -> &'static str {
         PeerRequest::Sched(_) => "sched",
         PeerRequest::Kdfs(_) => "kdfs",
         PeerRequest::Proc(_) => "proc",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> PeerPool {
+        let key = ClusterKey::new(vec![7u8; 32]).unwrap();
+        let me = Identity {
+            session: 1,
+            node: 1,
+            role: krg_proto::auth::Role::Node,
+        };
+        PeerPool::new(key, me, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn an_unknown_address_comes_from_the_resolver_and_is_kept() {
+        let pool = pool();
+        assert_eq!(pool.address(2), None);
+        let at: SocketAddr = "10.0.0.2:7611".parse().unwrap();
+        pool.set_resolver(Some(Arc::new(move |n| (n == 2).then_some(at))));
+        assert_eq!(pool.address(2), Some(at));
+        assert_eq!(pool.address(3), None);
+        // Recorded: still known once the cluster is left.
+        pool.set_resolver(None);
+        assert_eq!(pool.address(2), Some(at));
+        // A recorded address wins over the resolver.
+        let other: SocketAddr = "10.0.0.9:7611".parse().unwrap();
+        pool.set_resolver(Some(Arc::new(move |_| Some(other))));
+        assert_eq!(pool.address(2), Some(at));
     }
 }

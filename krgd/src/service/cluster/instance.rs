@@ -260,6 +260,12 @@ impl ClusterService {
             welcome_term: AtomicU64::new(0),
             welcomed: Mutex::default(),
         });
+        // Every service finds a member's address from the replicated state,
+        // even before the view that carries it is published.
+        let members = joined.state.clone();
+        self.ctx.peers.set_resolver(Some(Arc::new(move |node| {
+            members.borrow().members.get(&node).map(|m| m.addr)
+        })));
         let tasks = vec![
             tokio::spawn(self.clone().follow_state(joined.clone())),
             tokio::spawn(detector::run(self.clone(), joined.clone())),
@@ -327,6 +333,7 @@ impl ClusterService {
             return;
         };
         self.joined_uid.store(0, Ordering::SeqCst);
+        self.ctx.peers.set_resolver(None);
         sync::lock(&j.tasks).drain(..).for_each(|t| t.abort());
         if let Err(e) = j.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft shutdown");
