@@ -2,7 +2,8 @@
 //! (the jobs its krgd started for `krg run`), runs here and on other nodes,
 //! `krg ps` and `krg kill` across the cluster.
 //!
-//! * [`spawn`]: the init of each job, PID 1 of its own PID namespace.
+//! * [`spawner`]: the thread that starts the init of each job, PID 1 of its
+//!   own PID namespace; [`spawn`]: the clone and pidfd calls under it.
 //! * [`initspec`]: what krgd tells that init (`krg-init`) and hears back.
 //! * [`job`]: one job's start (stdio, terminal, output files) and end.
 //! * [`session`]: a session's jobs on this node, driven by `Up`/`Down` frames.
@@ -39,6 +40,7 @@ pub mod sealed;
 pub mod serve;
 pub mod session;
 pub mod spawn;
+pub mod spawner;
 pub mod state;
 pub mod table;
 pub mod zygote;
@@ -60,7 +62,7 @@ use krg_proto::seal::FrameKeys;
 use tokio::net::{TcpStream, UnixStream};
 
 use self::creds::RunPolicy;
-use self::spawn::Spawner;
+use self::spawner::Spawner;
 use self::state::ProcState;
 use self::table::Table;
 use crate::caller::Caller;

@@ -1,29 +1,17 @@
-//! Starting a job's init as PID 1 of a new PID namespace, krgd its parent.
-//!
-//! One dedicated thread does every `clone`: a child's parent-death signal
-//! (SIGKILL, so a krgd killed with -9 takes its jobs with it) fires when the
-//! *thread* that created it exits, and tokio's blocking threads come and
-//! go. The thread keeps every signal blocked, so the init starts with all
-//! of them blocked and no handler of krgd's can run in between.
+//! Starting a process in a new PID namespace, krgd its parent, and the
+//! pidfd calls on it: the primitives under the [spawner](super::spawner)
+//! thread and the [zygote](super::zygote).
 //!
 //! The clone is `CLONE_VM | CLONE_VFORK` (as posix_spawn does: no page
-//! tables copied, the thread waits until the child has executed the init)
-//! with `CLONE_NEWPID` and `CLONE_PIDFD`. Between clone and execve the child
-//! shares krgd's memory, so it only makes raw system calls on data prepared
-//! beforehand.
-//!
-//! That is how the thread starts the [zygote](super::zygote) (in krgd's own
-//! PID namespace), which then forks each job's init for it; the direct
-//! execution of `krg-init` per job is what is left when no zygote runs.
+//! tables copied, the calling thread waits until the child has executed the
+//! init) with `CLONE_NEWPID` and `CLONE_PIDFD`. Between clone and execve the
+//! child shares krgd's memory, so it only makes raw system calls on data
+//! prepared beforehand. Its parent-death signal (SIGKILL, so a krgd killed
+//! with -9 takes its jobs with it) follows the thread that cloned it.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
-
-use tokio::sync::oneshot;
-
-use super::zygote::client::InitStarter;
 
 /// Size of the stack the child runs on until it executes the init.
 const CHILD_STACK: usize = 64 * 1024;
@@ -37,62 +25,6 @@ pub struct InitProcess {
     pub pid: i32,
     /// A pidfd: signals and waits that cannot hit a recycled PID.
     pub pidfd: OwnedFd,
-}
-
-struct Order {
-    init: CString,
-    fds: Vec<OwnedFd>,
-    reply: oneshot::Sender<io::Result<InitProcess>>,
-}
-
-/// The thread that starts inits.
-pub struct Spawner {
-    tx: std::sync::Mutex<mpsc::Sender<Order>>,
-}
-
-impl Spawner {
-    /// Start the spawner thread (it lives as long as krgd).
-    pub fn start() -> io::Result<Spawner> {
-        let (tx, rx) = mpsc::channel::<Order>();
-        std::thread::Builder::new()
-            .name("krgd-spawner".into())
-            .spawn(move || {
-                block_all_signals();
-                let mut starter = InitStarter::default();
-                for order in rx {
-                    let result = starter.start(&order.init, &order.fds);
-                    drop(order.fds);
-                    let _ = order.reply.send(result);
-                }
-            })?;
-        Ok(Spawner {
-            tx: std::sync::Mutex::new(tx),
-        })
-    }
-
-    /// Start `init` in a new PID namespace with `fds` as its descriptors
-    /// 0, 1, 2, ... (every other descriptor closed). The descriptors are
-    /// closed in krgd once the init holds them.
-    pub async fn spawn(&self, init: CString, fds: Vec<OwnedFd>) -> io::Result<InitProcess> {
-        if fds.len() > MAX_FDS {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let (reply, rx) = oneshot::channel();
-        crate::sync::lock(&self.tx)
-            .send(Order { init, fds, reply })
-            .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        rx.await
-            .map_err(|_| io::Error::other("the spawner thread is gone"))?
-    }
-}
-
-fn block_all_signals() {
-    // SAFETY: sigfillset fills a local set; pthread_sigmask only reads it.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
 }
 
 /// What the child reads, prepared by the parent before the clone.
@@ -109,11 +41,7 @@ struct ChildArgs {
 
 /// Execute `init` in a child of this thread, in a new PID namespace if
 /// `new_pid_ns` (a job's init; the zygote shares krgd's namespace).
-pub(super) fn clone_init(
-    init: &CString,
-    fds: &[OwnedFd],
-    new_pid_ns: bool,
-) -> io::Result<InitProcess> {
+pub fn clone_init(init: &CString, fds: &[OwnedFd], new_pid_ns: bool) -> io::Result<InitProcess> {
     let mut args = ChildArgs {
         path: init.as_ptr(),
         argv: [c"krg-init".as_ptr(), std::ptr::null()],
@@ -163,7 +91,7 @@ pub(super) fn clone_init(
 }
 
 /// Wait for a child of krgd to end (one that has exited or been killed).
-pub(super) fn reap(pidfd: &OwnedFd) {
+pub fn reap(pidfd: &OwnedFd) {
     // SAFETY: siginfo is a local the kernel fills; the pidfd is ours.
     unsafe {
         let mut info = std::mem::zeroed::<libc::siginfo_t>();

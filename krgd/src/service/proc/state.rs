@@ -11,7 +11,7 @@ use krg_proto::NodeId;
 
 use super::creds::RunPolicy;
 use super::migrate::Registry;
-use super::spawn::Spawner;
+use super::spawner::Spawner;
 use super::table::Table;
 use crate::context::NodeContext;
 use crate::service::chkpt::ChkptService;
