@@ -366,7 +366,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
         pipes.extend(pr);
     }
     super::accept::pair_waiting(&mut socks)?;
-    super::unixq::check_senders(&socks)?;
+    super::sockets::check_senders(&socks)?;
     let socket_extras = extras_of(&socks);
     // files in flight: held by this process as if it were a task
     let flight = super::inflight::gather(&mut socks);

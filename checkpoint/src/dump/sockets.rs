@@ -14,6 +14,8 @@ use crate::image::{FdImage, FdKind, Shutdown, SockOpts, SocketExtras, SocketImag
 use crate::netlock::{self, Conn};
 use crate::{diag, uffd};
 
+use super::unixq::setopt;
+
 const TCP_REPAIR: i32 = 19;
 const TCP_REPAIR_QUEUE: i32 = 20;
 const TCP_QUEUE_SEQ: i32 = 21;
@@ -70,19 +72,6 @@ fn getopt<T: Copy + Default>(fd: RawFd, level: i32, opt: i32) -> Option<T> {
     // SAFETY: v is a valid buffer of `len` bytes for the call.
     let r = unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut T).cast(), &mut len) };
     (r == 0).then_some(v)
-}
-
-pub(super) fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) -> bool {
-    // SAFETY: an int option.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        ) == 0
-    }
 }
 
 /// getsockname / getpeername as bytes (empty when none).
@@ -564,4 +553,27 @@ pub fn classify(refs: Vec<SockRef>) -> Result<Classified> {
         ));
     }
     Ok((out, repaired))
+}
+
+/// Datagrams queued on a socket with no peer in the tree came from
+/// whoever sent them: restart sends each again from its sender, a socket
+/// of the tree bound to that address, or from a new unnamed socket when
+/// the sender was unnamed. A message from a named socket outside the tree
+/// is refused (its address could not be its sender's again).
+pub fn check_senders(socks: &[SockRef]) -> Result<()> {
+    for r in socks.iter().filter(|r| r.sock.image.peer.is_none()) {
+        for from in r.sock.extras.senders.iter().filter(|a| !a.is_empty()) {
+            if !socks.iter().any(|o| &o.sock.image.local == from) {
+                return Err(ChkptError::unsupported(
+                    r.pid,
+                    format!("fd {} (socket:[{}])", r.fd, r.sock.image.ino),
+                    format!(
+                        "a message from {}, a socket outside the tree, waits on it",
+                        crate::image::addr_text(from)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

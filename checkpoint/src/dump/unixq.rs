@@ -4,9 +4,6 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use super::sockets::{setopt, SockRef};
-use crate::error::{ChkptError, Result};
-
 /// What waits to be read on a unix socket: the messages (one chunk for a
 /// stream) and, per message, the files it carries (SCM_RIGHTS), as
 /// descriptors of our own.
@@ -121,25 +118,16 @@ fn address(from: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
         .to_vec()
 }
 
-/// Datagrams queued on a socket with no peer in the tree came from
-/// whoever sent them: restart sends each again from its sender, a socket
-/// of the tree bound to that address, or from a new unnamed socket when
-/// the sender was unnamed. A message from a named socket outside the tree
-/// is refused (its address could not be its sender's again).
-pub fn check_senders(socks: &[SockRef]) -> Result<()> {
-    for r in socks.iter().filter(|r| r.sock.image.peer.is_none()) {
-        for from in r.sock.extras.senders.iter().filter(|a| !a.is_empty()) {
-            if !socks.iter().any(|o| &o.sock.image.local == from) {
-                return Err(ChkptError::unsupported(
-                    r.pid,
-                    format!("fd {} (socket:[{}])", r.fd, r.sock.image.ino),
-                    format!(
-                        "a message from {}, a socket outside the tree, waits on it",
-                        crate::image::addr_text(from)
-                    ),
-                ));
-            }
-        }
+/// Set an integer socket option; whether it took.
+pub(super) fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) -> bool {
+    // SAFETY: an int option.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        ) == 0
     }
-    Ok(())
 }

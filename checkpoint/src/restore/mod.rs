@@ -17,7 +17,8 @@
 //! - [`task`] — one task's restore, in order ([`seccomp`] before the
 //!   credentials drop, [`timers`] last)
 //! - [`files`] ([`anon`], [`sockets`] with [`sockopts`], [`tcp`] and
-//!   [`queues`], [`held`], [`mqueue`], [`pty`]; [`rootfile`]) — every open
+//!   [`queues`] (their common calls in [`sockcall`]), [`held`], [`mqueue`],
+//!   [`pty`]; [`rootfile`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
 //!   image may ask of them)
 //! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
@@ -51,6 +52,7 @@ mod rootfile;
 mod seccomp;
 mod serve;
 mod sig;
+mod sockcall;
 mod sockets;
 mod sockopts;
 mod sysv;

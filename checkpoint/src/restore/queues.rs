@@ -10,7 +10,8 @@ use crate::error::{ChkptError, Result};
 use crate::image::{FdImage, FdKind, InFlight, SocketExtras, SocketImage};
 use crate::uffd;
 
-use super::sockets::{shutdown, sys};
+use super::sockcall::shutdown;
+use super::sockets::sys;
 
 /// What the node file says of the tree's sockets beyond each one: the
 /// files in flight on them and where the root holds what those name (pipe

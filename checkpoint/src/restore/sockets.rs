@@ -18,6 +18,8 @@ use crate::image::{FdKind, SocketExtras, SocketImage, TaskImage};
 use crate::ptrace::{self, Injector};
 use crate::uffd;
 
+use super::sockcall::int;
+
 /// What an image owned by `uid` may not ask restart (running as root)
 /// for: a privileged port, or an established TCP connection (TCP_REPAIR
 /// needs CAP_NET_ADMIN, which lets one claim any address and sequence).
@@ -52,12 +54,6 @@ pub(super) fn sys(pid: i32, op: &'static str) -> impl Fn(io::Error) -> ChkptErro
         pid,
         err,
     }
-}
-
-pub(super) use crate::sockopts::set as setopt;
-
-pub(super) fn int(fd: RawFd, level: i32, opt: i32, v: i32) -> io::Result<()> {
-    setopt(fd, level, opt, &v.to_ne_bytes())
 }
 
 /// The root task acting as `t`'s user (effective ids; root's come back
@@ -307,14 +303,6 @@ fn start_connect(d: RawFd, remote: &[u8]) -> io::Result<()> {
     unsafe { libc::fcntl(d, libc::F_SETFL, flags) };
     if r != 0 && err.raw_os_error() != Some(libc::EINPROGRESS) {
         return Err(err);
-    }
-    Ok(())
-}
-
-pub(super) fn shutdown(d: RawFd, how: i32) -> io::Result<()> {
-    // SAFETY: shutdown on our duplicate of the socket.
-    if unsafe { libc::shutdown(d, how) } != 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use crate::image::{Shutdown, SocketImage, TcpRepair};
 use crate::netlock::{self, Conn};
 
-use super::sockets::{int, setopt, shutdown};
+use super::sockcall::{int, setopt, shutdown};
 
 const TCP_REPAIR: i32 = 19;
 const TCP_REPAIR_QUEUE: i32 = 20;
