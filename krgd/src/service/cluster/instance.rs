@@ -260,11 +260,23 @@ impl ClusterService {
             welcome_term: AtomicU64::new(0),
             welcomed: Mutex::default(),
         });
-        // Every service finds a member's address from the replicated state,
-        // even before the view that carries it is published.
+        // Every service finds a member's address from the replicated state
+        // (the member table, else Raft's own membership, which also names
+        // voters on their way in or out), even before the view that
+        // carries it is published.
         let members = joined.state.clone();
+        let metrics = joined.raft.metrics();
         self.ctx.peers.set_resolver(Some(Arc::new(move |node| {
-            members.borrow().members.get(&node).map(|m| m.addr)
+            members
+                .borrow()
+                .members
+                .get(&node)
+                .map(|m| m.addr)
+                .or_else(|| {
+                    let m = metrics.borrow();
+                    let known = m.membership_config.membership().get_node(&(node as u64));
+                    known.and_then(|n| n.addr.parse().ok())
+                })
         })));
         let tasks = vec![
             tokio::spawn(self.clone().follow_state(joined.clone())),

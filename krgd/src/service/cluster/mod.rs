@@ -382,7 +382,6 @@ impl ClusterService {
             };
         }
         if self.leader_heard_recently() {
-            learn_address(&self.ctx.peers, &metrics, leader);
             Ok(leader as krg_proto::NodeId)
         } else {
             Err(no_quorum())
@@ -425,24 +424,4 @@ fn no_quorum() -> AdminError {
         ErrorKind::NoQuorum,
         "no quorum: this node cannot reach a majority of the cluster's voters, so membership cannot change",
     )
-}
-
-/// Give the peer pool `node`'s address from the Raft membership when it has
-/// none yet. A follower learns the leader's address from presence datagrams
-/// or from the published view; both can lag behind the replicated state
-/// (the view is published by another task, presence once a second), and a
-/// change forwarded in that window failed with "node N is unknown".
-fn learn_address(
-    peers: &crate::peers::PeerPool,
-    metrics: &openraft::RaftMetrics<store::RaftNodeId, openraft::BasicNode>,
-    node: store::RaftNodeId,
-) {
-    let id = node as krg_proto::NodeId;
-    if peers.address(id).is_some() {
-        return;
-    }
-    let membership = metrics.membership_config.membership();
-    if let Some(addr) = membership.get_node(&node).and_then(|n| n.addr.parse().ok()) {
-        peers.set_address(id, addr);
-    }
 }
