@@ -23,8 +23,10 @@ use krg_proto::kdfs::{LockKind, LockSpec};
 use krg_proto::NodeId;
 
 use super::conn::Cluster;
-use super::ops::Res;
 use crate::lockmgr::LEASE_RENEW;
+
+/// An errno on failure, as every FUSE operation answers.
+type Res<T> = Result<T, i32>;
 
 pub struct ClientLocks {
     /// This mount's number in every lock manager.
