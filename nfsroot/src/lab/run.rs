@@ -76,6 +76,10 @@ struct Run {
     last_tftp: Option<String>,
     added: bool,
     host_row: Option<NodeRow>,
+    /// The console line that showed the guest's network card stalled.
+    nic_stalled: Option<String>,
+    /// Times the VM was powered on again after such a stall (at most once).
+    restarts: u32,
 }
 
 impl Run {
@@ -133,6 +137,8 @@ pub(super) fn follow(
                 last_tftp: None,
                 added: false,
                 host_row: None,
+                nic_stalled: None,
+                restarts: 0,
             }
         })
         .collect();
@@ -224,6 +230,7 @@ fn power_on(lab: &mut BootLab, r: &mut Run, accel: Accel) -> Result<()> {
     r.saw_dhcp = false;
     r.no_address = None;
     r.last_tftp = None;
+    r.nic_stalled = None;
     Ok(())
 }
 
@@ -308,6 +315,7 @@ fn read_console(lab: &BootLab, r: &mut Run, progress: &mut dyn FnMut(&str)) {
                 r.outcome = Some(Outcome::IdTaken(l));
             }
             Some(Console::Trouble(l)) => r.tl.trouble = Some(l),
+            Some(Console::NicStalled(l)) if r.nic_stalled.is_none() => r.nic_stalled = Some(l),
             _ => {}
         }
         r.recent.push_back(line);
@@ -372,6 +380,23 @@ fn poll_host(lab: &BootLab, runs: &mut [Run], progress: &mut dyn FnMut(&str)) {
 /// Decide outcomes that come from waiting: no address, a stopped VM, time out.
 fn settle(lab: &mut BootLab, r: &mut Run, progress: &mut dyn FnMut(&str)) {
     let Some(i) = r.vm else { return };
+    if r.outcome.is_none() && r.restarts == 0 {
+        if let Some(line) = r.nic_stalled.take() {
+            // An emulated network card that stops sending (seen under TCG
+            // on a loaded host) is the emulator's fault: boot once more.
+            progress(&format!(
+                "{}: the VM's network card stalled ({line}): powering it on again",
+                r.req.label
+            ));
+            lab.vms[i].stop();
+            r.restarts += 1;
+            let accel = r.accel;
+            if let Err(e) = power_on(lab, r, accel) {
+                r.outcome = Some(failure(r, Some(format!("cannot power it on again: {e}"))));
+            }
+            return;
+        }
+    }
     if r.outcome.is_none() {
         if let Some((t, line)) = &r.no_address {
             // iPXE asks again for a while; no answer in 10 s settles it.

@@ -149,6 +149,9 @@ pub enum Console {
     IdTaken(String),
     /// A line that explains a stop: NFS mount errors, a panic, a failed krgd.
     Trouble(String),
+    /// The guest's network card stopped sending (its kernel's transmit
+    /// watchdog fired): the emulator's fault, not the node's.
+    NicStalled(String),
 }
 
 pub fn console_event(line: &str) -> Option<Console> {
@@ -164,6 +167,9 @@ pub fn console_event(line: &str) -> Option<Console> {
     }
     if l.contains("is already taken by the krgd at") {
         return Some(Console::IdTaken(l.to_string()));
+    }
+    if l.contains("NETDEV WATCHDOG") || l.contains("TX timeout on queue") {
+        return Some(Console::NicStalled(l.to_string()));
     }
     let trouble = [
         "Kernel panic",
@@ -323,6 +329,11 @@ mod tests {
         assert_eq!(
             console_event("[  106.4] krgd[237]: INFO krgd starting node=1"),
             None
+        );
+        let stalled = "[  388.368297] virtio_net virtio0 ens2: NETDEV WATCHDOG: CPU: 0: transmit queue 0 timed out 232396 ms";
+        assert_eq!(
+            console_event(stalled),
+            Some(Console::NicStalled(stalled.into()))
         );
     }
 
