@@ -131,7 +131,7 @@ fn run(spec: &InitSpec) -> i32 {
         });
         return 1;
     }
-    let child = match program::start(spec, &prepared, check[1]) {
+    let child = match program::start(&prepared, check[1]) {
         Ok(pid) => pid,
         Err(errno) => {
             report(InitEvent::Failed {

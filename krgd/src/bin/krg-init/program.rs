@@ -22,12 +22,10 @@ use crate::{cstring, errno};
 /// Size of the stack a vforked child runs on until it executes.
 const CHILD_STACK: usize = 64 * 1024;
 
-/// What the program's process does, prepared before it exists.
-pub struct Prepared {
-    tty: bool,
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    groups: Vec<libc::gid_t>,
+/// What the program's process does, prepared before it exists: the spec
+/// (credentials, terminal, program) and what it takes as C strings.
+pub struct Prepared<'a> {
+    spec: &'a InitSpec,
     cwd: CString,
     exec: Option<Exec>,
 }
@@ -47,8 +45,8 @@ struct Exec {
     image: bool,
 }
 
-impl Prepared {
-    pub fn new(spec: &InitSpec) -> Result<Prepared, (Stage, i32)> {
+impl<'a> Prepared<'a> {
+    pub fn new(spec: &'a InitSpec) -> Result<Prepared<'a>, (Stage, i32)> {
         let cwd = cstring(&spec.cwd).map_err(|e| (Stage::Cwd, e))?;
         let exec = match spec.program {
             InitProgram::Search | InitProgram::ImageFd => {
@@ -56,14 +54,7 @@ impl Prepared {
             }
             _ => None,
         };
-        Ok(Prepared {
-            tty: spec.tty,
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: spec.groups.clone(),
-            cwd,
-            exec,
-        })
+        Ok(Prepared { spec, cwd, exec })
     }
 }
 
@@ -119,16 +110,16 @@ impl Exec {
 }
 
 /// Start the program's process; its PID, or the errno of the clone/fork.
-pub fn start(spec: &InitSpec, p: &Prepared, check: RawFd) -> Result<libc::pid_t, i32> {
+pub fn start(p: &Prepared, check: RawFd) -> Result<libc::pid_t, i32> {
     match &p.exec {
         Some(exec) => spawn_exec(p, exec, check),
-        None => fork_copy(spec, p, check),
+        None => fork_copy(p, check),
     }
 }
 
 /// What the vforked child reads.
 struct ChildArgs<'a> {
-    p: &'a Prepared,
+    p: &'a Prepared<'a>,
     exec: &'a Exec,
     check: RawFd,
 }
@@ -188,7 +179,7 @@ fn enter(p: &Prepared) -> Result<(), (Stage, i32)> {
     reset_signals();
     // SAFETY: session and process-group calls on ourselves.
     let term = unsafe {
-        if p.tty {
+        if p.spec.tty {
             libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0
         } else {
             libc::setpgid(0, 0) != 0
@@ -228,18 +219,21 @@ fn reset_signals() {
 /// calls: they change this process's credentials only, whatever the C
 /// library believes about threads in the memory it shares with the init.
 fn take_credentials(p: &Prepared) -> Result<(), i32> {
+    let InitSpec {
+        uid, gid, groups, ..
+    } = p.spec;
     // SAFETY: groups points at groups.len() gids; the id calls take numbers.
     unsafe {
-        if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) != 0 {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
             return Err(errno());
         }
-        if libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) != 0 {
+        if libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) != 0 {
             return Err(errno());
         }
-        if libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) != 0 {
+        if libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) != 0 {
             return Err(errno());
         }
-        if p.uid != 0 && libc::syscall(libc::SYS_geteuid) == 0 {
+        if *uid != 0 && libc::syscall(libc::SYS_geteuid) == 0 {
             return Err(libc::EPERM);
         }
     }
@@ -294,7 +288,7 @@ fn keep_image_only_for_scripts() {
 }
 
 /// Fork the process of a built-in copy (it runs Rust code, so no vfork).
-fn fork_copy(spec: &InitSpec, p: &Prepared, check: RawFd) -> Result<libc::pid_t, i32> {
+fn fork_copy(p: &Prepared, check: RawFd) -> Result<libc::pid_t, i32> {
     // SAFETY: the init is single-threaded, so the child may run any code.
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -304,7 +298,7 @@ fn fork_copy(spec: &InitSpec, p: &Prepared, check: RawFd) -> Result<libc::pid_t,
         if let Err((stage, e)) = enter(p) {
             fail(check, stage, e);
         }
-        copy(spec, check);
+        copy(p.spec, check);
     }
     Ok(child)
 }
