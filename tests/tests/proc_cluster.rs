@@ -493,6 +493,42 @@ fn push_get_and_shipped_executables() -> Result<()> {
         text(&o)
     );
     assert!(!std::path::Path::new("/etc/krg-test-forbidden").exists());
+    // krgd writes the file the job opened: a full file system is still
+    // the job's error, with its exit status.
+    let pid2 = c.nodes[&2].pid().unwrap().to_string();
+    let small = format!("{s}/small");
+    let st = Command::new("nsenter")
+        .args(["-t", &pid2, "-m", "sh", "-c"])
+        .arg(format!(
+            "mkdir {small} && mount -t tmpfs -o size=1m,mode=1777 krg-small {small}"
+        ))
+        .status()?;
+    assert!(st.success());
+    let mut full = Command::new("setpriv");
+    full.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(krg_tests::bin("krg"))
+        .args(["push", "-n", "2"])
+        .arg(&src)
+        .arg(format!("{small}/"))
+        .env("KRG_SOCKET", &c.nodes[&1].socket)
+        .current_dir("/");
+    let o = full.output()?;
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains(&format!(
+            "node2: krg push: {small}/: No space left on device"
+        )),
+        "{:?}",
+        text(&o)
+    );
+    // A destination that is not a regular file is copied by the job.
+    let o = c
+        .krg(1)?
+        .args(["push", "-n", "3"])
+        .arg(&src)
+        .arg("/dev/null")
+        .output()?;
+    assert!(o.status.success(), "{:?}", text(&o));
 
     // get: one local file per node, each node's own content.
     let o = krg_out(

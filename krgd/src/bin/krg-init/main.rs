@@ -20,6 +20,7 @@
 //! zygote instead: it forks each job's init for krgd
 //! (`krgd::service::proc::zygote`), which then goes on here as above.
 
+mod handoff;
 mod program;
 
 use std::ffi::CString;

@@ -7,7 +7,8 @@
 //! process shares the init's memory until it executes, so it copies no
 //! page tables and takes no copy-on-write faults, and it only makes system
 //! calls on the prepared data. The built-in copies run Rust code in the
-//! child, so they fork. Failures before the program runs reach the init as
+//! child, so they fork; a push whose stdin is a socket hands the opened
+//! destination to krgd instead of copying ([`crate::handoff`]). Failures before the program runs reach the init as
 //! (stage, errno) on the close-on-exec `check` pipe.
 
 use std::ffi::CString;
@@ -313,6 +314,11 @@ fn copy(spec: &InitSpec, check: RawFd) -> ! {
             };
             // SAFETY: the write end of the check pipe is ours to close.
             unsafe { libc::close(check) };
+            let file = if super::handoff::offered() {
+                super::handoff::push(file, path)
+            } else {
+                file
+            };
             copy_and_exit(std::io::stdin().lock(), file, "krg push", path)
         }
         InitProgram::ReadFile { path } => {

@@ -33,12 +33,20 @@ const MAX_ARG_STRLEN: usize = 128 * 1024;
 /// limit with an 8 MiB stack).
 const MAX_ARGS_TOTAL: usize = 2 * 1024 * 1024;
 
+/// The krgd end of a job's stdin.
+pub enum Stdin {
+    /// A pipe.
+    Pipe(pipe::Sender),
+    /// `krg push`'s socket (see [`super::pushfile`]).
+    PushSocket(std::os::unix::net::UnixStream),
+}
+
 /// The krgd end of a job's stdio.
 pub enum Io {
     /// Pipes (no terminal).
     Pipes {
         /// stdin, unless the job's stdin is /dev/null.
-        stdin: Option<pipe::Sender>,
+        stdin: Option<Stdin>,
         /// stdout.
         stdout: pipe::Receiver,
         /// stderr.
@@ -244,10 +252,14 @@ fn make_stdio(
         let (a, b) = (slave.try_clone()?, slave.try_clone()?);
         return Ok(([slave, a, b], Io::Pty(Arc::new(master))));
     }
-    let (stdin_child, stdin) = if spec.stdin {
+    let (stdin_child, stdin) = if spec.stdin && matches!(spec.program, Program::WriteFile { .. }) {
+        // krg push: the job hands its destination to krgd (see pushfile).
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        (theirs.into(), Some(Stdin::PushSocket(ours)))
+    } else if spec.stdin {
         let (r, w) = pipe_pair()?;
         fdio::widen_pipe(&w, STDIN_PIPE);
-        (r, Some(pipe::Sender::from_owned_fd(w)?))
+        (r, Some(Stdin::Pipe(pipe::Sender::from_owned_fd(w)?)))
     } else {
         (dev_null()?, None)
     };

@@ -35,6 +35,7 @@ pub mod place;
 pub mod plugmove;
 pub mod procfs;
 pub mod pty;
+pub mod pushfile;
 pub mod remote;
 pub mod sealed;
 pub mod serve;

@@ -363,15 +363,21 @@ async fn launch(
         } => {
             readers.spawn(pump_out(job, stdout, events.clone(), Some(close_rx), true));
             readers.spawn(pump_out(job, stderr, events.clone(), None, false));
-            if let Some(w) = stdin {
-                has_stdin = true;
-                tokio::spawn(pump_in(
-                    job,
-                    Sink::Pipe(w),
-                    stdin_rx,
-                    queued.clone(),
-                    events.clone(),
-                ));
+            match stdin {
+                Some(job::Stdin::Pipe(w)) => {
+                    has_stdin = true;
+                    tokio::spawn(pump_in(
+                        job,
+                        Sink::Pipe(w),
+                        stdin_rx,
+                        queued.clone(),
+                        events.clone(),
+                    ));
+                }
+                Some(job::Stdin::PushSocket(sock)) => {
+                    has_stdin = push_stdin(job, sock, &entry, stdin_rx, &queued, events);
+                }
+                None => {}
             }
         }
         Io::Pty(pty) => {
@@ -478,6 +484,31 @@ async fn pump_pty(
             }
         }
     }
+}
+
+/// Start the thread that writes a push job's stdin (see `pushfile`);
+/// false if it could not start (the job then sees its stdin end at once).
+fn push_stdin(
+    job: u32,
+    sock: std::os::unix::net::UnixStream,
+    entry: &JobEntry,
+    chunks: mpsc::UnboundedReceiver<Bytes>,
+    queued: &Arc<AtomicU64>,
+    events: &mpsc::Sender<Down>,
+) -> bool {
+    let started = super::pushfile::writer::start(super::pushfile::writer::PushStdin {
+        job,
+        sock,
+        uid: entry.uid,
+        gid: entry.gid,
+        chunks,
+        queued: queued.clone(),
+        events: events.clone(),
+    });
+    if let Err(e) = &started {
+        tracing::warn!(error = %e, "cannot start a push job's writer");
+    }
+    started.is_ok()
 }
 
 enum Sink {

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use super::super::fdio::{dev_null, pipe_pair};
 use super::super::initspec::{InitProgram, InitSpec};
-use super::super::job::{self, EntryFacts, Io, StartedJob};
+use super::super::job::{self, EntryFacts, Io, StartedJob, Stdin};
 use super::super::serve;
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
@@ -101,7 +101,9 @@ pub async fn start(
         }
     }
     let io = Io::Pipes {
-        stdin: Some(pipe::Sender::from_owned_fd(in_w).map_err(|e| internal(node, e))?),
+        stdin: Some(Stdin::Pipe(
+            pipe::Sender::from_owned_fd(in_w).map_err(|e| internal(node, e))?,
+        )),
         stdout: pipe::Receiver::from_owned_fd(out_r).map_err(|e| internal(node, e))?,
         stderr: pipe::Receiver::from_owned_fd(err_r).map_err(|e| internal(node, e))?,
     };
