@@ -109,14 +109,16 @@ pub fn decode_payload<T: DeserializeOwned>(
     payload: &[u8],
     expected_crc: u32,
 ) -> Result<T, ProtoError> {
-    let actual = crc32fast::hash(payload);
-    if actual != expected_crc {
-        return Err(ProtoError::BadChecksum {
-            expected: expected_crc,
-            actual,
-        });
-    }
+    check_crc(payload, expected_crc)?;
     postcard::from_bytes(payload).map_err(|e| ProtoError::Decode(e.to_string()))
+}
+
+fn check_crc(payload: &[u8], expected: u32) -> Result<(), ProtoError> {
+    let actual = crc32fast::hash(payload);
+    if actual != expected {
+        return Err(ProtoError::BadChecksum { expected, actual });
+    }
+    Ok(())
 }
 
 /// Decode one frame from the start of `buf`. Returns the message and the number
@@ -156,7 +158,9 @@ where
     read_header(r, &mut header).await?;
     let (len, crc) = parse_header_limited(&header, max.min(MAX_FRAME_LEN))?;
     let payload = read_payload(r, len).await?;
-    decode_payload(&payload, crc)
+    check_crc(&payload, crc)?;
+    // Byte strings decoded into `Bytes` share the payload's buffer.
+    crate::proc::bytestr::decode_sharing(payload.into())
 }
 
 /// Fill `header`, reporting an end of stream before its first byte as
@@ -180,6 +184,19 @@ pub(crate) async fn read_payload<R: AsyncRead + Unpin>(
     len: usize,
 ) -> Result<Vec<u8>, ProtoError> {
     let mut buf = Vec::new();
+    read_payload_into(r, len, &mut buf).await?;
+    Ok(buf)
+}
+
+/// Read exactly `len` bytes into a buffer allocated whole at once: only
+/// for senders that authenticated (sealed frames), whose announced length
+/// is trusted. Growing as bytes arrived cost a copy of most of every large
+/// frame (each doubling moved what had come so far).
+pub(crate) async fn read_payload_whole<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, ProtoError> {
+    let mut buf = Vec::with_capacity(len);
     read_payload_into(r, len, &mut buf).await?;
     Ok(buf)
 }

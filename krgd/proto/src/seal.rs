@@ -28,7 +28,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::Identity;
-use crate::frame::{encode_after, read_header, read_payload, MAX_FRAME_LEN};
+use crate::frame::{encode_after, read_header, read_payload_whole, MAX_FRAME_LEN};
 use crate::ProtoError;
 
 /// Size of a sealed frame's header (the length).
@@ -192,8 +192,11 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// Read and open one frame from `r`. The buffer grows as bytes arrive.
-    /// A clean end of stream before a frame is [`ProtoError::Closed`].
+    /// Read and open one frame from `r` (its byte strings decoded into
+    /// `Bytes` share the frame's buffer, see [`decode_sharing`]). A clean
+    /// end of stream before a frame is [`ProtoError::Closed`].
+    ///
+    /// [`decode_sharing`]: crate::proc::bytestr::decode_sharing
     pub async fn read<T, R>(&mut self, r: &mut R) -> Result<T, ProtoError>
     where
         T: DeserializeOwned,
@@ -202,7 +205,8 @@ impl Opener {
         let mut header = [0u8; SEALED_HEADER_LEN];
         read_header(r, &mut header).await?;
         let len = parse_len(&header)?;
-        let body = read_payload(r, len).await?;
+        // Both ends authenticated: the announced length is allocated whole.
+        let body = read_payload_whole(r, len).await?;
         self.open(&header, body)
     }
 
@@ -238,7 +242,7 @@ impl Opener {
             .open_in_place(nonce, Aad::from(*header), &mut body)
             .map_err(|_| ProtoError::Forged)?;
         body.truncate(plain_len);
-        postcard::from_bytes(&body).map_err(|e| ProtoError::Decode(e.to_string()))
+        crate::proc::bytestr::decode_sharing(body.into())
     }
 }
 

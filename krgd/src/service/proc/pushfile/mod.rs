@@ -40,7 +40,8 @@ pub const COPY_HERE: u8 = b'C';
 
 /// File systems krgd writes into for a job: local ones, whose writes
 /// finish. (tmpfs/shmem, ramfs, ext2/3/4, xfs, btrfs.)
-const LOCAL_FS: [libc::__fsword_t; 5] = [0x0102_1994, 0x8584_58f6, 0xEF53, 0x5846_5342, 0x9123_683E];
+const LOCAL_FS: [libc::__fsword_t; 5] =
+    [0x0102_1994, 0x8584_58f6, 0xEF53, 0x5846_5342, 0x9123_683E];
 
 /// Whether `fd` is a regular file on a local file system, which krgd may
 /// write for the job.
