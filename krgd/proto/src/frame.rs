@@ -160,7 +160,7 @@ where
     let payload = read_payload(r, len).await?;
     check_crc(&payload, crc)?;
     // Byte strings decoded into `Bytes` share the payload's buffer.
-    crate::proc::bytestr::decode_sharing(payload.into())
+    crate::bytestr::decode_sharing(payload.into())
 }
 
 /// Fill `header`, reporting an end of stream before its first byte as

@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod auth;
+pub(crate) mod bytestr;
 pub mod chkpt;
 pub mod client;
 pub mod cluster;

@@ -123,9 +123,9 @@ pub struct Data {
     pub file: u32,
     /// Offset in that file.
     pub offset: u64,
-    /// The bytes.
-    #[serde(with = "crate::proc::bytestr::owned")]
-    pub data: Vec<u8>,
+    /// The bytes (a slice of the frame they came in: no copy on receipt).
+    #[serde(with = "crate::bytestr::shared")]
+    pub data: ::bytes::Bytes,
 }
 
 /// The target's answer to `Commit`.
@@ -218,7 +218,7 @@ mod tests {
             xfer: 7,
             file: 2,
             offset: 4096,
-            data: vec![9; 10_000],
+            data: vec![9; 10_000].into(),
         });
         let bytes = encode(&m).unwrap();
         assert!(bytes.len() < 10_100, "{}", bytes.len());

@@ -214,9 +214,9 @@ pub enum Up {
     /// A piece of the executable image of [`Program::Image`]. Shared
     /// buffers: a run on many nodes sends the same piece to each without
     /// copying it per node.
-    Image(#[serde(with = "bytestr::shared")] ::bytes::Bytes),
+    Image(#[serde(with = "crate::bytestr::shared")] ::bytes::Bytes),
     /// Bytes for the stdin of every job (at most [`MAX_CHUNK`]).
-    Stdin(#[serde(with = "bytestr::shared")] ::bytes::Bytes),
+    Stdin(#[serde(with = "crate::bytestr::shared")] ::bytes::Bytes),
     /// End of stdin for every job.
     StdinEof,
     /// Send this signal to every job (delivered by the job's init to the
@@ -255,7 +255,7 @@ pub enum Down {
         /// Job number.
         job: u32,
         /// The bytes.
-        #[serde(with = "bytestr::owned")]
+        #[serde(with = "crate::bytestr::owned")]
         data: Vec<u8>,
     },
     /// Output on the job's stderr.
@@ -263,7 +263,7 @@ pub enum Down {
         /// Job number.
         job: u32,
         /// The bytes.
-        #[serde(with = "bytestr::owned")]
+        #[serde(with = "crate::bytestr::owned")]
         data: Vec<u8>,
     },
     /// The job's stdin has taken `bytes` bytes in total.
@@ -567,8 +567,6 @@ const SIGNALS: &[(&str, i32)] = &[
     ("PWR", 30),
     ("SYS", 31),
 ];
-
-pub(crate) mod bytestr;
 
 #[cfg(test)]
 mod tests;

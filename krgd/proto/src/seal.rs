@@ -196,7 +196,7 @@ impl Opener {
     /// `Bytes` share the frame's buffer, see [`decode_sharing`]). A clean
     /// end of stream before a frame is [`ProtoError::Closed`].
     ///
-    /// [`decode_sharing`]: crate::proc::bytestr::decode_sharing
+    /// [`decode_sharing`]: crate::bytestr::decode_sharing
     pub async fn read<T, R>(&mut self, r: &mut R) -> Result<T, ProtoError>
     where
         T: DeserializeOwned,
@@ -242,7 +242,7 @@ impl Opener {
             .open_in_place(nonce, Aad::from(*header), &mut body)
             .map_err(|_| ProtoError::Forged)?;
         body.truncate(plain_len);
-        crate::proc::bytestr::decode_sharing(body.into())
+        crate::bytestr::decode_sharing(body.into())
     }
 }
 

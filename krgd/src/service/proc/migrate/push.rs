@@ -120,7 +120,7 @@ impl Sender {
                     xfer,
                     file: idx,
                     offset,
-                    data,
+                    data: data.into(),
                 };
                 call(st, to, MigratePeerRequest::Data(d), STEP_TIMEOUT).await?;
                 Ok::<u64, AdminError>(n as u64)

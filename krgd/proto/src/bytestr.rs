@@ -1,7 +1,9 @@
 //! Byte strings in frames: as one postcard byte string, not as a sequence
 //! of one-byte elements (which costs more than the copy itself). `owned`
 //! decodes into a `Vec<u8>`, `shared` into a `bytes::Bytes` that a run on
-//! many nodes hands to each of them without a copy per node.
+//! many nodes hands to each of them without a copy per node; decoded by
+//! [`decode_sharing`] (every received frame is), a `Bytes` field is a slice
+//! of the frame's own buffer.
 
 /// `#[serde(with = "...")]` for `Vec<u8>`.
 pub(crate) mod owned {
@@ -94,32 +96,37 @@ fn inside(buf: &[u8], v: &[u8]) -> bool {
 
 #[cfg(test)]
 mod sharing_tests {
-    use crate::proc::Up;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Chunk {
+        tag: u8,
+        #[serde(with = "super::shared")]
+        data: bytes::Bytes,
+    }
 
     #[test]
     fn a_decoded_chunk_is_a_slice_of_the_frame_not_a_copy() {
         let data = bytes::Bytes::from(vec![7u8; 100_000]);
-        let buf: bytes::Bytes = postcard::to_stdvec(&Up::Stdin(data.clone()))
-            .unwrap()
-            .into();
-        let Up::Stdin(got) = super::decode_sharing::<Up>(buf.clone()).unwrap() else {
-            panic!("not stdin");
+        let msg = Chunk {
+            tag: 1,
+            data: data.clone(),
         };
+        let buf: bytes::Bytes = postcard::to_stdvec(&msg).unwrap().into();
+        let got = super::decode_sharing::<Chunk>(buf.clone()).unwrap().data;
         assert_eq!(got, data);
         let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
         assert!(range.contains(&(got.as_ptr() as usize)), "shares the frame");
         // Outside decode_sharing the same field is decoded into a copy.
-        let Up::Stdin(copy) = postcard::from_bytes::<Up>(&buf).unwrap() else {
-            panic!("not stdin");
-        };
+        let copy = postcard::from_bytes::<Chunk>(&buf).unwrap().data;
         assert_eq!(copy, data);
         assert!(!range.contains(&(copy.as_ptr() as usize)));
     }
 
     #[test]
     fn garbage_fails_to_decode_and_leaves_nothing_behind() {
-        let bad = bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
-        assert!(super::decode_sharing::<Up>(bad).is_err());
+        let bad = bytes::Bytes::from_static(&[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(super::decode_sharing::<Chunk>(bad).is_err());
         super::SOURCE.with(|s| assert!(s.borrow().is_none()));
     }
 }
