@@ -547,7 +547,7 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
                 xfer: 1,
                 file: 0,
                 offset: 0,
-                data: vec![0; 10],
+                data: vec![0; 10].into(),
             }),
             "only a member",
         ),

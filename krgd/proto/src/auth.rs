@@ -26,8 +26,9 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::frame::{read_frame_limited, write_frame, MAX_HANDSHAKE_FRAME_LEN};
+pub use crate::identity::{Identity, Role};
 use crate::seal::{FrameKeys, Side};
-use crate::{NodeId, ProtoError, SessionId, PROTOCOL_VERSION};
+use crate::{ProtoError, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -36,27 +37,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Smallest accepted cluster key.
 pub const MIN_KEY_LEN: usize = 16;
-
-/// What is connecting: another krgd, or a tool acting for an administrator
-/// (mount.kdfs, benchmarks) that holds the cluster key but is not a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
-    /// A krgd, member of the session or about to be.
-    Node,
-    /// A tool holding the cluster key (mount.kdfs, benchmarks).
-    Tool,
-}
-
-/// Who one end of a connection is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    /// The session it belongs to; a server refuses another session.
-    pub session: SessionId,
-    /// Its node id (a tool gives the id of the node it runs on).
-    pub node: NodeId,
-    /// krgd or tool.
-    pub role: Role,
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Handshake {

@@ -25,14 +25,17 @@ pub(crate) mod bytestr;
 pub mod chkpt;
 pub mod client;
 pub mod cluster;
+pub mod credentials;
 pub mod error;
 pub mod frame;
+pub mod identity;
 pub mod kdfs;
 pub mod keyfile;
 pub mod migrate;
 pub mod nodeset;
 pub mod peer;
 pub mod proc;
+pub mod refusal;
 pub mod sched;
 pub mod seal;
 

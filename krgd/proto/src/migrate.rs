@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proc::Credentials;
+use crate::credentials::Credentials;
 use crate::NodeId;
 
 /// Largest chunk of image bytes in one [`Data`] message.

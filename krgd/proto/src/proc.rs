@@ -44,7 +44,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::AdminError;
+pub use crate::credentials::Credentials;
+use crate::refusal::AdminError;
 use crate::NodeId;
 
 /// Version of the session stream (checked in [`PeerSession`]).
@@ -55,18 +56,6 @@ pub const MAX_CHUNK: usize = 256 * 1024;
 
 /// Bytes of stdin a sender may have in flight per job (see the module docs).
 pub const STDIN_WINDOW: u64 = 4 * 1024 * 1024;
-
-/// The credentials a job runs with: those of the user who asked, as the
-/// kernel reported them to the origin krgd (never as a tool claimed them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credentials {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// Supplementary group ids.
-    pub groups: Vec<u32>,
-}
 
 /// A terminal's window size (`struct winsize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,8 +27,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::Identity;
 use crate::frame::{encode_after, read_header, read_payload_whole, MAX_FRAME_LEN};
+use crate::identity::Identity;
 use crate::ProtoError;
 
 /// Size of a sealed frame's header (the length).

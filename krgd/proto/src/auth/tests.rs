@@ -4,6 +4,7 @@
 use super::*;
 use crate::frame::{encode, read_frame};
 use crate::peer::{PeerBody, PeerMessage, PeerRequest};
+use crate::{NodeId, SessionId};
 use tokio::io::AsyncWriteExt;
 
 fn id(node: NodeId, session: SessionId) -> Identity {
