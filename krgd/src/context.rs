@@ -53,6 +53,18 @@ impl ClusterView {
     }
 }
 
+/// Whether node `id` is (or within `within` becomes) a member in the views
+/// `views` carries.
+pub async fn member_within(
+    mut views: watch::Receiver<ClusterView>,
+    id: NodeId,
+    within: std::time::Duration,
+) -> bool {
+    tokio::time::timeout(within, views.wait_for(|v| v.is_member(id)))
+        .await
+        .is_ok_and(|seen| seen.is_ok())
+}
+
 pub struct NodeContext {
     pub config: Config,
     pub key: ClusterKey,
@@ -115,5 +127,39 @@ impl NodeContext {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn view_with(id: NodeId, state: NodeState) -> ClusterView {
+        ClusterView {
+            epoch: 1,
+            leader: Some(id),
+            nodes: vec![NodeInfo {
+                id,
+                mac: None,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                state,
+                voter: true,
+                owner: None,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_the_view_has_not_shown_yet_is_waited_for_a_moment() {
+        let (tx, rx) = watch::channel(view_with(1, NodeState::Present));
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send_replace(view_with(1, NodeState::Online));
+            tx
+        });
+        assert!(member_within(rx.clone(), 1, Duration::from_secs(5)).await);
+        let _tx = later.await.unwrap();
+        assert!(!member_within(rx, 2, Duration::from_millis(100)).await);
     }
 }

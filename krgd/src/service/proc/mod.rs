@@ -255,7 +255,7 @@ impl ProcService {
         match req {
             ProcPeerRequest::List { uid } => Ok(ProcPeerReply::List(lookup::list(&self.st, uid))),
             ProcPeerRequest::Kill { pid, signal, creds } => {
-                let origin = serve::origin_of(&self.st, from);
+                let origin = serve::origin_of(&self.st, from).await;
                 lookup::kill(&self.st, pid, signal, &creds, origin)?;
                 Ok(ProcPeerReply::Killed)
             }
@@ -263,13 +263,16 @@ impl ProcService {
                 self.st.table.len() as u32
             ))),
             ProcPeerRequest::Migrate(m) => {
-                let origin = serve::origin_of(&self.st, from);
+                let origin = serve::origin_of(&self.st, from).await;
                 migrate::handle_peer(&self.st, origin, m)
                     .await
                     .map(ProcPeerReply::Migrate)
             }
             ProcPeerRequest::HandOver => {
-                if !matches!(serve::origin_of(&self.st, from), creds::Origin::Member(_)) {
+                if !matches!(
+                    serve::origin_of(&self.st, from).await,
+                    creds::Origin::Member(_)
+                ) {
                     return Err(AdminError::new(
                         ErrorKind::PermissionDenied,
                         "only members of the cluster hand processes over",

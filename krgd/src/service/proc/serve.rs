@@ -21,9 +21,24 @@ use super::sealed::{self, Outgoing};
 use super::session::{self, Params, Session};
 use super::state::{ProcState, MAX_PER_NODE};
 
+/// How long a request from a node that is not a member in this node's
+/// view waits for the view to say it is (see [`origin_of`]).
+const MEMBER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where a request from `peer` comes from, for the root rule.
-pub fn origin_of(st: &ProcState, peer: &Identity) -> Origin {
-    if peer.role == Role::Node && st.ctx.view().is_member(peer.node) {
+///
+/// A node that has just joined may be asked before it has caught up with
+/// the log (the leader commits its join on a majority, then replicates
+/// the log to it) or published what it applied: a krgd node that is not a
+/// member in this node's view is given [`MEMBER_CATCH_UP`] to become one.
+/// (`krg run -a` at once after a 100-node cluster formed was refused by a
+/// node that did not know node 1 yet.)
+pub async fn origin_of(st: &ProcState, peer: &Identity) -> Origin {
+    if peer.role != Role::Node {
+        return Origin::Outsider(peer.node);
+    }
+    let views = st.ctx.watch_view();
+    if crate::context::member_within(views, peer.node, MEMBER_CATCH_UP).await {
         Origin::Member(peer.node)
     } else {
         Origin::Outsider(peer.node)
@@ -65,8 +80,9 @@ pub async fn serve(
             ),
         ))
     } else {
+        let origin = origin_of(&st, &peer).await;
         st.check_available()
-            .and_then(|()| creds::check(&open.creds, st.policy, origin_of(&st, &peer), me))
+            .and_then(|()| creds::check(&open.creds, st.policy, origin, me))
             .and_then(|()| super::job::validate(&open.spec, me))
     };
     if let Err(e) = checked {

@@ -161,7 +161,7 @@ async fn adopt_from(
     peer: &Identity,
     open: &AdoptJob,
 ) -> Result<StartedJob, AdminError> {
-    let origin = serve::origin_of(st, peer);
+    let origin = serve::origin_of(st, peer).await;
     let from = incoming::member(origin)?;
     if open.version != SESSION_VERSION {
         return Err(AdminError::new(
