@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use openraft::{Entry, LogId, SnapshotMeta, Vote};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::store::{RaftNodeId, TypeConfig};
+use super::raft_types::{RaftNodeId, TypeConfig};
 use crate::DaemonError;
 
 /// Directory of the Raft state, under the data dir.

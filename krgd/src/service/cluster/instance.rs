@@ -12,8 +12,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::disk::{self, Loaded, LogImage};
+use super::raft_types::Raft;
 use super::state::ClusterState;
-use super::store::{LogStore, Raft, StateMachine};
+use super::store::{LogStore, StateMachine};
 use super::writer::Writer;
 use super::{detector, network, ClusterService};
 use crate::context::NodeContext;

@@ -16,9 +16,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use super::network::call;
+use super::raft_types::RaftNodeId;
 use super::selection::{pick_voters, resolve_for_add};
 use super::state::{ClusterCommand, CommandResult, MemberRecord};
-use super::store::RaftNodeId;
 use super::{no_quorum, not_committed_in_time, ClusterService, Joined};
 
 /// How long a single Raft write may wait for a quorum.

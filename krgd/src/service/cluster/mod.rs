@@ -23,6 +23,7 @@ mod membership;
 mod network;
 pub mod owners;
 mod ownership;
+mod raft_types;
 mod report;
 mod selection;
 mod state;

@@ -24,7 +24,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::store::{Raft, RaftNodeId, TypeConfig};
+use super::raft_types::{Raft, RaftNodeId, TypeConfig};
 use crate::context::NodeContext;
 use crate::peers::{PeerCallError, PeerPool};
 

@@ -9,8 +9,8 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::cluster::{NodeSelector, Presence};
 use krg_proto::NodeId;
 
+use super::raft_types::RaftNodeId;
 use super::state::ClusterState;
-use super::store::RaftNodeId;
 
 /// The voters to use among `candidates` (sorted ids): at most `max`, and an
 /// odd number when there are three or more, since an even count tolerates no

@@ -54,19 +54,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::disk::{self, LogImage, LogRecord, SmallFile, StoredSnapshot};
-use super::state::{ClusterCommand, ClusterState, CommandResult};
+use super::raft_types::{RaftNodeId, TypeConfig};
+use super::state::{ClusterState, CommandResult};
 use super::writer::Writer;
 use crate::sync;
 
-openraft::declare_raft_types!(
-    /// Raft types of the cluster membership group.
-    pub TypeConfig:
-        D = ClusterCommand,
-        R = CommandResult,
-);
-
-pub type RaftNodeId = u64;
-pub type Raft = openraft::Raft<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<RaftNodeId>>;
 
 /// How long a purge waits for the snapshot that covers it to be durable

@@ -17,7 +17,7 @@ use openraft::storage::LogFlushed;
 use tokio::sync::{oneshot, watch};
 
 use super::disk::{self, SmallFile, COMMITTED_FILE, LOG_FILE};
-use super::store::TypeConfig;
+use super::raft_types::TypeConfig;
 use crate::sync;
 
 type Done = oneshot::Sender<io::Result<()>>;
