@@ -124,7 +124,7 @@ fn read_checked(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
             check_block(f, k)?;
         }
     }
-    super::mm::read_pieces(c, pieces)
+    super::pread::read_pieces(c, pieces)
 }
 
 /// The pieces cut at every multiple of `size` in the address space (CRC

@@ -3,6 +3,7 @@
 use super::ctx::{current_maps, TaskCtx, AREA_LEN, AREA_PARK, PARK_LEN};
 use super::fill;
 use super::pages::Piece;
+use super::pread::read_pieces;
 use crate::error::{ChkptError, Result};
 use crate::image::{RunData, Vma, VmaKind};
 use crate::ptrace::Injector;
@@ -172,31 +173,6 @@ fn pieces_in<'a>(c: &'a TaskCtx, start: u64, end: u64) -> &'a [Piece] {
 /// files, inside the task.
 fn fill(c: &TaskCtx, v: &Vma) -> Result<()> {
     read_pieces(c, pieces_in(c, v.start, v.end))
-}
-
-/// `pread` of `pieces` from the memory files into place, inside the task.
-pub(super) fn read_pieces(c: &TaskCtx, pieces: &[Piece]) -> Result<()> {
-    for p in pieces {
-        let fd = (c.data_fds + p.file as i32) as u64;
-        let mut done = 0u64;
-        while done < p.len {
-            let n = c.inj.call(
-                "pread64",
-                libc::SYS_pread64,
-                [fd, p.addr + done, p.len - done, p.off + done, 0, 0],
-            )?;
-            if n == 0 {
-                let path = c
-                    .files
-                    .get(p.file)
-                    .map(|f| f.path.clone())
-                    .unwrap_or_default();
-                return Err(ChkptError::bad_image(path, "page data ends early"));
-            }
-            done += n;
-        }
-    }
-    Ok(())
 }
 
 fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {

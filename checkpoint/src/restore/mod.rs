@@ -46,6 +46,7 @@ pub mod owner;
 mod pages;
 pub mod pidns;
 mod plan;
+mod pread;
 mod pty;
 mod queues;
 mod rootfile;
