@@ -283,6 +283,25 @@ pub struct Injector {
     saved_mask: u64,
 }
 
+/// Find a `syscall` instruction (0f 05) in the task's vDSO: injection jumps there.
+pub fn find_syscall_insn(pid: i32, maps: &[crate::procfs::MapLine]) -> Result<u64> {
+    let vdso = maps.iter().find(|m| m.path == "[vdso]").ok_or_else(|| {
+        ChkptError::unsupported(
+            pid,
+            "a process without [vdso]",
+            "no place to inject system calls",
+        )
+    })?;
+    let bytes = read_mem(pid, vdso.start, (vdso.end - vdso.start) as usize)?;
+    bytes
+        .windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| vdso.start + i as u64)
+        .ok_or_else(|| {
+            ChkptError::unsupported(pid, "a vDSO without a syscall instruction", "cannot inject")
+        })
+}
+
 impl Injector {
     /// Saves the thread's registers and signal mask and blocks every signal
     /// but SIGTRAP ([`INJECT_MASK`]), so that no signal (an itimer's, say)

@@ -41,25 +41,6 @@ impl<'a> Scratch<'a> {
     }
 }
 
-/// Find a `syscall` instruction (0f 05) in the task's vDSO: injection jumps there.
-pub(super) fn find_syscall_insn(pid: i32, maps: &[procfs::MapLine]) -> Result<u64> {
-    let vdso = maps.iter().find(|m| m.path == "[vdso]").ok_or_else(|| {
-        ChkptError::unsupported(
-            pid,
-            "a process without [vdso]",
-            "no place to inject system calls",
-        )
-    })?;
-    let bytes = ptrace::read_mem(pid, vdso.start, (vdso.end - vdso.start) as usize)?;
-    bytes
-        .windows(2)
-        .position(|w| w == [0x0f, 0x05])
-        .map(|i| vdso.start + i as u64)
-        .ok_or_else(|| {
-            ChkptError::unsupported(pid, "a vDSO without a syscall instruction", "cannot inject")
-        })
-}
-
 /// Signals whose action may be other than the default: caught or ignored
 /// (/proc/PID/status), and SIGCHLD, whose SA_NOCLDWAIT/SA_NOCLDSTOP flags
 /// matter even with the default action. Each costs an injected call, made
@@ -274,7 +255,7 @@ pub fn start_time(pid: i32) -> Result<u64> {
 pub fn dump_task(pid: i32, ppid: i32, fds: Vec<FdImage>, ctx: &AttrCtx<'_>) -> Result<TaskDump> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
     let vmas = memory::vmas(pid, &maps)?;
-    let inj = Injector::new(pid, find_syscall_insn(pid, &maps)?)?;
+    let inj = Injector::new(pid, ptrace::find_syscall_insn(pid, &maps)?)?;
     let result = (|| {
         let scratch = Scratch::map(&inj)?;
         let task = task_image(pid, ppid, &inj, &scratch, fds, ctx)?;

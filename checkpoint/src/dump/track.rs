@@ -108,7 +108,7 @@ fn target_fd(pid: i32) -> u64 {
 /// Negotiates its features through our own descriptor.
 pub fn create(pid: i32, stale: &[i32]) -> Result<Tracker> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
-    let at = super::task::find_syscall_insn(pid, &maps)?;
+    let at = crate::ptrace::find_syscall_insn(pid, &maps)?;
     ptrace::seize_and_interrupt(pid)?;
     let made = (|| -> Result<i32> {
         let inj = Injector::new(pid, at)?;
