@@ -119,7 +119,7 @@ pub fn classify(
                 ino: meta.ino(),
                 mode: meta.mode() & 0o7777,
                 data: if frozen {
-                    super::files::pipe_data(pid, fd)?
+                    super::fdkind::pipe_data(pid, fd)?
                 } else {
                     Vec::new()
                 },

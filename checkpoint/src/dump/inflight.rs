@@ -14,7 +14,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::files::PipeRef;
+use super::fdkind::PipeRef;
 use super::sockets::SockRef;
 use crate::error::{ChkptError, Result};
 use crate::image::{FdImage, FdKind, InFlight};
@@ -119,7 +119,7 @@ impl Flight {
                     continue;
                 }
                 if target.starts_with('/') && !target.ends_with(" (deleted)") {
-                    if let Some(kind) = super::files::classify_path(me, fd, &target, pos)
+                    if let Some(kind) = super::fdkind::classify_path(me, fd, &target, pos)
                         .map_err(|e| refuse(format!("a file in flight on it (SCM_RIGHTS): {e}")))?
                     {
                         files.push(FdImage { fd, flags, kind });

@@ -29,6 +29,7 @@ mod attrs;
 mod copy;
 mod cow;
 mod fanotify;
+mod fdkind;
 mod files;
 mod freeze;
 mod held;
