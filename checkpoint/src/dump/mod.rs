@@ -8,7 +8,8 @@
 //! - [`track`] — the dirty-page tracker krg keeps in each process
 //! - [`precopy`] — private memory, in rounds while the job runs, the last
 //!   one frozen; [`pages`] its page states, [`copy`] the copy itself
-//! - [`files`] — fd tables, pipes, shared open file descriptions;
+//! - [`files`] — fd tables, pipes, shared open file descriptions ([`fdkind`]:
+//!   what one descriptor is);
 //!   [`anon`] eventfd, timerfd, signalfd, epoll; [`sockets`] (their
 //!   options: [`sockopts`]; connections not accepted yet: [`accept`];
 //!   what waits on a unix socket: [`unixq`]);

@@ -25,7 +25,8 @@
 //!   locks), signal state of a task; [`attrs`] its other attributes
 //!   (prctl, scheduling, capabilities, …)
 //! - [`ctx`] — the injection area and what every step works with
-//! - [`fill`] — eager restore: private anonymous pages copied in by restart
+//! - [`fill`] — eager restore: private anonymous pages copied in by restart;
+//!   [`pread`] the pages a task reads in itself
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
 

@@ -2,13 +2,16 @@
 //!
 //! * [`frame`]: length-prefixed, CRC32-checked frames carrying postcard
 //!   payloads (the handshake, the admin socket).
-//! * [`auth`]: the mutual HMAC-SHA256 challenge-response every TCP link starts with.
+//! * [`auth`]: the mutual HMAC-SHA256 challenge-response every TCP link starts with;
+//!   [`identity`]: who one end of a link is.
 //! * [`seal`]: the encrypted and authenticated frames (AES-256-GCM,
 //!   keys per connection and direction) every TCP link carries after it.
 //! * [`admin`]: requests a local tool (krgadm, checkpoint, krgcapset, mount.kdfs)
 //!   sends to its node's krgd over the Unix socket.
 //! * [`peer`]: requests one krgd sends another over TCP.
-//! * [`cluster`], [`chkpt`], [`sched`], [`kdfs`], [`proc`]: the per-service message types.
+//! * [`cluster`], [`chkpt`], [`sched`], [`kdfs`], [`proc`]: the per-service message types;
+//!   [`credentials`]: whose a job is; [`refusal`]: how every service says no.
+//! * `bytestr`: byte strings in frames, decoded as slices of the frame.
 //! * [`client`]: async clients for both sockets.
 //! * [`keyfile`]: the cluster key file and the default paths of every program.
 //! * [`nodeset`]: node ids and node lists as command lines spell them.

@@ -193,10 +193,8 @@ pub struct Opener {
 
 impl Opener {
     /// Read and open one frame from `r` (its byte strings decoded into
-    /// `Bytes` share the frame's buffer, see [`decode_sharing`]). A clean
-    /// end of stream before a frame is [`ProtoError::Closed`].
-    ///
-    /// [`decode_sharing`]: crate::bytestr::decode_sharing
+    /// `Bytes` share the frame's buffer: `bytestr::decode_sharing`). A
+    /// clean end of stream before a frame is [`ProtoError::Closed`].
     pub async fn read<T, R>(&mut self, r: &mut R) -> Result<T, ProtoError>
     where
         T: DeserializeOwned,

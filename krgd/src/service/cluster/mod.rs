@@ -5,7 +5,7 @@
 //! * [`state`]: the replicated member table and its epoch.
 //! * [`instance`]: this node's Raft instance (join, resume from disk, leave).
 //! * [`store`] / [`network`]: openraft storage and transport; [`disk`] and
-//!   [`writer`]: the Raft state on disk.
+//!   [`writer`]: the Raft state on disk; [`raft_types`]: the types they share.
 //! * [`membership`]: changes run by the Raft leader (start, add, stop);
 //!   [`leave`]: removal, with the `leaving` state and the hand-over hook.
 //! * [`selection`]: which nodes a change names, and which members vote.

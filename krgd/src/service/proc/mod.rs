@@ -5,7 +5,8 @@
 //! * [`spawner`]: the thread that starts the init of each job, PID 1 of its
 //!   own PID namespace; [`spawn`]: the clone and pidfd calls under it.
 //! * [`initspec`]: what krgd tells that init (`krg-init`) and hears back.
-//! * [`job`]: one job's start (stdio, terminal, output files) and end.
+//! * [`job`]: one job's start (stdio, terminal, output files) and end;
+//!   [`pushfile`]: `krg push`'s destination, written by krgd.
 //! * [`session`]: a session's jobs on this node, driven by `Up`/`Down` frames.
 //! * [`hub`]: a run as its origin sees it, across nodes ([`remote`] is the
 //!   origin's side of another node's part, [`serve`] the target's).
