@@ -12,8 +12,9 @@
 //! - [`load`] — read and check every file (before anything is started)
 //! - [`pages`] — where each page's data is across a chain of SNs, CRCs
 //! - [`owner`] — what a user's image may ask of root
-//! - [`tree`] — fork the tasks with their PIDs, SysV objects, shared fds;
-//!   [`plan`] where each task's pages go, who inherits whose
+//! - [`tree`] — fork the tasks with their PIDs ([`fork`]; [`zombie`] for
+//!   zombies), SysV objects, shared fds; [`plan`] where each task's pages
+//!   go, who inherits whose
 //! - [`task`] — one task's restore, in order ([`seccomp`] before the
 //!   credentials drop, [`timers`] last)
 //! - [`files`] ([`anon`], [`sockets`] with [`sockopts`], [`tcp`] and
@@ -36,6 +37,7 @@ mod ctx;
 mod fds;
 mod files;
 mod fill;
+mod fork;
 mod held;
 mod held_check;
 mod lazy;
@@ -74,7 +76,8 @@ pub use load::{load, Loaded, LoadedTask};
 pub use owner::ImageOwner;
 
 use ctx::AREA_LEN;
-use tree::{restore_tree, PidPolicy};
+use fork::PidPolicy;
+use tree::restore_tree;
 
 pub struct RestoreOptions {
     pub root: PathBuf,

@@ -13,8 +13,8 @@ use crate::error::{ChkptError, Result};
 use crate::ptrace::{self, Injector};
 
 use super::ctx::{AREA_CODE, AREA_SCRATCH};
+use super::fork::{fork_child, join_ids, CreatedTasks, PidPolicy};
 use super::load::Loaded;
-use super::tree::{fork_child, join_ids, CreatedTasks, PidPolicy};
 
 pub fn restore(
     l: &mut Loaded,
