@@ -87,7 +87,7 @@ pub enum FdKind {
     /// fd 0-2 connected to a terminal, a pipe or a socket outside the tree:
     /// restart gives the process its own fd of the same number.
     InheritedStdio { what: String },
-    /// One end of a pipe of the tree (see [`PipeImage`]).
+    /// One end of a pipe of the tree (see [`PipeImage`](super::app::PipeImage)).
     Pipe { ino: u64, write_end: bool },
     /// An eventfd: its counter (and EFD_SEMAPHORE).
     EventFd {
