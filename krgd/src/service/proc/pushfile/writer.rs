@@ -186,12 +186,19 @@ fn tell(sock: &UnixStream, errno: i32) {
     );
 }
 
-/// This thread's file-system ids become the job's, and its effective
-/// capabilities go (CAP_SYS_RESOURCE would pass quotas and root's reserve
-/// by; the file-system ones go with the ids). Both are per thread in Linux
-/// (glibc's wrappers of these two are plain system calls), and the thread
-/// ends with the job's stdin.
+/// This thread's file-system ids become the job's, its supplementary
+/// groups go, and its effective capabilities go (CAP_SYS_RESOURCE would
+/// pass quotas and root's reserve by; the file-system ones go with the
+/// ids; a group of root's could claim the reserve of its `resgid`). All
+/// are per thread in Linux (the raw system calls: glibc's `setgroups`
+/// would change every thread of krgd), and the thread ends with the job's
+/// stdin.
 fn become_owner(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: the raw setgroups with an empty list changes only this
+    // thread's supplementary groups.
+    if unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: setfsgid/setfsuid change only this thread's ids; they return
     // the previous id, so success is checked by asking again (-1 = no change).
     unsafe {
@@ -376,6 +383,15 @@ mod tests {
         let path = dir.path().join("setuid");
         let file = std::fs::File::create(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let status = || std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let ids = |s: String| -> Vec<String> {
+            let wanted = ["Groups:", "CapEff:", "Uid:", "Gid:"];
+            s.lines()
+                .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+                .map(String::from)
+                .collect()
+        };
+        let before = ids(status());
         let (job, tx, rx) = writer(65534, 65534);
         say(&job, HAND_OVER, Some(file.as_fd()));
         tx.send(Bytes::from_static(b"#!/bin/sh\n")).unwrap();
@@ -388,5 +404,6 @@ mod tests {
             0o755,
             "the setuid bit went with a user's write"
         );
+        assert_eq!(ids(status()), before, "only the writer's thread changed");
     }
 }
