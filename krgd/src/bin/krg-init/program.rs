@@ -8,8 +8,9 @@
 //! page tables and takes no copy-on-write faults, and it only makes system
 //! calls on the prepared data. The built-in copies run Rust code in the
 //! child, so they fork; a push whose stdin is a socket hands the opened
-//! destination to krgd instead of copying ([`crate::handoff`]). Failures before the program runs reach the init as
-//! (stage, errno) on the close-on-exec `check` pipe.
+//! destination to krgd instead of copying ([`crate::handoff`]). Failures
+//! before the program runs reach the init as (stage, errno) on the
+//! close-on-exec `check` pipe.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
