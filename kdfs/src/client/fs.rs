@@ -321,7 +321,7 @@ impl Filesystem for KdfsFs {
         }
         self.spawn(async move {
             match ops.read(id, fh.0, offset, size).await {
-                Ok(d) => reply.data(&d),
+                Ok(d) => reply.data(&d.0),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -552,7 +552,7 @@ impl Filesystem for KdfsFs {
         let q = Q::SetXattr {
             ino: self.id(ino),
             name: name.as_bytes().to_vec(),
-            value: Bytes(value.to_vec()),
+            value: Bytes::from(value.to_vec()),
             flags,
         };
         self.do_setxattr(q, reply);

@@ -415,7 +415,13 @@ impl Ops {
         self.releases.push(ino, fh);
     }
 
-    pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {
+    pub async fn read(
+        &self,
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        len: u32,
+    ) -> Res<krg_proto::kdfs::Bytes> {
         match self
             .call(
                 inode_node(ino),
@@ -428,7 +434,7 @@ impl Ops {
             )
             .await?
         {
-            A::Data(d) => Ok(d.0),
+            A::Data(d) => Ok(d),
             other => unexpected("read", other),
         }
     }
@@ -441,7 +447,7 @@ impl Ops {
                     ino,
                     fh,
                     offset,
-                    data: krg_proto::kdfs::Bytes(data),
+                    data: data.into(),
                 },
             )
             .await?

@@ -2,7 +2,7 @@
 //! Every store error becomes its errno here, and only here
 //! ([`StoreError::errno`]).
 
-use krg_proto::kdfs::{Attr, Bytes, KdfsRequest, KdfsResponse};
+use krg_proto::kdfs::{Attr, KdfsRequest, KdfsResponse};
 
 use super::data::{read_at, sync_file, write_at};
 use super::error::{Res, StoreError};
@@ -116,7 +116,7 @@ impl Store {
             Q::Open { ino, write } => A::Handle(self.open_file(ino, write)?),
             Q::Read {
                 fh, offset, len, ..
-            } => A::Data(Bytes(read_at(&*self.file(fh)?, offset, len.min(16 << 20))?)),
+            } => A::Data(read_at(&*self.file(fh)?, offset, len.min(16 << 20))?.into()),
             Q::Write {
                 fh, offset, data, ..
             } => A::Written(write_at(&*self.file(fh)?, offset, &data.0)?),
@@ -144,7 +144,7 @@ impl Store {
             Q::OpenDir { ino } => A::Handle(self.open_dir(ino)?),
             Q::ReadDir { fh, offset, max } => A::Entries(self.read_dir(fh, offset, max)?),
             Q::FsyncDir { ino } => self.fsync_dir(ino).map(|_| A::Done)?,
-            Q::GetXattr { ino, name } => A::Xattr(Bytes(self.get_xattr(ino, &name)?)),
+            Q::GetXattr { ino, name } => A::Xattr(self.get_xattr(ino, &name)?.into()),
             Q::ListXattr { ino } => A::XattrNames(self.list_xattr(ino)?),
             Q::SetXattr {
                 ino,

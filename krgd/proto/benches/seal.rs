@@ -84,7 +84,7 @@ fn main() {
         "payload", "crc MiB/s", "sealed MiB/s", "ratio"
     );
     for size in [4 << 10, 128 << 10, 1 << 20, 16 << 20] {
-        let msg = KdfsResponse::Data(Bytes(vec![0x5a; size]));
+        let msg = KdfsResponse::Data(Bytes::from(vec![0x5a; size]));
         let total: usize = 256 << 20;
         let n = (total / size).max(4);
         let (mut plain, mut sealed) = (Vec::new(), Vec::new());
