@@ -72,6 +72,10 @@ pub enum ChkptError {
     /// transfer); the job was not frozen.
     #[error("sending the image: {0}")]
     Ship(String),
+    /// Page data still on another node could not be had (`--fetch-fd`:
+    /// a post-copy migration whose origin failed).
+    #[error("fetching page data: {0}")]
+    Fetch(String),
     /// The job changed while it was being frozen.
     #[error("{0}; retry")]
     Changed(String),

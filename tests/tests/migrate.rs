@@ -437,6 +437,58 @@ fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
     Ok(())
 }
 
+/// Post-copy (`--postcopy`): the process runs on the target before its
+/// memory is there, its pages pulled from the origin as it touches them
+/// and behind it; every page still holds what the process last wrote,
+/// there and back, and each origin drops its copy of the image once the
+/// target has it all.
+#[test]
+fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let out = c.dir.path().join("stamps.txt");
+    let job = start(STAMPER, &out);
+    let pid = job.0;
+    capset(&c, 1, pid);
+    let before = grows(&out, 0);
+    let o = migrate(&c, 1, &["--postcopy", "--json", &pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(rep["to"], 2, "{rep}");
+    // the 64 MiB of page data did not go before the process ran there
+    let sent = rep["bytes"].as_u64().unwrap();
+    assert!(sent < 8 << 20, "{sent} bytes sent before the handover");
+    let mid = grows(&out, before);
+    let o = migrate(&c, 1, &["--postcopy", &format!("2:{pid}"), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    grows(&out, mid + 3);
+    let text = std::fs::read_to_string(&out)?;
+    let rows: Vec<Vec<u64>> = text
+        .lines()
+        .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
+        .collect();
+    assert!(
+        rows.windows(2).all(|w| w[1][0] == w[0][0] + 1),
+        "a gap or a repeat in the iterations"
+    );
+    for r in &rows {
+        assert_eq!(r[1], pid as u64, "another PID: {r:?}");
+        assert_eq!(r[2], 0, "pages lost across the moves (iteration {})", r[0]);
+    }
+    for node in [1, 2] {
+        let kept = c.dir.path().join(format!("data{node}/migrate/out"));
+        wait_for(
+            Duration::from_secs(20),
+            "the origin to drop its image",
+            || {
+                let n = std::fs::read_dir(&kept).map_or(0, |d| d.count());
+                (n == 0).then_some(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
 const BIG: &str = r#"
 import sys, time
 buf = bytearray(600 << 20)
@@ -539,6 +591,7 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
             len: 10,
         }],
         identities: vec![],
+        postcopy: false,
     };
     for (m, want) in [
         (MigratePeerRequest::Offer(offer), "node 9 is not a member"),
@@ -563,6 +616,17 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
             "only a member",
         ),
         (MigratePeerRequest::Commit { xfer: 1 }, "only a member"),
+        // nor read a post-copy image kept for a target
+        (
+            MigratePeerRequest::Pull {
+                xfer: 1,
+                file: 0,
+                offset: 0,
+                len: 10,
+            },
+            "only a member",
+        ),
+        (MigratePeerRequest::Release { xfer: 1 }, "only a member"),
     ] {
         let req = PeerRequest::Proc(ProcPeerRequest::Migrate(m));
         match rt.block_on(peer.call(req, Duration::from_secs(10)))? {

@@ -77,6 +77,11 @@ struct Cli {
     /// stderr (krgd, restoring a migrated process whose stdio is restart's).
     #[arg(long, value_name = "FD")]
     report_fd: Option<i32>,
+    /// With --lazy --check-as-loaded: the page data is still arriving
+    /// (a post-copy migration); before reading any of it, ask for it on
+    /// FD, a Unix socket to krgd. For krgd.
+    #[arg(long, value_name = "FD", requires = "check_as_loaded")]
+    fetch_fd: Option<i32>,
     /// Print where the time went, phase by phase, on a line before the last
     /// (`restart: timings: load=…ms fork_root=…ms …`). Also `KRG_TIMINGS=1`.
     #[arg(long)]
@@ -99,6 +104,7 @@ fn main() {
                 init,
                 map: cli.ns_pid.clone(),
             }),
+            fetch_fd: cli.fetch_fd,
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).

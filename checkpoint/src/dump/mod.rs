@@ -112,6 +112,10 @@ pub struct DumpReport {
     /// differ from what was shipped before the freeze (header, pages copied
     /// since, metadata). Files not listed must be sent whole.
     pub delta: HashMap<String, Vec<(u64, u64)>>,
+    /// For each memory file copied while the job ran (by name), the byte
+    /// range its page data takes (a post-copy migration sends the rest
+    /// first, and this range after the job runs on the target).
+    pub page_data: HashMap<String, (u64, u64)>,
 }
 
 /// Called with (bytes done, bytes known so far) while pages are copied.
@@ -283,6 +287,7 @@ pub fn checkpoint_shipped(
     } else {
         HashMap::new()
     };
+    let page_data = ship::page_data(&mems, &names);
     staging.commit(&dir, &names.global())?;
     mark("commit");
     Ok(DumpReport {
@@ -295,6 +300,7 @@ pub fn checkpoint_shipped(
         parent,
         phases: crate::timings::take(),
         delta,
+        page_data,
     })
 }
 

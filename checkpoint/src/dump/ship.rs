@@ -119,3 +119,17 @@ pub(super) fn delta(
     }
     Ok(out)
 }
+
+/// Where the page data of each memory file is: from its header to its
+/// metadata.
+pub(super) fn page_data(
+    mems: &HashMap<i32, ProcMem>,
+    names: &Names,
+) -> HashMap<String, (u64, u64)> {
+    mems.iter()
+        .map(|(&p, mem)| {
+            let end = copy::DATA_OFF + mem.data.slots * image::PAGE;
+            (names.task_mm(p), (copy::DATA_OFF, end))
+        })
+        .collect()
+}

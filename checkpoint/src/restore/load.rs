@@ -28,6 +28,9 @@ pub struct Loaded {
     pub checks: Vec<Check>,
     /// `--inherit-fd N:PATH` of restart (set by the caller).
     pub inherit_fds: Vec<(i32, String)>,
+    /// `--fetch-fd`: page data is still coming in; ask before reading it
+    /// (set by the caller).
+    pub fetch: Option<super::fetch::Fetch>,
 }
 
 /// One task of a loaded checkpoint.
@@ -191,6 +194,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
         files,
         checks,
         inherit_fds: Vec::new(),
+        fetch: None,
     })
 }
 

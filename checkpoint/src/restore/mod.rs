@@ -35,6 +35,7 @@ mod anon;
 mod attrs;
 mod ctx;
 mod fds;
+pub mod fetch;
 mod files;
 mod fill;
 mod fork;
@@ -99,6 +100,9 @@ pub struct RestoreOptions {
     /// `--pidns-of`: restore into a `krg run` job's PID namespace (a
     /// migrated job), with the job's own PIDs.
     pub pidns: Option<pidns::PidNsTarget>,
+    /// `--fetch-fd`: page data still arriving, asked for on this fd before
+    /// it is read ([`fetch`]); with `lazy` and `check_as_loaded`.
+    pub fetch_fd: Option<i32>,
 }
 
 #[derive(Debug)]
@@ -124,15 +128,33 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         (true, false) => load::PageCheck::First,
         (true, true) => load::PageCheck::AsLoaded,
     };
+    if opts.fetch_fd.is_some() && check != load::PageCheck::AsLoaded {
+        return Err(ChkptError::Usage(
+            "--fetch-fd goes with --lazy and --check-as-loaded".into(),
+        ));
+    }
     let mut loaded = load::load_checked(&dir, sn, opts.node, check)?;
+    if let Some(fd) = opts.fetch_fd {
+        // SAFETY: the descriptor was given to this process for this use.
+        loaded.fetch = Some(unsafe { fetch::Fetch::from_raw_fd(fd) }?);
+    }
     if check == load::PageCheck::AsLoaded {
         // the pages children inherit are copied in before they are
         // forked, not left to the page server: checked now
         let inherit = plan::Inheritance::of(&loaded.tasks)?;
-        let now: Vec<pages::Piece> = plan::split_pieces(&loaded.tasks, &inherit, true)
-            .into_iter()
-            .flat_map(|[_, _, now]| now)
-            .collect();
+        let split = plan::split_pieces(&loaded.tasks, &inherit, true);
+        if let Some(f) = &loaded.fetch {
+            // everything restart reads itself: those pages, and the ones
+            // the tasks read (outside the lazy mappings)
+            let ranges: Vec<(usize, u64, u64)> = split
+                .iter()
+                .flat_map(|[read, _, now]| read.iter().chain(now))
+                .map(|p| (p.file, p.off, p.len))
+                .collect();
+            f.need(&loaded.files, &loaded.checks, &ranges)?;
+            crate::timings::mark("fetch");
+        }
+        let now: Vec<pages::Piece> = split.into_iter().flat_map(|[_, _, now]| now).collect();
         if !now.is_empty() {
             pages::verify_files(&mut loaded.files, &mut loaded.checks, Some(&now))?;
         }

@@ -45,6 +45,8 @@ pub struct Server<'a> {
     pub checks: &'a [Check],
     /// The restored tasks, killed if page data turns out wrong.
     pub pids: Vec<i32>,
+    /// Page data still arriving (post-copy): asked for before it is read.
+    pub fetch: Option<&'a super::fetch::Fetch>,
 }
 
 impl Server<'_> {
@@ -194,6 +196,13 @@ impl Server<'_> {
 
     /// `p`'s data into `out`, every block it touches checked against its CRC.
     fn read_checked(&self, p: &Piece, out: &mut [u8]) -> Result<()> {
+        if let Some(fetch) = self.fetch {
+            if let Err(e) = fetch.need(self.files, self.checks, &[(p.file, p.off, p.len)]) {
+                // the memory cannot be completed: the tree cannot go on
+                self.kill_tree();
+                return Err(e);
+            }
+        }
         let f = &self.files[p.file];
         let mut block = vec![0u8; CRC_BLOCK as usize];
         let mut at = 0u64;

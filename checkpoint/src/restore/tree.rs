@@ -381,6 +381,7 @@ fn start_server(
         files: &l.files,
         checks: &l.checks,
         pids: pids.to_vec(),
+        fetch: l.fetch.as_ref(),
     };
     let code = match server.run() {
         Ok(()) => 0,

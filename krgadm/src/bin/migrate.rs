@@ -22,6 +22,7 @@ Examples:
   migrate 4242 3          move process 4242 of this node to node 3
   migrate 3:4242 1        move process 4242 of node 3 to node 1
   migrate --tree 4242 2   move 4242 and its descendants
+  migrate --postcopy 4242 2  run 4242 on node 2 at once, its memory following
   migrate 1:4096 3        move the krg run job whose program is 4096 on node 1
                           (its whole tree, its PIDs; krg run keeps its output,
                           input, signals and exit status)
@@ -38,6 +39,14 @@ struct Cli {
     /// Move its descendants with it (without it, a process with children is refused).
     #[arg(long)]
     tree: bool,
+    /// Post-copy: stop the process, send all but its memory, run it on
+    /// the target at once, and bring its memory over from this node behind
+    /// it (each page it touches first). Its stopped time no longer grows
+    /// with its memory, but until its memory is all in it needs both
+    /// nodes: if the origin fails meanwhile, the process is lost. Not for
+    /// krg run jobs.
+    #[arg(long)]
+    postcopy: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -81,6 +90,7 @@ async fn run(cli: Cli) -> Result<MigrateReport> {
         pid,
         to: cli.node,
         tree: cli.tree,
+        postcopy: cli.postcopy,
     };
     match c
         .call(&AdminRequest::Proc(ProcRequest::Migrate(req)))

@@ -33,6 +33,9 @@ pub struct MigrateRequest {
     pub to: NodeId,
     /// Move its descendants too (without it, a process with children is refused).
     pub tree: bool,
+    /// Post-copy: send the memory after the process runs on the target
+    /// (see [`Offer::postcopy`]).
+    pub postcopy: bool,
 }
 
 /// What a migration did.
@@ -111,6 +114,12 @@ pub struct Offer {
     pub files: Vec<ImageFile>,
     /// Files the processes use that must be the same there.
     pub identities: Vec<FileIdentity>,
+    /// Post-copy: the page data of the memory files (`task_mm_*`) may be
+    /// missing at `Commit`; the target restores lazily and pulls it from
+    /// the origin ([`MigratePeerRequest::Pull`]) while the processes run,
+    /// what they touch first, then the rest; then it says
+    /// [`MigratePeerRequest::Release`].
+    pub postcopy: bool,
 }
 
 /// A chunk of one image file.
@@ -192,6 +201,24 @@ pub enum MigratePeerRequest {
         /// Transfer id.
         xfer: u64,
     },
+    /// Post-copy, from the target after `Commit`: bytes of an image file
+    /// (at most [`MAX_DATA`]), from the origin's copy of the image.
+    Pull {
+        /// Transfer id.
+        xfer: u64,
+        /// Index of the file (as in [`Data`]).
+        file: u32,
+        /// Offset in that file.
+        offset: u64,
+        /// How many bytes.
+        len: u32,
+    },
+    /// Post-copy, from the target: every byte is in (or the processes
+    /// ended before): the origin may drop its copy of the image.
+    Release {
+        /// Transfer id.
+        xfer: u64,
+    },
 }
 
 /// Answers to [`MigratePeerRequest`]s.
@@ -203,6 +230,8 @@ pub enum MigratePeerReply {
     Ack,
     /// To `Commit`.
     Restored(Restored),
+    /// To `Pull`: the bytes.
+    Pulled(Data),
 }
 
 #[cfg(test)]

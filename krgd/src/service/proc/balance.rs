@@ -256,6 +256,7 @@ pub(super) async fn carry_out(
         pid,
         to,
         tree: false,
+        postcopy: false,
     };
     let root = Credentials {
         uid: 0,

@@ -120,6 +120,8 @@ async fn hand_over(st: &Arc<ProcState>) {
             pid,
             to,
             tree: true,
+            // the origin is leaving: nothing may be left to pull from it
+            postcopy: false,
         };
         match migrate::migrate(st, req, root.clone(), Origin::Local).await {
             Ok(r) if r.fell_back.is_none() => {

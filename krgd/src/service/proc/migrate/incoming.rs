@@ -38,19 +38,22 @@ pub struct Incoming {
     pids: Vec<i32>,
     /// Every file offered so far, by index (a removed one stays, `None`).
     files: Vec<Option<Entry>>,
+    /// Post-copy: the memory files' page data may be missing at `Commit`.
+    postcopy: bool,
 }
 
 /// One file being received.
-struct Entry {
-    name: String,
-    file: std::fs::File,
-    len: u64,
+pub struct Entry {
+    pub name: String,
+    pub file: Arc<std::fs::File>,
+    pub len: u64,
     /// The byte ranges received, merged and in order.
-    have: Vec<(u64, u64)>,
+    pub have: Vec<(u64, u64)>,
 }
 
 impl Entry {
-    fn got(&mut self, s: u64, e: u64) {
+    /// Bytes `[s, e)` are in.
+    pub fn got(&mut self, s: u64, e: u64) {
         self.have.push((s, e));
         self.have.sort_unstable();
         let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.have.len());
@@ -63,7 +66,8 @@ impl Entry {
         self.have = out;
     }
 
-    fn complete(&self) -> bool {
+    /// Every byte is in.
+    pub fn complete(&self) -> bool {
         self.len == 0
             || self
                 .have
@@ -180,6 +184,7 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
             sn: o.sn,
             pids: o.pids,
             files,
+            postcopy: o.postcopy,
         },
     );
     Ok(())
@@ -207,7 +212,7 @@ fn create(
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Entry {
         name: name.to_string(),
-        file,
+        file: Arc::new(file),
         len,
         have: Vec::new(),
     })
@@ -280,19 +285,31 @@ pub struct Complete {
     pub gid: u32,
     /// PIDs of the processes (at dump time).
     pub pids: Vec<i32>,
+    /// Post-copy: the image's files, by index, whose memory files' page
+    /// data is still to be pulled (`None` when every byte is in).
+    pub pulling: Option<Vec<Option<Entry>>>,
+}
+
+/// A memory file: its page data may come after `Commit` (post-copy).
+fn memory_file(name: &str) -> bool {
+    name.starts_with("task_mm_")
 }
 
 /// Take transfer `xfer` of `from`, which must be complete (else it is
-/// dropped: the image is incomplete).
+/// dropped: the image is incomplete) — but for the page data of its memory
+/// files, in a post-copy transfer.
 pub fn take_complete(st: &ProcState, from: NodeId, xfer: u64) -> Result<Complete, AdminError> {
     let x = crate::sync::lock(&st.migration.transfers.0)
         .remove(&(from, xfer))
         .ok_or_else(|| unknown(xfer))?;
-    if x.files.iter().flatten().any(|e| !e.complete()) {
+    let may_wait = |e: &Entry| x.postcopy && memory_file(&e.name);
+    if x.files.iter().flatten().any(|e| !(e.complete() || may_wait(e))) {
         let _ = std::fs::remove_dir_all(&x.root);
         return Err(bad("the image is incomplete"));
     }
+    let all_in = x.files.iter().flatten().all(Entry::complete);
     Ok(Complete {
+        pulling: (!all_in).then_some(x.files),
         root: x.root,
         app: x.app,
         sn: x.sn,
@@ -358,15 +375,29 @@ pub async fn commit(
 ) -> Result<Restored, AdminError> {
     let from = member(origin)?;
     let mut clock = super::Clock::new();
-    let x = take_complete(st, from, xfer)?;
+    let mut x = take_complete(st, from, xfer)?;
+    let fail = |e: String| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node()));
+    // post-copy: what is missing is pulled while restart and its page
+    // server run, and they ask for what they are about to read
+    let (pulling, fetch) = match x.pulling.take() {
+        Some(files) => {
+            let (p, sock) = super::pulling::Pulling::start(st, from, xfer, files)
+                .map_err(|e| fail(format!("fetch socket: {e}")))?;
+            (Some(p), Some(std::os::fd::OwnedFd::from(sock)))
+        }
+        None => (None, None),
+    };
     // No fsync: the image lives only until restart has read it (a crash
     // of this node loses the process anyway); checkpoints proper are not
-    // written here.
-    let r = restore::restore_lazily(&x.root, x.app, x.sn).await;
+    // written here. Open files stay: the page server and the pulls use
+    // them after the names are gone.
+    let r = restore::restore_lazily(&x.root, x.app, x.sn, fetch).await;
     clock.mark("target.restart");
     let _ = std::fs::remove_dir_all(&x.root);
-    let (inner, server) =
-        r.map_err(|e| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node())))?;
+    if let (Err(_), Some(p)) = (&r, &pulling) {
+        p.stop();
+    }
+    let (inner, server) = r.map_err(fail)?;
     if let Some(server) = server {
         super::filling(st, server, &x.pids);
     }

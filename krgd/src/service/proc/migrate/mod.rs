@@ -14,6 +14,9 @@
 //! - [`send`] — the dump, and the image sent while it runs and once stopped ([`push`])
 //! - [`incoming`] — the target: images received, restored on `Commit`
 //! - [`restore`] — running `restart` (lazily on a target)
+//! - [`pulling`], [`serving`] — post-copy (`migrate --postcopy`): the
+//!   target pulls the page data after the process runs there, from the
+//!   origin, which keeps its copy of the image until then
 //! - [`registry`] — what migrated in, page servers still filling memory
 //! - [`runjob`], [`adopt`], [`relay`] — `krg run` jobs: the origin's
 //!   handover, the target taking the job over into a new PID namespace,
@@ -22,12 +25,14 @@
 pub mod adopt;
 pub mod check;
 pub mod incoming;
+pub mod pulling;
 pub mod push;
 pub mod registry;
 pub mod relay;
 pub mod restore;
 pub mod runjob;
 mod send;
+pub mod serving;
 
 use registry::wait_filled;
 pub use registry::{adopted, arrived, arrived_job, filling, start_ticks, Adopted, Registry};
@@ -207,6 +212,18 @@ pub async fn handle_peer(
         MigratePeerRequest::Commit { xfer } => incoming::commit(st, origin, xfer)
             .await
             .map(MigratePeerReply::Restored),
+        MigratePeerRequest::Pull {
+            xfer,
+            file,
+            offset,
+            len,
+        } => serving::pull(st, origin, xfer, file, offset, len)
+            .await
+            .map(MigratePeerReply::Pulled),
+        MigratePeerRequest::Release { xfer } => {
+            serving::release(st, origin, xfer)?;
+            Ok(MigratePeerReply::Ack)
+        }
     }
 }
 
@@ -243,6 +260,12 @@ async fn move_here(
     }
     // A krg run job's program moves with its descendants and its session.
     let job = runjob::find(st, pid)?;
+    if req.postcopy && job.is_some() {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            format!("migrate --postcopy does not move krg run jobs (process {pid} is one): they are restored into a PID namespace of their own, which restart does not do lazily"),
+        ));
+    }
     let pid = job.as_ref().map_or(pid, |j| j.host_pid);
     let (tree, in_job) = (req.tree || job.is_some(), job.is_some());
     let caps = st.caps.clone();
@@ -265,8 +288,10 @@ async fn move_here(
             creds: who.clone(),
             files: Vec::new(),
             identities: plan.identities.clone(),
+            postcopy: req.postcopy,
         },
         error: None,
+        ship: !req.postcopy,
     };
     let (dumped, early) = {
         let out = out.clone();
@@ -302,7 +327,7 @@ async fn move_here(
     };
     clock.mark("dump");
     clock.extend("dump.", &rep.phases);
-    let sent = push(&mut sender, &rep, &plan, who).await;
+    let sent = push(&mut sender, &rep, &plan, who, req.postcopy).await;
     clock.mark("push");
     let bytes = match sent {
         Ok(b) => b,
@@ -328,6 +353,15 @@ async fn move_here(
         },
         None => None,
     };
+    if req.postcopy {
+        // the target pulls the page data from this copy of the image
+        let files = sender
+            .names()
+            .iter()
+            .map(|n| std::fs::File::open(rep.dir.join(n)).ok().map(Arc::new))
+            .collect();
+        serving::start(st, xfer, to, out.clone(), files);
+    }
     // The handover: from here on the origin's copy is gone.
     for &p in &rep.tasks {
         // SAFETY: plain kill(2) of the stopped processes we dumped.
@@ -371,6 +405,8 @@ async fn move_here(
                 why,
                 "target failed after the handover: taking the process back"
             );
+            // (post-copy: the image is this node's again)
+            serving::forget(st, xfer);
             let back = match unclaimed {
                 Some(p) => runjob::take_back(st, p, &out, rep.app, rep.sn).await,
                 None => restore::restore(&out, rep.app, rep.sn).await.map(|_| ()),
@@ -390,7 +426,9 @@ async fn move_here(
         }
     }
     report.stopped_ms = rep.frozen_at.elapsed().as_millis() as u64;
-    let _ = std::fs::remove_dir_all(&out);
+    if report.fell_back.is_some() || !req.postcopy {
+        let _ = std::fs::remove_dir_all(&out);
+    }
     clock.mark("cleanup");
     report.phases = clock.phases;
     report.total_ms = t0.elapsed().as_millis() as u64;

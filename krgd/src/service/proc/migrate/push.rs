@@ -58,6 +58,11 @@ impl Sender {
         }
     }
 
+    /// The image's file names, in the target's index order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// Offer the image (its files as listed).
     pub async fn offer(&mut self, offer: Offer) -> Result<(), AdminError> {
         self.names = offer.files.iter().map(|f| f.name.clone()).collect();

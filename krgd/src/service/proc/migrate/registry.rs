@@ -12,7 +12,7 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::NodeId;
 
 use super::super::state::ProcState;
-use super::{err, incoming, restore};
+use super::{err, incoming, restore, serving};
 
 /// A process that migrated in.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,8 @@ pub struct Adopted {
 pub struct Registry {
     /// Images being received.
     pub transfers: incoming::Transfers,
+    /// Images kept for the targets of post-copy migrations.
+    pub serving: serving::Serving,
     /// Processes that migrated in and still run, by PID.
     pub adopted: Mutex<HashMap<i32, Adopted>>,
     /// When each `krg run` job that migrated in arrived, by job number.

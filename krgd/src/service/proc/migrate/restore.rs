@@ -82,7 +82,7 @@ pub async fn restore_into(
     sn: u32,
     job: Option<IntoJob>,
 ) -> Result<Vec<checkpoint::timings::Phase>, String> {
-    run_restart(root, app, sn, job, false).await.map(|r| r.0)
+    run_restart(root, app, sn, job, Lazy::No).await.map(|r| r.0)
 }
 
 /// [`restore`] that lets the processes run before their private memory is
@@ -91,12 +91,15 @@ pub async fn restore_into(
 /// each page in on first touch and the rest behind; it is reaped here.
 /// The image came from a member's krgd over the sealed connection: its
 /// page data is checked as it loads, and a bad block kills the process.
+/// With `fetch` (post-copy), page data is asked for on that socket before
+/// it is read (`restart --fetch-fd`).
 pub async fn restore_lazily(
     root: &Path,
     app: i32,
     sn: u32,
+    fetch: Option<OwnedFd>,
 ) -> Result<(Vec<checkpoint::timings::Phase>, Option<i32>), String> {
-    let (phases, text) = run_restart(root, app, sn, None, true).await?;
+    let (phases, text) = run_restart(root, app, sn, None, Lazy::Yes(fetch)).await?;
     Ok((phases, page_server(&text)))
 }
 
@@ -115,13 +118,20 @@ pub async fn reap_server(pid: i32) {
     let _ = super::super::spawn::reap_adopted(pid).await;
 }
 
+/// Whether restart lets the processes run before their memory is in.
+enum Lazy {
+    No,
+    /// Yes, with the fetch socket of a post-copy migration if any.
+    Yes(Option<OwnedFd>),
+}
+
 /// Run restart; its phases and everything it reported.
 async fn run_restart(
     root: &Path,
     app: i32,
     sn: u32,
     job: Option<IntoJob>,
-    lazy: bool,
+    lazy: Lazy,
 ) -> Result<(Vec<checkpoint::timings::Phase>, String), String> {
     let bin = restart_binary();
     let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -140,9 +150,17 @@ async fn run_restart(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    if lazy {
-        cmd.args(["--lazy", "--check-as-loaded"]);
-    }
+    let fetch = match lazy {
+        Lazy::No => None,
+        Lazy::Yes(fetch) => {
+            cmd.args(["--lazy", "--check-as-loaded"]);
+            if fetch.is_some() {
+                cmd.args(["--fetch-fd", "4"]);
+            }
+            fetch
+        }
+    };
+    let raw_fetch = fetch.as_ref().map(|f| f.as_raw_fd());
     if let Some(job) = job {
         cmd.arg("--pidns-of").arg(job.init.to_string());
         for (host, inner) in &job.map {
@@ -153,10 +171,18 @@ async fn run_restart(
             .stdout(Stdio::from(o))
             .stderr(Stdio::from(e));
     }
-    // SAFETY: between fork and exec only dup2 (async-signal-safe) runs.
+    // SAFETY: between fork and exec only fcntl and dup2 (async-signal-safe) run.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw_w, 3) < 0 {
+            // out of the way of fd 3 first (it may be 3 itself)
+            let fetch = match raw_fetch {
+                Some(f) => libc::fcntl(f, libc::F_DUPFD_CLOEXEC, 10),
+                None => 0,
+            };
+            if fetch < 0
+                || libc::dup2(raw_w, 3) < 0
+                || (raw_fetch.is_some() && libc::dup2(fetch, 4) < 0)
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -166,6 +192,8 @@ async fn run_restart(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
     drop(w);
+    // restart and its page server hold it now
+    drop(fetch);
     let status = match tokio::time::timeout(RESTORE_TIMEOUT, child.wait()).await {
         Ok(s) => s.map_err(|e| format!("waiting for restart: {e}"))?,
         Err(_) => {

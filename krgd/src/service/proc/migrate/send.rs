@@ -44,6 +44,8 @@ pub(super) struct Dumped {
     pub(super) phases: Vec<checkpoint::timings::Phase>,
     /// What changed in the memory files sent early (see `DumpReport::delta`).
     pub(super) delta: HashMap<String, Vec<(u64, u64)>>,
+    /// Where each memory file's page data is (see `DumpReport::page_data`).
+    pub(super) page_data: HashMap<String, (u64, u64)>,
 }
 
 /// The memory files sent to the target while the process runs.
@@ -54,6 +56,9 @@ pub(super) struct Early {
     pub(super) offer: Offer,
     /// Why sending failed, when it did.
     pub(super) error: Option<AdminError>,
+    /// Send the memory files while the process runs (not for post-copy:
+    /// they go after it runs on the target).
+    pub(super) ship: bool,
 }
 
 impl checkpoint::dump::Ship for Early {
@@ -117,7 +122,8 @@ pub(super) fn dump(
         full: true,
         other_pidns: in_job,
     };
-    let r = checkpoint::dump::checkpoint_shipped(pid, &opts, &|_, _| {}, Some(early))
+    let ship: Option<&mut dyn checkpoint::dump::Ship> = if early.ship { Some(early) } else { None };
+    let r = checkpoint::dump::checkpoint_shipped(pid, &opts, &|_, _| {}, ship)
         .map_err(|e| e.to_string())?;
     Ok(Dumped {
         app: pid,
@@ -127,17 +133,20 @@ pub(super) fn dump(
         frozen_at: r.frozen_at,
         phases: r.phases,
         delta: r.delta,
+        page_data: r.page_data,
     })
 }
 
 /// Send the image: the offer (or, after an early one, the final file
-/// list), then every file, or what changed in it since it was sent early.
-/// Returns the bytes sent in all.
+/// list), then every file, or what changed in it since it was sent early
+/// — with `postcopy`, but the memory files' page data (the target pulls
+/// it once the process runs there). Returns the bytes sent in all.
 pub(super) async fn push(
     sender: &mut pushing::Sender,
     rep: &Dumped,
     plan: &check::Plan,
     who: Credentials,
+    postcopy: bool,
 ) -> Result<u64, AdminError> {
     let files = image_files(&rep.dir, rep.sn)
         .map_err(|e| err(ErrorKind::Internal, format!("reading the image: {e}")))?;
@@ -154,6 +163,7 @@ pub(super) async fn push(
             creds: who,
             files: files.clone(),
             identities: plan.identities.clone(),
+            postcopy,
         };
         sender.offer(offer).await?;
     }
@@ -162,10 +172,13 @@ pub(super) async fn push(
         let path = rep.dir.join(&f.name);
         let file = std::fs::File::open(&path)
             .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
-        let ranges = match rep.delta.get(&f.name) {
+        let mut ranges = match rep.delta.get(&f.name) {
             Some(r) if early => r.clone(),
             _ => vec![(0, f.len)],
         };
+        if let Some(&pages) = rep.page_data.get(&f.name).filter(|_| postcopy) {
+            ranges = without(&ranges, pages);
+        }
         parts.push(pushing::Part {
             name: f.name.clone(),
             file: Arc::new(file),
@@ -174,4 +187,33 @@ pub(super) async fn push(
     }
     sender.send(&parts).await?;
     Ok(sender.bytes)
+}
+
+/// `ranges` less `[cut.0, cut.1)`.
+fn without(ranges: &[(u64, u64)], cut: (u64, u64)) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(s, e) in ranges {
+        if s < cut.0 {
+            out.push((s, e.min(cut.0)));
+        }
+        if e > cut.1 {
+            out.push((s.max(cut.1), e));
+        }
+    }
+    out.retain(|r| r.1 > r.0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without;
+
+    #[test]
+    fn a_range_is_cut_out() {
+        let r = [(0, 10), (12, 20), (25, 40), (50, 60)];
+        assert_eq!(without(&r, (5, 30)), vec![(0, 5), (30, 40), (50, 60)]);
+        assert_eq!(without(&r, (0, 100)), vec![]);
+        assert_eq!(without(&r, (40, 50)), r.to_vec());
+        assert_eq!(without(&[(0, 100)], (10, 20)), vec![(0, 10), (20, 100)]);
+    }
 }

@@ -1,0 +1,316 @@
+//! The target's side of a post-copy migration: the image came without
+//! the page data of its memory files, and the processes were restored
+//! lazily (`restart --lazy --check-as-loaded --fetch-fd`). This pulls
+//! that data from the origin's copy of the image
+//! ([`MigratePeerRequest::Pull`]) into the received files:
+//!
+//! - **on demand**: restart, then its page server, name the byte ranges
+//!   they are about to read on the fetch socket
+//!   ([`checkpoint::restore::fetch`]); what is missing of them is pulled
+//!   at once and the answer waits for it;
+//! - **in the background**: every other missing range, in file order, in
+//!   chunks of [`BACKGROUND_CHUNK`] (small, so that a pull on demand does
+//!   not queue behind much on the peer connection).
+//!
+//! When every byte is in (or the processes ended, closing the socket) the
+//! origin is told to drop its copy ([`MigratePeerRequest::Release`]). If
+//! the origin cannot be reached, the missing memory cannot be had: the
+//! page server is told so and kills the processes (post-copy's price: the
+//! process needs both nodes until its memory is in).
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use checkpoint::restore::fetch::Line;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use krg_proto::migrate::{MigratePeerReply, MigratePeerRequest};
+use krg_proto::NodeId;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::super::state::ProcState;
+use super::incoming::Entry;
+use super::{call, STEP_TIMEOUT};
+
+/// Bytes per background pull.
+const BACKGROUND_CHUNK: u64 = 1 << 20;
+/// Background pulls in flight at once.
+const IN_FLIGHT: usize = 4;
+/// Tries of one pull before the memory is given up.
+const TRIES: u32 = 3;
+
+/// One image whose page data is being pulled.
+pub struct Pulling {
+    st: Arc<ProcState>,
+    from: NodeId,
+    xfer: u64,
+    /// The image's files, by index.
+    files: Mutex<Vec<Option<Entry>>>,
+    /// Why the missing data cannot be had, once it cannot.
+    failed: Mutex<Option<String>>,
+    /// Set when the restore failed: pull nothing more.
+    stopped: AtomicBool,
+    /// The origin was told to drop its copy.
+    released: AtomicBool,
+}
+
+/// (file index, offset, length) of a pull.
+type Chunk = (u32, u64, u64);
+
+impl Pulling {
+    /// Start pulling transfer `xfer`'s missing data from node `from`;
+    /// returns restart's end of the fetch socket.
+    pub fn start(
+        st: &Arc<ProcState>,
+        from: NodeId,
+        xfer: u64,
+        files: Vec<Option<Entry>>,
+    ) -> std::io::Result<(Arc<Pulling>, std::os::unix::net::UnixStream)> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let sock = tokio::net::UnixStream::from_std(ours)?;
+        let p = Arc::new(Pulling {
+            st: st.clone(),
+            from,
+            xfer,
+            files: Mutex::new(files),
+            failed: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+        });
+        tokio::spawn(p.clone().answer(sock));
+        tokio::spawn(p.clone().background());
+        Ok((p, theirs))
+    }
+
+    /// The restore failed: stop pulling (the origin keeps its image).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// What is missing of `[off, off + len)` of file `name`, cut into
+    /// pulls of at most `max` bytes.
+    fn missing_of(&self, name: &str, off: u64, len: u64, max: u64) -> Result<Vec<Chunk>, String> {
+        let files = crate::sync::lock(&self.files);
+        let (idx, e) = files
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| e.as_ref().filter(|e| e.name == name).map(|e| (i, e)))
+            .ok_or_else(|| format!("no file {name} in this image"))?;
+        let end = off
+            .checked_add(len)
+            .filter(|&end| end <= e.len)
+            .ok_or_else(|| format!("bytes {off}+{len} are beyond {name}'s {} bytes", e.len))?;
+        Ok(gaps(&e.have, off, end, max)
+            .into_iter()
+            .map(|(s, n)| (idx as u32, s, n))
+            .collect())
+    }
+
+    /// Every missing range, in file order.
+    fn all_missing(&self) -> Vec<Chunk> {
+        let files = crate::sync::lock(&self.files);
+        files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
+            .flat_map(|(i, e)| {
+                gaps(&e.have, 0, e.len, BACKGROUND_CHUNK)
+                    .into_iter()
+                    .map(move |(s, n)| (i as u32, s, n))
+            })
+            .collect()
+    }
+
+    fn all_in(&self) -> bool {
+        crate::sync::lock(&self.files)
+            .iter()
+            .flatten()
+            .all(Entry::complete)
+    }
+
+    /// Pull `chunks`, several at once, and write them in.
+    async fn fetch(&self, chunks: Vec<Chunk>, in_flight: usize) -> Result<(), String> {
+        stream::iter(chunks)
+            .map(|c| self.pull(c))
+            .buffer_unordered(in_flight)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
+    }
+
+    /// One chunk from the origin into its file.
+    async fn pull(&self, (file, offset, len): Chunk) -> Result<(), String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err("the restore failed".into());
+        }
+        let req = MigratePeerRequest::Pull {
+            xfer: self.xfer,
+            file,
+            offset,
+            len: len as u32,
+        };
+        let mut last = String::new();
+        for _ in 0..TRIES {
+            match call(&self.st, self.from, req.clone(), STEP_TIMEOUT).await {
+                Ok(MigratePeerReply::Pulled(d))
+                    if d.xfer == self.xfer
+                        && d.file == file
+                        && d.offset == offset
+                        && d.data.len() as u64 == len =>
+                {
+                    return self.write(file, offset, d.data).await;
+                }
+                Ok(other) => last = format!("node {} answered {other:?}", self.from),
+                Err(e) => last = e.message,
+            }
+        }
+        Err(last)
+    }
+
+    async fn write(&self, file: u32, offset: u64, data: bytes::Bytes) -> Result<(), String> {
+        let f = crate::sync::lock(&self.files)
+            .get(file as usize)
+            .and_then(|e| e.as_ref())
+            .map(|e| e.file.clone())
+            .ok_or_else(|| format!("no file {file}"))?;
+        let n = data.len() as u64;
+        tokio::task::spawn_blocking(move || f.write_all_at(&data, offset))
+            .await
+            .map_err(|e| format!("worker thread: {e}"))?
+            .map_err(|e| format!("writing the image: {e}"))?;
+        let mut files = crate::sync::lock(&self.files);
+        if let Some(Some(e)) = files.get_mut(file as usize) {
+            e.got(offset, offset + n);
+        }
+        Ok(())
+    }
+
+    /// Pull everything still missing, then release the origin's copy.
+    async fn background(self: Arc<Self>) {
+        let chunks = self.all_missing();
+        match self.fetch(chunks, IN_FLIGHT).await {
+            Ok(()) => self.release().await,
+            Err(why) => {
+                if !self.stopped.load(Ordering::Relaxed) {
+                    tracing::warn!(
+                        xfer = self.xfer,
+                        from = self.from,
+                        why,
+                        "post-copy: memory still on the origin cannot be had"
+                    );
+                }
+                let mut f = crate::sync::lock(&self.failed);
+                f.get_or_insert(why);
+            }
+        }
+    }
+
+    /// Tell the origin to drop its copy (once).
+    async fn release(&self) {
+        if self.released.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let req = MigratePeerRequest::Release { xfer: self.xfer };
+        if let Err(e) = call(&self.st, self.from, req, STEP_TIMEOUT).await {
+            tracing::warn!(xfer = self.xfer, from = self.from, error = %e.message, "post-copy: the origin was not told to drop its image");
+        }
+    }
+
+    /// Answer restart and its page server on the fetch socket until they
+    /// are gone.
+    async fn answer(self: Arc<Self>, sock: tokio::net::UnixStream) {
+        let (r, mut w) = sock.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let mut wanted: Vec<Chunk> = Vec::new();
+        let mut bad: Option<String> = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            match Line::parse(&line) {
+                Some(Line::Need { name, off, len }) => {
+                    match self.missing_of(&name, off, len, BACKGROUND_CHUNK * 4) {
+                        Ok(c) => wanted.extend(c),
+                        Err(e) => bad = Some(e),
+                    }
+                }
+                Some(Line::Sync) => {
+                    let chunks = std::mem::take(&mut wanted);
+                    let reply = self.settle(bad.take(), chunks).await;
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    let _ = w.write_all(b"err a line krgd does not know\n").await;
+                    break;
+                }
+            }
+        }
+        // restart and its page server are gone: the processes ended or
+        // have all their memory (or the restore failed: the origin uses
+        // its copy, and drops it itself)
+        if !self.stopped.swap(true, Ordering::Relaxed) {
+            self.release().await;
+        }
+    }
+
+    /// The answer to a `sync`, once what it needs is in.
+    async fn settle(&self, bad: Option<String>, chunks: Vec<Chunk>) -> String {
+        if let Some(why) = bad {
+            return format!("err {why}\n");
+        }
+        if !chunks.is_empty() {
+            if let Err(why) = self.fetch(chunks, IN_FLIGHT).await {
+                let earlier = crate::sync::lock(&self.failed).clone();
+                return format!("err {}\n", earlier.unwrap_or(why));
+            }
+        }
+        if self.all_in() {
+            "all\n".into()
+        } else {
+            "ok\n".into()
+        }
+    }
+}
+
+/// The parts of `[from, to)` not in `have` (sorted, merged), cut into
+/// (offset, length) pieces of at most `max` bytes.
+fn gaps(have: &[(u64, u64)], from: u64, to: u64, max: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut cut = |s: u64, e: u64| {
+        let mut at = s;
+        while at < e {
+            let n = (e - at).min(max);
+            out.push((at, n));
+            at += n;
+        }
+    };
+    let mut at = from;
+    for &(s, e) in have.iter().filter(|r| r.1 > from && r.0 < to) {
+        if s > at {
+            cut(at, s);
+        }
+        at = at.max(e);
+    }
+    if at < to {
+        cut(at, to);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gaps;
+
+    #[test]
+    fn gaps_are_what_is_not_had_cut_to_size() {
+        let have = [(0, 10), (20, 30), (40, 50)];
+        assert_eq!(gaps(&have, 0, 50, 100), vec![(10, 10), (30, 10)]);
+        assert_eq!(
+            gaps(&have, 5, 45, 4),
+            vec![(10, 4), (14, 4), (18, 2), (30, 4), (34, 4), (38, 2)]
+        );
+        assert_eq!(gaps(&have, 22, 28, 100), vec![]);
+        assert_eq!(gaps(&[], 3, 9, 100), vec![(3, 6)]);
+        assert_eq!(gaps(&have, 50, 60, 100), vec![(50, 10)]);
+    }
+}
