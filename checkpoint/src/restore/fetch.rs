@@ -10,11 +10,16 @@
 //! ```text
 //! need task_mm_4242_v1.bin 65536 262144     (file name, offset, length)
 //! need task_mm_4243_v1.bin 0 4096
-//! sync
+//! sync                                      (or: poll)
 //!                                             ok   (every range is there)
 //!                                             all  (and everything else too)
+//!                                             no   (poll: not yet)
 //!                                             err <why>
 //! ```
+//!
+//! `sync` waits for the ranges (krgd pulls them first); `poll` only asks
+//! whether they are in yet (the page server's background loading takes
+//! what krgd's own background pulls brought, and does not race them).
 //!
 //! krgd answers `ok` once every range named since the last `sync` is in
 //! the files (`all` once every byte of the image is: nothing is asked
@@ -40,6 +45,8 @@ pub enum Line {
     Need { name: String, off: u64, len: u64 },
     /// Answer once everything needed since the last `Sync` is there.
     Sync,
+    /// Answer at once whether it is there (`no` if not).
+    Poll,
 }
 
 impl Line {
@@ -48,6 +55,7 @@ impl Line {
         let mut w = s.split(' ');
         let line = match w.next()? {
             "sync" => Line::Sync,
+            "poll" => Line::Poll,
             "need" => {
                 let name = w.next()?.to_string();
                 let off = w.next()?.parse().ok()?;
@@ -106,8 +114,28 @@ impl Fetch {
         checks: &[Check],
         ranges: &[(usize, u64, u64)],
     ) -> Result<()> {
+        self.ask(files, checks, ranges, "sync").map(|_| ())
+    }
+
+    /// Whether all of `ranges` (as for [`Fetch::need`]) is in already.
+    pub fn ready(
+        &self,
+        files: &[DataFile],
+        checks: &[Check],
+        ranges: &[(usize, u64, u64)],
+    ) -> Result<bool> {
+        self.ask(files, checks, ranges, "poll")
+    }
+
+    fn ask(
+        &self,
+        files: &[DataFile],
+        checks: &[Check],
+        ranges: &[(usize, u64, u64)],
+        end: &str,
+    ) -> Result<bool> {
         if ranges.is_empty() || self.all_in.get() {
-            return Ok(());
+            return Ok(true);
         }
         let whole: Vec<(usize, u64, u64)> = ranges
             .iter()
@@ -129,21 +157,22 @@ impl Fetch {
                 .ok_or_else(|| ChkptError::Inconsistent(format!("no data file {file}")))?;
             text.push_str(&format!("need {name} {off} {len}\n"));
         }
-        text.push_str("sync\n");
+        text.push_str(end);
+        text.push('\n');
         let lost = |e: std::io::Error| ChkptError::Fetch(format!("krgd: {e}"));
         (&self.sock).write_all(text.as_bytes()).map_err(lost)?;
         let reply = self.reply().map_err(lost)?;
-        match reply.trim_end().split_once(' ') {
-            _ if reply.trim_end() == "ok" => Ok(()),
-            _ if reply.trim_end() == "all" => {
+        match reply.trim_end() {
+            "ok" => Ok(true),
+            "no" => Ok(false),
+            "all" => {
                 self.all_in.set(true);
-                Ok(())
+                Ok(true)
             }
-            Some(("err", why)) => Err(ChkptError::Fetch(why.to_string())),
-            _ => Err(ChkptError::Fetch(format!(
-                "unexpected answer {:?}",
-                reply.trim_end()
-            ))),
+            other => match other.split_once(' ') {
+                Some(("err", why)) => Err(ChkptError::Fetch(why.to_string())),
+                _ => Err(ChkptError::Fetch(format!("unexpected answer {other:?}"))),
+            },
         }
     }
 }
@@ -211,6 +240,7 @@ mod tests {
             })
         );
         assert_eq!(Line::parse("sync"), Some(Line::Sync));
+        assert_eq!(Line::parse("poll"), Some(Line::Poll));
         for bad in [
             "",
             "need",
@@ -261,13 +291,13 @@ mod tests {
             let mut r = BufReader::new(theirs.try_clone().unwrap());
             let mut w = theirs;
             let mut got = Vec::new();
-            for answer in ["ok\n", "err the origin is gone\n", "all\n"] {
+            for answer in ["ok\n", "err the origin is gone\n", "no\n", "all\n"] {
                 loop {
                     let mut l = String::new();
                     r.read_line(&mut l).unwrap();
                     let l = Line::parse(l.trim_end()).unwrap();
                     got.push(l.clone());
-                    if l == Line::Sync {
+                    if l == Line::Sync || l == Line::Poll {
                         break;
                     }
                 }
@@ -292,6 +322,10 @@ mod tests {
             f.need(&files, &[], &[(5, 0, 1)]).is_err(),
             "an unknown file"
         );
+        assert!(
+            !f.ready(&files, &checks, &[(0, 0, 1)]).unwrap(),
+            "not in yet"
+        );
         f.need(&files, &checks, &[(0, 0, 1)]).unwrap();
         // everything is in: nothing more is asked (krgd is gone by now)
         f.need(&files, &checks, &[(0, 8192, 1)]).unwrap();
@@ -311,6 +345,12 @@ mod tests {
                     len: 65536
                 },
                 Line::Sync,
+                Line::Need {
+                    name: name.clone(),
+                    off: 0,
+                    len: 1
+                },
+                Line::Poll,
                 Line::Need {
                     name,
                     off: 0,

@@ -53,9 +53,15 @@ impl Server<'_> {
     /// Serve until every page is in.
     pub fn run(mut self) -> Result<()> {
         let mut buf = vec![0u8; PREFETCH as usize + 2 * CRC_BLOCK as usize];
+        let mut not_in_yet = false;
         while !self.spaces.is_empty() {
             let busy = self.spaces.iter().any(|s| !s.pending.is_empty());
-            self.wait(if busy { 0 } else { 100 });
+            // (post-copy: while the next data is not in, look again soon)
+            self.wait(match (busy, not_in_yet) {
+                (true, false) => 0,
+                (true, true) => 1,
+                (false, _) => 100,
+            });
             let mut i = 0;
             while i < self.spaces.len() {
                 let msgs = uffd::read_msgs(self.spaces[i].uffd.as_raw_fd()).unwrap_or_default();
@@ -64,7 +70,7 @@ impl Server<'_> {
                 }
                 i += 1;
             }
-            self.prefetch(&mut buf)?;
+            not_in_yet = self.prefetch(&mut buf)?;
             self.spaces.retain(|s| !s.pending.is_empty());
         }
         Ok(())
@@ -107,6 +113,7 @@ impl Server<'_> {
     fn fault(&mut self, i: usize, addr: u64, buf: &mut [u8]) -> Result<()> {
         let b = addr & !(CRC_BLOCK - 1);
         let pieces = self.spaces[i].pending.take(b, b + CRC_BLOCK);
+        self.ensure(&pieces)?;
         let mut covered = false;
         for (n, p) in pieces.iter().enumerate() {
             covered |= p.addr <= addr && addr < p.addr + p.len;
@@ -135,19 +142,45 @@ impl Server<'_> {
         Ok(())
     }
 
-    fn prefetch(&mut self, buf: &mut [u8]) -> Result<()> {
+    /// Load the next pending piece, if its data is there; whether it had
+    /// to be left for later (post-copy: not in yet).
+    fn prefetch(&mut self, buf: &mut [u8]) -> Result<bool> {
         let Some(i) = self.spaces.iter().position(|s| !s.pending.is_empty()) else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(p) = self.spaces[i].pending.next(PREFETCH) else {
-            return Ok(());
+            return Ok(false);
         };
+        if let Some(fetch) = self.fetch {
+            // take what krgd's background pulls brought; faults pull the rest
+            let ready = fetch
+                .ready(self.files, self.checks, &[(p.file, p.off, p.len)])
+                .inspect_err(|_| self.kill_tree())?;
+            if !ready {
+                self.spaces[i].pending.put(p);
+                return Ok(true);
+            }
+        }
         match self.load(i, &p, buf)? {
             Loaded::Done => {}
             Loaded::Again(rest) => self.spaces[i].pending.put(rest),
             Loaded::Gone => self.spaces[i].pending = Pending::default(),
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Post-copy: wait until the data of `pieces` is here (krgd pulls it
+    /// from the origin). If it cannot be had, the memory cannot be
+    /// completed: the tree cannot go on.
+    fn ensure(&self, pieces: &[Piece]) -> Result<()> {
+        let Some(fetch) = self.fetch else {
+            return Ok(());
+        };
+        let ranges: Vec<(usize, u64, u64)> =
+            pieces.iter().map(|p| (p.file, p.off, p.len)).collect();
+        fetch
+            .need(self.files, self.checks, &ranges)
+            .inspect_err(|_| self.kill_tree())
     }
 
     /// Read a piece's data, check it, copy it into the address space.
@@ -196,13 +229,6 @@ impl Server<'_> {
 
     /// `p`'s data into `out`, every block it touches checked against its CRC.
     fn read_checked(&self, p: &Piece, out: &mut [u8]) -> Result<()> {
-        if let Some(fetch) = self.fetch {
-            if let Err(e) = fetch.need(self.files, self.checks, &[(p.file, p.off, p.len)]) {
-                // the memory cannot be completed: the tree cannot go on
-                self.kill_tree();
-                return Err(e);
-            }
-        }
         let f = &self.files[p.file];
         let mut block = vec![0u8; CRC_BLOCK as usize];
         let mut at = 0u64;

@@ -3,13 +3,19 @@
 //! cluster with `migrate`, against CRIU (`criu dump` + `criu restore`, the
 //! image in a local directory) on the same kind of process, in the same run.
 //!
+//! Two krg lines: `migrate` (pre-copy: the memory sent while the process
+//! runs) and `migrate --postcopy` (the memory pulled by the target after
+//! the process runs there; also measured: the time until its memory is
+//! all in, when the origin drops its copy of the image).
+//!
 //! Measured per round: the total time (the tool's command from start to
 //! exit) and the downtime **by the process's own clock**: it stamps
 //! CLOCK_MONOTONIC (shared by every node of one machine) between writes of
 //! its memory, and reports the longest gap it saw. Rounds are interleaved
 //! (the order alternates), figures are medians, and the machine's load is
 //! printed with them. Run as root: `cargo bench -p krg-tests --bench
-//! migrate` (`KRG_BENCH_ROUNDS=5`, `KRG_BENCH_MIGRATE_MIB=100,1024`). CRIU
+//! migrate` (`KRG_BENCH_ROUNDS=5`, `KRG_BENCH_MIGRATE_MIB=100,1024`,
+//! `KRG_BENCH_MIGRATE_MODES=pre,post,criu` to choose the lines). CRIU
 //! comes from `../shared/tools/install-criu.sh`; without it its column is
 //! empty.
 //!
@@ -150,9 +156,22 @@ fn run(mut cmd: Command) -> Result<Duration> {
 /// Phases of one migration (name, ms), from `migrate --json`.
 type Phases = Vec<(String, f64)>;
 
-/// One krg round: (total s, downtime ms by the process, krgd's stopped ms,
-/// the phases).
-fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64, Phases)> {
+/// One krg round's figures.
+struct KrgRound {
+    /// `migrate` from start to exit, s (the process runs on the target).
+    total: f64,
+    /// Post-copy: until its memory is all on the target (the origin drops
+    /// its copy of the image), s.
+    all_in: Option<f64>,
+    /// The longest gap the process saw, ms.
+    gap: f64,
+    /// krgd's `stopped_ms`.
+    stopped: f64,
+    phases: Phases,
+}
+
+/// One krg round (`migrate`, or `migrate --postcopy`).
+fn krg_round(c: &TestCluster, dir: &Path, mib: u64, postcopy: bool) -> Result<KrgRound> {
     let w = Worker::start(dir, mib, "krg")?;
     let sock = c.dir.path().join("krgd1.sock");
     let o = Command::new(bin("krgcapset"))
@@ -162,15 +181,34 @@ fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64, Ph
     if !o.status.success() {
         bail!("krgcapset: {}", String::from_utf8_lossy(&o.stderr));
     }
+    let mut args = vec!["--json".to_string(), w.pid.to_string(), "2".to_string()];
+    if postcopy {
+        args.insert(0, "--postcopy".into());
+    }
     let t = Instant::now();
     let out = Command::new(bin("migrate"))
         .env("KRG_SOCKET", &sock)
-        .args(["--json", &w.pid.to_string(), "2"])
+        .args(&args)
         .output()?;
     let total = t.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!("migrate: {}", String::from_utf8_lossy(&out.stderr));
     }
+    let all_in = if postcopy {
+        // the origin drops its image once the target has every byte
+        let kept = c.dir.path().join("data1/migrate/out");
+        loop {
+            if std::fs::read_dir(&kept).map_or(0, |d| d.count()) == 0 {
+                break Some(t.elapsed().as_secs_f64());
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                bail!("the origin kept the image for 2 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    } else {
+        None
+    };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let gap = w.gap_after_move()?;
     let phases = v["phases"]
@@ -181,7 +219,13 @@ fn krg_round(c: &TestCluster, dir: &Path, mib: u64) -> Result<(f64, f64, f64, Ph
                 .collect()
         })
         .unwrap_or_default();
-    Ok((total, gap, v["stopped_ms"].as_f64().unwrap_or(0.0), phases))
+    Ok(KrgRound {
+        total,
+        all_in,
+        gap,
+        stopped: v["stopped_ms"].as_f64().unwrap_or(0.0),
+        phases,
+    })
 }
 
 /// One CRIU round: dump (the process ends) then restore, detached.
@@ -208,10 +252,48 @@ fn criu_round(criu: &Path, dir: &Path, mib: u64) -> Result<(f64, f64)> {
     Ok((total, gap))
 }
 
+fn show(v: Option<f64>, unit: &str) -> String {
+    v.map_or("-".to_string(), |x| format!("{x:.3} {unit}"))
+}
+
+fn ratio(krg: Option<f64>, criu: Option<f64>) -> String {
+    krg.zip(criu)
+        .map_or("-".into(), |(k, c)| format!("{:.2}", c / k))
+}
+
+/// A krg line's medians against CRIU's total `ct` and downtime `cg`.
+fn print_krg(name: &str, rounds: &[KrgRound], ct: Option<f64>, cg: Option<f64>) {
+    let total = median(rounds.iter().map(|r| r.total).collect());
+    let all_in = median(rounds.iter().filter_map(|r| r.all_in).collect());
+    let gap = median(rounds.iter().map(|r| r.gap).collect());
+    let stopped = median(rounds.iter().map(|r| r.stopped).collect());
+    println!("  {name}:");
+    println!(
+        "    total time      {:>12}   criu/krg {}",
+        show(total, "s"),
+        ratio(total, ct)
+    );
+    if all_in.is_some() {
+        println!(
+            "    memory all in   {:>12}   criu/krg {}   (after the process runs on the target)",
+            show(all_in, "s"),
+            ratio(all_in, ct)
+        );
+    }
+    println!(
+        "    downtime (own)  {:>12}   criu/krg {}   (krgd's stopped_ms {})",
+        show(gap, "ms"),
+        ratio(gap, cg),
+        show(stopped, "ms")
+    );
+    let phases: Vec<Phases> = rounds.iter().map(|r| r.phases.clone()).collect();
+    print_phases(&phases);
+}
+
 /// The median of each phase over the krg rounds, in the order of the first.
 fn print_phases(rounds: &[Phases]) {
     let Some(first) = rounds.first() else { return };
-    let mut line = String::from("  krg phases (median ms):");
+    let mut line = String::from("    phases (median ms):");
     for (name, _) in first {
         let v: Vec<f64> = rounds
             .iter()
@@ -252,6 +334,8 @@ fn main() -> Result<()> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let criu = criu_binary();
+    // which lines: pre (migrate), post (migrate --postcopy), criu
+    let modes = std::env::var("KRG_BENCH_MIGRATE_MODES").unwrap_or_else(|_| "pre,post,criu".into());
     let mut c = TestCluster::loopback(2)?;
     c.start(1)?;
     c.start(2)?;
@@ -262,19 +346,20 @@ fn main() -> Result<()> {
     let dir = c.dir.path().to_path_buf();
     println!("migration bench: {rounds} rounds, load before {}", load());
     for &mib in &sizes {
-        let (mut kt, mut kg, mut ks, mut ct, mut cg) = (vec![], vec![], vec![], vec![], vec![]);
-        let mut kp: Vec<Phases> = Vec::new();
+        let (mut pre, mut post) = (Vec::new(), Vec::new());
+        let (mut ct, mut cg) = (vec![], vec![]);
         for r in 0..rounds {
             let mut krg = || -> Result<()> {
-                let (t, g, s, p) = krg_round(&c, &dir, mib)?;
-                kp.push(p);
-                kt.push(t);
-                kg.push(g);
-                ks.push(s);
+                if modes.contains("pre") {
+                    pre.push(krg_round(&c, &dir, mib, false)?);
+                }
+                if modes.contains("post") {
+                    post.push(krg_round(&c, &dir, mib, true)?);
+                }
                 Ok(())
             };
             let crit = |ct: &mut Vec<f64>, cg: &mut Vec<f64>| -> Result<()> {
-                if let Some(criu) = &criu {
+                if let Some(criu) = criu.as_ref().filter(|_| modes.contains("criu")) {
                     let (t, g) = criu_round(criu, &dir, mib)?;
                     ct.push(t);
                     cg.push(g);
@@ -289,25 +374,19 @@ fn main() -> Result<()> {
                 krg()?;
             }
         }
-        let show =
-            |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |x| format!("{x:.3} {unit}"));
-        let (kt, kg, ks, ct, cg) = (median(kt), median(kg), median(ks), median(ct), median(cg));
+        let (ct, cg) = (median(ct), median(cg));
         println!("{mib} MiB process, load {}:", load());
+        if !pre.is_empty() {
+            print_krg("krg migrate", &pre, ct, cg);
+        }
+        if !post.is_empty() {
+            print_krg("krg migrate --postcopy", &post, ct, cg);
+        }
         println!(
-            "  total time      krg migrate {:>12}   criu dump+restore {:>12}   ratio criu/krg {}",
-            show(kt, "s"),
+            "  criu dump+restore: total {}, downtime (own clock) {}",
             show(ct, "s"),
-            kt.zip(ct)
-                .map_or("-".into(), |(k, c)| format!("{:.2}", c / k))
+            show(cg, "ms")
         );
-        println!(
-            "  downtime (own)  krg migrate {:>12}   criu dump+restore {:>12}   ratio criu/krg {}   (krgd's stopped_ms {})",
-            show(kg, "ms"),
-            show(cg, "ms"),
-            kg.zip(cg).map_or("-".into(), |(k, c)| format!("{:.2}", c / k)),
-            show(ks, "ms")
-        );
-        print_phases(&kp);
     }
     drop(c);
     balance_line()

@@ -303,7 +303,11 @@ pub fn take_complete(st: &ProcState, from: NodeId, xfer: u64) -> Result<Complete
         .remove(&(from, xfer))
         .ok_or_else(|| unknown(xfer))?;
     let may_wait = |e: &Entry| x.postcopy && memory_file(&e.name);
-    if x.files.iter().flatten().any(|e| !(e.complete() || may_wait(e))) {
+    if x.files
+        .iter()
+        .flatten()
+        .any(|e| !(e.complete() || may_wait(e)))
+    {
         let _ = std::fs::remove_dir_all(&x.root);
         return Err(bad("the image is incomplete"));
     }
