@@ -554,6 +554,29 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     Ok(())
 }
 
+/// Post-copy's price: the origin's krgd killed while the target still
+/// pulls the memory. The process on the target cannot be completed: it is
+/// killed (not left running on pages of zeros, nor hanging on a fault
+/// forever), and the target's krgd goes on.
+#[test]
+fn postcopy_without_its_origin_ends_the_process() -> Result<()> {
+    let _g = serial();
+    let mut c = formed(2)?;
+    let out = c.dir.path().join("big.txt");
+    let job = start(BIG, &out);
+    let pid = job.0;
+    capset(&c, 1, pid);
+    grows(&out, 0);
+    let o = migrate(&c, 1, &["--postcopy", &pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    c.node(1)?.kill9();
+    wait_for(Duration::from_secs(60), "the process to be ended", || {
+        matches!(state(pid), None | Some('Z')).then_some(())
+    })?;
+    c.krgadm_ok(2, &["nodes", "status"])?;
+    Ok(())
+}
+
 /// A holder of the cluster key that is not a member (a krgd outside the
 /// cluster, node 9) cannot push an image, nor feed or commit a transfer.
 #[test]
