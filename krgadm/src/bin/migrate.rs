@@ -113,6 +113,10 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
 2: bad usage.",
         },
         krg_clidoc::Section {
+            title: "POST-COPY",
+            body: "With --postcopy the process is stopped, everything but its memory goes to the target, and it runs there at once; the target's krgd then pulls its memory from this node's copy of the image, what the process touches first, the rest behind it, each 64 KiB block checked against its CRC. Its stopped time no longer grows with its memory. Until the memory is all in the process needs both nodes: if this node fails meanwhile, the process is killed on the target (its memory cannot be completed). Balancing and a leaving node's hand-over use the default (pre-copy).",
+        },
+        krg_clidoc::Section {
             title: "KRG RUN JOBS",
             body: "A job started by krg run (from a shell that holds CAN_MIGRATE) moves with its program's whole tree and keeps the PIDs it sees; the krg run that started it keeps its output, input, signals and exit status, wherever the job runs. Name it by its program's PID as krg ps shows it (NODE:PID).",
         },
