@@ -308,6 +308,22 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task"))?.count(), 4);
     let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
     assert_eq!(ppid(pid), krgd2);
+    // and back by post-copy: the child's and the threads' memory pulled too
+    let o = migrate(&c, 2, &["--postcopy", "--tree", &pid.to_string(), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    grows(&out, after + 3);
+    let text = std::fs::read_to_string(&out)?;
+    let nums: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "a line lost or doubled in the pipe after the post-copy move"
+    );
+    assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task"))?.count(), 4);
+    let krgd1 = c.nodes.get(&1).unwrap().pid().unwrap() as i32;
+    assert_eq!(ppid(pid), krgd1);
     Ok(())
 }
 

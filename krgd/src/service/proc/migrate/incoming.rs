@@ -398,8 +398,10 @@ pub async fn commit(
     let r = restore::restore_lazily(&x.root, x.app, x.sn, fetch).await;
     clock.mark("target.restart");
     let _ = std::fs::remove_dir_all(&x.root);
-    if let (Err(_), Some(p)) = (&r, &pulling) {
-        p.stop();
+    match (&r, &pulling) {
+        (Err(_), Some(p)) => p.stop(),
+        (Ok(_), Some(p)) => p.restored(),
+        _ => {}
     }
     let (inner, server) = r.map_err(fail)?;
     if let Some(server) = server {

@@ -60,6 +60,9 @@ pub struct Pulling {
     stopped: AtomicBool,
     /// The origin was told to drop its copy.
     released: AtomicBool,
+    /// The processes run here: the origin's copy is not needed to take
+    /// them back any more (before that it may be: never released then).
+    restored: AtomicBool,
 }
 
 /// (file index, offset, length) of a pull.
@@ -85,6 +88,7 @@ impl Pulling {
             failed: Mutex::new(None),
             stopped: AtomicBool::new(false),
             released: AtomicBool::new(false),
+            restored: AtomicBool::new(false),
         });
         tokio::spawn(p.clone().answer(sock));
         tokio::spawn(p.clone().background());
@@ -94,6 +98,16 @@ impl Pulling {
     /// The restore failed: stop pulling (the origin keeps its image).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// The restore succeeded: the origin may drop its image once every
+    /// byte is in (or at once, if the processes are gone already).
+    pub fn restored(self: &Arc<Self>) {
+        self.restored.store(true, Ordering::Relaxed);
+        if self.all_in() || self.stopped.load(Ordering::Relaxed) {
+            let p = self.clone();
+            tokio::spawn(async move { p.release().await });
+        }
     }
 
     /// What is missing of `[off, off + len)` of file `name`, cut into
@@ -175,6 +189,11 @@ impl Pulling {
         };
         let mut last = String::new();
         for _ in 0..TRIES {
+            // another pull may have brought it (the background's and a
+            // fault's overlap), and the origin may have been released since
+            if self.had((file, offset, len)) {
+                return Ok(());
+            }
             if let Some(why) = self.origin_failed() {
                 return Err(why);
             }
@@ -191,7 +210,18 @@ impl Pulling {
                 Err(e) => last = e.message,
             }
         }
+        if self.had((file, offset, len)) {
+            return Ok(());
+        }
         Err(last)
+    }
+
+    /// Whether all of `chunk` is in.
+    fn had(&self, (file, offset, len): Chunk) -> bool {
+        crate::sync::lock(&self.files)
+            .get(file as usize)
+            .and_then(|e| e.as_ref())
+            .is_some_and(|e| gaps(&e.have, offset, offset + len, len.max(1)).is_empty())
     }
 
     /// Why the origin cannot serve any more, when the cluster says it failed.
@@ -244,9 +274,10 @@ impl Pulling {
         }
     }
 
-    /// Tell the origin to drop its copy (once).
+    /// Tell the origin to drop its copy (once, and only once the
+    /// processes were restored here).
     async fn release(&self) {
-        if self.released.swap(true, Ordering::Relaxed) {
+        if !self.restored.load(Ordering::Relaxed) || self.released.swap(true, Ordering::Relaxed) {
             return;
         }
         let req = MigratePeerRequest::Release { xfer: self.xfer };
