@@ -16,6 +16,7 @@ use krg_proto::NodeId;
 use super::super::creds::{self, Origin, RunPolicy};
 use super::super::spawn;
 use super::super::state::ProcState;
+use super::entry::Entry;
 use super::{check, restore, Adopted};
 
 /// Transfers waiting longer than this are dropped.
@@ -40,40 +41,6 @@ pub struct Incoming {
     files: Vec<Option<Entry>>,
     /// Post-copy: the memory files' page data may be missing at `Commit`.
     postcopy: bool,
-}
-
-/// One file being received.
-pub struct Entry {
-    pub name: String,
-    pub file: Arc<std::fs::File>,
-    pub len: u64,
-    /// The byte ranges received, merged and in order.
-    pub have: Vec<(u64, u64)>,
-}
-
-impl Entry {
-    /// Bytes `[s, e)` are in.
-    pub fn got(&mut self, s: u64, e: u64) {
-        self.have.push((s, e));
-        self.have.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.have.len());
-        for &(s, e) in &self.have {
-            match out.last_mut() {
-                Some(l) if s <= l.1 => l.1 = l.1.max(e),
-                _ => out.push((s, e)),
-            }
-        }
-        self.have = out;
-    }
-
-    /// Every byte is in.
-    pub fn complete(&self) -> bool {
-        self.len == 0
-            || self
-                .have
-                .first()
-                .is_some_and(|&(s, e)| s == 0 && e >= self.len)
-    }
 }
 
 /// Transfers in progress, by (origin node, transfer id).

@@ -12,7 +12,7 @@
 //!
 //! - [`check`] — what is checked while the process runs
 //! - [`send`] — the dump, and the image sent while it runs and once stopped ([`push`])
-//! - [`incoming`] — the target: images received, restored on `Commit`
+//! - [`incoming`] — the target: images received ([`entry`]), restored on `Commit`
 //! - [`restore`] — running `restart` (lazily on a target)
 //! - [`pulling`], [`serving`] — post-copy (`migrate --postcopy`): the
 //!   target pulls the page data after the process runs there, from the
@@ -24,6 +24,7 @@
 
 pub mod adopt;
 pub mod check;
+pub mod entry;
 pub mod incoming;
 pub mod pulling;
 pub mod push;

@@ -29,7 +29,7 @@ use krg_proto::NodeId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::super::state::ProcState;
-use super::incoming::Entry;
+use super::entry::{gaps, Entry};
 use super::{call, STEP_TIMEOUT};
 use krg_proto::cluster::NodeState;
 
@@ -361,48 +361,5 @@ impl Pulling {
         } else {
             "ok\n".into()
         }
-    }
-}
-
-/// The parts of `[from, to)` not in `have` (sorted, merged), cut into
-/// (offset, length) pieces of at most `max` bytes.
-fn gaps(have: &[(u64, u64)], from: u64, to: u64, max: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut cut = |s: u64, e: u64| {
-        let mut at = s;
-        while at < e {
-            let n = (e - at).min(max);
-            out.push((at, n));
-            at += n;
-        }
-    };
-    let mut at = from;
-    for &(s, e) in have.iter().filter(|r| r.1 > from && r.0 < to) {
-        if s > at {
-            cut(at, s);
-        }
-        at = at.max(e);
-    }
-    if at < to {
-        cut(at, to);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::gaps;
-
-    #[test]
-    fn gaps_are_what_is_not_had_cut_to_size() {
-        let have = [(0, 10), (20, 30), (40, 50)];
-        assert_eq!(gaps(&have, 0, 50, 100), vec![(10, 10), (30, 10)]);
-        assert_eq!(
-            gaps(&have, 5, 45, 4),
-            vec![(10, 4), (14, 4), (18, 2), (30, 4), (34, 4), (38, 2)]
-        );
-        assert_eq!(gaps(&have, 22, 28, 100), vec![]);
-        assert_eq!(gaps(&[], 3, 9, 100), vec![(3, 6)]);
-        assert_eq!(gaps(&have, 50, 60, 100), vec![(50, 10)]);
     }
 }
