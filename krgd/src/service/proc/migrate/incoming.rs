@@ -310,21 +310,32 @@ pub fn member(origin: Origin) -> Result<NodeId, AdminError> {
 /// A chunk of an image file.
 pub fn data(st: &ProcState, origin: Origin, d: Data) -> Result<(), AdminError> {
     let from = member(origin)?;
-    let mut t = crate::sync::lock(&st.migration.transfers.0);
-    let x = t.get_mut(&(from, d.xfer)).ok_or_else(|| unknown(d.xfer))?;
-    let e = x
-        .files
-        .get_mut(d.file as usize)
-        .and_then(|e| e.as_mut())
-        .ok_or_else(|| bad(format!("no file {} in migration {:x}", d.file, d.xfer)))?;
+    let entry = |t: &mut HashMap<(NodeId, u64), Incoming>| {
+        let x = t.get_mut(&(from, d.xfer)).ok_or_else(|| unknown(d.xfer))?;
+        x.files
+            .get_mut(d.file as usize)
+            .and_then(|e| e.as_mut())
+            .map(|e| (e.file.clone(), e.len))
+            .ok_or_else(|| bad(format!("no file {} in migration {:x}", d.file, d.xfer)))
+    };
+    let (file, len) = entry(&mut crate::sync::lock(&st.migration.transfers.0))?;
     let end = d.offset.checked_add(d.data.len() as u64);
-    let Some(end) = end.filter(|&end| end <= e.len) else {
+    let Some(end) = end.filter(|&end| end <= len) else {
         return Err(bad("image data beyond the announced file length"));
     };
-    e.file
-        .write_all_at(&d.data, d.offset)
+    // written without the lock: the chunks in flight are written at once
+    file.write_all_at(&d.data, d.offset)
         .map_err(|e| AdminError::new(ErrorKind::Internal, format!("writing the image: {e}")))?;
-    e.got(d.offset, end);
+    let mut t = crate::sync::lock(&st.migration.transfers.0);
+    // (the file may have been cut by `Files` meanwhile: count what is in it)
+    if let Some(Some(e)) = t
+        .get_mut(&(from, d.xfer))
+        .and_then(|x| x.files.get_mut(d.file as usize))
+    {
+        if Arc::ptr_eq(&e.file, &file) {
+            e.got(d.offset, end.min(e.len));
+        }
+    }
     Ok(())
 }
 
