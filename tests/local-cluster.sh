@@ -391,6 +391,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     krg ps                                     # node 1, PID 4096 (its PID in its own namespace)
     migrate 1:4096 3 ; krg ps                  # on node 3 now, same PID; its lines still come out here
     kill %1                                    # krg run forwards it: the job ends on node 3
+    python3 -c 'import time; b = b"krg" * (70 << 20); time.sleep(3600)' &
+    krgcapset -k \$! -d +CAN_MIGRATE; migrate --postcopy --timings \$! 2   # runs on node 2 at once, its 200 MiB pulled behind it
 
   kDFS (one namespace; each node's mount in /mnt/kdfs/nodeN):
     cp /etc/services /mnt/kdfs/node2/
