@@ -122,6 +122,8 @@ pub struct Metrics {
     pub migration_downtime_seconds: Histogram,
     /// Whole migrations, from the request to the answer.
     pub migration_seconds: Histogram,
+    /// Memory pulled by this node (the target) after post-copy handovers.
+    pub migration_pulled_bytes: Counter,
     /// Proc connector datagrams that reached a capability tracker (its
     /// in-kernel filter drops the forks and exits of untracked processes).
     pub proc_events: Family<TrackerLabel, Counter>,
@@ -183,6 +185,7 @@ impl Metrics {
             migration_downtime_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             // 10 ms .. ~164 s
             migration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            migration_pulled_bytes: Counter::default(),
             proc_events: Family::default(),
             members: Gauge::default(),
             online: Gauge::default(),
@@ -314,6 +317,11 @@ impl Metrics {
             "migration_seconds",
             "Whole migrations this node started, from the request to the answer (moved or fell back)",
             self.migration_seconds.clone(),
+        );
+        r.register(
+            "migration_pulled_bytes",
+            "Bytes of memory this node pulled from the origins of post-copy migrations after their processes ran here",
+            self.migration_pulled_bytes.clone(),
         );
         r.register(
             "proc_connector_events",

@@ -251,6 +251,7 @@ impl Pulling {
         if let Some(Some(e)) = files.get_mut(file as usize) {
             e.got(offset, offset + n);
         }
+        self.st.ctx.metrics.migration_pulled_bytes.inc_by(n);
         Ok(())
     }
 
