@@ -461,7 +461,7 @@ fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
 #[test]
 fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
     let _g = serial();
-    let c = formed(2)?;
+    let (c, port) = formed_with_metrics(2)?;
     let out = c.dir.path().join("stamps.txt");
     let job = start(STAMPER, &out);
     let pid = job.0;
@@ -502,6 +502,9 @@ fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
             },
         )?;
     }
+    // node 1, the second move's target, counts the memory it pulled
+    let pulled = metrics(port)["krg_migration_pulled_bytes_total"];
+    assert!(pulled >= (64 << 20) as f64, "pulled {pulled} bytes");
     Ok(())
 }
 
