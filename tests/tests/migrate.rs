@@ -93,6 +93,17 @@ fn capset(c: &TestCluster, via: u32, pid: i32) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `script` started with its output in `name` under the test's directory,
+/// flagged CAN_MIGRATE through node 1, and writing: the job, that file,
+/// and its last count.
+fn movable(c: &TestCluster, script: &str, name: &str) -> (Job, PathBuf, u64) {
+    let out = c.dir.path().join(name);
+    let job = start(script, &out);
+    capset(c, 1, job.0);
+    let count = grows(&out, 0);
+    (job, out, count)
+}
+
 fn migrate(c: &TestCluster, via: u32, args: &[&str]) -> Output {
     Command::new(bin("migrate"))
         .env("KRG_SOCKET", socket(c, via))
@@ -169,11 +180,8 @@ while True:
 fn a_counter_moves_and_comes_back() -> Result<()> {
     let _g = serial();
     let (c, port) = formed_with_metrics(2)?;
-    let out = c.dir.path().join("count.txt");
-    let job = start(COUNTER, &out);
+    let (job, out, before) = movable(&c, COUNTER, "count.txt");
     let pid = job.0;
-    capset(&c, 1, pid);
-    let before = grows(&out, 0);
     assert!(!migrate(&c, 1, &[&pid.to_string(), "9"]).status.success());
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
@@ -211,15 +219,7 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     assert!(stopped > 0.0 && stopped <= total, "{report}");
     let after = grows(&out, before);
     // never restarted from zero, same PID, numbers keep following each other
-    let text = std::fs::read_to_string(&out)?;
-    let nums: Vec<u64> = text
-        .lines()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        nums.windows(2).all(|w| w[1] == w[0] + 1),
-        "a gap or a repeat in the count"
-    );
+    let text = in_order(&out, "a gap or a repeat in the count");
     assert!(text
         .lines()
         .all(|l| l.split(' ').nth(1) == Some(&pid.to_string())));
@@ -279,11 +279,8 @@ while True:
 fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
-    let out = c.dir.path().join("tree.txt");
-    let job = start(THREADS_AND_PIPE, &out);
+    let (job, out, before) = movable(&c, THREADS_AND_PIPE, "tree.txt");
     let pid = job.0;
-    capset(&c, 1, pid);
-    let before = grows(&out, 0);
     // a process with children needs --tree
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
     assert!(!o.status.success());
@@ -291,15 +288,7 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     let o = migrate(&c, 1, &["--tree", &pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
     let after = grows(&out, before);
-    let text = std::fs::read_to_string(&out)?;
-    let nums: Vec<u64> = text
-        .lines()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        nums.windows(2).all(|w| w[1] == w[0] + 1),
-        "a line lost or doubled in the pipe"
-    );
+    let text = in_order(&out, "a line lost or doubled in the pipe");
     // the threads kept counting too (their minimum grows)
     let threads = |l: &str| l.split(' ').nth(2).unwrap().parse::<u64>().unwrap();
     let last_line = text.lines().last().unwrap();
@@ -312,14 +301,9 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     let o = migrate(&c, 2, &["--postcopy", "--tree", &pid.to_string(), "1"]);
     assert!(o.status.success(), "{}", err(&o));
     grows(&out, after + 3);
-    let text = std::fs::read_to_string(&out)?;
-    let nums: Vec<u64> = text
-        .lines()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        nums.windows(2).all(|w| w[1] == w[0] + 1),
-        "a line lost or doubled in the pipe after the post-copy move"
+    in_order(
+        &out,
+        "a line lost or doubled in the pipe after the post-copy move",
     );
     assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task"))?.count(), 4);
     let krgd1 = c.nodes.get(&1).unwrap().pid().unwrap() as i32;
@@ -418,11 +402,8 @@ while True:
 fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
-    let out = c.dir.path().join("stamps.txt");
-    let job = start(STAMPER, &out);
+    let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
     let pid = job.0;
-    capset(&c, 1, pid);
-    let before = grows(&out, 0);
     let o = migrate(&c, 1, &["--timings", &pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
     for phase in ["dump.freeze", "dump.ship", "push", "target.restart.load"] {
@@ -436,12 +417,30 @@ fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
     let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
     assert!(o.status.success(), "{}", err(&o));
     grows(&out, mid + 3);
-    let text = std::fs::read_to_string(&out)?;
+    assert!(stamps_intact(&out, pid) > mid as usize);
+    Ok(())
+}
+
+/// The lines in `out`, whose first numbers must follow each other (`why`
+/// says what a gap or a repeat means).
+fn in_order(out: &Path, why: &str) -> String {
+    let text = std::fs::read_to_string(out).unwrap();
+    let nums: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{why}");
+    text
+}
+
+/// Check the STAMPER's lines: every iteration once, in order, by `pid`,
+/// with no page differing from what it last wrote. Returns the lines.
+fn stamps_intact(out: &Path, pid: i32) -> usize {
+    let text = std::fs::read_to_string(out).unwrap();
     let rows: Vec<Vec<u64>> = text
         .lines()
         .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
         .collect();
-    assert!(rows.len() > mid as usize);
     assert!(
         rows.windows(2).all(|w| w[1][0] == w[0][0] + 1),
         "a gap or a repeat in the iterations"
@@ -450,7 +449,7 @@ fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
         assert_eq!(r[1], pid as u64, "another PID: {r:?}");
         assert_eq!(r[2], 0, "pages lost across the moves (iteration {})", r[0]);
     }
-    Ok(())
+    rows.len()
 }
 
 /// Post-copy (`--postcopy`): the process runs on the target before its
@@ -462,11 +461,8 @@ fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
 fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
     let _g = serial();
     let (c, port) = formed_with_metrics(2)?;
-    let out = c.dir.path().join("stamps.txt");
-    let job = start(STAMPER, &out);
+    let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
     let pid = job.0;
-    capset(&c, 1, pid);
-    let before = grows(&out, 0);
     let o = migrate(&c, 1, &["--postcopy", "--json", &pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
     let rep: serde_json::Value = serde_json::from_slice(&o.stdout)?;
@@ -478,19 +474,7 @@ fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
     let o = migrate(&c, 1, &["--postcopy", &format!("2:{pid}"), "1"]);
     assert!(o.status.success(), "{}", err(&o));
     grows(&out, mid + 3);
-    let text = std::fs::read_to_string(&out)?;
-    let rows: Vec<Vec<u64>> = text
-        .lines()
-        .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
-        .collect();
-    assert!(
-        rows.windows(2).all(|w| w[1][0] == w[0][0] + 1),
-        "a gap or a repeat in the iterations"
-    );
-    for r in &rows {
-        assert_eq!(r[1], pid as u64, "another PID: {r:?}");
-        assert_eq!(r[2], 0, "pages lost across the moves (iteration {})", r[0]);
-    }
+    stamps_intact(&out, pid);
     for node in [1, 2] {
         let kept = c.dir.path().join(format!("data{node}/migrate/out"));
         wait_for(
@@ -544,11 +528,8 @@ fn received(dir: &Path) -> Option<u64> {
 fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     let _g = serial();
     let mut c = formed(2)?;
-    let out = c.dir.path().join("big.txt");
-    let job = start(BIG, &out);
+    let (job, out, n) = movable(&c, BIG, "big.txt");
     let pid = job.0;
-    capset(&c, 1, pid);
-    let n = grows(&out, 0);
     let via = socket(&c, 1);
     let mut m = Command::new(bin("migrate"))
         .env("KRG_SOCKET", via)
@@ -581,11 +562,8 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
 fn postcopy_without_its_origin_ends_the_process() -> Result<()> {
     let _g = serial();
     let mut c = formed(2)?;
-    let out = c.dir.path().join("big.txt");
-    let job = start(BIG, &out);
+    let (job, _out, _) = movable(&c, BIG, "big.txt");
     let pid = job.0;
-    capset(&c, 1, pid);
-    grows(&out, 0);
     let o = migrate(&c, 1, &["--postcopy", &pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
     c.node(1)?.kill9();
