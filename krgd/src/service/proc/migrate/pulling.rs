@@ -292,38 +292,20 @@ impl Pulling {
     async fn answer(self: Arc<Self>, sock: tokio::net::UnixStream) {
         let (r, mut w) = sock.into_split();
         let mut lines = BufReader::new(r).lines();
-        let mut wanted: Vec<Chunk> = Vec::new();
-        let mut ahead: Vec<Chunk> = Vec::new();
-        let mut bad: Option<String> = None;
+        // the `need`s since the last `sync` or `poll`
+        let mut batch: Vec<(String, u64, u64)> = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
-            match Line::parse(&line) {
+            let (reply, go_on) = match Line::parse(&line) {
                 Some(Line::Need { name, off, len }) => {
-                    match self.missing_of(&name, off, len, BACKGROUND_CHUNK * 4) {
-                        Ok(c) => wanted.extend(c),
-                        Err(e) => bad = Some(e),
-                    }
-                    ahead.extend(self.ahead_of(&name, off.saturating_add(len)));
+                    batch.push((name, off, len));
+                    continue;
                 }
-                Some(end @ (Line::Sync | Line::Poll)) => {
-                    let mut chunks = std::mem::take(&mut wanted);
-                    let more = std::mem::take(&mut ahead);
-                    let reply = match end {
-                        Line::Poll => self.look(bad.take(), &chunks),
-                        _ => {
-                            let more: Vec<Chunk> =
-                                more.into_iter().filter(|c| !chunks.contains(c)).collect();
-                            chunks.extend(more);
-                            self.settle(bad.take(), chunks).await
-                        }
-                    };
-                    if w.write_all(reply.as_bytes()).await.is_err() {
-                        break;
-                    }
-                }
-                None => {
-                    let _ = w.write_all(b"err a line krgd does not know\n").await;
-                    break;
-                }
+                Some(Line::Poll) => (self.look(&std::mem::take(&mut batch)), true),
+                Some(Line::Sync) => (self.settle(&std::mem::take(&mut batch)).await, true),
+                None => ("err a line krgd does not know\n".to_string(), false),
+            };
+            if w.write_all(reply.as_bytes()).await.is_err() || !go_on {
+                break;
             }
         }
         // restart and its page server are gone: the processes ended or
@@ -334,23 +316,44 @@ impl Pulling {
         }
     }
 
-    /// The answer to a `poll`: whether what it names is in.
-    fn look(&self, bad: Option<String>, missing: &[Chunk]) -> String {
-        if let Some(why) = bad.or_else(|| crate::sync::lock(&self.failed).clone()) {
-            return format!("err {why}\n");
+    /// What is missing of a batch of `need`s; with `read_ahead`, a batch
+    /// of one (a fault of the page server) also gets the [`READ_AHEAD`]
+    /// bytes after it (restart's own batch names scattered pages: none).
+    fn wanted(&self, batch: &[(String, u64, u64)], read_ahead: bool) -> Result<Vec<Chunk>, String> {
+        let mut chunks = Vec::new();
+        for (name, off, len) in batch {
+            chunks.extend(self.missing_of(name, *off, *len, BACKGROUND_CHUNK * 4)?);
         }
-        match (missing.is_empty(), self.all_in()) {
-            (false, _) => "no\n".into(),
-            (true, true) => "all\n".into(),
-            (true, false) => "ok\n".into(),
+        if let [(name, off, len)] = batch {
+            if read_ahead {
+                let more = self.ahead_of(name, off.saturating_add(*len));
+                chunks.extend(
+                    more.into_iter()
+                        .filter(|c| !chunks.contains(c))
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// The answer to a `poll`: whether what the batch names is in.
+    fn look(&self, batch: &[(String, u64, u64)]) -> String {
+        let failed = crate::sync::lock(&self.failed).clone();
+        match (failed, self.wanted(batch, false)) {
+            (Some(why), _) | (None, Err(why)) => format!("err {why}\n"),
+            (None, Ok(missing)) if !missing.is_empty() => "no\n".into(),
+            _ if self.all_in() => "all\n".into(),
+            _ => "ok\n".into(),
         }
     }
 
-    /// The answer to a `sync`, once what it needs is in.
-    async fn settle(&self, bad: Option<String>, chunks: Vec<Chunk>) -> String {
-        if let Some(why) = bad {
-            return format!("err {why}\n");
-        }
+    /// The answer to a `sync`, once what the batch names is in.
+    async fn settle(&self, batch: &[(String, u64, u64)]) -> String {
+        let chunks = match self.wanted(batch, true) {
+            Ok(c) => c,
+            Err(why) => return format!("err {why}\n"),
+        };
         if !chunks.is_empty() {
             if let Err(why) = self.fetch(chunks, IN_FLIGHT).await {
                 let earlier = crate::sync::lock(&self.failed).clone();
