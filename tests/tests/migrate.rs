@@ -574,6 +574,30 @@ fn postcopy_without_its_origin_ends_the_process() -> Result<()> {
     Ok(())
 }
 
+/// Post-copy, the target's krgd killed after the handover, as it is about
+/// to restore: the origin still has the whole image and takes the process
+/// back, every page as it was.
+#[test]
+fn postcopy_target_killed_after_the_handover_falls_back() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(2)?;
+    let crash = c.dir.path().join("crash-at");
+    c.extra_env
+        .push(("KDFS_TEST_CRASH_FILE".into(), crash.display().to_string()));
+    let c = c.formed(2, SETTLE)?;
+    let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
+    let pid = job.0;
+    std::fs::write(&crash, "krgd-postcopy-commit")?;
+    let o = migrate(&c, 1, &["--postcopy", &pid.to_string(), "2"]);
+    assert!(!o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("run on node 1 again"), "{}", err(&o));
+    assert!(!crash.exists(), "the crash point did not fire");
+    grows(&out, before + 3);
+    stamps_intact(&out, pid);
+    assert_ne!(state(pid), Some('T'));
+    Ok(())
+}
+
 /// A holder of the cluster key that is not a member (a krgd outside the
 /// cluster, node 9) cannot push an image, nor feed or commit a transfer.
 #[test]

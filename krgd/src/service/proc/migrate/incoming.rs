@@ -369,6 +369,10 @@ pub async fn commit(
         }
         None => (None, None),
     };
+    if pulling.is_some() {
+        // (tests of an origin taking a post-copy process back)
+        kdfs::store::crash::point("krgd-postcopy-commit");
+    }
     // No fsync: the image lives only until restart has read it (a crash
     // of this node loses the process anyway); checkpoints proper are not
     // written here. Open files stay: the page server and the pulls use
