@@ -359,7 +359,11 @@ async fn move_here(
         let files = sender
             .names()
             .iter()
-            .map(|n| std::fs::File::open(rep.dir.join(n)).ok().map(Arc::new))
+            .map(|n| {
+                send::open_image_file(&rep.dir.join(n), plan.owner)
+                    .ok()
+                    .map(Arc::new)
+            })
             .collect();
         serving::start(st, xfer, to, out.clone(), files);
     }
