@@ -356,13 +356,13 @@ async fn move_here(
     };
     if req.postcopy {
         // the target pulls the page data from this copy of the image
+        let dir = checkpoint::checked_dir::CheckedDir::open(&rep.dir).ok();
         let files = sender
             .names()
             .iter()
             .map(|n| {
-                send::open_image_file(&rep.dir.join(n), plan.owner)
-                    .ok()
-                    .map(Arc::new)
+                let dir = dir.as_ref()?;
+                send::open_image_file(dir, n, plan.owner).ok().map(Arc::new)
             })
             .collect();
         serving::start(st, xfer, to, out.clone(), files);

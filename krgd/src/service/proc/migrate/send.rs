@@ -12,6 +12,8 @@ use krg_proto::migrate::{ImageFile, Offer};
 use krg_proto::proc::Credentials;
 use krg_proto::NodeId;
 
+use checkpoint::checked_dir::CheckedDir;
+
 use super::{check, err, push as pushing};
 
 /// The files of SN `sn` in `dir`, with their lengths.
@@ -167,11 +169,11 @@ pub(super) async fn push(
         };
         sender.offer(offer).await?;
     }
+    let dir = CheckedDir::open(&rep.dir).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
     let mut parts = Vec::new();
     for f in &files {
-        let path = rep.dir.join(&f.name);
-        let file = open_image_file(&path, plan.owner)
-            .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
+        let file =
+            open_image_file(&dir, &f.name, plan.owner).map_err(|e| err(ErrorKind::Internal, e))?;
         let mut ranges = match rep.delta.get(&f.name) {
             Some(r) if early => r.clone(),
             _ => vec![(0, f.len)],
@@ -191,23 +193,23 @@ pub(super) async fn push(
 
 /// A file of a dumped image, to send. The image's directory belongs to its
 /// owner, who may have put anything there since the dump: only a regular
-/// file of the owner's with one link is taken, never through a symbolic link
-/// (root would read whatever it names, and send it to be written where the
-/// owner can read it).
-pub(super) fn open_image_file(path: &Path, owner: u32) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let m = file.metadata()?;
-    // (one link: not a hard link to someone else's file either)
-    if !m.is_file() || m.uid() != owner || m.nlink() != 1 {
-        return Err(std::io::Error::other(format!(
-            "not a regular file of uid {owner} (the image was changed since the dump)"
-        )));
+/// file of the owner's with one name is taken, never through a symbolic
+/// link ([`CheckedDir::open_file`]: root would read whatever a link names,
+/// and send it to be written where the owner can read it).
+pub(super) fn open_image_file(
+    dir: &CheckedDir,
+    name: &str,
+    owner: u32,
+) -> Result<std::fs::File, String> {
+    let f = dir.open_file(name).map_err(|e| e.to_string())?;
+    if f.uid != owner {
+        return Err(format!(
+            "{} belongs to uid {} and the image to uid {owner}: the image was changed since the dump",
+            f.path.display(),
+            f.uid
+        ));
     }
-    Ok(file)
+    Ok(f.file)
 }
 
 /// `ranges` less `[cut.0, cut.1)`.
@@ -227,33 +229,28 @@ fn without(ranges: &[(u64, u64)], cut: (u64, u64)) -> Vec<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{open_image_file, without};
+    use super::{open_image_file, without, CheckedDir};
 
     #[test]
     fn an_image_file_is_taken_only_as_a_regular_file_of_its_owner() {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let mine = dir.path().join("task_mm_1_v1.bin");
-        std::fs::write(&mine, b"pages").unwrap();
-        let me = std::fs::metadata(&mine).unwrap().uid();
-        assert!(open_image_file(&mine, me).is_ok());
+        let d = tempfile::tempdir().unwrap();
+        let dir = CheckedDir::open(d.path()).unwrap();
+        std::fs::write(d.path().join("task_mm_1_v1.bin"), b"pages").unwrap();
+        let me = std::fs::metadata(d.path()).unwrap().uid();
+        assert!(open_image_file(&dir, "task_mm_1_v1.bin", me).is_ok());
         // a symbolic link put in its place, to a file root may read
-        let link = dir.path().join("task_mm_2_v1.bin");
-        std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
-        assert!(open_image_file(&link, me).is_err());
-        // a file of another user (not root)
-        let other = dir.path().join("task_mm_3_v1.bin");
+        std::os::unix::fs::symlink("/etc/shadow", d.path().join("task_mm_2_v1.bin")).unwrap();
+        assert!(open_image_file(&dir, "task_mm_2_v1.bin", me).is_err());
+        // a file of another user
+        let other = d.path().join("task_mm_3_v1.bin");
         std::fs::write(&other, b"x").unwrap();
         std::os::unix::fs::chown(&other, Some(4242), None).unwrap();
-        assert!(open_image_file(&other, 4243).is_err());
-        assert!(open_image_file(&other, 4242).is_ok());
-        // a hard link (to a file of the owner's here: the count is what tells)
-        std::fs::hard_link(&other, dir.path().join("linked")).unwrap();
-        assert!(open_image_file(&other, 4242).is_err());
-        // a FIFO (opening it must not block)
-        let fifo = dir.path().join("task_mm_4_v1.bin");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(open_image_file(&fifo, me).is_err());
+        assert!(open_image_file(&dir, "task_mm_3_v1.bin", 4243).is_err());
+        assert!(open_image_file(&dir, "task_mm_3_v1.bin", 4242).is_ok());
+        // a second name (a hard link)
+        std::fs::hard_link(&other, d.path().join("linked")).unwrap();
+        assert!(open_image_file(&dir, "task_mm_3_v1.bin", 4242).is_err());
     }
 
     #[test]
