@@ -451,6 +451,16 @@ impl TestCluster {
     /// Start nodes 1..=n, form the cluster (`cluster start` through node
     /// 1), wait until all agree, and let other users into its directory
     /// (their jobs' working directory, sockets).
+    /// Arm krgd's crash points (`kdfs::store::crash`) in every node
+    /// started from now on: a point fires once its name is written into
+    /// the file returned.
+    pub fn arm_crash_points(&mut self) -> PathBuf {
+        let file = self.dir.path().join("crash-at");
+        self.extra_env
+            .push(("KDFS_TEST_CRASH_FILE".into(), file.display().to_string()));
+        file
+    }
+
     pub fn formed(mut self, n: u32, settle: Duration) -> Result<Self> {
         let ids: Vec<u32> = (1..=n).collect();
         let first = 1;

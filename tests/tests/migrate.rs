@@ -581,9 +581,7 @@ fn postcopy_without_its_origin_ends_the_process() -> Result<()> {
 fn postcopy_target_killed_after_the_handover_falls_back() -> Result<()> {
     let _g = serial();
     let mut c = TestCluster::loopback(2)?;
-    let crash = c.dir.path().join("crash-at");
-    c.extra_env
-        .push(("KDFS_TEST_CRASH_FILE".into(), crash.display().to_string()));
+    let crash = c.arm_crash_points();
     let c = c.formed(2, SETTLE)?;
     let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
     let pid = job.0;

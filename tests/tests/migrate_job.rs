@@ -213,9 +213,7 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
 fn a_target_that_dies_during_the_handover_leaves_the_job_home() -> Result<()> {
     let _g = serial();
     let mut c = TestCluster::loopback(2)?;
-    let crash = c.dir.path().join("crash-at");
-    c.extra_env
-        .push(("KDFS_TEST_CRASH_FILE".into(), crash.display().to_string()));
+    let crash = c.arm_crash_points();
     let c = c.formed(2, SETTLE)?;
     let mut run = Run::start(&c, 1, ECHO, true);
     run.wait_line("tick");
