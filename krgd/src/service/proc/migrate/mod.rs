@@ -292,7 +292,6 @@ async fn move_here(
             postcopy: req.postcopy,
         },
         error: None,
-        ship: !req.postcopy,
     };
     let (dumped, early) = {
         let out = out.clone();

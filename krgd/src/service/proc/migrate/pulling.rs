@@ -12,8 +12,10 @@
 //!   chunks of [`BACKGROUND_CHUNK`] (small, so that a pull on demand does
 //!   not queue behind much on the peer connection).
 //!
-//! When every byte is in (or the processes ended, closing the socket) the
-//! origin is told to drop its copy ([`MigratePeerRequest::Release`]). If
+//! Once the processes run here and every byte is in (or they ended,
+//! closing the socket), the origin is told to drop its copy
+//! ([`MigratePeerRequest::Release`]); never before the restore succeeded,
+//! as the origin may need its copy to take the processes back. If
 //! the origin cannot be reached, the missing memory cannot be had: the
 //! page server is told so and kills the processes (post-copy's price: the
 //! process needs both nodes until its memory is in).
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use checkpoint::restore::fetch::Line;
 use futures::stream::{self, StreamExt, TryStreamExt};
+use krg_proto::cluster::NodeState;
 use krg_proto::migrate::{MigratePeerReply, MigratePeerRequest};
 use krg_proto::NodeId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -31,7 +34,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::super::state::ProcState;
 use super::entry::{gaps, Entry};
 use super::{call, STEP_TIMEOUT};
-use krg_proto::cluster::NodeState;
 
 /// Bytes per background pull (measured with the bench's 1 GiB writer:
 /// 256 KiB to 1 MiB, 8 in flight, brought it all in within 1.8-2.0 s;
@@ -168,10 +170,10 @@ impl Pulling {
     }
 
     /// Pull `chunks`, several at once, and write them in.
-    async fn fetch(&self, chunks: Vec<Chunk>, in_flight: usize) -> Result<(), String> {
+    async fn fetch(&self, chunks: Vec<Chunk>) -> Result<(), String> {
         stream::iter(chunks)
             .map(|c| self.pull(c))
-            .buffer_unordered(in_flight)
+            .buffer_unordered(IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await
             .map(|_| ())
@@ -259,7 +261,7 @@ impl Pulling {
     /// Pull everything still missing, then release the origin's copy.
     async fn background(self: Arc<Self>) {
         let chunks = self.all_missing();
-        match self.fetch(chunks, IN_FLIGHT).await {
+        match self.fetch(chunks).await {
             Ok(()) => self.release().await,
             Err(why) => {
                 if !self.stopped.load(Ordering::Relaxed) {
@@ -356,7 +358,7 @@ impl Pulling {
             Err(why) => return format!("err {why}\n"),
         };
         if !chunks.is_empty() {
-            if let Err(why) = self.fetch(chunks, IN_FLIGHT).await {
+            if let Err(why) = self.fetch(chunks).await {
                 let earlier = crate::sync::lock(&self.failed).clone();
                 return format!("err {}\n", earlier.unwrap_or(why));
             }

@@ -58,9 +58,6 @@ pub(super) struct Early {
     pub(super) offer: Offer,
     /// Why sending failed, when it did.
     pub(super) error: Option<AdminError>,
-    /// Send the memory files while the process runs (not for post-copy:
-    /// they go after it runs on the target).
-    pub(super) ship: bool,
 }
 
 impl checkpoint::dump::Ship for Early {
@@ -124,7 +121,12 @@ pub(super) fn dump(
         full: true,
         other_pidns: in_job,
     };
-    let ship: Option<&mut dyn checkpoint::dump::Ship> = if early.ship { Some(early) } else { None };
+    // post-copy sends no memory while the process runs: it goes after
+    let ship: Option<&mut dyn checkpoint::dump::Ship> = if early.offer.postcopy {
+        None
+    } else {
+        Some(early)
+    };
     let r = checkpoint::dump::checkpoint_shipped(pid, &opts, &|_, _| {}, ship)
         .map_err(|e| e.to_string())?;
     Ok(Dumped {
