@@ -308,6 +308,17 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task"))?.count(), 4);
     let krgd1 = c.nodes.get(&1).unwrap().pid().unwrap() as i32;
     assert_eq!(ppid(pid), krgd1);
+    // the reader ends first (its parent never waits for it), then the
+    // writer on its broken pipe: krgd, their subreaper, reaps both, so the
+    // PIDs are free for the next process moved here
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    let reader: i32 = children.trim().parse().unwrap();
+    // SAFETY: kill(2) of the child of the process this test started.
+    unsafe { libc::kill(reader, libc::SIGKILL) };
+    wait_for(Duration::from_secs(5), "the tree to be reaped", || {
+        (state(pid).is_none() && state(reader).is_none()).then_some(())
+    })?;
+    std::mem::forget(job); // ended: its PID is not ours any more
     Ok(())
 }
 

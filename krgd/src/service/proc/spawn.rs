@@ -229,13 +229,15 @@ pub fn try_reap(pidfd: &OwnedFd) -> io::Result<Option<i32>> {
 
 /// Wait for `pid` to end, then reap it once it is krgd's child: a process
 /// restored by `restart` (or its page server) comes to krgd, a child
-/// subreaper, only when restart exits, so an end seen before then is
-/// waited for again. Its wait status; None when krgd cannot wait for it
-/// (gone already), or when it ended as another process's child (a moved
-/// process's child: its parent reaps it).
+/// subreaper, only when restart exits, and a moved process's child comes
+/// to krgd when its parent ends without having waited for it; so an end
+/// seen while another process is the parent is waited for again, until
+/// the process is reaped (by krgd here, or by its parent). Its wait
+/// status; None when its parent reaped it, or krgd cannot watch it.
 pub async fn reap_adopted(pid: i32) -> Option<i32> {
     let fd = pidfd_open(pid).ok()?;
     let afd = super::fdio::register(fd).ok()?;
+    let mut pause = std::time::Duration::from_millis(10);
     loop {
         // readable once it has ended; not before: a live process that is
         // not krgd's child must not be taken for one it cannot wait for
@@ -243,9 +245,19 @@ pub async fn reap_adopted(pid: i32) -> Option<i32> {
         ready.clear_ready();
         match try_reap(afd.get_ref()) {
             Ok(Some(status)) => return Some(status),
-            // ended, not ours yet: restart may still be its parent
-            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Ok(None) => {}
+            // ended as another process's child: that parent may reap it,
+            // or end first and leave it to krgd (a zombie holds its PID,
+            // which a process moved back here needs)
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                // a zombie still takes a signal; a reaped process does not
+                if pidfd_signal(afd.get_ref(), 0).is_err() {
+                    return None;
+                }
+            }
             Err(_) => return None,
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
     }
 }
