@@ -28,7 +28,7 @@ use std::time::Instant;
 use plugpropol::probes::{Probe, SourceSpec};
 use plugpropol::{Reading, Unit};
 
-use super::migrate::{self, check};
+use super::migrate::check;
 use super::state::ProcState;
 
 /// One of this node's processes.
@@ -45,7 +45,7 @@ pub fn own_processes(st: &ProcState) -> Vec<Owned> {
     for pid in st.caps.migratable() {
         out.insert(pid, true);
     }
-    for pid in migrate::adopted(st) {
+    for pid in st.migration.adopted_pids() {
         out.insert(pid, true);
     }
     for job in st.table.jobs() {

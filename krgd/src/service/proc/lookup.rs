@@ -22,7 +22,7 @@ pub fn list(st: &ProcState, uid: Option<u32>) -> Vec<ProcRow> {
         .map(|f| (f.host_pid, f.pid))
         .collect();
     // processes that migrated in keep their PIDs (krgd's namespace)
-    found.extend(super::migrate::adopted(st).into_iter().map(|p| (p, p)));
+    found.extend(st.migration.adopted_pids().into_iter().map(|p| (p, p)));
     let mut rows = procfs::rows(st.node(), &found, creds::user_name);
     if let Some(uid) = uid {
         rows.retain(|r| r.uid == uid);
@@ -58,7 +58,7 @@ pub fn kill(
         .into_iter()
         .filter(|f| f.pid == pid)
         .collect();
-    if found.is_empty() && super::migrate::adopted(st).contains(&pid) {
+    if found.is_empty() && st.migration.adopted_pids().contains(&pid) {
         return kill_adopted(node, pid, signal, who, origin);
     }
     let target = match found.as_slice() {

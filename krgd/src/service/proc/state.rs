@@ -10,7 +10,7 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::NodeId;
 
 use super::creds::RunPolicy;
-use super::migrate::Registry;
+use super::migrate::registry::Registry;
 use super::spawner::Spawner;
 use super::table::Table;
 use crate::context::NodeContext;

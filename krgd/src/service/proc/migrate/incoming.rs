@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use krg_proto::admin::{AdminError, ErrorKind};
@@ -17,6 +17,7 @@ use super::super::creds::{self, Origin, RunPolicy};
 use super::super::spawn;
 use super::super::state::ProcState;
 use super::entry::Entry;
+use super::registry::Receiving;
 use super::{check, restore, Adopted};
 
 /// Transfers waiting longer than this are dropped.
@@ -25,27 +26,6 @@ const STALE: Duration = Duration::from_secs(600);
 const MAX_INCOMING: usize = 8;
 /// Largest image accepted, bytes.
 const MAX_IMAGE: u64 = 64 << 30;
-
-/// One image being received.
-pub struct Incoming {
-    started: Instant,
-    root: PathBuf,
-    /// The application's directory under `root` (where the files are).
-    dir: PathBuf,
-    owner: u32,
-    gid: u32,
-    app: i32,
-    sn: u32,
-    pids: Vec<i32>,
-    /// Every file offered so far, by index (a removed one stays, `None`).
-    files: Vec<Option<Entry>>,
-    /// Post-copy: the memory files' page data may be missing at `Commit`.
-    postcopy: bool,
-}
-
-/// Transfers in progress, by (origin node, transfer id).
-#[derive(Default)]
-pub struct Transfers(Mutex<HashMap<(NodeId, u64), Incoming>>);
 
 fn bad(msg: impl Into<String>) -> AdminError {
     AdminError::new(ErrorKind::InvalidArgument, msg)
@@ -141,7 +121,7 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
     }
     t.insert(
         (from, o.xfer),
-        Incoming {
+        Receiving {
             started: Instant::now(),
             root,
             dir: dir.path().to_path_buf(),
@@ -310,7 +290,7 @@ pub fn member(origin: Origin) -> Result<NodeId, AdminError> {
 /// A chunk of an image file.
 pub fn data(st: &ProcState, origin: Origin, d: Data) -> Result<(), AdminError> {
     let from = member(origin)?;
-    let entry = |t: &mut HashMap<(NodeId, u64), Incoming>| {
+    let entry = |t: &mut HashMap<(NodeId, u64), Receiving>| {
         let x = t.get_mut(&(from, d.xfer)).ok_or_else(|| unknown(d.xfer))?;
         x.files
             .get_mut(d.file as usize)

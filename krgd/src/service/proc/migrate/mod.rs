@@ -17,12 +17,14 @@
 //! - [`pulling`], [`serving`] — post-copy (`migrate --postcopy`): the
 //!   target pulls the page data after the process runs there, from the
 //!   origin, which keeps its copy of the image until then
-//! - [`registry`] — what migrated in, page servers still filling memory
+//! - [`registry`] — the data: images received and served, what migrated in
+//! - [`arrivals`] — when processes arrived, page servers still filling memory
 //! - [`runjob`], [`adopt`], [`relay`] — `krg run` jobs: the origin's
 //!   handover, the target taking the job over into a new PID namespace,
 //!   and the relay that keeps the job's session on the origin
 
 pub mod adopt;
+pub mod arrivals;
 pub mod check;
 pub mod entry;
 pub mod incoming;
@@ -35,8 +37,9 @@ pub mod runjob;
 mod send;
 pub mod serving;
 
-use registry::wait_filled;
-pub use registry::{adopted, arrived, arrived_job, filling, start_ticks, Adopted, Registry};
+use arrivals::wait_filled;
+pub use arrivals::{arrived, arrived_job, filling};
+pub use registry::{start_ticks, Adopted, Registry};
 use send::{dump, push, Early};
 
 use std::sync::Arc;

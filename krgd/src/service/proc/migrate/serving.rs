@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
@@ -21,24 +21,10 @@ use krg_proto::NodeId;
 use super::super::creds::Origin;
 use super::super::state::ProcState;
 use super::incoming::member;
+use super::registry::Served;
 
 /// How long an image is kept for a target that never releases it.
 const KEEP: Duration = Duration::from_secs(600);
-
-/// One image being served.
-struct Served {
-    /// The only node that may pull it.
-    to: NodeId,
-    /// Its directory, removed at the end.
-    root: PathBuf,
-    /// Its files, by the index the target knows them by (`None`: a file
-    /// offered early and gone since).
-    files: Vec<Option<Arc<File>>>,
-}
-
-/// Images served to targets, by transfer id.
-#[derive(Default)]
-pub struct Serving(Mutex<std::collections::HashMap<u64, Served>>);
 
 /// Serve transfer `xfer`'s image (`files` in the target's index order,
 /// under `root`) to node `to` from now on.
