@@ -205,6 +205,76 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     Ok(())
 }
 
+/// Holds 64 MiB of a pattern it can check; says "sum N" on "check", exits
+/// 7 on "quit", ticks every 50 ms.
+const MEMORY: &str = r#"
+import hashlib, sys, threading, time
+block = hashlib.sha256(b"krg").digest() * 32
+data = bytearray(block * (64 * 1024 * 1024 // len(block)))
+def tick():
+    n = 0
+    while True:
+        n += 1
+        print("tick %d" % n, flush=True)
+        time.sleep(0.05)
+threading.Thread(target=tick, daemon=True).start()
+print("sum %s" % hashlib.sha256(data).hexdigest(), flush=True)
+for line in sys.stdin:
+    line = line.strip()
+    if line == "quit":
+        sys.exit(7)
+    if line == "check":
+        print("sum %s" % hashlib.sha256(data).hexdigest(), flush=True)
+"#;
+
+/// `migrate --postcopy` of a job: it runs on the target in its own PID
+/// namespace before its memory is there (the page server is a process of
+/// that namespace, pulling from the origin), all of its memory arrives,
+/// its user's `krg run` sees nothing but the move, the origin drops its
+/// image, and once the memory is in the job moves on again.
+#[test]
+fn a_job_moved_by_postcopy_keeps_its_memory() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let mut run = Run::start(&c, 1, MEMORY, true);
+    let sum = run.wait_line("sum ");
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+
+    let o = migrate(&c, &["--postcopy", &format!("1:{pid}"), "2"]);
+    assert!(
+        o.status.success(),
+        "migrate --postcopy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(python_on(&c, 2), Some(pid), "krg ps: {:?}", ps(&c));
+    run.wait_line("tick");
+    run.send("check");
+    assert_eq!(run.wait_line("sum "), sum, "its memory after the move");
+    let kept = c.dir.path().join("data1/migrate/out");
+    wait_for(
+        Duration::from_secs(20),
+        "the origin to drop its image",
+        || {
+            let n = std::fs::read_dir(&kept).map_or(0, |d| d.count());
+            (n == 0).then_some(())
+        },
+    )?;
+
+    // home again (pre-copy): the page server is not a stray of the job
+    let o = migrate(&c, &[&format!("2:{pid}"), "1"]);
+    assert!(
+        o.status.success(),
+        "migrate back: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(python_on(&c, 1), Some(pid), "krg ps: {:?}", ps(&c));
+    run.send("check");
+    assert_eq!(run.wait_line("sum "), sum, "its memory after moving back");
+    run.send("quit");
+    assert_eq!(run.child.wait()?.code(), Some(7));
+    Ok(())
+}
+
 /// The target's krgd dies (SIGKILL, at a crash point) after the origin
 /// killed its copy, while it takes the job over: the origin restores the
 /// job itself, in a namespace of its own, and its user sees nothing but

@@ -62,7 +62,9 @@ struct Cli {
     inherit_fd: Vec<(i32, String)>,
     /// Restore into the PID namespace whose init is PID (a `krg run` job
     /// that migrated: krgd started that init), giving each process the PID
-    /// `--ns-pid` names for it there. For krgd.
+    /// `--ns-pid` names for it there. For krgd. With --lazy the page
+    /// server is a process of that namespace (its PID in restart's is
+    /// reported).
     #[arg(long, value_name = "PID", requires = "ns_pid")]
     pidns_of: Option<i32>,
     /// With --pidns-of: the PID in the job's namespace of the image's PID

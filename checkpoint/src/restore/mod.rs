@@ -178,9 +178,9 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         ));
     }
     if let Some(ns) = &opts.pidns {
-        if opts.lazy || opts.new_pids {
+        if opts.new_pids {
             return Err(ChkptError::Usage(
-                "--pidns-of goes with neither --lazy nor --new-pids".into(),
+                "--pidns-of does not go with --new-pids".into(),
             ));
         }
         pidns::translate(&mut loaded, &ns.map)?;
@@ -201,9 +201,8 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
                     rejoin_mnt: Some(mnt),
                     ..pids
                 };
-                restore_tree(&mut loaded, area, pids, false).map(|r| r.pids)
+                restore_tree(&mut loaded, area, pids, opts.lazy)
             })
-            .map(|pids| tree::Restored { pids, server: None })
         }
         None => restore_tree(&mut loaded, area, pids, opts.lazy),
     };

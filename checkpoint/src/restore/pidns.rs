@@ -14,12 +14,13 @@
 //! job's init.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::error::{ChkptError, Result};
 
 use super::load::Loaded;
+use super::tree::Restored;
 
 /// Where to restore: the namespace of process `init` (its PID 1), and the
 /// number there of every PID the image records.
@@ -77,16 +78,27 @@ fn sys(op: &str, pid: i32) -> ChkptError {
     ChkptError::sys(op, pid)
 }
 
+fn errno(op: &str, pid: i32, e: nix::errno::Errno) -> ChkptError {
+    ChkptError::Sys {
+        op: op.into(),
+        pid,
+        err: e.into(),
+    }
+}
+
 /// Run `restore` in a child of restart that lives in `init`'s PID
 /// namespace with a `/proc` of it; the PIDs it restored (the job's own
-/// numbers). `wanted` are the PIDs the tree needs: the child's own PID in
-/// the namespace must not be one of them. `restore` is given an fd on
+/// numbers) and, with `--lazy`, its page server's PID in restart's
+/// namespace (the server is a child of the restorer, so a process of the
+/// job's namespace, re-parented to its init when the restorer exits).
+/// `wanted` are the PIDs the tree needs: the child's own PID in the
+/// namespace must not be one of them. `restore` is given an fd on
 /// restart's mount namespace, for the root to enter.
 pub fn inside(
     init: i32,
     wanted: &[i32],
-    restore: impl FnOnce(i32) -> Result<Vec<i32>>,
-) -> Result<Vec<i32>> {
+    restore: impl FnOnce(i32) -> Result<Restored>,
+) -> Result<Restored> {
     let path = format!("/proc/{init}/ns/pid");
     let ns = std::fs::File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
     let ours = std::fs::metadata("/proc/self/ns/pid").map_err(|e| ChkptError::io(&path, e))?;
@@ -108,6 +120,7 @@ pub fn inside(
     }
     // SAFETY: pipe2 returned two descriptors nobody else owns.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (server_rx, server_tx) = server_pid_channel()?;
     // SAFETY: restart has a single thread here (load's helper threads are
     // joined), so the child may go on in Rust; it leaves with _exit.
     let child = unsafe { libc::fork() };
@@ -115,31 +128,41 @@ pub fn inside(
         return Err(sys("fork into the job's namespace", init));
     }
     if child == 0 {
-        drop(rd);
+        drop((rd, server_rx));
         let text = match in_child(wanted, restore) {
-            Ok(pids) => {
-                let list: Vec<String> = pids.iter().map(i32::to_string).collect();
-                format!("ok {}", list.join(" "))
-            }
+            Ok(r) => match r.server.map(|pid| send_server_pid(&server_tx, pid)) {
+                Some(Err(e)) => format!("err {e}"),
+                _ => {
+                    let list: Vec<String> = r.pids.iter().map(i32::to_string).collect();
+                    format!("ok {}", list.join(" "))
+                }
+            },
             Err(e) => format!("err {e}"),
         };
+        // one line: the page server, forked by the restorer, holds this
+        // pipe too, so its end is no end of the answer
+        let line = format!("{}\n", text.replace('\n', " "));
         let mut w = std::fs::File::from(wr);
-        let _ = w.write_all(text.as_bytes());
+        let _ = w.write_all(line.as_bytes());
         drop(w);
         // SAFETY: leave without running destructors that belong to the parent.
         unsafe { libc::_exit(0) }
     }
-    drop(wr);
+    drop((wr, server_tx));
     let mut text = String::new();
-    let _ = std::fs::File::from(rd).read_to_string(&mut text);
+    let _ = std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut text);
+    let text = text.trim_end();
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
     if let Some(list) = text.strip_prefix("ok") {
-        return Ok(list
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect());
+        return Ok(Restored {
+            pids: list
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            server: recv_server_pid(&server_rx),
+        });
     }
     match text.strip_prefix("err ") {
         Some(msg) => Err(ChkptError::Usage(msg.to_string())),
@@ -149,8 +172,67 @@ pub fn inside(
     }
 }
 
+/// A datagram pair on which the restorer tells restart its page server's
+/// PID as credentials (`SCM_CREDENTIALS`): the kernel gives the receiver
+/// the PID in its own namespace, which the restorer, inside the job's,
+/// cannot know.
+fn server_pid_channel() -> Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
+    let (rx, tx) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| errno("socketpair (page server PID)", 0, e))?;
+    setsockopt(&rx, sockopt::PassCred, &true).map_err(|e| errno("SO_PASSCRED", 0, e))?;
+    Ok((rx, tx))
+}
+
+/// Send `server` (a PID of the job's namespace) as credentials; root in
+/// the namespace may name another process than itself.
+fn send_server_pid(tx: &OwnedFd, server: i32) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixCredentials};
+    let creds = UnixCredentials::from(libc::ucred {
+        pid: server,
+        // SAFETY: getuid and getgid have no preconditions.
+        uid: unsafe { libc::getuid() },
+        // SAFETY: as above.
+        gid: unsafe { libc::getgid() },
+    });
+    let iov = [std::io::IoSlice::new(b"s")];
+    sendmsg::<()>(
+        tx.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmCredentials(&creds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| errno("sendmsg (page server PID)", server, e))?;
+    Ok(())
+}
+
+/// The page server's PID in restart's namespace, if the restorer sent one.
+fn recv_server_pid(rx: &OwnedFd) -> Option<i32> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(libc::ucred);
+    let msg = recvmsg::<()>(
+        rx.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmCredentials(c) => Some(c.pid()),
+        _ => None,
+    })
+}
+
 /// The child: its own mount namespace and `/proc`, then the restore.
-fn in_child(wanted: &[i32], restore: impl FnOnce(i32) -> Result<Vec<i32>>) -> Result<Vec<i32>> {
+fn in_child(wanted: &[i32], restore: impl FnOnce(i32) -> Result<Restored>) -> Result<Restored> {
     // SAFETY: prctl and getpid take no pointers.
     let me = unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);

@@ -114,7 +114,7 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         },
         krg_clidoc::Section {
             title: "POST-COPY",
-            body: "With --postcopy the process is stopped, everything but its memory goes to the target, and it runs there at once; the target's krgd then pulls its memory from this node's copy of the image, what the process touches first, the rest behind it, each 64 KiB block checked against its CRC. Its stopped time no longer grows with its memory. Until the memory is all in the process needs both nodes: if this node fails meanwhile, the process is killed on the target (its memory cannot be completed). Balancing and a leaving node's hand-over use the default (pre-copy).",
+            body: "With --postcopy the process is stopped, everything but its memory goes to the target, and it runs there at once; the target's krgd then pulls its memory from this node's copy of the image, what the process touches first, the rest behind it, each 64 KiB block checked against its CRC. Its stopped time no longer grows with its memory. Until the memory is all in the process needs both nodes: if this node fails meanwhile, the process is killed on the target (its memory cannot be completed). A krg run job moves so too: its page server is then a process of the job's PID namespace (root's, named restart) until the memory is in. Balancing and a leaving node's hand-over use the default (pre-copy).",
         },
         krg_clidoc::Section {
             title: "KRG RUN JOBS",

@@ -26,8 +26,8 @@ use super::super::job::{self, EntryFacts, Io, StartedJob, Stdin};
 use super::super::serve;
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
-use super::restore::{self, IntoJob};
-use super::{incoming, Clock};
+use super::restore::{self, IntoJob, Lazy};
+use super::{incoming, pulling, Clock};
 
 fn internal(node: NodeId, what: impl std::fmt::Display) -> AdminError {
     AdminError::new(ErrorKind::Internal, format!("node {node}: {what}"))
@@ -59,6 +59,7 @@ pub async fn start(
     st: &Arc<ProcState>,
     img: JobImage<'_>,
     clock: &mut Clock,
+    lazy: Lazy,
 ) -> Result<StartedJob, AdminError> {
     let node = st.node();
     let reservation = st.table.reserve_for(img.pid)?;
@@ -89,17 +90,18 @@ pub async fn start(
         map: img.map,
         stdio: [in_r, out_w, err_w],
     };
-    match restore::restore_into(img.root, img.app, img.sn, Some(into)).await {
-        Ok(phases) => {
+    let server = match restore::restore_into(img.root, img.app, img.sn, into, lazy).await {
+        Ok((phases, server)) => {
             clock.mark("target.restart");
             clock.extend("target.restart.", &phases);
+            server
         }
         Err(e) => {
             let _ = super::super::spawn::pidfd_signal(&init.pidfd, libc::SIGKILL);
             job::reap_later(init);
             return Err(internal(node, e));
         }
-    }
+    };
     let io = Io::Pipes {
         stdin: Some(Stdin::Pipe(
             pipe::Sender::from_owned_fd(in_w).map_err(|e| internal(node, e))?,
@@ -122,6 +124,9 @@ pub async fn start(
         .map(|f| f.host_pid)
         .collect();
     st.caps.adopt(&host);
+    if let Some(server) = server {
+        super::filling(st, server, &host);
+    }
     super::arrived_job(st, entry.id);
     Ok(StartedJob { entry, io, exit })
 }
@@ -173,8 +178,15 @@ async fn adopt_from(
             ),
         ));
     }
-    let x = incoming::take_complete(st, from, open.xfer)?;
+    let mut x = incoming::take_complete(st, from, open.xfer)?;
     kdfs::store::crash::point("krgd-adopt-job");
+    // post-copy: restored lazily, the memory pulled from the origin
+    let (pulling, fetch) = pulling::begin(st, from, open.xfer, x.pulling.take())
+        .map_err(|e| internal(st.node(), e))?;
+    let lazy = match fetch {
+        Some(f) => Lazy::Yes(Some(f)),
+        None => Lazy::No,
+    };
     let mut clock = Clock::new();
     let img = JobImage {
         root: &x.root,
@@ -186,7 +198,8 @@ async fn adopt_from(
         gid: x.gid,
         origin: from,
     };
-    let r = start(st, img, &mut clock).await;
+    let r = start(st, img, &mut clock, lazy).await;
+    pulling::settle(pulling.as_ref(), r.is_ok());
     let _ = std::fs::remove_dir_all(&x.root);
     r
 }

@@ -341,18 +341,7 @@ pub async fn commit(
     let fail = |e: String| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node()));
     // post-copy: what is missing is pulled while restart and its page
     // server run, and they ask for what they are about to read
-    let (pulling, fetch) = match x.pulling.take() {
-        Some(files) => {
-            let (p, sock) = super::pulling::Pulling::start(st, from, xfer, files)
-                .map_err(|e| fail(format!("fetch socket: {e}")))?;
-            (Some(p), Some(std::os::fd::OwnedFd::from(sock)))
-        }
-        None => (None, None),
-    };
-    if pulling.is_some() {
-        // (tests of an origin taking a post-copy process back)
-        kdfs::store::crash::point("krgd-postcopy-commit");
-    }
+    let (pulling, fetch) = super::pulling::begin(st, from, xfer, x.pulling.take()).map_err(fail)?;
     // No fsync: the image lives only until restart has read it (a crash
     // of this node loses the process anyway); checkpoints proper are not
     // written here. Open files stay: the page server and the pulls use
@@ -360,11 +349,7 @@ pub async fn commit(
     let r = restore::restore_lazily(&x.root, x.app, x.sn, fetch).await;
     clock.mark("target.restart");
     let _ = std::fs::remove_dir_all(&x.root);
-    match (&r, &pulling) {
-        (Err(_), Some(p)) => p.stop(),
-        (Ok(_), Some(p)) => p.restored(),
-        _ => {}
-    }
+    super::pulling::settle(pulling.as_ref(), r.is_ok());
     let (inner, server) = r.map_err(fail)?;
     if let Some(server) = server {
         super::filling(st, server, &x.pids);

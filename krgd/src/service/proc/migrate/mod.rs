@@ -264,12 +264,6 @@ async fn move_here(
     }
     // A krg run job's program moves with its descendants and its session.
     let job = runjob::find(st, pid)?;
-    if req.postcopy && job.is_some() {
-        return Err(err(
-            ErrorKind::InvalidArgument,
-            format!("migrate --postcopy does not move krg run jobs (process {pid} is one): they are restored into a PID namespace of their own, which restart does not do lazily"),
-        ));
-    }
     let pid = job.as_ref().map_or(pid, |j| j.host_pid);
     let (tree, in_job) = (req.tree || job.is_some(), job.is_some());
     let caps = st.caps.clone();

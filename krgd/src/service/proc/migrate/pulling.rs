@@ -20,6 +20,7 @@
 //! page server is told so and kills the processes (post-copy's price: the
 //! process needs both nodes until its memory is in).
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,35 @@ pub struct Pulling {
 
 /// (file index, offset, length) of a pull.
 type Chunk = (u32, u64, u64);
+
+/// Post-copy on the target: start pulling what the image's `files` lack
+/// (`None`: nothing was left out) from node `from`; the pulls and
+/// restart's end of the fetch socket, both `None` for a whole image.
+pub fn begin(
+    st: &Arc<ProcState>,
+    from: NodeId,
+    xfer: u64,
+    files: Option<Vec<Option<Entry>>>,
+) -> Result<(Option<Arc<Pulling>>, Option<OwnedFd>), String> {
+    let Some(files) = files else {
+        return Ok((None, None));
+    };
+    let (p, sock) =
+        Pulling::start(st, from, xfer, files).map_err(|e| format!("fetch socket: {e}"))?;
+    // (tests of an origin taking a post-copy process back)
+    kdfs::store::crash::point("krgd-postcopy-commit");
+    Ok((Some(p), Some(OwnedFd::from(sock))))
+}
+
+/// The restore is over: on success the origin's copy may go once every
+/// byte is in; on failure nothing more is pulled (the origin keeps it).
+pub fn settle(p: Option<&Arc<Pulling>>, restored: bool) {
+    match p {
+        Some(p) if restored => p.restored(),
+        Some(p) => p.stop(),
+        None => {}
+    }
+}
 
 impl Pulling {
     /// Start pulling transfer `xfer`'s missing data from node `from`;

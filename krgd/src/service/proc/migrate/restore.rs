@@ -72,17 +72,24 @@ pub async fn restore(
     app: i32,
     sn: u32,
 ) -> Result<Vec<checkpoint::timings::Phase>, String> {
-    restore_into(root, app, sn, None).await
+    run_restart(root, app, sn, None, Lazy::No)
+        .await
+        .map(|r| r.0)
 }
 
-/// [`restore`], or with `job` into a job's namespace.
+/// [`restore`] into a job's namespace (see [`IntoJob`]), lazily or not
+/// (see [`restore_lazily`]): restart's phases and, when lazy, the PID of
+/// its page server (a process of the job's namespace then, reaped by the
+/// job's init).
 pub async fn restore_into(
     root: &Path,
     app: i32,
     sn: u32,
-    job: Option<IntoJob>,
-) -> Result<Vec<checkpoint::timings::Phase>, String> {
-    run_restart(root, app, sn, job, Lazy::No).await.map(|r| r.0)
+    job: IntoJob,
+    lazy: Lazy,
+) -> Result<(Vec<checkpoint::timings::Phase>, Option<i32>), String> {
+    let (phases, text) = run_restart(root, app, sn, Some(job), lazy).await?;
+    Ok((phases, page_server(&text)))
 }
 
 /// [`restore`] that lets the processes run before their private memory is
@@ -119,7 +126,7 @@ pub async fn reap_server(pid: i32) {
 }
 
 /// Whether restart lets the processes run before their memory is in.
-enum Lazy {
+pub enum Lazy {
     No,
     /// Yes, with the fetch socket of a post-copy migration if any.
     Yes(Option<OwnedFd>),

@@ -24,6 +24,7 @@ use super::super::state::ProcState;
 use super::super::table::{JobEntry, Moved};
 use super::adopt::{self, JobImage};
 use super::relay::{self, Ends, Held};
+use super::restore::Lazy;
 use super::{check, Clock};
 
 /// How long the target may take to restore a job.
@@ -80,11 +81,19 @@ pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
             format!("job {} is detached (its output goes to files on this node): detached jobs do not move", entry.pid),
         ));
     }
-    // every process of the namespace but the init must go with the program
+    // every process of the namespace but the init must go with the
+    // program — and a page server still bringing its memory in (the job
+    // moved here by post-copy), which goes once it is done: the
+    // migration waits for that
     let tree = check::tree(hit.host_pid);
+    let servers: Vec<i32> = crate::sync::lock(&st.migration.filling)
+        .keys()
+        .copied()
+        .collect();
     let stray: Vec<i32> = found
         .iter()
         .filter(|f| Arc::ptr_eq(&f.job, &entry) && !tree.contains(&f.host_pid))
+        .filter(|f| !servers.contains(&f.host_pid))
         .map(|f| f.pid)
         .collect();
     if !stray.is_empty() {
@@ -219,7 +228,7 @@ pub async fn take_back(
         origin: p.entry.origin,
     };
     let mut clock = Clock::new();
-    match adopt::start(st, img, &mut clock).await {
+    match adopt::start(st, img, &mut clock, Lazy::No).await {
         Ok(job) => {
             let sess = session::spawn_started(st.clone(), job);
             start_relay(p, sess, st.node());
