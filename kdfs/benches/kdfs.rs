@@ -11,7 +11,9 @@
 //! file created through node 2's mount (its data lives on node 2) written
 //! and read through node 1's. `KDFS_BENCH_ONLY=remote` runs only that table;
 //! `KDFS_BENCH_ONLY=meta` runs only the metadata lines (create, stat,
-//! readdir, unlink) of the first table.
+//! readdir, unlink) of the first table, `KDFS_BENCH_ONLY=small` only its
+//! small-file lines: `tar -xf` of a tree of KDFS_BENCH_FILES small files,
+//! and `dbench 4` for KDFS_BENCH_DBENCH_SECS (default 10) seconds.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 #[path = "../tests/common/mod.rs"]
@@ -135,33 +137,127 @@ fn metadata(dir: &Path, n: u64) -> [f64; 4] {
     [create, stat, readdir, unlink]
 }
 
-/// One round of every line on `dir`, in the order of [`LINES`].
-fn run_all(dir: &Path, seq_mb: u64, files: u64, fio_secs: u64) -> Vec<Option<f64>> {
-    if meta_only() {
-        let m = metadata(dir, files);
-        return [None, None, None, None]
-            .into_iter()
-            .chain(m.map(Some))
-            .collect();
+/// A tarball of a tree of `n` small files (100 per directory, 1 to 8 KiB
+/// of varied bytes), made once per run under `base`.
+fn small_file_tarball(base: &Path, n: u64) -> PathBuf {
+    let tree = base.join("tree");
+    for i in 0..n {
+        let d = tree.join(format!("d{:03}", i / 100));
+        if i % 100 == 0 {
+            fs::create_dir_all(&d).expect("mkdir for the tarball");
+        }
+        let len = 1024 * (1 + (i as usize * 7) % 8);
+        let body: Vec<u8> = (0..len).map(|k| (k as u64 * 31 + i) as u8).collect();
+        fs::write(d.join(format!("f{i:05}.txt")), body).expect("file for the tarball");
     }
-    let w = seq_write(dir, seq_mb);
-    let r = seq_read(dir, seq_mb);
-    let rr = fio(dir, "randread", fio_secs);
-    let rw = fio(dir, "randwrite", fio_secs);
-    let m = metadata(dir, files);
-    vec![
-        Some(w),
-        Some(r),
-        rr,
-        rw,
-        Some(m[0]),
-        Some(m[1]),
-        Some(m[2]),
-        Some(m[3]),
-    ]
+    let tar = base.join("tree.tar");
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "tar -cf {}", tar.display());
+    fs::remove_dir_all(&tree).expect("remove the tarball's tree");
+    tar
 }
 
-const LINES: [(&str, &str); 8] = [
+/// `tar -xf` of the small-file tarball into `dir`: files per second (the
+/// tree is removed afterwards, untimed).
+fn untar(dir: &Path, tar: &Path, n: u64) -> Option<f64> {
+    let d = dir.join("untar");
+    fs::create_dir(&d).expect("mkdir untar");
+    let t = Instant::now();
+    let ok = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(&d)
+        .status()
+        .is_ok_and(|s| s.success());
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    fs::remove_dir_all(&d).expect("remove the untarred tree");
+    ok.then_some(r)
+}
+
+/// `dbench 4` (its Samba-like client load: creates, writes, reads,
+/// renames, locks, unlinks) for `secs` seconds: its throughput in MB/s;
+/// None when dbench is not installed (Debian package dbench).
+fn dbench(dir: &Path, secs: u64) -> Option<f64> {
+    let d = dir.join("dbench");
+    fs::create_dir(&d).expect("mkdir dbench");
+    let out = Command::new("dbench")
+        .arg("-D")
+        .arg(&d)
+        .args(["-t", &secs.to_string(), "4"])
+        .output();
+    let _ = fs::remove_dir_all(&d);
+    let out = out.ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tput = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Throughput "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok());
+    if tput.is_none() {
+        eprintln!(
+            "dbench on {} gave no throughput: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    tput
+}
+
+/// What to run of [`LINES`]: everything, or one group (`KDFS_BENCH_ONLY`).
+#[derive(Clone, Copy, PartialEq)]
+enum Only {
+    All,
+    Meta,
+    Small,
+}
+
+fn only() -> Only {
+    match std::env::var("KDFS_BENCH_ONLY").as_deref() {
+        Ok("meta") => Only::Meta,
+        Ok("small") => Only::Small,
+        _ => Only::All,
+    }
+}
+
+/// The work of one round, sized by the environment.
+struct Work<'a> {
+    seq_mb: u64,
+    files: u64,
+    fio_secs: u64,
+    dbench_secs: u64,
+    tar: &'a Path,
+}
+
+/// One round of every line on `dir`, in the order of [`LINES`].
+fn run_all(dir: &Path, w: &Work) -> Vec<Option<f64>> {
+    let mut v = vec![None; LINES.len()];
+    let which = only();
+    if which == Only::All {
+        v[0] = Some(seq_write(dir, w.seq_mb));
+        v[1] = Some(seq_read(dir, w.seq_mb));
+        v[2] = fio(dir, "randread", w.fio_secs);
+        v[3] = fio(dir, "randwrite", w.fio_secs);
+    }
+    if which != Only::Small {
+        for (i, m) in metadata(dir, w.files).into_iter().enumerate() {
+            v[4 + i] = Some(m);
+        }
+    }
+    if which != Only::Meta {
+        v[8] = untar(dir, w.tar, w.files);
+        v[9] = dbench(dir, w.dbench_secs);
+    }
+    v
+}
+
+const LINES: [(&str, &str); 10] = [
     ("seq write 1 MiB blocks + fsync", "MiB/s"),
     ("seq read (cold cache)", "MiB/s"),
     ("fio 4k randread O_DIRECT", "IOPS"),
@@ -170,6 +266,8 @@ const LINES: [(&str, &str); 8] = [
     ("stat", "ops/s"),
     ("readdir", "entries/s"),
     ("unlink", "ops/s"),
+    ("untar small-file tree", "files/s"),
+    ("dbench 4 clients", "MB/s"),
 ];
 
 /// Lines on another node's file, in the order [`run_remote`] returns them.
@@ -250,11 +348,6 @@ fn remote_table(
         );
     }
     let _ = fs::remove_dir(&here);
-}
-
-/// `KDFS_BENCH_ONLY=meta`: the metadata lines only.
-fn meta_only() -> bool {
-    std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "meta")
 }
 
 /// Median of the values measured (None if none was).
@@ -369,6 +462,7 @@ fn main() {
     let seq_mb = env_num("KDFS_BENCH_SEQ_MB", 1024);
     let files = env_num("KDFS_BENCH_FILES", 10_000);
     let fio_secs = env_num("KDFS_BENCH_FIO_SECS", 5);
+    let dbench_secs = env_num("KDFS_BENCH_DBENCH_SECS", 10);
     let native = tempfile::Builder::new()
         .prefix("kdfs-bench-native")
         .tempdir_in("/var/tmp")
@@ -399,10 +493,26 @@ fn main() {
     if let Some(g) = &gluster {
         targets.push(&g.mnt);
     }
+    let tar_dir = tempfile::Builder::new()
+        .prefix("kdfs-bench-tar")
+        .tempdir_in("/var/tmp")
+        .expect("tarball dir");
+    let tar = if only() == Only::Meta {
+        PathBuf::new()
+    } else {
+        small_file_tarball(tar_dir.path(), files)
+    };
+    let work = Work {
+        seq_mb,
+        files,
+        fio_secs,
+        dbench_secs,
+        tar: &tar,
+    };
     let mut samples = vec![vec![Vec::new(); LINES.len()]; targets.len()];
     for round in 1..=rounds {
         for (t, dir) in targets.iter().enumerate() {
-            for (line, v) in run_all(dir, seq_mb, files, fio_secs)
+            for (line, v) in run_all(dir, &work)
                 .into_iter()
                 .enumerate()
             {
@@ -448,7 +558,7 @@ fn main() {
             ratio(kv, gv)
         );
     }
-    if meta_only() {
+    if only() != Only::All {
         drop(gluster);
         return;
     }
