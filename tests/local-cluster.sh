@@ -119,7 +119,7 @@ build() {
     if [ "${KRG_LOCAL_INSTALLED:-0}" = 1 ]; then
         local b
         for b in /usr/sbin/krgd /usr/sbin/krg-init /usr/sbin/krgadm /usr/bin/krg /usr/bin/checkpoint \
-            /usr/bin/restart /usr/bin/krgcapset /sbin/mkfs.kdfs /sbin/fsck.kdfs /sbin/mount.kdfs; do
+            /usr/bin/restart /usr/bin/krgcapset /sbin/mkfs.kdfs /sbin/fsck.kdfs /sbin/mount.kdfs /usr/sbin/kdfsctl; do
             [ -x "$b" ] || die "KRG_LOCAL_INSTALLED=1 but $b is missing: apt install ./target/debian/krg_*.deb first"
         done
         say "KRG_LOCAL_INSTALLED=1: using the installed package's binaries"
@@ -156,18 +156,18 @@ build() {
 install_bins() {
     local t=$REPO/target/release b
     if [ "${KRG_LOCAL_INSTALLED:-0}" = 1 ]; then return; fi
-    for b in krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot mkfs-kdfs fsck-kdfs mount-kdfs; do
+    for b in krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot kdfsctl mkfs-kdfs fsck-kdfs mount-kdfs; do
         [ -x "$t/$b" ] || die "$t/$b is missing (did the build fail?)"
     done
     # krg-init is the init of every job krgd starts; krgd finds it next to itself.
-    for b in krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot; do
+    for b in krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot kdfsctl; do
         install -m 755 "$t/$b" "$BIN/$b"
     done
     # cargo forbids '.' in binary names; mount(8), mkfs(8) and fsck(8) look for these.
     install -m 755 "$t/mkfs-kdfs" /sbin/mkfs.kdfs
     install -m 755 "$t/fsck-kdfs" /sbin/fsck.kdfs
     install -m 755 "$t/mount-kdfs" /sbin/mount.kdfs
-    say "installed krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot in $BIN, /sbin/mkfs.kdfs, /sbin/fsck.kdfs, /sbin/mount.kdfs"
+    say "installed krgd krg-init krgadm krg migrate checkpoint restart krgcapset nfsroot kdfsctl in $BIN, /sbin/mkfs.kdfs, /sbin/fsck.kdfs, /sbin/mount.kdfs"
 }
 
 # ---------------------------------------------------------------- network
@@ -398,6 +398,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cp /etc/services /mnt/kdfs/node2/
     cat /mnt/kdfs/node1/services | head -3
     ls -l /mnt/kdfs/node3/
+    kdfsctl --keyfile $KEY status               # every node's store: size, use, inodes; who is down
+    df -h /mnt/kdfs/node1                       # the sum of every store
 
   Processes anywhere (krg talks to node 1; any user may run it):
     krg run -n 3 -- sh -c 'ip -o -4 addr show | grep -o "10.77.0.[0-9]*"'   # runs in node 3's network

@@ -7,6 +7,7 @@
 //!   telling them of changes (coherent kernel caches).
 //! * [`lockmgr`]: cluster-wide fcntl/flock locks of the files a krgd owns.
 //! * [`client`]: the FUSE client behind `mount.kdfs`.
+//! * [`status`]: what `kdfsctl status` asks the members and prints.
 //!
 //! The design (placement, consistency, faults) is written down in docs/kdfs.md.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod format;
 pub mod fsck;
 pub mod lockmgr;
+pub mod status;
 pub mod store;
 
 pub use error::KdfsError;

@@ -58,6 +58,7 @@ binaries=(
     "mkfs-kdfs:/sbin/mkfs.kdfs:8"
     "fsck-kdfs:/sbin/fsck.kdfs:8"
     "mount-kdfs:/sbin/mount.kdfs:8"
+    "kdfsctl:/usr/sbin/kdfsctl:8"
 )
 for entry in "${binaries[@]}"; do
     file="${entry%%:*}"

@@ -22,6 +22,7 @@ const BINARIES: &[(&str, &str, &str)] = &[
     ("mkfs-kdfs", "mkfs.kdfs", "8"),
     ("fsck-kdfs", "fsck.kdfs", "8"),
     ("mount-kdfs", "mount.kdfs", "8"),
+    ("kdfsctl", "kdfsctl", "8"),
     ("nfsroot", "nfsroot", "8"),
 ];
 

@@ -1,0 +1,357 @@
+//! `kdfsctl status`: what an operator asks of a kDFS first — which node
+//! serves a store of it, how full each store is, and which nodes' files
+//! cannot be reached now.
+//!
+//! The local krgd names the members and the store it serves (its
+//! superblock gives the file system's id and root node); every member is
+//! then asked for its store's space over the cluster's authenticated
+//! peer connection, as the mount's `statfs` does, each with a short
+//! timeout so that a dead node costs at most that.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use krg_proto::auth::{ClusterKey, Identity, Role};
+use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsResponse};
+use krg_proto::NodeId;
+use serde::Serialize;
+
+use crate::client::conn::{self, Cluster};
+use crate::error::KdfsError;
+use crate::format;
+
+/// How long a member may take to say how full its store is.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The file system as this node's store describes it.
+#[derive(Debug, Serialize)]
+pub struct FsFacts {
+    /// The file system's id, in hex.
+    pub fs_id: String,
+    /// The node holding the root directory.
+    pub root_node: NodeId,
+    /// This node's store.
+    pub store: PathBuf,
+}
+
+/// What one member's store answered.
+#[derive(Debug, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StoreState {
+    /// It serves a store: its space and inodes (bytes, counts).
+    Serving {
+        size: u64,
+        used: u64,
+        avail: u64,
+        inodes: u64,
+        inodes_free: u64,
+    },
+    /// Its krgd answers but serves no kDFS store.
+    NoStore,
+    /// Its krgd serves a store of another kDFS (id in hex).
+    OtherFs { fs_id: String },
+    /// Nothing answered: the member is failed, or cannot be reached.
+    Down { why: String },
+}
+
+/// One member.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub addr: SocketAddr,
+    /// The membership's view (false: failed).
+    pub member_online: bool,
+    #[serde(flatten)]
+    pub store: StoreState,
+}
+
+/// The whole answer.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// The node asked.
+    pub local: NodeId,
+    pub fs: FsFacts,
+    /// Copies of each file (kDFS keeps one: no replication).
+    pub copies: u32,
+    pub nodes: Vec<NodeStatus>,
+}
+
+impl Status {
+    /// Members whose files cannot be reached now.
+    pub fn down(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.store, StoreState::Down { .. }))
+            .map(|n| n.node)
+            .collect()
+    }
+}
+
+/// Ask the local krgd (`socket`) and every member (with the cluster key
+/// in `keyfile`).
+pub async fn gather(socket: &Path, keyfile: &Path) -> Result<Status, KdfsError> {
+    let KdfsAdminReply::Info {
+        node,
+        session,
+        addr,
+        cluster_started,
+        members,
+        attached,
+    } = conn::admin_call(socket, KdfsAdminRequest::Info).await?
+    else {
+        return Err(KdfsError::Invalid("krgd answered out of turn".into()));
+    };
+    let store = PathBuf::from(attached.ok_or_else(|| {
+        KdfsError::Invalid(
+            "the local krgd serves no kDFS store (mkfs.kdfs DIR ROOT_NODEID attaches one)".into(),
+        )
+    })?);
+    let sb = format::read_superblock(&store)?;
+    let key = ClusterKey::from_file(keyfile).map_err(|e| KdfsError::Invalid(e.to_string()))?;
+    let me = Identity {
+        session,
+        node,
+        role: Role::Tool,
+    };
+    let info = conn::LocalInfo {
+        node,
+        session,
+        addr,
+        cluster_started,
+        members: members.iter().map(|m| (m.id, m.addr)).collect(),
+    };
+    let cluster = Cluster::new(key, me, socket.to_path_buf(), Default::default(), &info);
+    let mut nodes = Vec::new();
+    for m in members {
+        let store = if m.online {
+            ask(&cluster, m.id, sb.fs_id).await
+        } else {
+            StoreState::Down {
+                why: "the membership counts it failed".into(),
+            }
+        };
+        nodes.push(NodeStatus {
+            node: m.id,
+            addr: m.addr,
+            member_online: m.online,
+            store,
+        });
+    }
+    nodes.sort_by_key(|n| n.node);
+    Ok(Status {
+        local: node,
+        fs: FsFacts {
+            fs_id: format!("{:032x}", sb.fs_id),
+            root_node: sb.root_node,
+            store,
+        },
+        copies: 1,
+        nodes,
+    })
+}
+
+/// One member's store, if it serves one of file system `fs_id`.
+async fn ask(cluster: &Cluster, node: NodeId, fs_id: u128) -> StoreState {
+    let down = |e: i32| StoreState::Down {
+        why: std::io::Error::from_raw_os_error(e).to_string(),
+    };
+    match cluster
+        .call_within(node, KdfsRequest::Hello, ASK_TIMEOUT)
+        .await
+    {
+        Ok(KdfsResponse::Hello { fs_id: None, .. }) => return StoreState::NoStore,
+        Ok(KdfsResponse::Hello {
+            fs_id: Some(id), ..
+        }) if id != fs_id => {
+            return StoreState::OtherFs {
+                fs_id: format!("{id:032x}"),
+            }
+        }
+        Ok(KdfsResponse::Hello { .. }) => {}
+        Ok(other) => {
+            return StoreState::Down {
+                why: format!("answered out of turn: {other:?}"),
+            }
+        }
+        Err(e) => return down(e),
+    }
+    match cluster
+        .call_within(node, KdfsRequest::Statfs, ASK_TIMEOUT)
+        .await
+    {
+        Ok(KdfsResponse::Statfs {
+            blocks,
+            bfree,
+            bavail,
+            files,
+            ffree,
+            bsize,
+        }) => {
+            let b = u64::from(bsize);
+            StoreState::Serving {
+                size: blocks.saturating_mul(b),
+                used: blocks.saturating_sub(bfree).saturating_mul(b),
+                avail: bavail.saturating_mul(b),
+                inodes: files,
+                inodes_free: ffree,
+            }
+        }
+        Ok(other) => StoreState::Down {
+            why: format!("answered out of turn: {other:?}"),
+        },
+        Err(e) => down(e),
+    }
+}
+
+/// `12.3G`-style size (powers of 1024).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// The table `kdfsctl status` prints.
+pub fn render(s: &Status) -> String {
+    let mut out = format!(
+        "kDFS {} (root node {}), store {} on node {} (this node)\n",
+        s.fs.fs_id,
+        s.fs.root_node,
+        s.fs.store.display(),
+        s.local
+    );
+    out.push_str(
+        "copies: 1 (no replication): each file lives on the node that created it; \
+         while that node is down its files answer ENOTCONN\n",
+    );
+    out.push_str(&format!(
+        "{:<6} {:<22} {:<9} {:>9} {:>9} {:>9} {:>5} {:>12}\n",
+        "NODE", "ADDRESS", "STATE", "SIZE", "USED", "AVAIL", "USE%", "INODES USED"
+    ));
+    for n in &s.nodes {
+        let addr = n.addr.to_string();
+        let line = match &n.store {
+            StoreState::Serving {
+                size,
+                used,
+                avail,
+                inodes,
+                inodes_free,
+            } => {
+                let pct = if *size > 0 { used * 100 / size } else { 0 };
+                format!(
+                    "{:<6} {addr:<22} {:<9} {:>9} {:>9} {:>9} {:>4}% {:>12}",
+                    n.node,
+                    "serving",
+                    human(*size),
+                    human(*used),
+                    human(*avail),
+                    pct,
+                    inodes.saturating_sub(*inodes_free)
+                )
+            }
+            StoreState::NoStore => format!("{:<6} {addr:<22} no store", n.node),
+            StoreState::OtherFs { fs_id } => {
+                format!("{:<6} {addr:<22} another kDFS ({fs_id})", n.node)
+            }
+            StoreState::Down { why } => format!("{:<6} {addr:<22} down: {why}", n.node),
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let down = s.down();
+    if !down.is_empty() {
+        let list: Vec<String> = down.iter().map(NodeId::to_string).collect();
+        out.push_str(&format!(
+            "unreachable now: the files of node(s) {}\n",
+            list.join(", ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(nodes: Vec<NodeStatus>) -> Status {
+        Status {
+            local: 1,
+            fs: FsFacts {
+                fs_id: "ab".repeat(16),
+                root_node: 1,
+                store: "/KDFS".into(),
+            },
+            copies: 1,
+            nodes,
+        }
+    }
+
+    fn node(id: NodeId, store: StoreState) -> NodeStatus {
+        NodeStatus {
+            node: id,
+            addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+            member_online: !matches!(store, StoreState::Down { .. }),
+            store,
+        }
+    }
+
+    #[test]
+    fn sizes_read_as_df_h_does() {
+        assert_eq!(human(512), "512B");
+        assert_eq!(human(1536), "1.5K");
+        assert_eq!(human(20 << 30), "20.0G");
+    }
+
+    #[test]
+    fn the_table_names_what_is_down() {
+        let s = status(vec![
+            node(
+                1,
+                StoreState::Serving {
+                    size: 100 << 30,
+                    used: 25 << 30,
+                    avail: 75 << 30,
+                    inodes: 1000,
+                    inodes_free: 900,
+                },
+            ),
+            node(2, StoreState::NoStore),
+            node(
+                3,
+                StoreState::Down {
+                    why: "the membership counts it failed".into(),
+                },
+            ),
+        ]);
+        let t = render(&s);
+        assert!(t.contains("root node 1"), "{t}");
+        assert!(
+            t.lines().any(|l| l.starts_with("1 ")
+                && l.contains("serving")
+                && l.contains("25%")
+                && l.ends_with(" 100")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("2 ") && l.contains("no store")),
+            "{t}"
+        );
+        assert!(t.contains("unreachable now: the files of node(s) 3"), "{t}");
+        assert_eq!(s.down(), vec![3]);
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["nodes"][0]["state"], "serving");
+        assert_eq!(j["nodes"][2]["state"], "down");
+        assert_eq!(j["copies"], 1);
+    }
+}
