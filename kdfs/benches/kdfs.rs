@@ -512,10 +512,7 @@ fn main() {
     let mut samples = vec![vec![Vec::new(); LINES.len()]; targets.len()];
     for round in 1..=rounds {
         for (t, dir) in targets.iter().enumerate() {
-            for (line, v) in run_all(dir, &work)
-                .into_iter()
-                .enumerate()
-            {
+            for (line, v) in run_all(dir, &work).into_iter().enumerate() {
                 samples[t][line].extend(v);
             }
         }

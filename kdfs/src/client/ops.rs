@@ -19,6 +19,12 @@ use crate::store::crash;
 
 pub type Res<T> = Result<T, i32>;
 
+/// Bytes per request of a write to another node's file (a 1 MiB write
+/// goes as 4, all in flight at once). Measured with the bench's remote
+/// sequential write, 512 MiB, alternating builds: 308 and 315 MiB/s
+/// against 285 and 276 for one 1 MiB request, 281 for 128 KiB pieces.
+pub const WRITE_PIECE: usize = 256 << 10;
+
 /// Shared state of one mount.
 pub struct Ops {
     pub cluster: Arc<Cluster>,
@@ -439,22 +445,42 @@ impl Ops {
         }
     }
 
+    /// Write to another node's file: a large write goes in pieces of
+    /// [`WRITE_PIECE`], all sent at once, so that sealing, the transfer
+    /// and the owner's write of one piece overlap the others'. It returns
+    /// once every piece is at the owner (another node's next read sees
+    /// it), with the bytes written from `offset` on without a gap: a piece
+    /// that failed or fell short ends the count there.
     pub async fn write(&self, ino: InodeId, fh: u64, offset: u64, data: Vec<u8>) -> Res<u32> {
-        match self
-            .call(
-                inode_node(ino),
-                Q::Write {
-                    ino,
-                    fh,
-                    offset,
-                    data: data.into(),
-                },
-            )
-            .await?
-        {
-            A::Written(n) => Ok(n),
-            other => unexpected("write", other),
+        let pieces = data.chunks(WRITE_PIECE).enumerate().map(|(i, piece)| {
+            let q = Q::Write {
+                ino,
+                fh,
+                offset: offset + (i * WRITE_PIECE) as u64,
+                data: piece.to_vec().into(),
+            };
+            async move {
+                match self.call(inode_node(ino), q).await? {
+                    A::Written(n) => Ok(n),
+                    other => unexpected("write", other),
+                }
+            }
+        });
+        let results = futures::future::join_all(pieces).await;
+        let mut total = 0u32;
+        for (r, piece) in results.into_iter().zip(data.chunks(WRITE_PIECE)) {
+            match r {
+                Ok(n) => {
+                    total += n;
+                    if n as usize != piece.len() {
+                        break;
+                    }
+                }
+                Err(e) if total == 0 => return Err(e),
+                Err(_) => break,
+            }
         }
+        Ok(total)
     }
 
     pub async fn simple(&self, node: NodeId, q: Q) -> Res<()> {
