@@ -247,7 +247,14 @@ pub fn render(s: &Status) -> String {
                 inodes,
                 inodes_free,
             } => {
-                let pct = if *size > 0 { used * 100 / size } else { 0 };
+                // as df(1): of what users may fill (root's reserve left
+                // out), rounded up
+                let fill = used.saturating_add(*avail);
+                let pct = if fill > 0 {
+                    (used.saturating_mul(100)).div_ceil(fill)
+                } else {
+                    0
+                };
                 format!(
                     "{:<6} {addr:<22} {:<9} {:>9} {:>9} {:>9} {:>4}% {:>12}",
                     n.node,
