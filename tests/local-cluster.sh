@@ -390,7 +390,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     krg run -n 1 -- sh -c 'i=0; while :; do i=\$((i+1)); echo "\$\$ \$i"; sleep 1; done' &
     krg ps                                     # node 1, PID 4096 (its PID in its own namespace)
     migrate 1:4096 3 ; krg ps                  # on node 3 now, same PID; its lines still come out here
-    #   (or: migrate --postcopy 1:4096 3         # by post-copy: it runs on node 3 at once, its memory follows)
+    migrate --postcopy 3:4096 2 ; krg ps       # on to node 2 by post-copy: it runs there at once, its memory follows
     kill %1                                    # krg run forwards it: the job ends on node 3
     python3 -c 'import time; b = b"krg" * (70 << 20); time.sleep(3600)' &
     krgcapset -k \$! -d +CAN_MIGRATE; migrate --postcopy --timings \$! 2   # runs on node 2 at once, its 200 MiB pulled behind it

@@ -100,17 +100,9 @@ fn start_and_ppid(pid: i32) -> Option<(u64, i32)> {
 /// A proc connector socket with its filter, bound but not yet subscribed:
 /// no event reaches it, and none is even built for it, until [`subscribe`].
 fn open_connector<T>(filter: impl FnOnce(&Arc<OwnedFd>) -> T) -> Result<(Arc<OwnedFd>, T)> {
-    // SAFETY: socket/bind/setsockopt with valid, correctly sized arguments.
+    let fd = Arc::new(connector_socket()?);
+    // SAFETY: bind/setsockopt with valid, correctly sized arguments.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_CONNECTOR,
-        );
-        if fd < 0 {
-            return Err(ChkptError::sys("socket(NETLINK_CONNECTOR)", 0));
-        }
-        let fd = Arc::new(OwnedFd::from_raw_fd(fd));
         let filtered = filter(&fd);
         let mut sa: libc::sockaddr_nl = std::mem::zeroed();
         sa.nl_family = libc::AF_NETLINK as u16;
@@ -131,6 +123,78 @@ fn open_connector<T>(filter: impl FnOnce(&Arc<OwnedFd>) -> T) -> Result<(Arc<Own
             4,
         );
         Ok((fd, filtered))
+    }
+}
+
+/// A netlink connector socket.
+fn netlink_connector() -> Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the new fd is ours.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_CONNECTOR,
+        );
+        if fd < 0 {
+            return Err(ChkptError::sys("socket(NETLINK_CONNECTOR)", 0));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The inode of the first network namespace (`init_net`), fixed since
+/// Linux 6.14 (`PROC_NET_INIT_INO`).
+const INIT_NET_INO: u64 = 0xEFFF_FFF9;
+
+/// The inode of the network namespace at `path`.
+fn netns_ino(path: &str) -> Option<u64> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// An fd of the first network namespace: PID 1's when it can be read
+/// (older kernels give it no fixed inode), else that of any process in it.
+fn first_netns() -> Option<std::fs::File> {
+    if netns_ino("/proc/1/ns/net").is_some() {
+        return std::fs::File::open("/proc/1/ns/net").ok();
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| format!("/proc/{}/ns/net", e.file_name().to_string_lossy()))
+        .find(|p| netns_ino(p) == Some(INIT_NET_INO))
+        .and_then(|p| std::fs::File::open(p).ok())
+}
+
+/// The connector socket, made in the first network namespace: the
+/// kernel's connector lives only there (elsewhere subscribing is refused),
+/// so a tracker in another one — a local cluster's node in a namespace of
+/// its own, a container — makes its socket there, from a thread of its
+/// own that enters it (a socket keeps the namespace it was made in).
+/// Without the right to enter it, the socket is made here.
+fn connector_socket() -> Result<OwnedFd> {
+    let ours = netns_ino("/proc/thread-self/ns/net");
+    if ours.is_none() || ours == Some(INIT_NET_INO) {
+        return netlink_connector();
+    }
+    let Some(first) = first_netns() else {
+        return netlink_connector();
+    };
+    let made = std::thread::spawn(move || {
+        // SAFETY: setns(2) of this short-lived thread only, on an fd we opened.
+        (unsafe { libc::setns(first.as_raw_fd(), libc::CLONE_NEWNET) } == 0).then(netlink_connector)
+    })
+    .join();
+    match made {
+        Ok(Some(fd)) => fd,
+        _ => netlink_connector(),
     }
 }
 

@@ -249,3 +249,28 @@ fn a_tracker_subscribes_at_its_first_flag_and_leaves_at_shutdown() {
     t.shutdown();
     assert_eq!(groups_of(&t), 0);
 }
+
+/// The proc connector sends its events in the first network namespace
+/// only: a tracker started in another one (krgd of a local cluster's node
+/// in its own namespace, or in a container) must still see forks.
+#[test]
+fn a_tracker_started_in_another_network_namespace_sees_forks() {
+    let t = std::thread::spawn(|| {
+        // SAFETY: unshare(2) of this thread's network namespace only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        CapTracker::start().unwrap()
+    })
+    .join()
+    .unwrap();
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    t.set(me, true).unwrap();
+    fork_storm(5);
+    assert!(
+        wait_events(&t, 5) >= 5,
+        "{} events from another namespace",
+        t.events_received()
+    );
+    t.set(me, false).unwrap();
+    t.shutdown();
+}
