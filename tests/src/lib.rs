@@ -461,6 +461,20 @@ impl TestCluster {
         file
     }
 
+    /// Wait until node `node` keeps no migration image (a post-copy
+    /// origin drops its own once the target has every byte).
+    pub fn wait_no_migration_image(&self, node: u32) -> Result<()> {
+        let kept = self.dir.path().join(format!("data{node}/migrate/out"));
+        wait_for(
+            Duration::from_secs(20),
+            "the origin to drop its image",
+            || {
+                let n = std::fs::read_dir(&kept).map_or(0, |d| d.count());
+                (n == 0).then_some(())
+            },
+        )
+    }
+
     pub fn formed(mut self, n: u32, settle: Duration) -> Result<Self> {
         let ids: Vec<u32> = (1..=n).collect();
         let first = 1;

@@ -487,15 +487,7 @@ fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
     grows(&out, mid + 3);
     stamps_intact(&out, pid);
     for node in [1, 2] {
-        let kept = c.dir.path().join(format!("data{node}/migrate/out"));
-        wait_for(
-            Duration::from_secs(20),
-            "the origin to drop its image",
-            || {
-                let n = std::fs::read_dir(&kept).map_or(0, |d| d.count());
-                (n == 0).then_some(())
-            },
-        )?;
+        c.wait_no_migration_image(node)?;
     }
     // node 1, the second move's target, counts the memory it pulled
     let pulled = metrics(port)["krg_migration_pulled_bytes_total"];

@@ -154,6 +154,24 @@ fn migrate(c: &TestCluster, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `migrate ARGS… NODE:PID TO` of the job's program from node `from`,
+/// which must succeed and leave it on node `to` in krg ps.
+fn moved(c: &TestCluster, opts: &[&str], pid: i64, from: u64, to: u64) {
+    let (what, target) = (format!("{from}:{pid}"), to.to_string());
+    let args: Vec<&str> = opts
+        .iter()
+        .copied()
+        .chain([what.as_str(), target.as_str()])
+        .collect();
+    let o = migrate(c, &args);
+    assert!(
+        o.status.success(),
+        "migrate {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(python_on(c, to), Some(pid), "krg ps: {:?}", ps(c));
+}
+
 fn socket(c: &TestCluster) -> std::ffi::OsString {
     c.dir.path().join("krgd1.sock").into_os_string()
 }
@@ -169,13 +187,7 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     let before = run.wait_line("got: before");
     assert!(before.ends_with(&format!("pid={pid}")), "{before}");
 
-    let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
-    assert!(
-        o.status.success(),
-        "migrate: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(python_on(&c, 2), Some(pid), "krg ps: {:?}", ps(&c));
+    moved(&c, &[], pid, 1, 2);
     assert_eq!(python_on(&c, 1), None, "krg ps: {:?}", ps(&c));
 
     // output goes on, input reaches it, it keeps its PID
@@ -189,13 +201,7 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     run.wait_line("usr1");
     // and its exit status comes back to its user
     // and back: node 2's session now relays, as node 1's did
-    let o = migrate(&c, &[&format!("2:{pid}"), "1"]);
-    assert!(
-        o.status.success(),
-        "migrate back: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(python_on(&c, 1), Some(pid), "krg ps: {:?}", ps(&c));
+    moved(&c, &[], pid, 2, 1);
     run.send("home");
     let home = run.wait_line("got: home");
     assert!(home.ends_with(&format!("pid={pid}")), "{home}");
@@ -240,34 +246,14 @@ fn a_job_moved_by_postcopy_keeps_its_memory() -> Result<()> {
     let sum = run.wait_line("sum ");
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
 
-    let o = migrate(&c, &["--postcopy", &format!("1:{pid}"), "2"]);
-    assert!(
-        o.status.success(),
-        "migrate --postcopy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(python_on(&c, 2), Some(pid), "krg ps: {:?}", ps(&c));
+    moved(&c, &["--postcopy"], pid, 1, 2);
     run.wait_line("tick");
     run.send("check");
     assert_eq!(run.wait_line("sum "), sum, "its memory after the move");
-    let kept = c.dir.path().join("data1/migrate/out");
-    wait_for(
-        Duration::from_secs(20),
-        "the origin to drop its image",
-        || {
-            let n = std::fs::read_dir(&kept).map_or(0, |d| d.count());
-            (n == 0).then_some(())
-        },
-    )?;
+    c.wait_no_migration_image(1)?;
 
     // home again (pre-copy): the page server is not a stray of the job
-    let o = migrate(&c, &[&format!("2:{pid}"), "1"]);
-    assert!(
-        o.status.success(),
-        "migrate back: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(python_on(&c, 1), Some(pid), "krg ps: {:?}", ps(&c));
+    moved(&c, &[], pid, 2, 1);
     run.send("check");
     assert_eq!(run.wait_line("sum "), sum, "its memory after moving back");
     run.send("quit");
