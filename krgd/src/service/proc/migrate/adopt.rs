@@ -181,8 +181,13 @@ async fn adopt_from(
     let mut x = incoming::take_complete(st, from, open.xfer)?;
     kdfs::store::crash::point("krgd-adopt-job");
     // post-copy: restored lazily, the memory pulled from the origin
-    let (pulling, fetch) = pulling::begin(st, from, open.xfer, x.pulling.take())
-        .map_err(|e| internal(st.node(), e))?;
+    let (pulling, fetch) = match pulling::begin(st, from, open.xfer, x.pulling.take()) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&x.root);
+            return Err(internal(st.node(), e));
+        }
+    };
     let lazy = match fetch {
         Some(f) => Lazy::Yes(Some(f)),
         None => Lazy::No,

@@ -341,7 +341,13 @@ pub async fn commit(
     let fail = |e: String| AdminError::new(ErrorKind::Internal, format!("node {}: {e}", st.node()));
     // post-copy: what is missing is pulled while restart and its page
     // server run, and they ask for what they are about to read
-    let (pulling, fetch) = super::pulling::begin(st, from, xfer, x.pulling.take()).map_err(fail)?;
+    let (pulling, fetch) = match super::pulling::begin(st, from, xfer, x.pulling.take()) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&x.root);
+            return Err(fail(e));
+        }
+    };
     // No fsync: the image lives only until restart has read it (a crash
     // of this node loses the process anyway); checkpoints proper are not
     // written here. Open files stay: the page server and the pulls use
