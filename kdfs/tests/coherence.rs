@@ -12,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 
 use common::Cluster;
 
@@ -25,13 +26,17 @@ fn gone(p: &Path) -> bool {
 
 /// How many lookups and getattrs node `i`'s krgd has served.
 fn looks(c: &Cluster, i: usize) -> f64 {
+    served(c, i, &["lookup", "getattr"])
+}
+
+/// How many requests of the kinds `ops` node `i`'s krgd has served.
+fn served(c: &Cluster, i: usize, ops: &[&str]) -> f64 {
     let mut s = TcpStream::connect(("127.0.0.1", c.nodes[i].http_port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    ["lookup", "getattr"]
-        .iter()
+    ops.iter()
         .filter_map(|op| {
             let series = format!("krg_kdfs_operations_total{{op=\"{op}\"}} ");
             text.lines()
@@ -184,4 +189,74 @@ fn a_restarted_krgd_is_not_trusted_for_what_it_gave_before() {
         c.client_log(1)
     );
     assert!(b.join("d/g").exists());
+}
+
+/// The first mount of a node changes its regular files' attributes itself
+/// (no request to krgd, which would tell the other mounts); a second mount
+/// of the same node therefore keeps no regular file's attributes, and sees
+/// every such change at its very next look.
+#[test]
+fn a_second_mount_of_a_node_sees_the_first_mounts_attribute_changes_at_once() {
+    let c = Cluster::with_kdfs(1);
+    let a = c.mnt(0).to_path_buf();
+    let b = c.root.path().join("second");
+    let out = c.mount_at(0, &b, "kdfs-second.log");
+    assert!(
+        out.status.success(),
+        "second mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = fs::read_to_string(c.nodes[0].data.join("kdfs-second.log")).unwrap();
+    assert!(
+        log.contains("another mount of node 1"),
+        "the second mount did not say it is not the node's first:\n{log}"
+    );
+
+    let (fa, fb) = (a.join("f"), b.join("f"));
+    fs::write(&fa, b"1234").unwrap();
+    fs::set_permissions(&fa, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(mode(&fb), 0o644);
+    let before = served(&c, 0, &["setattr"]);
+
+    fs::set_permissions(&fa, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(mode(&fb), 0o600, "a chmod through the first mount, unseen");
+    std::os::unix::fs::chown(&fa, Some(4321), Some(4322)).unwrap();
+    let m = fs::symlink_metadata(&fb).unwrap();
+    assert_eq!((m.uid(), m.gid()), (4321, 4322), "a chown, unseen");
+    OpenOptions::new()
+        .write(true)
+        .open(&fa)
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    assert_eq!(
+        fs::symlink_metadata(&fb).unwrap().len(),
+        1,
+        "a truncate, unseen"
+    );
+    let touched = Command::new("touch")
+        .args(["-m", "-d", "@1000000000"])
+        .arg(&fa)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    assert_eq!(
+        fs::symlink_metadata(&fb).unwrap().mtime(),
+        1_000_000_000,
+        "a utimes, unseen"
+    );
+    assert_eq!(
+        served(&c, 0, &["setattr"]),
+        before,
+        "the first mount sent its setattrs to krgd instead of making them itself"
+    );
+
+    // Through the second mount krgd makes the change, and tells the first.
+    fs::set_permissions(&fb, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(
+        mode(&fa),
+        0o640,
+        "a chmod through the second mount, unseen by the first"
+    );
+    assert!(served(&c, 0, &["setattr"]) > before);
 }

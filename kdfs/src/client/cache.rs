@@ -7,10 +7,11 @@
 //!   `attr_timeout` — only of nodes this mount is registered with (its
 //!   watcher there is up): those tell it of every change before the change
 //!   returns. Anything from another node is given a TTL of 0.
-//! * Attributes of a regular file are kept only by the mounts of its own
-//!   node, and not while it is open for writing through another node
-//!   (`Volatile`): writes through FUSE passthrough never reach a krgd, so
-//!   its size and times may change without any node seeing it. The name of
+//! * Attributes of a regular file are kept only by the node's sole mount
+//!   (its first; see `super::local`), and not while it is open for writing
+//!   through another node (`Volatile`): writes through FUSE passthrough and
+//!   the sole mount's own `setattr`s never reach a krgd, so its size, mode
+//!   and times may change without any node seeing it. The name of
 //!   such a file is not kept either: its lookup at each path walk refreshes
 //!   the size the kernel appends at (close-to-open, as without caching).
 //! * A forgotten name bumps the kernel's dentry epoch (FUSE_NOTIFY_INC_EPOCH,
@@ -61,6 +62,9 @@ pub struct Cache {
     /// Without it, an `O_APPEND` write goes at the cached size, which only a
     /// lookup refreshes: local files are then not cached either.
     passthrough: AtomicBool,
+    /// This mount is its node's sole mount (the others change no regular
+    /// file of the node without krgd).
+    sole: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,7 +72,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Cache {
-    pub fn new(client: u64, local: NodeId, entry_ttl: Duration, attr_ttl: Duration) -> Self {
+    pub fn new(
+        client: u64,
+        local: NodeId,
+        sole: bool,
+        entry_ttl: Duration,
+        attr_ttl: Duration,
+    ) -> Self {
         let cap = crate::callback::MAX_TTL;
         Self {
             client,
@@ -80,6 +90,7 @@ impl Cache {
             given: Mutex::default(),
             kernel: OnceLock::new(),
             passthrough: AtomicBool::new(false),
+            sole,
         }
     }
 
@@ -151,6 +162,7 @@ impl Cache {
         self.registered(node)
             && (a.kind != FileKind::File
                 || (node == self.local
+                    && self.sole
                     && self.passthrough.load(Ordering::Relaxed)
                     && !lock(&self.volatile).contains(&a.ino)))
     }

@@ -126,6 +126,12 @@ impl Filesystem for KdfsFs {
             mtime: mtime.map(set_time),
         };
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        if let Some(r) = ops.setattr_here(id, &set) {
+            return match r {
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
+                Err(e) => reply.error(err(e)),
+            };
+        }
         self.spawn(async move {
             match ops.setattr(id, set).await {
                 Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),

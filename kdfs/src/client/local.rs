@@ -16,6 +16,15 @@
 //!   offer passthrough, the client serves `read` and `write` itself with
 //!   `pread`/`pwrite` on that file.
 //!
+//! * changes the attributes of its own regular files itself (`chmod`,
+//!   `chown`, `utimes`, `truncate`: what `tar -x` does to every file it
+//!   makes), when it is the node's *sole mount*. krgd would tell the mounts
+//!   that may hold those attributes; only this node's mounts ever hold a
+//!   regular file's, so the first mount of a node claims the store
+//!   ([`Store::claim_sole_mount`]) and any further mount of that node keeps
+//!   no regular file's attributes in its kernel (it reads them in place,
+//!   fresh, at each use).
+//!
 //! krgd still does every change to the namespace and sees every open and
 //! release of a file (it counts handles, so an unlinked file keeps its data
 //! while open). Both act on the same local files, so the page cache keeps
@@ -29,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use fuser::BackingId;
-use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest, KdfsResponse};
+use krg_proto::kdfs::{inode_node, Attr, InodeId, KdfsRequest, KdfsResponse, SetAttr};
 use krg_proto::NodeId;
 
 use crate::store::Store;
@@ -53,6 +62,8 @@ struct Open {
 pub struct LocalStore {
     node: NodeId,
     view: Store,
+    /// This mount holds the node's sole-mount claim.
+    sole: bool,
     /// Set at FUSE init when the kernel accepted passthrough.
     passthrough: AtomicBool,
     /// Handles are keyed by (inode, krgd handle): the handle alone is not
@@ -63,9 +74,11 @@ pub struct LocalStore {
 impl LocalStore {
     /// `dir` is the node's formatted kDFS directory, served by its krgd as `node`.
     pub fn open(dir: &Path, node: NodeId) -> Result<Self, KdfsError> {
+        let view = Store::view(dir, node)?;
         Ok(Self {
             node,
-            view: Store::view(dir, node)?,
+            sole: view.claim_sole_mount(),
+            view,
             passthrough: AtomicBool::new(false),
             open: Mutex::default(),
         })
@@ -85,6 +98,22 @@ impl LocalStore {
             KdfsResponse::Errno(e) => Err(e),
             r => Ok(r),
         })
+    }
+
+    /// Whether this is the first (and only) mount of its node: see the
+    /// module header.
+    pub fn is_sole_mount(&self) -> bool {
+        self.sole
+    }
+
+    /// Change the attributes of `ino` here if this is the sole mount and
+    /// `ino` is one of this node's regular files; `None`: ask krgd.
+    pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Option<Result<Attr, i32>> {
+        if !self.sole || inode_node(ino) != self.node {
+            return None;
+        }
+        let done = self.view.setattr_regular_file(ino, set)?;
+        Some(done.map_err(|e| e.errno()))
     }
 
     /// The kernel accepted FUSE passthrough for this mount.

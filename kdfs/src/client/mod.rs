@@ -325,11 +325,18 @@ async fn try_prepare(
         _ => return Err(not_yet()),
     };
     let local_store = local::LocalStore::open(dir, info.node)?;
+    if !local_store.is_sole_mount() {
+        tracing::info!(
+            "kdfs: another mount of node {} is up: this one keeps no regular file's attributes in the kernel and asks krgd for every attribute change",
+            info.node
+        );
+    }
     let locks = Arc::new(locks::ClientLocks::new());
     tokio::spawn(locks.clone().keep_leases(cluster.clone()));
     let cache = Arc::new(cache::Cache::new(
         locks.client,
         info.node,
+        local_store.is_sole_mount(),
         opts.entry_timeout,
         opts.attr_timeout,
     ));

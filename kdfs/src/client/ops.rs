@@ -130,6 +130,12 @@ impl Ops {
         }
     }
 
+    /// A setattr this mount does in place (a regular file of its node, and
+    /// it is the node's sole mount: see [`LocalStore`]), or `None`.
+    pub fn setattr_here(&self, ino: InodeId, set: &SetAttr) -> Option<Res<Attr>> {
+        self.local_store.setattr(ino, set)
+    }
+
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> Res<Attr> {
         match self.call(inode_node(ino), Q::SetAttr { ino, set }).await? {
             A::Attr(a) => Ok(a),

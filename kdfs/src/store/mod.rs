@@ -38,7 +38,7 @@ mod xattr;
 use std::fs::File;
 use std::path::Path;
 
-use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId};
+use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, SetAttr};
 use krg_proto::NodeId;
 
 use crate::format::{self, StoreDir, Superblock, INODES};
@@ -173,6 +173,30 @@ impl Store {
     /// (no symlink followed): for the FUSE client's own I/O on it.
     pub fn open_local_file(&self, ino: InodeId) -> Result<File, StoreError> {
         self.objects.open_file(ino, true)
+    }
+
+    /// Claim this store's one *sole mount*: an exclusive `flock` on
+    /// `DIR/inodes` (krgd never locks it), held while this view lives and
+    /// dropped by the kernel when the mount dies. `false`: another mount of
+    /// this node holds it. The sole mount changes its regular files'
+    /// attributes in place ([`Store::setattr_regular_file`]); see
+    /// `client::local` for why only one mount may.
+    pub fn claim_sole_mount(&self) -> bool {
+        self.objects.try_lock_exclusive()
+    }
+
+    /// Change the attributes of `ino` in place when it is a regular file of
+    /// this node, as krgd would (same code, same order); `None` for
+    /// anything else. For the client of the node's sole mount only: nothing
+    /// is sent to the mounts that may cache what changed. No other node's
+    /// mount keeps a regular file's attributes, so only this node's other
+    /// mounts could, and those do not cache them while a sole mount exists.
+    pub fn setattr_regular_file(&self, ino: InodeId, set: &SetAttr) -> Option<Res<Attr>> {
+        let here = inode_node(ino) == self.node();
+        if !here || self.objects.kind(ino).ok()? != FileKind::File {
+            return None;
+        }
+        Some(self.objects.setattr(ino, set))
     }
 
     fn node(&self) -> NodeId {

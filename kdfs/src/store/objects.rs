@@ -13,7 +13,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -101,6 +101,13 @@ impl Objects {
     }
 
     /// What kind of object `ino` is.
+    /// Try to take an exclusive `flock` on the inode directory (held by
+    /// this descriptor until it closes); `false` when another holds one.
+    pub fn try_lock_exclusive(&self) -> bool {
+        // SAFETY: flock(2) on the descriptor this Objects owns; no memory is passed.
+        unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
     pub fn kind(&self, ino: InodeId) -> Res<FileKind> {
         Ok(kind_of(self.stat(ino)?.st_mode))
     }

@@ -73,6 +73,8 @@ pub struct Cluster {
     pub root: tempfile::TempDir,
     pub key: PathBuf,
     pub nodes: Vec<Node>,
+    /// Further mounts made with [`Cluster::mount_at`], unmounted on drop.
+    pub extra_mounts: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -207,7 +209,12 @@ impl Cluster {
             let me = format!("{}:{}", n.ip, n.port);
             n.peers = all.iter().filter(|a| **a != me).cloned().collect();
         }
-        let mut c = Cluster { root, key, nodes };
+        let mut c = Cluster {
+            root,
+            key,
+            nodes,
+            extra_mounts: Default::default(),
+        };
         for i in 0..n as usize {
             c.start_krgd(i);
         }
@@ -339,15 +346,28 @@ impl Cluster {
     }
 
     pub fn mount(&self, i: usize, extra: &str) -> std::process::Output {
+        let mnt = self.nodes[i].mnt.clone();
+        self.mount_on(i, &mnt, extra, "kdfs.log")
+    }
+
+    /// A further mount of node `i`'s store at `mnt` (made here), logging to
+    /// `log` in the node's data directory; unmounted when the cluster goes.
+    pub fn mount_at(&self, i: usize, mnt: &Path, log: &str) -> std::process::Output {
+        std::fs::create_dir_all(mnt).unwrap();
+        self.extra_mounts.borrow_mut().push(mnt.to_path_buf());
+        self.mount_on(i, mnt, "", log)
+    }
+
+    fn mount_on(&self, i: usize, mnt: &Path, extra: &str, log: &str) -> std::process::Output {
         let n = &self.nodes[i];
         let mut opts = self.mount_opts(i);
         if !extra.is_empty() {
             opts = format!("{opts},{extra}");
         }
-        let log = n.data.join("kdfs.log");
+        let log = n.data.join(log);
         let mut cmd = in_netns(&n.netns, mount_bin());
         cmd.arg(&n.store)
-            .arg(&n.mnt)
+            .arg(mnt)
             .arg("-o")
             .arg(format!("{opts},log={}", log.display()))
             .env("RUST_LOG", "info")
@@ -458,6 +478,9 @@ pub fn wait_unused(dir: &Path) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for mnt in self.extra_mounts.borrow().iter() {
+            let _ = run(Command::new("umount").arg("-l").arg(mnt));
+        }
         for i in 0..self.nodes.len() {
             self.umount(i);
         }
