@@ -14,6 +14,11 @@
 //! readdir, unlink) of the first table, `KDFS_BENCH_ONLY=small` only its
 //! small-file lines: `tar -xf` of a tree of KDFS_BENCH_FILES small files,
 //! and `dbench 4` for KDFS_BENCH_DBENCH_SECS (default 10) seconds.
+//!
+//! KDFS_TEST_DIR (default /tmp) is where every target lives: the native
+//! directory, the kDFS stores and the GlusterFS bricks — one file system
+//! for all, so that its quirks weigh on each alike (ext4 without a journal
+//! makes a create after many deletions slow: see docs/kdfs.md, Benchmark).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 #[path = "../tests/common/mod.rs"]
@@ -465,7 +470,7 @@ fn main() {
     let dbench_secs = env_num("KDFS_BENCH_DBENCH_SECS", 10);
     let native = tempfile::Builder::new()
         .prefix("kdfs-bench-native")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(common::test_dir())
         .expect("native dir");
     let cluster = common::Cluster::with_kdfs(3);
     let rounds = env_num("KDFS_BENCH_ROUNDS", 3).max(1);
@@ -476,10 +481,7 @@ fn main() {
     }
     let kdir = cluster.mnt(0).join("bench");
     fs::create_dir(&kdir).expect("mkdir on kdfs");
-    let gbase = PathBuf::from(format!(
-        "/var/tmp/kdfs-bench-gluster-{}",
-        std::process::id()
-    ));
+    let gbase = common::test_dir().join(format!("kdfs-bench-gluster-{}", std::process::id()));
     let gluster = Gluster::start(&gbase);
 
     println!(
@@ -495,7 +497,7 @@ fn main() {
     }
     let tar_dir = tempfile::Builder::new()
         .prefix("kdfs-bench-tar")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(common::test_dir())
         .expect("tarball dir");
     let tar = if only() == Only::Meta {
         PathBuf::new()

@@ -77,6 +77,13 @@ pub struct Cluster {
     pub extra_mounts: std::cell::RefCell<Vec<PathBuf>>,
 }
 
+/// Where test clusters keep their stores and mounts: `KDFS_TEST_DIR`, by
+/// default /tmp (the bench puts its other targets there too, so that all
+/// of them sit on one file system).
+pub fn test_dir() -> PathBuf {
+    std::env::var_os("KDFS_TEST_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+}
+
 pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -165,10 +172,11 @@ impl Cluster {
     pub fn start_in(places: Vec<(Option<String>, String)>) -> Cluster {
         let n = places.len() as u32;
         ensure_binaries();
-        // Under /tmp and world-searchable so that other users reach the mounts.
+        // Under /tmp (or KDFS_TEST_DIR) and world-searchable so that other
+        // users reach the mounts.
         let root = tempfile::Builder::new()
             .prefix("kdfs-test")
-            .tempdir_in("/tmp")
+            .tempdir_in(test_dir())
             .expect("tempdir");
         std::fs::set_permissions(
             root.path(),
