@@ -399,7 +399,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cp /etc/services /mnt/kdfs/node2/
     cat /mnt/kdfs/node1/services | head -3
     ls -l /mnt/kdfs/node3/
-    kdfsctl --keyfile $KEY status               # every node's store: size, use, inodes; who is down
+    kdfsctl --keyfile $KEY status /mnt/kdfs/node1   # every node's store: size, use, inodes; who is down
     df -h /mnt/kdfs/node1                       # the sum of every store
 
   Processes anywhere (krg talks to node 1; any user may run it):

@@ -8,6 +8,7 @@
 //! * [`lockmgr`]: cluster-wide fcntl/flock locks of the files a krgd owns.
 //! * [`client`]: the FUSE client behind `mount.kdfs`.
 //! * [`status`]: what `kdfsctl status` asks the members and prints.
+//! * [`mountinfo`]: this process's mount table, as the tools read it.
 //!
 //! The design (placement, consistency, faults) is written down in docs/kdfs.md.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod format;
 pub mod fsck;
 pub mod lockmgr;
+pub mod mountinfo;
 pub mod status;
 pub mod store;
 

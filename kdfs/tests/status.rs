@@ -106,3 +106,39 @@ fn status_refuses_what_it_cannot_answer() {
     let o = kdfsctl(&c, 0, &["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `kdfsctl status MOUNT`, as an operator types it: the node's own kDFS
+/// mount is answered; another node's mount, a plain directory and a path
+/// that does not exist are refused in one line each.
+#[test]
+fn status_of_a_mount_point_checks_it_is_this_nodes_kdfs() {
+    let c = Cluster::with_kdfs(2);
+    let mnt = |i: usize| c.mnt(i).to_str().unwrap().to_string();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let o = kdfsctl(&c, 0, &["status", &mnt(0)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(text(&o).contains("on node 1 (this node)"), "{}", text(&o));
+
+    let o = kdfsctl(&c, 0, &["status", &mnt(1)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "mounts {}, not the store",
+            c.nodes[1].store.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(text(&o).is_empty(), "a refused mount printed a status");
+
+    let plain = c.root.path().to_str().unwrap();
+    let o = kdfsctl(&c, 0, &["status", plain]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not a kDFS mount"), "{}", stderr(&o));
+
+    let o = kdfsctl(&c, 0, &["status", "/no/such/mount"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/no/such/mount"), "{}", stderr(&o));
+}

@@ -14,7 +14,7 @@ const EXIT_DEGRADED: u8 = 3;
 #[command(
     name = "kdfsctl",
     version,
-    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status --json"
+    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json"
 )]
 struct Args {
     /// krgd admin socket.
@@ -32,6 +32,9 @@ enum Command {
     /// Every member: whether it serves a store of this kDFS, its size,
     /// use and inodes; the members whose files cannot be reached now.
     Status {
+        /// A kDFS mount point of this node: checked to mount the store
+        /// this node's krgd serves (the status is the same from any mount).
+        mount: Option<PathBuf>,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
@@ -41,7 +44,7 @@ enum Command {
 fn main() -> ExitCode {
     krg_clidoc::intercept::<Args>(&PAGE);
     let args = Args::parse();
-    let Command::Status { json } = args.command;
+    let Command::Status { json, mount } = args.command;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,6 +62,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(m) = mount {
+        if let Err(e) = kdfs::status::check_mount(&m, &status.fs.store) {
+            eprintln!("kdfsctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if json {
         match serde_json::to_string_pretty(&status) {
             Ok(j) => println!("{j}"),

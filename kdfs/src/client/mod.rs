@@ -388,33 +388,17 @@ pub fn fuse_config(dir: &Path, opts: &MountOptions) -> fuser::Config {
 /// The device is found in /proc/self/mountinfo, not with stat(2): the mount
 /// does not answer before its session runs.
 pub fn set_readahead(mountpoint: &Path, kb: u32) -> Result<(), KdfsError> {
-    let info = Path::new("/proc/self/mountinfo");
-    let table = std::fs::read_to_string(info).map_err(|e| KdfsError::io(info, e))?;
-    let dev = mount_device(&table, mountpoint).ok_or_else(|| {
-        KdfsError::Invalid(format!(
-            "{} is not in {}",
-            mountpoint.display(),
-            info.display()
-        ))
-    })?;
+    let table = crate::mountinfo::read()?;
+    let dev = crate::mountinfo::newest_at(&table, mountpoint)
+        .ok_or_else(|| {
+            KdfsError::Invalid(format!(
+                "{} is not in /proc/self/mountinfo",
+                mountpoint.display()
+            ))
+        })?
+        .device;
     let knob = PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb"));
     std::fs::write(&knob, format!("{kb}\n")).map_err(|e| KdfsError::io(&knob, e))
-}
-
-/// "major:minor" of the newest mount at `mountpoint` in a mountinfo table
-/// (mount points there escape space, tab, newline and backslash in octal).
-fn mount_device(table: &str, mountpoint: &Path) -> Option<String> {
-    let want = mountpoint.to_str()?;
-    let unescape = |s: &str| {
-        s.replace("\\040", " ")
-            .replace("\\011", "\t")
-            .replace("\\012", "\n")
-            .replace("\\134", "\\")
-    };
-    table.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && unescape(f[4]) == want).then(|| f[2].to_string())
-    })
 }
 
 #[cfg(test)]
@@ -446,23 +430,5 @@ mod tests {
         for want in [fuser::MountOption::NoSuid, fuser::MountOption::NoDev] {
             assert!(c.mount_options.contains(&want), "{want:?}");
         }
-    }
-
-    #[test]
-    fn mount_device_takes_the_newest_mount_and_unescapes() {
-        let table = "\
-22 1 0:21 / /mnt/a rw - ext4 /dev/vda rw
-40 22 0:44 / /mnt/with\\040space rw - fuse.kdfs /KDFS rw
-41 22 0:45 / /mnt/a rw - fuse.kdfs /KDFS rw
-";
-        assert_eq!(
-            mount_device(table, Path::new("/mnt/a")).as_deref(),
-            Some("0:45")
-        );
-        assert_eq!(
-            mount_device(table, Path::new("/mnt/with space")).as_deref(),
-            Some("0:44")
-        );
-        assert_eq!(mount_device(table, Path::new("/mnt/b")), None);
     }
 }
