@@ -157,8 +157,9 @@ pub fn check_mount(mount: &Path, store: &Path) -> Result<(), KdfsError> {
     let at = std::fs::canonicalize(mount).map_err(|e| KdfsError::io(mount, e))?;
     let table = crate::mountinfo::read()?;
     let m = crate::mountinfo::newest_at(&table, &at)
-        // "fuse": the mount does not pass its subtype to the kernel; the
-        // source (the store) tells a kDFS mount from another FUSE one.
+        // Plain "fuse": a mount made by a mount.kdfs from before Dec 3
+        // 2026, which passed no subtype; the source (the store) tells a
+        // kDFS mount from another FUSE one.
         .filter(|m| m.fstype == "fuse" || m.fstype == "fuse.kdfs")
         .ok_or_else(|| KdfsError::Invalid(format!("{} is not a kDFS mount", mount.display())))?;
     let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {

@@ -116,6 +116,14 @@ fn status_of_a_mount_point_checks_it_is_this_nodes_kdfs() {
     let mnt = |i: usize| c.mnt(i).to_str().unwrap().to_string();
     let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
 
+    // The mount table names the file system as findmnt -t and df -t see it.
+    let table = kdfs::mountinfo::read().unwrap();
+    let m = kdfs::mountinfo::newest_at(&table, c.mnt(0)).unwrap();
+    assert_eq!(
+        (m.fstype.as_str(), m.source.as_str()),
+        ("fuse.kdfs", c.nodes[0].store.to_str().unwrap())
+    );
+
     let o = kdfsctl(&c, 0, &["status", &mnt(0)]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(text(&o).contains("on node 1 (this node)"), "{}", text(&o));

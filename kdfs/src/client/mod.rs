@@ -365,7 +365,9 @@ pub fn fuse_config(dir: &Path, opts: &MountOptions) -> fuser::Config {
     let mut c = fuser::Config::default();
     c.mount_options = vec![
         M::FSName(dir.display().to_string()),
-        M::Subtype("kdfs".into()),
+        // As a kernel option: fuser's own mount(2) passes no Subtype, and
+        // the mount table would say `fuse` instead of `fuse.kdfs`.
+        M::CUSTOM("subtype=kdfs".into()),
         // The kernel checks permissions against the attributes we return,
         // for the calling user (uid, gid, supplementary groups).
         M::DefaultPermissions,
