@@ -89,8 +89,13 @@ impl Status {
 }
 
 /// Ask the local krgd (`socket`) and every member (with the cluster key
-/// in `keyfile`).
-pub async fn gather(socket: &Path, keyfile: &Path) -> Result<Status, KdfsError> {
+/// in `keyfile`). With `mount`, first check that it mounts the store the
+/// local krgd serves ([`check_mount`]): a wrong one asks no member.
+pub async fn gather(
+    socket: &Path,
+    keyfile: &Path,
+    mount: Option<&Path>,
+) -> Result<Status, KdfsError> {
     let KdfsAdminReply::Info {
         node,
         session,
@@ -107,6 +112,9 @@ pub async fn gather(socket: &Path, keyfile: &Path) -> Result<Status, KdfsError> 
             "the local krgd serves no kDFS store (mkfs.kdfs DIR ROOT_NODEID attaches one)".into(),
         )
     })?);
+    if let Some(m) = mount {
+        check_mount(m, &store)?;
+    }
     let sb = format::read_superblock(&store)?;
     let key = ClusterKey::from_file(keyfile).map_err(|e| KdfsError::Invalid(e.to_string()))?;
     let me = Identity {

@@ -55,19 +55,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let status = match rt.block_on(kdfs::status::gather(&args.socket, &args.keyfile)) {
+    let asked = kdfs::status::gather(&args.socket, &args.keyfile, mount.as_deref());
+    let status = match rt.block_on(asked) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("kdfsctl: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(m) = mount {
-        if let Err(e) = kdfs::status::check_mount(&m, &status.fs.store) {
-            eprintln!("kdfsctl: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
     if json {
         match serde_json::to_string_pretty(&status) {
             Ok(j) => println!("{j}"),
