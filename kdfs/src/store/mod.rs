@@ -95,10 +95,12 @@ impl Store {
         Ok(store)
     }
 
-    /// A read-only view of `dir`, for the FUSE client of the node whose krgd
-    /// serves it: the client answers [`Store::is_read_only`] requests on its
-    /// own inodes in-process instead of asking krgd. Unlike [`Store::open`]
-    /// it writes nothing; it must only be given read-only requests.
+    /// A view of `dir` for the FUSE client of the node whose krgd serves
+    /// it: the client answers [`Store::is_read_only`] requests on its own
+    /// inodes in-process instead of asking krgd. Unlike [`Store::open`] it
+    /// reserves no inode numbers and sweeps nothing; it must only be given
+    /// read-only requests — and, in the node's sole mount,
+    /// [`Store::setattr_regular_file`].
     pub fn view(dir: &Path, node: NodeId) -> Result<Store, KdfsError> {
         Self::load(dir, node)
     }
