@@ -21,11 +21,11 @@ fn formed(n: u32) -> Result<TestCluster> {
     TestCluster::loopback(n)?.formed(n, SETTLE)
 }
 
-/// Echoes its input with its PID, says "usr1" on SIGUSR1, ticks every
-/// 50 ms, exits 7 on "quit".
-const ECHO: &str = r#"
-import os, signal, sys, threading, time
-signal.signal(signal.SIGUSR1, lambda *a: print("usr1", flush=True))
+/// The python workloads' ticker: a thread printing "tick N" every 50 ms
+/// (the tests wait for one to see that the job runs).
+macro_rules! ticker {
+    () => {
+        r#"
 def tick():
     n = 0
     while True:
@@ -33,12 +33,26 @@ def tick():
         print("tick %d" % n, flush=True)
         time.sleep(0.05)
 threading.Thread(target=tick, daemon=True).start()
+"#
+    };
+}
+
+/// Echoes its input with its PID, says "usr1" on SIGUSR1, ticks every
+/// 50 ms, exits 7 on "quit".
+const ECHO: &str = concat!(
+    r#"
+import os, signal, sys, threading, time
+signal.signal(signal.SIGUSR1, lambda *a: print("usr1", flush=True))
+"#,
+    ticker!(),
+    r#"
 for line in sys.stdin:
     line = line.strip()
     if line == "quit":
         sys.exit(7)
     print("got: %s pid=%d" % (line, os.getpid()), flush=True)
-"#;
+"#
+);
 
 /// `krg run -n 1 -- python3 -c SCRIPT` started (through node `via`) by a
 /// shell that holds CAN_MIGRATE (krgcapset) when `migratable`, so its job does.
@@ -213,17 +227,14 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
 
 /// Holds 64 MiB of a pattern it can check; says "sum N" on "check", exits
 /// 7 on "quit", ticks every 50 ms.
-const MEMORY: &str = r#"
+const MEMORY: &str = concat!(
+    r#"
 import hashlib, sys, threading, time
 block = hashlib.sha256(b"krg").digest() * 32
 data = bytearray(block * (64 * 1024 * 1024 // len(block)))
-def tick():
-    n = 0
-    while True:
-        n += 1
-        print("tick %d" % n, flush=True)
-        time.sleep(0.05)
-threading.Thread(target=tick, daemon=True).start()
+"#,
+    ticker!(),
+    r#"
 print("sum %s" % hashlib.sha256(data).hexdigest(), flush=True)
 for line in sys.stdin:
     line = line.strip()
@@ -231,7 +242,8 @@ for line in sys.stdin:
         sys.exit(7)
     if line == "check":
         print("sum %s" % hashlib.sha256(data).hexdigest(), flush=True)
-"#;
+"#
+);
 
 /// `migrate --postcopy` of a job: it runs on the target in its own PID
 /// namespace before its memory is there (the page server is a process of
