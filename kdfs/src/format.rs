@@ -37,6 +37,8 @@ pub const SUPERBLOCK: &str = "kdfs.sb";
 pub const ROOT_META: &str = "root.meta";
 pub const INO_NEXT: &str = "ino.next";
 pub const INODES: &str = "inodes";
+/// Other nodes' striped files: this node's units of each (see `store::striping`).
+pub const STRIPES: &str = "stripes";
 
 /// The one owner of a store's directories: krgd, which serves them, runs
 /// as root.
@@ -159,6 +161,19 @@ impl StoreDir {
             }
             e => e,
         })?;
+        check_private(fd.as_fd(), &path)?;
+        Ok(fd)
+    }
+
+    /// Open `DIR/stripes`, making it (root's, 0700) the first time, and
+    /// refusing it unless it is private.
+    pub fn open_stripes(&self) -> Result<OwnedFd, KdfsError> {
+        let path = self.path.join(STRIPES);
+        match mkdirat(self.fd(), STRIPES, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        let fd = open_dir_at(self.fd(), STRIPES, &path)?;
         check_private(fd.as_fd(), &path)?;
         Ok(fd)
     }

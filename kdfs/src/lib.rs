@@ -9,6 +9,7 @@
 //! * [`client`]: the FUSE client behind `mount.kdfs`.
 //! * [`status`]: what `kdfsctl status` asks the members and prints.
 //! * [`mountinfo`]: this process's mount table, as the tools read it.
+//! * [`stripectl`]: what `kdfsctl stripe` does to a path of a mount.
 //!
 //! The design (placement, consistency, faults) is written down in docs/kdfs.md.
 
@@ -21,5 +22,6 @@ pub mod lockmgr;
 pub mod mountinfo;
 pub mod status;
 pub mod store;
+pub mod stripectl;
 
 pub use error::KdfsError;

@@ -468,6 +468,15 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::Watch { .. } => "watch",
         R::Unlink { .. } => "unlink",
         R::ReleaseMany { .. } => "release_many",
+        R::GetStripe { .. } => "get_stripe",
+        R::SetStripePolicy { .. } => "set_stripe_policy",
+        R::SetLayout { .. } => "set_layout",
+        R::StripeRead { .. } => "stripe_read",
+        R::StripeWrite { .. } => "stripe_write",
+        R::StripeSync { .. } => "stripe_sync",
+        R::StripeTruncate { .. } => "stripe_truncate",
+        R::StripeDrop { .. } => "stripe_drop",
+        R::Extend { .. } => "extend",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

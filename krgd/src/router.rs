@@ -83,7 +83,9 @@ async fn kdfs(node: &Node, from: &Identity, req: KdfsRequest) -> Result<KdfsResp
         req => req,
     };
     let written = match inner {
-        KdfsRequest::Write { data, .. } => Some(data.0.len() as u64),
+        KdfsRequest::Write { data, .. } | KdfsRequest::StripeWrite { data, .. } => {
+            Some(data.0.len() as u64)
+        }
         _ => None,
     };
     let start = std::time::Instant::now();

@@ -1,4 +1,5 @@
-//! kdfsctl: look at a kDFS from any node (`kdfsctl status`).
+//! kdfsctl: look at a kDFS from any node (`kdfsctl status`), and stripe
+//! its directories (`kdfsctl stripe`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,12 +10,13 @@ use clap::{Parser, Subcommand};
 const EXIT_DEGRADED: u8 = 3;
 
 /// Look at the kDFS this node's krgd serves: which nodes serve a store of
-/// it, how full each is, and whose files cannot be reached now.
+/// it, how full each is, and whose files cannot be reached now; show and
+/// set how its files are striped over nodes.
 #[derive(Parser, Debug)]
 #[command(
     name = "kdfsctl",
     version,
-    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json"
+    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json\n  kdfsctl stripe 4M:4 /mnt/kdfs/big\n  kdfsctl stripe /mnt/kdfs/big/file\n  kdfsctl stripe off /mnt/kdfs/big"
 )]
 struct Args {
     /// krgd admin socket.
@@ -39,12 +41,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or set striping. `stripe UNIT:COUNT DIR`: files made in DIR
+    /// from now on (and in directories made in it, which inherit the
+    /// policy) are cut in UNIT-byte units (K, M, G; a multiple of 4K)
+    /// spread over COUNT nodes (2-64; fewer if fewer serve the kDFS), the
+    /// creating node first. `stripe off DIR` clears it; `stripe PATH`
+    /// shows a directory's policy or a file's layout. Root or the
+    /// directory's owner may set it.
+    Stripe {
+        /// `[UNIT:COUNT | off] PATH`
+        #[arg(num_args = 1..=2, required = true, value_name = "[UNIT:COUNT|off] PATH")]
+        args: Vec<String>,
+    },
+}
+
+/// `kdfsctl stripe`: prints what it set or found; exit 1 with one line on error.
+fn stripe(args: &[String]) -> ExitCode {
+    let done = match args {
+        [path] => kdfs::stripectl::show(path.as_ref()).map(|s| match s {
+            Some(s) => println!("{path}: {s}"),
+            None => println!("{path}: not striped"),
+        }),
+        [spec, path] => {
+            let policy = match spec.as_str() {
+                "off" => Ok(None),
+                s => s.parse().map(Some),
+            };
+            match policy {
+                Ok(p) => kdfs::stripectl::set(path.as_ref(), p).map(|()| match p {
+                    Some(p) => println!("{path}: files made here are striped {p}"),
+                    None => println!("{path}: files made here are not striped"),
+                }),
+                Err(e) => Err(kdfs::KdfsError::Invalid(e.to_string())),
+            }
+        }
+        _ => Err(kdfs::KdfsError::Invalid(
+            "usage: kdfsctl stripe [UNIT:COUNT|off] PATH".into(),
+        )),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kdfsctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     krg_clidoc::intercept::<Args>(&PAGE);
     let args = Args::parse();
-    let Command::Status { json, mount } = args.command;
+    let (json, mount) = match args.command {
+        Command::Status { json, mount } => (json, mount),
+        Command::Stripe { args } => return stripe(&args),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -87,8 +137,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
     sections: &[
         krg_clidoc::Section {
             title: "EXIT STATUS",
-            body: "0: every member answered.
-1: no status: krgd unreachable, no store attached here, the cluster key unreadable; one line says why.
+            body: "0: every member answered (status); the striping was shown or set (stripe).
+1: no status: krgd unreachable, no store attached here, the cluster key unreadable; or stripe refused (not on a kDFS mount, not the directory's owner, a bad UNIT:COUNT); one line says why.
 2: bad command line.
 3: the status was printed, and some member's files cannot be reached now (it is failed or does not answer).",
         },

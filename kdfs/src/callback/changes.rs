@@ -116,7 +116,9 @@ pub fn changes(req: &Q, resp: &A, moved: Option<InodeId>) -> Vec<(Inval, Scope)>
             | Q::SetAttr { ino, .. }
             | Q::SetXattr { ino, .. }
             | Q::RemoveXattr { ino, .. }
-            | Q::Fallocate { ino, .. },
+            | Q::Fallocate { ino, .. }
+            | Q::Extend { ino, .. }
+            | Q::SetStripePolicy { dir: ino, .. },
             _,
         ) => vec![(Inval::Attr(*ino), H)],
         _ => Vec::new(),

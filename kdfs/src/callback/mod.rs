@@ -88,6 +88,12 @@ pub fn concerns(req: &Q) -> bool {
             | Q::IsEmptyDir { .. }
             | Q::GetXattr { .. }
             | Q::ListXattr { .. }
+            | Q::GetStripe { .. }
+            | Q::StripeRead { .. }
+            | Q::StripeWrite { .. }
+            | Q::StripeSync { .. }
+            | Q::StripeTruncate { .. }
+            | Q::StripeDrop { .. }
     )
 }
 
@@ -259,7 +265,9 @@ impl Callbacks {
     ) {
         let mut st = self.state();
         match (req, resp) {
-            (Q::Open { ino, write: true }, A::Handle(fh)) if node != self.me => {
+            (Q::Open { ino, write: true }, A::Handle(fh) | A::StripedHandle { fh, .. })
+                if node != self.me =>
+            {
                 let fhs = st.remote_writes.entry(*ino).or_default();
                 if fhs.is_empty() {
                     items.push((Inval::Volatile(*ino), Scope::Local));

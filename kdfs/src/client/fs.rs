@@ -9,20 +9,21 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use krg_proto::kdfs::{inode_node, Bytes, FileKind, KdfsRequest as Q, SetAttr};
 
 use super::convert::{err, file_attr, set_time};
-use super::local;
 use super::ops::Ops;
 
 mod dir;
 mod glue;
+mod io;
 mod lock;
+mod stripe_xattr;
 mod xattr;
 
 /// Largest read/write the kernel sends in one request.
@@ -254,21 +255,7 @@ impl Filesystem for KdfsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        self.spawn(async move {
-            // No FOPEN_KEEP_CACHE: the kernel drops this file's cached pages
-            // at every open, which is what makes close-to-open hold.
-            match ops.open(id, write).await {
-                Ok(fh) => {
-                    let local = ops.local_store.opened(id, fh, |f| reply.open_backing(f));
-                    match local.as_ref().and_then(|l| l.backing.as_ref()) {
-                        Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
-                        None => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                    }
-                }
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.do_open(self.id(ino), write, reply);
     }
 
     fn create(
@@ -283,25 +270,8 @@ impl Filesystem for KdfsFs {
     ) {
         let new = Self::new_inode(req, FileKind::File, mode, umask);
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match ops.make_open(dir, &name, new, Some(write)).await {
-                Ok((a, Some(fh))) => {
-                    // created() takes one TTL for both the entry and the
-                    // attributes: the shorter one.
-                    let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir, &a));
-                    let attr = file_attr(ops.root, &a);
-                    let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
-                    let (gen, fh, flags) = (Generation(0), FileHandle(fh), FopenFlags::empty());
-                    match local.as_ref().and_then(|l| l.backing.as_ref()) {
-                        Some(b) => reply.created_passthrough(&t, &attr, gen, fh, flags, b),
-                        None => reply.created(&t, &attr, gen, fh, flags),
-                    }
-                }
-                Ok((_, None)) => reply.error(Errno::EIO),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        let (dir, name) = (self.id(parent), name.as_bytes().to_vec());
+        self.do_create(dir, name, new, write, reply);
     }
 
     fn read(
@@ -315,22 +285,7 @@ impl Filesystem for KdfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        // A local file without passthrough: one pread, answered on the FUSE
-        // thread (a hop to the runtime would cost more than the read).
-        if let Some(l) = ops.local_store.file(id, fh.0) {
-            match local::read_at(&l.file, offset, size) {
-                Ok(d) => reply.data(&d),
-                Err(e) => reply.error(err(e.errno())),
-            }
-            return;
-        }
-        self.spawn(async move {
-            match ops.read(id, fh.0, offset, size).await {
-                Ok(d) => reply.data(&d.0),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.do_read(self.id(ino), fh.0, offset, size, reply);
     }
 
     fn write(
@@ -345,21 +300,7 @@ impl Filesystem for KdfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let id = self.id(ino);
-        if let Some(l) = self.ops.local_store.file(id, fh.0) {
-            match local::write_at(&l.file, offset, data) {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(err(e.errno())),
-            }
-            return;
-        }
-        let (ops, data) = (self.ops.clone(), data.to_vec());
-        self.spawn(async move {
-            match ops.write(id, fh.0, offset, data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(err(e)),
-            }
-        });
+        self.do_write(self.id(ino), fh.0, offset, data, reply);
     }
 
     fn flush(
@@ -446,28 +387,7 @@ impl Filesystem for KdfsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let (ops, id) = (self.ops.clone(), self.id(ino));
-        if let Some(l) = ops.local_store.file(id, fh.0) {
-            // An fsync may take seconds: not on a FUSE thread, which would
-            // stall every other request meanwhile.
-            self.rt
-                .spawn_blocking(move || match local::sync_file(&l.file, datasync) {
-                    Ok(()) => reply.ok(),
-                    Err(e) => reply.error(err(e.errno())),
-                });
-            return;
-        }
-        self.reply_empty(reply, async move {
-            ops.simple(
-                inode_node(id),
-                Q::Fsync {
-                    ino: id,
-                    fh: fh.0,
-                    datasync,
-                },
-            )
-            .await
-        });
+        self.do_fsync(self.id(ino), fh.0, datasync, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -532,6 +452,9 @@ impl Filesystem for KdfsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name.as_bytes() == stripe_xattr::STRIPE_XATTR {
+            return self.get_stripe_xattr(self.id(ino), size, reply);
+        }
         let q = Q::GetXattr {
             ino: self.id(ino),
             name: name.as_bytes().to_vec(),
@@ -547,7 +470,7 @@ impl Filesystem for KdfsFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -555,6 +478,9 @@ impl Filesystem for KdfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if name.as_bytes() == stripe_xattr::STRIPE_XATTR {
+            return self.set_stripe_xattr(req.uid(), self.id(ino), Some(value), reply);
+        }
         let q = Q::SetXattr {
             ino: self.id(ino),
             name: name.as_bytes().to_vec(),
@@ -564,7 +490,10 @@ impl Filesystem for KdfsFs {
         self.do_setxattr(q, reply);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if name.as_bytes() == stripe_xattr::STRIPE_XATTR {
+            return self.set_stripe_xattr(req.uid(), self.id(ino), None, reply);
+        }
         let q = Q::RemoveXattr {
             ino: self.id(ino),
             name: name.as_bytes().to_vec(),

@@ -10,6 +10,7 @@ pub mod local;
 pub mod locks;
 pub mod ops;
 pub mod release;
+pub mod striped;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -354,6 +355,7 @@ async fn try_prepare(
             notifier: std::sync::OnceLock::new(),
             cache,
             releases,
+            striped: Default::default(),
         }),
         dir: dir.to_path_buf(),
     })

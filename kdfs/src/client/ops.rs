@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use krg_proto::kdfs::{
     inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode,
-    RemoveWhat, SetAttr,
+    RemoveWhat, SetAttr, StripeLayout,
 };
 use krg_proto::NodeId;
 
@@ -15,6 +15,7 @@ use super::conn::Cluster;
 use super::local::LocalStore;
 use super::locks::ClientLocks;
 use super::release::Releases;
+use super::striped::Striped;
 use crate::store::crash;
 
 pub type Res<T> = Result<T, i32>;
@@ -42,6 +43,16 @@ pub struct Ops {
     pub cache: Arc<Cache>,
     /// Releases of file handles on their way, batched.
     pub releases: Arc<Releases>,
+    /// Open striped files, and the nodes new ones may use.
+    pub striped: Striped,
+}
+
+/// What [`Ops::make_open`] made: the inode, its handle when opened, and its
+/// layout when it is a striped file.
+pub struct Made {
+    pub attr: Attr,
+    pub fh: Option<u64>,
+    pub layout: Option<StripeLayout>,
 }
 
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
@@ -153,18 +164,32 @@ impl Ops {
     /// Make a new inode named `name` in `dir`. The inode is placed on this
     /// client's node (data locality); its entry goes to the directory's owner.
     pub async fn make(&self, dir: InodeId, name: &[u8], new: NewInode) -> Res<Attr> {
-        self.make_open(dir, name, new, None).await.map(|(a, _)| a)
+        self.make_open(dir, name, new, None).await.map(|m| m.attr)
     }
 
     /// [`Ops::make`], also opening the new inode when `open` is given
-    /// (`Some(true)`: for writing) — one round trip less for creat(2).
+    /// (`Some(true)`: for writing) — one round trip less for creat(2). In a
+    /// directory with a striping policy, a file is striped and a
+    /// subdirectory inherits the policy.
     pub async fn make_open(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        new: NewInode,
+        open: Option<bool>,
+    ) -> Res<Made> {
+        let (attr, fh, policy) = self.make_inode_in(dir, name, new, open).await?;
+        let layout = self.apply_stripe(&attr, policy).await;
+        Ok(Made { attr, fh, layout })
+    }
+
+    async fn make_inode_in(
         &self,
         dir: InodeId,
         name: &[u8],
         mut new: NewInode,
         open: Option<bool>,
-    ) -> Res<(Attr, Option<u64>)> {
+    ) -> Res<(Attr, Option<u64>, Option<krg_proto::kdfs::StripePolicy>)> {
         let dir_node = inode_node(dir);
         if dir_node == self.local {
             return match self
@@ -179,7 +204,7 @@ impl Ops {
                 )
                 .await?
             {
-                A::Created { attr, fh } => Ok((attr, fh)),
+                A::Created { attr, fh, stripe } => Ok((attr, fh, stripe)),
                 other => unexpected("create", other),
             };
         }
@@ -187,7 +212,8 @@ impl Ops {
         // free first (cheap, the common failure), inherit a set-group-id
         // directory's group as local file systems do, then make the inode and
         // enter it; a lost race on the name undoes the inode.
-        let parent = self.getattr(dir).await?;
+        let (parent, policy) = futures::join!(self.getattr(dir), self.dir_policy(dir));
+        let parent = parent?;
         if parent.kind != FileKind::Dir {
             return Err(libc::ENOTDIR);
         }
@@ -203,7 +229,7 @@ impl Ops {
             }
         }
         let (attr, fh) = match self.call(self.local, Q::MakeInode { new, open }).await? {
-            A::Created { attr, fh } => (attr, fh),
+            A::Created { attr, fh, .. } => (attr, fh),
             other => return unexpected("make inode", other),
         };
         crash::point("client-make");
@@ -223,7 +249,7 @@ impl Ops {
             self.drop_inode(attr.ino, attr.kind).await;
             return Err(e);
         }
-        Ok((attr, fh))
+        Ok((attr, fh, policy))
     }
 
     /// Release an inode whose entry was removed or never made.
@@ -408,15 +434,18 @@ impl Ops {
         Ok(replaced)
     }
 
-    pub async fn open(&self, ino: InodeId, write: bool) -> Res<u64> {
+    /// Open file `ino`: its handle, and its layout when it is striped.
+    pub async fn open(&self, ino: InodeId, write: bool) -> Res<(u64, Option<StripeLayout>)> {
         match self.call(inode_node(ino), Q::Open { ino, write }).await? {
-            A::Handle(fh) => Ok(fh),
+            A::Handle(fh) => Ok((fh, None)),
+            A::StripedHandle { fh, layout } => Ok((fh, Some(layout))),
             other => unexpected("open", other),
         }
     }
 
     pub async fn release(&self, ino: InodeId, fh: u64) -> Res<()> {
         self.local_store.released(ino, fh);
+        self.striped.released(ino, fh);
         self.simple(inode_node(ino), Q::Release { ino, fh }).await
     }
 
@@ -424,6 +453,7 @@ impl Ops {
     /// goes now, the owner hears of it with the next batch.
     pub fn release_soon(&self, ino: InodeId, fh: u64) {
         self.local_store.released(ino, fh);
+        self.striped.released(ino, fh);
         self.releases.push(ino, fh);
     }
 

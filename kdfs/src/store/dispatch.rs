@@ -2,7 +2,7 @@
 //! Every store error becomes its errno here, and only here
 //! ([`StoreError::errno`]).
 
-use krg_proto::kdfs::{Attr, KdfsRequest, KdfsResponse};
+use krg_proto::kdfs::{Attr, KdfsRequest, KdfsResponse, StripePolicy};
 
 use super::data::{read_at, sync_file, write_at};
 use super::error::{Res, StoreError};
@@ -26,6 +26,7 @@ impl Store {
                 | Q::ReleaseDir { .. }
                 | Q::GetXattr { .. }
                 | Q::ListXattr { .. }
+                | Q::GetStripe { .. }
         )
     }
 
@@ -59,14 +60,17 @@ impl Store {
             Q::MakeInode { new, open } => {
                 let attr = self.make_inode(&new)?;
                 crash::point("make-inode");
-                self.created(attr, open)?
+                self.created(attr, open, None)?
             }
             Q::Create {
                 dir,
                 name,
                 new,
                 open,
-            } => self.created(self.create(dir, &name, &new)?, open)?,
+            } => {
+                let policy = self.objects.policy(dir)?;
+                self.created(self.create(dir, &name, &new)?, open, policy)?
+            }
             Q::AddEntry {
                 dir,
                 name,
@@ -113,7 +117,17 @@ impl Store {
                 A::Done
             }
             Q::IsEmptyDir { ino } => A::Empty(self.objects.is_empty_dir(ino)?),
-            Q::Open { ino, write } => A::Handle(self.open_file(ino, write)?),
+            Q::Open { ino, write } => {
+                let fh = self.open_file(ino, write)?;
+                match self.objects.layout(ino) {
+                    Ok(None) => A::Handle(fh),
+                    Ok(Some(layout)) => A::StripedHandle { fh, layout },
+                    Err(e) => {
+                        let _ = self.release(fh);
+                        return Err(e);
+                    }
+                }
+            }
             Q::Read {
                 fh, offset, len, ..
             } => A::Data(read_at(&*self.file(fh)?, offset, len.min(16 << 20))?.into()),
@@ -155,6 +169,19 @@ impl Store {
                 .set_xattr(ino, &name, &value.0, flags)
                 .map(|_| A::Done)?,
             Q::RemoveXattr { ino, name } => self.remove_xattr(ino, &name).map(|_| A::Done)?,
+            Q::GetStripe { ino } => self.get_stripe(ino)?,
+            Q::SetStripePolicy { dir, policy } => self.set_policy(dir, policy).map(|_| A::Done)?,
+            Q::SetLayout { ino, layout } => self.set_layout(ino, &layout).map(|_| A::Done)?,
+            Q::StripeRead { ino, offset, len } => {
+                A::Data(self.stripe_read(ino, offset, len)?.into())
+            }
+            Q::StripeWrite { ino, offset, data } => {
+                A::Written(self.stripe_write(ino, offset, &data.0)?)
+            }
+            Q::StripeSync { ino } => self.stripe_sync(ino).map(|_| A::Done)?,
+            Q::StripeTruncate { ino, size } => self.stripe_truncate(ino, size).map(|_| A::Done)?,
+            Q::StripeDrop { ino } => self.stripe_drop(ino).map(|_| A::Done)?,
+            Q::Extend { ino, size } => self.extend(ino, size).map(|_| A::Done)?,
             // The lock manager's, never the store's (krgd routes them there).
             Q::SetLock { .. }
             | Q::GetLock { .. }
@@ -189,12 +216,18 @@ impl Store {
     }
 
     /// A created inode's answer, opened first if the client asked.
-    fn created(&self, attr: Attr, open: Option<bool>) -> Res<KdfsResponse> {
+    /// `stripe`: the directory's policy, for the client to apply.
+    fn created(
+        &self,
+        attr: Attr,
+        open: Option<bool>,
+        stripe: Option<StripePolicy>,
+    ) -> Res<KdfsResponse> {
         let fh = match open {
             Some(write) => Some(self.open_file(attr.ino, write)?),
             None => None,
         };
-        Ok(KdfsResponse::Created { attr, fh })
+        Ok(KdfsResponse::Created { attr, fh, stripe })
     }
 
     /// Space of the local file system, in 4 KiB blocks.

@@ -19,6 +19,7 @@
 //! * `dir`: directory operations (lookup, create, entries, rename, rmdir,
 //!   listings);
 //! * `xattr`: extended attributes and POSIX ACLs of kDFS inodes;
+//! * `striping`: striped files — policies, layouts, the units held here;
 //! * `dispatch`: one request in, one response out — the edge to the wire.
 
 mod alloc;
@@ -32,10 +33,12 @@ mod handles;
 mod lifetime;
 mod locks;
 mod objects;
+mod striping;
 pub(crate) mod sys;
 mod xattr;
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use krg_proto::kdfs::{inode_node, Attr, FileKind, InodeId, SetAttr};
@@ -62,6 +65,8 @@ pub struct Store {
     alloc: InoAllocator,
     handles: Handles,
     stripes: Stripes,
+    /// `DIR/stripes`: other nodes' striped files' units (not in a view).
+    stripes_dir: Option<OwnedFd>,
 }
 
 impl Store {
@@ -91,6 +96,7 @@ impl Store {
             _ => {}
         }
         store.alloc = InoAllocator::new(node, store.top.read_ino_next()?);
+        store.stripes_dir = Some(store.top.open_stripes()?);
         store.objects.sweep_orphans();
         Ok(store)
     }
@@ -135,6 +141,7 @@ impl Store {
             alloc: InoAllocator::new(node, 0),
             handles: Handles::new(),
             stripes: Stripes::new(),
+            stripes_dir: None,
         })
     }
 

@@ -3,22 +3,25 @@
 //! socket), so that mode, owner, size, times and data are kept by the local
 //! file system itself and a `getattr` is one `lstat`. What the local file
 //! system cannot know is kept in `trusted.` xattrs: the kDFS link count of a
-//! non-directory (its entries may sit on other nodes) and the number of
-//! subdirectories of a directory.
+//! non-directory (its entries may sit on other nodes), the number of
+//! subdirectories of a directory, a directory's striping policy and a
+//! striped file's layout.
 //!
 //! Every call is relative to the descriptor of `inodes/` opened (and checked
 //! private) at attach, and none follows a symlink: an object that is a
 //! symlink is a kDFS symlink, never a way elsewhere. This layer knows
 //! objects only: no entries, no locks, no handles.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use krg_proto::kdfs::{
-    inode_local, inode_node, Attr, FileKind, InodeId, NewInode, SetAttr, SetTime, Time,
+    inode_local, inode_node, Attr, FileKind, InodeId, NewInode, SetAttr, SetTime, StripeLayout,
+    StripePolicy, Time,
 };
 use krg_proto::NodeId;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
@@ -31,6 +34,10 @@ use super::sys;
 
 pub(crate) const NLINK_XATTR: &str = "trusted.kdfs.nlink";
 pub(crate) const NSUB_XATTR: &str = "trusted.kdfs.nsub";
+/// A directory's [`StripePolicy`] (postcard).
+pub(crate) const POLICY_XATTR: &str = "trusted.kdfs.stripe";
+/// A striped file's [`StripeLayout`] (postcard).
+pub(crate) const LAYOUT_XATTR: &str = "trusted.kdfs.layout";
 
 /// The name of local inode `local`'s object in `inodes/`.
 pub(crate) fn object_name(local: u64) -> String {
@@ -72,11 +79,19 @@ pub(super) struct Objects {
     fd: OwnedFd,
     /// Its path, for logs.
     path: PathBuf,
+    /// Striped files removed since [`Objects::take_gone`]: their holders
+    /// are to forget their units.
+    gone: Mutex<Vec<(InodeId, StripeLayout)>>,
 }
 
 impl Objects {
     pub fn new(node: NodeId, fd: OwnedFd, path: PathBuf) -> Self {
-        Self { node, fd, path }
+        Self {
+            node,
+            fd,
+            path,
+            gone: Mutex::default(),
+        }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -230,11 +245,98 @@ impl Objects {
     /// Remove the object of `ino`, which must be a non-directory.
     pub fn remove_file(&self, ino: InodeId) -> Res<()> {
         let name = self.name(ino)?;
-        Ok(unlinkat(
-            self.fd(),
-            name.as_str(),
-            UnlinkatFlags::NoRemoveDir,
-        )?)
+        let layout = self.layout(ino).ok().flatten();
+        unlinkat(self.fd(), name.as_str(), UnlinkatFlags::NoRemoveDir)?;
+        if let Some(l) = layout {
+            self.note_gone(ino, l);
+        }
+        Ok(())
+    }
+
+    fn note_gone(&self, ino: InodeId, layout: StripeLayout) {
+        self.gone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((ino, layout));
+    }
+
+    /// The striped files removed since the last call, with their layouts.
+    pub fn take_gone(&self) -> Vec<(InodeId, StripeLayout)> {
+        std::mem::take(&mut *self.gone.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A postcard value kept in xattr `key` of `ino`'s object (`None`:
+    /// absent). One the store did not write is damage.
+    fn get_value<T: serde::de::DeserializeOwned>(&self, ino: InodeId, key: &str) -> Res<Option<T>> {
+        let name = self.name(ino)?;
+        let k = CString::new(key).map_err(|_| StoreError::Invalid("xattr name"))?;
+        match sys::get_xattr(self.fd(), OsStr::new(&name), &k) {
+            Ok(v) => postcard::from_bytes(&v).map(Some).map_err(|e| {
+                StoreError::Damaged(format!(
+                    "{}: bad {key}: {e}",
+                    self.path.join(&name).display()
+                ))
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keep `value` in xattr `key` of `ino`'s object (`None`: remove it);
+    /// with `create`, fail with EEXIST if it is set already.
+    fn set_value<T: serde::Serialize>(
+        &self,
+        ino: InodeId,
+        key: &str,
+        value: Option<&T>,
+        create: bool,
+    ) -> Res<()> {
+        let name = self.name(ino)?;
+        let k = CString::new(key).map_err(|_| StoreError::Invalid("xattr name"))?;
+        let Some(v) = value else {
+            return match sys::remove_xattr(self.fd(), OsStr::new(&name), &k) {
+                Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e.into()),
+                _ => Ok(()),
+            };
+        };
+        let bytes = postcard::to_allocvec(v).map_err(|_| StoreError::Invalid("encoding"))?;
+        let flags = if create { libc::XATTR_CREATE } else { 0 };
+        match sys::set_xattr(self.fd(), OsStr::new(&name), &k, &bytes, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(StoreError::Exists),
+            r => Ok(r?),
+        }
+    }
+
+    /// The layout of striped file `ino` (`None`: not striped).
+    pub fn layout(&self, ino: InodeId) -> Res<Option<StripeLayout>> {
+        let l: Option<StripeLayout> = self.get_value(ino, LAYOUT_XATTR)?;
+        match l {
+            Some(l) if l.check().is_err() || l.nodes.first() != Some(&self.node) => Err(
+                StoreError::Damaged(format!("inode {ino:x}: a layout the store did not write")),
+            ),
+            l => Ok(l),
+        }
+    }
+
+    /// Give file `ino` its layout, once.
+    pub fn set_layout(&self, ino: InodeId, layout: &StripeLayout) -> Res<()> {
+        self.set_value(ino, LAYOUT_XATTR, Some(layout), true)
+    }
+
+    /// The striping policy of directory `dir` (`None`: none).
+    pub fn policy(&self, dir: InodeId) -> Res<Option<StripePolicy>> {
+        let p: Option<StripePolicy> = self.get_value(dir, POLICY_XATTR)?;
+        match p {
+            Some(p) if p.check().is_err() => Err(StoreError::Damaged(format!(
+                "directory {dir:x}: a striping policy the store did not write"
+            ))),
+            p => Ok(p),
+        }
+    }
+
+    /// Set or remove the striping policy of directory `dir`.
+    pub fn set_policy(&self, dir: InodeId, policy: Option<&StripePolicy>) -> Res<()> {
+        self.set_value(dir, POLICY_XATTR, policy, false)
     }
 
     /// Remove the object of directory `dir` if it is empty (ENOTEMPTY else:
@@ -372,7 +474,15 @@ impl Objects {
                 || (!is_dir() && matches!(self.get_count(&name, NLINK_XATTR), Ok(Some(0))));
             if orphan {
                 tracing::info!(path = %self.path.join(&name).display(), "removing orphan inode");
-                let _ = unlinkat(self.fd(), name.as_str(), UnlinkatFlags::NoRemoveDir);
+                let ino = u64::from_str_radix(&name, 16)
+                    .ok()
+                    .map(|local| krg_proto::kdfs::inode_id(self.node, local));
+                let layout = ino.and_then(|i| self.layout(i).ok().flatten().map(|l| (i, l)));
+                if unlinkat(self.fd(), name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
+                    if let Some((i, l)) = layout {
+                        self.note_gone(i, l);
+                    }
+                }
             }
         }
     }

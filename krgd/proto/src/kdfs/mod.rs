@@ -7,7 +7,8 @@
 //!
 //! Files: `attr` (inode kinds, attributes, directory entries, members),
 //! `bytes` (file data on the wire), `cache` (coherence of the mounts' kernel
-//! caches), `lock` (cluster-wide locks); this file
+//! caches), `lock` (cluster-wide locks), `stripe` (striped files' policies,
+//! layouts and pieces); this file
 //! holds the ids and the request and reply enums.
 
 use std::net::SocketAddr;
@@ -20,11 +21,13 @@ mod attr;
 mod bytes;
 mod cache;
 mod lock;
+mod stripe;
 
 pub use attr::{Attr, DirEntry, FileKind, KdfsNode, NewInode, RemoveWhat, SetAttr, SetTime, Time};
 pub use bytes::Bytes;
 pub use cache::Inval;
 pub use lock::{LockHolder, LockKind, LockSpec};
+pub use stripe::{Piece, StripeError, StripeLayout, StripePolicy};
 
 /// Cluster-wide inode id: `node << 48 | local`.
 pub type InodeId = u64;
@@ -403,6 +406,71 @@ pub enum KdfsRequest {
         /// The entry's name (EISDIR for a directory).
         name: Vec<u8>,
     },
+    /// The striping policy of directory `ino`, or the layout of file `ino`.
+    GetStripe {
+        /// An inode owned here.
+        ino: InodeId,
+    },
+    /// Set (or, with `None`, remove) the striping policy of directory `dir`.
+    SetStripePolicy {
+        /// A directory owned here.
+        dir: InodeId,
+        /// The policy its new files get.
+        policy: Option<StripePolicy>,
+    },
+    /// Give regular file `ino`, just made here and still empty, its layout
+    /// (whose first node must be this one).
+    SetLayout {
+        /// A file owned here.
+        ino: InodeId,
+        /// Where its units go.
+        layout: StripeLayout,
+    },
+    /// Read this node's units of striped file `ino` in `offset..offset+len`
+    /// (at most 16 MiB): short where this node's copy ends.
+    StripeRead {
+        /// The striped file (owned here, or held here as a stripe).
+        ino: InodeId,
+        /// Byte offset in the file.
+        offset: u64,
+        /// Bytes wanted.
+        len: u32,
+    },
+    /// Write units of striped file `ino` that this node holds.
+    StripeWrite {
+        /// The striped file.
+        ino: InodeId,
+        /// Byte offset in the file.
+        offset: u64,
+        /// The bytes (at most 16 MiB).
+        data: Bytes,
+    },
+    /// Flush this node's units of striped file `ino` to its disk.
+    StripeSync {
+        /// The striped file.
+        ino: InodeId,
+    },
+    /// Cut this node's copy of striped file `ino` (held here, owned
+    /// elsewhere) at `size` bytes.
+    StripeTruncate {
+        /// The striped file.
+        ino: InodeId,
+        /// The file's new size.
+        size: u64,
+    },
+    /// Forget this node's copy of striped file `ino` (its inode is gone).
+    StripeDrop {
+        /// The striped file, owned elsewhere.
+        ino: InodeId,
+    },
+    /// Make striped file `ino` (owned here) at least `size` bytes long: a
+    /// write reached that far on some holder.
+    Extend {
+        /// The file, owned here.
+        ino: InodeId,
+        /// Its size at least.
+        size: u64,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.
@@ -440,6 +508,9 @@ pub enum KdfsResponse {
         attr: Attr,
         /// Its handle, when `open` was asked.
         fh: Option<u64>,
+        /// To `Create`: the directory's striping policy (a new file is to
+        /// get a layout, a new directory the policy).
+        stripe: Option<StripePolicy>,
     },
     /// To `Readlink`: the symlink's target bytes.
     Target(Vec<u8>),
@@ -458,6 +529,20 @@ pub enum KdfsResponse {
     Empty(bool),
     /// To `Open` and `OpenDir`: the new handle.
     Handle(u64),
+    /// To `Open` of a striped file: the handle, and where the data is.
+    StripedHandle {
+        /// The new handle.
+        fh: u64,
+        /// The file's layout.
+        layout: StripeLayout,
+    },
+    /// To `GetStripe`: a directory's policy, or a file's layout.
+    Stripe {
+        /// The directory's policy (`None`: files made in it are not striped).
+        policy: Option<StripePolicy>,
+        /// The file's layout (`None`: not striped).
+        layout: Option<StripeLayout>,
+    },
     /// To `Read`: the bytes read (short at the end of the file).
     Data(Bytes),
     /// To `Write`: how many bytes were written.

@@ -25,6 +25,8 @@ use crate::context::NodeContext;
 use crate::sync;
 use crate::DaemonError;
 
+mod striping;
+
 const ATTACH_FILE: &str = "kdfs.attach";
 
 pub struct KdfsService {
@@ -46,6 +48,12 @@ fn is_quick(req: &KdfsRequest) -> bool {
         req,
         KdfsRequest::Read { .. }
             | KdfsRequest::Write { .. }
+            | KdfsRequest::StripeRead { .. }
+            | KdfsRequest::StripeWrite { .. }
+            | KdfsRequest::StripeSync { .. }
+            | KdfsRequest::StripeTruncate { .. }
+            | KdfsRequest::StripeDrop { .. }
+            | KdfsRequest::Extend { .. }
             | KdfsRequest::Fsync { .. }
             | KdfsRequest::FsyncDir { .. }
             | KdfsRequest::Fallocate { .. }
@@ -244,7 +252,7 @@ impl KdfsService {
     }
 
     pub async fn handle_peer(
-        &self,
+        self: &Arc<Self>,
         from: &Identity,
         req: KdfsRequest,
     ) -> Result<KdfsResponse, AdminError> {
@@ -278,7 +286,15 @@ impl KdfsService {
         // Kept for the callbacks (never a write's data: writes change
         // nothing they track).
         let asked = kdfs::callback::concerns(&req).then(|| req.clone());
+        if let KdfsRequest::SetAttr { ino, set } = &req {
+            if let Some(size) = set.size {
+                if let Err(e) = self.cut_stripes(&store, *ino, size).await {
+                    return Ok(KdfsResponse::Errno(e));
+                }
+            }
+        }
         let resp = Self::serve(store.clone(), req).await?;
+        self.drop_gone_stripes(&store);
         if let Some(req) = asked {
             if let Some(c) = client {
                 self.callbacks.granted(c, from.node, &req, &resp);

@@ -1,0 +1,155 @@
+//! The data path of the kernel's requests: open and create (with or
+//! without a passthrough backing file), read, write and fsync — of this
+//! node's files in place, of other nodes' files through their krgd, and of
+//! striped files through all their holders (`client/striped.rs`).
+
+use fuser::{
+    Errno, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyData, ReplyEmpty, ReplyOpen,
+    ReplyWrite,
+};
+use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, NewInode};
+
+use super::super::convert::{err, file_attr};
+use super::super::local;
+use super::super::ops::Made;
+use super::KdfsFs;
+
+impl KdfsFs {
+    pub(super) fn do_open(&self, id: InodeId, write: bool, reply: ReplyOpen) {
+        let ops = self.ops.clone();
+        self.spawn(async move {
+            // No FOPEN_KEEP_CACHE: the kernel drops this file's cached pages
+            // at every open, which is what makes close-to-open hold.
+            match ops.open(id, write).await {
+                Ok((fh, Some(layout))) => {
+                    ops.striped.opened(id, fh, layout);
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Ok((fh, None)) => {
+                    let local = ops.local_store.opened(id, fh, |f| reply.open_backing(f));
+                    match local.as_ref().and_then(|l| l.backing.as_ref()) {
+                        Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
+                        None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    }
+                }
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    pub(super) fn do_create(
+        &self,
+        dir: InodeId,
+        name: Vec<u8>,
+        new: NewInode,
+        write: bool,
+        reply: ReplyCreate,
+    ) {
+        let ops = self.ops.clone();
+        self.spawn(async move {
+            let (a, fh) = match ops.make_open(dir, &name, new, Some(write)).await {
+                Ok(Made {
+                    attr,
+                    fh: Some(fh),
+                    layout,
+                }) => {
+                    if let Some(l) = layout {
+                        ops.striped.opened(attr.ino, fh, l);
+                    }
+                    (attr, fh)
+                }
+                Ok(_) => return reply.error(Errno::EIO),
+                Err(e) => return reply.error(err(e)),
+            };
+            // created() takes one TTL for both the entry and the
+            // attributes: the shorter one.
+            let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir, &a));
+            let attr = file_attr(ops.root, &a);
+            let (gen, flags) = (Generation(0), FopenFlags::empty());
+            if ops.striped.layout(a.ino, fh).is_some() {
+                return reply.created(&t, &attr, gen, FileHandle(fh), flags);
+            }
+            let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
+            match local.as_ref().and_then(|l| l.backing.as_ref()) {
+                Some(b) => reply.created_passthrough(&t, &attr, gen, FileHandle(fh), flags, b),
+                None => reply.created(&t, &attr, gen, FileHandle(fh), flags),
+            }
+        });
+    }
+
+    pub(super) fn do_read(&self, id: InodeId, fh: u64, offset: u64, size: u32, reply: ReplyData) {
+        let ops = self.ops.clone();
+        // A local file without passthrough: one pread, answered on the FUSE
+        // thread (a hop to the runtime would cost more than the read).
+        if let Some(l) = ops.local_store.file(id, fh) {
+            match local::read_at(&l.file, offset, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(err(e.errno())),
+            }
+            return;
+        }
+        self.spawn(async move {
+            let r = match ops.striped.layout(id, fh) {
+                Some(l) => ops.striped_read(id, &l, offset, size).await,
+                None => ops.read(id, fh, offset, size).await.map(|d| d.0.to_vec()),
+            };
+            match r {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    pub(super) fn do_write(
+        &self,
+        id: InodeId,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        reply: ReplyWrite,
+    ) {
+        if let Some(l) = self.ops.local_store.file(id, fh) {
+            match local::write_at(&l.file, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e.errno())),
+            }
+            return;
+        }
+        let (ops, data) = (self.ops.clone(), data.to_vec());
+        self.spawn(async move {
+            let r = match ops.striped.layout(id, fh) {
+                Some(l) => ops.striped_write(id, &l, offset, &data).await,
+                None => ops.write(id, fh, offset, data).await,
+            };
+            match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    pub(super) fn do_fsync(&self, id: InodeId, fh: u64, datasync: bool, reply: ReplyEmpty) {
+        let ops = self.ops.clone();
+        if let Some(l) = ops.local_store.file(id, fh) {
+            // An fsync may take seconds: not on a FUSE thread, which would
+            // stall every other request meanwhile.
+            self.rt
+                .spawn_blocking(move || match local::sync_file(&l.file, datasync) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(err(e.errno())),
+                });
+            return;
+        }
+        self.reply_empty(reply, async move {
+            if let Some(l) = ops.striped.layout(id, fh) {
+                return ops.striped_fsync(id, &l).await;
+            }
+            let q = Q::Fsync {
+                ino: id,
+                fh,
+                datasync,
+            };
+            ops.simple(inode_node(id), q).await
+        });
+    }
+}

@@ -1,0 +1,243 @@
+//! Striped files, the client's side: a file created in a directory with a
+//! striping policy gets a layout here, and the reads, writes and syncs of
+//! an open striped file go to all its holders at once, each getting the
+//! pieces it holds (`krg_proto::kdfs::stripe`). The kernel never does a
+//! striped file's I/O itself (no passthrough): its owner's object holds
+//! only every `count`-th unit.
+//!
+//! The file's size is its owner's: a write that ends past it asks the
+//! owner to extend the file (`Extend`), alongside the data; a read gets
+//! the size with the data and reads what no holder has (holes, the end of
+//! a holder's copy) as zeros. Truncation and removal are krgd's (the
+//! owner's krgd cuts or drops the other holders' copies).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use krg_proto::kdfs::{
+    inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, StripeLayout,
+    StripePolicy,
+};
+use krg_proto::NodeId;
+
+use super::ops::{Ops, Res, WRITE_PIECE};
+
+/// How long the list of nodes serving this kDFS is reused for new layouts.
+const SERVING_FRESH: Duration = Duration::from_secs(5);
+/// How long a node may take to say it serves this kDFS.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
+
+/// The mount's striped files: the layouts of its open handles, and which
+/// nodes new files may be striped over.
+#[derive(Default)]
+pub struct Striped {
+    open: Mutex<HashMap<(InodeId, u64), Arc<StripeLayout>>>,
+    serving: tokio::sync::Mutex<Option<(Instant, Vec<NodeId>)>>,
+}
+
+impl Striped {
+    /// Handle `fh` of `ino` is open on a striped file.
+    pub fn opened(&self, ino: InodeId, fh: u64, layout: StripeLayout) {
+        self.map().insert((ino, fh), Arc::new(layout));
+    }
+
+    /// The layout of an open handle, when its file is striped.
+    pub fn layout(&self, ino: InodeId, fh: u64) -> Option<Arc<StripeLayout>> {
+        self.map().get(&(ino, fh)).cloned()
+    }
+
+    pub fn released(&self, ino: InodeId, fh: u64) {
+        self.map().remove(&(ino, fh));
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(InodeId, u64), Arc<StripeLayout>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Ops {
+    /// Apply directory policy `policy` to `attr`, just made in it: a
+    /// subdirectory inherits the policy, a regular file gets its layout
+    /// (returned). A step that fails leaves the new inode as it is (not
+    /// striped, or without the policy), logged.
+    pub async fn apply_stripe(
+        &self,
+        attr: &Attr,
+        policy: Option<StripePolicy>,
+    ) -> Option<StripeLayout> {
+        let policy = policy?;
+        let (node, ino) = (inode_node(attr.ino), attr.ino);
+        let (q, layout) = match attr.kind {
+            FileKind::Dir => (
+                Q::SetStripePolicy {
+                    dir: ino,
+                    policy: Some(policy),
+                },
+                None,
+            ),
+            FileKind::File => {
+                let layout = policy.layout_from(node, &self.serving_nodes().await);
+                if layout.nodes.len() < 2 {
+                    return None;
+                }
+                let q = Q::SetLayout {
+                    ino,
+                    layout: layout.clone(),
+                };
+                (q, Some(layout))
+            }
+            _ => return None,
+        };
+        match self.call(node, q).await {
+            Ok(_) => layout,
+            Err(e) => {
+                tracing::warn!(
+                    ino,
+                    errno = e,
+                    "kdfs: could not stripe a new inode; it is left unstriped"
+                );
+                None
+            }
+        }
+    }
+
+    /// The policy of directory `dir` (`None` when it has none or the
+    /// question failed: new files are then not striped).
+    pub async fn dir_policy(&self, dir: InodeId) -> Option<StripePolicy> {
+        match self.call(inode_node(dir), Q::GetStripe { ino: dir }).await {
+            Ok(A::Stripe { policy, .. }) => policy,
+            _ => None,
+        }
+    }
+
+    /// The nodes serving this kDFS now, in node order (asked every few
+    /// seconds at most).
+    async fn serving_nodes(&self) -> Vec<NodeId> {
+        let mut cached = self.striped.serving.lock().await;
+        if let Some((at, nodes)) = cached.as_ref() {
+            if at.elapsed() < SERVING_FRESH {
+                return nodes.clone();
+            }
+        }
+        let nodes = self.cluster.nodes();
+        let hellos = nodes
+            .iter()
+            .map(|&n| self.cluster.call_within(n, Q::Hello, HELLO_WAIT));
+        let serving: Vec<NodeId> = join_all(hellos)
+            .await
+            .into_iter()
+            .zip(&nodes)
+            .filter(|(r, _)| matches!(r, Ok(A::Hello { fs_id: Some(_), .. })))
+            .map(|(_, &n)| n)
+            .collect();
+        *cached = Some((Instant::now(), serving.clone()));
+        serving
+    }
+
+    /// Read `len` bytes at `offset` of striped file `ino`: every holder's
+    /// pieces at once, and the size from the owner with them.
+    pub async fn striped_read(
+        &self,
+        ino: InodeId,
+        layout: &StripeLayout,
+        offset: u64,
+        len: u32,
+    ) -> Res<Vec<u8>> {
+        let pieces = layout.pieces(offset, len);
+        let reads = pieces.iter().map(|p| {
+            let q = Q::StripeRead {
+                ino,
+                offset: p.offset,
+                len: p.len,
+            };
+            self.call(p.node, q)
+        });
+        let (size, data) = futures::join!(self.getattr(ino), join_all(reads));
+        let end = size?.size.min(offset.saturating_add(u64::from(len)));
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        for (p, got) in pieces.iter().zip(data) {
+            if p.offset >= end {
+                break;
+            }
+            let bytes = match got? {
+                A::Data(d) => d.0,
+                _ => return Err(libc::EIO),
+            };
+            let want = (end - p.offset).min(u64::from(p.len)) as usize;
+            let have = bytes.len().min(want);
+            out.extend_from_slice(&bytes[..have]);
+            out.resize(out.len() + (want - have), 0);
+        }
+        Ok(out)
+    }
+
+    /// Write `data` at `offset` of striped file `ino`: each holder gets its
+    /// pieces (cut to [`WRITE_PIECE`] at most), all in flight at once, and
+    /// the owner extends the file if the write ends past its size. The
+    /// count stops at the first piece that failed.
+    pub async fn striped_write(
+        &self,
+        ino: InodeId,
+        layout: &StripeLayout,
+        offset: u64,
+        data: &[u8],
+    ) -> Res<u32> {
+        let len = u32::try_from(data.len()).map_err(|_| libc::EINVAL)?;
+        let pieces: Vec<_> = layout
+            .pieces(offset, len)
+            .into_iter()
+            .flat_map(|p| {
+                let start = (p.offset - offset) as usize;
+                let bytes = &data[start..start + p.len as usize];
+                bytes
+                    .chunks(WRITE_PIECE)
+                    .enumerate()
+                    .map(move |(i, c)| (p.node, p.offset + (i * WRITE_PIECE) as u64, c))
+            })
+            .collect();
+        let writes = pieces.iter().map(|&(node, at, bytes)| {
+            let q = Q::StripeWrite {
+                ino,
+                offset: at,
+                data: bytes.to_vec().into(),
+            };
+            async move {
+                match self.call(node, q).await? {
+                    A::Written(n) => Ok(n),
+                    _ => Err(libc::EIO),
+                }
+            }
+        });
+        let size = offset + u64::from(len);
+        let extend = self.call(inode_node(ino), Q::Extend { ino, size });
+        let (written, extended) = futures::join!(join_all(writes), extend);
+        let mut total = 0u32;
+        for (r, &(_, _, bytes)) in written.into_iter().zip(&pieces) {
+            match r {
+                Ok(n) if n as usize == bytes.len() => total += n,
+                Ok(n) => {
+                    total += n;
+                    break;
+                }
+                Err(e) if total == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        extended?;
+        Ok(total)
+    }
+
+    /// fsync a striped file: every holder flushes its copy.
+    pub async fn striped_fsync(&self, ino: InodeId, layout: &StripeLayout) -> Res<()> {
+        let syncs = layout
+            .nodes
+            .iter()
+            .map(|&n| self.call(n, Q::StripeSync { ino }));
+        for r in join_all(syncs).await {
+            r?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! Striped files, the store's side (the layout itself: `krg_proto::kdfs::
+//! stripe`). A directory's policy and a file's layout are xattrs of their
+//! objects (`objects`). The units a node holds of a striped file are kept
+//! at their own offsets, in a sparse file: for the file's owner, in the
+//! file's object itself (whose size is the file's size); for the other
+//! holders, in `DIR/stripes/<inode id, 16 hex digits>`, made at the first
+//! write there. The FUSE client sends each holder the pieces it holds.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+use krg_proto::kdfs::{inode_node, FileKind, InodeId, KdfsResponse, StripeLayout, StripePolicy};
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+use super::data::{read_at, sync_file, write_at};
+use super::error::{Res, StoreError};
+use super::Store;
+
+/// The name of striped file `ino`'s copy in `stripes/`.
+fn copy_name(ino: InodeId) -> String {
+    format!("{ino:016x}")
+}
+
+impl Store {
+    /// A directory's policy, or a file's layout.
+    pub(super) fn get_stripe(&self, ino: InodeId) -> Res<KdfsResponse> {
+        Ok(match self.objects.kind(ino)? {
+            FileKind::Dir => KdfsResponse::Stripe {
+                policy: self.objects.policy(ino)?,
+                layout: None,
+            },
+            FileKind::File => KdfsResponse::Stripe {
+                policy: None,
+                layout: self.objects.layout(ino)?,
+            },
+            _ => KdfsResponse::Stripe {
+                policy: None,
+                layout: None,
+            },
+        })
+    }
+
+    pub(super) fn set_policy(&self, dir: InodeId, policy: Option<StripePolicy>) -> Res<()> {
+        if !self.objects.is_dir(dir)? {
+            return Err(StoreError::NotDir);
+        }
+        if let Some(p) = &policy {
+            p.check()
+                .map_err(|_| StoreError::Invalid("striping policy"))?;
+        }
+        self.objects.set_policy(dir, policy.as_ref())
+    }
+
+    /// Give a new, empty regular file of this node its layout.
+    pub(super) fn set_layout(&self, ino: InodeId, layout: &StripeLayout) -> Res<()> {
+        layout
+            .check()
+            .map_err(|_| StoreError::Invalid("stripe layout"))?;
+        if layout.nodes.first() != Some(&self.node()) {
+            return Err(StoreError::Invalid("a layout starts at the file's owner"));
+        }
+        let attr = self.objects.attr(ino)?;
+        if attr.kind != FileKind::File {
+            return Err(StoreError::Invalid("not a regular file"));
+        }
+        if attr.size != 0 {
+            return Err(StoreError::Invalid("only an empty file gets a layout"));
+        }
+        self.objects.set_layout(ino, layout)
+    }
+
+    /// The layout of `ino` (owned here) if it is striped: what a truncate
+    /// must cut on the other holders first.
+    pub fn stripe_layout(&self, ino: InodeId) -> Option<StripeLayout> {
+        if inode_node(ino) != self.node() {
+            return None;
+        }
+        self.objects.layout(ino).ok().flatten()
+    }
+
+    /// The striped files removed since the last call: their other holders
+    /// are to drop their copies (krgd tells them).
+    pub fn take_gone_stripes(&self) -> Vec<(InodeId, StripeLayout)> {
+        self.objects.take_gone()
+    }
+
+    /// This node's copy of striped file `ino`: its object when owned here
+    /// (which must be striped), else its file in `stripes/` (`None`: none
+    /// yet, unless `create`).
+    fn stripe_copy(&self, ino: InodeId, write: bool, create: bool) -> Res<Option<File>> {
+        if inode_node(ino) == self.node() {
+            if self.objects.layout(ino)?.is_none() {
+                return Err(StoreError::Invalid("not a striped file"));
+            }
+            return self.objects.open_file(ino, write).map(Some);
+        }
+        let dir = self.stripes_dir()?;
+        let mut flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        flags |= if write {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        if create {
+            flags |= OFlag::O_CREAT;
+        }
+        let name = copy_name(ino);
+        match openat(
+            dir.as_fd(),
+            name.as_str(),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(nix::errno::Errno::ENOENT) if !create => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn stripes_dir(&self) -> Res<&OwnedFd> {
+        self.stripes_dir
+            .as_ref()
+            .ok_or(StoreError::Invalid("a read-only view holds no stripes"))
+    }
+
+    /// This node's bytes of `offset..offset+len`; short where its copy ends
+    /// (the client reads the rest as zeros, up to the file's size).
+    pub(super) fn stripe_read(&self, ino: InodeId, offset: u64, len: u32) -> Res<Vec<u8>> {
+        match self.stripe_copy(ino, false, false)? {
+            Some(f) => read_at(&f, offset, len.min(16 << 20)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub(super) fn stripe_write(&self, ino: InodeId, offset: u64, data: &[u8]) -> Res<u32> {
+        let f = self
+            .stripe_copy(ino, true, true)?
+            .ok_or(StoreError::NotFound)?;
+        write_at(&f, offset, data)
+    }
+
+    pub(super) fn stripe_sync(&self, ino: InodeId) -> Res<()> {
+        match self.stripe_copy(ino, false, false)? {
+            Some(f) => sync_file(&f, false),
+            None => Ok(()),
+        }
+    }
+
+    /// Cut another node's file's copy here at `size`.
+    pub(super) fn stripe_truncate(&self, ino: InodeId, size: u64) -> Res<()> {
+        if inode_node(ino) == self.node() {
+            return Err(StoreError::Invalid("the owner truncates through setattr"));
+        }
+        if let Some(f) = self.stripe_copy(ino, true, false)? {
+            if f.metadata()?.len() > size {
+                f.set_len(size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the copy here of another node's striped file.
+    pub(super) fn stripe_drop(&self, ino: InodeId) -> Res<()> {
+        if inode_node(ino) == self.node() {
+            return Err(StoreError::Invalid("the owner removes its file by unlink"));
+        }
+        let name = copy_name(ino);
+        match unlinkat(
+            self.stripes_dir()?.as_fd(),
+            name.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Make striped file `ino` at least `size` bytes long (never shorter:
+    /// concurrent extensions are serialised by the inode's lock).
+    pub(super) fn extend(&self, ino: InodeId, size: u64) -> Res<()> {
+        if inode_node(ino) != self.node() {
+            return Err(StoreError::NotHere(ino));
+        }
+        let _g = self.stripes.lock(ino);
+        let f = self
+            .stripe_copy(ino, true, false)?
+            .ok_or(StoreError::NotFound)?;
+        if f.metadata()?.len() < size {
+            f.set_len(size)?;
+        }
+        Ok(())
+    }
+}
