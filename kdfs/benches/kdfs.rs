@@ -15,6 +15,11 @@
 //! small-file lines: `tar -xf` of a tree of KDFS_BENCH_FILES small files,
 //! and `dbench 4` for KDFS_BENCH_DBENCH_SECS (default 10) seconds.
 //!
+//! A third table compares reading a file held by one node with reading a
+//! file striped over the three (`benches/kdfs/striped.rs`), of
+//! KDFS_BENCH_STRIPE_MB (default 4096) MiB each; `KDFS_BENCH_ONLY=striped`
+//! runs only that one.
+//!
 //! KDFS_TEST_DIR (default /tmp) is where every target lives: the native
 //! directory, the kDFS stores and the GlusterFS bricks — one file system
 //! for all, so that its quirks weigh on each alike (ext4 without a journal
@@ -23,6 +28,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "kdfs/striped.rs"]
+mod striped;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -474,6 +481,12 @@ fn main() {
         .expect("native dir");
     let cluster = common::Cluster::with_kdfs(3);
     let rounds = env_num("KDFS_BENCH_ROUNDS", 3).max(1);
+    let stripe_mb = env_num("KDFS_BENCH_STRIPE_MB", 4096);
+    if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "striped") {
+        println!("kDFS bench: striping only, {stripe_mb} MiB, {rounds} round(s); 3 nodes on loopback");
+        striped::table(&cluster, rounds, stripe_mb);
+        return;
+    }
     if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "remote") {
         println!("kDFS bench: remote lines only, seq {seq_mb} MiB, fio {fio_secs} s, {rounds} round(s); 3 nodes on loopback");
         remote_table(&cluster, rounds, seq_mb, fio_secs, &[]);
@@ -564,6 +577,7 @@ fn main() {
     // The native column of the remote table: the same four lines, local.
     let native_seq: Vec<Option<f64>> = (0..4).map(|i| med[0][i]).collect();
     remote_table(&cluster, rounds, seq_mb, fio_secs, &native_seq);
+    striped::table(&cluster, rounds, stripe_mb);
     drop(gluster);
     drop(cluster);
 }

@@ -94,6 +94,17 @@ fn a_striped_file_is_spread_over_the_nodes_and_read_whole_from_any() {
     let back = fs::read(&f).unwrap();
     assert_eq!(&back[2 * UNIT - 1..2 * UNIT + 2], b"XYZ");
 
+    // fallocate would reserve or punch the owner's units only: refused.
+    let fa = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    // SAFETY: fallocate(2) on an open descriptor, plain integers.
+    let r = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&fa), 0, 0, 4096) };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
+    drop(fa);
+
     // A subdirectory made through node 2 inherits the policy; a file made
     // there starts at node 2.
     let sub = c.mnt(1).join("big/sub");

@@ -512,6 +512,11 @@ impl Filesystem for KdfsFs {
         reply: ReplyEmpty,
     ) {
         let (ops, id) = (self.ops.clone(), self.id(ino));
+        // A striped file's owner holds only some of its units: space
+        // reserved or holes punched there alone would be wrong.
+        if ops.striped.layout(id, fh.0).is_some() {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let q = Q::Fallocate {
             ino: id,
             fh: fh.0,
