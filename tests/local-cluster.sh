@@ -400,6 +400,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cat /mnt/kdfs/node1/services | head -3
     ls -l /mnt/kdfs/node3/
     kdfsctl --keyfile $KEY status /mnt/kdfs/node1   # every node's store: size, use, inodes; who is down
+    mkdir /mnt/kdfs/node1/big ; kdfsctl stripe 1M:4 /mnt/kdfs/node1/big   # files made there: 1 MiB units over 4 nodes
+    head -c 8M /dev/urandom > /mnt/kdfs/node2/big/f ; kdfsctl stripe /mnt/kdfs/node3/big/f   # its layout
     df -h /mnt/kdfs/node1                       # the sum of every store
 
   Processes anywhere (krg talks to node 1; any user may run it):

@@ -483,7 +483,9 @@ fn main() {
     let rounds = env_num("KDFS_BENCH_ROUNDS", 3).max(1);
     let stripe_mb = env_num("KDFS_BENCH_STRIPE_MB", 4096);
     if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "striped") {
-        println!("kDFS bench: striping only, {stripe_mb} MiB, {rounds} round(s); 3 nodes on loopback");
+        println!(
+            "kDFS bench: striping only, {stripe_mb} MiB, {rounds} round(s); 3 nodes on loopback"
+        );
         striped::table(&cluster, rounds, stripe_mb);
         return;
     }

@@ -47,6 +47,7 @@ pub fn check(stores: &[Scanned], complete: bool) -> (Vec<Finding>, Vec<String>) 
         c.objects(i, &names);
         c.subdir_counts(i);
     }
+    c.findings.extend(super::stripes::check(stores, complete));
     (c.findings, c.notes)
 }
 

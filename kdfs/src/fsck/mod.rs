@@ -3,6 +3,7 @@
 //! * `scan`: one store read into a model, nothing changed;
 //! * `check`: the findings, each with its repair;
 //! * `repair`: carrying the repairs out (`-y`);
+//! * `stripes`: striped files' holders and the copies of `DIR/stripes/`;
 //! * this file: [`run`] — scan, check, repair, check again — and the
 //!   [`Report`] with its e2fsck-like exit code; [`export`] of a store's
 //!   model, for the other nodes' runs (`--export`, `--with`).
@@ -18,6 +19,7 @@
 mod check;
 mod repair;
 mod scan;
+mod stripes;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -57,6 +59,8 @@ pub enum Problem {
     SubdirCount,
     /// An inode with no name.
     Orphan,
+    /// A copy of a striped file's units whose file is gone.
+    OrphanCopy,
 }
 
 /// How a finding is repaired (store-relative).
@@ -77,6 +81,8 @@ pub enum Fix {
     SetNsub(u64, u64),
     SetInoNext(u64),
     WriteRootMeta(InodeId),
+    /// Remove a name of `stripes/`.
+    RemoveCopy(OsString),
 }
 
 /// One finding of the checks.

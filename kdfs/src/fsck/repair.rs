@@ -50,7 +50,7 @@ fn rank(f: &Fix) -> u8 {
         Fix::RemoveTemp(_) => 1,
         Fix::EntryToLostFound(..) => 2,
         Fix::RemoveEntry(..) => 3,
-        Fix::ObjectToLostFound(_) => 4,
+        Fix::ObjectToLostFound(_) | Fix::RemoveCopy(_) => 4,
         Fix::SetNlink(..) | Fix::SetNsub(..) => 5,
         Fix::SetInoNext(_) | Fix::WriteRootMeta(_) => 6,
         Fix::None => 7,
@@ -104,6 +104,7 @@ fn apply(s: &Scanned, live: &Live, fix: &Fix) -> Result<String, String> {
             live.top.write_ino_next(*n).map_err(|e| e.to_string())?;
             Ok(format!("next inode number set to {n:#x}"))
         }
+        Fix::RemoveCopy(name) => super::stripes::remove(live.stripes.as_ref(), name),
         Fix::WriteRootMeta(root) => {
             let meta = RootMeta {
                 fs_id: s.sb.fs_id,

@@ -21,7 +21,9 @@ use nix::sys::stat::{fstat, fstatat, Mode};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::{self, RootMeta, StoreDir, Superblock, FIRST_INO, INODES, STORE_OWNER};
+use crate::format::{
+    self, RootMeta, StoreDir, Superblock, FIRST_INO, INODES, STORE_OWNER, STRIPES,
+};
 use crate::store::entry::Entry;
 use crate::store::{object_name, sys, NLINK_XATTR, NSUB_XATTR};
 use crate::KdfsError;
@@ -36,6 +38,9 @@ pub struct Obj {
     /// `trusted.kdfs.nlink` (non-directories) or `trusted.kdfs.nsub`
     /// (directories).
     pub count: Count,
+    /// A striped file's holders (its layout's nodes); empty otherwise.
+    #[serde(default)]
+    pub holders: Vec<krg_proto::NodeId>,
 }
 
 /// A valid entry of a directory object.
@@ -61,6 +66,8 @@ pub struct BadEnt {
 pub struct Live {
     pub top: StoreDir,
     pub inodes: OwnedFd,
+    /// `DIR/stripes`, when there is one.
+    pub stripes: Option<OwnedFd>,
 }
 
 /// One store: read here (`live`), or as another node exported it.
@@ -98,6 +105,9 @@ pub struct Model {
     pub temps: Vec<OsString>,
     pub entries: Vec<Ent>,
     pub bad_entries: Vec<BadEnt>,
+    /// Names in `stripes/`: this node's copies of other nodes' striped files.
+    #[serde(default)]
+    pub copies: Vec<OsString>,
 }
 
 impl Model {
@@ -171,11 +181,19 @@ pub fn scan(path: &Path) -> Result<Scanned, KdfsError> {
         temps: Vec::new(),
         entries: Vec::new(),
         bad_entries: Vec::new(),
+        copies: Vec::new(),
     };
     scan_objects(&mut s, inodes.as_fd())?;
+    let (stripes, copies) = super::stripes::scan_copies(&top)
+        .map_err(|why| KdfsError::Invalid(format!("{}: {why}", path.join(STRIPES).display())))?;
+    s.copies = copies;
     Ok(Scanned {
         model: s,
-        live: Some(Live { top, inodes }),
+        live: Some(Live {
+            top,
+            inodes,
+            stripes,
+        }),
     })
 }
 
@@ -192,7 +210,7 @@ fn privacy(fd: BorrowedFd, path: &Path) -> Option<String> {
     })
 }
 
-fn list(dir: BorrowedFd) -> Result<Vec<OsString>, Errno> {
+pub(super) fn list(dir: BorrowedFd) -> Result<Vec<OsString>, Errno> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut d = nix::dir::Dir::openat(dir, ".", flags, Mode::empty())?;
     let mut names = Vec::new();
@@ -238,7 +256,19 @@ fn scan_objects(s: &mut Model, inodes: BorrowedFd) -> Result<(), KdfsError> {
             NLINK_XATTR
         };
         let count = sys::get_u64_xattr(inodes, &name, key).map_err(|e| format!("{key}: {e}"));
-        s.objects.insert(local, Obj { kind, count });
+        let holders = if kind == FileKind::File {
+            super::stripes::holders(inodes, &name)
+        } else {
+            Vec::new()
+        };
+        s.objects.insert(
+            local,
+            Obj {
+                kind,
+                count,
+                holders,
+            },
+        );
         if kind == FileKind::Dir {
             scan_dir(s, inodes, local, &name);
         }

@@ -3,6 +3,7 @@
 //! steps would leave them (here), or damaged by hand (`damage`).
 
 mod damage;
+mod stripes;
 
 use std::fs;
 use std::path::PathBuf;
