@@ -165,17 +165,28 @@ impl StoreDir {
         Ok(fd)
     }
 
-    /// Open `DIR/stripes`, making it (root's, 0700) the first time, and
-    /// refusing it unless it is private.
-    pub fn open_stripes(&self) -> Result<OwnedFd, KdfsError> {
+    /// Open `DIR/stripes`, refusing it unless it is private. With
+    /// `create` (krgd attaching the store) it is made (root's, 0700) the
+    /// first time; without (a read-only view), `None` when there is none.
+    pub fn open_stripes(&self, create: bool) -> Result<Option<OwnedFd>, KdfsError> {
         let path = self.path.join(STRIPES);
-        match mkdirat(self.fd(), STRIPES, Mode::from_bits_truncate(0o700)) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(io_err(&path, e)),
+        if create {
+            match mkdirat(self.fd(), STRIPES, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
         }
-        let fd = open_dir_at(self.fd(), STRIPES, &path)?;
+        let fd = match open_dir_at(self.fd(), STRIPES, &path) {
+            Ok(fd) => fd,
+            Err(KdfsError::Io { cause, .. })
+                if !create && cause.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
         check_private(fd.as_fd(), &path)?;
-        Ok(fd)
+        Ok(Some(fd))
     }
 
     /// Mark the store as in use for as long as this descriptor is open

@@ -6,9 +6,11 @@
 //! only every `count`-th unit.
 //!
 //! The file's size is its owner's: a write that ends past it asks the
-//! owner to extend the file (`Extend`), alongside the data; a read gets
-//! the size with the data and reads what no holder has (holes, the end of
-//! a holder's copy) as zeros. Truncation and removal are krgd's (the
+//! owner to extend the file (`Extend`), alongside the data; a read that
+//! finds less than asked somewhere asks the owner the size, and reads what
+//! no holder has (holes, the end of a holder's copy) as zeros up to it. A
+//! holder's copy never reaches past the size: a truncate cuts the copies
+//! first. Truncation and removal are krgd's (the
 //! owner's krgd cuts or drops the other holders' copies).
 
 use std::collections::HashMap;
@@ -137,7 +139,9 @@ impl Ops {
     }
 
     /// Read `len` bytes at `offset` of striped file `ino`: every holder's
-    /// pieces at once, and the size from the owner with them.
+    /// pieces at once (this node's read in place). A piece that comes
+    /// back short is a hole or the end of a holder's copy: the owner is
+    /// then asked the size, and the rest up to it reads as zeros.
     pub async fn striped_read(
         &self,
         ino: InodeId,
@@ -152,19 +156,25 @@ impl Ops {
                 offset: p.offset,
                 len: p.len,
             };
-            self.call(p.node, q)
+            async move {
+                match self.call(p.node, q).await? {
+                    A::Data(d) => Ok(d.0),
+                    _ => Err(libc::EIO),
+                }
+            }
         });
-        let (size, data) = futures::join!(self.getattr(ino), join_all(reads));
-        let end = size?.size.min(offset.saturating_add(u64::from(len)));
+        let data = join_all(reads).await.into_iter().collect::<Res<Vec<_>>>()?;
+        let whole = data.iter().zip(&pieces).all(|(d, p)| d.len() == p.len as usize);
+        let end = if whole {
+            offset + u64::from(len)
+        } else {
+            self.getattr(ino).await?.size.min(offset + u64::from(len))
+        };
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        for (p, got) in pieces.iter().zip(data) {
+        for (p, bytes) in pieces.iter().zip(data) {
             if p.offset >= end {
                 break;
             }
-            let bytes = match got? {
-                A::Data(d) => d.0,
-                _ => return Err(libc::EIO),
-            };
             let want = (end - p.offset).min(u64::from(p.len)) as usize;
             let have = bytes.len().min(want);
             out.extend_from_slice(&bytes[..have]);

@@ -27,6 +27,7 @@ impl Store {
                 | Q::GetXattr { .. }
                 | Q::ListXattr { .. }
                 | Q::GetStripe { .. }
+                | Q::StripeRead { .. }
         )
     }
 

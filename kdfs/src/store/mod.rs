@@ -65,7 +65,8 @@ pub struct Store {
     alloc: InoAllocator,
     handles: Handles,
     stripes: Stripes,
-    /// `DIR/stripes`: other nodes' striped files' units (not in a view).
+    /// `DIR/stripes`: other nodes' striped files' units (a view made
+    /// before the store was first attached has none).
     stripes_dir: Option<OwnedFd>,
 }
 
@@ -96,7 +97,7 @@ impl Store {
             _ => {}
         }
         store.alloc = InoAllocator::new(node, store.top.read_ino_next()?);
-        store.stripes_dir = Some(store.top.open_stripes()?);
+        store.stripes_dir = store.top.open_stripes(true)?;
         store.objects.sweep_orphans();
         Ok(store)
     }
@@ -133,6 +134,7 @@ impl Store {
         } else {
             None
         };
+        let stripes_dir = top.open_stripes(false)?;
         Ok(Store {
             top,
             sb,
@@ -141,7 +143,7 @@ impl Store {
             alloc: InoAllocator::new(node, 0),
             handles: Handles::new(),
             stripes: Stripes::new(),
-            stripes_dir: None,
+            stripes_dir,
         })
     }
 
