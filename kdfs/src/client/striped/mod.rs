@@ -10,7 +10,7 @@
 //! finds less than asked somewhere asks the owner the size, and reads what
 //! no holder has (holes, the end of a holder's copy) as zeros up to it. A
 //! holder's copy never reaches past the size: a truncate cuts the copies
-//! first. Truncation and removal are krgd's (the
+//! first. Reads go through a read-ahead window (`readahead`). Truncation and removal are krgd's (the
 //! owner's krgd cuts or drops the other holders' copies).
 
 use std::collections::HashMap;
@@ -26,6 +26,9 @@ use krg_proto::NodeId;
 
 use super::ops::{Ops, Res, WRITE_PIECE};
 
+mod readahead;
+pub use readahead::ReadAhead;
+
 /// How long the list of nodes serving this kDFS is reused for new layouts.
 const SERVING_FRESH: Duration = Duration::from_secs(5);
 /// How long a node may take to say it serves this kDFS.
@@ -37,6 +40,8 @@ const HELLO_WAIT: Duration = Duration::from_secs(1);
 pub struct Striped {
     open: Mutex<HashMap<(InodeId, u64), Arc<StripeLayout>>>,
     serving: tokio::sync::Mutex<Option<(Instant, Vec<NodeId>)>>,
+    /// Sequential reads fetched ahead from all holders.
+    pub ahead: ReadAhead,
 }
 
 impl Striped {
@@ -52,6 +57,7 @@ impl Striped {
 
     pub fn released(&self, ino: InodeId, fh: u64) {
         self.map().remove(&(ino, fh));
+        self.ahead.released(ino, fh);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(InodeId, u64), Arc<StripeLayout>>> {
@@ -138,17 +144,17 @@ impl Ops {
         serving
     }
 
-    /// Read `len` bytes at `offset` of striped file `ino`: every holder's
-    /// pieces at once (this node's read in place). A piece that comes
-    /// back short is a hole or the end of a holder's copy: the owner is
-    /// then asked the size, and the rest up to it reads as zeros.
-    pub async fn striped_read(
+    /// `len` bytes at `offset` of striped file `ino`, every holder's pieces
+    /// at once (this node's read in place, off the runtime's threads): the
+    /// bytes, zeros where a holder had none, and whether one had less than
+    /// asked (a hole, or the end of its copy or of the file).
+    pub async fn fetch_block(
         &self,
         ino: InodeId,
         layout: &StripeLayout,
         offset: u64,
         len: u32,
-    ) -> Res<Vec<u8>> {
+    ) -> Res<(Vec<u8>, bool)> {
         let pieces = layout.pieces(offset, len);
         let reads = pieces.iter().map(|p| {
             let q = Q::StripeRead {
@@ -157,30 +163,31 @@ impl Ops {
                 len: p.len,
             };
             async move {
-                match self.call(p.node, q).await? {
+                let got = if p.node == self.local {
+                    tokio::task::block_in_place(|| self.local_store.answer(p.node, q))
+                } else {
+                    Err(q)
+                };
+                let got = match got {
+                    Ok(answer) => answer?,
+                    Err(q) => self.call(p.node, q).await?,
+                };
+                match got {
                     A::Data(d) => Ok(d.0),
                     _ => Err(libc::EIO),
                 }
             }
         });
-        let data = join_all(reads).await.into_iter().collect::<Res<Vec<_>>>()?;
-        let whole = data.iter().zip(&pieces).all(|(d, p)| d.len() == p.len as usize);
-        let end = if whole {
-            offset + u64::from(len)
-        } else {
-            self.getattr(ino).await?.size.min(offset + u64::from(len))
-        };
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        for (p, bytes) in pieces.iter().zip(data) {
-            if p.offset >= end {
-                break;
-            }
-            let want = (end - p.offset).min(u64::from(p.len)) as usize;
-            let have = bytes.len().min(want);
+        let mut out = Vec::with_capacity(len as usize);
+        let mut short = false;
+        for (p, got) in pieces.iter().zip(join_all(reads).await) {
+            let bytes = got?;
+            short |= bytes.len() < p.len as usize;
+            let have = bytes.len().min(p.len as usize);
             out.extend_from_slice(&bytes[..have]);
-            out.resize(out.len() + (want - have), 0);
+            out.resize(out.len() + (p.len as usize - have), 0);
         }
-        Ok(out)
+        Ok((out, short))
     }
 
     /// Write `data` at `offset` of striped file `ino`: each holder gets its
@@ -223,6 +230,7 @@ impl Ops {
         let size = offset + u64::from(len);
         let extend = self.call(inode_node(ino), Q::Extend { ino, size });
         let (written, extended) = futures::join!(join_all(writes), extend);
+        self.striped.ahead.written(ino);
         let mut total = 0u32;
         for (r, &(_, _, bytes)) in written.into_iter().zip(&pieces) {
             match r {
