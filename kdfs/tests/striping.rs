@@ -53,7 +53,7 @@ fn copy_of(c: &Cluster, i: usize, ino: u64) -> PathBuf {
 #[test]
 fn a_striped_file_is_spread_over_the_nodes_and_read_whole_from_any() {
     common::ensure_binaries();
-    let c = Cluster::with_kdfs(3);
+    let mut c = Cluster::with_kdfs(3);
     let big = c.mnt(0).join("big");
     fs::create_dir(&big).unwrap();
     let set = kdfsctl(&[Path::new("64K:3"), &big]);
@@ -138,6 +138,11 @@ fn a_striped_file_is_spread_over_the_nodes_and_read_whole_from_any() {
         "old bytes came back after a truncate"
     );
 
+    // Rewritten with O_TRUNC through the owner's node: only the new bytes.
+    fs::write(&f, b"short").unwrap();
+    assert_eq!(fs::read(c.mnt(2).join("big/f")).unwrap(), b"short");
+    assert!(fs::metadata(copy_of(&c, 1, ino)).unwrap().len() <= 5);
+
     // Removed through node 2: the other holders drop their copies.
     fs::remove_file(c.mnt(1).join("big/f")).unwrap();
     wait_until(
@@ -145,6 +150,19 @@ fn a_striped_file_is_spread_over_the_nodes_and_read_whole_from_any() {
         Duration::from_secs(5),
         || !copy_of(&c, 1, ino).exists() && !copy_of(&c, 2, ino).exists(),
     );
+
+    // A holder down: reading its units fails (never zeros in their place);
+    // back, the file reads whole again.
+    c.kill_krgd(2);
+    let g = c.mnt(0).join("big/sub/g");
+    assert!(
+        fs::read(&g).is_err(),
+        "read a striped file with a holder down"
+    );
+    c.start_krgd(2);
+    wait_until("the holder serves again", Duration::from_secs(10), || {
+        fs::read(&g).is_ok_and(|d| d == pattern(3 * UNIT))
+    });
 
     // Files made before a policy, and after it is cleared, are not striped.
     assert!(out(&kdfsctl(&[Path::new("off"), &big])).contains("not striped"));

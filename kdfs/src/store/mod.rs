@@ -207,6 +207,11 @@ impl Store {
         if !here || self.objects.kind(ino).ok()? != FileKind::File {
             return None;
         }
+        // A striped file's size is krgd's to change: it cuts the other
+        // holders' copies first.
+        if set.size.is_some() && !matches!(self.objects.layout(ino), Ok(None)) {
+            return None;
+        }
         Some(self.objects.setattr(ino, set))
     }
 

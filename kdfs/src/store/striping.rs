@@ -120,9 +120,9 @@ impl Store {
     }
 
     fn stripes_dir(&self) -> Res<&OwnedFd> {
-        self.stripes_dir
-            .as_ref()
-            .ok_or(StoreError::Invalid("no stripes directory (the store was never attached)"))
+        self.stripes_dir.as_ref().ok_or(StoreError::Invalid(
+            "no stripes directory (the store was never attached)",
+        ))
     }
 
     /// This node's bytes of `offset..offset+len`; short where its copy ends

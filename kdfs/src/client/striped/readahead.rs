@@ -89,14 +89,24 @@ impl ReadAhead {
             s.blocks.retain(|&b, _| (first..=last).contains(&b));
         }
         s.blocks.retain(|&b, f| {
-            b >= first && f.peek().is_none_or(|r| r.as_ref().is_ok_and(|b| b.at.elapsed() < FRESH))
+            b >= first
+                && f.peek()
+                    .is_none_or(|r| r.as_ref().is_ok_and(|b| b.at.elapsed() < FRESH))
         });
-        let end = if sequential { last + ahead(layout) } else { last };
+        let end = if sequential {
+            last + ahead(layout)
+        } else {
+            last
+        };
         for b in first..=end {
-            s.blocks.entry(b).or_insert_with(|| fetch(ops, ino, layout, b));
+            s.blocks
+                .entry(b)
+                .or_insert_with(|| fetch(ops, ino, layout, b));
         }
         s.next = offset + u64::from(len);
-        (first..=last).filter_map(|b| s.blocks.get(&b).cloned()).collect()
+        (first..=last)
+            .filter_map(|b| s.blocks.get(&b).cloned())
+            .collect()
     }
 
     /// Read `len` bytes at `offset` through the window of handle `fh`.
@@ -137,7 +147,9 @@ impl ReadAhead {
 fn fetch(ops: &Arc<Ops>, ino: InodeId, layout: &Arc<StripeLayout>, b: u64) -> Fetch {
     let (ops, layout) = (ops.clone(), layout.clone());
     let task = tokio::spawn(async move {
-        let (data, short) = ops.fetch_block(ino, &layout, b * BLOCK, BLOCK as u32).await?;
+        let (data, short) = ops
+            .fetch_block(ino, &layout, b * BLOCK, BLOCK as u32)
+            .await?;
         Ok(Arc::new(Block {
             data,
             short,
