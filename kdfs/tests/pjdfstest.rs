@@ -36,6 +36,27 @@ fn pjdfstest_on_a_two_node_mount() {
     let c = common::Cluster::with_kdfs(2);
     let work = c.mnt(1).join("pjd");
     fs::create_dir(&work).unwrap();
+    run_pjdfstest(&c, &work);
+}
+
+/// The same in a directory striped `4K:2`: every file made by the suite
+/// (and in its subdirectories) is cut in 4 KiB units over both nodes.
+#[test]
+#[ignore = "needs `cargo install pjdfstest` and a `tests` user"]
+fn pjdfstest_in_a_striped_directory() {
+    let c = common::Cluster::with_kdfs(2);
+    let work = c.mnt(1).join("pjd");
+    fs::create_dir(&work).unwrap();
+    let set = Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
+        .args(["stripe", "4K:2"])
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(set.success());
+    run_pjdfstest(&c, &work);
+}
+
+fn run_pjdfstest(c: &common::Cluster, work: &std::path::Path) {
     let cfg = c.root.path().join("pjdfstest.toml");
     fs::write(&cfg, CONFIG).unwrap();
     let sec = c.root.path().join("secondary");
@@ -50,10 +71,10 @@ fn pjdfstest_on_a_two_node_mount() {
         .arg("-c")
         .arg(&cfg)
         .arg("-p")
-        .arg(&work)
+        .arg(work)
         .arg("-s")
         .arg(&sec)
-        .current_dir(&work)
+        .current_dir(work)
         .output();
     let _ = Command::new("umount").arg(&sec).status();
     let out = out.expect("run pjdfstest (cargo install pjdfstest --version 0.2.2 --locked)");
