@@ -26,10 +26,6 @@ pub type Res<T> = Result<T, i32>;
 /// against 285 and 276 for one 1 MiB request, 281 for 128 KiB pieces.
 pub const WRITE_PIECE: usize = 256 << 10;
 
-/// Bytes per request of a read of another node's file (a 1 MiB read asks
-/// for 4 pieces at once).
-pub const READ_PIECE: usize = 256 << 10;
-
 /// Shared state of one mount.
 pub struct Ops {
     pub cluster: Arc<Cluster>,
@@ -461,39 +457,28 @@ impl Ops {
         self.releases.push(ino, fh);
     }
 
-    /// Read another node's file: a large read goes in pieces of
-    /// [`READ_PIECE`], all asked at once (as writes do), so that the
-    /// owner's read and sealing of one piece overlap the transfer and
-    /// opening of the others. A piece that comes back short is the end
-    /// of the file: what follows it is not returned. Any piece that fails
-    /// fails the read (a short answer would tell the kernel the file ends
-    /// there).
-    pub async fn read(&self, ino: InodeId, fh: u64, offset: u64, len: u32) -> Res<Vec<u8>> {
-        let end = offset + u64::from(len);
-        let starts = (offset..end).step_by(READ_PIECE);
-        let reads = starts.map(|at| {
-            let q = Q::Read {
-                ino,
-                fh,
-                offset: at,
-                len: (end - at).min(READ_PIECE as u64) as u32,
-            };
-            async move {
-                match self.call(inode_node(ino), q).await? {
-                    A::Data(d) => Ok(d),
-                    other => unexpected("read", other),
-                }
-            }
-        });
-        let mut out = Vec::with_capacity(len as usize);
-        for piece in futures::future::join_all(reads).await {
-            let piece = piece?;
-            out.extend_from_slice(&piece.0);
-            if piece.0.len() < READ_PIECE && (out.len() as u64) < u64::from(len) {
-                break;
-            }
+    pub async fn read(
+        &self,
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        len: u32,
+    ) -> Res<krg_proto::kdfs::Bytes> {
+        match self
+            .call(
+                inode_node(ino),
+                Q::Read {
+                    ino,
+                    fh,
+                    offset,
+                    len,
+                },
+            )
+            .await?
+        {
+            A::Data(d) => Ok(d),
+            other => unexpected("read", other),
         }
-        Ok(out)
     }
 
     /// Write to another node's file: a large write goes in pieces of

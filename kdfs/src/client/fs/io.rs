@@ -91,7 +91,7 @@ impl KdfsFs {
         self.spawn(async move {
             let r = match ops.striped.layout(id, fh) {
                 Some(l) => ops.striped.ahead.read(&ops, id, fh, &l, offset, size).await,
-                None => ops.read(id, fh, offset, size).await,
+                None => ops.read(id, fh, offset, size).await.map(|d| d.0.to_vec()),
             };
             match r {
                 Ok(d) => reply.data(&d),
