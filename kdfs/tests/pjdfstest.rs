@@ -33,9 +33,7 @@ entries = [
 #[test]
 #[ignore = "needs `cargo install pjdfstest` and a `tests` user"]
 fn pjdfstest_on_a_two_node_mount() {
-    let c = common::Cluster::with_kdfs(2);
-    let work = c.mnt(1).join("pjd");
-    fs::create_dir(&work).unwrap();
+    let (c, work) = two_nodes();
     run_pjdfstest(&c, &work);
 }
 
@@ -44,9 +42,7 @@ fn pjdfstest_on_a_two_node_mount() {
 #[test]
 #[ignore = "needs `cargo install pjdfstest` and a `tests` user"]
 fn pjdfstest_in_a_striped_directory() {
-    let c = common::Cluster::with_kdfs(2);
-    let work = c.mnt(1).join("pjd");
-    fs::create_dir(&work).unwrap();
+    let (c, work) = two_nodes();
     let set = Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
         .args(["stripe", "4K:2"])
         .arg(&work)
@@ -54,6 +50,14 @@ fn pjdfstest_in_a_striped_directory() {
         .unwrap();
     assert!(set.success());
     run_pjdfstest(&c, &work);
+}
+
+/// Two nodes, and the suite's directory made through node 2's mount.
+fn two_nodes() -> (common::Cluster, std::path::PathBuf) {
+    let c = common::Cluster::with_kdfs(2);
+    let work = c.mnt(1).join("pjd");
+    fs::create_dir(&work).unwrap();
+    (c, work)
 }
 
 fn run_pjdfstest(c: &common::Cluster, work: &std::path::Path) {
