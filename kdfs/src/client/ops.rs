@@ -178,8 +178,8 @@ impl Ops {
         new: NewInode,
         open: Option<bool>,
     ) -> Res<Made> {
-        let (attr, fh, policy) = self.make_inode_in(dir, name, new, open).await?;
-        let layout = self.apply_stripe(&attr, policy).await;
+        let (mut attr, fh, policy) = self.make_inode_in(dir, name, new, open).await?;
+        let layout = self.apply_stripe(&mut attr, policy).await;
         Ok(Made { attr, fh, layout })
     }
 

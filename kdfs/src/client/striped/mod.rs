@@ -68,11 +68,12 @@ impl Striped {
 impl Ops {
     /// Apply directory policy `policy` to `attr`, just made in it: a
     /// subdirectory inherits the policy, a regular file gets its layout
-    /// (returned). A step that fails leaves the new inode as it is (not
-    /// striped, or without the policy), logged.
+    /// (returned); `attr` is read again after (its ctime moved). A step
+    /// that fails leaves the new inode as it is (not striped, or without
+    /// the policy), logged.
     pub async fn apply_stripe(
         &self,
-        attr: &Attr,
+        attr: &mut Attr,
         policy: Option<StripePolicy>,
     ) -> Option<StripeLayout> {
         let policy = policy?;
@@ -99,7 +100,14 @@ impl Ops {
             _ => return None,
         };
         match self.call(node, q).await {
-            Ok(_) => layout,
+            Ok(_) => {
+                // The attribute set changed the inode's ctime: the kernel
+                // is to get the attributes as they are now.
+                if let Ok(now) = self.getattr(ino).await {
+                    *attr = now;
+                }
+                layout
+            }
             Err(e) => {
                 tracing::warn!(
                     ino,
