@@ -22,15 +22,21 @@ fn formed(n: u32) -> Result<TestCluster> {
 }
 
 /// The python workloads' ticker: a thread printing "tick N" every 50 ms
-/// (the tests wait for one to see that the job runs).
+/// (the tests wait for one to see that the job runs), and `say`, which
+/// every line goes through: one write per line, newline included.
+/// (`print` writes the text and the newline separately: the ticker's line
+/// could land between them, and a test read "sum …tick 6".)
 macro_rules! ticker {
     () => {
         r#"
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 def tick():
     n = 0
     while True:
         n += 1
-        print("tick %d" % n, flush=True)
+        say("tick %d" % n)
         time.sleep(0.05)
 threading.Thread(target=tick, daemon=True).start()
 "#
@@ -42,7 +48,7 @@ threading.Thread(target=tick, daemon=True).start()
 const ECHO: &str = concat!(
     r#"
 import os, signal, sys, threading, time
-signal.signal(signal.SIGUSR1, lambda *a: print("usr1", flush=True))
+signal.signal(signal.SIGUSR1, lambda *a: say("usr1"))
 "#,
     ticker!(),
     r#"
@@ -50,7 +56,7 @@ for line in sys.stdin:
     line = line.strip()
     if line == "quit":
         sys.exit(7)
-    print("got: %s pid=%d" % (line, os.getpid()), flush=True)
+    say("got: %s pid=%d" % (line, os.getpid()))
 "#
 );
 
@@ -235,13 +241,13 @@ data = bytearray(block * (64 * 1024 * 1024 // len(block)))
 "#,
     ticker!(),
     r#"
-print("sum %s" % hashlib.sha256(data).hexdigest(), flush=True)
+say("sum %s" % hashlib.sha256(data).hexdigest())
 for line in sys.stdin:
     line = line.strip()
     if line == "quit":
         sys.exit(7)
     if line == "check":
-        print("sum %s" % hashlib.sha256(data).hexdigest(), flush=True)
+        say("sum %s" % hashlib.sha256(data).hexdigest())
 "#
 );
 
