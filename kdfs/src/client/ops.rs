@@ -60,6 +60,30 @@ fn unexpected<T>(what: &str, got: A) -> Res<T> {
     Err(libc::EIO)
 }
 
+/// What a write sent in pieces wrote, from its start without a gap: the
+/// sum of the pieces' counts (`results`, in file order, against the
+/// pieces' lengths `lens`) up to the first that failed or fell short; the
+/// first piece's error if it failed.
+pub fn written_without_gap(
+    results: impl IntoIterator<Item = Res<u32>>,
+    lens: impl IntoIterator<Item = usize>,
+) -> Res<u32> {
+    let mut total = 0u32;
+    for (r, len) in results.into_iter().zip(lens) {
+        match r {
+            Ok(n) => {
+                total += n;
+                if n as usize != len {
+                    break;
+                }
+            }
+            Err(e) if total == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(total)
+}
+
 impl Ops {
     pub async fn call(&self, node: NodeId, q: Q) -> Res<A> {
         match self.local_store.answer(node, q) {
@@ -503,20 +527,7 @@ impl Ops {
             }
         });
         let results = futures::future::join_all(pieces).await;
-        let mut total = 0u32;
-        for (r, piece) in results.into_iter().zip(data.chunks(WRITE_PIECE)) {
-            match r {
-                Ok(n) => {
-                    total += n;
-                    if n as usize != piece.len() {
-                        break;
-                    }
-                }
-                Err(e) if total == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(total)
+        written_without_gap(results, data.chunks(WRITE_PIECE).map(<[u8]>::len))
     }
 
     pub async fn simple(&self, node: NodeId, q: Q) -> Res<()> {

@@ -1,7 +1,7 @@
 //! The data path of the kernel's requests: open and create (with or
 //! without a passthrough backing file), read, write and fsync — of this
 //! node's files in place, of other nodes' files through their krgd, and of
-//! striped files through all their holders (`client/striped.rs`).
+//! striped files through all their holders (`client/striped/`).
 
 use fuser::{
     Errno, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyData, ReplyEmpty, ReplyOpen,
@@ -47,16 +47,17 @@ impl KdfsFs {
     ) {
         let ops = self.ops.clone();
         self.spawn(async move {
-            let (a, fh) = match ops.make_open(dir, &name, new, Some(write)).await {
+            let (a, fh, striped) = match ops.make_open(dir, &name, new, Some(write)).await {
                 Ok(Made {
                     attr,
                     fh: Some(fh),
                     layout,
                 }) => {
+                    let striped = layout.is_some();
                     if let Some(l) = layout {
                         ops.striped.opened(attr.ino, fh, l);
                     }
-                    (attr, fh)
+                    (attr, fh, striped)
                 }
                 Ok(_) => return reply.error(Errno::EIO),
                 Err(e) => return reply.error(err(e)),
@@ -66,7 +67,7 @@ impl KdfsFs {
             let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir, &a));
             let attr = file_attr(ops.root, &a);
             let (gen, flags) = (Generation(0), FopenFlags::empty());
-            if ops.striped.layout(a.ino, fh).is_some() {
+            if striped {
                 return reply.created(&t, &attr, gen, FileHandle(fh), flags);
             }
             let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));

@@ -10,8 +10,9 @@
 //! finds less than asked somewhere asks the owner the size, and reads what
 //! no holder has (holes, the end of a holder's copy) as zeros up to it. A
 //! holder's copy never reaches past the size: a truncate cuts the copies
-//! first. Reads go through a read-ahead window (`readahead`). Truncation and removal are krgd's (the
-//! owner's krgd cuts or drops the other holders' copies).
+//! first. Reads go through a read-ahead window (`readahead`). Truncation
+//! and removal are krgd's (the owner's krgd cuts or drops the other
+//! holders' copies).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use krg_proto::kdfs::{
 };
 use krg_proto::NodeId;
 
-use super::ops::{Ops, Res, WRITE_PIECE};
+use super::ops::{written_without_gap, Ops, Res, WRITE_PIECE};
 
 mod readahead;
 pub use readahead::ReadAhead;
@@ -239,18 +240,7 @@ impl Ops {
         let extend = self.call(inode_node(ino), Q::Extend { ino, size });
         let (written, extended) = futures::join!(join_all(writes), extend);
         self.striped.ahead.written(ino);
-        let mut total = 0u32;
-        for (r, &(_, _, bytes)) in written.into_iter().zip(&pieces) {
-            match r {
-                Ok(n) if n as usize == bytes.len() => total += n,
-                Ok(n) => {
-                    total += n;
-                    break;
-                }
-                Err(e) if total == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
+        let total = written_without_gap(written, pieces.iter().map(|p| p.2.len()))?;
         extended?;
         Ok(total)
     }
