@@ -312,19 +312,15 @@ fn node_failure_is_bounded_and_recovers_and_fsynced_data_survives() {
 #[test]
 fn fsynced_data_survives_kill_9_of_the_fuse_client() {
     let c = Cluster::with_kdfs(2);
-    // A foreground client whose pid we know, on node 2.
     c.umount(1);
-    let mut child = Command::new(common::mount_bin())
-        .arg(&c.nodes[1].store)
-        .arg(c.mnt(1))
-        .arg("-o")
-        .arg(format!("{},foreground", c.mount_opts(1)))
-        .spawn()
-        .unwrap();
     let mnt = c.mnt(1).to_path_buf();
-    wait_until("foreground mount", Duration::from_secs(20), || {
-        common::is_mounted(&mnt) && mnt.join("x").symlink_metadata().is_err()
-    });
+    // A client unmounted ends cleanly (its unmount work once panicked).
+    let mut child = foreground_client(&c, 1);
+    let _ = run(Command::new("umount").arg(&mnt));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the client ended with {status}");
+    // A foreground client whose pid we know, on node 2.
+    let mut child = foreground_client(&c, 1);
     let mut f = File::create(mnt.join("durable")).unwrap();
     f.write_all(b"kept").unwrap();
     f.sync_all().unwrap();
@@ -340,7 +336,31 @@ fn fsynced_data_survives_kill_9_of_the_fuse_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(fs::read(c.mnt(1).join("durable")).unwrap(), b"kept");
+    // CI once read ENOENT here: say what the new client logged if it does.
+    match fs::read(c.mnt(1).join("durable")) {
+        Ok(data) => assert_eq!(data, b"kept"),
+        Err(e) => panic!(
+            "reading durable through the new mount: {e}; its log:\n{}",
+            fs::read_to_string(c.nodes[1].data.join("kdfs.log")).unwrap_or_default()
+        ),
+    }
+}
+
+/// Mount node `i`'s store in the foreground, as a child of the test, and
+/// wait until it serves.
+fn foreground_client(c: &Cluster, i: usize) -> std::process::Child {
+    let child = Command::new(common::mount_bin())
+        .arg(&c.nodes[i].store)
+        .arg(c.mnt(i))
+        .arg("-o")
+        .arg(format!("{},foreground", c.mount_opts(i)))
+        .spawn()
+        .unwrap();
+    let mnt = c.mnt(i).to_path_buf();
+    wait_until("foreground mount", Duration::from_secs(20), || {
+        common::is_mounted(&mnt) && mnt.join("x").symlink_metadata().is_err()
+    });
+    child
 }
 
 #[test]

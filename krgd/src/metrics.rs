@@ -477,6 +477,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::StripeTruncate { .. } => "stripe_truncate",
         R::StripeDrop { .. } => "stripe_drop",
         R::Extend { .. } => "extend",
+        R::Unwatch { .. } => "unwatch",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

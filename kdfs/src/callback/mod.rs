@@ -175,6 +175,23 @@ impl Callbacks {
         }
     }
 
+    /// Mount `client` unmounted: forget it and what it was given, and let
+    /// every change waiting for its acknowledgement go on.
+    pub fn unwatch(&self, client: u64) {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        if let Some(c) = st.clients.remove(&client) {
+            c.acked.send_replace(u64::MAX);
+            c.wake.notify_one();
+        }
+        for m in [&mut st.entries, &mut st.attrs] {
+            m.retain(|_, holders| {
+                holders.remove(&client);
+                !holders.is_empty()
+            });
+        }
+    }
+
     fn take(c: &mut Client) -> A {
         A::Invalidate {
             seq: c.seq,

@@ -119,6 +119,35 @@ async fn a_change_reaches_the_holder_and_returns_on_its_acknowledgement() {
 }
 
 #[tokio::test]
+async fn an_unmounted_mount_is_waited_for_no_more() {
+    let cb = Arc::new(Callbacks::new(ME));
+    cb.watch(2, 7, 0, TTL_MS).await;
+    let (q, a) = lookup(5);
+    cb.granted(7, 2, &q, &a);
+    // A change waits for mount 7 ...
+    let change = {
+        let cb = cb.clone();
+        tokio::spawn(async move {
+            let (q, a) = unlink(5);
+            cb.changed(Some(8), 3, &q, &a, None).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!change.is_finished(), "the change did not wait for mount 7");
+    // ... until mount 7 says it unmounted.
+    cb.unwatch(7);
+    tokio::time::timeout(PATIENCE, change)
+        .await
+        .expect("the change still waited for the unmounted mount")
+        .unwrap();
+    // Its grants went with it: the next change waits for nobody.
+    let (q, a) = unlink(5);
+    tokio::time::timeout(PATIENCE, cb.changed(Some(8), 3, &q, &a, None))
+        .await
+        .expect("a change waited out the grants of an unmounted mount");
+}
+
+#[tokio::test]
 async fn the_mount_that_made_a_change_is_not_told_of_it() {
     let cb = Callbacks::new(ME);
     cb.watch(2, 7, 0, TTL_MS).await;

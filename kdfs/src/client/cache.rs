@@ -65,6 +65,8 @@ pub struct Cache {
     /// This mount is its node's sole mount (the others change no regular
     /// file of the node without krgd).
     sole: bool,
+    /// Unmounted: the watchers stop (see [`Cache::leave`]).
+    leaving: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,6 +93,7 @@ impl Cache {
             kernel: OnceLock::new(),
             passthrough: AtomicBool::new(false),
             sole,
+            leaving: AtomicBool::new(false),
         }
     }
 

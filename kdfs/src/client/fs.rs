@@ -377,6 +377,7 @@ impl Filesystem for KdfsFs {
     fn destroy(&mut self) {
         self.release_all_locks();
         self.flush_releases();
+        self.leave_callbacks();
     }
 
     fn fsync(

@@ -189,7 +189,9 @@ impl Store {
             | Q::ReleaseLocks { .. }
             | Q::LockLease { .. } => return Err(StoreError::NotSupported),
             // krgd unwraps `As` and answers `Watch` itself (kdfs::callback).
-            Q::As { .. } | Q::Watch { .. } => return Err(StoreError::NotSupported),
+            Q::As { .. } | Q::Watch { .. } | Q::Unwatch { .. } => {
+                return Err(StoreError::NotSupported)
+            }
         })
     }
 

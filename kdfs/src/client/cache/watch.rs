@@ -27,7 +27,7 @@ pub(super) async fn run(
 ) {
     let mut acked = 0;
     let mut pause = RETRY;
-    loop {
+    while !cache.leaving.load(Ordering::SeqCst) {
         let q = KdfsRequest::Watch {
             client: cache.client,
             acked,
@@ -61,6 +61,22 @@ pub(super) async fn run(
 }
 
 impl Cache {
+    /// The mount is gone (unmounted): stop watching, and tell every node
+    /// watched to forget this mount now. Otherwise a change there would
+    /// wait for its acknowledgement until the node takes it for gone.
+    pub async fn leave(&self, cluster: &Cluster) {
+        self.leaving.store(true, Ordering::SeqCst);
+        let nodes: Vec<NodeId> = super::lock(&self.nodes).keys().copied().collect();
+        for node in nodes {
+            let q = KdfsRequest::Unwatch {
+                client: self.client,
+            };
+            if let Err(e) = cluster.call(node, q).await {
+                tracing::debug!(node, errno = e, "kdfs: node not told of the unmount");
+            }
+        }
+    }
+
     /// Carry out what a node said to forget.
     fn forget(&self, items: &[Inval]) {
         let Some(k) = self.kernel.get() else { return };

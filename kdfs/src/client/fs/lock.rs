@@ -95,20 +95,28 @@ impl KdfsFs {
     /// Unmount: send the releases still queued (2 s at most).
     pub(super) fn flush_releases(&self) {
         let ops = self.ops.clone();
-        let _ = self
-            .rt
-            .block_on(tokio::time::timeout(Duration::from_secs(2), async move {
-                ops.releases.flush(&ops.cluster, &ops.cache).await
-            }));
+        self.within_two_seconds(async move { ops.releases.flush(&ops.cluster, &ops.cache).await });
     }
 
     /// Unmount: give back every lock of this mount (2 s at most).
     pub(super) fn release_all_locks(&self) {
         let ops = self.ops.clone();
-        let _ = self
-            .rt
-            .block_on(tokio::time::timeout(Duration::from_secs(2), async move {
-                ops.locks.release_all(&ops.cluster).await
-            }));
+        self.within_two_seconds(async move { ops.locks.release_all(&ops.cluster).await });
+    }
+
+    /// Unmount: tell the nodes this mount cached from that it is gone (2 s
+    /// at most).
+    pub(super) fn leave_callbacks(&self) {
+        let ops = self.ops.clone();
+        self.within_two_seconds(async move { ops.cache.leave(&ops.cluster).await });
+    }
+
+    /// Run `work` on the runtime from a FUSE thread, giving up after 2 s.
+    /// The timer is made inside the runtime: made outside (as an argument
+    /// of `block_on`), it panicked with "no reactor running" at unmount.
+    fn within_two_seconds<F: std::future::Future>(&self, work: F) {
+        self.rt.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
+        });
     }
 }

@@ -471,6 +471,13 @@ pub enum KdfsRequest {
         /// Its size at least.
         size: u64,
     },
+    /// Caching mount `client` is going away (unmounted: its kernel holds
+    /// nothing any more): forget its registration and grants, so that no
+    /// change waits for it (answered `Done`).
+    Unwatch {
+        /// The mount.
+        client: u64,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.

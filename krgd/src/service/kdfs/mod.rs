@@ -280,6 +280,10 @@ impl KdfsService {
         {
             return Ok(self.callbacks.watch(from.node, client, acked, ttl_ms).await);
         }
+        if let KdfsRequest::Unwatch { client } = req {
+            self.callbacks.unwatch(client);
+            return Ok(KdfsResponse::Done);
+        }
         if is_lock_request(&req) {
             return Ok(self.locks.handle(from.node, req).await);
         }
