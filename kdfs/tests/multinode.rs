@@ -314,13 +314,18 @@ fn fsynced_data_survives_kill_9_of_the_fuse_client() {
     let c = Cluster::with_kdfs(2);
     c.umount(1);
     let mnt = c.mnt(1).to_path_buf();
-    // A client unmounted ends cleanly (its unmount work once panicked).
-    let mut child = foreground_client(&c, 1);
+    // A client unmounted ends cleanly (its unmount work once panicked),
+    // and does not unmount its path again afterwards: fuser did, and
+    // took down whatever was mounted there by then (a remount).
+    let log = c.nodes[1].data.join("foreground.log");
+    let mut child = foreground_client(&c, 1, &format!(",log={}", log.display()));
     let _ = run(Command::new("umount").arg(&mnt));
     let status = child.wait().unwrap();
-    assert!(status.success(), "the client ended with {status}");
+    let said = fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "the client ended with {status}: {said}");
+    assert!(!said.contains("umount"), "{said}");
     // A foreground client whose pid we know, on node 2.
-    let mut child = foreground_client(&c, 1);
+    let mut child = foreground_client(&c, 1, "");
     let mut f = File::create(mnt.join("durable")).unwrap();
     f.write_all(b"kept").unwrap();
     f.sync_all().unwrap();
@@ -346,14 +351,14 @@ fn fsynced_data_survives_kill_9_of_the_fuse_client() {
     }
 }
 
-/// Mount node `i`'s store in the foreground, as a child of the test, and
-/// wait until it serves.
-fn foreground_client(c: &Cluster, i: usize) -> std::process::Child {
+/// Mount node `i`'s store in the foreground (more options: `extra`), as a
+/// child of the test, and wait until it serves.
+fn foreground_client(c: &Cluster, i: usize, extra: &str) -> std::process::Child {
     let child = Command::new(common::mount_bin())
         .arg(&c.nodes[i].store)
         .arg(c.mnt(i))
         .arg("-o")
-        .arg(format!("{},foreground", c.mount_opts(i)))
+        .arg(format!("{},foreground{extra}", c.mount_opts(i)))
         .spawn()
         .unwrap();
     let mnt = c.mnt(i).to_path_buf();

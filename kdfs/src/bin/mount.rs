@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
-use kdfs::client::{fs::KdfsFs, fuse_config, prepare, MountOptions};
+use kdfs::client::{fs::KdfsFs, fuse_config, kmount, prepare, MountOptions, Prepared};
 
 /// Mount the kDFS whose local part is DIR on MOUNTPOINT.
 ///
@@ -90,34 +90,18 @@ fn serve(
         .build()
         .context("cannot start runtime")?;
     let prepared = rt.block_on(prepare(dir, opts))?;
-    let config = fuse_config(&prepared.dir, opts);
-    let ops = prepared.ops.clone();
-    let fs = KdfsFs::new(
-        prepared.ops,
-        rt.handle().clone(),
-        // Not kept coherent by callbacks: at most a second, as before.
-        opts.attr_timeout.min(std::time::Duration::from_secs(1)),
-        opts.passthrough,
-        opts.xattr,
-    );
     // Resolved now: once mounted, the path does not answer until we serve it.
     let canonical = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
-    let session = fuser::Session::new(fs, mountpoint, &config)
+    let dev = kmount::mount_fuse(&prepared.dir, &canonical, opts)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
-    let _ = ops.notifier.set(session.notifier());
-    {
-        use std::os::fd::AsFd;
-        match session.as_fd().try_clone_to_owned() {
-            Ok(dev) => ops.cache.set_kernel(kdfs::client::cache::Kernel::new(
-                session.notifier(),
-                dev,
-                ops.root,
-            )),
-            // Without it nothing is ever invalidated: the mount must not cache.
-            Err(e) => anyhow::bail!("cannot duplicate the FUSE descriptor: {e}"),
+    let session = match start_session(prepared, dev, rt.handle(), opts) {
+        Ok(s) => s,
+        Err(e) => {
+            kmount::detach(&canonical);
+            return Err(e);
         }
-    }
+    };
     if let Err(e) = kdfs::client::set_readahead(&canonical, opts.readahead_kb) {
         tracing::warn!(error = %e, "kdfs: kernel read-ahead left at its default");
     }
@@ -129,6 +113,39 @@ fn serve(
     }
     session.run().context("FUSE session ended with an error")?;
     Ok(())
+}
+
+/// The FUSE session on the mounted connection `dev`, its notifier handed to
+/// the cache (answering the kernel's INIT on the way).
+fn start_session(
+    prepared: Prepared,
+    dev: OwnedFd,
+    rt: &tokio::runtime::Handle,
+    opts: &MountOptions,
+) -> Result<fuser::Session<KdfsFs>> {
+    let ops = prepared.ops.clone();
+    let fs = KdfsFs::new(
+        prepared.ops,
+        rt.clone(),
+        // Not kept coherent by callbacks: at most a second, as before.
+        opts.attr_timeout.min(std::time::Duration::from_secs(1)),
+        opts.passthrough,
+        opts.xattr,
+    );
+    let session = fuser::Session::from_fd(fs, dev, fuser::SessionACL::All, fuse_config(opts))
+        .context("the kernel's FUSE handshake failed")?;
+    let _ = ops.notifier.set(session.notifier());
+    use std::os::fd::AsFd;
+    match session.as_fd().try_clone_to_owned() {
+        Ok(dev) => ops.cache.set_kernel(kdfs::client::cache::Kernel::new(
+            session.notifier(),
+            dev,
+            ops.root,
+        )),
+        // Without it nothing is ever invalidated: the mount must not cache.
+        Err(e) => anyhow::bail!("cannot duplicate the FUSE descriptor: {e}"),
+    }
+    Ok(session)
 }
 
 /// A detached server must not hold its caller's terminal or pipes open.

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod conn;
 mod convert;
 pub mod fs;
+pub mod kmount;
 pub mod local;
 pub mod locks;
 pub mod ops;
@@ -361,25 +362,10 @@ async fn try_prepare(
     })
 }
 
-/// The fuser configuration of a kDFS mount.
-pub fn fuse_config(dir: &Path, opts: &MountOptions) -> fuser::Config {
-    use fuser::MountOption as M;
+/// The fuser configuration of a kDFS session (the mount itself is
+/// [`kmount`]'s: its options are there).
+pub fn fuse_config(opts: &MountOptions) -> fuser::Config {
     let mut c = fuser::Config::default();
-    c.mount_options = vec![
-        M::FSName(dir.display().to_string()),
-        // As a kernel option: fuser's own mount(2) passes no Subtype, and
-        // the mount table would say `fuse` instead of `fuse.kdfs`.
-        M::CUSTOM("subtype=kdfs".into()),
-        // The kernel checks permissions against the attributes we return,
-        // for the calling user (uid, gid, supplementary groups).
-        M::DefaultPermissions,
-        if opts.suid { M::Suid } else { M::NoSuid },
-        if opts.dev { M::Dev } else { M::NoDev },
-        if opts.exec { M::Exec } else { M::NoExec },
-    ];
-    if opts.read_only {
-        c.mount_options.push(M::RO);
-    }
     c.acl = fuser::SessionACL::All;
     c.n_threads = Some(opts.threads);
     c.clone_fd = opts.threads > 1;
@@ -430,9 +416,5 @@ mod tests {
             Duration::from_millis(2500)
         );
         assert!(MountOptions::parse("timeo=-1").is_err());
-        let c = fuse_config(Path::new("/KDFS"), &MountOptions::default());
-        for want in [fuser::MountOption::NoSuid, fuser::MountOption::NoDev] {
-            assert!(c.mount_options.contains(&want), "{want:?}");
-        }
     }
 }
