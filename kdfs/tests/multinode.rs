@@ -424,6 +424,28 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
         String::from_utf8_lossy(&out.stderr)
     );
     fs::write(&rm, &good_rm).unwrap();
+    // A mount point that is a file, or is missing: one line naming it, and
+    // nothing mounted.
+    let file = c.nodes[0].data.join("a-file");
+    fs::write(&file, b"").unwrap();
+    for (at, why) in [
+        (file.clone(), "Not a directory"),
+        (c.nodes[0].data.join("missing"), "No such file"),
+    ] {
+        let out = run(common::in_netns(&c.nodes[0].netns, common::mount_bin())
+            .arg(&c.nodes[0].store)
+            .arg(&at)
+            .arg("-o")
+            .arg(c.mount_opts(0)));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("cannot mount on") && err.contains(why),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!common::is_mounted(&at));
+    }
 
     // mount(8) helper convention: mount -t kdfs runs /sbin/mount.kdfs. One
     // installed there (by tests/local-cluster.sh, or a package) may be of

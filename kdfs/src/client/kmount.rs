@@ -37,10 +37,16 @@ pub fn mount_fuse(
     opts: &MountOptions,
 ) -> Result<OwnedFd, KdfsError> {
     let io = |what: &Path, e: nix::Error| KdfsError::io(what, std::io::Error::from(e));
-    let root_mode = std::fs::metadata(mountpoint)
-        .map_err(|e| KdfsError::io(mountpoint, e))?
-        .permissions()
-        .mode();
+    let meta = std::fs::metadata(mountpoint).map_err(|e| KdfsError::io(mountpoint, e))?;
+    // The kernel would mount over a file too (with a file's mode as the
+    // root's), and the namespace's root directory would then be a file.
+    if !meta.is_dir() {
+        return Err(KdfsError::io(
+            mountpoint,
+            std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        ));
+    }
+    let root_mode = meta.permissions().mode();
     let dev_path = Path::new("/dev/fuse");
     let dev = open(dev_path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| io(dev_path, e))?;
