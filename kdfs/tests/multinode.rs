@@ -437,14 +437,18 @@ fn mkfs_and_mount_refusals_and_mount_helper() {
             .arg(&at)
             .arg("-o")
             .arg(c.mount_opts(0)));
+        // Taken down before any assertion, so that a failure leaves none.
+        let mounted = common::is_mounted(&at);
+        if mounted {
+            let _ = run(Command::new("umount").arg("-l").arg(&at));
+        }
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        assert!(!mounted && !out.status.success(), "mounted on {at:?}");
         assert!(
             err.contains("cannot mount on") && err.contains(why),
             "{err}"
         );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(!common::is_mounted(&at));
     }
 
     // mount(8) helper convention: mount -t kdfs runs /sbin/mount.kdfs. One
