@@ -366,7 +366,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
   Cluster (krgadm talks to node 1 via /run/krg/krgd.sock; --socket /run/krg/nodeN.sock for another node):
     krgadm cluster status
     krgadm nodes status
-    krgadm nodes del -n 4          # hot-remove node 4 ...
+    krgadm nodes del -n 4          # hot-remove node 4 (its processes, then its kDFS files, move first) ...
     krgadm nodes add -n 4          # ... and add it back (or: -m $(mac_of 4), or -a)
     krgadm nodes checkout -n 3-4 --for nobody --until +30m --reason demo   # only nobody's (and root's) jobs there
     krgadm nodes status            # OWNER and UNTIL columns

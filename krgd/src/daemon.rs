@@ -11,7 +11,10 @@ use crate::context::NodeContext;
 use crate::net;
 use crate::node::Node;
 use crate::service::{
-    chkpt::ChkptService, cluster::ClusterService, kdfs::KdfsService, proc::ProcService,
+    chkpt::ChkptService,
+    cluster::ClusterService,
+    kdfs::{KdfsHandOver, KdfsService},
+    proc::ProcService,
     sched::SchedService,
 };
 use crate::DaemonError;
@@ -63,8 +66,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let sched = SchedService::start(ctx.clone()).await?;
     let kdfs = KdfsService::start(ctx.clone()).await?;
     let proc = ProcService::start(ctx.clone(), sched.clone(), chkpt.clone()).await?;
-    // A node removed while it runs hands its CAN_MIGRATE processes over.
+    // A node removed while it runs hands its CAN_MIGRATE processes over,
+    // then its kDFS data (in this order: processes that moved may still
+    // read its files meanwhile).
     cluster.register_handover(proc.handover());
+    cluster.register_handover(KdfsHandOver::new(kdfs.clone()));
     let node = Arc::new(Node {
         cluster,
         chkpt,

@@ -478,6 +478,8 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::StripeDrop { .. } => "stripe_drop",
         R::Extend { .. } => "extend",
         R::Unwatch { .. } => "unwatch",
+        R::ReplaceEntry { .. } => "replace_entry",
+        R::HandOver => "hand_over",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -81,7 +81,9 @@ pub fn changes(req: &Q, resp: &A, moved: Option<InodeId>) -> Vec<(Inval, Scope)>
             }
             v
         }
-        (Q::RemoveEntry { dir, name, .. }, _) => vec![(Inval::Attr(*dir), H), entry(dir, name)],
+        (Q::RemoveEntry { dir, name, .. }, _) | (Q::ReplaceEntry { dir, name, .. }, _) => {
+            vec![(Inval::Attr(*dir), H), entry(dir, name)]
+        }
         (Q::Unlink { dir, name }, A::Unlinked { entry: e, .. }) => vec![
             (Inval::Attr(*dir), H),
             entry(dir, name),

@@ -12,7 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use krg_proto::kdfs::{inode_node, Attr, DirEntry, FileKind, InodeId, NewInode, RemoveWhat};
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, renameat, renameat2, OFlag, RenameFlags};
-use nix::sys::stat::{fstat, Mode};
+use nix::sys::stat::{fstat, futimens, Mode};
+use nix::sys::time::TimeSpec;
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
 use super::entry::{check_name, check_replace, Entry};
@@ -173,6 +174,33 @@ impl Store {
             self.objects.adjust_nsub(dir, 1)?;
         }
         Ok(old.map(|o| o.named(name.as_bytes())))
+    }
+
+    /// Make entry `name` of `dir` name `new` instead of `old` (ENOENT if it
+    /// names anything else now), under the directory's lock. Both are of
+    /// `kind`, so the subdirectory count does not change; nor do the
+    /// directory's times (the name is the same file to its users).
+    pub(super) fn replace_entry_if(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        old: InodeId,
+        new: InodeId,
+        kind: FileKind,
+    ) -> Res<()> {
+        let name = check_name(name)?;
+        let d = self.open_dir_obj(dir)?;
+        let _g = self.stripes.lock(dir);
+        match self.read_entry(&d, name)? {
+            Some(e) if e.ino == old && e.kind == kind => {
+                let times = fstat(d.fd())?;
+                self.replace_entry(&d, name, Entry::new(new, kind))?;
+                let at = TimeSpec::new(times.st_atime, times.st_atime_nsec);
+                let mt = TimeSpec::new(times.st_mtime, times.st_mtime_nsec);
+                Ok(futimens(d.fd(), &at, &mt)?)
+            }
+            _ => Err(StoreError::NotFound),
+        }
     }
 
     /// Atomically make `name` in `d` stand for `new`: a symlink made aside

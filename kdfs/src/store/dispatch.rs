@@ -93,6 +93,15 @@ impl Store {
                 crash::point("remove-entry");
                 A::Removed(Some(removed))
             }
+            Q::ReplaceEntry {
+                dir,
+                name,
+                old,
+                new,
+                kind,
+            } => self
+                .replace_entry_if(dir, &name, old, new, kind)
+                .map(|_| A::Done)?,
             Q::Unlink { dir, name } => self.unlink(dir, &name)?,
             Q::Rename {
                 src_dir,
@@ -188,8 +197,9 @@ impl Store {
             | Q::GetLock { .. }
             | Q::ReleaseLocks { .. }
             | Q::LockLease { .. } => return Err(StoreError::NotSupported),
-            // krgd unwraps `As` and answers `Watch` itself (kdfs::callback).
-            Q::As { .. } | Q::Watch { .. } | Q::Unwatch { .. } => {
+            // krgd unwraps `As` and answers `Watch` itself (kdfs::callback),
+            // and `HandOver` (its hand-over of a leaving node's data).
+            Q::As { .. } | Q::Watch { .. } | Q::Unwatch { .. } | Q::HandOver => {
                 return Err(StoreError::NotSupported)
             }
         })

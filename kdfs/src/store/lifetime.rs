@@ -5,6 +5,11 @@
 //! open count are compared under the inode's lock stripe).
 
 use std::fs::File;
+use std::os::fd::AsFd;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use krg_proto::kdfs::{inode_id, inode_local, Attr, InodeId, NewInode};
 
@@ -34,6 +39,28 @@ impl Store {
         }
         self.objects.set_nlink(ino, next)?;
         self.objects.attr(ino).map(Some)
+    }
+
+    /// Remove the object of `ino` whatever its links (a directory with its
+    /// entries): a leaving node's hand-over, once every name of `ino`
+    /// names its copy on another node. An open handle keeps a file's data
+    /// for its holder, as after an unlink.
+    pub fn discard(&self, ino: InodeId) -> Res<()> {
+        let _g = self.stripes.lock(ino);
+        if self.objects.is_dir(ino)? {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let obj = self.objects.open_dir(ino)?;
+            let mut list = nix::dir::Dir::openat(obj.as_fd(), ".", flags, Mode::empty())?;
+            for e in list.iter() {
+                let e = e?;
+                let name = e.file_name();
+                if !matches!(name.to_bytes(), b"." | b"..") {
+                    unlinkat(obj.as_fd(), name, UnlinkatFlags::NoRemoveDir)?;
+                }
+            }
+            return self.objects.remove_dir(ino);
+        }
+        self.objects.remove_file(ino)
     }
 
     /// Bump the ctime of `ino` (a moved inode's, as rename(2) does).

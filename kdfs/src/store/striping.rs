@@ -119,6 +119,41 @@ impl Store {
         }
     }
 
+    /// What of striped files this store keeps, if anything: units of
+    /// other nodes' striped files in `stripes/`, or a striped file of its
+    /// own (the first one found). A layout never changes, so these cannot
+    /// be moved to another node (a leaving node's hand-over asks first).
+    pub fn striped_data(&self) -> Res<Option<String>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        if let Some(dir) = &self.stripes_dir {
+            let mut list = nix::dir::Dir::openat(dir.as_fd(), ".", flags, Mode::empty())?;
+            let units = list
+                .iter()
+                .flatten()
+                .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+                .count();
+            if units > 0 {
+                return Ok(Some(format!(
+                    "it holds stripe units of {units} striped files of other nodes"
+                )));
+            }
+        }
+        let mut list = nix::dir::Dir::openat(self.objects.fd(), ".", flags, Mode::empty())?;
+        for e in list.iter().flatten() {
+            let Some(local) = std::str::from_utf8(e.file_name().to_bytes())
+                .ok()
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+            else {
+                continue; // ".", "..", temporary names
+            };
+            let ino = krg_proto::kdfs::inode_id(self.node(), local);
+            if self.stripe_layout(ino).is_some() {
+                return Ok(Some(format!("it owns striped file {ino:x}")));
+            }
+        }
+        Ok(None)
+    }
+
     fn stripes_dir(&self) -> Res<&OwnedFd> {
         self.stripes_dir.as_ref().ok_or(StoreError::Invalid(
             "no stripes directory (the store was never attached)",

@@ -478,6 +478,24 @@ pub enum KdfsRequest {
         /// The mount.
         client: u64,
     },
+    /// Make entry `name` of `dir` name `new` instead of `old`, atomically,
+    /// only if it still names `old` (ENOENT otherwise): how a leaving
+    /// node's hand-over points names at the copies of its inodes.
+    ReplaceEntry {
+        /// The directory (owned by the node asked).
+        dir: InodeId,
+        /// The entry's name.
+        name: Vec<u8>,
+        /// What the entry must still name.
+        old: InodeId,
+        /// What it names afterwards.
+        new: InodeId,
+        /// The kind of both (a copy is of its original's kind).
+        kind: FileKind,
+    },
+    /// From the leader to a leaving node: move your kDFS data to the other
+    /// members (the first ask starts it). Answered `HandedOver`.
+    HandOver,
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.
@@ -582,6 +600,12 @@ pub enum KdfsResponse {
         entry: DirEntry,
         /// The inode is owned here and lost that link.
         link_dropped: bool,
+    },
+    /// To `HandOver`: whether the hand-over has ended (see the log of the
+    /// leaving node for what it moved).
+    HandedOver {
+        /// The hand-over pass ended.
+        done: bool,
     },
 }
 

@@ -2,10 +2,9 @@
 //!
 //! A live (online) member being removed is first committed as `leaving`, so
 //! every member shows it so; the leader waits (bounded) until that node has
-//! applied the change (it knows it is going), then asks every registered
-//! [`HandOver`] service whether it has moved what the node held elsewhere
-//! (kDFS data, processes — later issues; the list is empty today), again
-//! with a bound; only then is the node removed from the table and Raft and
+//! applied the change (it knows it is going), then asks the registered
+//! [`HandOver`] services in turn whether they have moved what the node held
+//! elsewhere (its processes, then its kDFS data), again with a bound; only then is the node removed from the table and Raft and
 //! told to leave. A leave is never a failure: the failure detector marks
 //! only online members failed. A failed member is removed at once (there is
 //! nothing to hand over from a node that does not answer). A leader elected
@@ -29,7 +28,8 @@ use super::state::{ClusterCommand, MemberRecord};
 use super::{ClusterService, Joined};
 use crate::sync;
 
-/// How long the services may take to hand a leaving node's work over.
+/// How long a service may take to hand a leaving node's work over, unless
+/// it says otherwise ([`HandOver::patience`]).
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a leaving node may take to learn that it is leaving.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,12 +42,26 @@ pub trait HandOver: Send + Sync {
     /// Has everything this service held on `node` been moved elsewhere?
     /// Asked repeatedly until it says yes or the bound is reached.
     fn handed_over(&self, node: NodeId) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    /// How long this service's hand-over may take; the leave waits at most
+    /// the sum of its services'.
+    fn patience(&self) -> Duration {
+        HANDOVER_TIMEOUT
+    }
 }
 
 impl ClusterService {
     /// Register a service to be asked before a leaving node is removed.
     pub fn register_handover(&self, service: Arc<dyn HandOver>) {
         sync::write(&self.handovers).push(service);
+    }
+
+    /// How long a leave may wait for its hand-overs (every service's
+    /// patience).
+    pub(super) fn handover_patience(&self) -> Duration {
+        sync::read(&self.handovers)
+            .iter()
+            .map(|s| s.patience())
+            .sum()
     }
 
     pub(super) async fn del(
@@ -99,15 +113,19 @@ impl ClusterService {
         let notice = nodes.iter().map(|id| self.wait_applied(joined, *id, epoch));
         futures::future::join_all(notice).await;
         let services = sync::read(&self.handovers).clone();
-        let deadline = tokio::time::Instant::now() + HANDOVER_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + self.handover_patience();
         let mut pending: BTreeSet<(usize, NodeId)> = (0..services.len())
             .flat_map(|s| nodes.iter().map(move |n| (s, *n)))
             .collect();
         while !pending.is_empty() {
+            // In registration order for each node: a service is asked
+            // only once the ones before it are done with that node.
             let mut still = BTreeSet::new();
+            let mut waiting = BTreeSet::new();
             for (s, n) in pending {
-                if !services[s].handed_over(n).await {
+                if waiting.contains(&n) || !services[s].handed_over(n).await {
                     still.insert((s, n));
+                    waiting.insert(n);
                 }
             }
             pending = still;

@@ -52,7 +52,7 @@ use crate::sync;
 use crate::DaemonError;
 
 /// How long a forwarded membership request may take end to end.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a change may be forwarded before giving up.
 const MAX_HOPS: u8 = 3;
 
@@ -193,11 +193,16 @@ impl ClusterService {
             }
             None => self.member_to_ask()?,
         };
+        // A removal waits for the leaving nodes' hand-overs.
+        let timeout = match req {
+            ClusterRequest::Del(_) => FORWARD_TIMEOUT + self.handover_patience(),
+            _ => FORWARD_TIMEOUT,
+        };
         let forward = ClusterPeerRequest::Forward {
             req,
             hops: next_hop(hops)?,
         };
-        self.forward_to(target, forward).await
+        self.forward_to(target, forward, timeout).await
     }
 
     /// Send a forwarded change to `target` and relay its answer.
@@ -205,8 +210,9 @@ impl ClusterService {
         &self,
         target: krg_proto::NodeId,
         forward: ClusterPeerRequest,
+        timeout: Duration,
     ) -> Result<ClusterReply, AdminError> {
-        match network::call(&self.ctx.peers, target, forward, FORWARD_TIMEOUT).await {
+        match network::call(&self.ctx.peers, target, forward, timeout).await {
             Ok(ClusterPeerReply::Forwarded(reply)) => Ok(reply),
             Ok(other) => Err(AdminError::new(
                 ErrorKind::Internal,

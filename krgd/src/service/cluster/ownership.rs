@@ -19,7 +19,7 @@ use openraft::ServerState;
 
 use super::owners::{self, Ownership};
 use super::state::ClusterCommand;
-use super::{next_hop, not_in_cluster, ClusterService, Joined};
+use super::{next_hop, not_in_cluster, ClusterService, Joined, FORWARD_TIMEOUT};
 use crate::caller::Caller;
 
 /// The longest a checkout may last.
@@ -98,7 +98,7 @@ impl ClusterService {
             change,
             hops: next_hop(hops)?,
         };
-        self.forward_to(leader, forward).await
+        self.forward_to(leader, forward, FORWARD_TIMEOUT).await
     }
 
     /// On the leader: stamp the change with this clock, commit it, and

@@ -8,7 +8,8 @@
 //! a node's files come back with its krgd, whether or not it is mounted there.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use kdfs::callback::Callbacks;
@@ -19,13 +20,18 @@ use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 use krg_proto::peer::{PeerRequest, PeerResponse};
+use tokio::task::JoinHandle;
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
 use crate::sync;
 use crate::DaemonError;
 
+mod drain;
+mod handover;
 mod striping;
+
+pub use handover::KdfsHandOver;
 
 const ATTACH_FILE: &str = "kdfs.attach";
 
@@ -36,6 +42,10 @@ pub struct KdfsService {
     locks: LockManager,
     /// Which mounts' kernels hold what of this node's store, told of changes.
     callbacks: Callbacks,
+    /// The store is being handed over (this node leaves): read-only.
+    draining: AtomicBool,
+    /// The hand-over pass, while it runs (`handover.rs`).
+    pass: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -70,6 +80,8 @@ impl KdfsService {
             callbacks: Callbacks::new(ctx.node_id()),
             ctx,
             store: RwLock::new(None),
+            draining: AtomicBool::new(false),
+            pass: Mutex::new(None),
         });
         svc.clone().expire_locks();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
@@ -256,6 +268,9 @@ impl KdfsService {
         from: &Identity,
         req: KdfsRequest,
     ) -> Result<KdfsResponse, AdminError> {
+        if let KdfsRequest::HandOver = req {
+            return self.asked_to_hand_over(from);
+        }
         let Some(store) = self.current() else {
             return match req {
                 KdfsRequest::Hello => Ok(KdfsResponse::Hello {
@@ -286,6 +301,9 @@ impl KdfsService {
         }
         if is_lock_request(&req) {
             return Ok(self.locks.handle(from.node, req).await);
+        }
+        if self.is_draining() && handover::changes_store(&req) {
+            return Ok(KdfsResponse::Errno(libc::EROFS));
         }
         // Kept for the callbacks (never a write's data: writes change
         // nothing they track).

@@ -1,0 +1,273 @@
+//! `krgadm nodes del` of a live node moves its kDFS data to another member
+//! before it goes: every file, directory, symlink and fifo it kept is
+//! reached under the same names, with the same contents and attributes,
+//! once its krgd is gone.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{bin_dir, run, wait_until, Cluster};
+
+/// The node that keeps inode `ino` (kDFS ids are the inode numbers).
+fn owner(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().ino() >> 48
+}
+
+fn c_path(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        libc::lsetxattr(
+            c_path(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name} on {}", p.display());
+}
+
+fn get_xattr(p: &Path, name: &str) -> Vec<u8> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        libc::lgetxattr(
+            c_path(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(r >= 0, "getxattr {name} on {}", p.display());
+    buf.truncate(r as usize);
+    buf
+}
+
+/// What a user sees of one name: type and mode, owner, size, mtime, link
+/// count, and the data (a file's bytes, a symlink's target).
+type Seen = (u32, u32, u32, u64, i64, i64, u64, Vec<u8>);
+
+fn seen(p: &Path) -> Seen {
+    let m = fs::symlink_metadata(p).unwrap();
+    let data = if m.file_type().is_symlink() {
+        fs::read_link(p).unwrap().as_os_str().as_bytes().to_vec()
+    } else if m.is_file() {
+        fs::read(p).unwrap()
+    } else {
+        Vec::new()
+    };
+    let nlink = if m.is_dir() { 0 } else { m.nlink() };
+    (
+        m.mode(),
+        m.uid(),
+        m.gid(),
+        if m.is_dir() { 0 } else { m.size() },
+        m.mtime(),
+        m.mtime_nsec(),
+        nlink,
+        data,
+    )
+}
+
+/// Every name under `top`, relative, with what it shows.
+fn tree(top: &Path) -> BTreeMap<PathBuf, Seen> {
+    let mut all = BTreeMap::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            all.insert(p.strip_prefix(top).unwrap().to_path_buf(), seen(&p));
+        }
+    }
+    all
+}
+
+fn krgadm(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    run(Command::new(bin_dir().join("krgadm"))
+        .arg("--socket")
+        .arg(&c.nodes[i].sock)
+        .args(args))
+}
+
+/// Node 3's files (in its directories and in node 1's), a directory of
+/// node 1 inside node 3's, hard links across nodes: all there after
+/// `nodes del -n 3`, and still there once node 3's krgd is killed.
+#[test]
+fn a_leaving_node_hands_its_files_over() {
+    let mut c = Cluster::with_kdfs(3);
+    let (m1, m2, m3) = (
+        c.mnt(0).to_path_buf(),
+        c.mnt(1).to_path_buf(),
+        c.mnt(2).to_path_buf(),
+    );
+    // Made through node 3's mount: kept by node 3.
+    fs::create_dir(m3.join("d3")).unwrap();
+    fs::create_dir(m3.join("d3/sub")).unwrap();
+    let mut f = fs::File::create(m3.join("d3/big")).unwrap();
+    let block: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    f.write_all(&block).unwrap();
+    // a hole of 2 MiB, then a tail
+    f.seek(SeekFrom::Start(3 << 20)).unwrap();
+    f.write_all(b"tail after a hole").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // chown first: it clears the set-uid bit
+    std::os::unix::fs::lchown(m3.join("d3/big"), Some(1234), Some(4321)).unwrap();
+    fs::set_permissions(m3.join("d3/big"), fs::Permissions::from_mode(0o4750)).unwrap();
+    set_xattr(&m3.join("d3/big"), "user.color", b"blue");
+    fs::hard_link(m3.join("d3/big"), m3.join("d3/sub/big-again")).unwrap();
+    fs::write(m3.join("d3/sub/small"), b"small file of node 3").unwrap();
+    symlink("../big", m3.join("d3/sub/up")).unwrap();
+    let fifo = c_path(&m3.join("d3/pipe"));
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o620) }, 0);
+    fs::set_permissions(m3.join("d3/sub"), fs::Permissions::from_mode(0o2750)).unwrap();
+    // Node 1's directory naming node 3's inodes, and node 1's inside node 3's.
+    fs::create_dir(m1.join("d1")).unwrap();
+    fs::write(m3.join("d1/from3"), b"node 3's file in node 1's directory").unwrap();
+    fs::hard_link(m3.join("d3/sub/small"), m3.join("d1/small-link")).unwrap();
+    fs::create_dir(m1.join("d3/of1")).unwrap();
+    fs::write(
+        m1.join("d3/of1/kept"),
+        b"node 1's file under node 3's directory",
+    )
+    .unwrap();
+    fs::write(
+        m3.join("d3/of1/back"),
+        b"node 3's file under node 1's directory",
+    )
+    .unwrap();
+    Command::new("sync").status().unwrap();
+
+    for p in [
+        "d3",
+        "d3/big",
+        "d3/sub/up",
+        "d3/pipe",
+        "d1/from3",
+        "d3/of1/back",
+    ] {
+        assert_eq!(owner(&m1.join(p)), 3, "{p} is kept by node 3 before");
+    }
+    assert_eq!(owner(&m1.join("d3/of1")), 1);
+    let before = tree(&m1);
+    assert!(before.len() >= 11, "{before:?}");
+
+    let out = krgadm(&c, 0, &["nodes", "del", "-n", "3"]);
+    assert!(
+        out.status.success(),
+        "nodes del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log3 = || fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap_or_default();
+    assert!(log3().contains("kdfs: handed over"), "{}", log3());
+
+    // The originals are gone from node 3's store.
+    let left = fs::read_dir(c.nodes[2].store.join("inodes"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "objects left in node 3's store");
+    // Node 3 leaves for good: nothing may depend on it any more.
+    c.umount(2);
+    c.kill_krgd(2);
+    for m in [&m1, &m2] {
+        let after = tree(m);
+        assert_eq!(
+            after,
+            before,
+            "what {} shows after the hand-over",
+            m.display()
+        );
+        for p in after.keys() {
+            assert_ne!(owner(&m.join(p)), 3, "{} still on node 3", p.display());
+        }
+        assert_eq!(get_xattr(&m.join("d3/big"), "user.color"), b"blue");
+        assert!(fs::symlink_metadata(m.join("d3/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        // The hole stayed a hole.
+        assert!(fs::metadata(m.join("d3/big")).unwrap().blocks() * 512 < 3 << 20);
+    }
+    // Hard links are still one file: written through one name, read
+    // through the other.
+    fs::write(m2.join("d1/small-link"), b"changed through a link").unwrap();
+    assert_eq!(
+        fs::read(m1.join("d3/sub/small")).unwrap(),
+        b"changed through a link"
+    );
+    // The moved directories take new files.
+    fs::write(m2.join("d3/sub/new"), b"new").unwrap();
+    wait_until(
+        "the new file seen by node 1",
+        Duration::from_secs(5),
+        || fs::read(m1.join("d3/sub/new")).is_ok_and(|d| d == b"new"),
+    );
+
+    // Node 3 back (`nodes add`): its mount takes part again, as a new
+    // node's would, its new files on node 3.
+    c.start_krgd(2);
+    wait_until("node 3 added back", Duration::from_secs(30), || {
+        krgadm(&c, 0, &["nodes", "add", "-n", "3"]).status.success()
+    });
+    wait_until("node 3 sees every member", Duration::from_secs(30), || {
+        let out = krgadm(&c, 2, &["nodes", "status"]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches("online")
+            .count()
+            == 3
+    });
+    let out = c.mount(2, "");
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Err(e) = fs::write(m3.join("d3/sub/back"), b"node 3 again") {
+        panic!("write through node 3 again: {e}\n{}", c.client_log(2));
+    }
+    assert_eq!(owner(&m3.join("d3/sub/back")), 3);
+    // (node 1's mount holds a node down for 0.5 s after it failed)
+    wait_until(
+        "node 3's new file read through node 1",
+        Duration::from_secs(5),
+        || fs::read(m1.join("d3/sub/back")).is_ok_and(|d| d == b"node 3 again"),
+    );
+    assert_eq!(
+        fs::read(m3.join("d3/big")).unwrap(),
+        fs::read(m1.join("d3/big")).unwrap()
+    );
+
+    // The root node cannot hand its store over (every superblock names
+    // it): it says so, and leaves all the same (a leave never fails).
+    let out = krgadm(&c, 1, &["nodes", "del", "-n", "1"]);
+    assert!(
+        out.status.success(),
+        "nodes del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log1 = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
+    assert!(
+        log1.contains("kdfs: not handed over") && log1.contains("root node of the file system"),
+        "{log1}"
+    );
+}
