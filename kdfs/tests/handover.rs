@@ -271,3 +271,71 @@ fn a_leaving_node_hands_its_files_over() {
         "{log1}"
     );
 }
+
+/// A log without its colours.
+fn plain(log: &str) -> String {
+    let mut out = String::new();
+    let mut chars = log.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn objects(c: &Cluster, i: usize) -> usize {
+    fs::read_dir(c.nodes[i].store.join("inodes"))
+        .unwrap()
+        .count()
+}
+
+/// A hand-over that fails midway (a failure point after its first name was
+/// pointed at a copy) is undone: the names are node 3's again, the copies
+/// are gone, node 3's store takes writes again.
+#[test]
+fn a_failed_hand_over_is_undone() {
+    let c = Cluster::with_kdfs(3);
+    let (m1, m3) = (c.mnt(0).to_path_buf(), c.mnt(2).to_path_buf());
+    fs::create_dir_all(m3.join("d3/sub")).unwrap();
+    fs::write(m3.join("d3/f"), b"node 3's data").unwrap();
+    fs::write(m3.join("d3/sub/g"), b"deeper").unwrap();
+    fs::create_dir(m1.join("d1")).unwrap();
+    fs::hard_link(m3.join("d3/f"), m3.join("d1/f-link")).unwrap();
+    Command::new("sync").status().unwrap();
+    let before = tree(&m1);
+    let kept = (objects(&c, 0), objects(&c, 1));
+
+    fs::write(c.nodes[2].data.join("crash-at"), "fail:handover-repointed").unwrap();
+    let out = krgadm(&c, 0, &["nodes", "del", "-n", "3"]);
+    assert!(
+        out.status.success(),
+        "nodes del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log3 = plain(&fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap());
+    assert!(
+        log3.contains("the hand-over failed") && log3.contains("undo_failures=0"),
+        "{log3}"
+    );
+    assert!(log3.contains("kdfs: not handed over"), "{log3}");
+
+    assert_eq!(tree(&m1), before, "the tree after the undo");
+    for p in ["d3", "d3/f", "d3/sub/g", "d1/f-link"] {
+        assert_eq!(owner(&m1.join(p)), 3, "{p} is node 3's again");
+    }
+    assert_eq!((objects(&c, 0), objects(&c, 1)), kept, "copies left behind");
+    // Writable again.
+    fs::write(m3.join("d3/f"), b"written after the undo").unwrap();
+    assert_eq!(
+        fs::read(m3.join("d1/f-link")).unwrap(),
+        b"written after the undo"
+    );
+}

@@ -4,7 +4,9 @@
 //! stop it deterministically between the steps of a cross-node operation
 //! and check what `fsck.kdfs` makes of the leftovers. krgd's migration
 //! code has points of its own (`krgd-*`), for the tests of a target that
-//! dies after the handover.
+//! dies after the handover. A *failure* point ([`fails`], armed by writing
+//! `fail:NAME`) makes the step fail instead, once: krgd's kDFS hand-over
+//! uses one to test its undo.
 //!
 //! Armed only when the process was started with `KDFS_TEST_CRASH_FILE=PATH`
 //! in its environment, and only for the point whose name is written in that
@@ -38,4 +40,22 @@ pub fn point(name: &str) {
         );
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Whether failure point `name` is armed (by `fail:NAME` in the file):
+/// true once, the step is then to fail as if something it asked failed.
+pub fn fails(name: &str) -> bool {
+    let Some(file) = crash_file() else {
+        return false;
+    };
+    let armed =
+        std::fs::read_to_string(file).is_ok_and(|s| s.trim().strip_prefix("fail:") == Some(name));
+    if armed && std::fs::remove_file(file).is_ok() {
+        tracing::warn!(
+            point = name,
+            "kdfs: failure point reached, failing this step"
+        );
+        return true;
+    }
+    false
 }

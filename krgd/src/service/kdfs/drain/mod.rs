@@ -20,10 +20,13 @@
 //!    again: it holds only what no name reached, and serves as a new
 //!    node's would (the node is removed from the cluster right after; if
 //!    it is added again, it takes part as an empty node).
+//!
+//! A pass that fails after step 2 is undone (`undo.rs`): the names go back
+//! to the originals, the copies are removed, the store is writable again.
+//! Files: this one (the pass, the requests, the walk), `copy.rs` (one
+//! inode), `undo.rs`.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,13 +34,16 @@ use std::time::{Duration, Instant};
 use kdfs::store::Store;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{
-    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode,
-    SetAttr, SetTime,
+    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, SetAttr,
+    SetTime,
 };
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::NodeId;
 
 use super::KdfsService;
+
+mod copy;
+mod undo;
 
 /// How long one request to a member may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -107,6 +113,7 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         copies: HashMap::new(),
         stamps: Vec::new(),
         changed: HashSet::new(),
+        repointed: Vec::new(),
         bytes: 0,
     };
     d.to = d.pick_target(sb.fs_id).await?;
@@ -115,25 +122,29 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         to = d.to,
         "kdfs: leaving: the store is read-only while its inodes are copied"
     );
-    let root = match d.call(sb.root_node, Q::Root).await? {
-        A::Root(r) => r,
-        other => return Err(unexpected(sb.root_node, &other)),
-    };
-    for _ in 0..WALKS {
-        if d.walk(root).await? == 0 {
-            d.finish().await?;
-            d.discard_originals().await;
-            svc.draining.store(false, Ordering::Release);
-            return Ok(d);
-        }
+    let moved = d.move_all(sb.root_node).await;
+    if let Err(e) = &moved {
+        let failed = d.undo().await;
+        tracing::warn!(why = %e.what, undo_failures = failed,
+            "kdfs: the hand-over failed: names pointed back at the originals, copies removed");
+    } else {
+        d.discard_originals().await;
     }
-    Err(Failed::new(format!(
-        "names of its inodes were still being moved after {WALKS} walks"
-    )))
+    svc.draining.store(false, Ordering::Release);
+    moved.map(|()| d)
 }
 
 fn unexpected(node: NodeId, a: &A) -> Failed {
     Failed::new(format!("node {node}: unexpected answer {a:?}"))
+}
+
+/// A name pointed at a copy.
+struct Repointed {
+    dir: InodeId,
+    name: Vec<u8>,
+    original: InodeId,
+    copy: InodeId,
+    kind: FileKind,
 }
 
 /// The state of one pass.
@@ -150,11 +161,29 @@ struct Drain {
     stamps: Vec<(InodeId, Attr)>,
     /// Directories whose entries changed, synced at the end.
     changed: HashSet<InodeId>,
+    /// Names pointed at copies, in order (to point them back on failure).
+    repointed: Vec<Repointed>,
     /// File data copied.
     bytes: u64,
 }
 
 impl Drain {
+    /// Walk until no name of this node's inodes is left, then finish.
+    async fn move_all(&mut self, root_node: NodeId) -> Res<()> {
+        let root = match self.call(root_node, Q::Root).await? {
+            A::Root(r) => r,
+            other => return Err(unexpected(root_node, &other)),
+        };
+        for _ in 0..WALKS {
+            if self.walk(root).await? == 0 {
+                return self.finish().await;
+            }
+        }
+        Err(Failed::new(format!(
+            "names of its inodes were still being moved after {WALKS} walks"
+        )))
+    }
+
     /// `req` to `node`'s store (this node's: in place).
     async fn call(&self, node: NodeId, req: Q) -> Res<A> {
         let answer = if node == self.me {
@@ -277,220 +306,21 @@ impl Drain {
         match self.call(inode_node(dir), req).await {
             Ok(_) => {
                 self.changed.insert(dir);
+                self.repointed.push(Repointed {
+                    dir,
+                    name: e.name.clone(),
+                    original: e.ino,
+                    copy,
+                    kind: e.kind,
+                });
+                if kdfs::store::crash::fails("handover-repointed") {
+                    return Err(Failed::new("failure point handover-repointed"));
+                }
                 Ok(true)
             }
             Err(f) if f.errno == Some(libc::ENOENT) => Ok(false),
             Err(f) => Err(f),
         }
-    }
-
-    /// The copy of this node's inode `old` on the target, made if needed
-    /// (a directory with its entries).
-    fn copy(
-        &mut self,
-        old: InodeId,
-        kind: FileKind,
-    ) -> Pin<Box<dyn Future<Output = Res<InodeId>> + Send + '_>> {
-        Box::pin(async move {
-            if let Some(copy) = self.copies.get(&old) {
-                return Ok(*copy);
-            }
-            let attr = match self.call(self.me, Q::GetAttr { ino: old }).await? {
-                A::Attr(a) if a.kind == kind => a,
-                A::Attr(a) => {
-                    return Err(Failed::new(format!(
-                        "inode {old:x} is a {:?}, its entry says {kind:?}",
-                        a.kind
-                    )))
-                }
-                other => return Err(unexpected(self.me, &other)),
-            };
-            let target = match kind {
-                FileKind::Symlink => match self.call(self.me, Q::Readlink { ino: old }).await? {
-                    A::Target(t) => Some(t),
-                    other => return Err(unexpected(self.me, &other)),
-                },
-                _ => None,
-            };
-            let new = NewInode {
-                kind,
-                perm: attr.perm,
-                uid: attr.uid,
-                gid: attr.gid,
-                rdev: attr.rdev,
-                target,
-            };
-            let open = (kind == FileKind::File).then_some(true);
-            let (copy, fh) = match self.call(self.to, Q::MakeInode { new, open }).await? {
-                A::Created { attr, fh, .. } => (attr.ino, fh),
-                other => return Err(unexpected(self.to, &other)),
-            };
-            self.copies.insert(old, copy);
-            match kind {
-                FileKind::File => self.copy_data(old, copy, fh, attr.size).await?,
-                FileKind::Dir => self.copy_entries(old, copy).await?,
-                _ => {}
-            }
-            if kind != FileKind::Dir {
-                for _ in 1..attr.nlink {
-                    self.call(self.to, Q::IncLink { ino: copy }).await?;
-                }
-            }
-            self.copy_xattrs(old, copy).await?;
-            self.stamps.push((copy, attr));
-            Ok(copy)
-        })
-    }
-
-    /// The data of regular file `old` into `copy`, open as `fh` there.
-    async fn copy_data(
-        &mut self,
-        old: InodeId,
-        copy: InodeId,
-        fh: Option<u64>,
-        size: u64,
-    ) -> Res<()> {
-        let fh = fh.ok_or_else(|| Failed::new("the copy was not opened"))?;
-        let copied = match self
-            .call(
-                self.me,
-                Q::Open {
-                    ino: old,
-                    write: false,
-                },
-            )
-            .await
-        {
-            Ok(A::Handle(src)) => {
-                let r = self.copy_bytes(old, src, copy, fh, size).await;
-                let _ = self.call(self.me, Q::Release { ino: old, fh: src }).await;
-                r
-            }
-            Ok(other) => Err(unexpected(self.me, &other)),
-            Err(e) => Err(e),
-        };
-        let synced = match copied {
-            Ok(()) => self
-                .call(
-                    self.to,
-                    Q::Fsync {
-                        ino: copy,
-                        fh,
-                        datasync: false,
-                    },
-                )
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
-        let _ = self.call(self.to, Q::Release { ino: copy, fh }).await;
-        synced
-    }
-
-    /// Bytes `0..size` of `old` (open as `src`) into `copy` (open as
-    /// `fh`). Chunks of zeros are not written: the copy keeps holes.
-    async fn copy_bytes(
-        &mut self,
-        old: InodeId,
-        src: u64,
-        copy: InodeId,
-        fh: u64,
-        size: u64,
-    ) -> Res<()> {
-        let mut offset = 0;
-        while offset < size {
-            let read = Q::Read {
-                ino: old,
-                fh: src,
-                offset,
-                len: CHUNK,
-            };
-            let data = match self.call(self.me, read).await? {
-                A::Data(d) if d.0.is_empty() => break,
-                A::Data(d) => d,
-                other => return Err(unexpected(self.me, &other)),
-            };
-            let len = data.0.len() as u64;
-            if data.0.iter().any(|b| *b != 0) {
-                let write = Q::Write {
-                    ino: copy,
-                    fh,
-                    offset,
-                    data,
-                };
-                match self.call(self.to, write).await? {
-                    A::Written(n) if u64::from(n) == len => {}
-                    other => return Err(unexpected(self.to, &other)),
-                }
-            }
-            self.bytes += len;
-            offset += len;
-        }
-        let set = SetAttr {
-            size: Some(size),
-            ..SetAttr::default()
-        };
-        self.call(self.to, Q::SetAttr { ino: copy, set }).await?;
-        Ok(())
-    }
-
-    /// The entries of directory `old` into its copy, their inodes of this
-    /// node copied first; and its striping policy.
-    async fn copy_entries(&mut self, old: InodeId, copy: InodeId) -> Res<()> {
-        for e in self.list(old).await? {
-            let ino = if inode_node(e.ino) == self.me {
-                self.copy(e.ino, e.kind).await?
-            } else {
-                e.ino
-            };
-            let add = Q::AddEntry {
-                dir: copy,
-                name: e.name,
-                ino,
-                kind: e.kind,
-                replace: false,
-            };
-            self.call(self.to, add).await?;
-        }
-        self.changed.insert(copy);
-        if let A::Stripe {
-            policy: Some(p), ..
-        } = self.call(self.me, Q::GetStripe { ino: old }).await?
-        {
-            let set = Q::SetStripePolicy {
-                dir: copy,
-                policy: Some(p),
-            };
-            self.call(self.to, set).await?;
-        }
-        Ok(())
-    }
-
-    /// The extended attributes (ACLs, capabilities, user's) of `old` onto
-    /// `copy`: after its data, since a write drops a capability.
-    async fn copy_xattrs(&mut self, old: InodeId, copy: InodeId) -> Res<()> {
-        let names = match self.call(self.me, Q::ListXattr { ino: old }).await? {
-            A::XattrNames(n) => n,
-            other => return Err(unexpected(self.me, &other)),
-        };
-        for name in names {
-            let get = Q::GetXattr {
-                ino: old,
-                name: name.clone(),
-            };
-            let value = match self.call(self.me, get).await? {
-                A::Xattr(v) => v,
-                other => return Err(unexpected(self.me, &other)),
-            };
-            let set = Q::SetXattr {
-                ino: copy,
-                name,
-                value,
-                flags: 0,
-            };
-            self.call(self.to, set).await?;
-        }
-        Ok(())
     }
 
     /// Remove the originals, now that every name names a copy (fsynced):
