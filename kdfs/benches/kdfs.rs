@@ -20,6 +20,10 @@
 //! KDFS_BENCH_STRIPE_MB (default 4096) MiB each; `KDFS_BENCH_ONLY=striped`
 //! runs only that one.
 //!
+//! `KDFS_BENCH_ONLY=handover` runs a fourth table, only on request:
+//! `krgadm nodes del` of a node holding kDFS files against `cp -a` of them
+//! (`benches/kdfs/handover.rs`).
+//!
 //! KDFS_TEST_DIR (default /tmp) is where every target lives: the native
 //! directory, the kDFS stores and the GlusterFS bricks — one file system
 //! for all, so that its quirks weigh on each alike (ext4 without a journal
@@ -28,6 +32,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "kdfs/handover.rs"]
+mod handover;
 #[path = "kdfs/striped.rs"]
 mod striped;
 
@@ -487,6 +493,11 @@ fn main() {
             "kDFS bench: striping only, {stripe_mb} MiB, {rounds} round(s); 3 nodes on loopback"
         );
         striped::table(&cluster, rounds, stripe_mb);
+        return;
+    }
+    if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "handover") {
+        println!("kDFS bench: hand-over only, {rounds} round(s); 3 nodes on loopback");
+        handover::table(&cluster, rounds);
         return;
     }
     if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "remote") {

@@ -339,3 +339,41 @@ fn a_failed_hand_over_is_undone() {
         b"written after the undo"
     );
 }
+
+/// Two nodes leaving at once, each naming the other's inodes in its
+/// directories: they hand over in turn, and everything ends on node 1.
+#[test]
+fn two_leaving_nodes_hand_over_in_turn() {
+    let mut c = Cluster::with_kdfs(3);
+    let (m1, m2, m3) = (
+        c.mnt(0).to_path_buf(),
+        c.mnt(1).to_path_buf(),
+        c.mnt(2).to_path_buf(),
+    );
+    fs::create_dir(m2.join("d2")).unwrap();
+    fs::create_dir(m3.join("d2/d3")).unwrap();
+    fs::write(m2.join("d2/d3/of2"), b"node 2's file in node 3's directory").unwrap();
+    fs::write(m3.join("d2/of3"), b"node 3's file in node 2's directory").unwrap();
+    Command::new("sync").status().unwrap();
+    assert_eq!((owner(&m1.join("d2")), owner(&m1.join("d2/d3"))), (2, 3));
+    let before = tree(&m1);
+
+    let out = krgadm(&c, 0, &["nodes", "del", "-n", "2:3"]);
+    assert!(
+        out.status.success(),
+        "nodes del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in [1, 2] {
+        let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap();
+        assert!(log.contains("kdfs: handed over"), "node {}: {log}", i + 1);
+    }
+    for i in [1, 2] {
+        c.umount(i);
+        c.kill_krgd(i);
+    }
+    assert_eq!(tree(&m1), before);
+    for p in before.keys() {
+        assert_eq!(owner(&m1.join(p)), 1, "{}", p.display());
+    }
+}

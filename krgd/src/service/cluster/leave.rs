@@ -47,6 +47,11 @@ pub trait HandOver: Send + Sync {
     fn patience(&self) -> Duration {
         HANDOVER_TIMEOUT
     }
+    /// Whether several leaving nodes must hand over one after the other
+    /// (kDFS: a node's pass changes names in the others' directories).
+    fn one_node_at_a_time(&self) -> bool {
+        false
+    }
 }
 
 impl ClusterService {
@@ -113,19 +118,27 @@ impl ClusterService {
         let notice = nodes.iter().map(|id| self.wait_applied(joined, *id, epoch));
         futures::future::join_all(notice).await;
         let services = sync::read(&self.handovers).clone();
-        let deadline = tokio::time::Instant::now() + self.handover_patience();
+        let patience = self.handover_patience() * nodes.len().max(1) as u32;
+        let deadline = tokio::time::Instant::now() + patience;
         let mut pending: BTreeSet<(usize, NodeId)> = (0..services.len())
             .flat_map(|s| nodes.iter().map(move |n| (s, *n)))
             .collect();
         while !pending.is_empty() {
             // In registration order for each node: a service is asked
-            // only once the ones before it are done with that node.
+            // only once the ones before it are done with that node (and,
+            // for a service that wants it, once it is done with the nodes
+            // before).
             let mut still = BTreeSet::new();
             let mut waiting = BTreeSet::new();
+            let mut busy = BTreeSet::new();
             for (s, n) in pending {
-                if waiting.contains(&n) || !services[s].handed_over(n).await {
+                let wait = waiting.contains(&n) || busy.contains(&s);
+                if wait || !services[s].handed_over(n).await {
                     still.insert((s, n));
                     waiting.insert(n);
+                    if services[s].one_node_at_a_time() {
+                        busy.insert(s);
+                    }
                 }
             }
             pending = still;

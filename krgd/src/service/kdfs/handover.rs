@@ -146,6 +146,13 @@ impl HandOver for KdfsHandOver {
         COPY_PATIENCE
     }
 
+    /// A pass points names in other nodes' directories at copies: a node
+    /// that left at the same time would refuse (EROFS) while it hands
+    /// over itself.
+    fn one_node_at_a_time(&self) -> bool {
+        true
+    }
+
     fn handed_over(&self, node: NodeId) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
             if node == self.svc.ctx.node_id() {
