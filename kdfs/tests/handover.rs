@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -16,47 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bin_dir, run, wait_until, Cluster};
+use common::{bin_dir, run, wait_until, xattrs, Cluster};
 
 /// The node that keeps inode `ino` (kDFS ids are the inode numbers).
 fn owner(p: &Path) -> u64 {
     fs::symlink_metadata(p).unwrap().ino() >> 48
-}
-
-fn c_path(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            c_path(p).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr {name} on {}", p.display());
-}
-
-fn get_xattr(p: &Path, name: &str) -> Vec<u8> {
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let r = unsafe {
-        libc::lgetxattr(
-            c_path(p).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert!(r >= 0, "getxattr {name} on {}", p.display());
-    buf.truncate(r as usize);
-    buf
 }
 
 /// What a user sees of one name: type and mode, owner, size, mtime, link
@@ -133,11 +96,11 @@ fn a_leaving_node_hands_its_files_over() {
     // chown first: it clears the set-uid bit
     std::os::unix::fs::lchown(m3.join("d3/big"), Some(1234), Some(4321)).unwrap();
     fs::set_permissions(m3.join("d3/big"), fs::Permissions::from_mode(0o4750)).unwrap();
-    set_xattr(&m3.join("d3/big"), "user.color", b"blue");
+    xattrs::set(&m3.join("d3/big"), "user.color", b"blue", 0).unwrap();
     fs::hard_link(m3.join("d3/big"), m3.join("d3/sub/big-again")).unwrap();
     fs::write(m3.join("d3/sub/small"), b"small file of node 3").unwrap();
     symlink("../big", m3.join("d3/sub/up")).unwrap();
-    let fifo = c_path(&m3.join("d3/pipe"));
+    let fifo = xattrs::c(&m3.join("d3/pipe"));
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o620) }, 0);
     fs::set_permissions(m3.join("d3/sub"), fs::Permissions::from_mode(0o2750)).unwrap();
@@ -200,7 +163,10 @@ fn a_leaving_node_hands_its_files_over() {
         for p in after.keys() {
             assert_ne!(owner(&m.join(p)), 3, "{} still on node 3", p.display());
         }
-        assert_eq!(get_xattr(&m.join("d3/big"), "user.color"), b"blue");
+        assert_eq!(
+            xattrs::get(&m.join("d3/big"), "user.color", 64).unwrap(),
+            b"blue"
+        );
         assert!(fs::symlink_metadata(m.join("d3/pipe"))
             .unwrap()
             .file_type()

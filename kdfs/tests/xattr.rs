@@ -4,83 +4,12 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
+use common::xattrs::{get, list, remove, set};
 use common::{as_tests_user, run, Cluster};
-
-fn c(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
-}
-
-fn set(p: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
-    let n = CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name; value is value.len() bytes.
-    let r = unsafe {
-        libc::lsetxattr(
-            c(p).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-/// getxattr with a buffer of `size` bytes: the value, or the length for 0.
-fn get(p: &Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; size];
-    // SAFETY: buf has size writable bytes (a NULL-like empty buffer for 0).
-    let r = unsafe { libc::lgetxattr(c(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
-    if r < 0 {
-        return Err(errno());
-    }
-    if size == 0 {
-        return Ok(r.to_string().into_bytes());
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
-}
-
-fn list(p: &Path) -> Vec<String> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: buf has 4096 writable bytes.
-    let r = unsafe { libc::llistxattr(c(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(r >= 0, "listxattr: errno {}", errno());
-    buf.truncate(r as usize);
-    let mut v: Vec<String> = buf
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-fn remove(p: &Path, name: &str) -> Result<(), i32> {
-    let n = CString::new(name).unwrap();
-    // SAFETY: NUL-terminated path and name.
-    let r = unsafe { libc::lremovexattr(c(p).as_ptr(), n.as_ptr()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
 
 #[test]
 fn xattrs_round_trip_across_nodes_with_local_errnos() {

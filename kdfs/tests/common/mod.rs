@@ -3,6 +3,8 @@
 //! formatted with mkfs.kdfs and mounted with mount.kdfs.
 #![allow(dead_code)]
 
+pub mod xattrs;
+
 use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -20,12 +20,14 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::cluster::{
     ClusterPeerReply, ClusterPeerRequest, ClusterStatus, NodeSelector, NodeState,
 };
+use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::NodeId;
 
 use super::network::call;
 use super::selection::resolve_for_del;
 use super::state::{ClusterCommand, MemberRecord};
 use super::{ClusterService, Joined};
+use crate::peers::PeerPool;
 use crate::sync;
 
 /// How long a service may take to hand a leaving node's work over, unless
@@ -51,6 +53,62 @@ pub trait HandOver: Send + Sync {
     /// (kDFS: a node's pass changes names in the others' directories).
     fn one_node_at_a_time(&self) -> bool {
         false
+    }
+}
+
+/// How long the leader waits for a leaving node's answer to a hand-over
+/// question.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ask another, leaving `node` how its hand-over of `what` ("processes",
+/// "kDFS data") goes, with `ask`; `done` reads the answer. A node that does
+/// not answer, or answers something else, is not waited for (it cannot
+/// hand anything over), which is logged.
+pub async fn ask_leaving(
+    peers: &PeerPool,
+    node: NodeId,
+    ask: PeerRequest,
+    what: &str,
+    done: fn(&PeerResponse) -> Option<bool>,
+) -> bool {
+    match peers.call(node, ask, ASK_TIMEOUT).await {
+        Ok(answer) => done(&answer).unwrap_or_else(|| {
+            tracing::warn!(
+                node,
+                ?answer,
+                "unexpected hand-over answer; not waiting for its {what}"
+            );
+            true
+        }),
+        Err(e) => {
+            tracing::warn!(node, error = %e, "leaving node does not answer; not waiting for its {what}");
+            true
+        }
+    }
+}
+
+/// A leaving node's hand-over pass of one service: started by the first
+/// question, "done" to the first question after it ended (the next one
+/// starts a new pass: a later leave of the same node).
+#[derive(Default)]
+pub struct Pass(std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>);
+
+impl Pass {
+    /// Start a pass with `start` if none runs (`None`: nothing to hand
+    /// over); true once it ended.
+    pub fn progress(&self, start: impl FnOnce() -> Option<tokio::task::JoinHandle<()>>) -> bool {
+        let mut pass = sync::lock(&self.0);
+        match pass.as_ref() {
+            Some(p) if p.is_finished() => {
+                *pass = None;
+                true
+            }
+            Some(_) => false,
+            None => {
+                *pass = start();
+                pass.is_none()
+            }
+        }
     }
 }
 

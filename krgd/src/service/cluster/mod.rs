@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 
 use self::discovery::Discovery;
 pub(crate) use self::instance::Joined;
-pub use self::leave::HandOver;
+pub use self::leave::{ask_leaving, HandOver, Pass};
 use crate::caller::Caller;
 use crate::context::NodeContext;
 use crate::peers::PeerCallError;

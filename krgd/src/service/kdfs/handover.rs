@@ -26,11 +26,8 @@ use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::NodeId;
 
 use super::KdfsService;
-use crate::service::cluster::HandOver;
-use crate::sync;
+use crate::service::cluster::{ask_leaving, HandOver};
 
-/// How long the leader waits for a leaving node's answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the leave waits for the copy (about 100 GB on a gigabit link).
 const COPY_PATIENCE: Duration = Duration::from_secs(15 * 60);
 
@@ -103,24 +100,13 @@ impl KdfsService {
     /// On the leaving node: start a pass if none runs; true once it ended
     /// (or when there is no store to hand over).
     fn progress(self: &Arc<Self>) -> bool {
-        let mut pass = sync::lock(&self.pass);
-        match pass.as_ref() {
-            Some(p) if p.is_finished() => {
-                *pass = None;
-                true
-            }
-            Some(_) => false,
-            None => {
-                let Some(store) = self.current() else {
-                    return true;
-                };
-                let svc = self.clone();
-                *pass = Some(tokio::spawn(async move {
-                    super::drain::hand_over(&svc, store).await
-                }));
-                false
-            }
-        }
+        self.pass.progress(|| {
+            let store = self.current()?;
+            let svc = self.clone();
+            Some(tokio::spawn(async move {
+                super::drain::hand_over(&svc, store).await
+            }))
+        })
     }
 }
 
@@ -159,18 +145,11 @@ impl HandOver for KdfsHandOver {
                 return self.svc.hand_over_if_leaving();
             }
             let ask = PeerRequest::Kdfs(KdfsRequest::HandOver);
-            match self.svc.ctx.peers.call(node, ask, ASK_TIMEOUT).await {
-                Ok(PeerResponse::Kdfs(KdfsResponse::HandedOver { done })) => done,
-                Ok(other) => {
-                    tracing::warn!(node, answer = ?other, "unexpected kdfs hand-over answer; not waiting for its data");
-                    true
-                }
-                // A node that does not answer cannot hand anything over.
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "leaving node does not answer; not waiting for its kDFS data");
-                    true
-                }
-            }
+            ask_leaving(&self.svc.ctx.peers, node, ask, "kDFS data", |a| match a {
+                PeerResponse::Kdfs(KdfsResponse::HandedOver { done }) => Some(*done),
+                _ => None,
+            })
+            .await
         })
     }
 }

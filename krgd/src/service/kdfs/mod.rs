@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kdfs::callback::Callbacks;
@@ -20,10 +20,10 @@ use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 use krg_proto::peer::{PeerRequest, PeerResponse};
-use tokio::task::JoinHandle;
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
+use crate::service::cluster::Pass;
 use crate::sync;
 use crate::DaemonError;
 
@@ -44,8 +44,8 @@ pub struct KdfsService {
     callbacks: Callbacks,
     /// The store is being handed over (this node leaves): read-only.
     draining: AtomicBool,
-    /// The hand-over pass, while it runs (`handover.rs`).
-    pass: Mutex<Option<JoinHandle<()>>>,
+    /// The hand-over pass of this node, when it leaves (`handover.rs`).
+    pass: Pass,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -81,7 +81,7 @@ impl KdfsService {
             ctx,
             store: RwLock::new(None),
             draining: AtomicBool::new(false),
-            pass: Mutex::new(None),
+            pass: Pass::default(),
         });
         svc.clone().expire_locks();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {

@@ -15,14 +15,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use krg_proto::migrate::MigrateRequest;
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest};
 use krg_proto::NodeId;
-use tokio::task::JoinHandle;
 
 use super::creds::Origin;
 use super::fanout::online_nodes;
@@ -30,17 +28,13 @@ use super::load::own_processes;
 use super::migrate::{self, check};
 use super::state::ProcState;
 use crate::service::cluster::owners::now_ms;
-use crate::service::cluster::HandOver;
-use crate::sync;
-
-/// How long the leader waits for a leaving node's answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::service::cluster::{ask_leaving, HandOver, Pass};
 
 /// The process hand-over of this node: asked by the leader (as a
 /// [`HandOver`] service) and, on the leaving node, running the pass.
 pub struct ProcHandOver {
     st: Arc<ProcState>,
-    pass: Mutex<Option<JoinHandle<()>>>,
+    pass: Pass,
 }
 
 impl ProcHandOver {
@@ -48,25 +42,16 @@ impl ProcHandOver {
     pub fn new(st: Arc<ProcState>) -> Arc<Self> {
         Arc::new(Self {
             st,
-            pass: Mutex::new(None),
+            pass: Pass::default(),
         })
     }
 
     /// On the leaving node: start a pass if none runs; true once it ended.
     pub fn progress(&self) -> bool {
-        let mut pass = sync::lock(&self.pass);
-        match pass.as_ref() {
-            Some(p) if p.is_finished() => {
-                *pass = None;
-                true
-            }
-            Some(_) => false,
-            None => {
-                let st = self.st.clone();
-                *pass = Some(tokio::spawn(async move { hand_over(&st).await }));
-                false
-            }
-        }
+        self.pass.progress(|| {
+            let st = self.st.clone();
+            Some(tokio::spawn(async move { hand_over(&st).await }))
+        })
     }
 }
 
@@ -81,18 +66,11 @@ impl HandOver for ProcHandOver {
                 return self.progress();
             }
             let ask = PeerRequest::Proc(ProcPeerRequest::HandOver);
-            match self.st.ctx.peers.call(node, ask, ASK_TIMEOUT).await {
-                Ok(PeerResponse::Proc(ProcPeerReply::HandedOver { done })) => done,
-                Ok(other) => {
-                    tracing::warn!(node, answer = ?other, "unexpected hand-over answer; not waiting for its processes");
-                    true
-                }
-                // A node that does not answer has nothing to hand over.
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "leaving node does not answer; not waiting for its processes");
-                    true
-                }
-            }
+            ask_leaving(&self.st.ctx.peers, node, ask, "processes", |a| match a {
+                PeerResponse::Proc(ProcPeerReply::HandedOver { done }) => Some(*done),
+                _ => None,
+            })
+            .await
         })
     }
 }
