@@ -480,6 +480,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::Unwatch { .. } => "unwatch",
         R::ReplaceEntry { .. } => "replace_entry",
         R::HandOver => "hand_over",
+        R::SyncStore => "sync_store",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -78,6 +78,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::Write { .. }
             | Q::Fsync { .. }
             | Q::FsyncDir { .. }
+            | Q::SyncStore
             | Q::OpenDir { .. }
             | Q::ReadDir { .. }
             | Q::ReleaseDir { .. }

@@ -168,6 +168,7 @@ impl Store {
             Q::OpenDir { ino } => A::Handle(self.open_dir(ino)?),
             Q::ReadDir { fh, offset, max } => A::Entries(self.read_dir(fh, offset, max)?),
             Q::FsyncDir { ino } => self.fsync_dir(ino).map(|_| A::Done)?,
+            Q::SyncStore => nix::unistd::syncfs(self.top.fd()).map(|_| A::Done)?,
             Q::GetXattr { ino, name } => A::Xattr(self.get_xattr(ino, &name)?.into()),
             Q::ListXattr { ino } => A::XattrNames(self.list_xattr(ino)?),
             Q::SetXattr {

@@ -496,6 +496,9 @@ pub enum KdfsRequest {
     /// From the leader to a leaving node: move your kDFS data to the other
     /// members (the first ask starts it). Answered `HandedOver`.
     HandOver,
+    /// Make everything written to the store durable (`syncfs`): one for a
+    /// whole hand-over's copies instead of an fsync per file. `Done`.
+    SyncStore,
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.

@@ -66,6 +66,7 @@ fn is_quick(req: &KdfsRequest) -> bool {
             | KdfsRequest::Extend { .. }
             | KdfsRequest::Fsync { .. }
             | KdfsRequest::FsyncDir { .. }
+            | KdfsRequest::SyncStore
             | KdfsRequest::Fallocate { .. }
             | KdfsRequest::OpenDir { .. }
             | KdfsRequest::SetAttr { .. }

@@ -8,7 +8,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use krg_proto::kdfs::{
-    inode_node, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode, SetAttr,
+    inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode, SetAttr,
+    SetTime,
 };
 
 use super::{unexpected, Drain, Failed, Res, CHUNK};
@@ -61,13 +62,20 @@ impl Drain {
                 FileKind::Dir => self.copy_entries(old, copy).await?,
                 _ => {}
             }
-            if kind != FileKind::Dir {
+            if kind == FileKind::Dir {
+                // Its times once the pass is over: entries added change them.
+                self.stamps.push((copy, attr));
+            } else {
                 for _ in 1..attr.nlink {
                     self.call(self.to, Q::IncLink { ino: copy }).await?;
                 }
+                let set = Q::SetAttr {
+                    ino: copy,
+                    set: stamp(&attr),
+                };
+                self.call(self.to, set).await?;
             }
             self.copy_xattrs(old, copy).await?;
-            self.stamps.push((copy, attr));
             Ok(copy)
         })
     }
@@ -99,26 +107,13 @@ impl Drain {
             Ok(other) => Err(unexpected(self.me, &other)),
             Err(e) => Err(e),
         };
-        let synced = match copied {
-            Ok(()) => self
-                .call(
-                    self.to,
-                    Q::Fsync {
-                        ino: copy,
-                        fh,
-                        datasync: false,
-                    },
-                )
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
         let _ = self.call(self.to, Q::Release { ino: copy, fh }).await;
-        synced
+        copied
     }
 
     /// Bytes `0..size` of `old` (open as `src`) into `copy` (open as
-    /// `fh`). Chunks of zeros are not written: the copy keeps holes.
+    /// `fh`). Chunks of zeros are not written: the copy keeps holes (and
+    /// gets its size with its attributes).
     async fn copy_bytes(
         &mut self,
         old: InodeId,
@@ -156,11 +151,6 @@ impl Drain {
             self.bytes += len;
             offset += len;
         }
-        let set = SetAttr {
-            size: Some(size),
-            ..SetAttr::default()
-        };
-        self.call(self.to, Q::SetAttr { ino: copy, set }).await?;
         Ok(())
     }
 
@@ -221,5 +211,18 @@ impl Drain {
             self.call(self.to, set).await?;
         }
         Ok(())
+    }
+}
+
+/// The attributes a copy takes from its original `attr`: a file's size
+/// (holes at its end were not written), the mode (a symlink has none of
+/// its own) and the times; its `ctime` is its own.
+pub(super) fn stamp(attr: &Attr) -> SetAttr {
+    SetAttr {
+        size: (attr.kind == FileKind::File).then_some(attr.size),
+        mode: (attr.kind != FileKind::Symlink).then_some(u32::from(attr.perm)),
+        atime: Some(SetTime::At(attr.atime)),
+        mtime: Some(SetTime::At(attr.mtime)),
+        ..SetAttr::default()
     }
 }

@@ -15,8 +15,8 @@
 //!    is repeated until one finds no name of this node's inodes (a name a
 //!    rename moved meanwhile is found by the next one), at most
 //!    [`WALKS`] times.
-//! 4. Give the copies their originals' modes and times, sync the changed
-//!    directories, remove the originals, and make the store writable
+//! 4. Give the copies their originals' modes and times, sync every store
+//!    written (`SyncStore`: one `syncfs` each), remove the originals, and make the store writable
 //!    again: it holds only what no name reached, and serves as a new
 //!    node's would (the node is removed from the cluster right after; if
 //!    it is added again, it takes part as an empty node).
@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 use kdfs::store::Store;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{
-    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, SetAttr,
-    SetTime,
+    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A,
 };
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::NodeId;
@@ -156,10 +155,11 @@ struct Drain {
     to: NodeId,
     /// Original → copy.
     copies: HashMap<InodeId, InodeId>,
-    /// Copies and their originals' attributes, given at the end (adding
-    /// entries changes a directory's times).
+    /// Directory copies and their originals' attributes, given at the end
+    /// (adding entries changes a directory's times).
     stamps: Vec<(InodeId, Attr)>,
-    /// Directories whose entries changed, synced at the end.
+    /// Directories whose entries changed (their stores are synced at the
+    /// end).
     changed: HashSet<InodeId>,
     /// Names pointed at copies, in order (to point them back on failure).
     repointed: Vec<Repointed>,
@@ -186,7 +186,10 @@ impl Drain {
 
     /// `req` to `node`'s store (this node's: in place).
     async fn call(&self, node: NodeId, req: Q) -> Res<A> {
-        let answer = if node == self.me {
+        let answer = if node == self.me && super::is_quick(&req) {
+            // a few local syscalls: not worth a thread hand-off
+            self.store.handle(req)
+        } else if node == self.me {
             let store = self.store.clone();
             tokio::task::spawn_blocking(move || store.handle(req))
                 .await
@@ -323,7 +326,7 @@ impl Drain {
         }
     }
 
-    /// Remove the originals, now that every name names a copy (fsynced):
+    /// Remove the originals, now that every name names a copy (synced):
     /// the store keeps only what no name reached, and serves again as a
     /// new node's would. A removal that fails leaves that object (logged).
     async fn discard_originals(&self) {
@@ -342,20 +345,19 @@ impl Drain {
         }
     }
 
-    /// The copies' modes and times, then the changed directories synced.
+    /// The copies' modes and times, then every store written synced.
     async fn finish(&mut self) -> Res<()> {
         for (copy, attr) in std::mem::take(&mut self.stamps) {
-            let set = SetAttr {
-                // A symlink has no mode of its own.
-                mode: (attr.kind != FileKind::Symlink).then_some(u32::from(attr.perm)),
-                atime: Some(SetTime::At(attr.atime)),
-                mtime: Some(SetTime::At(attr.mtime)),
-                ..SetAttr::default()
-            };
+            let set = copy::stamp(&attr);
             self.call(self.to, Q::SetAttr { ino: copy, set }).await?;
         }
-        for dir in std::mem::take(&mut self.changed) {
-            self.call(inode_node(dir), Q::FsyncDir { ino: dir }).await?;
+        // One syncfs per store written (the copies' data and entries, the
+        // re-pointed names), rather than an fsync per file: the originals
+        // are removed only after this.
+        let mut stores: HashSet<NodeId> = self.changed.iter().map(|d| inode_node(*d)).collect();
+        stores.insert(self.to);
+        for node in stores {
+            self.call(node, Q::SyncStore).await?;
         }
         Ok(())
     }
