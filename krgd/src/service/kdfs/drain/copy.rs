@@ -7,12 +7,25 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use futures::future::join_all;
+
 use krg_proto::kdfs::{
     inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode, SetAttr,
     SetTime,
 };
 
 use super::{unexpected, Drain, Failed, Res, CHUNK};
+
+/// How many inodes (and entries) are copied at once: each copy is a
+/// chain of round trips, which overlap.
+pub(super) const PARALLEL: usize = 16;
+
+/// One non-directory inode copied: the copy made (also when a later step
+/// failed, for the undo to remove it), and the bytes copied or why not.
+struct Leaf {
+    copy: Option<InodeId>,
+    done: Res<u64>,
+}
 
 impl Drain {
     /// The copy of this node's inode `old` on the target, made if needed
@@ -23,71 +36,132 @@ impl Drain {
         kind: FileKind,
     ) -> Pin<Box<dyn Future<Output = Res<InodeId>> + Send + '_>> {
         Box::pin(async move {
-            if let Some(copy) = self.copies.get(&old) {
-                return Ok(*copy);
+            if kind != FileKind::Dir {
+                self.copy_leaves(&[(old, kind)]).await?;
+            } else if !self.copies.contains_key(&old) {
+                self.copy_dir(old).await?;
             }
-            let attr = match self.call(self.me, Q::GetAttr { ino: old }).await? {
-                A::Attr(a) if a.kind == kind => a,
-                A::Attr(a) => {
-                    return Err(Failed::new(format!(
-                        "inode {old:x} is a {:?}, its entry says {kind:?}",
-                        a.kind
-                    )))
-                }
-                other => return Err(unexpected(self.me, &other)),
-            };
-            let target = match kind {
-                FileKind::Symlink => match self.call(self.me, Q::Readlink { ino: old }).await? {
-                    A::Target(t) => Some(t),
-                    other => return Err(unexpected(self.me, &other)),
-                },
-                _ => None,
-            };
-            let new = NewInode {
-                kind,
-                perm: attr.perm,
-                uid: attr.uid,
-                gid: attr.gid,
-                rdev: attr.rdev,
-                target,
-            };
-            let open = (kind == FileKind::File).then_some(true);
-            let (copy, fh) = match self.call(self.to, Q::MakeInode { new, open }).await? {
-                A::Created { attr, fh, .. } => (attr.ino, fh),
-                other => return Err(unexpected(self.to, &other)),
-            };
-            self.copies.insert(old, copy);
-            match kind {
-                FileKind::File => self.copy_data(old, copy, fh, attr.size).await?,
-                FileKind::Dir => self.copy_entries(old, copy).await?,
-                _ => {}
-            }
-            if kind == FileKind::Dir {
-                // Its times once the pass is over: entries added change them.
-                self.stamps.push((copy, attr));
-            } else {
-                for _ in 1..attr.nlink {
-                    self.call(self.to, Q::IncLink { ino: copy }).await?;
-                }
-                let set = Q::SetAttr {
-                    ino: copy,
-                    set: stamp(&attr),
-                };
-                self.call(self.to, set).await?;
-            }
-            self.copy_xattrs(old, copy).await?;
-            Ok(copy)
+            self.copies
+                .get(&old)
+                .copied()
+                .ok_or_else(|| Failed::new(format!("inode {old:x} was not copied")))
         })
     }
 
-    /// The data of regular file `old` into `copy`, open as `fh` there.
-    async fn copy_data(
-        &mut self,
-        old: InodeId,
-        copy: InodeId,
-        fh: Option<u64>,
-        size: u64,
-    ) -> Res<()> {
+    /// Copy the non-directory inodes `inos` not copied yet, [`PARALLEL`]
+    /// at a time (an inode named twice is copied once).
+    pub(super) async fn copy_leaves(&mut self, inos: &[(InodeId, FileKind)]) -> Res<()> {
+        let mut todo: Vec<(InodeId, FileKind)> = Vec::new();
+        for &(ino, kind) in inos {
+            if !self.copies.contains_key(&ino) && !todo.iter().any(|(i, _)| *i == ino) {
+                todo.push((ino, kind));
+            }
+        }
+        for batch in todo.chunks(PARALLEL) {
+            let leaves = join_all(batch.iter().map(|&(ino, kind)| self.copy_leaf(ino, kind))).await;
+            let mut failed = None;
+            for (&(ino, _), leaf) in batch.iter().zip(leaves) {
+                if let Some(copy) = leaf.copy {
+                    self.copies.insert(ino, copy);
+                }
+                match leaf.done {
+                    Ok(n) => self.bytes += n,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Non-directory `old` copied: made, its data, its other links, its
+    /// attributes, then its extended attributes.
+    async fn copy_leaf(&self, old: InodeId, kind: FileKind) -> Leaf {
+        let (attr, copy, fh) = match self.make_copy(old, kind).await {
+            Ok(made) => made,
+            Err(e) => {
+                return Leaf {
+                    copy: None,
+                    done: Err(e),
+                }
+            }
+        };
+        let done = async {
+            let bytes = match kind {
+                FileKind::File => self.copy_data(old, copy, fh, attr.size).await?,
+                _ => 0,
+            };
+            for _ in 1..attr.nlink {
+                self.call(self.to, Q::IncLink { ino: copy }).await?;
+            }
+            let set = Q::SetAttr {
+                ino: copy,
+                set: stamp(&attr),
+            };
+            self.call(self.to, set).await?;
+            self.copy_xattrs(old, copy).await?;
+            Ok(bytes)
+        };
+        Leaf {
+            copy: Some(copy),
+            done: done.await,
+        }
+    }
+
+    /// Directory `old` copied with its entries; its times come at the end
+    /// of the pass (entries added change them).
+    async fn copy_dir(&mut self, old: InodeId) -> Res<InodeId> {
+        let (attr, copy, _) = self.make_copy(old, FileKind::Dir).await?;
+        self.copies.insert(old, copy);
+        self.copy_entries(old, copy).await?;
+        self.copy_xattrs(old, copy).await?;
+        self.stamps.push((copy, attr));
+        Ok(copy)
+    }
+
+    /// The new inode on the target for `old`, of `kind`, with its owner and
+    /// mode (a regular file opened for its data): `old`'s attributes, the
+    /// copy and its handle.
+    async fn make_copy(&self, old: InodeId, kind: FileKind) -> Res<(Attr, InodeId, Option<u64>)> {
+        let attr = match self.call(self.me, Q::GetAttr { ino: old }).await? {
+            A::Attr(a) if a.kind == kind => a,
+            A::Attr(a) => {
+                return Err(Failed::new(format!(
+                    "inode {old:x} is a {:?}, its entry says {kind:?}",
+                    a.kind
+                )))
+            }
+            other => return Err(unexpected(self.me, &other)),
+        };
+        let target = match kind {
+            FileKind::Symlink => match self.call(self.me, Q::Readlink { ino: old }).await? {
+                A::Target(t) => Some(t),
+                other => return Err(unexpected(self.me, &other)),
+            },
+            _ => None,
+        };
+        let new = NewInode {
+            kind,
+            perm: attr.perm,
+            uid: attr.uid,
+            gid: attr.gid,
+            rdev: attr.rdev,
+            target,
+        };
+        let open = (kind == FileKind::File).then_some(true);
+        match self.call(self.to, Q::MakeInode { new, open }).await? {
+            A::Created { attr: made, fh, .. } => Ok((attr, made.ino, fh)),
+            other => Err(unexpected(self.to, &other)),
+        }
+    }
+
+    /// The data of regular file `old` into `copy`, open as `fh` there: the
+    /// bytes copied.
+    async fn copy_data(&self, old: InodeId, copy: InodeId, fh: Option<u64>, size: u64) -> Res<u64> {
         let fh = fh.ok_or_else(|| Failed::new("the copy was not opened"))?;
         let copied = match self
             .call(
@@ -115,13 +189,13 @@ impl Drain {
     /// `fh`). Chunks of zeros are not written: the copy keeps holes (and
     /// gets its size with its attributes).
     async fn copy_bytes(
-        &mut self,
+        &self,
         old: InodeId,
         src: u64,
         copy: InodeId,
         fh: u64,
         size: u64,
-    ) -> Res<()> {
+    ) -> Res<u64> {
         let mut offset = 0;
         while offset < size {
             let read = Q::Read {
@@ -148,29 +222,41 @@ impl Drain {
                     other => return Err(unexpected(self.to, &other)),
                 }
             }
-            self.bytes += len;
             offset += len;
         }
-        Ok(())
+        Ok(offset)
     }
 
     /// The entries of directory `old` into its copy, their inodes of this
     /// node copied first; and its striping policy.
     async fn copy_entries(&mut self, old: InodeId, copy: InodeId) -> Res<()> {
-        for e in self.list(old).await? {
+        let entries = self.list(old).await?;
+        let leaves: Vec<(InodeId, FileKind)> = entries
+            .iter()
+            .filter(|e| inode_node(e.ino) == self.me && e.kind != FileKind::Dir)
+            .map(|e| (e.ino, e.kind))
+            .collect();
+        self.copy_leaves(&leaves).await?;
+        let mut adds = Vec::new();
+        for e in entries {
             let ino = if inode_node(e.ino) == self.me {
                 self.copy(e.ino, e.kind).await?
             } else {
                 e.ino
             };
-            let add = Q::AddEntry {
+            adds.push(Q::AddEntry {
                 dir: copy,
                 name: e.name,
                 ino,
                 kind: e.kind,
                 replace: false,
-            };
-            self.call(self.to, add).await?;
+            });
+        }
+        for batch in adds.chunks(PARALLEL) {
+            let added = join_all(batch.iter().map(|q| self.call(self.to, q.clone()))).await;
+            if let Some(e) = added.into_iter().find_map(Result::err) {
+                return Err(e);
+            }
         }
         self.changed.insert(copy);
         if let A::Stripe {
@@ -188,7 +274,7 @@ impl Drain {
 
     /// The extended attributes (ACLs, capabilities, user's) of `old` onto
     /// `copy`: after its data, since a write drops a capability.
-    async fn copy_xattrs(&mut self, old: InodeId, copy: InodeId) -> Res<()> {
+    async fn copy_xattrs(&self, old: InodeId, copy: InodeId) -> Res<()> {
         let names = match self.call(self.me, Q::ListXattr { ino: old }).await? {
             A::XattrNames(n) => n,
             other => return Err(unexpected(self.me, &other)),

@@ -31,6 +31,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use kdfs::store::Store;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{
@@ -279,34 +280,75 @@ impl Drain {
             if !seen.insert(dir) {
                 continue;
             }
-            for e in self.list(dir).await? {
-                if inode_node(e.ino) != self.me {
-                    if e.kind == FileKind::Dir {
-                        stack.push(e.ino);
-                    }
-                    continue;
-                }
-                found += 1;
+            let (mine, others): (Vec<DirEntry>, Vec<DirEntry>) = self
+                .list(dir)
+                .await?
+                .into_iter()
+                .partition(|e| inode_node(e.ino) == self.me);
+            stack.extend(
+                others
+                    .iter()
+                    .filter(|e| e.kind == FileKind::Dir)
+                    .map(|e| e.ino),
+            );
+            found += mine.len();
+            let leaves: Vec<(InodeId, FileKind)> = mine
+                .iter()
+                .filter(|e| e.kind != FileKind::Dir)
+                .map(|e| (e.ino, e.kind))
+                .collect();
+            self.copy_leaves(&leaves).await?;
+            let mut moves = Vec::new();
+            for e in mine {
                 let copy = self.copy(e.ino, e.kind).await?;
-                if self.repoint(dir, &e, copy).await? && e.kind == FileKind::Dir {
-                    stack.push(copy);
+                moves.push((e, copy));
+            }
+            for batch in moves.chunks(copy::PARALLEL) {
+                let asks = batch.iter().map(|(e, copy)| {
+                    let req = Q::ReplaceEntry {
+                        dir,
+                        name: e.name.clone(),
+                        old: e.ino,
+                        new: *copy,
+                        kind: e.kind,
+                    };
+                    self.call(inode_node(dir), req)
+                });
+                let answers = join_all(asks).await;
+                // Every answer recorded before an error is returned: the
+                // undo must know each name that was pointed at a copy.
+                let mut failed = None;
+                for ((e, copy), answer) in batch.iter().zip(answers) {
+                    match self.repointed(dir, e, *copy, answer) {
+                        Ok(true) if e.kind == FileKind::Dir => stack.push(*copy),
+                        Ok(_) => {}
+                        Err(f) => {
+                            failed.get_or_insert(f);
+                        }
+                    }
+                }
+                if let Some(f) = failed {
+                    return Err(f);
+                }
+                if kdfs::store::crash::fails("handover-repointed") {
+                    return Err(Failed::new("failure point handover-repointed"));
                 }
             }
         }
         Ok(found)
     }
 
-    /// Point entry `e` of `dir` at `copy`. False when it no longer names
-    /// the original (renamed meanwhile: the next walk finds it).
-    async fn repoint(&mut self, dir: InodeId, e: &DirEntry, copy: InodeId) -> Res<bool> {
-        let req = Q::ReplaceEntry {
-            dir,
-            name: e.name.clone(),
-            old: e.ino,
-            new: copy,
-            kind: e.kind,
-        };
-        match self.call(inode_node(dir), req).await {
+    /// Record the answer to pointing entry `e` of `dir` at `copy`. False
+    /// when it no longer named the original (renamed meanwhile: the next
+    /// walk finds it).
+    fn repointed(
+        &mut self,
+        dir: InodeId,
+        e: &DirEntry,
+        copy: InodeId,
+        answer: Res<A>,
+    ) -> Res<bool> {
+        match answer {
             Ok(_) => {
                 self.changed.insert(dir);
                 self.repointed.push(Repointed {
@@ -316,9 +358,6 @@ impl Drain {
                     copy,
                     kind: e.kind,
                 });
-                if kdfs::store::crash::fails("handover-repointed") {
-                    return Err(Failed::new("failure point handover-repointed"));
-                }
                 Ok(true)
             }
             Err(f) if f.errno == Some(libc::ENOENT) => Ok(false),
