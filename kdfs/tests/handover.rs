@@ -135,12 +135,21 @@ fn a_leaving_node_hands_its_files_over() {
     let before = tree(&m1);
     assert!(before.len() >= 11, "{before:?}");
 
+    // Open through node 1 across the hand-over.
+    let mut late = fs::OpenOptions::new()
+        .append(true)
+        .open(m1.join("d1/from3"))
+        .unwrap();
+
     let out = krgadm(&c, 0, &["nodes", "del", "-n", "3"]);
     assert!(
         out.status.success(),
         "nodes del: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A write through the old descriptor fails: it would be lost.
+    assert!(late.write_all(b"written too late").is_err());
+    drop(late);
     let log3 = || fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap_or_default();
     assert!(log3().contains("kdfs: handed over"), "{}", log3());
 

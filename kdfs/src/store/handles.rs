@@ -90,6 +90,15 @@ impl Handles {
         }
     }
 
+    /// Close every file handle of local inode `local`: the data they
+    /// reach is no longer the file's (a leaving node's hand-over moved it),
+    /// so their reads and writes fail from now on (EBADF) rather than
+    /// land where nobody will read them.
+    pub fn revoke(&self, local: u64) {
+        lock(&self.table).retain(|_, h| !matches!(h, Handle::File { local: l, .. } if *l == local));
+        lock(&self.open_count).remove(&local);
+    }
+
     /// Is a file handle open on local inode `local`?
     pub fn is_open(&self, local: u64) -> bool {
         lock(&self.open_count).get(&local).copied().unwrap_or(0) > 0

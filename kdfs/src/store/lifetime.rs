@@ -43,8 +43,8 @@ impl Store {
 
     /// Remove the object of `ino` whatever its links (a directory with its
     /// entries): a leaving node's hand-over, once every name of `ino`
-    /// names its copy on another node. An open handle keeps a file's data
-    /// for its holder, as after an unlink.
+    /// names its copy on another node. Its open handles are revoked: a
+    /// write through one would be lost (the copy is the file now).
     pub fn discard(&self, ino: InodeId) -> Res<()> {
         let _g = self.stripes.lock(ino);
         if self.objects.is_dir(ino)? {
@@ -60,7 +60,9 @@ impl Store {
             }
             return self.objects.remove_dir(ino);
         }
-        self.objects.remove_file(ino)
+        self.objects.remove_file(ino)?;
+        self.handles.revoke(inode_local(ino));
+        Ok(())
     }
 
     /// Bump the ctime of `ino` (a moved inode's, as rename(2) does).
