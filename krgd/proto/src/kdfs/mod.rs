@@ -5,24 +5,24 @@
 //! the top 16 bits, the inode number local to that node in the low 48 bits.
 //! Whoever holds an id knows which krgd to ask.
 //!
-//! Files: `attr` (inode kinds, attributes, directory entries, members),
-//! `bytes` (file data on the wire), `cache` (coherence of the mounts' kernel
-//! caches), `lock` (cluster-wide locks), `stripe` (striped files' policies,
-//! layouts and pieces); this file
-//! holds the ids and the request and reply enums.
-
-use std::net::SocketAddr;
+//! Files: `admin` (the local tools' requests to their krgd), `attr` (inode
+//! kinds, attributes, directory entries, members), `bytes` (file data on
+//! the wire), `cache` (coherence of the mounts' kernel caches), `lock`
+//! (cluster-wide locks), `stripe` (striped files' policies, layouts and
+//! pieces); this file holds the ids and the peer request and reply enums.
 
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
 
+mod admin;
 mod attr;
 mod bytes;
 mod cache;
 mod lock;
 mod stripe;
 
+pub use admin::{KdfsAdminReply, KdfsAdminRequest};
 pub use attr::{Attr, DirEntry, FileKind, KdfsNode, NewInode, RemoveWhat, SetAttr, SetTime, Time};
 pub use bytes::Bytes;
 pub use cache::Inval;
@@ -51,55 +51,6 @@ pub fn inode_local(id: InodeId) -> u64 {
 /// Build an id from its parts (`local` is truncated to 48 bits).
 pub fn inode_id(node: NodeId, local: u64) -> InodeId {
     (u64::from(node) << LOCAL_BITS) | (local & ((1u64 << LOCAL_BITS) - 1))
-}
-
-/// Requests mkfs.kdfs and mount.kdfs send their node's krgd (root only,
-/// except `Info`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum KdfsAdminRequest {
-    /// This node's id, session and address, the members the krgd knows of,
-    /// and the directory it serves.
-    Info,
-    /// Serve the formatted kDFS directory `dir` to the cluster. `fs_id` is the
-    /// file system's id learnt from the root node: a store formatted on a
-    /// non-root node is bound to it at its first attach.
-    Attach {
-        /// Absolute path of the formatted store directory.
-        dir: String,
-        /// The file system's id, when the caller knows it from the root node.
-        fs_id: Option<u128>,
-    },
-    /// Stop serving the attached directory.
-    Detach,
-}
-
-/// krgd's answers to [`KdfsAdminRequest`]s.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum KdfsAdminReply {
-    /// To `Info`.
-    Info {
-        /// The answering krgd's node id.
-        node: NodeId,
-        /// Its session.
-        session: crate::SessionId,
-        /// Its peer address (where mount.kdfs reaches it over TCP).
-        addr: SocketAddr,
-        /// False while no cluster has been started.
-        cluster_started: bool,
-        /// Every member, with its address and health.
-        members: Vec<KdfsNode>,
-        /// The store directory it serves, if any.
-        attached: Option<String>,
-    },
-    /// To `Attach`: the store is served.
-    Attached {
-        /// The id of the file system the store belongs to.
-        fs_id: u128,
-        /// The node holding its root directory.
-        root_node: NodeId,
-    },
-    /// To `Detach`: the store is no longer served.
-    Detached,
 }
 
 /// Requests for the kDFS service of the krgd that owns an inode, from the
