@@ -3,9 +3,10 @@
 //! A live (online) member being removed is first committed as `leaving`, so
 //! every member shows it so; the leader waits (bounded) until that node has
 //! applied the change (it knows it is going), then asks the registered
-//! [`HandOver`] services in turn whether they have moved what the node held
-//! elsewhere (its processes, then its kDFS data), again with a bound; only then is the node removed from the table and Raft and
-//! told to leave. A leave is never a failure: the failure detector marks
+//! [`HandOver`] services in turn whether they have moved what the node
+//! held elsewhere (its processes, then its kDFS data), again with a bound;
+//! only then is the node removed from the table and Raft and told to
+//! leave. A leave is never a failure: the failure detector marks
 //! only online members failed. A failed member is removed at once (there is
 //! nothing to hand over from a node that does not answer). A leader elected
 //! while a leave was under way finishes it ([`ClusterService::finish_leaves`]).
