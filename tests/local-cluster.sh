@@ -400,6 +400,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cat /mnt/kdfs/node1/services | head -3
     ls -l /mnt/kdfs/node3/
     kdfsctl --keyfile $KEY status /mnt/kdfs/node1   # every node's store: size, use, inodes; who is down
+    cp /etc/hosts /mnt/kdfs/node4/ ; krgadm nodes del -n 4 ; cat /mnt/kdfs/node1/hosts ; krgadm nodes add -n 4
+                                                # node 4's kDFS files move to another node before it goes
     mkdir /mnt/kdfs/node1/big ; kdfsctl stripe 1M:4 /mnt/kdfs/node1/big   # files made there: 1 MiB units over 4 nodes
     head -c 8M /dev/urandom > /mnt/kdfs/node2/big/f ; kdfsctl stripe /mnt/kdfs/node3/big/f   # its layout
     df -h /mnt/kdfs/node1                       # the sum of every store
