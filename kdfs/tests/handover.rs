@@ -352,3 +352,52 @@ fn two_leaving_nodes_hand_over_in_turn() {
         assert_eq!(owner(&m1.join(p)), 1, "{}", p.display());
     }
 }
+
+/// While node 3 hands over, its store refuses every change (EROFS), so
+/// that what is copied is what stays; other nodes' files are not affected.
+#[test]
+fn a_store_being_handed_over_is_read_only() {
+    let c = Cluster::with_kdfs(3);
+    let (m1, m3) = (c.mnt(0).to_path_buf(), c.mnt(2).to_path_buf());
+    fs::create_dir(m3.join("d3")).unwrap();
+    fs::write(m3.join("d3/f"), b"before the hand-over").unwrap();
+    fs::write(m1.join("of1"), b"node 1's").unwrap();
+    // Hold the pass 3 s once the store is read-only.
+    fs::write(
+        c.nodes[2].data.join("crash-at"),
+        "pause:handover-read-only:3000",
+    )
+    .unwrap();
+    let sock = c.nodes[0].sock.clone();
+    let del = std::thread::spawn(move || {
+        run(Command::new(bin_dir().join("krgadm"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["nodes", "del", "-n", "3"]))
+    });
+    let log3 = || plain(&fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap_or_default());
+    wait_until("node 3's store read-only", Duration::from_secs(20), || {
+        log3().contains("pause point reached")
+    });
+    let erofs = |r: std::io::Result<()>| {
+        assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::EROFS)));
+    };
+    erofs(fs::write(m1.join("d3/f"), b"changed meanwhile"));
+    erofs(fs::write(m1.join("d3/new"), b"made meanwhile"));
+    erofs(fs::set_permissions(
+        m1.join("d3/f"),
+        fs::Permissions::from_mode(0o600),
+    ));
+    erofs(fs::rename(m1.join("d3/f"), m1.join("d3/g")));
+    fs::write(m1.join("of1"), b"node 1's, changed").unwrap();
+    let out = del.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log3().contains("kdfs: handed over"), "{}", log3());
+    assert_eq!(fs::read(m1.join("d3/f")).unwrap(), b"before the hand-over");
+    assert_ne!(owner(&m1.join("d3/f")), 3);
+    assert_eq!(fs::read(m1.join("of1")).unwrap(), b"node 1's, changed");
+}

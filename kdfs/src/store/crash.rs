@@ -6,7 +6,9 @@
 //! code has points of its own (`krgd-*`), for the tests of a target that
 //! dies after the handover. A *failure* point ([`fails`], armed by writing
 //! `fail:NAME`) makes the step fail instead, once: krgd's kDFS hand-over
-//! uses one to test its undo.
+//! uses one to test its undo. A *pause* point ([`pause`], `pause:NAME:MS`)
+//! holds the step that long, once: the hand-over's test of its read-only
+//! store uses one.
 //!
 //! Armed only when the process was started with `KDFS_TEST_CRASH_FILE=PATH`
 //! in its environment, and only for the point whose name is written in that
@@ -40,6 +42,24 @@ pub fn point(name: &str) {
         );
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// How long pause point `name` holds its step (`pause:NAME:MS` in the
+/// file), once; `None` when it is not armed.
+pub fn pause(name: &str) -> Option<std::time::Duration> {
+    let file = crash_file()?;
+    let armed = std::fs::read_to_string(file).ok()?;
+    let (point, ms) = armed.trim().strip_prefix("pause:")?.rsplit_once(':')?;
+    let ms: u64 = ms.parse().ok()?;
+    if point != name || std::fs::remove_file(file).is_err() {
+        return None;
+    }
+    tracing::warn!(
+        point = name,
+        ms,
+        "kdfs: pause point reached, holding this step"
+    );
+    Some(std::time::Duration::from_millis(ms))
 }
 
 /// Whether failure point `name` is armed (by `fail:NAME` in the file):

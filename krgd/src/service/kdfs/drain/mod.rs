@@ -122,6 +122,9 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         to = d.to,
         "kdfs: leaving: the store is read-only while its inodes are copied"
     );
+    if let Some(hold) = kdfs::store::crash::pause("handover-read-only") {
+        tokio::time::sleep(hold).await;
+    }
     let moved = d.move_all(sb.root_node).await;
     if let Err(e) = &moved {
         let failed = d.undo().await;
