@@ -379,6 +379,15 @@ fn a_store_being_handed_over_is_read_only() {
     wait_until("node 3's store read-only", Duration::from_secs(20), || {
         log3().contains("pause point reached")
     });
+    // Meanwhile every member shows node 3 as leaving.
+    for i in 0..2 {
+        let out = krgadm(&c, i, &["nodes", "status"]);
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let row3 = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("3"));
+        assert!(row3.is_some_and(|r| r.contains("leaving")), "{table}");
+    }
     let erofs = |r: std::io::Result<()>| {
         assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::EROFS)));
     };
