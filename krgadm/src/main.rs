@@ -98,6 +98,7 @@ enum NodesAction {
     /// Hot-add present nodes to the cluster.
     Add(Selection),
     /// Remove members from the cluster.
+    #[command(after_help = DEL_HELP)]
     Del(Selection),
     /// Check nodes out: until the deadline, only their owner's (and root's)
     /// jobs run there. All the nodes or none; a node another user holds is
@@ -109,6 +110,17 @@ enum NodesAction {
     /// one is another user's, nothing is released.
     Release(Release),
 }
+
+const DEL_HELP: &str = "\
+Examples:
+  krgadm nodes del -n 3
+  krgadm nodes del -n21:34
+
+A live member is first shown as leaving while its work moves to the other
+members: its CAN_MIGRATE processes, then its kDFS files (copied to the online
+member with the most free space; not the kDFS root node's, nor striped files).
+The command answers once the nodes are removed. A failed member is removed at
+once: there is nothing to take from a node that does not answer.";
 
 const CHECKOUT_HELP: &str = "\
 Examples:
