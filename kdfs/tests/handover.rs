@@ -64,6 +64,17 @@ fn tree(top: &Path) -> BTreeMap<PathBuf, Seen> {
     all
 }
 
+/// `krgadm nodes del -n NODES` through node index `i`, which must succeed
+/// (a leave never fails).
+fn nodes_del(c: &Cluster, i: usize, nodes: &str) {
+    let out = krgadm(c, i, &["nodes", "del", "-n", nodes]);
+    assert!(
+        out.status.success(),
+        "nodes del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn krgadm(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
     run(Command::new(bin_dir().join("krgadm"))
         .arg("--socket")
@@ -141,12 +152,7 @@ fn a_leaving_node_hands_its_files_over() {
         .open(m1.join("d1/from3"))
         .unwrap();
 
-    let out = krgadm(&c, 0, &["nodes", "del", "-n", "3"]);
-    assert!(
-        out.status.success(),
-        "nodes del: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nodes_del(&c, 0, "3");
     // A write through the old descriptor fails: it would be lost.
     assert!(late.write_all(b"written too late").is_err());
     drop(late);
@@ -234,12 +240,7 @@ fn a_leaving_node_hands_its_files_over() {
 
     // The root node cannot hand its store over (every superblock names
     // it): it says so, and leaves all the same (a leave never fails).
-    let out = krgadm(&c, 1, &["nodes", "del", "-n", "1"]);
-    assert!(
-        out.status.success(),
-        "nodes del: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nodes_del(&c, 1, "1");
     let log1 = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
     assert!(
         log1.contains("kdfs: not handed over") && log1.contains("root node of the file system"),
@@ -289,12 +290,7 @@ fn a_failed_hand_over_is_undone() {
     let kept = (objects(&c, 0), objects(&c, 1));
 
     fs::write(c.nodes[2].data.join("crash-at"), "fail:handover-repointed").unwrap();
-    let out = krgadm(&c, 0, &["nodes", "del", "-n", "3"]);
-    assert!(
-        out.status.success(),
-        "nodes del: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nodes_del(&c, 0, "3");
     let log3 = plain(&fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap());
     assert!(
         log3.contains("the hand-over failed") && log3.contains("undo_failures=0"),
@@ -333,12 +329,7 @@ fn two_leaving_nodes_hand_over_in_turn() {
     assert_eq!((owner(&m1.join("d2")), owner(&m1.join("d2/d3"))), (2, 3));
     let before = tree(&m1);
 
-    let out = krgadm(&c, 0, &["nodes", "del", "-n", "2:3"]);
-    assert!(
-        out.status.success(),
-        "nodes del: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    nodes_del(&c, 0, "2:3");
     for i in [1, 2] {
         let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap();
         assert!(log.contains("kdfs: handed over"), "node {}: {log}", i + 1);

@@ -1,8 +1,9 @@
 //! Copying one inode of the leaving node to the target: a file with its
 //! data (holes kept), a directory with its entries (its inodes of this
-//! node copied first), a symlink, a fifo or a device; then its link count
-//! and extended attributes. Modes and times come at the end of the pass
-//! (`Drain::finish`), since adding entries changes a directory's.
+//! node copied first), a symlink, a fifo or a device; then its link count,
+//! attributes and extended attributes. A directory's mode and times come
+//! at the end of the pass (`Drain::finish`), since adding entries changes
+//! its times.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,8 +11,8 @@ use std::pin::Pin;
 use futures::future::join_all;
 
 use krg_proto::kdfs::{
-    inode_node, Attr, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode, SetAttr,
-    SetTime,
+    inode_node, Attr, DirEntry, FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A, NewInode,
+    SetAttr, SetTime,
 };
 
 use super::{unexpected, Drain, Failed, Res, CHUNK};
@@ -30,7 +31,7 @@ struct Leaf {
 impl Drain {
     /// The copy of this node's inode `old` on the target, made if needed
     /// (a directory with its entries).
-    pub(super) fn copy(
+    fn copy(
         &mut self,
         old: InodeId,
         kind: FileKind,
@@ -48,9 +49,30 @@ impl Drain {
         })
     }
 
+    /// The copy of each of `entries`' inodes that is this node's (made if
+    /// needed: files [`PARALLEL`] at a time, then directories one by one);
+    /// another node's inode stands for itself.
+    pub(super) async fn copies_of(&mut self, entries: &[DirEntry]) -> Res<Vec<InodeId>> {
+        let leaves: Vec<(InodeId, FileKind)> = entries
+            .iter()
+            .filter(|e| inode_node(e.ino) == self.me && e.kind != FileKind::Dir)
+            .map(|e| (e.ino, e.kind))
+            .collect();
+        self.copy_leaves(&leaves).await?;
+        let mut inos = Vec::with_capacity(entries.len());
+        for e in entries {
+            inos.push(if inode_node(e.ino) == self.me {
+                self.copy(e.ino, e.kind).await?
+            } else {
+                e.ino
+            });
+        }
+        Ok(inos)
+    }
+
     /// Copy the non-directory inodes `inos` not copied yet, [`PARALLEL`]
     /// at a time (an inode named twice is copied once).
-    pub(super) async fn copy_leaves(&mut self, inos: &[(InodeId, FileKind)]) -> Res<()> {
+    async fn copy_leaves(&mut self, inos: &[(InodeId, FileKind)]) -> Res<()> {
         let mut todo: Vec<(InodeId, FileKind)> = Vec::new();
         for &(ino, kind) in inos {
             if !self.copies.contains_key(&ino) && !todo.iter().any(|(i, _)| *i == ino) {
@@ -231,34 +253,24 @@ impl Drain {
     /// node copied first; and its striping policy.
     async fn copy_entries(&mut self, old: InodeId, copy: InodeId) -> Res<()> {
         let entries = self.list(old).await?;
-        let leaves: Vec<(InodeId, FileKind)> = entries
-            .iter()
-            .filter(|e| inode_node(e.ino) == self.me && e.kind != FileKind::Dir)
-            .map(|e| (e.ino, e.kind))
-            .collect();
-        self.copy_leaves(&leaves).await?;
-        let mut adds = Vec::new();
-        for e in entries {
-            let ino = if inode_node(e.ino) == self.me {
-                self.copy(e.ino, e.kind).await?
-            } else {
-                e.ino
-            };
-            adds.push(Q::AddEntry {
+        let inos = self.copies_of(&entries).await?;
+        let adds: Vec<Q> = entries
+            .into_iter()
+            .zip(inos)
+            .map(|(e, ino)| Q::AddEntry {
                 dir: copy,
                 name: e.name,
                 ino,
                 kind: e.kind,
                 replace: false,
-            });
-        }
+            })
+            .collect();
         for batch in adds.chunks(PARALLEL) {
             let added = join_all(batch.iter().map(|q| self.call(self.to, q.clone()))).await;
             if let Some(e) = added.into_iter().find_map(Result::err) {
                 return Err(e);
             }
         }
-        self.changed.insert(copy);
         if let A::Stripe {
             policy: Some(p), ..
         } = self.call(self.me, Q::GetStripe { ino: old }).await?

@@ -112,7 +112,7 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         to: 0,
         copies: HashMap::new(),
         stamps: Vec::new(),
-        changed: HashSet::new(),
+        written: HashSet::new(),
         repointed: Vec::new(),
         bytes: 0,
     };
@@ -162,9 +162,9 @@ struct Drain {
     /// Directory copies and their originals' attributes, given at the end
     /// (adding entries changes a directory's times).
     stamps: Vec<(InodeId, Attr)>,
-    /// Directories whose entries changed (their stores are synced at the
-    /// end).
-    changed: HashSet<InodeId>,
+    /// The nodes whose directories had names re-pointed (their stores are
+    /// synced at the end, with the target's).
+    written: HashSet<NodeId>,
     /// Names pointed at copies, in order (to point them back on failure).
     repointed: Vec<Repointed>,
     /// File data copied.
@@ -295,17 +295,8 @@ impl Drain {
                     .map(|e| e.ino),
             );
             found += mine.len();
-            let leaves: Vec<(InodeId, FileKind)> = mine
-                .iter()
-                .filter(|e| e.kind != FileKind::Dir)
-                .map(|e| (e.ino, e.kind))
-                .collect();
-            self.copy_leaves(&leaves).await?;
-            let mut moves = Vec::new();
-            for e in mine {
-                let copy = self.copy(e.ino, e.kind).await?;
-                moves.push((e, copy));
-            }
+            let copies = self.copies_of(&mine).await?;
+            let moves: Vec<(DirEntry, InodeId)> = mine.into_iter().zip(copies).collect();
             for batch in moves.chunks(copy::PARALLEL) {
                 let asks = batch.iter().map(|(e, copy)| {
                     let req = Q::ReplaceEntry {
@@ -353,7 +344,7 @@ impl Drain {
     ) -> Res<bool> {
         match answer {
             Ok(_) => {
-                self.changed.insert(dir);
+                self.written.insert(inode_node(dir));
                 self.repointed.push(Repointed {
                     dir,
                     name: e.name.clone(),
@@ -396,7 +387,7 @@ impl Drain {
         // One syncfs per store written (the copies' data and entries, the
         // re-pointed names), rather than an fsync per file: the originals
         // are removed only after this.
-        let mut stores: HashSet<NodeId> = self.changed.iter().map(|d| inode_node(*d)).collect();
+        let mut stores = std::mem::take(&mut self.written);
         stores.insert(self.to);
         for node in stores {
             self.call(node, Q::SyncStore).await?;
