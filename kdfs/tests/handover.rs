@@ -64,6 +64,36 @@ fn tree(top: &Path) -> BTreeMap<PathBuf, Seen> {
     all
 }
 
+/// `got` is `want`; if not, the names that differ and how (without their
+/// data, which may be large).
+fn same_tree(got: &BTreeMap<PathBuf, Seen>, want: &BTreeMap<PathBuf, Seen>, what: &str) {
+    let brief =
+        |s: Option<&Seen>| s.map(|s| (s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7.len(), crc(&s.7)));
+    let differ: Vec<String> = got
+        .keys()
+        .chain(want.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|p| got.get(*p) != want.get(*p))
+        .map(|p| {
+            format!(
+                "{}: got {:?}, want {:?}",
+                p.display(),
+                brief(got.get(p)),
+                brief(want.get(p))
+            )
+        })
+        .collect();
+    assert!(differ.is_empty(), "{what}:\n{}", differ.join("\n"));
+}
+
+/// A short digest of `data`, to tell two contents apart in a message.
+fn crc(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// `krgadm nodes del -n NODES` through node index `i`, which must succeed
 /// (a leave never fails).
 fn nodes_del(c: &Cluster, i: usize, nodes: &str) {
@@ -285,6 +315,11 @@ fn a_failed_hand_over_is_undone() {
     fs::write(m3.join("d3/sub/g"), b"deeper").unwrap();
     fs::create_dir(m1.join("d1")).unwrap();
     fs::hard_link(m3.join("d3/f"), m3.join("d1/f-link")).unwrap();
+    // A striped file with units on node 3: they are handed over before
+    // the names, and given back by the undo.
+    fs::create_dir(m1.join("s")).unwrap();
+    kdfsctl_stripe(&[Path::new("64K:3"), &m1.join("s")]);
+    fs::write(m1.join("s/f"), pattern(7 * (64 << 10), 3)).unwrap();
     Command::new("sync").status().unwrap();
     let before = tree(&m1);
     let kept = (objects(&c, 0), objects(&c, 1));
@@ -298,11 +333,19 @@ fn a_failed_hand_over_is_undone() {
     );
     assert!(log3.contains("kdfs: not handed over"), "{log3}");
 
-    assert_eq!(tree(&m1), before, "the tree after the undo");
+    same_tree(&tree(&m1), &before, "the tree after the undo");
     for p in ["d3", "d3/f", "d3/sub/g", "d1/f-link"] {
         assert_eq!(owner(&m1.join(p)), 3, "{p} is node 3's again");
     }
     assert_eq!((objects(&c, 0), objects(&c, 1)), kept, "copies left behind");
+    assert!(kdfsctl_stripe(&[&m1.join("s/f")]).contains("on nodes 1,2,3"));
+    assert_eq!(
+        fs::read_dir(c.nodes[2].store.join("stripes"))
+            .unwrap()
+            .count(),
+        1,
+        "node 3's stripe units"
+    );
     // Writable again.
     fs::write(m3.join("d3/f"), b"written after the undo").unwrap();
     assert_eq!(
@@ -400,4 +443,104 @@ fn a_store_being_handed_over_is_read_only() {
     assert_eq!(fs::read(m1.join("d3/f")).unwrap(), b"before the hand-over");
     assert_ne!(owner(&m1.join("d3/f")), 3);
     assert_eq!(fs::read(m1.join("of1")).unwrap(), b"node 1's, changed");
+}
+
+fn kdfsctl_stripe(args: &[&Path]) -> String {
+    let out = run(Command::new(bin_dir().join("kdfsctl"))
+        .arg("stripe")
+        .args(args));
+    assert!(
+        out.status.success(),
+        "kdfsctl stripe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4096) as u8 ^ seed).collect()
+}
+
+/// Node 3 holds units of striped files of nodes 1 and 2: its units go to
+/// node 4 where it holds none of the file, else to a holder already there
+/// (which then holds two positions), and the owners' layouts name them.
+/// A descriptor opened before the leave reads and writes on (it takes the
+/// new layout when node 3 answers ESTALE). A node owning a striped file
+/// does not hand over (said in its log).
+#[test]
+fn a_leaving_holder_hands_its_stripe_units_over() {
+    const UNIT: usize = 64 << 10;
+    let mut c = Cluster::with_kdfs(4);
+    let m: Vec<PathBuf> = (0..4).map(|i| c.mnt(i).to_path_buf()).collect();
+    fs::create_dir(m[0].join("s3")).unwrap();
+    fs::create_dir(m[0].join("s4")).unwrap();
+    kdfsctl_stripe(&[Path::new("64K:3"), &m[0].join("s3")]);
+    kdfsctl_stripe(&[Path::new("64K:4"), &m[0].join("s4")]);
+    // over nodes 1,2,3 (node 4 free), and over all four
+    let three = pattern(12 * UNIT + 777, 0);
+    let four = pattern(9 * UNIT, 0x5a);
+    fs::write(m[0].join("s3/f"), &three).unwrap();
+    fs::write(m[1].join("s4/g"), &four).unwrap();
+    assert!(kdfsctl_stripe(&[&m[0].join("s3/f")]).contains("on nodes 1,2,3"));
+    assert!(kdfsctl_stripe(&[&m[0].join("s4/g")]).contains("on nodes 2,3,4,1"));
+    // held open through node 1 across the leave
+    let mut held = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m[0].join("s3/f"))
+        .unwrap();
+    let mut first = vec![0u8; 100];
+    std::os::unix::fs::FileExt::read_exact_at(&held, &mut first, 0).unwrap();
+    Command::new("sync").status().unwrap();
+
+    nodes_del(&c, 0, "3");
+    let log3 = plain(&fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap());
+    assert!(log3.contains("kdfs: handed over"), "{log3}");
+    assert_eq!(
+        fs::read_dir(c.nodes[2].store.join("stripes"))
+            .unwrap()
+            .count(),
+        0,
+        "node 3 kept stripe units"
+    );
+    // Unit 2 was node 3's: written through the descriptor opened before.
+    held.seek(SeekFrom::Start(2 * UNIT as u64 + 10)).unwrap();
+    held.write_all(b"after the leave").unwrap();
+    held.sync_all().unwrap();
+    let mut three = three;
+    three[2 * UNIT + 10..2 * UNIT + 25].copy_from_slice(b"after the leave");
+    let mut back = Vec::new();
+    held.seek(SeekFrom::Start(0)).unwrap();
+    std::io::Read::read_to_end(&mut held, &mut back).unwrap();
+    assert!(back == three, "the held descriptor read other bytes");
+    drop(held);
+
+    c.umount(2);
+    c.kill_krgd(2);
+    assert!(kdfsctl_stripe(&[&m[0].join("s3/f")]).contains("on nodes 1,2,4"));
+    let g = kdfsctl_stripe(&[&m[0].join("s4/g")]);
+    assert!(!g.contains(",3") && g.contains("on nodes 2,"), "{g}");
+    for i in [0, 1, 3] {
+        assert!(
+            fs::read(m[i].join("s3/f")).unwrap() == three,
+            "node {} read other bytes of s3/f",
+            i + 1
+        );
+        let got = fs::read(m[i].join("s4/g")).unwrap();
+        let diff = got.iter().zip(&four).position(|(a, b)| a != b);
+        assert!(
+            got == four,
+            "node {} read other bytes of s4/g ({g}): len {} first difference at {diff:?}",
+            i + 1,
+            got.len()
+        );
+    }
+
+    // Node 2 owns s4/g: it does not hand over, and says why.
+    nodes_del(&c, 0, "2");
+    let log2 = plain(&fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap());
+    assert!(
+        log2.contains("kdfs: not handed over") && log2.contains("owns striped file"),
+        "{log2}"
+    );
 }

@@ -481,6 +481,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::ReplaceEntry { .. } => "replace_entry",
         R::HandOver => "hand_over",
         R::SyncStore => "sync_store",
+        R::ReplaceLayout { .. } => "replace_layout",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -95,6 +95,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::StripeSync { .. }
             | Q::StripeTruncate { .. }
             | Q::StripeDrop { .. }
+            | Q::ReplaceLayout { .. }
     )
 }
 

@@ -193,6 +193,9 @@ impl Store {
             Q::StripeTruncate { ino, size } => self.stripe_truncate(ino, size).map(|_| A::Done)?,
             Q::StripeDrop { ino } => self.stripe_drop(ino).map(|_| A::Done)?,
             Q::Extend { ino, size } => self.extend(ino, size).map(|_| A::Done)?,
+            Q::ReplaceLayout { ino, old, new } => {
+                self.replace_layout(ino, &old, &new).map(|_| A::Done)?
+            }
             // The lock manager's, never the store's (krgd routes them there).
             Q::SetLock { .. }
             | Q::GetLock { .. }

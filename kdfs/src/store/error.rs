@@ -51,6 +51,13 @@ pub enum StoreError {
     /// No open handle of that number, or not of that kind (EBADF).
     #[error("no such handle")]
     BadHandle,
+    /// This node's units of a striped file went to another holder
+    /// (ESTALE: the client asks the owner for the layout again).
+    #[error("the units of striped file {0:x} moved to another node")]
+    Moved(InodeId),
+    /// A layout is not the one the request expects (EAGAIN).
+    #[error("the layout of inode {0:x} changed meanwhile")]
+    LayoutChanged(InodeId),
     /// A request the store cannot carry out as asked (EINVAL).
     #[error("invalid request: {0}")]
     Invalid(&'static str),
@@ -90,6 +97,8 @@ impl StoreError {
             StoreError::NotPermitted => libc::EPERM,
             StoreError::NotSupported => libc::EOPNOTSUPP,
             StoreError::BadHandle => libc::EBADF,
+            StoreError::Moved(_) => libc::ESTALE,
+            StoreError::LayoutChanged(_) => libc::EAGAIN,
             StoreError::Invalid(_) => libc::EINVAL,
             StoreError::Damaged(_) | StoreError::Meta(_) => libc::EIO,
             StoreError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),

@@ -68,6 +68,10 @@ pub struct Store {
     /// `DIR/stripes`: other nodes' striped files' units (a view made
     /// before the store was first attached has none).
     stripes_dir: Option<OwnedFd>,
+    /// Striped files whose units here were handed to another holder (this
+    /// node leaving): their I/O here answers ESTALE, so that a client
+    /// holding the old layout asks the owner for the new one.
+    moved_stripes: std::sync::Mutex<std::collections::HashSet<InodeId>>,
 }
 
 impl Store {
@@ -144,6 +148,7 @@ impl Store {
             handles: Handles::new(),
             stripes: Stripes::new(),
             stripes_dir,
+            moved_stripes: Default::default(),
         })
     }
 

@@ -323,6 +323,11 @@ impl Objects {
         self.set_value(ino, LAYOUT_XATTR, Some(layout), true)
     }
 
+    /// Change striped file `ino`'s layout (a holder that left replaced).
+    pub fn replace_layout(&self, ino: InodeId, layout: &StripeLayout) -> Res<()> {
+        self.set_value(ino, LAYOUT_XATTR, Some(layout), false)
+    }
+
     /// The striping policy of directory `dir` (`None`: none).
     pub fn policy(&self, dir: InodeId) -> Res<Option<StripePolicy>> {
         let p: Option<StripePolicy> = self.get_value(dir, POLICY_XATTR)?;

@@ -5,6 +5,8 @@
 //! file's object itself (whose size is the file's size); for the other
 //! holders, in `DIR/stripes/<inode id, 16 hex digits>`, made at the first
 //! write there. The FUSE client sends each holder the pieces it holds.
+//! A holder that leaves hands its units to another node, and the owner's
+//! layout names that node instead (`replace_layout`).
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -56,7 +58,7 @@ impl Store {
     /// Give a new, empty regular file of this node its layout.
     pub(super) fn set_layout(&self, ino: InodeId, layout: &StripeLayout) -> Res<()> {
         layout
-            .check()
+            .check_new()
             .map_err(|_| StoreError::Invalid("stripe layout"))?;
         if layout.nodes.first() != Some(&self.node()) {
             return Err(StoreError::Invalid("a layout starts at the file's owner"));
@@ -96,6 +98,9 @@ impl Store {
             }
             return self.objects.open_file(ino, write).map(Some);
         }
+        if self.stripe_moved(ino) {
+            return Err(StoreError::Moved(ino));
+        }
         let dir = self.stripes_dir()?;
         let mut flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         flags |= if write {
@@ -119,25 +124,12 @@ impl Store {
         }
     }
 
-    /// What of striped files this store keeps, if anything: units of
-    /// other nodes' striped files in `stripes/`, or a striped file of its
-    /// own (the first one found). A layout never changes, so these cannot
-    /// be moved to another node (a leaving node's hand-over asks first).
-    pub fn striped_data(&self) -> Res<Option<String>> {
+    /// A striped file this node owns, if any (the first one found): its
+    /// object cannot move to another node (its id, which names this node,
+    /// is in every other holder's copy name), so a leaving node's
+    /// hand-over asks first.
+    pub fn owned_striped_file(&self) -> Res<Option<InodeId>> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        if let Some(dir) = &self.stripes_dir {
-            let mut list = nix::dir::Dir::openat(dir.as_fd(), ".", flags, Mode::empty())?;
-            let units = list
-                .iter()
-                .flatten()
-                .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
-                .count();
-            if units > 0 {
-                return Ok(Some(format!(
-                    "it holds stripe units of {units} striped files of other nodes"
-                )));
-            }
-        }
         let mut list = nix::dir::Dir::openat(self.objects.fd(), ".", flags, Mode::empty())?;
         for e in list.iter().flatten() {
             let Some(local) = std::str::from_utf8(e.file_name().to_bytes())
@@ -148,10 +140,82 @@ impl Store {
             };
             let ino = krg_proto::kdfs::inode_id(self.node(), local);
             if self.stripe_layout(ino).is_some() {
-                return Ok(Some(format!("it owns striped file {ino:x}")));
+                return Ok(Some(ino));
             }
         }
         Ok(None)
+    }
+
+    /// The other nodes' striped files this node keeps units of (its
+    /// `stripes/` copies).
+    pub fn stripe_copies(&self) -> Res<Vec<InodeId>> {
+        let Some(dir) = &self.stripes_dir else {
+            return Ok(Vec::new());
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut list = nix::dir::Dir::openat(dir.as_fd(), ".", flags, Mode::empty())?;
+        Ok(list
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = std::str::from_utf8(e.file_name().to_bytes()).ok()?;
+                let ino = u64::from_str_radix(name, 16).ok()?;
+                (name == copy_name(ino)).then_some(ino)
+            })
+            .collect())
+    }
+
+    /// Give striped file `ino` (owned here) layout `new` in place of
+    /// `old`: a holder's units went to another node. The same unit, count
+    /// and owner; EAGAIN when the layout is no longer `old`.
+    pub(super) fn replace_layout(
+        &self,
+        ino: InodeId,
+        old: &StripeLayout,
+        new: &StripeLayout,
+    ) -> Res<()> {
+        if inode_node(ino) != self.node() {
+            return Err(StoreError::NotHere(ino));
+        }
+        let same_shape = new.unit == old.unit
+            && new.nodes.len() == old.nodes.len()
+            && new.nodes.first() == Some(&self.node());
+        if !same_shape || new.check().is_err() {
+            return Err(StoreError::Invalid(
+                "a new layout keeps the unit, the count and the owner",
+            ));
+        }
+        let _g = self.stripes.lock(ino);
+        if self.objects.layout(ino)?.as_ref() != Some(old) {
+            return Err(StoreError::LayoutChanged(ino));
+        }
+        self.objects.replace_layout(ino, new)
+    }
+
+    /// Mark (or unmark, when a hand-over is undone) this node's units of
+    /// `ino` as handed to another holder: their I/O here answers ESTALE.
+    pub fn set_stripe_moved(&self, ino: InodeId, moved: bool) {
+        let mut set = self.moved_stripes.lock().unwrap_or_else(|p| p.into_inner());
+        if moved {
+            set.insert(ino);
+        } else {
+            set.remove(&ino);
+        }
+    }
+
+    fn stripe_moved(&self, ino: InodeId) -> bool {
+        self.moved_stripes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ino)
+    }
+
+    /// Remove this node's copy of `ino`, handed over (it stays marked).
+    pub fn discard_moved_stripe(&self, ino: InodeId) -> Res<()> {
+        if !self.stripe_moved(ino) {
+            return Err(StoreError::Invalid("not a handed-over stripe copy"));
+        }
+        self.unlink_copy(ino)
     }
 
     fn stripes_dir(&self) -> Res<&OwnedFd> {
@@ -201,6 +265,10 @@ impl Store {
         if inode_node(ino) == self.node() {
             return Err(StoreError::Invalid("the owner removes its file by unlink"));
         }
+        self.unlink_copy(ino)
+    }
+
+    fn unlink_copy(&self, ino: InodeId) -> Res<()> {
         let name = copy_name(ino);
         match unlinkat(
             self.stripes_dir()?.as_fd(),

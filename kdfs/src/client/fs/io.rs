@@ -3,11 +3,13 @@
 //! node's files in place, of other nodes' files through their krgd, and of
 //! striped files through all their holders (`client/striped/`).
 
+use std::sync::Arc;
+
 use fuser::{
     Errno, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyData, ReplyEmpty, ReplyOpen,
     ReplyWrite,
 };
-use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, NewInode};
+use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, NewInode, StripeLayout};
 
 use super::super::convert::{err, file_attr};
 use super::super::local;
@@ -91,7 +93,13 @@ impl KdfsFs {
         }
         self.spawn(async move {
             let r = match ops.striped.layout(id, fh) {
-                Some(l) => ops.striped.ahead.read(&ops, id, fh, &l, offset, size).await,
+                Some(l) => {
+                    let read = |l: Arc<StripeLayout>| {
+                        let ops = ops.clone();
+                        async move { ops.striped.ahead.read(&ops, id, fh, &l, offset, size).await }
+                    };
+                    ops.with_layout(id, fh, l, read).await
+                }
                 None => ops.read(id, fh, offset, size).await.map(|d| d.0.to_vec()),
             };
             match r {
@@ -119,7 +127,14 @@ impl KdfsFs {
         let (ops, data) = (self.ops.clone(), data.to_vec());
         self.spawn(async move {
             let r = match ops.striped.layout(id, fh) {
-                Some(l) => ops.striped_write(id, &l, offset, &data).await,
+                Some(l) => {
+                    let data = &data;
+                    let write = |l: Arc<StripeLayout>| {
+                        let ops = ops.clone();
+                        async move { ops.striped_write(id, &l, offset, data).await }
+                    };
+                    ops.with_layout(id, fh, l, write).await
+                }
                 None => ops.write(id, fh, offset, data).await,
             };
             match r {
@@ -143,7 +158,11 @@ impl KdfsFs {
         }
         self.reply_empty(reply, async move {
             if let Some(l) = ops.striped.layout(id, fh) {
-                return ops.striped_fsync(id, &l).await;
+                let sync = |l: Arc<StripeLayout>| {
+                    let ops = ops.clone();
+                    async move { ops.striped_fsync(id, &l).await }
+                };
+                return ops.with_layout(id, fh, l, sync).await;
             }
             let q = Q::Fsync {
                 ino: id,

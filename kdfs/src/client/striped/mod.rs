@@ -12,7 +12,9 @@
 //! holder's copy never reaches past the size: a truncate cuts the copies
 //! first. Reads go through a read-ahead window (`readahead`). Truncation
 //! and removal are krgd's (the owner's krgd cuts or drops the other
-//! holders' copies).
+//! holders' copies). A request that fails is made once more if the
+//! owner's layout changed meanwhile (a holder left and handed its units
+//! to another node; it answers ESTALE until it is gone): `with_layout`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,13 @@ impl Striped {
     /// The layout of an open handle, when its file is striped.
     pub fn layout(&self, ino: InodeId, fh: u64) -> Option<Arc<StripeLayout>> {
         self.map().get(&(ino, fh)).cloned()
+    }
+
+    /// The layout of handle `fh` changed (a holder left): use `layout`
+    /// from now on, and drop what was fetched ahead with the old one.
+    fn relaid(&self, ino: InodeId, fh: u64, layout: Arc<StripeLayout>) {
+        self.map().insert((ino, fh), layout);
+        self.ahead.released(ino, fh);
     }
 
     pub fn released(&self, ino: InodeId, fh: u64) {
@@ -117,6 +126,50 @@ impl Ops {
                 );
                 None
             }
+        }
+    }
+
+    /// Run `op` on handle `fh` of striped file `ino` with its layout `l`;
+    /// if it fails, once more with the owner's layout when that is no
+    /// longer `l`: a holder left (its units went to another node, and it
+    /// answers ESTALE, or nothing once it is gone).
+    pub async fn with_layout<T, F, Fut>(
+        &self,
+        ino: InodeId,
+        fh: u64,
+        l: Arc<StripeLayout>,
+        op: F,
+    ) -> Res<T>
+    where
+        F: Fn(Arc<StripeLayout>) -> Fut,
+        Fut: std::future::Future<Output = Res<T>>,
+    {
+        match op(l.clone()).await {
+            Err(e) => match self.relayout(ino, fh, &l).await {
+                Some(new) => op(new).await,
+                None => Err(e),
+            },
+            done => done,
+        }
+    }
+
+    /// The owner's layout of striped file `ino`, kept for handle `fh`,
+    /// when it is no longer `old` (`None`: unchanged, or not readable).
+    async fn relayout(
+        &self,
+        ino: InodeId,
+        fh: u64,
+        old: &StripeLayout,
+    ) -> Option<Arc<StripeLayout>> {
+        match self.call(inode_node(ino), Q::GetStripe { ino }).await {
+            Ok(A::Stripe {
+                layout: Some(l), ..
+            }) if l != *old => {
+                let l = Arc::new(l);
+                self.striped.relaid(ino, fh, l.clone());
+                Some(l)
+            }
+            _ => None,
         }
     }
 
@@ -248,9 +301,9 @@ impl Ops {
     /// fsync a striped file: every holder flushes its copy.
     pub async fn striped_fsync(&self, ino: InodeId, layout: &StripeLayout) -> Res<()> {
         let syncs = layout
-            .nodes
-            .iter()
-            .map(|&n| self.call(n, Q::StripeSync { ino }));
+            .holders()
+            .into_iter()
+            .map(|n| self.call(n, Q::StripeSync { ino }));
         for r in join_all(syncs).await {
             r?;
         }

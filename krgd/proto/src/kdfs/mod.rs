@@ -450,6 +450,19 @@ pub enum KdfsRequest {
     /// Make everything written to the store durable (`syncfs`): one for a
     /// whole hand-over's copies instead of an fsync per file. `Done`.
     SyncStore,
+    /// To the owner of striped file `ino`, from a leaving node's hand-over:
+    /// give it layout `new` instead of `old`, only if it still has `old`
+    /// (EAGAIN otherwise). The leaving node's units went to another holder
+    /// first. `Done`.
+    ReplaceLayout {
+        /// The striped file (owned by the node asked).
+        ino: InodeId,
+        /// The layout it must still have.
+        old: StripeLayout,
+        /// Its layout afterwards: the same unit and owner, one holder
+        /// replaced.
+        new: StripeLayout,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.

@@ -37,7 +37,9 @@ pub struct StripePolicy {
 pub struct StripeLayout {
     /// Bytes per unit.
     pub unit: u32,
-    /// The holders, distinct, the inode's owner first.
+    /// The holders, the inode's owner first. Distinct when the file is
+    /// made; a node may appear again later, when a holder that left
+    /// handed its units to a node that already held others.
     pub nodes: Vec<NodeId>,
 }
 
@@ -150,19 +152,59 @@ impl fmt::Display for StripePolicy {
 }
 
 impl StripeLayout {
-    /// Check the bounds and that the holders are distinct node ids.
+    /// Check the bounds and that the holders are node ids (not 0).
     pub fn check(&self) -> Result<(), StripeError> {
         check_unit(self.unit)?;
         if self.nodes.is_empty() || self.nodes.len() > usize::from(MAX_COUNT) {
             return Err(bad("a layout holds 1 to 64 nodes"));
         }
-        let mut seen = self.nodes.clone();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() != self.nodes.len() || seen.first() == Some(&0) {
-            return Err(bad("a layout's nodes must be distinct node ids"));
+        if self.nodes.contains(&0) {
+            return Err(bad("a layout's nodes must be node ids (not 0)"));
         }
         Ok(())
+    }
+
+    /// Check a new file's layout: also that its holders are distinct.
+    pub fn check_new(&self) -> Result<(), StripeError> {
+        self.check()?;
+        if self.holders().len() != self.nodes.len() {
+            return Err(bad("a new layout's nodes must be distinct node ids"));
+        }
+        Ok(())
+    }
+
+    /// Every holder once, in layout order.
+    pub fn holders(&self) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = Vec::with_capacity(self.nodes.len());
+        for &n in &self.nodes {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// Every holder but the owner, once each: those keeping units in
+    /// their `stripes/` copy.
+    pub fn others(&self) -> Vec<NodeId> {
+        let owner = self.nodes.first().copied();
+        self.holders()
+            .into_iter()
+            .filter(|&n| Some(n) != owner)
+            .collect()
+    }
+
+    /// The layout with holder `from`'s units held by `to` instead.
+    pub fn replaced(&self, from: NodeId, to: NodeId) -> StripeLayout {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|&n| if n == from { to } else { n })
+            .collect();
+        StripeLayout {
+            unit: self.unit,
+            nodes,
+        }
     }
 
     /// The node holding byte `offset`.
@@ -276,6 +318,32 @@ mod tests {
             unit: 4096,
             nodes: vec![2, 2],
         };
-        assert!(dup.check().is_err());
+        assert!(dup.check_new().is_err());
+        assert!(
+            dup.check().is_ok(),
+            "a holder may come back after another left"
+        );
+        let zero = StripeLayout {
+            unit: 4096,
+            nodes: vec![2, 0],
+        };
+        assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn a_leaving_holder_is_replaced() {
+        let l = StripeLayout {
+            unit: 4096,
+            nodes: vec![1, 3, 2],
+        };
+        let to_new = l.replaced(3, 4);
+        assert_eq!(to_new.nodes, vec![1, 4, 2]);
+        assert_eq!(to_new.others(), vec![4, 2]);
+        // to a node already holding units: it holds both positions
+        let to_owner = l.replaced(3, 1);
+        assert_eq!(to_owner.nodes, vec![1, 1, 2]);
+        assert_eq!(to_owner.holders(), vec![1, 2]);
+        assert_eq!(to_owner.others(), vec![2]);
+        assert_eq!(to_owner.holder(4096), 1);
     }
 }

@@ -58,6 +58,7 @@ pub(super) fn changes_store(req: &KdfsRequest) -> bool {
             | Q::StripeTruncate { .. }
             | Q::StripeDrop { .. }
             | Q::Extend { .. }
+            | Q::ReplaceLayout { .. }
             | Q::Open { write: true, .. }
     )
 }

@@ -44,10 +44,11 @@ impl KdfsService {
         let Some(layout) = store.stripe_layout(ino) else {
             return Ok(());
         };
-        let cuts = layout.nodes[1..]
+        let others = layout.others();
+        let cuts = others
             .iter()
             .map(|&n| self.ask_holder(n, KdfsRequest::StripeTruncate { ino, size }));
-        for (r, node) in join_all(cuts).await.into_iter().zip(&layout.nodes[1..]) {
+        for (r, node) in join_all(cuts).await.into_iter().zip(&others) {
             if let Err(e) = r {
                 tracing::warn!(ino, node, error = %e, "kdfs: a stripe holder could not cut its copy; truncate refused");
                 return Err(libc::EIO);
@@ -67,7 +68,7 @@ impl KdfsService {
         let svc = self.clone();
         tokio::spawn(async move {
             for (ino, layout) in gone {
-                for &node in &layout.nodes[1..] {
+                for node in layout.others() {
                     if let Err(e) = svc.ask_holder(node, KdfsRequest::StripeDrop { ino }).await {
                         tracing::warn!(ino, node, error = %e, "kdfs: a stripe holder did not drop its copy of a removed file");
                     }

@@ -2,12 +2,15 @@
 //! (`handover.rs` says when it runs).
 //!
 //! 1. Refuse, leaving everything as it is, when this node is the file
-//!    system's root node (every superblock names it) or keeps striped
-//!    data (a layout never changes); pick the target: the online member
-//!    serving this file system with the most free space.
+//!    system's root node (every superblock names it) or owns a striped
+//!    file (its id, naming this node, is in every holder's copy); pick the
+//!    target: the online member serving this file system with the most
+//!    free space.
 //! 2. Make the store read-only: every change is refused with EROFS, so
 //!    what is copied is what stays.
-//! 3. Walk the namespace from the root directory. Every entry naming an
+//! 3. Hand over the units of other nodes' striped files kept here
+//!    (`stripes.rs`).
+//! 4. Walk the namespace from the root directory. Every entry naming an
 //!    inode of this node: copy the inode to the target (once: hard links
 //!    share the copy; a directory with its entries, its own inodes copied
 //!    likewise, before anything names it), then point the entry at the
@@ -15,16 +18,16 @@
 //!    is repeated until one finds no name of this node's inodes (a name a
 //!    rename moved meanwhile is found by the next one), at most
 //!    [`WALKS`] times.
-//! 4. Give the copies their originals' modes and times, sync every store
+//! 5. Give the copies their originals' modes and times, sync every store
 //!    written (`SyncStore`: one `syncfs` each), remove the originals, and make the store writable
 //!    again: it holds only what no name reached, and serves as a new
 //!    node's would (the node is removed from the cluster right after; if
 //!    it is added again, it takes part as an empty node).
 //!
 //! A pass that fails after step 2 is undone (`undo.rs`): the names go back
-//! to the originals, the copies are removed, the store is writable again.
-//! Files: this one (the pass, the requests, the walk), `copy.rs` (one
-//! inode), `undo.rs`.
+//! to the originals, the layouts to this node, the copies are removed, the
+//! store is writable again. Files: this one (the pass, the requests, the
+//! walk), `copy.rs` (one inode), `stripes.rs` (stripe units), `undo.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -43,6 +46,7 @@ use krg_proto::NodeId;
 use super::KdfsService;
 
 mod copy;
+mod stripes;
 mod undo;
 
 /// How long one request to a member may take.
@@ -98,25 +102,33 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         ));
     }
     let st = store.clone();
-    let striped = tokio::task::spawn_blocking(move || st.striped_data())
+    let striped = tokio::task::spawn_blocking(move || st.owned_striped_file())
         .await
         .map_err(|e| Failed::new(e.to_string()))?
         .map_err(|e| Failed::new(e.to_string()))?;
-    if let Some(why) = striped {
-        return Err(Failed::new(format!("{why}; striped files cannot move")));
+    if let Some(ino) = striped {
+        return Err(Failed::new(format!(
+            "it owns striped file {ino:x}: the striped files a node owns cannot move"
+        )));
     }
     let mut d = Drain {
         svc: svc.clone(),
         store,
         me,
         to: 0,
+        serving: Vec::new(),
         copies: HashMap::new(),
         stamps: Vec::new(),
         written: HashSet::new(),
         repointed: Vec::new(),
+        moved_stripes: Vec::new(),
         bytes: 0,
     };
-    d.to = d.pick_target(sb.fs_id).await?;
+    d.serving = d.serving_nodes(sb.fs_id).await;
+    d.to = *d
+        .serving
+        .first()
+        .ok_or_else(|| Failed::new("no online member serves this kDFS to take its files"))?;
     svc.draining.store(true, Ordering::Release);
     tracing::info!(
         to = d.to,
@@ -157,6 +169,9 @@ struct Drain {
     me: NodeId,
     /// Where the copies go.
     to: NodeId,
+    /// The other online members serving this file system, the most free
+    /// space first (`to` is the first).
+    serving: Vec<NodeId>,
     /// Original → copy.
     copies: HashMap<InodeId, InodeId>,
     /// Directory copies and their originals' attributes, given at the end
@@ -167,6 +182,8 @@ struct Drain {
     written: HashSet<NodeId>,
     /// Names pointed at copies, in order (to point them back on failure).
     repointed: Vec<Repointed>,
+    /// Striped files whose units here went to another holder.
+    moved_stripes: Vec<stripes::MovedStripe>,
     /// File data copied.
     bytes: u64,
 }
@@ -174,6 +191,7 @@ struct Drain {
 impl Drain {
     /// Walk until no name of this node's inodes is left, then finish.
     async fn move_all(&mut self, root_node: NodeId) -> Res<()> {
+        self.move_stripes().await?;
         let root = match self.call(root_node, Q::Root).await? {
             A::Root(r) => r,
             other => return Err(unexpected(root_node, &other)),
@@ -223,11 +241,11 @@ impl Drain {
         }
     }
 
-    /// The online member serving file system `fs_id` with the most free
-    /// space.
-    async fn pick_target(&self, fs_id: u128) -> Res<NodeId> {
+    /// The other online members serving file system `fs_id`, the most
+    /// free space first.
+    async fn serving_nodes(&self, fs_id: u128) -> Vec<NodeId> {
         let view = self.svc.ctx.view();
-        let mut best: Option<(u64, NodeId)> = None;
+        let mut found: Vec<(u64, NodeId)> = Vec::new();
         for n in view.members().filter(|n| n.state == NodeState::Online) {
             if n.id == self.me {
                 continue;
@@ -239,13 +257,11 @@ impl Drain {
                 _ => continue,
             }
             if let Ok(A::Statfs { bavail, .. }) = self.call(n.id, Q::Statfs).await {
-                if best.is_none_or(|(b, _)| bavail > b) {
-                    best = Some((bavail, n.id));
-                }
+                found.push((bavail, n.id));
             }
         }
-        best.map(|(_, n)| n)
-            .ok_or_else(|| Failed::new("no online member serves this kDFS to take its files"))
+        found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        found.into_iter().map(|(_, n)| n).collect()
     }
 
     /// The entries of directory `dir`, from its owner.
@@ -365,11 +381,18 @@ impl Drain {
     async fn discard_originals(&self) {
         let store = self.store.clone();
         let originals: Vec<InodeId> = self.copies.keys().copied().collect();
+        let stripes = self.moved_stripe_inos();
         let done = tokio::task::spawn_blocking(move || {
             for ino in originals {
                 if let Err(e) = store.discard(ino) {
                     tracing::warn!(ino = %format!("{ino:x}"), error = %e,
                         "kdfs: could not remove a handed-over original (fsck.kdfs finds it)");
+                }
+            }
+            for ino in stripes {
+                if let Err(e) = store.discard_moved_stripe(ino) {
+                    tracing::warn!(ino = %format!("{ino:x}"), error = %e,
+                        "kdfs: could not remove handed-over stripe units (fsck.kdfs finds them)");
                 }
             }
         });

@@ -1,6 +1,7 @@
 //! Undoing a pass that failed midway (the target failed, its disk filled,
 //! a directory's owner stopped answering): every name pointed at a copy is
-//! pointed back at its original, and the copies are removed, so that the
+//! pointed back at its original, every layout names this node again
+//! (`stripes.rs`), and the copies are removed, so that the
 //! file system is as it was and the store can be writable again. Best
 //! effort: what cannot be undone (a directory's owner is down) is logged.
 
@@ -26,6 +27,7 @@ impl Drain {
                 failed += 1;
             }
         }
+        failed += self.undo_stripes().await;
         let copies: Vec<InodeId> = self.copies.values().copied().collect();
         for copy in copies {
             if let Err(e) = self.remove_copy(copy).await {
