@@ -320,6 +320,13 @@ fn a_failed_hand_over_is_undone() {
     fs::create_dir(m1.join("s")).unwrap();
     kdfsctl_stripe(&[Path::new("64K:3"), &m1.join("s")]);
     fs::write(m1.join("s/f"), pattern(7 * (64 << 10), 3)).unwrap();
+    // And one node 3 owns (over 3,1,2), copied with the walk: the other
+    // holders' units are renamed to the copy, and back by the undo.
+    fs::create_dir(m3.join("d3/st")).unwrap();
+    kdfsctl_stripe(&[Path::new("64K:3"), &m3.join("d3/st")]);
+    fs::write(m3.join("d3/st/f"), pattern(8 * (64 << 10), 9)).unwrap();
+    assert!(kdfsctl_stripe(&[&m1.join("d3/st/f")]).contains("on nodes 3,1,2"));
+    let owned_by_3 = fs::metadata(m1.join("d3/st/f")).unwrap().ino();
     Command::new("sync").status().unwrap();
     let before = tree(&m1);
     let kept = (objects(&c, 0), objects(&c, 1));
@@ -339,6 +346,7 @@ fn a_failed_hand_over_is_undone() {
     }
     assert_eq!((objects(&c, 0), objects(&c, 1)), kept, "copies left behind");
     assert!(kdfsctl_stripe(&[&m1.join("s/f")]).contains("on nodes 1,2,3"));
+    assert!(kdfsctl_stripe(&[&m1.join("d3/st/f")]).contains("on nodes 3,1,2"));
     assert_eq!(
         fs::read_dir(c.nodes[2].store.join("stripes"))
             .unwrap()
@@ -346,6 +354,17 @@ fn a_failed_hand_over_is_undone() {
         1,
         "node 3's stripe units"
     );
+    for i in [0, 1] {
+        let names: Vec<String> = fs::read_dir(c.nodes[i].store.join("stripes"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.contains(&format!("{owned_by_3:016x}")),
+            "node {}'s units of node 3's striped file: {names:?}",
+            i + 1
+        );
+    }
     // Writable again.
     fs::write(m3.join("d3/f"), b"written after the undo").unwrap();
     assert_eq!(
@@ -465,8 +484,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// node 4 where it holds none of the file, else to a holder already there
 /// (which then holds two positions), and the owners' layouts name them.
 /// A descriptor opened before the leave reads and writes on (it takes the
-/// new layout when node 3 answers ESTALE). A node owning a striped file
-/// does not hand over (said in its log).
+/// new layout when node 3 answers ESTALE). Then node 2 leaves, owning a
+/// striped file: the file moves, and the other holders' units with it.
 #[test]
 fn a_leaving_holder_hands_its_stripe_units_over() {
     const UNIT: usize = 64 << 10;
@@ -536,11 +555,39 @@ fn a_leaving_holder_hands_its_stripe_units_over() {
         );
     }
 
-    // Node 2 owns s4/g: it does not hand over, and says why.
+    // Node 2 owns s4/g: the file moves (a new inode on node 1 or 4, its
+    // layout with that node in node 2's place), node 4's units are renamed
+    // to it, and the target's merged into its object. Node 2 holds units
+    // of s3/f too.
     nodes_del(&c, 0, "2");
     let log2 = plain(&fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap());
+    assert!(log2.contains("kdfs: handed over"), "{log2}");
+    c.umount(1);
+    c.kill_krgd(1);
+    let g = kdfsctl_stripe(&[&m[0].join("s4/g")]);
+    let holders = g.rsplit(' ').next().unwrap().trim();
     assert!(
-        log2.contains("kdfs: not handed over") && log2.contains("owns striped file"),
-        "{log2}"
+        holders.split(',').all(|n| n == "1" || n == "4"),
+        "s4/g: {g}"
+    );
+    assert_ne!(owner(&m[0].join("s4/g")), 2);
+    for i in [0, 3] {
+        for (name, want) in [("s3/f", &three), ("s4/g", &four)] {
+            let got = fs::read(m[i].join(name)).unwrap();
+            let diff = got.iter().zip(want.iter()).position(|(a, b)| a != b);
+            assert!(
+                got == *want,
+                "node {} read other bytes of {name}: len {} first difference at {diff:?}",
+                i + 1,
+                got.len()
+            );
+        }
+    }
+    assert_eq!(
+        fs::read_dir(c.nodes[1].store.join("stripes"))
+            .unwrap()
+            .count(),
+        0,
+        "node 2 kept stripe units"
     );
 }

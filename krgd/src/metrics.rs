@@ -482,6 +482,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::HandOver => "hand_over",
         R::SyncStore => "sync_store",
         R::ReplaceLayout { .. } => "replace_layout",
+        R::StripeRename { .. } => "stripe_rename",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -96,6 +96,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::StripeTruncate { .. }
             | Q::StripeDrop { .. }
             | Q::ReplaceLayout { .. }
+            | Q::StripeRename { .. }
     )
 }
 

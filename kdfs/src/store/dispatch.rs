@@ -196,6 +196,7 @@ impl Store {
             Q::ReplaceLayout { ino, old, new } => {
                 self.replace_layout(ino, &old, &new).map(|_| A::Done)?
             }
+            Q::StripeRename { old, new } => self.stripe_rename(old, new).map(|_| A::Done)?,
             // The lock manager's, never the store's (krgd routes them there).
             Q::SetLock { .. }
             | Q::GetLock { .. }

@@ -13,8 +13,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use krg_proto::kdfs::{inode_node, FileKind, InodeId, KdfsResponse, StripeLayout, StripePolicy};
 use nix::fcntl::{openat, OFlag};
+use nix::fcntl::{renameat2, RenameFlags};
 use nix::sys::stat::Mode;
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::unistd::{lseek, unlinkat, UnlinkatFlags, Whence};
 
 use super::data::{read_at, sync_file, write_at};
 use super::error::{Res, StoreError};
@@ -57,8 +58,10 @@ impl Store {
 
     /// Give a new, empty regular file of this node its layout.
     pub(super) fn set_layout(&self, ino: InodeId, layout: &StripeLayout) -> Res<()> {
+        // A node may appear twice: a leaving owner's copy of a file is
+        // made with the layout the file had, the new owner in its place.
         layout
-            .check_new()
+            .check()
             .map_err(|_| StoreError::Invalid("stripe layout"))?;
         if layout.nodes.first() != Some(&self.node()) {
             return Err(StoreError::Invalid("a layout starts at the file's owner"));
@@ -101,6 +104,11 @@ impl Store {
         if self.stripe_moved(ino) {
             return Err(StoreError::Moved(ino));
         }
+        self.stripe_copy_of(ino, write, create)
+    }
+
+    /// The file in `stripes/` of another node's striped file `ino`.
+    fn stripe_copy_of(&self, ino: InodeId, write: bool, create: bool) -> Res<Option<File>> {
         let dir = self.stripes_dir()?;
         let mut flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         flags |= if write {
@@ -122,28 +130,6 @@ impl Store {
             Err(nix::errno::Errno::ENOENT) if !create => Ok(None),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// A striped file this node owns, if any (the first one found): its
-    /// object cannot move to another node (its id, which names this node,
-    /// is in every other holder's copy name), so a leaving node's
-    /// hand-over asks first.
-    pub fn owned_striped_file(&self) -> Res<Option<InodeId>> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let mut list = nix::dir::Dir::openat(self.objects.fd(), ".", flags, Mode::empty())?;
-        for e in list.iter().flatten() {
-            let Some(local) = std::str::from_utf8(e.file_name().to_bytes())
-                .ok()
-                .and_then(|n| u64::from_str_radix(n, 16).ok())
-            else {
-                continue; // ".", "..", temporary names
-            };
-            let ino = krg_proto::kdfs::inode_id(self.node(), local);
-            if self.stripe_layout(ino).is_some() {
-                return Ok(Some(ino));
-            }
-        }
-        Ok(None)
     }
 
     /// The other nodes' striped files this node keeps units of (its
@@ -208,6 +194,39 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&ino)
+    }
+
+    /// This node's units of striped file `old` become `new`'s (the file
+    /// moved with its leaving owner): `old`'s I/O answers ESTALE from now,
+    /// `new`'s no longer does; the copy of `old` is renamed to `new`'s, or,
+    /// when this node owns `new`, merged into its object and kept (for an
+    /// undo). When this node owns `old` (that undo), only the marks change.
+    pub(super) fn stripe_rename(&self, old: InodeId, new: InodeId) -> Res<()> {
+        self.set_stripe_moved(old, true);
+        self.set_stripe_moved(new, false);
+        if inode_node(old) == self.node() {
+            return Ok(());
+        }
+        if inode_node(new) == self.node() {
+            let Some(src) = self.stripe_copy_of(old, false, false)? else {
+                return Ok(()); // nothing written here yet
+            };
+            let dst = self
+                .stripe_copy(new, true, false)?
+                .ok_or(StoreError::NotFound)?;
+            return merge_units(&src, &dst);
+        }
+        let dir = self.stripes_dir()?;
+        match renameat2(
+            dir.as_fd(),
+            copy_name(old).as_str(),
+            dir.as_fd(),
+            copy_name(new).as_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Remove this node's copy of `ino`, handed over (it stays marked).
@@ -295,4 +314,37 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The units in copy `src` written into `dst` at the same offsets: its
+/// data extents, without their blocks of zeros, so that nothing of `dst`'s
+/// own units (at other offsets) is overwritten.
+fn merge_units(src: &File, dst: &File) -> Res<()> {
+    const BLOCK: usize = 4096;
+    let len = i64::try_from(src.metadata()?.len()).unwrap_or(i64::MAX);
+    let mut at = 0i64;
+    while at < len {
+        let start = match lseek(src.as_fd(), at, Whence::SeekData) {
+            Ok(o) => o,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(src.as_fd(), start, Whence::SeekHole)?;
+        let mut off = start as u64;
+        while off < end as u64 {
+            let want = (end as u64 - off).min(1 << 20) as u32;
+            let data = read_at(src, off, want)?;
+            if data.is_empty() {
+                break;
+            }
+            for (i, block) in data.chunks(BLOCK).enumerate() {
+                if block.iter().any(|b| *b != 0) {
+                    write_at(dst, off + (i * BLOCK) as u64, block)?;
+                }
+            }
+            off += data.len() as u64;
+        }
+        at = end;
+    }
+    Ok(())
 }

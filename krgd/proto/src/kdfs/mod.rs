@@ -463,6 +463,18 @@ pub enum KdfsRequest {
         /// replaced.
         new: StripeLayout,
     },
+    /// To a holder of striped file `old`, from its leaving owner's
+    /// hand-over (the file moved and is `new` now): its units of `old` are
+    /// `new`'s from now on — its copy renamed, or merged into `new`'s
+    /// object when it owns `new` — and its I/O on `old` answers ESTALE.
+    /// When it owns `old` (an undo of such a merge), only that: `new`'s
+    /// copy was kept. `Done`.
+    StripeRename {
+        /// The file's id before.
+        old: InodeId,
+        /// Its id after.
+        new: InodeId,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.

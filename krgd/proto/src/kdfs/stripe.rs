@@ -164,15 +164,6 @@ impl StripeLayout {
         Ok(())
     }
 
-    /// Check a new file's layout: also that its holders are distinct.
-    pub fn check_new(&self) -> Result<(), StripeError> {
-        self.check()?;
-        if self.holders().len() != self.nodes.len() {
-            return Err(bad("a new layout's nodes must be distinct node ids"));
-        }
-        Ok(())
-    }
-
     /// Every holder once, in layout order.
     pub fn holders(&self) -> Vec<NodeId> {
         let mut out: Vec<NodeId> = Vec::with_capacity(self.nodes.len());
@@ -318,7 +309,6 @@ mod tests {
             unit: 4096,
             nodes: vec![2, 2],
         };
-        assert!(dup.check_new().is_err());
         assert!(
             dup.check().is_ok(),
             "a holder may come back after another left"

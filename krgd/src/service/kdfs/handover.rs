@@ -59,6 +59,7 @@ pub(super) fn changes_store(req: &KdfsRequest) -> bool {
             | Q::StripeDrop { .. }
             | Q::Extend { .. }
             | Q::ReplaceLayout { .. }
+            | Q::StripeRename { .. }
             | Q::Open { write: true, .. }
     )
 }

@@ -63,6 +63,7 @@ fn is_quick(req: &KdfsRequest) -> bool {
             | KdfsRequest::StripeSync { .. }
             | KdfsRequest::StripeTruncate { .. }
             | KdfsRequest::StripeDrop { .. }
+            | KdfsRequest::StripeRename { .. }
             | KdfsRequest::Extend { .. }
             | KdfsRequest::Fsync { .. }
             | KdfsRequest::FsyncDir { .. }

@@ -114,7 +114,7 @@ impl Drain {
         };
         let done = async {
             let bytes = match kind {
-                FileKind::File => self.copy_data(old, copy, fh, attr.size).await?,
+                FileKind::File => self.copy_file(old, copy, fh, attr.size).await?,
                 _ => 0,
             };
             for _ in 1..attr.nlink {
@@ -181,6 +181,19 @@ impl Drain {
         }
     }
 
+    /// Regular file `old` into `copy`, open as `fh` there: a striped
+    /// file's layout first and its other holders' units after
+    /// (`stripes.rs`), the data. The bytes copied.
+    async fn copy_file(&self, old: InodeId, copy: InodeId, fh: Option<u64>, size: u64) -> Res<u64> {
+        let Some(layout) = self.store.stripe_layout(old) else {
+            return self.copy_data(old, copy, fh, size).await;
+        };
+        self.give_copy_layout(copy, &layout).await?;
+        let bytes = self.copy_data(old, copy, fh, size).await?;
+        self.rename_holders(old, copy, &layout).await?;
+        Ok(bytes)
+    }
+
     /// The data of regular file `old` into `copy`, open as `fh` there: the
     /// bytes copied.
     async fn copy_data(&self, old: InodeId, copy: InodeId, fh: Option<u64>, size: u64) -> Res<u64> {
@@ -195,7 +208,7 @@ impl Drain {
             )
             .await
         {
-            Ok(A::Handle(src)) => {
+            Ok(A::Handle(src) | A::StripedHandle { fh: src, .. }) => {
                 let r = self.copy_bytes(old, src, copy, fh, size).await;
                 let _ = self.call(self.me, Q::Release { ino: old, fh: src }).await;
                 r

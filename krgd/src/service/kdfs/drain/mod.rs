@@ -2,10 +2,8 @@
 //! (`handover.rs` says when it runs).
 //!
 //! 1. Refuse, leaving everything as it is, when this node is the file
-//!    system's root node (every superblock names it) or owns a striped
-//!    file (its id, naming this node, is in every holder's copy); pick the
-//!    target: the online member serving this file system with the most
-//!    free space.
+//!    system's root node (every superblock names it); pick the target: the
+//!    online member serving this file system with the most free space.
 //! 2. Make the store read-only: every change is refused with EROFS, so
 //!    what is copied is what stays.
 //! 3. Hand over the units of other nodes' striped files kept here
@@ -101,16 +99,6 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
             "this is the root node of the file system (its root directory cannot move)",
         ));
     }
-    let st = store.clone();
-    let striped = tokio::task::spawn_blocking(move || st.owned_striped_file())
-        .await
-        .map_err(|e| Failed::new(e.to_string()))?
-        .map_err(|e| Failed::new(e.to_string()))?;
-    if let Some(ino) = striped {
-        return Err(Failed::new(format!(
-            "it owns striped file {ino:x}: the striped files a node owns cannot move"
-        )));
-    }
     let mut d = Drain {
         svc: svc.clone(),
         store,
@@ -122,6 +110,7 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         written: HashSet::new(),
         repointed: Vec::new(),
         moved_stripes: Vec::new(),
+        renamed: Default::default(),
         bytes: 0,
     };
     d.serving = d.serving_nodes(sb.fs_id).await;
@@ -184,6 +173,9 @@ struct Drain {
     repointed: Vec<Repointed>,
     /// Striped files whose units here went to another holder.
     moved_stripes: Vec<stripes::MovedStripe>,
+    /// Other holders' units of striped files owned here, renamed to their
+    /// copies' ids (made by copies running side by side).
+    renamed: std::sync::Mutex<Vec<stripes::RenamedStripe>>,
     /// File data copied.
     bytes: u64,
 }
@@ -399,6 +391,9 @@ impl Drain {
         if let Err(e) = done.await {
             tracing::warn!(error = %e, "kdfs: removing the handed-over originals failed");
         }
+        // The striped files removed: their old holders drop what is left
+        // under the old ids (the copy the target merged).
+        self.svc.drop_gone_stripes(&self.store);
     }
 
     /// The copies' modes and times, then every store written synced.
@@ -412,6 +407,7 @@ impl Drain {
         // are removed only after this.
         let mut stores = std::mem::take(&mut self.written);
         stores.insert(self.to);
+        stores.extend(self.renaming_holders());
         for node in stores {
             self.call(node, Q::SyncStore).await?;
         }

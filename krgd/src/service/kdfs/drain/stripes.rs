@@ -8,6 +8,12 @@
 //! file answers ESTALE from then on: a client that opened the file before
 //! asks the owner for the layout again and goes on with the new holder.
 //! Undone with the rest of a pass that fails.
+//!
+//! A striped file this node owns moves with the namespace walk, as any
+//! file (`copy.rs`): its copy gets the layout with the target in this
+//! node's place before its data, and then every other holder's units are
+//! renamed to the copy's id (`StripeRename`; the target merges its own
+//! into the copy's object).
 
 use futures::future::join_all;
 use krg_proto::kdfs::{
@@ -16,6 +22,14 @@ use krg_proto::kdfs::{
 use krg_proto::NodeId;
 
 use super::{unexpected, Drain, Failed, Res, CHUNK};
+
+/// A holder's units of a striped file this node owned, renamed to the
+/// id of the file's copy (`StripeRename`).
+pub(super) struct RenamedStripe {
+    node: NodeId,
+    old: InodeId,
+    new: InodeId,
+}
 
 /// One striped file whose units here went to another holder.
 pub(super) struct MovedStripe {
@@ -83,6 +97,48 @@ impl Drain {
             to,
         });
         Ok(())
+    }
+
+    /// Before the data of striped file `old` (owned here, with `layout`)
+    /// is copied into `copy` (new and empty, on the target): the copy gets
+    /// the layout, the target in this node's place (twice, when it held
+    /// units already).
+    pub(super) async fn give_copy_layout(&self, copy: InodeId, layout: &StripeLayout) -> Res<()> {
+        let layout = layout.replaced(self.me, self.to);
+        self.call(self.to, Q::SetLayout { ino: copy, layout })
+            .await
+            .map(|_| ())
+    }
+
+    /// After it: every other holder's units of `old` become `copy`'s
+    /// (renamed; the target's merged into the copy's object), and `old`'s
+    /// I/O there answers ESTALE (descriptors of `old` fail, as those of any
+    /// moved file do).
+    pub(super) async fn rename_holders(
+        &self,
+        old: InodeId,
+        copy: InodeId,
+        layout: &StripeLayout,
+    ) -> Res<()> {
+        for node in layout.others().into_iter().filter(|&n| n != self.me) {
+            // recorded first: an undo of a rename not made changes nothing
+            self.renamed_stripes().push(RenamedStripe {
+                node,
+                old,
+                new: copy,
+            });
+            self.call(node, Q::StripeRename { old, new: copy }).await?;
+        }
+        Ok(())
+    }
+
+    fn renamed_stripes(&self) -> std::sync::MutexGuard<'_, Vec<RenamedStripe>> {
+        self.renamed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The holders whose copies were renamed (synced at the end).
+    pub(super) fn renaming_holders(&self) -> Vec<NodeId> {
+        self.renamed_stripes().iter().map(|r| r.node).collect()
     }
 
     /// Where the units of a file with `layout` go: the first node serving
@@ -169,6 +225,18 @@ impl Drain {
     /// failed.
     pub(super) async fn undo_stripes(&mut self) -> usize {
         let mut failed = 0;
+        let renamed = std::mem::take(&mut *self.renamed_stripes());
+        for r in renamed.into_iter().rev() {
+            let back = Q::StripeRename {
+                old: r.new,
+                new: r.old,
+            };
+            if let Err(e) = self.call(r.node, back).await {
+                tracing::warn!(ino = %format!("{:x}", r.old), node = r.node, why = %e.what,
+                    "kdfs: could not give a holder's stripe units their file back");
+                failed += 1;
+            }
+        }
         for m in std::mem::take(&mut self.moved_stripes).into_iter().rev() {
             let back = Q::ReplaceLayout {
                 ino: m.ino,
