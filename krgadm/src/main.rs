@@ -119,7 +119,7 @@ Examples:
 A live member is first shown as leaving while its work moves to the other
 members: its CAN_MIGRATE processes, then its kDFS files (copied to the online
 member with the most free space; its units of striped files to another holder;
-not when it is the kDFS root node or owns a striped file).
+not when it is the kDFS root node).
 The command answers once the nodes are removed. A failed member is removed at
 once: there is nothing to take from a node that does not answer.";
 

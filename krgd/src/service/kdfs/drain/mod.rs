@@ -11,19 +11,22 @@
 //! 4. Walk the namespace from the root directory. Every entry naming an
 //!    inode of this node: copy the inode to the target (once: hard links
 //!    share the copy; a directory with its entries, its own inodes copied
-//!    likewise, before anything names it), then point the entry at the
+//!    likewise, before anything names it; a striped file's other holders'
+//!    units renamed to its copy, `stripes.rs`), then point the entry at the
 //!    copy (`ReplaceEntry`, only if it still names the original). The walk
 //!    is repeated until one finds no name of this node's inodes (a name a
 //!    rename moved meanwhile is found by the next one), at most
 //!    [`WALKS`] times.
 //! 5. Give the copies their originals' modes and times, sync every store
-//!    written (`SyncStore`: one `syncfs` each), remove the originals, and make the store writable
-//!    again: it holds only what no name reached, and serves as a new
+//!    written (`SyncStore`: one `syncfs` each), remove the originals (the
+//!    holders of striped ones drop what is left under the old ids), and
+//!    make the store writable again: it holds only what no name reached, and serves as a new
 //!    node's would (the node is removed from the cluster right after; if
 //!    it is added again, it takes part as an empty node).
 //!
 //! A pass that fails after step 2 is undone (`undo.rs`): the names go back
-//! to the originals, the layouts to this node, the copies are removed, the
+//! to the originals, the layouts to this node, holders' units to their
+//! files' old ids, the copies are removed, the
 //! store is writable again. Files: this one (the pass, the requests, the
 //! walk), `copy.rs` (one inode), `stripes.rs` (stripe units), `undo.rs`.
 
