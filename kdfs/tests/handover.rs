@@ -510,6 +510,8 @@ fn a_leaving_holder_hands_its_stripe_units_over() {
         .unwrap();
     let mut first = vec![0u8; 100];
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut first, 0).unwrap();
+    // and through node 3's own mount, which reads its units in place
+    let mut held3 = fs::File::open(m[2].join("s3/f")).unwrap();
     Command::new("sync").status().unwrap();
 
     nodes_del(&c, 0, "3");
@@ -533,6 +535,12 @@ fn a_leaving_holder_hands_its_stripe_units_over() {
     std::io::Read::read_to_end(&mut held, &mut back).unwrap();
     assert!(back == three, "the held descriptor read other bytes");
     drop(held);
+    // Node 3's mount finds no units in place any more: it asks its krgd,
+    // which answers ESTALE, and reads with the new layout (not zeros).
+    let mut back3 = Vec::new();
+    std::io::Read::read_to_end(&mut held3, &mut back3).unwrap();
+    assert!(back3 == three, "node 3's held descriptor read other bytes");
+    drop(held3);
 
     c.umount(2);
     c.kill_krgd(2);

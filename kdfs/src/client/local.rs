@@ -94,6 +94,14 @@ impl LocalStore {
         if node != self.node || !Store::is_read_only(&req) {
             return Err(req);
         }
+        if let KdfsRequest::StripeRead { ino, .. } = &req {
+            // No copy here: never written, or handed to another node
+            // (this node leaving), which only krgd knows (it answers
+            // ESTALE then, and the read takes the owner's new layout).
+            if !self.view.has_stripe_units(*ino) {
+                return Err(req);
+            }
+        }
         Ok(match self.view.handle(req) {
             KdfsResponse::Errno(e) => Err(e),
             r => Ok(r),

@@ -151,6 +151,15 @@ impl Store {
             .collect())
     }
 
+    /// Whether this node has a copy of striped file `ino`'s units (its
+    /// object when it owns it).
+    pub fn has_stripe_units(&self, ino: InodeId) -> bool {
+        if inode_node(ino) == self.node() {
+            return true;
+        }
+        matches!(self.stripe_copy_of(ino, false, false), Ok(Some(_)))
+    }
+
     /// Give striped file `ino` (owned here) layout `new` in place of
     /// `old`: a holder's units went to another node. The same unit, count
     /// and owner; EAGAIN when the layout is no longer `old`.
