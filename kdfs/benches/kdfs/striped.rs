@@ -17,7 +17,8 @@ const LINES: [&str; 4] = [
     "seq read, striped 4M:3 (MB/s)",
 ];
 
-fn stripe(dir: &Path) {
+/// `kdfsctl stripe 4M:3 DIR`.
+pub(super) fn stripe(dir: &Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
         .args(["stripe", "4M:3"])
         .arg(dir)
