@@ -310,6 +310,19 @@ impl StoreDir {
         self.write_atomic(ROOT_META, &encode(ROOT_MAGIC, meta)?)
     }
 
+    /// Remove the root meta-file (this node is no longer the root node);
+    /// none is fine.
+    pub fn remove_root_meta(&self) -> Result<(), KdfsError> {
+        match nix::unistd::unlinkat(
+            self.fd(),
+            ROOT_META,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => self.sync(),
+            Err(e) => Err(io_err(&self.path.join(ROOT_META), e)),
+        }
+    }
+
     pub fn read_ino_next(&self) -> Result<u64, KdfsError> {
         self.read_meta(NEXT_MAGIC, INO_NEXT)
     }

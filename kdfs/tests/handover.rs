@@ -114,7 +114,8 @@ fn krgadm(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
 
 /// Node 3's files (in its directories and in node 1's), a directory of
 /// node 1 inside node 3's, hard links across nodes: all there after
-/// `nodes del -n 3`, and still there once node 3's krgd is killed.
+/// `nodes del -n 3`, and still there once node 3's krgd is killed. Then
+/// node 1, the root node, leaves: the root directory moves too.
 #[test]
 fn a_leaving_node_hands_its_files_over() {
     let mut c = Cluster::with_kdfs(3);
@@ -268,13 +269,54 @@ fn a_leaving_node_hands_its_files_over() {
         fs::read(m1.join("d3/big")).unwrap()
     );
 
-    // The root node cannot hand its store over (every superblock names
-    // it): it says so, and leaves all the same (a leave never fails).
+    // The root node leaves too: its files and the root directory move,
+    // every store names the new root node, and the mounts follow.
+    fs::write(m1.join("in-root-of-1"), b"node 1's file in the root").unwrap();
+    fs::write(m2.join("in-root-of-2"), b"node 2's file in the root").unwrap();
+    Command::new("sync").status().unwrap();
+    let before = tree(&m2);
     nodes_del(&c, 1, "1");
-    let log1 = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
+    let log1 = plain(&fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap());
+    assert!(log1.contains("kdfs: handed over"), "{log1}");
+    let root_node = |i: usize| {
+        kdfs::format::read_superblock(&c.nodes[i].store)
+            .unwrap()
+            .root_node
+    };
+    let new_root = root_node(1);
+    assert_ne!(new_root, 1, "node 2's superblock still names node 1");
+    assert_eq!(root_node(2), new_root, "node 3's superblock");
+    c.umount(0);
+    c.kill_krgd(0);
+    for m in [&m2, &m3] {
+        same_tree(
+            &tree(m),
+            &before,
+            &format!("{} after the root left", m.display()),
+        );
+    }
+    for p in before.keys() {
+        assert_ne!(owner(&m2.join(p)), 1, "{} still on node 1", p.display());
+    }
+    // The new root takes new names, seen through the other mount, and a
+    // new mount finds it.
+    fs::write(m2.join("after"), b"made in the new root").unwrap();
+    wait_until(
+        "the new name seen by node 3",
+        Duration::from_secs(5),
+        || fs::read(m3.join("after")).is_ok_and(|d| d == b"made in the new root"),
+    );
+    c.umount(2);
+    let out = c.mount(2, "");
     assert!(
-        log1.contains("kdfs: not handed over") && log1.contains("root node of the file system"),
-        "{log1}"
+        out.status.success(),
+        "mount after the root moved: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(m3.join("after")).unwrap(), b"made in the new root");
+    assert_eq!(
+        fs::read(m3.join("in-root-of-1")).unwrap(),
+        b"node 1's file in the root"
     );
 }
 
@@ -371,6 +413,39 @@ fn a_failed_hand_over_is_undone() {
         fs::read(m3.join("d1/f-link")).unwrap(),
         b"written after the undo"
     );
+}
+
+/// The root node's hand-over failing once the target holds the new root
+/// (a failure point) is undone: every superblock names node 1 again, the
+/// target keeps no root meta-file, and the tree is as it was.
+#[test]
+fn a_failed_root_hand_over_is_undone() {
+    let c = Cluster::with_kdfs(3);
+    let (m1, m2) = (c.mnt(0).to_path_buf(), c.mnt(1).to_path_buf());
+    fs::create_dir(m1.join("d1")).unwrap();
+    fs::write(m1.join("d1/f"), b"node 1's").unwrap();
+    fs::write(m1.join("top"), b"in the root").unwrap();
+    fs::write(m2.join("of2"), b"node 2's in the root").unwrap();
+    Command::new("sync").status().unwrap();
+    let before = tree(&m2);
+
+    fs::write(c.nodes[0].data.join("crash-at"), "fail:handover-root-moved").unwrap();
+    nodes_del(&c, 1, "1");
+    let log1 = plain(&fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap());
+    assert!(
+        log1.contains("the hand-over failed") && log1.contains("undo_failures=0"),
+        "{log1}"
+    );
+    for i in 0..3 {
+        let sb = kdfs::format::read_superblock(&c.nodes[i].store).unwrap();
+        assert_eq!(sb.root_node, 1, "node {}'s superblock", i + 1);
+        let meta = c.nodes[i].store.join("root.meta").exists();
+        assert_eq!(meta, i == 0, "node {}'s root meta-file", i + 1);
+    }
+    // (a mount that followed the root to the target follows it back)
+    std::thread::sleep(kdfs::client::root::FOLLOW_EVERY * 2);
+    same_tree(&tree(&m2), &before, "the tree after the undo");
+    assert_eq!(owner(&m2.join("top")), 1);
 }
 
 /// Two nodes leaving at once, each naming the other's inodes in its

@@ -483,6 +483,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::SyncStore => "sync_store",
         R::ReplaceLayout { .. } => "replace_layout",
         R::StripeRename { .. } => "stripe_rename",
+        R::SetRoot { .. } => "set_root",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

@@ -140,7 +140,7 @@ fn start_session(
         Ok(dev) => ops.cache.set_kernel(kdfs::client::cache::Kernel::new(
             session.notifier(),
             dev,
-            ops.root,
+            ops.root.clone(),
         )),
         // Without it nothing is ever invalidated: the mount must not cache.
         Err(e) => anyhow::bail!("cannot duplicate the FUSE descriptor: {e}"),

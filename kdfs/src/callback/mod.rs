@@ -97,6 +97,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::StripeDrop { .. }
             | Q::ReplaceLayout { .. }
             | Q::StripeRename { .. }
+            | Q::SetRoot { .. }
     )
 }
 

@@ -113,6 +113,15 @@ impl Cache {
         let _ = self.kernel.set(k);
     }
 
+    /// The root directory is another inode now: the kernel forgets inode
+    /// 1's attributes and every name (looked up again in the new root).
+    pub fn root_moved(&self) {
+        if let Some(k) = self.kernel.get() {
+            k.forget_attr_of_root();
+            k.forget_all_entries();
+        }
+    }
+
     fn registered(&self, node: NodeId) -> bool {
         lock(&self.nodes)
             .get(&node)

@@ -88,13 +88,13 @@ impl Filesystem for KdfsFs {
         let (ops, id) = (self.ops.clone(), self.id(ino));
         if let Some(r) = ops.getattr_here(id) {
             return match r {
-                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root.get(), &a)),
                 Err(e) => reply.error(err(e)),
             };
         }
         self.spawn(async move {
             match ops.getattr(id).await {
-                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root.get(), &a)),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -129,13 +129,13 @@ impl Filesystem for KdfsFs {
         let (ops, id) = (self.ops.clone(), self.id(ino));
         if let Some(r) = ops.setattr_here(id, &set) {
             return match r {
-                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root.get(), &a)),
                 Err(e) => reply.error(err(e)),
             };
         }
         self.spawn(async move {
             match ops.setattr(id, set).await {
-                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root, &a)),
+                Ok(a) => reply.attr(&ops.cache.attr_ttl(&a), &file_attr(ops.root.get(), &a)),
                 Err(e) => reply.error(err(e)),
             }
         });

@@ -11,6 +11,7 @@ pub mod local;
 pub mod locks;
 pub mod ops;
 pub mod release;
+pub mod root;
 pub mod striped;
 
 use std::collections::HashMap;
@@ -346,18 +347,24 @@ async fn try_prepare(
     cache.watch(&cluster, info.node);
     let releases = Arc::new(release::Releases::default());
     tokio::spawn(releases.clone().run(cluster.clone(), cache.clone()));
+    let ops = Arc::new(Ops {
+        cluster,
+        local: info.node,
+        root: root::Root::new(root),
+        local_store,
+        locks,
+        notifier: std::sync::OnceLock::new(),
+        cache,
+        releases,
+        striped: Default::default(),
+    });
+    tokio::spawn(root::follow(
+        Arc::downgrade(&ops),
+        dir.to_path_buf(),
+        sb.root_node,
+    ));
     Ok(Prepared {
-        ops: Arc::new(Ops {
-            cluster,
-            local: info.node,
-            root,
-            local_store,
-            locks,
-            notifier: std::sync::OnceLock::new(),
-            cache,
-            releases,
-            striped: Default::default(),
-        }),
+        ops,
         dir: dir.to_path_buf(),
     })
 }

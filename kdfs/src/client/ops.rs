@@ -31,7 +31,8 @@ pub struct Ops {
     pub cluster: Arc<Cluster>,
     /// The node this client runs on: new inodes are made here.
     pub local: NodeId,
-    pub root: InodeId,
+    /// The root directory (inode 1 for the kernel).
+    pub root: Arc<super::root::Root>,
     /// This node's own part of the namespace, read in place.
     pub local_store: LocalStore,
     /// This mount's cluster-wide locks.

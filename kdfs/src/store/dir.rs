@@ -309,7 +309,7 @@ impl Store {
     /// rmdir of directory `ino`'s object: ENOTEMPTY is the local rmdir's own
     /// (atomic) check.
     pub(super) fn remove_dir(&self, ino: InodeId) -> Res<()> {
-        if Some(ino) == self.root {
+        if Some(ino) == self.root() {
             return Err(StoreError::Busy);
         }
         self.objects.remove_dir(ino)

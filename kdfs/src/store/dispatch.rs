@@ -45,7 +45,7 @@ impl Store {
                 fs_id: Some(self.sb.fs_id),
                 node: self.node(),
             },
-            Q::Root => A::Root(self.root.ok_or(StoreError::NotFound)?),
+            Q::Root => A::Root(self.root().ok_or(StoreError::NotFound)?),
             Q::Statfs => self.statfs()?,
             Q::GetAttr { ino } => A::Attr(self.getattr(ino)?),
             Q::SetAttr { ino, set } => A::Attr(self.objects.setattr(ino, &set)?),
@@ -197,6 +197,7 @@ impl Store {
                 self.replace_layout(ino, &old, &new).map(|_| A::Done)?
             }
             Q::StripeRename { old, new } => self.stripe_rename(old, new).map(|_| A::Done)?,
+            Q::SetRoot { root_node, root } => self.set_root(root_node, root).map(|_| A::Done)?,
             // The lock manager's, never the store's (krgd routes them there).
             Q::SetLock { .. }
             | Q::GetLock { .. }

@@ -60,7 +60,9 @@ pub(crate) use objects::{object_name, LAYOUT_XATTR, NLINK_XATTR, NSUB_XATTR};
 pub struct Store {
     top: StoreDir,
     sb: Superblock,
-    root: Option<InodeId>,
+    /// The root node, and on it the root directory: they change when the
+    /// root node hands its store over (`set_root`).
+    root: std::sync::Mutex<(NodeId, Option<InodeId>)>,
     objects: Objects,
     alloc: InoAllocator,
     handles: Handles,
@@ -141,8 +143,8 @@ impl Store {
         let stripes_dir = top.open_stripes(false)?;
         Ok(Store {
             top,
+            root: std::sync::Mutex::new((sb.root_node, root)),
             sb,
-            root,
             objects,
             alloc: InoAllocator::new(node, 0),
             handles: Handles::new(),
@@ -174,8 +176,60 @@ impl Store {
         self.top.path()
     }
 
-    pub fn superblock(&self) -> &Superblock {
-        &self.sb
+    /// The superblock as it is now (its root node may have changed since
+    /// the store was opened).
+    pub fn superblock(&self) -> Superblock {
+        Superblock {
+            root_node: self.root_now().0,
+            ..self.sb.clone()
+        }
+    }
+
+    fn root_now(&self) -> (NodeId, Option<InodeId>) {
+        *self.root.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The root directory, on the root node.
+    fn root(&self) -> Option<InodeId> {
+        self.root_now().1
+    }
+
+    /// The file system's root directory is `root` on node `root_node` now
+    /// (the old root node handed its store over): recorded in the
+    /// superblock; the new root node, given `root` (its own directory),
+    /// writes it in its root meta-file first, and the old one removes its
+    /// meta-file after.
+    fn set_root(&self, root_node: NodeId, root: Option<InodeId>) -> Res<()> {
+        let mut cur = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        let here = root_node == self.node();
+        match root {
+            Some(r) if here => {
+                if inode_node(r) != self.node() || !self.objects.is_dir(r)? {
+                    return Err(StoreError::Invalid("a root directory of this node's"));
+                }
+                let meta = format::RootMeta {
+                    fs_id: self.sb.fs_id,
+                    root: r,
+                };
+                self.top.write_root_meta(&meta)?;
+            }
+            None if !here => {}
+            _ => {
+                return Err(StoreError::Invalid(
+                    "the root directory goes to the root node only",
+                ))
+            }
+        }
+        let sb = Superblock {
+            root_node,
+            ..self.sb.clone()
+        };
+        self.top.write_superblock(&sb)?;
+        if !here {
+            self.top.remove_root_meta()?;
+        }
+        *cur = (root_node, root);
+        Ok(())
     }
 
     /// Refuse a store that became reachable by other users since it was

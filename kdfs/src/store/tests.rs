@@ -33,7 +33,7 @@ fn store() -> (tempfile::TempDir, Store, InodeId) {
     })
     .unwrap();
     let s = Store::open(d.path(), 1, None).unwrap();
-    let root = s.root.unwrap();
+    let root = s.root().unwrap();
     (d, s, root)
 }
 

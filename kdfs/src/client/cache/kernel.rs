@@ -21,13 +21,17 @@ pub struct Kernel {
     /// A duplicate of the session's `/dev/fuse` descriptor, to write the
     /// notifications fuser has no call for.
     dev: OwnedFd,
-    root: InodeId,
+    root: std::sync::Arc<crate::client::root::Root>,
     /// The kernel took an epoch notification (else: one entry at a time).
     epoch: AtomicBool,
 }
 
 impl Kernel {
-    pub fn new(notifier: fuser::Notifier, dev: OwnedFd, root: InodeId) -> Self {
+    pub fn new(
+        notifier: fuser::Notifier,
+        dev: OwnedFd,
+        root: std::sync::Arc<crate::client::root::Root>,
+    ) -> Self {
         Self {
             notifier,
             dev,
@@ -56,7 +60,7 @@ impl Kernel {
         for (dir, name) in entries {
             let r = self
                 .notifier
-                .inval_entry(fuse_ino(self.root, *dir), OsStr::from_bytes(name));
+                .inval_entry(fuse_ino(self.root.get(), *dir), OsStr::from_bytes(name));
             if let Err(e) = r {
                 tracing::debug!(error = %e, "kdfs: entry invalidation refused");
             }
@@ -74,7 +78,17 @@ impl Kernel {
     /// drops those at every open anyway, and dropping them waits for page
     /// locks a read in progress holds).
     pub fn forget_attr(&self, ino: InodeId) {
-        if let Err(e) = self.notifier.inval_inode(fuse_ino(self.root, ino), -1, 0) {
+        if let Err(e) = self
+            .notifier
+            .inval_inode(fuse_ino(self.root.get(), ino), -1, 0)
+        {
+            tracing::debug!(error = %e, "kdfs: attribute invalidation refused");
+        }
+    }
+
+    /// Forget the attributes of the kernel's inode 1 (the root moved).
+    pub fn forget_attr_of_root(&self) {
+        if let Err(e) = self.notifier.inval_inode(fuser::INodeNo(1), -1, 0) {
             tracing::debug!(error = %e, "kdfs: attribute invalidation refused");
         }
     }

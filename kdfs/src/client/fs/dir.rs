@@ -45,7 +45,7 @@ impl KdfsFs {
                 for e in batch {
                     idx += 1;
                     let full = reply.add(
-                        fuse_ino(ops.root, e.ino),
+                        fuse_ino(ops.root.get(), e.ino),
                         idx + 2,
                         file_type(e.kind),
                         OsStr::from_bytes(&e.name),

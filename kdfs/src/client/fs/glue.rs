@@ -17,7 +17,7 @@ fn entry(ops: &Ops, reply: ReplyEntry, dir: InodeId, r: Result<Attr, i32>) {
         Ok(a) => reply.entry_with_ttls(
             &ops.cache.attr_ttl(&a),
             &ops.cache.entry_ttl(dir, &a),
-            &file_attr(ops.root, &a),
+            &file_attr(ops.root.get(), &a),
             Generation(0),
         ),
         Err(e) => reply.error(err(e)),
@@ -44,7 +44,7 @@ impl KdfsFs {
     /// Kernel inode number of a kDFS inode (the root must be 1).
     pub(super) fn id(&self, ino: INodeNo) -> InodeId {
         if ino.0 == 1 {
-            self.ops.root
+            self.ops.root.get()
         } else {
             ino.0
         }

@@ -67,7 +67,7 @@ impl KdfsFs {
             // created() takes one TTL for both the entry and the
             // attributes: the shorter one.
             let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir, &a));
-            let attr = file_attr(ops.root, &a);
+            let attr = file_attr(ops.root.get(), &a);
             let (gen, flags) = (Generation(0), FopenFlags::empty());
             if striped {
                 return reply.created(&t, &attr, gen, FileHandle(fh), flags);

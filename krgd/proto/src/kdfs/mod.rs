@@ -475,6 +475,16 @@ pub enum KdfsRequest {
         /// Its id after.
         new: InodeId,
     },
+    /// From a leaving root node's hand-over, to every store of the file
+    /// system: its root directory is `root` on node `root_node` now. The
+    /// new root node is given `root` (one of its directories); the others
+    /// `None`. Recorded in the superblock (and the root meta-file). `Done`.
+    SetRoot {
+        /// The node holding the root directory.
+        root_node: crate::NodeId,
+        /// The root directory, to that node.
+        root: Option<InodeId>,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.

@@ -60,6 +60,7 @@ pub(super) fn changes_store(req: &KdfsRequest) -> bool {
             | Q::Extend { .. }
             | Q::ReplaceLayout { .. }
             | Q::StripeRename { .. }
+            | Q::SetRoot { .. }
             | Q::Open { write: true, .. }
     )
 }

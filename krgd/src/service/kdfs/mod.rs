@@ -64,6 +64,7 @@ fn is_quick(req: &KdfsRequest) -> bool {
             | KdfsRequest::StripeTruncate { .. }
             | KdfsRequest::StripeDrop { .. }
             | KdfsRequest::StripeRename { .. }
+            | KdfsRequest::SetRoot { .. }
             | KdfsRequest::Extend { .. }
             | KdfsRequest::Fsync { .. }
             | KdfsRequest::FsyncDir { .. }

@@ -31,7 +31,7 @@ struct Leaf {
 impl Drain {
     /// The copy of this node's inode `old` on the target, made if needed
     /// (a directory with its entries).
-    fn copy(
+    pub(super) fn copy(
         &mut self,
         old: InodeId,
         kind: FileKind,

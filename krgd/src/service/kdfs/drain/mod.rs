@@ -1,9 +1,9 @@
 //! The pass that moves a leaving node's kDFS inodes to another member
 //! (`handover.rs` says when it runs).
 //!
-//! 1. Refuse, leaving everything as it is, when this node is the file
-//!    system's root node (every superblock names it); pick the target: the
-//!    online member serving this file system with the most free space.
+//! 1. Pick the target: the online member serving this file system with
+//!    the most free space. The root node refuses, leaving everything as it
+//!    is, while a member is down (`root.rs`).
 //! 2. Make the store read-only: every change is refused with EROFS, so
 //!    what is copied is what stays.
 //! 3. Hand over the units of other nodes' striped files kept here
@@ -16,7 +16,8 @@
 //!    copy (`ReplaceEntry`, only if it still names the original). The walk
 //!    is repeated until one finds no name of this node's inodes (a name a
 //!    rename moved meanwhile is found by the next one), at most
-//!    [`WALKS`] times.
+//!    [`WALKS`] times. The root node then copies the root directory and
+//!    tells every store where it is now (`root.rs`).
 //! 5. Give the copies their originals' modes and times, sync every store
 //!    written (`SyncStore`: one `syncfs` each), remove the originals (the
 //!    holders of striped ones drop what is left under the old ids), and
@@ -28,7 +29,8 @@
 //! to the originals, the layouts to this node, holders' units to their
 //! files' old ids, the copies are removed, the
 //! store is writable again. Files: this one (the pass, the requests, the
-//! walk), `copy.rs` (one inode), `stripes.rs` (stripe units), `undo.rs`.
+//! walk), `copy.rs` (one inode), `stripes.rs` (stripe units), `root.rs`
+//! (the root directory), `undo.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -47,6 +49,7 @@ use krg_proto::NodeId;
 use super::KdfsService;
 
 mod copy;
+mod root;
 mod stripes;
 mod undo;
 
@@ -96,12 +99,7 @@ pub(super) async fn hand_over(svc: &Arc<KdfsService>, store: Arc<Store>) {
 
 async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
     let me = svc.ctx.node_id();
-    let sb = store.superblock().clone();
-    if sb.root_node == me {
-        return Err(Failed::new(
-            "this is the root node of the file system (its root directory cannot move)",
-        ));
-    }
+    let sb = store.superblock();
     let mut d = Drain {
         svc: svc.clone(),
         store,
@@ -114,8 +112,13 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         repointed: Vec::new(),
         moved_stripes: Vec::new(),
         renamed: Default::default(),
+        root_moved: Vec::new(),
+        old_root: None,
         bytes: 0,
     };
+    if sb.root_node == me {
+        d.root_can_move()?;
+    }
     d.serving = d.serving_nodes(sb.fs_id).await;
     d.to = *d
         .serving
@@ -179,6 +182,10 @@ struct Drain {
     /// Other holders' units of striped files owned here, renamed to their
     /// copies' ids (made by copies running side by side).
     renamed: std::sync::Mutex<Vec<stripes::RenamedStripe>>,
+    /// The stores told that the root moved, in order (this node being the
+    /// root node), and the root directory it had.
+    root_moved: Vec<NodeId>,
+    old_root: Option<InodeId>,
     /// File data copied.
     bytes: u64,
 }
@@ -193,7 +200,13 @@ impl Drain {
         };
         for _ in 0..WALKS {
             if self.walk(root).await? == 0 {
-                return self.finish().await;
+                if root_node != self.me {
+                    return self.finish().await;
+                }
+                self.old_root = Some(root);
+                let new_root = self.copy_root(root).await?;
+                self.finish().await?;
+                return self.switch_root(new_root).await;
             }
         }
         Err(Failed::new(format!(

@@ -12,7 +12,7 @@ use super::{Drain, Res};
 impl Drain {
     /// Point the names back, then remove the copies; how many steps failed.
     pub(super) async fn undo(&mut self) -> usize {
-        let mut failed = 0;
+        let mut failed = self.undo_root(self.old_root).await;
         for r in std::mem::take(&mut self.repointed).into_iter().rev() {
             let back = Q::ReplaceEntry {
                 dir: r.dir,
