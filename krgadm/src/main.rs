@@ -118,8 +118,8 @@ Examples:
 
 A live member is first shown as leaving while its work moves to the other
 members: its CAN_MIGRATE processes, then its kDFS files (copied to the online
-member with the most free space; its units of striped files to another holder;
-not when it is the kDFS root node).
+member with the most free space, the root directory too when it is the kDFS
+root node; its units of striped files to another holder).
 The command answers once the nodes are removed. A failed member is removed at
 once: there is nothing to take from a node that does not answer.";
 
