@@ -396,14 +396,14 @@ fn a_failed_hand_over_is_undone() {
         1,
         "node 3's stripe units"
     );
-    for i in [0, 1] {
+    for (i, copies) in [(0, 1), (1, 2)] {
         let names: Vec<String> = fs::read_dir(c.nodes[i].store.join("stripes"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(
-            names.contains(&format!("{owned_by_3:016x}")),
-            "node {}'s units of node 3's striped file: {names:?}",
+            names.contains(&format!("{owned_by_3:016x}")) && names.len() == copies,
+            "node {}'s units of node 3's striped file (and no other name): {names:?}",
             i + 1
         );
     }
@@ -642,9 +642,20 @@ fn a_leaving_holder_hands_its_stripe_units_over() {
     // layout with that node in node 2's place), node 4's units are renamed
     // to it, and the target's merged into its object. Node 2 holds units
     // of s3/f too.
+    let g_was = format!("{:016x}", fs::metadata(m[0].join("s4/g")).unwrap().ino());
     nodes_del(&c, 0, "2");
     let log2 = plain(&fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap());
     assert!(log2.contains("kdfs: handed over"), "{log2}");
+    // The other holders' copies lose the old id's name once it is gone.
+    wait_until(
+        "the old id's copies dropped",
+        Duration::from_secs(10),
+        || {
+            [0, 3]
+                .iter()
+                .all(|&i| !c.nodes[i].store.join("stripes").join(&g_was).exists())
+        },
+    );
     c.umount(1);
     c.kill_krgd(1);
     let g = kdfsctl_stripe(&[&m[0].join("s4/g")]);

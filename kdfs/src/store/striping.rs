@@ -13,9 +13,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use krg_proto::kdfs::{inode_node, FileKind, InodeId, KdfsResponse, StripeLayout, StripePolicy};
 use nix::fcntl::{openat, OFlag};
-use nix::fcntl::{renameat2, RenameFlags};
 use nix::sys::stat::Mode;
-use nix::unistd::{lseek, unlinkat, UnlinkatFlags, Whence};
+use nix::unistd::{linkat, lseek, unlinkat, UnlinkatFlags, Whence};
 
 use super::data::{read_at, sync_file, write_at};
 use super::error::{Res, StoreError};
@@ -207,9 +206,10 @@ impl Store {
 
     /// This node's units of striped file `old` become `new`'s (the file
     /// moved with its leaving owner): `old`'s I/O answers ESTALE from now,
-    /// `new`'s no longer does; the copy of `old` is renamed to `new`'s, or,
-    /// when this node owns `new`, merged into its object and kept (for an
-    /// undo). When this node owns `old` (that undo), only the marks change.
+    /// `new`'s no longer does; the copy of `old` gets `new`'s name too, or,
+    /// when this node owns `new`, is merged into its object. The copy of
+    /// `old` stays until the owner drops it (for an undo, or a pass started
+    /// again). When this node owns `old` (that undo), only the marks change.
     pub(super) fn stripe_rename(&self, old: InodeId, new: InodeId) -> Res<()> {
         self.set_stripe_moved(old, true);
         self.set_stripe_moved(new, false);
@@ -225,15 +225,18 @@ impl Store {
                 .ok_or(StoreError::NotFound)?;
             return merge_units(&src, &dst);
         }
+        // A second name, not a rename: until `old` is gone for good (its
+        // owner drops it once the pass is over), a pass started again
+        // after a crash finds the units under `old` still.
         let dir = self.stripes_dir()?;
-        match renameat2(
+        match linkat(
             dir.as_fd(),
             copy_name(old).as_str(),
             dir.as_fd(),
             copy_name(new).as_str(),
-            RenameFlags::RENAME_NOREPLACE,
+            nix::fcntl::AtFlags::empty(), // the name itself, never followed
         ) {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Ok(()) | Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EEXIST) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

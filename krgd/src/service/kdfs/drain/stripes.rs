@@ -12,8 +12,9 @@
 //! A striped file this node owns moves with the namespace walk, as any
 //! file (`copy.rs`): its copy gets the layout with the target in this
 //! node's place before its data, and then every other holder's units are
-//! renamed to the copy's id (`StripeRename`; the target merges its own
-//! into the copy's object).
+//! given the copy's id too (`StripeRename`, a second name: the old one
+//! goes when the original does; the target merges its own into the
+//! copy's object).
 
 use futures::future::join_all;
 use krg_proto::kdfs::{
@@ -231,10 +232,15 @@ impl Drain {
                 old: r.new,
                 new: r.old,
             };
-            if let Err(e) = self.call(r.node, back).await {
-                tracing::warn!(ino = %format!("{:x}", r.old), node = r.node, why = %e.what,
-                    "kdfs: could not give a holder's stripe units their file back");
-                failed += 1;
+            // The copy kept its old name: the new one goes (the target's
+            // merged units go with the copy's object).
+            let drop_new = (r.node != inode_node(r.new)).then_some(Q::StripeDrop { ino: r.new });
+            for q in std::iter::once(back).chain(drop_new) {
+                if let Err(e) = self.call(r.node, q).await {
+                    tracing::warn!(ino = %format!("{:x}", r.old), node = r.node, why = %e.what,
+                        "kdfs: could not give a holder's stripe units their file back");
+                    failed += 1;
+                }
             }
         }
         for m in std::mem::take(&mut self.moved_stripes).into_iter().rev() {
