@@ -448,6 +448,63 @@ fn a_failed_root_hand_over_is_undone() {
     assert_eq!(owner(&m2.join("top")), 1);
 }
 
+/// kill -9 of the leaving krgd in the middle of its pass (held by a pause
+/// point after its first names were pointed at copies): it is a failed
+/// node then, removed at once. Every name still reads what it held or
+/// fails (its inode stayed on the dead node); none reads other bytes.
+#[test]
+fn a_hand_over_cut_by_a_crash_leaves_no_wrong_file() {
+    let mut c = Cluster::with_kdfs(3);
+    let (m1, m3) = (c.mnt(0).to_path_buf(), c.mnt(2).to_path_buf());
+    fs::create_dir(m3.join("d3")).unwrap();
+    fs::create_dir(m1.join("d1")).unwrap();
+    for i in 0..40 {
+        fs::write(m3.join(format!("d3/f{i}")), format!("file {i} of node 3")).unwrap();
+        fs::write(m3.join(format!("d1/g{i}")), format!("file {i} in node 1's")).unwrap();
+    }
+    Command::new("sync").status().unwrap();
+    let before = tree(&m1);
+    fs::write(
+        c.nodes[2].data.join("crash-at"),
+        "pause:handover-repointed:20000",
+    )
+    .unwrap();
+    let sock = c.nodes[0].sock.clone();
+    let del = std::thread::spawn(move || {
+        run(Command::new(bin_dir().join("krgadm"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["nodes", "del", "-n", "3"]))
+    });
+    let log3 = || plain(&fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap_or_default());
+    wait_until("the pass held mid-way", Duration::from_secs(20), || {
+        log3().contains("pause point reached")
+    });
+    c.umount(2);
+    c.kill_krgd(2);
+    let out = del.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut moved, mut lost) = (0, 0);
+    for (p, seen_before) in &before {
+        match fs::symlink_metadata(m1.join(p)) {
+            Ok(m) if m.is_file() => match fs::read(m1.join(p)) {
+                Ok(data) => {
+                    assert_eq!(&data, &seen_before.7, "{} reads other bytes", p.display());
+                    moved += 1;
+                }
+                Err(_) => lost += 1,
+            },
+            Ok(_) => {}
+            Err(_) => lost += 1,
+        }
+    }
+    assert!(moved > 0 && lost > 0, "moved {moved}, lost {lost}");
+}
+
 /// Two nodes leaving at once, each naming the other's inodes in its
 /// directories: they hand over in turn, and everything ends on node 1.
 #[test]

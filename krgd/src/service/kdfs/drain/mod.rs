@@ -351,6 +351,9 @@ impl Drain {
                 if kdfs::store::crash::fails("handover-repointed") {
                     return Err(Failed::new("failure point handover-repointed"));
                 }
+                if let Some(hold) = kdfs::store::crash::pause("handover-repointed") {
+                    tokio::time::sleep(hold).await;
+                }
             }
         }
         Ok(found)
