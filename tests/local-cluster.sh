@@ -404,6 +404,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
                                                 # node 4's kDFS files move to another node before it goes
     mkdir /mnt/kdfs/node1/big ; kdfsctl stripe 1M:4 /mnt/kdfs/node1/big   # files made there: 1 MiB units over 4 nodes
     head -c 8M /dev/urandom > /mnt/kdfs/node2/big/f ; kdfsctl stripe /mnt/kdfs/node3/big/f   # its layout
+    md5sum /mnt/kdfs/node1/big/f ; krgadm nodes del -n 3 ; kdfsctl stripe /mnt/kdfs/node1/big/f ; md5sum /mnt/kdfs/node1/big/f ; krgadm nodes add -n 3
+                                                # node 3's units move to another holder first: the layout names it, same bytes
     df -h /mnt/kdfs/node1                       # the sum of every store
 
   Processes anywhere (krg talks to node 1; any user may run it):
