@@ -484,6 +484,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::ReplaceLayout { .. } => "replace_layout",
         R::StripeRename { .. } => "stripe_rename",
         R::SetRoot { .. } => "set_root",
+        R::StripeAdopt { .. } => "stripe_adopt",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

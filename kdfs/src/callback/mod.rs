@@ -98,6 +98,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::ReplaceLayout { .. }
             | Q::StripeRename { .. }
             | Q::SetRoot { .. }
+            | Q::StripeAdopt { .. }
     )
 }
 

@@ -198,6 +198,10 @@ impl Store {
             }
             Q::StripeRename { old, new } => self.stripe_rename(old, new).map(|_| A::Done)?,
             Q::SetRoot { root_node, root } => self.set_root(root_node, root).map(|_| A::Done)?,
+            Q::StripeAdopt { ino } => {
+                self.set_stripe_moved(ino, false);
+                A::Done
+            }
             // The lock manager's, never the store's (krgd routes them there).
             Q::SetLock { .. }
             | Q::GetLock { .. }

@@ -485,6 +485,14 @@ pub enum KdfsRequest {
         /// The root directory, to that node.
         root: Option<InodeId>,
     },
+    /// From a leaving node's hand-over, to the node about to take its
+    /// units of striped file `ino`: it holds units of it from now on (it
+    /// may have handed its own over earlier, when it left, and answered
+    /// ESTALE for the file since). `Done`.
+    StripeAdopt {
+        /// The striped file.
+        ino: InodeId,
+    },
 }
 
 /// Answers to [`KdfsRequest`]s; `Errno` for any that failed.

@@ -61,6 +61,7 @@ pub(super) fn changes_store(req: &KdfsRequest) -> bool {
             | Q::ReplaceLayout { .. }
             | Q::StripeRename { .. }
             | Q::SetRoot { .. }
+            | Q::StripeAdopt { .. }
             | Q::Open { write: true, .. }
     )
 }

@@ -179,6 +179,8 @@ impl Drain {
     /// hold others of the file in the same copy. Units of zeros are not
     /// written (holes stay holes; what no holder has reads as zeros).
     async fn copy_units(&mut self, ino: InodeId, layout: &StripeLayout, to: NodeId) -> Res<()> {
+        // `to` may have left once and handed its units of `ino` over.
+        self.call(to, Q::StripeAdopt { ino }).await?;
         let mut offset = 0;
         loop {
             let read = Q::StripeRead {
