@@ -754,3 +754,29 @@ fn a_leaving_holder_hands_its_stripe_units_over() {
         "node 2 kept stripe units"
     );
 }
+
+/// Two nodes: the only node left to take a leaving holder's units is the
+/// file's owner. They go into its object (the layout names it twice), and
+/// the file keeps its modification time.
+#[test]
+fn the_owner_takes_the_units_when_no_other_node_can() {
+    const UNIT: usize = 64 << 10;
+    let mut c = Cluster::with_kdfs(2);
+    let m1 = c.mnt(0).to_path_buf();
+    fs::create_dir(m1.join("s")).unwrap();
+    kdfsctl_stripe(&[Path::new("64K:2"), &m1.join("s")]);
+    let data = pattern(9 * UNIT + 123, 0x33);
+    fs::write(m1.join("s/f"), &data).unwrap();
+    assert!(kdfsctl_stripe(&[&m1.join("s/f")]).contains("on nodes 1,2"));
+    Command::new("sync").status().unwrap();
+    let mtime = fs::metadata(m1.join("s/f")).unwrap().mtime_nsec();
+
+    nodes_del(&c, 0, "2");
+    let log2 = plain(&fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap());
+    assert!(log2.contains("kdfs: handed over"), "{log2}");
+    c.umount(1);
+    c.kill_krgd(1);
+    assert!(kdfsctl_stripe(&[&m1.join("s/f")]).contains("on nodes 1,1"));
+    assert!(fs::read(m1.join("s/f")).unwrap() == data, "other bytes");
+    assert_eq!(fs::metadata(m1.join("s/f")).unwrap().mtime_nsec(), mtime);
+}
