@@ -1,0 +1,118 @@
+//! The answers of a krgd's kDFS service to [`KdfsRequest`](super::KdfsRequest)s.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Attr, Bytes, DirEntry, FileKind, InodeId, Inval, LockHolder, StripeLayout, StripePolicy,
+};
+
+/// Answers to [`KdfsRequest`]s; `Errno` for any that failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KdfsResponse {
+    /// To `Hello`.
+    Hello {
+        /// The id of the attached store's file system (`None`: no store).
+        fs_id: Option<u128>,
+        /// The answering node.
+        node: crate::NodeId,
+    },
+    /// To `Root`: the root directory's id.
+    Root(InodeId),
+    /// To `Statfs`, in 4 KiB blocks.
+    Statfs {
+        /// Size of the store's file system.
+        blocks: u64,
+        /// Free blocks.
+        bfree: u64,
+        /// Free blocks an ordinary user may use.
+        bavail: u64,
+        /// Inodes of the file system.
+        files: u64,
+        /// Free inodes.
+        ffree: u64,
+        /// Block size: 4096.
+        bsize: u32,
+    },
+    /// To `GetAttr`, `SetAttr` and `IncLink`: the (new) attributes.
+    Attr(Attr),
+    /// A new inode, and its handle when it was opened too.
+    Created {
+        /// The new inode's attributes.
+        attr: Attr,
+        /// Its handle, when `open` was asked.
+        fh: Option<u64>,
+        /// To `Create`: the directory's striping policy (a new file is to
+        /// get a layout, a new directory the policy).
+        stripe: Option<StripePolicy>,
+    },
+    /// To `Readlink`: the symlink's target bytes.
+    Target(Vec<u8>),
+    /// To `Lookup`: the entry found.
+    Entry {
+        /// The inode it names.
+        ino: InodeId,
+        /// Its type.
+        kind: FileKind,
+        /// Its attributes, when the inode is owned here too.
+        attr: Option<Attr>,
+    },
+    /// An entry that was replaced or removed.
+    Removed(Option<DirEntry>),
+    /// To `IsEmptyDir`.
+    Empty(bool),
+    /// To `Open` and `OpenDir`: the new handle.
+    Handle(u64),
+    /// To `Open` of a striped file: the handle, and where the data is.
+    StripedHandle {
+        /// The new handle.
+        fh: u64,
+        /// The file's layout.
+        layout: StripeLayout,
+    },
+    /// To `GetStripe`: a directory's policy, or a file's layout.
+    Stripe {
+        /// The directory's policy (`None`: files made in it are not striped).
+        policy: Option<StripePolicy>,
+        /// The file's layout (`None`: not striped).
+        layout: Option<StripeLayout>,
+    },
+    /// To `Read`: the bytes read (short at the end of the file).
+    Data(Bytes),
+    /// To `Write`: how many bytes were written.
+    Written(u32),
+    /// To `ReadDir`: the next entries (empty at the end).
+    Entries(Vec<DirEntry>),
+    /// To `GetXattr`: the value.
+    Xattr(Bytes),
+    /// To `ListXattr`: the names.
+    XattrNames(Vec<Vec<u8>>),
+    /// To `GetLock`: the conflicting lock, or `None` if it could be taken.
+    LockHeld(Option<LockHolder>),
+    /// To a waiting `SetLock`: still blocked, ask again.
+    LockBusy,
+    /// The request succeeded and has nothing to return.
+    Done,
+    /// The operation failed with this errno.
+    Errno(i32),
+    /// To `Watch`: forget `items`; acknowledge with `acked: seq`.
+    Invalidate {
+        /// Sequence number of the last item.
+        seq: u64,
+        /// What to forget (empty: nothing happened).
+        items: Vec<Inval>,
+    },
+    /// To `Unlink`: the entry removed, and whether its link was dropped here
+    /// (else the client drops it at the inode's owner).
+    Unlinked {
+        /// The entry that was removed.
+        entry: DirEntry,
+        /// The inode is owned here and lost that link.
+        link_dropped: bool,
+    },
+    /// To `HandOver`: whether the hand-over has ended (see the log of the
+    /// leaving node for what it moved).
+    HandedOver {
+        /// The hand-over pass ended.
+        done: bool,
+    },
+}
