@@ -105,6 +105,18 @@ fn nodes_del(c: &Cluster, i: usize, nodes: &str) {
     );
 }
 
+/// `krgadm nodes del -n 3` through node 1, on a thread of its own (a
+/// pause point holds node 3's pass meanwhile).
+fn nodes_del_held(c: &Cluster) -> std::thread::JoinHandle<std::process::Output> {
+    let sock = c.nodes[0].sock.clone();
+    std::thread::spawn(move || {
+        run(Command::new(bin_dir().join("krgadm"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["nodes", "del", "-n", "3"]))
+    })
+}
+
 fn krgadm(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
     run(Command::new(bin_dir().join("krgadm"))
         .arg("--socket")
@@ -469,13 +481,7 @@ fn a_hand_over_cut_by_a_crash_leaves_no_wrong_file() {
         "pause:handover-repointed:20000",
     )
     .unwrap();
-    let sock = c.nodes[0].sock.clone();
-    let del = std::thread::spawn(move || {
-        run(Command::new(bin_dir().join("krgadm"))
-            .arg("--socket")
-            .arg(&sock)
-            .args(["nodes", "del", "-n", "3"]))
-    });
+    let del = nodes_del_held(&c);
     let log3 = || plain(&fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap_or_default());
     wait_until("the pass held mid-way", Duration::from_secs(20), || {
         log3().contains("pause point reached")
@@ -553,13 +559,7 @@ fn a_store_being_handed_over_is_read_only() {
         "pause:handover-read-only:3000",
     )
     .unwrap();
-    let sock = c.nodes[0].sock.clone();
-    let del = std::thread::spawn(move || {
-        run(Command::new(bin_dir().join("krgadm"))
-            .arg("--socket")
-            .arg(&sock)
-            .args(["nodes", "del", "-n", "3"]))
-    });
+    let del = nodes_del_held(&c);
     let log3 = || plain(&fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap_or_default());
     wait_until("node 3's store read-only", Duration::from_secs(20), || {
         log3().contains("pause point reached")
