@@ -330,6 +330,24 @@ fn a_leaving_node_hands_its_files_over() {
         fs::read(m3.join("in-root-of-1")).unwrap(),
         b"node 1's file in the root"
     );
+    // A store that still names node 1 (as one not attached during the
+    // move would): its mount says so at once instead of waiting.
+    c.umount(2);
+    let store3 = kdfs::format::StoreDir::open(&c.nodes[2].store).unwrap();
+    let moved = kdfs::format::read_superblock(&c.nodes[2].store).unwrap();
+    let stale = kdfs::format::Superblock {
+        root_node: 1,
+        ..moved.clone()
+    };
+    store3.write_superblock(&stale).unwrap();
+    let out = c.mount(2, "timeo=20");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted with a departed root node");
+    assert!(
+        err.contains("root node 1") && err.contains("is not a member"),
+        "{err}"
+    );
+    store3.write_superblock(&moved).unwrap();
 }
 
 /// A log without its colours.
