@@ -331,7 +331,7 @@ fn a_leaving_node_hands_its_files_over() {
         b"node 1's file in the root"
     );
     // A store that still names node 1 (as one not attached during the
-    // move would): its mount says so at once instead of waiting.
+    // move would): its mount says why it waits, and what to do.
     c.umount(2);
     let store3 = kdfs::format::StoreDir::open(&c.nodes[2].store).unwrap();
     let moved = kdfs::format::read_superblock(&c.nodes[2].store).unwrap();
@@ -340,7 +340,7 @@ fn a_leaving_node_hands_its_files_over() {
         ..moved.clone()
     };
     store3.write_superblock(&stale).unwrap();
-    let out = c.mount(2, "timeo=20");
+    let out = c.mount(2, "timeo=1");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "mounted with a departed root node");
     assert!(

@@ -286,13 +286,14 @@ async fn try_prepare(
     let known =
         |n: NodeId| info.members.iter().any(|(m, _)| *m == n) || opts.nodes.contains_key(&n);
     if !known(sb.root_node) {
-        // Waiting would not help: a root node that left handed the root
+        // Said while waiting (a krgd that has just started may not know
+        // every member yet): a root node that left handed the root
         // directory to another node, and the stores attached then were told.
-        return Err(Attempt::Fail(KdfsError::Invalid(format!(
+        return Err(Attempt::Wait(format!(
             "root node {} named by {} is not a member of the cluster: if it left, the root directory is on another node now (kdfsctl status through a member's mount names it); format this store again naming that node",
             sb.root_node,
             dir.display()
-        ))));
+        )));
     }
     let me = Identity {
         session: info.session,
