@@ -94,13 +94,15 @@ impl LocalStore {
         if node != self.node || !Store::is_read_only(&req) {
             return Err(req);
         }
-        if let KdfsRequest::StripeRead { ino, .. } = &req {
+        if let KdfsRequest::StripeRead { ino, offset, len } = req {
             // No copy here: never written, or handed to another node
             // (this node leaving), which only krgd knows (it answers
             // ESTALE then, and the read takes the owner's new layout).
-            if !self.view.has_stripe_units(*ino) {
-                return Err(req);
-            }
+            return match self.view.stripe_read_held(ino, offset, len) {
+                Ok(Some(d)) => Ok(Ok(KdfsResponse::Data(d.into()))),
+                Ok(None) => Err(KdfsRequest::StripeRead { ino, offset, len }),
+                Err(e) => Ok(Err(e.errno())),
+            };
         }
         Ok(match self.view.handle(req) {
             KdfsResponse::Errno(e) => Err(e),

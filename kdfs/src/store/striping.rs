@@ -150,15 +150,6 @@ impl Store {
             .collect())
     }
 
-    /// Whether this node has a copy of striped file `ino`'s units (its
-    /// object when it owns it).
-    pub fn has_stripe_units(&self, ino: InodeId) -> bool {
-        if inode_node(ino) == self.node() {
-            return true;
-        }
-        matches!(self.stripe_copy_of(ino, false, false), Ok(Some(_)))
-    }
-
     /// Give striped file `ino` (owned here) layout `new` in place of
     /// `old`: a holder's units went to another node. The same unit, count
     /// and owner; EAGAIN when the layout is no longer `old`.
@@ -258,9 +249,16 @@ impl Store {
     /// This node's bytes of `offset..offset+len`; short where its copy ends
     /// (the client reads the rest as zeros, up to the file's size).
     pub(super) fn stripe_read(&self, ino: InodeId, offset: u64, len: u32) -> Res<Vec<u8>> {
+        Ok(self.stripe_read_held(ino, offset, len)?.unwrap_or_default())
+    }
+
+    /// The same, `None` when this node has no copy: never written here, or
+    /// handed to another node (which only krgd knows: the client's own
+    /// reads ask it then).
+    pub fn stripe_read_held(&self, ino: InodeId, offset: u64, len: u32) -> Res<Option<Vec<u8>>> {
         match self.stripe_copy(ino, false, false)? {
-            Some(f) => read_at(&f, offset, len.min(16 << 20)),
-            None => Ok(Vec::new()),
+            Some(f) => read_at(&f, offset, len.min(16 << 20)).map(Some),
+            None => Ok(None),
         }
     }
 
