@@ -258,11 +258,8 @@ impl Drain {
             if n.id == self.me {
                 continue;
             }
-            match self.call(n.id, Q::Hello).await {
-                Ok(A::Hello {
-                    fs_id: Some(id), ..
-                }) if id == fs_id => {}
-                _ => continue,
+            if !self.serves(n.id, fs_id).await {
+                continue;
             }
             if let Ok(A::Statfs { bavail, .. }) = self.call(n.id, Q::Statfs).await {
                 found.push((bavail, n.id));
@@ -270,6 +267,14 @@ impl Drain {
         }
         found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         found.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Whether `node`'s krgd serves file system `fs_id`.
+    async fn serves(&self, node: NodeId, fs_id: u128) -> bool {
+        matches!(
+            self.call(node, Q::Hello).await,
+            Ok(A::Hello { fs_id: Some(id), .. }) if id == fs_id
+        )
     }
 
     /// The entries of directory `dir`, from its owner.

@@ -9,7 +9,7 @@
 //! anything moves.
 
 use krg_proto::cluster::NodeState;
-use krg_proto::kdfs::{FileKind, InodeId, KdfsRequest as Q, KdfsResponse as A};
+use krg_proto::kdfs::{FileKind, InodeId, KdfsRequest as Q};
 use krg_proto::NodeId;
 
 use super::{Drain, Failed, Res};
@@ -80,13 +80,8 @@ impl Drain {
             if n.id == self.me || n.id == self.to || n.state == NodeState::Failed {
                 continue;
             }
-            if let Ok(A::Hello {
-                fs_id: Some(id), ..
-            }) = self.call(n.id, Q::Hello).await
-            {
-                if id == fs_id {
-                    out.push(n.id);
-                }
+            if self.serves(n.id, fs_id).await {
+                out.push(n.id);
             }
         }
         out

@@ -1,8 +1,8 @@
 //! A leaving node's units of other nodes' striped files. For each file it
 //! keeps units of (`stripes/`): the units go to another holder — a node
 //! serving the file system that does not hold units of the file yet, if
-//! any, else the pass's target (which then holds two positions of the
-//! layout, in the same sparse copy: units never overlap) —, then the
+//! any, else one that does (which then holds two positions of the layout,
+//! in the same sparse copy: units never overlap), the owner last —, then the
 //! file's owner names that holder instead in its layout (`ReplaceLayout`,
 //! only if the layout is still the one read), and this node's I/O on the
 //! file answers ESTALE from then on: a client that opened the file before
@@ -24,8 +24,8 @@ use krg_proto::NodeId;
 
 use super::{unexpected, Drain, Failed, Res, CHUNK};
 
-/// A holder's units of a striped file this node owned, renamed to the
-/// id of the file's copy (`StripeRename`).
+/// A holder's units of a striped file this node owned, given the id of
+/// the file's copy too (`StripeRename`).
 pub(super) struct RenamedStripe {
     node: NodeId,
     old: InodeId,
@@ -112,7 +112,7 @@ impl Drain {
     }
 
     /// After it: every other holder's units of `old` become `copy`'s
-    /// (renamed; the target's merged into the copy's object), and `old`'s
+    /// (a second name; the target's merged into the copy's object), and `old`'s
     /// I/O there answers ESTALE (descriptors of `old` fail, as those of any
     /// moved file do).
     pub(super) async fn rename_holders(
@@ -137,7 +137,7 @@ impl Drain {
         self.renamed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The holders whose copies were renamed (synced at the end).
+    /// The holders whose copies got a new name (synced at the end).
     pub(super) fn renaming_holders(&self) -> Vec<NodeId> {
         self.renamed_stripes().iter().map(|r| r.node).collect()
     }
