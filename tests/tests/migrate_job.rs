@@ -393,3 +393,104 @@ fn four_busy_jobs_on_node_1_spread_and_their_users_see_it_all() -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes "line N pid=P" to stdout and "err N" to stderr every 50 ms
+/// until `stop` (argv[1]) exists, then "done" and exits 5.
+const WRITER: &str = r#"
+import os, sys, time
+n = 0
+while not os.path.exists(sys.argv[1]):
+    sys.stdout.write("line %d pid=%d\n" % (n, os.getpid()))
+    sys.stdout.flush()
+    sys.stderr.write("err %d\n" % n)
+    sys.stderr.flush()
+    n += 1
+    time.sleep(0.05)
+print("done", flush=True)
+sys.exit(5)
+"#;
+
+/// `krg run --detach -n 1 -- python3 -c SCRIPT ARG` from a shell that
+/// holds CAN_MIGRATE; the directory krg names for its output.
+fn start_detached(c: &TestCluster, script: &str, arg: &str) -> String {
+    let sh = format!(
+        "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run --detach -n 1 -- python3 -u -c \"$0\" \"$1\"",
+        capset = bin("krgcapset").display(),
+        krg = bin("krg").display()
+    );
+    let o = Command::new("sh")
+        .args(["-c", &sh, script, arg])
+        .env("KRG_SOCKET", socket(c))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err.split("output in ")
+        .nth(1)
+        .and_then(|r| r.split("/ on node").next())
+        .unwrap_or_else(|| panic!("no output directory in {err:?}"))
+        .to_string()
+}
+
+/// PID (in this namespace) of the process whose last argument is `arg`.
+fn host_pid_with_arg(arg: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let last = cmd.split(|&b| b == 0).rfind(|a| !a.is_empty())?;
+        (last == arg.as_bytes()).then_some(pid)
+    })
+}
+
+/// Lines of `file` (empty if it is not there yet).
+fn lines_of(file: &str) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A detached job moves too: its output goes on into the files on the
+/// node that started it (relayed), without a line lost or doubled, and
+/// its status lands there when it ends on the target.
+#[test]
+fn a_detached_job_moves_and_its_output_stays_in_its_files() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let stop = c.dir.path().join("stop-detached");
+    let dir = start_detached(&c, WRITER, &stop.display().to_string());
+    let (out, err) = (format!("{dir}/stdout"), format!("{dir}/stderr"));
+    wait_for(LINE_WAIT, "its first lines", || {
+        (lines_of(&out).len() >= 3).then_some(())
+    })?;
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    moved(&c, &[], pid, 1, 2);
+    // on the target its stdout is a pipe to the relay, not the file by
+    // its path (which this one machine would let it reopen)
+    let host = host_pid_with_arg(&stop.display().to_string()).expect("the job's process");
+    let fd1 = std::fs::read_link(format!("/proc/{host}/fd/1"))?;
+    assert!(fd1.to_string_lossy().starts_with("pipe:"), "{fd1:?}");
+    let at_move = lines_of(&out).len();
+    wait_for(LINE_WAIT, "lines written on node 2", || {
+        (lines_of(&out).len() >= at_move + 10).then_some(())
+    })?;
+    std::fs::write(&stop, b"")?;
+    let status = wait_for(LINE_WAIT, "its status", || {
+        std::fs::read_to_string(format!("{dir}/status")).ok()
+    })?;
+    assert_eq!(status, "exit 5\n");
+    let got = lines_of(&out);
+    let (last, body) = got.split_last().unwrap();
+    assert_eq!(last, "done", "{got:?}");
+    for (n, l) in body.iter().enumerate() {
+        assert_eq!(l, &format!("line {n} pid={pid}"), "{got:?}");
+    }
+    let errs = lines_of(&err);
+    assert!(errs.len() >= body.len(), "{errs:?}");
+    for (n, l) in errs.iter().enumerate() {
+        assert_eq!(l, &format!("err {n}"), "{errs:?}");
+    }
+    assert_eq!(python_on(&c, 2), None, "krg ps: {:?}", ps(&c));
+    Ok(())
+}

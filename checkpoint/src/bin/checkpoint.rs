@@ -141,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
         sysv_msg: cli.sysv_msg,
         full: cli.full,
         other_pidns: false,
+        stdio_files: Vec::new(),
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);

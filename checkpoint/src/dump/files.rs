@@ -26,6 +26,7 @@ fn fds(
     pid: i32,
     frozen: bool,
     locks: &mut Vec<HeldLock>,
+    stdio: &[(u64, u64)],
 ) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
     let trackers: Vec<i32> = super::track::ours(pid).iter().map(|t| t.0).collect();
     let dir = format!("/proc/{pid}/fd");
@@ -43,6 +44,14 @@ fn fds(
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
         let info = procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
         let (pos, flags) = procfs::parse_fdinfo(&info)?;
+        if fd <= 2 && is_stdio_file(pid, fd, stdio) {
+            out.push(FdImage {
+                fd,
+                flags,
+                kind: FdKind::InheritedStdio { what: target },
+            });
+            continue;
+        }
         if let Some(ino) = target
             .strip_prefix("socket:[")
             .and_then(|r| r.strip_suffix(']'))
@@ -83,6 +92,15 @@ fn fds(
         }
     }
     Ok((out, pipes, socks))
+}
+
+/// Is fd `fd` of `pid` one of the regular files (device, inode) the
+/// caller says stand for stdio leading out of the tree?
+fn is_stdio_file(pid: i32, fd: i32, stdio: &[(u64, u64)]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    !stdio.is_empty()
+        && std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|m| m.is_file() && stdio.contains(&(m.dev(), m.ino())))
 }
 
 /// Split pipe fds into stdio that leads outside the tree (inherited at
@@ -201,8 +219,15 @@ pub struct TreeFiles {
 /// Read every fd table, classify pipes and sockets with the whole tree in
 /// view, number shared open file descriptions, copy what pipes hold.
 /// `take`: whether the tree is stopped and established TCP connections are
-/// taken (otherwise this only looks for what would be refused).
-pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> Result<TreeFiles> {
+/// taken (otherwise this only looks for what would be refused). `stdio`:
+/// regular files (device, inode) that, on fds 0-2, are stdio leading out
+/// of the tree (see [`super::DumpOptions::stdio_files`]).
+pub fn collect(
+    tree: &[(i32, i32)],
+    caller: u32,
+    take: super::sockets::Take,
+    stdio: &[(u64, u64)],
+) -> Result<TreeFiles> {
     let frozen = take != super::sockets::Take::Check;
     let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
     let mut pipes = Vec::new();
@@ -211,7 +236,7 @@ pub fn collect(tree: &[(i32, i32)], caller: u32, take: super::sockets::Take) -> 
     let mut locks = HashMap::new();
     for &(p, _) in tree {
         let mut held = Vec::new();
-        let (f, pr, sk) = self::fds(p, frozen, &mut held)?;
+        let (f, pr, sk) = self::fds(p, frozen, &mut held, stdio)?;
         locks.insert(p, held);
         for s in sk {
             socks.push(super::sockets::SockRef {

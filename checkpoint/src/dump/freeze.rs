@@ -293,7 +293,12 @@ pub(super) fn living(tree: &[(i32, i32)]) -> Vec<(i32, i32)> {
 /// Refuse what this version cannot save before touching anything, while
 /// the job runs (so a refusal costs it nothing). A process that exits
 /// meanwhile (a short-lived child) only makes the look start over.
-pub(super) fn precheck(pid: i32, caller: u32, pidns: bool) -> Result<Vec<(i32, i32)>> {
+pub(super) fn precheck(
+    pid: i32,
+    caller: u32,
+    pidns: bool,
+    stdio: &[(u64, u64)],
+) -> Result<Vec<(i32, i32)>> {
     let mut tries = 0;
     loop {
         let t = tree(pid)?;
@@ -302,7 +307,8 @@ pub(super) fn precheck(pid: i32, caller: u32, pidns: bool) -> Result<Vec<(i32, i
             .try_for_each(|&(p, _)| check_task(p, caller, pidns).map(|_| ()))
             .and_then(|()| super::refuse::shared_fd_tables(&living(&t)).map(|_| ()))
             .and_then(|()| {
-                super::files::collect(&living(&t), caller, super::sockets::Take::Check).map(|_| ())
+                super::files::collect(&living(&t), caller, super::sockets::Take::Check, stdio)
+                    .map(|_| ())
             });
         match r {
             Ok(()) => return Ok(t),

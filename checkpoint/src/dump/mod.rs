@@ -91,6 +91,12 @@ pub struct DumpOptions {
     /// The tree may live in a PID namespace other than ours: krgd moving a
     /// `krg run` job, which restores it with its PIDs translated.
     pub other_pidns: bool,
+    /// Regular files (device, inode) that stand for stdio leading out of
+    /// the tree when a task has them on fd 0, 1 or 2: saved as such, and
+    /// given restart's own fds of the same number, as a pipe to the job's
+    /// launcher would be. krgd moving a detached job: its output files
+    /// stay on the origin, fed by a relay.
+    pub stdio_files: Vec<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -148,7 +154,7 @@ pub fn checkpoint_shipped(
     let names = Names { sn: hist.next_sn() };
     mark("prepare");
     // 2. What this version refuses, found while the job runs on.
-    let tree0 = precheck(pid, caller, opts.other_pidns)?;
+    let tree0 = precheck(pid, caller, opts.other_pidns, &opts.stdio_files)?;
     if freeze::zombie(pid).is_some() {
         return Err(ChkptError::unsupported(
             pid,
@@ -440,7 +446,7 @@ fn read_tree(
     } else {
         sockets::Take::Repair
     };
-    let mut files = files::collect(tree, caller, take)?;
+    let mut files = files::collect(tree, caller, take, &opts.stdio_files)?;
     mark("frozen_files");
     let mut shared = memory::SharedSeen::new();
     let ids = attrs::tree_ids(tree);

@@ -45,6 +45,7 @@ fn create_in(dir: &OwnedFd, name: &str, creds: &Credentials) -> std::io::Result<
 }
 
 /// The output directory of one detached job and its two files.
+#[derive(Debug)]
 pub struct Output {
     /// The directory.
     pub dir: PathBuf,

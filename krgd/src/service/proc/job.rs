@@ -54,8 +54,9 @@ pub enum Io {
     },
     /// A terminal: input and output on its master.
     Pty(Arc<Pty>),
-    /// Output goes to files in this directory.
-    Detached(String),
+    /// Output goes to files in a directory of their own (krgd keeps a
+    /// descriptor of each, for a relay if the job moves).
+    Detached(Arc<detach::Output>),
 }
 
 /// A job that runs.
@@ -241,10 +242,10 @@ fn make_stdio(
     if spec.detach {
         let name = format!("{}-{}-{id}", pid, std::process::id());
         let out = detach::create(&st.detach_dir, &name, creds)?;
-        let dir = out.dir.display().to_string();
+        let (stdout, stderr) = (out.stdout.try_clone()?, out.stderr.try_clone()?);
         return Ok((
-            [dev_null()?, out.stdout.into(), out.stderr.into()],
-            Io::Detached(dir),
+            [dev_null()?, stdout.into(), stderr.into()],
+            Io::Detached(Arc::new(out)),
         ));
     }
     if let Some(ws) = spec.tty {
@@ -318,7 +319,7 @@ pub async fn start(
         Err((stage, errno)) => return Err(explain(stage, errno, spec, node)),
     };
     let output = match &io {
-        Io::Detached(dir) => Some(dir.into()),
+        Io::Detached(out) => Some(out.clone()),
         _ => None,
     };
     let facts = EntryFacts {
@@ -344,7 +345,7 @@ pub struct EntryFacts {
     /// Runs on after its session ends.
     pub detached: bool,
     /// Where a detached job's output goes.
-    pub output: Option<std::path::PathBuf>,
+    pub output: Option<Arc<detach::Output>>,
     /// Node whose user started it.
     pub origin: NodeId,
 }

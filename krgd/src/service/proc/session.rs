@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::job::{self, Io, StartedJob};
+use super::job::{self, ExitWatch, Io, StartedJob};
 use super::pty::Pty;
 use super::spawn::pidfd_signal;
 use super::state::ProcState;
@@ -328,24 +328,10 @@ async fn launch(
                 job,
                 node,
                 pid,
-                output,
+                output: output.dir.display().to_string(),
             })
             .await;
-        let st = st.clone();
-        tokio::spawn(async move {
-            let status = exit.wait().await;
-            if let Some(dir) = &entry.output {
-                let creds = Credentials {
-                    uid: entry.uid,
-                    gid: entry.gid,
-                    groups: vec![],
-                };
-                if let Err(e) = super::detach::write_status(dir, &creds, status) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot record a detached job's status");
-                }
-            }
-            st.table.remove(entry.id);
-        });
+        tokio::spawn(detached_end(st.clone(), entry, exit));
         return None;
     }
     let _ = events.send(Down::Started { job, node, pid }).await;
@@ -420,6 +406,30 @@ async fn launch(
         close_stdout: Some(close_tx),
         pty: pty_handle,
     })
+}
+
+/// Wait for a detached job's end (from the node that runs it now, if it
+/// moved: the relay has written its output into the files by then) and
+/// record it in its `status` file.
+async fn detached_end(st: Arc<ProcState>, entry: Arc<JobEntry>, exit: ExitWatch) {
+    let mut status = exit.wait().await;
+    if let Some(there) = entry.take_moved_exit() {
+        status = there.await.unwrap_or(ExitStatus::Signal {
+            signal: libc::SIGKILL,
+            core: false,
+        });
+    }
+    if let Some(out) = &entry.output {
+        let creds = Credentials {
+            uid: entry.uid,
+            gid: entry.gid,
+            groups: vec![],
+        };
+        if let Err(e) = super::detach::write_status(&out.dir, &creds, status) {
+            tracing::warn!(dir = %out.dir.display(), error = %e, "cannot record a detached job's status");
+        }
+    }
+    st.table.remove(entry.id);
 }
 
 /// Read a pipe until its end (or until told to close it) into events.

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -45,8 +44,9 @@ pub struct JobEntry {
     pub gid: u32,
     /// Runs on after its session ends.
     pub detached: bool,
-    /// Where a detached job's output goes.
-    pub output: Option<PathBuf>,
+    /// Where a detached job's output goes (its directory, and krgd's
+    /// descriptors of its files).
+    pub output: Option<Arc<super::detach::Output>>,
     /// Node whose user started it (this node for local runs).
     pub origin: NodeId,
     /// When it started.

@@ -52,7 +52,9 @@ pub fn tree(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Check everything that can be checked while the process runs.
+/// Check everything that can be checked while the process runs. `stdio`:
+/// regular files (device, inode) that stand for stdio leading out of the
+/// tree on fds 0-2 (a detached job's output files): they stay here.
 pub fn plan(
     node: NodeId,
     pid: i32,
@@ -60,6 +62,7 @@ pub fn plan(
     in_job: bool,
     who: &Credentials,
     can_migrate: impl Fn(i32) -> bool,
+    stdio: &[(u64, u64)],
 ) -> Result<Plan, AdminError> {
     let me = std::process::id() as i32;
     let Some(ids) = (pid > 1 && pid != me).then(|| procfs::uids(pid)).flatten() else {
@@ -108,7 +111,7 @@ pub fn plan(
                 format!("process {p} of the tree is not entirely uid {}'s", who.uid),
             ));
         }
-        fds(p, &mut files)?;
+        fds(p, &mut files, stdio)?;
         mapped(p, &mut files);
     }
     Ok(Plan {
@@ -118,8 +121,13 @@ pub fn plan(
     })
 }
 
-/// Open files of `p`: sockets refused, regular files listed.
-fn fds(p: i32, files: &mut BTreeMap<String, FileIdentity>) -> Result<(), AdminError> {
+/// Open files of `p`: sockets refused, regular files listed (but those
+/// `stdio` names, on fds 0-2).
+fn fds(
+    p: i32,
+    files: &mut BTreeMap<String, FileIdentity>,
+    stdio: &[(u64, u64)],
+) -> Result<(), AdminError> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
         return Ok(());
     };
@@ -142,6 +150,9 @@ fn fds(p: i32, files: &mut BTreeMap<String, FileIdentity>) -> Result<(), AdminEr
         if !text.starts_with('/') || text.starts_with("/dev/") {
             continue;
         }
+        if fd <= 2 && is_stdio_file(&e.path(), stdio) {
+            continue;
+        }
         let flags = std::fs::read_to_string(format!("/proc/{p}/fdinfo/{fd}"))
             .ok()
             .and_then(|i| {
@@ -154,6 +165,11 @@ fn fds(p: i32, files: &mut BTreeMap<String, FileIdentity>) -> Result<(), AdminEr
         add(files, &text, !writing);
     }
     Ok(())
+}
+
+fn is_stdio_file(fd: &std::path::Path, stdio: &[(u64, u64)]) -> bool {
+    !stdio.is_empty()
+        && std::fs::metadata(fd).is_ok_and(|m| m.is_file() && stdio.contains(&(m.dev(), m.ino())))
 }
 
 /// Files `p` maps (its executable and libraries): they must be the same there.

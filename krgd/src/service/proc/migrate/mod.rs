@@ -266,10 +266,22 @@ async fn move_here(
     let job = runjob::find(st, pid)?;
     let pid = job.as_ref().map_or(pid, |j| j.host_pid);
     let (tree, in_job) = (req.tree || job.is_some(), job.is_some());
+    let stdio = job.as_ref().map(|j| j.stdio_files()).unwrap_or_default();
     let caps = st.caps.clone();
     let who2 = who.clone();
-    let plan = blocking(move || check::plan(me, pid, tree, in_job, &who2, |p| caps.can_migrate(p)))
-        .await??;
+    let stdio2 = stdio.clone();
+    let plan = blocking(move || {
+        check::plan(
+            me,
+            pid,
+            tree,
+            in_job,
+            &who2,
+            |p| caps.can_migrate(p),
+            &stdio2,
+        )
+    })
+    .await??;
     wait_filled(st, &plan.pids).await?;
     clock.mark("check");
     let xfer: u64 = rand::random();
@@ -294,7 +306,7 @@ async fn move_here(
         let out = out.clone();
         blocking(move || {
             let mut early = early;
-            let r = dump(pid, &out, me, in_job, &mut early);
+            let r = dump(pid, &out, me, in_job, stdio, &mut early);
             (r, early)
         })
         .await?

@@ -9,27 +9,37 @@
 //! pipes it reads, input it writes is read here and sent on (never more
 //! than the stdin window ahead of the target's acknowledgements), a
 //! closed stdout becomes `CloseStdout` there (the job gets SIGPIPE), and
-//! the job's end comes back as its exit status.
+//! the job's end comes back as its exit status. A detached job's output
+//! goes into its files here, through krgd's descriptors of them.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use krg_proto::proc::{Down, ExitStatus, Up, MAX_CHUNK, STDIN_WINDOW};
 use krg_proto::NodeId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
+use super::super::detach::Output;
 use super::super::session::Session;
 
-/// The job's ends of its stdio pipes, taken from its program.
+/// Where the relay writes the job's output: a pipe the session reads, or
+/// a detached job's output file.
+pub type Sink = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The job's ends of its stdio pipes, taken from its program — or a
+/// detached job's output files.
 #[derive(Default)]
 pub struct Held {
     /// What the session writes the job's input into.
     pub stdin: Option<pipe::Receiver>,
     /// What the session reads the job's output from.
-    pub stdout: Option<pipe::Sender>,
+    pub stdout: Option<Sink>,
     /// Likewise for its errors.
-    pub stderr: Option<pipe::Sender>,
+    pub stderr: Option<Sink>,
+    /// The output goes to files: nobody reads them as it comes, so a
+    /// failed write loses that output only (the job is not told to stop).
+    pub files: bool,
 }
 
 /// Open `/proc/PID/fd/N` of a pipe, without blocking and close-on-exec.
@@ -49,14 +59,34 @@ impl Held {
     /// The pipes among the stopped program `pid`'s fds 0-2 (a write end
     /// whose reader is gone is left out: its output has nowhere to go).
     pub fn take(pid: i32) -> Held {
-        let out =
-            |fd| reopen(pid, fd, libc::O_WRONLY).and_then(|f| pipe::Sender::from_owned_fd(f).ok());
+        let out = |fd| {
+            reopen(pid, fd, libc::O_WRONLY)
+                .and_then(|f| pipe::Sender::from_owned_fd(f).ok())
+                .map(|s| Box::new(s) as Sink)
+        };
         Held {
             stdin: reopen(pid, 0, libc::O_RDONLY)
                 .and_then(|f| pipe::Receiver::from_owned_fd(f).ok()),
             stdout: out(1),
             stderr: out(2),
+            files: false,
         }
+    }
+
+    /// A detached job's output files, through krgd's own descriptors of
+    /// them (made when the job started, never reopened by path: the
+    /// directory is the user's). They share the job's file offsets, so
+    /// what comes from the target follows what the job wrote here.
+    pub fn files(out: &Output) -> std::io::Result<Held> {
+        let file = |f: &std::fs::File| -> std::io::Result<Sink> {
+            Ok(Box::new(tokio::fs::File::from_std(f.try_clone()?)))
+        };
+        Ok(Held {
+            stdin: None,
+            stdout: Some(file(&out.stdout)?),
+            stderr: Some(file(&out.stderr)?),
+            files: true,
+        })
     }
 }
 
@@ -79,7 +109,7 @@ pub fn spawn(sess: Session, held: Held, ends: Ends, to: NodeId) {
     tokio::spawn(run(sess, held, ends, to));
 }
 
-async fn write(to: &mut Option<pipe::Sender>, data: &[u8]) -> bool {
+async fn write(to: &mut Option<Sink>, data: &[u8]) -> bool {
     let Some(w) = to.as_mut() else {
         return true;
     };
@@ -90,6 +120,14 @@ async fn write(to: &mut Option<pipe::Sender>, data: &[u8]) -> bool {
     false
 }
 
+/// Everything written is where it goes (a file's writes run on another
+/// thread until flushed), then the ends are closed.
+async fn close(sinks: [Option<Sink>; 2]) {
+    for mut w in sinks.into_iter().flatten() {
+        let _ = w.flush().await;
+    }
+}
+
 async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
     let Session {
         input, mut events, ..
@@ -98,6 +136,7 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
         mut stdin,
         mut stdout,
         mut stderr,
+        files,
     } = held;
     let Ends { mut signals, exit } = ends;
     let mut buf = vec![0u8; MAX_CHUNK.min(64 * 1024)];
@@ -108,7 +147,7 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(Down::Stdout { data, .. }) => {
-                    if !write(&mut stdout, &data).await {
+                    if !write(&mut stdout, &data).await && !files {
                         // the session's reader left: so does the job's
                         let _ = input.send(Up::CloseStdout).await;
                     }
@@ -151,8 +190,9 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
             },
         }
     };
-    // Output first: the session reads the pipes to their end, then the status.
-    drop((stdout, stderr));
+    // Output first: the session reads the pipes to their end (or the
+    // files are written), then the status.
+    close([stdout, stderr]).await;
     let _ = exit.send(status);
 }
 

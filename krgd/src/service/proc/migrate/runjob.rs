@@ -75,12 +75,6 @@ pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
         ));
     }
     let entry = hit.job.clone();
-    if entry.detached {
-        return Err(refuse(
-            ErrorKind::InvalidArgument,
-            format!("job {} is detached (its output goes to files on this node): detached jobs do not move", entry.pid),
-        ));
-    }
     // every process of the namespace but the init must go with the
     // program — and a page server still bringing its memory in (the job
     // moved here by post-copy), which goes once it is done: the
@@ -115,6 +109,22 @@ pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
         host_pid: hit.host_pid,
         entry,
     }))
+}
+
+impl JobTarget {
+    /// A detached job's output files (device, inode): its fds 1 and 2
+    /// lead to them, and they stay here, fed by the relay.
+    pub fn stdio_files(&self) -> Vec<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(out) = &self.entry.output else {
+            return Vec::new();
+        };
+        [&out.stdout, &out.stderr]
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect()
+    }
 }
 
 fn has_terminal(pid: i32) -> bool {
@@ -164,7 +174,15 @@ pub struct Prepared {
 /// job marked as moving (its local init's report of the kill is not its end).
 pub fn prepare(st: &ProcState, job: &JobTarget, tasks: &[i32]) -> Result<Prepared, AdminError> {
     let map = pid_map(&job.entry, tasks)?;
-    let held = Held::take(job.host_pid);
+    let held = match &job.entry.output {
+        Some(out) => Held::files(out).map_err(|e| {
+            refuse(
+                ErrorKind::Internal,
+                format!("cannot keep the detached job's output files: {e}"),
+            )
+        })?,
+        None => Held::take(job.host_pid),
+    };
     let (sig_tx, sig_rx) = mpsc::unbounded_channel();
     let (exit_tx, exit_rx) = oneshot::channel();
     *crate::sync::lock(&job.entry.moved) = Some(Moved {

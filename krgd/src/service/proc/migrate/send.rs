@@ -102,12 +102,14 @@ impl checkpoint::dump::Ship for Early {
 }
 
 /// Dump `pid` into `out`, leaving it stopped; its memory files go to the
-/// target as they are copied.
+/// target as they are copied. `stdio_files`: see
+/// [`checkpoint::dump::DumpOptions::stdio_files`].
 pub(super) fn dump(
     pid: i32,
     out: &Path,
     node: NodeId,
     in_job: bool,
+    stdio_files: Vec<(u64, u64)>,
     early: &mut Early,
 ) -> Result<Dumped, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -120,6 +122,7 @@ pub(super) fn dump(
         sysv_msg: Vec::new(),
         full: true,
         other_pidns: in_job,
+        stdio_files,
     };
     // post-copy sends no memory while the process runs: it goes after
     let ship: Option<&mut dyn checkpoint::dump::Ship> = if early.offer.postcopy {
