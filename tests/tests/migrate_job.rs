@@ -494,3 +494,158 @@ fn a_detached_job_moves_and_its_output_stays_in_its_files() -> Result<()> {
     assert_eq!(python_on(&c, 2), None, "krg ps: {:?}", ps(&c));
     Ok(())
 }
+
+/// Reads lines on its terminal; answers each with its PID and whether it
+/// leads its session, holds the terminal's foreground and reads a
+/// terminal (`tcgetpgrp` fails unless the terminal is its controlling
+/// one); says "sigint" on SIGINT, "winch COLS ROWS" on SIGWINCH; exits 7
+/// on "quit".
+const ON_A_TERMINAL: &str = r#"
+import os, signal, sys
+def say(s):
+    sys.stdout.write(s + "\n")
+    sys.stdout.flush()
+signal.signal(signal.SIGINT, lambda *a: say("sigint"))
+signal.signal(signal.SIGWINCH, lambda *a: say("winch %d %d" % tuple(os.get_terminal_size(0))))
+say("ready pid=%d" % os.getpid())
+for line in sys.stdin:
+    line = line.strip()
+    if line == "quit":
+        sys.exit(7)
+    say("got: %s pid=%d leader=%s fg=%s" % (line, os.getpid(), os.getsid(0) == os.getpid(), os.tcgetpgrp(0) == os.getpgrp()))
+"#;
+
+/// A terminal for `krg run` (as a user's): its master, and the child
+/// (`sh -c SH ARG`) that has its slave as controlling terminal and stdio.
+struct Terminal {
+    master: std::fs::File,
+    child: Child,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    fn start(c: &TestCluster, sh: &str, arg: &str) -> Terminal {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on our new
+        // descriptor; the slave is opened from the name it wrote.
+        let (master, slave) = unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
+            let mut name = [0 as libc::c_char; 128];
+            assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+            let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            assert!(s >= 0);
+            (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+        };
+        resize(&master, 24, 80);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", sh, arg])
+            .env("KRG_SOCKET", socket(c))
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut from, to) = (master.try_clone().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                if n == 0 {
+                    return;
+                }
+                to.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Terminal {
+            master,
+            child,
+            seen,
+        }
+    }
+
+    /// Wait until what the terminal showed holds `what`; all it showed.
+    fn wait_for(&self, what: &str) -> String {
+        wait_for(LINE_WAIT, what, || {
+            let s = self.seen.lock().unwrap().replace('\r', "");
+            s.contains(what).then_some(s)
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}", self.seen.lock().unwrap()))
+    }
+
+    fn type_in(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn resize(master: &std::fs::File, rows: u16, cols: u16) {
+    use std::os::fd::AsRawFd;
+    let w = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &w) };
+    assert_eq!(rc, 0);
+}
+
+/// A job on a terminal (`krg run -t`) moves: on the target it gets a new
+/// terminal like its own, which is its controlling terminal with its
+/// group in the foreground; what its user types is echoed once, Ctrl-C
+/// is its SIGINT, a resize its SIGWINCH, and its exit status comes back.
+#[test]
+fn a_job_on_a_terminal_moves_and_keeps_its_terminal() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let sh = format!(
+        "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run -t -n 1 -- python3 -u -c \"$0\"",
+        capset = bin("krgcapset").display(),
+        krg = bin("krg").display()
+    );
+    let mut term = Terminal::start(&c, &sh, ON_A_TERMINAL);
+    term.wait_for("ready pid=");
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    term.type_in("before\n");
+    term.wait_for(&format!("got: before pid={pid} leader=True fg=True"));
+
+    moved(&c, &[], pid, 1, 2);
+    term.type_in("after\n");
+    let seen = term.wait_for(&format!("got: after pid={pid} leader=True fg=True"));
+    // echoed once (by the job's terminal on node 2, not node 1's too)
+    assert_eq!(seen.matches("after").count(), 2, "{seen:?}");
+    term.type_in("\x03");
+    term.wait_for("sigint");
+    resize(&term.master, 50, 132);
+    term.wait_for("winch 132 50");
+    // and back: node 2's terminal is now the one left behind
+    moved(&c, &[], pid, 2, 1);
+    term.type_in("home\n");
+    let seen = term.wait_for(&format!("got: home pid={pid} leader=True fg=True"));
+    assert_eq!(seen.matches("home").count(), 2, "{seen:?}");
+    resize(&term.master, 40, 100);
+    term.wait_for("winch 100 40");
+    term.type_in("quit\n");
+    let status = term.child.wait()?;
+    assert_eq!(status.code(), Some(7), "{:?}", term.seen.lock().unwrap());
+    Ok(())
+}

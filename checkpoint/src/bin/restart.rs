@@ -84,6 +84,12 @@ struct Cli {
     /// FD, a Unix socket to krgd. For krgd.
     #[arg(long, value_name = "FD", requires = "check_as_loaded")]
     fetch_fd: Option<i32>,
+    /// The root leads a session whose controlling terminal is restart's
+    /// stdin (a terminal, which becomes the root's fd 0), with process
+    /// group PGID (a PID of the image; 0 for none of the tree) in the
+    /// foreground. For krgd, moving a job that runs on a terminal.
+    #[arg(long, value_name = "PGID")]
+    ctty_fg: Option<i32>,
     /// Print where the time went, phase by phase, on a line before the last
     /// (`restart: timings: load=…ms fork_root=…ms …`). Also `KRG_TIMINGS=1`.
     #[arg(long)]
@@ -107,6 +113,7 @@ fn main() {
                 map: cli.ns_pid.clone(),
             }),
             fetch_fd: cli.fetch_fd,
+            ctty_fg: cli.ctty_fg,
         };
         let rep = restore::restart(cli.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).

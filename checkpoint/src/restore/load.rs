@@ -28,6 +28,10 @@ pub struct Loaded {
     pub checks: Vec<Check>,
     /// `--inherit-fd N:PATH` of restart (set by the caller).
     pub inherit_fds: Vec<(i32, String)>,
+    /// `--ctty-fg`: the root's terminal (its fd 0) becomes its session's
+    /// controlling terminal, with this process group (a PID of the tree,
+    /// 0: none of it) in the foreground.
+    pub ctty_fg: Option<i32>,
     /// `--fetch-fd`: page data is still coming in; ask before reading it
     /// (set by the caller).
     pub fetch: Option<super::fetch::Fetch>,
@@ -194,6 +198,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
         files,
         checks,
         inherit_fds: Vec::new(),
+        ctty_fg: None,
         fetch: None,
     })
 }

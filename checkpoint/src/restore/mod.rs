@@ -103,6 +103,11 @@ pub struct RestoreOptions {
     /// `--fetch-fd`: page data still arriving, asked for on this fd before
     /// it is read ([`fetch`]); with `lazy` and `check_as_loaded`.
     pub fetch_fd: Option<i32>,
+    /// `--ctty-fg PGID`: the root leads a session whose controlling
+    /// terminal is its fd 0 (restart's stdin, a terminal), process group
+    /// PGID (a PID of the image) in the foreground: krgd moving a job that
+    /// runs on a terminal (`krg run -t`) gives it a new one on the target.
+    pub ctty_fg: Option<i32>,
 }
 
 #[derive(Debug)]
@@ -163,6 +168,7 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     held_check::check_inherit(&images, &opts.inherit_fds)?;
     held_check::check_pidfds(&images)?;
     loaded.inherit_fds = opts.inherit_fds.clone();
+    loaded.ctty_fg = opts.ctty_fg;
     crate::timings::mark("load");
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(

@@ -60,6 +60,7 @@ pub fn translate(l: &mut Loaded, map: &[(i32, i32)]) -> Result<()> {
         t.pgid = may(t.pgid);
         t.sid = may(t.sid);
     }
+    l.ctty_fg = l.ctty_fg.map(may);
     for z in &mut l.zombies {
         z.pid = must(z.pid)?;
         z.ppid = may(z.ppid);

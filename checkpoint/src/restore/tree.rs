@@ -11,7 +11,7 @@ use crate::image::TaskImage;
 use crate::ptrace::{self, Injector};
 use crate::timings::mark;
 
-use super::ctx::{set_fs_creds, AREA_CODE, AREA_SCRATCH};
+use super::ctx::{set_fs_creds, TaskCtx, AREA_CODE, AREA_SCRATCH};
 use super::fork::{fork_child_with, fork_root, join_session, CreatedTasks, PidPolicy};
 use super::lazy::Pending;
 use super::load::Loaded;
@@ -21,6 +21,9 @@ use super::{fds, mm, owner, sysv};
 
 /// `--new-pids`: task `old` now runs as `new`.
 fn remap(l: &mut Loaded, old: i32, new: i32) {
+    if l.ctty_fg == Some(old) {
+        l.ctty_fg = Some(new);
+    }
     for z in &mut l.zombies {
         if z.ppid == old {
             z.ppid = new;
@@ -59,6 +62,29 @@ fn remap(l: &mut Loaded, old: i32, new: i32) {
             t.sid = new;
         }
     }
+}
+
+/// `--ctty-fg`: the root, a session leader with no terminal yet, takes
+/// its fd 0 as its controlling terminal (which puts its own group in the
+/// foreground: no SIGTTOU for what follows) and hands the foreground to
+/// `fg`, once every group of the tree exists.
+fn take_terminal(root: &TaskCtx, fg: i32) -> Result<()> {
+    let i = root.inj;
+    i.call(
+        "ioctl(TIOCSCTTY)",
+        libc::SYS_ioctl,
+        [0, libc::TIOCSCTTY, 0, 0, 0, 0],
+    )?;
+    if fg > 0 {
+        let at = root.scratch();
+        ptrace::write_mem(root.task.pid, at, &fg.to_ne_bytes())?;
+        i.call(
+            "ioctl(TIOCSPGRP)",
+            libc::SYS_ioctl,
+            [0, libc::TIOCSPGRP, at, 0, 0, 0],
+        )?;
+    }
+    Ok(())
 }
 
 /// The restored tree.
@@ -300,6 +326,9 @@ fn restore_tasks(
                 pending: Pending::new(ctx.lazy),
             });
         }
+    }
+    if let (Some(fg), Some(root)) = (l.ctty_fg, ctxs.first()) {
+        take_terminal(root, fg)?;
     }
     // Children are forked from the area, so it goes only once all exist.
     for ctx in &ctxs {

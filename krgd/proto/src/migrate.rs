@@ -162,6 +162,43 @@ pub struct AdoptJob {
     /// Every PID and TID of the image (krgd's namespace on the origin)
     /// with its number in the job's namespace.
     pub map: Vec<(i32, i32)>,
+    /// The job runs on a terminal (`krg run -t`): the target gives it a
+    /// new one like it.
+    pub terminal: Option<JobTerminal>,
+}
+
+/// The terminal of a job that moves: the target makes a new one with
+/// these settings and makes it the job's controlling terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTerminal {
+    /// Its window size.
+    pub winsize: crate::proc::WinSize,
+    /// Its settings (echo, canonical mode, special characters…).
+    pub settings: TermSettings,
+    /// The foreground process group, as a PID of the image (0: none of
+    /// the job's).
+    pub fg_pgid: i32,
+}
+
+/// A terminal's settings: `struct termios`, field by field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSettings {
+    /// Input modes.
+    pub iflag: u32,
+    /// Output modes.
+    pub oflag: u32,
+    /// Control modes.
+    pub cflag: u32,
+    /// Local modes.
+    pub lflag: u32,
+    /// Line discipline.
+    pub line: u8,
+    /// Special characters (`c_cc`).
+    pub cc: Vec<u8>,
+    /// Input speed.
+    pub ispeed: u32,
+    /// Output speed.
+    pub ospeed: u32,
 }
 
 /// Migration requests between krgds.

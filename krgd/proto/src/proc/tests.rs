@@ -77,6 +77,25 @@ fn run_request_and_session_frames_roundtrip() {
                 xfer: 0xfeed,
                 pid: 4096,
                 map: vec![(81234, 4096), (81235, 4097)],
+                terminal: Some(crate::migrate::JobTerminal {
+                    winsize: WinSize {
+                        rows: 45,
+                        cols: 123,
+                        xpixel: 0,
+                        ypixel: 0,
+                    },
+                    settings: crate::migrate::TermSettings {
+                        iflag: 0o2400,
+                        oflag: 5,
+                        cflag: 0o277,
+                        lflag: 0o105073,
+                        line: 0,
+                        cc: vec![3, 28, 127, 21, 4],
+                        ispeed: 15,
+                        ospeed: 15,
+                    },
+                    fg_pgid: 81235,
+                }),
             },
         ))),
     };
@@ -84,6 +103,7 @@ fn run_request_and_session_frames_roundtrip() {
     assert!(matches!(
         back.body,
         crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::AdoptJob(a))) if a.xfer == 0xfeed && a.map.len() == 2
+            && a.terminal.as_ref().is_some_and(|t| t.winsize.cols == 123 && t.settings.cc.len() == 5 && t.fg_pgid == 81235)
     ));
 }
 

@@ -322,12 +322,17 @@ pub async fn start(
         Io::Detached(out) => Some(out.clone()),
         _ => None,
     };
+    let tty = match &io {
+        Io::Pty(pty) => Some(pty.clone()),
+        _ => None,
+    };
     let facts = EntryFacts {
         pid,
         uid: creds.uid,
         gid: creds.gid,
         detached: spec.detach,
         output,
+        tty,
         origin,
     };
     let (entry, exit) = enter(st, reservation, init, status, facts)?;
@@ -346,6 +351,8 @@ pub struct EntryFacts {
     pub detached: bool,
     /// Where a detached job's output goes.
     pub output: Option<Arc<detach::Output>>,
+    /// The terminal it runs on.
+    pub tty: Option<Arc<Pty>>,
     /// Node whose user started it.
     pub origin: NodeId,
 }
@@ -373,6 +380,7 @@ pub fn enter(
         gid: f.gid,
         detached: f.detached,
         output: f.output,
+        tty: f.tty,
         origin: f.origin,
         started: Instant::now(),
         moved: std::sync::Mutex::new(None),

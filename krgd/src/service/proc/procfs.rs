@@ -96,6 +96,14 @@ struct Stat {
     start_ticks: u64,
     rss_pages: u64,
     comm: String,
+    /// Foreground process group of its controlling terminal (-1: none).
+    tpgid: i32,
+}
+
+/// The foreground process group of host process `pid`'s controlling
+/// terminal, as krgd's namespace numbers it (None: no terminal).
+pub fn foreground_group(host_pid: i32) -> Option<i32> {
+    read_stat(host_pid).map(|s| s.tpgid).filter(|&g| g > 0)
 }
 
 fn read_stat(host_pid: i32) -> Option<Stat> {
@@ -115,6 +123,7 @@ fn read_stat(host_pid: i32) -> Option<Stat> {
         start_ticks: num(19)?,
         rss_pages: num(21)?,
         comm,
+        tpgid: f.get(5)?.parse().ok()?,
     })
 }
 

@@ -5,11 +5,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use krg_proto::migrate::TermSettings;
 use krg_proto::proc::WinSize;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// The master side of a job's terminal.
+#[derive(Debug)]
 pub struct Pty {
     master: AsyncFd<OwnedFd>,
 }
@@ -124,5 +126,176 @@ impl Pty {
             data = &data[n..];
         }
         Ok(())
+    }
+}
+
+/// `TIOCGPTPEER` (not in libc for every target): a new descriptor of a
+/// master's own slave, without going through a path.
+const TIOCGPTPEER: libc::c_ulong = 0x5441;
+
+impl Pty {
+    /// Its window size.
+    pub fn winsize(&self) -> io::Result<WinSize> {
+        // SAFETY: a zeroed winsize is a valid value.
+        let mut w: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes a winsize to the pointer.
+        cvt(unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCGWINSZ, &mut w) })?;
+        Ok(WinSize {
+            rows: w.ws_row,
+            cols: w.ws_col,
+            xpixel: w.ws_xpixel,
+            ypixel: w.ws_ypixel,
+        })
+    }
+
+    /// A new descriptor of this terminal's slave (non-blocking): krgd's
+    /// own way to it, whatever the job did with its descriptors.
+    pub fn slave(&self) -> io::Result<OwnedFd> {
+        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        // SAFETY: TIOCGPTPEER returns a new descriptor or -1.
+        let fd = cvt(unsafe { libc::ioctl(self.master.as_raw_fd(), TIOCGPTPEER, flags) })?;
+        // SAFETY: a new descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// The settings of the terminal `fd`.
+pub fn settings(fd: &impl AsRawFd) -> io::Result<TermSettings> {
+    // SAFETY: a zeroed termios is a valid value.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes a termios to the pointer.
+    cvt(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) })?;
+    Ok(TermSettings {
+        iflag: t.c_iflag,
+        oflag: t.c_oflag,
+        cflag: t.c_cflag,
+        lflag: t.c_lflag,
+        line: t.c_line,
+        cc: t.c_cc.to_vec(),
+        ispeed: t.c_ispeed,
+        ospeed: t.c_ospeed,
+    })
+}
+
+/// Give the terminal `fd` settings `s` (special characters beyond this
+/// system's are left out).
+pub fn set_settings(fd: &impl AsRawFd, s: &TermSettings) -> io::Result<()> {
+    // SAFETY: a zeroed termios is a valid value.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    t.c_iflag = s.iflag;
+    t.c_oflag = s.oflag;
+    t.c_cflag = s.cflag;
+    t.c_lflag = s.lflag;
+    t.c_line = s.line;
+    for (to, from) in t.c_cc.iter_mut().zip(&s.cc) {
+        *to = *from;
+    }
+    t.c_ispeed = s.ispeed;
+    t.c_ospeed = s.ospeed;
+    // SAFETY: tcsetattr reads a termios from the pointer.
+    cvt(unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) })?;
+    Ok(())
+}
+
+/// Make the terminal `fd` pass bytes through untouched (no echo, no line
+/// editing, no signals, no output processing): a job's terminal on the
+/// node it left, between its user and the terminal it has now.
+pub fn make_raw(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: a zeroed termios is a valid value.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes, cfmakeraw edits, tcsetattr reads the
+    // termios we hold.
+    unsafe {
+        cvt(libc::tcgetattr(fd.as_raw_fd(), &mut t))?;
+        libc::cfmakeraw(&mut t);
+        cvt(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t))?;
+    }
+    Ok(())
+}
+
+/// One end of a terminal (a slave krgd holds) as a tokio stream.
+pub struct TtyEnd {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl TtyEnd {
+    /// Watch `fd` (non-blocking).
+    pub fn new(fd: OwnedFd) -> io::Result<TtyEnd> {
+        Ok(TtyEnd {
+            fd: super::fdio::register(fd)?,
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for TtyEnd {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            let mut guard = std::task::ready!(self.fd.poll_read_ready(cx))?;
+            let room = buf.initialize_unfilled();
+            let r = guard.try_io(|fd| {
+                // SAFETY: reading into the buffer tokio lent us.
+                let n = unsafe { libc::read(fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match r {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                // the other side is gone: the end of the input
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                    return std::task::Poll::Ready(Ok(()))
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TtyEnd {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            let mut guard = std::task::ready!(self.fd.poll_write_ready(cx))?;
+            let r = guard.try_io(|fd| {
+                // SAFETY: writing from a buffer we were given.
+                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match r {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }

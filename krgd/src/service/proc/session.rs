@@ -282,6 +282,9 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
                 if let Some(p) = &ctl.pty {
                     let _ = p.resize(ws);
                 }
+                if let Some(relay) = ctl.entry.moved_resize() {
+                    let _ = relay.send(ws);
+                }
             }
         }
         Up::CloseStdout => {

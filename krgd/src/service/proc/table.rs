@@ -47,6 +47,8 @@ pub struct JobEntry {
     /// Where a detached job's output goes (its directory, and krgd's
     /// descriptors of its files).
     pub output: Option<Arc<super::detach::Output>>,
+    /// The terminal it runs on (`krg run -t`), whose master krgd holds.
+    pub tty: Option<Arc<super::pty::Pty>>,
     /// Node whose user started it (this node for local runs).
     pub origin: NodeId,
     /// When it started.
@@ -63,6 +65,8 @@ pub struct Moved {
     pub to: NodeId,
     /// Signals for the job (the relay sends them there).
     pub signals: tokio::sync::mpsc::UnboundedSender<i32>,
+    /// Window sizes of its terminal (likewise).
+    pub resize: tokio::sync::mpsc::UnboundedSender<krg_proto::proc::WinSize>,
     /// How the job ended there, once the relay knows (taken by the session).
     pub exit: Option<tokio::sync::oneshot::Receiver<krg_proto::proc::ExitStatus>>,
 }
@@ -71,6 +75,13 @@ impl JobEntry {
     /// Where signals for the job go now, if its processes moved.
     pub fn moved_signals(&self) -> Option<tokio::sync::mpsc::UnboundedSender<i32>> {
         sync::lock(&self.moved).as_ref().map(|m| m.signals.clone())
+    }
+
+    /// Where its terminal's window sizes go now, if its processes moved.
+    pub fn moved_resize(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedSender<krg_proto::proc::WinSize>> {
+        sync::lock(&self.moved).as_ref().map(|m| m.resize.clone())
     }
 
     /// The end of a moved job, to wait for instead of the local init's.

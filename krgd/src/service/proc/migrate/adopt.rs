@@ -8,12 +8,13 @@
 //! The same code takes a job back on the origin when the target fails
 //! after the handover.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
-use krg_proto::migrate::AdoptJob;
+use krg_proto::migrate::{AdoptJob, JobTerminal};
 use krg_proto::proc::{ProcPeerReply, SESSION_VERSION};
 use krg_proto::seal::FrameKeys;
 use krg_proto::NodeId;
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use super::super::fdio::{dev_null, pipe_pair};
 use super::super::initspec::{InitProgram, InitSpec};
 use super::super::job::{self, EntryFacts, Io, StartedJob, Stdin};
+use super::super::pty;
 use super::super::serve;
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
@@ -51,6 +53,38 @@ pub struct JobImage<'a> {
     pub gid: u32,
     /// Node whose user started the job.
     pub origin: NodeId,
+    /// The terminal it ran on, if it did: it gets a new one like it.
+    pub terminal: Option<JobTerminal>,
+}
+
+/// The job's new stdio: restart's fds 0-2 (which become the job's), and
+/// this node's ends of them.
+fn new_stdio(node: NodeId, img: &JobImage<'_>) -> Result<([OwnedFd; 3], Io), AdminError> {
+    if let Some(t) = &img.terminal {
+        let (pty, slave) = pty::open(t.winsize, img.uid)
+            .map_err(|e| internal(node, format!("a terminal for the job: {e}")))?;
+        pty::set_settings(&slave, &t.settings)
+            .map_err(|e| internal(node, format!("the job's terminal settings: {e}")))?;
+        let dup = || {
+            slave
+                .try_clone()
+                .map_err(|e| internal(node, format!("dup: {e}")))
+        };
+        let (a, b) = (dup()?, dup()?);
+        return Ok(([slave, a, b], Io::Pty(Arc::new(pty))));
+    }
+    let pipes = || pipe_pair().map_err(|e| internal(node, format!("pipe: {e}")));
+    let (in_r, in_w) = pipes()?;
+    let (out_r, out_w) = pipes()?;
+    let (err_r, err_w) = pipes()?;
+    let io = Io::Pipes {
+        stdin: Some(Stdin::Pipe(
+            pipe::Sender::from_owned_fd(in_w).map_err(|e| internal(node, e))?,
+        )),
+        stdout: pipe::Receiver::from_owned_fd(out_r).map_err(|e| internal(node, e))?,
+        stderr: pipe::Receiver::from_owned_fd(err_r).map_err(|e| internal(node, e))?,
+    };
+    Ok(([in_r, out_w, err_w], io))
 }
 
 /// Restore a job here, in a namespace of its own: the running job, its
@@ -63,10 +97,7 @@ pub async fn start(
 ) -> Result<StartedJob, AdminError> {
     let node = st.node();
     let reservation = st.table.reserve_for(img.pid)?;
-    let pipes = || pipe_pair().map_err(|e| internal(node, format!("pipe: {e}")));
-    let (in_r, in_w) = pipes()?;
-    let (out_r, out_w) = pipes()?;
-    let (err_r, err_w) = pipes()?;
+    let (stdio, io) = new_stdio(node, &img)?;
     let null = || dev_null().map_err(|e| internal(node, format!("/dev/null: {e}")));
     let spec = InitSpec {
         pid: img.pid,
@@ -88,7 +119,8 @@ pub async fn start(
     let into = IntoJob {
         init: init.pid,
         map: img.map,
-        stdio: [in_r, out_w, err_w],
+        stdio,
+        ctty_fg: img.terminal.as_ref().map(|t| t.fg_pgid),
     };
     let server = match restore::restore_into(img.root, img.app, img.sn, into, lazy).await {
         Ok((phases, server)) => {
@@ -102,12 +134,9 @@ pub async fn start(
             return Err(internal(node, e));
         }
     };
-    let io = Io::Pipes {
-        stdin: Some(Stdin::Pipe(
-            pipe::Sender::from_owned_fd(in_w).map_err(|e| internal(node, e))?,
-        )),
-        stdout: pipe::Receiver::from_owned_fd(out_r).map_err(|e| internal(node, e))?,
-        stderr: pipe::Receiver::from_owned_fd(err_r).map_err(|e| internal(node, e))?,
+    let tty = match &io {
+        Io::Pty(pty) => Some(pty.clone()),
+        _ => None,
     };
     let facts = EntryFacts {
         pid: img.pid,
@@ -115,6 +144,7 @@ pub async fn start(
         gid: img.gid,
         detached: false,
         output: None,
+        tty,
         origin: img.origin,
     };
     let (entry, exit) = job::enter(st, reservation, init, status, facts)?;
@@ -202,6 +232,7 @@ async fn adopt_from(
         uid: x.owner,
         gid: x.gid,
         origin: from,
+        terminal: open.terminal.clone(),
     };
     let r = start(st, img, &mut clock, lazy).await;
     pulling::settle(pulling.as_ref(), r.is_ok());

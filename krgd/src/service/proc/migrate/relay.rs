@@ -14,25 +14,30 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use krg_proto::proc::{Down, ExitStatus, Up, MAX_CHUNK, STDIN_WINDOW};
+use krg_proto::proc::{Down, ExitStatus, Up, WinSize, MAX_CHUNK, STDIN_WINDOW};
 use krg_proto::NodeId;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::detach::Output;
+use super::super::pty::{Pty, TtyEnd};
 use super::super::session::Session;
 
-/// Where the relay writes the job's output: a pipe the session reads, or
-/// a detached job's output file.
+/// Where the relay writes the job's output: a pipe the session reads, a
+/// detached job's output file, or the terminal the job left.
 pub type Sink = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where the relay reads the job's input: a pipe the session writes, or
+/// the terminal the job left.
+pub type Source = Box<dyn AsyncRead + Send + Unpin>;
 
 /// The job's ends of its stdio pipes, taken from its program — or a
 /// detached job's output files.
 #[derive(Default)]
 pub struct Held {
     /// What the session writes the job's input into.
-    pub stdin: Option<pipe::Receiver>,
+    pub stdin: Option<Source>,
     /// What the session reads the job's output from.
     pub stdout: Option<Sink>,
     /// Likewise for its errors.
@@ -66,11 +71,27 @@ impl Held {
         };
         Held {
             stdin: reopen(pid, 0, libc::O_RDONLY)
-                .and_then(|f| pipe::Receiver::from_owned_fd(f).ok()),
+                .and_then(|f| pipe::Receiver::from_owned_fd(f).ok())
+                .map(|r| Box::new(r) as Source),
             stdout: out(1),
             stderr: out(2),
             files: false,
         }
+    }
+
+    /// The terminal a job on a terminal leaves (krgd's own descriptor of
+    /// its slave, made raw: the terminal on the target does the echo, the
+    /// line editing and the signals), for input and output both.
+    pub fn terminal(pty: &Pty) -> std::io::Result<Held> {
+        let slave = pty.slave()?;
+        super::super::pty::make_raw(&slave)?;
+        let out = || -> std::io::Result<Sink> { Ok(Box::new(TtyEnd::new(slave.try_clone()?)?)) };
+        Ok(Held {
+            stdout: Some(out()?),
+            stderr: Some(out()?),
+            stdin: Some(Box::new(TtyEnd::new(slave)?)),
+            files: false,
+        })
     }
 
     /// A detached job's output files, through krgd's own descriptors of
@@ -94,6 +115,8 @@ impl Held {
 pub struct Ends {
     /// Signals the session sends the job.
     pub signals: mpsc::UnboundedReceiver<i32>,
+    /// Window sizes of its terminal (its user's resized it).
+    pub resize: mpsc::UnboundedReceiver<WinSize>,
     /// Where the job's end goes.
     pub exit: oneshot::Sender<ExitStatus>,
 }
@@ -138,10 +161,14 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
         mut stderr,
         files,
     } = held;
-    let Ends { mut signals, exit } = ends;
+    let Ends {
+        mut signals,
+        mut resize,
+        exit,
+    } = ends;
     let mut buf = vec![0u8; MAX_CHUNK.min(64 * 1024)];
     let (mut sent, mut acked) = (0u64, 0u64);
-    let mut signals_open = true;
+    let (mut signals_open, mut resize_open) = (true, true);
     let status = loop {
         let room = sent.saturating_sub(acked) < STDIN_WINDOW;
         tokio::select! {
@@ -188,6 +215,12 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
                 }
                 None => signals_open = false,
             },
+            ws = resize.recv(), if resize_open => match ws {
+                Some(ws) => {
+                    let _ = input.send(Up::WinSize(ws)).await;
+                }
+                None => resize_open = false,
+            },
         }
     };
     // Output first: the session reads the pipes to their end (or the
@@ -197,7 +230,7 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
 }
 
 /// Read what the session wrote into the job's stdin; None at its end.
-async fn read_some(from: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<usize> {
+async fn read_some(from: &mut Option<Source>, buf: &mut [u8]) -> Option<usize> {
     let r = from.as_mut()?;
     match r.read(buf).await {
         Ok(0) | Err(_) => None,

@@ -60,8 +60,12 @@ pub struct IntoJob {
     pub init: i32,
     /// (PID in the image, PID in the job's namespace).
     pub map: Vec<(i32, i32)>,
-    /// The job's ends of its new stdin, stdout and stderr pipes.
+    /// The job's ends of its new stdin, stdout and stderr (pipes, or a
+    /// terminal's slave).
     pub stdio: [OwnedFd; 3],
+    /// On a terminal: the foreground process group to give it (a PID of
+    /// the image; see `restart --ctty-fg`).
+    pub ctty_fg: Option<i32>,
 }
 
 /// Restore SN `sn` of application `app` under `root`; its fds 0-2 that led
@@ -172,6 +176,9 @@ async fn run_restart(
         cmd.arg("--pidns-of").arg(job.init.to_string());
         for (host, inner) in &job.map {
             cmd.arg("--ns-pid").arg(format!("{host}:{inner}"));
+        }
+        if let Some(fg) = job.ctty_fg {
+            cmd.arg("--ctty-fg").arg(fg.to_string());
         }
         let [i, o, e] = job.stdio;
         cmd.stdin(Stdio::from(i))

@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::migrate::{AdoptJob, PhaseTime};
+use krg_proto::migrate::{AdoptJob, JobTerminal, PhaseTime};
 use krg_proto::proc::SESSION_VERSION;
 use krg_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::procfs;
+use super::super::pty::{self, Pty};
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
 use super::super::table::{JobEntry, Moved};
@@ -96,15 +97,6 @@ pub fn find(st: &ProcState, pid: i32) -> Result<Option<JobTarget>, AdminError> {
             format!("job {} has processes outside its program's tree ({stray:?}, orphans re-parented to its init): they could not move with it", entry.pid),
         ));
     }
-    if has_terminal(hit.host_pid) {
-        return Err(refuse(
-            ErrorKind::InvalidArgument,
-            format!(
-                "job {} runs on a terminal (krg run -t): jobs with a terminal do not move yet",
-                entry.pid
-            ),
-        ));
-    }
     Ok(Some(JobTarget {
         host_pid: hit.host_pid,
         entry,
@@ -125,13 +117,6 @@ impl JobTarget {
             .map(|m| (m.dev(), m.ino()))
             .collect()
     }
-}
-
-fn has_terminal(pid: i32) -> bool {
-    (0..3).any(|fd| {
-        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-            .is_ok_and(|l| l.to_string_lossy().starts_with("/dev/pts/"))
-    })
 }
 
 /// Every PID and TID of the stopped tree, with its number in the job's
@@ -168,26 +153,55 @@ pub struct Prepared {
     held: Held,
     ends: Ends,
     map: Vec<(i32, i32)>,
+    terminal: Option<JobTerminal>,
+}
+
+/// The terminal of a job on a terminal, read from the stopped tree
+/// before its copy here is killed: its settings and size for the new one,
+/// and its foreground process group (`tpgid` of the program).
+fn terminal_of(pty: &Pty, program: i32, map: &[(i32, i32)]) -> std::io::Result<JobTerminal> {
+    let slave = pty.slave()?;
+    let fg = procfs::foreground_group(program).unwrap_or(0);
+    Ok(JobTerminal {
+        winsize: pty.winsize()?,
+        settings: pty::settings(&slave)?,
+        // a group outside the job (none) is no group to hand it to
+        fg_pgid: if map.iter().any(|&(host, _)| host == fg) {
+            fg
+        } else {
+            0
+        },
+    })
 }
 
 /// Before the stopped copy is killed: the PID map, the stdio ends, and the
 /// job marked as moving (its local init's report of the kill is not its end).
 pub fn prepare(st: &ProcState, job: &JobTarget, tasks: &[i32]) -> Result<Prepared, AdminError> {
     let map = pid_map(&job.entry, tasks)?;
-    let held = match &job.entry.output {
-        Some(out) => Held::files(out).map_err(|e| {
-            refuse(
-                ErrorKind::Internal,
-                format!("cannot keep the detached job's output files: {e}"),
-            )
-        })?,
-        None => Held::take(job.host_pid),
+    let io_err =
+        |what: &str, e: std::io::Error| refuse(ErrorKind::Internal, format!("{what}: {e}"));
+    let terminal = match &job.entry.tty {
+        Some(pty) => Some(
+            terminal_of(pty, job.host_pid, &map)
+                .map_err(|e| io_err("cannot read the job's terminal", e))?,
+        ),
+        None => None,
+    };
+    let held = match (&job.entry.output, &job.entry.tty) {
+        (Some(out), _) => Held::files(out)
+            .map_err(|e| io_err("cannot keep the detached job's output files", e))?,
+        (None, Some(pty)) => {
+            Held::terminal(pty).map_err(|e| io_err("cannot keep the job's terminal", e))?
+        }
+        (None, None) => Held::take(job.host_pid),
     };
     let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+    let (resize_tx, resize_rx) = mpsc::unbounded_channel();
     let (exit_tx, exit_rx) = oneshot::channel();
     *crate::sync::lock(&job.entry.moved) = Some(Moved {
         to: 0,
         signals: sig_tx,
+        resize: resize_tx,
         exit: Some(exit_rx),
     });
     st.table.remove(job.entry.id);
@@ -196,9 +210,11 @@ pub fn prepare(st: &ProcState, job: &JobTarget, tasks: &[i32]) -> Result<Prepare
         held,
         ends: Ends {
             signals: sig_rx,
+            resize: resize_rx,
             exit: exit_tx,
         },
         map,
+        terminal,
     })
 }
 
@@ -216,6 +232,7 @@ pub async fn to_target(
         xfer,
         pid: p.entry.pid,
         map: p.map.clone(),
+        terminal: p.terminal.clone(),
     };
     match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
         Ok(sess) => {
@@ -244,6 +261,7 @@ pub async fn take_back(
         uid: p.entry.uid,
         gid: p.entry.gid,
         origin: p.entry.origin,
+        terminal: p.terminal.clone(),
     };
     let mut clock = Clock::new();
     match adopt::start(st, img, &mut clock, Lazy::No).await {
