@@ -391,7 +391,11 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     krg ps                                     # node 1, PID 4096 (its PID in its own namespace)
     migrate 1:4096 3 ; krg ps                  # on node 3 now, same PID; its lines still come out here
     migrate --postcopy 3:4096 2 ; krg ps       # on to node 2 by post-copy: it runs there at once, its memory follows
-    kill %1                                    # krg run forwards it: the job ends on node 3
+    kill %1                                    # krg run forwards it: the job ends on node 2
+    krg run --detach -n 1 -- sh -c 'for i in \$(seq 60); do echo \$i; sleep 1; done'   # prints where its output goes
+    migrate 1:PID 2                            # PID as krg ps shows it: it runs on node 2, its output file stays on node 1
+    krg run -t -n 1 -- bash                    # then, from another shell: migrate 1:PID 3 (PID from krg ps)
+                                               # the shell goes on, on a terminal of node 3: job control, Ctrl-C, resizes
     python3 -c 'import time; b = b"krg" * (70 << 20); time.sleep(3600)' &
     krgcapset -k \$! -d +CAN_MIGRATE; migrate --postcopy --timings \$! 2   # runs on node 2 at once, its 200 MiB pulled behind it
 
