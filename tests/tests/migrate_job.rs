@@ -649,3 +649,39 @@ fn a_job_on_a_terminal_moves_and_keeps_its_terminal() -> Result<()> {
     assert_eq!(status.code(), Some(7), "{:?}", term.seen.lock().unwrap());
     Ok(())
 }
+
+/// The target's krgd dies while it takes a job on a terminal over: the
+/// origin restores it at home, on a new terminal of its own, relayed like
+/// a remote one; it still leads its session, holds the foreground, and
+/// echoes once.
+#[test]
+fn a_job_on_a_terminal_whose_target_dies_runs_at_home_on_a_new_terminal() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(2)?;
+    let crash = c.arm_crash_points();
+    let c = c.formed(2, SETTLE)?;
+    let sh = format!(
+        "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run -t -n 1 -- python3 -u -c \"$0\"",
+        capset = bin("krgcapset").display(),
+        krg = bin("krg").display()
+    );
+    let mut term = Terminal::start(&c, &sh, ON_A_TERMINAL);
+    term.wait_for("ready pid=");
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    std::fs::write(&crash, "krgd-adopt-job")?;
+    let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("run on node 1 again"),
+        "{e}"
+    );
+    assert!(!crash.exists(), "the crash point did not fire");
+    term.type_in("home\n");
+    let seen = term.wait_for(&format!("got: home pid={pid} leader=True fg=True"));
+    assert_eq!(seen.matches("home").count(), 2, "{seen:?}");
+    term.type_in("\x03");
+    term.wait_for("sigint");
+    term.type_in("quit\n");
+    assert_eq!(term.child.wait()?.code(), Some(7));
+    Ok(())
+}
