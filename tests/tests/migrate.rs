@@ -104,6 +104,21 @@ fn movable(c: &TestCluster, script: &str, name: &str) -> (Job, PathBuf, u64) {
     (job, out, count)
 }
 
+/// What `krgcapset --show` says node `via`'s krgd holds for `pid`.
+fn show_caps(c: &TestCluster, via: u32, pid: i32) -> String {
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(c, via))
+        .args(["--show", "-k", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.trim()
+        .strip_prefix(&format!("{pid}: "))
+        .unwrap_or(&text)
+        .to_string()
+}
+
 fn migrate(c: &TestCluster, via: u32, args: &[&str]) -> Output {
     Command::new(bin("migrate"))
         .env("KRG_SOCKET", socket(c, via))
@@ -182,6 +197,12 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     let (c, port) = formed_with_metrics(2)?;
     let (job, out, before) = movable(&c, COUNTER, "count.txt");
     let pid = job.0;
+    assert_eq!(show_caps(&c, 1, pid), "CAN_MIGRATE");
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args(["-k", &pid.to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
     assert!(!migrate(&c, 1, &[&pid.to_string(), "9"]).status.success());
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
@@ -224,6 +245,15 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
         .lines()
         .all(|l| l.split(' ').nth(1) == Some(&pid.to_string())));
     assert!(after > before);
+    // what it held on node 1 it holds on node 2: it can be checkpointed there
+    assert_eq!(show_caps(&c, 2, pid), "CHECKPOINTABLE,CAN_MIGRATE");
+    let o = Command::new(bin("checkpoint"))
+        .env("KRG_SOCKET", socket(&c, 2))
+        .arg("--dir")
+        .arg(c.dir.path().join("chkpt"))
+        .arg(pid.to_string())
+        .output()?;
+    assert!(o.status.success(), "checkpoint on node 2: {}", err(&o));
     // its parent is node 2's krgd now, and krg ps shows it there
     let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
     assert_eq!(ppid(pid), krgd2);
@@ -660,7 +690,13 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
             },
             "only a member",
         ),
-        (MigratePeerRequest::Commit { xfer: 1 }, "only a member"),
+        (
+            MigratePeerRequest::Commit {
+                xfer: 1,
+                checkpointable: vec![1],
+            },
+            "only a member",
+        ),
         // nor read a post-copy image kept for a target
         (
             MigratePeerRequest::Pull {

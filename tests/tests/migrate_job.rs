@@ -206,8 +206,20 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     run.send("before");
     let before = run.wait_line("got: before");
     assert!(before.ends_with(&format!("pid={pid}")), "{before}");
+    let host = host_pid_with_arg(ECHO).expect("the job's python");
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(&c))
+        .args(["-k", &host.to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     moved(&c, &[], pid, 1, 2);
+    // it holds there what it held here (its PID in krgd's namespace changed)
+    let host = host_pid_with_arg(ECHO).expect("the job's python on node 2");
+    assert_eq!(
+        caps_of(&c, 2, host),
+        format!("{host}: CHECKPOINTABLE,CAN_MIGRATE")
+    );
     assert_eq!(python_on(&c, 1), None, "krg ps: {:?}", ps(&c));
 
     // output goes on, input reaches it, it keeps its PID
@@ -432,14 +444,27 @@ fn start_detached(c: &TestCluster, script: &str, arg: &str) -> String {
         .to_string()
 }
 
-/// PID (in this namespace) of the process whose last argument is `arg`.
+/// PID (in this namespace) of the python3 process whose last argument
+/// is `arg` (the `krg run` that started it has the same last argument).
 fn host_pid_with_arg(arg: &str) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let last = cmd.split(|&b| b == 0).rfind(|a| !a.is_empty())?;
-        (last == arg.as_bytes()).then_some(pid)
+        let mut args = cmd.split(|&b| b == 0).filter(|a| !a.is_empty());
+        let python = args.next()?.ends_with(b"python3");
+        (python && args.next_back()? == arg.as_bytes()).then_some(pid)
     })
+}
+
+/// What `krgcapset --show` says node `node`'s krgd holds for host PID `pid`.
+fn caps_of(c: &TestCluster, node: u32, pid: i32) -> String {
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", c.dir.path().join(format!("krgd{node}.sock")))
+        .args(["--show", "-k", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 /// Lines of `file` (empty if it is not there yet).

@@ -165,6 +165,9 @@ pub struct AdoptJob {
     /// The job runs on a terminal (`krg run -t`): the target gives it a
     /// new one like it.
     pub terminal: Option<JobTerminal>,
+    /// Its processes (PIDs of the image) that held CHECKPOINTABLE: they
+    /// hold it on the target too.
+    pub checkpointable: Vec<i32>,
 }
 
 /// The terminal of a job that moves: the target makes a new one with
@@ -232,6 +235,9 @@ pub enum MigratePeerRequest {
     Commit {
         /// Transfer id.
         xfer: u64,
+        /// The processes of the image (PIDs at dump time) that held
+        /// CHECKPOINTABLE: they hold it on the target too.
+        checkpointable: Vec<i32>,
     },
     /// Forget the transfer (the origin resumes its copy).
     Abort {

@@ -48,11 +48,24 @@ impl ChkptService {
             .unwrap_or_default()
     }
 
-    /// Give processes that migrated in their capabilities again (they held
-    /// CAN_MIGRATE, and CHECKPOINTABLE if the origin says so).
-    pub fn adopt(&self, pids: &[i32]) {
+    /// Does `pid` hold CHECKPOINTABLE? (false when it cannot be tracked here)
+    pub fn is_checkpointable(&self, pid: i32) -> bool {
+        self.tracker.as_ref().is_some_and(|t| t.is_set(pid))
+    }
+
+    /// Give processes that migrated in their capabilities again: they
+    /// held CAN_MIGRATE (only such processes move), and CHECKPOINTABLE
+    /// those of `checkpointable` did on the origin.
+    pub fn adopt(&self, pids: &[i32], checkpointable: &[i32]) {
         for &pid in pids {
             if let Some(t) = &self.migrate {
+                let _ = t.set(pid, true);
+            }
+            if let Some(t) = self
+                .tracker
+                .as_ref()
+                .filter(|_| checkpointable.contains(&pid))
+            {
                 let _ = t.set(pid, true);
             }
         }

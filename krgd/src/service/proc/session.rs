@@ -130,7 +130,7 @@ fn flag_migratable(st: &ProcState, started: &StartedJob) {
         .filter(|f| f.pid == started.entry.pid)
         .map(|f| f.host_pid)
         .collect();
-    st.caps.adopt(&program);
+    st.caps.adopt(&program, &[]);
 }
 
 /// Start a session of one job that is already running (a job that

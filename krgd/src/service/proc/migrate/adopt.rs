@@ -55,6 +55,8 @@ pub struct JobImage<'a> {
     pub origin: NodeId,
     /// The terminal it ran on, if it did: it gets a new one like it.
     pub terminal: Option<JobTerminal>,
+    /// Its processes (PIDs of the image) that held CHECKPOINTABLE.
+    pub checkpointable: Vec<i32>,
 }
 
 /// The job's new stdio: restart's fds 0-2 (which become the job's), and
@@ -98,6 +100,13 @@ pub async fn start(
     let node = st.node();
     let reservation = st.table.reserve_for(img.pid)?;
     let (stdio, io) = new_stdio(node, &img)?;
+    // the job's own numbers of its CHECKPOINTABLE processes
+    let checkpointable: Vec<i32> = img
+        .map
+        .iter()
+        .filter(|(image, _)| img.checkpointable.contains(image))
+        .map(|&(_, inner)| inner)
+        .collect();
     let null = || dev_null().map_err(|e| internal(node, format!("/dev/null: {e}")));
     let spec = InitSpec {
         pid: img.pid,
@@ -148,12 +157,16 @@ pub async fn start(
         origin: img.origin,
     };
     let (entry, exit) = job::enter(st, reservation, init, status, facts)?;
-    // They held CAN_MIGRATE (only such jobs move): so they do here.
-    let host: Vec<i32> = super::super::procfs::scan(std::slice::from_ref(&entry))
+    // They held CAN_MIGRATE (only such jobs move): so they do here, and
+    // CHECKPOINTABLE those that did.
+    let found = super::super::procfs::scan(std::slice::from_ref(&entry));
+    let host: Vec<i32> = found.iter().map(|f| f.host_pid).collect();
+    let host_checkpointable: Vec<i32> = found
         .iter()
+        .filter(|f| checkpointable.contains(&f.pid))
         .map(|f| f.host_pid)
         .collect();
-    st.caps.adopt(&host);
+    st.caps.adopt(&host, &host_checkpointable);
     if let Some(server) = server {
         super::filling(st, server, &host);
     }
@@ -233,6 +246,7 @@ async fn adopt_from(
         gid: x.gid,
         origin: from,
         terminal: open.terminal.clone(),
+        checkpointable: open.checkpointable.clone(),
     };
     let r = start(st, img, &mut clock, lazy).await;
     pulling::settle(pulling.as_ref(), r.is_ok());

@@ -334,6 +334,7 @@ pub async fn commit(
     st: &Arc<ProcState>,
     origin: Origin,
     xfer: u64,
+    checkpointable: &[i32],
 ) -> Result<Restored, AdminError> {
     let from = member(origin)?;
     let mut clock = super::Clock::new();
@@ -361,16 +362,18 @@ pub async fn commit(
         super::filling(st, server, &x.pids);
     }
     clock.extend("target.restart.", &inner);
-    adopt(st, &x.pids, from);
+    adopt(st, &x.pids, from, checkpointable);
     Ok(Restored {
         pids: x.pids,
         phases: clock.phases,
     })
 }
 
-/// Count restored processes as this node's, and reap those that come to krgd.
-pub fn adopt(st: &Arc<ProcState>, pids: &[i32], from: NodeId) {
-    st.caps.adopt(pids);
+/// Count restored processes as this node's (with their capabilities:
+/// CHECKPOINTABLE for those of `checkpointable`), and reap those that come
+/// to krgd.
+pub fn adopt(st: &Arc<ProcState>, pids: &[i32], from: NodeId, checkpointable: &[i32]) {
+    st.caps.adopt(pids, checkpointable);
     {
         let mut a = crate::sync::lock(&st.migration.adopted);
         for &p in pids {

@@ -213,7 +213,10 @@ pub async fn handle_peer(
             incoming::abort(st, origin, xfer)?;
             Ok(MigratePeerReply::Ack)
         }
-        MigratePeerRequest::Commit { xfer } => incoming::commit(st, origin, xfer)
+        MigratePeerRequest::Commit {
+            xfer,
+            checkpointable,
+        } => incoming::commit(st, origin, xfer, &checkpointable)
             .await
             .map(MigratePeerReply::Restored),
         MigratePeerRequest::Pull {
@@ -375,6 +378,13 @@ async fn move_here(
             .collect();
         serving::start(st, xfer, to, out.clone(), files);
     }
+    // What it held here it holds there (CAN_MIGRATE it does: it moved).
+    let checkpointable: Vec<i32> = rep
+        .tasks
+        .iter()
+        .copied()
+        .filter(|&p| st.caps.is_checkpointable(p))
+        .collect();
     // The handover: from here on the origin's copy is gone.
     for &p in &rep.tasks {
         // SAFETY: plain kill(2) of the stopped processes we dumped.
@@ -382,14 +392,24 @@ async fn move_here(
     }
     let mut unclaimed = None;
     let committed = match prepared {
-        Some(p) => match runjob::to_target(st, p, to, xfer).await {
+        Some(p) => match runjob::to_target(st, p, to, xfer, &checkpointable).await {
             Ok(phases) => Ok((rep.tasks.clone(), phases)),
             Err((why, p)) => {
                 unclaimed = Some(p);
                 Err(why)
             }
         },
-        None => match call(st, to, MigratePeerRequest::Commit { xfer }, COMMIT_TIMEOUT).await {
+        None => match call(
+            st,
+            to,
+            MigratePeerRequest::Commit {
+                xfer,
+                checkpointable: checkpointable.clone(),
+            },
+            COMMIT_TIMEOUT,
+        )
+        .await
+        {
             Ok(MigratePeerReply::Restored(r)) => Ok((r.pids, r.phases)),
             Ok(other) => Err(format!("node {to} answered {other:?}")),
             Err(e) => Err(e.message),
@@ -421,7 +441,15 @@ async fn move_here(
             // (post-copy: the image is this node's again)
             serving::forget(st, xfer);
             let back = match unclaimed {
-                Some(p) => runjob::take_back(st, p, &out, rep.app, rep.sn).await,
+                Some(p) => {
+                    let img = runjob::Saved {
+                        root: &out,
+                        app: rep.app,
+                        sn: rep.sn,
+                        checkpointable: &checkpointable,
+                    };
+                    runjob::take_back(st, p, img).await
+                }
                 None => restore::restore(&out, rep.app, rep.sn).await.map(|_| ()),
             };
             let _ = std::fs::remove_dir_all(&out);
@@ -432,7 +460,7 @@ async fn move_here(
                 ));
             }
             if job.is_none() {
-                incoming::adopt(st, &rep.tasks, me);
+                incoming::adopt(st, &rep.tasks, me, &checkpointable);
             }
             report.to = me;
             report.fell_back = Some(why);

@@ -220,12 +220,14 @@ pub fn prepare(st: &ProcState, job: &JobTarget, tasks: &[i32]) -> Result<Prepare
 
 /// Hand the prepared job to `to` (which holds image `xfer`); the relay
 /// runs once it took it. On failure the job is given back for
-/// [`take_back`].
+/// [`take_back`]. `checkpointable`: its processes (PIDs of the image)
+/// that held CHECKPOINTABLE.
 pub async fn to_target(
     st: &ProcState,
     p: Prepared,
     to: NodeId,
     xfer: u64,
+    checkpointable: &[i32],
 ) -> Result<Vec<PhaseTime>, (String, Prepared)> {
     let adopt = AdoptJob {
         version: SESSION_VERSION,
@@ -233,6 +235,7 @@ pub async fn to_target(
         pid: p.entry.pid,
         map: p.map.clone(),
         terminal: p.terminal.clone(),
+        checkpointable: checkpointable.to_vec(),
     };
     match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
         Ok(sess) => {
@@ -243,19 +246,26 @@ pub async fn to_target(
     }
 }
 
+/// The job's image on this node, to take it back from.
+pub struct Saved<'a> {
+    /// Directory of the image.
+    pub root: &'a std::path::Path,
+    /// Application id.
+    pub app: i32,
+    /// SN.
+    pub sn: u32,
+    /// Its processes (PIDs of the image) that held CHECKPOINTABLE.
+    pub checkpointable: &'a [i32],
+}
+
 /// The target failed after the handover: restore the job here, in a new
 /// namespace, and relay to it as to a remote one.
-pub async fn take_back(
-    st: &Arc<ProcState>,
-    p: Prepared,
-    root: &std::path::Path,
-    app: i32,
-    sn: u32,
-) -> Result<(), String> {
+pub async fn take_back(st: &Arc<ProcState>, p: Prepared, saved: Saved<'_>) -> Result<(), String> {
     let img = JobImage {
-        root,
-        app,
-        sn,
+        root: saved.root,
+        app: saved.app,
+        sn: saved.sn,
+        checkpointable: saved.checkpointable.to_vec(),
         pid: p.entry.pid,
         map: p.map.clone(),
         uid: p.entry.uid,
