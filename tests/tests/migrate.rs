@@ -587,6 +587,60 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     Ok(())
 }
 
+/// The target cut off by a network partition while the image is on its
+/// way (nodes in network namespaces on a bridge, the target's link
+/// down): no connection breaks, nothing answers. The majority marks the
+/// target failed within the failure detection time, and the migration
+/// gives up then, the process running on where it was.
+#[test]
+fn target_partitioned_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::namespaces(3)?.formed(3, SETTLE)?;
+    // started in node 1's namespaces (a process of that node), then
+    // flagged there
+    let out = c.dir.path().join("big.txt");
+    let krgd1 = c.nodes[&1].pid().unwrap().to_string();
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["-t", &krgd1, "-m", "-n", "--", "python3", "-c", BIG])
+        .arg(&out);
+    let mut child = detached_stdio(&mut cmd).spawn()?;
+    let job = Job(child.id() as i32);
+    std::thread::spawn(move || child.wait());
+    capset(&c, 1, job.0);
+    let n = grows(&out, 0);
+    let pid = job.0;
+    let mut m = Command::new(bin("migrate"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args([&pid.to_string(), "3"])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let incoming = c.dir.path().join("data3/migrate/in");
+    wait_for(Duration::from_secs(60), "the image to arrive", || {
+        if let Ok(Some(st)) = m.try_wait() {
+            let mut e = String::new();
+            let _ = std::io::Read::read_to_string(m.stderr.as_mut()?, &mut e);
+            panic!("migrate ended before the cut ({st}): {e}");
+        }
+        received(&incoming).filter(|&n| n >= 64 << 20).map(|_| ())
+    })?;
+    c.lab.as_ref().expect("lab").isolate(3)?;
+    let t = Instant::now();
+    let status = m.wait()?;
+    let took = t.elapsed();
+    let mut e = String::new();
+    std::io::Read::read_to_string(m.stderr.as_mut().unwrap(), &mut e)?;
+    eprintln!("migrate ended {took:?} after the cut: {e}");
+    assert!(!status.success(), "{e}");
+    assert!(e.contains("keeps running on node 1"), "{e}");
+    assert!(e.contains("node 3 failed"), "{e}");
+    // the failure timeout (1 s) and the majority's agreement, with room
+    // for a loaded machine; the step timeout (30 s) is what it was before
+    assert!(took < Duration::from_secs(8), "{took:?}: {e}");
+    grows(&out, n);
+    assert_ne!(state(pid), Some('T'));
+    Ok(())
+}
+
 /// Post-copy's price: the origin's krgd killed while the target still
 /// pulls the memory. The process on the target cannot be completed: it is
 /// killed (not left running on pages of zeros, nor hanging on a fault

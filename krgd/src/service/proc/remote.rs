@@ -172,7 +172,8 @@ async fn write_up(mut wr: Outgoing, mut rx: mpsc::Receiver<Up>) {
 }
 
 /// Whether `node` is, in this node's view, a member that answers.
-fn is_alive(view: &crate::context::ClusterView, node: NodeId) -> Result<(), String> {
+/// Is `node` still a member in good standing? Err says why not.
+pub(super) fn is_alive(view: &crate::context::ClusterView, node: NodeId) -> Result<(), String> {
     if view.epoch == 0 {
         return Ok(()); // no cluster: nothing watches liveness, the connection does
     }

@@ -158,6 +158,9 @@ async fn forward(
     }
 }
 
+/// A request to `node`, given up as soon as the membership says `node`
+/// failed or left: a partition breaks no connection and nothing answers,
+/// but the failure detection says so long before `timeout`.
 async fn call(
     st: &ProcState,
     node: NodeId,
@@ -165,7 +168,14 @@ async fn call(
     timeout: Duration,
 ) -> Result<MigratePeerReply, AdminError> {
     let req = PeerRequest::Proc(ProcPeerRequest::Migrate(body));
-    match st.ctx.peers.call(node, req, timeout).await {
+    let mut view = st.ctx.watch_view();
+    let answer = tokio::select! {
+        r = st.ctx.peers.call(node, req, timeout) => r,
+        why = until_gone(&mut view, node) => {
+            return Err(err(ErrorKind::Unavailable, why));
+        }
+    };
+    match answer {
         Ok(PeerResponse::Proc(ProcPeerReply::Migrate(r))) => Ok(r),
         Ok(other) => Err(err(
             ErrorKind::Internal,
@@ -173,6 +183,22 @@ async fn call(
         )),
         Err(PeerCallError::Remote { error, .. }) => Err(error),
         Err(e) => Err(err(ErrorKind::Unavailable, format!("node {node}: {e}"))),
+    }
+}
+
+/// Wait until the membership says `node` is gone; why.
+async fn until_gone(
+    view: &mut tokio::sync::watch::Receiver<crate::context::ClusterView>,
+    node: NodeId,
+) -> String {
+    loop {
+        if let Err(why) = super::remote::is_alive(&view.borrow_and_update(), node) {
+            return why;
+        }
+        if view.changed().await.is_err() {
+            // no more views: the call's own timeout decides
+            std::future::pending::<()>().await;
+        }
     }
 }
 
