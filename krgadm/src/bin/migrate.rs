@@ -109,7 +109,7 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         krg_clidoc::Section {
             title: "EXIT STATUS",
             body: "0: the process moved.
-1: refused, or failed before the handover (the process keeps running where it was), or the target failed after it and the origin took the process back (the line says so); one line says why.
+1: refused, or failed before the handover (the process keeps running where it was; a target that the membership marks failed is given up at once), or the target failed after it and the origin took the process back (the line says so); one line says why.
 2: bad usage.",
         },
         krg_clidoc::Section {
@@ -118,7 +118,7 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         },
         krg_clidoc::Section {
             title: "KRG RUN JOBS",
-            body: "A job started by krg run (from a shell that holds CAN_MIGRATE) moves with its program's whole tree and keeps the PIDs it sees; the krg run that started it keeps its output, input, signals and exit status, wherever the job runs. Name it by its program's PID as krg ps shows it (NODE:PID).",
+            body: "A job started by krg run (from a shell that holds CAN_MIGRATE) moves with its program's whole tree and keeps the PIDs it sees; the krg run that started it keeps its output, input, signals and exit status, wherever the job runs. Name it by its program's PID as krg ps shows it (NODE:PID). A job on a terminal (krg run -t) gets a new terminal like its own on the target, as its controlling terminal with its foreground process group; what its user types and resizes go on through the node it left. A detached job (krg run --detach) keeps its output files on the node that started it, fed through that node, which writes its status there when it ends. What a process held here (CAN_MIGRATE, CHECKPOINTABLE) it holds there.",
         },
         krg_clidoc::Section {
             title: "SEE ALSO",
