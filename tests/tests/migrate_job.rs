@@ -662,8 +662,8 @@ fn a_job_on_a_terminal_moves_and_keeps_its_terminal() -> Result<()> {
     term.wait_for("sigint");
     resize(&term.master, 50, 132);
     term.wait_for("winch 132 50");
-    // and back: node 2's terminal is now the one left behind
-    moved(&c, &[], pid, 2, 1);
+    // and back, by post-copy: node 2's terminal is now the one left behind
+    moved(&c, &["--postcopy"], pid, 2, 1);
     term.type_in("home\n");
     let seen = term.wait_for(&format!("got: home pid={pid} leader=True fg=True"));
     assert_eq!(seen.matches("home").count(), 2, "{seen:?}");
