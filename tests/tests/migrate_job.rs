@@ -710,3 +710,59 @@ fn a_job_on_a_terminal_whose_target_dies_runs_at_home_on_a_new_terminal() -> Res
     assert_eq!(term.child.wait()?.code(), Some(7));
     Ok(())
 }
+
+/// A moved detached job outlives the node that started it: that node's
+/// krgd killed, the job runs on where it is, and what it prints from then
+/// on goes into files on that node, with its status.
+#[test]
+fn a_moved_detached_job_outlives_the_node_that_started_it() -> Result<()> {
+    let _g = serial();
+    let mut c = formed(2)?;
+    let stop = c.dir.path().join("stop-outlives");
+    let dir = start_detached(&c, WRITER, &stop.display().to_string());
+    let out = format!("{dir}/stdout");
+    wait_for(LINE_WAIT, "its first lines", || {
+        (lines_of(&out).len() >= 3).then_some(())
+    })?;
+    let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    moved(&c, &[], pid, 1, 2);
+    wait_for(LINE_WAIT, "lines written on node 2", || {
+        (lines_of(&out).len() >= 10).then_some(())
+    })?;
+    c.node(1)?.kill9();
+    // its output goes on in a directory of node 2's
+    let here = c.dir.path().join("data2/detached");
+    let moved_out = wait_for(LINE_WAIT, "its output on node 2", || {
+        std::fs::read_dir(&here).ok()?.flatten().find_map(|e| {
+            let f = e.path().join("stdout");
+            (lines_of(&f.display().to_string()).len() >= 5).then_some(e.path())
+        })
+    })?;
+    std::fs::write(&stop, b"")?;
+    let status = wait_for(LINE_WAIT, "its status on node 2", || {
+        std::fs::read_to_string(moved_out.join("status")).ok()
+    })?;
+    assert_eq!(status, "exit 5\n");
+    // each file holds consecutive lines; node 2's start after node 1's
+    // (lines in flight when node 1 died may be lost) and end with "done"
+    let number = |l: &str| -> u64 {
+        l.strip_prefix("line ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{l:?}"))
+    };
+    let first = lines_of(&out);
+    for (n, l) in first.iter().enumerate() {
+        assert_eq!(number(l), n as u64, "{first:?}");
+    }
+    let second = lines_of(&moved_out.join("stdout").display().to_string());
+    let (last, body) = second.split_last().unwrap();
+    assert_eq!(last, "done", "{second:?}");
+    let start = number(&body[0]);
+    assert!(start >= first.len() as u64, "{start} {}", first.len());
+    for (k, l) in body.iter().enumerate() {
+        assert_eq!(number(l), start + k as u64, "{second:?}");
+        assert!(l.ends_with(&format!("pid={pid}")), "{l}");
+    }
+    Ok(())
+}

@@ -168,6 +168,9 @@ pub struct AdoptJob {
     /// Its processes (PIDs of the image) that held CHECKPOINTABLE: they
     /// hold it on the target too.
     pub checkpointable: Vec<i32>,
+    /// A detached job (`krg run --detach`): if the origin goes away, it
+    /// runs on and its output goes into files on the target.
+    pub detached: bool,
 }
 
 /// The terminal of a job that moves: the target makes a new one with

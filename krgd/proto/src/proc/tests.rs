@@ -97,6 +97,7 @@ fn run_request_and_session_frames_roundtrip() {
                     fg_pgid: 81235,
                 }),
                 checkpointable: vec![81235],
+                detached: true,
             },
         ))),
     };

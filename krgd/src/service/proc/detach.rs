@@ -11,7 +11,8 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use krg_proto::proc::{Credentials, ExitStatus};
+use krg_proto::proc::{Credentials, Down, ExitStatus};
+use tokio::sync::mpsc;
 
 fn cvt(rc: libc::c_int) -> std::io::Result<libc::c_int> {
     if rc < 0 {
@@ -104,6 +105,41 @@ pub fn write_status(dir: &Path, creds: &Credentials, status: ExitStatus) -> std:
     };
     let mut f = create_in(&dirfd, "status", creds)?;
     writeln!(f, "{status}")
+}
+
+/// A detached job that moved to this node: its session stream goes to
+/// the node that started it, which keeps its output files. If that node
+/// goes away, the job runs on and its output goes into files here.
+pub struct Outlives {
+    /// Name of its directory here.
+    pub name: String,
+    /// Its owner.
+    pub creds: Credentials,
+}
+
+/// The node that started a moved detached job is gone: write what the
+/// job prints from now on into `<base>/<name>/{stdout,stderr}`, and how it
+/// ended into `status`, until its last event.
+pub async fn carry_on(base: &Path, o: Outlives, mut events: mpsc::Receiver<Down>) {
+    let out = match create(base, &o.name, &o.creds) {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::warn!(error = %e, "a moved detached job lost its origin, and no output directory could be made here: its output is dropped");
+            while events.recv().await.is_some() {}
+            return;
+        }
+    };
+    tracing::info!(dir = %out.dir.display(), "the node that started a moved detached job is gone: its output goes on here");
+    let (mut stdout, mut stderr) = (out.stdout, out.stderr);
+    while let Some(ev) = events.recv().await {
+        // a full disk loses that output, not the job
+        let _ = match ev {
+            Down::Stdout { data, .. } => stdout.write_all(&data),
+            Down::Stderr { data, .. } => stderr.write_all(&data),
+            Down::Exited { status, .. } => write_status(&out.dir, &o.creds, status),
+            _ => Ok(()),
+        };
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use krg_proto::seal::{FrameKeys, Sealer};
 use tokio::net::TcpStream;
 
 use super::creds::{self, Origin};
+use super::detach;
 use super::sealed::{self, Outgoing};
 use super::session::{self, Params, Session};
 use super::state::{ProcState, MAX_PER_NODE};
@@ -115,6 +116,7 @@ pub async fn serve(
         peer,
         sess,
         ProcPeerReply::Session { jobs },
+        None,
     )
     .await;
 }
@@ -125,7 +127,8 @@ pub async fn answer_error(stream: &mut TcpStream, sealer: &mut Sealer, e: AdminE
 }
 
 /// Answer `opened`, then carry the session stream of `sess` on `stream`
-/// until every job ended, the origin left, or it failed.
+/// until every job ended, the origin left, or it failed; then, with
+/// `outlives` (a moved detached job), its output goes into files here.
 pub async fn carry(
     st: Arc<ProcState>,
     mut stream: TcpStream,
@@ -133,6 +136,7 @@ pub async fn carry(
     peer: Identity,
     sess: Session,
     opened: ProcPeerReply,
+    outlives: Option<detach::Outlives>,
 ) {
     let (opener, mut sealer) = (keys.opener, keys.sealer);
     super::fdio::keepalive(
@@ -151,18 +155,19 @@ pub async fn carry(
     let mut events = sess.events;
     let mut view = st.ctx.watch_view();
     let origin = peer.node;
-    let reader = tokio::spawn(async move {
+    // (true: the origin is gone; false: the session ended)
+    let mut reader = tokio::spawn(async move {
         let mut watching = peer.role == Role::Node;
         loop {
             tokio::select! {
                 frame = up.frames.recv() => match frame {
                     Some(Ok(up)) => {
                         if input.send(up).await.is_err() {
-                            return;
+                            return false;
                         }
                     }
                     // origin gone: dropping `input` ends the session
-                    Some(Err(_)) | None => return,
+                    Some(Err(_)) | None => return true,
                 },
                 changed = view.changed(), if watching => {
                     if changed.is_err() {
@@ -175,16 +180,33 @@ pub async fn carry(
                     );
                     if failed {
                         tracing::info!(origin, "origin node failed: ending its session");
-                        return;
+                        return true;
                     }
                 }
             }
         }
     });
-    while let Some(ev) = events.recv().await {
-        if wr.send(&ev).await.is_err() {
-            break;
+    let mut reading = true;
+    let origin_gone = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => {
+                    if wr.send(&ev).await.is_err() {
+                        break true;
+                    }
+                }
+                None => break false,
+            },
+            gone = &mut reader, if reading => {
+                reading = false;
+                if gone.unwrap_or(true) {
+                    break true;
+                }
+            }
         }
-    }
+    };
     reader.abort();
+    if let Some(o) = outlives.filter(|_| origin_gone) {
+        detach::carry_on(&st.detach_dir, o, events).await;
+    }
 }

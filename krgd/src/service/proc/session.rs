@@ -194,11 +194,21 @@ async fn drive(
             },
         }
     }
-    // Abandoned (or misbehaving) session: its jobs go with it.
-    for ctl in ctls.iter().flatten() {
+    // Abandoned (or misbehaving) session: its jobs go with it — but a
+    // detached job that moved here, which runs on, its output read as
+    // before (see `detach::carry_on`): its control is kept until it ends
+    // (dropping it would close its stdout).
+    let (kept, gone): (Vec<Ctl>, Vec<Ctl>) =
+        ctls.into_iter().flatten().partition(|c| c.entry.detached);
+    for ctl in &gone {
         signal_job(&ctl.entry, libc::SIGKILL);
     }
-    running.detach_all();
+    if kept.is_empty() {
+        running.detach_all();
+        return;
+    }
+    while running.join_next().await.is_some() {}
+    drop(kept);
 }
 
 /// Collect the executable image a spec announces, before anything starts.

@@ -21,6 +21,7 @@ use krg_proto::NodeId;
 use tokio::net::unix::pipe;
 use tokio::net::TcpStream;
 
+use super::super::detach;
 use super::super::fdio::{dev_null, pipe_pair};
 use super::super::initspec::{InitProgram, InitSpec};
 use super::super::job::{self, EntryFacts, Io, StartedJob, Stdin};
@@ -57,6 +58,8 @@ pub struct JobImage<'a> {
     pub terminal: Option<JobTerminal>,
     /// Its processes (PIDs of the image) that held CHECKPOINTABLE.
     pub checkpointable: Vec<i32>,
+    /// Started with `--detach`: it outlives the node that started it.
+    pub detached: bool,
 }
 
 /// The job's new stdio: restart's fds 0-2 (which become the job's), and
@@ -151,7 +154,7 @@ pub async fn start(
         pid: img.pid,
         uid: img.uid,
         gid: img.gid,
-        detached: false,
+        detached: img.detached,
         output: None,
         tty,
         origin: img.origin,
@@ -184,8 +187,21 @@ pub async fn serve(
     open: AdoptJob,
 ) {
     let started = adopt_from(&st, &peer, &open).await;
+    let mut outlives = None;
     let sess: Session = match started {
-        Ok(job) => session::spawn_started(st.clone(), job),
+        Ok(job) => {
+            if job.entry.detached {
+                outlives = Some(detach::Outlives {
+                    name: format!("{}-{}-{}", job.entry.pid, std::process::id(), job.entry.id),
+                    creds: krg_proto::proc::Credentials {
+                        uid: job.entry.uid,
+                        gid: job.entry.gid,
+                        groups: Vec::new(),
+                    },
+                });
+            }
+            session::spawn_started(st.clone(), job)
+        }
         Err(e) => {
             tracing::warn!(from = peer.node, error = %e.message, "could not take a job over");
             serve::answer_error(&mut stream, &mut keys.sealer, e).await;
@@ -200,6 +216,7 @@ pub async fn serve(
         peer,
         sess,
         ProcPeerReply::Session { jobs: 1 },
+        outlives,
     )
     .await;
 }
@@ -247,6 +264,7 @@ async fn adopt_from(
         origin: from,
         terminal: open.terminal.clone(),
         checkpointable: open.checkpointable.clone(),
+        detached: open.detached,
     };
     let r = start(st, img, &mut clock, lazy).await;
     pulling::settle(pulling.as_ref(), r.is_ok());

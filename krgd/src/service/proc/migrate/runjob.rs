@@ -236,6 +236,7 @@ pub async fn to_target(
         map: p.map.clone(),
         terminal: p.terminal.clone(),
         checkpointable: checkpointable.to_vec(),
+        detached: p.entry.detached,
     };
     match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
         Ok(sess) => {
@@ -266,6 +267,7 @@ pub async fn take_back(st: &Arc<ProcState>, p: Prepared, saved: Saved<'_>) -> Re
         app: saved.app,
         sn: saved.sn,
         checkpointable: saved.checkpointable.to_vec(),
+        detached: p.entry.detached,
         pid: p.entry.pid,
         map: p.map.clone(),
         uid: p.entry.uid,
