@@ -174,6 +174,17 @@ fn migrate(c: &TestCluster, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `migrate 1:PID 2` with node 2's krgd set to die (a crash point) as it
+/// takes the job over: it fails, and node 1 runs the job again.
+fn fails_at_the_handover(c: &TestCluster, crash: &std::path::Path, pid: i64) {
+    std::fs::write(crash, "krgd-adopt-job").unwrap();
+    let o = migrate(c, &[&format!("1:{pid}"), "2"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("run on node 1 again"), "{e}");
+    assert!(!crash.exists(), "the crash point did not fire");
+}
+
 /// `migrate ARGS… NODE:PID TO` of the job's program from node `from`,
 /// which must succeed and leave it on node `to` in krg ps.
 fn moved(c: &TestCluster, opts: &[&str], pid: i64, from: u64, to: u64) {
@@ -304,12 +315,7 @@ fn a_target_that_dies_during_the_handover_leaves_the_job_home() -> Result<()> {
     let mut run = Run::start(&c, 1, ECHO, true);
     run.wait_line("tick");
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
-    std::fs::write(&crash, "krgd-adopt-job")?;
-    let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{e}");
-    assert!(e.contains("run on node 1 again"), "{e}");
-    assert!(!crash.exists(), "the crash point did not fire");
+    fails_at_the_handover(&c, &crash, pid);
     assert_eq!(python_on(&c, 1), Some(pid), "krg ps: {:?}", ps(&c));
     run.send("home");
     let home = run.wait_line("got: home");
@@ -600,6 +606,17 @@ impl Terminal {
         }
     }
 
+    /// `krg run -t -n 1` of [`ON_A_TERMINAL`] on this terminal, from a
+    /// shell that holds CAN_MIGRATE.
+    fn on_a_terminal(c: &TestCluster) -> Terminal {
+        let sh = format!(
+            "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run -t -n 1 -- python3 -u -c \"$0\"",
+            capset = bin("krgcapset").display(),
+            krg = bin("krg").display()
+        );
+        Terminal::start(c, &sh, ON_A_TERMINAL)
+    }
+
     /// Wait until what the terminal showed holds `what`; all it showed.
     fn wait_for(&self, what: &str) -> String {
         wait_for(LINE_WAIT, what, || {
@@ -642,12 +659,7 @@ fn resize(master: &std::fs::File, rows: u16, cols: u16) {
 fn a_job_on_a_terminal_moves_and_keeps_its_terminal() -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
-    let sh = format!(
-        "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run -t -n 1 -- python3 -u -c \"$0\"",
-        capset = bin("krgcapset").display(),
-        krg = bin("krg").display()
-    );
-    let mut term = Terminal::start(&c, &sh, ON_A_TERMINAL);
+    let mut term = Terminal::on_a_terminal(&c);
     term.wait_for("ready pid=");
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
     term.type_in("before\n");
@@ -685,22 +697,10 @@ fn a_job_on_a_terminal_whose_target_dies_runs_at_home_on_a_new_terminal() -> Res
     let mut c = TestCluster::loopback(2)?;
     let crash = c.arm_crash_points();
     let c = c.formed(2, SETTLE)?;
-    let sh = format!(
-        "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run -t -n 1 -- python3 -u -c \"$0\"",
-        capset = bin("krgcapset").display(),
-        krg = bin("krg").display()
-    );
-    let mut term = Terminal::start(&c, &sh, ON_A_TERMINAL);
+    let mut term = Terminal::on_a_terminal(&c);
     term.wait_for("ready pid=");
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
-    std::fs::write(&crash, "krgd-adopt-job")?;
-    let o = migrate(&c, &[&format!("1:{pid}"), "2"]);
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && e.contains("run on node 1 again"),
-        "{e}"
-    );
-    assert!(!crash.exists(), "the crash point did not fire");
+    fails_at_the_handover(&c, &crash, pid);
     term.type_in("home\n");
     let seen = term.wait_for(&format!("got: home pid={pid} leader=True fg=True"));
     assert_eq!(seen.matches("home").count(), 2, "{seen:?}");

@@ -16,6 +16,20 @@ pub struct Pty {
     master: AsyncFd<OwnedFd>,
 }
 
+/// read(2) of `fd` into `buf`.
+fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reading into a buffer we hold, at most its length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// write(2) of `data` to `fd`.
+fn write_fd(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: writing from a buffer we hold, at most its length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -88,16 +102,7 @@ impl Pty {
         loop {
             let r = self
                 .master
-                .async_io(Interest::READABLE, |fd| {
-                    // SAFETY: reading into a buffer we hold.
-                    let n =
-                        unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                    if n < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
-                    }
-                })
+                .async_io(Interest::READABLE, |fd| read_fd(fd, buf))
                 .await;
             match r {
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
@@ -112,16 +117,7 @@ impl Pty {
         while !data.is_empty() {
             let n = self
                 .master
-                .async_io(Interest::WRITABLE, |fd| {
-                    // SAFETY: writing from a buffer we hold.
-                    let n =
-                        unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-                    if n < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
-                    }
-                })
+                .async_io(Interest::WRITABLE, |fd| write_fd(fd, data))
                 .await?;
             data = &data[n..];
         }
@@ -236,15 +232,7 @@ impl tokio::io::AsyncRead for TtyEnd {
         loop {
             let mut guard = std::task::ready!(self.fd.poll_read_ready(cx))?;
             let room = buf.initialize_unfilled();
-            let r = guard.try_io(|fd| {
-                // SAFETY: reading into the buffer tokio lent us.
-                let n = unsafe { libc::read(fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let r = guard.try_io(|fd| read_fd(fd, room));
             match r {
                 Ok(Ok(n)) => {
                     buf.advance(n);
@@ -269,15 +257,7 @@ impl tokio::io::AsyncWrite for TtyEnd {
     ) -> std::task::Poll<io::Result<usize>> {
         loop {
             let mut guard = std::task::ready!(self.fd.poll_write_ready(cx))?;
-            let r = guard.try_io(|fd| {
-                // SAFETY: writing from a buffer we were given.
-                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let r = guard.try_io(|fd| write_fd(fd, data));
             match r {
                 Ok(r) => return std::task::Poll::Ready(r),
                 Err(_would_block) => continue,
