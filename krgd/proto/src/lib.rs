@@ -15,6 +15,7 @@
 //! * [`client`]: async clients for both sockets.
 //! * [`keyfile`]: the cluster key file and the default paths of every program.
 //! * [`nodeset`]: node ids and node lists as command lines spell them.
+//! * [`term`]: terminals: a window size, a moving job's terminal state.
 //!
 //! Decoding never panics, whatever the bytes on the wire, and a frame's
 //! buffer grows only as its bytes arrive, never beyond [`frame::MAX_FRAME_LEN`]
@@ -41,6 +42,7 @@ pub mod proc;
 pub mod refusal;
 pub mod sched;
 pub mod seal;
+pub mod term;
 
 pub use error::ProtoError;
 

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::credentials::Credentials;
 use crate::NodeId;
 
+pub use crate::term::{JobTerminal, TermSettings};
+
 /// Largest chunk of image bytes in one [`Data`] message.
 pub const MAX_DATA: usize = 4 * 1024 * 1024;
 
@@ -164,47 +166,13 @@ pub struct AdoptJob {
     pub map: Vec<(i32, i32)>,
     /// The job runs on a terminal (`krg run -t`): the target gives it a
     /// new one like it.
-    pub terminal: Option<JobTerminal>,
+    pub terminal: Option<crate::term::JobTerminal>,
     /// Its processes (PIDs of the image) that held CHECKPOINTABLE: they
     /// hold it on the target too.
     pub checkpointable: Vec<i32>,
     /// A detached job (`krg run --detach`): if the origin goes away, it
     /// runs on and its output goes into files on the target.
     pub detached: bool,
-}
-
-/// The terminal of a job that moves: the target makes a new one with
-/// these settings and makes it the job's controlling terminal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobTerminal {
-    /// Its window size.
-    pub winsize: crate::proc::WinSize,
-    /// Its settings (echo, canonical mode, special characters…).
-    pub settings: TermSettings,
-    /// The foreground process group, as a PID of the image (0: none of
-    /// the job's).
-    pub fg_pgid: i32,
-}
-
-/// A terminal's settings: `struct termios`, field by field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TermSettings {
-    /// Input modes.
-    pub iflag: u32,
-    /// Output modes.
-    pub oflag: u32,
-    /// Control modes.
-    pub cflag: u32,
-    /// Local modes.
-    pub lflag: u32,
-    /// Line discipline.
-    pub line: u8,
-    /// Special characters (`c_cc`).
-    pub cc: Vec<u8>,
-    /// Input speed.
-    pub ispeed: u32,
-    /// Output speed.
-    pub ospeed: u32,
 }
 
 /// Migration requests between krgds.

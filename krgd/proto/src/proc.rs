@@ -57,18 +57,7 @@ pub const MAX_CHUNK: usize = 256 * 1024;
 /// Bytes of stdin a sender may have in flight per job (see the module docs).
 pub const STDIN_WINDOW: u64 = 4 * 1024 * 1024;
 
-/// A terminal's window size (`struct winsize`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WinSize {
-    /// Rows of characters.
-    pub rows: u16,
-    /// Columns of characters.
-    pub cols: u16,
-    /// Width in pixels (0 if unknown).
-    pub xpixel: u16,
-    /// Height in pixels (0 if unknown).
-    pub ypixel: u16,
-}
+pub use crate::term::WinSize;
 
 /// What a job runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
