@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod conn;
 mod convert;
+pub mod follow;
 pub mod fs;
 pub mod kmount;
 pub mod local;
@@ -370,7 +371,7 @@ async fn try_prepare(
         releases,
         striped: Default::default(),
     });
-    tokio::spawn(root::follow(
+    tokio::spawn(follow::follow(
         Arc::downgrade(&ops),
         dir.to_path_buf(),
         sb.root_node,

@@ -15,7 +15,7 @@ use super::conn::Cluster;
 use super::local::LocalStore;
 use super::locks::ClientLocks;
 use super::release::Releases;
-use super::striped::Striped;
+use super::striped::handles::Striped;
 use crate::store::crash;
 
 pub type Res<T> = Result<T, i32>;

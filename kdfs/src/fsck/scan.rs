@@ -8,12 +8,15 @@
 //! checked along but never repaired here.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use krg_proto::kdfs::{inode_id, inode_local, inode_node, FileKind, InodeId, LOCAL_BITS};
+use krg_proto::kdfs::{
+    inode_id, inode_local, inode_node, FileKind, InodeId, StripeLayout, LOCAL_BITS,
+};
+use krg_proto::NodeId;
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, readlinkat, OFlag};
@@ -25,7 +28,7 @@ use crate::format::{
     self, RootMeta, StoreDir, Superblock, FIRST_INO, INODES, STORE_OWNER, STRIPES,
 };
 use crate::store::entry::Entry;
-use crate::store::{object_name, sys, NLINK_XATTR, NSUB_XATTR};
+use crate::store::{object_name, sys, LAYOUT_XATTR, NLINK_XATTR, NSUB_XATTR};
 use crate::KdfsError;
 
 /// A count attribute as read: absent, a value, or unreadable (the reason).
@@ -184,7 +187,7 @@ pub fn scan(path: &Path) -> Result<Scanned, KdfsError> {
         copies: Vec::new(),
     };
     scan_objects(&mut s, inodes.as_fd())?;
-    let (stripes, copies) = super::stripes::scan_copies(&top)
+    let (stripes, copies) = scan_copies(&top)
         .map_err(|why| KdfsError::Invalid(format!("{}: {why}", path.join(STRIPES).display())))?;
     s.copies = copies;
     Ok(Scanned {
@@ -257,7 +260,7 @@ fn scan_objects(s: &mut Model, inodes: BorrowedFd) -> Result<(), KdfsError> {
         };
         let count = sys::get_u64_xattr(inodes, &name, key).map_err(|e| format!("{key}: {e}"));
         let holders = if kind == FileKind::File {
-            super::stripes::holders(inodes, &name)
+            holders(inodes, &name)
         } else {
             Vec::new()
         };
@@ -335,6 +338,34 @@ pub fn read_entry(dir: BorrowedFd, name: &OsStr) -> Result<(Entry, (i64, i64)), 
 /// Where a store's objects are, for messages.
 pub fn object_path(s: &Model, name: &str) -> PathBuf {
     s.path().join(INODES).join(name)
+}
+
+/// The nodes holding units of object `name` of `inodes/` (empty: not a
+/// striped file, or a layout that cannot be read — the store answers EIO
+/// on it, and its copies elsewhere are then kept).
+pub fn holders(inodes: BorrowedFd, name: &OsStr) -> Vec<NodeId> {
+    let Ok(key) = CString::new(LAYOUT_XATTR) else {
+        return Vec::new();
+    };
+    sys::get_xattr(inodes, name, &key)
+        .ok()
+        .and_then(|v| postcard::from_bytes::<StripeLayout>(&v).ok())
+        .map(|l| l.nodes)
+        .unwrap_or_default()
+}
+
+/// `DIR/stripes` (none before the store was first attached) and its names.
+pub fn scan_copies(top: &StoreDir) -> Result<(Option<OwnedFd>, Vec<OsString>), String> {
+    let shown = top.path().join(STRIPES);
+    let fd = match format::open_dir_at(top.fd(), STRIPES, &shown) {
+        Ok(fd) => fd,
+        Err(crate::KdfsError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((None, Vec::new()))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let names = list(fd.as_fd()).map_err(|e: Errno| e.to_string())?;
+    Ok((Some(fd), names))
 }
 
 #[cfg(test)]

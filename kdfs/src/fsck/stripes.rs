@@ -1,49 +1,18 @@
-//! Striped files in fsck: the holders a striped file's layout names (read
-//! with its object), the copies `DIR/stripes/` holds of other nodes'
-//! striped files, and — with every store — the copies whose file is gone
+//! Striped files in fsck: with every store, the copies `DIR/stripes/`
+//! holds of other nodes' striped files whose file is gone
 //! (its owner's krgd could not reach this node to drop them). Such a copy
 //! can be proved useless (inode numbers are never reused: no file will
 //! ever read it), so its repair removes it.
 
-use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 
-use krg_proto::kdfs::{inode_local, inode_node, InodeId, StripeLayout};
+use krg_proto::kdfs::{inode_local, inode_node, InodeId};
 use krg_proto::NodeId;
-use nix::errno::Errno;
 
 use super::scan::{Model, Scanned};
 use super::{Finding, Fix, Problem};
-use crate::format::{self, StoreDir, STRIPES};
-use crate::store::{sys, LAYOUT_XATTR};
-
-/// The nodes holding units of object `name` of `inodes/` (empty: not a
-/// striped file, or a layout that cannot be read — the store answers EIO
-/// on it, and its copies elsewhere are then kept).
-pub fn holders(inodes: BorrowedFd, name: &OsStr) -> Vec<NodeId> {
-    let Ok(key) = CString::new(LAYOUT_XATTR) else {
-        return Vec::new();
-    };
-    sys::get_xattr(inodes, name, &key)
-        .ok()
-        .and_then(|v| postcard::from_bytes::<StripeLayout>(&v).ok())
-        .map(|l| l.nodes)
-        .unwrap_or_default()
-}
-
-/// `DIR/stripes` (none before the store was first attached) and its names.
-pub fn scan_copies(top: &StoreDir) -> Result<(Option<OwnedFd>, Vec<OsString>), String> {
-    let shown = top.path().join(STRIPES);
-    let fd = match format::open_dir_at(top.fd(), STRIPES, &shown) {
-        Ok(fd) => fd,
-        Err(crate::KdfsError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((None, Vec::new()))
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let names = super::scan::list(fd.as_fd()).map_err(|e: Errno| e.to_string())?;
-    Ok((Some(fd), names))
-}
+use crate::format::STRIPES;
 
 /// The inode id a copy's name stands for (16 lowercase hex digits).
 fn copy_ino(name: &OsStr) -> Option<InodeId> {

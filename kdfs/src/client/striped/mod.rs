@@ -16,8 +16,7 @@
 //! owner's layout changed meanwhile (a holder left and handed its units
 //! to another node; it answers ESTALE until it is gone): `with_layout`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -29,51 +28,14 @@ use krg_proto::NodeId;
 
 use super::ops::{written_without_gap, Ops, Res, WRITE_PIECE};
 
+pub mod handles;
 mod readahead;
-pub use readahead::ReadAhead;
+pub use handles::{ReadAhead, Striped};
 
 /// How long the list of nodes serving this kDFS is reused for new layouts.
 const SERVING_FRESH: Duration = Duration::from_secs(5);
 /// How long a node may take to say it serves this kDFS.
 const HELLO_WAIT: Duration = Duration::from_secs(1);
-
-/// The mount's striped files: the layouts of its open handles, and which
-/// nodes new files may be striped over.
-#[derive(Default)]
-pub struct Striped {
-    open: Mutex<HashMap<(InodeId, u64), Arc<StripeLayout>>>,
-    serving: tokio::sync::Mutex<Option<(Instant, Vec<NodeId>)>>,
-    /// Sequential reads fetched ahead from all holders.
-    pub ahead: ReadAhead,
-}
-
-impl Striped {
-    /// Handle `fh` of `ino` is open on a striped file.
-    pub fn opened(&self, ino: InodeId, fh: u64, layout: StripeLayout) {
-        self.map().insert((ino, fh), Arc::new(layout));
-    }
-
-    /// The layout of an open handle, when its file is striped.
-    pub fn layout(&self, ino: InodeId, fh: u64) -> Option<Arc<StripeLayout>> {
-        self.map().get(&(ino, fh)).cloned()
-    }
-
-    /// The layout of handle `fh` changed (a holder left): use `layout`
-    /// from now on, and drop what was fetched ahead with the old one.
-    fn relaid(&self, ino: InodeId, fh: u64, layout: Arc<StripeLayout>) {
-        self.map().insert((ino, fh), layout);
-        self.ahead.released(ino, fh);
-    }
-
-    pub fn released(&self, ino: InodeId, fh: u64) {
-        self.map().remove(&(ino, fh));
-        self.ahead.released(ino, fh);
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(InodeId, u64), Arc<StripeLayout>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 impl Ops {
     /// Apply directory policy `policy` to `attr`, just made in it: a

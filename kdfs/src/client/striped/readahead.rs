@@ -11,14 +11,14 @@
 //! write through this mount drops every window of the file: what is read
 //! is never older than what close-to-open allows.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::FutureExt;
 use krg_proto::kdfs::{InodeId, StripeLayout};
 
 use super::super::ops::{Ops, Res};
+use super::handles::{Block, Fetch, ReadAhead};
 
 /// Bytes per block fetched ahead.
 pub const BLOCK: u64 = 1 << 20;
@@ -27,50 +27,12 @@ const MAX_AHEAD: u64 = 16;
 /// How long a block fetched ahead may be used.
 const FRESH: Duration = Duration::from_secs(1);
 
-/// One block: its bytes (zeros where a holder had none), and whether some
-/// holder had less than asked (the size must then be asked).
-pub struct Block {
-    pub data: Vec<u8>,
-    pub short: bool,
-    at: Instant,
-}
-
-type Fetch = Shared<BoxFuture<'static, Result<Arc<Block>, i32>>>;
-
-/// The window of one open handle.
-#[derive(Default)]
-struct Stream {
-    /// Where the next sequential read starts.
-    next: u64,
-    /// Block index → its fetch, done or in flight.
-    blocks: BTreeMap<u64, Fetch>,
-}
-
-/// The windows of a mount's open striped handles.
-#[derive(Default)]
-pub struct ReadAhead {
-    streams: Mutex<HashMap<(InodeId, u64), Stream>>,
-}
-
 fn ahead(layout: &StripeLayout) -> u64 {
     let round = u64::from(layout.unit) * layout.nodes.len() as u64;
     (2 * round / BLOCK).clamp(MIN_AHEAD, MAX_AHEAD)
 }
 
 impl ReadAhead {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(InodeId, u64), Stream>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn released(&self, ino: InodeId, fh: u64) {
-        self.map().remove(&(ino, fh));
-    }
-
-    /// Drop every window of `ino` (this mount wrote to it).
-    pub fn written(&self, ino: InodeId) {
-        self.map().retain(|(i, _), _| *i != ino);
-    }
-
     /// The fetches of blocks `first..=last`, starting those missing and,
     /// when the read follows the previous one, the window after them.
     fn fetches(
