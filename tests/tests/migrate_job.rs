@@ -496,22 +496,32 @@ fn a_detached_job_moves_and_its_output_stays_in_its_files() -> Result<()> {
         (lines_of(&out).len() >= 3).then_some(())
     })?;
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
+    // Its directory is its user's: they may put a link to a file of
+    // root's where its stdout was. What the relay writes must go on into
+    // the job's own file, never through the name (as root, it would
+    // write the victim).
+    let victim = c.dir.path().join("victim");
+    std::fs::write(&victim, "keep\n")?;
+    std::fs::rename(&out, format!("{dir}/stdout.own"))?;
+    std::os::unix::fs::symlink(&victim, &out)?;
     moved(&c, &[], pid, 1, 2);
     // on the target its stdout is a pipe to the relay, not the file by
     // its path (which this one machine would let it reopen)
     let host = host_pid_with_arg(&stop.display().to_string()).expect("the job's process");
     let fd1 = std::fs::read_link(format!("/proc/{host}/fd/1"))?;
     assert!(fd1.to_string_lossy().starts_with("pipe:"), "{fd1:?}");
-    let at_move = lines_of(&out).len();
+    let own = format!("{dir}/stdout.own");
+    let at_move = lines_of(&own).len();
     wait_for(LINE_WAIT, "lines written on node 2", || {
-        (lines_of(&out).len() >= at_move + 10).then_some(())
+        (lines_of(&own).len() >= at_move + 10).then_some(())
     })?;
     std::fs::write(&stop, b"")?;
     let status = wait_for(LINE_WAIT, "its status", || {
         std::fs::read_to_string(format!("{dir}/status")).ok()
     })?;
     assert_eq!(status, "exit 5\n");
-    let got = lines_of(&out);
+    assert_eq!(std::fs::read_to_string(&victim)?, "keep\n");
+    let got = lines_of(&own);
     let (last, body) = got.split_last().unwrap();
     assert_eq!(last, "done", "{got:?}");
     for (n, l) in body.iter().enumerate() {
