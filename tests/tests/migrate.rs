@@ -772,3 +772,100 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
     assert!(!c.dir.path().join("data1/migrate/in").join("9-1").exists());
     Ok(())
 }
+
+/// Prints "N PID" to stdout and "e N" to stderr every 20 ms, forever.
+const PRINTER: &str = r#"
+import os, sys, time
+n = 0
+while True:
+    n += 1
+    sys.stdout.write("%d %d\n" % (n, os.getpid()))
+    sys.stdout.flush()
+    sys.stderr.write("e %d\n" % n)
+    sys.stderr.flush()
+    time.sleep(0.02)
+"#;
+
+/// Lines of `from`, as they come, on a channel.
+fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(from).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next `count` lines.
+fn next_lines(rx: &std::sync::mpsc::Receiver<String>, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the process's output goes on")
+        })
+        .collect()
+}
+
+/// A process started without `krg run`, whose stdout and stderr are
+/// pipes its parent reads (`./sim | …`), moves to node 2 and back: every
+/// line it writes there still comes out of those pipes, in order, none
+/// lost or doubled; once it is killed, its parent's pipes reach their end.
+#[test]
+fn a_moved_process_output_still_reaches_its_pipes() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", PRINTER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: close_range between fork and exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    let (out, errs_rx) = (
+        lines_of(child.stdout.take().unwrap()),
+        lines_of(child.stderr.take().unwrap()),
+    );
+    std::thread::spawn(move || child.wait());
+    let job = Job(pid);
+    capset(&c, 1, pid);
+    next_lines(&out, 3);
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let after = next_lines(&out, 20);
+    let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let home = next_lines(&out, 20);
+    // consecutive numbers, the same PID, through both moves
+    let all: Vec<&String> = after.iter().chain(&home).collect();
+    let first: u64 = all[0].split(' ').next().unwrap().parse()?;
+    for (k, l) in all.iter().enumerate() {
+        assert_eq!(**l, format!("{} {pid}", first + k as u64), "{all:?}");
+    }
+    // stderr too, from its first line on
+    let errs = next_lines(&errs_rx, 40);
+    for (k, l) in errs.iter().enumerate() {
+        assert_eq!(*l, format!("e {}", k + 1), "{errs:?}");
+    }
+    // killed where it runs: the pipes its parent reads end
+    drop(job);
+    wait_for(Duration::from_secs(10), "the end of its stdout", || loop {
+        match out.recv_timeout(Duration::from_millis(100)) {
+            Ok(_) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Some(()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return None,
+        }
+    })?;
+    Ok(())
+}

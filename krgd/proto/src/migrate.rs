@@ -233,6 +233,24 @@ pub enum MigratePeerRequest {
         /// Transfer id.
         xfer: u64,
     },
+    /// From the target: what a moved process (not a `krg run` job) wrote
+    /// to its stdout or stderr, for the pipe or terminal it led to on the
+    /// origin.
+    Output {
+        /// Transfer id.
+        xfer: u64,
+        /// Its stderr (else its stdout).
+        stderr: bool,
+        /// The bytes (a slice of the frame they came in).
+        #[serde(with = "crate::bytestr::shared")]
+        data: ::bytes::Bytes,
+    },
+    /// From the target: the moved process's stdout and stderr are closed
+    /// there (it ended, with its children): the origin lets go of them.
+    OutputEnd {
+        /// Transfer id.
+        xfer: u64,
+    },
 }
 
 /// Answers to [`MigratePeerRequest`]s.
@@ -240,7 +258,7 @@ pub enum MigratePeerRequest {
 pub enum MigratePeerReply {
     /// To `Move`.
     Moved(MigrateReport),
-    /// To `Offer`, `Data`, `Files`, `Abort`.
+    /// To `Offer`, `Data`, `Files`, `Abort`, `Output`, `OutputEnd`.
     Ack,
     /// To `Commit`.
     Restored(Restored),

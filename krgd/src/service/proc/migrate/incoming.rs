@@ -353,11 +353,15 @@ pub async fn commit(
     // of this node loses the process anyway); checkpoints proper are not
     // written here. Open files stay: the page server and the pulls use
     // them after the names are gone.
-    let r = restore::restore_lazily(&x.root, x.app, x.sn, fetch).await;
+    // its output goes back to what it led to on the origin
+    let forward = super::stdio::Forward::new().map_err(|e| fail(format!("pipe: {e}")))?;
+    let [o, e] = forward.for_restart.each_ref().map(|f| f.try_clone().ok());
+    let r = restore::restore_lazily(&x.root, x.app, x.sn, fetch, [o, e]).await;
     clock.mark("target.restart");
     let _ = std::fs::remove_dir_all(&x.root);
     super::pulling::settle(pulling.as_ref(), r.is_ok());
     let (inner, server) = r.map_err(fail)?;
+    forward.start(st.clone(), from, xfer);
     if let Some(server) = server {
         super::filling(st, server, &x.pids);
     }

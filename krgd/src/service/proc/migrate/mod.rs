@@ -22,6 +22,8 @@
 //! - [`runjob`], [`adopt`], [`relay`] — `krg run` jobs: the origin's
 //!   handover, the target taking the job over into a new PID namespace,
 //!   and the relay that keeps the job's session on the origin
+//! - [`stdio`] — a process that is no job: its stdout and stderr still go
+//!   to the pipe or terminal they led to on the origin
 
 pub mod adopt;
 pub mod arrivals;
@@ -36,6 +38,7 @@ pub mod restore;
 pub mod runjob;
 mod send;
 pub mod serving;
+pub mod stdio;
 
 use arrivals::wait_filled;
 pub use arrivals::{arrived, arrived_job, filling};
@@ -187,7 +190,7 @@ async fn call(
 }
 
 /// Wait until the membership says `node` is gone; why.
-async fn until_gone(
+pub(super) async fn until_gone(
     view: &mut tokio::sync::watch::Receiver<crate::context::ClusterView>,
     node: NodeId,
 ) -> String {
@@ -237,6 +240,15 @@ pub async fn handle_peer(
         }
         MigratePeerRequest::Abort { xfer } => {
             incoming::abort(st, origin, xfer)?;
+            Ok(MigratePeerReply::Ack)
+        }
+        MigratePeerRequest::Output { xfer, stderr, data } => {
+            let from = incoming::member(origin)?;
+            stdio::write(st, from, xfer, stderr, data.to_vec()).await?;
+            Ok(MigratePeerReply::Ack)
+        }
+        MigratePeerRequest::OutputEnd { xfer } => {
+            stdio::forget(st, incoming::member(origin)?, xfer);
             Ok(MigratePeerReply::Ack)
         }
         MigratePeerRequest::Commit {
@@ -411,6 +423,13 @@ async fn move_here(
         .copied()
         .filter(|&p| st.caps.is_checkpointable(p))
         .collect();
+    // A process's output (not a job's: its session has it) goes on into
+    // what it led to here.
+    let sinks = match job {
+        Some(_) => stdio::Sinks::default(),
+        None => stdio::take(pid),
+    };
+    stdio::keep(st, to, xfer, sinks.clone());
     // The handover: from here on the origin's copy is gone.
     for &p in &rep.tasks {
         // SAFETY: plain kill(2) of the stopped processes we dumped.
@@ -476,7 +495,13 @@ async fn move_here(
                     };
                     runjob::take_back(st, p, img).await
                 }
-                None => restore::restore(&out, rep.app, rep.sn).await.map(|_| ()),
+                None => {
+                    stdio::forget(st, to, xfer);
+                    let out_fds = sinks.for_restart();
+                    restore::restore(&out, rep.app, rep.sn, out_fds)
+                        .await
+                        .map(|_| ())
+                }
             };
             let _ = std::fs::remove_dir_all(&out);
             if let Err(e2) = back {

@@ -42,6 +42,8 @@ pub struct Registry {
     /// Page servers still bringing in the memory of processes that
     /// migrated in (server PID → those processes).
     pub filling: Mutex<HashMap<i32, Vec<i32>>>,
+    /// Where the output of processes that moved from here goes.
+    pub outputs: super::stdio::Kept,
 }
 
 impl Registry {

@@ -68,17 +68,29 @@ pub struct IntoJob {
     pub ctty_fg: Option<i32>,
 }
 
-/// Restore SN `sn` of application `app` under `root`; its fds 0-2 that led
-/// outside the tree become /dev/null. Returns restart's phases (its
-/// `--timings`); the error is restart's own line.
+/// A process's stdout and stderr for restart (its fds 1 and 2 that led
+/// outside the tree get them; `None`: /dev/null, as its stdin).
+pub type Outputs = [Option<OwnedFd>; 2];
+
+/// Restore SN `sn` of application `app` under `root`; its fds 1 and 2
+/// that led outside the tree get `out`, its fd 0 /dev/null. Returns
+/// restart's phases (its `--timings`); the error is restart's own line.
 pub async fn restore(
     root: &Path,
     app: i32,
     sn: u32,
+    out: Outputs,
 ) -> Result<Vec<checkpoint::timings::Phase>, String> {
-    run_restart(root, app, sn, None, Lazy::No)
+    run_restart(root, app, sn, Target::Plain(out), Lazy::No)
         .await
         .map(|r| r.0)
+}
+
+/// Where restart puts the tree: as a plain process (its outputs), or
+/// into a job's namespace.
+enum Target {
+    Plain(Outputs),
+    Job(IntoJob),
 }
 
 /// [`restore`] into a job's namespace (see [`IntoJob`]), lazily or not
@@ -92,7 +104,7 @@ pub async fn restore_into(
     job: IntoJob,
     lazy: Lazy,
 ) -> Result<(Vec<checkpoint::timings::Phase>, Option<i32>), String> {
-    let (phases, text) = run_restart(root, app, sn, Some(job), lazy).await?;
+    let (phases, text) = run_restart(root, app, sn, Target::Job(job), lazy).await?;
     Ok((phases, page_server(&text)))
 }
 
@@ -109,8 +121,9 @@ pub async fn restore_lazily(
     app: i32,
     sn: u32,
     fetch: Option<OwnedFd>,
+    out: Outputs,
 ) -> Result<(Vec<checkpoint::timings::Phase>, Option<i32>), String> {
-    let (phases, text) = run_restart(root, app, sn, None, Lazy::Yes(fetch)).await?;
+    let (phases, text) = run_restart(root, app, sn, Target::Plain(out), Lazy::Yes(fetch)).await?;
     Ok((phases, page_server(&text)))
 }
 
@@ -141,7 +154,7 @@ async fn run_restart(
     root: &Path,
     app: i32,
     sn: u32,
-    job: Option<IntoJob>,
+    target: Target,
     lazy: Lazy,
 ) -> Result<(Vec<checkpoint::timings::Phase>, String), String> {
     let bin = restart_binary();
@@ -172,18 +185,24 @@ async fn run_restart(
         }
     };
     let raw_fetch = fetch.as_ref().map(|f| f.as_raw_fd());
-    if let Some(job) = job {
-        cmd.arg("--pidns-of").arg(job.init.to_string());
-        for (host, inner) in &job.map {
-            cmd.arg("--ns-pid").arg(format!("{host}:{inner}"));
+    match target {
+        Target::Job(job) => {
+            cmd.arg("--pidns-of").arg(job.init.to_string());
+            for (host, inner) in &job.map {
+                cmd.arg("--ns-pid").arg(format!("{host}:{inner}"));
+            }
+            if let Some(fg) = job.ctty_fg {
+                cmd.arg("--ctty-fg").arg(fg.to_string());
+            }
+            let [i, o, e] = job.stdio;
+            cmd.stdin(Stdio::from(i))
+                .stdout(Stdio::from(o))
+                .stderr(Stdio::from(e));
         }
-        if let Some(fg) = job.ctty_fg {
-            cmd.arg("--ctty-fg").arg(fg.to_string());
+        Target::Plain([o, e]) => {
+            let or_null = |f: Option<OwnedFd>| f.map_or_else(Stdio::null, Stdio::from);
+            cmd.stdout(or_null(o)).stderr(or_null(e));
         }
-        let [i, o, e] = job.stdio;
-        cmd.stdin(Stdio::from(i))
-            .stdout(Stdio::from(o))
-            .stderr(Stdio::from(e));
     }
     // SAFETY: between fork and exec only fcntl and dup2 (async-signal-safe) run.
     unsafe {
