@@ -622,10 +622,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// `cmd` with no stdio (all /dev/null) and none of the test's other fds:
-/// a process to checkpoint or migrate must hold no stray descriptor
-/// (cargo's test harness leaves some open), or it is refused.
-pub fn detached_stdio(cmd: &mut Command) -> &mut Command {
+/// `cmd` starts with no descriptor above 2: a process to checkpoint or
+/// migrate must hold no stray descriptor (cargo's test harness leaves
+/// some open), or it is refused.
+pub fn without_stray_fds(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: close_range between fork and exec touches only the child's
     // descriptor table and is async-signal-safe.
@@ -635,7 +635,13 @@ pub fn detached_stdio(cmd: &mut Command) -> &mut Command {
             Ok(())
         });
     }
-    cmd.stdin(Stdio::null())
+    cmd
+}
+
+/// `cmd` with no stdio (all /dev/null) and none of the test's other fds.
+pub fn detached_stdio(cmd: &mut Command) -> &mut Command {
+    without_stray_fds(cmd)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
 }

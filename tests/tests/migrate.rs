@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use krg_tests::{bin, detached_stdio, free_port, serial, wait_for, TestCluster};
+use krg_tests::{bin, detached_stdio, free_port, serial, wait_for, without_stray_fds, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -824,14 +824,7 @@ fn a_moved_process_output_still_reaches_its_pipes() -> Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: close_range between fork and exec is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
     let pid = child.id() as i32;
     let (out, errs_rx) = (
         lines_of(child.stdout.take().unwrap()),
