@@ -144,6 +144,11 @@ impl Pty {
         })
     }
 
+    /// The terminal's settings (on a master, Linux reads its slave's).
+    pub fn settings(&self) -> io::Result<TermSettings> {
+        settings(self.master.get_ref())
+    }
+
     /// A new descriptor of this terminal's slave (non-blocking): krgd's
     /// own way to it, whatever the job did with its descriptors.
     pub fn slave(&self) -> io::Result<OwnedFd> {

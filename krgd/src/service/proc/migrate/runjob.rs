@@ -19,7 +19,7 @@ use krg_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::procfs;
-use super::super::pty::{self, Pty};
+use super::super::pty::Pty;
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
 use super::super::table::{JobEntry, Moved};
@@ -160,11 +160,10 @@ pub struct Prepared {
 /// before its copy here is killed: its settings and size for the new one,
 /// and its foreground process group (`tpgid` of the program).
 fn terminal_of(pty: &Pty, program: i32, map: &[(i32, i32)]) -> std::io::Result<JobTerminal> {
-    let slave = pty.slave()?;
     let fg = procfs::foreground_group(program).unwrap_or(0);
     Ok(JobTerminal {
         winsize: pty.winsize()?,
-        settings: pty::settings(&slave)?,
+        settings: pty.settings()?,
         // a group outside the job (none) is no group to hand it to
         fg_pgid: if map.iter().any(|&(host, _)| host == fg) {
             fg
