@@ -34,6 +34,13 @@ use super::super::spawn::pidfd_open;
 use super::super::state::ProcState;
 use super::{call, STEP_TIMEOUT};
 
+/// How long the origin may take to write one piece of output. A terminal
+/// held by flow control (Ctrl-S), or a pipe nobody reads yet, blocks the
+/// write there as it would block the process at home: the process then
+/// blocks here too, once its pipe is full, instead of being given
+/// SIGPIPE. (The origin failing still ends the wait at once.)
+const OUTPUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The files a moved process's stdout and stderr led to here.
 #[derive(Default, Clone)]
 pub struct Sinks {
@@ -207,7 +214,7 @@ async fn pump(st: &ProcState, origin: NodeId, xfer: u64, mut from: pipe::Receive
             stderr,
             data: buf[..n].to_vec().into(),
         };
-        match call(st, origin, req, STEP_TIMEOUT).await {
+        match call(st, origin, req, OUTPUT_TIMEOUT).await {
             Ok(MigratePeerReply::Ack) => {}
             // its reader there is gone (or the origin is): dropping the
             // read end gives the process SIGPIPE at its next write
