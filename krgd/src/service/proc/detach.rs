@@ -56,6 +56,12 @@ pub struct Output {
     pub stderr: File,
 }
 
+/// The name of job `id`'s output directory (its program's PID in its
+/// namespace, this krgd's PID, the job number: unique on this node).
+pub fn dir_name(pid: i32, id: u64) -> String {
+    format!("{pid}-{}-{id}", std::process::id())
+}
+
 /// Make `<base>/<name>/{stdout,stderr}` for a job of `creds`.
 pub fn create(base: &Path, name: &str, creds: &Credentials) -> std::io::Result<Output> {
     std::fs::create_dir_all(base)?;

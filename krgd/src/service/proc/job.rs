@@ -240,7 +240,7 @@ fn make_stdio(
     id: u64,
 ) -> io::Result<([OwnedFd; 3], Io)> {
     if spec.detach {
-        let name = format!("{}-{}-{id}", pid, std::process::id());
+        let name = detach::dir_name(pid, id);
         let out = detach::create(&st.detach_dir, &name, creds)?;
         let (stdout, stderr) = (out.stdout.try_clone()?, out.stderr.try_clone()?);
         return Ok((

@@ -397,15 +397,7 @@ async fn launch(
     let ev = events.clone();
     let entry2 = entry.clone();
     running.spawn(async move {
-        let mut status = exit.wait().await;
-        // A job that moved: the local init saw its copy killed; the end
-        // that counts comes from the node that runs it now.
-        if let Some(there) = entry2.take_moved_exit() {
-            status = there.await.unwrap_or(ExitStatus::Signal {
-                signal: libc::SIGKILL,
-                core: false,
-            });
-        }
+        let status = job_end(exit, &entry2).await;
         // Output first: the end of a job comes after all it wrote.
         while readers.join_next().await.is_some() {}
         st2.table.remove(entry2.id);
@@ -421,17 +413,24 @@ async fn launch(
     })
 }
 
+/// How a job ended. For a job that moved, the local init saw its copy
+/// killed: the end that counts comes from the node that runs it now.
+async fn job_end(exit: ExitWatch, entry: &JobEntry) -> ExitStatus {
+    let status = exit.wait().await;
+    match entry.take_moved_exit() {
+        Some(there) => there.await.unwrap_or(ExitStatus::Signal {
+            signal: libc::SIGKILL,
+            core: false,
+        }),
+        None => status,
+    }
+}
+
 /// Wait for a detached job's end (from the node that runs it now, if it
 /// moved: the relay has written its output into the files by then) and
 /// record it in its `status` file.
 async fn detached_end(st: Arc<ProcState>, entry: Arc<JobEntry>, exit: ExitWatch) {
-    let mut status = exit.wait().await;
-    if let Some(there) = entry.take_moved_exit() {
-        status = there.await.unwrap_or(ExitStatus::Signal {
-            signal: libc::SIGKILL,
-            core: false,
-        });
-    }
+    let status = job_end(exit, &entry).await;
     if let Some(out) = &entry.output {
         let creds = Credentials {
             uid: entry.uid,

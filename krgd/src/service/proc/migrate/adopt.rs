@@ -192,7 +192,7 @@ pub async fn serve(
         Ok(job) => {
             if job.entry.detached {
                 outlives = Some(detach::Outlives {
-                    name: format!("{}-{}-{}", job.entry.pid, std::process::id(), job.entry.id),
+                    name: detach::dir_name(job.entry.pid, job.entry.id),
                     creds: krg_proto::proc::Credentials {
                         uid: job.entry.uid,
                         gid: job.entry.gid,
