@@ -123,6 +123,10 @@ fn eviction_staleness(
         .then_some(Staleness::Welcomed(w.epoch))
 }
 
+/// How long a Raft core that stopped on its own stays down before it is
+/// started again (a core that fails at once again restarts at this pace).
+const CORE_RESTART_DELAY: Duration = Duration::from_secs(1);
+
 /// Whether leaving deletes the Raft state on disk.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Forget {
@@ -215,7 +219,19 @@ impl ClusterService {
         Ok(())
     }
 
-    async fn start_raft(self: &Arc<Self>, loaded: Loaded) -> Result<Arc<Joined>, String> {
+    /// Start a Raft instance from `loaded`, with its tasks. Boxed as `Send`:
+    /// one of those tasks may start an instance again
+    /// ([`Self::revive_when_dead`]), a cycle the compiler cannot infer
+    /// through.
+    fn start_raft(
+        self: &Arc<Self>,
+        loaded: Loaded,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<Joined>, String>> + Send + '_>>
+    {
+        Box::pin(self.start_raft_now(loaded))
+    }
+
+    async fn start_raft_now(self: &Arc<Self>, loaded: Loaded) -> Result<Arc<Joined>, String> {
         let dir = self.ctx.config.data_dir.join(disk::DIR);
         let resumed = loaded.vote.is_some() || !loaded.log.entries.is_empty();
         let snapshot_floor = loaded
@@ -282,6 +298,7 @@ impl ClusterService {
         let tasks = vec![
             tokio::spawn(self.clone().follow_state(joined.clone())),
             tokio::spawn(detector::run(self.clone(), joined.clone())),
+            tokio::spawn(self.clone().revive_when_dead(joined.clone())),
         ];
         *sync::lock(&joined.tasks) = tasks;
         self.joined_uid.store(loaded.uid, Ordering::SeqCst);
@@ -345,14 +362,7 @@ impl ClusterService {
         let Some(j) = slot.take_if(|j| pred(j)) else {
             return;
         };
-        self.joined_uid.store(0, Ordering::SeqCst);
-        self.ctx.peers.set_resolver(None);
-        sync::lock(&j.tasks).drain(..).for_each(|t| t.abort());
-        if let Err(e) = j.raft.shutdown().await {
-            tracing::warn!(error = %e, "Raft shutdown");
-        }
-        // Nothing of the old instance reaches the directory after this.
-        j.disk.close().await;
+        self.stop_instance(&j).await;
         if forget == Forget::Yes {
             let data_dir = self.ctx.config.data_dir.clone();
             let wiped = tokio::task::spawn_blocking(move || disk::wipe(&data_dir)).await;
@@ -370,6 +380,71 @@ impl ClusterService {
             cluster = format!("{:016x}", j.uid),
             "left cluster"
         );
+        self.publish_view().await;
+    }
+
+    /// Stop `j`'s tasks and its Raft core, and close its log: nothing of
+    /// it reaches the directory after this. Called with the slot locked.
+    async fn stop_instance(&self, j: &Joined) {
+        self.joined_uid.store(0, Ordering::SeqCst);
+        self.ctx.peers.set_resolver(None);
+        sync::lock(&j.tasks).drain(..).for_each(|t| t.abort());
+        if let Err(e) = j.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft shutdown");
+        }
+        j.disk.close().await;
+    }
+
+    /// Wait for `joined`'s Raft core to end without being told to, and
+    /// then start it again from disk, as a krgd restart would. openraft
+    /// runs its core as a task: an assertion failing in it (the fault
+    /// campaign's `Some(log_id) <= self.committed()` in CI) ends that
+    /// task, and the node then answered nothing while its last view still
+    /// said it was healthy. A `leave` aborts this task before it stops the
+    /// core, so only an unrequested end gets here.
+    async fn revive_when_dead(self: Arc<Self>, joined: Arc<Joined>) {
+        let mut metrics = joined.raft.metrics();
+        while metrics.changed().await.is_ok() {}
+        tracing::error!(
+            cluster = format!("{:016x}", joined.uid),
+            "this node's Raft core stopped on its own (see the panic above); \
+             starting it again from disk in {CORE_RESTART_DELAY:?}"
+        );
+        // From another task: replacing the instance aborts this one.
+        tokio::spawn(async move {
+            tokio::time::sleep(CORE_RESTART_DELAY).await;
+            self.restart_from_disk(&joined).await;
+        });
+    }
+
+    /// Replace the instance `dead` (if it is still the current one) by one
+    /// loaded from the directory, in one step under the slot's lock.
+    async fn restart_from_disk(self: &Arc<Self>, dead: &Arc<Joined>) {
+        let mut slot = self.joined.write().await;
+        if !slot.as_ref().is_some_and(|j| Arc::ptr_eq(j, dead)) {
+            return;
+        }
+        self.stop_instance(dead).await;
+        *slot = None;
+        let data_dir = self.ctx.config.data_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || disk::load(&data_dir)).await;
+        let started = match loaded {
+            Ok(Ok(Some(loaded))) => self.start_raft(loaded).await,
+            Ok(Ok(None)) => Err("its Raft state is gone".to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match started {
+            Ok(joined) => {
+                *slot = Some(joined);
+                tracing::info!("Raft started again from disk");
+            }
+            Err(reason) => tracing::error!(
+                %reason,
+                "cannot start Raft again; this node is out of its cluster until krgd restarts"
+            ),
+        }
+        drop(slot);
         self.publish_view().await;
     }
 

@@ -374,7 +374,15 @@ impl ClusterService {
 
     /// The leader this node can currently reach, or a no-quorum error.
     fn reachable_leader(&self, joined: &Joined) -> Result<krg_proto::NodeId, AdminError> {
-        let metrics = joined.raft.metrics().borrow().clone();
+        let watch = joined.raft.metrics();
+        // A core that stopped leaves its last metrics behind: not a leader.
+        if watch.has_changed().is_err() {
+            return Err(AdminError::new(
+                ErrorKind::NoQuorum,
+                "no quorum: this node's Raft stopped (see its log); it starts again from disk",
+            ));
+        }
+        let metrics = watch.borrow().clone();
         let Some(leader) = metrics.current_leader else {
             return Err(no_quorum());
         };

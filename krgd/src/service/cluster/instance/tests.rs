@@ -161,3 +161,52 @@ fn an_old_welcome_no_longer_shields() {
     );
     assert_eq!(eviction_staleness(60, None, 60, 12), None);
 }
+
+/// The fault campaign in CI (seed 567992719): node 1's Raft core panicked
+/// (an openraft assertion) and the node went on answering `healthy` from
+/// its last view, forever. A core that ends on its own makes the node say
+/// `no quorum` at once, and is started again from disk, as a krgd restart
+/// would, with the cluster it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_core_that_stops_on_its_own_is_started_again_from_disk() {
+    use krg_proto::cluster::Health;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    svc.start_cluster().await.unwrap();
+    let healthy = |svc: Arc<ClusterService>| async move {
+        for _ in 0..100 {
+            if svc.status().await.health == Health::Healthy {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        healthy(svc.clone()).await,
+        "a one-node cluster never became healthy"
+    );
+    let before = svc.joined().await.unwrap();
+    let (uid, epoch) = (before.uid, before.state().epoch);
+    // What a panic in the core does to the handle: the core task is gone,
+    // the instance stays in place.
+    before.raft.shutdown().await.unwrap();
+    assert_eq!(
+        svc.status().await.health,
+        Health::NoQuorum,
+        "a dead core said healthy"
+    );
+    assert!(healthy(svc.clone()).await, "the core was not started again");
+    let after = svc.joined().await.unwrap();
+    assert!(!Arc::ptr_eq(&before, &after), "still the dead instance");
+    assert_eq!(
+        (after.uid, after.state().epoch),
+        (uid, epoch),
+        "not the same cluster"
+    );
+    assert!(svc.status().await.members.contains(&1));
+    // Leaving on purpose is not a death: nothing comes back.
+    svc.leave(None).await;
+    tokio::time::sleep(CORE_RESTART_DELAY * 2).await;
+    assert!(svc.joined().await.is_none(), "a left cluster came back");
+}
