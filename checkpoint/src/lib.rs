@@ -9,7 +9,8 @@
 //! removes an SN of a chain of incremental ones. [`captrack`]
 //! follows the CHECKPOINTABLE capability across forks (used by krgd),
 //! woken only by the events it needs through `connfilter`;
-//! [`capclient`] asks krgd about it.
+//! [`capclient`] asks krgd about it. [`standin`] turns a process that
+//! moved into its stand-in on the node it left.
 //!
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
 //! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
@@ -36,6 +37,7 @@ mod ptrace;
 mod ranges;
 pub mod restore;
 pub mod sockopts;
+pub mod standin;
 pub mod store;
 pub mod timings;
 pub mod uffd;

@@ -329,6 +329,26 @@ impl Injector {
 
     /// Run `nr(args)`; returns the raw result (negative errno on failure).
     pub fn raw(&self, nr: libc::c_long, args: [u64; 6]) -> Result<i64> {
+        self.raw_with_event(nr, args).map(|(r, _)| r)
+    }
+
+    /// Run `execve(args)`, with PTRACE_O_TRACEEXEC set on the tracee: Ok
+    /// once the new program is in place (stopped at its exec event, none
+    /// of it run yet), else the call's error.
+    pub fn exec(&self, args: [u64; 6]) -> Result<()> {
+        let (r, event) = self.raw_with_event(libc::SYS_execve, args)?;
+        if event == libc::PTRACE_EVENT_EXEC {
+            return Ok(());
+        }
+        Err(ChkptError::Injected {
+            name: "execve",
+            pid: self.tid,
+            errno: io::Error::from_raw_os_error(-r as i32),
+        })
+    }
+
+    /// [`raw`](Self::raw), and the PTRACE_EVENT_* of the stop it ended at.
+    fn raw_with_event(&self, nr: libc::c_long, args: [u64; 6]) -> Result<(i64, i32)> {
         let mut r = self.saved;
         r.rax = nr as u64;
         r.orig_rax = u64::MAX; // not in a syscall: no restart logic on resume
@@ -344,7 +364,7 @@ impl Injector {
         // more for that group stop (PTRACE_EVENT_STOP) before it runs the
         // step: step again, nothing was executed.
         let mut tries = 0;
-        let sig = loop {
+        let (sig, event) = loop {
             check(
                 // SAFETY: no memory passed.
                 unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, self.tid, 0, 0) },
@@ -353,7 +373,7 @@ impl Injector {
             )?;
             let (sig, event) = wait_status(self.tid)?;
             if event != libc::PTRACE_EVENT_STOP || tries == 3 {
-                break sig;
+                break (sig, event);
             }
             tries += 1;
         };
@@ -367,7 +387,7 @@ impl Injector {
                 ),
             });
         }
-        Ok(get_regs(self.tid)?.rax as i64)
+        Ok((get_regs(self.tid)?.rax as i64, event))
     }
 
     /// Like [`raw`](Self::raw) but turns a negative result into an error.

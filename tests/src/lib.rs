@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod balance;
 pub mod faults;
+pub mod migrating;
 pub mod netlab;
 pub mod serf;
 

@@ -1,5 +1,6 @@
-//! `migrate` between real krgds of a loopback cluster (one kernel: the
-//! moved process keeps its PID, and its parent becomes the target's krgd):
+//! `migrate` between real krgds of a loopback cluster (the moved process
+//! keeps its PID: in a PID namespace of its own behind a stand-in, or, with
+//! `--no-stand-in`, as a child of the target's krgd in the one kernel):
 //! a counter keeps counting from where it was, a multi-threaded process and
 //! a tree with a pipe keep working, `krg ps` shows the new node, the
 //! refusals leave the process running, and a target killed mid-transfer
@@ -10,11 +11,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use krg_tests::{bin, detached_stdio, free_port, serial, wait_for, without_stray_fds, TestCluster};
+use krg_tests::migrating::{capset, err, migrate, moved_host_pid, ppid, ps, socket, Job};
+use krg_tests::{bin, detached_stdio, free_port, serial, wait_for, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -59,20 +61,6 @@ fn metrics(port: u16) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
-fn socket(c: &TestCluster, id: u32) -> PathBuf {
-    c.dir.path().join(format!("krgd{id}.sock"))
-}
-
-/// A test process, killed (by PID, wherever it runs now) when dropped.
-struct Job(i32);
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of a process this test started.
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
-}
-
 /// A job started from the test, with no stray fds; its end is reaped by a
 /// thread (the parent must reap the origin's copy for its PID to be free).
 fn start(script: &str, out: &Path) -> Job {
@@ -82,15 +70,6 @@ fn start(script: &str, out: &Path) -> Job {
     let pid = child.id() as i32;
     std::thread::spawn(move || child.wait());
     Job(pid)
-}
-
-fn capset(c: &TestCluster, via: u32, pid: i32) {
-    let o = Command::new(bin("krgcapset"))
-        .env("KRG_SOCKET", socket(c, via))
-        .args(["-k", &pid.to_string(), "-d", "+CAN_MIGRATE"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// `script` started with its output in `name` under the test's directory,
@@ -119,18 +98,6 @@ fn show_caps(c: &TestCluster, via: u32, pid: i32) -> String {
         .to_string()
 }
 
-fn migrate(c: &TestCluster, via: u32, args: &[&str]) -> Output {
-    Command::new(bin("migrate"))
-        .env("KRG_SOCKET", socket(c, via))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// The last number the counter wrote.
 fn last(out: &Path) -> u64 {
     std::fs::read_to_string(out)
@@ -152,28 +119,6 @@ fn grows(out: &Path, from: u64) -> u64 {
 fn state(pid: i32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s.get(s.rfind(')')? + 2..)?.chars().next()
-}
-
-fn ppid(pid: i32) -> i32 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    s[s.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// (node, pid) rows of krg ps.
-fn ps(c: &TestCluster, via: u32) -> Vec<(u64, i64)> {
-    let o = c.krg(via).unwrap().args(["ps", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["node"].as_u64().unwrap(), r["pid"].as_i64().unwrap()))
-        .collect()
 }
 
 /// Counts in memory; each line: count, pid, and a checksum of a 20 MiB
@@ -245,25 +190,26 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
         .lines()
         .all(|l| l.split(' ').nth(1) == Some(&pid.to_string())));
     assert!(after > before);
-    // what it held on node 1 it holds on node 2: it can be checkpointed there
-    assert_eq!(show_caps(&c, 2, pid), "CHECKPOINTABLE,CAN_MIGRATE");
-    let o = Command::new(bin("checkpoint"))
-        .env("KRG_SOCKET", socket(&c, 2))
-        .arg("--dir")
-        .arg(c.dir.path().join("chkpt"))
-        .arg(pid.to_string())
-        .output()?;
-    assert!(o.status.success(), "checkpoint on node 2: {}", err(&o));
-    // its parent is node 2's krgd now, and krg ps shows it there
-    let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
-    assert_eq!(ppid(pid), krgd2);
+    // It runs in a PID namespace of its own on node 2 (where it is still
+    // `pid`); `pid` here is its stand-in. What it held on node 1 it holds
+    // on node 2 (`threads_and_a_tree_with_a_pipe_move` checkpoints it
+    // there; this one, in a job's namespace now, `checkpoint` refuses).
+    let moved = moved_host_pid(pid);
+    assert_eq!(show_caps(&c, 2, moved), "CHECKPOINTABLE,CAN_MIGRATE");
+    assert_eq!(
+        show_caps(&c, 1, pid),
+        "(none)",
+        "the stand-in holds nothing"
+    );
+    // krg ps shows it there, with its PID
     assert!(ps(&c, 1).contains(&(2, pid as i64)), "{:?}", ps(&c, 1));
+    // a stand-in does not move: its process does, by NODE:PID
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(err(&o).contains("is its stand-in"), "{}", err(&o));
     // NODE:PID names it where it runs; it comes back
     let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
     assert!(o.status.success(), "{}", err(&o));
     grows(&out, last(&out));
-    let krgd1 = c.nodes.get(&1).unwrap().pid().unwrap() as i32;
-    assert_eq!(ppid(pid), krgd1);
     assert!(ps(&c, 2).contains(&(1, pid as i64)));
     // krg kill reaches it where it runs
     let k = c
@@ -315,7 +261,14 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
     assert!(!o.status.success());
     assert!(err(&o).contains("give --tree"), "{}", err(&o));
-    let o = migrate(&c, 1, &["--tree", &pid.to_string(), "2"]);
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args(["-k", &pid.to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    // Without a stand-in (`--no-stand-in`, as a leaving node moves its
+    // processes): the process itself becomes node 2's krgd's child.
+    let o = migrate(&c, 1, &["--no-stand-in", "--tree", &pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
     let after = grows(&out, before);
     let text = in_order(&out, "a line lost or doubled in the pipe");
@@ -327,8 +280,27 @@ fn threads_and_a_tree_with_a_pipe_move() -> Result<()> {
     assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task"))?.count(), 4);
     let krgd2 = c.nodes.get(&2).unwrap().pid().unwrap() as i32;
     assert_eq!(ppid(pid), krgd2);
+    // what it held on node 1 it holds on node 2: it can be checkpointed there
+    assert_eq!(show_caps(&c, 2, pid), "CHECKPOINTABLE,CAN_MIGRATE");
+    let o = Command::new(bin("checkpoint"))
+        .env("KRG_SOCKET", socket(&c, 2))
+        .arg("--dir")
+        .arg(c.dir.path().join("chkpt"))
+        .arg(pid.to_string())
+        .output()?;
+    assert!(o.status.success(), "checkpoint on node 2: {}", err(&o));
     // and back by post-copy: the child's and the threads' memory pulled too
-    let o = migrate(&c, 2, &["--postcopy", "--tree", &pid.to_string(), "1"]);
+    let o = migrate(
+        &c,
+        2,
+        &[
+            "--no-stand-in",
+            "--postcopy",
+            "--tree",
+            &pid.to_string(),
+            "1",
+        ],
+    );
     assert!(o.status.success(), "{}", err(&o));
     grows(&out, after + 3);
     in_order(
@@ -770,95 +742,5 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
         }
     }
     assert!(!c.dir.path().join("data1/migrate/in").join("9-1").exists());
-    Ok(())
-}
-
-/// Prints "N PID" to stdout and "e N" to stderr every 20 ms, forever.
-const PRINTER: &str = r#"
-import os, sys, time
-n = 0
-while True:
-    n += 1
-    sys.stdout.write("%d %d\n" % (n, os.getpid()))
-    sys.stdout.flush()
-    sys.stderr.write("e %d\n" % n)
-    sys.stderr.flush()
-    time.sleep(0.02)
-"#;
-
-/// Lines of `from`, as they come, on a channel.
-fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(from).lines() {
-            let Ok(l) = l else { return };
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// The next `count` lines.
-fn next_lines(rx: &std::sync::mpsc::Receiver<String>, count: usize) -> Vec<String> {
-    (0..count)
-        .map(|_| {
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("the process's output goes on")
-        })
-        .collect()
-}
-
-/// A process started without `krg run`, whose stdout and stderr are
-/// pipes its parent reads (`./sim | …`), moves to node 2 and back: every
-/// line it writes there still comes out of those pipes, in order, none
-/// lost or doubled; once it is killed, its parent's pipes reach their end.
-#[test]
-fn a_moved_process_output_still_reaches_its_pipes() -> Result<()> {
-    let _g = serial();
-    let c = formed(2)?;
-    let mut cmd = Command::new("python3");
-    cmd.args(["-u", "-c", PRINTER])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = without_stray_fds(&mut cmd).spawn()?;
-    let pid = child.id() as i32;
-    let (out, errs_rx) = (
-        lines_of(child.stdout.take().unwrap()),
-        lines_of(child.stderr.take().unwrap()),
-    );
-    std::thread::spawn(move || child.wait());
-    let job = Job(pid);
-    capset(&c, 1, pid);
-    next_lines(&out, 3);
-    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let after = next_lines(&out, 20);
-    let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let home = next_lines(&out, 20);
-    // consecutive numbers, the same PID, through both moves
-    let all: Vec<&String> = after.iter().chain(&home).collect();
-    let first: u64 = all[0].split(' ').next().unwrap().parse()?;
-    for (k, l) in all.iter().enumerate() {
-        assert_eq!(**l, format!("{} {pid}", first + k as u64), "{all:?}");
-    }
-    // stderr too, from its first line on
-    let errs = next_lines(&errs_rx, 40);
-    for (k, l) in errs.iter().enumerate() {
-        assert_eq!(*l, format!("e {}", k + 1), "{errs:?}");
-    }
-    // killed where it runs: the pipes its parent reads end
-    drop(job);
-    wait_for(Duration::from_secs(10), "the end of its stdout", || loop {
-        match out.recv_timeout(Duration::from_millis(100)) {
-            Ok(_) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Some(()),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return None,
-        }
-    })?;
     Ok(())
 }

@@ -26,7 +26,8 @@ Examples:
   migrate 1:4096 3        move the krg run job whose program is 4096 on node 1
                           (its whole tree, its PIDs; krg run keeps its output,
                           input, signals and exit status)
-  migrate --timings 4242 2   and print how long each phase took";
+  migrate --timings 4242 2   and print how long each phase took
+  migrate --no-stand-in 4242 2  leave nothing behind (its parent sees it killed)";
 
 /// Move a running process to another node.
 #[derive(Parser)]
@@ -43,10 +44,15 @@ struct Cli {
     /// the target at once, and bring its memory over from this node behind
     /// it (each page it touches first). Its stopped time no longer grows
     /// with its memory, but until its memory is all in it needs both
-    /// nodes: if the origin fails meanwhile, the process is lost. Not for
-    /// krg run jobs.
+    /// nodes: if the origin fails meanwhile, the process is lost.
     #[arg(long)]
     postcopy: bool,
+    /// Leave no stand-in on this node for a process started without krg
+    /// run: its parent sees it killed at the move (and its output goes on
+    /// through krgd, its stdin becomes /dev/null). Without it, the process
+    /// is replaced here by its stand-in, which its parent waits for.
+    #[arg(long)]
+    no_stand_in: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -91,6 +97,7 @@ async fn run(cli: Cli) -> Result<MigrateReport> {
         to: cli.node,
         tree: cli.tree,
         postcopy: cli.postcopy,
+        no_stand_in: cli.no_stand_in,
     };
     match c
         .call(&AdminRequest::Proc(ProcRequest::Migrate(req)))

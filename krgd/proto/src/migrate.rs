@@ -38,6 +38,11 @@ pub struct MigrateRequest {
     /// Post-copy: send the memory after the process runs on the target
     /// (see [`Offer::postcopy`]).
     pub postcopy: bool,
+    /// Leave no stand-in on the origin for a process that is no `krg run`
+    /// job: its parent sees it killed at the move (a leaving node's
+    /// processes, whose stand-ins would go with the node).
+    #[serde(default)]
+    pub no_stand_in: bool,
 }
 
 /// What a migration did.

@@ -20,6 +20,9 @@
 //!   <- AdminResponse::Proc(ProcReply::Session { jobs })  or  AdminResponse::Error
 //!   then: tool -> krgd  Up frames;  krgd -> tool  Down frames, until the tool closes
 //!
+//! stand-in of a moved process -> krgd (admin socket), the same way:
+//!   AdminRequest::Proc(ProcRequest::StandIn { token })  <- Session { jobs: [node] } ...
+//!
 //! origin krgd -> target krgd (a dedicated, authenticated TCP connection):
 //!   PeerMessage { id: 0, Request(PeerRequest::Proc(ProcPeerRequest::Session(PeerSession))) }
 //!   <- PeerMessage { id: 0, Response(PeerResponse::Proc(ProcPeerReply::Session { jobs })) }
@@ -369,6 +372,14 @@ pub enum ProcRequest {
     },
     /// Move a running process to another node (`migrate`).
     Migrate(crate::migrate::MigrateRequest),
+    /// Sent by the stand-in a process that moved away left on this node
+    /// (`krg`, executed in its place): the connection becomes the session
+    /// stream of the moved process, as for `Run` (module docs). Only the
+    /// process krgd turned into the stand-in of transfer `token` may ask.
+    StandIn {
+        /// The token krgd gave it (its `KRG_STANDIN` variable).
+        token: u64,
+    },
 }
 
 /// Answers of the process service on the admin socket.
@@ -471,6 +482,13 @@ pub enum ProcPeerReply {
     Session {
         /// How many jobs the session has.
         jobs: u32,
+    },
+    /// To `AdoptJob`: the job runs here, as job 0 of the session that
+    /// follows; how long taking it over took, phase by phase (`migrate
+    /// --timings` shows them as the target's).
+    Adopted {
+        /// The target's phases (`target.restart`, `target.restart.*`).
+        phases: Vec<crate::migrate::PhaseTime>,
     },
     /// To `List`.
     List(Vec<ProcRow>),

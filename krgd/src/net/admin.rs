@@ -174,6 +174,10 @@ async fn serve_connection(
             node.proc.serve_run(stream, &caller, run).await;
             return;
         }
+        if let AdminRequest::Proc(ProcRequest::StandIn { token }) = req {
+            node.proc.serve_standin(stream, &caller, token).await;
+            return;
+        }
         let resp: AdminResponse = crate::router::admin(&node, &caller, req).await;
         if write_frame(&mut stream, &resp).await.is_err() {
             return;

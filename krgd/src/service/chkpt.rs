@@ -71,6 +71,14 @@ impl ChkptService {
         }
     }
 
+    /// `pid` is no longer what it was (a stand-in now): neither
+    /// capability holds for it any more.
+    pub fn forget(&self, pid: i32) {
+        for t in [&self.migrate, &self.tracker].into_iter().flatten() {
+            let _ = t.set(pid, false);
+        }
+    }
+
     fn migrate_tracker(&self) -> Result<&CapTracker, AdminError> {
         self.migrate.as_ref().ok_or_else(|| {
             AdminError::new(

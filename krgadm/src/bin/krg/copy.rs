@@ -77,7 +77,7 @@ pub async fn push(
         input: Some(Box::new(file)),
         sink: Box::new(output::Prefixed::new(labels)),
         tty: false,
-        signals: false,
+        signals: None,
     };
     let ends = session::drive(opened, plan).await?;
     Ok(u8::from(ends.iter().any(|e| session::code_of(e) != 0)))
@@ -122,7 +122,7 @@ pub async fn get(socket: &Path, nodes: &NodeSel, source: &Path, dest: Option<&Pa
         input: None,
         sink: Box::new(output::Files::new(labels, paths)),
         tty: false,
-        signals: false,
+        signals: None,
     };
     let ends = session::drive(opened, plan).await?;
     Ok(u8::from(ends.iter().any(|e| session::code_of(e) != 0)))

@@ -9,6 +9,7 @@ mod output;
 mod session;
 mod signals;
 mod spec;
+mod standin;
 mod stdin;
 mod table;
 mod term;
@@ -168,6 +169,13 @@ fn rewrite_kill_signal(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStr
 }
 
 fn main() -> ExitCode {
+    // krgd made this process the stand-in of one that moved (its command
+    // line is that process's, not ours to parse).
+    if let Some(token) = std::env::var_os("KRG_STANDIN") {
+        let socket = std::env::var_os("KRG_SOCKET")
+            .map_or_else(|| PathBuf::from(krg_proto::DEFAULT_SOCKET), PathBuf::from);
+        standin::main(&token.to_string_lossy(), &socket);
+    }
     krg_clidoc::intercept::<Cli>(&manpage::PAGE);
     let cli = Cli::parse_from(rewrite_kill_signal(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Builder::new_current_thread()

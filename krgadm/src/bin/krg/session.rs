@@ -27,13 +27,18 @@ pub struct Opened {
 
 /// Connect to krgd and start `req`.
 pub async fn open(socket: &Path, req: RunRequest) -> Result<Opened> {
+    open_session(socket, ProcRequest::Run(req)).await
+}
+
+/// Connect to krgd and send `req`, which krgd answers with a session.
+pub async fn open_session(socket: &Path, req: ProcRequest) -> Result<Opened> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|err| ProtoError::AdminSocket {
             path: socket.to_path_buf(),
             err,
         })?;
-    write_frame(&mut stream, &AdminRequest::Proc(ProcRequest::Run(req))).await?;
+    write_frame(&mut stream, &AdminRequest::Proc(req)).await?;
     let answer: AdminResponse = read_frame(&mut stream)
         .await
         .context("krgd did not answer")?;
@@ -56,8 +61,8 @@ pub struct Plan {
     pub sink: Box<dyn Sink>,
     /// The jobs run on terminals: raw mode here, window sizes forwarded.
     pub tty: bool,
-    /// Forward this process's signals to the jobs.
-    pub signals: bool,
+    /// Forward these signals of this process to the jobs.
+    pub signals: Option<signals::Listening>,
 }
 
 /// The shell status of a job's end.
@@ -108,8 +113,8 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
     if let Some(input) = plan.input {
         stdin::spawn(input, credit.clone(), tx.clone());
     }
-    if plan.signals {
-        signals::spawn(tx.clone(), plan.tty);
+    if let Some(listening) = plan.signals {
+        signals::spawn(listening, tx.clone(), plan.tty);
     }
     if plan.tty {
         term::raw();
@@ -234,7 +239,7 @@ pub async fn run_command(socket: &Path, a: RunArgs) -> Result<u8> {
         input,
         sink,
         tty: tty.is_some(),
-        signals: true,
+        signals: Some(signals::job()),
     };
     let ends = drive(opened, plan).await?;
     Ok(ends.iter().map(code_of).max().unwrap_or(0))

@@ -5,7 +5,7 @@
 //! the SIGCONT of `fg` resumes both.
 
 use krg_proto::proc::Up;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::term;
@@ -23,12 +23,52 @@ const FORWARDED: &[i32] = &[
     libc::SIGCONT,
 ];
 
+/// Signals a stand-in does not pass on: its own children's ends (the
+/// copies of the moved tree killed at the move), a pipe closed under it
+/// (its output says so), the terminal's stops of a background reader or
+/// writer (it stops itself, as the process would have), and those no
+/// handler may take.
+const NOT_FOR_THE_PROCESS: &[i32] = &[
+    libc::SIGCHLD,
+    libc::SIGPIPE,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGKILL,
+    libc::SIGSTOP,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGSEGV,
+];
+
+/// Signals this process listens to (their handlers are in place), to
+/// pass on once the session runs.
+pub struct Listening(Vec<(i32, Signal)>);
+
+/// Those of a job (`krg run`).
+pub fn job() -> Listening {
+    listen(FORWARDED.iter().copied())
+}
+
+/// Every signal the moved process may be sent (a stand-in's).
+pub fn everything() -> Listening {
+    // 32 and 33 are the C library's own (thread cancellation, setxid)
+    let all = (1..32)
+        .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+        .filter(|s| !NOT_FOR_THE_PROCESS.contains(s));
+    listen(all)
+}
+
+fn listen(signals: impl Iterator<Item = i32>) -> Listening {
+    Listening(
+        signals
+            .filter_map(|sig| Some((sig, signal(SignalKind::from_raw(sig)).ok()?)))
+            .collect(),
+    )
+}
+
 /// Start forwarding; `tty` when the job has a terminal.
-pub fn spawn(tx: UnboundedSender<Up>, tty: bool) {
-    for &sig in FORWARDED {
-        let Ok(mut stream) = signal(SignalKind::from_raw(sig)) else {
-            continue;
-        };
+pub fn spawn(listening: Listening, tx: UnboundedSender<Up>, tty: bool) {
+    for (sig, mut stream) in listening.0 {
         let tx = tx.clone();
         tokio::spawn(async move {
             while stream.recv().await.is_some() {

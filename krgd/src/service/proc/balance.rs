@@ -257,6 +257,7 @@ pub(super) async fn carry_out(
         to,
         tree: false,
         postcopy: false,
+        no_stand_in: false,
     };
     let root = Credentials {
         uid: 0,

@@ -98,8 +98,10 @@ async fn hand_over(st: &Arc<ProcState>) {
             pid,
             to,
             tree: true,
-            // the origin is leaving: nothing may be left to pull from it
+            // the origin is leaving: nothing may be left to pull from it,
+            // nor a stand-in to drive the process from it
             postcopy: false,
+            no_stand_in: true,
         };
         match migrate::migrate(st, req, root.clone(), Origin::Local).await {
             Ok(r) if r.fell_back.is_none() => {

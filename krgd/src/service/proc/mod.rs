@@ -7,7 +7,8 @@
 //! * [`initspec`]: what krgd tells that init (`krg-init`) and hears back.
 //! * [`job`]: one job's start (stdio, terminal, output files) and end;
 //!   [`pushfile`]: `krg push`'s destination, written by krgd.
-//! * [`session`]: a session's jobs on this node, driven by `Up`/`Down` frames.
+//! * [`session`]: a session's jobs on this node, driven by `Up`/`Down` frames;
+//!   [`local_stream`]: a session carried on a local tool's connection.
 //! * [`hub`]: a run as its origin sees it, across nodes ([`remote`] is the
 //!   origin's side of another node's part, [`serve`] the target's).
 //! * [`place`]: where jobs go; [`fanout`]: the cluster-wide views.
@@ -29,6 +30,7 @@ pub mod hub;
 pub mod initspec;
 pub mod job;
 pub mod load;
+pub mod local_stream;
 pub mod lookup;
 pub mod migrate;
 pub mod nodestat;
@@ -55,10 +57,9 @@ use std::time::Duration;
 
 use krg_proto::admin::{AdminError, AdminResponse, ErrorKind};
 use krg_proto::auth::Identity;
-use krg_proto::frame::{read_frame, write_frame};
+use krg_proto::frame::write_frame;
 use krg_proto::proc::{
     Credentials, PeerSession, ProcPeerReply, ProcPeerRequest, ProcReply, ProcRequest, RunRequest,
-    Up,
 };
 use krg_proto::seal::FrameKeys;
 use tokio::net::{TcpStream, UnixStream};
@@ -240,9 +241,9 @@ impl ProcService {
                     .await
                     .map(ProcReply::Migrated)
             }
-            ProcRequest::Run(_) => Err(AdminError::new(
+            ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
-                "a run needs a connection of its own",
+                "a session needs a connection of its own",
             )),
         }
     }
@@ -322,23 +323,13 @@ impl ProcService {
         if write_frame(&mut stream, &reply).await.is_err() {
             return;
         }
-        let (mut rd, mut wr) = stream.into_split();
-        let input = sess.input;
-        let mut events = sess.events;
-        let reader = tokio::spawn(async move {
-            while let Ok(up) = read_frame::<Up, _>(&mut rd).await {
-                if input.send(up).await.is_err() {
-                    return;
-                }
-            }
-            // The tool left: dropping `input` ends the run.
-        });
-        while let Some(ev) = events.recv().await {
-            if write_frame(&mut wr, &ev).await.is_err() {
-                break;
-            }
-        }
-        reader.abort();
+        local_stream::carry(stream, sess.input, sess.events).await;
+    }
+
+    /// Serve the stand-in of a process that moved away, on its admin
+    /// connection (see [`migrate::standin`]).
+    pub async fn serve_standin(&self, stream: UnixStream, caller: &Caller, token: u64) {
+        migrate::standin::serve(&self.st, stream, caller, token).await;
     }
 
     /// Serve a session connection another krgd opened.

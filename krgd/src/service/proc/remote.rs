@@ -15,6 +15,7 @@ use std::time::Duration;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::client_handshake;
 use krg_proto::cluster::NodeState;
+use krg_proto::migrate::PhaseTime;
 use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
 use krg_proto::proc::{
     Credentials, Down, JobSpec, PeerSession, ProcPeerReply, ProcPeerRequest, Up, SESSION_VERSION,
@@ -95,7 +96,9 @@ pub async fn open(
         count,
         can_migrate,
     });
-    open_with(st, node, first, count, OPEN_TIMEOUT).await
+    open_with(st, node, first, count, OPEN_TIMEOUT)
+        .await
+        .map(|(s, _)| s)
 }
 
 /// Hand a migrating `krg run` job to `node`: it restores the job (an
@@ -105,19 +108,20 @@ pub async fn open_adopted(
     node: NodeId,
     adopt: krg_proto::migrate::AdoptJob,
     timeout: Duration,
-) -> Result<Session, AdminError> {
+) -> Result<(Session, Vec<PhaseTime>), AdminError> {
     open_with(st, node, ProcPeerRequest::AdoptJob(adopt), 1, timeout).await
 }
 
 /// A session connection to `node` whose first message is `first`, answered
-/// by a session of `count` jobs within `timeout`.
+/// by a session of `count` jobs within `timeout`; with the target's
+/// phases when it took a job over.
 async fn open_with(
     st: &ProcState,
     node: NodeId,
     first: ProcPeerRequest,
     count: u32,
     timeout: Duration,
-) -> Result<Session, AdminError> {
+) -> Result<(Session, Vec<PhaseTime>), AdminError> {
     let (mut stream, mut keys) = tokio::time::timeout(OPEN_TIMEOUT, connect(st, node))
         .await
         .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
@@ -139,7 +143,12 @@ async fn open_with(
             PeerBody::Response(PeerResponse::Proc(ProcPeerReply::Session { jobs }))
                 if jobs == count =>
             {
-                Ok(())
+                Ok(Vec::new())
+            }
+            PeerBody::Response(PeerResponse::Proc(ProcPeerReply::Adopted { phases }))
+                if count == 1 =>
+            {
+                Ok(phases)
             }
             PeerBody::Response(PeerResponse::Error(e)) => Err(e),
             other => Err(unavailable(node, format!("unexpected answer {other:?}"))),
@@ -147,18 +156,19 @@ async fn open_with(
     })
     .await
     .map_err(|_| unavailable(node, format!("no session within {timeout:?}")))?;
-    opened?;
+    let phases = opened?;
     let (in_tx, in_rx) = mpsc::channel::<Up>(256);
     let (ev_tx, ev_rx) = mpsc::channel::<Down>(64);
     let (rd, wr) = stream.into_split();
     let down = sealed::incoming::<Down>(rd, keys.opener);
     tokio::spawn(write_up(Outgoing::new(wr, keys.sealer), in_rx));
     tokio::spawn(read_down(st.ctx.watch_view(), node, count, down, ev_tx));
-    Ok(Session {
+    let session = Session {
         jobs: count,
         input: in_tx,
         events: ev_rx,
-    })
+    };
+    Ok((session, phases))
 }
 
 async fn write_up(mut wr: Outgoing, mut rx: mpsc::Receiver<Up>) {

@@ -188,8 +188,8 @@ pub async fn serve(
 ) {
     let started = adopt_from(&st, &peer, &open).await;
     let mut outlives = None;
-    let sess: Session = match started {
-        Ok(job) => {
+    let (sess, phases): (Session, _) = match started {
+        Ok((job, phases)) => {
             if job.entry.detached {
                 outlives = Some(detach::Outlives {
                     name: detach::dir_name(job.entry.pid, job.entry.id),
@@ -200,7 +200,7 @@ pub async fn serve(
                     },
                 });
             }
-            session::spawn_started(st.clone(), job)
+            (session::spawn_started(st.clone(), job), phases)
         }
         Err(e) => {
             tracing::warn!(from = peer.node, error = %e.message, "could not take a job over");
@@ -208,24 +208,29 @@ pub async fn serve(
             return;
         }
     };
-    tracing::info!(from = peer.node, pid = open.pid, "took a krg run job over");
+    tracing::info!(
+        from = peer.node,
+        pid = open.pid,
+        "took a job over (a krg run job, or a process that left a stand-in)"
+    );
     serve::carry(
         st,
         stream,
         keys,
         peer,
         sess,
-        ProcPeerReply::Session { jobs: 1 },
+        ProcPeerReply::Adopted { phases },
         outlives,
     )
     .await;
 }
 
+/// The job started, and the phases it took.
 async fn adopt_from(
     st: &Arc<ProcState>,
     peer: &Identity,
     open: &AdoptJob,
-) -> Result<StartedJob, AdminError> {
+) -> Result<(StartedJob, Vec<krg_proto::migrate::PhaseTime>), AdminError> {
     let origin = serve::origin_of(st, peer).await;
     let from = incoming::member(origin)?;
     if open.version != SESSION_VERSION {
@@ -269,5 +274,5 @@ async fn adopt_from(
     let r = start(st, img, &mut clock, lazy).await;
     pulling::settle(pulling.as_ref(), r.is_ok());
     let _ = std::fs::remove_dir_all(&x.root);
-    r
+    r.map(|job| (job, clock.phases))
 }

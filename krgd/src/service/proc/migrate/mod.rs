@@ -22,8 +22,10 @@
 //! - [`runjob`], [`adopt`], [`relay`] — `krg run` jobs: the origin's
 //!   handover, the target taking the job over into a new PID namespace,
 //!   and the relay that keeps the job's session on the origin
-//! - [`stdio`] — a process that is no job: its stdout and stderr still go
-//!   to the pipe or terminal they led to on the origin
+//! - [`standin`] — a process that is no job: it leaves a stand-in in its
+//!   place (bproc's ghost), and runs on the target as a job does
+//! - [`stdio`] — a process without a stand-in: its stdout and stderr still
+//!   go to the pipe or terminal they led to on the origin
 
 pub mod adopt;
 pub mod arrivals;
@@ -38,6 +40,7 @@ pub mod restore;
 pub mod runjob;
 mod send;
 pub mod serving;
+pub mod standin;
 pub mod stdio;
 
 use arrivals::wait_filled;
@@ -297,6 +300,14 @@ async fn move_here(
     }
     fanout::check_online(st, to)?;
     fanout::check_owner(st, to, who.uid)?;
+    if let Some(on) = st.migration.standins.runs_on(pid) {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            format!(
+                "process {pid} runs on node {on}; this is its stand-in (migrate {on}:{pid} {to})"
+            ),
+        ));
+    }
     if let Some(why) = restore::unavailable() {
         return Err(err(
             ErrorKind::Unavailable,
@@ -423,28 +434,55 @@ async fn move_here(
         .copied()
         .filter(|&p| st.caps.is_checkpointable(p))
         .collect();
-    // A process's output (not a job's: its session has it) goes on into
-    // what it led to here.
-    let sinks = match job {
-        Some(_) => stdio::Sinks::default(),
-        None => stdio::take(pid),
-    };
-    stdio::keep(st, to, xfer, sinks.clone());
-    // The handover: from here on the origin's copy is gone.
+    // A process that is no job leaves a stand-in in its place; without
+    // one, its output (not a job's: its session has it) goes on into what
+    // it led to here.
+    let mut made = None;
+    let mut sinks = stdio::Sinks::default();
+    if job.is_none() {
+        sinks = stdio::take(pid);
+        let made_here = match req.no_stand_in {
+            true => Err("none asked for".to_string()),
+            false => standin::make(st, pid, &rep.tasks, plan.owner).await,
+        };
+        match made_here {
+            Ok(m) => made = Some(m),
+            Err(why) => {
+                tracing::warn!(
+                    pid,
+                    why,
+                    "no stand-in: its parent sees it killed at the move"
+                );
+                stdio::keep(st, to, xfer, sinks.clone());
+            }
+        }
+    }
+    // The handover: from here on the origin's copy is gone (but for the
+    // stand-in, which is no copy any more).
     for &p in &rep.tasks {
-        // SAFETY: plain kill(2) of the stopped processes we dumped.
-        unsafe { libc::kill(p, libc::SIGKILL) };
+        if made.is_none() || p != pid {
+            // SAFETY: plain kill(2) of the stopped processes we dumped.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
     }
     let mut unclaimed = None;
-    let committed = match prepared {
-        Some(p) => match runjob::to_target(st, p, to, xfer, &checkpointable).await {
+    let mut unstood = None;
+    let committed = match (prepared, made) {
+        (Some(p), _) => match runjob::to_target(st, p, to, xfer, &checkpointable).await {
             Ok(phases) => Ok((rep.tasks.clone(), phases)),
             Err((why, p)) => {
                 unclaimed = Some(p);
                 Err(why)
             }
         },
-        None => match call(
+        (None, Some(m)) => match m.to_target(st, to, xfer, &checkpointable).await {
+            Ok(phases) => Ok((rep.tasks.clone(), phases)),
+            Err((why, m)) => {
+                unstood = Some(m);
+                Err(why)
+            }
+        },
+        (None, None) => match call(
             st,
             to,
             MigratePeerRequest::Commit {
@@ -485,17 +523,17 @@ async fn move_here(
             );
             // (post-copy: the image is this node's again)
             serving::forget(st, xfer);
-            let back = match unclaimed {
-                Some(p) => {
-                    let img = runjob::Saved {
-                        root: &out,
-                        app: rep.app,
-                        sn: rep.sn,
-                        checkpointable: &checkpointable,
-                    };
-                    runjob::take_back(st, p, img).await
-                }
-                None => {
+            let img = runjob::Saved {
+                root: &out,
+                app: rep.app,
+                sn: rep.sn,
+                checkpointable: &checkpointable,
+            };
+            let taken_as_job = unclaimed.is_some() || unstood.is_some();
+            let back = match (unclaimed, unstood) {
+                (Some(p), _) => runjob::take_back(st, p, img).await,
+                (None, Some(m)) => m.take_back(st, img).await,
+                (None, None) => {
                     stdio::forget(st, to, xfer);
                     let out_fds = sinks.for_restart();
                     restore::restore(&out, rep.app, rep.sn, out_fds)
@@ -510,7 +548,7 @@ async fn move_here(
                     format!("node {to} failed after the handover ({why}) and node {me} could not take process {pid} back ({e2})"),
                 ));
             }
-            if job.is_none() {
+            if !taken_as_job {
                 incoming::adopt(st, &rep.tasks, me, &checkpointable);
             }
             report.to = me;

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use krg_proto::admin::AdminError;
+use krg_proto::proc::{Down, Up};
 use krg_proto::NodeId;
+use tokio::sync::{mpsc, oneshot};
 
 use super::entry::Entry;
 
@@ -44,6 +47,41 @@ pub struct Registry {
     pub filling: Mutex<HashMap<i32, Vec<i32>>>,
     /// Where the output of processes that moved from here goes.
     pub outputs: super::stdio::Kept,
+    /// The stand-ins of processes that moved from here.
+    pub standins: StandIns,
+}
+
+/// A moved process's session, as its stand-in drives it: input towards
+/// the process, events from it.
+pub type StandInStream = (mpsc::Sender<Up>, mpsc::Receiver<Down>);
+
+/// A stand-in made and not connected yet.
+pub struct PendingStandIn {
+    /// Its PID (the moved process's on this node).
+    pub pid: i32,
+    /// Told once it connected.
+    pub claimed: oneshot::Sender<()>,
+    /// The moved process's session once it runs (or why it does not).
+    pub session: oneshot::Receiver<Result<StandInStream, AdminError>>,
+}
+
+/// Stand-ins of processes that moved from here ([`super::standin`]).
+#[derive(Default)]
+pub struct StandIns {
+    /// Not connected yet, by token.
+    pub pending: Mutex<HashMap<u64, PendingStandIn>>,
+    /// Connected, by PID: its start time, and the node its process runs on.
+    pub active: Mutex<HashMap<i32, (u64, NodeId)>>,
+}
+
+impl StandIns {
+    /// The node where the process `pid` stands in for runs, if `pid` is a
+    /// live stand-in.
+    pub fn runs_on(&self, pid: i32) -> Option<NodeId> {
+        let active = crate::sync::lock(&self.active);
+        let &(start, node) = active.get(&pid)?;
+        (start_ticks(pid) == Some(start)).then_some(node)
+    }
 }
 
 impl Registry {

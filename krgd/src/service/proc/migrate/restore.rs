@@ -18,14 +18,37 @@ const PID_WAIT: &str = "10";
 /// The `restart` krgd runs: next to krgd's own executable (a build tree,
 /// `/usr/local/sbin`), else the package's `/usr/bin/restart`.
 pub fn restart_binary() -> PathBuf {
+    installed("restart")
+}
+
+/// A tool of krg: next to krgd, else where the package puts it
+/// (`/usr/bin`).
+pub fn installed(name: &str) -> PathBuf {
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("restart")));
+        .and_then(|p| p.parent().map(|d| d.join(name)));
+    let packaged = PathBuf::from("/usr/bin").join(name);
     beside
         .into_iter()
-        .chain([PathBuf::from("/usr/bin/restart")])
+        .chain([packaged.clone()])
         .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/restart"))
+        .unwrap_or(packaged)
+}
+
+/// Why `bin` may not be run for someone else (root's or a user's
+/// process), if it may not: it must be there, owned and writable by root
+/// only. `what`: how to get it.
+pub fn not_root_only(bin: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(bin) else {
+        return Some(format!("{} is missing ({what})", bin.display()));
+    };
+    (m.uid() != 0 || m.mode() & 0o022 != 0).then(|| {
+        format!(
+            "{} must be owned by root and writable by root only",
+            bin.display()
+        )
+    })
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -35,21 +58,11 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Why this node cannot restore, if it cannot.
 pub fn unavailable() -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let bin = restart_binary();
-    let Ok(m) = std::fs::metadata(&bin) else {
-        return Some(format!(
-            "{} is missing (install restart next to krgd, or the krg package)",
-            bin.display()
-        ));
-    };
     // krgd runs it as root on images users own: only root may change it
-    (m.uid() != 0 || m.mode() & 0o022 != 0).then(|| {
-        format!(
-            "{} must be owned by root and writable by root only (it runs as root)",
-            bin.display()
-        )
-    })
+    not_root_only(
+        &restart_binary(),
+        "install restart next to krgd, or the krg package",
+    )
 }
 
 /// Where a migrated `krg run` job is restored: into the PID namespace of

@@ -238,9 +238,9 @@ pub async fn to_target(
         detached: p.entry.detached,
     };
     match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
-        Ok(sess) => {
+        Ok((sess, phases)) => {
             start_relay(p, sess, to);
-            Ok(Vec::new())
+            Ok(phases)
         }
         Err(e) => Err((e.message, p)),
     }

@@ -1,0 +1,110 @@
+//! `krg` as the stand-in of a process that moved to another node (bproc's
+//! ghost). krgd executes `krg` in the stopped process's place, with the
+//! process's command line and `KRG_STANDIN` set (see krgd's
+//! `migrate::standin`); the stand-in keeps the process's PID, parent,
+//! process group and fds 0-2. It drives the moved process's session as
+//! `krg run` drives a job's: output to its stdout and stderr, its stdin
+//! when that is a pipe, every signal it is sent passed on, and it ends as
+//! the process ends — the same exit code, or killed by the same signal —
+//! so that the parent's `wait()` gets the real status.
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use krg_proto::proc::{ExitStatus, ProcRequest};
+
+use crate::output::{self, End, Labels};
+use crate::session::{self, Plan};
+use crate::signals;
+
+/// Run as the stand-in of token `token` (hexadecimal); never returns.
+pub fn main(token: &str, socket: &Path) -> ! {
+    let blocked = prepare_signals();
+    let Ok(token) = u64::from_str_radix(token, 16) else {
+        eprintln!("krg: KRG_STANDIN is not a stand-in token");
+        die_by(libc::SIGKILL, &blocked)
+    };
+    let end = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(stand_in(token, socket, &blocked)));
+    match end {
+        Ok(End::Exited(ExitStatus::Code(c))) => std::process::exit(c),
+        Ok(End::Exited(ExitStatus::Signal { signal, .. })) => die_by(signal, &blocked),
+        Ok(_) => die_by(libc::SIGKILL, &blocked),
+        Err(e) => {
+            eprintln!("krg: the stand-in of a moved process lost it: {e:#}");
+            die_by(libc::SIGKILL, &blocked)
+        }
+    }
+}
+
+async fn stand_in(
+    token: u64,
+    socket: &Path,
+    blocked: &nix::sys::signal::SigSet,
+) -> anyhow::Result<End> {
+    let opened = session::open_session(socket, ProcRequest::StandIn { token }).await?;
+    let labels = Labels {
+        nodes: opened.jobs.clone(),
+        per_node: 1,
+    };
+    // Input only from a pipe: a terminal is its shell's to read (reading
+    // it in the background would stop the stand-in), and a file the
+    // process had open as stdin moved with it.
+    let input = stdin_is_pipe().then(|| Box::new(std::io::stdin()) as Box<dyn Read + Send>);
+    let listening = signals::everything();
+    // Handlers are in place: the signals that came meanwhile go on too.
+    let _ = blocked.thread_unblock();
+    let plan = Plan {
+        image: None,
+        input,
+        sink: Box::new(output::Plain { labels }),
+        tty: false,
+        signals: Some(listening),
+    };
+    let ends = session::drive(opened, plan).await?;
+    ends.into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("krgd reported no end"))
+}
+
+fn stdin_is_pipe() -> bool {
+    nix::sys::stat::fstat(std::io::stdin().as_fd())
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+}
+
+/// The mask the process left (krgd blocked everything to run its calls):
+/// keep it all blocked until handlers are in place, and drop the SIGCONT
+/// krgd sent to start the stand-in (it is no signal for the process).
+fn prepare_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let all = SigSet::all();
+    let _ = all.thread_block();
+    let cont = SigSet::from(Signal::SIGCONT);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid set and timespec; a NULL info pointer is allowed.
+    unsafe { libc::sigtimedwait(cont.as_ref(), std::ptr::null_mut(), &zero) };
+    all
+}
+
+/// End killed by `sig`, as the process was: no handler, no core (the
+/// stand-in has nothing of the process to dump).
+fn die_by(sig: i32, blocked: &nix::sys::signal::SigSet) -> ! {
+    // SAFETY: prctl, signal and raise with plain values; nothing else runs
+    // on this thread's behalf any more.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+        libc::signal(sig, libc::SIG_DFL);
+    }
+    let _ = blocked.thread_unblock();
+    // SAFETY: as above.
+    unsafe { libc::raise(sig) };
+    // a signal whose default is not to end (a stop, or one ignored)
+    std::process::exit(128 + sig)
+}

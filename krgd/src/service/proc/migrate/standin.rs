@@ -1,0 +1,306 @@
+//! The stand-in (bproc's ghost) that a process started without `krg run`
+//! leaves on the node it moves from, so that its parent and its shell see
+//! no difference.
+//!
+//! While the dumped process is stopped, the origin turns it into its own
+//! stand-in: injected system calls close its files above fd 2 and execute
+//! `krg` in its place ([`checkpoint::standin`]), with the process's own
+//! command line (what `ps` shows) and a token in `KRG_STANDIN`. The
+//! stand-in keeps what its parent and its shell know: its PID, its parent,
+//! its process group and session, its fds 0-2. It connects to this krgd
+//! ([`serve`]: only the process krgd made may claim the token) and drives
+//! the moved process's session as `krg run` drives a job's: what the
+//! process prints comes out of the stand-in's stdout and stderr, its stdin
+//! (a pipe) goes there, the signals it is sent go there, and it ends as
+//! the process ends (the same exit code, or killed by the same signal), so
+//! the parent's `wait()` gets the real status.
+//!
+//! On the target the process is taken over as a `krg run` job is
+//! ([`super::adopt`]): in a PID namespace of its own where every PID of
+//! the tree keeps its number, so its `getpid()` is what it was although
+//! the stand-in holds that PID in the one kernel of a local cluster.
+//!
+//! A process that cannot have a stand-in (a seccomp filter would hold it;
+//! `krg` is not installed next to krgd) moves as before: its parent sees
+//! it killed (see docs/migration.md).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use krg_proto::admin::{AdminError, AdminResponse, ErrorKind};
+use krg_proto::frame::write_frame;
+use krg_proto::migrate::{AdoptJob, PhaseTime};
+use krg_proto::proc::{ProcReply, SESSION_VERSION};
+use krg_proto::NodeId;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+use super::super::local_stream;
+use super::super::session::{self, Session};
+use super::super::state::ProcState;
+use super::adopt::{self, JobImage};
+use super::registry::{start_ticks, PendingStandIn, StandInStream};
+use super::restore::{self, Lazy};
+use super::{runjob, Clock};
+use crate::caller::Caller;
+
+/// The variable that carries the token, and tells `krg` it is a stand-in.
+pub const TOKEN_VAR: &str = "KRG_STANDIN";
+/// How long the stand-in may take to start and connect.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connected stand-in waits for its process to run somewhere.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the target may take to take the process over.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(150);
+/// The longest command line given to the stand-in.
+const MAX_CMDLINE: usize = 64 << 10;
+
+/// A stand-in that runs and is connected, waiting for its process's session.
+pub struct Made {
+    pid: i32,
+    uid: u32,
+    gid: u32,
+    /// Every PID and TID of the moved tree, mapped to itself.
+    map: Vec<(i32, i32)>,
+    session: oneshot::Sender<Result<StandInStream, AdminError>>,
+}
+
+/// Every PID and TID of the stopped tree `tasks`, each keeping its number
+/// (read before the root becomes a stand-in: its threads go then).
+pub fn same_numbers(tasks: &[i32]) -> Vec<(i32, i32)> {
+    let mut map = Vec::new();
+    for &p in tasks {
+        let tids = checkpoint::procfs::threads(p).unwrap_or_default();
+        for t in std::iter::once(p).chain(tids) {
+            if !map.contains(&(t, t)) {
+                map.push((t, t));
+            }
+        }
+    }
+    map
+}
+
+/// Why `pid` cannot have a stand-in, if it cannot.
+fn unsuitable(pid: i32, program: &std::path::Path) -> Option<String> {
+    if let Some(why) =
+        restore::not_root_only(program, "install krg next to krgd, or the krg package")
+    {
+        return Some(why);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let seccomp = checkpoint::procfs::status_field(&status, "Seccomp").unwrap_or("0");
+    (seccomp.trim() != "0")
+        .then(|| "it runs under a seccomp filter, which would hold its stand-in too".into())
+}
+
+/// The command line of `pid`, as `ps` shows it.
+fn cmdline(pid: i32) -> Vec<Vec<u8>> {
+    let mut raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.truncate(MAX_CMDLINE);
+    let args: Vec<Vec<u8>> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if args.is_empty() {
+        let comm = std::fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
+        return vec![comm.trim_ascii_end().to_vec()];
+    }
+    args
+}
+
+/// The primary group of `pid`.
+fn gid_of(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    checkpoint::procfs::status_ids(&status, "Gid")
+        .ok()?
+        .first()
+        .copied()
+}
+
+/// Turn `pid` (the root of the stopped tree `tasks`, owned by `uid`) into
+/// its stand-in, and wait until it connected. Err: why not; the process
+/// must then be killed, as it may have lost its files already.
+pub async fn make(st: &Arc<ProcState>, pid: i32, tasks: &[i32], uid: u32) -> Result<Made, String> {
+    let program = restore::installed("krg");
+    if let Some(why) = unsuitable(pid, &program) {
+        return Err(why);
+    }
+    let map = same_numbers(tasks);
+    let gid = gid_of(pid).ok_or("cannot read its group")?;
+    let argv = cmdline(pid);
+    let token: u64 = rand::random();
+    let (claimed_tx, claimed) = oneshot::channel();
+    let (session, session_rx) = oneshot::channel();
+    crate::sync::lock(&st.migration.standins.pending).insert(
+        token,
+        PendingStandIn {
+            pid,
+            claimed: claimed_tx,
+            session: session_rx,
+        },
+    );
+    let env = vec![
+        format!("{TOKEN_VAR}={token:x}"),
+        format!("KRG_SOCKET={}", st.ctx.config.socket.display()),
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+    ];
+    let became = tokio::task::spawn_blocking(move || {
+        let s = checkpoint::standin::StandIn {
+            program: &program.to_string_lossy(),
+            argv: &argv,
+            env: &env,
+        };
+        checkpoint::standin::become_stand_in(pid, &s).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    let forget = || crate::sync::lock(&st.migration.standins.pending).remove(&token);
+    if let Err(e) = became {
+        forget();
+        return Err(e);
+    }
+    // It held them as the process; a stand-in neither moves nor is saved.
+    st.caps.forget(pid);
+    // SAFETY: plain kill(2) of the stand-in, which stays stopped until then.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    match tokio::time::timeout(CLAIM_TIMEOUT, claimed).await {
+        Ok(Ok(())) => Ok(Made {
+            pid,
+            uid,
+            gid,
+            map,
+            session,
+        }),
+        _ => {
+            forget();
+            Err(format!(
+                "its stand-in did not connect within {CLAIM_TIMEOUT:?}"
+            ))
+        }
+    }
+}
+
+impl Made {
+    /// Hand the process (transfer `xfer`) to `to` as a job whose PIDs keep
+    /// their numbers; the stand-in then drives its session. On failure
+    /// `self` comes back for [`Made::take_back`].
+    pub async fn to_target(
+        self,
+        st: &ProcState,
+        to: NodeId,
+        xfer: u64,
+        checkpointable: &[i32],
+    ) -> Result<Vec<PhaseTime>, (String, Made)> {
+        let adopt = AdoptJob {
+            version: SESSION_VERSION,
+            xfer,
+            pid: self.pid,
+            map: self.map.clone(),
+            terminal: None,
+            checkpointable: checkpointable.to_vec(),
+            detached: false,
+        };
+        match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
+            Ok((sess, phases)) => {
+                self.run(st, to, Ok(sess));
+                Ok(phases)
+            }
+            Err(e) => Err((e.message, self)),
+        }
+    }
+
+    /// The target failed after the handover: restore the process here,
+    /// in a namespace of its own as on a target, for the stand-in.
+    pub async fn take_back(
+        self,
+        st: &Arc<ProcState>,
+        saved: runjob::Saved<'_>,
+    ) -> Result<(), String> {
+        let img = JobImage {
+            root: saved.root,
+            app: saved.app,
+            sn: saved.sn,
+            pid: self.pid,
+            map: self.map.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            origin: st.node(),
+            terminal: None,
+            checkpointable: saved.checkpointable.to_vec(),
+            detached: false,
+        };
+        match adopt::start(st, img, &mut Clock::new(), Lazy::No).await {
+            Ok(job) => {
+                let sess = session::spawn_started(st.clone(), job);
+                self.run(st, st.node(), Ok(sess));
+                Ok(())
+            }
+            Err(e) => {
+                let why = e.message.clone();
+                self.run(st, st.node(), Err(e));
+                Err(why)
+            }
+        }
+    }
+
+    fn run(self, st: &ProcState, on: NodeId, sess: Result<Session, AdminError>) {
+        if let (Ok(_), Some(start)) = (&sess, start_ticks(self.pid)) {
+            crate::sync::lock(&st.migration.standins.active).insert(self.pid, (start, on));
+        }
+        let _ = self.session.send(sess.map(|s| (s.input, s.events)));
+    }
+}
+
+fn refuse(kind: ErrorKind, msg: impl Into<String>) -> AdminResponse {
+    AdminResponse::Error(AdminError::new(kind, msg))
+}
+
+/// A stand-in connected with `token`: once its process runs, carry the
+/// process's session on its connection.
+pub async fn serve(st: &Arc<ProcState>, mut stream: UnixStream, caller: &Caller, token: u64) {
+    let pending = {
+        let mut p = crate::sync::lock(&st.migration.standins.pending);
+        match p.get(&token) {
+            // The token is only the stand-in's: a process that read it
+            // (its owner may read its environment) is not the stand-in.
+            Some(s) if caller.pid == Some(s.pid) => p.remove(&token),
+            _ => None,
+        }
+    };
+    let Some(pending) = pending else {
+        let no = refuse(ErrorKind::PermissionDenied, "not a stand-in of this node");
+        let _ = write_frame(&mut stream, &no).await;
+        return;
+    };
+    let pid = pending.pid;
+    let _ = pending.claimed.send(());
+    let answer = match tokio::time::timeout(SESSION_TIMEOUT, pending.session).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(AdminError::new(
+            ErrorKind::Internal,
+            "the migration gave up",
+        )),
+        Err(_) => Err(AdminError::new(
+            ErrorKind::Unavailable,
+            format!("the process did not run anywhere within {SESSION_TIMEOUT:?}"),
+        )),
+    };
+    let (input, events) = match answer {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = write_frame(&mut stream, &AdminResponse::Error(e)).await;
+            return;
+        }
+    };
+    let on = crate::sync::lock(&st.migration.standins.active)
+        .get(&pid)
+        .map_or(st.node(), |&(_, n)| n);
+    let reply = AdminResponse::Proc(ProcReply::Session { jobs: vec![on] });
+    if write_frame(&mut stream, &reply).await.is_ok() {
+        local_stream::carry(stream, input, events).await;
+    }
+    crate::sync::lock(&st.migration.standins.active).remove(&pid);
+    tracing::info!(pid, "a stand-in's process ended (or the stand-in did)");
+}

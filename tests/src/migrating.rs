@@ -1,0 +1,141 @@
+//! What the migration tests share: a process killed when dropped, its
+//! CAN_MIGRATE, `migrate`, `krg ps`, and its output read line by line.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::{bin, TestCluster};
+
+/// Admin socket of node `id`.
+pub fn socket(c: &TestCluster, id: u32) -> PathBuf {
+    c.dir.path().join(format!("krgd{id}.sock"))
+}
+
+/// A test process, killed (by PID, wherever it runs now) when dropped.
+pub struct Job(pub i32);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of a process this test started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// Give `pid` CAN_MIGRATE through node `via`.
+pub fn capset(c: &TestCluster, via: u32, pid: i32) {
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(c, via))
+        .args(["-k", &pid.to_string(), "-d", "+CAN_MIGRATE"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `migrate ARGS` through node `via`.
+pub fn migrate(c: &TestCluster, via: u32, args: &[&str]) -> Output {
+    Command::new(bin("migrate"))
+        .env("KRG_SOCKET", socket(c, via))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The parent PID of `pid`.
+pub fn ppid(pid: i32) -> i32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    s[s.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// (node, pid) rows of krg ps.
+pub fn ps(c: &TestCluster, via: u32) -> Vec<(u64, i64)> {
+    let o = c.krg(via).unwrap().args(["ps", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["node"].as_u64().unwrap(), r["pid"].as_i64().unwrap()))
+        .collect()
+}
+
+/// Prints a numbered line with its PID to stdout, and one to stderr, every 20 ms.
+pub const PRINTER: &str = r#"
+import os, sys, time
+n = 0
+while True:
+    n += 1
+    sys.stdout.write("%d %d\n" % (n, os.getpid()))
+    sys.stdout.flush()
+    sys.stderr.write("e %d\n" % n)
+    sys.stderr.flush()
+    time.sleep(0.02)
+"#;
+
+/// Lines of `from`, as they come, on a channel.
+pub fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(from).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next `count` lines.
+pub fn next_lines(rx: &std::sync::mpsc::Receiver<String>, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the process's output goes on")
+        })
+        .collect()
+}
+
+/// The host PID of the moved copy of process `pid`: a process that moved
+/// with a stand-in runs in a PID namespace of its own where it is still
+/// `pid`, while the stand-in holds `pid` itself. Waits (5 s) until exactly
+/// one live process is that.
+pub fn moved_host_pid(pid: i32) -> i32 {
+    let find = || {
+        let mut hits = Vec::new();
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(host) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+                continue;
+            };
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"));
+            let ids: Vec<i32> = nspid
+                .map(|l| {
+                    l.split_whitespace()
+                        .filter_map(|t| t.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !zombie && host != pid && ids.last() == Some(&pid) && ids.len() > 1 {
+                hits.push(host);
+            }
+        }
+        (hits.len() == 1).then(|| hits[0])
+    };
+    crate::wait_for(Duration::from_secs(5), "the moved copy", find).unwrap()
+}

@@ -1,0 +1,161 @@
+//! A process started without `krg run` leaves a stand-in (bproc's ghost)
+//! in its place on the node it moves from: its parent waits for it, its
+//! output still comes out of its pipes, and signals sent to its PID there
+//! reach it where it runs. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use krg_tests::migrating::{capset, err, lines_of, migrate, next_lines, ppid, ps, Job, PRINTER};
+use krg_tests::{serial, wait_for, without_stray_fds, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn formed(n: u32) -> Result<TestCluster> {
+    TestCluster::loopback(n)?.formed(n, SETTLE)
+}
+
+/// A process started without `krg run`, whose stdout and stderr are
+/// pipes its parent reads (`./sim | …`), moves to node 2 and back: every
+/// line it writes there still comes out of those pipes, in order, none
+/// lost or doubled; once it is killed, its parent's pipes reach their end.
+#[test]
+fn a_moved_process_output_still_reaches_its_pipes() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", PRINTER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    let (out, errs_rx) = (
+        lines_of(child.stdout.take().unwrap()),
+        lines_of(child.stderr.take().unwrap()),
+    );
+    std::thread::spawn(move || child.wait());
+    let job = Job(pid);
+    capset(&c, 1, pid);
+    next_lines(&out, 3);
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let after = next_lines(&out, 20);
+    let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let home = next_lines(&out, 20);
+    // consecutive numbers, the same PID, through both moves
+    let all: Vec<&String> = after.iter().chain(&home).collect();
+    let first: u64 = all[0].split(' ').next().unwrap().parse()?;
+    for (k, l) in all.iter().enumerate() {
+        assert_eq!(**l, format!("{} {pid}", first + k as u64), "{all:?}");
+    }
+    // stderr too, from its first line on
+    let errs = next_lines(&errs_rx, 40);
+    for (k, l) in errs.iter().enumerate() {
+        assert_eq!(*l, format!("e {}", k + 1), "{errs:?}");
+    }
+    // killed where it runs: the pipes its parent reads end
+    drop(job);
+    wait_for(Duration::from_secs(10), "the end of its stdout", || loop {
+        match out.recv_timeout(Duration::from_millis(100)) {
+            Ok(_) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Some(()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return None,
+        }
+    })?;
+    Ok(())
+}
+
+/// Says `up PID`, a line for each SIGUSR1 (with the PID it sees), and
+/// leaves with code 7 on SIGTERM; SIGHUP ends it (Python's default).
+const WAITED: &str = r#"
+import os, signal, sys, time
+def usr1(s, f):
+    sys.stdout.write("usr1 %d\n" % os.getpid()); sys.stdout.flush()
+def term(s, f):
+    sys.stdout.write("term\n"); sys.stdout.flush(); os._exit(7)
+signal.signal(signal.SIGUSR1, usr1)
+signal.signal(signal.SIGTERM, term)
+sys.stdout.write("up %d\n" % os.getpid()); sys.stdout.flush()
+while True:
+    time.sleep(0.02)
+"#;
+
+/// WAITED started by this test (its parent), stdout a pipe read here,
+/// flagged CAN_MIGRATE, moved to node 2.
+fn moved_child(c: &TestCluster) -> Result<(Child, Receiver<String>, Job)> {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", WAITED])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    let job = Job(pid);
+    let out = lines_of(child.stdout.take().unwrap());
+    capset(c, 1, pid);
+    assert_eq!(next_lines(&out, 1), [format!("up {pid}")]);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    let o = migrate(c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    // The PID on node 1 is the stand-in now: `krg` in the process's place,
+    // still this test's child, showing the process's command line to ps.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    assert_eq!(exe.file_name().unwrap(), "krg", "{exe:?}");
+    assert_eq!(std::fs::read(format!("/proc/{pid}/cmdline"))?, cmdline);
+    assert_eq!(ppid(pid), std::process::id() as i32);
+    // krg ps shows it where it runs, with its PID
+    assert!(ps(c, 1).contains(&(2, pid as i64)), "{:?}", ps(c, 1));
+    Ok((child, out, job))
+}
+
+/// The child's end, as its parent's `wait()` gets it.
+fn waited(child: &mut Child) -> Result<ExitStatus> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the parent's wait() got nothing within 15 s")
+}
+
+/// bproc's ghost: the parent of a process started without `krg run` (a
+/// shell, here the test) still has its child after the move. Signals sent
+/// to its PID on node 1 run its handlers on node 2 (where `getpid()` is
+/// still that PID), and the parent's `wait()` gets its real end: exit
+/// code 7 from its own SIGTERM handler; killed by SIGHUP when `krg kill`
+/// sends that where it runs.
+#[test]
+fn a_moved_process_leaves_a_stand_in_its_parent_waits_for() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let (mut child, out, _job) = moved_child(&c)?;
+    let pid = child.id() as i32;
+    // SAFETY: kill(2) of this test's child (the stand-in).
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert_eq!(next_lines(&out, 1), [format!("usr1 {pid}")]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(next_lines(&out, 1), ["term"]);
+    assert_eq!(waited(&mut child)?.code(), Some(7));
+    wait_for(Duration::from_secs(10), "node 2 to list it no more", || {
+        (!ps(&c, 1).contains(&(2, pid as i64))).then_some(())
+    })?;
+
+    let (mut child, _out, _job) = moved_child(&c)?;
+    let pid = child.id() as i32;
+    let o = c
+        .krg(1)?
+        .args(["kill", "-s", "HUP", &format!("2:{pid}")])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(waited(&mut child)?.signal(), Some(libc::SIGHUP));
+    Ok(())
+}
