@@ -385,7 +385,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cat $SCHED/schedulers/balance/balance_policy/decisions   # three moves, to nodes 2, 3 and 4
     krg ps                                                   # then: kill PID ... of the four
 
-  Migration (a krg run job keeps its PIDs, its output, input and exit status):
+  Migration (a process keeps its PIDs, its output, input and exit status):
     krgcapset -d +CAN_MIGRATE                  # this shell's children, and its krg run jobs, may move
     krg run -n 1 -- sh -c 'i=0; while :; do i=\$((i+1)); echo "\$\$ \$i"; sleep 1; done' &
     krg ps                                     # node 1, PID 4096 (its PID in its own namespace)
@@ -396,6 +396,9 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     migrate 1:PID 2                            # PID as krg ps shows it: it runs on node 2, its output file stays on node 1
     krg run -t -n 1 -- bash                    # then, from another shell: migrate 1:PID 3 (PID from krg ps)
                                                # the shell goes on, on a terminal of node 3: job control, Ctrl-C, resizes
+    sh -c 'for i in \$(seq 20); do echo \$i; sleep 1; done; exit 3' &   # a plain process (no krg run)
+    migrate --tree \$! 2; ps -o pid,args -p \$!   # its stand-in keeps its PID here (krg, showing its command line)
+    wait \$!; echo \$?                         # its lines came out here; the shell gets its real status: 3 (kill \$! reaches it too)
     python3 -c 'import time; b = b"krg" * (70 << 20); time.sleep(3600)' &
     krgcapset -k \$! -d +CAN_MIGRATE; migrate --postcopy --timings \$! 2   # runs on node 2 at once, its 200 MiB pulled behind it
 

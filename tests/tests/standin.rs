@@ -10,8 +10,10 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use krg_tests::migrating::{capset, err, lines_of, migrate, next_lines, ppid, ps, Job, PRINTER};
-use krg_tests::{serial, wait_for, without_stray_fds, TestCluster};
+use krg_tests::migrating::{
+    capset, err, lines_of, migrate, next_lines, ppid, ps, socket, Job, PRINTER,
+};
+use krg_tests::{bin, serial, wait_for, without_stray_fds, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -128,7 +130,8 @@ fn waited(child: &mut Child) -> Result<ExitStatus> {
 
 /// bproc's ghost: the parent of a process started without `krg run` (a
 /// shell, here the test) still has its child after the move. Signals sent
-/// to its PID on node 1 run its handlers on node 2 (where `getpid()` is
+/// to its PID on node 1 (`kill`, or `krg kill 1:PID`) run its handlers on
+/// node 2 (where `getpid()` is
 /// still that PID), and the parent's `wait()` gets its real end: exit
 /// code 7 from its own SIGTERM handler; killed by SIGHUP when `krg kill`
 /// sends that where it runs.
@@ -138,10 +141,32 @@ fn a_moved_process_leaves_a_stand_in_its_parent_waits_for() -> Result<()> {
     let c = formed(2)?;
     let (mut child, out, _job) = moved_child(&c)?;
     let pid = child.id() as i32;
-    // SAFETY: kill(2) of this test's child (the stand-in).
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    // Its token, which its owner may read, claims nothing for another
+    // process: krgd gives the session only to the stand-in's PID.
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let token = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"KRG_STANDIN="))
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .expect("the stand-in's token");
+    let thief = Command::new(bin("krg"))
+        .env("KRG_STANDIN", &token)
+        .env("KRG_SOCKET", socket(&c, 1))
+        .output()?;
+    assert_eq!(thief.status.signal(), Some(libc::SIGKILL));
+    assert!(
+        err(&thief).contains("not a stand-in of this node"),
+        "{}",
+        err(&thief)
+    );
+    // `krg kill` of the PID on node 1 (the stand-in's) reaches it too
+    let o = c
+        .krg(1)?
+        .args(["kill", "-s", "USR1", &format!("1:{pid}")])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
     assert_eq!(next_lines(&out, 1), [format!("usr1 {pid}")]);
-    // SAFETY: as above.
+    // SAFETY: kill(2) of this test's child (the stand-in).
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(next_lines(&out, 1), ["term"]);
     assert_eq!(waited(&mut child)?.code(), Some(7));
@@ -157,5 +182,38 @@ fn a_moved_process_leaves_a_stand_in_its_parent_waits_for() -> Result<()> {
         .output()?;
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(waited(&mut child)?.signal(), Some(libc::SIGHUP));
+    Ok(())
+}
+
+/// A shell and its child move together (`--tree`): the stand-in is the
+/// shell's, its output goes on, the copies of the children killed here
+/// leave no zombies under it, and the shell's exit code reaches its parent.
+#[test]
+fn a_tree_leaves_one_stand_in_and_no_zombies() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let script =
+        "echo up $$; i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo $i; sleep 0.05; done; exit 4";
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    let _job = Job(pid);
+    let out = lines_of(child.stdout.take().unwrap());
+    capset(&c, 1, pid);
+    assert_eq!(next_lines(&out, 2), [format!("up {pid}"), "1".to_string()]);
+    let o = migrate(&c, 1, &["--tree", &pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let seen: Vec<u32> = next_lines(&out, 5)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    assert_eq!(children.trim(), "", "the stand-in keeps children");
+    assert_eq!(waited(&mut child)?.code(), Some(4));
     Ok(())
 }

@@ -90,6 +90,10 @@ fn prepare_signals() -> nix::sys::signal::SigSet {
     };
     // SAFETY: a valid set and timespec; a NULL info pointer is allowed.
     unsafe { libc::sigtimedwait(cont.as_ref(), std::ptr::null_mut(), &zero) };
+    // The process's children moved with it; krgd kills their copies here
+    // once the stand-in is connected, and the kernel reaps them.
+    // SAFETY: setting a disposition; no handler runs.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     all
 }
 

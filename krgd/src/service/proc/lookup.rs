@@ -58,7 +58,10 @@ pub fn kill(
         .into_iter()
         .filter(|f| f.pid == pid)
         .collect();
-    if found.is_empty() && st.migration.adopted_pids().contains(&pid) {
+    // A process that migrated in, or the stand-in of one that moved on
+    // (which passes the signal on to it), is signalled by its host PID.
+    let standin = st.migration.standins.runs_on(pid).is_some();
+    if found.is_empty() && (standin || st.migration.adopted_pids().contains(&pid)) {
         return kill_adopted(node, pid, signal, who, origin);
     }
     let target = match found.as_slice() {

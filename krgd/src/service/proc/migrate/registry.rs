@@ -1,7 +1,9 @@
 //! This node's record of migrations, as data: the images being received
 //! ([`Transfers`]) and served ([`Serving`]), the processes and `krg run`
-//! jobs that migrated in (for `krg ps`, balancing's `min_residency`), and
-//! the page servers still filling the memory of processes restored lazily.
+//! jobs that migrated in (for `krg ps`, balancing's `min_residency`), the
+//! page servers still filling the memory of processes restored lazily, and
+//! what processes that moved from here left: their output's sinks, their
+//! stand-ins.
 //! What is done with it is in [`incoming`](super::incoming),
 //! [`serving`](super::serving) and [`arrivals`](super::arrivals); this file
 //! depends on no other part of the process service, so the service's state
@@ -9,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -46,9 +49,27 @@ pub struct Registry {
     /// migrated in (server PID → those processes).
     pub filling: Mutex<HashMap<i32, Vec<i32>>>,
     /// Where the output of processes that moved from here goes.
-    pub outputs: super::stdio::Kept,
+    pub outputs: Kept,
     /// The stand-ins of processes that moved from here.
     pub standins: StandIns,
+}
+
+/// The files a moved process's stdout and stderr led to here (see
+/// [`super::stdio`]).
+#[derive(Default, Clone)]
+pub struct Sinks {
+    pub(super) stdout: Option<Arc<OwnedFd>>,
+    pub(super) stderr: Option<Arc<OwnedFd>>,
+}
+
+/// The sinks of the processes that moved from here, by (target, transfer).
+#[derive(Default)]
+pub struct Kept(Mutex<HashMap<(NodeId, u64), Sinks>>);
+
+impl Kept {
+    pub(super) fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u64), Sinks>> {
+        crate::sync::lock(&self.0)
+    }
 }
 
 /// A moved process's session, as its stand-in drives it: input towards

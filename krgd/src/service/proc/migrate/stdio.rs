@@ -18,10 +18,9 @@
 //! whose pipes then feed the previous hop. Its stdin stays `/dev/null`: a
 //! background process's terminal is its shell's to read.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::migrate::{MigratePeerReply, MigratePeerRequest};
@@ -41,22 +40,7 @@ use super::{call, STEP_TIMEOUT};
 /// SIGPIPE. (The origin failing still ends the wait at once.)
 const OUTPUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// The files a moved process's stdout and stderr led to here.
-#[derive(Default, Clone)]
-pub struct Sinks {
-    stdout: Option<Arc<OwnedFd>>,
-    stderr: Option<Arc<OwnedFd>>,
-}
-
-/// The sinks of the processes that moved from here, by (target, transfer).
-#[derive(Default)]
-pub struct Kept(Mutex<HashMap<(NodeId, u64), Sinks>>);
-
-impl Kept {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u64), Sinks>> {
-        crate::sync::lock(&self.0)
-    }
-}
+pub use super::registry::{Kept, Sinks};
 
 /// fd `fd` of process `pid`, if it leads out of any tree a krgd could
 /// move: a pipe or a terminal.
