@@ -217,3 +217,72 @@ fn a_tree_leaves_one_stand_in_and_no_zombies() -> Result<()> {
     assert_eq!(waited(&mut child)?.code(), Some(4));
     Ok(())
 }
+
+/// Reads lines from its terminal and answers each; says `eof` and leaves
+/// with code 3 at the end of its input.
+const READER: &str = r#"
+import os, sys
+sys.stdout.write("ready %d\n" % os.getpid()); sys.stdout.flush()
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    sys.stdout.write("got " + line); sys.stdout.flush()
+sys.stdout.write("eof\n"); sys.stdout.flush()
+sys.exit(3)
+"#;
+
+/// A process in the foreground of its terminal (here the session leader
+/// of a pseudo-terminal the test holds) moves: what is typed on that
+/// terminal still reaches it on node 2 through its stand-in, its answers
+/// come back there, and Ctrl-D ends its input: it leaves with code 3.
+#[test]
+fn a_foreground_process_still_reads_its_terminal() -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::CommandExt;
+    let _g = serial();
+    let c = formed(2)?;
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on our new
+    // descriptor; the slave is opened from the name it wrote.
+    let (mut master, slave) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(s >= 0);
+        (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+    };
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", READER])
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave);
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    let _job = Job(pid);
+    let out = lines_of(master.try_clone()?);
+    capset(&c, 1, pid);
+    let line = |l: String| l.trim_end_matches('\r').to_string();
+    assert_eq!(line(next_lines(&out, 1).remove(0)), format!("ready {pid}"));
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    master.write_all(b"hello\n")?;
+    // the terminal echoes the line, then the moved process answers
+    let seen: Vec<String> = next_lines(&out, 2).into_iter().map(line).collect();
+    assert_eq!(seen, ["hello", "got hello"]);
+    master.write_all(b"\x04")?;
+    assert_eq!(line(next_lines(&out, 1).remove(0)), "eof");
+    assert_eq!(waited(&mut child)?.code(), Some(3));
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //! `migrate::standin`); the stand-in keeps the process's PID, parent,
 //! process group and fds 0-2. It drives the moved process's session as
 //! `krg run` drives a job's: output to its stdout and stderr, its stdin
-//! when that is a pipe, every signal it is sent passed on, and it ends as
+//! (a pipe, or its terminal while in the foreground), every signal it is sent passed on, and it ends as
 //! the process ends — the same exit code, or killed by the same signal —
 //! so that the parent's `wait()` gets the real status.
 
@@ -51,10 +51,7 @@ async fn stand_in(
         nodes: opened.jobs.clone(),
         per_node: 1,
     };
-    // Input only from a pipe: a terminal is its shell's to read (reading
-    // it in the background would stop the stand-in), and a file the
-    // process had open as stdin moved with it.
-    let input = stdin_is_pipe().then(|| Box::new(std::io::stdin()) as Box<dyn Read + Send>);
+    let input = input();
     let listening = signals::everything();
     // Handlers are in place: the signals that came meanwhile go on too.
     let _ = blocked.thread_unblock();
@@ -71,9 +68,58 @@ async fn stand_in(
         .ok_or_else(|| anyhow::anyhow!("krgd reported no end"))
 }
 
-fn stdin_is_pipe() -> bool {
-    nix::sys::stat::fstat(std::io::stdin().as_fd())
-        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO)
+/// What the stand-in reads for the process: its stdin when that is a
+/// pipe, or its terminal (read only while the stand-in is in the
+/// terminal's foreground, as the process itself could). A file the process
+/// had open as its stdin moved with it: nothing to read here.
+fn input() -> Option<Box<dyn Read + Send>> {
+    let kind = nix::sys::stat::fstat(std::io::stdin().as_fd())
+        .map(|st| st.st_mode & libc::S_IFMT)
+        .ok()?;
+    if kind == libc::S_IFIFO {
+        return Some(Box::new(std::io::stdin()));
+    }
+    // SAFETY: isatty on fd 0.
+    let tty = unsafe { libc::isatty(0) } == 1;
+    tty.then(|| Box::new(ForegroundTty) as Box<dyn Read + Send>)
+}
+
+/// The terminal on fd 0, read only while this process's group is its
+/// foreground one. A background reader would be stopped by SIGTTIN, or,
+/// already blocked in `read` when its job went to the background, would
+/// take a line typed for the shell: so it waits for input to be there
+/// and for the foreground before each read.
+struct ForegroundTty;
+
+fn foreground() -> bool {
+    // SAFETY: tcgetpgrp on fd 0 and getpgrp have no memory arguments.
+    unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+impl Read for ForegroundTty {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if !foreground() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            let mut fds = [libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+            if ready > 0 && foreground() {
+                return std::io::stdin().read(buf);
+            }
+            if ready < 0
+                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
 }
 
 /// The mask the process left (krgd blocked everything to run its calls):
