@@ -135,6 +135,7 @@ pub struct Metrics {
     node_state: Family<NodeStateLabels, Gauge>,
     node_owned: Family<OwnerLabels, Gauge>,
     jobs_running: Gauge,
+    standins: Gauge,
     probe_value: Family<ProbeLabels, Gauge<f64, AtomicU64>>,
 }
 
@@ -157,6 +158,8 @@ pub struct ClusterFigures {
     /// (member id, owner's user name if checked out) of every member.
     pub owners: Vec<(u32, Option<String>)>,
     pub jobs_running: usize,
+    /// Stand-ins on this node of processes that moved away.
+    pub standins: usize,
     /// (probe, source, unit, value) of this node's loaded probes.
     pub probes: Vec<(String, String, String, f64)>,
 }
@@ -195,6 +198,7 @@ impl Metrics {
             node_state: Family::default(),
             node_owned: Family::default(),
             jobs_running: Gauge::default(),
+            standins: Gauge::default(),
             probe_value: Family::default(),
         };
         m.register_all();
@@ -299,6 +303,11 @@ impl Metrics {
             self.jobs_running.clone(),
         );
         r.register(
+            "standins",
+            "Stand-ins on this node of processes that moved to another node",
+            self.standins.clone(),
+        );
+        r.register(
             "placements",
             "Automatic placements of krg run jobs decided here, by decider (policy, least_load) and chosen node",
             self.placements.clone(),
@@ -387,6 +396,7 @@ impl Metrics {
         self.term.set(to_i64(cluster.term));
         self.leader.set(i64::from(cluster.leader.unwrap_or(0)));
         self.jobs_running.set(to_i64(cluster.jobs_running as u64));
+        self.standins.set(to_i64(cluster.standins as u64));
         // Nodes that left the view must not linger as stale series.
         self.node_state.clear();
         for (node, state) in &cluster.nodes {

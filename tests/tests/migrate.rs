@@ -174,6 +174,7 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
         "{m:?}"
     );
     assert_eq!(m["krg_migration_downtime_seconds_count"], 1.0, "{m:?}");
+    assert_eq!(m["krg_standins"], 1.0, "its stand-in: {m:?}");
     assert!(
         (m["krg_migration_downtime_seconds_sum"] - stopped).abs() < 0.002,
         "{m:?} {report}"

@@ -110,6 +110,7 @@ pub async fn figures(node: &Node) -> ClusterFigures {
             .map(|n| (n.id, n.owner.as_ref().map(|o| o.user.clone())))
             .collect(),
         jobs_running: node.proc.state().table.len(),
+        standins: node.proc.state().migration.standins.live(),
         probes: node.sched.probe_values(),
     }
 }

@@ -96,6 +96,13 @@ pub struct StandIns {
 }
 
 impl StandIns {
+    /// How many stand-ins are connected and alive.
+    pub fn live(&self) -> usize {
+        let mut active = crate::sync::lock(&self.active);
+        active.retain(|&pid, &mut (start, _)| start_ticks(pid) == Some(start));
+        active.len()
+    }
+
     /// The node where the process `pid` stands in for runs, if `pid` is a
     /// live stand-in.
     pub fn runs_on(&self, pid: i32) -> Option<NodeId> {
