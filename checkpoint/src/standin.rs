@@ -33,13 +33,15 @@ pub struct StandIn<'a> {
 /// Make `pid` (a process left stopped by [`crate::dump`], seized by no one)
 /// execute `s.program`. On success it runs that program, stopped by job
 /// control still, with every signal but SIGTRAP blocked: the caller
-/// continues it (SIGCONT) and the program unblocks what it wants. On
-/// failure the process is left stopped, but it may have lost its files
-/// above fd 2 already: it must not run on (kill it).
-pub fn become_stand_in(pid: i32, s: &StandIn<'_>) -> Result<()> {
+/// continues it (SIGCONT) and the program unblocks what it wants.
+/// `closed` is called once its files above fd 2 are closed, before the
+/// `execve` (which frees its memory: tens of milliseconds for a GiB), so
+/// that the caller may go on meanwhile. On failure the process is left
+/// stopped; if `closed` was called, it must not run on (kill it).
+pub fn become_stand_in(pid: i32, s: &StandIn<'_>, closed: impl FnOnce()) -> Result<()> {
     let strings = Strings::new(s)?;
     ptrace::seize_and_interrupt(pid)?;
-    let r = inject(pid, &strings);
+    let r = inject(pid, &strings, closed);
     match r {
         // An execve that ran leaves nothing to put back.
         Ok(()) => ptrace::detach(pid),
@@ -50,18 +52,18 @@ pub fn become_stand_in(pid: i32, s: &StandIn<'_>) -> Result<()> {
     }
 }
 
-fn inject(pid: i32, strings: &Strings) -> Result<()> {
+fn inject(pid: i32, strings: &Strings, closed: impl FnOnce()) -> Result<()> {
     let maps = procfs::parse_maps(&procfs::read_to_string(format!("/proc/{pid}/maps"))?)?;
     let at = ptrace::find_syscall_insn(pid, &maps)?;
     let inj = Injector::new(pid, at)?;
-    let r = exec(pid, &inj, strings);
+    let r = exec(pid, &inj, strings, closed);
     if r.is_err() {
         let _ = inj.restore();
     }
     r
 }
 
-fn exec(pid: i32, inj: &Injector, strings: &Strings) -> Result<()> {
+fn exec(pid: i32, inj: &Injector, strings: &Strings, closed: impl FnOnce()) -> Result<()> {
     let len = strings.bytes.len().next_multiple_of(4096) as u64;
     let area = inj.call(
         "mmap",
@@ -86,6 +88,7 @@ fn exec(pid: i32, inj: &Injector, strings: &Strings) -> Result<()> {
         SYS_CLOSE_RANGE,
         [3, u32::MAX as u64, 0, 0, 0, 0],
     )?;
+    closed();
     let (path, argv, envp) = strings.pointers(area);
     inj.exec([path, argv, envp, 0, 0, 0])
 }

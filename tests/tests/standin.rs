@@ -286,3 +286,40 @@ fn a_foreground_process_still_reads_its_terminal() -> Result<()> {
     assert_eq!(waited(&mut child)?.code(), Some(3));
     Ok(())
 }
+
+/// The target's krgd dies (SIGKILL, at a crash point) while it takes the
+/// process over: the origin restores it at home, in a PID namespace of
+/// its own behind the same stand-in, and its parent sees nothing but the
+/// pause: its signals still reach it, and its exit code still comes back.
+#[test]
+fn a_target_that_dies_during_the_handover_leaves_it_home_behind_its_stand_in() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(2)?;
+    let crash = c.arm_crash_points();
+    let c = c.formed(2, SETTLE)?;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", WAITED])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    let _job = Job(pid);
+    let out = lines_of(child.stdout.take().unwrap());
+    capset(&c, 1, pid);
+    assert_eq!(next_lines(&out, 1), [format!("up {pid}")]);
+    std::fs::write(&crash, "krgd-adopt-job")?;
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(!o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("run on node 1 again"), "{}", err(&o));
+    assert!(!crash.exists(), "the crash point did not fire");
+    assert!(ps(&c, 1).contains(&(1, pid as i64)), "{:?}", ps(&c, 1));
+    // SAFETY: kill(2) of this test's child (the stand-in).
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert_eq!(next_lines(&out, 1), [format!("usr1 {pid}")]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(next_lines(&out, 1), ["term"]);
+    assert_eq!(waited(&mut child)?.code(), Some(7));
+    Ok(())
+}

@@ -15,7 +15,8 @@
 //! (the order alternates), figures are medians, and the machine's load is
 //! printed with them. Run as root: `cargo bench -p krg-tests --bench
 //! migrate` (`KRG_BENCH_ROUNDS=5`, `KRG_BENCH_MIGRATE_MIB=100,1024`,
-//! `KRG_BENCH_MIGRATE_MODES=pre,post,criu` to choose the lines). CRIU
+//! `KRG_BENCH_MIGRATE_MODES=pre,post,criu` to choose the lines,
+//! `KRG_BENCH_MIGRATE_FLAGS=--no-stand-in` to add flags to `migrate`). CRIU
 //! comes from `../shared/tools/install-criu.sh`; without it its column is
 //! empty.
 //!
@@ -182,6 +183,10 @@ fn krg_round(c: &TestCluster, dir: &Path, mib: u64, postcopy: bool) -> Result<Kr
         bail!("krgcapset: {}", String::from_utf8_lossy(&o.stderr));
     }
     let mut args = vec!["--json".to_string(), w.pid.to_string(), "2".to_string()];
+    // e.g. `--no-stand-in`, to compare a move that leaves nothing behind
+    if let Ok(extra) = std::env::var("KRG_BENCH_MIGRATE_FLAGS") {
+        args.splice(0..0, extra.split_whitespace().map(str::to_string));
+    }
     if postcopy {
         args.insert(0, "--postcopy".into());
     }

@@ -441,12 +441,13 @@ async fn move_here(
     let mut sinks = stdio::Sinks::default();
     if job.is_none() {
         sinks = stdio::take(pid);
-        let made_here = match req.no_stand_in {
-            true => Err("none asked for".to_string()),
-            false => standin::make(st, pid, &rep.tasks, plan.owner).await,
+        let begun = if req.no_stand_in {
+            Err("none asked for".to_string())
+        } else {
+            standin::begin(st, pid, &rep.tasks, plan.owner).await
         };
-        match made_here {
-            Ok(m) => made = Some(m),
+        match begun {
+            Ok(b) => made = Some(b),
             Err(why) => {
                 tracing::warn!(
                     pid,
@@ -475,13 +476,15 @@ async fn move_here(
                 Err(why)
             }
         },
-        (None, Some(m)) => match m.to_target(st, to, xfer, &checkpointable).await {
-            Ok(phases) => Ok((rep.tasks.clone(), phases)),
-            Err((why, m)) => {
-                unstood = Some(m);
-                Err(why)
+        (None, Some(b)) => {
+            match standin::hand_over(st, b, to, xfer, &checkpointable, &sinks).await {
+                Ok(phases) => Ok((rep.tasks.clone(), phases)),
+                Err((why, m)) => {
+                    unstood = m;
+                    Err(why)
+                }
             }
-        },
+        }
         (None, None) => match call(
             st,
             to,

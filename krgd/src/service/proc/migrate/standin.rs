@@ -39,9 +39,9 @@ use super::super::local_stream;
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
 use super::adopt::{self, JobImage};
-use super::registry::{start_ticks, PendingStandIn, StandInStream};
+use super::registry::{start_ticks, PendingStandIn, Sinks, StandInStream};
 use super::restore::{self, Lazy};
-use super::{runjob, Clock};
+use super::{runjob, stdio, Clock};
 use crate::caller::Caller;
 
 /// The variable that carries the token, and tells `krg` it is a stand-in.
@@ -118,10 +118,25 @@ fn gid_of(pid: i32) -> Option<u32> {
         .copied()
 }
 
-/// Turn `pid` (the root of the stopped tree `tasks`, owned by `uid`) into
-/// its stand-in, and wait until it connected. Err: why not; the process
-/// must then be killed, as it may have lost its files already.
-pub async fn make(st: &Arc<ProcState>, pid: i32, tasks: &[i32], uid: u32) -> Result<Made, String> {
+/// A stand-in on its way: the process's files are closed, its `execve`
+/// (which frees its memory) runs on a thread of its own, while the
+/// process is handed over.
+pub struct Begun {
+    token: u64,
+    made: Made,
+    exec: oneshot::Receiver<Result<(), String>>,
+    claimed: oneshot::Receiver<()>,
+}
+
+/// Start turning `pid` (the root of the stopped tree `tasks`, owned by
+/// `uid`) into its stand-in: returns once its files above fd 2 are closed.
+/// Err: why not, the process untouched (it may move without a stand-in).
+pub async fn begin(
+    st: &Arc<ProcState>,
+    pid: i32,
+    tasks: &[i32],
+    uid: u32,
+) -> Result<Begun, String> {
     let program = restore::installed("krg");
     if let Some(why) = unsuitable(pid, &program) {
         return Err(why);
@@ -145,72 +160,87 @@ pub async fn make(st: &Arc<ProcState>, pid: i32, tasks: &[i32], uid: u32) -> Res
         format!("KRG_SOCKET={}", st.ctx.config.socket.display()),
         "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
     ];
-    let became = tokio::task::spawn_blocking(move || {
-        let s = checkpoint::standin::StandIn {
-            program: &program.to_string_lossy(),
-            argv: &argv,
-            env: &env,
-        };
-        checkpoint::standin::become_stand_in(pid, &s).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    let (closed_tx, closed) = oneshot::channel();
+    let (exec_tx, mut exec) = oneshot::channel();
+    // ptrace wants one thread for the whole injection.
+    let spawned = std::thread::Builder::new()
+        .name("krg-standin".into())
+        .spawn(move || {
+            let s = checkpoint::standin::StandIn {
+                program: &program.to_string_lossy(),
+                argv: &argv,
+                env: &env,
+            };
+            let r = checkpoint::standin::become_stand_in(pid, &s, || {
+                let _ = closed_tx.send(());
+            });
+            if r.is_ok() {
+                // SAFETY: plain kill(2) of the stand-in, stopped until now.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+            let _ = exec_tx.send(r.map_err(|e| e.to_string()));
+        });
     let forget = || crate::sync::lock(&st.migration.standins.pending).remove(&token);
-    if let Err(e) = became {
+    if let Err(e) = spawned {
         forget();
-        return Err(e);
+        return Err(e.to_string());
     }
-    // It held them as the process; a stand-in neither moves nor is saved.
-    st.caps.forget(pid);
-    // SAFETY: plain kill(2) of the stand-in, which stays stopped until then.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
-    match tokio::time::timeout(CLAIM_TIMEOUT, claimed).await {
-        Ok(Ok(())) => Ok(Made {
+    if closed.await.is_err() {
+        // failed before touching the process's files
+        forget();
+        let why = exec.try_recv().ok().and_then(Result::err);
+        return Err(why.unwrap_or_else(|| "the stand-in's thread ended".into()));
+    }
+    Ok(Begun {
+        token,
+        made: Made {
             pid,
             uid,
             gid,
             map,
             session,
-        }),
-        _ => {
-            forget();
-            Err(format!(
-                "its stand-in did not connect within {CLAIM_TIMEOUT:?}"
-            ))
+        },
+        exec,
+        claimed,
+    })
+}
+
+impl Begun {
+    /// The process, by now closed to its files: its handover may start.
+    pub fn pid(&self) -> i32 {
+        self.made.pid
+    }
+
+    /// Wait until the stand-in runs and connected. Err: why it does not
+    /// (the process must then be killed here, and run on without one).
+    pub async fn ready(self, st: &ProcState) -> Result<Made, String> {
+        let forget = || crate::sync::lock(&st.migration.standins.pending).remove(&self.token);
+        match self.exec.await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                forget();
+                return Err(why);
+            }
+            Err(_) => {
+                forget();
+                return Err("the stand-in's thread ended".into());
+            }
+        }
+        // It held them as the process; a stand-in neither moves nor is saved.
+        st.caps.forget(self.made.pid);
+        match tokio::time::timeout(CLAIM_TIMEOUT, self.claimed).await {
+            Ok(Ok(())) => Ok(self.made),
+            _ => {
+                forget();
+                Err(format!(
+                    "its stand-in did not connect within {CLAIM_TIMEOUT:?}"
+                ))
+            }
         }
     }
 }
 
 impl Made {
-    /// Hand the process (transfer `xfer`) to `to` as a job whose PIDs keep
-    /// their numbers; the stand-in then drives its session. On failure
-    /// `self` comes back for [`Made::take_back`].
-    pub async fn to_target(
-        self,
-        st: &ProcState,
-        to: NodeId,
-        xfer: u64,
-        checkpointable: &[i32],
-    ) -> Result<Vec<PhaseTime>, (String, Made)> {
-        let adopt = AdoptJob {
-            version: SESSION_VERSION,
-            xfer,
-            pid: self.pid,
-            map: self.map.clone(),
-            terminal: None,
-            checkpointable: checkpointable.to_vec(),
-            detached: false,
-        };
-        match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
-            Ok((sess, phases)) => {
-                self.run(st, to, Ok(sess));
-                Ok(phases)
-            }
-            Err(e) => Err((e.message, self)),
-        }
-    }
-
     /// The target failed after the handover: restore the process here,
     /// in a namespace of its own as on a target, for the stand-in.
     pub async fn take_back(
@@ -250,6 +280,61 @@ impl Made {
             crate::sync::lock(&st.migration.standins.active).insert(self.pid, (start, on));
         }
         let _ = self.session.send(sess.map(|s| (s.input, s.events)));
+    }
+}
+
+/// Hand the process (transfer `xfer`, its stand-in begun) to `to` as a
+/// job whose PIDs keep their numbers, while its stand-in comes up here;
+/// the stand-in then drives its session. A stand-in that fails leaves the
+/// process running there without one, its output still going to `sinks`
+/// (as after `migrate --no-stand-in`). On the target's failure the
+/// stand-in (if it is up) comes back for [`Made::take_back`].
+pub async fn hand_over(
+    st: &Arc<ProcState>,
+    begun: Begun,
+    to: NodeId,
+    xfer: u64,
+    checkpointable: &[i32],
+    sinks: &Sinks,
+) -> Result<Vec<PhaseTime>, (String, Option<Made>)> {
+    let pid = begun.pid();
+    let adopt = AdoptJob {
+        version: SESSION_VERSION,
+        xfer,
+        pid,
+        map: begun.made.map.clone(),
+        terminal: None,
+        checkpointable: checkpointable.to_vec(),
+        detached: false,
+    };
+    let (adopted, ready) = tokio::join!(
+        super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT),
+        begun.ready(st)
+    );
+    let kill = || {
+        // SAFETY: plain kill(2) of what is left of the stopped process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
+    match (adopted, ready) {
+        (Ok((sess, phases)), Ok(m)) => {
+            m.run(st, to, Ok(sess));
+            Ok(phases)
+        }
+        (Ok((sess, phases)), Err(why)) => {
+            tracing::warn!(
+                pid,
+                why,
+                "no stand-in after all: the process runs on without one"
+            );
+            kill();
+            stdio::drain(sess, sinks.clone());
+            Ok(phases)
+        }
+        (Err(e), Ok(m)) => Err((e.message, Some(m))),
+        (Err(e), Err(_)) => {
+            kill();
+            Err((e.message, None))
+        }
     }
 }
 

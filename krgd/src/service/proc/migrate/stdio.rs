@@ -146,6 +146,34 @@ pub async fn write(
     }
 }
 
+/// Origin: carry the session of a process that moved as a job but whose
+/// stand-in could not be made: what it prints goes into `sinks`, nothing
+/// goes to it, and it runs on until it ends (its input is kept open: the
+/// target would kill it otherwise). A reader gone from its stdout is told
+/// to the target, as a closed pipe (the process gets SIGPIPE there).
+pub fn drain(sess: super::super::session::Session, sinks: Sinks) {
+    use krg_proto::proc::{Down, Up};
+    let (input, mut events) = (sess.input, sess.events);
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let (sink, data) = match ev {
+                Down::Stdout { data, .. } => (sinks.stdout.clone(), data),
+                Down::Stderr { data, .. } => (sinks.stderr.clone(), data),
+                Down::Exited { .. } | Down::Lost { .. } | Down::Refused { .. } => break,
+                _ => continue,
+            };
+            let Some(sink) = sink else { continue };
+            let wrote = tokio::task::spawn_blocking(move || {
+                std::fs::File::from(sink.try_clone()?).write_all(&data)
+            })
+            .await;
+            if !matches!(wrote, Ok(Ok(()))) {
+                let _ = input.send(Up::CloseStdout).await;
+            }
+        }
+    });
+}
+
 /// Target: pipes for restart's stdout and stderr, and their read ends.
 pub struct Forward {
     /// Restart's stdout and stderr.
