@@ -136,10 +136,13 @@ fn prepare_signals() -> nix::sys::signal::SigSet {
     };
     // SAFETY: a valid set and timespec; a NULL info pointer is allowed.
     unsafe { libc::sigtimedwait(cont.as_ref(), std::ptr::null_mut(), &zero) };
-    // The process's children moved with it; krgd kills their copies here
-    // once the stand-in is connected, and the kernel reaps them.
+    // The process's children moved with it; krgd kills their copies here,
+    // before or after the stand-in started: the kernel reaps those that
+    // end from now on, and those already ended are reaped here.
     // SAFETY: setting a disposition; no handler runs.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // SAFETY: waitpid with a null status pointer, not blocking.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
     all
 }
 

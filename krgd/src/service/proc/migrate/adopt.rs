@@ -253,10 +253,11 @@ async fn adopt_from(
             return Err(internal(st.node(), e));
         }
     };
-    let lazy = match fetch {
-        Some(f) => Lazy::Yes(Some(f)),
-        None => Lazy::No,
-    };
+    // Lazily either way: the process runs before its private memory is
+    // in (a page server fills it from the received image, or pulls it
+    // from the origin after a post-copy handover), so that the restore
+    // does not grow with the memory size.
+    let lazy = Lazy::Yes(fetch);
     let mut clock = Clock::new();
     let img = JobImage {
         root: &x.root,
