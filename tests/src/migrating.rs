@@ -139,3 +139,19 @@ pub fn moved_host_pid(pid: i32) -> i32 {
     };
     crate::wait_for(Duration::from_secs(5), "the moved copy", find).unwrap()
 }
+
+/// A new pseudo-terminal: (master, slave), neither a controlling terminal.
+pub fn pty_pair() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on our new
+    // descriptor; the slave is opened from the name it wrote.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(s >= 0);
+        (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+    }
+}

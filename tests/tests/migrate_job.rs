@@ -566,19 +566,8 @@ struct Terminal {
 
 impl Terminal {
     fn start(c: &TestCluster, sh: &str, arg: &str) -> Terminal {
-        use std::os::fd::FromRawFd;
         use std::os::unix::process::CommandExt;
-        // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on our new
-        // descriptor; the slave is opened from the name it wrote.
-        let (master, slave) = unsafe {
-            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-            assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
-            let mut name = [0 as libc::c_char; 128];
-            assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
-            let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-            assert!(s >= 0);
-            (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
-        };
+        let (master, slave) = krg_tests::migrating::pty_pair();
         resize(&master, 24, 80);
         let mut cmd = Command::new("sh");
         cmd.args(["-c", sh, arg])

@@ -89,8 +89,8 @@ while True:
 "#;
 
 /// WAITED started by this test (its parent), stdout a pipe read here,
-/// flagged CAN_MIGRATE, moved to node 2.
-fn moved_child(c: &TestCluster) -> Result<(Child, Receiver<String>, Job)> {
+/// flagged CAN_MIGRATE through node 1, once it said it is up.
+fn waited_child(c: &TestCluster) -> Result<(Child, Receiver<String>, Job)> {
     let mut cmd = Command::new("python3");
     cmd.args(["-u", "-c", WAITED])
         .stdin(Stdio::null())
@@ -102,6 +102,13 @@ fn moved_child(c: &TestCluster) -> Result<(Child, Receiver<String>, Job)> {
     let out = lines_of(child.stdout.take().unwrap());
     capset(c, 1, pid);
     assert_eq!(next_lines(&out, 1), [format!("up {pid}")]);
+    Ok((child, out, job))
+}
+
+/// [`waited_child`], moved to node 2.
+fn moved_child(c: &TestCluster) -> Result<(Child, Receiver<String>, Job)> {
+    let (child, out, job) = waited_child(c)?;
+    let pid = child.id() as i32;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
     let o = migrate(c, 1, &[&pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
@@ -239,21 +246,10 @@ sys.exit(3)
 #[test]
 fn a_foreground_process_still_reads_its_terminal() -> Result<()> {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
     use std::os::unix::process::CommandExt;
     let _g = serial();
     let c = formed(2)?;
-    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on our new
-    // descriptor; the slave is opened from the name it wrote.
-    let (mut master, slave) = unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
-        let mut name = [0 as libc::c_char; 128];
-        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
-        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-        assert!(s >= 0);
-        (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
-    };
+    let (mut master, slave) = krg_tests::migrating::pty_pair();
     let mut cmd = Command::new("python3");
     cmd.args(["-u", "-c", READER])
         .stdin(slave.try_clone()?)
@@ -297,17 +293,8 @@ fn a_target_that_dies_during_the_handover_leaves_it_home_behind_its_stand_in() -
     let mut c = TestCluster::loopback(2)?;
     let crash = c.arm_crash_points();
     let c = c.formed(2, SETTLE)?;
-    let mut cmd = Command::new("python3");
-    cmd.args(["-u", "-c", WAITED])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let (mut child, out, _job) = waited_child(&c)?;
     let pid = child.id() as i32;
-    let _job = Job(pid);
-    let out = lines_of(child.stdout.take().unwrap());
-    capset(&c, 1, pid);
-    assert_eq!(next_lines(&out, 1), [format!("up {pid}")]);
     std::fs::write(&crash, "krgd-adopt-job")?;
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
     assert!(!o.status.success(), "{}", err(&o));
