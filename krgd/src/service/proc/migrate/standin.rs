@@ -161,7 +161,7 @@ pub async fn begin(
         "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
     ];
     let (closed_tx, closed) = oneshot::channel();
-    let (exec_tx, mut exec) = oneshot::channel();
+    let (exec_tx, exec) = oneshot::channel();
     // ptrace wants one thread for the whole injection.
     let spawned = std::thread::Builder::new()
         .name("krg-standin".into())
@@ -188,7 +188,7 @@ pub async fn begin(
     if closed.await.is_err() {
         // failed before touching the process's files
         forget();
-        let why = exec.try_recv().ok().and_then(Result::err);
+        let why = exec.await.ok().and_then(Result::err);
         return Err(why.unwrap_or_else(|| "the stand-in's thread ended".into()));
     }
     Ok(Begun {
