@@ -442,13 +442,13 @@ async fn move_here(
     if job.is_none() {
         sinks = stdio::take(pid);
         let begun = if req.no_stand_in {
-            Err("none asked for".to_string())
+            None
         } else {
-            standin::begin(st, pid, &rep.tasks, plan.owner).await
+            Some(standin::begin(st, pid, &rep.tasks, plan.owner).await)
         };
         match begun {
-            Ok(b) => made = Some(b),
-            Err(why) => {
+            Some(Ok(b)) => made = Some(b),
+            Some(Err(why)) => {
                 tracing::warn!(
                     pid,
                     why,
@@ -456,6 +456,7 @@ async fn move_here(
                 );
                 stdio::keep(st, to, xfer, sinks.clone());
             }
+            None => stdio::keep(st, to, xfer, sinks.clone()),
         }
     }
     // The handover: from here on the origin's copy is gone (but for the

@@ -80,15 +80,15 @@ pub fn same_numbers(tasks: &[i32]) -> Vec<(i32, i32)> {
     map
 }
 
-/// Why `pid` cannot have a stand-in, if it cannot.
-fn unsuitable(pid: i32, program: &std::path::Path) -> Option<String> {
+/// Why a process whose `/proc/PID/status` is `status` cannot have a
+/// stand-in running `program`, if it cannot.
+fn unsuitable(status: &str, program: &std::path::Path) -> Option<String> {
     if let Some(why) =
         restore::not_root_only(program, "install krg next to krgd, or the krg package")
     {
         return Some(why);
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let seccomp = checkpoint::procfs::status_field(&status, "Seccomp").unwrap_or("0");
+    let seccomp = checkpoint::procfs::status_field(status, "Seccomp").unwrap_or("0");
     (seccomp.trim() != "0")
         .then(|| "it runs under a seccomp filter, which would hold its stand-in too".into())
 }
@@ -107,15 +107,6 @@ fn cmdline(pid: i32) -> Vec<Vec<u8>> {
         return vec![comm.trim_ascii_end().to_vec()];
     }
     args
-}
-
-/// The primary group of `pid`.
-fn gid_of(pid: i32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    checkpoint::procfs::status_ids(&status, "Gid")
-        .ok()?
-        .first()
-        .copied()
 }
 
 /// A stand-in on its way: the process's files are closed, its `execve`
@@ -138,11 +129,16 @@ pub async fn begin(
     uid: u32,
 ) -> Result<Begun, String> {
     let program = restore::installed("krg");
-    if let Some(why) = unsuitable(pid, &program) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    if let Some(why) = unsuitable(&status, &program) {
         return Err(why);
     }
     let map = same_numbers(tasks);
-    let gid = gid_of(pid).ok_or("cannot read its group")?;
+    let gid = checkpoint::procfs::status_ids(&status, "Gid")
+        .ok()
+        .and_then(|ids| ids.first().copied())
+        .ok_or("cannot read its group")?;
     let argv = cmdline(pid);
     let token: u64 = rand::random();
     let (claimed_tx, claimed) = oneshot::channel();
