@@ -22,6 +22,19 @@ fn prot(p: u32) -> String {
 }
 
 /// How long the tree was frozen, and where this SN stands in its chain.
+/// Where the tree's PIDs live: checkpoint's namespace, or one below it
+/// (each PID with its number there).
+fn pidns_line(g: &GlobalImage) -> String {
+    if g.pidns.is_empty() {
+        return "PID namespace: checkpoint's own".into();
+    }
+    let pairs: Vec<String> = g.pidns.iter().map(|(h, i)| format!("{h}={i}")).collect();
+    format!(
+        "PID namespace: one of its own (a krg job; restart makes it anew), PIDs there: {}",
+        pairs.join(" ")
+    )
+}
+
 fn chain_line(g: &GlobalImage) -> String {
     let chain = match g.parent {
         Some(p) => format!("incremental: unchanged pages are kept in SN {p}"),
@@ -67,7 +80,8 @@ pub fn description(g: &GlobalImage, n: &NodeImage, tasks: &[(&TaskImage, &MmImag
         "taken at unix time {} on kernel {}, owner uid {}",
         g.created_unix, g.kernel, g.uid
     );
-    let _ = writeln!(s, "{}\n", chain_line(g));
+    let _ = writeln!(s, "{}", chain_line(g));
+    let _ = writeln!(s, "{}\n", pidns_line(g));
     let _ = writeln!(
         s,
         "global_v{sn}.bin       application id, SN, node mask {:#x}",
@@ -211,6 +225,7 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
         g.app_id, g.sn, g.node_mask, g.uid, g.kernel, g.created_unix
     );
     let _ = writeln!(s, "  {}", chain_line(&g));
+    let _ = writeln!(s, "  {}", pidns_line(&g));
     for node in 0..64u32 {
         if g.node_mask & (1u64 << node) == 0 {
             continue;

@@ -13,7 +13,9 @@ use krg_proto::chkpt::ChkptRequest;
 /// Save a running process and all its descendants under /var/chkpt/PID/ as
 /// the next checkpoint SN (1, 2, …). The job is frozen only while its state is
 /// read and then continues by itself. The process must be CHECKPOINTABLE
-/// (see krgcapset) and belong to you, unless you are root.
+/// (see krgcapset) and belong to you, unless you are root. A process of a
+/// `krg run` job (in a PID namespace of its own) is saved with its PIDs
+/// there; restart brings it back as a job.
 #[derive(Parser)]
 #[command(name = "checkpoint", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -140,7 +142,9 @@ fn run(cli: Cli) -> Result<()> {
         sysv_sem: cli.sysv_sem,
         sysv_msg: cli.sysv_msg,
         full: cli.full,
-        other_pidns: false,
+        // a krg job's tree (its own PID namespace) is saved with its PIDs
+        // there; restart brings it back as a job
+        other_pidns: true,
         stdio_files: Vec::new(),
     };
     let bar = if std::io::stderr().is_terminal() {

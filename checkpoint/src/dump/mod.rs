@@ -22,6 +22,7 @@
 //! - [`memory`] — mappings, shared memory (copied while frozen)
 //! - [`cow`] — pages a child still shares with its parent since a fork
 //! - [`sysv`] — SysV IPC objects
+//! - [`pidns`] — the PIDs of a tree in a PID namespace below ours
 //! - [`write`] — the files of the SN, once the tree runs again
 
 mod accept;
@@ -39,6 +40,7 @@ mod inotify;
 mod memory;
 mod mqueue;
 mod pages;
+mod pidns;
 mod precopy;
 mod pty;
 mod refuse;
@@ -88,8 +90,10 @@ pub struct DumpOptions {
     pub sysv_msg: Vec<i32>,
     /// Save every page (start a new chain), even if an earlier SN has them.
     pub full: bool,
-    /// The tree may live in a PID namespace other than ours: krgd moving a
-    /// `krg run` job, which restores it with its PIDs translated.
+    /// The tree may live in a PID namespace below ours (a `krg run` job):
+    /// each PID's number there is saved with the image, and restart gives
+    /// it back in a new namespace (krgd moving a job translates them
+    /// itself).
     pub other_pidns: bool,
     /// Regular files (device, inode) that stand for stdio leading out of
     /// the tree when a task has them on fd 0, 1 or 2: saved as such, and
@@ -155,6 +159,10 @@ pub fn checkpoint_shipped(
     mark("prepare");
     // 2. What this version refuses, found while the job runs on.
     let tree0 = precheck(pid, caller, opts.other_pidns, &opts.stdio_files)?;
+    if opts.other_pidns {
+        // refused before any page is copied; read again once frozen
+        pidns::map(pid, &tree0)?;
+    }
     if freeze::zombie(pid).is_some() {
         return Err(ChkptError::unsupported(
             pid,
@@ -202,6 +210,11 @@ pub fn checkpoint_shipped(
     let mut frozen = Frozen::default();
     let tree = freeze::freeze(pid, caller, opts.other_pidns, &mut frozen)?;
     mark("freeze");
+    let pidns = if opts.other_pidns {
+        pidns::map(pid, &tree)?
+    } else {
+        Vec::new()
+    };
     if freeze::tree_owner(&tree, caller)? != owner {
         return Err(ChkptError::Changed(format!(
             "the credentials of process {pid}'s tree changed while it was being frozen"
@@ -284,7 +297,7 @@ pub fn checkpoint_shipped(
     mark("vma_flags_post");
     write_tasks(&staging.dir, &names, &state.tasks)?;
     let node = node_image(opts.node, &state, &tree, zombies);
-    let global = global_image(pid, &names, opts.node, owner, frozen_for, parent)?;
+    let global = global_image(pid, &names, opts.node, owner, frozen_for, parent, pidns)?;
     write_metadata(&staging.dir, &names, &global, &node, &state.tasks)?;
     let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
     mark("write_files");

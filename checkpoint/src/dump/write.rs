@@ -131,6 +131,7 @@ pub(super) fn global_image(
     owner: Owner,
     frozen: Duration,
     parent: Option<u32>,
+    pidns: Vec<(i32, i32)>,
 ) -> Result<GlobalImage> {
     Ok(GlobalImage {
         app_id: pid,
@@ -146,6 +147,7 @@ pub(super) fn global_image(
             .to_string(),
         frozen_us: frozen.as_micros() as u64,
         parent,
+        pidns,
     })
 }
 

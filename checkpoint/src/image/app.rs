@@ -20,6 +20,11 @@ pub struct GlobalImage {
     /// The SN this one is incremental on (some task keeps pages of it);
     /// `None` when this SN starts a chain.
     pub parent: Option<u32>,
+    /// Format 6: the tree ran in a PID namespace below checkpoint's (a
+    /// `krg run` job): every task's and thread's PID as checkpoint saw it
+    /// (the PIDs the other files record), with its number in the tree's
+    /// own namespace. Empty: the tree ran in checkpoint's namespace.
+    pub pidns: Vec<(i32, i32)>,
 }
 
 /// `node_<N>_v<SN>.bin`: the tasks node N holds, parents before children.

@@ -55,7 +55,7 @@ pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
 /// files. 5: files in flight and closing TCP connections at the end of
 /// node files ([`InFlight`], [`Shutdown`]), leases among the locks.
 /// Files of every older version are still read.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 pub const HEADER_LEN: usize = 64;
 const V1_HEADER_LEN: usize = 48;
 pub const PAGE: u64 = 4096;
@@ -100,6 +100,11 @@ pub trait ImageMeta: Serialize + DeserializeOwned {
     fn decode_v4(body: &[u8]) -> postcard::Result<Self> {
         postcard::from_bytes(body)
     }
+    /// Decode the metadata of a version 5 file (the same as today's but
+    /// for the end of the global file).
+    fn decode_v5(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(body)
+    }
 }
 
 /// `body` with `zeros` zero bytes after it: the encoding of trailing
@@ -114,6 +119,20 @@ impl ImageMeta for GlobalImage {
     type V1 = v1::GlobalV1;
     fn from_v1(v: v1::GlobalV1) -> Self {
         v.into()
+    }
+    /// Global files before version 6 end before the PID namespace map
+    /// (an empty list: the tree ran in checkpoint's namespace).
+    fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
+    }
+    fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
+    }
+    fn decode_v4(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
+    }
+    fn decode_v5(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
     }
 }
 
@@ -328,6 +347,8 @@ pub fn read_from<T: ImageMeta>(
         T::decode_v3(&body).map_err(bad)?
     } else if version == 4 {
         T::decode_v4(&body).map_err(bad)?
+    } else if version == 5 {
+        T::decode_v5(&body).map_err(bad)?
     } else {
         postcard::from_bytes(&body).map_err(bad)?
     };

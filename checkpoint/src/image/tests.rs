@@ -13,6 +13,7 @@ fn sample() -> GlobalImage {
         kernel: "6.18".into(),
         frozen_us: 1234,
         parent: Some(2),
+        pidns: vec![(81234, 2), (81235, 3)],
     }
 }
 
@@ -173,6 +174,28 @@ fn node_files_before_version_5_are_read() {
     assert_eq!(NodeImage::decode_v3(old).unwrap(), n);
     assert_eq!(NodeImage::decode_v2(old).unwrap(), n);
     assert!(postcard::from_bytes::<NodeImage>(old).is_err());
+}
+
+/// A global file of versions 2 to 5 (no PID namespace map at its end)
+/// decodes into today's type, with an empty map.
+#[test]
+fn global_files_before_version_6_are_read() {
+    let g = GlobalImage {
+        pidns: vec![],
+        ..sample()
+    };
+    let now = postcard::to_stdvec(&g).unwrap();
+    assert_eq!(now.last(), Some(&0));
+    let old = &now[..now.len() - 1];
+    for decode in [
+        GlobalImage::decode_v2,
+        GlobalImage::decode_v3,
+        GlobalImage::decode_v4,
+        GlobalImage::decode_v5,
+    ] {
+        assert_eq!(decode(old).unwrap(), g);
+    }
+    assert!(postcard::from_bytes::<GlobalImage>(old).is_err());
 }
 
 proptest::proptest! {

@@ -31,6 +31,7 @@ impl From<GlobalV1> for GlobalImage {
             kernel: g.kernel,
             frozen_us: 0,
             parent: None,
+            pidns: Vec::new(),
         }
     }
 }

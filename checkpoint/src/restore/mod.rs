@@ -30,6 +30,8 @@
 //!   [`pread`] the pages a task reads in itself
 //! - [`lazy`], [`serve`] — `--lazy`: pages left out, and their server
 //! - [`sysv`] — recreating SysV IPC objects
+//! - [`pidns`] — into a job's PID namespace; [`jobns`] what a job's
+//!   checkpoint records of its namespace
 
 mod anon;
 mod attrs;
@@ -41,6 +43,7 @@ mod fill;
 mod fork;
 mod held;
 mod held_check;
+pub mod jobns;
 mod lazy;
 pub mod load;
 mod locks;
@@ -139,6 +142,13 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         ));
     }
     let mut loaded = load::load_checked(&dir, sn, opts.node, check)?;
+    if !loaded.global.pidns.is_empty() && opts.pidns.is_none() {
+        // its PIDs in restart's namespace were not its own: given back
+        // here, getpid() would change under the program
+        return Err(ChkptError::Usage(format!(
+            "SN {sn} of {app} ran in a PID namespace of its own (a krg job): it comes back as a job, through krgd (run restart without --pidns-of on a node whose krgd runs)"
+        )));
+    }
     if let Some(fd) = opts.fetch_fd {
         // SAFETY: the descriptor was given to this process for this use.
         loaded.fetch = Some(unsafe { fetch::Fetch::from_raw_fd(fd) }?);
