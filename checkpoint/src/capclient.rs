@@ -1,12 +1,13 @@
 //! Talking to the local krgd about CHECKPOINTABLE (krgcapset, checkpoint,
-//! restart): one connection and one small runtime for all the requests of
-//! a command.
+//! restart), and asking it to restart a job's checkpoint: one connection
+//! and one small runtime for all the requests of a command.
 
 use std::path::Path;
 
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
+use krg_proto::proc::{ProcReply, ProcRequest, RestartJob};
 
 use crate::error::{ChkptError, Result};
 
@@ -64,4 +65,43 @@ impl CapClient {
             _ => Err(ChkptError::KrgdReply),
         }
     }
+
+    /// Have krgd restart SN `sn` of application `app` under `dir` (an
+    /// absolute path) as a detached job: the root's PID in the job's
+    /// namespace, its PID on this node, and the job's output directory.
+    pub fn restart_job(&mut self, dir: &Path, app: i32, sn: u32) -> Result<RestartedJob> {
+        let req = RestartJob {
+            dir: dir.to_string_lossy().into_owned(),
+            app,
+            sn,
+        };
+        let reply = self.rt.block_on(
+            self.conn
+                .call(&AdminRequest::Proc(ProcRequest::RestartJob(req))),
+        )?;
+        match reply {
+            AdminResponse::Proc(ProcReply::Restarted {
+                pid,
+                host_pid,
+                output,
+            }) => Ok(RestartedJob {
+                pid,
+                host_pid,
+                output,
+            }),
+            AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+}
+
+/// A job's checkpoint running again (see [`CapClient::restart_job`]).
+#[derive(Debug, Clone)]
+pub struct RestartedJob {
+    /// The root's PID in its namespace.
+    pub pid: i32,
+    /// Its PID in krgd's namespace.
+    pub host_pid: i32,
+    /// Directory of the job's stdout, stderr and status files.
+    pub output: String,
 }

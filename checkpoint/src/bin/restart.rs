@@ -18,6 +18,10 @@ use krg_proto::chkpt::ChkptRequest;
 /// such pipes and terminals on higher fds get this command's stdin (a read
 /// end) or stdout, or what --inherit-fd names.
 ///
+/// A checkpoint of a `krg run` job (a tree in a PID namespace of its own)
+/// comes back as a detached job of this node, through its krgd: a new
+/// namespace, the job's own PIDs in it, its output in files (printed).
+///
 /// Examples: `restart 4242 1`; `restart --inherit-fd 5:/tmp/out.log 4242 2`.
 #[derive(Parser)]
 #[command(name = "restart", version)]
@@ -100,6 +104,9 @@ fn main() {
     krg_clidoc::intercept::<Cli>(&PAGE);
     let cli = Cli::parse();
     let run = || -> Result<()> {
+        if cli.pidns_of.is_none() && is_a_job(&cli)? {
+            return restart_job(&cli);
+        }
         let opts = RestoreOptions {
             root: cli.dir.clone(),
             node: cli.node,
@@ -146,6 +153,51 @@ fn main() {
         report(cli.report_fd, &format!("restart: {e:#}"));
         std::process::exit(1);
     }
+}
+
+/// Is SN of the application a job's checkpoint (its tree in a PID
+/// namespace of its own)? An image this cannot read is left to the
+/// restore, which says what is wrong with it; a bad PID map is an error.
+fn is_a_job(cli: &Cli) -> Result<bool> {
+    match restore::jobns::read(&cli.dir, cli.pid, cli.sn) {
+        Ok(job) => Ok(!job.map.is_empty()),
+        Err(e @ checkpoint::ChkptError::BadImage { .. }) => Err(e.into()),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Have the local krgd restart a job's checkpoint as a detached job.
+fn restart_job(cli: &Cli) -> Result<()> {
+    let unfit = [
+        (cli.new_pids, "--new-pids"),
+        (cli.lazy, "--lazy"),
+        (!cli.inherit_fd.is_empty(), "--inherit-fd"),
+        (cli.node.is_some(), "--node"),
+        (cli.ctty_fg.is_some(), "--ctty-fg"),
+        (cli.fetch_fd.is_some(), "--fetch-fd"),
+    ];
+    if let Some((_, flag)) = unfit.iter().find(|(given, _)| *given) {
+        anyhow::bail!(
+            "SN {} of {} is a krg job's checkpoint, restarted by krgd as a job: {flag} does not apply to it",
+            cli.sn,
+            cli.pid
+        );
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        anyhow::bail!("restart must run as root");
+    }
+    let dir = std::path::absolute(&cli.dir)?;
+    let job = CapClient::connect(&cli.socket)
+        .and_then(|mut krgd| krgd.restart_job(&dir, cli.pid, cli.sn))?;
+    report(
+        cli.report_fd,
+        &format!(
+            "restart: application {} running again from SN {} as a detached krg job (PID {} in its namespace, {} here); its output and status: {}",
+            cli.pid, cli.sn, job.pid, job.host_pid, job.output
+        ),
+    );
+    Ok(())
 }
 
 /// One line to stderr, or to `fd` (then closed: nothing restored keeps it).
@@ -201,7 +253,7 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
     sections: &[
         krg_clidoc::Section {
             title: "EXIT STATUS",
-            body: "0: the process tree runs again.
+            body: "0: the process tree runs again (a krg job's: as a detached job, its output directory printed).
 1: refused or failed (a corrupted image, a PID still taken, not yours); nothing of the job runs.
 2: bad usage.",
         },

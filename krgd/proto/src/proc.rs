@@ -380,6 +380,21 @@ pub enum ProcRequest {
         /// The token krgd gave it (its `KRG_STANDIN` variable).
         token: u64,
     },
+    /// Restart a checkpoint of a tree that ran in a PID namespace of its
+    /// own (a `krg run` job) as a detached job of this node: a new
+    /// namespace, the tree's own PIDs in it (`restart` sends it, as root).
+    RestartJob(RestartJob),
+}
+
+/// The checkpoint [`ProcRequest::RestartJob`] names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartJob {
+    /// Root directory of checkpoints (`/var/chkpt`).
+    pub dir: String,
+    /// Application id: the PID of the checkpointed root.
+    pub app: i32,
+    /// Checkpoint number.
+    pub sn: u32,
 }
 
 /// Answers of the process service on the admin socket.
@@ -402,6 +417,15 @@ pub enum ProcReply {
     Killed,
     /// The process moved (or, when `fell_back` says so, came back).
     Migrated(crate::migrate::MigrateReport),
+    /// A job's checkpoint runs again as a detached job.
+    Restarted {
+        /// The root's PID in the job's namespace (as it was).
+        pid: i32,
+        /// Its PID in krgd's namespace now.
+        host_pid: i32,
+        /// The directory of the job's output and status files.
+        output: String,
+    },
 }
 
 /// The first message of a session connection between krgds.

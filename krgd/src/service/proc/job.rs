@@ -231,6 +231,24 @@ fn explain(stage: Stage, errno: i32, spec: &JobSpec, node: NodeId) -> AdminError
     refuse(kind, node, what)
 }
 
+/// A detached job's descriptors 0-2 (/dev/null, and its output files in
+/// a new directory of its own) and krgd's hold on the files. `pid`: the
+/// program's PID in its namespace, `id` its job number.
+pub fn detached_stdio(
+    st: &ProcState,
+    creds: &Credentials,
+    pid: i32,
+    id: u64,
+) -> io::Result<([OwnedFd; 3], Io)> {
+    let name = detach::dir_name(pid, id);
+    let out = detach::create(&st.detach_dir, &name, creds)?;
+    let (stdout, stderr) = (out.stdout.try_clone()?, out.stderr.try_clone()?);
+    Ok((
+        [dev_null()?, stdout.into(), stderr.into()],
+        Io::Detached(Arc::new(out)),
+    ))
+}
+
 /// The init's descriptors 0-2 and krgd's ends of them.
 fn make_stdio(
     st: &ProcState,
@@ -240,13 +258,7 @@ fn make_stdio(
     id: u64,
 ) -> io::Result<([OwnedFd; 3], Io)> {
     if spec.detach {
-        let name = detach::dir_name(pid, id);
-        let out = detach::create(&st.detach_dir, &name, creds)?;
-        let (stdout, stderr) = (out.stdout.try_clone()?, out.stderr.try_clone()?);
-        return Ok((
-            [dev_null()?, stdout.into(), stderr.into()],
-            Io::Detached(Arc::new(out)),
-        ));
+        return detached_stdio(st, creds, pid, id);
     }
     if let Some(ws) = spec.tty {
         let (master, slave) = pty::open(ws, creds.uid)?;

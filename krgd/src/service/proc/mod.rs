@@ -14,6 +14,7 @@
 //! * [`place`]: where jobs go; [`fanout`]: the cluster-wide views.
 //! * [`table`], [`procfs`], [`lookup`]: this node's jobs and their processes.
 //! * [`creds`]: whose a job is, and who may run what here.
+//! * [`restartjob`]: a job's checkpoint restarted as a detached job here.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss.
 //! * [`zygote`]: the pre-started `krg-init` that forks every job's init.
@@ -40,6 +41,7 @@ pub mod procfs;
 pub mod pty;
 pub mod pushfile;
 pub mod remote;
+pub mod restartjob;
 pub mod sealed;
 pub mod serve;
 pub mod session;
@@ -240,6 +242,15 @@ impl ProcService {
                 migrate::migrate(&self.st, req, who, creds::Origin::Local)
                     .await
                     .map(ProcReply::Migrated)
+            }
+            ProcRequest::RestartJob(req) => {
+                if !caller.is_root() {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only root restarts a job's checkpoint (restart runs as root)",
+                    ));
+                }
+                restartjob::restart(&self.st, req).await
             }
             ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,

@@ -60,6 +60,9 @@ pub struct JobImage<'a> {
     pub checkpointable: Vec<i32>,
     /// Started with `--detach`: it outlives the node that started it.
     pub detached: bool,
+    /// Its output goes to files of this node (a checkpoint restarted
+    /// here), not to a session; implies `detached`.
+    pub output_here: bool,
 }
 
 /// The job's new stdio: restart's fds 0-2 (which become the job's), and
@@ -102,7 +105,17 @@ pub async fn start(
 ) -> Result<StartedJob, AdminError> {
     let node = st.node();
     let reservation = st.table.reserve_for(img.pid)?;
-    let (stdio, io) = new_stdio(node, &img)?;
+    let (stdio, io) = if img.output_here {
+        let creds = krg_proto::proc::Credentials {
+            uid: img.uid,
+            gid: img.gid,
+            groups: Vec::new(),
+        };
+        job::detached_stdio(st, &creds, img.pid, reservation.id)
+            .map_err(|e| internal(node, format!("the job's output files: {e}")))?
+    } else {
+        new_stdio(node, &img)?
+    };
     // the job's own numbers of its CHECKPOINTABLE processes
     let checkpointable: Vec<i32> = img
         .map
@@ -150,12 +163,16 @@ pub async fn start(
         Io::Pty(pty) => Some(pty.clone()),
         _ => None,
     };
+    let output = match &io {
+        Io::Detached(out) => Some(out.clone()),
+        _ => None,
+    };
     let facts = EntryFacts {
         pid: img.pid,
         uid: img.uid,
         gid: img.gid,
-        detached: img.detached,
-        output: None,
+        detached: img.detached || img.output_here,
+        output,
         tty,
         origin: img.origin,
     };
@@ -271,6 +288,7 @@ async fn adopt_from(
         terminal: open.terminal.clone(),
         checkpointable: open.checkpointable.clone(),
         detached: open.detached,
+        output_here: false,
     };
     let r = start(st, img, &mut clock, lazy).await;
     pulling::settle(pulling.as_ref(), r.is_ok());

@@ -256,6 +256,7 @@ impl Made {
             terminal: None,
             checkpointable: saved.checkpointable.to_vec(),
             detached: false,
+            output_here: false,
         };
         match adopt::start(st, img, &mut Clock::new(), Lazy::No).await {
             Ok(job) => {

@@ -1,0 +1,91 @@
+//! `restart` of a `krg run` job's checkpoint (`ProcRequest::RestartJob`):
+//! the tree ran in a PID namespace of its own, so it comes back as a job
+//! does after a migration ([`super::migrate::adopt`]) — a new init in a new
+//! namespace, every task with its own PID there — but from the checkpoint
+//! store, with no session to go back to: a detached job of this node, its
+//! output in `<data_dir>/detached/…` like `krg run --detach`'s.
+//!
+//! Only root asks (restart runs as root); the image belongs to its user,
+//! who may have edited it: its PID map is checked
+//! (`checkpoint::restore::jobns`), and `restart` checks the rest as it
+//! does for any image.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::proc::{ProcReply, RestartJob};
+
+use super::migrate::adopt::{self, JobImage};
+use super::migrate::restore::Lazy;
+use super::migrate::Clock;
+use super::state::ProcState;
+
+fn refused(kind: ErrorKind, what: impl std::fmt::Display) -> AdminError {
+    AdminError::new(kind, what.to_string())
+}
+
+/// Restart SN `req.sn` of application `req.app` as a detached job here.
+pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<ProcReply, AdminError> {
+    let root = PathBuf::from(&req.dir);
+    if !root.is_absolute() {
+        return Err(refused(
+            ErrorKind::InvalidArgument,
+            format!("{}: the checkpoint directory must be absolute", req.dir),
+        ));
+    }
+    let (root2, app, sn) = (root.clone(), req.app, req.sn);
+    let job =
+        tokio::task::spawn_blocking(move || checkpoint::restore::jobns::read(&root2, app, sn))
+            .await
+            .map_err(|e| refused(ErrorKind::Internal, e))?
+            .map_err(|e| refused(ErrorKind::InvalidArgument, e))?;
+    if job.map.is_empty() {
+        return Err(refused(
+            ErrorKind::InvalidArgument,
+            format!("SN {sn} of {app} ran in krgd's own PID namespace: restart it without krgd"),
+        ));
+    }
+    let everyone: Vec<i32> = job.map.iter().map(|&(image, _)| image).collect();
+    let img = JobImage {
+        root: &root,
+        app,
+        sn,
+        pid: job.root,
+        map: job.map,
+        uid: job.uid,
+        gid: job.gid,
+        origin: st.node(),
+        terminal: None,
+        // it was CHECKPOINTABLE to be saved: every task of it is again
+        checkpointable: everyone,
+        detached: true,
+        output_here: true,
+    };
+    let started = adopt::start(st, img, &mut Clock::new(), Lazy::No).await?;
+    let output = started
+        .entry
+        .output
+        .as_ref()
+        .map(|o| o.dir.display().to_string())
+        .unwrap_or_default();
+    let host_pid = super::procfs::scan(std::slice::from_ref(&started.entry))
+        .iter()
+        .find(|f| f.pid == started.entry.pid)
+        .map_or(0, |f| f.host_pid);
+    let pid = started.entry.pid;
+    tracing::info!(
+        app,
+        sn,
+        pid,
+        host_pid,
+        "restarted a job's checkpoint as a detached job"
+    );
+    // a detached job has no session to serve: this one only records its end
+    drop(super::session::spawn_started(st.clone(), started));
+    Ok(ProcReply::Restarted {
+        pid,
+        host_pid,
+        output,
+    })
+}

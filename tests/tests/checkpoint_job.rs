@@ -1,0 +1,182 @@
+//! `checkpoint` and `restart` of a process in a PID namespace of its own:
+//! a `krg run` job, or a process that moved with a stand-in (it runs in
+//! such a namespace where it moved). It is saved with its PIDs there and
+//! comes back through krgd as a detached job, getpid() unchanged. Needs
+//! root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use krg_tests::migrating::{
+    capset, err, lines_of, migrate, moved_host_pid, next_lines, ps, socket, Job, PRINTER,
+};
+use krg_tests::{bin, serial, wait_for, without_stray_fds, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// `checkpoint`/`restart ARGS` through node `via`, checkpoints under `dir`.
+fn tool(c: &TestCluster, via: u32, name: &str, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .env("KRG_SOCKET", socket(c, via))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The last "N PID" line of a printer's output file, as numbers.
+fn last_count(file: &Path) -> Option<(u64, i32)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut it = text.lines().last()?.split(' ');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// A process moved to node 2 with its stand-in is checkpointed there (in
+/// the job's namespace it runs in now), killed, and restarted on node 2
+/// from that image: it goes on counting where it was, with the PID it
+/// had seen all along, as a detached job of node 2 (`krg ps` shows it;
+/// its output goes to the files `restart` names).
+#[test]
+fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let chk = c.dir.path().join("chkpt");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", PRINTER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    let out = lines_of(child.stdout.take().unwrap());
+    std::thread::spawn(move || child.wait());
+    let _stand_in = Job(pid);
+    capset(&c, 1, pid);
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args(["-k", &pid.to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    next_lines(&out, 3);
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(pid);
+    let moved_job = Job(moved);
+    next_lines(&out, 5);
+    let o = tool(&c, 2, "checkpoint", &chk, &[&moved.to_string()]);
+    assert!(o.status.success(), "checkpoint on node 2: {}", err(&o));
+    let saved_at: u64 = next_lines(&out, 1)[0].split(' ').next().unwrap().parse()?;
+    // the image says where its PIDs lived
+    let app = chk.join(moved.to_string());
+    let o = Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(&app)
+        .arg("1")
+        .output()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("PIDs there: {moved}={pid}")),
+        "{text}"
+    );
+    drop(moved_job);
+    // options that do not apply to a job are refused, nothing started
+    let o = tool(
+        &c,
+        2,
+        "restart",
+        &chk,
+        &["--new-pids", &moved.to_string(), "1"],
+    );
+    assert!(!o.status.success());
+    assert!(err(&o).contains("--new-pids does not apply"), "{}", err(&o));
+    let o = tool(&c, 2, "restart", &chk, &[&moved.to_string(), "1"]);
+    assert!(o.status.success(), "restart on node 2: {}", err(&o));
+    let line = err(&o);
+    assert!(
+        line.contains(&format!(
+            "as a detached krg job (PID {pid} in its namespace"
+        )),
+        "{line}"
+    );
+    let output = Path::new(line.trim().rsplit(": ").next().unwrap()).to_path_buf();
+    let host: i32 = line
+        .split(&format!("PID {pid} in its namespace, "))
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let _restarted = Job(host);
+    // it counts on from where it was saved, with its own PID
+    let (n, seen) = wait_for(Duration::from_secs(10), "the restarted count", || {
+        last_count(&output.join("stdout")).filter(|&(n, _)| n > saved_at + 5)
+    })?;
+    assert_eq!(seen, pid, "getpid() after the restart");
+    let first = std::fs::read_to_string(output.join("stdout"))?;
+    let first: u64 = first
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()?;
+    assert!(
+        first <= saved_at + 1 && first > 3,
+        "it went on from {saved_at}, not from the start: {first}..{n}"
+    );
+    // a job of node 2, as krg ps shows it
+    assert!(ps(&c, 1).contains(&(2, pid as i64)), "{:?}", ps(&c, 1));
+    // and CHECKPOINTABLE again: saved anew under its new PID on the node
+    let o = tool(&c, 2, "checkpoint", &chk, &[&host.to_string()]);
+    assert!(
+        o.status.success(),
+        "checkpoint of the restarted job: {}",
+        err(&o)
+    );
+    let o = Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(chk.join(host.to_string()))
+        .arg("1")
+        .output()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("PIDs there: {host}={pid}")),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// The init of a PID namespace is refused with the reason: restart gives
+/// the namespace an init of its own.
+#[test]
+fn the_init_of_a_pid_namespace_is_refused() -> Result<()> {
+    let _g = serial();
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sleep", "60"])
+        .spawn()?;
+    let unshare = child.id() as i32;
+    let init = wait_for(Duration::from_secs(5), "unshare's child", || {
+        std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    })?;
+    let dir = tempfile::tempdir()?;
+    let o = Command::new(bin("checkpoint"))
+        .args(["--no-capability-check", "--dir"])
+        .arg(dir.path())
+        .arg(init.to_string())
+        .output()?;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("the init of a PID namespace"),
+        "{}",
+        err(&o)
+    );
+    Ok(())
+}
