@@ -440,6 +440,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cat /var/chkpt/$pid/description_v1.txt
     kill $pid; restart $pid 1
     cat $STATE_DIR/demo.count       # counting on from the checkpointed value
+    krgcapset -d +CHECKPOINTABLE ; krg run -n 1 -- sh -c 'while :; do date +%T; sleep 1; done' &
+    J=\$(pgrep -f '^sh -c while') ; checkpoint \$J ; kill %1 ; restart \$J 1   # a krg job: back as a detached job
 
   Logs: $STATE_DIR/krgd<N>.log, $STATE_DIR/kdfs<N>.log
   Stop everything: sudo $REPO/tests/local-cluster.sh down

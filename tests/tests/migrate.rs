@@ -194,7 +194,7 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     // It runs in a PID namespace of its own on node 2 (where it is still
     // `pid`); `pid` here is its stand-in. What it held on node 1 it holds
     // on node 2 (`threads_and_a_tree_with_a_pipe_move` checkpoints it
-    // there; this one, in a job's namespace now, `checkpoint` refuses).
+    // there; tests/tests/checkpoint_job.rs one in a job's namespace).
     let moved = moved_host_pid(pid);
     assert_eq!(show_caps(&c, 2, moved), "CHECKPOINTABLE,CAN_MIGRATE");
     assert_eq!(
