@@ -35,6 +35,21 @@ fn last_count(file: &Path) -> Option<(u64, i32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// The host PID of the job program `sh -c 'while :; do echo x …'` (in a
+/// PID namespace of its own).
+fn job_program() -> Result<i32> {
+    wait_for(Duration::from_secs(5), "the job's program", || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+            let inner = nspid.split_whitespace().count() == 2;
+            (cmd.starts_with(b"sh\0-c\0while :; do echo x") && inner).then_some(pid)
+        })
+    })
+}
+
 /// A process moved to node 2 with its stand-in is checkpointed there (in
 /// the job's namespace it runs in now), killed, and restarted on node 2
 /// from that image: it goes on counting where it was, with the PID it
@@ -146,6 +161,52 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
     assert!(
         text.contains(&format!("PIDs there: {host}={pid}")),
         "{text}"
+    );
+    Ok(())
+}
+
+/// A `krg run` job started from a CHECKPOINTABLE shell is CHECKPOINTABLE
+/// too, as a child of that shell would be, on another node as well: its
+/// program is checkpointed where it runs.
+#[test]
+fn a_krg_run_job_inherits_checkpointable_from_its_shell() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let go = c.dir.path().join("go");
+    let sh = format!(
+        "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 2 -- sh -c 'while :; do echo x; sleep 0.1; done'",
+        go = go.display(),
+        krg = bin("krg").display()
+    );
+    let mut shell = Command::new("sh")
+        .args(["-c", &sh])
+        .env("KRG_SOCKET", socket(&c, 1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = lines_of(shell.stdout.take().unwrap());
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args(["-k", &shell.id().to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    std::fs::write(&go, b"")?;
+    next_lines(&out, 2);
+    let program = job_program()?;
+    let _program = Job(program);
+    let o = tool(
+        &c,
+        2,
+        "checkpoint",
+        &c.dir.path().join("chkpt"),
+        &[&program.to_string()],
+    );
+    let _ = shell.kill();
+    let _ = shell.wait();
+    assert!(
+        o.status.success(),
+        "checkpoint of the job on node 2: {}",
+        err(&o)
     );
     Ok(())
 }

@@ -52,7 +52,7 @@ use crate::refusal::AdminError;
 use crate::NodeId;
 
 /// Version of the session stream (checked in [`PeerSession`]).
-pub const SESSION_VERSION: u16 = 2;
+pub const SESSION_VERSION: u16 = 3;
 
 /// Largest stdio payload one frame carries.
 pub const MAX_CHUNK: usize = 256 * 1024;
@@ -439,9 +439,19 @@ pub struct PeerSession {
     pub creds: Credentials,
     /// How many copies to start.
     pub count: u32,
-    /// The jobs may migrate: the user's `krg run` held CAN_MIGRATE on the
-    /// origin (its krgd checked), so its programs hold it too.
+    /// What the user's `krg run` held on the origin (its krgd checked):
+    /// its programs hold it too.
+    pub caps: JobCaps,
+}
+
+/// The capabilities a user's `krg run` held, which its jobs' programs
+/// get (and their descendants inherit), as a shell's children would.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCaps {
+    /// CAN_MIGRATE: the jobs may move.
     pub can_migrate: bool,
+    /// CHECKPOINTABLE: the jobs may be checkpointed.
+    pub checkpointable: bool,
 }
 
 /// What one node reports about itself (the `/krg/nodes/<id>/` files, and

@@ -71,6 +71,20 @@ impl ChkptService {
         }
     }
 
+    /// Give the programs of new jobs CAN_MIGRATE and/or CHECKPOINTABLE,
+    /// as their user's `krg run` held them.
+    pub fn grant(&self, pids: &[i32], migrate: bool, checkpoint: bool) {
+        let trackers = [(&self.migrate, migrate), (&self.tracker, checkpoint)];
+        let wanted = trackers
+            .into_iter()
+            .filter_map(|(t, wanted)| t.as_ref().filter(|_| wanted));
+        for t in wanted {
+            for &pid in pids {
+                let _ = t.set(pid, true);
+            }
+        }
+    }
+
     /// `pid` is no longer what it was (a stand-in now): neither
     /// capability holds for it any more.
     pub fn forget(&self, pid: i32) {

@@ -60,14 +60,17 @@ fn run_request_and_session_frames_roundtrip() {
                     groups: vec![27],
                 },
                 count: 1,
-                can_migrate: true,
+                caps: JobCaps {
+                    can_migrate: true,
+                    checkpointable: false,
+                },
             },
         ))),
     };
     let (back, _): (PeerMessage, usize) = decode(&encode(&open).unwrap()).unwrap().unwrap();
     assert!(matches!(
         back.body,
-        crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(s))) if s.creds.groups == vec![27] && s.can_migrate
+        crate::peer::PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::Session(s))) if s.creds.groups == vec![27] && s.caps.can_migrate && !s.caps.checkpointable
     ));
     let adopt = PeerMessage {
         id: 0,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::proc::{Credentials, Down, RunRequest, Up};
+use krg_proto::proc::{Credentials, Down, JobCaps, RunRequest, Up};
 use krg_proto::NodeId;
 use tokio::sync::mpsc;
 
@@ -40,8 +40,12 @@ pub async fn open(
     super::job::validate(&req.spec, me)?;
     let nodes = place::nodes(st, sched, caller, &req.placement, creds.uid).await?;
     let count = req.per_node;
-    // The user's shell made its children CAN_MIGRATE: its jobs are too.
-    let can_migrate = caller.pid.is_some_and(|p| st.caps.can_migrate(p));
+    // The user's shell made its children CAN_MIGRATE or CHECKPOINTABLE:
+    // its jobs are too.
+    let caps = JobCaps {
+        can_migrate: caller.pid.is_some_and(|p| st.caps.can_migrate(p)),
+        checkpointable: caller.pid.is_some_and(|p| st.caps.is_checkpointable(p)),
+    };
     let opens = nodes.iter().map(|&node| {
         let (spec, creds) = (req.spec.clone(), creds.clone());
         async move {
@@ -55,11 +59,11 @@ pub async fn open(
                         creds,
                         count,
                         origin: me,
-                        can_migrate,
+                        caps,
                     },
                 ))
             } else {
-                remote::open(st, node, spec, creds, count, can_migrate).await
+                remote::open(st, node, spec, creds, count, caps).await
             }
         }
     });

@@ -18,7 +18,8 @@ use krg_proto::cluster::NodeState;
 use krg_proto::migrate::PhaseTime;
 use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
 use krg_proto::proc::{
-    Credentials, Down, JobSpec, PeerSession, ProcPeerReply, ProcPeerRequest, Up, SESSION_VERSION,
+    Credentials, Down, JobCaps, JobSpec, PeerSession, ProcPeerReply, ProcPeerRequest, Up,
+    SESSION_VERSION,
 };
 use krg_proto::seal::FrameKeys;
 use krg_proto::{NodeId, ProtoError};
@@ -87,14 +88,14 @@ pub async fn open(
     spec: JobSpec,
     creds: Credentials,
     count: u32,
-    can_migrate: bool,
+    caps: JobCaps,
 ) -> Result<Session, AdminError> {
     let first = ProcPeerRequest::Session(PeerSession {
         version: SESSION_VERSION,
         spec,
         creds,
         count,
-        can_migrate,
+        caps,
     });
     open_with(st, node, first, count, OPEN_TIMEOUT)
         .await

@@ -104,7 +104,7 @@ pub async fn serve(
             creds: open.creds,
             count: open.count,
             origin: peer.node,
-            can_migrate: open.can_migrate,
+            caps: open.caps,
         },
     );
     let jobs = sess.jobs;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::proc::{
-    Credentials, Down, ExitStatus, JobSpec, Program, Up, MAX_CHUNK, STDIN_WINDOW,
+    Credentials, Down, ExitStatus, JobCaps, JobSpec, Program, Up, MAX_CHUNK, STDIN_WINDOW,
 };
 use krg_proto::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -54,8 +54,8 @@ pub struct Params {
     pub count: u32,
     /// The node whose user asked.
     pub origin: NodeId,
-    /// The jobs' programs get CAN_MIGRATE.
-    pub can_migrate: bool,
+    /// What the jobs' programs get (CAN_MIGRATE, CHECKPOINTABLE).
+    pub caps: JobCaps,
 }
 
 /// Start a session on this node.
@@ -107,9 +107,7 @@ async fn run(
     for job in 0..p.count {
         match job::start(&st, &p.spec, &p.creds, image.as_ref(), p.origin).await {
             Ok(started) => {
-                if p.can_migrate {
-                    flag_migratable(&st, &started);
-                }
+                flag_caps(&st, &started, p.caps);
                 let ctl = launch(&st, job, started, &events, &mut running).await;
                 ctls.push(ctl);
             }
@@ -123,14 +121,19 @@ async fn run(
     drive(st, ctls, running, input, events).await;
 }
 
-/// Give a job's program CAN_MIGRATE (its descendants inherit it).
-fn flag_migratable(st: &ProcState, started: &StartedJob) {
+/// Give a job's program the capabilities its user's `krg run` held (its
+/// descendants inherit them).
+fn flag_caps(st: &ProcState, started: &StartedJob, caps: JobCaps) {
+    if !caps.can_migrate && !caps.checkpointable {
+        return;
+    }
     let program: Vec<i32> = super::procfs::scan(std::slice::from_ref(&started.entry))
         .iter()
         .filter(|f| f.pid == started.entry.pid)
         .map(|f| f.host_pid)
         .collect();
-    st.caps.adopt(&program, &[]);
+    st.caps
+        .grant(&program, caps.can_migrate, caps.checkpointable);
 }
 
 /// Start a session of one job that is already running (a job that
