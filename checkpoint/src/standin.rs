@@ -20,6 +20,10 @@ const SYS_CLOSE_RANGE: libc::c_long = 436;
 /// so that no instruction of the new program runs before we let go.
 const TRACE_EXEC: libc::c_long = libc::PTRACE_O_TRACEEXEC as libc::c_long;
 
+/// The variable that carries a stand-in's token and tells `krg` it is
+/// one (krgd sets it; `checkpoint` recognises a stand-in by it).
+pub const TOKEN_VAR: &str = "KRG_STANDIN";
+
 /// What the stopped process becomes.
 pub struct StandIn<'a> {
     /// The program to execute (absolute).

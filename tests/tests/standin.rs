@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use krg_tests::migrating::{
-    capset, err, lines_of, migrate, next_lines, ppid, ps, socket, Job, PRINTER,
+    capset, err, lines_of, migrate, moved_host_pid, next_lines, ppid, ps, socket, Job, PRINTER,
 };
 use krg_tests::{bin, serial, wait_for, without_stray_fds, TestCluster};
 
@@ -173,6 +173,25 @@ fn a_moved_process_leaves_a_stand_in_its_parent_waits_for() -> Result<()> {
         .output()?;
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(next_lines(&out, 1), [format!("usr1 {pid}")]);
+    // SIGSTOP, which the stand-in cannot pass on, stops the process where
+    // it runs too; SIGCONT resumes both (a signal sent meanwhile waits).
+    let moved = moved_host_pid(pid);
+    let state = |p: i32| {
+        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+        s[s.rfind(')').unwrap() + 2..].chars().next().unwrap()
+    };
+    // SAFETY: kill(2) of this test's child (the stand-in).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_for(Duration::from_secs(5), "the moved process stopped", || {
+        (state(moved) == 'T').then_some(())
+    })?;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert!(out.recv_timeout(Duration::from_millis(300)).is_err());
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(next_lines(&out, 1), [format!("usr1 {pid}")]);
+    assert_ne!(state(moved), 'T');
     // SAFETY: kill(2) of this test's child (the stand-in).
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(next_lines(&out, 1), ["term"]);

@@ -67,6 +67,17 @@ pub fn scan(jobs: &[Arc<JobEntry>]) -> Vec<Found> {
     out
 }
 
+/// The host PID of a job's program: the child of its init that is
+/// `entry.pid` in the job's namespace (None once it has ended).
+pub fn program_host_pid(entry: &JobEntry) -> Option<i32> {
+    let init = entry.init_pid;
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .find(|&c| ns_pid(c) == Some(entry.pid))
+}
+
 /// The PID of host process `pid` in its innermost namespace.
 pub fn ns_pid(host_pid: i32) -> Option<i32> {
     let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;

@@ -317,14 +317,39 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
 /// stop the init, not the program, and is left to `krg kill`; the rest the
 /// init forwards to the program's process group.
 pub fn signal_job(entry: &JobEntry, sig: i32) {
-    if sig == libc::SIGSTOP || !(1..=64).contains(&sig) {
+    if !(1..=64).contains(&sig) {
         return;
     }
     if let Some(relay) = entry.moved_signals() {
         let _ = relay.send(sig);
         return;
     }
+    if sig == libc::SIGSTOP {
+        stop_program(entry);
+        return;
+    }
     let _ = pidfd_signal(&entry.init_pidfd, sig);
+}
+
+/// SIGSTOP to a job goes to its program itself: the init passes signals
+/// on through its handlers, and no handler may take SIGSTOP (sent to the
+/// init, root's, it would stop the init instead). A stand-in whose
+/// process moved here is stopped (see `migrate::standin`): so is the
+/// process.
+fn stop_program(entry: &JobEntry) {
+    let Some(host) = super::procfs::program_host_pid(entry) else {
+        return;
+    };
+    let Ok(pidfd) = super::spawn::pidfd_open(host) else {
+        return;
+    };
+    // the PID may have been reused between the look and the pidfd: the
+    // process the pidfd names must still be the program, in the job
+    let same = super::procfs::pid_ns_inode(host) == Some(entry.ns_ino)
+        && super::procfs::ns_pid(host) == Some(entry.pid);
+    if same {
+        let _ = pidfd_signal(&pidfd, libc::SIGSTOP);
+    }
 }
 
 /// Start the tasks of a job that runs; its control for the session.

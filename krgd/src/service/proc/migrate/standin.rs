@@ -13,7 +13,10 @@
 //! process prints comes out of the stand-in's stdout and stderr, its stdin
 //! (a pipe) goes there, the signals it is sent go there, and it ends as
 //! the process ends (the same exit code, or killed by the same signal), so
-//! the parent's `wait()` gets the real status.
+//! the parent's `wait()` gets the real status. SIGSTOP, which no handler
+//! may take, stops the stand-in alone: krgd sees it stopped
+//! ([`stop_watch`]) and stops the process too; the SIGCONT that resumes
+//! the stand-in it passes on itself.
 //!
 //! On the target the process is taken over as a `krg run` job is
 //! ([`super::adopt`]): in a PID namespace of its own where every PID of
@@ -30,10 +33,10 @@ use std::time::Duration;
 use krg_proto::admin::{AdminError, AdminResponse, ErrorKind};
 use krg_proto::frame::write_frame;
 use krg_proto::migrate::{AdoptJob, PhaseTime};
-use krg_proto::proc::{ProcReply, SESSION_VERSION};
+use krg_proto::proc::{ProcReply, Up, SESSION_VERSION};
 use krg_proto::NodeId;
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::super::local_stream;
 use super::super::session::{self, Session};
@@ -44,8 +47,7 @@ use super::restore::{self, Lazy};
 use super::{runjob, stdio, Clock};
 use crate::caller::Caller;
 
-/// The variable that carries the token, and tells `krg` it is a stand-in.
-pub const TOKEN_VAR: &str = "KRG_STANDIN";
+pub use checkpoint::standin::TOKEN_VAR;
 /// How long the stand-in may take to start and connect.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connected stand-in waits for its process to run somewhere.
@@ -54,6 +56,8 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(150);
 /// The longest command line given to the stand-in.
 const MAX_CMDLINE: usize = 64 << 10;
+/// How often krgd looks whether a stand-in was stopped.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// A stand-in that runs and is connected, waiting for its process's session.
 pub struct Made {
@@ -381,8 +385,36 @@ pub async fn serve(st: &Arc<ProcState>, mut stream: UnixStream, caller: &Caller,
         .map_or(st.node(), |&(_, n)| n);
     let reply = AdminResponse::Proc(ProcReply::Session { jobs: vec![on] });
     if write_frame(&mut stream, &reply).await.is_ok() {
+        let watch = tokio::spawn(stop_watch(pid, input.clone()));
         local_stream::carry(stream, input, events).await;
+        watch.abort();
     }
     crate::sync::lock(&st.migration.standins.active).remove(&pid);
     tracing::info!(pid, "a stand-in's process ended (or the stand-in did)");
+}
+
+/// Whether process `pid` is stopped (state T: a signal stopped it; a
+/// tracer's stop is `t`), or None once it is gone.
+fn stopped(pid: i32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.get(stat.rfind(')')? + 2..)?.chars().next()?;
+    Some(state == 'T')
+}
+
+/// While the stand-in `pid` carries its process's session on `input`:
+/// each time it is seen stopped (SIGSTOP, or a terminal's SIGTTIN), the
+/// process is sent SIGSTOP where it runs, so that what the shell sees
+/// stopped is stopped. The SIGCONT that resumes the stand-in resumes the
+/// process (the stand-in passes it on).
+async fn stop_watch(pid: i32, input: mpsc::Sender<Up>) {
+    let mut tick = tokio::time::interval(STOP_POLL);
+    let mut was = false;
+    loop {
+        tick.tick().await;
+        let Some(now) = stopped(pid) else { return };
+        if now && !was && input.send(Up::Signal(libc::SIGSTOP)).await.is_err() {
+            return;
+        }
+        was = now;
+    }
 }
