@@ -82,6 +82,14 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
     let moved = moved_host_pid(pid);
     let moved_job = Job(moved);
     next_lines(&out, 5);
+    // its stand-in on node 1 holds nothing of it: refused, saying where to go
+    let o = tool(&c, 1, "checkpoint", &chk, &[&pid.to_string()]);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("the stand-in of a process that moved"),
+        "{}",
+        err(&o)
+    );
     let o = tool(&c, 2, "checkpoint", &chk, &[&moved.to_string()]);
     assert!(o.status.success(), "checkpoint on node 2: {}", err(&o));
     let saved_at: u64 = next_lines(&out, 1)[0].split(' ').next().unwrap().parse()?;

@@ -114,6 +114,8 @@ fn run(cli: Cli) -> Result<()> {
     let Some(pid) = cli.pid else {
         bail!("missing PID (see --help)")
     };
+    // a stand-in holds no capability: say what it is rather than that
+    dump::refuse_stand_in(pid)?;
     let query = || CapClient::connect(&cli.socket)?.call(ChkptRequest::Query { pid });
     let local_node = if cli.no_capability_check {
         // SAFETY: getuid has no preconditions.

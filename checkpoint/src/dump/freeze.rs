@@ -158,6 +158,7 @@ pub fn check_task(pid: i32, caller: u32, pidns: bool) -> Result<Owner> {
 fn refuse_unsaved_state(pid: i32, pidns: bool) -> Result<()> {
     super::refuse::thread_state(pid)?;
     super::refuse::cwd(pid)?;
+    super::refuse::stand_in(pid)?;
     // file locks are saved with the fds they are held through, and leases
     // refused there, naming the fd (dump::held::locks)
     for ns in ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
