@@ -28,6 +28,22 @@ fn tool(c: &TestCluster, via: u32, name: &str, dir: &Path, args: &[&str]) -> Out
         .unwrap()
 }
 
+/// SN 1 of application `app` under `chk` records `app` as PID `inner`
+/// of its namespace (`checkpoint inspect`).
+fn assert_maps(chk: &Path, app: i32, inner: i32) {
+    let o = Command::new(bin("checkpoint"))
+        .arg("inspect")
+        .arg(chk.join(app.to_string()))
+        .arg("1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("PIDs there: {app}={inner}")),
+        "{text}"
+    );
+}
+
 /// The last "N PID" line of a printer's output file, as numbers.
 fn last_count(file: &Path) -> Option<(u64, i32)> {
     let text = std::fs::read_to_string(file).ok()?;
@@ -94,17 +110,7 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
     assert!(o.status.success(), "checkpoint on node 2: {}", err(&o));
     let saved_at: u64 = next_lines(&out, 1)[0].split(' ').next().unwrap().parse()?;
     // the image says where its PIDs lived
-    let app = chk.join(moved.to_string());
-    let o = Command::new(bin("checkpoint"))
-        .arg("inspect")
-        .arg(&app)
-        .arg("1")
-        .output()?;
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        text.contains(&format!("PIDs there: {moved}={pid}")),
-        "{text}"
-    );
+    assert_maps(&chk, moved, pid);
     drop(moved_job);
     // options that do not apply to a job are refused, nothing started
     let o = tool(
@@ -160,16 +166,7 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
         "checkpoint of the restarted job: {}",
         err(&o)
     );
-    let o = Command::new(bin("checkpoint"))
-        .arg("inspect")
-        .arg(chk.join(host.to_string()))
-        .arg("1")
-        .output()?;
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        text.contains(&format!("PIDs there: {host}={pid}")),
-        "{text}"
-    );
+    assert_maps(&chk, host, pid);
     Ok(())
 }
 

@@ -11,9 +11,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::checked_dir::CheckedDir;
 use crate::error::{ChkptError, Result};
-use crate::image::{self, FileKind, GlobalImage, Names};
 use crate::store;
 
 use super::owner::ImageOwner;
@@ -34,23 +32,7 @@ pub struct JobCheckpoint {
 /// Read SN `sn` of application `app` under `root`: its PID namespace map,
 /// checked, and its owner.
 pub fn read(root: &Path, app: i32, sn: u32) -> Result<JobCheckpoint> {
-    let dir = CheckedDir::open(&store::app_dir(root, app))?;
-    let names = Names { sn };
-    if !dir.contains(&names.global()) {
-        return Err(ChkptError::NoSuchCheckpoint {
-            dir: dir.path().to_path_buf(),
-            sn,
-        });
-    }
-    let (g, file) = image::read_in::<GlobalImage>(&dir, &names.global(), FileKind::Global)?;
-    let dir_uid = dir.stat()?.st_uid;
-    if dir_uid != file.uid && dir_uid != 0 {
-        return Err(ChkptError::Permission(format!(
-            "{} belongs to uid {dir_uid} but its images to uid {}: refusing it",
-            dir.path().display(),
-            file.uid
-        )));
-    }
+    let (_, g, file) = super::load::open_global(&store::app_dir(root, app), sn)?;
     let owner = ImageOwner::of_uid(file.uid)?;
     let map = g.meta.pidns;
     let root_pid = if map.is_empty() {

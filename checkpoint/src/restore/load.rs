@@ -5,7 +5,9 @@ use std::path::Path;
 
 use crate::checked_dir::{CheckedDir, OpenedFile};
 use crate::error::{ChkptError, Result};
-use crate::image::{self, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind};
+use crate::image::{
+    self, Decoded, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind,
+};
 
 use super::owner::ImageOwner;
 use super::pages::{Chain, Check, DataFile, Piece};
@@ -96,8 +98,13 @@ pub fn load(dir: &Path, sn: u32, node: Option<u32>) -> Result<Loaded> {
     load_checked(dir, sn, node, PageCheck::First)
 }
 
-/// [`load`], page data checked as `pages` says.
-pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) -> Result<Loaded> {
+/// The application directory `dir`, its global file of SN `sn` and the
+/// uid that owns it: the directory's owner, or root, must own the image
+/// files too.
+pub(super) fn open_global(
+    dir: &Path,
+    sn: u32,
+) -> Result<(CheckedDir, Decoded<GlobalImage>, OpenedFile)> {
     let dir = CheckedDir::open(dir)?;
     let names = Names { sn };
     if !dir.contains(&names.global()) {
@@ -107,15 +114,23 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
         });
     }
     let (g, gfile) = image::read_in::<GlobalImage>(&dir, &names.global(), FileKind::Global)?;
-    let global = g.meta;
-    let owner_uid = gfile.uid;
     let dir_uid = dir.stat()?.st_uid;
-    if dir_uid != owner_uid && dir_uid != 0 {
+    if dir_uid != gfile.uid && dir_uid != 0 {
         return Err(ChkptError::Permission(format!(
-            "{} belongs to uid {dir_uid} but its images to uid {owner_uid}: refusing it",
-            dir.path().display()
+            "{} belongs to uid {dir_uid} but its images to uid {}: refusing it",
+            dir.path().display(),
+            gfile.uid
         )));
     }
+    Ok((dir, g, gfile))
+}
+
+/// [`load`], page data checked as `pages` says.
+pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) -> Result<Loaded> {
+    let (dir, g, gfile) = open_global(dir, sn)?;
+    let names = Names { sn };
+    let global = g.meta;
+    let owner_uid = gfile.uid;
     let owner = ImageOwner::of_uid(owner_uid)?;
     let node = match node {
         Some(n) => n,
