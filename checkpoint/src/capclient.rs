@@ -7,7 +7,7 @@ use std::path::Path;
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
-use krg_proto::proc::{ProcReply, ProcRequest, RestartJob};
+use krg_proto::proc::{CheckpointMoved, CheckpointedThere, ProcReply, ProcRequest, RestartJob};
 
 use crate::error::{ChkptError, Result};
 
@@ -61,6 +61,20 @@ impl CapClient {
             .block_on(self.conn.call(&AdminRequest::Chkpt(req)))?;
         match reply {
             AdminResponse::Chkpt(ChkptReply::CanMigrate { can_migrate, .. }) => Ok(can_migrate),
+            AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+
+    /// Have the node where the process behind stand-in `req.pid` runs
+    /// save it (see `ProcRequest::CheckpointMoved`).
+    pub fn checkpoint_moved(&mut self, req: CheckpointMoved) -> Result<CheckpointedThere> {
+        let reply = self.rt.block_on(
+            self.conn
+                .call(&AdminRequest::Proc(ProcRequest::CheckpointMoved(req))),
+        )?;
+        match reply {
+            AdminResponse::Proc(ProcReply::CheckpointedThere(there)) => Ok(there),
             AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
             _ => Err(ChkptError::KrgdReply),
         }

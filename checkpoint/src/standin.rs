@@ -24,6 +24,22 @@ const TRACE_EXEC: libc::c_long = libc::PTRACE_O_TRACEEXEC as libc::c_long;
 /// one (krgd sets it; `checkpoint` recognises a stand-in by it).
 pub const TOKEN_VAR: &str = "KRG_STANDIN";
 
+/// Is `pid` a stand-in: `krg` executed in the place of a process that
+/// moved away, with its token in its environment? (False when its
+/// environment cannot be read: gone, or not the caller's.)
+pub fn is_stand_in(pid: i32) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let token = format!("{TOKEN_VAR}=");
+    let is_krg = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "krg"));
+    is_krg
+        && env
+            .split(|&b| b == 0)
+            .any(|v| v.starts_with(token.as_bytes()))
+}
+
 /// What the stopped process becomes.
 pub struct StandIn<'a> {
     /// The program to execute (absolute).

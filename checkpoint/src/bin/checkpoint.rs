@@ -15,7 +15,9 @@ use krg_proto::chkpt::ChkptRequest;
 /// read and then continues by itself. The process must be CHECKPOINTABLE
 /// (see krgcapset) and belong to you, unless you are root. A process of a
 /// `krg run` job (in a PID namespace of its own) is saved with its PIDs
-/// there; restart brings it back as a job.
+/// there; restart brings it back as a job. PID may be the stand-in of a
+/// process that moved to another node: that node saves it, in its own
+/// /var/chkpt, and says where.
 #[derive(Parser)]
 #[command(name = "checkpoint", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -114,8 +116,9 @@ fn run(cli: Cli) -> Result<()> {
     let Some(pid) = cli.pid else {
         bail!("missing PID (see --help)")
     };
-    // a stand-in holds no capability: say what it is rather than that
-    dump::refuse_stand_in(pid)?;
+    if checkpoint::standin::is_stand_in(pid) {
+        return checkpoint_moved(&cli, pid);
+    }
     let query = || CapClient::connect(&cli.socket)?.call(ChkptRequest::Query { pid });
     let local_node = if cli.no_capability_check {
         // SAFETY: getuid has no preconditions.
@@ -186,6 +189,44 @@ fn run(cli: Cli) -> Result<()> {
     if timings {
         println!("checkpoint: {}", checkpoint::timings::line(&rep.phases));
     }
+    Ok(())
+}
+
+/// PID is the stand-in of a process that moved away: the node it runs on
+/// saves it (in its own checkpoint directory), asked through krgd.
+fn checkpoint_moved(cli: &Cli, pid: i32) -> Result<()> {
+    let unfit = [
+        (
+            cli.dir != std::path::Path::new(store::DEFAULT_ROOT),
+            "--dir",
+        ),
+        (cli.node.is_some(), "--node"),
+        (
+            !cli.sysv_sem.is_empty() || !cli.sysv_msg.is_empty(),
+            "--sysv-sem/--sysv-msg",
+        ),
+    ];
+    if let Some((_, flag)) = unfit.iter().find(|(given, _)| *given) {
+        bail!("process {pid} moved to another node, where it is saved in that node's {}: {flag} does not apply", store::DEFAULT_ROOT);
+    }
+    let req = krg_proto::proc::CheckpointMoved {
+        pid,
+        full: cli.full,
+        kill: cli.kill,
+    };
+    let r = CapClient::connect(&cli.socket)?.checkpoint_moved(req)?;
+    println!(
+        "checkpoint: process {pid} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms; on node {}: restart {} {}",
+        r.node,
+        r.sn,
+        r.dir,
+        r.tasks,
+        r.image_bytes as f64 / (1 << 20) as f64,
+        r.frozen_us as f64 / 1000.0,
+        r.node,
+        r.host_pid,
+        r.sn
+    );
     Ok(())
 }
 

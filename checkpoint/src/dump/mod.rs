@@ -56,7 +56,6 @@ mod unixq;
 mod write;
 
 pub use freeze::tree;
-pub use refuse::stand_in as refuse_stand_in;
 pub use ship::{Ship, Staged};
 pub use sockets::unix_path;
 

@@ -42,21 +42,11 @@ pub fn thread_state(pid: i32) -> Result<()> {
 /// across its nodes is not done yet; the process itself can be saved
 /// where it runs.
 pub fn stand_in(pid: i32) -> Result<()> {
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return Ok(()); // gone, or not ours to read: the other checks say
-    };
-    let token = format!("{}=", crate::standin::TOKEN_VAR);
-    let is_krg = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "krg"));
-    if is_krg
-        && env
-            .split(|&b| b == 0)
-            .any(|v| v.starts_with(token.as_bytes()))
-    {
+    if crate::standin::is_stand_in(pid) {
         return Err(ChkptError::unsupported(
             pid,
             "the stand-in of a process that moved to another node (krg ps shows where)",
-            "checkpoint the process where it runs; an application spread over several nodes is not saved as one yet",
+            "checkpoint its PID alone (it is saved where it runs); an application spread over several nodes is not saved as one yet",
         ));
     }
     Ok(())

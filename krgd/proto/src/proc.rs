@@ -384,6 +384,9 @@ pub enum ProcRequest {
     /// own (a `krg run` job) as a detached job of this node: a new
     /// namespace, the tree's own PIDs in it (`restart` sends it, as root).
     RestartJob(RestartJob),
+    /// `checkpoint PID` of a stand-in: the process it stands for is saved
+    /// where it runs (see [`CheckpointMoved`]).
+    CheckpointMoved(CheckpointMoved),
 }
 
 /// The checkpoint [`ProcRequest::RestartJob`] names.
@@ -417,6 +420,8 @@ pub enum ProcReply {
     Killed,
     /// The process moved (or, when `fell_back` says so, came back).
     Migrated(crate::migrate::MigrateReport),
+    /// To `CheckpointMoved`.
+    CheckpointedThere(CheckpointedThere),
     /// A job's checkpoint runs again as a detached job.
     Restarted {
         /// The root's PID in the job's namespace (as it was).
@@ -506,6 +511,14 @@ pub enum ProcPeerRequest {
     /// message of a connection of its own, which then carries the job's
     /// session stream.
     AdoptJob(crate::migrate::AdoptJob),
+    /// Checkpoint the process that moved here from the asking node, which
+    /// holds its stand-in: `checkpoint PID` run there.
+    Checkpoint {
+        /// What to save (the PID is the process's own, the stand-in's).
+        req: CheckpointMoved,
+        /// Who asked, as the origin's kernel reported it.
+        creds: Credentials,
+    },
 }
 
 /// Answers to [`ProcPeerRequest`]s.
@@ -538,6 +551,39 @@ pub enum ProcPeerReply {
         /// move stays).
         done: bool,
     },
+    /// To `Checkpoint`.
+    Checkpointed(CheckpointedThere),
+}
+
+/// `checkpoint PID` of a process that moved away and left a stand-in
+/// with that PID: saved where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMoved {
+    /// The stand-in's PID (the process's own, in its namespace).
+    pub pid: i32,
+    /// Save every page (a new chain).
+    pub full: bool,
+    /// End the process once it is saved.
+    pub kill: bool,
+}
+
+/// Where a moved process was saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointedThere {
+    /// The node it runs on, which holds the checkpoint.
+    pub node: NodeId,
+    /// Its PID there (the application id of the checkpoint).
+    pub host_pid: i32,
+    /// The checkpoint's number.
+    pub sn: u32,
+    /// The application directory there (`/var/chkpt/<host_pid>`).
+    pub dir: String,
+    /// How many processes were saved.
+    pub tasks: u32,
+    /// Bytes written.
+    pub image_bytes: u64,
+    /// How long the processes were frozen, in microseconds.
+    pub frozen_us: u64,
 }
 
 /// Parse a signal as `kill` spells it: `TERM`, `SIGTERM`, `sigterm` or `15`.

@@ -14,13 +14,15 @@
 //! * [`place`]: where jobs go; [`fanout`]: the cluster-wide views.
 //! * [`table`], [`procfs`], [`lookup`]: this node's jobs and their processes.
 //! * [`creds`]: whose a job is, and who may run what here.
-//! * [`restartjob`]: a job's checkpoint restarted as a detached job here.
+//! * [`restartjob`]: a job's checkpoint restarted as a detached job here;
+//!   [`chkptmoved`]: `checkpoint` of a stand-in, saved where its process runs.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss.
 //! * [`zygote`]: the pre-started `krg-init` that forks every job's init.
 //! * [`pty`], [`detach`], [`nodestat`], [`fdio`], [`state`]: the smaller pieces.
 
 pub mod balance;
+pub mod chkptmoved;
 pub mod creds;
 pub mod detach;
 pub mod fanout;
@@ -252,6 +254,9 @@ impl ProcService {
                 }
                 restartjob::restart(&self.st, req).await
             }
+            ProcRequest::CheckpointMoved(req) => chkptmoved::from_origin(&self.st, caller, req)
+                .await
+                .map(ProcReply::CheckpointedThere),
             ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
@@ -271,6 +276,17 @@ impl ProcService {
                 let origin = serve::origin_of(&self.st, from).await;
                 lookup::kill(&self.st, pid, signal, &creds, origin)?;
                 Ok(ProcPeerReply::Killed)
+            }
+            ProcPeerRequest::Checkpoint { req, creds } => {
+                let creds::Origin::Member(origin) = serve::origin_of(&self.st, from).await else {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only members of the cluster ask for a checkpoint",
+                    ));
+                };
+                chkptmoved::here(&self.st, origin, req, creds)
+                    .await
+                    .map(ProcPeerReply::Checkpointed)
             }
             ProcPeerRequest::Stat => Ok(ProcPeerReply::Stat(nodestat::read(
                 self.st.table.len() as u32
