@@ -7,7 +7,9 @@ use std::path::Path;
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
-use krg_proto::proc::{CheckpointMoved, CheckpointedThere, ProcReply, ProcRequest, RestartJob};
+use krg_proto::proc::{
+    CheckpointMoved, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, RestartJob,
+};
 
 use crate::error::{ChkptError, Result};
 
@@ -81,10 +83,17 @@ impl CapClient {
     }
 
     /// Have krgd restart SN `sn` of application `app` under `dir` (an
-    /// absolute path) as a detached job: the root's PID in the job's
-    /// namespace, its PID on this node, and the job's output directory.
-    pub fn restart_job(&mut self, dir: &Path, app: i32, sn: u32) -> Result<RestartedJob> {
+    /// absolute path) as a detached job, on node `node` (None: this
+    /// one): where it runs, its PIDs and its output directory.
+    pub fn restart_job(
+        &mut self,
+        node: Option<u32>,
+        dir: &Path,
+        app: i32,
+        sn: u32,
+    ) -> Result<JobRestarted> {
         let req = RestartJob {
+            node,
             dir: dir.to_string_lossy().into_owned(),
             app,
             sn,
@@ -94,28 +103,9 @@ impl CapClient {
                 .call(&AdminRequest::Proc(ProcRequest::RestartJob(req))),
         )?;
         match reply {
-            AdminResponse::Proc(ProcReply::Restarted {
-                pid,
-                host_pid,
-                output,
-            }) => Ok(RestartedJob {
-                pid,
-                host_pid,
-                output,
-            }),
+            AdminResponse::Proc(ProcReply::Restarted(r)) => Ok(r),
             AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
             _ => Err(ChkptError::KrgdReply),
         }
     }
-}
-
-/// A job's checkpoint running again (see [`CapClient::restart_job`]).
-#[derive(Debug, Clone)]
-pub struct RestartedJob {
-    /// The root's PID in its namespace.
-    pub pid: i32,
-    /// Its PID in krgd's namespace.
-    pub host_pid: i32,
-    /// Directory of the job's stdout, stderr and status files.
-    pub output: String,
 }

@@ -123,7 +123,7 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
         said.contains(&format!(
             "runs on node 2: saved there as SN 1 in {}",
             saved_there.display()
-        )) && said.contains(&format!("restart {moved} 1")),
+        )) && said.contains(&format!("restart 2:{moved} 1")),
         "{said}"
     );
     let o = tool(&c, 2, "checkpoint", &chk, &[&moved.to_string()]);
@@ -148,12 +148,13 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
     );
     assert!(!o.status.success());
     assert!(err(&o).contains("--new-pids does not apply"), "{}", err(&o));
-    let o = tool(&c, 2, "restart", &chk, &[&moved.to_string(), "1"]);
+    // restarted from node 1, on node 2 where it was saved (NODE:PID)
+    let o = tool(&c, 1, "restart", &chk, &[&format!("2:{moved}"), "1"]);
     assert!(o.status.success(), "restart on node 2: {}", err(&o));
     let line = err(&o);
     assert!(
         line.contains(&format!(
-            "as a detached krg job (PID {pid} in its namespace"
+            "as a detached krg job on node 2 (PID {pid} in its namespace"
         )),
         "{line}"
     );

@@ -216,7 +216,7 @@ fn checkpoint_moved(cli: &Cli, pid: i32) -> Result<()> {
     };
     let r = CapClient::connect(&cli.socket)?.checkpoint_moved(req)?;
     println!(
-        "checkpoint: process {pid} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms; on node {}: restart {} {}",
+        "checkpoint: process {pid} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms; back with: restart {}:{} {}",
         r.node,
         r.sn,
         r.dir,

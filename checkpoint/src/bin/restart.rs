@@ -22,12 +22,18 @@ use krg_proto::chkpt::ChkptRequest;
 /// comes back as a detached job of this node, through its krgd: a new
 /// namespace, the job's own PIDs in it, its output in files (printed).
 ///
-/// Examples: `restart 4242 1`; `restart --inherit-fd 5:/tmp/out.log 4242 2`.
+/// `NODE:PID` names a job's checkpoint on another node (`checkpoint` of a
+/// stand-in prints it): that node's krgd restarts it there.
+///
+/// Examples: `restart 4242 1`; `restart --inherit-fd 5:/tmp/out.log 4242 2`;
+/// `restart 2:81234 1`.
 #[derive(Parser)]
 #[command(name = "restart", version)]
 struct Cli {
-    /// Application id: the PID of the process that was checkpointed.
-    pid: i32,
+    /// Application id: the PID of the process that was checkpointed;
+    /// NODE:PID for a job's checkpoint on another node.
+    #[arg(value_name = "[NODE:]PID", value_parser = parse_app)]
+    app: App,
     /// Checkpoint number.
     sn: u32,
     /// Root directory of checkpoints.
@@ -104,7 +110,7 @@ fn main() {
     krg_clidoc::intercept::<Cli>(&PAGE);
     let cli = Cli::parse();
     let run = || -> Result<()> {
-        if cli.pidns_of.is_none() && is_a_job(&cli)? {
+        if cli.pidns_of.is_none() && (cli.app.node.is_some() || is_a_job(&cli)?) {
             return restart_job(&cli);
         }
         let opts = RestoreOptions {
@@ -122,7 +128,7 @@ fn main() {
             fetch_fd: cli.fetch_fd,
             ctty_fg: cli.ctty_fg,
         };
-        let rep = restore::restart(cli.pid, cli.sn, &opts)?;
+        let rep = restore::restart(cli.app.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
         if cli.socket.exists() {
             if let Err(e) = mark_checkpointable(&cli.socket, &rep.pids) {
@@ -144,7 +150,7 @@ fn main() {
             cli.report_fd,
             &format!(
                 "{timings}restart: application {} running again from SN {} (PIDs {:?}){server}",
-                cli.pid, cli.sn, rep.pids
+                cli.app.pid, cli.sn, rep.pids
             ),
         );
         Ok(())
@@ -159,14 +165,15 @@ fn main() {
 /// namespace of its own)? An image this cannot read is left to the
 /// restore, which says what is wrong with it; a bad PID map is an error.
 fn is_a_job(cli: &Cli) -> Result<bool> {
-    match restore::jobns::read(&cli.dir, cli.pid, cli.sn) {
+    match restore::jobns::read(&cli.dir, cli.app.pid, cli.sn) {
         Ok(job) => Ok(!job.map.is_empty()),
         Err(e @ checkpoint::ChkptError::BadImage { .. }) => Err(e.into()),
         Err(_) => Ok(false),
     }
 }
 
-/// Have the local krgd restart a job's checkpoint as a detached job.
+/// Have the local krgd restart a job's checkpoint as a detached job (on
+/// the node `NODE:PID` names, through its krgd).
 fn restart_job(cli: &Cli) -> Result<()> {
     let unfit = [
         (cli.new_pids, "--new-pids"),
@@ -180,7 +187,7 @@ fn restart_job(cli: &Cli) -> Result<()> {
         anyhow::bail!(
             "SN {} of {} is a krg job's checkpoint, restarted by krgd as a job: {flag} does not apply to it",
             cli.sn,
-            cli.pid
+            cli.app.pid
         );
     }
     // SAFETY: getuid has no preconditions.
@@ -189,12 +196,12 @@ fn restart_job(cli: &Cli) -> Result<()> {
     }
     let dir = std::path::absolute(&cli.dir)?;
     let job = CapClient::connect(&cli.socket)
-        .and_then(|mut krgd| krgd.restart_job(&dir, cli.pid, cli.sn))?;
+        .and_then(|mut krgd| krgd.restart_job(cli.app.node, &dir, cli.app.pid, cli.sn))?;
     report(
         cli.report_fd,
         &format!(
-            "restart: application {} running again from SN {} as a detached krg job (PID {} in its namespace, {} here); its output and status: {}",
-            cli.pid, cli.sn, job.pid, job.host_pid, job.output
+            "restart: application {} running again from SN {} as a detached krg job on node {} (PID {} in its namespace, {} there); its output and status: {}",
+            cli.app.pid, cli.sn, job.node, job.pid, job.host_pid, job.output
         ),
     );
     Ok(())
@@ -238,6 +245,24 @@ fn parse_inherit(s: &str) -> std::result::Result<(i32, String), String> {
         return Err(format!("{path}: the path must be absolute"));
     }
     Ok((n, path.to_string()))
+}
+
+/// An application: its PID, and the node of its checkpoint if another.
+#[derive(Debug, Clone, Copy)]
+struct App {
+    node: Option<u32>,
+    pid: i32,
+}
+
+/// `PID` or `NODE:PID`.
+fn parse_app(s: &str) -> std::result::Result<App, String> {
+    let bad = || format!("{s}: expected PID or NODE:PID (e.g. 4242 or 2:81234)");
+    let (node, pid) = match s.split_once(':') {
+        Some((n, p)) => (Some(n.parse::<u32>().map_err(|_| bad())?), p),
+        None => (None, s),
+    };
+    let pid = pid.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    Ok(App { node, pid })
 }
 
 fn parse_ns_pid(s: &str) -> std::result::Result<(i32, i32), String> {

@@ -381,8 +381,9 @@ pub enum ProcRequest {
         token: u64,
     },
     /// Restart a checkpoint of a tree that ran in a PID namespace of its
-    /// own (a `krg run` job) as a detached job of this node: a new
-    /// namespace, the tree's own PIDs in it (`restart` sends it, as root).
+    /// own (a `krg run` job) as a detached job of this node, or of the
+    /// node it names: a new namespace, the tree's own PIDs in it
+    /// (`restart` sends it, as root).
     RestartJob(RestartJob),
     /// `checkpoint PID` of a stand-in: the process it stands for is saved
     /// where it runs (see [`CheckpointMoved`]).
@@ -392,7 +393,11 @@ pub enum ProcRequest {
 /// The checkpoint [`ProcRequest::RestartJob`] names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartJob {
-    /// Root directory of checkpoints (`/var/chkpt`).
+    /// The node whose checkpoint it is, and where it runs again (None:
+    /// the node asked).
+    pub node: Option<NodeId>,
+    /// Root directory of checkpoints (`/var/chkpt`; another node's
+    /// default one when `node` names another).
     pub dir: String,
     /// Application id: the PID of the checkpointed root.
     pub app: i32,
@@ -423,14 +428,20 @@ pub enum ProcReply {
     /// To `CheckpointMoved`.
     CheckpointedThere(CheckpointedThere),
     /// A job's checkpoint runs again as a detached job.
-    Restarted {
-        /// The root's PID in the job's namespace (as it was).
-        pid: i32,
-        /// Its PID in krgd's namespace now.
-        host_pid: i32,
-        /// The directory of the job's output and status files.
-        output: String,
-    },
+    Restarted(JobRestarted),
+}
+
+/// A job's checkpoint running again (answer to `RestartJob`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRestarted {
+    /// The node it runs on.
+    pub node: NodeId,
+    /// The root's PID in the job's namespace (as it was).
+    pub pid: i32,
+    /// Its PID in that node's krgd's namespace now.
+    pub host_pid: i32,
+    /// The directory of the job's output and status files there.
+    pub output: String,
 }
 
 /// The first message of a session connection between krgds.
@@ -511,6 +522,14 @@ pub enum ProcPeerRequest {
     /// message of a connection of its own, which then carries the job's
     /// session stream.
     AdoptJob(crate::migrate::AdoptJob),
+    /// Restart a job's checkpoint of this node (`restart NODE:PID SN` on
+    /// another node, as root).
+    RestartJob {
+        /// Which checkpoint (`dir` is this node's default one).
+        req: RestartJob,
+        /// Who asked, as the asking node's kernel reported it.
+        creds: Credentials,
+    },
     /// Checkpoint the process that moved here from the asking node, which
     /// holds its stand-in: `checkpoint PID` run there.
     Checkpoint {
@@ -553,6 +572,8 @@ pub enum ProcPeerReply {
     },
     /// To `Checkpoint`.
     Checkpointed(CheckpointedThere),
+    /// To `RestartJob`.
+    Restarted(JobRestarted),
 }
 
 /// `checkpoint PID` of a process that moved away and left a stand-in

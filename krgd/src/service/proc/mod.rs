@@ -252,7 +252,18 @@ impl ProcService {
                         "only root restarts a job's checkpoint (restart runs as root)",
                     ));
                 }
-                restartjob::restart(&self.st, req).await
+                let restarted = match req.node.filter(|&n| n != self.st.node()) {
+                    Some(node) => {
+                        let root = Credentials {
+                            uid: 0,
+                            gid: caller.gid,
+                            groups: Vec::new(),
+                        };
+                        restartjob::forward(&self.st, node, req, root).await
+                    }
+                    None => restartjob::restart(&self.st, req).await,
+                };
+                restarted.map(ProcReply::Restarted)
             }
             ProcRequest::CheckpointMoved(req) => chkptmoved::from_origin(&self.st, caller, req)
                 .await
@@ -276,6 +287,21 @@ impl ProcService {
                 let origin = serve::origin_of(&self.st, from).await;
                 lookup::kill(&self.st, pid, signal, &creds, origin)?;
                 Ok(ProcPeerReply::Killed)
+            }
+            ProcPeerRequest::RestartJob { req, creds } => {
+                let member = matches!(
+                    serve::origin_of(&self.st, from).await,
+                    creds::Origin::Member(_)
+                );
+                if !member || creds.uid != 0 {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only root on a member node restarts a job's checkpoint here",
+                    ));
+                }
+                restartjob::restart(&self.st, req)
+                    .await
+                    .map(ProcPeerReply::Restarted)
             }
             ProcPeerRequest::Checkpoint { req, creds } => {
                 let creds::Origin::Member(origin) = serve::origin_of(&self.st, from).await else {

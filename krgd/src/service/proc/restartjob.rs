@@ -5,28 +5,56 @@
 //! store, with no session to go back to: a detached job of this node, its
 //! output in `<data_dir>/detached/…` like `krg run --detach`'s.
 //!
-//! Only root asks (restart runs as root); the image belongs to its user,
-//! who may have edited it: its PID map is checked
+//! Only root asks (restart runs as root; through another node, root there:
+//! `restart NODE:PID SN` is forwarded, [`forward`]); the image belongs to
+//! its user, who may have edited it: its PID map is checked
 //! (`checkpoint::restore::jobns`), and `restart` checks the rest as it
 //! does for any image.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::proc::{ProcReply, RestartJob};
+use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::proc::{Credentials, JobRestarted, ProcPeerReply, ProcPeerRequest, RestartJob};
+use krg_proto::NodeId;
 
 use super::migrate::adopt::{self, JobImage};
 use super::migrate::restore::Lazy;
 use super::migrate::Clock;
 use super::state::ProcState;
+use crate::peers::PeerCallError;
+
+/// How long another node may take to restart a job (restart waits up to
+/// two minutes for a restore).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(150);
 
 fn refused(kind: ErrorKind, what: impl std::fmt::Display) -> AdminError {
     AdminError::new(kind, what.to_string())
 }
 
+/// Have node `node` restart `req` (root asked here: `creds`).
+pub async fn forward(
+    st: &ProcState,
+    node: NodeId,
+    req: RestartJob,
+    creds: Credentials,
+) -> Result<JobRestarted, AdminError> {
+    let ask = PeerRequest::Proc(ProcPeerRequest::RestartJob { req, creds });
+    match st.ctx.peers.call(node, ask, FORWARD_TIMEOUT).await {
+        Ok(PeerResponse::Proc(ProcPeerReply::Restarted(r))) => Ok(r),
+        Ok(other) => Err(refused(
+            ErrorKind::Internal,
+            format!("node {node} answered {other:?}"),
+        )),
+        Err(PeerCallError::Remote { error, .. }) => Err(error),
+        Err(e) => Err(refused(ErrorKind::Unavailable, format!("node {node}: {e}"))),
+    }
+}
+
 /// Restart SN `req.sn` of application `req.app` as a detached job here.
-pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<ProcReply, AdminError> {
+pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<JobRestarted, AdminError> {
     let root = PathBuf::from(&req.dir);
     if !root.is_absolute() {
         return Err(refused(
@@ -83,7 +111,8 @@ pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<ProcReply, 
     );
     // a detached job has no session to serve: this one only records its end
     drop(super::session::spawn_started(st.clone(), started));
-    Ok(ProcReply::Restarted {
+    Ok(JobRestarted {
+        node: st.node(),
         pid,
         host_pid,
         output,
