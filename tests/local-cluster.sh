@@ -442,6 +442,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cat $STATE_DIR/demo.count       # counting on from the checkpointed value
     krgcapset -d +CHECKPOINTABLE ; krg run -n 1 -- sh -c 'while :; do date +%T; sleep 1; done' &
     J=\$(pgrep -f '^sh -c while') ; checkpoint \$J ; kill %1 ; restart \$J 1   # a krg job: back as a detached job
+    sleep 1000 & krgcapset -k \$! -d +CHECKPOINTABLE,CAN_MIGRATE ; migrate \$! 2 ; checkpoint \$!   # saved on node 2; prints restart 2:PID 1
 
   Logs: $STATE_DIR/krgd<N>.log, $STATE_DIR/kdfs<N>.log
   Stop everything: sudo $REPO/tests/local-cluster.sh down
