@@ -44,6 +44,18 @@ fn assert_maps(chk: &Path, app: i32, inner: i32) {
     );
 }
 
+/// Rewrite SN 1's PID namespace map in application directory `app`, as
+/// its owner could (a valid file: the header's CRC made anew).
+fn edit_map(app: &Path, change: impl FnOnce(&mut Vec<(i32, i32)>)) {
+    use checkpoint::image::{self, FileKind, GlobalImage};
+    let path = app.join("global_v1.bin");
+    let mut g = image::read_file::<GlobalImage>(&path, FileKind::Global)
+        .unwrap()
+        .meta;
+    change(&mut g.pidns);
+    std::fs::write(&path, image::encode(FileKind::Global, &g).unwrap()).unwrap();
+}
+
 /// The last "N PID" line of a printer's output file, as numbers.
 fn last_count(file: &Path) -> Option<(u64, i32)> {
     let text = std::fs::read_to_string(file).ok()?;
@@ -194,6 +206,14 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
         err(&o)
     );
     assert_maps(&chk, host, pid);
+    // an image whose map its owner edited (PID 1, the new init's) is
+    // refused before anything starts
+    edit_map(&chk.join(moved.to_string()), |map| map[0].1 = 1);
+    let jobs = ps(&c, 1).len();
+    let o = tool(&c, 1, "restart", &chk, &[&format!("2:{moved}"), "1"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("PID namespace map"), "{}", err(&o));
+    assert_eq!(ps(&c, 1).len(), jobs, "nothing started");
     Ok(())
 }
 
