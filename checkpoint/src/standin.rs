@@ -7,12 +7,23 @@
 //! credentials) and drops the rest: its memory, its other threads, its
 //! signal handlers. The other files are closed first, so that the locks
 //! they held are free before the moved copy takes them again elsewhere.
+//! Signals pending in it survive the `execve` too: those its image holds
+//! ([`saved_signals`]) the stand-in drops rather than passes on, since
+//! the moved copy has them already.
 
 use std::ffi::CString;
+use std::path::Path;
 
+use crate::checked_dir::CheckedDir;
 use crate::error::{ChkptError, Result};
+use crate::image::{self, FileKind, MmImage, Names, TaskImage};
 use crate::procfs;
 use crate::ptrace::{self, Injector};
+
+/// The variable that lists, for the stand-in, the signals it must drop
+/// (see [`saved_signals`]): numbers separated by commas, once per queued
+/// instance.
+pub const SAVED_VAR: &str = "KRG_STANDIN_SAVED";
 
 /// `close_range(2)` (not in the libc crate for every target).
 const SYS_CLOSE_RANGE: libc::c_long = 436;
@@ -38,6 +49,33 @@ pub fn is_stand_in(pid: i32) -> bool {
         && env
             .split(|&b| b == 0)
             .any(|v| v.starts_with(token.as_bytes()))
+}
+
+/// The signals SN `sn` in application directory `dir` holds pending for
+/// process `pid`: its main thread's (the one that executes the stand-in;
+/// the others' go with them) and the whole process's, once per queued
+/// instance. They are still pending in the stopped process.
+pub fn saved_signals(dir: &Path, sn: u32, pid: i32) -> Result<Vec<i32>> {
+    let dir = CheckedDir::open(dir)?;
+    let names = Names { sn };
+    let (task, _) = image::read_in::<TaskImage>(&dir, &names.task(pid), FileKind::Task)?;
+    let (mm, _) = image::read_in::<MmImage>(&dir, &names.task_mm(pid), FileKind::Mm)?;
+    let own = task
+        .meta
+        .threads
+        .iter()
+        .filter(|t| t.tid == pid)
+        .flat_map(|t| t.pending.iter());
+    Ok(own
+        .chain(mm.meta.shared_pending.iter())
+        .filter_map(|info| signo(info))
+        .collect())
+}
+
+/// The signal number of a raw `siginfo_t` (its first field).
+fn signo(info: &[u8]) -> Option<i32> {
+    let n = i32::from_ne_bytes(info.get(..4)?.try_into().ok()?);
+    (1..=64).contains(&n).then_some(n)
 }
 
 /// What the stopped process becomes.

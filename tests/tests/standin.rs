@@ -211,6 +211,68 @@ fn a_moved_process_leaves_a_stand_in_its_parent_waits_for() -> Result<()> {
     Ok(())
 }
 
+/// Counts the SIGRTMIN it holds pending (blocked) each time SIGUSR2
+/// comes: `rt N`.
+const RT_COUNTER: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+int main(void) {
+    sigset_t s, usr2, rt;
+    sigemptyset(&s); sigaddset(&s, SIGRTMIN); sigaddset(&s, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &s, NULL);
+    sigemptyset(&usr2); sigaddset(&usr2, SIGUSR2);
+    sigemptyset(&rt); sigaddset(&rt, SIGRTMIN);
+    printf("up %d\n", getpid()); fflush(stdout);
+    for (;;) {
+        if (sigwaitinfo(&usr2, NULL) != SIGUSR2) continue;
+        struct timespec zero = {0, 0};
+        int n = 0;
+        while (sigtimedwait(&rt, NULL, &zero) == SIGRTMIN) n++;
+        printf("rt %d\n", n); fflush(stdout);
+    }
+}
+"#;
+
+/// A signal pending in the process when it was saved (here a queued
+/// real-time one, blocked) comes from its image on the target, and also
+/// survives the `execve` into the stand-in, which drops it rather than
+/// pass it on a second time: the process gets it once.
+#[test]
+fn a_signal_pending_at_the_move_arrives_once() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let src = c.dir.path().join("rt.c");
+    let exe = c.dir.path().join("rt");
+    std::fs::write(&src, RT_COUNTER)?;
+    let o = Command::new("cc").arg("-o").arg(&exe).arg(&src).output()?;
+    assert!(o.status.success(), "cc: {}", err(&o));
+    let mut cmd = Command::new(&exe);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    let _job = Job(pid);
+    let out = lines_of(child.stdout.take().unwrap());
+    std::thread::spawn(move || child.wait());
+    capset(&c, 1, pid);
+    assert_eq!(next_lines(&out, 1), [format!("up {pid}")]);
+    // SAFETY: kill(2) of this test's child.
+    unsafe { libc::kill(pid, libc::SIGRTMIN()) };
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let mut got = 0;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) of the stand-in.
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
+        let line = next_lines(&out, 1).pop().unwrap();
+        got += line.strip_prefix("rt ").unwrap().parse::<u32>()?;
+    }
+    assert_eq!(got, 1, "SIGRTMIN delivered {got} times");
+    Ok(())
+}
+
 /// A shell and its child move together (`--tree`): the stand-in is the
 /// shell's, its output goes on, the copies of the children killed here
 /// leave no zombies under it, and the shell's exit code reaches its parent.

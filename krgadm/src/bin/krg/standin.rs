@@ -124,7 +124,8 @@ impl Read for ForegroundTty {
 
 /// The mask the process left (krgd blocked everything to run its calls):
 /// keep it all blocked until handlers are in place, and drop the SIGCONT
-/// krgd sent to start the stand-in (it is no signal for the process).
+/// krgd sent to start the stand-in (it is no signal for the process), and
+/// the signals the moved copy has from its image (`KRG_STANDIN_SAVED`).
 fn prepare_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let all = SigSet::all();
@@ -136,6 +137,16 @@ fn prepare_signals() -> nix::sys::signal::SigSet {
     };
     // SAFETY: a valid set and timespec; a NULL info pointer is allowed.
     unsafe { libc::sigtimedwait(cont.as_ref(), std::ptr::null_mut(), &zero) };
+    for sig in saved_signals() {
+        // SAFETY: an empty set filled by sigemptyset/sigaddset, then one
+        // non-blocking wait that takes one pending instance of `sig`.
+        unsafe {
+            let mut one: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut one);
+            libc::sigaddset(&mut one, sig);
+            libc::sigtimedwait(&one, std::ptr::null_mut(), &zero);
+        }
+    }
     // The process's children moved with it; krgd kills their copies here,
     // before or after the stand-in started: the kernel reaps those that
     // end from now on, and those already ended are reaped here.
@@ -144,6 +155,17 @@ fn prepare_signals() -> nix::sys::signal::SigSet {
     // SAFETY: waitpid with a null status pointer, not blocking.
     while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
     all
+}
+
+/// The signals to drop, once each (see `checkpoint::standin::SAVED_VAR`,
+/// which krgd sets; this binary does not link the checkpoint crate).
+fn saved_signals() -> Vec<i32> {
+    std::env::var("KRG_STANDIN_SAVED")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.parse::<i32>().ok())
+        .filter(|s| (1..=64).contains(s))
+        .collect()
 }
 
 /// End killed by `sig`, as the process was: no handler, no core (the

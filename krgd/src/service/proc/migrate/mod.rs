@@ -444,7 +444,7 @@ async fn move_here(
         let begun = if req.no_stand_in {
             None
         } else {
-            Some(standin::begin(st, pid, &rep.tasks, plan.owner).await)
+            Some(standin::begin(st, pid, &rep, plan.owner).await)
         };
         match begun {
             Some(Ok(b)) => made = Some(b),

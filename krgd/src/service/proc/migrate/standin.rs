@@ -123,15 +123,17 @@ pub struct Begun {
     claimed: oneshot::Receiver<()>,
 }
 
-/// Start turning `pid` (the root of the stopped tree `tasks`, owned by
-/// `uid`) into its stand-in: returns once its files above fd 2 are closed.
-/// Err: why not, the process untouched (it may move without a stand-in).
-pub async fn begin(
+/// Start turning `pid` (the root of the stopped tree `rep` saved, owned
+/// by `uid`) into its stand-in: returns once its files above fd 2 are
+/// closed. Err: why not, the process untouched (it may move without a
+/// stand-in).
+pub(super) async fn begin(
     st: &Arc<ProcState>,
     pid: i32,
-    tasks: &[i32],
+    rep: &super::send::Dumped,
     uid: u32,
 ) -> Result<Begun, String> {
+    let tasks = &rep.tasks;
     let program = restore::installed("krg");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
@@ -159,6 +161,11 @@ pub async fn begin(
         format!("{TOKEN_VAR}={token:x}"),
         format!("KRG_SOCKET={}", st.ctx.config.socket.display()),
         "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!(
+            "{}={}",
+            checkpoint::standin::SAVED_VAR,
+            saved_signals(rep, pid)
+        ),
     ];
     let (closed_tx, closed) = oneshot::channel();
     let (exec_tx, exec) = oneshot::channel();
@@ -391,6 +398,23 @@ pub async fn serve(st: &Arc<ProcState>, mut stream: UnixStream, caller: &Caller,
     }
     crate::sync::lock(&st.migration.standins.active).remove(&pid);
     tracing::info!(pid, "a stand-in's process ended (or the stand-in did)");
+}
+
+/// The signals pending in `pid` that its image holds, for the stand-in to
+/// drop (`1,10,34`): the moved copy gets them from its image. An image
+/// that cannot be read drops none (a signal may then come twice).
+fn saved_signals(rep: &super::send::Dumped, pid: i32) -> String {
+    match checkpoint::standin::saved_signals(&rep.dir, rep.sn, pid) {
+        Ok(sigs) => sigs
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "cannot read the pending signals of the image");
+            String::new()
+        }
+    }
 }
 
 /// Whether process `pid` is stopped (state T: a signal stopped it; a
