@@ -8,7 +8,7 @@ use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
 use krg_proto::proc::{
-    CheckpointMoved, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, RestartJob,
+    CheckpointAt, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, RestartJob,
 };
 
 use crate::error::{ChkptError, Result};
@@ -69,11 +69,11 @@ impl CapClient {
     }
 
     /// Have the node where the process behind stand-in `req.pid` runs
-    /// save it (see `ProcRequest::CheckpointMoved`).
-    pub fn checkpoint_moved(&mut self, req: CheckpointMoved) -> Result<CheckpointedThere> {
+    /// save it (see `ProcRequest::CheckpointAt`).
+    pub fn checkpoint_at(&mut self, req: CheckpointAt) -> Result<CheckpointedThere> {
         let reply = self.rt.block_on(
             self.conn
-                .call(&AdminRequest::Proc(ProcRequest::CheckpointMoved(req))),
+                .call(&AdminRequest::Proc(ProcRequest::CheckpointAt(req))),
         )?;
         match reply {
             AdminResponse::Proc(ProcReply::CheckpointedThere(there)) => Ok(there),

@@ -10,7 +10,8 @@
 //! follows the CHECKPOINTABLE capability across forks (used by krgd),
 //! woken only by the events it needs through `connfilter`;
 //! [`capclient`] asks krgd about it. [`standin`] turns a process that
-//! moved into its stand-in on the node it left.
+//! moved into its stand-in on the node it left. [`nodepid`] is the
+//! `[NODE:]PID` of the command lines.
 //!
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
 //! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
@@ -32,6 +33,7 @@ pub mod error;
 pub mod image;
 mod ipc;
 mod netlock;
+pub mod nodepid;
 pub mod procfs;
 mod ptrace;
 mod ranges;

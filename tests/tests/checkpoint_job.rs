@@ -5,7 +5,7 @@
 //! root.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -26,6 +26,50 @@ fn tool(c: &TestCluster, via: u32, name: &str, dir: &Path, args: &[&str]) -> Out
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `checkpoint TARGET` through node `via`, into the default directory
+/// (where another node saves what it runs): its output and stdout.
+fn checkpoint_through(c: &TestCluster, via: u32, target: &str) -> (Output, String) {
+    let o = Command::new(bin("checkpoint"))
+        .env("KRG_SOCKET", socket(c, via))
+        .env_remove("KRG_CHKPT_DIR")
+        .arg(target)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    (o, said)
+}
+
+/// The default checkpoint directory, /var/chkpt, where krgd saves a
+/// process for another node: what a test saved there is removed when
+/// this is dropped, and the directory too if the test made it.
+struct DefaultDir(PathBuf, bool, std::cell::RefCell<Vec<PathBuf>>);
+
+impl DefaultDir {
+    fn new() -> Self {
+        let root = PathBuf::from("/var/chkpt");
+        let had = root.exists();
+        DefaultDir(root, had, Default::default())
+    }
+
+    /// Application `app`'s directory there, removed with this.
+    fn app(&self, app: i32) -> PathBuf {
+        let dir = self.0.join(app.to_string());
+        self.2.borrow_mut().push(dir.clone());
+        dir
+    }
+}
+
+impl Drop for DefaultDir {
+    fn drop(&mut self) {
+        for d in self.2.borrow().iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        if !self.1 {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
 }
 
 /// SN 1 of application `app` under `chk` records `app` as PID `inner`
@@ -116,21 +160,11 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
     let o = tool(&c, 1, "checkpoint", &chk, &[&pid.to_string()]);
     assert!(!o.status.success());
     assert!(err(&o).contains("--dir does not apply"), "{}", err(&o));
-    let default = Path::new("/var/chkpt");
-    let had_default = default.exists();
-    let o = Command::new(bin("checkpoint"))
-        .env("KRG_SOCKET", socket(&c, 1))
-        .env_remove("KRG_CHKPT_DIR")
-        .arg(pid.to_string())
-        .output()?;
-    let said = String::from_utf8_lossy(&o.stdout).into_owned();
-    let saved_there = default.join(moved.to_string());
-    assert_maps(default, moved, pid);
-    let _ = std::fs::remove_dir_all(&saved_there);
-    if !had_default {
-        let _ = std::fs::remove_dir(default);
-    }
+    let default = DefaultDir::new();
+    let (o, said) = checkpoint_through(&c, 1, &pid.to_string());
+    let saved_there = default.app(moved);
     assert!(o.status.success(), "{}", err(&o));
+    assert_maps(&default.0, moved, pid);
     assert!(
         said.contains(&format!(
             "runs on node 2: saved there as SN 1 in {}",
@@ -253,13 +287,33 @@ fn a_krg_run_job_inherits_checkpointable_from_its_shell() -> Result<()> {
         &c.dir.path().join("chkpt"),
         &[&program.to_string()],
     );
-    let _ = shell.kill();
-    let _ = shell.wait();
     assert!(
         o.status.success(),
         "checkpoint of the job on node 2: {}",
         err(&o)
     );
+    // and from node 1, named as krg ps shows it (NODE:PID): node 2 saves it
+    let inner = std::fs::read_to_string(format!("/proc/{program}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last().map(str::to_string))
+        .unwrap();
+    let default = DefaultDir::new();
+    let (o, said) = checkpoint_through(&c, 1, &format!("2:{inner}"));
+    default.app(program);
+    let _ = shell.kill();
+    let _ = shell.wait();
+    assert!(o.status.success(), "checkpoint 2:{inner}: {}", err(&o));
+    assert!(
+        said.contains(&format!(
+            "process 2:{inner} runs on node 2: saved there as SN 1 in /var/chkpt/{program}"
+        )),
+        "{said}"
+    );
+    // a node:pid that names nothing is one clear line
+    let (o, _) = checkpoint_through(&c, 1, "2:999999");
+    assert!(!o.status.success());
+    assert!(err(&o).contains("no process 2:999999"), "{}", err(&o));
     Ok(())
 }
 

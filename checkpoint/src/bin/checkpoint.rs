@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use checkpoint::capclient::CapClient;
 use checkpoint::dump::{self, DumpOptions};
+use checkpoint::nodepid::NodePid;
 use checkpoint::{describe, store};
 use clap::{Parser, Subcommand};
 use krg_proto::chkpt::ChkptRequest;
@@ -15,14 +16,17 @@ use krg_proto::chkpt::ChkptRequest;
 /// read and then continues by itself. The process must be CHECKPOINTABLE
 /// (see krgcapset) and belong to you, unless you are root. A process of a
 /// `krg run` job (in a PID namespace of its own) is saved with its PIDs
-/// there; restart brings it back as a job. PID may be the stand-in of a
-/// process that moved to another node: that node saves it, in its own
-/// /var/chkpt, and says where.
+/// there; restart brings it back as a job. NODE:PID names a process as
+/// `krg ps` shows it, on any node; PID may also be the stand-in of a
+/// process that moved to another node. Such a process is saved by the
+/// node it runs on, in that node's /var/chkpt, which checkpoint prints.
 #[derive(Parser)]
 #[command(name = "checkpoint", version, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// PID of the root of the process tree to save.
-    pid: Option<i32>,
+    /// PID of the root of the process tree to save; NODE:PID as `krg ps`
+    /// shows it (saved by that node).
+    #[arg(value_name = "[NODE:]PID")]
+    pid: Option<NodePid>,
     /// Root directory of checkpoints.
     #[arg(long, env = "KRG_CHKPT_DIR", default_value = store::DEFAULT_ROOT)]
     dir: PathBuf,
@@ -113,11 +117,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         None => {}
     }
-    let Some(pid) = cli.pid else {
+    let Some(NodePid { node, pid }) = cli.pid else {
         bail!("missing PID (see --help)")
     };
-    if checkpoint::standin::is_stand_in(pid) {
-        return checkpoint_moved(&cli, pid);
+    if node.is_some() || checkpoint::standin::is_stand_in(pid) {
+        return checkpoint_at(&cli, node, pid);
     }
     let query = || CapClient::connect(&cli.socket)?.call(ChkptRequest::Query { pid });
     let local_node = if cli.no_capability_check {
@@ -192,9 +196,10 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// PID is the stand-in of a process that moved away: the node it runs on
-/// saves it (in its own checkpoint directory), asked through krgd.
-fn checkpoint_moved(cli: &Cli, pid: i32) -> Result<()> {
+/// A process named `NODE:PID`, or by a stand-in's PID: the node it runs
+/// on saves it (in its own checkpoint directory), asked through krgd.
+fn checkpoint_at(cli: &Cli, node: Option<u32>, pid: i32) -> Result<()> {
+    let name = node.map_or(pid.to_string(), |n| format!("{n}:{pid}"));
     let unfit = [
         (
             cli.dir != std::path::Path::new(store::DEFAULT_ROOT),
@@ -207,16 +212,17 @@ fn checkpoint_moved(cli: &Cli, pid: i32) -> Result<()> {
         ),
     ];
     if let Some((_, flag)) = unfit.iter().find(|(given, _)| *given) {
-        bail!("process {pid} moved to another node, where it is saved in that node's {}: {flag} does not apply", store::DEFAULT_ROOT);
+        bail!("process {name} is saved by the node it runs on, in that node's {}: {flag} does not apply", store::DEFAULT_ROOT);
     }
-    let req = krg_proto::proc::CheckpointMoved {
+    let req = krg_proto::proc::CheckpointAt {
+        node,
         pid,
         full: cli.full,
         kill: cli.kill,
     };
-    let r = CapClient::connect(&cli.socket)?.checkpoint_moved(req)?;
+    let r = CapClient::connect(&cli.socket)?.checkpoint_at(req)?;
     println!(
-        "checkpoint: process {pid} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms; back with: restart {}:{} {}",
+        "checkpoint: process {name} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms; back with: restart {}:{} {}",
         r.node,
         r.sn,
         r.dir,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use checkpoint::capclient::CapClient;
+use checkpoint::nodepid::NodePid;
 use checkpoint::restore::pidns::PidNsTarget;
 use checkpoint::restore::{self, RestoreOptions};
 use checkpoint::store;
@@ -32,8 +33,8 @@ use krg_proto::chkpt::ChkptRequest;
 struct Cli {
     /// Application id: the PID of the process that was checkpointed;
     /// NODE:PID for a job's checkpoint on another node.
-    #[arg(value_name = "[NODE:]PID", value_parser = parse_app)]
-    app: App,
+    #[arg(value_name = "[NODE:]PID")]
+    app: NodePid,
     /// Checkpoint number.
     sn: u32,
     /// Root directory of checkpoints.
@@ -245,24 +246,6 @@ fn parse_inherit(s: &str) -> std::result::Result<(i32, String), String> {
         return Err(format!("{path}: the path must be absolute"));
     }
     Ok((n, path.to_string()))
-}
-
-/// An application: its PID, and the node of its checkpoint if another.
-#[derive(Debug, Clone, Copy)]
-struct App {
-    node: Option<u32>,
-    pid: i32,
-}
-
-/// `PID` or `NODE:PID`.
-fn parse_app(s: &str) -> std::result::Result<App, String> {
-    let bad = || format!("{s}: expected PID or NODE:PID (e.g. 4242 or 2:81234)");
-    let (node, pid) = match s.split_once(':') {
-        Some((n, p)) => (Some(n.parse::<u32>().map_err(|_| bad())?), p),
-        None => (None, s),
-    };
-    let pid = pid.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
-    Ok(App { node, pid })
 }
 
 fn parse_ns_pid(s: &str) -> std::result::Result<(i32, i32), String> {

@@ -385,9 +385,9 @@ pub enum ProcRequest {
     /// node it names: a new namespace, the tree's own PIDs in it
     /// (`restart` sends it, as root).
     RestartJob(RestartJob),
-    /// `checkpoint PID` of a stand-in: the process it stands for is saved
-    /// where it runs (see [`CheckpointMoved`]).
-    CheckpointMoved(CheckpointMoved),
+    /// `checkpoint NODE:PID`, or `checkpoint PID` of a stand-in: the
+    /// process is saved by the node it runs on (see [`CheckpointAt`]).
+    CheckpointAt(CheckpointAt),
 }
 
 /// The checkpoint [`ProcRequest::RestartJob`] names.
@@ -425,7 +425,7 @@ pub enum ProcReply {
     Killed,
     /// The process moved (or, when `fell_back` says so, came back).
     Migrated(crate::migrate::MigrateReport),
-    /// To `CheckpointMoved`.
+    /// To `CheckpointAt`.
     CheckpointedThere(CheckpointedThere),
     /// A job's checkpoint runs again as a detached job.
     Restarted(JobRestarted),
@@ -530,11 +530,11 @@ pub enum ProcPeerRequest {
         /// Who asked, as the asking node's kernel reported it.
         creds: Credentials,
     },
-    /// Checkpoint the process that moved here from the asking node, which
-    /// holds its stand-in: `checkpoint PID` run there.
+    /// Checkpoint a process of this node, named as `krg ps` shows it
+    /// (`checkpoint NODE:PID` on another node, or of a stand-in there).
     Checkpoint {
-        /// What to save (the PID is the process's own, the stand-in's).
-        req: CheckpointMoved,
+        /// What to save (`req.node` is this node).
+        req: CheckpointAt,
         /// Who asked, as the origin's kernel reported it.
         creds: Credentials,
     },
@@ -576,11 +576,14 @@ pub enum ProcPeerReply {
     Restarted(JobRestarted),
 }
 
-/// `checkpoint PID` of a process that moved away and left a stand-in
-/// with that PID: saved where it runs.
+/// `checkpoint NODE:PID`: a process saved by the node it runs on, named
+/// as `krg ps` shows it; without a node, the stand-in of a process that
+/// moved away (the same PID): saved where that process runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointMoved {
-    /// The stand-in's PID (the process's own, in its namespace).
+pub struct CheckpointAt {
+    /// The node (None: the stand-in's node, the one asked).
+    pub node: Option<NodeId>,
+    /// The PID, as `krg ps` shows it (a stand-in's: the process's own).
     pub pid: i32,
     /// Save every page (a new chain).
     pub full: bool,

@@ -15,14 +15,15 @@
 //! * [`table`], [`procfs`], [`lookup`]: this node's jobs and their processes.
 //! * [`creds`]: whose a job is, and who may run what here.
 //! * [`restartjob`]: a job's checkpoint restarted as a detached job here;
-//!   [`chkptmoved`]: `checkpoint` of a stand-in, saved where its process runs.
+//!   [`chkptat`]: `checkpoint NODE:PID` (or of a stand-in), saved where the
+//!   process runs.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss.
 //! * [`zygote`]: the pre-started `krg-init` that forks every job's init.
 //! * [`pty`], [`detach`], [`nodestat`], [`fdio`], [`state`]: the smaller pieces.
 
 pub mod balance;
-pub mod chkptmoved;
+pub mod chkptat;
 pub mod creds;
 pub mod detach;
 pub mod fanout;
@@ -265,7 +266,7 @@ impl ProcService {
                 };
                 restarted.map(ProcReply::Restarted)
             }
-            ProcRequest::CheckpointMoved(req) => chkptmoved::from_origin(&self.st, caller, req)
+            ProcRequest::CheckpointAt(req) => chkptat::asked(&self.st, caller, req)
                 .await
                 .map(ProcReply::CheckpointedThere),
             ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
@@ -304,13 +305,14 @@ impl ProcService {
                     .map(ProcPeerReply::Restarted)
             }
             ProcPeerRequest::Checkpoint { req, creds } => {
-                let creds::Origin::Member(origin) = serve::origin_of(&self.st, from).await else {
+                let origin = serve::origin_of(&self.st, from).await;
+                if !matches!(origin, creds::Origin::Member(_)) {
                     return Err(AdminError::new(
                         ErrorKind::PermissionDenied,
                         "only members of the cluster ask for a checkpoint",
                     ));
-                };
-                chkptmoved::here(&self.st, origin, req, creds)
+                }
+                chkptat::here(&self.st, req, creds, origin)
                     .await
                     .map(ProcPeerReply::Checkpointed)
             }

@@ -1,0 +1,167 @@
+//! `checkpoint NODE:PID`, and `checkpoint PID` of a stand-in
+//! (`ProcRequest::CheckpointAt`): the process is saved by the node it runs
+//! on, as `checkpoint` run there would — in that node's `/var/chkpt`,
+//! under the process's PID there, its PIDs in its namespace kept in the
+//! image (docs/checkpoint.md, A krg job's checkpoint). The user names the
+//! process as `krg ps` shows it, from any node; a process that moved away
+//! also by its stand-in's PID, on the node that started it.
+//!
+//! The node asked finds where the process runs (a stand-in: where its
+//! process went) and asks that node, or saves it itself; the node that
+//! saves it checks the caller — the process's owner (every uid), or root
+//! from this node or a member — and that it holds CHECKPOINTABLE, and
+//! dumps it as root into its default checkpoint directory (never one the
+//! caller names), as a migration does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::proc::{
+    CheckpointAt, CheckpointedThere, Credentials, ProcPeerReply, ProcPeerRequest,
+};
+
+use super::creds::Origin;
+use super::state::ProcState;
+use crate::caller::Caller;
+use crate::peers::PeerCallError;
+
+/// How long the node the process runs on may take to save it (its
+/// memory is copied while it runs: large ones take seconds).
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn refused(kind: ErrorKind, what: impl Into<String>) -> AdminError {
+    AdminError::new(kind, what)
+}
+
+/// On the node asked: save the process where it runs.
+pub async fn asked(
+    st: &Arc<ProcState>,
+    caller: &Caller,
+    mut req: CheckpointAt,
+) -> Result<CheckpointedThere, AdminError> {
+    let me = st.node();
+    let creds = Credentials {
+        uid: caller.uid,
+        gid: caller.gid,
+        groups: Vec::new(),
+    };
+    let node = match req.node {
+        Some(node) => node,
+        None => st.migration.standins.runs_on(req.pid).ok_or_else(|| {
+            refused(
+                ErrorKind::NotFound,
+                format!(
+                    "process {} is not the stand-in of a process that moved away from node {me}",
+                    req.pid
+                ),
+            )
+        })?,
+    };
+    req.node = Some(node);
+    if node == me {
+        return here(st, req, creds, Origin::Local).await;
+    }
+    let ask = PeerRequest::Proc(ProcPeerRequest::Checkpoint { req, creds });
+    match st.ctx.peers.call(node, ask, TIMEOUT).await {
+        Ok(PeerResponse::Proc(ProcPeerReply::Checkpointed(there))) => Ok(there),
+        Ok(other) => Err(refused(
+            ErrorKind::Internal,
+            format!("node {node} answered {other:?}"),
+        )),
+        Err(PeerCallError::Remote { error, .. }) => Err(error),
+        Err(e) => Err(refused(ErrorKind::Unavailable, format!("node {node}: {e}"))),
+    }
+}
+
+/// The host PID of the process this node's `krg ps` shows as `pid`: one
+/// of its jobs' processes, or a process that migrated in (it kept its
+/// PID).
+fn find(st: &ProcState, pid: i32) -> Result<i32, AdminError> {
+    let node = st.node();
+    let found: Vec<i32> = super::procfs::scan(&st.table.jobs())
+        .into_iter()
+        .filter(|f| f.pid == pid)
+        .map(|f| f.host_pid)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] if st.migration.adopted_pids().contains(&pid) => Ok(pid),
+        [] if st.migration.standins.runs_on(pid).is_some() => Err(refused(
+            ErrorKind::NotFound,
+            format!("process {node}:{pid} is a stand-in: its process runs elsewhere (checkpoint {pid} on node {node} finds it)"),
+        )),
+        [] => Err(refused(
+            ErrorKind::NotFound,
+            format!("no process {node}:{pid} (krg ps lists the processes of the cluster)"),
+        )),
+        _ => Err(refused(
+            ErrorKind::Conflict,
+            format!("{node}:{pid} names processes of {} jobs; checkpoint it by its PID on node {node}", found.len()),
+        )),
+    }
+}
+
+/// On the node the process runs on: save it for `creds`.
+pub async fn here(
+    st: &Arc<ProcState>,
+    req: CheckpointAt,
+    creds: Credentials,
+    origin: Origin,
+) -> Result<CheckpointedThere, AdminError> {
+    let node = st.node();
+    let pid = req.pid;
+    let host = find(st, pid)?;
+    let uids = super::procfs::uids(host)
+        .ok_or_else(|| refused(ErrorKind::NotFound, format!("process {node}:{pid} is gone")))?;
+    let allowed = match creds.uid {
+        0 => !matches!(origin, Origin::Outsider(_)),
+        uid => uids.iter().all(|&u| u == uid),
+    };
+    if !allowed {
+        return Err(refused(
+            ErrorKind::PermissionDenied,
+            format!("process {node}:{pid} is not yours"),
+        ));
+    }
+    if !st.caps.is_checkpointable(host) {
+        return Err(refused(
+            ErrorKind::PermissionDenied,
+            format!("process {node}:{pid} is not CHECKPOINTABLE (run krgcapset -d +CHECKPOINTABLE in the shell that starts it)"),
+        ));
+    }
+    let opts = checkpoint::dump::DumpOptions {
+        root: PathBuf::from(checkpoint::store::DEFAULT_ROOT),
+        kill: req.kill,
+        stop: false,
+        node: node.min(63),
+        sysv_sem: Vec::new(),
+        sysv_msg: Vec::new(),
+        full: req.full,
+        other_pidns: true,
+        stdio_files: Vec::new(),
+    };
+    let dumped =
+        tokio::task::spawn_blocking(move || checkpoint::dump::checkpoint(host, &opts, &|_, _| {}))
+            .await
+            .map_err(|e| refused(ErrorKind::Internal, e.to_string()))?
+            .map_err(|e| refused(ErrorKind::InvalidArgument, format!("node {node}: {e}")))?;
+    tracing::info!(
+        pid,
+        host,
+        sn = dumped.sn,
+        uid = creds.uid,
+        "checkpointed a process for krg's checkpoint NODE:PID"
+    );
+    Ok(CheckpointedThere {
+        node,
+        host_pid: host,
+        sn: dumped.sn,
+        dir: dumped.dir.display().to_string(),
+        tasks: dumped.tasks.len() as u32,
+        image_bytes: dumped.image_bytes,
+        frozen_us: dumped.frozen.as_micros() as u64,
+    })
+}
