@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{
     CheckpointAt, CheckpointedThere, Credentials, ProcPeerReply, ProcPeerRequest,
 };
@@ -26,7 +26,6 @@ use krg_proto::proc::{
 use super::creds::Origin;
 use super::state::ProcState;
 use crate::caller::Caller;
-use crate::peers::PeerCallError;
 
 /// How long the node the process runs on may take to save it (its
 /// memory is copied while it runs: large ones take seconds).
@@ -65,15 +64,11 @@ pub async fn asked(
         return here(st, req, creds, Origin::Local).await;
     }
     let ask = PeerRequest::Proc(ProcPeerRequest::Checkpoint { req, creds });
-    match st.ctx.peers.call(node, ask, TIMEOUT).await {
-        Ok(PeerResponse::Proc(ProcPeerReply::Checkpointed(there))) => Ok(there),
-        Ok(other) => Err(refused(
-            ErrorKind::Internal,
-            format!("node {node} answered {other:?}"),
-        )),
-        Err(PeerCallError::Remote { error, .. }) => Err(error),
-        Err(e) => Err(refused(ErrorKind::Unavailable, format!("node {node}: {e}"))),
-    }
+    let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
+    super::fanout::answer(node, got, |r| match r {
+        ProcPeerReply::Checkpointed(there) => Ok(there),
+        other => Err(other),
+    })
 }
 
 /// The host PID of the process this node's `krg ps` shows as `pid`: one

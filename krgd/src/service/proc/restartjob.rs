@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{Credentials, JobRestarted, ProcPeerReply, ProcPeerRequest, RestartJob};
 use krg_proto::NodeId;
 
@@ -24,7 +24,6 @@ use super::migrate::adopt::{self, JobImage};
 use super::migrate::restore::Lazy;
 use super::migrate::Clock;
 use super::state::ProcState;
-use crate::peers::PeerCallError;
 
 /// How long another node may take to restart a job (restart waits up to
 /// two minutes for a restore).
@@ -42,15 +41,11 @@ pub async fn forward(
     creds: Credentials,
 ) -> Result<JobRestarted, AdminError> {
     let ask = PeerRequest::Proc(ProcPeerRequest::RestartJob { req, creds });
-    match st.ctx.peers.call(node, ask, FORWARD_TIMEOUT).await {
-        Ok(PeerResponse::Proc(ProcPeerReply::Restarted(r))) => Ok(r),
-        Ok(other) => Err(refused(
-            ErrorKind::Internal,
-            format!("node {node} answered {other:?}"),
-        )),
-        Err(PeerCallError::Remote { error, .. }) => Err(error),
-        Err(e) => Err(refused(ErrorKind::Unavailable, format!("node {node}: {e}"))),
-    }
+    let got = st.ctx.peers.call(node, ask, FORWARD_TIMEOUT).await;
+    super::fanout::answer(node, got, |r| match r {
+        ProcPeerReply::Restarted(r) => Ok(r),
+        other => Err(other),
+    })
 }
 
 /// Restart SN `req.sn` of application `req.app` as a detached job here.

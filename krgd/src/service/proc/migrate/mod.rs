@@ -55,14 +55,13 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::migrate::{
     MigratePeerReply, MigratePeerRequest, MigrateReport, MigrateRequest, Offer, PhaseTime,
 };
-use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest};
 use krg_proto::NodeId;
 
 use super::creds::Origin;
 use super::fanout;
 use super::state::ProcState;
-use crate::peers::PeerCallError;
 
 /// How long the target may take to take one request of a transfer.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -181,15 +180,10 @@ async fn call(
             return Err(err(ErrorKind::Unavailable, why));
         }
     };
-    match answer {
-        Ok(PeerResponse::Proc(ProcPeerReply::Migrate(r))) => Ok(r),
-        Ok(other) => Err(err(
-            ErrorKind::Internal,
-            format!("node {node} answered {other:?}"),
-        )),
-        Err(PeerCallError::Remote { error, .. }) => Err(error),
-        Err(e) => Err(err(ErrorKind::Unavailable, format!("node {node}: {e}"))),
-    }
+    super::fanout::answer(node, answer, |r| match r {
+        ProcPeerReply::Migrate(r) => Ok(r),
+        other => Err(other),
+    })
 }
 
 /// Wait until the membership says `node` is gone; why.
