@@ -313,9 +313,9 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A signal for a whole job: SIGKILL ends its namespace; SIGSTOP would
-/// stop the init, not the program, and is left to `krg kill`; the rest the
-/// init forwards to the program's process group.
+/// A signal for a whole job: SIGKILL ends its namespace; SIGSTOP goes to
+/// the program itself ([`stop_program`]); the rest the init forwards to
+/// the program's process group.
 pub fn signal_job(entry: &JobEntry, sig: i32) {
     if !(1..=64).contains(&sig) {
         return;
