@@ -285,6 +285,7 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         krg_clidoc::Section {
             title: "EXAMPLES",
             body: "  checkpoint 4242
+  checkpoint 2:4096        (a process of node 2, as krg ps shows it: saved there)
   checkpoint --full 4242
   checkpoint inspect /var/chkpt/4242
   checkpoint rm 4242 1",

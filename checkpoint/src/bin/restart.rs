@@ -274,7 +274,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
             body: "  restart 4242 2
   restart --lazy 4242 2
   restart --new-pids 4242 1
-  restart --inherit-fd 5:/tmp/out.log 4242 2",
+  restart --inherit-fd 5:/tmp/out.log 4242 2
+  restart 2:81234 1        (a krg job's checkpoint on node 2: restarted there)",
         },
         krg_clidoc::Section {
             title: "SEE ALSO",
