@@ -390,21 +390,6 @@ pub enum ProcRequest {
     CheckpointAt(CheckpointAt),
 }
 
-/// The checkpoint [`ProcRequest::RestartJob`] names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestartJob {
-    /// The node whose checkpoint it is, and where it runs again (None:
-    /// the node asked).
-    pub node: Option<NodeId>,
-    /// Root directory of checkpoints (`/var/chkpt`; another node's
-    /// default one when `node` names another).
-    pub dir: String,
-    /// Application id: the PID of the checkpointed root.
-    pub app: i32,
-    /// Checkpoint number.
-    pub sn: u32,
-}
-
 /// Answers of the process service on the admin socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProcReply {
@@ -429,19 +414,6 @@ pub enum ProcReply {
     CheckpointedThere(CheckpointedThere),
     /// A job's checkpoint runs again as a detached job.
     Restarted(JobRestarted),
-}
-
-/// A job's checkpoint running again (answer to `RestartJob`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRestarted {
-    /// The node it runs on.
-    pub node: NodeId,
-    /// The root's PID in the job's namespace (as it was).
-    pub pid: i32,
-    /// Its PID in that node's krgd's namespace now.
-    pub host_pid: i32,
-    /// The directory of the job's output and status files there.
-    pub output: String,
 }
 
 /// The first message of a session connection between krgds.
@@ -576,40 +548,6 @@ pub enum ProcPeerReply {
     Restarted(JobRestarted),
 }
 
-/// `checkpoint NODE:PID`: a process saved by the node it runs on, named
-/// as `krg ps` shows it; without a node, the stand-in of a process that
-/// moved away (the same PID): saved where that process runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointAt {
-    /// The node (None: the stand-in's node, the one asked).
-    pub node: Option<NodeId>,
-    /// The PID, as `krg ps` shows it (a stand-in's: the process's own).
-    pub pid: i32,
-    /// Save every page (a new chain).
-    pub full: bool,
-    /// End the process once it is saved.
-    pub kill: bool,
-}
-
-/// Where a moved process was saved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointedThere {
-    /// The node it runs on, which holds the checkpoint.
-    pub node: NodeId,
-    /// Its PID there (the application id of the checkpoint).
-    pub host_pid: i32,
-    /// The checkpoint's number.
-    pub sn: u32,
-    /// The application directory there (`/var/chkpt/<host_pid>`).
-    pub dir: String,
-    /// How many processes were saved.
-    pub tasks: u32,
-    /// Bytes written.
-    pub image_bytes: u64,
-    /// How long the processes were frozen, in microseconds.
-    pub frozen_us: u64,
-}
-
 /// Parse a signal as `kill` spells it: `TERM`, `SIGTERM`, `sigterm` or `15`.
 pub fn parse_signal(text: &str) -> Result<i32, String> {
     let t = text.trim();
@@ -667,6 +605,9 @@ const SIGNALS: &[(&str, i32)] = &[
     ("PWR", 30),
     ("SYS", 31),
 ];
+
+mod checkpoints;
+pub use checkpoints::{CheckpointAt, CheckpointedThere, JobRestarted, RestartJob};
 
 #[cfg(test)]
 mod tests;
