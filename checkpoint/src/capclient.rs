@@ -68,16 +68,20 @@ impl CapClient {
         }
     }
 
-    /// Have the node where the process behind stand-in `req.pid` runs
-    /// save it (see `ProcRequest::CheckpointAt`).
-    pub fn checkpoint_at(&mut self, req: CheckpointAt) -> Result<CheckpointedThere> {
-        let reply = self.rt.block_on(
-            self.conn
-                .call(&AdminRequest::Proc(ProcRequest::CheckpointAt(req))),
-        )?;
-        match reply {
-            AdminResponse::Proc(ProcReply::CheckpointedThere(there)) => Ok(there),
+    /// Send one process-service request; its answer, or krgd's refusal.
+    fn proc_call(&mut self, req: ProcRequest) -> Result<ProcReply> {
+        match self.rt.block_on(self.conn.call(&AdminRequest::Proc(req)))? {
+            AdminResponse::Proc(reply) => Ok(reply),
             AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+
+    /// Have the node the process `req` names runs on save it (see
+    /// `ProcRequest::CheckpointAt`).
+    pub fn checkpoint_at(&mut self, req: CheckpointAt) -> Result<CheckpointedThere> {
+        match self.proc_call(ProcRequest::CheckpointAt(req))? {
+            ProcReply::CheckpointedThere(there) => Ok(there),
             _ => Err(ChkptError::KrgdReply),
         }
     }
@@ -98,13 +102,8 @@ impl CapClient {
             app,
             sn,
         };
-        let reply = self.rt.block_on(
-            self.conn
-                .call(&AdminRequest::Proc(ProcRequest::RestartJob(req))),
-        )?;
-        match reply {
-            AdminResponse::Proc(ProcReply::Restarted(r)) => Ok(r),
-            AdminResponse::Error(e) => Err(ChkptError::KrgdRefused(e)),
+        match self.proc_call(ProcRequest::RestartJob(req))? {
+            ProcReply::Restarted(r) => Ok(r),
             _ => Err(ChkptError::KrgdReply),
         }
     }

@@ -24,6 +24,7 @@ use krg_proto::proc::{
 };
 
 use super::creds::Origin;
+use super::lookup::Named;
 use super::state::ProcState;
 use crate::caller::Caller;
 
@@ -76,25 +77,12 @@ pub async fn asked(
 /// PID).
 fn find(st: &ProcState, pid: i32) -> Result<i32, AdminError> {
     let node = st.node();
-    let found: Vec<i32> = super::procfs::scan(&st.table.jobs())
-        .into_iter()
-        .filter(|f| f.pid == pid)
-        .map(|f| f.host_pid)
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] if st.migration.adopted_pids().contains(&pid) => Ok(pid),
-        [] if st.migration.standins.runs_on(pid).is_some() => Err(refused(
+    match super::lookup::named(st, pid)? {
+        Named::Job(found) => Ok(found.host_pid),
+        Named::Host { pid, stand_in: false } => Ok(pid),
+        Named::Host { stand_in: true, .. } => Err(refused(
             ErrorKind::NotFound,
             format!("process {node}:{pid} is a stand-in: its process runs elsewhere (checkpoint {pid} on node {node} finds it)"),
-        )),
-        [] => Err(refused(
-            ErrorKind::NotFound,
-            format!("no process {node}:{pid} (krg ps lists the processes of the cluster)"),
-        )),
-        _ => Err(refused(
-            ErrorKind::Conflict,
-            format!("{node}:{pid} names processes of {} jobs; checkpoint it by its PID on node {node}", found.len()),
         )),
     }
 }

@@ -1,5 +1,5 @@
-//! This node's answers about its own processes: the rows of `krg ps`, and
-//! `krg kill` of one process named by its PID as its job sees it.
+//! This node's answers about its own processes: the rows of `krg ps`,
+//! which process `NODE:PID` names here ([`named`]), and `krg kill` of it.
 //!
 //! A kill opens a pidfd for the process found, then checks again that the
 //! pidfd's process is the one named (same namespace, same PID) and whose it
@@ -37,6 +37,39 @@ fn not_found(node: u32, pid: i32) -> AdminError {
     )
 }
 
+/// What `NODE:PID` names on this node.
+pub enum Named {
+    /// A process of one of its jobs.
+    Job(Found),
+    /// A process that migrated in (it kept its PID, in krgd's namespace),
+    /// or, with `stand_in`, the stand-in of one that moved on.
+    Host { pid: i32, stand_in: bool },
+}
+
+/// The process this node's `krg ps` shows as `pid`: refused when it names
+/// nothing, or processes of several jobs (one forked past its PID range).
+pub fn named(st: &ProcState, pid: i32) -> Result<Named, AdminError> {
+    let node = st.node();
+    let mut found: Vec<Found> = procfs::scan(&st.table.jobs())
+        .into_iter()
+        .filter(|f| f.pid == pid)
+        .collect();
+    if found.len() > 1 {
+        return Err(AdminError::new(
+            ErrorKind::Conflict,
+            format!("{node}:{pid} names processes of {} jobs (one of them forked past its PID range); name the job's program instead", found.len()),
+        ));
+    }
+    if let Some(one) = found.pop() {
+        return Ok(Named::Job(one));
+    }
+    let stand_in = st.migration.standins.runs_on(pid).is_some();
+    if stand_in || st.migration.adopted_pids().contains(&pid) {
+        return Ok(Named::Host { pid, stand_in });
+    }
+    Err(not_found(node, pid))
+}
+
 /// Send `signal` to process `pid` of this node for `creds`: root (from
 /// here or a member node), or the process's owner (its real or saved uid,
 /// as kill(2) decides).
@@ -54,25 +87,11 @@ pub fn kill(
             format!("{signal} is not a signal number"),
         ));
     }
-    let found: Vec<Found> = procfs::scan(&st.table.jobs())
-        .into_iter()
-        .filter(|f| f.pid == pid)
-        .collect();
     // A process that migrated in, or the stand-in of one that moved on
     // (which passes the signal on to it), is signalled by its host PID.
-    let standin = st.migration.standins.runs_on(pid).is_some();
-    if found.is_empty() && (standin || st.migration.adopted_pids().contains(&pid)) {
-        return kill_adopted(node, pid, signal, who, origin);
-    }
-    let target = match found.as_slice() {
-        [] => return Err(not_found(node, pid)),
-        [one] => one,
-        _ => {
-            return Err(AdminError::new(
-                ErrorKind::Conflict,
-                format!("{node}:{pid} names processes of {} jobs (one of them forked past its PID range); signal the job's program instead", found.len()),
-            ))
-        }
+    let target = match named(st, pid)? {
+        Named::Host { pid, .. } => return kill_adopted(node, pid, signal, who, origin),
+        Named::Job(target) => target,
     };
     let pidfd = pidfd_open(target.host_pid).map_err(|_| not_found(node, pid))?;
     let same = procfs::pid_ns_inode(target.host_pid) == Some(target.job.ns_ino)

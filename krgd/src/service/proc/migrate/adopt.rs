@@ -60,8 +60,8 @@ pub struct JobImage<'a> {
     pub checkpointable: Vec<i32>,
     /// Started with `--detach`: it outlives the node that started it.
     pub detached: bool,
-    /// Its output goes to files of this node (a checkpoint restarted
-    /// here), not to a session; implies `detached`.
+    /// Its output goes to files of this node (a detached job's checkpoint
+    /// restarted here), not to a session.
     pub output_here: bool,
 }
 
@@ -171,7 +171,7 @@ pub async fn start(
         pid: img.pid,
         uid: img.uid,
         gid: img.gid,
-        detached: img.detached || img.output_here,
+        detached: img.detached,
         output,
         tty,
         origin: img.origin,
