@@ -1,11 +1,13 @@
 //! What the migration tests share: a process killed when dropped, its
-//! CAN_MIGRATE, `migrate`, `krg ps`, and its output read line by line.
+//! CAN_MIGRATE, `migrate`, `krg ps`, its output read line by line, and a
+//! process whose output shows whether its memory arrived whole and
+//! whether two copies of it ran.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::{bin, TestCluster};
+use crate::{bin, wait_for, TestCluster};
 
 /// Admin socket of node `id`.
 pub fn socket(c: &TestCluster, id: u32) -> PathBuf {
@@ -154,4 +156,72 @@ pub fn pty_pair() -> (std::fs::File, std::fs::File) {
         assert!(s >= 0);
         (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
     }
+}
+
+/// The last number the counter wrote.
+pub fn last(out: &Path) -> u64 {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// Wait until the counter in `out` passed `from` by more than 3: its last
+/// number.
+pub fn grows(out: &Path, from: u64) -> u64 {
+    wait_for(Duration::from_secs(10), "the counter to go on", || {
+        let n = last(out);
+        (n > from + 3).then_some(n)
+    })
+    .unwrap()
+}
+
+/// The state letter of `pid` in /proc (`R`, `S`, `T`, `t`, `Z`), if it exists.
+pub fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.get(s.rfind(')')? + 2..)?.chars().next()
+}
+
+/// Writes pages of its memory all the time; each line: iteration, PID, and
+/// how many pages differ from what it last wrote there (0 when memory
+/// arrived whole).
+pub const STAMPER: &str = r#"
+import os, sys, time, random
+n = 16384
+buf = bytearray(n * 4096)
+gen = [0] * n
+f = open(sys.argv[1], "a", buffering=1)
+rnd = random.Random(1)
+k = 0
+while True:
+    for _ in range(3000):
+        i = rnd.randrange(n)
+        g = gen[i] + 1
+        gen[i] = g
+        buf[i * 4096:i * 4096 + 8] = g.to_bytes(8, "little")
+    k += 1
+    bad = sum(1 for i in range(n) if int.from_bytes(buf[i * 4096:i * 4096 + 8], "little") != gen[i])
+    f.write("%d %d %d\n" % (k, os.getpid(), bad))
+    time.sleep(0.002)
+"#;
+
+/// Check the STAMPER's lines: every iteration once, in order, by `pid`,
+/// with no page differing from what it last wrote. Returns the lines.
+pub fn stamps_intact(out: &Path, pid: i32) -> usize {
+    let text = std::fs::read_to_string(out).unwrap();
+    let rows: Vec<Vec<u64>> = text
+        .lines()
+        .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
+        .collect();
+    assert!(
+        rows.windows(2).all(|w| w[1][0] == w[0][0] + 1),
+        "a gap or a repeat in the iterations"
+    );
+    for r in &rows {
+        assert_eq!(r[1], pid as u64, "another PID: {r:?}");
+        assert_eq!(r[2], 0, "pages lost across the moves (iteration {})", r[0]);
+    }
+    rows.len()
 }

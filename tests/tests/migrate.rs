@@ -15,7 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use krg_tests::migrating::{capset, err, migrate, moved_host_pid, ppid, ps, socket, Job};
+use krg_tests::migrating::{
+    capset, err, grows, last, migrate, moved_host_pid, ppid, ps, socket, stamps_intact, state, Job,
+    STAMPER,
+};
 use krg_tests::{bin, detached_stdio, free_port, serial, wait_for, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -96,29 +99,6 @@ fn show_caps(c: &TestCluster, via: u32, pid: i32) -> String {
         .strip_prefix(&format!("{pid}: "))
         .unwrap_or(&text)
         .to_string()
-}
-
-/// The last number the counter wrote.
-fn last(out: &Path) -> u64 {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .next_back()
-        .unwrap_or(0)
-}
-
-fn grows(out: &Path, from: u64) -> u64 {
-    wait_for(Duration::from_secs(10), "the counter to go on", || {
-        let n = last(out);
-        (n > from + 3).then_some(n)
-    })
-    .unwrap()
-}
-
-fn state(pid: i32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.get(s.rfind(')')? + 2..)?.chars().next()
 }
 
 /// Counts in memory; each line: count, pid, and a checksum of a 20 MiB
@@ -389,26 +369,6 @@ fn refusals_leave_the_process_running() -> Result<()> {
 /// Stamps a generation into random pages of 64 MiB as fast as it can and
 /// keeps the expected generation of each page elsewhere in its memory;
 /// each line: iteration, PID, pages whose content differs from the record.
-const STAMPER: &str = r#"
-import os, sys, time, random
-n = 16384
-buf = bytearray(n * 4096)
-gen = [0] * n
-f = open(sys.argv[1], "a", buffering=1)
-rnd = random.Random(1)
-k = 0
-while True:
-    for _ in range(3000):
-        i = rnd.randrange(n)
-        g = gen[i] + 1
-        gen[i] = g
-        buf[i * 4096:i * 4096 + 8] = g.to_bytes(8, "little")
-    k += 1
-    bad = sum(1 for i in range(n) if int.from_bytes(buf[i * 4096:i * 4096 + 8], "little") != gen[i])
-    f.write("%d %d %d\n" % (k, os.getpid(), bad))
-    time.sleep(0.002)
-"#;
-
 /// Pages written all the time, during the copy made while it runs and the
 /// freeze: after the move (there and back) each page still holds what the
 /// process last wrote into it. `--timings` names the phases of both nodes.
@@ -445,25 +405,6 @@ fn in_order(out: &Path, why: &str) -> String {
         .collect();
     assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{why}");
     text
-}
-
-/// Check the STAMPER's lines: every iteration once, in order, by `pid`,
-/// with no page differing from what it last wrote. Returns the lines.
-fn stamps_intact(out: &Path, pid: i32) -> usize {
-    let text = std::fs::read_to_string(out).unwrap();
-    let rows: Vec<Vec<u64>> = text
-        .lines()
-        .map(|l| l.split(' ').map(|w| w.parse().unwrap()).collect())
-        .collect();
-    assert!(
-        rows.windows(2).all(|w| w[1][0] == w[0][0] + 1),
-        "a gap or a repeat in the iterations"
-    );
-    for r in &rows {
-        assert_eq!(r[1], pid as u64, "another PID: {r:?}");
-        assert_eq!(r[2], 0, "pages lost across the moves (iteration {})", r[0]);
-    }
-    rows.len()
 }
 
 /// Post-copy (`--postcopy`): the process runs on the target before its

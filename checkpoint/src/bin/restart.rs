@@ -101,6 +101,13 @@ struct Cli {
     /// foreground. For krgd, moving a job that runs on a terminal.
     #[arg(long, value_name = "PGID")]
     ctty_fg: Option<i32>,
+    /// Let the restored processes run only once the caller writes `G` on
+    /// FD: restart writes `R` there when they are ready (everything back,
+    /// nothing run yet) and kills them if anything else comes back, or
+    /// end of file. For krgd, which lets a migrated process run on its
+    /// target only once the cluster decided it runs there.
+    #[arg(long, value_name = "FD")]
+    gate_fd: Option<i32>,
     /// Print where the time went, phase by phase, on a line before the last
     /// (`restart: timings: load=…ms fork_root=…ms …`). Also `KRG_TIMINGS=1`.
     #[arg(long)]
@@ -128,6 +135,7 @@ fn main() {
             }),
             fetch_fd: cli.fetch_fd,
             ctty_fg: cli.ctty_fg,
+            gate_fd: cli.gate_fd,
         };
         let rep = restore::restart(cli.app.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -183,6 +191,7 @@ fn restart_job(cli: &Cli) -> Result<()> {
         (cli.node.is_some(), "--node"),
         (cli.ctty_fg.is_some(), "--ctty-fg"),
         (cli.fetch_fd.is_some(), "--fetch-fd"),
+        (cli.gate_fd.is_some(), "--gate-fd"),
     ];
     if let Some((_, flag)) = unfit.iter().find(|(given, _)| *given) {
         anyhow::bail!(

@@ -37,6 +37,8 @@ pub struct Loaded {
     /// `--fetch-fd`: page data is still coming in; ask before reading it
     /// (set by the caller).
     pub fetch: Option<super::fetch::Fetch>,
+    /// `--gate-fd`: the caller lets the tree run (set by the caller).
+    pub gate: Option<std::os::fd::OwnedFd>,
 }
 
 /// One task of a loaded checkpoint.
@@ -215,6 +217,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
         inherit_fds: Vec::new(),
         ctty_fg: None,
         fetch: None,
+        gate: None,
     })
 }
 

@@ -32,6 +32,7 @@
 //! - [`sysv`] — recreating SysV IPC objects
 //! - [`pidns`] — into a job's PID namespace; [`jobns`] what a job's
 //!   checkpoint records of its namespace
+//! - [`gate`] — `--gate-fd`: the tree runs only once the caller says so
 
 mod anon;
 mod attrs;
@@ -41,6 +42,7 @@ pub mod fetch;
 mod files;
 mod fill;
 mod fork;
+pub mod gate;
 mod held;
 mod held_check;
 pub mod jobns;
@@ -111,6 +113,9 @@ pub struct RestoreOptions {
     /// PGID (a PID of the image) in the foreground: krgd moving a job that
     /// runs on a terminal (`krg run -t`) gives it a new one on the target.
     pub ctty_fg: Option<i32>,
+    /// `--gate-fd`: let the restored tree run only once the caller writes
+    /// [`gate::GO`] on this fd (see [`gate`]).
+    pub gate_fd: Option<i32>,
 }
 
 #[derive(Debug)]
@@ -179,6 +184,9 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
     held_check::check_pidfds(&images)?;
     loaded.inherit_fds = opts.inherit_fds.clone();
     loaded.ctty_fg = opts.ctty_fg;
+    if let Some(fd) = opts.gate_fd {
+        loaded.gate = Some(gate::take(fd)?);
+    }
     crate::timings::mark("load");
     if opts.new_pids && loaded.tasks.iter().any(|t| t.task.threads.len() > 1) {
         return Err(ChkptError::Usage(

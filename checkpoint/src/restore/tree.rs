@@ -335,6 +335,12 @@ fn restore_tasks(
         ctx.drop_area()?;
     }
     mark("drop_area");
+    if let Some(g) = &l.gate {
+        // Nothing runs before the caller says so; a refusal leaves
+        // `created` to kill the tasks.
+        super::gate::wait(g)?;
+        mark("gate");
+    }
     let pids: Vec<i32> = l.tasks.iter().map(|t| t.task.pid).collect();
     // The server exists before any task runs: a page touched at once waits
     // for it, not forever. It starts serving once every task is detached

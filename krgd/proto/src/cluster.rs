@@ -335,6 +335,17 @@ pub enum ClusterPeerRequest {
         /// Forwards so far.
         hops: u8,
     },
+    /// A migration's handover: record that transfer `xfer` runs on
+    /// `node` unless a node was decided already (forwarded towards the
+    /// Raft leader, `hops` as in `Forward`); answered with `Placed`.
+    Place {
+        /// The transfer (the migration's random id).
+        xfer: u64,
+        /// The node asking to run it.
+        node: NodeId,
+        /// Forwards so far.
+        hops: u8,
+    },
 }
 
 /// Answers to [`ClusterPeerRequest`]s, one variant per request.
@@ -358,6 +369,8 @@ pub enum ClusterPeerReply {
     Ack,
     /// To `Describe`.
     Describe(NodeSelf),
+    /// To `Place`: the node the transfer's process runs on, as committed.
+    Placed(NodeId),
 }
 
 /// Which openraft RPC a [`RaftRpc`] carries.

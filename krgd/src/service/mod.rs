@@ -7,9 +7,13 @@
 //! async fn handle_peer(&self, from: &Identity, req: XPeerRequest) -> Result<XPeerReply, AdminError>; // if it talks to peers
 //! async fn shutdown(&self);
 //! ```
+//!
+//! Services do not import each other; where one needs another, a trait
+//! between them says what ([`placement`]), and the daemon connects them.
 
 pub mod chkpt;
 pub mod cluster;
 pub mod kdfs;
+pub mod placement;
 pub mod proc;
 pub mod sched;

@@ -12,6 +12,8 @@
 //! * [`detector`]: the leader's liveness probes, marking members failed.
 //! * [`owners`] / [`ownership`]: node checkouts (`krgadm nodes checkout`,
 //!   `release`), committed like membership.
+//! * [`placements`] / [`placement`]: where a migration's process runs,
+//!   decided once in the log (the handover fence).
 //! * [`report`]: status rows and the published [`ClusterView`](crate::context::ClusterView).
 
 mod detector;
@@ -23,6 +25,8 @@ mod membership;
 mod network;
 pub mod owners;
 mod ownership;
+mod placement;
+mod placements;
 mod raft_types;
 mod report;
 mod selection;
@@ -259,6 +263,17 @@ impl ClusterService {
                 self.route_ownership(change, hops)
                     .await
                     .map(ClusterPeerReply::Forwarded)
+            }
+            ClusterPeerRequest::Place { xfer, node, hops } => {
+                if from.role != krg_proto::auth::Role::Node {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only krgd nodes may place a migration",
+                    ));
+                }
+                self.route_placement(xfer, node, hops)
+                    .await
+                    .map(ClusterPeerReply::Placed)
             }
             ClusterPeerRequest::Welcome {
                 cluster,

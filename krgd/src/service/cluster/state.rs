@@ -1,5 +1,6 @@
 //! The replicated cluster state: the member table and its epoch, and who
-//! has which member checked out ([`owners`](super::owners)). Every member
+//! has which member checked out ([`owners`](super::owners)), and where
+//! each moving process runs ([`placements`](super::placements)). Every member
 //! applies the same commands in the same order (Raft), so every member sees
 //! the same table and epoch once a change is committed.
 
@@ -11,6 +12,7 @@ use krg_proto::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::owners::{self, Owners, Ownership, Refusal};
+use super::placements::{self, Placements};
 
 /// One member of the cluster as recorded in the replicated table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +68,13 @@ pub enum ClusterCommand {
         force: bool,
         now_ms: u64,
     },
+    /// A migration's handover: transfer `xfer` runs on `node`, unless a
+    /// node was decided for it already. `now_ms`: the leader's clock.
+    Place {
+        xfer: u64,
+        node: NodeId,
+        now_ms: u64,
+    },
 }
 
 /// Result of applying a command: the epoch after it, and why an ownership
@@ -74,6 +83,8 @@ pub enum ClusterCommand {
 pub struct CommandResult {
     pub epoch: u64,
     pub refused: Option<Refusal>,
+    /// To `Place`: the node the transfer's process runs on.
+    pub placed: Option<NodeId>,
 }
 
 /// The state machine's data.
@@ -86,8 +97,11 @@ pub struct ClusterState {
     pub members: BTreeMap<NodeId, MemberRecord>,
     pub dissolved: bool,
     /// Checked-out members (not part of the epoch: ownership is not
-    /// membership). Last, so that older snapshots decode as a prefix.
+    /// membership). After the fields of older snapshots, which decode
+    /// as a prefix.
     pub owners: Owners,
+    /// Where moving processes run (not part of the epoch either).
+    pub placements: Placements,
 }
 
 impl ClusterState {
@@ -131,6 +145,15 @@ impl ClusterState {
             return CommandResult {
                 epoch: self.epoch,
                 refused: outcome.err(),
+                placed: None,
+            };
+        }
+        if let ClusterCommand::Place { xfer, node, now_ms } = cmd {
+            let on = placements::place(&mut self.placements, *xfer, *node, *now_ms);
+            return CommandResult {
+                epoch: self.epoch,
+                refused: None,
+                placed: Some(on),
             };
         }
         let changed = match cmd {
@@ -181,7 +204,9 @@ impl ClusterState {
                 }
                 changed
             }
-            ClusterCommand::Checkout { .. } | ClusterCommand::Release { .. } => false,
+            ClusterCommand::Checkout { .. }
+            | ClusterCommand::Release { .. }
+            | ClusterCommand::Place { .. } => false,
         };
         if changed {
             self.epoch += 1;
@@ -189,6 +214,7 @@ impl ClusterState {
         CommandResult {
             epoch: self.epoch,
             refused: None,
+            placed: None,
         }
     }
 

@@ -291,10 +291,20 @@ struct SnapshotBody {
     state: ClusterState,
 }
 
-/// The state as snapshots held it before node ownership: the same fields
-/// without the trailing owner table (postcard is positional, so such a
+/// The state as snapshots held it before placements: the same fields
+/// without the trailing placement table (postcard is positional, so such a
 /// snapshot fails to decode as the current body — it ends too early — and
 /// decodes as this instead).
+#[derive(Deserialize)]
+struct StateBeforePlacements {
+    uid: u64,
+    epoch: u64,
+    members: std::collections::BTreeMap<krg_proto::NodeId, super::state::MemberRecord>,
+    dissolved: bool,
+    owners: super::owners::Owners,
+}
+
+/// The state as snapshots held it before node ownership.
 #[derive(Deserialize)]
 struct StateBeforeOwners {
     uid: u64,
@@ -303,20 +313,33 @@ struct StateBeforeOwners {
     dissolved: bool,
 }
 
-/// Decode a snapshot body, of this version or the one before ownership.
+/// Decode a snapshot body, of this version or an older one.
 fn decode_body(bytes: &[u8]) -> Result<SnapshotBody, postcard::Error> {
-    postcard::from_bytes::<SnapshotBody>(bytes).or_else(|e| {
-        let old: StateBeforeOwners = postcard::from_bytes(bytes).map_err(|_| e)?;
-        Ok(SnapshotBody {
-            state: ClusterState {
+    let current = postcard::from_bytes::<SnapshotBody>(bytes);
+    let state = match current {
+        Ok(body) => return Ok(body),
+        Err(e) => match postcard::from_bytes::<StateBeforePlacements>(bytes) {
+            Ok(old) => ClusterState {
                 uid: old.uid,
                 epoch: old.epoch,
                 members: old.members,
                 dissolved: old.dissolved,
-                owners: Default::default(),
+                owners: old.owners,
+                placements: Default::default(),
             },
-        })
-    })
+            Err(_) => {
+                let old: StateBeforeOwners = postcard::from_bytes(bytes).map_err(|_| e)?;
+                ClusterState {
+                    uid: old.uid,
+                    epoch: old.epoch,
+                    members: old.members,
+                    dissolved: old.dissolved,
+                    ..Default::default()
+                }
+            }
+        },
+    };
+    Ok(SnapshotBody { state })
 }
 
 #[derive(Default)]
@@ -440,14 +463,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult {
                         epoch: data.state.epoch,
-                        refused: None,
+                        ..Default::default()
                     },
                     EntryPayload::Normal(cmd) => data.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         data.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResult {
                             epoch: data.state.epoch,
-                            refused: None,
+                            ..Default::default()
                         }
                     }
                 };

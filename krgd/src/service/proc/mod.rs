@@ -76,6 +76,7 @@ use self::table::Table;
 use crate::caller::Caller;
 use crate::context::NodeContext;
 use crate::service::chkpt::ChkptService;
+use crate::service::placement::Placement;
 use crate::service::sched::SchedService;
 use crate::DaemonError;
 
@@ -128,6 +129,7 @@ impl ProcService {
         ctx: Arc<NodeContext>,
         sched: Arc<SchedService>,
         caps: Arc<ChkptService>,
+        placement: Arc<dyn Placement>,
     ) -> Result<Arc<Self>, DaemonError> {
         let spawner =
             Spawner::start().map_err(|e| DaemonError::io("starting the job spawner thread", e))?;
@@ -148,6 +150,7 @@ impl ProcService {
             spool: ctx.config.data_dir.join("migrate"),
             caps,
             migration: migrate::Registry::default(),
+            placement,
             ctx,
             table: Table::default(),
             spawner,

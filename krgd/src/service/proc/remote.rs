@@ -126,6 +126,9 @@ async fn open_with(
     let (mut stream, mut keys) = tokio::time::timeout(OPEN_TIMEOUT, connect(st, node))
         .await
         .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
+    // A partition breaks no connection: give up once the membership says
+    // `node` failed, not at `timeout` (a migration's handover waits here).
+    let mut view = st.ctx.watch_view();
     let opened = tokio::time::timeout(timeout, async {
         let open = PeerMessage {
             id: 0,
@@ -154,9 +157,14 @@ async fn open_with(
             PeerBody::Response(PeerResponse::Error(e)) => Err(e),
             other => Err(unavailable(node, format!("unexpected answer {other:?}"))),
         }
-    })
-    .await
-    .map_err(|_| unavailable(node, format!("no session within {timeout:?}")))?;
+    });
+    let opened = tokio::select! {
+        r = opened => r,
+        why = super::migrate::until_gone(&mut view, node) => {
+            Ok(Err(AdminError::new(ErrorKind::Unavailable, why)))
+        }
+    };
+    let opened = opened.map_err(|_| unavailable(node, format!("no session within {timeout:?}")))?;
     let phases = opened?;
     let (in_tx, in_rx) = mpsc::channel::<Up>(256);
     let (ev_tx, ev_rx) = mpsc::channel::<Down>(64);

@@ -84,6 +84,7 @@ pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<JobRestarte
         checkpointable: everyone,
         detached: true,
         output_here: true,
+        fence: None,
     };
     let started = adopt::start(st, img, &mut Clock::new(), Lazy::No).await?;
     let output = started

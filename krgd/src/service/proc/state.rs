@@ -42,6 +42,9 @@ pub struct ProcState {
     pub caps: Arc<ChkptService>,
     /// Migrations in and out.
     pub migration: Registry,
+    /// Where a migration's process runs, decided by the cluster (the
+    /// handover fence, [`super::migrate::fence`]).
+    pub placement: Arc<dyn crate::service::placement::Placement>,
     /// Where images of migrations are kept while they move
     /// (`<data_dir>/migrate`).
     pub spool: PathBuf,

@@ -60,6 +60,45 @@ fn snapshots_from_before_ownership_still_load() {
     assert!(decode_body(&[1, 2]).is_err());
 }
 
+#[derive(Serialize)]
+struct StateWithOwners {
+    uid: u64,
+    epoch: u64,
+    members: std::collections::BTreeMap<krg_proto::NodeId, MemberRecord>,
+    dissolved: bool,
+    owners: crate::service::cluster::owners::Owners,
+}
+
+#[test]
+fn snapshots_from_before_placements_keep_their_owners() {
+    let owner = Ownership {
+        uid: 1000,
+        user: "alice".into(),
+        until_ms: 9,
+        since_ms: 1,
+        reason: "bench".into(),
+    };
+    let old = StateWithOwners {
+        uid: 78,
+        epoch: 6,
+        members: Default::default(),
+        dissolved: false,
+        owners: [(2, owner.clone())].into(),
+    };
+    let body = decode_body(&postcard::to_stdvec(&old).unwrap()).unwrap();
+    assert_eq!((body.state.uid, body.state.epoch), (78, 6));
+    assert_eq!(body.state.owners[&2], owner);
+    assert!(body.state.placements.is_empty());
+    // The current format round-trips with its placements.
+    let mut state = body.state;
+    crate::service::cluster::placements::place(&mut state.placements, 42, 3, 5);
+    let bytes = postcard::to_stdvec(&SnapshotBody {
+        state: state.clone(),
+    })
+    .unwrap();
+    assert_eq!(decode_body(&bytes).unwrap().state, state);
+}
+
 const UID: u64 = 0x5eed;
 
 fn id(index: u64) -> LogId<RaftNodeId> {

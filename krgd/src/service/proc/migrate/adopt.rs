@@ -30,7 +30,7 @@ use super::super::serve;
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
 use super::restore::{self, IntoJob, Lazy};
-use super::{incoming, pulling, Clock};
+use super::{fence, incoming, pulling, Clock};
 
 fn internal(node: NodeId, what: impl std::fmt::Display) -> AdminError {
     AdminError::new(ErrorKind::Internal, format!("node {node}: {what}"))
@@ -63,6 +63,9 @@ pub struct JobImage<'a> {
     /// Its output goes to files of this node (a detached job's checkpoint
     /// restarted here), not to a session.
     pub output_here: bool,
+    /// On a migration's target, its transfer: the job runs only once the
+    /// cluster placed that transfer here ([`fence`](super::fence)).
+    pub fence: Option<u64>,
 }
 
 /// The job's new stdio: restart's fds 0-2 (which become the job's), and
@@ -147,7 +150,10 @@ pub async fn start(
         stdio,
         ctty_fg: img.terminal.as_ref().map(|t| t.fg_pgid),
     };
-    let server = match restore::restore_into(img.root, img.app, img.sn, into, lazy).await {
+    let gate = img
+        .fence
+        .map(|xfer| fence::runs_here(st.clone(), xfer, img.origin));
+    let server = match restore::restore_into(img.root, img.app, img.sn, into, lazy, gate).await {
         Ok((phases, server)) => {
             clock.mark("target.restart");
             clock.extend("target.restart.", &phases);
@@ -289,6 +295,7 @@ async fn adopt_from(
         checkpointable: open.checkpointable.clone(),
         detached: open.detached,
         output_here: false,
+        fence: Some(open.xfer),
     };
     let r = start(st, img, &mut clock, lazy).await;
     pulling::settle(pulling.as_ref(), r.is_ok());

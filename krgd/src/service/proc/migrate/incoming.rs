@@ -356,7 +356,8 @@ pub async fn commit(
     // its output goes back to what it led to on the origin
     let forward = super::stdio::Forward::new().map_err(|e| fail(format!("pipe: {e}")))?;
     let [o, e] = forward.for_restart.each_ref().map(|f| f.try_clone().ok());
-    let r = restore::restore_lazily(&x.root, x.app, x.sn, fetch, [o, e]).await;
+    let gate = super::fence::runs_here(st.clone(), xfer, from);
+    let r = restore::restore_lazily(&x.root, x.app, x.sn, fetch, [o, e], gate).await;
     clock.mark("target.restart");
     let _ = std::fs::remove_dir_all(&x.root);
     super::pulling::settle(pulling.as_ref(), r.is_ok());

@@ -14,6 +14,9 @@
 //! - [`send`] — the dump, and the image sent while it runs and once stopped ([`push`])
 //! - [`incoming`] — the target: images received ([`entry`]), restored on `Commit`
 //! - [`restore`] — running `restart` (lazily on a target)
+//! - [`fence`] — the cluster decides which node runs the process after
+//!   the handover: the target's copy runs only if placed there, the
+//!   origin takes it back only if placed there
 //! - [`pulling`], [`serving`] — post-copy (`migrate --postcopy`): the
 //!   target pulls the page data after the process runs there, from the
 //!   origin, which keeps its copy of the image until then
@@ -31,6 +34,7 @@ pub mod adopt;
 pub mod arrivals;
 pub mod check;
 pub mod entry;
+pub mod fence;
 pub mod incoming;
 pub mod pulling;
 pub mod push;
@@ -461,6 +465,8 @@ async fn move_here(
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
     }
+    // taken over as a job there (its copy dies with the target's krgd)
+    let as_job = prepared.is_some() || made.is_some();
     let mut unclaimed = None;
     let mut unstood = None;
     let committed = match (prepared, made) {
@@ -513,6 +519,25 @@ async fn move_here(
             clock.phases.extend(phases);
         }
         Err(why) => {
+            // Only if the cluster places it here: a target cut off after
+            // it was placed there runs it (see `fence`).
+            let on = fence::back_here(st, xfer, to, as_job).await;
+            if on != me {
+                tracing::warn!(
+                    pid,
+                    to,
+                    on,
+                    why,
+                    "target failed after the handover, but runs the process"
+                );
+                let gone = format!("node {on} runs process {pid}: the cluster placed it there before node {to} stopped answering ({why})");
+                if let Some(m) = unstood {
+                    m.lost(gone.clone());
+                }
+                serving::forget(st, xfer);
+                let _ = std::fs::remove_dir_all(&out);
+                return Err(err(ErrorKind::Unavailable, gone));
+            }
             tracing::warn!(
                 pid,
                 to,

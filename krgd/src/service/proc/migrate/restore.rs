@@ -1,13 +1,25 @@
 //! Running `restart` on an image directory: the target's side of a
 //! migration, and the origin's when it takes a process back. `restart`
 //! (installed next to krgd) forks the restored root itself and exits; the
-//! root then comes to krgd, a child subreaper, which reaps it.
+//! root then comes to krgd, a child subreaper, which reaps it. On a
+//! target, restart holds the restored process until the cluster placed
+//! it there (a [`Decision`], through `restart --gate-fd`; see
+//! [`fence`](super::fence)).
 
+use std::future::Future;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::time::Duration;
+
+use checkpoint::restore::gate::{GO, READY};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Whether a restored process may run: `Ok` lets it go; `Err` says why
+/// not (restart then kills it and fails with that reason).
+pub type Decision = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// How long a restore may take (it waits up to `PID_WAIT` for the PIDs).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -94,7 +106,7 @@ pub async fn restore(
     sn: u32,
     out: Outputs,
 ) -> Result<Vec<checkpoint::timings::Phase>, String> {
-    run_restart(root, app, sn, Target::Plain(out), Lazy::No)
+    run_restart(root, app, sn, Target::Plain(out), Lazy::No, None)
         .await
         .map(|r| r.0)
 }
@@ -107,17 +119,18 @@ enum Target {
 }
 
 /// [`restore`] into a job's namespace (see [`IntoJob`]), lazily or not
-/// (see [`restore_lazily`]): restart's phases and, when lazy, the PID of
-/// its page server (a process of the job's namespace then, reaped by the
-/// job's init).
+/// (see [`restore_lazily`]), run once `gate` says so if given: restart's
+/// phases and, when lazy, the PID of its page server (a process of the
+/// job's namespace then, reaped by the job's init).
 pub async fn restore_into(
     root: &Path,
     app: i32,
     sn: u32,
     job: IntoJob,
     lazy: Lazy,
+    gate: Option<Decision>,
 ) -> Result<(Vec<checkpoint::timings::Phase>, Option<i32>), String> {
-    let (phases, text) = run_restart(root, app, sn, Target::Job(job), lazy).await?;
+    let (phases, text) = run_restart(root, app, sn, Target::Job(job), lazy, gate).await?;
     Ok((phases, page_server(&text)))
 }
 
@@ -128,15 +141,18 @@ pub async fn restore_into(
 /// The image came from a member's krgd over the sealed connection: its
 /// page data is checked as it loads, and a bad block kills the process.
 /// With `fetch` (post-copy), page data is asked for on that socket before
-/// it is read (`restart --fetch-fd`).
+/// it is read (`restart --fetch-fd`). The processes run once `gate` says
+/// so.
 pub async fn restore_lazily(
     root: &Path,
     app: i32,
     sn: u32,
     fetch: Option<OwnedFd>,
     out: Outputs,
+    gate: Decision,
 ) -> Result<(Vec<checkpoint::timings::Phase>, Option<i32>), String> {
-    let (phases, text) = run_restart(root, app, sn, Target::Plain(out), Lazy::Yes(fetch)).await?;
+    let target = Target::Plain(out);
+    let (phases, text) = run_restart(root, app, sn, target, Lazy::Yes(fetch), Some(gate)).await?;
     Ok((phases, page_server(&text)))
 }
 
@@ -169,6 +185,7 @@ async fn run_restart(
     sn: u32,
     target: Target,
     lazy: Lazy,
+    gate: Option<Decision>,
 ) -> Result<(Vec<checkpoint::timings::Phase>, String), String> {
     let bin = restart_binary();
     let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -198,6 +215,16 @@ async fn run_restart(
         }
     };
     let raw_fetch = fetch.as_ref().map(|f| f.as_raw_fd());
+    let gate = match gate {
+        Some(decision) => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| format!("socketpair (restart's gate): {e}"))?;
+            cmd.args(["--gate-fd", "5"]);
+            Some((ours, OwnedFd::from(theirs), decision))
+        }
+        None => None,
+    };
+    let raw_gate = gate.as_ref().map(|(_, theirs, _)| theirs.as_raw_fd());
     match target {
         Target::Job(job) => {
             cmd.arg("--pidns-of").arg(job.init.to_string());
@@ -220,14 +247,17 @@ async fn run_restart(
     // SAFETY: between fork and exec only fcntl and dup2 (async-signal-safe) run.
     unsafe {
         cmd.pre_exec(move || {
-            // out of the way of fd 3 first (it may be 3 itself)
-            let fetch = match raw_fetch {
+            // out of the way of fds 3-5 first (they may be among them)
+            let high = |fd: Option<i32>| match fd {
                 Some(f) => libc::fcntl(f, libc::F_DUPFD_CLOEXEC, 10),
                 None => 0,
             };
+            let (fetch, gate) = (high(raw_fetch), high(raw_gate));
             if fetch < 0
+                || gate < 0
                 || libc::dup2(raw_w, 3) < 0
                 || (raw_fetch.is_some() && libc::dup2(fetch, 4) < 0)
+                || (raw_gate.is_some() && libc::dup2(gate, 5) < 0)
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -240,6 +270,13 @@ async fn run_restart(
     drop(w);
     // restart and its page server hold it now
     drop(fetch);
+    let refused = match gate {
+        Some((ours, theirs, decision)) => {
+            drop(theirs);
+            keep_gate(ours, decision).await
+        }
+        None => None,
+    };
     let status = match tokio::time::timeout(RESTORE_TIMEOUT, child.wait()).await {
         Ok(s) => s.map_err(|e| format!("waiting for restart: {e}"))?,
         Err(_) => {
@@ -249,6 +286,9 @@ async fn run_restart(
     };
     let text = read_report(r);
     let line = text.lines().last().unwrap_or("").trim().to_string();
+    if let Some(why) = refused {
+        return Err(why);
+    }
     if status.success() {
         let phases = text
             .lines()
@@ -260,6 +300,32 @@ async fn run_restart(
         Err(format!("restart failed ({status})"))
     } else {
         Err(line)
+    }
+}
+
+/// Wait until restart says the tree is ready on `gate`, then let it go
+/// or not as `decision` says: why not, if not. A restart that fails (or
+/// hangs) before it is ready is left to its exit status (or timeout).
+async fn keep_gate(gate: std::os::unix::net::UnixStream, decision: Decision) -> Option<String> {
+    let mut gate = match gate
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(gate))
+    {
+        Ok(g) => g,
+        Err(e) => return Some(format!("restart's gate: {e}")),
+    };
+    let mut said = [0u8; 1];
+    match tokio::time::timeout(RESTORE_TIMEOUT, gate.read(&mut said)).await {
+        Ok(Ok(1)) if said[0] == READY => {}
+        _ => return None,
+    }
+    match decision.await {
+        Ok(()) => match gate.write_all(&[GO]).await {
+            Ok(()) => None,
+            Err(e) => Some(format!("restart's gate: {e}")),
+        },
+        // closing the gate kills the held processes
+        Err(why) => Some(why),
     }
 }
 

@@ -268,6 +268,7 @@ pub async fn take_back(st: &Arc<ProcState>, p: Prepared, saved: Saved<'_>) -> Re
         checkpointable: saved.checkpointable.to_vec(),
         detached: p.entry.detached,
         output_here: false,
+        fence: None,
         pid: p.entry.pid,
         map: p.map.clone(),
         uid: p.entry.uid,

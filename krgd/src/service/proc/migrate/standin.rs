@@ -268,6 +268,7 @@ impl Made {
             checkpointable: saved.checkpointable.to_vec(),
             detached: false,
             output_here: false,
+            fence: None,
         };
         match adopt::start(st, img, &mut Clock::new(), Lazy::No).await {
             Ok(job) => {
@@ -281,6 +282,14 @@ impl Made {
                 Err(why)
             }
         }
+    }
+
+    /// The process runs on a node that no longer answers (placed there
+    /// before it was cut off): the stand-in is told `why` and ends.
+    pub fn lost(self, why: String) {
+        let _ = self
+            .session
+            .send(Err(AdminError::new(ErrorKind::Unavailable, why)));
     }
 
     fn run(self, st: &ProcState, on: NodeId, sess: Result<Session, AdminError>) {
