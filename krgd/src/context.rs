@@ -22,6 +22,10 @@ pub struct ClusterView {
     pub leader: Option<NodeId>,
     /// Members (online, failed, leaving) and present non-members, by id.
     pub nodes: Vec<NodeInfo>,
+    /// This node has reached no majority of the cluster's voters for
+    /// longer than the failure timeout (a partition left it in the
+    /// minority): nothing it asks can be committed.
+    pub cut_off: bool,
 }
 
 impl ClusterView {
@@ -147,6 +151,7 @@ mod tests {
                 voter: true,
                 owner: None,
             }],
+            cut_off: false,
         }
     }
 

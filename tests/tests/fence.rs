@@ -4,7 +4,8 @@
 //! Three krgds in network namespaces on a bridge; needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -40,6 +41,32 @@ fn copies(pid: i32) -> Vec<(i32, char)> {
         .collect()
 }
 
+/// A STAMPER started in node 1's namespaces (a process of that node),
+/// CAN_MIGRATE there, writing to `name` in the test's directory; its last
+/// count.
+fn stamper(c: &TestCluster, name: &str) -> Result<(Job, PathBuf, u64)> {
+    let out = c.dir.path().join(name);
+    let krgd1 = c.nodes[&1].pid().unwrap().to_string();
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["-t", &krgd1, "-m", "-n", "--", "python3", "-c", STAMPER])
+        .arg(&out);
+    let mut child = detached_stdio(&mut cmd).spawn()?;
+    let job = Job(child.id() as i32);
+    std::thread::spawn(move || child.wait());
+    capset(c, 1, job.0);
+    let before = grows(&out, 0);
+    Ok((job, out, before))
+}
+
+/// `migrate PID 3` through node 1, started, its stderr piped.
+fn migrate_to_3(c: &TestCluster, pid: i32) -> Result<Child> {
+    Ok(Command::new(bin("migrate"))
+        .env("KRG_SOCKET", socket(c, 1))
+        .args([&pid.to_string(), "3"])
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
 /// Node 3, the target, restored the process and is cut off before the
 /// cluster placed it (a pause point holds it there): the majority (nodes
 /// 1 and 2) places the process back on node 1, which runs it on. Node 3
@@ -53,22 +80,9 @@ fn a_target_cut_off_before_it_was_placed_never_runs_its_copy() -> Result<()> {
     let mut c = TestCluster::namespaces(3)?;
     let points = c.arm_crash_points();
     let c = c.formed(3, SETTLE)?;
-    let out = c.dir.path().join("stamps-fence.txt");
-    let krgd1 = c.nodes[&1].pid().unwrap().to_string();
-    let mut cmd = Command::new("nsenter");
-    cmd.args(["-t", &krgd1, "-m", "-n", "--", "python3", "-c", STAMPER])
-        .arg(&out);
-    let mut child = detached_stdio(&mut cmd).spawn()?;
-    let job = Job(child.id() as i32);
-    std::thread::spawn(move || child.wait());
-    capset(&c, 1, job.0);
-    let before = grows(&out, 0);
+    let (job, out, before) = stamper(&c, "stamps-fence.txt")?;
     std::fs::write(&points, "pause:krgd-fence:3000")?;
-    let m = Command::new(bin("migrate"))
-        .env("KRG_SOCKET", socket(&c, 1))
-        .args([&job.0.to_string(), "3"])
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let m = migrate_to_3(&c, job.0)?;
     wait_for(Duration::from_secs(60), "node 3 to hold its copy", || {
         (!points.exists()).then_some(())
     })?;
@@ -99,5 +113,58 @@ fn a_target_cut_off_before_it_was_placed_never_runs_its_copy() -> Result<()> {
     stamps_intact(&out, job.0);
     let running = copies(job.0);
     assert_eq!(running.len(), 1, "one copy: {running:?}");
+    Ok(())
+}
+
+/// The other side of a partition: node 1, the origin, is cut off while
+/// node 3 holds its restored copy. Node 3 and node 2 are the majority:
+/// node 3 is placed, its copy runs. Node 1 gives up the handover once it
+/// sees itself cut off, and does not take the process back: the cluster
+/// placed it on node 3 (node 1 learns that once the link is back, and
+/// says so). Node 3's copy ends once the majority marks node 1 failed,
+/// as any job whose origin failed (its stand-in, its parent's end, was
+/// there). One copy ran at a time, and none came back on node 1.
+#[test]
+fn an_origin_cut_off_after_the_handover_does_not_take_it_back() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::namespaces(3)?;
+    let points = c.arm_crash_points();
+    let c = c.formed(3, SETTLE)?;
+    let (job, out, _) = stamper(&c, "stamps-origin-cut.txt")?;
+    std::fs::write(&points, "pause:krgd-fence:1500")?;
+    let m = migrate_to_3(&c, job.0)?;
+    wait_for(Duration::from_secs(60), "node 3 to hold its copy", || {
+        (!points.exists()).then_some(())
+    })?;
+    let held_at = last(&out);
+    let lab = c.lab.as_ref().expect("lab");
+    lab.isolate(1)?;
+    // placed by nodes 2 and 3, node 3's copy runs and counts on
+    wait_for(Duration::from_secs(30), "node 3's copy to count", || {
+        (last(&out) > held_at + 3).then_some(())
+    })?;
+    wait_for(
+        Duration::from_secs(30),
+        "node 3's copy to end with its origin",
+        || copies(job.0).is_empty().then_some(()),
+    )?;
+    // node 1 knows it is cut off (and its migration saw it) before the
+    // link comes back
+    wait_for(SETTLE, "node 1 to see itself without quorum", || {
+        (c.status(1).ok()?["health"] == "no quorum").then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    lab.heal(1)?;
+    let o = m.wait_with_output()?;
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!("migrate: {e}");
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("the cluster placed it on node 3"), "{e}");
+    // node 1 did not take it back
+    let n = last(&out);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(last(&out), n, "a copy runs again");
+    assert!(copies(job.0).is_empty(), "{:?}", copies(job.0));
+    stamps_intact(&out, job.0);
     Ok(())
 }

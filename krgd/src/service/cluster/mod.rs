@@ -80,6 +80,8 @@ pub struct ClusterService {
     joined_uid: AtomicU64,
     /// When the Raft leader last pinged this node.
     leader_contact: Mutex<Option<Instant>>,
+    /// Since when this node reaches no majority (see `report::cut_off`).
+    no_majority_since: Mutex<Option<Instant>>,
     /// Serialises membership changes on the leader.
     change_lock: tokio::sync::Mutex<()>,
     view_task: Mutex<Option<JoinHandle<()>>>,
@@ -95,6 +97,7 @@ impl ClusterService {
             joined: RwLock::new(None),
             joined_uid: AtomicU64::new(0),
             leader_contact: Mutex::new(None),
+            no_majority_since: Mutex::new(None),
             change_lock: tokio::sync::Mutex::new(()),
             view_task: Mutex::new(None),
             handovers: std::sync::RwLock::default(),

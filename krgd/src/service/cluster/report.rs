@@ -3,11 +3,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use krg_proto::cluster::{ClusterStatus, Health, NodeInfo, NodeState};
 
 use super::{ClusterService, Joined};
 use crate::context::ClusterView;
+use crate::sync;
 
 impl ClusterService {
     pub(crate) async fn status(self: &Arc<Self>) -> ClusterStatus {
@@ -84,12 +86,28 @@ impl ClusterService {
             ),
             None => (0, None),
         };
+        let majority = joined
+            .as_ref()
+            .is_none_or(|j| self.reachable_leader(j).is_ok());
         let nodes = self.nodes().await;
         self.ctx.publish_view(ClusterView {
             epoch,
             leader,
             nodes,
+            cut_off: self.cut_off(majority),
         });
+    }
+
+    /// Whether this node has been without a majority (`majority` now) for
+    /// longer than the failure timeout: an election in progress is not
+    /// being cut off.
+    fn cut_off(&self, majority: bool) -> bool {
+        let mut since = sync::lock(&self.no_majority_since);
+        if majority {
+            *since = None;
+            return false;
+        }
+        since.get_or_insert_with(Instant::now).elapsed() >= self.ctx.config.failure_timeout
     }
 }
 

@@ -26,6 +26,7 @@ use krg_proto::{NodeId, ProtoError};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::migrate::CutOff;
 use super::sealed::{self, Incoming, Outgoing};
 use super::session::Session;
 use super::state::ProcState;
@@ -127,7 +128,12 @@ async fn open_with(
         .await
         .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
     // A partition breaks no connection: give up once the membership says
-    // `node` failed, not at `timeout` (a migration's handover waits here).
+    // `node` failed, not at `timeout` (a migration's handover waits here,
+    // and gives up too when this node is the one cut off).
+    let cut_off = match first {
+        ProcPeerRequest::AdoptJob(_) => CutOff::Ends,
+        _ => CutOff::Ignored,
+    };
     let mut view = st.ctx.watch_view();
     let opened = tokio::time::timeout(timeout, async {
         let open = PeerMessage {
@@ -160,7 +166,7 @@ async fn open_with(
     });
     let opened = tokio::select! {
         r = opened => r,
-        why = super::migrate::until_gone(&mut view, node) => {
+        why = super::migrate::until_gone(&mut view, node, cut_off) => {
             Ok(Err(AdminError::new(ErrorKind::Unavailable, why)))
         }
     };

@@ -25,6 +25,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::NodeId;
 
 use super::restore::Decision;
@@ -39,15 +40,31 @@ const SAY_EVERY: Duration = Duration::from_secs(5);
 /// decides: the node that runs the process (this one, or the one placed
 /// first).
 pub async fn decide(st: &ProcState, xfer: u64) -> NodeId {
+    loop {
+        // nothing is final for the origin: it holds the only image
+        if let Ok(on) = ask(st, xfer, |_| false).await {
+            return on;
+        }
+    }
+}
+
+/// [`decide`], except that an error `stop` says is final ends the asking.
+async fn ask(
+    st: &ProcState,
+    xfer: u64,
+    stop: impl Fn(&AdminError) -> bool,
+) -> Result<NodeId, AdminError> {
     let me = st.node();
     let asked = Instant::now();
     let mut said = asked;
     loop {
         match st.placement.place(xfer, me).await {
             Ok(on) => {
-                tracing::debug!(xfer, on, ms = asked.elapsed().as_millis() as u64, "placed");
-                return on;
+                let ms = asked.elapsed().as_millis() as u64;
+                tracing::debug!(xfer, on, ms, "placed");
+                return Ok(on);
             }
+            Err(e) if stop(&e) => return Err(e),
             Err(e) => {
                 if said.elapsed() >= SAY_EVERY {
                     tracing::warn!(
@@ -103,7 +120,11 @@ pub fn runs_here(st: Arc<ProcState>, xfer: u64, from: NodeId) -> Decision {
         if let Some(hold) = kdfs::store::crash::pause("krgd-fence") {
             tokio::time::sleep(hold).await;
         }
-        match decide(&st, xfer).await {
+        // A node outside the cluster (or refused) is never placed: it
+        // drops its copy rather than hold it for ever.
+        let last =
+            |e: &AdminError| matches!(e.kind, ErrorKind::NotFound | ErrorKind::PermissionDenied);
+        match ask(&st, xfer, last).await.map_err(|e| e.message)? {
             on if on == st.node() => Ok(()),
             on if on == from => Err(format!(
                 "node {from} took the process back (the cluster decided so before this node asked): this copy was not let run"

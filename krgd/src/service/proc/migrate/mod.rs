@@ -180,7 +180,7 @@ async fn call(
     let mut view = st.ctx.watch_view();
     let answer = tokio::select! {
         r = st.ctx.peers.call(node, req, timeout) => r,
-        why = until_gone(&mut view, node) => {
+        why = until_gone(&mut view, node, CutOff::Ends) => {
             return Err(err(ErrorKind::Unavailable, why));
         }
     };
@@ -190,14 +190,31 @@ async fn call(
     })
 }
 
-/// Wait until the membership says `node` is gone; why.
+/// How [`until_gone`] takes this node's own isolation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CutOff {
+    /// As the end of the wait: a migration's calls (what this node would
+    /// ask the cluster cannot be committed, and the target may well be
+    /// on the majority's side).
+    Ends,
+    /// As nothing: it says nothing of `node`.
+    Ignored,
+}
+
+/// Wait until the membership says `node` is gone (or, with
+/// [`CutOff::Ends`], that this node is cut off from the majority); why.
 pub(super) async fn until_gone(
     view: &mut tokio::sync::watch::Receiver<crate::context::ClusterView>,
     node: NodeId,
+    cut_off: CutOff,
 ) -> String {
     loop {
-        if let Err(why) = super::remote::is_alive(&view.borrow_and_update(), node) {
+        let seen = view.borrow_and_update().clone();
+        if let Err(why) = super::remote::is_alive(&seen, node) {
             return why;
+        }
+        if cut_off == CutOff::Ends && seen.epoch != 0 && seen.cut_off {
+            return format!("this node is cut off from the majority of the cluster (node {node} may be on its side)");
         }
         if view.changed().await.is_err() {
             // no more views: the call's own timeout decides
@@ -530,7 +547,7 @@ async fn move_here(
                     why,
                     "target failed after the handover, but runs the process"
                 );
-                let gone = format!("node {on} runs process {pid}: the cluster placed it there before node {to} stopped answering ({why})");
+                let gone = format!("process {pid} is not taken back to node {me}: the cluster placed it on node {on}, and node {me} lost touch with it ({why})");
                 if let Some(m) = unstood {
                     m.lost(gone.clone());
                 }

@@ -96,7 +96,7 @@ pub fn keep(st: &Arc<ProcState>, to: NodeId, xfer: u64, sinks: Sinks) {
         let mut view = st.ctx.watch_view();
         while st.migration.outputs.map().contains_key(&(to, xfer)) {
             tokio::select! {
-                _ = super::until_gone(&mut view, to) => break,
+                _ = super::until_gone(&mut view, to, super::CutOff::Ignored) => break,
                 _ = tokio::time::sleep(WATCH_EVERY) => {}
             }
         }
