@@ -31,6 +31,7 @@ fn service(dir: &std::path::Path) -> Arc<ClusterService> {
         joined: tokio::sync::RwLock::new(None),
         joined_uid: AtomicU64::new(0),
         leader_contact: Mutex::new(None),
+        no_majority_since: Mutex::new(None),
         change_lock: tokio::sync::Mutex::new(()),
         view_task: Mutex::new(None),
         handovers: std::sync::RwLock::default(),
