@@ -13,6 +13,7 @@
 //!
 //! The design (placement, consistency, faults) is written down in docs/kdfs.md.
 
+pub mod acl;
 pub mod callback;
 pub mod client;
 pub mod error;

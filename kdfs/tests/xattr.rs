@@ -173,3 +173,89 @@ fn posix_acls_round_trip_across_nodes_and_set_the_mode() {
         libc::ENODATA
     );
 }
+
+/// Whether the `tests` user can read `p`.
+fn tests_can_read(p: &std::path::Path) -> bool {
+    as_tests_user("cat")
+        .arg(p)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// `setfacl ARGS PATH` as root, which must succeed.
+fn setfacl(args: &[&str], p: &std::path::Path) {
+    let out = run(Command::new("setfacl").args(args).arg(p));
+    assert!(
+        out.status.success(),
+        "setfacl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The kernel enforces ACLs (FUSE_POSIX_ACL), through every node's mount
+/// and at once: before, an ACL that denied a user was stored and shown
+/// but the mode alone was checked, so a user shut out of a 0644 file by
+/// `setfacl -m u:tests:---` still read it as "other" (the attack this
+/// reproduces). A chmod masks named users off as on a local file
+/// system, and a directory's default ACL is inherited by what is made in
+/// it, through another node too; without one, the umask applies.
+#[test]
+fn posix_acls_are_enforced_on_every_node() {
+    let cl = Cluster::with_kdfs(2);
+    // a file of node 1, and one of node 2, each seen through both mounts
+    for (owner, other) in [(0, 1), (1, 0)] {
+        let f = format!("f{owner}");
+        let (mine, theirs) = (cl.mnt(owner).join(&f), cl.mnt(other).join(&f));
+        fs::write(&mine, b"data").unwrap();
+        fs::set_permissions(&mine, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(tests_can_read(&mine) && tests_can_read(&theirs));
+        setfacl(&["-m", "u:tests:---"], &theirs);
+        assert!(!tests_can_read(&mine), "denied by the ACL on its own node");
+        assert!(
+            !tests_can_read(&theirs),
+            "denied by the ACL on the other node"
+        );
+        setfacl(&["-x", "u:tests"], &mine);
+        assert!(tests_can_read(&mine) && tests_can_read(&theirs));
+    }
+    // chmod 600 takes a named user's rights away (the ACL's mask follows)
+    let h = cl.mnt(0).join("h");
+    fs::write(&h, b"x").unwrap();
+    fs::set_permissions(&h, fs::Permissions::from_mode(0o600)).unwrap();
+    setfacl(&["-m", "u:tests:rw"], &h);
+    assert!(tests_can_read(&cl.mnt(1).join("h")));
+    fs::set_permissions(cl.mnt(1).join("h"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(!tests_can_read(&h), "chmod 600 left the named user in");
+    let out = run(Command::new("getfacl").args(["-c", "-n"]).arg(&h));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mask::---"));
+    // a default ACL of node 2's directory, a file made in it through node 1
+    let d = cl.mnt(1).join("d");
+    fs::create_dir(&d).unwrap();
+    setfacl(&["-d", "-m", "u:tests:---,o::r"], &d);
+    let new = cl.mnt(0).join("d/new");
+    fs::write(&new, b"x").unwrap();
+    let out = run(Command::new("getfacl").args(["-c", "-n"]).arg(&new));
+    let acl = String::from_utf8_lossy(&out.stdout);
+    let (uid, _) = common::tests_user();
+    assert!(acl.contains(&format!("user:{uid}:---")), "{acl}");
+    assert!(!tests_can_read(&new), "the inherited ACL denies");
+    fs::create_dir(cl.mnt(0).join("d/sub")).unwrap();
+    let out = run(Command::new("getfacl")
+        .args(["-c", "-n", "-d"])
+        .arg(cl.mnt(1).join("d/sub")));
+    let acl = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        acl.contains(&format!("user:{uid}:---")),
+        "a subdirectory inherits the default: {acl}"
+    );
+    // no default ACL: the umask
+    let out = run(Command::new("sh")
+        .args([
+            "-c",
+            "umask 027; mkdir \"$0/um\"; touch \"$0/um/f\"; stat -c %a \"$0/um\" \"$0/um/f\"",
+        ])
+        .arg(cl.mnt(0)));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "750\n640\n");
+}

@@ -58,6 +58,14 @@ impl Filesystem for KdfsFs {
         {
             tracing::warn!("kdfs: the kernel refused FUSE locks: locks stay local to this node");
         }
+        // ACLs checked by the kernel; new inodes get the mode asked and
+        // the umask beside it, for the default ACL (client/inherit.rs).
+        let acl = InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+        if self.xattr && config.add_capabilities(acl).is_err() {
+            tracing::warn!(
+                "kdfs: the kernel refused FUSE_POSIX_ACL: ACLs are kept but not enforced"
+            );
+        }
         if self.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -167,10 +175,14 @@ impl Filesystem for KdfsFs {
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return reply.error(Errno::EINVAL);
         }
-        let mut new = Self::new_inode(req, kind, mode, umask);
+        let mut new = Self::new_inode(req, kind, mode);
         new.rdev = rdev;
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(
+            reply,
+            dir,
+            async move { ops.make(dir, &name, new, umask).await },
+        );
     }
 
     fn mkdir(
@@ -182,9 +194,13 @@ impl Filesystem for KdfsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let new = Self::new_inode(req, FileKind::Dir, mode, umask);
+        let new = Self::new_inode(req, FileKind::Dir, mode);
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
-        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(
+            reply,
+            dir,
+            async move { ops.make(dir, &name, new, umask).await },
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -205,14 +221,18 @@ impl Filesystem for KdfsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let mut new = Self::new_inode(req, FileKind::Symlink, 0o777, 0);
+        let mut new = Self::new_inode(req, FileKind::Symlink, 0o777);
         new.target = Some(target.as_os_str().as_bytes().to_vec());
         let (ops, dir, name) = (
             self.ops.clone(),
             self.id(parent),
             link_name.as_bytes().to_vec(),
         );
-        self.reply_entry(reply, dir, async move { ops.make(dir, &name, new).await });
+        self.reply_entry(
+            reply,
+            dir,
+            async move { ops.make(dir, &name, new, 0).await },
+        );
     }
 
     fn rename(
@@ -268,10 +288,10 @@ impl Filesystem for KdfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let new = Self::new_inode(req, FileKind::File, mode, umask);
+        let new = Self::new_inode(req, FileKind::File, mode);
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (dir, name) = (self.id(parent), name.as_bytes().to_vec());
-        self.do_create(dir, name, new, write, reply);
+        self.do_create(dir, name, new, umask, write, reply);
     }
 
     fn read(

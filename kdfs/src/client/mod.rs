@@ -7,6 +7,7 @@ pub mod conn;
 mod convert;
 pub mod follow;
 pub mod fs;
+mod inherit;
 pub mod kmount;
 pub mod local;
 pub mod locks;

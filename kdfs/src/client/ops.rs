@@ -188,22 +188,29 @@ impl Ops {
 
     /// Make a new inode named `name` in `dir`. The inode is placed on this
     /// client's node (data locality); its entry goes to the directory's owner.
-    pub async fn make(&self, dir: InodeId, name: &[u8], new: NewInode) -> Res<Attr> {
-        self.make_open(dir, name, new, None).await.map(|m| m.attr)
+    pub async fn make(&self, dir: InodeId, name: &[u8], new: NewInode, umask: u32) -> Res<Attr> {
+        self.make_open(dir, name, new, umask, None)
+            .await
+            .map(|m| m.attr)
     }
 
     /// [`Ops::make`], also opening the new inode when `open` is given
     /// (`Some(true)`: for writing) — one round trip less for creat(2). In a
     /// directory with a striping policy, a file is striped and a
-    /// subdirectory inherits the policy.
+    /// subdirectory inherits the policy. Its mode is the one asked less
+    /// `umask`, or what the directory's default ACL gives (see
+    /// [`inherit`](super::inherit)).
     pub async fn make_open(
         &self,
         dir: InodeId,
         name: &[u8],
-        new: NewInode,
+        mut new: NewInode,
+        umask: u32,
         open: Option<bool>,
     ) -> Res<Made> {
+        let inherited = self.inherit(dir, &mut new, umask).await?;
         let (mut attr, fh, policy) = self.make_inode_in(dir, name, new, open).await?;
+        self.set_inherited(attr.ino, inherited).await;
         let layout = self.apply_stripe(&mut attr, policy).await;
         Ok(Made { attr, fh, layout })
     }

@@ -233,6 +233,31 @@ impl Objects {
         Ok(fchmodat(self.fd(), name, mode, flags)?)
     }
 
+    /// After a chmod of object `name` to `mode`: its access ACL, if it has
+    /// one, takes the mode's owner, mask (or group) and other bits, as on
+    /// a local file system. The kernel checks permissions against the ACL:
+    /// a `chmod 600` that left the mask alone would leave named users
+    /// their rights.
+    fn acl_follows(&self, name: &str, mode: u32) -> Res<()> {
+        let key = CString::new(super::xattr::ACL_ACCESS_KEY)
+            .map_err(|_| StoreError::Invalid("xattr name"))?;
+        let acl = match sys::get_xattr(self.fd(), OsStr::new(name), &key) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        match crate::acl::chmod(&acl, mode) {
+            Some(new) if new != acl => {
+                Ok(sys::set_xattr(self.fd(), OsStr::new(name), &key, &new, 0)?)
+            }
+            Some(_) => Ok(()),
+            None => Err(StoreError::Damaged(format!(
+                "{}: malformed access ACL",
+                self.path.join(name).display()
+            ))),
+        }
+    }
+
     /// Remove the object of `ino`, whatever its type.
     pub fn remove(&self, ino: InodeId) -> Res<()> {
         let how = match self.is_dir(ino) {
@@ -423,6 +448,7 @@ impl Objects {
                 return Err(StoreError::NotSupported);
             }
             self.chmod(&name, mode)?;
+            self.acl_follows(&name, mode)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let (a, m) = (timespec(set.atime), timespec(set.mtime));

@@ -27,6 +27,8 @@ const NAME_MAX: usize = 255;
 /// Largest value (XATTR_SIZE_MAX).
 pub const VALUE_MAX: usize = 65536;
 const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+/// Where an inode's access ACL is kept on its object.
+pub(super) const ACL_ACCESS_KEY: &str = "trusted.kdfsx.system.posix_acl_access";
 const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 fn errno(e: i32) -> StoreError {
@@ -48,36 +50,6 @@ fn stored(name: &[u8]) -> Res<CString> {
         return Err(errno(libc::ERANGE));
     }
     CString::new([PREFIX, name].concat()).map_err(|_| StoreError::BadName)
-}
-
-/// The permission bits an access ACL gives (owner, group or mask, other),
-/// as the kernel's posix_acl_equiv_mode reads them, and whether the mode
-/// says it all (only the three base entries); `None` if it is not a
-/// well-formed ACL (version 2, 8-byte entries).
-fn acl_mode(value: &[u8]) -> Option<(u32, bool)> {
-    const USER_OBJ: u16 = 0x01;
-    const GROUP_OBJ: u16 = 0x04;
-    const MASK: u16 = 0x10;
-    const OTHER: u16 = 0x20;
-    let (head, entries) = value.split_at_checked(4)?;
-    if u32::from_le_bytes(head.try_into().ok()?) != 2 || entries.len() % 8 != 0 {
-        return None;
-    }
-    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
-    let mut extended = false;
-    for e in entries.chunks_exact(8) {
-        let tag = u16::from_le_bytes([e[0], e[1]]);
-        let perm = u32::from(u16::from_le_bytes([e[2], e[3]]) & 7);
-        match tag {
-            USER_OBJ => user = Some(perm),
-            GROUP_OBJ => group = Some(perm),
-            MASK => mask = Some(perm),
-            OTHER => other = Some(perm),
-            _ => extended = true,
-        }
-    }
-    let minimal = !extended && mask.is_none();
-    Some((user? << 6 | mask.or(group)? << 3 | other?, minimal))
 }
 
 impl Store {
@@ -107,7 +79,7 @@ impl Store {
             return Err(errno(libc::E2BIG));
         }
         let perm = if name == ACL_ACCESS {
-            Some(acl_mode(value).ok_or(StoreError::Invalid("malformed POSIX ACL"))?)
+            Some(crate::acl::equiv_mode(value).ok_or(StoreError::Invalid("malformed POSIX ACL"))?)
         } else {
             None
         };
@@ -169,34 +141,5 @@ mod tests {
         let long = [b"user.".as_slice(), &[b'a'; 250]].concat();
         assert_eq!(stored(&long).unwrap_err().errno(), libc::ERANGE);
         assert_eq!(stored(b"user.a\0b").unwrap_err().errno(), libc::EINVAL);
-    }
-
-    #[test]
-    fn an_access_acl_gives_the_mode_with_the_mask_as_group() {
-        let entry = |tag: u16, perm: u16, id: u32| {
-            [tag.to_le_bytes(), perm.to_le_bytes()]
-                .concat()
-                .into_iter()
-                .chain(id.to_le_bytes())
-                .collect::<Vec<u8>>()
-        };
-        let mut acl = 2u32.to_le_bytes().to_vec();
-        acl.extend(entry(0x01, 6, u32::MAX));
-        acl.extend(entry(0x02, 7, 1000));
-        acl.extend(entry(0x04, 4, u32::MAX));
-        acl.extend(entry(0x10, 5, u32::MAX));
-        acl.extend(entry(0x20, 0, u32::MAX));
-        assert_eq!(acl_mode(&acl), Some((0o650, false)));
-        let base: Vec<u8> = acl[..4]
-            .iter()
-            .copied()
-            .chain(entry(0x01, 6, u32::MAX))
-            .chain(entry(0x04, 4, u32::MAX))
-            .chain(entry(0x20, 4, u32::MAX))
-            .collect();
-        assert_eq!(acl_mode(&base), Some((0o644, true)));
-        assert_eq!(acl_mode(&acl[..acl.len() - 1]), None);
-        assert_eq!(acl_mode(&[1, 0, 0, 0]), None);
-        assert_eq!(acl_mode(&2u32.to_le_bytes()), None, "no owner entry");
     }
 }

@@ -87,10 +87,12 @@ impl KdfsFs {
         });
     }
 
-    pub(super) fn new_inode(req: &Request, kind: FileKind, mode: u32, umask: u32) -> NewInode {
+    /// A new inode of the caller, with the mode asked (the umask, or the
+    /// directory's default ACL, is applied by [`Ops::make_open`]).
+    pub(super) fn new_inode(req: &Request, kind: FileKind, mode: u32) -> NewInode {
         NewInode {
             kind,
-            perm: (mode & !umask & 0o7777) as u16,
+            perm: (mode & 0o7777) as u16,
             uid: req.uid(),
             gid: req.gid(),
             rdev: 0,

@@ -44,12 +44,14 @@ impl KdfsFs {
         dir: InodeId,
         name: Vec<u8>,
         new: NewInode,
+        umask: u32,
         write: bool,
         reply: ReplyCreate,
     ) {
         let ops = self.ops.clone();
         self.spawn(async move {
-            let (a, fh, striped) = match ops.make_open(dir, &name, new, Some(write)).await {
+            let made = ops.make_open(dir, &name, new, umask, Some(write)).await;
+            let (a, fh, striped) = match made {
                 Ok(Made {
                     attr,
                     fh: Some(fh),
