@@ -414,6 +414,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     md5sum /mnt/kdfs/node1/big/f ; krgadm nodes del -n 3 ; kdfsctl stripe /mnt/kdfs/node1/big/f ; md5sum /mnt/kdfs/node1/big/f ; krgadm nodes add -n 3
                                                 # node 3's units move to another holder first: the layout names it, same bytes
     df -h /mnt/kdfs/node1                       # the sum of every store
+    setfacl -m u:nobody:--- /mnt/kdfs/node1/services ; setpriv --reuid=nobody --regid=nogroup --clear-groups cat /mnt/kdfs/node3/services
+                                                # Permission denied on every node: ACLs are enforced
 
   Processes anywhere (krg talks to node 1; any user may run it):
     krg run -n 3 -- sh -c 'ip -o -4 addr show | grep -o "10.77.0.[0-9]*"'   # runs in node 3's network
