@@ -58,13 +58,39 @@ fn stamper(c: &TestCluster, name: &str) -> Result<(Job, PathBuf, u64)> {
     Ok((job, out, before))
 }
 
-/// `migrate PID 3` through node 1, started, its stderr piped.
-fn migrate_to_3(c: &TestCluster, pid: i32) -> Result<Child> {
-    Ok(Command::new(bin("migrate"))
-        .env("KRG_SOCKET", socket(c, 1))
-        .args([&pid.to_string(), "3"])
+/// A move held at the fence: three nodes in namespaces, a STAMPER of node
+/// 1 writing to `name`, and `migrate PID 3` running (stderr piped) until
+/// node 3 restored it and holds it, `pause_ms` before it asks the
+/// cluster to place it (a pause point).
+struct HeldMove {
+    c: TestCluster,
+    job: Job,
+    out: PathBuf,
+    before: u64,
+    migrate: Child,
+}
+
+fn held_move(name: &str, pause_ms: u64) -> Result<HeldMove> {
+    let mut c = TestCluster::namespaces(3)?;
+    let points = c.arm_crash_points();
+    let c = c.formed(3, SETTLE)?;
+    let (job, out, before) = stamper(&c, name)?;
+    std::fs::write(&points, format!("pause:krgd-fence:{pause_ms}"))?;
+    let migrate = Command::new(bin("migrate"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args([&job.0.to_string(), "3"])
         .stderr(Stdio::piped())
-        .spawn()?)
+        .spawn()?;
+    wait_for(Duration::from_secs(60), "node 3 to hold its copy", || {
+        (!points.exists()).then_some(())
+    })?;
+    Ok(HeldMove {
+        c,
+        job,
+        out,
+        before,
+        migrate,
+    })
 }
 
 /// Node 3, the target, restored the process and is cut off before the
@@ -77,15 +103,13 @@ fn migrate_to_3(c: &TestCluster, pid: i32) -> Result<Child> {
 #[test]
 fn a_target_cut_off_before_it_was_placed_never_runs_its_copy() -> Result<()> {
     let _g = serial();
-    let mut c = TestCluster::namespaces(3)?;
-    let points = c.arm_crash_points();
-    let c = c.formed(3, SETTLE)?;
-    let (job, out, before) = stamper(&c, "stamps-fence.txt")?;
-    std::fs::write(&points, "pause:krgd-fence:3000")?;
-    let m = migrate_to_3(&c, job.0)?;
-    wait_for(Duration::from_secs(60), "node 3 to hold its copy", || {
-        (!points.exists()).then_some(())
-    })?;
+    let HeldMove {
+        c,
+        job,
+        out,
+        before,
+        migrate: m,
+    } = held_move("stamps-fence.txt", 3000)?;
     let lab = c.lab.as_ref().expect("lab");
     lab.isolate(3)?;
     let cut = Instant::now();
@@ -127,15 +151,13 @@ fn a_target_cut_off_before_it_was_placed_never_runs_its_copy() -> Result<()> {
 #[test]
 fn an_origin_cut_off_after_the_handover_does_not_take_it_back() -> Result<()> {
     let _g = serial();
-    let mut c = TestCluster::namespaces(3)?;
-    let points = c.arm_crash_points();
-    let c = c.formed(3, SETTLE)?;
-    let (job, out, _) = stamper(&c, "stamps-origin-cut.txt")?;
-    std::fs::write(&points, "pause:krgd-fence:1500")?;
-    let m = migrate_to_3(&c, job.0)?;
-    wait_for(Duration::from_secs(60), "node 3 to hold its copy", || {
-        (!points.exists()).then_some(())
-    })?;
+    let HeldMove {
+        c,
+        job,
+        out,
+        migrate: m,
+        ..
+    } = held_move("stamps-origin-cut.txt", 1500)?;
     let held_at = last(&out);
     let lab = c.lab.as_ref().expect("lab");
     lab.isolate(1)?;
