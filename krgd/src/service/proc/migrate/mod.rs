@@ -14,6 +14,7 @@
 //! - [`send`] — the dump, and the image sent while it runs and once stopped ([`push`])
 //! - [`incoming`] — the target: images received ([`entry`]), restored on `Commit`
 //! - [`restore`] — running `restart` (lazily on a target)
+//! - [`clock`] — the phases and their times (`--timings`)
 //! - [`fence`] — the cluster decides which node runs the process after
 //!   the handover: the target's copy runs only if placed there, the
 //!   origin takes it back only if placed there
@@ -33,6 +34,7 @@
 pub mod adopt;
 pub mod arrivals;
 pub mod check;
+mod clock;
 pub mod entry;
 pub mod fence;
 pub mod incoming;
@@ -49,6 +51,7 @@ pub mod stdio;
 
 use arrivals::wait_filled;
 pub use arrivals::{arrived, arrived_job, filling};
+pub use clock::Clock;
 pub use registry::{start_ticks, Adopted, Registry};
 use send::{dump, push, Early};
 
@@ -57,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::migrate::{
-    MigratePeerReply, MigratePeerRequest, MigrateReport, MigrateRequest, Offer, PhaseTime,
+    MigratePeerReply, MigratePeerRequest, MigrateReport, MigrateRequest, Offer,
 };
 use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest};
@@ -71,50 +74,6 @@ use super::state::ProcState;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the target may take to restore.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(150);
-
-/// The phases of a migration as they pass.
-pub struct Clock {
-    last: Instant,
-    /// The phases so far.
-    pub phases: Vec<PhaseTime>,
-}
-
-impl Clock {
-    /// A clock that starts now.
-    pub fn new() -> Self {
-        Clock {
-            last: Instant::now(),
-            phases: Vec::new(),
-        }
-    }
-
-    /// The phase since the last mark ends now.
-    pub fn mark(&mut self, name: &str) {
-        let now = Instant::now();
-        self.phases.push(PhaseTime {
-            name: name.to_string(),
-            us: (now - self.last).as_micros() as u64,
-        });
-        self.last = now;
-    }
-
-    /// Phases measured elsewhere (inside the span of a mark), merged by name
-    /// and prefixed, after the mark that holds them.
-    pub fn extend(&mut self, prefix: &str, phases: &[checkpoint::timings::Phase]) {
-        for (name, d) in checkpoint::timings::merged(phases) {
-            self.phases.push(PhaseTime {
-                name: format!("{prefix}{name}"),
-                us: d.as_micros() as u64,
-            });
-        }
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> AdminError {
     AdminError::new(kind, msg)
