@@ -220,6 +220,10 @@ async fn run_restart(
             let (ours, theirs) = std::os::unix::net::UnixStream::pair()
                 .map_err(|e| format!("socketpair (restart's gate): {e}"))?;
             cmd.args(["--gate-fd", "5"]);
+            // Not killed if this future is dropped (krgd stopping): a
+            // SIGKILL would free the held tasks to run undecided, while
+            // the gate closing with krgd makes restart kill them.
+            cmd.kill_on_drop(false);
             Some((ours, OwnedFd::from(theirs), decision))
         }
         None => None,
