@@ -260,3 +260,53 @@ fn the_locks_of_a_mount_that_dies_are_released_after_its_lease() {
     let _ = holder.wait();
     let _ = run(Command::new("umount").arg("-l").arg(&mnt));
 }
+
+/// A krgd restarted (kill -9, then started again) forgot the locks on
+/// its files, so another node took a lock someone still held. Now the
+/// holder's mount sees the manager's new epoch at its next lease and
+/// takes its locks again, and the restarted manager, whose marker file
+/// says locks were held, lets only such reclaims take locks for its grace
+/// period: the lock held through the restart still keeps node 2 out,
+/// during the grace and after it, until its holder lets it go.
+#[test]
+fn locks_held_through_a_restart_of_the_owners_krgd_are_kept() {
+    let mut c = Cluster::with_kdfs(2);
+    fs::write(c.mnt(0).join("f"), vec![0u8; 100]).unwrap();
+    let a = rw(&c.mnt(0).join("f"));
+    setlk(&a, libc::F_WRLCK, 0, 10, false).unwrap();
+    let b = rw(&c.mnt(1).join("f"));
+    assert!(setlk(&b, libc::F_WRLCK, 0, 1, false).is_err());
+    c.kill_krgd(0);
+    c.start_krgd(0);
+    let restarted = Instant::now();
+    // node 2's descriptor died with the handles of node 1's krgd: a new one
+    drop(b);
+    let mut b = None;
+    wait_until(
+        "node 1 to serve the file again",
+        Duration::from_secs(30),
+        || {
+            b = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(c.mnt(1).join("f"))
+                .ok();
+            b.is_some()
+        },
+    );
+    let b = b.unwrap();
+    // node 1's mount takes its lock again at its next lease (every 3 s)
+    wait_until("the lock to be reclaimed", Duration::from_secs(30), || {
+        i32::from(getlk(&b, libc::F_WRLCK, 0, 100).l_type) == libc::F_WRLCK
+    });
+    let e = setlk(&b, libc::F_WRLCK, 0, 1, false).unwrap_err();
+    assert!(e == libc::EAGAIN || e == libc::EACCES, "errno {e}");
+    // past the grace period: still the holder's
+    let grace = kdfs::lockmgr::GRACE + Duration::from_secs(1);
+    std::thread::sleep(grace.saturating_sub(restarted.elapsed()));
+    let e = setlk(&b, libc::F_WRLCK, 0, 1, false).unwrap_err();
+    assert!(e == libc::EAGAIN || e == libc::EACCES, "errno {e}");
+    setlk(&b, libc::F_WRLCK, 20, 10, false).unwrap();
+    setlk(&a, libc::F_UNLCK, 0, 10, false).unwrap();
+    setlk(&b, libc::F_WRLCK, 0, 10, false).unwrap();
+}

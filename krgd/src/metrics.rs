@@ -474,6 +474,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::GetLock { .. } => "getlock",
         R::ReleaseLocks { .. } => "release_locks",
         R::LockLease { .. } => "lock_lease",
+        R::ReclaimLock { .. } => "reclaim_lock",
         R::As { req, .. } => kdfs_op(req),
         R::Watch { .. } => "watch",
         R::Unlink { .. } => "unlink",

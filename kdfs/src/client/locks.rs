@@ -14,8 +14,11 @@
 //!   locked, so that other closes cost nothing.
 //! * Every [`LEASE_RENEW`] the mount tells the nodes it locked files on
 //!   that it is alive; their managers drop its locks otherwise.
+//! * The mount keeps its own copy of the locks it holds: when a node's
+//!   manager answers the lease with a new epoch (its krgd started again
+//!   and forgot them), they are taken again there (`ReclaimLock`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, KdfsResponse as A, LockHolder};
@@ -23,6 +26,7 @@ use krg_proto::kdfs::{LockKind, LockSpec};
 use krg_proto::NodeId;
 
 use super::conn::Cluster;
+use crate::lockmgr::table::{Filter, Table};
 use crate::lockmgr::LEASE_RENEW;
 
 /// An errno on failure, as every FUSE operation answers.
@@ -33,7 +37,15 @@ pub struct ClientLocks {
     pub client: u64,
     /// Files this mount has locked (or tried to).
     locked: Mutex<HashSet<InodeId>>,
+    /// The locks it holds, as the managers hold them (client node 0: this
+    /// mount), to take them again after a manager's restart.
+    held: Mutex<Table>,
+    /// The epoch each node's manager last answered.
+    epochs: Mutex<HashMap<NodeId, u64>>,
 }
+
+/// This mount in its own copy of its locks.
+const ME: NodeId = 0;
 
 impl Default for ClientLocks {
     fn default() -> Self {
@@ -81,7 +93,17 @@ impl ClientLocks {
         Self {
             client: rand::random::<u64>(),
             locked: Mutex::new(HashSet::new()),
+            held: Mutex::new(Table::default()),
+            epochs: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn epochs(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, u64>> {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn locked(&self) -> std::sync::MutexGuard<'_, HashSet<InodeId>> {
@@ -123,7 +145,16 @@ impl ClientLocks {
                 wait,
             };
             match cluster.call(inode_node(ino), q).await? {
-                A::Done => return Ok(()),
+                A::Done => {
+                    self.held().apply(ino, (ME, self.client), fh, &lock);
+                    // the manager's epoch from the first lock on, so that
+                    // a restart before the next lease is seen too
+                    let node = inode_node(ino);
+                    if !self.epochs().contains_key(&node) {
+                        self.renew(cluster, node).await;
+                    }
+                    return Ok(());
+                }
                 A::LockBusy if wait => {
                     if interrupted(waiter) {
                         return Err(libc::EINTR);
@@ -173,6 +204,12 @@ impl ClientLocks {
         if !self.has_locked(ino) {
             return Ok(());
         }
+        self.held().release(&Filter {
+            client: (ME, self.client),
+            ino: Some(ino),
+            owner,
+            fh,
+        });
         let q = Q::ReleaseLocks {
             client: self.client,
             ino: Some(ino),
@@ -184,6 +221,7 @@ impl ClientLocks {
 
     /// Drop every lock of this mount (unmount), as far as the nodes answer.
     pub async fn release_all(&self, cluster: &Cluster) {
+        *self.held() = Table::default();
         for node in self.nodes() {
             let q = Q::ReleaseLocks {
                 client: self.client,
@@ -201,13 +239,74 @@ impl ClientLocks {
         loop {
             tick.tick().await;
             for node in self.nodes() {
-                let q = Q::LockLease {
-                    client: self.client,
-                };
-                if let Err(e) = cluster.call(node, q).await {
-                    tracing::debug!(node, errno = e, "kdfs: lock lease not renewed");
+                self.renew(&cluster, node).await;
+            }
+        }
+    }
+
+    /// Renew the lease at `node`; if its manager's epoch changed (its krgd
+    /// started again), take this mount's locks on its files again.
+    async fn renew(&self, cluster: &Cluster, node: NodeId) {
+        let q = Q::LockLease {
+            client: self.client,
+        };
+        let epoch = match cluster.call(node, q).await {
+            Ok(A::LockEpoch(e)) => e,
+            Ok(other) => {
+                tracing::warn!(?other, "kdfs: unexpected answer to a lock lease");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(node, errno = e, "kdfs: lock lease not renewed");
+                return;
+            }
+        };
+        let before = self.epochs().insert(node, epoch);
+        if before.is_some_and(|b| b != epoch) {
+            self.reclaim(cluster, node).await;
+        }
+    }
+
+    /// Take again every lock this mount holds on `node`'s files.
+    async fn reclaim(&self, cluster: &Cluster, node: NodeId) {
+        let mine: Vec<(InodeId, LockSpec, u64)> = self
+            .held()
+            .all()
+            .filter(|(ino, _)| inode_node(*ino) == node)
+            .map(|(ino, h)| (ino, spec_of(self.client, h), h.fh))
+            .collect();
+        let (mut taken, mut lost) = (0, 0);
+        for (ino, lock, fh) in mine {
+            match cluster.call(node, Q::ReclaimLock { ino, fh, lock }).await {
+                Ok(A::Done) => taken += 1,
+                other => {
+                    lost += 1;
+                    tracing::warn!(ino, ?other, start = lock.start, end = lock.end,
+                        "kdfs: a lock held before its node's krgd restarted could not be taken again");
                 }
             }
         }
+        tracing::info!(
+            node,
+            taken,
+            lost,
+            "kdfs: locks taken again after a restart of the node's krgd"
+        );
+    }
+}
+
+/// The request that takes `h` again for `client`.
+fn spec_of(client: u64, h: &crate::lockmgr::table::Held) -> LockSpec {
+    LockSpec {
+        client,
+        owner: h.owner,
+        start: h.start,
+        end: h.end,
+        kind: if h.write {
+            LockKind::Write
+        } else {
+            LockKind::Read
+        },
+        pid: h.pid,
     }
 }

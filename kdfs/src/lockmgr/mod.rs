@@ -10,10 +10,17 @@
 //!   `LockLease` renews it; the client sends one every [`LEASE_RENEW`]. After
 //!   [`LEASE`] without one (the mount died, or its node is cut off), or when
 //!   membership says its node is no longer online, its locks are dropped.
+//! * Locks live in krgd's memory. A restarted krgd draws a new epoch (the
+//!   answer to `LockLease`): the mounts that held locks on its files see
+//!   it change and take them again (`ReclaimLock`). If the krgd before it
+//!   may have held locks (its marker file says so), it gives them
+//!   [`GRACE`] to: meanwhile only reclaims take locks, and a new lock
+//!   waits (or fails with EAGAIN without waiting).
 
 pub mod table;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,34 +35,102 @@ pub const WAIT_SLICE: Duration = Duration::from_secs(1);
 pub const LEASE: Duration = Duration::from_secs(10);
 /// How often a client with locks renews its lease.
 pub const LEASE_RENEW: Duration = Duration::from_secs(3);
+/// How long a restarted manager whose predecessor may have held locks
+/// leaves them to their holders: a lease, and a renewal more.
+pub const GRACE: Duration = Duration::from_secs(13);
 
 #[derive(Default)]
 struct State {
     table: Table,
     seen: HashMap<Client, Instant>,
+    /// Whether the marker file says locks may be held.
+    marked: bool,
 }
 
 pub struct LockManager {
     node: NodeId,
     state: Mutex<State>,
     changed: tokio::sync::Notify,
+    /// Drawn at start: a mount that sees it change reclaims its locks.
+    epoch: u64,
+    /// Until when only reclaims take locks.
+    grace_until: Option<Instant>,
+    /// Exists while locks are held (so that a restart knows to wait for
+    /// their reclaims); `None`: no marker (tests).
+    marker: Option<PathBuf>,
 }
 
 /// Whether `req` is for the lock manager (not the store).
 pub fn is_lock_request(req: &Q) -> bool {
     matches!(
         req,
-        Q::SetLock { .. } | Q::GetLock { .. } | Q::ReleaseLocks { .. } | Q::LockLease { .. }
+        Q::SetLock { .. }
+            | Q::GetLock { .. }
+            | Q::ReleaseLocks { .. }
+            | Q::LockLease { .. }
+            | Q::ReclaimLock { .. }
     )
 }
 
 impl LockManager {
-    /// The manager of node `node`'s files.
+    /// The manager of node `node`'s files, with no marker file: it never
+    /// waits for reclaims.
     pub fn new(node: NodeId) -> Self {
         Self {
             node,
             state: Mutex::new(State::default()),
             changed: tokio::sync::Notify::new(),
+            epoch: rand::random(),
+            grace_until: None,
+            marker: None,
+        }
+    }
+
+    /// The manager of node `node`'s files, whose marker file `marker`
+    /// exists while it holds locks: found at start, it waits [`GRACE`]
+    /// for their holders to reclaim them.
+    pub fn with_marker(node: NodeId, marker: PathBuf) -> Self {
+        let held_before = marker.exists();
+        if held_before {
+            tracing::info!(
+                grace_s = GRACE.as_secs(),
+                "kdfs: locks may have been held before this start: their holders may take them back first"
+            );
+        }
+        Self {
+            grace_until: held_before.then(|| Instant::now() + GRACE),
+            state: Mutex::new(State {
+                marked: held_before,
+                ..State::default()
+            }),
+            marker: Some(marker),
+            ..Self::new(node)
+        }
+    }
+
+    /// Whether only reclaims take locks now.
+    fn in_grace(&self) -> bool {
+        self.grace_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Keep the marker file in step with the table: there while locks are
+    /// held (a failure is logged: a restart then may not wait for them).
+    fn mark(&self, st: &mut State) {
+        let Some(marker) = &self.marker else { return };
+        let held = !st.table.is_empty();
+        if held == st.marked {
+            return;
+        }
+        let r = if held {
+            std::fs::write(marker, b"locks held\n")
+        } else {
+            std::fs::remove_file(marker)
+        };
+        match r {
+            Ok(()) => st.marked = held,
+            Err(e) => {
+                tracing::warn!(file = %marker.display(), error = %e, "kdfs: cannot keep the lock marker")
+            }
         }
     }
 
@@ -91,19 +166,26 @@ impl LockManager {
                     {
                         let mut st = self.state();
                         st.seen.insert(client, Instant::now());
-                        if lock.kind == LockKind::Unlock
-                            || st.table.conflict(ino, client, &lock).is_none()
-                        {
+                        let free = lock.kind == LockKind::Unlock
+                            || (!self.in_grace()
+                                && st.table.conflict(ino, client, &lock).is_none());
+                        if free {
                             if st.table.apply(ino, client, fh, &lock) {
                                 self.changed.notify_waiters();
                             }
+                            self.mark(&mut st);
                             return A::Done;
                         }
                     }
                     if !wait {
                         return A::Errno(libc::EAGAIN);
                     }
-                    if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                    // in grace, nothing wakes it: it asks again
+                    let until = match self.grace_until {
+                        Some(g) if self.in_grace() => deadline.min(g.into()),
+                        _ => deadline,
+                    };
+                    if tokio::time::timeout_at(until, woken).await.is_err() {
                         return A::LockBusy;
                     }
                 }
@@ -132,7 +214,9 @@ impl LockManager {
                     owner,
                     fh,
                 };
-                let gone = self.state().table.release(&f);
+                let mut st = self.state();
+                let gone = st.table.release(&f);
+                self.mark(&mut st);
                 if gone > 0 {
                     self.changed.notify_waiters();
                 }
@@ -140,6 +224,20 @@ impl LockManager {
             }
             Q::LockLease { client } => {
                 self.state().seen.insert((from, client), Instant::now());
+                A::LockEpoch(self.epoch)
+            }
+            Q::ReclaimLock { ino, fh, lock } => {
+                if !self.valid(ino, lock.start, lock.end) || lock.kind == LockKind::Unlock {
+                    return A::Errno(libc::EINVAL);
+                }
+                let client = (from, lock.client);
+                let mut st = self.state();
+                st.seen.insert(client, Instant::now());
+                if st.table.conflict(ino, client, &lock).is_some() {
+                    return A::Errno(libc::ENOLCK);
+                }
+                st.table.apply(ino, client, fh, &lock);
+                self.mark(&mut st);
                 A::Done
             }
             _ => A::Errno(libc::EINVAL),
@@ -153,8 +251,9 @@ impl LockManager {
         let mut st = self.state();
         let online_now = |c: &Client, t: &Instant| online(c.0) && now.duration_since(*t) < LEASE;
         st.seen.retain(|c, t| online_now(c, t));
-        let State { table, seen } = &mut *st;
+        let State { table, seen, .. } = &mut *st;
         let gone = table.release_clients(|c| !seen.contains_key(&c));
+        self.mark(&mut st);
         drop(st);
         if gone > 0 {
             tracing::info!(gone, "kdfs: dropped the locks of mounts that went away");

@@ -143,6 +143,18 @@ impl Table {
         v
     }
 
+    /// Whether no lock is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+
+    /// Every held lock, with its file.
+    pub fn all(&self) -> impl Iterator<Item = (InodeId, &Held)> {
+        self.by_ino
+            .iter()
+            .flat_map(|(ino, list)| list.iter().map(move |h| (*ino, h)))
+    }
+
     #[cfg(test)]
     pub fn held(&self, ino: InodeId) -> Vec<Held> {
         let mut v = self.by_ino.get(&ino).cloned().unwrap_or_default();

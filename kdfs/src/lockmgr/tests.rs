@@ -99,3 +99,60 @@ async fn locks_of_a_node_that_left_go() {
         A::Done
     ));
 }
+
+fn reclaim(client: u64, start: u64, end: u64) -> Q {
+    let Q::SetLock { ino, fh, lock, .. } = set(client, LockKind::Write, start, end, false) else {
+        unreachable!()
+    };
+    Q::ReclaimLock { ino, fh, lock }
+}
+
+fn epoch(a: A) -> u64 {
+    match a {
+        A::LockEpoch(e) => e,
+        other => panic!("not an epoch: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_restart_after_locks_were_held_leaves_them_to_their_holders_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("kdfs.locks");
+    let m = LockManager::with_marker(1, marker.clone());
+    assert!(!marker.exists());
+    assert!(matches!(
+        m.handle(2, set(7, LockKind::Write, 0, 9, false)).await,
+        A::Done
+    ));
+    assert!(marker.exists(), "locks held: marked");
+    let before = epoch(m.handle(2, Q::LockLease { client: 7 }).await);
+    // krgd restarted: a new manager, a new epoch, a grace period
+    let m = LockManager::with_marker(1, marker.clone());
+    assert_ne!(epoch(m.handle(2, Q::LockLease { client: 7 }).await), before);
+    assert!(
+        matches!(
+            m.handle(3, set(8, LockKind::Write, 50, 59, false)).await,
+            A::Errno(libc::EAGAIN)
+        ),
+        "only reclaims take locks in the grace period"
+    );
+    assert!(matches!(m.handle(2, reclaim(7, 0, 9)).await, A::Done));
+    assert!(
+        matches!(m.handle(3, reclaim(8, 5, 5)).await, A::Errno(libc::ENOLCK)),
+        "a reclaim that conflicts is refused"
+    );
+    // released: the marker goes, and the next start has no grace
+    let release = Q::ReleaseLocks {
+        client: 7,
+        ino: None,
+        owner: None,
+        fh: None,
+    };
+    assert!(matches!(m.handle(2, release).await, A::Done));
+    assert!(!marker.exists());
+    let m = LockManager::with_marker(1, marker);
+    assert!(matches!(
+        m.handle(3, set(8, LockKind::Write, 50, 59, false)).await,
+        A::Done
+    ));
+}

@@ -206,7 +206,8 @@ impl Store {
             Q::SetLock { .. }
             | Q::GetLock { .. }
             | Q::ReleaseLocks { .. }
-            | Q::LockLease { .. } => return Err(StoreError::NotSupported),
+            | Q::LockLease { .. }
+            | Q::ReclaimLock { .. } => return Err(StoreError::NotSupported),
             // krgd unwraps `As` and answers `Watch` itself (kdfs::callback),
             // and `HandOver` (its hand-over of a leaving node's data).
             Q::As { .. } | Q::Watch { .. } | Q::Unwatch { .. } | Q::HandOver => {

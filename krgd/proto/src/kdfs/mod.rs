@@ -320,10 +320,23 @@ pub enum KdfsRequest {
         /// Only those taken through this handle.
         fh: Option<u64>,
     },
-    /// `client` is alive: keep its locks (they go after a lease without one).
+    /// `client` is alive: keep its locks (they go after a lease without
+    /// one). Answered with the manager's `LockEpoch`.
     LockLease {
         /// The mount.
         client: u64,
+    },
+    /// Take again a lock this mount held before the owner's krgd started
+    /// again (its `LockEpoch` changed): granted unless another's lock
+    /// conflicts (ENOLCK). Only reclaims take locks while a restarted
+    /// manager waits for them (its grace period).
+    ReclaimLock {
+        /// The file, owned here.
+        ino: InodeId,
+        /// The file handle the lock was taken through.
+        fh: u64,
+        /// Who, which range, what.
+        lock: LockSpec,
     },
     /// `req`, from the caching mount `client`: what the answer gives it is
     /// remembered (it is told when that changes), and the changes `req`

@@ -90,6 +90,10 @@ pub enum KdfsResponse {
     LockHeld(Option<LockHolder>),
     /// To a waiting `SetLock`: still blocked, ask again.
     LockBusy,
+    /// To `LockLease`: the lock manager's epoch, drawn at each start of
+    /// its krgd; a new one means the locks it held are forgotten, and
+    /// their holders reclaim them (`ReclaimLock`).
+    LockEpoch(u64),
     /// The request succeeded and has nothing to return.
     Done,
     /// The operation failed with this errno.

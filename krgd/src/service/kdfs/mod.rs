@@ -34,6 +34,9 @@ mod striping;
 pub use handover::KdfsHandOver;
 
 const ATTACH_FILE: &str = "kdfs.attach";
+/// There while this krgd's lock manager holds locks (see `kdfs::lockmgr`):
+/// the next start waits for their holders to reclaim them.
+const LOCKS_FILE: &str = "kdfs.locks";
 
 pub struct KdfsService {
     ctx: Arc<NodeContext>,
@@ -79,7 +82,7 @@ fn is_quick(req: &KdfsRequest) -> bool {
 impl KdfsService {
     pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
         let svc = Arc::new(Self {
-            locks: LockManager::new(ctx.node_id()),
+            locks: LockManager::with_marker(ctx.node_id(), ctx.config.data_dir.join(LOCKS_FILE)),
             callbacks: Callbacks::new(ctx.node_id()),
             ctx,
             store: RwLock::new(None),
