@@ -113,18 +113,18 @@ impl LockManager {
         self.grace_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// Keep the marker file in step with the table: there while locks are
-    /// held (a failure is logged: a restart then may not wait for them).
-    fn mark(&self, st: &mut State) {
+    /// Keep the marker file in step with the table: made with the first
+    /// lock, so it is there whenever locks are held (a failure is logged:
+    /// a restart then may not wait for them); removed only by the sweep
+    /// (`clear`, once a second), not at each unlock: a lock taken and
+    /// dropped per transaction does not cost a file made and removed.
+    fn mark(&self, st: &mut State, clear: bool) {
         let Some(marker) = &self.marker else { return };
         let held = !st.table.is_empty();
-        if held == st.marked {
-            return;
-        }
-        let r = if held {
-            std::fs::write(marker, b"locks held\n")
-        } else {
-            std::fs::remove_file(marker)
+        let r = match (held, st.marked) {
+            (true, false) => std::fs::write(marker, b"locks held\n"),
+            (false, true) if clear => std::fs::remove_file(marker),
+            _ => return,
         };
         match r {
             Ok(()) => st.marked = held,
@@ -173,7 +173,7 @@ impl LockManager {
                             if st.table.apply(ino, client, fh, &lock) {
                                 self.changed.notify_waiters();
                             }
-                            self.mark(&mut st);
+                            self.mark(&mut st, false);
                             return A::Done;
                         }
                     }
@@ -216,7 +216,7 @@ impl LockManager {
                 };
                 let mut st = self.state();
                 let gone = st.table.release(&f);
-                self.mark(&mut st);
+                self.mark(&mut st, false);
                 if gone > 0 {
                     self.changed.notify_waiters();
                 }
@@ -237,7 +237,7 @@ impl LockManager {
                     return A::Errno(libc::ENOLCK);
                 }
                 st.table.apply(ino, client, fh, &lock);
-                self.mark(&mut st);
+                self.mark(&mut st, false);
                 A::Done
             }
             _ => A::Errno(libc::EINVAL),
@@ -253,7 +253,7 @@ impl LockManager {
         st.seen.retain(|c, t| online_now(c, t));
         let State { table, seen, .. } = &mut *st;
         let gone = table.release_clients(|c| !seen.contains_key(&c));
-        self.mark(&mut st);
+        self.mark(&mut st, true);
         drop(st);
         if gone > 0 {
             tracing::info!(gone, "kdfs: dropped the locks of mounts that went away");

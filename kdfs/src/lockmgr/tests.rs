@@ -141,7 +141,8 @@ async fn a_restart_after_locks_were_held_leaves_them_to_their_holders_first() {
         matches!(m.handle(3, reclaim(8, 5, 5)).await, A::Errno(libc::ENOLCK)),
         "a reclaim that conflicts is refused"
     );
-    // released: the marker goes, and the next start has no grace
+    // released: the marker goes at the next sweep, and the next start
+    // has no grace
     let release = Q::ReleaseLocks {
         client: 7,
         ino: None,
@@ -149,6 +150,8 @@ async fn a_restart_after_locks_were_held_leaves_them_to_their_holders_first() {
         fh: None,
     };
     assert!(matches!(m.handle(2, release).await, A::Done));
+    assert!(marker.exists(), "removed by the sweep, not at each unlock");
+    m.expire(|_| true);
     assert!(!marker.exists());
     let m = LockManager::with_marker(1, marker);
     assert!(matches!(
