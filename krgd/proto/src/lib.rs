@@ -66,7 +66,12 @@ pub type SessionId = u32;
 /// (`proc`) and migration (`migrate`) messages are new.
 ///
 /// 4: `Welcome` and `Evict` carry the sender's Raft term too.
-pub const PROTOCOL_VERSION: u16 = 4;
+///
+/// 5: the Raft log has a command an older krgd cannot apply (`Place`: a
+/// migration's placement, with `ClusterPeerRequest::Place`), and kDFS lock
+/// leases are answered with the manager's epoch (`LockEpoch`, for
+/// `ReclaimLock`).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,
