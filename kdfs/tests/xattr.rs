@@ -230,6 +230,15 @@ fn posix_acls_are_enforced_on_every_node() {
     assert!(!tests_can_read(&h), "chmod 600 left the named user in");
     let out = run(Command::new("getfacl").args(["-c", "-n"]).arg(&h));
     assert!(String::from_utf8_lossy(&out.stdout).contains("mask::---"));
+    // the same through the file's own node's mount (its sole mount
+    // changes the mode itself, without krgd)
+    setfacl(&["-m", "u:tests:rw"], &cl.mnt(1).join("h"));
+    assert!(tests_can_read(&h));
+    fs::set_permissions(&h, fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        !tests_can_read(&cl.mnt(1).join("h")),
+        "chmod 600 by the sole mount left the named user in"
+    );
     // a default ACL of node 2's directory, a file made in it through node 1
     let d = cl.mnt(1).join("d");
     fs::create_dir(&d).unwrap();
