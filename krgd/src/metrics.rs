@@ -124,6 +124,9 @@ pub struct Metrics {
     pub migration_seconds: Histogram,
     /// Memory pulled by this node (the target) after post-copy handovers.
     pub migration_pulled_bytes: Counter,
+    /// How long this node waited for the cluster to place a migrated
+    /// process (the handover fence), as target or origin.
+    pub migration_placement_seconds: Histogram,
     /// Proc connector datagrams that reached a capability tracker (its
     /// in-kernel filter drops the forks and exits of untracked processes).
     pub proc_events: Family<TrackerLabel, Counter>,
@@ -189,6 +192,8 @@ impl Metrics {
             // 10 ms .. ~164 s
             migration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             migration_pulled_bytes: Counter::default(),
+            // 1 ms .. ~33 s: a cut-off node waits until it hears
+            migration_placement_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             proc_events: Family::default(),
             members: Gauge::default(),
             online: Gauge::default(),
@@ -331,6 +336,11 @@ impl Metrics {
             "migration_pulled_bytes",
             "Bytes of memory this node pulled from the origins of post-copy migrations after their processes ran here",
             self.migration_pulled_bytes.clone(),
+        );
+        r.register(
+            "migration_placement_seconds",
+            "How long this node waited for the cluster to place a migrated process after the handover (the fence), as target or origin",
+            self.migration_placement_seconds.clone(),
         );
         r.register(
             "proc_connector_events",

@@ -434,8 +434,11 @@ fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
         c.wait_no_migration_image(node)?;
     }
     // node 1, the second move's target, counts the memory it pulled
-    let pulled = metrics(port)["krg_migration_pulled_bytes_total"];
+    let m = metrics(port);
+    let pulled = m["krg_migration_pulled_bytes_total"];
     assert!(pulled >= (64 << 20) as f64, "pulled {pulled} bytes");
+    // and, as the target, waited for the cluster to place the process
+    assert!(m["krg_migration_placement_seconds_count"] >= 1.0, "{m:?}");
     Ok(())
 }
 

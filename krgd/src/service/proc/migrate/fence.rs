@@ -60,8 +60,12 @@ async fn ask(
     loop {
         match st.placement.place(xfer, me).await {
             Ok(on) => {
-                let ms = asked.elapsed().as_millis() as u64;
-                tracing::debug!(xfer, on, ms, "placed");
+                let waited = asked.elapsed();
+                let metrics = &st.ctx.metrics;
+                metrics
+                    .migration_placement_seconds
+                    .observe(waited.as_secs_f64());
+                tracing::debug!(xfer, on, ms = waited.as_millis() as u64, "placed");
                 return Ok(on);
             }
             Err(e) if stop(&e) => return Err(e),
