@@ -123,7 +123,8 @@ impl LockManager {
         let held = !st.table.is_empty();
         let r = match (held, st.marked) {
             (true, false) => std::fs::write(marker, b"locks held\n"),
-            (false, true) if clear => std::fs::remove_file(marker),
+            // kept through the grace: a second restart still waits
+            (false, true) if clear && !self.in_grace() => std::fs::remove_file(marker),
             _ => return,
         };
         match r {

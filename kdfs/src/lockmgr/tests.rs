@@ -141,14 +141,24 @@ async fn a_restart_after_locks_were_held_leaves_them_to_their_holders_first() {
         matches!(m.handle(3, reclaim(8, 5, 5)).await, A::Errno(libc::ENOLCK)),
         "a reclaim that conflicts is refused"
     );
-    // released: the marker goes at the next sweep, and the next start
-    // has no grace
+    // released in the grace: the marker stays (a second restart waits too)
     let release = Q::ReleaseLocks {
         client: 7,
         ino: None,
         owner: None,
         fh: None,
     };
+    assert!(matches!(m.handle(2, release.clone()).await, A::Done));
+    m.expire(|_| true);
+    assert!(marker.exists(), "kept through the grace");
+    // outside a grace: released, the marker goes at the next sweep (not
+    // at the unlock), and the next start has no grace
+    let marker = dir.path().join("other.locks");
+    let m = LockManager::with_marker(1, marker.clone());
+    assert!(matches!(
+        m.handle(2, set(7, LockKind::Write, 0, 9, false)).await,
+        A::Done
+    ));
     assert!(matches!(m.handle(2, release).await, A::Done));
     assert!(marker.exists(), "removed by the sweep, not at each unlock");
     m.expire(|_| true);
