@@ -273,7 +273,7 @@ impl ClientLocks {
             .held()
             .all()
             .filter(|(ino, _)| inode_node(*ino) == node)
-            .map(|(ino, h)| (ino, spec_of(self.client, h), h.fh))
+            .map(|(ino, h)| (ino, h.spec(), h.fh))
             .collect();
         let (mut taken, mut lost) = (0, 0);
         for (ino, lock, fh) in mine {
@@ -292,21 +292,5 @@ impl ClientLocks {
             lost,
             "kdfs: locks taken again after a restart of the node's krgd"
         );
-    }
-}
-
-/// The request that takes `h` again for `client`.
-fn spec_of(client: u64, h: &crate::lockmgr::table::Held) -> LockSpec {
-    LockSpec {
-        client,
-        owner: h.owner,
-        start: h.start,
-        end: h.end,
-        kind: if h.write {
-            LockKind::Write
-        } else {
-            LockKind::Read
-        },
-        pid: h.pid,
     }
 }

@@ -32,6 +32,26 @@ impl Held {
     fn same_owner(&self, client: Client, owner: u64) -> bool {
         self.client == client && self.owner == owner
     }
+
+    fn kind(&self) -> LockKind {
+        if self.write {
+            LockKind::Write
+        } else {
+            LockKind::Read
+        }
+    }
+
+    /// The request that takes this lock (a mount reclaiming it).
+    pub fn spec(&self) -> LockSpec {
+        LockSpec {
+            client: self.client.1,
+            owner: self.owner,
+            start: self.start,
+            end: self.end,
+            kind: self.kind(),
+            pid: self.pid,
+        }
+    }
 }
 
 /// Which locks a release drops.
@@ -168,11 +188,7 @@ pub fn holder(h: &Held) -> LockHolder {
     LockHolder {
         start: h.start,
         end: h.end,
-        kind: if h.write {
-            LockKind::Write
-        } else {
-            LockKind::Read
-        },
+        kind: h.kind(),
         pid: h.pid,
         client: h.client.1,
     }
