@@ -142,12 +142,13 @@ fn a_target_cut_off_before_it_was_placed_never_runs_its_copy() -> Result<()> {
 
 /// The other side of a partition: node 1, the origin, is cut off while
 /// node 3 holds its restored copy. Node 3 and node 2 are the majority:
-/// node 3 is placed, its copy runs. Node 1 gives up the handover once it
-/// sees itself cut off, and does not take the process back: the cluster
-/// placed it on node 3 (node 1 learns that once the link is back, and
-/// says so). Node 3's copy ends once the majority marks node 1 failed,
-/// as any job whose origin failed (its stand-in, its parent's end, was
-/// there). One copy ran at a time, and none came back on node 1.
+/// node 3 is placed and lets its copy go. Node 1 gives up the handover
+/// once it sees itself cut off, and does not take the process back: the
+/// cluster placed it on node 3 (node 1 learns that once the link is
+/// back, and says so). Node 3's copy ends once the majority marks node 1
+/// failed, as any job whose origin failed (its stand-in, its parent's
+/// end, was there). One copy ran at a time, and none came back on node
+/// 1 (without the origin's half of the fence it did, cut off).
 #[test]
 fn an_origin_cut_off_after_the_handover_does_not_take_it_back() -> Result<()> {
     let _g = serial();
@@ -158,13 +159,11 @@ fn an_origin_cut_off_after_the_handover_does_not_take_it_back() -> Result<()> {
         migrate: m,
         ..
     } = held_move("stamps-origin-cut.txt", 1500)?;
-    let held_at = last(&out);
     let lab = c.lab.as_ref().expect("lab");
     lab.isolate(1)?;
-    // placed by nodes 2 and 3, node 3's copy runs and counts on
-    wait_for(Duration::from_secs(30), "node 3's copy to count", || {
-        (last(&out) > held_at + 3).then_some(())
-    })?;
+    // Placed by nodes 2 and 3, node 3's copy is let go; how long it runs
+    // before the majority marks node 1 failed (which ends it) is a race
+    // of the two, so it is not counted on here.
     wait_for(
         Duration::from_secs(30),
         "node 3's copy to end with its origin",
