@@ -9,6 +9,11 @@
 //!
 //! Every value comes from a user: anything malformed is `None`.
 
+/// The attribute that holds an inode's access ACL.
+pub const ACCESS: &[u8] = b"system.posix_acl_access";
+/// The attribute that holds a directory's default ACL.
+pub const DEFAULT: &[u8] = b"system.posix_acl_default";
+
 const USER_OBJ: u16 = 0x01;
 const USER: u16 = 0x02;
 const GROUP_OBJ: u16 = 0x04;

@@ -12,9 +12,7 @@ use krg_proto::kdfs::{
 };
 
 use super::ops::{Ops, Res};
-
-const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
-const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+use crate::acl::{ACCESS as ACL_ACCESS, DEFAULT as ACL_DEFAULT};
 
 /// What a new inode takes from its directory's default ACL, once made.
 #[derive(Default)]

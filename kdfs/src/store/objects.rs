@@ -239,8 +239,7 @@ impl Objects {
     /// a `chmod 600` that left the mask alone would leave named users
     /// their rights.
     fn acl_follows(&self, name: &str, mode: u32) -> Res<()> {
-        let key = CString::new(super::xattr::ACL_ACCESS_KEY)
-            .map_err(|_| StoreError::Invalid("xattr name"))?;
+        let key = super::xattr::access_acl_key()?;
         let acl = match sys::get_xattr(self.fd(), OsStr::new(name), &key) {
             Ok(v) => v,
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => return Ok(()),

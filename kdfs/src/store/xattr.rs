@@ -19,6 +19,7 @@ use krg_proto::kdfs::{InodeId, SetAttr};
 
 use super::error::{Res, StoreError};
 use super::{sys, Store};
+use crate::acl::{ACCESS as ACL_ACCESS, DEFAULT as ACL_DEFAULT};
 
 /// Where client attributes live on an object.
 const PREFIX: &[u8] = b"trusted.kdfsx.";
@@ -26,13 +27,14 @@ const PREFIX: &[u8] = b"trusted.kdfsx.";
 const NAME_MAX: usize = 255;
 /// Largest value (XATTR_SIZE_MAX).
 pub const VALUE_MAX: usize = 65536;
-const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
-/// Where an inode's access ACL is kept on its object.
-pub(super) const ACL_ACCESS_KEY: &str = "trusted.kdfsx.system.posix_acl_access";
-const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 fn errno(e: i32) -> StoreError {
     StoreError::Io(io::Error::from_raw_os_error(e))
+}
+
+/// Where an inode's access ACL is kept on its object.
+pub(super) fn access_acl_key() -> Res<CString> {
+    stored(ACL_ACCESS)
 }
 
 /// The local name of client attribute `name`, refused unless it is one a
