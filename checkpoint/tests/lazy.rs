@@ -161,3 +161,67 @@ fn a_page_changed_is_caught_as_it_loads() {
     wait_until("the job is killed", || !alive(pid));
     kill_reap(pid);
 }
+
+/// What `ps` and `pgrep` read of a lazily restored process — its command
+/// line and environment, in its private stack — is there as soon as
+/// restart returns, not once the page server reaches those pages (a read
+/// from another process is not served through the userfaultfd: it found
+/// them empty). The environment is large enough that the process itself
+/// never touches its end, and its memory large enough that the server's
+/// sweep takes a while to reach the stack.
+#[test]
+fn a_lazily_restored_process_shows_its_command_line_and_environment_at_once() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "bigmem");
+    let store = tmp.path().join("store");
+    let pad = "p".repeat(5 * 4096);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("256").env("KRG_PAD", &pad);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    wait_until("bigmem holds its memory", || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|kb| kb >= 256 << 10)
+    });
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    // stderr to a file: the page server keeps it open to its end, and
+    // reading it to EOF would wait for the server
+    let err = tmp.path().join("restart.err");
+    let status = Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .args(["--lazy", &pid.to_string(), "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    let said = std::fs::read_to_string(&err).unwrap();
+    assert!(status.success(), "restart --lazy: {said}");
+    let server = server_pid(&said);
+    let now_cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let now_environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let still_loading = alive(server);
+    kill_reap(pid);
+    wait_until("the page server ends", || !alive(server));
+    kill_reap(server);
+    assert_eq!(
+        String::from_utf8_lossy(&now_cmdline),
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert!(now_environ == environ, "its environment read back differs");
+    // (the check means something only while pages were still coming in)
+    assert!(
+        still_loading,
+        "the page server was done before /proc was read"
+    );
+}

@@ -90,7 +90,8 @@ impl Inheritance {
 
 /// Per task: the pieces it reads itself, those left to the page server
 /// (`lazy`), those restart copies in — with `lazy`, the pages its children
-/// inherit among them: they must be in before the children are forked.
+/// inherit among them (they must be in before the children are forked),
+/// and those of its command line and environment.
 pub(super) fn split_pieces(
     tasks: &[LoadedTask],
     inherit: &Inheritance,
@@ -104,10 +105,26 @@ pub(super) fn split_pieces(
             if !lazy {
                 return [read, Vec::new(), anon];
             }
-            let (now, later) = super::lazy::divide(&anon, down);
+            let mut early = down.clone();
+            early.extend(shown_in_proc(&t.mm));
+            let (now, later) = super::lazy::divide(&anon, &early);
             [read, later, now]
         })
         .collect()
+}
+
+/// The pages of a process's command line and environment, as page-aligned
+/// ranges: `ps`, `pgrep` and `krg ps` read them through /proc, and a read
+/// from another process is not served by the userfaultfd (the kernel
+/// cannot wait there: the page reads as missing, the command line as
+/// empty), so they are copied in before the process runs.
+fn shown_in_proc(mm: &MmImage) -> impl Iterator<Item = (u64, u64)> {
+    let p = &mm.params;
+    [(p.arg_start, p.arg_end), (p.env_start, p.env_end)]
+        .into_iter()
+        // (an edited image may say anything: an empty or reversed range is none)
+        .filter(|&(s, e)| s < e)
+        .map(|(s, e)| (s & !(PAGE - 1), e.saturating_add(PAGE - 1) & !(PAGE - 1)))
 }
 
 /// The pages of `mm` shared with the parent process, as sorted ranges.
