@@ -309,6 +309,59 @@ fn node_failure_is_bounded_and_recovers_and_fsynced_data_survives() {
     assert!(c.mnt(0).join("dir3").is_dir());
 }
 
+/// A node that fails while its mount holds another node's file open
+/// leaves a handle there that nothing will release. Once the node has
+/// been failed for a lock lease (10 s) the owner closes it, as the
+/// release would have: here the file was unlinked meanwhile, and its data
+/// goes with the handle. Not before: a node back sooner finds its files
+/// open.
+#[test]
+fn the_handles_of_a_node_failed_for_a_lease_are_closed() {
+    let mut c = Cluster::with_kdfs(3);
+    let data_on_1 = |c: &Cluster| -> u64 {
+        fs::read_dir(c.nodes[0].store.join("inodes"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    };
+    fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
+    // node 2's mount holds a handle of node 1's file
+    let mut f = File::open(c.mnt(1).join("held")).unwrap();
+    fs::remove_file(c.mnt(0).join("held")).unwrap();
+    assert_eq!(data_on_1(&c), 1 << 20, "unlinked while open keeps its data");
+
+    c.kill_krgd(1);
+    let failed = |c: &Cluster| {
+        let o = run(Command::new(common::bin_dir().join("krgadm"))
+            .arg("--socket")
+            .arg(&c.nodes[0].sock)
+            .args(["nodes", "status"]));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("2") && l.contains("failed"))
+    };
+    wait_until("node 2 marked failed", Duration::from_secs(20), || {
+        failed(&c)
+    });
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(data_on_1(&c), 1 << 20, "closed before the lease ran out");
+    wait_until(
+        "the gone node's handle closed",
+        Duration::from_secs(20),
+        || data_on_1(&c) == 0,
+    );
+    assert!(t.elapsed() >= Duration::from_secs(8), "{:?}", t.elapsed());
+    let log = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
+    assert!(log.contains("closed the handles of a node gone"), "{log}");
+    // what node 2's mount still holds is a closed handle now
+    let mut b = [0u8; 16];
+    assert!(f.read(&mut b).is_err(), "the closed handle still reads");
+}
+
 #[test]
 fn fsynced_data_survives_kill_9_of_the_fuse_client() {
     let c = Cluster::with_kdfs(2);

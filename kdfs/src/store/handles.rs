@@ -4,13 +4,17 @@
 //! snapshot of the entries taken at opendir. The table also counts the open
 //! file handles of each local inode, because an inode whose last link goes
 //! away keeps its object (and its data) until its last handle is released.
+//! A handle opened for another node's mount records that node: if the node
+//! fails or leaves, nothing will release its handles, and krgd closes them
+//! (see `Store::release_held_by`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use krg_proto::kdfs::DirEntry;
+use krg_proto::NodeId;
 
 use super::error::{Res, StoreError};
 use super::locks::lock;
@@ -24,6 +28,8 @@ pub(super) struct Handles {
     table: Mutex<HashMap<u64, Handle>>,
     /// Open file handles per local inode number.
     open_count: Mutex<HashMap<u64, usize>>,
+    /// The node whose mount holds each handle opened for another node.
+    holders: Mutex<HashMap<u64, NodeId>>,
     next_fh: AtomicU64,
 }
 
@@ -32,6 +38,7 @@ impl Handles {
         Self {
             table: Mutex::new(HashMap::new()),
             open_count: Mutex::new(HashMap::new()),
+            holders: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -74,7 +81,29 @@ impl Handles {
 
     /// Forget handle `fh` (its open count is dropped by [`Handles::closed`]).
     pub fn remove(&self, fh: u64) -> Option<Handle> {
+        lock(&self.holders).remove(&fh);
         lock(&self.table).remove(&fh)
+    }
+
+    /// Record that a mount of node `node` holds handle `fh` (if still open).
+    pub fn held_by(&self, fh: u64, node: NodeId) {
+        if lock(&self.table).contains_key(&fh) {
+            lock(&self.holders).insert(fh, node);
+        }
+    }
+
+    /// The nodes whose mounts hold handles here.
+    pub fn holders(&self) -> BTreeSet<NodeId> {
+        lock(&self.holders).values().copied().collect()
+    }
+
+    /// The handles the mounts of node `node` hold.
+    pub fn held_by_node(&self, node: NodeId) -> Vec<u64> {
+        let h = lock(&self.holders);
+        h.iter()
+            .filter(|(_, n)| **n == node)
+            .map(|(fh, _)| *fh)
+            .collect()
     }
 
     /// Count one file handle of `local` less; true if it was the last.
@@ -95,7 +124,10 @@ impl Handles {
     /// so their reads and writes fail from now on (EBADF) rather than
     /// land where nobody will read them.
     pub fn revoke(&self, local: u64) {
-        lock(&self.table).retain(|_, h| !matches!(h, Handle::File { local: l, .. } if *l == local));
+        let mut table = lock(&self.table);
+        table.retain(|_, h| !matches!(h, Handle::File { local: l, .. } if *l == local));
+        lock(&self.holders).retain(|fh, _| table.contains_key(fh));
+        drop(table);
         lock(&self.open_count).remove(&local);
     }
 

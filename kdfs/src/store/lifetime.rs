@@ -11,7 +11,8 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
-use krg_proto::kdfs::{inode_id, inode_local, Attr, InodeId, NewInode};
+use krg_proto::kdfs::{inode_id, inode_local, Attr, InodeId, KdfsResponse, NewInode};
+use krg_proto::NodeId;
 
 use super::error::{Res, StoreError};
 use super::handles::Handle;
@@ -79,6 +80,35 @@ impl Store {
 
     pub(super) fn file(&self, fh: u64) -> Res<std::sync::Arc<File>> {
         self.handles.file(fh)
+    }
+
+    /// Record that `resp`'s new handle, if it has one, is held by a mount
+    /// of node `node` (another node: see [`Store::release_held_by`]).
+    pub fn opened_for(&self, node: NodeId, resp: &KdfsResponse) {
+        let fh = match resp {
+            KdfsResponse::Handle(fh) | KdfsResponse::StripedHandle { fh, .. } => *fh,
+            KdfsResponse::Created { fh: Some(fh), .. } => *fh,
+            _ => return,
+        };
+        self.handles.held_by(fh, node);
+    }
+
+    /// The nodes whose mounts hold handles here.
+    pub fn handle_holders(&self) -> std::collections::BTreeSet<NodeId> {
+        self.handles.holders()
+    }
+
+    /// Release every handle the mounts of node `node` hold (it failed or
+    /// left: nothing will release them), as their releases would have;
+    /// how many.
+    pub fn release_held_by(&self, node: NodeId) -> usize {
+        let fhs = self.handles.held_by_node(node);
+        for &fh in &fhs {
+            if let Err(e) = self.release(fh) {
+                tracing::warn!(fh, node, error = %e, "kdfs: releasing a gone node's handle failed");
+            }
+        }
+        fhs.len()
     }
 
     /// Release handle `fh`; the last handle of an unlinked inode removes it.

@@ -7,10 +7,11 @@
 //! `<data-dir>/kdfs.attach` so that a restarted krgd serves it again at once:
 //! a node's files come back with its krgd, whether or not it is mounted there.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kdfs::callback::Callbacks;
 use kdfs::lockmgr::{is_lock_request, LockManager};
@@ -20,6 +21,7 @@ use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::NodeId;
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
@@ -89,7 +91,7 @@ impl KdfsService {
             draining: AtomicBool::new(false),
             pass: Pass::default(),
         });
-        svc.clone().expire_locks();
+        svc.clone().expire_gone_mounts();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
             let dir = PathBuf::from(dir.trim());
             let node = svc.ctx.node_id();
@@ -108,23 +110,32 @@ impl KdfsService {
     }
 
     /// Every second, drop the locks of mounts whose lease ran out or whose
-    /// node failed or left the membership.
-    fn expire_locks(self: Arc<Self>) {
+    /// node failed or left the membership, and close the handles of nodes
+    /// gone for [`HANDLES_OUTLIVE`].
+    fn expire_gone_mounts(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         drop(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut gone_since = HashMap::new();
             loop {
                 tick.tick().await;
                 let Some(svc) = weak.upgrade() else { return };
                 let view = svc.ctx.view();
                 let me = svc.ctx.node_id();
-                svc.locks.expire(|n| {
+                let online = |n| {
                     n == me
                         || view
                             .members()
                             .any(|m| m.id == n && m.state != NodeState::Failed)
-                });
+                };
+                svc.locks.expire(online);
+                if let Some(store) = svc.current() {
+                    let gone = gone_for_long(&store, online, &mut gone_since);
+                    if !gone.is_empty() {
+                        release_handles_of(store, gone).await;
+                    }
+                }
             }
         });
     }
@@ -322,6 +333,9 @@ impl KdfsService {
             }
         }
         let resp = Self::serve(store.clone(), req).await?;
+        if from.node != self.ctx.node_id() {
+            store.opened_for(from.node, &resp);
+        }
         self.drop_gone_stripes(&store);
         if let Some(req) = asked {
             if let Some(c) = client {
@@ -367,5 +381,47 @@ impl KdfsService {
         // Everything written is already in the local file system; handles
         // die with the process like a crashed client's would.
         self.set_store(None);
+    }
+}
+
+/// How long a node must have been failed (or out of the membership)
+/// before the handles its mounts held here are closed: a lock lease, so
+/// that a node back sooner finds its open files as it left them.
+const HANDLES_OUTLIVE: Duration = kdfs::lockmgr::LEASE;
+
+/// The nodes holding handles in `store` that `online` has said are gone
+/// for [`HANDLES_OUTLIVE`] by now (`since`: when each was first seen gone).
+fn gone_for_long(
+    store: &Store,
+    online: impl Fn(NodeId) -> bool,
+    since: &mut HashMap<NodeId, Instant>,
+) -> Vec<NodeId> {
+    let now = Instant::now();
+    let holders = store.handle_holders();
+    since.retain(|n, _| holders.contains(n) && !online(*n));
+    holders
+        .into_iter()
+        .filter(|&n| !online(n))
+        .filter(|&n| now.duration_since(*since.entry(n).or_insert(now)) >= HANDLES_OUTLIVE)
+        .collect()
+}
+
+/// Close the handles the mounts of `nodes` held in `store` (the releases
+/// may remove unlinked files: off the runtime's threads).
+async fn release_handles_of(store: Arc<Store>, nodes: Vec<NodeId>) {
+    let done = tokio::task::spawn_blocking(move || {
+        nodes
+            .into_iter()
+            .map(|n| (n, store.release_held_by(n)))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    for (node, handles) in done.unwrap_or_default() {
+        tracing::info!(
+            node,
+            handles,
+            "kdfs: closed the handles of a node gone for {} s (its mounts cannot release them)",
+            HANDLES_OUTLIVE.as_secs()
+        );
     }
 }
