@@ -318,15 +318,6 @@ fn node_failure_is_bounded_and_recovers_and_fsynced_data_survives() {
 #[test]
 fn the_handles_of_a_node_failed_for_a_lease_are_closed() {
     let mut c = Cluster::with_kdfs(3);
-    let data_on_1 = |c: &Cluster| -> u64 {
-        fs::read_dir(c.nodes[0].store.join("inodes"))
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum()
-    };
     fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
     // node 2's mount holds a handle of node 1's file
     let mut f = File::open(c.mnt(1).join("held")).unwrap();
@@ -356,10 +347,51 @@ fn the_handles_of_a_node_failed_for_a_lease_are_closed() {
     );
     assert!(t.elapsed() >= Duration::from_secs(8), "{:?}", t.elapsed());
     let log = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
-    assert!(log.contains("closed the handles of a node gone"), "{log}");
+    assert!(log.contains("closed the handles of a mount gone"), "{log}");
     // what node 2's mount still holds is a closed handle now
     let mut b = [0u8; 16];
     assert!(f.read(&mut b).is_err(), "the closed handle still reads");
+}
+
+/// The data of `c`'s node 1 (index 0): the bytes of its files' objects.
+fn data_on_1(c: &Cluster) -> u64 {
+    fs::read_dir(c.nodes[0].store.join("inodes"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A mount killed (-9) with another node's file open, its node up: its
+/// handle there is closed once its lease (renewed every 3 s) ran out, 10
+/// s, as its release would have; the file, unlinked meanwhile, gives its
+/// data back.
+#[test]
+fn the_handles_of_a_mount_killed_are_closed_after_its_lease() {
+    let c = Cluster::with_kdfs(2);
+    c.umount(1);
+    let mut client = foreground_client(&c, 1, "");
+    fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
+    let f = File::open(c.mnt(1).join("held")).unwrap();
+    fs::remove_file(c.mnt(0).join("held")).unwrap();
+    assert_eq!(data_on_1(&c), 1 << 20, "unlinked while open keeps its data");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let t = Instant::now();
+    drop(f);
+    let _ = run(Command::new("umount").arg("-l").arg(c.mnt(1)));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(data_on_1(&c), 1 << 20, "closed before the lease ran out");
+    wait_until(
+        "the dead mount's handle closed",
+        Duration::from_secs(25),
+        || data_on_1(&c) == 0,
+    );
+    assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
+    let log = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
+    assert!(log.contains("closed the handles of a mount gone"), "{log}");
 }
 
 #[test]

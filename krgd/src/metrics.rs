@@ -485,7 +485,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::ReleaseLocks { .. } => "release_locks",
         R::LockLease { .. } => "lock_lease",
         R::ReclaimLock { .. } => "reclaim_lock",
-        R::As { req, .. } => kdfs_op(req),
+        R::As { req, .. } | R::HeldBy { req, .. } => kdfs_op(req),
         R::Watch { .. } => "watch",
         R::Unlink { .. } => "unlink",
         R::ReleaseMany { .. } => "release_many",

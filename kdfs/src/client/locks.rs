@@ -12,8 +12,10 @@
 //!   file; `release` (last close of an open file) drops the locks taken
 //!   through it (flock and OFD locks). Both only for files this mount ever
 //!   locked, so that other closes cost nothing.
-//! * Every [`LEASE_RENEW`] the mount tells the nodes it locked files on
-//!   that it is alive; their managers drop its locks otherwise.
+//! * Every [`LEASE_RENEW`] the mount tells the nodes it locked files on,
+//!   or opened files on, that it is alive; their managers drop its locks
+//!   otherwise, and their krgds close its handles (the opens go as
+//!   `HeldBy` this mount's client number: see [`ClientLocks::held_by`]).
 //! * The mount keeps its own copy of the locks it holds: when a node's
 //!   manager answers the lease with a new epoch (its krgd started again
 //!   and forgot them), they are taken again there (`ReclaimLock`).
@@ -42,6 +44,8 @@ pub struct ClientLocks {
     held: Mutex<Table>,
     /// The epoch each node's manager last answered.
     epochs: Mutex<HashMap<NodeId, u64>>,
+    /// Nodes this mount opened handles on (kept: a lease more is cheap).
+    opened_on: Mutex<HashSet<NodeId>>,
 }
 
 /// This mount in its own copy of its locks.
@@ -95,6 +99,24 @@ impl ClientLocks {
             locked: Mutex::new(HashSet::new()),
             held: Mutex::new(Table::default()),
             epochs: Mutex::new(HashMap::new()),
+            opened_on: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// `q` as this mount sends it to `node`: a request that opens a handle
+    /// goes as this mount's (`HeldBy`), and its lease is kept at `node`
+    /// from now on, so that the handle is closed there if the mount dies.
+    pub fn held_by(&self, node: NodeId, q: Q) -> Q {
+        if !q.opens_handle() {
+            return q;
+        }
+        self.opened_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node);
+        Q::HeldBy {
+            client: self.client,
+            req: Box::new(q),
         }
     }
 
@@ -115,9 +137,18 @@ impl ClientLocks {
         self.locked().contains(&ino)
     }
 
-    /// Nodes whose managers may hold locks of this mount.
+    /// Nodes whose managers may hold locks of this mount, or whose krgds
+    /// its handles.
     fn nodes(&self) -> Vec<NodeId> {
+        let opened: Vec<NodeId> = self
+            .opened_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
         let mut v: Vec<NodeId> = self.locked().iter().map(|i| inode_node(*i)).collect();
+        v.extend(opened);
         v.sort_unstable();
         v.dedup();
         v

@@ -91,6 +91,7 @@ impl Ops {
             Ok(answer) => answer,
             Err(q) => {
                 self.cache.watch(&self.cluster, node);
+                let q = self.locks.held_by(node, q);
                 self.cluster.call(node, self.cache.wrap(node, q)).await
             }
         }

@@ -208,9 +208,10 @@ impl Store {
             | Q::ReleaseLocks { .. }
             | Q::LockLease { .. }
             | Q::ReclaimLock { .. } => return Err(StoreError::NotSupported),
-            // krgd unwraps `As` and answers `Watch` itself (kdfs::callback),
-            // and `HandOver` (its hand-over of a leaving node's data).
-            Q::As { .. } | Q::Watch { .. } | Q::Unwatch { .. } | Q::HandOver => {
+            // krgd unwraps `As` and `HeldBy` and answers `Watch` itself
+            // (kdfs::callback), and `HandOver` (its hand-over of a leaving
+            // node's data).
+            Q::As { .. } | Q::HeldBy { .. } | Q::Watch { .. } | Q::Unwatch { .. } | Q::HandOver => {
                 return Err(StoreError::NotSupported)
             }
         })

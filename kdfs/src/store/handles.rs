@@ -4,9 +4,10 @@
 //! snapshot of the entries taken at opendir. The table also counts the open
 //! file handles of each local inode, because an inode whose last link goes
 //! away keeps its object (and its data) until its last handle is released.
-//! A handle opened for another node's mount records that node: if the node
-//! fails or leaves, nothing will release its handles, and krgd closes them
-//! (see `Store::release_held_by`).
+//! A handle records the mount that holds it when krgd knows it (its node,
+//! and its client number when the mount said): if that mount dies, or its
+//! node fails or leaves, nothing will release its handles, and krgd closes
+//! them (see `Store::release_held_by`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -19,6 +20,10 @@ use krg_proto::NodeId;
 use super::error::{Res, StoreError};
 use super::locks::lock;
 
+/// The mount that holds a handle: its node, and its client number (0:
+/// a mount that did not say, known by its node only).
+pub type Holder = (NodeId, u64);
+
 pub(super) enum Handle {
     File { local: u64, file: Arc<File> },
     Dir { entries: Arc<Vec<DirEntry>> },
@@ -28,8 +33,8 @@ pub(super) struct Handles {
     table: Mutex<HashMap<u64, Handle>>,
     /// Open file handles per local inode number.
     open_count: Mutex<HashMap<u64, usize>>,
-    /// The node whose mount holds each handle opened for another node.
-    holders: Mutex<HashMap<u64, NodeId>>,
+    /// The mount that holds each handle, when known.
+    holders: Mutex<HashMap<u64, Holder>>,
     next_fh: AtomicU64,
 }
 
@@ -85,23 +90,23 @@ impl Handles {
         lock(&self.table).remove(&fh)
     }
 
-    /// Record that a mount of node `node` holds handle `fh` (if still open).
-    pub fn held_by(&self, fh: u64, node: NodeId) {
+    /// Record that mount `holder` holds handle `fh` (if still open).
+    pub fn held_by(&self, fh: u64, holder: Holder) {
         if lock(&self.table).contains_key(&fh) {
-            lock(&self.holders).insert(fh, node);
+            lock(&self.holders).insert(fh, holder);
         }
     }
 
-    /// The nodes whose mounts hold handles here.
-    pub fn holders(&self) -> BTreeSet<NodeId> {
+    /// The mounts that hold handles here.
+    pub fn holders(&self) -> BTreeSet<Holder> {
         lock(&self.holders).values().copied().collect()
     }
 
-    /// The handles the mounts of node `node` hold.
-    pub fn held_by_node(&self, node: NodeId) -> Vec<u64> {
+    /// The handles mount `holder` holds.
+    pub fn held_by_mount(&self, holder: Holder) -> Vec<u64> {
         let h = lock(&self.holders);
         h.iter()
-            .filter(|(_, n)| **n == node)
+            .filter(|(_, m)| **m == holder)
             .map(|(fh, _)| *fh)
             .collect()
     }

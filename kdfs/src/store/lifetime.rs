@@ -12,10 +12,9 @@ use nix::sys::stat::Mode;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use krg_proto::kdfs::{inode_id, inode_local, Attr, InodeId, KdfsResponse, NewInode};
-use krg_proto::NodeId;
 
 use super::error::{Res, StoreError};
-use super::handles::Handle;
+use super::handles::{Handle, Holder};
 use super::Store;
 
 impl Store {
@@ -82,30 +81,30 @@ impl Store {
         self.handles.file(fh)
     }
 
-    /// Record that `resp`'s new handle, if it has one, is held by a mount
-    /// of node `node` (another node: see [`Store::release_held_by`]).
-    pub fn opened_for(&self, node: NodeId, resp: &KdfsResponse) {
+    /// Record that `resp`'s new handle, if it has one, is held by mount
+    /// `holder` (see [`Store::release_held_by`]).
+    pub fn opened_for(&self, holder: Holder, resp: &KdfsResponse) {
         let fh = match resp {
             KdfsResponse::Handle(fh) | KdfsResponse::StripedHandle { fh, .. } => *fh,
             KdfsResponse::Created { fh: Some(fh), .. } => *fh,
             _ => return,
         };
-        self.handles.held_by(fh, node);
+        self.handles.held_by(fh, holder);
     }
 
-    /// The nodes whose mounts hold handles here.
-    pub fn handle_holders(&self) -> std::collections::BTreeSet<NodeId> {
+    /// The mounts that hold handles here (those krgd knows of).
+    pub fn handle_holders(&self) -> std::collections::BTreeSet<Holder> {
         self.handles.holders()
     }
 
-    /// Release every handle the mounts of node `node` hold (it failed or
-    /// left: nothing will release them), as their releases would have;
-    /// how many.
-    pub fn release_held_by(&self, node: NodeId) -> usize {
-        let fhs = self.handles.held_by_node(node);
+    /// Release every handle mount `holder` holds (it died, or its node
+    /// failed or left: nothing will release them), as its releases would
+    /// have; how many.
+    pub fn release_held_by(&self, holder: Holder) -> usize {
+        let fhs = self.handles.held_by_mount(holder);
         for &fh in &fhs {
             if let Err(e) = self.release(fh) {
-                tracing::warn!(fh, node, error = %e, "kdfs: releasing a gone node's handle failed");
+                tracing::warn!(fh, node = holder.0, error = %e, "kdfs: releasing a gone mount's handle failed");
             }
         }
         fhs.len()

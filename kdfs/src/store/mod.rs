@@ -54,6 +54,7 @@ use objects::Objects;
 
 pub use data::{read_at, sync_file, write_at};
 pub use error::StoreError;
+pub use handles::Holder;
 pub(crate) use objects::{object_name, LAYOUT_XATTR, NLINK_XATTR, NSUB_XATTR};
 
 /// An attached kDFS directory.

@@ -134,6 +134,49 @@ fn one_request_unlinks_and_batched_releases_free_the_last_handle() {
     assert_eq!(no(s.getattr(a.ino)), Err(libc::ENOENT), "last handle: gone");
 }
 
+/// The handles of one mount are released together, as its releases
+/// would have been (the last one of an unlinked file removes it); another
+/// mount's handle on the same file keeps it, and a handle released by its
+/// mount is no longer that mount's.
+#[test]
+fn a_gone_mounts_handles_are_released_and_no_others() {
+    let (_d, s, root) = store();
+    let a = s.create(root, b"f", &file(0o600)).unwrap();
+    let opened = |holder| {
+        let resp = s.handle(KdfsRequest::Open {
+            ino: a.ino,
+            write: false,
+        });
+        s.opened_for(holder, &resp);
+        match resp {
+            KdfsResponse::Handle(fh) => fh,
+            other => panic!("open answered {other:?}"),
+        }
+    };
+    let (gone, other) = ((2, 7), (3, 0));
+    let _g1 = opened(gone);
+    let _g2 = opened(gone);
+    let released = opened(gone);
+    let _kept = opened(other);
+    s.release(released).unwrap();
+    let holders: Vec<_> = s.handle_holders().into_iter().collect();
+    assert_eq!(holders, vec![gone, other]);
+    s.handle(KdfsRequest::Unlink {
+        dir: root,
+        name: b"f".to_vec(),
+    });
+    assert_eq!(s.release_held_by(gone), 2);
+    assert_eq!(
+        no(s.getattr(a.ino)).unwrap().nlink,
+        0,
+        "still open elsewhere"
+    );
+    assert_eq!(s.release_held_by(gone), 0);
+    assert_eq!(s.release_held_by(other), 1);
+    assert_eq!(no(s.getattr(a.ino)), Err(libc::ENOENT), "last handle: gone");
+    assert!(s.handle_holders().is_empty());
+}
+
 #[test]
 fn rename_replaces_atomically_and_links_count() {
     let (_d, s, root) = store();

@@ -70,7 +70,8 @@ pub type SessionId = u32;
 /// 5: the Raft log has a command an older krgd cannot apply (`Place`: a
 /// migration's placement, with `ClusterPeerRequest::Place`), and kDFS lock
 /// leases are answered with the manager's epoch (`LockEpoch`, for
-/// `ReclaimLock`).
+/// `ReclaimLock`), and a mount's opens come as `HeldBy` (its handles
+/// closed when its leases stop).
 pub const PROTOCOL_VERSION: u16 = 5;
 
 pub use keyfile::{

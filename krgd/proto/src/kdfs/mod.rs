@@ -509,6 +509,30 @@ pub enum KdfsRequest {
         /// The striped file.
         ino: InodeId,
     },
+    /// `req`, which opens a handle ([`KdfsRequest::opens_handle`]), for
+    /// mount `client`: the handle is that mount's, closed by the owner
+    /// once the mount's lease ran out (`LockLease`: it died) as its
+    /// release would have. Inside an `As` when both apply.
+    HeldBy {
+        /// The mount (its lock client number, which its leases renew).
+        client: u64,
+        /// The opening request (never another `HeldBy`, nor an `As`).
+        req: Box<KdfsRequest>,
+    },
+}
+
+impl KdfsRequest {
+    /// Whether the answer carries a new handle (that something must
+    /// release).
+    pub fn opens_handle(&self) -> bool {
+        matches!(
+            self,
+            KdfsRequest::Open { .. }
+                | KdfsRequest::OpenDir { .. }
+                | KdfsRequest::MakeInode { open: Some(_), .. }
+                | KdfsRequest::Create { open: Some(_), .. }
+        )
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,10 @@
 //! `<data-dir>/kdfs.attach` so that a restarted krgd serves it again at once:
 //! a node's files come back with its krgd, whether or not it is mounted there.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kdfs::callback::Callbacks;
 use kdfs::lockmgr::{is_lock_request, LockManager};
@@ -21,7 +20,6 @@ use krg_proto::auth::Identity;
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 use krg_proto::peer::{PeerRequest, PeerResponse};
-use krg_proto::NodeId;
 
 use crate::caller::Caller;
 use crate::context::NodeContext;
@@ -31,6 +29,7 @@ use crate::DaemonError;
 
 mod drain;
 mod handover;
+mod holders;
 mod striping;
 
 pub use handover::KdfsHandOver;
@@ -51,6 +50,8 @@ pub struct KdfsService {
     draining: AtomicBool,
     /// The hand-over pass of this node, when it leaves (`handover.rs`).
     pass: Pass,
+    /// Which mounts hold handles here, and when they are gone.
+    holders: holders::Holders,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -90,6 +91,7 @@ impl KdfsService {
             store: RwLock::new(None),
             draining: AtomicBool::new(false),
             pass: Pass::default(),
+            holders: holders::Holders::default(),
         });
         svc.clone().expire_gone_mounts();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
@@ -110,14 +112,13 @@ impl KdfsService {
     }
 
     /// Every second, drop the locks of mounts whose lease ran out or whose
-    /// node failed or left the membership, and close the handles of nodes
-    /// gone for [`HANDLES_OUTLIVE`].
+    /// node failed or left the membership, and close the handles of mounts
+    /// gone for a lease (see [`holders`]).
     fn expire_gone_mounts(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         drop(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut gone_since = HashMap::new();
             loop {
                 tick.tick().await;
                 let Some(svc) = weak.upgrade() else { return };
@@ -131,9 +132,9 @@ impl KdfsService {
                 };
                 svc.locks.expire(online);
                 if let Some(store) = svc.current() {
-                    let gone = gone_for_long(&store, online, &mut gone_since);
+                    let gone = svc.holders.gone(&store, online);
                     if !gone.is_empty() {
-                        release_handles_of(store, gone).await;
+                        holders::release(store, gone).await;
                     }
                 }
             }
@@ -316,8 +317,25 @@ impl KdfsService {
             self.callbacks.unwatch(client);
             return Ok(KdfsResponse::Done);
         }
+        let (holder, req) = match req {
+            KdfsRequest::HeldBy { client, req } if req.opens_handle() => {
+                (Some((from.node, client)), *req)
+            }
+            KdfsRequest::HeldBy { .. } => return Ok(KdfsResponse::Errno(libc::EINVAL)),
+            req => (None, req),
+        };
         if is_lock_request(&req) {
+            if let KdfsRequest::LockLease { client } = req {
+                self.holders.seen((from.node, client));
+            }
             return Ok(self.locks.handle(from.node, req).await);
+        }
+        // a handle of another node's mount is that node's at least
+        let holder = holder
+            .or((from.node != self.ctx.node_id()).then_some((from.node, 0)))
+            .filter(|_| req.opens_handle());
+        if let Some(h) = holder {
+            self.holders.seen(h);
         }
         if self.is_draining() && handover::changes_store(&req) {
             return Ok(KdfsResponse::Errno(libc::EROFS));
@@ -333,8 +351,8 @@ impl KdfsService {
             }
         }
         let resp = Self::serve(store.clone(), req).await?;
-        if from.node != self.ctx.node_id() {
-            store.opened_for(from.node, &resp);
+        if let Some(h) = holder {
+            store.opened_for(h, &resp);
         }
         self.drop_gone_stripes(&store);
         if let Some(req) = asked {
@@ -381,47 +399,5 @@ impl KdfsService {
         // Everything written is already in the local file system; handles
         // die with the process like a crashed client's would.
         self.set_store(None);
-    }
-}
-
-/// How long a node must have been failed (or out of the membership)
-/// before the handles its mounts held here are closed: a lock lease, so
-/// that a node back sooner finds its open files as it left them.
-const HANDLES_OUTLIVE: Duration = kdfs::lockmgr::LEASE;
-
-/// The nodes holding handles in `store` that `online` has said are gone
-/// for [`HANDLES_OUTLIVE`] by now (`since`: when each was first seen gone).
-fn gone_for_long(
-    store: &Store,
-    online: impl Fn(NodeId) -> bool,
-    since: &mut HashMap<NodeId, Instant>,
-) -> Vec<NodeId> {
-    let now = Instant::now();
-    let holders = store.handle_holders();
-    since.retain(|n, _| holders.contains(n) && !online(*n));
-    holders
-        .into_iter()
-        .filter(|&n| !online(n))
-        .filter(|&n| now.duration_since(*since.entry(n).or_insert(now)) >= HANDLES_OUTLIVE)
-        .collect()
-}
-
-/// Close the handles the mounts of `nodes` held in `store` (the releases
-/// may remove unlinked files: off the runtime's threads).
-async fn release_handles_of(store: Arc<Store>, nodes: Vec<NodeId>) {
-    let done = tokio::task::spawn_blocking(move || {
-        nodes
-            .into_iter()
-            .map(|n| (n, store.release_held_by(n)))
-            .collect::<Vec<_>>()
-    })
-    .await;
-    for (node, handles) in done.unwrap_or_default() {
-        tracing::info!(
-            node,
-            handles,
-            "kdfs: closed the handles of a node gone for {} s (its mounts cannot release them)",
-            HANDLES_OUTLIVE.as_secs()
-        );
     }
 }
