@@ -23,6 +23,18 @@ fn server_pid(stderr: &str) -> i32 {
         .unwrap_or_else(|| panic!("no page server in: {stderr}"))
 }
 
+/// Wait until process `pid` has `mib` MiB resident (bigmem touched it).
+fn holds_mib(pid: i32, mib: u64) {
+    wait_until("bigmem holds its memory", || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|kb| kb >= mib << 10)
+    });
+}
+
 /// A restored job that checks its memory every step, started lazily from
 /// `sn`: it runs on, all pages right, and the server is gone once done.
 fn lazily(store: &std::path::Path, pid: i32, sn: u32, log: &std::path::Path) {
@@ -127,14 +139,7 @@ fn a_page_changed_is_caught_as_it_loads() {
     let mut cmd = Command::new(&exe);
     cmd.arg("8").stdout(Stdio::null()).stderr(Stdio::null());
     let pid = guard.add(spawn(cmd).id() as i32);
-    wait_until("bigmem holds its memory", || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .is_some_and(|kb| kb >= 8 << 10)
-    });
+    holds_mib(pid, 8);
     ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
     kill_reap(pid);
     let mm = store
@@ -181,14 +186,7 @@ fn a_lazily_restored_process_shows_its_command_line_and_environment_at_once() {
     cmd.arg("256").env("KRG_PAD", &pad);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let pid = guard.add(spawn(cmd).id() as i32);
-    wait_until("bigmem holds its memory", || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .is_some_and(|kb| kb >= 256 << 10)
-    });
+    holds_mib(pid, 256);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
