@@ -6,27 +6,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 
-use common::Cluster;
-
-/// The value of the series `name{labels}` (labels as written in the text,
-/// e.g. `op="read"`) in krgd's exposition on 127.0.0.1:port.
-fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
+use common::{metric, scrape, Cluster};
 
 #[test]
 fn remote_reads_and_writes_are_counted_by_the_serving_node() {
@@ -35,20 +17,20 @@ fn remote_reads_and_writes_are_counted_by_the_serving_node() {
     let data = vec![7u8; 300_000];
     std::fs::write(m1.join("on-node-1"), &data).unwrap();
     let before = scrape(c.nodes[0].http_port);
-    let read_before = value(&before, "krg_kdfs_bytes_total{direction=\"read\"}").unwrap_or(0.0);
+    let read_before = metric(&before, "krg_kdfs_bytes_total{direction=\"read\"}").unwrap_or(0.0);
     // Read through node 2's mount: node 1's krgd serves the data.
     assert_eq!(std::fs::read(m2.join("on-node-1")).unwrap(), data);
     let after = scrape(c.nodes[0].http_port);
-    let read_after = value(&after, "krg_kdfs_bytes_total{direction=\"read\"}").unwrap();
+    let read_after = metric(&after, "krg_kdfs_bytes_total{direction=\"read\"}").unwrap();
     assert!(
         read_after - read_before >= data.len() as f64,
         "node 1 served {read_before} -> {read_after} bytes"
     );
-    let reads = value(&after, "krg_kdfs_operations_total{op=\"read\"}").unwrap();
+    let reads = metric(&after, "krg_kdfs_operations_total{op=\"read\"}").unwrap();
     assert!(reads >= 1.0);
-    let timed = value(&after, "krg_kdfs_operation_seconds_count{op=\"read\"}").unwrap();
+    let timed = metric(&after, "krg_kdfs_operation_seconds_count{op=\"read\"}").unwrap();
     assert_eq!(timed, reads, "every read timed");
-    assert!(value(&after, "krg_kdfs_operations_total{op=\"lookup\"}").unwrap() >= 1.0);
+    assert!(metric(&after, "krg_kdfs_operations_total{op=\"lookup\"}").unwrap() >= 1.0);
     // Written through node 2 into a file of node 1: node 1 counts the bytes.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -58,12 +40,12 @@ fn remote_reads_and_writes_are_counted_by_the_serving_node() {
     f.sync_all().unwrap();
     drop(f);
     let last = scrape(c.nodes[0].http_port);
-    let written = value(&last, "krg_kdfs_bytes_total{direction=\"written\"}").unwrap();
+    let written = metric(&last, "krg_kdfs_bytes_total{direction=\"written\"}").unwrap();
     assert!(written >= 4096.0, "written {written}");
 
     // The kernel asks security.capability before every write: for another
     // node's file the client remembers its absence instead of asking each time.
-    let asked = |t: &str| value(t, "krg_kdfs_operations_total{op=\"getxattr\"}").unwrap_or(0.0);
+    let asked = |t: &str| metric(t, "krg_kdfs_operations_total{op=\"getxattr\"}").unwrap_or(0.0);
     let before = asked(&scrape(c.nodes[0].http_port));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -353,6 +353,9 @@ fn closed_after_lease(c: &Cluster, t: Instant, wait: Duration, min: Duration) {
     assert!(t.elapsed() >= min, "{:?}", t.elapsed());
     let log = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
     assert!(log.contains("closed the handles of a mount gone"), "{log}");
+    let text = common::scrape(c.nodes[0].http_port);
+    let reaped = common::metric(&text, "krg_kdfs_handles_reaped_total");
+    assert_eq!(reaped, Some(1.0), "{text}");
 }
 
 /// The data of `c`'s node 1 (index 0): the bytes of its files' objects.

@@ -112,6 +112,8 @@ pub struct Metrics {
     pub kdfs_operation_seconds: HistogramFamily<OpLabel>,
     /// kDFS file data read from / written to this node's store.
     pub kdfs_bytes: Family<DirectionLabel, Counter>,
+    /// kDFS handles closed here because the mount holding them was gone.
+    pub kdfs_handles_reaped: Counter,
     /// Jobs `krg run` (and XCPU sessions) started on this node.
     pub jobs_started: Counter,
     /// Automatic placements decided here, by decider and chosen node.
@@ -184,6 +186,7 @@ impl Metrics {
             kdfs_operations: Family::default(),
             kdfs_operation_seconds: Family::new_with_constructor(latency_histogram),
             kdfs_bytes: Family::default(),
+            kdfs_handles_reaped: Counter::default(),
             jobs_started: Counter::default(),
             placements: Family::default(),
             migrations: Family::default(),
@@ -296,6 +299,11 @@ impl Metrics {
             "kdfs_bytes",
             "kDFS file data read from or written to this node's store",
             self.kdfs_bytes.clone(),
+        );
+        r.register(
+            "kdfs_handles_reaped",
+            "kDFS handles this node closed because the mount that held them was gone (died, or its node failed or left, for a lease)",
+            self.kdfs_handles_reaped.clone(),
         );
         r.register(
             "jobs_started",

@@ -25,6 +25,7 @@ use kdfs::lockmgr::LEASE;
 use kdfs::store::{Holder, Store};
 use krg_proto::NodeId;
 
+use crate::metrics::Metrics;
 use crate::sync;
 
 #[derive(Default)]
@@ -70,8 +71,8 @@ impl Holders {
 }
 
 /// Close the handles `gone` held in `store` (the releases may remove
-/// unlinked files: off the runtime's threads), and say so.
-pub async fn release(store: Arc<Store>, gone: Vec<Holder>) {
+/// unlinked files: off the runtime's threads), say so and count them.
+pub async fn release(store: Arc<Store>, gone: Vec<Holder>, metrics: &Metrics) {
     let done = tokio::task::spawn_blocking(move || {
         gone.into_iter()
             .map(|h| (h, store.release_held_by(h)))
@@ -79,6 +80,7 @@ pub async fn release(store: Arc<Store>, gone: Vec<Holder>) {
     })
     .await;
     for ((node, client), handles) in done.unwrap_or_default() {
+        metrics.kdfs_handles_reaped.inc_by(handles as u64);
         tracing::info!(
             node,
             client,

@@ -134,7 +134,7 @@ impl KdfsService {
                 if let Some(store) = svc.current() {
                     let gone = svc.holders.gone(&store, online);
                     if !gone.is_empty() {
-                        holders::release(store, gone).await;
+                        holders::release(store, gone, &svc.ctx.metrics).await;
                     }
                 }
             }
