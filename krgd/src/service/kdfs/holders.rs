@@ -23,10 +23,33 @@ use std::time::Instant;
 
 use kdfs::lockmgr::LEASE;
 use kdfs::store::{Holder, Store};
+use krg_proto::kdfs::KdfsRequest;
 use krg_proto::NodeId;
 
 use crate::metrics::Metrics;
 use crate::sync;
+
+/// `req` unwrapped from its `HeldBy`, and the mount that will hold the
+/// handle it opens, if it opens one: the `HeldBy` mount, else (a request
+/// of node `from`, not this node `me`) that node's mount 0. A `HeldBy`
+/// around anything but an opening request is refused (EINVAL).
+pub fn opening(
+    req: KdfsRequest,
+    from: NodeId,
+    me: NodeId,
+) -> Result<(KdfsRequest, Option<Holder>), i32> {
+    let (req, client) = match req {
+        KdfsRequest::HeldBy { client, req } if req.opens_handle() => (*req, Some(client)),
+        KdfsRequest::HeldBy { .. } => return Err(libc::EINVAL),
+        req => (req, None),
+    };
+    let holder = match client {
+        _ if !req.opens_handle() => None,
+        Some(c) => Some((from, c)),
+        None => (from != me).then_some((from, 0)),
+    };
+    Ok((req, holder))
+}
 
 #[derive(Default)]
 pub struct Holders {
@@ -88,5 +111,56 @@ pub async fn release(store: Arc<Store>, gone: Vec<Holder>, metrics: &Metrics) {
             "kdfs: closed the handles of a mount gone for {} s (it died, or its node failed or left): nothing else would release them",
             LEASE.as_secs()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> KdfsRequest {
+        KdfsRequest::Open {
+            ino: 1,
+            write: false,
+        }
+    }
+
+    #[test]
+    fn an_open_is_held_by_the_mount_that_says_so_else_by_its_node() {
+        let held = KdfsRequest::HeldBy {
+            client: 7,
+            req: Box::new(open()),
+        };
+        assert!(matches!(
+            opening(held, 2, 1),
+            Ok((KdfsRequest::Open { .. }, Some((2, 7))))
+        ));
+        assert_eq!(opening(open(), 2, 1).map(|r| r.1), Ok(Some((2, 0))));
+        // this node's own requests without a client: nobody known to hold
+        assert_eq!(opening(open(), 1, 1).map(|r| r.1), Ok(None));
+        let read = KdfsRequest::GetAttr { ino: 1 };
+        assert_eq!(opening(read, 2, 1).map(|r| r.1), Ok(None));
+    }
+
+    #[test]
+    fn held_by_around_anything_but_an_open_is_refused() {
+        let inner = [
+            KdfsRequest::GetAttr { ino: 1 },
+            KdfsRequest::HeldBy {
+                client: 1,
+                req: Box::new(open()),
+            },
+            KdfsRequest::As {
+                client: 1,
+                req: Box::new(open()),
+            },
+        ];
+        for req in inner {
+            let held = KdfsRequest::HeldBy {
+                client: 7,
+                req: Box::new(req),
+            };
+            assert_eq!(opening(held, 2, 1).map(|r| r.1), Err(libc::EINVAL));
+        }
     }
 }

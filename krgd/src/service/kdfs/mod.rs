@@ -317,12 +317,9 @@ impl KdfsService {
             self.callbacks.unwatch(client);
             return Ok(KdfsResponse::Done);
         }
-        let (holder, req) = match req {
-            KdfsRequest::HeldBy { client, req } if req.opens_handle() => {
-                (Some((from.node, client)), *req)
-            }
-            KdfsRequest::HeldBy { .. } => return Ok(KdfsResponse::Errno(libc::EINVAL)),
-            req => (None, req),
+        let (req, holder) = match holders::opening(req, from.node, self.ctx.node_id()) {
+            Ok(unwrapped) => unwrapped,
+            Err(errno) => return Ok(KdfsResponse::Errno(errno)),
         };
         if is_lock_request(&req) {
             if let KdfsRequest::LockLease { client } = req {
@@ -330,10 +327,6 @@ impl KdfsService {
             }
             return Ok(self.locks.handle(from.node, req).await);
         }
-        // a handle of another node's mount is that node's at least
-        let holder = holder
-            .or((from.node != self.ctx.node_id()).then_some((from.node, 0)))
-            .filter(|_| req.opens_handle());
         if let Some(h) = holder {
             self.holders.seen(h);
         }
