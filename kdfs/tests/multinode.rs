@@ -377,16 +377,34 @@ fn data_on(c: &Cluster, i: usize) -> u64 {
 /// A mount killed (-9) with another node's file open, its node up: its
 /// handle there is closed once its lease (renewed every 3 s) ran out, 10
 /// s, as its release would have; the file, unlinked meanwhile, gives its
-/// data back.
+/// data back. While the mount lives, its lease keeps the handle open past
+/// those 10 s.
 #[test]
 fn the_handles_of_a_mount_killed_are_closed_after_its_lease() {
     let c = Cluster::with_kdfs(2);
     c.umount(1);
     let mut client = foreground_client(&c, 1, "");
     fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
-    let f = File::open(c.mnt(1).join("held")).unwrap();
+    let mut f = File::open(c.mnt(1).join("held")).unwrap();
     fs::remove_file(c.mnt(0).join("held")).unwrap();
     assert_eq!(data_on_1(&c), 1 << 20, "unlinked while open keeps its data");
+    // and node 1's own mount holds one of its node's files the same way
+    fs::write(c.mnt(0).join("own"), vec![8u8; 1 << 19]).unwrap();
+    let g = File::open(c.mnt(0).join("own")).unwrap();
+    fs::remove_file(c.mnt(1).join("own")).unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    let mut b = vec![0u8; 4096];
+    f.read_exact(&mut b)
+        .expect("a live mount's handle, past a lease");
+    assert_eq!(b, vec![7u8; 4096]);
+    let both = (1 << 20) + (1 << 19);
+    assert_eq!(data_on_1(&c), both, "a live mount's handle closed");
+    drop(g);
+    wait_until(
+        "node 1's own handle released",
+        Duration::from_secs(10),
+        || data_on_1(&c) == 1 << 20,
+    );
     client.kill().unwrap();
     client.wait().unwrap();
     let t = Instant::now();
