@@ -534,7 +534,9 @@ do_down() {
     # kDFS mounts first, while the krgds still serve them.
     while read -r kind a b; do
         [ "$kind" = mount ] || continue
-        if mountpoint -q "$a"; then
+        # (/proc/mounts, not mountpoint: a mount whose mount.kdfs died
+        # answers ENOTCONN to the stat mountpoint makes)
+        if grep -q " $a fuse" /proc/mounts; then
             umount "$a" 2>/dev/null || umount -l "$a" || say "could not unmount $a"
         fi
     done <"$STATE"
