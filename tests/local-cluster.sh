@@ -416,6 +416,10 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     df -h /mnt/kdfs/node1                       # the sum of every store
     setfacl -m u:nobody:--- /mnt/kdfs/node1/services ; setpriv --reuid=nobody --regid=nogroup --clear-groups cat /mnt/kdfs/node3/services
                                                 # Permission denied on every node: ACLs are enforced
+    head -c 1M /dev/urandom > /mnt/kdfs/node2/held ; exec 7</mnt/kdfs/node3/held ; rm /mnt/kdfs/node1/held
+    kill -9 \$(pgrep -f '^/sbin/mount.kdfs /var/lib/krg-local/kdfs3 ') ; sleep 12 ; ip netns exec krgl-n2 curl -s http://127.0.0.1:7690/metrics | grep reaped_total
+                                                # node 3's mount died holding node 2's file open: node 2 closes its handle
+                                                # after a lease (10 s) and frees the unlinked file (last: node 3 has no mount now)
 
   Processes anywhere (krg talks to node 1; any user may run it):
     krg run -n 3 -- sh -c 'ip -o -4 addr show | grep -o "10.77.0.[0-9]*"'   # runs in node 3's network
