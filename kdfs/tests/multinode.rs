@@ -313,7 +313,11 @@ fn the_handles_of_a_node_failed_for_a_lease_are_closed() {
     // node 2's mount holds a handle of node 1's file
     let mut f = File::open(c.mnt(1).join("held")).unwrap();
     fs::remove_file(c.mnt(0).join("held")).unwrap();
-    assert_eq!(data_on_1(&c), 1 << 20, "unlinked while open keeps its data");
+    assert_eq!(
+        data_on(&c, 0),
+        1 << 20,
+        "unlinked while open keeps its data"
+    );
 
     c.kill_krgd(1);
     let failed = |c: &Cluster| {
@@ -344,11 +348,11 @@ fn the_handles_of_a_node_failed_for_a_lease_are_closed() {
 /// but not before `min` after `t`, and its krgd says why.
 fn closed_after_lease(c: &Cluster, t: Instant, wait: Duration, min: Duration) {
     std::thread::sleep(wait);
-    assert_eq!(data_on_1(c), 1 << 20, "closed before the lease ran out");
+    assert_eq!(data_on(c, 0), 1 << 20, "closed before the lease ran out");
     wait_until(
         "the gone mount's handle closed",
         Duration::from_secs(25),
-        || data_on_1(c) == 0,
+        || data_on(c, 0) == 0,
     );
     assert!(t.elapsed() >= min, "{:?}", t.elapsed());
     let log = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap();
@@ -356,11 +360,6 @@ fn closed_after_lease(c: &Cluster, t: Instant, wait: Duration, min: Duration) {
     let text = common::scrape(c.nodes[0].http_port);
     let reaped = common::metric(&text, "krg_kdfs_handles_reaped_total");
     assert_eq!(reaped, Some(1.0), "{text}");
-}
-
-/// The data of `c`'s node 1 (index 0): the bytes of its files' objects.
-fn data_on_1(c: &Cluster) -> u64 {
-    data_on(c, 0)
 }
 
 /// The data node index `i` keeps: the bytes of its files' objects.
@@ -387,7 +386,11 @@ fn the_handles_of_a_mount_killed_are_closed_after_its_lease() {
     fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
     let mut f = File::open(c.mnt(1).join("held")).unwrap();
     fs::remove_file(c.mnt(0).join("held")).unwrap();
-    assert_eq!(data_on_1(&c), 1 << 20, "unlinked while open keeps its data");
+    assert_eq!(
+        data_on(&c, 0),
+        1 << 20,
+        "unlinked while open keeps its data"
+    );
     // and node 1's own mount holds one of its node's files the same way
     fs::write(c.mnt(0).join("own"), vec![8u8; 1 << 19]).unwrap();
     let g = File::open(c.mnt(0).join("own")).unwrap();
@@ -398,12 +401,12 @@ fn the_handles_of_a_mount_killed_are_closed_after_its_lease() {
         .expect("a live mount's handle, past a lease");
     assert_eq!(b, vec![7u8; 4096]);
     let both = (1 << 20) + (1 << 19);
-    assert_eq!(data_on_1(&c), both, "a live mount's handle closed");
+    assert_eq!(data_on(&c, 0), both, "a live mount's handle closed");
     drop(g);
     wait_until(
         "node 1's own handle released",
         Duration::from_secs(10),
-        || data_on_1(&c) == 1 << 20,
+        || data_on(&c, 0) == 1 << 20,
     );
     client.kill().unwrap();
     client.wait().unwrap();

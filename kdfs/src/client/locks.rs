@@ -110,10 +110,7 @@ impl ClientLocks {
         if !q.opens_handle() {
             return q;
         }
-        self.opened_on
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node);
+        self.opened_on().insert(node);
         Q::HeldBy {
             client: self.client,
             req: Box::new(q),
@@ -132,6 +129,10 @@ impl ClientLocks {
         self.locked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn opened_on(&self) -> std::sync::MutexGuard<'_, HashSet<NodeId>> {
+        self.opened_on.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether this mount ever locked (or tried to lock) `ino`.
     pub fn has_locked(&self, ino: InodeId) -> bool {
         self.locked().contains(&ino)
@@ -140,15 +141,8 @@ impl ClientLocks {
     /// Nodes whose managers may hold locks of this mount, or whose krgds
     /// its handles.
     fn nodes(&self) -> Vec<NodeId> {
-        let opened: Vec<NodeId> = self
-            .opened_on
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
         let mut v: Vec<NodeId> = self.locked().iter().map(|i| inode_node(*i)).collect();
-        v.extend(opened);
+        v.extend(self.opened_on().iter().copied());
         v.sort_unstable();
         v.dedup();
         v

@@ -38,17 +38,16 @@ pub fn opening(
     from: NodeId,
     me: NodeId,
 ) -> Result<(KdfsRequest, Option<Holder>), i32> {
-    let (req, client) = match req {
-        KdfsRequest::HeldBy { client, req } if req.opens_handle() => (*req, Some(client)),
-        KdfsRequest::HeldBy { .. } => return Err(libc::EINVAL),
-        req => (req, None),
-    };
-    let holder = match client {
-        _ if !req.opens_handle() => None,
-        Some(c) => Some((from, c)),
-        None => (from != me).then_some((from, 0)),
-    };
-    Ok((req, holder))
+    match req {
+        KdfsRequest::HeldBy { client, req } if req.opens_handle() => {
+            Ok((*req, Some((from, client))))
+        }
+        KdfsRequest::HeldBy { .. } => Err(libc::EINVAL),
+        req => {
+            let holder = (from != me && req.opens_handle()).then_some((from, 0));
+            Ok((req, holder))
+        }
+    }
 }
 
 #[derive(Default)]
