@@ -309,15 +309,7 @@ fn node_failure_is_bounded_and_recovers_and_fsynced_data_survives() {
 #[test]
 fn the_handles_of_a_node_failed_for_a_lease_are_closed() {
     let mut c = Cluster::with_kdfs(3);
-    fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
-    // node 2's mount holds a handle of node 1's file
-    let mut f = File::open(c.mnt(1).join("held")).unwrap();
-    fs::remove_file(c.mnt(0).join("held")).unwrap();
-    assert_eq!(
-        data_on(&c, 0),
-        1 << 20,
-        "unlinked while open keeps its data"
-    );
+    let mut f = held_unlinked(&c);
 
     c.kill_krgd(1);
     let failed = |c: &Cluster| {
@@ -341,6 +333,16 @@ fn the_handles_of_a_node_failed_for_a_lease_are_closed() {
     // what node 2's mount still holds is a closed handle now
     let mut b = [0u8; 16];
     assert!(f.read(&mut b).is_err(), "the closed handle still reads");
+}
+
+/// A file of node 1 (1 MiB of 7s) held open through node 2's mount, then
+/// unlinked through node 1's: node 1 keeps its data for the handle.
+fn held_unlinked(c: &Cluster) -> File {
+    fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
+    let f = File::open(c.mnt(1).join("held")).unwrap();
+    fs::remove_file(c.mnt(0).join("held")).unwrap();
+    assert_eq!(data_on(c, 0), 1 << 20, "unlinked while open keeps its data");
+    f
 }
 
 /// Node 1 still keeps an unlinked file's data `wait` after `t` (the
@@ -383,14 +385,7 @@ fn the_handles_of_a_mount_killed_are_closed_after_its_lease() {
     let c = Cluster::with_kdfs(2);
     c.umount(1);
     let mut client = foreground_client(&c, 1, "");
-    fs::write(c.mnt(0).join("held"), vec![7u8; 1 << 20]).unwrap();
-    let mut f = File::open(c.mnt(1).join("held")).unwrap();
-    fs::remove_file(c.mnt(0).join("held")).unwrap();
-    assert_eq!(
-        data_on(&c, 0),
-        1 << 20,
-        "unlinked while open keeps its data"
-    );
+    let mut f = held_unlinked(&c);
     // and node 1's own mount holds one of its node's files the same way
     fs::write(c.mnt(0).join("own"), vec![8u8; 1 << 19]).unwrap();
     let g = File::open(c.mnt(0).join("own")).unwrap();
