@@ -6,7 +6,6 @@
 pub mod xattrs;
 
 use std::ffi::OsStr;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -48,11 +47,12 @@ pub fn mount_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mount-kdfs"))
 }
 
+/// A port for a krgd: below the kernel's ephemeral range, where the
+/// outgoing connections of other tests' daemons cannot take it before
+/// the krgd binds it (a port from `bind(:0)` could, and that krgd then
+/// never made its socket).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    krg_tests::free_port()
 }
 
 pub struct Node {
@@ -326,7 +326,19 @@ impl Cluster {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         n.krgd = Some(cmd.spawn().expect("spawn krgd"));
         let sock = n.sock.clone();
-        wait_until("krgd socket", Duration::from_secs(20), || sock.exists());
+        let log = n.data.join("krgd.log");
+        let child = n.krgd.as_mut().expect("just spawned");
+        wait_until("krgd socket", Duration::from_secs(20), || {
+            // a krgd that ended (its port taken, say) never makes it
+            if let Ok(Some(status)) = child.try_wait() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!(
+                    "krgd of node {} ended ({status}) before making its socket:\n{said}",
+                    i + 1
+                );
+            }
+            sock.exists()
+        });
     }
 
     /// kill -9 the krgd of node index `i`.
