@@ -237,13 +237,19 @@ async fn evict_strays(svc: &ClusterService, joined: &Joined) {
         .filter(|p| p.cluster == Some(joined.uid) && !state.is_member(p.node))
         .map(|p| p.node)
         .collect();
-    if strays.iter().any(|id| is_voter(joined, *id)) {
+    let mut voting = Vec::new();
+    for id in &strays {
+        if may_vote(joined, *id).await {
+            voting.push(*id);
+        }
+    }
+    if !voting.is_empty() {
         if let Err(e) = svc.rebalance_voters(joined).await {
             tracing::debug!(error = %e.message, "demoting former members before evicting them");
         }
     }
     for node in strays {
-        if is_voter(joined, node) {
+        if may_vote(joined, node).await {
             tracing::info!(
                 node,
                 "a former member is still a Raft voter; evicting it once it is demoted"
@@ -264,12 +270,32 @@ async fn evict_strays(svc: &ClusterService, joined: &Joined) {
     }
 }
 
-/// Whether `node` votes in the Raft membership `joined` knows last.
-pub(super) fn is_voter(joined: &Joined, node: NodeId) -> bool {
-    voters(joined).contains(&u64::from(node))
+/// Whether `node` may still vote: it votes in the last Raft membership
+/// `joined` knows committed, or in the last one it knows at all.
+///
+/// Both, because leaving deletes the node's Raft state for good, and the
+/// last membership may not be committed: a leader that appended a
+/// configuration without the node can be deposed, and its successor's
+/// log, without that entry, still counts on the node's vote (a removed
+/// node that left on the strength of such an entry, with another, left a
+/// leader with a configuration change that could never commit). Unknown
+/// (the Raft core stopped) counts as a voter.
+pub(super) async fn may_vote(joined: &Joined, node: NodeId) -> bool {
+    let node = u64::from(node);
+    joined
+        .raft
+        .with_raft_state(move |st| {
+            let m = &st.membership_state;
+            [m.committed(), m.effective()]
+                .iter()
+                .any(|c| c.membership().voter_ids().any(|v| v == node))
+        })
+        .await
+        .unwrap_or(true)
 }
 
-/// The voters of the Raft membership `joined` knows last.
+/// The voters of the Raft membership `joined` knows last (committed or
+/// not: what `cluster status` shows).
 pub(super) fn voters(joined: &Joined) -> std::collections::BTreeSet<u64> {
     joined
         .raft

@@ -478,10 +478,10 @@ impl ClusterService {
                     // the node was added again, even if this node has not
                     // applied that add yet (it was paused or cut off).
                     let readded = joined.welcome_epoch.load(Ordering::SeqCst) > removed_at;
-                    // Leaving deletes the Raft state: not while the
-                    // membership this node knows still counts it as a
+                    // Leaving deletes the Raft state: not while a
+                    // membership this node knows may still count it as a
                     // voter (the leader demotes it, then evicts it).
-                    let voter = detector::is_voter(&joined, me);
+                    let voter = detector::may_vote(&joined, me).await;
                     if voter && !state.dissolved && !state.is_member(me) && !readded {
                         tracing::info!(
                             epoch = state.epoch,
