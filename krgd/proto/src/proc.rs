@@ -44,6 +44,28 @@
 //! Closing the stream ends the session: jobs that were not started with
 //! `detach` are killed (SIGKILL of their PID namespace), so nothing keeps
 //! running unobserved.
+//!
+//! # Splicing
+//!
+//! A job that moved is reached through the node it left, whose relay
+//! carries its stream on. When the job moves again, the node A whose
+//! stream carries the job's session to node B would reach it on C
+//! through B. B takes itself out of the path instead, with markers so
+//! that nothing is lost or reordered:
+//!
+//! ```text
+//! B -> C   Up::Splice { token, joiner: A }   C holds the job's events
+//! C -> B   Down::Spliced                     all output came before it
+//! B -> A   Down::Rejoin { node: C, token }   likewise
+//! A -> B   Up::PathEnd                       A's last word to B
+//! A -> C   a new connection: JoinSession { token }  <- Joined
+//! B -> C   Up::PathEnd                       B passed on all it had
+//! ```
+//!
+//! C sends the held events on the joined stream and reads it once B's
+//! `PathEnd` came (or B's stream ended). Only a job alone in its stream,
+//! without a terminal, not detached and whose stdin has ended is spliced
+//! (stdin acknowledgements count per stream); the others stay relayed.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +74,7 @@ use crate::refusal::AdminError;
 use crate::NodeId;
 
 /// Version of the session stream (checked in [`PeerSession`]).
-pub const SESSION_VERSION: u16 = 3;
+pub const SESSION_VERSION: u16 = 4;
 
 /// Largest stdio payload one frame carries.
 pub const MAX_CHUNK: usize = 256 * 1024;
@@ -208,6 +230,20 @@ pub enum Up {
     /// The reader of stdout went away: close every job's stdout, so that
     /// its next write fails as with a closed pipe (SIGPIPE).
     CloseStdout,
+    /// From the relay of a job that moved on, to the node it moved to:
+    /// `joiner`, whose stream carried the job's session to the relay's
+    /// node, will join the session here with `token` (a
+    /// [`ProcPeerRequest::JoinSession`]). See *Splicing* above.
+    Splice {
+        /// What the joining node will present.
+        token: u64,
+        /// The node that may join.
+        joiner: NodeId,
+    },
+    /// Nothing more comes on this stream for the job: from the joining
+    /// node to the relay's node after a [`Down::Rejoin`], then from the
+    /// relay to the node that runs the job.
+    PathEnd,
 }
 
 /// Events of a session, from its jobs.
@@ -281,6 +317,23 @@ pub enum Down {
         /// Directory holding its `stdout` and `stderr` files.
         output: String,
     },
+    /// To the relay that sent [`Up::Splice`]: all the job's output came
+    /// before this on this stream; the rest goes to the joining node.
+    Spliced {
+        /// Job number.
+        job: u32,
+    },
+    /// The job moved on to `node`: join its session there with `token`,
+    /// and send [`Up::PathEnd`] on this stream. All its output on this
+    /// stream came before this; the rest comes on the joined stream.
+    Rejoin {
+        /// Job number.
+        job: u32,
+        /// The node that runs the job now.
+        node: NodeId,
+        /// What to present there.
+        token: u64,
+    },
 }
 
 impl Down {
@@ -294,7 +347,9 @@ impl Down {
             | Down::StdinAck { job, .. }
             | Down::Exited { job, .. }
             | Down::Lost { job, .. }
-            | Down::Detached { job, .. } => *job,
+            | Down::Detached { job, .. }
+            | Down::Spliced { job }
+            | Down::Rejoin { job, .. } => *job,
         }
     }
 
@@ -316,7 +371,9 @@ impl Down {
             | Down::StdinAck { job, .. }
             | Down::Exited { job, .. }
             | Down::Lost { job, .. }
-            | Down::Detached { job, .. } => *job = new,
+            | Down::Detached { job, .. }
+            | Down::Spliced { job }
+            | Down::Rejoin { job, .. } => *job = new,
         }
         self
     }
@@ -494,6 +551,12 @@ pub enum ProcPeerRequest {
     /// message of a connection of its own, which then carries the job's
     /// session stream.
     AdoptJob(crate::migrate::AdoptJob),
+    /// Carry, on this connection (its first message), the session of the
+    /// job a [`Down::Rejoin`] named here.
+    JoinSession {
+        /// From the rejoin.
+        token: u64,
+    },
     /// Restart a job's checkpoint of this node (`restart NODE:PID SN` on
     /// another node, as root).
     RestartJob {
@@ -546,6 +609,9 @@ pub enum ProcPeerReply {
     Checkpointed(CheckpointedThere),
     /// To `RestartJob`.
     Restarted(JobRestarted),
+    /// To `JoinSession`: this connection carries the job's session now
+    /// (as job 0).
+    Joined,
 }
 
 mod signals;

@@ -134,6 +134,10 @@ async fn serve_connection(
             node.proc.serve_adopt(stream, keys, peer, open).await;
             return;
         }
+        PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession { token })) => {
+            node.proc.serve_join(stream, keys, peer, token).await;
+            return;
+        }
         body => PeerMessage { id: first.id, body },
     };
     let mut first = Some(first);

@@ -122,6 +122,31 @@ fn renumbering_and_job_ends() {
     assert!(d.ends_job());
     assert_eq!(d.renumbered(7).job(), 7);
     assert!(!Down::StdinAck { job: 0, bytes: 1 }.ends_job());
+    // a rejoin moves the job's stream elsewhere: it does not end the job
+    let rejoin = Down::Rejoin {
+        job: 0,
+        node: 3,
+        token: 9,
+    };
+    assert!(!rejoin.ends_job());
+    assert_eq!(rejoin.renumbered(2).job(), 2);
+}
+
+#[test]
+fn splice_frames_roundtrip() {
+    for u in [
+        Up::Splice {
+            token: u64::MAX,
+            joiner: 1,
+        },
+        Up::PathEnd,
+    ] {
+        let (back, _): (Up, usize) = decode(&encode(&u).unwrap()).unwrap().unwrap();
+        assert_eq!(format!("{back:?}"), format!("{u:?}"));
+    }
+    let join = ProcPeerRequest::JoinSession { token: 7 };
+    let (back, _): (ProcPeerRequest, usize) = decode(&encode(&join).unwrap()).unwrap().unwrap();
+    assert!(matches!(back, ProcPeerRequest::JoinSession { token: 7 }));
 }
 
 #[test]

@@ -10,7 +10,8 @@
 //! * [`session`]: a session's jobs on this node, driven by `Up`/`Down` frames;
 //!   [`local_stream`]: a session carried on a local tool's connection.
 //! * [`hub`]: a run as its origin sees it, across nodes ([`remote`] is the
-//!   origin's side of another node's part, [`serve`] the target's).
+//!   origin's side of another node's part, [`serve`] the target's;
+//!   [`splice`]: a moved job's session joined where it runs).
 //! * [`place`]: where jobs go; [`fanout`]: the cluster-wide views.
 //! * [`table`], [`procfs`], [`lookup`]: this node's jobs and their processes.
 //! * [`creds`]: whose a job is, and who may run what here.
@@ -50,6 +51,7 @@ pub mod serve;
 pub mod session;
 pub mod spawn;
 pub mod spawner;
+pub mod splice;
 pub mod state;
 pub mod table;
 pub mod zygote;
@@ -150,6 +152,7 @@ impl ProcService {
             spool: ctx.config.data_dir.join("migrate"),
             caps,
             migration: migrate::Registry::default(),
+            splices: Arc::default(),
             placement,
             ctx,
             table: Table::default(),
@@ -342,7 +345,9 @@ impl ProcService {
                     done: self.handover.progress(),
                 })
             }
-            ProcPeerRequest::Session(_) | ProcPeerRequest::AdoptJob(_) => Err(AdminError::new(
+            ProcPeerRequest::Session(_)
+            | ProcPeerRequest::AdoptJob(_)
+            | ProcPeerRequest::JoinSession { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
             )),
@@ -410,6 +415,11 @@ impl ProcService {
         open: krg_proto::migrate::AdoptJob,
     ) {
         migrate::adopt::serve(self.st.clone(), stream, keys, peer, open).await;
+    }
+
+    /// Serve a connection that joins a moved job's session here.
+    pub async fn serve_join(&self, stream: TcpStream, keys: FrameKeys, peer: Identity, token: u64) {
+        splice::serve_join(&self.st.splices, self.st.node(), stream, keys, peer, token).await;
     }
 
     /// Stop every job: SIGTERM (forwarded by each init to its program),

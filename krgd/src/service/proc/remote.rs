@@ -10,6 +10,7 @@
 //! the target kills the session's jobs.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
@@ -26,6 +27,8 @@ use krg_proto::{NodeId, ProtoError};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::context::NodeContext;
+
 use super::migrate::CutOff;
 use super::sealed::{self, Incoming, Outgoing};
 use super::session::Session;
@@ -40,9 +43,8 @@ fn unavailable(node: NodeId, what: impl std::fmt::Display) -> AdminError {
 
 /// An authenticated connection to `node`'s krgd. A connection that breaks
 /// during the handshake is tried once more (as the peer pool does).
-async fn connect(st: &ProcState, node: NodeId) -> Result<(TcpStream, FrameKeys), AdminError> {
-    let addr = st
-        .ctx
+async fn connect(ctx: &NodeContext, node: NodeId) -> Result<(TcpStream, FrameKeys), AdminError> {
+    let addr = ctx
         .peers
         .address(node)
         .ok_or_else(|| unavailable(node, "no known address"))?;
@@ -58,13 +60,8 @@ async fn connect(st: &ProcState, node: NodeId) -> Result<(TcpStream, FrameKeys),
             })?
             .map_err(|e| unavailable(node, format!("cannot connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
-        super::fdio::keepalive(
-            &stream,
-            st.ctx.config.failure_timeout,
-            st.ctx.config.heartbeat,
-            3,
-        );
-        match client_handshake(&mut stream, &st.ctx.key, st.ctx.me).await {
+        super::fdio::keepalive(&stream, ctx.config.failure_timeout, ctx.config.heartbeat, 3);
+        match client_handshake(&mut stream, &ctx.key, ctx.me).await {
             Ok(auth) if auth.peer.node == node => return Ok((stream, auth.keys)),
             Ok(auth) => {
                 return Err(unavailable(
@@ -124,7 +121,7 @@ async fn open_with(
     count: u32,
     timeout: Duration,
 ) -> Result<(Session, Vec<PhaseTime>), AdminError> {
-    let (mut stream, mut keys) = tokio::time::timeout(OPEN_TIMEOUT, connect(st, node))
+    let (mut stream, mut keys) = tokio::time::timeout(OPEN_TIMEOUT, connect(&st.ctx, node))
         .await
         .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
     // A partition breaks no connection: give up once the membership says
@@ -174,10 +171,19 @@ async fn open_with(
     let phases = opened?;
     let (in_tx, in_rx) = mpsc::channel::<Up>(256);
     let (ev_tx, ev_rx) = mpsc::channel::<Down>(64);
+    let (switch_tx, switch_rx) = mpsc::channel(1);
     let (rd, wr) = stream.into_split();
     let down = sealed::incoming::<Down>(rd, keys.opener);
-    tokio::spawn(write_up(Outgoing::new(wr, keys.sealer), in_rx));
-    tokio::spawn(read_down(st.ctx.watch_view(), node, count, down, ev_tx));
+    tokio::spawn(write_up(Outgoing::new(wr, keys.sealer), in_rx, switch_rx));
+    let reading = Reading {
+        ctx: st.ctx.clone(),
+        splices: st.splices.clone(),
+        node,
+        count,
+        events: ev_tx,
+        switch: switch_tx,
+    };
+    tokio::spawn(reading.run(down));
     let session = Session {
         jobs: count,
         input: in_tx,
@@ -186,10 +192,42 @@ async fn open_with(
     Ok((session, phases))
 }
 
-async fn write_up(mut wr: Outgoing, mut rx: mpsc::Receiver<Up>) {
-    while let Some(up) = rx.recv().await {
-        if wr.send(&up).await.is_err() {
-            return;
+/// A change of path for the input, from [`Reading`]: the last word on
+/// the old stream, then the joined one.
+enum Switch {
+    PathEnd,
+    To(Box<Outgoing>),
+}
+
+async fn write_up(
+    mut wr: Outgoing,
+    mut rx: mpsc::Receiver<Up>,
+    mut switch: mpsc::Receiver<Switch>,
+) {
+    let mut switching = true;
+    loop {
+        tokio::select! {
+            biased;
+            sw = switch.recv(), if switching => match sw {
+                Some(Switch::PathEnd) => {
+                    let _ = wr.send(&Up::PathEnd).await;
+                    // what comes meanwhile waits for the joined stream
+                    let Some(Switch::To(joined)) = switch.recv().await else {
+                        break;
+                    };
+                    std::mem::replace(&mut wr, *joined).shutdown().await;
+                }
+                Some(Switch::To(_)) => {}
+                None => switching = false,
+            },
+            up = rx.recv() => match up {
+                Some(up) => {
+                    if wr.send(&up).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
         }
     }
     // Input gone: the session is abandoned, and the target kills its jobs.
@@ -211,53 +249,124 @@ pub(super) fn is_alive(view: &crate::context::ClusterView, node: NodeId) -> Resu
     }
 }
 
-async fn read_down(
-    mut view: tokio::sync::watch::Receiver<crate::context::ClusterView>,
+/// The events side of a session on another node: frames to the caller
+/// until every job ended or the node is lost. A session of one job
+/// follows the job when it moves on ([`Down::Rejoin`]).
+struct Reading {
+    ctx: Arc<NodeContext>,
+    /// This node's sessions waiting to be joined (the job came back).
+    splices: Arc<super::splice::Waiting>,
     node: NodeId,
     count: u32,
-    mut down: Incoming<Down>,
     events: mpsc::Sender<Down>,
-) {
-    let mut ended = BTreeSet::new();
-    let mut watching = true;
-    let reason = loop {
-        tokio::select! {
-            frame = down.frames.recv() => match frame.unwrap_or(Err(ProtoError::Closed)) {
-                Ok(d) if d.job() < count => {
-                    if d.ends_job() {
-                        ended.insert(d.job());
+    switch: mpsc::Sender<Switch>,
+}
+
+impl Reading {
+    async fn run(mut self, mut down: Incoming<Down>) {
+        let mut view = self.ctx.watch_view();
+        let mut ended = BTreeSet::new();
+        let mut watching = true;
+        let count = self.count;
+        let reason = loop {
+            tokio::select! {
+                frame = down.frames.recv() => match frame.unwrap_or(Err(ProtoError::Closed)) {
+                    Ok(Down::Rejoin { job: 0, node, token }) if count == 1 => {
+                        match self.rejoin(node, token).await {
+                            Ok(joined) => down = joined,
+                            Err(why) => break why,
+                        }
                     }
-                    if events.send(d).await.is_err() {
-                        return;
+                    Ok(d) if d.job() < count => {
+                        if d.ends_job() {
+                            ended.insert(d.job());
+                        }
+                        if self.events.send(d).await.is_err() {
+                            return;
+                        }
+                        if ended.len() as u32 == count {
+                            return;
+                        }
                     }
-                    if ended.len() as u32 == count {
-                        return;
+                    Ok(d) => break format!("sent an event for job {} of {count}", d.job()),
+                    Err(krg_proto::ProtoError::Closed) => break "its krgd closed the session (krgd stopped or restarted); the job was killed with it".to_string(),
+                    Err(e) => break format!("connection to its krgd lost ({e})"),
+                },
+                changed = view.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
                     }
-                }
-                Ok(d) => break format!("sent an event for job {} of {count}", d.job()),
-                Err(krg_proto::ProtoError::Closed) => break "its krgd closed the session (krgd stopped or restarted); the job was killed with it".to_string(),
-                Err(e) => break format!("connection to its krgd lost ({e})"),
-            },
-            changed = view.changed(), if watching => {
-                if changed.is_err() {
-                    watching = false;
-                    continue;
-                }
-                let check = is_alive(&view.borrow_and_update(), node);
-                if let Err(why) = check {
-                    break why;
+                    let check = is_alive(&view.borrow_and_update(), self.node);
+                    if let Err(why) = check {
+                        break why;
+                    }
                 }
             }
-        }
-    };
-    for job in (0..count).filter(|j| !ended.contains(j)) {
-        let lost = Down::Lost {
-            job,
-            node,
-            reason: reason.clone(),
         };
-        if events.send(lost).await.is_err() {
-            return;
+        for job in (0..count).filter(|j| !ended.contains(j)) {
+            let lost = Down::Lost {
+                job,
+                node: self.node,
+                reason: reason.clone(),
+            };
+            if self.events.send(lost).await.is_err() {
+                return;
+            }
         }
+    }
+
+    /// The job moved on to `node`: end the old path (its last input),
+    /// join the job's session there, and carry it from then on.
+    async fn rejoin(&mut self, node: NodeId, token: u64) -> Result<Incoming<Down>, String> {
+        let from = self.node;
+        let _ = self.switch.send(Switch::PathEnd).await;
+        self.node = node;
+        let (mut stream, mut keys) = if node == self.ctx.me.node {
+            super::splice::join_here(self.splices.clone(), self.ctx.me, token)
+                .await
+                .map_err(|e| format!("the job came back; joining it here failed: {e}"))?
+        } else {
+            tokio::time::timeout(OPEN_TIMEOUT, connect(&self.ctx, node))
+                .await
+                .map_err(|_| {
+                    format!("the job moved on to node {node}, which did not answer within {OPEN_TIMEOUT:?}")
+                })?
+                .map_err(|e| format!("the job moved on, and joining it there failed: {}", e.message))?
+        };
+        let join = PeerMessage {
+            id: 0,
+            body: PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession { token })),
+        };
+        let here = node == self.ctx.me.node;
+        let answer = async {
+            if !here {
+                keys.sealer.write(&mut stream, &join).await?;
+            }
+            keys.opener.read::<PeerMessage, _>(&mut stream).await
+        };
+        let answer = tokio::time::timeout(OPEN_TIMEOUT, answer)
+            .await
+            .map_err(|_| {
+                format!("node {node} did not take the job's session within {OPEN_TIMEOUT:?}")
+            })?
+            .map_err(|e| format!("joining the job's session on node {node}: {e}"))?;
+        match answer.body {
+            PeerBody::Response(PeerResponse::Proc(ProcPeerReply::Joined)) => {}
+            PeerBody::Response(PeerResponse::Error(e)) => return Err(e.message),
+            other => return Err(format!("node {node} answered {other:?} to a join")),
+        }
+        tracing::debug!(
+            from,
+            to = node,
+            "joined a moved job's session where it runs now"
+        );
+        let (rd, wr) = stream.into_split();
+        let joined = sealed::incoming::<Down>(rd, keys.opener);
+        self.switch
+            .send(Switch::To(Box::new(Outgoing::new(wr, keys.sealer))))
+            .await
+            .map_err(|_| "the session ended as it was joined".to_string())?;
+        Ok(joined)
     }
 }

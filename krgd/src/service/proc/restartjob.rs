@@ -106,7 +106,7 @@ pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<JobRestarte
         "restarted a job's checkpoint as a detached job"
     );
     // a detached job has no session to serve: this one only records its end
-    drop(super::session::spawn_started(st.clone(), started));
+    drop(super::session::spawn_started(st.clone(), started, None));
     Ok(JobRestarted {
         node: st.node(),
         pid,

@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::{Identity, Role};
-use krg_proto::cluster::NodeState;
 use krg_proto::peer::{PeerBody, PeerMessage, PeerResponse};
 use krg_proto::proc::{PeerSession, ProcPeerReply, Up, SESSION_VERSION};
 use krg_proto::seal::{FrameKeys, Sealer};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 
 use super::creds::{self, Origin};
 use super::detach;
 use super::sealed::{self, Outgoing};
 use super::session::{self, Params, Session};
+use super::splice;
 use super::state::{ProcState, MAX_PER_NODE};
 
 /// How long a request from a node that is not a member in this node's
@@ -46,7 +47,11 @@ pub async fn origin_of(st: &ProcState, peer: &Identity) -> Origin {
     }
 }
 
-async fn answer(stream: &mut TcpStream, sealer: &mut Sealer, body: PeerResponse) -> bool {
+pub(super) async fn answer(
+    stream: &mut TcpStream,
+    sealer: &mut Sealer,
+    body: PeerResponse,
+) -> bool {
     let msg = PeerMessage {
         id: 0,
         body: PeerBody::Response(body),
@@ -128,10 +133,12 @@ pub async fn answer_error(stream: &mut TcpStream, sealer: &mut Sealer, e: AdminE
 
 /// Answer `opened`, then carry the session stream of `sess` on `stream`
 /// until every job ended, the origin left, or it failed; then, with
-/// `outlives` (a moved detached job), its output goes into files here.
+/// `outlives`, a detached job runs on, its output into files here. A
+/// session of one job may be joined by another node on the way (see
+/// [`splice`](super::splice)): it goes on on the joined stream.
 pub async fn carry(
     st: Arc<ProcState>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     keys: FrameKeys,
     peer: Identity,
     sess: Session,
@@ -139,6 +146,7 @@ pub async fn carry(
     outlives: Option<detach::Outlives>,
 ) {
     let (opener, mut sealer) = (keys.opener, keys.sealer);
+    let mut stream = stream;
     super::fdio::keepalive(
         &stream,
         st.ctx.config.failure_timeout,
@@ -149,44 +157,27 @@ pub async fn carry(
         return; // dropping the session kills its jobs
     }
     let (rd, wr) = stream.into_split();
-    let mut up = sealed::incoming::<Up>(rd, opener);
+    let up = sealed::incoming::<Up>(rd, opener);
     let mut wr = Outgoing::new(wr, sealer);
-    let input = sess.input;
-    let mut events = sess.events;
-    let mut view = st.ctx.watch_view();
-    let origin = peer.node;
+    let Session {
+        jobs,
+        input,
+        mut events,
+    } = sess;
+    let (splice_tx, mut splice_rx) = mpsc::channel(1);
+    let (switch_tx, switch_rx) = oneshot::channel();
+    let mut switch_tx = Some(switch_tx);
+    let reader = splice::Reader {
+        st: st.clone(),
+        input,
+        origin: peer.node,
+        watching: peer.role == Role::Node,
+        splice: (jobs == 1).then_some(splice_tx),
+        switch: Some(switch_rx),
+    };
     // (true: the origin is gone; false: the session ended)
-    let mut reader = tokio::spawn(async move {
-        let mut watching = peer.role == Role::Node;
-        loop {
-            tokio::select! {
-                frame = up.frames.recv() => match frame {
-                    Some(Ok(up)) => {
-                        if input.send(up).await.is_err() {
-                            return false;
-                        }
-                    }
-                    // origin gone: dropping `input` ends the session
-                    Some(Err(_)) | None => return true,
-                },
-                changed = view.changed(), if watching => {
-                    if changed.is_err() {
-                        watching = false;
-                        continue;
-                    }
-                    let failed = matches!(
-                        view.borrow_and_update().node(origin).map(|n| n.state),
-                        Some(NodeState::Failed)
-                    );
-                    if failed {
-                        tracing::info!(origin, "origin node failed: ending its session");
-                        return true;
-                    }
-                }
-            }
-        }
-    });
-    let mut reading = true;
+    let mut reader = tokio::spawn(reader.run(up));
+    let (mut reading, mut asked) = (true, true);
     let origin_gone = loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -201,6 +192,26 @@ pub async fn carry(
                 reading = false;
                 if gone.unwrap_or(true) {
                     break true;
+                }
+            }
+            ask = splice_rx.recv(), if asked => {
+                let Some((token, joiner)) = ask else {
+                    asked = false;
+                    continue;
+                };
+                match splice::join(&st, &mut wr, token, joiner).await {
+                    Ok(joined) => {
+                        tracing::info!(joiner, left = peer.node, "a moved job's session joined here: the node it left is out of its path");
+                        // the old stream's writing half closes with it
+                        wr = joined.wr;
+                        if let Some(tx) = switch_tx.take() {
+                            let _ = tx.send((joined.up, joined.node));
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!(%why, "a moved job's session was not joined: it ends");
+                        break true;
+                    }
                 }
             }
         }

@@ -17,7 +17,6 @@ use krg_proto::proc::{
     Credentials, Down, ExitStatus, JobCaps, JobSpec, Program, Up, MAX_CHUNK, STDIN_WINDOW,
 };
 use krg_proto::NodeId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -25,7 +24,10 @@ use super::job::{self, ExitWatch, Io, StartedJob};
 use super::pty::Pty;
 use super::spawn::pidfd_signal;
 use super::state::ProcState;
-use super::table::JobEntry;
+use super::table::{JobEntry, MovedEnd};
+
+mod pumps;
+use pumps::{pump_in, pump_out, pump_pty, push_stdin, Sink};
 
 /// Largest executable image a session takes (`krg run --push`, XCPU exec).
 pub const MAX_IMAGE: u64 = 1 << 30;
@@ -78,6 +80,11 @@ struct Ctl {
     queued: Arc<AtomicU64>,
     close_stdout: Option<oneshot::Sender<()>>,
     pty: Option<Arc<Pty>>,
+    /// Set once the job moved on and its carrier was told to join it
+    /// where it runs (`Down::Rejoin`).
+    rejoined: Arc<std::sync::atomic::AtomicBool>,
+    /// Told then when the carrier sent its last word (`Up::PathEnd`).
+    path_end: Option<oneshot::Sender<()>>,
 }
 
 async fn run(
@@ -104,11 +111,13 @@ async fn run(
     };
     let mut ctls: Vec<Option<Ctl>> = Vec::new();
     let mut running = JoinSet::new();
+    // a session of one job that another node carries
+    let carrier = (p.origin != node && p.count == 1).then_some(p.origin);
     for job in 0..p.count {
         match job::start(&st, &p.spec, &p.creds, image.as_ref(), p.origin).await {
             Ok(started) => {
                 flag_caps(&st, &started, p.caps);
-                let ctl = launch(&st, job, started, &events, &mut running).await;
+                let ctl = launch(&st, job, started, carrier, &events, &mut running).await;
                 ctls.push(ctl);
             }
             Err(error) => {
@@ -137,13 +146,14 @@ fn flag_caps(st: &ProcState, started: &StartedJob, caps: JobCaps) {
 }
 
 /// Start a session of one job that is already running (a job that
-/// migrated in: see `migrate::adopt`).
-pub fn spawn_started(st: Arc<ProcState>, started: StartedJob) -> Session {
+/// migrated in: see `migrate::adopt`); `carrier`: the node whose krgd
+/// will carry it, if not this one.
+pub fn spawn_started(st: Arc<ProcState>, started: StartedJob, carrier: Option<NodeId>) -> Session {
     let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(async move {
         let mut running = JoinSet::new();
-        let ctl = launch(&st, 0, started, &ev_tx, &mut running).await;
+        let ctl = launch(&st, 0, started, carrier, &ev_tx, &mut running).await;
         drive(st, vec![ctl], running, in_rx, ev_tx).await;
     });
     Session {
@@ -309,6 +319,28 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
                 }
             }
         }
+        // (the carrier joins the job here, when it moves on from here)
+        Up::Splice { joiner, .. } => {
+            for ctl in ctls.iter().flatten() {
+                let mut carrier = crate::sync::lock(&ctl.entry.carrier);
+                if carrier.is_some() {
+                    *carrier = Some(joiner);
+                }
+            }
+        }
+        // The carrier joined a job that moved on where it runs now: what
+        // it sent here went to the job's relay before this, which passes
+        // it on and then ends the job's path through this node.
+        Up::PathEnd => {
+            let rejoined = |c: &&mut Ctl| c.rejoined.load(Ordering::SeqCst);
+            for ctl in ctls.iter_mut().flatten().filter(rejoined) {
+                ctl.stdin = None;
+                crate::sync::lock(&ctl.entry.moved).take();
+                if let Some(told) = ctl.path_end.take() {
+                    let _ = told.send(());
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -357,12 +389,16 @@ async fn launch(
     st: &Arc<ProcState>,
     job: u32,
     started: StartedJob,
+    carrier: Option<NodeId>,
     events: &mpsc::Sender<Down>,
     running: &mut JoinSet<u32>,
 ) -> Option<Ctl> {
     let node = st.node();
     let StartedJob { entry, io, exit } = started;
     let pid = entry.pid;
+    if matches!(io, Io::Pipes { .. }) && !entry.detached {
+        *crate::sync::lock(&entry.carrier) = carrier;
+    }
     if let Io::Detached(output) = io {
         let _ = events
             .send(Down::Detached {
@@ -424,12 +460,26 @@ async fn launch(
     let st2 = st.clone();
     let ev = events.clone();
     let entry2 = entry.clone();
+    let (path_end_tx, path_end) = oneshot::channel();
+    let rejoined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let told = rejoined.clone();
     running.spawn(async move {
-        let status = job_end(exit, &entry2).await;
+        let end = job_end(exit, &entry2).await;
         // Output first: the end of a job comes after all it wrote.
         while readers.join_next().await.is_some() {}
         st2.table.remove(entry2.id);
-        let _ = ev.send(Down::Exited { job, status }).await;
+        match end {
+            MovedEnd::Exited(status) => {
+                let _ = ev.send(Down::Exited { job, status }).await;
+            }
+            MovedEnd::Rejoin { node, token } => {
+                // its session goes on there; here it ends once what its
+                // carrier sent before the rejoin went on (Up::PathEnd)
+                told.store(true, Ordering::SeqCst);
+                let _ = ev.send(Down::Rejoin { job, node, token }).await;
+                let _ = path_end.await;
+            }
+        }
         job
     });
     Some(Ctl {
@@ -438,19 +488,23 @@ async fn launch(
         queued,
         close_stdout: Some(close_tx),
         pty: pty_handle,
+        rejoined,
+        path_end: Some(path_end_tx),
     })
 }
 
+const KILLED: ExitStatus = ExitStatus::Signal {
+    signal: libc::SIGKILL,
+    core: false,
+};
+
 /// How a job ended. For a job that moved, the local init saw its copy
 /// killed: the end that counts comes from the node that runs it now.
-async fn job_end(exit: ExitWatch, entry: &JobEntry) -> ExitStatus {
+async fn job_end(exit: ExitWatch, entry: &JobEntry) -> MovedEnd {
     let status = exit.wait().await;
     match entry.take_moved_exit() {
-        Some(there) => there.await.unwrap_or(ExitStatus::Signal {
-            signal: libc::SIGKILL,
-            core: false,
-        }),
-        None => status,
+        Some(there) => there.await.unwrap_or(MovedEnd::Exited(KILLED)),
+        None => MovedEnd::Exited(status),
     }
 }
 
@@ -458,7 +512,11 @@ async fn job_end(exit: ExitWatch, entry: &JobEntry) -> ExitStatus {
 /// moved: the relay has written its output into the files by then) and
 /// record it in its `status` file.
 async fn detached_end(st: Arc<ProcState>, entry: Arc<JobEntry>, exit: ExitWatch) {
-    let status = job_end(exit, &entry).await;
+    // (a detached job has no carrier: it is never joined elsewhere)
+    let status = match job_end(exit, &entry).await {
+        MovedEnd::Exited(status) => status,
+        MovedEnd::Rejoin { .. } => KILLED,
+    };
     if let Some(out) = &entry.output {
         let creds = Credentials {
             uid: entry.uid,
@@ -470,130 +528,4 @@ async fn detached_end(st: Arc<ProcState>, entry: Arc<JobEntry>, exit: ExitWatch)
         }
     }
     st.table.remove(entry.id);
-}
-
-/// Read a pipe until its end (or until told to close it) into events.
-async fn pump_out(
-    job: u32,
-    mut from: impl AsyncRead + Unpin,
-    events: mpsc::Sender<Down>,
-    close: Option<oneshot::Receiver<()>>,
-    stdout: bool,
-) {
-    let mut close = close;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match &mut close {
-            Some(c) => tokio::select! {
-                r = from.read(&mut buf) => r,
-                _ = c => return, // dropping `from` closes the pipe: the job's next write gets SIGPIPE
-            },
-            None => from.read(&mut buf).await,
-        };
-        let n = match n {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let data = buf[..n].to_vec();
-        let ev = if stdout {
-            Down::Stdout { job, data }
-        } else {
-            Down::Stderr { job, data }
-        };
-        if events.send(ev).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn pump_pty(
-    job: u32,
-    pty: Arc<Pty>,
-    events: mpsc::Sender<Down>,
-    mut close: oneshot::Receiver<()>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = tokio::select! {
-            r = pty.read(&mut buf) => r,
-            _ = &mut close => return,
-        };
-        match n {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if events
-                    .send(Down::Stdout {
-                        job,
-                        data: buf[..n].to_vec(),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Start the thread that writes a push job's stdin (see `pushfile`);
-/// false if it could not start (the job then sees its stdin end at once).
-fn push_stdin(
-    job: u32,
-    sock: std::os::unix::net::UnixStream,
-    entry: &JobEntry,
-    chunks: mpsc::UnboundedReceiver<Bytes>,
-    queued: &Arc<AtomicU64>,
-    events: &mpsc::Sender<Down>,
-) -> bool {
-    let started = super::pushfile::writer::start(super::pushfile::writer::PushStdin {
-        job,
-        sock,
-        uid: entry.uid,
-        gid: entry.gid,
-        chunks,
-        queued: queued.clone(),
-        events: events.clone(),
-    });
-    if let Err(e) = &started {
-        tracing::warn!(error = %e, "cannot start a push job's writer");
-    }
-    started.is_ok()
-}
-
-enum Sink {
-    Pipe(tokio::net::unix::pipe::Sender),
-    Pty(Arc<Pty>),
-}
-
-/// Write queued stdin into the job, acknowledging every chunk (also those
-/// dropped because the job closed its stdin, so the sender's window moves).
-async fn pump_in(
-    job: u32,
-    sink: Sink,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<AtomicU64>,
-    events: mpsc::Sender<Down>,
-) {
-    let mut sink = Some(sink);
-    let mut total = 0u64;
-    while let Some(chunk) = rx.recv().await {
-        queued.fetch_sub(chunk.len() as u64, Ordering::SeqCst);
-        let ok = match &mut sink {
-            Some(Sink::Pipe(w)) => w.write_all(&chunk).await.is_ok(),
-            Some(Sink::Pty(p)) => p.write_all(&chunk).await.is_ok(),
-            None => true,
-        };
-        if !ok {
-            sink = None;
-        }
-        total += chunk.len() as u64;
-        if events
-            .send(Down::StdinAck { job, bytes: total })
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
 }

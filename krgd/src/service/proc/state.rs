@@ -42,6 +42,8 @@ pub struct ProcState {
     pub caps: Arc<ChkptService>,
     /// Migrations in and out.
     pub migration: Registry,
+    /// Sessions of moved jobs waiting for a node to join them.
+    pub splices: Arc<super::splice::Waiting>,
     /// Where a migration's process runs, decided by the cluster (the
     /// handover fence, [`super::migrate::fence`]).
     pub placement: Arc<dyn crate::service::placement::Placement>,

@@ -55,6 +55,26 @@ pub struct JobEntry {
     pub started: Instant,
     /// Set when its processes moved to another node (`migrate`).
     pub moved: Mutex<Option<Moved>>,
+    /// The node whose krgd carries this job's session, when the job is
+    /// alone in a session carried to another node and has no terminal:
+    /// when it moves on, that node can join it where it runs next
+    /// instead of reaching it through this one (see `migrate::splice`).
+    pub carrier: Mutex<Option<NodeId>>,
+}
+
+/// How a job that moved away ended, as its relay learned it.
+#[derive(Debug)]
+pub enum MovedEnd {
+    /// It ended there.
+    Exited(krg_proto::proc::ExitStatus),
+    /// It runs on `node`, and its session's carrier joins it there with
+    /// `token`: this node is out of its path.
+    Rejoin {
+        /// Where it runs.
+        node: NodeId,
+        /// For the carrier's `JoinSession`.
+        token: u64,
+    },
 }
 
 /// A job whose processes moved to another node: its session (on the node
@@ -68,7 +88,7 @@ pub struct Moved {
     /// Window sizes of its terminal (likewise).
     pub resize: tokio::sync::mpsc::UnboundedSender<krg_proto::proc::WinSize>,
     /// How the job ended there, once the relay knows (taken by the session).
-    pub exit: Option<tokio::sync::oneshot::Receiver<krg_proto::proc::ExitStatus>>,
+    pub exit: Option<tokio::sync::oneshot::Receiver<MovedEnd>>,
 }
 
 impl JobEntry {
@@ -85,9 +105,7 @@ impl JobEntry {
     }
 
     /// The end of a moved job, to wait for instead of the local init's.
-    pub fn take_moved_exit(
-        &self,
-    ) -> Option<tokio::sync::oneshot::Receiver<krg_proto::proc::ExitStatus>> {
+    pub fn take_moved_exit(&self) -> Option<tokio::sync::oneshot::Receiver<MovedEnd>> {
         sync::lock(&self.moved).as_mut().and_then(|m| m.exit.take())
     }
 }

@@ -223,7 +223,10 @@ pub async fn serve(
                     },
                 });
             }
-            (session::spawn_started(st.clone(), job), phases)
+            (
+                session::spawn_started(st.clone(), job, Some(peer.node)),
+                phases,
+            )
         }
         Err(e) => {
             tracing::warn!(from = peer.node, error = %e.message, "could not take a job over");

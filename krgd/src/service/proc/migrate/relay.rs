@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::super::detach::Output;
 use super::super::pty::{Pty, TtyEnd};
 use super::super::session::Session;
+use super::super::table::MovedEnd;
 
 /// Where the relay writes the job's output: a pipe the session reads, a
 /// detached job's output file, or the terminal the job left.
@@ -117,8 +118,8 @@ pub struct Ends {
     pub signals: mpsc::UnboundedReceiver<i32>,
     /// Window sizes of its terminal (its user's resized it).
     pub resize: mpsc::UnboundedReceiver<WinSize>,
-    /// Where the job's end goes.
-    pub exit: oneshot::Sender<ExitStatus>,
+    /// Where the job's end goes (or that it is joined where it runs).
+    pub exit: oneshot::Sender<MovedEnd>,
 }
 
 const KILLED: ExitStatus = ExitStatus::Signal {
@@ -127,9 +128,21 @@ const KILLED: ExitStatus = ExitStatus::Signal {
 };
 
 /// Relay between the held pipes and `sess` (the job on node `to`) until
-/// the job ends there or is lost.
-pub fn spawn(sess: Session, held: Held, ends: Ends, to: NodeId) {
-    tokio::spawn(run(sess, held, ends, to));
+/// the job ends there or is lost — or, with `joiner` (the node whose
+/// stream carries the job's session here), until that node joined the
+/// job's session on `to` and this node is out of the path (see
+/// *Splicing* in `krg_proto::proc`): once the job's stdin has ended (the
+/// windows of stdin count per stream).
+pub fn spawn(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<NodeId>) {
+    tokio::spawn(run(sess, held, ends, to, joiner));
+}
+
+/// How the relay's work ended.
+enum Outcome {
+    /// The job ended (or was lost): this status.
+    Ended(ExitStatus),
+    /// Its output all came; its carrier joins it on the target with this.
+    Spliced(u64),
 }
 
 async fn write(to: &mut Option<Sink>, data: &[u8]) -> bool {
@@ -151,7 +164,7 @@ async fn close(sinks: [Option<Sink>; 2]) {
     }
 }
 
-async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
+async fn run(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<NodeId>) {
     let Session {
         input, mut events, ..
     } = sess;
@@ -169,10 +182,21 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
     let mut buf = vec![0u8; MAX_CHUNK.min(64 * 1024)];
     let (mut sent, mut acked) = (0u64, 0u64);
     let (mut signals_open, mut resize_open) = (true, true);
-    let status = loop {
+    let mut splice = None;
+    let outcome = loop {
+        if let Some(joiner) = joiner.filter(|_| splice.is_none() && stdin.is_none() && !files) {
+            let token = rand::random();
+            splice = Some(token);
+            let _ = input.send(Up::Splice { token, joiner }).await;
+        }
         let room = sent.saturating_sub(acked) < STDIN_WINDOW;
         tokio::select! {
             ev = events.recv() => match ev {
+                Some(Down::Spliced { .. }) => {
+                    if let Some(token) = splice {
+                        break Outcome::Spliced(token);
+                    }
+                }
                 Some(Down::Stdout { data, .. }) => {
                     if !write(&mut stdout, &data).await && !files {
                         // the session's reader left: so does the job's
@@ -183,25 +207,25 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
                     write(&mut stderr, &data).await;
                 }
                 Some(Down::StdinAck { bytes, .. }) => acked = bytes,
-                Some(Down::Exited { status, .. }) => break status,
+                Some(Down::Exited { status, .. }) => break Outcome::Ended(status),
                 Some(Down::Lost { reason, .. }) => {
                     let note = format!("krg: the job moved to node {to} and was lost there: {reason}\n");
                     write(&mut stderr, note.as_bytes()).await;
-                    break KILLED;
+                    break Outcome::Ended(KILLED);
                 }
                 Some(Down::Refused { error, .. }) => {
                     let note = format!("krg: node {to} refused the job: {}\n", error.message);
                     write(&mut stderr, note.as_bytes()).await;
-                    break KILLED;
+                    break Outcome::Ended(KILLED);
                 }
                 Some(_) => {}
-                None => break KILLED,
+                None => break Outcome::Ended(KILLED),
             },
             n = read_some(&mut stdin, &mut buf), if stdin.is_some() && room => match n {
                 Some(n) => {
                     sent += n as u64;
                     if input.send(Up::Stdin(buf[..n].to_vec().into())).await.is_err() {
-                        break KILLED;
+                        break Outcome::Ended(KILLED);
                     }
                 }
                 None => {
@@ -226,7 +250,21 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId) {
     // Output first: the session reads the pipes to their end (or the
     // files are written), then the status.
     close([stdout, stderr]).await;
-    let _ = exit.send(status);
+    match outcome {
+        Outcome::Ended(status) => {
+            let _ = exit.send(MovedEnd::Exited(status));
+        }
+        Outcome::Spliced(token) => {
+            let _ = exit.send(MovedEnd::Rejoin { node: to, token });
+            // What the session here sends the job until its carrier's
+            // last word (which ends the signals) goes on; then this path
+            // ends.
+            while let Some(sig) = signals.recv().await {
+                let _ = input.send(Up::Signal(sig)).await;
+            }
+            let _ = input.send(Up::PathEnd).await;
+        }
+    }
 }
 
 /// Read what the session wrote into the job's stdin; None at its end.

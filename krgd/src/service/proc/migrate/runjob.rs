@@ -239,7 +239,10 @@ pub async fn to_target(
     };
     match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
         Ok((sess, phases)) => {
-            start_relay(p, sess, to);
+            // the node whose stream carries the job's session here may
+            // join it on the target instead (see `relay`)
+            let joiner = *crate::sync::lock(&p.entry.carrier);
+            start_relay(p, sess, to, joiner);
             Ok(phases)
         }
         Err(e) => Err((e.message, p)),
@@ -279,8 +282,8 @@ pub async fn take_back(st: &Arc<ProcState>, p: Prepared, saved: Saved<'_>) -> Re
     let mut clock = Clock::new();
     match adopt::start(st, img, &mut clock, Lazy::No).await {
         Ok(job) => {
-            let sess = session::spawn_started(st.clone(), job);
-            start_relay(p, sess, st.node());
+            let sess = session::spawn_started(st.clone(), job, None);
+            start_relay(p, sess, st.node(), None);
             Ok(())
         }
         Err(e) => {
@@ -291,9 +294,9 @@ pub async fn take_back(st: &Arc<ProcState>, p: Prepared, saved: Saved<'_>) -> Re
     }
 }
 
-fn start_relay(p: Prepared, sess: Session, to: NodeId) {
+fn start_relay(p: Prepared, sess: Session, to: NodeId, joiner: Option<NodeId>) {
     if let Some(m) = crate::sync::lock(&p.entry.moved).as_mut() {
         m.to = to;
     }
-    relay::spawn(sess, p.held, p.ends, to);
+    relay::spawn(sess, p.held, p.ends, to, joiner);
 }

@@ -272,7 +272,7 @@ impl Made {
         };
         match adopt::start(st, img, &mut Clock::new(), Lazy::No).await {
             Ok(job) => {
-                let sess = session::spawn_started(st.clone(), job);
+                let sess = session::spawn_started(st.clone(), job, None);
                 self.run(st, st.node(), Ok(sess));
                 Ok(())
             }

@@ -167,7 +167,10 @@ impl XSession {
                     end = Some((format!("failed: {}", error.message), 255))
                 }
                 Down::Lost { reason, .. } => end = Some((format!("lost: {reason}"), 255)),
-                Down::Started { .. } | Down::Detached { .. } => {}
+                Down::Started { .. }
+                | Down::Detached { .. }
+                | Down::Spliced { .. }
+                | Down::Rejoin { .. } => {}
             }
         }
         drop(input);
