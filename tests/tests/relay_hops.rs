@@ -10,7 +10,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use krg_tests::migrating::{err, lines_of, migrate, ps};
+use krg_tests::migrating::{capset, err, lines_of, migrate, ps};
 use krg_tests::{bin, serial, wait_for, TestCluster};
 
 /// Says "tick N" every 50 ms; exits 7 on SIGUSR1. Reads no input.
@@ -46,12 +46,7 @@ fn start(c: &TestCluster) -> (Child, Receiver<String>) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let o = Command::new(bin("krgcapset"))
-        .env("KRG_SOCKET", c.dir.path().join("krgd1.sock"))
-        .args(["-k", &child.id().to_string(), "-d", "+CAN_MIGRATE"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    capset(c, 1, child.id() as i32);
     std::fs::write(&go, b"").unwrap();
     let lines = lines_of(child.stdout.take().unwrap());
     (child, lines)
@@ -92,6 +87,16 @@ fn moves(c: &TestCluster, pid: i64, from: u32, to: u32) {
     );
 }
 
+/// Node `node`'s krgd says a moved job's session was joined there.
+fn joined_on(c: &TestCluster, node: u32) -> Result<()> {
+    wait_for(Duration::from_secs(10), "the job's session joined", || {
+        c.nodes[&node]
+            .log_text()
+            .contains("a moved job's session joined here")
+            .then_some(())
+    })
+}
+
 #[test]
 fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
     let _g = serial();
@@ -105,16 +110,7 @@ fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
     moves(&c, pid, 1, 2);
     next_tick(&lines);
     moves(&c, pid, 2, 3);
-    wait_for(
-        Duration::from_secs(10),
-        "node 1 joining the job on node 3",
-        || {
-            c.nodes[&3]
-                .log_text()
-                .contains("a moved job's session joined here")
-                .then_some(())
-        },
-    )?;
+    joined_on(&c, 3)?;
     ticks_on(&lines, Duration::from_millis(300));
 
     // node 2 is out of the path: its krgd dies, the job runs on
@@ -123,16 +119,7 @@ fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
 
     // home again, node 3 out of the path in turn
     moves(&c, pid, 3, 1);
-    wait_for(
-        Duration::from_secs(10),
-        "node 1 joining the job at home",
-        || {
-            c.nodes[&1]
-                .log_text()
-                .contains("a moved job's session joined here")
-                .then_some(())
-        },
-    )?;
+    joined_on(&c, 1)?;
     c.node(3)?.kill9();
     ticks_on(&lines, Duration::from_secs(3));
 
