@@ -6,7 +6,7 @@ use super::{
     Attr, Bytes, DirEntry, FileKind, InodeId, Inval, LockHolder, StripeLayout, StripePolicy,
 };
 
-/// Answers to [`KdfsRequest`]s; `Errno` for any that failed.
+/// Answers to [`KdfsRequest`](super::KdfsRequest)s; `Errno` for any that failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KdfsResponse {
     /// To `Hello`.
