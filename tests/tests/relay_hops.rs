@@ -29,19 +29,28 @@ while True:
     time.sleep(0.05)
 "#;
 
-/// `krg run -n 1 -- python3 -c TICKER` through node 1, its stdin empty,
-/// from a shell holding CAN_MIGRATE; its stdout lines on a channel.
-fn start(c: &TestCluster) -> (Child, Receiver<String>) {
-    let go = c.dir.path().join("go");
+/// Echoes every line of its input ("got: LINE"); exits 3 at its end.
+const ECHO: &str = r#"
+import sys
+for line in sys.stdin:
+    sys.stdout.write("got: " + line)
+    sys.stdout.flush()
+sys.exit(3)
+"#;
+
+/// `krg run -n 1 -- python3 -c SCRIPT` through node 1, from a shell
+/// holding CAN_MIGRATE, its stdin `stdin`; its stdout lines on a channel.
+fn start(c: &TestCluster, script: &str, stdin: Stdio) -> (Child, Receiver<String>) {
+    let go = c.dir.path().join(format!("go-{}", script.len()));
     let sh = format!(
         "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 1 -- python3 -u -c \"$0\"",
         go = go.display(),
         krg = bin("krg").display()
     );
     let mut child = Command::new("sh")
-        .args(["-c", &sh, TICKER])
+        .args(["-c", &sh, script])
         .env("KRG_SOCKET", c.dir.path().join("krgd1.sock"))
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -87,13 +96,14 @@ fn moves(c: &TestCluster, pid: i64, from: u32, to: u32) {
     );
 }
 
-/// Node `node`'s krgd says a moved job's session was joined there.
+/// Node `node`'s krgd says a moved job's session was joined there, and
+/// that the node it left passed on its last input: that node is out of
+/// the job's path (input it still held would be lost with it).
 fn joined_on(c: &TestCluster, node: u32) -> Result<()> {
-    wait_for(Duration::from_secs(10), "the job's session joined", || {
-        c.nodes[&node]
-            .log_text()
-            .contains("a moved job's session joined here")
-            .then_some(())
+    wait_for(Duration::from_secs(20), "the job's session joined", || {
+        let log = c.nodes[&node].log_text();
+        let joined = log.contains("a moved job's session joined here");
+        (joined && log.contains("it is out of the job's path")).then_some(())
     })
 }
 
@@ -101,7 +111,7 @@ fn joined_on(c: &TestCluster, node: u32) -> Result<()> {
 fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
     let _g = serial();
     let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
-    let (mut child, lines) = start(&c);
+    let (mut child, lines) = start(&c, TICKER, Stdio::null());
     next_tick(&lines);
     let pid = wait_for(Duration::from_secs(10), "the job in krg ps", || {
         ps(&c, 1).into_iter().find(|(n, _)| *n == 1).map(|(_, p)| p)
@@ -128,5 +138,114 @@ fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
     let status = child.wait()?;
     assert_eq!(status.code(), Some(7), "{status:?}");
+    Ok(())
+}
+
+/// A job reading its input moves 1 → 2 → 3 while lines stream into it:
+/// node 2 steps out of the path all the same, and every line reaches the
+/// job once, in order (the old path's last bytes before the joined
+/// stream's), then its end of input, after node 2's krgd died.
+#[test]
+fn a_job_reading_its_input_is_spliced_without_losing_a_line() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
+    let (mut child, lines) = start(&c, ECHO, Stdio::piped());
+    let mut input = child.stdin.take().unwrap();
+    const LINES: u32 = 2500;
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for n in 0..LINES {
+            writeln!(input, "{n}").unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        input // kept open until the test says
+    });
+    let got = |l: &Receiver<String>| {
+        let l = l.recv_timeout(Duration::from_secs(10)).expect("an echo");
+        l.strip_prefix("got: ")
+            .unwrap_or_else(|| panic!("{l}"))
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert_eq!(got(&lines), 0);
+    let pid = wait_for(Duration::from_secs(10), "the job in krg ps", || {
+        ps(&c, 1).into_iter().find(|(n, _)| *n == 1).map(|(_, p)| p)
+    })?;
+    moves(&c, pid, 1, 2);
+    moves(&c, pid, 2, 3);
+    joined_on(&c, 3)?;
+    c.node(2)?.kill9();
+    let input = writer.join().unwrap();
+    let mut next = 1;
+    while next < LINES {
+        assert_eq!(got(&lines), next, "lines lost or out of order");
+        next += 1;
+    }
+    drop(input);
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    Ok(())
+}
+
+/// Says "ready", waits 2 s, then reads numbered 16-byte records, slowly, checking each;
+/// says how many at the end of its input and exits 3.
+const RECORDS: &str = r#"
+import sys, time
+print("ready", flush=True)
+time.sleep(2)
+n = 0
+for line in sys.stdin:
+    if int(line) != n:
+        print("bad %s at %d" % (line.strip(), n), flush=True)
+        sys.exit(1)
+    n += 1
+    if n % 4096 == 0:
+        time.sleep(0.005)
+print("total %d" % n, flush=True)
+sys.exit(3)
+"#;
+
+/// 12 MiB of input, three times the stdin window, most of it sent after
+/// the job moved 1 → 2 → 3: the window's acknowledgements, rebased by
+/// node 3 for node 1, keep it flowing after node 2 left the path.
+#[test]
+fn the_stdin_window_flows_on_after_a_splice() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
+    let (mut child, lines) = start(&c, RECORDS, Stdio::piped());
+    let mut input = child.stdin.take().unwrap();
+    const RECORDS_SENT: u64 = 12 << 20 >> 4;
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut chunk = String::new();
+        for n in 0..RECORDS_SENT {
+            chunk.push_str(&format!("{n:015}\n"));
+            if chunk.len() >= 64 << 10 {
+                input.write_all(chunk.as_bytes()).unwrap();
+                chunk.clear();
+            }
+        }
+        input.write_all(chunk.as_bytes()).unwrap();
+        // the end of its input
+    });
+    let ready = lines.recv_timeout(Duration::from_secs(10));
+    assert_eq!(ready.as_deref(), Ok("ready"));
+    let pid = wait_for(Duration::from_secs(10), "the job in krg ps", || {
+        ps(&c, 1).into_iter().find(|(n, _)| *n == 1).map(|(_, p)| p)
+    })?;
+    moves(&c, pid, 1, 2);
+    moves(&c, pid, 2, 3);
+    joined_on(&c, 3)?;
+    c.node(2)?.kill9();
+    if writer.join().is_err() {
+        let out: Vec<String> = lines.try_iter().collect();
+        panic!("{:?} {out:?}\n{}", child.wait(), c.log_tails(30));
+    }
+    let last = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the job's count");
+    assert_eq!(last, format!("total {RECORDS_SENT}"), "{}", c.log_tails(30));
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(3), "{status:?}");
     Ok(())
 }

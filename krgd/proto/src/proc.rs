@@ -39,7 +39,9 @@
 //! the job, as a full pipe would); stdin is. A sender may have at most
 //! [`STDIN_WINDOW`] bytes of stdin sent but not yet acknowledged by every
 //! job still reading it ([`Down::StdinAck`] counts the bytes a job's stdin
-//! took); a krgd that receives more closes the session.
+//! took); a krgd that has more than twice that queued for a job closes
+//! the session (twice: across a splice, the old path's bytes and the
+//! joined stream's can be in flight at once, see below).
 //!
 //! Closing the stream ends the session: jobs that were not started with
 //! `detach` are killed (SIGKILL of their PID namespace), so nothing keeps
@@ -63,9 +65,17 @@
 //! ```
 //!
 //! C sends the held events on the joined stream and reads it once B's
-//! `PathEnd` came (or B's stream ended). Only a job alone in its stream,
-//! without a terminal, not detached and whose stdin has ended is spliced
-//! (stdin acknowledgements count per stream); the others stay relayed.
+//! `PathEnd` came (or B's stream ended). Meanwhile C still sends B the
+//! job's stdin acknowledgements (B's relay passes on what A sent before
+//! its `PathEnd`, within the window). Acknowledgements count per stream,
+//! so C rebases those it sends A: A said in `JoinSession` how many bytes
+//! it had sent (`sent`); once the old path ended, having brought `old`
+//! bytes, a count `t` of C's is `sent + t - old` for A, and nothing is
+//! acknowledged to A before `t` reaches `old`. A user's end of input that
+//! B's session gets after the rejoin reaches B's relay out of band (its
+//! signal channel, as signal 0) and goes on as `StdinEof` before B's
+//! `PathEnd`. Only a job alone in its stream, without a terminal and not
+//! detached is spliced; the others stay relayed.
 
 use serde::{Deserialize, Serialize};
 
@@ -335,6 +345,8 @@ pub enum ProcPeerRequest {
     JoinSession {
         /// From the rejoin.
         token: u64,
+        /// Bytes of stdin the joining node had sent on the old path.
+        sent: u64,
     },
     /// Restart a job's checkpoint of this node (`restart NODE:PID SN` on
     /// another node, as root).

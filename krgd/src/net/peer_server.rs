@@ -134,8 +134,8 @@ async fn serve_connection(
             node.proc.serve_adopt(stream, keys, peer, open).await;
             return;
         }
-        PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession { token })) => {
-            node.proc.serve_join(stream, keys, peer, token).await;
+        PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession { token, sent })) => {
+            node.proc.serve_join(stream, keys, peer, token, sent).await;
             return;
         }
         body => PeerMessage { id: first.id, body },

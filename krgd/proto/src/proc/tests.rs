@@ -144,9 +144,12 @@ fn splice_frames_roundtrip() {
         let (back, _): (Up, usize) = decode(&encode(&u).unwrap()).unwrap().unwrap();
         assert_eq!(format!("{back:?}"), format!("{u:?}"));
     }
-    let join = ProcPeerRequest::JoinSession { token: 7 };
+    let join = ProcPeerRequest::JoinSession { token: 7, sent: 9 };
     let (back, _): (ProcPeerRequest, usize) = decode(&encode(&join).unwrap()).unwrap().unwrap();
-    assert!(matches!(back, ProcPeerRequest::JoinSession { token: 7 }));
+    assert!(matches!(
+        back,
+        ProcPeerRequest::JoinSession { token: 7, sent: 9 }
+    ));
 }
 
 #[test]

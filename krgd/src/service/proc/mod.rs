@@ -418,8 +418,21 @@ impl ProcService {
     }
 
     /// Serve a connection that joins a moved job's session here.
-    pub async fn serve_join(&self, stream: TcpStream, keys: FrameKeys, peer: Identity, token: u64) {
-        splice::serve_join(&self.st.splices, self.st.node(), stream, keys, peer, token).await;
+    pub async fn serve_join(
+        &self,
+        stream: TcpStream,
+        keys: FrameKeys,
+        peer: Identity,
+        token: u64,
+        sent: u64,
+    ) {
+        let join = splice::Joining {
+            stream,
+            keys,
+            peer,
+            sent,
+        };
+        splice::serve_join(&self.st.splices, self.st.node(), join, token).await;
     }
 
     /// Stop every job: SIGTERM (forwarded by each init to its program),

@@ -195,7 +195,8 @@ async fn open_with(
 /// A change of path for the input, from [`Reading`]: the last word on
 /// the old stream, then the joined one.
 enum Switch {
-    PathEnd,
+    /// Send `PathEnd`, and say how many bytes of stdin went out so far.
+    PathEnd(tokio::sync::oneshot::Sender<u64>),
     To(Box<Outgoing>),
 }
 
@@ -205,12 +206,15 @@ async fn write_up(
     mut switch: mpsc::Receiver<Switch>,
 ) {
     let mut switching = true;
+    // (on every path: the count a splice's target rebases on)
+    let mut stdin_sent = 0u64;
     loop {
         tokio::select! {
             biased;
             sw = switch.recv(), if switching => match sw {
-                Some(Switch::PathEnd) => {
+                Some(Switch::PathEnd(count)) => {
                     let _ = wr.send(&Up::PathEnd).await;
+                    let _ = count.send(stdin_sent);
                     // what comes meanwhile waits for the joined stream
                     let Some(Switch::To(joined)) = switch.recv().await else {
                         break;
@@ -222,6 +226,9 @@ async fn write_up(
             },
             up = rx.recv() => match up {
                 Some(up) => {
+                    if let Up::Stdin(data) = &up {
+                        stdin_sent += data.len() as u64;
+                    }
                     if wr.send(&up).await.is_err() {
                         return;
                     }
@@ -320,10 +327,14 @@ impl Reading {
     /// join the job's session there, and carry it from then on.
     async fn rejoin(&mut self, node: NodeId, token: u64) -> Result<Incoming<Down>, String> {
         let from = self.node;
-        let _ = self.switch.send(Switch::PathEnd).await;
+        let (count_tx, count) = tokio::sync::oneshot::channel();
+        let _ = self.switch.send(Switch::PathEnd(count_tx)).await;
+        let sent = count
+            .await
+            .map_err(|_| "the session ended as it moved on".to_string())?;
         self.node = node;
         let (mut stream, mut keys) = if node == self.ctx.me.node {
-            super::splice::join_here(self.splices.clone(), self.ctx.me, token)
+            super::splice::join_here(self.splices.clone(), self.ctx.me, token, sent)
                 .await
                 .map_err(|e| format!("the job came back; joining it here failed: {e}"))?
         } else {
@@ -336,7 +347,10 @@ impl Reading {
         };
         let join = PeerMessage {
             id: 0,
-            body: PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession { token })),
+            body: PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession {
+                token,
+                sent,
+            })),
         };
         let here = node == self.ctx.me.node;
         let answer = async {

@@ -158,7 +158,7 @@ pub async fn carry(
     }
     let (rd, wr) = stream.into_split();
     let up = sealed::incoming::<Up>(rd, opener);
-    let mut wr = Outgoing::new(wr, sealer);
+    let mut path = splice::EventPath::new(Outgoing::new(wr, sealer));
     let Session {
         jobs,
         input,
@@ -167,6 +167,7 @@ pub async fn carry(
     let (splice_tx, mut splice_rx) = mpsc::channel(1);
     let (switch_tx, switch_rx) = oneshot::channel();
     let mut switch_tx = Some(switch_tx);
+    let (old_end_tx, mut old_end) = oneshot::channel();
     let reader = splice::Reader {
         st: st.clone(),
         input,
@@ -174,15 +175,16 @@ pub async fn carry(
         watching: peer.role == Role::Node,
         splice: (jobs == 1).then_some(splice_tx),
         switch: Some(switch_rx),
+        old_end: Some(old_end_tx),
     };
     // (true: the origin is gone; false: the session ended)
     let mut reader = tokio::spawn(reader.run(up));
-    let (mut reading, mut asked) = (true, true);
+    let (mut reading, mut asked, mut old_path) = (true, true, true);
     let origin_gone = loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => {
-                    if wr.send(&ev).await.is_err() {
+                    if path.send(ev).await.is_err() {
                         break true;
                     }
                 }
@@ -199,17 +201,27 @@ pub async fn carry(
                     asked = false;
                     continue;
                 };
-                match splice::join(&st, &mut wr, token, joiner).await {
-                    Ok(joined) => {
+                match splice::join(&st, &mut path, &mut events, token, joiner).await {
+                    Ok((joined, held)) => {
                         tracing::info!(joiner, left = peer.node, "a moved job's session joined here: the node it left is out of its path");
-                        // the old stream's writing half closes with it
-                        wr = joined.wr;
+                        path.spliced(joined.wr, joined.sent);
                         if let Some(tx) = switch_tx.take() {
                             let _ = tx.send((joined.up, joined.node));
+                        }
+                        if path.send_all(held).await.is_err() {
+                            break true;
                         }
                     }
                     Err(why) => {
                         tracing::warn!(%why, "a moved job's session was not joined: it ends");
+                        break true;
+                    }
+                }
+            }
+            old = &mut old_end, if old_path => {
+                old_path = false;
+                if let Ok(old) = old {
+                    if path.old_path_ended(old, peer.node).await.is_err() {
                         break true;
                     }
                 }

@@ -277,7 +277,7 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
             for ctl in ctls.iter_mut().flatten() {
                 if let Some(tx) = &ctl.stdin {
                     let q = ctl.queued.fetch_add(data.len() as u64, Ordering::SeqCst);
-                    if q > STDIN_WINDOW + MAX_CHUNK as u64 {
+                    if q > 2 * (STDIN_WINDOW + MAX_CHUNK as u64) {
                         return Err("stdin beyond the window");
                     }
                     if tx.send(data.clone()).is_err() {
@@ -293,6 +293,12 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
                     let _ = tx.send(Bytes::from_static(&[4]));
                 }
                 ctl.stdin = None;
+                // A relay that is handing its job over cannot tell this
+                // end of its pipe from the carrier's last word: say it
+                // (signal 0, which nothing delivers).
+                if let Some(relay) = ctl.entry.moved_signals() {
+                    let _ = relay.send(0);
+                }
             }
         }
         Up::Signal(sig) => {

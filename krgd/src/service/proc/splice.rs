@@ -3,10 +3,11 @@
 //! is `migrate::relay`, the joining node's `remote`).
 //!
 //! [`Waiting`] holds the tokens this node's sessions expect a join with;
-//! [`serve_join`] hands a `JoinSession` connection to its session;
-//! [`join`] is the session's wait for it; [`Reader`] is the input side of
-//! a carried session, which moves to the joined stream once the old path
-//! said its last word.
+//! [`serve_join`] hands a `JoinSession` connection to its session
+//! ([`join_here`] makes one for a job that came back to its carrier);
+//! [`join`] is the session's wait for it. [`events::EventPath`] is where
+//! the session's events go across the splice (stdin acknowledgements
+//! rebased), [`reader::Reader`] where its input comes from.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::{Identity, Role};
-use krg_proto::cluster::NodeState;
 use krg_proto::peer::PeerResponse;
 use krg_proto::proc::{Down, ProcPeerReply, Up};
 use krg_proto::seal::{FrameKeys, Side};
@@ -29,11 +29,22 @@ use super::state::ProcState;
 /// How long a session waits for the node it told to join it.
 pub const JOIN_WAIT: Duration = Duration::from_secs(30);
 
+pub mod events;
+pub mod reader;
+
+pub use events::EventPath;
+pub use reader::Reader;
+
 /// A `JoinSession` connection, for the session it names.
 pub struct Joining {
-    stream: TcpStream,
-    keys: FrameKeys,
-    peer: Identity,
+    /// The connection, past its handshake.
+    pub stream: TcpStream,
+    /// Its keys.
+    pub keys: FrameKeys,
+    /// Who joins.
+    pub peer: Identity,
+    /// Bytes of stdin the joining node had sent on the old path.
+    pub sent: u64,
 }
 
 /// The joins this node's sessions wait for: token → (who may join, where
@@ -64,18 +75,11 @@ impl Waiting {
 
 /// Serve a `JoinSession` connection of `peer` to node `me`: hand it to
 /// the session of `waiting` that waits for it, or refuse it.
-pub async fn serve_join(
-    waiting: &Waiting,
-    me: NodeId,
-    stream: TcpStream,
-    keys: FrameKeys,
-    peer: Identity,
-    token: u64,
-) {
+pub async fn serve_join(waiting: &Waiting, me: NodeId, joining: Joining, token: u64) {
+    let peer = joining.peer;
     let waiting = (peer.role == Role::Node)
         .then(|| waiting.take(token, peer.node))
         .flatten();
-    let joining = Joining { stream, keys, peer };
     let refused = match waiting {
         Some(session) => session.send(joining).err(),
         None => Some(joining),
@@ -101,6 +105,7 @@ pub async fn join_here(
     waiting: Arc<Waiting>,
     me: Identity,
     token: u64,
+    sent: u64,
 ) -> std::io::Result<(TcpStream, FrameKeys)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -110,10 +115,13 @@ pub async fn join_here(
     let secret: [u8; 32] = rand::random();
     let (nonce_c, nonce_s): ([u8; 32], [u8; 32]) = (rand::random(), rand::random());
     let keys = |side| FrameKeys::derive(&secret, &me, &me, &nonce_c, &nonce_s, side);
-    let server_keys = keys(Side::Server);
-    tokio::spawn(async move {
-        serve_join(&waiting, me.node, server, server_keys, me, token).await;
-    });
+    let joining = Joining {
+        stream: server,
+        keys: keys(Side::Server),
+        peer: me,
+        sent,
+    };
+    tokio::spawn(async move { serve_join(&waiting, me.node, joining, token).await });
     Ok((client, keys(Side::Client)))
 }
 
@@ -125,29 +133,61 @@ pub struct Joined {
     pub up: Incoming<Up>,
     /// The joining node: the session's carrier now.
     pub node: NodeId,
+    /// Bytes of stdin it had sent on the old path.
+    pub sent: u64,
 }
 
-/// Tell the old path that all the job's output came (`Down::Spliced` on
-/// `wr`), then wait for `joiner` to join with `token`.
+/// The events that came while the session waited to be joined.
+pub type Held = Vec<Down>;
+
+/// At most this many events are held for the joining node; then the
+/// session waits (its jobs' output too) until it joined.
+const HOLD_MAX: usize = 256;
+
+/// Tell the old path that all the job's output came (`Down::Spliced`),
+/// then wait for `joiner` to join with `token`. Meanwhile the job's
+/// events are held, but its stdin acknowledgements still go on the old
+/// path (the relay there passes on what it still has, within the window).
 pub async fn join(
     st: &ProcState,
-    wr: &mut Outgoing,
+    path: &mut EventPath,
+    events: &mut mpsc::Receiver<Down>,
     token: u64,
     joiner: NodeId,
-) -> Result<Joined, String> {
-    let rx = st.splices.expect(token, joiner);
-    if wr.send(&Down::Spliced { job: 0 }).await.is_err() {
+) -> Result<(Joined, Held), String> {
+    let mut rx = st.splices.expect(token, joiner);
+    if path.send(Down::Spliced { job: 0 }).await.is_err() {
         st.splices.forget(token);
         return Err("the stream of the node it left broke".into());
     }
-    let Ok(Ok(j)) = tokio::time::timeout(JOIN_WAIT, rx).await else {
-        st.splices.forget(token);
-        return Err(format!("node {joiner} did not join within {JOIN_WAIT:?}"));
+    let mut held = Vec::new();
+    let mut open = true;
+    let deadline = tokio::time::sleep(JOIN_WAIT);
+    tokio::pin!(deadline);
+    let j = loop {
+        tokio::select! {
+            j = &mut rx => match j {
+                Ok(j) => break j,
+                Err(_) => return Err("the join was dropped".into()),
+            },
+            ev = events.recv(), if open && held.len() < HOLD_MAX => match ev {
+                Some(ack @ Down::StdinAck { .. }) => {
+                    let _ = path.send(ack).await;
+                }
+                Some(ev) => held.push(ev),
+                None => open = false,
+            },
+            () = &mut deadline => {
+                st.splices.forget(token);
+                return Err(format!("node {joiner} did not join within {JOIN_WAIT:?}"));
+            }
+        }
     };
     let Joining {
         mut stream,
         keys,
         peer,
+        sent,
     } = j;
     let (opener, mut sealer) = (keys.opener, keys.sealer);
     super::fdio::keepalive(
@@ -156,99 +196,16 @@ pub async fn join(
         st.ctx.config.heartbeat,
         3,
     );
-    if !answer(
-        &mut stream,
-        &mut sealer,
-        PeerResponse::Proc(ProcPeerReply::Joined),
-    )
-    .await
-    {
+    let joined = PeerResponse::Proc(ProcPeerReply::Joined);
+    if !answer(&mut stream, &mut sealer, joined).await {
         return Err(format!("node {} left as it joined", peer.node));
     }
     let (rd, w) = stream.into_split();
-    Ok(Joined {
+    let joined = Joined {
         wr: Outgoing::new(w, sealer),
         up: sealed::incoming(rd, opener),
         node: peer.node,
-    })
-}
-
-/// The input side of a session carried on a stream: frames into the
-/// session, until the origin leaves or fails. A session of one job may be
-/// spliced: its `Up::Splice` goes to `splice`, and once that old path
-/// ends (its `Up::PathEnd`, or its end) the reader goes on with the
-/// joined stream, from `switch`.
-pub struct Reader {
-    /// The node.
-    pub st: Arc<ProcState>,
-    /// The session's input.
-    pub input: mpsc::Sender<Up>,
-    /// Whose stream it reads.
-    pub origin: NodeId,
-    /// Whether `origin` is a node whose failure ends the session.
-    pub watching: bool,
-    /// Where a splice asked for goes (None: not this session).
-    pub splice: Option<mpsc::Sender<(u64, NodeId)>>,
-    /// The joined stream, once there is one.
-    pub switch: Option<oneshot::Receiver<(Incoming<Up>, NodeId)>>,
-}
-
-impl Reader {
-    /// Read until the end: true when the origin is gone, false when the
-    /// session ended.
-    pub async fn run(mut self, mut up: Incoming<Up>) -> bool {
-        let mut view = self.st.ctx.watch_view();
-        let mut spliced = false;
-        loop {
-            tokio::select! {
-                frame = up.frames.recv() => {
-                    let old_path_over = match frame {
-                        Some(Ok(Up::Splice { token, joiner })) => {
-                            if let Some(tx) = self.splice.take() {
-                                spliced = tx.send((token, joiner)).await.is_ok();
-                            }
-                            // (the session records its next carrier)
-                            if self.input.send(Up::Splice { token, joiner }).await.is_err() {
-                                return false;
-                            }
-                            false
-                        }
-                        // the end of the path through this node's
-                        // relay, or (not spliced here) the carrier's last
-                        // word for the session's job that moved on
-                        Some(Ok(Up::PathEnd)) if spliced => true,
-                        Some(Ok(frame)) => {
-                            if self.input.send(frame).await.is_err() {
-                                return false;
-                            }
-                            false
-                        }
-                        // the node it left may die once it passed the
-                        // job on: the joined stream goes on
-                        Some(Err(_)) | None if spliced => true,
-                        Some(Err(_)) | None => return true,
-                    };
-                    if old_path_over {
-                        let Some(switch) = self.switch.take() else { return true };
-                        let Ok((joined, node)) = switch.await else { return true };
-                        (up, self.origin, spliced) = (joined, node, false);
-                    }
-                }
-                changed = view.changed(), if self.watching => {
-                    if changed.is_err() {
-                        self.watching = false;
-                        continue;
-                    }
-                    let failed = matches!(
-                        view.borrow_and_update().node(self.origin).map(|n| n.state),
-                        Some(NodeState::Failed)
-                    );
-                    if failed && !spliced {
-                        tracing::info!(origin = self.origin, "origin node failed: ending its session");
-                        return true;
-                    }
-                }
-            }
-        }
-    }
+        sent,
+    };
+    Ok((joined, held))
 }

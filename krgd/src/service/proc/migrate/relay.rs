@@ -131,8 +131,7 @@ const KILLED: ExitStatus = ExitStatus::Signal {
 /// the job ends there or is lost — or, with `joiner` (the node whose
 /// stream carries the job's session here), until that node joined the
 /// job's session on `to` and this node is out of the path (see
-/// *Splicing* in `krg_proto::proc`): once the job's stdin has ended (the
-/// windows of stdin count per stream).
+/// *Splicing* in `krg_proto::proc`), asked for at once.
 pub fn spawn(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<NodeId>) {
     tokio::spawn(run(sess, held, ends, to, joiner));
 }
@@ -184,7 +183,7 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<N
     let (mut signals_open, mut resize_open) = (true, true);
     let mut splice = None;
     let outcome = loop {
-        if let Some(joiner) = joiner.filter(|_| splice.is_none() && stdin.is_none() && !files) {
+        if let Some(joiner) = joiner.filter(|_| splice.is_none() && !files) {
             let token = rand::random();
             splice = Some(token);
             let _ = input.send(Up::Splice { token, joiner }).await;
@@ -234,6 +233,8 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<N
                 }
             },
             sig = signals.recv(), if signals_open => match sig {
+                // (an end of input: the pipe says it here)
+                Some(0) => {}
                 Some(sig) => {
                     let _ = input.send(Up::Signal(sig)).await;
                 }
@@ -256,15 +257,73 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<N
         }
         Outcome::Spliced(token) => {
             let _ = exit.send(MovedEnd::Rejoin { node: to, token });
-            // What the session here sends the job until its carrier's
-            // last word (which ends the signals) goes on; then this path
-            // ends.
-            while let Some(sig) = signals.recv().await {
-                let _ = input.send(Up::Signal(sig)).await;
-            }
-            let _ = input.send(Up::PathEnd).await;
+            let rest = Rest {
+                input,
+                events,
+                stdin,
+                signals: signals_open.then_some(signals),
+                window: (sent, acked),
+            };
+            rest.pass_on(&mut buf).await;
         }
     }
+}
+
+/// What a relay whose job was joined on the target still passes on.
+struct Rest {
+    input: mpsc::Sender<Up>,
+    events: mpsc::Receiver<Down>,
+    stdin: Option<Source>,
+    signals: Option<mpsc::UnboundedReceiver<i32>>,
+    /// Stdin bytes (sent, acknowledged by the target).
+    window: (u64, u64),
+}
+
+impl Rest {
+    /// What the session here still sends the job (its stdin, within the
+    /// window; its signals; its user's end of input) goes on, until the
+    /// carrier's last word closed both stdin and signals; then this path
+    /// ends with `PathEnd`.
+    async fn pass_on(mut self, buf: &mut [u8]) {
+        let mut user_eof = false;
+        while self.stdin.is_some() || self.signals.is_some() {
+            let (sent, acked) = self.window;
+            let room = sent.saturating_sub(acked) < STDIN_WINDOW;
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(Down::StdinAck { bytes, .. }) => self.window.1 = bytes,
+                    Some(_) => {}
+                    None => return, // the target is gone
+                },
+                n = read_some(&mut self.stdin, buf), if self.stdin.is_some() && room => match n {
+                    Some(n) => {
+                        self.window.0 += n as u64;
+                        if self.input.send(Up::Stdin(buf[..n].to_vec().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // closed here: by the carrier's last word, or by its
+                    // user's end of input (which signal 0 says)
+                    None => self.stdin = None,
+                },
+                sig = recv(&mut self.signals), if self.signals.is_some() => match sig {
+                    Some(0) => user_eof = true,
+                    Some(sig) => {
+                        let _ = self.input.send(Up::Signal(sig)).await;
+                    }
+                    None => self.signals = None,
+                },
+            }
+        }
+        if user_eof {
+            let _ = self.input.send(Up::StdinEof).await;
+        }
+        let _ = self.input.send(Up::PathEnd).await;
+    }
+}
+
+async fn recv(from: &mut Option<mpsc::UnboundedReceiver<i32>>) -> Option<i32> {
+    from.as_mut()?.recv().await
 }
 
 /// Read what the session wrote into the job's stdin; None at its end.

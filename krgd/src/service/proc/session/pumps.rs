@@ -109,6 +109,9 @@ pub(super) enum Sink {
 
 /// Write queued stdin into the job, acknowledging every chunk (also those
 /// dropped because the job closed its stdin, so the sender's window moves).
+/// What was queued is written even once nobody reads the acknowledgements
+/// (the session ended): a job that moved on is joined where it runs, and
+/// its relay here passes on what its carrier sent before (see `splice`).
 pub(super) async fn pump_in(
     job: u32,
     sink: Sink,
@@ -129,12 +132,6 @@ pub(super) async fn pump_in(
             sink = None;
         }
         total += chunk.len() as u64;
-        if events
-            .send(Down::StdinAck { job, bytes: total })
-            .await
-            .is_err()
-        {
-            return;
-        }
+        let _ = events.send(Down::StdinAck { job, bytes: total }).await;
     }
 }
