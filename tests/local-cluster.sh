@@ -393,7 +393,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     migrate --postcopy 3:4096 2 ; krg ps       # on to node 2 by post-copy: it runs there at once, its memory follows
     kill %1                                    # krg run forwards it: the job ends on node 2
     krg run -n 1 -- sh -c 'i=0; while :; do i=\$((i+1)); echo "hop \$i"; sleep 1; done' </dev/null &
-    migrate 1:PID 2 ; migrate 2:PID 3          # PID from krg ps; node 2 steps out of the job's path (its input ended)
+    migrate 1:PID 2 ; migrate 2:PID 3          # PID from krg ps; node 2 steps out of the job's path
     K=\$(pgrep -f -- '--node-id 2 --session'); kill -STOP \$K; sleep 5; kill -CONT \$K
                                                # node 2 silent, then failed: the hop lines still come, from node 3
     krg run --detach -n 1 -- sh -c 'for i in \$(seq 60); do echo \$i; sleep 1; done'   # prints where its output goes

@@ -654,10 +654,12 @@ fn resize(master: &std::fs::File, rows: u16, cols: u16) {
 /// terminal like its own, which is its controlling terminal with its
 /// group in the foreground; what its user types is echoed once, Ctrl-C
 /// is its SIGINT, a resize its SIGWINCH, and its exit status comes back.
+/// Back home, node 2 steps out of its path: its krgd dies, and the job
+/// still takes what its user types.
 #[test]
 fn a_job_on_a_terminal_moves_and_keeps_its_terminal() -> Result<()> {
     let _g = serial();
-    let c = formed(2)?;
+    let mut c = formed(2)?;
     let mut term = Terminal::on_a_terminal(&c);
     term.wait_for("ready pid=");
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
@@ -680,6 +682,14 @@ fn a_job_on_a_terminal_moves_and_keeps_its_terminal() -> Result<()> {
     assert_eq!(seen.matches("home").count(), 2, "{seen:?}");
     resize(&term.master, 40, 100);
     term.wait_for("winch 100 40");
+    // node 2 stepped out of its path (the splice): its krgd can die
+    wait_for(LINE_WAIT, "node 2 out of the job's path", || {
+        let log = c.nodes[&1].log_text();
+        log.contains("it is out of the job's path").then_some(())
+    })?;
+    c.node(2)?.kill9();
+    term.type_in("alone\n");
+    term.wait_for(&format!("got: alone pid={pid} leader=True fg=True"));
     term.type_in("quit\n");
     let status = term.child.wait()?;
     assert_eq!(status.code(), Some(7), "{:?}", term.seen.lock().unwrap());

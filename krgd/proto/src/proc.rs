@@ -74,8 +74,11 @@
 //! acknowledged to A before `t` reaches `old`. A user's end of input that
 //! B's session gets after the rejoin reaches B's relay out of band (its
 //! signal channel, as signal 0) and goes on as `StdinEof` before B's
-//! `PathEnd`. Only a job alone in its stream, without a terminal and not
-//! detached is spliced; the others stay relayed.
+//! `PathEnd`. B's session lets its relay know it wrote all it had by
+//! closing the relay's signal channel; a terminal's last input is then
+//! read without waiting, as its last output is on B's side once the
+//! relay wrote it. Only a job alone in its stream and not detached is
+//! spliced; the others stay relayed.
 
 use serde::{Deserialize, Serialize};
 

@@ -17,7 +17,7 @@ pub struct Pty {
 }
 
 /// read(2) of `fd` into `buf`.
-fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: reading into a buffer we hold, at most its length.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
@@ -110,6 +110,13 @@ impl Pty {
                 other => return other,
             }
         }
+    }
+
+    /// Read what output there is now, without waiting (WouldBlock: none;
+    /// a read with nothing to give first pushes what was written on the
+    /// slave's side through the line discipline).
+    pub fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        read_fd(self.master.get_ref(), buf)
     }
 
     /// Write all of `data` (input typed at the job's terminal).

@@ -80,6 +80,8 @@ struct Ctl {
     queued: Arc<AtomicU64>,
     close_stdout: Option<oneshot::Sender<()>>,
     pty: Option<Arc<Pty>>,
+    /// The task writing its stdin.
+    stdin_pump: Option<tokio::task::JoinHandle<()>>,
     /// Set once the job moved on and its carrier was told to join it
     /// where it runs (`Down::Rejoin`).
     rejoined: Arc<std::sync::atomic::AtomicBool>,
@@ -335,16 +337,25 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
             }
         }
         // The carrier joined a job that moved on where it runs now: what
-        // it sent here went to the job's relay before this, which passes
-        // it on and then ends the job's path through this node.
+        // it sent here goes to the job's relay, which passes it on; once
+        // all of it is written, the relay's signals end, which tells it
+        // to end the job's path through this node.
         Up::PathEnd => {
             let rejoined = |c: &&mut Ctl| c.rejoined.load(Ordering::SeqCst);
             for ctl in ctls.iter_mut().flatten().filter(rejoined) {
                 ctl.stdin = None;
-                crate::sync::lock(&ctl.entry.moved).take();
-                if let Some(told) = ctl.path_end.take() {
-                    let _ = told.send(());
-                }
+                let pump = ctl.stdin_pump.take();
+                let moved = crate::sync::lock(&ctl.entry.moved).take();
+                let told = ctl.path_end.take();
+                tokio::spawn(async move {
+                    if let Some(pump) = pump {
+                        let _ = pump.await;
+                    }
+                    drop(moved);
+                    if let Some(told) = told {
+                        let _ = told.send(());
+                    }
+                });
             }
         }
     }
@@ -402,7 +413,7 @@ async fn launch(
     let node = st.node();
     let StartedJob { entry, io, exit } = started;
     let pid = entry.pid;
-    if matches!(io, Io::Pipes { .. }) && !entry.detached {
+    if !entry.detached {
         *crate::sync::lock(&entry.carrier) = carrier;
     }
     if let Io::Detached(output) = io {
@@ -424,6 +435,9 @@ async fn launch(
     let mut readers = JoinSet::new();
     let mut pty_handle = None;
     let mut has_stdin = false;
+    let mut stdin_pump = None;
+    // (a terminal's reader is told when the job's last output is in it)
+    let mut flush = None;
     match io {
         Io::Pipes {
             stdin,
@@ -435,13 +449,13 @@ async fn launch(
             match stdin {
                 Some(job::Stdin::Pipe(w)) => {
                     has_stdin = true;
-                    tokio::spawn(pump_in(
+                    stdin_pump = Some(tokio::spawn(pump_in(
                         job,
                         Sink::Pipe(w),
                         stdin_rx,
                         queued.clone(),
                         events.clone(),
-                    ));
+                    )));
                 }
                 Some(job::Stdin::PushSocket(sock)) => {
                     has_stdin = push_stdin(job, sock, &entry, stdin_rx, &queued, events);
@@ -450,15 +464,23 @@ async fn launch(
             }
         }
         Io::Pty(pty) => {
-            readers.spawn(pump_pty(job, pty.clone(), events.clone(), close_rx));
+            let (flush_tx, flush_rx) = oneshot::channel();
+            flush = Some(flush_tx);
+            readers.spawn(pump_pty(
+                job,
+                pty.clone(),
+                events.clone(),
+                close_rx,
+                flush_rx,
+            ));
             has_stdin = true;
-            tokio::spawn(pump_in(
+            stdin_pump = Some(tokio::spawn(pump_in(
                 job,
                 Sink::Pty(pty.clone()),
                 stdin_rx,
                 queued.clone(),
                 events.clone(),
-            ));
+            )));
             pty_handle = Some(pty);
         }
         Io::Detached(_) => {}
@@ -471,6 +493,10 @@ async fn launch(
     let told = rejoined.clone();
     running.spawn(async move {
         let end = job_end(exit, &entry2).await;
+        if let (MovedEnd::Rejoin { .. }, Some(flush)) = (&end, flush) {
+            // the relay wrote its last output: a terminal does not end
+            let _ = flush.send(());
+        }
         // Output first: the end of a job comes after all it wrote.
         while readers.join_next().await.is_some() {}
         st2.table.remove(entry2.id);
@@ -494,6 +520,7 @@ async fn launch(
         queued,
         close_stdout: Some(close_tx),
         pty: pty_handle,
+        stdin_pump,
         rejoined,
         path_end: Some(path_end_tx),
     })

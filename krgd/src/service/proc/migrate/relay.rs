@@ -46,6 +46,9 @@ pub struct Held {
     /// The output goes to files: nobody reads them as it comes, so a
     /// failed write loses that output only (the job is not told to stop).
     pub files: bool,
+    /// The terminal's input, for a last read that does not wait (a
+    /// terminal has no end of input to wait for when the relay hands over).
+    pub drain: Option<OwnedFd>,
 }
 
 /// Open `/proc/PID/fd/N` of a pipe, without blocking and close-on-exec.
@@ -77,6 +80,7 @@ impl Held {
             stdout: out(1),
             stderr: out(2),
             files: false,
+            drain: None,
         }
     }
 
@@ -90,6 +94,7 @@ impl Held {
         Ok(Held {
             stdout: Some(out()?),
             stderr: Some(out()?),
+            drain: Some(slave.try_clone()?),
             stdin: Some(Box::new(TtyEnd::new(slave)?)),
             files: false,
         })
@@ -108,6 +113,7 @@ impl Held {
             stdout: Some(file(&out.stdout)?),
             stderr: Some(file(&out.stderr)?),
             files: true,
+            drain: None,
         })
     }
 }
@@ -172,6 +178,7 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<N
         mut stdout,
         mut stderr,
         files,
+        drain,
     } = held;
     let Ends {
         mut signals,
@@ -261,7 +268,9 @@ async fn run(sess: Session, held: Held, ends: Ends, to: NodeId, joiner: Option<N
                 input,
                 events,
                 stdin,
+                drain,
                 signals: signals_open.then_some(signals),
+                resize: resize_open.then_some(resize),
                 window: (sent, acked),
             };
             rest.pass_on(&mut buf).await;
@@ -274,19 +283,31 @@ struct Rest {
     input: mpsc::Sender<Up>,
     events: mpsc::Receiver<Down>,
     stdin: Option<Source>,
+    /// A terminal's input (see [`Held::drain`]).
+    drain: Option<OwnedFd>,
     signals: Option<mpsc::UnboundedReceiver<i32>>,
+    resize: Option<mpsc::UnboundedReceiver<WinSize>>,
     /// Stdin bytes (sent, acknowledged by the target).
     window: (u64, u64),
 }
 
 impl Rest {
     /// What the session here still sends the job (its stdin, within the
-    /// window; its signals; its user's end of input) goes on, until the
-    /// carrier's last word closed both stdin and signals; then this path
-    /// ends with `PathEnd`.
+    /// window; its signals and window sizes; its user's end of input)
+    /// goes on, until the carrier's last word closed both stdin and
+    /// signals (the signals close once the session here wrote all the
+    /// input it had); then this path ends with `PathEnd`.
     async fn pass_on(mut self, buf: &mut [u8]) {
         let mut user_eof = false;
         while self.stdin.is_some() || self.signals.is_some() {
+            if self.signals.is_none() {
+                if let Some(tty) = self.drain.take() {
+                    // a terminal: all the session wrote is there now
+                    self.stdin = None;
+                    drain_terminal(&tty, buf, &self.input).await;
+                    continue;
+                }
+            }
             let (sent, acked) = self.window;
             let room = sent.saturating_sub(acked) < STDIN_WINDOW;
             tokio::select! {
@@ -313,6 +334,12 @@ impl Rest {
                     }
                     None => self.signals = None,
                 },
+                ws = recv(&mut self.resize), if self.resize.is_some() => match ws {
+                    Some(ws) => {
+                        let _ = self.input.send(Up::WinSize(ws)).await;
+                    }
+                    None => self.resize = None,
+                },
             }
         }
         if user_eof {
@@ -322,7 +349,20 @@ impl Rest {
     }
 }
 
-async fn recv(from: &mut Option<mpsc::UnboundedReceiver<i32>>) -> Option<i32> {
+/// Pass on to `input` what `tty` holds now, without waiting (a read of a
+/// terminal with nothing to give first pushes what was written into it
+/// through the line discipline: EAGAIN then means all of it).
+async fn drain_terminal(tty: &OwnedFd, buf: &mut [u8], input: &mpsc::Sender<Up>) {
+    // (non-blocking: its TtyEnd made it so)
+    while let Ok(n @ 1..) = super::super::pty::read_fd(tty, buf) {
+        let data = buf[..n].to_vec().into();
+        if input.send(Up::Stdin(data)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn recv<T>(from: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     from.as_mut()?.recv().await
 }
 

@@ -46,17 +46,31 @@ pub(super) async fn pump_out(
     }
 }
 
+/// Read a job's terminal into events until it ends, or until told to
+/// close it, or — told to flush (its job moved on and its relay here wrote
+/// its last output) — until it holds nothing more.
 pub(super) async fn pump_pty(
     job: u32,
     pty: Arc<Pty>,
     events: mpsc::Sender<Down>,
     mut close: oneshot::Receiver<()>,
+    mut flush: oneshot::Receiver<()>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    let (mut flushing, mut waiting) = (false, true);
     loop {
-        let n = tokio::select! {
-            r = pty.read(&mut buf) => r,
-            _ = &mut close => return,
+        let n = if flushing {
+            // WouldBlock: nothing more
+            pty.read_now(&mut buf)
+        } else {
+            tokio::select! {
+                r = pty.read(&mut buf) => r,
+                _ = &mut close => return,
+                told = &mut flush, if waiting => {
+                    (waiting, flushing) = (false, told.is_ok());
+                    continue;
+                }
+            }
         };
         match n {
             Ok(0) | Err(_) => return,
