@@ -107,24 +107,28 @@ fn joined_on(c: &TestCluster, node: u32) -> Result<()> {
     })
 }
 
+/// The job of node 1 moves 1 → 2 → 3, node 3 says node 2 is out of its
+/// path, and node 2's krgd is killed; the job's PID.
+fn through_node_2(c: &mut TestCluster) -> Result<i64> {
+    let pid = wait_for(Duration::from_secs(10), "the job in krg ps", || {
+        ps(c, 1).into_iter().find(|(n, _)| *n == 1).map(|(_, p)| p)
+    })?;
+    moves(c, pid, 1, 2);
+    moves(c, pid, 2, 3);
+    joined_on(c, 3)?;
+    c.node(2)?.kill9();
+    Ok(pid)
+}
+
 #[test]
 fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
     let _g = serial();
     let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
     let (mut child, lines) = start(&c, TICKER, Stdio::null());
     next_tick(&lines);
-    let pid = wait_for(Duration::from_secs(10), "the job in krg ps", || {
-        ps(&c, 1).into_iter().find(|(n, _)| *n == 1).map(|(_, p)| p)
-    })?;
-
-    moves(&c, pid, 1, 2);
-    next_tick(&lines);
-    moves(&c, pid, 2, 3);
-    joined_on(&c, 3)?;
-    ticks_on(&lines, Duration::from_millis(300));
-
-    // node 2 is out of the path: its krgd dies, the job runs on
-    c.node(2)?.kill9();
+    // node 2 is out of the path once the job is on node 3: its krgd
+    // dies, the job runs on
+    let pid = through_node_2(&mut c)?;
     ticks_on(&lines, Duration::from_secs(3));
 
     // home again, node 3 out of the path in turn
@@ -168,13 +172,7 @@ fn a_job_reading_its_input_is_spliced_without_losing_a_line() -> Result<()> {
             .unwrap()
     };
     assert_eq!(got(&lines), 0);
-    let pid = wait_for(Duration::from_secs(10), "the job in krg ps", || {
-        ps(&c, 1).into_iter().find(|(n, _)| *n == 1).map(|(_, p)| p)
-    })?;
-    moves(&c, pid, 1, 2);
-    moves(&c, pid, 2, 3);
-    joined_on(&c, 3)?;
-    c.node(2)?.kill9();
+    through_node_2(&mut c)?;
     let input = writer.join().unwrap();
     let mut next = 1;
     while next < LINES {
@@ -230,13 +228,7 @@ fn the_stdin_window_flows_on_after_a_splice() -> Result<()> {
     });
     let ready = lines.recv_timeout(Duration::from_secs(10));
     assert_eq!(ready.as_deref(), Ok("ready"));
-    let pid = wait_for(Duration::from_secs(10), "the job in krg ps", || {
-        ps(&c, 1).into_iter().find(|(n, _)| *n == 1).map(|(_, p)| p)
-    })?;
-    moves(&c, pid, 1, 2);
-    moves(&c, pid, 2, 3);
-    joined_on(&c, 3)?;
-    c.node(2)?.kill9();
+    through_node_2(&mut c)?;
     if writer.join().is_err() {
         let out: Vec<String> = lines.try_iter().collect();
         panic!("{:?} {out:?}\n{}", child.wait(), c.log_tails(30));
@@ -247,5 +239,73 @@ fn the_stdin_window_flows_on_after_a_splice() -> Result<()> {
     assert_eq!(last, format!("total {RECORDS_SENT}"), "{}", c.log_tails(30));
     let status = child.wait()?;
     assert_eq!(status.code(), Some(3), "{status:?}");
+    Ok(())
+}
+
+/// Writes "line N" every 20 ms into its stdout until file ARG exists,
+/// then exits 5.
+const WRITER: &str = r#"
+import os, sys, time
+n = 0
+while not os.path.exists(sys.argv[1]):
+    n += 1
+    print("line %d" % n, flush=True)
+    time.sleep(0.02)
+sys.exit(5)
+"#;
+
+/// A detached job moved 1 → 2 → 3 is spliced too: its output goes on
+/// into its files on node 1 after node 2's krgd died, and its status
+/// lands there when it ends.
+#[test]
+fn a_detached_job_moved_twice_keeps_writing_its_files_on_node_1() -> Result<()> {
+    let _g = serial();
+    let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
+    let stop = c.dir.path().join("stop-writer");
+    let sh = format!(
+        "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run --detach -n 1 -- python3 -u -c \"$0\" \"$1\"",
+        capset = bin("krgcapset").display(),
+        krg = bin("krg").display()
+    );
+    let o = Command::new("sh")
+        .args(["-c", &sh, WRITER, &stop.display().to_string()])
+        .env("KRG_SOCKET", c.dir.path().join("krgd1.sock"))
+        .output()?;
+    let said = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{said}");
+    let dir = said
+        .split("output in ")
+        .nth(1)
+        .and_then(|r| r.split("/ on node").next())
+        .unwrap_or_else(|| panic!("no output directory in {said:?}"))
+        .to_string();
+    let out = format!("{dir}/stdout");
+    let count = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_for(Duration::from_secs(10), "its first lines", || {
+        (count() >= 3).then_some(())
+    })?;
+    through_node_2(&mut c)?;
+    let before = count();
+    wait_for(Duration::from_secs(10), "more lines on node 1", || {
+        (count() >= before + 20).then_some(())
+    })?;
+    std::fs::write(&stop, b"")?;
+    let status = format!("{dir}/status");
+    let said = wait_for(Duration::from_secs(10), "its status", || {
+        std::fs::read_to_string(&status).ok()
+    })?;
+    assert_eq!(said, "exit 5\n");
+    let text = std::fs::read_to_string(&out)?;
+    let numbers: Vec<u32> = text
+        .lines()
+        .map(|l| l.strip_prefix("line ").unwrap().parse().unwrap())
+        .collect();
+    let expected: Vec<u32> = (1..=numbers.len() as u32).collect();
+    assert_eq!(numbers, expected, "lines lost or doubled");
     Ok(())
 }

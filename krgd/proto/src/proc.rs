@@ -77,8 +77,8 @@
 //! `PathEnd`. B's session lets its relay know it wrote all it had by
 //! closing the relay's signal channel; a terminal's last input is then
 //! read without waiting, as its last output is on B's side once the
-//! relay wrote it. Only a job alone in its stream and not detached is
-//! spliced; the others stay relayed.
+//! relay wrote it. Only a job alone in its stream is spliced; the
+//! others stay relayed.
 
 use serde::{Deserialize, Serialize};
 

@@ -413,9 +413,7 @@ async fn launch(
     let node = st.node();
     let StartedJob { entry, io, exit } = started;
     let pid = entry.pid;
-    if !entry.detached {
-        *crate::sync::lock(&entry.carrier) = carrier;
-    }
+    *crate::sync::lock(&entry.carrier) = carrier;
     if let Io::Detached(output) = io {
         let _ = events
             .send(Down::Detached {

@@ -51,6 +51,9 @@ impl Reader {
         let mut view = self.st.ctx.watch_view();
         let mut spliced = false;
         let mut stdin_in = 0u64;
+        // the carrier said its last word here (its job moved on and it
+        // joined it there): its stream's end is no origin lost
+        let mut farewell = false;
         loop {
             tokio::select! {
                 frame = up.frames.recv() => {
@@ -72,8 +75,10 @@ impl Reader {
                         // carrier's last word to a job that moved on
                         Some(Ok(Up::PathEnd)) if spliced => Some(true),
                         Some(Ok(frame)) => {
-                            if let Up::Stdin(data) = &frame {
-                                stdin_in += data.len() as u64;
+                            match &frame {
+                                Up::Stdin(data) => stdin_in += data.len() as u64,
+                                Up::PathEnd => farewell = true,
+                                _ => {}
                             }
                             if self.input.send(frame).await.is_err() {
                                 return false;
@@ -83,7 +88,7 @@ impl Reader {
                         // the node it left may die once it passed the
                         // job on: the joined stream goes on
                         Some(Err(_)) | None if spliced => Some(false),
-                        Some(Err(_)) | None => return true,
+                        Some(Err(_)) | None => return !farewell,
                     };
                     if let Some(clean) = old_path_over {
                         if let Some(told) = self.old_end.take() {
@@ -103,7 +108,7 @@ impl Reader {
                         view.borrow_and_update().node(self.origin).map(|n| n.state),
                         Some(NodeState::Failed)
                     );
-                    if failed && !spliced {
+                    if failed && !spliced && !farewell {
                         tracing::info!(origin = self.origin, "origin node failed: ending its session");
                         return true;
                     }
