@@ -282,7 +282,17 @@ impl Cluster {
     pub fn with_kdfs(n: u32) -> Cluster {
         let c = Cluster::start(n);
         for i in 0..n as usize {
-            let out = c.mkfs(i, 1, false);
+            // `nodes status` reads the node's cluster table, which the
+            // view its services get (mkfs asks the kDFS service) follows
+            // a moment later: mkfs may still hear of no cluster (CI)
+            let mut out = c.mkfs(i, 1, false);
+            let t = std::time::Instant::now();
+            while String::from_utf8_lossy(&out.stderr).contains("no cluster is running")
+                && t.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+                out = c.mkfs(i, 1, false);
+            }
             assert!(
                 out.status.success(),
                 "mkfs: {}",

@@ -203,7 +203,7 @@ pub async fn carry(
                 };
                 match splice::join(&st, &mut path, &mut events, token, joiner).await {
                     Ok((joined, held)) => {
-                        tracing::info!(joiner, left = peer.node, "a moved job's session joined here: the node it left is out of its path");
+                        tracing::info!(joiner, left = peer.node, "a moved job's session joined here; the node it left passes on its last input");
                         path.spliced(joined.wr, joined.sent);
                         if let Some(tx) = switch_tx.take() {
                             let _ = tx.send((joined.up, joined.node));
