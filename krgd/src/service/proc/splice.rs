@@ -53,7 +53,7 @@ pub struct Joining {
 pub struct Waiting(std::sync::Mutex<HashMap<u64, (NodeId, oneshot::Sender<Joining>)>>);
 
 impl Waiting {
-    fn expect(&self, token: u64, joiner: NodeId) -> oneshot::Receiver<Joining> {
+    fn register(&self, token: u64, joiner: NodeId) -> oneshot::Receiver<Joining> {
         let (tx, rx) = oneshot::channel();
         crate::sync::lock(&self.0).insert(token, (joiner, tx));
         rx
@@ -155,7 +155,7 @@ pub async fn join(
     token: u64,
     joiner: NodeId,
 ) -> Result<(Joined, Held), String> {
-    let mut rx = st.splices.expect(token, joiner);
+    let mut rx = st.splices.register(token, joiner);
     if path.send(Down::Spliced { job: 0 }).await.is_err() {
         st.splices.forget(token);
         return Err("the stream of the node it left broke".into());
@@ -208,4 +208,27 @@ pub async fn join(
         sent,
     };
     Ok((joined, held))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Waiting;
+
+    #[test]
+    fn a_join_is_handed_over_only_for_its_token_and_from_its_node() {
+        let w = Waiting::default();
+        let _rx = w.register(42, 1);
+        assert!(w.take(41, 1).is_none(), "another token");
+        assert!(w.take(42, 2).is_none(), "another node");
+        assert!(w.take(42, 1).is_some(), "the awaited join");
+        assert!(w.take(42, 1).is_none(), "once only");
+    }
+
+    #[test]
+    fn a_forgotten_join_is_refused() {
+        let w = Waiting::default();
+        let _rx = w.register(7, 3);
+        w.forget(7);
+        assert!(w.take(7, 3).is_none());
+    }
 }
