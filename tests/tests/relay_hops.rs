@@ -107,6 +107,11 @@ fn joined_on(c: &TestCluster, node: u32) -> Result<()> {
     })
 }
 
+/// A formed cluster of three loopback krgds.
+fn three_nodes() -> Result<TestCluster> {
+    TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))
+}
+
 /// The job of node 1 moves 1 → 2 → 3, node 3 says node 2 is out of its
 /// path, and node 2's krgd is killed; the job's PID.
 fn through_node_2(c: &mut TestCluster) -> Result<i64> {
@@ -123,7 +128,7 @@ fn through_node_2(c: &mut TestCluster) -> Result<i64> {
 #[test]
 fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
     let _g = serial();
-    let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
+    let mut c = three_nodes()?;
     let (mut child, lines) = start(&c, TICKER, Stdio::null());
     next_tick(&lines);
     // node 2 is out of the path once the job is on node 3: its krgd
@@ -152,7 +157,7 @@ fn a_job_moved_twice_outlives_the_node_it_passed_through() -> Result<()> {
 #[test]
 fn a_job_reading_its_input_is_spliced_without_losing_a_line() -> Result<()> {
     let _g = serial();
-    let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
+    let mut c = three_nodes()?;
     let (mut child, lines) = start(&c, ECHO, Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     const LINES: u32 = 2500;
@@ -209,7 +214,7 @@ sys.exit(3)
 #[test]
 fn the_stdin_window_flows_on_after_a_splice() -> Result<()> {
     let _g = serial();
-    let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
+    let mut c = three_nodes()?;
     let (mut child, lines) = start(&c, RECORDS, Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     const RECORDS_SENT: u64 = 12 << 20 >> 4;
@@ -260,7 +265,7 @@ sys.exit(5)
 #[test]
 fn a_detached_job_moved_twice_keeps_writing_its_files_on_node_1() -> Result<()> {
     let _g = serial();
-    let mut c = TestCluster::loopback(3)?.formed(3, Duration::from_secs(20))?;
+    let mut c = three_nodes()?;
     let stop = c.dir.path().join("stop-writer");
     let sh = format!(
         "{capset} -k $$ -d +CAN_MIGRATE && exec {krg} run --detach -n 1 -- python3 -u -c \"$0\" \"$1\"",

@@ -334,7 +334,7 @@ impl Reading {
             .map_err(|_| "the session ended as it moved on".to_string())?;
         self.node = node;
         let (mut stream, mut keys) = if node == self.ctx.me.node {
-            super::splice::join_here(self.splices.clone(), self.ctx.me, token, sent)
+            super::splice::join_here(self.splices.clone(), self.ctx.me)
                 .await
                 .map_err(|e| format!("the job came back; joining it here failed: {e}"))?
         } else {
@@ -352,11 +352,8 @@ impl Reading {
                 sent,
             })),
         };
-        let here = node == self.ctx.me.node;
         let answer = async {
-            if !here {
-                keys.sealer.write(&mut stream, &join).await?;
-            }
+            keys.sealer.write(&mut stream, &join).await?;
             keys.opener.read::<PeerMessage, _>(&mut stream).await
         };
         let answer = tokio::time::timeout(OPEN_TIMEOUT, answer)

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::{Identity, Role};
-use krg_proto::peer::PeerResponse;
-use krg_proto::proc::{Down, ProcPeerReply, Up};
+use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
+use krg_proto::proc::{Down, ProcPeerReply, ProcPeerRequest, Up};
 use krg_proto::seal::{FrameKeys, Side};
 use krg_proto::NodeId;
 use tokio::net::TcpStream;
@@ -99,13 +99,12 @@ pub async fn serve_join(waiting: &Waiting, me: NodeId, joining: Joining, token: 
 /// Join, from this node (`me`), a session of `waiting` on this node (a
 /// job that moved back to the node whose stream carries its session):
 /// over a loopback connection of its own (a krgd does not take peer
-/// connections from itself), sealed with keys made for it here. The
-/// joining end, whose first frame is the answer.
+/// connections from itself), sealed with keys made for it here, whose
+/// other end takes its `JoinSession` as the peer listener would. The
+/// joining end.
 pub async fn join_here(
     waiting: Arc<Waiting>,
     me: Identity,
-    token: u64,
-    sent: u64,
 ) -> std::io::Result<(TcpStream, FrameKeys)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -115,13 +114,25 @@ pub async fn join_here(
     let secret: [u8; 32] = rand::random();
     let (nonce_c, nonce_s): ([u8; 32], [u8; 32]) = (rand::random(), rand::random());
     let keys = |side| FrameKeys::derive(&secret, &me, &me, &nonce_c, &nonce_s, side);
-    let joining = Joining {
-        stream: server,
-        keys: keys(Side::Server),
-        peer: me,
-        sent,
-    };
-    tokio::spawn(async move { serve_join(&waiting, me.node, joining, token).await });
+    let mut server_keys = keys(Side::Server);
+    tokio::spawn(async move {
+        let mut server = server;
+        let Ok(first) = server_keys.opener.read::<PeerMessage, _>(&mut server).await else {
+            return;
+        };
+        let PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession { token, sent })) =
+            first.body
+        else {
+            return;
+        };
+        let joining = Joining {
+            stream: server,
+            keys: server_keys,
+            peer: me,
+            sent,
+        };
+        serve_join(&waiting, me.node, joining, token).await;
+    });
     Ok((client, keys(Side::Client)))
 }
 
