@@ -416,8 +416,8 @@ impl ClusterService {
         self.wait_until_all(joined, |e, _| e >= epoch).await
     }
 
-    /// Wait (bounded) until every online member's answer to a ping
-    /// (its epoch, its last applied log index) satisfies `done`.
+    /// Wait (bounded) until this node and every online member answer (its
+    /// epoch as its services see it, its last applied log index) satisfy `done`.
     pub(super) async fn wait_until_all(&self, joined: &Joined, done: impl Fn(u64, u64) -> bool) {
         let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
         let me = self.ctx.node_id();
@@ -442,6 +442,9 @@ impl ClusterService {
                     !matches!(r, Ok(ClusterPeerReply::Pong { epoch, applied, .. }) if done(*epoch, *applied))
                 })
                 .count();
+            // this node too: its own services (the view) may lag its log
+            let (epoch, applied) = self.progress(joined);
+            let lagging = lagging + usize::from(!done(epoch, applied));
             if lagging == 0 || tokio::time::Instant::now() >= deadline {
                 if lagging > 0 {
                     tracing::warn!(lagging, "some members have not applied the change yet");

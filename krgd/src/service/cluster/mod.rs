@@ -307,6 +307,22 @@ impl ClusterService {
         }
     }
 
+    /// How far this node is in `j`: the epoch its services see (its
+    /// published view, not only what its state machine applied) and its
+    /// last applied log index. A change waited for "on every member"
+    /// (`wait_everywhere`) is then visible to a command run on any of them
+    /// the moment it returns (mkfs.kdfs right after `cluster start` found
+    /// "no cluster is running" otherwise).
+    pub(super) fn progress(&self, j: &Joined) -> (u64, u64) {
+        let applied = j
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        (j.state.borrow().epoch.min(self.ctx.view().epoch), applied)
+    }
+
     /// Answer the leader's liveness probe; a ping from this node's own
     /// cluster also proves the leader is reachable.
     async fn pong(&self, leader: krg_proto::NodeId, cluster: u64) -> ClusterPeerReply {
@@ -316,14 +332,7 @@ impl ClusterService {
         }
         tracing::trace!(leader, "ping");
         let (epoch, applied) = match self.joined().await {
-            Some(j) => (
-                j.state.borrow().epoch,
-                j.raft
-                    .metrics()
-                    .borrow()
-                    .last_applied
-                    .map_or(0, |l| l.index),
-            ),
+            Some(j) => self.progress(&j),
             None => (0, 0),
         };
         ClusterPeerReply::Pong {
