@@ -41,24 +41,31 @@ sys.exit(3)
 /// `krg run -n 1 -- python3 -c SCRIPT` through node 1, from a shell
 /// holding CAN_MIGRATE, its stdin `stdin`; its stdout lines on a channel.
 fn start(c: &TestCluster, script: &str, stdin: Stdio) -> (Child, Receiver<String>) {
+    let mut child = start_run(c, "-n 1", script, stdin, Stdio::inherit());
+    let lines = lines_of(child.stdout.take().unwrap());
+    (child, lines)
+}
+
+/// `krg run RUN -- python3 -c SCRIPT` through node 1, from a shell
+/// holding CAN_MIGRATE; its stdout piped.
+fn start_run(c: &TestCluster, run: &str, script: &str, stdin: Stdio, stderr: Stdio) -> Child {
     let go = c.dir.path().join(format!("go-{}", script.len()));
     let sh = format!(
-        "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 1 -- python3 -u -c \"$0\"",
+        "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run {run} -- python3 -u -c \"$0\"",
         go = go.display(),
         krg = bin("krg").display()
     );
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", &sh, script])
         .env("KRG_SOCKET", c.dir.path().join("krgd1.sock"))
         .stdin(stdin)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     capset(c, 1, child.id() as i32);
     std::fs::write(&go, b"").unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    (child, lines)
+    child
 }
 
 /// The number of the next tick line within 10 s.
@@ -312,5 +319,202 @@ fn a_detached_job_moved_twice_keeps_writing_its_files_on_node_1() -> Result<()> 
         .collect();
     let expected: Vec<u32> = (1..=numbers.len() as u32).collect();
     assert_eq!(numbers, expected, "lines lost or doubled");
+    Ok(())
+}
+
+// ---- several copies in one stream (`krg run --per-node 2`)
+
+/// Says "pid P", then "tick N" every 50 ms; exits 7 on SIGUSR1.
+const COPY_TICKER: &str = r#"
+import os, signal, sys, time
+def usr1(*a):
+    sys.stdout.write("usr1\n")
+    sys.stdout.flush()
+    sys.exit(7)
+signal.signal(signal.SIGUSR1, usr1)
+print("pid %d" % os.getpid(), flush=True)
+n = 0
+while True:
+    n += 1
+    sys.stdout.write("tick %d\n" % n)
+    sys.stdout.flush()
+    time.sleep(0.05)
+"#;
+
+/// Says "pid P", then echoes every line of its input; exits 3 at its end.
+const COPY_ECHO: &str = r#"
+import os, sys
+print("pid %d" % os.getpid(), flush=True)
+for line in sys.stdin:
+    sys.stdout.write("got: " + line)
+    sys.stdout.flush()
+sys.exit(3)
+"#;
+
+/// Two copies on node 2, in one stream from node 1: the lines of each
+/// (`node2.0: …`, `node2.1: …`), and its stderr's.
+fn start_copies(
+    c: &TestCluster,
+    script: &str,
+    stdin: Stdio,
+) -> (Child, Receiver<String>, Receiver<String>) {
+    let mut child = start_run(c, "-n 2 --per-node 2", script, stdin, Stdio::piped());
+    let lines = lines_of(child.stdout.take().unwrap());
+    let errs = lines_of(child.stderr.take().unwrap());
+    (child, lines, errs)
+}
+
+/// The label and PID of each copy ("pid P" lines), in label order.
+fn copy_pids(lines: &Receiver<String>) -> Vec<(String, i64)> {
+    let mut pids = std::collections::BTreeMap::new();
+    while pids.len() < 2 {
+        let l = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a pid line");
+        if let Some((label, pid)) = l.split_once(": pid ") {
+            pids.insert(label.to_string(), pid.parse().unwrap());
+        }
+    }
+    pids.into_iter().collect()
+}
+
+/// What `label` says next (other copies' lines skipped), within 10 s.
+fn next_of(lines: &Receiver<String>, label: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let prefix = format!("{label}: ");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{label} goes on"));
+        if let Some(said) = l.strip_prefix(&prefix) {
+            return said.to_string();
+        }
+    }
+}
+
+/// Copy `pid` moves 2 → 3; node 3 says node 2 is out of its path, and
+/// node 2's krgd is killed (the other copy goes with it).
+fn one_copy_on(c: &mut TestCluster, pid: i64) -> Result<()> {
+    moves(c, pid, 2, 3);
+    joined_on(c, 3)?;
+    c.node(2)?.kill9();
+    Ok(())
+}
+
+/// Of two copies in one stream, the one that moved on is joined where it
+/// runs on its own stream: the node the copies started on can die, its
+/// copy lost, and the moved one runs on, its ticks, a signal and its
+/// exit status still reaching the user.
+#[test]
+fn a_copy_moved_on_outlives_the_node_it_shared_a_stream_on() -> Result<()> {
+    let _g = serial();
+    let mut c = three_nodes()?;
+    let (mut child, lines, errs) = start_copies(&c, COPY_TICKER, Stdio::null());
+    let pids = copy_pids(&lines);
+    let (moved, pid) = pids[1].clone();
+    let stayed = pids[0].0.clone();
+    one_copy_on(&mut c, pid)?;
+    let tick = |l: &Receiver<String>| -> u64 {
+        loop {
+            if let Some(n) = next_of(l, &moved).strip_prefix("tick ") {
+                return n.parse().unwrap();
+            }
+        }
+    };
+    let (t, mut last) = (Instant::now(), tick(&lines));
+    while t.elapsed() < Duration::from_secs(3) {
+        let n = tick(&lines);
+        assert!(n > last, "tick {n} after tick {last}");
+        last = n;
+    }
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    assert_eq!(next_of(&lines, &moved), "usr1");
+    let status = child.wait()?;
+    let said: Vec<String> = errs.iter().collect();
+    let exit7 = format!("krg: {moved}: exit 7");
+    assert!(said.contains(&exit7), "{said:?}");
+    let lost = said
+        .iter()
+        .filter(|l| l.starts_with("krg: node 2:"))
+        .count();
+    assert_eq!(
+        lost, 1,
+        "the copy of node 2 ({stayed}) lost, once: {said:?}"
+    );
+    // the worst end is the lost copy's
+    assert_eq!(status.code(), Some(255), "{status:?}");
+    Ok(())
+}
+
+/// Lines stream into two copies of one stream while one of them moves on
+/// 2 → 3: the moved copy gets every line once, in order (the old path's
+/// last lines before its own stream's), then its end of input, after the
+/// node it left died.
+#[test]
+fn a_copy_moved_on_gets_its_input_without_losing_a_line() -> Result<()> {
+    let _g = serial();
+    let mut c = three_nodes()?;
+    let (mut child, lines, _errs) = start_copies(&c, COPY_ECHO, Stdio::piped());
+    let mut input = child.stdin.take().unwrap();
+    // (before any input: nothing but the pid lines is skipped)
+    let pids = copy_pids(&lines);
+    let (moved, pid) = pids[0].clone();
+    const LINES: u32 = 1500;
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for n in 0..LINES {
+            writeln!(input, "{n}").unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        input // kept open until the test says
+    });
+    let got = |l: &Receiver<String>| -> u32 {
+        let said = next_of(l, &moved);
+        let n = said
+            .strip_prefix("got: ")
+            .unwrap_or_else(|| panic!("{said}"));
+        n.parse().unwrap()
+    };
+    assert_eq!(got(&lines), 0);
+    one_copy_on(&mut c, pid)?;
+    let input = writer.join().unwrap();
+    for next in 1..LINES {
+        assert_eq!(got(&lines), next, "lines lost or out of order");
+    }
+    drop(input);
+    let status = child.wait()?;
+    // 3 from the moved copy, 255 for the one lost with node 2
+    assert_eq!(status.code(), Some(255), "{status:?}");
+    Ok(())
+}
+
+/// Both copies of a stream move on, one right after the other: each is
+/// joined on a stream of its own (one join at a time), the stream they
+/// shared carries nothing any more, and the node they left can die.
+#[test]
+fn both_copies_moved_on_leave_their_stream_empty() -> Result<()> {
+    let _g = serial();
+    let mut c = three_nodes()?;
+    let (mut child, lines, errs) = start_copies(&c, COPY_TICKER, Stdio::null());
+    let pids = copy_pids(&lines);
+    moves(&c, pids[0].1, 2, 3);
+    moves(&c, pids[1].1, 2, 3);
+    wait_for(Duration::from_secs(20), "both sessions joined", || {
+        let log = c.nodes[&3].log_text();
+        (log.matches("a moved job's session joined here").count() >= 2).then_some(())
+    })?;
+    c.node(2)?.kill9();
+    for (label, _) in &pids {
+        for _ in 0..20 {
+            assert!(next_of(&lines, label).starts_with("tick "));
+        }
+    }
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let status = child.wait()?;
+    let said: Vec<String> = errs.iter().collect();
+    assert_eq!(status.code(), Some(7), "{status:?} {said:?}");
     Ok(())
 }

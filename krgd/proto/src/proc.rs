@@ -59,9 +59,9 @@
 //! B -> C   Up::Splice { token, joiner: A }   C holds the job's events
 //! C -> B   Down::Spliced                     all output came before it
 //! B -> A   Down::Rejoin { node: C, token }   likewise
-//! A -> B   Up::PathEnd                       A's last word to B
+//! A -> B   Up::PathEnd { job }               A's last word to B for the job
 //! A -> C   a new connection: JoinSession { token }  <- Joined
-//! B -> C   Up::PathEnd                       B passed on all it had
+//! B -> C   Up::PathEnd { job: 0 }            B passed on all it had
 //! ```
 //!
 //! C sends the held events on the joined stream and reads it once B's
@@ -77,8 +77,17 @@
 //! `PathEnd`. B's session lets its relay know it wrote all it had by
 //! closing the relay's signal channel; a terminal's last input is then
 //! read without waiting, as its last output is on B's side once the
-//! relay wrote it. Only a job alone in its stream is spliced; the
-//! others stay relayed.
+//! relay wrote it.
+//!
+//! A stream of several jobs (`krg run -c`) is spliced job by job: A's
+//! `PathEnd` names the job, and B goes on carrying the others on the
+//! same stream. A then reaches the session through several streams,
+//! each with its own jobs (the joined one numbers its single job 0): it
+//! sends every input frame on each (a job takes the stream's stdin
+//! whichever way it comes), renumbers each stream's events, and a stream
+//! that breaks, or whose node fails, loses only its own jobs. Until the
+//! joined stream is there, A sends no input on any stream, so that the
+//! job's input has no gap between the old path's `PathEnd` and `sent`.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +95,7 @@ pub use crate::credentials::Credentials;
 use crate::NodeId;
 
 /// Version of the session stream (checked in [`PeerSession`]).
-pub const SESSION_VERSION: u16 = 4;
+pub const SESSION_VERSION: u16 = 5;
 
 /// Largest stdio payload one frame carries.
 pub const MAX_CHUNK: usize = 256 * 1024;

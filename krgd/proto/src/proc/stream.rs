@@ -89,10 +89,14 @@ pub enum Up {
         /// The node that may join.
         joiner: NodeId,
     },
-    /// Nothing more comes on this stream for the job: from the joining
-    /// node to the relay's node after a [`Down::Rejoin`], then from the
-    /// relay to the node that runs the job.
-    PathEnd,
+    /// Nothing more comes on this stream for job `job`: from the joining
+    /// node to the relay's node after a [`Down::Rejoin`] (the other jobs
+    /// of a stream of several go on on it), then from the relay to the
+    /// node that runs the job (job 0 of the session there).
+    PathEnd {
+        /// The job whose path through this stream ends.
+        job: u32,
+    },
 }
 
 /// Events of a session, from its jobs.

@@ -139,7 +139,7 @@ fn splice_frames_roundtrip() {
             token: u64::MAX,
             joiner: 1,
         },
-        Up::PathEnd,
+        Up::PathEnd { job: 2 },
     ] {
         let (back, _): (Up, usize) = decode(&encode(&u).unwrap()).unwrap().unwrap();
         assert_eq!(format!("{back:?}"), format!("{u:?}"));

@@ -173,6 +173,7 @@ pub async fn carry(
         input,
         origin: peer.node,
         watching: peer.role == Role::Node,
+        jobs,
         splice: (jobs == 1).then_some(splice_tx),
         switch: Some(switch_rx),
         old_end: Some(old_end_tx),

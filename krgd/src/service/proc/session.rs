@@ -113,8 +113,9 @@ async fn run(
     };
     let mut ctls: Vec<Option<Ctl>> = Vec::new();
     let mut running = JoinSet::new();
-    // a session of one job that another node carries
-    let carrier = (p.origin != node && p.count == 1).then_some(p.origin);
+    // a session that another node carries: it joins a job that moves on
+    // where the job runs next (see `splice`)
+    let carrier = (p.origin != node).then_some(p.origin);
     for job in 0..p.count {
         match job::start(&st, &p.spec, &p.creds, image.as_ref(), p.origin).await {
             Ok(started) => {
@@ -340,9 +341,10 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
         // it sent here goes to the job's relay, which passes it on; once
         // all of it is written, the relay's signals end, which tells it
         // to end the job's path through this node.
-        Up::PathEnd => {
+        Up::PathEnd { job } => {
             let rejoined = |c: &&mut Ctl| c.rejoined.load(Ordering::SeqCst);
-            for ctl in ctls.iter_mut().flatten().filter(rejoined) {
+            let ctl = ctls.get_mut(job as usize).and_then(Option::as_mut);
+            if let Some(ctl) = ctl.filter(rejoined) {
                 ctl.stdin = None;
                 let pump = ctl.stdin_pump.take();
                 let moved = crate::sync::lock(&ctl.entry.moved).take();

@@ -55,10 +55,9 @@ pub struct JobEntry {
     pub started: Instant,
     /// Set when its processes moved to another node (`migrate`).
     pub moved: Mutex<Option<Moved>>,
-    /// The node whose krgd carries this job's session, when the job is
-    /// alone in a session carried to another node and has no terminal:
-    /// when it moves on, that node can join it where it runs next
-    /// instead of reaching it through this one (see `migrate::splice`).
+    /// The node whose krgd carries this job's session, when another node
+    /// carries it: when the job moves on, that node joins it where it
+    /// runs next instead of reaching it through this one (see `splice`).
     pub carrier: Mutex<Option<NodeId>>,
 }
 

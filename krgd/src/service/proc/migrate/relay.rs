@@ -345,7 +345,7 @@ impl Rest {
         if user_eof {
             let _ = self.input.send(Up::StdinEof).await;
         }
-        let _ = self.input.send(Up::PathEnd).await;
+        let _ = self.input.send(Up::PathEnd { job: 0 }).await;
     }
 }
 

@@ -1,6 +1,6 @@
 //! The input side of a session carried on a stream: frames into the
-//! session until the origin leaves or fails. A session of one job may be
-//! spliced: its `Up::Splice` goes to the carrier's loop, and once that
+//! session until the origin leaves or fails. A session of one job (here:
+//! one that moved in) may be spliced: its `Up::Splice` goes to the carrier's loop, and once that
 //! old path ended (its `Up::PathEnd`, or its end) the reader says how
 //! many bytes of stdin it brought and goes on with the joined stream.
 
@@ -36,6 +36,8 @@ pub struct Reader {
     pub origin: NodeId,
     /// Whether `origin` is a node whose failure ends the session.
     pub watching: bool,
+    /// How many jobs the session has.
+    pub jobs: u32,
     /// Where a splice asked for goes (None: not this session).
     pub splice: Option<mpsc::Sender<(u64, NodeId)>>,
     /// The joined stream, once there is one.
@@ -51,8 +53,9 @@ impl Reader {
         let mut view = self.st.ctx.watch_view();
         let mut spliced = false;
         let mut stdin_in = 0u64;
-        // the carrier said its last word here (its job moved on and it
-        // joined it there): its stream's end is no origin lost
+        // the carrier said its last word here for every job (they moved
+        // on and it joined them there): its stream's end is no origin lost
+        let mut farewells = std::collections::BTreeSet::new();
         let mut farewell = false;
         loop {
             tokio::select! {
@@ -73,11 +76,14 @@ impl Reader {
                         // the end of the path through the relay of the
                         // node the job left; not spliced here, the
                         // carrier's last word to a job that moved on
-                        Some(Ok(Up::PathEnd)) if spliced => Some(true),
+                        Some(Ok(Up::PathEnd { .. })) if spliced => Some(true),
                         Some(Ok(frame)) => {
                             match &frame {
                                 Up::Stdin(data) => stdin_in += data.len() as u64,
-                                Up::PathEnd => farewell = true,
+                                Up::PathEnd { job } => {
+                                    farewells.insert(*job);
+                                    farewell = farewells.len() as u32 >= self.jobs;
+                                }
                                 _ => {}
                             }
                             if self.input.send(frame).await.is_err() {
