@@ -68,6 +68,22 @@ fn start_run(c: &TestCluster, run: &str, script: &str, stdin: Stdio, stderr: Std
     child
 }
 
+/// Lines "0" to "LINES - 1" into `input`, one every 2 ms, from a thread
+/// that gives `input` back (open: the test says when its end comes).
+fn numbered_lines(
+    mut input: std::process::ChildStdin,
+    lines: u32,
+) -> std::thread::JoinHandle<std::process::ChildStdin> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for n in 0..lines {
+            writeln!(input, "{n}").unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        input
+    })
+}
+
 /// The number of the next tick line within 10 s.
 fn next_tick(lines: &Receiver<String>) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -166,16 +182,8 @@ fn a_job_reading_its_input_is_spliced_without_losing_a_line() -> Result<()> {
     let _g = serial();
     let mut c = three_nodes()?;
     let (mut child, lines) = start(&c, ECHO, Stdio::piped());
-    let mut input = child.stdin.take().unwrap();
     const LINES: u32 = 2500;
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        for n in 0..LINES {
-            writeln!(input, "{n}").unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        input // kept open until the test says
-    });
+    let writer = numbered_lines(child.stdin.take().unwrap(), LINES);
     let got = |l: &Receiver<String>| {
         let l = l.recv_timeout(Duration::from_secs(10)).expect("an echo");
         l.strip_prefix("got: ")
@@ -351,17 +359,42 @@ for line in sys.stdin:
 sys.exit(3)
 "#;
 
-/// Two copies on node 2, in one stream from node 1: the lines of each
-/// (`node2.0: …`, `node2.1: …`), and its stderr's.
-fn start_copies(
-    c: &TestCluster,
-    script: &str,
-    stdin: Stdio,
-) -> (Child, Receiver<String>, Receiver<String>) {
-    let mut child = start_run(c, "-n 2 --per-node 2", script, stdin, Stdio::piped());
+/// Two copies of a script on node 2 of three nodes, in one stream from
+/// node 1.
+struct Copies {
+    c: TestCluster,
+    child: Child,
+    /// The lines of both (`node2.0: …`, `node2.1: …`).
+    lines: Receiver<String>,
+    /// `krg run`'s stderr.
+    errs: Receiver<String>,
+    /// The label and PID of each, in label order.
+    pids: Vec<(String, i64)>,
+}
+
+impl Copies {
+    /// SIGUSR1 to `krg run`; how it ended, and what it said on stderr.
+    fn usr1(&mut self) -> Result<(std::process::ExitStatus, Vec<String>)> {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+        let status = self.child.wait()?;
+        Ok((status, self.errs.iter().collect()))
+    }
+}
+
+fn start_copies(script: &str, stdin: Stdio) -> Result<Copies> {
+    let c = three_nodes()?;
+    let mut child = start_run(&c, "-n 2 --per-node 2", script, stdin, Stdio::piped());
     let lines = lines_of(child.stdout.take().unwrap());
     let errs = lines_of(child.stderr.take().unwrap());
-    (child, lines, errs)
+    let pids = copy_pids(&lines);
+    Ok(Copies {
+        c,
+        child,
+        lines,
+        errs,
+        pids,
+    })
 }
 
 /// The label and PID of each copy ("pid P" lines), in label order.
@@ -409,12 +442,10 @@ fn one_copy_on(c: &mut TestCluster, pid: i64) -> Result<()> {
 #[test]
 fn a_copy_moved_on_outlives_the_node_it_shared_a_stream_on() -> Result<()> {
     let _g = serial();
-    let mut c = three_nodes()?;
-    let (mut child, lines, errs) = start_copies(&c, COPY_TICKER, Stdio::null());
-    let pids = copy_pids(&lines);
-    let (moved, pid) = pids[1].clone();
-    let stayed = pids[0].0.clone();
-    one_copy_on(&mut c, pid)?;
+    let mut k = start_copies(COPY_TICKER, Stdio::null())?;
+    let (moved, pid) = k.pids[1].clone();
+    let stayed = k.pids[0].0.clone();
+    one_copy_on(&mut k.c, pid)?;
     let tick = |l: &Receiver<String>| -> u64 {
         loop {
             if let Some(n) = next_of(l, &moved).strip_prefix("tick ") {
@@ -422,27 +453,18 @@ fn a_copy_moved_on_outlives_the_node_it_shared_a_stream_on() -> Result<()> {
             }
         }
     };
-    let (t, mut last) = (Instant::now(), tick(&lines));
+    let (t, mut last) = (Instant::now(), tick(&k.lines));
     while t.elapsed() < Duration::from_secs(3) {
-        let n = tick(&lines);
+        let n = tick(&k.lines);
         assert!(n > last, "tick {n} after tick {last}");
         last = n;
     }
-    // SAFETY: kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
-    assert_eq!(next_of(&lines, &moved), "usr1");
-    let status = child.wait()?;
-    let said: Vec<String> = errs.iter().collect();
+    let (status, said) = k.usr1()?;
+    assert_eq!(next_of(&k.lines, &moved), "usr1");
     let exit7 = format!("krg: {moved}: exit 7");
     assert!(said.contains(&exit7), "{said:?}");
-    let lost = said
-        .iter()
-        .filter(|l| l.starts_with("krg: node 2:"))
-        .count();
-    assert_eq!(
-        lost, 1,
-        "the copy of node 2 ({stayed}) lost, once: {said:?}"
-    );
+    let lost = said.iter().filter(|l| l.starts_with("krg: node 2:"));
+    assert_eq!(lost.count(), 1, "{stayed} lost, once: {said:?}");
     // the worst end is the lost copy's
     assert_eq!(status.code(), Some(255), "{status:?}");
     Ok(())
@@ -455,21 +477,17 @@ fn a_copy_moved_on_outlives_the_node_it_shared_a_stream_on() -> Result<()> {
 #[test]
 fn a_copy_moved_on_gets_its_input_without_losing_a_line() -> Result<()> {
     let _g = serial();
-    let mut c = three_nodes()?;
-    let (mut child, lines, _errs) = start_copies(&c, COPY_ECHO, Stdio::piped());
-    let mut input = child.stdin.take().unwrap();
-    // (before any input: nothing but the pid lines is skipped)
-    let pids = copy_pids(&lines);
+    // (the pids are read before any input: nothing else is skipped)
+    let Copies {
+        mut c,
+        mut child,
+        lines,
+        pids,
+        ..
+    } = start_copies(COPY_ECHO, Stdio::piped())?;
     let (moved, pid) = pids[0].clone();
     const LINES: u32 = 1500;
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        for n in 0..LINES {
-            writeln!(input, "{n}").unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        input // kept open until the test says
-    });
+    let writer = numbered_lines(child.stdin.take().unwrap(), LINES);
     let got = |l: &Receiver<String>| -> u32 {
         let said = next_of(l, &moved);
         let n = said
@@ -496,25 +514,20 @@ fn a_copy_moved_on_gets_its_input_without_losing_a_line() -> Result<()> {
 #[test]
 fn both_copies_moved_on_leave_their_stream_empty() -> Result<()> {
     let _g = serial();
-    let mut c = three_nodes()?;
-    let (mut child, lines, errs) = start_copies(&c, COPY_TICKER, Stdio::null());
-    let pids = copy_pids(&lines);
-    moves(&c, pids[0].1, 2, 3);
-    moves(&c, pids[1].1, 2, 3);
+    let mut k = start_copies(COPY_TICKER, Stdio::null())?;
+    moves(&k.c, k.pids[0].1, 2, 3);
+    moves(&k.c, k.pids[1].1, 2, 3);
     wait_for(Duration::from_secs(20), "both sessions joined", || {
-        let log = c.nodes[&3].log_text();
+        let log = k.c.nodes[&3].log_text();
         (log.matches("a moved job's session joined here").count() >= 2).then_some(())
     })?;
-    c.node(2)?.kill9();
-    for (label, _) in &pids {
+    k.c.node(2)?.kill9();
+    for (label, _) in &k.pids {
         for _ in 0..20 {
-            assert!(next_of(&lines, label).starts_with("tick "));
+            assert!(next_of(&k.lines, label).starts_with("tick "));
         }
     }
-    // SAFETY: kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
-    let status = child.wait()?;
-    let said: Vec<String> = errs.iter().collect();
+    let (status, said) = k.usr1()?;
     assert_eq!(status.code(), Some(7), "{status:?} {said:?}");
     Ok(())
 }
