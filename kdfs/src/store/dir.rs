@@ -11,8 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use krg_proto::kdfs::{inode_node, Attr, DirEntry, FileKind, InodeId, NewInode, RemoveWhat};
 use nix::errno::Errno;
-use nix::fcntl::{openat, readlinkat, renameat, renameat2, OFlag, RenameFlags};
-use nix::sys::stat::{fstat, futimens, Mode};
+use nix::fcntl::{openat, readlinkat, renameat, renameat2, AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::{fstat, fstatat, futimens, FileStat, Mode};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
@@ -56,25 +56,41 @@ impl Store {
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let st = fstat(&link)?;
-        let forged = |why: String| Err(StoreError::forged(dir.ino, name, why));
-        if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-            return forged(format!("not a symlink (mode {:o})", st.st_mode));
-        }
-        if st.st_uid != STORE_OWNER {
-            return forged(format!("made by uid {}, not by krgd", st.st_uid));
-        }
-        if st.st_nlink != 1 {
-            return forged(format!("hard-linked {} times", st.st_nlink));
+        if let Some(why) = not_written_here(&fstat(&link)?) {
+            return Err(StoreError::forged(dir.ino, name, why));
         }
         let target = readlinkat(&link, "")?.into_encoded_bytes();
-        match Entry::decode(&target) {
-            Some(e) if e.encode().as_bytes() == target => Ok(Some(e)),
-            _ => forged(format!(
-                "target {:?} encodes no entry",
-                String::from_utf8_lossy(&target)
-            )),
+        decoded(&target)
+            .map(Some)
+            .map_err(|why| StoreError::forged(dir.ino, name, why))
+    }
+
+    /// [`read_entry`](Self::read_entry) for a listing: the same checks, by
+    /// name (two system calls instead of four; a listing reads every entry
+    /// of the directory). An entry swapped between the two could show in
+    /// a listing, but nothing is ever done through one: every use of a
+    /// name (lookup, open, unlink, rename) reads it with `read_entry`.
+    fn list_entry(&self, dir: &DirObj, name: &OsStr) -> Res<Option<Entry>> {
+        let st = match fstatat(dir.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(why) = not_written_here(&st) {
+            return Err(StoreError::forged(dir.ino, name, why));
         }
+        let target = match readlinkat(dir.fd(), name) {
+            Ok(t) => t.into_encoded_bytes(),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::EINVAL) => {
+                let why = "replaced by something else than a symlink";
+                return Err(StoreError::forged(dir.ino, name, why));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        decoded(&target)
+            .map(Some)
+            .map_err(|why| StoreError::forged(dir.ino, name, why))
     }
 
     /// Refuse entry `e` of `dir` if its inode is kept here as another kind of
@@ -329,7 +345,7 @@ impl Store {
                 continue;
             }
             // An entry removed since readdir saw it is simply skipped.
-            if let Ok(Some(entry)) = self.read_entry(&d, &name) {
+            if let Ok(Some(entry)) = self.list_entry(&d, &name) {
                 entries.push(entry.named(name.as_bytes()));
             }
         }
@@ -348,5 +364,31 @@ impl Store {
     pub(super) fn fsync_dir(&self, dir: InodeId) -> Res<()> {
         nix::unistd::fsync(self.open_dir_obj(dir)?.fd())?;
         self.objects.sync()
+    }
+}
+
+/// Why an entry with these attributes is not one the store wrote (a
+/// symlink of root's with one link), if it is not.
+fn not_written_here(st: &FileStat) -> Option<String> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        return Some(format!("not a symlink (mode {:o})", st.st_mode));
+    }
+    if st.st_uid != STORE_OWNER {
+        return Some(format!("made by uid {}, not by krgd", st.st_uid));
+    }
+    if st.st_nlink != 1 {
+        return Some(format!("hard-linked {} times", st.st_nlink));
+    }
+    None
+}
+
+/// The entry a symlink's target encodes, exactly (no other spelling).
+fn decoded(target: &[u8]) -> Result<Entry, String> {
+    match Entry::decode(target) {
+        Some(e) if e.encode().as_bytes() == target => Ok(e),
+        _ => Err(format!(
+            "target {:?} encodes no entry",
+            String::from_utf8_lossy(target)
+        )),
     }
 }
