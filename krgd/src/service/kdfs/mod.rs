@@ -60,6 +60,10 @@ fn unavailable(msg: impl Into<String>) -> AdminError {
 
 /// Requests answered without leaving the runtime thread.
 fn is_quick(req: &KdfsRequest) -> bool {
+    // (chmod, chown and utimes are quick; a truncate may wait on the disk)
+    if let KdfsRequest::SetAttr { set, .. } = req {
+        return set.size.is_none();
+    }
     !matches!(
         req,
         KdfsRequest::Read { .. }
@@ -77,7 +81,6 @@ fn is_quick(req: &KdfsRequest) -> bool {
             | KdfsRequest::SyncStore
             | KdfsRequest::Fallocate { .. }
             | KdfsRequest::OpenDir { .. }
-            | KdfsRequest::SetAttr { .. }
             | KdfsRequest::Statfs
     )
 }
