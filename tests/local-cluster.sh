@@ -396,6 +396,9 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     migrate 1:PID 2 ; migrate 2:PID 3          # PID from krg ps; node 2 steps out of the job's path
     K=\$(pgrep -f -- '--node-id 2 --session'); kill -STOP \$K; sleep 5; kill -CONT \$K
                                                # node 2 silent, then failed: the hop lines still come, from node 3
+    krg run -n 2 --per-node 2 -- sh -c 'while :; do echo \$\$; sleep 1; done' </dev/null &
+    migrate 2:PID 3                            # one of the two copies (PID from krg ps): node 1 joins it on node 3,
+                                               # so it goes on if node 2 fails (its other copy is then lost)
     krg run --detach -n 1 -- sh -c 'for i in \$(seq 60); do echo \$i; sleep 1; done'   # prints where its output goes
     migrate 1:PID 2                            # PID as krg ps shows it: it runs on node 2, its output file stays on node 1
     krg run -t -n 1 -- bash                    # then, from another shell: migrate 1:PID 3 (PID from krg ps)
