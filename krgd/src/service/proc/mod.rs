@@ -11,7 +11,8 @@
 //!   [`local_stream`]: a session carried on a local tool's connection.
 //! * [`hub`]: a run as its origin sees it, across nodes ([`remote`] is the
 //!   origin's side of another node's part, [`serve`] the target's;
-//!   [`splice`]: a moved job's session joined where it runs).
+//!   [`splice`]: a moved job's session joined where it runs; [`liveness`]:
+//!   whether the node a session or a migration depends on is still there).
 //! * [`place`]: where jobs go; [`fanout`]: the cluster-wide views.
 //! * [`table`], [`procfs`], [`lookup`]: this node's jobs and their processes.
 //! * [`creds`]: whose a job is, and who may run what here.
@@ -19,7 +20,8 @@
 //!   [`chkptat`]: `checkpoint NODE:PID` (or of a stand-in), saved where the
 //!   process runs.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
-//! * [`sealed`]: a session connection's sealed frames, read without loss.
+//! * [`sealed`]: a session connection's sealed frames, read without loss,
+//!   and its answers.
 //! * [`zygote`]: the pre-started `krg-init` that forks every job's init.
 //! * [`pty`], [`detach`], [`nodestat`], [`fdio`], [`state`]: the smaller pieces.
 
@@ -34,6 +36,7 @@ pub mod handover;
 pub mod hub;
 pub mod initspec;
 pub mod job;
+pub mod liveness;
 pub mod load;
 pub mod local_stream;
 pub mod lookup;

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::client_handshake;
-use krg_proto::cluster::NodeState;
 use krg_proto::migrate::PhaseTime;
 use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
 use krg_proto::proc::{
@@ -33,7 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::context::NodeContext;
 
-use super::migrate::CutOff;
+use super::liveness::{until_gone, CutOff};
 use super::sealed::{self, Outgoing};
 use super::session::Session;
 use super::state::ProcState;
@@ -170,7 +169,7 @@ async fn open_with(
     });
     let opened = tokio::select! {
         r = opened => r,
-        why = super::migrate::until_gone(&mut view, node, cut_off) => {
+        why = until_gone(&mut view, node, cut_off) => {
             Ok(Err(AdminError::new(ErrorKind::Unavailable, why)))
         }
     };
@@ -207,19 +206,4 @@ async fn open_with(
         events: ev_rx,
     };
     Ok((session, phases))
-}
-
-/// Whether `node` is, in this node's view, a member that answers.
-/// Is `node` still a member in good standing? Err says why not.
-pub(super) fn is_alive(view: &crate::context::ClusterView, node: NodeId) -> Result<(), String> {
-    if view.epoch == 0 {
-        return Ok(()); // no cluster: nothing watches liveness, the connection does
-    }
-    match view.node(node).map(|n| n.state) {
-        Some(NodeState::Online) | Some(NodeState::Leaving) => Ok(()),
-        Some(NodeState::Failed) => Err(format!(
-            "node {node} failed (silent for longer than the failure timeout)"
-        )),
-        Some(NodeState::Present) | None => Err(format!("node {node} left the cluster")),
-    }
 }

@@ -4,6 +4,7 @@
 //! without ever dropping a half-read one (which would desynchronise the
 //! frame counter and fail the connection).
 
+use krg_proto::peer::{PeerBody, PeerMessage, PeerResponse};
 use krg_proto::seal::{Opener, Sealer};
 use krg_proto::ProtoError;
 use serde::de::DeserializeOwned;
@@ -63,4 +64,18 @@ impl Outgoing {
         use tokio::io::AsyncWriteExt;
         let _ = self.wr.shutdown().await;
     }
+}
+
+/// Write one response on a session connection (its first answer, or a
+/// refusal); false if the connection failed.
+pub async fn answer(
+    stream: &mut tokio::net::TcpStream,
+    sealer: &mut Sealer,
+    body: PeerResponse,
+) -> bool {
+    let msg = PeerMessage {
+        id: 0,
+        body: PeerBody::Response(body),
+    };
+    sealer.write(stream, &msg).await.is_ok()
 }

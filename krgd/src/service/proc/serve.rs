@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::{Identity, Role};
-use krg_proto::peer::{PeerBody, PeerMessage, PeerResponse};
+use krg_proto::peer::PeerResponse;
 use krg_proto::proc::{PeerSession, ProcPeerReply, Up, SESSION_VERSION};
 use krg_proto::seal::{FrameKeys, Sealer};
 use tokio::net::TcpStream;
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::creds::{self, Origin};
 use super::detach;
-use super::sealed::{self, Outgoing};
+use super::sealed::{self, answer, Outgoing};
 use super::session::{self, Params, Session};
 use super::splice;
 use super::state::{ProcState, MAX_PER_NODE};
@@ -45,18 +45,6 @@ pub async fn origin_of(st: &ProcState, peer: &Identity) -> Origin {
     } else {
         Origin::Outsider(peer.node)
     }
-}
-
-pub(super) async fn answer(
-    stream: &mut TcpStream,
-    sealer: &mut Sealer,
-    body: PeerResponse,
-) -> bool {
-    let msg = PeerMessage {
-        id: 0,
-        body: PeerBody::Response(body),
-    };
-    sealer.write(stream, &msg).await.is_ok()
 }
 
 /// Serve one session connection opened by `peer`.

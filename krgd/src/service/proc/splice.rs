@@ -2,14 +2,14 @@
 //! job (the protocol: *Splicing* in `krg_proto::proc`; the relay's side
 //! is `migrate::relay`, the joining node's `remote`).
 //!
-//! [`Waiting`] holds the tokens this node's sessions expect a join with;
+//! [`Waiting`] ([`waiting`]) holds the tokens this node's sessions expect
+//! a join with;
 //! [`serve_join`] hands a `JoinSession` connection to its session
 //! ([`join_here`] makes one for a job that came back to its carrier);
 //! [`join`] is the session's wait for it. [`events::EventPath`] is where
 //! the session's events go across the splice (stdin acknowledgements
 //! rebased), [`reader::Reader`] where its input comes from.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +20,9 @@ use krg_proto::proc::{Down, ProcPeerReply, ProcPeerRequest, Up};
 use krg_proto::seal::{FrameKeys, Side};
 use krg_proto::NodeId;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::sealed::{self, Incoming, Outgoing};
-use super::serve::answer;
+use super::sealed::{self, answer, Incoming, Outgoing};
 use super::state::ProcState;
 
 /// How long a session waits for the node it told to join it.
@@ -31,47 +30,11 @@ pub const JOIN_WAIT: Duration = Duration::from_secs(30);
 
 pub mod events;
 pub mod reader;
+pub mod waiting;
 
 pub use events::EventPath;
 pub use reader::Reader;
-
-/// A `JoinSession` connection, for the session it names.
-pub struct Joining {
-    /// The connection, past its handshake.
-    pub stream: TcpStream,
-    /// Its keys.
-    pub keys: FrameKeys,
-    /// Who joins.
-    pub peer: Identity,
-    /// Bytes of stdin the joining node had sent on the old path.
-    pub sent: u64,
-}
-
-/// The joins this node's sessions wait for: token → (who may join, where
-/// the connection goes).
-#[derive(Default)]
-pub struct Waiting(std::sync::Mutex<HashMap<u64, (NodeId, oneshot::Sender<Joining>)>>);
-
-impl Waiting {
-    fn register(&self, token: u64, joiner: NodeId) -> oneshot::Receiver<Joining> {
-        let (tx, rx) = oneshot::channel();
-        crate::sync::lock(&self.0).insert(token, (joiner, tx));
-        rx
-    }
-
-    fn forget(&self, token: u64) {
-        crate::sync::lock(&self.0).remove(&token);
-    }
-
-    /// The session waiting for `node` with `token`, taken.
-    fn take(&self, token: u64, node: NodeId) -> Option<oneshot::Sender<Joining>> {
-        let mut w = crate::sync::lock(&self.0);
-        match w.get(&token) {
-            Some((joiner, _)) if *joiner == node => w.remove(&token).map(|(_, tx)| tx),
-            _ => None,
-        }
-    }
-}
+pub use waiting::{Joining, Waiting};
 
 /// Serve a `JoinSession` connection of `peer` to node `me`: hand it to
 /// the session of `waiting` that waits for it, or refuse it.
@@ -219,27 +182,4 @@ pub async fn join(
         sent,
     };
     Ok((joined, held))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Waiting;
-
-    #[test]
-    fn a_join_is_handed_over_only_for_its_token_and_from_its_node() {
-        let w = Waiting::default();
-        let _rx = w.register(42, 1);
-        assert!(w.take(41, 1).is_none(), "another token");
-        assert!(w.take(42, 2).is_none(), "another node");
-        assert!(w.take(42, 1).is_some(), "the awaited join");
-        assert!(w.take(42, 1).is_none(), "once only");
-    }
-
-    #[test]
-    fn a_forgotten_join_is_refused() {
-        let w = Waiting::default();
-        let _rx = w.register(7, 3);
-        w.forget(7);
-        assert!(w.take(7, 3).is_none());
-    }
 }

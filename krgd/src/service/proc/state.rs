@@ -43,7 +43,7 @@ pub struct ProcState {
     /// Migrations in and out.
     pub migration: Registry,
     /// Sessions of moved jobs waiting for a node to join them.
-    pub splices: Arc<super::splice::Waiting>,
+    pub splices: Arc<super::splice::waiting::Waiting>,
     /// Where a migration's process runs, decided by the cluster (the
     /// handover fence, [`super::migrate::fence`]).
     pub placement: Arc<dyn crate::service::placement::Placement>,

@@ -68,6 +68,7 @@ use krg_proto::NodeId;
 
 use super::creds::Origin;
 use super::fanout;
+use super::liveness::{until_gone, CutOff};
 use super::state::ProcState;
 
 /// How long the target may take to take one request of a transfer.
@@ -147,39 +148,6 @@ async fn call(
         ProcPeerReply::Migrate(r) => Ok(r),
         other => Err(other),
     })
-}
-
-/// How [`until_gone`] takes this node's own isolation.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum CutOff {
-    /// As the end of the wait: a migration's calls (what this node would
-    /// ask the cluster cannot be committed, and the target may well be
-    /// on the majority's side).
-    Ends,
-    /// As nothing: it says nothing of `node`.
-    Ignored,
-}
-
-/// Wait until the membership says `node` is gone (or, with
-/// [`CutOff::Ends`], that this node is cut off from the majority); why.
-pub(super) async fn until_gone(
-    view: &mut tokio::sync::watch::Receiver<crate::context::ClusterView>,
-    node: NodeId,
-    cut_off: CutOff,
-) -> String {
-    loop {
-        let seen = view.borrow_and_update().clone();
-        if let Err(why) = super::remote::is_alive(&seen, node) {
-            return why;
-        }
-        if cut_off == CutOff::Ends && seen.epoch != 0 && seen.cut_off {
-            return format!("this node is cut off from the majority of the cluster (node {node} may be on its side)");
-        }
-        if view.changed().await.is_err() {
-            // no more views: the call's own timeout decides
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 /// Requests of other krgds about migrations.

@@ -29,6 +29,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 use super::super::fdio::pipe_pair;
+use super::super::liveness::{until_gone, CutOff};
 use super::super::spawn::pidfd_open;
 use super::super::state::ProcState;
 use super::{call, STEP_TIMEOUT};
@@ -96,7 +97,7 @@ pub fn keep(st: &Arc<ProcState>, to: NodeId, xfer: u64, sinks: Sinks) {
         let mut view = st.ctx.watch_view();
         while st.migration.outputs.map().contains_key(&(to, xfer)) {
             tokio::select! {
-                _ = super::until_gone(&mut view, to, super::CutOff::Ignored) => break,
+                _ = until_gone(&mut view, to, CutOff::Ignored) => break,
                 _ = tokio::time::sleep(WATCH_EVERY) => {}
             }
         }

@@ -19,9 +19,10 @@ use krg_proto::proc::{Down, ProcPeerReply, ProcPeerRequest};
 use krg_proto::{NodeId, ProtoError};
 use tokio::sync::mpsc;
 
+use super::super::liveness::is_alive;
 use super::super::sealed::{self, Incoming, Outgoing};
 use super::input::{PathId, Switch};
-use super::{connect, is_alive, OPEN_TIMEOUT};
+use super::{connect, OPEN_TIMEOUT};
 use crate::context::NodeContext;
 
 /// What the readers of one session share.
@@ -29,7 +30,7 @@ use crate::context::NodeContext;
 pub struct Shared {
     pub ctx: Arc<NodeContext>,
     /// This node's sessions waiting to be joined (a job came back).
-    pub splices: Arc<crate::service::proc::splice::Waiting>,
+    pub splices: Arc<crate::service::proc::splice::waiting::Waiting>,
     pub events: mpsc::Sender<Down>,
     pub switch: mpsc::Sender<Switch>,
     /// Held by the reader that switches the input to a joined stream,
