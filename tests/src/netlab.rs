@@ -1,6 +1,6 @@
 //! Network namespaces for multi-host tests: one namespace per node, each
 //! with a veth whose other end is attached to a bridge living in a namespace
-//! of its own. Addresses are 10.77.0.<node>/24 on that private bridge; nothing
+//! of its own. Addresses are `10.77.0.<node>/24` on that private bridge; nothing
 //! leaves the machine. Everything is deleted on drop.
 
 use std::net::Ipv4Addr;
