@@ -123,11 +123,12 @@ fn moves(c: &TestCluster, pid: i64, from: u32, to: u32) {
 /// that the node it left passed on its last input: that node is out of
 /// the job's path (input it still held would be lost with it).
 fn joined_on(c: &TestCluster, node: u32) -> Result<()> {
-    wait_for(Duration::from_secs(20), "the job's session joined", || {
+    let joined = wait_for(Duration::from_secs(20), "the job's session joined", || {
         let log = c.nodes[&node].log_text();
         let joined = log.contains("a moved job's session joined here");
         (joined && log.contains("it is out of the job's path")).then_some(())
-    })
+    });
+    joined.map_err(|e| anyhow::anyhow!("{e}\n{}", c.log_tails(40)))
 }
 
 /// A formed cluster of three loopback krgds.
@@ -248,7 +249,11 @@ fn the_stdin_window_flows_on_after_a_splice() -> Result<()> {
     });
     let ready = lines.recv_timeout(Duration::from_secs(10));
     assert_eq!(ready.as_deref(), Ok("ready"));
-    through_node_2(&mut c)?;
+    if let Err(e) = through_node_2(&mut c) {
+        // what the job said (a record lost or out of order) and how it ended
+        let out: Vec<String> = lines.try_iter().collect();
+        panic!("{e}\njob said {out:?}, ended {:?}", child.try_wait());
+    }
     if writer.join().is_err() {
         let out: Vec<String> = lines.try_iter().collect();
         panic!("{:?} {out:?}\n{}", child.wait(), c.log_tails(30));

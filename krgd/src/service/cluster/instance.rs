@@ -454,8 +454,15 @@ impl ClusterService {
         let mut rx = joined.state.clone();
         let me_id = self.ctx.node_id();
         loop {
-            self.publish_view().await;
+            // Marked seen before the view is built from it: a change that
+            // comes while the view is being published wakes `changed()`
+            // again. The other way round, the view could be built from the
+            // state before a change and the change marked seen after it:
+            // lost until the next change (a node formed with the cluster
+            // kept the view of no cluster for seconds, and `mkfs.kdfs`
+            // there said "no cluster is running on this node").
             let state = rx.borrow_and_update().clone();
+            self.publish_view().await;
             let removed = state.epoch > 0 && !state.is_member(self.ctx.node_id());
             if state.dissolved || removed {
                 // Leave from another task (leave aborts this one). A removed
@@ -503,8 +510,9 @@ impl ClusterService {
                 // Keep following: the node may be re-added meanwhile (the
                 // delayed leave checks again), or removed again later.
                 while rx.changed().await.is_ok() {
+                    let member = rx.borrow_and_update().is_member(me_id);
                     self.publish_view().await;
-                    if rx.borrow_and_update().is_member(me_id) {
+                    if member {
                         break;
                     }
                 }
