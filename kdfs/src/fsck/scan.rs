@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::format::{
     self, RootMeta, StoreDir, Superblock, FIRST_INO, INODES, STORE_OWNER, STRIPES,
 };
-use crate::store::entry::Entry;
+use crate::store::entry::{decoded, not_written_here, Entry};
 use crate::store::{object_name, sys, LAYOUT_XATTR, NLINK_XATTR, NSUB_XATTR};
 use crate::KdfsError;
 
@@ -316,23 +316,11 @@ pub fn read_entry(dir: BorrowedFd, name: &OsStr) -> Result<(Entry, (i64, i64)), 
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let link = openat(dir, name, flags, Mode::empty()).map_err(errno)?;
     let st = fstat(&link).map_err(errno)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-        return Err(format!("not a symlink (mode {:o})", st.st_mode));
-    }
-    if st.st_uid != STORE_OWNER {
-        return Err(format!("made by uid {}, not by krgd", st.st_uid));
-    }
-    if st.st_nlink != 1 {
-        return Err(format!("hard-linked {} times", st.st_nlink));
+    if let Some(why) = not_written_here(&st) {
+        return Err(why);
     }
     let target = readlinkat(&link, "").map_err(errno)?.into_encoded_bytes();
-    match Entry::decode(&target) {
-        Some(e) if e.encode().as_bytes() == target => Ok((e, (st.st_mtime, st.st_mtime_nsec))),
-        _ => Err(format!(
-            "target {:?} encodes no entry",
-            String::from_utf8_lossy(&target)
-        )),
-    }
+    decoded(&target).map(|e| (e, (st.st_mtime, st.st_mtime_nsec)))
 }
 
 /// Where a store's objects are, for messages.

@@ -12,14 +12,13 @@ use std::os::unix::ffi::OsStrExt;
 use krg_proto::kdfs::{inode_node, Attr, DirEntry, FileKind, InodeId, NewInode, RemoveWhat};
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, renameat, renameat2, AtFlags, OFlag, RenameFlags};
-use nix::sys::stat::{fstat, fstatat, futimens, FileStat, Mode};
+use nix::sys::stat::{fstat, fstatat, futimens, Mode};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
-use super::entry::{check_name, check_replace, Entry};
+use super::entry::{check_name, check_replace, decoded, not_written_here, Entry};
 use super::error::{Res, StoreError};
 use super::Store;
-use crate::format::STORE_OWNER;
 
 /// The object of a directory, open: its entries are read and changed
 /// relative to this descriptor.
@@ -364,31 +363,5 @@ impl Store {
     pub(super) fn fsync_dir(&self, dir: InodeId) -> Res<()> {
         nix::unistd::fsync(self.open_dir_obj(dir)?.fd())?;
         self.objects.sync()
-    }
-}
-
-/// Why an entry with these attributes is not one the store wrote (a
-/// symlink of root's with one link), if it is not.
-fn not_written_here(st: &FileStat) -> Option<String> {
-    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-        return Some(format!("not a symlink (mode {:o})", st.st_mode));
-    }
-    if st.st_uid != STORE_OWNER {
-        return Some(format!("made by uid {}, not by krgd", st.st_uid));
-    }
-    if st.st_nlink != 1 {
-        return Some(format!("hard-linked {} times", st.st_nlink));
-    }
-    None
-}
-
-/// The entry a symlink's target encodes, exactly (no other spelling).
-fn decoded(target: &[u8]) -> Result<Entry, String> {
-    match Entry::decode(target) {
-        Some(e) if e.encode().as_bytes() == target => Ok(e),
-        _ => Err(format!(
-            "target {:?} encodes no entry",
-            String::from_utf8_lossy(target)
-        )),
     }
 }

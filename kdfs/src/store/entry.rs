@@ -9,8 +9,10 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use krg_proto::kdfs::{DirEntry, FileKind, InodeId};
+use nix::sys::stat::FileStat;
 
 use super::error::{Res, StoreError};
+use crate::format::STORE_OWNER;
 
 /// What one entry names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -94,6 +96,33 @@ pub(super) fn check_replace(new: FileKind, old: FileKind) -> Res<()> {
         (true, false) => Err(StoreError::NotDir),
         (false, true) => Err(StoreError::IsDir),
         _ => Ok(()),
+    }
+}
+
+/// Why an entry with these attributes is not one the store wrote (a
+/// symlink of root's with one link), if it is not (the store's check,
+/// and fsck's).
+pub(crate) fn not_written_here(st: &FileStat) -> Option<String> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        return Some(format!("not a symlink (mode {:o})", st.st_mode));
+    }
+    if st.st_uid != STORE_OWNER {
+        return Some(format!("made by uid {}, not by krgd", st.st_uid));
+    }
+    if st.st_nlink != 1 {
+        return Some(format!("hard-linked {} times", st.st_nlink));
+    }
+    None
+}
+
+/// The entry a symlink's target encodes, exactly (no other spelling).
+pub(crate) fn decoded(target: &[u8]) -> Result<Entry, String> {
+    match Entry::decode(target) {
+        Some(e) if e.encode().as_bytes() == target => Ok(e),
+        _ => Err(format!(
+            "target {:?} encodes no entry",
+            String::from_utf8_lossy(target)
+        )),
     }
 }
 
