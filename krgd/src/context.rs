@@ -112,6 +112,11 @@ impl NodeContext {
         self.view_tx.borrow().clone()
     }
 
+    /// The epoch of the current view (no copy of it: asked at every ping).
+    pub fn view_epoch(&self) -> u64 {
+        self.view_tx.borrow().epoch
+    }
+
     /// A receiver that wakes on every view change.
     pub fn watch_view(&self) -> watch::Receiver<ClusterView> {
         self.view_tx.subscribe()

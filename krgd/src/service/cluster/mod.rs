@@ -320,7 +320,7 @@ impl ClusterService {
             .borrow()
             .last_applied
             .map_or(0, |l| l.index);
-        (j.state.borrow().epoch.min(self.ctx.view().epoch), applied)
+        (j.state.borrow().epoch.min(self.ctx.view_epoch()), applied)
     }
 
     /// Answer the leader's liveness probe; a ping from this node's own
