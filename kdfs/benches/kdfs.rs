@@ -11,9 +11,11 @@
 //! file created through node 2's mount (its data lives on node 2) written
 //! and read through node 1's. `KDFS_BENCH_ONLY=remote` runs only that table;
 //! `KDFS_BENCH_ONLY=meta` runs only the metadata lines (create, stat,
-//! readdir, unlink) of the first table, `KDFS_BENCH_ONLY=small` only its
-//! small-file lines: `tar -xf` of a tree of KDFS_BENCH_FILES small files,
-//! and `dbench 4` for KDFS_BENCH_DBENCH_SECS (default 10) seconds.
+//! readdir, unlink) of the first table, `KDFS_BENCH_ONLY=data` only its
+//! data lines (sequential and fio) and then this second table (the remote
+//! lines against GlusterFS's, whose client reaches its bricks over
+//! connections too), `KDFS_BENCH_ONLY=small` only its small-file lines:
+//! `tar -xf` of a tree of KDFS_BENCH_FILES small files, and `dbench 4` for KDFS_BENCH_DBENCH_SECS (default 10) seconds.
 //!
 //! A third table compares reading a file held by one node with reading a
 //! file striped over the three (`benches/kdfs/striped.rs`), of
@@ -232,6 +234,8 @@ fn dbench(dir: &Path, secs: u64) -> Option<f64> {
 #[derive(Clone, Copy, PartialEq)]
 enum Only {
     All,
+    /// The data lines (sequential and fio) and the remote table.
+    Data,
     Meta,
     Small,
 }
@@ -240,6 +244,7 @@ fn only() -> Only {
     match std::env::var("KDFS_BENCH_ONLY").as_deref() {
         Ok("meta") => Only::Meta,
         Ok("small") => Only::Small,
+        Ok("data") => Only::Data,
         _ => Only::All,
     }
 }
@@ -257,18 +262,18 @@ struct Work<'a> {
 fn run_all(dir: &Path, w: &Work) -> Vec<Option<f64>> {
     let mut v = vec![None; LINES.len()];
     let which = only();
-    if which == Only::All {
+    if matches!(which, Only::All | Only::Data) {
         v[0] = Some(seq_write(dir, w.seq_mb));
         v[1] = Some(seq_read(dir, w.seq_mb));
         v[2] = fio(dir, "randread", w.fio_secs);
         v[3] = fio(dir, "randwrite", w.fio_secs);
     }
-    if which != Only::Small {
+    if matches!(which, Only::All | Only::Meta) {
         for (i, m) in metadata(dir, w.files).into_iter().enumerate() {
             v[4 + i] = Some(m);
         }
     }
-    if which != Only::Meta {
+    if matches!(which, Only::All | Only::Small) {
         v[8] = untar(dir, w.tar, w.files);
         v[9] = dbench(dir, w.dbench_secs);
     }
@@ -325,13 +330,14 @@ fn run_remote(here: &Path, owner: &Path, seq_mb: u64, fio_secs: u64) -> Vec<Opti
 }
 
 /// Run [`REMOTE_LINES`] `rounds` times and print their medians, with the
-/// ratio to the native figures of the same lines when they were measured.
+/// ratio to the native and GlusterFS figures of the same lines when they
+/// were measured (`[native, glusterfs]`, by line).
 fn remote_table(
     cluster: &common::Cluster,
     rounds: u64,
     seq_mb: u64,
     fio_secs: u64,
-    native: &[Option<f64>],
+    refs: [&[Option<f64>]; 2],
 ) {
     let here = cluster.mnt(0).join("bench-remote");
     fs::create_dir(&here).expect("mkdir bench-remote on kdfs");
@@ -348,21 +354,24 @@ fn remote_table(
     }
     println!("another node's file (node 2's data through node 1's mount), medians of {rounds}:");
     println!(
-        "{:<32} {:>10} {:>12} {:>12} {:>10}",
-        "work", "unit", "native", "kdfs", "kdfs/nat"
+        "{:<32} {:>10} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "work", "unit", "native", "kdfs", "glusterfs", "kdfs/nat", "kdfs/glu"
     );
     for (i, ((name, unit), s)) in REMOTE_LINES.iter().zip(samples).enumerate() {
         let k = median(s);
-        let n = native.get(i).copied().flatten();
+        let [n, g] = refs.map(|r| r.get(i).copied().flatten());
         let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
-        let ratio = match (k, n) {
-            (Some(k), Some(n)) if n > 0.0 => format!("{:.2}", k / n),
+        let ratio = |r: Option<f64>| match (k, r) {
+            (Some(k), Some(r)) if r > 0.0 => format!("{:.2}", k / r),
             _ => "-".into(),
         };
         println!(
-            "{name:<32} {unit:>10} {:>12} {:>12} {ratio:>10}",
+            "{name:<32} {unit:>10} {:>12} {:>12} {:>12} {:>10} {:>10}",
             fmt(n),
-            fmt(k)
+            fmt(k),
+            fmt(g),
+            ratio(n),
+            ratio(g)
         );
     }
     let _ = fs::remove_dir(&here);
@@ -502,7 +511,7 @@ fn main() {
     }
     if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "remote") {
         println!("kDFS bench: remote lines only, seq {seq_mb} MiB, fio {fio_secs} s, {rounds} round(s); 3 nodes on loopback");
-        remote_table(&cluster, rounds, seq_mb, fio_secs, &[]);
+        remote_table(&cluster, rounds, seq_mb, fio_secs, [&[], &[]]);
         return;
     }
     let kdir = cluster.mnt(0).join("bench");
@@ -525,7 +534,7 @@ fn main() {
         .prefix("kdfs-bench-tar")
         .tempdir_in(common::test_dir())
         .expect("tarball dir");
-    let tar = if only() == Only::Meta {
+    let tar = if matches!(only(), Only::Meta | Only::Data) {
         PathBuf::new()
     } else {
         small_file_tarball(tar_dir.path(), files)
@@ -583,13 +592,25 @@ fn main() {
             ratio(kv, gv)
         );
     }
-    if only() != Only::All {
+    if !matches!(only(), Only::All | Only::Data) {
         drop(gluster);
         return;
     }
-    // The native column of the remote table: the same four lines, local.
+    // The native and GlusterFS columns of the remote table: the same four
+    // lines (GlusterFS's client reaches its bricks over connections too).
     let native_seq: Vec<Option<f64>> = (0..4).map(|i| med[0][i]).collect();
-    remote_table(&cluster, rounds, seq_mb, fio_secs, &native_seq);
+    let gluster_seq: Vec<Option<f64>> = (0..4).map(|i| med.get(2).and_then(|g| g[i])).collect();
+    remote_table(
+        &cluster,
+        rounds,
+        seq_mb,
+        fio_secs,
+        [&native_seq, &gluster_seq],
+    );
+    if only() == Only::Data {
+        drop(gluster);
+        return;
+    }
     striped::table(&cluster, rounds, stripe_mb);
     drop(gluster);
     drop(cluster);

@@ -1,10 +1,11 @@
 //! Connections from the FUSE client to every node's krgd.
 //!
 //! One authenticated, multiplexed TCP connection per node, opened on first
-//! use. A node that cannot be reached is remembered as down for a short
-//! while, so that operations on its inodes fail at once (ENOTCONN) instead of
-//! each waiting for a connect timeout; after that the next operation tries
-//! again, which is how a returning node's files come back.
+//! use, and up to [`LANES`] - 1 more for the pieces of large writes. A node
+//! that cannot be reached is remembered as down for a short while, so that
+//! operations on its inodes fail at once (ENOTCONN) instead of each waiting
+//! for a connect timeout; after that the next operation tries again, which
+//! is how a returning node's files come back.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +29,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an unreachable node is reported down without retrying.
 const DOWN_HOLD: Duration = Duration::from_millis(500);
 
+/// Connections to each node that the pieces of one large write share out
+/// (lane 0 also carries every other request). Over one connection the
+/// pieces were sealed by one task here and opened by one reader there,
+/// one after the other, mostly on one core; over four, each piece is
+/// sealed, sent, opened and written beside the others.
+pub const LANES: u8 = 4;
+
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<PeerClient>>>>;
 
 pub struct Cluster {
@@ -37,7 +45,7 @@ pub struct Cluster {
     /// Addresses given with `nodes=`: they win over what krgd reports.
     fixed: HashMap<NodeId, SocketAddr>,
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
-    slots: Mutex<HashMap<NodeId, Slot>>,
+    slots: Mutex<HashMap<(NodeId, u8), Slot>>,
     down_until: Mutex<HashMap<NodeId, Instant>>,
 }
 
@@ -150,11 +158,11 @@ impl Cluster {
             .copied()
     }
 
-    fn slot(&self, node: NodeId) -> Slot {
+    fn slot(&self, node: NodeId, lane: u8) -> Slot {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(node)
+            .entry((node, lane))
             .or_default()
             .clone()
     }
@@ -171,8 +179,8 @@ impl Cluster {
             .insert(node, Instant::now() + DOWN_HOLD);
     }
 
-    async fn client(&self, node: NodeId) -> Result<Arc<PeerClient>, i32> {
-        let slot = self.slot(node);
+    async fn client(&self, node: NodeId, lane: u8) -> Result<Arc<PeerClient>, i32> {
+        let slot = self.slot(node, lane);
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref() {
             if c.is_alive() {
@@ -216,7 +224,18 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        let c = self.client(node).await?;
+        self.call_on(node, 0, req, timeout).await
+    }
+
+    /// [`Cluster::call_within`] on connection `lane` to `node`.
+    pub async fn call_on(
+        &self,
+        node: NodeId,
+        lane: u8,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        let c = self.client(node, lane).await?;
         match c.call(PeerRequest::Kdfs(req), timeout).await {
             Ok(PeerResponse::Kdfs(KdfsResponse::Errno(e))) => Err(e),
             Ok(PeerResponse::Kdfs(r)) => Ok(r),

@@ -11,7 +11,7 @@ use krg_proto::kdfs::{
 use krg_proto::NodeId;
 
 use super::cache::Cache;
-use super::conn::Cluster;
+use super::conn::{Cluster, CALL_TIMEOUT, LANES};
 use super::local::LocalStore;
 use super::locks::ClientLocks;
 use super::release::Releases;
@@ -87,12 +87,18 @@ pub fn written_without_gap(
 
 impl Ops {
     pub async fn call(&self, node: NodeId, q: Q) -> Res<A> {
+        self.call_on(node, 0, q).await
+    }
+
+    /// [`Ops::call`] on connection `lane` to the node.
+    pub async fn call_on(&self, node: NodeId, lane: u8, q: Q) -> Res<A> {
         match self.local_store.answer(node, q) {
             Ok(answer) => answer,
             Err(q) => {
                 self.cache.watch(&self.cluster, node);
                 let q = self.locks.held_by(node, q);
-                self.cluster.call(node, self.cache.wrap(node, q)).await
+                let q = self.cache.wrap(node, q);
+                self.cluster.call_on(node, lane, q, CALL_TIMEOUT).await
             }
         }
     }
@@ -515,28 +521,45 @@ impl Ops {
     }
 
     /// Write to another node's file: a large write goes in pieces of
-    /// [`WRITE_PIECE`], all sent at once, so that sealing, the transfer
+    /// [`WRITE_PIECE`], all sent at once, each a task of its own on a
+    /// connection of its own ([`LANES`]), so that sealing, the transfer
     /// and the owner's write of one piece overlap the others'. It returns
     /// once every piece is at the owner (another node's next read sees
     /// it), with the bytes written from `offset` on without a gap: a piece
     /// that failed or fell short ends the count there.
-    pub async fn write(&self, ino: InodeId, fh: u64, offset: u64, data: Vec<u8>) -> Res<u32> {
-        let pieces = data.chunks(WRITE_PIECE).enumerate().map(|(i, piece)| {
-            let q = Q::Write {
-                ino,
-                fh,
-                offset: offset + (i * WRITE_PIECE) as u64,
-                data: piece.to_vec().into(),
-            };
-            async move {
-                match self.call(inode_node(ino), q).await? {
-                    A::Written(n) => Ok(n),
-                    other => unexpected("write", other),
-                }
-            }
-        });
-        let results = futures::future::join_all(pieces).await;
-        written_without_gap(results, data.chunks(WRITE_PIECE).map(<[u8]>::len))
+    pub async fn write(
+        self: &Arc<Self>,
+        ino: InodeId,
+        fh: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Res<u32> {
+        let lens: Vec<usize> = data.chunks(WRITE_PIECE).map(<[u8]>::len).collect();
+        let data = ::bytes::Bytes::from(data);
+        let node = inode_node(ino);
+        let pieces: Vec<_> = (0..lens.len())
+            .map(|i| {
+                let at = i * WRITE_PIECE;
+                let q = Q::Write {
+                    ino,
+                    fh,
+                    offset: offset + at as u64,
+                    data: krg_proto::kdfs::Bytes(data.slice(at..at + lens[i])),
+                };
+                let ops = self.clone();
+                tokio::spawn(async move {
+                    match ops.call_on(node, (i % usize::from(LANES)) as u8, q).await? {
+                        A::Written(n) => Ok(n),
+                        other => unexpected("write", other),
+                    }
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            results.push(p.await.unwrap_or(Err(libc::EIO)));
+        }
+        written_without_gap(results, lens)
     }
 
     pub async fn simple(&self, node: NodeId, q: Q) -> Res<()> {
