@@ -368,17 +368,20 @@ fn closed_after_lease(c: &Cluster, t: Instant, wait: Duration, min: Duration) {
 }
 
 /// The data node index `i` keeps: the bytes of its files' objects.
-/// Writes to another node's file go in 256 KiB pieces spread over several
-/// connections at once: whatever their sizes and offsets, every byte
-/// lands where it was written, and the owner's mount reads back exactly
-/// what was written (a piece placed at another's offset, or lost, shows).
+/// Reads and writes of another node's file go in 256 KiB pieces spread
+/// over several connections at once: whatever their sizes and offsets,
+/// every byte lands where it was written, and is read back from there, up
+/// to the file's end (a piece placed at another's offset, or lost, shows).
 #[test]
-fn large_writes_to_another_node_s_file_land_whole_and_in_place() {
+fn large_reads_and_writes_of_another_node_s_file_stay_whole_and_in_place() {
     let c = Cluster::with_kdfs(2);
     let (m1, m2) = (c.mnt(0).to_path_buf(), c.mnt(1).to_path_buf());
     fs::write(m2.join("big"), b"").unwrap();
     // every 4-byte word says where it is: no two pieces look alike
-    let pattern: Vec<u8> = (0..(9u32 << 20) / 4).flat_map(u32::to_le_bytes).collect();
+    // (and its end is not on a piece's boundary)
+    let pattern: Vec<u8> = (0..((9u32 << 20) + 1236) / 4)
+        .flat_map(u32::to_le_bytes)
+        .collect();
     let mut f = OpenOptions::new().write(true).open(m1.join("big")).unwrap();
     // whole MiBs, then writes that straddle pieces at odd offsets
     let mut at = 0usize;
@@ -407,6 +410,10 @@ fn large_writes_to_another_node_s_file_land_whole_and_in_place() {
     assert_eq!(back.len(), pattern.len());
     let first_wrong = back.iter().zip(&pattern).position(|(a, b)| a != b);
     assert_eq!(first_wrong, None, "read back through node 2's mount");
+    let back = fs::read(m1.join("big")).unwrap();
+    assert_eq!(back.len(), pattern.len());
+    let first_wrong = back.iter().zip(&pattern).position(|(a, b)| a != b);
+    assert_eq!(first_wrong, None, "read back through node 1's mount");
     // overwritten in the middle through node 1 again, read there
     let mut f = OpenOptions::new().write(true).open(m1.join("big")).unwrap();
     f.seek(SeekFrom::Start(1_000_001)).unwrap();

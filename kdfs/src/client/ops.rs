@@ -496,28 +496,55 @@ impl Ops {
         self.releases.push(ino, fh);
     }
 
+    /// Read from another node's file: a large read goes in pieces of
+    /// [`WRITE_PIECE`], each a task of its own on a connection of its own
+    /// ([`LANES`]), as a large write does. The data up to the first piece
+    /// that came back short (the file's end) or failed; the first piece's
+    /// error if it failed.
     pub async fn read(
-        &self,
+        self: &Arc<Self>,
         ino: InodeId,
         fh: u64,
         offset: u64,
         len: u32,
-    ) -> Res<krg_proto::kdfs::Bytes> {
-        match self
-            .call(
-                inode_node(ino),
-                Q::Read {
+    ) -> Res<Vec<u8>> {
+        let node = inode_node(ino);
+        let piece = WRITE_PIECE as u32;
+        let pieces: Vec<_> = (0..len.div_ceil(piece))
+            .map(|i| {
+                let at = i * piece;
+                let want = piece.min(len - at);
+                let q = Q::Read {
                     ino,
                     fh,
-                    offset,
-                    len,
-                },
-            )
-            .await?
-        {
-            A::Data(d) => Ok(d),
-            other => unexpected("read", other),
+                    offset: offset + u64::from(at),
+                    len: want,
+                };
+                let ops = self.clone();
+                let lane = (i % u32::from(LANES)) as u8;
+                let read = tokio::spawn(async move {
+                    match ops.call_on(node, lane, q).await? {
+                        A::Data(d) => Ok(d.0),
+                        other => unexpected("read", other),
+                    }
+                });
+                (want as usize, read)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(len as usize);
+        for (want, read) in pieces {
+            match read.await.unwrap_or(Err(libc::EIO)) {
+                Ok(d) => {
+                    out.extend_from_slice(&d[..d.len().min(want)]);
+                    if d.len() < want {
+                        break;
+                    }
+                }
+                Err(e) if out.is_empty() => return Err(e),
+                Err(_) => break,
+            }
         }
+        Ok(out)
     }
 
     /// Write to another node's file: a large write goes in pieces of

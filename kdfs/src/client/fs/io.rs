@@ -102,7 +102,7 @@ impl KdfsFs {
                     };
                     ops.with_layout(id, fh, l, read).await
                 }
-                None => ops.read(id, fh, offset, size).await.map(|d| d.0.to_vec()),
+                None => ops.read(id, fh, offset, size).await,
             };
             match r {
                 Ok(d) => reply.data(&d),
