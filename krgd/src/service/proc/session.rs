@@ -217,6 +217,12 @@ async fn drive(
     let (kept, gone): (Vec<Ctl>, Vec<Ctl>) =
         ctls.into_iter().flatten().partition(|c| c.entry.detached);
     for ctl in &gone {
+        tracing::debug!(
+            node,
+            pid = ctl.entry.pid,
+            relayed = ctl.entry.moved_signals().is_some(),
+            "a session's input ended: its job is killed"
+        );
         signal_job(&ctl.entry, libc::SIGKILL);
     }
     if kept.is_empty() {
@@ -344,21 +350,23 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
         Up::PathEnd { job } => {
             let rejoined = |c: &&mut Ctl| c.rejoined.load(Ordering::SeqCst);
             let ctl = ctls.get_mut(job as usize).and_then(Option::as_mut);
-            if let Some(ctl) = ctl.filter(rejoined) {
-                ctl.stdin = None;
-                let pump = ctl.stdin_pump.take();
-                let moved = crate::sync::lock(&ctl.entry.moved).take();
-                let told = ctl.path_end.take();
-                tokio::spawn(async move {
-                    if let Some(pump) = pump {
-                        let _ = pump.await;
-                    }
-                    drop(moved);
-                    if let Some(told) = told {
-                        let _ = told.send(());
-                    }
-                });
-            }
+            let Some(ctl) = ctl.filter(rejoined) else {
+                tracing::warn!(job, "the carrier's last word for a job that did not move on: ignored");
+                return Ok(());
+            };
+            ctl.stdin = None;
+            let pump = ctl.stdin_pump.take();
+            let moved = crate::sync::lock(&ctl.entry.moved).take();
+            let told = ctl.path_end.take();
+            tokio::spawn(async move {
+                if let Some(pump) = pump {
+                    let _ = pump.await;
+                }
+                drop(moved);
+                if let Some(told) = told {
+                    let _ = told.send(());
+                }
+            });
         }
     }
     Ok(())

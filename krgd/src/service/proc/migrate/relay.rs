@@ -314,7 +314,10 @@ impl Rest {
                 ev = self.events.recv() => match ev {
                     Some(Down::StdinAck { bytes, .. }) => self.window.1 = bytes,
                     Some(_) => {}
-                    None => return, // the target is gone
+                    None => {
+                        tracing::debug!("a relay's target went before its path ended");
+                        return;
+                    }
                 },
                 n = read_some(&mut self.stdin, buf), if self.stdin.is_some() && room => match n {
                     Some(n) => {
@@ -330,6 +333,7 @@ impl Rest {
                 sig = recv(&mut self.signals), if self.signals.is_some() => match sig {
                     Some(0) => user_eof = true,
                     Some(sig) => {
+                        tracing::debug!(sig, "a relay passes a signal on after the rejoin");
                         let _ = self.input.send(Up::Signal(sig)).await;
                     }
                     None => self.signals = None,
@@ -345,6 +349,7 @@ impl Rest {
         if user_eof {
             let _ = self.input.send(Up::StdinEof).await;
         }
+        tracing::debug!(sent = self.window.0, "a relay passed on all it had: its path ends");
         let _ = self.input.send(Up::PathEnd { job: 0 }).await;
     }
 }
