@@ -56,6 +56,14 @@ pub struct Made {
     pub layout: Option<StripeLayout>,
 }
 
+/// The count of a `Write` or `StripeWrite` answer.
+pub fn written(a: A) -> Res<u32> {
+    match a {
+        A::Written(n) => Ok(n),
+        other => unexpected("write", other),
+    }
+}
+
 fn unexpected<T>(what: &str, got: A) -> Res<T> {
     tracing::warn!(?got, "kdfs: unexpected answer to {what}");
     Err(libc::EIO)
@@ -496,11 +504,37 @@ impl Ops {
         self.releases.push(ino, fh);
     }
 
+    /// Send every request of `pieces` (node, request) at once, each a task
+    /// of its own, a node's share spread over its connections ([`LANES`]):
+    /// so the pieces of one large read or write are sealed, sent, opened and
+    /// written side by side. Their answers, in order, through `take`.
+    pub async fn in_pieces<T: Send + 'static>(
+        self: &Arc<Self>,
+        pieces: Vec<(NodeId, Q)>,
+        take: fn(A) -> Res<T>,
+    ) -> Vec<Res<T>> {
+        let mut next_lane: std::collections::HashMap<NodeId, u8> = Default::default();
+        let tasks: Vec<_> = pieces
+            .into_iter()
+            .map(|(node, q)| {
+                let lane = next_lane.entry(node).or_default();
+                let on = *lane;
+                *lane = (*lane + 1) % LANES;
+                let ops = self.clone();
+                tokio::spawn(async move { ops.call_on(node, on, q).await.and_then(take) })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            answers.push(t.await.unwrap_or(Err(libc::EIO)));
+        }
+        answers
+    }
+
     /// Read from another node's file: a large read goes in pieces of
-    /// [`WRITE_PIECE`], each a task of its own on a connection of its own
-    /// ([`LANES`]), as a large write does. The data up to the first piece
-    /// that came back short (the file's end) or failed; the first piece's
-    /// error if it failed.
+    /// [`WRITE_PIECE`] ([`Ops::in_pieces`]). The data up to the first
+    /// piece that came back short (the file's end) or failed; the first
+    /// piece's error if it failed.
     pub async fn read(
         self: &Arc<Self>,
         ino: InodeId,
@@ -508,33 +542,33 @@ impl Ops {
         offset: u64,
         len: u32,
     ) -> Res<Vec<u8>> {
-        let node = inode_node(ino);
         let piece = WRITE_PIECE as u32;
-        let pieces: Vec<_> = (0..len.div_ceil(piece))
-            .map(|i| {
-                let at = i * piece;
-                let want = piece.min(len - at);
+        let wants: Vec<u32> = (0..len.div_ceil(piece))
+            .map(|i| piece.min(len - i * piece))
+            .collect();
+        let reads = wants
+            .iter()
+            .enumerate()
+            .map(|(i, &want)| {
+                let at = offset + u64::from(i as u32 * piece);
                 let q = Q::Read {
                     ino,
                     fh,
-                    offset: offset + u64::from(at),
+                    offset: at,
                     len: want,
                 };
-                let ops = self.clone();
-                let lane = (i % u32::from(LANES)) as u8;
-                let read = tokio::spawn(async move {
-                    match ops.call_on(node, lane, q).await? {
-                        A::Data(d) => Ok(d.0),
-                        other => unexpected("read", other),
-                    }
-                });
-                (want as usize, read)
+                (inode_node(ino), q)
             })
             .collect();
+        let data = |a| match a {
+            A::Data(d) => Ok(d.0),
+            other => unexpected("read", other),
+        };
         let mut out = Vec::with_capacity(len as usize);
-        for (want, read) in pieces {
-            match read.await.unwrap_or(Err(libc::EIO)) {
+        for (got, want) in self.in_pieces(reads, data).await.into_iter().zip(wants) {
+            match got {
                 Ok(d) => {
+                    let want = want as usize;
                     out.extend_from_slice(&d[..d.len().min(want)]);
                     if d.len() < want {
                         break;
@@ -548,45 +582,33 @@ impl Ops {
     }
 
     /// Write to another node's file: a large write goes in pieces of
-    /// [`WRITE_PIECE`], all sent at once, each a task of its own on a
-    /// connection of its own ([`LANES`]), so that sealing, the transfer
-    /// and the owner's write of one piece overlap the others'. It returns
-    /// once every piece is at the owner (another node's next read sees
-    /// it), with the bytes written from `offset` on without a gap: a piece
-    /// that failed or fell short ends the count there.
+    /// [`WRITE_PIECE`] ([`Ops::in_pieces`]). It returns once every piece
+    /// is at the owner (another node's next read sees it), with the bytes
+    /// written from `offset` on without a gap: a piece that failed or fell
+    /// short ends the count there.
     pub async fn write(
         self: &Arc<Self>,
         ino: InodeId,
         fh: u64,
         offset: u64,
-        data: Vec<u8>,
+        data: ::bytes::Bytes,
     ) -> Res<u32> {
         let lens: Vec<usize> = data.chunks(WRITE_PIECE).map(<[u8]>::len).collect();
-        let data = ::bytes::Bytes::from(data);
-        let node = inode_node(ino);
-        let pieces: Vec<_> = (0..lens.len())
-            .map(|i| {
+        let writes = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
                 let at = i * WRITE_PIECE;
                 let q = Q::Write {
                     ino,
                     fh,
                     offset: offset + at as u64,
-                    data: krg_proto::kdfs::Bytes(data.slice(at..at + lens[i])),
+                    data: krg_proto::kdfs::Bytes(data.slice(at..at + len)),
                 };
-                let ops = self.clone();
-                tokio::spawn(async move {
-                    match ops.call_on(node, (i % usize::from(LANES)) as u8, q).await? {
-                        A::Written(n) => Ok(n),
-                        other => unexpected("write", other),
-                    }
-                })
+                (inode_node(ino), q)
             })
             .collect();
-        let mut results = Vec::with_capacity(pieces.len());
-        for p in pieces {
-            results.push(p.await.unwrap_or(Err(libc::EIO)));
-        }
-        written_without_gap(results, lens)
+        written_without_gap(self.in_pieces(writes, written).await, lens)
     }
 
     pub async fn simple(&self, node: NodeId, q: Q) -> Res<()> {

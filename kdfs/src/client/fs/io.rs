@@ -126,7 +126,7 @@ impl KdfsFs {
             }
             return;
         }
-        let (ops, data) = (self.ops.clone(), data.to_vec());
+        let (ops, data) = (self.ops.clone(), ::bytes::Bytes::copy_from_slice(data));
         self.spawn(async move {
             let r = match ops.striped.layout(id, fh) {
                 Some(l) => {

@@ -26,7 +26,7 @@ use krg_proto::kdfs::{
 };
 use krg_proto::NodeId;
 
-use super::ops::{written_without_gap, Ops, Res, WRITE_PIECE};
+use super::ops::{written, written_without_gap, Ops, Res, WRITE_PIECE};
 
 pub mod handles;
 mod readahead;
@@ -219,43 +219,40 @@ impl Ops {
     /// the owner extends the file if the write ends past its size. The
     /// count stops at the first piece that failed.
     pub async fn striped_write(
-        &self,
+        self: &Arc<Self>,
         ino: InodeId,
         layout: &StripeLayout,
         offset: u64,
-        data: &[u8],
+        data: &::bytes::Bytes,
     ) -> Res<u32> {
         let len = u32::try_from(data.len()).map_err(|_| libc::EINVAL)?;
-        let pieces: Vec<_> = layout
+        let pieces: Vec<(NodeId, u64, usize, usize)> = layout
             .pieces(offset, len)
             .into_iter()
             .flat_map(|p| {
                 let start = (p.offset - offset) as usize;
-                let bytes = &data[start..start + p.len as usize];
-                bytes
-                    .chunks(WRITE_PIECE)
-                    .enumerate()
-                    .map(move |(i, c)| (p.node, p.offset + (i * WRITE_PIECE) as u64, c))
+                (0..p.len as usize).step_by(WRITE_PIECE).map(move |at| {
+                    let n = WRITE_PIECE.min(p.len as usize - at);
+                    (p.node, p.offset + at as u64, start + at, n)
+                })
             })
             .collect();
-        let writes = pieces.iter().map(|&(node, at, bytes)| {
-            let q = Q::StripeWrite {
-                ino,
-                offset: at,
-                data: bytes.to_vec().into(),
-            };
-            async move {
-                match self.call(node, q).await? {
-                    A::Written(n) => Ok(n),
-                    _ => Err(libc::EIO),
-                }
-            }
-        });
+        let writes = pieces
+            .iter()
+            .map(|&(node, at, from, n)| {
+                let q = Q::StripeWrite {
+                    ino,
+                    offset: at,
+                    data: krg_proto::kdfs::Bytes(data.slice(from..from + n)),
+                };
+                (node, q)
+            })
+            .collect();
         let size = offset + u64::from(len);
         let extend = self.call(inode_node(ino), Q::Extend { ino, size });
-        let (written, extended) = futures::join!(join_all(writes), extend);
+        let (written, extended) = futures::join!(self.in_pieces(writes, written), extend);
         self.striped.ahead.written(ino);
-        let total = written_without_gap(written, pieces.iter().map(|p| p.2.len()))?;
+        let total = written_without_gap(written, pieces.iter().map(|p| p.3))?;
         extended?;
         Ok(total)
     }

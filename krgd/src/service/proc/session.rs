@@ -351,7 +351,10 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
             let rejoined = |c: &&mut Ctl| c.rejoined.load(Ordering::SeqCst);
             let ctl = ctls.get_mut(job as usize).and_then(Option::as_mut);
             let Some(ctl) = ctl.filter(rejoined) else {
-                tracing::warn!(job, "the carrier's last word for a job that did not move on: ignored");
+                tracing::warn!(
+                    job,
+                    "the carrier's last word for a job that did not move on: ignored"
+                );
                 return Ok(());
             };
             ctl.stdin = None;

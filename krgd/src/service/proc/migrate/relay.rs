@@ -349,7 +349,10 @@ impl Rest {
         if user_eof {
             let _ = self.input.send(Up::StdinEof).await;
         }
-        tracing::debug!(sent = self.window.0, "a relay passed on all it had: its path ends");
+        tracing::debug!(
+            sent = self.window.0,
+            "a relay passed on all it had: its path ends"
+        );
         let _ = self.input.send(Up::PathEnd { job: 0 }).await;
     }
 }
