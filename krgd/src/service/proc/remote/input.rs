@@ -53,7 +53,8 @@ pub async fn write_up(
             sw = switch.recv(), if switching => match sw {
                 Some(Switch::PathEnd { path, job, sent }) => {
                     if let Some((_, wr)) = paths.iter_mut().find(|(id, _)| *id == path) {
-                        let _ = wr.send(&Up::PathEnd { job }).await;
+                        let r = wr.send(&Up::PathEnd { job }).await;
+                        tracing::debug!(path, job, ok = r.is_ok(), "the last word on a stream for a job");
                     }
                     let _ = sent.send(stdin_sent);
                     // what comes meanwhile waits for the joined stream

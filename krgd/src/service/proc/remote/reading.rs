@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
 use krg_proto::proc::{Down, ProcPeerReply, ProcPeerRequest};
@@ -24,6 +25,21 @@ use super::super::sealed::{self, Incoming, Outgoing};
 use super::input::{PathId, Switch};
 use super::{connect, OPEN_TIMEOUT};
 use crate::context::NodeContext;
+
+/// How long the stream a job left is read after its path ended, at most,
+/// waiting for the node at its other end to close it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Read what the other end still sends on a stream this node is done
+/// with (a job's node it left: its stdin acknowledgements) until it
+/// closes it. A socket closed with bytes unread is reset, and a reset
+/// throws away what this end had not sent yet — a job's last input and
+/// `Up::PathEnd` among it, when the other end was slow to read — and the
+/// other end then ends the job as abandoned, or loses that input.
+async fn drain(mut old: Incoming<Down>) {
+    let rest = async { while old.frames.recv().await.is_some() {} };
+    let _ = tokio::time::timeout(DRAIN_LIMIT, rest).await;
+}
 
 /// What the readers of one session share.
 #[derive(Clone)]
@@ -59,7 +75,23 @@ impl Reading {
         Box::pin(self.read(down))
     }
 
-    async fn read(mut self, mut down: Incoming<Down>) {
+    async fn read(mut self, down: Incoming<Down>) {
+        let (down, lost) = self.follow(down).await;
+        tokio::spawn(drain(down));
+        if let Some((reason, jobs)) = lost {
+            for job in jobs {
+                self.lost(job, reason.clone()).await;
+            }
+        }
+    }
+
+    /// Pass the stream's events on until its jobs ended or moved on (None),
+    /// or it failed: why, and the session's jobs it leaves lost. The stream
+    /// it ends on, to be drained (see [`drain`]).
+    async fn follow(
+        &mut self,
+        mut down: Incoming<Down>,
+    ) -> (Incoming<Down>, Option<(String, Vec<u32>)>) {
         let mut view = self.shared.ctx.watch_view();
         // jobs of this stream that ended, or that another stream carries
         let mut done = BTreeSet::new();
@@ -71,7 +103,10 @@ impl Reading {
                     Ok(Down::Rejoin { job, node, token }) if job < count => {
                         if count == 1 {
                             match self.rejoin(job, node, token, Some(self.path)).await {
-                                Ok((_, joined)) => (down, self.node) = (joined, node),
+                                Ok((_, joined)) => {
+                                    tokio::spawn(drain(std::mem::replace(&mut down, joined)));
+                                    self.node = node;
+                                }
                                 Err(why) => {
                                     self.node = node;
                                     break why;
@@ -82,7 +117,7 @@ impl Reading {
                         done.insert(job);
                         self.split_off(job, node, token).await;
                         if done.len() as u32 == count {
-                            return;
+                            return (down, None);
                         }
                     }
                     Ok(d) if d.job() < count => {
@@ -91,11 +126,8 @@ impl Reading {
                             done.insert(here);
                         }
                         let d = d.renumbered(self.jobs[here as usize]);
-                        if self.shared.events.send(d).await.is_err() {
-                            return;
-                        }
-                        if done.len() as u32 == count {
-                            return;
+                        if self.shared.events.send(d).await.is_err() || done.len() as u32 == count {
+                            return (down, None);
                         }
                     }
                     Ok(d) => break format!("sent an event for job {} of {count}", d.job()),
@@ -115,9 +147,8 @@ impl Reading {
             }
         };
         let left = (0..count).filter(|j| !done.contains(j));
-        for job in left.map(|j| self.jobs[j as usize]).collect::<Vec<_>>() {
-            self.lost(job, reason.clone()).await;
-        }
+        let jobs = left.map(|j| self.jobs[j as usize]).collect();
+        (down, Some((reason, jobs)))
     }
 
     async fn lost(&self, job: u32, reason: String) {

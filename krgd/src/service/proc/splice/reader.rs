@@ -62,6 +62,9 @@ impl Reader {
                 frame = up.frames.recv() => {
                     // Some(whether it ended with its last word) once the
                     // old path is over
+                    if let Some(Ok(f @ (Up::Splice { .. } | Up::PathEnd { .. }))) = &frame {
+                        tracing::debug!(?f, spliced, origin = self.origin, "a carried session's marker");
+                    }
                     let old_path_over = match frame {
                         Some(Ok(Up::Splice { token, joiner })) => {
                             if let Some(tx) = self.splice.take() {
