@@ -12,6 +12,7 @@ pub mod kmount;
 pub mod local;
 pub mod locks;
 pub mod ops;
+pub mod pieces;
 pub mod release;
 pub mod root;
 pub mod striped;

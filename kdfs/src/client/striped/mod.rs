@@ -26,7 +26,8 @@ use krg_proto::kdfs::{
 };
 use krg_proto::NodeId;
 
-use super::ops::{written, written_without_gap, Ops, Res, WRITE_PIECE};
+use super::ops::{Ops, Res};
+use super::pieces::{written, written_without_gap, WRITE_PIECE};
 
 pub mod handles;
 mod readahead;
