@@ -9,9 +9,15 @@ use krg_proto::seal::{Opener, Sealer};
 use krg_proto::ProtoError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::time::Duration;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// How long a stream this node is done with is read, at most, waiting
+/// for the node at its other end to close it (see [`drain`]).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// The frames of one direction, as they arrive; the last item is the error
 /// that ended the stream (`ProtoError::Closed` on a clean end).
@@ -42,6 +48,17 @@ where
         }
     });
     Incoming { frames, task }
+}
+
+/// Read and discard what the other end still sends on a stream this node
+/// is done with, until it closes it (at most [`DRAIN_LIMIT`]). A socket
+/// closed with bytes unread is reset, and a reset throws away what this
+/// end had not sent yet — a session's last output and its jobs' exit
+/// statuses, or a job's last input, when the other end was slow to read
+/// — and the other end then takes the session as broken.
+pub async fn drain<T>(mut incoming: Incoming<T>) {
+    let rest = async { while incoming.frames.recv().await.is_some() {} };
+    let _ = tokio::time::timeout(DRAIN_LIMIT, rest).await;
 }
 
 /// The writing half: frames sealed in the order they are written.

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::creds::{self, Origin};
 use super::detach;
-use super::sealed::{self, answer, Outgoing};
+use super::sealed::{self, answer, Outgoing, DRAIN_LIMIT};
 use super::session::{self, Params, Session};
 use super::splice;
 use super::state::{ProcState, MAX_PER_NODE};
@@ -217,7 +217,25 @@ pub async fn carry(
             }
         }
     };
-    reader.abort();
+    if origin_gone {
+        reader.abort();
+    } else {
+        // Every event is written: the origin reads the end of the stream
+        // after them, then closes its side. Until it does, its input is
+        // read on: closing with some of it unread would reset the
+        // connection, and the reset would throw away the end of what was
+        // written — the last output, the exit statuses — when the origin
+        // was slow to read (its user's pipe full).
+        drop(path);
+        tokio::spawn(async move {
+            if tokio::time::timeout(DRAIN_LIMIT, &mut reader)
+                .await
+                .is_err()
+            {
+                reader.abort();
+            }
+        });
+    }
     if let Some(o) = outlives.filter(|_| origin_gone) {
         detach::carry_on(&st.detach_dir, o, events).await;
     }

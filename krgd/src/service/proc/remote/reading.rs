@@ -13,7 +13,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use krg_proto::peer::{PeerBody, PeerMessage, PeerRequest, PeerResponse};
 use krg_proto::proc::{Down, ProcPeerReply, ProcPeerRequest};
@@ -21,25 +20,10 @@ use krg_proto::{NodeId, ProtoError};
 use tokio::sync::mpsc;
 
 use super::super::liveness::is_alive;
-use super::super::sealed::{self, Incoming, Outgoing};
+use super::super::sealed::{self, drain, Incoming, Outgoing};
 use super::input::{PathId, Switch};
 use super::{connect, OPEN_TIMEOUT};
 use crate::context::NodeContext;
-
-/// How long the stream a job left is read after its path ended, at most,
-/// waiting for the node at its other end to close it.
-const DRAIN_LIMIT: Duration = Duration::from_secs(60);
-
-/// Read what the other end still sends on a stream this node is done
-/// with (a job's node it left: its stdin acknowledgements) until it
-/// closes it. A socket closed with bytes unread is reset, and a reset
-/// throws away what this end had not sent yet — a job's last input and
-/// `Up::PathEnd` among it, when the other end was slow to read — and the
-/// other end then ends the job as abandoned, or loses that input.
-async fn drain(mut old: Incoming<Down>) {
-    let rest = async { while old.frames.recv().await.is_some() {} };
-    let _ = tokio::time::timeout(DRAIN_LIMIT, rest).await;
-}
 
 /// What the readers of one session share.
 #[derive(Clone)]

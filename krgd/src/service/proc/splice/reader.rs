@@ -11,7 +11,7 @@ use krg_proto::proc::Up;
 use krg_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::sealed::Incoming;
+use super::super::sealed::{drain, Incoming};
 use super::super::state::ProcState;
 
 /// The joined stream's input, and who joined.
@@ -72,6 +72,7 @@ impl Reader {
                             }
                             // (the session records its next carrier)
                             if self.input.send(Up::Splice { token, joiner }).await.is_err() {
+                                drain(up).await;
                                 return false;
                             }
                             None
@@ -90,6 +91,9 @@ impl Reader {
                                 _ => {}
                             }
                             if self.input.send(frame).await.is_err() {
+                                // the session ended: the origin closes
+                                // once it read that end
+                                drain(up).await;
                                 return false;
                             }
                             None
