@@ -325,6 +325,32 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
             );
             inspect_task(&mut s, dir, &names, te.pid)?;
         }
+        for si in &n.stand_ins {
+            let p = si.part;
+            let _ = writeln!(
+                s,
+                "  task {} parent {}: the stand-in of a process on node {} (PID {} there, \
+                 saved as SN {} in its /var/chkpt/{}), group {} session {}, command {:?}, stdio {}",
+                si.pid,
+                si.ppid,
+                p.node,
+                p.host_pid,
+                p.sn,
+                p.host_pid,
+                si.pgid,
+                si.sid,
+                si.argv
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                si.stdio
+                    .iter()
+                    .map(|f| format!("{}={}", f.fd, fd_text(&f.kind)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     Ok(s)
 }

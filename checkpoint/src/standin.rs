@@ -121,6 +121,13 @@ fn inject(pid: i32, strings: &Strings, closed: impl FnOnce()) -> Result<()> {
     r
 }
 
+/// Make `pid`, a process restart forked (held by `inj`, its fds 0-2 in
+/// place), execute `s.program`: its other fds are closed first. It is
+/// left traced, stopped right after the `execve`.
+pub fn exec_restored(pid: i32, inj: &Injector, s: &StandIn<'_>) -> Result<()> {
+    exec(pid, inj, &Strings::new(s)?, || {})
+}
+
 fn exec(pid: i32, inj: &Injector, strings: &Strings, closed: impl FnOnce()) -> Result<()> {
     let len = strings.bytes.len().next_multiple_of(4096) as u64;
     let area = inj.call(

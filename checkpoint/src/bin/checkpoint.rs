@@ -155,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
         // there; restart brings it back as a job
         other_pidns: true,
         stdio_files: Vec::new(),
+        stand_ins: Vec::new(),
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);

@@ -7,7 +7,7 @@ use anyhow::Result;
 use checkpoint::capclient::CapClient;
 use checkpoint::nodepid::NodePid;
 use checkpoint::restore::pidns::PidNsTarget;
-use checkpoint::restore::{self, RestoreOptions};
+use checkpoint::restore::{self, RestoreOptions, StandInStart};
 use checkpoint::store;
 use clap::Parser;
 use krg_proto::chkpt::ChkptRequest;
@@ -108,6 +108,15 @@ struct Cli {
     /// target only once the cluster decided it runs there.
     #[arg(long, value_name = "FD")]
     gate_fd: Option<i32>,
+    /// Make the image's stand-in PID again (a process that had moved to
+    /// another node, restored there meanwhile) as `krg`, with TOKEN (hex)
+    /// to claim its process's session from krgd (repeatable; every
+    /// stand-in of the image needs one). For krgd.
+    #[arg(long, value_name = "PID:TOKEN", value_parser = parse_stand_in)]
+    stand_in: Vec<(i32, u64)>,
+    /// With --stand-in: the `krg` program the stand-ins run.
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/krg")]
+    stand_in_program: String,
     /// Print where the time went, phase by phase, on a line before the last
     /// (`restart: timings: load=…ms fork_root=…ms …`). Also `KRG_TIMINGS=1`.
     #[arg(long)]
@@ -136,6 +145,11 @@ fn main() {
             fetch_fd: cli.fetch_fd,
             ctty_fg: cli.ctty_fg,
             gate_fd: cli.gate_fd,
+            stand_ins: (!cli.stand_in.is_empty()).then(|| StandInStart {
+                program: cli.stand_in_program.clone(),
+                socket: cli.socket.clone(),
+                tokens: cli.stand_in.clone(),
+            }),
         };
         let rep = restore::restart(cli.app.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -262,6 +276,14 @@ fn parse_ns_pid(s: &str) -> std::result::Result<(i32, i32), String> {
     let (a, b) = s.split_once(':').ok_or_else(bad)?;
     let pid = |x: &str| x.parse::<i32>().ok().filter(|p| *p > 0);
     Ok((pid(a).ok_or_else(bad)?, pid(b).ok_or_else(bad)?))
+}
+
+fn parse_stand_in(s: &str) -> std::result::Result<(i32, u64), String> {
+    let bad = || format!("{s}: expected PID:TOKEN, a PID and a hex token (e.g. 4243:9f3c)");
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let pid = a.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    let token = u64::from_str_radix(b, 16).map_err(|_| bad())?;
+    Ok((pid, token))
 }
 
 /// The hand-written part of this binary's man page (`--generate man`).

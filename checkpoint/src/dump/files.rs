@@ -21,12 +21,14 @@ struct SocketFd {
 /// List the fd table; pipes and sockets are returned aside and classified
 /// by the caller (a pipe whose two ends are inside the tree is restored,
 /// one that leads outside is stdio or refused). krg's own trackers are
-/// left out.
+/// left out. `stand_in`: only fds 0-2 of a stand-in (see
+/// [`super::standins`]), which must be no socket.
 fn fds(
     pid: i32,
     frozen: bool,
     locks: &mut Vec<HeldLock>,
     stdio: &[(u64, u64)],
+    stand_in: bool,
 ) -> Result<(Vec<FdImage>, Vec<PipeRef>, Vec<SocketFd>)> {
     let trackers: Vec<i32> = super::track::ours(pid).iter().map(|t| t.0).collect();
     let dir = format!("/proc/{pid}/fd");
@@ -40,7 +42,8 @@ fn fds(
     let mut socks = Vec::new();
     // a POSIX lock shows on every fd of the file: keep it once
     let mut posix_seen = Vec::new();
-    for fd in nums.into_iter().filter(|fd| !trackers.contains(fd)) {
+    let wanted = |fd: &i32| !trackers.contains(fd) && (!stand_in || *fd <= 2);
+    for fd in nums.into_iter().filter(wanted) {
         let target = procfs::readlink(format!("/proc/{pid}/fd/{fd}"))?;
         let info = procfs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
         let (pos, flags) = procfs::parse_fdinfo(&info)?;
@@ -57,6 +60,9 @@ fn fds(
             .and_then(|r| r.strip_suffix(']'))
             .and_then(|n| n.parse().ok())
         {
+            if stand_in {
+                return Err(super::standins::refused(pid, fd, &target));
+            }
             socks.push(SocketFd {
                 pid,
                 fd,
@@ -221,12 +227,16 @@ pub struct TreeFiles {
 /// `take`: whether the tree is stopped and established TCP connections are
 /// taken (otherwise this only looks for what would be refused). `stdio`:
 /// regular files (device, inode) that, on fds 0-2, are stdio leading out
-/// of the tree (see [`super::DumpOptions::stdio_files`]).
+/// of the tree (see [`super::DumpOptions::stdio_files`]). `stand_ins`:
+/// the tree's stand-ins, whose fds 0-2 are listed too (under their PIDs),
+/// so that a pipe between one and a task is a pipe of the tree and a file
+/// they share is one file.
 pub fn collect(
     tree: &[(i32, i32)],
     caller: u32,
     take: super::sockets::Take,
     stdio: &[(u64, u64)],
+    stand_ins: &[i32],
 ) -> Result<TreeFiles> {
     let frozen = take != super::sockets::Take::Check;
     let mut fds: HashMap<i32, Vec<FdImage>> = HashMap::new();
@@ -236,7 +246,7 @@ pub fn collect(
     let mut locks = HashMap::new();
     for &(p, _) in tree {
         let mut held = Vec::new();
-        let (f, pr, sk) = self::fds(p, frozen, &mut held, stdio)?;
+        let (f, pr, sk) = self::fds(p, frozen, &mut held, stdio, false)?;
         locks.insert(p, held);
         for s in sk {
             socks.push(super::sockets::SockRef {
@@ -252,6 +262,16 @@ pub fn collect(
                 r.fd
             ))?)?;
             flags.insert((p, r.fd), fl);
+        }
+        fds.insert(p, f);
+        pipes.extend(pr);
+    }
+    // after the tasks': a pipe's data is read through a task's end first
+    for &p in stand_ins {
+        let (f, pr, _) = self::fds(p, frozen, &mut Vec::new(), stdio, true)?;
+        for r in &pr {
+            let info = procfs::read_to_string(format!("/proc/{p}/fdinfo/{}", r.fd))?;
+            flags.insert((p, r.fd), procfs::parse_fdinfo(&info)?.1);
         }
         fds.insert(p, f);
         pipes.extend(pr);
@@ -280,6 +300,7 @@ pub fn collect(
     super::pty::pair_slaves(&mut fds);
     check_pidfds(tree, &fds)?;
     let mut holders = tree.to_vec();
+    holders.extend(stand_ins.iter().map(|&p| (p, 0)));
     holders.push((me, 0));
     share_files(&holders, &mut fds);
     super::held::dedupe(tree, &mut fds);

@@ -122,7 +122,9 @@ pub fn check_task(pid: i32, caller: u32, pidns: bool) -> Result<Owner> {
     let status = procfs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| ChkptError::NoSuchProcess(pid))?;
     let owner = owner_of(pid, &status, caller)?;
-    if zombie(pid).is_some() {
+    if zombie(pid).is_some() || crate::standin::is_stand_in(pid) {
+        // a stand-in holds nothing of its process: whether the tree may
+        // have it is the dump's to say (super::standins)
         return Ok(owner);
     }
     if procfs::status_field(&status, "State").is_some_and(|st| st.starts_with('Z')) {
@@ -158,7 +160,6 @@ pub fn check_task(pid: i32, caller: u32, pidns: bool) -> Result<Owner> {
 fn refuse_unsaved_state(pid: i32, pidns: bool) -> Result<()> {
     super::refuse::thread_state(pid)?;
     super::refuse::cwd(pid)?;
-    super::refuse::stand_in(pid)?;
     // file locks are saved with the fds they are held through, and leases
     // refused there, naming the fd (dump::held::locks)
     for ns in ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
@@ -227,6 +228,10 @@ fn seize_task(p: i32, caller: u32, pidns: bool, frozen: &mut Frozen) -> Result<b
             // which is stopped)
             return Ok(false);
         }
+        if crate::standin::is_stand_in(p) {
+            // it runs on, relaying its process, which its node saved
+            return Ok(false);
+        }
     }
     let mut new = false;
     for tid in procfs::threads(p)? {
@@ -283,11 +288,12 @@ impl Drop for Boost {
     }
 }
 
-/// The tree without its zombies (they have no files, memory or threads).
+/// The tree without its zombies and stand-ins (they have no files,
+/// memory or threads to save).
 pub(super) fn living(tree: &[(i32, i32)]) -> Vec<(i32, i32)> {
     tree.iter()
         .copied()
-        .filter(|&(p, _)| zombie(p).is_none())
+        .filter(|&(p, _)| zombie(p).is_none() && !crate::standin::is_stand_in(p))
         .collect()
 }
 
@@ -308,8 +314,9 @@ pub(super) fn precheck(
             .try_for_each(|&(p, _)| check_task(p, caller, pidns).map(|_| ()))
             .and_then(|()| super::refuse::shared_fd_tables(&living(&t)).map(|_| ()))
             .and_then(|()| {
-                super::files::collect(&living(&t), caller, super::sockets::Take::Check, stdio)
-                    .map(|_| ())
+                let stand_ins = super::standins::of(&t);
+                let check = super::sockets::Take::Check;
+                super::files::collect(&living(&t), caller, check, stdio, &stand_ins).map(|_| ())
             });
         match r {
             Ok(()) => return Ok(t),

@@ -23,6 +23,7 @@
 //! - [`cow`] — pages a child still shares with its parent since a fork
 //! - [`sysv`] — SysV IPC objects
 //! - [`pidns`] — the PIDs of a tree in a PID namespace below ours
+//! - [`standins`] — stand-ins of processes that moved to other nodes
 //! - [`write`] — the files of the SN, once the tree runs again
 
 mod accept;
@@ -48,6 +49,7 @@ mod seccomp;
 mod ship;
 mod sockets;
 mod sockopts;
+mod standins;
 mod sysv;
 mod task;
 mod timers;
@@ -101,6 +103,10 @@ pub struct DumpOptions {
     /// launcher would be. krgd moving a detached job: its output files
     /// stay on the origin, fed by a relay.
     pub stdio_files: Vec<(u64, u64)>,
+    /// The tree's stand-ins (by PID) and where each one's process was
+    /// saved: the node it runs on saved it first, at the caller's request.
+    /// A stand-in not listed is refused.
+    pub stand_ins: Vec<(i32, image::PartRef)>,
 }
 
 #[derive(Debug)]
@@ -159,6 +165,7 @@ pub fn checkpoint_shipped(
     mark("prepare");
     // 2. What this version refuses, found while the job runs on.
     let tree0 = precheck(pid, caller, opts.other_pidns, &opts.stdio_files)?;
+    standins::check(pid, &standins::of(&tree0), &opts.stand_ins)?;
     if opts.other_pidns {
         // refused before any page is copied; read again once frozen
         pidns::map(pid, &tree0)?;
@@ -231,13 +238,17 @@ pub fn checkpoint_shipped(
             })
         })
         .collect();
+    let stand_in_pids = standins::of(&tree);
+    standins::check(pid, &stand_in_pids, &opts.stand_ins)?;
     let live = living(&tree);
     let how = How {
         opts,
         caller,
         frozen: &frozen,
+        stand_ins: &stand_in_pids,
     };
     let mut state = read_tree(&live, &how, &mut mems, &staging, &names, &tick)?;
+    let stand_ins = standins::entries(&tree, &opts.stand_ins, &mut state.files.fds, &state.tasks)?;
     frozen.repaired = std::mem::take(&mut state.files.repaired);
     mark("frozen_read");
     // 5. Let the job run again (or end it with --kill).
@@ -256,6 +267,9 @@ pub fn checkpoint_shipped(
         .map(|p| (p, attrs::vma_flags(p)))
         .collect();
     drop(frozen);
+    if opts.kill {
+        standins::kill(&stand_in_pids);
+    }
     let frozen_for = started.elapsed();
     drop(_boost);
     mark("resume");
@@ -296,7 +310,7 @@ pub fn checkpoint_shipped(
     }
     mark("vma_flags_post");
     write_tasks(&staging.dir, &names, &state.tasks)?;
-    let node = node_image(opts.node, &state, &tree, zombies);
+    let node = node_image(opts.node, &state, &tree, zombies, stand_ins);
     let global = global_image(pid, &names, opts.node, owner, frozen_for, parent, pidns)?;
     write_metadata(&staging.dir, &names, &global, &node, &state.tasks)?;
     let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
@@ -441,6 +455,8 @@ struct How<'a> {
     opts: &'a DumpOptions,
     caller: u32,
     frozen: &'a Frozen,
+    /// The tree's stand-ins (their fds 0-2 are read with the tasks').
+    stand_ins: &'a [i32],
 }
 
 fn read_tree(
@@ -459,7 +475,7 @@ fn read_tree(
     } else {
         sockets::Take::Repair
     };
-    let mut files = files::collect(tree, caller, take, &opts.stdio_files)?;
+    let mut files = files::collect(tree, caller, take, &opts.stdio_files, how.stand_ins)?;
     mark("frozen_files");
     let mut shared = memory::SharedSeen::new();
     let ids = attrs::tree_ids(tree);

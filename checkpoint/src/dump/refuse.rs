@@ -2,7 +2,7 @@
 //! /proc while the job runs (and again when it is frozen): per-thread
 //! seccomp (but for root), SCHED_DEADLINE, a deleted working directory, fd tables
 //! shared other than with the parent (CLONE_FILES), fds of /proc files of a process
-//! and symlinks opened with O_PATH.
+//! and symlinks opened with O_PATH. (Stand-ins: [`super::standins`].)
 
 use crate::error::{ChkptError, Result};
 use crate::procfs;
@@ -32,22 +32,6 @@ pub fn thread_state(pid: i32) -> Result<()> {
                 "not saved by this version",
             ));
         }
-    }
-    Ok(())
-}
-
-/// A stand-in (`krg` in the place of a process that moved to another
-/// node, see [`crate::standin`]) holds nothing of the process: its
-/// memory and files are where the process runs. Saving the application
-/// across its nodes is not done yet; the process itself can be saved
-/// where it runs.
-pub fn stand_in(pid: i32) -> Result<()> {
-    if crate::standin::is_stand_in(pid) {
-        return Err(ChkptError::unsupported(
-            pid,
-            "the stand-in of a process that moved to another node (krg ps shows where)",
-            "checkpoint its PID alone (it is saved where it runs); an application spread over several nodes is not saved as one yet",
-        ));
     }
     Ok(())
 }

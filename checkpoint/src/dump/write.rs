@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::checked_dir::CheckedDir;
 use crate::error::{ChkptError, Result};
-use crate::image::{self, FileKind, GlobalImage, Names, NodeImage, TaskEntry};
+use crate::image::{self, FileKind, GlobalImage, Names, NodeImage, StandInEntry, TaskEntry};
 use crate::timings::mark;
 use crate::{procfs, store};
 
@@ -91,12 +91,13 @@ pub(super) fn write_tasks(dir: &CheckedDir, names: &Names, tasks: &[TaskDump]) -
 }
 
 /// The node file: the tasks in tree order (parents before children),
-/// zombies among them.
+/// zombies among them; the stand-ins.
 pub(super) fn node_image(
     node: u32,
     state: &TreeState,
     tree: &[(i32, i32)],
     zombies: Vec<TaskEntry>,
+    stand_ins: Vec<StandInEntry>,
 ) -> NodeImage {
     let mut tasks: Vec<TaskEntry> = state
         .tasks
@@ -121,6 +122,7 @@ pub(super) fn node_image(
         sysv_msg: state.sysv.msg.clone(),
         in_flight: state.files.in_flight.clone(),
         sockets: state.files.socket_extras.clone(),
+        stand_ins,
     }
 }
 

@@ -48,6 +48,48 @@ pub struct NodeImage {
     /// [`SocketImage`](super::SocketImage)s, format 5 (older files refused
     /// closing TCP connections, and lost the rest).
     pub sockets: Vec<SocketExtras>,
+    /// The stand-ins of the tree (processes that moved to other nodes,
+    /// saved there), format 7 (older files refused them).
+    pub stand_ins: Vec<StandInEntry>,
+}
+
+/// A stand-in of the tree: `krg` in the place of a process that moved
+/// to another node (see [`crate::standin`]). It holds nothing of the
+/// process — the node it runs on saved that, as [`PartRef`] says — only
+/// what its parent and its shell know it by. Restart forks it again with
+/// its PID, process group, session and fds 0-2, its parent's credentials
+/// (none are read from the image, which its user may have edited), and
+/// makes it a stand-in again for the process restored on its node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StandInEntry {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its command line (the moved process's, which `ps` shows).
+    pub argv: Vec<Vec<u8>>,
+    /// Its fds 0-2 that are open: each the same open file as a task of
+    /// the tree has ([`FdKind`](super::FdKind) copied from that task's
+    /// fd), or stdio leading out of the tree (`InheritedStdio`: restart's
+    /// own fd of the same number). A number missing was closed.
+    pub stdio: Vec<super::FdImage>,
+    /// Where the process runs and was saved.
+    pub part: PartRef,
+}
+
+/// The part of an application that a node other than the tree's saved:
+/// a process that moved there, saved by that node in its own checkpoint
+/// store (`/var/chkpt/<host_pid>/`, SN `sn`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartRef {
+    /// The node it runs on.
+    pub node: u32,
+    /// Its PID as that node's `krg ps` shows it (in its job's namespace:
+    /// the PID it had here).
+    pub pid: i32,
+    /// Its PID on that node (the directory of its image there).
+    pub host_pid: i32,
+    pub sn: u32,
 }
 
 /// What a socket of the tree has beyond its [`SocketImage`](super::SocketImage).

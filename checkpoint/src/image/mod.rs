@@ -54,8 +54,10 @@ pub const MAGIC: [u8; 8] = *b"KRGCKPT\0";
 /// 4: POSIX timers, seccomp and fd-table sharing at the end of task
 /// files. 5: files in flight and closing TCP connections at the end of
 /// node files ([`InFlight`], [`Shutdown`]), leases among the locks.
+/// 6: the PID namespace map at the end of global files. 7: stand-ins
+/// at the end of node files ([`StandInEntry`]).
 /// Files of every older version are still read.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 pub const HEADER_LEN: usize = 64;
 const V1_HEADER_LEN: usize = 48;
 pub const PAGE: u64 = 4096;
@@ -105,6 +107,11 @@ pub trait ImageMeta: Serialize + DeserializeOwned {
     fn decode_v5(body: &[u8]) -> postcard::Result<Self> {
         postcard::from_bytes(body)
     }
+    /// Decode the metadata of a version 6 file (the same as today's but
+    /// for the end of the node file).
+    fn decode_v6(body: &[u8]) -> postcard::Result<Self> {
+        postcard::from_bytes(body)
+    }
 }
 
 /// `body` with `zeros` zero bytes after it: the encoding of trailing
@@ -149,15 +156,22 @@ impl ImageMeta for NodeImage {
         v.into()
     }
     /// Node files before version 5 end before the files in flight and
-    /// the sockets' extras (empty lists).
+    /// the sockets' extras, and before version 7 before the stand-ins
+    /// (empty lists).
     fn decode_v2(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 2)
+        with_empty_tail(body, 3)
     }
     fn decode_v3(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 2)
+        with_empty_tail(body, 3)
     }
     fn decode_v4(body: &[u8]) -> postcard::Result<Self> {
-        with_empty_tail(body, 2)
+        with_empty_tail(body, 3)
+    }
+    fn decode_v5(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
+    }
+    fn decode_v6(body: &[u8]) -> postcard::Result<Self> {
+        with_empty_tail(body, 1)
     }
 }
 
@@ -349,6 +363,8 @@ pub fn read_from<T: ImageMeta>(
         T::decode_v4(&body).map_err(bad)?
     } else if version == 5 {
         T::decode_v5(&body).map_err(bad)?
+    } else if version == 6 {
+        T::decode_v6(&body).map_err(bad)?
     } else {
         postcard::from_bytes(&body).map_err(bad)?
     };

@@ -166,14 +166,60 @@ fn node_files_before_version_5_are_read() {
         sysv_msg: vec![],
         in_flight: vec![],
         sockets: vec![],
+        stand_ins: vec![],
     };
     let now = postcard::to_stdvec(&n).unwrap();
-    assert_eq!(&now[now.len() - 2..], &[0, 0]);
-    let old = &now[..now.len() - 2];
+    assert_eq!(&now[now.len() - 3..], &[0, 0, 0]);
+    let old = &now[..now.len() - 3];
     assert_eq!(NodeImage::decode_v4(old).unwrap(), n);
     assert_eq!(NodeImage::decode_v3(old).unwrap(), n);
     assert_eq!(NodeImage::decode_v2(old).unwrap(), n);
     assert!(postcard::from_bytes::<NodeImage>(old).is_err());
+}
+
+/// A node file of versions 5 and 6 (no stand-ins at its end) decodes
+/// into today's type, with none; today's keeps its stand-ins.
+#[test]
+fn node_files_before_version_7_are_read() {
+    let mut n = NodeImage {
+        node: 1,
+        tasks: vec![],
+        pipes: vec![],
+        shared_mem: vec![],
+        sysv_shm: vec![],
+        sysv_sem: vec![],
+        sysv_msg: vec![],
+        in_flight: vec![],
+        sockets: vec![],
+        stand_ins: vec![],
+    };
+    let now = postcard::to_stdvec(&n).unwrap();
+    let old = &now[..now.len() - 1];
+    assert_eq!(NodeImage::decode_v6(old).unwrap(), n);
+    assert_eq!(NodeImage::decode_v5(old).unwrap(), n);
+    n.stand_ins.push(StandInEntry {
+        pid: 4243,
+        ppid: 4242,
+        pgid: 4242,
+        sid: 4000,
+        argv: vec![b"python3".to_vec(), b"sim.py".to_vec()],
+        stdio: vec![FdImage {
+            fd: 1,
+            flags: 1,
+            kind: FdKind::Pipe {
+                ino: 99,
+                write_end: true,
+            },
+        }],
+        part: PartRef {
+            node: 2,
+            pid: 4243,
+            host_pid: 81234,
+            sn: 1,
+        },
+    });
+    let now = postcard::to_stdvec(&n).unwrap();
+    assert_eq!(postcard::from_bytes::<NodeImage>(&now).unwrap(), n);
 }
 
 /// A global file of versions 2 to 5 (no PID namespace map at its end)

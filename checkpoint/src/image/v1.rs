@@ -137,6 +137,7 @@ impl From<NodeV1> for NodeImage {
             sysv_msg: n.sysv_msg,
             in_flight: Vec::new(),
             sockets: Vec::new(),
+            stand_ins: Vec::new(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::ctx::TaskCtx;
 use crate::error::{ChkptError, Result};
-use crate::image::{FdKind, PipeImage};
+use crate::image::{FdImage, FdKind, PipeImage};
 use crate::ptrace::{self, Injector};
 
 const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
@@ -77,13 +77,7 @@ pub fn create_pipes(
 pub fn restore(c: &TaskCtx) -> Result<()> {
     let i = c.inj;
     let fds = &c.task.fds;
-    // stdio the image does not keep is closed; stdio it inherits stays.
-    for n in 0..3 {
-        if !fds.iter().any(|f| f.fd == n) {
-            i.call("close", libc::SYS_close, [n as u64, 0, 0, 0, 0, 0])
-                .or_else(ignore_ebadf)?;
-        }
-    }
+    close_missing_stdio(i, fds)?;
     for f in fds {
         let cloexec = if f.flags & O_CLOEXEC != 0 {
             O_CLOEXEC as u64
@@ -113,40 +107,7 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
                     i.call("close", libc::SYS_close, [p, 0, 0, 0, 0, 0])?;
                 }
             }
-            FdKind::Pipe { ino, write_end } => {
-                let &(r, w) = c.pipe_fds.get(ino).ok_or_else(|| {
-                    ChkptError::Inconsistent(format!("pipe {ino} is not in the node file"))
-                })?;
-                let from = if *write_end { w } else { r };
-                i.call(
-                    "dup3",
-                    libc::SYS_dup3,
-                    [from as u64, f.fd as u64, cloexec, 0, 0, 0],
-                )?;
-                i.call(
-                    "fcntl",
-                    libc::SYS_fcntl,
-                    [
-                        f.fd as u64,
-                        libc::F_SETFL as u64,
-                        (f.flags & SETFL_MASK) as u64,
-                        0,
-                        0,
-                        0,
-                    ],
-                )?;
-            }
-            kind => {
-                let file = kind.file().unwrap_or(u32::MAX);
-                let from = c.file_fds.get(&file).ok_or_else(|| {
-                    ChkptError::Inconsistent(format!("open file #{file} was not opened"))
-                })?;
-                i.call(
-                    "dup3",
-                    libc::SYS_dup3,
-                    [*from as u64, f.fd as u64, cloexec, 0, 0, 0],
-                )?;
-            }
+            _ => install(i, f, c.pipe_fds, c.file_fds)?,
         }
     }
     // epoll registrations name this task's fds: all in place now (once
@@ -168,6 +129,61 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     // after the close: closing any fd of a file drops the process's POSIX
     // locks on it
     super::locks::take(c)
+}
+
+/// Stdio the image does not keep is closed; stdio it inherits stays.
+pub fn close_missing_stdio(i: &Injector, fds: &[FdImage]) -> Result<()> {
+    for n in 0..3 {
+        if !fds.iter().any(|f| f.fd == n) {
+            i.call("close", libc::SYS_close, [n as u64, 0, 0, 0, 0, 0])
+                .or_else(ignore_ebadf)?;
+        }
+    }
+    Ok(())
+}
+
+/// Put fd `f` of a task (a pipe of the tree, or an open file restart
+/// made for it) in place from restart's working fds (`pipe_fds`, by pipe
+/// inode; `file_fds`, by open file number).
+pub fn install(
+    i: &Injector,
+    f: &FdImage,
+    pipe_fds: &HashMap<u64, (i32, i32)>,
+    file_fds: &HashMap<u32, i32>,
+) -> Result<()> {
+    let cloexec = if f.flags & O_CLOEXEC != 0 {
+        O_CLOEXEC as u64
+    } else {
+        0
+    };
+    if let FdKind::Pipe { ino, write_end } = &f.kind {
+        let &(r, w) = pipe_fds.get(ino).ok_or_else(|| {
+            ChkptError::Inconsistent(format!("pipe {ino} is not in the node file"))
+        })?;
+        let from = if *write_end { w } else { r };
+        i.call(
+            "dup3",
+            libc::SYS_dup3,
+            [from as u64, f.fd as u64, cloexec, 0, 0, 0],
+        )?;
+        let fl = (f.flags & SETFL_MASK) as u64;
+        i.call(
+            "fcntl",
+            libc::SYS_fcntl,
+            [f.fd as u64, libc::F_SETFL as u64, fl, 0, 0, 0],
+        )?;
+        return Ok(());
+    }
+    let file = f.kind.file().unwrap_or(u32::MAX);
+    let from = file_fds
+        .get(&file)
+        .ok_or_else(|| ChkptError::Inconsistent(format!("open file #{file} was not opened")))?;
+    i.call(
+        "dup3",
+        libc::SYS_dup3,
+        [*from as u64, f.fd as u64, cloexec, 0, 0, 0],
+    )?;
+    Ok(())
 }
 
 fn ignore_ebadf(e: ChkptError) -> Result<u64> {

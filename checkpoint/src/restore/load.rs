@@ -39,6 +39,8 @@ pub struct Loaded {
     pub fetch: Option<super::fetch::Fetch>,
     /// `--gate-fd`: the caller lets the tree run (set by the caller).
     pub gate: Option<std::os::fd::OwnedFd>,
+    /// How to make the image's stand-ins (set by the caller).
+    pub stand_in_start: Option<super::standin::StandInStart>,
 }
 
 /// One task of a loaded checkpoint.
@@ -191,6 +193,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
         let pieces = chain.resolve(sn, te.pid, (&mm, file, data_off, version))?;
         tasks.push(LoadedTask { task, mm, pieces });
     }
+    super::standin::check(&node, &tasks).map_err(|why| ChkptError::bad_image(&nfile.path, why))?;
     // Page data too is checked before anything is started (but what
     // restart checks as it copies it, or the page server as it loads it).
     match pages {
@@ -218,6 +221,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
         ctty_fg: None,
         fetch: None,
         gate: None,
+        stand_in_start: None,
     })
 }
 

@@ -13,7 +13,7 @@
 //! - [`pages`] — where each page's data is across a chain of SNs, CRCs
 //! - [`owner`] — what a user's image may ask of root
 //! - [`tree`] — fork the tasks with their PIDs ([`fork`]; [`zombie`] for
-//!   zombies), SysV objects, shared fds; [`plan`] where each task's pages
+//!   zombies, [`standin`] for stand-ins), SysV objects, shared fds; [`plan`] where each task's pages
 //!   go, who inherits whose
 //! - [`task`] — one task's restore, in order ([`seccomp`] before the
 //!   credentials drop, [`timers`] last)
@@ -65,6 +65,7 @@ mod sig;
 mod sockcall;
 mod sockets;
 mod sockopts;
+mod standin;
 mod sysv;
 mod task;
 mod tcp;
@@ -80,6 +81,7 @@ use crate::store;
 
 pub use load::{load, Loaded, LoadedTask};
 pub use owner::ImageOwner;
+pub use standin::StandInStart;
 
 use ctx::AREA_LEN;
 use fork::PidPolicy;
@@ -116,6 +118,9 @@ pub struct RestoreOptions {
     /// `--gate-fd`: let the restored tree run only once the caller writes
     /// [`gate::GO`] on this fd (see [`gate`]).
     pub gate_fd: Option<i32>,
+    /// `--stand-in PID:TOKEN` (krgd): the image's stand-ins are made
+    /// again, each with its token (see [`standin`]).
+    pub stand_ins: Option<StandInStart>,
 }
 
 #[derive(Debug)]
@@ -153,6 +158,26 @@ pub fn restart(app: i32, sn: u32, opts: &RestoreOptions) -> Result<RestoreReport
         return Err(ChkptError::Usage(format!(
             "SN {sn} of {app} ran in a PID namespace of its own (a krg job): it comes back as a job, through krgd (run restart without --pidns-of on a node whose krgd runs)"
         )));
+    }
+    if !loaded.node.stand_ins.is_empty() {
+        if opts.stand_ins.is_none() {
+            let on: Vec<String> = loaded
+                .node
+                .stand_ins
+                .iter()
+                .map(|s| format!("{} on node {}", s.pid, s.part.node))
+                .collect();
+            return Err(ChkptError::Usage(format!(
+                "SN {sn} of {app} holds processes that ran on other nodes ({}): krgd restarts it, each part on its node (run restart as root on a node whose krgd runs)",
+                on.join(", ")
+            )));
+        }
+        if opts.new_pids || opts.pidns.is_some() {
+            return Err(ChkptError::Usage(format!(
+                "SN {sn} of {app} holds stand-ins, which keep their PIDs: --new-pids and --pidns-of do not apply"
+            )));
+        }
+        loaded.stand_in_start = opts.stand_ins.clone();
     }
     if let Some(fd) = opts.fetch_fd {
         // SAFETY: the descriptor was given to this process for this use.

@@ -294,6 +294,8 @@ fn restore_tasks(
     }
     // Zombies exit again as they had, for their (not yet restored) parents.
     super::zombie::restore(l, &injectors, area, pids, created)?;
+    // Stand-ins become stand-ins again, for processes restored elsewhere.
+    super::standin::restore(l, &injectors, &tree, pids, created)?;
     mark("fork_children");
     for (idx, done) in memory_done.iter().enumerate() {
         if !done {

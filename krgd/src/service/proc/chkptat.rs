@@ -125,6 +125,7 @@ pub async fn here(
         full: req.full,
         other_pidns: true,
         stdio_files: Vec::new(),
+        stand_ins: Vec::new(),
     };
     let dumped =
         tokio::task::spawn_blocking(move || checkpoint::dump::checkpoint(host, &opts, &|_, _| {}))

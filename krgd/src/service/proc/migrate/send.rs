@@ -123,6 +123,7 @@ pub(super) fn dump(
         full: true,
         other_pidns: in_job,
         stdio_files,
+        stand_ins: Vec::new(),
     };
     // post-copy sends no memory while the process runs: it goes after
     let ship: Option<&mut dyn checkpoint::dump::Ship> = if early.offer.postcopy {

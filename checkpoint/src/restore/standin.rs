@@ -1,0 +1,162 @@
+//! Stand-ins ([`StandInEntry`]): processes of the tree that had moved to
+//! other nodes, whose nodes saved them. Each stand-in is forked again with
+//! its PID inside its parent, joins its process group and session, gets
+//! its fds 0-2 from what restart made for the tree, takes its parent's
+//! credentials (none are read from the image), and executes `krg` as the
+//! stand-in of its process, with the token its caller (krgd, which has the
+//! process restored on its node meanwhile) gave for it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::error::{ChkptError, Result};
+use crate::image::{FdKind, NodeImage, StandInEntry};
+use crate::ptrace::{self, Injector};
+
+use super::ctx::{AREA_CODE, AREA_SCRATCH};
+use super::fork::{fork_child, join_ids, CreatedTasks, PidPolicy};
+use super::load::{Loaded, LoadedTask};
+use super::plan::TreeFds;
+
+/// What restart needs to make the stand-ins of an image (krgd gives it).
+#[derive(Debug, Clone)]
+pub struct StandInStart {
+    /// `krg` (absolute).
+    pub program: String,
+    /// krgd's socket, which the stand-in connects to.
+    pub socket: PathBuf,
+    /// The token of each stand-in, by its PID.
+    pub tokens: Vec<(i32, u64)>,
+}
+
+/// Refuse stand-ins an image (which its user may have edited) holds in
+/// a way restart cannot make: each needs a live parent of the tree, a
+/// PID of its own, a command line, and fds 0-2 among what restart makes.
+pub fn check(node: &NodeImage, tasks: &[LoadedTask]) -> std::result::Result<(), String> {
+    let task = |p: i32| node.tasks.iter().any(|t| t.pid == p && t.zombie.is_none());
+    let opened = |n: u32| {
+        tasks
+            .iter()
+            .any(|t| t.task.fds.iter().any(|f| f.kind.file() == Some(n)))
+    };
+    for (i, s) in node.stand_ins.iter().enumerate() {
+        let taken = node.tasks.iter().any(|t| t.pid == s.pid)
+            || node.stand_ins[..i].iter().any(|o| o.pid == s.pid);
+        if s.pid <= 0 || taken {
+            return Err(format!("stand-in {}: its PID is not its own", s.pid));
+        }
+        if !task(s.ppid) {
+            return Err(format!(
+                "stand-in {}: its parent {} is not a process of the tree",
+                s.pid, s.ppid
+            ));
+        }
+        if s.pgid <= 0 || s.sid <= 0 || s.argv.is_empty() {
+            return Err(format!(
+                "stand-in {}: no process group, session or command line",
+                s.pid
+            ));
+        }
+        for (k, f) in s.stdio.iter().enumerate() {
+            let ok = (0..=2).contains(&f.fd)
+                && !s.stdio[..k].iter().any(|o| o.fd == f.fd)
+                && match &f.kind {
+                    FdKind::InheritedStdio { .. } => true,
+                    FdKind::Pipe { ino, .. } => node.pipes.iter().any(|p| p.ino == *ino),
+                    k => k.file().is_some_and(opened),
+                };
+            if !ok {
+                return Err(format!(
+                    "stand-in {}: fd {} is not one restart makes",
+                    s.pid, f.fd
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fork and start every stand-in of `l` (its parents forked already,
+/// restart's working fds `work` still open in them).
+pub(super) fn restore(
+    l: &Loaded,
+    injectors: &HashMap<i32, Injector>,
+    work: &TreeFds<'_>,
+    pids: PidPolicy,
+    created: &mut CreatedTasks,
+) -> Result<()> {
+    if l.node.stand_ins.is_empty() {
+        return Ok(());
+    }
+    let start = l.stand_in_start.as_ref().ok_or_else(|| {
+        ChkptError::Usage("the image holds stand-ins and restart was given no tokens".into())
+    })?;
+    let area = work.area;
+    for s in &l.node.stand_ins {
+        let token = start
+            .tokens
+            .iter()
+            .find(|t| t.0 == s.pid)
+            .map(|t| t.1)
+            .ok_or_else(|| ChkptError::Usage(format!("no token for stand-in {}", s.pid)))?;
+        let parent = injectors.get(&s.ppid).ok_or_else(|| {
+            ChkptError::Inconsistent(format!("stand-in {} has no parent {}", s.pid, s.ppid))
+        })?;
+        let pid = fork_child(parent, area, s.pid, pids)?;
+        created.pids.push(pid);
+        let inj = Injector::new(pid, area + AREA_CODE)?;
+        join_ids(&inj, pid, s.pgid, s.sid, &created.pids)?;
+        super::fds::close_missing_stdio(&inj, &s.stdio)?;
+        for f in s
+            .stdio
+            .iter()
+            .filter(|f| !matches!(f.kind, FdKind::InheritedStdio { .. }))
+        {
+            super::fds::install(&inj, f, work.pipe_fds, work.file_fds)?;
+        }
+        parents_creds(l, s, &inj, area)?;
+        let env = vec![
+            format!("{}={token:x}", crate::standin::TOKEN_VAR),
+            format!("KRG_SOCKET={}", start.socket.display()),
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            format!("{}=", crate::standin::SAVED_VAR),
+        ];
+        let what = crate::standin::StandIn {
+            program: &start.program,
+            argv: &s.argv,
+            env: &env,
+        };
+        crate::standin::exec_restored(pid, &inj, &what)?;
+        ptrace::detach(pid)?;
+    }
+    Ok(())
+}
+
+/// A stand-in belongs to whom its parent belongs (as a zombie does).
+fn parents_creds(l: &Loaded, s: &StandInEntry, inj: &Injector, area: u64) -> Result<()> {
+    let Some(p) = l.tasks.iter().find(|t| t.task.pid == s.ppid) else {
+        return Err(ChkptError::Inconsistent(format!(
+            "stand-in {} has no parent {}",
+            s.pid, s.ppid
+        )));
+    };
+    let (g, u, groups) = (p.task.gids, p.task.uids, &p.task.groups);
+    let bytes: Vec<u8> = groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    ptrace::write_mem(inj.tid, area + AREA_SCRATCH, &bytes)?;
+    inj.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        [groups.len() as u64, area + AREA_SCRATCH, 0, 0, 0, 0],
+    )?;
+    inj.call(
+        "setresgid",
+        libc::SYS_setresgid,
+        [g[0] as u64, g[1] as u64, g[2] as u64, 0, 0, 0],
+    )?;
+    inj.call(
+        "setresuid",
+        libc::SYS_setresuid,
+        [u[0] as u64, u[1] as u64, u[2] as u64, 0, 0, 0],
+    )?;
+    Ok(())
+}
