@@ -9,6 +9,7 @@ use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
 use krg_proto::proc::{
     CheckpointAt, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, RestartJob,
+    RestoreParts, SavedPart,
 };
 
 use crate::error::{ChkptError, Result};
@@ -82,6 +83,16 @@ impl CapClient {
     pub fn checkpoint_at(&mut self, req: CheckpointAt) -> Result<CheckpointedThere> {
         match self.proc_call(ProcRequest::CheckpointAt(req))? {
             ProcReply::CheckpointedThere(there) => Ok(there),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+
+    /// Have every part of an application that ran on other nodes run
+    /// again there, its session waiting in krgd for its stand-in (see
+    /// `ProcRequest::RestoreParts`): the token of each stand-in.
+    pub fn restore_parts(&mut self, parts: Vec<SavedPart>) -> Result<Vec<(i32, u64)>> {
+        match self.proc_call(ProcRequest::RestoreParts(RestoreParts { parts }))? {
+            ProcReply::PartsRestoring(r) => Ok(r.tokens),
             _ => Err(ChkptError::KrgdReply),
         }
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use checkpoint::capclient::CapClient;
 use checkpoint::dump::{self, DumpOptions};
+use checkpoint::image::PartRef;
 use checkpoint::nodepid::NodePid;
 use checkpoint::{describe, store};
 use clap::{Parser, Subcommand};
@@ -143,6 +144,11 @@ fn run(cli: Cli) -> Result<()> {
         bail!("this node's id ({node}) does not fit the 64-bit node mask of checkpoint images: give --node 0..63");
     }
     let timings = cli.timings || checkpoint::timings::wanted();
+    // (without krgd a stand-in is refused, with the reason)
+    let stand_ins = match cli.no_capability_check {
+        true => Vec::new(),
+        false => save_parts(&cli, pid)?,
+    };
     let opts = DumpOptions {
         root: cli.dir,
         kill: cli.kill,
@@ -155,7 +161,7 @@ fn run(cli: Cli) -> Result<()> {
         // there; restart brings it back as a job
         other_pidns: true,
         stdio_files: Vec::new(),
-        stand_ins: Vec::new(),
+        stand_ins,
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -195,6 +201,46 @@ fn run(cli: Cli) -> Result<()> {
         println!("checkpoint: {}", checkpoint::timings::line(&rep.phases));
     }
     Ok(())
+}
+
+/// The stand-ins of the tree of `pid` (processes of it that moved to
+/// other nodes): the node each one's process runs on saves it first,
+/// asked through krgd, before the tree is.
+fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
+    let stand_ins: Vec<i32> = dump::tree(pid)?
+        .iter()
+        .map(|t| t.0)
+        .filter(|&p| p != pid && checkpoint::standin::is_stand_in(p))
+        .collect();
+    let mut parts = Vec::new();
+    for s in stand_ins {
+        let req = krg_proto::proc::CheckpointAt {
+            node: None,
+            pid: s,
+            full: cli.full,
+            kill: false,
+        };
+        let r = CapClient::connect(&cli.socket)?
+            .checkpoint_at(req)
+            .with_context(|| format!("process {s} of the tree runs on another node"))?;
+        println!(
+            "checkpoint: process {s} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms",
+            r.node,
+            r.sn,
+            r.dir,
+            r.tasks,
+            r.image_bytes as f64 / (1 << 20) as f64,
+            r.frozen_us as f64 / 1000.0
+        );
+        let part = PartRef {
+            node: r.node,
+            pid: s,
+            host_pid: r.host_pid,
+            sn: r.sn,
+        };
+        parts.push((s, part));
+    }
+    Ok(parts)
 }
 
 /// A process named `NODE:PID`, or by a stand-in's PID: the node it runs

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use checkpoint::capclient::CapClient;
 use checkpoint::nodepid::NodePid;
 use checkpoint::restore::pidns::PidNsTarget;
@@ -11,6 +11,7 @@ use checkpoint::restore::{self, RestoreOptions, StandInStart};
 use checkpoint::store;
 use clap::Parser;
 use krg_proto::chkpt::ChkptRequest;
+use krg_proto::proc::SavedPart;
 
 /// Recreate the process tree saved as checkpoint SN of application PID, with
 /// its recorded PIDs, parent/child relations, memory, files, pipes, signal
@@ -114,9 +115,10 @@ struct Cli {
     /// stand-in of the image needs one). For krgd.
     #[arg(long, value_name = "PID:TOKEN", value_parser = parse_stand_in)]
     stand_in: Vec<(i32, u64)>,
-    /// With --stand-in: the `krg` program the stand-ins run.
-    #[arg(long, value_name = "PATH", default_value = "/usr/bin/krg")]
-    stand_in_program: String,
+    /// The `krg` program stand-ins run (default: `krg` next to restart,
+    /// else /usr/bin/krg).
+    #[arg(long, value_name = "PATH")]
+    stand_in_program: Option<String>,
     /// Print where the time went, phase by phase, on a line before the last
     /// (`restart: timings: load=…ms fork_root=…ms …`). Also `KRG_TIMINGS=1`.
     #[arg(long)]
@@ -145,11 +147,7 @@ fn main() {
             fetch_fd: cli.fetch_fd,
             ctty_fg: cli.ctty_fg,
             gate_fd: cli.gate_fd,
-            stand_ins: (!cli.stand_in.is_empty()).then(|| StandInStart {
-                program: cli.stand_in_program.clone(),
-                socket: cli.socket.clone(),
-                tokens: cli.stand_in.clone(),
-            }),
+            stand_ins: stand_ins(&cli)?,
         };
         let rep = restore::restart(cli.app.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -276,6 +274,44 @@ fn parse_ns_pid(s: &str) -> std::result::Result<(i32, i32), String> {
     let (a, b) = s.split_once(':').ok_or_else(bad)?;
     let pid = |x: &str| x.parse::<i32>().ok().filter(|p| *p > 0);
     Ok((pid(a).ok_or_else(bad)?, pid(b).ok_or_else(bad)?))
+}
+
+/// How restart makes the image's stand-ins, if it holds some: with the
+/// tokens given (`--stand-in`), or those krgd gives as it has each
+/// stand-in's process run again on its node.
+fn stand_ins(cli: &Cli) -> Result<Option<StandInStart>> {
+    let listed = restore::stand_ins_of(&cli.dir, cli.app.pid, cli.sn, cli.node)?;
+    if listed.is_empty() {
+        return Ok(None);
+    }
+    let tokens = if cli.stand_in.is_empty() {
+        let parts = listed
+            .iter()
+            .map(|s| SavedPart {
+                stand_in: s.pid,
+                node: s.part.node,
+                host_pid: s.part.host_pid,
+                sn: s.part.sn,
+            })
+            .collect();
+        CapClient::connect(&cli.socket)
+            .and_then(|mut c| c.restore_parts(parts))
+            .context("asking krgd to run the parts of the application saved by other nodes again")?
+    } else {
+        cli.stand_in.clone()
+    };
+    let program = cli.stand_in_program.clone().unwrap_or_else(|| {
+        let next = std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.join("krg")));
+        next.filter(|p| p.exists())
+            .map_or("/usr/bin/krg".into(), |p| p.display().to_string())
+    });
+    Ok(Some(StandInStart {
+        program,
+        socket: cli.socket.clone(),
+        tokens,
+    }))
 }
 
 fn parse_stand_in(s: &str) -> std::result::Result<(i32, u64), String> {

@@ -53,7 +53,7 @@ pub(super) fn refused(pid: i32, fd: i32, what: &str) -> ChkptError {
     ChkptError::unsupported(
         pid,
         format!("fd {fd} of a stand-in ({what})"),
-        "a stand-in's fds 0-2 are saved when each is a pipe, a terminal, or a file a process of the tree has open too",
+        "a stand-in's fds 0-2 are saved when each is a pipe, a terminal, a file opened by path, or what a process of the tree has open too",
     )
 }
 
@@ -79,7 +79,7 @@ pub(super) fn entries(
         let stdio = fds.remove(&pid).unwrap_or_default();
         for f in &stdio {
             let ok = match &f.kind {
-                FdKind::Pipe { .. } | FdKind::InheritedStdio { .. } => true,
+                FdKind::Pipe { .. } | FdKind::InheritedStdio { .. } | FdKind::Path { .. } => true,
                 FdKind::External { .. } | FdKind::Pidfd { .. } => false,
                 k => k.file().is_some_and(|n| opened.contains(&n)),
             };

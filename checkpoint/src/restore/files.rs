@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
-use crate::image::{FdImage, FdKind, SocketExtras, SocketImage, TaskImage};
+use crate::image::{FdImage, FdKind, SocketExtras, SocketImage, StandInEntry, TaskImage};
 use crate::ptrace::{self, Injector};
 
 use super::queues::{self, TreeSockets};
@@ -17,21 +17,35 @@ const O_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 const SETFL_MASK: u32 =
     (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
 
+/// Who holds the tree's open file descriptions: its tasks, and its
+/// stand-ins (their fds 0-2).
+pub struct Holders<'a> {
+    pub tasks: &'a [&'a TaskImage],
+    pub stand_ins: &'a [StandInEntry],
+}
+
 /// Make every open file description at its fd (`base + n`, n in the order
 /// first seen), with the job's file-system credentials (already set);
 /// those only in flight on a socket too. Returns file number → fd.
 pub fn create_files(
     root: &Injector,
     scratch: u64,
-    tasks: &[&TaskImage],
+    holders: &Holders<'_>,
     base: i32,
     inherit: &[(i32, String)],
     mapped: &HashMap<u64, i32>,
     flight: &TreeSockets<'_>,
 ) -> Result<HashMap<u32, i32>> {
+    let tasks = holders.tasks;
     let mut firsts: Vec<&FdImage> = Vec::new();
     let in_flight = flight.in_flight.iter().flat_map(|m| &m.files);
-    for f in tasks.iter().flat_map(|t| &t.fds).chain(in_flight) {
+    let stand_ins = holders.stand_ins.iter().flat_map(|s| &s.stdio);
+    for f in tasks
+        .iter()
+        .flat_map(|t| &t.fds)
+        .chain(in_flight)
+        .chain(stand_ins)
+    {
         if let Some(file) = f.kind.file() {
             if !firsts.iter().any(|g| g.kind.file() == Some(file)) {
                 firsts.push(f);

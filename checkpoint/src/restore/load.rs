@@ -52,7 +52,7 @@ pub struct LoadedTask {
 }
 
 /// The node a checkpoint holds tasks of, when it is only one.
-fn only_node(global: &GlobalImage, dir: &CheckedDir, names: &Names) -> Result<u32> {
+pub(super) fn only_node(global: &GlobalImage, dir: &CheckedDir, names: &Names) -> Result<u32> {
     let nodes: Vec<u32> = (0..64u32)
         .filter(|n| global.node_mask & (1u64 << n) != 0)
         .collect();

@@ -81,7 +81,7 @@ use crate::store;
 
 pub use load::{load, Loaded, LoadedTask};
 pub use owner::ImageOwner;
-pub use standin::StandInStart;
+pub use standin::{listed as stand_ins_of, StandInStart};
 
 use ctx::AREA_LEN;
 use fork::PidPolicy;

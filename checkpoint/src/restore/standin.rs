@@ -63,6 +63,8 @@ pub fn check(node: &NodeImage, tasks: &[LoadedTask]) -> std::result::Result<(), 
                 && match &f.kind {
                     FdKind::InheritedStdio { .. } => true,
                     FdKind::Pipe { ino, .. } => node.pipes.iter().any(|p| p.ino == *ino),
+                    // opened by path with the owner's rights
+                    FdKind::Path { .. } => true,
                     k => k.file().is_some_and(opened),
                 };
             if !ok {
@@ -74,6 +76,32 @@ pub fn check(node: &NodeImage, tasks: &[LoadedTask]) -> std::result::Result<(), 
         }
     }
     Ok(())
+}
+
+/// The stand-ins SN `sn` of application `app` under `root` holds (in the
+/// node file of `node`, or of the one node it holds), to ask krgd for
+/// their tokens before restart. Everything is checked again at restart.
+pub fn listed(
+    root: &std::path::Path,
+    app: i32,
+    sn: u32,
+    node: Option<u32>,
+) -> Result<Vec<StandInEntry>> {
+    let (dir, g, gfile) = super::load::open_global(&crate::store::app_dir(root, app), sn)?;
+    let names = crate::image::Names { sn };
+    let node = match node {
+        Some(n) => n,
+        None => super::load::only_node(&g.meta, &dir, &names)?,
+    };
+    let (n, nfile) =
+        crate::image::read_in::<NodeImage>(&dir, &names.node(node), crate::image::FileKind::Node)?;
+    if nfile.uid != gfile.uid {
+        return Err(ChkptError::bad_image(
+            nfile.path,
+            "not owned as its global file is",
+        ));
+    }
+    Ok(n.meta.stand_ins)
 }
 
 /// Fork and start every stand-in of `l` (its parents forked already,

@@ -225,10 +225,14 @@ fn restore_tasks(
     let deleted_fds = mm::create_deleted(&rinj, area + AREA_SCRATCH, &mms, deleted_base)?;
     let file_base = deleted_base + deleted_fds.len() as i32;
     let images: Vec<&TaskImage> = l.tasks.iter().map(|t| &t.task).collect();
+    let holders = super::files::Holders {
+        tasks: &images,
+        stand_ins: &l.node.stand_ins,
+    };
     let file_fds = super::files::create_files(
         &rinj,
         area + AREA_SCRATCH,
-        &images,
+        &holders,
         file_base,
         &l.inherit_fds,
         &deleted_fds,

@@ -246,6 +246,9 @@ pub enum ProcRequest {
     /// `checkpoint NODE:PID`, or `checkpoint PID` of a stand-in: the
     /// process is saved by the node it runs on (see [`CheckpointAt`]).
     CheckpointAt(CheckpointAt),
+    /// `restart` of an application that ran on several nodes: its parts
+    /// run again where they were saved (see [`RestoreParts`]). Root only.
+    RestoreParts(RestoreParts),
 }
 
 /// Answers of the process service on the admin socket.
@@ -272,6 +275,8 @@ pub enum ProcReply {
     CheckpointedThere(CheckpointedThere),
     /// A job's checkpoint runs again as a detached job.
     Restarted(JobRestarted),
+    /// To `RestoreParts`.
+    PartsRestoring(PartsRestoring),
 }
 
 /// The first message of a session connection between krgds.
@@ -376,6 +381,10 @@ pub enum ProcPeerRequest {
         /// Who asked, as the origin's kernel reported it.
         creds: Credentials,
     },
+    /// Run a part of an application this node saved again as a job, and
+    /// carry its session on this connection (first message only; see
+    /// [`AdoptSaved`]).
+    AdoptSaved(AdoptSaved),
 }
 
 /// Answers to [`ProcPeerRequest`]s.
@@ -424,7 +433,10 @@ mod stream;
 pub use stream::{Down, ExitStatus, Up};
 
 mod checkpoints;
-pub use checkpoints::{CheckpointAt, CheckpointedThere, JobRestarted, RestartJob};
+pub use checkpoints::{
+    AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, RestartJob,
+    RestoreParts, SavedPart,
+};
 
 #[cfg(test)]
 mod tests;

@@ -134,6 +134,10 @@ async fn serve_connection(
             node.proc.serve_adopt(stream, keys, peer, open).await;
             return;
         }
+        PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::AdoptSaved(open))) => {
+            node.proc.serve_adopt_saved(stream, keys, peer, open).await;
+            return;
+        }
         PeerBody::Request(PeerRequest::Proc(ProcPeerRequest::JoinSession { token, sent })) => {
             node.proc.serve_join(stream, keys, peer, token, sent).await;
             return;

@@ -1,7 +1,8 @@
 //! Checkpoints of processes that run on another node, or in a job's PID
 //! namespace, asked through krgd (`checkpoint NODE:PID`, `checkpoint` of a
-//! stand-in, `restart [NODE:]PID SN` of a job's checkpoint): the requests
-//! of [`super::ProcRequest`] and [`super::ProcPeerRequest`] and their
+//! stand-in, `restart [NODE:]PID SN` of a job's checkpoint, `restart` of
+//! an application whose processes ran on several nodes): the requests of
+//! [`super::ProcRequest`] and [`super::ProcPeerRequest`] and their
 //! answers.
 
 use serde::{Deserialize, Serialize};
@@ -68,4 +69,52 @@ pub struct CheckpointedThere {
     pub image_bytes: u64,
     /// How long the processes were frozen, in microseconds.
     pub frozen_us: u64,
+}
+
+/// `restart` of an application whose tree holds stand-ins (processes that
+/// had moved to other nodes, each saved by its node): each part runs
+/// again on its node as a job whose session comes back to the node asked,
+/// and restart makes each stand-in again with the token that claims it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreParts {
+    /// The parts, one per stand-in of the tree.
+    pub parts: Vec<SavedPart>,
+}
+
+/// One part of an application, saved by the node it ran on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPart {
+    /// The PID of its stand-in in the tree (the process's own).
+    pub stand_in: i32,
+    /// The node that saved it, where it runs again.
+    pub node: NodeId,
+    /// Its PID there: the application id of its checkpoint.
+    pub host_pid: i32,
+    /// The checkpoint's number there.
+    pub sn: u32,
+}
+
+/// Answer to [`RestoreParts`]: each stand-in's token (its PID, the
+/// token), to give restart (`--stand-in PID:TOKEN`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsRestoring {
+    /// (stand-in PID, token), one per part.
+    pub tokens: Vec<(i32, u64)>,
+}
+
+/// Between krgds, on a connection of its own (its first message): run
+/// SN `sn` of application `app` of this node's checkpoint store again as
+/// a job, in a namespace of its own, and carry its session on this
+/// connection for the asking node, whose stand-in drives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptSaved {
+    /// [`super::SESSION_VERSION`] of the sender.
+    pub version: u16,
+    /// The application id of the checkpoint here (the part's PID here
+    /// when it was saved).
+    pub app: i32,
+    /// The checkpoint's number.
+    pub sn: u32,
+    /// The PID of the job's root in its namespace: its stand-in's.
+    pub pid: i32,
 }

@@ -42,6 +42,7 @@ pub mod local_stream;
 pub mod lookup;
 pub mod migrate;
 pub mod nodestat;
+pub mod parts;
 pub mod place;
 pub mod plugmove;
 pub mod procfs;
@@ -278,6 +279,9 @@ impl ProcService {
             ProcRequest::CheckpointAt(req) => chkptat::asked(&self.st, caller, req)
                 .await
                 .map(ProcReply::CheckpointedThere),
+            ProcRequest::RestoreParts(req) => {
+                parts::restore(&self.st, caller, req).map(ProcReply::PartsRestoring)
+            }
             ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
@@ -350,6 +354,7 @@ impl ProcService {
             }
             ProcPeerRequest::Session(_)
             | ProcPeerRequest::AdoptJob(_)
+            | ProcPeerRequest::AdoptSaved(_)
             | ProcPeerRequest::JoinSession { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
@@ -418,6 +423,18 @@ impl ProcService {
         open: krg_proto::migrate::AdoptJob,
     ) {
         migrate::adopt::serve(self.st.clone(), stream, keys, peer, open).await;
+    }
+
+    /// Serve a connection that has a saved part of an application run
+    /// again here (`restart` of the application on the asking node).
+    pub async fn serve_adopt_saved(
+        &self,
+        stream: TcpStream,
+        keys: FrameKeys,
+        peer: Identity,
+        open: krg_proto::proc::AdoptSaved,
+    ) {
+        parts::serve(self.st.clone(), stream, keys, peer, open).await;
     }
 
     /// Serve a connection that joins a moved job's session here.

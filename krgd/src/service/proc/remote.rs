@@ -117,6 +117,17 @@ pub async fn open_adopted(
     open_with(st, node, ProcPeerRequest::AdoptJob(adopt), 1, timeout).await
 }
 
+/// A session connection to `node` that has a part of an application it
+/// saved run again there (see [`crate::service::proc::parts`]).
+pub async fn open_adopted_saved(
+    st: &ProcState,
+    node: NodeId,
+    adopt: krg_proto::proc::AdoptSaved,
+    timeout: Duration,
+) -> Result<(Session, Vec<PhaseTime>), AdminError> {
+    open_with(st, node, ProcPeerRequest::AdoptSaved(adopt), 1, timeout).await
+}
+
 /// A session connection to `node` whose first message is `first`, answered
 /// by a session of `count` jobs within `timeout`; with the target's
 /// phases when it took a job over.
@@ -134,7 +145,7 @@ async fn open_with(
     // `node` failed, not at `timeout` (a migration's handover waits here,
     // and gives up too when this node is the one cut off).
     let cut_off = match first {
-        ProcPeerRequest::AdoptJob(_) => CutOff::Ends,
+        ProcPeerRequest::AdoptJob(_) | ProcPeerRequest::AdoptSaved(_) => CutOff::Ends,
         _ => CutOff::Ignored,
     };
     let mut view = st.ctx.watch_view();

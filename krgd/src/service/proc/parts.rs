@@ -1,0 +1,211 @@
+//! `restart` of an application whose processes ran on several nodes
+//! (`ProcRequest::RestoreParts`, root only). Its tree's node file holds
+//! the stand-ins of the processes that had moved away, each naming the
+//! node that saved its process (`checkpoint` had it saved there first,
+//! [`super::chkptat`]). Each part runs again where it was saved
+//! (`ProcPeerRequest::AdoptSaved`: from that node's checkpoint store, as
+//! a job in a namespace of its own, its PIDs kept) with its session
+//! coming back here; `restart` makes each stand-in again with the token
+//! this gives, and the stand-in claims the session with it — as after a
+//! migration ([`super::migrate::standin`]).
+//!
+//! A stand-in that does not come (restart failed) within
+//! [`CLAIM_TIMEOUT`]: its part is ended (its session dropped). A part
+//! that does not run: its stand-in is told why and ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::auth::Identity;
+use krg_proto::proc::{
+    AdoptSaved, PartsRestoring, ProcPeerReply, RestoreParts, SavedPart, SESSION_VERSION,
+};
+use krg_proto::seal::FrameKeys;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::job::StartedJob;
+use super::migrate::adopt::{self, JobImage};
+use super::migrate::registry::{start_ticks, PendingStandIn, StandInStream};
+use super::migrate::restore::Lazy;
+use super::migrate::{incoming, Clock};
+use super::serve;
+use super::session;
+use super::state::ProcState;
+use crate::caller::Caller;
+
+/// How long restart may take to make a stand-in again (it restores the
+/// rest of the tree meanwhile).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a part's node may take to run it again.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(150);
+
+fn refused(kind: ErrorKind, what: impl std::fmt::Display) -> AdminError {
+    AdminError::new(kind, what.to_string())
+}
+
+/// Have every part of `req` run again where it was saved, its session
+/// waiting here for its stand-in: the token of each.
+pub fn restore(
+    st: &Arc<ProcState>,
+    caller: &Caller,
+    req: RestoreParts,
+) -> Result<PartsRestoring, AdminError> {
+    if caller.uid != 0 {
+        return Err(refused(
+            ErrorKind::PermissionDenied,
+            "only root restarts an application (restart runs as root)",
+        ));
+    }
+    let mut tokens = Vec::new();
+    for part in req.parts {
+        let token: u64 = rand::random();
+        let (claimed_tx, claimed) = oneshot::channel();
+        let (session_tx, session_rx) = oneshot::channel();
+        crate::sync::lock(&st.migration.standins.pending).insert(
+            token,
+            PendingStandIn {
+                pid: part.stand_in,
+                claimed: claimed_tx,
+                session: session_rx,
+            },
+        );
+        tokens.push((part.stand_in, token));
+        tokio::spawn(bring_back(st.clone(), part, token, claimed, session_tx));
+    }
+    Ok(PartsRestoring { tokens })
+}
+
+/// Run `part` again on its node and hand its session to its stand-in
+/// once both are there.
+async fn bring_back(
+    st: Arc<ProcState>,
+    part: SavedPart,
+    token: u64,
+    claimed: oneshot::Receiver<()>,
+    session: oneshot::Sender<Result<StandInStream, AdminError>>,
+) {
+    let adopt = AdoptSaved {
+        version: SESSION_VERSION,
+        app: part.host_pid,
+        sn: part.sn,
+        pid: part.stand_in,
+    };
+    let opened = super::remote::open_adopted_saved(&st, part.node, adopt, ADOPT_TIMEOUT);
+    let (opened, claimed) = tokio::join!(opened, tokio::time::timeout(CLAIM_TIMEOUT, claimed));
+    let pid = part.stand_in;
+    if !matches!(claimed, Ok(Ok(()))) {
+        crate::sync::lock(&st.migration.standins.pending).remove(&token);
+        tracing::warn!(
+            pid,
+            node = part.node,
+            "a restarted stand-in did not come: its process is ended there"
+        );
+        return; // the session dropped ends the job
+    }
+    let sess = match opened {
+        Ok((sess, _)) => sess,
+        Err(e) => {
+            tracing::warn!(pid, node = part.node, error = %e.message, "a part of an application did not run again");
+            let _ = session.send(Err(e));
+            return;
+        }
+    };
+    if let Some(start) = start_ticks(pid) {
+        crate::sync::lock(&st.migration.standins.active).insert(pid, (start, part.node));
+    }
+    tracing::info!(
+        pid,
+        node = part.node,
+        "a part of an application runs again there, behind its stand-in here"
+    );
+    let _ = session.send(Ok((sess.input, sess.events)));
+}
+
+/// On the node that saved a part: run it again as a job, then carry its
+/// session on `stream` for the stand-in's node.
+pub async fn serve(
+    st: Arc<ProcState>,
+    mut stream: TcpStream,
+    mut keys: FrameKeys,
+    peer: Identity,
+    open: AdoptSaved,
+) {
+    match start(&st, &peer, &open).await {
+        Ok(job) => {
+            tracing::info!(
+                from = peer.node,
+                app = open.app,
+                sn = open.sn,
+                pid = open.pid,
+                "a saved part of an application runs again here"
+            );
+            let sess = session::spawn_started(st.clone(), job, Some(peer.node));
+            let opened = ProcPeerReply::Adopted { phases: Vec::new() };
+            serve::carry(st, stream, keys, peer, sess, opened, None).await;
+        }
+        Err(e) => {
+            tracing::warn!(from = peer.node, app = open.app, sn = open.sn, error = %e.message, "a saved part did not run again");
+            serve::answer_error(&mut stream, &mut keys.sealer, e).await;
+        }
+    }
+}
+
+/// Check `open` (from a member; the checkpoint is this node's, of the
+/// stand-in's process) and start it.
+async fn start(
+    st: &Arc<ProcState>,
+    peer: &Identity,
+    open: &AdoptSaved,
+) -> Result<StartedJob, AdminError> {
+    let from = incoming::member(serve::origin_of(st, peer).await)?;
+    if open.version != SESSION_VERSION {
+        return Err(refused(
+            ErrorKind::InvalidArgument,
+            format!(
+                "node {} speaks session version {SESSION_VERSION}, node {from} sent {}",
+                st.node(),
+                open.version
+            ),
+        ));
+    }
+    let root = PathBuf::from(checkpoint::store::DEFAULT_ROOT);
+    let (root2, app, sn) = (root.clone(), open.app, open.sn);
+    // the image belongs to its user, who may have edited it: its PID map
+    // is checked there, and restart checks the rest
+    let job =
+        tokio::task::spawn_blocking(move || checkpoint::restore::jobns::read(&root2, app, sn))
+            .await
+            .map_err(|e| refused(ErrorKind::Internal, e))?
+            .map_err(|e| refused(ErrorKind::InvalidArgument, e))?;
+    if job.map.is_empty() || job.root != open.pid {
+        return Err(refused(
+            ErrorKind::InvalidArgument,
+            format!(
+                "SN {sn} of {app} on node {} is not the saved process {} of a stand-in",
+                st.node(),
+                open.pid
+            ),
+        ));
+    }
+    let everyone: Vec<i32> = job.map.iter().map(|&(image, _)| image).collect();
+    let img = JobImage {
+        root: &root,
+        app,
+        sn,
+        pid: job.root,
+        map: job.map,
+        uid: job.uid,
+        gid: job.gid,
+        origin: from,
+        terminal: None,
+        // it was CHECKPOINTABLE to be saved: every task of it is again
+        checkpointable: everyone,
+        detached: false,
+        output_here: false,
+        fence: None,
+    };
+    adopt::start(st, img, &mut Clock::new(), Lazy::No).await
+}

@@ -1,0 +1,186 @@
+//! An application whose processes run on several nodes, checkpointed and
+//! restarted as one (LinuxSSI's application checkpoint): a shell on node
+//! 1 whose child moved to node 2 behind its stand-in. `checkpoint` of the
+//! shell has node 2 save the child where it runs, then saves the tree
+//! with the stand-in in it; `restart` brings the child back on node 2
+//! and the shell, its other child and the stand-in on node 1, the
+//! child's output flowing through the stand-in into the same pipe again.
+//! Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use krg_tests::migrating::{capset, err, migrate, moved_host_pid, ppid, ps, socket, Job, PRINTER};
+use krg_tests::{bin, serial, wait_for, without_stray_fds, TestCluster};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn tool(c: &TestCluster, name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .env("KRG_SOCKET", socket(c, 1))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn checkpointable(c: &TestCluster, pid: i32) {
+    let o = tool(
+        c,
+        "krgcapset",
+        &["-k", &pid.to_string(), "-d", "+CHECKPOINTABLE"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn cmdline(pid: i32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .replace('\0', " ")
+}
+
+/// The last "N PID" line the printer wrote into `file`.
+fn last_count(file: &Path) -> Option<(u64, i32)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut it = text.lines().last()?.split(' ');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Removes what node 2 saved in the default directory, /var/chkpt.
+struct Saved(PathBuf);
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let chk = c.dir.path().join("chkpt");
+    let out = c.dir.path().join("out");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("/usr/bin/python3 -u -c \"$0\" 2>/dev/null | cat > \"$1\"")
+        .arg(PRINTER)
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut shell = without_stray_fds(&mut cmd).spawn()?;
+    let sh = shell.id() as i32;
+    let _sh = Job(sh);
+    let (py, cat) = wait_for(Duration::from_secs(5), "the pipeline", || {
+        let kids = children(sh);
+        let py = *kids.iter().find(|&&p| cmdline(p).contains("python3"))?;
+        let cat = *kids.iter().find(|&&p| cmdline(p).starts_with("cat"))?;
+        Some((py, cat))
+    })?;
+    let (_py, _cat) = (Job(py), Job(cat));
+    for p in [sh, py, cat] {
+        checkpointable(&c, p);
+    }
+    capset(&c, 1, py);
+    wait_for(Duration::from_secs(5), "the count", || {
+        last_count(&out).filter(|n| n.0 > 3)
+    })?;
+    let o = migrate(&c, 1, &[&py.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(py);
+    let _saved_there = Saved(PathBuf::from("/var/chkpt").join(moved.to_string()));
+    let at = last_count(&out).unwrap().0;
+    wait_for(Duration::from_secs(10), "the count from node 2", || {
+        last_count(&out).filter(|n| n.0 > at + 3)
+    })?;
+
+    // checkpoint of the shell: node 2 saves the child first, then the tree
+    let dir = chk.display().to_string();
+    let o = tool(
+        &c,
+        "checkpoint",
+        &["--dir", &dir, "--kill", &sh.to_string()],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(
+            "process {py} runs on node 2: saved there as SN 1 in /var/chkpt/{moved}"
+        )),
+        "{said}"
+    );
+    assert!(said.contains(&format!("saved process {sh}")), "{said}");
+    let shown = tool(
+        &c,
+        "checkpoint",
+        &[
+            "inspect",
+            &chk.join(sh.to_string()).display().to_string(),
+            "1",
+        ],
+    );
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains(&format!(
+            "task {py} parent {sh}: the stand-in of a process on node 2 (PID {moved} there"
+        )),
+        "{text}"
+    );
+    // --kill ended all of it, the moved child on node 2 too
+    shell.wait()?;
+    wait_for(Duration::from_secs(10), "the application to end", || {
+        let gone = |p: i32| {
+            !Path::new(&format!("/proc/{p}")).exists() || {
+                let s = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+            }
+        };
+        [sh, cat, py, moved].into_iter().all(gone).then_some(())
+    })?;
+    let saved_at = last_count(&out).unwrap().0;
+
+    // restart on node 1: the child runs again on node 2, behind its stand-in
+    let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let (n, seen) = wait_for(
+        Duration::from_secs(15),
+        "the count after the restart",
+        || last_count(&out).filter(|&(n, _)| n > saved_at + 5),
+    )?;
+    assert_eq!(seen, py, "getpid() after the restart");
+    let text = std::fs::read_to_string(&out)?;
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    let after = counts.iter().rposition(|&k| k <= saved_at).unwrap();
+    assert!(
+        counts[after + 1] <= saved_at + 1,
+        "it went on from where it was saved ({saved_at}), not from the start: {:?}",
+        &counts[after..(after + 3).min(counts.len())]
+    );
+    assert!(n > saved_at);
+    let again = moved_host_pid(py);
+    let _again = Job(again);
+    assert_eq!(ppid(py), sh, "the stand-in is the shell's child again");
+    assert!(ps(&c, 1).contains(&(2, py as i64)), "{:?}", ps(&c, 1));
+    // a signal to the stand-in reaches the process on node 2
+    // SAFETY: kill(2) of the stand-in this test restarted.
+    unsafe { libc::kill(py, libc::SIGKILL) };
+    wait_for(
+        Duration::from_secs(10),
+        "the process on node 2 to end",
+        || (!Path::new(&format!("/proc/{again}")).exists()).then_some(()),
+    )?;
+    Ok(())
+}
