@@ -174,7 +174,7 @@ fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Resul
     let _again = Job(again);
     assert_eq!(ppid(py), sh, "the stand-in is the shell's child again");
     assert!(ps(&c, 1).contains(&(2, py as i64)), "{:?}", ps(&c, 1));
-    // a signal to the stand-in reaches the process on node 2
+    // the stand-in killed, the process on node 2 ends too
     // SAFETY: kill(2) of the stand-in this test restarted.
     unsafe { libc::kill(py, libc::SIGKILL) };
     wait_for(
@@ -182,5 +182,75 @@ fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Resul
         "the process on node 2 to end",
         || (!Path::new(&format!("/proc/{again}")).exists()).then_some(()),
     )?;
+    for p in [sh, cat] {
+        // SAFETY: kill(2) of processes this test restarted.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    another_users_part_is_refused(&c, &chk, sh, py, moved)
+}
+
+/// The image is its user's to edit: a stand-in entry pointed at another
+/// user's checkpoint on node 2 does not get root's restart to run that
+/// checkpoint for this user. Node 2 refuses it (not the application
+/// owner's), and the stand-in ends.
+fn another_users_part_is_refused(
+    c: &TestCluster,
+    chk: &Path,
+    sh: i32,
+    py: i32,
+    moved: i32,
+) -> Result<()> {
+    use checkpoint::image::{self, FileKind, GlobalImage, NodeImage};
+    // another user's checkpoint on node 2 (of process 999999 there): the
+    // part's, given to nobody
+    let theirs = PathBuf::from("/var/chkpt/999999");
+    let _theirs = Saved(theirs.clone());
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(format!("/var/chkpt/{moved}"))
+        .arg(&theirs)
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    let global = theirs.join("global_v1.bin");
+    let mut g = image::read_file::<GlobalImage>(&global, FileKind::Global)?.meta;
+    for e in &mut g.pidns {
+        if e.0 == moved {
+            e.0 = 999_999;
+        }
+    }
+    std::fs::write(&global, image::encode(FileKind::Global, &g)?)?;
+    let o = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&theirs)
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    let node_file = chk.join(sh.to_string()).join("node_1_v1.bin");
+    let mut n = image::read_file::<NodeImage>(&node_file, FileKind::Node)?.meta;
+    n.stand_ins[0].part.host_pid = 999_999;
+    std::fs::write(&node_file, image::encode(FileKind::Node, &n)?)?;
+    wait_for(Duration::from_secs(10), "the PIDs to be free", || {
+        [sh, py]
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    })?;
+    let dir = chk.display().to_string();
+    let o = tool(c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let _sh = Job(sh);
+    let _others: Vec<Job> = children(sh).into_iter().map(Job).collect();
+    // the stand-in is told node 2 refused, and ends; nothing runs there
+    wait_for(
+        Duration::from_secs(10),
+        "the refused stand-in to end",
+        || {
+            let s = std::fs::read_to_string(format!("/proc/{py}/stat")).unwrap_or_default();
+            let over = s.is_empty() || s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'));
+            over.then_some(())
+        },
+    )?;
+    assert!(!ps(c, 1).contains(&(2, py as i64)), "{:?}", ps(c, 1));
+    let logs = c.log_tails(200);
+    assert!(logs.contains("not to the application's owner"), "{logs}");
     Ok(())
 }

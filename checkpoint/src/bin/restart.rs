@@ -280,7 +280,7 @@ fn parse_ns_pid(s: &str) -> std::result::Result<(i32, i32), String> {
 /// tokens given (`--stand-in`), or those krgd gives as it has each
 /// stand-in's process run again on its node.
 fn stand_ins(cli: &Cli) -> Result<Option<StandInStart>> {
-    let listed = restore::stand_ins_of(&cli.dir, cli.app.pid, cli.sn, cli.node)?;
+    let (listed, owner) = restore::stand_ins_of(&cli.dir, cli.app.pid, cli.sn, cli.node)?;
     if listed.is_empty() {
         return Ok(None);
     }
@@ -292,6 +292,7 @@ fn stand_ins(cli: &Cli) -> Result<Option<StandInStart>> {
                 node: s.part.node,
                 host_pid: s.part.host_pid,
                 sn: s.part.sn,
+                uid: owner,
             })
             .collect();
         CapClient::connect(&cli.socket)

@@ -79,14 +79,15 @@ pub fn check(node: &NodeImage, tasks: &[LoadedTask]) -> std::result::Result<(), 
 }
 
 /// The stand-ins SN `sn` of application `app` under `root` holds (in the
-/// node file of `node`, or of the one node it holds), to ask krgd for
-/// their tokens before restart. Everything is checked again at restart.
+/// node file of `node`, or of the one node it holds), with the uid that
+/// owns the image, to ask krgd for their tokens before restart.
+/// Everything is checked again at restart.
 pub fn listed(
     root: &std::path::Path,
     app: i32,
     sn: u32,
     node: Option<u32>,
-) -> Result<Vec<StandInEntry>> {
+) -> Result<(Vec<StandInEntry>, u32)> {
     let (dir, g, gfile) = super::load::open_global(&crate::store::app_dir(root, app), sn)?;
     let names = crate::image::Names { sn };
     let node = match node {
@@ -101,7 +102,7 @@ pub fn listed(
             "not owned as its global file is",
         ));
     }
-    Ok(n.meta.stand_ins)
+    Ok((n.meta.stand_ins, gfile.uid))
 }
 
 /// Fork and start every stand-in of `l` (its parents forked already,

@@ -92,6 +92,11 @@ pub struct SavedPart {
     pub host_pid: i32,
     /// The checkpoint's number there.
     pub sn: u32,
+    /// The owner of the application's image (its files' owner): the
+    /// part's must be the same, or the node refuses it (an image's stand-in
+    /// entries are its user's to edit: they must not name another user's
+    /// checkpoint).
+    pub uid: u32,
 }
 
 /// Answer to [`RestoreParts`]: each stand-in's token (its PID, the
@@ -117,4 +122,6 @@ pub struct AdoptSaved {
     pub sn: u32,
     /// The PID of the job's root in its namespace: its stand-in's.
     pub pid: i32,
+    /// Who the checkpoint must belong to (see [`SavedPart::uid`]).
+    pub uid: u32,
 }

@@ -92,6 +92,7 @@ async fn bring_back(
         app: part.host_pid,
         sn: part.sn,
         pid: part.stand_in,
+        uid: part.uid,
     };
     let opened = super::remote::open_adopted_saved(&st, part.node, adopt, ADOPT_TIMEOUT);
     let (opened, claimed) = tokio::join!(opened, tokio::time::timeout(CLAIM_TIMEOUT, claimed));
@@ -154,7 +155,8 @@ pub async fn serve(
 }
 
 /// Check `open` (from a member; the checkpoint is this node's, of the
-/// stand-in's process) and start it.
+/// stand-in's process, and belongs to the application's owner) and
+/// start it.
 async fn start(
     st: &Arc<ProcState>,
     peer: &Identity,
@@ -180,6 +182,17 @@ async fn start(
             .await
             .map_err(|e| refused(ErrorKind::Internal, e))?
             .map_err(|e| refused(ErrorKind::InvalidArgument, e))?;
+    if job.uid != open.uid {
+        return Err(refused(
+            ErrorKind::PermissionDenied,
+            format!(
+                "SN {sn} of {app} on node {} belongs to uid {}, not to the application's owner (uid {})",
+                st.node(),
+                job.uid,
+                open.uid
+            ),
+        ));
+    }
     if job.map.is_empty() || job.root != open.pid {
         return Err(refused(
             ErrorKind::InvalidArgument,
