@@ -456,6 +456,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     krgcapset -d +CHECKPOINTABLE ; krg run -n 1 -- sh -c 'while :; do date +%T; sleep 1; done' &
     J=\$(pgrep -f '^sh -c while') ; checkpoint \$J ; kill %1 ; restart \$J 1   # a krg job: back as a detached job
     sleep 1000 & krgcapset -k \$! -d +CHECKPOINTABLE,CAN_MIGRATE ; migrate \$! 2 ; checkpoint \$!   # saved on node 2; prints restart 2:PID 1
+    krgcapset -d +CHECKPOINTABLE,CAN_MIGRATE ; sh -c 'sleep 1000 | cat' & S=\$!   # an application over two nodes:
+    migrate \$(pgrep -P \$S sleep) 2 ; checkpoint --kill \$S ; restart \$S 1 ; krg ps   # sleep back on node 2 behind its stand-in
 
   Logs: $STATE_DIR/krgd<N>.log, $STATE_DIR/kdfs<N>.log
   Stop everything: sudo $REPO/tests/local-cluster.sh down
