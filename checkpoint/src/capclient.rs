@@ -90,8 +90,9 @@ impl CapClient {
     /// Have every part of an application that ran on other nodes run
     /// again there, its session waiting in krgd for its stand-in (see
     /// `ProcRequest::RestoreParts`): the token of each stand-in.
-    pub fn restore_parts(&mut self, parts: Vec<SavedPart>) -> Result<Vec<(i32, u64)>> {
-        match self.proc_call(ProcRequest::RestoreParts(RestoreParts { parts }))? {
+    /// With `here`, each part then moves to this node.
+    pub fn restore_parts(&mut self, parts: Vec<SavedPart>, here: bool) -> Result<Vec<(i32, u64)>> {
+        match self.proc_call(ProcRequest::RestoreParts(RestoreParts { parts, here }))? {
             ProcReply::PartsRestoring(r) => Ok(r.tokens),
             _ => Err(ChkptError::KrgdReply),
         }

@@ -186,20 +186,72 @@ fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Resul
         // SAFETY: kill(2) of processes this test restarted.
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
-    another_users_part_is_refused(&c, &chk, sh, py, moved)
+    let app = App { sh, py, cat };
+    all_on_one_node(&c, &chk, &app, &out, saved_at)?;
+    another_users_part_is_refused(&c, &chk, &app, moved)
+}
+
+/// The application's PIDs: the shell, its child that moved, the other.
+struct App {
+    sh: i32,
+    py: i32,
+    cat: i32,
+}
+
+/// Wait until the processes of `app` (restarted before) are gone.
+fn gone(app: &App) -> Result<()> {
+    wait_for(Duration::from_secs(10), "the PIDs to be free", || {
+        [app.sh, app.py, app.cat]
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    })
+}
+
+/// `restart --node 1`: the whole application on node 1 — the part runs
+/// again on node 2, where it was saved, then moves here, its output still
+/// going through its stand-in into the pipe.
+fn all_on_one_node(
+    c: &TestCluster,
+    chk: &Path,
+    app: &App,
+    out: &Path,
+    saved_at: u64,
+) -> Result<()> {
+    gone(app)?;
+    std::fs::write(out, "")?;
+    let dir = chk.display().to_string();
+    let o = tool(
+        c,
+        "restart",
+        &["--dir", &dir, "--node", "1", &app.sh.to_string(), "1"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let _sh = Job(app.sh);
+    let _others: Vec<Job> = children(app.sh).into_iter().map(Job).collect();
+    wait_for(Duration::from_secs(20), "the part on node 1", || {
+        ps(c, 1).contains(&(1, app.py as i64)).then_some(())
+    })?;
+    let (n, seen) = wait_for(Duration::from_secs(10), "the count on node 1", || {
+        last_count(out).filter(|&(n, _)| n > saved_at + 10)
+    })?;
+    assert_eq!(seen, app.py, "getpid() on node 1");
+    assert!(n > saved_at);
+    let here = moved_host_pid(app.py);
+    // SAFETY: kill(2) of the stand-in this test restarted.
+    unsafe { libc::kill(app.py, libc::SIGKILL) };
+    wait_for(Duration::from_secs(10), "the process to end", || {
+        (!Path::new(&format!("/proc/{here}")).exists()).then_some(())
+    })?;
+    Ok(())
 }
 
 /// The image is its user's to edit: a stand-in entry pointed at another
 /// user's checkpoint on node 2 does not get root's restart to run that
 /// checkpoint for this user. Node 2 refuses it (not the application
 /// owner's), and the stand-in ends.
-fn another_users_part_is_refused(
-    c: &TestCluster,
-    chk: &Path,
-    sh: i32,
-    py: i32,
-    moved: i32,
-) -> Result<()> {
+fn another_users_part_is_refused(c: &TestCluster, chk: &Path, app: &App, moved: i32) -> Result<()> {
+    let (sh, py) = (app.sh, app.py);
     use checkpoint::image::{self, FileKind, GlobalImage, NodeImage};
     // another user's checkpoint on node 2 (of process 999999 there): the
     // part's, given to nobody
@@ -228,12 +280,7 @@ fn another_users_part_is_refused(
     let mut n = image::read_file::<NodeImage>(&node_file, FileKind::Node)?.meta;
     n.stand_ins[0].part.host_pid = 999_999;
     std::fs::write(&node_file, image::encode(FileKind::Node, &n)?)?;
-    wait_for(Duration::from_secs(10), "the PIDs to be free", || {
-        [sh, py]
-            .iter()
-            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
-            .then_some(())
-    })?;
+    gone(app)?;
     let dir = chk.display().to_string();
     let o = tool(c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
     assert!(o.status.success(), "{}", err(&o));

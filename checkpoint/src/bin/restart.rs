@@ -42,7 +42,10 @@ struct Cli {
     #[arg(long, env = "KRG_CHKPT_DIR", default_value = store::DEFAULT_ROOT)]
     dir: PathBuf,
     /// Node whose tasks to restart (node_<N>_v<SN>.bin). Default: the one
-    /// node the checkpoint holds tasks of.
+    /// node the checkpoint holds tasks of. An application whose processes
+    /// ran on other nodes (stand-ins in its tree) comes back all on this
+    /// node with it: each of those processes runs again where it was
+    /// saved, then moves here.
     #[arg(long)]
     node: Option<u32>,
     /// Seconds to wait for a recorded PID still in use (a zombie being reaped).
@@ -296,7 +299,8 @@ fn stand_ins(cli: &Cli) -> Result<Option<StandInStart>> {
             })
             .collect();
         CapClient::connect(&cli.socket)
-            .and_then(|mut c| c.restore_parts(parts))
+            // --node: the whole application on this node
+            .and_then(|mut c| c.restore_parts(parts, cli.node.is_some()))
             .context("asking krgd to run the parts of the application saved by other nodes again")?
     } else {
         cli.stand_in.clone()

@@ -79,6 +79,9 @@ pub struct CheckpointedThere {
 pub struct RestoreParts {
     /// The parts, one per stand-in of the tree.
     pub parts: Vec<SavedPart>,
+    /// Then move each part to the node asked (`restart --node`: the whole
+    /// application on one node), as `migrate` would.
+    pub here: bool,
 }
 
 /// One part of an application, saved by the node it ran on.

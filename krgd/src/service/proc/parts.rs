@@ -11,7 +11,8 @@
 //!
 //! A stand-in that does not come (restart failed) within
 //! [`CLAIM_TIMEOUT`]: its part is ended (its session dropped). A part
-//! that does not run: its stand-in is told why and ends.
+//! that does not run: its stand-in is told why and ends. `restart
+//! --node`: each part, once it runs again, moves here ([`move_here`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,13 +20,16 @@ use std::time::Duration;
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
+use krg_proto::migrate::MigrateRequest;
 use krg_proto::proc::{
-    AdoptSaved, PartsRestoring, ProcPeerReply, RestoreParts, SavedPart, SESSION_VERSION,
+    AdoptSaved, Credentials, PartsRestoring, ProcPeerReply, RestoreParts, SavedPart,
+    SESSION_VERSION,
 };
 use krg_proto::seal::FrameKeys;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::creds::Origin;
 use super::job::StartedJob;
 use super::migrate::adopt::{self, JobImage};
 use super::migrate::registry::{start_ticks, PendingStandIn, StandInStream};
@@ -73,20 +77,27 @@ pub fn restore(
             },
         );
         tokens.push((part.stand_in, token));
-        tokio::spawn(bring_back(st.clone(), part, token, claimed, session_tx));
+        let here = req.here;
+        let st = st.clone();
+        tokio::spawn(async move {
+            let back = bring_back(&st, part, token, claimed, session_tx).await;
+            if back && here {
+                move_here(&st, part).await;
+            }
+        });
     }
     Ok(PartsRestoring { tokens })
 }
 
 /// Run `part` again on its node and hand its session to its stand-in
-/// once both are there.
+/// once both are there: whether it runs.
 async fn bring_back(
-    st: Arc<ProcState>,
+    st: &Arc<ProcState>,
     part: SavedPart,
     token: u64,
     claimed: oneshot::Receiver<()>,
     session: oneshot::Sender<Result<StandInStream, AdminError>>,
-) {
+) -> bool {
     let adopt = AdoptSaved {
         version: SESSION_VERSION,
         app: part.host_pid,
@@ -94,7 +105,7 @@ async fn bring_back(
         pid: part.stand_in,
         uid: part.uid,
     };
-    let opened = super::remote::open_adopted_saved(&st, part.node, adopt, ADOPT_TIMEOUT);
+    let opened = super::remote::open_adopted_saved(st, part.node, adopt, ADOPT_TIMEOUT);
     let (opened, claimed) = tokio::join!(opened, tokio::time::timeout(CLAIM_TIMEOUT, claimed));
     let pid = part.stand_in;
     if !matches!(claimed, Ok(Ok(()))) {
@@ -104,14 +115,14 @@ async fn bring_back(
             node = part.node,
             "a restarted stand-in did not come: its process is ended there"
         );
-        return; // the session dropped ends the job
+        return false; // the session dropped ends the job
     }
     let sess = match opened {
         Ok((sess, _)) => sess,
         Err(e) => {
             tracing::warn!(pid, node = part.node, error = %e.message, "a part of an application did not run again");
             let _ = session.send(Err(e));
-            return;
+            return false;
         }
     };
     if let Some(start) = start_ticks(pid) {
@@ -122,7 +133,37 @@ async fn bring_back(
         node = part.node,
         "a part of an application runs again there, behind its stand-in here"
     );
-    let _ = session.send(Ok((sess.input, sess.events)));
+    session.send(Ok((sess.input, sess.events))).is_ok()
+}
+
+/// `restart --node`: the part, running again where it was saved, comes
+/// to this node (root's migration, with its descendants), so that the
+/// whole application runs here. If it cannot, it runs on where it is.
+async fn move_here(st: &Arc<ProcState>, part: SavedPart) {
+    let req = MigrateRequest {
+        from: Some(part.node),
+        pid: part.stand_in,
+        to: st.node(),
+        tree: true,
+        postcopy: false,
+        no_stand_in: false,
+    };
+    let root = Credentials {
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+    };
+    match super::migrate::migrate(st, req, root, Origin::Local).await {
+        Ok(r) => tracing::info!(
+            pid = part.stand_in,
+            from = r.from,
+            to = r.to,
+            "a part of a restarted application came here"
+        ),
+        Err(e) => {
+            tracing::warn!(pid = part.stand_in, node = part.node, error = %e.message, "a part of a restarted application stays where it was saved")
+        }
+    }
 }
 
 /// On the node that saved a part: run it again as a job, then carry its
