@@ -301,3 +301,63 @@ fn another_users_part_is_refused(c: &TestCluster, chk: &Path, app: &App, moved: 
     assert!(logs.contains("not to the application's owner"), "{logs}");
     Ok(())
 }
+
+/// `checkpoint --kill`, then `restart` at once, of an application whose
+/// moved part is silent (`sleep 1000 | cat`): the killed stand-in's
+/// session ends, and the part it stood for with it, so the restart leaves
+/// exactly one copy on node 2. Before, krgd's watch of the killed
+/// stand-in took it for alive while it was a zombie, then took the
+/// restored stand-in (the same PID) for it, and kept the old session —
+/// and the old copy — alive for good (nothing flowed on it to find it
+/// broken).
+#[test]
+fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let chk = c.dir.path().join("chkpt");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "sleep 1000 | cat"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut shell = without_stray_fds(&mut cmd).spawn()?;
+    let sh = shell.id() as i32;
+    let _sh = Job(sh);
+    let (sleep, cat) = wait_for(Duration::from_secs(5), "the pipeline", || {
+        let kids = children(sh);
+        let sleep = *kids.iter().find(|&&p| cmdline(p).starts_with("sleep"))?;
+        let cat = *kids.iter().find(|&&p| cmdline(p).starts_with("cat"))?;
+        Some((sleep, cat))
+    })?;
+    let (_sleep, _cat) = (Job(sleep), Job(cat));
+    for p in [sh, sleep, cat] {
+        checkpointable(&c, p);
+    }
+    capset(&c, 1, sleep);
+    let o = migrate(&c, 1, &[&sleep.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(sleep);
+    let _moved = Job(moved);
+    let _saved_there = Saved(PathBuf::from("/var/chkpt").join(moved.to_string()));
+    let dir = chk.display().to_string();
+    let o = tool(
+        &c,
+        "checkpoint",
+        &["--dir", &dir, "--kill", &sh.to_string()],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    shell.wait()?;
+    // (restart waits for the PIDs to be free)
+    let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let _others: Vec<Job> = children(sh).into_iter().map(Job).collect();
+    let again = moved_host_pid(sleep);
+    let _again = Job(again);
+    assert_ne!(again, moved, "the restarted copy");
+    assert!(
+        !Path::new(&format!("/proc/{moved}")).exists(),
+        "the copy the killed stand-in stood for still runs"
+    );
+    assert_eq!(ppid(sleep), sh);
+    Ok(())
+}

@@ -427,11 +427,11 @@ fn saved_signals(rep: &super::send::Dumped, pid: i32) -> String {
 }
 
 /// Whether process `pid` is stopped (state T: a signal stopped it; a
-/// tracer's stop is `t`), or None once it is gone.
+/// tracer's stop is `t`), or None once it is dead (a zombie) or gone.
 fn stopped(pid: i32) -> Option<bool> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let state = stat.get(stat.rfind(')')? + 2..)?.chars().next()?;
-    Some(state == 'T')
+    (!matches!(state, 'Z' | 'X' | 'x')).then_some(state == 'T')
 }
 
 /// While the stand-in `pid` carries its process's session on `input`:
@@ -439,11 +439,21 @@ fn stopped(pid: i32) -> Option<bool> {
 /// process is sent SIGSTOP where it runs, so that what the shell sees
 /// stopped is stopped. The SIGCONT that resumes the stand-in resumes the
 /// process (the stand-in passes it on).
+///
+/// It holds the session's input: once the stand-in is dead (killed: a
+/// zombie until reaped), gone, or its PID is another process's (a
+/// restart made its stand-in again with that PID), it lets go, and the
+/// session ends — the moved process with it, even a silent one, whose
+/// session nothing else would find broken.
 async fn stop_watch(pid: i32, input: mpsc::Sender<Up>) {
     let mut tick = tokio::time::interval(STOP_POLL);
     let mut was = false;
+    let born = start_ticks(pid);
     loop {
         tick.tick().await;
+        if start_ticks(pid) != born {
+            return;
+        }
         let Some(now) = stopped(pid) else { return };
         if now && !was && input.send(Up::Signal(libc::SIGSTOP)).await.is_err() {
             return;
