@@ -8,7 +8,7 @@ use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
 use krg_proto::proc::{
-    CheckpointAt, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, RestartJob,
+    CheckpointAt, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, RemoveSaved, RestartJob,
     RestoreParts, SavedPart,
 };
 
@@ -94,6 +94,15 @@ impl CapClient {
     pub fn restore_parts(&mut self, parts: Vec<SavedPart>, here: bool) -> Result<Vec<(i32, u64)>> {
         match self.proc_call(ProcRequest::RestoreParts(RestoreParts { parts, here }))? {
             ProcReply::PartsRestoring(r) => Ok(r.tokens),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+
+    /// Have node `node` remove SN `sn` of application `app` of its own
+    /// checkpoint store (a part of an application, `checkpoint rm`).
+    pub fn remove_saved(&mut self, node: u32, app: i32, sn: u32) -> Result<()> {
+        match self.proc_call(ProcRequest::RemoveSaved(RemoveSaved { node, app, sn }))? {
+            ProcReply::SavedRemoved => Ok(()),
             _ => Err(ChkptError::KrgdReply),
         }
     }

@@ -359,5 +359,19 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
         "the copy the killed stand-in stood for still runs"
     );
     assert_eq!(ppid(sleep), sh);
+    // `checkpoint rm` of the SN removes what node 2 saved of it too
+    let o = tool(
+        &c,
+        "checkpoint",
+        &["rm", "--dir", &dir, &sh.to_string(), "1"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!("removed SN 1 of {moved} on node 2")),
+        "{said}"
+    );
+    assert!(!chk.join(sh.to_string()).join("global_v1.bin").exists());
+    assert!(!Path::new(&format!("/var/chkpt/{moved}/global_v1.bin")).exists());
     Ok(())
 }

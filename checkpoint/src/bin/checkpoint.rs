@@ -1,12 +1,12 @@
 //! `checkpoint PID`: save a running process tree; `checkpoint inspect DIR SN`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use checkpoint::capclient::CapClient;
 use checkpoint::dump::{self, DumpOptions};
-use checkpoint::image::PartRef;
+use checkpoint::image::{PartRef, StandInEntry};
 use checkpoint::nodepid::NodePid;
 use checkpoint::{describe, store};
 use clap::{Parser, Subcommand};
@@ -87,6 +87,8 @@ enum Cmd {
     },
     /// Remove checkpoint SN of application PID. A later SN that keeps pages
     /// in it gets them copied in first, so every other SN stays restorable.
+    /// What other nodes saved of it (processes of the application that
+    /// had moved there) they remove too, asked through krgd.
     ///
     /// Example: `checkpoint rm 4242 1`.
     Rm {
@@ -106,6 +108,10 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Rm { dir, pid, sn }) => {
             // SAFETY: getuid has no preconditions.
             let caller = unsafe { libc::getuid() };
+            // (read before the SN goes; an image that cannot be read has none)
+            let parts = checkpoint::restore::stand_ins_of(&dir, pid, sn, None)
+                .map(|(s, _)| s)
+                .unwrap_or_default();
             let r = checkpoint::chain::remove(&store::app_dir(&dir, pid), sn, caller)?;
             match r.merged_into {
                 Some(j) => println!(
@@ -114,7 +120,7 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 None => println!("checkpoint: removed SN {sn} of {pid}"),
             }
-            return Ok(());
+            return remove_parts(&cli.socket, pid, sn, &parts);
         }
         None => {}
     }
@@ -241,6 +247,31 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
         parts.push((s, part));
     }
     Ok(parts)
+}
+
+/// `checkpoint rm` of an application SN whose stand-ins' processes other
+/// nodes saved: each of those nodes removes its part's SN, through krgd.
+fn remove_parts(socket: &Path, pid: i32, sn: u32, parts: &[StandInEntry]) -> Result<()> {
+    let mut left = Vec::new();
+    for s in parts {
+        let p = s.part;
+        let removed =
+            CapClient::connect(socket).and_then(|mut c| c.remove_saved(p.node, p.host_pid, p.sn));
+        match removed {
+            Ok(()) => println!(
+                "checkpoint: removed SN {} of {} on node {} (process {} of the application, saved there)",
+                p.sn, p.host_pid, p.node, s.pid
+            ),
+            Err(e) => left.push(format!("SN {} of {} on node {} ({e})", p.sn, p.host_pid, p.node)),
+        }
+    }
+    if !left.is_empty() {
+        bail!(
+            "removed SN {sn} of {pid}, but not what other nodes saved of it: {}; remove it there with checkpoint rm",
+            left.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// A process named `NODE:PID`, or by a stand-in's PID: the node it runs

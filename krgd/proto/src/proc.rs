@@ -249,6 +249,9 @@ pub enum ProcRequest {
     /// `restart` of an application that ran on several nodes: its parts
     /// run again where they were saved (see [`RestoreParts`]). Root only.
     RestoreParts(RestoreParts),
+    /// `checkpoint rm` of such an application's SN: a part's SN goes too
+    /// (see [`RemoveSaved`]).
+    RemoveSaved(RemoveSaved),
 }
 
 /// Answers of the process service on the admin socket.
@@ -277,6 +280,8 @@ pub enum ProcReply {
     Restarted(JobRestarted),
     /// To `RestoreParts`.
     PartsRestoring(PartsRestoring),
+    /// To `RemoveSaved`.
+    SavedRemoved,
 }
 
 /// The first message of a session connection between krgds.
@@ -385,6 +390,14 @@ pub enum ProcPeerRequest {
     /// carry its session on this connection (first message only; see
     /// [`AdoptSaved`]).
     AdoptSaved(AdoptSaved),
+    /// Remove a checkpoint SN of this node's store (`checkpoint rm` of an
+    /// application one of whose parts this node saved).
+    RemoveSaved {
+        /// Which (`req.node` is this node).
+        req: RemoveSaved,
+        /// Who asked, as the asking node's kernel reported it.
+        creds: Credentials,
+    },
 }
 
 /// Answers to [`ProcPeerRequest`]s.
@@ -424,6 +437,8 @@ pub enum ProcPeerReply {
     /// To `JoinSession`: this connection carries the job's session now
     /// (as job 0).
     Joined,
+    /// To `RemoveSaved`.
+    SavedRemoved,
 }
 
 mod signals;
@@ -434,8 +449,8 @@ pub use stream::{Down, ExitStatus, Up};
 
 mod checkpoints;
 pub use checkpoints::{
-    AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, RestartJob,
-    RestoreParts, SavedPart,
+    AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, RemoveSaved,
+    RestartJob, RestoreParts, SavedPart,
 };
 
 #[cfg(test)]

@@ -128,3 +128,16 @@ pub struct AdoptSaved {
     /// Who the checkpoint must belong to (see [`SavedPart::uid`]).
     pub uid: u32,
 }
+
+/// `checkpoint rm` of an application's SN one of whose parts another node
+/// saved: that node removes SN `sn` of application `app` of its own
+/// checkpoint store, as `checkpoint rm` there would for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveSaved {
+    /// The node that saved the part.
+    pub node: NodeId,
+    /// The part's application id there (its PID there when it was saved).
+    pub app: i32,
+    /// The SN to remove.
+    pub sn: u32,
+}

@@ -12,6 +12,10 @@
 //! from this node or a member — and that it holds CHECKPOINTABLE, and
 //! dumps it as root into its default checkpoint directory (never one the
 //! caller names), as a migration does.
+//!
+//! `checkpoint rm` of an application SN one of whose parts another node
+//! saved (`ProcRequest::RemoveSaved`): that node removes the part's SN,
+//! checking the caller as `checkpoint rm` does ([`remove_here`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::time::Duration;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{
-    CheckpointAt, CheckpointedThere, Credentials, ProcPeerReply, ProcPeerRequest,
+    CheckpointAt, CheckpointedThere, Credentials, ProcPeerReply, ProcPeerRequest, RemoveSaved,
 };
 
 use super::creds::Origin;
@@ -148,4 +152,59 @@ pub async fn here(
         image_bytes: dumped.image_bytes,
         frozen_us: dumped.frozen.as_micros() as u64,
     })
+}
+
+/// On the node asked: have the node that saved a part remove its SN.
+pub async fn remove_asked(
+    st: &Arc<ProcState>,
+    caller: &Caller,
+    req: RemoveSaved,
+) -> Result<(), AdminError> {
+    let creds = Credentials {
+        uid: caller.uid,
+        gid: caller.gid,
+        groups: Vec::new(),
+    };
+    if req.node == st.node() {
+        return remove_here(req, creds, Origin::Local).await;
+    }
+    let node = req.node;
+    let ask = PeerRequest::Proc(ProcPeerRequest::RemoveSaved { req, creds });
+    let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
+    super::fanout::answer(node, got, |r| match r {
+        ProcPeerReply::SavedRemoved => Ok(()),
+        other => Err(other),
+    })
+}
+
+/// On the node that saved the part: remove SN `req.sn` of `req.app` from
+/// its default checkpoint directory, for `creds` (root from this node or
+/// a member, or the directory's owner; the SN after it keeps its pages).
+pub async fn remove_here(
+    req: RemoveSaved,
+    creds: Credentials,
+    origin: Origin,
+) -> Result<(), AdminError> {
+    if creds.uid == 0 && matches!(origin, Origin::Outsider(_)) {
+        return Err(refused(
+            ErrorKind::PermissionDenied,
+            "root's removals are taken only from members of the cluster",
+        ));
+    }
+    let dir = checkpoint::store::app_dir(
+        std::path::Path::new(checkpoint::store::DEFAULT_ROOT),
+        req.app,
+    );
+    let (node, app, sn) = (req.node, req.app, req.sn);
+    tokio::task::spawn_blocking(move || checkpoint::chain::remove(&dir, sn, creds.uid))
+        .await
+        .map_err(|e| refused(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| refused(ErrorKind::InvalidArgument, format!("node {node}: {e}")))?;
+    tracing::info!(
+        app,
+        sn,
+        uid = creds.uid,
+        "removed a saved part of an application"
+    );
+    Ok(())
 }

@@ -282,6 +282,9 @@ impl ProcService {
             ProcRequest::RestoreParts(req) => {
                 parts::restore(&self.st, caller, req).map(ProcReply::PartsRestoring)
             }
+            ProcRequest::RemoveSaved(req) => chkptat::remove_asked(&self.st, caller, req)
+                .await
+                .map(|()| ProcReply::SavedRemoved),
             ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
@@ -328,6 +331,18 @@ impl ProcService {
                 chkptat::here(&self.st, req, creds, origin)
                     .await
                     .map(ProcPeerReply::Checkpointed)
+            }
+            ProcPeerRequest::RemoveSaved { req, creds } => {
+                let origin = serve::origin_of(&self.st, from).await;
+                if !matches!(origin, creds::Origin::Member(_)) {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only members of the cluster ask for a removal",
+                    ));
+                }
+                chkptat::remove_here(req, creds, origin)
+                    .await
+                    .map(|()| ProcPeerReply::SavedRemoved)
             }
             ProcPeerRequest::Stat => Ok(ProcPeerReply::Stat(nodestat::read(
                 self.st.table.len() as u32
