@@ -64,34 +64,52 @@ impl Drop for Saved {
     }
 }
 
+/// `sh -c SCRIPT ARGS…` through node 1 (stdio /dev/null), running
+/// `FIRST … | cat`: the shell, its first child and `cat`, all
+/// CHECKPOINTABLE, the first CAN_MIGRATE too.
+fn pipeline(
+    c: &TestCluster,
+    script: &str,
+    args: &[&str],
+    first: &str,
+) -> Result<(std::process::Child, i32, i32, i32)> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let shell = without_stray_fds(&mut cmd).spawn()?;
+    let sh = shell.id() as i32;
+    let found = wait_for(Duration::from_secs(5), "the pipeline", || {
+        let kids = children(sh);
+        let one = *kids.iter().find(|&&p| cmdline(p).starts_with(first))?;
+        let cat = *kids.iter().find(|&&p| cmdline(p).starts_with("cat"))?;
+        Some((one, cat))
+    });
+    let Ok((one, cat)) = found else {
+        // SAFETY: kill(2) of the shell this test started.
+        unsafe { libc::kill(sh, libc::SIGKILL) };
+        anyhow::bail!("the pipeline did not start");
+    };
+    for p in [sh, one, cat] {
+        checkpointable(c, p);
+    }
+    capset(c, 1, one);
+    Ok((shell, sh, one, cat))
+}
+
 #[test]
 fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Result<()> {
     let _g = serial();
     let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
     let chk = c.dir.path().join("chkpt");
     let out = c.dir.path().join("out");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("/usr/bin/python3 -u -c \"$0\" 2>/dev/null | cat > \"$1\"")
-        .arg(PRINTER)
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut shell = without_stray_fds(&mut cmd).spawn()?;
-    let sh = shell.id() as i32;
-    let _sh = Job(sh);
-    let (py, cat) = wait_for(Duration::from_secs(5), "the pipeline", || {
-        let kids = children(sh);
-        let py = *kids.iter().find(|&&p| cmdline(p).contains("python3"))?;
-        let cat = *kids.iter().find(|&&p| cmdline(p).starts_with("cat"))?;
-        Some((py, cat))
-    })?;
-    let (_py, _cat) = (Job(py), Job(cat));
-    for p in [sh, py, cat] {
-        checkpointable(&c, p);
-    }
-    capset(&c, 1, py);
+    let script = "/usr/bin/python3 -u -c \"$0\" 2>/dev/null | cat > \"$1\"";
+    let out_arg = out.display().to_string();
+    let (mut shell, sh, py, cat) = pipeline(&c, script, &[PRINTER, &out_arg], "/usr/bin/python3")?;
+    let _jobs = [Job(sh), Job(py), Job(cat)];
     wait_for(Duration::from_secs(5), "the count", || {
         last_count(&out).filter(|n| n.0 > 3)
     })?;
@@ -315,25 +333,8 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
     let _g = serial();
     let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
     let chk = c.dir.path().join("chkpt");
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "sleep 1000 | cat"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut shell = without_stray_fds(&mut cmd).spawn()?;
-    let sh = shell.id() as i32;
-    let _sh = Job(sh);
-    let (sleep, cat) = wait_for(Duration::from_secs(5), "the pipeline", || {
-        let kids = children(sh);
-        let sleep = *kids.iter().find(|&&p| cmdline(p).starts_with("sleep"))?;
-        let cat = *kids.iter().find(|&&p| cmdline(p).starts_with("cat"))?;
-        Some((sleep, cat))
-    })?;
-    let (_sleep, _cat) = (Job(sleep), Job(cat));
-    for p in [sh, sleep, cat] {
-        checkpointable(&c, p);
-    }
-    capset(&c, 1, sleep);
+    let (mut shell, sh, sleep, cat) = pipeline(&c, "sleep 1000 | cat", &[], "sleep")?;
+    let _jobs = [Job(sh), Job(sleep), Job(cat)];
     let o = migrate(&c, 1, &[&sleep.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
     let moved = moved_host_pid(sleep);

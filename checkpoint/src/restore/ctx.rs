@@ -90,6 +90,25 @@ pub fn clone_args(set_tid_ptr: u64) -> [u64; 11] {
     [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, set_tid_ptr, 1, 0]
 }
 
+/// The credentials of task `t` (groups, then real, effective and saved
+/// ids), for a process restart makes that holds none of its own: a
+/// zombie, a stand-in, each its parent's.
+pub fn take_creds(i: &Injector, scratch: u64, t: &TaskImage) -> Result<()> {
+    set_fs_creds(i, scratch, t)?;
+    let (g, u) = (t.gids, t.uids);
+    i.call(
+        "setresgid",
+        libc::SYS_setresgid,
+        [g[0] as u64, g[1] as u64, g[2] as u64, 0, 0, 0],
+    )?;
+    i.call(
+        "setresuid",
+        libc::SYS_setresuid,
+        [u[0] as u64, u[1] as u64, u[2] as u64, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
 /// Groups and file-system uid/gid of the job's user (capabilities to
 /// fork with chosen PIDs and to set credentials stay until the end).
 pub fn set_fs_creds(i: &Injector, scratch: u64, t: &TaskImage) -> Result<()> {

@@ -13,7 +13,7 @@ use crate::error::{ChkptError, Result};
 use crate::image::{FdKind, NodeImage, StandInEntry};
 use crate::ptrace::{self, Injector};
 
-use super::ctx::{AREA_CODE, AREA_SCRATCH};
+use super::ctx::{take_creds, AREA_CODE, AREA_SCRATCH};
 use super::fork::{fork_child, join_ids, CreatedTasks, PidPolicy};
 use super::load::{Loaded, LoadedTask};
 use super::plan::TreeFds;
@@ -169,23 +169,5 @@ fn parents_creds(l: &Loaded, s: &StandInEntry, inj: &Injector, area: u64) -> Res
             s.pid, s.ppid
         )));
     };
-    let (g, u, groups) = (p.task.gids, p.task.uids, &p.task.groups);
-    let bytes: Vec<u8> = groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-    ptrace::write_mem(inj.tid, area + AREA_SCRATCH, &bytes)?;
-    inj.call(
-        "setgroups",
-        libc::SYS_setgroups,
-        [groups.len() as u64, area + AREA_SCRATCH, 0, 0, 0, 0],
-    )?;
-    inj.call(
-        "setresgid",
-        libc::SYS_setresgid,
-        [g[0] as u64, g[1] as u64, g[2] as u64, 0, 0, 0],
-    )?;
-    inj.call(
-        "setresuid",
-        libc::SYS_setresuid,
-        [u[0] as u64, u[1] as u64, u[2] as u64, 0, 0, 0],
-    )?;
-    Ok(())
+    take_creds(inj, area + AREA_SCRATCH, &p.task)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ChkptError, Result};
 use crate::ptrace::{self, Injector};
 
-use super::ctx::{AREA_CODE, AREA_SCRATCH};
+use super::ctx::{take_creds, AREA_CODE, AREA_SCRATCH};
 use super::fork::{fork_child, join_ids, CreatedTasks, PidPolicy};
 use super::load::Loaded;
 
@@ -37,17 +37,7 @@ pub fn restore(
         join_ids(&inj, pid, info.pgid, info.sid, &created.pids)?;
         // a zombie belongs to whom its parent belongs (not to restart)
         if let Some(p) = l.tasks.iter().find(|t| t.task.pid == z.ppid) {
-            let (g, u) = (p.task.gids, p.task.uids);
-            inj.call(
-                "setresgid",
-                libc::SYS_setresgid,
-                [g[0] as u64, g[1] as u64, g[2] as u64, 0, 0, 0],
-            )?;
-            inj.call(
-                "setresuid",
-                libc::SYS_setresuid,
-                [u[0] as u64, u[1] as u64, u[2] as u64, 0, 0, 0],
-            )?;
+            take_creds(&inj, area + AREA_SCRATCH, &p.task)?;
         }
         exit_as(&inj, pid, info.status)?;
         wait_zombie(pid)?;

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::creds::Origin;
 use super::job::StartedJob;
-use super::migrate::adopt::{self, JobImage};
+use super::migrate::adopt;
 use super::migrate::registry::{start_ticks, PendingStandIn, StandInStream};
 use super::migrate::restore::Lazy;
 use super::migrate::{incoming, Clock};
@@ -215,14 +215,8 @@ async fn start(
         ));
     }
     let root = PathBuf::from(checkpoint::store::DEFAULT_ROOT);
-    let (root2, app, sn) = (root.clone(), open.app, open.sn);
-    // the image belongs to its user, who may have edited it: its PID map
-    // is checked there, and restart checks the rest
-    let job =
-        tokio::task::spawn_blocking(move || checkpoint::restore::jobns::read(&root2, app, sn))
-            .await
-            .map_err(|e| refused(ErrorKind::Internal, e))?
-            .map_err(|e| refused(ErrorKind::InvalidArgument, e))?;
+    let (app, sn) = (open.app, open.sn);
+    let job = super::restartjob::read_job(&root, app, sn).await?;
     if job.uid != open.uid {
         return Err(refused(
             ErrorKind::PermissionDenied,
@@ -244,22 +238,6 @@ async fn start(
             ),
         ));
     }
-    let everyone: Vec<i32> = job.map.iter().map(|&(image, _)| image).collect();
-    let img = JobImage {
-        root: &root,
-        app,
-        sn,
-        pid: job.root,
-        map: job.map,
-        uid: job.uid,
-        gid: job.gid,
-        origin: from,
-        terminal: None,
-        // it was CHECKPOINTABLE to be saved: every task of it is again
-        checkpointable: everyone,
-        detached: false,
-        output_here: false,
-        fence: None,
-    };
+    let img = super::restartjob::saved_image(&root, (app, sn), job, from, false);
     adopt::start(st, img, &mut Clock::new(), Lazy::No).await
 }

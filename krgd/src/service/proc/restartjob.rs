@@ -11,7 +11,7 @@
 //! (`checkpoint::restore::jobns`), and `restart` checks the rest as it
 //! does for any image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{Credentials, JobRestarted, ProcPeerReply, ProcPeerRequest, RestartJob};
 use krg_proto::NodeId;
+
+use checkpoint::restore::jobns::JobCheckpoint;
 
 use super::migrate::adopt::{self, JobImage};
 use super::migrate::restore::Lazy;
@@ -57,35 +59,15 @@ pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<JobRestarte
             format!("{}: the checkpoint directory must be absolute", req.dir),
         ));
     }
-    let (root2, app, sn) = (root.clone(), req.app, req.sn);
-    let job =
-        tokio::task::spawn_blocking(move || checkpoint::restore::jobns::read(&root2, app, sn))
-            .await
-            .map_err(|e| refused(ErrorKind::Internal, e))?
-            .map_err(|e| refused(ErrorKind::InvalidArgument, e))?;
+    let (app, sn) = (req.app, req.sn);
+    let job = read_job(&root, app, sn).await?;
     if job.map.is_empty() {
         return Err(refused(
             ErrorKind::InvalidArgument,
             format!("SN {sn} of {app} ran in krgd's own PID namespace: restart it without krgd"),
         ));
     }
-    let everyone: Vec<i32> = job.map.iter().map(|&(image, _)| image).collect();
-    let img = JobImage {
-        root: &root,
-        app,
-        sn,
-        pid: job.root,
-        map: job.map,
-        uid: job.uid,
-        gid: job.gid,
-        origin: st.node(),
-        terminal: None,
-        // it was CHECKPOINTABLE to be saved: every task of it is again
-        checkpointable: everyone,
-        detached: true,
-        output_here: true,
-        fence: None,
-    };
+    let img = saved_image(&root, (app, sn), job, st.node(), true);
     let started = adopt::start(st, img, &mut Clock::new(), Lazy::No).await?;
     let output = started
         .entry
@@ -113,4 +95,44 @@ pub async fn restart(st: &Arc<ProcState>, req: RestartJob) -> Result<JobRestarte
         host_pid,
         output,
     })
+}
+
+/// SN `sn` of application `app` under `root`, a job's checkpoint: its
+/// PID map is checked (the image belongs to its user, who may have
+/// edited it; `restart` checks the rest as it does for any image).
+pub async fn read_job(root: &Path, app: i32, sn: u32) -> Result<JobCheckpoint, AdminError> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || checkpoint::restore::jobns::read(&root, app, sn))
+        .await
+        .map_err(|e| refused(ErrorKind::Internal, e))?
+        .map_err(|e| refused(ErrorKind::InvalidArgument, e))
+}
+
+/// Checkpoint (`app`, `sn`) under `root`, `job`, to run again here as a
+/// job for `origin`: a detached one whose output goes to files here, or
+/// one whose session goes back to `origin`. It was CHECKPOINTABLE to be
+/// saved: every task of it is again.
+pub fn saved_image(
+    root: &Path,
+    (app, sn): (i32, u32),
+    job: JobCheckpoint,
+    origin: NodeId,
+    detached: bool,
+) -> JobImage<'_> {
+    let everyone: Vec<i32> = job.map.iter().map(|&(image, _)| image).collect();
+    JobImage {
+        root,
+        app,
+        sn,
+        pid: job.root,
+        map: job.map,
+        uid: job.uid,
+        gid: job.gid,
+        origin,
+        terminal: None,
+        checkpointable: everyone,
+        detached,
+        output_here: detached,
+        fence: None,
+    }
 }
