@@ -167,9 +167,28 @@ fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Resul
     })?;
     let saved_at = last_count(&out).unwrap().0;
 
+    // options that cannot keep the stand-ins' PIDs are refused before
+    // anything starts, here or there
+    let o = tool(
+        &c,
+        "restart",
+        &["--dir", &dir, "--new-pids", &sh.to_string(), "1"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("--new-pids and --pidns-of do not apply"),
+        "{}",
+        err(&o)
+    );
+    assert!(!ps(&c, 1).iter().any(|&(_, p)| p == py as i64));
     // restart on node 1: the child runs again on node 2, behind its stand-in
     let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
     assert!(o.status.success(), "{}", err(&o));
+    let said = err(&o);
+    assert!(
+        said.contains(&format!("behind their stand-ins: {py} on node 2")),
+        "{said}"
+    );
     let (n, seen) = wait_for(
         Duration::from_secs(15),
         "the count after the restart",

@@ -135,6 +135,7 @@ fn main() {
         if cli.pidns_of.is_none() && (cli.app.node.is_some() || is_a_job(&cli)?) {
             return restart_job(&cli);
         }
+        let (stand_ins, elsewhere) = stand_ins(&cli)?;
         let opts = RestoreOptions {
             root: cli.dir.clone(),
             node: cli.node,
@@ -150,7 +151,7 @@ fn main() {
             fetch_fd: cli.fetch_fd,
             ctty_fg: cli.ctty_fg,
             gate_fd: cli.gate_fd,
-            stand_ins: stand_ins(&cli)?,
+            stand_ins,
         };
         let rep = restore::restart(cli.app.pid, cli.sn, &opts)?;
         // They were checkpointable when saved: keep them so (if krgd runs here).
@@ -173,7 +174,7 @@ fn main() {
         report(
             cli.report_fd,
             &format!(
-                "{timings}restart: application {} running again from SN {} (PIDs {:?}){server}",
+                "{timings}restart: application {} running again from SN {} (PIDs {:?}){elsewhere}{server}",
                 cli.app.pid, cli.sn, rep.pids
             ),
         );
@@ -281,11 +282,19 @@ fn parse_ns_pid(s: &str) -> std::result::Result<(i32, i32), String> {
 
 /// How restart makes the image's stand-ins, if it holds some: with the
 /// tokens given (`--stand-in`), or those krgd gives as it has each
-/// stand-in's process run again on its node.
-fn stand_ins(cli: &Cli) -> Result<Option<StandInStart>> {
+/// stand-in's process run again on its node; and what to say of them.
+fn stand_ins(cli: &Cli) -> Result<(Option<StandInStart>, String)> {
     let (listed, owner) = restore::stand_ins_of(&cli.dir, cli.app.pid, cli.sn, cli.node)?;
     if listed.is_empty() {
-        return Ok(None);
+        return Ok((None, String::new()));
+    }
+    // refused before krgd starts anything
+    if cli.new_pids || cli.pidns_of.is_some() {
+        anyhow::bail!(
+            "SN {} of {} holds stand-ins of processes that ran on other nodes, which keep their PIDs: --new-pids and --pidns-of do not apply",
+            cli.sn,
+            cli.app.pid
+        );
     }
     let tokens = if cli.stand_in.is_empty() {
         let parts = listed
@@ -312,11 +321,26 @@ fn stand_ins(cli: &Cli) -> Result<Option<StandInStart>> {
         next.filter(|p| p.exists())
             .map_or("/usr/bin/krg".into(), |p| p.display().to_string())
     });
-    Ok(Some(StandInStart {
+    let start = StandInStart {
         program,
         socket: cli.socket.clone(),
         tokens,
-    }))
+    };
+    let whom: Vec<String> = listed
+        .iter()
+        .map(|s| format!("{} on node {}", s.pid, s.part.node))
+        .collect();
+    let said = match cli.node {
+        Some(_) => format!(
+            "; then coming here from their nodes, behind their stand-ins: {}",
+            whom.join(", ")
+        ),
+        None => format!(
+            "; on their nodes, behind their stand-ins: {}",
+            whom.join(", ")
+        ),
+    };
+    Ok((Some(start), said))
 }
 
 fn parse_stand_in(s: &str) -> std::result::Result<(i32, u64), String> {
