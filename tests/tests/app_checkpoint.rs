@@ -395,3 +395,40 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
     assert!(!Path::new(&format!("/var/chkpt/{moved}/global_v1.bin")).exists());
     Ok(())
 }
+
+/// A checkpoint that fails once a part was saved (the tree holds what
+/// this version refuses: a shell with a /proc file open) leaves nothing
+/// behind on the part's node either.
+#[test]
+fn a_failed_checkpoint_leaves_no_part_behind() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let chk = c.dir.path().join("chkpt");
+    let script = "exec 7</proc/self/stat; sleep 1000 7<&- | cat 7<&-";
+    let (_shell, sh, sleep, cat) = pipeline(&c, script, &[], "sleep")?;
+    let _jobs = [Job(sh), Job(sleep), Job(cat)];
+    let o = migrate(&c, 1, &[&sleep.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(sleep);
+    let _moved = Job(moved);
+    let saved_there = PathBuf::from("/var/chkpt").join(moved.to_string());
+    let _saved_there = Saved(saved_there.clone());
+    let dir = chk.display().to_string();
+    let o = tool(&c, "checkpoint", &["--dir", &dir, &sh.to_string()]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains(&format!("process {sh}")), "{}", err(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(
+            "process {sleep} runs on node 2: saved there as SN 1"
+        )),
+        "{said}"
+    );
+    assert!(
+        !saved_there.join("global_v1.bin").exists(),
+        "the part's SN is left on node 2"
+    );
+    // and the application runs on, untouched
+    assert!(Path::new(&format!("/proc/{moved}")).exists());
+    Ok(())
+}

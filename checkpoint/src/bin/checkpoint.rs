@@ -188,7 +188,14 @@ fn run(cli: Cli) -> Result<()> {
             b.set_position(done);
         }
     };
-    let rep = dump::checkpoint(pid, &opts, &progress)?;
+    let rep = match dump::checkpoint(pid, &opts, &progress) {
+        Ok(rep) => rep,
+        Err(e) => {
+            // what other nodes saved of it would name an SN that is not
+            forget_parts(&cli.socket, &opts.stand_ins);
+            return Err(e.into());
+        }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -226,9 +233,15 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
             full: cli.full,
             kill: false,
         };
-        let r = CapClient::connect(&cli.socket)?
-            .checkpoint_at(req)
-            .with_context(|| format!("process {s} of the tree runs on another node"))?;
+        let saved = CapClient::connect(&cli.socket).and_then(|mut c| c.checkpoint_at(req));
+        let r = match saved {
+            Ok(r) => r,
+            Err(e) => {
+                forget_parts(&cli.socket, &parts);
+                return Err(e)
+                    .with_context(|| format!("process {s} of the tree runs on another node"));
+            }
+        };
         println!(
             "checkpoint: process {s} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms",
             r.node,
@@ -247,6 +260,21 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
         parts.push((s, part));
     }
     Ok(parts)
+}
+
+/// The checkpoint failed: what other nodes saved for it goes (best
+/// effort; a part left is only space, named in the warning).
+fn forget_parts(socket: &Path, parts: &[(i32, PartRef)]) {
+    for &(_, p) in parts {
+        let removed =
+            CapClient::connect(socket).and_then(|mut c| c.remove_saved(p.node, p.host_pid, p.sn));
+        if let Err(e) = removed {
+            eprintln!(
+                "checkpoint: warning: SN {} of {} on node {} was saved for this checkpoint and is left there: {e}",
+                p.sn, p.host_pid, p.node
+            );
+        }
+    }
 }
 
 /// `checkpoint rm` of an application SN whose stand-ins' processes other
