@@ -72,7 +72,11 @@ pub type SessionId = u32;
 /// leases are answered with the manager's epoch (`LockEpoch`, for
 /// `ReclaimLock`), and a mount's opens come as `HeldBy` (its handles
 /// closed when its leases stop).
-pub const PROTOCOL_VERSION: u16 = 5;
+///
+/// 6: an application's parts on other nodes (`ProcRequest::RestoreParts`
+/// and `RemoveSaved`, `ProcPeerRequest::AdoptSaved` and `RemoveSaved`),
+/// which an older krgd cannot decode.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,
