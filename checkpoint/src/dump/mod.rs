@@ -240,6 +240,9 @@ pub fn checkpoint_shipped(
         .collect();
     let stand_in_pids = standins::of(&tree);
     standins::check(pid, &stand_in_pids, &opts.stand_ins)?;
+    if !pidns.is_empty() {
+        standins::not_in_a_job(&stand_in_pids)?;
+    }
     let live = living(&tree);
     let how = How {
         opts,

@@ -48,6 +48,19 @@ pub(super) fn check(root: i32, stand_ins: &[i32], parts: &[(i32, PartRef)]) -> R
     Ok(())
 }
 
+/// A krg job's tree (in a PID namespace of its own) comes back as a job,
+/// whose namespace this version does not make stand-ins in.
+pub(super) fn not_in_a_job(stand_ins: &[i32]) -> Result<()> {
+    match stand_ins.first() {
+        Some(&p) => Err(ChkptError::unsupported(
+            p,
+            format!("{WHAT}, in a krg job"),
+            "a job's tree with stand-ins in it is not saved as one application: checkpoint each process where it runs",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A stand-in's fd this version does not save.
 pub(super) fn refused(pid: i32, fd: i32, what: &str) -> ChkptError {
     ChkptError::unsupported(
