@@ -57,7 +57,7 @@ pub fn restore(
     caller: &Caller,
     req: RestoreParts,
 ) -> Result<PartsRestoring, AdminError> {
-    if caller.uid != 0 {
+    if !caller.is_root() {
         return Err(refused(
             ErrorKind::PermissionDenied,
             "only root restarts an application (restart runs as root)",
