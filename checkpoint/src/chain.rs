@@ -83,7 +83,7 @@ fn merge_into(dir: &CheckedDir, k: u32, j: u32) -> Result<u64> {
     let mut bytes = 0;
     let mut views = Vec::new();
     let mut first_node = None;
-    for node in (0..64u32).filter(|n| global.node_mask & (1u64 << n) != 0) {
+    for node in image::nodes_here(&global, dir, &nj) {
         let n: NodeImage = image::read_in(dir, &nj.node(node), FileKind::Node)?.0.meta;
         for te in &n.tasks {
             let mj: MmImage = image::read_in(dir, &nj.task_mm(te.pid), FileKind::Mm)?

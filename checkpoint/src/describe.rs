@@ -193,7 +193,7 @@ pub fn inspect_json(dir: &Path, sn: u32) -> Result<serde_json::Value> {
         .0
         .meta;
     let mut nodes = Vec::new();
-    for node in (0..64u32).filter(|n| g.node_mask & (1u64 << n) != 0) {
+    for node in image::nodes_here(&g, dir, &names) {
         let n: NodeImage = image::read_in(dir, &names.node(node), FileKind::Node)?
             .0
             .meta;
@@ -228,6 +228,13 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
     let _ = writeln!(s, "  {}", pidns_line(&g));
     for node in 0..64u32 {
         if g.node_mask & (1u64 << node) == 0 {
+            continue;
+        }
+        if !dir.contains(&names.node(node)) {
+            let _ = writeln!(
+                s,
+                "node {node}: it saved processes of this SN (stand-ins below), in its own store"
+            );
             continue;
         }
         let n: NodeImage = image::read_in(dir, &names.node(node), FileKind::Node)?

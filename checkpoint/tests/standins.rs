@@ -101,6 +101,8 @@ fn a_stand_in_is_saved_as_one_and_made_again() {
         json.contains("stand_ins") && json.contains("81234"),
         "{json}"
     );
+    // the node mask names node 1 (the tree's file) and node 2 (the part)
+    assert!(json.contains("\"node_mask\": 6"), "{json}");
     let shown = run(Command::new(bin("checkpoint"))
         .arg("inspect")
         .arg(store.join(sh.to_string()))
@@ -109,7 +111,7 @@ fn a_stand_in_is_saved_as_one_and_made_again() {
     assert!(
         text.contains(&format!(
             "task {stand_in} parent {sh}: the stand-in of a process on node 2 (PID 81234 there"
-        )),
+        )) && text.contains("node 2: it saved processes of this SN"),
         "{text}"
     );
 

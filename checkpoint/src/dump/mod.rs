@@ -314,7 +314,10 @@ pub fn checkpoint_shipped(
     mark("vma_flags_post");
     write_tasks(&staging.dir, &names, &state.tasks)?;
     let node = node_image(opts.node, &state, &tree, zombies, stand_ins);
-    let global = global_image(pid, &names, opts.node, owner, frozen_for, parent, pidns)?;
+    let nodes: Vec<u32> = std::iter::once(opts.node)
+        .chain(opts.stand_ins.iter().map(|(_, p)| p.node))
+        .collect();
+    let global = global_image(pid, &names, &nodes, owner, frozen_for, parent, pidns)?;
     write_metadata(&staging.dir, &names, &global, &node, &state.tasks)?;
     let image_bytes = staging.chown_all(owner.uid, owner.gid)?;
     mark("write_files");

@@ -126,10 +126,12 @@ pub(super) fn node_image(
     }
 }
 
+/// `nodes`: this node, and the nodes that saved parts of the
+/// application (their bits in the node mask; their files are there).
 pub(super) fn global_image(
     pid: i32,
     names: &Names,
-    node: u32,
+    nodes: &[u32],
     owner: Owner,
     frozen: Duration,
     parent: Option<u32>,
@@ -138,7 +140,9 @@ pub(super) fn global_image(
     Ok(GlobalImage {
         app_id: pid,
         sn: names.sn,
-        node_mask: 1u64.checked_shl(node).unwrap_or(0),
+        node_mask: nodes
+            .iter()
+            .fold(0, |m, &n| m | 1u64.checked_shl(n).unwrap_or(0)),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -114,6 +114,16 @@ pub trait ImageMeta: Serialize + DeserializeOwned {
     }
 }
 
+/// The nodes of `global`'s node mask whose node file is in `dir`: every
+/// one but those that saved parts of the application (stand-ins' processes),
+/// whose files are on those nodes.
+pub fn nodes_here(global: &GlobalImage, dir: &CheckedDir, names: &Names) -> Vec<u32> {
+    (0..64u32)
+        .filter(|n| global.node_mask & (1u64 << n) != 0)
+        .filter(|&n| dir.contains(&names.node(n)))
+        .collect()
+}
+
 /// `body` with `zeros` zero bytes after it: the encoding of trailing
 /// fields an older version did not have, each an empty list or a false.
 fn with_empty_tail<T: DeserializeOwned>(body: &[u8], zeros: usize) -> postcard::Result<T> {

@@ -51,11 +51,10 @@ pub struct LoadedTask {
     pub pieces: Vec<Piece>,
 }
 
-/// The node a checkpoint holds tasks of, when it is only one.
+/// The node a checkpoint holds tasks of here (in this directory), when it
+/// is only one.
 pub(super) fn only_node(global: &GlobalImage, dir: &CheckedDir, names: &Names) -> Result<u32> {
-    let nodes: Vec<u32> = (0..64u32)
-        .filter(|n| global.node_mask & (1u64 << n) != 0)
-        .collect();
+    let nodes = image::nodes_here(global, dir, names);
     match nodes[..] {
         [n] => Ok(n),
         [] => Err(ChkptError::bad_image(
