@@ -51,9 +51,11 @@ pub fn check(node: &NodeImage, tasks: &[LoadedTask]) -> std::result::Result<(), 
                 s.pid, s.ppid
             ));
         }
-        if s.pgid <= 0 || s.sid <= 0 || s.argv.is_empty() {
+        // 0 is a group or session outside the tree's PID namespace (a
+        // process under an init that never called setsid has session 0)
+        if s.pgid < 0 || s.sid < 0 || s.argv.is_empty() {
             return Err(format!(
-                "stand-in {}: no process group, session or command line",
+                "stand-in {}: a negative process group or session, or no command line",
                 s.pid
             ));
         }
@@ -170,4 +172,55 @@ fn parents_creds(l: &Loaded, s: &StandInEntry, inj: &Injector, area: u64) -> Res
         )));
     };
     take_creds(inj, area + AREA_SCRATCH, &p.task)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+    use super::*;
+    use crate::image::{PartRef, TaskEntry};
+
+    fn node(pgid: i32, sid: i32) -> NodeImage {
+        NodeImage {
+            node: 1,
+            tasks: vec![TaskEntry {
+                pid: 10,
+                ppid: 1,
+                threads: vec![10],
+                zombie: None,
+            }],
+            pipes: vec![],
+            shared_mem: vec![],
+            sysv_shm: vec![],
+            sysv_sem: vec![],
+            sysv_msg: vec![],
+            in_flight: vec![],
+            sockets: vec![],
+            stand_ins: vec![StandInEntry {
+                pid: 11,
+                ppid: 10,
+                pgid,
+                sid,
+                argv: vec![b"sleep".to_vec()],
+                stdio: vec![],
+                part: PartRef {
+                    node: 2,
+                    pid: 11,
+                    host_pid: 500,
+                    sn: 1,
+                },
+            }],
+        }
+    }
+
+    /// A tree under an init that never called setsid (CI's, a container's)
+    /// or in a PID namespace of its own sees session and group 0: its
+    /// stand-ins restart as well (they stay in restart's group).
+    #[test]
+    fn group_and_session_zero_are_accepted() {
+        check(&node(0, 0), &[]).unwrap();
+        check(&node(10, 10), &[]).unwrap();
+        let e = check(&node(-3, 0), &[]).unwrap_err();
+        assert!(e.contains("negative process group"), "{e}");
+    }
 }
