@@ -8,8 +8,8 @@ use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
 use krg_proto::proc::{
-    CheckpointAt, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, RemoveSaved, RestartJob,
-    RestoreParts, SavedPart,
+    CheckpointAt, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, ReleaseHeld,
+    RemoveSaved, RestartJob, RestoreParts, SavedPart,
 };
 
 use crate::error::{ChkptError, Result};
@@ -103,6 +103,15 @@ impl CapClient {
     pub fn remove_saved(&mut self, node: u32, app: i32, sn: u32) -> Result<()> {
         match self.proc_call(ProcRequest::RemoveSaved(RemoveSaved { node, app, sn }))? {
             ProcReply::SavedRemoved => Ok(()),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+
+    /// Have node `node` let the part it saved as SN `sn` of application
+    /// `app` and held stopped run on: whether it was still held.
+    pub fn release_held(&mut self, node: u32, app: i32, sn: u32) -> Result<bool> {
+        match self.proc_call(ProcRequest::ReleaseHeld(ReleaseHeld { node, app, sn }))? {
+            ProcReply::HeldReleased { held } => Ok(held),
             _ => Err(ChkptError::KrgdReply),
         }
     }

@@ -201,11 +201,16 @@ fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Resul
         .filter_map(|l| l.split(' ').next()?.parse().ok())
         .collect();
     let after = counts.iter().rposition(|&k| k <= saved_at).unwrap();
-    assert!(
-        counts[after + 1] <= saved_at + 1,
-        "it went on from where it was saved ({saved_at}), not from the start: {:?}",
+    assert_eq!(
+        counts[after + 1],
+        saved_at + 1,
+        "it went on from where it was saved ({saved_at}): {:?}",
         &counts[after..(after + 3).min(counts.len())]
     );
+    // held stopped from its save to the tree's, python printed nothing
+    // that cat wrote before the tree froze: no count came out twice
+    let twice: Vec<&[u64]> = counts.windows(2).filter(|w| w[1] <= w[0]).collect();
+    assert!(twice.is_empty(), "counts out of order or twice: {twice:?}");
     assert!(n > saved_at);
     let again = moved_host_pid(py);
     let _again = Job(again);
@@ -393,6 +398,13 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
     );
     assert!(!chk.join(sh.to_string()).join("global_v1.bin").exists());
     assert!(!Path::new(&format!("/var/chkpt/{moved}/global_v1.bin")).exists());
+    // a checkpoint that lets the application run on lets its part on
+    // node 2 run on too, once the tree is saved
+    let _saved_again = Saved(PathBuf::from("/var/chkpt").join(again.to_string()));
+    let o = tool(&c, "checkpoint", &["--dir", &dir, &sh.to_string()]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!err(&o).contains("warning"), "{}", err(&o));
+    assert_eq!(state(again), Some('S'), "the part on node 2 is stopped");
     Ok(())
 }
 
@@ -428,7 +440,15 @@ fn a_failed_checkpoint_leaves_no_part_behind() -> Result<()> {
         !saved_there.join("global_v1.bin").exists(),
         "the part's SN is left on node 2"
     );
-    // and the application runs on, untouched
+    // and the application runs on, untouched: the part, held stopped
+    // since its save, was let go (not left for the node's hold limit)
     assert!(Path::new(&format!("/proc/{moved}")).exists());
+    assert_eq!(state(moved), Some('S'), "the part on node 2 is stopped");
     Ok(())
+}
+
+/// The state letter of `pid` in /proc (`T`: stopped).
+fn state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
 }

@@ -11,6 +11,7 @@ use checkpoint::nodepid::NodePid;
 use checkpoint::{describe, store};
 use clap::{Parser, Subcommand};
 use krg_proto::chkpt::ChkptRequest;
+use krg_proto::proc::HOLD_LIMIT_SECS;
 
 /// Save a running process and all its descendants under /var/chkpt/PID/ as
 /// the next checkpoint SN (1, 2, …). The job is frozen only while its state is
@@ -21,6 +22,10 @@ use krg_proto::chkpt::ChkptRequest;
 /// `krg ps` shows it, on any node; PID may also be the stand-in of a
 /// process that moved to another node. Such a process is saved by the
 /// node it runs on, in that node's /var/chkpt, which checkpoint prints.
+/// A tree some of whose processes moved away (their stand-ins in it) is
+/// saved as one application: the node of each such process saves it
+/// first and holds it stopped until the tree is saved too, so that all
+/// of it is saved as of one moment.
 #[derive(Parser)]
 #[command(name = "checkpoint", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -188,7 +193,13 @@ fn run(cli: Cli) -> Result<()> {
             b.set_position(done);
         }
     };
-    let rep = match dump::checkpoint(pid, &opts, &progress) {
+    let dumped = dump::checkpoint(pid, &opts, &progress);
+    // the parts, held stopped since they were saved, run on now that the
+    // tree is saved too (with --kill they end with their stand-ins)
+    if !(cli.kill && dumped.is_ok()) {
+        release_parts(&cli.socket, &opts.stand_ins);
+    }
+    let rep = match dumped {
         Ok(rep) => rep,
         Err(e) => {
             // what other nodes saved of it would name an SN that is not
@@ -218,7 +229,10 @@ fn run(cli: Cli) -> Result<()> {
 
 /// The stand-ins of the tree of `pid` (processes of it that moved to
 /// other nodes): the node each one's process runs on saves it first,
-/// asked through krgd, before the tree is.
+/// asked through krgd, and holds it stopped until the tree is saved too
+/// ([`release_parts`]), so that the parts and the tree are saved as of
+/// one moment: nothing a part sends after its save reaches the tree
+/// before the tree's.
 fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
     let stand_ins: Vec<i32> = dump::tree(pid)?
         .iter()
@@ -232,6 +246,7 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
             pid: s,
             full: cli.full,
             kill: false,
+            hold: true,
         };
         let saved = CapClient::connect(&cli.socket).and_then(|mut c| c.checkpoint_at(req));
         let r = match saved {
@@ -260,6 +275,27 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
         parts.push((s, part));
     }
     Ok(parts)
+}
+
+/// The parts held stopped since they were saved run on (best effort: a
+/// node that is not told lets its part run on at its hold limit, which
+/// the warning names).
+fn release_parts(socket: &Path, parts: &[(i32, PartRef)]) {
+    for &(s, p) in parts {
+        let released =
+            CapClient::connect(socket).and_then(|mut c| c.release_held(p.node, p.host_pid, p.sn));
+        match released {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
+                "checkpoint: warning: process {s} on node {} ran on before the tree was saved (it is held at most {} s): its SN {} is of an earlier moment than the tree's",
+                p.node, HOLD_LIMIT_SECS, p.sn
+            ),
+            Err(e) => eprintln!(
+                "checkpoint: warning: process {s} on node {} is held stopped until krgd there lets it run on (within {} s): {e}",
+                p.node, HOLD_LIMIT_SECS
+            ),
+        }
+    }
 }
 
 /// The checkpoint failed: what other nodes saved for it goes (best
@@ -325,6 +361,7 @@ fn checkpoint_at(cli: &Cli, node: Option<u32>, pid: i32) -> Result<()> {
         pid,
         full: cli.full,
         kill: cli.kill,
+        hold: false,
     };
     let r = CapClient::connect(&cli.socket)?.checkpoint_at(req)?;
     println!(

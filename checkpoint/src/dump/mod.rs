@@ -132,6 +132,9 @@ pub struct DumpReport {
     /// range its page data takes (a post-copy migration sends the rest
     /// first, and this range after the job runs on the target).
     pub page_data: HashMap<String, (u64, u64)>,
+    /// Processes that job control had stopped before the freeze: with
+    /// `stop`, whoever lets the tree run on again leaves them stopped.
+    pub stopped_before: Vec<i32>,
 }
 
 /// Called with (bytes done, bytes known so far) while pages are copied.
@@ -269,6 +272,7 @@ pub fn checkpoint_shipped(
         .filter(|&p| opts.kill || !vma_pre.contains_key(&p) || attrs::small(p))
         .map(|p| (p, attrs::vma_flags(p)))
         .collect();
+    let stopped_before: Vec<i32> = frozen.stopped.keys().copied().collect();
     drop(frozen);
     if opts.kill {
         standins::kill(&stand_in_pids);
@@ -340,6 +344,7 @@ pub fn checkpoint_shipped(
         phases: crate::timings::take(),
         delta,
         page_data,
+        stopped_before,
     })
 }
 

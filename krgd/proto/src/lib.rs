@@ -73,9 +73,10 @@ pub type SessionId = u32;
 /// `ReclaimLock`), and a mount's opens come as `HeldBy` (its handles
 /// closed when its leases stop).
 ///
-/// 6: an application's parts on other nodes (`ProcRequest::RestoreParts`
-/// and `RemoveSaved`, `ProcPeerRequest::AdoptSaved` and `RemoveSaved`),
-/// which an older krgd cannot decode.
+/// 6: an application's parts on other nodes (`ProcRequest::RestoreParts`,
+/// `RemoveSaved` and `ReleaseHeld`, `ProcPeerRequest::AdoptSaved`,
+/// `RemoveSaved` and `ReleaseHeld`, `CheckpointAt::hold`), which an older
+/// krgd cannot decode.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 pub use keyfile::{

@@ -252,6 +252,9 @@ pub enum ProcRequest {
     /// `checkpoint rm` of such an application's SN: a part's SN goes too
     /// (see [`RemoveSaved`]).
     RemoveSaved(RemoveSaved),
+    /// `checkpoint` of such an application: a part held stopped while the
+    /// tree was saved runs on (see [`ReleaseHeld`]).
+    ReleaseHeld(ReleaseHeld),
 }
 
 /// Answers of the process service on the admin socket.
@@ -282,6 +285,12 @@ pub enum ProcReply {
     PartsRestoring(PartsRestoring),
     /// To `RemoveSaved`.
     SavedRemoved,
+    /// To `ReleaseHeld`: whether the part was still held (false: the
+    /// node's hold limit had let it run on already).
+    HeldReleased {
+        /// It was held until now.
+        held: bool,
+    },
 }
 
 /// The first message of a session connection between krgds.
@@ -398,6 +407,13 @@ pub enum ProcPeerRequest {
         /// Who asked, as the asking node's kernel reported it.
         creds: Credentials,
     },
+    /// Let a part this node holds stopped run on (see [`ReleaseHeld`]).
+    ReleaseHeld {
+        /// Which (`req.node` is this node).
+        req: ReleaseHeld,
+        /// Who asked, as the asking node's kernel reported it.
+        creds: Credentials,
+    },
 }
 
 /// Answers to [`ProcPeerRequest`]s.
@@ -439,6 +455,11 @@ pub enum ProcPeerReply {
     Joined,
     /// To `RemoveSaved`.
     SavedRemoved,
+    /// To `ReleaseHeld`: whether it was still held.
+    HeldReleased {
+        /// It was held until now.
+        held: bool,
+    },
 }
 
 mod signals;
@@ -449,8 +470,8 @@ pub use stream::{Down, ExitStatus, Up};
 
 mod checkpoints;
 pub use checkpoints::{
-    AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, RemoveSaved,
-    RestartJob, RestoreParts, SavedPart,
+    AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, ReleaseHeld,
+    RemoveSaved, RestartJob, RestoreParts, SavedPart, HOLD_LIMIT_SECS,
 };
 
 #[cfg(test)]

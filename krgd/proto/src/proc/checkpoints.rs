@@ -50,6 +50,11 @@ pub struct CheckpointAt {
     pub full: bool,
     /// End the process once it is saved.
     pub kill: bool,
+    /// Leave it stopped once it is saved, until a [`ReleaseHeld`] (or the
+    /// node's hold limit): `checkpoint` of an application holds each part
+    /// until its own tree is saved, so that all of it is saved as of one
+    /// moment.
+    pub hold: bool,
 }
 
 /// Where a moved process was saved.
@@ -127,6 +132,24 @@ pub struct AdoptSaved {
     pub pid: i32,
     /// Who the checkpoint must belong to (see [`SavedPart::uid`]).
     pub uid: u32,
+}
+
+/// How long a node holds a part stopped ([`CheckpointAt::hold`]) without
+/// a [`ReleaseHeld`]: a `checkpoint` that died, or a tree whose own save
+/// takes longer, does not leave it stopped for good.
+pub const HOLD_LIMIT_SECS: u64 = 120;
+
+/// The application's tree is saved (or its checkpoint failed): the part
+/// that node `node` saved as SN `sn` of application `app` and held
+/// stopped ([`CheckpointAt::hold`]) runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseHeld {
+    /// The node that saved and holds the part.
+    pub node: NodeId,
+    /// The part's application id there.
+    pub app: i32,
+    /// The SN it was saved as.
+    pub sn: u32,
 }
 
 /// `checkpoint rm` of an application's SN one of whose parts another node

@@ -40,6 +40,16 @@ fn refused(kind: ErrorKind, what: impl Into<String>) -> AdminError {
     AdminError::new(kind, what)
 }
 
+/// Who asked, as a request to another node names them (the supplementary
+/// groups do not matter to checkpoints: the owner's uid does).
+pub(super) fn caller_creds(caller: &Caller) -> Credentials {
+    Credentials {
+        uid: caller.uid,
+        gid: caller.gid,
+        groups: Vec::new(),
+    }
+}
+
 /// On the node asked: save the process where it runs.
 pub async fn asked(
     st: &Arc<ProcState>,
@@ -47,11 +57,7 @@ pub async fn asked(
     mut req: CheckpointAt,
 ) -> Result<CheckpointedThere, AdminError> {
     let me = st.node();
-    let creds = Credentials {
-        uid: caller.uid,
-        gid: caller.gid,
-        groups: Vec::new(),
-    };
+    let creds = caller_creds(caller);
     let node = match req.node {
         Some(node) => node,
         None => st.migration.standins.runs_on(req.pid).ok_or_else(|| {
@@ -119,10 +125,11 @@ pub async fn here(
             format!("process {node}:{pid} is not CHECKPOINTABLE (run krgcapset -d +CHECKPOINTABLE in the shell that starts it)"),
         ));
     }
+    let hold = req.hold && !req.kill;
     let opts = checkpoint::dump::DumpOptions {
         root: PathBuf::from(checkpoint::store::DEFAULT_ROOT),
         kill: req.kill,
-        stop: false,
+        stop: hold,
         node: node.min(63),
         sysv_sem: Vec::new(),
         sysv_msg: Vec::new(),
@@ -136,11 +143,15 @@ pub async fn here(
             .await
             .map_err(|e| refused(ErrorKind::Internal, e.to_string()))?
             .map_err(|e| refused(ErrorKind::InvalidArgument, format!("node {node}: {e}")))?;
+    if hold {
+        super::held::hold(st, host, dumped.sn, creds.uid, &dumped);
+    }
     tracing::info!(
         pid,
         host,
         sn = dumped.sn,
         uid = creds.uid,
+        hold,
         "checkpointed a process for krg's checkpoint NODE:PID"
     );
     Ok(CheckpointedThere {
@@ -160,11 +171,7 @@ pub async fn remove_asked(
     caller: &Caller,
     req: RemoveSaved,
 ) -> Result<(), AdminError> {
-    let creds = Credentials {
-        uid: caller.uid,
-        gid: caller.gid,
-        groups: Vec::new(),
-    };
+    let creds = caller_creds(caller);
     if req.node == st.node() {
         return remove_here(req, creds, Origin::Local).await;
     }

@@ -18,7 +18,9 @@
 //! * [`creds`]: whose a job is, and who may run what here.
 //! * [`restartjob`]: a job's checkpoint restarted as a detached job here;
 //!   [`chkptat`]: `checkpoint NODE:PID` (or of a stand-in), saved where the
-//!   process runs.
+//!   process runs; [`held`]: such a part held stopped until the rest of
+//!   its application is saved; [`parts`]: an application's parts
+//!   restarted on their nodes.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss,
 //!   and its answers.
@@ -33,6 +35,7 @@ pub mod fanout;
 pub mod fdio;
 pub mod fs;
 pub mod handover;
+pub mod held;
 pub mod hub;
 pub mod initspec;
 pub mod job;
@@ -164,6 +167,7 @@ impl ProcService {
             init,
             init_problem,
             stopping: tokio::sync::watch::Sender::new(false),
+            held: held::Held::default(),
         });
         // Restored (migrated-in) processes come to krgd when restart exits.
         migrate::restore::become_subreaper();
@@ -285,6 +289,9 @@ impl ProcService {
             ProcRequest::RemoveSaved(req) => chkptat::remove_asked(&self.st, caller, req)
                 .await
                 .map(|()| ProcReply::SavedRemoved),
+            ProcRequest::ReleaseHeld(req) => held::release_asked(&self.st, caller, req)
+                .await
+                .map(|held| ProcReply::HeldReleased { held }),
             ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
@@ -343,6 +350,17 @@ impl ProcService {
                 chkptat::remove_here(req, creds, origin)
                     .await
                     .map(|()| ProcPeerReply::SavedRemoved)
+            }
+            ProcPeerRequest::ReleaseHeld { req, creds } => {
+                let origin = serve::origin_of(&self.st, from).await;
+                if !matches!(origin, creds::Origin::Member(_)) {
+                    return Err(AdminError::new(
+                        ErrorKind::PermissionDenied,
+                        "only members of the cluster ask for a release",
+                    ));
+                }
+                held::release_here(&self.st, req, creds, origin)
+                    .map(|held| ProcPeerReply::HeldReleased { held })
             }
             ProcPeerRequest::Stat => Ok(ProcPeerReply::Stat(nodestat::read(
                 self.st.table.len() as u32

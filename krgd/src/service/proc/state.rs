@@ -50,6 +50,8 @@ pub struct ProcState {
     /// Where images of migrations are kept while they move
     /// (`<data_dir>/migrate`).
     pub spool: PathBuf,
+    /// Parts of applications held stopped while the rest is saved.
+    pub held: super::held::Held,
 }
 
 impl ProcState {

@@ -1,0 +1,157 @@
+//! Parts of an application held stopped while the rest of it is saved
+//! (`CheckpointAt::hold`, `ProcRequest::ReleaseHeld`).
+//!
+//! `checkpoint PID` of a tree some of whose processes moved to other
+//! nodes has each of those nodes save its part first. A part that ran on
+//! after its save could send its stand-in output the tree then reads and
+//! saves, and the restarted part would send it again: the saves would
+//! not be of one moment. So the node leaves the part stopped once saved
+//! (SIGSTOP, as a migration leaves its origin copy) and lets it run on
+//! when `checkpoint` says the tree is saved too, or after
+//! [`HOLD_LIMIT_SECS`] whatever happens to `checkpoint` (killed, its node
+//! gone, a tree whose save takes longer). Processes that job control had
+//! stopped before the save stay stopped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use krg_proto::admin::{AdminError, ErrorKind};
+use krg_proto::peer::PeerRequest;
+use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest, ReleaseHeld, HOLD_LIMIT_SECS};
+
+use super::creds::Origin;
+use super::migrate::registry::start_ticks;
+use super::state::ProcState;
+use crate::caller::Caller;
+
+/// How long the node that holds a part may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A part held stopped: who asked for its save, and its processes (with
+/// their start times, so that a PID used again is left alone).
+struct HeldPart {
+    uid: u32,
+    pids: Vec<(i32, Option<u64>)>,
+    /// Which hold this is (the limit's timer of an earlier hold of the
+    /// same SN, removed and saved again, leaves this one alone).
+    serial: u64,
+}
+
+/// The parts this node holds, by (application id, SN).
+#[derive(Default)]
+pub struct Held {
+    parts: Mutex<HashMap<(i32, u32), HeldPart>>,
+    next: AtomicU64,
+}
+
+impl Held {
+    /// The part held as `serial`, taken out.
+    fn take(&self, app: i32, sn: u32, serial: u64) -> Option<HeldPart> {
+        let mut parts = crate::sync::lock(&self.parts);
+        match parts.get(&(app, sn)) {
+            Some(p) if p.serial == serial => parts.remove(&(app, sn)),
+            _ => None,
+        }
+    }
+}
+
+/// The processes of the part saved as SN `sn` of `app` (`dumped`, left
+/// stopped) are held for `uid` until released or the limit passes.
+pub fn hold(
+    st: &Arc<ProcState>,
+    app: i32,
+    sn: u32,
+    uid: u32,
+    dumped: &checkpoint::dump::DumpReport,
+) {
+    let pids = dumped
+        .tasks
+        .iter()
+        .filter(|p| !dumped.stopped_before.contains(p))
+        .map(|&p| (p, start_ticks(p)))
+        .collect();
+    let serial = st.held.next.fetch_add(1, Ordering::Relaxed);
+    let part = HeldPart { uid, pids, serial };
+    crate::sync::lock(&st.held.parts).insert((app, sn), part);
+    let st = st.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(HOLD_LIMIT_SECS)).await;
+        if let Some(part) = st.held.take(app, sn, serial) {
+            tracing::warn!(
+                app,
+                sn,
+                "a part of an application held stopped for its checkpoint runs on: nobody released it within the hold limit"
+            );
+            run_on(&part);
+        }
+    });
+}
+
+/// SIGCONT to each process of `part` that is still the one held.
+fn run_on(part: &HeldPart) {
+    for &(pid, born) in &part.pids {
+        if born.is_some() && start_ticks(pid) == born {
+            // SAFETY: plain kill(2) with SIGCONT of a process this node
+            // stopped (its start time checked just before).
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+/// On the node asked: have the node that holds the part let it run on.
+pub async fn release_asked(
+    st: &Arc<ProcState>,
+    caller: &Caller,
+    req: ReleaseHeld,
+) -> Result<bool, AdminError> {
+    let creds = super::chkptat::caller_creds(caller);
+    if req.node == st.node() {
+        return release_here(st, req, creds, Origin::Local);
+    }
+    let node = req.node;
+    let ask = PeerRequest::Proc(ProcPeerRequest::ReleaseHeld { req, creds });
+    let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
+    super::fanout::answer(node, got, |r| match r {
+        ProcPeerReply::HeldReleased { held } => Ok(held),
+        other => Err(other),
+    })
+}
+
+/// On the node that holds the part: let it run on, for the user who had
+/// it saved or root from this node or a member. False: it was not held
+/// (any more).
+pub fn release_here(
+    st: &ProcState,
+    req: ReleaseHeld,
+    creds: Credentials,
+    origin: Origin,
+) -> Result<bool, AdminError> {
+    if creds.uid == 0 && matches!(origin, Origin::Outsider(_)) {
+        return Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            "root's releases are taken only from members of the cluster",
+        ));
+    }
+    let mut held = crate::sync::lock(&st.held.parts);
+    let key = (req.app, req.sn);
+    match held.get(&key) {
+        None => Ok(false),
+        Some(part) if creds.uid != 0 && creds.uid != part.uid => Err(AdminError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "SN {} of {} on node {} was saved for another user",
+                req.sn,
+                req.app,
+                st.node()
+            ),
+        )),
+        Some(_) => {
+            if let Some(part) = held.remove(&key) {
+                run_on(&part);
+            }
+            Ok(true)
+        }
+    }
+}
