@@ -53,6 +53,24 @@ pub struct NodeImage {
     pub stand_ins: Vec<StandInEntry>,
 }
 
+impl NodeImage {
+    /// Node `node`'s file with nothing in it yet.
+    pub fn empty(node: u32) -> Self {
+        NodeImage {
+            node,
+            tasks: Vec::new(),
+            pipes: Vec::new(),
+            shared_mem: Vec::new(),
+            sysv_shm: Vec::new(),
+            sysv_sem: Vec::new(),
+            sysv_msg: Vec::new(),
+            in_flight: Vec::new(),
+            sockets: Vec::new(),
+            stand_ins: Vec::new(),
+        }
+    }
+}
+
 /// A stand-in of the tree: `krg` in the place of a process that moved
 /// to another node (see [`crate::standin`]). It holds nothing of the
 /// process — the node it runs on saved that, as [`PartRef`] says — only

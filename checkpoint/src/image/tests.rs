@@ -154,19 +154,11 @@ fn version_3_task_files_are_read() {
 #[test]
 fn node_files_before_version_5_are_read() {
     let n = NodeImage {
-        node: 3,
-        tasks: vec![],
         pipes: vec![PipeImage {
             ino: 7,
             data: b"queued".to_vec(),
         }],
-        shared_mem: vec![],
-        sysv_shm: vec![],
-        sysv_sem: vec![],
-        sysv_msg: vec![],
-        in_flight: vec![],
-        sockets: vec![],
-        stand_ins: vec![],
+        ..NodeImage::empty(3)
     };
     let now = postcard::to_stdvec(&n).unwrap();
     assert_eq!(&now[now.len() - 3..], &[0, 0, 0]);
@@ -181,18 +173,7 @@ fn node_files_before_version_5_are_read() {
 /// into today's type, with none; today's keeps its stand-ins.
 #[test]
 fn node_files_before_version_7_are_read() {
-    let mut n = NodeImage {
-        node: 1,
-        tasks: vec![],
-        pipes: vec![],
-        shared_mem: vec![],
-        sysv_shm: vec![],
-        sysv_sem: vec![],
-        sysv_msg: vec![],
-        in_flight: vec![],
-        sockets: vec![],
-        stand_ins: vec![],
-    };
+    let mut n = NodeImage::empty(1);
     let now = postcard::to_stdvec(&n).unwrap();
     let old = &now[..now.len() - 1];
     assert_eq!(NodeImage::decode_v6(old).unwrap(), n);

@@ -182,20 +182,12 @@ mod tests {
 
     fn node(pgid: i32, sid: i32) -> NodeImage {
         NodeImage {
-            node: 1,
             tasks: vec![TaskEntry {
                 pid: 10,
                 ppid: 1,
                 threads: vec![10],
                 zombie: None,
             }],
-            pipes: vec![],
-            shared_mem: vec![],
-            sysv_shm: vec![],
-            sysv_sem: vec![],
-            sysv_msg: vec![],
-            in_flight: vec![],
-            sockets: vec![],
             stand_ins: vec![StandInEntry {
                 pid: 11,
                 ppid: 10,
@@ -210,6 +202,7 @@ mod tests {
                     sn: 1,
                 },
             }],
+            ..NodeImage::empty(1)
         }
     }
 

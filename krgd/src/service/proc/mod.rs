@@ -299,6 +299,19 @@ impl ProcService {
         }
     }
 
+    /// Where a peer request comes from, refused unless a member sent it
+    /// (`what` it asks for, for the error).
+    async fn member(&self, from: &Identity, what: &str) -> Result<creds::Origin, AdminError> {
+        let origin = serve::origin_of(&self.st, from).await;
+        match origin {
+            creds::Origin::Member(_) => Ok(origin),
+            _ => Err(AdminError::new(
+                ErrorKind::PermissionDenied,
+                format!("only members of the cluster ask for {what}"),
+            )),
+        }
+    }
+
     /// Requests of other krgds (sessions come by [`ProcService::serve_session`]).
     pub async fn handle_peer(
         &self,
@@ -328,37 +341,19 @@ impl ProcService {
                     .map(ProcPeerReply::Restarted)
             }
             ProcPeerRequest::Checkpoint { req, creds } => {
-                let origin = serve::origin_of(&self.st, from).await;
-                if !matches!(origin, creds::Origin::Member(_)) {
-                    return Err(AdminError::new(
-                        ErrorKind::PermissionDenied,
-                        "only members of the cluster ask for a checkpoint",
-                    ));
-                }
+                let origin = self.member(from, "a checkpoint").await?;
                 chkptat::here(&self.st, req, creds, origin)
                     .await
                     .map(ProcPeerReply::Checkpointed)
             }
             ProcPeerRequest::RemoveSaved { req, creds } => {
-                let origin = serve::origin_of(&self.st, from).await;
-                if !matches!(origin, creds::Origin::Member(_)) {
-                    return Err(AdminError::new(
-                        ErrorKind::PermissionDenied,
-                        "only members of the cluster ask for a removal",
-                    ));
-                }
+                let origin = self.member(from, "a removal").await?;
                 chkptat::remove_here(req, creds, origin)
                     .await
                     .map(|()| ProcPeerReply::SavedRemoved)
             }
             ProcPeerRequest::ReleaseHeld { req, creds } => {
-                let origin = serve::origin_of(&self.st, from).await;
-                if !matches!(origin, creds::Origin::Member(_)) {
-                    return Err(AdminError::new(
-                        ErrorKind::PermissionDenied,
-                        "only members of the cluster ask for a release",
-                    ));
-                }
+                let origin = self.member(from, "a release").await?;
                 held::release_here(&self.st, req, creds, origin)
                     .map(|held| ProcPeerReply::HeldReleased { held })
             }
