@@ -3,6 +3,7 @@
 //! and one small runtime for all the requests of a command.
 
 use std::path::Path;
+use std::time::Duration;
 
 use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
@@ -108,10 +109,11 @@ impl CapClient {
     }
 
     /// Have node `node` let the part it saved as SN `sn` of application
-    /// `app` and held stopped run on: whether it was still held.
-    pub fn release_held(&mut self, node: u32, app: i32, sn: u32) -> Result<bool> {
+    /// `app` and held stopped run on: how long it was stopped in all
+    /// (None: it was not held any more).
+    pub fn release_held(&mut self, node: u32, app: i32, sn: u32) -> Result<Option<Duration>> {
         match self.proc_call(ProcRequest::ReleaseHeld(ReleaseHeld { node, app, sn }))? {
-            ProcReply::HeldReleased { held } => Ok(held),
+            ProcReply::HeldReleased { stopped_us } => Ok(stopped_us.map(Duration::from_micros)),
             _ => Err(ChkptError::KrgdReply),
         }
     }

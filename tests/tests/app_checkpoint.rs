@@ -404,6 +404,11 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
     let o = tool(&c, "checkpoint", &["--dir", &dir, &sh.to_string()]);
     assert!(o.status.success(), "{}", err(&o));
     assert!(!err(&o).contains("warning"), "{}", err(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!("process {sleep} on node 2 runs on, stopped ")),
+        "{said}"
+    );
     assert_eq!(state(again), Some('S'), "the part on node 2 is stopped");
     Ok(())
 }

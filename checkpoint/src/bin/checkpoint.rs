@@ -193,16 +193,12 @@ fn run(cli: Cli) -> Result<()> {
             b.set_position(done);
         }
     };
-    let dumped = dump::checkpoint(pid, &opts, &progress);
-    // the parts, held stopped since they were saved, run on now that the
-    // tree is saved too (with --kill they end with their stand-ins)
-    if !(cli.kill && dumped.is_ok()) {
-        release_parts(&cli.socket, &opts.stand_ins);
-    }
-    let rep = match dumped {
+    let rep = match dump::checkpoint(pid, &opts, &progress) {
         Ok(rep) => rep,
         Err(e) => {
-            // what other nodes saved of it would name an SN that is not
+            // the parts run on, and what other nodes saved of them would
+            // name an SN that is not
+            release_parts(&cli.socket, &opts.stand_ins);
             forget_parts(&cli.socket, &opts.stand_ins);
             return Err(e.into());
         }
@@ -221,6 +217,11 @@ fn run(cli: Cli) -> Result<()> {
         rep.image_bytes as f64 / (1 << 20) as f64,
         rep.frozen.as_secs_f64() * 1000.0
     );
+    // the parts, held stopped since they were saved, run on now that the
+    // tree is saved too (with --kill they end with their stand-ins)
+    if !cli.kill {
+        release_parts(&cli.socket, &opts.stand_ins);
+    }
     if timings {
         println!("checkpoint: {}", checkpoint::timings::line(&rep.phases));
     }
@@ -285,8 +286,12 @@ fn release_parts(socket: &Path, parts: &[(i32, PartRef)]) {
         let released =
             CapClient::connect(socket).and_then(|mut c| c.release_held(p.node, p.host_pid, p.sn));
         match released {
-            Ok(true) => {}
-            Ok(false) => eprintln!(
+            Ok(Some(stopped)) => println!(
+                "checkpoint: process {s} on node {} runs on, stopped {:.1} ms in all (from its save until the tree was saved)",
+                p.node,
+                stopped.as_secs_f64() * 1000.0
+            ),
+            Ok(None) => eprintln!(
                 "checkpoint: warning: process {s} on node {} ran on before the tree was saved (it is held at most {} s): its SN {} is of an earlier moment than the tree's",
                 p.node, HOLD_LIMIT_SECS, p.sn
             ),

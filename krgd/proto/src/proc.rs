@@ -285,11 +285,12 @@ pub enum ProcReply {
     PartsRestoring(PartsRestoring),
     /// To `RemoveSaved`.
     SavedRemoved,
-    /// To `ReleaseHeld`: whether the part was still held (false: the
-    /// node's hold limit had let it run on already).
+    /// To `ReleaseHeld`: how long the part was stopped in all, from its
+    /// freeze to this release, in microseconds (None: the node's hold
+    /// limit had let it run on already).
     HeldReleased {
-        /// It was held until now.
-        held: bool,
+        /// Its stopped time, as the part saw it.
+        stopped_us: Option<u64>,
     },
 }
 
@@ -455,10 +456,10 @@ pub enum ProcPeerReply {
     Joined,
     /// To `RemoveSaved`.
     SavedRemoved,
-    /// To `ReleaseHeld`: whether it was still held.
+    /// To `ReleaseHeld`: how long it was stopped (None: not held).
     HeldReleased {
-        /// It was held until now.
-        held: bool,
+        /// Its stopped time in microseconds.
+        stopped_us: Option<u64>,
     },
 }
 

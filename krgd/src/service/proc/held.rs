@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::peer::PeerRequest;
@@ -37,6 +37,8 @@ struct HeldPart {
     /// Which hold this is (the limit's timer of an earlier hold of the
     /// same SN, removed and saved again, leaves this one alone).
     serial: u64,
+    /// When its save froze it.
+    since: Instant,
 }
 
 /// The parts this node holds, by (application id, SN).
@@ -73,7 +75,12 @@ pub fn hold(
         .map(|&p| (p, start_ticks(p)))
         .collect();
     let serial = st.held.next.fetch_add(1, Ordering::Relaxed);
-    let part = HeldPart { uid, pids, serial };
+    let part = HeldPart {
+        uid,
+        pids,
+        serial,
+        since: dumped.frozen_at,
+    };
     crate::sync::lock(&st.held.parts).insert((app, sn), part);
     let st = st.clone();
     tokio::spawn(async move {
@@ -105,7 +112,7 @@ pub async fn release_asked(
     st: &Arc<ProcState>,
     caller: &Caller,
     req: ReleaseHeld,
-) -> Result<bool, AdminError> {
+) -> Result<Option<u64>, AdminError> {
     let creds = super::chkptat::caller_creds(caller);
     if req.node == st.node() {
         return release_here(st, req, creds, Origin::Local);
@@ -114,20 +121,20 @@ pub async fn release_asked(
     let ask = PeerRequest::Proc(ProcPeerRequest::ReleaseHeld { req, creds });
     let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
     super::fanout::answer(node, got, |r| match r {
-        ProcPeerReply::HeldReleased { held } => Ok(held),
+        ProcPeerReply::HeldReleased { stopped_us } => Ok(stopped_us),
         other => Err(other),
     })
 }
 
 /// On the node that holds the part: let it run on, for the user who had
-/// it saved or root from this node or a member. False: it was not held
-/// (any more).
+/// it saved or root from this node or a member; how long it was stopped
+/// in all, in microseconds (None: it was not held any more).
 pub fn release_here(
     st: &ProcState,
     req: ReleaseHeld,
     creds: Credentials,
     origin: Origin,
-) -> Result<bool, AdminError> {
+) -> Result<Option<u64>, AdminError> {
     if creds.uid == 0 && matches!(origin, Origin::Outsider(_)) {
         return Err(AdminError::new(
             ErrorKind::PermissionDenied,
@@ -137,7 +144,7 @@ pub fn release_here(
     let mut held = crate::sync::lock(&st.held.parts);
     let key = (req.app, req.sn);
     match held.get(&key) {
-        None => Ok(false),
+        None => Ok(None),
         Some(part) if creds.uid != 0 && creds.uid != part.uid => Err(AdminError::new(
             ErrorKind::PermissionDenied,
             format!(
@@ -147,11 +154,9 @@ pub fn release_here(
                 st.node()
             ),
         )),
-        Some(_) => {
-            if let Some(part) = held.remove(&key) {
-                run_on(&part);
-            }
-            Ok(true)
-        }
+        Some(_) => Ok(held.remove(&key).map(|part| {
+            run_on(&part);
+            part.since.elapsed().as_micros() as u64
+        })),
     }
 }

@@ -291,7 +291,7 @@ impl ProcService {
                 .map(|()| ProcReply::SavedRemoved),
             ProcRequest::ReleaseHeld(req) => held::release_asked(&self.st, caller, req)
                 .await
-                .map(|held| ProcReply::HeldReleased { held }),
+                .map(|stopped_us| ProcReply::HeldReleased { stopped_us }),
             ProcRequest::Run(_) | ProcRequest::StandIn { .. } => Err(AdminError::new(
                 ErrorKind::InvalidArgument,
                 "a session needs a connection of its own",
@@ -355,7 +355,7 @@ impl ProcService {
             ProcPeerRequest::ReleaseHeld { req, creds } => {
                 let origin = self.member(from, "a release").await?;
                 held::release_here(&self.st, req, creds, origin)
-                    .map(|held| ProcPeerReply::HeldReleased { held })
+                    .map(|stopped_us| ProcPeerReply::HeldReleased { stopped_us })
             }
             ProcPeerRequest::Stat => Ok(ProcPeerReply::Stat(nodestat::read(
                 self.st.table.len() as u32
