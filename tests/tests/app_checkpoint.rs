@@ -398,8 +398,8 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
     );
     assert!(!chk.join(sh.to_string()).join("global_v1.bin").exists());
     assert!(!Path::new(&format!("/var/chkpt/{moved}/global_v1.bin")).exists());
-    // a checkpoint that lets the application run on lets its part on
-    // node 2 run on too, once the tree is saved
+    // a checkpoint that lets the application run on: its part on node 2
+    // runs on too, once the tree is saved
     let _saved_again = Saved(PathBuf::from("/var/chkpt").join(again.to_string()));
     let o = tool(&c, "checkpoint", &["--dir", &dir, &sh.to_string()]);
     assert!(o.status.success(), "{}", err(&o));

@@ -26,6 +26,7 @@ use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{
     CheckpointAt, CheckpointedThere, Credentials, ProcPeerReply, ProcPeerRequest, RemoveSaved,
 };
+use krg_proto::NodeId;
 
 use super::creds::Origin;
 use super::lookup::Named;
@@ -35,6 +36,10 @@ use crate::caller::Caller;
 /// How long the node the process runs on may take to save it (its
 /// memory is copied while it runs: large ones take seconds).
 const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a stand-in that is not known yet (just made by `restart`)
+/// is waited for: its part's restore on its node, then its connection.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 fn refused(kind: ErrorKind, what: impl Into<String>) -> AdminError {
     AdminError::new(kind, what)
@@ -60,15 +65,7 @@ pub async fn asked(
     let creds = caller_creds(caller);
     let node = match req.node {
         Some(node) => node,
-        None => st.migration.standins.runs_on(req.pid).ok_or_else(|| {
-            refused(
-                ErrorKind::NotFound,
-                format!(
-                    "process {} is not the stand-in of a process that moved away from node {me}",
-                    req.pid
-                ),
-            )
-        })?,
+        None => stand_in_node(st, req.pid).await?,
     };
     req.node = Some(node);
     if node == me {
@@ -80,6 +77,37 @@ pub async fn asked(
         ProcPeerReply::Checkpointed(there) => Ok(there),
         other => Err(other),
     })
+}
+
+/// Where the process of stand-in `pid` runs. A stand-in `restart` has
+/// just made is known once its process runs again on its node and the
+/// stand-in claimed its session: a `checkpoint` right after `restart`
+/// waits for that (up to [`CLAIM_WAIT`]) instead of failing.
+async fn stand_in_node(st: &ProcState, pid: i32) -> Result<NodeId, AdminError> {
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        if let Some(node) = st.migration.standins.runs_on(pid) {
+            return Ok(node);
+        }
+        if !checkpoint::standin::is_stand_in(pid) {
+            return Err(refused(
+                ErrorKind::NotFound,
+                format!(
+                    "process {pid} is not the stand-in of a process that moved away from node {}",
+                    st.node()
+                ),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(refused(
+                ErrorKind::Unavailable,
+                format!(
+                    "process {pid} is a stand-in whose process does not run again yet (restart brings it back on its node): try again once krg ps shows it"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The host PID of the process this node's `krg ps` shows as `pid`: one
