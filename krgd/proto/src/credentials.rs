@@ -15,3 +15,21 @@ pub struct Credentials {
     /// Supplementary group ids.
     pub groups: Vec<u32>,
 }
+
+impl Credentials {
+    /// `uid` and `gid` without supplementary groups: who owns a
+    /// checkpoint, a migration or a job's output, where only those count.
+    pub fn of(uid: u32, gid: u32) -> Self {
+        Credentials {
+            uid,
+            gid,
+            groups: Vec::new(),
+        }
+    }
+
+    /// root's, for what krgd does on its own account (balancing, a
+    /// leaving node's hand-over, an application's parts moved together).
+    pub fn root() -> Self {
+        Self::of(0, 0)
+    }
+}

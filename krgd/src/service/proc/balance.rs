@@ -259,11 +259,7 @@ pub(super) async fn carry_out(
         postcopy: false,
         no_stand_in: false,
     };
-    let root = Credentials {
-        uid: 0,
-        gid: 0,
-        groups: Vec::new(),
-    };
+    let root = Credentials::root();
     match migrate::migrate(st, req, root, Origin::Local).await {
         Ok(r) if r.fell_back.is_none() => {
             note(

@@ -45,16 +45,6 @@ fn refused(kind: ErrorKind, what: impl Into<String>) -> AdminError {
     AdminError::new(kind, what)
 }
 
-/// Who asked, as a request to another node names them (the supplementary
-/// groups do not matter to checkpoints: the owner's uid does).
-pub(super) fn caller_creds(caller: &Caller) -> Credentials {
-    Credentials {
-        uid: caller.uid,
-        gid: caller.gid,
-        groups: Vec::new(),
-    }
-}
-
 /// On the node asked: save the process where it runs.
 pub async fn asked(
     st: &Arc<ProcState>,
@@ -62,7 +52,7 @@ pub async fn asked(
     mut req: CheckpointAt,
 ) -> Result<CheckpointedThere, AdminError> {
     let me = st.node();
-    let creds = caller_creds(caller);
+    let creds = super::creds::of_caller(caller);
     let node = match req.node {
         Some(node) => node,
         None => stand_in_node(st, req.pid).await?,
@@ -199,7 +189,7 @@ pub async fn remove_asked(
     caller: &Caller,
     req: RemoveSaved,
 ) -> Result<(), AdminError> {
-    let creds = caller_creds(caller);
+    let creds = super::creds::of_caller(caller);
     if req.node == st.node() {
         return remove_here(req, creds, Origin::Local).await;
     }

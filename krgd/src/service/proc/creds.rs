@@ -40,6 +40,14 @@ pub fn peer_groups(sock: &impl AsRawFd) -> std::io::Result<Vec<u32>> {
     }
 }
 
+/// Who asked on the admin socket (as the kernel reported it), as a
+/// request to this node's services or another node's names them: uid and
+/// gid (what signals, migrations and checkpoints compare; the groups do
+/// not count there).
+pub fn of_caller(caller: &crate::caller::Caller) -> Credentials {
+    Credentials::of(caller.uid, caller.gid)
+}
+
 /// Credentials of the process `pid` that made a FUSE request: uid and gid
 /// come from the request (the kernel's), supplementary groups from
 /// /proc/PID/status (the kernel passes none with a request).

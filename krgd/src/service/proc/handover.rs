@@ -86,11 +86,7 @@ async fn hand_over(st: &Arc<ProcState>) {
     }
     let roots = roots(st);
     tracing::info!(processes = ?roots, "leaving: handing processes over");
-    let root = Credentials {
-        uid: 0,
-        gid: 0,
-        groups: Vec::new(),
-    };
+    let root = Credentials::root();
     for (i, pid) in roots.into_iter().enumerate() {
         let to = targets[i % targets.len()];
         let req = MigrateRequest {

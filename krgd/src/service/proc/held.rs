@@ -113,7 +113,7 @@ pub async fn release_asked(
     caller: &Caller,
     req: ReleaseHeld,
 ) -> Result<Option<u64>, AdminError> {
-    let creds = super::chkptat::caller_creds(caller);
+    let creds = super::creds::of_caller(caller);
     if req.node == st.node() {
         return release_here(st, req, creds, Origin::Local);
     }

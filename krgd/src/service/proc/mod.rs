@@ -242,20 +242,12 @@ impl ProcService {
                 Ok(ProcReply::Ps { rows, missing })
             }
             ProcRequest::Kill { node, pid, signal } => {
-                let who = Credentials {
-                    uid: caller.uid,
-                    gid: caller.gid,
-                    groups: Vec::new(),
-                };
+                let who = creds::of_caller(caller);
                 fanout::kill(&self.st, node, pid, signal, who).await?;
                 Ok(ProcReply::Killed)
             }
             ProcRequest::Migrate(req) => {
-                let who = Credentials {
-                    uid: caller.uid,
-                    gid: caller.gid,
-                    groups: Vec::new(),
-                };
+                let who = creds::of_caller(caller);
                 migrate::migrate(&self.st, req, who, creds::Origin::Local)
                     .await
                     .map(ProcReply::Migrated)
@@ -269,11 +261,7 @@ impl ProcService {
                 }
                 let restarted = match req.node.filter(|&n| n != self.st.node()) {
                     Some(node) => {
-                        let root = Credentials {
-                            uid: 0,
-                            gid: caller.gid,
-                            groups: Vec::new(),
-                        };
+                        let root = Credentials::of(0, caller.gid);
                         restartjob::forward(&self.st, node, req, root).await
                     }
                     None => restartjob::restart(&self.st, req).await,

@@ -148,11 +148,7 @@ async fn move_here(st: &Arc<ProcState>, part: SavedPart) {
         postcopy: false,
         no_stand_in: false,
     };
-    let root = Credentials {
-        uid: 0,
-        gid: 0,
-        groups: Vec::new(),
-    };
+    let root = Credentials::root();
     match super::migrate::migrate(st, req, root, Origin::Local).await {
         Ok(r) => tracing::info!(
             pid = part.stand_in,

@@ -109,11 +109,7 @@ pub async fn start(
     let node = st.node();
     let reservation = st.table.reserve_for(img.pid)?;
     let (stdio, io) = if img.output_here {
-        let creds = krg_proto::proc::Credentials {
-            uid: img.uid,
-            gid: img.gid,
-            groups: Vec::new(),
-        };
+        let creds = krg_proto::proc::Credentials::of(img.uid, img.gid);
         job::detached_stdio(st, &creds, img.pid, reservation.id)
             .map_err(|e| internal(node, format!("the job's output files: {e}")))?
     } else {
@@ -216,11 +212,7 @@ pub async fn serve(
             if job.entry.detached {
                 outlives = Some(detach::Outlives {
                     name: detach::dir_name(job.entry.pid, job.entry.id),
-                    creds: krg_proto::proc::Credentials {
-                        uid: job.entry.uid,
-                        gid: job.entry.gid,
-                        groups: Vec::new(),
-                    },
+                    creds: krg_proto::proc::Credentials::of(job.entry.uid, job.entry.gid),
                 });
             }
             (

@@ -66,11 +66,7 @@ pub fn offer(st: &ProcState, origin: Origin, o: Offer) -> Result<(), AdminError>
             ),
         ));
     }
-    let owner = krg_proto::proc::Credentials {
-        uid: o.owner,
-        gid: 0,
-        groups: Vec::new(),
-    };
+    let owner = krg_proto::proc::Credentials::of(o.owner, 0);
     creds::check(
         &owner,
         RunPolicy {
