@@ -377,6 +377,9 @@ pub async fn serve(st: &Arc<ProcState>, mut stream: UnixStream, caller: &Caller,
         return;
     };
     let pid = pending.pid;
+    // this stand-in's start time: its PID may be another stand-in's by
+    // the time this session ends (a restart makes it again at once)
+    let born = start_ticks(pid);
     let _ = pending.claimed.send(());
     let answer = match tokio::time::timeout(SESSION_TIMEOUT, pending.session).await {
         Ok(Ok(r)) => r,
@@ -405,8 +408,22 @@ pub async fn serve(st: &Arc<ProcState>, mut stream: UnixStream, caller: &Caller,
         local_stream::carry(stream, input, events).await;
         watch.abort();
     }
-    crate::sync::lock(&st.migration.standins.active).remove(&pid);
+    forget_active(st, pid, born);
     tracing::info!(pid, "a stand-in's process ended (or the stand-in did)");
+}
+
+/// The session of the stand-in `pid` that started at `born` ended: it is
+/// no longer where its process runs. Only its own entry goes — the one a
+/// restart made since with the same PID stays (removing it made the new
+/// stand-in unknown: `checkpoint` of it answered "not a stand-in").
+fn forget_active(st: &ProcState, pid: i32, born: Option<u64>) {
+    let mut active = crate::sync::lock(&st.migration.standins.active);
+    if active
+        .get(&pid)
+        .is_some_and(|&(start, _)| Some(start) == born)
+    {
+        active.remove(&pid);
+    }
 }
 
 /// The signals pending in `pid` that its image holds, for the stand-in to
