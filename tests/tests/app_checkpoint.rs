@@ -352,18 +352,44 @@ fn another_users_part_is_refused(c: &TestCluster, chk: &Path, app: &App, moved: 
 /// restored stand-in (the same PID) for it, and kept the old session —
 /// and the old copy — alive for good (nothing flowed on it to find it
 /// broken).
+/// `sh -c SCRIPT` (a `sleep 1000 | cat` pipeline) through node 1, its
+/// sleep moved to node 2: ended, with what node 2 saves of it, when
+/// dropped.
+struct SleepMoved {
+    shell: std::process::Child,
+    sh: i32,
+    sleep: i32,
+    moved: i32,
+    /// Where node 2 saves the moved sleep.
+    saved_there: PathBuf,
+    _guards: (Vec<Job>, Saved),
+}
+
+fn sleep_moved(c: &TestCluster, script: &str) -> Result<SleepMoved> {
+    let (shell, sh, sleep, cat) = pipeline(c, script, &[], "sleep")?;
+    let mut jobs = vec![Job(sh), Job(sleep), Job(cat)];
+    let o = migrate(c, 1, &[&sleep.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(sleep);
+    jobs.push(Job(moved));
+    let saved_there = PathBuf::from("/var/chkpt").join(moved.to_string());
+    Ok(SleepMoved {
+        shell,
+        sh,
+        sleep,
+        moved,
+        saved_there: saved_there.clone(),
+        _guards: (jobs, Saved(saved_there)),
+    })
+}
+
 #[test]
 fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result<()> {
     let _g = serial();
     let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
     let chk = c.dir.path().join("chkpt");
-    let (mut shell, sh, sleep, cat) = pipeline(&c, "sleep 1000 | cat", &[], "sleep")?;
-    let _jobs = [Job(sh), Job(sleep), Job(cat)];
-    let o = migrate(&c, 1, &[&sleep.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let moved = moved_host_pid(sleep);
-    let _moved = Job(moved);
-    let _saved_there = Saved(PathBuf::from("/var/chkpt").join(moved.to_string()));
+    let mut app = sleep_moved(&c, "sleep 1000 | cat")?;
+    let (sh, sleep, moved) = (app.sh, app.sleep, app.moved);
     let dir = chk.display().to_string();
     let o = tool(
         &c,
@@ -371,7 +397,7 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
         &["--dir", &dir, "--kill", &sh.to_string()],
     );
     assert!(o.status.success(), "{}", err(&o));
-    shell.wait()?;
+    app.shell.wait()?;
     // (restart waits for the PIDs to be free)
     let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
     assert!(o.status.success(), "{}", err(&o));
@@ -421,15 +447,9 @@ fn a_failed_checkpoint_leaves_no_part_behind() -> Result<()> {
     let _g = serial();
     let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
     let chk = c.dir.path().join("chkpt");
-    let script = "exec 7</proc/self/stat; sleep 1000 7<&- | cat 7<&-";
-    let (_shell, sh, sleep, cat) = pipeline(&c, script, &[], "sleep")?;
-    let _jobs = [Job(sh), Job(sleep), Job(cat)];
-    let o = migrate(&c, 1, &[&sleep.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let moved = moved_host_pid(sleep);
-    let _moved = Job(moved);
-    let saved_there = PathBuf::from("/var/chkpt").join(moved.to_string());
-    let _saved_there = Saved(saved_there.clone());
+    let app = sleep_moved(&c, "exec 7</proc/self/stat; sleep 1000 7<&- | cat 7<&-")?;
+    let (sh, sleep, moved) = (app.sh, app.sleep, app.moved);
+    let saved_there = &app.saved_there;
     let dir = chk.display().to_string();
     let o = tool(&c, "checkpoint", &["--dir", &dir, &sh.to_string()]);
     assert!(!o.status.success());
