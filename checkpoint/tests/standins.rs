@@ -43,6 +43,12 @@ fn fd_link(pid: i32, fd: i32) -> String {
         .unwrap_or_default()
 }
 
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
+}
+
 fn ppid(pid: i32) -> i32 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     s.rsplit_once(") ")
@@ -70,11 +76,19 @@ fn a_stand_in_is_saved_as_one_and_made_again() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let sh = guard.add(spawn(cmd).id() as i32);
-    wait_until("the pipeline runs", || children(sh).len() == 2);
-    let kids = children(sh);
-    let is_krg = |p: &i32| environ(*p).iter().any(|v| v == "KRG_STANDIN=ab");
-    let stand_in = guard.add(*kids.iter().find(|p| is_krg(p)).unwrap());
-    let cat = guard.add(*kids.iter().find(|p| !is_krg(p)).unwrap());
+    // both children must have run exec: before it, a child is a copy of
+    // sh (its name and environment are sh's), so tell them apart only once
+    // one is called krg and carries the token and the other is cat
+    let is_krg = |p: i32| comm(p) == "krg" && environ(p).iter().any(|v| v == "KRG_STANDIN=ab");
+    let pick = || {
+        let kids = children(sh);
+        let krg = kids.iter().copied().find(|&p| is_krg(p))?;
+        let cat = kids.iter().copied().find(|&p| comm(p) == "cat")?;
+        Some((krg, cat))
+    };
+    wait_until("the pipeline runs", || pick().is_some());
+    let (stand_in, cat) = pick().unwrap();
+    let (stand_in, cat) = (guard.add(stand_in), guard.add(cat));
     let part = PartRef {
         node: 2,
         pid: stand_in,
