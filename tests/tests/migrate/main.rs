@@ -6,6 +6,9 @@
 //! refusals leave the process running, and a target killed mid-transfer
 //! leaves it running on the origin; the origin's `/metrics` count and time
 //! its migrations. Needs root.
+//!
+//! `memory`: every page arrives (pre-copy and post-copy); `faults`: a
+//! target killed or cut off mid-transfer, post-copy without its origin.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::os::unix::fs::PermissionsExt;
@@ -364,242 +367,6 @@ fn refusals_leave_the_process_running() -> Result<()> {
     Ok(())
 }
 
-/// 600 MiB of memory to carry: the target's krgd is killed while it is
-/// received; the origin's copy runs on.
-/// Stamps a generation into random pages of 64 MiB as fast as it can and
-/// keeps the expected generation of each page elsewhere in its memory;
-/// each line: iteration, PID, pages whose content differs from the record.
-/// Pages written all the time, during the copy made while it runs and the
-/// freeze: after the move (there and back) each page still holds what the
-/// process last wrote into it. `--timings` names the phases of both nodes.
-#[test]
-fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
-    let _g = serial();
-    let c = formed(2)?;
-    let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
-    let pid = job.0;
-    let o = migrate(&c, 1, &["--timings", &pid.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    for phase in ["dump.freeze", "dump.ship", "push", "target.restart.load"] {
-        assert!(
-            err(&o).contains(&format!("migrate: timings: {phase} ")),
-            "no {phase} in {}",
-            err(&o)
-        );
-    }
-    let mid = grows(&out, before);
-    let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
-    assert!(o.status.success(), "{}", err(&o));
-    grows(&out, mid + 3);
-    assert!(stamps_intact(&out, pid) > mid as usize);
-    Ok(())
-}
-
-/// The lines in `out`, whose first numbers must follow each other (`why`
-/// says what a gap or a repeat means).
-fn in_order(out: &Path, why: &str) -> String {
-    let text = std::fs::read_to_string(out).unwrap();
-    let nums: Vec<u64> = text
-        .lines()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{why}");
-    text
-}
-
-/// Post-copy (`--postcopy`): the process runs on the target before its
-/// memory is there, its pages pulled from the origin as it touches them
-/// and behind it; every page still holds what the process last wrote,
-/// there and back, and each origin drops its copy of the image once the
-/// target has it all.
-#[test]
-fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
-    let _g = serial();
-    let (c, port) = formed_with_metrics(2)?;
-    let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
-    let pid = job.0;
-    let o = migrate(&c, 1, &["--postcopy", "--json", &pid.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let rep: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-    assert_eq!(rep["to"], 2, "{rep}");
-    // the 64 MiB of page data did not go before the process ran there
-    let sent = rep["bytes"].as_u64().unwrap();
-    assert!(sent < 8 << 20, "{sent} bytes sent before the handover");
-    let mid = grows(&out, before);
-    let o = migrate(&c, 1, &["--postcopy", &format!("2:{pid}"), "1"]);
-    assert!(o.status.success(), "{}", err(&o));
-    grows(&out, mid + 3);
-    stamps_intact(&out, pid);
-    for node in [1, 2] {
-        c.wait_no_migration_image(node)?;
-    }
-    // node 1, the second move's target, counts the memory it pulled
-    let m = metrics(port);
-    let pulled = m["krg_migration_pulled_bytes_total"];
-    assert!(pulled >= (64 << 20) as f64, "pulled {pulled} bytes");
-    // and, as the target, waited for the cluster to place the process
-    assert!(m["krg_migration_placement_seconds_count"] >= 1.0, "{m:?}");
-    Ok(())
-}
-
-const BIG: &str = r#"
-import sys, time
-buf = bytearray(600 << 20)
-for i in range(0, len(buf), 4096):
-    buf[i] = 1
-f = open(sys.argv[1], "a", buffering=1)
-n = 0
-while True:
-    n += 1
-    f.write("%d\n" % n)
-    time.sleep(0.02)
-"#;
-
-/// Bytes of image data received under `dir` (sparse files count what is
-/// allocated).
-fn received(dir: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let m = e.metadata().ok()?;
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                n += m.blocks() * 512;
-            }
-        }
-    }
-    Some(n)
-}
-
-#[test]
-fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
-    let _g = serial();
-    let mut c = formed(2)?;
-    let (job, out, n) = movable(&c, BIG, "big.txt");
-    let pid = job.0;
-    let via = socket(&c, 1);
-    let mut m = Command::new(bin("migrate"))
-        .env("KRG_SOCKET", via)
-        .args([&pid.to_string(), "2"])
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // the image is on its way: its memory is sent while the process runs
-    let incoming = c.dir.path().join("data2/migrate/in");
-    wait_for(Duration::from_secs(60), "the image to arrive", || {
-        received(&incoming).filter(|&n| n >= 64 << 20).map(|_| ())
-    })?;
-    c.node(2)?.kill9();
-    let t = Instant::now();
-    let status = m.wait()?;
-    let mut e = String::new();
-    std::io::Read::read_to_string(m.stderr.as_mut().unwrap(), &mut e)?;
-    assert!(!status.success(), "{e}");
-    assert!(e.contains("keeps running on node 1"), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(40));
-    grows(&out, n);
-    assert_ne!(state(pid), Some('T'));
-    Ok(())
-}
-
-/// The target cut off by a network partition while the image is on its
-/// way (nodes in network namespaces on a bridge, the target's link
-/// down): no connection breaks, nothing answers. The majority marks the
-/// target failed within the failure detection time, and the migration
-/// gives up then, the process running on where it was.
-#[test]
-fn target_partitioned_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
-    let _g = serial();
-    let c = TestCluster::namespaces(3)?.formed(3, SETTLE)?;
-    // started in node 1's namespaces (a process of that node), then
-    // flagged there
-    let out = c.dir.path().join("big.txt");
-    let krgd1 = c.nodes[&1].pid().unwrap().to_string();
-    let mut cmd = Command::new("nsenter");
-    cmd.args(["-t", &krgd1, "-m", "-n", "--", "python3", "-c", BIG])
-        .arg(&out);
-    let mut child = detached_stdio(&mut cmd).spawn()?;
-    let job = Job(child.id() as i32);
-    std::thread::spawn(move || child.wait());
-    capset(&c, 1, job.0);
-    let n = grows(&out, 0);
-    let pid = job.0;
-    let mut m = Command::new(bin("migrate"))
-        .env("KRG_SOCKET", socket(&c, 1))
-        .args([&pid.to_string(), "3"])
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let incoming = c.dir.path().join("data3/migrate/in");
-    wait_for(Duration::from_secs(60), "the image to arrive", || {
-        if let Ok(Some(st)) = m.try_wait() {
-            let mut e = String::new();
-            let _ = std::io::Read::read_to_string(m.stderr.as_mut()?, &mut e);
-            panic!("migrate ended before the cut ({st}): {e}");
-        }
-        received(&incoming).filter(|&n| n >= 64 << 20).map(|_| ())
-    })?;
-    c.lab.as_ref().expect("lab").isolate(3)?;
-    let t = Instant::now();
-    let status = m.wait()?;
-    let took = t.elapsed();
-    let mut e = String::new();
-    std::io::Read::read_to_string(m.stderr.as_mut().unwrap(), &mut e)?;
-    eprintln!("migrate ended {took:?} after the cut: {e}");
-    assert!(!status.success(), "{e}");
-    assert!(e.contains("keeps running on node 1"), "{e}");
-    assert!(e.contains("node 3 failed"), "{e}");
-    // the failure timeout (1 s) and the majority's agreement, with room
-    // for a loaded machine; the step timeout (30 s) is what it was before
-    assert!(took < Duration::from_secs(8), "{took:?}: {e}");
-    grows(&out, n);
-    assert_ne!(state(pid), Some('T'));
-    Ok(())
-}
-
-/// Post-copy's price: the origin's krgd killed while the target still
-/// pulls the memory. The process on the target cannot be completed: it is
-/// killed (not left running on pages of zeros, nor hanging on a fault
-/// forever), and the target's krgd goes on.
-#[test]
-fn postcopy_without_its_origin_ends_the_process() -> Result<()> {
-    let _g = serial();
-    let mut c = formed(2)?;
-    let (job, _out, _) = movable(&c, BIG, "big.txt");
-    let pid = job.0;
-    let o = migrate(&c, 1, &["--postcopy", &pid.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    c.node(1)?.kill9();
-    wait_for(Duration::from_secs(60), "the process to be ended", || {
-        matches!(state(pid), None | Some('Z')).then_some(())
-    })?;
-    c.krgadm_ok(2, &["nodes", "status"])?;
-    Ok(())
-}
-
-/// Post-copy, the target's krgd killed after the handover, as it is about
-/// to restore: the origin still has the whole image and takes the process
-/// back, every page as it was.
-#[test]
-fn postcopy_target_killed_after_the_handover_falls_back() -> Result<()> {
-    let _g = serial();
-    let mut c = TestCluster::loopback(2)?;
-    let crash = c.arm_crash_points();
-    let c = c.formed(2, SETTLE)?;
-    let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
-    let pid = job.0;
-    std::fs::write(&crash, "krgd-postcopy-commit")?;
-    let o = migrate(&c, 1, &["--postcopy", &pid.to_string(), "2"]);
-    assert!(!o.status.success(), "{}", err(&o));
-    assert!(err(&o).contains("run on node 1 again"), "{}", err(&o));
-    assert!(!crash.exists(), "the crash point did not fire");
-    grows(&out, before + 3);
-    stamps_intact(&out, pid);
-    assert_ne!(state(pid), Some('T'));
-    Ok(())
-}
-
 /// A holder of the cluster key that is not a member (a krgd outside the
 /// cluster, node 9) cannot push an image, nor feed or commit a transfer.
 #[test]
@@ -689,3 +456,52 @@ fn an_outsider_cannot_push_an_image() -> Result<()> {
     assert!(!c.dir.path().join("data1/migrate/in").join("9-1").exists());
     Ok(())
 }
+
+/// 600 MiB of memory and a line every 20 ms: a transfer long enough to
+/// cut in the middle.
+const BIG: &str = r#"
+import sys, time
+buf = bytearray(600 << 20)
+for i in range(0, len(buf), 4096):
+    buf[i] = 1
+f = open(sys.argv[1], "a", buffering=1)
+n = 0
+while True:
+    n += 1
+    f.write("%d\n" % n)
+    time.sleep(0.02)
+"#;
+
+/// Bytes of image data received under `dir` (sparse files count what is
+/// allocated).
+fn received(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let m = e.metadata().ok()?;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                n += m.blocks() * 512;
+            }
+        }
+    }
+    Some(n)
+}
+
+/// The lines in `out`, whose first numbers must follow each other (`why`
+/// says what a gap or a repeat means).
+fn in_order(out: &Path, why: &str) -> String {
+    let text = std::fs::read_to_string(out).unwrap();
+    let nums: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{why}");
+    text
+}
+
+mod faults;
+mod memory;
