@@ -28,6 +28,9 @@
 #     node 1's krgd (nodes 2-4 find it served and go without), and `krg`
 #     (run, ps, kill, push, get) in /usr/local/sbin.
 # `up` starts from empty state every time (it wipes /var/lib/krg-local).
+# KRG_LOCAL_DATA=DIR puts that state (the kDFS stores among it) in DIR
+# instead, e.g. on a journaled ext4 (kDFS creates are slow on ext4 without
+# a journal, see docs/kdfs.md); give the same DIR to `down`.
 # KRG_LOCAL_INSTALLED=1 runs the binaries of the installed Debian package
 # (packaging/deb/build.sh; /usr/sbin, /usr/bin, /sbin) instead of building.
 #
@@ -52,7 +55,7 @@ NS_PREFIX=krgl-n
 if [ "$(id -u)" = 0 ]; then
     ROOT=1
     STATE_DIR=/run/krg-local
-    DATA_DIR=/var/lib/krg-local
+    DATA_DIR=${KRG_LOCAL_DATA:-/var/lib/krg-local}
     SOCK_DIR=/run/krg
     BIN=/usr/local/sbin
 else
@@ -424,7 +427,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     setfacl -m u:nobody:--- /mnt/kdfs/node1/services ; setpriv --reuid=nobody --regid=nogroup --clear-groups cat /mnt/kdfs/node3/services
                                                 # Permission denied on every node: ACLs are enforced
     head -c 1M /dev/urandom > /mnt/kdfs/node2/held ; exec 7</mnt/kdfs/node3/held ; rm /mnt/kdfs/node1/held
-    kill -9 \$(pgrep -f '^/sbin/mount.kdfs /var/lib/krg-local/kdfs3 ') ; sleep 12 ; ip netns exec krgl-n2 curl -s http://127.0.0.1:7690/metrics | grep reaped_total
+    kill -9 \$(pgrep -f '^/sbin/mount.kdfs $DATA_DIR/kdfs3 ') ; sleep 12 ; ip netns exec krgl-n2 curl -s http://127.0.0.1:7690/metrics | grep reaped_total
                                                 # node 3's mount died holding node 2's file open: node 2 closes its handle
                                                 # after a lease (10 s) and frees the unlinked file (last: node 3 has no mount now)
 
@@ -484,6 +487,10 @@ EOF
 }
 
 do_up() {
+    # `up` wipes DATA_DIR: never a directory that holds something else
+    if [ -n "$(ls -A "$DATA_DIR" 2>/dev/null)" ] && [ ! -e "$DATA_DIR/cluster.key" ]; then
+        die "$DATA_DIR is not empty and holds no local cluster (no cluster.key): not wiping it"
+    fi
     if [ -s "$STATE" ]; then
         say "a local cluster is already recorded in $STATE: stopping it first"
         do_down
