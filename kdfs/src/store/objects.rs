@@ -25,7 +25,7 @@ use krg_proto::kdfs::{
 };
 use krg_proto::NodeId;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
-use nix::sys::stat::{self, fchmodat, fstatat, mkdirat, mknodat, FileStat, Mode, SFlag};
+use nix::sys::stat::{self, fstatat, mkdirat, mknodat, FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
@@ -228,9 +228,8 @@ impl Objects {
 
     /// chmod of object `name`, which is not a symlink (refused if it is).
     fn chmod(&self, name: &str, mode: u32) -> Res<()> {
-        let mode = Mode::from_bits_truncate((mode & 0o7777) as libc::mode_t);
-        let flags = stat::FchmodatFlags::NoFollowSymlink;
-        Ok(fchmodat(self.fd(), name, mode, flags)?)
+        let mode = (mode & 0o7777) as libc::mode_t;
+        Ok(sys::chmod_nofollow(self.fd(), OsStr::new(name), mode)?)
     }
 
     /// After a chmod of object `name` to `mode`: its access ACL, if it has
