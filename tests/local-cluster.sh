@@ -30,7 +30,8 @@
 # `up` starts from empty state every time (it wipes /var/lib/krg-local).
 # KRG_LOCAL_DATA=DIR puts that state (the kDFS stores among it) in DIR
 # instead, e.g. on a journaled ext4 (kDFS creates are slow on ext4 without
-# a journal, see docs/kdfs.md); give the same DIR to `down`.
+# a journal, see docs/kdfs.md); `down` needs nothing (it undoes what the
+# state file recorded).
 # KRG_LOCAL_INSTALLED=1 runs the binaries of the installed Debian package
 # (packaging/deb/build.sh; /usr/sbin, /usr/bin, /sbin) instead of building.
 #
