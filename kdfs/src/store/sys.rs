@@ -156,12 +156,18 @@ pub fn chmod_nofollow(dir: BorrowedFd, name: &OsStr, mode: libc::mode_t) -> io::
     Ok(nix::sys::stat::fchmodat(dir, name, mode, flags)?)
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
+/// A libc call's result as an `io::Result` (negative: errno).
+fn result(r: isize) -> io::Result<isize> {
+    if r < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(r)
     }
+}
+
+/// [`result`] of a call that returns only success or failure.
+fn check(ret: libc::c_int) -> io::Result<()> {
+    result(ret as isize).map(drop)
 }
 
 /// Read a u64 kept in xattr `key` of `name` in `dir` (not following a
@@ -205,15 +211,6 @@ fn read_sized(
             Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// A libc call's result as an `io::Result`.
-fn result(r: isize) -> io::Result<isize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
     }
 }
 
