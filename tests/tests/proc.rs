@@ -490,3 +490,29 @@ fn jobs_start_from_the_zygote_and_a_killed_zygote_is_replaced() -> Result<()> {
     assert_ne!(second, first);
     Ok(())
 }
+
+/// A job's `/proc` shows its own PID namespace: `/proc/$$` is the shell
+/// itself, `/proc/1` its init, and no process of the node is listed; the
+/// node's `/proc` is untouched by the jobs' mounts.
+#[test]
+fn a_job_sees_its_own_processes_in_proc() -> Result<()> {
+    let _g = serial();
+    let c = one_node()?;
+    let script = "cat /proc/$$/comm /proc/1/comm; ls -d /proc/[0-9]* | wc -l";
+    let o = out(c.krg(1)?.args(["run", "--", "sh", "-c", script]));
+    assert!(o.status.success(), "{:?}", text(&o));
+    let (stdout, _) = text(&o);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["sh", "krg-init"], "{stdout}");
+    // the init, the shell, ls (and wc, which may have ended): never the
+    // node's hundreds
+    let listed: usize = lines[2].trim().parse()?;
+    assert!((2..=4).contains(&listed), "{stdout}");
+    // The node's /proc is still the node's: no job's mount reached it.
+    let me = std::fs::read_link("/proc/self")?;
+    assert_eq!(me.to_string_lossy(), std::process::id().to_string());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let procs = mounts.lines().filter(|l| l.contains(" /proc ")).count();
+    assert_eq!(procs, 1, "{mounts}");
+    Ok(())
+}

@@ -22,7 +22,8 @@
 //! - [`memory`] — mappings, shared memory (copied while frozen)
 //! - [`cow`] — pages a child still shares with its parent since a fork
 //! - [`sysv`] — SysV IPC objects
-//! - [`pidns`] — the PIDs of a tree in a PID namespace below ours
+//! - [`pidns`] — the PIDs of a tree in a PID namespace below ours;
+//!   [`mntns`] the mounts of such a tree's own mount namespace
 //! - [`standins`] — stand-ins of processes that moved to other nodes
 //! - [`write`] — the files of the SN, once the tree runs again
 
@@ -39,6 +40,7 @@ mod held;
 mod inflight;
 mod inotify;
 mod memory;
+mod mntns;
 mod mqueue;
 mod pages;
 mod pidns;

@@ -5,12 +5,15 @@
 //! The image records the PIDs of krgd's namespace at dump time; the map
 //! gives each its number in the job's namespace ([`translate`]). Then a
 //! child of restart enters the job's namespace (setns on restart, then
-//! fork), takes a mount namespace of its own with a `/proc` of the job's
-//! namespace, and runs the usual restore there ([`inside`]): every PID it
-//! forks with, ptraces and reads in `/proc` is the job's own. The restored
-//! root enters restart's mount namespace again before anything else (its
-//! children inherit it), so the job sees the node's mounts, not the
-//! restorer's. When the restorer exits, the root is re-parented to the
+//! fork) and the job's mount namespace, where the init mounted a `/proc`
+//! of the job's namespace (krg-init's `own_proc`), and runs the usual
+//! restore there ([`inside`]): every PID it forks with, ptraces and reads
+//! in `/proc` is the job's own, and the restored tasks stay in the job's
+//! mount namespace, seeing its `/proc` as they did before they moved. An
+//! init without a mount namespace of its own (an older krg-init) gets the
+//! old way: the restorer takes a private namespace with such a `/proc`,
+//! and the restored root enters restart's mount namespace again before
+//! anything else. When the restorer exits, the root is re-parented to the
 //! job's init.
 
 use std::collections::HashMap;
@@ -93,8 +96,8 @@ fn errno(op: &str, pid: i32, e: nix::errno::Errno) -> ChkptError {
 /// namespace (the server is a child of the restorer, so a process of the
 /// job's namespace, re-parented to its init when the restorer exits).
 /// `wanted` are the PIDs the tree needs: the child's own PID in the
-/// namespace must not be one of them. `restore` is given an fd on
-/// restart's mount namespace, for the root to enter.
+/// namespace must not be one of them. `restore` is given an fd on the
+/// mount namespace the root is to be in (the job's).
 pub fn inside(
     init: i32,
     wanted: &[i32],
@@ -130,7 +133,7 @@ pub fn inside(
     }
     if child == 0 {
         drop((rd, server_rx));
-        let text = match in_child(wanted, restore) {
+        let text = match in_child(init, wanted, restore) {
             Ok(r) => match r.server.map(|pid| send_server_pid(&server_tx, pid)) {
                 Some(Err(e)) => format!("err {e}"),
                 _ => {
@@ -232,8 +235,13 @@ fn recv_server_pid(rx: &OwnedFd) -> Option<i32> {
     })
 }
 
-/// The child: its own mount namespace and `/proc`, then the restore.
-fn in_child(wanted: &[i32], restore: impl FnOnce(i32) -> Result<Restored>) -> Result<Restored> {
+/// The child: into the job's mount namespace (or one of its own with a
+/// `/proc` of the job's PID namespace), then the restore.
+fn in_child(
+    init: i32,
+    wanted: &[i32],
+    restore: impl FnOnce(i32) -> Result<Restored>,
+) -> Result<Restored> {
     // SAFETY: prctl and getpid take no pointers.
     let me = unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -242,8 +250,33 @@ fn in_child(wanted: &[i32], restore: impl FnOnce(i32) -> Result<Restored>) -> Re
     if wanted.contains(&me) {
         return Err(ChkptError::PidTaken(me));
     }
-    let path = "/proc/self/ns/mnt";
-    let home = std::fs::File::open(path).map_err(|e| ChkptError::io(path, e))?;
+    let ours = ns_file("/proc/self/ns/mnt")?;
+    let jobs = ns_file(&format!("/proc/{init}/ns/mnt"))?;
+    if ns_ino(&jobs)? == ns_ino(&ours)? {
+        own_proc(me)?;
+        return restore(ours.as_raw_fd());
+    }
+    // SAFETY: setns on an fd we opened, in a single-threaded child.
+    if unsafe { libc::setns(jobs.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(sys("setns into the job's mount namespace", init));
+    }
+    restore(jobs.as_raw_fd())
+}
+
+fn ns_file(path: &str) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| ChkptError::io(path, e))
+}
+
+fn ns_ino(f: &std::fs::File) -> Result<u64> {
+    let md = f
+        .metadata()
+        .map_err(|e| ChkptError::io("a namespace file", e))?;
+    Ok(std::os::unix::fs::MetadataExt::ino(&md))
+}
+
+/// A private mount namespace with a `/proc` of the PID namespace this
+/// process is in (for an init that has no mount namespace of its own).
+fn own_proc(me: i32) -> Result<()> {
     // SAFETY: unshare and mount with constant, NUL-terminated strings.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
@@ -270,5 +303,5 @@ fn in_child(wanted: &[i32], restore: impl FnOnce(i32) -> Result<Restored>) -> Re
             return Err(sys("mount proc of the job's namespace", me));
         }
     }
-    restore(home.as_raw_fd())
+    Ok(())
 }

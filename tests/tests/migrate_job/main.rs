@@ -45,8 +45,9 @@ threading.Thread(target=tick, daemon=True).start()
     };
 }
 
-/// Echoes its input with its PID, says "usr1" on SIGUSR1, ticks every
-/// 50 ms, exits 7 on "quit".
+/// Echoes its input with its PID and whether its `/proc` is its own (its
+/// `/proc/self` names the PID it knows itself by), says "usr1" on
+/// SIGUSR1, ticks every 50 ms, exits 7 on "quit".
 const ECHO: &str = concat!(
     r#"
 import os, signal, sys, threading, time
@@ -58,7 +59,8 @@ for line in sys.stdin:
     line = line.strip()
     if line == "quit":
         sys.exit(7)
-    say("got: %s pid=%d" % (line, os.getpid()))
+    own = os.readlink("/proc/self") == str(os.getpid())
+    say("got: %s pid=%d own-proc=%s" % (line, os.getpid(), own))
 "#
 );
 
@@ -218,7 +220,10 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     let pid = python_on(&c, 1).expect("the job on node 1 in krg ps");
     run.send("before");
     let before = run.wait_line("got: before");
-    assert!(before.ends_with(&format!("pid={pid}")), "{before}");
+    assert!(
+        before.ends_with(&format!("pid={pid} own-proc=True")),
+        "{before}"
+    );
     let host = host_pid_with_arg(ECHO).expect("the job's python");
     let o = Command::new(bin("krgcapset"))
         .env("KRG_SOCKET", socket(&c))
@@ -239,7 +244,10 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     run.wait_line("tick");
     run.send("after");
     let after = run.wait_line("got: after");
-    assert!(after.ends_with(&format!("pid={pid}")), "{after}");
+    assert!(
+        after.ends_with(&format!("pid={pid} own-proc=True")),
+        "{after}"
+    );
     // a signal to krg run reaches it where it runs now
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(run.child.id() as i32, libc::SIGUSR1) };
@@ -249,7 +257,10 @@ fn a_krg_run_job_moves_and_its_user_sees_no_difference() -> Result<()> {
     moved(&c, &[], pid, 2, 1);
     run.send("home");
     let home = run.wait_line("got: home");
-    assert!(home.ends_with(&format!("pid={pid}")), "{home}");
+    assert!(
+        home.ends_with(&format!("pid={pid} own-proc=True")),
+        "{home}"
+    );
     run.send("quit");
     let status = run.child.wait()?;
     assert_eq!(status.code(), Some(7), "{status:?}");
@@ -321,7 +332,10 @@ fn a_target_that_dies_during_the_handover_leaves_the_job_home() -> Result<()> {
     assert_eq!(python_on(&c, 1), Some(pid), "krg ps: {:?}", ps(&c));
     run.send("home");
     let home = run.wait_line("got: home");
-    assert!(home.ends_with(&format!("pid={pid}")), "{home}");
+    assert!(
+        home.ends_with(&format!("pid={pid} own-proc=True")),
+        "{home}"
+    );
     run.send("quit");
     assert_eq!(run.child.wait()?.code(), Some(7));
     Ok(())

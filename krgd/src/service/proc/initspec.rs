@@ -91,6 +91,8 @@ pub enum Stage {
     Open = 7,
     /// execve.
     Exec = 8,
+    /// The job's mount namespace and `/proc`.
+    Proc = 9,
 }
 
 impl Stage {
@@ -104,6 +106,7 @@ impl Stage {
             6 => Stage::Terminal,
             7 => Stage::Open,
             8 => Stage::Exec,
+            9 => Stage::Proc,
             _ => return None,
         })
     }

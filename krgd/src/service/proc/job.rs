@@ -223,6 +223,10 @@ fn explain(stage: Stage, errno: i32, spec: &JobSpec, node: NodeId) -> AdminError
             ErrorKind::PermissionDenied,
             format!("cannot take the user's credentials: {e}"),
         ),
+        (Stage::Proc, _) => (
+            ErrorKind::Internal,
+            format!("cannot give the job a mount namespace and /proc of its own: {e}"),
+        ),
         (stage, _) => (
             ErrorKind::Internal,
             format!("the job's init failed ({stage:?}): {e}"),
