@@ -436,6 +436,7 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     krg run -n 3 -- sh -c 'ip -o -4 addr show | grep -o "10.77.0.[0-9]*"'   # runs in node 3's network
     krg run -a -- sh -c 'ip -o -4 addr show | grep -o "10.77.0.[0-9]*"'     # every node, lines prefixed
     krg run -a -b -- uname -r                  # identical outputs gathered
+    krg run -n 2 -- ps -ef                     # a job's own /proc: its init (PID 1) and ps, nothing of the node's
     krg run -n 2 -- sleep 600 &                # then, from any node:
     krg ps                                     # NODE PID USER %CPU RSS STAT TIME COMMAND
     krg kill -TERM 2:PID                       # NODE:PID as krg ps shows it

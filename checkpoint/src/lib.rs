@@ -11,7 +11,8 @@
 //! woken only by the events it needs through `connfilter`;
 //! [`capclient`] asks krgd about it. [`standin`] turns a process that
 //! moved into its stand-in on the node it left. [`nodepid`] is the
-//! `[NODE:]PID` of the command lines.
+//! `[NODE:]PID` of the command lines. [`ownproc`] gives a krg job a
+//! `/proc` of its own.
 //!
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
 //! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
@@ -34,6 +35,7 @@ pub mod image;
 mod ipc;
 mod netlock;
 pub mod nodepid;
+pub mod ownproc;
 pub mod procfs;
 mod ptrace;
 mod ranges;

@@ -347,3 +347,67 @@ fn the_init_of_a_pid_namespace_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// A root job that mounted something in its own mount namespace holds
+/// paths that would name other files where it is restored: its checkpoint
+/// is refused, naming the mount, and the job runs on. (Without the check
+/// a file it had opened on its tmpfs came back as the node's file of that
+/// name, or as nothing.)
+#[test]
+fn a_job_with_a_mount_of_its_own_is_refused() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(1)?.formed(1, SETTLE)?;
+    let over = c.dir.path().join("over");
+    std::fs::create_dir(&over)?;
+    let go = c.dir.path().join("go");
+    let job = format!(
+        "mount -t tmpfs krg-test {over} && exec 3>{over}/f && while :; do echo x; sleep 0.1; done",
+        over = over.display()
+    );
+    let sh = format!(
+        "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 1 -- sh -c '{job}'",
+        go = go.display(),
+        krg = bin("krg").display()
+    );
+    let mut shell = Command::new("sh")
+        .args(["-c", &sh])
+        .env("KRG_SOCKET", socket(&c, 1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let _shell = Job(shell.id() as i32);
+    let out = lines_of(shell.stdout.take().unwrap());
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args(["-k", &shell.id().to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    std::fs::write(&go, b"")?;
+    next_lines(&out, 2);
+    let program = wait_for(Duration::from_secs(5), "the job's program", || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmd.starts_with(b"sh\0-c\0mount -t tmpfs krg-test")
+                .then_some(pid)
+        })
+    })?;
+    let o = tool(
+        &c,
+        1,
+        "checkpoint",
+        &c.dir.path().join("chkpt"),
+        &[&program.to_string()],
+    );
+    assert!(!o.status.success());
+    let want = format!("{} (tmpfs) is mounted only there", over.display());
+    assert!(
+        err(&o).contains("mounts differ from the node's") && err(&o).contains(&want),
+        "{}",
+        err(&o)
+    );
+    // the node never saw the job's mount, and the job runs on
+    assert!(std::fs::read_dir(&over)?.next().is_none());
+    next_lines(&out, 2);
+    Ok(())
+}

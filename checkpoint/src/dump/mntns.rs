@@ -1,6 +1,6 @@
 //! The mount namespace of a `krg run` job: a copy of the node's with a
-//! `/proc` of the job's PID namespace mounted over the node's (krg-init's
-//! `own_proc`). Such a tree may be saved: every path it holds names the
+//! `/proc` of the job's PID namespace mounted over the node's ([`crate::ownproc`],
+//! by its init). Such a tree may be saved: every path it holds names the
 //! same file as it does for checkpoint, and restart gives it the same kind
 //! of namespace. Any other difference (a mount the job made, or one the
 //! node made since the job started that did not reach it) would make a

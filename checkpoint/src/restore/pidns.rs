@@ -6,12 +6,12 @@
 //! gives each its number in the job's namespace ([`translate`]). Then a
 //! child of restart enters the job's namespace (setns on restart, then
 //! fork) and the job's mount namespace, where the init mounted a `/proc`
-//! of the job's namespace (krg-init's `own_proc`), and runs the usual
+//! of the job's namespace ([`crate::ownproc`]), and runs the usual
 //! restore there ([`inside`]): every PID it forks with, ptraces and reads
 //! in `/proc` is the job's own, and the restored tasks stay in the job's
 //! mount namespace, seeing its `/proc` as they did before they moved. An
 //! init without a mount namespace of its own (an older krg-init) gets the
-//! old way: the restorer takes a private namespace with such a `/proc`,
+//! old way: the restorer takes a namespace of its own with such a `/proc`,
 //! and the restored root enters restart's mount namespace again before
 //! anything else. When the restorer exits, the root is re-parented to the
 //! job's init.
@@ -274,34 +274,12 @@ fn ns_ino(f: &std::fs::File) -> Result<u64> {
     Ok(std::os::unix::fs::MetadataExt::ino(&md))
 }
 
-/// A private mount namespace with a `/proc` of the PID namespace this
-/// process is in (for an init that has no mount namespace of its own).
+/// A mount namespace with a `/proc` of the PID namespace this process is
+/// in (for an init that has no mount namespace of its own).
 fn own_proc(me: i32) -> Result<()> {
-    // SAFETY: unshare and mount with constant, NUL-terminated strings.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(sys("unshare(CLONE_NEWNS)", me));
-        }
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(sys("mount --make-rprivate /", me));
-        }
-        if libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(sys("mount proc of the job's namespace", me));
-        }
-    }
-    Ok(())
+    crate::ownproc::enter().map_err(|(op, e)| ChkptError::Sys {
+        op: op.into(),
+        pid: me,
+        err: e,
+    })
 }

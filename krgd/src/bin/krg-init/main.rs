@@ -15,14 +15,13 @@
 //! directory or opens anything, and executes the program (or copies a file
 //! for `krg push` / `krg get`): see [`program`]. Failures of those steps
 //! reach krgd as (stage, errno) through a close-on-exec pipe. Before all
-//! that it gives the job a `/proc` of its namespace ([`own_proc`]).
+//! that it gives the job a `/proc` of its namespace (`checkpoint::ownproc`).
 //!
 //! Started with a seqpacket socket as descriptor 0 and no spec, it is the
 //! zygote instead: it forks each job's init for krgd
 //! (`krgd::service::proc::zygote`), which then goes on here as above.
 
 mod handoff;
-mod own_proc;
 mod program;
 
 use std::ffi::CString;
@@ -103,10 +102,10 @@ fn cstring(bytes: &[u8]) -> Result<CString, i32> {
 /// Start the program, then forward signals and reap until it ends.
 /// Returns the init's exit code.
 fn run(spec: &InitSpec) -> i32 {
-    if let Err(errno) = own_proc::mount() {
+    if let Err((_, e)) = checkpoint::ownproc::enter() {
         report(InitEvent::Failed {
             stage: Stage::Proc,
-            errno,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
         });
         return 1;
     }
