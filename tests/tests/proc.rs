@@ -516,3 +516,53 @@ fn a_job_sees_its_own_processes_in_proc() -> Result<()> {
     assert_eq!(procs, 1, "{mounts}");
     Ok(())
 }
+
+/// Where the node's mounts propagate (`shared`, as systemd makes them), a
+/// mount the node makes while a job runs reaches the job, and a mount the
+/// job makes (its `/proc`, or root's own) never reaches the node.
+#[test]
+fn the_nodes_later_mounts_reach_a_job_and_the_jobs_stay_in_it() -> Result<()> {
+    let _g = serial();
+    let c = one_node()?;
+    let base = c.dir.path().join("shared");
+    std::fs::create_dir_all(base.join("mine"))?;
+    std::fs::create_dir_all(base.join("later"))?;
+    let sh = |cmd: &str| {
+        let o = out(Command::new("sh").args(["-c", cmd]));
+        assert!(o.status.success(), "{cmd}: {:?}", text(&o));
+    };
+    let b = base.display().to_string();
+    sh(&format!("mount --bind {b} {b} && mount --make-shared {b}"));
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").args(["-R", "-l", &self.0]).status();
+        }
+    }
+    let _unmount = Unmount(b.clone());
+    let script = format!(
+        "for i in $(seq 100); do [ -e {b}/later/flag ] && break; sleep 0.05; done; \
+         [ -e {b}/later/flag ] && echo seen; \
+         mount -t tmpfs krg-job {b}/mine && echo mounted; sleep 1"
+    );
+    let mut job = KillOnDrop(
+        c.krg(1)?
+            .args(["run", "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(job.0.stdout.take().unwrap()));
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&format!(
+        "mount -t tmpfs krg-node {b}/later && touch {b}/later/flag"
+    ));
+    assert_eq!(lines.next().transpose()?.as_deref(), Some("seen"));
+    assert_eq!(lines.next().transpose()?.as_deref(), Some("mounted"));
+    // the job's tmpfs is mounted (it sleeps): not on the node
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(!mounts.contains(&format!("{b}/mine ")), "{mounts}");
+    assert!(!mounts.contains("krg-job"), "{mounts}");
+    assert!(job.0.wait()?.success());
+    Ok(())
+}
