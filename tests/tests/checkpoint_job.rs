@@ -251,6 +251,37 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
     Ok(())
 }
 
+/// `krg run -n NODE -- sh -c JOB` started through node 1 by a shell
+/// that holds CHECKPOINTABLE (so the job does): the shell (it executed
+/// `krg run`) and the job's output lines, two of them read already.
+fn checkpointable_job(
+    c: &TestCluster,
+    node: u32,
+    job: &str,
+) -> Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+    let go = c.dir.path().join("go");
+    let sh = format!(
+        "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n {node} -- sh -c '{job}'",
+        go = go.display(),
+        krg = bin("krg").display()
+    );
+    let mut shell = Command::new("sh")
+        .args(["-c", &sh])
+        .env("KRG_SOCKET", socket(c, 1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = lines_of(shell.stdout.take().unwrap());
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(c, 1))
+        .args(["-k", &shell.id().to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    std::fs::write(&go, b"")?;
+    next_lines(&out, 2);
+    Ok((shell, out))
+}
+
 /// A `krg run` job started from a CHECKPOINTABLE shell is CHECKPOINTABLE
 /// too, as a child of that shell would be, on another node as well: its
 /// program is checkpointed where it runs.
@@ -258,26 +289,7 @@ fn a_moved_process_is_checkpointed_where_it_runs_and_restarted_as_a_job() -> Res
 fn a_krg_run_job_inherits_checkpointable_from_its_shell() -> Result<()> {
     let _g = serial();
     let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
-    let go = c.dir.path().join("go");
-    let sh = format!(
-        "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 2 -- sh -c 'while :; do echo x; sleep 0.1; done'",
-        go = go.display(),
-        krg = bin("krg").display()
-    );
-    let mut shell = Command::new("sh")
-        .args(["-c", &sh])
-        .env("KRG_SOCKET", socket(&c, 1))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let out = lines_of(shell.stdout.take().unwrap());
-    let o = Command::new(bin("krgcapset"))
-        .env("KRG_SOCKET", socket(&c, 1))
-        .args(["-k", &shell.id().to_string(), "-d", "+CHECKPOINTABLE"])
-        .output()?;
-    assert!(o.status.success(), "{}", err(&o));
-    std::fs::write(&go, b"")?;
-    next_lines(&out, 2);
+    let (mut shell, _out) = checkpointable_job(&c, 2, "while :; do echo x; sleep 0.1; done")?;
     let program = job_program()?;
     let _program = Job(program);
     let o = tool(
@@ -359,31 +371,12 @@ fn a_job_with_a_mount_of_its_own_is_refused() -> Result<()> {
     let c = TestCluster::loopback(1)?.formed(1, SETTLE)?;
     let over = c.dir.path().join("over");
     std::fs::create_dir(&over)?;
-    let go = c.dir.path().join("go");
     let job = format!(
         "mount -t tmpfs krg-test {over} && exec 3>{over}/f && while :; do echo x; sleep 0.1; done",
         over = over.display()
     );
-    let sh = format!(
-        "while [ ! -e {go} ]; do sleep 0.02; done; exec {krg} run -n 1 -- sh -c '{job}'",
-        go = go.display(),
-        krg = bin("krg").display()
-    );
-    let mut shell = Command::new("sh")
-        .args(["-c", &sh])
-        .env("KRG_SOCKET", socket(&c, 1))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let (shell, out) = checkpointable_job(&c, 1, &job)?;
     let _shell = Job(shell.id() as i32);
-    let out = lines_of(shell.stdout.take().unwrap());
-    let o = Command::new(bin("krgcapset"))
-        .env("KRG_SOCKET", socket(&c, 1))
-        .args(["-k", &shell.id().to_string(), "-d", "+CHECKPOINTABLE"])
-        .output()?;
-    assert!(o.status.success(), "{}", err(&o));
-    std::fs::write(&go, b"")?;
-    next_lines(&out, 2);
     let program = wait_for(Duration::from_secs(5), "the job's program", || {
         std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
