@@ -168,10 +168,13 @@ fn refuse_unsaved_state(pid: i32, pidns: bool) -> Result<()> {
         }
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
-        if theirs.is_some() && ours.is_some() && theirs != ours && pidns && ns == "mnt" {
+        if theirs.is_none() || ours.is_none() || theirs == ours {
+            continue;
+        }
+        if pidns && ns == "mnt" {
             // a job's own namespace, for its /proc
             super::mntns::check_job_mounts(pid)?;
-        } else if theirs.is_some() && ours.is_some() && theirs != ours {
+        } else {
             return Err(ChkptError::unsupported(
                 pid,
                 format!("a process in another {ns} namespace"),

@@ -19,7 +19,7 @@ pub fn check_job_mounts(pid: i32) -> Result<()> {
     let ours = procfs::read_to_string("/proc/self/mountinfo")?;
     let theirs = procfs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .map_err(|_| ChkptError::NoSuchProcess(pid))?;
-    let ours = mounts(&ours);
+    let mut ours = mounts(&ours);
     let mut theirs = mounts(&theirs);
     // the job's /proc: the last proc mounted on /proc
     let own = theirs
@@ -27,7 +27,6 @@ pub fn check_job_mounts(pid: i32) -> Result<()> {
         .rposition(|m| m.2 == "/proc" && m.3 == "proc")
         .ok_or_else(|| refuse(pid, "it has no /proc of its own".into()))?;
     theirs.remove(own);
-    let (mut ours, mut theirs) = (ours, theirs);
     ours.sort();
     theirs.sort();
     if let Some(m) = theirs.iter().find(|m| !ours.contains(m)) {
