@@ -530,8 +530,8 @@ pid_is() {
     [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
 }
 
-stop_pid() {
-    local pid=$1 comm=$2 i
+term_pid() {
+    local pid=$1 comm=$2
     pid_is "$pid" "$comm" || return 0
     # The demo job leads its own process group (with its `sleep`).
     if [ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ]; then
@@ -539,6 +539,12 @@ stop_pid() {
     else
         kill -TERM "$pid" 2>/dev/null || true
     fi
+}
+
+stop_pid() {
+    local pid=$1 comm=$2 i
+    pid_is "$pid" "$comm" || return 0
+    term_pid "$pid" "$comm"
     for i in $(seq 50); do
         pid_is "$pid" "$comm" || return 0
         sleep 0.2
@@ -563,7 +569,13 @@ do_down() {
         fi
     done <"$STATE"
     # Processes, newest first (demo job, mount.kdfs servers, then the krgds;
-    # krgd unmounts its scheduler tree on SIGTERM).
+    # krgd unmounts its scheduler tree on SIGTERM). The krgds are told all
+    # at once: each stops its jobs before it unmounts its trees, and a job
+    # of one node holds copies of every node's trees (its own mount
+    # namespace, on a host whose mounts are private).
+    tac "$STATE" | while read -r kind a b; do
+        if [ "$kind" = pid ] && [ "$b" = krgd ]; then term_pid "$a" "$b"; fi
+    done
     tac "$STATE" | while read -r kind a b; do
         if [ "$kind" = pid ]; then stop_pid "$a" "$b"; fi
     done

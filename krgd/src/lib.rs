@@ -5,6 +5,7 @@
 //! [`net`] accepts requests and hands them to [`router`], which picks the
 //! service of the [`node`]; the [`service`]s share a [`context`] (with the
 //! outgoing [`peers`] pool) and authorise admin requests by their [`caller`].
+//! [`sync`] and [`unmount`] are helpers below them all.
 //! No module imports from one above it.
 
 pub mod caller;
@@ -21,5 +22,6 @@ pub mod peers;
 pub mod router;
 pub mod service;
 pub mod sync;
+pub mod unmount;
 
 pub use error::DaemonError;

@@ -59,7 +59,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(krgd::daemon::run(config)) {
+    let outcome = runtime.block_on(krgd::daemon::run(config));
+    // An unmount still waiting (krgd::unmount) must not keep krgd alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Err(e) = outcome {
         eprintln!("krgd: {e}");
         std::process::exit(1);
     }

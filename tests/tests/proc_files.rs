@@ -310,3 +310,66 @@ fn a_second_krgd_on_the_host_runs_without_the_tree() -> Result<()> {
     c.node(1)?.stop();
     Ok(())
 }
+
+/// `krg run -n NODE -- sleep 600` through that node, running.
+fn sleeper(c: &TestCluster, node: u32) -> Result<KillOnDrop> {
+    Ok(KillOnDrop(
+        c.krg(node)?
+            .args(["run", "-n", &node.to_string(), "--", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+/// Every job has a mount namespace of its own, a copy of krgd's: where
+/// the host's mounts are private (as here) a running job holds a copy of
+/// the /krg tree, and an unmount ends only when no copy is left. krgd
+/// stops its own jobs before it unmounts, so SIGTERM still stops it at
+/// once; a job of another krgd of this host holding a copy makes it wait
+/// a bounded time, say so, and exit. (Before, SIGTERM left krgd waiting
+/// for the copies until it was killed.)
+#[test]
+fn krgd_stops_promptly_while_jobs_hold_copies_of_its_tree() -> Result<()> {
+    let _g = serial();
+    let (mut c, m, _unmount) = cluster_with_tree()?;
+    let jobs_on = |c: &TestCluster, node: u32| {
+        let o = c
+            .krg(2)
+            .unwrap()
+            .args(["ps", "-n", &node.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .matches("sleep 600")
+            .count()
+    };
+    // A job of node 1 only: node 1 stops it, then unmounts at once.
+    let _own = sleeper(&c, 1)?;
+    wait_for(Duration::from_secs(5), "node 1's job", || {
+        (jobs_on(&c, 1) == 1).then_some(())
+    })?;
+    let t = std::time::Instant::now();
+    c.node(1)?.stop();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(!std::fs::read_to_string("/proc/mounts")?.contains(&format!(" {} ", m.display())));
+    assert!(!c.nodes[&1].log_text().contains("still mounted"));
+
+    // A job of node 2 started while node 1 serves the tree holds a copy
+    // node 1 cannot end: node 1 waits a little, says why, and exits.
+    let key = c.key.clone();
+    c.start_with(1, &key, &["--krg-mount", &m.display().to_string()])?;
+    wait_for(Duration::from_secs(10), "the tree again", || {
+        m.join("nodes").is_dir().then_some(())
+    })?;
+    let _other = sleeper(&c, 2)?;
+    wait_for(Duration::from_secs(5), "node 2's job", || {
+        (jobs_on(&c, 2) == 1).then_some(())
+    })?;
+    let t = std::time::Instant::now();
+    c.node(1)?.stop();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(c.nodes[&1]
+        .log_text()
+        .contains("still mounted in another mount namespace"));
+    Ok(())
+}

@@ -140,18 +140,17 @@ impl SchedService {
             t.abort();
         }
         let mounted = sync::lock(&self.mounted).take();
-        let engine = self.engine.clone();
-        // Unmounting waits for the FUSE thread and stopping plug-ins waits
-        // for them to exit: both block.
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(m) = mounted {
-                let path = m.path().display().to_string();
+        if let Some(m) = mounted {
+            let path = m.path().display().to_string();
+            crate::unmount::bounded("the scheduler tree", move || {
                 m.unmount();
                 tracing::info!(path, "scheduler tree unmounted");
-            }
-            engine.shutdown();
-        })
-        .await;
+            })
+            .await;
+        }
+        // Stopping plug-ins waits for them to exit: it blocks.
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     }
 }
 

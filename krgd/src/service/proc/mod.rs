@@ -91,6 +91,8 @@ use crate::DaemonError;
 
 /// How long jobs get between SIGTERM and SIGKILL when krgd stops.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long the jobs killed at shutdown may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(1);
 
 /// The process service of a node.
 pub struct ProcService {
@@ -473,16 +475,21 @@ impl ProcService {
 
     /// Stop every job: SIGTERM (forwarded by each init to its program),
     /// then SIGKILL after a grace period. Their sessions tell their users
-    /// why, then report the end.
+    /// why, then report the end. Then unmount the /krg tree, which the
+    /// jobs' mount namespaces held copies of (see [`crate::unmount`]).
     pub async fn shutdown(&self) {
         self.st.stopping.send_replace(true);
         if let Some(b) = crate::sync::lock(&self.balancer).take() {
             b.abort();
         }
+        self.stop_jobs().await;
         let tree = crate::sync::lock(&self.tree).take();
         if let Some(m) = tree {
-            let _ = tokio::task::spawn_blocking(move || m.unmount()).await;
+            crate::unmount::bounded("/krg", move || m.unmount()).await;
         }
+    }
+
+    async fn stop_jobs(&self) {
         let jobs = self.st.table.jobs();
         if jobs.is_empty() {
             return;
@@ -491,12 +498,17 @@ impl ProcService {
         for j in &jobs {
             session::signal_job(j, libc::SIGTERM);
         }
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while !self.st.table.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.until_no_job(STOP_GRACE).await;
         for j in self.st.table.jobs() {
             session::signal_job(&j, libc::SIGKILL);
+        }
+        self.until_no_job(KILL_WAIT).await;
+    }
+
+    async fn until_no_job(&self, at_most: Duration) {
+        let deadline = tokio::time::Instant::now() + at_most;
+        while !self.st.table.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
