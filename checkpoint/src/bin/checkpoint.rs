@@ -11,7 +11,7 @@ use checkpoint::nodepid::NodePid;
 use checkpoint::{describe, store};
 use clap::{Parser, Subcommand};
 use krg_proto::chkpt::ChkptRequest;
-use krg_proto::proc::HOLD_LIMIT_SECS;
+use krg_proto::proc::{HOLD_LIMIT_SECS, OUTPUT_WRITE_LIMIT_SECS};
 
 /// Save a running process and all its descendants under /var/chkpt/PID/ as
 /// the next checkpoint SN (1, 2, …). The job is frozen only while its state is
@@ -267,6 +267,12 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
             r.image_bytes as f64 / (1 << 20) as f64,
             r.frozen_us as f64 / 1000.0
         );
+        if r.output_written == Some(false) {
+            eprintln!(
+                "checkpoint: warning: process {s} on node {}: what it wrote before its save was not all written out by its stand-in within {} s (is its output read?): the tree is saved without what was still on its way",
+                r.node, OUTPUT_WRITE_LIMIT_SECS
+            );
+        }
         let part = PartRef {
             node: r.node,
             pid: s,

@@ -88,6 +88,18 @@
 //! that breaks, or whose node fails, loses only its own jobs. Until the
 //! joined stream is there, A sends no input on any stream, so that the
 //! job's input has no gap between the old path's `PathEnd` and `sent`.
+//!
+//! # Output marks
+//!
+//! `checkpoint` of an application holds each part stopped once its node
+//! saved it; the part's output on its way to its stand-in must reach the
+//! tree before the tree is saved, or the restarted part would go on
+//! after output the restarted tree never got. So the part's node reads
+//! what the part's pipes hold now, sends it, then
+//! [`Down::OutputMark`]; the reader (the stand-in) answers
+//! [`Up::OutputWritten`] with the same mark once it wrote everything
+//! before the mark, and only then does the node answer `checkpoint`.
+//! Marks pass every hop as any event and input does.
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +107,7 @@ pub use crate::credentials::Credentials;
 use crate::NodeId;
 
 /// Version of the session stream (checked in [`PeerSession`]).
-pub const SESSION_VERSION: u16 = 5;
+pub const SESSION_VERSION: u16 = 6;
 
 /// Largest stdio payload one frame carries.
 pub const MAX_CHUNK: usize = 256 * 1024;
@@ -472,7 +484,7 @@ pub use stream::{Down, ExitStatus, Up};
 mod checkpoints;
 pub use checkpoints::{
     AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, ReleaseHeld,
-    RemoveSaved, RestartJob, RestoreParts, SavedPart, HOLD_LIMIT_SECS,
+    RemoveSaved, RestartJob, RestoreParts, SavedPart, HOLD_LIMIT_SECS, OUTPUT_WRITE_LIMIT_SECS,
 };
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub enum Event {
     Err(u32, Vec<u8>),
     /// A job ended.
     End(u32, End),
+    /// Told once everything before this is written out.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Names of the jobs: `node12`, or `node12.3` with several per node.
@@ -343,6 +345,9 @@ pub fn spawn(
                 }
                 Event::Err(job, data) => sink.stderr(job, &data),
                 Event::End(job, end) => sink.end(job, &end),
+                Event::Written(told) => {
+                    let _ = told.send(());
+                }
             }
         }
         sink.finish();

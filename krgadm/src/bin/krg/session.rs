@@ -172,6 +172,7 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
                 let _ = out.send(Event::Err(job, data)).await;
             }
             Down::StdinAck { bytes, .. } => credit.ack(job, bytes),
+            Down::OutputMark { mark, .. } => answer_mark(&out, &tx, mark).await,
             Down::Started { .. } => {}
             d => {
                 if let (Some(end), None) = (end_of(d), slot.as_ref()) {
@@ -190,6 +191,22 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
     writer.abort();
     reader.abort();
     Ok(ends.into_iter().flatten().collect())
+}
+
+/// Once everything that came before mark `mark` is written out, say so
+/// (a stand-in's part held for its checkpoint waits for it: see
+/// `krg_proto::proc`, *Output marks*).
+async fn answer_mark(out: &mpsc::Sender<Event>, up: &mpsc::UnboundedSender<Up>, mark: u64) {
+    let (told, written) = tokio::sync::oneshot::channel();
+    if out.send(Event::Written(told)).await.is_err() {
+        return;
+    }
+    let up = up.clone();
+    tokio::spawn(async move {
+        if written.await.is_ok() {
+            let _ = up.send(Up::OutputWritten { mark });
+        }
+    });
 }
 
 /// `krg run`.

@@ -74,6 +74,12 @@ pub struct CheckpointedThere {
     pub image_bytes: u64,
     /// How long the processes were frozen, in microseconds.
     pub frozen_us: u64,
+    /// Held ([`CheckpointAt::hold`]) with its session on that node:
+    /// whether its stand-in wrote all the output the part had sent before
+    /// its save, before this answer (false: it did not in time, and the
+    /// tree is saved without what was still on its way).
+    #[serde(default)]
+    pub output_written: Option<bool>,
 }
 
 /// `restart` of an application whose tree holds stand-ins (processes that
@@ -138,6 +144,13 @@ pub struct AdoptSaved {
 /// a [`ReleaseHeld`]: a `checkpoint` that died, or a tree whose own save
 /// takes longer, does not leave it stopped for good.
 pub const HOLD_LIMIT_SECS: u64 = 120;
+
+/// How long the node that holds a part waits for its stand-in to write
+/// the output the part sent before its save
+/// ([`CheckpointedThere::output_written`]). The output goes where the
+/// part's would have gone: a reader that reads slowly holds it back as
+/// it would have held the part; past this, the tree is saved without it.
+pub const OUTPUT_WRITE_LIMIT_SECS: u64 = 30;
 
 /// The application's tree is saved (or its checkpoint failed): the part
 /// that node `node` saved as SN `sn` of application `app` and held

@@ -97,6 +97,13 @@ pub enum Up {
         /// The job whose path through this stream ends.
         job: u32,
     },
+    /// From the reader of a session: everything that came before the
+    /// [`Down::OutputMark`] `mark` is written where the job's output goes
+    /// (a stand-in's stdout and stderr). An unknown mark is ignored.
+    OutputWritten {
+        /// The mark's number.
+        mark: u64,
+    },
 }
 
 /// Events of a session, from its jobs.
@@ -187,6 +194,17 @@ pub enum Down {
         /// What to present there.
         token: u64,
     },
+    /// Everything job `job` had written to its stdout and stderr when its
+    /// node sent this came before it: the reader answers
+    /// [`Up::OutputWritten`] once it wrote all of it out. Sent when a
+    /// part of an application is held for its checkpoint, so that the
+    /// tree is saved with all the part wrote before its own save.
+    OutputMark {
+        /// Job number.
+        job: u32,
+        /// What the answer names.
+        mark: u64,
+    },
 }
 
 impl Down {
@@ -202,7 +220,8 @@ impl Down {
             | Down::Lost { job, .. }
             | Down::Detached { job, .. }
             | Down::Spliced { job }
-            | Down::Rejoin { job, .. } => *job,
+            | Down::Rejoin { job, .. }
+            | Down::OutputMark { job, .. } => *job,
         }
     }
 
@@ -226,7 +245,8 @@ impl Down {
             | Down::Lost { job, .. }
             | Down::Detached { job, .. }
             | Down::Spliced { job }
-            | Down::Rejoin { job, .. } => *job = new,
+            | Down::Rejoin { job, .. }
+            | Down::OutputMark { job, .. } => *job = new,
         }
         self
     }

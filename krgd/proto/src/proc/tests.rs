@@ -130,6 +130,10 @@ fn renumbering_and_job_ends() {
     };
     assert!(!rejoin.ends_job());
     assert_eq!(rejoin.renumbered(2).job(), 2);
+    // a part's output mark is renumbered as it passes a hub, and ends nothing
+    let mark = Down::OutputMark { job: 0, mark: 77 };
+    assert!(!mark.ends_job());
+    assert_eq!(mark.renumbered(4), Down::OutputMark { job: 4, mark: 77 });
 }
 
 #[test]
@@ -140,6 +144,7 @@ fn splice_frames_roundtrip() {
             joiner: 1,
         },
         Up::PathEnd { job: 2 },
+        Up::OutputWritten { mark: u64::MAX },
     ] {
         let (back, _): (Up, usize) = decode(&encode(&u).unwrap()).unwrap().unwrap();
         assert_eq!(format!("{back:?}"), format!("{u:?}"));

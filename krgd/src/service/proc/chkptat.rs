@@ -31,6 +31,7 @@ use krg_proto::NodeId;
 use super::creds::Origin;
 use super::lookup::Named;
 use super::state::ProcState;
+use super::table::JobEntry;
 use crate::caller::Caller;
 
 /// How long the node the process runs on may take to save it (its
@@ -101,13 +102,13 @@ async fn stand_in_node(st: &ProcState, pid: i32) -> Result<NodeId, AdminError> {
 }
 
 /// The host PID of the process this node's `krg ps` shows as `pid`: one
-/// of its jobs' processes, or a process that migrated in (it kept its
-/// PID).
-fn find(st: &ProcState, pid: i32) -> Result<i32, AdminError> {
+/// of its jobs' processes (with its job), or a process that migrated in
+/// (it kept its PID).
+fn find(st: &ProcState, pid: i32) -> Result<(i32, Option<Arc<JobEntry>>), AdminError> {
     let node = st.node();
     match super::lookup::named(st, pid)? {
-        Named::Job(found) => Ok(found.host_pid),
-        Named::Host { pid, stand_in: false } => Ok(pid),
+        Named::Job(found) => Ok((found.host_pid, Some(found.job))),
+        Named::Host { pid, stand_in: false } => Ok((pid, None)),
         Named::Host { stand_in: true, .. } => Err(refused(
             ErrorKind::NotFound,
             format!("process {node}:{pid} is a stand-in: its process runs elsewhere (checkpoint {pid} on node {node} finds it)"),
@@ -124,7 +125,7 @@ pub async fn here(
 ) -> Result<CheckpointedThere, AdminError> {
     let node = st.node();
     let pid = req.pid;
-    let host = find(st, pid)?;
+    let (host, job) = find(st, pid)?;
     let uids = super::procfs::uids(host)
         .ok_or_else(|| refused(ErrorKind::NotFound, format!("process {node}:{pid} is gone")))?;
     let allowed = match creds.uid {
@@ -161,8 +162,10 @@ pub async fn here(
             .await
             .map_err(|e| refused(ErrorKind::Internal, e.to_string()))?
             .map_err(|e| refused(ErrorKind::InvalidArgument, format!("node {node}: {e}")))?;
+    let mut output_written = None;
     if hold {
         super::held::hold(st, host, dumped.sn, creds.uid, &dumped);
+        output_written = write_output_first(st, job.as_deref()).await;
     }
     tracing::info!(
         pid,
@@ -180,7 +183,24 @@ pub async fn here(
         tasks: dumped.tasks.len() as u32,
         image_bytes: dumped.image_bytes,
         frozen_us: dumped.frozen.as_micros() as u64,
+        output_written,
     })
+}
+
+/// The held part's output on its way goes out, written by its stand-in
+/// before `checkpoint` saves the tree (see [`super::outmark`]): whether
+/// it was, within the limit (None: the part's session does not run here).
+async fn write_output_first(st: &ProcState, job: Option<&JobEntry>) -> Option<bool> {
+    let flush = crate::sync::lock(&job?.output_flush).clone()?;
+    let limit = super::outmark::WRITE_LIMIT;
+    let written = st.held.output_marks.flush_and_wait(&flush, limit).await;
+    if !written {
+        tracing::warn!(
+            pid = job.map_or(0, |j| j.pid),
+            "a held part's output on its way was not written by its stand-in within {limit:?}: the tree is saved without it"
+        );
+    }
+    Some(written)
 }
 
 /// On the node asked: have the node that saved a part remove its SN.

@@ -46,6 +46,8 @@ struct HeldPart {
 pub struct Held {
     parts: Mutex<HashMap<(i32, u32), HeldPart>>,
     next: AtomicU64,
+    /// The output marks of held parts awaiting their stand-in's answer.
+    pub output_marks: super::outmark::Marks,
 }
 
 impl Held {

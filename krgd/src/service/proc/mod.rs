@@ -19,7 +19,8 @@
 //! * [`restartjob`]: a job's checkpoint restarted as a detached job here;
 //!   [`chkptat`]: `checkpoint NODE:PID` (or of a stand-in), saved where the
 //!   process runs; [`held`]: such a part held stopped until the rest of
-//!   its application is saved; [`parts`]: an application's parts
+//!   its application is saved, its output on its way written by its
+//!   stand-in first ([`outmark`]); [`parts`]: an application's parts
 //!   restarted on their nodes.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss,
@@ -45,6 +46,7 @@ pub mod local_stream;
 pub mod lookup;
 pub mod migrate;
 pub mod nodestat;
+pub mod outmark;
 pub mod parts;
 pub mod place;
 pub mod plugmove;

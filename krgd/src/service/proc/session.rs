@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::job::{self, ExitWatch, Io, StartedJob};
+use super::outmark::OutputFlush;
 use super::pty::Pty;
 use super::spawn::pidfd_signal;
 use super::state::ProcState;
@@ -191,6 +192,7 @@ async fn drive(
                 }
             }
             up = input.recv() => match up {
+                Some(Up::OutputWritten { mark }) => st.held.output_marks.written(mark),
                 Some(up) => {
                     if let Err(why) = apply(up, &mut ctls) {
                         tracing::warn!(node, why, "ending a session after bad input");
@@ -334,6 +336,8 @@ fn apply(up: Up, ctls: &mut [Option<Ctl>]) -> Result<(), &'static str> {
                 }
             }
         }
+        // (answered in `drive`, which knows the node's marks)
+        Up::OutputWritten { .. } => {}
         // (the carrier joins the job here, when it moves on from here)
         Up::Splice { joiner, .. } => {
             for ctl in ctls.iter().flatten() {
@@ -455,8 +459,27 @@ async fn launch(
             stdout,
             stderr,
         } => {
-            readers.spawn(pump_out(job, stdout, events.clone(), Some(close_rx), true));
-            readers.spawn(pump_out(job, stderr, events.clone(), None, false));
+            let (out_flush, out_asked) = mpsc::unbounded_channel();
+            let (err_flush, err_asked) = mpsc::unbounded_channel();
+            let flush = OutputFlush::new(job, vec![out_flush, err_flush], events);
+            *crate::sync::lock(&entry.output_flush) = Some(Arc::new(flush));
+            let close = Some(close_rx);
+            readers.spawn(pump_out(
+                job,
+                stdout,
+                events.clone(),
+                close,
+                true,
+                out_asked,
+            ));
+            readers.spawn(pump_out(
+                job,
+                stderr,
+                events.clone(),
+                None,
+                false,
+                err_asked,
+            ));
             match stdin {
                 Some(job::Stdin::Pipe(w)) => {
                     has_stdin = true;
@@ -493,6 +516,10 @@ async fn launch(
                 events.clone(),
             )));
             pty_handle = Some(pty);
+            // (its output is sent as it comes: the mark follows what the
+            // pump read so far)
+            let flush = OutputFlush::new(job, Vec::new(), events);
+            *crate::sync::lock(&entry.output_flush) = Some(Arc::new(flush));
         }
         Io::Detached(_) => {}
     }

@@ -1,48 +1,96 @@
 //! A session's pumps: each job's output into events, its queued input
 //! into its stdin.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use krg_proto::proc::Down;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
+use super::super::outmark::FlushRequest;
 use super::super::pty::Pty;
 use super::super::table::JobEntry;
 
-/// Read a pipe until its end (or until told to close it) into events.
+/// Read a pipe until its end (or until told to close it) into events;
+/// asked to flush ([`FlushRequest`]), send on what it holds now first.
 pub(super) async fn pump_out(
     job: u32,
-    mut from: impl AsyncRead + Unpin,
+    mut from: pipe::Receiver,
     events: mpsc::Sender<Down>,
-    close: Option<oneshot::Receiver<()>>,
+    mut close: Option<oneshot::Receiver<()>>,
     stdout: bool,
+    mut flush: mpsc::UnboundedReceiver<FlushRequest>,
 ) {
-    let mut close = close;
     let mut buf = vec![0u8; 64 * 1024];
+    let event = |data: &[u8]| {
+        let data = data.to_vec();
+        if stdout {
+            Down::Stdout { job, data }
+        } else {
+            Down::Stderr { job, data }
+        }
+    };
     loop {
-        let n = match &mut close {
-            Some(c) => tokio::select! {
-                r = from.read(&mut buf) => r,
-                _ = c => return, // dropping `from` closes the pipe: the job's next write gets SIGPIPE
-            },
-            None => from.read(&mut buf).await,
+        let n = tokio::select! {
+            r = from.read(&mut buf) => r,
+            // dropping `from` closes the pipe: the job's next write gets SIGPIPE
+            _ = told_to_close(&mut close) => return,
+            Some(done) = flush.recv() => {
+                let ended = loop {
+                    match read_now(&from, &mut buf) {
+                        Ok(0) => break true,
+                        Ok(n) => {
+                            if events.send(event(&buf[..n])).await.is_err() {
+                                break true;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break e.kind() != std::io::ErrorKind::WouldBlock,
+                    }
+                };
+                let _ = done.send(());
+                if ended {
+                    return;
+                }
+                continue;
+            }
         };
         let n = match n {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let data = buf[..n].to_vec();
-        let ev = if stdout {
-            Down::Stdout { job, data }
-        } else {
-            Down::Stderr { job, data }
-        };
-        if events.send(ev).await.is_err() {
+        if events.send(event(&buf[..n])).await.is_err() {
             return;
         }
+    }
+}
+
+/// Resolves when `close` is told (or its sender dropped); never without one.
+async fn told_to_close(close: &mut Option<oneshot::Receiver<()>>) {
+    match close {
+        Some(c) => {
+            let _ = c.await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What the pipe holds now, without waiting: read(2) on it directly,
+/// since tokio's own `try_read` answers WouldBlock until its poller saw
+/// the pipe readable, which a flush must not wait for.
+fn read_now(from: &pipe::Receiver, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: read(2) of at most `buf.len()` bytes into `buf`, on the
+    // pipe's descriptor, which `from` keeps open (non-blocking, as tokio
+    // made it).
+    let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

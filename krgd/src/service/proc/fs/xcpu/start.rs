@@ -167,6 +167,10 @@ impl XSession {
                     end = Some((format!("failed: {}", error.message), 255))
                 }
                 Down::Lost { reason, .. } => end = Some((format!("lost: {reason}"), 255)),
+                // what came before is in the session's output already
+                Down::OutputMark { mark, .. } => {
+                    let _ = input.send(Up::OutputWritten { mark }).await;
+                }
                 Down::Started { .. }
                 | Down::Detached { .. }
                 | Down::Spliced { .. }

@@ -16,6 +16,8 @@ use anyhow::Result;
 use krg_tests::migrating::{capset, err, migrate, moved_host_pid, ppid, ps, socket, Job, PRINTER};
 use krg_tests::{bin, serial, wait_for, without_stray_fds, TestCluster};
 
+mod in_flight;
+
 const SETTLE: Duration = Duration::from_secs(20);
 
 fn tool(c: &TestCluster, name: &str, args: &[&str]) -> Output {
@@ -73,6 +75,17 @@ fn pipeline(
     args: &[&str],
     first: &str,
 ) -> Result<(std::process::Child, i32, i32, i32)> {
+    pipeline_to(c, script, args, first, "cat")
+}
+
+/// [`pipeline`] whose second process's command line starts with `last`.
+fn pipeline_to(
+    c: &TestCluster,
+    script: &str,
+    args: &[&str],
+    first: &str,
+    last: &str,
+) -> Result<(std::process::Child, i32, i32, i32)> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(script)
@@ -85,7 +98,7 @@ fn pipeline(
     let found = wait_for(Duration::from_secs(5), "the pipeline", || {
         let kids = children(sh);
         let one = *kids.iter().find(|&&p| cmdline(p).starts_with(first))?;
-        let cat = *kids.iter().find(|&&p| cmdline(p).starts_with("cat"))?;
+        let cat = *kids.iter().find(|&&p| cmdline(p).starts_with(last))?;
         Some((one, cat))
     });
     let Ok((one, cat)) = found else {

@@ -1,0 +1,133 @@
+//! What a part wrote before its save but was still on its way to its
+//! stand-in when the part was held (in its pipe on node 2, in krgd's
+//! queues, on the wire) is in the checkpoint: after `restart`, the
+//! output has no gap where the application was saved.
+//!
+//! The part writes numbered lines as fast as its pipe takes them, and the
+//! tree's reader copies them slowly into a file, so the whole path is
+//! full when `checkpoint` holds the part: megabytes on their way. Without
+//! the output mark, the restarted part went on after lines the restarted
+//! reader never got.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use krg_tests::migrating::{err, migrate, moved_host_pid, Job};
+use krg_tests::{serial, wait_for, TestCluster};
+
+use super::{children, pipeline_to, tool, Saved, SETTLE};
+
+/// Numbered lines, as fast as stdout takes them.
+const FLOOD: &str = r#"
+import sys
+out = sys.stdout.buffer
+n = 0
+while True:
+    lines = []
+    for _ in range(500):
+        n += 1
+        lines.append(b"%d\n" % n)
+    out.write(b"".join(lines))
+    out.flush()
+"#;
+
+/// Copies stdin into the file argv[1], 8 KiB every 2 ms (at most 4 MB/s).
+const SLOW_COPY: &str = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+while True:
+    b = os.read(0, 8192)
+    if not b:
+        break
+    while b:
+        b = b[os.write(fd, b):]
+    time.sleep(0.002)
+"#;
+
+fn size(file: &Path) -> u64 {
+    std::fs::metadata(file).map_or(0, |m| m.len())
+}
+
+/// Whether `pid` is gone (or a zombie).
+fn ended(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .is_none_or(|(_, rest)| rest.starts_with('Z'))
+}
+
+/// The first place where the complete lines of `text` are not 1, 2, 3…:
+/// the line number and the lines around it.
+fn first_gap(text: &str) -> Option<(usize, Vec<&str>)> {
+    let complete = text.rsplit_once('\n').map_or("", |(whole, _)| whole);
+    let lines: Vec<&str> = complete.lines().collect();
+    let at = lines
+        .iter()
+        .enumerate()
+        .position(|(i, l)| l.parse::<usize>().ok() != Some(i + 1))?;
+    let around = lines[at.saturating_sub(2)..(at + 3).min(lines.len())].to_vec();
+    Some((at + 1, around))
+}
+
+#[test]
+fn a_parts_output_on_its_way_when_it_is_held_is_in_the_checkpoint() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let chk = c.dir.path().join("chkpt");
+    let out = c.dir.path().join("out");
+    let script = "/usr/bin/python3 -c \"$0\" | /usr/bin/python3 -c \"$1\" \"$2\"";
+    let out_arg = out.display().to_string();
+    let flood = format!("/usr/bin/python3 -c {FLOOD}");
+    let copy = format!("/usr/bin/python3 -c {SLOW_COPY}");
+    let args = [FLOOD, SLOW_COPY, out_arg.as_str()];
+    let (mut shell, sh, py, reader) = pipeline_to(&c, script, &args, &flood, &copy)?;
+    let _jobs = [Job(sh), Job(py), Job(reader)];
+    wait_for(Duration::from_secs(5), "the first lines", || {
+        (size(&out) > 10_000).then_some(())
+    })?;
+    let o = migrate(&c, 1, &[&py.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(py);
+    let _saved_there = Saved(PathBuf::from("/var/chkpt").join(moved.to_string()));
+    let at = size(&out);
+    wait_for(Duration::from_secs(10), "lines from node 2", || {
+        (size(&out) > at + 1_000_000).then_some(())
+    })?;
+
+    let dir = chk.display().to_string();
+    let o = tool(
+        &c,
+        "checkpoint",
+        &["--dir", &dir, "--kill", &sh.to_string()],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!err(&o).contains("warning"), "{}", err(&o));
+    shell.wait()?;
+    wait_for(Duration::from_secs(10), "the application to end", || {
+        [sh, py, reader, moved].into_iter().all(ended).then_some(())
+    })?;
+    let saved_size = size(&out);
+
+    let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let _restarted: Vec<Job> = children(sh).into_iter().map(Job).collect();
+    let _again = Job(moved_host_pid(py));
+    wait_for(Duration::from_secs(15), "lines after the restart", || {
+        (size(&out) > saved_size + 200_000).then_some(())
+    })?;
+    let text = std::fs::read_to_string(&out)?;
+    let gap = first_gap(&text);
+    assert!(
+        gap.is_none(),
+        "the lines written before the save ({saved_size} bytes) and after the restart are not one count: {gap:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_gap_in_the_count_is_found() {
+    assert_eq!(first_gap("1\n2\n3\n4"), None, "a partial last line is left");
+    let (at, around) = first_gap("1\n2\n3\n5\n6\n").unwrap();
+    assert_eq!((at, around), (4, vec!["2", "3", "5", "6"]));
+    assert!(first_gap("1\n2\n2\n3\n").is_some(), "a line twice");
+}
