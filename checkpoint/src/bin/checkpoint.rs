@@ -25,7 +25,9 @@ use krg_proto::proc::{HOLD_LIMIT_SECS, OUTPUT_WRITE_LIMIT_SECS};
 /// A tree some of whose processes moved away (their stand-ins in it) is
 /// saved as one application: the node of each such process saves it
 /// first and holds it stopped until the tree is saved too, so that all
-/// of it is saved as of one moment.
+/// of it is saved as of one moment — with what was on its way between it
+/// and its stand-in: its output is written out by the stand-in first, and
+/// the input it had not read is kept with its SN on its node.
 #[derive(Parser)]
 #[command(name = "checkpoint", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -267,6 +269,12 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
             r.image_bytes as f64 / (1 << 20) as f64,
             r.frozen_us as f64 / 1000.0
         );
+        if r.input_kept > 0 {
+            println!(
+                "checkpoint: process {s} on node {}: {} bytes of input it had not read yet are kept with its SN",
+                r.node, r.input_kept
+            );
+        }
         if r.output_written == Some(false) {
             eprintln!(
                 "checkpoint: warning: process {s} on node {}: what it wrote before its save was not all written out by its stand-in within {} s (is its output read?): the tree is saved without what was still on its way",

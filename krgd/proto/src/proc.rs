@@ -98,8 +98,13 @@
 //! what the part's pipes hold now, sends it, then
 //! [`Down::OutputMark`]; the reader (the stand-in) answers
 //! [`Up::OutputWritten`] with the same mark once it wrote everything
-//! before the mark, and only then does the node answer `checkpoint`.
-//! Marks pass every hop as any event and input does.
+//! before the mark and stopped reading its stdin, and only then does the
+//! node answer `checkpoint`. What the part has not read of its input
+//! (all the input frames sent before the answer came before it) the
+//! node then takes out of the part's stdin and keeps with its SN; when
+//! the part runs on, it is written back first and the reader is told
+//! [`Down::InputResume`]. Marks pass every hop as any event and input
+//! does.
 
 use serde::{Deserialize, Serialize};
 

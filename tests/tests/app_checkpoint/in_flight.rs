@@ -1,7 +1,9 @@
 //! What a part wrote before its save but was still on its way to its
 //! stand-in when the part was held (in its pipe on node 2, in krgd's
 //! queues, on the wire) is in the checkpoint: after `restart`, the
-//! output has no gap where the application was saved.
+//! output has no gap where the application was saved. Likewise for the
+//! input the stand-in had read but the part had not: kept with the
+//! part's SN, given back when it runs on and when it is restarted.
 //!
 //! The part writes numbered lines as fast as its pipe takes them, and the
 //! tree's reader copies them slowly into a file, so the whole path is
@@ -13,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use krg_tests::migrating::{err, migrate, moved_host_pid, Job};
+use krg_tests::migrating::{capset, err, migrate, moved_host_pid, Job};
 use krg_tests::{serial, wait_for, TestCluster};
 
-use super::{children, pipeline_to, tool, Saved, SETTLE};
+use super::{checkpointable, children, cmdline, pipeline_to, tool, Saved, SETTLE};
 
 /// Numbered lines, as fast as stdout takes them.
 const FLOOD: &str = r#"
@@ -130,4 +132,108 @@ fn a_gap_in_the_count_is_found() {
     let (at, around) = first_gap("1\n2\n3\n5\n6\n").unwrap();
     assert_eq!((at, around), (4, vec!["2", "3", "5", "6"]));
     assert!(first_gap("1\n2\n2\n3\n").is_some(), "a line twice");
+}
+
+/// `sh -c SCRIPT ARGS…` through node 1 running `python3 -c FLOOD | cat |
+/// python3 -c SLOW_COPY OUT`: the shell and its three children (the
+/// flood, cat and the copier), all CHECKPOINTABLE, cat CAN_MIGRATE.
+fn flood_through_cat(c: &TestCluster, out: &str) -> Result<(std::process::Child, [i32; 4])> {
+    let script = "/usr/bin/python3 -c \"$0\" | cat | /usr/bin/python3 -c \"$1\" \"$2\"";
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .args([FLOOD, SLOW_COPY, out])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let shell = krg_tests::without_stray_fds(&mut cmd).spawn()?;
+    let sh = shell.id() as i32;
+    let _guard = Job(sh);
+    let (flood, cat, copy) = (
+        format!("/usr/bin/python3 -c {FLOOD}"),
+        "cat".to_string(),
+        format!("/usr/bin/python3 -c {SLOW_COPY}"),
+    );
+    let found = wait_for(Duration::from_secs(5), "the pipeline", || {
+        let kids = children(sh);
+        let find = |what: &str| kids.iter().copied().find(|&p| cmdline(p).starts_with(what));
+        Some([find(&flood)?, find(&cat)?, find(&copy)?])
+    })?;
+    let pids = [sh, found[0], found[1], found[2]];
+    for p in pids {
+        checkpointable(c, p);
+    }
+    capset(c, 1, found[1]);
+    std::mem::forget(_guard);
+    Ok((shell, pids))
+}
+
+#[test]
+fn a_parts_unread_input_is_kept_with_it_and_given_back() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let chk = c.dir.path().join("chkpt");
+    let out = c.dir.path().join("out");
+    let (mut shell, [sh, flood, cat, copy]) = flood_through_cat(&c, &out.display().to_string())?;
+    let _jobs = [Job(sh), Job(flood), Job(cat), Job(copy)];
+    wait_for(Duration::from_secs(5), "the first lines", || {
+        (size(&out) > 10_000).then_some(())
+    })?;
+    let o = migrate(&c, 1, &[&cat.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(cat);
+    let _saved_there = Saved(PathBuf::from("/var/chkpt").join(moved.to_string()));
+    let at = size(&out);
+    wait_for(Duration::from_secs(10), "lines through node 2", || {
+        (size(&out) > at + 1_000_000).then_some(())
+    })?;
+    let kept = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).contains(&format!("process {cat} on node 2: "))
+            && String::from_utf8_lossy(&o.stdout)
+                .contains("bytes of input it had not read yet are kept with its SN")
+    };
+
+    // SN 1, the application runs on: cat gets back what it had not read
+    let dir = chk.display().to_string();
+    let o = tool(&c, "checkpoint", &["--dir", &dir, &sh.to_string()]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!err(&o).contains("warning"), "{}", err(&o));
+    assert!(kept(&o), "{}", String::from_utf8_lossy(&o.stdout));
+    let at = size(&out);
+    wait_for(
+        Duration::from_secs(10),
+        "lines after the first checkpoint",
+        || (size(&out) > at + 1_000_000).then_some(()),
+    )?;
+
+    // SN 2 ends it; its restart starts cat's input with what it had not read
+    let o = tool(
+        &c,
+        "checkpoint",
+        &["--dir", &dir, "--kill", &sh.to_string()],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(kept(&o), "{}", String::from_utf8_lossy(&o.stdout));
+    shell.wait()?;
+    wait_for(Duration::from_secs(10), "the application to end", || {
+        [sh, flood, cat, copy, moved]
+            .into_iter()
+            .all(ended)
+            .then_some(())
+    })?;
+    let saved_size = size(&out);
+    let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let _restarted: Vec<Job> = children(sh).into_iter().map(Job).collect();
+    let _again = Job(moved_host_pid(cat));
+    wait_for(Duration::from_secs(15), "lines after the restart", || {
+        (size(&out) > saved_size + 200_000).then_some(())
+    })?;
+    let text = std::fs::read_to_string(&out)?;
+    let gap = first_gap(&text);
+    assert!(
+        gap.is_none(),
+        "the count has a gap or a line twice (SN 2 saved at {saved_size} bytes): {gap:?}"
+    );
+    Ok(())
 }

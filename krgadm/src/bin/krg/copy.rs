@@ -75,6 +75,7 @@ pub async fn push(
     let plan = Plan {
         image: None,
         input: Some(Box::new(file)),
+        input_ready: None,
         sink: Box::new(output::Prefixed::new(labels)),
         tty: false,
         signals: None,
@@ -120,6 +121,7 @@ pub async fn get(socket: &Path, nodes: &NodeSel, source: &Path, dest: Option<&Pa
     let plan = Plan {
         image: None,
         input: None,
+        input_ready: None,
         sink: Box::new(output::Files::new(labels, paths)),
         tty: false,
         signals: None,

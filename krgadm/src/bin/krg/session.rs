@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use krg_proto::admin::{AdminRequest, AdminResponse, ErrorKind};
@@ -16,6 +17,11 @@ use tokio::sync::mpsc;
 
 use crate::output::{self, End, Event, Labels, Sink};
 use crate::{signals, spec, stdin, term, RunArgs};
+
+/// How long a mark's answer waits for the stdin reader to stop: a reader
+/// that does not look for input before it reads (not a stand-in's) may
+/// be blocked in a read, and is left there.
+const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A run krgd accepted: the node of each job, and the session stream.
 pub struct Opened {
@@ -57,6 +63,9 @@ pub struct Plan {
     pub image: Option<Vec<u8>>,
     /// Input for the jobs' stdin.
     pub input: Option<Box<dyn Read + Send>>,
+    /// Waits for that input before each read (a stand-in's, which stops
+    /// reading while its part is held: see [`stdin::Credit::pause`]).
+    pub input_ready: Option<stdin::Ready>,
     /// Where output goes.
     pub sink: Box<dyn Sink>,
     /// The jobs run on terminals: raw mode here, window sizes forwarded.
@@ -111,7 +120,7 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
     }
     let credit = stdin::Credit::new(jobs.len());
     if let Some(input) = plan.input {
-        stdin::spawn(input, credit.clone(), tx.clone());
+        stdin::spawn(input, plan.input_ready, credit.clone(), tx.clone());
     }
     if let Some(listening) = plan.signals {
         signals::spawn(listening, tx.clone(), plan.tty);
@@ -172,7 +181,8 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
                 let _ = out.send(Event::Err(job, data)).await;
             }
             Down::StdinAck { bytes, .. } => credit.ack(job, bytes),
-            Down::OutputMark { mark, .. } => answer_mark(&out, &tx, mark).await,
+            Down::OutputMark { mark, .. } => answer_mark(&out, &tx, &credit, mark).await,
+            Down::InputResume { .. } => credit.resume(),
             Down::Started { .. } => {}
             d => {
                 if let (Some(end), None) = (end_of(d), slot.as_ref()) {
@@ -193,17 +203,24 @@ pub async fn drive(opened: Opened, plan: Plan) -> Result<Vec<End>> {
     Ok(ends.into_iter().flatten().collect())
 }
 
-/// Once everything that came before mark `mark` is written out, say so
-/// (a stand-in's part held for its checkpoint waits for it: see
+/// Once everything that came before mark `mark` is written out, and
+/// stdin is no longer read (until `Down::InputResume`), say so: a
+/// stand-in's part held for its checkpoint waits for it (see
 /// `krg_proto::proc`, *Output marks*).
-async fn answer_mark(out: &mpsc::Sender<Event>, up: &mpsc::UnboundedSender<Up>, mark: u64) {
+async fn answer_mark(
+    out: &mpsc::Sender<Event>,
+    up: &mpsc::UnboundedSender<Up>,
+    credit: &Arc<stdin::Credit>,
+    mark: u64,
+) {
     let (told, written) = tokio::sync::oneshot::channel();
     if out.send(Event::Written(told)).await.is_err() {
         return;
     }
-    let up = up.clone();
+    let (up, credit) = (up.clone(), credit.clone());
     tokio::spawn(async move {
-        if written.await.is_ok() {
+        let paused = tokio::task::spawn_blocking(move || credit.pause(PAUSE_LIMIT));
+        if paused.await.is_ok() && written.await.is_ok() {
             let _ = up.send(Up::OutputWritten { mark });
         }
     });
@@ -254,6 +271,7 @@ pub async fn run_command(socket: &Path, a: RunArgs) -> Result<u8> {
     let plan = Plan {
         image,
         input,
+        input_ready: None,
         sink,
         tty: tty.is_some(),
         signals: Some(signals::job()),

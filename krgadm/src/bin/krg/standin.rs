@@ -55,9 +55,13 @@ async fn stand_in(
     let listening = signals::everything();
     // Handlers are in place: the signals that came meanwhile go on too.
     let _ = blocked.thread_unblock();
+    let input_ready = input
+        .is_some()
+        .then(|| Box::new(wait_for_input) as crate::stdin::Ready);
     let plan = Plan {
         image: None,
         input,
+        input_ready,
         sink: Box::new(output::Plain { labels }),
         tty: false,
         signals: Some(listening),
@@ -82,6 +86,23 @@ fn input() -> Option<Box<dyn Read + Send>> {
     // SAFETY: isatty on fd 0.
     let tty = unsafe { libc::isatty(0) } == 1;
     tty.then(|| Box::new(ForegroundTty) as Box<dyn Read + Send>)
+}
+
+/// Wait until fd 0 has input (or its end) to read, or a while passed
+/// (false): the stand-in reads only then, so that when its part is held
+/// for a checkpoint it stops reading without taking input the part will
+/// not get (see `stdin::Credit::pause`).
+fn wait_for_input() -> bool {
+    let mut fds = [libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
+    // (an error other than EINTR: the read says it)
+    ready != 0
+        && !(ready < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
 }
 
 /// The terminal on fd 0, read only while this process's group is its

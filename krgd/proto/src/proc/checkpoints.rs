@@ -80,6 +80,10 @@ pub struct CheckpointedThere {
     /// tree is saved without what was still on its way).
     #[serde(default)]
     pub output_written: Option<bool>,
+    /// Bytes of input the part had been sent but had not read, kept with
+    /// its SN (written into its stdin first when it runs again).
+    #[serde(default)]
+    pub input_kept: u64,
 }
 
 /// `restart` of an application whose tree holds stand-ins (processes that

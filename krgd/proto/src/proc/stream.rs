@@ -99,7 +99,9 @@ pub enum Up {
     },
     /// From the reader of a session: everything that came before the
     /// [`Down::OutputMark`] `mark` is written where the job's output goes
-    /// (a stand-in's stdout and stderr). An unknown mark is ignored.
+    /// (a stand-in's stdout and stderr), and the reader stopped reading
+    /// its stdin after the input frames it sent before this one (until
+    /// [`Down::InputResume`]). An unknown mark is ignored.
     OutputWritten {
         /// The mark's number.
         mark: u64,
@@ -205,6 +207,13 @@ pub enum Down {
         /// What the answer names.
         mark: u64,
     },
+    /// Job `job`, held for a checkpoint since an [`Down::OutputMark`],
+    /// runs on: its reader, which stopped reading its stdin at the mark,
+    /// reads it again.
+    InputResume {
+        /// Job number.
+        job: u32,
+    },
 }
 
 impl Down {
@@ -221,7 +230,8 @@ impl Down {
             | Down::Detached { job, .. }
             | Down::Spliced { job }
             | Down::Rejoin { job, .. }
-            | Down::OutputMark { job, .. } => *job,
+            | Down::OutputMark { job, .. }
+            | Down::InputResume { job } => *job,
         }
     }
 
@@ -246,7 +256,8 @@ impl Down {
             | Down::Detached { job, .. }
             | Down::Spliced { job }
             | Down::Rejoin { job, .. }
-            | Down::OutputMark { job, .. } => *job = new,
+            | Down::OutputMark { job, .. }
+            | Down::InputResume { job } => *job = new,
         }
         self
     }

@@ -134,6 +134,9 @@ fn renumbering_and_job_ends() {
     let mark = Down::OutputMark { job: 0, mark: 77 };
     assert!(!mark.ends_job());
     assert_eq!(mark.renumbered(4), Down::OutputMark { job: 4, mark: 77 });
+    let resume = Down::InputResume { job: 0 };
+    assert!(!resume.ends_job());
+    assert_eq!(resume.renumbered(2).job(), 2);
 }
 
 #[test]

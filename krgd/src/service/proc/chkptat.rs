@@ -29,6 +29,7 @@ use krg_proto::proc::{
 use krg_proto::NodeId;
 
 use super::creds::Origin;
+use super::heldio::HeldStdio;
 use super::lookup::Named;
 use super::state::ProcState;
 use super::table::JobEntry;
@@ -162,10 +163,14 @@ pub async fn here(
             .await
             .map_err(|e| refused(ErrorKind::Internal, e.to_string()))?
             .map_err(|e| refused(ErrorKind::InvalidArgument, format!("node {node}: {e}")))?;
-    let mut output_written = None;
+    let (mut output_written, mut input_kept) = (None, 0);
     if hold {
         super::held::hold(st, host, dumped.sn, creds.uid, &dumped);
-        output_written = write_output_first(st, job.as_deref()).await;
+        let stdio = job.and_then(|j| crate::sync::lock(&j.held_stdio).clone());
+        if let Some(stdio) = stdio {
+            let (written, kept) = hold_stdio(st, stdio, host, &dumped).await;
+            (output_written, input_kept) = (Some(written), kept);
+        }
     }
     tracing::info!(
         pid,
@@ -184,23 +189,45 @@ pub async fn here(
         image_bytes: dumped.image_bytes,
         frozen_us: dumped.frozen.as_micros() as u64,
         output_written,
+        input_kept,
     })
 }
 
-/// The held part's output on its way goes out, written by its stand-in
-/// before `checkpoint` saves the tree (see [`super::outmark`]): whether
-/// it was, within the limit (None: the part's session does not run here).
-async fn write_output_first(st: &ProcState, job: Option<&JobEntry>) -> Option<bool> {
-    let flush = crate::sync::lock(&job?.output_flush).clone()?;
-    let limit = super::outmark::WRITE_LIMIT;
-    let written = st.held.output_marks.flush_and_wait(&flush, limit).await;
-    if !written {
+/// What was on its way between the held part `host` and its stand-in
+/// becomes part of the checkpoint (see [`super::heldio`]): its output
+/// written by the stand-in first, its unread input kept with its SN.
+/// Whether the output was written within the limit, and the bytes of
+/// input kept.
+async fn hold_stdio(
+    st: &ProcState,
+    stdio: Arc<HeldStdio>,
+    host: i32,
+    dumped: &checkpoint::dump::DumpReport,
+) -> (bool, u64) {
+    let limit = super::heldio::WRITE_LIMIT;
+    let written = st.held.output_marks.flush_and_wait(&stdio, limit).await;
+    let mut unread = Vec::new();
+    if written {
+        match stdio.take_unread(host).await {
+            Ok(u) => unread = u,
+            Err(e) => tracing::warn!(host, error = %e, "cannot read a held part's unread input"),
+        }
+    } else {
         tracing::warn!(
-            pid = job.map_or(0, |j| j.pid),
+            host,
             "a held part's output on its way was not written by its stand-in within {limit:?}: the tree is saved without it"
         );
     }
-    Some(written)
+    let mut kept = unread.len() as u64;
+    if !unread.is_empty() {
+        if let Err(e) = super::heldio::input::keep(&dumped.dir, dumped.sn, &unread) {
+            tracing::warn!(host, error = %e, "cannot keep a held part's unread input with its SN");
+            kept = 0;
+        }
+    }
+    // (given back when it runs on, whatever became of the file)
+    super::held::attach_stdio(st, host, dumped.sn, stdio, unread.into());
+    (written, kept)
 }
 
 /// On the node asked: have the node that saved a part remove its SN.

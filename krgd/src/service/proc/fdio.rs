@@ -77,3 +77,22 @@ pub fn keepalive(
     let user_timeout = (idle + interval * count).as_millis().clamp(1000, 3_600_000) as libc::c_int;
     set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout);
 }
+
+/// What `fd` (a non-blocking pipe) holds now, without waiting: read(2)
+/// on it directly, since tokio's own `try_read` answers WouldBlock until
+/// its poller saw the pipe readable, which a flush must not wait for.
+pub fn read_now(fd: &impl std::os::fd::AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: read(2) of at most `buf.len()` bytes into `buf`, on a
+    // descriptor the caller keeps open.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The inode of the pipe `fd` is an end of.
+pub fn pipe_inode(fd: &impl std::os::fd::AsFd) -> Option<u64> {
+    nix::sys::stat::fstat(fd.as_fd()).ok().map(|st| st.st_ino)
+}

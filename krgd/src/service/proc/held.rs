@@ -21,7 +21,10 @@ use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest, ReleaseHeld, HOLD_LIMIT_SECS};
 
+use bytes::Bytes;
+
 use super::creds::Origin;
+use super::heldio::HeldStdio;
 use super::migrate::registry::start_ticks;
 use super::state::ProcState;
 use crate::caller::Caller;
@@ -39,6 +42,9 @@ struct HeldPart {
     serial: u64,
     /// When its save froze it.
     since: Instant,
+    /// Its stdio, whose reader stopped reading at the output mark, and
+    /// the input it had not read (see `heldio`).
+    stdio: Option<(Arc<HeldStdio>, Bytes)>,
 }
 
 /// The parts this node holds, by (application id, SN).
@@ -47,7 +53,7 @@ pub struct Held {
     parts: Mutex<HashMap<(i32, u32), HeldPart>>,
     next: AtomicU64,
     /// The output marks of held parts awaiting their stand-in's answer.
-    pub output_marks: super::outmark::Marks,
+    pub output_marks: super::heldio::Marks,
 }
 
 impl Held {
@@ -82,6 +88,7 @@ pub fn hold(
         pids,
         serial,
         since: dumped.frozen_at,
+        stdio: None,
     };
     crate::sync::lock(&st.held.parts).insert((app, sn), part);
     let st = st.clone();
@@ -98,14 +105,35 @@ pub fn hold(
     });
 }
 
-/// SIGCONT to each process of `part` that is still the one held.
+/// The held part `app` (SN `sn`) has its stdio held too: `unread` is
+/// given back and its reader resumed when it runs on — now, if it
+/// already did.
+pub fn attach_stdio(st: &ProcState, app: i32, sn: u32, stdio: Arc<HeldStdio>, unread: Bytes) {
+    let mut parts = crate::sync::lock(&st.held.parts);
+    match parts.get_mut(&(app, sn)) {
+        Some(part) => part.stdio = Some((stdio, unread)),
+        None => {
+            stdio.give_back(unread);
+            stdio.resume();
+        }
+    }
+}
+
+/// SIGCONT to each process of `part` that is still the one held, its
+/// unread input written back first, and its stand-in told to read again.
 fn run_on(part: &HeldPart) {
+    if let Some((stdio, unread)) = &part.stdio {
+        stdio.give_back(unread.clone());
+    }
     for &(pid, born) in &part.pids {
         if born.is_some() && start_ticks(pid) == born {
             // SAFETY: plain kill(2) with SIGCONT of a process this node
             // stopped (its start time checked just before).
             unsafe { libc::kill(pid, libc::SIGCONT) };
         }
+    }
+    if let Some((stdio, _)) = &part.stdio {
+        stdio.resume();
     }
 }
 

@@ -401,7 +401,7 @@ pub fn enter(
         started: Instant::now(),
         moved: std::sync::Mutex::new(None),
         carrier: std::sync::Mutex::new(None),
-        output_flush: std::sync::Mutex::new(None),
+        held_stdio: std::sync::Mutex::new(None),
     });
     let exit = ExitWatch::new(pidfd, status).map_err(|e| io_err(node, "watching the job", e))?;
     Ok((entry, exit))

@@ -19,8 +19,8 @@
 //! * [`restartjob`]: a job's checkpoint restarted as a detached job here;
 //!   [`chkptat`]: `checkpoint NODE:PID` (or of a stand-in), saved where the
 //!   process runs; [`held`]: such a part held stopped until the rest of
-//!   its application is saved, its output on its way written by its
-//!   stand-in first ([`outmark`]); [`parts`]: an application's parts
+//!   its application is saved, what was on its way between it and its
+//!   stand-in kept ([`heldio`]); [`parts`]: an application's parts
 //!   restarted on their nodes.
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss,
@@ -37,6 +37,7 @@ pub mod fdio;
 pub mod fs;
 pub mod handover;
 pub mod held;
+pub mod heldio;
 pub mod hub;
 pub mod initspec;
 pub mod job;
@@ -46,7 +47,6 @@ pub mod local_stream;
 pub mod lookup;
 pub mod migrate;
 pub mod nodestat;
-pub mod outmark;
 pub mod parts;
 pub mod place;
 pub mod plugmove;

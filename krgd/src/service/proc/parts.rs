@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::auth::Identity;
 use krg_proto::migrate::MigrateRequest;
@@ -172,7 +173,7 @@ pub async fn serve(
     open: AdoptSaved,
 ) {
     match start(&st, &peer, &open).await {
-        Ok(job) => {
+        Ok((job, unread)) => {
             tracing::info!(
                 from = peer.node,
                 app = open.app,
@@ -180,7 +181,7 @@ pub async fn serve(
                 pid = open.pid,
                 "a saved part of an application runs again here"
             );
-            let sess = session::spawn_started(st.clone(), job, Some(peer.node));
+            let sess = session::spawn_started_with_input(st.clone(), job, Some(peer.node), unread);
             let opened = ProcPeerReply::Adopted { phases: Vec::new() };
             serve::carry(st, stream, keys, peer, sess, opened, None).await;
         }
@@ -193,12 +194,12 @@ pub async fn serve(
 
 /// Check `open` (from a member; the checkpoint is this node's, of the
 /// stand-in's process, and belongs to the application's owner) and
-/// start it.
+/// start it; the input it had not read when it was saved, if any.
 async fn start(
     st: &Arc<ProcState>,
     peer: &Identity,
     open: &AdoptSaved,
-) -> Result<StartedJob, AdminError> {
+) -> Result<(StartedJob, Option<Bytes>), AdminError> {
     let from = incoming::member(serve::origin_of(st, peer).await)?;
     if open.version != SESSION_VERSION {
         return Err(refused(
@@ -234,6 +235,14 @@ async fn start(
             ),
         ));
     }
+    let dir = checkpoint::store::app_dir(&root, app);
+    let unread = super::heldio::input::kept(&dir, sn).map_err(|e| {
+        refused(
+            ErrorKind::InvalidArgument,
+            format!("SN {sn} of {app} on node {}: {e}", st.node()),
+        )
+    })?;
     let img = super::restartjob::saved_image(&root, (app, sn), job, from, false);
-    adopt::start(st, img, &mut Clock::new(), Lazy::No).await
+    let job = adopt::start(st, img, &mut Clock::new(), Lazy::No).await?;
+    Ok((job, unread))
 }

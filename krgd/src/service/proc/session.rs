@@ -21,8 +21,9 @@ use krg_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use super::fdio::pipe_inode;
+use super::heldio::{HeldStdio, StdinCtl};
 use super::job::{self, ExitWatch, Io, StartedJob};
-use super::outmark::OutputFlush;
 use super::pty::Pty;
 use super::spawn::pidfd_signal;
 use super::state::ProcState;
@@ -124,7 +125,7 @@ async fn run(
         match job::start(&st, &p.spec, &p.creds, image.as_ref(), p.origin).await {
             Ok(started) => {
                 flag_caps(&st, &started, p.caps);
-                let ctl = launch(&st, job, started, carrier, &events, &mut running).await;
+                let ctl = launch(&st, job, started, carrier, &events, &mut running, None).await;
                 ctls.push(ctl);
             }
             Err(error) => {
@@ -156,11 +157,23 @@ fn flag_caps(st: &ProcState, started: &StartedJob, caps: JobCaps) {
 /// migrated in: see `migrate::adopt`); `carrier`: the node whose krgd
 /// will carry it, if not this one.
 pub fn spawn_started(st: Arc<ProcState>, started: StartedJob, carrier: Option<NodeId>) -> Session {
+    spawn_started_with_input(st, started, carrier, None)
+}
+
+/// [`spawn_started`], its stdin given `first_input` before anything its
+/// session sends (a restarted part's unread input, see `heldio`).
+pub fn spawn_started_with_input(
+    st: Arc<ProcState>,
+    started: StartedJob,
+    carrier: Option<NodeId>,
+    first_input: Option<Bytes>,
+) -> Session {
     let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(async move {
         let mut running = JoinSet::new();
-        let ctl = launch(&st, 0, started, carrier, &ev_tx, &mut running).await;
+        let ev = &ev_tx;
+        let ctl = launch(&st, 0, started, carrier, ev, &mut running, first_input).await;
         drive(st, vec![ctl], running, in_rx, ev_tx).await;
     });
     Session {
@@ -327,6 +340,7 @@ async fn launch(
     carrier: Option<NodeId>,
     events: &mpsc::Sender<Down>,
     running: &mut JoinSet<u32>,
+    mut first_input: Option<Bytes>,
 ) -> Option<Ctl> {
     let node = st.node();
     let StartedJob { entry, io, exit } = started;
@@ -348,6 +362,7 @@ async fn launch(
     let queued = Arc::new(AtomicU64::new(0));
     let (close_tx, close_rx) = oneshot::channel();
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+    let (stdin_ctl, stdin_ctl_rx) = mpsc::unbounded_channel();
     let mut readers = JoinSet::new();
     let mut pty_handle = None;
     let mut has_stdin = false;
@@ -362,8 +377,6 @@ async fn launch(
         } => {
             let (out_flush, out_asked) = mpsc::unbounded_channel();
             let (err_flush, err_asked) = mpsc::unbounded_channel();
-            let flush = OutputFlush::new(job, vec![out_flush, err_flush], events);
-            *crate::sync::lock(&entry.output_flush) = Some(Arc::new(flush));
             let close = Some(close_rx);
             readers.spawn(pump_out(
                 job,
@@ -381,13 +394,19 @@ async fn launch(
                 false,
                 err_asked,
             ));
+            let mut held_stdin = None;
             match stdin {
                 Some(job::Stdin::Pipe(w)) => {
                     has_stdin = true;
+                    held_stdin = pipe_inode(&w).map(|ino| (stdin_ctl.clone(), ino));
+                    if let Some(first) = first_input.take() {
+                        let _ = stdin_ctl.send(StdinCtl::Refill(first));
+                    }
                     stdin_pump = Some(tokio::spawn(pump_in(
                         job,
                         Sink::Pipe(w),
                         stdin_rx,
+                        stdin_ctl_rx,
                         queued.clone(),
                         events.clone(),
                     )));
@@ -397,6 +416,9 @@ async fn launch(
                 }
                 None => {}
             }
+            let pumps = vec![out_flush, err_flush];
+            let held = HeldStdio::new(job, pumps, held_stdin, events);
+            *crate::sync::lock(&entry.held_stdio) = Some(Arc::new(held));
         }
         Io::Pty(pty) => {
             let (flush_tx, flush_rx) = oneshot::channel();
@@ -413,14 +435,15 @@ async fn launch(
                 job,
                 Sink::Pty(pty.clone()),
                 stdin_rx,
+                stdin_ctl_rx,
                 queued.clone(),
                 events.clone(),
             )));
             pty_handle = Some(pty);
             // (its output is sent as it comes: the mark follows what the
-            // pump read so far)
-            let flush = OutputFlush::new(job, Vec::new(), events);
-            *crate::sync::lock(&entry.output_flush) = Some(Arc::new(flush));
+            // pump read so far; what was typed stays with the terminal)
+            let held = HeldStdio::new(job, Vec::new(), None, events);
+            *crate::sync::lock(&entry.held_stdio) = Some(Arc::new(held));
         }
         Io::Detached(_) => {}
     }

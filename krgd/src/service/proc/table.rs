@@ -59,9 +59,9 @@ pub struct JobEntry {
     /// carries it: when the job moves on, that node joins it where it
     /// runs next instead of reaching it through this one (see `splice`).
     pub carrier: Mutex<Option<NodeId>>,
-    /// How its session sends on all its output and a mark after it (a
-    /// job with pipes or a terminal, once its session runs).
-    pub output_flush: Mutex<Option<Arc<super::outmark::OutputFlush>>>,
+    /// Its stdio as its session holds it, for a checkpoint that holds
+    /// the job (a job with pipes or a terminal, once its session runs).
+    pub held_stdio: Mutex<Option<Arc<super::heldio::HeldStdio>>>,
 }
 
 /// How a job that moved away ended, as its relay learned it.

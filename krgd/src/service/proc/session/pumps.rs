@@ -1,7 +1,6 @@
 //! A session's pumps: each job's output into events, its queued input
 //! into its stdin.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -11,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::outmark::FlushRequest;
+use super::super::fdio::read_now;
+use super::super::heldio::{FlushRequest, StdinCtl};
 use super::super::pty::Pty;
 use super::super::table::JobEntry;
 
@@ -76,21 +76,6 @@ async fn told_to_close(close: &mut Option<oneshot::Receiver<()>>) {
             let _ = c.await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// What the pipe holds now, without waiting: read(2) on it directly,
-/// since tokio's own `try_read` answers WouldBlock until its poller saw
-/// the pipe readable, which a flush must not wait for.
-fn read_now(from: &pipe::Receiver, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: read(2) of at most `buf.len()` bytes into `buf`, on the
-    // pipe's descriptor, which `from` keeps open (non-blocking, as tokio
-    // made it).
-    let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
@@ -174,26 +159,66 @@ pub(super) enum Sink {
 /// What was queued is written even once nobody reads the acknowledgements
 /// (the session ended): a job that moved on is joined where it runs, and
 /// its relay here passes on what its carrier sent before (see `splice`).
+/// `ctl` puts bytes in first that were acknowledged already (a held
+/// part's unread input, given back) and answers when all queued so far
+/// is written (see `heldio`).
 pub(super) async fn pump_in(
     job: u32,
     sink: Sink,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut ctl: mpsc::UnboundedReceiver<StdinCtl>,
     queued: Arc<AtomicU64>,
     events: mpsc::Sender<Down>,
 ) {
     let mut sink = Some(sink);
     let mut total = 0u64;
-    while let Some(chunk) = rx.recv().await {
-        queued.fetch_sub(chunk.len() as u64, Ordering::SeqCst);
-        let ok = match &mut sink {
-            Some(Sink::Pipe(w)) => w.write_all(&chunk).await.is_ok(),
-            Some(Sink::Pty(p)) => p.write_all(&chunk).await.is_ok(),
-            None => true,
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            Some(c) = ctl.recv() => match c {
+                StdinCtl::Refill(data) => {
+                    write_in(&mut sink, &data).await;
+                    continue;
+                }
+                StdinCtl::Drain(done) => {
+                    // (only what is queued now: more may come meanwhile)
+                    for _ in 0..rx.len() {
+                        let Ok(chunk) = rx.try_recv() else { break };
+                        queued.fetch_sub(chunk.len() as u64, Ordering::SeqCst);
+                        write_in(&mut sink, &chunk).await;
+                        total = acknowledged(job, chunk.len(), total, &events).await;
+                    }
+                    let _ = done.send(());
+                    continue;
+                }
+            },
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
         };
-        if !ok {
-            sink = None;
-        }
-        total += chunk.len() as u64;
-        let _ = events.send(Down::StdinAck { job, bytes: total }).await;
+        queued.fetch_sub(chunk.len() as u64, Ordering::SeqCst);
+        write_in(&mut sink, &chunk).await;
+        total = acknowledged(job, chunk.len(), total, &events).await;
     }
+}
+
+/// Write `data` into the job's stdin, unless it is closed (then from now
+/// on nothing is).
+async fn write_in(sink: &mut Option<Sink>, data: &[u8]) {
+    let ok = match sink {
+        Some(Sink::Pipe(w)) => w.write_all(data).await.is_ok(),
+        Some(Sink::Pty(p)) => p.write_all(data).await.is_ok(),
+        None => true,
+    };
+    if !ok {
+        *sink = None;
+    }
+}
+
+/// `len` more bytes taken: the new total, told to the sender.
+async fn acknowledged(job: u32, len: usize, total: u64, events: &mpsc::Sender<Down>) -> u64 {
+    let total = total + len as u64;
+    let _ = events.send(Down::StdinAck { job, bytes: total }).await;
+    total
 }

@@ -172,6 +172,7 @@ impl XSession {
                     let _ = input.send(Up::OutputWritten { mark }).await;
                 }
                 Down::Started { .. }
+                | Down::InputResume { .. }
                 | Down::Detached { .. }
                 | Down::Spliced { .. }
                 | Down::Rejoin { .. } => {}

@@ -1,23 +1,14 @@
-//! Output marks: a part of an application held for its checkpoint has
-//! all it wrote reach its stand-in before the tree is saved (see
-//! `krg_proto::proc`, *Output marks*).
-//!
-//! `checkpoint` saves each part on its node and holds it stopped, then
-//! saves the tree. What the part wrote before its save but that was
-//! still on its way (in its pipes here, in krgd's queues, on the wire, in
-//! the stand-in) would be in neither image: the restarted part goes on
-//! after it, the restarted tree never gets it. So the node that holds the
-//! part has its session's pumps read its pipes empty ([`OutputFlush`]),
-//! sends [`Down::OutputMark`] after the last bytes, and waits until the
-//! stand-in answers that it wrote everything before the mark
-//! ([`Marks::written`]); `checkpoint` freezes the tree only then.
+//! Output marks: all a held part wrote reaches its stand-in before the
+//! tree is saved, and the stand-in stops reading the part's input.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use krg_proto::proc::{Down, OUTPUT_WRITE_LIMIT_SECS};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use super::HeldStdio;
 
 /// Asked of a pump: send on what its pipe holds now, then say so.
 pub type FlushRequest = oneshot::Sender<()>;
@@ -26,32 +17,7 @@ pub type FlushRequest = oneshot::Sender<()>;
 /// its save (see [`OUTPUT_WRITE_LIMIT_SECS`]).
 pub const WRITE_LIMIT: Duration = Duration::from_secs(OUTPUT_WRITE_LIMIT_SECS);
 
-/// A job's way to send on all its output, then a mark: a request channel
-/// to each of its output pumps, and its session's events.
-#[derive(Debug)]
-pub struct OutputFlush {
-    job: u32,
-    pumps: Vec<mpsc::UnboundedSender<FlushRequest>>,
-    /// Weak: a job's entry outlives its session, whose reader must see
-    /// the events end when the session does.
-    events: mpsc::WeakSender<Down>,
-}
-
-impl OutputFlush {
-    /// For job `job` of a session whose events go to `events`, read by
-    /// the pumps `pumps` answer.
-    pub fn new(
-        job: u32,
-        pumps: Vec<mpsc::UnboundedSender<FlushRequest>>,
-        events: &mpsc::Sender<Down>,
-    ) -> OutputFlush {
-        OutputFlush {
-            job,
-            pumps,
-            events: events.downgrade(),
-        }
-    }
-
+impl HeldStdio {
     /// Everything the job's pipes hold goes out, then mark `mark`; false
     /// when the session is over.
     async fn send_mark(&self, mark: u64) -> bool {
@@ -86,9 +52,9 @@ impl Marks {
     }
 
     /// Send on all of the job's output and a mark after it; true once the
-    /// reader wrote all of it, false when it did not within `limit` (or
-    /// the session ended).
-    pub async fn flush_and_wait(&self, flush: &OutputFlush, limit: Duration) -> bool {
+    /// reader wrote all of it and stopped reading its stdin, false when it
+    /// did not within `limit` (or the session ended).
+    pub async fn flush_and_wait(&self, flush: &HeldStdio, limit: Duration) -> bool {
         let mark: u64 = rand::random();
         let (told, answered) = oneshot::channel();
         crate::sync::lock(&self.waiting).insert(mark, told);
@@ -104,6 +70,7 @@ impl Marks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     #[tokio::test]
     async fn the_mark_comes_after_what_the_pumps_held_and_waits_for_its_answer() {
@@ -117,7 +84,7 @@ mod tests {
                 let _ = done.send(());
             }
         });
-        let flush = OutputFlush::new(3, vec![pump], &events);
+        let flush = HeldStdio::new(3, vec![pump], None, &events);
         let marks = std::sync::Arc::new(Marks::default());
         let waiting = {
             let marks = marks.clone();
@@ -140,7 +107,7 @@ mod tests {
     #[tokio::test]
     async fn no_answer_within_the_limit_is_false_and_forgotten() {
         let (events, _seen) = mpsc::channel(8);
-        let flush = OutputFlush::new(0, Vec::new(), &events);
+        let flush = HeldStdio::new(0, Vec::new(), None, &events);
         let marks = Marks::default();
         assert!(
             !marks
