@@ -18,7 +18,7 @@ use anyhow::Result;
 use krg_tests::migrating::{capset, err, migrate, moved_host_pid, Job};
 use krg_tests::{serial, wait_for, TestCluster};
 
-use super::{checkpointable, children, cmdline, pipeline_to, tool, Saved, SETTLE};
+use super::{checkpoint_kill, checkpointable, children, cmdline, pipeline_to, tool, Saved, SETTLE};
 
 /// Numbered lines, as fast as stdout takes them.
 const FLOOD: &str = r#"
@@ -97,31 +97,43 @@ fn a_parts_output_on_its_way_when_it_is_held_is_in_the_checkpoint() -> Result<()
     })?;
 
     let dir = chk.display().to_string();
-    let o = tool(
-        &c,
-        "checkpoint",
-        &["--dir", &dir, "--kill", &sh.to_string()],
-    );
-    assert!(o.status.success(), "{}", err(&o));
+    let o = checkpoint_kill(&c, &dir, sh);
     assert!(!err(&o).contains("warning"), "{}", err(&o));
     shell.wait()?;
-    wait_for(Duration::from_secs(10), "the application to end", || {
-        [sh, py, reader, moved].into_iter().all(ended).then_some(())
-    })?;
-    let saved_size = size(&out);
+    ended_all(&[sh, py, reader, moved])?;
+    restart_counts_on(&c, &dir, (sh, py), "1", &out)
+}
 
-    let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
+/// Wait until every process of `pids` is gone (or a zombie).
+fn ended_all(pids: &[i32]) -> Result<()> {
+    wait_for(Duration::from_secs(10), "the application to end", || {
+        pids.iter().all(|&p| ended(p)).then_some(())
+    })
+}
+
+/// `restart` of SN `sn` of the shell `sh` whose process `part` (as the
+/// shell sees it) ran on node 2: the file `out` counts on from where it
+/// was saved, with no gap and no line twice.
+fn restart_counts_on(
+    c: &TestCluster,
+    dir: &str,
+    (sh, part): (i32, i32),
+    sn: &str,
+    out: &Path,
+) -> Result<()> {
+    let saved_size = size(out);
+    let o = tool(c, "restart", &["--dir", dir, &sh.to_string(), sn]);
     assert!(o.status.success(), "{}", err(&o));
     let _restarted: Vec<Job> = children(sh).into_iter().map(Job).collect();
-    let _again = Job(moved_host_pid(py));
+    let _again = Job(moved_host_pid(part));
     wait_for(Duration::from_secs(15), "lines after the restart", || {
-        (size(&out) > saved_size + 200_000).then_some(())
+        (size(out) > saved_size + 200_000).then_some(())
     })?;
-    let text = std::fs::read_to_string(&out)?;
+    let text = std::fs::read_to_string(out)?;
     let gap = first_gap(&text);
     assert!(
         gap.is_none(),
-        "the lines written before the save ({saved_size} bytes) and after the restart are not one count: {gap:?}"
+        "the count has a gap or a line twice (SN {sn} saved at {saved_size} bytes): {gap:?}"
     );
     Ok(())
 }
@@ -207,33 +219,9 @@ fn a_parts_unread_input_is_kept_with_it_and_given_back() -> Result<()> {
     )?;
 
     // SN 2 ends it; its restart starts cat's input with what it had not read
-    let o = tool(
-        &c,
-        "checkpoint",
-        &["--dir", &dir, "--kill", &sh.to_string()],
-    );
-    assert!(o.status.success(), "{}", err(&o));
+    let o = checkpoint_kill(&c, &dir, sh);
     assert!(kept(&o), "{}", String::from_utf8_lossy(&o.stdout));
     shell.wait()?;
-    wait_for(Duration::from_secs(10), "the application to end", || {
-        [sh, flood, cat, copy, moved]
-            .into_iter()
-            .all(ended)
-            .then_some(())
-    })?;
-    let saved_size = size(&out);
-    let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let _restarted: Vec<Job> = children(sh).into_iter().map(Job).collect();
-    let _again = Job(moved_host_pid(cat));
-    wait_for(Duration::from_secs(15), "lines after the restart", || {
-        (size(&out) > saved_size + 200_000).then_some(())
-    })?;
-    let text = std::fs::read_to_string(&out)?;
-    let gap = first_gap(&text);
-    assert!(
-        gap.is_none(),
-        "the count has a gap or a line twice (SN 2 saved at {saved_size} bytes): {gap:?}"
-    );
-    Ok(())
+    ended_all(&[sh, flood, cat, copy, moved])?;
+    restart_counts_on(&c, &dir, (sh, cat), "2", &out)
 }

@@ -28,6 +28,13 @@ fn tool(c: &TestCluster, name: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `checkpoint --dir DIR --kill SH` through node 1, which must succeed.
+fn checkpoint_kill(c: &TestCluster, dir: &str, sh: i32) -> Output {
+    let o = tool(c, "checkpoint", &["--dir", dir, "--kill", &sh.to_string()]);
+    assert!(o.status.success(), "{}", err(&o));
+    o
+}
+
 fn checkpointable(c: &TestCluster, pid: i32) {
     let o = tool(
         c,
@@ -137,12 +144,7 @@ fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Resul
 
     // checkpoint of the shell: node 2 saves the child first, then the tree
     let dir = chk.display().to_string();
-    let o = tool(
-        &c,
-        "checkpoint",
-        &["--dir", &dir, "--kill", &sh.to_string()],
-    );
-    assert!(o.status.success(), "{}", err(&o));
+    let o = checkpoint_kill(&c, &dir, sh);
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(
         said.contains(&format!(
@@ -404,12 +406,7 @@ fn a_silent_part_ends_with_its_stand_in_even_when_its_pid_comes_back() -> Result
     let mut app = sleep_moved(&c, "sleep 1000 | cat")?;
     let (sh, sleep, moved) = (app.sh, app.sleep, app.moved);
     let dir = chk.display().to_string();
-    let o = tool(
-        &c,
-        "checkpoint",
-        &["--dir", &dir, "--kill", &sh.to_string()],
-    );
-    assert!(o.status.success(), "{}", err(&o));
+    checkpoint_kill(&c, &dir, sh);
     app.shell.wait()?;
     // (restart waits for the PIDs to be free)
     let o = tool(&c, "restart", &["--dir", &dir, &sh.to_string(), "1"]);
