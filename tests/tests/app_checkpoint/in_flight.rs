@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use krg_tests::migrating::{capset, err, migrate, moved_host_pid, Job};
+use krg_tests::migrating::{capset, err, migrate, moved_host_pid, ps, Job};
 use krg_tests::{serial, wait_for, TestCluster};
 
 use super::{checkpoint_kill, checkpointable, children, cmdline, pipeline_to, tool, Saved, SETTLE};
@@ -101,7 +101,8 @@ fn a_parts_output_on_its_way_when_it_is_held_is_in_the_checkpoint() -> Result<()
     assert!(!err(&o).contains("warning"), "{}", err(&o));
     shell.wait()?;
     ended_all(&[sh, py, reader, moved])?;
-    restart_counts_on(&c, &dir, (sh, py), "1", &out)
+    restart_counts_on(&c, &dir, (sh, py), &[], "1", &out)?;
+    Ok(())
 }
 
 /// Wait until every process of `pids` is gone (or a zombie).
@@ -112,22 +113,38 @@ fn ended_all(pids: &[i32]) -> Result<()> {
 }
 
 /// `restart` of SN `sn` of the shell `sh` whose process `part` (as the
-/// shell sees it) ran on node 2: the file `out` counts on from where it
-/// was saved, with no gap and no line twice.
+/// shell sees it) ran on node 2 (`args` before the PID: `--node 1`…): the
+/// file `out` counts on from where it was saved, with no gap and no line
+/// twice. What was restarted is killed on return, but the shell; the
+/// size of `out` when the restart began.
 fn restart_counts_on(
     c: &TestCluster,
     dir: &str,
     (sh, part): (i32, i32),
+    args: &[&str],
     sn: &str,
     out: &Path,
-) -> Result<()> {
+) -> Result<u64> {
     let saved_size = size(out);
-    let o = tool(c, "restart", &["--dir", dir, &sh.to_string(), sn]);
+    let sh_arg = sh.to_string();
+    let all: Vec<&str> = ["--dir", dir]
+        .iter()
+        .chain(args)
+        .chain(&[sh_arg.as_str(), sn])
+        .copied()
+        .collect();
+    let o = tool(c, "restart", &all);
     assert!(o.status.success(), "{}", err(&o));
     let _restarted: Vec<Job> = children(sh).into_iter().map(Job).collect();
     let _again = Job(moved_host_pid(part));
+    if args.contains(&"--node") {
+        wait_for(Duration::from_secs(20), "the part on node 1", || {
+            ps(c, 1).contains(&(1, part as i64)).then_some(())
+        })?;
+    }
+    let from = size(out).max(saved_size);
     wait_for(Duration::from_secs(15), "lines after the restart", || {
-        (size(out) > saved_size + 200_000).then_some(())
+        (size(out) > from + 200_000).then_some(())
     })?;
     let text = std::fs::read_to_string(out)?;
     let gap = first_gap(&text);
@@ -135,7 +152,7 @@ fn restart_counts_on(
         gap.is_none(),
         "the count has a gap or a line twice (SN {sn} saved at {saved_size} bytes): {gap:?}"
     );
-    Ok(())
+    Ok(saved_size)
 }
 
 #[test]
@@ -223,5 +240,17 @@ fn a_parts_unread_input_is_kept_with_it_and_given_back() -> Result<()> {
     assert!(kept(&o), "{}", String::from_utf8_lossy(&o.stdout));
     shell.wait()?;
     ended_all(&[sh, flood, cat, copy, moved])?;
-    restart_counts_on(&c, &dir, (sh, cat), "2", &out)
+    let saved_size = restart_counts_on(&c, &dir, (sh, cat), &[], "2", &out)?;
+
+    // `restart --node 1` of SN 2: cat runs again on node 2 with its
+    // unread input, then moves here with what it has not read yet
+    // SAFETY: kill(2) of the shell this test restarted.
+    unsafe { libc::kill(sh, libc::SIGKILL) };
+    ended_all(&[sh, flood, cat, copy])?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&out)?
+        .set_len(saved_size)?;
+    restart_counts_on(&c, &dir, (sh, cat), &["--node", "1"], "2", &out)?;
+    Ok(())
 }
