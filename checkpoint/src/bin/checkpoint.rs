@@ -277,7 +277,7 @@ fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
         }
         if r.output_written == Some(false) {
             eprintln!(
-                "checkpoint: warning: process {s} on node {}: what it wrote before its save was not all written out by its stand-in within {} s (is its output read?): the tree is saved without what was still on its way",
+                "checkpoint: warning: process {s} on node {}: what it wrote before its save was not all written out by its stand-in (gone, or its output not read within {} s): the tree is saved without what was still on its way",
                 r.node, OUTPUT_WRITE_LIMIT_SECS
             );
         }
