@@ -306,13 +306,6 @@ impl ClusterService {
         Ok(joined)
     }
 
-    /// Drop this node's Raft instance (only if it belongs to cluster `uid`,
-    /// when given) and become a present node again.
-    pub(super) async fn leave(&self, uid: Option<u64>) {
-        self.leave_if(|j| uid.is_none_or(|u| u == j.uid), Forget::Yes)
-            .await
-    }
-
     /// `by` says this node is out of cluster `uid` as of its epoch `epoch`
     /// in term `term`. Obeyed unless stale (see [`Joined::stale_eviction`]):
     /// a delayed eviction must not end a membership that began after it,
@@ -352,8 +345,15 @@ impl ClusterService {
 
     /// Leave only if `instance` is still the current Raft instance (a delayed
     /// leave must not end a membership that began after it was scheduled).
-    async fn leave_instance(&self, instance: &Arc<Joined>) {
-        self.leave_if(|j| Arc::ptr_eq(j, instance), Forget::Yes)
+    /// A leader's own removal (or dissolution) leaves this way too: it may
+    /// finish after the node was deposed, evicted and welcomed back into
+    /// the same cluster, and leaving by the cluster's id then ended the
+    /// new membership behind everyone's back (the fault campaign, seed
+    /// 256349191: node 4's removal of itself, begun as leader, left the
+    /// instance a later `nodes add -n4` had made; the leader then removed
+    /// the member that answered from outside).
+    pub(super) async fn leave_instance(&self, instance: &Joined) {
+        self.leave_if(|j| std::ptr::eq(Arc::as_ptr(j), instance), Forget::Yes)
             .await
     }
 

@@ -264,7 +264,7 @@ impl ClusterService {
         self.wait_everywhere(joined, result.epoch).await;
         let status = self.status().await;
         if ids.contains(&me) {
-            self.leave(Some(joined.uid)).await;
+            self.leave_instance(joined).await;
         }
         Ok(status)
     }

@@ -96,7 +96,7 @@ impl ClusterService {
             .collect();
         let result = self.found(&joined, uid, voter_nodes, &founders).await;
         if result.is_err() {
-            self.leave(Some(uid)).await;
+            self.leave_instance(&joined).await;
             for p in founders.iter().filter(|p| p.node != me.node) {
                 let _ = call(
                     &self.ctx.peers,
@@ -294,7 +294,7 @@ impl ClusterService {
         });
         futures::future::join_all(evictions).await;
         let status = self.status().await;
-        self.leave(Some(joined.uid)).await;
+        self.leave_instance(joined).await;
         Ok(krg_proto::cluster::ClusterStatus {
             members: Vec::new(),
             online: 0,

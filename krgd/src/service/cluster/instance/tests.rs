@@ -127,6 +127,33 @@ async fn eviction_of_a_later_term_ends_a_lost_welcome() {
     assert!(!dir.path().join(disk::DIR).exists());
 }
 
+/// The fault campaign's seed 256349191 (CI): node 4, leading, removed
+/// itself; while that removal waited for the others, a new leader evicted
+/// it and `nodes add -n4` welcomed it back. The removal's last step, its
+/// leave, then ended the new membership. A leave is of one instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_leave_of_an_earlier_instance_keeps_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    let led = svc.join(UID, Some((76, 9))).await.unwrap();
+    svc.evicted(5, UID, 77, 10).await;
+    assert!(svc.joined().await.is_none(), "the eviction is obeyed");
+    let again = svc.join(UID, Some((78, 10))).await.unwrap();
+    // the removal begun as leader finishes now
+    svc.leave_instance(&led).await;
+    let kept = svc
+        .joined()
+        .await
+        .expect("the earlier instance's leave ended the new membership");
+    assert!(Arc::ptr_eq(&kept, &again));
+    assert!(
+        dir.path().join(disk::DIR).exists(),
+        "its Raft state is kept"
+    );
+    svc.leave_instance(&again).await;
+    assert!(svc.joined().await.is_none(), "its own leave is obeyed");
+}
+
 /// A welcome shields a node from its own term's evictions for a moment
 /// only: after `nodes add -n2:3` gave up because node 3 refused its
 /// welcome, node 2 (welcomed, never added) must leave when the leader,
@@ -207,7 +234,7 @@ async fn a_raft_core_that_stops_on_its_own_is_started_again_from_disk() {
     );
     assert!(svc.status().await.members.contains(&1));
     // Leaving on purpose is not a death: nothing comes back.
-    svc.leave(None).await;
+    svc.leave_instance(&after).await;
     tokio::time::sleep(CORE_RESTART_DELAY * 2).await;
     assert!(svc.joined().await.is_none(), "a left cluster came back");
 }
