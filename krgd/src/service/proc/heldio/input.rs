@@ -100,9 +100,15 @@ impl HeldStdio {
 }
 
 /// A read end of process `pid`'s stdin, if it is the pipe of inode
-/// `ino` (reopened through /proc, not blocking).
+/// `ino` (reopened through /proc, not blocking). Looked at first: root
+/// opens nothing else the process may have as its stdin (a device whose
+/// open does something), and the stopped part cannot change it between.
 fn stdin_pipe(pid: i32, ino: u64) -> std::io::Result<Option<OwnedFd>> {
     let path = format!("/proc/{pid}/fd/0");
+    let ours = format!("pipe:[{ino}]");
+    if std::fs::read_link(&path).ok().as_deref() != Some(Path::new(&ours)) {
+        return Ok(None);
+    }
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
