@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use krg_proto::admin::{AdminError, ErrorKind};
 use krg_proto::peer::PeerRequest;
 use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest, ReleaseHeld, HOLD_LIMIT_SECS};
-
-use bytes::Bytes;
 
 use super::creds::Origin;
 use super::heldio::HeldStdio;
