@@ -9,8 +9,8 @@ use krg_proto::admin::{AdminRequest, AdminResponse};
 use krg_proto::chkpt::{ChkptReply, ChkptRequest};
 use krg_proto::client::AdminClient;
 use krg_proto::proc::{
-    CheckpointAt, CheckpointedThere, JobRestarted, ProcReply, ProcRequest, ReleaseHeld,
-    RemoveSaved, RestartJob, RestoreParts, SavedPart,
+    CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, ProcReply, ProcRequest,
+    ReadSaved, ReleaseHeld, RemoveSaved, RestartJob, RestoreParts, SavedChunk, SavedPart,
 };
 
 use crate::error::{ChkptError, Result};
@@ -91,14 +91,90 @@ impl CapClient {
     /// Have every part of an application that ran on other nodes run
     /// again there, its session waiting in krgd for its stand-in (see
     /// `ProcRequest::RestoreParts`): the token of each stand-in.
-    /// With `here`, each part then moves to this node.
-    pub fn restore_parts(&mut self, parts: Vec<SavedPart>, here: bool) -> Result<Vec<(i32, u64)>> {
-        match self.proc_call(ProcRequest::RestoreParts(RestoreParts { parts, here }))? {
-            ProcReply::PartsRestoring(r) => Ok(r.tokens),
+    /// With `here`, each part then moves to this node; a part whose
+    /// node is not online runs here from its copy under `copies`.
+    pub fn restore_parts(
+        &mut self,
+        parts: Vec<SavedPart>,
+        here: bool,
+        copies: Option<String>,
+    ) -> Result<PartsRestoring> {
+        let req = RestoreParts {
+            parts,
+            here,
+            copies,
+        };
+        match self.proc_call(ProcRequest::RestoreParts(req))? {
+            ProcReply::PartsRestoring(r) => Ok(r),
             _ => Err(ChkptError::KrgdReply),
         }
     }
 
+    /// What node `node` saved as SN `sn` of application `app`, read
+    /// there for the caller (see `ProcRequest::ReadSaved`): with no
+    /// `chunk`, its files; with one, those bytes.
+    fn read_saved(&mut self, req: ReadSaved) -> Result<ProcReply> {
+        self.proc_call(ProcRequest::ReadSaved(req))
+    }
+}
+
+/// A part's SNs read through krgd from the node that saved them (the
+/// source of [`crate::partcopy::copy::copy_in`]).
+pub struct SavedSource {
+    client: CapClient,
+    node: u32,
+    app: i32,
+}
+
+impl SavedSource {
+    /// The part node `node` saved as application `app`, through the krgd
+    /// of `socket`.
+    pub fn connect(socket: &Path, node: u32, app: i32) -> Result<Self> {
+        Ok(Self {
+            client: CapClient::connect(socket)?,
+            node,
+            app,
+        })
+    }
+}
+
+impl crate::partcopy::copy::Source for SavedSource {
+    fn list(&mut self, sn: u32) -> Result<crate::partcopy::serve::Listing> {
+        let req = ReadSaved {
+            node: self.node,
+            app: self.app,
+            sn,
+            chunk: None,
+        };
+        match self.client.read_saved(req)? {
+            ProcReply::SavedFiles(f) => Ok(crate::partcopy::serve::Listing {
+                files: f.files,
+                parent: f.parent,
+            }),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+
+    fn read(&mut self, sn: u32, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let chunk = SavedChunk {
+            name: name.to_string(),
+            offset,
+            len,
+        };
+        let req = ReadSaved {
+            node: self.node,
+            app: self.app,
+            sn,
+            chunk: Some(chunk),
+        };
+        match self.client.read_saved(req)? {
+            ProcReply::SavedBytes(b) => Ok(b.to_vec()),
+            _ => Err(ChkptError::KrgdReply),
+        }
+    }
+}
+
+impl CapClient {
     /// Have node `node` remove SN `sn` of application `app` of its own
     /// checkpoint store (a part of an application, `checkpoint rm`).
     pub fn remove_saved(&mut self, node: u32, app: i32, sn: u32) -> Result<()> {

@@ -36,6 +36,7 @@ mod ipc;
 mod netlock;
 pub mod nodepid;
 pub mod ownproc;
+pub mod partcopy;
 pub mod procfs;
 mod ptrace;
 mod ranges;

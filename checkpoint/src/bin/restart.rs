@@ -8,7 +8,7 @@ use checkpoint::capclient::CapClient;
 use checkpoint::nodepid::NodePid;
 use checkpoint::restore::pidns::PidNsTarget;
 use checkpoint::restore::{self, RestoreOptions, StandInStart};
-use checkpoint::store;
+use checkpoint::{partcopy, store};
 use clap::Parser;
 use krg_proto::chkpt::ChkptRequest;
 use krg_proto::proc::SavedPart;
@@ -296,7 +296,7 @@ fn stand_ins(cli: &Cli) -> Result<(Option<StandInStart>, String)> {
             cli.app.pid
         );
     }
-    let tokens = if cli.stand_in.is_empty() {
+    let (tokens, from_copies) = if cli.stand_in.is_empty() {
         let parts = listed
             .iter()
             .map(|s| SavedPart {
@@ -307,12 +307,19 @@ fn stand_ins(cli: &Cli) -> Result<(Option<StandInStart>, String)> {
                 uid: owner,
             })
             .collect();
-        CapClient::connect(&cli.socket)
+        let app_dir = store::app_dir(&cli.dir, cli.app.pid);
+        let copies = std::path::absolute(app_dir.join(partcopy::PARTS_DIR))
+            .ok()
+            .map(|p| p.display().to_string());
+        let r = CapClient::connect(&cli.socket)
             // --node: the whole application on this node
-            .and_then(|mut c| c.restore_parts(parts, cli.node.is_some()))
-            .context("asking krgd to run the parts of the application saved by other nodes again")?
+            .and_then(|mut c| c.restore_parts(parts, cli.node.is_some(), copies))
+            .context(
+                "asking krgd to run the parts of the application saved by other nodes again",
+            )?;
+        (r.tokens, r.from_copies)
     } else {
-        cli.stand_in.clone()
+        (cli.stand_in.clone(), Vec::new())
     };
     let program = cli.stand_in_program.clone().unwrap_or_else(|| {
         let next = std::env::current_exe()
@@ -326,20 +333,31 @@ fn stand_ins(cli: &Cli) -> Result<(Option<StandInStart>, String)> {
         socket: cli.socket.clone(),
         tokens,
     };
-    let whom: Vec<String> = listed
-        .iter()
-        .map(|s| format!("{} on node {}", s.pid, s.part.node))
-        .collect();
-    let said = match cli.node {
-        Some(_) => format!(
+    let whom = |from_copy: bool| -> Vec<String> {
+        listed
+            .iter()
+            .filter(|s| from_copies.contains(&s.pid) == from_copy)
+            .map(|s| format!("{} on node {}", s.pid, s.part.node))
+            .collect()
+    };
+    let (theirs, copied) = (whom(false), whom(true));
+    let mut said = match (cli.node, theirs.is_empty()) {
+        (_, true) => String::new(),
+        (Some(_), false) => format!(
             "; then coming here from their nodes, behind their stand-ins: {}",
-            whom.join(", ")
+            theirs.join(", ")
         ),
-        None => format!(
+        (None, false) => format!(
             "; on their nodes, behind their stand-ins: {}",
-            whom.join(", ")
+            theirs.join(", ")
         ),
     };
+    if !copied.is_empty() {
+        said += &format!(
+            "; here, from their copies (their nodes are down or lost them), behind their stand-ins: {}",
+            copied.join(", ")
+        );
+    }
     Ok((Some(start), said))
 }
 

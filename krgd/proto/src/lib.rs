@@ -77,7 +77,11 @@ pub type SessionId = u32;
 /// `RemoveSaved` and `ReleaseHeld`, `ProcPeerRequest::AdoptSaved`,
 /// `RemoveSaved` and `ReleaseHeld`, `CheckpointAt::hold`), which an older
 /// krgd cannot decode.
-pub const PROTOCOL_VERSION: u16 = 6;
+///
+/// 7: the parts' copies in the application's directory
+/// (`ProcRequest::ReadSaved`, `ProcPeerRequest::ReadSaved`), which an
+/// older krgd cannot decode.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,

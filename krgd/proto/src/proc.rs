@@ -272,6 +272,10 @@ pub enum ProcRequest {
     /// `checkpoint` of such an application: a part held stopped while the
     /// tree was saved runs on (see [`ReleaseHeld`]).
     ReleaseHeld(ReleaseHeld),
+    /// `checkpoint` of such an application copies a part's SN into the
+    /// application's directory: its files, read where it was saved (see
+    /// [`ReadSaved`]).
+    ReadSaved(ReadSaved),
 }
 
 /// Answers of the process service on the admin socket.
@@ -309,6 +313,10 @@ pub enum ProcReply {
         /// Its stopped time, as the part saw it.
         stopped_us: Option<u64>,
     },
+    /// To `ReadSaved` without a chunk.
+    SavedFiles(SavedFiles),
+    /// To `ReadSaved` with a chunk: its bytes.
+    SavedBytes(#[serde(with = "crate::bytestr::shared")] ::bytes::Bytes),
 }
 
 /// The first message of a session connection between krgds.
@@ -432,6 +440,13 @@ pub enum ProcPeerRequest {
         /// Who asked, as the asking node's kernel reported it.
         creds: Credentials,
     },
+    /// Read a saved SN of this node's store (see [`ReadSaved`]).
+    ReadSaved {
+        /// Which (`req.node` is this node).
+        req: ReadSaved,
+        /// Who asked, as the asking node's kernel reported it.
+        creds: Credentials,
+    },
 }
 
 /// Answers to [`ProcPeerRequest`]s.
@@ -478,6 +493,10 @@ pub enum ProcPeerReply {
         /// Its stopped time in microseconds.
         stopped_us: Option<u64>,
     },
+    /// To `ReadSaved` without a chunk.
+    SavedFiles(SavedFiles),
+    /// To `ReadSaved` with a chunk: its bytes.
+    SavedBytes(#[serde(with = "crate::bytestr::shared")] ::bytes::Bytes),
 }
 
 mod signals;
@@ -488,8 +507,9 @@ pub use stream::{Down, ExitStatus, Up};
 
 mod checkpoints;
 pub use checkpoints::{
-    AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, ReleaseHeld,
-    RemoveSaved, RestartJob, RestoreParts, SavedPart, HOLD_LIMIT_SECS, OUTPUT_WRITE_LIMIT_SECS,
+    AdoptSaved, CheckpointAt, CheckpointedThere, JobRestarted, PartsRestoring, ReadSaved,
+    ReleaseHeld, RemoveSaved, RestartJob, RestoreParts, SavedChunk, SavedFiles, SavedPart,
+    HOLD_LIMIT_SECS, OUTPUT_WRITE_LIMIT_SECS, SAVED_CHUNK_MAX,
 };
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use krg_tests::migrating::{capset, err, migrate, moved_host_pid, ppid, ps, socke
 use krg_tests::{bin, serial, wait_for, without_stray_fds, TestCluster};
 
 mod in_flight;
+mod lost_node;
 
 const SETTLE: Duration = Duration::from_secs(20);
 

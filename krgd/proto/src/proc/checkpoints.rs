@@ -97,6 +97,12 @@ pub struct RestoreParts {
     /// Then move each part to the node asked (`restart --node`: the whole
     /// application on one node), as `migrate` would.
     pub here: bool,
+    /// The copies `checkpoint` made of the parts in the application's
+    /// directory (`<dir>/<app>/parts`, absolute): a part whose node is not
+    /// online runs again on the node asked, from its copy
+    /// (`parts/<NODE>/<PID>/`, a checkpoint directory of its own).
+    #[serde(default)]
+    pub copies: Option<String>,
 }
 
 /// One part of an application, saved by the node it ran on.
@@ -123,6 +129,10 @@ pub struct SavedPart {
 pub struct PartsRestoring {
     /// (stand-in PID, token), one per part.
     pub tokens: Vec<(i32, u64)>,
+    /// The stand-ins whose part runs again on the node asked, from its
+    /// copy ([`RestoreParts::copies`]): its node was not online.
+    #[serde(default)]
+    pub from_copies: Vec<i32>,
 }
 
 /// Between krgds, on a connection of its own (its first message): run
@@ -180,4 +190,44 @@ pub struct RemoveSaved {
     pub app: i32,
     /// The SN to remove.
     pub sn: u32,
+}
+
+/// Most bytes one [`ReadSaved`] reads.
+pub const SAVED_CHUNK_MAX: u32 = 8 << 20;
+
+/// `checkpoint` of an application over several nodes copies each part's
+/// SN into the application's directory, so that the part outlives its
+/// node's store: what node `node` holds of SN `sn` of application `app`
+/// of its own checkpoint store, read for the caller (the directory's
+/// owner, or root from a member), as `checkpoint rm` there would check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadSaved {
+    /// The node that saved the part.
+    pub node: NodeId,
+    /// The part's application id there.
+    pub app: i32,
+    /// The SN.
+    pub sn: u32,
+    /// None: the SN's files ([`SavedFiles`]); a file of it: those bytes.
+    pub chunk: Option<SavedChunk>,
+}
+
+/// Bytes of one file of a saved SN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedChunk {
+    /// The file's name (one of [`SavedFiles::files`]).
+    pub name: String,
+    /// Where to start.
+    pub offset: u64,
+    /// How many bytes (at most [`SAVED_CHUNK_MAX`]; fewer at the end).
+    pub len: u32,
+}
+
+/// The files of a saved SN (answer to [`ReadSaved`] without a chunk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFiles {
+    /// Each file's name and size.
+    pub files: Vec<(String, u64)>,
+    /// The SN it is incremental on (whose files it needs too).
+    pub parent: Option<u32>,
 }

@@ -20,8 +20,10 @@
 //!   [`chkptat`]: `checkpoint NODE:PID` (or of a stand-in), saved where the
 //!   process runs; [`held`]: such a part held stopped until the rest of
 //!   its application is saved, what was on its way between it and its
-//!   stand-in kept ([`heldio`]); [`parts`]: an application's parts
-//!   restarted on their nodes.
+//!   stand-in kept ([`heldio`]); [`partread`]: a part's files read for
+//!   its copy in the application's directory; [`parts`]: an
+//!   application's parts restarted on their nodes (or here, from their
+//!   copies).
 //! * [`fs`]: the same service as files, the /krg FUSE tree.
 //! * [`sealed`]: a session connection's sealed frames, read without loss,
 //!   and its answers.
@@ -47,6 +49,7 @@ pub mod local_stream;
 pub mod lookup;
 pub mod migrate;
 pub mod nodestat;
+pub mod partread;
 pub mod parts;
 pub mod place;
 pub mod plugmove;
@@ -275,12 +278,15 @@ impl ProcService {
             ProcRequest::CheckpointAt(req) => chkptat::asked(&self.st, caller, req)
                 .await
                 .map(ProcReply::CheckpointedThere),
-            ProcRequest::RestoreParts(req) => {
-                parts::restore(&self.st, caller, req).map(ProcReply::PartsRestoring)
-            }
+            ProcRequest::RestoreParts(req) => parts::restore(&self.st, caller, req)
+                .await
+                .map(ProcReply::PartsRestoring),
             ProcRequest::RemoveSaved(req) => chkptat::remove_asked(&self.st, caller, req)
                 .await
                 .map(|()| ProcReply::SavedRemoved),
+            ProcRequest::ReadSaved(req) => partread::asked(&self.st, caller, req)
+                .await
+                .map(partread::Read::into_reply),
             ProcRequest::ReleaseHeld(req) => held::release_asked(&self.st, caller, req)
                 .await
                 .map(|stopped_us| ProcReply::HeldReleased { stopped_us }),
@@ -343,6 +349,12 @@ impl ProcService {
                 chkptat::remove_here(req, creds, origin)
                     .await
                     .map(|()| ProcPeerReply::SavedRemoved)
+            }
+            ProcPeerRequest::ReadSaved { req, creds } => {
+                let origin = self.member(from, "a saved part's files").await?;
+                partread::here(req, creds, origin)
+                    .await
+                    .map(partread::Read::into_peer)
             }
             ProcPeerRequest::ReleaseHeld { req, creds } => {
                 let origin = self.member(from, "a release").await?;

@@ -1,17 +1,18 @@
 //! `checkpoint PID`: save a running process tree; `checkpoint inspect DIR SN`.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use checkpoint::capclient::CapClient;
 use checkpoint::dump::{self, DumpOptions};
-use checkpoint::image::{PartRef, StandInEntry};
 use checkpoint::nodepid::NodePid;
 use checkpoint::{describe, store};
 use clap::{Parser, Subcommand};
 use krg_proto::chkpt::ChkptRequest;
-use krg_proto::proc::{HOLD_LIMIT_SECS, OUTPUT_WRITE_LIMIT_SECS};
+
+mod parts;
+use parts::{copy_parts, forget_parts, release_parts, remove_parts, save_parts};
 
 /// Save a running process and all its descendants under /var/chkpt/PID/ as
 /// the next checkpoint SN (1, 2, …). The job is frozen only while its state is
@@ -127,7 +128,7 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 None => println!("checkpoint: removed SN {sn} of {pid}"),
             }
-            return remove_parts(&cli.socket, pid, sn, &parts);
+            return remove_parts(&cli.socket, &store::app_dir(&dir, pid), (pid, sn), &parts);
         }
         None => {}
     }
@@ -224,135 +225,9 @@ fn run(cli: Cli) -> Result<()> {
     if !cli.kill {
         release_parts(&cli.socket, &opts.stand_ins);
     }
+    copy_parts(&cli.socket, &rep.dir, &opts.stand_ins);
     if timings {
         println!("checkpoint: {}", checkpoint::timings::line(&rep.phases));
-    }
-    Ok(())
-}
-
-/// The stand-ins of the tree of `pid` (processes of it that moved to
-/// other nodes): the node each one's process runs on saves it first,
-/// asked through krgd, and holds it stopped until the tree is saved too
-/// ([`release_parts`]), so that the parts and the tree are saved as of
-/// one moment: nothing a part sends after its save reaches the tree
-/// before the tree's.
-fn save_parts(cli: &Cli, pid: i32) -> Result<Vec<(i32, PartRef)>> {
-    let stand_ins: Vec<i32> = dump::tree(pid)?
-        .iter()
-        .map(|t| t.0)
-        .filter(|&p| p != pid && checkpoint::standin::is_stand_in(p))
-        .collect();
-    let mut parts = Vec::new();
-    for s in stand_ins {
-        let req = krg_proto::proc::CheckpointAt {
-            node: None,
-            pid: s,
-            full: cli.full,
-            kill: false,
-            hold: true,
-        };
-        let saved = CapClient::connect(&cli.socket).and_then(|mut c| c.checkpoint_at(req));
-        let r = match saved {
-            Ok(r) => r,
-            Err(e) => {
-                forget_parts(&cli.socket, &parts);
-                return Err(e)
-                    .with_context(|| format!("process {s} of the tree runs on another node"));
-            }
-        };
-        println!(
-            "checkpoint: process {s} runs on node {}: saved there as SN {} in {} ({} task(s), {:.1} MiB), frozen {:.1} ms",
-            r.node,
-            r.sn,
-            r.dir,
-            r.tasks,
-            r.image_bytes as f64 / (1 << 20) as f64,
-            r.frozen_us as f64 / 1000.0
-        );
-        if r.input_kept > 0 {
-            println!(
-                "checkpoint: process {s} on node {}: {} bytes of input it had not read yet are kept with its SN",
-                r.node, r.input_kept
-            );
-        }
-        if r.output_written == Some(false) {
-            eprintln!(
-                "checkpoint: warning: process {s} on node {}: what it wrote before its save was not all written out by its stand-in (gone, or its output not read within {} s): the tree is saved without what was still on its way",
-                r.node, OUTPUT_WRITE_LIMIT_SECS
-            );
-        }
-        let part = PartRef {
-            node: r.node,
-            pid: s,
-            host_pid: r.host_pid,
-            sn: r.sn,
-        };
-        parts.push((s, part));
-    }
-    Ok(parts)
-}
-
-/// The parts held stopped since they were saved run on (best effort: a
-/// node that is not told lets its part run on at its hold limit, which
-/// the warning names).
-fn release_parts(socket: &Path, parts: &[(i32, PartRef)]) {
-    for &(s, p) in parts {
-        let released =
-            CapClient::connect(socket).and_then(|mut c| c.release_held(p.node, p.host_pid, p.sn));
-        match released {
-            Ok(Some(stopped)) => println!(
-                "checkpoint: process {s} on node {} runs on, stopped {:.1} ms in all (from its save until the tree was saved)",
-                p.node,
-                stopped.as_secs_f64() * 1000.0
-            ),
-            Ok(None) => eprintln!(
-                "checkpoint: warning: process {s} on node {} ran on before the tree was saved (it is held at most {} s): its SN {} is of an earlier moment than the tree's",
-                p.node, HOLD_LIMIT_SECS, p.sn
-            ),
-            Err(e) => eprintln!(
-                "checkpoint: warning: process {s} on node {} is held stopped until krgd there lets it run on (within {} s): {e}",
-                p.node, HOLD_LIMIT_SECS
-            ),
-        }
-    }
-}
-
-/// The checkpoint failed: what other nodes saved for it goes (best
-/// effort; a part left is only space, named in the warning).
-fn forget_parts(socket: &Path, parts: &[(i32, PartRef)]) {
-    for &(_, p) in parts {
-        let removed =
-            CapClient::connect(socket).and_then(|mut c| c.remove_saved(p.node, p.host_pid, p.sn));
-        if let Err(e) = removed {
-            eprintln!(
-                "checkpoint: warning: SN {} of {} on node {} was saved for this checkpoint and is left there: {e}",
-                p.sn, p.host_pid, p.node
-            );
-        }
-    }
-}
-
-/// `checkpoint rm` of an application SN whose stand-ins' processes other
-/// nodes saved: each of those nodes removes its part's SN, through krgd.
-fn remove_parts(socket: &Path, pid: i32, sn: u32, parts: &[StandInEntry]) -> Result<()> {
-    let mut left = Vec::new();
-    for s in parts {
-        let p = s.part;
-        let removed =
-            CapClient::connect(socket).and_then(|mut c| c.remove_saved(p.node, p.host_pid, p.sn));
-        match removed {
-            Ok(()) => println!(
-                "checkpoint: removed SN {} of {} on node {} (process {} of the application, saved there)",
-                p.sn, p.host_pid, p.node, s.pid
-            ),
-            Err(e) => left.push(format!("SN {} of {} on node {} ({e})", p.sn, p.host_pid, p.node)),
-        }
-    }
-    if !left.is_empty() {
-        bail!(
-            "removed SN {sn} of {pid}, but not what other nodes saved of it: {}; remove it there with checkpoint rm",
-            left.join("; ")
-        );
     }
     Ok(())
 }
