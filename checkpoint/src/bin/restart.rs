@@ -27,6 +27,11 @@ use krg_proto::proc::SavedPart;
 /// `NODE:PID` names a job's checkpoint on another node (`checkpoint` of a
 /// stand-in prints it): that node's krgd restarts it there.
 ///
+/// An application some of whose processes ran on other nodes (stand-ins
+/// in its tree): each of those runs again where it was saved, or, when
+/// that node is down or lost it, here from its copy in the application's
+/// directory (parts/NODE/PID/).
+///
 /// Examples: `restart 4242 1`; `restart --inherit-fd 5:/tmp/out.log 4242 2`;
 /// `restart 2:81234 1`.
 #[derive(Parser)]
@@ -381,7 +386,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         },
         krg_clidoc::Section {
             title: "FILES",
-            body: "/var/chkpt/PID/: the checkpoints written by checkpoint(1).",
+            body: "/var/chkpt/PID/: the checkpoints written by checkpoint(1).
+/var/chkpt/PID/parts/NODE/ITS_PID/: the copy of a part of the application, run here when node NODE is down or lost it.",
         },
         krg_clidoc::Section {
             title: "EXAMPLES",

@@ -28,7 +28,10 @@ use parts::{copy_parts, forget_parts, release_parts, remove_parts, save_parts};
 /// first and holds it stopped until the tree is saved too, so that all
 /// of it is saved as of one moment — with what was on its way between it
 /// and its stand-in: its output is written out by the stand-in first, and
-/// the input it had not read is kept with its SN on its node.
+/// the input it had not read is kept with its SN on its node. Each such
+/// part is then copied into the application's directory
+/// (/var/chkpt/PID/parts/NODE/ITS_PID/), so that restart can run it
+/// without its node.
 #[derive(Parser)]
 #[command(name = "checkpoint", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -317,6 +320,7 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         krg_clidoc::Section {
             title: "FILES",
             body: "/var/chkpt/PID/: the checkpoints of PID, one SN each (node_N_vSN.bin, description_vSN.txt).
+/var/chkpt/PID/parts/NODE/ITS_PID/: the copy of a part of the application that node NODE saved (as ITS_PID there).
 /run/krg/krgd.sock: the local krgd, asked whether the process is CHECKPOINTABLE.",
         },
         krg_clidoc::Section {
