@@ -49,8 +49,9 @@ struct Cli {
     /// Node whose tasks to restart (node_<N>_v<SN>.bin). Default: the one
     /// node the checkpoint holds tasks of. An application whose processes
     /// ran on other nodes (stand-ins in its tree) comes back all on this
-    /// node with it: each of those processes runs again where it was
-    /// saved, then moves here.
+    /// node with it: each of those processes runs here from its copy in
+    /// the application's directory (without one: again where it was
+    /// saved, then it moves here).
     #[arg(long)]
     node: Option<u32>,
     /// Seconds to wait for a recorded PID still in use (a zombie being reaped).
@@ -359,7 +360,7 @@ fn stand_ins(cli: &Cli) -> Result<(Option<StandInStart>, String)> {
     };
     if !copied.is_empty() {
         said += &format!(
-            "; here, from their copies (their nodes are down or lost them), behind their stand-ins: {}",
+            "; here, from their copies in the application's directory, behind their stand-ins: {}",
             copied.join(", ")
         );
     }

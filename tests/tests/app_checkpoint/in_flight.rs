@@ -242,8 +242,8 @@ fn a_parts_unread_input_is_kept_with_it_and_given_back() -> Result<()> {
     ended_all(&[sh, flood, cat, copy, moved])?;
     let saved_size = restart_counts_on(&c, &dir, (sh, cat), &[], "2", &out)?;
 
-    // `restart --node 1` of SN 2: cat runs again on node 2 with its
-    // unread input, then moves here with what it has not read yet
+    // `restart --node 1` of SN 2: cat runs again here, from its copy in
+    // the application's directory, with the unread input kept there too
     // SAFETY: kill(2) of the shell this test restarted.
     unsafe { libc::kill(sh, libc::SIGKILL) };
     ended_all(&[sh, flood, cat, copy])?;

@@ -117,7 +117,7 @@ fn restart_from_copy(c: &TestCluster, dir: &str, app: &App) -> Result<()> {
     let said = err(&o);
     assert!(
         said.contains(&format!(
-            "here, from their copies (their nodes are down or lost them), behind their stand-ins: {py} on node 3"
+            "here, from their copies in the application's directory, behind their stand-ins: {py} on node 3"
         )),
         "{said}"
     );

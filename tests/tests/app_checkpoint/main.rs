@@ -266,9 +266,10 @@ fn gone(app: &App) -> Result<()> {
     })
 }
 
-/// `restart --node 1`: the whole application on node 1 — the part runs
-/// again on node 2, where it was saved, then moves here, its output still
-/// going through its stand-in into the pipe.
+/// `restart --node 1`: the whole application on node 1, its moved part's
+/// output still going through its stand-in into the pipe — run here from
+/// its copy in the application's directory, and, without that copy, run
+/// again on node 2, where it was saved, then moved here.
 fn all_on_one_node(
     c: &TestCluster,
     chk: &Path,
@@ -276,31 +277,49 @@ fn all_on_one_node(
     out: &Path,
     saved_at: u64,
 ) -> Result<()> {
-    gone(app)?;
-    std::fs::write(out, "")?;
-    let dir = chk.display().to_string();
-    let o = tool(
-        c,
-        "restart",
-        &["--dir", &dir, "--node", "1", &app.sh.to_string(), "1"],
-    );
-    assert!(o.status.success(), "{}", err(&o));
-    let _sh = Job(app.sh);
-    let _others: Vec<Job> = children(app.sh).into_iter().map(Job).collect();
-    wait_for(Duration::from_secs(20), "the part on node 1", || {
-        ps(c, 1).contains(&(1, app.py as i64)).then_some(())
-    })?;
-    let (n, seen) = wait_for(Duration::from_secs(10), "the count on node 1", || {
-        last_count(out).filter(|&(n, _)| n > saved_at + 10)
-    })?;
-    assert_eq!(seen, app.py, "getpid() on node 1");
-    assert!(n > saved_at);
-    let here = moved_host_pid(app.py);
-    // SAFETY: kill(2) of the stand-in this test restarted.
-    unsafe { libc::kill(app.py, libc::SIGKILL) };
-    wait_for(Duration::from_secs(10), "the process to end", || {
-        (!Path::new(&format!("/proc/{here}")).exists()).then_some(())
-    })?;
+    let parts = chk.join(app.sh.to_string()).join("parts");
+    let away = chk.join("parts.away");
+    for (copy, said) in [
+        (
+            true,
+            "here, from their copies in the application's directory",
+        ),
+        (false, "then coming here from their nodes"),
+    ] {
+        if !copy {
+            std::fs::rename(&parts, &away)?;
+        }
+        gone(app)?;
+        std::fs::write(out, "")?;
+        let dir = chk.display().to_string();
+        let o = tool(
+            c,
+            "restart",
+            &["--dir", &dir, "--node", "1", &app.sh.to_string(), "1"],
+        );
+        assert!(o.status.success(), "{}", err(&o));
+        assert!(err(&o).contains(said), "{}", err(&o));
+        let _sh = Job(app.sh);
+        let _others: Vec<Job> = children(app.sh).into_iter().map(Job).collect();
+        wait_for(Duration::from_secs(20), "the part on node 1", || {
+            ps(c, 1).contains(&(1, app.py as i64)).then_some(())
+        })?;
+        let (n, seen) = wait_for(Duration::from_secs(10), "the count on node 1", || {
+            last_count(out).filter(|&(n, _)| n > saved_at + 10)
+        })?;
+        assert_eq!(seen, app.py, "getpid() on node 1");
+        assert!(n > saved_at);
+        let here = moved_host_pid(app.py);
+        // SAFETY: kill(2) of the processes this test restarted.
+        unsafe {
+            libc::kill(app.py, libc::SIGKILL);
+            libc::kill(app.sh, libc::SIGKILL);
+        }
+        wait_for(Duration::from_secs(10), "the process to end", || {
+            (!Path::new(&format!("/proc/{here}")).exists()).then_some(())
+        })?;
+    }
+    std::fs::rename(&away, &parts)?;
     Ok(())
 }
 

@@ -98,7 +98,7 @@ pub async fn restore(
         );
         tokens.push((part.stand_in, token));
         let copy = match copies.as_deref() {
-            Some(c) => copy_to_use(st, &part, c).await,
+            Some(c) => copy_to_use(st, &part, c, req.here).await,
             None => None,
         };
         if copy.is_some() {
@@ -120,16 +120,24 @@ pub async fn restore(
 }
 
 /// The copy of `part` to run here instead, under `copies` (the
-/// application's `parts/`): when the copy has its SN and its node is not
-/// online, or answers that it does not hold it any more (its store
+/// application's `parts/`), if the copy has its SN: always with `here`
+/// (`restart --node`: the part's memory is here already, it need not be
+/// restored on its node and moved), otherwise when its node is not
+/// online or answers that it does not hold it any more (its store
 /// lost). The checkpoint root of the copy.
-async fn copy_to_use(st: &Arc<ProcState>, part: &SavedPart, copies: &Path) -> Option<PathBuf> {
+async fn copy_to_use(
+    st: &Arc<ProcState>,
+    part: &SavedPart,
+    copies: &Path,
+    here: bool,
+) -> Option<PathBuf> {
     let root = copies.join(part.node.to_string());
     let dir = checkpoint::store::app_dir(&root, part.host_pid);
     if !dir.join(format!("global_v{}.bin", part.sn)).exists() {
         return None;
     }
     let why = match super::fanout::check_online(st, part.node) {
+        _ if here => "the whole application runs here (restart --node)".to_string(),
         Err(e) => e.message,
         Ok(()) => match super::partread::held_there(st, part.node, part.host_pid, part.sn).await {
             Err(e) if e.kind == ErrorKind::NotFound => e.message,
