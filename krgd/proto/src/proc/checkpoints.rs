@@ -94,13 +94,16 @@ pub struct CheckpointedThere {
 pub struct RestoreParts {
     /// The parts, one per stand-in of the tree.
     pub parts: Vec<SavedPart>,
-    /// Then move each part to the node asked (`restart --node`: the whole
-    /// application on one node), as `migrate` would.
+    /// The whole application on the node asked (`restart --node`): each
+    /// part runs there from its copy ([`Self::copies`]), or, without
+    /// one, runs again on its node and then moves there, as `migrate`
+    /// would.
     pub here: bool,
     /// The copies `checkpoint` made of the parts in the application's
     /// directory (`<dir>/<app>/parts`, absolute): a part whose node is not
-    /// online runs again on the node asked, from its copy
-    /// (`parts/<NODE>/<PID>/`, a checkpoint directory of its own).
+    /// online, or no longer holds its SN, runs again on the node asked,
+    /// from its copy (`parts/<NODE>/<PID>/`, a checkpoint directory of its
+    /// own).
     #[serde(default)]
     pub copies: Option<String>,
 }
