@@ -122,6 +122,7 @@ impl CapClient {
 /// source of [`crate::partcopy::copy::copy_in`]).
 pub struct SavedSource {
     client: CapClient,
+    socket: std::path::PathBuf,
     node: u32,
     app: i32,
 }
@@ -132,6 +133,7 @@ impl SavedSource {
     pub fn connect(socket: &Path, node: u32, app: i32) -> Result<Self> {
         Ok(Self {
             client: CapClient::connect(socket)?,
+            socket: socket.to_path_buf(),
             node,
             app,
         })
@@ -171,6 +173,10 @@ impl crate::partcopy::copy::Source for SavedSource {
             ProcReply::SavedBytes(b) => Ok(b.to_vec()),
             _ => Err(ChkptError::KrgdReply),
         }
+    }
+
+    fn another(&self) -> Result<Self> {
+        Self::connect(&self.socket, self.node, self.app)
     }
 }
 

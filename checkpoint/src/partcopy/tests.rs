@@ -28,6 +28,13 @@ impl Source for Local<'_> {
         self.reads += 1;
         serve::read(self.dir, sn, name, offset, len.min(5), self.caller)
     }
+    fn another(&self) -> Result<Self> {
+        Ok(Local {
+            dir: self.dir,
+            caller: self.caller,
+            reads: 0,
+        })
+    }
 }
 
 /// Commit SN `sn` (incremental on `parent`) in `dir` with one more file.
@@ -156,6 +163,9 @@ fn a_source_that_ends_early_leaves_no_sn() {
         }
         fn read(&mut self, sn: u32, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
             self.0.read(sn, name, offset, len)
+        }
+        fn another(&self) -> Result<Self> {
+            Ok(Short(self.0.another()?))
         }
     }
     let (_t, part) = part_dir();

@@ -46,7 +46,7 @@ fn a_part_whose_node_is_gone_runs_again_from_its_copy() -> Result<()> {
         .join(moved.to_string());
     assert!(
         said.contains(&format!(
-            "process {py} on node 3: SN 1 copied into {}",
+            "process {py} on node 3: SN 1 copied into {} (",
             copy.display()
         )),
         "{said}"

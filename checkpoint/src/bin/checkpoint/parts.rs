@@ -158,21 +158,23 @@ pub fn remove_parts(
 /// the warning says; the checkpoint stands.
 pub fn copy_parts(socket: &Path, app_dir: &Path, parts: &[(i32, PartRef)]) {
     for &(s, p) in parts {
+        let t0 = std::time::Instant::now();
         let copied = CheckedDir::open(app_dir).and_then(|app| {
             let mut src = SavedSource::connect(socket, p.node, p.host_pid)?;
             partcopy::copy::copy_in(&app, (p.node, p.host_pid, p.sn), &mut src)
         });
         match copied {
             Ok(c) => println!(
-                "checkpoint: process {s} on node {}: SN {} copied into {} ({:.1} MiB{})",
+                "checkpoint: process {s} on node {}: SN {} copied into {} ({:.1} MiB{} in {:.2} s)",
                 p.node,
                 p.sn,
                 c.dir.display(),
                 c.bytes as f64 / (1 << 20) as f64,
                 match c.sns.len() {
                     0 | 1 => String::new(),
-                    n => format!(", with {} earlier SN(s) of its chain", n - 1),
-                }
+                    n => format!(", with {} earlier SN(s) of its chain,", n - 1),
+                },
+                t0.elapsed().as_secs_f64()
             ),
             Err(e) => eprintln!(
                 "checkpoint: warning: process {s} on node {}: its SN {} is only on that node (not copied into {}: {e})",
