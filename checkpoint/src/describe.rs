@@ -181,6 +181,15 @@ pub fn chains(dir: &Path) -> Result<String> {
             }
         );
     }
+    for (node, pid, sns) in crate::partcopy::copies(dir) {
+        let sns: Vec<String> = sns.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  part saved by node {node} (PID {pid} there), copied in {}/{node}/{pid}: SN(s) {}",
+            crate::partcopy::PARTS_DIR,
+            sns.join(", ")
+        );
+    }
     Ok(s)
 }
 

@@ -26,6 +26,7 @@ pub mod serve;
 
 use std::path::{Path, PathBuf};
 
+use crate::checked_dir::CheckedDir;
 use crate::store;
 
 /// The subdirectory of an application directory that holds its parts'
@@ -46,6 +47,41 @@ pub fn is_file_of(name: &str, sn: u32) -> bool {
         && !name.starts_with('.')
         && !name.contains('/')
         && store::sn_of(name) == Some(sn)
+}
+
+/// The parts' copies of the application directory `app_dir`: each
+/// node, the part's PID there, and the SNs its copy holds (ascending);
+/// nothing when it has none.
+pub fn copies(app_dir: &Path) -> Vec<(u32, i32, Vec<u32>)> {
+    let numbered = |d: &CheckedDir| -> Vec<String> {
+        let mut names: Vec<String> = d
+            .entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .filter(|n| n.parse::<i64>().is_ok())
+            .collect();
+        names.sort_by_key(|n| n.parse::<i64>().unwrap_or(0));
+        names
+    };
+    let Ok(parts) = CheckedDir::open(&app_dir.join(PARTS_DIR)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for node in numbered(&parts) {
+        let Ok(of_node) = parts.open_dir(&node) else {
+            continue;
+        };
+        for pid in numbered(&of_node) {
+            let Ok(copy) = of_node.open_dir(&pid) else {
+                continue;
+            };
+            if let (Ok(n), Ok(p)) = (node.parse(), pid.parse()) {
+                out.push((n, p, store::committed_sns(&copy)));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

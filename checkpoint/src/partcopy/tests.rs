@@ -94,6 +94,11 @@ fn a_chain_is_copied_oldest_first_and_only_what_is_missing() {
     let next = copy_in(&app, (2, 7, 3), &mut src).unwrap();
     assert_eq!(next.sns, vec![3]);
     assert_eq!(store::committed_sns(&d), vec![1, 2, 3]);
+    assert_eq!(
+        super::copies(app_t.path()),
+        vec![(2, 7, vec![1, 2, 3])],
+        "what inspect lists"
+    );
     // nothing left of the staging
     let hidden: Vec<_> = d
         .entries()

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use krg_tests::migrating::{err, migrate, moved_host_pid, ps, Job, PRINTER};
+use krg_tests::migrating::{err, moved_host_pid, ps, Job};
 use krg_tests::{serial, wait_for, TestCluster};
 
-use super::{checkpoint_kill, children, last_count, pipeline, tool, Saved, SETTLE};
+use super::{checkpoint_kill, children, last_count, printing_on, tool, Printing, SETTLE};
 
 #[test]
 fn a_part_whose_node_is_gone_runs_again_from_its_copy() -> Result<()> {
@@ -19,23 +19,16 @@ fn a_part_whose_node_is_gone_runs_again_from_its_copy() -> Result<()> {
     // three nodes: with node 3 down, nodes 1 and 2 are still a majority
     let mut c = TestCluster::loopback(3)?.formed(3, SETTLE)?;
     let chk = c.dir.path().join("chkpt");
-    let out = c.dir.path().join("out");
-    let script = "/usr/bin/python3 -u -c \"$0\" 2>/dev/null | cat > \"$1\"";
-    let out_arg = out.display().to_string();
-    let (mut shell, sh, py, cat) = pipeline(&c, script, &[PRINTER, &out_arg], "/usr/bin/python3")?;
-    let _jobs = [Job(sh), Job(py), Job(cat)];
-    wait_for(Duration::from_secs(5), "the count", || {
-        last_count(&out).filter(|n| n.0 > 3)
-    })?;
-    let o = migrate(&c, 1, &[&py.to_string(), "3"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let moved = moved_host_pid(py);
+    let Printing {
+        mut shell,
+        sh,
+        py,
+        cat,
+        moved,
+        out,
+        _guards,
+    } = printing_on(&c, 3)?;
     let store_there = PathBuf::from("/var/chkpt").join(moved.to_string());
-    let _saved_there = Saved(store_there.clone());
-    let at = last_count(&out).unwrap().0;
-    wait_for(Duration::from_secs(10), "the count from node 3", || {
-        last_count(&out).filter(|n| n.0 > at + 3)
-    })?;
 
     let dir = chk.display().to_string();
     let o = checkpoint_kill(&c, &dir, sh);
@@ -52,6 +45,15 @@ fn a_part_whose_node_is_gone_runs_again_from_its_copy() -> Result<()> {
         "{said}"
     );
     assert!(copy.join("global_v1.bin").exists());
+    let app_dir = chk.join(sh.to_string()).display().to_string();
+    let shown = tool(&c, "checkpoint", &["inspect", &app_dir]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains(&format!(
+            "part saved by node 3 (PID {moved} there), copied in parts/3/{moved}: SN(s) 1"
+        )),
+        "{text}"
+    );
     shell.wait()?;
     wait_for(Duration::from_secs(10), "the application to end", || {
         [sh, cat, py, moved].iter().all(|p| over(*p)).then_some(())

@@ -121,27 +121,65 @@ fn pipeline_to(
     Ok((shell, sh, one, cat))
 }
 
+/// `python3 PRINTER | cat > out` started through node 1 (a shell and its
+/// two children, all CHECKPOINTABLE), python moved to node `to` and
+/// counting from there; ended, with what `to` saves of it, when dropped.
+struct Printing {
+    shell: std::process::Child,
+    sh: i32,
+    py: i32,
+    cat: i32,
+    /// Python's PID on node `to`.
+    moved: i32,
+    /// Where cat writes the counts.
+    out: PathBuf,
+    _guards: ([Job; 3], Saved),
+}
+
+fn printing_on(c: &TestCluster, to: u32) -> Result<Printing> {
+    let out = c.dir.path().join("out");
+    let script = "/usr/bin/python3 -u -c \"$0\" 2>/dev/null | cat > \"$1\"";
+    let out_arg = out.display().to_string();
+    let (shell, sh, py, cat) = pipeline(c, script, &[PRINTER, &out_arg], "/usr/bin/python3")?;
+    let jobs = [Job(sh), Job(py), Job(cat)];
+    wait_for(Duration::from_secs(5), "the count", || {
+        last_count(&out).filter(|n| n.0 > 3)
+    })?;
+    let o = migrate(c, 1, &[&py.to_string(), &to.to_string()]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(py);
+    let saved = Saved(PathBuf::from("/var/chkpt").join(moved.to_string()));
+    let at = last_count(&out).unwrap().0;
+    wait_for(
+        Duration::from_secs(10),
+        "the count from the other node",
+        || last_count(&out).filter(|n| n.0 > at + 3),
+    )?;
+    Ok(Printing {
+        shell,
+        sh,
+        py,
+        cat,
+        moved,
+        out,
+        _guards: (jobs, saved),
+    })
+}
+
 #[test]
 fn an_application_over_two_nodes_is_checkpointed_and_restarted_as_one() -> Result<()> {
     let _g = serial();
     let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
     let chk = c.dir.path().join("chkpt");
-    let out = c.dir.path().join("out");
-    let script = "/usr/bin/python3 -u -c \"$0\" 2>/dev/null | cat > \"$1\"";
-    let out_arg = out.display().to_string();
-    let (mut shell, sh, py, cat) = pipeline(&c, script, &[PRINTER, &out_arg], "/usr/bin/python3")?;
-    let _jobs = [Job(sh), Job(py), Job(cat)];
-    wait_for(Duration::from_secs(5), "the count", || {
-        last_count(&out).filter(|n| n.0 > 3)
-    })?;
-    let o = migrate(&c, 1, &[&py.to_string(), "2"]);
-    assert!(o.status.success(), "{}", err(&o));
-    let moved = moved_host_pid(py);
-    let _saved_there = Saved(PathBuf::from("/var/chkpt").join(moved.to_string()));
-    let at = last_count(&out).unwrap().0;
-    wait_for(Duration::from_secs(10), "the count from node 2", || {
-        last_count(&out).filter(|n| n.0 > at + 3)
-    })?;
+    let Printing {
+        mut shell,
+        sh,
+        py,
+        cat,
+        moved,
+        out,
+        _guards,
+    } = printing_on(&c, 2)?;
 
     // checkpoint of the shell: node 2 saves the child first, then the tree
     let dir = chk.display().to_string();
