@@ -463,7 +463,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     sleep 1000 & krgcapset -k \$! -d +CHECKPOINTABLE,CAN_MIGRATE ; migrate \$! 2 ; checkpoint \$!   # saved on node 2; prints restart 2:PID 1
     krgcapset -d +CHECKPOINTABLE,CAN_MIGRATE ; sh -c 'sleep 1000 | cat' & S=\$!   # an application over two nodes:
     migrate \$(pgrep -P \$S sleep) 2 ; checkpoint --kill \$S ; restart \$S 1 ; krg ps   # sleep back on node 2 behind its stand-in
-    ls /var/chkpt/\$S/parts/2/   # node 2's part, copied into the application's directory: restart runs it here when node 2 is down
+    K=\$(pgrep -f -- '--node-id 2 --session'); checkpoint --kill \$S ; kill -STOP \$K ; sleep 3 ; restart \$S 2 ; krg ps ; kill -CONT \$K
+                                 # node 2 silent (failed): its part runs on node 1, from its copy in /var/chkpt/\$S/parts/2/
     sh -c 'seq 3000000 | cat | { n=0; while read l; do n=\$((n+1)); done; echo \$n; }' & S=\$!   # checkpointed mid-stream:
     migrate \$(pgrep -P \$S cat) 2 ; checkpoint --kill \$S ; restart \$S 1   # prints 3000000: no line lost on the way (checkpoint says what input it kept)
 
