@@ -99,10 +99,18 @@ pub enum ChkptError {
     },
     #[error(transparent)]
     Krgd(#[from] krg_proto::ProtoError),
+    /// krgd's one line, printed once: not a `source` too, or a chain
+    /// printed with `{:#}` said it twice.
     #[error("krgd: {0}")]
-    KrgdRefused(#[from] krg_proto::admin::AdminError),
+    KrgdRefused(krg_proto::admin::AdminError),
     #[error("krgd sent an unexpected reply")]
     KrgdReply,
+}
+
+impl From<krg_proto::admin::AdminError> for ChkptError {
+    fn from(e: krg_proto::admin::AdminError) -> Self {
+        ChkptError::KrgdRefused(e)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ChkptError>;
@@ -154,5 +162,20 @@ impl ChkptError {
             path: path.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krg_proto::admin::{AdminError, ErrorKind};
+
+    /// The tools print errors with their chain (`{:#}`): krgd's line
+    /// once, not once more as the cause.
+    #[test]
+    fn a_krgd_refusal_is_said_once() {
+        let e: ChkptError = AdminError::new(ErrorKind::NotFound, "no process 2:824").into();
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(shown, "krgd: no process 2:824");
     }
 }

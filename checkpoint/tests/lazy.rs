@@ -223,3 +223,62 @@ fn a_lazily_restored_process_shows_its_command_line_and_environment_at_once() {
         "the page server was done before /proc was read"
     );
 }
+
+/// A process whose memory a page server is still bringing in has pages
+/// that are not in its page tables yet: a checkpoint then would save them
+/// as pages never touched (zeros), and the restarted process would
+/// crash. It is refused until the server is done (a migration's target
+/// restores lazily too, so this is a checkpoint right after a move).
+#[test]
+fn a_process_still_loading_is_not_checkpointed_until_its_memory_is_in() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "bigmem");
+    let store = tmp.path().join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("256").stdout(Stdio::null()).stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    holds_mib(pid, 256);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let err = tmp.path().join("restart.err");
+    let status = Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(&store)
+        .args(["--lazy", &pid.to_string(), "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    let said = std::fs::read_to_string(&err).unwrap();
+    assert!(status.success(), "restart --lazy: {said}");
+    let server = server_pid(&said);
+    // the server held where it is: part of the memory is not in
+    // SAFETY: kill(2) of the page server this test started.
+    unsafe { libc::kill(server, libc::SIGSTOP) };
+    let held = alive(server);
+    let o = checkpoint_out(&store, pid, &[]);
+    // SAFETY: as above.
+    unsafe { libc::kill(server, libc::SIGCONT) };
+    assert!(held, "the page server was done before it could be held");
+    assert!(!o.status.success(), "a process still loading was saved");
+    let refused = String::from_utf8_lossy(&o.stderr);
+    assert!(refused.contains("still coming in"), "{refused}");
+    assert!(
+        alive(pid),
+        "the refused checkpoint left the process running"
+    );
+    wait_until("the page server ends", || !alive(server));
+    kill_reap(server);
+    // once it is all in, the checkpoint is whole
+    let o = checkpoint_out(&store, pid, &["--kill"]);
+    ok(&o, "checkpoint once loaded");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(256."),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    kill_reap(pid);
+}

@@ -404,3 +404,94 @@ fn a_job_with_a_mount_of_its_own_is_refused() -> Result<()> {
     next_lines(&out, 2);
     Ok(())
 }
+
+/// Holds `argv[1]` MiB of random bytes and writes their MD5 into
+/// `argv[2]` at its start and at each SIGUSR1.
+const HASHER: &str = r#"
+import hashlib, os, signal, sys, time
+b = bytearray(os.urandom(1 << 20)) * int(sys.argv[1])
+def h(*_):
+    with open(sys.argv[2], "a") as f:
+        f.write(hashlib.md5(b).hexdigest() + "\n")
+signal.signal(signal.SIGUSR1, h)
+h()
+while True:
+    time.sleep(1)
+"#;
+
+/// A process that has just moved is restored lazily: a page server
+/// brings its memory in while it runs. `checkpoint` of it at once waits
+/// for that; before, the pages not in yet were saved as never touched (23
+/// of 256 MiB were saved) and the restarted process died of SIGSEGV.
+#[test]
+fn a_process_checkpointed_right_after_it_moved_is_saved_whole() -> Result<()> {
+    let _g = serial();
+    let c = TestCluster::loopback(2)?.formed(2, SETTLE)?;
+    let hashes = c.dir.path().join("hashes");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", HASHER, "128", &hashes.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = without_stray_fds(&mut cmd).spawn()?;
+    let pid = child.id() as i32;
+    std::thread::spawn(move || child.wait());
+    let _stand_in = Job(pid);
+    let first = wait_for(Duration::from_secs(30), "its first hash", || {
+        std::fs::read_to_string(&hashes)
+            .ok()
+            .filter(|h| h.ends_with('\n'))
+    })?;
+    capset(&c, 1, pid);
+    let o = Command::new(bin("krgcapset"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args(["-k", &pid.to_string(), "-d", "+CHECKPOINTABLE"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let moved = moved_host_pid(pid);
+    let _moved = Job(moved);
+    let default = DefaultDir::new();
+    let o = Command::new(bin("checkpoint"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .env_remove("KRG_CHKPT_DIR")
+        .args(["--kill", &pid.to_string()])
+        .output()?;
+    let _saved_there = default.app(moved);
+    assert!(o.status.success(), "{}", err(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    let mib: f64 = said
+        .split("task(s), ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(mib >= 128.0, "all of its memory: {said}");
+    wait_for(Duration::from_secs(10), "the moved process to end", || {
+        (!Path::new(&format!("/proc/{moved}")).exists()).then_some(())
+    })?;
+    let o = Command::new(bin("restart"))
+        .env("KRG_SOCKET", socket(&c, 1))
+        .args([&format!("2:{moved}"), "1"])
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    let again = moved_host_pid(pid);
+    let _again = Job(again);
+    // SAFETY: kill(2) of the process this test restarted.
+    unsafe { libc::kill(again, libc::SIGUSR1) };
+    let both = wait_for(
+        Duration::from_secs(10),
+        "its hash after the restart",
+        || {
+            std::fs::read_to_string(&hashes)
+                .ok()
+                .filter(|h| h.lines().count() >= 2)
+        },
+    )?;
+    assert_eq!(
+        both.lines().nth(1),
+        first.lines().next(),
+        "its memory after the restart"
+    );
+    Ok(())
+}

@@ -180,9 +180,23 @@ fn thread_attrs(pid: i32, tid: i32, leader: &Injector, scratch: u64) -> Result<T
     })
 }
 
-/// Flags of every mapping by its start address: (advice bits, may be made
-/// writable while shared).
-pub type VmaFlags = HashMap<u64, (u32, bool)>;
+/// What smaps says of one mapping.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MappingFlags {
+    /// madvise advice bits.
+    pub advice: u32,
+    /// Shared and may be made writable.
+    pub may_write: bool,
+    /// Registered with a userfaultfd for missing pages (`um`): a page
+    /// server is still bringing its memory in (a lazy restore, after a
+    /// migration or `restart --lazy`). The pages not in yet are absent
+    /// from the page tables, where a dump would take them for pages never
+    /// touched.
+    pub filling: bool,
+}
+
+/// Flags of every mapping by its start address.
+pub type VmaFlags = HashMap<u64, MappingFlags>;
 
 /// `VmFlags` of every mapping of `pid` (smaps). Reading smaps walks every
 /// page to count it (40–90 ms per GiB on a loaded machine), so it is read
@@ -190,13 +204,20 @@ pub type VmaFlags = HashMap<u64, (u32, bool)>;
 /// frozen; [`settle_vma_flags`] takes what both saw.
 pub fn vma_flags(pid: i32) -> VmaFlags {
     let text = procfs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (adv, may_write, all) = parse_smaps(&text);
-    let mut out: VmaFlags = all.into_iter().map(|s| (s, (0, false))).collect();
-    for a in adv {
-        out.entry(a.start).or_default().0 = a.flags;
+    let parsed = parse_smaps(&text);
+    let mut out: VmaFlags = parsed
+        .all
+        .into_iter()
+        .map(|s| (s, MappingFlags::default()))
+        .collect();
+    for a in parsed.advice {
+        out.entry(a.start).or_default().advice = a.flags;
     }
-    for s in may_write {
-        out.entry(s).or_default().1 = true;
+    for s in parsed.may_write {
+        out.entry(s).or_default().may_write = true;
+    }
+    for s in parsed.filling {
+        out.entry(s).or_default().filling = true;
     }
     out
 }
@@ -229,10 +250,11 @@ pub fn settle_vma_flags(
     for v in vmas {
         let before = pre.and_then(|p| p.get(&v.start));
         let after = post.get(&v.start);
-        let (flags, may_write) = match (before, after) {
+        let seen = match (before, after) {
             (Some(b), Some(f)) if b == f => *b,
             (Some(b), None) => *b,
             (None, Some(f)) => *f,
+            (Some(b), Some(f)) if b.filling || f.filling => MappingFlags { filling: true, ..*b },
             _ => {
                 return Err(ChkptError::Changed(format!(
                     "the madvise flags of process {pid}'s mapping at {:#x} changed while it was checkpointed (try again)",
@@ -240,6 +262,13 @@ pub fn settle_vma_flags(
                 )))
             }
         };
+        if seen.filling {
+            return Err(ChkptError::Changed(format!(
+                "process {pid}'s memory is still coming in (it was restored lazily a moment ago, by a migration or restart --lazy, and its page server is bringing in its mapping at {:#x}): try again once it is all in",
+                v.start
+            )));
+        }
+        let (flags, may_write) = (seen.advice, seen.may_write);
         if flags != 0 {
             a.advice.push(VmaAdvice {
                 start: v.start,
@@ -254,12 +283,24 @@ pub fn settle_vma_flags(
     Ok(())
 }
 
-/// madvise flags of every mapping that has some, the shared mappings that
-/// may be made writable (smaps `VmFlags`: `sh` and `mw`), and the start of
-/// every mapping.
-pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>, Vec<u64>) {
+/// What [`parse_smaps`] finds, each mapping named by its start.
+#[derive(Debug, Default)]
+pub struct Smaps {
+    /// madvise flags of every mapping that has some.
+    pub advice: Vec<VmaAdvice>,
+    /// Shared mappings that may be made writable (`sh` and `mw`).
+    pub may_write: Vec<u64>,
+    /// Mappings a userfaultfd fills on missing pages (`um`).
+    pub filling: Vec<u64>,
+    /// Every mapping.
+    pub all: Vec<u64>,
+}
+
+/// The `VmFlags` of every mapping of an smaps text.
+pub fn parse_smaps(smaps: &str) -> Smaps {
     let mut out = Vec::new();
     let mut may_write = Vec::new();
+    let mut filling = Vec::new();
     let mut all = Vec::new();
     let mut cur: Option<(u64, u64)> = None;
     for line in smaps.lines() {
@@ -271,6 +312,9 @@ pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>, Vec<u64>) {
             let codes: Vec<&str> = flags.split_whitespace().collect();
             if codes.contains(&"sh") && codes.contains(&"mw") {
                 may_write.push(start);
+            }
+            if codes.contains(&"um") {
+                filling.push(start);
             }
             let f = ADVICE
                 .iter()
@@ -294,7 +338,12 @@ pub fn parse_smaps(smaps: &str) -> (Vec<VmaAdvice>, Vec<u64>, Vec<u64>) {
             }
         }
     }
-    (out, may_write, all)
+    Smaps {
+        advice: out,
+        may_write,
+        filling,
+        all,
+    }
 }
 
 /// Owner and signal of every fd's open file description, and the size of
@@ -415,10 +464,14 @@ VmFlags: rd wr mr mw me ac nh wf sd
 VmFlags: rd sh mr mw me 
 7f0000400000-7f0000401000 r--s 00000000 08:01 1235                       /tmp/g
 VmFlags: rd sh mr me 
+7f0000500000-7f0000600000 rw-p 00000000 00:00 0 
+VmFlags: rd wr mr mw me ac um 
 ";
-        let (a, mw, all) = parse_smaps(text);
-        assert_eq!(all.len(), 5);
-        assert_eq!(mw, vec![0x7f00_0030_0000]);
+        let parsed = parse_smaps(text);
+        let (a, mw, all) = (&parsed.advice, &parsed.may_write, &parsed.all);
+        assert_eq!(all.len(), 6);
+        assert_eq!(*mw, vec![0x7f00_0030_0000]);
+        assert_eq!(parsed.filling, vec![0x7f00_0050_0000]);
         assert_eq!(a.len(), 2);
         assert_eq!(
             (a[0].start, a[0].end, a[0].flags),
@@ -448,17 +501,33 @@ VmFlags: rd sh mr me
             kind: crate::image::VmaKind::Anon,
             runs: Vec::new(),
         };
-        let pre: VmaFlags = [(0x1000, (1, false)), (0x3000, (2, true))].into();
-        let post: VmaFlags = [(0x1000, (1, false)), (0x2000, (4, false))].into();
+        let f = |advice: u32, may_write: bool| MappingFlags {
+            advice,
+            may_write,
+            filling: false,
+        };
+        let pre: VmaFlags = [(0x1000, f(1, false)), (0x3000, f(2, true))].into();
+        let post: VmaFlags = [(0x1000, f(1, false)), (0x2000, f(4, false))].into();
         let mut a = TaskAttrs::default();
         let vmas = [vma(0x1000), vma(0x2000), vma(0x3000)];
         settle_vma_flags(1, &mut a, &vmas, Some(&pre), &post).unwrap();
         let got: Vec<(u64, u32)> = a.advice.iter().map(|v| (v.start, v.flags)).collect();
         assert_eq!(got, vec![(0x1000, 1), (0x2000, 4), (0x3000, 2)]);
         assert_eq!(a.may_write, vec![0x3000]);
-        let changed: VmaFlags = [(0x1000, (0, false))].into();
+        let changed: VmaFlags = [(0x1000, f(0, false))].into();
         let e = settle_vma_flags(1, &mut a, &vmas[..1], Some(&pre), &changed).unwrap_err();
         assert!(e.to_string().contains("changed while"), "{e}");
         assert!(settle_vma_flags(1, &mut a, &[vma(0x9000)], Some(&pre), &post).is_err());
+        // a mapping a page server still fills, before the freeze, after it,
+        // or both: its absent pages are not known, refused
+        let filling = MappingFlags {
+            filling: true,
+            ..f(1, false)
+        };
+        let lazy: VmaFlags = [(0x1000, filling)].into();
+        for (pre, post) in [(&lazy, &pre), (&pre, &lazy), (&lazy, &lazy)] {
+            let e = settle_vma_flags(1, &mut a, &vmas[..1], Some(pre), post).unwrap_err();
+            assert!(e.to_string().contains("still coming in"), "{e}");
+        }
     }
 }

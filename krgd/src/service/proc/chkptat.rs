@@ -145,6 +145,13 @@ pub async fn here(
             format!("process {node}:{pid} is not CHECKPOINTABLE (run krgcapset -d +CHECKPOINTABLE in the shell that starts it)"),
         ));
     }
+    // A process that arrived a moment ago may still have its memory
+    // brought in by a page server: wait for it, since pages not in yet
+    // would be missing from the image (the dump refuses such a process).
+    let tree: Vec<i32> = checkpoint::dump::tree(host)
+        .map(|t| t.into_iter().map(|(p, _)| p).collect())
+        .unwrap_or_else(|_| vec![host]);
+    super::migrate::wait_filled(st, &tree).await?;
     let hold = req.hold && !req.kill;
     let opts = checkpoint::dump::DumpOptions {
         root: PathBuf::from(checkpoint::store::DEFAULT_ROOT),

@@ -28,8 +28,9 @@ pub fn filling(st: &Arc<ProcState>, server: i32, pids: &[i32]) {
 }
 
 /// Wait until no page server fills the memory of any of `pids` (a dump
-/// must not race the server for the pages it has not brought in yet).
-pub(super) async fn wait_filled(st: &ProcState, pids: &[i32]) -> Result<(), AdminError> {
+/// must not race the server for the pages it has not brought in yet: a
+/// migration's, or a checkpoint's).
+pub async fn wait_filled(st: &ProcState, pids: &[i32]) -> Result<(), AdminError> {
     let deadline = Instant::now() + FILL_WAIT;
     loop {
         let busy = crate::sync::lock(&st.migration.filling)

@@ -49,8 +49,7 @@ pub mod serving;
 pub mod standin;
 pub mod stdio;
 
-use arrivals::wait_filled;
-pub use arrivals::{arrived, arrived_job, filling};
+pub use arrivals::{arrived, arrived_job, filling, wait_filled};
 pub use clock::Clock;
 pub use registry::{start_ticks, Adopted, Registry};
 use send::{dump, push, Early};
