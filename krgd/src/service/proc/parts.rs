@@ -57,8 +57,9 @@ fn refused(kind: ErrorKind, what: impl std::fmt::Display) -> AdminError {
     AdminError::new(kind, what.to_string())
 }
 
-/// Have every part of `req` run again where it was saved, its session
-/// waiting here for its stand-in: the token of each.
+/// Have every part of `req` run again where it was saved (or here, from
+/// its copy: [`copy_to_use`]), its session waiting here for its
+/// stand-in: the token of each, and which parts run from their copies.
 pub async fn restore(
     st: &Arc<ProcState>,
     caller: &Caller,
