@@ -169,6 +169,23 @@ pub fn cleanup(dir: &CheckedDir) {
     }
 }
 
+/// Forget an earlier attempt at SN `sn` in a directory whose SN numbers
+/// come from elsewhere (a part's copy takes its node's numbers): its
+/// temporary directory and tombstone go. [`cleanup`] would make a
+/// tombstone of it instead, and an SN committed later under a tombstone's
+/// number has its files removed by the next cleanup.
+pub fn forget_attempt(dir: &CheckedDir, sn: u32) -> Result<()> {
+    let tmp = format!("{TMP_PREFIX}{sn}");
+    if dir.contains(&tmp) {
+        dir.remove_flat_tree(&tmp)?;
+    }
+    let dead = format!("{DEAD_PREFIX}{sn}");
+    if dir.contains(&dead) {
+        dir.remove_file(&dead)?;
+    }
+    Ok(())
+}
+
 /// Leave the tombstone of `sn` (an empty file `.dead-v<SN>`).
 pub fn tombstone(dir: &CheckedDir, sn: u32) -> Result<()> {
     let name = format!("{DEAD_PREFIX}{sn}");

@@ -2,7 +2,8 @@
 //! directory (`parts/<NODE>/<PID>/`), with every SN of its chain the
 //! copy does not have yet, oldest first. Each SN goes through the store's
 //! staging directory and commit ([`crate::store`]): a copy cut short
-//! leaves no SN, and the next copy cleans it up.
+//! leaves no SN, and the next copy of that SN removes what it left. The
+//! SN numbers are the part's node's: nothing here is a tombstone.
 //!
 //! `checkpoint` runs as the application's owner or as root; as root it
 //! writes in the owner's directory through [`CheckedDir`] descriptors and
@@ -61,7 +62,6 @@ pub fn copy_in(
     let of_node = sub_dir(&parts, &node.to_string(), owner)?;
     let copy = sub_dir(&of_node, &host_pid.to_string(), owner)?;
     let _lock = store::lock(&copy)?;
-    store::cleanup(&copy);
     let have = store::committed_sns(&copy);
     let mut todo = Vec::new();
     let mut next = Some(sn);
@@ -128,6 +128,8 @@ fn copy_sn<S: Source>(
             "{name}: not a file of SN {sn}"
         )));
     }
+    // (a copy cut short by a kill left its staging directory)
+    store::forget_attempt(copy, sn)?;
     let staging = store::stage(copy, sn)?;
     let outs = files
         .iter()

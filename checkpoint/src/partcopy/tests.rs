@@ -194,3 +194,32 @@ fn a_source_that_ends_early_leaves_no_sn() {
     };
     assert_eq!(copy_in(&app, (2, 7, 1), &mut good).unwrap().sns, vec![1]);
 }
+
+/// A copy killed half way leaves its staging directory. Taken for an
+/// attempt of this directory's own, it became a tombstone, and the SN
+/// copied again under that number lost its files at the next copy.
+#[test]
+fn a_copy_cut_short_by_a_kill_leaves_nothing_that_harms_the_next() {
+    let (_t, part) = part_dir();
+    commit_sn(&part, 1, None);
+    commit_sn(&part, 2, Some(1));
+    let app_t = tempfile::tempdir().unwrap();
+    let app = CheckedDir::open(app_t.path()).unwrap();
+    let copy = super::copies_of(app_t.path(), 2).join("7");
+    std::fs::create_dir_all(copy.join(".tmp-v1")).unwrap();
+    std::fs::write(copy.join(".tmp-v1/task_mm_7_v1.bin"), "half").unwrap();
+    let mut src = Local {
+        dir: &part,
+        caller: 0,
+        reads: 0,
+    };
+    assert_eq!(copy_in(&app, (2, 7, 1), &mut src).unwrap().sns, vec![1]);
+    assert_eq!(copy_in(&app, (2, 7, 2), &mut src).unwrap().sns, vec![2]);
+    let d = CheckedDir::open(&copy).unwrap();
+    assert_eq!(store::committed_sns(&d), vec![1, 2]);
+    assert_eq!(
+        std::fs::read_to_string(copy.join("task_mm_7_v1.bin")).unwrap(),
+        "pages of SN 1"
+    );
+    assert!(!copy.join(".dead-v1").exists() && !copy.join(".tmp-v1").exists());
+}
