@@ -343,16 +343,26 @@ pub fn inspect(dir: &Path, sn: u32) -> Result<String> {
         }
         for si in &n.stand_ins {
             let p = si.part;
+            let copied = crate::partcopy::copies(dir.path())
+                .iter()
+                .any(|(node, pid, sns)| {
+                    (*node, *pid) == (p.node, p.host_pid) && sns.contains(&p.sn)
+                });
             let _ = writeln!(
                 s,
                 "  task {} parent {}: the stand-in of a process on node {} (PID {} there, \
-                 saved as SN {} in its /var/chkpt/{}), group {} session {}, command {:?}, stdio {}",
+                 saved as SN {} in its /var/chkpt/{}{}), group {} session {}, command {:?}, stdio {}",
                 si.pid,
                 si.ppid,
                 p.node,
                 p.host_pid,
                 p.sn,
                 p.host_pid,
+                if copied {
+                    format!(", copied in {}/{}/{}", crate::partcopy::PARTS_DIR, p.node, p.host_pid)
+                } else {
+                    String::new()
+                },
                 si.pgid,
                 si.sid,
                 si.argv

@@ -54,6 +54,14 @@ fn a_part_whose_node_is_gone_runs_again_from_its_copy() -> Result<()> {
         )),
         "{text}"
     );
+    let shown = tool(&c, "checkpoint", &["inspect", &app_dir, "1"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains(&format!(
+            "saved as SN 1 in its /var/chkpt/{moved}, copied in parts/3/{moved})"
+        )),
+        "{text}"
+    );
     shell.wait()?;
     wait_for(Duration::from_secs(10), "the application to end", || {
         [sh, cat, py, moved].iter().all(|p| over(*p)).then_some(())
