@@ -23,6 +23,24 @@ fn server_pid(stderr: &str) -> i32 {
         .unwrap_or_else(|| panic!("no page server in: {stderr}"))
 }
 
+/// `restart --lazy` of SN 1 of `pid`: its page server's PID. Its stderr
+/// goes to the file `err`: the page server keeps it open to its end, and
+/// reading a pipe to EOF would wait for the server.
+fn restart_lazily(store: &std::path::Path, pid: i32, err: &std::path::Path) -> i32 {
+    let status = Command::new(bin("restart"))
+        .arg("--dir")
+        .arg(store)
+        .args(["--lazy", &pid.to_string(), "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(err).unwrap())
+        .status()
+        .unwrap();
+    let said = std::fs::read_to_string(err).unwrap();
+    assert!(status.success(), "restart --lazy: {said}");
+    server_pid(&said)
+}
+
 /// Wait until process `pid` has `mib` MiB resident (bigmem touched it).
 fn holds_mib(pid: i32, mib: u64) {
     wait_until("bigmem holds its memory", || {
@@ -191,21 +209,7 @@ fn a_lazily_restored_process_shows_its_command_line_and_environment_at_once() {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
     kill_reap(pid);
-    // stderr to a file: the page server keeps it open to its end, and
-    // reading it to EOF would wait for the server
-    let err = tmp.path().join("restart.err");
-    let status = Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .args(["--lazy", &pid.to_string(), "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .status()
-        .unwrap();
-    let said = std::fs::read_to_string(&err).unwrap();
-    assert!(status.success(), "restart --lazy: {said}");
-    let server = server_pid(&said);
+    let server = restart_lazily(&store, pid, &tmp.path().join("restart.err"));
     let now_cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let now_environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let still_loading = alive(server);
@@ -242,19 +246,7 @@ fn a_process_still_loading_is_not_checkpointed_until_its_memory_is_in() {
     holds_mib(pid, 256);
     ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
     kill_reap(pid);
-    let err = tmp.path().join("restart.err");
-    let status = Command::new(bin("restart"))
-        .arg("--dir")
-        .arg(&store)
-        .args(["--lazy", &pid.to_string(), "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .status()
-        .unwrap();
-    let said = std::fs::read_to_string(&err).unwrap();
-    assert!(status.success(), "restart --lazy: {said}");
-    let server = server_pid(&said);
+    let server = restart_lazily(&store, pid, &tmp.path().join("restart.err"));
     // the server held where it is: part of the memory is not in
     // SAFETY: kill(2) of the page server this test started.
     unsafe { libc::kill(server, libc::SIGSTOP) };
