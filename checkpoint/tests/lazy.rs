@@ -23,6 +23,22 @@ fn server_pid(stderr: &str) -> i32 {
         .unwrap_or_else(|| panic!("no page server in: {stderr}"))
 }
 
+/// bigmem holding `mib` MiB, saved as SN 1 under `<dir>/store` with
+/// `--kill` (and reaped): the store and its PID.
+fn bigmem_saved(guard: &Guard, dir: &std::path::Path, mib: u64) -> (std::path::PathBuf, i32) {
+    let exe = build_c(dir, "bigmem");
+    let store = dir.join("store");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(mib.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = guard.add(spawn(cmd).id() as i32);
+    holds_mib(pid, mib);
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    (store, pid)
+}
+
 /// `restart --lazy` of SN 1 of `pid`: its page server's PID. Its stderr
 /// goes to the file `err`: the page server keeps it open to its end, and
 /// reading a pipe to EOF would wait for the server.
@@ -152,14 +168,7 @@ fn a_page_changed_is_caught_as_it_loads() {
     let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
-    let exe = build_c(tmp.path(), "bigmem");
-    let store = tmp.path().join("store");
-    let mut cmd = Command::new(&exe);
-    cmd.arg("8").stdout(Stdio::null()).stderr(Stdio::null());
-    let pid = guard.add(spawn(cmd).id() as i32);
-    holds_mib(pid, 8);
-    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
-    kill_reap(pid);
+    let (store, pid) = bigmem_saved(&guard, tmp.path(), 8);
     let mm = store
         .join(pid.to_string())
         .join(format!("task_mm_{pid}_v1.bin"));
@@ -238,14 +247,7 @@ fn a_process_still_loading_is_not_checkpointed_until_its_memory_is_in() {
     let guard = Guard::new();
     become_subreaper();
     let tmp = tempfile::tempdir().unwrap();
-    let exe = build_c(tmp.path(), "bigmem");
-    let store = tmp.path().join("store");
-    let mut cmd = Command::new(&exe);
-    cmd.arg("256").stdout(Stdio::null()).stderr(Stdio::null());
-    let pid = guard.add(spawn(cmd).id() as i32);
-    holds_mib(pid, 256);
-    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
-    kill_reap(pid);
+    let (store, pid) = bigmem_saved(&guard, tmp.path(), 256);
     let server = restart_lazily(&store, pid, &tmp.path().join("restart.err"));
     // the server held where it is: part of the memory is not in
     // SAFETY: kill(2) of the page server this test started.
