@@ -285,6 +285,39 @@ impl StoreDir {
         self.sync()
     }
 
+    /// Meta-file `name` as it is on disk; `None`: there is none.
+    pub(crate) fn read_optional(&self, name: &str) -> Result<Option<Vec<u8>>, KdfsError> {
+        match self.read_file(name) {
+            Ok(b) => Ok(Some(b)),
+            Err(_) if !self.has(name) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        let flags = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+        !matches!(
+            nix::sys::stat::fstatat(self.fd(), name, flags),
+            Err(nix::errno::Errno::ENOENT)
+        )
+    }
+
+    /// Write meta-file `name` as `image` (a mirror copying its owner's),
+    /// or remove it (`None`). The image is checked by whoever reads it.
+    pub(crate) fn put_image(&self, name: &str, image: Option<&[u8]>) -> Result<(), KdfsError> {
+        match image {
+            Some(b) => self.write_atomic(name, b),
+            None => match nix::unistd::unlinkat(
+                self.fd(),
+                name,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => self.sync(),
+                Err(e) => Err(io_err(&self.path.join(name), e)),
+            },
+        }
+    }
+
     /// fsync the directory (its entries).
     pub fn sync(&self) -> Result<(), KdfsError> {
         nix::unistd::fsync(self.fd()).map_err(|e| io_err(&self.path, e))

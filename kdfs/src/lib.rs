@@ -20,6 +20,7 @@ pub mod error;
 pub mod format;
 pub mod fsck;
 pub mod lockmgr;
+pub mod mirror;
 pub mod mountinfo;
 pub mod status;
 pub mod store;

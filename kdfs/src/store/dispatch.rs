@@ -210,10 +210,14 @@ impl Store {
             | Q::ReclaimLock { .. } => return Err(StoreError::NotSupported),
             // krgd unwraps `As` and `HeldBy` and answers `Watch` itself
             // (kdfs::callback), and `HandOver` (its hand-over of a leaving
-            // node's data).
-            Q::As { .. } | Q::HeldBy { .. } | Q::Watch { .. } | Q::Unwatch { .. } | Q::HandOver => {
-                return Err(StoreError::NotSupported)
-            }
+            // node's data), and the mirrors' requests (its mirror service).
+            Q::As { .. }
+            | Q::HeldBy { .. }
+            | Q::Watch { .. }
+            | Q::Unwatch { .. }
+            | Q::HandOver
+            | Q::Mirror { .. }
+            | Q::FromMirror { .. } => return Err(StoreError::NotSupported),
         })
     }
 

@@ -20,9 +20,11 @@
 //!   listings);
 //! * `xattr`: extended attributes and POSIX ACLs of kDFS inodes;
 //! * `striping`: striped files — policies, layouts, the units held here;
-//! * `dispatch`: one request in, one response out — the edge to the wire.
+//! * `dispatch`: one request in, one response out — the edge to the wire;
+//! * `capture`: what a change did, as state for the store's mirror.
 
 mod alloc;
+mod capture;
 pub mod crash;
 mod data;
 mod dir;

@@ -9,7 +9,7 @@
 //! kinds, attributes, directory entries, members), `bytes` (file data on
 //! the wire), `cache` (coherence of the mounts' kernel caches), `lock`
 //! (cluster-wide locks), `stripe` (striped files' policies, layouts and
-//! pieces), `response` (the answers); this file holds the ids and the
+//! pieces), `mirror` (a store's copy on its mirror node), `response` (the answers); this file holds the ids and the
 //! peer requests.
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ mod attr;
 mod bytes;
 mod cache;
 mod lock;
+mod mirror;
 mod response;
 mod stripe;
 
@@ -29,6 +30,7 @@ pub use attr::{Attr, DirEntry, FileKind, KdfsNode, NewInode, RemoveWhat, SetAttr
 pub use bytes::Bytes;
 pub use cache::Inval;
 pub use lock::{LockHolder, LockKind, LockSpec};
+pub use mirror::{MetaFile, MirrorChange, MirrorRequest, MirroredObject, ObjectState};
 pub use response::KdfsResponse;
 pub use stripe::{Piece, StripeError, StripeLayout, StripePolicy};
 
@@ -519,7 +521,28 @@ pub enum KdfsRequest {
         /// The opening request (never another `HeldBy`, nor an `As`).
         req: Box<KdfsRequest>,
     },
+    /// From node `from`'s krgd to the krgd that mirrors its store.
+    Mirror {
+        /// The store's owner.
+        from: crate::NodeId,
+        /// What it asks.
+        req: MirrorRequest,
+    },
+    /// A read of node `node`'s files, asked of its mirror while `node` does
+    /// not answer: answered from the mirror's copy, when complete
+    /// (ENOTCONN otherwise); anything but a read answers EROFS. Handles
+    /// opened this way have [`MIRROR_HANDLE`] set.
+    FromMirror {
+        /// The node whose files are read.
+        node: crate::NodeId,
+        /// The read, as it would have gone to `node`.
+        req: Box<KdfsRequest>,
+    },
 }
+
+/// Set in the handles a mirror opens (`FromMirror`): the client sends what
+/// uses them to the mirror again, never to the owner.
+pub const MIRROR_HANDLE: u64 = 1 << 62;
 
 impl KdfsRequest {
     /// Whether the answer carries a new handle (that something must

@@ -1,0 +1,107 @@
+//! Mirrors: a copy of another node's store, kept on this node, that
+//! serves that node's files while it is down (`mkfs.kdfs --replicas 2`).
+//!
+//! * this file: who mirrors whom ([`mirror_of`]), what a mirror may serve
+//!   ([`is_mirror_read`]);
+//! * `copy`: a mirror on disk, `DIR/mirrors/<owner>/`, laid out as the
+//!   owner's store (same meta-files, same `inodes/<hex>` objects), changed
+//!   only by applying the owner's [`MirrorChange`]s;
+//! * [`full`]: copying a whole store to its mirror, step by step.
+//!
+//! The owner's side (what a change touched) is `store::capture`; krgd
+//! sends it and keeps the sessions (`krgd/src/service/kdfs/mirror`).
+
+mod copy;
+pub mod full;
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::BorrowedFd;
+
+use krg_proto::kdfs::{KdfsRequest, MirrorChange, MIRROR_HANDLE};
+use krg_proto::NodeId;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+pub use copy::{MirrorCopy, MIRRORS};
+
+use crate::store::error::Res;
+
+/// The node that mirrors `owner`'s store: the next member after it in id
+/// order, wrapping around; `None` in a cluster of one. Every member
+/// computes the same from the committed membership.
+pub fn mirror_of(owner: NodeId, members: &[NodeId]) -> Option<NodeId> {
+    let after = members.iter().copied().filter(|m| *m > owner).min();
+    let first = members.iter().copied().filter(|m| *m != owner).min();
+    after.or(first)
+}
+
+/// Whether a mirror may answer `req` for its owner: reads only (a regular
+/// file opened for reading, its data, names, attributes), or what uses
+/// a handle the mirror gave.
+pub fn is_mirror_read(req: &KdfsRequest) -> bool {
+    use KdfsRequest as Q;
+    matches!(
+        req,
+        Q::GetAttr { .. }
+            | Q::Lookup { .. }
+            | Q::Readlink { .. }
+            | Q::IsEmptyDir { .. }
+            | Q::OpenDir { .. }
+            | Q::ReadDir { .. }
+            | Q::ReleaseDir { .. }
+            | Q::GetXattr { .. }
+            | Q::ListXattr { .. }
+            | Q::GetStripe { .. }
+            | Q::Open { write: false, .. }
+            | Q::Read { .. }
+            | Q::Release { .. }
+            | Q::Statfs
+            | Q::Root
+    )
+}
+
+/// Whether `req` uses a handle a mirror opened: it goes to the mirror
+/// again, whether or not the owner answers now.
+pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
+    use KdfsRequest as Q;
+    match req {
+        Q::Read { fh, .. }
+        | Q::Release { fh, .. }
+        | Q::ReadDir { fh, .. }
+        | Q::ReleaseDir { fh } => fh & MIRROR_HANDLE != 0,
+        _ => false,
+    }
+}
+
+/// The objects of an `inodes/` directory, by node-local number.
+pub(crate) fn list_objects(inodes: BorrowedFd) -> Res<Vec<u64>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+    let mut d = nix::dir::Dir::openat(inodes, ".", flags, Mode::empty())?;
+    let mut v = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        if let Some(local) = e
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+        {
+            v.push(local);
+        }
+    }
+    Ok(v)
+}
+
+/// How many bytes a batch of changes carries, about.
+pub fn weight(changes: &[MirrorChange]) -> usize {
+    changes
+        .iter()
+        .map(|c| match c {
+            MirrorChange::Data { data, .. } => data.0.len() + 32,
+            MirrorChange::Entries { entries, .. } => entries.len() * 64 + 32,
+            MirrorChange::Meta { image, .. } => image.as_ref().map_or(0, Vec::len) + 32,
+            _ => 128,
+        })
+        .sum()
+}

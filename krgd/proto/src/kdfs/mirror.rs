@@ -1,0 +1,143 @@
+//! Replication of a node's store to its mirror (`mkfs.kdfs --replicas 2`).
+//!
+//! The node that owns a store sends its mirror the *state* of what each
+//! change touched, never the operation: applying a [`MirrorChange`] twice,
+//! or one that an earlier full copy already holds, leaves the same mirror.
+//! Objects and directories are named by their node-local inode number, as
+//! in the store (`inodes/<hex>`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Bytes, FileKind, Time};
+
+/// Everything the store keeps of one object, but its data and, for a
+/// directory, its entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectState {
+    /// Its type.
+    pub kind: FileKind,
+    /// Permission bits, setuid/setgid/sticky included.
+    pub perm: u16,
+    /// Owner's uid.
+    pub uid: u32,
+    /// Group's gid.
+    pub gid: u32,
+    /// Size of a regular file (the mirror truncates or extends to it).
+    pub size: u64,
+    /// Last access.
+    pub atime: Time,
+    /// Last change of the data.
+    pub mtime: Time,
+    /// Device number of a device node.
+    pub rdev: u64,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+    /// Every extended attribute of the object, the store's own counts
+    /// (`trusted.kdfs.*`) included: the mirror drops the others.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One change to a mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MirrorChange {
+    /// Object `local` is now `state` (made if missing, remade if its kind
+    /// changed), or gone (`None`).
+    Object {
+        /// Its node-local inode number.
+        local: u64,
+        /// What it is now.
+        state: Option<ObjectState>,
+    },
+    /// Entries of directory `local`: each name now encodes the given entry
+    /// (the store's symlink target) or is absent. With `complete`, these
+    /// are all its entries: the mirror drops the others.
+    Entries {
+        /// The directory's node-local inode number.
+        local: u64,
+        /// Names and what they encode now.
+        entries: Vec<(Vec<u8>, Option<String>)>,
+        /// These are every entry of the directory.
+        complete: bool,
+    },
+    /// Bytes of regular file `local` at `offset`.
+    Data {
+        /// The file's node-local inode number.
+        local: u64,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// A store meta-file (`kdfs.sb`, `root.meta`, `ino.next`) as the owner
+    /// has it, its image checked by the reader that opens it; `None`:
+    /// absent.
+    Meta {
+        /// Which meta-file.
+        name: MetaFile,
+        /// Its image.
+        image: Option<Vec<u8>>,
+    },
+    /// Flush object `local` (or, for `None`, the whole mirror) to disk:
+    /// an fsync on the owner is one on the mirror too.
+    Sync {
+        /// The object, or the whole mirror.
+        local: Option<u64>,
+    },
+}
+
+/// The meta-files of a store a mirror keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaFile {
+    /// `kdfs.sb`.
+    Superblock,
+    /// `root.meta` (the root node's).
+    RootMeta,
+    /// `ino.next`.
+    InoNext,
+}
+
+/// What a mirror holds of one object: enough to skip copying a regular
+/// file's data again when it has not changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirroredObject {
+    /// Its node-local inode number.
+    pub local: u64,
+    /// Its type.
+    pub kind: FileKind,
+    /// Its size.
+    pub size: u64,
+    /// Its last data change.
+    pub mtime: Time,
+}
+
+/// Requests between a store's owner and its mirror.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MirrorRequest {
+    /// Start (or restart) mirroring: the mirror forgets the session it had
+    /// with this owner and answers what it holds
+    /// ([`super::KdfsResponse::Mirrored`]); its copy serves nothing until
+    /// `Synced`.
+    Begin {
+        /// Drawn by the owner for this mirroring.
+        session: u64,
+    },
+    /// Changes of the owner's store, in the owner's order (`seq` counts
+    /// from 1 within the session). A gap, or another session, answers
+    /// `ESTALE`: the owner copies everything again.
+    Apply {
+        /// The owner's session.
+        session: u64,
+        /// Number of this batch in the session.
+        seq: u64,
+        /// The changes, in order.
+        changes: Vec<MirrorChange>,
+    },
+    /// The full copy of this session is complete: from now on the copy
+    /// may serve the owner's files while the owner is down.
+    Synced {
+        /// The owner's session.
+        session: u64,
+        /// The last batch sent.
+        seq: u64,
+    },
+}
