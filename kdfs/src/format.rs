@@ -49,7 +49,8 @@ const ROOT_MAGIC: &[u8; 8] = b"KDFS-RT\0";
 const NEXT_MAGIC: &[u8; 8] = b"KDFS-NX\0";
 
 /// Layout version written by this code; older layouts stay readable.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: the superblock says how many copies the store keeps (`replicas`).
+pub const LAYOUT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Superblock {
@@ -61,7 +62,23 @@ pub struct Superblock {
     pub layout: u32,
     /// Seconds since the epoch at mkfs.
     pub created: u64,
+    /// Copies of this store's files: 1, or 2 (the second on its mirror,
+    /// the next member; see `mirror`). Layout 1 had no field: 1.
+    pub replicas: u8,
 }
+
+/// The superblock of layout 1.
+#[derive(Deserialize)]
+struct SuperblockV1 {
+    fs_id: u128,
+    node: NodeId,
+    root_node: NodeId,
+    layout: u32,
+    created: u64,
+}
+
+/// The most copies a store keeps.
+pub const MAX_REPLICAS: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootMeta {
@@ -328,7 +345,27 @@ impl StoreDir {
     }
 
     pub fn read_superblock(&self) -> Result<Superblock, KdfsError> {
-        self.read_meta(SB_MAGIC, SUPERBLOCK)
+        let bytes = self.read_file(SUPERBLOCK)?;
+        let path = self.path.join(SUPERBLOCK);
+        if bytes.get(8..12) == Some(&1u32.to_le_bytes()[..]) {
+            let v1: SuperblockV1 = decode(SB_MAGIC, &bytes, &path)?;
+            return Ok(Superblock {
+                fs_id: v1.fs_id,
+                node: v1.node,
+                root_node: v1.root_node,
+                layout: v1.layout,
+                created: v1.created,
+                replicas: 1,
+            });
+        }
+        let sb: Superblock = decode(SB_MAGIC, &bytes, &path)?;
+        if sb.replicas == 0 || sb.replicas > MAX_REPLICAS {
+            return Err(KdfsError::corrupt(
+                &path,
+                format!("{} replicas (1..={MAX_REPLICAS})", sb.replicas),
+            ));
+        }
+        Ok(sb)
     }
 
     pub fn write_superblock(&self, sb: &Superblock) -> Result<(), KdfsError> {
@@ -400,12 +437,20 @@ pub struct MkfsOptions {
     pub root_node: NodeId,
     /// Format even if `dir` is not empty (its content is removed).
     pub force: bool,
+    /// Copies of each file of this store (1 or 2).
+    pub replicas: u8,
 }
 
 /// First local inode number handed out (the root directory takes it on the root node).
 pub const FIRST_INO: u64 = 1;
 
 fn check_node_ids(opts: &MkfsOptions) -> Result<(), KdfsError> {
+    if opts.replicas == 0 || opts.replicas > MAX_REPLICAS {
+        return Err(KdfsError::Invalid(format!(
+            "--replicas {}: a store keeps 1 or {MAX_REPLICAS} copies of its files",
+            opts.replicas
+        )));
+    }
     if opts.node == 0 || opts.node > krg_proto::kdfs::MAX_KDFS_NODE {
         return Err(KdfsError::Invalid(format!(
             "node id {} cannot hold a kDFS (ids 1..=65535)",
@@ -519,6 +564,7 @@ pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
         root_node: opts.root_node,
         layout: LAYOUT_VERSION,
         created,
+        replicas: opts.replicas,
     };
     // The superblock goes last: a directory with a superblock is complete.
     sd.write_superblock(&sb)?;
@@ -537,6 +583,7 @@ mod tests {
             node: 1,
             root_node: 1,
             force: false,
+            replicas: 1,
         })
         .unwrap();
         assert_eq!(read_superblock(d.path()).unwrap(), sb);
@@ -560,10 +607,12 @@ mod tests {
             node: 2,
             root_node: 1,
             force: false,
+            replicas: 1,
         };
         assert!(mkfs(&opts).unwrap_err().to_string().contains("not empty"));
         let sb = mkfs(&MkfsOptions {
             force: true,
+            replicas: 1,
             ..opts.clone()
         })
         .unwrap();
@@ -589,6 +638,7 @@ mod tests {
             node: 1,
             root_node: 1,
             force: true,
+            replicas: 1,
         };
         mkfs(&opts).unwrap();
         assert_eq!(mode(d.path()), 0o700);

@@ -19,6 +19,11 @@ use krg_proto::NodeId;
 /// serves DIR (mounted or not, and again after a restart); a non-root store
 /// formatted while the root node does not serve yet joins at its first
 /// mount. Then `mount -t kdfs DIR MOUNTPOINT` on every node, in any order.
+///
+/// With --replicas 2, every change to DIR is also made, before it is
+/// answered, to a copy of DIR kept by the next member (DIR/mirrors/<this
+/// node> there), which serves this node's files for reading while this
+/// node is down.
 #[derive(Parser, Debug)]
 #[command(name = "mkfs.kdfs", version)]
 struct Args {
@@ -29,6 +34,11 @@ struct Args {
     /// Erase DIR's content (including an existing kDFS) first.
     #[arg(long)]
     force: bool,
+    /// Copies of each file kept on this node: 1, or 2 (the second on the
+    /// next member in id order, which serves reads of them while this node
+    /// is down). Give the same on every node.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    replicas: u8,
     /// Admin socket of the local krgd.
     #[arg(long, value_name = "PATH", default_value = krg_proto::DEFAULT_SOCKET, env = "KRG_SOCKET")]
     socket: PathBuf,
@@ -79,6 +89,7 @@ fn run(args: Args) -> Result<()> {
         node,
         root_node: args.root_node,
         force: args.force,
+        replicas: args.replicas,
     })?;
     let dir = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone());
     let dir_s = dir

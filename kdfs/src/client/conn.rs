@@ -20,7 +20,7 @@ use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsRespons
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::{NodeId, ProtoError};
 
-use crate::KdfsError;
+use crate::{mirror, KdfsError};
 
 /// How long to wait for a TCP connect + handshake to a krgd.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -227,8 +227,45 @@ impl Cluster {
         self.call_on(node, 0, req, timeout).await
     }
 
-    /// [`Cluster::call_within`] on connection `lane` to `node`.
+    /// [`Cluster::call_within`] on connection `lane` to `node`. A read of
+    /// a node that does not answer is asked of its mirror (see
+    /// `crate::mirror`), which answers ENOTCONN too when it holds no full
+    /// copy of that node's store.
     pub async fn call_on(
+        &self,
+        node: NodeId,
+        lane: u8,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        if mirror::uses_mirror_handle(&req) {
+            return self.from_mirror(node, req, timeout).await;
+        }
+        let again = mirror::is_mirror_read(&req).then(|| req.clone());
+        match (self.direct(node, lane, req, timeout).await, again) {
+            (Err(libc::ENOTCONN), Some(req)) => self.from_mirror(node, req, timeout).await,
+            (r, _) => r,
+        }
+    }
+
+    /// Ask `node`'s mirror for `req`, a read of `node`'s files.
+    async fn from_mirror(
+        &self,
+        node: NodeId,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        let Some(m) = mirror::mirror_of(node, &self.nodes()) else {
+            return Err(libc::ENOTCONN);
+        };
+        let req = KdfsRequest::FromMirror {
+            node,
+            req: Box::new(mirror::unwrapped(req)),
+        };
+        self.direct(m, 0, req, timeout).await
+    }
+
+    async fn direct(
         &self,
         node: NodeId,
         lane: u8,

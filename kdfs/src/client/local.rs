@@ -64,6 +64,8 @@ pub struct LocalStore {
     view: Store,
     /// This mount holds the node's sole-mount claim.
     sole: bool,
+    /// The store is mirrored (`--replicas 2`): krgd does its file I/O.
+    mirrored: bool,
     /// Set at FUSE init when the kernel accepted passthrough.
     passthrough: AtomicBool,
     /// Handles are keyed by (inode, krgd handle): the handle alone is not
@@ -75,9 +77,13 @@ impl LocalStore {
     /// `dir` is the node's formatted kDFS directory, served by its krgd as `node`.
     pub fn open(dir: &Path, node: NodeId) -> Result<Self, KdfsError> {
         let view = Store::view(dir, node)?;
+        // A mirrored store's changes must all go through krgd, which sends
+        // them to the mirror: no file I/O here, no sole mount.
+        let mirrored = view.replicas() > 1;
         Ok(Self {
             node,
-            sole: view.claim_sole_mount(),
+            mirrored,
+            sole: !mirrored && view.claim_sole_mount(),
             view,
             passthrough: AtomicBool::new(false),
             open: Mutex::default(),
@@ -146,7 +152,7 @@ impl LocalStore {
         fh: u64,
         register: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Option<Arc<LocalFile>> {
-        if inode_node(ino) != self.node {
+        if inode_node(ino) != self.node || self.mirrored {
             return None;
         }
         let mut t = self.table();

@@ -46,6 +46,7 @@ impl Fs {
                 node: i as u32 + 1,
                 root_node: 1,
                 force: false,
+                replicas: 1,
             })
             .unwrap();
         }

@@ -36,13 +36,29 @@ pub fn mirror_of(owner: NodeId, members: &[NodeId]) -> Option<NodeId> {
     after.or(first)
 }
 
+/// `req` without what wraps it for its owner (the mount it comes from,
+/// the handles it holds): a mirror keeps neither.
+pub fn unwrapped(req: KdfsRequest) -> KdfsRequest {
+    match req {
+        KdfsRequest::As { req, .. } | KdfsRequest::HeldBy { req, .. } => unwrapped(*req),
+        req => req,
+    }
+}
+
+fn inner(req: &KdfsRequest) -> &KdfsRequest {
+    match req {
+        KdfsRequest::As { req, .. } | KdfsRequest::HeldBy { req, .. } => inner(req),
+        req => req,
+    }
+}
+
 /// Whether a mirror may answer `req` for its owner: reads only (a regular
 /// file opened for reading, its data, names, attributes), or what uses
 /// a handle the mirror gave.
 pub fn is_mirror_read(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
     matches!(
-        req,
+        inner(req),
         Q::GetAttr { .. }
             | Q::Lookup { .. }
             | Q::Readlink { .. }
@@ -65,7 +81,7 @@ pub fn is_mirror_read(req: &KdfsRequest) -> bool {
 /// again, whether or not the owner answers now.
 pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
-    match req {
+    match inner(req) {
         Q::Read { fh, .. }
         | Q::Release { fh, .. }
         | Q::ReadDir { fh, .. }

@@ -19,6 +19,7 @@ fn formatted(node: u32, root: u32) -> tempfile::TempDir {
         node,
         root_node: root,
         force: false,
+        replicas: 1,
     };
     mkfs(&opts).unwrap();
     d

@@ -281,3 +281,18 @@ fn read_target(dir: &OwnedFd, name: &OsStr) -> Res<Option<String>> {
         Err(e) => Err(e.into()),
     }
 }
+
+impl Store {
+    /// Copies of this store's files (1: not mirrored).
+    pub fn replicas(&self) -> u8 {
+        self.sb.replicas
+    }
+
+    /// The mirror of `owner`'s store kept in this one (made if missing).
+    pub fn mirror_copy(
+        &self,
+        owner: krg_proto::NodeId,
+    ) -> Result<crate::mirror::MirrorCopy, crate::KdfsError> {
+        crate::mirror::MirrorCopy::open(&self.top, owner)
+    }
+}

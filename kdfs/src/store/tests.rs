@@ -30,6 +30,7 @@ fn store() -> (tempfile::TempDir, Store, InodeId) {
         node: 1,
         root_node: 1,
         force: false,
+        replicas: 1,
     })
     .unwrap();
     let s = Store::open(d.path(), 1, None).unwrap();

@@ -280,18 +280,24 @@ impl Cluster {
 
     /// Start, format (root on node 1) and mount every node.
     pub fn with_kdfs(n: u32) -> Cluster {
+        Cluster::with_kdfs_formatted(n, &[])
+    }
+
+    /// [`Cluster::with_kdfs`], each store formatted with `mkfs_args` too.
+    pub fn with_kdfs_formatted(n: u32, mkfs_args: &[&str]) -> Cluster {
         let c = Cluster::start(n);
+        let mkfs = |i: usize| c.mkfs_with(i, 1, mkfs_args);
         for i in 0..n as usize {
             // `nodes status` reads the node's cluster table, which the
             // view its services get (mkfs asks the kDFS service) follows
             // a moment later: mkfs may still hear of no cluster (CI)
-            let mut out = c.mkfs(i, 1, false);
+            let mut out = mkfs(i);
             let t = std::time::Instant::now();
             while String::from_utf8_lossy(&out.stderr).contains("no cluster is running")
                 && t.elapsed() < Duration::from_secs(10)
             {
                 std::thread::sleep(Duration::from_millis(100));
-                out = c.mkfs(i, 1, false);
+                out = mkfs(i);
             }
             assert!(
                 out.status.success(),
@@ -360,15 +366,18 @@ impl Cluster {
     }
 
     pub fn mkfs(&self, i: usize, root: u32, force: bool) -> std::process::Output {
+        self.mkfs_with(i, root, if force { &["--force"] } else { &[] })
+    }
+
+    /// mkfs.kdfs of node index `i`'s store with `args` too.
+    pub fn mkfs_with(&self, i: usize, root: u32, args: &[&str]) -> std::process::Output {
         let n = &self.nodes[i];
         let mut cmd = Command::new(mkfs_bin());
         cmd.arg("--socket")
             .arg(&n.sock)
             .arg(&n.store)
-            .arg(root.to_string());
-        if force {
-            cmd.arg("--force");
-        }
+            .arg(root.to_string())
+            .args(args);
         run(&mut cmd)
     }
 

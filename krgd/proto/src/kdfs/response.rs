@@ -119,4 +119,6 @@ pub enum KdfsResponse {
         /// The hand-over pass ended.
         done: bool,
     },
+    /// To `MirrorRequest::Begin`: what the mirror holds of the owner's store.
+    Mirrored(Vec<super::MirroredObject>),
 }

@@ -30,6 +30,7 @@ use crate::DaemonError;
 mod drain;
 mod handover;
 mod holders;
+mod mirror;
 mod striping;
 
 pub use handover::KdfsHandOver;
@@ -52,6 +53,10 @@ pub struct KdfsService {
     pass: Pass,
     /// Which mounts hold handles here, and when they are gone.
     holders: holders::Holders,
+    /// This store's link to its mirror (`--replicas 2`).
+    owner: Arc<mirror::Owner>,
+    /// The mirrors of other nodes' stores kept here.
+    copies: mirror::Copies,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -95,6 +100,8 @@ impl KdfsService {
             draining: AtomicBool::new(false),
             pass: Pass::default(),
             holders: holders::Holders::default(),
+            owner: Arc::default(),
+            copies: mirror::Copies::default(),
         });
         svc.clone().expire_gone_mounts();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
@@ -134,7 +141,11 @@ impl KdfsService {
                             .any(|m| m.id == n && m.state != NodeState::Failed)
                 };
                 svc.locks.expire(online);
+                if view.cut_off {
+                    svc.copies.void_all().await;
+                }
                 if let Some(store) = svc.current() {
+                    svc.owner.check(&svc.ctx, &store).await;
                     let gone = svc.holders.gone(&store, online);
                     if !gone.is_empty() {
                         holders::release(store, gone, &svc.ctx.metrics).await;
@@ -308,6 +319,14 @@ impl KdfsService {
             KdfsRequest::As { client, req } => (Some(client), *req),
             req => (None, req),
         };
+        match req {
+            KdfsRequest::Mirror { from: owner, req } if owner == from.node => {
+                return Ok(self.copies.handle(&store, owner, req).await);
+            }
+            KdfsRequest::Mirror { .. } => return Ok(KdfsResponse::Errno(libc::EPERM)),
+            KdfsRequest::FromMirror { node, req } => return Ok(self.copies.read(node, *req).await),
+            _ => {}
+        }
         if let KdfsRequest::Watch {
             client,
             acked,
@@ -346,7 +365,14 @@ impl KdfsService {
                 }
             }
         }
+        // What the mirror must be told of (when there is one).
+        let mirrored = (store.replicas() > 1 && !Store::is_read_only(&req)).then(|| req.clone());
         let resp = Self::serve(store.clone(), req).await?;
+        if let Some(req) = mirrored {
+            if let Err(e) = self.owner.changed(&self.ctx, &store, &req, &resp).await {
+                return Ok(KdfsResponse::Errno(e));
+            }
+        }
         if let Some(h) = holder {
             store.opened_for(h, &resp);
         }

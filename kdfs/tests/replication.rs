@@ -1,0 +1,145 @@
+//! `mkfs.kdfs --replicas 2`: each node's store mirrored on the next
+//! member, which serves that node's files for reading while it is down.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Cluster};
+
+/// Whether node index `i`'s krgd logged, since it started, that its
+/// mirror holds its store.
+fn mirrored(c: &Cluster, i: usize) -> bool {
+    let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap_or_default();
+    log.contains("the mirror holds this store")
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn what_a_reader_sees(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let m = fs::symlink_metadata(&p).unwrap();
+            let body = if m.is_file() {
+                format!(
+                    "{} bytes, sum {}",
+                    m.len(),
+                    fs::read(&p)
+                        .unwrap()
+                        .iter()
+                        .map(|b| u64::from(*b))
+                        .sum::<u64>()
+                )
+            } else if m.is_symlink() {
+                format!("-> {}", fs::read_link(&p).unwrap().display())
+            } else {
+                "dir".into()
+            };
+            format!(
+                "{} {:o} {} {body}",
+                p.file_name().unwrap().to_string_lossy(),
+                m.mode(),
+                m.mtime()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
+    let mut c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
+    // Made through node 2's mount: node 2's files, mirrored on node 3.
+    let d = c.mnt(1).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("before-copy"), pattern(6 << 20, 1)).unwrap();
+    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
+        mirrored(&c, 1)
+    });
+    // Changes after the copy reach the mirror one by one.
+    let mut f = File::create(d.join("fsynced")).unwrap();
+    f.write_all(&pattern(100_000, 2)).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    fs::set_permissions(d.join("fsynced"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink("fsynced", d.join("link")).unwrap();
+    fs::create_dir(d.join("sub")).unwrap();
+    fs::write(d.join("sub/small"), b"small").unwrap();
+    fs::write(d.join("gone"), b"x").unwrap();
+    fs::remove_file(d.join("gone")).unwrap();
+    fs::rename(d.join("sub/small"), d.join("renamed")).unwrap();
+    let xattr = c.mnt(1).join("d/renamed");
+    common::xattrs::set(&xattr, "user.color", b"blue", 0).unwrap();
+
+    let through_1 = c.mnt(0).join("d");
+    let want = what_a_reader_sees(&through_1);
+    assert_eq!(want.len(), 5, "{want:#?}");
+
+    c.kill_krgd(1);
+    let t = Instant::now();
+    let seen = what_a_reader_sees(&through_1);
+    let first_read = t.elapsed();
+    assert_eq!(seen, want, "node 2's files read from its mirror");
+    assert_eq!(
+        fs::read(through_1.join("fsynced")).unwrap(),
+        pattern(100_000, 2)
+    );
+    assert_eq!(fs::read(through_1.join("renamed")).unwrap(), b"small");
+    assert_eq!(
+        common::xattrs::get(&through_1.join("renamed"), "user.color", 64),
+        Ok(b"blue".to_vec())
+    );
+    assert!(
+        first_read < Duration::from_secs(3),
+        "the first read took {first_read:?}"
+    );
+    // Writes wait for the node: its mirror serves reads only.
+    assert!(fs::write(through_1.join("fsynced"), b"no").is_err());
+    assert_eq!(
+        fs::read(through_1.join("fsynced")).unwrap(),
+        pattern(100_000, 2)
+    );
+
+    // Back, node 2 serves its files itself and copies its store to the
+    // mirror again (only what changed: nothing here).
+    c.start_krgd(1);
+    wait_until(
+        "node 2's mirror copied again",
+        Duration::from_secs(30),
+        || mirrored(&c, 1),
+    );
+    // (a mount tries a node it found down again after half a second)
+    wait_until("node 2 back for mount 1", Duration::from_secs(10), || {
+        fs::write(through_1.join("after"), b"after").is_ok()
+    });
+    assert_eq!(fs::read(c.mnt(2).join("d/after")).unwrap(), b"after");
+
+    // The mirror down: once the cluster marks it failed, node 2's changes
+    // go on without it.
+    c.kill_krgd(2);
+    let t = Instant::now();
+    fs::write(c.mnt(1).join("d/without-mirror"), b"w").unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "a change waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(fs::read(through_1.join("without-mirror")).unwrap(), b"w");
+    let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap();
+    assert!(
+        log.contains("the mirror failed; going on without it"),
+        "{log}"
+    );
+}

@@ -1,0 +1,35 @@
+//! Mirroring of this node's store to the next member, and the mirrors of
+//! other nodes' stores kept here (`mkfs.kdfs --replicas 2`).
+//!
+//! * `owner`: this node's side as a store's owner — each change sent to
+//!   the mirror before it is answered, a full copy when mirroring starts
+//!   or the mirror lost track;
+//! * `copies`: the mirrors kept here — applying an owner's changes, and
+//!   answering reads of its files while it is down.
+//!
+//! What is sent is state, not operations (`kdfs::store::capture`); the
+//! rule for who mirrors whom is `kdfs::mirror::mirror_of`. The whole
+//! design, and what it does not cover, is in docs/kdfs.md (Replication).
+
+mod copies;
+mod owner;
+
+pub use copies::Copies;
+pub use owner::Owner;
+
+use krg_proto::cluster::NodeState;
+use krg_proto::NodeId;
+
+use crate::context::NodeContext;
+
+/// The members as the mirror rule sees them, and whether `node` is
+/// marked failed among them.
+fn members(ctx: &NodeContext) -> Vec<NodeId> {
+    ctx.view().members().map(|m| m.id).collect()
+}
+
+fn is_failed(ctx: &NodeContext, node: NodeId) -> bool {
+    ctx.view()
+        .members()
+        .any(|m| m.id == node && m.state == NodeState::Failed)
+}
