@@ -239,17 +239,17 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
         if mirror::uses_mirror_handle(&req) {
-            return self.from_mirror(node, req, timeout).await;
+            return self.via_mirror(node, req, timeout).await;
         }
         let again = mirror::is_mirror_read(&req).then(|| req.clone());
         match (self.direct(node, lane, req, timeout).await, again) {
-            (Err(libc::ENOTCONN), Some(req)) => self.from_mirror(node, req, timeout).await,
+            (Err(libc::ENOTCONN), Some(req)) => self.via_mirror(node, req, timeout).await,
             (r, _) => r,
         }
     }
 
     /// Ask `node`'s mirror for `req`, a read of `node`'s files.
-    async fn from_mirror(
+    async fn via_mirror(
         &self,
         node: NodeId,
         req: KdfsRequest,

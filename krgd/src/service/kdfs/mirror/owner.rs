@@ -190,12 +190,6 @@ impl Owner {
         });
     }
 
-    /// Whether the mirror holds a full, current copy (for `kdfsctl status`).
-    pub async fn health(&self) -> (Option<NodeId>, bool) {
-        let s = self.session.lock().await;
-        (s.mirror, s.synced)
-    }
-
     /// Begin a session and copy everything, until it ends or the mirror
     /// changes; tried again every second while the mirror does not answer.
     async fn copy_until_synced(self: &Arc<Self>, ctx: &Arc<NodeContext>, store: &Arc<Store>) {
