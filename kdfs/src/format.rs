@@ -36,6 +36,8 @@ use crate::KdfsError;
 pub const SUPERBLOCK: &str = "kdfs.sb";
 pub const ROOT_META: &str = "root.meta";
 pub const INO_NEXT: &str = "ino.next";
+/// The store's generation (a mirrored store's: see `mirror`).
+pub const GENERATION: &str = "generation";
 pub const INODES: &str = "inodes";
 /// Other nodes' striped files: this node's units of each (see `store::striping`).
 pub const STRIPES: &str = "stripes";
@@ -47,6 +49,7 @@ pub const STORE_OWNER: u32 = 0;
 const SB_MAGIC: &[u8; 8] = b"KDFS-SB\0";
 const ROOT_MAGIC: &[u8; 8] = b"KDFS-RT\0";
 const NEXT_MAGIC: &[u8; 8] = b"KDFS-NX\0";
+const GEN_MAGIC: &[u8; 8] = b"KDFS-GN\0";
 
 /// Layout version written by this code; older layouts stay readable.
 /// 2: the superblock says how many copies the store keeps (`replicas`).
@@ -391,6 +394,18 @@ impl StoreDir {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => self.sync(),
             Err(e) => Err(io_err(&self.path.join(ROOT_META), e)),
         }
+    }
+
+    /// The store's generation; `None` before it was first served mirrored.
+    pub fn read_generation(&self) -> Result<Option<u32>, KdfsError> {
+        match self.read_optional(GENERATION)? {
+            Some(b) => decode(GEN_MAGIC, &b, &self.path.join(GENERATION)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn write_generation(&self, generation: u32) -> Result<(), KdfsError> {
+        self.write_atomic(GENERATION, &encode(GEN_MAGIC, &generation)?)
     }
 
     pub fn read_ino_next(&self) -> Result<u64, KdfsError> {

@@ -16,7 +16,7 @@ use common::{wait_until, Cluster};
 /// mirror holds its store.
 fn mirrored(c: &Cluster, i: usize) -> bool {
     let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap_or_default();
-    log.contains("the mirror holds this store")
+    log.contains("kdfs mirror: full copy done")
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -105,25 +105,43 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
         first_read < Duration::from_secs(3),
         "the first read took {first_read:?}"
     );
-    // Writes wait for the node: its mirror serves reads only.
-    assert!(fs::write(through_1.join("fsynced"), b"no").is_err());
-    assert_eq!(
-        fs::read(through_1.join("fsynced")).unwrap(),
-        pattern(100_000, 2)
+    // Writes go on there too, once the cluster marked node 2 failed and
+    // node 3 took its store over (a write meanwhile waits for that).
+    fs::write(through_1.join("fsynced"), b"changed while node 2 was down").unwrap();
+    let first_write = t.elapsed();
+    fs::write(through_1.join("new"), b"made while node 2 was down").unwrap();
+    fs::remove_file(through_1.join("link")).unwrap();
+    assert!(
+        first_write < Duration::from_secs(5),
+        "the first write took {first_write:?}"
+    );
+    eprintln!("node 2 killed: first read after {first_read:?}, first write after {first_write:?}");
+    let node3 = fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap();
+    assert!(
+        node3.contains("node failed; this node serves its store"),
+        "{node3}"
     );
 
-    // Back, node 2 serves its files itself and copies its store to the
-    // mirror again (only what changed: nothing here).
+    // Back, node 2 takes its store back from node 3 (only what changed is
+    // copied) before serving it, then mirrors it on node 3 again.
     c.start_krgd(1);
-    wait_until(
-        "node 2's mirror copied again",
-        Duration::from_secs(30),
-        || mirrored(&c, 1),
-    );
+    wait_until("node 2 serving again", Duration::from_secs(30), || {
+        let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
+        log.contains("took the store back") && log.contains("kdfs mirror: full copy done")
+    });
     // (a mount tries a node it found down again after half a second)
     wait_until("node 2 back for mount 1", Duration::from_secs(10), || {
         fs::write(through_1.join("after"), b"after").is_ok()
     });
+    assert_eq!(
+        fs::read(c.mnt(1).join("d/fsynced")).unwrap(),
+        b"changed while node 2 was down"
+    );
+    assert_eq!(
+        fs::read(c.mnt(1).join("d/new")).unwrap(),
+        b"made while node 2 was down"
+    );
+    assert!(!c.mnt(1).join("d/link").exists());
     assert_eq!(fs::read(c.mnt(2).join("d/after")).unwrap(), b"after");
 
     // The mirror down: once the cluster marks it failed, node 2's changes

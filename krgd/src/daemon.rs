@@ -64,9 +64,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let cluster = ClusterService::start(ctx.clone()).await?;
     let chkpt = ChkptService::start(ctx.clone()).await?;
     let sched = SchedService::start(ctx.clone()).await?;
-    let kdfs = KdfsService::start(ctx.clone()).await?;
-    // Where a migration's process runs is the membership's to decide.
+    // Where a migration's process runs, and who serves a mirrored kDFS
+    // store, is the membership's to decide.
     let placement = Arc::new(cluster.clone());
+    let kdfs = KdfsService::start(ctx.clone(), placement.clone()).await?;
     let proc = ProcService::start(ctx.clone(), sched.clone(), chkpt.clone(), placement).await?;
     // A node removed while it runs hands its CAN_MIGRATE processes over,
     // then its kDFS data (in this order: processes that moved may still

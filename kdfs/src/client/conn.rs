@@ -227,10 +227,10 @@ impl Cluster {
         self.call_on(node, 0, req, timeout).await
     }
 
-    /// [`Cluster::call_within`] on connection `lane` to `node`. A read of
-    /// a node that does not answer is asked of its mirror (see
-    /// `crate::mirror`), which answers ENOTCONN too when it holds no full
-    /// copy of that node's store.
+    /// [`Cluster::call_within`] on connection `lane` to `node`. A request
+    /// to a node that does not answer is asked of its mirror (see
+    /// `crate::mirror`): served when the mirror took the store over, a
+    /// read answered from its copy, ENOTCONN when it holds no full copy.
     pub async fn call_on(
         &self,
         node: NodeId,
@@ -241,14 +241,14 @@ impl Cluster {
         if mirror::uses_mirror_handle(&req) {
             return self.via_mirror(node, req, timeout).await;
         }
-        let again = mirror::is_mirror_read(&req).then(|| req.clone());
+        let again = mirror::may_ask_mirror(&req).then(|| req.clone());
         match (self.direct(node, lane, req, timeout).await, again) {
             (Err(libc::ENOTCONN), Some(req)) => self.via_mirror(node, req, timeout).await,
             (r, _) => r,
         }
     }
 
-    /// Ask `node`'s mirror for `req`, a read of `node`'s files.
+    /// Ask `node`'s mirror for `req`, about `node`'s files.
     async fn via_mirror(
         &self,
         node: NodeId,

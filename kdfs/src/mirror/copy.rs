@@ -71,6 +71,15 @@ impl MirrorCopy {
         Ok(Self { owner, top, inodes })
     }
 
+    /// Node `owner`'s own store at `top`, as a copy to write into: the
+    /// store its mirror served while the node was down, copied back
+    /// before the node serves it again (nothing else uses it meanwhile).
+    pub fn own(top: &StoreDir, owner: NodeId) -> Result<Self, KdfsError> {
+        let top = StoreDir::open(top.path())?;
+        let inodes = open_dir_at(top.fd(), INODES, &top.path().join(INODES))?;
+        Ok(Self { owner, top, inodes })
+    }
+
     /// Where the copy is (a directory [`Store::view`](crate::store::Store::view) opens).
     pub fn path(&self) -> PathBuf {
         self.top.path().to_path_buf()

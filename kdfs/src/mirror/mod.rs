@@ -1,8 +1,8 @@
 //! Mirrors: a copy of another node's store, kept on this node, that
 //! serves that node's files while it is down (`mkfs.kdfs --replicas 2`).
 //!
-//! * this file: who mirrors whom ([`mirror_of`]), what a mirror may serve
-//!   ([`is_mirror_read`]);
+//! * this file: who mirrors whom ([`mirror_of`]), what a mirror may be
+//!   asked ([`may_ask_mirror`]) and serve from a copy ([`is_mirror_read`]);
 //! * `copy`: a mirror on disk, `DIR/mirrors/<owner>/`, laid out as the
 //!   owner's store (same meta-files, same `inodes/<hex>` objects), changed
 //!   only by applying the owner's [`MirrorChange`]s;
@@ -77,12 +77,37 @@ pub fn is_mirror_read(req: &KdfsRequest) -> bool {
     )
 }
 
+/// Whether `req` may be asked of a node's mirror when the node does not
+/// answer: anything on its files but locks (the mirror keeps none) and
+/// the mounts' own bookkeeping with the node.
+pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
+    use KdfsRequest as Q;
+    !matches!(
+        inner(req),
+        Q::SetLock { .. }
+            | Q::GetLock { .. }
+            | Q::ReleaseLocks { .. }
+            | Q::LockLease { .. }
+            | Q::ReclaimLock { .. }
+            | Q::Watch { .. }
+            | Q::Unwatch { .. }
+            | Q::Hello
+            | Q::HandOver
+            | Q::Mirror { .. }
+            | Q::FromMirror { .. }
+            | Q::ReleaseMany { .. }
+    )
+}
+
 /// Whether `req` uses a handle a mirror opened: it goes to the mirror
 /// again, whether or not the owner answers now.
 pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
     match inner(req) {
         Q::Read { fh, .. }
+        | Q::Write { fh, .. }
+        | Q::Fsync { fh, .. }
+        | Q::Fallocate { fh, .. }
         | Q::Release { fh, .. }
         | Q::ReadDir { fh, .. }
         | Q::ReleaseDir { fh } => fh & MIRROR_HANDLE != 0,

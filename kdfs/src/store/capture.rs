@@ -64,8 +64,7 @@ impl Store {
         let mut t = Touched::default();
         let mut out = Vec::new();
         match req {
-            Q::Create { dir, name, .. }
-            | Q::AddEntry { dir, name, .. }
+            Q::AddEntry { dir, name, .. }
             | Q::RemoveEntry { dir, name, .. }
             | Q::Unlink { dir, name } => t.entry(*dir, name),
             Q::ReplaceEntry {
@@ -131,7 +130,13 @@ impl Store {
             | Q::StripeAdopt { ino } => t.inode(*ino),
             Q::SetStripePolicy { dir, .. } => t.inode(*dir),
             Q::ReleaseMany { handles } => handles.iter().for_each(|(ino, _)| t.inode(*ino)),
-            Q::MakeInode { .. } => {}
+            // (a new inode may have reserved a block of numbers: the
+            // mirror that takes the store over goes on after them)
+            Q::MakeInode { .. } => out.extend(self.ino_next_image()?),
+            Q::Create { dir, name, .. } => {
+                t.entry(*dir, name);
+                out.extend(self.ino_next_image()?);
+            }
             _ => return Ok(Vec::new()),
         }
         if let Some(ino) = answered_inode(resp) {
@@ -251,6 +256,24 @@ impl Store {
         crate::mirror::list_objects(self.objects.fd())
     }
 
+    /// The generation this store was last served as: a fresh store starts
+    /// at a random one, so that a reformatted node never meets a decision
+    /// about its former store (`mirror`).
+    pub fn generation(&self) -> Res<u32> {
+        match self.top.read_generation()? {
+            Some(g) => Ok(g),
+            None => {
+                let g = rand::random::<u32>() >> 2;
+                self.set_generation(g)?;
+                Ok(g)
+            }
+        }
+    }
+
+    pub fn set_generation(&self, generation: u32) -> Res<()> {
+        Ok(self.top.write_generation(generation)?)
+    }
+
     /// The store's meta-files, as they are on disk.
     pub fn meta_images(&self) -> Res<Vec<MirrorChange>> {
         let mut v = Vec::new();
@@ -263,6 +286,13 @@ impl Store {
             v.push(MirrorChange::Meta { name, image });
         }
         Ok(v)
+    }
+
+    fn ino_next_image(&self) -> Res<Option<MirrorChange>> {
+        Ok(Some(MirrorChange::Meta {
+            name: MetaFile::InoNext,
+            image: self.top.read_optional(INO_NEXT)?,
+        }))
     }
 
     /// Up to `len` bytes of regular file `local` at `offset` (fewer at its end).
@@ -286,6 +316,11 @@ impl Store {
     /// Copies of this store's files (1: not mirrored).
     pub fn replicas(&self) -> u8 {
         self.sb.replicas
+    }
+
+    /// This store as a copy to write into (see [`MirrorCopy::own`](crate::mirror::MirrorCopy::own)).
+    pub fn own_copy(&self) -> Result<crate::mirror::MirrorCopy, crate::KdfsError> {
+        crate::mirror::MirrorCopy::own(&self.top, self.node())
     }
 
     /// The mirror of `owner`'s store kept in this one (made if missing).

@@ -1,6 +1,7 @@
-//! The one question the process service asks the membership service
-//! (which implements it; the daemon connects them, so neither service
-//! imports the other): on which node does a moving process run? The
+//! The one question the process and kDFS services ask the membership
+//! service (which implements it; the daemon connects them, so neither
+//! service imports the other): on which node does a moving process run,
+//! which node serves generation g of a kDFS store ([`kdfs_key`])? The
 //! answer is committed in the cluster's Raft log, first asker wins (see
 //! `cluster::placements`).
 
@@ -20,4 +21,20 @@ pub trait Placement: Send + Sync {
     /// (no quorum reachable, leadership moving) decided nothing this
     /// node knows of: ask again.
     fn place(&self, xfer: u64, node: NodeId) -> Placed<'_>;
+}
+
+/// The top bits of every [`kdfs_key`].
+pub const KDFS_TAG: u64 = 0x6b64 << 48;
+
+/// The decision "who serves generation `generation` of node `node`'s kDFS
+/// store", as a [`Placement`] key. Such decisions are kept until a later
+/// generation of the same store is decided (a migration's are kept an
+/// hour).
+pub fn kdfs_key(node: NodeId, generation: u32) -> u64 {
+    KDFS_TAG | (u64::from(node & 0xffff) << 32) | u64::from(generation)
+}
+
+/// The store and generation of a [`kdfs_key`].
+pub fn kdfs_of(key: u64) -> Option<(NodeId, u32)> {
+    (key & (0xffff << 48) == KDFS_TAG).then_some((((key >> 32) & 0xffff) as NodeId, key as u32))
 }

@@ -5,6 +5,11 @@
 //! or one that an earlier full copy already holds, leaves the same mirror.
 //! Objects and directories are named by their node-local inode number, as
 //! in the store (`inodes/<hex>`).
+//!
+//! A store has a *generation*, raised each time a node starts serving it
+//! (its own node at start, or its mirror taking it over when the node
+//! failed); who serves generation g is decided once in the cluster's Raft
+//! log, so that two nodes never serve one store.
 
 use serde::{Deserialize, Serialize};
 
@@ -118,8 +123,10 @@ pub enum MirrorRequest {
     /// ([`super::KdfsResponse::Mirrored`]); its copy serves nothing until
     /// `Synced`.
     Begin {
-        /// Drawn by the owner for this mirroring.
+        /// Drawn by the sender for this copy.
         session: u64,
+        /// The store's generation (see [`MirrorRequest::HandBack`]).
+        generation: u32,
     },
     /// Changes of the owner's store, in the owner's order (`seq` counts
     /// from 1 within the session). A gap, or another session, answers
@@ -131,6 +138,14 @@ pub enum MirrorRequest {
         seq: u64,
         /// The changes, in order.
         changes: Vec<MirrorChange>,
+    },
+    /// To the mirror that took node `store`'s store over while it was
+    /// down, from that node back: stop serving it and copy it back (a
+    /// session to the node, `Begin` to `Synced`), then answer. The mirror
+    /// had it as generation `generation`.
+    HandBack {
+        /// The generation the mirror took it over as.
+        generation: u32,
     },
     /// The full copy of this session is complete: from now on the copy
     /// may serve the owner's files while the owner is down.

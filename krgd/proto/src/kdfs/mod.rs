@@ -521,17 +521,21 @@ pub enum KdfsRequest {
         /// The opening request (never another `HeldBy`, nor an `As`).
         req: Box<KdfsRequest>,
     },
-    /// From node `from`'s krgd to the krgd that mirrors its store.
+    /// From the krgd that serves node `store`'s store to a krgd that keeps
+    /// a copy of it: its mirror, or (`HandBack`) the node itself.
     Mirror {
-        /// The store's owner.
+        /// The sender.
         from: crate::NodeId,
+        /// Whose store the copy is of.
+        store: crate::NodeId,
         /// What it asks.
         req: MirrorRequest,
     },
-    /// A read of node `node`'s files, asked of its mirror while `node` does
-    /// not answer: answered from the mirror's copy, when complete
-    /// (ENOTCONN otherwise); anything but a read answers EROFS. Handles
-    /// opened this way have [`MIRROR_HANDLE`] set.
+    /// A request about node `node`'s files, asked of its mirror while
+    /// `node` does not answer: served by the mirror when it took the store
+    /// over (`node` failed), else answered from its copy when it is a read
+    /// and the copy is complete (EROFS for a change, ENOTCONN without a
+    /// complete copy). Handles opened this way have [`MIRROR_HANDLE`] set.
     FromMirror {
         /// The node whose files are read.
         node: crate::NodeId,

@@ -24,6 +24,7 @@ use krg_proto::peer::{PeerRequest, PeerResponse};
 use crate::caller::Caller;
 use crate::context::NodeContext;
 use crate::service::cluster::Pass;
+use crate::service::placement::Placement;
 use crate::sync;
 use crate::DaemonError;
 
@@ -57,6 +58,14 @@ pub struct KdfsService {
     owner: Arc<mirror::Owner>,
     /// The mirrors of other nodes' stores kept here.
     copies: mirror::Copies,
+    /// Who serves a store's generation (the Raft log's decision).
+    placement: Arc<dyn Placement>,
+    /// This node's mirrored store was claimed: it may be served.
+    claimed: AtomicBool,
+    /// A claim task runs.
+    claiming: AtomicBool,
+    /// The node copying this node's store back to it.
+    handing_back: std::sync::Mutex<Option<krg_proto::NodeId>>,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -91,7 +100,10 @@ fn is_quick(req: &KdfsRequest) -> bool {
 }
 
 impl KdfsService {
-    pub async fn start(ctx: Arc<NodeContext>) -> Result<Arc<Self>, DaemonError> {
+    pub async fn start(
+        ctx: Arc<NodeContext>,
+        placement: Arc<dyn Placement>,
+    ) -> Result<Arc<Self>, DaemonError> {
         let svc = Arc::new(Self {
             locks: LockManager::with_marker(ctx.node_id(), ctx.config.data_dir.join(LOCKS_FILE)),
             callbacks: Callbacks::new(ctx.node_id()),
@@ -102,8 +114,13 @@ impl KdfsService {
             holders: holders::Holders::default(),
             owner: Arc::default(),
             copies: mirror::Copies::default(),
+            placement,
+            claimed: AtomicBool::new(false),
+            claiming: AtomicBool::new(false),
+            handing_back: Default::default(),
         });
         svc.clone().expire_gone_mounts();
+        svc.clone().take_over_failed_owners();
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
             let dir = PathBuf::from(dir.trim());
             let node = svc.ctx.node_id();
@@ -145,12 +162,27 @@ impl KdfsService {
                     svc.copies.void_all().await;
                 }
                 if let Some(store) = svc.current() {
-                    svc.owner.check(&svc.ctx, &store).await;
+                    svc.check_claim(&store).await;
                     let gone = svc.holders.gone(&store, online);
                     if !gone.is_empty() {
                         holders::release(store, gone, &svc.ctx.metrics).await;
                     }
                 }
+            }
+        });
+    }
+
+    /// Four times a second: take over the stores of failed owners whose
+    /// copy here is complete.
+    fn take_over_failed_owners(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let Some(svc) = weak.upgrade() else { return };
+                svc.copies.takeover(&svc.ctx, &svc.placement).await;
             }
         });
     }
@@ -320,12 +352,26 @@ impl KdfsService {
             req => (None, req),
         };
         match req {
-            KdfsRequest::Mirror { from: owner, req } if owner == from.node => {
-                return Ok(self.copies.handle(&store, owner, req).await);
+            KdfsRequest::Mirror {
+                from: sender,
+                store: of,
+                req,
+            } => {
+                let me = self.ctx.node_id();
+                let allowed = sender == from.node
+                    && ((of == sender && of != me) || (of == me && self.hands_back(sender)));
+                if !allowed {
+                    return Ok(KdfsResponse::Errno(libc::EPERM));
+                }
+                return Ok(self.copies.handle(&store, sender, of, req, &self.ctx).await);
             }
-            KdfsRequest::Mirror { .. } => return Ok(KdfsResponse::Errno(libc::EPERM)),
-            KdfsRequest::FromMirror { node, req } => return Ok(self.copies.read(node, *req).await),
+            KdfsRequest::FromMirror { node, req } => {
+                return Ok(self.copies.serve(node, *req).await)
+            }
             _ => {}
+        }
+        if !matches!(req, KdfsRequest::Hello) && !self.wait_to_serve(&store).await {
+            return Ok(KdfsResponse::Errno(libc::ENOTCONN));
         }
         if let KdfsRequest::Watch {
             client,
@@ -369,8 +415,13 @@ impl KdfsService {
         let mirrored = (store.replicas() > 1 && !Store::is_read_only(&req)).then(|| req.clone());
         let resp = Self::serve(store.clone(), req).await?;
         if let Some(req) = mirrored {
-            if let Err(e) = self.owner.changed(&self.ctx, &store, &req, &resp).await {
-                return Ok(KdfsResponse::Errno(e));
+            match self.owner.changed(&self.ctx, &store, &req, &resp).await {
+                Ok(()) => {}
+                Err(mirror::NotMirrored::Unreachable) => return Ok(KdfsResponse::Errno(libc::EIO)),
+                Err(mirror::NotMirrored::TakenOver) => {
+                    self.lost_claim("its mirror took the store over");
+                    return Ok(KdfsResponse::Errno(libc::EROFS));
+                }
             }
         }
         if let Some(h) = holder {

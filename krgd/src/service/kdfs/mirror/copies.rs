@@ -1,34 +1,55 @@
-//! The mirrors kept here: one per owner whose store this node mirrors.
+//! The copies of stores kept here: the mirrors of other nodes' stores,
+//! and — while it is handed back — this node's own.
 //!
-//! A copy serves reads only once its owner said the full copy of the
+//! A mirror serves reads only once its owner said the full copy of the
 //! current session ended (`Synced`), and only while every batch since
 //! came in order. It is void (serves nothing until the owner copies it
 //! again) from the start of this krgd, after a batch it could not apply,
 //! and whenever this node is cut off from the majority — the owner may
-//! have gone on without it then.
+//! have gone on without it then. A complete mirror whose owner the
+//! cluster marks failed takes the store over (`takeover`) and serves all
+//! of it, reads and changes, until the owner is back and asks for it
+//! (`HandBack`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kdfs::mirror::{is_mirror_read, MirrorCopy};
 use kdfs::store::Store;
 use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest, MIRROR_HANDLE};
 use krg_proto::NodeId;
 
+use super::push::{self, Session};
+use crate::context::NodeContext;
+use crate::service::placement::{kdfs_key, Placement};
 use crate::sync;
 
-/// One owner's mirror here.
+/// How long a change asked of a complete copy waits for its owner to be
+/// marked failed and the store taken over (EROFS after).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a hand-back may take (a whole store copied back, at worst).
+pub const HAND_BACK_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// One store's copy here.
 struct Copy {
     disk: Arc<MirrorCopy>,
     session: u64,
     seq: u64,
+    /// The owner's generation, told at `Begin`.
+    generation: u32,
     /// Full and current: serves reads.
     view: Option<Arc<Store>>,
+    /// Taken over: this node serves the store (its owner failed).
+    served: Option<Arc<Store>>,
 }
+
+type Slot = Arc<tokio::sync::Mutex<Copy>>;
 
 #[derive(Default)]
 pub struct Copies {
-    by_owner: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Copy>>>>,
+    by_store: Mutex<HashMap<NodeId, Slot>>,
 }
 
 fn errno(e: i32) -> KdfsResponse {
@@ -36,16 +57,20 @@ fn errno(e: i32) -> KdfsResponse {
 }
 
 impl Copies {
-    fn get(&self, owner: NodeId) -> Option<Arc<tokio::sync::Mutex<Copy>>> {
-        sync::lock(&self.by_owner).get(&owner).cloned()
+    fn get(&self, store: NodeId) -> Option<Slot> {
+        sync::lock(&self.by_store).get(&store).cloned()
     }
 
-    /// Every copy stops serving until its owner copies it again.
+    fn all(&self) -> Vec<Slot> {
+        sync::lock(&self.by_store).values().cloned().collect()
+    }
+
+    /// Every mirror stops serving reads until its owner copies it again
+    /// (this node is cut off: its owners may have gone on without it).
     pub async fn void_all(&self) {
-        let all: Vec<_> = sync::lock(&self.by_owner).values().cloned().collect();
-        for c in all {
+        for c in self.all() {
             let mut c = c.lock().await;
-            if c.view.is_some() || c.session != 0 {
+            if c.view.is_some() {
                 tracing::warn!(
                     owner = c.disk.owner(),
                     "kdfs mirror: cut off; this copy is void until its owner copies it again"
@@ -55,38 +80,49 @@ impl Copies {
         }
     }
 
-    /// A request of `owner` (authenticated as that node) about its mirror,
-    /// kept in `host` (this node's store).
+    /// A request from `from` about its copy of `store`'s store, kept in
+    /// `host` (this node's store). `store` is `from` (a mirror kept here),
+    /// or this node when `handing_back` is `from` (its store copied back).
     pub async fn handle(
         &self,
         host: &Arc<Store>,
-        owner: NodeId,
+        from: NodeId,
+        store: NodeId,
         req: MirrorRequest,
+        ctx: &Arc<NodeContext>,
     ) -> KdfsResponse {
         match req {
-            MirrorRequest::Begin { session } => self.begin(host, owner, session).await,
+            MirrorRequest::Begin {
+                session,
+                generation,
+            } => {
+                self.begin(host, store, session, generation, ctx.node_id())
+                    .await
+            }
             MirrorRequest::Apply {
                 session,
                 seq,
                 changes,
             } => {
-                let Some(c) = self.get(owner) else {
+                let Some(c) = self.get(store) else {
                     return errno(libc::ESTALE);
                 };
                 let mut c = c.lock().await;
+                if c.served.is_some() {
+                    return errno(libc::EROFS);
+                }
                 if session == 0 || c.session != session || c.seq + 1 != seq {
                     return errno(libc::ESTALE);
                 }
                 let strict = c.view.is_some();
                 let disk = c.disk.clone();
-                let done = tokio::task::spawn_blocking(move || disk.apply(&changes, strict)).await;
-                match done {
+                match tokio::task::spawn_blocking(move || disk.apply(&changes, strict)).await {
                     Ok(Ok(())) => {
                         c.seq = seq;
                         KdfsResponse::Done
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(owner, error = %e, "kdfs mirror: a change could not be applied; copy void");
+                        tracing::warn!(store, error = %e, "kdfs mirror: a change could not be applied; copy void");
                         (c.session, c.view) = (0, None);
                         errno(libc::ESTALE)
                     }
@@ -94,41 +130,60 @@ impl Copies {
                 }
             }
             MirrorRequest::Synced { session, seq } => {
-                let Some(c) = self.get(owner) else {
+                let Some(c) = self.get(store) else {
                     return errno(libc::ESTALE);
                 };
                 let mut c = c.lock().await;
                 if session == 0 || c.session != session || c.seq != seq {
                     return errno(libc::ESTALE);
                 }
-                match Store::view(&c.disk.path(), owner) {
+                if store == ctx.node_id() {
+                    // This node's own store, handed back: complete.
+                    return KdfsResponse::Done;
+                }
+                match Store::view(&c.disk.path(), store) {
                     Ok(v) => {
                         tracing::info!(
-                            owner,
+                            owner = store,
                             "kdfs mirror: this node holds a full copy of the owner's store"
                         );
                         c.view = Some(Arc::new(v));
                         KdfsResponse::Done
                     }
                     Err(e) => {
-                        tracing::warn!(owner, error = %e, "kdfs mirror: the copy does not open as a store");
+                        tracing::warn!(owner = store, error = %e, "kdfs mirror: the copy does not open as a store");
                         c.session = 0;
                         errno(libc::ESTALE)
                     }
                 }
             }
+            MirrorRequest::HandBack { generation } => self.hand_back(ctx, from, generation).await,
         }
     }
 
-    async fn begin(&self, host: &Arc<Store>, owner: NodeId, session: u64) -> KdfsResponse {
-        let c = match self.get(owner) {
+    async fn begin(
+        &self,
+        host: &Arc<Store>,
+        store: NodeId,
+        session: u64,
+        generation: u32,
+        me: NodeId,
+    ) -> KdfsResponse {
+        let slot = match self.get(store) {
             Some(c) => c,
             None => {
                 let h = host.clone();
-                let disk = match tokio::task::spawn_blocking(move || h.mirror_copy(owner)).await {
+                let made = tokio::task::spawn_blocking(move || {
+                    if store == me {
+                        h.own_copy()
+                    } else {
+                        h.mirror_copy(store)
+                    }
+                });
+                let disk = match made.await {
                     Ok(Ok(d)) => Arc::new(d),
                     Ok(Err(e)) => {
-                        tracing::warn!(owner, error = %e, "kdfs mirror: cannot keep a copy here");
+                        tracing::warn!(store, error = %e, "kdfs mirror: cannot keep a copy here");
                         return errno(libc::EIO);
                     }
                     Err(_) => return errno(libc::EIO),
@@ -137,46 +192,161 @@ impl Copies {
                     disk,
                     session: 0,
                     seq: 0,
+                    generation,
                     view: None,
+                    served: None,
                 };
                 let c = Arc::new(tokio::sync::Mutex::new(c));
-                sync::lock(&self.by_owner).entry(owner).or_insert(c).clone()
+                sync::lock(&self.by_store).entry(store).or_insert(c).clone()
             }
         };
-        let mut c = c.lock().await;
-        (c.session, c.seq, c.view) = (session, 0, None);
+        let mut c = slot.lock().await;
+        if c.served.is_some() {
+            return errno(libc::EROFS);
+        }
+        (c.session, c.seq, c.view, c.generation) = (session, 0, None, generation);
         let disk = c.disk.clone();
         match tokio::task::spawn_blocking(move || disk.inventory()).await {
             Ok(Ok(have)) => KdfsResponse::Mirrored(have),
             Ok(Err(e)) => {
                 c.session = 0;
-                tracing::warn!(owner, error = %e, "kdfs mirror: cannot list the copy");
+                tracing::warn!(store, error = %e, "kdfs mirror: cannot list the copy");
                 errno(libc::EIO)
             }
             Err(_) => errno(libc::EIO),
         }
     }
 
-    /// A read of `owner`'s files while it does not answer: served from its
-    /// copy here, with the handles it opens marked as the mirror's.
-    pub async fn read(&self, owner: NodeId, req: KdfsRequest) -> KdfsResponse {
-        if !is_mirror_read(&req) {
-            return errno(libc::EROFS);
+    /// This node's own store is being handed back: forget its copy slot
+    /// once done (the next hand-back makes a new one).
+    pub fn forget(&self, store: NodeId) {
+        sync::lock(&self.by_store).remove(&store);
+    }
+
+    /// Take over the store of every owner the cluster marks failed whose
+    /// copy here is complete: decided once in the Raft log (the owner
+    /// claiming it back at the same generation wins otherwise).
+    pub async fn takeover(&self, ctx: &Arc<NodeContext>, placement: &Arc<dyn Placement>) {
+        if ctx.view().cut_off {
+            return;
         }
+        for slot in self.all() {
+            let mut c = slot.lock().await;
+            let owner = c.disk.owner();
+            if c.view.is_none() || c.served.is_some() || !super::is_failed(ctx, owner) {
+                continue;
+            }
+            let generation = c.generation.wrapping_add(1);
+            match placement
+                .place(kdfs_key(owner, generation), ctx.node_id())
+                .await
+            {
+                Ok(n) if n == ctx.node_id() => {}
+                Ok(n) => {
+                    tracing::info!(
+                        owner,
+                        generation,
+                        node = n,
+                        "kdfs mirror: another node serves this store; copy void"
+                    );
+                    (c.session, c.view) = (0, None);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(owner, error = %e.message, "kdfs mirror: takeover not decided yet");
+                    continue;
+                }
+            }
+            match Store::open(&c.disk.path(), owner, None) {
+                Ok(s) => {
+                    tracing::warn!(
+                        owner,
+                        generation,
+                        "kdfs mirror: node failed; this node serves its store"
+                    );
+                    (c.served, c.generation, c.session) = (Some(Arc::new(s)), generation, 0);
+                }
+                Err(e) => {
+                    tracing::error!(owner, generation, error = %e, "kdfs mirror: cannot serve the store it took over");
+                }
+            }
+        }
+    }
+
+    /// `owner`, back, asks for its store, which this node served as
+    /// `generation`: stop serving it, copy it back, answer once done.
+    async fn hand_back(
+        &self,
+        ctx: &Arc<NodeContext>,
+        owner: NodeId,
+        generation: u32,
+    ) -> KdfsResponse {
+        let Some(slot) = self.get(owner) else {
+            return errno(libc::ENOENT);
+        };
+        let mut c = slot.lock().await;
+        let Some(served) = c.served.clone() else {
+            return errno(libc::ENOENT);
+        };
+        if c.generation != generation {
+            return errno(libc::ESTALE);
+        }
+        tracing::info!(
+            owner,
+            generation,
+            "kdfs mirror: handing the store back to its node"
+        );
+        let session = tokio::sync::Mutex::new(Session {
+            to: Some(owner),
+            generation,
+            ..Session::default()
+        });
+        match push::full_copy(ctx, &session, &served, owner, owner).await {
+            Ok(()) => {
+                // The copy here is the store as handed back: the owner's
+                // next session finds it current.
+                (c.served, c.view, c.session) = (None, None, 0);
+                KdfsResponse::Done
+            }
+            Err(why) => {
+                tracing::warn!(owner, %why, "kdfs mirror: hand-back not done; still serving the store");
+                errno(libc::EAGAIN)
+            }
+        }
+    }
+
+    /// A request about `owner`'s files while it does not answer: served
+    /// whole when this node took the store over, else reads from the
+    /// complete copy; handles opened here are marked as the mirror's.
+    pub async fn serve(&self, owner: NodeId, req: KdfsRequest) -> KdfsResponse {
         let Some(c) = self.get(owner) else {
             return errno(libc::ENOTCONN);
         };
-        let Some(view) = c.lock().await.view.clone() else {
-            return errno(libc::ENOTCONN);
+        let mut waited = Duration::ZERO;
+        let (served, view) = loop {
+            let (served, view) = {
+                let c = c.lock().await;
+                (c.served.clone(), c.view.clone())
+            };
+            // A change while the owner is not yet marked failed waits for
+            // the takeover a little, rather than failing at once.
+            if served.is_some() || view.is_none() || is_mirror_read(&req) || waited >= TAKEOVER_WAIT
+            {
+                break (served, view);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        };
+        let store = match (served, view) {
+            (Some(s), _) => s,
+            (None, Some(_)) if !is_mirror_read(&req) => return errno(libc::EROFS),
+            (None, Some(v)) => v,
+            (None, None) => return errno(libc::ENOTCONN),
         };
         let req = unmark(kdfs::mirror::unwrapped(req));
-        let resp = match tokio::task::spawn_blocking(move || view.handle(req)).await {
-            Ok(r) => r,
-            Err(_) => return errno(libc::EIO),
-        };
-        match resp {
-            KdfsResponse::Handle(fh) => KdfsResponse::Handle(fh | MIRROR_HANDLE),
-            r => r,
+        match tokio::task::spawn_blocking(move || store.handle(req)).await {
+            Ok(resp) => mark(resp),
+            Err(_) => errno(libc::EIO),
         }
     }
 }
@@ -197,6 +367,35 @@ fn unmark(req: KdfsRequest) -> KdfsRequest {
             offset,
             len,
         },
+        Q::Write {
+            ino,
+            fh,
+            offset,
+            data,
+        } => Q::Write {
+            ino,
+            fh: fh & m,
+            offset,
+            data,
+        },
+        Q::Fsync { ino, fh, datasync } => Q::Fsync {
+            ino,
+            fh: fh & m,
+            datasync,
+        },
+        Q::Fallocate {
+            ino,
+            fh,
+            offset,
+            len,
+            mode,
+        } => Q::Fallocate {
+            ino,
+            fh: fh & m,
+            offset,
+            len,
+            mode,
+        },
         Q::Release { ino, fh } => Q::Release { ino, fh: fh & m },
         Q::ReadDir { fh, offset, max } => Q::ReadDir {
             fh: fh & m,
@@ -204,6 +403,24 @@ fn unmark(req: KdfsRequest) -> KdfsRequest {
             max,
         },
         Q::ReleaseDir { fh } => Q::ReleaseDir { fh: fh & m },
+        r => r,
+    }
+}
+
+/// `resp` with the handles it gives marked as the mirror's.
+fn mark(resp: KdfsResponse) -> KdfsResponse {
+    use KdfsResponse as A;
+    match resp {
+        A::Handle(fh) => A::Handle(fh | MIRROR_HANDLE),
+        A::Created { attr, fh, stripe } => A::Created {
+            attr,
+            fh: fh.map(|f| f | MIRROR_HANDLE),
+            stripe,
+        },
+        A::StripedHandle { fh, layout } => A::StripedHandle {
+            fh: fh | MIRROR_HANDLE,
+            layout,
+        },
         r => r,
     }
 }

@@ -1,21 +1,27 @@
 //! Mirroring of this node's store to the next member, and the mirrors of
 //! other nodes' stores kept here (`mkfs.kdfs --replicas 2`).
 //!
+//! * `push`: sending changes and full copies to a node that keeps a copy;
 //! * `owner`: this node's side as a store's owner — each change sent to
 //!   the mirror before it is answered, a full copy when mirroring starts
 //!   or the mirror lost track;
-//! * `copies`: the mirrors kept here — applying an owner's changes, and
-//!   answering reads of its files while it is down.
+//! * `claim`: when this node serves its own store (claimed in the Raft
+//!   log), and taking it back from the mirror that served it meanwhile;
+//! * `copies`: the copies kept here — applying an owner's changes,
+//!   answering reads of its files while it is down, taking its store over
+//!   when it failed, handing it back.
 //!
 //! What is sent is state, not operations (`kdfs::store::capture`); the
 //! rule for who mirrors whom is `kdfs::mirror::mirror_of`. The whole
 //! design, and what it does not cover, is in docs/kdfs.md (Replication).
 
+mod claim;
 mod copies;
 mod owner;
+mod push;
 
 pub use copies::Copies;
-pub use owner::Owner;
+pub use owner::{NotMirrored, Owner};
 
 use krg_proto::cluster::NodeState;
 use krg_proto::NodeId;

@@ -1,0 +1,169 @@
+//! Whether this node serves its own mirrored store: only once it claimed
+//! the store's next generation in the Raft log. If its mirror took the
+//! store over meanwhile (this node was marked failed), the claim finds the
+//! mirror's decision: this node asks for the store back (`HandBack`), the
+//! mirror copies it here (what changed), and the node claims the
+//! generation after. A node cut off from the majority stops serving its
+//! store until it claims it again: the majority may have given it to the
+//! mirror.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kdfs::store::Store;
+use krg_proto::kdfs::MirrorRequest;
+
+use super::copies::HAND_BACK_WAIT;
+use super::push::{self, Sent};
+use crate::service::kdfs::KdfsService;
+use crate::service::placement::kdfs_key;
+use crate::sync;
+
+/// How long a request waits for a claim under way before it is answered
+/// ENOTCONN (and its client asks the mirror).
+const CLAIM_WAIT: Duration = Duration::from_secs(3);
+
+impl KdfsService {
+    /// Whether `store` (this node's) may be served now.
+    pub(in crate::service::kdfs) fn may_serve(&self, store: &Store) -> bool {
+        store.replicas() < 2 || self.claimed.load(Ordering::Acquire)
+    }
+
+    /// Whether `store` may be served, waiting a little for a claim under
+    /// way (a krgd just started, a store just made): a request then is
+    /// answered late rather than sent to the mirror.
+    pub(in crate::service::kdfs) async fn wait_to_serve(
+        self: &Arc<Self>,
+        store: &Arc<Store>,
+    ) -> bool {
+        let since = std::time::Instant::now();
+        while !self.may_serve(store) {
+            if since.elapsed() >= CLAIM_WAIT {
+                return false;
+            }
+            self.start_claim(store);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    fn start_claim(self: &Arc<Self>, store: &Arc<Store>) {
+        if !self.claiming.swap(true, Ordering::AcqRel) {
+            let (me, store) = (self.clone(), store.clone());
+            tokio::spawn(async move {
+                me.claim(&store).await;
+                me.claiming.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    /// Whether `node` may write into this node's own store (it hands the
+    /// store back).
+    pub(in crate::service::kdfs) fn hands_back(&self, node: krg_proto::NodeId) -> bool {
+        *sync::lock(&self.handing_back) == Some(node)
+    }
+
+    /// This node's mirror serves its store now: stop serving it.
+    pub(in crate::service::kdfs) fn lost_claim(&self, why: &str) {
+        if self.claimed.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                why,
+                "kdfs mirror: this node stops serving its store until it claims it again"
+            );
+        }
+    }
+
+    /// Every second: give the store up when cut off, claim it when not
+    /// serving it; mirror it while serving it.
+    pub(in crate::service::kdfs) async fn check_claim(self: &Arc<Self>, store: &Arc<Store>) {
+        if store.replicas() < 2 {
+            return;
+        }
+        if self.ctx.view().cut_off {
+            self.lost_claim("cut off from the majority");
+        }
+        if self.claimed.load(Ordering::Acquire) {
+            self.owner.check(&self.ctx, store).await;
+        } else {
+            self.start_claim(store);
+        }
+    }
+
+    async fn claim(self: &Arc<Self>, store: &Arc<Store>) {
+        let me = self.ctx.node_id();
+        loop {
+            let current = self.current().is_some_and(|s| Arc::ptr_eq(&s, store));
+            if !current {
+                return;
+            }
+            if self.ctx.view().cut_off {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let generation = match store.generation() {
+                Ok(g) => g.wrapping_add(1),
+                Err(e) => {
+                    tracing::error!(error = %e, "kdfs mirror: cannot read the store's generation");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match self.placement.place(kdfs_key(me, generation), me).await {
+                Ok(n) if n == me => {
+                    if let Err(e) = store.set_generation(generation) {
+                        tracing::error!(error = %e, "kdfs mirror: cannot record the store's generation");
+                        continue;
+                    }
+                    self.claimed.store(true, Ordering::Release);
+                    tracing::info!(generation, "kdfs mirror: this node serves its store");
+                    self.owner.serving_as(&self.ctx, store, generation).await;
+                    return;
+                }
+                Ok(mirror) => match self.take_back(store, mirror, generation).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            mirror,
+                            generation,
+                            "kdfs mirror: took the store back from the node that served it"
+                        );
+                        if let Err(e) = store.set_generation(generation) {
+                            tracing::error!(error = %e, "kdfs mirror: cannot record the store's generation");
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!(mirror, generation, %why, "kdfs mirror: the store is not back yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "kdfs mirror: claim not decided yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Ask `mirror`, which served the store as `generation`, to copy it back.
+    async fn take_back(
+        &self,
+        store: &Arc<Store>,
+        mirror: krg_proto::NodeId,
+        generation: u32,
+    ) -> Result<(), String> {
+        let me = self.ctx.node_id();
+        *sync::lock(&self.handing_back) = Some(mirror);
+        let req = MirrorRequest::HandBack { generation };
+        let sent = push::send(&self.ctx, mirror, me, req, HAND_BACK_WAIT)
+            .await
+            .0;
+        *sync::lock(&self.handing_back) = None;
+        self.copies.forget(me);
+        let _ = store;
+        match sent {
+            Sent::Done => Ok(()),
+            Sent::Unreachable(why) => Err(why),
+            Sent::Stale | Sent::Refused => Err("refused".into()),
+        }
+    }
+}
