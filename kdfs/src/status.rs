@@ -128,8 +128,18 @@ pub async fn gather(
         addr,
         cluster_started,
         members: members.iter().map(|m| (m.id, m.addr)).collect(),
+        failed: Vec::new(),
     };
-    let cluster = Cluster::new(key, me, socket.to_path_buf(), Default::default(), &info);
+    // Each store asked of its own node (not of a mirror): status says
+    // where things are.
+    let cluster = Cluster::new(
+        key,
+        me,
+        socket.to_path_buf(),
+        Default::default(),
+        &info,
+        false,
+    );
     let mut nodes = Vec::new();
     for m in members {
         let store = if m.online {

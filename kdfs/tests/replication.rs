@@ -161,3 +161,47 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
         "{log}"
     );
 }
+
+/// Node 2 cut off the network (its namespace's link down: no reset, no
+/// answer). The majority side goes on with node 2's files through node 3;
+/// node 2, in the minority, changes nothing of them (its writes fail, they
+/// never diverge); healed, node 2 takes its store back with the majority's
+/// changes.
+#[test]
+fn a_node_cut_off_changes_nothing_and_the_majority_goes_on() {
+    let lab = krg_tests::netlab::NetLab::new(3).unwrap();
+    let places = (1..=3)
+        .map(|id| (Some(lab.ns(id)), lab.addr(id).unwrap().to_string()))
+        .collect();
+    let c = Cluster::start_in(places).format_and_mount(&["--replicas", "2"]);
+    let on2 = c.mnt(1).join("on2");
+    fs::write(&on2, b"before").unwrap();
+    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
+        mirrored(&c, 1)
+    });
+    let through_1 = c.mnt(0).join("on2");
+    assert_eq!(fs::read(&through_1).unwrap(), b"before");
+
+    lab.isolate(2).unwrap();
+    let t = Instant::now();
+    fs::write(&through_1, b"majority").unwrap();
+    let resumed = t.elapsed();
+    eprintln!("node 2 cut off: a write of its file through node 1 done after {resumed:?}");
+    assert!(resumed < Duration::from_secs(6), "took {resumed:?}");
+    // The minority side: node 2's own writes fail.
+    let minority = fs::write(&on2, b"minority");
+    assert!(minority.is_err(), "a write in the minority succeeded");
+    assert_eq!(fs::read(&through_1).unwrap(), b"majority");
+
+    lab.heal(2).unwrap();
+    wait_until("node 2 has its store back", Duration::from_secs(60), || {
+        let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
+        log.contains("took the store back")
+    });
+    wait_until(
+        "node 2 serves the majority's write",
+        Duration::from_secs(20),
+        || fs::read(&on2).is_ok_and(|b| b == b"majority"),
+    );
+    assert_eq!(fs::read(&through_1).unwrap(), b"majority");
+}

@@ -47,7 +47,17 @@ pub struct Cluster {
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
     slots: Mutex<HashMap<(NodeId, u8), Slot>>,
     down_until: Mutex<HashMap<NodeId, Instant>>,
+    /// The stores are mirrored (`--replicas 2`): a node that does not
+    /// answer is asked of its mirror.
+    mirrored: bool,
+    /// Members the cluster marks failed, as the local krgd last said
+    /// ([`Cluster::follow_failures`]), and a wake-up when that changes.
+    failed: Mutex<Vec<NodeId>>,
+    failures: tokio::sync::Notify,
 }
+
+/// How often a mirrored mount asks its krgd which members failed.
+const FAILURES_EVERY: Duration = Duration::from_millis(200);
 
 /// What the local krgd says about itself and the cluster.
 pub struct LocalInfo {
@@ -56,6 +66,8 @@ pub struct LocalInfo {
     pub addr: SocketAddr,
     pub cluster_started: bool,
     pub members: Vec<(NodeId, SocketAddr)>,
+    /// Members the cluster marks failed.
+    pub failed: Vec<NodeId>,
 }
 
 /// Ask the local krgd one kDFS admin request.
@@ -97,6 +109,7 @@ pub async fn local_info(socket: &std::path::Path) -> Result<LocalInfo, KdfsError
             session,
             addr,
             cluster_started,
+            failed: members.iter().filter(|m| m.failed).map(|m| m.id).collect(),
             members: members.into_iter().map(|m| (m.id, m.addr)).collect(),
         }),
         other => Err(KdfsError::Invalid(format!(
@@ -112,6 +125,7 @@ impl Cluster {
         socket: PathBuf,
         fixed: HashMap<NodeId, SocketAddr>,
         info: &LocalInfo,
+        mirrored: bool,
     ) -> Self {
         let mut addrs: HashMap<NodeId, SocketAddr> = info.members.iter().copied().collect();
         addrs.insert(info.node, info.addr);
@@ -124,6 +138,51 @@ impl Cluster {
             addrs: Mutex::new(addrs),
             slots: Mutex::new(HashMap::new()),
             down_until: Mutex::new(HashMap::new()),
+            mirrored,
+            failed: Mutex::new(info.failed.clone()),
+            failures: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// For a mirrored file system: keep asking the local krgd which
+    /// members the cluster marks failed, so that a request waiting on a
+    /// node that vanished (no reset, no answer) goes to its mirror as soon
+    /// as the cluster knows, not at its timeout. Ends with the mount.
+    pub async fn follow_failures(self: Arc<Self>) {
+        if !self.mirrored {
+            return;
+        }
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(FAILURES_EVERY).await;
+            let Some(me) = weak.upgrade() else { return };
+            let Ok(info) = local_info(&me.socket).await else {
+                continue;
+            };
+            let mut failed = me.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if *failed != info.failed {
+                *failed = info.failed;
+                me.failures.notify_waiters();
+            }
+        }
+    }
+
+    fn is_failed(&self, node: NodeId) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&node)
+    }
+
+    /// Returns once the cluster marks `node` failed.
+    async fn until_failed(&self, node: NodeId) {
+        loop {
+            let changed = self.failures.notified();
+            if self.is_failed(node) {
+                return;
+            }
+            changed.await;
         }
     }
 
@@ -238,6 +297,9 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
+        if !self.mirrored {
+            return self.direct(node, lane, req, timeout).await;
+        }
         if mirror::uses_mirror_handle(&req) {
             return self.via_mirror(node, req, timeout).await;
         }
@@ -272,8 +334,22 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
+        if self.mirrored && self.is_failed(node) {
+            return Err(libc::ENOTCONN);
+        }
         let c = self.client(node, lane).await?;
-        match c.call(PeerRequest::Kdfs(req), timeout).await {
+        let answer = if self.mirrored {
+            tokio::select! {
+                a = c.call(PeerRequest::Kdfs(req), timeout) => a,
+                () = self.until_failed(node) => {
+                    self.mark_down(node);
+                    return Err(libc::ENOTCONN);
+                }
+            }
+        } else {
+            c.call(PeerRequest::Kdfs(req), timeout).await
+        };
+        match answer {
             Ok(PeerResponse::Kdfs(KdfsResponse::Errno(e))) => Err(e),
             Ok(PeerResponse::Kdfs(r)) => Ok(r),
             Ok(PeerResponse::Error(e)) => {

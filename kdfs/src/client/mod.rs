@@ -309,7 +309,9 @@ async fn try_prepare(
         opts.socket.clone(),
         opts.nodes.clone(),
         &info,
+        sb.replicas > 1,
     ));
+    tokio::spawn(cluster.clone().follow_failures());
     let dir_s = dir
         .to_str()
         .ok_or_else(|| KdfsError::Invalid(format!("{} is not UTF-8", dir.display())))?

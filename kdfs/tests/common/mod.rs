@@ -285,7 +285,14 @@ impl Cluster {
 
     /// [`Cluster::with_kdfs`], each store formatted with `mkfs_args` too.
     pub fn with_kdfs_formatted(n: u32, mkfs_args: &[&str]) -> Cluster {
-        let c = Cluster::start(n);
+        Cluster::start(n).format_and_mount(mkfs_args)
+    }
+
+    /// Format every node's store (root on node 1) with `mkfs_args` too,
+    /// and mount them all.
+    pub fn format_and_mount(self, mkfs_args: &[&str]) -> Cluster {
+        let c = self;
+        let n = c.nodes.len() as u32;
         let mkfs = |i: usize| c.mkfs_with(i, 1, mkfs_args);
         for i in 0..n as usize {
             // `nodes status` reads the node's cluster table, which the

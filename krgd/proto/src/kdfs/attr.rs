@@ -154,4 +154,6 @@ pub struct KdfsNode {
     pub addr: SocketAddr,
     /// Whether it answers (a failed member's inodes answer ENOTCONN).
     pub online: bool,
+    /// The cluster marks it failed (its mirror, if any, serves its store).
+    pub failed: bool,
 }

@@ -207,6 +207,7 @@ impl KdfsService {
                 id: n.id,
                 addr: n.addr,
                 online: n.state == NodeState::Online,
+                failed: n.state == NodeState::Failed,
             })
             .collect();
         KdfsAdminReply::Info {
