@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use krg_proto::auth::{ClusterKey, Identity, Role};
-use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsResponse};
+use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsResponse, ReplicaState};
 use krg_proto::NodeId;
 use serde::Serialize;
 
@@ -64,6 +64,11 @@ pub struct NodeStatus {
     pub member_online: bool,
     #[serde(flatten)]
     pub store: StoreState,
+    /// Its store's mirror and the copies it keeps (a member that answers).
+    pub replication: Option<ReplicaState>,
+    /// The member that serves this node's store while it is down (its
+    /// mirror took it over).
+    pub served_by: Option<NodeId>,
 }
 
 /// The whole answer.
@@ -72,17 +77,19 @@ pub struct Status {
     /// The node asked.
     pub local: NodeId,
     pub fs: FsFacts,
-    /// Copies of each file (kDFS keeps one: no replication).
+    /// Copies of each file: 1, or 2 (each store mirrored on the next
+    /// member), as this node's store is formatted.
     pub copies: u32,
     pub nodes: Vec<NodeStatus>,
 }
 
 impl Status {
-    /// Members whose files cannot be reached now.
+    /// Members whose files cannot be reached now (down, and no mirror
+    /// serves them).
     pub fn down(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|n| matches!(n.store, StoreState::Down { .. }))
+            .filter(|n| matches!(n.store, StoreState::Down { .. }) && n.served_by.is_none())
             .map(|n| n.node)
             .collect()
     }
@@ -149,14 +156,30 @@ pub async fn gather(
                 why: "the membership counts it failed".into(),
             }
         };
+        let replication = match store {
+            StoreState::Serving { .. } => replication(&cluster, m.id).await,
+            _ => None,
+        };
         nodes.push(NodeStatus {
             node: m.id,
             addr: m.addr,
             member_online: m.online,
             store,
+            replication,
+            served_by: None,
         });
     }
     nodes.sort_by_key(|n| n.node);
+    let serving: Vec<(NodeId, Vec<NodeId>)> = nodes
+        .iter()
+        .filter_map(|n| Some((n.node, n.replication.as_ref()?.serves_for.clone())))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.served_by = serving
+            .iter()
+            .find(|(_, of)| of.contains(&n.node))
+            .map(|(by, _)| *by);
+    }
     Ok(Status {
         local: node,
         fs: FsFacts {
@@ -164,7 +187,7 @@ pub async fn gather(
             root_node: sb.root_node,
             store,
         },
-        copies: 1,
+        copies: u32::from(sb.replicas),
         nodes,
     })
 }
@@ -249,6 +272,61 @@ async fn ask(cluster: &Cluster, node: NodeId, fs_id: u128) -> StoreState {
     }
 }
 
+/// How a member's store and the copies it keeps stand (`None`: it did
+/// not say).
+async fn replication(cluster: &Cluster, node: NodeId) -> Option<ReplicaState> {
+    match cluster
+        .call_within(node, KdfsRequest::Replication, ASK_TIMEOUT)
+        .await
+    {
+        Ok(KdfsResponse::Replication(r)) => Some(r),
+        _ => None,
+    }
+}
+
+/// The line saying how node `n`'s store is mirrored and what it serves.
+fn replication_line(n: &NodeStatus) -> Option<String> {
+    if let Some(by) = n.served_by {
+        return Some(format!(
+            "node {}: served by node {by}, its mirror, while it is down",
+            n.node
+        ));
+    }
+    let r = n.replication.as_ref()?;
+    let mut parts = Vec::new();
+    if r.replicas > 1 {
+        parts.push(match (r.serving, r.mirror, r.mirror_synced) {
+            (false, _, _) => {
+                "not serving its store yet (claiming it, or taking it back)".to_string()
+            }
+            (true, None, _) => "no mirror (no other member)".to_string(),
+            (true, Some(m), true) => format!("mirrored on node {m} (in sync)"),
+            (true, Some(m), false) => {
+                format!("mirrored on node {m} (copying: not yet a full copy)")
+            }
+        });
+    }
+    let list = |v: &[NodeId]| {
+        v.iter()
+            .map(NodeId::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !r.copies_of.is_empty() {
+        parts.push(format!(
+            "keeps a full copy of node(s) {}",
+            list(&r.copies_of)
+        ));
+    }
+    if !r.serves_for.is_empty() {
+        parts.push(format!(
+            "serves the store of node(s) {}",
+            list(&r.serves_for)
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("node {}: {}", n.node, parts.join("; ")))
+}
+
 /// `12.3G`-style size (powers of 1024).
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
@@ -274,10 +352,18 @@ pub fn render(s: &Status) -> String {
         s.fs.store.display(),
         s.local
     );
-    out.push_str(
-        "copies: 1 (no replication): each file lives on the node that created it; \
-         while that node is down its files answer ENOTCONN\n",
-    );
+    if s.copies > 1 {
+        out.push_str(&format!(
+            "copies: {}: each node's store is mirrored on the next member, which serves it \
+             while that node is down\n",
+            s.copies
+        ));
+    } else {
+        out.push_str(
+            "copies: 1 (no replication): each file lives on the node that created it; \
+             while that node is down its files answer ENOTCONN\n",
+        );
+    }
     out.push_str(&format!(
         "{:<6} {:<22} {:<9} {:>9} {:>9} {:>9} {:>5} {:>12}\n",
         "NODE", "ADDRESS", "STATE", "SIZE", "USED", "AVAIL", "USE%", "INODES USED"
@@ -318,6 +404,10 @@ pub fn render(s: &Status) -> String {
             StoreState::Down { why } => format!("{:<6} {addr:<22} down: {why}", n.node),
         };
         out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    for line in s.nodes.iter().filter_map(replication_line) {
+        out.push_str(&line);
         out.push('\n');
     }
     let down = s.down();

@@ -19,6 +19,22 @@ fn mirrored(c: &Cluster, i: usize) -> bool {
     log.contains("kdfs mirror: full copy done")
 }
 
+/// What `kdfsctl status` prints through node index `i`, and its exit code.
+fn status(c: &Cluster, i: usize) -> (String, Option<i32>) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
+        .arg("--socket")
+        .arg(&c.nodes[i].sock)
+        .arg("--keyfile")
+        .arg(&c.key)
+        .arg("status")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code(),
+    )
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -83,6 +99,11 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     let xattr = c.mnt(1).join("d/renamed");
     common::xattrs::set(&xattr, "user.color", b"blue", 0).unwrap();
 
+    let (st, code) = status(&c, 0);
+    assert!(st.contains("copies: 2:"), "{st}");
+    assert!(st.contains("node 2: mirrored on node 3 (in sync)"), "{st}");
+    assert!(st.contains("keeps a full copy of node(s) 2"), "{st}");
+    assert_eq!(code, Some(0), "{st}");
     let through_1 = c.mnt(0).join("d");
     let want = what_a_reader_sees(&through_1);
     assert_eq!(want.len(), 5, "{want:#?}");
@@ -116,6 +137,12 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
         "the first write took {first_write:?}"
     );
     eprintln!("node 2 killed: first read after {first_read:?}, first write after {first_write:?}");
+    let (st, code) = status(&c, 0);
+    assert!(
+        st.contains("node 2: served by node 3, its mirror, while it is down"),
+        "{st}"
+    );
+    assert_eq!(code, Some(0), "its files are reachable: {st}");
     let node3 = fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap();
     assert!(
         node3.contains("node failed; this node serves its store"),

@@ -95,6 +95,7 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
             | Q::HandOver
             | Q::Mirror { .. }
             | Q::FromMirror { .. }
+            | Q::Replication
             | Q::ReleaseMany { .. }
     )
 }

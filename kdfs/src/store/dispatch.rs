@@ -217,7 +217,8 @@ impl Store {
             | Q::Unwatch { .. }
             | Q::HandOver
             | Q::Mirror { .. }
-            | Q::FromMirror { .. } => return Err(StoreError::NotSupported),
+            | Q::FromMirror { .. }
+            | Q::Replication => return Err(StoreError::NotSupported),
         })
     }
 

@@ -156,3 +156,22 @@ pub enum MirrorRequest {
         seq: u64,
     },
 }
+
+/// How a node's store and the copies it keeps stand (`kdfsctl status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// Copies its store keeps (1: not mirrored).
+    pub replicas: u8,
+    /// It serves its own store now (a mirrored store: once claimed).
+    pub serving: bool,
+    /// Its store's generation (mirrored stores).
+    pub generation: u32,
+    /// The node mirroring its store.
+    pub mirror: Option<crate::NodeId>,
+    /// The mirror holds a full, current copy.
+    pub mirror_synced: bool,
+    /// Nodes whose stores it keeps a full, current copy of.
+    pub copies_of: Vec<crate::NodeId>,
+    /// Nodes whose stores it serves, having taken them over.
+    pub serves_for: Vec<crate::NodeId>,
+}

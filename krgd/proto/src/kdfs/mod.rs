@@ -30,7 +30,9 @@ pub use attr::{Attr, DirEntry, FileKind, KdfsNode, NewInode, RemoveWhat, SetAttr
 pub use bytes::Bytes;
 pub use cache::Inval;
 pub use lock::{LockHolder, LockKind, LockSpec};
-pub use mirror::{MetaFile, MirrorChange, MirrorRequest, MirroredObject, ObjectState};
+pub use mirror::{
+    MetaFile, MirrorChange, MirrorRequest, MirroredObject, ObjectState, ReplicaState,
+};
 pub use response::KdfsResponse;
 pub use stripe::{Piece, StripeError, StripeLayout, StripePolicy};
 
@@ -531,6 +533,9 @@ pub enum KdfsRequest {
         /// What it asks.
         req: MirrorRequest,
     },
+    /// How this node's store and the copies it keeps stand; answered
+    /// with `Replication`.
+    Replication,
     /// A request about node `node`'s files, asked of its mirror while
     /// `node` does not answer: served by the mirror when it took the store
     /// over (`node` failed), else answered from its copy when it is a read

@@ -121,4 +121,6 @@ pub enum KdfsResponse {
     },
     /// To `MirrorRequest::Begin`: what the mirror holds of the owner's store.
     Mirrored(Vec<super::MirroredObject>),
+    /// To `Replication`.
+    Replication(super::ReplicaState),
 }

@@ -369,6 +369,9 @@ impl KdfsService {
             KdfsRequest::FromMirror { node, req } => {
                 return Ok(self.copies.serve(node, *req).await)
             }
+            KdfsRequest::Replication => {
+                return Ok(KdfsResponse::Replication(self.replication(&store).await))
+            }
             _ => {}
         }
         if !matches!(req, KdfsRequest::Hello) && !self.wait_to_serve(&store).await {

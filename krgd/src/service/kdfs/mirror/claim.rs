@@ -30,6 +30,25 @@ impl KdfsService {
         store.replicas() < 2 || self.claimed.load(Ordering::Acquire)
     }
 
+    /// How this node's store and the copies kept here stand.
+    pub(in crate::service::kdfs) async fn replication(
+        &self,
+        store: &Store,
+    ) -> krg_proto::kdfs::ReplicaState {
+        let (mirror, mirror_synced, generation) = self.owner.state().await;
+        let (copies_of, serves_for) = self.copies.kept(self.ctx.node_id()).await;
+        let mirrored = store.replicas() > 1;
+        krg_proto::kdfs::ReplicaState {
+            replicas: store.replicas(),
+            serving: self.may_serve(store),
+            generation: if mirrored { generation } else { 0 },
+            mirror: mirror.filter(|_| mirrored),
+            mirror_synced: mirrored && mirror_synced,
+            copies_of,
+            serves_for,
+        }
+    }
+
     /// Whether `store` may be served, waiting a little for a claim under
     /// way (a krgd just started, a store just made): a request then is
     /// answered late rather than sent to the mirror.

@@ -217,6 +217,27 @@ impl Copies {
         }
     }
 
+    /// The owners whose complete copies are kept here, and those whose
+    /// stores this node serves (taken over).
+    pub async fn kept(&self, me: NodeId) -> (Vec<NodeId>, Vec<NodeId>) {
+        let (mut copies, mut served) = (Vec::new(), Vec::new());
+        for slot in self.all() {
+            let c = slot.lock().await;
+            let owner = c.disk.owner();
+            if owner == me {
+                continue;
+            }
+            if c.served.is_some() {
+                served.push(owner);
+            } else if c.view.is_some() {
+                copies.push(owner);
+            }
+        }
+        copies.sort_unstable();
+        served.sort_unstable();
+        (copies, served)
+    }
+
     /// This node's own store is being handed back: forget its copy slot
     /// once done (the next hand-back makes a new one).
     pub fn forget(&self, store: NodeId) {

@@ -57,6 +57,12 @@ impl Owner {
         self.restart(ctx, store, &mut s);
     }
 
+    /// The mirror, whether it holds a full current copy, the generation.
+    pub async fn state(&self) -> (Option<krg_proto::NodeId>, bool, u32) {
+        let s = self.session.lock().await;
+        (s.to, s.synced, s.generation)
+    }
+
     /// After `req` was served as `resp`: send what it changed to the mirror.
     pub async fn changed(
         self: &Arc<Self>,
