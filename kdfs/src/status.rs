@@ -444,6 +444,8 @@ mod tests {
             addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
             member_online: !matches!(store, StoreState::Down { .. }),
             store,
+            replication: None,
+            served_by: None,
         }
     }
 
