@@ -232,3 +232,39 @@ fn a_node_cut_off_changes_nothing_and_the_majority_goes_on() {
     );
     assert_eq!(fs::read(&through_1).unwrap(), b"majority");
 }
+
+/// Node 2's krgd frozen (SIGSTOP) long enough for the cluster to give its
+/// store to node 3, then thawed: it must not serve its stale copy — it
+/// finds the decision in the log, stops, and takes the store back.
+#[test]
+fn a_frozen_node_thawed_serves_nothing_stale() {
+    let c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
+    let on2 = c.mnt(1).join("on2");
+    fs::write(&on2, b"old").unwrap();
+    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
+        mirrored(&c, 1)
+    });
+    let pid = c.krgd_pid(1).unwrap() as i32;
+    let signal = |sig| {
+        // SAFETY: kill(2) of the krgd this test started, by its PID.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    let through_1 = c.mnt(0).join("on2");
+    fs::write(&through_1, b"new").unwrap();
+    signal(libc::SIGCONT);
+    // From now on, whoever answers, nobody answers "old".
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(8) {
+        match fs::read(&through_1) {
+            Ok(b) => assert_eq!(b, b"new", "a stale read after the thaw"),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_until("node 2 has its store back", Duration::from_secs(30), || {
+        let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
+        log.contains("took the store back")
+    });
+    assert_eq!(fs::read(&on2).unwrap(), b"new");
+}

@@ -364,6 +364,11 @@ impl Cluster {
         });
     }
 
+    /// The PID of node index `i`'s krgd, while it runs.
+    pub fn krgd_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].krgd.as_ref().map(std::process::Child::id)
+    }
+
     /// kill -9 the krgd of node index `i`.
     pub fn kill_krgd(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].krgd.take() {

@@ -21,7 +21,15 @@ pub trait Placement: Send + Sync {
     /// (no quorum reachable, leadership moving) decided nothing this
     /// node knows of: ask again.
     fn place(&self, xfer: u64, node: NodeId) -> Placed<'_>;
+
+    /// The node decided for `xfer` as far as this node has applied the
+    /// log (nothing is committed: a node back from a partition finds here,
+    /// once it caught up, that another took what it had).
+    fn decided(&self, xfer: u64) -> Decided<'_>;
 }
+
+/// The answer of [`Placement::decided`].
+pub type Decided<'a> = Pin<Box<dyn Future<Output = Option<NodeId>> + Send + 'a>>;
 
 /// The top bits of every [`kdfs_key`].
 pub const KDFS_TAG: u64 = 0x6b64 << 48;

@@ -13,11 +13,18 @@ use openraft::ServerState;
 use super::network::call;
 use super::state::ClusterCommand;
 use super::{next_hop, not_in_cluster, owners, ClusterService, FORWARD_TIMEOUT};
-use crate::service::placement::{Placed, Placement};
+use crate::service::placement::{Decided, Placed, Placement};
 
 impl Placement for Arc<ClusterService> {
     fn place(&self, xfer: u64, node: NodeId) -> Placed<'_> {
         Box::pin(self.route_placement(xfer, node, 0))
+    }
+
+    fn decided(&self, xfer: u64) -> Decided<'_> {
+        Box::pin(async move {
+            let joined = self.joined().await?;
+            joined.state().placements.get(&xfer).map(|p| p.node)
+        })
     }
 }
 

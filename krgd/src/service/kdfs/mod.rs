@@ -66,6 +66,8 @@ pub struct KdfsService {
     claiming: AtomicBool,
     /// The node copying this node's store back to it.
     handing_back: std::sync::Mutex<Option<krg_proto::NodeId>>,
+    /// Proof that this krgd runs (a frozen one may have lost its store).
+    beat: mirror::Beat,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -118,9 +120,11 @@ impl KdfsService {
             claimed: AtomicBool::new(false),
             claiming: AtomicBool::new(false),
             handing_back: Default::default(),
+            beat: mirror::Beat::default(),
         });
         svc.clone().expire_gone_mounts();
         svc.clone().take_over_failed_owners();
+        mirror::Beat::keep(&svc);
         if let Ok(dir) = std::fs::read_to_string(svc.attach_file()) {
             let dir = PathBuf::from(dir.trim());
             let node = svc.ctx.node_id();
@@ -173,7 +177,8 @@ impl KdfsService {
     }
 
     /// Four times a second: take over the stores of failed owners whose
-    /// copy here is complete.
+    /// copy here is complete, and stop serving this node's own store if
+    /// the log gave it to the mirror.
     fn take_over_failed_owners(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         drop(self);
@@ -183,6 +188,9 @@ impl KdfsService {
                 tick.tick().await;
                 let Some(svc) = weak.upgrade() else { return };
                 svc.copies.takeover(&svc.ctx, &svc.placement).await;
+                if svc.current().is_some_and(|s| s.replicas() > 1) {
+                    svc.still_claimed().await;
+                }
             }
         });
     }

@@ -25,9 +25,18 @@ use crate::sync;
 const CLAIM_WAIT: Duration = Duration::from_secs(3);
 
 impl KdfsService {
-    /// Whether `store` (this node's) may be served now.
+    /// Whether `store` (this node's) may be served now. A krgd that stood
+    /// still (SIGSTOP, a stalled VM) longer than the failure timeout may
+    /// have been marked failed and its store given to the mirror: it
+    /// claims the store again (through the leader) before serving.
     pub(in crate::service::kdfs) fn may_serve(&self, store: &Store) -> bool {
-        store.replicas() < 2 || self.claimed.load(Ordering::Acquire)
+        if store.replicas() < 2 {
+            return true;
+        }
+        if self.beat.stood_still(self.ctx.config.failure_timeout) {
+            self.lost_claim("this krgd stood still longer than the failure timeout");
+        }
+        self.claimed.load(Ordering::Acquire)
     }
 
     /// How this node's store and the copies kept here stand.
@@ -102,10 +111,29 @@ impl KdfsService {
         if self.ctx.view().cut_off {
             self.lost_claim("cut off from the majority");
         }
-        if self.claimed.load(Ordering::Acquire) {
+        if self.claimed.load(Ordering::Acquire) && self.still_claimed().await {
             self.owner.check(&self.ctx, store).await;
         } else {
             self.start_claim(store);
+        }
+    }
+
+    /// Four times a second while serving: was this node frozen, or cut off
+    /// unnoticed, while the cluster gave its store to the mirror? The log
+    /// says so once this node has caught up with it: stop serving then.
+    pub(in crate::service::kdfs) async fn still_claimed(&self) -> bool {
+        if !self.claimed.load(Ordering::Acquire) {
+            return false;
+        }
+        let (_, _, generation) = self.owner.state().await;
+        let me = self.ctx.node_id();
+        let next = kdfs_key(me, generation.wrapping_add(1));
+        match self.placement.decided(next).await {
+            Some(n) if n != me => {
+                self.lost_claim("the log gave the store to its mirror");
+                false
+            }
+            _ => true,
         }
     }
 
@@ -184,5 +212,40 @@ impl KdfsService {
             Sent::Unreachable(why) => Err(why),
             Sent::Stale | Sent::Refused => Err("refused".into()),
         }
+    }
+}
+
+/// When this krgd last ran its heartbeat task (every 100 ms).
+pub struct Beat(std::sync::Mutex<std::time::Instant>);
+
+impl Default for Beat {
+    fn default() -> Self {
+        Beat(std::sync::Mutex::new(std::time::Instant::now()))
+    }
+}
+
+impl Beat {
+    const EVERY: Duration = Duration::from_millis(100);
+
+    /// Beat until `svc` goes.
+    pub fn keep(svc: &Arc<KdfsService>) {
+        let weak = Arc::downgrade(svc);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Self::EVERY);
+            loop {
+                tick.tick().await;
+                let Some(svc) = weak.upgrade() else { return };
+                // Noticed here before the beat is renewed (a request
+                // served right after a freeze notices it in `may_serve`).
+                if svc.beat.stood_still(svc.ctx.config.failure_timeout) {
+                    svc.lost_claim("this krgd stood still longer than the failure timeout");
+                }
+                *sync::lock(&svc.beat.0) = std::time::Instant::now();
+            }
+        });
+    }
+
+    fn stood_still(&self, limit: Duration) -> bool {
+        sync::lock(&self.0).elapsed() >= limit
     }
 }

@@ -20,6 +20,7 @@ mod copies;
 mod owner;
 mod push;
 
+pub use claim::Beat;
 pub use copies::Copies;
 pub use owner::{NotMirrored, Owner};
 
