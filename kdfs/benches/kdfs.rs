@@ -22,6 +22,11 @@
 //! KDFS_BENCH_STRIPE_MB (default 4096) MiB each; `KDFS_BENCH_ONLY=striped`
 //! runs only that one.
 //!
+//! A fifth table (`benches/kdfs/replicated.rs`, `KDFS_BENCH_ONLY=replicated`
+//! for it alone) runs on stores formatted `--replicas 2` against a
+//! GlusterFS replica-2 volume: sequential write and read, and how long a
+//! write waits when the node (the brick) serving its file stops.
+//!
 //! `KDFS_BENCH_ONLY=handover` runs a fourth table, only on request:
 //! `krgadm nodes del` of a node holding kDFS files against `cp -a` of them
 //! (`benches/kdfs/handover.rs`).
@@ -36,6 +41,8 @@
 mod common;
 #[path = "kdfs/handover.rs"]
 mod handover;
+#[path = "kdfs/replicated.rs"]
+mod replicated;
 #[path = "kdfs/striped.rs"]
 mod striped;
 
@@ -386,15 +393,28 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
-/// A 3-brick distribute volume on loopback, mounted; torn down on drop.
+/// A GlusterFS volume on loopback, mounted; torn down on drop.
 struct Gluster {
     base: PathBuf,
     mnt: PathBuf,
+    volume: &'static str,
     started_glusterd: Option<u32>,
 }
 
 impl Gluster {
+    /// The 3-brick distribute volume of the first tables.
     fn start(base: &Path) -> Option<Gluster> {
+        Gluster::start_volume(base, "kdfsbench", None, 3)
+    }
+
+    /// Volume `volume` of `bricks` bricks under `base` (`replica N` when
+    /// given), mounted at `base/gmnt`.
+    fn start_volume(
+        base: &Path,
+        volume: &'static str,
+        replica: Option<u32>,
+        bricks: usize,
+    ) -> Option<Gluster> {
         if Command::new("glusterd").arg("--version").output().is_err() {
             eprintln!(
                 "GlusterFS: no glusterd here (apt-get install glusterfs-server): \
@@ -429,6 +449,7 @@ impl Gluster {
         let g = Gluster {
             base: base.to_path_buf(),
             mnt: base.join("gmnt"),
+            volume,
             started_glusterd: started,
         };
         // glusterd refuses loopback brick addresses: use this host's own
@@ -443,9 +464,12 @@ impl Gluster {
             "--mode=script".to_string(),
             "volume".into(),
             "create".into(),
-            "kdfsbench".into(),
+            volume.into(),
         ];
-        for i in 0..3 {
+        if let Some(n) = replica {
+            args.extend(["replica".into(), n.to_string()]);
+        }
+        for i in 0..bricks {
             let b = base.join(format!("brick{i}"));
             fs::create_dir_all(&b).ok()?;
             args.push(format!("{host}:{}", b.display()));
@@ -453,9 +477,9 @@ impl Gluster {
         args.push("force".into());
         let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
         if !ok(Command::new("gluster").args(&args))
-            || !ok(Command::new("gluster").args(["--mode=script", "volume", "start", "kdfsbench"]))
+            || !ok(Command::new("gluster").args(["--mode=script", "volume", "start", volume]))
             || !ok(Command::new("mount")
-                .args(["-t", "glusterfs", &format!("{host}:/kdfsbench")])
+                .args(["-t", "glusterfs", &format!("{host}:/{volume}")])
                 .arg(&g.mnt))
         {
             eprintln!("GlusterFS volume could not be set up; skipping it");
@@ -469,10 +493,10 @@ impl Drop for Gluster {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).output();
         let _ = Command::new("gluster")
-            .args(["--mode=script", "volume", "stop", "kdfsbench", "force"])
+            .args(["--mode=script", "volume", "stop", self.volume, "force"])
             .output();
         let _ = Command::new("gluster")
-            .args(["--mode=script", "volume", "delete", "kdfsbench"])
+            .args(["--mode=script", "volume", "delete", self.volume])
             .output();
         if let Some(pid) = self.started_glusterd {
             // SAFETY: plain kill(2) of the glusterd this bench started.
@@ -502,6 +526,14 @@ fn main() {
             "kDFS bench: striping only, {stripe_mb} MiB, {rounds} round(s); 3 nodes on loopback"
         );
         striped::table(&cluster, rounds, stripe_mb);
+        return;
+    }
+    if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "replicated") {
+        drop(cluster);
+        println!(
+            "kDFS bench: replicated only, seq {seq_mb} MiB, {rounds} round(s); 3 nodes on loopback"
+        );
+        replicated::table(rounds, seq_mb);
         return;
     }
     if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "handover") {
@@ -614,4 +646,5 @@ fn main() {
     striped::table(&cluster, rounds, stripe_mb);
     drop(gluster);
     drop(cluster);
+    replicated::table(rounds, seq_mb);
 }

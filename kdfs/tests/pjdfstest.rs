@@ -52,9 +52,22 @@ fn pjdfstest_in_a_striped_directory() {
     run_pjdfstest(&c, &work);
 }
 
+/// The same on stores formatted `--replicas 2`: every change goes through
+/// krgd and is mirrored on the other node before it is answered.
+#[test]
+#[ignore = "needs `cargo install pjdfstest` and a `tests` user"]
+fn pjdfstest_on_a_replicated_mount() {
+    let (c, work) = two_nodes_formatted(&["--replicas", "2"]);
+    run_pjdfstest(&c, &work);
+}
+
 /// Two nodes, and the suite's directory made through node 2's mount.
 fn two_nodes() -> (common::Cluster, std::path::PathBuf) {
-    let c = common::Cluster::with_kdfs(2);
+    two_nodes_formatted(&[])
+}
+
+fn two_nodes_formatted(mkfs_args: &[&str]) -> (common::Cluster, std::path::PathBuf) {
+    let c = common::Cluster::with_kdfs_formatted(2, mkfs_args);
     let work = c.mnt(1).join("pjd");
     fs::create_dir(&work).unwrap();
     (c, work)
