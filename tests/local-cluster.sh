@@ -21,7 +21,8 @@
 #   * the scheduler tree of node 1 at /config/krg_scheduler (nodes 2-4 at
 #     /run/krg-local/sched/node<N>), mem_probe loaded on every node and wired
 #     to an echo_policy on node 1;
-#   * kDFS formatted under /var/lib/krg-local/kdfs<N> and mounted at
+#   * kDFS formatted under /var/lib/krg-local/kdfs<N> (--replicas 2: each
+#     node's store mirrored on the next node) and mounted at
 #     /mnt/kdfs/node<N> on every node (node 1, the root node, first);
 #   * a CHECKPOINTABLE demo job counting into /run/krg-local/demo.count;
 #   * the /krg tree (nodes, XCPU sessions, the process table) served by
@@ -319,7 +320,7 @@ mount_kdfs() {
     for n in $(seq 1 $NODES); do
         dir=$DATA_DIR/kdfs$n
         mkdir -p "$dir"
-        mkfs.kdfs --socket "$(sock_of "$n")" "$dir" 1 >/dev/null
+        mkfs.kdfs --socket "$(sock_of "$n")" --replicas 2 "$dir" 1 >/dev/null
     done
     for n in $(seq 1 $NODES); do # node 1, the root node, first
         dir=$DATA_DIR/kdfs$n
@@ -331,7 +332,7 @@ mount_kdfs() {
         local pid
         pid=$(kdfs_server_pid "$mnt") && record "pid $pid $(cat "/proc/$pid/comm")"
     done
-    say "kDFS: $DATA_DIR/kdfs1..$NODES mounted at /mnt/kdfs/node1..$NODES"
+    say "kDFS: $DATA_DIR/kdfs1..$NODES (--replicas 2) mounted at /mnt/kdfs/node1..$NODES"
 }
 
 # ---------------------------------------------------------------- demo job
@@ -417,7 +418,10 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     cp /etc/services /mnt/kdfs/node2/
     cat /mnt/kdfs/node1/services | head -3
     ls -l /mnt/kdfs/node3/
-    kdfsctl --keyfile $KEY status /mnt/kdfs/node1   # every node's store: size, use, inodes; who is down
+    kdfsctl --keyfile $KEY status /mnt/kdfs/node1   # every node's store: size, use, inodes; its mirror; who is down
+    K=\$(pgrep -f -- '--node-id 2 --session'); kill -STOP \$K; sleep 3; echo more >> /mnt/kdfs/node1/services; kdfsctl --keyfile $KEY status /mnt/kdfs/node1; kill -CONT \$K
+                                                # node 2 stopped: node 3, its mirror, serves its files (services lives on node 2);
+                                                # let go, node 2 takes its store back (tail $STATE_DIR/krgd2.log)
     cp /etc/hosts /mnt/kdfs/node4/ ; krgadm nodes del -n 4 ; cat /mnt/kdfs/node1/hosts ; krgadm nodes add -n 4
                                                 # node 4's kDFS files move to another node before it goes
     mkdir /mnt/kdfs/node1/big ; kdfsctl stripe 1M:4 /mnt/kdfs/node1/big   # files made there: 1 MiB units over 4 nodes

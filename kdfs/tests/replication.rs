@@ -108,6 +108,13 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     let want = what_a_reader_sees(&through_1);
     assert_eq!(want.len(), 5, "{want:#?}");
 
+    // Held open through node 1 across the failure.
+    let mut held = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(through_1.join("renamed"))
+        .unwrap();
+
     c.kill_krgd(1);
     let t = Instant::now();
     let seen = what_a_reader_sees(&through_1);
@@ -132,6 +139,15 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     let first_write = t.elapsed();
     fs::write(through_1.join("new"), b"made while node 2 was down").unwrap();
     fs::remove_file(through_1.join("link")).unwrap();
+    // The file held open goes on, opened again on the mirror.
+    use std::io::{Read, Seek};
+    held.write_all(b"SMALL!").unwrap();
+    held.sync_all().unwrap();
+    held.rewind().unwrap();
+    let mut back = String::new();
+    held.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "SMALL!");
+    drop(held);
     assert!(
         first_write < Duration::from_secs(5),
         "the first write took {first_write:?}"
@@ -169,6 +185,7 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
         b"made while node 2 was down"
     );
     assert!(!c.mnt(1).join("d/link").exists());
+    assert_eq!(fs::read(c.mnt(1).join("d/renamed")).unwrap(), b"SMALL!");
     assert_eq!(fs::read(c.mnt(2).join("d/after")).unwrap(), b"after");
 
     // The mirror down: once the cluster marks it failed, node 2's changes

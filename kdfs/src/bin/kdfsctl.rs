@@ -137,10 +137,10 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
     sections: &[
         krg_clidoc::Section {
             title: "EXIT STATUS",
-            body: "0: every member answered (status); the striping was shown or set (stripe).
+            body: "0: every member's files can be reached (status; a failed member's through its mirror); the striping was shown or set (stripe).
 1: no status: krgd unreachable, no store attached here, the cluster key unreadable; or stripe refused (not on a kDFS mount, not the directory's owner, a bad UNIT:COUNT); one line says why.
 2: bad command line.
-3: the status was printed, and some member's files cannot be reached now (it is failed or does not answer).",
+3: the status was printed, and some member's files cannot be reached now (it is failed or does not answer, and no mirror serves them).",
         },
         krg_clidoc::Section {
             title: "FILES",

@@ -151,7 +151,15 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
         krg_clidoc::Section {
             title: "EXAMPLES",
             body: "  mkfs.kdfs /KDFS 1
-  mkfs.kdfs /ANOTHER-KDFS 1",
+  mkfs.kdfs /ANOTHER-KDFS 1
+  mkfs.kdfs --replicas 2 /KDFS 1    (on every node: each store mirrored on the next member)",
+        },
+        krg_clidoc::Section {
+            title: "FILES",
+            body: "DIR/kdfs.sb, DIR/root.meta, DIR/ino.next, DIR/inodes/: the store.
+DIR/generation: a mirrored store's generation (who serves it is decided in the cluster's Raft log).
+DIR/mirrors/NODE/: the copy of node NODE's store this node keeps as its mirror (--replicas 2).
+/run/krg/krgd.sock: the local krgd (--socket, KRG_SOCKET).",
         },
         krg_clidoc::Section {
             title: "SEE ALSO",

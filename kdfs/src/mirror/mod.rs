@@ -26,6 +26,7 @@ use nix::sys::stat::Mode;
 pub use copy::{MirrorCopy, MIRRORS};
 
 use crate::store::error::Res;
+use crate::store::Store;
 
 /// The node that mirrors `owner`'s store: the next member after it in id
 /// order, wrapping around; `None` in a cluster of one. Every member
@@ -45,36 +46,27 @@ pub fn unwrapped(req: KdfsRequest) -> KdfsRequest {
     }
 }
 
-fn inner(req: &KdfsRequest) -> &KdfsRequest {
+/// What [`unwrapped`] gives, by reference.
+pub fn unwrapped_ref(req: &KdfsRequest) -> &KdfsRequest {
     match req {
-        KdfsRequest::As { req, .. } | KdfsRequest::HeldBy { req, .. } => inner(req),
+        KdfsRequest::As { req, .. } | KdfsRequest::HeldBy { req, .. } => unwrapped_ref(req),
         req => req,
     }
 }
 
-/// Whether a mirror may answer `req` for its owner: reads only (a regular
-/// file opened for reading, its data, names, attributes), or what uses
-/// a handle the mirror gave.
+/// Whether a mirror may answer `req` for its owner from its copy: what the
+/// store answers without changing anything (but a striped file's units,
+/// which the mirror does not keep), a regular file opened for reading and
+/// its data, the file system's size and root.
 pub fn is_mirror_read(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
-    matches!(
-        inner(req),
-        Q::GetAttr { .. }
-            | Q::Lookup { .. }
-            | Q::Readlink { .. }
-            | Q::IsEmptyDir { .. }
-            | Q::OpenDir { .. }
-            | Q::ReadDir { .. }
-            | Q::ReleaseDir { .. }
-            | Q::GetXattr { .. }
-            | Q::ListXattr { .. }
-            | Q::GetStripe { .. }
-            | Q::Open { write: false, .. }
-            | Q::Read { .. }
-            | Q::Release { .. }
-            | Q::Statfs
-            | Q::Root
-    )
+    let req = unwrapped_ref(req);
+    let reads = Store::is_read_only(req) && !matches!(req, Q::StripeRead { .. });
+    reads
+        || matches!(
+            req,
+            Q::Open { write: false, .. } | Q::Read { .. } | Q::Release { .. } | Q::Statfs | Q::Root
+        )
 }
 
 /// Whether `req` may be asked of a node's mirror when the node does not
@@ -83,7 +75,7 @@ pub fn is_mirror_read(req: &KdfsRequest) -> bool {
 pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
     !matches!(
-        inner(req),
+        unwrapped_ref(req),
         Q::SetLock { .. }
             | Q::GetLock { .. }
             | Q::ReleaseLocks { .. }
@@ -104,7 +96,7 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
 /// again, whether or not the owner answers now.
 pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
-    match inner(req) {
+    match unwrapped_ref(req) {
         Q::Read { fh, .. }
         | Q::Write { fh, .. }
         | Q::Fsync { fh, .. }

@@ -349,3 +349,48 @@ fn a_change_to_what_the_mirror_lacks_is_refused_when_strict() {
     };
     assert!(m.apply(&[dir, escape], false).is_err());
 }
+
+#[test]
+fn a_mirror_is_asked_reads_from_its_copy_and_no_locks() {
+    let lookup = Q::Lookup {
+        dir: 1,
+        name: b"x".to_vec(),
+    };
+    let wrapped = Q::As {
+        client: 3,
+        req: Box::new(lookup.clone()),
+    };
+    assert!(is_mirror_read(&lookup) && is_mirror_read(&wrapped));
+    assert!(is_mirror_read(&Q::Open {
+        ino: 1,
+        write: false
+    }));
+    assert!(!is_mirror_read(&Q::Open {
+        ino: 1,
+        write: true
+    }));
+    assert!(!is_mirror_read(&Q::Unlink {
+        dir: 1,
+        name: b"x".to_vec()
+    }));
+    assert!(!is_mirror_read(&Q::StripeRead {
+        ino: 1,
+        offset: 0,
+        len: 1
+    }));
+    assert!(may_ask_mirror(&Q::Unlink {
+        dir: 1,
+        name: b"x".to_vec()
+    }));
+    assert!(!may_ask_mirror(&Q::LockLease { client: 3 }));
+    let read = |fh| Q::Read {
+        ino: 1,
+        fh,
+        offset: 0,
+        len: 1,
+    };
+    assert!(uses_mirror_handle(&read(
+        5 | krg_proto::kdfs::MIRROR_HANDLE
+    )));
+    assert!(!uses_mirror_handle(&read(5)));
+}

@@ -5,7 +5,8 @@
 //! that cannot be reached is remembered as down for a short while, so that
 //! operations on its inodes fail at once (ENOTCONN) instead of each waiting
 //! for a connect timeout; after that the next operation tries again, which
-//! is how a returning node's files come back.
+//! is how a returning node's files come back. A mirrored file system's
+//! requests to a node that does not answer go to its mirror (`failover`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +21,9 @@ use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsRespons
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::{NodeId, ProtoError};
 
-use crate::{mirror, KdfsError};
+use crate::KdfsError;
+
+mod failover;
 
 /// How long to wait for a TCP connect + handshake to a krgd.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,10 +57,9 @@ pub struct Cluster {
     /// ([`Cluster::follow_failures`]), and a wake-up when that changes.
     failed: Mutex<Vec<NodeId>>,
     failures: tokio::sync::Notify,
+    /// Handles of failed nodes' files opened again on their mirrors.
+    reopened: failover::Reopened,
 }
-
-/// How often a mirrored mount asks its krgd which members failed.
-const FAILURES_EVERY: Duration = Duration::from_millis(200);
 
 /// What the local krgd says about itself and the cluster.
 pub struct LocalInfo {
@@ -141,48 +143,7 @@ impl Cluster {
             mirrored,
             failed: Mutex::new(info.failed.clone()),
             failures: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// For a mirrored file system: keep asking the local krgd which
-    /// members the cluster marks failed, so that a request waiting on a
-    /// node that vanished (no reset, no answer) goes to its mirror as soon
-    /// as the cluster knows, not at its timeout. Ends with the mount.
-    pub async fn follow_failures(self: Arc<Self>) {
-        if !self.mirrored {
-            return;
-        }
-        let weak = Arc::downgrade(&self);
-        drop(self);
-        loop {
-            tokio::time::sleep(FAILURES_EVERY).await;
-            let Some(me) = weak.upgrade() else { return };
-            let Ok(info) = local_info(&me.socket).await else {
-                continue;
-            };
-            let mut failed = me.failed.lock().unwrap_or_else(|p| p.into_inner());
-            if *failed != info.failed {
-                *failed = info.failed;
-                me.failures.notify_waiters();
-            }
-        }
-    }
-
-    fn is_failed(&self, node: NodeId) -> bool {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&node)
-    }
-
-    /// Returns once the cluster marks `node` failed.
-    async fn until_failed(&self, node: NodeId) {
-        loop {
-            let changed = self.failures.notified();
-            if self.is_failed(node) {
-                return;
-            }
-            changed.await;
+            reopened: failover::Reopened::default(),
         }
     }
 
@@ -297,34 +258,10 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        if !self.mirrored {
-            return self.direct(node, lane, req, timeout).await;
+        if self.mirrored {
+            return self.call_mirrored(node, lane, req, timeout).await;
         }
-        if mirror::uses_mirror_handle(&req) {
-            return self.via_mirror(node, req, timeout).await;
-        }
-        let again = mirror::may_ask_mirror(&req).then(|| req.clone());
-        match (self.direct(node, lane, req, timeout).await, again) {
-            (Err(libc::ENOTCONN), Some(req)) => self.via_mirror(node, req, timeout).await,
-            (r, _) => r,
-        }
-    }
-
-    /// Ask `node`'s mirror for `req`, about `node`'s files.
-    async fn via_mirror(
-        &self,
-        node: NodeId,
-        req: KdfsRequest,
-        timeout: Duration,
-    ) -> Result<KdfsResponse, i32> {
-        let Some(m) = mirror::mirror_of(node, &self.nodes()) else {
-            return Err(libc::ENOTCONN);
-        };
-        let req = KdfsRequest::FromMirror {
-            node,
-            req: Box::new(mirror::unwrapped(req)),
-        };
-        self.direct(m, 0, req, timeout).await
+        self.direct(node, lane, req, timeout).await
     }
 
     async fn direct(

@@ -1,0 +1,237 @@
+//! A mirrored file system (`--replicas 2`): a request to a node that does
+//! not answer goes to its mirror (`crate::mirror`), which serves it from
+//! its copy (reads) or as the store's server once it took it over.
+//!
+//! A node does not answer when its connection is refused or reset, or when
+//! the cluster marks it failed while a request waits on it (the mount asks
+//! its krgd which members failed every [`FAILURES_EVERY`]: a node whose
+//! network vanished sends no reset). A file the mount opened on the failed
+//! node is opened again on the mirror at its next read or write, and the
+//! handle goes on there ([`Reopened`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MIRROR_HANDLE};
+use krg_proto::NodeId;
+
+use super::{local_info, Cluster};
+use crate::mirror;
+
+/// How often a mirrored mount asks its krgd which members failed.
+const FAILURES_EVERY: Duration = Duration::from_millis(200);
+
+/// Handles a failed node gave, opened again on its mirror: (node, handle)
+/// to the mirror's handle.
+#[derive(Default)]
+pub(super) struct Reopened(Mutex<HashMap<(NodeId, u64), u64>>);
+
+impl Reopened {
+    fn get(&self, node: NodeId, fh: u64) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(node, fh))
+            .copied()
+    }
+
+    fn put(&self, node: NodeId, fh: u64, on_mirror: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((node, fh), on_mirror);
+    }
+
+    fn forget(&self, node: NodeId, fh: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(node, fh));
+    }
+}
+
+/// The file and handle of a request that uses an open file's handle.
+fn file_handle(req: &KdfsRequest) -> Option<(u64, u64)> {
+    use KdfsRequest as Q;
+    match mirror::unwrapped_ref(req) {
+        Q::Read { ino, fh, .. }
+        | Q::Write { ino, fh, .. }
+        | Q::Fsync { ino, fh, .. }
+        | Q::Fallocate { ino, fh, .. }
+        | Q::Release { ino, fh } => Some((*ino, *fh)),
+        _ => None,
+    }
+}
+
+/// `req` (one [`file_handle`] names) with handle `fh` instead.
+fn with_handle(req: KdfsRequest, new: u64) -> KdfsRequest {
+    use KdfsRequest as Q;
+    match mirror::unwrapped(req) {
+        Q::Read {
+            ino, offset, len, ..
+        } => Q::Read {
+            ino,
+            fh: new,
+            offset,
+            len,
+        },
+        Q::Write {
+            ino, offset, data, ..
+        } => Q::Write {
+            ino,
+            fh: new,
+            offset,
+            data,
+        },
+        Q::Fsync { ino, datasync, .. } => Q::Fsync {
+            ino,
+            fh: new,
+            datasync,
+        },
+        Q::Fallocate {
+            ino,
+            offset,
+            len,
+            mode,
+            ..
+        } => Q::Fallocate {
+            ino,
+            fh: new,
+            offset,
+            len,
+            mode,
+        },
+        Q::Release { ino, .. } => Q::Release { ino, fh: new },
+        other => other,
+    }
+}
+
+impl Cluster {
+    /// For a mirrored file system: keep asking the local krgd which
+    /// members the cluster marks failed, so that a request waiting on a
+    /// node that vanished (no reset, no answer) goes to its mirror as soon
+    /// as the cluster knows, not at its timeout. Ends with the mount.
+    pub async fn follow_failures(self: Arc<Self>) {
+        if !self.mirrored {
+            return;
+        }
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(FAILURES_EVERY).await;
+            let Some(me) = weak.upgrade() else { return };
+            let Ok(info) = local_info(&me.socket).await else {
+                continue;
+            };
+            let mut failed = me.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if *failed != info.failed {
+                *failed = info.failed;
+                me.failures.notify_waiters();
+            }
+        }
+    }
+
+    pub(super) fn is_failed(&self, node: NodeId) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&node)
+    }
+
+    /// Returns once the cluster marks `node` failed.
+    pub(super) async fn until_failed(&self, node: NodeId) {
+        loop {
+            let changed = self.failures.notified();
+            if self.is_failed(node) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// [`Cluster::call_on`] of a mirrored file system.
+    pub(super) async fn call_mirrored(
+        &self,
+        node: NodeId,
+        lane: u8,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        if mirror::uses_mirror_handle(&req) {
+            return self.via_mirror(node, req, timeout).await;
+        }
+        let handle = file_handle(&req);
+        if let Some((_, fh)) = handle {
+            if let Some(on_mirror) = self.reopened.get(node, fh) {
+                return self.on_reopened(node, fh, on_mirror, req, timeout).await;
+            }
+        }
+        let again = mirror::may_ask_mirror(&req).then(|| req.clone());
+        match (self.direct(node, lane, req, timeout).await, again, handle) {
+            (Err(libc::ENOTCONN), Some(req), Some((ino, fh))) => {
+                self.reopen(node, ino, fh, req, timeout).await
+            }
+            (Err(libc::ENOTCONN), Some(req), None) => self.via_mirror(node, req, timeout).await,
+            (r, _, _) => r,
+        }
+    }
+
+    /// `req` uses handle `fh` of `node`, which does not answer: open the
+    /// file again on the mirror and go on there.
+    async fn reopen(
+        &self,
+        node: NodeId,
+        ino: u64,
+        fh: u64,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        if matches!(mirror::unwrapped_ref(&req), KdfsRequest::Release { .. }) {
+            // Gone with the node: nothing to close.
+            return Ok(KdfsResponse::Done);
+        }
+        let open = KdfsRequest::Open { ino, write: true };
+        let on_mirror = match self.via_mirror(node, open, timeout).await? {
+            KdfsResponse::Handle(h) => h,
+            _ => return Err(libc::EIO),
+        };
+        self.reopened.put(node, fh, on_mirror);
+        self.on_reopened(node, fh, on_mirror, req, timeout).await
+    }
+
+    async fn on_reopened(
+        &self,
+        node: NodeId,
+        fh: u64,
+        on_mirror: u64,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        let release = matches!(mirror::unwrapped_ref(&req), KdfsRequest::Release { .. });
+        let r = self
+            .via_mirror(node, with_handle(req, on_mirror | MIRROR_HANDLE), timeout)
+            .await;
+        if release {
+            self.reopened.forget(node, fh);
+        }
+        r
+    }
+
+    /// Ask `node`'s mirror for `req`, about `node`'s files.
+    async fn via_mirror(
+        &self,
+        node: NodeId,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        let Some(m) = mirror::mirror_of(node, &self.nodes()) else {
+            return Err(libc::ENOTCONN);
+        };
+        let req = KdfsRequest::FromMirror {
+            node,
+            req: Box::new(mirror::unwrapped(req)),
+        };
+        self.direct(m, 0, req, timeout).await
+    }
+}
