@@ -25,6 +25,10 @@
 //!   no regular file's attributes in its kernel (it reads them in place,
 //!   fresh, at each use).
 //!
+//! A mirrored store (`--replicas 2`) keeps the in-place reads only: every
+//! write, fsync and attribute change goes through krgd, which sends it to
+//! the store's mirror before answering (no passthrough, no sole mount).
+//!
 //! krgd still does every change to the namespace and sees every open and
 //! release of a file (it counts handles, so an unlinked file keeps its data
 //! while open). Both act on the same local files, so the page cache keeps
@@ -64,7 +68,8 @@ pub struct LocalStore {
     view: Store,
     /// This mount holds the node's sole-mount claim.
     sole: bool,
-    /// The store is mirrored (`--replicas 2`): krgd does its file I/O.
+    /// The store is mirrored (`--replicas 2`): krgd makes every change
+    /// (and sends it to the mirror); the client still reads in place.
     mirrored: bool,
     /// Set at FUSE init when the kernel accepted passthrough.
     passthrough: AtomicBool,
@@ -152,7 +157,7 @@ impl LocalStore {
         fh: u64,
         register: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Option<Arc<LocalFile>> {
-        if inode_node(ino) != self.node || self.mirrored {
+        if inode_node(ino) != self.node {
             return None;
         }
         let mut t = self.table();
@@ -183,7 +188,9 @@ impl LocalStore {
                 return None;
             }
         };
-        let backing = if self.passthrough.load(Ordering::Relaxed) {
+        // A mirrored store's writes go through krgd: the kernel must not
+        // write the file itself.
+        let backing = if self.passthrough.load(Ordering::Relaxed) && !self.mirrored {
             register(&file)
                 .inspect_err(|e| {
                     tracing::warn!(ino = %format!("{ino:x}"), error = %e,
@@ -202,6 +209,15 @@ impl LocalStore {
             return None;
         }
         self.table().by_handle.get(&(ino, fh)).cloned()
+    }
+
+    /// The local file behind handle `fh` of `ino` for a write or an fsync:
+    /// none for a mirrored store, whose changes krgd makes (and mirrors).
+    pub fn file_to_change(&self, ino: InodeId, fh: u64) -> Option<Arc<LocalFile>> {
+        if self.mirrored {
+            return None;
+        }
+        self.file(ino, fh)
     }
 
     /// Forget the handle (before krgd is told it is released, which may

@@ -119,7 +119,7 @@ impl KdfsFs {
         data: &[u8],
         reply: ReplyWrite,
     ) {
-        if let Some(l) = self.ops.local_store.file(id, fh) {
+        if let Some(l) = self.ops.local_store.file_to_change(id, fh) {
             match local::write_at(&l.file, offset, data) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(err(e.errno())),
@@ -148,7 +148,7 @@ impl KdfsFs {
 
     pub(super) fn do_fsync(&self, id: InodeId, fh: u64, datasync: bool, reply: ReplyEmpty) {
         let ops = self.ops.clone();
-        if let Some(l) = ops.local_store.file(id, fh) {
+        if let Some(l) = ops.local_store.file_to_change(id, fh) {
             // An fsync may take seconds: not on a FUSE thread, which would
             // stall every other request meanwhile.
             self.rt

@@ -43,6 +43,8 @@ struct Copy {
     view: Option<Arc<Store>>,
     /// Taken over: this node serves the store (its owner failed).
     served: Option<Arc<Store>>,
+    /// Woken after each batch: the next one's turn.
+    turn: Arc<tokio::sync::Notify>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Copy>>;
@@ -104,19 +106,18 @@ impl Copies {
                 seq,
                 changes,
             } => {
-                let Some(c) = self.get(store) else {
+                let Some(slot) = self.get(store) else {
                     return errno(libc::ESTALE);
                 };
-                let mut c = c.lock().await;
-                if c.served.is_some() {
-                    return errno(libc::EROFS);
-                }
-                if session == 0 || c.session != session || c.seq + 1 != seq {
-                    return errno(libc::ESTALE);
-                }
+                let mut c = match in_turn(&slot, session, seq).await {
+                    Ok(c) => c,
+                    Err(e) => return errno(e),
+                };
                 let strict = c.view.is_some();
                 let disk = c.disk.clone();
-                match tokio::task::spawn_blocking(move || disk.apply(&changes, strict)).await {
+                let done = tokio::task::spawn_blocking(move || disk.apply(&changes, strict)).await;
+                c.turn.notify_waiters();
+                match done {
                     Ok(Ok(())) => {
                         c.seq = seq;
                         KdfsResponse::Done
@@ -195,6 +196,7 @@ impl Copies {
                     generation,
                     view: None,
                     served: None,
+                    turn: Arc::default(),
                 };
                 let c = Arc::new(tokio::sync::Mutex::new(c));
                 sync::lock(&self.by_store).entry(store).or_insert(c).clone()
@@ -369,6 +371,37 @@ impl Copies {
             Ok(resp) => mark(resp),
             Err(_) => errno(libc::EIO),
         }
+    }
+}
+
+/// How long a batch waits for the ones numbered before it.
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
+/// The copy, locked, once batch `seq` of `session` is next. EROFS: this
+/// node serves the store now; ESTALE: the session ended, or a batch
+/// before this one never came.
+async fn in_turn(
+    slot: &Slot,
+    session: u64,
+    seq: u64,
+) -> Result<tokio::sync::MutexGuard<'_, Copy>, i32> {
+    let since = std::time::Instant::now();
+    loop {
+        let c = slot.lock().await;
+        if c.served.is_some() {
+            return Err(libc::EROFS);
+        }
+        if session == 0 || c.session != session || seq <= c.seq {
+            return Err(libc::ESTALE);
+        }
+        if c.seq + 1 == seq {
+            return Ok(c);
+        }
+        let turn = c.turn.clone();
+        let next = turn.notified();
+        drop(c);
+        let left = TURN_WAIT.checked_sub(since.elapsed()).ok_or(libc::ESTALE)?;
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), next).await;
     }
 }
 

@@ -71,47 +71,65 @@ impl Owner {
         req: &KdfsRequest,
         resp: &KdfsResponse,
     ) -> Result<(), NotMirrored> {
-        let mut s = self.session.lock().await;
-        if s.id == 0 {
-            // No session: the full copy that starts one reads this change
-            // with the rest.
-            self.check_locked(ctx, store, &mut s);
-            return Ok(());
-        }
-        let changes = match store.mirror_changes(req, resp) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "kdfs mirror: cannot read back a change; copying again");
-                self.restart(ctx, store, &mut s);
+        // The state is read and numbered under the session's lock (so that
+        // numbers follow the order of the reads), and sent outside it: the
+        // changes of several requests travel side by side, and the mirror
+        // applies them by number.
+        let (to, id, seq, changes) = {
+            let mut s = self.session.lock().await;
+            if s.id == 0 {
+                // No session: the full copy that starts one reads this
+                // change with the rest.
+                self.check_locked(ctx, store, &mut s);
                 return Ok(());
             }
+            let changes = match store.mirror_changes(req, resp) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kdfs mirror: cannot read back a change; copying again");
+                    self.restart(ctx, store, &mut s);
+                    return Ok(());
+                }
+            };
+            let Some(to) = s.to.filter(|_| !changes.is_empty()) else {
+                return Ok(());
+            };
+            s.seq += 1;
+            (to, s.id, s.seq, changes)
         };
-        if changes.is_empty() {
-            return Ok(());
-        }
         let me = ctx.node_id();
-        match push::apply(ctx, me, &mut s, changes).await {
+        match push::apply_numbered(ctx, to, me, id, seq, changes).await {
             Sent::Done => Ok(()),
             Sent::Stale => {
-                self.restart(ctx, store, &mut s);
+                self.restart_if(ctx, store, id).await;
                 Ok(())
             }
             Sent::Refused => Err(NotMirrored::TakenOver),
             Sent::Unreachable(why) => {
-                let to = s.to;
                 let since = Instant::now();
                 while since.elapsed() < FAILED_WAIT {
-                    if to.is_some_and(|m| super::is_failed(ctx, m)) {
-                        tracing::warn!(mirror = ?to, "kdfs mirror: the mirror failed; going on without it");
-                        self.restart(ctx, store, &mut s);
+                    if super::is_failed(ctx, to) {
+                        tracing::warn!(
+                            mirror = to,
+                            "kdfs mirror: the mirror failed; going on without it"
+                        );
+                        self.restart_if(ctx, store, id).await;
                         return Ok(());
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                tracing::warn!(mirror = ?to, %why, "kdfs mirror: a change did not reach the mirror");
-                self.restart(ctx, store, &mut s);
+                tracing::warn!(mirror = to, %why, "kdfs mirror: a change did not reach the mirror");
+                self.restart_if(ctx, store, id).await;
                 Err(NotMirrored::Unreachable)
             }
+        }
+    }
+
+    /// Start over unless session `id` already ended.
+    async fn restart_if(self: &Arc<Self>, ctx: &Arc<NodeContext>, store: &Arc<Store>, id: u64) {
+        let mut s = self.session.lock().await;
+        if s.id == id {
+            self.restart(ctx, store, &mut s);
         }
     }
 

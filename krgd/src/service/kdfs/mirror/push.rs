@@ -26,6 +26,7 @@ pub struct Session {
     pub to: Option<NodeId>,
     /// 0: none (a full copy begins one).
     pub id: u64,
+    /// The last batch numbered (sent, or being sent).
     pub seq: u64,
     /// The full copy of this session has ended.
     pub synced: bool,
@@ -72,16 +73,31 @@ pub async fn apply(
     changes: Vec<krg_proto::kdfs::MirrorChange>,
 ) -> Sent {
     let Some(to) = s.to else { return Sent::Done };
+    s.seq += 1;
     let req = MirrorRequest::Apply {
         session: s.id,
-        seq: s.seq + 1,
+        seq: s.seq,
         changes,
     };
-    let sent = send(ctx, to, store, req, SEND_WAIT).await.0;
-    if let Sent::Done = sent {
-        s.seq += 1;
-    }
-    sent
+    send(ctx, to, store, req, SEND_WAIT).await.0
+}
+
+/// Send batch `seq` of session `session` to `to` without holding the
+/// session: batches sent side by side are applied in `seq` order there.
+pub async fn apply_numbered(
+    ctx: &NodeContext,
+    to: NodeId,
+    store: NodeId,
+    session: u64,
+    seq: u64,
+    changes: Vec<krg_proto::kdfs::MirrorChange>,
+) -> Sent {
+    let req = MirrorRequest::Apply {
+        session,
+        seq,
+        changes,
+    };
+    send(ctx, to, store, req, SEND_WAIT).await.0
 }
 
 /// Begin a session with `to` and copy all of `src` (node `store`'s store)
