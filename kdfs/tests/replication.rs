@@ -268,7 +268,12 @@ fn a_frozen_node_thawed_serves_nothing_stale() {
     };
     signal(libc::SIGSTOP);
     let through_1 = c.mnt(0).join("on2");
+    let t = Instant::now();
     fs::write(&through_1, b"new").unwrap();
+    let resumed = t.elapsed();
+    eprintln!("node 2 stopped: a write of its file through node 1 done after {resumed:?}");
+    // (a first connection to the stopped node waits for nothing either)
+    assert!(resumed < Duration::from_secs(4), "took {resumed:?}");
     signal(libc::SIGCONT);
     // From now on, whoever answers, nobody answers "old".
     let since = Instant::now();

@@ -271,22 +271,32 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        if self.mirrored && self.is_failed(node) {
+        if !self.mirrored {
+            return self.connect_and_call(node, lane, req, timeout).await;
+        }
+        if self.is_failed(node) {
             return Err(libc::ENOTCONN);
         }
-        let c = self.client(node, lane).await?;
-        let answer = if self.mirrored {
-            tokio::select! {
-                a = c.call(PeerRequest::Kdfs(req), timeout) => a,
-                () = self.until_failed(node) => {
-                    self.mark_down(node);
-                    return Err(libc::ENOTCONN);
-                }
+        // Connecting too: a stopped node's kernel still accepts the
+        // connection, and the handshake would wait its whole timeout.
+        tokio::select! {
+            a = self.connect_and_call(node, lane, req, timeout) => a,
+            () = self.until_failed(node) => {
+                self.mark_down(node);
+                Err(libc::ENOTCONN)
             }
-        } else {
-            c.call(PeerRequest::Kdfs(req), timeout).await
-        };
-        match answer {
+        }
+    }
+
+    async fn connect_and_call(
+        &self,
+        node: NodeId,
+        lane: u8,
+        req: KdfsRequest,
+        timeout: Duration,
+    ) -> Result<KdfsResponse, i32> {
+        let c = self.client(node, lane).await?;
+        match c.call(PeerRequest::Kdfs(req), timeout).await {
             Ok(PeerResponse::Kdfs(KdfsResponse::Errno(e))) => Err(e),
             Ok(PeerResponse::Kdfs(r)) => Ok(r),
             Ok(PeerResponse::Error(e)) => {
