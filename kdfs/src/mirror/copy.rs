@@ -80,6 +80,17 @@ impl MirrorCopy {
         Ok(Self { owner, top, inodes })
     }
 
+    /// The mirror of `owner`'s store kept in `host` (this node's served
+    /// store), made if missing.
+    pub fn kept_in(host: &crate::store::Store, owner: NodeId) -> Result<Self, KdfsError> {
+        Self::open(host.top_dir(), owner)
+    }
+
+    /// `store` itself as a copy to write into (see [`MirrorCopy::own`]).
+    pub fn own_of(store: &crate::store::Store) -> Result<Self, KdfsError> {
+        Self::own(store.top_dir(), store.superblock().node)
+    }
+
     /// Where the copy is (a directory [`Store::view`](crate::store::Store::view) opens).
     pub fn path(&self) -> PathBuf {
         self.top.path().to_path_buf()
@@ -92,7 +103,7 @@ impl MirrorCopy {
     /// What the copy holds: each object's kind, size and data time.
     pub fn inventory(&self) -> Res<Vec<MirroredObject>> {
         let mut v = Vec::new();
-        for local in super::list_objects(self.inodes.as_fd())? {
+        for local in crate::store::list_objects(self.inodes.as_fd())? {
             let name = object_name(local);
             let flags = AtFlags::AT_SYMLINK_NOFOLLOW;
             let Ok(m) = fstatat(self.inodes.as_fd(), name.as_str(), flags) else {

@@ -16,16 +16,11 @@ pub mod full;
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::BorrowedFd;
-
 use krg_proto::kdfs::{KdfsRequest, MirrorChange, MIRROR_HANDLE};
 use krg_proto::NodeId;
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 
 pub use copy::{MirrorCopy, MIRRORS};
 
-use crate::store::error::Res;
 use crate::store::Store;
 
 /// The node that mirrors `owner`'s store: the next member after it in id
@@ -106,25 +101,6 @@ pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
         | Q::ReleaseDir { fh } => fh & MIRROR_HANDLE != 0,
         _ => false,
     }
-}
-
-/// The objects of an `inodes/` directory, by node-local number.
-pub(crate) fn list_objects(inodes: BorrowedFd) -> Res<Vec<u64>> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
-    let mut d = nix::dir::Dir::openat(inodes, ".", flags, Mode::empty())?;
-    let mut v = Vec::new();
-    for e in d.iter() {
-        let e = e?;
-        if let Some(local) = e
-            .file_name()
-            .to_str()
-            .ok()
-            .and_then(|n| u64::from_str_radix(n, 16).ok())
-        {
-            v.push(local);
-        }
-    }
-    Ok(v)
 }
 
 /// How many bytes a batch of changes carries, about.

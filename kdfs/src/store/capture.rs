@@ -253,7 +253,7 @@ impl Store {
 
     /// The node-local numbers of every object of this store.
     pub fn object_locals(&self) -> Res<Vec<u64>> {
-        crate::mirror::list_objects(self.objects.fd())
+        list_objects(self.objects.fd())
     }
 
     /// The generation this store was last served as: a fresh store starts
@@ -318,16 +318,27 @@ impl Store {
         self.sb.replicas
     }
 
-    /// This store as a copy to write into (see [`MirrorCopy::own`](crate::mirror::MirrorCopy::own)).
-    pub fn own_copy(&self) -> Result<crate::mirror::MirrorCopy, crate::KdfsError> {
-        crate::mirror::MirrorCopy::own(&self.top, self.node())
+    /// The store's top directory (a mirror kept in it opens its own).
+    pub(crate) fn top_dir(&self) -> &crate::format::StoreDir {
+        &self.top
     }
+}
 
-    /// The mirror of `owner`'s store kept in this one (made if missing).
-    pub fn mirror_copy(
-        &self,
-        owner: krg_proto::NodeId,
-    ) -> Result<crate::mirror::MirrorCopy, crate::KdfsError> {
-        crate::mirror::MirrorCopy::open(&self.top, owner)
+/// The objects of an `inodes/` directory, by node-local number.
+pub(crate) fn list_objects(inodes: std::os::fd::BorrowedFd) -> Res<Vec<u64>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+    let mut d = nix::dir::Dir::openat(inodes, ".", flags, Mode::empty())?;
+    let mut v = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        if let Some(local) = e
+            .file_name()
+            .to_str()
+            .ok()
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+        {
+            v.push(local);
+        }
     }
+    Ok(v)
 }

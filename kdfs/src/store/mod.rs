@@ -54,6 +54,7 @@ use handles::Handles;
 use locks::Stripes;
 use objects::Objects;
 
+pub(crate) use capture::list_objects;
 pub use data::{read_at, sync_file, write_at};
 pub use error::StoreError;
 pub use handles::Holder;

@@ -16,7 +16,7 @@ use kdfs::callback::Callbacks;
 use kdfs::lockmgr::{is_lock_request, LockManager};
 use kdfs::store::Store;
 use krg_proto::admin::{AdminError, ErrorKind};
-use krg_proto::auth::Identity;
+use krg_proto::auth::{Identity, Role};
 use krg_proto::cluster::NodeState;
 use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsNode, KdfsRequest, KdfsResponse};
 use krg_proto::peer::{PeerRequest, PeerResponse};
@@ -366,8 +366,12 @@ impl KdfsService {
                 store: of,
                 req,
             } => {
+                // Only a krgd (not a tool holding the key, a mount) may
+                // write a copy, and only its own store's or, handing it
+                // back, this node's.
                 let me = self.ctx.node_id();
                 let allowed = sender == from.node
+                    && from.role == Role::Node
                     && ((of == sender && of != me) || (of == me && self.hands_back(sender)));
                 if !allowed {
                     return Ok(KdfsResponse::Errno(libc::EPERM));

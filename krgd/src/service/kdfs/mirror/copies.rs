@@ -176,9 +176,9 @@ impl Copies {
                 let h = host.clone();
                 let made = tokio::task::spawn_blocking(move || {
                     if store == me {
-                        h.own_copy()
+                        MirrorCopy::own_of(&h)
                     } else {
-                        h.mirror_copy(store)
+                        MirrorCopy::kept_in(&h, store)
                     }
                 });
                 let disk = match made.await {
