@@ -5,7 +5,11 @@
 //! DIR/root.meta    root meta-file (root node only): id of the root directory
 //! DIR/ino.next     next free local inode number (reserved in blocks)
 //! DIR/inodes/      one object per local inode, named by its number in hex
+//! DIR/generation   a mirrored store's generation
+//! DIR/mirrors/N/   the copy of node N's store kept here (its mirror)
 //! ```
+//!
+//! `mkfs` (in `mkfs.rs`) makes a store.
 //!
 //! Both meta-files are `MAGIC(8) | version u32 LE | len u32 LE | postcard
 //! payload | crc32 u32 LE` (the CRC covers everything before it), written to a
@@ -20,7 +24,7 @@
 //! directory's descriptor ([`StoreDir`]), never through a path that could
 //! be swapped meanwhile.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -28,10 +32,13 @@ use std::path::{Path, PathBuf};
 use krg_proto::kdfs::InodeId;
 use krg_proto::NodeId;
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fchmod, fchmodat, fstat, mkdirat, FchmodatFlags, Mode};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::KdfsError;
+
+mod mkfs;
+pub use mkfs::{mkfs, MkfsOptions, FIRST_INO};
 
 pub const SUPERBLOCK: &str = "kdfs.sb";
 pub const ROOT_META: &str = "root.meta";
@@ -444,151 +451,54 @@ pub fn read_superblock(dir: &Path) -> Result<Superblock, KdfsError> {
     StoreDir::open(dir)?.read_superblock()
 }
 
-/// What `mkfs.kdfs` was asked to do.
-#[derive(Debug, Clone)]
-pub struct MkfsOptions {
-    pub dir: PathBuf,
-    pub node: NodeId,
-    pub root_node: NodeId,
-    /// Format even if `dir` is not empty (its content is removed).
-    pub force: bool,
-    /// Copies of each file of this store (1 or 2).
-    pub replicas: u8,
-}
-
-/// First local inode number handed out (the root directory takes it on the root node).
-pub const FIRST_INO: u64 = 1;
-
-fn check_node_ids(opts: &MkfsOptions) -> Result<(), KdfsError> {
-    if opts.replicas == 0 || opts.replicas > MAX_REPLICAS {
-        return Err(KdfsError::Invalid(format!(
-            "--replicas {}: a store keeps 1 or {MAX_REPLICAS} copies of its files",
-            opts.replicas
-        )));
-    }
-    if opts.node == 0 || opts.node > krg_proto::kdfs::MAX_KDFS_NODE {
-        return Err(KdfsError::Invalid(format!(
-            "node id {} cannot hold a kDFS (ids 1..=65535)",
-            opts.node
-        )));
-    }
-    if opts.root_node == 0 || opts.root_node > krg_proto::kdfs::MAX_KDFS_NODE {
-        return Err(KdfsError::Invalid(format!(
-            "root node id {} is out of range 1..=65535",
-            opts.root_node
-        )));
-    }
-    Ok(())
-}
-
-/// What is in `dir` now: refused unless `force` (nothing changed yet).
-fn old_content(dir: &Path, force: bool) -> Result<Vec<PathBuf>, KdfsError> {
-    let entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| KdfsError::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    if !entries.is_empty() && !force {
-        let what = if dir.join(SUPERBLOCK).exists() {
-            "is already formatted"
-        } else {
-            "is not empty"
-        };
-        return Err(KdfsError::Invalid(format!(
-            "{} {what} (use --force to erase it)",
-            dir.display()
-        )));
-    }
-    Ok(entries)
-}
-
-fn erase(entries: Vec<PathBuf>) -> Result<(), KdfsError> {
-    for p in entries {
-        // remove_dir_all does not follow symlinks, even if one is swapped in.
-        let r = if p.is_dir() && !p.is_symlink() {
-            fs::remove_dir_all(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-        r.map_err(|e| KdfsError::io(&p, e))?;
-    }
-    Ok(())
-}
-
-/// Make `DIR/inodes` (0700) and, on the root node, the root directory
-/// (0755, root's, as a fresh file system's root is); its inode id.
-fn make_inodes(sd: &StoreDir, node: NodeId, is_root: bool) -> Result<Option<InodeId>, KdfsError> {
-    let path = sd.path().join(INODES);
-    let private = Mode::from_bits_truncate(0o700);
-    mkdirat(sd.fd(), INODES, private).map_err(|e| io_err(&path, e))?;
-    let inodes = open_dir_at(sd.fd(), INODES, &path)?;
-    // mkdir's mode passed through the umask: set it whatever the umask.
-    fchmod(inodes.as_fd(), private).map_err(|e| io_err(&path, e))?;
-    if !is_root {
-        return Ok(None);
-    }
-    let name = format!("{FIRST_INO:x}");
-    let root_path = path.join(&name);
-    let open = Mode::from_bits_truncate(0o755);
-    mkdirat(inodes.as_fd(), name.as_str(), open).map_err(|e| io_err(&root_path, e))?;
-    fchmodat(
-        inodes.as_fd(),
-        name.as_str(),
-        open,
-        FchmodatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| io_err(&root_path, e))?;
-    nix::unistd::fsync(inodes.as_fd()).map_err(|e| io_err(&path, e))?;
-    Ok(Some(krg_proto::kdfs::inode_id(node, FIRST_INO)))
-}
-
-fn new_fs_id() -> u128 {
-    loop {
-        let id: u128 = rand::random();
-        if id != 0 {
-            break id;
-        }
-    }
-}
-
-/// Format `opts.dir`: owned by root, mode 0700, whatever it was before. On
-/// the root node the root directory inode and the root meta-file are
-/// created too.
-pub fn mkfs(opts: &MkfsOptions) -> Result<Superblock, KdfsError> {
-    check_node_ids(opts)?;
-    let sd = StoreDir::open(&opts.dir)?;
-    old_content(&opts.dir, opts.force)?;
-    // Private before anything is erased or made: no one else gets in
-    // meanwhile. What was put there before is listed again and erased.
-    sd.make_private()?;
-    erase(old_content(&opts.dir, true)?)?;
-    let is_root = opts.node == opts.root_node;
-    let fs_id = if is_root { new_fs_id() } else { 0 };
-    let mut next = FIRST_INO;
-    if let Some(root) = make_inodes(&sd, opts.node, is_root)? {
-        next += 1;
-        sd.write_root_meta(&RootMeta { fs_id, root })?;
-    }
-    sd.write_ino_next(next)?;
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let sb = Superblock {
-        fs_id,
-        node: opts.node,
-        root_node: opts.root_node,
-        layout: LAYOUT_VERSION,
-        created,
-        replicas: opts.replicas,
-    };
-    // The superblock goes last: a directory with a superblock is complete.
-    sd.write_superblock(&sb)?;
-    Ok(sb)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    /// A store formatted before replication (layout 1, no `replicas` in
+    /// its superblock) still opens, as one copy.
+    #[test]
+    fn a_layout_1_superblock_reads_as_one_copy() {
+        #[derive(Serialize)]
+        struct V1 {
+            fs_id: u128,
+            node: NodeId,
+            root_node: NodeId,
+            layout: u32,
+            created: u64,
+        }
+        let payload = postcard::to_stdvec(&V1 {
+            fs_id: 7,
+            node: 2,
+            root_node: 1,
+            layout: 1,
+            created: 5,
+        })
+        .unwrap();
+        let mut image = SB_MAGIC.to_vec();
+        image.extend_from_slice(&1u32.to_le_bytes());
+        image.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        image.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&image);
+        image.extend_from_slice(&crc.to_le_bytes());
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(SUPERBLOCK), &image).unwrap();
+        let sb = StoreDir::open(d.path()).unwrap().read_superblock().unwrap();
+        assert_eq!((sb.fs_id, sb.node, sb.root_node, sb.replicas), (7, 2, 1, 1));
+        // And one claiming three copies is refused.
+        let mut three = sb.clone();
+        three.replicas = 3;
+        StoreDir::open(d.path())
+            .unwrap()
+            .write_superblock(&three)
+            .unwrap();
+        let e = StoreDir::open(d.path())
+            .unwrap()
+            .read_superblock()
+            .unwrap_err();
+        assert!(e.to_string().contains("3 replicas"), "{e}");
+    }
 
     #[test]
     fn superblock_roundtrip_and_corruption() {
