@@ -284,8 +284,9 @@ async fn replication(cluster: &Cluster, node: NodeId) -> Option<ReplicaState> {
     }
 }
 
-/// The line saying how node `n`'s store is mirrored and what it serves.
-fn replication_line(n: &NodeStatus) -> Option<String> {
+/// The line saying how node `n`'s store is mirrored and what it serves
+/// (`down`: the members whose stores answer nothing now).
+fn replication_line(n: &NodeStatus, down: &[NodeId]) -> Option<String> {
     if let Some(by) = n.served_by {
         return Some(format!(
             "node {}: served by node {by}, its mirror, while it is down",
@@ -300,6 +301,9 @@ fn replication_line(n: &NodeStatus) -> Option<String> {
                 "not serving its store yet (claiming it, or taking it back)".to_string()
             }
             (true, None, _) => "no mirror (no other member)".to_string(),
+            (true, Some(m), _) if down.contains(&m) => {
+                format!("mirrored on node {m}, which is down: one copy until it is back")
+            }
             (true, Some(m), true) => format!("mirrored on node {m} (in sync)"),
             (true, Some(m), false) => {
                 format!("mirrored on node {m} (copying: not yet a full copy)")
@@ -406,7 +410,13 @@ pub fn render(s: &Status) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    for line in s.nodes.iter().filter_map(replication_line) {
+    let silent: Vec<NodeId> = s
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.store, StoreState::Down { .. }))
+        .map(|n| n.node)
+        .collect();
+    for line in s.nodes.iter().filter_map(|n| replication_line(n, &silent)) {
         out.push_str(&line);
         out.push('\n');
     }

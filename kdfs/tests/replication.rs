@@ -158,6 +158,10 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
         st.contains("node 2: served by node 3, its mirror, while it is down"),
         "{st}"
     );
+    assert!(
+        st.contains("node 1: mirrored on node 2, which is down"),
+        "{st}"
+    );
     assert_eq!(code, Some(0), "its files are reachable: {st}");
     let node3 = fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap();
     assert!(
