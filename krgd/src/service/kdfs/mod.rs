@@ -54,20 +54,9 @@ pub struct KdfsService {
     pass: Pass,
     /// Which mounts hold handles here, and when they are gone.
     holders: holders::Holders,
-    /// This store's link to its mirror (`--replicas 2`).
-    owner: Arc<mirror::Owner>,
-    /// The mirrors of other nodes' stores kept here.
-    copies: mirror::Copies,
-    /// Who serves a store's generation (the Raft log's decision).
-    placement: Arc<dyn Placement>,
-    /// This node's mirrored store was claimed: it may be served.
-    claimed: AtomicBool,
-    /// A claim task runs.
-    claiming: AtomicBool,
-    /// The node copying this node's store back to it.
-    handing_back: std::sync::Mutex<Option<krg_proto::NodeId>>,
-    /// Proof that this krgd runs (a frozen one may have lost its store).
-    beat: mirror::Beat,
+    /// Replication (`--replicas 2`): this store's mirror, the copies kept
+    /// here, who serves what.
+    mirroring: mirror::Mirroring,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -114,13 +103,7 @@ impl KdfsService {
             draining: AtomicBool::new(false),
             pass: Pass::default(),
             holders: holders::Holders::default(),
-            owner: Arc::default(),
-            copies: mirror::Copies::default(),
-            placement,
-            claimed: AtomicBool::new(false),
-            claiming: AtomicBool::new(false),
-            handing_back: Default::default(),
-            beat: mirror::Beat::default(),
+            mirroring: mirror::Mirroring::new(placement),
         });
         svc.clone().expire_gone_mounts();
         svc.clone().take_over_failed_owners();
@@ -163,7 +146,7 @@ impl KdfsService {
                 };
                 svc.locks.expire(online);
                 if view.cut_off {
-                    svc.copies.void_all().await;
+                    svc.mirroring.copies.void_all().await;
                 }
                 if let Some(store) = svc.current() {
                     svc.check_claim(&store).await;
@@ -187,7 +170,10 @@ impl KdfsService {
             loop {
                 tick.tick().await;
                 let Some(svc) = weak.upgrade() else { return };
-                svc.copies.takeover(&svc.ctx, &svc.placement).await;
+                svc.mirroring
+                    .copies
+                    .takeover(&svc.ctx, &svc.mirroring.placement)
+                    .await;
                 if svc.current().is_some_and(|s| s.replicas() > 1) {
                     svc.still_claimed().await;
                 }
@@ -376,10 +362,14 @@ impl KdfsService {
                 if !allowed {
                     return Ok(KdfsResponse::Errno(libc::EPERM));
                 }
-                return Ok(self.copies.handle(&store, sender, of, req, &self.ctx).await);
+                return Ok(self
+                    .mirroring
+                    .copies
+                    .handle(&store, sender, of, req, &self.ctx)
+                    .await);
             }
             KdfsRequest::FromMirror { node, req } => {
-                return Ok(self.copies.serve(node, *req).await)
+                return Ok(self.mirroring.copies.serve(node, *req).await)
             }
             KdfsRequest::Replication => {
                 return Ok(KdfsResponse::Replication(self.replication(&store).await))
@@ -431,7 +421,12 @@ impl KdfsService {
         let mirrored = (store.replicas() > 1 && !Store::is_read_only(&req)).then(|| req.clone());
         let resp = Self::serve(store.clone(), req).await?;
         if let Some(req) = mirrored {
-            match self.owner.changed(&self.ctx, &store, &req, &resp).await {
+            match self
+                .mirroring
+                .owner
+                .changed(&self.ctx, &store, &req, &resp)
+                .await
+            {
                 Ok(()) => {}
                 Err(mirror::NotMirrored::Unreachable) => return Ok(KdfsResponse::Errno(libc::EIO)),
                 Err(mirror::NotMirrored::TakenOver) => {

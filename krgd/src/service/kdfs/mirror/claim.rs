@@ -33,10 +33,14 @@ impl KdfsService {
         if store.replicas() < 2 {
             return true;
         }
-        if self.beat.stood_still(self.ctx.config.failure_timeout) {
+        if self
+            .mirroring
+            .beat
+            .stood_still(self.ctx.config.failure_timeout)
+        {
             self.lost_claim("this krgd stood still longer than the failure timeout");
         }
-        self.claimed.load(Ordering::Acquire)
+        self.mirroring.claimed.load(Ordering::Acquire)
     }
 
     /// How this node's store and the copies kept here stand.
@@ -44,8 +48,8 @@ impl KdfsService {
         &self,
         store: &Store,
     ) -> krg_proto::kdfs::ReplicaState {
-        let (mirror, mirror_synced, generation) = self.owner.state().await;
-        let (copies_of, serves_for) = self.copies.kept(self.ctx.node_id()).await;
+        let (mirror, mirror_synced, generation) = self.mirroring.owner.state().await;
+        let (copies_of, serves_for) = self.mirroring.copies.kept(self.ctx.node_id()).await;
         let mirrored = store.replicas() > 1;
         krg_proto::kdfs::ReplicaState {
             replicas: store.replicas(),
@@ -77,11 +81,11 @@ impl KdfsService {
     }
 
     fn start_claim(self: &Arc<Self>, store: &Arc<Store>) {
-        if !self.claiming.swap(true, Ordering::AcqRel) {
+        if !self.mirroring.claiming.swap(true, Ordering::AcqRel) {
             let (me, store) = (self.clone(), store.clone());
             tokio::spawn(async move {
                 me.claim(&store).await;
-                me.claiming.store(false, Ordering::Release);
+                me.mirroring.claiming.store(false, Ordering::Release);
             });
         }
     }
@@ -89,12 +93,12 @@ impl KdfsService {
     /// Whether `node` may write into this node's own store (it hands the
     /// store back).
     pub(in crate::service::kdfs) fn hands_back(&self, node: krg_proto::NodeId) -> bool {
-        *sync::lock(&self.handing_back) == Some(node)
+        *sync::lock(&self.mirroring.handing_back) == Some(node)
     }
 
     /// This node's mirror serves its store now: stop serving it.
     pub(in crate::service::kdfs) fn lost_claim(&self, why: &str) {
-        if self.claimed.swap(false, Ordering::AcqRel) {
+        if self.mirroring.claimed.swap(false, Ordering::AcqRel) {
             tracing::warn!(
                 why,
                 "kdfs mirror: this node stops serving its store until it claims it again"
@@ -111,8 +115,8 @@ impl KdfsService {
         if self.ctx.view().cut_off {
             self.lost_claim("cut off from the majority");
         }
-        if self.claimed.load(Ordering::Acquire) && self.still_claimed().await {
-            self.owner.check(&self.ctx, store).await;
+        if self.mirroring.claimed.load(Ordering::Acquire) && self.still_claimed().await {
+            self.mirroring.owner.check(&self.ctx, store).await;
         } else {
             self.start_claim(store);
         }
@@ -122,13 +126,13 @@ impl KdfsService {
     /// unnoticed, while the cluster gave its store to the mirror? The log
     /// says so once this node has caught up with it: stop serving then.
     pub(in crate::service::kdfs) async fn still_claimed(&self) -> bool {
-        if !self.claimed.load(Ordering::Acquire) {
+        if !self.mirroring.claimed.load(Ordering::Acquire) {
             return false;
         }
-        let (_, _, generation) = self.owner.state().await;
+        let (_, _, generation) = self.mirroring.owner.state().await;
         let me = self.ctx.node_id();
         let next = kdfs_key(me, generation.wrapping_add(1));
-        match self.placement.decided(next).await {
+        match self.mirroring.placement.decided(next).await {
             Some(n) if n != me => {
                 self.lost_claim("the log gave the store to its mirror");
                 false
@@ -156,15 +160,23 @@ impl KdfsService {
                     continue;
                 }
             };
-            match self.placement.place(kdfs_key(me, generation), me).await {
+            match self
+                .mirroring
+                .placement
+                .place(kdfs_key(me, generation), me)
+                .await
+            {
                 Ok(n) if n == me => {
                     if let Err(e) = store.set_generation(generation) {
                         tracing::error!(error = %e, "kdfs mirror: cannot record the store's generation");
                         continue;
                     }
-                    self.claimed.store(true, Ordering::Release);
+                    self.mirroring.claimed.store(true, Ordering::Release);
                     tracing::info!(generation, "kdfs mirror: this node serves its store");
-                    self.owner.serving_as(&self.ctx, store, generation).await;
+                    self.mirroring
+                        .owner
+                        .serving_as(&self.ctx, store, generation)
+                        .await;
                     return;
                 }
                 Ok(mirror) => match self.take_back(store, mirror, generation).await {
@@ -199,13 +211,13 @@ impl KdfsService {
         generation: u32,
     ) -> Result<(), String> {
         let me = self.ctx.node_id();
-        *sync::lock(&self.handing_back) = Some(mirror);
+        *sync::lock(&self.mirroring.handing_back) = Some(mirror);
         let req = MirrorRequest::HandBack { generation };
         let sent = push::send(&self.ctx, mirror, me, req, HAND_BACK_WAIT)
             .await
             .0;
-        *sync::lock(&self.handing_back) = None;
-        self.copies.forget(me);
+        *sync::lock(&self.mirroring.handing_back) = None;
+        self.mirroring.copies.forget(me);
         let _ = store;
         match sent {
             Sent::Done => Ok(()),
@@ -237,10 +249,14 @@ impl Beat {
                 let Some(svc) = weak.upgrade() else { return };
                 // Noticed here before the beat is renewed (a request
                 // served right after a freeze notices it in `may_serve`).
-                if svc.beat.stood_still(svc.ctx.config.failure_timeout) {
+                if svc
+                    .mirroring
+                    .beat
+                    .stood_still(svc.ctx.config.failure_timeout)
+                {
                     svc.lost_claim("this krgd stood still longer than the failure timeout");
                 }
-                *sync::lock(&svc.beat.0) = std::time::Instant::now();
+                *sync::lock(&svc.mirroring.beat.0) = std::time::Instant::now();
             }
         });
     }

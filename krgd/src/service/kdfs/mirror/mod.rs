@@ -24,10 +24,46 @@ pub use claim::Beat;
 pub use copies::Copies;
 pub use owner::{NotMirrored, Owner};
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use krg_proto::cluster::NodeState;
 use krg_proto::NodeId;
 
 use crate::context::NodeContext;
+use crate::service::placement::Placement;
+
+/// Everything the kDFS service keeps for replication.
+pub struct Mirroring {
+    /// This store's link to its mirror.
+    pub owner: Arc<Owner>,
+    /// The copies of other nodes' stores kept here.
+    pub copies: Copies,
+    /// Who serves a store's generation (the Raft log's decision).
+    pub placement: Arc<dyn Placement>,
+    /// This node's mirrored store was claimed: it may be served.
+    claimed: AtomicBool,
+    /// A claim task runs.
+    claiming: AtomicBool,
+    /// The node copying this node's store back to it.
+    handing_back: std::sync::Mutex<Option<NodeId>>,
+    /// Proof that this krgd runs (a frozen one may have lost its store).
+    pub beat: Beat,
+}
+
+impl Mirroring {
+    pub fn new(placement: Arc<dyn Placement>) -> Self {
+        Self {
+            owner: Arc::default(),
+            copies: Copies::default(),
+            placement,
+            claimed: AtomicBool::new(false),
+            claiming: AtomicBool::new(false),
+            handing_back: Default::default(),
+            beat: Beat::default(),
+        }
+    }
+}
 
 /// The members as the mirror rule sees them, and whether `node` is
 /// marked failed among them.
