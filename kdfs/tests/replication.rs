@@ -139,6 +139,17 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     let first_write = t.elapsed();
     fs::write(through_1.join("new"), b"made while node 2 was down").unwrap();
     fs::remove_file(through_1.join("link")).unwrap();
+    // Node 2's own mount (its krgd gone) reads through the mirror too,
+    // not its stale store in place.
+    let through_2 = c.mnt(1).join("d");
+    assert_eq!(
+        fs::read(through_2.join("fsynced")).unwrap(),
+        b"changed while node 2 was down"
+    );
+    assert_eq!(
+        fs::read(through_2.join("new")).unwrap(),
+        b"made while node 2 was down"
+    );
     // The file held open goes on, opened again on the mirror.
     use std::io::{Read, Seek};
     held.write_all(b"SMALL!").unwrap();

@@ -71,6 +71,9 @@ pub struct LocalStore {
     /// The store is mirrored (`--replicas 2`): krgd makes every change
     /// (and sends it to the mirror); the client still reads in place.
     mirrored: bool,
+    /// Set by the connections' failure watch: this node's krgd does not
+    /// answer, its mirror may serve newer data — nothing is read here.
+    down: Arc<AtomicBool>,
     /// Set at FUSE init when the kernel accepted passthrough.
     passthrough: AtomicBool,
     /// Handles are keyed by (inode, krgd handle): the handle alone is not
@@ -80,7 +83,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     /// `dir` is the node's formatted kDFS directory, served by its krgd as `node`.
-    pub fn open(dir: &Path, node: NodeId) -> Result<Self, KdfsError> {
+    pub fn open(dir: &Path, node: NodeId, down: Arc<AtomicBool>) -> Result<Self, KdfsError> {
         let view = Store::view(dir, node)?;
         // A mirrored store's changes must all go through krgd, which sends
         // them to the mirror: no file I/O here, no sole mount.
@@ -88,6 +91,7 @@ impl LocalStore {
         Ok(Self {
             node,
             mirrored,
+            down,
             sole: !mirrored && view.claim_sole_mount(),
             view,
             passthrough: AtomicBool::new(false),
@@ -102,7 +106,7 @@ impl LocalStore {
         node: NodeId,
         req: KdfsRequest,
     ) -> Result<Result<KdfsResponse, i32>, KdfsRequest> {
-        if node != self.node || !Store::is_read_only(&req) {
+        if node != self.node || !Store::is_read_only(&req) || self.is_down() {
             return Err(req);
         }
         if let KdfsRequest::StripeRead { ino, offset, len } = req {
@@ -119,6 +123,10 @@ impl LocalStore {
             KdfsResponse::Errno(e) => Err(e),
             r => Ok(r),
         })
+    }
+
+    fn is_down(&self) -> bool {
+        self.mirrored && self.down.load(Ordering::Acquire)
     }
 
     /// Whether this is the first (and only) mount of its node: see the
@@ -205,7 +213,7 @@ impl LocalStore {
 
     /// The local file behind handle `fh` of `ino`, if it is one.
     pub fn file(&self, ino: InodeId, fh: u64) -> Option<Arc<LocalFile>> {
-        if inode_node(ino) != self.node {
+        if inode_node(ino) != self.node || self.is_down() {
             return None;
         }
         self.table().by_handle.get(&(ino, fh)).cloned()

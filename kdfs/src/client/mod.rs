@@ -344,7 +344,7 @@ async fn try_prepare(
         Ok(KdfsResponse::Root(r)) => r,
         _ => return Err(not_yet()),
     };
-    let local_store = local::LocalStore::open(dir, info.node)?;
+    let local_store = local::LocalStore::open(dir, info.node, cluster.local_down())?;
     if !local_store.is_sole_mount() {
         tracing::info!(
             "kdfs: another mount of node {} is up: this one keeps no regular file's attributes in the kernel and asks krgd for every attribute change",

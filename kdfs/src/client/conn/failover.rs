@@ -7,9 +7,12 @@
 //! its krgd which members failed every [`FAILURES_EVERY`]: a node whose
 //! network vanished sends no reset). A file the mount opened on the failed
 //! node is opened again on the mirror at its next read or write, and the
-//! handle goes on there ([`Reopened`]).
+//! handle goes on there ([`Reopened`]). While this node's own krgd does
+//! not answer (or the cluster counts this node failed), the mount stops
+//! reading its node's files in place: they go to the mirror too.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,9 +124,14 @@ impl Cluster {
         loop {
             tokio::time::sleep(FAILURES_EVERY).await;
             let Some(me) = weak.upgrade() else { return };
-            let Ok(info) = local_info(&me.socket).await else {
-                continue;
-            };
+            // This node's own store: read in place only while its krgd
+            // answers and the cluster counts it in (else its mirror may
+            // serve newer data).
+            let info = local_info(&me.socket).await;
+            let here = me.me.node;
+            let down = info.as_ref().map_or(true, |i| i.failed.contains(&here));
+            me.local_down.store(down, Ordering::Release);
+            let Ok(info) = info else { continue };
             let mut failed = me.failed.lock().unwrap_or_else(|p| p.into_inner());
             if *failed != info.failed {
                 *failed = info.failed;

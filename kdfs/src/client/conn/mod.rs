@@ -59,6 +59,9 @@ pub struct Cluster {
     failures: tokio::sync::Notify,
     /// Handles of failed nodes' files opened again on their mirrors.
     reopened: failover::Reopened,
+    /// This node's krgd does not answer (mirrored file systems): the
+    /// mount must not read its node's store in place.
+    local_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the local krgd says about itself and the cluster.
@@ -144,7 +147,14 @@ impl Cluster {
             failed: Mutex::new(info.failed.clone()),
             failures: tokio::sync::Notify::new(),
             reopened: failover::Reopened::default(),
+            local_down: Arc::default(),
         }
+    }
+
+    /// Set while this node's own store must not be read in place (see
+    /// `failover`); shared with the mount's [`LocalStore`](crate::client::local::LocalStore).
+    pub fn local_down(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.local_down.clone()
     }
 
     /// Every node with a known address.
