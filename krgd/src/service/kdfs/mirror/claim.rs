@@ -179,7 +179,7 @@ impl KdfsService {
                         .await;
                     return;
                 }
-                Ok(mirror) => match self.take_back(store, mirror, generation).await {
+                Ok(mirror) => match self.take_back(mirror, generation).await {
                     Ok(()) => {
                         tracing::info!(
                             mirror,
@@ -204,12 +204,7 @@ impl KdfsService {
     }
 
     /// Ask `mirror`, which served the store as `generation`, to copy it back.
-    async fn take_back(
-        &self,
-        store: &Arc<Store>,
-        mirror: krg_proto::NodeId,
-        generation: u32,
-    ) -> Result<(), String> {
+    async fn take_back(&self, mirror: krg_proto::NodeId, generation: u32) -> Result<(), String> {
         let me = self.ctx.node_id();
         *sync::lock(&self.mirroring.handing_back) = Some(mirror);
         let req = MirrorRequest::HandBack { generation };
@@ -218,7 +213,6 @@ impl KdfsService {
             .0;
         *sync::lock(&self.mirroring.handing_back) = None;
         self.mirroring.copies.forget(me);
-        let _ = store;
         match sent {
             Sent::Done => Ok(()),
             Sent::Unreachable(why) => Err(why),
