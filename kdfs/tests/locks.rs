@@ -310,3 +310,84 @@ fn locks_held_through_a_restart_of_the_owners_krgd_are_kept() {
     setlk(&a, libc::F_UNLCK, 0, 10, false).unwrap();
     setlk(&b, libc::F_WRLCK, 0, 10, false).unwrap();
 }
+
+/// F_GETLK through `f`, or the errno when the request fails.
+fn try_getlk(f: &File, typ: i32, start: i64, len: i64) -> Result<libc::flock, i32> {
+    let mut fl = flock_struct(typ, start, len);
+    // SAFETY: fcntl F_GETLK fills the struct flock we own.
+    match unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) } {
+        0 => Ok(fl),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap()),
+    }
+}
+
+/// Whether F_GETLK through `f` reports a write lock on `start..start+len`.
+fn reports_write_lock(f: &File, start: i64, len: i64) -> bool {
+    try_getlk(f, libc::F_WRLCK, start, len)
+        .is_ok_and(|fl| i32::from(fl.l_type) == libc::F_WRLCK && fl.l_start == start)
+}
+
+/// `--replicas 2`: while a node is down (its krgd frozen), the locks of
+/// its files are kept by its mirror (their holders take them again there,
+/// within the failover), new ones are taken there without EIO; when the
+/// node, thawed, takes its store back, the locks come back with it — not
+/// the stale ones it held when it froze.
+#[test]
+fn the_locks_of_a_failed_node_s_files_go_on_at_its_mirror() {
+    let c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
+    // Node 2's file, mirrored on node 3.
+    fs::write(c.mnt(1).join("f"), vec![0u8; 100]).unwrap();
+    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
+        c.mirrored(1)
+    });
+    let a = rw(&c.mnt(0).join("f"));
+    setlk(&a, libc::F_WRLCK, 0, 10, false).unwrap();
+    let b = rw(&c.mnt(2).join("f"));
+    assert!(setlk(&b, libc::F_WRLCK, 0, 1, false).is_err());
+
+    let pid = c.krgd_pid(1).unwrap() as i32;
+    let signal = |sig| {
+        // SAFETY: kill(2) of the krgd this test started, by its PID.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    let killed = Instant::now();
+    wait_until(
+        "node 1's lock taken again at node 3",
+        Duration::from_secs(15),
+        || reports_write_lock(&b, 0, 10),
+    );
+    eprintln!("lock at the mirror {:?} after the stop", killed.elapsed());
+    // Past the mirror's grace: still node 1's; other ranges are free.
+    let grace = Duration::from_secs(2) + kdfs::lockmgr::MOVE_GRACE;
+    std::thread::sleep(grace.saturating_sub(killed.elapsed()));
+    let e = setlk(&b, libc::F_WRLCK, 0, 1, false).unwrap_err();
+    assert!(e == libc::EAGAIN || e == libc::EACCES, "errno {e}");
+    setlk(&b, libc::F_WRLCK, 20, 10, false).unwrap();
+    // A waiter through node 3 gets the lock when node 1 lets it go.
+    let waiter = std::thread::spawn(move || setlk(&b, libc::F_WRLCK, 0, 5, true).map(|()| b));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!waiter.is_finished(), "F_SETLKW did not wait");
+    setlk(&a, libc::F_UNLCK, 0, 10, false).unwrap();
+    let b = waiter.join().unwrap().unwrap();
+
+    // Node 2 back: it takes its store back, and node 3's locks with it
+    // (it forgets node 1's, which went meanwhile).
+    signal(libc::SIGCONT);
+    wait_until("node 2 serving again", Duration::from_secs(30), || {
+        let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
+        log.contains("took the store back")
+    });
+    let back = Instant::now();
+    wait_until(
+        "node 3's locks taken again at node 2",
+        Duration::from_secs(15),
+        || reports_write_lock(&a, 0, 5) && reports_write_lock(&a, 20, 10),
+    );
+    std::thread::sleep(grace.saturating_sub(back.elapsed()));
+    let e = setlk(&a, libc::F_WRLCK, 0, 1, false).unwrap_err();
+    assert!(e == libc::EAGAIN || e == libc::EACCES, "errno {e}");
+    setlk(&a, libc::F_WRLCK, 50, 10, false).unwrap();
+    drop(b);
+    setlk(&a, libc::F_WRLCK, 0, 10, false).unwrap();
+}

@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{wait_until, Cluster};
 
-/// Whether node index `i`'s krgd logged, since it started, that its
-/// mirror holds its store.
-fn mirrored(c: &Cluster, i: usize) -> bool {
-    let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap_or_default();
-    log.contains("kdfs mirror: full copy done")
-}
-
 /// What `kdfsctl status` prints through node index `i`, and its exit code.
 fn status(c: &Cluster, i: usize) -> (String, Option<i32>) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
@@ -82,7 +75,7 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     fs::create_dir(&d).unwrap();
     fs::write(d.join("before-copy"), pattern(6 << 20, 1)).unwrap();
     wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        mirrored(&c, 1)
+        c.mirrored(1)
     });
     // Changes after the copy reach the mirror one by one.
     let mut f = File::create(d.join("fsynced")).unwrap();
@@ -236,7 +229,7 @@ fn a_node_cut_off_changes_nothing_and_the_majority_goes_on() {
     let on2 = c.mnt(1).join("on2");
     fs::write(&on2, b"before").unwrap();
     wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        mirrored(&c, 1)
+        c.mirrored(1)
     });
     let through_1 = c.mnt(0).join("on2");
     assert_eq!(fs::read(&through_1).unwrap(), b"before");
@@ -274,7 +267,7 @@ fn a_frozen_node_thawed_serves_nothing_stale() {
     let on2 = c.mnt(1).join("on2");
     fs::write(&on2, b"old").unwrap();
     wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        mirrored(&c, 1)
+        c.mirrored(1)
     });
     let pid = c.krgd_pid(1).unwrap() as i32;
     let signal = |sig| {

@@ -18,7 +18,10 @@
 //!   `HeldBy` this mount's client number: see [`ClientLocks::held_by`]).
 //! * The mount keeps its own copy of the locks it holds: when a node's
 //!   manager answers the lease with a new epoch (its krgd started again
-//!   and forgot them), they are taken again there (`ReclaimLock`).
+//!   and forgot them), they are taken again there (`ReclaimLock`). On a
+//!   mirrored file system, the locks of a failed node's files go to its
+//!   mirror, which answers with its own epoch: they move there the same
+//!   way, and back when the node takes its store back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -258,11 +261,17 @@ impl ClientLocks {
         }
     }
 
-    /// Renew this mount's lease at every node it holds locks on, for ever.
+    /// Renew this mount's lease at every node it holds locks on, for ever;
+    /// at once when the cluster marks a node failed (a mirrored file
+    /// system: its mirror takes its files' locks up and waits for their
+    /// holders to take them again there).
     pub async fn keep_leases(self: Arc<Self>, cluster: Arc<Cluster>) {
         let mut tick = tokio::time::interval(LEASE_RENEW);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cluster.failures_changed() => {}
+            }
             for node in self.nodes() {
                 self.renew(&cluster, node).await;
             }
@@ -270,7 +279,8 @@ impl ClientLocks {
     }
 
     /// Renew the lease at `node`; if its manager's epoch changed (its krgd
-    /// started again), take this mount's locks on its files again.
+    /// started again, or its files' locks moved to or from its mirror),
+    /// take this mount's locks on its files again.
     async fn renew(&self, cluster: &Cluster, node: NodeId) {
         let q = Q::LockLease {
             client: self.client,
@@ -307,7 +317,7 @@ impl ClientLocks {
                 other => {
                     lost += 1;
                     tracing::warn!(ino, ?other, start = lock.start, end = lock.end,
-                        "kdfs: a lock held before its node's krgd restarted could not be taken again");
+                        "kdfs: a lock held before its files' lock manager changed could not be taken again");
                 }
             }
         }
@@ -315,7 +325,7 @@ impl ClientLocks {
             node,
             taken,
             lost,
-            "kdfs: locks taken again after a restart of the node's krgd"
+            "kdfs: locks taken again after the lock manager of the node's files changed"
         );
     }
 }

@@ -16,6 +16,12 @@
 //!   may have held locks (its marker file says so), it gives them
 //!   [`GRACE`] to: meanwhile only reclaims take locks, and a new lock
 //!   waits (or fails with EAGAIN without waiting).
+//! * A mirrored store (`--replicas 2`) moves: its mirror serves its files,
+//!   locks included, while the node is down, and hands it back after. The
+//!   manager that takes the files up ([`LockManager::taking_over`], or
+//!   [`LockManager::start_over`] at the node taking them back) knows none
+//!   of the locks held: it draws a new epoch, so that every mount takes
+//!   its locks again there, and gives them [`MOVE_GRACE`] to.
 
 pub mod table;
 
@@ -38,23 +44,44 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(3);
 /// How long a restarted manager whose predecessor may have held locks
 /// leaves them to their holders: a lease, and a renewal more.
 pub const GRACE: Duration = Duration::from_secs(13);
+/// How long a manager that took up a moved store's files leaves their
+/// locks to their holders: each mount renews its leases every
+/// [`LEASE_RENEW`], sees the new epoch and takes its locks again.
+pub const MOVE_GRACE: Duration = Duration::from_secs(2 * LEASE_RENEW.as_secs());
 
-#[derive(Default)]
 struct State {
     table: Table,
     seen: HashMap<Client, Instant>,
     /// Whether the marker file says locks may be held.
     marked: bool,
+    /// Drawn at start (and when the files come back from elsewhere): a
+    /// mount that sees it change reclaims its locks.
+    epoch: u64,
+    /// Until when only reclaims take locks.
+    grace_until: Option<Instant>,
+}
+
+impl State {
+    fn new(grace: Option<Duration>) -> Self {
+        Self {
+            table: Table::default(),
+            seen: HashMap::new(),
+            marked: false,
+            epoch: rand::random(),
+            grace_until: grace.map(|g| Instant::now() + g),
+        }
+    }
+
+    /// Whether only reclaims take locks at this moment.
+    fn in_grace(&self) -> bool {
+        self.grace_until.is_some_and(|until| Instant::now() < until)
+    }
 }
 
 pub struct LockManager {
     node: NodeId,
     state: Mutex<State>,
     changed: tokio::sync::Notify,
-    /// Drawn at start: a mount that sees it change reclaims its locks.
-    epoch: u64,
-    /// Until when only reclaims take locks.
-    grace_until: Option<Instant>,
     /// Exists while locks are held (so that a restart knows to wait for
     /// their reclaims); `None`: no marker (tests).
     marker: Option<PathBuf>,
@@ -78,10 +105,8 @@ impl LockManager {
     pub fn new(node: NodeId) -> Self {
         Self {
             node,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new(None)),
             changed: tokio::sync::Notify::new(),
-            epoch: rand::random(),
-            grace_until: None,
             marker: None,
         }
     }
@@ -98,19 +123,40 @@ impl LockManager {
             );
         }
         Self {
-            grace_until: held_before.then(|| Instant::now() + GRACE),
             state: Mutex::new(State {
                 marked: held_before,
-                ..State::default()
+                ..State::new(held_before.then_some(GRACE))
             }),
             marker: Some(marker),
             ..Self::new(node)
         }
     }
 
-    /// Whether only reclaims take locks now.
-    fn in_grace(&self) -> bool {
-        self.grace_until.is_some_and(|t| Instant::now() < t)
+    /// The manager of `node`'s files on the node that took its store over
+    /// (no marker: a restart of this krgd voids the copy it serves).
+    pub fn taking_over(node: NodeId) -> Self {
+        Self {
+            state: Mutex::new(State::new(Some(MOVE_GRACE))),
+            ..Self::new(node)
+        }
+    }
+
+    /// The files were served elsewhere meanwhile (this node takes its
+    /// store back): what this manager holds is stale. Forget it, draw a
+    /// new epoch and leave the locks to their holders for [`MOVE_GRACE`]
+    /// (or the restart's grace, if longer).
+    pub fn start_over(&self) {
+        let mut st = self.state();
+        let grace = Instant::now() + MOVE_GRACE;
+        let until = st.grace_until.map_or(grace, |g| g.max(grace));
+        let marked = st.marked;
+        *st = State {
+            marked,
+            grace_until: Some(until),
+            ..State::new(None)
+        };
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     /// Keep the marker file in step with the table: made with the first
@@ -124,7 +170,7 @@ impl LockManager {
         let r = match (held, st.marked) {
             (true, false) => std::fs::write(marker, b"locks held\n"),
             // kept through the grace: a second restart still waits
-            (false, true) if clear && !self.in_grace() => std::fs::remove_file(marker),
+            (false, true) if clear && !st.in_grace() => std::fs::remove_file(marker),
             _ => return,
         };
         match r {
@@ -168,8 +214,7 @@ impl LockManager {
                         let mut st = self.state();
                         st.seen.insert(client, Instant::now());
                         let free = lock.kind == LockKind::Unlock
-                            || (!self.in_grace()
-                                && st.table.conflict(ino, client, &lock).is_none());
+                            || (!st.in_grace() && st.table.conflict(ino, client, &lock).is_none());
                         if free {
                             if st.table.apply(ino, client, fh, &lock) {
                                 self.changed.notify_waiters();
@@ -182,10 +227,11 @@ impl LockManager {
                         return A::Errno(libc::EAGAIN);
                     }
                     // in grace, nothing wakes it: it asks again
-                    let until = match self.grace_until {
-                        Some(g) if self.in_grace() => deadline.min(g.into()),
-                        _ => deadline,
+                    let grace = {
+                        let st = self.state();
+                        st.grace_until.filter(|_| st.in_grace())
                     };
+                    let until = grace.map_or(deadline, |g| deadline.min(g.into()));
                     if tokio::time::timeout_at(until, woken).await.is_err() {
                         return A::LockBusy;
                     }
@@ -224,8 +270,9 @@ impl LockManager {
                 A::Done
             }
             Q::LockLease { client } => {
-                self.state().seen.insert((from, client), Instant::now());
-                A::LockEpoch(self.epoch)
+                let mut st = self.state();
+                st.seen.insert((from, client), Instant::now());
+                A::LockEpoch(st.epoch)
             }
             Q::ReclaimLock { ino, fh, lock } => {
                 if !self.valid(ino, lock.start, lock.end) || lock.kind == LockKind::Unlock {

@@ -169,3 +169,41 @@ async fn a_restart_after_locks_were_held_leaves_them_to_their_holders_first() {
         A::Done
     ));
 }
+
+#[tokio::test]
+async fn a_manager_that_takes_up_moved_files_leaves_their_locks_to_their_holders() {
+    // The mirror that took node 1's store over: nothing held, a grace.
+    let mirror = LockManager::taking_over(1);
+    assert!(
+        matches!(
+            mirror.handle(3, set(8, LockKind::Write, 0, 9, false)).await,
+            A::Errno(libc::EAGAIN)
+        ),
+        "a new lock waits for the reclaims"
+    );
+    assert!(matches!(mirror.handle(2, reclaim(7, 0, 9)).await, A::Done));
+
+    // Node 1 takes its store back: what it held before is stale.
+    let owner = LockManager::new(1);
+    assert!(matches!(
+        owner.handle(3, set(8, LockKind::Write, 0, 9, false)).await,
+        A::Done
+    ));
+    let before = epoch(owner.handle(3, Q::LockLease { client: 8 }).await);
+    owner.start_over();
+    assert_ne!(
+        epoch(owner.handle(2, Q::LockLease { client: 7 }).await),
+        before,
+        "its mounts see a new epoch and take their locks again"
+    );
+    assert!(
+        matches!(owner.handle(2, reclaim(7, 0, 9)).await, A::Done),
+        "the lock it held before the move is forgotten"
+    );
+    assert!(matches!(
+        owner
+            .handle(3, set(8, LockKind::Write, 20, 29, false))
+            .await,
+        A::Errno(libc::EAGAIN)
+    ));
+}

@@ -65,18 +65,14 @@ pub fn is_mirror_read(req: &KdfsRequest) -> bool {
 }
 
 /// Whether `req` may be asked of a node's mirror when the node does not
-/// answer: anything on its files but locks (the mirror keeps none) and
-/// the mounts' own bookkeeping with the node.
+/// answer: anything on its files, their locks included (a mirror that
+/// took the store over keeps them), but the mounts' own bookkeeping with
+/// the node.
 pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
     !matches!(
         unwrapped_ref(req),
-        Q::SetLock { .. }
-            | Q::GetLock { .. }
-            | Q::ReleaseLocks { .. }
-            | Q::LockLease { .. }
-            | Q::ReclaimLock { .. }
-            | Q::Watch { .. }
+        Q::Watch { .. }
             | Q::Unwatch { .. }
             | Q::Hello
             | Q::HandOver

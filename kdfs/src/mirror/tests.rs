@@ -382,7 +382,13 @@ fn a_mirror_is_asked_reads_from_its_copy_and_no_locks() {
         dir: 1,
         name: b"x".to_vec()
     }));
-    assert!(!may_ask_mirror(&Q::LockLease { client: 3 }));
+    assert!(may_ask_mirror(&Q::LockLease { client: 3 }));
+    assert!(!is_mirror_read(&Q::LockLease { client: 3 }));
+    assert!(!may_ask_mirror(&Q::Watch {
+        client: 3,
+        acked: 0,
+        ttl_ms: 1
+    }));
     let read = |fh| Q::Read {
         ino: 1,
         fh,

@@ -472,6 +472,13 @@ impl Cluster {
         &self.nodes[i].mnt
     }
 
+    /// Whether node index `i`'s krgd logged, since it started, that its
+    /// mirror holds its store (`--replicas 2`).
+    pub fn mirrored(&self, i: usize) -> bool {
+        let log = std::fs::read_to_string(self.nodes[i].data.join("krgd.log")).unwrap_or_default();
+        log.contains("kdfs mirror: full copy done")
+    }
+
     /// What node `i`'s mount.kdfs logged (info level).
     pub fn client_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.nodes[i].data.join("kdfs.log")).unwrap_or_default()

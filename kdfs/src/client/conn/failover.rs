@@ -140,6 +140,12 @@ impl Cluster {
         }
     }
 
+    /// Returns when the members the cluster marks failed change (never,
+    /// but for a mirrored file system).
+    pub async fn failures_changed(&self) {
+        self.failures.notified().await;
+    }
+
     pub(super) fn is_failed(&self, node: NodeId) -> bool {
         self.failed
             .lock()

@@ -145,6 +145,7 @@ impl KdfsService {
                             .any(|m| m.id == n && m.state != NodeState::Failed)
                 };
                 svc.locks.expire(online);
+                svc.mirroring.copies.expire_locks(online).await;
                 if view.cut_off {
                     svc.mirroring.copies.void_all().await;
                 }
@@ -369,7 +370,7 @@ impl KdfsService {
                     .await);
             }
             KdfsRequest::FromMirror { node, req } => {
-                return Ok(self.mirroring.copies.serve(node, *req).await)
+                return Ok(self.mirroring.copies.serve(node, from.node, *req).await)
             }
             KdfsRequest::Replication => {
                 return Ok(KdfsResponse::Replication(self.replication(&store).await))

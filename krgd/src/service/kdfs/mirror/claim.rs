@@ -189,6 +189,8 @@ impl KdfsService {
                         if let Err(e) = store.set_generation(generation) {
                             tracing::error!(error = %e, "kdfs mirror: cannot record the store's generation");
                         }
+                        // The mirror kept the files' locks meanwhile.
+                        self.locks.start_over();
                     }
                     Err(why) => {
                         tracing::warn!(mirror, generation, %why, "kdfs mirror: the store is not back yet");

@@ -8,14 +8,16 @@
 //! and whenever this node is cut off from the majority — the owner may
 //! have gone on without it then. A complete mirror whose owner the
 //! cluster marks failed takes the store over (`takeover`) and serves all
-//! of it, reads and changes, until the owner is back and asks for it
-//! (`HandBack`).
+//! of it, reads, changes and locks, until the owner is back and asks for
+//! it (`HandBack`). Its lock manager starts empty: the mounts take their
+//! locks on the owner's files again there (`kdfs::lockmgr`, *moved*).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kdfs::mirror::{is_mirror_read, MirrorCopy};
+use kdfs::lockmgr::{is_lock_request, LockManager};
+use kdfs::mirror::{is_mirror_read, unwrapped_ref, MirrorCopy};
 use kdfs::store::Store;
 use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest, MIRROR_HANDLE};
 use krg_proto::NodeId;
@@ -43,6 +45,8 @@ struct Copy {
     view: Option<Arc<Store>>,
     /// Taken over: this node serves the store (its owner failed).
     served: Option<Arc<Store>>,
+    /// The locks of the store's files while this node serves it.
+    locks: Option<Arc<LockManager>>,
     /// Woken after each batch: the next one's turn.
     turn: Arc<tokio::sync::Notify>,
 }
@@ -196,6 +200,7 @@ impl Copies {
                     generation,
                     view: None,
                     served: None,
+                    locks: None,
                     turn: Arc::default(),
                 };
                 let c = Arc::new(tokio::sync::Mutex::new(c));
@@ -288,6 +293,7 @@ impl Copies {
                         "kdfs mirror: node failed; this node serves its store"
                     );
                     (c.served, c.generation, c.session) = (Some(Arc::new(s)), generation, 0);
+                    c.locks = Some(Arc::new(LockManager::taking_over(owner)));
                 }
                 Err(e) => {
                     tracing::error!(owner, generation, error = %e, "kdfs mirror: cannot serve the store it took over");
@@ -328,7 +334,7 @@ impl Copies {
             Ok(()) => {
                 // The copy here is the store as handed back: the owner's
                 // next session finds it current.
-                (c.served, c.view, c.session) = (None, None, 0);
+                (c.served, c.view, c.session, c.locks) = (None, None, 0, None);
                 KdfsResponse::Done
             }
             Err(why) => {
@@ -338,13 +344,17 @@ impl Copies {
         }
     }
 
-    /// A request about `owner`'s files while it does not answer: served
-    /// whole when this node took the store over, else reads from the
-    /// complete copy; handles opened here are marked as the mirror's.
-    pub async fn serve(&self, owner: NodeId, req: KdfsRequest) -> KdfsResponse {
+    /// A request about `owner`'s files, from a mount on node `from`, while
+    /// `owner` does not answer: served whole when this node took the store
+    /// over, else reads from the complete copy; handles opened here are
+    /// marked as the mirror's.
+    pub async fn serve(&self, owner: NodeId, from: NodeId, req: KdfsRequest) -> KdfsResponse {
         let Some(c) = self.get(owner) else {
             return errno(libc::ENOTCONN);
         };
+        if is_lock_request(unwrapped_ref(&req)) {
+            return Self::serve_lock(&c, from, req).await;
+        }
         let mut waited = Duration::ZERO;
         let (served, view) = loop {
             let (served, view) = {
@@ -370,6 +380,39 @@ impl Copies {
         match tokio::task::spawn_blocking(move || store.handle(req)).await {
             Ok(resp) => mark(resp),
             Err(_) => errno(libc::EIO),
+        }
+    }
+}
+
+impl Copies {
+    /// A lock request about the files of the store copied in `c`: for the
+    /// lock manager of the store taken over (which a complete copy waits
+    /// for a little, as a change does).
+    async fn serve_lock(c: &Slot, from: NodeId, req: KdfsRequest) -> KdfsResponse {
+        let mut waited = Duration::ZERO;
+        let locks = loop {
+            let (locks, complete) = {
+                let c = c.lock().await;
+                (c.locks.clone(), c.view.is_some())
+            };
+            match locks {
+                Some(l) => break l,
+                None if !complete || waited >= TAKEOVER_WAIT => return errno(libc::ENOTCONN),
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        };
+        locks.handle(from, kdfs::mirror::unwrapped(req)).await
+    }
+
+    /// The lock managers' sweep (every second) for the stores served here.
+    pub async fn expire_locks(&self, online: impl Fn(NodeId) -> bool) {
+        for slot in self.all() {
+            let locks = slot.lock().await.locks.clone();
+            if let Some(l) = locks {
+                l.expire(&online);
+            }
         }
     }
 }
