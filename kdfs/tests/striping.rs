@@ -198,3 +198,70 @@ fn stripe_refuses_bad_shapes_other_users_and_other_file_systems() {
     refused(&o, "only root or the directory's owner");
     assert!(out(&kdfsctl(&[&dir])).contains("not striped"));
 }
+
+/// `--replicas 2`: a holder's units of another node's striped file are
+/// mirrored with its store. While the holder is down its mirror serves
+/// them — reads at once, then a write and a truncate — and the holder,
+/// back, takes them back as they are now.
+#[test]
+fn a_failed_holder_s_units_are_served_by_its_mirror() {
+    common::ensure_binaries();
+    let mut c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
+    let big = c.mnt(0).join("big");
+    fs::create_dir(&big).unwrap();
+    out(&kdfsctl(&[Path::new("64K:3"), &big]));
+    let mut data = pattern(16 * UNIT + 1000);
+    let f = big.join("f");
+    fs::write(&f, &data).unwrap();
+    let ino = fs::metadata(&f).unwrap().ino();
+    assert!(out(&kdfsctl(&[&f])).contains("on nodes 1,2,3"));
+    // Node 2 holds units 1, 4, 7…; node 3 mirrors node 2's store.
+    let on_mirror = c.nodes[2]
+        .store
+        .join(format!("mirrors/2/stripes/{ino:016x}"));
+    wait_until(
+        "node 2's units on its mirror",
+        Duration::from_secs(30),
+        || {
+            c.mirrored(1)
+                && fs::read(&on_mirror).is_ok_and(|b| {
+                    b.len() > 5 * UNIT && b[4 * UNIT..5 * UNIT] == data[4 * UNIT..5 * UNIT]
+                })
+        },
+    );
+
+    c.kill_krgd(1);
+    assert!(fs::read(&f).unwrap() == data, "read whole with node 2 down");
+    let patch = vec![0xab_u8; UNIT];
+    let w = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    w.write_all_at(&patch, 4 * UNIT as u64).unwrap();
+    w.sync_all().unwrap();
+    data[4 * UNIT..5 * UNIT].copy_from_slice(&patch);
+    let cut = 5 * UNIT + 10;
+    w.set_len(cut as u64).unwrap();
+    drop(w);
+    data.truncate(cut);
+    assert!(
+        fs::read(c.mnt(2).join("big/f")).unwrap() == data,
+        "node 3 reads node 2's units as written while it is down"
+    );
+
+    c.start_krgd(1);
+    wait_until("node 2 has its store back", Duration::from_secs(30), || {
+        let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
+        log.contains("took the store back")
+    });
+    let two = fs::read(copy_of(&c, 1, ino)).unwrap();
+    assert!(
+        two.len() <= cut,
+        "node 2's copy was cut: {} bytes",
+        two.len()
+    );
+    assert!(
+        two[4 * UNIT..5 * UNIT] == patch[..],
+        "node 2 has the write made meanwhile"
+    );
+    wait_until("node 2 serves its units", Duration::from_secs(10), || {
+        fs::read(c.mnt(1).join("big/f")).is_ok_and(|b| b == data)
+    });
+}

@@ -1,5 +1,6 @@
 //! A mirror on disk: `DIR/mirrors/<owner>/` in this node's store, laid out
-//! as the owner's store, so that [`Store::view`](crate::store::Store::view)
+//! as the owner's store (its `stripes/` copies of other nodes' striped
+//! files included), so that [`Store::view`](crate::store::Store::view)
 //! serves it as the owner would. Only [`MirrorCopy::apply`] changes it;
 //! every call is relative to descriptors opened here and follows no
 //! symlink (entries are symlinks, objects may be).
@@ -11,7 +12,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use krg_proto::kdfs::{FileKind, MetaFile, MirrorChange, MirroredObject, ObjectState, Time};
+use krg_proto::kdfs::{
+    FileKind, InodeId, MetaFile, MirrorChange, MirrorInventory, MirroredObject, ObjectState,
+    StripeState, Time,
+};
 use krg_proto::NodeId;
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag};
@@ -22,6 +26,7 @@ use nix::unistd::{fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use crate::format::{open_dir_at, StoreDir, INODES, INO_NEXT, ROOT_META, SUPERBLOCK};
 use crate::store::entry::{check_name, Entry};
 use crate::store::error::{Res, StoreError};
+use crate::store::striping::copy_name as stripe_name;
 use crate::store::{object_name, sys};
 use crate::KdfsError;
 
@@ -33,6 +38,7 @@ pub struct MirrorCopy {
     owner: NodeId,
     top: StoreDir,
     inodes: OwnedFd,
+    stripes: OwnedFd,
 }
 
 fn private() -> Mode {
@@ -68,7 +74,19 @@ impl MirrorCopy {
         drop(make_dir_at(mirrors.as_fd(), &owner.to_string(), &path)?);
         let top = StoreDir::open(&path)?;
         let inodes = make_dir_at(top.fd(), INODES, &path.join(INODES))?;
-        Ok(Self { owner, top, inodes })
+        Self::with_stripes(owner, top, inodes)
+    }
+
+    fn with_stripes(owner: NodeId, top: StoreDir, inodes: OwnedFd) -> Result<Self, KdfsError> {
+        let stripes = top.open_stripes(true)?.ok_or_else(|| {
+            KdfsError::Invalid(format!("{}: no stripes directory", top.path().display()))
+        })?;
+        Ok(Self {
+            owner,
+            top,
+            inodes,
+            stripes,
+        })
     }
 
     /// Node `owner`'s own store at `top`, as a copy to write into: the
@@ -77,7 +95,7 @@ impl MirrorCopy {
     pub fn own(top: &StoreDir, owner: NodeId) -> Result<Self, KdfsError> {
         let top = StoreDir::open(top.path())?;
         let inodes = open_dir_at(top.fd(), INODES, &top.path().join(INODES))?;
-        Ok(Self { owner, top, inodes })
+        Self::with_stripes(owner, top, inodes)
     }
 
     /// The mirror of `owner`'s store kept in `host` (this node's served
@@ -100,8 +118,16 @@ impl MirrorCopy {
         self.owner
     }
 
-    /// What the copy holds: each object's kind, size and data time.
-    pub fn inventory(&self) -> Res<Vec<MirroredObject>> {
+    /// What the copy holds: each object's kind, size and data time, and
+    /// each copy of a striped file's length and data time.
+    pub fn inventory(&self) -> Res<MirrorInventory> {
+        Ok(MirrorInventory {
+            objects: self.objects()?,
+            stripes: self.stripe_copies()?,
+        })
+    }
+
+    fn objects(&self) -> Res<Vec<MirroredObject>> {
         let mut v = Vec::new();
         for local in crate::store::list_objects(self.inodes.as_fd())? {
             let name = object_name(local);
@@ -180,7 +206,94 @@ impl MirrorCopy {
                 nix::unistd::syncfs(self.inodes.as_fd())?;
                 Ok(())
             }
+            MirrorChange::StripeData { ino, offset, data } => {
+                let f = self.open_stripe(*ino, true)?;
+                f.write_all_at(&data.0, *offset)?;
+                Ok(())
+            }
+            MirrorChange::StripeCopy { ino, state: None } => ignore_missing(unlinkat(
+                self.stripes.as_fd(),
+                stripe_name(*ino).as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            )),
+            MirrorChange::StripeCopy {
+                ino,
+                state: Some(st),
+            } => {
+                let f = self.open_stripe(*ino, true)?;
+                f.set_len(st.size)?;
+                let omit = TimeSpec::UTIME_OMIT;
+                Ok(nix::sys::stat::futimens(
+                    f.as_fd(),
+                    &omit,
+                    &timespec(st.mtime),
+                )?)
+            }
+            MirrorChange::StripeLink { old, new } => {
+                let (old, new) = (stripe_name(*old), stripe_name(*new));
+                let fd = self.stripes.as_fd();
+                match nix::unistd::linkat(fd, old.as_str(), fd, new.as_str(), AtFlags::empty()) {
+                    Ok(()) | Err(Errno::ENOENT) | Err(Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            MirrorChange::StripeSync { ino } => match self.open_stripe(*ino, false) {
+                Ok(f) => Ok(nix::unistd::fsync(f.as_fd())?),
+                Err(StoreError::NotFound) => Ok(()),
+                Err(e) => Err(e),
+            },
         }
+    }
+
+    /// The copy of striped file `ino` in the mirror's `stripes/`, made
+    /// (empty) if missing when `create`.
+    fn open_stripe(&self, ino: InodeId, create: bool) -> Res<File> {
+        let mut flags = no_follow(OFlag::O_WRONLY);
+        if create {
+            flags |= OFlag::O_CREAT;
+        }
+        let name = stripe_name(ino);
+        let fd = openat(
+            self.stripes.as_fd(),
+            name.as_str(),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(missing)?;
+        Ok(File::from(fd))
+    }
+
+    /// The copies of striped files the mirror holds.
+    fn stripe_copies(&self) -> Res<Vec<(InodeId, StripeState)>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut d = nix::dir::Dir::openat(self.stripes.as_fd(), ".", flags, Mode::empty())?;
+        let mut v = Vec::new();
+        for e in d.iter() {
+            let e = e?;
+            let Some(ino) = e
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+                .filter(|i| e.file_name().to_bytes() == stripe_name(*i).as_bytes())
+            else {
+                continue;
+            };
+            let name = stripe_name(ino);
+            let nofollow = AtFlags::AT_SYMLINK_NOFOLLOW;
+            let Ok(m) = fstatat(self.stripes.as_fd(), name.as_str(), nofollow) else {
+                continue;
+            };
+            let state = StripeState {
+                size: m.st_size as u64,
+                mtime: Time {
+                    sec: m.st_mtime,
+                    nsec: m.st_mtime_nsec as u32,
+                },
+            };
+            v.push((ino, state));
+        }
+        Ok(v)
     }
 
     fn kind(&self, name: &str) -> Res<Option<FileKind>> {

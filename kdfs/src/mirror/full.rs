@@ -3,7 +3,7 @@
 //! as they happen, so that nothing stops while a large store is copied,
 //! and a change to something already copied reaches the mirror after it.
 
-use krg_proto::kdfs::{FileKind, MirrorChange, MirroredObject};
+use krg_proto::kdfs::{FileKind, InodeId, MirrorChange, MirrorInventory};
 
 use crate::store::error::Res;
 use crate::store::Store;
@@ -21,24 +21,40 @@ pub enum CopyStep {
     /// has the same size and data time.
     Object(u64),
     /// Bytes of a regular file.
-    Data { local: u64, offset: u64 },
+    Data { local: u64, offset: u64, len: u32 },
     /// A regular file's attributes again, after its data (writing the data
     /// moved the mirror's data time).
     Attrs(u64),
     /// Something the mirror holds and the store does not (gone meanwhile
     /// is checked at this step).
     Drop(u64),
+    /// This node's copy of another node's striped file: its length; its
+    /// data follows unless the mirror's has the same length and data time.
+    Stripe(InodeId),
+    /// Bytes of such a copy (its holes are not sent).
+    StripeData { ino: InodeId, offset: u64, len: u32 },
+    /// Its data time again, after its data.
+    StripeAttrs(InodeId),
 }
 
 /// The steps copying `store` over a mirror that holds `have`.
-pub fn plan(store: &Store, have: &[MirroredObject]) -> Res<Vec<CopyStep>> {
+pub fn plan(store: &Store, have: &MirrorInventory) -> Res<Vec<CopyStep>> {
     let mut mine = store.object_locals()?;
     mine.sort_unstable();
     let mut steps = vec![CopyStep::Meta];
     steps.extend(mine.iter().map(|l| CopyStep::Object(*l)));
-    for h in have {
+    for h in &have.objects {
         if mine.binary_search(&h.local).is_err() {
             steps.push(CopyStep::Drop(h.local));
+        }
+    }
+    let mut stripes = store.stripe_copies()?;
+    stripes.sort_unstable();
+    steps.extend(stripes.iter().map(|i| CopyStep::Stripe(*i)));
+    for (ino, _) in &have.stripes {
+        if stripes.binary_search(ino).is_err() {
+            // (gone meanwhile is checked at the step, as for objects)
+            steps.push(CopyStep::StripeAttrs(*ino));
         }
     }
     Ok(steps)
@@ -48,7 +64,7 @@ pub fn plan(store: &Store, have: &[MirroredObject]) -> Res<Vec<CopyStep>> {
 pub fn step(
     store: &Store,
     s: &CopyStep,
-    have: &[MirroredObject],
+    have: &MirrorInventory,
 ) -> Res<(Vec<MirrorChange>, Vec<CopyStep>)> {
     match *s {
         CopyStep::Meta => Ok((store.meta_images()?, Vec::new())),
@@ -78,18 +94,20 @@ pub fn step(
                 changes.push(made);
                 return Ok((changes, more));
             }
-            let same = have.iter().any(|h| {
+            let same = have.objects.iter().any(|h| {
                 h.local == local
                     && h.kind == state.kind
                     && h.size == state.size
                     && h.mtime == state.mtime
             });
             if state.kind == FileKind::File && !same && state.size > 0 {
-                let pieces = state.size.div_ceil(u64::from(PIECE));
-                more.extend((0..pieces).map(|i| CopyStep::Data {
-                    local,
-                    offset: i * u64::from(PIECE),
-                }));
+                // Its holes are not sent: the mirror's copy is as sparse
+                // (a striped file's object holds only the owner's units).
+                // (gone meanwhile: its own change says so)
+                let extents = store.object_extents(local).unwrap_or_default();
+                more.extend(
+                    pieces(extents).map(|(offset, len)| CopyStep::Data { local, offset, len }),
+                );
                 more.push(CopyStep::Attrs(local));
             }
             changes.push(MirrorChange::Object {
@@ -98,8 +116,8 @@ pub fn step(
             });
             Ok((changes, more))
         }
-        CopyStep::Data { local, offset } => {
-            let data = match store.object_data(local, offset, PIECE) {
+        CopyStep::Data { local, offset, len } => {
+            let data = match store.object_data(local, offset, len) {
                 Ok(d) => d,
                 // Gone or no longer a file: its own change said so.
                 Err(_) => return Ok((Vec::new(), Vec::new())),
@@ -125,5 +143,53 @@ pub fn step(
             let state = store.object_state(local)?;
             Ok((vec![MirrorChange::Object { local, state }], Vec::new()))
         }
+        CopyStep::Stripe(ino) => stripe_step(store, ino, have),
+        CopyStep::StripeData { ino, offset, len } => {
+            // (gone meanwhile: its own change says so)
+            let data = store.stripe_copy_data(ino, offset, len).unwrap_or_default();
+            if data.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let data = krg_proto::kdfs::Bytes(data.into());
+            Ok((
+                vec![MirrorChange::StripeData { ino, offset, data }],
+                Vec::new(),
+            ))
+        }
+        CopyStep::StripeAttrs(ino) => Ok((vec![store.stripe_change(ino)?], Vec::new())),
     }
+}
+
+/// A copy of a striped file: its length now, and its data unless the
+/// mirror's is the same.
+fn stripe_step(
+    store: &Store,
+    ino: InodeId,
+    have: &MirrorInventory,
+) -> Res<(Vec<MirrorChange>, Vec<CopyStep>)> {
+    let change = store.stripe_change(ino)?;
+    let MirrorChange::StripeCopy {
+        state: Some(state), ..
+    } = change
+    else {
+        return Ok((vec![change], Vec::new()));
+    };
+    if have.stripes.contains(&(ino, state)) {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let extents = store.stripe_extents(ino).unwrap_or_default();
+    let mut more: Vec<CopyStep> = pieces(extents)
+        .map(|(offset, len)| CopyStep::StripeData { ino, offset, len })
+        .collect();
+    more.push(CopyStep::StripeAttrs(ino));
+    Ok((vec![change], more))
+}
+
+/// Data extents cut in pieces of [`PIECE`] bytes at most: (offset, length).
+fn pieces(extents: Vec<(u64, u64)>) -> impl Iterator<Item = (u64, u32)> {
+    extents.into_iter().flat_map(|(start, end)| {
+        (start..end)
+            .step_by(PIECE as usize)
+            .map(move |offset| (offset, (end - offset).min(u64::from(PIECE)) as u32))
+    })
 }

@@ -50,14 +50,13 @@ pub fn unwrapped_ref(req: &KdfsRequest) -> &KdfsRequest {
 }
 
 /// Whether a mirror may answer `req` for its owner from its copy: what the
-/// store answers without changing anything (but a striped file's units,
-/// which the mirror does not keep), a regular file opened for reading and
-/// its data, the file system's size and root.
+/// store answers without changing anything (a striped file's units
+/// included), a regular file opened for reading and its data, the file
+/// system's size and root.
 pub fn is_mirror_read(req: &KdfsRequest) -> bool {
     use KdfsRequest as Q;
     let req = unwrapped_ref(req);
-    let reads = Store::is_read_only(req) && !matches!(req, Q::StripeRead { .. });
-    reads
+    Store::is_read_only(req)
         || matches!(
             req,
             Q::Open { write: false, .. } | Q::Read { .. } | Q::Release { .. } | Q::Statfs | Q::Root
@@ -104,7 +103,9 @@ pub fn weight(changes: &[MirrorChange]) -> usize {
     changes
         .iter()
         .map(|c| match c {
-            MirrorChange::Data { data, .. } => data.0.len() + 32,
+            MirrorChange::Data { data, .. } | MirrorChange::StripeData { data, .. } => {
+                data.0.len() + 32
+            }
             MirrorChange::Entries { entries, .. } => entries.len() * 64 + 32,
             MirrorChange::Meta { image, .. } => image.as_ref().map_or(0, Vec::len) + 32,
             _ => 128,

@@ -304,7 +304,12 @@ fn mirrored_after_changes(s: &Store, root: InodeId, before: InodeId) {
     };
     m.apply(&[stray], true).unwrap();
     full_copy(s, &m);
-    assert!(!m.inventory().unwrap().iter().any(|o| o.local == 0xfff0));
+    assert!(!m
+        .inventory()
+        .unwrap()
+        .objects
+        .iter()
+        .any(|o| o.local == 0xfff0));
     assert_eq!(seen(&view, root), want);
 }
 
@@ -373,7 +378,7 @@ fn a_mirror_is_asked_reads_from_its_copy_and_no_locks() {
         dir: 1,
         name: b"x".to_vec()
     }));
-    assert!(!is_mirror_read(&Q::StripeRead {
+    assert!(is_mirror_read(&Q::StripeRead {
         ino: 1,
         offset: 0,
         len: 1
@@ -399,4 +404,94 @@ fn a_mirror_is_asked_reads_from_its_copy_and_no_locks() {
         5 | krg_proto::kdfs::MIRROR_HANDLE
     )));
     assert!(!uses_mirror_handle(&read(5)));
+}
+
+/// What `s` reads of striped file `ino`'s units it holds at `offset`.
+fn units(s: &Store, ino: InodeId, offset: u64, len: u32) -> Vec<u8> {
+    match s.handle(Q::StripeRead { ino, offset, len }) {
+        A::Data(d) => d.0.to_vec(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_holder_s_units_of_another_node_s_striped_file_are_mirrored() {
+    let host_dir = formatted(2, 1);
+    let s = Store::open(host_dir.path(), 2, Some(77)).unwrap();
+    let mirror_dir = formatted(3, 1);
+    let m = MirrorCopy::open(&StoreDir::open(mirror_dir.path()).unwrap(), 2).unwrap();
+    full_copy(&s, &m);
+    // Node 1's striped file: node 2 holds the unit at 8 MiB.
+    let ino = krg_proto::kdfs::inode_id(1, 5);
+    let unit: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
+    let at = 8 << 20;
+    changed(
+        &s,
+        &m,
+        Q::StripeWrite {
+            ino,
+            offset: at,
+            data: Bytes(unit.clone().into()),
+        },
+    );
+    changed(&s, &m, Q::StripeSync { ino });
+    let copy = || Store::view(&m.path(), 2).unwrap();
+    assert_eq!(units(&copy(), ino, at, 100_000), unit);
+    assert_eq!(
+        m.inventory().unwrap().stripes,
+        vec![(ino, s.stripe_state(ino).unwrap().unwrap())],
+        "same length and data time as the holder's"
+    );
+
+    // A full copy to an empty mirror sends the data (not the hole before
+    // it); to a mirror that has it, nothing.
+    let fresh_dir = formatted(3, 1);
+    let fresh = MirrorCopy::open(&StoreDir::open(fresh_dir.path()).unwrap(), 2).unwrap();
+    let empty = fresh.inventory().unwrap();
+    let sent: usize = plan(&s, &empty)
+        .unwrap()
+        .iter()
+        .flat_map(|st| step(&s, st, &empty).unwrap().1)
+        .flat_map(|st| step(&s, &st, &empty).unwrap().0)
+        .map(|c| match c {
+            MirrorChange::StripeData { data, .. } => data.0.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(sent, unit.len(), "the data sent, not the hole before it");
+    full_copy(&s, &fresh);
+    assert_eq!(
+        units(&Store::view(&fresh.path(), 2).unwrap(), ino, at, 100_000),
+        unit
+    );
+    let have = fresh.inventory().unwrap();
+    let steps = plan(&s, &have).unwrap();
+    let sent: Vec<MirrorChange> = steps
+        .iter()
+        .flat_map(|st| step(&s, st, &have).unwrap().0)
+        .filter(|c| {
+            matches!(
+                c,
+                MirrorChange::StripeData { .. } | MirrorChange::StripeCopy { .. }
+            )
+        })
+        .collect();
+    assert!(sent.is_empty(), "sent again: {sent:?}");
+
+    // Cut, a second name (its owner left with it), dropped.
+    changed(&s, &m, Q::StripeTruncate { ino, size: at + 10 });
+    assert_eq!(units(&copy(), ino, at, 100_000), unit[..10]);
+    let new_ino = krg_proto::kdfs::inode_id(3, 9);
+    changed(
+        &s,
+        &m,
+        Q::StripeRename {
+            old: ino,
+            new: new_ino,
+        },
+    );
+    assert_eq!(units(&copy(), new_ino, at, 100), unit[..10]);
+    changed(&s, &m, Q::StripeDrop { ino });
+    assert!(units(&copy(), ino, at, 100).is_empty());
+    assert_eq!(units(&copy(), new_ino, at, 100), unit[..10]);
 }

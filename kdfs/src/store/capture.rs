@@ -54,8 +54,8 @@ fn answered_inode(resp: &KdfsResponse) -> Option<InodeId> {
 
 impl Store {
     /// What `req`, answered `resp` by this store, changed here. Empty for
-    /// a request that changes nothing mirrored (reads, locks, striped
-    /// files' units of other nodes) or that failed.
+    /// a request that changes nothing mirrored (reads, locks) or that
+    /// failed.
     pub fn mirror_changes(&self, req: &KdfsRequest, resp: &KdfsResponse) -> Res<Vec<MirrorChange>> {
         use KdfsRequest as Q;
         if matches!(resp, KdfsResponse::Errno(_)) {
@@ -114,6 +114,49 @@ impl Store {
                 return Ok(out);
             }
             Q::SyncStore => return Ok(vec![MirrorChange::Sync { local: None }]),
+            Q::StripeWrite { ino, offset, data } => {
+                if self.is_mine(*ino) {
+                    out.push(MirrorChange::Data {
+                        local: inode_local(*ino),
+                        offset: *offset,
+                        data: data.clone(),
+                    });
+                    t.inode(*ino);
+                } else {
+                    out.push(MirrorChange::StripeData {
+                        ino: *ino,
+                        offset: *offset,
+                        data: data.clone(),
+                    });
+                    // its data time: what the next full copy compares
+                    out.push(self.stripe_change(*ino)?);
+                }
+            }
+            Q::StripeTruncate { ino, .. } => out.push(self.stripe_change(*ino)?),
+            Q::StripeDrop { ino } => out.push(MirrorChange::StripeCopy {
+                ino: *ino,
+                state: None,
+            }),
+            Q::StripeSync { ino } if self.is_mine(*ino) => {
+                return Ok(vec![MirrorChange::Sync {
+                    local: Some(inode_local(*ino)),
+                }])
+            }
+            Q::StripeSync { ino } => return Ok(vec![MirrorChange::StripeSync { ino: *ino }]),
+            Q::StripeRename { old, .. } if self.is_mine(*old) => return Ok(Vec::new()),
+            Q::StripeRename { new, .. } if self.is_mine(*new) => {
+                // The units were merged into the file's object, anywhere
+                // in it: copied again (only what differs is sent).
+                return Err(StoreError::Invalid(
+                    "units merged into a striped file's object (the mirror is copied again)",
+                ));
+            }
+            Q::StripeRename { old, new } => {
+                return Ok(vec![MirrorChange::StripeLink {
+                    old: *old,
+                    new: *new,
+                }])
+            }
             Q::SetRoot { .. } => return self.meta_images(),
             Q::SetAttr { ino, .. }
             | Q::IncLink { ino }
@@ -293,6 +336,12 @@ impl Store {
             name: MetaFile::InoNext,
             image: self.top.read_optional(INO_NEXT)?,
         }))
+    }
+
+    /// Where regular file `local` holds data (its holes skipped).
+    pub fn object_extents(&self, local: u64) -> Res<Vec<(u64, u64)>> {
+        let ino = krg_proto::kdfs::inode_id(self.node(), local);
+        super::striping::data_extents(&self.objects.open_file(ino, false)?)
     }
 
     /// Up to `len` bytes of regular file `local` at `offset` (fewer at its end).

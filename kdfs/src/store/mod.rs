@@ -35,7 +35,7 @@ mod handles;
 mod lifetime;
 mod locks;
 mod objects;
-mod striping;
+pub(crate) mod striping;
 pub(crate) mod sys;
 mod xattr;
 

@@ -11,7 +11,10 @@
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
-use krg_proto::kdfs::{inode_node, FileKind, InodeId, KdfsResponse, StripeLayout, StripePolicy};
+use krg_proto::kdfs::{
+    inode_node, FileKind, InodeId, KdfsResponse, MirrorChange, StripeLayout, StripePolicy,
+    StripeState, Time,
+};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{linkat, lseek, unlinkat, UnlinkatFlags, Whence};
@@ -21,7 +24,7 @@ use super::error::{Res, StoreError};
 use super::Store;
 
 /// The name of striped file `ino`'s copy in `stripes/`.
-fn copy_name(ino: InodeId) -> String {
+pub(crate) fn copy_name(ino: InodeId) -> String {
     format!("{ino:016x}")
 }
 
@@ -331,18 +334,10 @@ impl Store {
 /// own units (at other offsets) is overwritten.
 fn merge_units(src: &File, dst: &File) -> Res<()> {
     const BLOCK: usize = 4096;
-    let len = i64::try_from(src.metadata()?.len()).unwrap_or(i64::MAX);
-    let mut at = 0i64;
-    while at < len {
-        let start = match lseek(src.as_fd(), at, Whence::SeekData) {
-            Ok(o) => o,
-            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
-            Err(e) => return Err(e.into()),
-        };
-        let end = lseek(src.as_fd(), start, Whence::SeekHole)?;
-        let mut off = start as u64;
-        while off < end as u64 {
-            let want = (end as u64 - off).min(1 << 20) as u32;
+    for (start, end) in data_extents(src)? {
+        let mut off = start;
+        while off < end {
+            let want = (end - off).min(1 << 20) as u32;
             let data = read_at(src, off, want)?;
             if data.is_empty() {
                 break;
@@ -354,7 +349,74 @@ fn merge_units(src: &File, dst: &File) -> Res<()> {
             }
             off += data.len() as u64;
         }
-        at = end;
     }
     Ok(())
+}
+
+/// What the mirror is told of this node's copies of other nodes' striped
+/// files (`mirror`): their state, bytes and extents.
+impl Store {
+    /// The copy of another node's striped file `ino` kept here; `None`:
+    /// there is none.
+    pub fn stripe_state(&self, ino: InodeId) -> Res<Option<StripeState>> {
+        match self.stripe_copy_of(ino, false, false)? {
+            Some(f) => Ok(Some(stripe_state_of(&f)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The change telling the mirror what the copy of `ino` is now.
+    pub fn stripe_change(&self, ino: InodeId) -> Res<MirrorChange> {
+        Ok(MirrorChange::StripeCopy {
+            ino,
+            state: self.stripe_state(ino)?,
+        })
+    }
+
+    /// Up to `len` bytes of the copy of `ino` at `offset` (empty if none).
+    pub fn stripe_copy_data(&self, ino: InodeId, offset: u64, len: u32) -> Res<Vec<u8>> {
+        match self.stripe_copy_of(ino, false, false)? {
+            Some(f) => read_at(&f, offset, len),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Where the copy of `ino` holds data (its holes skipped): `(start,
+    /// end)` ranges.
+    pub fn stripe_extents(&self, ino: InodeId) -> Res<Vec<(u64, u64)>> {
+        let Some(f) = self.stripe_copy_of(ino, false, false)? else {
+            return Ok(Vec::new());
+        };
+        data_extents(&f)
+    }
+}
+
+/// A copy's length and data time.
+pub(crate) fn stripe_state_of(f: &File) -> Res<StripeState> {
+    let m = nix::sys::stat::fstat(f.as_fd())?;
+    Ok(StripeState {
+        size: m.st_size as u64,
+        mtime: Time {
+            sec: m.st_mtime,
+            nsec: m.st_mtime_nsec as u32,
+        },
+    })
+}
+
+/// The ranges of `f` that hold data (`SEEK_DATA`/`SEEK_HOLE`).
+pub(crate) fn data_extents(f: &File) -> Res<Vec<(u64, u64)>> {
+    let len = i64::try_from(f.metadata()?.len()).unwrap_or(i64::MAX);
+    let mut v = Vec::new();
+    let mut at = 0i64;
+    while at < len {
+        let start = match lseek(f.as_fd(), at, Whence::SeekData) {
+            Ok(o) => o,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(f.as_fd(), start, Whence::SeekHole)?;
+        v.push((start as u64, end as u64));
+        at = end;
+    }
+    Ok(v)
 }

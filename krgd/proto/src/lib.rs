@@ -81,7 +81,11 @@ pub type SessionId = u32;
 /// 7: the parts' copies in the application's directory
 /// (`ProcRequest::ReadSaved`, `ProcPeerRequest::ReadSaved`), which an
 /// older krgd cannot decode.
-pub const PROTOCOL_VERSION: u16 = 7;
+///
+/// 8: the mirroring of kDFS stores (`KdfsRequest::Mirror`, `FromMirror`,
+/// `Replication`; [`kdfs::MirrorChange`] with the striped files' units),
+/// which an older krgd cannot decode.
+pub const PROTOCOL_VERSION: u16 = 8;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,

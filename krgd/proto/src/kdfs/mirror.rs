@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Bytes, FileKind, Time};
+use super::{Bytes, FileKind, InodeId, Time};
 
 /// Everything the store keeps of one object, but its data and, for a
 /// directory, its entries.
@@ -88,6 +88,57 @@ pub enum MirrorChange {
         /// The object, or the whole mirror.
         local: Option<u64>,
     },
+    /// Bytes of another node's striped file `ino` that the owner holds
+    /// (its copy in `stripes/`), at their offset in the file.
+    StripeData {
+        /// The striped file.
+        ino: InodeId,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The owner's copy of striped file `ino` (in `stripes/`) is now
+    /// `state` (made if missing), or gone (`None`).
+    StripeCopy {
+        /// The striped file.
+        ino: InodeId,
+        /// Its copy's length and data time.
+        state: Option<StripeState>,
+    },
+    /// The copy of striped file `old` gets `new`'s name too (its owner
+    /// left with it: `StripeRename`).
+    StripeLink {
+        /// The file's former id.
+        old: InodeId,
+        /// Its id now.
+        new: InodeId,
+    },
+    /// Flush the copy of striped file `ino` to disk.
+    StripeSync {
+        /// The striped file.
+        ino: InodeId,
+    },
+}
+
+/// A copy of another node's striped file: a sparse file, the units its
+/// holder keeps at their own offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeState {
+    /// Its length.
+    pub size: u64,
+    /// Its last data change.
+    pub mtime: Time,
+}
+
+/// What a mirror holds (`Begin`'s answer): enough to skip what did not
+/// change since it was copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorInventory {
+    /// Its objects.
+    pub objects: Vec<MirroredObject>,
+    /// Its copies of other nodes' striped files, by file.
+    pub stripes: Vec<(InodeId, StripeState)>,
 }
 
 /// The meta-files of a store a mirror keeps.

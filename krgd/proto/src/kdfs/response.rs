@@ -120,7 +120,7 @@ pub enum KdfsResponse {
         done: bool,
     },
     /// To `MirrorRequest::Begin`: what the mirror holds of the owner's store.
-    Mirrored(Vec<super::MirroredObject>),
+    Mirrored(super::MirrorInventory),
     /// To `Replication`.
     Replication(super::ReplicaState),
 }

@@ -1,7 +1,9 @@
 //! What the owner of a striped file does on the other holders' copies
 //! (the layout and the copies: `kdfs::store::striping`): a truncate cuts
 //! them first, and a removed file's copies are dropped afterwards. The
-//! FUSE client sends reads and writes to every holder itself.
+//! FUSE client sends reads and writes to every holder itself. A holder
+//! the cluster marks failed is asked through its mirror (a mirrored
+//! store's copies are mirrored with it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,25 @@ const HOLDER_WAIT: Duration = Duration::from_secs(15);
 
 impl KdfsService {
     async fn ask_holder(&self, node: NodeId, req: KdfsRequest) -> Result<(), String> {
+        match self.call_holder(node, req.clone()).await {
+            Err(e) if super::mirror::is_failed(&self.ctx, node) => {
+                let members = super::mirror::members(&self.ctx);
+                let Some(m) = kdfs::mirror::mirror_of(node, &members) else {
+                    return Err(e);
+                };
+                let req = KdfsRequest::FromMirror {
+                    node,
+                    req: Box::new(req),
+                };
+                self.call_holder(m, req)
+                    .await
+                    .map_err(|m_err| format!("{e}; its mirror node {m}: {m_err}"))
+            }
+            r => r,
+        }
+    }
+
+    async fn call_holder(&self, node: NodeId, req: KdfsRequest) -> Result<(), String> {
         match self
             .ctx
             .peers

@@ -67,11 +67,11 @@ impl Mirroring {
 
 /// The members as the mirror rule sees them, and whether `node` is
 /// marked failed among them.
-fn members(ctx: &NodeContext) -> Vec<NodeId> {
+pub(super) fn members(ctx: &NodeContext) -> Vec<NodeId> {
     ctx.view().members().map(|m| m.id).collect()
 }
 
-fn is_failed(ctx: &NodeContext, node: NodeId) -> bool {
+pub(super) fn is_failed(ctx: &NodeContext, node: NodeId) -> bool {
     ctx.view()
         .members()
         .any(|m| m.id == node && m.state == NodeState::Failed)

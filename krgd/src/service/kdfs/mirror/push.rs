@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kdfs::mirror::full;
 use kdfs::store::Store;
-use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest, MirroredObject};
+use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorInventory, MirrorRequest};
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::NodeId;
 use tokio::sync::Mutex;
@@ -52,7 +52,7 @@ pub async fn send(
     store: NodeId,
     req: MirrorRequest,
     wait: Duration,
-) -> (Sent, Option<Vec<MirroredObject>>) {
+) -> (Sent, Option<MirrorInventory>) {
     let from = ctx.node_id();
     let req = PeerRequest::Kdfs(KdfsRequest::Mirror { from, store, req });
     match ctx.peers.call(to, req, wait).await {
