@@ -298,3 +298,57 @@ fn a_frozen_node_thawed_serves_nothing_stale() {
     });
     assert_eq!(fs::read(&on2).unwrap(), b"new");
 }
+
+/// Node 2's disk lost: its krgd killed, its store erased, formatted again
+/// (`mkfs.kdfs --replicas 2`). The new, empty store gets node 2's files
+/// back from its mirror — those made before, and those changed while it
+/// was down — before it is served; then node 2 serves them again.
+#[test]
+fn a_node_formatted_again_after_its_disk_was_lost_gets_its_files_back() {
+    let mut c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
+    let d = c.mnt(1).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("big"), pattern(5 << 20, 3)).unwrap();
+    fs::write(d.join("small"), b"small").unwrap();
+    std::os::unix::fs::symlink("small", d.join("link")).unwrap();
+    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
+        c.mirrored(1)
+    });
+    fs::write(d.join("after-copy"), b"after the copy").unwrap();
+
+    c.kill_krgd(1);
+    let through_1 = c.mnt(0).join("d");
+    fs::write(through_1.join("small"), b"changed while node 2 was down").unwrap();
+    let want = what_a_reader_sees(&through_1);
+    c.umount(1);
+    // The disk is gone: an empty directory where the store was.
+    let store = c.nodes[1].store.clone();
+    fs::remove_dir_all(&store).unwrap();
+    fs::create_dir(&store).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o700)).unwrap();
+    c.start_krgd(1);
+    let o = c.mkfs_with(1, 1, &["--replicas", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    wait_until(
+        "node 2 serves its store again",
+        Duration::from_secs(30),
+        || {
+            let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
+            log.contains("restored from its mirror") && log.contains("this node serves its store")
+        },
+    );
+    assert_eq!(what_a_reader_sees(&through_1), want);
+    assert!(c.mount(1, "").status.success());
+    assert_eq!(what_a_reader_sees(&c.mnt(1).join("d")), want);
+    assert_eq!(
+        fs::read(c.mnt(1).join("d/small")).unwrap(),
+        b"changed while node 2 was down"
+    );
+    // Served by node 2 (the mirror hands it back): new files go on there.
+    fs::write(c.mnt(1).join("d/new"), b"new").unwrap();
+    assert_eq!(fs::read(through_1.join("new")).unwrap(), b"new");
+    let (st, code) = status(&c, 0);
+    assert!(st.contains("node 2: mirrored on node 3"), "{st}");
+    assert_eq!(code, Some(0), "{st}");
+}

@@ -22,8 +22,9 @@ use krg_proto::NodeId;
 ///
 /// With --replicas 2, every change to DIR is also made, before it is
 /// answered, to a copy of DIR kept by the next member (DIR/mirrors/<this
-/// node> there), which serves this node's files for reading while this
-/// node is down.
+/// node> there), which serves this node's files while this node is down.
+/// A node formatted again (its disk was lost) gets its files back from
+/// that copy before its krgd serves the new DIR.
 #[derive(Parser, Debug)]
 #[command(name = "mkfs.kdfs", version)]
 struct Args {
@@ -35,8 +36,8 @@ struct Args {
     #[arg(long)]
     force: bool,
     /// Copies of each file kept on this node: 1, or 2 (the second on the
-    /// next member in id order, which serves reads of them while this node
-    /// is down). Give the same on every node.
+    /// next member in id order, which serves them while this node is
+    /// down). Give the same on every node.
     #[arg(long, value_name = "N", default_value_t = 1)]
     replicas: u8,
     /// Admin socket of the local krgd.

@@ -105,9 +105,11 @@ pub fn step(
                 // (a striped file's object holds only the owner's units).
                 // (gone meanwhile: its own change says so)
                 let extents = store.object_extents(local).unwrap_or_default();
-                more.extend(
-                    pieces(extents).map(|(offset, len)| CopyStep::Data { local, offset, len }),
-                );
+                more.extend(pieces(extents).map(|(offset, len)| CopyStep::Data {
+                    local,
+                    offset,
+                    len,
+                }));
                 more.push(CopyStep::Attrs(local));
             }
             changes.push(MirrorChange::Object {

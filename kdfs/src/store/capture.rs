@@ -313,6 +313,12 @@ impl Store {
         }
     }
 
+    /// Whether this store was ever served as a mirrored store (it has a
+    /// generation): one formatted again after its disk was lost has not.
+    pub fn served_before(&self) -> Res<bool> {
+        Ok(self.top.read_generation()?.is_some())
+    }
+
     pub fn set_generation(&self, generation: u32) -> Res<()> {
         Ok(self.top.write_generation(generation)?)
     }

@@ -198,6 +198,14 @@ pub enum MirrorRequest {
         /// The generation the mirror took it over as.
         generation: u32,
     },
+    /// From a node whose store was never served (formatted again after
+    /// its disk was lost), to its mirror: copy back the store it keeps of
+    /// file system `fs_id`, served (taken over) or a complete copy, then
+    /// answer `Restored`; `ENOENT`: it keeps none.
+    Restore {
+        /// The file system the node's store belongs to.
+        fs_id: u128,
+    },
     /// The full copy of this session is complete: from now on the copy
     /// may serve the owner's files while the owner is down.
     Synced {

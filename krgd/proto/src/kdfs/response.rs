@@ -123,4 +123,10 @@ pub enum KdfsResponse {
     Mirrored(super::MirrorInventory),
     /// To `Replication`.
     Replication(super::ReplicaState),
+    /// To `MirrorRequest::Restore`: the store was copied back, as the
+    /// mirror had it at `generation`.
+    Restored {
+        /// The generation the mirror's copy was (or was served as).
+        generation: u32,
+    },
 }

@@ -16,6 +16,7 @@ use krg_proto::kdfs::MirrorRequest;
 
 use super::copies::HAND_BACK_WAIT;
 use super::push::{self, Sent};
+use super::restore::Restore;
 use crate::service::kdfs::KdfsService;
 use crate::service::placement::kdfs_key;
 use crate::sync;
@@ -151,6 +152,25 @@ impl KdfsService {
             if self.ctx.view().cut_off {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
+            }
+            if !store.served_before().unwrap_or(true) {
+                match self.restore_from_mirror(store).await {
+                    Restore::Done(generation) => {
+                        match self.serve_restored(store, generation).await {
+                            // the store opened again is claimed next
+                            Ok(()) => return,
+                            Err(why) => tracing::error!(%why, "kdfs mirror: restored, not served"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Restore::Nothing => {}
+                    Restore::Later(why) => {
+                        tracing::warn!(%why, "kdfs mirror: a store never served waits for its mirror's copy");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
             }
             let generation = match store.generation() {
                 Ok(g) => g.wrapping_add(1),

@@ -163,6 +163,51 @@ impl Copies {
                 }
             }
             MirrorRequest::HandBack { generation } => self.hand_back(ctx, from, generation).await,
+            MirrorRequest::Restore { fs_id } => self.restore(ctx, from, fs_id).await,
+        }
+    }
+
+    /// `owner`'s store was never served (formatted again: its disk was
+    /// lost): copy back what this node keeps of it — the store it serves
+    /// (handed back as `HandBack` does) or its complete copy — if it is of
+    /// file system `fs_id`.
+    async fn restore(&self, ctx: &Arc<NodeContext>, owner: NodeId, fs_id: u128) -> KdfsResponse {
+        let Some(slot) = self.get(owner) else {
+            return errno(libc::ENOENT);
+        };
+        let c = slot.lock().await;
+        let generation = c.generation;
+        let Some(copy) = c.served.clone().or_else(|| c.view.clone()) else {
+            return errno(libc::ENOENT);
+        };
+        if copy.superblock().fs_id != fs_id {
+            return errno(libc::ENOENT);
+        }
+        tracing::warn!(
+            owner,
+            generation,
+            "kdfs mirror: the node's store was formatted again; copying back what this node keeps of it"
+        );
+        if c.served.is_some() {
+            drop(c);
+            return match self.hand_back(ctx, owner, generation).await {
+                KdfsResponse::Done => KdfsResponse::Restored { generation },
+                other => other,
+            };
+        }
+        // A complete copy nobody changes: its owner serves nothing until
+        // it has it back (the slot stays locked meanwhile).
+        let session = tokio::sync::Mutex::new(Session {
+            to: Some(owner),
+            generation,
+            ..Session::default()
+        });
+        match push::full_copy(ctx, &session, &copy, owner, owner).await {
+            Ok(()) => KdfsResponse::Restored { generation },
+            Err(why) => {
+                tracing::warn!(owner, %why, "kdfs mirror: the store was not copied back");
+                errno(libc::EAGAIN)
+            }
         }
     }
 

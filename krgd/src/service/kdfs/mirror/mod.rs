@@ -7,6 +7,8 @@
 //!   or the mirror lost track;
 //! * `claim`: when this node serves its own store (claimed in the Raft
 //!   log), and taking it back from the mirror that served it meanwhile;
+//! * `restore`: a store formatted again (its disk lost) gets its files
+//!   back from its mirror before it is first served;
 //! * `copies`: the copies kept here — applying an owner's changes,
 //!   answering reads of its files while it is down, taking its store over
 //!   when it failed, handing it back.
@@ -19,6 +21,7 @@ mod claim;
 mod copies;
 mod owner;
 mod push;
+mod restore;
 
 pub use claim::Beat;
 pub use copies::Copies;

@@ -1,0 +1,104 @@
+//! A node whose disk was lost is formatted again (`mkfs.kdfs --replicas
+//! 2`): its new store is empty, but its files live on in its mirror — the
+//! store the mirror took over when the node failed, or its complete copy.
+//! Before such a store (one never served: it has no generation yet) is
+//! first claimed, the node asks its mirror for it (`Restore`); the mirror
+//! copies it back, and the node serves it from the generation after the
+//! mirror's. Serving the empty store instead would leave the entries that
+//! other nodes' directories hold of its files dangling, and its first full
+//! copy would empty the mirror's.
+
+use std::sync::Arc;
+
+use kdfs::store::Store;
+use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest};
+use krg_proto::peer::{PeerRequest, PeerResponse};
+
+use super::copies::HAND_BACK_WAIT;
+use crate::service::kdfs::KdfsService;
+use crate::sync;
+
+/// What asking the mirror for a never-served store gave.
+pub(super) enum Restore {
+    /// Copied back, as the mirror had it at this generation.
+    Done(u32),
+    /// The mirror keeps nothing of it (or there is no mirror to ask):
+    /// the store is served as it is.
+    Nothing,
+    /// Not now (the mirror did not answer): ask again later.
+    Later(String),
+}
+
+impl KdfsService {
+    /// Ask this node's mirror for `store`, which was never served.
+    pub(super) async fn restore_from_mirror(&self, store: &Arc<Store>) -> Restore {
+        let me = self.ctx.node_id();
+        let Some(mirror) = kdfs::mirror::mirror_of(me, &super::members(&self.ctx)) else {
+            return Restore::Nothing;
+        };
+        if super::is_failed(&self.ctx, mirror) {
+            tracing::warn!(
+                mirror,
+                "kdfs mirror: a store never served, and its mirror is down: served as it is"
+            );
+            return Restore::Nothing;
+        }
+        let req = KdfsRequest::Mirror {
+            from: me,
+            store: me,
+            req: MirrorRequest::Restore {
+                fs_id: store.superblock().fs_id,
+            },
+        };
+        *sync::lock(&self.mirroring.handing_back) = Some(mirror);
+        let answer = self
+            .ctx
+            .peers
+            .call(mirror, PeerRequest::Kdfs(req), HAND_BACK_WAIT)
+            .await;
+        *sync::lock(&self.mirroring.handing_back) = None;
+        self.mirroring.copies.forget(me);
+        match answer {
+            Ok(PeerResponse::Kdfs(KdfsResponse::Restored { generation })) => {
+                tracing::warn!(
+                    mirror,
+                    generation,
+                    "kdfs mirror: this node's store was restored from its mirror"
+                );
+                Restore::Done(generation)
+            }
+            Ok(PeerResponse::Kdfs(KdfsResponse::Errno(libc::ENOENT))) => Restore::Nothing,
+            // A mirror that serves no store keeps no copy either.
+            Ok(PeerResponse::Error(e)) if e.kind == krg_proto::admin::ErrorKind::Unavailable => {
+                Restore::Nothing
+            }
+            Ok(other) => Restore::Later(format!("node {mirror} answered {other:?}")),
+            Err(e) => Restore::Later(format!("node {mirror}: {e}")),
+        }
+    }
+
+    /// `store` holds what the mirror copied back, as generation
+    /// `generation`: record it and serve the store opened again (what it
+    /// keeps in memory — the next inode numbers, the root — came from the
+    /// empty store). The claim then starts over with the new one.
+    pub(super) async fn serve_restored(
+        &self,
+        store: &Arc<Store>,
+        generation: u32,
+    ) -> Result<(), String> {
+        store
+            .set_generation(generation)
+            .map_err(|e| format!("cannot record the generation: {e}"))?;
+        let (dir, node, fs_id) = (
+            store.dir().to_path_buf(),
+            self.ctx.node_id(),
+            store.superblock().fs_id,
+        );
+        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, node, Some(fs_id)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the restored store does not open: {e}"))?;
+        self.set_store(Some(Arc::new(opened)));
+        Ok(())
+    }
+}
