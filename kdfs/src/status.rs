@@ -12,14 +12,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use krg_proto::auth::{ClusterKey, Identity, Role};
-use krg_proto::kdfs::{KdfsAdminReply, KdfsAdminRequest, KdfsRequest, KdfsResponse, ReplicaState};
+use krg_proto::kdfs::{KdfsRequest, KdfsResponse, ReplicaState};
 use krg_proto::NodeId;
 use serde::Serialize;
 
-use crate::client::conn::{self, Cluster};
+use crate::client::conn::Cluster;
 use crate::error::KdfsError;
-use crate::format;
+use crate::members::Members;
 
 /// How long a member may take to say how full its store is.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -103,50 +102,13 @@ pub async fn gather(
     keyfile: &Path,
     mount: Option<&Path>,
 ) -> Result<Status, KdfsError> {
-    let KdfsAdminReply::Info {
+    let Members {
         node,
-        session,
-        addr,
-        cluster_started,
         members,
-        attached,
-    } = conn::admin_call(socket, KdfsAdminRequest::Info).await?
-    else {
-        return Err(KdfsError::Invalid("krgd answered out of turn".into()));
-    };
-    let store = PathBuf::from(attached.ok_or_else(|| {
-        KdfsError::Invalid(
-            "the local krgd serves no kDFS store (mkfs.kdfs DIR ROOT_NODEID attaches one)".into(),
-        )
-    })?);
-    if let Some(m) = mount {
-        check_mount(m, &store)?;
-    }
-    let sb = format::read_superblock(&store)?;
-    let key = ClusterKey::from_file(keyfile).map_err(|e| KdfsError::Invalid(e.to_string()))?;
-    let me = Identity {
-        session,
-        node,
-        role: Role::Tool,
-    };
-    let info = conn::LocalInfo {
-        node,
-        session,
-        addr,
-        cluster_started,
-        members: members.iter().map(|m| (m.id, m.addr)).collect(),
-        failed: Vec::new(),
-    };
-    // Each store asked of its own node (not of a mirror): status says
-    // where things are.
-    let cluster = Cluster::new(
-        key,
-        me,
-        socket.to_path_buf(),
-        Default::default(),
-        &info,
-        false,
-    );
+        store,
+        sb,
+        cluster,
+    } = crate::members::connect(socket, keyfile, mount).await?;
     let mut nodes = Vec::new();
     for m in members {
         let store = if m.online {

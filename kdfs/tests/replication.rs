@@ -352,3 +352,84 @@ fn a_node_formatted_again_after_its_disk_was_lost_gets_its_files_back() {
     assert!(st.contains("node 2: mirrored on node 3"), "{st}");
     assert_eq!(code, Some(0), "{st}");
 }
+
+/// `kdfsctl replicas 2` through node index `i`: its output and exit code.
+fn set_replicas(c: &Cluster, i: usize, copies: &str) -> (String, String, Option<i32>) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
+        .arg("--socket")
+        .arg(&c.nodes[i].sock)
+        .arg("--keyfile")
+        .arg(&c.key)
+        .args(["replicas", copies])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        o.status.code(),
+    )
+}
+
+/// A single-copy kDFS converted with `kdfsctl replicas 2`: refused while
+/// kdfs is mounted on a node (the mount writes its store in place);
+/// unmounted everywhere, every store keeps two copies from then on, its
+/// mirror copied in the background; mounted again, a node's files
+/// outlive its krgd.
+#[test]
+fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
+    let mut c = Cluster::with_kdfs(3);
+    fs::create_dir(c.mnt(1).join("d")).unwrap();
+    fs::write(c.mnt(1).join("d/f"), pattern(3 << 20, 5)).unwrap();
+    fs::write(c.mnt(0).join("on1"), b"node 1").unwrap();
+
+    let (out, err, code) = set_replicas(&c, 0, "2");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("node 2: not changed: its store is in use on that node"),
+        "{out}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (st, _) = status(&c, 0);
+    assert!(st.contains("copies: 1 (no replication)"), "{st}");
+    let (_, err, code) = set_replicas(&c, 0, "3");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("3 copies: a store keeps 1 or 2"), "{err}");
+    assert_eq!(set_replicas(&c, 0, "many").2, Some(2), "a bad command line");
+
+    for i in 0..3 {
+        c.umount(i);
+    }
+    // (a mount.kdfs may take a moment to exit after its umount)
+    let mut last = String::new();
+    wait_until("every store converted", Duration::from_secs(15), || {
+        let (out, _, code) = set_replicas(&c, 0, "2");
+        last = out;
+        code == Some(0)
+    });
+    for n in 1..=3 {
+        assert!(
+            last.contains(&format!("node {n}: keeps 2 copies")),
+            "{last}"
+        );
+    }
+    for i in 0..3 {
+        assert!(c.mount(i, "").status.success());
+    }
+    wait_until(
+        "every store's mirror copied",
+        Duration::from_secs(60),
+        || (0..3).all(|i| c.mirrored(i)),
+    );
+    let (st, code) = status(&c, 0);
+    assert!(st.contains("copies: 2:"), "{st}");
+    assert!(st.contains("node 2: mirrored on node 3 (in sync)"), "{st}");
+    assert_eq!(code, Some(0), "{st}");
+
+    c.kill_krgd(1);
+    assert_eq!(fs::read(c.mnt(0).join("d/f")).unwrap(), pattern(3 << 20, 5));
+    fs::write(c.mnt(0).join("d/g"), b"while node 2 is down").unwrap();
+    assert_eq!(
+        fs::read(c.mnt(2).join("d/g")).unwrap(),
+        b"while node 2 is down"
+    );
+}

@@ -1,5 +1,6 @@
-//! kdfsctl: look at a kDFS from any node (`kdfsctl status`), and stripe
-//! its directories (`kdfsctl stripe`).
+//! kdfsctl: look at a kDFS from any node (`kdfsctl status`), stripe its
+//! directories (`kdfsctl stripe`), convert it to two copies (`kdfsctl
+//! replicas`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,12 +12,13 @@ const EXIT_DEGRADED: u8 = 3;
 
 /// Look at the kDFS this node's krgd serves: which nodes serve a store of
 /// it, how full each is, and whose files cannot be reached now; show and
-/// set how its files are striped over nodes.
+/// set how its files are striped over nodes; have every store keep two
+/// copies of its files.
 #[derive(Parser, Debug)]
 #[command(
     name = "kdfsctl",
     version,
-    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json\n  kdfsctl stripe 4M:4 /mnt/kdfs/big\n  kdfsctl stripe /mnt/kdfs/big/file\n  kdfsctl stripe off /mnt/kdfs/big"
+    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json\n  kdfsctl stripe 4M:4 /mnt/kdfs/big\n  kdfsctl stripe /mnt/kdfs/big/file\n  kdfsctl stripe off /mnt/kdfs/big\n  kdfsctl replicas 2      (kdfs unmounted on every node)"
 )]
 struct Args {
     /// krgd admin socket.
@@ -53,6 +55,49 @@ enum Command {
         #[arg(num_args = 1..=2, required = true, value_name = "[UNIT:COUNT|off] PATH")]
         args: Vec<String>,
     },
+    /// Have every member's store keep COPIES copies of its files (1 or 2)
+    /// from now on: a single-copy kDFS becomes `--replicas 2`, each
+    /// store's copy made on its mirror (the next member) in the
+    /// background — `kdfsctl status` shows each one `copying`, then `in
+    /// sync`. Each node refuses while its store is in use there (a kdfs
+    /// mount writes it in place): unmount kdfs on every node first, mount
+    /// it again after. A member down is left as it is: run it again once
+    /// it is back. Fewer copies than now is refused.
+    Replicas {
+        /// 1 or 2.
+        copies: u8,
+    },
+}
+
+/// `kdfsctl replicas`: one line per member; exit 1 unless every one keeps
+/// `copies` copies now.
+fn replicas(rt: &tokio::runtime::Runtime, args: &Args, copies: u8) -> ExitCode {
+    let done = rt.block_on(kdfs::replicasctl::set(&args.socket, &args.keyfile, copies));
+    let nodes = match done {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("kdfsctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for (node, outcome) in nodes {
+        match outcome {
+            Ok(()) => println!("node {node}: keeps {copies} copies"),
+            Err(why) => {
+                failed = true;
+                println!("node {node}: not changed: {why}");
+            }
+        }
+    }
+    if failed {
+        eprintln!("kdfsctl: some stores were not changed (see above)");
+        return ExitCode::FAILURE;
+    }
+    if copies > 1 {
+        println!("each store's copy is made in the background: kdfsctl status shows it");
+    }
+    ExitCode::SUCCESS
 }
 
 /// `kdfsctl stripe`: prints what it set or found; exit 1 with one line on error.
@@ -91,10 +136,6 @@ fn stripe(args: &[String]) -> ExitCode {
 fn main() -> ExitCode {
     krg_clidoc::intercept::<Args>(&PAGE);
     let args = Args::parse();
-    let (json, mount) = match args.command {
-        Command::Status { json, mount } => (json, mount),
-        Command::Stripe { args } => return stripe(&args),
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,6 +145,11 @@ fn main() -> ExitCode {
             eprintln!("kdfsctl: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let (json, mount) = match &args.command {
+        Command::Status { json, mount } => (*json, mount.clone()),
+        Command::Stripe { args } => return stripe(args),
+        Command::Replicas { copies } => return replicas(&rt, &args, *copies),
     };
     let asked = kdfs::status::gather(&args.socket, &args.keyfile, mount.as_deref());
     let status = match rt.block_on(asked) {
@@ -137,8 +183,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
     sections: &[
         krg_clidoc::Section {
             title: "EXIT STATUS",
-            body: "0: every member's files can be reached (status; a failed member's through its mirror); the striping was shown or set (stripe).
-1: no status: krgd unreachable, no store attached here, the cluster key unreadable; or stripe refused (not on a kDFS mount, not the directory's owner, a bad UNIT:COUNT); one line says why.
+            body: "0: every member's files can be reached (status; a failed member's through its mirror); the striping was shown or set (stripe); every member keeps the copies asked (replicas).
+1: no status: krgd unreachable, no store attached here, the cluster key unreadable; or stripe refused (not on a kDFS mount, not the directory's owner, a bad UNIT:COUNT); or some member did not change (replicas: its line says why); one line on stderr says why.
 2: bad command line.
 3: the status was printed, and some member's files cannot be reached now (it is failed or does not answer, and no mirror serves them).",
         },

@@ -38,7 +38,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::KdfsError;
 
 mod mkfs;
+mod users;
 pub use mkfs::{mkfs, MkfsOptions, FIRST_INO};
+pub use users::other_users;
 
 pub const SUPERBLOCK: &str = "kdfs.sb";
 pub const ROOT_META: &str = "root.meta";

@@ -78,6 +78,7 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
             | Q::Mirror { .. }
             | Q::FromMirror { .. }
             | Q::Replication
+            | Q::SetReplicas { .. }
             | Q::ReleaseMany { .. }
     )
 }

@@ -373,6 +373,17 @@ impl Store {
         self.sb.replicas
     }
 
+    /// Write in the superblock that the store keeps `copies` copies (what
+    /// this `Store` was opened with does not change: open it again).
+    pub fn set_replicas(&self, copies: u8) -> Res<()> {
+        let sb = crate::format::Superblock {
+            replicas: copies,
+            layout: self.sb.layout.max(crate::format::LAYOUT_VERSION),
+            ..self.sb.clone()
+        };
+        Ok(self.top.write_superblock(&sb)?)
+    }
+
     /// The store's top directory (a mirror kept in it opens its own).
     pub(crate) fn top_dir(&self) -> &crate::format::StoreDir {
         &self.top

@@ -218,7 +218,8 @@ impl Store {
             | Q::HandOver
             | Q::Mirror { .. }
             | Q::FromMirror { .. }
-            | Q::Replication => return Err(StoreError::NotSupported),
+            | Q::Replication
+            | Q::SetReplicas { .. } => return Err(StoreError::NotSupported),
         })
     }
 

@@ -537,6 +537,15 @@ pub enum KdfsRequest {
     /// How this node's store and the copies it keeps stand; answered
     /// with `Replication`.
     Replication,
+    /// Keep `copies` copies of this node's store from now on (`kdfsctl
+    /// replicas`): its superblock says so, and its mirroring starts with a
+    /// full copy. `Done`; `EBUSY`: a mount of the store is up on this node
+    /// (it would go on writing the store in place, unseen by its mirror);
+    /// `ENOTSUP`: fewer copies than now; `EINVAL`: not 1 or 2.
+    SetReplicas {
+        /// 1 or 2.
+        copies: u8,
+    },
     /// A request about node `node`'s files, asked of its mirror while
     /// `node` does not answer: served by the mirror when it took the store
     /// over (`node` failed), else answered from its copy when it is a read

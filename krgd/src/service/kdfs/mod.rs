@@ -32,6 +32,7 @@ mod drain;
 mod handover;
 mod holders;
 mod mirror;
+mod replicas;
 mod striping;
 
 pub use handover::KdfsHandOver;
@@ -192,6 +193,22 @@ impl KdfsService {
 
     fn set_store(&self, s: Option<Arc<Store>>) {
         *sync::write(&self.store) = s;
+    }
+
+    /// Serve `store` opened again: what it keeps in memory (superblock,
+    /// next inode numbers, root) changed on disk.
+    async fn reopen_store(&self, store: &Store) -> Result<(), String> {
+        let (dir, node, fs_id) = (
+            store.dir().to_path_buf(),
+            self.ctx.node_id(),
+            store.superblock().fs_id,
+        );
+        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, node, Some(fs_id)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the store does not open again: {e}"))?;
+        self.set_store(Some(Arc::new(opened)));
+        Ok(())
     }
 
     fn info(&self) -> KdfsAdminReply {
@@ -374,6 +391,9 @@ impl KdfsService {
             }
             KdfsRequest::Replication => {
                 return Ok(KdfsResponse::Replication(self.replication(&store).await))
+            }
+            KdfsRequest::SetReplicas { copies } => {
+                return Ok(self.set_replicas(&store, copies).await)
             }
             _ => {}
         }
