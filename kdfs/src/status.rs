@@ -267,9 +267,15 @@ fn replication_line(n: &NodeStatus, down: &[NodeId]) -> Option<String> {
                 format!("mirrored on node {m}, which is down: one copy until it is back")
             }
             (true, Some(m), true) => format!("mirrored on node {m} (in sync)"),
-            (true, Some(m), false) => {
-                format!("mirrored on node {m} (copying: not yet a full copy)")
-            }
+            (true, Some(m), false) => match r.copying {
+                Some(p) => format!(
+                    "mirrored on node {m} (copying: {} of {} objects looked at, {} sent)",
+                    p.done,
+                    p.of,
+                    human(p.bytes)
+                ),
+                None => format!("mirrored on node {m} (copying: not yet a full copy)"),
+            },
         });
     }
     let list = |v: &[NodeId]| {
@@ -469,5 +475,40 @@ mod tests {
         assert_eq!(j["nodes"][0]["state"], "serving");
         assert_eq!(j["nodes"][2]["state"], "down");
         assert_eq!(j["copies"], 1);
+    }
+
+    #[test]
+    fn a_copy_under_way_shows_how_far_it_is() {
+        let serving = StoreState::Serving {
+            size: 1 << 30,
+            used: 0,
+            avail: 1 << 30,
+            inodes: 10,
+            inodes_free: 5,
+        };
+        let mut n = node(2, serving);
+        n.replication = Some(ReplicaState {
+            replicas: 2,
+            serving: true,
+            generation: 7,
+            mirror: Some(3),
+            mirror_synced: false,
+            copies_of: Vec::new(),
+            serves_for: Vec::new(),
+            copying: Some(krg_proto::kdfs::CopyProgress {
+                done: 3,
+                of: 10,
+                bytes: 1 << 20,
+            }),
+        });
+        let mut s = status(vec![n]);
+        s.copies = 2;
+        let t = render(&s);
+        assert!(
+            t.contains(
+                "node 2: mirrored on node 3 (copying: 3 of 10 objects looked at, 1.0M sent)"
+            ),
+            "{t}"
+        );
     }
 }

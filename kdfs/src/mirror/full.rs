@@ -37,6 +37,17 @@ pub enum CopyStep {
     StripeAttrs(InodeId),
 }
 
+impl CopyStep {
+    /// Whether this step looks at one object (or copy of a striped file):
+    /// what a copy's progress counts.
+    pub fn is_object(&self) -> bool {
+        matches!(
+            self,
+            CopyStep::Object(_) | CopyStep::Drop(_) | CopyStep::Stripe(_)
+        )
+    }
+}
+
 /// The steps copying `store` over a mirror that holds `have`.
 pub fn plan(store: &Store, have: &MirrorInventory) -> Res<Vec<CopyStep>> {
     let mut mine = store.object_locals()?;

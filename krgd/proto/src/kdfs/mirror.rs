@@ -233,4 +233,17 @@ pub struct ReplicaState {
     pub copies_of: Vec<crate::NodeId>,
     /// Nodes whose stores it serves, having taken them over.
     pub serves_for: Vec<crate::NodeId>,
+    /// How far the full copy to its mirror is, while one runs.
+    pub copying: Option<CopyProgress>,
+}
+
+/// How far a full copy of a store is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    /// Objects (and copies of striped files) looked at so far.
+    pub done: u64,
+    /// Objects (and copies of striped files) to look at in all.
+    pub of: u64,
+    /// Bytes sent so far.
+    pub bytes: u64,
 }

@@ -31,8 +31,8 @@ pub use bytes::Bytes;
 pub use cache::Inval;
 pub use lock::{LockHolder, LockKind, LockSpec};
 pub use mirror::{
-    MetaFile, MirrorChange, MirrorInventory, MirrorRequest, MirroredObject, ObjectState,
-    ReplicaState, StripeState,
+    CopyProgress, MetaFile, MirrorChange, MirrorInventory, MirrorRequest, MirroredObject,
+    ObjectState, ReplicaState, StripeState,
 };
 pub use response::KdfsResponse;
 pub use stripe::{Piece, StripeError, StripeLayout, StripePolicy};

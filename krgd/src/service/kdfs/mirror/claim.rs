@@ -49,7 +49,7 @@ impl KdfsService {
         &self,
         store: &Store,
     ) -> krg_proto::kdfs::ReplicaState {
-        let (mirror, mirror_synced, generation) = self.mirroring.owner.state().await;
+        let (mirror, mirror_synced, generation, copying) = self.mirroring.owner.state().await;
         let (copies_of, serves_for) = self.mirroring.copies.kept(self.ctx.node_id()).await;
         let mirrored = store.replicas() > 1;
         krg_proto::kdfs::ReplicaState {
@@ -60,6 +60,7 @@ impl KdfsService {
             mirror_synced: mirrored && mirror_synced,
             copies_of,
             serves_for,
+            copying: copying.filter(|_| mirrored),
         }
     }
 
@@ -130,7 +131,7 @@ impl KdfsService {
         if !self.mirroring.claimed.load(Ordering::Acquire) {
             return false;
         }
-        let (_, _, generation) = self.mirroring.owner.state().await;
+        let (_, _, generation, _) = self.mirroring.owner.state().await;
         let me = self.ctx.node_id();
         let next = kdfs_key(me, generation.wrapping_add(1));
         match self.mirroring.placement.decided(next).await {

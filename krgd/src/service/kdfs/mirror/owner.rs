@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kdfs::mirror::mirror_of;
 use kdfs::store::Store;
-use krg_proto::kdfs::{KdfsRequest, KdfsResponse};
+use krg_proto::kdfs::{CopyProgress, KdfsRequest, KdfsResponse};
 use tokio::sync::Mutex;
 
 use super::push::{self, Sent, Session};
@@ -57,10 +57,11 @@ impl Owner {
         self.restart(ctx, store, &mut s);
     }
 
-    /// The mirror, whether it holds a full current copy, the generation.
-    pub async fn state(&self) -> (Option<krg_proto::NodeId>, bool, u32) {
+    /// The mirror, whether it holds a full current copy, the generation,
+    /// how far the full copy is while one runs.
+    pub async fn state(&self) -> (Option<krg_proto::NodeId>, bool, u32, Option<CopyProgress>) {
         let s = self.session.lock().await;
-        (s.to, s.synced, s.generation)
+        (s.to, s.synced, s.generation, s.progress)
     }
 
     /// After `req` was served as `resp`: send what it changed to the mirror.
@@ -154,7 +155,7 @@ impl Owner {
 
     /// Forget the session and have the copy task start another.
     fn restart(self: &Arc<Self>, ctx: &Arc<NodeContext>, store: &Arc<Store>, s: &mut Session) {
-        (s.id, s.seq, s.synced) = (0, 0, false);
+        (s.id, s.seq, s.synced, s.progress) = (0, 0, false, None);
         if s.to.is_none() || self.copying.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kdfs::mirror::full;
 use kdfs::store::Store;
-use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorInventory, MirrorRequest};
+use krg_proto::kdfs::{CopyProgress, KdfsRequest, KdfsResponse, MirrorInventory, MirrorRequest};
 use krg_proto::peer::{PeerRequest, PeerResponse};
 use krg_proto::NodeId;
 use tokio::sync::Mutex;
@@ -32,6 +32,8 @@ pub struct Session {
     pub synced: bool,
     /// The store's generation, told at `Begin`.
     pub generation: u32,
+    /// How far the full copy is, while it runs.
+    pub progress: Option<CopyProgress>,
 }
 
 /// What became of a send.
@@ -126,6 +128,11 @@ pub async fn full_copy(
     };
     (s.id, s.seq, s.synced) = (id, 0, false);
     let mut steps: VecDeque<_> = full::plan(src, &have).map_err(|e| e.to_string())?.into();
+    let mut progress = CopyProgress {
+        of: steps.iter().filter(|s| s.is_object()).count() as u64,
+        ..CopyProgress::default()
+    };
+    s.progress = Some(progress);
     drop(s);
     let (started, mut bytes) = (Instant::now(), 0usize);
     while let Some(step) = steps.pop_front() {
@@ -134,8 +141,10 @@ pub async fn full_copy(
             return Err("the session ended meanwhile".into());
         }
         let (changes, more) = full::step(src, &step, &have).map_err(|e| e.to_string())?;
+        progress.done += u64::from(step.is_object());
         if !changes.is_empty() {
             bytes += kdfs::mirror::weight(&changes);
+            progress.bytes = bytes as u64;
             match apply(ctx, store, &mut s, changes).await {
                 Sent::Done => {}
                 Sent::Stale => return Err(format!("node {to} lost track of the copy")),
@@ -143,6 +152,7 @@ pub async fn full_copy(
                 Sent::Unreachable(why) => return Err(why),
             }
         }
+        s.progress = Some(progress);
         for m in more.into_iter().rev() {
             steps.push_front(m);
         }
@@ -157,7 +167,7 @@ pub async fn full_copy(
     };
     match send(ctx, to, store, done, SEND_WAIT).await.0 {
         Sent::Done => {
-            s.synced = true;
+            (s.synced, s.progress) = (true, None);
             tracing::info!(
                 to,
                 store,
