@@ -299,6 +299,28 @@ fn a_frozen_node_thawed_serves_nothing_stale() {
     assert_eq!(fs::read(&on2).unwrap(), b"new");
 }
 
+/// Node index `i`, whose krgd is down: its mount gone, its store erased
+/// (the disk lost), its krgd started, the store formatted again; returns
+/// once the node serves it again, restored from its mirror.
+fn lose_disk_and_format_again(c: &mut Cluster, i: usize) {
+    c.umount(i);
+    let store = c.nodes[i].store.clone();
+    fs::remove_dir_all(&store).unwrap();
+    fs::create_dir(&store).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o700)).unwrap();
+    c.start_krgd(i);
+    let o = c.mkfs_with(i, 1, &["--replicas", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(
+        "the node serves its store again",
+        Duration::from_secs(30),
+        || {
+            let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap_or_default();
+            log.contains("restored from its mirror") && log.contains("this node serves its store")
+        },
+    );
+}
+
 /// Node 2's disk lost: its krgd killed, its store erased, formatted again
 /// (`mkfs.kdfs --replicas 2`). The new, empty store gets node 2's files
 /// back from its mirror — those made before, and those changed while it
@@ -320,24 +342,7 @@ fn a_node_formatted_again_after_its_disk_was_lost_gets_its_files_back() {
     let through_1 = c.mnt(0).join("d");
     fs::write(through_1.join("small"), b"changed while node 2 was down").unwrap();
     let want = what_a_reader_sees(&through_1);
-    c.umount(1);
-    // The disk is gone: an empty directory where the store was.
-    let store = c.nodes[1].store.clone();
-    fs::remove_dir_all(&store).unwrap();
-    fs::create_dir(&store).unwrap();
-    fs::set_permissions(&store, fs::Permissions::from_mode(0o700)).unwrap();
-    c.start_krgd(1);
-    let o = c.mkfs_with(1, 1, &["--replicas", "2"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-
-    wait_until(
-        "node 2 serves its store again",
-        Duration::from_secs(30),
-        || {
-            let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
-            log.contains("restored from its mirror") && log.contains("this node serves its store")
-        },
-    );
+    lose_disk_and_format_again(&mut c, 1);
     assert_eq!(what_a_reader_sees(&through_1), want);
     assert!(c.mount(1, "").status.success());
     assert_eq!(what_a_reader_sees(&c.mnt(1).join("d")), want);
@@ -432,4 +437,55 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
         fs::read(c.mnt(2).join("d/g")).unwrap(),
         b"while node 2 is down"
     );
+}
+
+/// As above, but the mirror's krgd restarted after node 2 was lost (a
+/// power cut): the copies it kept are void in memory, and node 2's files
+/// come back from the copy on its disk, complete when it stopped (with
+/// what node 3 changed while it served them: that was the copy itself).
+/// The same when node 2 comes back with its disk: it takes its store back
+/// from node 3's disk.
+#[test]
+fn a_node_formatted_again_gets_its_files_back_from_a_restarted_mirror_s_disk() {
+    let mut c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
+    let d = c.mnt(1).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), pattern(2 << 20, 7)).unwrap();
+    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
+        c.mirrored(1)
+    });
+    c.kill_krgd(1);
+    let through_1 = c.mnt(0).join("d");
+    fs::write(through_1.join("g"), b"while node 2 was down").unwrap();
+    let want = what_a_reader_sees(&through_1);
+    c.kill_krgd(2);
+    c.start_krgd(2);
+    lose_disk_and_format_again(&mut c, 1);
+    let log = fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap();
+    assert!(log.contains("copying back the copy on disk"), "{log}");
+    assert_eq!(what_a_reader_sees(&through_1), want);
+    assert_eq!(fs::read(through_1.join("f")).unwrap(), pattern(2 << 20, 7));
+
+    // Node 2 lost again (not its disk), node 3 serves its store, and
+    // node 3's krgd restarts: node 2, back, takes its store back from the
+    // copy node 3 served, on node 3's disk.
+    wait_until(
+        "node 2's mirror copied again",
+        Duration::from_secs(30),
+        || c.mirrored(1),
+    );
+    c.kill_krgd(1);
+    fs::write(through_1.join("h"), b"served by node 3").unwrap();
+    c.kill_krgd(2);
+    c.start_krgd(2);
+    c.start_krgd(1);
+    wait_until("node 2 has its store back", Duration::from_secs(30), || {
+        let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
+        log.contains("took the store back")
+    });
+    let log = fs::read_to_string(c.nodes[2].data.join("krgd.log")).unwrap();
+    assert!(log.contains("before it restarted, from its disk"), "{log}");
+    wait_until("node 2 serves it", Duration::from_secs(10), || {
+        fs::read(through_1.join("h")).is_ok_and(|b| b == b"served by node 3")
+    });
 }

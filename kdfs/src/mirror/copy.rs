@@ -33,6 +33,10 @@ use crate::KdfsError;
 /// Where a store keeps the mirrors of other nodes' stores.
 pub const MIRRORS: &str = "mirrors";
 
+/// In a mirror's directory while it is a complete copy (its owner's full
+/// copy ended, and no other began since): the owner's generation then.
+const COMPLETE: &str = "copy.complete";
+
 /// One owner's mirror in this node's store.
 pub struct MirrorCopy {
     owner: NodeId,
@@ -116,6 +120,28 @@ impl MirrorCopy {
 
     pub fn owner(&self) -> NodeId {
         self.owner
+    }
+
+    /// The mirror of `owner` kept in `host`, if there is one (none is made).
+    pub fn existing_in(host: &crate::store::Store, owner: NodeId) -> Option<Self> {
+        let path = host.top_dir().path().join(MIRRORS).join(owner.to_string());
+        if !path.join(SUPERBLOCK).exists() {
+            return None;
+        }
+        Self::open(host.top_dir(), owner).ok()
+    }
+
+    /// Record that the copy is complete, as generation `generation` of its
+    /// owner's store (`None`: a full copy begins, it is not).
+    pub fn set_complete(&self, generation: Option<u32>) -> Result<(), KdfsError> {
+        let image = generation.map(|g| format!("{g}\n").into_bytes());
+        self.top.put_image(COMPLETE, image.as_deref())
+    }
+
+    /// The generation the copy was complete as, if it is.
+    pub fn complete(&self) -> Option<u32> {
+        let image = self.top.read_optional(COMPLETE).ok()??;
+        std::str::from_utf8(&image).ok()?.trim().parse().ok()
     }
 
     /// What the copy holds: each object's kind, size and data time, and

@@ -23,6 +23,8 @@ use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest, MIRROR_HANDLE};
 use krg_proto::NodeId;
 
 use super::push::{self, Session};
+
+mod restore;
 use crate::context::NodeContext;
 use crate::service::placement::{kdfs_key, Placement};
 use crate::sync;
@@ -153,6 +155,9 @@ impl Copies {
                             "kdfs mirror: this node holds a full copy of the owner's store"
                         );
                         c.view = Some(Arc::new(v));
+                        if let Err(e) = c.disk.set_complete(Some(c.generation)) {
+                            tracing::warn!(owner = store, error = %e, "kdfs mirror: cannot mark the copy complete on disk");
+                        }
                         KdfsResponse::Done
                     }
                     Err(e) => {
@@ -162,52 +167,16 @@ impl Copies {
                     }
                 }
             }
-            MirrorRequest::HandBack { generation } => self.hand_back(ctx, from, generation).await,
-            MirrorRequest::Restore { fs_id } => self.restore(ctx, from, fs_id).await,
-        }
-    }
-
-    /// `owner`'s store was never served (formatted again: its disk was
-    /// lost): copy back what this node keeps of it — the store it serves
-    /// (handed back as `HandBack` does) or its complete copy — if it is of
-    /// file system `fs_id`.
-    async fn restore(&self, ctx: &Arc<NodeContext>, owner: NodeId, fs_id: u128) -> KdfsResponse {
-        let Some(slot) = self.get(owner) else {
-            return errno(libc::ENOENT);
-        };
-        let c = slot.lock().await;
-        let generation = c.generation;
-        let Some(copy) = c.served.clone().or_else(|| c.view.clone()) else {
-            return errno(libc::ENOENT);
-        };
-        if copy.superblock().fs_id != fs_id {
-            return errno(libc::ENOENT);
-        }
-        tracing::warn!(
-            owner,
-            generation,
-            "kdfs mirror: the node's store was formatted again; copying back what this node keeps of it"
-        );
-        if c.served.is_some() {
-            drop(c);
-            return match self.hand_back(ctx, owner, generation).await {
-                KdfsResponse::Done => KdfsResponse::Restored { generation },
-                other => other,
-            };
-        }
-        // A complete copy nobody changes: its owner serves nothing until
-        // it has it back (the slot stays locked meanwhile).
-        let session = tokio::sync::Mutex::new(Session {
-            to: Some(owner),
-            generation,
-            ..Session::default()
-        });
-        match push::full_copy(ctx, &session, &copy, owner, owner).await {
-            Ok(()) => KdfsResponse::Restored { generation },
-            Err(why) => {
-                tracing::warn!(owner, %why, "kdfs mirror: the store was not copied back");
-                errno(libc::EAGAIN)
+            MirrorRequest::HandBack { generation } => {
+                match self.hand_back(ctx, from, generation).await {
+                    // (this krgd restarted since it took the store over)
+                    KdfsResponse::Errno(libc::ENOENT) => {
+                        self.hand_back_from_disk(host, ctx, from, generation).await
+                    }
+                    done => done,
+                }
             }
+            MirrorRequest::Restore { fs_id } => self.restore(host, ctx, from, fs_id).await,
         }
     }
 
@@ -257,6 +226,13 @@ impl Copies {
             return errno(libc::EROFS);
         }
         (c.session, c.seq, c.view, c.generation) = (session, 0, None, generation);
+        if store != me {
+            if let Err(e) = c.disk.set_complete(None) {
+                tracing::warn!(store, error = %e, "kdfs mirror: cannot mark the copy incomplete");
+                c.session = 0;
+                return errno(libc::EIO);
+            }
+        }
         let disk = c.disk.clone();
         match tokio::task::spawn_blocking(move || disk.inventory()).await {
             Ok(Ok(have)) => KdfsResponse::Mirrored(have),
@@ -338,6 +314,11 @@ impl Copies {
                         "kdfs mirror: node failed; this node serves its store"
                     );
                     (c.served, c.generation, c.session) = (Some(Arc::new(s)), generation, 0);
+                    // The copy is the store now, as this generation (a
+                    // restart of this krgd finds it so on disk).
+                    if let Err(e) = c.disk.set_complete(Some(generation)) {
+                        tracing::warn!(owner, error = %e, "kdfs mirror: cannot mark the copy served");
+                    }
                     c.locks = Some(Arc::new(LockManager::taking_over(owner)));
                 }
                 Err(e) => {
