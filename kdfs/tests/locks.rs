@@ -337,9 +337,7 @@ fn the_locks_of_a_failed_node_s_files_go_on_at_its_mirror() {
     let c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
     // Node 2's file, mirrored on node 3.
     fs::write(c.mnt(1).join("f"), vec![0u8; 100]).unwrap();
-    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        c.mirrored(1)
-    });
+    c.wait_mirrored(1);
     let a = rw(&c.mnt(0).join("f"));
     setlk(&a, libc::F_WRLCK, 0, 10, false).unwrap();
     let b = rw(&c.mnt(2).join("f"));

@@ -74,9 +74,7 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     let d = c.mnt(1).join("d");
     fs::create_dir(&d).unwrap();
     fs::write(d.join("before-copy"), pattern(6 << 20, 1)).unwrap();
-    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        c.mirrored(1)
-    });
+    c.wait_mirrored(1);
     // Changes after the copy reach the mirror one by one.
     let mut f = File::create(d.join("fsynced")).unwrap();
     f.write_all(&pattern(100_000, 2)).unwrap();
@@ -228,9 +226,7 @@ fn a_node_cut_off_changes_nothing_and_the_majority_goes_on() {
     let c = Cluster::start_in(places).format_and_mount(&["--replicas", "2"]);
     let on2 = c.mnt(1).join("on2");
     fs::write(&on2, b"before").unwrap();
-    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        c.mirrored(1)
-    });
+    c.wait_mirrored(1);
     let through_1 = c.mnt(0).join("on2");
     assert_eq!(fs::read(&through_1).unwrap(), b"before");
 
@@ -266,9 +262,7 @@ fn a_frozen_node_thawed_serves_nothing_stale() {
     let c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
     let on2 = c.mnt(1).join("on2");
     fs::write(&on2, b"old").unwrap();
-    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        c.mirrored(1)
-    });
+    c.wait_mirrored(1);
     let pid = c.krgd_pid(1).unwrap() as i32;
     let signal = |sig| {
         // SAFETY: kill(2) of the krgd this test started, by its PID.
@@ -333,9 +327,7 @@ fn a_node_formatted_again_after_its_disk_was_lost_gets_its_files_back() {
     fs::write(d.join("big"), pattern(5 << 20, 3)).unwrap();
     fs::write(d.join("small"), b"small").unwrap();
     std::os::unix::fs::symlink("small", d.join("link")).unwrap();
-    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        c.mirrored(1)
-    });
+    c.wait_mirrored(1);
     fs::write(d.join("after-copy"), b"after the copy").unwrap();
 
     c.kill_krgd(1);
@@ -451,9 +443,7 @@ fn a_node_formatted_again_gets_its_files_back_from_a_restarted_mirror_s_disk() {
     let d = c.mnt(1).join("d");
     fs::create_dir(&d).unwrap();
     fs::write(d.join("f"), pattern(2 << 20, 7)).unwrap();
-    wait_until("node 2's mirror copied", Duration::from_secs(30), || {
-        c.mirrored(1)
-    });
+    c.wait_mirrored(1);
     c.kill_krgd(1);
     let through_1 = c.mnt(0).join("d");
     fs::write(through_1.join("g"), b"while node 2 was down").unwrap();

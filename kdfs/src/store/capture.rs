@@ -91,9 +91,20 @@ impl Store {
                     t.inode(e.ino);
                 }
             }
+            Q::StripeWrite { ino, offset, data } if !self.is_mine(*ino) => {
+                out.push(MirrorChange::StripeData {
+                    ino: *ino,
+                    offset: *offset,
+                    data: data.clone(),
+                });
+                // its data time: what the next full copy compares
+                out.push(self.stripe_change(*ino)?);
+            }
+            // (a striped file's owner keeps its units in the object)
             Q::Write {
                 ino, offset, data, ..
-            } => {
+            }
+            | Q::StripeWrite { ino, offset, data } => {
                 if self.is_mine(*ino) {
                     out.push(MirrorChange::Data {
                         local: inode_local(*ino),
@@ -114,24 +125,6 @@ impl Store {
                 return Ok(out);
             }
             Q::SyncStore => return Ok(vec![MirrorChange::Sync { local: None }]),
-            Q::StripeWrite { ino, offset, data } => {
-                if self.is_mine(*ino) {
-                    out.push(MirrorChange::Data {
-                        local: inode_local(*ino),
-                        offset: *offset,
-                        data: data.clone(),
-                    });
-                    t.inode(*ino);
-                } else {
-                    out.push(MirrorChange::StripeData {
-                        ino: *ino,
-                        offset: *offset,
-                        data: data.clone(),
-                    });
-                    // its data time: what the next full copy compares
-                    out.push(self.stripe_change(*ino)?);
-                }
-            }
             Q::StripeTruncate { ino, .. } => out.push(self.stripe_change(*ino)?),
             Q::StripeDrop { ino } => out.push(MirrorChange::StripeCopy {
                 ino: *ino,

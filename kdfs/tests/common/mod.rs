@@ -479,6 +479,13 @@ impl Cluster {
         log.contains("kdfs mirror: full copy done")
     }
 
+    /// Wait (30 s at most) until node index `i`'s mirror holds its store.
+    pub fn wait_mirrored(&self, i: usize) {
+        wait_until("the node's mirror copied", Duration::from_secs(30), || {
+            self.mirrored(i)
+        });
+    }
+
     /// What node `i`'s mount.kdfs logged (info level).
     pub fn client_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.nodes[i].data.join("kdfs.log")).unwrap_or_default()

@@ -54,22 +54,8 @@ impl Copies {
             }
         }
         // This krgd restarted since: the copy on disk, if it was complete.
-        let Some(disk) = MirrorCopy::existing_in(host, owner) else {
+        let Some((view, generation)) = complete_on_disk(host, owner) else {
             return errno(libc::ENOENT);
-        };
-        let Some(generation) = disk.complete() else {
-            tracing::warn!(
-                owner,
-                "kdfs mirror: the copy on disk was not complete when this krgd stopped; not restored from"
-            );
-            return errno(libc::ENOENT);
-        };
-        let view = match Store::view(&disk.path(), owner) {
-            Ok(v) => Arc::new(v),
-            Err(e) => {
-                tracing::warn!(owner, error = %e, "kdfs mirror: the copy on disk does not open");
-                return errno(libc::ENOENT);
-            }
         };
         tracing::warn!(owner, generation, "kdfs mirror: the node's store was formatted again; copying back the copy on disk, complete when this krgd last stopped");
         copy_back(ctx, &view, owner, generation, fs_id).await
@@ -87,21 +73,35 @@ impl Copies {
         owner: NodeId,
         generation: u32,
     ) -> KdfsResponse {
-        let Some(disk) = MirrorCopy::existing_in(host, owner) else {
+        let Some((view, _)) = complete_on_disk(host, owner).filter(|(_, g)| *g == generation)
+        else {
             return errno(libc::ENOENT);
-        };
-        if disk.complete() != Some(generation) {
-            return errno(libc::ENOENT);
-        }
-        let view = match Store::view(&disk.path(), owner) {
-            Ok(v) => Arc::new(v),
-            Err(_) => return errno(libc::ENOENT),
         };
         tracing::info!(owner, generation, "kdfs mirror: handing back the store this node served before it restarted, from its disk");
         let fs_id = view.superblock().fs_id;
         match copy_back(ctx, &view, owner, generation, fs_id).await {
             KdfsResponse::Restored { .. } => KdfsResponse::Done,
             other => other,
+        }
+    }
+}
+
+/// The copy of `owner`'s store on this node's disk (`host`), opened, and
+/// the generation it was complete as; `None` unless it was complete.
+fn complete_on_disk(host: &Store, owner: NodeId) -> Option<(Arc<Store>, u32)> {
+    let disk = MirrorCopy::existing_in(host, owner)?;
+    let Some(generation) = disk.complete() else {
+        tracing::warn!(
+            owner,
+            "kdfs mirror: the copy on disk was not complete when this krgd stopped"
+        );
+        return None;
+    };
+    match Store::view(&disk.path(), owner) {
+        Ok(v) => Some((Arc::new(v), generation)),
+        Err(e) => {
+            tracing::warn!(owner, error = %e, "kdfs mirror: the copy on disk does not open");
+            None
         }
     }
 }
