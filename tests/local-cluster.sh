@@ -422,6 +422,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
     K=\$(pgrep -f -- '--node-id 2 --session'); kill -STOP \$K; sleep 3; echo more >> /mnt/kdfs/node1/services; kdfsctl --keyfile $KEY status /mnt/kdfs/node1; kill -CONT \$K
                                                 # node 2 stopped: node 3, its mirror, serves its files (services lives on node 2);
                                                 # let go, node 2 takes its store back (tail $STATE_DIR/krgd2.log)
+    flock /mnt/kdfs/node1/services sleep 20 & K=\$(pgrep -f -- '--node-id 2 --session'); kill -STOP \$K; sleep 9; flock -n /mnt/kdfs/node3/services true || echo still held; kill -CONT \$K
+                                                # node 1's lock on node 2's file, taken again at node 3 while node 2 is stopped
     cp /etc/hosts /mnt/kdfs/node4/ ; krgadm nodes del -n 4 ; cat /mnt/kdfs/node1/hosts ; krgadm nodes add -n 4
                                                 # node 4's kDFS files move to another node before it goes
     mkdir /mnt/kdfs/node1/big ; kdfsctl stripe 1M:4 /mnt/kdfs/node1/big   # files made there: 1 MiB units over 4 nodes
