@@ -169,13 +169,21 @@ impl Owner {
     /// Copy everything, until done or the mirror changes; tried again
     /// every second while the mirror does not answer.
     async fn copy_until_synced(&self, ctx: &Arc<NodeContext>, store: &Arc<Store>) {
+        // The same reason again (a mirror with no store says so every
+        // second) is logged at debug level only.
+        let mut said = None;
         loop {
             let to = self.session.lock().await.to;
             let Some(to) = to else { return };
             match push::full_copy(ctx, &self.session, store, ctx.node_id(), to).await {
                 Ok(()) => return,
                 Err(why) => {
-                    tracing::info!(mirror = to, %why, "kdfs mirror: full copy not done; trying again");
+                    if said.as_ref() == Some(&(to, why.clone())) {
+                        tracing::debug!(mirror = to, %why, "kdfs mirror: full copy not done; trying again");
+                    } else {
+                        tracing::info!(mirror = to, %why, "kdfs mirror: full copy not done; trying again (said once)");
+                        said = Some((to, why));
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
