@@ -70,14 +70,7 @@ pub async fn connect(
     };
     // Each store asked of its own node (not of a mirror): the tools say
     // where things are.
-    let cluster = Cluster::new(
-        key,
-        me,
-        socket.to_path_buf(),
-        Default::default(),
-        &info,
-        false,
-    );
+    let cluster = Cluster::new(key, me, socket.to_path_buf(), Default::default(), &info, 1);
     Ok(Members {
         node,
         members,

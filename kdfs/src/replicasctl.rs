@@ -30,7 +30,7 @@ pub async fn set(
 ) -> Result<Vec<(NodeId, Outcome)>, KdfsError> {
     if copies == 0 || copies > MAX_REPLICAS {
         return Err(KdfsError::Invalid(format!(
-            "{copies} copies: a store keeps 1 or {MAX_REPLICAS}"
+            "{copies} copies: a store keeps 1 to {MAX_REPLICAS}"
         )));
     }
     let m = crate::members::connect(socket, keyfile, None).await?;

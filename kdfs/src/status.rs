@@ -246,6 +246,38 @@ async fn replication(cluster: &Cluster, node: NodeId) -> Option<ReplicaState> {
     }
 }
 
+/// How a member's store is mirrored: `mirrored on node 3 (in sync) and
+/// node 1 (copying: …)`, or why it is not.
+fn mirrors_part(r: &ReplicaState, down: &[NodeId]) -> String {
+    if !r.serving {
+        return "not serving its store yet (claiming it, or taking it back)".to_string();
+    }
+    if r.mirrors.is_empty() {
+        return "no mirror (no other member)".to_string();
+    }
+    let each: Vec<String> = r
+        .mirrors
+        .iter()
+        .map(|m| match (&m.copying, m.synced) {
+            _ if down.contains(&m.node) => format!("node {}, which is down", m.node),
+            (_, true) => format!("node {} (in sync)", m.node),
+            (Some(p), false) => format!(
+                "node {} (copying: {} of {} objects looked at, {} sent)",
+                m.node,
+                p.done,
+                p.of,
+                human(p.bytes)
+            ),
+            (None, false) => format!("node {} (copying: not yet a full copy)", m.node),
+        })
+        .collect();
+    let mut line = format!("mirrored on {}", each.join(" and "));
+    if r.mirrors.iter().all(|m| down.contains(&m.node)) {
+        line.push_str(": one copy until one is back");
+    }
+    line
+}
+
 /// The line saying how node `n`'s store is mirrored and what it serves
 /// (`down`: the members whose stores answer nothing now).
 fn replication_line(n: &NodeStatus, down: &[NodeId]) -> Option<String> {
@@ -258,25 +290,7 @@ fn replication_line(n: &NodeStatus, down: &[NodeId]) -> Option<String> {
     let r = n.replication.as_ref()?;
     let mut parts = Vec::new();
     if r.replicas > 1 {
-        parts.push(match (r.serving, r.mirror, r.mirror_synced) {
-            (false, _, _) => {
-                "not serving its store yet (claiming it, or taking it back)".to_string()
-            }
-            (true, None, _) => "no mirror (no other member)".to_string(),
-            (true, Some(m), _) if down.contains(&m) => {
-                format!("mirrored on node {m}, which is down: one copy until it is back")
-            }
-            (true, Some(m), true) => format!("mirrored on node {m} (in sync)"),
-            (true, Some(m), false) => match r.copying {
-                Some(p) => format!(
-                    "mirrored on node {m} (copying: {} of {} objects looked at, {} sent)",
-                    p.done,
-                    p.of,
-                    human(p.bytes)
-                ),
-                None => format!("mirrored on node {m} (copying: not yet a full copy)"),
-            },
-        });
+        parts.push(mirrors_part(r, down));
     }
     let list = |v: &[NodeId]| {
         v.iter()
@@ -491,15 +505,24 @@ mod tests {
             replicas: 2,
             serving: true,
             generation: 7,
-            mirror: Some(3),
-            mirror_synced: false,
+            mirrors: vec![
+                krg_proto::kdfs::MirrorLink {
+                    node: 3,
+                    synced: false,
+                    copying: Some(krg_proto::kdfs::CopyProgress {
+                        done: 3,
+                        of: 10,
+                        bytes: 1 << 20,
+                    }),
+                },
+                krg_proto::kdfs::MirrorLink {
+                    node: 1,
+                    synced: true,
+                    copying: None,
+                },
+            ],
             copies_of: Vec::new(),
             serves_for: Vec::new(),
-            copying: Some(krg_proto::kdfs::CopyProgress {
-                done: 3,
-                of: 10,
-                bytes: 1 << 20,
-            }),
         });
         let mut s = status(vec![n]);
         s.copies = 2;

@@ -388,9 +388,9 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     assert_eq!(err.lines().count(), 1, "{err}");
     let (st, _) = status(&c, 0);
     assert!(st.contains("copies: 1 (no replication)"), "{st}");
-    let (_, err, code) = set_replicas(&c, 0, "3");
+    let (_, err, code) = set_replicas(&c, 0, "4");
     assert_eq!(code, Some(1));
-    assert!(err.contains("3 copies: a store keeps 1 or 2"), "{err}");
+    assert!(err.contains("4 copies: a store keeps 1 to 3"), "{err}");
     assert_eq!(set_replicas(&c, 0, "many").2, Some(2), "a bad command line");
 
     for i in 0..3 {

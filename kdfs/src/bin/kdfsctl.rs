@@ -55,8 +55,8 @@ enum Command {
         #[arg(num_args = 1..=2, required = true, value_name = "[UNIT:COUNT|off] PATH")]
         args: Vec<String>,
     },
-    /// Have every member's store keep COPIES copies of its files (1 or 2)
-    /// from now on: a single-copy kDFS becomes `--replicas 2`, each
+    /// Have every member's store keep COPIES copies of its files (1 to 3)
+    /// from now on: a single-copy kDFS becomes `--replicas 2` (or 3), each
     /// store's copy made on its mirror (the next member) in the
     /// background — `kdfsctl status` shows each one `copying`, then `in
     /// sync`. Each node refuses while its store is in use there (a kdfs
@@ -64,7 +64,7 @@ enum Command {
     /// it again after. A member down is left as it is: run it again once
     /// it is back. Fewer copies than now is refused.
     Replicas {
-        /// 1 or 2.
+        /// 1 to 3.
         copies: u8,
     },
 }

@@ -22,7 +22,9 @@ use krg_proto::NodeId;
 ///
 /// With --replicas 2, every change to DIR is also made, before it is
 /// answered, to a copy of DIR kept by the next member (DIR/mirrors/<this
-/// node> there), which serves this node's files while this node is down.
+/// node> there), which serves this node's files while this node is down;
+/// with --replicas 3, to the next two (the second serves them if both this
+/// node and the first are down).
 /// A node formatted again (its disk was lost) gets its files back from
 /// that copy before its krgd serves the new DIR.
 #[derive(Parser, Debug)]
@@ -35,8 +37,8 @@ struct Args {
     /// Erase DIR's content (including an existing kDFS) first.
     #[arg(long)]
     force: bool,
-    /// Copies of each file kept on this node: 1, or 2 (the second on the
-    /// next member in id order, which serves them while this node is
+    /// Copies of each file kept on this node: 1, 2 or 3 (the others on
+    /// the next members in id order, which serve them while this node is
     /// down). Give the same on every node.
     #[arg(long, value_name = "N", default_value_t = 1)]
     replicas: u8,
@@ -159,7 +161,7 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
             title: "FILES",
             body: "DIR/kdfs.sb, DIR/root.meta, DIR/ino.next, DIR/inodes/: the store.
 DIR/generation: a mirrored store's generation (who serves it is decided in the cluster's Raft log).
-DIR/mirrors/NODE/: the copy of node NODE's store this node keeps as its mirror (--replicas 2).
+DIR/mirrors/NODE/: the copy of node NODE's store this node keeps as its mirror (--replicas 2 or 3).
 /run/krg/krgd.sock: the local krgd (--socket, KRG_SOCKET).",
         },
         krg_clidoc::Section {

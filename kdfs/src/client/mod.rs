@@ -309,7 +309,7 @@ async fn try_prepare(
         opts.socket.clone(),
         opts.nodes.clone(),
         &info,
-        sb.replicas > 1,
+        sb.replicas,
     ));
     tokio::spawn(cluster.clone().follow_failures());
     let dir_s = dir

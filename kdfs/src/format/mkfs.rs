@@ -23,7 +23,7 @@ pub struct MkfsOptions {
     pub root_node: NodeId,
     /// Format even if `dir` is not empty (its content is removed).
     pub force: bool,
-    /// Copies of each file of this store (1 or 2).
+    /// Copies of each file of this store (1 to 3).
     pub replicas: u8,
 }
 
@@ -33,7 +33,7 @@ pub const FIRST_INO: u64 = 1;
 fn check_node_ids(opts: &MkfsOptions) -> Result<(), KdfsError> {
     if opts.replicas == 0 || opts.replicas > MAX_REPLICAS {
         return Err(KdfsError::Invalid(format!(
-            "--replicas {}: a store keeps 1 or {MAX_REPLICAS} copies of its files",
+            "--replicas {}: a store keeps 1 to {MAX_REPLICAS} copies of its files",
             opts.replicas
         )));
     }

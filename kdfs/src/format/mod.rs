@@ -90,7 +90,7 @@ struct SuperblockV1 {
 }
 
 /// The most copies a store keeps.
-pub const MAX_REPLICAS: u8 = 2;
+pub const MAX_REPLICAS: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootMeta {

@@ -33,18 +33,18 @@ fn a_layout_1_superblock_reads_as_one_copy() {
     fs::write(d.path().join(SUPERBLOCK), &image).unwrap();
     let sb = StoreDir::open(d.path()).unwrap().read_superblock().unwrap();
     assert_eq!((sb.fs_id, sb.node, sb.root_node, sb.replicas), (7, 2, 1, 1));
-    // And one claiming three copies is refused.
-    let mut three = sb.clone();
-    three.replicas = 3;
+    // And one claiming four copies is refused.
+    let mut four = sb.clone();
+    four.replicas = 4;
     StoreDir::open(d.path())
         .unwrap()
-        .write_superblock(&three)
+        .write_superblock(&four)
         .unwrap();
     let e = StoreDir::open(d.path())
         .unwrap()
         .read_superblock()
         .unwrap_err();
-    assert!(e.to_string().contains("3 replicas"), "{e}");
+    assert!(e.to_string().contains("4 replicas"), "{e}");
 }
 
 #[test]

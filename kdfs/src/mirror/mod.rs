@@ -23,13 +23,24 @@ pub use copy::{MirrorCopy, MIRRORS};
 
 use crate::store::Store;
 
-/// The node that mirrors `owner`'s store: the next member after it in id
-/// order, wrapping around; `None` in a cluster of one. Every member
+/// The node that mirrors `owner`'s store first: the next member after it
+/// in id order, wrapping around; `None` in a cluster of one. Every member
 /// computes the same from the committed membership.
 pub fn mirror_of(owner: NodeId, members: &[NodeId]) -> Option<NodeId> {
-    let after = members.iter().copied().filter(|m| *m > owner).min();
-    let first = members.iter().copied().filter(|m| *m != owner).min();
-    after.or(first)
+    mirrors_of(owner, members, 1).first().copied()
+}
+
+/// The `count` nodes that mirror `owner`'s store (`--replicas count+1`),
+/// first to last: the members after it in id order, wrapping around
+/// (fewer in a smaller cluster).
+pub fn mirrors_of(owner: NodeId, members: &[NodeId], count: usize) -> Vec<NodeId> {
+    let mut others: Vec<NodeId> = members.iter().copied().filter(|m| *m != owner).collect();
+    others.sort_unstable();
+    others.dedup();
+    let split = others.partition_point(|m| *m < owner);
+    others.rotate_left(split);
+    others.truncate(count);
+    others
 }
 
 /// `req` without what wraps it for its owner (the mount it comes from,

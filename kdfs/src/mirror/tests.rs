@@ -132,6 +132,14 @@ fn the_next_member_mirrors_a_node() {
     assert_eq!(mirror_of(1, &[1, 5, 9]), Some(5));
     assert_eq!(mirror_of(1, &[1]), None);
     assert_eq!(mirror_of(4, &[1, 2]), Some(1), "a node no longer a member");
+    assert_eq!(mirrors_of(2, &[1, 2, 3, 4], 2), vec![3, 4]);
+    assert_eq!(mirrors_of(3, &[4, 1, 2, 3], 2), vec![4, 1]);
+    assert_eq!(mirrors_of(4, &[1, 2, 3, 4], 2), vec![1, 2]);
+    assert_eq!(
+        mirrors_of(1, &[1, 2], 2),
+        vec![2],
+        "fewer in a smaller cluster"
+    );
 }
 
 #[test]

@@ -54,6 +54,42 @@ impl Reopened {
     }
 }
 
+/// Which mirror gave each handle a mirror gave (`--replicas 3`: the
+/// requests using it go back there): (node, handle as marked) to mirror.
+#[derive(Default)]
+pub(super) struct MirrorHandles(Mutex<HashMap<(NodeId, u64), NodeId>>);
+
+impl MirrorHandles {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u64), NodeId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The handle a request uses, as a mirror marked it, and whether the
+/// request closes it.
+fn mirror_handle(req: &KdfsRequest) -> Option<(u64, bool)> {
+    use KdfsRequest as Q;
+    match mirror::unwrapped_ref(req) {
+        Q::Read { fh, .. }
+        | Q::Write { fh, .. }
+        | Q::Fsync { fh, .. }
+        | Q::Fallocate { fh, .. }
+        | Q::ReadDir { fh, .. } => Some((*fh, false)),
+        Q::Release { fh, .. } | Q::ReleaseDir { fh } => Some((*fh, true)),
+        _ => None,
+    }
+    .filter(|(fh, _)| fh & MIRROR_HANDLE != 0)
+}
+
+/// The handle an answer gives, if any.
+fn given_handle(resp: &KdfsResponse) -> Option<u64> {
+    match resp {
+        KdfsResponse::Handle(fh) | KdfsResponse::StripedHandle { fh, .. } => Some(*fh),
+        KdfsResponse::Created { fh, .. } => *fh,
+        _ => None,
+    }
+}
+
 /// The file and handle of a request that uses an open file's handle.
 fn file_handle(req: &KdfsRequest) -> Option<(u64, u64)> {
     use KdfsRequest as Q;
@@ -116,7 +152,7 @@ impl Cluster {
     /// node that vanished (no reset, no answer) goes to its mirror as soon
     /// as the cluster knows, not at its timeout. Ends with the mount.
     pub async fn follow_failures(self: Arc<Self>) {
-        if !self.mirrored {
+        if self.mirrors == 0 {
             return;
         }
         let weak = Arc::downgrade(&self);
@@ -232,20 +268,47 @@ impl Cluster {
         r
     }
 
-    /// Ask `node`'s mirror for `req`, about `node`'s files.
+    /// Ask `node`'s mirrors for `req`, about `node`'s files: the one that
+    /// gave the handle it uses, or each, first to last, until one does
+    /// not answer ENOTCONN (down, no full copy, or fed by another mirror
+    /// that serves the store).
     async fn via_mirror(
         &self,
         node: NodeId,
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        let Some(m) = mirror::mirror_of(node, &self.nodes()) else {
-            return Err(libc::ENOTCONN);
+        let handle = mirror_handle(&req);
+        let gave = handle.and_then(|(fh, _)| self.mirror_handles.map().get(&(node, fh)).copied());
+        let candidates = match gave {
+            Some(m) => vec![m],
+            None => mirror::mirrors_of(node, &self.nodes(), self.mirrors),
         };
-        let req = KdfsRequest::FromMirror {
-            node,
-            req: Box::new(mirror::unwrapped(req)),
-        };
-        self.direct(m, 0, req, timeout).await
+        let req = mirror::unwrapped(req);
+        let mut answer = Err(libc::ENOTCONN);
+        for m in candidates {
+            let q = KdfsRequest::FromMirror {
+                node,
+                req: Box::new(req.clone()),
+            };
+            answer = self.direct(m, 0, q, timeout).await;
+            if matches!(answer, Err(libc::ENOTCONN)) {
+                continue;
+            }
+            let mut map = self.mirror_handles.map();
+            match (&answer, handle) {
+                (_, Some((fh, true))) => {
+                    map.remove(&(node, fh));
+                }
+                (Ok(resp), _) => {
+                    if let Some(fh) = given_handle(resp) {
+                        map.insert((node, fh), m);
+                    }
+                }
+                _ => {}
+            }
+            break;
+        }
+        answer
     }
 }

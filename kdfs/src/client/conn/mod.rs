@@ -50,15 +50,17 @@ pub struct Cluster {
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
     slots: Mutex<HashMap<(NodeId, u8), Slot>>,
     down_until: Mutex<HashMap<NodeId, Instant>>,
-    /// The stores are mirrored (`--replicas 2`): a node that does not
-    /// answer is asked of its mirror.
-    mirrored: bool,
+    /// How many mirrors each store has (`--replicas` - 1): a node that
+    /// does not answer is asked of its mirrors, first to last.
+    mirrors: usize,
     /// Members the cluster marks failed, as the local krgd last said
     /// ([`Cluster::follow_failures`]), and a wake-up when that changes.
     failed: Mutex<Vec<NodeId>>,
     failures: tokio::sync::Notify,
     /// Handles of failed nodes' files opened again on their mirrors.
     reopened: failover::Reopened,
+    /// Which mirror gave each handle a mirror gave.
+    mirror_handles: failover::MirrorHandles,
     /// This node's krgd does not answer (mirrored file systems): the
     /// mount must not read its node's store in place.
     local_down: Arc<std::sync::atomic::AtomicBool>,
@@ -130,7 +132,7 @@ impl Cluster {
         socket: PathBuf,
         fixed: HashMap<NodeId, SocketAddr>,
         info: &LocalInfo,
-        mirrored: bool,
+        copies: u8,
     ) -> Self {
         let mut addrs: HashMap<NodeId, SocketAddr> = info.members.iter().copied().collect();
         addrs.insert(info.node, info.addr);
@@ -143,10 +145,11 @@ impl Cluster {
             addrs: Mutex::new(addrs),
             slots: Mutex::new(HashMap::new()),
             down_until: Mutex::new(HashMap::new()),
-            mirrored,
+            mirrors: usize::from(copies.saturating_sub(1)),
             failed: Mutex::new(info.failed.clone()),
             failures: tokio::sync::Notify::new(),
             reopened: failover::Reopened::default(),
+            mirror_handles: failover::MirrorHandles::default(),
             local_down: Arc::default(),
         }
     }
@@ -268,7 +271,7 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        if self.mirrored {
+        if self.mirrors > 0 {
             return self.call_mirrored(node, lane, req, timeout).await;
         }
         self.direct(node, lane, req, timeout).await
@@ -281,7 +284,7 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        if !self.mirrored {
+        if self.mirrors == 0 {
             return self.connect_and_call(node, lane, req, timeout).await;
         }
         if self.is_failed(node) {

@@ -225,15 +225,22 @@ pub struct ReplicaState {
     pub serving: bool,
     /// Its store's generation (mirrored stores).
     pub generation: u32,
-    /// The node mirroring its store.
-    pub mirror: Option<crate::NodeId>,
-    /// The mirror holds a full, current copy.
-    pub mirror_synced: bool,
+    /// The nodes mirroring its store, first to last.
+    pub mirrors: Vec<MirrorLink>,
     /// Nodes whose stores it keeps a full, current copy of.
     pub copies_of: Vec<crate::NodeId>,
     /// Nodes whose stores it serves, having taken them over.
     pub serves_for: Vec<crate::NodeId>,
-    /// How far the full copy to its mirror is, while one runs.
+}
+
+/// One mirror of a store, as the node sending it the changes sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorLink {
+    /// The mirror.
+    pub node: crate::NodeId,
+    /// It holds a full, current copy.
+    pub synced: bool,
+    /// How far the full copy to it is, while one runs.
     pub copying: Option<CopyProgress>,
 }
 

@@ -31,8 +31,8 @@ pub use bytes::Bytes;
 pub use cache::Inval;
 pub use lock::{LockHolder, LockKind, LockSpec};
 pub use mirror::{
-    CopyProgress, MetaFile, MirrorChange, MirrorInventory, MirrorRequest, MirroredObject,
-    ObjectState, ReplicaState, StripeState,
+    CopyProgress, MetaFile, MirrorChange, MirrorInventory, MirrorLink, MirrorRequest,
+    MirroredObject, ObjectState, ReplicaState, StripeState,
 };
 pub use response::KdfsResponse;
 pub use stripe::{Piece, StripeError, StripeLayout, StripePolicy};
@@ -541,9 +541,9 @@ pub enum KdfsRequest {
     /// replicas`): its superblock says so, and its mirroring starts with a
     /// full copy. `Done`; `EBUSY`: a mount of the store is up on this node
     /// (it would go on writing the store in place, unseen by its mirror);
-    /// `ENOTSUP`: fewer copies than now; `EINVAL`: not 1 or 2.
+    /// `ENOTSUP`: fewer copies than now; `EINVAL`: not 1 to 3.
     SetReplicas {
-        /// 1 or 2.
+        /// 1 to 3.
         copies: u8,
     },
     /// A request about node `node`'s files, asked of its mirror while

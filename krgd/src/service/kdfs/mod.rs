@@ -371,12 +371,16 @@ impl KdfsService {
                 req,
             } => {
                 // Only a krgd (not a tool holding the key, a mount) may
-                // write a copy, and only its own store's or, handing it
-                // back, this node's.
+                // write a copy, and only its own store's, a failed node's
+                // it serves (to that store's other mirror: `--replicas
+                // 3`) or, handing it back, this node's.
                 let me = self.ctx.node_id();
-                let allowed = sender == from.node
-                    && from.role == Role::Node
-                    && ((of == sender && of != me) || (of == me && self.hands_back(sender)));
+                let whose = if of == me {
+                    self.hands_back(sender)
+                } else {
+                    of == sender || mirror::is_failed(&self.ctx, of)
+                };
+                let allowed = sender == from.node && from.role == Role::Node && whose;
                 if !allowed {
                     return Ok(KdfsResponse::Errno(libc::EPERM));
                 }
@@ -387,7 +391,11 @@ impl KdfsService {
                     .await);
             }
             KdfsRequest::FromMirror { node, req } => {
-                return Ok(self.mirroring.copies.serve(node, from.node, *req).await)
+                return Ok(self
+                    .mirroring
+                    .copies
+                    .serve(&self.ctx, node, from.node, *req)
+                    .await)
             }
             KdfsRequest::Replication => {
                 return Ok(KdfsResponse::Replication(self.replication(&store).await))

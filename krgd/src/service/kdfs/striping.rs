@@ -23,17 +23,21 @@ impl KdfsService {
     async fn ask_holder(&self, node: NodeId, req: KdfsRequest) -> Result<(), String> {
         match self.call_holder(node, req.clone()).await {
             Err(e) if super::mirror::is_failed(&self.ctx, node) => {
+                // (every store of a file system keeps as many copies)
+                let copies = self.current().map_or(0, |s| s.replicas().saturating_sub(1));
                 let members = super::mirror::members(&self.ctx);
-                let Some(m) = kdfs::mirror::mirror_of(node, &members) else {
-                    return Err(e);
-                };
-                let req = KdfsRequest::FromMirror {
-                    node,
-                    req: Box::new(req),
-                };
-                self.call_holder(m, req)
-                    .await
-                    .map_err(|m_err| format!("{e}; its mirror node {m}: {m_err}"))
+                let mut why = e;
+                for m in kdfs::mirror::mirrors_of(node, &members, usize::from(copies)) {
+                    let req = KdfsRequest::FromMirror {
+                        node,
+                        req: Box::new(req.clone()),
+                    };
+                    match self.call_holder(m, req).await {
+                        Ok(()) => return Ok(()),
+                        Err(m_err) => why = format!("{why}; its mirror node {m}: {m_err}"),
+                    }
+                }
+                Err(why)
             }
             r => r,
         }

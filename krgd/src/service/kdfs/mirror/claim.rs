@@ -49,18 +49,16 @@ impl KdfsService {
         &self,
         store: &Store,
     ) -> krg_proto::kdfs::ReplicaState {
-        let (mirror, mirror_synced, generation, copying) = self.mirroring.owner.state().await;
+        let (generation, mirrors) = self.mirroring.owner.state().await;
         let (copies_of, serves_for) = self.mirroring.copies.kept(self.ctx.node_id()).await;
         let mirrored = store.replicas() > 1;
         krg_proto::kdfs::ReplicaState {
             replicas: store.replicas(),
             serving: self.may_serve(store),
             generation: if mirrored { generation } else { 0 },
-            mirror: mirror.filter(|_| mirrored),
-            mirror_synced: mirrored && mirror_synced,
+            mirrors: if mirrored { mirrors } else { Vec::new() },
             copies_of,
             serves_for,
-            copying: copying.filter(|_| mirrored),
         }
     }
 
@@ -131,7 +129,7 @@ impl KdfsService {
         if !self.mirroring.claimed.load(Ordering::Acquire) {
             return false;
         }
-        let (_, _, generation, _) = self.mirroring.owner.state().await;
+        let (generation, _) = self.mirroring.owner.state().await;
         let me = self.ctx.node_id();
         let next = kdfs_key(me, generation.wrapping_add(1));
         match self.mirroring.placement.decided(next).await {
@@ -200,30 +198,56 @@ impl KdfsService {
                         .await;
                     return;
                 }
-                Ok(mirror) => match self.take_back(mirror, generation).await {
-                    Ok(()) => {
-                        tracing::info!(
-                            mirror,
-                            generation,
-                            "kdfs mirror: took the store back from the node that served it"
-                        );
-                        if let Err(e) = store.set_generation(generation) {
-                            tracing::error!(error = %e, "kdfs mirror: cannot record the store's generation");
+                Ok(first) => {
+                    // (`--replicas 3`: another mirror may have served it
+                    // after the first one failed too)
+                    let (mirror, generation) = self.latest_server(first, generation).await;
+                    match self.take_back(mirror, generation).await {
+                        Ok(()) => {
+                            tracing::info!(
+                                mirror,
+                                generation,
+                                "kdfs mirror: took the store back from the node that served it"
+                            );
+                            if let Err(e) = store.set_generation(generation) {
+                                tracing::error!(error = %e, "kdfs mirror: cannot record the store's generation");
+                            }
+                            // The mirror kept the files' locks meanwhile.
+                            self.locks.start_over();
                         }
-                        // The mirror kept the files' locks meanwhile.
-                        self.locks.start_over();
+                        Err(why) => {
+                            tracing::warn!(mirror, generation, %why, "kdfs mirror: the store is not back yet");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                     }
-                    Err(why) => {
-                        tracing::warn!(mirror, generation, %why, "kdfs mirror: the store is not back yet");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                },
+                }
                 Err(e) => {
                     tracing::debug!(error = %e.message, "kdfs mirror: claim not decided yet");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
+    }
+
+    /// The node that served this store last, and as which generation:
+    /// `first` served `generation`; a later generation decided in the log
+    /// (as far as this node applied it) was served by another.
+    async fn latest_server(
+        &self,
+        first: krg_proto::NodeId,
+        generation: u32,
+    ) -> (krg_proto::NodeId, u32) {
+        let me = self.ctx.node_id();
+        let (mut by, mut at) = (first, generation);
+        while let Some(n) = self
+            .mirroring
+            .placement
+            .decided(kdfs_key(me, at.wrapping_add(1)))
+            .await
+        {
+            (by, at) = (n, at.wrapping_add(1));
+        }
+        (by, at)
     }
 
     /// Ask `mirror`, which served the store as `generation`, to copy it back.

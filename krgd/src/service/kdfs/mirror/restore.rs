@@ -13,6 +13,7 @@ use std::sync::Arc;
 use kdfs::store::Store;
 use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest};
 use krg_proto::peer::{PeerRequest, PeerResponse};
+use krg_proto::NodeId;
 
 use super::copies::HAND_BACK_WAIT;
 use crate::service::kdfs::KdfsService;
@@ -30,19 +31,33 @@ pub(super) enum Restore {
 }
 
 impl KdfsService {
-    /// Ask this node's mirror for `store`, which was never served.
+    /// Ask this node's mirrors, first to last, for `store`, which was
+    /// never served: the first that keeps it copies it back.
     pub(super) async fn restore_from_mirror(&self, store: &Arc<Store>) -> Restore {
         let me = self.ctx.node_id();
-        let Some(mirror) = kdfs::mirror::mirror_of(me, &super::members(&self.ctx)) else {
-            return Restore::Nothing;
-        };
-        if super::is_failed(&self.ctx, mirror) {
-            tracing::warn!(
-                mirror,
-                "kdfs mirror: a store never served, and its mirror is down: served as it is"
-            );
-            return Restore::Nothing;
+        let copies = usize::from(store.replicas().saturating_sub(1));
+        let mut later = None;
+        for mirror in kdfs::mirror::mirrors_of(me, &super::members(&self.ctx), copies) {
+            if super::is_failed(&self.ctx, mirror) {
+                tracing::warn!(
+                    mirror,
+                    "kdfs mirror: a store never served; its mirror is down"
+                );
+                continue;
+            }
+            match self.restore_from(store, mirror).await {
+                Restore::Nothing => {}
+                Restore::Later(why) => later = Some(why),
+                done => return done,
+            }
         }
+        // One that did not answer may keep it: asked again later.
+        later.map_or(Restore::Nothing, Restore::Later)
+    }
+
+    /// Ask `mirror` for `store`.
+    async fn restore_from(&self, store: &Store, mirror: NodeId) -> Restore {
+        let me = self.ctx.node_id();
         let req = KdfsRequest::Mirror {
             from: me,
             store: me,

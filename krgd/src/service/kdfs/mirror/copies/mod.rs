@@ -22,6 +22,7 @@ use kdfs::store::Store;
 use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest, MIRROR_HANDLE};
 use krg_proto::NodeId;
 
+use super::owner::Owner;
 use super::push::{self, Session};
 
 mod restore;
@@ -49,6 +50,12 @@ struct Copy {
     served: Option<Arc<Store>>,
     /// The locks of the store's files while this node serves it.
     locks: Option<Arc<LockManager>>,
+    /// While this node serves it (`--replicas 3`): its changes sent on to
+    /// the store's other mirror.
+    onward: Option<Arc<Owner>>,
+    /// Who sends this copy its changes: the owner, or (`--replicas 3`) the
+    /// other mirror that serves the store while the owner is down.
+    fed_by: NodeId,
     /// Woken after each batch: the next one's turn.
     turn: Arc<tokio::sync::Notify>,
 }
@@ -104,7 +111,7 @@ impl Copies {
                 session,
                 generation,
             } => {
-                self.begin(host, store, session, generation, ctx.node_id())
+                self.begin(host, from, store, session, generation, ctx.node_id())
                     .await
             }
             MirrorRequest::Apply {
@@ -183,6 +190,7 @@ impl Copies {
     async fn begin(
         &self,
         host: &Arc<Store>,
+        from: NodeId,
         store: NodeId,
         session: u64,
         generation: u32,
@@ -215,6 +223,8 @@ impl Copies {
                     view: None,
                     served: None,
                     locks: None,
+                    onward: None,
+                    fed_by: from,
                     turn: Arc::default(),
                 };
                 let c = Arc::new(tokio::sync::Mutex::new(c));
@@ -226,6 +236,7 @@ impl Copies {
             return errno(libc::EROFS);
         }
         (c.session, c.seq, c.view, c.generation) = (session, 0, None, generation);
+        c.fed_by = from;
         if store != me {
             if let Err(e) = c.disk.set_complete(None) {
                 tracing::warn!(store, error = %e, "kdfs mirror: cannot mark the copy incomplete");
@@ -273,8 +284,11 @@ impl Copies {
     }
 
     /// Take over the store of every owner the cluster marks failed whose
-    /// copy here is complete: decided once in the Raft log (the owner
-    /// claiming it back at the same generation wins otherwise).
+    /// copy here is complete — and, when the copy is fed by another mirror
+    /// serving it (`--replicas 3`), that mirror failed too: decided once in
+    /// the Raft log (the owner claiming it back at the same generation
+    /// wins otherwise). The stores served here keep their other mirror's
+    /// copy going (`onward`).
     pub async fn takeover(&self, ctx: &Arc<NodeContext>, placement: &Arc<dyn Placement>) {
         if ctx.view().cut_off {
             return;
@@ -282,7 +296,17 @@ impl Copies {
         for slot in self.all() {
             let mut c = slot.lock().await;
             let owner = c.disk.owner();
-            if c.view.is_none() || c.served.is_some() || !super::is_failed(ctx, owner) {
+            if let (Some(served), Some(onward)) = (c.served.clone(), c.onward.clone()) {
+                drop(c);
+                onward.check(ctx, &served).await;
+                continue;
+            }
+            let feeder_failed = super::is_failed(ctx, c.fed_by);
+            if c.view.is_none()
+                || c.served.is_some()
+                || !super::is_failed(ctx, owner)
+                || !feeder_failed
+            {
                 continue;
             }
             let generation = c.generation.wrapping_add(1);
@@ -320,6 +344,11 @@ impl Copies {
                         tracing::warn!(owner, error = %e, "kdfs mirror: cannot mark the copy served");
                     }
                     c.locks = Some(Arc::new(LockManager::taking_over(owner)));
+                    if let Some(served) = c.served.clone().filter(|s| s.replicas() > 2) {
+                        let onward = Arc::new(Owner::default());
+                        onward.serving_as(ctx, &served, generation).await;
+                        c.onward = Some(onward);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(owner, generation, error = %e, "kdfs mirror: cannot serve the store it took over");
@@ -361,6 +390,7 @@ impl Copies {
                 // The copy here is the store as handed back: the owner's
                 // next session finds it current.
                 (c.served, c.view, c.session, c.locks) = (None, None, 0, None);
+                c.onward = None;
                 KdfsResponse::Done
             }
             Err(why) => {
@@ -374,7 +404,17 @@ impl Copies {
     /// `owner` does not answer: served whole when this node took the store
     /// over, else reads from the complete copy; handles opened here are
     /// marked as the mirror's.
-    pub async fn serve(&self, owner: NodeId, from: NodeId, req: KdfsRequest) -> KdfsResponse {
+    ///
+    /// A copy fed by another mirror (which serves the store: `--replicas
+    /// 3`) answers reads only; anything else is `ENOTCONN` at once, and
+    /// the mount asks that mirror.
+    pub async fn serve(
+        &self,
+        ctx: &Arc<NodeContext>,
+        owner: NodeId,
+        from: NodeId,
+        req: KdfsRequest,
+    ) -> KdfsResponse {
         let Some(c) = self.get(owner) else {
             return errno(libc::ENOTCONN);
         };
@@ -382,31 +422,45 @@ impl Copies {
             return Self::serve_lock(&c, from, req).await;
         }
         let mut waited = Duration::ZERO;
-        let (served, view) = loop {
-            let (served, view) = {
+        let (served, view, onward, by_owner) = loop {
+            let (served, view, onward, by_owner) = {
                 let c = c.lock().await;
-                (c.served.clone(), c.view.clone())
+                let by_owner = c.fed_by == owner;
+                (c.served.clone(), c.view.clone(), c.onward.clone(), by_owner)
             };
             // A change while the owner is not yet marked failed waits for
             // the takeover a little, rather than failing at once.
-            if served.is_some() || view.is_none() || is_mirror_read(&req) || waited >= TAKEOVER_WAIT
-            {
-                break (served, view);
+            let settled = served.is_some() || view.is_none() || !by_owner;
+            if settled || is_mirror_read(&req) || waited >= TAKEOVER_WAIT {
+                break (served, view, onward, by_owner);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             waited += Duration::from_millis(50);
         };
         let store = match (served, view) {
             (Some(s), _) => s,
+            (None, Some(_)) if !is_mirror_read(&req) && !by_owner => return errno(libc::ENOTCONN),
             (None, Some(_)) if !is_mirror_read(&req) => return errno(libc::EROFS),
             (None, Some(v)) => v,
             (None, None) => return errno(libc::ENOTCONN),
         };
         let req = unmark(kdfs::mirror::unwrapped(req));
-        match tokio::task::spawn_blocking(move || store.handle(req)).await {
-            Ok(resp) => mark(resp),
-            Err(_) => errno(libc::EIO),
+        let sent_on = onward
+            .filter(|_| !Store::is_read_only(&req))
+            .map(|o| (o, req.clone()));
+        let s = store.clone();
+        let resp = match tokio::task::spawn_blocking(move || s.handle(req)).await {
+            Ok(resp) => resp,
+            Err(_) => return errno(libc::EIO),
+        };
+        if let Some((onward, req)) = sent_on {
+            match onward.changed(ctx, &store, &req, &resp).await {
+                Ok(()) => {}
+                Err(super::NotMirrored::Unreachable) => return errno(libc::EIO),
+                Err(super::NotMirrored::TakenOver) => return errno(libc::EROFS),
+            }
         }
+        mark(resp)
     }
 }
 
@@ -419,7 +473,11 @@ impl Copies {
         let locks = loop {
             let (locks, complete) = {
                 let c = c.lock().await;
-                (c.locks.clone(), c.view.is_some())
+                // (fed by another mirror: that one serves the locks)
+                (
+                    c.locks.clone(),
+                    c.view.is_some() && c.fed_by == c.disk.owner(),
+                )
             };
             match locks {
                 Some(l) => break l,

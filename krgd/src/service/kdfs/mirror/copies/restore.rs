@@ -45,7 +45,9 @@ impl Copies {
                     other => other,
                 };
             }
-            if let Some(view) = &c.view {
+            // (a copy fed by another mirror: that one serves the store
+            // and answers for it)
+            if let Some(view) = c.view.as_ref().filter(|_| c.fed_by == owner) {
                 let (view, generation) = (view.clone(), c.generation);
                 tracing::warn!(owner, generation, "kdfs mirror: the node's store was formatted again; copying back the full copy kept here");
                 // Nobody changes it meanwhile: its owner serves nothing
