@@ -479,3 +479,104 @@ fn a_node_formatted_again_gets_its_files_back_from_a_restarted_mirror_s_disk() {
         fs::read(through_1.join("h")).is_ok_and(|b| b == b"served by node 3")
     });
 }
+
+/// Node index `i`'s krgd log, its colours taken out.
+fn plain_log(c: &Cluster, i: usize) -> String {
+    let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap_or_default();
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // an escape sequence: up to its final letter
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// `--replicas 3` on five nodes: node 2's store copied to nodes 3 and 4.
+/// Node 2 killed: one of them serves its store and sends its changes on
+/// to the other; that one killed too, the last serves all of it — the
+/// changes made meanwhile included; node 2, back, takes its store back
+/// from it.
+#[test]
+fn three_copies_outlive_two_failures() {
+    let mut c = Cluster::with_kdfs_formatted(5, &["--replicas", "3"]);
+    let d = c.mnt(1).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), pattern(3 << 20, 9)).unwrap();
+    wait_until(
+        "both of node 2's mirrors copied",
+        Duration::from_secs(30),
+        || {
+            plain_log(&c, 1)
+                .matches("kdfs mirror: full copy done")
+                .count()
+                >= 2
+        },
+    );
+    let (st, _) = status(&c, 0);
+    assert!(
+        st.contains("node 2: mirrored on node 3 (in sync) and node 4 (in sync)"),
+        "{st}"
+    );
+
+    c.kill_krgd(1);
+    let through_1 = c.mnt(0).join("d");
+    fs::write(through_1.join("g"), b"while node 2 was down").unwrap();
+    let serves = |i: usize| plain_log(&c, i).contains("node failed; this node serves its store");
+    let (server, other) = if serves(2) { (2, 3) } else { (3, 2) };
+    assert!(
+        serves(server),
+        "neither node 3 nor node 4 serves node 2's store"
+    );
+    let onward = format!("full copy done to={} store=2", other + 1);
+    wait_until(
+        "the other mirror copied from the server",
+        Duration::from_secs(30),
+        || plain_log(&c, server).contains(&onward),
+    );
+    fs::write(through_1.join("h"), b"after the onward copy").unwrap();
+
+    c.kill_krgd(server);
+    let through_last = c.mnt(other).join("d");
+    wait_until(
+        "the last mirror serves node 2's store",
+        Duration::from_secs(15),
+        || fs::write(through_last.join("i"), b"with two nodes down").is_ok(),
+    );
+    assert_eq!(
+        fs::read(through_last.join("f")).unwrap(),
+        pattern(3 << 20, 9)
+    );
+    assert_eq!(
+        fs::read(through_last.join("g")).unwrap(),
+        b"while node 2 was down"
+    );
+    assert_eq!(
+        fs::read(through_last.join("h")).unwrap(),
+        b"after the onward copy"
+    );
+    assert_eq!(
+        fs::read(through_1.join("i")).unwrap(),
+        b"with two nodes down"
+    );
+
+    c.start_krgd(1);
+    wait_until("node 2 has its store back", Duration::from_secs(30), || {
+        plain_log(&c, 1).contains("took the store back")
+    });
+    wait_until("node 2 serves it", Duration::from_secs(10), || {
+        fs::read(c.mnt(1).join("d/i")).is_ok_and(|b| b == b"with two nodes down")
+    });
+    assert_eq!(
+        fs::read(c.mnt(1).join("d/h")).unwrap(),
+        b"after the onward copy"
+    );
+}
