@@ -340,9 +340,11 @@ pub fn render(s: &Status) -> String {
     );
     if s.copies > 1 {
         out.push_str(&format!(
-            "copies: {}: each node's store is mirrored on the next member, which serves it \
+            "copies: {}: each node's store is mirrored on the next {}, which {} it \
              while that node is down\n",
-            s.copies
+            s.copies,
+            if s.copies > 2 { "members" } else { "member" },
+            if s.copies > 2 { "serve" } else { "serves" },
         ));
     } else {
         out.push_str(
