@@ -11,22 +11,28 @@
 //! of it, reads, changes and locks, until the owner is back and asks for
 //! it (`HandBack`). Its lock manager starts empty: the mounts take their
 //! locks on the owner's files again there (`kdfs::lockmgr`, *moved*).
+//!
+//! * this file: the copies, their sessions, takeover and hand-back;
+//! * `serve`: answering a failed owner's files from a copy;
+//! * `restore`: copying a store back to a node formatted again, or from
+//!   the disk after this krgd restarted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kdfs::lockmgr::{is_lock_request, LockManager};
-use kdfs::mirror::{is_mirror_read, unwrapped_ref, MirrorCopy};
+use kdfs::lockmgr::LockManager;
+use kdfs::mirror::MirrorCopy;
 use kdfs::store::Store;
-use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorRequest, MIRROR_HANDLE};
+use krg_proto::kdfs::{KdfsResponse, MirrorRequest};
 use krg_proto::NodeId;
 
 use super::owner::Owner;
 use super::push::{self, Session};
+use crate::context::NodeContext;
 
 mod restore;
-use crate::context::NodeContext;
+mod serve;
 use crate::service::placement::{kdfs_key, Placement};
 use crate::sync;
 
@@ -399,106 +405,6 @@ impl Copies {
             }
         }
     }
-
-    /// A request about `owner`'s files, from a mount on node `from`, while
-    /// `owner` does not answer: served whole when this node took the store
-    /// over, else reads from the complete copy; handles opened here are
-    /// marked as the mirror's.
-    ///
-    /// A copy fed by another mirror (which serves the store: `--replicas
-    /// 3`) answers reads only; anything else is `ENOTCONN` at once, and
-    /// the mount asks that mirror.
-    pub async fn serve(
-        &self,
-        ctx: &Arc<NodeContext>,
-        owner: NodeId,
-        from: NodeId,
-        req: KdfsRequest,
-    ) -> KdfsResponse {
-        let Some(c) = self.get(owner) else {
-            return errno(libc::ENOTCONN);
-        };
-        if is_lock_request(unwrapped_ref(&req)) {
-            return Self::serve_lock(&c, from, req).await;
-        }
-        let mut waited = Duration::ZERO;
-        let (served, view, onward, by_owner) = loop {
-            let (served, view, onward, by_owner) = {
-                let c = c.lock().await;
-                let by_owner = c.fed_by == owner;
-                (c.served.clone(), c.view.clone(), c.onward.clone(), by_owner)
-            };
-            // A change while the owner is not yet marked failed waits for
-            // the takeover a little, rather than failing at once.
-            let settled = served.is_some() || view.is_none() || !by_owner;
-            if settled || is_mirror_read(&req) || waited >= TAKEOVER_WAIT {
-                break (served, view, onward, by_owner);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-        };
-        let store = match (served, view) {
-            (Some(s), _) => s,
-            (None, Some(_)) if !is_mirror_read(&req) && !by_owner => return errno(libc::ENOTCONN),
-            (None, Some(_)) if !is_mirror_read(&req) => return errno(libc::EROFS),
-            (None, Some(v)) => v,
-            (None, None) => return errno(libc::ENOTCONN),
-        };
-        let req = unmark(kdfs::mirror::unwrapped(req));
-        let sent_on = onward
-            .filter(|_| !Store::is_read_only(&req))
-            .map(|o| (o, req.clone()));
-        let s = store.clone();
-        let resp = match tokio::task::spawn_blocking(move || s.handle(req)).await {
-            Ok(resp) => resp,
-            Err(_) => return errno(libc::EIO),
-        };
-        if let Some((onward, req)) = sent_on {
-            match onward.changed(ctx, &store, &req, &resp).await {
-                Ok(()) => {}
-                Err(super::NotMirrored::Unreachable) => return errno(libc::EIO),
-                Err(super::NotMirrored::TakenOver) => return errno(libc::EROFS),
-            }
-        }
-        mark(resp)
-    }
-}
-
-impl Copies {
-    /// A lock request about the files of the store copied in `c`: for the
-    /// lock manager of the store taken over (which a complete copy waits
-    /// for a little, as a change does).
-    async fn serve_lock(c: &Slot, from: NodeId, req: KdfsRequest) -> KdfsResponse {
-        let mut waited = Duration::ZERO;
-        let locks = loop {
-            let (locks, complete) = {
-                let c = c.lock().await;
-                // (fed by another mirror: that one serves the locks)
-                (
-                    c.locks.clone(),
-                    c.view.is_some() && c.fed_by == c.disk.owner(),
-                )
-            };
-            match locks {
-                Some(l) => break l,
-                None if !complete || waited >= TAKEOVER_WAIT => return errno(libc::ENOTCONN),
-                None => {}
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += Duration::from_millis(50);
-        };
-        locks.handle(from, kdfs::mirror::unwrapped(req)).await
-    }
-
-    /// The lock managers' sweep (every second) for the stores served here.
-    pub async fn expire_locks(&self, online: impl Fn(NodeId) -> bool) {
-        for slot in self.all() {
-            let locks = slot.lock().await.locks.clone();
-            if let Some(l) = locks {
-                l.expire(&online);
-            }
-        }
-    }
 }
 
 /// How long a batch waits for the ones numbered before it.
@@ -529,79 +435,5 @@ async fn in_turn(
         drop(c);
         let left = TURN_WAIT.checked_sub(since.elapsed()).ok_or(libc::ESTALE)?;
         let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), next).await;
-    }
-}
-
-/// `req` with the mirror's mark taken off its handle.
-fn unmark(req: KdfsRequest) -> KdfsRequest {
-    use KdfsRequest as Q;
-    let m = !MIRROR_HANDLE;
-    match req {
-        Q::Read {
-            ino,
-            fh,
-            offset,
-            len,
-        } => Q::Read {
-            ino,
-            fh: fh & m,
-            offset,
-            len,
-        },
-        Q::Write {
-            ino,
-            fh,
-            offset,
-            data,
-        } => Q::Write {
-            ino,
-            fh: fh & m,
-            offset,
-            data,
-        },
-        Q::Fsync { ino, fh, datasync } => Q::Fsync {
-            ino,
-            fh: fh & m,
-            datasync,
-        },
-        Q::Fallocate {
-            ino,
-            fh,
-            offset,
-            len,
-            mode,
-        } => Q::Fallocate {
-            ino,
-            fh: fh & m,
-            offset,
-            len,
-            mode,
-        },
-        Q::Release { ino, fh } => Q::Release { ino, fh: fh & m },
-        Q::ReadDir { fh, offset, max } => Q::ReadDir {
-            fh: fh & m,
-            offset,
-            max,
-        },
-        Q::ReleaseDir { fh } => Q::ReleaseDir { fh: fh & m },
-        r => r,
-    }
-}
-
-/// `resp` with the handles it gives marked as the mirror's.
-fn mark(resp: KdfsResponse) -> KdfsResponse {
-    use KdfsResponse as A;
-    match resp {
-        A::Handle(fh) => A::Handle(fh | MIRROR_HANDLE),
-        A::Created { attr, fh, stripe } => A::Created {
-            attr,
-            fh: fh.map(|f| f | MIRROR_HANDLE),
-            stripe,
-        },
-        A::StripedHandle { fh, layout } => A::StripedHandle {
-            fh: fh | MIRROR_HANDLE,
-            layout,
-        },
-        r => r,
     }
 }
