@@ -1,6 +1,7 @@
-//! A mirrored file system (`--replicas 2`): a request to a node that does
-//! not answer goes to its mirror (`crate::mirror`), which serves it from
-//! its copy (reads) or as the store's server once it took it over.
+//! A mirrored file system (`--replicas 2` or `3`): a request to a node
+//! that does not answer goes to its mirrors, first to last
+//! (`crate::mirror`), one of which serves it from its copy (reads) or as
+//! the store's server once it took it over.
 //!
 //! A node does not answer when its connection is refused or reset, or when
 //! the cluster marks it failed while a request waits on it (the mount asks

@@ -261,9 +261,9 @@ impl Cluster {
     }
 
     /// [`Cluster::call_within`] on connection `lane` to `node`. A request
-    /// to a node that does not answer is asked of its mirror (see
-    /// `crate::mirror`): served when the mirror took the store over, a
-    /// read answered from its copy, ENOTCONN when it holds no full copy.
+    /// to a node that does not answer is asked of its mirrors (see
+    /// `crate::mirror`): served by the one that took the store over, a
+    /// read answered from a full copy, ENOTCONN when none holds one.
     pub async fn call_on(
         &self,
         node: NodeId,
