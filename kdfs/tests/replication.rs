@@ -367,10 +367,11 @@ fn set_replicas(c: &Cluster, i: usize, copies: &str) -> (String, String, Option<
     )
 }
 
-/// A single-copy kDFS converted with `kdfsctl replicas 2`: refused while
-/// kdfs is mounted on a node (the mount writes its store in place);
-/// unmounted everywhere, every store keeps two copies from then on, its
-/// mirror copied in the background; mounted again, a node's files
+/// A single-copy kDFS converted with `kdfsctl replicas 2`: refused on a
+/// node while kdfs is mounted there (the mount writes its store in place),
+/// done on the others — a file another node's mount holds open there goes
+/// on; unmounted everywhere, every store keeps two copies from then on,
+/// its mirror copied in the background; mounted again, a node's files
 /// outlive its krgd.
 #[test]
 fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
@@ -393,11 +394,33 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     assert!(err.contains("4 copies: a store keeps 1 to 3"), "{err}");
     assert_eq!(set_replicas(&c, 0, "many").2, Some(2), "a bad command line");
 
-    for i in 0..3 {
-        c.umount(i);
-    }
+    // Nodes 2 and 3 unmounted: their stores convert, node 1's does not
+    // (its mount is up), and the file node 1 holds open on node 2 goes on.
+    let mut held = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(c.mnt(0).join("d/f"))
+        .unwrap();
+    c.umount(1);
+    c.umount(2);
     // (a mount.kdfs may take a moment to exit after its umount)
     let mut last = String::new();
+    wait_until("nodes 2 and 3 converted", Duration::from_secs(15), || {
+        last = set_replicas(&c, 0, "2").0;
+        last.contains("node 2: keeps 2 copies") && last.contains("node 3: keeps 2 copies")
+    });
+    assert!(last.contains("node 1: not changed"), "{last}");
+    use std::io::{Read, Seek};
+    held.write_all(b"still open").unwrap();
+    held.rewind().unwrap();
+    let mut head = [0u8; 10];
+    held.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"still open");
+    drop(held);
+    let mut want = pattern(3 << 20, 5);
+    want[..10].copy_from_slice(b"still open");
+
+    c.umount(0);
     wait_until("every store converted", Duration::from_secs(15), || {
         let (out, _, code) = set_replicas(&c, 0, "2");
         last = out;
@@ -423,7 +446,7 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     assert_eq!(code, Some(0), "{st}");
 
     c.kill_krgd(1);
-    assert_eq!(fs::read(c.mnt(0).join("d/f")).unwrap(), pattern(3 << 20, 5));
+    assert_eq!(fs::read(c.mnt(0).join("d/f")).unwrap(), want);
     fs::write(c.mnt(0).join("d/g"), b"while node 2 is down").unwrap();
     assert_eq!(
         fs::read(c.mnt(2).join("d/g")).unwrap(),

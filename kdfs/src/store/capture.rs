@@ -363,18 +363,24 @@ fn read_target(dir: &OwnedFd, name: &OsStr) -> Res<Option<String>> {
 impl Store {
     /// Copies of this store's files (1: not mirrored).
     pub fn replicas(&self) -> u8 {
-        self.sb.replicas
+        self.replicas.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Write in the superblock that the store keeps `copies` copies (what
-    /// this `Store` was opened with does not change: open it again).
+    /// Keep `copies` copies of the store's files from now on: written in
+    /// the superblock, then in effect (its open handles go on).
     pub fn set_replicas(&self, copies: u8) -> Res<()> {
+        // (under the root's lock: `set_root` writes the superblock too)
+        let root = self.root.lock().unwrap_or_else(|p| p.into_inner());
         let sb = crate::format::Superblock {
+            root_node: root.0,
             replicas: copies,
             layout: self.sb.layout.max(crate::format::LAYOUT_VERSION),
             ..self.sb.clone()
         };
-        Ok(self.top.write_superblock(&sb)?)
+        self.top.write_superblock(&sb)?;
+        self.replicas
+            .store(copies, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// The store's top directory (a mirror kept in it opens its own).

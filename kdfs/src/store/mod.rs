@@ -64,6 +64,9 @@ pub(crate) use objects::{object_name, LAYOUT_XATTR, NLINK_XATTR, NSUB_XATTR};
 pub struct Store {
     top: StoreDir,
     sb: Superblock,
+    /// Copies of its files: the superblock's, changed in place by
+    /// `kdfsctl replicas` ([`Store::set_replicas`]).
+    replicas: std::sync::atomic::AtomicU8,
     /// The root node, and on it the root directory: they change when the
     /// root node hands its store over (`set_root`).
     root: std::sync::Mutex<(NodeId, Option<InodeId>)>,
@@ -148,6 +151,7 @@ impl Store {
         Ok(Store {
             top,
             root: std::sync::Mutex::new((sb.root_node, root)),
+            replicas: std::sync::atomic::AtomicU8::new(sb.replicas),
             sb,
             objects,
             alloc: InoAllocator::new(node, 0),
@@ -185,6 +189,7 @@ impl Store {
     pub fn superblock(&self) -> Superblock {
         Superblock {
             root_node: self.root_now().0,
+            replicas: self.replicas(),
             ..self.sb.clone()
         }
     }
@@ -226,6 +231,7 @@ impl Store {
         }
         let sb = Superblock {
             root_node,
+            replicas: self.replicas(),
             ..self.sb.clone()
         };
         self.top.write_superblock(&sb)?;

@@ -1,6 +1,7 @@
 //! `kdfsctl replicas 2`: a store that kept one copy of its files keeps
-//! two from now on. Its superblock says so, the store is served opened
-//! again, and its mirroring starts as at a mirrored store's first start
+//! two from now on. Its superblock says so, the store served takes it in
+//! place (the handles other nodes hold stay good), and its mirroring
+//! starts as at a mirrored store's first start
 //! (a claim, then a full copy to the mirror, in the background; `kdfsctl
 //! status` shows it). Refused while something else uses the store on
 //! this node: a mount reads and writes its node's store in place
@@ -42,12 +43,9 @@ impl KdfsService {
                 return errno(libc::EIO);
             }
         }
+        // In place: the handles other nodes' mounts hold stay good.
         if let Err(e) = store.set_replicas(copies) {
             tracing::error!(error = %e, "kdfs: cannot write the superblock");
-            return errno(libc::EIO);
-        }
-        if let Err(why) = self.reopen_store(store).await {
-            tracing::error!(%why, "kdfs: the store with {copies} copies is not served");
             return errno(libc::EIO);
         }
         tracing::info!(
