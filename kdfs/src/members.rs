@@ -28,7 +28,7 @@ pub struct Members {
 
 /// Ask the local krgd (`socket`) who the members are, and connect to them
 /// with the cluster key in `keyfile`. With `mount`, first check that it
-/// mounts the store the local krgd serves ([`crate::status::check_mount`]).
+/// mounts the store the local krgd serves ([`check_mount`]).
 pub async fn connect(
     socket: &Path,
     keyfile: &Path,
@@ -51,7 +51,7 @@ pub async fn connect(
         )
     })?);
     if let Some(m) = mount {
-        crate::status::check_mount(m, &store)?;
+        check_mount(m, &store)?;
     }
     let sb = format::read_superblock(&store)?;
     let key = ClusterKey::from_file(keyfile).map_err(|e| KdfsError::Invalid(e.to_string()))?;
@@ -78,4 +78,31 @@ pub async fn connect(
         sb,
         cluster,
     })
+}
+
+/// Check that `mount` is a kDFS mount of this node's store `store` (the
+/// one the local krgd serves), so that the status printed is that mount's.
+pub fn check_mount(mount: &Path, store: &Path) -> Result<(), KdfsError> {
+    let at = std::fs::canonicalize(mount).map_err(|e| KdfsError::io(mount, e))?;
+    let table = crate::mountinfo::read()?;
+    let m = crate::mountinfo::newest_at(&table, &at)
+        // Plain "fuse": a mount made by a mount.kdfs from before Dec 3
+        // 2026, which passed no subtype; the source (the store) tells a
+        // kDFS mount from another FUSE one.
+        .filter(|m| m.fstype == "fuse" || m.fstype == "fuse.kdfs")
+        .ok_or_else(|| KdfsError::Invalid(format!("{} is not a kDFS mount", mount.display())))?;
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(Path::new(&m.source), store) {
+        Ok(())
+    } else {
+        Err(KdfsError::Invalid(format!(
+            "{} mounts {}, not the store {} this node's krgd serves (give that node's --socket)",
+            mount.display(),
+            m.source,
+            store.display()
+        )))
+    }
 }

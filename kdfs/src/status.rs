@@ -96,7 +96,7 @@ impl Status {
 
 /// Ask the local krgd (`socket`) and every member (with the cluster key
 /// in `keyfile`). With `mount`, first check that it mounts the store the
-/// local krgd serves ([`check_mount`]): a wrong one asks no member.
+/// local krgd serves ([`crate::members::check_mount`]): a wrong one asks no member.
 pub async fn gather(
     socket: &Path,
     keyfile: &Path,
@@ -152,33 +152,6 @@ pub async fn gather(
         copies: u32::from(sb.replicas),
         nodes,
     })
-}
-
-/// Check that `mount` is a kDFS mount of this node's store `store` (the
-/// one the local krgd serves), so that the status printed is that mount's.
-pub fn check_mount(mount: &Path, store: &Path) -> Result<(), KdfsError> {
-    let at = std::fs::canonicalize(mount).map_err(|e| KdfsError::io(mount, e))?;
-    let table = crate::mountinfo::read()?;
-    let m = crate::mountinfo::newest_at(&table, &at)
-        // Plain "fuse": a mount made by a mount.kdfs from before Dec 3
-        // 2026, which passed no subtype; the source (the store) tells a
-        // kDFS mount from another FUSE one.
-        .filter(|m| m.fstype == "fuse" || m.fstype == "fuse.kdfs")
-        .ok_or_else(|| KdfsError::Invalid(format!("{} is not a kDFS mount", mount.display())))?;
-    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    if same(Path::new(&m.source), store) {
-        Ok(())
-    } else {
-        Err(KdfsError::Invalid(format!(
-            "{} mounts {}, not the store {} this node's krgd serves (give that node's --socket)",
-            mount.display(),
-            m.source,
-            store.display()
-        )))
-    }
 }
 
 /// One member's store, if it serves one of file system `fs_id`.

@@ -1,12 +1,12 @@
 //! Reading a checkpoint for restart: every file opened by descriptor,
 //! decoded, checked, and its owner's rights applied, before anything runs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::checked_dir::{CheckedDir, OpenedFile};
 use crate::error::{ChkptError, Result};
 use crate::image::{
-    self, Decoded, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind,
+    self, Decoded, FdKind, FileKind, GlobalImage, MmImage, Names, NodeImage, TaskImage, VmaKind,
 };
 
 use super::owner::ImageOwner;
@@ -40,7 +40,7 @@ pub struct Loaded {
     /// `--gate-fd`: the caller lets the tree run (set by the caller).
     pub gate: Option<std::os::fd::OwnedFd>,
     /// How to make the image's stand-ins (set by the caller).
-    pub stand_in_start: Option<super::standin::StandInStart>,
+    pub stand_in_start: Option<StandInStart>,
 }
 
 /// One task of a loaded checkpoint.
@@ -192,7 +192,7 @@ pub fn load_checked(dir: &Path, sn: u32, node: Option<u32>, pages: PageCheck) ->
         let pieces = chain.resolve(sn, te.pid, (&mm, file, data_off, version))?;
         tasks.push(LoadedTask { task, mm, pieces });
     }
-    super::standin::check(&node, &tasks).map_err(|why| ChkptError::bad_image(&nfile.path, why))?;
+    check_stand_ins(&node, &tasks).map_err(|why| ChkptError::bad_image(&nfile.path, why))?;
     // Page data too is checked before anything is started (but what
     // restart checks as it copies it, or the page server as it loads it).
     match pages {
@@ -232,6 +232,68 @@ fn check_files(path: &Path, mm: &MmImage) -> Result<()> {
                 return Err(ChkptError::bad_image(
                     path,
                     format!("mapped file {f} is missing"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What restart needs to make the stand-ins of an image (krgd gives it).
+#[derive(Debug, Clone)]
+pub struct StandInStart {
+    /// `krg` (absolute).
+    pub program: String,
+    /// krgd's socket, which the stand-in connects to.
+    pub socket: PathBuf,
+    /// The token of each stand-in, by its PID.
+    pub tokens: Vec<(i32, u64)>,
+}
+
+/// Refuse stand-ins an image (which its user may have edited) holds in
+/// a way restart cannot make: each needs a live parent of the tree, a
+/// PID of its own, a command line, and fds 0-2 among what restart makes.
+pub fn check_stand_ins(node: &NodeImage, tasks: &[LoadedTask]) -> std::result::Result<(), String> {
+    let task = |p: i32| node.tasks.iter().any(|t| t.pid == p && t.zombie.is_none());
+    let opened = |n: u32| {
+        tasks
+            .iter()
+            .any(|t| t.task.fds.iter().any(|f| f.kind.file() == Some(n)))
+    };
+    for (i, s) in node.stand_ins.iter().enumerate() {
+        let taken = node.tasks.iter().any(|t| t.pid == s.pid)
+            || node.stand_ins[..i].iter().any(|o| o.pid == s.pid);
+        if s.pid <= 0 || taken {
+            return Err(format!("stand-in {}: its PID is not its own", s.pid));
+        }
+        if !task(s.ppid) {
+            return Err(format!(
+                "stand-in {}: its parent {} is not a process of the tree",
+                s.pid, s.ppid
+            ));
+        }
+        // 0 is a group or session outside the tree's PID namespace (a
+        // process under an init that never called setsid has session 0)
+        if s.pgid < 0 || s.sid < 0 || s.argv.is_empty() {
+            return Err(format!(
+                "stand-in {}: a negative process group or session, or no command line",
+                s.pid
+            ));
+        }
+        for (k, f) in s.stdio.iter().enumerate() {
+            let ok = (0..=2).contains(&f.fd)
+                && !s.stdio[..k].iter().any(|o| o.fd == f.fd)
+                && match &f.kind {
+                    FdKind::InheritedStdio { .. } => true,
+                    FdKind::Pipe { ino, .. } => node.pipes.iter().any(|p| p.ino == *ino),
+                    // opened by path with the owner's rights
+                    FdKind::Path { .. } => true,
+                    k => k.file().is_some_and(opened),
+                };
+            if !ok {
+                return Err(format!(
+                    "stand-in {}: fd {} is not one restart makes",
+                    s.pid, f.fd
                 ));
             }
         }

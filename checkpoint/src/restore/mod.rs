@@ -79,9 +79,10 @@ use std::time::Duration;
 use crate::error::{ChkptError, Result};
 use crate::store;
 
+pub use load::StandInStart;
 pub use load::{load, Loaded, LoadedTask};
 pub use owner::ImageOwner;
-pub use standin::{listed as stand_ins_of, StandInStart};
+pub use standin::listed as stand_ins_of;
 
 use ctx::AREA_LEN;
 use fork::PidPolicy;

@@ -7,7 +7,6 @@
 //! process restored on its node meanwhile) gave for it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use crate::error::{ChkptError, Result};
 use crate::image::{FdKind, NodeImage, StandInEntry};
@@ -15,70 +14,8 @@ use crate::ptrace::{self, Injector};
 
 use super::ctx::{take_creds, AREA_CODE, AREA_SCRATCH};
 use super::fork::{fork_child, join_ids, CreatedTasks, PidPolicy};
-use super::load::{Loaded, LoadedTask};
+use super::load::Loaded;
 use super::plan::TreeFds;
-
-/// What restart needs to make the stand-ins of an image (krgd gives it).
-#[derive(Debug, Clone)]
-pub struct StandInStart {
-    /// `krg` (absolute).
-    pub program: String,
-    /// krgd's socket, which the stand-in connects to.
-    pub socket: PathBuf,
-    /// The token of each stand-in, by its PID.
-    pub tokens: Vec<(i32, u64)>,
-}
-
-/// Refuse stand-ins an image (which its user may have edited) holds in
-/// a way restart cannot make: each needs a live parent of the tree, a
-/// PID of its own, a command line, and fds 0-2 among what restart makes.
-pub fn check(node: &NodeImage, tasks: &[LoadedTask]) -> std::result::Result<(), String> {
-    let task = |p: i32| node.tasks.iter().any(|t| t.pid == p && t.zombie.is_none());
-    let opened = |n: u32| {
-        tasks
-            .iter()
-            .any(|t| t.task.fds.iter().any(|f| f.kind.file() == Some(n)))
-    };
-    for (i, s) in node.stand_ins.iter().enumerate() {
-        let taken = node.tasks.iter().any(|t| t.pid == s.pid)
-            || node.stand_ins[..i].iter().any(|o| o.pid == s.pid);
-        if s.pid <= 0 || taken {
-            return Err(format!("stand-in {}: its PID is not its own", s.pid));
-        }
-        if !task(s.ppid) {
-            return Err(format!(
-                "stand-in {}: its parent {} is not a process of the tree",
-                s.pid, s.ppid
-            ));
-        }
-        // 0 is a group or session outside the tree's PID namespace (a
-        // process under an init that never called setsid has session 0)
-        if s.pgid < 0 || s.sid < 0 || s.argv.is_empty() {
-            return Err(format!(
-                "stand-in {}: a negative process group or session, or no command line",
-                s.pid
-            ));
-        }
-        for (k, f) in s.stdio.iter().enumerate() {
-            let ok = (0..=2).contains(&f.fd)
-                && !s.stdio[..k].iter().any(|o| o.fd == f.fd)
-                && match &f.kind {
-                    FdKind::InheritedStdio { .. } => true,
-                    FdKind::Pipe { ino, .. } => node.pipes.iter().any(|p| p.ino == *ino),
-                    // opened by path with the owner's rights
-                    FdKind::Path { .. } => true,
-                    k => k.file().is_some_and(opened),
-                };
-            if !ok {
-                return Err(format!(
-                    "stand-in {}: fd {} is not one restart makes",
-                    s.pid, f.fd
-                ));
-            }
-        }
-    }
-    Ok(())
-}
 
 /// The stand-ins SN `sn` of application `app` under `root` holds (in the
 /// node file of `node`, or of the one node it holds), with the uid that
@@ -177,6 +114,7 @@ fn parents_creds(l: &Loaded, s: &StandInEntry, inj: &Injector, area: u64) -> Res
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+    use super::super::load::check_stand_ins as check;
     use super::*;
     use crate::image::{PartRef, TaskEntry};
 

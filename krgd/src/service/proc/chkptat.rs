@@ -65,7 +65,7 @@ pub async fn asked(
     }
     let ask = PeerRequest::Proc(ProcPeerRequest::Checkpoint { req, creds });
     let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
-    super::fanout::answer(node, got, |r| match r {
+    super::reply::answer(node, got, |r| match r {
         ProcPeerReply::Checkpointed(there) => Ok(there),
         other => Err(other),
     })
@@ -250,7 +250,7 @@ pub async fn remove_asked(
     let node = req.node;
     let ask = PeerRequest::Proc(ProcPeerRequest::RemoveSaved { req, creds });
     let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
-    super::fanout::answer(node, got, |r| match r {
+    super::reply::answer(node, got, |r| match r {
         ProcPeerReply::SavedRemoved => Ok(()),
         other => Err(other),
     })

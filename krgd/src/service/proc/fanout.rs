@@ -19,27 +19,6 @@ use crate::peers::PeerCallError;
 /// How long a node may take to answer a table or figures request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What `node`'s process service answered, as `pick` takes it (`Err`
-/// gives back an answer of another kind: an internal error); its own
-/// error as it sent it; an unreachable node as `Unavailable`.
-pub fn answer<T>(
-    node: NodeId,
-    got: Result<PeerResponse, PeerCallError>,
-    pick: impl FnOnce(ProcPeerReply) -> Result<T, ProcPeerReply>,
-) -> Result<T, AdminError> {
-    let odd =
-        |what: String| AdminError::new(ErrorKind::Internal, format!("node {node} answered {what}"));
-    match got {
-        Ok(PeerResponse::Proc(reply)) => pick(reply).map_err(|other| odd(format!("{other:?}"))),
-        Ok(other) => Err(odd(format!("{other:?}"))),
-        Err(PeerCallError::Remote { error, .. }) => Err(error),
-        Err(e) => Err(AdminError::new(
-            ErrorKind::Unavailable,
-            format!("node {node}: {e}"),
-        )),
-    }
-}
-
 /// The nodes of "everywhere": online members, or this node alone when no
 /// cluster is formed.
 pub fn online_nodes(st: &ProcState) -> Vec<NodeId> {

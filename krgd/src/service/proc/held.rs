@@ -12,10 +12,9 @@
 //! gone, a tree whose save takes longer). Processes that job control had
 //! stopped before the save stay stopped.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use krg_proto::admin::{AdminError, ErrorKind};
@@ -24,47 +23,13 @@ use krg_proto::proc::{Credentials, ProcPeerReply, ProcPeerRequest, ReleaseHeld, 
 
 use super::creds::Origin;
 use super::heldio::HeldStdio;
+use super::heldparts::{run_on, HeldPart};
 use super::migrate::registry::start_ticks;
 use super::state::ProcState;
 use crate::caller::Caller;
 
 /// How long the node that holds a part may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A part held stopped: who asked for its save, and its processes (with
-/// their start times, so that a PID used again is left alone).
-struct HeldPart {
-    uid: u32,
-    pids: Vec<(i32, Option<u64>)>,
-    /// Which hold this is (the limit's timer of an earlier hold of the
-    /// same SN, removed and saved again, leaves this one alone).
-    serial: u64,
-    /// When its save froze it.
-    since: Instant,
-    /// Its stdio, whose reader stopped reading at the output mark, and
-    /// the input it had not read (see `heldio`).
-    stdio: Option<(Arc<HeldStdio>, Bytes)>,
-}
-
-/// The parts this node holds, by (application id, SN).
-#[derive(Default)]
-pub struct Held {
-    parts: Mutex<HashMap<(i32, u32), HeldPart>>,
-    next: AtomicU64,
-    /// The output marks of held parts awaiting their stand-in's answer.
-    pub output_marks: super::heldio::Marks,
-}
-
-impl Held {
-    /// The part held as `serial`, taken out.
-    fn take(&self, app: i32, sn: u32, serial: u64) -> Option<HeldPart> {
-        let mut parts = crate::sync::lock(&self.parts);
-        match parts.get(&(app, sn)) {
-            Some(p) if p.serial == serial => parts.remove(&(app, sn)),
-            _ => None,
-        }
-    }
-}
 
 /// The processes of the part saved as SN `sn` of `app` (`dumped`, left
 /// stopped) are held for `uid` until released or the limit passes.
@@ -118,24 +83,6 @@ pub fn attach_stdio(st: &ProcState, app: i32, sn: u32, stdio: Arc<HeldStdio>, un
     }
 }
 
-/// SIGCONT to each process of `part` that is still the one held, its
-/// unread input written back first, and its stand-in told to read again.
-fn run_on(part: &HeldPart) {
-    if let Some((stdio, unread)) = &part.stdio {
-        stdio.give_back(unread.clone());
-    }
-    for &(pid, born) in &part.pids {
-        if born.is_some() && start_ticks(pid) == born {
-            // SAFETY: plain kill(2) with SIGCONT of a process this node
-            // stopped (its start time checked just before).
-            unsafe { libc::kill(pid, libc::SIGCONT) };
-        }
-    }
-    if let Some((stdio, _)) = &part.stdio {
-        stdio.resume();
-    }
-}
-
 /// On the node asked: have the node that holds the part let it run on.
 pub async fn release_asked(
     st: &Arc<ProcState>,
@@ -149,7 +96,7 @@ pub async fn release_asked(
     let node = req.node;
     let ask = PeerRequest::Proc(ProcPeerRequest::ReleaseHeld { req, creds });
     let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
-    super::fanout::answer(node, got, |r| match r {
+    super::reply::answer(node, got, |r| match r {
         ProcPeerReply::HeldReleased { stopped_us } => Ok(stopped_us),
         other => Err(other),
     })

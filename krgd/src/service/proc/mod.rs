@@ -40,6 +40,7 @@ pub mod fs;
 pub mod handover;
 pub mod held;
 pub mod heldio;
+pub mod heldparts;
 pub mod hub;
 pub mod initspec;
 pub mod job;
@@ -57,6 +58,7 @@ pub mod procfs;
 pub mod pty;
 pub mod pushfile;
 pub mod remote;
+pub mod reply;
 pub mod restartjob;
 pub mod sealed;
 pub mod serve;
@@ -174,7 +176,7 @@ impl ProcService {
             init,
             init_problem,
             stopping: tokio::sync::watch::Sender::new(false),
-            held: held::Held::default(),
+            held: heldparts::Held::default(),
         });
         // Restored (migrated-in) processes come to krgd when restart exits.
         migrate::restore::become_subreaper();

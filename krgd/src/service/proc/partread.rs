@@ -71,7 +71,7 @@ pub async fn asked(
     let node = req.node;
     let ask = PeerRequest::Proc(ProcPeerRequest::ReadSaved { req, creds });
     let got = st.ctx.peers.call(node, ask, TIMEOUT).await;
-    super::fanout::answer(node, got, Read::from_peer)
+    super::reply::answer(node, got, Read::from_peer)
 }
 
 /// On the node that saved the part: read SN `req.sn` of `req.app` of its
@@ -138,5 +138,5 @@ pub async fn held_there(
     }
     let ask = PeerRequest::Proc(ProcPeerRequest::ReadSaved { req, creds });
     let got = st.ctx.peers.call(node, ask, CHECK_TIMEOUT).await;
-    super::fanout::answer(node, got, Read::from_peer).map(drop)
+    super::reply::answer(node, got, Read::from_peer).map(drop)
 }

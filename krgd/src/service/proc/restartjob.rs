@@ -44,7 +44,7 @@ pub async fn forward(
 ) -> Result<JobRestarted, AdminError> {
     let ask = PeerRequest::Proc(ProcPeerRequest::RestartJob { req, creds });
     let got = st.ctx.peers.call(node, ask, FORWARD_TIMEOUT).await;
-    super::fanout::answer(node, got, |r| match r {
+    super::reply::answer(node, got, |r| match r {
         ProcPeerReply::Restarted(r) => Ok(r),
         other => Err(other),
     })

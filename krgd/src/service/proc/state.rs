@@ -51,7 +51,7 @@ pub struct ProcState {
     /// (`<data_dir>/migrate`).
     pub spool: PathBuf,
     /// Parts of applications held stopped while the rest is saved.
-    pub held: super::held::Held,
+    pub held: super::heldparts::Held,
 }
 
 impl ProcState {

@@ -143,7 +143,7 @@ async fn call(
             return Err(err(ErrorKind::Unavailable, why));
         }
     };
-    super::fanout::answer(node, answer, |r| match r {
+    super::reply::answer(node, answer, |r| match r {
         ProcPeerReply::Migrate(r) => Ok(r),
         other => Err(other),
     })
