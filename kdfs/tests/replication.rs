@@ -371,8 +371,8 @@ fn set_replicas(c: &Cluster, i: usize, copies: &str) -> (String, String, Option<
 /// node while kdfs is mounted there (the mount writes its store in place),
 /// done on the others — a file another node's mount holds open there goes
 /// on; unmounted everywhere, every store keeps two copies from then on,
-/// its mirror copied in the background; mounted again, a node's files
-/// outlive its krgd.
+/// its mirror copied in the background; then three (fewer is refused);
+/// mounted again, a node's files outlive its krgd.
 #[test]
 fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     let mut c = Cluster::with_kdfs(3);
@@ -444,6 +444,34 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     assert!(st.contains("copies: 2:"), "{st}");
     assert!(st.contains("node 2: mirrored on node 3 (in sync)"), "{st}");
     assert_eq!(code, Some(0), "{st}");
+
+    // And on to three copies: node 2's store gets its second mirror, node 1.
+    for i in 0..3 {
+        c.umount(i);
+    }
+    wait_until(
+        "every store at three copies",
+        Duration::from_secs(15),
+        || set_replicas(&c, 0, "3").2 == Some(0),
+    );
+    for i in 0..3 {
+        assert!(c.mount(i, "").status.success());
+    }
+    wait_until(
+        "node 2's two mirrors in sync",
+        Duration::from_secs(30),
+        || {
+            status(&c, 0)
+                .0
+                .contains("node 2: mirrored on node 3 (in sync) and node 1 (in sync)")
+        },
+    );
+    let (out, _, code) = set_replicas(&c, 0, "2");
+    assert_eq!(code, Some(1), "fewer copies: {out}");
+    assert!(
+        out.contains("node 2: not changed: it keeps more copies already"),
+        "{out}"
+    );
 
     c.kill_krgd(1);
     assert_eq!(fs::read(c.mnt(0).join("d/f")).unwrap(), want);
