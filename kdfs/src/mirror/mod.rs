@@ -94,9 +94,8 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
     )
 }
 
-/// Whether `req` uses a handle a mirror opened: it goes to the mirror
-/// again, whether or not the owner answers now.
-pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
+/// The handle of an open file or directory that `req` uses, if any.
+pub fn handle_of(req: &KdfsRequest) -> Option<u64> {
     use KdfsRequest as Q;
     match unwrapped_ref(req) {
         Q::Read { fh, .. }
@@ -105,9 +104,70 @@ pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
         | Q::Fallocate { fh, .. }
         | Q::Release { fh, .. }
         | Q::ReadDir { fh, .. }
-        | Q::ReleaseDir { fh } => fh & MIRROR_HANDLE != 0,
-        _ => false,
+        | Q::ReleaseDir { fh } => Some(*fh),
+        _ => None,
     }
+}
+
+/// `req` with `f` of the handle it uses (see [`handle_of`]).
+pub fn map_handle(req: KdfsRequest, f: impl FnOnce(u64) -> u64) -> KdfsRequest {
+    use KdfsRequest as Q;
+    match req {
+        Q::Read {
+            ino,
+            fh,
+            offset,
+            len,
+        } => Q::Read {
+            ino,
+            fh: f(fh),
+            offset,
+            len,
+        },
+        Q::Write {
+            ino,
+            fh,
+            offset,
+            data,
+        } => Q::Write {
+            ino,
+            fh: f(fh),
+            offset,
+            data,
+        },
+        Q::Fsync { ino, fh, datasync } => Q::Fsync {
+            ino,
+            fh: f(fh),
+            datasync,
+        },
+        Q::Fallocate {
+            ino,
+            fh,
+            offset,
+            len,
+            mode,
+        } => Q::Fallocate {
+            ino,
+            fh: f(fh),
+            offset,
+            len,
+            mode,
+        },
+        Q::Release { ino, fh } => Q::Release { ino, fh: f(fh) },
+        Q::ReadDir { fh, offset, max } => Q::ReadDir {
+            fh: f(fh),
+            offset,
+            max,
+        },
+        Q::ReleaseDir { fh } => Q::ReleaseDir { fh: f(fh) },
+        r => r,
+    }
+}
+
+/// Whether `req` uses a handle a mirror opened: it goes to the mirror
+/// again, whether or not the owner answers now.
+pub fn uses_mirror_handle(req: &KdfsRequest) -> bool {
+    handle_of(req).is_some_and(|fh| fh & MIRROR_HANDLE != 0)
 }
 
 /// How many bytes a batch of changes carries, about.

@@ -412,6 +412,10 @@ fn a_mirror_is_asked_reads_from_its_copy_and_no_locks() {
         5 | krg_proto::kdfs::MIRROR_HANDLE
     )));
     assert!(!uses_mirror_handle(&read(5)));
+    let marked = read(5 | krg_proto::kdfs::MIRROR_HANDLE);
+    let plain = map_handle(marked, |fh| fh & !krg_proto::kdfs::MIRROR_HANDLE);
+    assert_eq!(handle_of(&plain), Some(5));
+    assert_eq!(handle_of(&Q::Statfs), None);
 }
 
 /// What `s` reads of striped file `ino`'s units it holds at `offset`.

@@ -26,60 +26,52 @@ use crate::mirror;
 /// How often a mirrored mount asks its krgd which members failed.
 const FAILURES_EVERY: Duration = Duration::from_millis(200);
 
-/// Handles a failed node gave, opened again on its mirror: (node, handle)
-/// to the mirror's handle.
-#[derive(Default)]
-pub(super) struct Reopened(Mutex<HashMap<(NodeId, u64), u64>>);
+/// Something kept per handle a node (or its mirror) gave: (node, handle)
+/// to `T`.
+pub(super) struct HandleMap<T>(Mutex<HashMap<(NodeId, u64), T>>);
 
-impl Reopened {
-    fn get(&self, node: NodeId, fh: u64) -> Option<u64> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(node, fh))
-            .copied()
+impl<T> Default for HandleMap<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<T: Copy> HandleMap<T> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u64), T>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn put(&self, node: NodeId, fh: u64, on_mirror: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((node, fh), on_mirror);
+    fn get(&self, node: NodeId, fh: u64) -> Option<T> {
+        self.map().get(&(node, fh)).copied()
+    }
+
+    fn put(&self, node: NodeId, fh: u64, value: T) {
+        self.map().insert((node, fh), value);
     }
 
     fn forget(&self, node: NodeId, fh: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(node, fh));
+        self.map().remove(&(node, fh));
     }
 }
+
+/// Handles a failed node gave, opened again on its mirror: to the
+/// mirror's handle.
+pub(super) type Reopened = HandleMap<u64>;
 
 /// Which mirror gave each handle a mirror gave (`--replicas 3`: the
-/// requests using it go back there): (node, handle as marked) to mirror.
-#[derive(Default)]
-pub(super) struct MirrorHandles(Mutex<HashMap<(NodeId, u64), NodeId>>);
-
-impl MirrorHandles {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u64), NodeId>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+/// requests using it go back there), by the handle as marked.
+pub(super) type MirrorHandles = HandleMap<NodeId>;
 
 /// The handle a request uses, as a mirror marked it, and whether the
 /// request closes it.
 fn mirror_handle(req: &KdfsRequest) -> Option<(u64, bool)> {
-    use KdfsRequest as Q;
-    match mirror::unwrapped_ref(req) {
-        Q::Read { fh, .. }
-        | Q::Write { fh, .. }
-        | Q::Fsync { fh, .. }
-        | Q::Fallocate { fh, .. }
-        | Q::ReadDir { fh, .. } => Some((*fh, false)),
-        Q::Release { fh, .. } | Q::ReleaseDir { fh } => Some((*fh, true)),
-        _ => None,
-    }
-    .filter(|(fh, _)| fh & MIRROR_HANDLE != 0)
+    let closes = matches!(
+        mirror::unwrapped_ref(req),
+        KdfsRequest::Release { .. } | KdfsRequest::ReleaseDir { .. }
+    );
+    mirror::handle_of(req)
+        .filter(|fh| fh & MIRROR_HANDLE != 0)
+        .map(|fh| (fh, closes))
 }
 
 /// The handle an answer gives, if any.
@@ -101,49 +93,6 @@ fn file_handle(req: &KdfsRequest) -> Option<(u64, u64)> {
         | Q::Fallocate { ino, fh, .. }
         | Q::Release { ino, fh } => Some((*ino, *fh)),
         _ => None,
-    }
-}
-
-/// `req` (one [`file_handle`] names) with handle `fh` instead.
-fn with_handle(req: KdfsRequest, new: u64) -> KdfsRequest {
-    use KdfsRequest as Q;
-    match mirror::unwrapped(req) {
-        Q::Read {
-            ino, offset, len, ..
-        } => Q::Read {
-            ino,
-            fh: new,
-            offset,
-            len,
-        },
-        Q::Write {
-            ino, offset, data, ..
-        } => Q::Write {
-            ino,
-            fh: new,
-            offset,
-            data,
-        },
-        Q::Fsync { ino, datasync, .. } => Q::Fsync {
-            ino,
-            fh: new,
-            datasync,
-        },
-        Q::Fallocate {
-            ino,
-            offset,
-            len,
-            mode,
-            ..
-        } => Q::Fallocate {
-            ino,
-            fh: new,
-            offset,
-            len,
-            mode,
-        },
-        Q::Release { ino, .. } => Q::Release { ino, fh: new },
-        other => other,
     }
 }
 
@@ -261,7 +210,11 @@ impl Cluster {
     ) -> Result<KdfsResponse, i32> {
         let release = matches!(mirror::unwrapped_ref(&req), KdfsRequest::Release { .. });
         let r = self
-            .via_mirror(node, with_handle(req, on_mirror | MIRROR_HANDLE), timeout)
+            .via_mirror(
+                node,
+                mirror::map_handle(mirror::unwrapped(req), |_| on_mirror | MIRROR_HANDLE),
+                timeout,
+            )
             .await;
         if release {
             self.reopened.forget(node, fh);
@@ -280,7 +233,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
         let handle = mirror_handle(&req);
-        let gave = handle.and_then(|(fh, _)| self.mirror_handles.map().get(&(node, fh)).copied());
+        let gave = handle.and_then(|(fh, _)| self.mirror_handles.get(node, fh));
         let candidates = match gave {
             Some(m) => vec![m],
             None => mirror::mirrors_of(node, &self.nodes(), self.mirrors),
@@ -296,14 +249,11 @@ impl Cluster {
             if matches!(answer, Err(libc::ENOTCONN)) {
                 continue;
             }
-            let mut map = self.mirror_handles.map();
             match (&answer, handle) {
-                (_, Some((fh, true))) => {
-                    map.remove(&(node, fh));
-                }
+                (_, Some((fh, true))) => self.mirror_handles.forget(node, fh),
                 (Ok(resp), _) => {
                     if let Some(fh) = given_handle(resp) {
-                        map.insert((node, fh), m);
+                        self.mirror_handles.put(node, fh, m);
                     }
                 }
                 _ => {}

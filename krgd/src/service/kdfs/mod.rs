@@ -195,22 +195,6 @@ impl KdfsService {
         *sync::write(&self.store) = s;
     }
 
-    /// Serve `store` opened again: what it keeps in memory (superblock,
-    /// next inode numbers, root) changed on disk.
-    async fn reopen_store(&self, store: &Store) -> Result<(), String> {
-        let (dir, node, fs_id) = (
-            store.dir().to_path_buf(),
-            self.ctx.node_id(),
-            store.superblock().fs_id,
-        );
-        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, node, Some(fs_id)))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("the store does not open again: {e}"))?;
-        self.set_store(Some(Arc::new(opened)));
-        Ok(())
-    }
-
     fn info(&self) -> KdfsAdminReply {
         let view = self.ctx.view();
         let members: Vec<KdfsNode> = view

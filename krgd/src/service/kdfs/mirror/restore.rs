@@ -104,6 +104,16 @@ impl KdfsService {
         store
             .set_generation(generation)
             .map_err(|e| format!("cannot record the generation: {e}"))?;
-        self.reopen_store(store).await
+        let (dir, node, fs_id) = (
+            store.dir().to_path_buf(),
+            self.ctx.node_id(),
+            store.superblock().fs_id,
+        );
+        let opened = tokio::task::spawn_blocking(move || Store::open(&dir, node, Some(fs_id)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the restored store does not open: {e}"))?;
+        self.set_store(Some(Arc::new(opened)));
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kdfs::lockmgr::is_lock_request;
-use kdfs::mirror::{is_mirror_read, unwrapped_ref};
+use kdfs::mirror::{is_mirror_read, map_handle, unwrapped_ref};
 use kdfs::store::Store;
 use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MIRROR_HANDLE};
 use krg_proto::NodeId;
@@ -61,7 +61,7 @@ impl Copies {
             (None, Some(v)) => v,
             (None, None) => return errno(libc::ENOTCONN),
         };
-        let req = unmark(kdfs::mirror::unwrapped(req));
+        let req = map_handle(kdfs::mirror::unwrapped(req), |fh| fh & !MIRROR_HANDLE);
         let sent_on = onward
             .filter(|_| !Store::is_read_only(&req))
             .map(|o| (o, req.clone()));
@@ -119,62 +119,6 @@ impl Copies {
                 l.expire(&online);
             }
         }
-    }
-}
-
-/// `req` with the mirror's mark taken off its handle.
-fn unmark(req: KdfsRequest) -> KdfsRequest {
-    use KdfsRequest as Q;
-    let m = !MIRROR_HANDLE;
-    match req {
-        Q::Read {
-            ino,
-            fh,
-            offset,
-            len,
-        } => Q::Read {
-            ino,
-            fh: fh & m,
-            offset,
-            len,
-        },
-        Q::Write {
-            ino,
-            fh,
-            offset,
-            data,
-        } => Q::Write {
-            ino,
-            fh: fh & m,
-            offset,
-            data,
-        },
-        Q::Fsync { ino, fh, datasync } => Q::Fsync {
-            ino,
-            fh: fh & m,
-            datasync,
-        },
-        Q::Fallocate {
-            ino,
-            fh,
-            offset,
-            len,
-            mode,
-        } => Q::Fallocate {
-            ino,
-            fh: fh & m,
-            offset,
-            len,
-            mode,
-        },
-        Q::Release { ino, fh } => Q::Release { ino, fh: fh & m },
-        Q::ReadDir { fh, offset, max } => Q::ReadDir {
-            fh: fh & m,
-            offset,
-            max,
-        },
-        Q::ReleaseDir { fh } => Q::ReleaseDir { fh: fh & m },
-        r => r,
     }
 }
 
