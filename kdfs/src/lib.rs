@@ -10,6 +10,10 @@
 //! * [`status`]: what `kdfsctl status` asks the members and prints.
 //! * [`mountinfo`]: this process's mount table, as the tools read it.
 //! * [`stripectl`]: what `kdfsctl stripe` does to a path of a mount.
+//! * [`replicasctl`]: what `kdfsctl replicas` does to the members' stores
+//!   and to a path's tree.
+//! * [`vattr`]: a mount's virtual attributes on a path, as the tools use
+//!   them.
 //!
 //! The design (placement, consistency, faults) is written down in docs/kdfs.md.
 
@@ -27,5 +31,6 @@ pub mod replicasctl;
 pub mod status;
 pub mod store;
 pub mod stripectl;
+pub mod vattr;
 
 pub use error::KdfsError;
