@@ -426,6 +426,8 @@ krg local cluster is up: $NODES nodes, session $SESSION. Try (as root):
                                                 # node 1's lock on node 2's file, taken again at node 3 while node 2 is stopped
     cp /etc/hosts /mnt/kdfs/node4/ ; krgadm nodes del -n 4 ; cat /mnt/kdfs/node1/hosts ; krgadm nodes add -n 4
                                                 # node 4's kDFS files move to another node before it goes
+    mkdir /mnt/kdfs/node2/imp ; kdfsctl replicas 3 /mnt/kdfs/node2/imp ; cp /etc/services /mnt/kdfs/node2/imp/ ; kdfsctl replicas /mnt/kdfs/node1/imp/services
+                                                # 3 copies for imp/ and what is made in it (the rest keeps 2): node 2's store on nodes 3 and 4
     mkdir /mnt/kdfs/node1/big ; kdfsctl stripe 1M:4 /mnt/kdfs/node1/big   # files made there: 1 MiB units over 4 nodes
     head -c 8M /dev/urandom > /mnt/kdfs/node2/big/f ; kdfsctl stripe /mnt/kdfs/node3/big/f   # its layout
     md5sum /mnt/kdfs/node1/big/f ; krgadm nodes del -n 3 ; kdfsctl stripe /mnt/kdfs/node1/big/f ; md5sum /mnt/kdfs/node1/big/f ; krgadm nodes add -n 3

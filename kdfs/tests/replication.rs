@@ -12,22 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{wait_until, Cluster};
 
-/// What `kdfsctl status` prints through node index `i`, and its exit code.
-fn status(c: &Cluster, i: usize) -> (String, Option<i32>) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
-        .arg("--socket")
-        .arg(&c.nodes[i].sock)
-        .arg("--keyfile")
-        .arg(&c.key)
-        .arg("status")
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        o.status.code(),
-    )
-}
-
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -90,7 +74,7 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     let xattr = c.mnt(1).join("d/renamed");
     common::xattrs::set(&xattr, "user.color", b"blue", 0).unwrap();
 
-    let (st, code) = status(&c, 0);
+    let (st, code) = c.kdfs_status(0);
     assert!(st.contains("copies: 2:"), "{st}");
     assert!(st.contains("node 2: mirrored on node 3 (in sync)"), "{st}");
     assert!(st.contains("keeps a full copy of node(s) 2"), "{st}");
@@ -155,7 +139,7 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
         "the first write took {first_write:?}"
     );
     eprintln!("node 2 killed: first read after {first_read:?}, first write after {first_write:?}");
-    let (st, code) = status(&c, 0);
+    let (st, code) = c.kdfs_status(0);
     assert!(
         st.contains("node 2: served by node 3, its mirror, while it is down"),
         "{st}"
@@ -345,26 +329,9 @@ fn a_node_formatted_again_after_its_disk_was_lost_gets_its_files_back() {
     // Served by node 2 (the mirror hands it back): new files go on there.
     fs::write(c.mnt(1).join("d/new"), b"new").unwrap();
     assert_eq!(fs::read(through_1.join("new")).unwrap(), b"new");
-    let (st, code) = status(&c, 0);
+    let (st, code) = c.kdfs_status(0);
     assert!(st.contains("node 2: mirrored on node 3"), "{st}");
     assert_eq!(code, Some(0), "{st}");
-}
-
-/// `kdfsctl replicas 2` through node index `i`: its output and exit code.
-fn set_replicas(c: &Cluster, i: usize, copies: &str) -> (String, String, Option<i32>) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
-        .arg("--socket")
-        .arg(&c.nodes[i].sock)
-        .arg("--keyfile")
-        .arg(&c.key)
-        .args(["replicas", copies])
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-        o.status.code(),
-    )
 }
 
 /// A single-copy kDFS converted with `kdfsctl replicas 2`: refused on a
@@ -380,19 +347,26 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     fs::write(c.mnt(1).join("d/f"), pattern(3 << 20, 5)).unwrap();
     fs::write(c.mnt(0).join("on1"), b"node 1").unwrap();
 
-    let (out, err, code) = set_replicas(&c, 0, "2");
+    let (out, err, code) = c.kdfsctl(0, &["replicas", "2"]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
         out.contains("node 2: not changed: its store is in use on that node"),
         "{out}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
-    let (st, _) = status(&c, 0);
+    let (st, _) = c.kdfs_status(0);
     assert!(st.contains("copies: 1 (no replication)"), "{st}");
-    let (_, err, code) = set_replicas(&c, 0, "4");
+    let (_, err, code) = c.kdfsctl(0, &["replicas", "4"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("4 copies: a store keeps 1 to 3"), "{err}");
-    assert_eq!(set_replicas(&c, 0, "many").2, Some(2), "a bad command line");
+    assert_eq!(
+        c.kdfsctl(0, &["replicas", "2", "a", "b"]).2,
+        Some(2),
+        "a bad command line"
+    );
+    let (_, err, code) = c.kdfsctl(0, &["replicas", "many", "/"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("many: not a count of copies"), "{err}");
 
     // Nodes 2 and 3 unmounted: their stores convert, node 1's does not
     // (its mount is up), and the file node 1 holds open on node 2 goes on.
@@ -406,7 +380,7 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     // (a mount.kdfs may take a moment to exit after its umount)
     let mut last = String::new();
     wait_until("nodes 2 and 3 converted", Duration::from_secs(15), || {
-        last = set_replicas(&c, 0, "2").0;
+        last = c.kdfsctl(0, &["replicas", "2"]).0;
         last.contains("node 2: keeps 2 copies") && last.contains("node 3: keeps 2 copies")
     });
     assert!(last.contains("node 1: not changed"), "{last}");
@@ -422,7 +396,7 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
 
     c.umount(0);
     wait_until("every store converted", Duration::from_secs(15), || {
-        let (out, _, code) = set_replicas(&c, 0, "2");
+        let (out, _, code) = c.kdfsctl(0, &["replicas", "2"]);
         last = out;
         code == Some(0)
     });
@@ -440,7 +414,7 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
         Duration::from_secs(60),
         || (0..3).all(|i| c.mirrored(i)),
     );
-    let (st, code) = status(&c, 0);
+    let (st, code) = c.kdfs_status(0);
     assert!(st.contains("copies: 2:"), "{st}");
     assert!(st.contains("node 2: mirrored on node 3 (in sync)"), "{st}");
     assert_eq!(code, Some(0), "{st}");
@@ -452,7 +426,7 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     wait_until(
         "every store at three copies",
         Duration::from_secs(15),
-        || set_replicas(&c, 0, "3").2 == Some(0),
+        || c.kdfsctl(0, &["replicas", "3"]).2 == Some(0),
     );
     for i in 0..3 {
         assert!(c.mount(i, "").status.success());
@@ -461,12 +435,12 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
         "node 2's two mirrors in sync",
         Duration::from_secs(30),
         || {
-            status(&c, 0)
+            c.kdfs_status(0)
                 .0
                 .contains("node 2: mirrored on node 3 (in sync) and node 1 (in sync)")
         },
     );
-    let (out, _, code) = set_replicas(&c, 0, "2");
+    let (out, _, code) = c.kdfsctl(0, &["replicas", "2"]);
     assert_eq!(code, Some(1), "fewer copies: {out}");
     assert!(
         out.contains("node 2: not changed: it keeps more copies already"),
@@ -529,105 +503,4 @@ fn a_node_formatted_again_gets_its_files_back_from_a_restarted_mirror_s_disk() {
     wait_until("node 2 serves it", Duration::from_secs(10), || {
         fs::read(through_1.join("h")).is_ok_and(|b| b == b"served by node 3")
     });
-}
-
-/// Node index `i`'s krgd log, its colours taken out.
-fn plain_log(c: &Cluster, i: usize) -> String {
-    let log = fs::read_to_string(c.nodes[i].data.join("krgd.log")).unwrap_or_default();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            // an escape sequence: up to its final letter
-            for e in chars.by_ref() {
-                if e.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// `--replicas 3` on five nodes: node 2's store copied to nodes 3 and 4.
-/// Node 2 killed: one of them serves its store and sends its changes on
-/// to the other; that one killed too, the last serves all of it — the
-/// changes made meanwhile included; node 2, back, takes its store back
-/// from it.
-#[test]
-fn three_copies_outlive_two_failures() {
-    let mut c = Cluster::with_kdfs_formatted(5, &["--replicas", "3"]);
-    let d = c.mnt(1).join("d");
-    fs::create_dir(&d).unwrap();
-    fs::write(d.join("f"), pattern(3 << 20, 9)).unwrap();
-    wait_until(
-        "both of node 2's mirrors copied",
-        Duration::from_secs(30),
-        || {
-            plain_log(&c, 1)
-                .matches("kdfs mirror: full copy done")
-                .count()
-                >= 2
-        },
-    );
-    let (st, _) = status(&c, 0);
-    assert!(
-        st.contains("node 2: mirrored on node 3 (in sync) and node 4 (in sync)"),
-        "{st}"
-    );
-
-    c.kill_krgd(1);
-    let through_1 = c.mnt(0).join("d");
-    fs::write(through_1.join("g"), b"while node 2 was down").unwrap();
-    let serves = |i: usize| plain_log(&c, i).contains("node failed; this node serves its store");
-    let (server, other) = if serves(2) { (2, 3) } else { (3, 2) };
-    assert!(
-        serves(server),
-        "neither node 3 nor node 4 serves node 2's store"
-    );
-    let onward = format!("full copy done to={} store=2", other + 1);
-    wait_until(
-        "the other mirror copied from the server",
-        Duration::from_secs(30),
-        || plain_log(&c, server).contains(&onward),
-    );
-    fs::write(through_1.join("h"), b"after the onward copy").unwrap();
-
-    c.kill_krgd(server);
-    let through_last = c.mnt(other).join("d");
-    wait_until(
-        "the last mirror serves node 2's store",
-        Duration::from_secs(15),
-        || fs::write(through_last.join("i"), b"with two nodes down").is_ok(),
-    );
-    assert_eq!(
-        fs::read(through_last.join("f")).unwrap(),
-        pattern(3 << 20, 9)
-    );
-    assert_eq!(
-        fs::read(through_last.join("g")).unwrap(),
-        b"while node 2 was down"
-    );
-    assert_eq!(
-        fs::read(through_last.join("h")).unwrap(),
-        b"after the onward copy"
-    );
-    assert_eq!(
-        fs::read(through_1.join("i")).unwrap(),
-        b"with two nodes down"
-    );
-
-    c.start_krgd(1);
-    wait_until("node 2 has its store back", Duration::from_secs(30), || {
-        plain_log(&c, 1).contains("took the store back")
-    });
-    wait_until("node 2 serves it", Duration::from_secs(10), || {
-        fs::read(c.mnt(1).join("d/i")).is_ok_and(|b| b == b"with two nodes down")
-    });
-    assert_eq!(
-        fs::read(c.mnt(1).join("d/h")).unwrap(),
-        b"after the onward copy"
-    );
 }

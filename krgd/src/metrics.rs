@@ -499,6 +499,8 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::ReleaseMany { .. } => "release_many",
         R::GetStripe { .. } => "get_stripe",
         R::SetStripePolicy { .. } => "set_stripe_policy",
+        R::GetReplicas { .. } => "get_replicas",
+        R::SetInodeReplicas { .. } => "set_inode_replicas",
         R::SetLayout { .. } => "set_layout",
         R::StripeRead { .. } => "stripe_read",
         R::StripeWrite { .. } => "stripe_write",

@@ -18,7 +18,7 @@ const EXIT_DEGRADED: u8 = 3;
 #[command(
     name = "kdfsctl",
     version,
-    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json\n  kdfsctl stripe 4M:4 /mnt/kdfs/big\n  kdfsctl stripe /mnt/kdfs/big/file\n  kdfsctl stripe off /mnt/kdfs/big\n  kdfsctl replicas 2      (kdfs unmounted on every node)"
+    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json\n  kdfsctl stripe 4M:4 /mnt/kdfs/big\n  kdfsctl stripe /mnt/kdfs/big/file\n  kdfsctl stripe off /mnt/kdfs/big\n  kdfsctl replicas 2      (kdfs unmounted on every node)\n  kdfsctl replicas 3 /mnt/kdfs/important\n  kdfsctl replicas /mnt/kdfs/important/db"
 )]
 struct Args {
     /// krgd admin socket.
@@ -55,17 +55,24 @@ enum Command {
         #[arg(num_args = 1..=2, required = true, value_name = "[UNIT:COUNT|off] PATH")]
         args: Vec<String>,
     },
-    /// Have every member's store keep COPIES copies of its files (1 to 3)
-    /// from now on: a single-copy kDFS becomes `--replicas 2` (or 3), each
-    /// store's copy made on its mirror (the next member) in the
-    /// background — `kdfsctl status` shows each one `copying`, then `in
-    /// sync`. Each node refuses while its store is in use there (a kdfs
-    /// mount writes it in place): unmount kdfs on every node first, mount
-    /// it again after. A member down is left as it is: run it again once
-    /// it is back. Fewer copies than now is refused.
+    /// Show or set how many nodes keep files. `replicas COPIES` (1 to 3):
+    /// every member's store keeps COPIES copies of its files from now on:
+    /// a single-copy kDFS becomes `--replicas 2` (or 3), each store's copy
+    /// made on its mirror (the next member) in the background — `kdfsctl
+    /// status` shows each one `copying`, then `in sync`. Each node refuses
+    /// while its store is in use there (a kdfs mount writes it in place):
+    /// unmount kdfs on every node first, mount it again after. A member
+    /// down is left as it is: run it again once it is back. Fewer copies
+    /// than now is refused. `replicas COPIES PATH`: PATH and everything
+    /// under it keep COPIES copies, and what is made in it from now on
+    /// too (a policy directories made in it inherit), like a GlusterFS or
+    /// Ceph layout; the directories above it keep at least as many. On a
+    /// mirrored kDFS only; root or each inode's owner may. `replicas PATH`
+    /// shows its count.
     Replicas {
-        /// 1 to 3.
-        copies: u8,
+        /// `COPIES [PATH] | PATH`
+        #[arg(num_args = 1..=2, required = true, value_name = "COPIES [PATH] | PATH")]
+        args: Vec<String>,
     },
 }
 
@@ -98,6 +105,47 @@ fn replicas(rt: &tokio::runtime::Runtime, args: &Args, copies: u8) -> ExitCode {
         println!("each store's copy is made in the background: kdfsctl status shows it");
     }
     ExitCode::SUCCESS
+}
+
+/// `kdfsctl replicas COPIES [PATH] | PATH`.
+fn replicas_of(rt: &tokio::runtime::Runtime, args: &Args, words: &[String]) -> ExitCode {
+    let copies = |w: &str| {
+        w.parse::<u8>()
+            .map_err(|_| kdfs::KdfsError::Invalid(format!("{w}: not a count of copies (1 to 3)")))
+    };
+    if let [w] = words {
+        if let Ok(n) = w.parse::<u8>() {
+            return replicas(rt, args, n);
+        }
+    }
+    let done = match words {
+        [path] => kdfs::replicasctl::show(path.as_ref()).map(|(own, policy)| {
+            let new = policy.map_or(String::new(), |p| format!("; made in it: {p}"));
+            println!("{path}: {own} copies{new}");
+        }),
+        [n, path] => copies(n).and_then(|n| {
+            let c = kdfs::replicasctl::set_tree(path.as_ref(), n)?;
+            let above = match c.above {
+                0 => String::new(),
+                a => format!(", {a} directories above raised to {n}"),
+            };
+            println!(
+                "{path}: {n} copies for {} inodes and what is made in it{above}; the mirrors copy them in the background (kdfsctl status)",
+                c.inodes
+            );
+            Ok(())
+        }),
+        _ => Err(kdfs::KdfsError::Invalid(
+            "usage: kdfsctl replicas COPIES [PATH] | PATH".into(),
+        )),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kdfsctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `kdfsctl stripe`: prints what it set or found; exit 1 with one line on error.
@@ -149,7 +197,7 @@ fn main() -> ExitCode {
     let (json, mount) = match &args.command {
         Command::Status { json, mount } => (*json, mount.clone()),
         Command::Stripe { args } => return stripe(args),
-        Command::Replicas { copies } => return replicas(&rt, &args, *copies),
+        Command::Replicas { args: words } => return replicas_of(&rt, &args, words),
     };
     let asked = kdfs::status::gather(&args.socket, &args.keyfile, mount.as_deref());
     let status = match rt.block_on(asked) {
@@ -183,8 +231,8 @@ const PAGE: krg_clidoc::Page = krg_clidoc::Page {
     sections: &[
         krg_clidoc::Section {
             title: "EXIT STATUS",
-            body: "0: every member's files can be reached (status; a failed member's through its mirror); the striping was shown or set (stripe); every member keeps the copies asked (replicas).
-1: no status: krgd unreachable, no store attached here, the cluster key unreadable; or stripe refused (not on a kDFS mount, not the directory's owner, a bad UNIT:COUNT); or some member did not change (replicas: its line says why); one line on stderr says why.
+            body: "0: every member's files can be reached (status; a failed member's through its mirror); the striping was shown or set (stripe); every member keeps the copies asked, or the tree was given them, or the count shown (replicas).
+1: no status: krgd unreachable, no store attached here, the cluster key unreadable; or stripe refused (not on a kDFS mount, not the directory's owner, a bad UNIT:COUNT); or some member did not change (replicas: its line says why), or a tree not changed (not on a mirrored kDFS, not the owner); one line on stderr says why.
 2: bad command line.
 3: the status was printed, and some member's files cannot be reached now (it is failed or does not answer, and no mirror serves them).",
         },

@@ -120,7 +120,8 @@ pub fn changes(req: &Q, resp: &A, moved: Option<InodeId>) -> Vec<(Inval, Scope)>
             | Q::RemoveXattr { ino, .. }
             | Q::Fallocate { ino, .. }
             | Q::Extend { ino, .. }
-            | Q::SetStripePolicy { dir: ino, .. },
+            | Q::SetStripePolicy { dir: ino, .. }
+            | Q::SetInodeReplicas { ino, .. },
             _,
         ) => vec![(Inval::Attr(*ino), H)],
         _ => Vec::new(),

@@ -90,6 +90,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::GetXattr { .. }
             | Q::ListXattr { .. }
             | Q::GetStripe { .. }
+            | Q::GetReplicas { .. }
             | Q::StripeRead { .. }
             | Q::StripeWrite { .. }
             | Q::StripeSync { .. }

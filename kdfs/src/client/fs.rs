@@ -23,6 +23,7 @@ mod dir;
 mod glue;
 mod io;
 mod lock;
+mod replicas_xattr;
 mod stripe_xattr;
 mod xattr;
 
@@ -476,6 +477,9 @@ impl Filesystem for KdfsFs {
         if name.as_bytes() == stripe_xattr::STRIPE_XATTR {
             return self.get_stripe_xattr(self.id(ino), size, reply);
         }
+        if let Some(policy) = replicas_xattr::which(name.as_bytes()) {
+            return self.get_replicas_xattr(self.id(ino), policy, size, reply);
+        }
         let q = Q::GetXattr {
             ino: self.id(ino),
             name: name.as_bytes().to_vec(),
@@ -502,6 +506,10 @@ impl Filesystem for KdfsFs {
         if name.as_bytes() == stripe_xattr::STRIPE_XATTR {
             return self.set_stripe_xattr(req.uid(), self.id(ino), Some(value), reply);
         }
+        if let Some(policy) = replicas_xattr::which(name.as_bytes()) {
+            let ino = self.id(ino);
+            return self.set_replicas_xattr(req.uid(), ino, policy, Some(value), reply);
+        }
         let q = Q::SetXattr {
             ino: self.id(ino),
             name: name.as_bytes().to_vec(),
@@ -514,6 +522,9 @@ impl Filesystem for KdfsFs {
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if name.as_bytes() == stripe_xattr::STRIPE_XATTR {
             return self.set_stripe_xattr(req.uid(), self.id(ino), None, reply);
+        }
+        if let Some(policy) = replicas_xattr::which(name.as_bytes()) {
+            return self.set_replicas_xattr(req.uid(), self.id(ino), policy, None, reply);
         }
         let q = Q::RemoveXattr {
             ino: self.id(ino),

@@ -221,7 +221,7 @@ impl Ops {
         // free first (cheap, the common failure), inherit a set-group-id
         // directory's group as local file systems do, then make the inode and
         // enter it; a lost race on the name undoes the inode.
-        let (parent, policy) = futures::join!(self.getattr(dir), self.dir_policy(dir));
+        let (parent, (policy, replicas)) = futures::join!(self.getattr(dir), self.dir_policy(dir));
         let parent = parent?;
         if parent.kind != FileKind::Dir {
             return Err(libc::ENOTDIR);
@@ -237,7 +237,17 @@ impl Ops {
                 new.perm |= libc::S_ISGID as u16;
             }
         }
-        let (attr, fh) = match self.call(self.local, Q::MakeInode { new, open }).await? {
+        let (attr, fh) = match self
+            .call(
+                self.local,
+                Q::MakeInode {
+                    new,
+                    open,
+                    replicas,
+                },
+            )
+            .await?
+        {
             A::Created { attr, fh, .. } => (attr, fh),
             other => return unexpected("make inode", other),
         };

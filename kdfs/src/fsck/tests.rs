@@ -97,6 +97,7 @@ impl Fs {
             Q::MakeInode {
                 new: new(kind),
                 open: None,
+                replicas: None,
             },
         ) {
             A::Created { attr, .. } => attr,

@@ -169,9 +169,17 @@ impl MirrorCopy {
                     sec: m.st_mtime,
                     nsec: m.st_mtime_nsec as u32,
                 },
+                replicas: self.own_count(&name),
             });
         }
         Ok(v)
+    }
+
+    /// Object `name`'s own count of copies, if it has one.
+    fn own_count(&self, name: &str) -> Option<u8> {
+        let key = CString::new(crate::store::OWN_XATTR).ok()?;
+        let v = sys::get_xattr(self.inodes.as_fd(), OsStr::new(name), &key).ok()?;
+        v.first().copied()
     }
 
     /// Apply `changes` in order. `strict`: a change to an object or a

@@ -5,6 +5,7 @@
 
 use krg_proto::kdfs::{FileKind, InodeId, MirrorChange, MirrorInventory};
 
+use super::place::{self, Keeper};
 use crate::store::error::Res;
 use crate::store::Store;
 
@@ -48,22 +49,36 @@ impl CopyStep {
     }
 }
 
-/// The steps copying `store` over a mirror that holds `have`.
-pub fn plan(store: &Store, have: &MirrorInventory) -> Res<Vec<CopyStep>> {
+/// The steps copying `store` to `keeper` (see [`super::place`]), which
+/// holds `have`: what it keeps copied, the rest dropped — but, when
+/// `store` is itself what `source` keeps of a store (a partial copy
+/// handing it back), what it would not keep: it was never here.
+pub fn plan(
+    store: &Store,
+    have: &MirrorInventory,
+    keeper: Keeper,
+    source: Keeper,
+) -> Res<Vec<CopyStep>> {
     let mut mine = store.object_locals()?;
+    mine.retain(|l| place::copies_object(store, keeper, *l));
     mine.sort_unstable();
     let mut steps = vec![CopyStep::Meta];
     steps.extend(mine.iter().map(|l| CopyStep::Object(*l)));
     for h in &have.objects {
-        if mine.binary_search(&h.local).is_err() {
+        let count = h.replicas.unwrap_or(store.replicas());
+        if mine.binary_search(&h.local).is_err() && place::keeps(source, count) {
             steps.push(CopyStep::Drop(h.local));
         }
     }
     let mut stripes = store.stripe_copies()?;
+    if !place::keeps(keeper, store.replicas()) {
+        stripes.clear();
+    }
     stripes.sort_unstable();
     steps.extend(stripes.iter().map(|i| CopyStep::Stripe(*i)));
+    let source_has_stripes = place::keeps(source, store.replicas());
     for (ino, _) in &have.stripes {
-        if stripes.binary_search(ino).is_err() {
+        if stripes.binary_search(ino).is_err() && source_has_stripes {
             // (gone meanwhile is checked at the step, as for objects)
             steps.push(CopyStep::StripeAttrs(*ino));
         }
@@ -71,12 +86,18 @@ pub fn plan(store: &Store, have: &MirrorInventory) -> Res<Vec<CopyStep>> {
     Ok(steps)
 }
 
-/// Run one step: what to send, and the steps it adds (a file's data).
+/// Run one step for `keeper`: what to send, and the steps it
+/// adds (a file's data). What the mirror no longer keeps (its count
+/// changed, or it was planned as a drop) is dropped.
 pub fn step(
     store: &Store,
     s: &CopyStep,
     have: &MirrorInventory,
+    keeper: Keeper,
 ) -> Res<(Vec<MirrorChange>, Vec<CopyStep>)> {
+    if !place::copies_step(store, keeper, s) {
+        return Ok((dropped(s), Vec::new()));
+    }
     match *s {
         CopyStep::Meta => Ok((store.meta_images()?, Vec::new())),
         CopyStep::Object(local) => {
@@ -170,6 +191,19 @@ pub fn step(
             ))
         }
         CopyStep::StripeAttrs(ino) => Ok((vec![store.stripe_change(ino)?], Vec::new())),
+    }
+}
+
+/// What the mirror drops for a step on something it does not keep.
+fn dropped(s: &CopyStep) -> Vec<MirrorChange> {
+    match *s {
+        CopyStep::Object(local) | CopyStep::Attrs(local) | CopyStep::Drop(local) => {
+            vec![MirrorChange::Object { local, state: None }]
+        }
+        CopyStep::Stripe(ino) | CopyStep::StripeAttrs(ino) => {
+            vec![MirrorChange::StripeCopy { ino, state: None }]
+        }
+        CopyStep::Meta | CopyStep::Data { .. } | CopyStep::StripeData { .. } => Vec::new(),
     }
 }
 

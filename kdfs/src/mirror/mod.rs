@@ -6,13 +6,18 @@
 //! * `copy`: a mirror on disk, `DIR/mirrors/<owner>/`, laid out as the
 //!   owner's store (same meta-files, same `inodes/<hex>` objects), changed
 //!   only by applying the owner's [`MirrorChange`]s;
-//! * [`full`]: copying a whole store to its mirror, step by step.
+//! * [`full`]: copying a whole store to its mirror, step by step;
+//! * [`place`]: which of a store's mirrors keeps which inodes (their
+//!   replica counts).
 //!
 //! The owner's side (what a change touched) is `store::capture`; krgd
 //! sends it and keeps the sessions (`krgd/src/service/kdfs/mirror`).
 
 mod copy;
 pub mod full;
+pub mod place;
+#[cfg(test)]
+mod place_tests;
 #[cfg(test)]
 mod tests;
 
@@ -92,6 +97,38 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
             | Q::SetReplicas { .. }
             | Q::ReleaseMany { .. }
     )
+}
+
+/// The inode `req` is about first (a directory for a request on one of
+/// its entries), if it names one: what a copy that lacks it cannot serve.
+pub fn inode_named(req: &KdfsRequest) -> Option<krg_proto::kdfs::InodeId> {
+    use KdfsRequest as Q;
+    match unwrapped_ref(req) {
+        Q::GetAttr { ino }
+        | Q::SetAttr { ino, .. }
+        | Q::Readlink { ino }
+        | Q::Open { ino, .. }
+        | Q::OpenDir { ino }
+        | Q::IsEmptyDir { ino }
+        | Q::GetXattr { ino, .. }
+        | Q::ListXattr { ino }
+        | Q::SetXattr { ino, .. }
+        | Q::RemoveXattr { ino, .. }
+        | Q::GetStripe { ino }
+        | Q::GetReplicas { ino }
+        | Q::IncLink { ino }
+        | Q::DecLink { ino }
+        | Q::Touch { ino }
+        | Q::RemoveDir { ino } => Some(*ino),
+        Q::Lookup { dir, .. }
+        | Q::Create { dir, .. }
+        | Q::AddEntry { dir, .. }
+        | Q::RemoveEntry { dir, .. }
+        | Q::Unlink { dir, .. }
+        | Q::ReplaceEntry { dir, .. } => Some(*dir),
+        Q::Rename { src_dir, .. } => Some(*src_dir),
+        _ => None,
+    }
 }
 
 /// The handle of an open file or directory that `req` uses, if any.

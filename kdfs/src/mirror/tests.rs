@@ -8,6 +8,7 @@ use krg_proto::kdfs::{
 };
 
 use super::full::{plan, step};
+use super::place::Keeper;
 use super::*;
 use crate::format::{mkfs, MkfsOptions, StoreDir};
 use crate::store::Store;
@@ -54,10 +55,10 @@ fn created(resp: &A) -> InodeId {
 
 fn full_copy(s: &Store, m: &MirrorCopy) {
     let have = m.inventory().unwrap();
-    let mut steps = plan(s, &have).unwrap();
+    let mut steps = plan(s, &have, Keeper::Owner, Keeper::Owner).unwrap();
     while !steps.is_empty() {
         let st = steps.remove(0);
-        let (changes, more) = step(s, &st, &have).unwrap();
+        let (changes, more) = step(s, &st, &have, Keeper::Owner).unwrap();
         m.apply(&changes, false).unwrap();
         for (i, x) in more.into_iter().enumerate() {
             steps.insert(i, x);
@@ -460,11 +461,11 @@ fn a_holder_s_units_of_another_node_s_striped_file_are_mirrored() {
     let fresh_dir = formatted(3, 1);
     let fresh = MirrorCopy::open(&StoreDir::open(fresh_dir.path()).unwrap(), 2).unwrap();
     let empty = fresh.inventory().unwrap();
-    let sent: usize = plan(&s, &empty)
+    let sent: usize = plan(&s, &empty, Keeper::Owner, Keeper::Owner)
         .unwrap()
         .iter()
-        .flat_map(|st| step(&s, st, &empty).unwrap().1)
-        .flat_map(|st| step(&s, &st, &empty).unwrap().0)
+        .flat_map(|st| step(&s, st, &empty, Keeper::Owner).unwrap().1)
+        .flat_map(|st| step(&s, &st, &empty, Keeper::Owner).unwrap().0)
         .map(|c| match c {
             MirrorChange::StripeData { data, .. } => data.0.len(),
             _ => 0,
@@ -477,10 +478,10 @@ fn a_holder_s_units_of_another_node_s_striped_file_are_mirrored() {
         unit
     );
     let have = fresh.inventory().unwrap();
-    let steps = plan(&s, &have).unwrap();
+    let steps = plan(&s, &have, Keeper::Owner, Keeper::Owner).unwrap();
     let sent: Vec<MirrorChange> = steps
         .iter()
-        .flat_map(|st| step(&s, st, &have).unwrap().0)
+        .flat_map(|st| step(&s, st, &have, Keeper::Owner).unwrap().0)
         .filter(|c| {
             matches!(
                 c,

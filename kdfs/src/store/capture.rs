@@ -165,6 +165,7 @@ impl Store {
             | Q::Extend { ino, .. }
             | Q::StripeAdopt { ino } => t.inode(*ino),
             Q::SetStripePolicy { dir, .. } => t.inode(*dir),
+            Q::SetInodeReplicas { ino, .. } => t.inode(*ino),
             Q::ReleaseMany { handles } => handles.iter().for_each(|(ino, _)| t.inode(*ino)),
             // (a new inode may have reserved a block of numbers: the
             // mirror that takes the store over goes on after them)

@@ -27,6 +27,7 @@ impl Store {
                 | Q::GetXattr { .. }
                 | Q::ListXattr { .. }
                 | Q::GetStripe { .. }
+                | Q::GetReplicas { .. }
                 | Q::StripeRead { .. }
         )
     }
@@ -58,9 +59,14 @@ impl Store {
                     attr,
                 }
             }
-            Q::MakeInode { new, open } => {
+            Q::MakeInode {
+                new,
+                open,
+                replicas,
+            } => {
                 let attr = self.make_inode(&new)?;
                 crash::point("make-inode");
+                self.counted_as(&attr, replicas);
                 self.created(attr, open, None)?
             }
             Q::Create {
@@ -70,7 +76,10 @@ impl Store {
                 open,
             } => {
                 let policy = self.objects.policy(dir)?;
-                self.created(self.create(dir, &name, &new)?, open, policy)?
+                let replicas = self.replica_policy(dir)?;
+                let attr = self.create(dir, &name, &new)?;
+                self.counted_as(&attr, replicas);
+                self.created(attr, open, policy)?
             }
             Q::AddEntry {
                 dir,
@@ -181,6 +190,10 @@ impl Store {
                 .map(|_| A::Done)?,
             Q::RemoveXattr { ino, name } => self.remove_xattr(ino, &name).map(|_| A::Done)?,
             Q::GetStripe { ino } => self.get_stripe(ino)?,
+            Q::GetReplicas { ino } => self.get_replicas(ino)?,
+            Q::SetInodeReplicas { ino, own, policy } => {
+                self.set_inode_replicas(ino, own, policy)?
+            }
             Q::SetStripePolicy { dir, policy } => self.set_policy(dir, policy).map(|_| A::Done)?,
             Q::SetLayout { ino, layout } => self.set_layout(ino, &layout).map(|_| A::Done)?,
             Q::StripeRead { ino, offset, len } => {
@@ -244,6 +257,17 @@ impl Store {
             entry,
             link_dropped,
         })
+    }
+
+    /// A new inode takes its directory's replica policy. Not given (a
+    /// count out of range from a client, or the disk refused), it keeps
+    /// the file system's count: logged, not an error of the create.
+    fn counted_as(&self, attr: &Attr, replicas: Option<u8>) {
+        let Some(n) = replicas else { return };
+        if let Err(e) = self.give_replicas(attr.ino, attr.kind, n) {
+            tracing::warn!(ino = attr.ino, count = n, error = %e,
+                "kdfs: a new inode did not get its directory's replica count");
+        }
     }
 
     /// A created inode's answer, opened first if the client asked.

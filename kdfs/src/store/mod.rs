@@ -20,6 +20,7 @@
 //!   listings);
 //! * `xattr`: extended attributes and POSIX ACLs of kDFS inodes;
 //! * `striping`: striped files — policies, layouts, the units held here;
+//! * `replicas`: how many nodes keep each inode, a directory's policy;
 //! * `dispatch`: one request in, one response out — the edge to the wire;
 //! * `capture`: what a change did, as state for the store's mirror.
 
@@ -35,6 +36,7 @@ mod handles;
 mod lifetime;
 mod locks;
 mod objects;
+mod replicas;
 pub(crate) mod striping;
 pub(crate) mod sys;
 mod xattr;
@@ -59,6 +61,8 @@ pub use data::{read_at, sync_file, write_at};
 pub use error::StoreError;
 pub use handles::Holder;
 pub(crate) use objects::{object_name, LAYOUT_XATTR, NLINK_XATTR, NSUB_XATTR};
+pub use replicas::own_count;
+pub(crate) use replicas::OWN_XATTR;
 
 /// An attached kDFS directory.
 pub struct Store {
@@ -67,6 +71,10 @@ pub struct Store {
     /// Copies of its files: the superblock's, changed in place by
     /// `kdfsctl replicas` ([`Store::set_replicas`]).
     replicas: std::sync::atomic::AtomicU8,
+    /// The most copies an inode here keeps by its own count (`replicas`).
+    most_replicas: std::sync::atomic::AtomicU8,
+    /// Some inode here has a count of its own.
+    own_counts: std::sync::atomic::AtomicBool,
     /// The root node, and on it the root directory: they change when the
     /// root node hands its store over (`set_root`).
     root: std::sync::Mutex<(NodeId, Option<InodeId>)>,
@@ -112,6 +120,7 @@ impl Store {
         store.alloc = InoAllocator::new(node, store.top.read_ino_next()?);
         store.stripes_dir = store.top.open_stripes(true)?;
         store.objects.sweep_orphans();
+        store.find_counts();
         Ok(store)
     }
 
@@ -122,7 +131,11 @@ impl Store {
     /// read-only requests — and, in the node's sole mount,
     /// [`Store::setattr_regular_file`].
     pub fn view(dir: &Path, node: NodeId) -> Result<Store, KdfsError> {
-        Self::load(dir, node)
+        let view = Self::load(dir, node)?;
+        // krgd may give an inode a count at any time: always read it.
+        view.own_counts
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(view)
     }
 
     /// Open `dir` and `dir/inodes`, refusing them unless they are root's
@@ -152,6 +165,8 @@ impl Store {
             top,
             root: std::sync::Mutex::new((sb.root_node, root)),
             replicas: std::sync::atomic::AtomicU8::new(sb.replicas),
+            most_replicas: std::sync::atomic::AtomicU8::new(0),
+            own_counts: std::sync::atomic::AtomicBool::new(false),
             sb,
             objects,
             alloc: InoAllocator::new(node, 0),

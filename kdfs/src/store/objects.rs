@@ -290,7 +290,11 @@ impl Objects {
 
     /// A postcard value kept in xattr `key` of `ino`'s object (`None`:
     /// absent). One the store did not write is damage.
-    fn get_value<T: serde::de::DeserializeOwned>(&self, ino: InodeId, key: &str) -> Res<Option<T>> {
+    pub(super) fn get_value<T: serde::de::DeserializeOwned>(
+        &self,
+        ino: InodeId,
+        key: &str,
+    ) -> Res<Option<T>> {
         let name = self.name(ino)?;
         let k = CString::new(key).map_err(|_| StoreError::Invalid("xattr name"))?;
         match sys::get_xattr(self.fd(), OsStr::new(&name), &k) {
@@ -307,7 +311,7 @@ impl Objects {
 
     /// Keep `value` in xattr `key` of `ino`'s object (`None`: remove it);
     /// with `create`, fail with EEXIST if it is set already.
-    fn set_value<T: serde::Serialize>(
+    pub(super) fn set_value<T: serde::Serialize>(
         &self,
         ino: InodeId,
         key: &str,

@@ -35,14 +35,17 @@ impl Store {
             FileKind::Dir => KdfsResponse::Stripe {
                 policy: self.objects.policy(ino)?,
                 layout: None,
+                replicas: self.replica_policy(ino)?,
             },
             FileKind::File => KdfsResponse::Stripe {
                 policy: None,
                 layout: self.objects.layout(ino)?,
+                replicas: None,
             },
             _ => KdfsResponse::Stripe {
                 policy: None,
                 layout: None,
+                replicas: None,
             },
         })
     }

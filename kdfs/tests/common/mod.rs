@@ -490,6 +490,51 @@ impl Cluster {
     pub fn client_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.nodes[i].data.join("kdfs.log")).unwrap_or_default()
     }
+
+    /// Node index `i`'s krgd log, its colours taken out.
+    pub fn plain_log(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.nodes[i].data.join("krgd.log")).unwrap_or_default();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(ch) = chars.next() {
+            if ch == '\u{1b}' {
+                // an escape sequence: up to its final letter
+                for e in chars.by_ref() {
+                    if e.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    /// `kdfsctl ARGS` through node index `i`'s krgd: its output, errors
+    /// and exit code.
+    pub fn kdfsctl(&self, i: usize, args: &[&str]) -> (String, String, Option<i32>) {
+        let o = Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
+            .arg("--socket")
+            .arg(&self.nodes[i].sock)
+            .arg("--keyfile")
+            .arg(&self.key)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            o.status.code(),
+        )
+    }
+
+    /// What `kdfsctl status` prints through node index `i`, and its exit
+    /// code.
+    pub fn kdfs_status(&self, i: usize) -> (String, Option<i32>) {
+        let (out, _, code) = self.kdfsctl(i, &["status"]);
+        (out, code)
+    }
 }
 
 /// The processes with `dir` open.

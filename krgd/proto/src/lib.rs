@@ -85,7 +85,10 @@ pub type SessionId = u32;
 /// 8: the mirroring of kDFS stores (`KdfsRequest::Mirror`, `FromMirror`,
 /// `Replication`; [`kdfs::MirrorChange`] with the striped files' units),
 /// which an older krgd cannot decode.
-pub const PROTOCOL_VERSION: u16 = 8;
+///
+/// 9: kDFS replica counts per inode and directory (`GetReplicas`,
+/// `SetInodeReplicas`, `MakeInode::replicas`, `Stripe::replicas`).
+pub const PROTOCOL_VERSION: u16 = 9;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,

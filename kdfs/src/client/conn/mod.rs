@@ -50,8 +50,10 @@ pub struct Cluster {
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
     slots: Mutex<HashMap<(NodeId, u8), Slot>>,
     down_until: Mutex<HashMap<NodeId, Instant>>,
-    /// How many mirrors each store has (`--replicas` - 1): a node that
-    /// does not answer is asked of its mirrors, first to last.
+    /// How many mirrors a node that does not answer is asked of, first to
+    /// last: for a mirrored file system, as many as a store may have (a
+    /// directory may keep more copies than the file system:
+    /// `kdfsctl replicas N DIR`; a mirror without a copy says so).
     mirrors: usize,
     /// Members the cluster marks failed, as the local krgd last said
     /// ([`Cluster::follow_failures`]), and a wake-up when that changes.
@@ -145,7 +147,11 @@ impl Cluster {
             addrs: Mutex::new(addrs),
             slots: Mutex::new(HashMap::new()),
             down_until: Mutex::new(HashMap::new()),
-            mirrors: usize::from(copies.saturating_sub(1)),
+            mirrors: if copies > 1 {
+                usize::from(crate::format::MAX_REPLICAS - 1)
+            } else {
+                0
+            },
             failed: Mutex::new(info.failed.clone()),
             failures: tokio::sync::Notify::new(),
             reopened: failover::Reopened::default(),

@@ -40,11 +40,7 @@ impl KdfsFs {
                 Ok(_) => return reply.error(err(libc::EIO)),
                 Err(e) => return reply.error(err(e)),
             };
-            match u32::try_from(text.len()) {
-                Ok(len) if size == 0 => reply.size(len),
-                Ok(len) if len > size => reply.error(err(libc::ERANGE)),
-                _ => reply.data(text.as_bytes()),
-            }
+            super::xattr::answer(reply, size, text.as_bytes());
         });
     }
 

@@ -62,7 +62,7 @@ impl NoCaps {
 }
 
 /// What a getxattr/listxattr of `size` bytes answers for `bytes`.
-fn answer(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+pub(super) fn answer(reply: ReplyXattr, size: u32, bytes: &[u8]) {
     match u32::try_from(bytes.len()) {
         Err(_) => reply.error(err(libc::E2BIG)),
         Ok(len) if size == 0 => reply.size(len),

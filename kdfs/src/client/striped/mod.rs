@@ -136,12 +136,15 @@ impl Ops {
         }
     }
 
-    /// The policy of directory `dir` (`None` when it has none or the
-    /// question failed: new files are then not striped).
-    pub async fn dir_policy(&self, dir: InodeId) -> Option<StripePolicy> {
+    /// The striping and replica policies of directory `dir` (`None` when
+    /// it has none or the question failed: new files are then not striped
+    /// and keep the file system's count of copies).
+    pub async fn dir_policy(&self, dir: InodeId) -> (Option<StripePolicy>, Option<u8>) {
         match self.call(inode_node(dir), Q::GetStripe { ino: dir }).await {
-            Ok(A::Stripe { policy, .. }) => policy,
-            _ => None,
+            Ok(A::Stripe {
+                policy, replicas, ..
+            }) => (policy, replicas),
+            _ => (None, None),
         }
     }
 

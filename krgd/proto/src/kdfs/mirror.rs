@@ -164,6 +164,10 @@ pub struct MirroredObject {
     pub size: u64,
     /// Its last data change.
     pub mtime: Time,
+    /// Its own count of copies, if it has one (`kdfsctl replicas N DIR`):
+    /// a copy that keeps only the inodes of more copies hands a store
+    /// back without dropping the others.
+    pub replicas: Option<u8>,
 }
 
 /// Requests between a store's owner and its mirror.

@@ -104,6 +104,9 @@ pub enum KdfsRequest {
         new: NewInode,
         /// Open it too: `Some(write)`.
         open: Option<bool>,
+        /// Its directory's replica policy (`kdfsctl replicas N DIR`): the
+        /// copies the new inode keeps, and a new directory's own policy.
+        replicas: Option<u8>,
     },
     /// Make an inode here and enter it as `name` in `dir` (also here).
     Create {
@@ -389,6 +392,24 @@ pub enum KdfsRequest {
         dir: InodeId,
         /// The policy its new files get.
         policy: Option<StripePolicy>,
+    },
+    /// How many nodes keep inode `ino`, and a directory's policy for the
+    /// inodes made in it (`KdfsResponse::Replicas`).
+    GetReplicas {
+        /// An inode owned here.
+        ino: InodeId,
+    },
+    /// Change how many nodes keep inode `ino` (`own`), and a directory's
+    /// policy for new inodes (`policy`: `Some(None)` removes it), each 1
+    /// to 3 (EINVAL else; ENOTDIR for a policy on a non-directory).
+    /// Answers `ReplicasSet`.
+    SetInodeReplicas {
+        /// An inode owned here.
+        ino: InodeId,
+        /// Its own count (`None`: unchanged).
+        own: Option<u8>,
+        /// The directory's policy (`None`: unchanged).
+        policy: Option<Option<u8>>,
     },
     /// Give regular file `ino`, just made here and still empty, its layout
     /// (whose first node must be this one).

@@ -75,6 +75,26 @@ pub enum KdfsResponse {
         policy: Option<StripePolicy>,
         /// The file's layout (`None`: not striped).
         layout: Option<StripeLayout>,
+        /// A directory's replica policy (see `Replicas`): asked with the
+        /// striping policy before a create on another node.
+        replicas: Option<u8>,
+    },
+    /// To `GetReplicas`: how many nodes keep the inode (its own count,
+    /// else the file system's), and a directory's policy for new inodes.
+    Replicas {
+        /// Copies of the inode.
+        own: u8,
+        /// The count inodes made in this directory get (`None`: the file
+        /// system's).
+        policy: Option<u8>,
+    },
+    /// To `SetInodeReplicas`: the inode's count before and after (the
+    /// mirrors that gain or lose it are copied again).
+    ReplicasSet {
+        /// Copies before.
+        before: u8,
+        /// Copies now.
+        after: u8,
     },
     /// To `Read`: the bytes read (short at the end of the file).
     Data(Bytes),

@@ -53,6 +53,7 @@ pub(super) fn changes_store(req: &KdfsRequest) -> bool {
             | Q::RemoveXattr { .. }
             | Q::Unlink { .. }
             | Q::SetStripePolicy { .. }
+            | Q::SetInodeReplicas { .. }
             | Q::SetLayout { .. }
             | Q::StripeWrite { .. }
             | Q::StripeTruncate { .. }

@@ -175,7 +175,18 @@ impl Drain {
             target,
         };
         let open = (kind == FileKind::File).then_some(true);
-        match self.call(self.to, Q::MakeInode { new, open }).await? {
+        let replicas = None; // (its own count follows: `copy_xattrs`)
+        match self
+            .call(
+                self.to,
+                Q::MakeInode {
+                    new,
+                    open,
+                    replicas,
+                },
+            )
+            .await?
+        {
             A::Created { attr: made, fh, .. } => Ok((attr, made.ino, fh)),
             other => Err(unexpected(self.to, &other)),
         }
@@ -321,7 +332,26 @@ impl Drain {
             };
             self.call(self.to, set).await?;
         }
-        Ok(())
+        self.copy_replicas(old, copy).await
+    }
+
+    /// `old`'s own count of copies and a directory's replica policy
+    /// (`kdfsctl replicas N DIR`), when it has them, onto `copy`.
+    async fn copy_replicas(&self, old: InodeId, copy: InodeId) -> Res<()> {
+        let (own, policy) = match self.call(self.me, Q::GetReplicas { ino: old }).await? {
+            A::Replicas { own, policy } => (own, policy),
+            other => return Err(unexpected(self.me, &other)),
+        };
+        let own = (own != self.store.replicas()).then_some(own);
+        if own.is_none() && policy.is_none() {
+            return Ok(());
+        }
+        let set = Q::SetInodeReplicas {
+            ino: copy,
+            own,
+            policy: policy.map(Some),
+        };
+        self.call(self.to, set).await.map(|_| ())
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use kdfs::format::MAX_REPLICAS;
 use kdfs::mirror::mirrors_of;
+use kdfs::mirror::place::{self, Keeper};
 use kdfs::store::Store;
 use krg_proto::kdfs::{KdfsRequest, KdfsResponse, MirrorChange, MirrorLink};
 use krg_proto::NodeId;
@@ -62,14 +63,18 @@ pub enum NotMirrored {
     TakenOver,
 }
 
-/// The mirrors `store`'s changes go to from this node, first to last:
-/// its mirrors but this node (which serves it, having taken it over).
-fn targets(ctx: &NodeContext, store: &Store) -> Vec<NodeId> {
-    let copies = usize::from(store.replicas().saturating_sub(1));
+/// The mirrors `store`'s changes go to from this node, first to last,
+/// each with what it keeps (its place in the store's list): its mirrors
+/// but this node (which serves it, having taken it over). As many as the
+/// most copies an inode of the store keeps asks.
+fn targets(ctx: &NodeContext, store: &Store) -> Vec<(NodeId, Keeper)> {
+    let copies = usize::from(store.most_replicas().saturating_sub(1));
     let node = store.superblock().node;
     mirrors_of(node, &super::members(ctx), copies)
         .into_iter()
-        .filter(|m| *m != ctx.node_id())
+        .enumerate()
+        .filter(|(_, m)| *m != ctx.node_id())
+        .map(|(place, m)| (m, Keeper::Mirror(place)))
         .collect()
 }
 
@@ -129,19 +134,49 @@ impl Owner {
         };
         let mut sends = Vec::new();
         for (rank, s) in sessions.iter_mut().enumerate() {
-            if let Some(to) = s.to.filter(|_| s.id != 0) {
+            let Some(to) = s.to.filter(|_| s.id != 0) else {
+                continue;
+            };
+            let kept = place::kept_at(store, s.keeper, &changes);
+            if !kept.is_empty() {
                 s.seq += 1;
-                sends.push((rank, to, s.id, s.seq));
+                sends.push((rank, to, s.id, s.seq, kept));
             }
         }
         drop(sessions);
         let node = store.superblock().node;
-        let changes = &changes;
-        let sent = sends.iter().map(|&(rank, to, id, seq)| async move {
-            let sent = push::apply_numbered(ctx, to, node, id, seq, changes.clone()).await;
-            self.after_send(ctx, store, rank, to, id, sent).await
-        });
-        join_all(sent).await.into_iter().collect()
+        let sent = sends
+            .into_iter()
+            .map(|(rank, to, id, seq, kept)| async move {
+                let sent = push::apply_numbered(ctx, to, node, id, seq, kept).await;
+                self.after_send(ctx, store, rank, to, id, sent).await
+            });
+        let done: Result<(), NotMirrored> = join_all(sent).await.into_iter().collect();
+        if let KdfsResponse::ReplicasSet { before, after } = resp {
+            self.recount(ctx, store, *before, *after).await;
+        }
+        done
+    }
+
+    /// An inode's count went from `before` to `after`: the mirrors that
+    /// gain or lose it copy again (only what differs travels).
+    async fn recount(
+        self: &Arc<Self>,
+        ctx: &Arc<NodeContext>,
+        store: &Arc<Store>,
+        before: u8,
+        after: u8,
+    ) {
+        if before == after {
+            return;
+        }
+        for rank in 0..self.links.len() {
+            let mut s = self.links[rank].session.lock().await;
+            let moved = place::keeps(s.keeper, before) != place::keeps(s.keeper, after);
+            if moved && s.id != 0 {
+                self.restart(ctx, store, rank, &mut s);
+            }
+        }
     }
 
     /// What the change did, read under the sessions' locks; `None`: there
@@ -246,11 +281,12 @@ impl Owner {
         s: &mut Session,
     ) {
         let want = targets(ctx, store).get(rank).copied();
-        if want != s.to || (s.id == 0 && want.is_some()) {
-            if want != s.to {
-                tracing::info!(mirror = ?want, rank, "kdfs mirror: this store's mirror");
+        let (to, keeper) = (want.map(|w| w.0), want.map(|w| w.1).unwrap_or_default());
+        if to != s.to || keeper != s.keeper || (s.id == 0 && to.is_some()) {
+            if to != s.to {
+                tracing::info!(mirror = ?to, rank, "kdfs mirror: this store's mirror");
             }
-            s.to = want;
+            (s.to, s.keeper) = (to, keeper);
             self.restart(ctx, store, rank, s);
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kdfs::mirror::full;
+use kdfs::mirror::place::Keeper;
 use kdfs::store::Store;
 use krg_proto::kdfs::{CopyProgress, KdfsRequest, KdfsResponse, MirrorInventory, MirrorRequest};
 use krg_proto::peer::{PeerRequest, PeerResponse};
@@ -24,6 +25,13 @@ const SEND_WAIT: Duration = Duration::from_secs(10);
 pub struct Session {
     /// The node that keeps the copy.
     pub to: Option<NodeId>,
+    /// What it keeps: a mirror at its place in the store's list keeps the
+    /// inodes of enough copies (`kdfs::mirror::place`), the store's own
+    /// node everything.
+    pub keeper: Keeper,
+    /// What the store sent keeps of its whole (a mirror's partial copy
+    /// handing it back: it drops nothing it would not keep).
+    pub source: Keeper,
     /// 0: none (a full copy begins one).
     pub id: u64,
     /// The last batch numbered (sent, or being sent).
@@ -127,7 +135,10 @@ pub async fn full_copy(
         _ => return Err(format!("node {to} did not begin a copy")),
     };
     (s.id, s.seq, s.synced) = (id, 0, false);
-    let mut steps: VecDeque<_> = full::plan(src, &have).map_err(|e| e.to_string())?.into();
+    let keeper = s.keeper;
+    let mut steps: VecDeque<_> = full::plan(src, &have, keeper, s.source)
+        .map_err(|e| e.to_string())?
+        .into();
     let mut progress = CopyProgress {
         of: steps.iter().filter(|s| s.is_object()).count() as u64,
         ..CopyProgress::default()
@@ -140,7 +151,7 @@ pub async fn full_copy(
         if s.id != id {
             return Err("the session ended meanwhile".into());
         }
-        let (changes, more) = full::step(src, &step, &have).map_err(|e| e.to_string())?;
+        let (changes, more) = full::step(src, &step, &have, keeper).map_err(|e| e.to_string())?;
         progress.done += u64::from(step.is_object());
         if !changes.is_empty() {
             bytes += kdfs::mirror::weight(&changes);

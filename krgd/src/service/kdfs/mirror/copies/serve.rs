@@ -62,6 +62,7 @@ impl Copies {
             (None, None) => return errno(libc::ENOTCONN),
         };
         let req = map_handle(kdfs::mirror::unwrapped(req), |fh| fh & !MIRROR_HANDLE);
+        let named = kdfs::mirror::inode_named(&req);
         let sent_on = onward
             .filter(|_| !Store::is_read_only(&req))
             .map(|o| (o, req.clone()));
@@ -70,6 +71,11 @@ impl Copies {
             Ok(resp) => resp,
             Err(_) => return errno(libc::EIO),
         };
+        if lacks(ctx, owner, &store, named, &resp) {
+            // An inode of fewer copies than this partial copy keeps: no
+            // live node holds it now.
+            return errno(libc::EIO);
+        }
         if let Some((onward, req)) = sent_on {
             match onward.changed(ctx, &store, &req, &resp).await {
                 Ok(()) => {}
@@ -138,4 +144,19 @@ fn mark(resp: KdfsResponse) -> KdfsResponse {
         },
         r => r,
     }
+}
+
+/// Whether `resp` (ENOENT) says that this partial copy of `owner`'s
+/// store lacks inode `named`, rather than that a name is not there.
+fn lacks(
+    ctx: &NodeContext,
+    owner: NodeId,
+    store: &Store,
+    named: Option<krg_proto::kdfs::InodeId>,
+    resp: &KdfsResponse,
+) -> bool {
+    let Some(ino) = named else { return false };
+    matches!(resp, KdfsResponse::Errno(libc::ENOENT))
+        && super::is_partial(ctx, owner, store)
+        && !store.holds(ino)
 }

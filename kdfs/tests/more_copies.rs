@@ -1,0 +1,199 @@
+//! More copies than two: `mkfs.kdfs --replicas 3` (a store on its next
+//! two members), and a directory's tree given more copies than the file
+//! system (`kdfsctl replicas 3 DIR`) — kept by the second mirror too, so
+//! that it outlives two failures while the rest does not.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{wait_until, Cluster};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The `kdfs.replicas` attribute of `p`, as the mount shows it.
+fn count_of(p: &Path) -> String {
+    String::from_utf8(common::xattrs::get(p, "kdfs.replicas", 16).unwrap()).unwrap()
+}
+
+/// `--replicas 3` on five nodes: node 2's store copied to nodes 3 and 4.
+/// Node 2 killed: one of them serves its store and sends its changes on
+/// to the other; that one killed too, the last serves all of it — the
+/// changes made meanwhile included; node 2, back, takes its store back
+/// from it.
+#[test]
+fn three_copies_outlive_two_failures() {
+    let mut c = Cluster::with_kdfs_formatted(5, &["--replicas", "3"]);
+    let d = c.mnt(1).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), pattern(3 << 20, 9)).unwrap();
+    wait_until(
+        "both of node 2's mirrors copied",
+        Duration::from_secs(30),
+        || {
+            c.plain_log(1)
+                .matches("kdfs mirror: full copy done")
+                .count()
+                >= 2
+        },
+    );
+    let (st, _) = c.kdfs_status(0);
+    assert!(
+        st.contains("node 2: mirrored on node 3 (in sync) and node 4 (in sync)"),
+        "{st}"
+    );
+
+    c.kill_krgd(1);
+    let through_1 = c.mnt(0).join("d");
+    fs::write(through_1.join("g"), b"while node 2 was down").unwrap();
+    let serves = |i: usize| {
+        c.plain_log(i)
+            .contains("node failed; this node serves its store")
+    };
+    let (server, other) = if serves(2) { (2, 3) } else { (3, 2) };
+    assert!(
+        serves(server),
+        "neither node 3 nor node 4 serves node 2's store"
+    );
+    let onward = format!("full copy done to={} store=2", other + 1);
+    wait_until(
+        "the other mirror copied from the server",
+        Duration::from_secs(30),
+        || c.plain_log(server).contains(&onward),
+    );
+    fs::write(through_1.join("h"), b"after the onward copy").unwrap();
+
+    c.kill_krgd(server);
+    let through_last = c.mnt(other).join("d");
+    wait_until(
+        "the last mirror serves node 2's store",
+        Duration::from_secs(15),
+        || fs::write(through_last.join("i"), b"with two nodes down").is_ok(),
+    );
+    assert_eq!(
+        fs::read(through_last.join("f")).unwrap(),
+        pattern(3 << 20, 9)
+    );
+    assert_eq!(
+        fs::read(through_last.join("g")).unwrap(),
+        b"while node 2 was down"
+    );
+    assert_eq!(
+        fs::read(through_last.join("h")).unwrap(),
+        b"after the onward copy"
+    );
+    assert_eq!(
+        fs::read(through_1.join("i")).unwrap(),
+        b"with two nodes down"
+    );
+
+    c.start_krgd(1);
+    wait_until("node 2 has its store back", Duration::from_secs(30), || {
+        c.plain_log(1).contains("took the store back")
+    });
+    wait_until("node 2 serves it", Duration::from_secs(10), || {
+        fs::read(c.mnt(1).join("d/i")).is_ok_and(|b| b == b"with two nodes down")
+    });
+    assert_eq!(
+        fs::read(c.mnt(1).join("d/h")).unwrap(),
+        b"after the onward copy"
+    );
+}
+
+/// `--replicas 2` on five nodes, directory `imp` of node 2 given three
+/// copies: what was in it and what is made in it after are copied to node
+/// 2's second mirror (node 4) too, the rest only to its first (node 3).
+/// Nodes 2 and 3 killed together: node 4 serves node 2's store, `imp`'s
+/// files readable and writable through node 5; a file outside answers
+/// EIO, at once; node 2 back takes its store back whole. Refused: a count out of range, a user's change of root's
+/// directory.
+#[test]
+fn a_directory_given_three_copies_outlives_two_failures() {
+    let mut c = Cluster::with_kdfs_formatted(5, &["--replicas", "2"]);
+    let (imp, plain) = (c.mnt(1).join("imp"), c.mnt(1).join("plain"));
+    fs::create_dir(&imp).unwrap();
+    fs::create_dir(&plain).unwrap();
+    fs::write(imp.join("before"), pattern(2 << 20, 3)).unwrap();
+    fs::write(plain.join("p"), b"two copies").unwrap();
+    assert_eq!(count_of(&imp.join("before")), "2");
+
+    let dir = imp.to_str().unwrap();
+    let (out, err, code) = c.kdfsctl(1, &["replicas", "3", dir]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("3 copies for 2 inodes"), "{out}");
+    assert!(out.contains("1 directories above raised to 3"), "{out}");
+    fs::create_dir(imp.join("sub")).unwrap();
+    fs::write(imp.join("sub/after"), b"made after").unwrap();
+    assert_eq!(count_of(&imp.join("before")), "3");
+    assert_eq!(count_of(&imp.join("sub/after")), "3", "inherited");
+    assert_eq!(count_of(&plain.join("p")), "2");
+    let (out, _, _) = c.kdfsctl(1, &["replicas", dir]);
+    assert_eq!(out.trim(), format!("{dir}: 3 copies; made in it: 3"));
+
+    let (_, err, code) = c.kdfsctl(1, &["replicas", "4", dir]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("4 copies: an inode keeps 1 to 3"), "{err}");
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o777)).unwrap();
+    let (uid, _) = common::tests_user();
+    let as_user = common::as_tests_user(env!("CARGO_BIN_EXE_kdfsctl"))
+        .args(["replicas", "3", plain.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(uid, 0);
+    assert_eq!(as_user.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&as_user.stderr);
+    assert!(err.contains("only root or its owner may"), "{err}");
+
+    wait_until(
+        "node 2's second mirror holds imp",
+        Duration::from_secs(30),
+        || {
+            c.kdfs_status(0)
+                .0
+                .contains("node 2: mirrored on node 3 (in sync) and node 4 (in sync)")
+        },
+    );
+    c.kill_krgd(1);
+    c.kill_krgd(2);
+    let (imp5, plain5) = (c.mnt(4).join("imp"), c.mnt(4).join("plain"));
+    wait_until(
+        "node 4 serves node 2's store",
+        Duration::from_secs(20),
+        || fs::write(imp5.join("during"), b"two nodes down").is_ok(),
+    );
+    assert!(c
+        .plain_log(3)
+        .contains("node failed; this node serves its store"));
+    assert_eq!(fs::read(imp5.join("before")).unwrap(), pattern(2 << 20, 3));
+    assert_eq!(fs::read(imp5.join("sub/after")).unwrap(), b"made after");
+    assert_eq!(fs::read(imp5.join("during")).unwrap(), b"two nodes down");
+    let started = std::time::Instant::now();
+    let lost = fs::read(plain5.join("p"));
+    let errno = lost.map(|_| ()).unwrap_err().raw_os_error();
+    assert_eq!(errno, Some(libc::EIO), "a file of two copies, both down");
+
+    // Node 2 back: it takes its store back from node 4, whose copy lacks
+    // `plain` — handed back without dropping it.
+    c.start_krgd(1);
+    wait_until("node 2 has its store back", Duration::from_secs(30), || {
+        c.plain_log(1).contains("took the store back")
+    });
+    wait_until("node 2 serves it", Duration::from_secs(10), || {
+        fs::read(plain5.join("p")).is_ok_and(|b| b == b"two copies")
+    });
+    assert_eq!(fs::read(imp.join("during")).unwrap(), b"two nodes down");
+    assert_eq!(fs::read(imp.join("before")).unwrap(), pattern(2 << 20, 3));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
