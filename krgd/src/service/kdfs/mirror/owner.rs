@@ -78,6 +78,18 @@ fn targets(ctx: &NodeContext, store: &Store) -> Vec<(NodeId, Keeper)> {
         .collect()
 }
 
+/// What `store`, as this node serves it, keeps of its whole: all of it
+/// (its own node, or a mirror's full copy taken over), or a partial
+/// copy's share — whose copies to the other mirrors drop nothing it would
+/// not keep.
+fn source_of(ctx: &NodeContext, store: &Store) -> Keeper {
+    let node = store.superblock().node;
+    if node == ctx.node_id() {
+        return Keeper::Owner;
+    }
+    super::copies::source_keeper(ctx, node, store)
+}
+
 impl Owner {
     /// The store is served as `generation` from now on (told at `Begin`).
     pub async fn serving_as(
@@ -286,7 +298,7 @@ impl Owner {
             if to != s.to {
                 tracing::info!(mirror = ?to, rank, "kdfs mirror: this store's mirror");
             }
-            (s.to, s.keeper) = (to, keeper);
+            (s.to, s.keeper, s.source) = (to, keeper, source_of(ctx, store));
             self.restart(ctx, store, rank, s);
         }
     }
