@@ -187,13 +187,17 @@ fn a_directory_given_three_copies_outlives_two_failures() {
     // it lacks itself (node 3's copy had `plain`); node 4 killed, node 3
     // serves all of it.
     c.start_krgd(2);
-    wait_until("node 4's copy on to node 3", Duration::from_secs(30), || {
-        c.plain_log(3).contains("full copy done to=3 store=2")
-    });
+    wait_until(
+        "node 4's copy on to node 3",
+        Duration::from_secs(30),
+        || c.plain_log(3).contains("full copy done to=3 store=2"),
+    );
     c.kill_krgd(3);
-    wait_until("node 3 serves node 2's store", Duration::from_secs(20), || {
-        fs::write(imp5.join("then"), b"node 3 serves").is_ok()
-    });
+    wait_until(
+        "node 3 serves node 2's store",
+        Duration::from_secs(20),
+        || fs::write(imp5.join("then"), b"node 3 serves").is_ok(),
+    );
     assert_eq!(fs::read(plain5.join("p")).unwrap(), b"two copies");
     assert_eq!(fs::read(imp5.join("during")).unwrap(), b"two nodes down");
 
