@@ -182,6 +182,11 @@ fn a_directory_given_three_copies_outlives_two_failures() {
     let lost = fs::read(plain5.join("p"));
     let errno = lost.map(|_| ()).unwrap_err().raw_os_error();
     assert_eq!(errno, Some(libc::EIO), "a file of two copies, both down");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Node 3 back: node 4 copies the store on to it without dropping what
     // it lacks itself (node 3's copy had `plain`); node 4 killed, node 3
