@@ -1,9 +1,10 @@
 //! `kdfsctl replicas N`: every member's store keeps N copies of its files
 //! from now on — a single-copy file system converted to `--replicas 2`,
 //! each store's full copy made by its krgd in the background (`kdfsctl
-//! status` shows it). Each member's krgd converts its own store, and
-//! refuses while the store is in use on its node (a mount there writes it
-//! in place): unmount kDFS on every node first, mount it again after.
+//! status` shows it). Each member's krgd converts its own store; a mount
+//! of its node stops writing it in place first, and the files that mount
+//! opened before with passthrough are closed first (the conversion then
+//! goes on in the background: `Converted::Later`).
 //!
 //! `kdfsctl replicas N DIR`: a directory's tree keeps N copies, and what
 //! is made in it from now on too (its policy, inherited by the
@@ -36,8 +37,18 @@ const WORDS: Wording = Wording {
 /// made afterwards, in the background).
 const CONVERT_WAIT: Duration = Duration::from_secs(10);
 
-/// What one member did: `Ok`, or why not, in words.
-pub type Outcome = Result<(), String>;
+/// What one member did: converted, or why not, in words.
+pub type Outcome = Result<Converted, String>;
+
+/// When a member's store keeps the copies asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Converted {
+    /// Now.
+    Now,
+    /// Once the files a mount of its node opened before with passthrough
+    /// are closed (its krgd converts it then).
+    Later,
+}
 
 /// Have every member (the local krgd at `socket` names them; the cluster
 /// key is in `keyfile`) keep `copies` copies of its store.
@@ -72,12 +83,9 @@ pub async fn set(
 /// error).
 fn outcome(asked: Result<KdfsResponse, i32>) -> Outcome {
     match asked {
-        Ok(KdfsResponse::Done) => Ok(()),
+        Ok(KdfsResponse::Done) => Ok(Converted::Now),
         Ok(other) => Err(format!("answered out of turn: {other:?}")),
-        Err(libc::EBUSY) => Err(
-            "its store is in use on that node (kdfs mounted there?): unmount it there and run this again"
-                .into(),
-        ),
+        Err(libc::EINPROGRESS) => Ok(Converted::Later),
         Err(libc::ENOTSUP) => Err("it keeps more copies already (fewer is not supported)".into()),
         Err(e) => Err(std::io::Error::from_raw_os_error(e).to_string()),
     }

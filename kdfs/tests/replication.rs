@@ -334,28 +334,21 @@ fn a_node_formatted_again_after_its_disk_was_lost_gets_its_files_back() {
     assert_eq!(code, Some(0), "{st}");
 }
 
-/// A single-copy kDFS converted with `kdfsctl replicas 2`: refused on a
-/// node while kdfs is mounted there (the mount writes its store in place),
-/// done on the others — a file another node's mount holds open there goes
-/// on; unmounted everywhere, every store keeps two copies from then on,
-/// its mirror copied in the background; then three (fewer is refused);
-/// mounted again, a node's files outlive its krgd.
+/// A single-copy kDFS converted with `kdfsctl replicas 2`, mounted on
+/// every node: each node's mount stops writing its store in place; node 1's
+/// holds a file of its own open with passthrough, so node 1 converts only
+/// once it is closed (what was written through it reaches the mirror with
+/// the full copy), the others at once — a file node 1's mount holds open
+/// on node 2 goes on. Then three copies (fewer is refused); a node's files
+/// outlive its krgd, node 1's (written in place before, through krgd
+/// after) included.
 #[test]
 fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
+    use std::io::{Read, Seek};
     let mut c = Cluster::with_kdfs(3);
     fs::create_dir(c.mnt(1).join("d")).unwrap();
     fs::write(c.mnt(1).join("d/f"), pattern(3 << 20, 5)).unwrap();
     fs::write(c.mnt(0).join("on1"), b"node 1").unwrap();
-
-    let (out, err, code) = c.kdfsctl(0, &["replicas", "2"]);
-    assert_eq!(code, Some(1), "{out}{err}");
-    assert!(
-        out.contains("node 2: not changed: its store is in use on that node"),
-        "{out}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
-    let (st, _) = c.kdfs_status(0);
-    assert!(st.contains("copies: 1 (no replication)"), "{st}");
     let (_, err, code) = c.kdfsctl(0, &["replicas", "4"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("4 copies: a store keeps 1 to 3"), "{err}");
@@ -367,24 +360,28 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     let (_, err, code) = c.kdfsctl(0, &["replicas", "many", "/"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("many: not a count of copies"), "{err}");
+    let (st, _) = c.kdfs_status(0);
+    assert!(st.contains("copies: 1 (no replication)"), "{st}");
 
-    // Nodes 2 and 3 unmounted: their stores convert, node 1's does not
-    // (its mount is up), and the file node 1 holds open on node 2 goes on.
+    // Node 1's own file held open (passthrough: written in place), and
+    // node 2's file held open through node 1.
+    let mut own = fs::OpenOptions::new()
+        .write(true)
+        .open(c.mnt(0).join("on1"))
+        .unwrap();
     let mut held = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(c.mnt(0).join("d/f"))
         .unwrap();
-    c.umount(1);
-    c.umount(2);
-    // (a mount.kdfs may take a moment to exit after its umount)
-    let mut last = String::new();
-    wait_until("nodes 2 and 3 converted", Duration::from_secs(15), || {
-        last = c.kdfsctl(0, &["replicas", "2"]).0;
-        last.contains("node 2: keeps 2 copies") && last.contains("node 3: keeps 2 copies")
-    });
-    assert!(last.contains("node 1: not changed"), "{last}");
-    use std::io::{Read, Seek};
+    let (out, err, code) = c.kdfsctl(0, &["replicas", "2"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("node 1: converts once the files its kdfs mount opened before are closed"),
+        "{out}"
+    );
+    assert!(out.contains("node 2: keeps 2 copies"), "{out}");
+    assert!(out.contains("node 3: keeps 2 copies"), "{out}");
     held.write_all(b"still open").unwrap();
     held.rewind().unwrap();
     let mut head = [0u8; 10];
@@ -393,44 +390,23 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     drop(held);
     let mut want = pattern(3 << 20, 5);
     want[..10].copy_from_slice(b"still open");
-
-    c.umount(0);
-    wait_until("every store converted", Duration::from_secs(15), || {
-        let (out, _, code) = c.kdfsctl(0, &["replicas", "2"]);
-        last = out;
-        code == Some(0)
-    });
-    for n in 1..=3 {
-        assert!(
-            last.contains(&format!("node {n}: keeps 2 copies")),
-            "{last}"
-        );
-    }
-    for i in 0..3 {
-        assert!(c.mount(i, "").status.success());
-    }
+    own.write_all(b"node 1, in place").unwrap();
+    drop(own);
     wait_until(
         "every store's mirror copied",
         Duration::from_secs(60),
         || (0..3).all(|i| c.mirrored(i)),
     );
+    fs::write(c.mnt(0).join("after"), b"through krgd").unwrap();
     let (st, code) = c.kdfs_status(0);
     assert!(st.contains("copies: 2:"), "{st}");
     assert!(st.contains("node 2: mirrored on node 3 (in sync)"), "{st}");
     assert_eq!(code, Some(0), "{st}");
 
-    // And on to three copies: node 2's store gets its second mirror, node 1.
-    for i in 0..3 {
-        c.umount(i);
-    }
-    wait_until(
-        "every store at three copies",
-        Duration::from_secs(15),
-        || c.kdfsctl(0, &["replicas", "3"]).2 == Some(0),
-    );
-    for i in 0..3 {
-        assert!(c.mount(i, "").status.success());
-    }
+    // And on to three copies, mounted: node 2's store gets its second
+    // mirror, node 1.
+    let (out, err, code) = c.kdfsctl(0, &["replicas", "3"]);
+    assert_eq!(code, Some(0), "{out}{err}");
     wait_until(
         "node 2's two mirrors in sync",
         Duration::from_secs(30),
@@ -454,6 +430,20 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
         fs::read(c.mnt(2).join("d/g")).unwrap(),
         b"while node 2 is down"
     );
+    // Node 1's files, from its mirrors: what its mount wrote in place
+    // before the conversion, and through krgd after.
+    c.start_krgd(1);
+    wait_until("node 2 has its store back", Duration::from_secs(30), || {
+        c.plain_log(1).contains("took the store back")
+    });
+    c.kill_krgd(0);
+    let on3 = c.mnt(2);
+    wait_until(
+        "node 1's files served by a mirror",
+        Duration::from_secs(20),
+        || fs::read(on3.join("after")).is_ok_and(|b| b == b"through krgd"),
+    );
+    assert_eq!(fs::read(on3.join("on1")).unwrap(), b"node 1, in place");
 }
 
 /// As above, but the mirror's krgd restarted after node 2 was lost (a

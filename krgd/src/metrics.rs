@@ -500,6 +500,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::GetStripe { .. } => "get_stripe",
         R::SetStripePolicy { .. } => "set_stripe_policy",
         R::GetReplicas { .. } => "get_replicas",
+        R::Conversion { .. } => "conversion",
         R::SetInodeReplicas { .. } => "set_inode_replicas",
         R::SetLayout { .. } => "set_layout",
         R::StripeRead { .. } => "stripe_read",

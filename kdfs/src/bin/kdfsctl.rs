@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kdfs::replicasctl::Converted;
 
 /// The status was printed, and some member's files cannot be reached.
 const EXIT_DEGRADED: u8 = 3;
@@ -18,7 +19,7 @@ const EXIT_DEGRADED: u8 = 3;
 #[command(
     name = "kdfsctl",
     version,
-    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json\n  kdfsctl stripe 4M:4 /mnt/kdfs/big\n  kdfsctl stripe /mnt/kdfs/big/file\n  kdfsctl stripe off /mnt/kdfs/big\n  kdfsctl replicas 2      (kdfs unmounted on every node)\n  kdfsctl replicas 3 /mnt/kdfs/important\n  kdfsctl replicas /mnt/kdfs/important/db"
+    after_help = "Examples:\n  kdfsctl status\n  kdfsctl status /mnt/kdfs\n  kdfsctl status --json\n  kdfsctl stripe 4M:4 /mnt/kdfs/big\n  kdfsctl stripe /mnt/kdfs/big/file\n  kdfsctl stripe off /mnt/kdfs/big\n  kdfsctl replicas 2\n  kdfsctl replicas 3 /mnt/kdfs/important\n  kdfsctl replicas /mnt/kdfs/important/db"
 )]
 struct Args {
     /// krgd admin socket.
@@ -59,10 +60,11 @@ enum Command {
     /// every member's store keeps COPIES copies of its files from now on:
     /// a single-copy kDFS becomes `--replicas 2` (or 3), each store's copy
     /// made on its mirror (the next member) in the background — `kdfsctl
-    /// status` shows each one `copying`, then `in sync`. Each node refuses
-    /// while its store is in use there (a kdfs mount writes it in place):
-    /// unmount kdfs on every node first, mount it again after. A member
-    /// down is left as it is: run it again once it is back. Fewer copies
+    /// status` shows each one `copying`, then `in sync`. The kdfs mounts
+    /// stay up: a node's mount stops writing its store in place first (no
+    /// more FUSE passthrough), and a node whose mount still has files open
+    /// it opened before with passthrough converts once they are closed (its
+    /// line says so). A member down is left as it is: run it again once it is back. Fewer copies
     /// than now is refused. `replicas COPIES PATH`: PATH and everything
     /// under it keep COPIES copies, and what is made in it from now on
     /// too (a policy directories made in it inherit), like a GlusterFS or
@@ -90,7 +92,10 @@ fn replicas(rt: &tokio::runtime::Runtime, args: &Args, copies: u8) -> ExitCode {
     let mut failed = false;
     for (node, outcome) in nodes {
         match outcome {
-            Ok(()) => println!("node {node}: keeps {copies} copies"),
+            Ok(Converted::Now) => println!("node {node}: keeps {copies} copies"),
+            Ok(Converted::Later) => println!(
+                "node {node}: converts once the files its kdfs mount opened before are closed"
+            ),
             Err(why) => {
                 failed = true;
                 println!("node {node}: not changed: {why}");

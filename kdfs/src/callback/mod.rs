@@ -91,6 +91,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::ListXattr { .. }
             | Q::GetStripe { .. }
             | Q::GetReplicas { .. }
+            | Q::Conversion { .. }
             | Q::StripeRead { .. }
             | Q::StripeWrite { .. }
             | Q::StripeSync { .. }

@@ -63,8 +63,9 @@ pub struct Cache {
     /// lookup refreshes: local files are then not cached either.
     passthrough: AtomicBool,
     /// This mount is its node's sole mount (the others change no regular
-    /// file of the node without krgd).
-    sole: bool,
+    /// file of the node without krgd); cleared when the store is converted
+    /// to more copies (every change goes through krgd then).
+    sole: AtomicBool,
     /// Unmounted: the watchers stop (see [`Cache::leave`]).
     leaving: AtomicBool,
 }
@@ -92,9 +93,15 @@ impl Cache {
             given: Mutex::default(),
             kernel: OnceLock::new(),
             passthrough: AtomicBool::new(false),
-            sole,
+            sole: AtomicBool::new(sole),
             leaving: AtomicBool::new(false),
         }
+    }
+
+    /// The node's store is being converted to more copies: this mount no
+    /// longer keeps regular files' attributes as the sole mount does.
+    pub fn no_longer_sole(&self) {
+        self.sole.store(false, Ordering::Release);
     }
 
     /// Caching is off (`entry_timeout=0,attr_timeout=0`): no watcher, no
@@ -174,7 +181,7 @@ impl Cache {
         self.registered(node)
             && (a.kind != FileKind::File
                 || (node == self.local
-                    && self.sole
+                    && self.sole.load(Ordering::Acquire)
                     && self.passthrough.load(Ordering::Relaxed)
                     && !lock(&self.volatile).contains(&a.ino)))
     }

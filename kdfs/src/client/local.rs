@@ -28,6 +28,13 @@
 //! A mirrored store (`--replicas 2`) keeps the in-place reads only: every
 //! write, fsync and attribute change goes through krgd, which sends it to
 //! the store's mirror before answering (no passthrough, no sole mount).
+//! A single-copy store converted while mounted (`kdfsctl replicas 2`)
+//! turns so in place ([`LocalStore::stop_writing_in_place`], see
+//! `conversion`): no file is opened with passthrough from then on, but
+//! the files opened so before keep it until their last handle is closed
+//! (the kernel lets all of an inode's handles use passthrough or none),
+//! and krgd converts the store only once none is left
+//! ([`LocalStore::handles_in_place`]).
 //!
 //! krgd still does every change to the namespace and sees every open and
 //! release of a file (it counts handles, so an unlinked file keeps its data
@@ -66,11 +73,13 @@ struct Open {
 pub struct LocalStore {
     node: NodeId,
     view: Store,
-    /// This mount holds the node's sole-mount claim.
-    sole: bool,
-    /// The store is mirrored (`--replicas 2`): krgd makes every change
-    /// (and sends it to the mirror); the client still reads in place.
-    mirrored: bool,
+    /// This mount holds the node's sole-mount claim (and uses it: not
+    /// once the store is mirrored).
+    sole: AtomicBool,
+    /// The store is mirrored (`--replicas 2`), or about to be: krgd makes
+    /// every change (and sends it to the mirror); the client still reads
+    /// in place.
+    mirrored: AtomicBool,
     /// Set by the connections' failure watch: this node's krgd does not
     /// answer, its mirror may serve newer data — nothing is read here.
     down: Arc<AtomicBool>,
@@ -90,9 +99,9 @@ impl LocalStore {
         let mirrored = view.replicas() > 1;
         Ok(Self {
             node,
-            mirrored,
+            mirrored: AtomicBool::new(mirrored),
             down,
-            sole: !mirrored && view.claim_sole_mount(),
+            sole: AtomicBool::new(!mirrored && view.claim_sole_mount()),
             view,
             passthrough: AtomicBool::new(false),
             open: Mutex::default(),
@@ -126,19 +135,42 @@ impl LocalStore {
     }
 
     fn is_down(&self) -> bool {
-        self.mirrored && self.down.load(Ordering::Acquire)
+        self.is_mirrored() && self.down.load(Ordering::Acquire)
+    }
+
+    /// Whether the store is mirrored (or being converted to be): every
+    /// change goes through krgd.
+    pub fn is_mirrored(&self) -> bool {
+        self.mirrored.load(Ordering::Acquire)
     }
 
     /// Whether this is the first (and only) mount of its node: see the
     /// module header.
     pub fn is_sole_mount(&self) -> bool {
-        self.sole
+        self.sole.load(Ordering::Acquire)
+    }
+
+    /// The store is being converted to more copies: from now on every
+    /// change goes through krgd (no new in-place write, no attribute
+    /// change here).
+    pub fn stop_writing_in_place(&self) {
+        self.mirrored.store(true, Ordering::Release);
+        self.sole.store(false, Ordering::Release);
+    }
+
+    /// The handles whose file the kernel reads and writes itself
+    /// (passthrough), unseen by krgd — and through which a handle opened
+    /// later on the same file would too.
+    pub fn handles_in_place(&self) -> u32 {
+        let t = self.table();
+        let n = t.by_handle.values().filter(|l| l.backing.is_some()).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Change the attributes of `ino` here if this is the sole mount and
     /// `ino` is one of this node's regular files; `None`: ask krgd.
     pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Option<Result<Attr, i32>> {
-        if !self.sole {
+        if !self.is_sole_mount() {
             return None;
         }
         // The store answers `None` for another node's inode too.
@@ -198,7 +230,7 @@ impl LocalStore {
         };
         // A mirrored store's writes go through krgd: the kernel must not
         // write the file itself.
-        let backing = if self.passthrough.load(Ordering::Relaxed) && !self.mirrored {
+        let backing = if self.passthrough.load(Ordering::Relaxed) && !self.is_mirrored() {
             register(&file)
                 .inspect_err(|e| {
                     tracing::warn!(ino = %format!("{ino:x}"), error = %e,
@@ -222,7 +254,7 @@ impl LocalStore {
     /// The local file behind handle `fh` of `ino` for a write or an fsync:
     /// none for a mirrored store, whose changes krgd makes (and mirrors).
     pub fn file_to_change(&self, ino: InodeId, fh: u64) -> Option<Arc<LocalFile>> {
-        if self.mirrored {
+        if self.is_mirrored() {
             return None;
         }
         self.file(ino, fh)

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod conn;
+mod conversion;
 mod convert;
 pub mod follow;
 pub mod fs;
@@ -375,6 +376,9 @@ async fn try_prepare(
         releases,
         striped: Default::default(),
     });
+    if !ops.local_store.is_mirrored() {
+        tokio::spawn(conversion::follow(Arc::downgrade(&ops)));
+    }
     tokio::spawn(follow::follow(
         Arc::downgrade(&ops),
         dir.to_path_buf(),

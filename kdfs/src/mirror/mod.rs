@@ -95,6 +95,7 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
             | Q::FromMirror { .. }
             | Q::Replication
             | Q::SetReplicas { .. }
+            | Q::Conversion { .. }
             | Q::ReleaseMany { .. }
     )
 }

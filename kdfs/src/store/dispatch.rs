@@ -232,7 +232,8 @@ impl Store {
             | Q::Mirror { .. }
             | Q::FromMirror { .. }
             | Q::Replication
-            | Q::SetReplicas { .. } => return Err(StoreError::NotSupported),
+            | Q::SetReplicas { .. }
+            | Q::Conversion { .. } => return Err(StoreError::NotSupported),
         })
     }
 

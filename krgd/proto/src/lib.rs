@@ -87,7 +87,8 @@ pub type SessionId = u32;
 /// which an older krgd cannot decode.
 ///
 /// 9: kDFS replica counts per inode and directory (`GetReplicas`,
-/// `SetInodeReplicas`, `MakeInode::replicas`, `Stripe::replicas`).
+/// `SetInodeReplicas`, `MakeInode::replicas`, `Stripe::replicas`), and a
+/// single-copy store converted while mounted (`Conversion`).
 pub const PROTOCOL_VERSION: u16 = 9;
 
 pub use keyfile::{

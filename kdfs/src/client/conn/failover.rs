@@ -102,7 +102,7 @@ impl Cluster {
     /// node that vanished (no reset, no answer) goes to its mirror as soon
     /// as the cluster knows, not at its timeout. Ends with the mount.
     pub async fn follow_failures(self: Arc<Self>) {
-        if self.mirrors == 0 {
+        if self.mirrors() == 0 {
             return;
         }
         let weak = Arc::downgrade(&self);
@@ -236,7 +236,7 @@ impl Cluster {
         let gave = handle.and_then(|(fh, _)| self.mirror_handles.get(node, fh));
         let candidates = match gave {
             Some(m) => vec![m],
-            None => mirror::mirrors_of(node, &self.nodes(), self.mirrors),
+            None => mirror::mirrors_of(node, &self.nodes(), self.mirrors()),
         };
         let req = mirror::unwrapped(req);
         let mut answer = Err(libc::ENOTCONN);

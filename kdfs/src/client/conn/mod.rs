@@ -31,6 +31,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an unreachable node is reported down without retrying.
 const DOWN_HOLD: Duration = Duration::from_millis(500);
+/// The mirrors of a mirrored file system's node a mount asks, first to
+/// last: as many as a store may have (a directory may keep more copies
+/// than the file system: `kdfsctl replicas N DIR`).
+const MIRRORS: usize = crate::format::MAX_REPLICAS as usize - 1;
 
 /// Connections to each node that the pieces of one large write share out
 /// (lane 0 also carries every other request). Over one connection the
@@ -54,7 +58,7 @@ pub struct Cluster {
     /// last: for a mirrored file system, as many as a store may have (a
     /// directory may keep more copies than the file system:
     /// `kdfsctl replicas N DIR`; a mirror without a copy says so).
-    mirrors: usize,
+    mirrors: std::sync::atomic::AtomicUsize,
     /// Members the cluster marks failed, as the local krgd last said
     /// ([`Cluster::follow_failures`]), and a wake-up when that changes.
     failed: Mutex<Vec<NodeId>>,
@@ -147,11 +151,7 @@ impl Cluster {
             addrs: Mutex::new(addrs),
             slots: Mutex::new(HashMap::new()),
             down_until: Mutex::new(HashMap::new()),
-            mirrors: if copies > 1 {
-                usize::from(crate::format::MAX_REPLICAS - 1)
-            } else {
-                0
-            },
+            mirrors: std::sync::atomic::AtomicUsize::new(if copies > 1 { MIRRORS } else { 0 }),
             failed: Mutex::new(info.failed.clone()),
             failures: tokio::sync::Notify::new(),
             reopened: failover::Reopened::default(),
@@ -162,6 +162,23 @@ impl Cluster {
 
     /// Set while this node's own store must not be read in place (see
     /// `failover`); shared with the mount's [`LocalStore`](crate::client::local::LocalStore).
+    /// How many mirrors of a node that does not answer are asked.
+    pub(super) fn mirrors(&self) -> usize {
+        self.mirrors.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The file system was converted to more copies while mounted
+    /// (`kdfsctl replicas 2`): a node that does not answer is asked of its
+    /// mirrors from now on.
+    pub fn now_mirrored(self: &Arc<Self>) {
+        let was = self
+            .mirrors
+            .swap(MIRRORS, std::sync::atomic::Ordering::AcqRel);
+        if was == 0 {
+            tokio::spawn(self.clone().follow_failures());
+        }
+    }
+
     pub fn local_down(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.local_down.clone()
     }
@@ -277,7 +294,7 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        if self.mirrors > 0 {
+        if self.mirrors() > 0 {
             return self.call_mirrored(node, lane, req, timeout).await;
         }
         self.direct(node, lane, req, timeout).await
@@ -290,7 +307,7 @@ impl Cluster {
         req: KdfsRequest,
         timeout: Duration,
     ) -> Result<KdfsResponse, i32> {
-        if self.mirrors == 0 {
+        if self.mirrors() == 0 {
             return self.connect_and_call(node, lane, req, timeout).await;
         }
         if self.is_failed(node) {

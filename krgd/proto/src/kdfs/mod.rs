@@ -567,6 +567,21 @@ pub enum KdfsRequest {
         /// 1 to 3.
         copies: u8,
     },
+    /// From a mount of this node's single-copy store, every second: it
+    /// writes the store in place (FUSE passthrough, the sole mount's
+    /// attribute changes), which a mirror would never see. Once a
+    /// conversion waits (`kdfsctl replicas 2` while mounted) the mount
+    /// stops doing so (`switched`) and says how many of its handles still
+    /// write in place (`writers`); krgd converts once every mount of the
+    /// node says 0. Answers `Conversion`.
+    Conversion {
+        /// The mount's process (as `/proc/locks` shows it holding the store).
+        pid: u32,
+        /// It no longer starts writing in place.
+        switched: bool,
+        /// Its handles that still write in place.
+        writers: u32,
+    },
     /// A request about node `node`'s files, asked of its mirror while
     /// `node` does not answer: served by the mirror when it took the store
     /// over (`node` failed), else answered from its copy when it is a read

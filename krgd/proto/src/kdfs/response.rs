@@ -88,6 +88,14 @@ pub enum KdfsResponse {
         /// system's).
         policy: Option<u8>,
     },
+    /// To `Conversion`: the copies the store keeps now, and those a
+    /// waiting conversion gives it.
+    Conversion {
+        /// Copies now.
+        copies: u8,
+        /// A conversion waiting for the mounts (`None`: none).
+        pending: Option<u8>,
+    },
     /// To `SetInodeReplicas`: the inode's count before and after (the
     /// mirrors that gain or lose it are copied again).
     ReplicasSet {

@@ -58,6 +58,8 @@ pub struct KdfsService {
     /// Replication (`--replicas 2`): this store's mirror, the copies kept
     /// here, who serves what.
     mirroring: mirror::Mirroring,
+    /// A conversion to more copies waiting for this node's mounts.
+    pending: std::sync::Mutex<replicas::Pending>,
 }
 
 fn unavailable(msg: impl Into<String>) -> AdminError {
@@ -105,6 +107,7 @@ impl KdfsService {
             pass: Pass::default(),
             holders: holders::Holders::default(),
             mirroring: mirror::Mirroring::new(placement),
+            pending: Default::default(),
         });
         svc.clone().expire_gone_mounts();
         svc.clone().take_over_failed_owners();
@@ -387,6 +390,11 @@ impl KdfsService {
             KdfsRequest::SetReplicas { copies } => {
                 return Ok(self.set_replicas(&store, copies).await)
             }
+            KdfsRequest::Conversion {
+                pid,
+                switched,
+                writers,
+            } => return Ok(self.mount_conversion(&store, pid, switched, writers)),
             _ => {}
         }
         if !matches!(req, KdfsRequest::Hello) && !self.wait_to_serve(&store).await {

@@ -1,20 +1,42 @@
-//! `kdfsctl replicas 2`: a store that kept one copy of its files keeps
-//! two from now on. Its superblock says so, the store served takes it in
-//! place (the handles other nodes hold stay good), and its mirroring
-//! starts as at a mirrored store's first start
-//! (a claim, then a full copy to the mirror, in the background; `kdfsctl
-//! status` shows it). Refused while something else uses the store on
-//! this node: a mount reads and writes its node's store in place
-//! (passthrough, the sole mount's attribute changes), which its mirror
-//! would never see — it is mounted again after.
+//! `kdfsctl replicas N`: a store keeps N copies of its files from now on.
+//! Its superblock says so, the store served takes it in place (the
+//! handles other nodes hold stay good), and its mirroring starts as at a
+//! mirrored store's first start (a claim, then a full copy to the mirror,
+//! in the background; `kdfsctl status` shows it).
+//!
+//! A single-copy store may be mounted on its node: such a mount writes it
+//! in place (FUSE passthrough, the sole mount's attribute changes), which
+//! a mirror would never see. The conversion then waits (`Pending`): each
+//! mount of the node asks every second (`Conversion`), stops writing in
+//! place once told, and says how many of its handles still do; when every
+//! process holding the store says 0, the store is converted — at once, or
+//! once the files opened for writing before are closed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kdfs::format::{other_users, MAX_REPLICAS};
 use kdfs::store::Store;
 use krg_proto::kdfs::KdfsResponse;
 
 use super::KdfsService;
+use crate::sync;
+
+/// How long `SetReplicas` waits for the mounts before it answers that
+/// the conversion goes on in the background (EINPROGRESS).
+const MOUNTS_WAIT: Duration = Duration::from_secs(5);
+/// A mount's word counts this long (it asks every second).
+const FRESH: Duration = Duration::from_secs(3);
+
+/// A conversion waiting for this node's mounts.
+#[derive(Default)]
+pub(super) struct Pending {
+    /// The copies asked (`None`: no conversion waits).
+    copies: Option<u8>,
+    /// Mounts that no longer write in place, by pid, and when they said so.
+    ready: HashMap<u32, Instant>,
+}
 
 impl KdfsService {
     /// Keep `copies` copies of `store` (this node's) from now on.
@@ -29,24 +51,82 @@ impl KdfsService {
         if copies < store.replicas() {
             return errno(libc::ENOTSUP);
         }
-        match other_users(store.dir()) {
-            Ok(pids) if !pids.is_empty() => {
-                tracing::warn!(
-                    ?pids,
-                    "kdfs: the store keeps one copy still: processes use it here (unmount kdfs on this node first)"
-                );
-                return errno(libc::EBUSY);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "kdfs: cannot tell who uses the store");
-                return errno(libc::EIO);
+        if store.replicas() > 1 {
+            // Mirrored already: no mount writes it in place.
+            return self.convert(store, copies);
+        }
+        sync::lock(&self.pending).copies = Some(copies);
+        tracing::info!(
+            copies,
+            "kdfs: converting this store to {copies} copies once its mounts here stop writing it in place"
+        );
+        let since = Instant::now();
+        loop {
+            match self.try_convert(store) {
+                Some(done) => return done,
+                // (converted meanwhile at a mount's word)
+                None if store.replicas() >= copies => return KdfsResponse::Done,
+                None if since.elapsed() >= MOUNTS_WAIT => return errno(libc::EINPROGRESS),
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-        // In place: the handles other nodes' mounts hold stay good.
+    }
+
+    /// `Conversion` from a mount of this node: what it says is noted, the
+    /// store converted if every mount is ready.
+    pub(super) fn mount_conversion(
+        &self,
+        store: &Arc<Store>,
+        pid: u32,
+        switched: bool,
+        writers: u32,
+    ) -> KdfsResponse {
+        {
+            let mut p = sync::lock(&self.pending);
+            if switched && writers == 0 {
+                p.ready.insert(pid, Instant::now());
+            } else {
+                p.ready.remove(&pid);
+            }
+        }
+        if let Some(KdfsResponse::Errno(e)) = self.try_convert(store) {
+            tracing::warn!(errno = e, "kdfs: the waiting conversion failed");
+        }
+        KdfsResponse::Conversion {
+            copies: store.replicas(),
+            pending: sync::lock(&self.pending).copies,
+        }
+    }
+
+    /// Convert if a conversion waits and every process holding the store
+    /// here said lately that it no longer writes it in place; `None`: not
+    /// yet.
+    fn try_convert(&self, store: &Arc<Store>) -> Option<KdfsResponse> {
+        let mut p = sync::lock(&self.pending);
+        let copies = p.copies?;
+        let users = match other_users(store.dir()) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "kdfs: cannot tell who uses the store");
+                return None;
+            }
+        };
+        let ready = |pid: &u32| p.ready.get(pid).is_some_and(|t| t.elapsed() < FRESH);
+        if !users.iter().all(ready) {
+            return None;
+        }
+        p.copies = None;
+        p.ready.clear();
+        drop(p);
+        Some(self.convert(store, copies))
+    }
+
+    /// Write `copies` in the superblock and take it in place (the handles
+    /// other nodes' mounts hold stay good).
+    fn convert(&self, store: &Store, copies: u8) -> KdfsResponse {
         if let Err(e) = store.set_replicas(copies) {
             tracing::error!(error = %e, "kdfs: cannot write the superblock");
-            return errno(libc::EIO);
+            return KdfsResponse::Errno(libc::EIO);
         }
         tracing::info!(
             copies,
