@@ -265,6 +265,12 @@ fn replication_line(n: &NodeStatus, down: &[NodeId]) -> Option<String> {
     if r.replicas > 1 {
         parts.push(mirrors_part(r, down));
     }
+    if let Some(c) = r.converting {
+        parts.push(format!(
+            "converting to {} copies once its mount stops writing in place ({} file handle(s) opened with passthrough still open there)",
+            c.copies, c.in_place
+        ));
+    }
     let list = |v: &[NodeId]| {
         v.iter()
             .map(NodeId::to_string)
@@ -498,6 +504,7 @@ mod tests {
             ],
             copies_of: Vec::new(),
             serves_for: Vec::new(),
+            converting: None,
         });
         let mut s = status(vec![n]);
         s.copies = 2;
@@ -506,6 +513,35 @@ mod tests {
             t.contains(
                 "node 2: mirrored on node 3 (copying: 3 of 10 objects looked at, 1.0M sent)"
             ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_conversion_waiting_for_a_mount_says_for_what() {
+        let serving = StoreState::Serving {
+            size: 1 << 30,
+            used: 0,
+            avail: 1 << 30,
+            inodes: 10,
+            inodes_free: 5,
+        };
+        let mut n = node(1, serving);
+        n.replication = Some(ReplicaState {
+            replicas: 1,
+            serving: true,
+            generation: 0,
+            mirrors: Vec::new(),
+            copies_of: Vec::new(),
+            serves_for: Vec::new(),
+            converting: Some(krg_proto::kdfs::Converting {
+                copies: 2,
+                in_place: 1,
+            }),
+        });
+        let t = render(&status(vec![n]));
+        assert!(
+            t.contains("node 1: converting to 2 copies once its mount stops writing in place (1 file handle(s) opened with passthrough still open there)"),
             "{t}"
         );
     }

@@ -382,6 +382,11 @@ fn a_single_copy_kdfs_converted_to_two_copies_outlives_a_node() {
     );
     assert!(out.contains("node 2: keeps 2 copies"), "{out}");
     assert!(out.contains("node 3: keeps 2 copies"), "{out}");
+    let (st, _) = c.kdfs_status(0);
+    assert!(
+        st.contains("node 1: converting to 2 copies once its mount stops writing in place (1 file handle(s)"),
+        "{st}"
+    );
     held.write_all(b"still open").unwrap();
     held.rewind().unwrap();
     let mut head = [0u8; 10];

@@ -235,6 +235,19 @@ pub struct ReplicaState {
     pub copies_of: Vec<crate::NodeId>,
     /// Nodes whose stores it serves, having taken them over.
     pub serves_for: Vec<crate::NodeId>,
+    /// A conversion to more copies waiting for its node's mounts.
+    pub converting: Option<Converting>,
+}
+
+/// A conversion to more copies waiting for a node's mounts (`kdfsctl
+/// replicas 2` while mounted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Converting {
+    /// The copies asked.
+    pub copies: u8,
+    /// The handles its mounts said last still use passthrough (the store
+    /// is converted when there are none).
+    pub in_place: u32,
 }
 
 /// One mirror of a store, as the node sending it the changes sees it.

@@ -31,7 +31,7 @@ pub use bytes::Bytes;
 pub use cache::Inval;
 pub use lock::{LockHolder, LockKind, LockSpec};
 pub use mirror::{
-    CopyProgress, MetaFile, MirrorChange, MirrorInventory, MirrorLink, MirrorRequest,
+    Converting, CopyProgress, MetaFile, MirrorChange, MirrorInventory, MirrorLink, MirrorRequest,
     MirroredObject, ObjectState, ReplicaState, StripeState,
 };
 pub use response::KdfsResponse;

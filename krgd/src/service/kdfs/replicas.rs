@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kdfs::format::{other_users, MAX_REPLICAS};
 use kdfs::store::Store;
-use krg_proto::kdfs::KdfsResponse;
+use krg_proto::kdfs::{Converting, KdfsResponse};
 
 use super::KdfsService;
 use crate::sync;
@@ -34,8 +34,23 @@ const FRESH: Duration = Duration::from_secs(3);
 pub(super) struct Pending {
     /// The copies asked (`None`: no conversion waits).
     copies: Option<u8>,
-    /// Mounts that no longer write in place, by pid, and when they said so.
-    ready: HashMap<u32, Instant>,
+    /// What each mount (by pid) said last, and when: whether it stopped
+    /// writing in place, and its handles that still use passthrough.
+    said: HashMap<u32, Said>,
+}
+
+/// A mount's last word.
+struct Said {
+    at: Instant,
+    switched: bool,
+    in_place: u32,
+}
+
+impl Said {
+    /// It no longer writes in place, lately.
+    fn ready(&self) -> bool {
+        self.switched && self.in_place == 0 && self.at.elapsed() < FRESH
+    }
 }
 
 impl KdfsService {
@@ -81,14 +96,12 @@ impl KdfsService {
         switched: bool,
         writers: u32,
     ) -> KdfsResponse {
-        {
-            let mut p = sync::lock(&self.pending);
-            if switched && writers == 0 {
-                p.ready.insert(pid, Instant::now());
-            } else {
-                p.ready.remove(&pid);
-            }
-        }
+        let said = Said {
+            at: Instant::now(),
+            switched,
+            in_place: writers,
+        };
+        sync::lock(&self.pending).said.insert(pid, said);
         if let Some(KdfsResponse::Errno(e)) = self.try_convert(store) {
             tracing::warn!(errno = e, "kdfs: the waiting conversion failed");
         }
@@ -111,14 +124,25 @@ impl KdfsService {
                 return None;
             }
         };
-        let ready = |pid: &u32| p.ready.get(pid).is_some_and(|t| t.elapsed() < FRESH);
+        let ready = |pid: &u32| p.said.get(pid).is_some_and(Said::ready);
         if !users.iter().all(ready) {
             return None;
         }
         p.copies = None;
-        p.ready.clear();
+        p.said.clear();
         drop(p);
         Some(self.convert(store, copies))
+    }
+
+    /// The conversion waiting for this node's mounts, for `kdfsctl status`.
+    pub(super) fn converting(&self) -> Option<Converting> {
+        let p = sync::lock(&self.pending);
+        let copies = p.copies?;
+        let fresh = p.said.values().filter(|s| s.at.elapsed() < FRESH);
+        Some(Converting {
+            copies,
+            in_place: fresh.map(|s| s.in_place).sum(),
+        })
     }
 
     /// Write `copies` in the superblock and take it in place (the handles

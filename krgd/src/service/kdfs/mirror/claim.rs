@@ -59,6 +59,7 @@ impl KdfsService {
             mirrors: if mirrored { mirrors } else { Vec::new() },
             copies_of,
             serves_for,
+            converting: self.converting(),
         }
     }
 
