@@ -95,7 +95,7 @@ pub fn step(
     have: &MirrorInventory,
     keeper: Keeper,
 ) -> Res<(Vec<MirrorChange>, Vec<CopyStep>)> {
-    if !place::copies_step(store, keeper, s) {
+    if !copies_step(store, keeper, s) {
         return Ok((dropped(s), Vec::new()));
     }
     match *s {
@@ -191,6 +191,21 @@ pub fn step(
             ))
         }
         CopyStep::StripeAttrs(ino) => Ok((vec![store.stripe_change(ino)?], Vec::new())),
+    }
+}
+
+/// Whether a full copy to `keeper` runs `step` (a step on
+/// an object it does not keep becomes a drop: see `full::plan`).
+fn copies_step(store: &Store, keeper: Keeper, step: &CopyStep) -> bool {
+    match step {
+        CopyStep::Meta => true,
+        CopyStep::Stripe(_) | CopyStep::StripeData { .. } | CopyStep::StripeAttrs(_) => {
+            place::keeps(keeper, store.replicas())
+        }
+        CopyStep::Object(l)
+        | CopyStep::Data { local: l, .. }
+        | CopyStep::Attrs(l)
+        | CopyStep::Drop(l) => place::copies_object(store, keeper, *l),
     }
 }
 

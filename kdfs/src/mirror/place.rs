@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use krg_proto::kdfs::MirrorChange;
 
-use super::full::CopyStep;
 use crate::store::{own_count, Store};
 
 /// Who a copy of a store is for.
@@ -72,21 +71,6 @@ pub fn kept_at(store: &Store, keeper: Keeper, changes: &[MirrorChange]) -> Vec<M
 /// Whether a full copy to `keeper` copies object `local`.
 pub fn copies_object(store: &Store, keeper: Keeper, local: u64) -> bool {
     keeps(keeper, store.replicas_of(local))
-}
-
-/// Whether a full copy to `keeper` runs `step` (a step on
-/// an object it does not keep becomes a drop: see `full::plan`).
-pub fn copies_step(store: &Store, keeper: Keeper, step: &CopyStep) -> bool {
-    match step {
-        CopyStep::Meta => true,
-        CopyStep::Stripe(_) | CopyStep::StripeData { .. } | CopyStep::StripeAttrs(_) => {
-            keeps(keeper, store.replicas())
-        }
-        CopyStep::Object(l)
-        | CopyStep::Data { local: l, .. }
-        | CopyStep::Attrs(l)
-        | CopyStep::Drop(l) => copies_object(store, keeper, *l),
-    }
 }
 
 /// The object a change is about, if it is about a live one.

@@ -11,7 +11,9 @@
 //!   back from its mirror before it is first served;
 //! * `copies`: the copies kept here — applying an owner's changes,
 //!   answering reads of its files while it is down, taking its store over
-//!   when it failed, handing it back.
+//!   when it failed, handing it back;
+//! * `standing`: where this node stands among a store's mirrors — whether
+//!   its copy is partial (a directory's count: `kdfs::mirror::place`).
 //!
 //! What is sent is state, not operations (`kdfs::store::capture`); the
 //! rule for who mirrors whom is `kdfs::mirror::mirror_of`. The whole
@@ -22,6 +24,7 @@ mod copies;
 mod owner;
 mod push;
 mod restore;
+mod standing;
 
 pub use claim::Beat;
 pub use copies::Copies;

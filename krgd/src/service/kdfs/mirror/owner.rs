@@ -87,7 +87,7 @@ fn source_of(ctx: &NodeContext, store: &Store) -> Keeper {
     if node == ctx.node_id() {
         return Keeper::Owner;
     }
-    super::copies::source_keeper(ctx, node, store)
+    super::standing::source_keeper(ctx, node, store)
 }
 
 impl Owner {

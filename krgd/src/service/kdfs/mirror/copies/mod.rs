@@ -21,16 +21,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kdfs::format::MAX_REPLICAS;
 use kdfs::lockmgr::LockManager;
-use kdfs::mirror::place::{self, Keeper};
-use kdfs::mirror::{mirrors_of, MirrorCopy};
+use kdfs::mirror::MirrorCopy;
 use kdfs::store::Store;
 use krg_proto::kdfs::{KdfsResponse, MirrorRequest};
 use krg_proto::NodeId;
 
 use super::owner::Owner;
 use super::push::{self, Session};
+use super::standing;
 use crate::context::NodeContext;
 
 mod restore;
@@ -314,7 +313,7 @@ impl Copies {
                 continue;
             }
             let Some(view) = c.view.clone() else { continue };
-            if partial_while_a_fuller_lives(ctx, owner, &view) {
+            if standing::partial_while_a_fuller_lives(ctx, owner, &view) {
                 continue;
             }
             let generation = c.generation.wrapping_add(1);
@@ -391,7 +390,7 @@ impl Copies {
         let session = tokio::sync::Mutex::new(Session {
             to: Some(owner),
             generation,
-            source: source_keeper(ctx, owner, &served),
+            source: standing::source_keeper(ctx, owner, &served),
             ..Session::default()
         });
         match push::full_copy(ctx, &session, &served, owner, owner).await {
@@ -439,41 +438,4 @@ async fn in_turn(
         let left = TURN_WAIT.checked_sub(since.elapsed()).ok_or(libc::ESTALE)?;
         let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), next).await;
     }
-}
-
-/// `owner`'s mirrors, first to last, and this node's place among them.
-fn my_place(ctx: &NodeContext, owner: NodeId) -> (Vec<NodeId>, Option<usize>) {
-    let members = super::members(ctx);
-    let list = mirrors_of(owner, &members, usize::from(MAX_REPLICAS - 1));
-    let place = list.iter().position(|m| *m == ctx.node_id());
-    (list, place)
-}
-
-/// What this node's copy of `owner`'s store keeps of it, for handing it
-/// back: all of it, unless it is partial.
-pub(super) fn source_keeper(ctx: &NodeContext, owner: NodeId, copy: &Store) -> Keeper {
-    match my_place(ctx, owner).1 {
-        Some(place) if is_partial(ctx, owner, copy) => Keeper::Mirror(place),
-        _ => Keeper::Owner,
-    }
-}
-
-/// Whether this node's copy of `owner`'s store (`copy`) keeps only the
-/// inodes of more copies than the file system's (a later mirror: see
-/// `kdfs::mirror::place`).
-pub(super) fn is_partial(ctx: &NodeContext, owner: NodeId, copy: &Store) -> bool {
-    match my_place(ctx, owner).1 {
-        Some(place) => !place::keeps(Keeper::Mirror(place), copy.replicas()),
-        None => false,
-    }
-}
-
-/// Whether this node's copy of `owner`'s store (`view`) is partial while
-/// an earlier mirror, which keeps more, lives: that one takes the store
-/// over, not this one.
-fn partial_while_a_fuller_lives(ctx: &NodeContext, owner: NodeId, view: &Store) -> bool {
-    let (list, place) = my_place(ctx, owner);
-    let Some(place) = place else { return false };
-    let partial = !place::keeps(Keeper::Mirror(place), view.replicas());
-    partial && list[..place].iter().any(|m| !super::is_failed(ctx, *m))
 }

@@ -123,7 +123,7 @@ async fn copy_back(
     let session = tokio::sync::Mutex::new(Session {
         to: Some(owner),
         generation,
-        source: super::source_keeper(ctx, owner, copy),
+        source: super::super::standing::source_keeper(ctx, owner, copy),
         ..Session::default()
     });
     match push::full_copy(ctx, &session, copy, owner, owner).await {

@@ -157,6 +157,6 @@ fn lacks(
 ) -> bool {
     let Some(ino) = named else { return false };
     matches!(resp, KdfsResponse::Errno(libc::ENOENT))
-        && super::is_partial(ctx, owner, store)
+        && super::super::standing::is_partial(ctx, owner, store)
         && !store.holds(ino)
 }
