@@ -283,6 +283,12 @@ fn replication_line(n: &NodeStatus, down: &[NodeId]) -> Option<String> {
             list(&r.copies_of)
         ));
     }
+    if !r.partial_copies_of.is_empty() {
+        parts.push(format!(
+            "keeps the files of more copies of node(s) {}",
+            list(&r.partial_copies_of)
+        ));
+    }
     if !r.serves_for.is_empty() {
         parts.push(format!(
             "serves the store of node(s) {}",
@@ -503,6 +509,7 @@ mod tests {
                 },
             ],
             copies_of: Vec::new(),
+            partial_copies_of: Vec::new(),
             serves_for: Vec::new(),
             converting: None,
         });
@@ -533,6 +540,7 @@ mod tests {
             generation: 0,
             mirrors: Vec::new(),
             copies_of: Vec::new(),
+            partial_copies_of: Vec::new(),
             serves_for: Vec::new(),
             converting: Some(krg_proto::kdfs::Converting {
                 copies: 2,

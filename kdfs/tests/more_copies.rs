@@ -164,6 +164,11 @@ fn a_directory_given_three_copies_outlives_two_failures() {
                 .contains("node 2: mirrored on node 3 (in sync) and node 4 (in sync)")
         },
     );
+    let (st, _) = c.kdfs_status(0);
+    assert!(
+        st.contains("keeps the files of more copies of node(s) 2"),
+        "node 4's copy of node 2's store is partial: {st}"
+    );
     c.kill_krgd(1);
     c.kill_krgd(2);
     let (imp5, plain5) = (c.mnt(4).join("imp"), c.mnt(4).join("plain"));

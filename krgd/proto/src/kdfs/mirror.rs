@@ -233,6 +233,9 @@ pub struct ReplicaState {
     pub mirrors: Vec<MirrorLink>,
     /// Nodes whose stores it keeps a full, current copy of.
     pub copies_of: Vec<crate::NodeId>,
+    /// Nodes whose inodes of more copies than the file system's it keeps
+    /// a current copy of (a later mirror: `kdfsctl replicas N DIR`).
+    pub partial_copies_of: Vec<crate::NodeId>,
     /// Nodes whose stores it serves, having taken them over.
     pub serves_for: Vec<crate::NodeId>,
     /// A conversion to more copies waiting for its node's mounts.

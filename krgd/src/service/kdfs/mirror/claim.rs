@@ -50,15 +50,16 @@ impl KdfsService {
         store: &Store,
     ) -> krg_proto::kdfs::ReplicaState {
         let (generation, mirrors) = self.mirroring.owner.state().await;
-        let (copies_of, serves_for) = self.mirroring.copies.kept(self.ctx.node_id()).await;
+        let kept = self.mirroring.copies.kept(&self.ctx).await;
         let mirrored = store.replicas() > 1;
         krg_proto::kdfs::ReplicaState {
             replicas: store.replicas(),
             serving: self.may_serve(store),
             generation: if mirrored { generation } else { 0 },
             mirrors: if mirrored { mirrors } else { Vec::new() },
-            copies_of,
-            serves_for,
+            copies_of: kept.whole,
+            partial_copies_of: kept.partial,
+            serves_for: kept.served,
             converting: self.converting(),
         }
     }

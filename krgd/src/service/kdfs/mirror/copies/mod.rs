@@ -78,6 +78,17 @@ fn errno(e: i32) -> KdfsResponse {
     KdfsResponse::Errno(e)
 }
 
+/// What [`Copies::kept`] finds.
+#[derive(Default)]
+pub struct Kept {
+    /// Owners whose whole store is copied here, complete.
+    pub whole: Vec<NodeId>,
+    /// Owners whose inodes of more copies are copied here, complete.
+    pub partial: Vec<NodeId>,
+    /// Owners whose stores this node serves.
+    pub served: Vec<NodeId>,
+}
+
 impl Copies {
     fn get(&self, store: NodeId) -> Option<Slot> {
         sync::lock(&self.by_store).get(&store).cloned()
@@ -263,25 +274,31 @@ impl Copies {
         }
     }
 
-    /// The owners whose complete copies are kept here, and those whose
-    /// stores this node serves (taken over).
-    pub async fn kept(&self, me: NodeId) -> (Vec<NodeId>, Vec<NodeId>) {
-        let (mut copies, mut served) = (Vec::new(), Vec::new());
+    /// The owners whose complete copies are kept here (the whole store,
+    /// and the inodes of more copies only: see `standing`), and those
+    /// whose stores this node serves (taken over).
+    pub async fn kept(&self, ctx: &NodeContext) -> Kept {
+        let mut kept = Kept::default();
         for slot in self.all() {
             let c = slot.lock().await;
             let owner = c.disk.owner();
-            if owner == me {
+            if owner == ctx.node_id() {
                 continue;
             }
             if c.served.is_some() {
-                served.push(owner);
-            } else if c.view.is_some() {
-                copies.push(owner);
+                kept.served.push(owner);
+            } else if let Some(view) = &c.view {
+                if standing::is_partial(ctx, owner, view) {
+                    kept.partial.push(owner);
+                } else {
+                    kept.whole.push(owner);
+                }
             }
         }
-        copies.sort_unstable();
-        served.sort_unstable();
-        (copies, served)
+        kept.whole.sort_unstable();
+        kept.partial.sort_unstable();
+        kept.served.sort_unstable();
+        kept
     }
 
     /// This node's own store is being handed back: forget its copy slot
