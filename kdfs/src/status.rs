@@ -428,6 +428,17 @@ mod tests {
         }
     }
 
+    /// A store of 1 GiB, half its inodes used.
+    fn serving() -> StoreState {
+        StoreState::Serving {
+            size: 1 << 30,
+            used: 0,
+            avail: 1 << 30,
+            inodes: 10,
+            inodes_free: 5,
+        }
+    }
+
     #[test]
     fn sizes_read_as_df_h_does() {
         assert_eq!(human(512), "512B");
@@ -480,14 +491,7 @@ mod tests {
 
     #[test]
     fn a_copy_under_way_shows_how_far_it_is() {
-        let serving = StoreState::Serving {
-            size: 1 << 30,
-            used: 0,
-            avail: 1 << 30,
-            inodes: 10,
-            inodes_free: 5,
-        };
-        let mut n = node(2, serving);
+        let mut n = node(2, serving());
         n.replication = Some(ReplicaState {
             replicas: 2,
             serving: true,
@@ -526,14 +530,7 @@ mod tests {
 
     #[test]
     fn a_conversion_waiting_for_a_mount_says_for_what() {
-        let serving = StoreState::Serving {
-            size: 1 << 30,
-            used: 0,
-            avail: 1 << 30,
-            inodes: 10,
-            inodes_free: 5,
-        };
-        let mut n = node(1, serving);
+        let mut n = node(1, serving());
         n.replication = Some(ReplicaState {
             replicas: 1,
             serving: true,
