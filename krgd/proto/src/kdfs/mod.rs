@@ -5,21 +5,20 @@
 //! the top 16 bits, the inode number local to that node in the low 48 bits.
 //! Whoever holds an id knows which krgd to ask.
 //!
-//! Files: `admin` (the local tools' requests to their krgd), `attr` (inode
-//! kinds, attributes, directory entries, members), `bytes` (file data on
-//! the wire), `cache` (coherence of the mounts' kernel caches), `lock`
-//! (cluster-wide locks), `stripe` (striped files' policies, layouts and
-//! pieces), `mirror` (a store's copy on its mirror node), `response` (the answers); this file holds the ids and the
-//! peer requests.
+//! Files: `ids` (inode ids), `admin` (the local tools' requests to their
+//! krgd), `attr` (inode kinds, attributes, directory entries, members),
+//! `bytes` (file data on the wire), `cache` (coherence of the mounts'
+//! kernel caches), `lock` (cluster-wide locks), `stripe` (striped files'
+//! policies, layouts and pieces), `mirror` (a store's copy on its mirror
+//! node), `response` (the answers); this file holds the peer requests.
 
 use serde::{Deserialize, Serialize};
-
-use crate::NodeId;
 
 mod admin;
 mod attr;
 mod bytes;
 mod cache;
+mod ids;
 mod lock;
 mod mirror;
 mod response;
@@ -29,6 +28,7 @@ pub use admin::{KdfsAdminReply, KdfsAdminRequest};
 pub use attr::{Attr, DirEntry, FileKind, KdfsNode, NewInode, RemoveWhat, SetAttr, SetTime, Time};
 pub use bytes::Bytes;
 pub use cache::Inval;
+pub use ids::{inode_id, inode_local, inode_node, InodeId, LOCAL_BITS, MAX_KDFS_NODE};
 pub use lock::{LockHolder, LockKind, LockSpec};
 pub use mirror::{
     Converting, CopyProgress, MetaFile, MirrorChange, MirrorInventory, MirrorLink, MirrorRequest,
@@ -36,30 +36,6 @@ pub use mirror::{
 };
 pub use response::KdfsResponse;
 pub use stripe::{Piece, StripeError, StripeLayout, StripePolicy};
-
-/// Cluster-wide inode id: `node << 48 | local`.
-pub type InodeId = u64;
-
-/// Bits of an [`InodeId`] holding the node-local inode number.
-pub const LOCAL_BITS: u32 = 48;
-
-/// Largest node id a kDFS can hold (16 bits; 0 is not a valid node id).
-pub const MAX_KDFS_NODE: NodeId = 0xffff;
-
-/// The node that owns inode `id`.
-pub fn inode_node(id: InodeId) -> NodeId {
-    (id >> LOCAL_BITS) as NodeId
-}
-
-/// The node-local inode number of `id`.
-pub fn inode_local(id: InodeId) -> u64 {
-    id & ((1u64 << LOCAL_BITS) - 1)
-}
-
-/// Build an id from its parts (`local` is truncated to 48 bits).
-pub fn inode_id(node: NodeId, local: u64) -> InodeId {
-    (u64::from(node) << LOCAL_BITS) | (local & ((1u64 << LOCAL_BITS) - 1))
-}
 
 /// Requests for the kDFS service of the krgd that owns an inode, from the
 /// FUSE client (mount.kdfs) or another krgd. Names are bytes; handles
@@ -610,16 +586,5 @@ impl KdfsRequest {
                 | KdfsRequest::MakeInode { open: Some(_), .. }
                 | KdfsRequest::Create { open: Some(_), .. }
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inode_ids_split_and_join() {
-        let id = inode_id(3, 0xabc);
-        assert_eq!((inode_node(id), inode_local(id)), (3, 0xabc));
     }
 }
