@@ -101,7 +101,11 @@ impl KdfsService {
             switched,
             in_place: writers,
         };
-        sync::lock(&self.pending).said.insert(pid, said);
+        let mut p = sync::lock(&self.pending);
+        // (a mount gone long ago is forgotten)
+        p.said.retain(|_, s| s.at.elapsed() < FRESH);
+        p.said.insert(pid, said);
+        drop(p);
         if let Some(KdfsResponse::Errno(e)) = self.try_convert(store) {
             tracing::warn!(errno = e, "kdfs: the waiting conversion failed");
         }
