@@ -160,6 +160,24 @@ fn counts_are_checked_and_a_single_copy_store_keeps_one() {
         errno(set(&single, g, Some(2), None)),
         Some(libc::EOPNOTSUPP)
     );
+    // A client asking a new inode three copies there is not followed.
+    let new = NewInode {
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        target: None,
+    };
+    let made = single.handle(Q::MakeInode {
+        new,
+        open: None,
+        replicas: Some(3),
+    });
+    let A::Created { attr, .. } = made else {
+        panic!("{made:?}")
+    };
+    assert_eq!(count(&single, attr.ino), (1, None));
     assert_eq!(single.most_replicas(), 1);
 }
 

@@ -130,14 +130,10 @@ impl Store {
         own: Option<u8>,
         policy: Option<Option<u8>>,
     ) -> Res<KdfsResponse> {
-        let own = own.map(checked).transpose()?;
-        let policy = policy.map(|p| p.map(checked).transpose()).transpose()?;
-        let more = own.into_iter().chain(policy.flatten()).any(|n| n > 1);
-        if more && self.replicas() < 2 {
-            // Not mirrored: its node's mount writes it in place, unseen
-            // (`kdfsctl replicas 2` converts it first).
-            return Err(StoreError::NotSupported);
-        }
+        let own = own.map(|n| self.checked_here(n)).transpose()?;
+        let policy = policy
+            .map(|p| p.map(|n| self.checked_here(n)).transpose())
+            .transpose()?;
         let _g = self.stripes.lock(ino);
         let is_dir = self.objects.is_dir(ino)?;
         if policy.is_some() && !is_dir {
@@ -161,9 +157,20 @@ impl Store {
         })
     }
 
+    /// A count for an inode of this store: 1 to 3, and more than 1 only
+    /// when the store is mirrored (else its node's mount writes it in
+    /// place, unseen: `kdfsctl replicas 2` converts it first).
+    fn checked_here(&self, count: u8) -> Res<u8> {
+        let n = checked(count)?;
+        if n > 1 && self.replicas() < 2 {
+            return Err(StoreError::NotSupported);
+        }
+        Ok(n)
+    }
+
     /// Give new inode `ino` (of `kind`) its directory's policy `policy`.
     pub(super) fn give_replicas(&self, ino: InodeId, kind: FileKind, policy: u8) -> Res<()> {
-        let n = checked(policy)?;
+        let n = self.checked_here(policy)?;
         self.counted(n);
         self.objects.set_value(ino, OWN_XATTR, Some(&n), true)?;
         if kind == FileKind::Dir {
