@@ -78,6 +78,17 @@ fn targets(ctx: &NodeContext, store: &Store) -> Vec<(NodeId, Keeper)> {
         .collect()
 }
 
+/// Whether `resp` changed an inode's count so that `keeper` gains or
+/// loses it.
+fn recounted(resp: &KdfsResponse, keeper: Keeper) -> bool {
+    match *resp {
+        KdfsResponse::ReplicasSet { before, after } => {
+            place::keeps(keeper, before) != place::keeps(keeper, after)
+        }
+        _ => false,
+    }
+}
+
 /// What `store`, as this node serves it, keeps of its whole: all of it
 /// (its own node, or a mirror's full copy taken over), or a partial
 /// copy's share — whose copies to the other mirrors drop nothing it would
@@ -149,6 +160,13 @@ impl Owner {
             let Some(to) = s.to.filter(|_| s.id != 0) else {
                 continue;
             };
+            if recounted(resp, s.keeper) {
+                // It gains or loses the inode: its copy starts over
+                // (`recount`). The state alone would give it a file of
+                // the right size and data time without its data, which
+                // the next full copy would take for current.
+                continue;
+            }
             let kept = place::kept_at(store, s.keeper, &changes);
             if !kept.is_empty() {
                 s.seq += 1;
@@ -164,28 +182,23 @@ impl Owner {
                 self.after_send(ctx, store, rank, to, id, sent).await
             });
         let done: Result<(), NotMirrored> = join_all(sent).await.into_iter().collect();
-        if let KdfsResponse::ReplicasSet { before, after } = resp {
-            self.recount(ctx, store, *before, *after).await;
+        if matches!(resp, KdfsResponse::ReplicasSet { .. }) {
+            self.recount(ctx, store, resp).await;
         }
         done
     }
 
-    /// An inode's count went from `before` to `after`: the mirrors that
+    /// `resp` changed an inode's count (`ReplicasSet`): the mirrors that
     /// gain or lose it copy again (only what differs travels).
     async fn recount(
         self: &Arc<Self>,
         ctx: &Arc<NodeContext>,
         store: &Arc<Store>,
-        before: u8,
-        after: u8,
+        resp: &KdfsResponse,
     ) {
-        if before == after {
-            return;
-        }
         for rank in 0..self.links.len() {
             let mut s = self.links[rank].session.lock().await;
-            let moved = place::keeps(s.keeper, before) != place::keeps(s.keeper, after);
-            if moved && s.id != 0 {
+            if recounted(resp, s.keeper) && s.id != 0 {
                 self.restart(ctx, store, rank, &mut s);
             }
         }
