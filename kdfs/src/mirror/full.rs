@@ -132,6 +132,7 @@ pub fn step(
                     && h.size == state.size
                     && h.mtime == state.mtime
             });
+            let mut state = state;
             if state.kind == FileKind::File && !same && state.size > 0 {
                 // Its holes are not sent: the mirror's copy is as sparse
                 // (a striped file's object holds only the owner's units).
@@ -143,6 +144,12 @@ pub fn step(
                     len,
                 }));
                 more.push(CopyStep::Attrs(local));
+                // Emptied first, its size and data time set at `Attrs`:
+                // a copy cut short before (a session started over) leaves
+                // a file that differs, which the next copy fills again —
+                // with the owner's size and time at once, it would be
+                // taken for current without its data.
+                state.size = 0;
             }
             changes.push(MirrorChange::Object {
                 local,
