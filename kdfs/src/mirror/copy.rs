@@ -179,7 +179,7 @@ impl MirrorCopy {
     fn own_count(&self, name: &str) -> Option<u8> {
         let key = CString::new(crate::store::OWN_XATTR).ok()?;
         let v = sys::get_xattr(self.inodes.as_fd(), OsStr::new(name), &key).ok()?;
-        v.first().copied()
+        crate::store::count_in(&v)
     }
 
     /// Apply `changes` in order. `strict`: a change to an object or a

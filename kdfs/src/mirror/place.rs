@@ -33,13 +33,9 @@ pub fn keeps(keeper: Keeper, count: u8) -> bool {
 
 /// The changes of a batch that `keeper` keeps, in order.
 pub fn kept_at(store: &Store, keeper: Keeper, changes: &[MirrorChange]) -> Vec<MirrorChange> {
-    if !store.has_own_counts() {
-        // Every inode has the file system's count.
-        return if keeps(keeper, store.replicas()) {
-            changes.to_vec()
-        } else {
-            meta_only(changes)
-        };
+    if !store.has_own_counts() && keeps(keeper, store.replicas()) {
+        // Every inode has the file system's count, and this mirror keeps it.
+        return changes.to_vec();
     }
     // An object's count: from its state in this batch (the newest
     // there), else asked of the store.
@@ -98,20 +94,4 @@ fn keeps_whole_store(store: &Store, keeper: Keeper, c: &MirrorChange) -> bool {
         | MirrorChange::StripeSync { .. } => keeps(keeper, store.replicas()),
         _ => true,
     }
-}
-
-/// A batch's changes but those about objects and striped units.
-fn meta_only(changes: &[MirrorChange]) -> Vec<MirrorChange> {
-    changes
-        .iter()
-        .filter(|c| {
-            matches!(
-                c,
-                MirrorChange::Meta { .. }
-                    | MirrorChange::Sync { local: None }
-                    | MirrorChange::Object { state: None, .. }
-            )
-        })
-        .cloned()
-        .collect()
 }

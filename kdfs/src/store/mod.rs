@@ -62,7 +62,7 @@ pub use error::StoreError;
 pub use handles::Holder;
 pub(crate) use objects::{object_name, LAYOUT_XATTR, NLINK_XATTR, NSUB_XATTR};
 pub use replicas::own_count;
-pub(crate) use replicas::OWN_XATTR;
+pub(crate) use replicas::{count_in, OWN_XATTR};
 
 /// An attached kDFS directory.
 pub struct Store {

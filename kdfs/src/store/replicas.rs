@@ -34,14 +34,21 @@ fn checked(count: u8) -> Res<u8> {
     }
 }
 
+/// A count as its xattr holds it (one byte), if it is one.
+pub(crate) fn count_in(value: &[u8]) -> Option<u8> {
+    match value {
+        [n] if (1..=MAX_REPLICAS).contains(n) => Some(*n),
+        _ => None,
+    }
+}
+
 /// The own count an object's state carries, if it has one.
 pub fn own_count(state: &ObjectState) -> Option<u8> {
     state
         .xattrs
         .iter()
         .find(|(k, _)| k.as_slice() == OWN_XATTR.as_bytes())
-        .and_then(|(_, v)| v.first().copied())
-        .filter(|n| (1..=MAX_REPLICAS).contains(n))
+        .and_then(|(_, v)| count_in(v))
 }
 
 impl Store {
