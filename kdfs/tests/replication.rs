@@ -334,6 +334,59 @@ fn a_node_formatted_again_after_its_disk_was_lost_gets_its_files_back() {
     assert_eq!(code, Some(0), "{st}");
 }
 
+/// Two faults at once: node 2's mirror (node 3) down and marked failed,
+/// then node 2's disk lost and formatted again. Node 2 must not serve its
+/// new, empty store meanwhile (its first copy to node 3 would empty the
+/// copy that keeps its files): it waits for node 3, then gets its files
+/// back from the copy on node 3's disk.
+#[test]
+fn a_node_formatted_again_while_its_mirror_is_down_waits_for_the_mirror() {
+    let mut c = Cluster::with_kdfs_formatted(3, &["--replicas", "2"]);
+    let d = c.mnt(1).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("kept"), pattern(1 << 20, 7)).unwrap();
+    c.wait_mirrored(1);
+    c.wait_mirrored(2);
+    let want = what_a_reader_sees(&d);
+
+    c.kill_krgd(2);
+    wait_until("node 3 marked failed", Duration::from_secs(20), || {
+        let log = fs::read_to_string(c.nodes[0].data.join("krgd.log")).unwrap_or_default();
+        log.contains("node failed; this node serves its store")
+    });
+    c.kill_krgd(1);
+    c.umount(1);
+    let store = c.nodes[1].store.clone();
+    fs::remove_dir_all(&store).unwrap();
+    fs::create_dir(&store).unwrap();
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o700)).unwrap();
+    c.start_krgd(1);
+    let o = c.mkfs_with(1, 1, &["--replicas", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log2_path = c.nodes[1].data.join("krgd.log");
+    let log2 = || fs::read_to_string(&log2_path).unwrap_or_default();
+    wait_until(
+        "node 2 waits for its mirror",
+        Duration::from_secs(20),
+        || log2().contains("waits for its mirror's copy"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !log2().contains("this node serves its store"),
+        "node 2 served an empty store: {}",
+        log2()
+    );
+
+    c.start_krgd(2);
+    wait_until("node 2 restored", Duration::from_secs(60), || {
+        let log = log2();
+        log.contains("restored from its mirror") && log.contains("this node serves its store")
+    });
+    assert!(c.mount(1, "").status.success());
+    assert_eq!(what_a_reader_sees(&c.mnt(1).join("d")), want);
+    assert_eq!(what_a_reader_sees(&c.mnt(0).join("d")), want);
+}
+
 /// A single-copy kDFS converted with `kdfsctl replicas 2`, mounted on
 /// every node: each node's mount stops writing its store in place; node 1's
 /// holds a file of its own open with passthrough, so node 1 converts only

@@ -26,7 +26,15 @@ pub trait Placement: Send + Sync {
     /// log (nothing is committed: a node back from a partition finds here,
     /// once it caught up, that another took what it had).
     fn decided(&self, xfer: u64) -> Decided<'_>;
+
+    /// Whether the log, as far as this node has applied it, decided who
+    /// serves some generation of `node`'s kDFS store: the store was served
+    /// in this cluster before (a store formatted again since lost its disk).
+    fn served_before(&self, node: NodeId) -> Known<'_>;
 }
+
+/// The answer of [`Placement::served_before`].
+pub type Known<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 
 /// The answer of [`Placement::decided`].
 pub type Decided<'a> = Pin<Box<dyn Future<Output = Option<NodeId>> + Send + 'a>>;

@@ -13,7 +13,7 @@ use openraft::ServerState;
 use super::network::call;
 use super::state::ClusterCommand;
 use super::{next_hop, not_in_cluster, owners, ClusterService, FORWARD_TIMEOUT};
-use crate::service::placement::{Decided, Placed, Placement};
+use crate::service::placement::{kdfs_of, Decided, Known, Placed, Placement};
 
 impl Placement for Arc<ClusterService> {
     fn place(&self, xfer: u64, node: NodeId) -> Placed<'_> {
@@ -24,6 +24,17 @@ impl Placement for Arc<ClusterService> {
         Box::pin(async move {
             let joined = self.joined().await?;
             joined.state().placements.get(&xfer).map(|p| p.node)
+        })
+    }
+
+    fn served_before(&self, node: NodeId) -> Known<'_> {
+        Box::pin(async move {
+            let Some(joined) = self.joined().await else {
+                return false;
+            };
+            let state = joined.state();
+            let of_node = |key: &u64| kdfs_of(*key).is_some_and(|(n, _)| n == node);
+            state.placements.keys().any(of_node)
         })
     }
 }

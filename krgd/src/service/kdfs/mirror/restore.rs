@@ -6,7 +6,9 @@
 //! copies it back, and the node serves it from the generation after the
 //! mirror's. Serving the empty store instead would leave the entries that
 //! other nodes' directories hold of its files dangling, and its first full
-//! copy would empty the mirror's.
+//! copy would empty the mirror's — so a mirror that does not answer is
+//! waited for, and so is one marked failed when the log shows the store
+//! was served in this cluster before (a brand-new store need not wait).
 
 use std::sync::Arc;
 
@@ -39,10 +41,20 @@ impl KdfsService {
         let mut later = None;
         for mirror in kdfs::mirror::mirrors_of(me, &super::members(&self.ctx), copies) {
             if super::is_failed(&self.ctx, mirror) {
-                tracing::warn!(
-                    mirror,
-                    "kdfs mirror: a store never served; its mirror is down"
-                );
+                // Served before in this cluster: the disk was lost, and the
+                // mirror down may keep the files. Serving the empty store
+                // would empty that copy when the mirror is back.
+                if self.mirroring.placement.served_before(me).await {
+                    later = Some(format!(
+                        "node {mirror}, its mirror, is down and may keep this store's files \
+                         (if node {mirror} is gone for good: krgadm nodes del -n {mirror})"
+                    ));
+                } else {
+                    tracing::warn!(
+                        mirror,
+                        "kdfs mirror: a store never served; its mirror is down"
+                    );
+                }
                 continue;
             }
             match self.restore_from(store, mirror).await {
