@@ -8,8 +8,7 @@
 mod common;
 
 use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -26,24 +25,7 @@ fn gone(p: &Path) -> bool {
 
 /// How many lookups and getattrs node `i`'s krgd has served.
 fn looks(c: &Cluster, i: usize) -> f64 {
-    served(c, i, &["lookup", "getattr"])
-}
-
-/// How many requests of the kinds `ops` node `i`'s krgd has served.
-fn served(c: &Cluster, i: usize, ops: &[&str]) -> f64 {
-    let mut s = TcpStream::connect(("127.0.0.1", c.nodes[i].http_port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    ops.iter()
-        .filter_map(|op| {
-            let series = format!("krg_kdfs_operations_total{{op=\"{op}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&series))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .sum()
+    c.served(i, &["lookup", "getattr"])
 }
 
 #[test]
@@ -216,7 +198,7 @@ fn a_second_mount_of_a_node_sees_the_first_mounts_attribute_changes_at_once() {
     fs::write(&fa, b"1234").unwrap();
     fs::set_permissions(&fa, fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(mode(&fb), 0o644);
-    let before = served(&c, 0, &["setattr"]);
+    let before = c.served(0, &["setattr"]);
 
     fs::set_permissions(&fa, fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(mode(&fb), 0o600, "a chmod through the first mount, unseen");
@@ -246,7 +228,7 @@ fn a_second_mount_of_a_node_sees_the_first_mounts_attribute_changes_at_once() {
         "a utimes, unseen"
     );
     assert_eq!(
-        served(&c, 0, &["setattr"]),
+        c.served(0, &["setattr"]),
         before,
         "the first mount sent its setattrs to krgd instead of making them itself"
     );
@@ -258,5 +240,5 @@ fn a_second_mount_of_a_node_sees_the_first_mounts_attribute_changes_at_once() {
         0o640,
         "a chmod through the second mount, unseen by the first"
     );
-    assert!(served(&c, 0, &["setattr"]) > before);
+    assert!(c.served(0, &["setattr"]) > before);
 }

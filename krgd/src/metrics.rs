@@ -501,6 +501,7 @@ pub fn kdfs_op(req: &krg_proto::kdfs::KdfsRequest) -> &'static str {
         R::SetStripePolicy { .. } => "set_stripe_policy",
         R::GetReplicas { .. } => "get_replicas",
         R::Conversion { .. } => "conversion",
+        R::Lend { .. } => "lend",
         R::SetInodeReplicas { .. } => "set_inode_replicas",
         R::SetLayout { .. } => "set_layout",
         R::StripeRead { .. } => "stripe_read",

@@ -24,6 +24,8 @@ use kdfs::client::{fs::KdfsFs, fuse_config, kmount, prepare, MountOptions, Prepa
 /// threads, default 2), readahead=KB (kernel read-ahead, default 1024),
 /// nopassthrough (the client, not the kernel, does the I/O of local files),
 /// noxattr (no extended attributes: spares a request before every write),
+/// nolend (every create goes through krgd: no directory of the node is
+/// borrowed to create files in it without a round trip),
 /// nodes=ID@ADDR:PORT+... (override member addresses),
 /// log=FILE, foreground (do not detach), ro/rw, suid/nosuid, dev/nodev,
 /// exec/noexec (default nosuid,nodev,exec: set-id bits and device nodes count

@@ -19,8 +19,11 @@
 //!   when a change returns, no kernel still holds what it changed.
 //! * Regular files open for writing through another node are *volatile*:
 //!   this node's mounts stop caching their attributes until they close.
+//! * A directory may be lent to the node's sole mount, which then makes
+//!   files there without krgd until it is recalled ([`loans`]).
 
 pub mod changes;
+pub mod loans;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -67,6 +70,11 @@ struct State {
     remote_writes: HashMap<InodeId, HashSet<u64>>,
     /// Grants recorded since the last sweep of expired ones.
     since_sweep: usize,
+    /// Directories lent to a mount of this node.
+    loans: HashMap<InodeId, loans::Loan>,
+    /// Inodes that requests being served touch, and whose requests
+    /// (`None`: a peer's, or a mount's that does not cache).
+    touching: HashMap<InodeId, Vec<Option<u64>>>,
 }
 
 /// Whether serving `req` may grant or change something callbacks track
@@ -101,6 +109,7 @@ pub fn concerns(req: &Q) -> bool {
             | Q::StripeRename { .. }
             | Q::SetRoot { .. }
             | Q::StripeAdopt { .. }
+            | Q::Lend { .. }
     )
 }
 
@@ -158,15 +167,26 @@ impl Callbacks {
             });
             if fresh {
                 tracing::debug!(client = %format!("{client:016x}"), node, "kdfs: a caching mount registered");
+                Err(node == self.me && !st.loans.is_empty())
+            } else if !c.queue.is_empty() {
+                return Self::take(c);
+            } else {
+                Ok(c.wake.clone())
+            }
+        };
+        let wake = match wake {
+            Ok(wake) => wake,
+            Err(second_here) => {
+                // A second mount of this node reads the store in place and
+                // caches what it reads: nothing of the store is lent then.
+                if second_here {
+                    self.recall_all(Some(client)).await;
+                }
                 return A::Invalidate {
                     seq: 0,
                     items: Vec::new(),
                 };
             }
-            if !c.queue.is_empty() {
-                return Self::take(c);
-            }
-            c.wake.clone()
         };
         let _ = tokio::time::timeout(POLL, wake.notified()).await;
         let mut st = self.state();
@@ -191,6 +211,7 @@ impl Callbacks {
             c.acked.send_replace(u64::MAX);
             c.wake.notify_one();
         }
+        loans::drop_loans(st, client);
         for m in [&mut st.entries, &mut st.attrs] {
             m.retain(|_, holders| {
                 holders.remove(&client);
@@ -348,7 +369,7 @@ impl Callbacks {
                 let holders = match item {
                     Inval::Entry { dir, .. } => st.entries.get(dir),
                     Inval::Attr(ino) => st.attrs.get(ino),
-                    Inval::Volatile(_) | Inval::Stable(_) => None,
+                    Inval::Volatile(_) | Inval::Stable(_) | Inval::Recall(_) => None,
                 };
                 for (id, until) in holders.into_iter().flatten() {
                     add(*id, *until);
@@ -377,6 +398,7 @@ impl Callbacks {
                         "kdfs: a caching mount stopped answering; forgetting it");
                     let remote = c.node != self.me;
                     st.clients.remove(&id);
+                    loans::drop_loans(st, id);
                     if remote {
                         waits.push(Wait {
                             rx: None,

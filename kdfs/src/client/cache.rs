@@ -68,6 +68,9 @@ pub struct Cache {
     sole: AtomicBool,
     /// Unmounted: the watchers stop (see [`Cache::leave`]).
     leaving: AtomicBool,
+    /// Directories this node's krgd lent to this mount (it recalls them
+    /// through the watcher).
+    pub loans: Arc<super::loans::Loans>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,6 +98,7 @@ impl Cache {
             passthrough: AtomicBool::new(false),
             sole: AtomicBool::new(sole),
             leaving: AtomicBool::new(false),
+            loans: Arc::default(),
         }
     }
 

@@ -42,6 +42,7 @@ pub async fn follow(ops: Weak<Ops>) {
             );
             store.stop_writing_in_place();
             ops.cache.no_longer_sole();
+            ops.give_back_all().await;
         }
         if copies > 1 {
             tracing::info!(copies, "kdfs: this node's store keeps {copies} copies now");

@@ -206,6 +206,13 @@ impl Filesystem for KdfsFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (ops, dir, name) = (self.ops.clone(), self.id(parent), name.as_bytes().to_vec());
+        // A file made in a directory lent to this mount: removed here.
+        if let Some(r) = ops.unlink_here(dir, &name) {
+            return match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            };
+        }
         self.reply_empty(reply, async move { ops.unlink(dir, &name).await });
     }
 

@@ -178,6 +178,34 @@ impl LocalStore {
         Some(done.map_err(|e| e.errno()))
     }
 
+    /// Make regular file `ino` named `name` in `dir`, lent to this mount
+    /// (see `super::loans`), as krgd would.
+    pub fn create_lent(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        new: &krg_proto::kdfs::NewInode,
+        ino: InodeId,
+    ) -> Result<Attr, i32> {
+        self.view
+            .create_lent(dir, name, new, ino)
+            .map_err(|e| e.errno())
+    }
+
+    /// Remove `name` in lent `dir`, regular file `ino` made under the loan,
+    /// as krgd would; `false`: it has other names (krgd's to do).
+    pub fn unlink_lent(&self, dir: InodeId, name: &[u8], ino: InodeId) -> Result<bool, i32> {
+        self.view.unlink_lent(dir, name, ino).map_err(|e| e.errno())
+    }
+
+    /// Whether this mount holds `ino` open (through any handle).
+    pub fn is_open(&self, ino: InodeId) -> bool {
+        self.table()
+            .by_inode
+            .get(&ino)
+            .is_some_and(|w| w.strong_count() > 0)
+    }
+
     /// The kernel accepted FUSE passthrough for this mount.
     pub fn enable_passthrough(&self) {
         self.passthrough.store(true, Ordering::Relaxed);

@@ -10,6 +10,8 @@ pub mod follow;
 pub mod fs;
 mod inherit;
 pub mod kmount;
+mod lent;
+pub mod loans;
 pub mod local;
 pub mod locks;
 pub mod ops;
@@ -64,6 +66,9 @@ pub struct MountOptions {
     /// Offer extended attributes (`noxattr`: ENOSYS, which also spares the
     /// kernel's security.capability request before every write).
     pub xattr: bool,
+    /// Borrow this node's directories from krgd to create files in them
+    /// without a round trip (`nolend`: every create goes through krgd).
+    pub lend: bool,
     pub foreground: bool,
     pub read_only: bool,
     /// Honour set-user/group-id bits (`suid`); off unless asked for, as
@@ -90,6 +95,7 @@ impl Default for MountOptions {
             readahead_kb: 1024,
             passthrough: true,
             xattr: true,
+            lend: true,
             foreground: false,
             read_only: false,
             suid: false,
@@ -186,6 +192,8 @@ impl MountOptions {
                 ("nopassthrough", None) => o.passthrough = false,
                 ("noxattr", None) => o.xattr = false,
                 ("xattr", None) => o.xattr = true,
+                ("lend", None) => o.lend = true,
+                ("nolend", None) => o.lend = false,
                 ("ro", None) => o.read_only = true,
                 ("rw", None) => o.read_only = false,
                 ("suid", None) => o.suid = true,
@@ -361,6 +369,10 @@ async fn try_prepare(
         opts.entry_timeout,
         opts.attr_timeout,
     ));
+    let recalled = cache.loans.recalled_handles();
+    if !opts.lend {
+        cache.loans.turn_off();
+    }
     // This node's part is read in place: its krgd must know from the start.
     cache.watch(&cluster, info.node);
     let releases = Arc::new(release::Releases::default());
@@ -379,6 +391,7 @@ async fn try_prepare(
     if !ops.local_store.is_mirrored() {
         tokio::spawn(conversion::follow(Arc::downgrade(&ops)));
     }
+    tokio::spawn(lent::make_recalled_known(Arc::downgrade(&ops), recalled));
     tokio::spawn(follow::follow(
         Arc::downgrade(&ops),
         dir.to_path_buf(),

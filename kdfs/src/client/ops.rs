@@ -65,12 +65,22 @@ impl Ops {
         match self.local_store.answer(node, q) {
             Ok(answer) => answer,
             Err(q) => {
-                self.cache.watch(&self.cluster, node);
-                let q = self.locks.held_by(node, q);
-                let q = self.cache.wrap(node, q);
-                self.cluster.call_on(node, lane, q, CALL_TIMEOUT).await
+                let q = if node == self.local {
+                    self.with_krgd_handle(q).await?
+                } else {
+                    q
+                };
+                self.send(node, lane, q).await
             }
         }
+    }
+
+    /// `q` to `node`'s krgd on connection `lane`, as this mount's.
+    pub(super) async fn send(&self, node: NodeId, lane: u8, q: Q) -> Res<A> {
+        self.cache.watch(&self.cluster, node);
+        let q = self.locks.held_by(node, q);
+        let q = self.cache.wrap(node, q);
+        self.cluster.call_on(node, lane, q, CALL_TIMEOUT).await
     }
 
     /// A lookup this node's store answers in place (no round trip, no
@@ -288,6 +298,7 @@ impl Ops {
     }
 
     pub async fn unlink(&self, dir: InodeId, name: &[u8]) -> Res<()> {
+        self.make_handles_known(dir, name).await;
         let q = Q::Unlink {
             dir,
             name: name.to_vec(),
@@ -465,7 +476,10 @@ impl Ops {
     pub async fn release(&self, ino: InodeId, fh: u64) -> Res<()> {
         self.local_store.released(ino, fh);
         self.striped.released(ino, fh);
-        self.simple(inode_node(ino), Q::Release { ino, fh }).await
+        match self.krgd_release(ino, fh) {
+            Some(fh) => self.simple(inode_node(ino), Q::Release { ino, fh }).await,
+            None => Ok(()),
+        }
     }
 
     /// Release a handle through which nothing was locked: the local file
@@ -473,7 +487,9 @@ impl Ops {
     pub fn release_soon(&self, ino: InodeId, fh: u64) {
         self.local_store.released(ino, fh);
         self.striped.released(ino, fh);
-        self.releases.push(ino, fh);
+        if let Some(fh) = self.krgd_release(ino, fh) {
+            self.releases.push(ino, fh);
+        }
     }
 
     pub async fn simple(&self, node: NodeId, q: Q) -> Res<()> {

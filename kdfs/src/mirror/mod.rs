@@ -96,6 +96,7 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
             | Q::Replication
             | Q::SetReplicas { .. }
             | Q::Conversion { .. }
+            | Q::Lend { .. }
             | Q::ReleaseMany { .. }
     )
 }

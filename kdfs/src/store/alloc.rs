@@ -16,8 +16,9 @@ const INO_BLOCK: u64 = 4096;
 
 pub(super) struct InoAllocator {
     node: NodeId,
-    /// (next free local inode number, end of the reserved block).
-    range: Mutex<(u64, u64)>,
+    /// (next free local inode number, end of the reserved block, the
+    /// number `ino.next` holds: where the next block, or loan, starts).
+    range: Mutex<(u64, u64, u64)>,
 }
 
 impl InoAllocator {
@@ -26,7 +27,7 @@ impl InoAllocator {
     pub fn new(node: NodeId, next: u64) -> Self {
         Self {
             node,
-            range: Mutex::new((next, next)),
+            range: Mutex::new((next, next, next)),
         }
     }
 
@@ -34,12 +35,22 @@ impl InoAllocator {
     pub fn next(&self, top: &StoreDir) -> Res<InodeId> {
         let mut a = lock(&self.range);
         if a.0 >= a.1 {
-            let end = a.1 + INO_BLOCK;
+            let end = a.2 + INO_BLOCK;
             top.write_ino_next(end)?;
-            a.1 = end;
+            (a.0, a.1, a.2) = (a.2, end, end);
         }
         let local = a.0;
         a.0 += 1;
         Ok(inode_id(self.node, local))
+    }
+
+    /// Reserve `count` local numbers for a directory's loan (see
+    /// `store::lending`): the first one. Never handed out here.
+    pub fn lend(&self, top: &StoreDir, count: u64) -> Res<u64> {
+        let mut a = lock(&self.range);
+        let first = a.2;
+        top.write_ino_next(first + count)?;
+        a.2 = first + count;
+        Ok(first)
     }
 }

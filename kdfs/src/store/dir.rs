@@ -132,6 +132,18 @@ impl Store {
     /// lock. A set-group-id directory gives its group (and, to directories,
     /// its set-gid bit), as on ext4.
     pub(super) fn create(&self, dir: InodeId, name: &[u8], new: &NewInode) -> Res<Attr> {
+        self.create_numbered(dir, name, new, None)
+    }
+
+    /// [`create`](Self::create), the new inode numbered `ino` when given
+    /// (a number of a directory's loan) instead of by the allocator.
+    pub(super) fn create_numbered(
+        &self,
+        dir: InodeId,
+        name: &[u8],
+        new: &NewInode,
+        ino: Option<InodeId>,
+    ) -> Res<Attr> {
         let name = check_name(name)?;
         let d = self.open_dir_obj(dir)?;
         let _g = self.stripes.lock(dir);
@@ -146,7 +158,10 @@ impl Store {
                 new.perm |= libc::S_ISGID as u16;
             }
         }
-        let attr = self.make_inode(&new)?;
+        let attr = match ino {
+            Some(ino) => self.objects.make(ino, &new)?,
+            None => self.make_inode(&new)?,
+        };
         super::crash::point("create-entry");
         let entry = Entry::new(attr.ino, attr.kind);
         if let Err(e) = symlinkat(entry.encode().as_str(), d.fd(), name) {

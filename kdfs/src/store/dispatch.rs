@@ -233,7 +233,8 @@ impl Store {
             | Q::FromMirror { .. }
             | Q::Replication
             | Q::SetReplicas { .. }
-            | Q::Conversion { .. } => return Err(StoreError::NotSupported),
+            | Q::Conversion { .. }
+            | Q::Lend { .. } => return Err(StoreError::NotSupported),
         })
     }
 

@@ -21,6 +21,8 @@
 //! * `xattr`: extended attributes and POSIX ACLs of kDFS inodes;
 //! * `striping`: striped files — policies, layouts, the units held here;
 //! * `replicas`: how many nodes keep each inode, a directory's policy;
+//! * `lending`: directories lent to the node's sole mount — what krgd
+//!   checks and reserves, what the mount's view does under a loan;
 //! * `dispatch`: one request in, one response out — the edge to the wire;
 //! * `capture`: what a change did, as state for the store's mirror.
 
@@ -33,6 +35,7 @@ mod dispatch;
 pub(crate) mod entry;
 pub mod error;
 mod handles;
+mod lending;
 mod lifetime;
 mod locks;
 mod objects;

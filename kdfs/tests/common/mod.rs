@@ -529,6 +529,25 @@ impl Cluster {
         )
     }
 
+    /// How many requests of the kinds `ops` (the `op` label of
+    /// `krg_kdfs_operations_total`) node index `i`'s krgd has served.
+    pub fn served(&self, i: usize, ops: &[&str]) -> f64 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].http_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        ops.iter()
+            .filter_map(|op| {
+                let series = format!("krg_kdfs_operations_total{{op=\"{op}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&series))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .sum()
+    }
+
     /// What `kdfsctl status` prints through node index `i`, and its exit
     /// code.
     pub fn kdfs_status(&self, i: usize) -> (String, Option<i32>) {

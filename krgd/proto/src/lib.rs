@@ -89,7 +89,10 @@ pub type SessionId = u32;
 /// 9: kDFS replica counts per inode and directory (`GetReplicas`,
 /// `SetInodeReplicas`, `MakeInode::replicas`, `Stripe::replicas`), and a
 /// single-copy store converted while mounted (`Conversion`).
-pub const PROTOCOL_VERSION: u16 = 9;
+///
+/// 10: kDFS directories lent to a node's sole mount (`Lend`, `Lent`,
+/// `Inval::Recall`).
+pub const PROTOCOL_VERSION: u16 = 10;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,

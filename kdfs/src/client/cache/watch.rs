@@ -35,6 +35,11 @@ pub(super) async fn run(
         };
         match cluster.call_within(node, q, WATCH_TIMEOUT).await {
             Ok(KdfsResponse::Invalidate { seq, items }) => {
+                if node == cache.local {
+                    cache.loans.krgd_answered(true);
+                    // Given back before the acknowledgement below.
+                    cache.loans.recall(&items).await;
+                }
                 let c = cache.clone();
                 // The notifications are system calls (one may wait for a
                 // directory's lock): off the runtime's threads.
@@ -46,6 +51,9 @@ pub(super) async fn run(
                 }
             }
             other => {
+                if node == cache.local {
+                    cache.loans.krgd_answered(false);
+                }
                 if registered.swap(false, Ordering::SeqCst) {
                     tracing::info!(node, answer = ?other.err(),
                         "kdfs: node {node} stopped answering callbacks: forgetting what it gave");
@@ -90,6 +98,8 @@ impl Cache {
                     k.forget_attr(*ino);
                 }
                 Inval::Stable(ino) => self.set_volatile(*ino, false),
+                // (given back by the watcher already)
+                Inval::Recall(_) => {}
             }
         }
         k.forget_entries(&entries);

@@ -12,8 +12,9 @@ use fuser::{
 use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, NewInode, StripeLayout};
 
 use super::super::convert::{err, file_attr};
+use super::super::lent::MadeHere;
 use super::super::local;
-use super::super::ops::Made;
+use super::super::ops::{Made, Ops};
 use super::KdfsFs;
 
 impl KdfsFs {
@@ -49,7 +50,14 @@ impl KdfsFs {
         reply: ReplyCreate,
     ) {
         let ops = self.ops.clone();
+        // In a directory lent to this mount: made here, on this thread.
+        if let Some(made) = ops.create_here(dir, &name, &new, umask, write) {
+            return Self::reply_made_here(&ops, dir, made, reply);
+        }
         self.spawn(async move {
+            if let Some(made) = ops.create_borrowing(dir, &name, &new, umask, write).await {
+                return Self::reply_made_here(&ops, dir, made, reply);
+            }
             let made = ops.make_open(dir, &name, new, umask, Some(write)).await;
             let (a, fh, striped) = match made {
                 Ok(Made {
@@ -80,6 +88,22 @@ impl KdfsFs {
                 None => reply.created(&t, &attr, gen, FileHandle(fh), flags),
             }
         });
+    }
+
+    /// The answer to a create made in a lent directory (`ops::lent`).
+    fn reply_made_here(ops: &Ops, dir: InodeId, made: Result<MadeHere, i32>, reply: ReplyCreate) {
+        let (a, fh) = match made {
+            Ok(m) => m,
+            Err(e) => return reply.error(err(e)),
+        };
+        let t = ops.cache.attr_ttl(&a).min(ops.cache.entry_ttl(dir, &a));
+        let attr = file_attr(ops.root.get(), &a);
+        let (gen, flags) = (Generation(0), FopenFlags::empty());
+        let local = ops.local_store.opened(a.ino, fh, |f| reply.open_backing(f));
+        match local.as_ref().and_then(|l| l.backing.as_ref()) {
+            Some(b) => reply.created_passthrough(&t, &attr, gen, FileHandle(fh), flags, b),
+            None => reply.created(&t, &attr, gen, FileHandle(fh), flags),
+        }
     }
 
     pub(super) fn do_read(&self, id: InodeId, fh: u64, offset: u64, size: u32, reply: ReplyData) {

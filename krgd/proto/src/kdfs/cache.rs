@@ -30,4 +30,9 @@ pub enum Inval {
     Volatile(InodeId),
     /// The last handle open for writing on `ino` through another node closed.
     Stable(InodeId),
+    /// Directory `dir`, lent to this mount (`Lend`), is taken back: finish
+    /// what is under way there, make the handles of the files made under
+    /// the loan known (`Open`), then acknowledge; from then on every change
+    /// there goes through krgd again.
+    Recall(InodeId),
 }

@@ -558,6 +558,17 @@ pub enum KdfsRequest {
         /// Its handles that still write in place.
         writers: u32,
     },
+    /// From the sole mount of this node's single-copy store (wrapped in
+    /// `As`): lend it directory `dir`, so that it creates regular files
+    /// there, and unlinks those it made, in the store itself without a
+    /// round trip. Granted (`Lent`) while no other mount holds anything of
+    /// `dir`; krgd recalls the loan ([`Inval::Recall`](cache::Inval))
+    /// before it serves anyone else a request that touches `dir` or a file
+    /// made under the loan. `EBUSY`: not now.
+    Lend {
+        /// The directory, of this node.
+        dir: InodeId,
+    },
     /// A request about node `node`'s files, asked of its mirror while
     /// `node` does not answer: served by the mirror when it took the store
     /// over (`node` failed), else answered from its copy when it is a read

@@ -62,6 +62,15 @@ pub enum KdfsResponse {
     Empty(bool),
     /// To `Open` and `OpenDir`: the new handle.
     Handle(u64),
+    /// To `Lend`: the directory is lent; the new inodes made under the
+    /// loan take the local numbers `first .. first + count`, reserved for
+    /// it (never handed out otherwise).
+    Lent {
+        /// First local inode number.
+        first: u64,
+        /// How many.
+        count: u64,
+    },
     /// To `Open` of a striped file: the handle, and where the data is.
     StripedHandle {
         /// The new handle.

@@ -31,6 +31,7 @@ use crate::DaemonError;
 mod drain;
 mod handover;
 mod holders;
+mod lending;
 mod mirror;
 mod replicas;
 mod striping;
@@ -412,6 +413,9 @@ impl KdfsService {
             self.callbacks.unwatch(client);
             return Ok(KdfsResponse::Done);
         }
+        if let KdfsRequest::Lend { dir } = req {
+            return Ok(self.lend(&store, client, from.node, dir));
+        }
         let (req, holder) = match holders::opening(req, from.node, self.ctx.node_id()) {
             Ok(unwrapped) => unwrapped,
             Err(errno) => return Ok(KdfsResponse::Errno(errno)),
@@ -428,6 +432,8 @@ impl KdfsService {
         if self.is_draining() && handover::changes_store(&req) {
             return Ok(KdfsResponse::Errno(libc::EROFS));
         }
+        // A directory lent to this node's sole mount is taken back first.
+        let _touching = self.callbacks.touching(client, &req).await;
         // Kept for the callbacks (never a write's data: writes change
         // nothing they track).
         let asked = kdfs::callback::concerns(&req).then(|| req.clone());

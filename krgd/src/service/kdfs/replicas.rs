@@ -71,6 +71,8 @@ impl KdfsService {
             return self.convert(store, copies);
         }
         sync::lock(&self.pending).copies = Some(copies);
+        // Every change must reach the mirror through krgd: no loan either.
+        self.callbacks.recall_all(None).await;
         tracing::info!(
             copies,
             "kdfs: converting this store to {copies} copies once its mounts here stop writing it in place"

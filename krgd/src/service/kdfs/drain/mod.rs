@@ -125,6 +125,8 @@ async fn drain(svc: &Arc<KdfsService>, store: Arc<Store>) -> Res<Drain> {
         .first()
         .ok_or_else(|| Failed::new("no online member serves this kDFS to take its files"))?;
     svc.draining.store(true, Ordering::Release);
+    // The sole mount's loans end: the hand-over reads every directory.
+    svc.callbacks.recall_all(None).await;
     tracing::info!(
         to = d.to,
         "kdfs: leaving: the store is read-only while its inodes are copied"

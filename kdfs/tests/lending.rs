@@ -1,0 +1,150 @@
+//! Directories lent to a node's sole mount (docs/kdfs.md, *Directories
+//! lent to the sole mount*): the mount makes and removes its files there
+//! without krgd, and every other mount still sees every change at its next
+//! look — krgd takes the directory back before it answers them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::Cluster;
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn gone(p: &Path) -> bool {
+    matches!(fs::symlink_metadata(p), Err(e) if e.kind() == ErrorKind::NotFound)
+}
+
+/// Node 1's mount makes 200 files in its directory and removes 50 of them
+/// without one create or unlink reaching its krgd; node 2 then sees
+/// exactly what is there, makes and removes files there itself (through
+/// node 1's krgd, which took the directory back), and node 1 sees those
+/// changes at its next look.
+#[test]
+fn files_made_in_a_lent_directory_reach_no_krgd_and_every_mount_sees_them() {
+    let c = Cluster::with_kdfs(2);
+    let (a, b) = (c.mnt(0).join("d"), c.mnt(1).join("d"));
+    fs::create_dir(&a).unwrap();
+    let changes = |c: &Cluster| c.served(0, &["create", "make_inode", "unlink", "add_entry"]);
+    let before = changes(&c);
+    for i in 0..200 {
+        fs::write(a.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    for i in 0..50 {
+        fs::remove_file(a.join(format!("f{i}"))).unwrap();
+    }
+    assert_eq!(
+        changes(&c),
+        before,
+        "creates and unlinks in a lent directory went to krgd"
+    );
+    assert!(c.served(0, &["lend"]) >= 1.0);
+
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (50..200).map(|i| format!("f{i}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&b), want);
+    assert_eq!(fs::read(b.join("f123")).unwrap(), b"file 123");
+    assert!(gone(&b.join("f7")));
+
+    // Node 2's kernel keeps the directory's attributes: node 1's next
+    // create changes them, and node 2 sees it at once (its look took the
+    // directory back from node 1's mount).
+    let seen = fs::metadata(&b).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(a.join("late"), b"late").unwrap();
+    let now = fs::metadata(&b).unwrap();
+    assert_ne!(
+        (now.mtime(), now.mtime_nsec()),
+        (seen.mtime(), seen.mtime_nsec()),
+        "node 2 kept the directory's times from before node 1's create"
+    );
+    fs::remove_file(a.join("late")).unwrap();
+
+    // Node 2 changes the directory: node 1's mount gave it back first.
+    fs::write(b.join("from2"), b"two").unwrap();
+    fs::remove_file(b.join("f60")).unwrap();
+    fs::rename(b.join("f61"), b.join("renamed")).unwrap();
+    assert_eq!(fs::read(a.join("from2")).unwrap(), b"two");
+    assert!(gone(&a.join("f60")));
+    assert!(gone(&a.join("f61")));
+    assert_eq!(fs::read(a.join("renamed")).unwrap(), b"file 61");
+    // Node 1 goes on (through krgd while node 2 holds names of the
+    // directory): node 2 sees each change at once.
+    fs::write(a.join("after"), b"after").unwrap();
+    fs::remove_file(a.join("f62")).unwrap();
+    assert_eq!(fs::read(b.join("after")).unwrap(), b"after");
+    assert!(gone(&b.join("f62")));
+    assert_eq!(names(&a), names(&b));
+}
+
+/// A file node 1's mount made in a lent directory, held open there, is
+/// unlinked through node 2: node 1's krgd hears of the open handle when it
+/// takes the directory back, so the file keeps its data until closed, as
+/// on a local file system.
+#[test]
+fn a_file_made_in_a_lent_directory_and_held_open_outlives_an_unlink_through_another_node() {
+    let c = Cluster::with_kdfs(2);
+    let a = c.mnt(0).join("d");
+    fs::create_dir(&a).unwrap();
+    let before = c.served(0, &["create", "open"]);
+    fs::write(a.join("first"), b"1").unwrap();
+    let mut held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(a.join("held"))
+        .unwrap();
+    held.write_all(b"written before").unwrap();
+    assert_eq!(
+        c.served(0, &["create", "open"]),
+        before,
+        "made without krgd"
+    );
+
+    fs::remove_file(c.mnt(1).join("d/held")).unwrap();
+    assert!(gone(&a.join("held")));
+    held.write_all(b", and after the unlink").unwrap();
+    held.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    held.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "written before, and after the unlink");
+    let m = held.metadata().unwrap();
+    assert_eq!((m.nlink(), m.len()), (0, back.len() as u64));
+    // Its last handle closed, krgd hears of it (and frees the file).
+    let releases = |c: &Cluster| c.served(0, &["release", "release_many"]);
+    let released = releases(&c);
+    drop(held);
+    common::wait_until("the release", std::time::Duration::from_secs(5), || {
+        releases(&c) > released
+    });
+    assert_eq!(names(&a), ["first"]);
+}
+
+/// A mount with `-o nolend` borrows nothing: its creates go through krgd.
+#[test]
+fn a_mount_with_nolend_creates_through_krgd() {
+    let c = Cluster::with_kdfs(1);
+    c.umount(0);
+    assert!(c.mount(0, "nolend").status.success());
+    let d = c.mnt(0).join("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..20 {
+        fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    assert_eq!(c.served(0, &["lend"]), 0.0);
+    assert!(c.served(0, &["create"]) >= 20.0);
+}
