@@ -31,6 +31,9 @@
 //! `krgadm nodes del` of a node holding kDFS files against `cp -a` of them
 //! (`benches/kdfs/handover.rs`).
 //!
+//! `KDFS_BENCH_MOUNT_OPTS=a,b` mounts node 1 with those `-o` options too
+//! (`nolend`: compare creates with and without lent directories).
+//!
 //! KDFS_TEST_DIR (default /tmp) is where every target lives: the native
 //! directory, the kDFS stores and the GlusterFS bricks — one file system
 //! for all, so that its quirks weigh on each alike (ext4 without a journal
@@ -519,6 +522,17 @@ fn main() {
         .tempdir_in(common::test_dir())
         .expect("native dir");
     let cluster = common::Cluster::with_kdfs(3);
+    // Node 1's mount with other options (`nolend`, `nopassthrough`, ...),
+    // to compare builds of one binary.
+    if let Ok(opts) = std::env::var("KDFS_BENCH_MOUNT_OPTS") {
+        cluster.umount(0);
+        let out = cluster.mount(0, &opts);
+        assert!(
+            out.status.success(),
+            "mount -o {opts}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let rounds = env_num("KDFS_BENCH_ROUNDS", 3).max(1);
     let stripe_mb = env_num("KDFS_BENCH_STRIPE_MB", 4096);
     if std::env::var("KDFS_BENCH_ONLY").is_ok_and(|v| v == "striped") {

@@ -124,6 +124,13 @@ impl Callbacks {
     /// and keep what it touches from being lent until the guard goes.
     pub async fn touching(&self, client: Option<u64>, req: &Q) -> Touching<'_> {
         let inos = touched(req);
+        if inos.is_empty() {
+            return Touching {
+                callbacks: self,
+                client,
+                inos,
+            };
+        }
         let recalls: Vec<InodeId> = {
             let mut st = self.state();
             for ino in &inos {

@@ -273,6 +273,9 @@ impl Callbacks {
         resp: &A,
         moved: Option<InodeId>,
     ) {
+        if let (Q::RemoveDir { ino }, A::Done) = (req, resp) {
+            self.state().loans.remove(ino);
+        }
         let mut items = changes::changes(req, resp, moved);
         let mut advisory = Vec::new();
         self.track_writes(node, req, resp, &mut items, &mut advisory);

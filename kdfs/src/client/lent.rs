@@ -46,7 +46,6 @@ impl Ops {
             Ok(attr) => attr,
             Err(e) => return Some(Err(e)),
         };
-        loan.made.insert(ino);
         let fh = loans.new_handle(&mut t, ino, write);
         Some(Ok((attr, fh)))
     }
@@ -104,8 +103,8 @@ impl Ops {
         if !self.may_borrow(dir) {
             return None;
         }
-        let mut t = self.cache.loans.lock();
-        let loan = t.lent.get_mut(&dir)?;
+        let t = self.cache.loans.lock();
+        let loan = t.lent.get(&dir)?;
         let lookup = Q::Lookup {
             dir,
             name: name.to_vec(),
@@ -119,14 +118,11 @@ impl Ops {
             Ok(Err(e)) => return Some(Err(e)),
             _ => return None,
         };
-        if !loan.made.contains(&ino) || self.local_store.is_open(ino) {
+        if !loan.made(ino) || self.local_store.is_open(ino) {
             return None;
         }
         match self.local_store.unlink_lent(dir, name, ino) {
-            Ok(true) => {
-                loan.made.remove(&ino);
-                Some(Ok(()))
-            }
+            Ok(true) => Some(Ok(())),
             Ok(false) => None,
             Err(e) => Some(Err(e)),
         }

@@ -20,7 +20,7 @@
 //!   while open, whoever unlinks it. A handle closed before any of that
 //!   costs krgd nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -43,8 +43,9 @@ pub struct Loan {
     /// The next inode id to give, and the end of the loan's numbers.
     next: InodeId,
     end: InodeId,
-    /// The files made under the loan (and not removed since).
-    pub made: HashSet<InodeId>,
+    /// Every block of inode ids krgd gave the loan, `[first, end)`: an
+    /// inode numbered from one was made under the loan.
+    blocks: Vec<(InodeId, InodeId)>,
 }
 
 impl Loan {
@@ -54,6 +55,11 @@ impl Loan {
             self.next += 1;
             self.next - 1
         })
+    }
+
+    /// Whether `ino` was made under this loan.
+    pub fn made(&self, ino: InodeId) -> bool {
+        self.blocks.iter().any(|(a, b)| (*a..*b).contains(&ino))
     }
 }
 
@@ -204,9 +210,10 @@ impl Loans {
         let loan = t.lent.entry(dir).or_insert_with(|| Loan {
             next: first,
             end: first,
-            made: HashSet::new(),
+            blocks: Vec::new(),
         });
         (loan.next, loan.end) = (first, first + count);
+        loan.blocks.push((first, first + count));
     }
 
     /// krgd refused `dir`.
@@ -233,14 +240,10 @@ impl Loans {
         let Some(loan) = t.lent.remove(&dir) else {
             return Vec::new();
         };
-        loan.made
+        t.handles
             .iter()
-            .flat_map(|ino| {
-                let ino = *ino;
-                t.unknown_handles(ino)
-                    .into_iter()
-                    .map(move |(fh, w)| (ino, fh, w))
-            })
+            .filter(|((ino, _), h)| h.krgd.is_none() && loan.made(*ino))
+            .map(|((ino, fh), h)| (*ino, *fh, h.write))
             .collect()
     }
 

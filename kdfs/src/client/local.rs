@@ -38,7 +38,9 @@
 //!
 //! krgd still does every change to the namespace and sees every open and
 //! release of a file (it counts handles, so an unlinked file keeps its data
-//! while open). Both act on the same local files, so the page cache keeps
+//! while open) — but for the files the sole mount makes and removes in a
+//! directory krgd lent it (`super::loans`), with [`LocalStore::create_lent`]
+//! and [`LocalStore::unlink_lent`]. Both act on the same local files, so the page cache keeps
 //! them coherent, and what docs/kdfs.md guarantees is unchanged.
 
 use std::collections::HashMap;

@@ -328,6 +328,8 @@ impl Ops {
             Ok(_) | Err(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
+        // (krgd forgets its loan too; no file is left in it)
+        let _ = self.cache.loans.take(ino);
         crash::point("client-rmdir");
         let q = Q::RemoveEntry {
             dir,
