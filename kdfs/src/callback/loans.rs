@@ -52,45 +52,6 @@ impl Loan {
     }
 }
 
-/// The inodes `req` names: directories whose entries it reads or changes,
-/// inodes whose attributes, links, extended attributes or data it opens.
-pub fn touched(req: &Q) -> Vec<InodeId> {
-    match req {
-        Q::As { req, .. } | Q::HeldBy { req, .. } => touched(req),
-        Q::GetAttr { ino }
-        | Q::SetAttr { ino, .. }
-        | Q::Readlink { ino }
-        | Q::Open { ino, .. }
-        | Q::OpenDir { ino }
-        | Q::IsEmptyDir { ino }
-        | Q::FsyncDir { ino }
-        | Q::GetXattr { ino, .. }
-        | Q::ListXattr { ino }
-        | Q::SetXattr { ino, .. }
-        | Q::RemoveXattr { ino, .. }
-        | Q::GetStripe { ino }
-        | Q::GetReplicas { ino }
-        | Q::SetInodeReplicas { ino, .. }
-        | Q::SetLayout { ino, .. }
-        | Q::Extend { ino, .. }
-        | Q::IncLink { ino }
-        | Q::DecLink { ino }
-        | Q::Touch { ino }
-        | Q::RemoveDir { ino } => vec![*ino],
-        Q::Lookup { dir, .. }
-        | Q::Create { dir, .. }
-        | Q::AddEntry { dir, .. }
-        | Q::RemoveEntry { dir, .. }
-        | Q::Unlink { dir, .. }
-        | Q::ReplaceEntry { dir, .. }
-        | Q::SetStripePolicy { dir, .. } => vec![*dir],
-        Q::Rename {
-            src_dir, dst_dir, ..
-        } => vec![*src_dir, *dst_dir],
-        _ => Vec::new(),
-    }
-}
-
 /// A request's hold on the inodes it touches, kept while it is served:
 /// none of them is lent meanwhile.
 pub struct Touching<'a> {
@@ -123,7 +84,7 @@ impl Callbacks {
     /// that does not cache): recall every loan of another mount it touches,
     /// and keep what it touches from being lent until the guard goes.
     pub async fn touching(&self, client: Option<u64>, req: &Q) -> Touching<'_> {
-        let inos = touched(req);
+        let inos = crate::mirror::inodes_named(req);
         if inos.is_empty() {
             return Touching {
                 callbacks: self,

@@ -186,7 +186,7 @@ impl Ops {
     /// `q` as krgd must see it: a handle of a file made under a loan is
     /// replaced by krgd's (krgd hears of it first if it has not yet).
     pub(super) async fn with_krgd_handle(&self, q: Q) -> Res<Q> {
-        let Some((ino, fh)) = handle_of(&q) else {
+        let Some((ino, fh)) = crate::mirror::file_handle(&q) else {
             return Ok(q);
         };
         if fh & LENT_HANDLE == 0 {
@@ -220,17 +220,5 @@ pub async fn make_recalled_known(
         let Some(ops) = ops.upgrade() else { return };
         ops.make_all_known(handles).await;
         let _ = done.send(());
-    }
-}
-
-/// The file and handle a request uses, when it uses one.
-fn handle_of(q: &Q) -> Option<(InodeId, u64)> {
-    match q {
-        Q::Read { ino, fh, .. }
-        | Q::Write { ino, fh, .. }
-        | Q::Fsync { ino, fh, .. }
-        | Q::Fallocate { ino, fh, .. }
-        | Q::Release { ino, fh } => Some((*ino, *fh)),
-        _ => None,
     }
 }

@@ -104,6 +104,14 @@ pub fn may_ask_mirror(req: &KdfsRequest) -> bool {
 /// The inode `req` is about first (a directory for a request on one of
 /// its entries), if it names one: what a copy that lacks it cannot serve.
 pub fn inode_named(req: &KdfsRequest) -> Option<krg_proto::kdfs::InodeId> {
+    inodes_named(req).first().copied()
+}
+
+/// Every inode `req` names, the one it is about first: directories whose
+/// entries it reads or changes, inodes whose attributes, links, extended
+/// attributes, layout or data it opens or changes (not the handles it
+/// uses: see [`file_handle`]).
+pub fn inodes_named(req: &KdfsRequest) -> Vec<krg_proto::kdfs::InodeId> {
     use KdfsRequest as Q;
     match unwrapped_ref(req) {
         Q::GetAttr { ino }
@@ -112,23 +120,43 @@ pub fn inode_named(req: &KdfsRequest) -> Option<krg_proto::kdfs::InodeId> {
         | Q::Open { ino, .. }
         | Q::OpenDir { ino }
         | Q::IsEmptyDir { ino }
+        | Q::FsyncDir { ino }
         | Q::GetXattr { ino, .. }
         | Q::ListXattr { ino }
         | Q::SetXattr { ino, .. }
         | Q::RemoveXattr { ino, .. }
         | Q::GetStripe { ino }
         | Q::GetReplicas { ino }
+        | Q::SetInodeReplicas { ino, .. }
+        | Q::SetLayout { ino, .. }
+        | Q::Extend { ino, .. }
         | Q::IncLink { ino }
         | Q::DecLink { ino }
         | Q::Touch { ino }
-        | Q::RemoveDir { ino } => Some(*ino),
+        | Q::RemoveDir { ino } => vec![*ino],
         Q::Lookup { dir, .. }
         | Q::Create { dir, .. }
         | Q::AddEntry { dir, .. }
         | Q::RemoveEntry { dir, .. }
         | Q::Unlink { dir, .. }
-        | Q::ReplaceEntry { dir, .. } => Some(*dir),
-        Q::Rename { src_dir, .. } => Some(*src_dir),
+        | Q::ReplaceEntry { dir, .. }
+        | Q::SetStripePolicy { dir, .. } => vec![*dir],
+        Q::Rename {
+            src_dir, dst_dir, ..
+        } => vec![*src_dir, *dst_dir],
+        _ => Vec::new(),
+    }
+}
+
+/// The file and handle of a request that uses an open file's handle.
+pub fn file_handle(req: &KdfsRequest) -> Option<(krg_proto::kdfs::InodeId, u64)> {
+    use KdfsRequest as Q;
+    match unwrapped_ref(req) {
+        Q::Read { ino, fh, .. }
+        | Q::Write { ino, fh, .. }
+        | Q::Fsync { ino, fh, .. }
+        | Q::Fallocate { ino, fh, .. }
+        | Q::Release { ino, fh } => Some((*ino, *fh)),
         _ => None,
     }
 }

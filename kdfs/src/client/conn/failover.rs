@@ -83,19 +83,6 @@ fn given_handle(resp: &KdfsResponse) -> Option<u64> {
     }
 }
 
-/// The file and handle of a request that uses an open file's handle.
-fn file_handle(req: &KdfsRequest) -> Option<(u64, u64)> {
-    use KdfsRequest as Q;
-    match mirror::unwrapped_ref(req) {
-        Q::Read { ino, fh, .. }
-        | Q::Write { ino, fh, .. }
-        | Q::Fsync { ino, fh, .. }
-        | Q::Fallocate { ino, fh, .. }
-        | Q::Release { ino, fh } => Some((*ino, *fh)),
-        _ => None,
-    }
-}
-
 impl Cluster {
     /// For a mirrored file system: keep asking the local krgd which
     /// members the cluster marks failed, so that a request waiting on a
@@ -161,7 +148,7 @@ impl Cluster {
         if mirror::uses_mirror_handle(&req) {
             return self.via_mirror(node, req, timeout).await;
         }
-        let handle = file_handle(&req);
+        let handle = mirror::file_handle(&req);
         if let Some((_, fh)) = handle {
             if let Some(on_mirror) = self.reopened.get(node, fh) {
                 return self.on_reopened(node, fh, on_mirror, req, timeout).await;
