@@ -8,7 +8,8 @@ mod common;
 
 use std::io::Write;
 
-use common::{metric, scrape, Cluster};
+use common::observe::{metric, scrape};
+use common::Cluster;
 
 #[test]
 fn remote_reads_and_writes_are_counted_by_the_serving_node() {

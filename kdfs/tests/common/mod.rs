@@ -3,6 +3,7 @@
 //! formatted with mkfs.kdfs and mounted with mount.kdfs.
 #![allow(dead_code)]
 
+pub mod observe;
 pub mod xattrs;
 
 use std::ffi::OsStr;
@@ -471,89 +472,6 @@ impl Cluster {
     pub fn mnt(&self, i: usize) -> &Path {
         &self.nodes[i].mnt
     }
-
-    /// Whether node index `i`'s krgd logged, since it started, that its
-    /// mirror holds its store (`--replicas 2`).
-    pub fn mirrored(&self, i: usize) -> bool {
-        let log = std::fs::read_to_string(self.nodes[i].data.join("krgd.log")).unwrap_or_default();
-        log.contains("kdfs mirror: full copy done")
-    }
-
-    /// Wait (30 s at most) until node index `i`'s mirror holds its store.
-    pub fn wait_mirrored(&self, i: usize) {
-        wait_until("the node's mirror copied", Duration::from_secs(30), || {
-            self.mirrored(i)
-        });
-    }
-
-    /// What node `i`'s mount.kdfs logged (info level).
-    pub fn client_log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.nodes[i].data.join("kdfs.log")).unwrap_or_default()
-    }
-
-    /// Node index `i`'s krgd log, its colours taken out.
-    pub fn plain_log(&self, i: usize) -> String {
-        let log = std::fs::read_to_string(self.nodes[i].data.join("krgd.log")).unwrap_or_default();
-        let mut out = String::with_capacity(log.len());
-        let mut chars = log.chars();
-        while let Some(ch) = chars.next() {
-            if ch == '\u{1b}' {
-                // an escape sequence: up to its final letter
-                for e in chars.by_ref() {
-                    if e.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(ch);
-            }
-        }
-        out
-    }
-
-    /// `kdfsctl ARGS` through node index `i`'s krgd: its output, errors
-    /// and exit code.
-    pub fn kdfsctl(&self, i: usize, args: &[&str]) -> (String, String, Option<i32>) {
-        let o = Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
-            .arg("--socket")
-            .arg(&self.nodes[i].sock)
-            .arg("--keyfile")
-            .arg(&self.key)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-            o.status.code(),
-        )
-    }
-
-    /// How many requests of the kinds `ops` (the `op` label of
-    /// `krg_kdfs_operations_total`) node index `i`'s krgd has served.
-    pub fn served(&self, i: usize, ops: &[&str]) -> f64 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].http_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        ops.iter()
-            .filter_map(|op| {
-                let series = format!("krg_kdfs_operations_total{{op=\"{op}\"}} ");
-                text.lines()
-                    .find_map(|l| l.strip_prefix(&series))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .sum()
-    }
-
-    /// What `kdfsctl status` prints through node index `i`, and its exit
-    /// code.
-    pub fn kdfs_status(&self, i: usize) -> (String, Option<i32>) {
-        let (out, _, code) = self.kdfsctl(i, &["status"]);
-        (out, code)
-    }
 }
 
 /// The processes with `dir` open.
@@ -619,23 +537,4 @@ impl Drop for Cluster {
             self.kill_krgd(i);
         }
     }
-}
-
-/// krgd's metrics exposition on 127.0.0.1:`port`.
-pub fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
-/// The value of the series `series` (`name{labels}` as written in the
-/// text, e.g. `krg_kdfs_bytes_total{direction="read"}`) in `text`.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }

@@ -107,8 +107,8 @@ fn closed_after_lease(c: &Cluster, t: Instant, wait: Duration, min: Duration) {
     wait_until("the krgd says why", Duration::from_secs(5), || {
         log().contains("closed the handles of a mount gone")
     });
-    let text = common::scrape(c.nodes[0].http_port);
-    let reaped = common::metric(&text, "krg_kdfs_handles_reaped_total");
+    let text = common::observe::scrape(c.nodes[0].http_port);
+    let reaped = common::observe::metric(&text, "krg_kdfs_handles_reaped_total");
     assert_eq!(reaped, Some(1.0), "{text}");
 }
 
