@@ -148,3 +148,44 @@ fn a_mount_with_nolend_creates_through_krgd() {
     assert_eq!(c.served(0, &["lend"]), 0.0);
     assert!(c.served(0, &["create"]) >= 20.0);
 }
+
+/// A second mount of node 1 registering takes node 1's directories back
+/// from the first (it reads the store in place and caches what it reads):
+/// from then on the first mount's creates go through krgd, and each
+/// mount sees the other's files.
+#[test]
+fn a_second_mount_of_the_node_ends_the_loans() {
+    let c = Cluster::with_kdfs(1);
+    let d = c.mnt(0).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("lent"), b"1").unwrap();
+    let creates = |c: &Cluster| c.served(0, &["create"]);
+    let before = creates(&c);
+    fs::write(d.join("lent2"), b"2").unwrap();
+    assert_eq!(creates(&c), before, "the directory was not lent");
+
+    let second = c.nodes[0].data.join("second");
+    assert!(c.mount_at(0, &second, "second.log").status.success());
+    // The second mount registers with its first `Watch`, at its start.
+    common::wait_until(
+        "the second mount's look",
+        std::time::Duration::from_secs(10),
+        || second.join("d/lent2").exists(),
+    );
+    // (its registration races the mount's return: a create or two may
+    // still be made under the loan)
+    let mut n = 0;
+    common::wait_until(
+        "a create through krgd",
+        std::time::Duration::from_secs(10),
+        || {
+            n += 1;
+            fs::write(d.join(format!("after{n}")), b"3").unwrap();
+            creates(&c) > before
+        },
+    );
+    assert_eq!(fs::read(second.join(format!("d/after{n}"))).unwrap(), b"3");
+    fs::write(second.join("d/from-second"), b"4").unwrap();
+    assert_eq!(fs::read(d.join("from-second")).unwrap(), b"4");
+    assert_eq!(names(&d), names(&second.join("d")));
+}
