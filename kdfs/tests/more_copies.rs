@@ -251,3 +251,35 @@ fn a_directory_given_three_copies_outlives_two_failures() {
     assert_eq!(fs::read(imp.join("then")).unwrap(), b"node 3 serves");
     assert_holds(&imp.join("before"), &pattern(2 << 20, 3));
 }
+
+/// `kdfsctl replicas 2` while node 1's mount holds one of its files open
+/// with passthrough: node 1's conversion waits; its krgd is killed and
+/// started again meanwhile, and still converts the store once the file is
+/// closed (the waiting conversion is remembered in its data directory).
+#[test]
+fn a_conversion_waiting_for_a_mount_outlives_a_krgd_restart() {
+    let mut c = Cluster::with_kdfs(2);
+    let own = c.mnt(0).join("own");
+    fs::write(&own, b"node 1").unwrap();
+    let held = fs::OpenOptions::new().write(true).open(&own).unwrap();
+    let (out, err, code) = c.kdfsctl(0, &["replicas", "2"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("node 1: converts once the files its kdfs mount opened before are closed"),
+        "{out}"
+    );
+    c.kill_krgd(0);
+    c.start_krgd(0);
+    wait_until(
+        "node 1's conversion waiting again",
+        Duration::from_secs(20),
+        || {
+            c.plain_log(0)
+                .contains("a conversion to 2 copies waits again for this node's mounts")
+        },
+    );
+    drop(held);
+    c.wait_mirrored(0);
+    let (st, _) = c.kdfs_status(1);
+    assert!(st.contains("node 1: mirrored on node 2"), "{st}");
+}

@@ -196,6 +196,9 @@ impl KdfsService {
     }
 
     fn set_store(&self, s: Option<Arc<Store>>) {
+        if let Some(store) = &s {
+            self.resume_conversion(store);
+        }
         *sync::write(&self.store) = s;
     }
 

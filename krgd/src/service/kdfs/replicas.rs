@@ -10,9 +10,12 @@
 //! mount of the node asks every second (`Conversion`), stops writing in
 //! place once told, and says how many of its handles still do; when every
 //! process holding the store says 0, the store is converted — at once, or
-//! once the files opened for writing before are closed.
+//! once the files opened for writing before are closed. A conversion
+//! waiting is remembered in the data directory ([`CONVERSION_FILE`]): a
+//! krgd restarted meanwhile goes on waiting for it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,9 @@ use crate::sync;
 const MOUNTS_WAIT: Duration = Duration::from_secs(5);
 /// A mount's word counts this long (it asks every second).
 const FRESH: Duration = Duration::from_secs(3);
+/// `<data-dir>/kdfs.conversion`: the file system's id and the copies a
+/// waiting conversion gives this node's store (`{fs_id:032x} {copies}`).
+const CONVERSION_FILE: &str = "kdfs.conversion";
 
 /// A conversion waiting for this node's mounts.
 #[derive(Default)]
@@ -71,6 +77,7 @@ impl KdfsService {
             return self.convert(store, copies);
         }
         sync::lock(&self.pending).copies = Some(copies);
+        self.remember_conversion(store, Some(copies));
         // Every change must reach the mirror through krgd: no loan either.
         self.callbacks.recall_all(None).await;
         tracing::info!(
@@ -137,7 +144,59 @@ impl KdfsService {
         p.copies = None;
         p.said.clear();
         drop(p);
-        Some(self.convert(store, copies))
+        let done = self.convert(store, copies);
+        if matches!(done, KdfsResponse::Done) {
+            self.remember_conversion(store, None);
+        }
+        Some(done)
+    }
+
+    fn conversion_file(&self) -> PathBuf {
+        self.ctx.config.data_dir.join(CONVERSION_FILE)
+    }
+
+    /// Remember the conversion waiting for `store` (`None`: none waits).
+    fn remember_conversion(&self, store: &Store, copies: Option<u8>) {
+        let file = self.conversion_file();
+        let r = match copies {
+            Some(c) => {
+                let text = format!("{:032x} {c}\n", store.superblock().fs_id);
+                let tmp = file.with_extension("tmp");
+                std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file))
+            }
+            None => match std::fs::remove_file(&file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
+        };
+        if let Err(e) = r {
+            tracing::warn!(file = %file.display(), error = %e,
+                "kdfs: a waiting conversion is not remembered (a restart of this krgd forgets it)");
+        }
+    }
+
+    /// `store` is served (krgd started, or it was attached): a conversion
+    /// of it remembered from before waits again for this node's mounts.
+    pub(super) fn resume_conversion(&self, store: &Store) {
+        let Ok(text) = std::fs::read_to_string(self.conversion_file()) else {
+            return;
+        };
+        let mut words = text.split_whitespace();
+        let fs_id = words.next().and_then(|w| u128::from_str_radix(w, 16).ok());
+        let copies = words.next().and_then(|w| w.parse::<u8>().ok());
+        match (fs_id, copies) {
+            (Some(id), Some(c))
+                if id == store.superblock().fs_id && c > store.replicas() && c <= MAX_REPLICAS =>
+            {
+                tracing::info!(
+                    copies = c,
+                    "kdfs: a conversion to {c} copies waits again for this node's mounts"
+                );
+                sync::lock(&self.pending).copies = Some(c);
+            }
+            // Done, or of another store, or not ours: forgotten.
+            _ => self.remember_conversion(store, None),
+        }
     }
 
     /// The conversion waiting for this node's mounts, for `kdfsctl status`.
