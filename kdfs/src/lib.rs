@@ -4,7 +4,8 @@
 //! * [`fsck`]: offline check and repair of stores (`fsck.kdfs`).
 //! * [`store`]: the storage engine a krgd runs against its local directory.
 //! * [`callback`]: which mounts' kernels cache what of a krgd's store, and
-//!   telling them of changes (coherent kernel caches).
+//!   telling them of changes (coherent kernel caches); directories lent
+//!   to a node's sole mount, and their recall.
 //! * [`lockmgr`]: cluster-wide fcntl/flock locks of the files a krgd owns.
 //! * [`client`]: the FUSE client behind `mount.kdfs`.
 //! * [`status`]: what `kdfsctl status` asks the members and prints.

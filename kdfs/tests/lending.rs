@@ -189,3 +189,36 @@ fn a_second_mount_of_the_node_ends_the_loans() {
     assert_eq!(fs::read(d.join("from-second")).unwrap(), b"4");
     assert_eq!(names(&d), names(&second.join("d")));
 }
+
+/// Node 1's krgd killed and started again while node 1's mount holds a
+/// loan: the new krgd knows of no loan, and the mount gives its loans up
+/// as soon as its `Watch` there fails — its next create goes through krgd,
+/// and node 2, which caches the directory's attributes, sees it at once.
+#[test]
+fn a_restarted_krgd_s_mount_gives_its_loans_up() {
+    let mut c = Cluster::with_kdfs(2);
+    let (a, b) = (c.mnt(0).join("d"), c.mnt(1).join("d"));
+    fs::create_dir(&a).unwrap();
+    fs::write(a.join("before"), b"1").unwrap();
+    c.kill_krgd(0);
+    c.start_krgd(0);
+    common::wait_until(
+        "node 1's krgd back",
+        std::time::Duration::from_secs(30),
+        || fs::read(b.join("before")).is_ok(),
+    );
+    let seen = fs::metadata(&b).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    common::wait_until(
+        "node 1's mount back",
+        std::time::Duration::from_secs(30),
+        || fs::write(a.join("after"), b"2").is_ok(),
+    );
+    let now = fs::metadata(&b).unwrap();
+    assert_ne!(
+        (now.mtime(), now.mtime_nsec()),
+        (seen.mtime(), seen.mtime_nsec()),
+        "node 2 kept the directory's times from before node 1's create"
+    );
+    assert_eq!(fs::read(b.join("after")).unwrap(), b"2");
+}

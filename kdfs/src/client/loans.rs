@@ -8,7 +8,7 @@
 //!   copy, and only while its krgd answered its `Watch` lately (a krgd
 //!   that stopped answering may have taken the loan back: it waits
 //!   [`crate::callback::GONE`] for an answer, this mount stops after
-//!   [`FRESH`]);
+//!   `FRESH`);
 //! * every local change under a loan is made holding this table's lock, so
 //!   a recall ([`Loans::take`]) waits for the one under way and no other
 //!   starts after it;
@@ -181,7 +181,7 @@ impl Loans {
         self.on.store(false, Ordering::Relaxed);
     }
 
-    /// Whether loans may be used now (see [`FRESH`]).
+    /// Whether loans may be used now (see `FRESH`).
     pub fn usable(&self) -> bool {
         self.on.load(Ordering::Relaxed)
             && self

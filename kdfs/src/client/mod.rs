@@ -1,6 +1,16 @@
 //! The FUSE client behind `mount.kdfs`: options, start-up (learn the cluster
 //! from the local krgd, attach the local store, find the root), then serve
 //! the kernel until the file system is unmounted.
+//!
+//! * `fs`: the kernel's requests; `ops`: the namespace operations over the
+//!   cluster; `conn`: the connections to every krgd (and failover);
+//! * `local`: this node's store read (and its regular files written) in
+//!   place; `loans` and `lent`: directories krgd lent to this mount, where
+//!   it makes and removes files itself;
+//! * `cache`: what the kernel may keep and the callbacks that keep it
+//!   true; `locks`, `release`, `striped`, `pieces`, `conversion`,
+//!   `follow`, `inherit`, `root`, `convert`, `kmount`: the rest, one
+//!   concept each.
 
 pub mod cache;
 pub mod conn;
