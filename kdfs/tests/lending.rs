@@ -222,3 +222,31 @@ fn a_restarted_krgd_s_mount_gives_its_loans_up() {
     );
     assert_eq!(fs::read(b.join("after")).unwrap(), b"2");
 }
+
+/// Node 1's mount, holding a loan of `d`, gives `d` a striping policy
+/// (`kdfsctl stripe` through the mount): krgd takes `d` back first, so
+/// the next file made there is striped as the policy says.
+#[test]
+fn a_striping_policy_set_on_a_lent_directory_applies_to_the_next_file() {
+    let c = Cluster::with_kdfs(2);
+    let d = c.mnt(0).join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("plain"), b"x").unwrap();
+    let before = c.served(0, &["create"]);
+    fs::write(d.join("plain2"), b"y").unwrap();
+    assert_eq!(
+        c.served(0, &["create"]),
+        before,
+        "the directory was not lent"
+    );
+    let path = |name: &str| d.join(name).to_string_lossy().into_owned();
+    let (out, err, code) = c.kdfsctl(0, &["stripe", "64K:2", &path("")]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    fs::write(d.join("striped"), vec![7u8; 256 << 10]).unwrap();
+    let (out, err, _) = c.kdfsctl(0, &["stripe", &path("striped")]);
+    assert!(
+        out.contains("64K:2"),
+        "the new file is not striped: {out}{err}"
+    );
+    assert_eq!(fs::read(d.join("striped")).unwrap(), vec![7u8; 256 << 10]);
+}

@@ -10,7 +10,8 @@
 //!   mount about it is being served;
 //! * the loan is recalled before krgd serves any other mount, or a peer, a
 //!   request that names the directory, or an inode numbered from the loan
-//!   (a file made under it): `Inval::Recall` is queued to the borrower, and
+//!   (a file made under it) — and before it serves the borrower itself a
+//!   new striping policy or count of copies for the directory: `Inval::Recall` is queued to the borrower, and
 //!   the request waits until the borrower acknowledges it — it has
 //!   finished what it was doing there — or, for a borrower that does not
 //!   answer, for [`GONE`] at most (the mount stops using a loan on its own
@@ -92,6 +93,9 @@ impl Callbacks {
                 inos,
             };
         }
+        // A directory's new policy changes what a create there makes,
+        // which the borrower's own creates would not know of.
+        let own_too = changes_policy(req);
         let recalls: Vec<InodeId> = {
             let mut st = self.state();
             for ino in &inos {
@@ -100,7 +104,7 @@ impl Callbacks {
             st.loans
                 .iter()
                 .filter(|(dir, loan)| {
-                    Some(loan.client) != client
+                    (own_too || Some(loan.client) != client)
                         && inos.iter().any(|i| i == *dir || loan.numbered(self.me, *i))
                 })
                 .map(|(dir, _)| *dir)
@@ -224,6 +228,19 @@ impl Callbacks {
             self.recall(dir).await;
         }
     }
+}
+
+/// Whether `req` gives a directory a striping policy or a count of copies
+/// for what is made in it (creates there are krgd's then).
+fn changes_policy(req: &Q) -> bool {
+    matches!(
+        crate::mirror::unwrapped_ref(req),
+        Q::SetStripePolicy { .. }
+            | Q::SetInodeReplicas {
+                policy: Some(_),
+                ..
+            }
+    )
 }
 
 /// Forget the loans of mount `client` (it unmounted, or is gone).
