@@ -14,6 +14,10 @@
 //!   and times may change without any node seeing it. The name of
 //!   such a file is not kept either: its lookup at each path walk refreshes
 //!   the size the kernel appends at (close-to-open, as without caching).
+//! * A kernel request one of whose requests to a node went out before the
+//!   mount's watcher there registered (as a non-caching mount's: that node
+//!   records nothing of it) gives the kernel nothing to keep, even if the
+//!   watcher registered meanwhile ([`in_request`]).
 //! * A forgotten name bumps the kernel's dentry epoch (FUSE_NOTIFY_INC_EPOCH,
 //!   Linux ≥ 6.16), which takes no lock: invalidating one entry takes its
 //!   directory's lock, which this mount's own request in that directory
@@ -75,6 +79,23 @@ pub struct Cache {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+tokio::task_local! {
+    /// Set while a kernel request is served once one of its requests to a
+    /// node went out as a non-caching mount's.
+    static UNKNOWN_TO_A_NODE: std::cell::Cell<bool>;
+}
+
+/// Serve a kernel request with `f`: what its answers give the kernel to
+/// keep depends on how its requests went out (see the module header).
+pub fn in_request<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    UNKNOWN_TO_A_NODE.scope(std::cell::Cell::new(false), f)
+}
+
+/// Whether the kernel request being served sent a request no node records.
+fn unknown_to_a_node() -> bool {
+    UNKNOWN_TO_A_NODE.try_with(|c| c.get()).unwrap_or(false)
 }
 
 impl Cache {
@@ -159,6 +180,7 @@ impl Cache {
     /// node keeps track of it, else as is.
     pub fn wrap(&self, node: NodeId, req: KdfsRequest) -> KdfsRequest {
         if self.off() || !self.registered(node) {
+            let _ = UNKNOWN_TO_A_NODE.try_with(|c| c.set(true));
             return req;
         }
         KdfsRequest::As {
@@ -173,7 +195,8 @@ impl Cache {
     /// caching: that lookup is what refreshes the size the kernel appends
     /// at and reads up to (close-to-open).
     pub fn entry_ttl(&self, dir: InodeId, a: &Attr) -> Duration {
-        if !self.registered(inode_node(dir)) || (a.kind == FileKind::File && !self.keeps(a)) {
+        let kept = self.registered(inode_node(dir)) && !unknown_to_a_node();
+        if !kept || (a.kind == FileKind::File && !self.keeps(a)) {
             return Duration::ZERO;
         }
         self.entry_ttl
@@ -192,7 +215,7 @@ impl Cache {
 
     /// How long the kernel may keep the attributes `a`.
     pub fn attr_ttl(&self, a: &Attr) -> Duration {
-        if !self.keeps(a) || self.attr_ttl.is_zero() {
+        if !self.keeps(a) || self.attr_ttl.is_zero() || unknown_to_a_node() {
             return Duration::ZERO;
         }
         lock(&self.given).insert(a.ino);

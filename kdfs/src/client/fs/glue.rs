@@ -55,7 +55,7 @@ impl KdfsFs {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f);
+        self.rt.spawn(super::super::cache::in_request(f));
     }
 
     /// Answer an entry of directory `dir` once `fut` has it.

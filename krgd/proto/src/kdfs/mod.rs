@@ -558,13 +558,11 @@ pub enum KdfsRequest {
         /// Its handles that still write in place.
         writers: u32,
     },
-    /// From the sole mount of this node's single-copy store (wrapped in
-    /// `As`): lend it directory `dir`, so that it creates regular files
-    /// there, and unlinks those it made, in the store itself without a
-    /// round trip. Granted (`Lent`) while no other mount holds anything of
-    /// `dir`; krgd recalls the loan ([`Inval::Recall`](cache::Inval))
-    /// before it serves anyone else a request that touches `dir` or a file
-    /// made under the loan. `EBUSY`: not now.
+    /// From the sole mount of this node's single-copy store (in `As`):
+    /// lend it directory `dir`, where it then makes (and unlinks) regular
+    /// files itself (`Lent`; `EBUSY`: not now). Recalled
+    /// ([`Inval::Recall`](cache::Inval)) before anyone else's request
+    /// touching `dir` or a file made under the loan is served.
     Lend {
         /// The directory, of this node.
         dir: InodeId,
