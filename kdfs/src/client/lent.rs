@@ -13,6 +13,16 @@ use crate::acl::DEFAULT as ACL_DEFAULT;
 /// A file made under a loan, opened: its attributes and the mount's handle.
 pub type MadeHere = (Attr, u64);
 
+/// What create(2) asks: regular file `name` in `dir`, with the mode in
+/// `new` less `umask`, opened for writing or not.
+pub struct NewFile<'a> {
+    pub dir: InodeId,
+    pub name: &'a [u8],
+    pub new: &'a NewInode,
+    pub umask: u32,
+    pub write: bool,
+}
+
 impl Ops {
     /// Whether this mount may use (or ask for) a loan of `dir` now.
     fn may_borrow(&self, dir: InodeId) -> bool {
@@ -22,31 +32,29 @@ impl Ops {
             && self.cache.loans.usable()
     }
 
-    /// create(2) of regular file `name` in `dir` under a loan of `dir`,
-    /// made in the store here (no krgd): the file, opened. `None`: not lent
-    /// (see [`Ops::create_borrowing`]), or a create krgd must make (the
+    /// Whether `f` may be made here, under a loan (asked for or held).
+    fn may_make_here(&self, f: &NewFile) -> bool {
+        f.new.kind == FileKind::File && self.may_borrow(f.dir)
+    }
+
+    /// create(2) of `f` under a loan of its directory, made in the store
+    /// here (no krgd): the file, opened. `None`: not lent (see
+    /// [`Ops::create_borrowing`]), or a create krgd must make (the
     /// directory has a default ACL).
-    pub fn create_here(
-        &self,
-        dir: InodeId,
-        name: &[u8],
-        new: &NewInode,
-        umask: u32,
-        write: bool,
-    ) -> Option<Res<MadeHere>> {
-        if new.kind != FileKind::File || !self.may_borrow(dir) {
+    pub fn create_here(&self, f: &NewFile) -> Option<Res<MadeHere>> {
+        if !self.may_make_here(f) {
             return None;
         }
         let loans = &self.cache.loans;
         let mut t = loans.lock();
-        let loan = t.lent.get_mut(&dir)?;
-        let new = self.masked_here(dir, new, umask)?;
+        let loan = t.lent.get_mut(&f.dir)?;
+        let new = self.masked_here(f.dir, f.new, f.umask)?;
         let ino = loan.number()?;
-        let attr = match self.local_store.create_lent(dir, name, &new, ino) {
+        let attr = match self.local_store.create_lent(f.dir, f.name, &new, ino) {
             Ok(attr) => attr,
             Err(e) => return Some(Err(e)),
         };
-        let fh = loans.new_handle(&mut t, ino, write);
+        let fh = loans.new_handle(&mut t, ino, f.write);
         Some(Ok((attr, fh)))
     }
 
@@ -70,15 +78,9 @@ impl Ops {
 
     /// [`Ops::create_here`], asking krgd to lend `dir` first (or for more
     /// inode numbers) when it is not lent (not refused lately).
-    pub async fn create_borrowing(
-        &self,
-        dir: InodeId,
-        name: &[u8],
-        new: &NewInode,
-        umask: u32,
-        write: bool,
-    ) -> Option<Res<MadeHere>> {
-        if new.kind != FileKind::File || !self.may_borrow(dir) || !self.cache.loans.may_ask(dir) {
+    pub async fn create_borrowing(&self, f: &NewFile<'_>) -> Option<Res<MadeHere>> {
+        let dir = f.dir;
+        if !self.may_make_here(f) || !self.cache.loans.may_ask(dir) {
             return None;
         }
         match self.call(self.local, Q::Lend { dir }).await {
@@ -93,7 +95,7 @@ impl Ops {
                 return None;
             }
         }
-        self.create_here(dir, name, new, umask, write)
+        self.create_here(f)
     }
 
     /// unlink(2) of `name` in `dir` under a loan, in the store here: when

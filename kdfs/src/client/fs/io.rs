@@ -12,7 +12,7 @@ use fuser::{
 use krg_proto::kdfs::{inode_node, InodeId, KdfsRequest as Q, NewInode, StripeLayout};
 
 use super::super::convert::{err, file_attr};
-use super::super::lent::MadeHere;
+use super::super::lent::{MadeHere, NewFile};
 use super::super::local;
 use super::super::ops::{Made, Ops};
 use super::KdfsFs;
@@ -51,11 +51,25 @@ impl KdfsFs {
     ) {
         let ops = self.ops.clone();
         // In a directory lent to this mount: made here, on this thread.
-        if let Some(made) = ops.create_here(dir, &name, &new, umask, write) {
+        let here = NewFile {
+            dir,
+            name: &name,
+            new: &new,
+            umask,
+            write,
+        };
+        if let Some(made) = ops.create_here(&here) {
             return Self::reply_made_here(&ops, dir, made, reply);
         }
         self.spawn(async move {
-            if let Some(made) = ops.create_borrowing(dir, &name, &new, umask, write).await {
+            let borrowing = NewFile {
+                dir,
+                name: &name,
+                new: &new,
+                umask,
+                write,
+            };
+            if let Some(made) = ops.create_borrowing(&borrowing).await {
                 return Self::reply_made_here(&ops, dir, made, reply);
             }
             let made = ops.make_open(dir, &name, new, umask, Some(write)).await;
