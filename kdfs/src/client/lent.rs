@@ -144,10 +144,8 @@ impl Ops {
         let Ok(Ok(A::Entry { ino, .. })) = self.local_store.answer(self.local, lookup) else {
             return;
         };
-        let unknown = self.cache.loans.lock().unknown_handles(ino);
-        for (fh, write) in unknown {
-            let _ = self.make_known(ino, fh, write).await;
-        }
+        let unknown = self.cache.loans.lock().unknown_handles(|i| i == ino);
+        self.make_all_known(unknown).await;
     }
 
     /// Handles of files made under loans, which krgd hears of now (the
@@ -167,7 +165,7 @@ impl Ops {
         let handles: Vec<_> = self
             .cache
             .loans
-            .give_up_all()
+            .lent_dirs()
             .into_iter()
             .flat_map(|dir| self.cache.loans.take(dir))
             .collect();

@@ -86,12 +86,13 @@ pub struct Table {
 }
 
 impl Table {
-    /// The handles of `ino` krgd has not heard of: (handle, for writing).
-    pub fn unknown_handles(&self, ino: InodeId) -> Vec<(u64, bool)> {
+    /// The handles krgd has not heard of, of the files `of` picks: (file,
+    /// handle, for writing).
+    pub fn unknown_handles(&self, of: impl Fn(InodeId) -> bool) -> Vec<(InodeId, u64, bool)> {
         self.handles
             .iter()
-            .filter(|((i, _), h)| *i == ino && h.krgd.is_none())
-            .map(|((_, fh), h)| (*fh, h.write))
+            .filter(|((ino, _), h)| h.krgd.is_none() && of(*ino))
+            .map(|((ino, fh), h)| (*ino, *fh, h.write))
             .collect()
     }
 }
@@ -240,15 +241,11 @@ impl Loans {
         let Some(loan) = t.lent.remove(&dir) else {
             return Vec::new();
         };
-        t.handles
-            .iter()
-            .filter(|((ino, _), h)| h.krgd.is_none() && loan.made(*ino))
-            .map(|((ino, fh), h)| (*ino, *fh, h.write))
-            .collect()
+        t.unknown_handles(|ino| loan.made(ino))
     }
 
-    /// Every lent directory, given up.
-    pub fn give_up_all(&self) -> Vec<InodeId> {
+    /// Every directory lent now.
+    pub fn lent_dirs(&self) -> Vec<InodeId> {
         self.lock().lent.keys().copied().collect()
     }
 

@@ -34,6 +34,9 @@ mod state;
 mod store;
 mod writer;
 
+/// Crash-safe replacement of a small file (the kDFS service's records too).
+pub(crate) use disk::write_atomic;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -161,8 +161,8 @@ impl KdfsService {
         let r = match copies {
             Some(c) => {
                 let text = format!("{:032x} {c}\n", store.superblock().fs_id);
-                let tmp = file.with_extension("tmp");
-                std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file))
+                let dir = &self.ctx.config.data_dir;
+                crate::service::cluster::write_atomic(dir, CONVERSION_FILE, text.as_bytes())
             }
             None => match std::fs::remove_file(&file) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
