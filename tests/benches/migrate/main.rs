@@ -82,12 +82,19 @@ fn load() -> String {
         .unwrap_or_default()
 }
 
-/// (count, longest gap ms) the worker last reported.
-fn report(rep: &Path) -> Option<(u64, f64)> {
+/// (count, longest gap ms, PID as it sees itself) the worker last reported.
+fn report_of(rep: &Path) -> Option<(u64, f64, i32)> {
     let t = std::fs::read_to_string(rep).ok()?;
     let mut w = t.split_whitespace();
-    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+    Some((
+        w.next()?.parse().ok()?,
+        w.next()?.parse().ok()?,
+        w.next()?.parse().ok()?,
+    ))
 }
+
+/// Workers started so far: each has a report file of its own.
+static WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 struct Worker {
     pid: i32,
@@ -96,9 +103,19 @@ struct Worker {
 
 impl Worker {
     fn start(dir: &Path, mib: u64, tag: &str) -> Result<Self> {
-        let rep = dir.join(format!("{tag}.rep"));
+        // A report file of its own: a worker killed through its stand-in
+        // goes on for up to a tenth of a second on the target (until krgd's
+        // watch finds the stand-in dead), and its reports in a shared file
+        // were once taken for the next round's, which was then moved while
+        // it still filled its memory — its "downtime" was a few ms.
+        let n = WORKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rep = dir.join(format!("{tag}-{n}.rep"));
         let _ = std::fs::remove_file(&rep);
-        let mut cmd = Command::new("python3");
+        // Debian's python, by path: a version manager's `python3` shim
+        // (pyenv's is a bash script) leaves the zombies of its own
+        // subshells to the interpreter it execs, and `migrate` refuses a
+        // process with children.
+        let mut cmd = Command::new("/usr/bin/python3");
         cmd.args(["-c", WORKER])
             .arg(&rep)
             .arg(mib.to_string())
@@ -116,10 +133,18 @@ impl Worker {
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         std::thread::spawn(move || child.wait());
+        let w = Self { pid, rep };
         wait_for(Duration::from_secs(120), "the worker to start", || {
-            report(&rep).filter(|r| r.0 >= 3).map(|_| ())
+            w.report().filter(|r| r.0 >= 3).map(|_| ())
         })?;
-        Ok(Self { pid, rep })
+        Ok(w)
+    }
+
+    /// (count, longest gap ms) it last reported.
+    fn report(&self) -> Option<(u64, f64)> {
+        report_of(&self.rep)
+            .filter(|r| r.2 == self.pid)
+            .map(|r| (r.0, r.1))
     }
 
     /// The longest gap (ms) it has seen, once the restored copy has
@@ -129,9 +154,9 @@ impl Worker {
     /// a count taken before the move was already 5 reports old, and that
     /// stale report, with its small gap, was read as the downtime).
     fn gap_after_move(&self) -> Result<f64> {
-        let since = report(&self.rep).context("no report")?.0;
+        let since = self.report().context("no report")?.0;
         let r = wait_for(Duration::from_secs(60), "the worker to go on", || {
-            report(&self.rep).filter(|r| r.0 >= since + 5)
+            self.report().filter(|r| r.0 >= since + 5)
         })?;
         Ok(r.1)
     }
@@ -141,6 +166,14 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // SAFETY: kill(2) of the worker this bench started.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        // A moved worker ends a moment later, on its target: the next
+        // round starts once its reports (one every 50 ms) have stopped.
+        let quiet = Duration::from_millis(300);
+        let _ = wait_for(Duration::from_secs(10), "the worker to end", || {
+            let age = std::fs::metadata(&self.rep).and_then(|m| m.modified()).ok()?;
+            (age.elapsed().ok()? > quiet).then_some(())
+        });
+        let _ = std::fs::remove_file(&self.rep);
     }
 }
 
