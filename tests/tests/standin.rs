@@ -141,7 +141,8 @@ fn waited(child: &mut Child) -> Result<ExitStatus> {
 /// node 2 (where `getpid()` is
 /// still that PID), and the parent's `wait()` gets its real end: exit
 /// code 7 from its own SIGTERM handler; killed by SIGHUP when `krg kill`
-/// sends that where it runs.
+/// sends that where it runs; and ended where it runs when its stand-in
+/// is killed (SIGKILL).
 #[test]
 fn a_moved_process_leaves_a_stand_in_its_parent_waits_for() -> Result<()> {
     let _g = serial();
@@ -208,6 +209,20 @@ fn a_moved_process_leaves_a_stand_in_its_parent_waits_for() -> Result<()> {
         .output()?;
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(waited(&mut child)?.signal(), Some(libc::SIGHUP));
+
+    // `kill -9` of the stand-in, which it cannot pass on, ends the process
+    // where it runs: no copy is left running without its ghost.
+    let (mut child, _out, _job) = moved_child(&c)?;
+    let pid = child.id() as i32;
+    let moved = moved_host_pid(pid);
+    // SAFETY: kill(2) of this test's child (the stand-in).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(waited(&mut child)?.signal(), Some(libc::SIGKILL));
+    wait_for(Duration::from_secs(10), "the moved process to end", || {
+        let state = std::fs::read_to_string(format!("/proc/{moved}/stat")).ok();
+        let alive = state.is_some_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'));
+        (!alive).then_some(())
+    })?;
     Ok(())
 }
 

@@ -104,10 +104,10 @@ struct Worker {
 impl Worker {
     fn start(dir: &Path, mib: u64, tag: &str) -> Result<Self> {
         // A report file of its own: a worker killed through its stand-in
-        // goes on for up to a tenth of a second on the target (until krgd's
-        // watch finds the stand-in dead), and its reports in a shared file
-        // were once taken for the next round's, which was then moved while
-        // it still filled its memory — its "downtime" was a few ms.
+        // ends a moment later, on its target (until Dec 7, up to a tenth of
+        // a second), and its reports in a shared file were once taken for
+        // the next round's, which was then moved while it still filled its
+        // memory — its "downtime" was a few ms.
         let n = WORKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rep = dir.join(format!("{tag}-{n}.rep"));
         let _ = std::fs::remove_file(&rep);
@@ -170,7 +170,9 @@ impl Drop for Worker {
         // round starts once its reports (one every 50 ms) have stopped.
         let quiet = Duration::from_millis(300);
         let _ = wait_for(Duration::from_secs(10), "the worker to end", || {
-            let age = std::fs::metadata(&self.rep).and_then(|m| m.modified()).ok()?;
+            let age = std::fs::metadata(&self.rep)
+                .and_then(|m| m.modified())
+                .ok()?;
             (age.elapsed().ok()? > quiet).then_some(())
         });
         let _ = std::fs::remove_file(&self.rep);

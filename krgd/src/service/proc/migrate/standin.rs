@@ -451,6 +451,33 @@ fn stopped(pid: i32) -> Option<bool> {
     (!matches!(state, 'Z' | 'X' | 'x')).then_some(state == 'T')
 }
 
+/// A pidfd of the stand-in `pid` born at `born` (its start time), to
+/// learn of its end; None if it is another process's PID already, or the
+/// pidfd cannot be had (the looks every [`STOP_POLL`] still find its end).
+fn end_of(pid: i32, born: Option<u64>) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = super::super::spawn::pidfd_open(pid).ok()?;
+    // opened after `born` was read: the same process only if it still has
+    // that start time (a PID taken again would have another)
+    if born.is_none() || start_ticks(pid) != born {
+        return None;
+    }
+    super::super::fdio::register(fd).ok()
+}
+
+/// Once the process of `pidfd` has ended (a zombie is ended); never
+/// without a pidfd.
+async fn ended(pidfd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
+    match pidfd {
+        Some(fd) => {
+            // (readable only once it ended; an error is no end)
+            if fd.readable().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 /// While the stand-in `pid` carries its process's session on `input`:
 /// each time it is seen stopped (SIGSTOP, or a terminal's SIGTTIN), the
 /// process is sent SIGSTOP where it runs, so that what the shell sees
@@ -461,13 +488,19 @@ fn stopped(pid: i32) -> Option<bool> {
 /// zombie until reaped), gone, or its PID is another process's (a
 /// restart made its stand-in again with that PID), it lets go, and the
 /// session ends — the moved process with it, even a silent one, whose
-/// session nothing else would find broken.
+/// session nothing else would find broken. Its end is seen at once
+/// through a pidfd (a `kill -9` of the stand-in ends the process on its
+/// target without waiting for the next look), its stops at the next look.
 async fn stop_watch(pid: i32, input: mpsc::Sender<Up>) {
     let mut tick = tokio::time::interval(STOP_POLL);
     let mut was = false;
     let born = start_ticks(pid);
+    let end = end_of(pid, born);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = ended(end.as_ref()) => return,
+        }
         if start_ticks(pid) != born {
             return;
         }
