@@ -164,6 +164,85 @@ fn random_operation_sequences_match_a_local_directory() {
             snapshot(&c.mnt(1).join(&base)),
         );
         assert_eq!(a, b, "seed {seed}: final trees differ");
+        check_counts(&c.mnt(0).join(&base));
+    }
+}
+
+/// The same with the operations in bursts on one mount (1 to 30 in a
+/// row, then the other's): each node's mount borrows the directories of
+/// its store (*Directories lent to the sole mount*), makes and removes
+/// files there itself for a while, and the other mount's first touch
+/// recalls the loan — every answer and the trees as in a local directory.
+#[test]
+fn random_operations_in_bursts_on_one_mount_match_a_local_directory() {
+    let c = common::Cluster::with_kdfs(2);
+    let local = tempfile::tempdir().unwrap();
+    for seed in 10..14u64 {
+        let base = format!("run{seed}");
+        fs::create_dir(local.path().join(&base)).unwrap();
+        fs::create_dir(c.mnt(0).join(&base)).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut turns = Turns::bursts();
+        for step in 0..300 {
+            let on = turns.next(&mut rng);
+            let op = random_op(&mut rng);
+            let want = apply(&local.path().join(&base), &op);
+            let got = apply(&c.mnt(on).join(&base), &op);
+            assert_eq!(got, want, "seed {seed} step {step} on mount {on}: {op:?}");
+        }
+        let want = snapshot(&local.path().join(&base));
+        assert_eq!(
+            want,
+            snapshot(&c.mnt(0).join(&base)),
+            "seed {seed}: mount 0"
+        );
+        assert_eq!(
+            want,
+            snapshot(&c.mnt(1).join(&base)),
+            "seed {seed}: mount 1"
+        );
+        check_counts(&c.mnt(0).join(&base));
+    }
+    // (not a test without loans)
+    assert!(c.served(0, &["lend"]) + c.served(1, &["lend"]) >= 2.0);
+}
+
+/// Which mount issues each operation: the two in turn, or in bursts of 1
+/// to 30 on one.
+struct Turns {
+    bursts: bool,
+    on: usize,
+    left: u32,
+}
+
+impl Turns {
+    fn alternating() -> Self {
+        Turns {
+            bursts: false,
+            on: 1,
+            left: 0,
+        }
+    }
+
+    fn bursts() -> Self {
+        Turns {
+            bursts: true,
+            ..Self::alternating()
+        }
+    }
+
+    /// The mount index of the next operation.
+    fn next(&mut self, rng: &mut StdRng) -> usize {
+        if self.left == 0 {
+            self.on = 1 - self.on;
+            self.left = if self.bursts {
+                rng.random_range(1..=30)
+            } else {
+                1
+            };
+        }
+        self.left -= 1;
+        self.on
     }
 }
 
@@ -275,7 +354,12 @@ fn fsck_all(c: &common::Cluster, flag: &str) -> (i32, String) {
 /// touch is as in the local directory, link counts are the names', and
 /// the local directory then takes kDFS's state of the touched paths.
 /// Returns how many crashes happened.
-fn crash_campaign(seeds: std::ops::Range<u64>, steps: usize, max_crashes: usize) -> usize {
+fn crash_campaign(
+    seeds: std::ops::Range<u64>,
+    steps: usize,
+    max_crashes: usize,
+    make_turns: fn() -> Turns,
+) -> usize {
     let mut c = common::Cluster::with_kdfs(2);
     let local = tempfile::tempdir().unwrap();
     let mut crashes = 0;
@@ -285,7 +369,9 @@ fn crash_campaign(seeds: std::ops::Range<u64>, steps: usize, max_crashes: usize)
         fs::create_dir(&lbase).unwrap();
         fs::create_dir(c.mnt(0).join(&base)).unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut turns = make_turns();
         for step in 0..steps {
+            let on = turns.next(&mut rng);
             let op = random_op(&mut rng);
             let arm = crashes < max_crashes && !points(&op).is_empty();
             let armed = (arm && rng.random_range(0..3) == 0).then(|| {
@@ -294,7 +380,7 @@ fn crash_campaign(seeds: std::ops::Range<u64>, steps: usize, max_crashes: usize)
                 fs::write(&file, pick(&mut rng, points(&op))).unwrap();
                 file
             });
-            let k = c.mnt(step % 2).join(&base);
+            let k = c.mnt(on).join(&base);
             let got = apply(&k, &op);
             let fired = armed.is_some_and(|f| fs::remove_file(f).is_err());
             if fired {
@@ -338,7 +424,7 @@ fn crash_campaign(seeds: std::ops::Range<u64>, steps: usize, max_crashes: usize)
 #[test]
 fn random_operations_with_krgd_crashes_are_repaired_by_fsck() {
     // These seeds reach 7 crash points (creates, mkdirs, a link, an rmdir).
-    let crashes = crash_campaign(0..3, 60, usize::MAX);
+    let crashes = crash_campaign(0..3, 60, usize::MAX, Turns::alternating);
     assert!(crashes >= 3, "only {crashes} crash points were reached");
 }
 
@@ -346,7 +432,14 @@ fn random_operations_with_krgd_crashes_are_repaired_by_fsck() {
 #[test]
 #[ignore]
 fn random_operations_with_krgd_crashes_campaign() {
-    let crashes = crash_campaign(100..116, 300, usize::MAX);
+    let crashes = crash_campaign(100..116, 300, usize::MAX, Turns::alternating);
     eprintln!("{crashes} crashes");
     assert!(crashes >= 20, "only {crashes} crash points were reached");
+    // in bursts: directories lent to a mount when its krgd dies
+    let crashes = crash_campaign(200..216, 300, usize::MAX, Turns::bursts);
+    eprintln!("{crashes} crashes in bursts");
+    assert!(
+        crashes >= 20,
+        "only {crashes} crash points were reached in bursts"
+    );
 }

@@ -319,7 +319,11 @@ impl Store {
     }
 
     /// Subdirectory counts after `moved` went from `src_dir` to `dst_dir`,
-    /// replacing `old`.
+    /// replacing `old`: a directory moved leaves `src_dir`'s count and
+    /// joins `dst_dir`'s, and a directory it replaced leaves `dst_dir`'s —
+    /// also when both are one directory (found by the random operations in
+    /// bursts: `mv e d` of two subdirectories left their parent counting
+    /// both).
     fn rename_nsub(
         &self,
         src_dir: InodeId,
@@ -327,10 +331,16 @@ impl Store {
         moved: Entry,
         old: Option<Entry>,
     ) -> Res<Option<DirEntry>> {
-        if moved.is_dir() && src_dir != dst_dir {
-            self.objects.adjust_nsub(src_dir, -1)?;
-            if !old.is_some_and(|o| o.is_dir()) {
-                self.objects.adjust_nsub(dst_dir, 1)?;
+        let moved_dir = i64::from(moved.is_dir());
+        let old_dir = i64::from(old.is_some_and(|o| o.is_dir()));
+        let (src, dst) = if src_dir == dst_dir {
+            (0, -old_dir)
+        } else {
+            (-moved_dir, moved_dir - old_dir)
+        };
+        for (dir, delta) in [(src_dir, src), (dst_dir, dst)] {
+            if delta != 0 {
+                self.objects.adjust_nsub(dir, delta)?;
             }
         }
         Ok(old.map(|o| o.named(b"")))

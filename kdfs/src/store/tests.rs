@@ -178,6 +178,26 @@ fn a_gone_mounts_handles_are_released_and_no_others() {
     assert!(s.handle_holders().is_empty());
 }
 
+/// A directory renamed over an empty one: the parent counts one
+/// subdirectory less when both were its own, the same when the moved one
+/// came from elsewhere (its old parent one less).
+#[test]
+fn a_directory_renamed_over_another_leaves_the_counts_right() {
+    let (_d, s, root) = store();
+    let nlink = |ino| s.getattr(ino).unwrap().nlink;
+    s.create(root, b"d", &dir()).unwrap();
+    s.create(root, b"e", &dir()).unwrap();
+    assert_eq!(nlink(root), 4);
+    let replaced = s.rename(root, b"e", root, b"d", 0).unwrap().unwrap();
+    assert!(replaced.kind == FileKind::Dir);
+    assert_eq!(nlink(root), 3, "one subdirectory is left");
+    let p = s.create(root, b"p", &dir()).unwrap();
+    s.create(p.ino, b"q", &dir()).unwrap();
+    assert_eq!((nlink(root), nlink(p.ino)), (4, 3));
+    s.rename(p.ino, b"q", root, b"d", 0).unwrap().unwrap();
+    assert_eq!((nlink(root), nlink(p.ino)), (4, 2));
+}
+
 #[test]
 fn rename_replaces_atomically_and_links_count() {
     let (_d, s, root) = store();
