@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod observe;
+pub mod random;
 pub mod xattrs;
 
 use std::ffi::OsStr;
