@@ -55,33 +55,77 @@ fn random_operations_in_bursts_on_one_mount_match_a_local_directory() {
         let base = format!("run{seed}");
         fs::create_dir(local.path().join(&base)).unwrap();
         fs::create_dir(c.mnt(0).join(&base)).unwrap();
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut turns = Turns::bursts();
-        for step in 0..300 {
-            let on = turns.next(&mut rng);
-            let op = random_op_wide(&mut rng);
-            let got = apply(&c.mnt(on).join(&base), &op);
-            if refused_across_nodes(&op, &got) {
-                continue;
-            }
-            let want = apply(&local.path().join(&base), &op);
-            assert_eq!(got, want, "seed {seed} step {step} on mount {on}: {op:?}");
-        }
-        let want = snapshot(&local.path().join(&base));
-        assert_eq!(
-            want,
-            snapshot(&c.mnt(0).join(&base)),
-            "seed {seed}: mount 0"
-        );
-        assert_eq!(
-            want,
-            snapshot(&c.mnt(1).join(&base)),
-            "seed {seed}: mount 1"
-        );
-        check_counts(&c.mnt(0).join(&base));
+        in_bursts(&c, local.path(), &base, seed);
     }
     // (not a test without loans)
     assert!(c.served(0, &["lend"]) + c.served(1, &["lend"]) >= 2.0);
+}
+
+/// Seed `seed`'s wide operations in bursts on mounts 0 and 1, under
+/// `base` there and in `local`: every answer, then both mounts' trees and
+/// their link counts, as in the local directory.
+fn in_bursts(c: &common::Cluster, local: &Path, base: &str, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut turns = Turns::bursts();
+    for step in 0..300 {
+        let on = turns.next(&mut rng);
+        let op = random_op_wide(&mut rng);
+        let got = apply(&c.mnt(on).join(base), &op);
+        if refused_across_nodes(&op, &got) {
+            continue;
+        }
+        let want = apply(&local.join(base), &op);
+        assert_eq!(got, want, "seed {seed} step {step} on mount {on}: {op:?}");
+    }
+    let want = snapshot(&local.join(base));
+    for i in 0..2 {
+        assert_eq!(
+            want,
+            snapshot(&c.mnt(i).join(base)),
+            "seed {seed}: mount {i}"
+        );
+    }
+    check_counts(&c.mnt(0).join(base));
+}
+
+/// The same in a directory striped in units of 4 KiB over three nodes:
+/// the operations' writes (up to 8 KiB in) and truncates cross units.
+#[test]
+fn random_operations_in_a_striped_directory_match_a_local_directory() {
+    let c = common::Cluster::with_kdfs(3);
+    let local = tempfile::tempdir().unwrap();
+    let mut striped = 0;
+    for seed in 20..23u64 {
+        let base = format!("run{seed}");
+        fs::create_dir(local.path().join(&base)).unwrap();
+        let dir = c.mnt(0).join(&base);
+        fs::create_dir(&dir).unwrap();
+        let set = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
+            .args(["stripe", "4K:3"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            set.status.success(),
+            "{}",
+            String::from_utf8_lossy(&set.stderr)
+        );
+        in_bursts(&c, local.path(), &base, seed);
+        let files = snapshot(&dir)
+            .into_iter()
+            .filter(|(_, f)| f.1 & libc::S_IFMT == libc::S_IFREG);
+        striped += files
+            .filter(|(p, _)| {
+                let o = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
+                    .arg("stripe")
+                    .arg(dir.join(p))
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).contains("4K:3 on nodes")
+            })
+            .count();
+    }
+    assert!(striped > 0, "no striped file was left");
 }
 
 /// krgd's crash points (`kdfs::store::crash`) an operation may reach.
