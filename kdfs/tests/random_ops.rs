@@ -10,6 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::random::*;
@@ -55,37 +56,43 @@ fn random_operations_in_bursts_on_one_mount_match_a_local_directory() {
         let base = format!("run{seed}");
         fs::create_dir(local.path().join(&base)).unwrap();
         fs::create_dir(c.mnt(0).join(&base)).unwrap();
-        in_bursts(&c, local.path(), &base, seed);
+        in_bursts([c.mnt(0), c.mnt(1)], local.path(), &base, seed);
     }
     // (not a test without loans)
     assert!(c.served(0, &["lend"]) + c.served(1, &["lend"]) >= 2.0);
 }
 
-/// Seed `seed`'s wide operations in bursts on mounts 0 and 1, under
+/// Seed `seed`'s wide operations in bursts on the two `mounts`, under
 /// `base` there and in `local`: every answer, then both mounts' trees and
 /// their link counts, as in the local directory.
-fn in_bursts(c: &common::Cluster, local: &Path, base: &str, seed: u64) {
+fn in_bursts(mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
+    operate_in_bursts(mounts, local, base, seed);
+    same_trees(mounts, local, base, seed);
+}
+
+/// The operations of [`in_bursts`], every answer compared.
+fn operate_in_bursts(mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut turns = Turns::bursts();
     for step in 0..300 {
         let on = turns.next(&mut rng);
         let op = random_op_wide(&mut rng);
-        let got = apply(&c.mnt(on).join(base), &op);
+        let got = apply(&mounts[on].join(base), &op);
         if refused_across_nodes(&op, &got) {
             continue;
         }
         let want = apply(&local.join(base), &op);
         assert_eq!(got, want, "seed {seed} step {step} on mount {on}: {op:?}");
     }
+}
+
+/// The trees of [`in_bursts`] compared.
+fn same_trees(mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
     let want = snapshot(&local.join(base));
-    for i in 0..2 {
-        assert_eq!(
-            want,
-            snapshot(&c.mnt(i).join(base)),
-            "seed {seed}: mount {i}"
-        );
+    for (i, m) in mounts.iter().enumerate() {
+        assert_eq!(want, snapshot(&m.join(base)), "seed {seed}: mount {i}");
     }
-    check_counts(&c.mnt(0).join(base));
+    check_counts(&mounts[0].join(base));
 }
 
 /// The same in a directory striped in units of 4 KiB over three nodes:
@@ -110,7 +117,7 @@ fn random_operations_in_a_striped_directory_match_a_local_directory() {
             "{}",
             String::from_utf8_lossy(&set.stderr)
         );
-        in_bursts(&c, local.path(), &base, seed);
+        in_bursts([c.mnt(0), c.mnt(1)], local.path(), &base, seed);
         let files = snapshot(&dir)
             .into_iter()
             .filter(|(_, f)| f.1 & libc::S_IFMT == libc::S_IFREG);
@@ -126,6 +133,58 @@ fn random_operations_in_a_striped_directory_match_a_local_directory() {
             .count();
     }
     assert!(striped > 0, "no striped file was left");
+}
+
+/// The same as the unprivileged `tests` user (the test thread's file
+/// system uid and gid, no supplementary groups, so no capability to
+/// override a permission or keep a set-uid bit): every refusal and what a
+/// write does to a set-uid file as in a local directory of that user.
+#[test]
+fn random_operations_as_a_user_match_a_local_directory() {
+    let c = common::Cluster::with_kdfs(2);
+    let (uid, gid) = common::tests_user();
+    let local = tempfile::tempdir_in(common::test_dir()).unwrap();
+    fs::set_permissions(local.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut bases = Vec::new();
+    for seed in 30..33u64 {
+        let base = format!("run{seed}");
+        for root in [local.path(), c.mnt(0)] {
+            fs::create_dir(root.join(&base)).unwrap();
+            std::os::unix::fs::chown(root.join(&base), Some(uid), Some(gid)).unwrap();
+        }
+        bases.push((seed, base));
+    }
+    let (mounts, local_path) = ([c.mnt(0), c.mnt(1)], local.path());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            as_user_on_this_thread(uid, gid);
+            for (seed, base) in &bases {
+                operate_in_bursts(mounts, local_path, base, *seed);
+            }
+        })
+        .join()
+        .unwrap();
+    });
+    // (as root: the operations may have left what the user cannot read)
+    for (seed, base) in &bases {
+        same_trees(mounts, local_path, base, *seed);
+    }
+}
+
+/// This thread's file system identity becomes `uid`/`gid`, without
+/// supplementary groups (raw system calls: libc's would change every
+/// thread's).
+fn as_user_on_this_thread(uid: u32, gid: u32) {
+    // SAFETY: plain credential system calls, on this thread only.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+            0
+        );
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        assert_eq!(libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32, uid);
+    }
 }
 
 /// krgd's crash points (`kdfs::store::crash`) an operation may reach.
