@@ -35,8 +35,8 @@ fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
 /// Post-copy (`--postcopy`): the process runs on the target before its
 /// memory is there, its pages pulled from the origin as it touches them
 /// and behind it; every page still holds what the process last wrote,
-/// there and back, and each origin drops its copy of the image once the
-/// target has it all.
+/// there, back and there again, and each origin drops its copy of the
+/// image once the target has it all.
 #[test]
 fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
     let _g = serial();
@@ -64,5 +64,85 @@ fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
     assert!(pulled >= (64 << 20) as f64, "pulled {pulled} bytes");
     // and, as the target, waited for the cluster to place the process
     assert!(m["krg_migration_placement_seconds_count"] >= 1.0, "{m:?}");
+    // Back on node 1, behind its stand-in, it moves again by the PID its
+    // parent knows (node 1 knew it was back: it said "runs on node 2; this
+    // is its stand-in" before, and nothing could move it any more).
+    let o = migrate(&c, 1, &["--postcopy", &pid.to_string(), "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    grows(&out, last(&out));
+    assert!(ps(&c, 1).contains(&(2, pid as i64)), "{:?}", ps(&c, 1));
+    stamps_intact(&out, pid);
+    Ok(())
+}
+
+/// The checkpoint engine's churner (`checkpoint/tests/progs/churn.c`),
+/// moved there and back twice, with pre-copy and post-copy, while it
+/// changes its memory in every way a copy made while it runs could get
+/// wrong — pages rewritten, ranges dropped (MADV_DONTNEED), an area moved
+/// into a hole with `mremap`, one unmapped and mapped again, the heap
+/// grown — and checks all of it each step: every line after the moves
+/// still "ok", and every step once, in order.
+///
+/// **Fails in about one run in five (Dec 7 2026), an open fault**: a
+/// page the process dropped before a pre-copy move (absent from the image,
+/// so zero on the target) and wrote again on the target is missing from
+/// the image of its next move — zero there (`BAD page N (ver 1 …)` right
+/// after that move). Seen with and without a stand-in; not seen in 20
+/// runs of post-copy moves only, nor with `checkpoint` and `restart
+/// --lazy` alone. `cargo test -p krg-tests --test migrate -- --ignored
+/// churning` reproduces it; docs/migration.md, Limits.
+#[test]
+#[ignore = "reproduces an open fault: a page written after a pre-copy move can be lost by the next move"]
+fn a_churning_process_keeps_its_memory_across_moves() -> Result<()> {
+    let _g = serial();
+    let c = formed(2)?;
+    let exe = c.dir.path().join("churn");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../checkpoint/tests/progs/churn.c");
+    let o = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    let out = c.dir.path().join("churn.txt");
+    let mut cmd = Command::new(&exe);
+    detached_stdio(cmd.arg("32")).stdout(std::fs::File::create(&out)?);
+    let mut child: Child = cmd.spawn()?;
+    let job = Job(child.id() as i32);
+    std::thread::spawn(move || child.wait());
+    let pid = job.0;
+    capset(&c, 1, pid);
+    let mut count = grows(&out, 0);
+    // pre-copy there, post-copy back, post-copy there, pre-copy back
+    for (how, from, to) in [
+        ("", 1, 2),
+        ("--postcopy", 2, 1),
+        ("--postcopy", 1, 2),
+        ("", 2, 1),
+    ] {
+        let mut args = vec![format!("{from}:{pid}"), to.to_string()];
+        if !how.is_empty() {
+            args.insert(0, how.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = migrate(&c, 1, &args);
+        assert!(o.status.success(), "{how} to {to}: {}", err(&o));
+        count = grows(&out, count);
+    }
+    let text = std::fs::read_to_string(&out)?;
+    let steps: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            assert!(
+                l.ends_with(" ok"),
+                "the churner found its memory wrong: {l}"
+            );
+            l.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[1] == w[0] + 1),
+        "a step lost or repeated across the moves"
+    );
     Ok(())
 }

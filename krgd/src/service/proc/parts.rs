@@ -42,6 +42,7 @@ use super::migrate::adopt;
 use super::migrate::registry::{start_ticks, PendingStandIn, StandInStream};
 use super::migrate::restore::Lazy;
 use super::migrate::{incoming, Clock};
+use super::remote::RunsOn;
 use super::serve;
 use super::session;
 use super::state::ProcState;
@@ -171,7 +172,9 @@ async fn bring_back(
     let on = if copy.is_some() { st.node() } else { part.node };
     let opened = async {
         match &copy {
-            Some(root) => from_copy(st, &part, root).await,
+            Some(root) => from_copy(st, &part, root)
+                .await
+                .map(|sess| (sess, RunsOn::new(on))),
             None => {
                 let adopt = AdoptSaved {
                     version: SESSION_VERSION,
@@ -182,7 +185,7 @@ async fn bring_back(
                 };
                 super::remote::open_adopted_saved(st, part.node, adopt, ADOPT_TIMEOUT)
                     .await
-                    .map(|(sess, _)| sess)
+                    .map(|(sess, _, runs_on)| (sess, runs_on))
             }
         }
     };
@@ -197,8 +200,8 @@ async fn bring_back(
         );
         return false; // the session dropped ends the job
     }
-    let sess = match opened {
-        Ok(sess) => sess,
+    let (sess, runs_on) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             tracing::warn!(pid, node = on, error = %e.message, "a part of an application did not run again");
             let _ = session.send(Err(e));
@@ -206,7 +209,7 @@ async fn bring_back(
         }
     };
     if let Some(start) = start_ticks(pid) {
-        crate::sync::lock(&st.migration.standins.active).insert(pid, (start, on));
+        crate::sync::lock(&st.migration.standins.active).insert(pid, (start, runs_on));
     }
     tracing::info!(
         pid,

@@ -13,7 +13,7 @@
 //! failure detection time). Dropping the input closes the connection, and
 //! the target kills the session's jobs.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,17 +103,38 @@ pub async fn open(
     });
     open_with(st, node, first, count, OPEN_TIMEOUT)
         .await
-        .map(|(s, _)| s)
+        .map(|(s, _, _)| s)
+}
+
+/// Where the job of a session of one job runs now, kept as it moves on
+/// (the session's reader follows it, see `reading`): a stand-in's record
+/// of where its process runs (`migrate::registry::StandIns`).
+#[derive(Clone, Debug)]
+pub struct RunsOn(Arc<AtomicU32>);
+
+impl RunsOn {
+    pub fn new(node: NodeId) -> Self {
+        RunsOn(Arc::new(AtomicU32::new(node)))
+    }
+
+    pub fn get(&self) -> NodeId {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, node: NodeId) {
+        self.0.store(node, Ordering::Relaxed);
+    }
 }
 
 /// Hand a migrating `krg run` job to `node`: it restores the job (an
-/// image it holds) and carries its session stream back.
+/// image it holds) and carries its session stream back; with the
+/// target's phases, and where the job runs as it moves on.
 pub async fn open_adopted(
     st: &ProcState,
     node: NodeId,
     adopt: krg_proto::migrate::AdoptJob,
     timeout: Duration,
-) -> Result<(Session, Vec<PhaseTime>), AdminError> {
+) -> Result<(Session, Vec<PhaseTime>, RunsOn), AdminError> {
     open_with(st, node, ProcPeerRequest::AdoptJob(adopt), 1, timeout).await
 }
 
@@ -124,20 +145,21 @@ pub async fn open_adopted_saved(
     node: NodeId,
     adopt: krg_proto::proc::AdoptSaved,
     timeout: Duration,
-) -> Result<(Session, Vec<PhaseTime>), AdminError> {
+) -> Result<(Session, Vec<PhaseTime>, RunsOn), AdminError> {
     open_with(st, node, ProcPeerRequest::AdoptSaved(adopt), 1, timeout).await
 }
 
 /// A session connection to `node` whose first message is `first`, answered
 /// by a session of `count` jobs within `timeout`; with the target's
-/// phases when it took a job over.
+/// phases when it took a job over, and where its job runs (of a session
+/// of one: kept as the job moves on).
 async fn open_with(
     st: &ProcState,
     node: NodeId,
     first: ProcPeerRequest,
     count: u32,
     timeout: Duration,
-) -> Result<(Session, Vec<PhaseTime>), AdminError> {
+) -> Result<(Session, Vec<PhaseTime>, RunsOn), AdminError> {
     let (mut stream, mut keys) = tokio::time::timeout(OPEN_TIMEOUT, connect(&st.ctx, node))
         .await
         .map_err(|_| unavailable(node, format!("no session within {OPEN_TIMEOUT:?}")))??;
@@ -203,7 +225,9 @@ async fn open_with(
         switch: switch_tx,
         rejoining: Arc::default(),
         next_path: Arc::new(AtomicU32::new(1)),
+        runs_on: RunsOn::new(node),
     };
+    let runs_on = shared.runs_on.clone();
     let reading = reading::Reading {
         shared,
         node,
@@ -216,5 +240,5 @@ async fn open_with(
         input: in_tx,
         events: ev_rx,
     };
-    Ok((session, phases))
+    Ok((session, phases, runs_on))
 }

@@ -241,13 +241,19 @@ async fn move_here(
     }
     fanout::check_online(st, to)?;
     fanout::check_owner(st, to, who.uid)?;
-    if let Some(on) = st.migration.standins.runs_on(pid) {
-        return Err(err(
-            ErrorKind::InvalidArgument,
+    // A krg run job's program moves with its descendants and its session
+    // (also a process back on the node of its stand-in: a job here whose
+    // PID, as it sees it, is its stand-in's).
+    let job = runjob::find(st, pid)?;
+    if let (None, Some(on)) = (&job, st.migration.standins.runs_on(pid)) {
+        let msg = if on == me {
+            format!("process {pid} is a stand-in whose process is not found on node {me} (krg ps shows where it runs)")
+        } else {
             format!(
                 "process {pid} runs on node {on}; this is its stand-in (migrate {on}:{pid} {to})"
-            ),
-        ));
+            )
+        };
+        return Err(err(ErrorKind::InvalidArgument, msg));
     }
     if let Some(why) = restore::unavailable() {
         return Err(err(
@@ -255,8 +261,6 @@ async fn move_here(
             format!("node {me} could not take the process back if the target failed: {why}"),
         ));
     }
-    // A krg run job's program moves with its descendants and its session.
-    let job = runjob::find(st, pid)?;
     let pid = job.as_ref().map_or(pid, |j| j.host_pid);
     let (tree, in_job) = (req.tree || job.is_some(), job.is_some());
     let stdio = job.as_ref().map(|j| j.stdio_files()).unwrap_or_default();

@@ -22,6 +22,7 @@ use krg_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::entry::Entry;
+use crate::service::proc::remote::RunsOn;
 
 /// A process that migrated in.
 #[derive(Debug, Clone, Copy)]
@@ -91,8 +92,8 @@ pub struct PendingStandIn {
 pub struct StandIns {
     /// Not connected yet, by token.
     pub pending: Mutex<HashMap<u64, PendingStandIn>>,
-    /// Connected, by PID: its start time, and the node its process runs on.
-    pub active: Mutex<HashMap<i32, (u64, NodeId)>>,
+    /// Connected, by PID: its start time, and where its process runs.
+    pub active: Mutex<HashMap<i32, (u64, RunsOn)>>,
 }
 
 impl StandIns {
@@ -107,8 +108,18 @@ impl StandIns {
     /// live stand-in.
     pub fn runs_on(&self, pid: i32) -> Option<NodeId> {
         let active = crate::sync::lock(&self.active);
-        let &(start, node) = active.get(&pid)?;
-        (start_ticks(pid) == Some(start)).then_some(node)
+        let (start, node) = active.get(&pid)?;
+        (start_ticks(pid) == Some(*start)).then(|| node.get())
+    }
+
+    /// The process of stand-in `pid` (if `pid` is one here whose process
+    /// ran on `from`, this node) moved on to `to`.
+    pub fn moved(&self, pid: i32, from: NodeId, to: NodeId) {
+        if let Some((_, node)) = crate::sync::lock(&self.active).get(&pid) {
+            if node.get() == from {
+                node.set(to);
+            }
+        }
     }
 }
 

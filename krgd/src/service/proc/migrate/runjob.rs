@@ -238,7 +238,10 @@ pub async fn to_target(
         detached: p.entry.detached,
     };
     match super::super::remote::open_adopted(st, to, adopt, ADOPT_TIMEOUT).await {
-        Ok((sess, phases)) => {
+        Ok((sess, phases, _)) => {
+            // its stand-in here, if it has one, knows where it went (a
+            // stand-in elsewhere learns it from its session's reader)
+            st.migration.standins.moved(p.entry.pid, st.node(), to);
             // the node whose stream carries the job's session here may
             // join it on the target instead (see `relay`)
             let joiner = *crate::sync::lock(&p.entry.carrier);

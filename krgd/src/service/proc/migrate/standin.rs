@@ -39,6 +39,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::local_stream;
+use super::super::remote::RunsOn;
 use super::super::session::{self, Session};
 use super::super::state::ProcState;
 use super::adopt::{self, JobImage};
@@ -273,12 +274,12 @@ impl Made {
         match adopt::start(st, img, &mut Clock::new(), Lazy::No).await {
             Ok(job) => {
                 let sess = session::spawn_started(st.clone(), job, None);
-                self.run(st, st.node(), Ok(sess));
+                self.run(st, RunsOn::new(st.node()), Ok(sess));
                 Ok(())
             }
             Err(e) => {
                 let why = e.message.clone();
-                self.run(st, st.node(), Err(e));
+                self.run(st, RunsOn::new(st.node()), Err(e));
                 Err(why)
             }
         }
@@ -292,7 +293,7 @@ impl Made {
             .send(Err(AdminError::new(ErrorKind::Unavailable, why)));
     }
 
-    fn run(self, st: &ProcState, on: NodeId, sess: Result<Session, AdminError>) {
+    fn run(self, st: &ProcState, on: RunsOn, sess: Result<Session, AdminError>) {
         if let (Ok(_), Some(start)) = (&sess, start_ticks(self.pid)) {
             crate::sync::lock(&st.migration.standins.active).insert(self.pid, (start, on));
         }
@@ -333,11 +334,11 @@ pub async fn hand_over(
         unsafe { libc::kill(pid, libc::SIGKILL) };
     };
     match (adopted, ready) {
-        (Ok((sess, phases)), Ok(m)) => {
-            m.run(st, to, Ok(sess));
+        (Ok((sess, phases, runs_on)), Ok(m)) => {
+            m.run(st, runs_on, Ok(sess));
             Ok(phases)
         }
-        (Ok((sess, phases)), Err(why)) => {
+        (Ok((sess, phases, _)), Err(why)) => {
             tracing::warn!(
                 pid,
                 why,
@@ -401,7 +402,7 @@ pub async fn serve(st: &Arc<ProcState>, mut stream: UnixStream, caller: &Caller,
     };
     let on = crate::sync::lock(&st.migration.standins.active)
         .get(&pid)
-        .map_or(st.node(), |&(_, n)| n);
+        .map_or(st.node(), |(_, n)| n.get());
     let reply = AdminResponse::Proc(ProcReply::Session { jobs: vec![on] });
     if write_frame(&mut stream, &reply).await.is_ok() {
         let watch = tokio::spawn(stop_watch(pid, input.clone()));

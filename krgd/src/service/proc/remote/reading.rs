@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::super::liveness::is_alive;
 use super::super::sealed::{self, drain, Incoming, Outgoing};
 use super::input::{PathId, Switch};
+use super::RunsOn;
 use super::{connect, OPEN_TIMEOUT};
 use crate::context::NodeContext;
 
@@ -37,6 +38,8 @@ pub struct Shared {
     /// from its `PathEnd` to the joined stream (the input side waits for
     /// that reader's stream meanwhile).
     pub rejoining: Arc<tokio::sync::Mutex<()>>,
+    /// Where the session's job runs (of a session of one job).
+    pub runs_on: RunsOn,
     /// The next stream's id.
     pub next_path: Arc<AtomicU32>,
 }
@@ -90,6 +93,7 @@ impl Reading {
                                 Ok((_, joined)) => {
                                     tokio::spawn(drain(std::mem::replace(&mut down, joined)));
                                     self.node = node;
+                                    self.shared.runs_on.set(node);
                                 }
                                 Err(why) => {
                                     self.node = node;
