@@ -140,7 +140,12 @@ impl ProcMem {
             }
             if tracked {
                 let mut mine = Vec::new();
-                match self.tracked(s, e, &mut mine) {
+                let r = self.tracked(s, e, &mut mine);
+                let r = r.and_then(|()| match frozen {
+                    true => self.kept_changed(s, e, &mut mine),
+                    false => Ok(()),
+                });
+                match r {
                     Ok(()) => jobs.extend(mine),
                     // the running process changed this mapping under us:
                     // start it over next round
@@ -173,6 +178,35 @@ impl ProcMem {
         }
         self.last_round = done.bytes;
         Ok(done.bytes)
+    }
+
+    /// The frozen round's second look at the pages of `[s, e)` left as
+    /// the kernel's (a zero page, a page of the mapped file: not saved):
+    /// any that holds data of its own now is taken. A page can become so
+    /// without being reported written: found with a process restored
+    /// lazily and moved again (`a_churning_process_keeps_its_memory_across_moves`),
+    /// where pages kept as zero pages were present, write-protected and
+    /// not reported written at the freeze, though they held what the
+    /// process wrote — and came back as zeros.
+    fn kept_changed(&mut self, s: u64, e: u64, jobs: &mut Vec<Job>) -> Result<()> {
+        let kept: Vec<(u64, u64)> = self
+            .map
+            .runs_in(s, e)
+            .into_iter()
+            .filter(|r| r.page == Page::Keep)
+            .map(|r| (r.start, r.end))
+            .collect();
+        let mut now = Vec::new();
+        for (a, b) in kept {
+            self.pm
+                .scan(a, b, Scan::resident(), &mut now)
+                .map_err(sys(self.pid, "PAGEMAP_SCAN (kept pages)"))?;
+        }
+        now.retain(|r| saveable(r.categories));
+        self.frozen_written
+            .extend(now.iter().map(|r| (r.start, r.end)));
+        self.take(&now, jobs);
+        Ok(())
     }
 
     /// A round over one tracked mapping `[s, e)`.
