@@ -22,24 +22,8 @@ fn random_operation_sequences_match_a_local_directory() {
     let c = common::Cluster::with_kdfs(2);
     let local = tempfile::tempdir().unwrap();
     for seed in 0..4u64 {
-        let base = format!("run{seed}");
-        fs::create_dir(local.path().join(&base)).unwrap();
-        fs::create_dir(c.mnt(0).join(&base)).unwrap();
-        let mut rng = StdRng::seed_from_u64(seed);
-        for step in 0..300 {
-            let op = random_op(&mut rng);
-            // Alternate the node the operation is issued on.
-            let k = c.mnt(step % 2).join(&base);
-            let want = apply(&local.path().join(&base), &op);
-            let got = apply(&k, &op);
-            assert_eq!(got, want, "seed {seed} step {step}: {op:?}");
-        }
-        let (a, b) = (
-            snapshot(&local.path().join(&base)),
-            snapshot(&c.mnt(1).join(&base)),
-        );
-        assert_eq!(a, b, "seed {seed}: final trees differ");
-        check_counts(&c.mnt(0).join(&base));
+        let base = fresh_base(c.mnt(0), local.path(), seed);
+        compare(ALTERNATING, [c.mnt(0), c.mnt(1)], local.path(), &base, seed);
     }
 }
 
@@ -53,46 +37,11 @@ fn random_operations_in_bursts_on_one_mount_match_a_local_directory() {
     let c = common::Cluster::with_kdfs(2);
     let local = tempfile::tempdir().unwrap();
     for seed in 10..14u64 {
-        let base = format!("run{seed}");
-        fs::create_dir(local.path().join(&base)).unwrap();
-        fs::create_dir(c.mnt(0).join(&base)).unwrap();
-        in_bursts([c.mnt(0), c.mnt(1)], local.path(), &base, seed);
+        let base = fresh_base(c.mnt(0), local.path(), seed);
+        compare(BURSTS, [c.mnt(0), c.mnt(1)], local.path(), &base, seed);
     }
     // (not a test without loans)
     assert!(c.served(0, &["lend"]) + c.served(1, &["lend"]) >= 2.0);
-}
-
-/// Seed `seed`'s wide operations in bursts on the two `mounts`, under
-/// `base` there and in `local`: every answer, then both mounts' trees and
-/// their link counts, as in the local directory.
-fn in_bursts(mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
-    operate_in_bursts(mounts, local, base, seed);
-    same_trees(mounts, local, base, seed);
-}
-
-/// The operations of [`in_bursts`], every answer compared.
-fn operate_in_bursts(mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut turns = Turns::bursts();
-    for step in 0..300 {
-        let on = turns.next(&mut rng);
-        let op = random_op_wide(&mut rng);
-        let got = apply(&mounts[on].join(base), &op);
-        if refused_across_nodes(&op, &got) {
-            continue;
-        }
-        let want = apply(&local.join(base), &op);
-        assert_eq!(got, want, "seed {seed} step {step} on mount {on}: {op:?}");
-    }
-}
-
-/// The trees of [`in_bursts`] compared.
-fn same_trees(mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
-    let want = snapshot(&local.join(base));
-    for (i, m) in mounts.iter().enumerate() {
-        assert_eq!(want, snapshot(&m.join(base)), "seed {seed}: mount {i}");
-    }
-    check_counts(&mounts[0].join(base));
 }
 
 /// The same in a directory striped in units of 4 KiB over three nodes:
@@ -103,10 +52,8 @@ fn random_operations_in_a_striped_directory_match_a_local_directory() {
     let local = tempfile::tempdir().unwrap();
     let mut striped = 0;
     for seed in 20..23u64 {
-        let base = format!("run{seed}");
-        fs::create_dir(local.path().join(&base)).unwrap();
+        let base = fresh_base(c.mnt(0), local.path(), seed);
         let dir = c.mnt(0).join(&base);
-        fs::create_dir(&dir).unwrap();
         let set = std::process::Command::new(env!("CARGO_BIN_EXE_kdfsctl"))
             .args(["stripe", "4K:3"])
             .arg(&dir)
@@ -117,7 +64,7 @@ fn random_operations_in_a_striped_directory_match_a_local_directory() {
             "{}",
             String::from_utf8_lossy(&set.stderr)
         );
-        in_bursts([c.mnt(0), c.mnt(1)], local.path(), &base, seed);
+        compare(BURSTS, [c.mnt(0), c.mnt(1)], local.path(), &base, seed);
         let files = snapshot(&dir)
             .into_iter()
             .filter(|(_, f)| f.1 & libc::S_IFMT == libc::S_IFREG);
@@ -147,9 +94,8 @@ fn random_operations_as_a_user_match_a_local_directory() {
     fs::set_permissions(local.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let mut bases = Vec::new();
     for seed in 30..33u64 {
-        let base = format!("run{seed}");
+        let base = fresh_base(c.mnt(0), local.path(), seed);
         for root in [local.path(), c.mnt(0)] {
-            fs::create_dir(root.join(&base)).unwrap();
             std::os::unix::fs::chown(root.join(&base), Some(uid), Some(gid)).unwrap();
         }
         bases.push((seed, base));
@@ -159,7 +105,7 @@ fn random_operations_as_a_user_match_a_local_directory() {
         s.spawn(|| {
             as_user_on_this_thread(uid, gid);
             for (seed, base) in &bases {
-                operate_in_bursts(mounts, local_path, base, *seed);
+                operate(BURSTS, mounts, local_path, base, *seed);
             }
         })
         .join()
@@ -253,22 +199,19 @@ fn crash_campaign(
     seeds: std::ops::Range<u64>,
     steps: usize,
     max_crashes: usize,
-    make_turns: fn() -> Turns,
-    make_op: fn(&mut StdRng) -> Op,
+    mix: Mix,
 ) -> usize {
     let mut c = common::Cluster::with_kdfs(2);
     let local = tempfile::tempdir().unwrap();
     let mut crashes = 0;
     for seed in seeds {
-        let base = format!("run{seed}");
+        let base = fresh_base(c.mnt(0), local.path(), seed);
         let lbase = local.path().join(&base);
-        fs::create_dir(&lbase).unwrap();
-        fs::create_dir(c.mnt(0).join(&base)).unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut turns = make_turns();
+        let mut turns = (mix.turns)();
         for step in 0..steps {
             let on = turns.next(&mut rng);
-            let op = make_op(&mut rng);
+            let op = (mix.op)(&mut rng);
             let arm = crashes < max_crashes && !points(&op).is_empty();
             let armed = (arm && rng.random_range(0..3) == 0).then(|| {
                 let node = rng.random_range(0..2);
@@ -322,7 +265,7 @@ fn crash_campaign(
 #[test]
 fn random_operations_with_krgd_crashes_are_repaired_by_fsck() {
     // These seeds reach 7 crash points (creates, mkdirs, a link, an rmdir).
-    let crashes = crash_campaign(0..3, 60, usize::MAX, Turns::alternating, random_op);
+    let crashes = crash_campaign(0..3, 60, usize::MAX, ALTERNATING);
     assert!(crashes >= 3, "only {crashes} crash points were reached");
 }
 
@@ -330,12 +273,12 @@ fn random_operations_with_krgd_crashes_are_repaired_by_fsck() {
 #[test]
 #[ignore]
 fn random_operations_with_krgd_crashes_campaign() {
-    let crashes = crash_campaign(100..116, 300, usize::MAX, Turns::alternating, random_op);
+    let crashes = crash_campaign(100..116, 300, usize::MAX, ALTERNATING);
     eprintln!("{crashes} crashes");
     assert!(crashes >= 20, "only {crashes} crash points were reached");
     // in bursts, with symlinks and renameat2: directories lent to a mount
     // when its krgd dies
-    let crashes = crash_campaign(200..216, 300, usize::MAX, Turns::bursts, random_op_wide);
+    let crashes = crash_campaign(200..216, 300, usize::MAX, BURSTS);
     eprintln!("{crashes} crashes in bursts");
     assert!(
         crashes >= 20,

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 pub const NAMES: [&str; 6] = ["a", "b", "c", "d/x", "d/y", "e/d/z"];
 pub const DIRS: [&str; 3] = ["d", "e", "e/d"];
@@ -297,4 +297,65 @@ pub fn copy_tree(from: &Path, to: &Path) {
     for (r, mode) in dirs {
         fs::set_permissions(to.join(r), fs::Permissions::from_mode(mode)).unwrap();
     }
+}
+
+/// Which mount issues each operation, and which operations.
+#[derive(Clone, Copy)]
+pub struct Mix {
+    pub turns: fn() -> Turns,
+    pub op: fn(&mut StdRng) -> Op,
+}
+
+/// The two mounts in turn, the first set of operations.
+pub const ALTERNATING: Mix = Mix {
+    turns: Turns::alternating,
+    op: random_op,
+};
+
+/// Bursts of 1 to 30 on one mount, the wide set (symlinks, renameat2,
+/// exclusive creates).
+pub const BURSTS: Mix = Mix {
+    turns: Turns::bursts,
+    op: random_op_wide,
+};
+
+/// `run<seed>` made in `local` and through `mount`: its name.
+pub fn fresh_base(mount: &Path, local: &Path, seed: u64) -> String {
+    let base = format!("run{seed}");
+    fs::create_dir(local.join(&base)).unwrap();
+    fs::create_dir(mount.join(&base)).unwrap();
+    base
+}
+
+/// Seed `seed`'s operations of `mix` on the two `mounts`, under `base`
+/// there and in `local`: every answer, then both mounts' trees and their
+/// link counts, as in the local directory.
+pub fn compare(mix: Mix, mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
+    operate(mix, mounts, local, base, seed);
+    same_trees(mounts, local, base, seed);
+}
+
+/// The operations of [`compare`], every answer compared.
+pub fn operate(mix: Mix, mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut turns = (mix.turns)();
+    for step in 0..300 {
+        let on = turns.next(&mut rng);
+        let op = (mix.op)(&mut rng);
+        let got = apply(&mounts[on].join(base), &op);
+        if refused_across_nodes(&op, &got) {
+            continue;
+        }
+        let want = apply(&local.join(base), &op);
+        assert_eq!(got, want, "seed {seed} step {step} on mount {on}: {op:?}");
+    }
+}
+
+/// The trees of [`compare`] compared.
+pub fn same_trees(mounts: [&Path; 2], local: &Path, base: &str, seed: u64) {
+    let want = snapshot(&local.join(base));
+    for (i, m) in mounts.iter().enumerate() {
+        assert_eq!(want, snapshot(&m.join(base)), "seed {seed}: mount {i}");
+    }
+    check_counts(&mounts[0].join(base));
 }
