@@ -140,10 +140,12 @@ impl ProcMem {
             }
             if tracked {
                 let mut mine = Vec::new();
-                let r = self.tracked(s, e, &mut mine);
-                let r = r.and_then(|()| match frozen {
-                    true => self.kept_changed(s, e, &mut mine),
-                    false => Ok(()),
+                let r = self.tracked(s, e, &mut mine).and_then(|()| {
+                    if frozen {
+                        self.kept_changed(s, e, &mut mine)
+                    } else {
+                        Ok(())
+                    }
                 });
                 match r {
                     Ok(()) => jobs.extend(mine),
