@@ -13,7 +13,7 @@
 //! failure detection time). Dropping the input closes the connection, and
 //! the target kills the session's jobs.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::context::NodeContext;
 
 use super::liveness::{until_gone, CutOff};
+pub use super::migrate::registry::RunsOn;
 use super::sealed::{self, Outgoing};
 use super::session::Session;
 use super::state::ProcState;
@@ -104,26 +105,6 @@ pub async fn open(
     open_with(st, node, first, count, OPEN_TIMEOUT)
         .await
         .map(|(s, _, _)| s)
-}
-
-/// Where the job of a session of one job runs now, kept as it moves on
-/// (the session's reader follows it, see `reading`): a stand-in's record
-/// of where its process runs (`migrate::registry::StandIns`).
-#[derive(Clone, Debug)]
-pub struct RunsOn(Arc<AtomicU32>);
-
-impl RunsOn {
-    pub fn new(node: NodeId) -> Self {
-        RunsOn(Arc::new(AtomicU32::new(node)))
-    }
-
-    pub fn get(&self) -> NodeId {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub fn set(&self, node: NodeId) {
-        self.0.store(node, Ordering::Relaxed);
-    }
 }
 
 /// Hand a migrating `krg run` job to `node`: it restores the job (an

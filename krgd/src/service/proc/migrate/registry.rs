@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,7 +23,6 @@ use krg_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::entry::Entry;
-use crate::service::proc::remote::RunsOn;
 
 /// A process that migrated in.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +85,26 @@ pub struct PendingStandIn {
     pub claimed: oneshot::Sender<()>,
     /// The moved process's session once it runs (or why it does not).
     pub session: oneshot::Receiver<Result<StandInStream, AdminError>>,
+}
+
+/// Where the job of a session of one job runs now, kept as it moves on
+/// (a remote session's reader follows it, `remote::reading`): a
+/// stand-in's record of where its process runs ([`StandIns`]).
+#[derive(Clone, Debug)]
+pub struct RunsOn(Arc<AtomicU32>);
+
+impl RunsOn {
+    pub fn new(node: NodeId) -> Self {
+        RunsOn(Arc::new(AtomicU32::new(node)))
+    }
+
+    pub fn get(&self) -> NodeId {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, node: NodeId) {
+        self.0.store(node, Ordering::Relaxed);
+    }
 }
 
 /// Stand-ins of processes that moved from here ([`super::standin`]).
