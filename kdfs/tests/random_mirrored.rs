@@ -6,7 +6,7 @@
 //! directory — answers to more operations too — and so must everything
 //! once node 2 is back and has taken its store back. Node 2 is killed
 //! right after the last operation: every change answered is on the
-//! mirror already.
+//! mirror already. And with three copies, two failures in a row.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -68,4 +68,57 @@ fn a_mirror_serves_what_random_operations_left() {
 #[ignore]
 fn a_mirror_serves_what_random_operations_left_campaign() {
     mirrored_run(100..112);
+}
+
+/// Three copies (`--replicas 3`, five nodes): random operations in node
+/// 2's directory through the mounts of nodes 1 and 2, then node 2 killed
+/// (one of its mirrors serves its store and copies it on to the other),
+/// more operations, then that serving mirror killed too: the last copy
+/// serves all of it, as the local directory has it.
+#[test]
+fn three_copies_serve_what_random_operations_left_after_two_failures() {
+    let mut c = Cluster::with_kdfs_formatted(5, &["--replicas", "3"]);
+    let synced = |c: &Cluster| {
+        c.plain_log(1)
+            .matches("kdfs mirror: full copy done")
+            .count()
+            >= 2
+    };
+    wait_until(
+        "both of node 2's mirrors copied",
+        Duration::from_secs(30),
+        || synced(&c),
+    );
+    let local = tempfile::tempdir().unwrap();
+    let local = local.path();
+    let seed = 40;
+    let base = fresh_base(c.mnt(1), local, seed);
+    operate(BURSTS, [c.mnt(0), c.mnt(1)], local, &base, seed);
+
+    c.kill_krgd(1);
+    let m1 = c.mnt(0).to_path_buf();
+    let one = [m1.as_path(), m1.as_path()];
+    same_trees(one, local, &base, seed);
+    operate(BURSTS, one, local, &base, seed + 1000);
+    let serves = |c: &Cluster, i: usize| {
+        c.plain_log(i)
+            .contains("node failed; this node serves its store")
+    };
+    let (server, other) = if serves(&c, 2) { (2, 3) } else { (3, 2) };
+    assert!(
+        serves(&c, server),
+        "neither node 3 nor node 4 serves node 2's store"
+    );
+    let onward = format!("full copy done to={} store=2", other + 1);
+    wait_until(
+        "the other mirror copied from the server",
+        Duration::from_secs(30),
+        || c.plain_log(server).contains(&onward),
+    );
+    operate(BURSTS, one, local, &base, seed + 2000);
+
+    c.kill_krgd(server);
+    same_trees(one, local, &base, seed + 2000);
+    let m5 = c.mnt(4).to_path_buf();
+    same_trees([m5.as_path(), m5.as_path()], local, &base, seed + 2000);
 }
