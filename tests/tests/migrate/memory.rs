@@ -91,26 +91,53 @@ fn postcopy_brings_every_page_after_the_process_runs() -> Result<()> {
 /// (`ProcMem::kept_changed`). 50 runs in a row passed with that.
 #[test]
 fn a_churning_process_keeps_its_memory_across_moves() -> Result<()> {
+    moved_four_times("churn", &["32"])
+}
+
+/// Four threads, each checking its own counters (in TLS and on its
+/// stack) every step, moved the same way: every thread comes back and goes
+/// on after each move (`checkpoint/tests/progs/threads.c`: "N BAD worker
+/// stuck" when one does not).
+#[test]
+fn a_multithreaded_process_keeps_every_thread_across_moves() -> Result<()> {
+    moved_four_times("threads", &[])
+}
+
+/// Three POSIX timers — periodic to the process, periodic to a thread,
+/// a one-shot far ahead — moved the same way: each still ticks, with its
+/// id and value, and the far one's time left only shrinks
+/// (`checkpoint/tests/progs/posixtimers.c`).
+#[test]
+fn a_process_keeps_its_posix_timers_across_moves() -> Result<()> {
+    moved_four_times("posixtimers", &[])
+}
+
+/// `prog` (of `checkpoint/tests/progs`, printing "N ok" each step, or
+/// "N BAD …") started with `args`, moved there and back twice — pre-copy
+/// there, post-copy back, post-copy there, pre-copy back — going on after
+/// each move: every line "ok", every step once, in order.
+fn moved_four_times(prog: &str, args: &[&str]) -> Result<()> {
     let _g = serial();
     let c = formed(2)?;
-    let exe = c.dir.path().join("churn");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../checkpoint/tests/progs/churn.c");
+    let exe = c.dir.path().join(prog);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../checkpoint/tests/progs")
+        .join(format!("{prog}.c"));
     let o = Command::new("cc")
-        .args(["-O2", "-o"])
+        .args(["-O2", "-pthread", "-o"])
         .arg(&exe)
         .arg(&src)
         .output()?;
     assert!(o.status.success(), "{}", err(&o));
-    let out = c.dir.path().join("churn.txt");
+    let out = c.dir.path().join(format!("{prog}.txt"));
     let mut cmd = Command::new(&exe);
-    detached_stdio(cmd.arg("32")).stdout(std::fs::File::create(&out)?);
+    detached_stdio(cmd.args(args)).stdout(std::fs::File::create(&out)?);
     let mut child: Child = cmd.spawn()?;
     let job = Job(child.id() as i32);
     std::thread::spawn(move || child.wait());
     let pid = job.0;
     capset(&c, 1, pid);
     let mut count = grows(&out, 0);
-    // pre-copy there, post-copy back, post-copy there, pre-copy back
     for (how, from, to) in [
         ("", 1, 2),
         ("--postcopy", 2, 1),
@@ -130,10 +157,7 @@ fn a_churning_process_keeps_its_memory_across_moves() -> Result<()> {
     let steps: Vec<u64> = text
         .lines()
         .map(|l| {
-            assert!(
-                l.ends_with(" ok"),
-                "the churner found its memory wrong: {l}"
-            );
+            assert!(l.ends_with(" ok"), "{prog} found itself wrong: {l}");
             l.split(' ').next().unwrap().parse().unwrap()
         })
         .collect();
