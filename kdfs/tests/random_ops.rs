@@ -143,7 +143,12 @@ fn points(op: &Op) -> &'static [&'static str] {
         Op::Rmdir(_) => &["remove-dir", "remove-entry"],
         Op::Rename(..) | Op::Rename2(..) => &["add-entry", "remove-entry", "rename"],
         Op::Link(..) => &["inc-link", "add-entry"],
-        Op::Truncate { .. } | Op::Chmod(..) | Op::Read(_) => &[],
+        Op::Truncate { .. }
+        | Op::Chmod(..)
+        | Op::Read(_)
+        | Op::SetXattr(..)
+        | Op::GetXattr(_)
+        | Op::RemoveXattr(_) => &[],
     }
 }
 
@@ -157,7 +162,10 @@ fn touched(op: &Op) -> Vec<&'static str> {
         | Op::Read(a)
         | Op::Chmod(a, _)
         | Op::Symlink(_, a)
-        | Op::CreateExcl(a) => vec![a],
+        | Op::CreateExcl(a)
+        | Op::SetXattr(a, _)
+        | Op::GetXattr(a)
+        | Op::RemoveXattr(a) => vec![a],
         Op::Rename(a, b) | Op::Link(a, b) | Op::Rename2(a, b, _) => vec![a, b],
     }
 }

@@ -38,6 +38,10 @@ pub enum Op {
     /// `renameat2` with `RENAME_EXCHANGE` or `RENAME_NOREPLACE`.
     Rename2(&'static str, &'static str, u32),
     CreateExcl(&'static str),
+    /// `user.k` set to 1 to 7 bytes of the given one, read, or removed.
+    SetXattr(&'static str, u8),
+    GetXattr(&'static str),
+    RemoveXattr(&'static str),
 }
 
 /// Symlink targets: a name, one up, one down, none.
@@ -47,11 +51,15 @@ pub fn pick<T: Copy>(rng: &mut StdRng, xs: &[T]) -> T {
     xs[rng.random_range(0..xs.len())]
 }
 
-/// [`random_op`] or, one time in three, a symlink, an exchange or
-/// no-replace rename, or an exclusive create.
+/// [`random_op`] or, about one time in two, a symlink, an exchange or
+/// no-replace rename, an exclusive create, or an extended attribute set,
+/// read or removed.
 pub fn random_op_wide(rng: &mut StdRng) -> Op {
     let any: Vec<&'static str> = NAMES.iter().chain(DIRS.iter()).copied().collect();
-    match rng.random_range(0..15) {
+    match rng.random_range(0..18) {
+        15 => Op::SetXattr(pick(rng, &any), rng.random()),
+        16 => Op::GetXattr(pick(rng, &any)),
+        17 => Op::RemoveXattr(pick(rng, &any)),
         0 | 1 => Op::Symlink(pick(rng, &TARGETS), pick(rng, &NAMES)),
         2 => Op::Rename2(pick(rng, &any), pick(rng, &any), libc::RENAME_EXCHANGE),
         3 => Op::Rename2(pick(rng, &any), pick(rng, &any), libc::RENAME_NOREPLACE),
@@ -135,6 +143,12 @@ pub fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
             .open(p(a))
             .map(|_| vec![])
             .map_err(e),
+        Op::SetXattr(a, b) => {
+            let value = vec![*b; usize::from(*b % 7) + 1];
+            super::xattrs::set(&p(a), "user.k", &value, 0).map(|()| vec![])
+        }
+        Op::GetXattr(a) => super::xattrs::get(&p(a), "user.k", 64),
+        Op::RemoveXattr(a) => super::xattrs::remove(&p(a), "user.k").map(|()| vec![]),
     }
 }
 
@@ -266,7 +280,8 @@ pub fn check_counts(root: &Path) {
     }
 }
 
-/// Make `to` a copy of tree `from` (hard links kept, modes too).
+/// Make `to` a copy of tree `from` (hard links kept, modes and the
+/// operations' extended attribute too).
 pub fn copy_tree(from: &Path, to: &Path) {
     fs::remove_dir_all(to).unwrap();
     fs::create_dir(to).unwrap();
@@ -289,13 +304,22 @@ pub fn copy_tree(from: &Path, to: &Path) {
                 first.insert(m.ino(), r);
             } else {
                 fs::write(to.join(&r), fs::read(from.join(&r)).unwrap()).unwrap();
+                copy_xattr(&from.join(&r), &to.join(&r));
                 fs::set_permissions(to.join(&r), fs::Permissions::from_mode(m.mode())).unwrap();
                 first.insert(m.ino(), r);
             }
         }
     }
     for (r, mode) in dirs {
+        copy_xattr(&from.join(&r), &to.join(&r));
         fs::set_permissions(to.join(r), fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// The operations' extended attribute (`user.k`) of `from`, if any, on `to`.
+fn copy_xattr(from: &Path, to: &Path) {
+    if let Ok(v) = super::xattrs::get(from, "user.k", 64) {
+        super::xattrs::set(to, "user.k", &v, 0).unwrap();
     }
 }
 
