@@ -167,7 +167,18 @@ impl Callbacks {
             });
             if fresh {
                 tracing::debug!(client = %format!("{client:016x}"), node, "kdfs: a caching mount registered");
-                Err(node == self.me && !st.loans.is_empty())
+                // a second mount of this node: the first stops keeping
+                // regular files' attributes (the second writes them in
+                // place, unseen), and lends nothing any more
+                let other_here = node == self.me
+                    && st.clients.iter().any(|(id, c)| {
+                        *id != client && c.node == self.me && now.duration_since(c.heard) <= GONE
+                    });
+                let waits = match other_here {
+                    true => self.deliver(&mut st, Some(client), &[(Inval::NotSole, Scope::Local)]),
+                    false => Vec::new(),
+                };
+                Err((other_here && !st.loans.is_empty(), waits))
             } else if !c.queue.is_empty() {
                 return Self::take(c);
             } else {
@@ -176,12 +187,15 @@ impl Callbacks {
         };
         let wake = match wake {
             Ok(wake) => wake,
-            Err(second_here) => {
+            Err((recall, waits)) => {
                 // A second mount of this node reads the store in place and
                 // caches what it reads: nothing of the store is lent then.
-                if second_here {
+                if recall {
                     self.recall_all(Some(client)).await;
                 }
+                // (answered once the first mount stopped keeping
+                // attributes: the second then writes nothing it would keep)
+                await_acks(waits).await;
                 return A::Invalidate {
                     seq: 0,
                     items: Vec::new(),
@@ -289,15 +303,7 @@ impl Callbacks {
             let _ = self.deliver(&mut st, client, &advisory);
             waits
         };
-        for w in waits {
-            match w.rx {
-                Some(mut rx) => {
-                    let seq = w.seq;
-                    let _ = tokio::time::timeout_at(w.until, rx.wait_for(|a| *a >= seq)).await;
-                }
-                None => tokio::time::sleep_until(w.until).await,
-            }
-        }
+        await_acks(waits).await;
     }
 
     /// Opens and releases for writing through other nodes: a file's first
@@ -372,7 +378,9 @@ impl Callbacks {
                 let holders = match item {
                     Inval::Entry { dir, .. } => st.entries.get(dir),
                     Inval::Attr(ino) => st.attrs.get(ino),
-                    Inval::Volatile(_) | Inval::Stable(_) | Inval::Recall(_) => None,
+                    Inval::Volatile(_) | Inval::Stable(_) | Inval::Recall(_) | Inval::NotSole => {
+                        None
+                    }
                 };
                 for (id, until) in holders.into_iter().flatten() {
                     add(*id, *until);
@@ -423,3 +431,17 @@ impl Callbacks {
 
 #[cfg(test)]
 mod tests;
+
+/// Wait for each mount told something to acknowledge it (or for what it
+/// held to expire, for one that does not answer).
+async fn await_acks(waits: Vec<Wait>) {
+    for w in waits {
+        match w.rx {
+            Some(mut rx) => {
+                let seq = w.seq;
+                let _ = tokio::time::timeout_at(w.until, rx.wait_for(|a| *a >= seq)).await;
+            }
+            None => tokio::time::sleep_until(w.until).await,
+        }
+    }
+}

@@ -92,7 +92,10 @@ pub type SessionId = u32;
 ///
 /// 10: kDFS directories lent to a node's sole mount (`Lend`, `Lent`,
 /// `Inval::Recall`).
-pub const PROTOCOL_VERSION: u16 = 10;
+///
+/// 11: `Inval::NotSole`, told to a node's first mount when a second one
+/// registers.
+pub const PROTOCOL_VERSION: u16 = 11;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,

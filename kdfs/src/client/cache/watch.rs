@@ -100,6 +100,13 @@ impl Cache {
                 Inval::Stable(ino) => self.set_volatile(*ino, false),
                 // (given back by the watcher already)
                 Inval::Recall(_) => {}
+                Inval::NotSole => {
+                    tracing::info!("kdfs: another mount of this node is up: this one keeps no regular file's attributes in the kernel from now on");
+                    self.no_longer_sole();
+                    for ino in self.take_given(self.local) {
+                        k.forget_attr(ino);
+                    }
+                }
             }
         }
         k.forget_entries(&entries);

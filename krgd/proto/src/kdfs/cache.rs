@@ -35,4 +35,8 @@ pub enum Inval {
     /// the loan known (`Open`), then acknowledge; from then on every change
     /// there goes through krgd again.
     Recall(InodeId),
+    /// Another mount of this node is up: keep none of the node's regular
+    /// files' attributes in the kernel from now on (the other one writes
+    /// them in place, unseen), and forget those kept.
+    NotSole,
 }
