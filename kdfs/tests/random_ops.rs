@@ -303,7 +303,7 @@ fn random_operations_with_krgd_crashes_campaign() {
 #[test]
 fn random_operations_through_two_mounts_of_one_node_match_a_local_directory() {
     let c = common::Cluster::with_kdfs(2);
-    let second = common::test_dir().join(format!("kdfs-second-{}", std::process::id()));
+    let second = c.root.path().join("second");
     let o = c.mount_at(0, &second, "kdfs-second.log");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let local = tempfile::tempdir().unwrap();
