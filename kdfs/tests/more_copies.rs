@@ -49,16 +49,7 @@ fn three_copies_outlive_two_failures() {
     let d = c.mnt(1).join("d");
     fs::create_dir(&d).unwrap();
     fs::write(d.join("f"), pattern(3 << 20, 9)).unwrap();
-    wait_until(
-        "both of node 2's mirrors copied",
-        Duration::from_secs(30),
-        || {
-            c.plain_log(1)
-                .matches("kdfs mirror: full copy done")
-                .count()
-                >= 2
-        },
-    );
+    c.wait_full_copies(1, 2);
     let (st, _) = c.kdfs_status(0);
     assert!(
         st.contains("node 2: mirrored on node 3 (in sync) and node 4 (in sync)"),
@@ -68,21 +59,7 @@ fn three_copies_outlive_two_failures() {
     c.kill_krgd(1);
     let through_1 = c.mnt(0).join("d");
     fs::write(through_1.join("g"), b"while node 2 was down").unwrap();
-    let serves = |i: usize| {
-        c.plain_log(i)
-            .contains("node failed; this node serves its store")
-    };
-    let (server, other) = if serves(2) { (2, 3) } else { (3, 2) };
-    assert!(
-        serves(server),
-        "neither node 3 nor node 4 serves node 2's store"
-    );
-    let onward = format!("full copy done to={} store=2", other + 1);
-    wait_until(
-        "the other mirror copied from the server",
-        Duration::from_secs(30),
-        || c.plain_log(server).contains(&onward),
-    );
+    let (server, other) = c.takeover_copied_on(1, [2, 3]);
     fs::write(through_1.join("h"), b"after the onward copy").unwrap();
 
     c.kill_krgd(server);

@@ -44,10 +44,7 @@ fn mirrored_run(seeds: std::ops::Range<u64>) {
     }
 
     c.start_krgd(1);
-    wait_until("node 2 serving again", Duration::from_secs(30), || {
-        let log = std::fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
-        log.contains("took the store back") && log.contains("kdfs mirror: full copy done")
-    });
+    c.wait_took_store_back(1);
     // (a mount tries a node it found down again after half a second)
     wait_until("node 2 back for mount 1", Duration::from_secs(10), || {
         std::fs::write(c.mnt(0).join("after"), b"after").is_ok()
@@ -78,17 +75,7 @@ fn a_mirror_serves_what_random_operations_left_campaign() {
 #[test]
 fn three_copies_serve_what_random_operations_left_after_two_failures() {
     let mut c = Cluster::with_kdfs_formatted(5, &["--replicas", "3"]);
-    let synced = |c: &Cluster| {
-        c.plain_log(1)
-            .matches("kdfs mirror: full copy done")
-            .count()
-            >= 2
-    };
-    wait_until(
-        "both of node 2's mirrors copied",
-        Duration::from_secs(30),
-        || synced(&c),
-    );
+    c.wait_full_copies(1, 2);
     let local = tempfile::tempdir().unwrap();
     let local = local.path();
     let seed = 40;
@@ -100,21 +87,7 @@ fn three_copies_serve_what_random_operations_left_after_two_failures() {
     let one = [m1.as_path(), m1.as_path()];
     same_trees(one, local, &base, seed);
     operate(BURSTS, one, local, &base, seed + 1000);
-    let serves = |c: &Cluster, i: usize| {
-        c.plain_log(i)
-            .contains("node failed; this node serves its store")
-    };
-    let (server, other) = if serves(&c, 2) { (2, 3) } else { (3, 2) };
-    assert!(
-        serves(&c, server),
-        "neither node 3 nor node 4 serves node 2's store"
-    );
-    let onward = format!("full copy done to={} store=2", other + 1);
-    wait_until(
-        "the other mirror copied from the server",
-        Duration::from_secs(30),
-        || c.plain_log(server).contains(&onward),
-    );
+    let (server, _) = c.takeover_copied_on(1, [2, 3]);
     operate(BURSTS, one, local, &base, seed + 2000);
 
     c.kill_krgd(server);

@@ -158,10 +158,7 @@ fn a_node_s_files_are_read_from_its_mirror_while_it_is_down() {
     // Back, node 2 takes its store back from node 3 (only what changed is
     // copied) before serving it, then mirrors it on node 3 again.
     c.start_krgd(1);
-    wait_until("node 2 serving again", Duration::from_secs(30), || {
-        let log = fs::read_to_string(c.nodes[1].data.join("krgd.log")).unwrap_or_default();
-        log.contains("took the store back") && log.contains("kdfs mirror: full copy done")
-    });
+    c.wait_took_store_back(1);
     // (a mount tries a node it found down again after half a second)
     wait_until("node 2 back for mount 1", Duration::from_secs(10), || {
         fs::write(through_1.join("after"), b"after").is_ok()

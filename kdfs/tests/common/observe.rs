@@ -20,6 +20,56 @@ impl Cluster {
         });
     }
 
+    /// Wait (30 s at most) until node index `i`'s krgd made `copies`
+    /// full copies of its store (one per mirror, `--replicas 3`: two).
+    pub fn wait_full_copies(&self, i: usize, copies: usize) {
+        wait_until("the node's mirrors copied", Duration::from_secs(30), || {
+            self.plain_log(i)
+                .matches("kdfs mirror: full copy done")
+                .count()
+                >= copies
+        });
+    }
+
+    /// Wait (30 s at most) until node index `i`'s krgd, back, took its
+    /// store back from a mirror and copied it to its mirror again.
+    pub fn wait_took_store_back(&self, i: usize) {
+        wait_until(
+            "the node serving its store again",
+            Duration::from_secs(30),
+            || {
+                let log = self.plain_log(i);
+                log.contains("took the store back") && log.contains("kdfs mirror: full copy done")
+            },
+        );
+    }
+
+    /// Node index `store`'s krgd is dead: which of its two `mirrors`
+    /// (node indices) serves its store, once it copied it on to the other
+    /// (30 s at most). `(serving, other)`.
+    pub fn takeover_copied_on(&self, store: usize, mirrors: [usize; 2]) -> (usize, usize) {
+        let serves = |i: usize| {
+            self.plain_log(i)
+                .contains("node failed; this node serves its store")
+        };
+        let [a, b] = mirrors;
+        let (server, other) = if serves(a) { (a, b) } else { (b, a) };
+        assert!(
+            serves(server),
+            "neither node {} nor node {} serves node {}'s store",
+            a + 1,
+            b + 1,
+            store + 1
+        );
+        let onward = format!("full copy done to={} store={}", other + 1, store + 1);
+        wait_until(
+            "the other mirror copied from the server",
+            Duration::from_secs(30),
+            || self.plain_log(server).contains(&onward),
+        );
+        (server, other)
+    }
+
     /// What node `i`'s mount.kdfs logged (info level).
     pub fn client_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.nodes[i].data.join("kdfs.log")).unwrap_or_default()
