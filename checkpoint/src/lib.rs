@@ -17,7 +17,8 @@
 //! Used by both sides: [`ptrace`] (seizing, registers, injected system
 //! calls) and [`procfs`] (parsers of /proc files); [`timings`] (where the
 //! time of a checkpoint or a restart goes, phase by phase); `ranges`
-//! (address-range arithmetic); [`sockopts`] (the socket options carried
+//! (address-range arithmetic); [`prealloc`] (blocks reserved before image
+//! data is written); [`sockopts`] (the socket options carried
 //! over); `netlock` (the
 //! nftables rules that hold a TCP connection still between `checkpoint
 //! --kill` and `restart`).
@@ -37,6 +38,7 @@ mod netlock;
 pub mod nodepid;
 pub mod ownproc;
 pub mod partcopy;
+pub mod prealloc;
 pub mod procfs;
 mod ptrace;
 mod ranges;

@@ -393,6 +393,16 @@ fn split_at_bytes(jobs: &[Job], bytes: u64) -> (Vec<Job>, Vec<Job>) {
     (head, tail)
 }
 
+/// Reserve the file's blocks from the first slot `jobs` write to the end
+/// of the last, in one call ([`crate::prealloc`]).
+fn reserve_slots(jobs: &[Job], file: &File) {
+    let first = jobs.iter().map(|j| j.slot).min();
+    let end = jobs.iter().map(|j| j.slot * PAGE + j.len).max();
+    if let (Some(first), Some(end)) = (first, end) {
+        crate::prealloc::reserve(file, DATA_OFF + first * PAGE, end - first * PAGE);
+    }
+}
+
 /// What a copy did: bytes copied, and the pieces it could not read (only
 /// when that was tolerated).
 pub struct Copied {
@@ -419,6 +429,7 @@ pub fn copy(
     }
     out.written
         .extend(jobs.iter().map(|j| (j.slot, j.len.div_ceil(PAGE))));
+    reserve_slots(jobs, &out.file);
     let path = format!("/proc/{pid}/mem");
     let mem = File::open(&path).map_err(|e| ChkptError::io(&path, e))?;
     let copied = AtomicU64::new(0);

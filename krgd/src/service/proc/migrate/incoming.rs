@@ -153,6 +153,8 @@ fn create(
         .map_err(|e| format!("{}: {e}", path.display()))?;
     file.set_len(len)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    // its data comes in pieces (chunks, or pulls after a post-copy handover)
+    checkpoint::prealloc::reserve(&file, 0, len);
     Ok(Entry {
         name: name.to_string(),
         file: Arc::new(file),
