@@ -95,7 +95,10 @@ pub type SessionId = u32;
 ///
 /// 11: `Inval::NotSole`, told to a node's first mount when a second one
 /// registers.
-pub const PROTOCOL_VERSION: u16 = 11;
+///
+/// 12: sealed frames under AEGIS-256X4 instead of AES-256-GCM
+/// ([`seal`]).
+pub const PROTOCOL_VERSION: u16 = 12;
 
 pub use keyfile::{
     KeyFileError, DEFAULT_CLUSTER_KEY, DEFAULT_KRG_MOUNT, DEFAULT_PLUGIN_REGISTRY,
