@@ -4,7 +4,7 @@
 //!   payloads (the handshake, the admin socket).
 //! * [`auth`]: the mutual HMAC-SHA256 challenge-response every TCP link starts with;
 //!   [`identity`]: who one end of a link is.
-//! * [`seal`]: the encrypted and authenticated frames (AES-256-GCM,
+//! * [`seal`]: the encrypted and authenticated frames (AEGIS-256X4,
 //!   keys per connection and direction) every TCP link carries after it.
 //! * [`admin`]: requests a local tool (krgadm, checkpoint, krgcapset, mount.kdfs)
 //!   sends to its node's krgd over the Unix socket.
