@@ -110,36 +110,77 @@ pub fn next_lines(rx: &std::sync::mpsc::Receiver<String>, count: usize) -> Vec<S
 
 /// The host PID of the moved copy of process `pid`: a process that moved
 /// with a stand-in runs in a PID namespace of its own where it is still
-/// `pid`, while the stand-in holds `pid` itself. Waits (5 s) until exactly
-/// one live process is that.
+/// `pid`, while the stand-in holds `pid` itself. Waits (10 s) until exactly
+/// one live process is that; otherwise panics naming every process that
+/// is `pid` in a namespace of its own (zombies too).
 pub fn moved_host_pid(pid: i32) -> i32 {
     let find = || {
-        let mut hits = Vec::new();
-        for e in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(host) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-                continue;
-            };
-            let zombie = status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'));
-            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"));
-            let ids: Vec<i32> = nspid
-                .map(|l| {
-                    l.split_whitespace()
-                        .filter_map(|t| t.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !zombie && host != pid && ids.last() == Some(&pid) && ids.len() > 1 {
-                hits.push(host);
-            }
-        }
+        let hits: Vec<i32> = copies_of(pid)
+            .into_iter()
+            .filter(|c| !c.zombie)
+            .map(|c| c.host)
+            .collect();
         (hits.len() == 1).then(|| hits[0])
     };
-    crate::wait_for(Duration::from_secs(5), "the moved copy", find).unwrap()
+    match crate::wait_for(Duration::from_secs(10), "the moved copy", find) {
+        Ok(host) => host,
+        Err(e) => panic!(
+            "{e}; processes that are {pid} in a PID namespace of their own: {:?}",
+            copies_of(pid)
+        ),
+    }
+}
+
+/// A process that is `pid` in a PID namespace of its own.
+#[derive(Debug)]
+#[allow(dead_code)] // fields read through Debug, in a failure's message
+struct Copy {
+    host: i32,
+    zombie: bool,
+    nspid: String,
+    cmdline: String,
+}
+
+/// Every process (but `pid` itself) whose innermost PID is `pid`.
+fn copies_of(pid: i32) -> Vec<Copy> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(host) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let nspid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let ids: Vec<i32> = nspid
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if host == pid || ids.last() != Some(&pid) || ids.len() < 2 {
+            continue;
+        }
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        let cmdline = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        out.push(Copy {
+            host,
+            zombie,
+            nspid,
+            cmdline,
+        });
+    }
+    out
 }
 
 /// A new pseudo-terminal: (master, slave), neither a controlling terminal.
