@@ -55,12 +55,17 @@ pub fn forget(st: &ProcState, xfer: u64) {
     crate::sync::lock(&st.migration.serving.0).remove(&xfer);
 }
 
-/// Stop serving `xfer` and remove its image; whether it was served.
+/// Stop serving `xfer` and remove its image; whether it was served. The
+/// removal runs on a blocking thread: freeing a GiB of page cache takes
+/// about 60 ms here, which would hold a runtime thread (and every task
+/// queued on it) that long.
 pub fn stop(st: &ProcState, xfer: u64) -> bool {
     let served = crate::sync::lock(&st.migration.serving.0).remove(&xfer);
     match served {
         Some(s) => {
-            let _ = std::fs::remove_dir_all(&s.root);
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_dir_all(&s.root);
+            });
             true
         }
         None => false,
