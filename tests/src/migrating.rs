@@ -134,7 +134,7 @@ pub fn moved_host_pid(pid: i32) -> i32 {
 /// A process that is `pid` in a PID namespace of its own.
 #[derive(Debug)]
 #[allow(dead_code)] // fields read through Debug, in a failure's message
-struct Copy {
+struct MovedCopy {
     host: i32,
     zombie: bool,
     nspid: String,
@@ -142,7 +142,7 @@ struct Copy {
 }
 
 /// Every process (but `pid` itself) whose innermost PID is `pid`.
-fn copies_of(pid: i32) -> Vec<Copy> {
+fn copies_of(pid: i32) -> Vec<MovedCopy> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -173,7 +173,7 @@ fn copies_of(pid: i32) -> Vec<Copy> {
         let cmdline = std::fs::read(e.path().join("cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
             .unwrap_or_default();
-        out.push(Copy {
+        out.push(MovedCopy {
             host,
             zombie,
             nspid,
