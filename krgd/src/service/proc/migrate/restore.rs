@@ -274,12 +274,15 @@ async fn run_restart(
     drop(w);
     // restart and its page server hold it now
     drop(fetch);
-    let refused = match gate {
+    let (refused, fence) = match gate {
         Some((ours, theirs, decision)) => {
             drop(theirs);
-            keep_gate(ours, decision).await
+            match keep_gate(ours, decision).await {
+                Ok(waited) => (None, waited),
+                Err(why) => (Some(why), None),
+            }
         }
-        None => None,
+        None => (None, None),
     };
     let status = match tokio::time::timeout(RESTORE_TIMEOUT, child.wait()).await {
         Ok(s) => s.map_err(|e| format!("waiting for restart: {e}"))?,
@@ -294,11 +297,13 @@ async fn run_restart(
         return Err(why);
     }
     if status.success() {
-        let phases = text
+        let mut phases = text
             .lines()
             .find(|l| l.starts_with("restart: timings:"))
             .map(checkpoint::timings::parse)
             .unwrap_or_default();
+        // the held tree's wait for the cluster's placement, inside restart's
+        phases.extend(fence.map(|d| ("fence".to_string(), d)));
         Ok((phases, text))
     } else if line.is_empty() {
         Err(format!("restart failed ({status})"))
@@ -308,29 +313,30 @@ async fn run_restart(
 }
 
 /// Wait until restart says the tree is ready on `gate`, then let it go
-/// or not as `decision` says: why not, if not. A restart that fails (or
-/// hangs) before it is ready is left to its exit status (or timeout).
-async fn keep_gate(gate: std::os::unix::net::UnixStream, decision: Decision) -> Option<String> {
-    let mut gate = match gate
+/// or not as `decision` says: why not, if not; if let go, how long the
+/// decision took once the tree was ready. A restart that fails (or hangs)
+/// before it is ready is left to its exit status (or timeout).
+async fn keep_gate(
+    gate: std::os::unix::net::UnixStream,
+    decision: Decision,
+) -> Result<Option<Duration>, String> {
+    let mut gate = gate
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(gate))
-    {
-        Ok(g) => g,
-        Err(e) => return Some(format!("restart's gate: {e}")),
-    };
+        .map_err(|e| format!("restart's gate: {e}"))?;
     let mut said = [0u8; 1];
     match tokio::time::timeout(RESTORE_TIMEOUT, gate.read(&mut said)).await {
         Ok(Ok(1)) if said[0] == READY => {}
-        _ => return None,
+        _ => return Ok(None),
     }
-    match decision.await {
-        Ok(()) => match gate.write_all(&[GO]).await {
-            Ok(()) => None,
-            Err(e) => Some(format!("restart's gate: {e}")),
-        },
-        // closing the gate kills the held processes
-        Err(why) => Some(why),
-    }
+    let ready = std::time::Instant::now();
+    // an error closes the gate, which kills the held processes
+    decision.await?;
+    let waited = ready.elapsed();
+    gate.write_all(&[GO])
+        .await
+        .map_err(|e| format!("restart's gate: {e}"))?;
+    Ok(Some(waited))
 }
 
 /// What restart wrote on its report pipe. restart has exited, so all of it
