@@ -234,18 +234,6 @@ impl Scan {
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
         }
     }
-    /// [`Scan::resident`], protecting every page it reports in the same
-    /// walk (the range must be registered for asynchronous write-protect).
-    /// The kernel looks at a page and protects it under one page-table
-    /// lock, so no write falls between what is reported and the
-    /// protection: one walk where a scan, an `UFFDIO_WRITEPROTECT` and a
-    /// second scan (to catch such writes) took three.
-    pub fn resident_protect() -> Self {
-        Scan {
-            flags: PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING,
-            ..Scan::resident()
-        }
-    }
 }
 
 /// `/proc/PID/pagemap`, open for `PAGEMAP_SCAN`.
@@ -449,71 +437,6 @@ mod tests {
                 .sum();
             assert_eq!(present, 15, "{res:?}");
             assert_eq!(pm.in_swap(a, a + len).unwrap(), vec![]);
-            libc::close(u);
-            libc::munmap(p.cast(), len as usize);
-        }
-    }
-
-    /// A protecting resident scan reports what a plain one does and
-    /// leaves every page it reported protected: a later write to one, be
-    /// it a page of data or the zero page, is reported written; the
-    /// others are not.
-    #[test]
-    fn a_protecting_scan_protects_what_it_reports() {
-        // SAFETY: test-local anonymous mapping, touched and scanned here only.
-        unsafe {
-            let len = 8 * 4096u64;
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            ) as *mut u8;
-            assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
-            // pages 1 and 3 written, 5 read only (the zero page), the rest
-            // never touched
-            for i in [1usize, 3] {
-                *p.add(i * 4096) = 1;
-            }
-            let _ = std::ptr::read_volatile(p.add(5 * 4096));
-            let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY;
-            let u = libc::syscall(libc::SYS_userfaultfd, flags) as i32;
-            assert!(u >= 0, "userfaultfd: {}", io::Error::last_os_error());
-            api(u, TRACKER_FEATURES).unwrap();
-            let a = p as u64;
-            register(u, a, len, REGISTER_MODE_WP).unwrap();
-            let pm = Pagemap::open(std::process::id() as i32).unwrap();
-            let pages = |v: &[Region]| -> Vec<(u64, u64)> {
-                v.iter()
-                    .flat_map(|r| {
-                        ((r.start - a) / 4096..(r.end - a) / 4096).map(|i| (i, r.categories))
-                    })
-                    .collect()
-            };
-            let mut plain = Vec::new();
-            pm.scan(a, a + len, Scan::resident(), &mut plain).unwrap();
-            let mut protected = Vec::new();
-            pm.scan(a, a + len, Scan::resident_protect(), &mut protected)
-                .unwrap();
-            assert_eq!(pages(&protected), pages(&plain));
-            let reported: Vec<u64> = pages(&protected).iter().map(|&(i, _)| i).collect();
-            assert_eq!(reported, vec![1, 3, 5]);
-            // (an untouched page counts as written: only these are looked at)
-            let written = || -> Vec<u64> {
-                let mut v = Vec::new();
-                pm.scan(a, a + len, Scan::written(false), &mut v).unwrap();
-                pages(&v)
-                    .into_iter()
-                    .map(|(i, _)| i)
-                    .filter(|i| [1, 3, 5].contains(i))
-                    .collect()
-            };
-            assert_eq!(written(), Vec::<u64>::new());
-            *p.add(3 * 4096) = 2;
-            *p.add(5 * 4096) = 2;
-            assert_eq!(written(), vec![3, 5]);
             libc::close(u);
             libc::munmap(p.cast(), len as usize);
         }

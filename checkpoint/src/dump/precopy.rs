@@ -214,9 +214,10 @@ impl ProcMem {
     /// A round over one tracked mapping `[s, e)`.
     fn tracked(&mut self, s: u64, e: u64, jobs: &mut Vec<Job>) -> Result<()> {
         let pid = self.pid;
-        if self.tracker.is_none() {
+        let Some(t) = &self.tracker else {
             return Ok(());
-        }
+        };
+        let uffd = t.raw();
         // known pages written (or dropped) since the last round: protected
         // again by the same walk
         let mut written = Vec::new();
@@ -229,17 +230,22 @@ impl ProcMem {
             self.frozen_written
                 .extend(written.iter().map(|r| (r.start, r.end)));
         }
-        // pages where none was known: looked at and protected in one walk
-        // (a write cannot fall between the look and the protection: one
-        // that did would be hidden, a zero page taken for one). Until Dec
-        // 7 2026 a scan, UFFDIO_WRITEPROTECT and a second scan did this:
-        // three walks, where the migration bench's 100 MiB first round
-        // took 15-18 ms to scan (8-10 ms in one walk).
-        let mut found = Vec::new();
+        // pages where none was known: protected, then looked at again —
+        // a zero page written between the first look and the protection
+        // would otherwise be taken for a zero page with its write hidden
+        let mut seen = Vec::new();
         for (a, b) in self.map.gaps_in(s, e) {
             self.pm
-                .scan(a, b, Scan::resident_protect(), &mut found)
-                .map_err(sys(pid, "PAGEMAP_SCAN (resident pages, protecting)"))?;
+                .scan(a, b, Scan::resident(), &mut seen)
+                .map_err(sys(pid, "PAGEMAP_SCAN (resident pages)"))?;
+        }
+        let mut found = Vec::new();
+        for r in &seen {
+            uffd::writeprotect(uffd, r.start, r.end - r.start, true)
+                .map_err(sys(pid, "UFFDIO_WRITEPROTECT"))?;
+            self.pm
+                .scan(r.start, r.end, Scan::resident(), &mut found)
+                .map_err(sys(pid, "PAGEMAP_SCAN (resident pages)"))?;
         }
         // what the written pages are now (scanned in stretches: thousands
         // of scattered written pages would be thousands of calls)
