@@ -155,7 +155,7 @@ pub fn checkpoint_shipped(
     pid: i32,
     opts: &DumpOptions,
     progress: Progress,
-    ship: Option<&mut dyn Ship>,
+    mut ship: Option<&mut dyn Ship>,
 ) -> Result<DumpReport> {
     crate::timings::start();
     // SAFETY: getuid has no preconditions.
@@ -198,7 +198,14 @@ pub fn checkpoint_shipped(
     // From here on the trackers are reset: an attempt that does not commit
     // must leave its number dead (see store).
     staging.touched = true;
-    let mut mems = precopy_tree(&living(&tree0), &base, &staging, &names, &tick)?;
+    let mut mems = precopy_tree(
+        &living(&tree0),
+        &base,
+        &staging,
+        &names,
+        &tick,
+        ship::reborrow(&mut ship),
+    )?;
     mark("precopy");
     cow::compare_early(&living(&tree0), &mut mems);
     mark("cow_early");
@@ -401,10 +408,20 @@ fn precopy_tree(
     staging: &store::Staging,
     names: &Names,
     tick: &dyn Fn(u64),
+    mut ship: Option<&mut dyn Ship>,
 ) -> Result<HashMap<i32, ProcMem>> {
     let mut mems = HashMap::new();
     for &(p, _) in tree {
-        match precopy_one(p, tree.len() > 1, base, staging, names, tick) {
+        let one = precopy_one(
+            p,
+            tree.len() > 1,
+            base,
+            staging,
+            names,
+            tick,
+            ship::reborrow(&mut ship),
+        );
+        match one {
             Ok(mem) => {
                 mems.insert(p, mem);
             }
@@ -428,7 +445,8 @@ fn precopy_tree(
 }
 
 /// Round 0 of one process (`forked`: of a tree of more than one, which
-/// may share pages since a fork: see [`DataFile::keep_shared`]).
+/// may share pages since a fork: see [`DataFile::keep_shared`]), handed
+/// to `ship` part by part as it is copied.
 fn precopy_one(
     p: i32,
     forked: bool,
@@ -436,6 +454,7 @@ fn precopy_one(
     staging: &store::Staging,
     names: &Names,
     tick: &dyn Fn(u64),
+    ship: Option<&mut dyn Ship>,
 ) -> Result<ProcMem> {
     let name = names.task_mm(p);
     let mut data = DataFile::new(staging.dir.create_file(&name)?, staging.dir.join(&name));
@@ -447,7 +466,10 @@ fn precopy_one(
     let parent_sn = base.parent;
     let parent = parent.as_ref().and_then(|m| parent_sn.map(|sn| (sn, m)));
     let mut mem = ProcMem::new(p, data, tracker, parent)?;
-    mem.round(false, tick)?;
+    match ship {
+        Some(s) => ship::first_round(s, &mut mem, names, tick)?,
+        None => mem.round(false, tick)?,
+    };
     Ok(mem)
 }
 

@@ -40,6 +40,31 @@ fn saveable(c: u64) -> bool {
         || (c & uffd::PAGE_IS_PRESENT != 0 && c & (uffd::PAGE_IS_FILE | uffd::PAGE_IS_PFNZERO) == 0)
 }
 
+/// Bytes of a round's copy between two calls of its `part_done` (see
+/// [`ProcMem::round_in_parts`]).
+pub const PART: u64 = 16 << 20;
+
+/// What is called after each part of a round's copy, with the data file.
+pub type PartDone<'a> = dyn FnMut(&mut DataFile) -> Result<()> + 'a;
+
+/// `jobs` cut, in order, into runs of at least `part` bytes (the last
+/// one less).
+fn in_parts(jobs: &[Job], part: u64) -> Vec<&[Job]> {
+    let mut out = Vec::new();
+    let (mut from, mut bytes) = (0, 0);
+    for (i, j) in jobs.iter().enumerate() {
+        bytes += j.len;
+        if bytes >= part {
+            out.push(&jobs[from..=i]);
+            (from, bytes) = (i + 1, 0);
+        }
+    }
+    if from < jobs.len() {
+        out.push(&jobs[from..]);
+    }
+    out
+}
+
 /// The memory of one process being saved.
 pub struct ProcMem {
     pub pid: i32,
@@ -124,6 +149,19 @@ impl ProcMem {
 
     /// One round; `frozen`: the last one, with the tree stopped.
     pub fn round(&mut self, frozen: bool, progress: &dyn Fn(u64)) -> Result<u64> {
+        self.round_in_parts(frozen, progress, None)
+    }
+
+    /// [`ProcMem::round`]; with `part_done`, its copy goes in parts of
+    /// about [`PART`] bytes and `part_done` is called with the data file
+    /// after each (a migration sends what is copied while the next part
+    /// is).
+    pub fn round_in_parts(
+        &mut self,
+        frozen: bool,
+        progress: &dyn Fn(u64),
+        mut part_done: Option<&mut PartDone<'_>>,
+    ) -> Result<u64> {
         self.frozen = frozen;
         let vmas = self.private_vmas()?;
         self.map.retain(&vmas);
@@ -168,18 +206,29 @@ impl ProcMem {
         } else {
             "precopy_scan"
         });
-        let done = copy::copy(self.pid, &jobs, &mut self.data, progress, !frozen)?;
+        let parts = match part_done {
+            Some(_) => in_parts(&jobs, PART),
+            None => vec![&jobs[..]],
+        };
+        let mut bytes = 0;
+        for part in parts {
+            let done = copy::copy(self.pid, part, &mut self.data, progress, !frozen)?;
+            for j in &done.failed {
+                // not copied: found again (and copied) by the next round
+                self.map.set(j.addr, j.addr + j.len, None);
+            }
+            bytes += done.bytes;
+            if let Some(f) = part_done.as_mut() {
+                f(&mut self.data)?;
+            }
+        }
         crate::timings::mark(if frozen {
             "frozen_copy"
         } else {
             "precopy_copy"
         });
-        for j in &done.failed {
-            // not copied: found again (and copied) by the next round
-            self.map.set(j.addr, j.addr + j.len, None);
-        }
-        self.last_round = done.bytes;
-        Ok(done.bytes)
+        self.last_round = bytes;
+        Ok(bytes)
     }
 
     /// The frozen round's second look at the pages of `[s, e)` left as
@@ -522,6 +571,32 @@ fn subtract(a: u64, b: u64, cut: &[Region]) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_in_parts_keep_their_order_and_each_job_once() {
+        let job = |slot, len| Job {
+            addr: slot * PAGE,
+            len,
+            slot,
+        };
+        let jobs = [job(0, 6), job(1, 6), job(2, 20), job(3, 1), job(4, 2)];
+        let lens = |parts: Vec<&[Job]>| -> Vec<Vec<u64>> {
+            parts
+                .iter()
+                .map(|p| p.iter().map(|j| j.slot).collect())
+                .collect()
+        };
+        assert_eq!(
+            lens(in_parts(&jobs, 10)),
+            vec![vec![0, 1], vec![2], vec![3, 4]]
+        );
+        assert_eq!(lens(in_parts(&jobs, 100)), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(
+            lens(in_parts(&jobs, 1)),
+            vec![vec![0], vec![1], vec![2], vec![3], vec![4]]
+        );
+        assert!(in_parts(&[], 10).is_empty());
+    }
 
     #[test]
     fn subtract_regions() {

@@ -1,7 +1,8 @@
 //! Handing the memory files to a caller while the job still runs (a
-//! migration sends them to its target): the pages copied so far, then
-//! what each further round rewrote, and after the freeze only what changed
-//! since ([`DumpReport::delta`](super::DumpReport::delta)).
+//! migration sends them to its target): the first round's pages part by
+//! part as they are copied (the sending of one part overlaps the copy of
+//! the next), then what each further round rewrote, and after the freeze
+//! only what changed since ([`DumpReport::delta`](super::DumpReport::delta)).
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use crate::error::{ChkptError, Result};
 use crate::image::{self, Names};
 use crate::timings::mark;
 
-use super::copy;
+use super::copy::{self, DataFile};
 use super::precopy::ProcMem;
 use super::ROUND_SMALL;
 
@@ -29,11 +30,28 @@ pub struct Staged {
 /// A caller that sends the memory files while the job runs (a migration),
 /// so that only what changes after that is left for the frozen part.
 pub trait Ship {
-    /// Called with the SN being written and its memory files after the
-    /// rounds copied while the job runs, and again after each further
-    /// round while what is sent stays large. An error ends the checkpoint
-    /// before the freeze.
+    /// Called with the SN being written and memory files: during the
+    /// first round, with one file and the part of it just copied; then
+    /// with every file after the rounds copied while the job runs, and
+    /// again after each further round while what is sent stays large. It
+    /// may return before the ranges are sent, but never before the file
+    /// list it was given is known to the receiver. An error ends the
+    /// checkpoint before the freeze.
     fn staged(&mut self, sn: u32, files: &[Staged]) -> std::result::Result<(), String>;
+    /// Wait until every range handed over is sent. Called before ranges
+    /// that may overlap those already handed over are (a later round's
+    /// rewrite must not be overtaken by the older bytes), and before the
+    /// freeze. An error ends the checkpoint before the freeze.
+    fn flush(&mut self) -> std::result::Result<(), String>;
+}
+
+/// `ship` again, for a shorter while (an `Option` of a reference to a
+/// trait object is not reborrowed on its own).
+pub(super) fn reborrow<'b>(ship: &'b mut Option<&mut dyn Ship>) -> Option<&'b mut dyn Ship> {
+    match ship {
+        Some(s) => Some(&mut **s),
+        None => None,
+    }
 }
 
 /// Shipping rounds at most (each one followed by a copy round while the
@@ -43,23 +61,45 @@ const SHIP_ROUNDS: usize = 3;
 /// The memory files as they are, each with what was written since the
 /// last call.
 fn staged(mems: &mut HashMap<i32, ProcMem>, names: &Names) -> Result<Vec<Staged>> {
-    let mut out = Vec::new();
-    for (&p, mem) in mems.iter_mut() {
-        let d = &mut mem.data;
-        // the data file is write-only: the same file again, for reading
-        let file = {
-            use std::os::fd::AsRawFd;
-            let fd = format!("/proc/self/fd/{}", d.file.as_raw_fd());
-            std::fs::File::open(fd).map_err(|e| ChkptError::io(&d.path, e))?
-        };
-        out.push(Staged {
-            name: names.task_mm(p),
-            file,
-            len: copy::DATA_OFF + d.slots * image::PAGE,
-            ranges: d.drain(),
-        });
-    }
-    Ok(out)
+    mems.iter_mut()
+        .map(|(&p, mem)| staged_one(names.task_mm(p), &mut mem.data))
+        .collect()
+}
+
+/// Memory file `name` (data `d`) as it is, with what was written since
+/// the last call.
+fn staged_one(name: String, d: &mut DataFile) -> Result<Staged> {
+    // the data file is write-only: the same file again, for reading
+    let file = {
+        use std::os::fd::AsRawFd;
+        let fd = format!("/proc/self/fd/{}", d.file.as_raw_fd());
+        std::fs::File::open(fd).map_err(|e| ChkptError::io(&d.path, e))?
+    };
+    Ok(Staged {
+        name,
+        file,
+        len: copy::DATA_OFF + d.slots * image::PAGE,
+        ranges: d.drain(),
+    })
+}
+
+/// Round 0 of process `p`'s memory `mem`, each part handed to `ship` as
+/// soon as it is copied (SN `names.sn`).
+pub(super) fn first_round(
+    ship: &mut dyn Ship,
+    mem: &mut ProcMem,
+    names: &Names,
+    tick: &dyn Fn(u64),
+) -> Result<u64> {
+    let name = names.task_mm(mem.pid);
+    let mut part_done = |d: &mut DataFile| -> Result<()> {
+        let file = staged_one(name.clone(), d)?;
+        if file.ranges.is_empty() {
+            return Ok(());
+        }
+        ship.staged(names.sn, &[file]).map_err(ChkptError::Ship)
+    };
+    mem.round_in_parts(false, tick, Some(&mut part_done))
 }
 
 /// Hand the pages copied so far to `ship`, then copy and hand over what
@@ -75,6 +115,9 @@ pub(super) fn ship_rounds(
         return Ok(false);
     }
     for n in 0..SHIP_ROUNDS {
+        // what the rounds since rewrote must not be overtaken by what
+        // was sent of it before
+        ship.flush().map_err(ChkptError::Ship)?;
         let files = staged(mems, names)?;
         let bytes: u64 = files
             .iter()
@@ -86,6 +129,7 @@ pub(super) fn ship_rounds(
         if bytes < ROUND_SMALL || n + 1 == SHIP_ROUNDS {
             break;
         }
+        // (the copy of the next round overlaps the sending)
         for mem in mems.values_mut() {
             match mem.round(false, tick) {
                 Err(e) if !e.is_gone() => return Err(e),
@@ -94,6 +138,8 @@ pub(super) fn ship_rounds(
         }
         mark("precopy");
     }
+    ship.flush().map_err(ChkptError::Ship)?;
+    mark("ship");
     Ok(true)
 }
 

@@ -298,6 +298,8 @@ async fn move_here(
             postcopy: req.postcopy,
         },
         error: None,
+        listed: Vec::new(),
+        sending: Vec::new(),
     };
     let (dumped, early) = {
         let out = out.clone();

@@ -104,6 +104,19 @@ impl Sender {
 
     /// Send the ranges of every part.
     pub async fn send(&mut self, parts: &[Part]) -> Result<(), AdminError> {
+        self.bytes += self.sending(parts)?.await?;
+        Ok(())
+    }
+
+    /// The sending of the ranges of every part, to be awaited (or spawned):
+    /// how many bytes it sent. Err: a part the target was not offered.
+    pub fn sending(
+        &self,
+        parts: &[Part],
+    ) -> Result<
+        impl std::future::Future<Output = Result<u64, AdminError>> + Send + 'static,
+        AdminError,
+    > {
         let mut chunks = Vec::new();
         for p in parts {
             let idx = self
@@ -120,29 +133,31 @@ impl Sender {
                 }
             }
         }
-        let (st, to, xfer) = (&self.st, self.to, self.xfer);
-        let sent: Vec<u64> = stream::iter(chunks)
-            .map(|(file, idx, offset, n)| async move {
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; n];
-                    file.read_exact_at(&mut buf, offset).map(|()| buf)
+        let (st, to, xfer) = (self.st.clone(), self.to, self.xfer);
+        Ok(async move {
+            let st = &st;
+            let sent: Vec<u64> = stream::iter(chunks)
+                .map(|(file, idx, offset, n)| async move {
+                    let data = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; n];
+                        file.read_exact_at(&mut buf, offset).map(|()| buf)
+                    })
+                    .await
+                    .map_err(|e| internal(format!("worker thread: {e}")))?
+                    .map_err(|e| internal(format!("reading the image: {e}")))?;
+                    let d = Data {
+                        xfer,
+                        file: idx,
+                        offset,
+                        data: data.into(),
+                    };
+                    call(st, to, MigratePeerRequest::Data(d), STEP_TIMEOUT).await?;
+                    Ok::<u64, AdminError>(n as u64)
                 })
-                .await
-                .map_err(|e| internal(format!("worker thread: {e}")))?
-                .map_err(|e| internal(format!("reading the image: {e}")))?;
-                let d = Data {
-                    xfer,
-                    file: idx,
-                    offset,
-                    data: data.into(),
-                };
-                call(st, to, MigratePeerRequest::Data(d), STEP_TIMEOUT).await?;
-                Ok::<u64, AdminError>(n as u64)
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect()
-            .await?;
-        self.bytes += sent.iter().sum::<u64>();
-        Ok(())
+                .buffer_unordered(IN_FLIGHT)
+                .try_collect()
+                .await?;
+            Ok(sent.iter().sum::<u64>())
+        })
     }
 }

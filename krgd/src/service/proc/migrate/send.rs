@@ -58,12 +58,59 @@ pub(super) struct Early {
     pub(super) offer: Offer,
     /// Why sending failed, when it did.
     pub(super) error: Option<AdminError>,
+    /// The memory files listed to the target so far, as last listed.
+    pub(super) listed: Vec<ImageFile>,
+    /// Sends handed over and not yet waited for (see [`Ship::flush`]).
+    ///
+    /// [`Ship::flush`]: checkpoint::dump::Ship::flush
+    pub(super) sending: Vec<Sending>,
+}
+
+/// One spawned send; dropped unfinished (the dump failed), it stops.
+pub(super) struct Sending(tokio::task::JoinHandle<Result<u64, AdminError>>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Early {
+    /// Merge `files` into what the target was listed: whether the list
+    /// changed (a file new, or of a new length).
+    fn list(&mut self, files: &[checkpoint::dump::Staged]) -> bool {
+        let mut changed = false;
+        for f in files {
+            match self.listed.iter_mut().find(|l| l.name == f.name) {
+                Some(l) if l.len == f.len => {}
+                Some(l) => {
+                    l.len = f.len;
+                    changed = true;
+                }
+                None => {
+                    self.listed.push(ImageFile {
+                        name: f.name.clone(),
+                        len: f.len,
+                    });
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    fn failed(&mut self, e: AdminError) -> String {
+        let msg = e.message.clone();
+        self.error = Some(e);
+        msg
+    }
 }
 
 impl checkpoint::dump::Ship for Early {
+    /// Lists the files to the target (the offer, first), then sends their
+    /// ranges on a task of their own: the dump goes on meanwhile.
     fn staged(&mut self, sn: u32, files: &[checkpoint::dump::Staged]) -> Result<(), String> {
         let mut parts = Vec::new();
-        let mut list = Vec::new();
         for f in files {
             let file = f.file.try_clone().map_err(|e| format!("{}: {e}", f.name))?;
             parts.push(pushing::Part {
@@ -71,33 +118,55 @@ impl checkpoint::dump::Ship for Early {
                 file: Arc::new(file),
                 ranges: f.ranges.clone(),
             });
-            list.push(ImageFile {
-                name: f.name.clone(),
-                len: f.len,
-            });
         }
+        let relist = self.list(files);
+        let list = self.listed.clone();
         let Early {
             handle,
             sender,
             offer,
             ..
         } = self;
-        let r = handle.block_on(async {
-            if sender.offered {
-                sender.files(offer.pids.clone(), list).await?;
-            } else {
+        let listed = handle.block_on(async {
+            if !sender.offered {
                 let mut o = offer.clone();
                 o.sn = sn;
                 o.files = list;
-                sender.offer(o).await?;
+                sender.offer(o).await
+            } else if relist {
+                sender.files(offer.pids.clone(), list).await
+            } else {
+                Ok(())
             }
-            sender.send(&parts).await
         });
-        r.map_err(|e| {
-            let msg = e.message.clone();
-            self.error = Some(e);
-            msg
-        })
+        let sending = listed.and_then(|()| self.sender.sending(&parts));
+        match sending {
+            Ok(task) => {
+                self.sending.push(Sending(self.handle.spawn(task)));
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let pending = std::mem::take(&mut self.sending);
+        let done = self.handle.block_on(async {
+            let mut sent = 0;
+            for mut s in pending {
+                sent += (&mut s.0).await.map_err(|e| {
+                    AdminError::new(ErrorKind::Internal, format!("sending the image: {e}"))
+                })??;
+            }
+            Ok::<u64, AdminError>(sent)
+        });
+        match done {
+            Ok(n) => {
+                self.sender.bytes += n;
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
     }
 }
 
