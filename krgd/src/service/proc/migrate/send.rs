@@ -75,28 +75,41 @@ impl Drop for Sending {
     }
 }
 
-impl Early {
-    /// Merge `files` into what the target was listed: whether the list
-    /// changed (a file new, or of a new length).
-    fn list(&mut self, files: &[checkpoint::dump::Staged]) -> bool {
-        let mut changed = false;
-        for f in files {
-            match self.listed.iter_mut().find(|l| l.name == f.name) {
-                Some(l) if l.len == f.len => {}
-                Some(l) => {
-                    l.len = f.len;
-                    changed = true;
-                }
-                None => {
-                    self.listed.push(ImageFile {
-                        name: f.name.clone(),
-                        len: f.len,
-                    });
-                    changed = true;
-                }
+/// Merge `files` (name, length) into `listed`, what the target was
+/// listed: whether it changed (a file new, or of a new length). A file
+/// listed before stays listed (the target drops what a list leaves out;
+/// the final list, after the dump, says which files the image has).
+fn merge_listed<'a>(
+    listed: &mut Vec<ImageFile>,
+    files: impl Iterator<Item = (&'a str, u64)>,
+) -> bool {
+    let mut changed = false;
+    for (name, len) in files {
+        match listed.iter_mut().find(|l| l.name == name) {
+            Some(l) if l.len == len => {}
+            Some(l) => {
+                l.len = len;
+                changed = true;
+            }
+            None => {
+                listed.push(ImageFile {
+                    name: name.to_string(),
+                    len,
+                });
+                changed = true;
             }
         }
-        changed
+    }
+    changed
+}
+
+impl Early {
+    /// See [`merge_listed`].
+    fn list(&mut self, files: &[checkpoint::dump::Staged]) -> bool {
+        merge_listed(
+            &mut self.listed,
+            files.iter().map(|f| (f.name.as_str(), f.len)),
+        )
     }
 
     fn failed(&mut self, e: AdminError) -> String {
@@ -304,7 +317,25 @@ fn without(ranges: &[(u64, u64)], cut: (u64, u64)) -> Vec<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{open_image_file, without, CheckedDir};
+    use super::{merge_listed, open_image_file, without, CheckedDir};
+
+    /// The parts of a first round come one file at a time: the list the
+    /// target gets grows, and keeps every file listed before.
+    #[test]
+    fn the_listed_files_grow_and_keep_what_was_listed() {
+        let mut listed = Vec::new();
+        let names = |l: &Vec<krg_proto::migrate::ImageFile>| -> Vec<(String, u64)> {
+            l.iter().map(|f| (f.name.clone(), f.len)).collect()
+        };
+        assert!(merge_listed(&mut listed, [("a", 10)].into_iter()));
+        // the same file again, same length: nothing to list again
+        assert!(!merge_listed(&mut listed, [("a", 10)].into_iter()));
+        assert!(merge_listed(&mut listed, [("b", 5)].into_iter()));
+        assert_eq!(names(&listed), [("a".into(), 10), ("b".into(), 5)]);
+        // a later round's slots make a file longer
+        assert!(merge_listed(&mut listed, [("b", 5), ("a", 12)].into_iter()));
+        assert_eq!(names(&listed), [("a".into(), 12), ("b".into(), 5)]);
+    }
 
     #[test]
     fn an_image_file_is_taken_only_as_a_regular_file_of_its_owner() {
