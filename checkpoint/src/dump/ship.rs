@@ -83,8 +83,8 @@ fn staged_one(name: String, d: &mut DataFile) -> Result<Staged> {
     })
 }
 
-/// Round 0 of process `p`'s memory `mem`, each part handed to `ship` as
-/// soon as it is copied (SN `names.sn`).
+/// Round 0 of the memory `mem`, each part handed to `ship` as soon as it
+/// is copied (SN `names.sn`).
 pub(super) fn first_round(
     ship: &mut dyn Ship,
     mem: &mut ProcMem,
