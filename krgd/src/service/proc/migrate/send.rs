@@ -104,14 +104,6 @@ fn merge_listed<'a>(
 }
 
 impl Early {
-    /// See [`merge_listed`].
-    fn list(&mut self, files: &[checkpoint::dump::Staged]) -> bool {
-        merge_listed(
-            &mut self.listed,
-            files.iter().map(|f| (f.name.as_str(), f.len)),
-        )
-    }
-
     fn failed(&mut self, e: AdminError) -> String {
         let msg = e.message.clone();
         self.error = Some(e);
@@ -132,7 +124,10 @@ impl checkpoint::dump::Ship for Early {
                 ranges: f.ranges.clone(),
             });
         }
-        let relist = self.list(files);
+        let relist = merge_listed(
+            &mut self.listed,
+            files.iter().map(|f| (f.name.as_str(), f.len)),
+        );
         let list = self.listed.clone();
         let Early {
             handle,
