@@ -33,7 +33,8 @@ Examples:
 #[derive(Parser)]
 #[command(name = "migrate", version, after_help = AFTER)]
 struct Cli {
-    /// The process: PID (of this node) or NODE:PID.
+    /// The process: PID (of this node; the PID of a stand-in here names
+    /// its process, wherever it runs) or NODE:PID.
     process: String,
     /// The node to move it to.
     node: NodeId,

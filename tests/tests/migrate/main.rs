@@ -187,11 +187,20 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     );
     // krg ps shows it there, with its PID
     assert!(ps(&c, 1).contains(&(2, pid as i64)), "{:?}", ps(&c, 1));
-    // a stand-in does not move: its process does, by NODE:PID
+    // `migrate PID TO` on node 1 reaches the process through its
+    // stand-in (before Dec 7 evening: refused, and `migrate PID 1` said
+    // "already runs on node 1"), as NODE:PID would
     let o = migrate(&c, 1, &[&pid.to_string(), "2"]);
-    assert!(err(&o).contains("is its stand-in"), "{}", err(&o));
-    // NODE:PID names it where it runs; it comes back
-    let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
+    assert!(err(&o).contains("already runs on node 2"), "{}", err(&o));
+    // passed on once only: node 2 naming the stand-in is told where to ask
+    let o = migrate(&c, 2, &[&format!("1:{pid}"), "1"]);
+    assert!(
+        err(&o).contains("runs on node 2; this is its stand-in"),
+        "{}",
+        err(&o)
+    );
+    // by its PID on node 1, it comes back
+    let o = migrate(&c, 1, &[&pid.to_string(), "1"]);
     assert!(o.status.success(), "{}", err(&o));
     grows(&out, last(&out));
     assert!(ps(&c, 2).contains(&(1, pid as i64)));

@@ -92,14 +92,33 @@ pub async fn migrate(
             "root's migrations are taken only from members of the cluster",
         ));
     }
-    match req.from {
-        Some(from) if from != st.node() => forward(st, from, req, who).await,
-        _ => {
+    let at = match req.from {
+        Some(from) if from != st.node() => Some(from),
+        _ if matches!(origin, Origin::Local) => stand_in_elsewhere(st, req.pid)?,
+        _ => None,
+    };
+    match at {
+        Some(at) => forward(st, at, req, who).await,
+        None => {
             let r = move_here(st, req, who).await;
             st.ctx.metrics.migrated(&r);
             r
         }
     }
+}
+
+/// The node where the process of stand-in `pid` runs, if `pid` is a
+/// stand-in here whose process runs on another node: `migrate PID TO`
+/// typed on this node moves that process, as `migrate NODE:PID TO` would
+/// (one hop: a request forwarded here by another node is not passed on,
+/// so stand-ins that disagree cannot send it round).
+fn stand_in_elsewhere(st: &ProcState, pid: i32) -> Result<Option<NodeId>, AdminError> {
+    let me = st.node();
+    let Some(on) = st.migration.standins.runs_on(pid).filter(|&on| on != me) else {
+        return Ok(None);
+    };
+    // (a job here with that PID is this node's to move)
+    Ok(runjob::find(st, pid)?.is_none().then_some(on))
 }
 
 /// `migrate NODE:PID TO` for a process of another node: that node does it.
@@ -233,12 +252,6 @@ async fn move_here(
     let t0 = Instant::now();
     let mut clock = Clock::new();
     let (me, to, pid) = (st.node(), req.to, req.pid);
-    if to == me {
-        return Err(err(
-            ErrorKind::InvalidArgument,
-            format!("process {pid} already runs on node {me}"),
-        ));
-    }
     fanout::check_online(st, to)?;
     fanout::check_owner(st, to, who.uid)?;
     // A krg run job's program moves with its descendants and its session
@@ -254,6 +267,13 @@ async fn move_here(
             )
         };
         return Err(err(ErrorKind::InvalidArgument, msg));
+    }
+    // (after the stand-ins: a stand-in's process does not run here)
+    if to == me {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            format!("process {pid} already runs on node {me}"),
+        ));
     }
     if let Some(why) = restore::unavailable() {
         return Err(err(
