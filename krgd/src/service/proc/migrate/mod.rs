@@ -68,6 +68,7 @@ use krg_proto::NodeId;
 use super::creds::Origin;
 use super::fanout;
 use super::liveness::{until_gone, CutOff};
+use super::procfs;
 use super::state::ProcState;
 
 /// How long the target may take to take one request of a transfer.
@@ -300,6 +301,13 @@ async fn move_here(
     })
     .await??;
     wait_filled(st, &plan.pids).await?;
+    // what its user knows them by (krg ps): a job's PIDs in its namespace
+    let known_as: Option<Vec<i32>> = in_job.then(|| {
+        plan.pids
+            .iter()
+            .map(|&p| procfs::ns_pid(p).unwrap_or(p))
+            .collect()
+    });
     clock.mark("check");
     let xfer: u64 = rand::random();
     let out = st.spool.join("out").join(format!("{xfer:x}"));
@@ -546,6 +554,9 @@ async fn move_here(
             report.to = me;
             report.fell_back = Some(why);
         }
+    }
+    if let Some(pids) = known_as {
+        report.pids = pids;
     }
     report.stopped_ms = rep.frozen_at.elapsed().as_millis() as u64;
     if report.fell_back.is_some() || !req.postcopy {
