@@ -4,7 +4,8 @@
 use super::*;
 
 /// The target's krgd is killed while it receives 600 MiB of memory: the
-/// origin's copy runs on.
+/// origin's copy runs on, and what the target had received is removed
+/// when its krgd starts again.
 #[test]
 fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     let _g = serial();
@@ -32,6 +33,12 @@ fn target_killed_mid_transfer_leaves_it_on_the_origin() -> Result<()> {
     assert!(t.elapsed() < Duration::from_secs(40));
     grows(&out, n);
     assert_ne!(state(pid), Some('T'));
+    // what the killed krgd had received goes when node 2 starts again
+    // (until Dec 7 evening it stayed in its data directory for good)
+    assert!(received(&incoming).unwrap_or(0) >= 64 << 20);
+    c.start(2)?;
+    let left: Vec<_> = std::fs::read_dir(&incoming)?.flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
 

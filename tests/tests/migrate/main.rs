@@ -136,6 +136,8 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
     assert!(o.status.success(), "{}", err(&o));
     assert!(err(&o).contains("to node 2"), "{}", err(&o));
     eprintln!("{}", err(&o));
+    // the origin's image goes (after the answer, on a thread of its own)
+    c.wait_no_migration_image(1)?;
     // The origin counted a refusal and a move, and timed the move as the
     // report says (`stopped N ms, M ms in all`).
     let m = metrics(port);

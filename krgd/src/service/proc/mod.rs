@@ -180,6 +180,8 @@ impl ProcService {
         });
         // Restored (migrated-in) processes come to krgd when restart exits.
         migrate::restore::become_subreaper();
+        // (before any migration can start here)
+        migrate::sweep(&st.spool);
         let tree = match st.ctx.config.krg_mount.clone() {
             Some(path) => {
                 let (st2, sched2) = (st.clone(), sched.clone());

@@ -122,6 +122,26 @@ fn stand_in_elsewhere(st: &ProcState, pid: i32) -> Result<Option<NodeId>, AdminE
     Ok(runjob::find(st, pid)?.is_none().then_some(on))
 }
 
+/// Remove what a krgd stopped in the middle of migrations left in
+/// `spool` (images received, `in/`, and sent or served, `out/`): a
+/// transfer lives in its krgd's memory, so none of them is of use to
+/// another krgd. Called at start, before any migration.
+pub fn sweep(spool: &std::path::Path) {
+    for side in ["in", "out"] {
+        let dir = spool.join(side);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let removed = entries
+            .flatten()
+            .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+            .count();
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "images an earlier krgd left: removed");
+        }
+    }
+}
+
 /// `migrate NODE:PID TO` for a process of another node: that node does it.
 async fn forward(
     st: &ProcState,
@@ -560,7 +580,9 @@ async fn move_here(
     }
     report.stopped_ms = rep.frozen_at.elapsed().as_millis() as u64;
     if report.fell_back.is_some() || !req.postcopy {
-        let _ = std::fs::remove_dir_all(&out);
+        // Removing a GiB from ext4 takes 0.1 s: not the caller's wait (a
+        // krgd stopped before it is done leaves it to the next one's sweep)
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&out));
     }
     clock.mark("cleanup");
     report.phases = clock.phases;
