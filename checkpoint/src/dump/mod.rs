@@ -431,7 +431,7 @@ fn precopy_tree(
         }
     }
     for _ in 0..MORE_ROUNDS {
-        if !precopy::another_round(&mems) {
+        if mems.values().map(|m| m.last_round).sum::<u64>() < ROUND_SMALL {
             break;
         }
         for mem in mems.values_mut() {

@@ -16,8 +16,6 @@
 //! since the last round, moved by mremap — which unregisters it — or one
 //! the kernel refuses to register) is copied whole in the frozen round.
 
-use std::collections::HashMap;
-
 use crate::error::{ChkptError, Result};
 use crate::image::{self, MmImage, PageRun, RunData, Vma, PAGE};
 use crate::procfs;
@@ -25,7 +23,6 @@ use crate::uffd::{self, Pagemap, Region, Scan};
 
 use super::copy::{self, DataFile, Job};
 use super::pages::{Page, PageMap};
-use super::ROUND_SMALL;
 
 /// A change of the page map: `[start, end)` and its new state.
 type Update = (u64, u64, Option<Page>);
@@ -49,26 +46,6 @@ pub const PART: u64 = 16 << 20;
 
 /// What is called after each part of a round's copy, with the data file.
 pub type PartDone<'a> = dyn FnMut(&mut DataFile) -> Result<()> + 'a;
-
-/// Whether another round while the job runs is worth copying, after the
-/// rounds of `mems` so far.
-pub fn another_round(mems: &HashMap<i32, ProcMem>) -> bool {
-    let last = mems.values().map(|m| m.last_round).sum();
-    let before = mems.values().map(|m| m.round_before).sum();
-    worth_another(last, before)
-}
-
-/// Another round is worth it while the last one still copied
-/// [`ROUND_SMALL`] or more and at most half of what the round before it
-/// (`before`, if any) did. A job that rewrites its memory about as fast as
-/// it is copied makes each round as big as the one before: more rounds
-/// only copy (and, migrating, send) the same pages again, and leave the
-/// frozen round as much to copy. Measured on the local cluster (Dec 7): a
-/// job rewriting all of its 64 MiB every 50 ms was moved with 263 MiB
-/// sent, five rounds of it.
-pub fn worth_another(last: u64, before: Option<u64>) -> bool {
-    last >= ROUND_SMALL && before.is_none_or(|b| last.saturating_mul(2) <= b)
-}
 
 /// `jobs` cut, in order, into runs of at least `part` bytes (the last
 /// one less).
@@ -99,10 +76,6 @@ pub struct ProcMem {
     pub parent: Option<u32>,
     /// Bytes copied in the last round.
     pub last_round: u64,
-    /// Bytes copied in the round before it (`None` before a second round).
-    pub round_before: Option<u64>,
-    /// A round was copied.
-    copied: bool,
     /// The round running is the frozen one.
     frozen: bool,
     /// What the frozen round found written since the round before (or
@@ -157,8 +130,6 @@ impl ProcMem {
             data,
             parent,
             last_round: 0,
-            round_before: None,
-            copied: false,
             frozen: false,
             frozen_written: Vec::new(),
             pre_equal: Vec::new(),
@@ -256,8 +227,6 @@ impl ProcMem {
         } else {
             "precopy_copy"
         });
-        self.round_before = self.copied.then_some(self.last_round);
-        self.copied = true;
         self.last_round = bytes;
         Ok(bytes)
     }

@@ -70,19 +70,3 @@ fn saveable_pages() {
     assert!(!saveable(PAGE_IS_PRESENT | PAGE_IS_FILE));
     assert!(!saveable(PAGE_IS_PRESENT | PAGE_IS_PFNZERO));
 }
-
-#[test]
-fn rounds_go_on_while_they_halve() {
-    const MIB: u64 = 1 << 20;
-    // the first look: only its size counts
-    assert!(worth_another(100 * MIB, None));
-    assert!(!worth_another(ROUND_SMALL - 1, None));
-    // at most half of the round before: go on
-    assert!(worth_another(50 * MIB, Some(100 * MIB)));
-    assert!(worth_another(ROUND_SMALL, Some(2 * ROUND_SMALL)));
-    // rewritten as fast as it is copied (or nearly): stop
-    assert!(!worth_another(64 * MIB, Some(64 * MIB)));
-    assert!(!worth_another(51 * MIB, Some(100 * MIB)));
-    // small enough for the frozen round, however it shrank
-    assert!(!worth_another(ROUND_SMALL - 1, Some(100 * MIB)));
-}

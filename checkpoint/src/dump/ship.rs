@@ -11,7 +11,7 @@ use crate::image::{self, Names};
 use crate::timings::mark;
 
 use super::copy::{self, DataFile};
-use super::precopy::{self, ProcMem};
+use super::precopy::ProcMem;
 use super::ROUND_SMALL;
 
 /// One memory file as it is before the freeze: its pages so far, which the
@@ -126,7 +126,7 @@ pub(super) fn ship_rounds(
             .sum();
         ship.staged(names.sn, &files).map_err(ChkptError::Ship)?;
         mark("ship");
-        if bytes < ROUND_SMALL || n + 1 == SHIP_ROUNDS || !precopy::another_round(mems) {
+        if bytes < ROUND_SMALL || n + 1 == SHIP_ROUNDS {
             break;
         }
         // (the copy of the next round overlaps the sending)

@@ -15,23 +15,14 @@ fn a_process_writing_all_the_time_keeps_every_page() -> Result<()> {
     let c = formed(2)?;
     let (job, out, before) = movable(&c, STAMPER, "stamps.txt");
     let pid = job.0;
-    let o = migrate(&c, 1, &["--timings", "--json", &pid.to_string(), "2"]);
+    let o = migrate(&c, 1, &["--timings", &pid.to_string(), "2"]);
     assert!(o.status.success(), "{}", err(&o));
-    // It rewrites its pages faster than they are copied: no round while it
-    // runs copies less than half of the one before, so after the first two
-    // the rest is left to the frozen round: about 2.7 times its memory
-    // sent (4.1 times before Dec 7 evening, five rounds of it)
-    let rep: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-    let sent = rep["bytes"].as_u64().unwrap();
-    assert!(sent < 7 * (32 << 20), "{sent} bytes sent for 64 MiB");
-    let phases: Vec<&str> = rep["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
     for phase in ["dump.freeze", "dump.ship", "push", "target.restart.load"] {
-        assert!(phases.contains(&phase), "no {phase} in {rep}");
+        assert!(
+            err(&o).contains(&format!("migrate: timings: {phase} ")),
+            "no {phase} in {}",
+            err(&o)
+        );
     }
     let mid = grows(&out, before);
     let o = migrate(&c, 1, &[&format!("2:{pid}"), "1"]);
