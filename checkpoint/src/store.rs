@@ -229,16 +229,22 @@ pub fn stage(app: &CheckedDir, sn: u32) -> Result<Staging> {
     // The application directory is the user's: between the mkdir and the
     // open they can put another directory in its place. Only the one just
     // made is ours and closed to others (see tests/attacks.rs, staging
-    // directory swapped).
-    let dir = app.open_dir(&name)?;
+    // directory swapped). Root opens what it just made unless it was
+    // moved away, so a failed open is the same refusal (the job runs on).
+    let replaced = |why: String| {
+        ChkptError::Permission(format!(
+            "{} was replaced while checkpointing: refusing to write into it{why}",
+            app.join(&name).display()
+        ))
+    };
+    let dir = app
+        .open_dir(&name)
+        .map_err(|e| replaced(format!(" ({e})")))?;
     let st = dir.stat()?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if st.st_uid != me || st.st_mode & 0o077 != 0 {
-        return Err(ChkptError::Permission(format!(
-            "{} was replaced while checkpointing: refusing to write into it",
-            app.join(&name).display()
-        )));
+        return Err(replaced(String::new()));
     }
     Ok(Staging {
         dir,
