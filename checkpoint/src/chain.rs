@@ -78,8 +78,7 @@ fn merge_into(dir: &CheckedDir, k: u32, j: u32) -> Result<u64> {
     let mut global = g.meta;
     let stage = format!(".tmp-rm-v{k}");
     let _ = dir.remove_flat_tree(&stage);
-    dir.make_dir(&stage, 0o700)?;
-    let st = dir.open_dir(&stage)?;
+    let st = store::private_dir(dir, &stage, "removing a checkpoint")?;
     let mut bytes = 0;
     let mut views = Vec::new();
     let mut first_node = None;

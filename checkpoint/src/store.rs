@@ -220,25 +220,38 @@ impl Drop for Staging {
 /// Create the temporary directory of `sn` (root's, 0700 while written).
 pub fn stage(app: &CheckedDir, sn: u32) -> Result<Staging> {
     let name = format!("{TMP_PREFIX}{sn}");
-    if !app.make_dir(&name, 0o700)? {
+    let dir = private_dir(app, &name, "checkpointing")?;
+    Ok(Staging {
+        dir,
+        name,
+        parent: Some(app.dup()?),
+        touched: false,
+    })
+}
+
+/// Make the subdirectory `name` of the user's directory `app` and open it,
+/// sure it is the one just made: this process's, closed to others. `doing`
+/// names the work in the refusals ("checkpointing").
+pub fn private_dir(app: &CheckedDir, name: &str, doing: &str) -> Result<CheckedDir> {
+    if !app.make_dir(name, 0o700)? {
         return Err(ChkptError::Permission(format!(
-            "{} appeared while checkpointing: refusing to write into it",
-            app.join(&name).display()
+            "{} appeared while {doing}: refusing to write into it",
+            app.join(name).display()
         )));
     }
     // The application directory is the user's: between the mkdir and the
-    // open they can put another directory in its place. Only the one just
-    // made is ours and closed to others (see tests/attacks.rs, staging
-    // directory swapped). Root opens what it just made unless it was
-    // moved away, so a failed open is the same refusal (the job runs on).
+    // open they can put another directory in its place (see
+    // tests/attacks.rs, staging directory swapped). This process opens
+    // what it just made unless it was moved away, so a failed open is the
+    // same refusal.
     let replaced = |why: String| {
         ChkptError::Permission(format!(
-            "{} was replaced while checkpointing: refusing to write into it{why}",
-            app.join(&name).display()
+            "{} was replaced while {doing}: refusing to write into it{why}",
+            app.join(name).display()
         ))
     };
     let dir = app
-        .open_dir(&name)
+        .open_dir(name)
         .map_err(|e| replaced(format!(" ({e})")))?;
     let st = dir.stat()?;
     // SAFETY: geteuid has no preconditions.
@@ -246,12 +259,7 @@ pub fn stage(app: &CheckedDir, sn: u32) -> Result<Staging> {
     if st.st_uid != me || st.st_mode & 0o077 != 0 {
         return Err(replaced(String::new()));
     }
-    Ok(Staging {
-        dir,
-        name,
-        parent: Some(app.dup()?),
-        touched: false,
-    })
+    Ok(dir)
 }
 
 impl Staging {
