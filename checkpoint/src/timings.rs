@@ -43,6 +43,22 @@ pub fn mark(name: &str) {
     });
 }
 
+/// How many phases this thread's list holds so far.
+pub fn count() -> usize {
+    LIST.with(|l| l.borrow().as_ref().map_or(0, |l| l.phases.len()))
+}
+
+/// Add phases measured elsewhere (a forked child's) to this thread's list,
+/// as if they had just ended: the next phase starts now.
+pub fn append(phases: Vec<Phase>) {
+    LIST.with(|l| {
+        if let Some(l) = l.borrow_mut().as_mut() {
+            l.phases.extend(phases);
+            l.last = Instant::now();
+        }
+    });
+}
+
 /// End this thread's list and return it (empty without [`start`]).
 pub fn take() -> Vec<Phase> {
     LIST.with(|l| l.borrow_mut().take().map(|l| l.phases).unwrap_or_default())
@@ -114,6 +130,14 @@ mod tests {
         assert_eq!(back.len(), 2);
         assert_eq!(back[1].0, "b");
         assert!(take().is_empty(), "take ends the list");
+        start();
+        mark("parent");
+        assert_eq!(count(), 1);
+        append(back);
+        assert_eq!(
+            take().iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+            ["parent", "a", "b"]
+        );
         mark("nobody listens");
         assert!(take().is_empty());
         assert!(parse("timings: x=1ms y=zz z=-1ms").len() == 1);

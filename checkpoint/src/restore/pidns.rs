@@ -131,6 +131,7 @@ pub fn inside(
     if child < 0 {
         return Err(sys("fork into the job's namespace", init));
     }
+    let marked = crate::timings::count();
     if child == 0 {
         drop((rd, server_rx));
         let text = match in_child(init, wanted, restore) {
@@ -138,7 +139,10 @@ pub fn inside(
                 Some(Err(e)) => format!("err {e}"),
                 _ => {
                     let list: Vec<String> = r.pids.iter().map(i32::to_string).collect();
-                    format!("ok {}", list.join(" "))
+                    // the phases the restorer marked, for restart's --timings
+                    let mut phases = crate::timings::take();
+                    phases.drain(..marked.min(phases.len()));
+                    format!("ok {} {}", list.join(" "), crate::timings::line(&phases))
                 }
             },
             Err(e) => format!("err {e}"),
@@ -159,7 +163,9 @@ pub fn inside(
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
-    if let Some(list) = text.strip_prefix("ok") {
+    if let Some(ok) = text.strip_prefix("ok") {
+        let (list, phases) = ok.split_once("timings:").unwrap_or((ok, ""));
+        crate::timings::append(crate::timings::parse(&format!("timings:{phases}")));
         return Ok(Restored {
             pids: list
                 .split_whitespace()
