@@ -247,6 +247,56 @@ fn mappings_of_deleted_files_come_back() {
     kill_reap(pid);
 }
 
+/// Eighty mapped files (more than restart keeps open at once while it maps
+/// them): every mapping comes back with its pages and protection, and no
+/// descriptor restart opened for them is left in the process.
+#[test]
+fn many_mapped_files_come_back_and_leave_no_descriptor() {
+    let guard = Guard::new();
+    become_subreaper();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c(tmp.path(), "manymaps");
+    let files = tmp.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let out = tmp.path().join("out.txt");
+    let pid = start(&exe, &[files.to_str().unwrap()], &out, &guard);
+    wait_until("job runs", || last_count(&out) >= 3);
+    let fds = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let mapped = |pid: i32| {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mut m: Vec<String> = maps
+            .lines()
+            .filter(|l| l.contains(files.to_str().unwrap()))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {} {}", f[0], f[1], f[5])
+            })
+            .collect();
+        m.sort();
+        m
+    };
+    let (fds_before, maps_before) = (fds(pid), mapped(pid));
+    assert_eq!(maps_before.len(), 170, "{maps_before:?}");
+    let store = tmp.path().join("store");
+    ok(&checkpoint_out(&store, pid, &["--kill"]), "checkpoint");
+    kill_reap(pid);
+    let at = last_count(&out);
+    ok(&restart_out(&store, pid, 1), "restart");
+    // counter_lines fails on "BAD"
+    wait_until("restored job runs", || last_count(&out) >= at + 3);
+    assert_eq!(
+        mapped(pid),
+        maps_before,
+        "the same mappings, same protection"
+    );
+    assert_eq!(fds(pid), fds_before, "no descriptor left by restart");
+    kill_reap(pid);
+}
+
 /// inotify watches come back with their numbers (1 and 3, 2 was given
 /// back) and masks: the job's own checks of each event's watch go on.
 #[test]

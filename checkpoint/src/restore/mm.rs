@@ -2,6 +2,7 @@
 
 use super::ctx::{current_maps, TaskCtx, AREA_LEN, AREA_PARK, PARK_LEN};
 use super::fill;
+use super::mapfiles::MapFiles;
 use super::pages::Piece;
 use super::pread::read_pieces;
 use crate::error::{ChkptError, Result};
@@ -175,7 +176,7 @@ fn fill(c: &TaskCtx, v: &Vma) -> Result<()> {
     read_pieces(c, pieces_in(c, v.start, v.end))
 }
 
-fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
+fn create_vma(c: &TaskCtx, v: &Vma, files: &MapFiles) -> Result<()> {
     let i = c.inj;
     let len = v.end - v.start;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
@@ -209,31 +210,25 @@ fn create_vma(c: &TaskCtx, v: &Vma) -> Result<()> {
             } else {
                 libc::O_RDONLY
             };
-            let p = c.put_str(path, 0)?;
-            let fd = i.call(
-                "openat",
-                libc::SYS_openat,
-                [
-                    libc::AT_FDCWD as u64,
-                    p,
-                    (mode | libc::O_CLOEXEC) as u64,
-                    0,
-                    0,
-                    0,
-                ],
-            )?;
+            let fd = files.fd(c, path, mode)?;
+            // a private mapping nothing is written into gets its
+            // protection at once (no mprotect after)
+            let as_is = !v.shared && pieces_in(c, v.start, v.end).is_empty() && !copied(c, v);
             let (prot, flags) = if v.shared {
                 (v.prot as u64, libc::MAP_SHARED as u64 | fixed)
+            } else if as_is {
+                (v.prot as u64, libc::MAP_PRIVATE as u64 | fixed)
             } else {
                 (v.prot as u64 | rw, libc::MAP_PRIVATE as u64 | fixed)
             };
-            let r = i.call(
+            i.call(
                 "mmap",
                 libc::SYS_mmap,
                 [v.start, len, prot, flags, fd, *offset],
-            );
-            i.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-            r?;
+            )?;
+            if as_is {
+                return Ok(());
+            }
         }
         VmaKind::SysvShm { shmid } => {
             let addr = i.call(
@@ -463,11 +458,12 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     move_specials(c)?;
     let kept = inherited(c);
     unmap_restarter(c, &kept)?;
+    let files = MapFiles::default();
     for v in &c.mm.vmas {
         let made = if kept.iter().any(|k| k.start == v.start) {
             reuse_vma(c, v)
         } else {
-            create_vma(c, v)
+            create_vma(c, v, &files)
         };
         made.map_err(|e| ChkptError::Mapping {
             start: v.start,
@@ -476,6 +472,7 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
             source: Box::new(e),
         })?;
     }
+    files.close_all(c)?;
     fill::copy_in(c, c.copied)?;
     for v in c.mm.vmas.iter().filter(|v| copied(c, v)) {
         protect(c, v).map_err(|e| ChkptError::Mapping {

@@ -22,7 +22,7 @@
 //!   [`pty`]; [`rootfile`]) — every open
 //!   file of the tree, made once in the root ([`held_check`]: what an
 //!   image may ask of them)
-//! - [`mm`], [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
+//! - [`mm`] ([`mapfiles`]), [`fds`] ([`locks`]), [`sig`] — memory, fd table (and file
 //!   locks), signal state of a task; [`attrs`] its other attributes
 //!   (prctl, scheduling, capabilities, …)
 //! - [`ctx`] — the injection area and what every step works with
@@ -49,6 +49,7 @@ pub mod jobns;
 mod lazy;
 pub mod load;
 mod locks;
+mod mapfiles;
 mod mm;
 mod mqueue;
 pub mod owner;
