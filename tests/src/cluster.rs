@@ -382,6 +382,32 @@ impl TestCluster {
         self.dir.path().to_path_buf()
     }
 
+    /// Every panic a krgd logged (tokio catches a panicking task's, and the
+    /// daemon goes on without that task): `krgd N: <where>: <message>`.
+    pub fn panics(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for node in self.nodes.values() {
+            let text = node.log_text();
+            let mut lines = text.lines();
+            while let Some(l) = lines.next() {
+                if let Some(at) = l.split_once(" panicked at ").map(|(_, at)| at) {
+                    let why = lines.next().unwrap_or("");
+                    out.push(format!("krgd {}: {at} {why}", node.id));
+                }
+            }
+        }
+        out
+    }
+
+    /// Fail if any krgd panicked (see [`panics`](Self::panics)).
+    pub fn assert_no_panics(&self) -> anyhow::Result<()> {
+        let p = self.panics();
+        if !p.is_empty() {
+            anyhow::bail!("krgd panicked:\n{}", p.join("\n"));
+        }
+        Ok(())
+    }
+
     /// The last `lines` lines of every krgd's log, each headed by its node
     /// id: what a failed wait prints so that it can be diagnosed.
     pub fn log_tails(&self, lines: usize) -> String {

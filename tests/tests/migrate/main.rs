@@ -216,7 +216,9 @@ fn a_counter_moves_and_comes_back() -> Result<()> {
         state(pid).is_none().then_some(())
     })?;
     std::mem::forget(job); // ended: its PID is not ours any more
-    Ok(())
+                           // (node 2's session of the job, whose input had ended, re-awaited its
+                           // finished reader when the job left: a panic in a task of krgd's)
+    c.assert_no_panics()
 }
 
 const THREADS_AND_PIPE: &str = r#"

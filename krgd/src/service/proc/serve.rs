@@ -227,6 +227,10 @@ pub async fn carry(
         // written — the last output, the exit statuses — when the origin
         // was slow to read (its user's pipe full).
         drop(path);
+    }
+    // A reader that ended already read everything: its handle gave its
+    // result in the loop and must not be awaited again (tokio panics).
+    if !origin_gone && reading {
         tokio::spawn(async move {
             if tokio::time::timeout(DRAIN_LIMIT, &mut reader)
                 .await
