@@ -461,6 +461,11 @@ pub fn detach_mounts_under(dir: &Path) {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        // Every test against real daemons also checks that none panicked
+        // (a panicking task is caught by tokio and the daemon goes on
+        // without it, so nothing else would notice). Read before the
+        // nodes go; failed only when the test itself did not.
+        let panics = self.panics();
         // Processes first (they live in the namespaces), then the namespaces.
         self.nodes.clear();
         self.lab.take();
@@ -471,6 +476,10 @@ impl Drop for TestCluster {
                 tempfile::tempdir().unwrap_or_else(|_| unreachable!()),
             );
             eprintln!("keeping test files in {}", kept.keep().display());
+        }
+        if !panics.is_empty() {
+            eprintln!("krgd panicked:\n{}", panics.join("\n"));
+            assert!(std::thread::panicking(), "krgd panicked: {panics:?}");
         }
     }
 }
