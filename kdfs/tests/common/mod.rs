@@ -526,6 +526,34 @@ pub fn wait_unused(dir: &Path) {
     }
 }
 
+impl Cluster {
+    /// Every panic in the logs of the cluster's daemons (each node's krgd
+    /// and mounts): `LOG: <where> <message>`. A panicking task or FUSE
+    /// request is caught and the daemon goes on, so nothing else tells.
+    pub fn panics(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let Ok(dir) = std::fs::read_dir(&n.data) else {
+                continue;
+            };
+            for log in dir.flatten().map(|e| e.path()) {
+                if log.extension().is_none_or(|x| x != "log") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let mut lines = text.lines();
+                while let Some(l) = lines.next() {
+                    if let Some((_, at)) = l.split_once(" panicked at ") {
+                        let why = lines.next().unwrap_or("");
+                        out.push(format!("{}: {at} {why}", log.display()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for mnt in self.extra_mounts.borrow().iter() {
@@ -536,6 +564,13 @@ impl Drop for Cluster {
         }
         for i in 0..self.nodes.len() {
             self.kill_krgd(i);
+        }
+        // every test also checks that no daemon panicked (failed only
+        // when the test itself did not)
+        let panics = self.panics();
+        if !panics.is_empty() {
+            eprintln!("a daemon panicked:\n{}", panics.join("\n"));
+            assert!(std::thread::panicking(), "a daemon panicked: {panics:?}");
         }
     }
 }
