@@ -5,7 +5,6 @@
 //! and a `close` per mapping were a third of a restored interpreter's
 //! memory set-up.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use super::ctx::TaskCtx;
@@ -18,19 +17,19 @@ const MAX_OPEN: usize = 64;
 /// Descriptors open in the task, by path and open mode.
 #[derive(Default)]
 pub struct MapFiles {
-    open: RefCell<HashMap<(String, i32), u64>>,
+    open: HashMap<(String, i32), u64>,
 }
 
 impl MapFiles {
     /// A descriptor of `path` opened with `mode` (`O_RDONLY`/`O_RDWR`) in
     /// the task, as the task's file-system user: the one opened before for
     /// the same, else a new one.
-    pub fn fd(&self, c: &TaskCtx, path: &str, mode: i32) -> Result<u64> {
+    pub fn fd(&mut self, c: &TaskCtx, path: &str, mode: i32) -> Result<u64> {
         let key = (path.to_string(), mode);
-        if let Some(&fd) = self.open.borrow().get(&key) {
+        if let Some(&fd) = self.open.get(&key) {
             return Ok(fd);
         }
-        if self.open.borrow().len() >= MAX_OPEN {
+        if self.open.len() >= MAX_OPEN {
             self.close_all(c)?;
         }
         let p = c.put_str(path, 0)?;
@@ -46,13 +45,13 @@ impl MapFiles {
                 0,
             ],
         )?;
-        self.open.borrow_mut().insert(key, fd);
+        self.open.insert(key, fd);
         Ok(fd)
     }
 
     /// Close every descriptor opened here.
-    pub fn close_all(&self, c: &TaskCtx) -> Result<()> {
-        for (_, fd) in self.open.borrow_mut().drain() {
+    pub fn close_all(&mut self, c: &TaskCtx) -> Result<()> {
+        for (_, fd) in self.open.drain() {
             c.inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
         Ok(())

@@ -176,7 +176,7 @@ fn fill(c: &TaskCtx, v: &Vma) -> Result<()> {
     read_pieces(c, pieces_in(c, v.start, v.end))
 }
 
-fn create_vma(c: &TaskCtx, v: &Vma, files: &MapFiles) -> Result<()> {
+fn create_vma(c: &TaskCtx, v: &Vma, files: &mut MapFiles) -> Result<()> {
     let i = c.inj;
     let len = v.end - v.start;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
@@ -458,12 +458,12 @@ pub fn restore(c: &TaskCtx) -> Result<()> {
     move_specials(c)?;
     let kept = inherited(c);
     unmap_restarter(c, &kept)?;
-    let files = MapFiles::default();
+    let mut files = MapFiles::default();
     for v in &c.mm.vmas {
         let made = if kept.iter().any(|k| k.start == v.start) {
             reuse_vma(c, v)
         } else {
-            create_vma(c, v, &files)
+            create_vma(c, v, &mut files)
         };
         made.map_err(|e| ChkptError::Mapping {
             start: v.start,

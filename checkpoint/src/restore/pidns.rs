@@ -164,8 +164,9 @@ pub fn inside(
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
     if let Some(ok) = text.strip_prefix("ok") {
-        let (list, phases) = ok.split_once("timings:").unwrap_or((ok, ""));
-        crate::timings::append(crate::timings::parse(&format!("timings:{phases}")));
+        // "ok PIDS timings: …" (parse takes what follows "timings:")
+        let list = ok.split("timings:").next().unwrap_or(ok);
+        crate::timings::append(crate::timings::parse(ok));
         return Ok(Restored {
             pids: list
                 .split_whitespace()
